@@ -1,0 +1,527 @@
+//! The coordinator: one thread for the rare work that spans shards (multi-shard txns and
+//! range deletes, leases, compaction, snapshots). It freezes every shard (each finishes its
+//! batch and then runs only the coordinator's closures), does the work at one revision, logs
+//! it as one record in shard 0's log, and unfreezes. Single-shard requests never come here.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::Ordering::SeqCst;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use crossbeam::channel::{Receiver, RecvTimeoutError, Sender, bounded};
+use tokio::sync::oneshot;
+
+use crate::error::StoreError;
+use crate::shard::{Ctrl, ShardCore, ShardMsg};
+use crate::shared::{NONE, Shared};
+use crate::snapshot;
+use crate::txn::{self, KeySpace};
+use crate::types::*;
+use crate::wal::{Change, FrameBuilder, Record, WalError, WalWriter};
+
+type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
+
+pub enum CoordMsg {
+    Txn { req: TxnRequest, reply: Reply<TxnResponse> },
+    LeaseGrant { id: LeaseId, ttl: i64, reply: Reply<LeaseGrant> },
+    LeaseKeepAlive { id: LeaseId, reply: Reply<i64> },
+    LeaseRevoke { id: LeaseId, reply: Reply<Revision> },
+    LeaseTimeToLive { id: LeaseId, reply: Reply<(i64, i64)> },
+    Compact { revision: Revision, reply: Reply<()> },
+    Snapshot { reply: Reply<Revision> },
+    Shutdown { done: Sender<()> },
+}
+
+pub struct Coordinator {
+    pub shared: Arc<Shared>,
+    pub data_dir: PathBuf,
+    pub leases: HashMap<LeaseId, (i64, Instant)>,
+    pub snapshot_id: u64,
+    pub snapshot_revision: Revision,
+    /// (when, revision) samples for compaction by age, one per tick, bounded by the retention.
+    pub history: std::collections::VecDeque<(Instant, Revision)>,
+}
+
+/// All shards, frozen; unfrozen on drop.
+struct Frozen {
+    ctrl: Vec<Sender<Ctrl>>,
+}
+
+impl Frozen {
+    fn new(shared: &Shared) -> Frozen {
+        let mut ctrl = Vec::with_capacity(shared.shards);
+        let mut acks = Vec::with_capacity(shared.shards);
+        for inbox in &shared.inbox {
+            let (ctx, crx) = bounded(64);
+            let (atx, arx) = bounded(1);
+            inbox.send(ShardMsg::Freeze { ctrl: crx, frozen: atx }).expect("shard alive");
+            ctrl.push(ctx);
+            acks.push(arx);
+        }
+        for a in acks {
+            a.recv().expect("shard froze");
+        }
+        Frozen { ctrl }
+    }
+
+    /// Runs `f` on shard `s` and waits for its result.
+    fn run<R: Send + 'static>(&self, s: usize, f: impl FnOnce(&mut ShardCore) -> R + Send + 'static) -> R {
+        let (tx, rx) = bounded(1);
+        self.ctrl[s]
+            .send(Ctrl::Run(Box::new(move |c| {
+                let _ = tx.send(f(c));
+            })))
+            .expect("frozen shard alive");
+        rx.recv().expect("frozen shard answered")
+    }
+
+    /// Runs `f` on every shard in parallel; results in shard order.
+    fn run_all<R: Send + 'static>(&self, f: impl Fn(&mut ShardCore) -> R + Send + Sync + Clone + 'static) -> Vec<R> {
+        let rxs: Vec<_> = self
+            .ctrl
+            .iter()
+            .map(|c| {
+                let (tx, rx) = bounded(1);
+                let f = f.clone();
+                c.send(Ctrl::Run(Box::new(move |core| {
+                    let _ = tx.send(f(core));
+                })))
+                .expect("frozen shard alive");
+                rx
+            })
+            .collect();
+        rxs.into_iter().map(|rx| rx.recv().expect("frozen shard answered")).collect()
+    }
+}
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        for c in &self.ctrl {
+            let _ = c.send(Ctrl::Unfreeze);
+        }
+    }
+}
+
+/// The txn evaluator's view of all shards, frozen.
+struct AllShards<'a> {
+    f: &'a Frozen,
+    shared: &'a Shared,
+    /// Keys changed, per shard, for a rollback.
+    touched: Vec<Vec<Bytes>>,
+}
+
+impl KeySpace for AllShards<'_> {
+    fn get(&mut self, key: &Bytes) -> Option<KeyValue> {
+        let k = key.clone();
+        self.f.run(self.shared.shard_of(key), move |c| c.mvcc.get_latest(&k))
+    }
+    fn range(&mut self, range: &KeyRange, limit: usize, keys_only: bool, count_only: bool) -> (Vec<KeyValue>, usize) {
+        let r = range.clone();
+        let parts = self.f.run_all(move |c| {
+            let l = c.mvcc.range_at(&r, Revision::MAX, limit, keys_only, count_only);
+            (l.kvs, l.count)
+        });
+        merge_ranges(parts, limit)
+    }
+    fn put(&mut self, key: &Bytes, value: &Bytes, lease: LeaseId, rev: Revision) -> (KeyValue, Option<KeyValue>) {
+        let s = self.shared.shard_of(key);
+        self.touched[s].push(key.clone());
+        let (k, v) = (key.clone(), value.clone());
+        self.f.run(s, move |c| c.mvcc.put(k, v, lease, rev))
+    }
+    fn delete(&mut self, range: &KeyRange, rev: Revision) -> Vec<KeyValue> {
+        let r = range.clone();
+        let parts = self.f.run_all(move |c| {
+            let keys = match &r {
+                KeyRange::Key(k) => vec![k.clone()],
+                other => c.mvcc.live_keys_in(other),
+            };
+            keys.iter().filter_map(|k| c.mvcc.delete(k, rev)).collect::<Vec<_>>()
+        });
+        let mut all: Vec<KeyValue> = Vec::new();
+        for (s, p) in parts.into_iter().enumerate() {
+            self.touched[s].extend(p.iter().map(|kv| kv.key.clone()));
+            all.extend(p);
+        }
+        all.sort_by(|a, b| a.key.cmp(&b.key));
+        all
+    }
+    fn lease_exists(&mut self, id: LeaseId) -> bool {
+        self.f.run(0, move |c| c.mvcc.leases.contains_key(&id))
+    }
+}
+
+/// Merges per-shard sorted range results, keeping `limit` (0 = all) and summing counts.
+pub fn merge_ranges(parts: Vec<(Vec<KeyValue>, usize)>, limit: usize) -> (Vec<KeyValue>, usize) {
+    let count = parts.iter().map(|p| p.1).sum();
+    let mut kvs: Vec<KeyValue> = parts.into_iter().flat_map(|p| p.0).collect();
+    kvs.sort_unstable_by(|a, b| a.key.cmp(&b.key));
+    if limit != 0 {
+        kvs.truncate(limit);
+    }
+    (kvs, count)
+}
+
+impl Coordinator {
+    pub fn run(mut self, rx: Receiver<CoordMsg>) {
+        let tick = Duration::from_millis(500);
+        let mut next_tick = Instant::now() + tick;
+        loop {
+            let timeout = self.next_deadline().min(next_tick).saturating_duration_since(Instant::now());
+            match rx.recv_timeout(timeout) {
+                Ok(CoordMsg::Shutdown { done }) => {
+                    let _ = done.send(());
+                    return;
+                }
+                Ok(msg) => self.handle(msg),
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => return,
+            }
+            self.expire_leases();
+            if Instant::now() >= next_tick {
+                next_tick = Instant::now() + tick;
+                self.maintenance();
+            }
+        }
+    }
+
+    fn next_deadline(&self) -> Instant {
+        self.leases.values().map(|(_, d)| *d).min().unwrap_or(Instant::now() + Duration::from_secs(3600))
+    }
+
+    fn handle(&mut self, msg: CoordMsg) {
+        match msg {
+            CoordMsg::Txn { req, reply } => {
+                let _ = reply.send(self.txn(&req));
+            }
+            CoordMsg::LeaseGrant { id, ttl, reply } => {
+                let _ = reply.send(self.lease_grant(id, ttl));
+            }
+            CoordMsg::LeaseKeepAlive { id, reply } => {
+                let r = match self.leases.get_mut(&id) {
+                    Some((ttl, deadline)) => {
+                        *deadline = Instant::now() + Duration::from_secs(*ttl as u64);
+                        Ok(*ttl)
+                    }
+                    None => Err(StoreError::LeaseNotFound(id)),
+                };
+                let _ = reply.send(r);
+            }
+            CoordMsg::LeaseTimeToLive { id, reply } => {
+                let r = match self.leases.get(&id) {
+                    Some((ttl, deadline)) => {
+                        Ok((*ttl, deadline.saturating_duration_since(Instant::now()).as_secs() as i64))
+                    }
+                    None => Err(StoreError::LeaseNotFound(id)),
+                };
+                let _ = reply.send(r);
+            }
+            CoordMsg::LeaseRevoke { id, reply } => {
+                let _ = reply.send(self.lease_revoke(id));
+            }
+            CoordMsg::Compact { revision, reply } => {
+                let _ = reply.send(self.compact(revision));
+            }
+            CoordMsg::Snapshot { reply } => {
+                let _ = reply.send(self.snapshot().map_err(|e| StoreError::Io(e.to_string())));
+            }
+            CoordMsg::Shutdown { .. } => unreachable!(),
+        }
+    }
+
+    fn check_failed(&self) -> Result<(), StoreError> {
+        match self.shared.failed.get() {
+            Some(why) => Err(StoreError::Failed(why.clone())),
+            None => Ok(()),
+        }
+    }
+
+    /// Takes a revision for a cross-shard write (shards are frozen, so none is pending).
+    fn take_revision(&self) -> Revision {
+        let slot = &self.shared.pending[self.shared.shards];
+        slot.store(self.shared.counter.load(SeqCst) + 1, SeqCst);
+        self.shared.counter.fetch_add(1, SeqCst) + 1
+    }
+
+    fn release_revision(&self) -> Revision {
+        self.shared.pending[self.shared.shards].store(NONE, SeqCst);
+        self.shared.advance()
+    }
+
+    /// Logs `record` in shard 0's log; on failure undoes the changes in every shard.
+    fn log(&self, f: &Frozen, record: Record, touched: Vec<Vec<Bytes>>) -> Result<(), StoreError> {
+        let result = f.run(0, move |c| {
+            let mut fb = FrameBuilder::new();
+            fb.push(&record);
+            let r = c.wal.append(fb.finish());
+            (r, c.wal.bytes_since_snapshot)
+        });
+        self.shared.wal_bytes[0].store(result.1, SeqCst);
+        match result.0 {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                let err = match e {
+                    WalError::NoSpace => StoreError::NoSpace,
+                    WalError::Write(e) => StoreError::Io(e.to_string()),
+                    WalError::Sync(e) => {
+                        let why = format!("fdatasync of shard 0's log failed: {e}");
+                        let _ = self.shared.failed.set(why.clone());
+                        StoreError::Failed(why)
+                    }
+                };
+                Err(err)
+            }
+        }
+        .inspect_err(|_| {
+            let counter = self.shared.counter.load(SeqCst);
+            for (s, keys) in touched.into_iter().enumerate() {
+                if !keys.is_empty() {
+                    // Everything this op changed has the newest revision of its key.
+                    f.run(s, move |c| c.mvcc.rollback(&keys, counter));
+                }
+            }
+        })
+    }
+
+    /// Queues each event on the shard that owns its key (its watchers live there).
+    fn publish(&self, f: &Frozen, rev: Revision, events: Vec<Event>) {
+        let mut per: Vec<Vec<(u32, Event)>> = vec![Vec::new(); self.shared.shards];
+        for (i, e) in events.into_iter().enumerate() {
+            per[self.shared.shard_of(&e.kv.key)].push((i as u32, e));
+        }
+        for (s, evs) in per.into_iter().enumerate() {
+            f.run(s, move |c| {
+                c.note_applied(rev);
+                for (sub, e) in evs {
+                    c.publish(rev, sub, e);
+                }
+            });
+        }
+    }
+
+    fn txn(&mut self, req: &TxnRequest) -> Result<TxnResponse, StoreError> {
+        self.check_failed()?;
+        let f = Frozen::new(&self.shared);
+        let current = self.shared.visible.load(SeqCst);
+        let mut ks = AllShards { f: &f, shared: &self.shared, touched: vec![Vec::new(); self.shared.shards] };
+        let mut taken = None;
+        let mut alloc = || *taken.get_or_insert_with(|| self.take_revision());
+        let outcome = txn::eval(&mut ks, req, &mut alloc, current);
+        let touched = std::mem::take(&mut ks.touched);
+        let result = match outcome {
+            Ok(o) => match o.revision {
+                Some(rev) => {
+                    let record = Record { revision: rev, changes: o.changes, ..Default::default() };
+                    self.log(&f, record, touched).map(|()| {
+                        self.publish(&f, rev, o.events);
+                        TxnResponse { revision: rev, succeeded: o.succeeded, responses: o.responses }
+                    })
+                }
+                None => Ok(TxnResponse { revision: current, succeeded: o.succeeded, responses: o.responses }),
+            },
+            Err(e) => Err(e),
+        };
+        drop(f);
+        if taken.is_some() {
+            self.release_revision();
+        }
+        result
+    }
+
+    fn lease_grant(&mut self, id: LeaseId, ttl: i64) -> Result<LeaseGrant, StoreError> {
+        self.check_failed()?;
+        if ttl <= 0 {
+            return Err(StoreError::Invalid(format!("lease TTL must be positive, got {ttl}")));
+        }
+        let id = if id == 0 { self.fresh_lease_id() } else { id };
+        if id < 0 {
+            return Err(StoreError::Invalid("lease IDs are positive".into()));
+        }
+        if self.leases.contains_key(&id) {
+            return Err(StoreError::LeaseExists(id));
+        }
+        let f = Frozen::new(&self.shared);
+        let record = Record {
+            revision: self.shared.counter.load(SeqCst),
+            lease_grants: vec![(id, ttl)],
+            ..Default::default()
+        };
+        self.log(&f, record, vec![])?;
+        f.run_all(move |c| c.mvcc.leases.insert(id, ttl));
+        drop(f);
+        self.leases.insert(id, (ttl, Instant::now() + Duration::from_secs(ttl as u64)));
+        Ok(LeaseGrant { id, ttl_seconds: ttl })
+    }
+
+    fn fresh_lease_id(&self) -> LeaseId {
+        let mut id = (std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos() as i64)
+            .abs()
+            .max(1);
+        while self.leases.contains_key(&id) {
+            id += 1;
+        }
+        id
+    }
+
+    fn lease_revoke(&mut self, id: LeaseId) -> Result<Revision, StoreError> {
+        self.check_failed()?;
+        if !self.leases.contains_key(&id) {
+            return Err(StoreError::LeaseNotFound(id));
+        }
+        let f = Frozen::new(&self.shared);
+        let mut keys: Vec<Bytes> = f.run_all(move |c| c.mvcc.keys_of_lease(id)).into_iter().flatten().collect();
+        keys.sort();
+        let mut rev = None;
+        let mut events = Vec::new();
+        let mut touched = vec![Vec::new(); self.shared.shards];
+        if !keys.is_empty() {
+            let r = self.take_revision();
+            rev = Some(r);
+            for k in &keys {
+                let s = self.shared.shard_of(k);
+                touched[s].push(k.clone());
+                let k2 = k.clone();
+                if let Some(prev) = f.run(s, move |c| c.mvcc.delete(&k2, r)) {
+                    events.push(Event {
+                        kind: EventKind::Delete,
+                        kv: KeyValue { key: k.clone(), value: Bytes::new(), create_revision: 0, mod_revision: r, version: 0, lease: 0 },
+                        prev_kv: Some(prev),
+                    });
+                }
+            }
+        }
+        let record = Record {
+            revision: rev.unwrap_or_else(|| self.shared.counter.load(SeqCst)),
+            changes: keys.iter().map(|k| Change::Delete { key: k.clone() }).collect(),
+            lease_revokes: vec![id],
+            ..Default::default()
+        };
+        let result = self.log(&f, record, touched);
+        if result.is_ok() {
+            if let Some(r) = rev {
+                self.publish(&f, r, events);
+            }
+            f.run_all(move |c| c.mvcc.leases.remove(&id));
+            self.leases.remove(&id);
+        }
+        drop(f);
+        let visible = if rev.is_some() { self.release_revision() } else { self.shared.visible.load(SeqCst) };
+        result.map(|()| rev.unwrap_or(visible))
+    }
+
+    fn expire_leases(&mut self) {
+        let now = Instant::now();
+        let expired: Vec<LeaseId> = self.leases.iter().filter(|(_, (_, d))| *d <= now).map(|(id, _)| *id).collect();
+        for id in expired {
+            match self.lease_revoke(id) {
+                Ok(_) => tracing::debug!(lease = id, "lease expired and was revoked"),
+                Err(e) => {
+                    tracing::warn!(lease = id, error = %e, "revoking an expired lease failed; retrying later");
+                    if let Some((_, d)) = self.leases.get_mut(&id) {
+                        *d = now + Duration::from_secs(1);
+                    }
+                }
+            }
+        }
+    }
+
+    pub fn compact(&mut self, revision: Revision) -> Result<(), StoreError> {
+        self.check_failed()?;
+        let visible = self.shared.visible.load(SeqCst);
+        if revision > visible {
+            return Err(StoreError::FutureRevision { requested: revision, current: visible });
+        }
+        let compacted = self.shared.compact_revision.load(SeqCst);
+        if revision <= compacted {
+            return Err(StoreError::Compacted { requested: revision, compact_revision: compacted });
+        }
+        let f = Frozen::new(&self.shared);
+        let record = Record { revision: self.shared.counter.load(SeqCst), compact: revision, ..Default::default() };
+        self.log(&f, record, vec![])?;
+        self.shared.compact_revision.store(revision, SeqCst);
+        f.run_all(move |c| c.mvcc.compact(revision));
+        Ok(())
+    }
+
+    /// Writes a snapshot of every shard at one revision, then drops the log it covers.
+    pub fn snapshot(&mut self) -> std::io::Result<Revision> {
+        let f = Frozen::new(&self.shared);
+        let revision = self.shared.counter.load(SeqCst);
+        let id = self.snapshot_id + 1;
+        let dir = snapshot::begin(&self.data_dir, id)?;
+        let shards = self.shared.shards as u32;
+        let d2 = dir.clone();
+        let parts = f.run_all(move |c| {
+            let chunks = snapshot::write_shard(&d2, c.id, shards, revision, &c.mvcc);
+            chunks.map(|n| (n, c.wal.position()))
+        });
+        let mut positions = Vec::new();
+        let mut chunks = Vec::new();
+        for p in parts {
+            let (n, pos) = p?;
+            positions.push(pos);
+            chunks.push(n);
+        }
+        let manifest = snapshot::Manifest {
+            shards,
+            revision,
+            compact_revision: self.shared.compact_revision.load(SeqCst),
+            positions: positions.clone(),
+            chunks,
+        };
+        snapshot::commit(&self.data_dir, &dir, id, &manifest)?;
+        self.snapshot_id = id;
+        self.snapshot_revision = revision;
+        let removed = f.run_all(move |c| {
+            c.wal.bytes_since_snapshot = 0;
+            WalWriter::remove_before(c.wal.dir(), positions[c.id as usize])
+        });
+        for (s, r) in removed.into_iter().enumerate() {
+            self.shared.wal_bytes[s].store(0, SeqCst);
+            if let Err(e) = r {
+                tracing::warn!(shard = s, error = %e, "removing log segments covered by the snapshot failed; recovery skips them");
+            }
+        }
+        Ok(revision)
+    }
+
+    /// Automatic compaction and snapshots, checked on the coordinator's tick.
+    fn maintenance(&mut self) {
+        let cfg = self.shared.cfg.clone();
+        let rev = self.shared.visible.load(SeqCst);
+        let now = Instant::now();
+        self.history.push_back((now, rev));
+        let mut target = 0;
+        if let Some(age) = cfg.compact_retention_age {
+            while self.history.len() > 1 && now.duration_since(self.history[1].0) >= age {
+                self.history.pop_front();
+            }
+            if let Some((t, r)) = self.history.front() {
+                if now.duration_since(*t) >= age {
+                    target = *r;
+                }
+            }
+        } else {
+            self.history.clear();
+        }
+        if let Some(keep) = cfg.compact_retention_revisions {
+            target = target.max(rev.saturating_sub(keep));
+        }
+        if target > self.shared.compact_revision.load(SeqCst) {
+            if let Err(e) = self.compact(target) {
+                tracing::warn!(error = %e, "automatic compaction failed");
+            }
+        }
+        let wal: u64 = self.shared.wal_bytes.iter().map(|b| b.load(SeqCst)).sum();
+        if wal >= cfg.snapshot_wal_bytes && self.shared.failed.get().is_none() {
+            if let Err(e) = self.snapshot() {
+                tracing::warn!(error = %e, "automatic snapshot failed; the log keeps growing until one succeeds");
+            }
+        }
+    }
+}

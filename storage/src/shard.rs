@@ -1,0 +1,388 @@
+//! A shard: one pinned thread owning a partition of the keyspace, its index, its log and its
+//! watchers. It takes requests as messages, evaluates a batch of them, makes the batch durable
+//! with one log frame (group commit), then publishes and replies.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
+use std::time::Duration;
+
+use bytes::Bytes;
+use crossbeam::channel::{Receiver, RecvTimeoutError, Sender};
+use tokio::sync::{OwnedSemaphorePermit, mpsc, oneshot};
+
+use crate::error::{StoreError, WatchError};
+use crate::mvcc::Mvcc;
+use crate::shared::{NONE, Shared};
+use crate::txn;
+use crate::types::*;
+use crate::wal::{FrameBuilder, Record, WalError, WalWriter};
+
+/// What a watcher's channel carries: an event with its order within its revision, or the end.
+#[derive(Debug)]
+pub enum WatchItem {
+    Event { sub: u32, event: Event },
+    End(WatchError),
+}
+
+pub type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
+
+pub enum ShardMsg {
+    /// A txn whose keys all live in this shard.
+    Txn { req: TxnRequest, reply: Reply<TxnResponse>, permit: OwnedSemaphorePermit },
+    /// A read at `revision` (already checked to be visible).
+    Read { req: RangeRequest, revision: Revision, reply: Reply<RangeResponse>, permit: OwnedSemaphorePermit },
+    Watch(WatchRegistration),
+    Unwatch { id: u64 },
+    /// Stop taking requests and run the coordinator's closures until it unfreezes this shard.
+    Freeze { ctrl: Receiver<Ctrl>, frozen: Sender<()> },
+    /// The visible revision advanced past a deferred reply of this shard.
+    Tick,
+    Stats { reply: Sender<ShardStats> },
+    Shutdown { done: Sender<()> },
+}
+
+pub enum Ctrl {
+    Run(Box<dyn FnOnce(&mut ShardCore) + Send>),
+    Unfreeze,
+}
+
+pub struct WatchRegistration {
+    pub id: u64,
+    pub range: KeyRange,
+    pub start: Revision,
+    pub prev_kv: bool,
+    pub tx: mpsc::Sender<WatchItem>,
+    /// The lowest revision a shard failed to queue for this watcher (`NONE` if none).
+    pub overflow: Arc<AtomicU64>,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct ShardStats {
+    pub mvcc: crate::mvcc::MvccStats,
+    pub watchers: u64,
+    pub leases: u64,
+}
+
+struct Watcher {
+    id: u64,
+    range: KeyRange,
+    prev_kv: bool,
+    tx: mpsc::Sender<WatchItem>,
+    overflow: Arc<AtomicU64>,
+}
+
+/// A reply that waits until the visible revision reaches `ack`.
+struct Deferred {
+    ack: Revision,
+    reply: Reply<TxnResponse>,
+    resp: TxnResponse,
+    _permit: OwnedSemaphorePermit,
+}
+
+/// A txn evaluated in the current batch, waiting for the batch to be durable.
+struct Staged {
+    ack: Revision,
+    reply: Reply<TxnResponse>,
+    result: Result<TxnResponse, StoreError>,
+    permit: OwnedSemaphorePermit,
+}
+
+pub struct ShardCore {
+    pub id: u32,
+    pub mvcc: Mvcc,
+    pub wal: WalWriter,
+    shared: Arc<Shared>,
+    watchers: Vec<Watcher>,
+    deferred: VecDeque<Deferred>,
+    /// The newest revision applied to this shard's index (durable once its batch committed).
+    applied: Revision,
+}
+
+impl ShardCore {
+    pub fn new(id: u32, mvcc: Mvcc, wal: WalWriter, shared: Arc<Shared>) -> Self {
+        ShardCore { id, mvcc, wal, shared, watchers: Vec::new(), deferred: VecDeque::new(), applied: 0 }
+    }
+
+    pub fn run(mut self, rx: Receiver<ShardMsg>) {
+        let cfg = self.shared.cfg.clone();
+        let mut frame = FrameBuilder::new();
+        let mut staged: Vec<Staged> = Vec::with_capacity(cfg.batch_requests_max);
+        let mut touched: Vec<Bytes> = Vec::new();
+        let mut events: Vec<(Revision, u32, Event)> = Vec::new();
+        loop {
+            let first = if self.deferred.is_empty() {
+                match rx.recv() {
+                    Ok(m) => m,
+                    Err(_) => return,
+                }
+            } else {
+                match rx.recv_timeout(Duration::from_millis(5)) {
+                    Ok(m) => m,
+                    Err(RecvTimeoutError::Timeout) => {
+                        self.flush_deferred();
+                        continue;
+                    }
+                    Err(RecvTimeoutError::Disconnected) => return,
+                }
+            };
+            // Collect a batch of txns and reads; anything else ends the batch and is handled
+            // after it, when the index holds only durable data.
+            let mut batch_first_rev: Option<Revision> = None;
+            let mut last_rev: Revision = self.applied;
+            let mut next = Some(first);
+            let mut after: Option<ShardMsg> = None;
+            let mut n = 0;
+            while let Some(msg) = next.take() {
+                match msg {
+                    ShardMsg::Txn { req, reply, permit } => {
+                        n += 1;
+                        let shared = &self.shared;
+                        let mut alloc = || {
+                            if batch_first_rev.is_none() {
+                                shared.pending[self.id as usize].store(shared.counter.load(SeqCst) + 1, SeqCst);
+                            }
+                            let r = shared.counter.fetch_add(1, SeqCst) + 1;
+                            batch_first_rev.get_or_insert(r);
+                            r
+                        };
+                        let result = if let Some(why) = self.shared.failed.get() {
+                            Err(StoreError::Failed(why.clone()))
+                        } else {
+                            let current = self.shared.visible.load(SeqCst);
+                            txn::eval(&mut self.mvcc, &req, &mut alloc, current)
+                        };
+                        let result = result.map(|o| {
+                            if let Some(rev) = o.revision {
+                                last_rev = rev;
+                                frame.push(&Record { revision: rev, changes: o.changes, ..Default::default() });
+                                for (i, e) in o.events.into_iter().enumerate() {
+                                    touched.push(e.kv.key.clone());
+                                    events.push((rev, i as u32, e));
+                                }
+                            }
+                            TxnResponse {
+                                revision: o.revision.unwrap_or(last_rev.max(self.shared.visible.load(SeqCst))),
+                                succeeded: o.succeeded,
+                                responses: o.responses,
+                            }
+                        });
+                        // A read-only txn may have seen this batch's staged writes: it is
+                        // acknowledged with them.
+                        staged.push(Staged { ack: last_rev, reply, result, permit });
+                    }
+                    ShardMsg::Read { req, revision, reply, permit } => {
+                        let _ = reply.send(self.read(&req, revision));
+                        drop(permit);
+                    }
+                    other => after = Some(other),
+                }
+                if after.is_some() || n >= cfg.batch_requests_max || frame.len() >= cfg.batch_bytes_max {
+                    break;
+                }
+                next = rx.try_recv().ok();
+            }
+            if !staged.is_empty() {
+                if self.commit(&mut frame, &mut staged, &mut touched, &mut events, batch_first_rev) {
+                    self.applied = last_rev;
+                }
+            }
+            if let Some(msg) = after {
+                if !self.handle_control(msg, &rx) {
+                    return;
+                }
+            }
+        }
+    }
+
+    fn read(&self, req: &RangeRequest, rev: Revision) -> Result<RangeResponse, StoreError> {
+        let compacted = self.mvcc.compact_revision();
+        if rev < compacted {
+            return Err(StoreError::Compacted { requested: rev, compact_revision: compacted });
+        }
+        let r = self.mvcc.range_at(&req.range, rev, req.limit, req.keys_only, req.count_only);
+        Ok(RangeResponse { revision: rev, more: req.limit != 0 && r.count > req.limit, kvs: r.kvs, count: r.count })
+    }
+
+    /// Makes the batch durable, then publishes its events and replies (or undoes it).
+    fn commit(
+        &mut self,
+        frame: &mut FrameBuilder,
+        staged: &mut Vec<Staged>,
+        touched: &mut Vec<Bytes>,
+        events: &mut Vec<(Revision, u32, Event)>,
+        first_rev: Option<Revision>,
+    ) -> bool {
+        let me = self.id as usize;
+        let result = if frame.is_empty() { Ok(()) } else { self.wal.append(frame.finish()) };
+        frame.clear();
+        self.shared.wal_bytes[me].store(self.wal.bytes_since_snapshot, SeqCst);
+        match result {
+            Ok(()) => {
+                crate::failpoint!("shard::after_sync_before_apply");
+                for (rev, sub, e) in events.drain(..) {
+                    self.publish(rev, sub, e);
+                }
+                self.shared.pending[me].store(NONE, SeqCst);
+                let w = self.shared.advance();
+                for s in staged.drain(..) {
+                    match s.result {
+                        Ok(resp) if s.ack > w => {
+                            self.deferred.push_back(Deferred { ack: s.ack, reply: s.reply, resp, _permit: s.permit })
+                        }
+                        r => {
+                            let _ = s.reply.send(r);
+                        }
+                    }
+                }
+                self.flush_deferred();
+                touched.clear();
+                true
+            }
+            Err(e) => {
+                if let Some(first) = first_rev {
+                    self.mvcc.rollback(touched, first);
+                }
+                events.clear();
+                self.shared.pending[me].store(NONE, SeqCst);
+                self.shared.advance();
+                let err = match e {
+                    WalError::NoSpace => StoreError::NoSpace,
+                    WalError::Write(e) => StoreError::Io(e.to_string()),
+                    WalError::Sync(e) => {
+                        let why = format!("fdatasync of shard {me}'s log failed: {e}");
+                        tracing::error!("{why}; the store accepts no more writes");
+                        let _ = self.shared.failed.set(why.clone());
+                        StoreError::Failed(why)
+                    }
+                };
+                tracing::warn!(shard = me, error = %err, "write batch failed and was rolled back");
+                for s in staged.drain(..) {
+                    let _ = s.reply.send(s.result.and(Err(err.clone())));
+                }
+                touched.clear();
+                false
+            }
+        }
+    }
+
+    /// Replies whose revision is now visible. Publishes `min_deferred` and re-checks after it,
+    /// so a concurrent advance by another shard cannot be missed (see `Shared::advance`).
+    fn flush_deferred(&mut self) {
+        let me = self.id as usize;
+        loop {
+            let w = self.shared.visible.load(SeqCst);
+            while self.deferred.front().is_some_and(|d| d.ack <= w) {
+                let d = self.deferred.pop_front().unwrap();
+                let _ = d.reply.send(Ok(d.resp));
+            }
+            let min = self.deferred.front().map_or(NONE, |d| d.ack);
+            self.shared.min_deferred[me].store(min, SeqCst);
+            if min == NONE || self.shared.advance() < min {
+                return;
+            }
+        }
+    }
+
+    /// Queues an event for every watcher of this shard whose range holds its key.
+    /// Notes a revision applied by the coordinator while this shard was frozen.
+    pub fn note_applied(&mut self, rev: Revision) {
+        self.applied = self.applied.max(rev);
+    }
+
+    pub fn publish(&mut self, rev: Revision, sub: u32, event: Event) {
+        let mut i = 0;
+        while i < self.watchers.len() {
+            let w = &self.watchers[i];
+            if !w.range.contains(&event.kv.key) {
+                i += 1;
+                continue;
+            }
+            if w.overflow.load(SeqCst) != NONE {
+                self.watchers.swap_remove(i);
+                continue;
+            }
+            let mut e = event.clone();
+            if !w.prev_kv {
+                e.prev_kv = None;
+            }
+            match w.tx.try_send(WatchItem::Event { sub, event: e }) {
+                Ok(()) => i += 1,
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    w.overflow.fetch_min(rev, SeqCst);
+                    self.watchers.swap_remove(i);
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => {
+                    self.watchers.swap_remove(i);
+                }
+            }
+        }
+    }
+
+    fn handle_control(&mut self, msg: ShardMsg, _rx: &Receiver<ShardMsg>) -> bool {
+        match msg {
+            ShardMsg::Watch(reg) => self.register(reg),
+            ShardMsg::Unwatch { id } => self.watchers.retain(|w| w.id != id),
+            ShardMsg::Freeze { ctrl, frozen } => {
+                let _ = frozen.send(());
+                while let Ok(Ctrl::Run(f)) = ctrl.recv() {
+                    f(self);
+                }
+                self.flush_deferred();
+            }
+            ShardMsg::Tick => {
+                self.shared.tick_queued[self.id as usize].store(false, SeqCst);
+                self.flush_deferred();
+            }
+            ShardMsg::Stats { reply } => {
+                let _ = reply.send(ShardStats {
+                    mvcc: self.mvcc.stats(),
+                    watchers: self.watchers.len() as u64,
+                    leases: self.mvcc.leases.len() as u64,
+                });
+            }
+            ShardMsg::Shutdown { done } => {
+                for w in self.watchers.drain(..) {
+                    let _ = w.tx.try_send(WatchItem::End(WatchError::Shutdown));
+                }
+                let _ = done.send(());
+                return false;
+            }
+            ShardMsg::Txn { .. } | ShardMsg::Read { .. } => unreachable!("handled in the batch loop"),
+        }
+        true
+    }
+
+    /// Catches a new watcher up on this shard's history since its start, then keeps it.
+    fn register(&mut self, reg: WatchRegistration) {
+        let compacted = self.mvcc.compact_revision();
+        if reg.start < compacted {
+            let _ = reg.tx.try_send(WatchItem::End(WatchError::Compacted {
+                requested: reg.start,
+                compact_revision: compacted,
+            }));
+            return;
+        }
+        let history = self.mvcc.events_since(&reg.range, reg.start, reg.prev_kv);
+        let mut last: Option<Revision> = None;
+        let mut sub = 0;
+        for e in history {
+            let rev = e.kv.mod_revision;
+            sub = if last == Some(rev) { sub + 1 } else { 0 };
+            last = Some(rev);
+            if let Err(err) = reg.tx.try_send(WatchItem::Event { sub, event: e }) {
+                if let mpsc::error::TrySendError::Full(_) = err {
+                    reg.overflow.fetch_min(rev, SeqCst);
+                }
+                return;
+            }
+        }
+        self.watchers.push(Watcher {
+            id: reg.id,
+            range: reg.range,
+            prev_kv: reg.prev_kv,
+            tx: reg.tx,
+            overflow: reg.overflow,
+        });
+    }
+}

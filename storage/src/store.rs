@@ -1,0 +1,726 @@
+//! The public handle: routing requests to shards, recovery at open, and watch streams that
+//! merge the shards' events into revision order.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use bytes::Bytes;
+use crossbeam::channel::{Sender, bounded, unbounded};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::coord::{CoordMsg, Coordinator, merge_ranges};
+use crate::error::{OpenError, StoreError, WatchError};
+use crate::mvcc::Mvcc;
+use crate::shard::{ShardCore, ShardMsg, WatchItem, WatchRegistration};
+use crate::shared::{NONE, Shared};
+use crate::snapshot;
+use crate::types::*;
+use crate::wal::{self, Change, Position, Record, SEGMENT_HEADER_BYTES, Tail, WalWriter};
+
+/// How a store is opened. Every limit has its unit last.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub data_dir: PathBuf,
+    /// Shards (threads), one per core by default.
+    pub shards: usize,
+    /// `false` only with `--unsafe-no-fsync`: writes are acknowledged before they are durable.
+    pub fsync: bool,
+    /// Largest request (keys plus values), as etcd's `--max-request-bytes`.
+    pub request_bytes_max: usize,
+    pub segment_bytes: u64,
+    /// A batch (one log frame, one sync) ends at this many requests or bytes.
+    pub batch_requests_max: usize,
+    pub batch_bytes_max: usize,
+    /// Client requests queued per shard before callers wait.
+    pub shard_queue_requests_max: usize,
+    /// Events queued per watcher before it is closed as too slow.
+    pub watch_queue_events_max: usize,
+    /// Snapshot once the logs since the last one hold this many bytes.
+    pub snapshot_wal_bytes: u64,
+    /// Automatic compaction: keep this many revisions of history.
+    pub compact_retention_revisions: Option<u64>,
+    /// Automatic compaction: keep history this old.
+    pub compact_retention_age: Option<Duration>,
+    /// Pin shard threads to cores.
+    pub pin_threads: bool,
+}
+
+impl Config {
+    pub fn new(data_dir: impl Into<PathBuf>) -> Config {
+        Config {
+            data_dir: data_dir.into(),
+            shards: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            fsync: true,
+            request_bytes_max: 3 << 19, // 1.5 MiB
+            segment_bytes: 64 << 20,
+            batch_requests_max: 1024,
+            batch_bytes_max: 4 << 20,
+            shard_queue_requests_max: 8192,
+            watch_queue_events_max: 10_000,
+            snapshot_wal_bytes: 512 << 20,
+            compact_retention_revisions: None,
+            compact_retention_age: None,
+            pin_threads: true,
+        }
+    }
+}
+
+struct Inner {
+    shared: Arc<Shared>,
+    coord: Sender<CoordMsg>,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        let (tx, rx) = bounded(self.shared.shards + 1);
+        let _ = self.coord.send(CoordMsg::Shutdown { done: tx.clone() });
+        let _ = rx.recv_timeout(Duration::from_secs(30));
+        for inbox in &self.shared.inbox {
+            let _ = inbox.send(ShardMsg::Shutdown { done: tx.clone() });
+        }
+        for h in self.threads.lock().unwrap().drain(..) {
+            let _ = h.join();
+        }
+    }
+}
+
+/// A handle to the store. Cheap to clone; the store stops when the last clone is dropped.
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+impl Store {
+    /// Opens (recovering) or creates the store in `cfg.data_dir` and starts its threads.
+    pub fn open(cfg: Config) -> Result<Store, OpenError> {
+        if cfg.shards == 0 || cfg.shards > 256 {
+            return Err(OpenError::Config(format!("shards must be 1..=256, got {}", cfg.shards)));
+        }
+        if cfg.batch_bytes_max + cfg.request_bytes_max + (1 << 16) > (cfg.segment_bytes - SEGMENT_HEADER_BYTES) as usize {
+            return Err(OpenError::Config("segment_bytes must exceed batch_bytes_max + request_bytes_max".into()));
+        }
+        if !cfg.fsync {
+            tracing::warn!(
+                "!!! --unsafe-no-fsync: writes are acknowledged BEFORE they are durable; a crash or power loss loses acknowledged writes. Never use this for data you keep. !!!"
+            );
+        }
+        let dir = &cfg.data_dir;
+        std::fs::create_dir_all(dir).map_err(|e| OpenError::io(dir, e))?;
+        let recovered = recover(&cfg)?;
+        let n = cfg.shards;
+        let mut inbox = Vec::with_capacity(n);
+        let mut rxs = Vec::with_capacity(n);
+        for _ in 0..n {
+            let (tx, rx) = unbounded();
+            inbox.push(tx);
+            rxs.push(rx);
+        }
+        let shared = Arc::new(Shared::new(cfg.clone(), recovered.revision, recovered.compact, inbox));
+        let cores = core_affinity::get_core_ids().unwrap_or_default();
+        let mut threads = Vec::new();
+        for ((s, (mvcc, writer)), rx) in recovered.shards.into_iter().enumerate().zip(rxs) {
+            let mut core = ShardCore::new(s as u32, mvcc, writer, shared.clone());
+            core.note_applied(recovered.revision);
+            let pin = if cfg.pin_threads && !cores.is_empty() { Some(cores[s % cores.len()]) } else { None };
+            threads.push(
+                std::thread::Builder::new()
+                    .name(format!("shard-{s}"))
+                    .spawn(move || {
+                        if let Some(c) = pin {
+                            core_affinity::set_for_current(c);
+                        }
+                        core.run(rx)
+                    })
+                    .map_err(|e| OpenError::io(dir, e))?,
+            );
+        }
+        let (coord_tx, coord_rx) = unbounded();
+        let now = std::time::Instant::now();
+        let coordinator = Coordinator {
+            shared: shared.clone(),
+            data_dir: dir.clone(),
+            leases: recovered
+                .leases
+                .iter()
+                .map(|(id, ttl)| (*id, (*ttl, now + Duration::from_secs(*ttl as u64))))
+                .collect(),
+            snapshot_id: recovered.snapshot_id,
+            snapshot_revision: recovered.snapshot_revision,
+            history: VecDeque::new(),
+        };
+        threads.push(
+            std::thread::Builder::new()
+                .name("coordinator".into())
+                .spawn(move || coordinator.run(coord_rx))
+                .map_err(|e| OpenError::io(dir, e))?,
+        );
+        tracing::info!(
+            revision = recovered.revision,
+            shards = n,
+            replayed_records = recovered.replayed,
+            "store open"
+        );
+        Ok(Store { inner: Arc::new(Inner { shared, coord: coord_tx, threads: Mutex::new(threads) }) })
+    }
+
+    fn shared(&self) -> &Shared {
+        &self.inner.shared
+    }
+
+    /// The newest visible revision.
+    pub fn revision(&self) -> Revision {
+        self.shared().visible.load(SeqCst)
+    }
+
+    pub fn compact_revision(&self) -> Revision {
+        self.shared().compact_revision.load(SeqCst)
+    }
+
+    pub fn shards(&self) -> usize {
+        self.shared().shards
+    }
+
+    pub async fn put(&self, key: impl Into<Bytes>, value: impl Into<Bytes>) -> Result<PutResponse, StoreError> {
+        self.put_with(PutRequest { key: key.into(), value: value.into(), lease: 0, prev_kv: false }).await
+    }
+
+    pub async fn put_with(&self, req: PutRequest) -> Result<PutResponse, StoreError> {
+        let resp = self.txn(TxnRequest { compare: vec![], success: vec![TxnOp::Put(req)], failure: vec![] }).await?;
+        match resp.responses.into_iter().next() {
+            Some(TxnOpResponse::Put(p)) => Ok(p),
+            _ => unreachable!("a put txn answers a put"),
+        }
+    }
+
+    pub async fn get(&self, key: impl Into<Bytes>) -> Result<Option<KeyValue>, StoreError> {
+        Ok(self.range(RangeRequest::key(key)).await?.kvs.into_iter().next())
+    }
+
+    pub async fn delete(&self, req: DeleteRequest) -> Result<DeleteResponse, StoreError> {
+        let resp = self.txn(TxnRequest { compare: vec![], success: vec![TxnOp::Delete(req)], failure: vec![] }).await?;
+        match resp.responses.into_iter().next() {
+            Some(TxnOpResponse::Delete(d)) => Ok(d),
+            _ => unreachable!("a delete txn answers a delete"),
+        }
+    }
+
+    /// Reads a key, a prefix or a range at one revision, from every shard that may hold it.
+    pub async fn range(&self, req: RangeRequest) -> Result<RangeResponse, StoreError> {
+        let sh = self.shared();
+        let visible = sh.visible.load(SeqCst);
+        let rev = match req.revision {
+            None | Some(0) => visible,
+            Some(r) if r > visible => return Err(StoreError::FutureRevision { requested: r, current: visible }),
+            Some(r) => r,
+        };
+        let compacted = sh.compact_revision.load(SeqCst);
+        if rev < compacted {
+            return Err(StoreError::Compacted { requested: rev, compact_revision: compacted });
+        }
+        let targets: Vec<usize> = match req.range.single_key() {
+            Some(k) => vec![sh.shard_of(k)],
+            None => (0..sh.shards).collect(),
+        };
+        let mut rxs = Vec::with_capacity(targets.len());
+        for s in targets {
+            let permit = sh.permits[s].clone().acquire_owned().await.map_err(|_| StoreError::Shutdown)?;
+            let (tx, rx) = oneshot::channel();
+            sh.inbox[s]
+                .send(ShardMsg::Read { req: req.clone(), revision: rev, reply: tx, permit })
+                .map_err(|_| StoreError::Shutdown)?;
+            rxs.push(rx);
+        }
+        if rxs.len() == 1 {
+            return rxs.pop().unwrap().await.map_err(|_| StoreError::Shutdown)?;
+        }
+        let mut parts = Vec::with_capacity(rxs.len());
+        for rx in rxs {
+            let r = rx.await.map_err(|_| StoreError::Shutdown)??;
+            parts.push((r.kvs, r.count));
+        }
+        let (kvs, count) = merge_ranges(parts, req.limit);
+        Ok(RangeResponse { revision: rev, more: req.limit != 0 && count > req.limit, kvs, count })
+    }
+
+    /// Runs a txn: on its shard when all its keys live in one, else through the coordinator.
+    pub async fn txn(&self, req: TxnRequest) -> Result<TxnResponse, StoreError> {
+        let sh = self.shared();
+        crate::txn::validate(&req, sh.cfg.request_bytes_max)?;
+        if let Some(why) = sh.failed.get() {
+            return Err(StoreError::Failed(why.clone()));
+        }
+        match self.home_shard(&req) {
+            Some(s) => {
+                let permit = sh.permits[s].clone().acquire_owned().await.map_err(|_| StoreError::Shutdown)?;
+                let (tx, rx) = oneshot::channel();
+                sh.inbox[s].send(ShardMsg::Txn { req, reply: tx, permit }).map_err(|_| StoreError::Shutdown)?;
+                rx.await.map_err(|_| StoreError::Shutdown)?
+            }
+            None => self.coord(|reply| CoordMsg::Txn { req, reply }).await,
+        }
+    }
+
+    /// The one shard a txn touches, if it touches one.
+    fn home_shard(&self, req: &TxnRequest) -> Option<usize> {
+        let sh = self.shared();
+        if sh.shards == 1 {
+            return Some(0);
+        }
+        let mut home = None;
+        let mut visit = |key: &Bytes| -> bool {
+            let s = sh.shard_of(key);
+            *home.get_or_insert(s) == s
+        };
+        for c in &req.compare {
+            if !visit(&c.key) {
+                return None;
+            }
+        }
+        for op in req.success.iter().chain(&req.failure) {
+            let single = match op {
+                TxnOp::Put(p) => Some(&p.key),
+                TxnOp::Delete(d) => d.range.single_key(),
+                TxnOp::Range(r) => r.range.single_key(),
+            };
+            match single {
+                Some(k) if visit(k) => {}
+                _ => return None,
+            }
+        }
+        Some(home.unwrap_or(0))
+    }
+
+    async fn coord<T>(&self, msg: impl FnOnce(oneshot::Sender<Result<T, StoreError>>) -> CoordMsg) -> Result<T, StoreError> {
+        let (tx, rx) = oneshot::channel();
+        self.inner.coord.send(msg(tx)).map_err(|_| StoreError::Shutdown)?;
+        rx.await.map_err(|_| StoreError::Shutdown)?
+    }
+
+    /// Grants a lease (`id` 0 picks one). Keys put with it are deleted when it expires.
+    pub async fn lease_grant(&self, id: LeaseId, ttl_seconds: i64) -> Result<LeaseGrant, StoreError> {
+        self.coord(|reply| CoordMsg::LeaseGrant { id, ttl: ttl_seconds, reply }).await
+    }
+
+    /// Renews a lease's TTL; returns it.
+    pub async fn lease_keep_alive(&self, id: LeaseId) -> Result<i64, StoreError> {
+        self.coord(|reply| CoordMsg::LeaseKeepAlive { id, reply }).await
+    }
+
+    /// `(granted TTL, remaining seconds)` of a lease.
+    pub async fn lease_time_to_live(&self, id: LeaseId) -> Result<(i64, i64), StoreError> {
+        self.coord(|reply| CoordMsg::LeaseTimeToLive { id, reply }).await
+    }
+
+    /// Revokes a lease, deleting its keys at one revision.
+    pub async fn lease_revoke(&self, id: LeaseId) -> Result<Revision, StoreError> {
+        self.coord(|reply| CoordMsg::LeaseRevoke { id, reply }).await
+    }
+
+    /// Drops history before `revision`.
+    pub async fn compact(&self, revision: Revision) -> Result<(), StoreError> {
+        self.coord(|reply| CoordMsg::Compact { revision, reply }).await
+    }
+
+    /// Writes a snapshot now; returns its revision.
+    pub async fn snapshot(&self) -> Result<Revision, StoreError> {
+        self.coord(|reply| CoordMsg::Snapshot { reply }).await
+    }
+
+    pub async fn stats(&self) -> Stats {
+        let sh = self.shared();
+        let mut st = Stats {
+            revision: sh.visible.load(SeqCst),
+            compact_revision: sh.compact_revision.load(SeqCst),
+            wal_bytes_since_snapshot: sh.wal_bytes.iter().map(|b| b.load(SeqCst)).sum(),
+            ..Default::default()
+        };
+        let mut rxs = Vec::new();
+        for inbox in &sh.inbox {
+            let (tx, rx) = bounded(1);
+            if inbox.send(ShardMsg::Stats { reply: tx }).is_ok() {
+                rxs.push(rx);
+            }
+        }
+        for rx in rxs {
+            let s = tokio::task::spawn_blocking(move || rx.recv()).await;
+            if let Ok(Ok(s)) = s {
+                st.live_keys += s.mvcc.live_keys;
+                st.indexed_keys += s.mvcc.indexed_keys;
+                st.retained_revisions += s.mvcc.retained_revisions;
+                st.key_bytes += s.mvcc.key_bytes;
+                st.value_bytes += s.mvcc.value_bytes;
+                st.index_overhead_bytes += s.mvcc.index_overhead_bytes;
+                st.watchers += s.watchers;
+                st.leases = s.leases;
+            }
+        }
+        st
+    }
+
+    /// Watches a key, prefix or range from a revision. Events arrive in revision order, each
+    /// exactly once, across all shards.
+    pub fn watch(&self, req: WatchRequest) -> Watcher {
+        let sh = &self.inner.shared;
+        let visible = sh.visible.load(SeqCst);
+        let start = match req.start_revision {
+            None | Some(0) => visible + 1,
+            Some(r) => r,
+        };
+        let id = sh.next_watch_id.fetch_add(1, SeqCst);
+        let (tx, rx) = mpsc::channel(sh.cfg.watch_queue_events_max);
+        let overflow = Arc::new(AtomicU64::new(NONE));
+        let targets: Vec<usize> = match req.range.single_key() {
+            Some(k) => vec![sh.shard_of(k)],
+            None => (0..sh.shards).collect(),
+        };
+        for &s in &targets {
+            let _ = sh.inbox[s].send(ShardMsg::Watch(WatchRegistration {
+                id,
+                range: req.range.clone(),
+                start,
+                prev_kv: req.prev_kv,
+                tx: tx.clone(),
+                overflow: overflow.clone(),
+            }));
+        }
+        drop(tx);
+        Watcher {
+            inner: self.inner.clone(),
+            id,
+            targets,
+            rx,
+            visible: sh.visible_tx.subscribe(),
+            overflow,
+            held: BTreeMap::new(),
+            arrival: 0,
+            next_revision: start,
+            ended: None,
+        }
+    }
+}
+
+/// A stream of events in revision order. `next` yields batches; after an error the stream
+/// has ended (for `SlowWatcher`, watch again from its `resume_revision`).
+pub struct Watcher {
+    inner: Arc<Inner>,
+    id: u64,
+    targets: Vec<usize>,
+    rx: mpsc::Receiver<WatchItem>,
+    visible: tokio::sync::watch::Receiver<Revision>,
+    overflow: Arc<AtomicU64>,
+    /// Events received but not yet visible, by (revision, order within it, arrival).
+    held: BTreeMap<(Revision, u32, u64), Event>,
+    arrival: u64,
+    /// Every event below this has been delivered.
+    next_revision: Revision,
+    ended: Option<WatchError>,
+}
+
+impl Watcher {
+    /// The revision from which a new watch would continue this one without a gap.
+    pub fn resume_revision(&self) -> Revision {
+        self.next_revision
+    }
+
+    /// The next batch of events, or the reason the watch ended. `None` after the end.
+    pub async fn next(&mut self) -> Option<Result<Vec<Event>, WatchError>> {
+        loop {
+            if self.ended.is_some() && self.held.is_empty() {
+                return self.ended.take().map(Err);
+            }
+            let w = *self.visible.borrow_and_update();
+            // Everything at or below `w` has been queued by now: drain, then release.
+            let mut closed = false;
+            loop {
+                match self.rx.try_recv() {
+                    Ok(item) => self.accept(item),
+                    Err(mpsc::error::TryRecvError::Empty) => break,
+                    Err(mpsc::error::TryRecvError::Disconnected) => {
+                        closed = true;
+                        break;
+                    }
+                }
+            }
+            let overflow = self.overflow.load(SeqCst);
+            let limit = if overflow != NONE { w.min(overflow - 1) } else { w };
+            let mut out = Vec::new();
+            while let Some(entry) = self.held.first_entry() {
+                if entry.key().0 > limit {
+                    break;
+                }
+                out.push(entry.remove());
+            }
+            if let Some(last) = out.last() {
+                self.next_revision = last.kv.mod_revision + 1;
+            }
+            if overflow != NONE && w >= overflow - 1 && self.ended.is_none() {
+                self.next_revision = self.next_revision.max(overflow).min(overflow);
+                self.held.clear();
+                self.ended = Some(WatchError::SlowWatcher {
+                    resume_revision: overflow,
+                    queue_max: self.inner.shared.cfg.watch_queue_events_max,
+                });
+            }
+            if !out.is_empty() {
+                return Some(Ok(out));
+            }
+            if self.ended.is_some() {
+                continue;
+            }
+            if closed {
+                self.ended = Some(WatchError::Shutdown);
+                continue;
+            }
+            tokio::select! {
+                item = self.rx.recv() => match item {
+                    Some(item) => self.accept(item),
+                    None => {}
+                },
+                r = self.visible.changed() => {
+                    if r.is_err() {
+                        self.ended = Some(WatchError::Shutdown);
+                    }
+                }
+            }
+        }
+    }
+
+    fn accept(&mut self, item: WatchItem) {
+        match item {
+            WatchItem::Event { sub, event } => {
+                self.arrival += 1;
+                self.held.insert((event.kv.mod_revision, sub, self.arrival), event);
+            }
+            WatchItem::End(e) => {
+                if self.ended.is_none() {
+                    self.held.clear();
+                    self.ended = Some(e);
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Watcher {
+    fn drop(&mut self) {
+        for &s in &self.targets {
+            let _ = self.inner.shared.inbox[s].send(ShardMsg::Unwatch { id: self.id });
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Recovery
+// ---------------------------------------------------------------------------------------------
+
+struct Recovered {
+    shards: Vec<(Mvcc, WalWriter)>,
+    revision: Revision,
+    compact: Revision,
+    leases: Vec<(LeaseId, i64)>,
+    snapshot_id: u64,
+    snapshot_revision: Revision,
+    replayed: usize,
+}
+
+fn shard_dir(data_dir: &Path, s: usize) -> PathBuf {
+    data_dir.join("wal").join(format!("shard-{s}"))
+}
+
+/// One shard's log after the snapshot: its records, and where writing continues.
+struct ShardLog {
+    records: Vec<Record>,
+    file: std::fs::File,
+    end: Position,
+}
+
+fn read_shard_log(dir: &Path, shard: u32, from: Position, cfg: &Config) -> Result<ShardLog, OpenError> {
+    std::fs::create_dir_all(dir).map_err(|e| OpenError::io(dir, e))?;
+    let mut segs = wal::list_segments(dir)?;
+    // Segments before the snapshot's position are covered by it (removal may have been cut
+    // short by a crash).
+    for (seq, path) in segs.iter().filter(|(seq, _)| *seq < from.seq) {
+        tracing::info!(seq, "removing a log segment covered by the snapshot");
+        let _ = std::fs::remove_file(path);
+    }
+    segs.retain(|(seq, _)| *seq >= from.seq);
+    if segs.is_empty() {
+        let seq = from.seq.max(1);
+        let file = wal::prepare_segment(dir, shard, seq, cfg.segment_bytes).map_err(|e| OpenError::io(dir, e))?;
+        return Ok(ShardLog { records: vec![], file, end: Position { seq, offset: SEGMENT_HEADER_BYTES } });
+    }
+    let mut records = Vec::new();
+    let mut torn: Option<(PathBuf, u64)> = None;
+    let mut to_zero: Option<(PathBuf, u64, u64)> = None;
+    let mut last: Option<(PathBuf, u64, u64, u64)> = None; // path, seq, end, garbage_end
+    for (i, (seq, path)) in segs.iter().enumerate() {
+        if *seq != from.seq.max(segs[0].0) + i as u64 {
+            return Err(OpenError::Corrupt {
+                path: path.clone(),
+                offset: 0,
+                reason: format!("log segment {} is missing before this one", from.seq.max(segs[0].0) + i as u64),
+            });
+        }
+        let file = std::fs::File::open(path).map_err(|e| OpenError::io(path, e))?;
+        // SAFETY: segments are only written by this process's writer, which is not running yet.
+        let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| OpenError::io(path, e))?;
+        let data = Bytes::from_owner(map);
+        let (hshard, hseq) = wal::parse_header(&data)
+            .map_err(|reason| OpenError::Corrupt { path: path.clone(), offset: 0, reason })?;
+        if hshard != shard || hseq != *seq {
+            return Err(OpenError::Corrupt {
+                path: path.clone(),
+                offset: 0,
+                reason: format!("segment header says shard {hshard} seq {hseq}"),
+            });
+        }
+        let scan = wal::scan_segment(&data);
+        if let Some((tpath, at)) = &torn {
+            if !scan.frames.is_empty() {
+                return Err(OpenError::Corrupt {
+                    path: tpath.clone(),
+                    offset: *at,
+                    reason: format!("invalid frame, but a later segment {} holds valid frames", path.display()),
+                });
+            }
+        }
+        match scan.tail {
+            Tail::Clean => {}
+            Tail::Torn { at, garbage_end: g } => {
+                tracing::warn!(path = %path.display(), offset = at, "cutting off a torn log tail (an unacknowledged write cut by a crash)");
+                torn = Some((path.clone(), at));
+                to_zero = Some((path.clone(), at, g));
+            }
+            Tail::Corrupt { at, valid_at, reason } => {
+                return Err(OpenError::Corrupt {
+                    path: path.clone(),
+                    offset: at,
+                    reason: format!("{reason}; a valid frame follows at offset {valid_at}"),
+                });
+            }
+        }
+        for (off, payload) in scan.frames {
+            if (Position { seq: *seq, offset: off }) < from {
+                continue;
+            }
+            let recs = wal::frame_records(&payload).map_err(|reason| OpenError::Corrupt {
+                path: path.clone(),
+                offset: off,
+                reason,
+            })?;
+            records.extend(recs);
+        }
+        last = Some((path.clone(), *seq, scan.end, 0u64));
+    }
+    let (path, seq, end, _) = last.expect("at least one segment");
+    if let Some((tpath, from, to)) = to_zero {
+        let f = std::fs::OpenOptions::new().write(true).open(&tpath).map_err(|e| OpenError::io(&tpath, e))?;
+        wal::zero_range(&f, from, to).map_err(|e| OpenError::io(&tpath, e))?;
+    }
+    let file = std::fs::OpenOptions::new().read(true).write(true).open(&path).map_err(|e| OpenError::io(&path, e))?;
+    Ok(ShardLog { records, file, end: Position { seq, offset: end } })
+}
+
+fn recover(cfg: &Config) -> Result<Recovered, OpenError> {
+    let dir = &cfg.data_dir;
+    let n = cfg.shards;
+    let snap = snapshot::current(dir)?;
+    if let Some((_, _, m)) = &snap {
+        if m.shards as usize != n {
+            return Err(OpenError::ShardCountMismatch { path: dir.clone(), found: m.shards, configured: n as u32 });
+        }
+    } else if let Ok(rd) = std::fs::read_dir(dir.join("wal")) {
+        let found = rd.flatten().filter(|e| e.file_name().to_string_lossy().starts_with("shard-")).count();
+        if found != 0 && found != n {
+            return Err(OpenError::ShardCountMismatch { path: dir.clone(), found: found as u32, configured: n as u32 });
+        }
+    }
+    // Load snapshots and read logs, one thread per shard.
+    let results: Vec<Result<(Mvcc, ShardLog), OpenError>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..n)
+            .map(|s| {
+                let snap = &snap;
+                scope.spawn(move || {
+                    let (mvcc, from) = match snap {
+                        Some((_, sdir, m)) => (snapshot::load_shard(sdir, s as u32, m)?, m.positions[s]),
+                        None => (Mvcc::default(), Position { seq: 1, offset: SEGMENT_HEADER_BYTES }),
+                    };
+                    let log = read_shard_log(&shard_dir(dir, s), s as u32, from, cfg)?;
+                    Ok((mvcc, log))
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().expect("recovery thread")).collect()
+    });
+    let mut mvccs = Vec::with_capacity(n);
+    let mut logs = Vec::with_capacity(n);
+    for r in results {
+        let (m, l) = r?;
+        mvccs.push(m);
+        logs.push(l);
+    }
+    let (mut revision, mut compact) = snap.as_ref().map_or((0, 0), |(_, _, m)| (m.revision, m.compact_revision));
+    // Replay every log's records in revision order (markers after their revision's changes).
+    let mut all: Vec<Record> = logs.iter_mut().flat_map(|l| std::mem::take(&mut l.records)).collect();
+    all.sort_by_key(|r| r.order_key());
+    let replayed = all.len();
+    let shard_of = |key: &[u8]| if n == 1 { 0 } else { crc32c::crc32c(key) as usize % n };
+    for rec in all {
+        revision = revision.max(rec.revision);
+        for c in rec.changes {
+            let s = shard_of(c.key());
+            match c {
+                Change::Put { key, value, lease } => {
+                    mvccs[s].put(Bytes::copy_from_slice(&key), Bytes::copy_from_slice(&value), lease, rec.revision);
+                }
+                Change::Delete { key } => {
+                    mvccs[s].delete(&key, rec.revision);
+                }
+            }
+        }
+        for (id, ttl) in &rec.lease_grants {
+            for m in mvccs.iter_mut() {
+                m.leases.insert(*id, *ttl);
+            }
+        }
+        for id in &rec.lease_revokes {
+            for m in mvccs.iter_mut() {
+                m.leases.remove(id);
+            }
+        }
+        if rec.compact > compact {
+            compact = rec.compact;
+            for m in mvccs.iter_mut() {
+                m.compact(compact);
+            }
+        }
+    }
+    let leases: Vec<(LeaseId, i64)> = mvccs.first().map(|m| m.leases.iter().map(|(a, b)| (*a, *b)).collect()).unwrap_or_default();
+    let mut shards = Vec::with_capacity(n);
+    for (s, (mvcc, log)) in mvccs.into_iter().zip(logs).enumerate() {
+        let sdir = shard_dir(dir, s);
+        // Remove empty segments after the one we continue in, so the preparer's numbering holds.
+        for (seq, path) in wal::list_segments(&sdir)? {
+            if seq > log.end.seq {
+                let _ = std::fs::remove_file(path);
+            }
+        }
+        let writer = WalWriter::open(sdir.clone(), s as u32, log.file, log.end, cfg.segment_bytes, cfg.fsync)
+            .map_err(|e| OpenError::io(&sdir, e))?;
+        shards.push((mvcc, writer));
+    }
+    Ok(Recovered {
+        shards,
+        revision,
+        compact,
+        leases,
+        snapshot_id: snap.as_ref().map_or(0, |(id, _, _)| *id),
+        snapshot_revision: snap.as_ref().map_or(0, |(_, _, m)| m.revision),
+        replayed,
+    })
+}

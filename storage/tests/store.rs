@@ -1,0 +1,219 @@
+//! Behaviour of the store through its public API, on real files.
+
+mod common;
+
+use bytes::Bytes;
+use common::*;
+use storage::*;
+
+fn put_op(k: &str, v: &str) -> TxnOp {
+    TxnOp::Put(PutRequest { key: b(k), value: b(v), lease: 0, prev_kv: false })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn put_get_and_range_across_shards() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), 2);
+    within("writes", async {
+        for i in 0..100 {
+            store.put(format!("/p/{i:03}"), format!("v{i}")).await.unwrap();
+        }
+    })
+    .await;
+    let r = store.range(RangeRequest::prefix("/p/")).await.unwrap();
+    assert_eq!(r.count, 100);
+    assert_eq!(r.kvs.len(), 100);
+    assert!(r.kvs.windows(2).all(|w| w[0].key < w[1].key), "range results are sorted");
+    let r = store.range(RangeRequest::prefix("/p/").limit(10)).await.unwrap();
+    assert_eq!((r.kvs.len(), r.count, r.more), (10, 100, true));
+    assert_eq!(r.kvs[0].key, b("/p/000"));
+    let kv = store.get("/p/042").await.unwrap().unwrap();
+    assert_eq!(kv.value, b("v42"));
+    assert_eq!(kv.version, 1);
+    assert_eq!(store.revision(), 100, "one revision per put, across both shards");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compare_and_swap_on_mod_revision_succeeds_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), 2);
+    let rev = store.put("k", "0").await.unwrap().revision;
+    let cas = |expect: u64, v: &str| TxnRequest {
+        compare: vec![Compare { key: b("k"), op: CompareOp::Equal, target: CompareTarget::ModRevision(expect) }],
+        success: vec![put_op("k", v)],
+        failure: vec![TxnOp::Range(RangeRequest::key("k"))],
+    };
+    let a = store.txn(cas(rev, "a")).await.unwrap();
+    let b2 = store.txn(cas(rev, "b")).await.unwrap();
+    assert!(a.succeeded);
+    assert!(!b2.succeeded, "second CAS with the same expected revision must fail");
+    match &b2.responses[0] {
+        TxnOpResponse::Range(r) => assert_eq!(r.kvs[0].value, b("a")),
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_txn_over_keys_of_both_shards_is_atomic_at_one_revision() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), 2);
+    let keys: Vec<String> = (0..20).map(|i| format!("/t/{i}")).collect();
+    let req = TxnRequest {
+        compare: vec![],
+        success: keys.iter().map(|k| put_op(k, "x")).collect(),
+        failure: vec![],
+    };
+    let resp = store.txn(req).await.unwrap();
+    let r = store.range(RangeRequest::prefix("/t/")).await.unwrap();
+    assert_eq!(r.count, 20);
+    assert!(r.kvs.iter().all(|kv| kv.mod_revision == resp.revision));
+    let d = store
+        .delete(DeleteRequest { range: KeyRange::Prefix(b("/t/")), prev_kv: true })
+        .await
+        .unwrap();
+    assert_eq!(d.deleted, 20);
+    assert_eq!(d.prev_kvs.len(), 20);
+    assert_eq!(store.range(RangeRequest::prefix("/t/")).await.unwrap().count, 0);
+    let none = store.delete(DeleteRequest { range: KeyRange::Prefix(b("/t/")), prev_kv: false }).await.unwrap();
+    assert_eq!(none.deleted, 0);
+    assert_eq!(store.revision(), d.revision, "a delete that finds nothing takes no revision");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_over_the_size_limit_is_refused_and_writes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), 2);
+    let big = Bytes::from(vec![7u8; (1 << 20) + 1]);
+    let err = store.put("big", big).await.unwrap_err();
+    assert!(matches!(err, StoreError::TooLarge { .. }), "{err:?}");
+    assert!(store.get("big").await.unwrap().is_none());
+    assert_eq!(store.revision(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_at_old_revisions_and_compaction() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), 2);
+    let r1 = store.put("a", "1").await.unwrap().revision;
+    let r2 = store.put("a", "2").await.unwrap().revision;
+    store.put("a", "3").await.unwrap();
+    let old = store.range(RangeRequest::key("a").at(r1)).await.unwrap();
+    assert_eq!(old.kvs[0].value, b("1"));
+    store.compact(r2).await.unwrap();
+    let err = store.range(RangeRequest::key("a").at(r1)).await.unwrap_err();
+    assert!(matches!(err, StoreError::Compacted { .. }), "{err:?}");
+    assert_eq!(store.range(RangeRequest::key("a").at(r2)).await.unwrap().kvs[0].value, b("2"));
+    let future = store.range(RangeRequest::key("a").at(1000)).await.unwrap_err();
+    assert!(matches!(future, StoreError::FutureRevision { .. }));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn data_survives_reopen_with_and_without_a_snapshot() {
+    let dir = tempfile::tempdir().unwrap();
+    let last;
+    {
+        let store = open(dir.path(), 2);
+        for i in 0..50 {
+            store.put(format!("k{i}"), format!("a{i}")).await.unwrap();
+        }
+        store.snapshot().await.unwrap();
+        for i in 25..75 {
+            store.put(format!("k{i}"), format!("b{i}")).await.unwrap();
+        }
+        store.delete(DeleteRequest { range: KeyRange::Key(b("k0")), prev_kv: false }).await.unwrap();
+        last = store.revision();
+    }
+    let store = open(dir.path(), 2);
+    assert_eq!(store.revision(), last, "revision does not go backwards across a restart");
+    let r = store.range(RangeRequest::prefix("k")).await.unwrap();
+    assert_eq!(r.count, 74);
+    assert_eq!(store.get("k30").await.unwrap().unwrap().value, b("b30"));
+    assert_eq!(store.get("k30").await.unwrap().unwrap().version, 2);
+    assert_eq!(store.get("k10").await.unwrap().unwrap().value, b("a10"));
+    assert!(store.get("k0").await.unwrap().is_none());
+    let next = store.put("k1", "c").await.unwrap().revision;
+    assert_eq!(next, last + 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn opening_with_another_shard_count_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = open(dir.path(), 2);
+        store.put("a", "1").await.unwrap();
+    }
+    let err = Store::open(config(dir.path(), 1)).err().expect("must refuse");
+    assert!(matches!(err, OpenError::ShardCountMismatch { .. }), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lease_revoke_deletes_attached_keys_on_every_shard() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), 2);
+    let lease = store.lease_grant(0, 60).await.unwrap();
+    for i in 0..10 {
+        store
+            .put_with(PutRequest { key: b(&format!("/l/{i}")), value: b("v"), lease: lease.id, prev_kv: false })
+            .await
+            .unwrap();
+    }
+    let err = store.put_with(PutRequest { key: b("x"), value: b("v"), lease: 12345, prev_kv: false }).await.unwrap_err();
+    assert_eq!(err, StoreError::LeaseNotFound(12345));
+    let mut w = store.watch(WatchRequest { range: KeyRange::Prefix(b("/l/")), start_revision: None, prev_kv: false });
+    store.lease_revoke(lease.id).await.unwrap();
+    assert_eq!(store.range(RangeRequest::prefix("/l/")).await.unwrap().count, 0);
+    let mut seen = 0;
+    while seen < 10 {
+        let batch = within("delete events of the revoked lease", w.next()).await.unwrap().unwrap();
+        assert!(batch.iter().all(|e| e.kind == EventKind::Delete));
+        seen += batch.len();
+    }
+    assert!(store.lease_keep_alive(lease.id).await.is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_lease_deletes_its_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), 2);
+    let lease = store.lease_grant(0, 1).await.unwrap();
+    store.put_with(PutRequest { key: b("eph"), value: b("v"), lease: lease.id, prev_kv: false }).await.unwrap();
+    let mut w = store.watch(WatchRequest { range: KeyRange::Key(b("eph")), start_revision: None, prev_kv: true });
+    let batch = within("expiry of a 1 s lease", w.next()).await.unwrap().unwrap();
+    assert_eq!(batch[0].kind, EventKind::Delete);
+    assert_eq!(batch[0].prev_kv.as_ref().unwrap().lease, lease.id);
+    assert!(store.get("eph").await.unwrap().is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leases_survive_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let id;
+    {
+        let store = open(dir.path(), 2);
+        id = store.lease_grant(0, 600).await.unwrap().id;
+        store.put_with(PutRequest { key: b("e"), value: b("v"), lease: id, prev_kv: false }).await.unwrap();
+    }
+    let store = open(dir.path(), 2);
+    assert_eq!(store.lease_time_to_live(id).await.unwrap().0, 600);
+    store.lease_revoke(id).await.unwrap();
+    assert!(store.get("e").await.unwrap().is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_disk_full_log_fails_writes_keeps_reads_and_recovers() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), 2);
+    store.put("before", "1").await.unwrap();
+    storage::failpoint::set("wal::write", "enospc");
+    let err = store.put("during", "2").await.unwrap_err();
+    storage::failpoint::clear("wal::write");
+    assert_eq!(err, StoreError::NoSpace);
+    assert!(store.get("during").await.unwrap().is_none(), "nothing half-written");
+    assert_eq!(store.get("before").await.unwrap().unwrap().value, b("1"), "reads keep working");
+    store.put("after", "3").await.unwrap();
+    drop(store);
+    let store = open(dir.path(), 2);
+    assert!(store.get("before").await.unwrap().is_some());
+    assert!(store.get("after").await.unwrap().is_some());
+    assert!(store.get("during").await.unwrap().is_none());
+}
