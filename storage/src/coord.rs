@@ -225,7 +225,7 @@ impl Coordinator {
                 let _ = reply.send(self.compact(revision));
             }
             CoordMsg::Snapshot { reply } => {
-                let _ = reply.send(self.snapshot().map_err(|e| StoreError::Io(e.to_string())));
+                let _ = reply.send(self.snapshot().map_err(|e| StoreError::Io(format!("snapshot: {e}"))));
             }
             CoordMsg::Shutdown { .. } => unreachable!(),
         }
@@ -453,6 +453,7 @@ impl Coordinator {
         let f = Frozen::new(&self.shared);
         let revision = self.shared.counter.load(SeqCst);
         let id = self.snapshot_id + 1;
+        self.snapshot_id = id; // never reused, even if this attempt fails
         let dir = snapshot::begin(&self.data_dir, id)?;
         let shards = self.shared.shards as u32;
         let d2 = dir.clone();
@@ -475,7 +476,6 @@ impl Coordinator {
             chunks,
         };
         snapshot::commit(&self.data_dir, &dir, id, &manifest)?;
-        self.snapshot_id = id;
         self.snapshot_revision = revision;
         let removed = f.run_all(move |c| {
             c.wal.bytes_since_snapshot = 0;

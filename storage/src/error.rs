@@ -21,7 +21,7 @@ pub enum StoreError {
     Invalid(String),
     #[error("the write-ahead log's disk is full: the write was not applied; retry when space is freed")]
     NoSpace,
-    #[error("write-ahead log I/O error, the write was not applied: {0}")]
+    #[error("I/O error, nothing was applied: {0}")]
     Io(String),
     #[error("the store stopped accepting writes after a fatal I/O error ({0}); reads still work; restart to recover")]
     Failed(String),
@@ -38,6 +38,8 @@ pub enum OpenError {
     Corrupt { path: PathBuf, offset: u64, reason: String },
     #[error("data directory {path} was written with {found} shards but the store was opened with {configured}")]
     ShardCountMismatch { path: PathBuf, found: u32, configured: u32 },
+    #[error("data directory {path} is in use by another process (its LOCK is held)")]
+    Locked { path: PathBuf },
     #[error("invalid configuration: {0}")]
     Config(String),
 }

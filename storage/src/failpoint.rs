@@ -3,7 +3,8 @@
 //! In debug builds (every test build) `failpoint!("name")` looks the name up in a table that
 //! is filled from the `CAPSTAN_FAILPOINTS` environment variable at first use
 //! (`name=action;name=action`) or by [`set`] / [`clear`] at run time. Actions:
-//! - `abort`: `std::process::abort()`, a crash at exactly that line;
+//! - `abort`: `std::process::abort()`, a crash at exactly that line; `abort@N`: the same at
+//!   the Nth time the line is reached;
 //! - `enospc` / `eio`: the failpoint returns that I/O error to its caller;
 //! - `off`: nothing.
 //!
@@ -42,7 +43,18 @@ mod imp {
 
     /// Evaluates failpoint `name`: aborts, or returns the error to inject.
     pub fn eval(name: &str) -> Option<std::io::Error> {
-        let action = table().lock().unwrap().get(name).cloned()?;
+        let mut t = table().lock().unwrap();
+        let action = t.get(name).cloned()?;
+        if let Some(n) = action.strip_prefix("abort@") {
+            let left: u64 = n.parse().unwrap_or(1);
+            if left <= 1 {
+                eprintln!("failpoint {name}: abort");
+                std::process::abort()
+            }
+            t.insert(name.to_string(), format!("abort@{}", left - 1));
+            return None;
+        }
+        drop(t);
         match action.as_str() {
             "abort" => {
                 eprintln!("failpoint {name}: abort");

@@ -22,7 +22,23 @@ use crate::wal::{FrameBuilder, Record, WalError, WalWriter};
 #[derive(Debug)]
 pub enum WatchItem {
     Event { sub: u32, event: Event },
+    /// A shard's catch-up: its retained history in the watcher's range since the start
+    /// revision, as `(sub, event)`. One message, so that catching up on a long history is not
+    /// mistaken for a slow watcher; its size is bounded by compaction, as a range read's is.
+    CatchUp(Vec<(u32, Event)>),
+    /// A shard finished catching this watcher up (a wake-up; the count is in `WatchShared`).
+    Registered,
     End(WatchError),
+}
+
+/// What a watcher's shards and its stream share.
+#[derive(Debug)]
+pub struct WatchShared {
+    /// The lowest revision a shard failed to queue for this watcher (`NONE` if none).
+    pub overflow: AtomicU64,
+    /// Shards that have finished the catch-up of this watcher (successfully or not). Until all
+    /// have, the stream releases nothing: a shard's catch-up may hold older revisions.
+    pub registered: std::sync::atomic::AtomicUsize,
 }
 
 pub type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
@@ -53,8 +69,7 @@ pub struct WatchRegistration {
     pub start: Revision,
     pub prev_kv: bool,
     pub tx: mpsc::Sender<WatchItem>,
-    /// The lowest revision a shard failed to queue for this watcher (`NONE` if none).
-    pub overflow: Arc<AtomicU64>,
+    pub shared: Arc<WatchShared>,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -69,7 +84,7 @@ struct Watcher {
     range: KeyRange,
     prev_kv: bool,
     tx: mpsc::Sender<WatchItem>,
-    overflow: Arc<AtomicU64>,
+    shared: Arc<WatchShared>,
 }
 
 /// A reply that waits until the visible revision reaches `ack`.
@@ -298,7 +313,7 @@ impl ShardCore {
                 i += 1;
                 continue;
             }
-            if w.overflow.load(SeqCst) != NONE {
+            if w.shared.overflow.load(SeqCst) != NONE {
                 self.watchers.swap_remove(i);
                 continue;
             }
@@ -309,7 +324,7 @@ impl ShardCore {
             match w.tx.try_send(WatchItem::Event { sub, event: e }) {
                 Ok(()) => i += 1,
                 Err(mpsc::error::TrySendError::Full(_)) => {
-                    w.overflow.fetch_min(rev, SeqCst);
+                    w.shared.overflow.fetch_min(rev, SeqCst);
                     self.watchers.swap_remove(i);
                 }
                 Err(mpsc::error::TrySendError::Closed(_)) => {
@@ -355,34 +370,42 @@ impl ShardCore {
 
     /// Catches a new watcher up on this shard's history since its start, then keeps it.
     fn register(&mut self, reg: WatchRegistration) {
+        let done = |reg: &WatchRegistration| {
+            reg.shared.registered.fetch_add(1, SeqCst);
+            let _ = reg.tx.try_send(WatchItem::Registered);
+        };
         let compacted = self.mvcc.compact_revision();
         if reg.start < compacted {
             let _ = reg.tx.try_send(WatchItem::End(WatchError::Compacted {
                 requested: reg.start,
                 compact_revision: compacted,
             }));
+            done(&reg);
             return;
         }
         let history = self.mvcc.events_since(&reg.range, reg.start, reg.prev_kv);
-        let mut last: Option<Revision> = None;
-        let mut sub = 0;
-        for e in history {
-            let rev = e.kv.mod_revision;
-            sub = if last == Some(rev) { sub + 1 } else { 0 };
-            last = Some(rev);
-            if let Err(err) = reg.tx.try_send(WatchItem::Event { sub, event: e }) {
+        if !history.is_empty() {
+            let mut last: Option<Revision> = None;
+            let mut sub = 0;
+            let first = history[0].kv.mod_revision;
+            let items = history
+                .into_iter()
+                .map(|e| {
+                    let rev = e.kv.mod_revision;
+                    sub = if last == Some(rev) { sub + 1 } else { 0 };
+                    last = Some(rev);
+                    (sub, e)
+                })
+                .collect();
+            if let Err(err) = reg.tx.try_send(WatchItem::CatchUp(items)) {
                 if let mpsc::error::TrySendError::Full(_) = err {
-                    reg.overflow.fetch_min(rev, SeqCst);
+                    reg.shared.overflow.fetch_min(first, SeqCst);
                 }
+                done(&reg);
                 return;
             }
         }
-        self.watchers.push(Watcher {
-            id: reg.id,
-            range: reg.range,
-            prev_kv: reg.prev_kv,
-            tx: reg.tx,
-            overflow: reg.overflow,
-        });
+        done(&reg);
+        self.watchers.push(Watcher { id: reg.id, range: reg.range, prev_kv: reg.prev_kv, tx: reg.tx, shared: reg.shared });
     }
 }

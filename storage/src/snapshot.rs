@@ -176,6 +176,9 @@ pub fn begin(data_dir: &Path, id: u64) -> std::io::Result<PathBuf> {
     std::fs::create_dir_all(&root)?;
     let dir = root.join(format!("{id:016x}.tmp"));
     let _ = std::fs::remove_dir_all(&dir);
+    // A crash between renaming a snapshot into place and pointing CURRENT at it leaves a
+    // finished but unused snapshot under this id: it is not in force, drop it.
+    let _ = std::fs::remove_dir_all(root.join(format!("{id:016x}")));
     std::fs::create_dir(&dir)?;
     Ok(dir)
 }
@@ -212,7 +215,10 @@ pub fn current(data_dir: &Path) -> Result<Option<(u64, PathBuf, Manifest)>, Open
     let cur = data_dir.join("CURRENT");
     let name = match std::fs::read_to_string(&cur) {
         Ok(s) => s.trim().to_string(),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let _ = std::fs::remove_dir_all(snap_root(data_dir));
+            return Ok(None);
+        }
         Err(e) => return Err(OpenError::io(cur, e)),
     };
     let id = u64::from_str_radix(&name, 16).map_err(|_| OpenError::Corrupt {

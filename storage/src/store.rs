@@ -15,7 +15,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::coord::{CoordMsg, Coordinator, merge_ranges};
 use crate::error::{OpenError, StoreError, WatchError};
 use crate::mvcc::Mvcc;
-use crate::shard::{ShardCore, ShardMsg, WatchItem, WatchRegistration};
+use crate::shard::{ShardCore, ShardMsg, WatchItem, WatchRegistration, WatchShared};
 use crate::shared::{NONE, Shared};
 use crate::snapshot;
 use crate::types::*;
@@ -71,6 +71,8 @@ impl Config {
 
 struct Inner {
     shared: Arc<Shared>,
+    /// Held (flock) while the store is open: one process per data directory.
+    _lock: std::fs::File,
     coord: Sender<CoordMsg>,
     threads: Mutex<Vec<JoinHandle<()>>>,
 }
@@ -111,6 +113,7 @@ impl Store {
         }
         let dir = &cfg.data_dir;
         std::fs::create_dir_all(dir).map_err(|e| OpenError::io(dir, e))?;
+        let lock = lock_dir(dir)?;
         let recovered = recover(&cfg)?;
         let n = cfg.shards;
         let mut inbox = Vec::with_capacity(n);
@@ -165,7 +168,7 @@ impl Store {
             replayed_records = recovered.replayed,
             "store open"
         );
-        Ok(Store { inner: Arc::new(Inner { shared, coord: coord_tx, threads: Mutex::new(threads) }) })
+        Ok(Store { inner: Arc::new(Inner { shared, _lock: lock, coord: coord_tx, threads: Mutex::new(threads) }) })
     }
 
     fn shared(&self) -> &Shared {
@@ -373,7 +376,7 @@ impl Store {
         };
         let id = sh.next_watch_id.fetch_add(1, SeqCst);
         let (tx, rx) = mpsc::channel(sh.cfg.watch_queue_events_max);
-        let overflow = Arc::new(AtomicU64::new(NONE));
+        let wshared = Arc::new(WatchShared { overflow: AtomicU64::new(NONE), registered: Default::default() });
         let targets: Vec<usize> = match req.range.single_key() {
             Some(k) => vec![sh.shard_of(k)],
             None => (0..sh.shards).collect(),
@@ -385,7 +388,7 @@ impl Store {
                 start,
                 prev_kv: req.prev_kv,
                 tx: tx.clone(),
-                overflow: overflow.clone(),
+                shared: wshared.clone(),
             }));
         }
         drop(tx);
@@ -395,7 +398,7 @@ impl Store {
             targets,
             rx,
             visible: sh.visible_tx.subscribe(),
-            overflow,
+            shared: wshared,
             held: BTreeMap::new(),
             arrival: 0,
             next_revision: start,
@@ -412,7 +415,7 @@ pub struct Watcher {
     targets: Vec<usize>,
     rx: mpsc::Receiver<WatchItem>,
     visible: tokio::sync::watch::Receiver<Revision>,
-    overflow: Arc<AtomicU64>,
+    shared: Arc<WatchShared>,
     /// Events received but not yet visible, by (revision, order within it, arrival).
     held: BTreeMap<(Revision, u32, u64), Event>,
     arrival: u64,
@@ -433,8 +436,10 @@ impl Watcher {
             if self.ended.is_some() && self.held.is_empty() {
                 return self.ended.take().map(Err);
             }
+            // Once every shard has caught this watcher up, everything at or below `w` has been
+            // queued by now: drain, then release.
+            let caught_up = self.shared.registered.load(SeqCst) == self.targets.len();
             let w = *self.visible.borrow_and_update();
-            // Everything at or below `w` has been queued by now: drain, then release.
             let mut closed = false;
             loop {
                 match self.rx.try_recv() {
@@ -446,8 +451,14 @@ impl Watcher {
                     }
                 }
             }
-            let overflow = self.overflow.load(SeqCst);
-            let limit = if overflow != NONE { w.min(overflow - 1) } else { w };
+            let overflow = self.shared.overflow.load(SeqCst);
+            let limit = if !caught_up {
+                0
+            } else if overflow != NONE {
+                w.min(overflow - 1)
+            } else {
+                w
+            };
             let mut out = Vec::new();
             while let Some(entry) = self.held.first_entry() {
                 if entry.key().0 > limit {
@@ -458,7 +469,7 @@ impl Watcher {
             if let Some(last) = out.last() {
                 self.next_revision = last.kv.mod_revision + 1;
             }
-            if overflow != NONE && w >= overflow - 1 && self.ended.is_none() {
+            if caught_up && overflow != NONE && w >= overflow - 1 && self.ended.is_none() {
                 self.next_revision = self.next_revision.max(overflow).min(overflow);
                 self.held.clear();
                 self.ended = Some(WatchError::SlowWatcher {
@@ -496,6 +507,13 @@ impl Watcher {
                 self.arrival += 1;
                 self.held.insert((event.kv.mod_revision, sub, self.arrival), event);
             }
+            WatchItem::CatchUp(items) => {
+                for (sub, event) in items {
+                    self.arrival += 1;
+                    self.held.insert((event.kv.mod_revision, sub, self.arrival), event);
+                }
+            }
+            WatchItem::Registered => {}
             WatchItem::End(e) => {
                 if self.ended.is_none() {
                     self.held.clear();
@@ -526,6 +544,22 @@ struct Recovered {
     snapshot_id: u64,
     snapshot_revision: Revision,
     replayed: usize,
+}
+
+fn lock_dir(dir: &Path) -> Result<std::fs::File, OpenError> {
+    use std::os::fd::AsRawFd;
+    let path = dir.join("LOCK");
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| OpenError::io(&path, e))?;
+    // SAFETY: flock on a file descriptor we own.
+    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        return Err(OpenError::Locked { path: dir.to_path_buf() });
+    }
+    Ok(f)
 }
 
 fn shard_dir(data_dir: &Path, s: usize) -> PathBuf {

@@ -325,19 +325,19 @@ pub fn scan_segment(data: &Bytes) -> SegmentScan {
 fn classify_after(data: &Bytes, at: usize, from: usize) -> Tail {
     let mut off = from.next_multiple_of(8);
     let mut nonzero = false;
-    while off + FRAME_HEADER_BYTES <= data.len() {
-        let word = &data[off..off + 8];
-        if word != [0u8; 8] {
-            nonzero = true;
-            if let Ok(Some(_)) = frame_at(data, off) {
+    while let Some(nz) = next_nonzero(data, off) {
+        nonzero = true;
+        let cand = nz & !7;
+        if cand + FRAME_HEADER_BYTES <= data.len() {
+            if let Ok(Some(_)) = frame_at(data, cand) {
                 return Tail::Corrupt {
                     at: at as u64,
-                    valid_at: off as u64,
+                    valid_at: cand as u64,
                     reason: "invalid bytes before a valid frame".into(),
                 };
             }
         }
-        off += 8;
+        off = cand + 8;
     }
     if nonzero {
         Tail::Torn { at: at as u64, garbage_end: last_nonzero(data, at) }
@@ -346,8 +346,32 @@ fn classify_after(data: &Bytes, at: usize, from: usize) -> Tail {
     }
 }
 
+/// The first non-zero byte at or after `from`. Whole zero blocks are skipped with one
+/// comparison each (a preallocated segment is mostly zeros).
+fn next_nonzero(data: &[u8], from: usize) -> Option<usize> {
+    const BLOCK: usize = 4096;
+    static ZEROS: [u8; BLOCK] = [0; BLOCK];
+    let mut off = from;
+    while off < data.len() {
+        let end = (off + BLOCK).min(data.len());
+        if data[off..end] != ZEROS[..end - off] {
+            return data[off..end].iter().position(|b| *b != 0).map(|p| off + p);
+        }
+        off = end;
+    }
+    None
+}
+
 fn last_nonzero(data: &[u8], from: usize) -> u64 {
-    data[from..].iter().rposition(|b| *b != 0).map_or(from, |p| from + p + 1) as u64
+    let mut last = from;
+    let mut off = from;
+    while let Some(nz) = next_nonzero(data, off) {
+        let block_end = (nz / 4096 + 1) * 4096;
+        let end = block_end.min(data.len());
+        last = nz + data[nz..end].iter().rposition(|b| *b != 0).map_or(0, |p| p) + 1;
+        off = end;
+    }
+    last as u64
 }
 
 /// Whether the segment's header is ours, and for which shard and sequence.
@@ -432,40 +456,53 @@ pub fn prepare_segment(dir: &Path, shard: u32, seq: u64, bytes: u64) -> std::io:
     Ok(f)
 }
 
-/// Keeps the next segment ready in the background so a rollover does not wait for it.
+/// Prepares the next segment in the background, once the active one is half full, so a
+/// rollover does not wait for it (and an idle store does not hold a spare segment).
 struct Preparer {
+    request: crossbeam::channel::Sender<()>,
+    requested: bool,
     rx: Receiver<std::io::Result<(u64, File)>>,
 }
 
 impl Preparer {
     fn start(dir: PathBuf, shard: u32, first_seq: u64, bytes: u64) -> Preparer {
+        let (request, requests) = bounded::<()>(1);
         let (tx, rx) = bounded(1);
         std::thread::Builder::new()
             .name(format!("wal-prep-{shard}"))
             .spawn(move || {
                 let mut seq = first_seq;
-                let mut backoff = Duration::from_millis(50);
-                loop {
-                    let r = prepare_segment(&dir, shard, seq, bytes);
-                    let failed = r.is_err();
-                    if let Err(e) = &r {
-                        tracing::warn!(shard, seq, error = %e, "preparing a WAL segment failed; will retry");
-                        let _ = std::fs::remove_file(segment_path(&dir, seq).with_extension("wal.tmp"));
-                    }
-                    if tx.send(r.map(|f| (seq, f))).is_err() {
-                        return; // the writer is gone
-                    }
-                    if failed {
+                for () in requests {
+                    let mut backoff = Duration::from_millis(50);
+                    loop {
+                        let r = prepare_segment(&dir, shard, seq, bytes);
+                        let ok = r.is_ok();
+                        if let Err(e) = &r {
+                            tracing::warn!(shard, seq, error = %e, "preparing a WAL segment failed; will retry");
+                            let _ = std::fs::remove_file(segment_path(&dir, seq).with_extension("wal.tmp"));
+                        }
+                        // Blocks until the writer takes it (at its rollover).
+                        if tx.send(r.map(|f| (seq, f))).is_err() {
+                            return;
+                        }
+                        if ok {
+                            seq += 1;
+                            break;
+                        }
                         std::thread::sleep(backoff);
                         backoff = (backoff * 2).min(Duration::from_secs(2));
-                    } else {
-                        backoff = Duration::from_millis(50);
-                        seq += 1;
                     }
                 }
             })
             .expect("spawn wal preparer");
-        Preparer { rx }
+        Preparer { request, requested: false, rx }
+    }
+
+    fn ask(&mut self) {
+        if !self.requested {
+            let _ = self.request.try_send(());
+            self.requested = true;
+        }
     }
 }
 
@@ -542,13 +579,18 @@ impl WalWriter {
         crate::failpoint!("wal::write", |e| Err(write_error(e)));
         self.write_and_sync(frame)?;
         self.pos.offset += frame.len() as u64;
+        if self.pos.offset > self.segment_bytes / 2 {
+            self.preparer.ask();
+        }
         self.bytes_since_snapshot += frame.len() as u64;
         Ok(())
     }
 
     fn rollover(&mut self) -> Result<(), WalError> {
+        self.preparer.ask();
         match self.preparer.rx.recv_timeout(Duration::from_secs(10)) {
             Ok(Ok((seq, file))) => {
+                self.preparer.requested = false;
                 debug_assert_eq!(seq, self.pos.seq + 1);
                 self.file = file;
                 self.pos = Position { seq, offset: SEGMENT_HEADER_BYTES };

@@ -217,3 +217,13 @@ async fn a_disk_full_log_fails_writes_keeps_reads_and_recovers() {
     assert!(store.get("after").await.unwrap().is_some());
     assert!(store.get("during").await.unwrap().is_none());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_open_of_the_same_directory_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), 2);
+    let err = Store::open(config(dir.path(), 2)).err().expect("second open must fail");
+    assert!(matches!(err, OpenError::Locked { .. }), "{err}");
+    drop(store);
+    open(dir.path(), 2);
+}
