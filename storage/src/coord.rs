@@ -117,10 +117,10 @@ impl KeySpace for AllShards<'_> {
         let k = key.clone();
         self.f.run(self.shared.shard_of(key), move |c| c.mvcc.get_latest(&k))
     }
-    fn range(&mut self, range: &KeyRange, limit: usize, keys_only: bool, count_only: bool) -> (Vec<KeyValue>, usize) {
+    fn range(&mut self, range: &KeyRange, rev: Revision, limit: usize, keys_only: bool, count_only: bool) -> (Vec<KeyValue>, usize) {
         let r = range.clone();
         let parts = self.f.run_all(move |c| {
-            let l = c.mvcc.range_at(&r, Revision::MAX, limit, keys_only, count_only);
+            let l = c.mvcc.range_at(&r, rev, limit, keys_only, count_only);
             (l.kvs, l.count)
         });
         merge_ranges(parts, limit)
@@ -153,15 +153,50 @@ impl KeySpace for AllShards<'_> {
     }
 }
 
-/// Merges per-shard sorted range results, keeping `limit` (0 = all) and summing counts.
+/// Merges per-shard sorted range results (each already cut to `limit`), keeping `limit`
+/// (0 = all) and summing counts. A k-way merge: the parts are sorted, so nothing is re-sorted.
 pub fn merge_ranges(parts: Vec<(Vec<KeyValue>, usize)>, limit: usize) -> (Vec<KeyValue>, usize) {
     let count = parts.iter().map(|p| p.1).sum();
-    let mut kvs: Vec<KeyValue> = parts.into_iter().flat_map(|p| p.0).collect();
-    kvs.sort_unstable_by(|a, b| a.key.cmp(&b.key));
-    if limit != 0 {
-        kvs.truncate(limit);
+    let total: usize = parts.iter().map(|p| p.0.len()).sum();
+    let want = if limit == 0 { total } else { total.min(limit) };
+    let mut iters: Vec<std::vec::IntoIter<KeyValue>> = parts.into_iter().map(|p| p.0.into_iter()).collect();
+    let mut heads: Vec<Option<KeyValue>> = iters.iter_mut().map(|it| it.next()).collect();
+    let mut kvs = Vec::with_capacity(want);
+    while kvs.len() < want {
+        let mut best: Option<usize> = None;
+        for (i, h) in heads.iter().enumerate() {
+            if let Some(kv) = h {
+                if best.is_none_or(|b| kv.key < heads[b].as_ref().expect("best is a head").key) {
+                    best = Some(i);
+                }
+            }
+        }
+        let Some(b) = best else { break };
+        kvs.push(heads[b].take().expect("best is a head"));
+        heads[b] = iters[b].next();
     }
     (kvs, count)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kv(k: &str) -> KeyValue {
+        KeyValue { key: Bytes::copy_from_slice(k.as_bytes()), value: Bytes::new(), create_revision: 1, mod_revision: 1, version: 1, lease: 0 }
+    }
+
+    #[test]
+    fn merging_shard_ranges_keeps_key_order_limit_and_total_count() {
+        let parts = vec![(vec![kv("a"), kv("d"), kv("e")], 3), (vec![kv("b"), kv("c")], 7), (vec![], 0)];
+        let (kvs, count) = merge_ranges(parts.clone(), 0);
+        let keys: Vec<_> = kvs.iter().map(|k| k.key.clone()).collect();
+        assert_eq!(keys, vec!["a", "b", "c", "d", "e"]);
+        assert_eq!(count, 10);
+        let (kvs, _) = merge_ranges(parts, 2);
+        assert_eq!(kvs.len(), 2);
+        assert_eq!(kvs[1].key, "b");
+    }
 }
 
 impl Coordinator {
@@ -308,7 +343,8 @@ impl Coordinator {
         let mut ks = AllShards { f: &f, shared: &self.shared, touched: vec![Vec::new(); self.shared.shards] };
         let mut taken = None;
         let mut alloc = || *taken.get_or_insert_with(|| self.take_revision());
-        let outcome = txn::eval(&mut ks, req, &mut alloc, current);
+        let compacted = self.shared.compact_revision.load(SeqCst);
+        let outcome = txn::eval(&mut ks, req, &mut alloc, current, compacted);
         let touched = std::mem::take(&mut ks.touched);
         let result = match outcome {
             Ok(o) => match o.revision {
@@ -477,6 +513,7 @@ impl Coordinator {
         };
         snapshot::commit(&self.data_dir, &dir, id, &manifest)?;
         self.snapshot_revision = revision;
+        self.shared.snapshot_revision.store(revision, SeqCst);
         let removed = f.run_all(move |c| {
             c.wal.bytes_since_snapshot = 0;
             WalWriter::remove_before(c.wal.dir(), positions[c.id as usize])

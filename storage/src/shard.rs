@@ -165,7 +165,8 @@ impl ShardCore {
                             Err(StoreError::Failed(why.clone()))
                         } else {
                             let current = self.shared.visible.load(SeqCst);
-                            txn::eval(&mut self.mvcc, &req, &mut alloc, current)
+                            let compacted = self.mvcc.compact_revision();
+                            txn::eval(&mut self.mvcc, &req, &mut alloc, current, compacted)
                         };
                         let result = result.map(|o| {
                             if let Some(rev) = o.revision {
@@ -216,7 +217,7 @@ impl ShardCore {
             return Err(StoreError::Compacted { requested: rev, compact_revision: compacted });
         }
         let r = self.mvcc.range_at(&req.range, rev, req.limit, req.keys_only, req.count_only);
-        Ok(RangeResponse { revision: rev, more: req.limit != 0 && r.count > req.limit, kvs: r.kvs, count: r.count })
+        Ok(RangeResponse { revision: rev, more: req.more(r.count), kvs: r.kvs, count: r.count })
     }
 
     /// Makes the batch durable, then publishes its events and replies (or undoes it).

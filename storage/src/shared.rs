@@ -45,6 +45,7 @@ pub struct Shared {
     pub failed: OnceLock<String>,
     pub wal_bytes: Box<[AtomicU64]>,
     pub next_watch_id: AtomicU64,
+    pub snapshot_revision: AtomicU64,
 }
 
 impl Shared {
@@ -66,6 +67,7 @@ impl Shared {
             failed: OnceLock::new(),
             wal_bytes: (0..n).map(|_| AtomicU64::new(0)).collect(),
             next_watch_id: AtomicU64::new(1),
+            snapshot_revision: AtomicU64::new(0),
             cfg,
         }
     }

@@ -124,6 +124,7 @@ impl Store {
             rxs.push(rx);
         }
         let shared = Arc::new(Shared::new(cfg.clone(), recovered.revision, recovered.compact, inbox));
+        shared.snapshot_revision.store(recovered.snapshot_revision, SeqCst);
         let cores = core_affinity::get_core_ids().unwrap_or_default();
         let mut threads = Vec::new();
         for ((s, (mvcc, writer)), rx) in recovered.shards.into_iter().enumerate().zip(rxs) {
@@ -247,7 +248,7 @@ impl Store {
             parts.push((r.kvs, r.count));
         }
         let (kvs, count) = merge_ranges(parts, req.limit);
-        Ok(RangeResponse { revision: rev, more: req.limit != 0 && count > req.limit, kvs, count })
+        Ok(RangeResponse { revision: rev, more: req.more(count), kvs, count })
     }
 
     /// Runs a txn: on its shard when all its keys live in one, else through the coordinator.
@@ -340,6 +341,7 @@ impl Store {
             revision: sh.visible.load(SeqCst),
             compact_revision: sh.compact_revision.load(SeqCst),
             wal_bytes_since_snapshot: sh.wal_bytes.iter().map(|b| b.load(SeqCst)).sum(),
+            snapshot_revision: sh.snapshot_revision.load(SeqCst),
             ..Default::default()
         };
         let mut rxs = Vec::new();

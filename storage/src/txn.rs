@@ -13,7 +13,8 @@ use crate::wal::Change;
 /// current batch).
 pub trait KeySpace {
     fn get(&mut self, key: &Bytes) -> Option<KeyValue>;
-    fn range(&mut self, range: &KeyRange, limit: usize, keys_only: bool, count_only: bool) -> (Vec<KeyValue>, usize);
+    /// Keys in `range` at `rev` (`Revision::MAX`: the newest state).
+    fn range(&mut self, range: &KeyRange, rev: Revision, limit: usize, keys_only: bool, count_only: bool) -> (Vec<KeyValue>, usize);
     fn put(&mut self, key: &Bytes, value: &Bytes, lease: LeaseId, rev: Revision) -> (KeyValue, Option<KeyValue>);
     /// Deletes the live keys in `range` at `rev`, returning their previous values in key order.
     fn delete(&mut self, range: &KeyRange, rev: Revision) -> Vec<KeyValue>;
@@ -24,8 +25,8 @@ impl KeySpace for Mvcc {
     fn get(&mut self, key: &Bytes) -> Option<KeyValue> {
         self.get_latest(key)
     }
-    fn range(&mut self, range: &KeyRange, limit: usize, keys_only: bool, count_only: bool) -> (Vec<KeyValue>, usize) {
-        let r = self.range_at(range, Revision::MAX, limit, keys_only, count_only);
+    fn range(&mut self, range: &KeyRange, rev: Revision, limit: usize, keys_only: bool, count_only: bool) -> (Vec<KeyValue>, usize) {
+        let r = self.range_at(range, rev, limit, keys_only, count_only);
         (r.kvs, r.count)
     }
     fn put(&mut self, key: &Bytes, value: &Bytes, lease: LeaseId, rev: Revision) -> (KeyValue, Option<KeyValue>) {
@@ -55,10 +56,11 @@ pub struct Outcome {
     pub events: Vec<Event>,
 }
 
-/// Checks what can be checked without the data: sizes, duplicate keys, empty keys.
+/// Checks what can be checked without the data: sizes, empty keys, and etcd's rule that
+/// within one list of operations a put's key may not be put again nor fall in a delete's
+/// range (deletes may overlap each other). Both branches are checked, whichever is taken.
 pub fn validate(req: &TxnRequest, request_bytes_max: usize) -> Result<(), StoreError> {
     let mut bytes = 0usize;
-    let mut written: Vec<&Bytes> = Vec::new();
     for c in &req.compare {
         if c.key.is_empty() {
             return Err(StoreError::Invalid("compare on an empty key".into()));
@@ -66,7 +68,8 @@ pub fn validate(req: &TxnRequest, request_bytes_max: usize) -> Result<(), StoreE
         bytes += c.key.len() + if let CompareTarget::Value(v) = &c.target { v.len() } else { 8 };
     }
     for ops in [&req.success, &req.failure] {
-        written.clear();
+        let mut puts: Vec<&Bytes> = Vec::new();
+        let mut deletes: Vec<&KeyRange> = Vec::new();
         for op in ops.iter() {
             match op {
                 TxnOp::Put(p) => {
@@ -74,25 +77,21 @@ pub fn validate(req: &TxnRequest, request_bytes_max: usize) -> Result<(), StoreE
                         return Err(StoreError::Invalid("put of an empty key".into()));
                     }
                     bytes += p.key.len() + p.value.len();
-                    if written.contains(&&p.key) {
-                        return Err(StoreError::Invalid("duplicate key given in txn request".into()));
-                    }
-                    written.push(&p.key);
+                    puts.push(&p.key);
                 }
                 TxnOp::Delete(d) => {
                     bytes += d.range.start().len();
-                    if let KeyRange::Key(k) = &d.range {
-                        if k.is_empty() {
-                            return Err(StoreError::Invalid("delete of an empty key".into()));
-                        }
-                        if written.contains(&k) {
-                            return Err(StoreError::Invalid("duplicate key given in txn request".into()));
-                        }
-                        written.push(k);
+                    if d.range.start().is_empty() && matches!(d.range, KeyRange::Key(_)) {
+                        return Err(StoreError::Invalid("delete of an empty key".into()));
                     }
+                    deletes.push(&d.range);
                 }
                 TxnOp::Range(r) => bytes += r.range.start().len(),
             }
+        }
+        puts.sort();
+        if puts.windows(2).any(|w| w[0] == w[1]) || puts.iter().any(|k| deletes.iter().any(|d| d.contains(k))) {
+            return Err(StoreError::Invalid("duplicate key given in txn request".into()));
         }
     }
     if bytes > request_bytes_max {
@@ -119,13 +118,25 @@ fn compare_holds(kv: Option<&KeyValue>, c: &Compare) -> bool {
 }
 
 /// Evaluates `req` against `ks`. `alloc` hands out the txn's revision, called at most once and
-/// only if the txn changes something; `current` is the revision reported by read-only txns.
+/// only if the txn changes something; `current` is the revision reported by read-only txns
+/// and the newest a range inside the txn may ask for; `compacted` the oldest.
 pub fn eval<K: KeySpace + ?Sized>(
     ks: &mut K,
     req: &TxnRequest,
     alloc: &mut dyn FnMut() -> Revision,
     current: Revision,
+    compacted: Revision,
 ) -> Result<Outcome, StoreError> {
+    for op in req.success.iter().chain(&req.failure) {
+        if let TxnOp::Range(RangeRequest { revision: Some(r), .. }) = op {
+            if *r > current {
+                return Err(StoreError::FutureRevision { requested: *r, current });
+            }
+            if *r != 0 && *r < compacted {
+                return Err(StoreError::Compacted { requested: *r, compact_revision: compacted });
+            }
+        }
+    }
     let succeeded = req.compare.iter().all(|c| compare_holds(ks.get(&c.key).as_ref(), c));
     let ops = if succeeded { &req.success } else { &req.failure };
     for op in ops {
@@ -140,8 +151,12 @@ pub fn eval<K: KeySpace + ?Sized>(
     for op in ops {
         let resp = match op {
             TxnOp::Range(r) => {
-                let (kvs, count) = ks.range(&r.range, r.limit, r.keys_only, r.count_only);
-                let more = r.limit != 0 && count > r.limit;
+                let at = match r.revision {
+                    None | Some(0) => Revision::MAX,
+                    Some(x) => x,
+                };
+                let (kvs, count) = ks.range(&r.range, at, r.limit, r.keys_only, r.count_only);
+                let more = r.more(count);
                 TxnOpResponse::Range(RangeResponse { revision: 0, kvs, more, count })
             }
             TxnOp::Put(p) => {
@@ -153,7 +168,7 @@ pub fn eval<K: KeySpace + ?Sized>(
             }
             TxnOp::Delete(d) => {
                 // A delete that finds nothing takes no revision (as in etcd); peek first.
-                let (_, count) = ks.range(&d.range, 1, true, false);
+                let (_, count) = ks.range(&d.range, Revision::MAX, 1, true, false);
                 let prevs = if count == 0 {
                     Vec::new()
                 } else {

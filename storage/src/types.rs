@@ -87,6 +87,12 @@ impl RangeRequest {
         self.limit = limit;
         self
     }
+
+    /// Whether a result of `count` keys was cut by the limit (never for count-only reads,
+    /// which return no keys: etcd's `more`).
+    pub fn more(&self, count: usize) -> bool {
+        !self.count_only && self.limit != 0 && count > self.limit
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Default)]
