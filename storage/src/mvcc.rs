@@ -156,30 +156,40 @@ impl Mvcc {
         lease: LeaseId,
         rev: Revision,
     ) -> (KeyValue, Option<KeyValue>) {
-        let prev = self.get_latest(&key);
+        use std::collections::btree_map::Entry as Slot;
+        // One tree lookup: the slot serves both the previous value and the append.
+        let (history, prev, stored_key) = match self.keys.entry(key) {
+            Slot::Occupied(o) => {
+                let stored_key = o.key().clone();
+                let h = o.into_mut();
+                let prev = h.last().and_then(|e| e.to_kv(&stored_key, false));
+                (h, prev, stored_key)
+            }
+            Slot::Vacant(v) => {
+                let stored_key = v.key().clone();
+                self.key_bytes += stored_key.len() as u64;
+                (v.insert(Vec::with_capacity(1)), None, stored_key)
+            }
+        };
         let (create_revision, version) = match &prev {
             Some(p) => (p.create_revision, p.version + 1),
             None => (rev, 1),
         };
-        if let Some(p) = &prev {
-            self.detach_lease(p.lease, &key);
-            self.value_bytes -= p.value.len() as u64;
-        } else {
-            self.live_keys += 1;
+        debug_assert!(history.last().is_none_or(|l| l.mod_revision <= rev));
+        history.push(Entry { mod_revision: rev, create_revision, version, lease, value: Some(value.clone()) });
+        self.retained_revisions += 1;
+        self.value_bytes += value.len() as u64;
+        match &prev {
+            Some(p) => {
+                self.value_bytes -= p.value.len() as u64;
+                self.detach_lease(p.lease, &stored_key);
+            }
+            None => self.live_keys += 1,
         }
         if lease != 0 {
-            self.lease_keys.entry(lease).or_default().insert(key.clone());
+            self.lease_keys.entry(lease).or_default().insert(stored_key.clone());
         }
-        self.value_bytes += value.len() as u64;
-        let entry = Entry {
-            mod_revision: rev,
-            create_revision,
-            version,
-            lease,
-            value: Some(value.clone()),
-        };
-        let kv = KeyValue { key: key.clone(), value, create_revision, mod_revision: rev, version, lease };
-        self.push(key, entry);
+        let kv = KeyValue { key: stored_key, value, create_revision, mod_revision: rev, version, lease };
         (kv, prev)
     }
 

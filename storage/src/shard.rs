@@ -123,7 +123,6 @@ impl ShardCore {
         let cfg = self.shared.cfg.clone();
         let mut frame = FrameBuilder::new();
         let mut staged: Vec<Staged> = Vec::with_capacity(cfg.batch_requests_max);
-        let mut touched: Vec<Bytes> = Vec::new();
         let mut events: Vec<(Revision, u32, Event)> = Vec::new();
         loop {
             let first = if self.deferred.is_empty() {
@@ -173,7 +172,6 @@ impl ShardCore {
                                 last_rev = rev;
                                 frame.push(&Record { revision: rev, changes: o.changes, ..Default::default() });
                                 for (i, e) in o.events.into_iter().enumerate() {
-                                    touched.push(e.kv.key.clone());
                                     events.push((rev, i as u32, e));
                                 }
                             }
@@ -199,7 +197,7 @@ impl ShardCore {
                 next = rx.try_recv().ok();
             }
             if !staged.is_empty() {
-                if self.commit(&mut frame, &mut staged, &mut touched, &mut events, batch_first_rev) {
+                if self.commit(&mut frame, &mut staged, &mut events, batch_first_rev) {
                     self.applied = last_rev;
                 }
             }
@@ -225,7 +223,6 @@ impl ShardCore {
         &mut self,
         frame: &mut FrameBuilder,
         staged: &mut Vec<Staged>,
-        touched: &mut Vec<Bytes>,
         events: &mut Vec<(Revision, u32, Event)>,
         first_rev: Option<Revision>,
     ) -> bool {
@@ -252,12 +249,13 @@ impl ShardCore {
                     }
                 }
                 self.flush_deferred();
-                touched.clear();
                 true
             }
             Err(e) => {
                 if let Some(first) = first_rev {
-                    self.mvcc.rollback(touched, first);
+                    // Every change of the batch has an event, so the events name every key.
+                    let touched: Vec<Bytes> = events.iter().map(|(_, _, e)| e.kv.key.clone()).collect();
+                    self.mvcc.rollback(&touched, first);
                 }
                 events.clear();
                 self.shared.pending[me].store(NONE, SeqCst);
@@ -276,7 +274,6 @@ impl ShardCore {
                 for s in staged.drain(..) {
                     let _ = s.reply.send(s.result.and(Err(err.clone())));
                 }
-                touched.clear();
                 false
             }
         }
