@@ -19,7 +19,7 @@ use crate::shared::{NONE, Shared};
 use crate::snapshot;
 use crate::txn::{self, KeySpace};
 use crate::types::*;
-use crate::wal::{Change, FrameBuilder, Record, WalError, WalWriter};
+use crate::wal::{Change, FrameBuilder, Record, WalError};
 
 type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
 
@@ -291,7 +291,7 @@ impl Coordinator {
             let mut fb = FrameBuilder::new();
             fb.push(&record);
             let r = c.wal.append(fb.finish());
-            (r, c.wal.bytes_since_snapshot)
+            (r, c.wal.bytes_since_snapshot())
         });
         self.shared.wal_bytes[0].store(result.1, SeqCst);
         match result.0 {
@@ -515,8 +515,7 @@ impl Coordinator {
         self.snapshot_revision = revision;
         self.shared.snapshot_revision.store(revision, SeqCst);
         let removed = f.run_all(move |c| {
-            c.wal.bytes_since_snapshot = 0;
-            WalWriter::remove_before(c.wal.dir(), positions[c.id as usize])
+            c.wal.truncate_before(positions[c.id as usize])
         });
         for (s, r) in removed.into_iter().enumerate() {
             self.shared.wal_bytes[s].store(0, SeqCst);

@@ -16,7 +16,7 @@ use crate::mvcc::Mvcc;
 use crate::shared::{NONE, Shared};
 use crate::txn;
 use crate::types::*;
-use crate::wal::{FrameBuilder, Record, WalError, WalWriter};
+use crate::wal::{FrameBuilder, Log, Record, WalError};
 
 /// What a watcher's channel carries: an event with its order within its revision, or the end.
 #[derive(Debug)]
@@ -106,7 +106,7 @@ struct Staged {
 pub struct ShardCore {
     pub id: u32,
     pub mvcc: Mvcc,
-    pub wal: WalWriter,
+    pub wal: Box<dyn Log>,
     shared: Arc<Shared>,
     watchers: Vec<Watcher>,
     deferred: VecDeque<Deferred>,
@@ -115,7 +115,7 @@ pub struct ShardCore {
 }
 
 impl ShardCore {
-    pub fn new(id: u32, mvcc: Mvcc, wal: WalWriter, shared: Arc<Shared>) -> Self {
+    pub fn new(id: u32, mvcc: Mvcc, wal: Box<dyn Log>, shared: Arc<Shared>) -> Self {
         ShardCore { id, mvcc, wal, shared, watchers: Vec::new(), deferred: VecDeque::new(), applied: 0 }
     }
 
@@ -229,7 +229,7 @@ impl ShardCore {
         let me = self.id as usize;
         let result = if frame.is_empty() { Ok(()) } else { self.wal.append(frame.finish()) };
         frame.clear();
-        self.shared.wal_bytes[me].store(self.wal.bytes_since_snapshot, SeqCst);
+        self.shared.wal_bytes[me].store(self.wal.bytes_since_snapshot(), SeqCst);
         match result {
             Ok(()) => {
                 crate::failpoint!("shard::after_sync_before_apply");

@@ -539,7 +539,7 @@ impl Drop for Watcher {
 // ---------------------------------------------------------------------------------------------
 
 struct Recovered {
-    shards: Vec<(Mvcc, WalWriter)>,
+    shards: Vec<(Mvcc, Box<dyn wal::Log>)>,
     revision: Revision,
     compact: Revision,
     leases: Vec<(LeaseId, i64)>,
@@ -748,7 +748,7 @@ fn recover(cfg: &Config) -> Result<Recovered, OpenError> {
         }
         let writer = WalWriter::open(sdir.clone(), s as u32, log.file, log.end, cfg.segment_bytes, cfg.fsync)
             .map_err(|e| OpenError::io(&sdir, e))?;
-        shards.push((mvcc, writer));
+        shards.push((mvcc, Box::new(writer) as Box<dyn wal::Log>));
     }
     Ok(Recovered {
         shards,

@@ -524,6 +524,36 @@ fn write_error(e: std::io::Error) -> WalError {
     if e.raw_os_error() == Some(libc::ENOSPC) { WalError::NoSpace } else { WalError::Write(e) }
 }
 
+/// The log as the engine sees it. The shard loop and the coordinator use only this, so a
+/// later issue can put replication underneath (openraft's log storage: a frame becomes an
+/// entry, `append` returns once the entry is committed by a quorum) without touching them.
+pub trait Log: Send {
+    /// Makes one sealed frame durable, or fails leaving nothing of it to replay.
+    fn append(&mut self, frame: &[u8]) -> Result<(), WalError>;
+    /// Where the next frame goes: a snapshot records it as the point replay starts from.
+    fn position(&self) -> Position;
+    /// Bytes appended since the last snapshot (the automatic snapshot trigger).
+    fn bytes_since_snapshot(&self) -> u64;
+    /// A snapshot now covers everything before `pos`: drop it. Returns segments removed.
+    fn truncate_before(&mut self, pos: Position) -> std::io::Result<usize>;
+}
+
+impl Log for WalWriter {
+    fn append(&mut self, frame: &[u8]) -> Result<(), WalError> {
+        WalWriter::append(self, frame)
+    }
+    fn position(&self) -> Position {
+        self.pos
+    }
+    fn bytes_since_snapshot(&self) -> u64 {
+        self.bytes_since_snapshot
+    }
+    fn truncate_before(&mut self, pos: Position) -> std::io::Result<usize> {
+        self.bytes_since_snapshot = 0;
+        WalWriter::remove_before(&self.dir, pos)
+    }
+}
+
 /// Where the log stands: the next frame goes to `offset` of segment `seq`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Position {
@@ -540,8 +570,7 @@ pub struct WalWriter {
     segment_bytes: u64,
     fsync: bool,
     preparer: Preparer,
-    /// Bytes written since the last snapshot.
-    pub bytes_since_snapshot: u64,
+    bytes_since_snapshot: u64,
 }
 
 impl WalWriter {
@@ -557,14 +586,6 @@ impl WalWriter {
         let ring = io_uring::IoUring::new(8)?;
         let preparer = Preparer::start(dir.clone(), shard, pos.seq + 1, segment_bytes);
         Ok(WalWriter { dir, ring, file, pos, segment_bytes, fsync, preparer, bytes_since_snapshot: 0 })
-    }
-
-    pub fn position(&self) -> Position {
-        self.pos
-    }
-
-    pub fn dir(&self) -> &Path {
-        &self.dir
     }
 
     /// Writes one sealed frame and makes it durable (one linked write + fdatasync).
@@ -659,6 +680,7 @@ impl WalWriter {
             return Ok(());
         }
         crate::failpoint!("wal::after_write_before_sync");
+        crate::failpoint!("wal::sync", |e| Err(WalError::Sync(e)));
         if let Some(s) = sync_res {
             if s == -libc::ECANCELED {
                 // The linked sync was cancelled because the write came up short; handled above.
@@ -671,7 +693,7 @@ impl WalWriter {
     }
 
     /// Removes segments wholly before `pos` (covered by a snapshot).
-    pub fn remove_before(dir: &Path, pos: Position) -> std::io::Result<usize> {
+    fn remove_before(dir: &Path, pos: Position) -> std::io::Result<usize> {
         let mut removed = 0;
         for (seq, path) in list_segments(dir).map_err(|e| std::io::Error::other(e.to_string()))? {
             if seq < pos.seq {

@@ -200,25 +200,6 @@ async fn leases_survive_a_restart() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_disk_full_log_fails_writes_keeps_reads_and_recovers() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = open(dir.path(), 2);
-    store.put("before", "1").await.unwrap();
-    storage::failpoint::set("wal::write", "enospc");
-    let err = store.put("during", "2").await.unwrap_err();
-    storage::failpoint::clear("wal::write");
-    assert_eq!(err, StoreError::NoSpace);
-    assert!(store.get("during").await.unwrap().is_none(), "nothing half-written");
-    assert_eq!(store.get("before").await.unwrap().unwrap().value, b("1"), "reads keep working");
-    store.put("after", "3").await.unwrap();
-    drop(store);
-    let store = open(dir.path(), 2);
-    assert!(store.get("before").await.unwrap().is_some());
-    assert!(store.get("after").await.unwrap().is_some());
-    assert!(store.get("during").await.unwrap().is_none());
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_open_of_the_same_directory_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(dir.path(), 2);
@@ -226,4 +207,44 @@ async fn a_second_open_of_the_same_directory_is_refused() {
     assert!(matches!(err, OpenError::Locked { .. }), "{err}");
     drop(store);
     open(dir.path(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn automatic_compaction_keeps_the_configured_number_of_revisions() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path(), 2);
+    cfg.compact_retention_revisions = Some(10);
+    let store = Store::open(cfg).unwrap();
+    for i in 0..100 {
+        store.put(format!("k{}", i % 5), format!("{i}")).await.unwrap();
+    }
+    // The coordinator compacts on its maintenance tick; wait for it to have happened.
+    within("automatic compaction to revision 90", async {
+        while store.compact_revision() < 90 {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    let err = store.range(RangeRequest::key("k0").at(50)).await.unwrap_err();
+    assert!(matches!(err, StoreError::Compacted { .. }), "{err:?}");
+    assert_eq!(store.range(RangeRequest::key("k0").at(90)).await.unwrap().count, 1);
+    let s = store.stats().await;
+    assert!(s.retained_revisions <= 15, "history is bounded: {} revisions retained", s.retained_revisions);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn automatic_compaction_by_age_drops_old_history() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path(), 1);
+    cfg.compact_retention_age = Some(std::time::Duration::from_millis(600));
+    let store = Store::open(cfg).unwrap();
+    let first = store.put("k", "1").await.unwrap().revision;
+    store.put("k", "2").await.unwrap();
+    within("automatic compaction by age past the first revision", async {
+        while store.compact_revision() <= first {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    assert!(matches!(store.range(RangeRequest::key("k").at(first)).await, Err(StoreError::Compacted { .. })));
 }
