@@ -1,5 +1,6 @@
-//! `capstan`: the one binary. Today it has the store's command-line client; later issues add
-//! `up`, `apiserver`, `scheduler`, `controllers` and `kubelet`.
+//! `capstan`: the one binary. `up` runs the cluster in one process (today: the store and the
+//! API server), `apiserver` runs the API server on an embedded store, `kv` drives the store
+//! directly. Later issues add the scheduler, controllers and kubelets.
 
 use std::path::PathBuf;
 
@@ -17,6 +18,24 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run a whole cluster in this process (today: store + API server) and write a kubeconfig.
+    Up {
+        #[arg(long, default_value = "./capstan-data")]
+        data_dir: PathBuf,
+        #[arg(long, default_value = "127.0.0.1:6443")]
+        listen: String,
+        #[command(flatten)]
+        opts: ServeOpts,
+    },
+    /// Run the API server on an embedded store.
+    Apiserver {
+        #[arg(long, default_value = "./capstan-data")]
+        data_dir: PathBuf,
+        #[arg(long, default_value = "127.0.0.1:6443")]
+        listen: String,
+        #[command(flatten)]
+        opts: ServeOpts,
+    },
     /// Use the key-value store directly (the store capstan keeps every object in).
     Kv {
         /// The store's data directory.
@@ -31,6 +50,19 @@ enum Command {
         #[command(subcommand)]
         op: KvOp,
     },
+}
+
+#[derive(clap::Args, Clone)]
+struct ServeOpts {
+    /// Store shards (threads); must match what the data directory was created with.
+    #[arg(long)]
+    shards: Option<usize>,
+    /// Acknowledge writes before they are durable. Loses data on a crash.
+    #[arg(long)]
+    unsafe_no_fsync: bool,
+    /// Log level of the request log and everything else (error, warn, info, debug).
+    #[arg(long, default_value = "info")]
+    log_level: String,
 }
 
 #[derive(Subcommand)]
@@ -66,14 +98,82 @@ enum KvOp {
 }
 
 fn main() -> Result<()> {
+    let cli = Cli::parse();
+    let level = match &cli.command {
+        Command::Up { opts, .. } | Command::Apiserver { opts, .. } => opts.log_level.clone(),
+        Command::Kv { .. } => "warn".into(),
+    };
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| level.into()))
         .with_writer(std::io::stderr)
         .init();
-    let cli = Cli::parse();
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     match cli.command {
         Command::Kv { data_dir, shards, unsafe_no_fsync, op } => rt.block_on(kv(data_dir, shards, unsafe_no_fsync, op)),
+        Command::Up { data_dir, listen, opts } => rt.block_on(serve(data_dir, listen, opts, true)),
+        Command::Apiserver { data_dir, listen, opts } => rt.block_on(serve(data_dir, listen, opts, false)),
+    }
+}
+
+fn kubeconfig(server: &str) -> String {
+    format!(
+        "apiVersion: v1
+kind: Config
+clusters:
+- name: capstan
+  cluster:
+    server: {server}
+contexts:
+- name: capstan
+  context:
+    cluster: capstan
+    user: capstan
+    namespace: default
+current-context: capstan
+users:
+- name: capstan
+  user: {{}}
+"
+    )
+}
+
+/// Runs the store and the API server until SIGINT or SIGTERM, then stops cleanly (the store
+/// syncs and its threads end when the last handle drops).
+async fn serve(data_dir: PathBuf, listen: String, opts: ServeOpts, up: bool) -> Result<()> {
+    std::fs::create_dir_all(&data_dir).with_context(|| format!("creating {}", data_dir.display()))?;
+    let store_dir = data_dir.join("store");
+    let mut cfg = Config::new(&store_dir);
+    cfg.shards = shard_count(&store_dir, opts.shards);
+    cfg.fsync = !opts.unsafe_no_fsync;
+    let store = tokio::task::block_in_place(|| Store::open(cfg)).with_context(|| format!("opening the store in {}", store_dir.display()))?;
+    apiserver::bootstrap(&store).await.context("creating the system namespaces")?;
+    let listener = tokio::net::TcpListener::bind(&listen).await.with_context(|| format!("listening on {listen}"))?;
+    let addr = listener.local_addr()?;
+    let server = format!("http://{addr}");
+    let kc = data_dir.join("kubeconfig");
+    let tmp = data_dir.join("kubeconfig.tmp");
+    std::fs::write(&tmp, kubeconfig(&server))?;
+    std::fs::rename(&tmp, &kc)?;
+    let kc_abs = std::fs::canonicalize(&kc).unwrap_or(kc);
+    println!("capstan {} is serving the Kubernetes API at {server}", if up { "cluster" } else { "API server" });
+    println!("  data:       {}", std::fs::canonicalize(&data_dir).unwrap_or(data_dir.clone()).display());
+    println!("  kubeconfig: {}", kc_abs.display());
+    println!("try:  export KUBECONFIG={}", kc_abs.display());
+    println!("      kubectl get namespaces");
+    println!("stop with Ctrl-C");
+    let app = apiserver::router(store.clone());
+    axum::serve(listener, app).with_graceful_shutdown(shutdown_signal()).await?;
+    eprintln!("capstan: shutting down");
+    drop(store);
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
     }
 }
 

@@ -1,0 +1,241 @@
+//! Admission: defaulting (mutating) then validation, for the built-in types. Plain functions
+//! over JSON values; the handlers call them on every create and update.
+//!
+//! Implemented so far: names (DNS-1123 subdomain, or label for namespaces and services),
+//! label keys and values, immutable `metadata.namespace` and pod `spec.nodeName` once set, and
+//! the defaults Kubernetes applies to pods, deployments, replicasets, services and namespaces.
+
+use serde_json::{Value, json};
+
+use crate::registry::ResourceInfo;
+use crate::status::ApiError;
+
+fn is_dns1123_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+}
+
+fn is_dns1123_subdomain(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 253 && s.split('.').all(is_dns1123_label)
+}
+
+fn is_label_value(v: &str) -> bool {
+    v.is_empty()
+        || (v.len() <= 63
+            && v.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_' || c == b'.')
+            && v.as_bytes()[0].is_ascii_alphanumeric()
+            && v.as_bytes()[v.len() - 1].is_ascii_alphanumeric())
+}
+
+fn is_label_key(k: &str) -> bool {
+    let (prefix, name) = match k.rsplit_once('/') {
+        Some((p, n)) => (Some(p), n),
+        None => (None, k),
+    };
+    prefix.is_none_or(is_dns1123_subdomain) && !name.is_empty() && is_label_value(name)
+}
+
+fn validate_meta(info: &ResourceInfo, obj: &Value, name: &str, causes: &mut Vec<(String, String)>) {
+    let label_names = matches!(info.kind, "Namespace" | "Service");
+    let ok = if label_names { is_dns1123_label(name) } else { is_dns1123_subdomain(name) };
+    if !ok {
+        let what = if label_names { "a lowercase RFC 1123 label" } else { "a lowercase RFC 1123 subdomain" };
+        causes.push((
+            "metadata.name".into(),
+            format!("Invalid value: {name:?}: must be {what} (lowercase alphanumerics, '-' or '.', starting and ending with an alphanumeric)"),
+        ));
+    }
+    if let Some(labels) = obj["metadata"].get("labels").and_then(|l| l.as_object()) {
+        for (k, v) in labels {
+            if !is_label_key(k) {
+                causes.push((format!("metadata.labels"), format!("Invalid value: {k:?}: not a valid label key")));
+            }
+            match v.as_str() {
+                Some(s) if is_label_value(s) => {}
+                _ => causes.push((format!("metadata.labels"), format!("Invalid value: {v}: not a valid label value"))),
+            }
+        }
+    }
+}
+
+fn validate_spec(info: &ResourceInfo, obj: &Value, causes: &mut Vec<(String, String)>) {
+    match info.kind {
+        "Pod" => {
+            let containers = obj["spec"].get("containers").and_then(|c| c.as_array());
+            match containers {
+                None => causes.push(("spec.containers".into(), "Required value".into())),
+                Some(cs) if cs.is_empty() => causes.push(("spec.containers".into(), "Required value".into())),
+                Some(cs) => {
+                    for (i, c) in cs.iter().enumerate() {
+                        if c.get("name").and_then(|n| n.as_str()).is_none_or(|n| !is_dns1123_label(n)) {
+                            causes.push((format!("spec.containers[{i}].name"), "Invalid value: must be a DNS-1123 label".into()));
+                        }
+                        if c.get("image").and_then(|n| n.as_str()).is_none_or(|n| n.is_empty()) {
+                            causes.push((format!("spec.containers[{i}].image"), "Required value".into()));
+                        }
+                    }
+                }
+            }
+        }
+        "Deployment" | "ReplicaSet" | "StatefulSet" | "DaemonSet" => {
+            if obj["spec"].get("selector").is_none() {
+                causes.push(("spec.selector".into(), "Required value".into()));
+            }
+            if obj["spec"].get("replicas").and_then(|r| r.as_i64()).is_some_and(|r| r < 0) {
+                causes.push(("spec.replicas".into(), "Invalid value: must be greater than or equal to 0".into()));
+            }
+        }
+        _ => {}
+    }
+}
+
+pub fn validate_create(info: &ResourceInfo, obj: &Value, name: &str) -> Result<(), ApiError> {
+    let mut causes = Vec::new();
+    validate_meta(info, obj, name, &mut causes);
+    validate_spec(info, obj, &mut causes);
+    if causes.is_empty() { Ok(()) } else { Err(ApiError::invalid(info.group, info.kind, name, causes)) }
+}
+
+pub fn validate_update(info: &ResourceInfo, old: &Value, new: &Value) -> Result<(), ApiError> {
+    let name = new["metadata"].get("name").and_then(|n| n.as_str()).unwrap_or("");
+    let mut causes = Vec::new();
+    validate_meta(info, new, name, &mut causes);
+    validate_spec(info, new, &mut causes);
+    if info.kind == "Pod" {
+        let old_node = old["spec"].get("nodeName").and_then(|n| n.as_str()).unwrap_or("");
+        let new_node = new["spec"].get("nodeName").and_then(|n| n.as_str()).unwrap_or("");
+        if !old_node.is_empty() && old_node != new_node {
+            causes.push(("spec.nodeName".into(), "Forbidden: field is immutable once set".into()));
+        }
+    }
+    if causes.is_empty() { Ok(()) } else { Err(ApiError::invalid(info.group, info.kind, name, causes)) }
+}
+
+fn set_default(v: &mut Value, key: &str, default: Value) {
+    if let Some(m) = v.as_object_mut() {
+        m.entry(key.to_string()).or_insert(default);
+    }
+}
+
+fn default_pod_spec(spec: &mut Value) {
+    set_default(spec, "restartPolicy", json!("Always"));
+    set_default(spec, "dnsPolicy", json!("ClusterFirst"));
+    set_default(spec, "terminationGracePeriodSeconds", json!(30));
+    set_default(spec, "schedulerName", json!("default-scheduler"));
+    set_default(spec, "securityContext", json!({}));
+    for list in ["containers", "initContainers"] {
+        if let Some(cs) = spec.get_mut(list).and_then(|c| c.as_array_mut()) {
+            for c in cs {
+                let image = c.get("image").and_then(|i| i.as_str()).unwrap_or("").to_string();
+                let tag_latest = !image.contains(':') || image.ends_with(":latest");
+                let policy = if tag_latest && !image.contains('@') { "Always" } else { "IfNotPresent" };
+                set_default(c, "imagePullPolicy", json!(policy));
+                set_default(c, "terminationMessagePath", json!("/dev/termination-log"));
+                set_default(c, "terminationMessagePolicy", json!("File"));
+                set_default(c, "resources", json!({}));
+            }
+        }
+    }
+}
+
+/// Kubernetes' defaults for the built-in types.
+pub fn default(info: &ResourceInfo, obj: &mut Value) {
+    match info.kind {
+        "Pod" => {
+            if let Some(spec) = obj.get_mut("spec") {
+                default_pod_spec(spec);
+            }
+            if obj.get("status").is_none() {
+                obj["status"] = json!({"phase": "Pending", "qosClass": "BestEffort"});
+            }
+        }
+        "Deployment" | "ReplicaSet" | "StatefulSet" | "DaemonSet" => {
+            if let Some(spec) = obj.get_mut("spec") {
+                if info.kind != "DaemonSet" {
+                    set_default(spec, "replicas", json!(1));
+                }
+                set_default(spec, "revisionHistoryLimit", json!(10));
+                if info.kind == "Deployment" {
+                    set_default(spec, "progressDeadlineSeconds", json!(600));
+                    set_default(spec, "strategy", json!({"type": "RollingUpdate", "rollingUpdate": {"maxSurge": "25%", "maxUnavailable": "25%"}}));
+                }
+                if let Some(ps) = spec.get_mut("template").and_then(|t| t.get_mut("spec")) {
+                    default_pod_spec(ps);
+                }
+            }
+            if obj.get("status").is_none() {
+                obj["status"] = json!({});
+            }
+        }
+        "Service" => {
+            if let Some(spec) = obj.get_mut("spec") {
+                set_default(spec, "type", json!("ClusterIP"));
+                set_default(spec, "sessionAffinity", json!("None"));
+                if let Some(ports) = spec.get_mut("ports").and_then(|p| p.as_array_mut()) {
+                    for p in ports {
+                        set_default(p, "protocol", json!("TCP"));
+                        if let Some(port) = p.get("port").cloned() {
+                            set_default(p, "targetPort", port);
+                        }
+                    }
+                }
+            }
+        }
+        "Namespace" => {
+            obj["status"] = json!({"phase": "Active"});
+        }
+        _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::registry::Registry;
+
+    #[test]
+    fn invalid_names_are_422_with_the_field_named() {
+        let reg = Registry::new();
+        let pods = reg.find("", "v1", "pods").unwrap();
+        let pod = json!({"metadata": {"name": "Bad_Name"}, "spec": {"containers": [{"name": "c", "image": "nginx"}]}});
+        let e = validate_create(pods, &pod, "Bad_Name").unwrap_err();
+        assert_eq!(e.code, 422);
+        assert_eq!(e.to_json()["details"]["causes"][0]["field"], "metadata.name");
+        let ok = json!({"metadata": {"name": "web-1.a"}, "spec": {"containers": [{"name": "c", "image": "nginx"}]}});
+        validate_create(pods, &ok, "web-1.a").unwrap();
+        let ns = reg.find("", "v1", "namespaces").unwrap();
+        assert!(validate_create(ns, &json!({"metadata": {}}), "a.b").is_err(), "namespaces are labels, no dots");
+    }
+
+    #[test]
+    fn pods_need_containers_with_images() {
+        let reg = Registry::new();
+        let pods = reg.find("", "v1", "pods").unwrap();
+        let e = validate_create(pods, &json!({"metadata": {}, "spec": {"containers": [{"name": "c"}]}}), "p").unwrap_err();
+        assert_eq!(e.to_json()["details"]["causes"][0]["field"], "spec.containers[0].image");
+    }
+
+    #[test]
+    fn pod_defaults_follow_kubernetes() {
+        let reg = Registry::new();
+        let pods = reg.find("", "v1", "pods").unwrap();
+        let mut pod = json!({"metadata": {"name": "p"}, "spec": {"containers": [{"name": "a", "image": "nginx"}, {"name": "b", "image": "nginx:1.25"}]}});
+        default(pods, &mut pod);
+        assert_eq!(pod["spec"]["restartPolicy"], "Always");
+        assert_eq!(pod["spec"]["terminationGracePeriodSeconds"], 30);
+        assert_eq!(pod["spec"]["containers"][0]["imagePullPolicy"], "Always");
+        assert_eq!(pod["spec"]["containers"][1]["imagePullPolicy"], "IfNotPresent");
+        assert_eq!(pod["status"]["phase"], "Pending");
+    }
+
+    #[test]
+    fn label_validation() {
+        assert!(is_label_key("app.kubernetes.io/name"));
+        assert!(!is_label_key("-bad"));
+        assert!(is_label_value(""));
+        assert!(!is_label_value("bad value"));
+    }
+}

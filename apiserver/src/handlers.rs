@@ -1,0 +1,1050 @@
+//! Routing and the verbs. Each request becomes a `Target` (discovery, or a resource path),
+//! then a verb over the store: every write is one compare-and-swap txn on the key's revision.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use bytes::{BufMut, Bytes, BytesMut};
+use serde_json::{Value, json};
+use storage::{
+    Compare, CompareOp, CompareTarget, DeleteRequest, EventKind, KeyRange, PutRequest, RangeRequest, Store, TxnOp,
+    TxnRequest, WatchRequest,
+};
+
+use crate::discovery;
+use crate::object::{self, Stored, encode_stored, meta_mut, meta_str};
+use crate::patch::{self, PatchType};
+use crate::registry::{Registry, ResourceInfo};
+use crate::selector::{FieldSelector, LabelSelector};
+use crate::status::ApiError;
+use crate::table;
+
+/// Largest request body accepted (Kubernetes' limit is 3 MiB).
+pub const REQUEST_BODY_BYTES_MAX: usize = 3 << 20;
+/// Objects read per store round trip while filtering a list.
+const LIST_CHUNK_ITEMS: usize = 500;
+/// A watch without `timeoutSeconds` ends after this long (clients re-watch).
+const WATCH_TIMEOUT_DEFAULT: Duration = Duration::from_secs(1800);
+const BOOKMARK_INTERVAL: Duration = Duration::from_secs(60);
+const CAS_RETRIES_MAX: usize = 16;
+
+pub struct AppState {
+    pub store: Store,
+    pub reg: Registry,
+    pub metrics: crate::metrics::Metrics,
+}
+
+type ApiResult = Result<Response, ApiError>;
+
+fn json_response(code: StatusCode, body: Bytes) -> Response {
+    let mut r = (code, body).into_response();
+    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r
+}
+
+fn json_value(code: StatusCode, v: &Value) -> Response {
+    json_response(code, Bytes::from(serde_json::to_vec(v).unwrap_or_default()))
+}
+
+/// What a path names.
+#[derive(Debug)]
+enum Target<'a> {
+    Resource { info: &'a ResourceInfo, namespace: Option<String>, name: Option<String>, sub: Option<String> },
+    /// `/api/v1` or `/apis/g/v`
+    GroupVersion { group: String, version: String },
+    Group(String),
+}
+
+fn parse_target<'a>(reg: &'a Registry, path: &str) -> Option<Target<'a>> {
+    let segs: Vec<&str> = path.trim_matches('/').split('/').filter(|s| !s.is_empty()).collect();
+    let (group, version, rest) = match segs.as_slice() {
+        ["api", v, rest @ ..] => ("", *v, rest),
+        ["apis", g] => return Some(Target::Group(g.to_string())),
+        ["apis", g, v, rest @ ..] => (*g, *v, rest),
+        _ => return None,
+    };
+    if rest.is_empty() {
+        return Some(Target::GroupVersion { group: group.into(), version: version.into() });
+    }
+    // `namespaces/{ns}/{resource}...` when {resource} is a namespaced resource of this
+    // group-version; otherwise `namespaces` is the resource itself.
+    if rest[0] == "namespaces" && rest.len() >= 3 {
+        if let Some(info) = reg.find(group, version, rest[2]).filter(|i| i.namespaced) {
+            return Some(Target::Resource {
+                info,
+                namespace: Some(rest[1].to_string()),
+                name: rest.get(3).map(|s| s.to_string()),
+                sub: rest.get(4).map(|s| s.to_string()),
+            });
+        }
+    }
+    let info = reg.find(group, version, rest[0])?;
+    if rest.len() > 3 {
+        return None;
+    }
+    Some(Target::Resource {
+        info,
+        namespace: None,
+        name: rest.get(1).map(|s| s.to_string()),
+        sub: rest.get(2).map(|s| s.to_string()),
+    })
+}
+
+/// The single entry point: every request under `/api` and `/apis`.
+pub async fn dispatch(
+    State(st): State<Arc<AppState>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let started = Instant::now();
+    let path = uri.path().to_string();
+    let query: HashMap<String, String> = Query::try_from_uri(&uri).map(|q: Query<HashMap<String, String>>| q.0).unwrap_or_default();
+    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+    let ctype = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+    let target = parse_target(&st.reg, &path);
+    let (verb, resource) = describe(&method, &query, &target);
+    let result = match target {
+        None => Err(ApiError::path_not_found(&path)),
+        Some(Target::Group(g)) => discovery::api_group_of(&st.reg, &g)
+            .map(|v| json_value(StatusCode::OK, &v))
+            .ok_or_else(|| ApiError::path_not_found(&path)),
+        Some(Target::GroupVersion { group, version }) => discovery::api_resource_list(&st.reg, &group, &version)
+            .map(|v| json_value(StatusCode::OK, &v))
+            .ok_or_else(|| ApiError::path_not_found(&path)),
+        Some(Target::Resource { info, namespace, name, sub }) => {
+            let body = if matches!(method, Method::POST | Method::PUT | Method::PATCH | Method::DELETE) {
+                match axum::body::to_bytes(body, REQUEST_BODY_BYTES_MAX + 1).await {
+                    Ok(b) if b.len() > REQUEST_BODY_BYTES_MAX => Err(ApiError::too_large(b.len(), REQUEST_BODY_BYTES_MAX)),
+                    Ok(b) => Ok(b),
+                    Err(_) => Err(ApiError::too_large(REQUEST_BODY_BYTES_MAX + 1, REQUEST_BODY_BYTES_MAX)),
+                }
+            } else {
+                Ok(Bytes::new())
+            };
+            match body {
+                Err(e) => Err(e),
+                Ok(body) => {
+                    let req = Req { st: &st, info, namespace, name, sub, query: &query, accept: &accept, ctype: &ctype, body };
+                    req.run(&method).await
+                }
+            }
+        }
+    };
+    let resp = result.unwrap_or_else(|e| e.into_response());
+    st.metrics.observe(&verb, &resource, resp.status().as_u16(), started.elapsed());
+    tracing::debug!(
+        verb, resource, path, code = resp.status().as_u16(), latency_us = started.elapsed().as_micros() as u64,
+        user_agent = headers.get(header::USER_AGENT).and_then(|v| v.to_str().ok()).unwrap_or(""),
+        "request"
+    );
+    resp
+}
+
+fn describe(method: &Method, query: &HashMap<String, String>, target: &Option<Target>) -> (String, String) {
+    let resource = match target {
+        Some(Target::Resource { info, sub, .. }) => match sub {
+            Some(s) => format!("{}/{s}", info.resource),
+            None => info.resource.to_string(),
+        },
+        _ => "discovery".into(),
+    };
+    let named = matches!(target, Some(Target::Resource { name: Some(_), .. }));
+    let verb = match *method {
+        Method::GET if query.get("watch").is_some_and(|w| w == "true" || w == "1") => "watch",
+        Method::GET if named => "get",
+        Method::GET => "list",
+        Method::POST => "create",
+        Method::PUT => "update",
+        Method::PATCH => "patch",
+        Method::DELETE if named => "delete",
+        Method::DELETE => "deletecollection",
+        _ => "other",
+    };
+    (verb.to_string(), resource)
+}
+
+struct Req<'a> {
+    st: &'a AppState,
+    info: &'a ResourceInfo,
+    namespace: Option<String>,
+    name: Option<String>,
+    sub: Option<String>,
+    query: &'a HashMap<String, String>,
+    accept: &'a str,
+    ctype: &'a str,
+    body: Bytes,
+}
+
+fn q<'a>(query: &'a HashMap<String, String>, k: &str) -> Option<&'a str> {
+    query.get(k).map(|s| s.as_str()).filter(|s| !s.is_empty())
+}
+
+/// One object read from the store: its value and revision.
+struct Current {
+    obj: Value,
+    mod_revision: u64,
+}
+
+impl Req<'_> {
+    async fn run(self, method: &Method) -> ApiResult {
+        if self.info.namespaced && self.name.is_some() && self.namespace.is_none() {
+            return Err(ApiError::path_not_found("a namespaced object needs /namespaces/{namespace}/"));
+        }
+        match (method.clone(), self.name.is_some(), self.sub.as_deref()) {
+            (Method::GET, false, None) => {
+                if matches!(q(self.query, "watch"), Some("true") | Some("1")) {
+                    self.watch().await
+                } else {
+                    self.list().await
+                }
+            }
+            (Method::GET, true, None | Some("status")) => self.get().await,
+            (Method::GET, true, Some("scale")) => self.get_scale().await,
+            (Method::POST, false, None) => self.create().await,
+            (Method::POST, true, Some("binding")) => self.bind().await,
+            (Method::POST, true, Some("eviction")) => self.evict().await,
+            (Method::PUT, true, None | Some("status")) => self.update().await,
+            (Method::PUT, true, Some("scale")) => self.update_scale().await,
+            (Method::PATCH, true, None | Some("status")) => self.patch().await,
+            (Method::PATCH, true, Some("scale")) => self.patch_scale().await,
+            (Method::DELETE, true, None) => self.delete().await,
+            (Method::DELETE, false, None) => self.delete_collection().await,
+            (Method::GET, true, Some("log")) => Err(ApiError::bad_request(
+                "container logs are served by the kubelet, which capstan does not have yet",
+            )),
+            (_, _, Some(sub)) if !self.info.subresources.iter().any(|s| s.name == sub) => {
+                Err(ApiError::path_not_found(&format!("{}/{sub}", self.info.resource)))
+            }
+            (m, _, sub) => Err(ApiError::method_not_allowed(format!(
+                "{m} is not supported on {}{}",
+                self.info.resource,
+                sub.map(|s| format!("/{s}")).unwrap_or_default()
+            ))),
+        }
+    }
+
+    fn key(&self) -> String {
+        self.info.key(self.namespace.as_deref(), self.name.as_deref().unwrap_or(""))
+    }
+
+    fn name(&self) -> &str {
+        self.name.as_deref().unwrap_or("")
+    }
+
+    fn not_found(&self) -> ApiError {
+        ApiError::not_found(self.info.group, self.info.resource, self.name())
+    }
+
+    fn dry_run(&self) -> bool {
+        q(self.query, "dryRun") == Some("All")
+    }
+
+    async fn read(&self, key: &str) -> Result<Option<Current>, ApiError> {
+        match self.st.store.get(key.to_string()).await? {
+            None => Ok(None),
+            Some(kv) => {
+                let stored = Stored::parse(&kv.value).map_err(ApiError::internal)?;
+                Ok(Some(Current { obj: stored.value_at(kv.mod_revision).map_err(ApiError::internal)?, mod_revision: kv.mod_revision }))
+            }
+        }
+    }
+
+    fn respond_object(&self, code: StatusCode, stored: &Stored, rev: u64) -> Response {
+        if table::wants_table(self.accept) {
+            let obj = stored.value_at(rev).unwrap_or(Value::Null);
+            let rows = vec![table::row(self.info.kind, &obj)];
+            return json_value(code, &table::table(self.info.kind, rows, &rev.to_string(), None));
+        }
+        json_response(code, stored.at(rev))
+    }
+
+    async fn get(&self) -> ApiResult {
+        let kv = self.st.store.get(self.key()).await?.ok_or_else(|| self.not_found())?;
+        let stored = Stored::parse(&kv.value).map_err(ApiError::internal)?;
+        Ok(self.respond_object(StatusCode::OK, &stored, kv.mod_revision))
+    }
+
+    fn selectors(&self) -> Result<(LabelSelector, FieldSelector), ApiError> {
+        let ls = LabelSelector::parse(q(self.query, "labelSelector").unwrap_or("")).map_err(ApiError::bad_request)?;
+        let fs = FieldSelector::parse(q(self.query, "fieldSelector").unwrap_or(""), self.info.kind).map_err(ApiError::bad_request)?;
+        Ok((ls, fs))
+    }
+
+    async fn list(&self) -> ApiResult {
+        let (ls, fs) = self.selectors()?;
+        let limit: usize = match q(self.query, "limit") {
+            Some(l) => l.parse().map_err(|_| ApiError::bad_request(format!("invalid limit {l:?}")))?,
+            None => 0,
+        };
+        let prefix = self.info.prefix(self.namespace.as_deref());
+        let end = prefix_end(prefix.as_bytes());
+        // Continue tokens name the revision and the next key; `resourceVersion` as Kubernetes
+        // defines it (unset: newest; "0": any; N: not older than N) is served at the newest.
+        let (mut start, rev) = match q(self.query, "continue") {
+            Some(tok) => decode_continue(tok, &prefix)?,
+            None => (prefix.clone().into_bytes(), 0),
+        };
+        let mut rev = rev;
+        if let Some(rv) = q(self.query, "resourceVersion") {
+            let n: u64 = rv.parse().map_err(|_| ApiError::bad_request(format!("invalid resourceVersion {rv:?}")))?;
+            if n > self.st.store.revision() && q(self.query, "continue").is_none() {
+                return Err(ApiError::from(storage::StoreError::FutureRevision { requested: n, current: self.st.store.revision() }));
+            }
+        }
+        let as_table = table::wants_table(self.accept);
+        let mut items = BytesMut::with_capacity(4096);
+        let mut rows = Vec::new();
+        let mut n = 0usize;
+        let mut next: Option<Vec<u8>> = None;
+        // A metadata.name selector with a namespace is a point read.
+        let filtering = !ls.is_empty() || !fs.is_empty();
+        loop {
+            let chunk = if limit == 0 { 0 } else { (limit - n).max(LIST_CHUNK_ITEMS).min(10 * LIST_CHUNK_ITEMS) };
+            let mut req = RangeRequest::new(KeyRange::Range { start: Bytes::from(start.clone()), end: Bytes::from(end.clone()) }).limit(chunk);
+            if rev != 0 {
+                req = req.at(rev);
+            }
+            let resp = match self.st.store.range(req).await {
+                Ok(r) => r,
+                Err(storage::StoreError::Compacted { .. }) => {
+                    return Err(ApiError::gone("The provided continue parameter is too old to display a consistent list result. You can start a new list without the continue parameter."));
+                }
+                Err(e) => return Err(e.into()),
+            };
+            rev = resp.revision;
+            let got = resp.kvs.len();
+            for kv in &resp.kvs {
+                if limit != 0 && n == limit {
+                    next = Some(kv.key.to_vec());
+                    break;
+                }
+                let stored = Stored::parse(&kv.value).map_err(ApiError::internal)?;
+                let value = if filtering || as_table { Some(stored.value_at(kv.mod_revision).map_err(ApiError::internal)?) } else { None };
+                if let Some(v) = &value {
+                    let labels = v.get("metadata").and_then(|m| m.get("labels")).and_then(|l| l.as_object());
+                    if !ls.matches(labels) || !fs.matches(v) {
+                        continue;
+                    }
+                }
+                if as_table {
+                    rows.push(table::row(self.info.kind, value.as_ref().unwrap()));
+                } else {
+                    if n > 0 {
+                        items.put_u8(b',');
+                    }
+                    stored.write_at(kv.mod_revision, &mut items);
+                }
+                n += 1;
+            }
+            if next.is_some() || !resp.more || got == 0 {
+                break;
+            }
+            let last = resp.kvs.last().unwrap().key.to_vec();
+            start = last;
+            start.push(0);
+        }
+        let cont = next.map(|k| encode_continue(rev, &k));
+        if as_table {
+            return Ok(json_value(StatusCode::OK, &table::table(self.info.kind, rows, &rev.to_string(), cont.as_deref())));
+        }
+        let mut out = BytesMut::with_capacity(items.len() + 256);
+        out.put_slice(format!("{{\"kind\":\"{}\",\"apiVersion\":\"{}\",\"metadata\":{{\"resourceVersion\":\"{rev}\"", self.info.list_kind, self.info.api_version()).as_bytes());
+        if let Some(c) = &cont {
+            out.put_slice(format!(",\"continue\":\"{c}\"").as_bytes());
+        }
+        out.put_slice(b"},\"items\":[");
+        out.put_slice(&items);
+        out.put_slice(b"]}");
+        Ok(json_response(StatusCode::OK, out.freeze()))
+    }
+
+    async fn watch(&self) -> ApiResult {
+        let (ls, fs) = self.selectors()?;
+        let prefix = self.info.prefix(self.namespace.as_deref());
+        let send_initial = q(self.query, "sendInitialEvents") == Some("true");
+        let bookmarks = q(self.query, "allowWatchBookmarks") == Some("true");
+        let timeout = q(self.query, "timeoutSeconds").and_then(|t| t.parse().ok()).map(Duration::from_secs).unwrap_or(WATCH_TIMEOUT_DEFAULT);
+        let rv: Option<u64> = match q(self.query, "resourceVersion") {
+            Some(r) => Some(r.parse().map_err(|_| ApiError::bad_request(format!("invalid resourceVersion {r:?}")))?),
+            None => None,
+        };
+        let as_table = table::wants_table(self.accept);
+        let kind = self.info.kind;
+        let api_version = self.info.api_version();
+        let filter = move |v: &Value| {
+            let labels = v.get("metadata").and_then(|m| m.get("labels")).and_then(|l| l.as_object());
+            ls.matches(labels) && fs.matches(v)
+        };
+        // Initial state: for a watch from "now" (unset or "0"), Kubernetes first sends the
+        // current objects as ADDED; so does sendInitialEvents=true.
+        let mut initial = Vec::new();
+        let start = match rv {
+            Some(r) if r != 0 && !send_initial => r + 1,
+            _ => {
+                let resp = self.st.store.range(RangeRequest::prefix(prefix.clone())).await?;
+                for kv in &resp.kvs {
+                    let v = Stored::parse(&kv.value).map_err(ApiError::internal)?.value_at(kv.mod_revision).map_err(ApiError::internal)?;
+                    if filter(&v) {
+                        initial.push(event_line("ADDED", &v, kind, as_table));
+                    }
+                }
+                if send_initial {
+                    let bm = json!({"kind": kind, "apiVersion": api_version, "metadata": {"resourceVersion": resp.revision.to_string(), "annotations": {"k8s.io/initial-events-end": "true"}}});
+                    initial.push(event_line("BOOKMARK", &bm, kind, false));
+                }
+                resp.revision + 1
+            }
+        };
+        let compacted = self.st.store.compact_revision();
+        if start <= compacted {
+            let status = ApiError::gone(format!("too old resource version: {} ({})", start - 1, compacted)).to_json();
+            let line = Bytes::from(format!("{}\n", json!({"type": "ERROR", "object": status})));
+            return Ok(stream_response(futures_util::stream::iter(vec![Ok::<_, std::convert::Infallible>(line)])));
+        }
+        let watcher = self.st.store.watch(WatchRequest { range: KeyRange::Prefix(Bytes::from(prefix)), start_revision: Some(start), prev_kv: true });
+        let deadline = tokio::time::Instant::now() + timeout;
+        let state = WatchStream { watcher, initial: initial.into(), deadline, bookmarks, kind, api_version, filter: Box::new(filter), as_table, last_rev: start - 1, done: false };
+        let stream = futures_util::stream::unfold(state, |mut s| async move {
+            let next = s.next().await?;
+            Some((Ok::<_, std::convert::Infallible>(next), s))
+        });
+        Ok(stream_response(stream))
+    }
+
+    fn parse_body(&self) -> Result<Value, ApiError> {
+        let base = self.ctype.split(';').next().unwrap_or("").trim();
+        match base {
+            "" | "application/json" | "*/*" => {}
+            "application/vnd.kubernetes.protobuf" => {
+                return Err(ApiError::unsupported_media_type("application/vnd.kubernetes.protobuf (protobuf bodies are not decoded yet)"));
+            }
+            other => return Err(ApiError::unsupported_media_type(other)),
+        }
+        let v: Value = serde_json::from_slice(&self.body).map_err(|e| ApiError::bad_request(format!("the body of the request is not valid JSON: {e}")))?;
+        if !v.is_object() {
+            return Err(ApiError::bad_request("the body of the request must be a JSON object"));
+        }
+        Ok(v)
+    }
+
+    /// apiVersion/kind must name this resource (filled in when absent).
+    fn check_kind(&self, obj: &mut Value, expect: (&str, &str)) -> Result<(), ApiError> {
+        let (api_version, kind) = expect;
+        let map = obj.as_object_mut().unwrap();
+        match map.get("apiVersion").and_then(|v| v.as_str()) {
+            None => {
+                map.insert("apiVersion".into(), json!(api_version));
+            }
+            Some(v) if v == api_version => {}
+            Some(v) => return Err(ApiError::bad_request(format!("the API version in the data ({v}) does not match the expected API version ({api_version})"))),
+        }
+        match map.get("kind").and_then(|v| v.as_str()) {
+            None => {
+                map.insert("kind".into(), json!(kind));
+            }
+            Some(k) if k == kind => {}
+            Some(k) => return Err(ApiError::bad_request(format!("the kind in the data ({k}) does not match the expected kind ({kind})"))),
+        }
+        Ok(())
+    }
+
+    fn check_namespace(&self, obj: &mut Value) -> Result<(), ApiError> {
+        if !self.info.namespaced {
+            meta_mut(obj).remove("namespace");
+            return Ok(());
+        }
+        let ns = self.namespace.clone().unwrap_or_default();
+        let m = meta_mut(obj);
+        match m.get("namespace").and_then(|v| v.as_str()) {
+            Some(x) if !x.is_empty() && x != ns => {
+                Err(ApiError::bad_request("the namespace of the provided object does not match the namespace sent on the request"))
+            }
+            _ => {
+                m.insert("namespace".into(), json!(ns));
+                Ok(())
+            }
+        }
+    }
+
+    async fn namespace_exists(&self) -> Result<(), ApiError> {
+        let Some(ns) = &self.namespace else { return Ok(()) };
+        let key = format!("/registry/core/namespaces/{ns}");
+        match self.st.store.get(key).await? {
+            Some(_) => Ok(()),
+            None => Err(ApiError::not_found("", "namespaces", ns)),
+        }
+    }
+
+    async fn create(&self) -> ApiResult {
+        let mut obj = self.parse_body()?;
+        self.check_kind(&mut obj, (&self.info.api_version(), self.info.kind))?;
+        self.check_namespace(&mut obj)?;
+        let name = {
+            let m = meta_mut(&mut obj);
+            match (m.get("name").and_then(|v| v.as_str()), m.get("generateName").and_then(|v| v.as_str())) {
+                (Some(n), _) if !n.is_empty() => n.to_string(),
+                (_, Some(g)) if !g.is_empty() => {
+                    let n = format!("{g}{}", object::name_suffix());
+                    m.insert("name".into(), json!(n));
+                    n
+                }
+                _ => {
+                    return Err(ApiError::invalid(self.info.group, self.info.kind, "", vec![(
+                        "metadata.name".into(),
+                        "Required value: name or generateName is required".into(),
+                    )]));
+                }
+            }
+        };
+        crate::admission::validate_create(self.info, &obj, &name)?;
+        self.namespace_exists().await?;
+        {
+            let m = meta_mut(&mut obj);
+            m.insert("uid".into(), json!(object::new_uid()));
+            m.insert("creationTimestamp".into(), json!(object::now_rfc3339()));
+            m.remove("resourceVersion");
+            m.remove("deletionTimestamp");
+            m.remove("deletionGracePeriodSeconds");
+            if self.info.has_spec {
+                m.insert("generation".into(), json!(1));
+            }
+        }
+        crate::admission::default(self.info, &mut obj);
+        let stored = encode_stored(&obj);
+        let key = self.info.key(self.namespace.as_deref(), &name);
+        if self.dry_run() {
+            let s = Stored::parse(&stored).map_err(ApiError::internal)?;
+            return Ok(self.respond_object(StatusCode::CREATED, &s, 0));
+        }
+        let key_b = Bytes::from(key);
+        let resp = self
+            .st
+            .store
+            .txn(TxnRequest {
+                compare: vec![Compare { key: key_b.clone(), op: CompareOp::Equal, target: CompareTarget::CreateRevision(0) }],
+                success: vec![TxnOp::Put(PutRequest { key: key_b, value: stored.clone(), lease: 0, prev_kv: false })],
+                failure: vec![],
+            })
+            .await?;
+        if !resp.succeeded {
+            return Err(ApiError::already_exists(self.info.group, self.info.resource, &name));
+        }
+        let s = Stored::parse(&stored).map_err(ApiError::internal)?;
+        Ok(self.respond_object(StatusCode::CREATED, &s, resp.revision))
+    }
+
+    /// Writes `new` over `cur` with compare-and-swap; `Ok(None)` if the key changed since.
+    async fn cas_put(&self, key: &str, mod_revision: u64, new: &Value) -> Result<Option<(Stored, u64)>, ApiError> {
+        let stored = encode_stored(new);
+        let s = Stored::parse(&stored).map_err(ApiError::internal)?;
+        if self.dry_run() {
+            return Ok(Some((s, mod_revision)));
+        }
+        let key_b = Bytes::copy_from_slice(key.as_bytes());
+        let resp = self
+            .st
+            .store
+            .txn(TxnRequest {
+                compare: vec![Compare { key: key_b.clone(), op: CompareOp::Equal, target: CompareTarget::ModRevision(mod_revision) }],
+                success: vec![TxnOp::Put(PutRequest { key: key_b, value: stored, lease: 0, prev_kv: false })],
+                failure: vec![],
+            })
+            .await?;
+        Ok(resp.succeeded.then_some((s, resp.revision)))
+    }
+
+    async fn cas_delete(&self, key: &str, mod_revision: u64) -> Result<bool, ApiError> {
+        if self.dry_run() {
+            return Ok(true);
+        }
+        let key_b = Bytes::copy_from_slice(key.as_bytes());
+        let resp = self
+            .st
+            .store
+            .txn(TxnRequest {
+                compare: vec![Compare { key: key_b.clone(), op: CompareOp::Equal, target: CompareTarget::ModRevision(mod_revision) }],
+                success: vec![TxnOp::Delete(DeleteRequest { range: KeyRange::Key(key_b), prev_kv: false })],
+                failure: vec![],
+            })
+            .await?;
+        Ok(resp.succeeded)
+    }
+
+    /// Merges what a write may change into `cur`: the main resource never changes status
+    /// (when the type has a status subresource), `/status` changes only status; identity
+    /// fields are kept; generation follows spec changes.
+    fn next_object(&self, cur: &Value, mut incoming: Value) -> Result<Value, ApiError> {
+        self.check_kind(&mut incoming, (&self.info.api_version(), self.info.kind))?;
+        self.check_namespace(&mut incoming)?;
+        if meta_str(&incoming, "name").is_some_and(|n| n != self.name()) {
+            return Err(ApiError::bad_request(format!("the name of the object ({}) does not match the name on the URL ({})", meta_str(&incoming, "name").unwrap_or(""), self.name())));
+        }
+        let has_status_sub = self.info.subresources.iter().any(|s| s.name == "status");
+        let mut next = if self.sub.as_deref() == Some("status") {
+            let mut n = cur.clone();
+            match incoming.get("status") {
+                Some(s) => n["status"] = s.clone(),
+                None => {
+                    n.as_object_mut().unwrap().remove("status");
+                }
+            }
+            n
+        } else {
+            if has_status_sub {
+                match cur.get("status") {
+                    Some(s) => incoming["status"] = s.clone(),
+                    None => {
+                        incoming.as_object_mut().unwrap().remove("status");
+                    }
+                }
+            }
+            incoming
+        };
+        {
+            let cm = cur.get("metadata").cloned().unwrap_or(json!({}));
+            let m = meta_mut(&mut next);
+            for f in ["uid", "creationTimestamp", "deletionTimestamp", "deletionGracePeriodSeconds", "generation"] {
+                match cm.get(f) {
+                    Some(v) => m.insert(f.into(), v.clone()),
+                    None => m.remove(f),
+                };
+            }
+            m.insert("name".into(), json!(self.name()));
+            m.remove("resourceVersion");
+        }
+        if self.info.has_spec && cur.get("spec") != next.get("spec") {
+            let g = cur["metadata"].get("generation").and_then(|g| g.as_i64()).unwrap_or(0) + 1;
+            meta_mut(&mut next).insert("generation".into(), json!(g));
+        }
+        crate::admission::validate_update(self.info, cur, &next)?;
+        Ok(next)
+    }
+
+    /// Completes a write: an object being deleted whose last finalizer went away is removed.
+    async fn finish_write(&self, key: &str, cur: &Current, next: Value) -> Result<Option<Response>, ApiError> {
+        let deleting = next["metadata"].get("deletionTimestamp").is_some();
+        let no_finalizers = next["metadata"].get("finalizers").and_then(|f| f.as_array()).is_none_or(|a| a.is_empty());
+        if deleting && no_finalizers {
+            if self.cas_delete(key, cur.mod_revision).await? {
+                let s = Stored::parse(&encode_stored(&next)).map_err(ApiError::internal)?;
+                return Ok(Some(self.respond_object(StatusCode::OK, &s, cur.mod_revision)));
+            }
+            return Ok(None);
+        }
+        match self.cas_put(key, cur.mod_revision, &next).await? {
+            Some((s, rev)) => Ok(Some(self.respond_object(StatusCode::OK, &s, rev))),
+            None => Ok(None),
+        }
+    }
+
+    async fn update(&self) -> ApiResult {
+        let incoming = self.parse_body()?;
+        let key = self.key();
+        let cur = self.read(&key).await?.ok_or_else(|| self.not_found())?;
+        if let Some(rv) = meta_str(&incoming, "resourceVersion") {
+            if rv != cur.mod_revision.to_string() {
+                return Err(ApiError::conflict(self.info.group, self.info.resource, self.name()));
+            }
+        }
+        let next = self.next_object(&cur.obj, incoming)?;
+        self.finish_write(&key, &cur, next).await?.ok_or_else(|| ApiError::conflict(self.info.group, self.info.resource, self.name()))
+    }
+
+    async fn patch(&self) -> ApiResult {
+        let ty = PatchType::from_content_type(self.ctype).ok_or_else(|| ApiError::unsupported_media_type(self.ctype))?;
+        if ty == PatchType::Apply {
+            return Err(ApiError::unsupported_media_type("application/apply-patch+yaml (server-side apply is not implemented yet)"));
+        }
+        let key = self.key();
+        for _ in 0..CAS_RETRIES_MAX {
+            let cur = self.read(&key).await?.ok_or_else(|| self.not_found())?;
+            let mut doc = cur.obj.clone();
+            patch::apply(ty, &mut doc, &self.body).map_err(|e| {
+                if e.starts_with("invalid") { ApiError::bad_request(e) } else { ApiError::invalid(self.info.group, self.info.kind, self.name(), vec![("patch".into(), e)]) }
+            })?;
+            if let Some(rv) = meta_str(&doc, "resourceVersion") {
+                if rv != cur.mod_revision.to_string() {
+                    return Err(ApiError::conflict(self.info.group, self.info.resource, self.name()));
+                }
+            }
+            let next = self.next_object(&cur.obj, doc)?;
+            if let Some(r) = self.finish_write(&key, &cur, next).await? {
+                return Ok(r);
+            }
+        }
+        Err(ApiError::conflict(self.info.group, self.info.resource, self.name()))
+    }
+
+    async fn delete(&self) -> ApiResult {
+        let opts: Value = if self.body.is_empty() { json!({}) } else { serde_json::from_slice(&self.body).map_err(|e| ApiError::bad_request(format!("invalid DeleteOptions: {e}")))? };
+        let key = self.key();
+        for _ in 0..CAS_RETRIES_MAX {
+            let cur = self.read(&key).await?.ok_or_else(|| self.not_found())?;
+            if let Some(pre) = opts.get("preconditions") {
+                let uid_ok = pre.get("uid").and_then(|u| u.as_str()).is_none_or(|u| Some(u) == meta_str(&cur.obj, "uid"));
+                let rv_ok = pre.get("resourceVersion").and_then(|u| u.as_str()).is_none_or(|r| r == cur.mod_revision.to_string());
+                if !uid_ok || !rv_ok {
+                    return Err(ApiError::conflict(self.info.group, self.info.resource, self.name()));
+                }
+            }
+            if self.info.kind == "Namespace" {
+                return self.delete_namespace(&cur).await;
+            }
+            let finalizers = cur.obj["metadata"].get("finalizers").and_then(|f| f.as_array()).is_some_and(|a| !a.is_empty());
+            let grace = opts.get("gracePeriodSeconds").and_then(|g| g.as_i64()).or_else(|| q(self.query, "gracePeriodSeconds").and_then(|g| g.parse().ok()));
+            let graceful_pod = self.info.kind == "Pod"
+                && cur.obj["spec"].get("nodeName").and_then(|n| n.as_str()).is_some_and(|n| !n.is_empty())
+                && grace.unwrap_or_else(|| cur.obj["spec"].get("terminationGracePeriodSeconds").and_then(|g| g.as_i64()).unwrap_or(30)) > 0;
+            if finalizers || graceful_pod {
+                if cur.obj["metadata"].get("deletionTimestamp").is_some() {
+                    let s = Stored::parse(&encode_stored(&cur.obj)).map_err(ApiError::internal)?;
+                    return Ok(self.respond_object(StatusCode::OK, &s, cur.mod_revision));
+                }
+                let mut next = cur.obj.clone();
+                let m = meta_mut(&mut next);
+                m.insert("deletionTimestamp".into(), json!(object::now_rfc3339()));
+                m.insert("deletionGracePeriodSeconds".into(), json!(if graceful_pod { grace.unwrap_or(30) } else { 0 }));
+                m.remove("resourceVersion");
+                if let Some((s, rev)) = self.cas_put(&key, cur.mod_revision, &next).await? {
+                    return Ok(self.respond_object(StatusCode::OK, &s, rev));
+                }
+                continue;
+            }
+            if self.cas_delete(&key, cur.mod_revision).await? {
+                return Ok(json_value(StatusCode::OK, &json!({
+                    "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success",
+                    "details": {"name": self.name(), "group": self.info.group, "kind": self.info.resource, "uid": meta_str(&cur.obj, "uid")},
+                })));
+            }
+        }
+        Err(ApiError::conflict(self.info.group, self.info.resource, self.name()))
+    }
+
+    /// Until the namespace controller exists, deleting a namespace deletes its contents
+    /// here, then the namespace.
+    async fn delete_namespace(&self, cur: &Current) -> ApiResult {
+        let ns = self.name().to_string();
+        if !self.dry_run() {
+            for r in self.st.reg.resources.iter().filter(|r| r.namespaced) {
+                self.st.store.delete(DeleteRequest { range: KeyRange::Prefix(Bytes::from(r.prefix(Some(&ns)))), prev_kv: false }).await?;
+            }
+            self.cas_delete(&self.key(), cur.mod_revision).await?;
+        }
+        let s = Stored::parse(&encode_stored(&cur.obj)).map_err(ApiError::internal)?;
+        Ok(self.respond_object(StatusCode::OK, &s, cur.mod_revision))
+    }
+
+    async fn delete_collection(&self) -> ApiResult {
+        let (ls, fs) = self.selectors()?;
+        let resp = self.st.store.range(RangeRequest::prefix(self.info.prefix(self.namespace.as_deref()))).await?;
+        let mut deleted = Vec::new();
+        for kv in &resp.kvs {
+            let v = Stored::parse(&kv.value).map_err(ApiError::internal)?.value_at(kv.mod_revision).map_err(ApiError::internal)?;
+            let labels = v.get("metadata").and_then(|m| m.get("labels")).and_then(|l| l.as_object());
+            if !ls.matches(labels) || !fs.matches(&v) {
+                continue;
+            }
+            let key = String::from_utf8_lossy(&kv.key).to_string();
+            if self.cas_delete(&key, kv.mod_revision).await? {
+                deleted.push(v);
+            }
+        }
+        let out = json!({"kind": self.info.list_kind, "apiVersion": self.info.api_version(), "metadata": {"resourceVersion": self.st.store.revision().to_string()}, "items": deleted});
+        Ok(json_value(StatusCode::OK, &out))
+    }
+
+    fn scale_of(&self, obj: &Value, rev: u64) -> Value {
+        let selector = obj["spec"]["selector"].get("matchLabels").and_then(|m| m.as_object()).map(|m| {
+            m.iter().map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or(""))).collect::<Vec<_>>().join(",")
+        });
+        json!({
+            "kind": "Scale", "apiVersion": "autoscaling/v1",
+            "metadata": {"name": self.name(), "namespace": self.namespace, "uid": meta_str(obj, "uid"), "resourceVersion": rev.to_string(), "creationTimestamp": meta_str(obj, "creationTimestamp")},
+            "spec": {"replicas": obj["spec"].get("replicas").cloned().unwrap_or(json!(1))},
+            "status": {"replicas": obj["status"].get("replicas").cloned().unwrap_or(json!(0)), "selector": selector.unwrap_or_default()},
+        })
+    }
+
+    async fn get_scale(&self) -> ApiResult {
+        let cur = self.read(&self.key()).await?.ok_or_else(|| self.not_found())?;
+        Ok(json_value(StatusCode::OK, &self.scale_of(&cur.obj, cur.mod_revision)))
+    }
+
+    async fn write_scale(&self, change: impl Fn(&Value) -> Result<Value, ApiError>) -> ApiResult {
+        let key = self.key();
+        for _ in 0..CAS_RETRIES_MAX {
+            let cur = self.read(&key).await?.ok_or_else(|| self.not_found())?;
+            let scale = change(&self.scale_of(&cur.obj, cur.mod_revision))?;
+            if let Some(rv) = scale["metadata"].get("resourceVersion").and_then(|r| r.as_str()) {
+                if rv != cur.mod_revision.to_string() {
+                    return Err(ApiError::conflict(self.info.group, self.info.resource, self.name()));
+                }
+            }
+            let replicas = scale["spec"].get("replicas").and_then(|r| r.as_i64()).ok_or_else(|| {
+                ApiError::invalid("autoscaling", "Scale", self.name(), vec![("spec.replicas".into(), "Required value".into())])
+            })?;
+            if replicas < 0 {
+                return Err(ApiError::invalid("autoscaling", "Scale", self.name(), vec![("spec.replicas".into(), format!("Invalid value: {replicas}: must be greater than or equal to 0"))]));
+            }
+            let mut next = cur.obj.clone();
+            next["spec"]["replicas"] = json!(replicas);
+            if cur.obj["spec"] != next["spec"] {
+                let g = cur.obj["metadata"].get("generation").and_then(|g| g.as_i64()).unwrap_or(0) + 1;
+                meta_mut(&mut next).insert("generation".into(), json!(g));
+            }
+            meta_mut(&mut next).remove("resourceVersion");
+            if let Some((_, rev)) = self.cas_put(&key, cur.mod_revision, &next).await? {
+                return Ok(json_value(StatusCode::OK, &self.scale_of(&next, rev)));
+            }
+        }
+        Err(ApiError::conflict(self.info.group, self.info.resource, self.name()))
+    }
+
+    async fn update_scale(&self) -> ApiResult {
+        let body = self.parse_body()?;
+        self.write_scale(move |_| Ok(body.clone())).await
+    }
+
+    async fn patch_scale(&self) -> ApiResult {
+        let ty = PatchType::from_content_type(self.ctype).ok_or_else(|| ApiError::unsupported_media_type(self.ctype))?;
+        let body = self.body.clone();
+        self.write_scale(move |s| {
+            let mut doc = s.clone();
+            patch::apply(ty, &mut doc, &body).map_err(ApiError::bad_request)?;
+            Ok(doc)
+        })
+        .await
+    }
+
+    /// `pods/binding`: sets `spec.nodeName` once.
+    async fn bind(&self) -> ApiResult {
+        let b = self.parse_body()?;
+        let node = b["target"].get("name").and_then(|n| n.as_str()).filter(|n| !n.is_empty()).ok_or_else(|| {
+            ApiError::invalid("", "Binding", self.name(), vec![("target.name".into(), "Required value".into())])
+        })?;
+        let key = self.key();
+        for _ in 0..CAS_RETRIES_MAX {
+            let cur = self.read(&key).await?.ok_or_else(|| self.not_found())?;
+            if let Some(n) = cur.obj["spec"].get("nodeName").and_then(|n| n.as_str()).filter(|n| !n.is_empty()) {
+                return Err(ApiError {
+                    code: 409,
+                    reason: "Conflict",
+                    message: format!("Operation cannot be fulfilled on pods/binding \"{}\": pod {} is already assigned to node \"{n}\"", self.name(), self.name()),
+                    details: None,
+                });
+            }
+            let mut next = cur.obj.clone();
+            next["spec"]["nodeName"] = json!(node);
+            meta_mut(&mut next).remove("resourceVersion");
+            if self.cas_put(&key, cur.mod_revision, &next).await?.is_some() {
+                return Ok(json_value(StatusCode::CREATED, &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201})));
+            }
+        }
+        Err(ApiError::conflict(self.info.group, self.info.resource, self.name()))
+    }
+
+    /// `pods/eviction`: deletes the pod (PodDisruptionBudgets are honoured with the
+    /// controllers issue).
+    async fn evict(&self) -> ApiResult {
+        let _ = self.parse_body()?;
+        let key = self.key();
+        let cur = self.read(&key).await?.ok_or_else(|| self.not_found())?;
+        self.cas_delete(&key, cur.mod_revision).await?;
+        Ok(json_value(StatusCode::CREATED, &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201})))
+    }
+}
+
+fn stream_response<S>(stream: S) -> Response
+where
+    S: futures_util::Stream<Item = Result<Bytes, std::convert::Infallible>> + Send + 'static,
+{
+    let mut r = Response::new(Body::from_stream(stream));
+    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache, private"));
+    r
+}
+
+fn event_line(ty: &str, obj: &Value, kind: &str, as_table: bool) -> Bytes {
+    let object = if as_table && ty != "BOOKMARK" {
+        table::table(kind, vec![table::row(kind, obj)], meta_str(obj, "resourceVersion").unwrap_or(""), None)
+    } else {
+        obj.clone()
+    };
+    let mut v = serde_json::to_vec(&json!({"type": ty, "object": object})).unwrap_or_default();
+    v.push(b'\n');
+    Bytes::from(v)
+}
+
+struct WatchStream {
+    watcher: storage::Watcher,
+    initial: std::collections::VecDeque<Bytes>,
+    deadline: tokio::time::Instant,
+    bookmarks: bool,
+    kind: &'static str,
+    api_version: String,
+    filter: Box<dyn Fn(&Value) -> bool + Send + Sync>,
+    as_table: bool,
+    last_rev: u64,
+    done: bool,
+}
+
+impl WatchStream {
+    async fn next(&mut self) -> Option<Bytes> {
+        if let Some(b) = self.initial.pop_front() {
+            return Some(b);
+        }
+        loop {
+            if self.done {
+                return None;
+            }
+            let bookmark_at = tokio::time::Instant::now() + BOOKMARK_INTERVAL;
+            let wait_until = if self.bookmarks { bookmark_at.min(self.deadline) } else { self.deadline };
+            let batch = match tokio::time::timeout_at(wait_until, self.watcher.next()).await {
+                Err(_) if tokio::time::Instant::now() >= self.deadline => return None,
+                Err(_) => {
+                    let bm = json!({"kind": self.kind, "apiVersion": self.api_version, "metadata": {"resourceVersion": self.last_rev.to_string()}});
+                    return Some(event_line("BOOKMARK", &bm, self.kind, false));
+                }
+                Ok(None) => return None,
+                Ok(Some(Err(e))) => {
+                    self.done = true;
+                    let status = match e {
+                        storage::WatchError::Compacted { .. } => ApiError::gone(format!("too old resource version: {e}")),
+                        other => ApiError::internal(other.to_string()),
+                    };
+                    let mut v = serde_json::to_vec(&json!({"type": "ERROR", "object": status.to_json()})).unwrap_or_default();
+                    v.push(b'\n');
+                    return Some(Bytes::from(v));
+                }
+                Ok(Some(Ok(events))) => events,
+            };
+            let mut out = BytesMut::new();
+            for e in batch {
+                self.last_rev = e.kv.mod_revision;
+                let new = match e.kind {
+                    EventKind::Put => decode_at(&e.kv.value, e.kv.mod_revision),
+                    EventKind::Delete => None,
+                };
+                let old = e.prev_kv.as_ref().and_then(|p| decode_at(&p.value, p.mod_revision));
+                let old_match = old.as_ref().is_some_and(|o| (self.filter)(o));
+                let (ty, obj) = match (e.kind, new) {
+                    (EventKind::Put, Some(n)) => {
+                        let new_match = (self.filter)(&n);
+                        match (old_match, new_match) {
+                            (_, true) if e.kv.version == 1 || old.is_none() => ("ADDED", n),
+                            (true, true) => ("MODIFIED", n),
+                            (false, true) => ("ADDED", n),
+                            (true, false) => ("DELETED", n),
+                            (false, false) => continue,
+                        }
+                    }
+                    (EventKind::Delete, _) if old_match => {
+                        let mut o = old.unwrap();
+                        meta_mut(&mut o).insert("resourceVersion".into(), json!(e.kv.mod_revision.to_string()));
+                        ("DELETED", o)
+                    }
+                    _ => continue,
+                };
+                out.put_slice(&event_line(ty, &obj, self.kind, self.as_table));
+            }
+            if !out.is_empty() {
+                return Some(out.freeze());
+            }
+        }
+    }
+}
+
+fn decode_at(value: &Bytes, rev: u64) -> Option<Value> {
+    Stored::parse(value).ok()?.value_at(rev).ok()
+}
+
+/// The smallest key after every key with this prefix.
+fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    Vec::new()
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn unhex(s: &str) -> Option<Vec<u8>> {
+    if s.len() % 2 != 0 {
+        return None;
+    }
+    (0..s.len()).step_by(2).map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok()).collect()
+}
+
+/// An opaque continue token: the list's revision and the next key.
+fn encode_continue(rev: u64, next_key: &[u8]) -> String {
+    format!("{rev}-{}", hex(next_key))
+}
+
+fn decode_continue(tok: &str, prefix: &str) -> Result<(Vec<u8>, u64), ApiError> {
+    let bad = || ApiError::bad_request(format!("invalid continue token {tok:?}"));
+    let (rev, key) = tok.split_once('-').ok_or_else(bad)?;
+    let rev: u64 = rev.parse().map_err(|_| bad())?;
+    let key = unhex(key).ok_or_else(bad)?;
+    if !key.starts_with(prefix.as_bytes()) {
+        return Err(bad());
+    }
+    Ok((key, rev))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_resolve_to_resources_namespaces_and_subresources() {
+        let reg = Registry::new();
+        let t = parse_target(&reg, "/api/v1/namespaces/default/pods/p/status").unwrap();
+        match t {
+            Target::Resource { info, namespace, name, sub } => {
+                assert_eq!(info.resource, "pods");
+                assert_eq!(namespace.as_deref(), Some("default"));
+                assert_eq!(name.as_deref(), Some("p"));
+                assert_eq!(sub.as_deref(), Some("status"));
+            }
+            other => panic!("{other:?}"),
+        }
+        match parse_target(&reg, "/api/v1/namespaces/kube-system").unwrap() {
+            Target::Resource { info, name, .. } => {
+                assert_eq!(info.resource, "namespaces");
+                assert_eq!(name.as_deref(), Some("kube-system"));
+            }
+            other => panic!("{other:?}"),
+        }
+        match parse_target(&reg, "/apis/apps/v1/deployments").unwrap() {
+            Target::Resource { info, namespace, name, .. } => {
+                assert_eq!(info.kind, "Deployment");
+                assert!(namespace.is_none() && name.is_none());
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(parse_target(&reg, "/api/v1/nonsense").is_none());
+        assert!(matches!(parse_target(&reg, "/apis/apps/v1"), Some(Target::GroupVersion { .. })));
+    }
+
+    #[test]
+    fn continue_tokens_round_trip_and_are_checked() {
+        let tok = encode_continue(42, b"/registry/core/pods/default/b");
+        assert_eq!(decode_continue(&tok, "/registry/core/pods/default/").unwrap(), (b"/registry/core/pods/default/b".to_vec(), 42));
+        assert!(decode_continue(&tok, "/registry/core/secrets/").is_err());
+        assert!(decode_continue("garbage", "/").is_err());
+        assert_eq!(prefix_end(b"/a/"), b"/a0".to_vec());
+    }
+}

@@ -1,0 +1,166 @@
+//! capstan's Kubernetes API server: the Kubernetes REST API over the store, for kubectl and
+//! the client libraries.
+//!
+//! **Invariants.**
+//! - The API server is the only component that talks to the store.
+//! - Every write is one compare-and-swap txn on the object's key (`resourceVersion` = the
+//!   store's revision); a stale version is a 409, never a lost update.
+//! - Objects are stored as JSON with the version spliced in at read time (`object.rs`), so a
+//!   read or a list item is served from the stored bytes without decoding or encoding.
+//! - Every error is a Kubernetes `Status`.
+//!
+//! **Where to start reading.** `handlers.rs` (routing and verbs), then `object.rs`,
+//! `discovery.rs`, `registry.rs` (the resources served, from the k8s-openapi types).
+
+pub mod admission;
+pub mod discovery;
+pub mod handlers;
+pub mod metrics;
+pub mod object;
+pub mod patch;
+pub mod registry;
+pub mod selector;
+pub mod status;
+pub mod table;
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{any, get};
+use serde_json::json;
+use storage::Store;
+
+use handlers::AppState;
+use registry::Registry;
+use status::ApiError;
+
+/// Namespaces that exist in every cluster.
+pub const SYSTEM_NAMESPACES: &[&str] = &["default", "kube-system", "kube-public", "kube-node-lease"];
+
+/// Builds the HTTP service over `store`.
+pub fn router(store: Store) -> Router {
+    let state = Arc::new(AppState { store, reg: Registry::new(), metrics: Default::default() });
+    Router::new()
+        .route("/api", get(api_root))
+        .route("/apis", get(apis_root))
+        .route("/api/{*rest}", any(handlers::dispatch))
+        .route("/apis/{*rest}", any(handlers::dispatch))
+        .route("/version", get(version))
+        .route("/readyz", get(ready))
+        .route("/livez", get(ready))
+        .route("/healthz", get(ready))
+        .route("/metrics", get(metrics))
+        .route("/openapi/v3", get(openapi_index))
+        .route("/openapi/v3/{*gv}", get(openapi_gv))
+        .fallback(not_found)
+        .layer(axum::middleware::from_fn_with_state(state.clone(), inflight))
+        .layer(DefaultBodyLimit::disable())
+        .with_state(state)
+}
+
+async fn inflight(State(st): State<Arc<AppState>>, req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    st.metrics.inflight.fetch_add(1, Ordering::Relaxed);
+    let r = next.run(req).await;
+    st.metrics.inflight.fetch_sub(1, Ordering::Relaxed);
+    r
+}
+
+/// Creates the namespaces every cluster has, if missing.
+pub async fn bootstrap(store: &Store) -> Result<(), storage::StoreError> {
+    let reg = Registry::new();
+    let ns = reg.find("", "v1", "namespaces").expect("namespaces are served");
+    for name in SYSTEM_NAMESPACES {
+        let key = ns.key(None, name);
+        if store.get(key.clone()).await?.is_some() {
+            continue;
+        }
+        let obj = json!({
+            "apiVersion": "v1", "kind": "Namespace",
+            "metadata": {"name": name, "uid": object::new_uid(), "creationTimestamp": object::now_rfc3339(), "labels": {"kubernetes.io/metadata.name": name}},
+            "spec": {"finalizers": ["kubernetes"]},
+            "status": {"phase": "Active"},
+        });
+        store.put(key, object::encode_stored(&obj)).await?;
+    }
+    Ok(())
+}
+
+fn with_content_type(v: &serde_json::Value, ct: &'static str) -> Response {
+    let mut r = (StatusCode::OK, serde_json::to_vec(v).unwrap_or_default()).into_response();
+    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(ct));
+    r
+}
+
+fn accept(headers: &HeaderMap) -> &str {
+    headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or("")
+}
+
+async fn api_root(State(st): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+    match discovery::aggregated_version(accept(&headers)) {
+        Some(v) => with_content_type(
+            &discovery::aggregated(&st.reg, true, v),
+            if v == "v2" { discovery::AGGREGATED_V2 } else { discovery::AGGREGATED_V2BETA1 },
+        ),
+        None => with_content_type(&discovery::api_versions(), "application/json"),
+    }
+}
+
+async fn apis_root(State(st): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+    match discovery::aggregated_version(accept(&headers)) {
+        Some(v) => with_content_type(
+            &discovery::aggregated(&st.reg, false, v),
+            if v == "v2" { discovery::AGGREGATED_V2 } else { discovery::AGGREGATED_V2BETA1 },
+        ),
+        None => with_content_type(&discovery::api_group_list(&st.reg), "application/json"),
+    }
+}
+
+async fn version() -> Response {
+    with_content_type(&discovery::version(), "application/json")
+}
+
+async fn ready(State(st): State<Arc<AppState>>) -> Response {
+    // Ready when the store answers a read.
+    match st.store.get("/registry/core/namespaces/default").await {
+        Ok(_) => (StatusCode::OK, "ok").into_response(),
+        Err(e) => ApiError::unavailable(format!("store not ready: {e}")).into_response(),
+    }
+}
+
+async fn metrics(State(st): State<Arc<AppState>>) -> Response {
+    let mut r = (StatusCode::OK, st.metrics.render()).into_response();
+    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4"));
+    r
+}
+
+async fn openapi_index(State(st): State<Arc<AppState>>) -> Response {
+    with_content_type(&discovery::openapi_index(&st.reg), "application/json")
+}
+
+async fn openapi_gv(State(st): State<Arc<AppState>>, axum::extract::Path(gv): axum::extract::Path<String>) -> Response {
+    let parts: Vec<&str> = gv.split('/').collect();
+    let (g, v) = match parts.as_slice() {
+        ["api", v] => ("", *v),
+        ["apis", g, v] => (*g, *v),
+        _ => return ApiError::path_not_found(&gv).into_response(),
+    };
+    match discovery::openapi_gv(&st.reg, g, v) {
+        Some(doc) => {
+            let mut r = with_content_type(&doc, "application/json");
+            r.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("public, immutable"));
+            if let Ok(etag) = HeaderValue::from_str(&format!("\"{}\"", discovery::openapi_hash())) {
+                r.headers_mut().insert(header::ETAG, etag);
+            }
+            r
+        }
+        None => ApiError::path_not_found(&gv).into_response(),
+    }
+}
+
+async fn not_found(uri: axum::http::Uri) -> Response {
+    ApiError::path_not_found(uri.path()).into_response()
+}

@@ -1,0 +1,274 @@
+//! `as=Table` rendering: kubectl's usual columns per kind, computed on the server as
+//! Kubernetes does, with each row's object as `PartialObjectMetadata`.
+
+use serde_json::{Value, json};
+
+/// Whether the client asked for a Table (kubectl get).
+pub fn wants_table(accept: &str) -> bool {
+    accept.contains("as=Table")
+}
+
+fn col(name: &str, ty: &str, priority: u8) -> Value {
+    json!({"name": name, "type": ty, "format": if name == "Name" { "name" } else { "" }, "description": "", "priority": priority})
+}
+
+pub fn columns(kind: &str) -> Vec<Value> {
+    match kind {
+        "Pod" => vec![
+            col("Name", "string", 0),
+            col("Ready", "string", 0),
+            col("Status", "string", 0),
+            col("Restarts", "string", 0),
+            col("Age", "string", 0),
+            col("IP", "string", 1),
+            col("Node", "string", 1),
+            col("Nominated Node", "string", 1),
+            col("Readiness Gates", "string", 1),
+        ],
+        "Deployment" => vec![
+            col("Name", "string", 0),
+            col("Ready", "string", 0),
+            col("Up-to-date", "string", 0),
+            col("Available", "string", 0),
+            col("Age", "string", 0),
+            col("Containers", "string", 1),
+            col("Images", "string", 1),
+            col("Selector", "string", 1),
+        ],
+        "ReplicaSet" => vec![
+            col("Name", "string", 0),
+            col("Desired", "string", 0),
+            col("Current", "string", 0),
+            col("Ready", "string", 0),
+            col("Age", "string", 0),
+        ],
+        "Namespace" => vec![col("Name", "string", 0), col("Status", "string", 0), col("Age", "string", 0)],
+        "Node" => vec![
+            col("Name", "string", 0),
+            col("Status", "string", 0),
+            col("Roles", "string", 0),
+            col("Age", "string", 0),
+            col("Version", "string", 0),
+        ],
+        "Service" => vec![
+            col("Name", "string", 0),
+            col("Type", "string", 0),
+            col("Cluster-IP", "string", 0),
+            col("External-IP", "string", 0),
+            col("Port(s)", "string", 0),
+            col("Age", "string", 0),
+        ],
+        "ConfigMap" | "Secret" => vec![col("Name", "string", 0), col("Data", "string", 0), col("Age", "string", 0)],
+        "Job" => vec![col("Name", "string", 0), col("Completions", "string", 0), col("Age", "string", 0)],
+        _ => vec![col("Name", "string", 0), col("Age", "string", 0)],
+    }
+}
+
+/// Kubernetes' short human duration ("5s", "3m12s", "2d").
+pub fn age(created: Option<&str>) -> String {
+    let Some(ts) = created.and_then(|c| c.parse::<jiff::Timestamp>().ok()) else { return "<unknown>".into() };
+    let secs = (jiff::Timestamp::now().as_second() - ts.as_second()).max(0);
+    match secs {
+        s if s < 120 => format!("{s}s"),
+        s if s < 600 => format!("{}m{}s", s / 60, s % 60),
+        s if s < 3 * 3600 => format!("{}m", s / 60),
+        s if s < 8 * 3600 => format!("{}h{}m", s / 3600, (s % 3600) / 60),
+        s if s < 48 * 3600 => format!("{}h", s / 3600),
+        s if s < 8 * 86400 => format!("{}d{}h", s / 86400, (s % 86400) / 3600),
+        s => format!("{}d", s / 86400),
+    }
+}
+
+fn s<'a>(v: &'a Value, path: &[&str]) -> Option<&'a Value> {
+    let mut cur = v;
+    for p in path {
+        cur = cur.get(p)?;
+    }
+    Some(cur)
+}
+
+fn n(v: &Value, path: &[&str]) -> i64 {
+    s(v, path).and_then(|x| x.as_i64()).unwrap_or(0)
+}
+
+fn pod_cells(o: &Value) -> Vec<Value> {
+    let statuses = s(o, &["status", "containerStatuses"]).and_then(|x| x.as_array()).cloned().unwrap_or_default();
+    let total = s(o, &["spec", "containers"]).and_then(|x| x.as_array()).map_or(0, |a| a.len());
+    let ready = statuses.iter().filter(|c| c.get("ready").and_then(|r| r.as_bool()) == Some(true)).count();
+    let restarts: i64 = statuses.iter().map(|c| c.get("restartCount").and_then(|r| r.as_i64()).unwrap_or(0)).sum();
+    let mut status = s(o, &["status", "phase"]).and_then(|x| x.as_str()).unwrap_or("Pending").to_string();
+    if let Some(r) = s(o, &["status", "reason"]).and_then(|x| x.as_str()) {
+        status = r.to_string();
+    }
+    for c in &statuses {
+        if let Some(r) = s(c, &["state", "waiting", "reason"]).and_then(|x| x.as_str()) {
+            status = r.to_string();
+        } else if let Some(r) = s(c, &["state", "terminated", "reason"]).and_then(|x| x.as_str()) {
+            status = r.to_string();
+        }
+    }
+    if s(o, &["metadata", "deletionTimestamp"]).is_some() {
+        status = "Terminating".into();
+    }
+    let str_or = |p: &[&str], d: &str| s(o, p).and_then(|x| x.as_str()).unwrap_or(d).to_string();
+    vec![
+        json!(format!("{ready}/{total}")),
+        json!(status),
+        json!(restarts.to_string()),
+        json!(age(meta(o, "creationTimestamp"))),
+        json!(str_or(&["status", "podIP"], "<none>")),
+        json!(str_or(&["spec", "nodeName"], "<none>")),
+        json!(str_or(&["status", "nominatedNodeName"], "<none>")),
+        json!("<none>"),
+    ]
+}
+
+fn meta<'a>(o: &'a Value, f: &str) -> Option<&'a str> {
+    s(o, &["metadata", f]).and_then(|x| x.as_str())
+}
+
+/// One row's cells (after the name) for an object of `kind`.
+pub fn cells(kind: &str, o: &Value) -> Vec<Value> {
+    let name = json!(meta(o, "name").unwrap_or(""));
+    let age_cell = json!(age(meta(o, "creationTimestamp")));
+    let mut out = vec![name];
+    match kind {
+        "Pod" => out.extend(pod_cells(o)),
+        "Deployment" => {
+            let containers = s(o, &["spec", "template", "spec", "containers"]).and_then(|c| c.as_array()).cloned().unwrap_or_default();
+            let names: Vec<&str> = containers.iter().filter_map(|c| c.get("name").and_then(|x| x.as_str())).collect();
+            let images: Vec<&str> = containers.iter().filter_map(|c| c.get("image").and_then(|x| x.as_str())).collect();
+            let sel = s(o, &["spec", "selector", "matchLabels"])
+                .and_then(|m| m.as_object())
+                .map(|m| m.iter().map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or(""))).collect::<Vec<_>>().join(","))
+                .unwrap_or_default();
+            out.extend([
+                json!(format!("{}/{}", n(o, &["status", "readyReplicas"]), n(o, &["spec", "replicas"]))),
+                json!(n(o, &["status", "updatedReplicas"])),
+                json!(n(o, &["status", "availableReplicas"])),
+                age_cell,
+                json!(names.join(",")),
+                json!(images.join(",")),
+                json!(sel),
+            ]);
+        }
+        "ReplicaSet" => out.extend([
+            json!(n(o, &["spec", "replicas"])),
+            json!(n(o, &["status", "replicas"])),
+            json!(n(o, &["status", "readyReplicas"])),
+            age_cell,
+        ]),
+        "Namespace" => out.extend([
+            json!(if meta(o, "deletionTimestamp").is_some() { "Terminating" } else { "Active" }),
+            age_cell,
+        ]),
+        "Node" => {
+            let ready = s(o, &["status", "conditions"])
+                .and_then(|c| c.as_array())
+                .and_then(|cs| cs.iter().find(|c| c.get("type").and_then(|t| t.as_str()) == Some("Ready")))
+                .and_then(|c| c.get("status").and_then(|x| x.as_str()))
+                .map(|st| if st == "True" { "Ready" } else { "NotReady" })
+                .unwrap_or("Unknown");
+            let status = if s(o, &["spec", "unschedulable"]).and_then(|u| u.as_bool()) == Some(true) {
+                format!("{ready},SchedulingDisabled")
+            } else {
+                ready.to_string()
+            };
+            out.extend([
+                json!(status),
+                json!("<none>"),
+                age_cell,
+                json!(s(o, &["status", "nodeInfo", "kubeletVersion"]).and_then(|x| x.as_str()).unwrap_or("")),
+            ]);
+        }
+        "Service" => {
+            let ports = s(o, &["spec", "ports"])
+                .and_then(|p| p.as_array())
+                .map(|ps| {
+                    ps.iter()
+                        .map(|p| format!("{}/{}", n(p, &["port"]), p.get("protocol").and_then(|x| x.as_str()).unwrap_or("TCP")))
+                        .collect::<Vec<_>>()
+                        .join(",")
+                })
+                .unwrap_or_default();
+            out.extend([
+                json!(s(o, &["spec", "type"]).and_then(|x| x.as_str()).unwrap_or("ClusterIP")),
+                json!(s(o, &["spec", "clusterIP"]).and_then(|x| x.as_str()).unwrap_or("<none>")),
+                json!("<none>"),
+                json!(if ports.is_empty() { "<none>".to_string() } else { ports }),
+                age_cell,
+            ]);
+        }
+        "ConfigMap" | "Secret" => {
+            let d = o.get("data").and_then(|d| d.as_object()).map_or(0, |m| m.len())
+                + o.get("binaryData").or_else(|| o.get("stringData")).and_then(|d| d.as_object()).map_or(0, |m| m.len());
+            out.extend([json!(d), age_cell]);
+        }
+        "Job" => out.extend([
+            json!(format!("{}/{}", n(o, &["status", "succeeded"]), s(o, &["spec", "completions"]).and_then(|c| c.as_i64()).unwrap_or(1))),
+            age_cell,
+        ]),
+        _ => out.push(age_cell),
+    }
+    out
+}
+
+/// A row: cells plus the object's metadata as `PartialObjectMetadata`.
+pub fn row(kind: &str, o: &Value) -> Value {
+    json!({
+        "cells": cells(kind, o),
+        "object": {"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1", "metadata": o.get("metadata").cloned().unwrap_or(json!({}))},
+    })
+}
+
+pub fn table(kind: &str, rows: Vec<Value>, resource_version: &str, cont: Option<&str>) -> Value {
+    let mut meta = json!({"resourceVersion": resource_version});
+    if let Some(c) = cont {
+        meta["continue"] = json!(c);
+    }
+    json!({"kind": "Table", "apiVersion": "meta.k8s.io/v1", "metadata": meta, "columnDefinitions": columns(kind), "rows": rows})
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pod_rows_show_ready_status_and_restarts_like_kubectl() {
+        let pod = json!({
+            "metadata": {"name": "web-1", "creationTimestamp": "2020-01-01T00:00:00Z"},
+            "spec": {"containers": [{"name": "a"}, {"name": "b"}], "nodeName": "n1"},
+            "status": {"phase": "Running", "podIP": "10.0.0.1", "containerStatuses": [
+                {"name": "a", "ready": true, "restartCount": 2},
+                {"name": "b", "ready": false, "restartCount": 1, "state": {"waiting": {"reason": "CrashLoopBackOff"}}}
+            ]}
+        });
+        let c = cells("Pod", &pod);
+        assert_eq!(c[0], "web-1");
+        assert_eq!(c[1], "1/2");
+        assert_eq!(c[2], "CrashLoopBackOff");
+        assert_eq!(c[3], "3");
+        assert!(c[4].as_str().unwrap().ends_with('d'));
+        assert_eq!(c[6], "n1");
+        assert_eq!(c.len(), columns("Pod").len());
+    }
+
+    #[test]
+    fn every_kind_has_as_many_cells_as_columns() {
+        let o = json!({"metadata": {"name": "x"}});
+        for k in ["Pod", "Deployment", "ReplicaSet", "Namespace", "Node", "Service", "ConfigMap", "Secret", "Job", "Lease"] {
+            assert_eq!(cells(k, &o).len(), columns(k).len(), "{k}");
+        }
+    }
+
+    #[test]
+    fn ages_are_humanized_as_kubectl_prints_them() {
+        let t = |secs: i64| {
+            let ts = jiff::Timestamp::from_second(jiff::Timestamp::now().as_second() - secs).unwrap().to_string();
+            age(Some(&ts))
+        };
+        assert_eq!(t(5), "5s");
+        assert_eq!(t(200), "3m20s");
+        assert_eq!(t(3 * 86400 + 3600), "3d1h");
+    }
+}

@@ -1,0 +1,176 @@
+#![allow(dead_code)]
+//! Starts the real `capstan up` on a free loopback port and a temporary data directory, and
+//! runs real kubectl against it. Every wait has a deadline that says what it waited for.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub const WAIT: Duration = Duration::from_secs(60);
+
+pub const KUBECTL: &str = "/usr/bin/kubectl";
+
+pub fn kubectl_version(minor: u32) -> String {
+    format!("/usr/lib/google-cloud-sdk/bin/kubectl.1.{minor}")
+}
+
+pub struct Cluster {
+    child: Option<Child>,
+    pub dir: tempfile::TempDir,
+    pub kubeconfig: PathBuf,
+    pub addr: String,
+}
+
+/// A raw HTTP/1.1 request to the server (no client library needed): (status, body).
+pub fn http(addr: &str, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> (u16, Vec<u8>) {
+    let mut s = std::net::TcpStream::connect(addr).expect("connect to capstan");
+    s.set_read_timeout(Some(WAIT)).unwrap();
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
+    for (k, v) in headers {
+        req += &format!("{k}: {v}\r\n");
+    }
+    req += "\r\n";
+    s.write_all(req.as_bytes()).unwrap();
+    s.write_all(body).unwrap();
+    let mut resp = Vec::new();
+    s.read_to_end(&mut resp).unwrap();
+    let head_end = resp.windows(4).position(|w| w == b"\r\n\r\n").expect("HTTP response head");
+    let head = String::from_utf8_lossy(&resp[..head_end]).to_string();
+    let code: u16 = head.split(' ').nth(1).unwrap().parse().unwrap();
+    let mut body = resp[head_end + 4..].to_vec();
+    if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+        body = dechunk(&body);
+    }
+    (code, body)
+}
+
+fn dechunk(mut b: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    loop {
+        let Some(eol) = b.windows(2).position(|w| w == b"\r\n") else { break };
+        let n = usize::from_str_radix(std::str::from_utf8(&b[..eol]).unwrap().trim(), 16).unwrap_or(0);
+        if n == 0 {
+            break;
+        }
+        out.extend_from_slice(&b[eol + 2..eol + 2 + n]);
+        b = &b[eol + 2 + n + 2..];
+    }
+    out
+}
+
+impl Cluster {
+    pub fn start() -> Cluster {
+        Cluster::start_in(tempfile::tempdir().unwrap())
+    }
+
+    pub fn start_in(dir: tempfile::TempDir) -> Cluster {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_capstan"))
+            .args(["up", "--listen", "127.0.0.1:0", "--log-level", "warn", "--data-dir"])
+            .arg(dir.path())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start capstan up");
+        let stdout = child.stdout.take().unwrap();
+        let mut lines = BufReader::new(stdout).lines();
+        let first = lines.next().expect("capstan up printed its address").unwrap();
+        let addr = first.rsplit("http://").next().expect("address in the first line").trim().to_string();
+        // Keep draining stdout so the child never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        let kubeconfig = dir.path().join("kubeconfig");
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if kubeconfig.exists() && std::net::TcpStream::connect(&addr).is_ok() && http(&addr, "GET", "/readyz", &[], b"").0 == 200 {
+                break;
+            }
+            assert!(Instant::now() < deadline, "capstan up at {addr} never became ready");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Cluster { child: Some(child), dir, kubeconfig, addr }
+    }
+
+    pub fn kubectl_with(&self, bin: &str, args: &[&str]) -> Output {
+        Command::new(bin)
+            .args(args)
+            .env("KUBECONFIG", &self.kubeconfig)
+            .env("HOME", self.dir.path())
+            .stdin(Stdio::null())
+            .output()
+            .unwrap_or_else(|e| panic!("run {bin}: {e}"))
+    }
+
+    /// Runs kubectl and returns stdout, failing the test with stderr if it failed.
+    pub fn ok(&self, args: &[&str]) -> String {
+        self.ok_with(KUBECTL, args)
+    }
+
+    pub fn ok_with(&self, bin: &str, args: &[&str]) -> String {
+        let out = self.kubectl_with(bin, args);
+        assert!(
+            out.status.success(),
+            "{bin} {} failed:\nstdout: {}\nstderr: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Runs kubectl expecting failure; returns stderr.
+    pub fn fails(&self, args: &[&str]) -> String {
+        let out = self.kubectl_with(KUBECTL, args);
+        assert!(!out.status.success(), "kubectl {} should have failed: {}", args.join(" "), String::from_utf8_lossy(&out.stdout));
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    }
+
+    pub fn write(&self, name: &str, content: &str) -> PathBuf {
+        let p = self.dir.path().join(name);
+        std::fs::write(&p, content).unwrap();
+        p
+    }
+
+    /// Stops the server (SIGTERM) and waits for it; returns the data directory.
+    pub fn stop(mut self) -> tempfile::TempDir {
+        self.terminate();
+        let dir = tempfile::tempdir().unwrap();
+        std::mem::replace(&mut self.dir, dir)
+    }
+
+    fn terminate(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            // SAFETY: sending a signal to our own child process.
+            unsafe { libc_kill(c.id() as i32, 15) };
+            let deadline = Instant::now() + WAIT;
+            loop {
+                if c.try_wait().unwrap().is_some() {
+                    break;
+                }
+                if Instant::now() > deadline {
+                    let _ = c.kill();
+                    let _ = c.wait();
+                    panic!("capstan did not stop within {WAIT:?} of SIGTERM");
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+}
+
+unsafe extern "C" {
+    #[link_name = "kill"]
+    fn libc_kill(pid: i32, sig: i32) -> i32;
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+pub fn path_str(p: &Path) -> &str {
+    p.to_str().unwrap()
+}

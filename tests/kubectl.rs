@@ -1,0 +1,218 @@
+//! Real kubectl against the real `capstan up`.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+
+use common::*;
+
+const DEPLOYMENT: &str = r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: web
+  labels: {app: web}
+spec:
+  replicas: 2
+  selector: {matchLabels: {app: web}}
+  template:
+    metadata: {labels: {app: web}}
+    spec:
+      containers:
+      - name: nginx
+        image: nginx:1.25
+        ports: [{containerPort: 80}]
+      - name: sidecar
+        image: busybox
+"#;
+
+fn pod(name: &str, labels: &str, node: &str) -> String {
+    format!(
+        r#"{{"apiVersion":"v1","kind":"Pod","metadata":{{"name":"{name}","labels":{{{labels}}}}},"spec":{{"nodeName":"{node}","containers":[{{"name":"c","image":"busybox"}}]}}}}"#
+    )
+}
+
+#[test]
+fn discovery_lists_the_built_in_resources() {
+    let c = Cluster::start();
+    let out = c.ok(&["api-resources"]);
+    for line in ["pods", "deployments", "namespaces", "leases", "customresourcedefinitions", "horizontalpodautoscalers"] {
+        assert!(out.lines().any(|l| l.starts_with(line)), "api-resources lacks {line}:\n{out}");
+    }
+    let ns = c.ok(&["get", "namespaces"]);
+    for n in ["default", "kube-system", "kube-public", "kube-node-lease"] {
+        assert!(ns.contains(n), "{ns}");
+    }
+    assert!(c.ok(&["version"]).contains("Server Version: v1.33"));
+}
+
+#[test]
+fn apply_new_unchanged_changed_and_dry_run() {
+    let c = Cluster::start();
+    let f = c.write("d.yaml", DEPLOYMENT);
+    let f = path_str(&f);
+    assert!(c.ok(&["apply", "-f", f]).contains("deployment.apps/web created"));
+    assert!(c.ok(&["apply", "-f", f]).contains("deployment.apps/web unchanged"));
+    let changed = c.write("d2.yaml", &DEPLOYMENT.replace("nginx:1.25", "nginx:1.26"));
+    assert!(c.ok(&["apply", "-f", path_str(&changed)]).contains("deployment.apps/web configured"));
+    let images = c.ok(&["get", "deploy", "web", "-o", "jsonpath={.spec.template.spec.containers[*].image} {.metadata.generation}"]);
+    assert_eq!(images, "nginx:1.26 busybox 2", "strategic merge kept both containers and bumped generation");
+    let dry = c.write("d3.yaml", &DEPLOYMENT.replace("name: web\n", "name: dry\n"));
+    assert!(c.ok(&["apply", "--dry-run=server", "-f", path_str(&dry)]).contains("(server dry run)"));
+    assert!(c.fails(&["get", "deploy", "dry"]).contains("NotFound"));
+}
+
+#[test]
+fn get_in_every_output_format_with_selectors() {
+    let c = Cluster::start();
+    c.ok(&["create", "-f", path_str(&c.write("p1.json", &pod("p1", r#""app":"a""#, "n1")))]);
+    c.ok(&["create", "-f", path_str(&c.write("p2.json", &pod("p2", r#""app":"b""#, "n2")))]);
+    let table = c.ok(&["get", "pods"]);
+    assert!(table.starts_with("NAME") && table.contains("READY") && table.contains("STATUS") && table.contains("p1"), "{table}");
+    let wide = c.ok(&["get", "pods", "-o", "wide"]);
+    assert!(wide.contains("NODE") && wide.contains("n1"), "{wide}");
+    let yaml = c.ok(&["get", "pod", "p1", "-o", "yaml"]);
+    assert!(yaml.contains("resourceVersion:") && yaml.contains("uid:") && yaml.contains("restartPolicy: Always"), "{yaml}");
+    let json: serde_json::Value = serde_json::from_str(&c.ok(&["get", "pod", "p1", "-o", "json"])).unwrap();
+    assert_eq!(json["metadata"]["name"], "p1");
+    assert_eq!(json["status"]["phase"], "Pending");
+    let by_label = c.ok(&["get", "pods", "-l", "app=b", "-o", "name"]);
+    assert_eq!(by_label.trim(), "pod/p2");
+    let by_set = c.ok(&["get", "pods", "-l", "app in (a,b)", "-o", "name"]);
+    assert_eq!(by_set.lines().count(), 2);
+    let by_field = c.ok(&["get", "pods", "--field-selector", "spec.nodeName=n1", "-o", "name"]);
+    assert_eq!(by_field.trim(), "pod/p1");
+    let all = c.ok(&["get", "pods", "-A"]);
+    assert!(all.contains("NAMESPACE") && all.contains("default"), "{all}");
+    let bad = c.fails(&["get", "pods", "--field-selector", "spec.unknown=x"]);
+    assert!(bad.contains("field label not supported"), "{bad}");
+}
+
+#[test]
+fn label_annotate_patch_scale_edit_describe_delete() {
+    let c = Cluster::start();
+    c.ok(&["apply", "-f", path_str(&c.write("d.yaml", DEPLOYMENT))]);
+    c.ok(&["label", "deploy", "web", "tier=front"]);
+    c.ok(&["annotate", "deploy", "web", "owner=team-a"]);
+    assert_eq!(c.ok(&["get", "deploy", "-l", "tier=front", "-o", "name"]).trim(), "deployment.apps/web");
+    c.ok(&["patch", "deploy", "web", "--type", "merge", "-p", r#"{"spec":{"replicas":3}}"#]);
+    c.ok(&["patch", "deploy", "web", "--type", "json", "-p", r#"[{"op":"add","path":"/metadata/labels/x","value":"y"}]"#]);
+    c.ok(&["patch", "deploy", "web", "-p", r#"{"spec":{"template":{"spec":{"containers":[{"name":"sidecar","image":"busybox:2"}]}}}}"#]);
+    let got = c.ok(&["get", "deploy", "web", "-o", "jsonpath={.spec.replicas} {.metadata.labels.x} {.spec.template.spec.containers[*].image}"]);
+    assert_eq!(got, "3 y nginx:1.25 busybox:2");
+    c.ok(&["scale", "deploy", "web", "--replicas=5"]);
+    assert_eq!(c.ok(&["get", "deploy", "web", "-o", "jsonpath={.spec.replicas}"]), "5");
+    // edit, with an editor that changes the file in place.
+    let out = Command::new(KUBECTL)
+        .args(["edit", "deploy", "web"])
+        .env("KUBECONFIG", &c.kubeconfig)
+        .env("HOME", c.dir.path())
+        .env("KUBE_EDITOR", "sed -i s/owner:\\ team-a/owner:\\ team-b/")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "edit: {}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(c.ok(&["get", "deploy", "web", "-o", "jsonpath={.metadata.annotations.owner}"]), "team-b");
+    let desc = c.ok(&["describe", "deploy", "web"]);
+    assert!(desc.contains("Name:") && desc.contains("web") && desc.contains("5 desired"), "{desc}");
+    assert!(c.ok(&["delete", "deploy", "web"]).contains("deleted"));
+    assert!(c.fails(&["get", "deploy", "web"]).contains("NotFound"));
+    c.ok(&["create", "-f", path_str(&c.write("p.json", &pod("gone", r#""a":"b""#, "")))]);
+    assert!(c.ok(&["delete", "pod", "gone", "--wait=false"]).contains("deleted"));
+}
+
+#[test]
+fn cordon_marks_a_node_unschedulable() {
+    let c = Cluster::start();
+    let node = r#"{"apiVersion":"v1","kind":"Node","metadata":{"name":"n1","labels":{"kubernetes.io/hostname":"n1"}}}"#;
+    c.ok(&["create", "-f", path_str(&c.write("n.json", node))]);
+    assert!(c.ok(&["cordon", "n1"]).contains("cordoned"));
+    assert_eq!(c.ok(&["get", "node", "n1", "-o", "jsonpath={.spec.unschedulable}"]), "true");
+    assert!(c.ok(&["get", "nodes"]).contains("SchedulingDisabled"));
+}
+
+#[test]
+fn get_watch_sees_an_update_arrive() {
+    let c = Cluster::start();
+    let cm = r#"{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"w"},"data":{"k":"1"}}"#;
+    c.ok(&["create", "-f", path_str(&c.write("cm.json", cm))]);
+    let mut watch = Command::new(KUBECTL)
+        .args(["get", "configmaps", "-w", "-o", "jsonpath={.metadata.name}={.data.k}{\"\\n\"}"])
+        .env("KUBECONFIG", &c.kubeconfig)
+        .env("HOME", c.dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(watch.stdout.take().unwrap()).lines();
+    assert_eq!(lines.next().expect("kubectl -w printed the current object").unwrap(), "w=1");
+    c.ok(&["patch", "configmap", "w", "--type", "merge", "-p", r#"{"data":{"k":"2"}}"#]);
+    assert_eq!(lines.next().expect("kubectl -w printed the update").unwrap(), "w=2");
+    let _ = watch.kill();
+    let _ = watch.wait();
+}
+
+#[test]
+fn errors_are_kubernetes_statuses() {
+    let c = Cluster::start();
+    assert!(c.fails(&["get", "configmap", "missing"]).contains(r#"configmaps "missing" not found"#));
+    let bad = c.write("bad.json", r#"{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"Bad_Name"}}"#);
+    let e = c.fails(&["create", "-f", path_str(&bad)]);
+    assert!(e.contains("is invalid") && e.contains("metadata.name"), "{e}");
+    let cm = c.write("cm.json", r#"{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"c"}}"#);
+    c.ok(&["create", "-f", path_str(&cm)]);
+    assert!(c.fails(&["create", "-f", path_str(&cm)]).contains("AlreadyExists"));
+    // A replace with a stale resourceVersion is a 409 Conflict.
+    let stale = r#"{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"c","resourceVersion":"1"},"data":{"a":"b"}}"#;
+    let e = c.fails(&["replace", "-f", path_str(&c.write("stale.json", stale))]);
+    assert!(e.contains("the object has been modified"), "{e}");
+    // Raw: malformed JSON is 400, a too large body 413, an unknown media type 415, all Status.
+    let (code, body) = http(&c.addr, "POST", "/api/v1/namespaces/default/configmaps", &[("Content-Type", "application/json")], b"{nope");
+    assert_eq!(code, 400);
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!((v["kind"].as_str(), v["reason"].as_str()), (Some("Status"), Some("BadRequest")));
+    let big = vec![b' '; (3 << 20) + 10];
+    let (code, body) = http(&c.addr, "POST", "/api/v1/namespaces/default/configmaps", &[("Content-Type", "application/json")], &big);
+    assert_eq!(code, 413, "{}", String::from_utf8_lossy(&body));
+    let (code, _) = http(&c.addr, "POST", "/api/v1/namespaces/default/configmaps", &[("Content-Type", "text/csv")], b"a,b");
+    assert_eq!(code, 415);
+    let (code, _) = http(&c.addr, "GET", "/api/v1/namespaces/default/widgets", &[], b"");
+    assert_eq!(code, 404);
+}
+
+#[test]
+fn older_and_newer_kubectl_work_too() {
+    let c = Cluster::start();
+    for minor in [27, 33] {
+        let k = kubectl_version(minor);
+        let name = format!("cm-{minor}");
+        let cm = format!(r#"{{"apiVersion":"v1","kind":"ConfigMap","metadata":{{"name":"{name}","labels":{{"v":"k{minor}"}}}},"data":{{"a":"b"}}}}"#);
+        let f = c.write(&format!("{name}.json"), &cm);
+        // kubectl 1.27 validates `apply` and `create -f` against /openapi/v2 in protobuf, which
+        // capstan does not serve yet (an open part of issue #3): it runs with
+        // --validate=false here; 1.33 validates through OpenAPI v3.
+        let args: &[&str] = if minor == 27 { &["apply", "--validate=false", "-f"] } else { &["apply", "-f"] };
+        let mut args = args.to_vec();
+        args.push(path_str(&f));
+        assert!(c.ok_with(&k, &args).contains("created"), "kubectl 1.{minor} apply");
+        assert!(c.ok_with(&k, &["get", "cm", "-l", &format!("v=k{minor}")]).contains(&name), "kubectl 1.{minor} get");
+        c.ok_with(&k, &["get", "namespaces"]);
+        c.ok_with(&k, &["delete", "cm", &name]);
+    }
+    // 1.27 sends JSON for typed create commands (1.32+ send protobuf).
+    c.ok_with(&kubectl_version(27), &["create", "namespace", "from-127"]);
+    c.ok_with(&kubectl_version(27), &["create", "configmap", "c127", "-n", "from-127", "--from-literal=a=b"]);
+    assert!(c.ok(&["get", "cm", "-n", "from-127"]).contains("c127"));
+    c.ok(&["delete", "namespace", "from-127"]);
+    assert!(c.fails(&["get", "cm", "c127", "-n", "from-127"]).contains("NotFound"));
+}
+
+#[test]
+fn objects_survive_a_restart_on_the_same_data_dir() {
+    let c = Cluster::start();
+    c.ok(&["apply", "-f", path_str(&c.write("d.yaml", DEPLOYMENT))]);
+    let rv = c.ok(&["get", "deploy", "web", "-o", "jsonpath={.metadata.resourceVersion}"]);
+    let dir = c.stop();
+    let c = Cluster::start_in(dir);
+    assert_eq!(c.ok(&["get", "deploy", "web", "-o", "jsonpath={.metadata.resourceVersion}"]), rv);
+}
