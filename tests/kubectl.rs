@@ -45,6 +45,9 @@ fn discovery_lists_the_built_in_resources() {
         assert!(ns.contains(n), "{ns}");
     }
     assert!(c.ok(&["version"]).contains("Server Version: v1.33"));
+    let f = c.write("d.yaml", DEPLOYMENT);
+    c.ok(&["apply", "-f", path_str(&f)]);
+    assert!(c.ok(&["get", "all"]).contains("deployment.apps/web"), "kubectl get all uses the 'all' category");
 }
 
 #[test]

@@ -28,6 +28,7 @@ fn resource_entry(r: &ResourceInfo) -> Value {
         "singularResource": r.singular(),
         "verbs": r.verbs(),
         "shortNames": r.short_names,
+        "categories": r.categories(),
         "subresources": r.subresources.iter().map(|s| json!({
             "subresource": s.name,
             "responseKind": {"group": s.response.0, "version": s.response.1, "kind": s.response.2},
@@ -91,7 +92,7 @@ pub fn api_resource_list(reg: &Registry, group: &str, version: &str) -> Option<V
     for r in reg.in_group_version(group, version) {
         resources.push(json!({
             "name": r.resource, "singularName": r.singular(), "namespaced": r.namespaced,
-            "kind": r.kind, "verbs": r.verbs(), "shortNames": r.short_names,
+            "kind": r.kind, "verbs": r.verbs(), "shortNames": r.short_names, "categories": r.categories(),
         }));
         for s in r.subresources {
             resources.push(json!({

@@ -157,7 +157,7 @@ fn describe(method: &Method, query: &HashMap<String, String>, target: &Option<Ta
     };
     let named = matches!(target, Some(Target::Resource { name: Some(_), .. }));
     let verb = match *method {
-        Method::GET if query.get("watch").is_some_and(|w| w == "true" || w == "1") => "watch",
+        Method::GET if is_true(query.get("watch").map(|s| s.as_str())) => "watch",
         Method::GET if named => "get",
         Method::GET => "list",
         Method::POST => "create",
@@ -182,6 +182,11 @@ struct Req<'a> {
     body: Bytes,
 }
 
+/// Go's `strconv.ParseBool` truth values, as Kubernetes parses boolean query parameters.
+fn is_true(v: Option<&str>) -> bool {
+    matches!(v, Some("1" | "t" | "T" | "true" | "TRUE" | "True"))
+}
+
 fn q<'a>(query: &'a HashMap<String, String>, k: &str) -> Option<&'a str> {
     query.get(k).map(|s| s.as_str()).filter(|s| !s.is_empty())
 }
@@ -199,7 +204,7 @@ impl Req<'_> {
         }
         match (method.clone(), self.name.is_some(), self.sub.as_deref()) {
             (Method::GET, false, None) => {
-                if matches!(q(self.query, "watch"), Some("true") | Some("1")) {
+                if is_true(q(self.query, "watch")) {
                     self.watch().await
                 } else {
                     self.list().await
@@ -368,8 +373,8 @@ impl Req<'_> {
     async fn watch(&self) -> ApiResult {
         let (ls, fs) = self.selectors()?;
         let prefix = self.info.prefix(self.namespace.as_deref());
-        let send_initial = q(self.query, "sendInitialEvents") == Some("true");
-        let bookmarks = q(self.query, "allowWatchBookmarks") == Some("true");
+        let send_initial = is_true(q(self.query, "sendInitialEvents"));
+        let bookmarks = is_true(q(self.query, "allowWatchBookmarks"));
         let timeout = q(self.query, "timeoutSeconds").and_then(|t| t.parse().ok()).map(Duration::from_secs).unwrap_or(WATCH_TIMEOUT_DEFAULT);
         let rv: Option<u64> = match q(self.query, "resourceVersion") {
             Some(r) => Some(r.parse().map_err(|_| ApiError::bad_request(format!("invalid resourceVersion {r:?}")))?),

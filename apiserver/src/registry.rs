@@ -51,6 +51,17 @@ impl ResourceInfo {
         format!("{}{name}", self.prefix(namespace))
     }
 
+    /// Categories (`kubectl get all` lists the resources in category "all").
+    pub fn categories(&self) -> &'static [&'static str] {
+        match (self.group, self.resource) {
+            ("", "pods" | "services")
+            | ("apps", "deployments" | "replicasets" | "statefulsets" | "daemonsets")
+            | ("batch", "jobs" | "cronjobs")
+            | ("autoscaling", "horizontalpodautoscalers") => &["all"],
+            _ => &[],
+        }
+    }
+
     pub fn verbs(&self) -> &'static [&'static str] {
         &["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"]
     }
