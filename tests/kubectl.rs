@@ -219,3 +219,27 @@ fn objects_survive_a_restart_on_the_same_data_dir() {
     let c = Cluster::start_in(dir);
     assert_eq!(c.ok(&["get", "deploy", "web", "-o", "jsonpath={.metadata.resourceVersion}"]), rv);
 }
+
+#[test]
+fn typed_create_commands_send_protobuf_and_work() {
+    // kubectl 1.32+ sends these bodies as application/vnd.kubernetes.protobuf.
+    let c = Cluster::start();
+    for args in [
+        &["create", "namespace", "pb"][..],
+        &["create", "configmap", "c1", "-n", "pb", "--from-literal=a=b"],
+        &["create", "secret", "generic", "s1", "-n", "pb", "--from-literal=p=q"],
+        &["create", "deployment", "web", "-n", "pb", "--image=nginx:1.25", "--replicas=2"],
+        &["run", "pod1", "-n", "pb", "--image=busybox", "--labels=app=x", "--", "sleep", "10"],
+        &["expose", "deployment", "web", "-n", "pb", "--port=80", "--target-port=8080"],
+        &["create", "job", "j1", "-n", "pb", "--image=busybox"],
+        &["create", "serviceaccount", "sa1", "-n", "pb"],
+    ] {
+        c.ok(args);
+    }
+    assert_eq!(c.ok(&["get", "secret", "s1", "-n", "pb", "-o", "jsonpath={.data.p}"]), "cQ==");
+    assert_eq!(c.ok(&["get", "deploy", "web", "-n", "pb", "-o", "jsonpath={.spec.replicas} {.spec.template.spec.containers[0].image}"]), "2 nginx:1.25");
+    assert_eq!(c.ok(&["get", "pod", "pod1", "-n", "pb", "-o", "jsonpath={.spec.containers[0].args}"]), r#"["sleep","10"]"#);
+    assert_eq!(c.ok(&["get", "svc", "web", "-n", "pb", "-o", "jsonpath={.spec.selector.app} {.spec.ports[0].targetPort}"]), "web 8080");
+    let all = c.ok(&["get", "all", "-n", "pb"]);
+    assert!(all.contains("deployment.apps/web") && all.contains("pod/pod1") && all.contains("job.batch/j1"), "{all}");
+}

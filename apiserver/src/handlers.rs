@@ -424,19 +424,7 @@ impl Req<'_> {
     }
 
     fn parse_body(&self) -> Result<Value, ApiError> {
-        let base = self.ctype.split(';').next().unwrap_or("").trim();
-        match base {
-            "" | "application/json" | "*/*" => {}
-            "application/vnd.kubernetes.protobuf" => {
-                return Err(ApiError::unsupported_media_type("application/vnd.kubernetes.protobuf (protobuf bodies are not decoded yet)"));
-            }
-            other => return Err(ApiError::unsupported_media_type(other)),
-        }
-        let v: Value = serde_json::from_slice(&self.body).map_err(|e| ApiError::bad_request(format!("the body of the request is not valid JSON: {e}")))?;
-        if !v.is_object() {
-            return Err(ApiError::bad_request("the body of the request must be a JSON object"));
-        }
-        Ok(v)
+        parse_body(self.ctype, &self.body)
     }
 
     /// apiVersion/kind must name this resource (filled in when absent).
@@ -688,7 +676,7 @@ impl Req<'_> {
     }
 
     async fn delete(&self) -> ApiResult {
-        let opts: Value = if self.body.is_empty() { json!({}) } else { serde_json::from_slice(&self.body).map_err(|e| ApiError::bad_request(format!("invalid DeleteOptions: {e}")))? };
+        let opts: Value = if self.body.is_empty() { json!({}) } else { parse_body(self.ctype, &self.body)? };
         let key = self.key();
         for _ in 0..CAS_RETRIES_MAX {
             let cur = self.read(&key).await?.ok_or_else(|| self.not_found())?;
@@ -864,6 +852,24 @@ impl Req<'_> {
         self.cas_delete(&key, cur.mod_revision).await?;
         Ok(json_value(StatusCode::CREATED, &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201})))
     }
+}
+
+/// A request body as JSON: JSON as is, Kubernetes protobuf decoded (`protobuf.rs`).
+fn parse_body(ctype: &str, body: &Bytes) -> Result<Value, ApiError> {
+    let base = ctype.split(';').next().unwrap_or("").trim();
+    let v: Value = match base {
+        "" | "application/json" | "*/*" => serde_json::from_slice(body)
+            .map_err(|e| ApiError::bad_request(format!("the body of the request is not valid JSON: {e}")))?,
+        "application/vnd.kubernetes.protobuf" => crate::protobuf::to_json(body).map_err(|e| match e {
+            crate::protobuf::PbError::Malformed(m) => ApiError::bad_request(m),
+            crate::protobuf::PbError::Unsupported(m) => ApiError::unsupported_media_type(&m),
+        })?,
+        other => return Err(ApiError::unsupported_media_type(other)),
+    };
+    if !v.is_object() {
+        return Err(ApiError::bad_request("the body of the request must be a JSON object"));
+    }
+    Ok(v)
 }
 
 fn stream_response<S>(stream: S) -> Response

@@ -18,6 +18,7 @@ pub mod handlers;
 pub mod metrics;
 pub mod object;
 pub mod patch;
+pub mod protobuf;
 pub mod registry;
 pub mod selector;
 pub mod status;

@@ -1,0 +1,436 @@
+//! Protobuf request bodies, as kubectl 1.32+ typed clients send them (`create namespace|
+//! configmap|secret|deployment|job|cronjob|service|serviceaccount|priorityclass|role|...`,
+//! `run`, `expose`, drain's DELETE): the `k8s\0` magic, a `runtime.Unknown` envelope, and the
+//! typed message in `raw`. Messages are decoded with the `k8s-pb` types and converted to the
+//! JSON the rest of the server handles.
+//!
+//! The conversion covers the kinds kubectl's typed clients create and, for each, the fields
+//! those commands set (and more of the pod spec); a protobuf body of another kind is answered
+//! 415 naming the kind, so a client can send JSON instead. Replies are JSON.
+
+use std::collections::BTreeMap;
+
+use base64::Engine;
+use k8s_pb::api::{apps::v1 as apps, batch::v1 as batch, core::v1 as core, policy::v1 as policy, rbac::v1 as rbac, scheduling::v1 as scheduling};
+use k8s_pb::apimachinery::pkg::apis::meta::v1 as meta;
+use prost::Message;
+use serde_json::{Map, Value, json};
+
+pub const MAGIC: &[u8; 4] = b"k8s\0";
+
+/// Why a protobuf body could not be used.
+#[derive(Debug, PartialEq, Eq)]
+pub enum PbError {
+    /// Not a Kubernetes protobuf envelope, or a message that does not decode: 400.
+    Malformed(String),
+    /// A kind this server does not decode from protobuf yet: 415.
+    Unsupported(String),
+}
+
+/// Converts one value to JSON; `None` means "omit the field" (unset or empty).
+trait J {
+    fn j(&self) -> Option<Value>;
+}
+
+impl J for Option<String> {
+    fn j(&self) -> Option<Value> {
+        self.as_ref().map(|s| json!(s))
+    }
+}
+impl J for Option<i32> {
+    fn j(&self) -> Option<Value> {
+        self.map(|v| json!(v))
+    }
+}
+impl J for Option<i64> {
+    fn j(&self) -> Option<Value> {
+        self.map(|v| json!(v))
+    }
+}
+impl J for Option<bool> {
+    fn j(&self) -> Option<Value> {
+        self.map(|v| json!(v))
+    }
+}
+impl J for Vec<String> {
+    fn j(&self) -> Option<Value> {
+        (!self.is_empty()).then(|| json!(self))
+    }
+}
+impl J for BTreeMap<String, String> {
+    fn j(&self) -> Option<Value> {
+        (!self.is_empty()).then(|| json!(self))
+    }
+}
+
+/// A message converted as a JSON object.
+trait Obj {
+    fn obj(&self) -> Value;
+}
+impl<T: Obj> J for Option<T> {
+    fn j(&self) -> Option<Value> {
+        self.as_ref().map(|v| v.obj())
+    }
+}
+impl<T: Obj> J for Vec<T> {
+    fn j(&self) -> Option<Value> {
+        (!self.is_empty()).then(|| Value::Array(self.iter().map(|v| v.obj()).collect()))
+    }
+}
+
+macro_rules! obj {
+    ($($k:literal => $v:expr),* $(,)?) => {{
+        let mut m = Map::new();
+        $( if let Some(v) = J::j(&$v) { m.insert($k.to_string(), v); } )*
+        Value::Object(m)
+    }};
+}
+
+fn bytes_map(m: &BTreeMap<String, Vec<u8>>) -> Option<Value> {
+    (!m.is_empty()).then(|| {
+        Value::Object(m.iter().map(|(k, v)| (k.clone(), json!(base64::engine::general_purpose::STANDARD.encode(v)))).collect())
+    })
+}
+
+fn quantities(m: &BTreeMap<String, k8s_pb::apimachinery::pkg::api::resource::Quantity>) -> Option<Value> {
+    (!m.is_empty()).then(|| Value::Object(m.iter().map(|(k, q)| (k.clone(), json!(q.string.clone().unwrap_or_default()))).collect()))
+}
+
+fn int_or_string(v: &Option<k8s_pb::apimachinery::pkg::util::intstr::IntOrString>) -> Option<Value> {
+    let v = v.as_ref()?;
+    Some(if v.r#type == Some(1) { json!(v.str_val.clone().unwrap_or_default()) } else { json!(v.int_val.unwrap_or(0)) })
+}
+
+fn insert(v: &mut Value, k: &str, x: Option<Value>) {
+    if let (Some(x), Some(m)) = (x, v.as_object_mut()) {
+        m.insert(k.into(), x);
+    }
+}
+
+impl Obj for meta::ObjectMeta {
+    fn obj(&self) -> Value {
+        obj! {
+            "name" => self.name, "generateName" => self.generate_name, "namespace" => self.namespace,
+            "uid" => self.uid, "resourceVersion" => self.resource_version, "labels" => self.labels,
+            "annotations" => self.annotations, "finalizers" => self.finalizers, "ownerReferences" => self.owner_references,
+        }
+    }
+}
+impl Obj for meta::OwnerReference {
+    fn obj(&self) -> Value {
+        obj! { "apiVersion" => self.api_version, "kind" => self.kind, "name" => self.name, "uid" => self.uid,
+            "controller" => self.controller, "blockOwnerDeletion" => self.block_owner_deletion }
+    }
+}
+impl Obj for meta::LabelSelector {
+    fn obj(&self) -> Value {
+        obj! { "matchLabels" => self.match_labels, "matchExpressions" => self.match_expressions }
+    }
+}
+impl Obj for meta::LabelSelectorRequirement {
+    fn obj(&self) -> Value {
+        obj! { "key" => self.key, "operator" => self.operator, "values" => self.values }
+    }
+}
+impl Obj for meta::Preconditions {
+    fn obj(&self) -> Value {
+        obj! { "uid" => self.uid, "resourceVersion" => self.resource_version }
+    }
+}
+impl Obj for meta::DeleteOptions {
+    fn obj(&self) -> Value {
+        obj! { "gracePeriodSeconds" => self.grace_period_seconds, "preconditions" => self.preconditions,
+            "orphanDependents" => self.orphan_dependents, "propagationPolicy" => self.propagation_policy, "dryRun" => self.dry_run }
+    }
+}
+impl Obj for core::EnvVar {
+    fn obj(&self) -> Value {
+        obj! { "name" => self.name, "value" => self.value }
+    }
+}
+impl Obj for core::ContainerPort {
+    fn obj(&self) -> Value {
+        obj! { "name" => self.name, "hostPort" => self.host_port, "containerPort" => self.container_port,
+            "protocol" => self.protocol, "hostIP" => self.host_ip }
+    }
+}
+impl Obj for core::ResourceRequirements {
+    fn obj(&self) -> Value {
+        let mut v = json!({});
+        insert(&mut v, "limits", quantities(&self.limits));
+        insert(&mut v, "requests", quantities(&self.requests));
+        v
+    }
+}
+impl Obj for core::Container {
+    fn obj(&self) -> Value {
+        obj! {
+            "name" => self.name, "image" => self.image, "command" => self.command, "args" => self.args,
+            "workingDir" => self.working_dir, "ports" => self.ports, "env" => self.env, "resources" => self.resources,
+            "imagePullPolicy" => self.image_pull_policy, "stdin" => self.stdin, "stdinOnce" => self.stdin_once, "tty" => self.tty,
+            "terminationMessagePath" => self.termination_message_path, "terminationMessagePolicy" => self.termination_message_policy,
+        }
+    }
+}
+impl Obj for core::Toleration {
+    fn obj(&self) -> Value {
+        obj! { "key" => self.key, "operator" => self.operator, "value" => self.value, "effect" => self.effect,
+            "tolerationSeconds" => self.toleration_seconds }
+    }
+}
+impl Obj for core::LocalObjectReference {
+    fn obj(&self) -> Value {
+        obj! { "name" => self.name }
+    }
+}
+impl Obj for core::PodSpec {
+    fn obj(&self) -> Value {
+        let mut v = obj! {
+            "initContainers" => self.init_containers, "containers" => self.containers, "restartPolicy" => self.restart_policy,
+            "terminationGracePeriodSeconds" => self.termination_grace_period_seconds,
+            "activeDeadlineSeconds" => self.active_deadline_seconds, "dnsPolicy" => self.dns_policy,
+            "nodeSelector" => self.node_selector, "serviceAccountName" => self.service_account_name,
+            "nodeName" => self.node_name, "hostNetwork" => self.host_network, "imagePullSecrets" => self.image_pull_secrets,
+            "hostname" => self.hostname, "subdomain" => self.subdomain, "schedulerName" => self.scheduler_name,
+            "tolerations" => self.tolerations, "priorityClassName" => self.priority_class_name, "priority" => self.priority,
+        };
+        if !self.overhead.is_empty() {
+            insert(&mut v, "overhead", quantities(&self.overhead));
+        }
+        v
+    }
+}
+impl Obj for core::PodTemplateSpec {
+    fn obj(&self) -> Value {
+        obj! { "metadata" => self.metadata, "spec" => self.spec }
+    }
+}
+impl Obj for core::ServicePort {
+    fn obj(&self) -> Value {
+        let mut v = obj! { "name" => self.name, "protocol" => self.protocol, "port" => self.port, "nodePort" => self.node_port };
+        insert(&mut v, "targetPort", int_or_string(&self.target_port));
+        v
+    }
+}
+impl Obj for core::ServiceSpec {
+    fn obj(&self) -> Value {
+        obj! { "ports" => self.ports, "selector" => self.selector, "clusterIP" => self.cluster_ip, "type" => self.r#type,
+            "externalIPs" => self.external_ips, "sessionAffinity" => self.session_affinity, "externalName" => self.external_name }
+    }
+}
+impl Obj for core::NamespaceSpec {
+    fn obj(&self) -> Value {
+        obj! { "finalizers" => self.finalizers }
+    }
+}
+impl Obj for apps::DeploymentStrategy {
+    fn obj(&self) -> Value {
+        let mut v = obj! { "type" => self.r#type };
+        if let Some(r) = &self.rolling_update {
+            let mut ru = json!({});
+            insert(&mut ru, "maxSurge", int_or_string(&r.max_surge));
+            insert(&mut ru, "maxUnavailable", int_or_string(&r.max_unavailable));
+            insert(&mut v, "rollingUpdate", Some(ru));
+        }
+        v
+    }
+}
+impl Obj for apps::DeploymentSpec {
+    fn obj(&self) -> Value {
+        obj! { "replicas" => self.replicas, "selector" => self.selector, "template" => self.template, "strategy" => self.strategy,
+            "minReadySeconds" => self.min_ready_seconds, "revisionHistoryLimit" => self.revision_history_limit,
+            "paused" => self.paused, "progressDeadlineSeconds" => self.progress_deadline_seconds }
+    }
+}
+impl Obj for batch::JobSpec {
+    fn obj(&self) -> Value {
+        obj! { "parallelism" => self.parallelism, "completions" => self.completions, "activeDeadlineSeconds" => self.active_deadline_seconds,
+            "backoffLimit" => self.backoff_limit, "selector" => self.selector, "manualSelector" => self.manual_selector,
+            "template" => self.template, "ttlSecondsAfterFinished" => self.ttl_seconds_after_finished, "suspend" => self.suspend }
+    }
+}
+impl Obj for batch::JobTemplateSpec {
+    fn obj(&self) -> Value {
+        obj! { "metadata" => self.metadata, "spec" => self.spec }
+    }
+}
+impl Obj for batch::CronJobSpec {
+    fn obj(&self) -> Value {
+        obj! { "schedule" => self.schedule, "timeZone" => self.time_zone, "startingDeadlineSeconds" => self.starting_deadline_seconds,
+            "concurrencyPolicy" => self.concurrency_policy, "suspend" => self.suspend, "jobTemplate" => self.job_template,
+            "successfulJobsHistoryLimit" => self.successful_jobs_history_limit, "failedJobsHistoryLimit" => self.failed_jobs_history_limit }
+    }
+}
+impl Obj for rbac::PolicyRule {
+    fn obj(&self) -> Value {
+        obj! { "verbs" => self.verbs, "apiGroups" => self.api_groups, "resources" => self.resources,
+            "resourceNames" => self.resource_names, "nonResourceURLs" => self.non_resource_ur_ls }
+    }
+}
+impl Obj for rbac::RoleRef {
+    fn obj(&self) -> Value {
+        obj! { "apiGroup" => self.api_group, "kind" => self.kind, "name" => self.name }
+    }
+}
+impl Obj for rbac::Subject {
+    fn obj(&self) -> Value {
+        obj! { "kind" => self.kind, "apiGroup" => self.api_group, "name" => self.name, "namespace" => self.namespace }
+    }
+}
+
+fn decode<T: Message + Default>(raw: &[u8], kind: &str) -> Result<T, PbError> {
+    T::decode(raw).map_err(|e| PbError::Malformed(format!("the protobuf {kind} in the request body does not decode: {e}")))
+}
+
+fn typed(api_version: &str, kind: &str, fields: Value) -> Value {
+    let mut v = json!({"apiVersion": api_version, "kind": kind});
+    if let (Some(m), Value::Object(f)) = (v.as_object_mut(), fields) {
+        m.extend(f);
+    }
+    v
+}
+
+/// Decodes a Kubernetes protobuf request body into the JSON object it stands for.
+pub fn to_json(body: &[u8]) -> Result<Value, PbError> {
+    let rest = body.strip_prefix(MAGIC).ok_or_else(|| PbError::Malformed("protobuf body without the k8s\\0 prefix".into()))?;
+    let unknown = k8s_pb::apimachinery::pkg::runtime::Unknown::decode(rest)
+        .map_err(|e| PbError::Malformed(format!("protobuf envelope does not decode: {e}")))?;
+    let tm = unknown.type_meta.unwrap_or_default();
+    let (av, kind) = (tm.api_version.unwrap_or_default(), tm.kind.unwrap_or_default());
+    let raw = unknown.raw.unwrap_or_default();
+    let f = match (av.as_str(), kind.as_str()) {
+        ("v1", "Namespace") => {
+            let m: core::Namespace = decode(&raw, &kind)?;
+            obj! { "metadata" => m.metadata, "spec" => m.spec }
+        }
+        ("v1", "ConfigMap") => {
+            let m: core::ConfigMap = decode(&raw, &kind)?;
+            let mut v = obj! { "metadata" => m.metadata, "data" => m.data, "immutable" => m.immutable };
+            insert(&mut v, "binaryData", bytes_map(&m.binary_data));
+            v
+        }
+        ("v1", "Secret") => {
+            let m: core::Secret = decode(&raw, &kind)?;
+            let mut v = obj! { "metadata" => m.metadata, "stringData" => m.string_data, "type" => m.r#type, "immutable" => m.immutable };
+            insert(&mut v, "data", bytes_map(&m.data));
+            v
+        }
+        ("v1", "Pod") => {
+            let m: core::Pod = decode(&raw, &kind)?;
+            obj! { "metadata" => m.metadata, "spec" => m.spec }
+        }
+        ("v1", "Service") => {
+            let m: core::Service = decode(&raw, &kind)?;
+            obj! { "metadata" => m.metadata, "spec" => m.spec }
+        }
+        ("v1", "ServiceAccount") => {
+            let m: core::ServiceAccount = decode(&raw, &kind)?;
+            obj! { "metadata" => m.metadata, "automountServiceAccountToken" => m.automount_service_account_token }
+        }
+        ("v1", "DeleteOptions") | ("meta.k8s.io/v1", "DeleteOptions") => {
+            let m: meta::DeleteOptions = decode(&raw, &kind)?;
+            m.obj()
+        }
+        ("apps/v1", "Deployment") => {
+            let m: apps::Deployment = decode(&raw, &kind)?;
+            obj! { "metadata" => m.metadata, "spec" => m.spec }
+        }
+        ("batch/v1", "Job") => {
+            let m: batch::Job = decode(&raw, &kind)?;
+            obj! { "metadata" => m.metadata, "spec" => m.spec }
+        }
+        ("batch/v1", "CronJob") => {
+            let m: batch::CronJob = decode(&raw, &kind)?;
+            obj! { "metadata" => m.metadata, "spec" => m.spec }
+        }
+        ("policy/v1", "Eviction") => {
+            let m: policy::Eviction = decode(&raw, &kind)?;
+            obj! { "metadata" => m.metadata, "deleteOptions" => m.delete_options }
+        }
+        ("scheduling.k8s.io/v1", "PriorityClass") => {
+            let m: scheduling::PriorityClass = decode(&raw, &kind)?;
+            obj! { "metadata" => m.metadata, "value" => m.value, "globalDefault" => m.global_default,
+                "description" => m.description, "preemptionPolicy" => m.preemption_policy }
+        }
+        ("rbac.authorization.k8s.io/v1", "Role") => {
+            let m: rbac::Role = decode(&raw, &kind)?;
+            obj! { "metadata" => m.metadata, "rules" => m.rules }
+        }
+        ("rbac.authorization.k8s.io/v1", "ClusterRole") => {
+            let m: rbac::ClusterRole = decode(&raw, &kind)?;
+            obj! { "metadata" => m.metadata, "rules" => m.rules }
+        }
+        ("rbac.authorization.k8s.io/v1", "RoleBinding") => {
+            let m: rbac::RoleBinding = decode(&raw, &kind)?;
+            obj! { "metadata" => m.metadata, "subjects" => m.subjects, "roleRef" => m.role_ref }
+        }
+        ("rbac.authorization.k8s.io/v1", "ClusterRoleBinding") => {
+            let m: rbac::ClusterRoleBinding = decode(&raw, &kind)?;
+            obj! { "metadata" => m.metadata, "subjects" => m.subjects, "roleRef" => m.role_ref }
+        }
+        _ => {
+            return Err(PbError::Unsupported(format!(
+                "protobuf bodies of {av}/{kind} are not decoded by this server yet; send application/json"
+            )));
+        }
+    };
+    Ok(typed(&av, &kind, f))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn envelope(api_version: &str, kind: &str, raw: Vec<u8>) -> Vec<u8> {
+        let u = k8s_pb::apimachinery::pkg::runtime::Unknown {
+            type_meta: Some(k8s_pb::apimachinery::pkg::runtime::TypeMeta { api_version: Some(api_version.into()), kind: Some(kind.into()) }),
+            raw: Some(raw),
+            content_encoding: Some(String::new()),
+            content_type: Some(String::new()),
+        };
+        let mut b = MAGIC.to_vec();
+        b.extend(u.encode_to_vec());
+        b
+    }
+
+    #[test]
+    fn a_protobuf_namespace_becomes_its_json() {
+        let ns = core::Namespace { metadata: Some(meta::ObjectMeta { name: Some("x".into()), ..Default::default() }), ..Default::default() };
+        let v = to_json(&envelope("v1", "Namespace", ns.encode_to_vec())).unwrap();
+        assert_eq!(v, json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "x"}}));
+    }
+
+    #[test]
+    fn a_protobuf_deployment_keeps_its_pod_template() {
+        let d = apps::Deployment {
+            metadata: Some(meta::ObjectMeta { name: Some("web".into()), labels: [("app".to_string(), "web".to_string())].into(), ..Default::default() }),
+            spec: Some(apps::DeploymentSpec {
+                replicas: Some(3),
+                selector: Some(meta::LabelSelector { match_labels: [("app".to_string(), "web".to_string())].into(), ..Default::default() }),
+                template: Some(core::PodTemplateSpec {
+                    metadata: Some(meta::ObjectMeta { labels: [("app".to_string(), "web".to_string())].into(), ..Default::default() }),
+                    spec: Some(core::PodSpec {
+                        containers: vec![core::Container { name: Some("nginx".into()), image: Some("nginx".into()), ..Default::default() }],
+                        ..Default::default()
+                    }),
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let v = to_json(&envelope("apps/v1", "Deployment", d.encode_to_vec())).unwrap();
+        assert_eq!(v["spec"]["replicas"], 3);
+        assert_eq!(v["spec"]["selector"]["matchLabels"]["app"], "web");
+        assert_eq!(v["spec"]["template"]["spec"]["containers"][0]["image"], "nginx");
+    }
+
+    #[test]
+    fn secrets_carry_base64_data_and_bad_bodies_are_refused() {
+        let s = core::Secret { data: [("k".to_string(), b"hi".to_vec())].into(), ..Default::default() };
+        let v = to_json(&envelope("v1", "Secret", s.encode_to_vec())).unwrap();
+        assert_eq!(v["data"]["k"], "aGk=");
+        assert!(matches!(to_json(b"nope"), Err(PbError::Malformed(_))));
+        assert!(matches!(to_json(&envelope("v1", "Secret", vec![0xff, 0xff, 0xff])), Err(PbError::Malformed(_))));
+        assert!(matches!(to_json(&envelope("v1", "Widget", vec![])), Err(PbError::Unsupported(_))));
+    }
+}
