@@ -243,3 +243,24 @@ fn typed_create_commands_send_protobuf_and_work() {
     let all = c.ok(&["get", "all", "-n", "pb"]);
     assert!(all.contains("deployment.apps/web") && all.contains("pod/pod1") && all.contains("job.batch/j1"), "{all}");
 }
+
+#[test]
+fn explain_reads_the_served_schemas() {
+    let c = Cluster::start();
+    let out = c.ok(&["explain", "pods.spec.containers"]);
+    assert!(out.contains("FIELD: containers <[]Container>") && out.contains("List of containers belonging to the pod"), "{out}");
+    let out = c.ok(&["explain", "deployment.spec.replicas"]);
+    assert!(out.contains("GROUP:      apps") && out.contains("<integer>"), "{out}");
+}
+
+#[test]
+fn unknown_fields_are_refused_under_strict_validation_and_dropped_otherwise() {
+    let c = Cluster::start();
+    let bad = c.write("bad.yaml", &DEPLOYMENT.replace("replicas: 2\n", "replicas: 2\n  replicaz: 3\n"));
+    let e = c.fails(&["apply", "-f", path_str(&bad)]);
+    assert!(e.contains(r#"strict decoding error: unknown field "spec.replicaz""#), "{e}");
+    let out = c.kubectl_with(KUBECTL, &["apply", "--validate=warn", "-f", path_str(&bad)]);
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains(r#"unknown field "spec.replicaz""#));
+    assert_eq!(c.ok(&["get", "deploy", "web", "-o", "jsonpath={.spec.replicaz}"]), "", "the unknown field was dropped");
+}

@@ -136,21 +136,17 @@ pub fn openapi_index(reg: &Registry) -> Value {
     json!({"paths": paths})
 }
 
-/// The OpenAPI v3 document of one group-version: for every kind a schema entry carrying its
-/// group-version-kind, and a PATCH operation declaring `fieldValidation`, which tells kubectl
-/// that the server validates (so `apply` does not need schemas client-side).
+/// The OpenAPI v3 document of one group-version: the kinds' schemas (from the types, with
+/// their descriptions, for `kubectl explain`) carrying their group-version-kind, and for each
+/// kind PATCH and PUT operations declaring `fieldValidation`, which tells kubectl that the
+/// server validates (so `apply` needs no schemas client-side).
 pub fn openapi_gv(reg: &Registry, group: &str, version: &str) -> Option<Value> {
+    let schemas = crate::schema::Schemas::get(reg);
     let mut paths = serde_json::Map::new();
-    let mut schemas = serde_json::Map::new();
-    let mut any = false;
+    let mut roots = Vec::new();
     for r in reg.in_group_version(group, version) {
-        any = true;
-        let gvk = json!([{"group": r.group, "version": r.version, "kind": r.kind}]);
-        let schema_name = format!("{}.{}.{}", if r.group.is_empty() { "core" } else { r.group }, r.version, r.kind);
-        schemas.insert(
-            schema_name.clone(),
-            json!({"type": "object", "x-kubernetes-group-version-kind": gvk, "description": format!("{} ({})", r.kind, r.api_version())}),
-        );
+        let Some(schema_name) = schemas.name_of(r.group, r.version, r.kind) else { continue };
+        roots.push(schema_name);
         let base = if r.namespaced {
             format!("/{}/namespaces/{{namespace}}/{}/{{name}}", gv_path(group, version), r.resource)
         } else {
@@ -161,33 +157,23 @@ pub fn openapi_gv(reg: &Registry, group: &str, version: &str) -> Option<Value> {
             {"name": "dryRun", "in": "query", "schema": {"type": "string", "uniqueItems": true}},
             {"name": "fieldManager", "in": "query", "schema": {"type": "string", "uniqueItems": true}},
         ]);
+        let gvk = json!({"group": r.group, "version": r.version, "kind": r.kind});
+        let resp = json!({"200": {"description": "OK", "content": {"application/json": {"schema": {"$ref": format!("#/components/schemas/{schema_name}")}}}}});
         paths.insert(
             base,
             json!({
-                "patch": {
-                    "operationId": format!("patch{}", r.kind),
-                    "x-kubernetes-action": "patch",
-                    "x-kubernetes-group-version-kind": {"group": r.group, "version": r.version, "kind": r.kind},
-                    "parameters": params,
-                    "responses": {"200": {"content": {"application/json": {"schema": {"$ref": format!("#/components/schemas/{schema_name}")}}}}},
-                },
-                "put": {
-                    "operationId": format!("replace{}", r.kind),
-                    "x-kubernetes-action": "put",
-                    "x-kubernetes-group-version-kind": {"group": r.group, "version": r.version, "kind": r.kind},
-                    "parameters": params,
-                    "responses": {"200": {}},
-                },
+                "patch": {"operationId": format!("patch{}", r.kind), "x-kubernetes-action": "patch", "x-kubernetes-group-version-kind": gvk, "parameters": params, "responses": resp},
+                "put": {"operationId": format!("replace{}", r.kind), "x-kubernetes-action": "put", "x-kubernetes-group-version-kind": gvk, "parameters": params, "responses": resp},
             }),
         );
     }
-    if !any {
+    if roots.is_empty() {
         return None;
     }
     Some(json!({
         "openapi": "3.0.0",
         "info": {"title": "Kubernetes", "version": "v1.33.0"},
         "paths": paths,
-        "components": {"schemas": schemas},
+        "components": {"schemas": schemas.closure(&roots)},
     }))
 }

@@ -131,8 +131,16 @@ pub async fn dispatch(
             match body {
                 Err(e) => Err(e),
                 Ok(body) => {
-                    let req = Req { st: &st, info, namespace, name, sub, query: &query, accept: &accept, ctype: &ctype, body };
-                    req.run(&method).await
+                    let req = Req { st: &st, info, namespace, name, sub, query: &query, accept: &accept, ctype: &ctype, body, warnings: Default::default() };
+                    let mut r = req.run(&method).await;
+                    if let Ok(resp) = r.as_mut() {
+                        for w in req.warnings.lock().unwrap().iter() {
+                            if let Ok(v) = HeaderValue::from_str(&format!("299 - {w:?}")) {
+                                resp.headers_mut().append("Warning", v);
+                            }
+                        }
+                    }
+                    r
                 }
             }
         }
@@ -180,6 +188,8 @@ struct Req<'a> {
     accept: &'a str,
     ctype: &'a str,
     body: Bytes,
+    /// `Warning` headers to send (unknown fields under fieldValidation=Warn).
+    warnings: std::sync::Mutex<Vec<String>>,
 }
 
 /// Go's `strconv.ParseBool` truth values, as Kubernetes parses boolean query parameters.
@@ -198,7 +208,35 @@ struct Current {
 }
 
 impl Req<'_> {
-    async fn run(self, method: &Method) -> ApiResult {
+    /// Drops fields the kind's schema does not define, as decoding into Kubernetes' types does;
+    /// `fieldValidation=Strict` (kubectl's default) refuses them instead, `Warn` (the server's
+    /// default) reports them in `Warning` headers, `Ignore` drops them silently.
+    fn field_validation(&self, obj: &mut Value) -> Result<(), ApiError> {
+        let unknown = crate::schema::Schemas::get(&self.st.reg).prune_unknown(self.info.group, self.info.version, self.info.kind, obj);
+        if unknown.is_empty() {
+            return Ok(());
+        }
+        match q(self.query, "fieldValidation").unwrap_or("Warn") {
+            "Strict" => {
+                let list: Vec<String> = unknown.iter().map(|u| format!("unknown field {u:?}")).collect();
+                Err(ApiError::bad_request(format!(
+                    "{} in version {:?} cannot be handled as a {}: strict decoding error: {}",
+                    self.info.kind,
+                    self.info.version,
+                    self.info.kind,
+                    list.join(", ")
+                )))
+            }
+            "Ignore" => Ok(()),
+            "Warn" => {
+                self.warnings.lock().unwrap().extend(unknown.iter().map(|u| format!("unknown field {u:?}")));
+                Ok(())
+            }
+            other => Err(ApiError::bad_request(format!("fieldValidation must be Strict, Warn or Ignore, not {other:?}"))),
+        }
+    }
+
+    async fn run(&self, method: &Method) -> ApiResult {
         if self.info.namespaced && self.name.is_some() && self.namespace.is_none() {
             return Err(ApiError::path_not_found("a namespaced object needs /namespaces/{namespace}/"));
         }
@@ -479,6 +517,7 @@ impl Req<'_> {
         let mut obj = self.parse_body()?;
         self.check_kind(&mut obj, (&self.info.api_version(), self.info.kind))?;
         self.check_namespace(&mut obj)?;
+        self.field_validation(&mut obj)?;
         let name = {
             let m = meta_mut(&mut obj);
             match (m.get("name").and_then(|v| v.as_str()), m.get("generateName").and_then(|v| v.as_str())) {
@@ -576,6 +615,7 @@ impl Req<'_> {
     fn next_object(&self, cur: &Value, mut incoming: Value) -> Result<Value, ApiError> {
         self.check_kind(&mut incoming, (&self.info.api_version(), self.info.kind))?;
         self.check_namespace(&mut incoming)?;
+        self.field_validation(&mut incoming)?;
         if meta_str(&incoming, "name").is_some_and(|n| n != self.name()) {
             return Err(ApiError::bad_request(format!("the name of the object ({}) does not match the name on the URL ({})", meta_str(&incoming, "name").unwrap_or(""), self.name())));
         }

@@ -20,6 +20,7 @@ pub mod object;
 pub mod patch;
 pub mod protobuf;
 pub mod registry;
+pub mod schema;
 pub mod selector;
 pub mod status;
 pub mod table;
@@ -32,6 +33,7 @@ use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
+
 use serde_json::json;
 use storage::Store;
 
@@ -149,9 +151,24 @@ async fn openapi_gv(State(st): State<Arc<AppState>>, axum::extract::Path(gv): ax
         ["apis", g, v] => (*g, *v),
         _ => return ApiError::path_not_found(&gv).into_response(),
     };
-    match discovery::openapi_gv(&st.reg, g, v) {
+    // Each document is built once (schemas of every kind of the group-version) and kept.
+    static CACHE: std::sync::OnceLock<std::sync::Mutex<std::collections::HashMap<String, Option<bytes::Bytes>>>> = std::sync::OnceLock::new();
+    let cache = CACHE.get_or_init(Default::default);
+    let doc = {
+        let cached = cache.lock().unwrap().get(&gv).cloned();
+        match cached {
+            Some(d) => d,
+            None => {
+                let d = discovery::openapi_gv(&st.reg, g, v).map(|doc| bytes::Bytes::from(serde_json::to_vec(&doc).unwrap_or_default()));
+                cache.lock().unwrap().insert(gv.clone(), d.clone());
+                d
+            }
+        }
+    };
+    match doc {
         Some(doc) => {
-            let mut r = with_content_type(&doc, "application/json");
+            let mut r = (StatusCode::OK, doc).into_response();
+            r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
             r.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("public, immutable"));
             if let Ok(etag) = HeaderValue::from_str(&format!("\"{}\"", discovery::openapi_hash())) {
                 r.headers_mut().insert(header::ETAG, etag);

@@ -4,7 +4,7 @@
 
 use k8s_openapi::{ClusterResourceScope, ListableResource, NamespaceResourceScope, Resource};
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug)]
 pub struct ResourceInfo {
     /// "" for the core group.
     pub group: &'static str,
@@ -18,6 +18,8 @@ pub struct ResourceInfo {
     pub subresources: &'static [Subresource],
     /// Whether writes to `spec` bump `metadata.generation` (types with a spec).
     pub has_spec: bool,
+    /// The type's JSON schema (from its `schemars` implementation).
+    pub schema: fn() -> serde_json::Value,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -78,9 +80,13 @@ impl Scope for ClusterResourceScope {
     const NAMESPACED: bool = false;
 }
 
+fn schema_of<T: schemars::JsonSchema>() -> serde_json::Value {
+    serde_json::to_value(schemars::schema_for!(T)).unwrap_or_default()
+}
+
 fn info<T>(short_names: &'static [&'static str], subresources: &'static [Subresource], has_spec: bool) -> ResourceInfo
 where
-    T: Resource + ListableResource,
+    T: Resource + ListableResource + schemars::JsonSchema,
     T::Scope: Scope,
 {
     ResourceInfo {
@@ -93,6 +99,7 @@ where
         short_names,
         subresources,
         has_spec,
+        schema: schema_of::<T>,
     }
 }
 

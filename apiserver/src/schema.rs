@@ -1,0 +1,192 @@
+//! The built-in types' schemas, from the k8s-openapi types (their `schemars` JSON schemas,
+//! with Kubernetes' own descriptions), never typed in: served as OpenAPI v3 components (for
+//! `kubectl explain` and `apply`) and used to find unknown fields (`fieldValidation`).
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::OnceLock;
+
+use serde_json::{Map, Value, json};
+
+use crate::registry::Registry;
+
+pub struct Schemas {
+    /// Every schema by its Kubernetes name (`io.k8s.api.core.v1.Pod`), refs rewritten to
+    /// `#/components/schemas/...`.
+    pub components: Map<String, Value>,
+    /// (group, version, kind) -> schema name.
+    pub kinds: HashMap<(String, String, String), String>,
+}
+
+const DEFS: &str = "#/$defs/";
+const COMPONENTS: &str = "#/components/schemas/";
+
+fn rewrite_refs(v: &mut Value) {
+    match v {
+        Value::Object(m) => {
+            if let Some(Value::String(r)) = m.get_mut("$ref") {
+                if let Some(name) = r.strip_prefix(DEFS) {
+                    *r = format!("{COMPONENTS}{name}");
+                }
+            }
+            for (_, x) in m.iter_mut() {
+                rewrite_refs(x);
+            }
+        }
+        Value::Array(a) => a.iter_mut().for_each(rewrite_refs),
+        _ => {}
+    }
+}
+
+fn refs_of(v: &Value, out: &mut Vec<String>) {
+    match v {
+        Value::Object(m) => {
+            if let Some(Value::String(r)) = m.get("$ref") {
+                if let Some(name) = r.strip_prefix(COMPONENTS) {
+                    out.push(name.to_string());
+                }
+            }
+            m.values().for_each(|x| refs_of(x, out));
+        }
+        Value::Array(a) => a.iter().for_each(|x| refs_of(x, out)),
+        _ => {}
+    }
+}
+
+impl Schemas {
+    fn build(reg: &Registry) -> Schemas {
+        let mut components = Map::new();
+        let mut kinds = HashMap::new();
+        for r in &reg.resources {
+            let mut s = (r.schema)();
+            let Some(obj) = s.as_object_mut() else { continue };
+            let name = obj.get("title").and_then(|t| t.as_str()).map(String::from).unwrap_or_else(|| format!("{}.{}.{}", r.group, r.version, r.kind));
+            if let Some(Value::Object(defs)) = obj.remove("$defs") {
+                for (k, mut d) in defs {
+                    rewrite_refs(&mut d);
+                    components.entry(k).or_insert(d);
+                }
+            }
+            obj.remove("$schema");
+            obj.remove("title");
+            obj.insert("x-kubernetes-group-version-kind".into(), json!([{"group": r.group, "version": r.version, "kind": r.kind}]));
+            rewrite_refs(&mut s);
+            components.insert(name.clone(), s);
+            kinds.insert((r.group.to_string(), r.version.to_string(), r.kind.to_string()), name);
+        }
+        Schemas { components, kinds }
+    }
+
+    pub fn get(reg: &Registry) -> &'static Schemas {
+        static S: OnceLock<Schemas> = OnceLock::new();
+        S.get_or_init(|| Schemas::build(reg))
+    }
+
+    pub fn name_of(&self, group: &str, version: &str, kind: &str) -> Option<&str> {
+        self.kinds.get(&(group.to_string(), version.to_string(), kind.to_string())).map(|s| s.as_str())
+    }
+
+    /// The schemas reachable from `roots` (for one group-version's document).
+    pub fn closure(&self, roots: &[&str]) -> Map<String, Value> {
+        let mut seen = BTreeSet::new();
+        let mut todo: Vec<String> = roots.iter().map(|s| s.to_string()).collect();
+        while let Some(n) = todo.pop() {
+            if !seen.insert(n.clone()) {
+                continue;
+            }
+            if let Some(s) = self.components.get(&n) {
+                refs_of(s, &mut todo);
+            }
+        }
+        seen.into_iter().filter_map(|n| self.components.get(&n).map(|s| (n, s.clone()))).collect()
+    }
+
+    fn resolve<'a>(&'a self, mut s: &'a Value) -> &'a Value {
+        for _ in 0..16 {
+            match s.get("$ref").and_then(|r| r.as_str()).and_then(|r| r.strip_prefix(COMPONENTS)) {
+                Some(name) => match self.components.get(name) {
+                    Some(t) => s = t,
+                    None => return s,
+                },
+                None => return s,
+            }
+        }
+        s
+    }
+
+    /// Removes the fields of `obj` that its kind's schema does not define and returns their
+    /// paths (`spec.foo`, `spec.containers[0].bar`).
+    pub fn prune_unknown(&self, group: &str, version: &str, kind: &str, obj: &mut Value) -> Vec<String> {
+        let mut out = Vec::new();
+        if let Some(s) = self.name_of(group, version, kind).and_then(|n| self.components.get(n)) {
+            self.walk(s, obj, String::new(), &mut out);
+        }
+        out
+    }
+
+    fn walk(&self, schema: &Value, v: &mut Value, path: String, out: &mut Vec<String>) {
+        let schema = self.resolve(schema);
+        if schema.get("x-kubernetes-preserve-unknown-fields").and_then(|x| x.as_bool()) == Some(true) {
+            return;
+        }
+        match v {
+            Value::Object(m) => {
+                let props = schema.get("properties").and_then(|p| p.as_object());
+                let additional = schema.get("additionalProperties").filter(|a| a.is_object());
+                if props.is_none() && additional.is_none() {
+                    return; // free-form (e.g. RawExtension) or not an object schema
+                }
+                let mut unknown = Vec::new();
+                for (k, x) in m.iter_mut() {
+                    let sub = if path.is_empty() { k.clone() } else { format!("{path}.{k}") };
+                    match props.and_then(|p| p.get(k)).or(additional) {
+                        Some(ps) => self.walk(ps, x, sub, out),
+                        None => unknown.push(k.clone()),
+                    }
+                }
+                for k in unknown {
+                    m.remove(&k);
+                    out.push(if path.is_empty() { k } else { format!("{path}.{k}") });
+                }
+            }
+            Value::Array(a) => {
+                if let Some(items) = schema.get("items") {
+                    for (i, x) in a.iter_mut().enumerate() {
+                        self.walk(items, x, format!("{path}[{i}]"), out);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schemas_come_from_the_types_with_descriptions() {
+        let reg = Registry::new();
+        let s = Schemas::get(&reg);
+        let pod = &s.components[s.name_of("", "v1", "Pod").unwrap()];
+        assert_eq!(pod["x-kubernetes-group-version-kind"][0]["kind"], "Pod");
+        assert!(pod["properties"]["spec"]["$ref"].as_str().unwrap().starts_with(COMPONENTS));
+        assert!(s.components["io.k8s.api.core.v1.Container"]["properties"]["image"]["description"].is_string());
+    }
+
+    #[test]
+    fn unknown_fields_are_found_and_pruned_with_their_paths() {
+        let reg = Registry::new();
+        let s = Schemas::get(&reg);
+        let mut obj = json!({
+            "apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": "d", "labels": {"any": "label"}, "bogus": 1},
+            "spec": {"replicas": 1, "replicaz": 2, "template": {"spec": {"containers": [{"name": "c", "image": "i", "imagee": "x"}]}}},
+        });
+        let mut unknown = s.prune_unknown("apps", "v1", "Deployment", &mut obj);
+        unknown.sort();
+        assert_eq!(unknown, vec!["metadata.bogus", "spec.replicaz", "spec.template.spec.containers[0].imagee"]);
+        assert!(obj["spec"].get("replicaz").is_none());
+        assert_eq!(obj["metadata"]["labels"]["any"], "label", "maps take any key");
+    }
+}
