@@ -264,3 +264,24 @@ fn unknown_fields_are_refused_under_strict_validation_and_dropped_otherwise() {
     assert!(String::from_utf8_lossy(&out.stderr).contains(r#"unknown field "spec.replicaz""#));
     assert_eq!(c.ok(&["get", "deploy", "web", "-o", "jsonpath={.spec.replicaz}"]), "", "the unknown field was dropped");
 }
+
+#[test]
+fn server_side_apply_owns_fields_and_reports_conflicts() {
+    let c = Cluster::start();
+    let f = c.write("d.yaml", DEPLOYMENT);
+    let f = path_str(&f);
+    assert!(c.ok(&["apply", "--server-side", "-f", f]).contains("serverside-applied"));
+    assert!(c.ok(&["apply", "--server-side", "-f", f]).contains("serverside-applied"));
+    assert!(c.ok(&["apply", "--server-side", "--dry-run=server", "-f", f]).contains("server dry run"));
+    let managers = c.ok(&["get", "deploy", "web", "--show-managed-fields", "-o", "jsonpath={.metadata.managedFields[*].manager}/{.metadata.managedFields[*].operation}"]);
+    assert_eq!(managers, "kubectl/Apply");
+    c.ok(&["scale", "deploy", "web", "--replicas=5"]);
+    let e = c.fails(&["apply", "--server-side", "-f", f]);
+    assert!(e.contains(r#"Apply failed with 1 conflict: conflict with "kubectl": .spec.replicas"#), "{e}");
+    c.ok(&["apply", "--server-side", "--force-conflicts", "-f", f]);
+    assert_eq!(c.ok(&["get", "deploy", "web", "-o", "jsonpath={.spec.replicas}"]), "2");
+    // Dropping a field from the configuration removes it from the object.
+    let fewer = c.write("d2.yaml", &DEPLOYMENT.replace("      - name: sidecar\n        image: busybox\n", ""));
+    c.ok(&["apply", "--server-side", "-f", path_str(&fewer)]);
+    assert_eq!(c.ok(&["get", "deploy", "web", "-o", "jsonpath={.spec.template.spec.containers[*].name}"]), "nginx");
+}

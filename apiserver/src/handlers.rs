@@ -131,7 +131,8 @@ pub async fn dispatch(
             match body {
                 Err(e) => Err(e),
                 Ok(body) => {
-                    let req = Req { st: &st, info, namespace, name, sub, query: &query, accept: &accept, ctype: &ctype, body, warnings: Default::default() };
+                    let req = Req { st: &st, info, namespace, name, sub, query: &query, accept: &accept, ctype: &ctype, body, warnings: Default::default(),
+                        user_agent: headers.get(header::USER_AGENT).and_then(|v| v.to_str().ok()).unwrap_or("").to_string() };
                     let mut r = req.run(&method).await;
                     if let Ok(resp) = r.as_mut() {
                         for w in req.warnings.lock().unwrap().iter() {
@@ -190,6 +191,7 @@ struct Req<'a> {
     body: Bytes,
     /// `Warning` headers to send (unknown fields under fieldValidation=Warn).
     warnings: std::sync::Mutex<Vec<String>>,
+    user_agent: String,
 }
 
 /// Go's `strconv.ParseBool` truth values, as Kubernetes parses boolean query parameters.
@@ -513,11 +515,28 @@ impl Req<'_> {
         }
     }
 
+    /// Who a write is attributed to in managedFields: `fieldManager`, else the client's name
+    /// from its User-Agent (as Kubernetes does).
+    fn manager(&self) -> String {
+        if let Some(m) = q(self.query, "fieldManager") {
+            return m.to_string();
+        }
+        let ua = self.user_agent.split('/').next().unwrap_or("").trim();
+        if ua.is_empty() { "unknown".into() } else { ua.chars().take(128).collect() }
+    }
+
     async fn create(&self) -> ApiResult {
         let mut obj = self.parse_body()?;
         self.check_kind(&mut obj, (&self.info.api_version(), self.info.kind))?;
         self.check_namespace(&mut obj)?;
         self.field_validation(&mut obj)?;
+        meta_mut(&mut obj).remove("managedFields");
+        self.create_object(obj).await
+    }
+
+    /// Everything a create does after the body is read: names, identity, defaults,
+    /// validation, and one txn that fails if the key exists.
+    async fn create_object(&self, mut obj: Value) -> ApiResult {
         let name = {
             let m = meta_mut(&mut obj);
             match (m.get("name").and_then(|v| v.as_str()), m.get("generateName").and_then(|v| v.as_str())) {
@@ -549,6 +568,9 @@ impl Req<'_> {
             }
         }
         crate::admission::default(self.info, &mut obj);
+        if obj["metadata"].get("managedFields").is_none() {
+            crate::ssa::record_update(None, &mut obj, &self.manager(), &self.info.api_version(), &object::now_rfc3339(), false);
+        }
         let stored = encode_stored(&obj);
         let key = self.info.key(self.namespace.as_deref(), &name);
         if self.dry_run() {
@@ -612,7 +634,13 @@ impl Req<'_> {
     /// Merges what a write may change into `cur`: the main resource never changes status
     /// (when the type has a status subresource), `/status` changes only status; identity
     /// fields are kept; generation follows spec changes.
-    fn next_object(&self, cur: &Value, mut incoming: Value) -> Result<Value, ApiError> {
+    fn next_object(&self, cur: &Value, incoming: Value) -> Result<Value, ApiError> {
+        self.next_object_as(cur, incoming, true)
+    }
+
+    /// `track`: attribute the changed fields to this request's manager (every write but an
+    /// apply, which has set managedFields itself).
+    fn next_object_as(&self, cur: &Value, mut incoming: Value, track: bool) -> Result<Value, ApiError> {
         self.check_kind(&mut incoming, (&self.info.api_version(), self.info.kind))?;
         self.check_namespace(&mut incoming)?;
         self.field_validation(&mut incoming)?;
@@ -651,6 +679,16 @@ impl Req<'_> {
             }
             m.insert("name".into(), json!(self.name()));
             m.remove("resourceVersion");
+            if track {
+                match cm.get("managedFields") {
+                    Some(v) => m.insert("managedFields".into(), v.clone()),
+                    None => m.remove("managedFields"),
+                };
+            }
+        }
+        if track {
+            let status = self.sub.as_deref() == Some("status");
+            crate::ssa::record_update(Some(cur), &mut next, &self.manager(), &self.info.api_version(), &object::now_rfc3339(), status);
         }
         if self.info.has_spec && cur.get("spec") != next.get("spec") {
             let g = cur["metadata"].get("generation").and_then(|g| g.as_i64()).unwrap_or(0) + 1;
@@ -693,7 +731,7 @@ impl Req<'_> {
     async fn patch(&self) -> ApiResult {
         let ty = PatchType::from_content_type(self.ctype).ok_or_else(|| ApiError::unsupported_media_type(self.ctype))?;
         if ty == PatchType::Apply {
-            return Err(ApiError::unsupported_media_type("application/apply-patch+yaml (server-side apply is not implemented yet)"));
+            return self.server_side_apply().await;
         }
         let key = self.key();
         for _ in 0..CAS_RETRIES_MAX {
@@ -710,6 +748,56 @@ impl Req<'_> {
             let next = self.next_object(&cur.obj, doc)?;
             if let Some(r) = self.finish_write(&key, &cur, next).await? {
                 return Ok(r);
+            }
+        }
+        Err(ApiError::conflict(self.info.group, self.info.resource, self.name()))
+    }
+
+    /// Server-side apply (`application/apply-patch+yaml`): creates or updates the object to
+    /// hold the manager's configuration, with field ownership and conflicts (`ssa.rs`).
+    async fn server_side_apply(&self) -> ApiResult {
+        let manager = q(self.query, "fieldManager")
+            .ok_or_else(|| ApiError::bad_request("fieldManager is required for apply requests"))?
+            .to_string();
+        let force = is_true(q(self.query, "force"));
+        let mut applied: Value = serde_json::from_slice(&self.body)
+            .map_err(|e| ApiError::bad_request(format!("the apply configuration is not valid JSON (YAML apply bodies other than JSON are not supported yet): {e}")))?;
+        if !applied.is_object() {
+            return Err(ApiError::bad_request("an apply configuration must be an object"));
+        }
+        self.check_kind(&mut applied, (&self.info.api_version(), self.info.kind))?;
+        self.check_namespace(&mut applied)?;
+        self.field_validation(&mut applied)?;
+        if meta_str(&applied, "name").is_some_and(|n| n != self.name()) {
+            return Err(ApiError::bad_request("the name of the object does not match the name on the URL"));
+        }
+        meta_mut(&mut applied).insert("name".into(), json!(self.name()));
+        let api_version = self.info.api_version();
+        let key = self.key();
+        for _ in 0..CAS_RETRIES_MAX {
+            let cur = self.read(&key).await?;
+            let base = cur.as_ref().map(|c| c.obj.clone()).unwrap_or_else(|| json!({}));
+            let obj = crate::ssa::apply(&base, &applied, &manager, force, &api_version, &object::now_rfc3339()).map_err(|conflicts| {
+                let n = conflicts.len();
+                let mut e = ApiError::conflict(self.info.group, self.info.resource, self.name());
+                e.message = format!(
+                    "Apply failed with {n} conflict{}: {}",
+                    if n == 1 { "" } else { "s" },
+                    conflicts.iter().map(|c| format!("conflict with {:?}: {}", c.manager, c.path)).collect::<Vec<_>>().join(", ")
+                );
+                if let Some(d) = e.details.as_mut() {
+                    d["causes"] = json!(conflicts.iter().map(|c| json!({"reason": "FieldManagerConflict", "message": format!("conflict with {:?}", c.manager), "field": c.path})).collect::<Vec<_>>());
+                }
+                e
+            })?;
+            match cur {
+                None => return self.create_object(obj).await,
+                Some(cur) => {
+                    let next = self.next_object_as(&cur.obj, obj, false)?;
+                    if let Some(r) = self.finish_write(&key, &cur, next).await? {
+                        return Ok(r);
+                    }
+                }
             }
         }
         Err(ApiError::conflict(self.info.group, self.info.resource, self.name()))
@@ -833,6 +921,7 @@ impl Req<'_> {
                 meta_mut(&mut next).insert("generation".into(), json!(g));
             }
             meta_mut(&mut next).remove("resourceVersion");
+            crate::ssa::record_update(Some(&cur.obj), &mut next, &self.manager(), &self.info.api_version(), &object::now_rfc3339(), false);
             if let Some((_, rev)) = self.cas_put(&key, cur.mod_revision, &next).await? {
                 return Ok(json_value(StatusCode::OK, &self.scale_of(&next, rev)));
             }

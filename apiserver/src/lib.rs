@@ -22,6 +22,7 @@ pub mod protobuf;
 pub mod registry;
 pub mod schema;
 pub mod selector;
+pub mod ssa;
 pub mod status;
 pub mod table;
 

@@ -13,7 +13,7 @@
 use serde_json::{Map, Value};
 
 /// The patch merge key of a list field, by field name, for the built-in types.
-fn merge_key(field: &str) -> Option<&'static str> {
+pub(crate) fn merge_key(field: &str) -> Option<&'static str> {
     Some(match field {
         "containers" | "initContainers" | "ephemeralContainers" | "env" | "volumes" | "imagePullSecrets"
         | "containerStatuses" | "initContainerStatuses" | "resourceClaims" => "name",
