@@ -285,3 +285,58 @@ fn server_side_apply_owns_fields_and_reports_conflicts() {
     c.ok(&["apply", "--server-side", "-f", path_str(&fewer)]);
     assert_eq!(c.ok(&["get", "deploy", "web", "-o", "jsonpath={.spec.template.spec.containers[*].name}"]), "nginx");
 }
+
+const CRD: &str = r#"
+apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata:
+  name: widgets.example.com
+spec:
+  group: example.com
+  scope: Namespaced
+  names: {plural: widgets, singular: widget, kind: Widget, shortNames: [wd]}
+  versions:
+  - name: v1
+    served: true
+    storage: true
+    subresources: {status: {}}
+    schema:
+      openAPIV3Schema:
+        type: object
+        properties:
+          spec:
+            type: object
+            required: [size]
+            properties:
+              size: {type: integer, minimum: 1}
+              color: {type: string, enum: [red, blue]}
+          status:
+            type: object
+            properties:
+              ready: {type: boolean}
+"#;
+
+#[test]
+fn custom_resources_are_served_validated_and_removed_with_their_definition() {
+    let c = Cluster::start();
+    c.ok(&["apply", "-f", path_str(&c.write("crd.yaml", CRD))]);
+    c.ok(&["wait", "--for", "condition=established", "crd/widgets.example.com", "--timeout=30s"]);
+    let w = "apiVersion: example.com/v1\nkind: Widget\nmetadata: {name: w1}\nspec: {size: 3, color: red}\n";
+    assert!(c.ok(&["apply", "-f", path_str(&c.write("w.yaml", w))]).contains("widget.example.com/w1 created"));
+    assert!(c.ok(&["get", "wd"]).contains("w1"), "short name from the CRD");
+    assert!(c.ok(&["api-resources"]).lines().any(|l| l.starts_with("widgets") && l.contains("example.com/v1")));
+    let bad = c.write("bad.yaml", &w.replace("size: 3", "size: 0"));
+    let e = c.fails(&["apply", "-f", path_str(&bad)]);
+    assert!(e.contains("spec.size") && e.contains("greater than or equal to 1"), "{e}");
+    let bad = c.write("bad2.yaml", &w.replace("color: red", "color: green"));
+    assert!(c.fails(&["apply", "-f", path_str(&bad)]).contains("Unsupported value"));
+    c.ok(&["patch", "widget", "w1", "--subresource=status", "--type=merge", "-p", r#"{"status":{"ready":true}}"#]);
+    assert_eq!(c.ok(&["get", "widget", "w1", "-o", "jsonpath={.status.ready} {.metadata.generation}"]), "true 1", "status writes leave generation alone");
+    c.ok(&["patch", "widget", "w1", "--type=merge", "-p", r#"{"spec":{"size":4},"status":{"ready":false}}"#]);
+    assert_eq!(c.ok(&["get", "widget", "w1", "-o", "jsonpath={.status.ready} {.spec.size} {.metadata.generation}"]), "true 4 2", "the main resource does not write status");
+    c.ok(&["delete", "crd", "widgets.example.com"]);
+    let e = c.fails(&["get", "widgets"]);
+    assert!(e.contains("could not find the requested resource") || e.contains("doesn't have a resource type"), "{e}");
+    c.ok(&["apply", "-f", path_str(&c.write("crd2.yaml", CRD))]);
+    assert!(c.ok(&["get", "widgets"]).is_empty(), "custom resources went with their definition");
+}

@@ -187,6 +187,26 @@ pub fn default(info: &ResourceInfo, obj: &mut Value) {
         "Namespace" => {
             obj["status"] = json!({"phase": "Active"});
         }
+        "CustomResourceDefinition" => {
+            // Names are accepted and the CRD established at once: this server serves its
+            // resources as soon as it is stored.
+            let names = obj["spec"].get("names").cloned().unwrap_or(json!({}));
+            let storage = obj["spec"]["versions"]
+                .as_array()
+                .and_then(|vs| vs.iter().find(|v| v["storage"].as_bool() == Some(true)))
+                .and_then(|v| v["name"].as_str())
+                .map(|s| vec![s.to_string()])
+                .unwrap_or_default();
+            let now = crate::object::now_rfc3339();
+            obj["status"] = json!({
+                "acceptedNames": names,
+                "storedVersions": storage,
+                "conditions": [
+                    {"type": "NamesAccepted", "status": "True", "reason": "NoConflicts", "message": "no conflicts found", "lastTransitionTime": now},
+                    {"type": "Established", "status": "True", "reason": "InitialNamesAccepted", "message": "the initial names have been accepted", "lastTransitionTime": now},
+                ],
+            });
+        }
         _ => {}
     }
 }

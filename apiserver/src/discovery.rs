@@ -49,7 +49,7 @@ pub fn aggregated(reg: &Registry, legacy: bool, version: &str) -> Value {
                 "metadata": {"name": g, "creationTimestamp": null},
                 "versions": versions.iter().map(|v| json!({
                     "version": v,
-                    "resources": reg.in_group_version(g, v).map(resource_entry).collect::<Vec<_>>(),
+                    "resources": reg.in_group_version(g, v).iter().map(resource_entry).collect::<Vec<_>>(),
                     "freshness": "Current",
                 })).collect::<Vec<_>>(),
             })
@@ -89,7 +89,7 @@ pub fn api_group_of(reg: &Registry, group: &str) -> Option<Value> {
 
 pub fn api_resource_list(reg: &Registry, group: &str, version: &str) -> Option<Value> {
     let mut resources = Vec::new();
-    for r in reg.in_group_version(group, version) {
+    for r in &reg.in_group_version(group, version) {
         resources.push(json!({
             "name": r.resource, "singularName": r.singular(), "namespaced": r.namespaced,
             "kind": r.kind, "verbs": r.verbs(), "shortNames": r.short_names, "categories": r.categories(),
@@ -127,10 +127,12 @@ pub fn openapi_hash() -> String {
 
 pub fn openapi_index(reg: &Registry) -> Value {
     let mut paths = serde_json::Map::new();
+    let generation = reg.custom_generation.load(std::sync::atomic::Ordering::SeqCst);
     for (g, vs) in reg.groups() {
         for v in vs {
             let p = gv_path(g, v);
-            paths.insert(p.clone(), json!({"serverRelativeURL": format!("/openapi/v3/{p}?hash={}", openapi_hash())}));
+            let hash = if reg.is_custom_group(g) { format!("crd-{generation}") } else { openapi_hash() };
+            paths.insert(p.clone(), json!({"serverRelativeURL": format!("/openapi/v3/{p}?hash={hash}")}));
         }
     }
     json!({"paths": paths})
@@ -144,9 +146,22 @@ pub fn openapi_gv(reg: &Registry, group: &str, version: &str) -> Option<Value> {
     let schemas = crate::schema::Schemas::get(reg);
     let mut paths = serde_json::Map::new();
     let mut roots = Vec::new();
-    for r in reg.in_group_version(group, version) {
-        let Some(schema_name) = schemas.name_of(r.group, r.version, r.kind) else { continue };
-        roots.push(schema_name);
+    let mut custom = serde_json::Map::new();
+    for r in &reg.in_group_version(group, version) {
+        let schema_name = match (&r.custom_schema, schemas.name_of(r.group, r.version, r.kind)) {
+            (Some(cs), _) => {
+                let name = format!("{}.{}.{}", r.group, r.version, r.kind);
+                let mut s = (**cs).clone();
+                s["x-kubernetes-group-version-kind"] = json!([{"group": r.group, "version": r.version, "kind": r.kind}]);
+                custom.insert(name.clone(), s);
+                name
+            }
+            (None, Some(n)) => {
+                roots.push(n);
+                n.to_string()
+            }
+            (None, None) => continue,
+        };
         let base = if r.namespaced {
             format!("/{}/namespaces/{{namespace}}/{}/{{name}}", gv_path(group, version), r.resource)
         } else {
@@ -167,13 +182,15 @@ pub fn openapi_gv(reg: &Registry, group: &str, version: &str) -> Option<Value> {
             }),
         );
     }
-    if roots.is_empty() {
+    if roots.is_empty() && custom.is_empty() {
         return None;
     }
+    let mut components = schemas.closure(&roots);
+    components.extend(custom);
     Some(json!({
         "openapi": "3.0.0",
         "info": {"title": "Kubernetes", "version": "v1.33.0"},
         "paths": paths,
-        "components": {"schemas": schemas.closure(&roots)},
+        "components": {"schemas": components},
     }))
 }

@@ -37,6 +37,8 @@ pub struct AppState {
     pub store: Store,
     pub reg: Registry,
     pub metrics: crate::metrics::Metrics,
+    /// Whether the custom resources of stored CRDs have been loaded (at the first request).
+    pub crds_loaded: std::sync::atomic::AtomicBool,
 }
 
 type ApiResult = Result<Response, ApiError>;
@@ -53,14 +55,14 @@ fn json_value(code: StatusCode, v: &Value) -> Response {
 
 /// What a path names.
 #[derive(Debug)]
-enum Target<'a> {
-    Resource { info: &'a ResourceInfo, namespace: Option<String>, name: Option<String>, sub: Option<String> },
+enum Target {
+    Resource { info: ResourceInfo, namespace: Option<String>, name: Option<String>, sub: Option<String> },
     /// `/api/v1` or `/apis/g/v`
     GroupVersion { group: String, version: String },
     Group(String),
 }
 
-fn parse_target<'a>(reg: &'a Registry, path: &str) -> Option<Target<'a>> {
+fn parse_target(reg: &Registry, path: &str) -> Option<Target> {
     let segs: Vec<&str> = path.trim_matches('/').split('/').filter(|s| !s.is_empty()).collect();
     let (group, version, rest) = match segs.as_slice() {
         ["api", v, rest @ ..] => ("", *v, rest),
@@ -104,6 +106,11 @@ pub async fn dispatch(
     body: Body,
 ) -> Response {
     let started = Instant::now();
+    if !st.crds_loaded.load(std::sync::atomic::Ordering::SeqCst) {
+        if let Err(e) = refresh_crds(&st).await {
+            return e.into_response();
+        }
+    }
     let path = uri.path().to_string();
     let query: HashMap<String, String> = Query::try_from_uri(&uri).map(|q: Query<HashMap<String, String>>| q.0).unwrap_or_default();
     let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
@@ -131,9 +138,15 @@ pub async fn dispatch(
             match body {
                 Err(e) => Err(e),
                 Ok(body) => {
-                    let req = Req { st: &st, info, namespace, name, sub, query: &query, accept: &accept, ctype: &ctype, body, warnings: Default::default(),
+                    let is_crd = info.group == "apiextensions.k8s.io" && info.resource == "customresourcedefinitions";
+                    let req = Req { st: &st, info: &info, namespace, name, sub, query: &query, accept: &accept, ctype: &ctype, body, warnings: Default::default(),
                         user_agent: headers.get(header::USER_AGENT).and_then(|v| v.to_str().ok()).unwrap_or("").to_string() };
                     let mut r = req.run(&method).await;
+                    if is_crd && method != Method::GET && r.as_ref().is_ok_and(|x| x.status().is_success()) {
+                        if let Err(e) = refresh_crds(&st).await {
+                            tracing::warn!(error = %e.message, "refreshing custom resources after a CRD change failed");
+                        }
+                    }
                     if let Ok(resp) = r.as_mut() {
                         for w in req.warnings.lock().unwrap().iter() {
                             if let Ok(v) = HeaderValue::from_str(&format!("299 - {w:?}")) {
@@ -154,6 +167,20 @@ pub async fn dispatch(
         "request"
     );
     resp
+}
+
+/// Serves the custom resources of the stored CRDs.
+pub async fn refresh_crds(st: &AppState) -> Result<(), ApiError> {
+    let resp = st.store.range(RangeRequest::prefix("/registry/apiextensions.k8s.io/customresourcedefinitions/")).await?;
+    let mut crds = Vec::new();
+    for kv in &resp.kvs {
+        if let Some(v) = decode_at(&kv.value, kv.mod_revision) {
+            crds.push(v);
+        }
+    }
+    st.reg.set_custom(&crds);
+    st.crds_loaded.store(true, std::sync::atomic::Ordering::SeqCst);
+    Ok(())
 }
 
 fn describe(method: &Method, query: &HashMap<String, String>, target: &Option<Target>) -> (String, String) {
@@ -214,7 +241,19 @@ impl Req<'_> {
     /// `fieldValidation=Strict` (kubectl's default) refuses them instead, `Warn` (the server's
     /// default) reports them in `Warning` headers, `Ignore` drops them silently.
     fn field_validation(&self, obj: &mut Value) -> Result<(), ApiError> {
-        let unknown = crate::schema::Schemas::get(&self.st.reg).prune_unknown(self.info.group, self.info.version, self.info.kind, obj);
+        let schemas = crate::schema::Schemas::get(&self.st.reg);
+        let unknown = match &self.info.custom_schema {
+            Some(cs) => {
+                let mut causes = Vec::new();
+                crate::schema::validate_basic(cs, obj, "", &mut causes);
+                if !causes.is_empty() {
+                    let name = meta_str(obj, "name").unwrap_or(self.name()).to_string();
+                    return Err(ApiError::invalid(self.info.group, self.info.kind, &name, causes));
+                }
+                schemas.prune_with(cs, obj)
+            }
+            None => schemas.prune_unknown(self.info.group, self.info.version, self.info.kind, obj),
+        };
         if unknown.is_empty() {
             return Ok(());
         }
@@ -839,6 +878,12 @@ impl Req<'_> {
                 continue;
             }
             if self.cas_delete(&key, cur.mod_revision).await? {
+                if self.info.kind == "CustomResourceDefinition" && !self.dry_run() {
+                    // The custom resources go with their definition.
+                    for r in crate::registry::from_crd(&cur.obj) {
+                        self.st.store.delete(DeleteRequest { range: KeyRange::Prefix(Bytes::from(r.prefix(None))), prev_kv: false }).await?;
+                    }
+                }
                 return Ok(json_value(StatusCode::OK, &json!({
                     "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success",
                     "details": {"name": self.name(), "group": self.info.group, "kind": self.info.resource, "uid": meta_str(&cur.obj, "uid")},
@@ -853,7 +898,7 @@ impl Req<'_> {
     async fn delete_namespace(&self, cur: &Current) -> ApiResult {
         let ns = self.name().to_string();
         if !self.dry_run() {
-            for r in self.st.reg.resources.iter().filter(|r| r.namespaced) {
+            for r in self.st.reg.all().iter().filter(|r| r.namespaced) {
                 self.st.store.delete(DeleteRequest { range: KeyRange::Prefix(Bytes::from(r.prefix(Some(&ns)))), prev_kv: false }).await?;
             }
             self.cas_delete(&self.key(), cur.mod_revision).await?;

@@ -47,7 +47,7 @@ pub const SYSTEM_NAMESPACES: &[&str] = &["default", "kube-system", "kube-public"
 
 /// Builds the HTTP service over `store`.
 pub fn router(store: Store) -> Router {
-    let state = Arc::new(AppState { store, reg: Registry::new(), metrics: Default::default() });
+    let state = Arc::new(AppState { store, reg: Registry::new(), metrics: Default::default(), crds_loaded: Default::default() });
     Router::new()
         .route("/api", get(api_root))
         .route("/apis", get(apis_root))
@@ -104,6 +104,9 @@ fn accept(headers: &HeaderMap) -> &str {
 }
 
 async fn api_root(State(st): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+    if !st.crds_loaded.load(Ordering::SeqCst) {
+        let _ = handlers::refresh_crds(&st).await;
+    }
     match discovery::aggregated_version(accept(&headers)) {
         Some(v) => with_content_type(
             &discovery::aggregated(&st.reg, true, v),
@@ -114,6 +117,9 @@ async fn api_root(State(st): State<Arc<AppState>>, headers: HeaderMap) -> Respon
 }
 
 async fn apis_root(State(st): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+    if !st.crds_loaded.load(Ordering::SeqCst) {
+        let _ = handlers::refresh_crds(&st).await;
+    }
     match discovery::aggregated_version(accept(&headers)) {
         Some(v) => with_content_type(
             &discovery::aggregated(&st.reg, false, v),
@@ -142,6 +148,9 @@ async fn metrics(State(st): State<Arc<AppState>>) -> Response {
 }
 
 async fn openapi_index(State(st): State<Arc<AppState>>) -> Response {
+    if !st.crds_loaded.load(Ordering::SeqCst) {
+        let _ = handlers::refresh_crds(&st).await;
+    }
     with_content_type(&discovery::openapi_index(&st.reg), "application/json")
 }
 
@@ -155,13 +164,21 @@ async fn openapi_gv(State(st): State<Arc<AppState>>, axum::extract::Path(gv): ax
     // Each document is built once (schemas of every kind of the group-version) and kept.
     static CACHE: std::sync::OnceLock<std::sync::Mutex<std::collections::HashMap<String, Option<bytes::Bytes>>>> = std::sync::OnceLock::new();
     let cache = CACHE.get_or_init(Default::default);
+    if !st.crds_loaded.load(Ordering::SeqCst) {
+        if let Err(e) = handlers::refresh_crds(&st).await {
+            return e.into_response();
+        }
+    }
+    let cacheable = !st.reg.is_custom_group(g);
     let doc = {
-        let cached = cache.lock().unwrap().get(&gv).cloned();
+        let cached = if cacheable { cache.lock().unwrap().get(&gv).cloned() } else { None };
         match cached {
             Some(d) => d,
             None => {
                 let d = discovery::openapi_gv(&st.reg, g, v).map(|doc| bytes::Bytes::from(serde_json::to_vec(&doc).unwrap_or_default()));
-                cache.lock().unwrap().insert(gv.clone(), d.clone());
+                if cacheable {
+                    cache.lock().unwrap().insert(gv.clone(), d.clone());
+                }
                 d
             }
         }

@@ -20,6 +20,8 @@ pub struct ResourceInfo {
     pub has_spec: bool,
     /// The type's JSON schema (from its `schemars` implementation).
     pub schema: fn() -> serde_json::Value,
+    /// For custom resources: the CRD version's `openAPIV3Schema`.
+    pub custom_schema: Option<std::sync::Arc<serde_json::Value>>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -100,7 +102,74 @@ where
         subresources,
         has_spec,
         schema: schema_of::<T>,
+        custom_schema: None,
     }
+}
+
+fn no_schema() -> serde_json::Value {
+    serde_json::Value::Null
+}
+
+/// Interns a string for the life of the process. CRD names are few and change rarely; each
+/// distinct string is kept once.
+fn intern(s: &str) -> &'static str {
+    use std::collections::HashSet;
+    use std::sync::{Mutex, OnceLock};
+    static SET: OnceLock<Mutex<HashSet<&'static str>>> = OnceLock::new();
+    let mut set = SET.get_or_init(Default::default).lock().unwrap();
+    if let Some(x) = set.get(s) {
+        return x;
+    }
+    let leaked: &'static str = Box::leak(s.to_string().into_boxed_str());
+    set.insert(leaked);
+    leaked
+}
+
+fn intern_list(v: Option<&serde_json::Value>) -> &'static [&'static str] {
+    let list: Vec<&'static str> = v.and_then(|x| x.as_array()).map(|a| a.iter().filter_map(|s| s.as_str()).map(intern).collect()).unwrap_or_default();
+    if list.is_empty() { &[] } else { Box::leak(list.into_boxed_slice()) }
+}
+
+/// The resources a CustomResourceDefinition object defines: one per served version.
+pub fn from_crd(crd: &serde_json::Value) -> Vec<ResourceInfo> {
+    let spec = &crd["spec"];
+    let (Some(group), Some(plural), Some(kind)) = (
+        spec["group"].as_str(),
+        spec["names"]["plural"].as_str(),
+        spec["names"]["kind"].as_str(),
+    ) else {
+        return vec![];
+    };
+    let list_kind = spec["names"]["listKind"].as_str().map(String::from).unwrap_or_else(|| format!("{kind}List"));
+    let namespaced = spec["scope"].as_str() != Some("Cluster");
+    let mut out = Vec::new();
+    for v in spec["versions"].as_array().into_iter().flatten() {
+        if v["served"].as_bool() == Some(false) {
+            continue;
+        }
+        let Some(version) = v["name"].as_str() else { continue };
+        let mut subs = Vec::new();
+        if v["subresources"].get("status").is_some() {
+            subs.push(Subresource { name: "status", response: (intern(group), intern(version), intern(kind)), verbs: GET_PATCH_UPDATE });
+        }
+        if v["subresources"].get("scale").is_some() {
+            subs.push(Subresource { name: "scale", response: ("autoscaling", "v1", "Scale"), verbs: GET_PATCH_UPDATE });
+        }
+        out.push(ResourceInfo {
+            group: intern(group),
+            version: intern(version),
+            resource: intern(plural),
+            kind: intern(kind),
+            list_kind: intern(&list_kind),
+            namespaced,
+            short_names: intern_list(spec["names"].get("shortNames")),
+            subresources: if subs.is_empty() { &[] } else { Box::leak(subs.into_boxed_slice()) },
+            has_spec: true,
+            schema: no_schema,
+            custom_schema: v["schema"].get("openAPIV3Schema").cloned().map(std::sync::Arc::new),
+        });
+    }
+    out
 }
 
 const GET_PATCH_UPDATE: &[&str] = &["get", "patch", "update"];
@@ -168,24 +237,50 @@ pub fn builtin() -> Vec<ResourceInfo> {
     ]
 }
 
-/// Lookups over the served resources.
+/// Lookups over the served resources: the built-in ones, and the custom resources of the
+/// stored CRDs (refreshed after every CRD write and at the first request).
 pub struct Registry {
     pub resources: Vec<ResourceInfo>,
+    custom: std::sync::RwLock<Vec<ResourceInfo>>,
+    /// Bumped at every refresh of custom resources (OpenAPI document hashes follow it).
+    pub custom_generation: std::sync::atomic::AtomicU64,
 }
 
 impl Registry {
     pub fn new() -> Registry {
-        Registry { resources: builtin() }
+        Registry { resources: builtin(), custom: Default::default(), custom_generation: Default::default() }
     }
 
-    pub fn find(&self, group: &str, version: &str, resource: &str) -> Option<&ResourceInfo> {
-        self.resources.iter().find(|r| r.group == group && r.version == version && r.resource == resource)
+    /// Replaces the custom resources with those the given CRD objects define.
+    pub fn set_custom(&self, crds: &[serde_json::Value]) {
+        let mut all: Vec<ResourceInfo> = crds.iter().flat_map(from_crd).collect();
+        all.retain(|c| !self.resources.iter().any(|b| b.group == c.group && b.resource == c.resource));
+        *self.custom.write().unwrap() = all;
+        self.custom_generation.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    pub fn is_custom_group(&self, group: &str) -> bool {
+        self.custom.read().unwrap().iter().any(|r| r.group == group)
+    }
+
+    pub fn all(&self) -> Vec<ResourceInfo> {
+        let mut v = self.resources.clone();
+        v.extend(self.custom.read().unwrap().iter().cloned());
+        v
+    }
+
+    pub fn find(&self, group: &str, version: &str, resource: &str) -> Option<ResourceInfo> {
+        let hit = |r: &&ResourceInfo| r.group == group && r.version == version && r.resource == resource;
+        if let Some(r) = self.resources.iter().find(hit) {
+            return Some(r.clone());
+        }
+        self.custom.read().unwrap().iter().find(hit).cloned()
     }
 
     /// Groups in the order discovery lists them (core first), each with its versions.
     pub fn groups(&self) -> Vec<(&'static str, Vec<&'static str>)> {
         let mut out: Vec<(&'static str, Vec<&'static str>)> = Vec::new();
-        for r in &self.resources {
+        for r in self.all() {
             match out.iter_mut().find(|(g, _)| *g == r.group) {
                 Some((_, vs)) => {
                     if !vs.contains(&r.version) {
@@ -198,8 +293,8 @@ impl Registry {
         out
     }
 
-    pub fn in_group_version<'a>(&'a self, group: &'a str, version: &'a str) -> impl Iterator<Item = &'a ResourceInfo> + 'a {
-        self.resources.iter().filter(move |r| r.group == group && r.version == version)
+    pub fn in_group_version(&self, group: &str, version: &str) -> Vec<ResourceInfo> {
+        self.all().into_iter().filter(|r| r.group == group && r.version == version).collect()
     }
 }
 

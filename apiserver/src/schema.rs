@@ -123,6 +123,30 @@ impl Schemas {
         out
     }
 
+    /// As `prune_unknown`, over a given schema (a CRD version's `openAPIV3Schema`).
+    pub fn prune_with(&self, schema: &Value, obj: &mut Value) -> Vec<String> {
+        let mut out = Vec::new();
+        // apiVersion, kind and metadata are the server's, whatever the CRD's schema says.
+        let mut body = obj.clone();
+        if let Some(m) = body.as_object_mut() {
+            m.remove("apiVersion");
+            m.remove("kind");
+            m.remove("metadata");
+        }
+        let has_props = schema.get("properties").is_some();
+        if has_props {
+            self.walk(schema, &mut body, String::new(), &mut out);
+            if let (Some(o), Value::Object(b)) = (obj.as_object_mut(), body) {
+                let keep: Vec<String> = ["apiVersion", "kind", "metadata"].iter().map(|s| s.to_string()).collect();
+                o.retain(|k, _| keep.contains(k) || b.contains_key(k));
+                for (k, v) in b {
+                    o.insert(k, v);
+                }
+            }
+        }
+        out
+    }
+
     fn walk(&self, schema: &Value, v: &mut Value, path: String, out: &mut Vec<String>) {
         let schema = self.resolve(schema);
         if schema.get("x-kubernetes-preserve-unknown-fields").and_then(|x| x.as_bool()) == Some(true) {
@@ -156,6 +180,70 @@ impl Schemas {
                 }
             }
             _ => {}
+        }
+    }
+}
+
+fn type_name(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "boolean",
+        Value::Number(n) if n.is_i64() || n.is_u64() => "integer",
+        Value::Number(_) => "number",
+        Value::String(_) => "string",
+        Value::Array(_) => "array",
+        Value::Object(_) => "object",
+    }
+}
+
+/// The basics of OpenAPI v3 schema validation for custom resources: `type`, `required`,
+/// `enum`, `minimum`/`maximum`, recursively through `properties`, `items` and
+/// `additionalProperties`. Causes are (field path, message).
+pub fn validate_basic(schema: &Value, v: &Value, path: &str, causes: &mut Vec<(String, String)>) {
+    let field = |p: &str| if p.is_empty() { "<root>".to_string() } else { p.to_string() };
+    if let Some(t) = schema.get("type").and_then(|t| t.as_str()) {
+        let actual = type_name(v);
+        let ok = actual == t || (t == "number" && actual == "integer") || (v.is_null() && schema.get("nullable").and_then(|n| n.as_bool()) == Some(true));
+        if !ok && schema.get("x-kubernetes-int-or-string").is_none() {
+            causes.push((field(path), format!("Invalid value: {:?}: {path} in body must be of type {t}", actual)));
+            return;
+        }
+    }
+    if let Some(e) = schema.get("enum").and_then(|e| e.as_array()) {
+        if !e.contains(v) {
+            causes.push((field(path), format!("Unsupported value: {v}: supported values: {}", e.iter().map(|x| x.to_string()).collect::<Vec<_>>().join(", "))));
+        }
+    }
+    if let (Some(min), Some(x)) = (schema.get("minimum").and_then(|m| m.as_f64()), v.as_f64()) {
+        if x < min {
+            causes.push((field(path), format!("Invalid value: {x}: {path} in body should be greater than or equal to {min}")));
+        }
+    }
+    if let (Some(max), Some(x)) = (schema.get("maximum").and_then(|m| m.as_f64()), v.as_f64()) {
+        if x > max {
+            causes.push((field(path), format!("Invalid value: {x}: {path} in body should be less than or equal to {max}")));
+        }
+    }
+    let join = |k: &str| if path.is_empty() { k.to_string() } else { format!("{path}.{k}") };
+    if let Value::Object(m) = v {
+        for r in schema.get("required").and_then(|r| r.as_array()).into_iter().flatten().filter_map(|r| r.as_str()) {
+            if !m.contains_key(r) && !(path.is_empty() && matches!(r, "apiVersion" | "kind" | "metadata")) {
+                causes.push((join(r), "Required value".into()));
+            }
+        }
+        let props = schema.get("properties").and_then(|p| p.as_object());
+        for (k, x) in m {
+            if path.is_empty() && matches!(k.as_str(), "apiVersion" | "kind" | "metadata") {
+                continue;
+            }
+            if let Some(ps) = props.and_then(|p| p.get(k)).or_else(|| schema.get("additionalProperties").filter(|a| a.is_object())) {
+                validate_basic(ps, x, &join(k), causes);
+            }
+        }
+    }
+    if let (Value::Array(a), Some(items)) = (v, schema.get("items")) {
+        for (i, x) in a.iter().enumerate() {
+            validate_basic(items, x, &format!("{path}[{i}]"), causes);
         }
     }
 }
