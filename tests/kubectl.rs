@@ -191,13 +191,13 @@ fn older_and_newer_kubectl_work_too() {
         let name = format!("cm-{minor}");
         let cm = format!(r#"{{"apiVersion":"v1","kind":"ConfigMap","metadata":{{"name":"{name}","labels":{{"v":"k{minor}"}}}},"data":{{"a":"b"}}}}"#);
         let f = c.write(&format!("{name}.json"), &cm);
-        // kubectl 1.27 validates `apply` and `create -f` against /openapi/v2 in protobuf, which
-        // capstan does not serve yet (an open part of issue #3): it runs with
-        // --validate=false here; 1.33 validates through OpenAPI v3.
-        let args: &[&str] = if minor == 27 { &["apply", "--validate=false", "-f"] } else { &["apply", "-f"] };
-        let mut args = args.to_vec();
-        args.push(path_str(&f));
-        assert!(c.ok_with(&k, &args).contains("created"), "kubectl 1.{minor} apply");
+        // 1.27 learns from /openapi/v2 (protobuf) that the server validates; 1.33 from v3.
+        assert!(c.ok_with(&k, &["apply", "-f", path_str(&f)]).contains("created"), "kubectl 1.{minor} apply");
+        let bad = c.write(&format!("bad-{minor}.json"), &cm.replace(r#""data""#, r#""datta""#));
+        let out = c.kubectl_with(&k, &["apply", "-f", path_str(&bad)]);
+        assert!(String::from_utf8_lossy(&out.stderr).contains("unknown field"), "kubectl 1.{minor} strict validation");
+        let changed = c.write(&format!("{name}-2.json"), &cm.replace(r#""a":"b""#, r#""a":"c""#));
+        assert!(c.ok_with(&k, &["apply", "-f", path_str(&changed)]).contains("configured"), "kubectl 1.{minor} apply changed");
         assert!(c.ok_with(&k, &["get", "cm", "-l", &format!("v=k{minor}")]).contains(&name), "kubectl 1.{minor} get");
         c.ok_with(&k, &["get", "namespaces"]);
         c.ok_with(&k, &["delete", "cm", &name]);

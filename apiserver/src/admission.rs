@@ -219,21 +219,21 @@ mod tests {
     #[test]
     fn invalid_names_are_422_with_the_field_named() {
         let reg = Registry::new();
-        let pods = reg.find("", "v1", "pods").unwrap();
+        let pods = &reg.find("", "v1", "pods").unwrap();
         let pod = json!({"metadata": {"name": "Bad_Name"}, "spec": {"containers": [{"name": "c", "image": "nginx"}]}});
         let e = validate_create(pods, &pod, "Bad_Name").unwrap_err();
         assert_eq!(e.code, 422);
         assert_eq!(e.to_json()["details"]["causes"][0]["field"], "metadata.name");
         let ok = json!({"metadata": {"name": "web-1.a"}, "spec": {"containers": [{"name": "c", "image": "nginx"}]}});
         validate_create(pods, &ok, "web-1.a").unwrap();
-        let ns = reg.find("", "v1", "namespaces").unwrap();
+        let ns = &reg.find("", "v1", "namespaces").unwrap();
         assert!(validate_create(ns, &json!({"metadata": {}}), "a.b").is_err(), "namespaces are labels, no dots");
     }
 
     #[test]
     fn pods_need_containers_with_images() {
         let reg = Registry::new();
-        let pods = reg.find("", "v1", "pods").unwrap();
+        let pods = &reg.find("", "v1", "pods").unwrap();
         let e = validate_create(pods, &json!({"metadata": {}, "spec": {"containers": [{"name": "c"}]}}), "p").unwrap_err();
         assert_eq!(e.to_json()["details"]["causes"][0]["field"], "spec.containers[0].image");
     }
@@ -241,7 +241,7 @@ mod tests {
     #[test]
     fn pod_defaults_follow_kubernetes() {
         let reg = Registry::new();
-        let pods = reg.find("", "v1", "pods").unwrap();
+        let pods = &reg.find("", "v1", "pods").unwrap();
         let mut pod = json!({"metadata": {"name": "p"}, "spec": {"containers": [{"name": "a", "image": "nginx"}, {"name": "b", "image": "nginx:1.25"}]}});
         default(pods, &mut pod);
         assert_eq!(pod["spec"]["restartPolicy"], "Always");

@@ -17,6 +17,7 @@ pub mod discovery;
 pub mod handlers;
 pub mod metrics;
 pub mod object;
+pub mod openapi_v2;
 pub mod patch;
 pub mod protobuf;
 pub mod registry;
@@ -58,6 +59,7 @@ pub fn router(store: Store) -> Router {
         .route("/livez", get(ready))
         .route("/healthz", get(ready))
         .route("/metrics", get(metrics))
+        .route("/openapi/v2", get(openapi_v2))
         .route("/openapi/v3", get(openapi_index))
         .route("/openapi/v3/{*gv}", get(openapi_gv))
         .fallback(not_found)
@@ -144,6 +146,20 @@ async fn ready(State(st): State<Arc<AppState>>) -> Response {
 async fn metrics(State(st): State<Arc<AppState>>) -> Response {
     let mut r = (StatusCode::OK, st.metrics.render()).into_response();
     r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4"));
+    r
+}
+
+/// Protobuf only (kubectl before 1.28 asks for it); a JSON client gets 404, since newer
+/// kubectl reads a JSON v2 document as a broken one.
+async fn openapi_v2(State(st): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+    if !accept(&headers).contains("protobuf") {
+        return ApiError::path_not_found("/openapi/v2 (served as protobuf only; use /openapi/v3)").into_response();
+    }
+    if !st.crds_loaded.load(Ordering::SeqCst) {
+        let _ = handlers::refresh_crds(&st).await;
+    }
+    let mut r = (StatusCode::OK, openapi_v2::document(&st.reg)).into_response();
+    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/com.github.proto-openapi.spec.v2.v1.0+protobuf"));
     r
 }
 
