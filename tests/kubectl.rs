@@ -340,3 +340,22 @@ fn custom_resources_are_served_validated_and_removed_with_their_definition() {
     c.ok(&["apply", "-f", path_str(&c.write("crd2.yaml", CRD))]);
     assert!(c.ok(&["get", "widgets"]).is_empty(), "custom resources went with their definition");
 }
+
+#[test]
+fn describe_pod_shows_its_events_and_get_events_has_kubectl_columns() {
+    let c = Cluster::start();
+    c.ok(&["create", "-f", path_str(&c.write("p.json", &pod("p1", r#""a":"b""#, "n1")))]);
+    let uid = c.ok(&["get", "pod", "p1", "-o", "jsonpath={.metadata.uid}"]);
+    let ev = format!(
+        r#"{{"apiVersion":"v1","kind":"Event","metadata":{{"name":"p1.1"}},"involvedObject":{{"kind":"Pod","name":"p1","namespace":"default","uid":"{uid}"}},"reason":"Scheduled","message":"Successfully assigned default/p1 to n1","type":"Normal","lastTimestamp":"2026-01-01T00:00:00Z","source":{{"component":"default-scheduler"}}}}"#
+    );
+    c.ok(&["create", "-f", path_str(&c.write("e.json", &ev))]);
+    let d = c.ok(&["describe", "pod", "p1"]);
+    assert!(d.contains("Events:") && d.contains("Scheduled") && d.contains("Successfully assigned default/p1 to n1"), "{d}");
+    let evs = c.ok(&["get", "events"]);
+    assert!(evs.starts_with("LAST SEEN") && evs.contains("pod/p1") && evs.contains("Scheduled"), "{evs}");
+    // A strategic merge patch merges container ports by containerPort.
+    c.ok(&["patch", "pod", "p1", "-p", r#"{"spec":{"containers":[{"name":"c","ports":[{"containerPort":80}]}]}}"#]);
+    c.ok(&["patch", "pod", "p1", "-p", r#"{"spec":{"containers":[{"name":"c","ports":[{"containerPort":443}]}]}}"#]);
+    assert_eq!(c.ok(&["get", "pod", "p1", "-o", "jsonpath={.spec.containers[0].ports[*].containerPort}"]), "80 443");
+}

@@ -170,66 +170,73 @@ def render(rows, package_version, schema_version):
     w("        .map(|i| &FIELDS[i].2)")
     w("}")
     w("")
-    w("#[cfg(test)]")
-    w("mod tests {")
-    w("    use super::*;")
-    w("")
-    w("    #[test]")
-    w("    fn sorted_and_unique() {")
-    w("        assert!(FIELDS.len() > 300, \"only {} rows\", FIELDS.len());")
-    w("        for pair in FIELDS.windows(2) {")
-    w("            assert!((pair[0].0, pair[0].1) < (pair[1].0, pair[1].1), \"{:?}\", (pair[0].0, pair[0].1));")
-    w("        }")
-    w("        for (d, f, _) in FIELDS {")
-    w("            assert!(lookup(d, f).is_some(), \"{d}.{f}\");")
-    w("        }")
-    w("    }")
-    w("")
-    w("    #[test]")
-    w("    fn pod_spec_containers() {")
-    w('        let m = lookup("io.k8s.api.core.v1.PodSpec", "containers").unwrap();')
-    w('        assert_eq!(m.merge_key, Some("name"));')
-    w('        assert_eq!(m.strategy, Some("merge"));')
-    w('        assert_eq!(m.list_type, Some("map"));')
-    w('        assert_eq!(m.list_map_keys, &["name"]);')
-    w("    }")
-    w("")
-    w("    #[test]")
-    w("    fn ports() {")
-    w('        let c = lookup("io.k8s.api.core.v1.Container", "ports").unwrap();')
-    w('        assert_eq!(c.merge_key, Some("containerPort"));')
-    w('        assert_eq!(c.strategy, Some("merge"));')
-    w('        let s = lookup("io.k8s.api.core.v1.ServiceSpec", "ports").unwrap();')
-    w('        assert_eq!(s.merge_key, Some("port"));')
-    w('        assert_eq!(s.list_map_keys, &["port", "protocol"]);')
-    w("    }")
-    w("")
-    w("    #[test]")
-    w("    fn other_strategies_and_list_types() {")
-    w('        let v = lookup("io.k8s.api.core.v1.PodSpec", "volumes").unwrap();')
-    w('        assert_eq!(v.strategy, Some("merge,retainKeys"));')
-    w('        let s = lookup("io.k8s.api.apps.v1.DeploymentSpec", "strategy").unwrap();')
-    w('        assert_eq!(s.strategy, Some("retainKeys"));')
-    w("        assert_eq!(s.list_type, None);")
-    w('        let f = lookup("io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta", "finalizers").unwrap();')
-    w('        assert_eq!(f.strategy, Some("merge"));')
-    w('        assert_eq!(f.list_type, Some("set"));')
-    w('        let o = lookup("io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta", "ownerReferences").unwrap();')
-    w('        assert_eq!(o.merge_key, Some("uid"));')
-    w('        let a = lookup("io.k8s.apimachinery.pkg.apis.meta.v1.LabelSelector", "matchExpressions").unwrap();')
-    w('        assert_eq!(a.list_type, Some("atomic"));')
-    w("        assert_eq!(a.merge_key, None);")
-    w("        assert!(a.list_map_keys.is_empty());")
-    w("    }")
-    w("")
-    w("    #[test]")
-    w("    fn missing() {")
-    w('        assert_eq!(lookup("io.k8s.api.core.v1.PodSpec", "nodeName"), None);')
-    w('        assert_eq!(lookup("io.k8s.api.core.v1.NoSuchType", "containers"), None);')
-    w('        assert_eq!(lookup("", ""), None);')
-    w("    }")
-    w("}")
+    lines.append(TESTS)
     return "\n".join(lines) + "\n"
+
+
+# Assertions that catch a broken generation (kept rustfmt-clean).
+TESTS = """#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const META: &str = "io.k8s.apimachinery.pkg.apis.meta.v1";
+
+    #[test]
+    fn sorted_and_unique() {
+        assert!(FIELDS.len() > 300, "only {} rows", FIELDS.len());
+        for pair in FIELDS.windows(2) {
+            let (a, b) = ((pair[0].0, pair[0].1), (pair[1].0, pair[1].1));
+            assert!(a < b, "{a:?} !< {b:?}");
+        }
+        for (d, f, _) in FIELDS {
+            assert!(lookup(d, f).is_some(), "{d}.{f}");
+        }
+    }
+
+    #[test]
+    fn pod_spec_containers() {
+        let m = lookup("io.k8s.api.core.v1.PodSpec", "containers").unwrap();
+        assert_eq!(m.merge_key, Some("name"));
+        assert_eq!(m.strategy, Some("merge"));
+        assert_eq!(m.list_type, Some("map"));
+        assert_eq!(m.list_map_keys, &["name"]);
+    }
+
+    #[test]
+    fn ports() {
+        let c = lookup("io.k8s.api.core.v1.Container", "ports").unwrap();
+        assert_eq!(c.merge_key, Some("containerPort"));
+        assert_eq!(c.strategy, Some("merge"));
+        let s = lookup("io.k8s.api.core.v1.ServiceSpec", "ports").unwrap();
+        assert_eq!(s.merge_key, Some("port"));
+        assert_eq!(s.list_map_keys, &["port", "protocol"]);
+    }
+
+    #[test]
+    fn other_strategies_and_list_types() {
+        let v = lookup("io.k8s.api.core.v1.PodSpec", "volumes").unwrap();
+        assert_eq!(v.strategy, Some("merge,retainKeys"));
+        let s = lookup("io.k8s.api.apps.v1.DeploymentSpec", "strategy").unwrap();
+        assert_eq!(s.strategy, Some("retainKeys"));
+        assert_eq!(s.list_type, None);
+        let f = lookup(&format!("{META}.ObjectMeta"), "finalizers").unwrap();
+        assert_eq!(f.strategy, Some("merge"));
+        assert_eq!(f.list_type, Some("set"));
+        let o = lookup(&format!("{META}.ObjectMeta"), "ownerReferences").unwrap();
+        assert_eq!(o.merge_key, Some("uid"));
+        let a = lookup(&format!("{META}.LabelSelector"), "matchExpressions").unwrap();
+        assert_eq!(a.list_type, Some("atomic"));
+        assert_eq!(a.merge_key, None);
+        assert!(a.list_map_keys.is_empty());
+    }
+
+    #[test]
+    fn missing() {
+        assert_eq!(lookup("io.k8s.api.core.v1.PodSpec", "nodeName"), None);
+        assert_eq!(lookup("io.k8s.api.core.v1.NoSuchType", "containers"), None);
+        assert_eq!(lookup("", ""), None);
+    }
+}"""
 
 
 def main():

@@ -1,9 +1,9 @@
-//! Admission: defaulting (mutating) then validation, for the built-in types. Plain functions
-//! over JSON values; the handlers call them on every create and update.
+//! Admission: a chain of mutating steps then validating steps, each a small [`Admission`]
+//! implementation over JSON values; the handlers run the chain on every create and update.
 //!
-//! Implemented so far: names (DNS-1123 subdomain, or label for namespaces and services),
-//! label keys and values, immutable `metadata.namespace` and pod `spec.nodeName` once set, and
-//! the defaults Kubernetes applies to pods, deployments, replicasets, services and namespaces.
+//! The standard chain: Kubernetes' defaults (pods, workloads, services, namespaces, CRDs);
+//! names (DNS-1123 subdomain, or label for namespaces and services), label keys and values;
+//! required fields of pods and workloads; fields immutable after creation.
 
 use serde_json::{Value, json};
 
@@ -92,25 +92,92 @@ fn validate_spec(info: &ResourceInfo, obj: &Value, causes: &mut Vec<(String, Str
     }
 }
 
+/// One admission step. Mutating steps all run before validating steps.
+pub trait Admission: Send + Sync {
+    /// Changes the object (defaulting). `old` is `None` on create.
+    fn mutate(&self, _info: &ResourceInfo, _old: Option<&Value>, _obj: &mut Value) {}
+    /// Adds (field, message) causes for what is invalid.
+    fn validate(&self, _info: &ResourceInfo, _old: Option<&Value>, _obj: &Value, _causes: &mut Vec<(String, String)>) {}
+}
+
+struct Defaults;
+impl Admission for Defaults {
+    fn mutate(&self, info: &ResourceInfo, _old: Option<&Value>, obj: &mut Value) {
+        default(info, obj);
+    }
+}
+
+struct MetaAndSpec;
+impl Admission for MetaAndSpec {
+    fn validate(&self, info: &ResourceInfo, _old: Option<&Value>, obj: &Value, causes: &mut Vec<(String, String)>) {
+        let name = obj["metadata"].get("name").and_then(|n| n.as_str()).unwrap_or("");
+        validate_meta(info, obj, name, causes);
+        validate_spec(info, obj, causes);
+    }
+}
+
+/// Fields that cannot change once set, as Kubernetes' validation refuses them.
+struct Immutable;
+impl Admission for Immutable {
+    fn validate(&self, info: &ResourceInfo, old: Option<&Value>, new: &Value, causes: &mut Vec<(String, String)>) {
+        let Some(old) = old else { return };
+        let fixed: &[(&str, &[&str])] = match info.kind {
+            "Pod" => &[("spec.nodeName", &["spec", "nodeName"])],
+            "Deployment" | "ReplicaSet" | "StatefulSet" | "DaemonSet" => &[("spec.selector", &["spec", "selector"])],
+            "Job" => &[("spec.selector", &["spec", "selector"]), ("spec.completions", &["spec", "completions"])],
+            "Service" => &[("spec.clusterIP", &["spec", "clusterIP"])],
+            "PersistentVolumeClaim" => &[("spec.storageClassName", &["spec", "storageClassName"])],
+            "ConfigMap" | "Secret" if old.get("immutable").and_then(|i| i.as_bool()) == Some(true) => {
+                &[("data", &["data"]), ("binaryData", &["binaryData"])]
+            }
+            _ => &[],
+        };
+        for (field, path) in fixed {
+            let get = |v: &Value| path.iter().try_fold(v, |cur, p| cur.get(p)).filter(|x| !x.is_null() && x.as_str() != Some("")).cloned();
+            let (before, after) = (get(old), get(new));
+            if before.is_some() && before != after {
+                causes.push((field.to_string(), "Invalid value: field is immutable".into()));
+            }
+        }
+    }
+}
+
+/// The steps, mutating then validating.
+pub struct Chain(Vec<Box<dyn Admission>>);
+
+impl Chain {
+    pub fn standard() -> Chain {
+        Chain(vec![Box::new(Defaults), Box::new(MetaAndSpec), Box::new(Immutable)])
+    }
+
+    /// Runs every mutation, then every validation; 422 with all causes if any.
+    pub fn admit(&self, info: &ResourceInfo, old: Option<&Value>, obj: &mut Value) -> Result<(), ApiError> {
+        for step in &self.0 {
+            step.mutate(info, old, obj);
+        }
+        let mut causes = Vec::new();
+        for step in &self.0 {
+            step.validate(info, old, obj, &mut causes);
+        }
+        if causes.is_empty() {
+            Ok(())
+        } else {
+            let name = obj["metadata"].get("name").and_then(|n| n.as_str()).unwrap_or("");
+            Err(ApiError::invalid(info.group, info.kind, name, causes))
+        }
+    }
+}
+
+impl Default for Chain {
+    fn default() -> Self {
+        Chain::standard()
+    }
+}
+
 pub fn validate_create(info: &ResourceInfo, obj: &Value, name: &str) -> Result<(), ApiError> {
     let mut causes = Vec::new();
     validate_meta(info, obj, name, &mut causes);
     validate_spec(info, obj, &mut causes);
-    if causes.is_empty() { Ok(()) } else { Err(ApiError::invalid(info.group, info.kind, name, causes)) }
-}
-
-pub fn validate_update(info: &ResourceInfo, old: &Value, new: &Value) -> Result<(), ApiError> {
-    let name = new["metadata"].get("name").and_then(|n| n.as_str()).unwrap_or("");
-    let mut causes = Vec::new();
-    validate_meta(info, new, name, &mut causes);
-    validate_spec(info, new, &mut causes);
-    if info.kind == "Pod" {
-        let old_node = old["spec"].get("nodeName").and_then(|n| n.as_str()).unwrap_or("");
-        let new_node = new["spec"].get("nodeName").and_then(|n| n.as_str()).unwrap_or("");
-        if !old_node.is_empty() && old_node != new_node {
-            causes.push(("spec.nodeName".into(), "Forbidden: field is immutable once set".into()));
-        }
-    }
     if causes.is_empty() { Ok(()) } else { Err(ApiError::invalid(info.group, info.kind, name, causes)) }
 }
 
@@ -228,6 +295,26 @@ mod tests {
         validate_create(pods, &ok, "web-1.a").unwrap();
         let ns = &reg.find("", "v1", "namespaces").unwrap();
         assert!(validate_create(ns, &json!({"metadata": {}}), "a.b").is_err(), "namespaces are labels, no dots");
+    }
+
+    #[test]
+    fn the_chain_defaults_then_refuses_changes_to_immutable_fields() {
+        let reg = Registry::new();
+        let pods = &reg.find("", "v1", "pods").unwrap();
+        let chain = Chain::standard();
+        let mut old = json!({"metadata": {"name": "p"}, "spec": {"nodeName": "n1", "containers": [{"name": "c", "image": "i"}]}});
+        chain.admit(pods, None, &mut old).unwrap();
+        assert_eq!(old["spec"]["restartPolicy"], "Always");
+        let mut moved = old.clone();
+        moved["spec"]["nodeName"] = json!("n2");
+        let e = chain.admit(pods, Some(&old), &mut moved).unwrap_err();
+        assert_eq!(e.to_json()["details"]["causes"][0]["field"], "spec.nodeName");
+        let deps = &reg.find("apps", "v1", "deployments").unwrap();
+        let mut d = json!({"metadata": {"name": "d"}, "spec": {"selector": {"matchLabels": {"a": "1"}}}});
+        chain.admit(deps, None, &mut d).unwrap();
+        let mut d2 = d.clone();
+        d2["spec"]["selector"]["matchLabels"]["a"] = json!("2");
+        assert!(chain.admit(deps, Some(&d), &mut d2).is_err());
     }
 
     #[test]

@@ -36,6 +36,7 @@ const CAS_RETRIES_MAX: usize = 16;
 pub struct AppState {
     pub store: Store,
     pub reg: Registry,
+    pub admission: crate::admission::Chain,
     pub metrics: crate::metrics::Metrics,
     /// Whether the custom resources of stored CRDs have been loaded (at the first request).
     pub crds_loaded: std::sync::atomic::AtomicBool,
@@ -593,7 +594,6 @@ impl Req<'_> {
                 }
             }
         };
-        crate::admission::validate_create(self.info, &obj, &name)?;
         self.namespace_exists().await?;
         {
             let m = meta_mut(&mut obj);
@@ -606,7 +606,7 @@ impl Req<'_> {
                 m.insert("generation".into(), json!(1));
             }
         }
-        crate::admission::default(self.info, &mut obj);
+        self.st.admission.admit(self.info, None, &mut obj)?;
         if obj["metadata"].get("managedFields").is_none() {
             crate::ssa::record_update(None, &mut obj, &self.manager(), &self.info.api_version(), &object::now_rfc3339(), false);
         }
@@ -733,7 +733,7 @@ impl Req<'_> {
             let g = cur["metadata"].get("generation").and_then(|g| g.as_i64()).unwrap_or(0) + 1;
             meta_mut(&mut next).insert("generation".into(), json!(g));
         }
-        crate::admission::validate_update(self.info, cur, &next)?;
+        self.st.admission.admit(self.info, Some(cur), &mut next)?;
         Ok(next)
     }
 
@@ -776,7 +776,12 @@ impl Req<'_> {
         for _ in 0..CAS_RETRIES_MAX {
             let cur = self.read(&key).await?.ok_or_else(|| self.not_found())?;
             let mut doc = cur.obj.clone();
-            patch::apply(ty, &mut doc, &self.body).map_err(|e| {
+            if ty == PatchType::Strategic && self.info.custom_schema.is_some() {
+                return Err(ApiError::unsupported_media_type("application/strategic-merge-patch+json (strategic merge patch is not supported for custom resources; use a merge patch)"));
+            }
+            let schemas = crate::schema::Schemas::get(&self.st.reg);
+            let def = schemas.name_of(self.info.group, self.info.version, self.info.kind);
+            patch::apply_typed(ty, &mut doc, &self.body, Some(schemas), def).map_err(|e| {
                 if e.starts_with("invalid") { ApiError::bad_request(e) } else { ApiError::invalid(self.info.group, self.info.kind, self.name(), vec![("patch".into(), e)]) }
             })?;
             if let Some(rv) = meta_str(&doc, "resourceVersion") {
@@ -816,7 +821,9 @@ impl Req<'_> {
         for _ in 0..CAS_RETRIES_MAX {
             let cur = self.read(&key).await?;
             let base = cur.as_ref().map(|c| c.obj.clone()).unwrap_or_else(|| json!({}));
-            let obj = crate::ssa::apply(&base, &applied, &manager, force, &api_version, &object::now_rfc3339()).map_err(|conflicts| {
+            let schemas = crate::schema::Schemas::get(&self.st.reg);
+            let def = schemas.name_of(self.info.group, self.info.version, self.info.kind);
+            let obj = crate::ssa::apply(&base, &applied, &manager, force, &api_version, &object::now_rfc3339(), Some(schemas), def).map_err(|conflicts| {
                 let n = conflicts.len();
                 let mut e = ApiError::conflict(self.info.group, self.info.resource, self.name());
                 e.message = format!(

@@ -19,6 +19,7 @@ pub mod metrics;
 pub mod object;
 pub mod openapi_v2;
 pub mod patch;
+pub mod patch_meta;
 pub mod protobuf;
 pub mod registry;
 pub mod schema;
@@ -48,7 +49,7 @@ pub const SYSTEM_NAMESPACES: &[&str] = &["default", "kube-system", "kube-public"
 
 /// Builds the HTTP service over `store`.
 pub fn router(store: Store) -> Router {
-    let state = Arc::new(AppState { store, reg: Registry::new(), metrics: Default::default(), crds_loaded: Default::default() });
+    let state = Arc::new(AppState { store, reg: Registry::new(), admission: admission::Chain::standard(), metrics: Default::default(), crds_loaded: Default::default() });
     Router::new()
         .route("/api", get(api_root))
         .route("/apis", get(apis_root))

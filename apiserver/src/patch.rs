@@ -2,17 +2,19 @@
 //! and strategic merge patch.
 //!
 //! Strategic merge patch here: maps merge recursively, `null` deletes, `$patch: replace` /
-//! `$patch: delete` in maps, `$retainKeys` and
-//! `$deleteFromPrimitiveList/<list>` are honoured, `$setElementOrder/<list>` is accepted (the merged order is the
-//! existing order with new elements appended), and lists of objects merge by their patch
-//! merge key. The merge keys are taken from a small table of the built-in types' keys
-//! (`containers`, `env`, `volumes` by `name`, ...), falling back to `name` when every element
-//! has one; other lists are replaced. Generating this table from the published schemas
-//! (`../shared/reference/schemas.md`) is what remains to match Kubernetes exactly.
+//! `$patch: delete` in maps and list elements, `$retainKeys` and
+//! `$deleteFromPrimitiveList/<list>` are honoured, `$setElementOrder/<list>` is accepted (the
+//! merged order is the existing order with new elements appended), and a list merges by its
+//! patch merge key when Kubernetes declares one for that field of that type: the facts come
+//! from `patch_meta.rs`, generated from the published schemas, and the type of each nested
+//! value from the served schemas (`schema.rs`). Without a type (a caller that has none), a
+//! small table of common list fields stands in.
 
 use serde_json::{Map, Value};
 
-/// The patch merge key of a list field, by field name, for the built-in types.
+use crate::schema::Schemas;
+
+/// The merge key of a list field when its type is unknown (ssa.rs's field sets use it too).
 pub(crate) fn merge_key(field: &str) -> Option<&'static str> {
     Some(match field {
         "containers" | "initContainers" | "ephemeralContainers" | "env" | "volumes" | "imagePullSecrets"
@@ -29,14 +31,58 @@ pub(crate) fn merge_key(field: &str) -> Option<&'static str> {
     })
 }
 
+/// Where in the type tree a value sits: its definition name, when known.
+#[derive(Clone, Copy)]
+struct Ty<'a> {
+    schemas: Option<&'a Schemas>,
+    def: Option<&'a str>,
+}
+
+impl<'a> Ty<'a> {
+    /// The merge key of `field` of this type, if the field's patch strategy is "merge".
+    fn merge_key(&self, field: &str) -> Option<&'static str> {
+        match self.def {
+            Some(def) => {
+                let m = crate::patch_meta::lookup(def, field)?;
+                if m.strategy.is_some_and(|s| s.split(',').any(|x| x == "merge")) { m.merge_key } else { None }
+            }
+            None => merge_key(field),
+        }
+    }
+
+    /// Whether the type is known, so that "no merge key" means "replace the list".
+    fn known(&self) -> bool {
+        self.def.is_some()
+    }
+
+    /// The type of `field`'s value (for a list, of its items).
+    fn child(&self, field: &str) -> Ty<'a> {
+        let def = (|| {
+            let schemas = self.schemas?;
+            let prop = schemas.components.get(self.def?)?.get("properties")?.get(field)?;
+            let r = prop.get("$ref").or_else(|| prop.get("items").and_then(|i| i.get("$ref")))?;
+            let name = r.as_str()?.strip_prefix("#/components/schemas/")?;
+            schemas.components.get_key_value(name).map(|(k, _)| k.as_str())
+        })();
+        Ty { schemas: self.schemas, def }
+    }
+}
+
 fn key_of<'a>(v: &'a Value, key: &str) -> Option<&'a Value> {
     v.as_object()?.get(key)
 }
 
-/// Applies a strategic merge patch to `doc`.
+/// Applies a strategic merge patch to `doc`, without type information.
 pub fn strategic_merge(doc: &mut Value, patch: &Value) -> Result<(), String> {
+    strategic_merge_typed(doc, patch, None, None)
+}
+
+/// Applies a strategic merge patch to `doc`, an object of definition `def` (e.g.
+/// `io.k8s.api.apps.v1.Deployment`) whose nested types `schemas` knows.
+pub fn strategic_merge_typed(doc: &mut Value, patch: &Value, schemas: Option<&Schemas>, def: Option<&str>) -> Result<(), String> {
+    let ty = Ty { schemas, def };
     match (doc, patch) {
-        (Value::Object(d), Value::Object(p)) => merge_map(d, p),
+        (Value::Object(d), Value::Object(p)) => merge_map(d, p, ty),
         (doc, p) => {
             *doc = p.clone();
             Ok(())
@@ -44,7 +90,7 @@ pub fn strategic_merge(doc: &mut Value, patch: &Value) -> Result<(), String> {
     }
 }
 
-fn merge_map(d: &mut Map<String, Value>, p: &Map<String, Value>) -> Result<(), String> {
+fn merge_map(d: &mut Map<String, Value>, p: &Map<String, Value>, ty: Ty) -> Result<(), String> {
     if let Some(directive) = p.get("$patch").and_then(|x| x.as_str()) {
         match directive {
             "replace" => {
@@ -80,8 +126,8 @@ fn merge_map(d: &mut Map<String, Value>, p: &Map<String, Value>) -> Result<(), S
             continue;
         }
         match (d.get_mut(k), pv) {
-            (Some(Value::Object(dm)), Value::Object(pm)) => merge_map(dm, pm)?,
-            (Some(Value::Array(da)), Value::Array(pa)) => merge_list(k, da, pa)?,
+            (Some(Value::Object(dm)), Value::Object(pm)) => merge_map(dm, pm, ty.child(k))?,
+            (Some(Value::Array(da)), Value::Array(pa)) => merge_list(k, da, pa, ty)?,
             _ => {
                 let mut v = pv.clone();
                 strip_directives(&mut v);
@@ -92,15 +138,21 @@ fn merge_map(d: &mut Map<String, Value>, p: &Map<String, Value>) -> Result<(), S
     Ok(())
 }
 
-fn merge_list(field: &str, d: &mut Vec<Value>, p: &[Value]) -> Result<(), String> {
-    let key = merge_key(field).or_else(|| {
+fn merge_list(field: &str, d: &mut Vec<Value>, p: &[Value], ty: Ty) -> Result<(), String> {
+    let key = ty.merge_key(field).or_else(|| {
+        if ty.known() {
+            return None;
+        }
         let all_named = !p.is_empty() && p.iter().all(|e| key_of(e, "name").is_some()) && d.iter().all(|e| key_of(e, "name").is_some());
         all_named.then_some("name")
     });
     let Some(key) = key else {
-        *d = p.to_vec();
+        let mut v = p.to_vec();
+        v.iter_mut().for_each(strip_directives);
+        *d = v;
         return Ok(());
     };
+    let item_ty = ty.child(field);
     for pe in p {
         let Some(pk) = key_of(pe, key).cloned() else {
             // Elements without the key cannot be merged: the patch's list wins.
@@ -114,7 +166,7 @@ fn merge_list(field: &str, d: &mut Vec<Value>, p: &[Value]) -> Result<(), String
             }
             Some(i) => {
                 if let (Value::Object(dm), Value::Object(pm)) = (&mut d[i], pe) {
-                    merge_map(dm, pm)?;
+                    merge_map(dm, pm, item_ty)?;
                 }
             }
             None if is_delete => {}
@@ -162,8 +214,14 @@ impl PatchType {
     }
 }
 
-/// Applies a patch body of `ty` to `doc`.
+/// Applies a patch body of `ty` to `doc` (strategic merge patches without type information;
+/// see `apply_typed`).
 pub fn apply(ty: PatchType, doc: &mut Value, body: &[u8]) -> Result<(), String> {
+    apply_typed(ty, doc, body, None, None)
+}
+
+/// Applies a patch body of `ty` to `doc`, an object of definition `def`.
+pub fn apply_typed(ty: PatchType, doc: &mut Value, body: &[u8], schemas: Option<&Schemas>, def: Option<&str>) -> Result<(), String> {
     match ty {
         PatchType::Json => {
             let ops: json_patch::Patch = serde_json::from_slice(body).map_err(|e| format!("invalid JSON patch: {e}"))?;
@@ -179,7 +237,7 @@ pub fn apply(ty: PatchType, doc: &mut Value, body: &[u8]) -> Result<(), String> 
             if !p.is_object() {
                 return Err("a strategic merge patch must be a JSON object".into());
             }
-            strategic_merge(doc, &p)
+            strategic_merge_typed(doc, &p, schemas, def)
         }
         PatchType::Apply => Err("server-side apply is not supported yet".into()),
     }
@@ -254,6 +312,26 @@ mod tests {
             strategic_merge(&mut d, &c.patch).unwrap();
             assert_eq!(d, c.want, "{}", c.name);
         }
+    }
+
+    #[test]
+    fn typed_strategic_merge_uses_kubernetes_merge_keys() {
+        let reg = crate::registry::Registry::new();
+        let schemas = Schemas::get(&reg);
+        let def = schemas.name_of("", "v1", "Pod");
+        // Container ports merge by containerPort; service ports (another type) by port.
+        let mut pod = json!({"spec": {"containers": [{"name": "c", "ports": [{"containerPort": 80}, {"containerPort": 443}]}]}});
+        let patch = json!({"spec": {"containers": [{"name": "c", "ports": [{"containerPort": 443, "name": "https"}]}]}});
+        strategic_merge_typed(&mut pod, &patch, Some(schemas), def).unwrap();
+        assert_eq!(pod["spec"]["containers"][0]["ports"], json!([{"containerPort": 80}, {"containerPort": 443, "name": "https"}]));
+        // args has no merge strategy: replaced even though the elements look alike.
+        let mut pod = json!({"spec": {"containers": [{"name": "c", "args": ["a", "b"]}]}});
+        strategic_merge_typed(&mut pod, &json!({"spec": {"containers": [{"name": "c", "args": ["z"]}]}}), Some(schemas), def).unwrap();
+        assert_eq!(pod["spec"]["containers"][0]["args"], json!(["z"]));
+        let svc_def = schemas.name_of("", "v1", "Service");
+        let mut svc = json!({"spec": {"ports": [{"port": 80, "protocol": "TCP"}, {"port": 81}]}});
+        strategic_merge_typed(&mut svc, &json!({"spec": {"ports": [{"port": 81, "targetPort": 8081}]}}), Some(schemas), svc_def).unwrap();
+        assert_eq!(svc["spec"]["ports"][1], json!({"port": 81, "targetPort": 8081}));
     }
 
     #[test]

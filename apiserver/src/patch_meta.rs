@@ -428,11 +428,14 @@ pub fn lookup(definition: &str, field: &str) -> Option<&'static FieldMeta> {
 mod tests {
     use super::*;
 
+    const META: &str = "io.k8s.apimachinery.pkg.apis.meta.v1";
+
     #[test]
     fn sorted_and_unique() {
         assert!(FIELDS.len() > 300, "only {} rows", FIELDS.len());
         for pair in FIELDS.windows(2) {
-            assert!((pair[0].0, pair[0].1) < (pair[1].0, pair[1].1), "{:?}", (pair[0].0, pair[0].1));
+            let (a, b) = ((pair[0].0, pair[0].1), (pair[1].0, pair[1].1));
+            assert!(a < b, "{a:?} !< {b:?}");
         }
         for (d, f, _) in FIELDS {
             assert!(lookup(d, f).is_some(), "{d}.{f}");
@@ -465,12 +468,12 @@ mod tests {
         let s = lookup("io.k8s.api.apps.v1.DeploymentSpec", "strategy").unwrap();
         assert_eq!(s.strategy, Some("retainKeys"));
         assert_eq!(s.list_type, None);
-        let f = lookup("io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta", "finalizers").unwrap();
+        let f = lookup(&format!("{META}.ObjectMeta"), "finalizers").unwrap();
         assert_eq!(f.strategy, Some("merge"));
         assert_eq!(f.list_type, Some("set"));
-        let o = lookup("io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta", "ownerReferences").unwrap();
+        let o = lookup(&format!("{META}.ObjectMeta"), "ownerReferences").unwrap();
         assert_eq!(o.merge_key, Some("uid"));
-        let a = lookup("io.k8s.apimachinery.pkg.apis.meta.v1.LabelSelector", "matchExpressions").unwrap();
+        let a = lookup(&format!("{META}.LabelSelector"), "matchExpressions").unwrap();
         assert_eq!(a.list_type, Some("atomic"));
         assert_eq!(a.merge_key, None);
         assert!(a.list_map_keys.is_empty());

@@ -293,7 +293,17 @@ pub fn path_string(p: &Path) -> String {
 
 /// Server-side apply of `applied` by `manager` over `current` (an empty object when creating).
 /// Returns the new object, or the conflicts when not forced.
-pub fn apply(current: &Value, applied: &Value, manager: &str, force: bool, api_version: &str, now: &str) -> Result<Value, Vec<Conflict>> {
+#[allow(clippy::too_many_arguments)]
+pub fn apply(
+    current: &Value,
+    applied: &Value,
+    manager: &str,
+    force: bool,
+    api_version: &str,
+    now: &str,
+    schemas: Option<&crate::schema::Schemas>,
+    def: Option<&str>,
+) -> Result<Value, Vec<Conflict>> {
     let mut managed = read_managed(current);
     let new_set = leaves(applied, false);
     let mut conflicts = Vec::new();
@@ -325,7 +335,7 @@ pub fn apply(current: &Value, applied: &Value, manager: &str, force: bool, api_v
     if let Some(m) = patch.as_object_mut() {
         m.remove("status");
     }
-    crate::patch::strategic_merge(&mut obj, &patch).map_err(|e| vec![Conflict { manager: String::new(), path: e }])?;
+    crate::patch::strategic_merge_typed(&mut obj, &patch, schemas, def).map_err(|e| vec![Conflict { manager: String::new(), path: e }])?;
     for m in managed.iter_mut() {
         if m.manager != manager || m.operation != "Apply" {
             if force {
@@ -363,18 +373,18 @@ mod tests {
 
     #[test]
     fn apply_creates_then_is_idempotent_and_conflicts_with_another_owner() {
-        let created = apply(&json!({}), &deploy(1, "x"), "kubectl", false, "apps/v1", NOW).unwrap();
+        let created = apply(&json!({}), &deploy(1, "x"), "kubectl", false, "apps/v1", NOW, None, None).unwrap();
         assert_eq!(created["spec"]["replicas"], 1);
         assert_eq!(created["metadata"]["managedFields"][0]["manager"], "kubectl");
-        let again = apply(&created, &deploy(1, "x"), "kubectl", false, "apps/v1", NOW).unwrap();
+        let again = apply(&created, &deploy(1, "x"), "kubectl", false, "apps/v1", NOW, None, None).unwrap();
         assert_eq!(again["spec"], created["spec"]);
         // Another manager changes replicas (an Update), then the applier's different value conflicts.
         let mut scaled = again.clone();
         scaled["spec"]["replicas"] = json!(5);
         record_update(Some(&again), &mut scaled, "kubectl-scale", "apps/v1", NOW, false);
-        let err = apply(&scaled, &deploy(1, "x"), "kubectl", false, "apps/v1", NOW).unwrap_err();
+        let err = apply(&scaled, &deploy(1, "x"), "kubectl", false, "apps/v1", NOW, None, None).unwrap_err();
         assert_eq!(err, vec![Conflict { manager: "kubectl-scale".into(), path: ".spec.replicas".into() }]);
-        let forced = apply(&scaled, &deploy(1, "x"), "kubectl", true, "apps/v1", NOW).unwrap();
+        let forced = apply(&scaled, &deploy(1, "x"), "kubectl", true, "apps/v1", NOW, None, None).unwrap();
         assert_eq!(forced["spec"]["replicas"], 1);
     }
 
@@ -382,8 +392,8 @@ mod tests {
     fn fields_no_longer_applied_are_removed_unless_others_own_them() {
         let mut with_label = deploy(1, "x");
         with_label["metadata"]["labels"]["tier"] = json!("web");
-        let a = apply(&json!({}), &with_label, "m", false, "apps/v1", NOW).unwrap();
-        let b = apply(&a, &deploy(1, "x"), "m", false, "apps/v1", NOW).unwrap();
+        let a = apply(&json!({}), &with_label, "m", false, "apps/v1", NOW, None, None).unwrap();
+        let b = apply(&a, &deploy(1, "x"), "m", false, "apps/v1", NOW, None, None).unwrap();
         assert!(b["metadata"]["labels"].get("tier").is_none(), "dropped from the config, dropped from the object");
         assert_eq!(b["metadata"]["labels"]["app"], "d");
     }

@@ -60,6 +60,32 @@ pub fn columns(kind: &str) -> Vec<Value> {
         ],
         "ConfigMap" | "Secret" => vec![col("Name", "string", 0), col("Data", "string", 0), col("Age", "string", 0)],
         "Job" => vec![col("Name", "string", 0), col("Completions", "string", 0), col("Age", "string", 0)],
+        "Event" => vec![
+            col("Last Seen", "string", 0),
+            col("Type", "string", 0),
+            col("Reason", "string", 0),
+            col("Object", "string", 0),
+            col("Message", "string", 0),
+            col("Name", "string", 1),
+        ],
+        "StatefulSet" => vec![col("Name", "string", 0), col("Ready", "string", 0), col("Age", "string", 0)],
+        "DaemonSet" => vec![
+            col("Name", "string", 0),
+            col("Desired", "integer", 0),
+            col("Current", "integer", 0),
+            col("Ready", "integer", 0),
+            col("Up-to-date", "integer", 0),
+            col("Available", "integer", 0),
+            col("Age", "string", 0),
+        ],
+        "CronJob" => vec![
+            col("Name", "string", 0),
+            col("Schedule", "string", 0),
+            col("Suspend", "boolean", 0),
+            col("Active", "integer", 0),
+            col("Age", "string", 0),
+        ],
+        "Lease" => vec![col("Name", "string", 0), col("Holder", "string", 0), col("Age", "string", 0)],
         _ => vec![col("Name", "string", 0), col("Age", "string", 0)],
     }
 }
@@ -131,6 +157,16 @@ fn meta<'a>(o: &'a Value, f: &str) -> Option<&'a str> {
 pub fn cells(kind: &str, o: &Value) -> Vec<Value> {
     let name = json!(meta(o, "name").unwrap_or(""));
     let age_cell = json!(age(meta(o, "creationTimestamp")));
+    if kind == "Event" {
+        let last = ["lastTimestamp", "eventTime", "firstTimestamp"].iter().find_map(|f| o.get(*f).and_then(|x| x.as_str()));
+        let obj = format!(
+            "{}/{}",
+            s(o, &["involvedObject", "kind"]).and_then(|x| x.as_str()).unwrap_or("").to_ascii_lowercase(),
+            s(o, &["involvedObject", "name"]).and_then(|x| x.as_str()).unwrap_or("")
+        );
+        let text = |f: &str| json!(o.get(f).and_then(|x| x.as_str()).unwrap_or(""));
+        return vec![json!(age(last.or(meta(o, "creationTimestamp")))), text("type"), text("reason"), json!(obj), text("message"), name];
+    }
     let mut out = vec![name];
     match kind {
         "Pod" => out.extend(pod_cells(o)),
@@ -204,6 +240,22 @@ pub fn cells(kind: &str, o: &Value) -> Vec<Value> {
                 + o.get("binaryData").or_else(|| o.get("stringData")).and_then(|d| d.as_object()).map_or(0, |m| m.len());
             out.extend([json!(d), age_cell]);
         }
+        "StatefulSet" => out.extend([json!(format!("{}/{}", n(o, &["status", "readyReplicas"]), n(o, &["spec", "replicas"]))), age_cell]),
+        "DaemonSet" => out.extend([
+            json!(n(o, &["status", "desiredNumberScheduled"])),
+            json!(n(o, &["status", "currentNumberScheduled"])),
+            json!(n(o, &["status", "numberReady"])),
+            json!(n(o, &["status", "updatedNumberScheduled"])),
+            json!(n(o, &["status", "numberAvailable"])),
+            age_cell,
+        ]),
+        "CronJob" => out.extend([
+            json!(s(o, &["spec", "schedule"]).and_then(|x| x.as_str()).unwrap_or("")),
+            json!(s(o, &["spec", "suspend"]).and_then(|x| x.as_bool()).unwrap_or(false)),
+            json!(s(o, &["status", "active"]).and_then(|x| x.as_array()).map_or(0, |a| a.len())),
+            age_cell,
+        ]),
+        "Lease" => out.extend([json!(s(o, &["spec", "holderIdentity"]).and_then(|x| x.as_str()).unwrap_or("")), age_cell]),
         "Job" => out.extend([
             json!(format!("{}/{}", n(o, &["status", "succeeded"]), s(o, &["spec", "completions"]).and_then(|c| c.as_i64()).unwrap_or(1))),
             age_cell,
@@ -256,7 +308,7 @@ mod tests {
     #[test]
     fn every_kind_has_as_many_cells_as_columns() {
         let o = json!({"metadata": {"name": "x"}});
-        for k in ["Pod", "Deployment", "ReplicaSet", "Namespace", "Node", "Service", "ConfigMap", "Secret", "Job", "Lease"] {
+        for k in ["Pod", "Deployment", "ReplicaSet", "Namespace", "Node", "Service", "ConfigMap", "Secret", "Job", "Lease", "Event", "StatefulSet", "DaemonSet", "CronJob", "PriorityClass"] {
             assert_eq!(cells(k, &o).len(), columns(k).len(), "{k}");
         }
     }
