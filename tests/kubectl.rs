@@ -240,6 +240,8 @@ fn typed_create_commands_send_protobuf_and_work() {
     assert_eq!(c.ok(&["get", "deploy", "web", "-n", "pb", "-o", "jsonpath={.spec.replicas} {.spec.template.spec.containers[0].image}"]), "2 nginx:1.25");
     assert_eq!(c.ok(&["get", "pod", "pod1", "-n", "pb", "-o", "jsonpath={.spec.containers[0].args}"]), r#"["sleep","10"]"#);
     assert_eq!(c.ok(&["get", "svc", "web", "-n", "pb", "-o", "jsonpath={.spec.selector.app} {.spec.ports[0].targetPort}"]), "web 8080");
+    let ip = c.ok(&["get", "svc", "web", "-n", "pb", "-o", "jsonpath={.spec.clusterIP}"]);
+    assert!(ip.starts_with("10.96."), "a cluster IP from the service range: {ip}");
     let all = c.ok(&["get", "all", "-n", "pb"]);
     assert!(all.contains("deployment.apps/web") && all.contains("pod/pod1") && all.contains("job.batch/j1"), "{all}");
 }

@@ -102,8 +102,19 @@ pub trait Admission: Send + Sync {
 
 struct Defaults;
 impl Admission for Defaults {
-    fn mutate(&self, info: &ResourceInfo, _old: Option<&Value>, obj: &mut Value) {
+    fn mutate(&self, info: &ResourceInfo, old: Option<&Value>, obj: &mut Value) {
         default(info, obj);
+        // An update that leaves the allocated cluster IP out keeps it (as Kubernetes does).
+        if let (Some(old), "Service") = (old, info.kind) {
+            let empty = obj["spec"].get("clusterIP").and_then(|c| c.as_str()).is_none_or(|c| c.is_empty());
+            if empty && obj.get("spec").is_some_and(|s| s.is_object()) {
+                for f in ["clusterIP", "clusterIPs"] {
+                    if let Some(v) = old["spec"].get(f) {
+                        obj["spec"][f] = v.clone();
+                    }
+                }
+            }
+        }
     }
 }
 

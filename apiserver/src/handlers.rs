@@ -546,6 +546,39 @@ impl Req<'_> {
         }
     }
 
+    /// Allocates a Service's cluster IP from 10.96.0.0/12 (Kubernetes' default range): a
+    /// counter under `/registry/ranges/serviceips` advanced by compare-and-swap. Addresses are
+    /// not reused after a Service is deleted (2^20 of them).
+    async fn allocate_cluster_ip(&self) -> Result<String, ApiError> {
+        const KEY: &str = "/registry/ranges/serviceips";
+        const RANGE: u32 = 1 << 20;
+        for _ in 0..CAS_RETRIES_MAX {
+            let cur = self.st.store.get(KEY).await?;
+            let (next, rev) = match &cur {
+                Some(kv) => (std::str::from_utf8(&kv.value).ok().and_then(|s| s.parse::<u32>().ok()).unwrap_or(1) + 1, kv.mod_revision),
+                None => (2, 0), // .1 is the kubernetes Service's
+            };
+            if next >= RANGE - 1 {
+                return Err(ApiError::internal("the service cluster IP range 10.96.0.0/12 is exhausted"));
+            }
+            let key = Bytes::from_static(KEY.as_bytes());
+            let resp = self
+                .st
+                .store
+                .txn(TxnRequest {
+                    compare: vec![Compare { key: key.clone(), op: CompareOp::Equal, target: CompareTarget::ModRevision(rev) }],
+                    success: vec![TxnOp::Put(PutRequest { key, value: Bytes::from(next.to_string()), lease: 0, prev_kv: false })],
+                    failure: vec![],
+                })
+                .await?;
+            if resp.succeeded {
+                let ip = u32::from_be_bytes([10, 96, 0, 0]) + next;
+                return Ok(std::net::Ipv4Addr::from(ip).to_string());
+            }
+        }
+        Err(ApiError::internal("could not allocate a cluster IP"))
+    }
+
     async fn namespace_exists(&self) -> Result<(), ApiError> {
         let Some(ns) = &self.namespace else { return Ok(()) };
         let key = format!("/registry/core/namespaces/{ns}");
@@ -607,6 +640,16 @@ impl Req<'_> {
             }
         }
         self.st.admission.admit(self.info, None, &mut obj)?;
+        if self.info.kind == "Service" && self.info.group.is_empty() && !self.dry_run() {
+            let spec = &obj["spec"];
+            let wants_ip = spec.get("type").and_then(|t| t.as_str()) != Some("ExternalName")
+                && spec.get("clusterIP").and_then(|c| c.as_str()).is_none_or(|c| c.is_empty());
+            if wants_ip {
+                let ip = self.allocate_cluster_ip().await?;
+                obj["spec"]["clusterIP"] = json!(ip);
+                obj["spec"]["clusterIPs"] = json!([ip]);
+            }
+        }
         if obj["metadata"].get("managedFields").is_none() {
             crate::ssa::record_update(None, &mut obj, &self.manager(), &self.info.api_version(), &object::now_rfc3339(), false);
         }
