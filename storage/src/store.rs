@@ -404,6 +404,8 @@ impl Store {
             held: BTreeMap::new(),
             arrival: 0,
             next_revision: start,
+            delivered: start.saturating_sub(1),
+            reported: start.saturating_sub(1),
             ended: None,
         }
     }
@@ -423,6 +425,10 @@ pub struct Watcher {
     arrival: u64,
     /// Every event below this has been delivered.
     next_revision: Revision,
+    /// Every event at or below this has been delivered (progress, even without events).
+    delivered: Revision,
+    /// `delivered` when the caller last heard of progress.
+    reported: Revision,
     ended: Option<WatchError>,
 }
 
@@ -432,8 +438,24 @@ impl Watcher {
         self.next_revision
     }
 
+    /// Every event at or below this revision has been delivered by `next`: a watcher that
+    /// has seen no events for a while still knows how current it is (etcd's progress notify).
+    pub fn delivered_through(&self) -> Revision {
+        self.delivered
+    }
+
     /// The next batch of events, or the reason the watch ended. `None` after the end.
     pub async fn next(&mut self) -> Option<Result<Vec<Event>, WatchError>> {
+        self.next_inner(false).await
+    }
+
+    /// As `next`, but also returns an empty batch when `delivered_through` advanced without
+    /// events.
+    pub async fn next_or_progress(&mut self) -> Option<Result<Vec<Event>, WatchError>> {
+        self.next_inner(true).await
+    }
+
+    async fn next_inner(&mut self, progress: bool) -> Option<Result<Vec<Event>, WatchError>> {
         loop {
             if self.ended.is_some() && self.held.is_empty() {
                 return self.ended.take().map(Err);
@@ -471,6 +493,9 @@ impl Watcher {
             if let Some(last) = out.last() {
                 self.next_revision = last.kv.mod_revision + 1;
             }
+            if caught_up && self.held.first_key_value().is_none_or(|((r, _, _), _)| *r > limit) {
+                self.delivered = self.delivered.max(limit);
+            }
             if caught_up && overflow != NONE && w >= overflow - 1 && self.ended.is_none() {
                 self.next_revision = self.next_revision.max(overflow).min(overflow);
                 self.held.clear();
@@ -480,10 +505,15 @@ impl Watcher {
                 });
             }
             if !out.is_empty() {
+                self.reported = self.delivered;
                 return Some(Ok(out));
             }
             if self.ended.is_some() {
                 continue;
+            }
+            if progress && self.delivered > self.reported {
+                self.reported = self.delivered;
+                return Some(Ok(out));
             }
             if closed {
                 self.ended = Some(WatchError::Shutdown);

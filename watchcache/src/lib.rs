@@ -1,0 +1,527 @@
+//! The watch cache: one per resource type, fed by exactly one store watch, serving lists and
+//! watches from memory.
+//!
+//! **What it holds.** The current objects of one key prefix in a persistent ordered map
+//! (`imbl::OrdMap`: a snapshot for a list is an O(1) clone, so a paginated list pages over one
+//! consistent snapshot without copying it), each as its JSON bytes (`bytes::Bytes`, with the
+//! resourceVersion in place) plus the few fields the filters and indexes need; and a ring of
+//! recent events bounded by count and by age.
+//!
+//! **Invariants.**
+//! - The cache's revision only grows; every event at or below it has been applied and fanned
+//!   out, in order, exactly once.
+//! - Each event is encoded once per encoding (the JSON `WatchEvent` line), whatever the number
+//!   of watchers: they all get the same `Bytes`.
+//! - A watcher's queue is bounded; a watcher that falls behind is closed with the revision to
+//!   resume from. Ingestion never waits for a watcher.
+//! - Watchers with a node name (every kubelet) or a namespace are found through indexes, so an
+//!   event costs O(matching watchers), not O(all watchers).
+//!
+//! **Where to start reading.** [`Cache::start`] (list, then one store watch), `ingest`
+//! (apply, ring, fan-out), [`Cache::watch`] (catch-up from the ring, then live).
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock, RwLock};
+use std::time::{Duration, Instant};
+
+use bytes::{BufMut, Bytes, BytesMut};
+use storage::{EventKind, KeyRange, KeyValue, RangeRequest, Store, WatchRequest};
+use tokio::sync::mpsc;
+
+/// Fields of an object the filters and indexes use.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Meta {
+    pub namespace: Option<String>,
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+    pub node_name: Option<String>,
+}
+
+/// One object at one revision.
+#[derive(Debug)]
+pub struct Object {
+    pub key: Bytes,
+    pub revision: u64,
+    /// The object's JSON, resourceVersion included.
+    pub json: Bytes,
+    pub meta: Meta,
+}
+
+/// Turns a stored key-value into an object (the API server's decoding); `None` skips it.
+pub type Decode = Arc<dyn Fn(&KeyValue) -> Option<Object> + Send + Sync>;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventType {
+    Added,
+    Modified,
+    Deleted,
+}
+
+impl EventType {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            EventType::Added => "ADDED",
+            EventType::Modified => "MODIFIED",
+            EventType::Deleted => "DELETED",
+        }
+    }
+}
+
+/// One change, shared by every watcher that receives it.
+#[derive(Debug)]
+pub struct Event {
+    pub revision: u64,
+    pub kind: EventType,
+    /// The object after the change (for a delete: the last state, at the delete's revision).
+    pub object: Arc<Object>,
+    /// The object before the change, if it existed.
+    pub prev: Option<Arc<Object>>,
+    at: Instant,
+    line: OnceLock<Bytes>,
+}
+
+impl Event {
+    /// `{"type":"...","object":...}\n`, encoded once for every watcher.
+    pub fn json_line(&self) -> Bytes {
+        self.line
+            .get_or_init(|| {
+                crate::metrics().encodings.fetch_add(1, Ordering::Relaxed);
+                encode_line(self.kind.as_str(), &self.object.json)
+            })
+            .clone()
+    }
+}
+
+/// A WatchEvent line around already-encoded object JSON.
+pub fn encode_line(ty: &str, object_json: &[u8]) -> Bytes {
+    let mut b = BytesMut::with_capacity(object_json.len() + 32);
+    b.put_slice(b"{\"type\":\"");
+    b.put_slice(ty.as_bytes());
+    b.put_slice(b"\",\"object\":");
+    b.put_slice(object_json);
+    b.put_slice(b"}\n");
+    b.freeze()
+}
+
+/// Named limits of one cache.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Events kept for watchers that resume from a past revision.
+    pub ring_events_max: usize,
+    /// ... and no older than this.
+    pub ring_age_max: Duration,
+    /// Events queued per watcher before it is closed as too slow.
+    pub watcher_queue_events_max: usize,
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        // A watcher disconnected for 5 minutes at 5,000 writes/s resumes without a relist.
+        Config { ring_events_max: 1_500_000, ring_age_max: Duration::from_secs(5 * 60 + 30), watcher_queue_events_max: 10_000 }
+    }
+}
+
+/// Process-wide counters (Prometheus text in `render_metrics`).
+#[derive(Default)]
+pub struct Metrics {
+    pub events_in: AtomicU64,
+    pub events_out: AtomicU64,
+    pub encodings: AtomicU64,
+    pub evictions: AtomicU64,
+    pub watchers: AtomicU64,
+}
+
+pub fn metrics() -> &'static Metrics {
+    static M: OnceLock<Metrics> = OnceLock::new();
+    M.get_or_init(Metrics::default)
+}
+
+pub fn render_metrics() -> String {
+    let m = metrics();
+    format!(
+        "# TYPE watchcache_events_in_total counter\nwatchcache_events_in_total {}\n\
+         # TYPE watchcache_events_out_total counter\nwatchcache_events_out_total {}\n\
+         # TYPE watchcache_event_encodings_total counter\nwatchcache_event_encodings_total {}\n\
+         # TYPE watchcache_slow_watcher_evictions_total counter\nwatchcache_slow_watcher_evictions_total {}\n\
+         # TYPE watchcache_watchers gauge\nwatchcache_watchers {}\n",
+        m.events_in.load(Ordering::Relaxed),
+        m.events_out.load(Ordering::Relaxed),
+        m.encodings.load(Ordering::Relaxed),
+        m.evictions.load(Ordering::Relaxed),
+        m.watchers.load(Ordering::Relaxed),
+    )
+}
+
+/// Which events a watcher wants: the indexed parts (namespace, node name) and a predicate
+/// over the object (label and other field selectors), evaluated on the object before and
+/// after each change.
+#[derive(Clone)]
+pub struct Filter {
+    pub namespace: Option<String>,
+    pub node_name: Option<String>,
+    pub predicate: Arc<dyn Fn(&Object) -> bool + Send + Sync>,
+}
+
+impl Filter {
+    pub fn everything() -> Filter {
+        Filter { namespace: None, node_name: None, predicate: Arc::new(|_| true) }
+    }
+
+    pub fn matches(&self, o: &Object) -> bool {
+        self.namespace.as_ref().is_none_or(|ns| o.meta.namespace.as_ref() == Some(ns))
+            && self.node_name.as_ref().is_none_or(|n| o.meta.node_name.as_ref() == Some(n))
+            && (self.predicate)(o)
+    }
+
+    fn wants(&self, e: &Event) -> bool {
+        self.matches(&e.object) || e.prev.as_ref().is_some_and(|p| self.matches(p))
+    }
+}
+
+/// Why a cache watch ended early.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WatchError {
+    #[error("revision {requested} is older than the cache's history (oldest {oldest})")]
+    TooOld { requested: u64, oldest: u64 },
+    #[error("the watcher fell {queue_max} events behind and was closed; resume from revision {resume}")]
+    Slow { resume: u64, queue_max: usize },
+    #[error("the cache stopped: {0}")]
+    Stopped(String),
+}
+
+struct Slot {
+    filter: Filter,
+    tx: mpsc::Sender<Arc<Event>>,
+    /// Set (to the first revision not delivered) when the watcher is closed as too slow.
+    evicted: Arc<AtomicU64>,
+}
+
+struct State {
+    objects: imbl::OrdMap<Bytes, Arc<Object>>,
+    ring: VecDeque<Arc<Event>>,
+    /// Every event at or below this is applied.
+    revision: u64,
+    /// The oldest revision a watch may start after (events after it are all in the ring).
+    horizon: u64,
+    next_id: u64,
+    watchers: HashMap<u64, Slot>,
+    by_node: HashMap<String, Vec<u64>>,
+    by_namespace: HashMap<String, Vec<u64>>,
+    unindexed: Vec<u64>,
+    stopped: Option<String>,
+}
+
+impl State {
+    fn index(&mut self, id: u64, f: &Filter) {
+        match (&f.node_name, &f.namespace) {
+            (Some(n), _) => self.by_node.entry(n.clone()).or_default().push(id),
+            (None, Some(ns)) => self.by_namespace.entry(ns.clone()).or_default().push(id),
+            (None, None) => self.unindexed.push(id),
+        }
+    }
+
+    fn unindex(&mut self, id: u64) {
+        let Some(slot) = self.watchers.remove(&id) else { return };
+        metrics().watchers.fetch_sub(1, Ordering::Relaxed);
+        let drop_id = |v: &mut Vec<u64>| v.retain(|x| *x != id);
+        match (&slot.filter.node_name, &slot.filter.namespace) {
+            (Some(n), _) => {
+                if let Some(v) = self.by_node.get_mut(n) {
+                    drop_id(v);
+                    if v.is_empty() {
+                        self.by_node.remove(n);
+                    }
+                }
+            }
+            (None, Some(ns)) => {
+                if let Some(v) = self.by_namespace.get_mut(ns) {
+                    drop_id(v);
+                    if v.is_empty() {
+                        self.by_namespace.remove(ns);
+                    }
+                }
+            }
+            (None, None) => drop_id(&mut self.unindexed),
+        }
+    }
+
+    /// Watchers that may want an event: by the node and namespace of its objects, plus the
+    /// unindexed ones.
+    fn candidates(&self, e: &Event, out: &mut Vec<u64>) {
+        out.clear();
+        out.extend_from_slice(&self.unindexed);
+        for o in std::iter::once(&e.object).chain(e.prev.iter()) {
+            if let Some(n) = &o.meta.node_name {
+                out.extend(self.by_node.get(n).into_iter().flatten());
+            }
+            if let Some(ns) = &o.meta.namespace {
+                out.extend(self.by_namespace.get(ns).into_iter().flatten());
+            }
+        }
+        out.sort_unstable();
+        out.dedup();
+    }
+}
+
+struct Shared {
+    cfg: Config,
+    state: RwLock<State>,
+    revision_tx: tokio::sync::watch::Sender<u64>,
+    store: Store,
+}
+
+/// One resource type's cache. Cheap to clone.
+#[derive(Clone)]
+pub struct Cache {
+    shared: Arc<Shared>,
+}
+
+impl Cache {
+    /// Lists `prefix` from the store, then follows it with one store watch.
+    pub async fn start(store: Store, prefix: Bytes, decode: Decode, cfg: Config) -> Result<Cache, storage::StoreError> {
+        let listed = store.range(RangeRequest::new(KeyRange::Prefix(prefix.clone()))).await?;
+        let mut objects = imbl::OrdMap::new();
+        for kv in &listed.kvs {
+            if let Some(o) = decode(kv) {
+                objects.insert(kv.key.clone(), Arc::new(o));
+            }
+        }
+        let state = State {
+            objects,
+            ring: VecDeque::new(),
+            revision: listed.revision,
+            horizon: listed.revision,
+            next_id: 1,
+            watchers: HashMap::new(),
+            by_node: HashMap::new(),
+            by_namespace: HashMap::new(),
+            unindexed: Vec::new(),
+            stopped: None,
+        };
+        let (revision_tx, _) = tokio::sync::watch::channel(listed.revision);
+        let shared = Arc::new(Shared { cfg, state: RwLock::new(state), revision_tx, store: store.clone() });
+        let watcher = store.watch(WatchRequest { range: KeyRange::Prefix(prefix), start_revision: Some(listed.revision + 1), prev_kv: true });
+        let weak = Arc::downgrade(&shared);
+        tokio::spawn(ingest(weak, watcher, decode));
+        Ok(Cache { shared })
+    }
+
+    /// The cache's revision: everything at or below it is in the cache.
+    pub fn revision(&self) -> u64 {
+        self.shared.state.read().unwrap().revision
+    }
+
+    /// Waits until the cache has caught up with the store's current revision (a consistent
+    /// read without reading the store, as KEP-2340 does). Returns the revision reached.
+    pub async fn wait_consistent(&self, timeout: Duration) -> Result<u64, WatchError> {
+        let target = self.shared.store.revision();
+        let mut rx = self.shared.revision_tx.subscribe();
+        let wait = async {
+            loop {
+                if let Some(why) = &self.shared.state.read().unwrap().stopped {
+                    return Err(WatchError::Stopped(why.clone()));
+                }
+                let r = *rx.borrow_and_update();
+                if r >= target {
+                    return Ok(r);
+                }
+                if rx.changed().await.is_err() {
+                    return Err(WatchError::Stopped("cache ingestion ended".into()));
+                }
+            }
+        };
+        tokio::time::timeout(timeout, wait)
+            .await
+            .unwrap_or_else(|_| Err(WatchError::Stopped(format!("cache did not reach revision {target} within {timeout:?}"))))
+    }
+
+    /// The current objects and their revision: an O(1) snapshot.
+    pub fn snapshot(&self) -> (u64, imbl::OrdMap<Bytes, Arc<Object>>) {
+        let s = self.shared.state.read().unwrap();
+        (s.revision, s.objects.clone())
+    }
+
+    /// Watches from `after` (events with a greater revision), or from now if `None`.
+    /// Registration and catch-up from the ring happen under the lock ingestion takes, so no
+    /// event is missed or repeated.
+    pub fn watch(&self, after: Option<u64>, filter: Filter) -> Result<CacheWatcher, WatchError> {
+        let mut s = self.shared.state.write().unwrap();
+        if let Some(why) = &s.stopped {
+            return Err(WatchError::Stopped(why.clone()));
+        }
+        let after = after.unwrap_or(s.revision);
+        if after < s.horizon {
+            return Err(WatchError::TooOld { requested: after, oldest: s.horizon });
+        }
+        let start = s.ring.partition_point(|e| e.revision <= after);
+        let backlog: VecDeque<Arc<Event>> = s.ring.iter().skip(start).filter(|e| filter.wants(e)).cloned().collect();
+        let id = s.next_id;
+        s.next_id += 1;
+        let (tx, rx) = mpsc::channel(self.shared.cfg.watcher_queue_events_max);
+        let evicted = Arc::new(AtomicU64::new(0));
+        s.index(id, &filter);
+        s.watchers.insert(id, Slot { filter: filter.clone(), tx, evicted: evicted.clone() });
+        metrics().watchers.fetch_add(1, Ordering::Relaxed);
+        Ok(CacheWatcher {
+            cache: Arc::downgrade(&self.shared),
+            id,
+            backlog,
+            rx,
+            evicted,
+            last: after,
+            queue_max: self.shared.cfg.watcher_queue_events_max,
+        })
+    }
+
+    pub fn watcher_count(&self) -> usize {
+        self.shared.state.read().unwrap().watchers.len()
+    }
+
+    /// Events in the ring and the bytes of their objects (shared with the current objects).
+    pub fn ring_stats(&self) -> (usize, usize) {
+        let s = self.shared.state.read().unwrap();
+        (s.ring.len(), s.ring.iter().map(|e| e.object.json.len()).sum())
+    }
+}
+
+/// A watch on the cache. Dropping it unregisters it.
+pub struct CacheWatcher {
+    cache: std::sync::Weak<Shared>,
+    id: u64,
+    backlog: VecDeque<Arc<Event>>,
+    rx: mpsc::Receiver<Arc<Event>>,
+    evicted: Arc<AtomicU64>,
+    last: u64,
+    queue_max: usize,
+}
+
+impl CacheWatcher {
+    /// The next event, or why the watch ended (`None`: the cache stopped).
+    pub async fn next(&mut self) -> Option<Result<Arc<Event>, WatchError>> {
+        if let Some(e) = self.backlog.pop_front() {
+            self.last = e.revision;
+            return Some(Ok(e));
+        }
+        match self.rx.recv().await {
+            Some(e) => {
+                self.last = e.revision;
+                metrics().events_out.fetch_add(1, Ordering::Relaxed);
+                Some(Ok(e))
+            }
+            None => {
+                let resume = self.evicted.load(Ordering::SeqCst);
+                if resume != 0 {
+                    Some(Err(WatchError::Slow { resume, queue_max: self.queue_max }))
+                } else {
+                    None
+                }
+            }
+        }
+    }
+
+    /// The revision of the last event delivered (or where the watch started).
+    pub fn last_revision(&self) -> u64 {
+        self.last
+    }
+}
+
+impl Drop for CacheWatcher {
+    fn drop(&mut self) {
+        if let Some(shared) = self.cache.upgrade() {
+            if let Ok(mut s) = shared.state.write() {
+                s.unindex(self.id);
+            }
+        }
+    }
+}
+
+/// The one store watch of a cache: apply each event, keep it in the ring, fan it out.
+async fn ingest(weak: std::sync::Weak<Shared>, mut watcher: storage::Watcher, decode: Decode) {
+    let mut candidates = Vec::new();
+    loop {
+        let batch = watcher.next_or_progress().await;
+        let Some(shared) = weak.upgrade() else { return };
+        let events = match batch {
+            Some(Ok(events)) => events,
+            Some(Err(e)) => {
+                shared.state.write().unwrap().stopped = Some(e.to_string());
+                tracing::warn!(error = %e, "watch cache's store watch ended");
+                return;
+            }
+            None => {
+                shared.state.write().unwrap().stopped = Some("store shut down".into());
+                return;
+            }
+        };
+        let now = Instant::now();
+        let mut s = shared.state.write().unwrap();
+        for e in events {
+            metrics().events_in.fetch_add(1, Ordering::Relaxed);
+            let key = e.kv.key.clone();
+            let prev = s.objects.get(&key).cloned();
+            let (kind, object) = match e.kind {
+                EventKind::Put => {
+                    let Some(o) = decode(&e.kv) else { continue };
+                    let o = Arc::new(o);
+                    s.objects.insert(key, o.clone());
+                    (if prev.is_some() { EventType::Modified } else { EventType::Added }, o)
+                }
+                EventKind::Delete => {
+                    let Some(p) = s.objects.remove(&key) else { continue };
+                    // The last state, at the delete's revision.
+                    let mut kv = e.prev_kv.clone().unwrap_or_else(|| e.kv.clone());
+                    kv.mod_revision = e.kv.mod_revision;
+                    let o = decode(&kv).map(Arc::new).unwrap_or(p);
+                    (EventType::Deleted, o)
+                }
+            };
+            let ev = Arc::new(Event { revision: e.kv.mod_revision, kind, object, prev, at: now, line: OnceLock::new() });
+            s.ring.push_back(ev.clone());
+            s.candidates(&ev, &mut candidates);
+            let mut evict = Vec::new();
+            for id in &candidates {
+                let Some(slot) = s.watchers.get(id) else { continue };
+                if !slot.filter.wants(&ev) {
+                    continue;
+                }
+                match slot.tx.try_send(ev.clone()) {
+                    Ok(()) => {}
+                    Err(mpsc::error::TrySendError::Full(_)) => {
+                        slot.evicted.store(ev.revision, Ordering::SeqCst);
+                        metrics().evictions.fetch_add(1, Ordering::Relaxed);
+                        evict.push(*id);
+                    }
+                    Err(mpsc::error::TrySendError::Closed(_)) => evict.push(*id),
+                }
+            }
+            for id in evict {
+                s.unindex(id);
+            }
+        }
+        // Trim the ring by count and age; the horizon follows what was dropped.
+        while s.ring.len() > shared.cfg.ring_events_max || s.ring.front().is_some_and(|e| now.duration_since(e.at) > shared.cfg.ring_age_max) {
+            let e = s.ring.pop_front().unwrap();
+            s.horizon = e.revision;
+        }
+        let rev = watcher.delivered_through().max(s.revision);
+        s.revision = rev;
+        if s.ring.is_empty() {
+            s.horizon = rev;
+        }
+        drop(s);
+        shared.revision_tx.send_if_modified(|r| {
+            if rev > *r {
+                *r = rev;
+                true
+            } else {
+                false
+            }
+        });
+    }
+}
+
+/// Shared lock-free helper for tests and callers that hold objects: their JSON length.
+pub fn object_bytes(o: &Object) -> usize {
+    o.json.len() + o.key.len()
+}

@@ -1,0 +1,167 @@
+//! Properties of the cache against the store's own history: every watcher receives exactly the
+//! events of its keys, in order, with no gap and no duplicate; list at R plus watch from R
+//! equals the history; a slow watcher is cut off without blocking the others.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use rand::{Rng, SeedableRng};
+use storage::{Config as StoreConfig, DeleteRequest, KeyRange, KeyValue, Store};
+use watchcache::{Cache, Config, Decode, EventType, Filter, Meta, Object};
+
+const WATCHDOG: Duration = Duration::from_secs(60);
+
+async fn within<T>(what: &str, f: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(WATCHDOG, f).await.unwrap_or_else(|_| panic!("watchdog: {what}"))
+}
+
+/// Keys are /o/<ns>/<name>; the "object" is its value, tagged with namespace and a node.
+fn decode() -> Decode {
+    Arc::new(|kv: &KeyValue| {
+        let k = std::str::from_utf8(&kv.key).ok()?;
+        let mut parts = k.trim_start_matches("/o/").split('/');
+        let ns = parts.next()?.to_string();
+        let name = parts.next()?.to_string();
+        let v = std::str::from_utf8(&kv.value).ok()?;
+        let node = v.split(';').next().map(String::from);
+        Some(Object {
+            key: kv.key.clone(),
+            revision: kv.mod_revision,
+            json: Bytes::from(format!("{{\"v\":\"{v}\",\"rv\":{}}}", kv.mod_revision)),
+            meta: Meta { namespace: Some(ns), name, labels: Default::default(), node_name: node },
+        })
+    })
+}
+
+fn store(dir: &std::path::Path) -> Store {
+    let mut cfg = StoreConfig::new(dir);
+    cfg.shards = 2;
+    cfg.fsync = false;
+    cfg.pin_threads = false;
+    cfg.segment_bytes = 8 << 20;
+    cfg.batch_bytes_max = 1 << 20;
+    cfg.request_bytes_max = 1 << 20;
+    Store::open(cfg).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_watcher_sees_exactly_its_events_in_order_and_list_plus_watch_is_the_history() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = store(dir.path());
+    let seed: u64 = std::env::var("CAPSTAN_CACHE_SEED").ok().and_then(|x| x.parse().ok()).unwrap_or(7);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    for i in 0..20 {
+        s.put(format!("/o/ns{}/pre{i}", i % 3), format!("n{};0", i % 4)).await.unwrap();
+    }
+    let cache = within("cache start", Cache::start(s.clone(), Bytes::from_static(b"/o/"), decode(), Config::default())).await.unwrap();
+    let (list_rev, snapshot) = cache.snapshot();
+    // Watchers: all, by namespace, by node, from now and from the list revision.
+    let mut watchers = vec![
+        ("all", Filter::everything(), cache.watch(Some(list_rev), Filter::everything()).unwrap()),
+    ];
+    let ns1 = Filter { namespace: Some("ns1".into()), node_name: None, predicate: Arc::new(|_| true) };
+    watchers.push(("ns1", ns1.clone(), cache.watch(Some(list_rev), ns1).unwrap()));
+    let n2 = Filter { namespace: None, node_name: Some("n2".into()), predicate: Arc::new(|_| true) };
+    watchers.push(("n2", n2.clone(), cache.watch(Some(list_rev), n2).unwrap()));
+    // Random writes.
+    let mut last = 0;
+    for i in 0..400 {
+        let key = format!("/o/ns{}/k{}", rng.random_range(0..3), rng.random_range(0..25));
+        if rng.random_bool(0.2) {
+            if let Ok(r) = s.delete(DeleteRequest { range: KeyRange::Key(Bytes::from(key)), prev_kv: false }).await {
+                last = last.max(r.revision);
+            }
+        } else {
+            last = s.put(key, format!("n{};{i}", rng.random_range(0..4))).await.unwrap().revision;
+        }
+    }
+    let last = last.max(s.revision());
+    within("cache catching up", cache.wait_consistent(WATCHDOG)).await.unwrap();
+    // The store's history since the list, per key, is the reference.
+    let history = s.watch(storage::WatchRequest { range: KeyRange::Prefix(Bytes::from_static(b"/o/")), start_revision: Some(list_rev + 1), prev_kv: true });
+    let mut reference = Vec::new();
+    let mut h = history;
+    while reference.last().is_none_or(|e: &storage::Event| e.kv.mod_revision < last) {
+        let batch = within("store history", h.next()).await.unwrap().unwrap();
+        reference.extend(batch);
+    }
+    for (name, filter, mut w) in watchers {
+        let want: Vec<(u64, String)> = reference
+            .iter()
+            .filter(|e| {
+                let o = decode()(&if e.kind == storage::EventKind::Delete { let mut p = e.prev_kv.clone().unwrap(); p.mod_revision = e.kv.mod_revision; p } else { e.kv.clone() });
+                let p = e.prev_kv.as_ref().and_then(|p| decode()(p));
+                o.is_some_and(|o| filter.matches(&o)) || p.is_some_and(|p| filter.matches(&p))
+            })
+            .map(|e| (e.kv.mod_revision, String::from_utf8(e.kv.key.to_vec()).unwrap()))
+            .collect();
+        let mut got = Vec::new();
+        while got.len() < want.len() {
+            let e = within(&format!("watcher {name} receiving event {}", got.len()), w.next()).await.unwrap().unwrap();
+            got.push((e.revision, String::from_utf8(e.object.key.to_vec()).unwrap()));
+        }
+        assert_eq!(got, want, "watcher {name} (seed {seed})");
+    }
+    // List at R + the history after R rebuilds the final state.
+    let mut state: BTreeMap<Bytes, u64> = snapshot.iter().map(|(k, o)| (k.clone(), o.revision)).collect();
+    for e in &reference {
+        match e.kind {
+            storage::EventKind::Put => state.insert(e.kv.key.clone(), e.kv.mod_revision),
+            storage::EventKind::Delete => state.remove(&e.kv.key),
+        };
+    }
+    let (_, fin) = cache.snapshot();
+    let fin: BTreeMap<Bytes, u64> = fin.iter().map(|(k, o)| (k.clone(), o.revision)).collect();
+    assert_eq!(state, fin);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_event_is_encoded_once_whatever_the_number_of_watchers() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = store(dir.path());
+    let cache = Cache::start(s.clone(), Bytes::from_static(b"/o/"), decode(), Config::default()).await.unwrap();
+    let mut ws: Vec<_> = (0..50).map(|_| cache.watch(None, Filter::everything()).unwrap()).collect();
+    let before = watchcache::metrics().encodings.load(std::sync::atomic::Ordering::SeqCst);
+    s.put("/o/ns/a", "n1;1").await.unwrap();
+    let mut lines = Vec::new();
+    for w in ws.iter_mut() {
+        let e = within("event", w.next()).await.unwrap().unwrap();
+        assert_eq!(e.kind, EventType::Added);
+        lines.push(e.json_line());
+    }
+    let after = watchcache::metrics().encodings.load(std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(after - before, 1, "one encoding for 50 watchers");
+    assert!(lines.windows(2).all(|w| w[0].as_ptr() == w[1].as_ptr()), "every watcher got the same buffer");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_watcher_is_closed_with_where_to_resume_and_others_are_unaffected() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = store(dir.path());
+    let cfg = Config { watcher_queue_events_max: 16, ..Config::default() };
+    let cache = Cache::start(s.clone(), Bytes::from_static(b"/o/"), decode(), cfg).await.unwrap();
+    let mut slow = cache.watch(None, Filter::everything()).unwrap();
+    let mut fast = cache.watch(None, Filter::everything()).unwrap();
+    // The writer waits for the fast watcher after each write (so it never has more than one
+    // event queued); the slow one never reads while the writes go on.
+    for i in 0..200 {
+        let rev = s.put(format!("/o/ns/k{}", i % 7), format!("n1;{i}")).await.unwrap().revision;
+        let e = within("fast watcher keeping up", fast.next()).await.unwrap().unwrap();
+        assert_eq!(e.revision, rev);
+    }
+    let mut got = 0;
+    let resume = loop {
+        match within("slow watcher", slow.next()).await {
+            Some(Ok(_)) => got += 1,
+            Some(Err(watchcache::WatchError::Slow { resume, .. })) => break resume,
+            other => panic!("expected Slow, got {other:?}"),
+        }
+    };
+    assert_eq!(got, 16, "the slow watcher got what fitted in its queue");
+    // Resuming from the ring: the rest, without a gap.
+    let mut again = cache.watch(Some(resume - 1), Filter::everything()).unwrap();
+    let first = within("resumed watcher", again.next()).await.unwrap().unwrap();
+    assert_eq!(first.revision, resume);
+}
