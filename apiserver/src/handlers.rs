@@ -40,7 +40,13 @@ pub struct AppState {
     pub metrics: crate::metrics::Metrics,
     /// Whether the custom resources of stored CRDs have been loaded (at the first request).
     pub crds_loaded: std::sync::atomic::AtomicBool,
+    pub caches: crate::cached::Caches,
+    /// Set once the built-in resources' watch caches are started.
+    pub warm: std::sync::atomic::AtomicBool,
 }
+
+/// How long a consistent read waits for its cache to reach the store's revision.
+const CACHE_WAIT: Duration = Duration::from_secs(10);
 
 type ApiResult = Result<Response, ApiError>;
 
@@ -350,10 +356,27 @@ impl Req<'_> {
         json_response(code, stored.at(rev))
     }
 
+    /// The cache of this resource, caught up as the request's resourceVersion asks: unset
+    /// means consistent with the store, "0" any state.
+    async fn cache(&self) -> Result<(watchcache::Cache, u64), ApiError> {
+        let cache = self.st.caches.get(&self.st.store, self.info).await?;
+        let rev = if q(self.query, "resourceVersion") == Some("0") {
+            cache.revision()
+        } else {
+            cache.wait_consistent(CACHE_WAIT).await.map_err(|e| ApiError::unavailable(e.to_string()))?
+        };
+        Ok((cache, rev))
+    }
+
     async fn get(&self) -> ApiResult {
-        let kv = self.st.store.get(self.key()).await?.ok_or_else(|| self.not_found())?;
-        let stored = Stored::parse(&kv.value).map_err(ApiError::internal)?;
-        Ok(self.respond_object(StatusCode::OK, &stored, kv.mod_revision))
+        let (cache, _) = self.cache().await?;
+        let (_, snap) = cache.snapshot();
+        let o = snap.get(self.key().as_bytes()).ok_or_else(|| self.not_found())?;
+        if table::wants_table(self.accept) {
+            let v: Value = serde_json::from_slice(&o.json).map_err(|e| ApiError::internal(e.to_string()))?;
+            return Ok(json_value(StatusCode::OK, &table::table(self.info.kind, vec![table::row(self.info.kind, &v)], &o.revision.to_string(), None)));
+        }
+        Ok(json_response(StatusCode::OK, o.json.clone()))
     }
 
     fn selectors(&self) -> Result<(LabelSelector, FieldSelector), ApiError> {
@@ -363,6 +386,79 @@ impl Req<'_> {
     }
 
     async fn list(&self) -> ApiResult {
+        if q(self.query, "continue").is_none() {
+            return self.list_cached().await;
+        }
+        self.list_store().await
+    }
+
+    /// A list from the cache's snapshot: items are copied from the cached bytes (parsed only
+    /// to filter by selector or render a Table). A limit cuts the list and the continue token
+    /// carries the snapshot's revision; the next pages are read from the store at it.
+    async fn list_cached(&self) -> ApiResult {
+        let (ls, fs) = self.selectors()?;
+        let limit: usize = match q(self.query, "limit") {
+            Some(l) => l.parse().map_err(|_| ApiError::bad_request(format!("invalid limit {l:?}")))?,
+            None => 0,
+        };
+        if let Some(rv) = q(self.query, "resourceVersion") {
+            let n: u64 = rv.parse().map_err(|_| ApiError::bad_request(format!("invalid resourceVersion {rv:?}")))?;
+            if n > self.st.store.revision() {
+                return Err(ApiError::from(storage::StoreError::FutureRevision { requested: n, current: self.st.store.revision() }));
+            }
+        }
+        let (cache, _) = self.cache().await?;
+        let (rev, snap) = cache.snapshot();
+        let prefix = self.info.prefix(self.namespace.as_deref());
+        let start = Bytes::from(prefix.clone());
+        let as_table = table::wants_table(self.accept);
+        let filtering = !ls.is_empty() || !fs.is_empty();
+        let mut items = BytesMut::with_capacity(4096);
+        let mut rows = Vec::new();
+        let mut n = 0usize;
+        let mut next: Option<Bytes> = None;
+        for (k, o) in snap.range(start..) {
+            if !k.starts_with(prefix.as_bytes()) {
+                break;
+            }
+            if limit != 0 && n == limit {
+                next = Some(k.clone());
+                break;
+            }
+            let value = if filtering || as_table { Some(serde_json::from_slice::<Value>(&o.json).map_err(|e| ApiError::internal(e.to_string()))?) } else { None };
+            if let Some(v) = &value {
+                let labels = v.get("metadata").and_then(|m| m.get("labels")).and_then(|l| l.as_object());
+                if !ls.matches(labels) || !fs.matches(v) {
+                    continue;
+                }
+            }
+            if as_table {
+                rows.push(table::row(self.info.kind, value.as_ref().unwrap()));
+            } else {
+                if n > 0 {
+                    items.put_u8(b',');
+                }
+                items.put_slice(&o.json);
+            }
+            n += 1;
+        }
+        let cont = next.map(|k| encode_continue(rev, &k));
+        if as_table {
+            return Ok(json_value(StatusCode::OK, &table::table(self.info.kind, rows, &rev.to_string(), cont.as_deref())));
+        }
+        let mut out = BytesMut::with_capacity(items.len() + 256);
+        out.put_slice(format!("{{\"kind\":\"{}\",\"apiVersion\":\"{}\",\"metadata\":{{\"resourceVersion\":\"{rev}\"", self.info.list_kind, self.info.api_version()).as_bytes());
+        if let Some(c) = &cont {
+            out.put_slice(format!(",\"continue\":\"{c}\"").as_bytes());
+        }
+        out.put_slice(b"},\"items\":[");
+        out.put_slice(&items);
+        out.put_slice(b"]}");
+        Ok(json_response(StatusCode::OK, out.freeze()))
+    }
+
+    /// A list page read from the store at the continue token's revision.
+    async fn list_store(&self) -> ApiResult {
         let (ls, fs) = self.selectors()?;
         let limit: usize = match q(self.query, "limit") {
             Some(l) => l.parse().map_err(|_| ApiError::bad_request(format!("invalid limit {l:?}")))?,
@@ -450,7 +546,88 @@ impl Req<'_> {
         Ok(json_response(StatusCode::OK, out.freeze()))
     }
 
+    /// A watch served by the cache; from a revision older than the cache's ring, by the store
+    /// (its history reaches back to the last compaction), so a client resuming after a
+    /// restart does not have to relist.
     async fn watch(&self) -> ApiResult {
+        let (ls, fs) = self.selectors()?;
+        let send_initial = is_true(q(self.query, "sendInitialEvents"));
+        let bookmarks = is_true(q(self.query, "allowWatchBookmarks"));
+        let timeout = q(self.query, "timeoutSeconds").and_then(|t| t.parse().ok()).map(Duration::from_secs).unwrap_or(WATCH_TIMEOUT_DEFAULT);
+        let rv: Option<u64> = match q(self.query, "resourceVersion") {
+            Some(r) => Some(r.parse().map_err(|_| ApiError::bad_request(format!("invalid resourceVersion {r:?}")))?),
+            None => None,
+        };
+        let cache = self.st.caches.get(&self.st.store, self.info).await?;
+        let as_table = table::wants_table(self.accept);
+        let kind = self.info.kind;
+        let api_version = self.info.api_version();
+        let (ls2, fs2) = (ls.clone(), fs.clone());
+        let node = fs.exact("spec.nodeName").map(String::from);
+        let simple = ls.is_empty() && fs.0.iter().all(|(f, eq, _)| *eq && matches!(f.as_str(), "spec.nodeName" | "metadata.namespace" | "metadata.name"));
+        let predicate: Arc<dyn Fn(&watchcache::Object) -> bool + Send + Sync> = Arc::new(move |o: &watchcache::Object| {
+            if simple {
+                return fs2.0.iter().all(|(f, _, v)| match f.as_str() {
+                    "metadata.name" => o.meta.name == *v,
+                    "metadata.namespace" => o.meta.namespace.as_deref() == Some(v.as_str()),
+                    _ => o.meta.node_name.as_deref() == Some(v.as_str()),
+                });
+            }
+            let labels: serde_json::Map<String, Value> = o.meta.labels.iter().map(|(k, v)| (k.clone(), json!(v))).collect();
+            if !ls2.matches(Some(&labels)) {
+                return false;
+            }
+            fs2.is_empty() || serde_json::from_slice::<Value>(&o.json).is_ok_and(|v| fs2.matches(&v))
+        });
+        let filter = watchcache::Filter { namespace: self.namespace.clone().filter(|_| self.info.namespaced), node_name: node, predicate };
+        let mut initial = Vec::new();
+        let after = match rv {
+            Some(r) if r != 0 && !send_initial => r,
+            _ => {
+                let (rev, snap) = if rv.is_none() && send_initial {
+                    let r = cache.wait_consistent(CACHE_WAIT).await.map_err(|e| ApiError::unavailable(e.to_string()))?;
+                    let (_, s) = cache.snapshot();
+                    (r, s)
+                } else {
+                    cache.snapshot()
+                };
+                let prefix = self.info.prefix(self.namespace.as_deref());
+                for (k, o) in snap.range(Bytes::from(prefix.clone())..) {
+                    if !k.starts_with(prefix.as_bytes()) {
+                        break;
+                    }
+                    if filter.matches(o) {
+                        initial.push(if as_table {
+                            event_line("ADDED", &serde_json::from_slice(&o.json).unwrap_or(Value::Null), kind, true)
+                        } else {
+                            watchcache::encode_line("ADDED", &o.json)
+                        });
+                    }
+                }
+                if send_initial {
+                    let bm = json!({"kind": kind, "apiVersion": api_version, "metadata": {"resourceVersion": rev.to_string(), "annotations": {"k8s.io/initial-events-end": "true"}}});
+                    initial.push(event_line("BOOKMARK", &bm, kind, false));
+                }
+                rev
+            }
+        };
+        match cache.watch(Some(after), filter.clone()) {
+            Ok(w) => {
+                let deadline = tokio::time::Instant::now() + timeout;
+                let state = CacheWatchStream { w, cache, filter, initial: initial.into(), deadline, bookmarks, kind, api_version, as_table, after, done: false };
+                let stream = futures_util::stream::unfold(state, |mut s| async move {
+                    let next = s.next().await?;
+                    Some((Ok::<_, std::convert::Infallible>(next), s))
+                });
+                Ok(stream_response(stream))
+            }
+            Err(watchcache::WatchError::TooOld { .. }) => self.watch_store().await,
+            Err(e) => Err(ApiError::unavailable(e.to_string())),
+        }
+    }
+
+    /// A watch served straight from the store's history.
+    async fn watch_store(&self) -> ApiResult {
         let (ls, fs) = self.selectors()?;
         let prefix = self.info.prefix(self.namespace.as_deref());
         let send_initial = is_true(q(self.query, "sendInitialEvents"));
@@ -931,6 +1108,7 @@ impl Req<'_> {
                 if self.info.kind == "CustomResourceDefinition" && !self.dry_run() {
                     // The custom resources go with their definition.
                     for r in crate::registry::from_crd(&cur.obj) {
+                        self.st.caches.forget(&r).await;
                         self.st.store.delete(DeleteRequest { range: KeyRange::Prefix(Bytes::from(r.prefix(None))), prev_kv: false }).await?;
                     }
                 }
@@ -1192,6 +1370,66 @@ impl WatchStream {
             if !out.is_empty() {
                 return Some(out.freeze());
             }
+        }
+    }
+}
+
+struct CacheWatchStream {
+    w: watchcache::CacheWatcher,
+    cache: watchcache::Cache,
+    filter: watchcache::Filter,
+    initial: std::collections::VecDeque<Bytes>,
+    deadline: tokio::time::Instant,
+    bookmarks: bool,
+    kind: &'static str,
+    api_version: String,
+    as_table: bool,
+    /// Events at or below this were covered by the initial state or the client's version.
+    after: u64,
+    done: bool,
+}
+
+impl CacheWatchStream {
+    async fn next(&mut self) -> Option<Bytes> {
+        if let Some(b) = self.initial.pop_front() {
+            return Some(b);
+        }
+        loop {
+            if self.done {
+                return None;
+            }
+            let bookmark_at = tokio::time::Instant::now() + BOOKMARK_INTERVAL;
+            let wait_until = if self.bookmarks { bookmark_at.min(self.deadline) } else { self.deadline };
+            let ev = match tokio::time::timeout_at(wait_until, self.w.next()).await {
+                Err(_) if tokio::time::Instant::now() >= self.deadline => return None,
+                Err(_) => {
+                    let rev = self.cache.revision().max(self.w.last_revision());
+                    let bm = json!({"kind": self.kind, "apiVersion": self.api_version, "metadata": {"resourceVersion": rev.to_string()}});
+                    return Some(event_line("BOOKMARK", &bm, self.kind, false));
+                }
+                // A slow watcher's stream ends; the client watches again from its last
+                // resourceVersion, which the ring still holds.
+                Ok(None) | Ok(Some(Err(_))) => return None,
+                Ok(Some(Ok(e))) => e,
+            };
+            if ev.revision <= self.after {
+                continue;
+            }
+            let new_match = self.filter.matches(&ev.object);
+            let old_match = ev.prev.as_ref().is_some_and(|p| self.filter.matches(p));
+            let ty = match (ev.kind, old_match, new_match) {
+                (watchcache::EventType::Deleted, _, _) => "DELETED",
+                (_, true, true) => ev.kind.as_str(),
+                (_, false, true) => "ADDED",
+                (_, true, false) => "DELETED",
+                (_, false, false) => continue,
+            };
+            if self.as_table {
+                let v: Value = serde_json::from_slice(&ev.object.json).unwrap_or(Value::Null);
+                return Some(event_line(ty, &v, self.kind, true));
+            }
+            // The shared encoding when this watcher sees the event as it happened.
+            return Some(if ty == ev.kind.as_str() { ev.json_line() } else { watchcache::encode_line(ty, &ev.object.json) });
         }
     }
 }

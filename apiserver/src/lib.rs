@@ -13,6 +13,7 @@
 //! `discovery.rs`, `registry.rs` (the resources served, from the k8s-openapi types).
 
 pub mod admission;
+pub mod cached;
 pub mod discovery;
 pub mod handlers;
 pub mod metrics;
@@ -49,7 +50,26 @@ pub const SYSTEM_NAMESPACES: &[&str] = &["default", "kube-system", "kube-public"
 
 /// Builds the HTTP service over `store`.
 pub fn router(store: Store) -> Router {
-    let state = Arc::new(AppState { store, reg: Registry::new(), admission: admission::Chain::standard(), metrics: Default::default(), crds_loaded: Default::default() });
+    let state = Arc::new(AppState {
+        store,
+        reg: Registry::new(),
+        admission: admission::Chain::standard(),
+        metrics: Default::default(),
+        crds_loaded: Default::default(),
+        caches: Default::default(),
+        warm: Default::default(),
+    });
+    // Warm a cache for every built-in resource; /readyz answers 200 once they are.
+    let warming = state.clone();
+    tokio::spawn(async move {
+        for info in warming.reg.resources.clone() {
+            if let Err(e) = warming.caches.get(&warming.store, &info).await {
+                tracing::error!(resource = info.resource, error = %e.message, "starting a watch cache failed");
+                return;
+            }
+        }
+        warming.warm.store(true, Ordering::SeqCst);
+    });
     Router::new()
         .route("/api", get(api_root))
         .route("/apis", get(apis_root))
@@ -137,7 +157,10 @@ async fn version() -> Response {
 }
 
 async fn ready(State(st): State<Arc<AppState>>) -> Response {
-    // Ready when the store answers a read.
+    // Ready when the watch caches are warm and the store answers a read.
+    if !st.warm.load(Ordering::SeqCst) {
+        return ApiError::unavailable("watch caches are warming up").into_response();
+    }
     match st.store.get("/registry/core/namespaces/default").await {
         Ok(_) => (StatusCode::OK, "ok").into_response(),
         Err(e) => ApiError::unavailable(format!("store not ready: {e}")).into_response(),
@@ -145,7 +168,7 @@ async fn ready(State(st): State<Arc<AppState>>) -> Response {
 }
 
 async fn metrics(State(st): State<Arc<AppState>>) -> Response {
-    let mut r = (StatusCode::OK, st.metrics.render()).into_response();
+    let mut r = (StatusCode::OK, st.metrics.render() + &watchcache::render_metrics()).into_response();
     r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4"));
     r
 }
