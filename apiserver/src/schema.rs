@@ -116,11 +116,60 @@ impl Schemas {
     /// Removes the fields of `obj` that its kind's schema does not define and returns their
     /// paths (`spec.foo`, `spec.containers[0].bar`).
     pub fn prune_unknown(&self, group: &str, version: &str, kind: &str, obj: &mut Value) -> Vec<String> {
-        let mut out = Vec::new();
-        if let Some(s) = self.name_of(group, version, kind).and_then(|n| self.components.get(n)) {
-            self.walk(s, obj, String::new(), &mut out);
+        match self.name_of(group, version, kind).and_then(|n| self.components.get(n)) {
+            Some(s) => self.prune(s, obj),
+            None => Vec::new(),
+        }
+    }
+
+    /// Finds unknown fields with a read-only walk that allocates only for what it finds, then
+    /// removes them.
+    fn prune(&self, schema: &Value, obj: &mut Value) -> Vec<String> {
+        let found: Vec<Vec<Owned>> = {
+            let mut found: Vec<Vec<Step>> = Vec::new();
+            self.find_unknown(schema, obj, &mut Vec::new(), &mut found);
+            found.iter().map(|p| p.iter().map(Step::owned).collect()).collect()
+        };
+        let mut out = Vec::with_capacity(found.len());
+        for path in found {
+            out.push(render(&path));
+            remove_at(obj, &path);
         }
         out
+    }
+
+    fn find_unknown<'v>(&self, schema: &Value, v: &'v Value, path: &mut Vec<Step<'v>>, out: &mut Vec<Vec<Step<'v>>>) {
+        let schema = self.resolve(schema);
+        if schema.get("x-kubernetes-preserve-unknown-fields").and_then(|x| x.as_bool()) == Some(true) {
+            return;
+        }
+        match v {
+            Value::Object(m) => {
+                let props = schema.get("properties").and_then(|p| p.as_object());
+                let additional = schema.get("additionalProperties").filter(|a| a.is_object());
+                if props.is_none() && additional.is_none() {
+                    return; // free-form (e.g. RawExtension) or not an object schema
+                }
+                for (k, x) in m {
+                    path.push(Step::Key(k));
+                    match props.and_then(|p| p.get(k)).or(additional) {
+                        Some(ps) => self.find_unknown(ps, x, path, out),
+                        None => out.push(path.clone()),
+                    }
+                    path.pop();
+                }
+            }
+            Value::Array(a) => {
+                if let Some(items) = schema.get("items") {
+                    for (i, x) in a.iter().enumerate() {
+                        path.push(Step::Index(i));
+                        self.find_unknown(items, x, path, out);
+                        path.pop();
+                    }
+                }
+            }
+            _ => {}
+        }
     }
 
     /// As `prune_unknown`, over a given schema (a CRD version's `openAPIV3Schema`).
@@ -135,7 +184,7 @@ impl Schemas {
         }
         let has_props = schema.get("properties").is_some();
         if has_props {
-            self.walk(schema, &mut body, String::new(), &mut out);
+            out = self.prune(schema, &mut body);
             if let (Some(o), Value::Object(b)) = (obj.as_object_mut(), body) {
                 let keep: Vec<String> = ["apiVersion", "kind", "metadata"].iter().map(|s| s.to_string()).collect();
                 o.retain(|k, _| keep.contains(k) || b.contains_key(k));
@@ -147,40 +196,61 @@ impl Schemas {
         out
     }
 
-    fn walk(&self, schema: &Value, v: &mut Value, path: String, out: &mut Vec<String>) {
-        let schema = self.resolve(schema);
-        if schema.get("x-kubernetes-preserve-unknown-fields").and_then(|x| x.as_bool()) == Some(true) {
-            return;
+}
+
+/// One step of a path into a JSON value, borrowed from it.
+#[derive(Clone, Copy, Debug)]
+enum Step<'a> {
+    Key(&'a str),
+    Index(usize),
+}
+
+/// A step that outlives the value it was found in.
+enum Owned {
+    Key(String),
+    Index(usize),
+}
+
+impl Step<'_> {
+    fn owned(&self) -> Owned {
+        match self {
+            Step::Key(k) => Owned::Key(k.to_string()),
+            Step::Index(i) => Owned::Index(*i),
         }
-        match v {
-            Value::Object(m) => {
-                let props = schema.get("properties").and_then(|p| p.as_object());
-                let additional = schema.get("additionalProperties").filter(|a| a.is_object());
-                if props.is_none() && additional.is_none() {
-                    return; // free-form (e.g. RawExtension) or not an object schema
+    }
+}
+
+fn render(path: &[Owned]) -> String {
+    let mut s = String::new();
+    for p in path {
+        match p {
+            Owned::Key(k) => {
+                if !s.is_empty() {
+                    s.push('.');
                 }
-                let mut unknown = Vec::new();
-                for (k, x) in m.iter_mut() {
-                    let sub = if path.is_empty() { k.clone() } else { format!("{path}.{k}") };
-                    match props.and_then(|p| p.get(k)).or(additional) {
-                        Some(ps) => self.walk(ps, x, sub, out),
-                        None => unknown.push(k.clone()),
-                    }
-                }
-                for k in unknown {
-                    m.remove(&k);
-                    out.push(if path.is_empty() { k } else { format!("{path}.{k}") });
-                }
+                s.push_str(k);
             }
-            Value::Array(a) => {
-                if let Some(items) = schema.get("items") {
-                    for (i, x) in a.iter_mut().enumerate() {
-                        self.walk(items, x, format!("{path}[{i}]"), out);
-                    }
-                }
-            }
-            _ => {}
+            Owned::Index(i) => s.push_str(&format!("[{i}]")),
         }
+    }
+    s
+}
+
+fn remove_at(v: &mut Value, path: &[Owned]) {
+    let Some((last, parent)) = path.split_last() else { return };
+    let mut cur = v;
+    for p in parent {
+        let next = match p {
+            Owned::Key(k) => cur.get_mut(k.as_str()),
+            Owned::Index(i) => cur.get_mut(*i),
+        };
+        match next {
+            Some(n) => cur = n,
+            None => return,
+        }
+    }
+    if let (Owned::Key(k), Some(m)) = (last, cur.as_object_mut()) {
+        m.remove(k);
     }
 }
 
