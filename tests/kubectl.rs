@@ -179,6 +179,14 @@ fn errors_are_kubernetes_statuses() {
     assert_eq!(code, 413, "{}", String::from_utf8_lossy(&body));
     let (code, _) = http(&c.addr, "POST", "/api/v1/namespaces/default/configmaps", &[("Content-Type", "text/csv")], b"a,b");
     assert_eq!(code, 415);
+    // YAML bodies are accepted; malformed YAML and protobuf are 400.
+    let yaml = b"apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: from-yaml\ndata:\n  a: b\n";
+    let (code, body) = http(&c.addr, "POST", "/api/v1/namespaces/default/configmaps", &[("Content-Type", "application/yaml")], yaml);
+    assert_eq!(code, 201, "{}", String::from_utf8_lossy(&body));
+    let (code, _) = http(&c.addr, "POST", "/api/v1/namespaces/default/configmaps", &[("Content-Type", "application/yaml")], b"a: [b");
+    assert_eq!(code, 400);
+    let (code, _) = http(&c.addr, "POST", "/api/v1/namespaces/default/configmaps", &[("Content-Type", "application/vnd.kubernetes.protobuf")], b"k8s\0\xff\xff");
+    assert_eq!(code, 400);
     let (code, _) = http(&c.addr, "GET", "/api/v1/namespaces/default/widgets", &[], b"");
     assert_eq!(code, 404);
 }

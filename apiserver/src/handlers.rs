@@ -1024,8 +1024,11 @@ impl Req<'_> {
             .ok_or_else(|| ApiError::bad_request("fieldManager is required for apply requests"))?
             .to_string();
         let force = is_true(q(self.query, "force"));
-        let mut applied: Value = serde_json::from_slice(&self.body)
-            .map_err(|e| ApiError::bad_request(format!("the apply configuration is not valid JSON (YAML apply bodies other than JSON are not supported yet): {e}")))?;
+        // The apply content type is YAML; JSON (what kubectl sends) is YAML too.
+        let mut applied: Value = match serde_json::from_slice(&self.body) {
+            Ok(v) => v,
+            Err(_) => parse_yaml(&self.body)?,
+        };
         if !applied.is_object() {
             return Err(ApiError::bad_request("an apply configuration must be an object"));
         }
@@ -1256,12 +1259,18 @@ impl Req<'_> {
     }
 }
 
-/// A request body as JSON: JSON as is, Kubernetes protobuf decoded (`protobuf.rs`).
+/// A YAML body (one document) as JSON.
+fn parse_yaml(body: &[u8]) -> Result<Value, ApiError> {
+    serde_norway::from_slice::<Value>(body).map_err(|e| ApiError::bad_request(format!("the body of the request is not valid YAML: {e}")))
+}
+
+/// A request body as JSON: JSON or YAML as is, Kubernetes protobuf decoded (`protobuf.rs`).
 fn parse_body(ctype: &str, body: &Bytes) -> Result<Value, ApiError> {
     let base = ctype.split(';').next().unwrap_or("").trim();
     let v: Value = match base {
         "" | "application/json" | "*/*" => serde_json::from_slice(body)
             .map_err(|e| ApiError::bad_request(format!("the body of the request is not valid JSON: {e}")))?,
+        "application/yaml" => parse_yaml(body)?,
         "application/vnd.kubernetes.protobuf" => crate::protobuf::to_json(body).map_err(|e| match e {
             crate::protobuf::PbError::Malformed(m) => ApiError::bad_request(m),
             crate::protobuf::PbError::Unsupported(m) => ApiError::unsupported_media_type(&m),
