@@ -446,15 +446,7 @@ impl Req<'_> {
         if as_table {
             return Ok(json_value(StatusCode::OK, &table::table(self.info.kind, rows, &rev.to_string(), cont.as_deref())));
         }
-        let mut out = BytesMut::with_capacity(items.len() + 256);
-        out.put_slice(format!("{{\"kind\":\"{}\",\"apiVersion\":\"{}\",\"metadata\":{{\"resourceVersion\":\"{rev}\"", self.info.list_kind, self.info.api_version()).as_bytes());
-        if let Some(c) = &cont {
-            out.put_slice(format!(",\"continue\":\"{c}\"").as_bytes());
-        }
-        out.put_slice(b"},\"items\":[");
-        out.put_slice(&items);
-        out.put_slice(b"]}");
-        Ok(json_response(StatusCode::OK, out.freeze()))
+        Ok(json_response(StatusCode::OK, list_body(self.info, rev, cont.as_deref(), &items)))
     }
 
     /// A list page read from the store at the continue token's revision.
@@ -535,15 +527,7 @@ impl Req<'_> {
         if as_table {
             return Ok(json_value(StatusCode::OK, &table::table(self.info.kind, rows, &rev.to_string(), cont.as_deref())));
         }
-        let mut out = BytesMut::with_capacity(items.len() + 256);
-        out.put_slice(format!("{{\"kind\":\"{}\",\"apiVersion\":\"{}\",\"metadata\":{{\"resourceVersion\":\"{rev}\"", self.info.list_kind, self.info.api_version()).as_bytes());
-        if let Some(c) = &cont {
-            out.put_slice(format!(",\"continue\":\"{c}\"").as_bytes());
-        }
-        out.put_slice(b"},\"items\":[");
-        out.put_slice(&items);
-        out.put_slice(b"]}");
-        Ok(json_response(StatusCode::OK, out.freeze()))
+        Ok(json_response(StatusCode::OK, list_body(self.info, rev, cont.as_deref(), &items)))
     }
 
     /// A watch served by the cache; from a revision older than the cache's ring, by the store
@@ -1283,6 +1267,28 @@ fn parse_body(ctype: &str, body: &Bytes) -> Result<Value, ApiError> {
     Ok(v)
 }
 
+/// A list's JSON around items that are already encoded (comma-separated objects).
+fn list_body(info: &ResourceInfo, rev: u64, cont: Option<&str>, items: &[u8]) -> Bytes {
+    let mut out = BytesMut::with_capacity(items.len() + 256);
+    out.put_slice(format!("{{\"kind\":\"{}\",\"apiVersion\":\"{}\",\"metadata\":{{\"resourceVersion\":\"{rev}\"", info.list_kind, info.api_version()).as_bytes());
+    if let Some(c) = cont {
+        out.put_slice(format!(",\"continue\":\"{c}\"").as_bytes());
+    }
+    out.put_slice(b"},\"items\":[");
+    out.put_slice(items);
+    out.put_slice(b"]}");
+    out.freeze()
+}
+
+/// What a watch stream waits for next: its deadline, or (with bookmarks) the next bookmark.
+fn watch_wait_until(deadline: tokio::time::Instant, bookmarks: bool) -> tokio::time::Instant {
+    if bookmarks { (tokio::time::Instant::now() + BOOKMARK_INTERVAL).min(deadline) } else { deadline }
+}
+
+fn bookmark_line(kind: &str, api_version: &str, rev: u64) -> Bytes {
+    event_line("BOOKMARK", &json!({"kind": kind, "apiVersion": api_version, "metadata": {"resourceVersion": rev.to_string()}}), kind, false)
+}
+
 fn stream_response<S>(stream: S) -> Response
 where
     S: futures_util::Stream<Item = Result<Bytes, std::convert::Infallible>> + Send + 'static,
@@ -1326,14 +1332,9 @@ impl WatchStream {
             if self.done {
                 return None;
             }
-            let bookmark_at = tokio::time::Instant::now() + BOOKMARK_INTERVAL;
-            let wait_until = if self.bookmarks { bookmark_at.min(self.deadline) } else { self.deadline };
-            let batch = match tokio::time::timeout_at(wait_until, self.watcher.next()).await {
+            let batch = match tokio::time::timeout_at(watch_wait_until(self.deadline, self.bookmarks), self.watcher.next()).await {
                 Err(_) if tokio::time::Instant::now() >= self.deadline => return None,
-                Err(_) => {
-                    let bm = json!({"kind": self.kind, "apiVersion": self.api_version, "metadata": {"resourceVersion": self.last_rev.to_string()}});
-                    return Some(event_line("BOOKMARK", &bm, self.kind, false));
-                }
+                Err(_) => return Some(bookmark_line(self.kind, &self.api_version, self.last_rev)),
                 Ok(None) => return None,
                 Ok(Some(Err(e))) => {
                     self.done = true;
@@ -1407,15 +1408,9 @@ impl CacheWatchStream {
             if self.done {
                 return None;
             }
-            let bookmark_at = tokio::time::Instant::now() + BOOKMARK_INTERVAL;
-            let wait_until = if self.bookmarks { bookmark_at.min(self.deadline) } else { self.deadline };
-            let ev = match tokio::time::timeout_at(wait_until, self.w.next()).await {
+            let ev = match tokio::time::timeout_at(watch_wait_until(self.deadline, self.bookmarks), self.w.next()).await {
                 Err(_) if tokio::time::Instant::now() >= self.deadline => return None,
-                Err(_) => {
-                    let rev = self.cache.revision().max(self.w.last_revision());
-                    let bm = json!({"kind": self.kind, "apiVersion": self.api_version, "metadata": {"resourceVersion": rev.to_string()}});
-                    return Some(event_line("BOOKMARK", &bm, self.kind, false));
-                }
+                Err(_) => return Some(bookmark_line(self.kind, &self.api_version, self.cache.revision().max(self.w.last_revision()))),
                 // A slow watcher's stream ends; the client watches again from its last
                 // resourceVersion, which the ring still holds.
                 Ok(None) | Ok(Some(Err(_))) => return None,
