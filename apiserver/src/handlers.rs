@@ -412,6 +412,18 @@ impl Req<'_> {
         let prefix = self.info.prefix(self.namespace.as_deref());
         let start = Bytes::from(prefix.clone());
         let as_table = table::wants_table(self.accept);
+        if limit == 0 && !as_table {
+            // Streamed: the snapshot is shared, the response goes out in chunks, so the memory
+            // a list takes does not grow with the list.
+            let head = list_body(self.info, rev, None, b"");
+            let head = head.slice(..head.len() - 2); // without the closing "]}"
+            let state = ListStream { snap, cursor: std::ops::Bound::Included(start), prefix: Bytes::from(prefix), ls, fs, head: Some(head), first: true, done: false };
+            let stream = futures_util::stream::unfold(state, |mut s| async move {
+                let chunk = s.next_chunk()?;
+                Some((Ok::<_, std::convert::Infallible>(chunk), s))
+            });
+            return Ok(stream_response(stream));
+        }
         let filtering = !ls.is_empty() || !fs.is_empty();
         let mut items = BytesMut::with_capacity(4096);
         let mut rows = Vec::new();
@@ -1381,6 +1393,65 @@ impl WatchStream {
                 return Some(out.freeze());
             }
         }
+    }
+}
+
+/// A list written out from a cache snapshot in chunks of about `LIST_STREAM_CHUNK_BYTES`.
+struct ListStream {
+    snap: imbl::OrdMap<Bytes, Arc<watchcache::Object>>,
+    cursor: std::ops::Bound<Bytes>,
+    prefix: Bytes,
+    ls: LabelSelector,
+    fs: FieldSelector,
+    head: Option<Bytes>,
+    first: bool,
+    done: bool,
+}
+
+/// Bytes of items per chunk of a streamed list.
+const LIST_STREAM_CHUNK_BYTES: usize = 64 << 10;
+
+impl ListStream {
+    fn next_chunk(&mut self) -> Option<Bytes> {
+        if let Some(h) = self.head.take() {
+            return Some(h);
+        }
+        if self.done {
+            return None;
+        }
+        let filtering = !self.ls.is_empty() || !self.fs.is_empty();
+        let mut out = BytesMut::with_capacity(LIST_STREAM_CHUNK_BYTES + 4096);
+        let mut last: Option<Bytes> = None;
+        for (k, o) in self.snap.range((self.cursor.clone(), std::ops::Bound::Unbounded)) {
+            if !k.starts_with(&self.prefix) {
+                self.done = true;
+                break;
+            }
+            last = Some(k.clone());
+            if filtering {
+                let Ok(v) = serde_json::from_slice::<Value>(&o.json) else { continue };
+                let labels = v.get("metadata").and_then(|m| m.get("labels")).and_then(|l| l.as_object());
+                if !self.ls.matches(labels) || !self.fs.matches(&v) {
+                    continue;
+                }
+            }
+            if !self.first {
+                out.put_u8(b',');
+            }
+            self.first = false;
+            out.put_slice(&o.json);
+            if out.len() >= LIST_STREAM_CHUNK_BYTES {
+                break;
+            }
+        }
+        match last {
+            Some(k) if !self.done => self.cursor = std::ops::Bound::Excluded(k),
+            _ => self.done = true,
+        }
+        if self.done {
+            out.put_slice(b"]}");
+        }
+        Some(out.freeze())
     }
 }
 

@@ -46,6 +46,17 @@ struct Args {
     unsafe_no_fsync: bool,
     #[arg(long)]
     json: bool,
+    /// Only: fill a namespace with this many pods, then list it once, measuring the list's
+    /// latency and the process's peak extra RSS while it is served (embedded server only).
+    #[arg(long)]
+    big_list: Option<usize>,
+}
+
+fn rss_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(1).and_then(|x| x.parse::<u64>().ok()))
+        .map_or(0, |p| p * 4096)
 }
 
 type HttpClient = Client<HttpConnector, Full<Bytes>>;
@@ -143,6 +154,59 @@ fn main() -> Result<()> {
             (format!("http://{addr}"), Some(store))
         }
     };
+    if let Some(n) = args.big_list {
+        let out = rt.block_on(async {
+            let client: HttpClient = Client::builder(TokioExecutor::new()).pool_max_idle_per_host(args.connections).build_http();
+            let ns = format!("big-{}", std::process::id());
+            call(&client, "POST", &format!("{base}/api/v1/namespaces"), Some(serde_json::to_vec(&json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}))?)).await?;
+            let (c, b, nsc) = (client.clone(), base.clone(), ns.clone());
+            let fill = run("fill", n, args.connections, move |i| {
+                let (c, b, ns) = (c.clone(), b.clone(), nsc.clone());
+                async move {
+                    let (code, body) = call(&c, "POST", &format!("{b}/api/v1/namespaces/{ns}/pods"), Some(pod(&ns, &format!("b-{i}")))).await?;
+                    if code != 201 {
+                        bail!("create: {code} {}", String::from_utf8_lossy(&body));
+                    }
+                    Ok(())
+                }
+            })
+            .await?;
+            // Sample RSS every millisecond while the list is served and read.
+            let before = rss_bytes();
+            let peak = Arc::new(std::sync::atomic::AtomicU64::new(before));
+            let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let (p2, s2) = (peak.clone(), stop.clone());
+            let sampler = std::thread::spawn(move || {
+                while !s2.load(std::sync::atomic::Ordering::Relaxed) {
+                    p2.fetch_max(rss_bytes(), std::sync::atomic::Ordering::Relaxed);
+                    std::thread::sleep(std::time::Duration::from_millis(1));
+                }
+            });
+            let t = Instant::now();
+            // Read the body in chunks and count it, as a streaming client would.
+            let req = hyper::Request::builder().method("GET").uri(format!("{base}/api/v1/namespaces/{ns}/pods")).header("Accept", "application/json").body(Full::new(Bytes::new()))?;
+            let resp = client.request(req).await?;
+            let mut body = resp.into_body();
+            let mut bytes = 0usize;
+            let mut first_byte_ms = None;
+            while let Some(frame) = body.frame().await {
+                if let Ok(d) = frame?.into_data() {
+                    first_byte_ms.get_or_insert(t.elapsed().as_secs_f64() * 1e3);
+                    bytes += d.len();
+                }
+            }
+            let took = t.elapsed();
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            sampler.join().ok();
+            Ok::<_, anyhow::Error>(json!({
+                "pods": n, "fill_creates_per_sec": fill.ops as f64 / fill.secs, "list_ms": took.as_secs_f64() * 1e3,
+                "first_byte_ms": first_byte_ms, "list_bytes": bytes,
+                "peak_extra_rss_bytes": peak.load(std::sync::atomic::Ordering::Relaxed).saturating_sub(before),
+            }))
+        })?;
+        println!("{out}");
+        return Ok(());
+    }
     let phases = rt.block_on(async {
         let client: HttpClient = Client::builder(TokioExecutor::new()).pool_max_idle_per_host(args.connections).build_http();
         let run_id = std::process::id();
