@@ -161,8 +161,15 @@ async fn serve(data_dir: PathBuf, listen: String, opts: ServeOpts, up: bool) -> 
     println!("try:  export KUBECONFIG={}", kc_abs.display());
     println!("      kubectl get namespaces");
     println!("stop with Ctrl-C");
-    let app = apiserver::router(store.clone());
-    axum::serve(listener, app).with_graceful_shutdown(shutdown_signal()).await?;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let app = apiserver::router_with_shutdown(store.clone(), stop_rx);
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            shutdown_signal().await;
+            // Open watches end with a bookmark instead of holding the shutdown open.
+            let _ = stop_tx.send(true);
+        })
+        .await?;
     eprintln!("capstan: shutting down");
     drop(store);
     Ok(())

@@ -394,3 +394,25 @@ fn a_watch_resumes_from_its_resource_version_across_a_server_restart() {
     let out = c.ok(&["get", "--raw", &format!("/api/v1/namespaces/default/configmaps?watch=true&resourceVersion={now}&timeoutSeconds=1")]);
     assert!(out.trim().is_empty(), "nothing after the newest version: {out}");
 }
+
+#[test]
+fn sigterm_with_an_open_watch_stops_the_server_and_ends_the_watch() {
+    let c = Cluster::start();
+    let cm = r#"{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"w"}}"#;
+    c.ok(&["create", "-f", path_str(&c.write("cm.json", cm))]);
+    let mut watch = Command::new(KUBECTL)
+        .args(["get", "configmaps", "-w", "-o", "name"])
+        .env("KUBECONFIG", &c.kubeconfig)
+        .env("HOME", c.dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(watch.stdout.take().unwrap()).lines();
+    assert_eq!(lines.next().expect("the watch is open").unwrap(), "configmap/w");
+    // stop() fails the test if the server is not gone within the wait: an open watch must not
+    // hold the graceful shutdown.
+    let _dir = c.stop();
+    let status = watch.wait().unwrap();
+    assert!(status.code().is_some(), "kubectl -w ended when the server stopped");
+}

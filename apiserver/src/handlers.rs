@@ -41,6 +41,11 @@ pub struct AppState {
     /// Whether the custom resources of stored CRDs have been loaded (at the first request).
     pub crds_loaded: std::sync::atomic::AtomicBool,
     pub caches: crate::cached::Caches,
+    /// Turns true when the server is stopping: watches end with a bookmark.
+    pub shutdown: tokio::sync::watch::Receiver<bool>,
+    /// Keeps `shutdown`'s sender alive when the caller has none to give (a closed channel
+    /// would wake the watch streams forever).
+    pub _shutdown_sender: Option<tokio::sync::watch::Sender<bool>>,
     /// Set once the built-in resources' watch caches are started.
     pub warm: std::sync::atomic::AtomicBool,
 }
@@ -610,7 +615,7 @@ impl Req<'_> {
         match cache.watch(Some(after), filter.clone()) {
             Ok(w) => {
                 let deadline = tokio::time::Instant::now() + timeout;
-                let state = CacheWatchStream { w, cache, filter, initial: initial.into(), deadline, bookmarks, kind, api_version, as_table, after, done: false };
+                let state = CacheWatchStream { w, cache, filter, initial: initial.into(), deadline, bookmarks, kind, api_version, as_table, after, done: false, shutdown: self.st.shutdown.clone(), shutdown_open: true };
                 let stream = futures_util::stream::unfold(state, |mut s| async move {
                     let next = s.next().await?;
                     Some((Ok::<_, std::convert::Infallible>(next), s))
@@ -668,7 +673,7 @@ impl Req<'_> {
         }
         let watcher = self.st.store.watch(WatchRequest { range: KeyRange::Prefix(Bytes::from(prefix)), start_revision: Some(start), prev_kv: true });
         let deadline = tokio::time::Instant::now() + timeout;
-        let state = WatchStream { watcher, initial: initial.into(), deadline, bookmarks, kind, api_version, filter: Box::new(filter), as_table, last_rev: start - 1, done: false };
+        let state = WatchStream { watcher, initial: initial.into(), deadline, bookmarks, kind, api_version, filter: Box::new(filter), as_table, last_rev: start - 1, done: false, shutdown: self.st.shutdown.clone(), shutdown_open: true };
         let stream = futures_util::stream::unfold(state, |mut s| async move {
             let next = s.next().await?;
             Some((Ok::<_, std::convert::Infallible>(next), s))
@@ -1333,6 +1338,8 @@ struct WatchStream {
     as_table: bool,
     last_rev: u64,
     done: bool,
+    shutdown: tokio::sync::watch::Receiver<bool>,
+    shutdown_open: bool,
 }
 
 impl WatchStream {
@@ -1344,7 +1351,18 @@ impl WatchStream {
             if self.done {
                 return None;
             }
-            let batch = match tokio::time::timeout_at(watch_wait_until(self.deadline, self.bookmarks), self.watcher.next()).await {
+            if *self.shutdown.borrow() {
+                self.done = true;
+                return Some(bookmark_line(self.kind, &self.api_version, self.last_rev));
+            }
+            let next = tokio::select! {
+                r = tokio::time::timeout_at(watch_wait_until(self.deadline, self.bookmarks), self.watcher.next()) => r,
+                r = self.shutdown.changed(), if self.shutdown_open => {
+                    self.shutdown_open = r.is_ok();
+                    continue;
+                }
+            };
+            let batch = match next {
                 Err(_) if tokio::time::Instant::now() >= self.deadline => return None,
                 Err(_) => return Some(bookmark_line(self.kind, &self.api_version, self.last_rev)),
                 Ok(None) => return None,
@@ -1468,6 +1486,8 @@ struct CacheWatchStream {
     /// Events at or below this were covered by the initial state or the client's version.
     after: u64,
     done: bool,
+    shutdown: tokio::sync::watch::Receiver<bool>,
+    shutdown_open: bool,
 }
 
 impl CacheWatchStream {
@@ -1479,7 +1499,19 @@ impl CacheWatchStream {
             if self.done {
                 return None;
             }
-            let ev = match tokio::time::timeout_at(watch_wait_until(self.deadline, self.bookmarks), self.w.next()).await {
+            if *self.shutdown.borrow() {
+                self.done = true;
+                return Some(bookmark_line(self.kind, &self.api_version, self.cache.revision().max(self.w.last_revision())));
+            }
+            let next = tokio::select! {
+                r = tokio::time::timeout_at(watch_wait_until(self.deadline, self.bookmarks), self.w.next()) => r,
+                r = self.shutdown.changed(), if self.shutdown_open => {
+                    // A closed channel (the sender gone without a shutdown) means none will come.
+                    self.shutdown_open = r.is_ok();
+                    continue;
+                }
+            };
+            let ev = match next {
                 Err(_) if tokio::time::Instant::now() >= self.deadline => return None,
                 Err(_) => return Some(bookmark_line(self.kind, &self.api_version, self.cache.revision().max(self.w.last_revision()))),
                 // A slow watcher's stream ends; the client watches again from its last

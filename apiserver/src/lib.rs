@@ -50,7 +50,20 @@ pub const SYSTEM_NAMESPACES: &[&str] = &["default", "kube-system", "kube-public"
 
 /// Builds the HTTP service over `store`.
 pub fn router(store: Store) -> Router {
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    build(store, rx, Some(tx))
+}
+
+/// As `router`; when `shutdown` turns true, every open watch sends a last bookmark (so its
+/// client resumes from a recent revision) and ends, letting a graceful shutdown finish.
+pub fn router_with_shutdown(store: Store, shutdown: tokio::sync::watch::Receiver<bool>) -> Router {
+    build(store, shutdown, None)
+}
+
+fn build(store: Store, shutdown: tokio::sync::watch::Receiver<bool>, keep: Option<tokio::sync::watch::Sender<bool>>) -> Router {
     let state = Arc::new(AppState {
+        shutdown,
+        _shutdown_sender: keep,
         store,
         reg: Registry::new(),
         admission: admission::Chain::standard(),
