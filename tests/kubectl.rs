@@ -416,3 +416,22 @@ fn sigterm_with_an_open_watch_stops_the_server_and_ends_the_watch() {
     let status = watch.wait().unwrap();
     assert!(status.code().is_some(), "kubectl -w ended when the server stopped");
 }
+
+#[test]
+fn metrics_expose_request_and_watch_cache_figures() {
+    let c = Cluster::start();
+    c.ok(&["get", "pods"]);
+    let (code, body) = http(&c.addr, "GET", "/metrics", &[], b"");
+    assert_eq!(code, 200);
+    let text = String::from_utf8(body).unwrap();
+    for needle in [
+        r#"apiserver_request_total{verb="list",resource="pods",code="200"}"#,
+        r#"apiserver_request_duration_seconds_bucket{verb="list",resource="pods",le="0.0001"}"#,
+        "apiserver_current_inflight_requests",
+        r#"watchcache_watchers{resource="registry/core/pods"}"#,
+        r#"watchcache_ring_events{resource="registry/core/pods"}"#,
+        r#"watchcache_event_delivery_seconds_bucket{resource="registry/core/pods",le="0.0001"}"#,
+    ] {
+        assert!(text.contains(needle), "missing {needle}");
+    }
+}

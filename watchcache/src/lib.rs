@@ -79,6 +79,7 @@ pub struct Event {
     pub prev: Option<Arc<Object>>,
     at: Instant,
     line: OnceLock<Bytes>,
+    metrics: Arc<Metrics>,
 }
 
 impl Event {
@@ -87,6 +88,7 @@ impl Event {
         self.line
             .get_or_init(|| {
                 crate::metrics().encodings.fetch_add(1, Ordering::Relaxed);
+                self.metrics.encodings.fetch_add(1, Ordering::Relaxed);
                 encode_line(self.kind.as_str(), &self.object.json)
             })
             .clone()
@@ -122,35 +124,86 @@ impl Default for Config {
     }
 }
 
-/// Process-wide counters (Prometheus text in `render_metrics`).
-#[derive(Default)]
+/// Counters of one cache, or of all caches together (`metrics()`).
+#[derive(Default, Debug)]
 pub struct Metrics {
     pub events_in: AtomicU64,
     pub events_out: AtomicU64,
     pub encodings: AtomicU64,
     pub evictions: AtomicU64,
     pub watchers: AtomicU64,
+    pub ring_events: AtomicU64,
+    pub ring_bytes: AtomicU64,
+    /// Event-to-delivery latency (ingested by the cache -> handed to a watcher), by bucket.
+    pub delivery_buckets: [AtomicU64; DELIVERY_BUCKETS_S.len()],
+    pub delivery_count: AtomicU64,
+    pub delivery_sum_us: AtomicU64,
 }
 
+/// Upper bounds, in seconds, of the delivery latency histogram (100 µs to 10 s).
+pub const DELIVERY_BUCKETS_S: [f64; 12] = [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1, 0.5, 2.5, 10.0];
+
+impl Metrics {
+    fn observe_delivery(&self, d: Duration) {
+        let s = d.as_secs_f64();
+        for (i, b) in DELIVERY_BUCKETS_S.iter().enumerate() {
+            if s <= *b {
+                self.delivery_buckets[i].fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        self.delivery_count.fetch_add(1, Ordering::Relaxed);
+        self.delivery_sum_us.fetch_add(d.as_micros() as u64, Ordering::Relaxed);
+    }
+}
+
+/// The totals over all caches.
 pub fn metrics() -> &'static Metrics {
     static M: OnceLock<Metrics> = OnceLock::new();
     M.get_or_init(Metrics::default)
 }
 
+/// Each live cache's metrics, by resource name.
+fn registry() -> &'static std::sync::Mutex<Vec<(String, std::sync::Weak<Metrics>)>> {
+    static R: OnceLock<std::sync::Mutex<Vec<(String, std::sync::Weak<Metrics>)>>> = OnceLock::new();
+    R.get_or_init(Default::default)
+}
+
+/// Prometheus text for every cache, labelled by resource.
 pub fn render_metrics() -> String {
-    let m = metrics();
-    format!(
-        "# TYPE watchcache_events_in_total counter\nwatchcache_events_in_total {}\n\
-         # TYPE watchcache_events_out_total counter\nwatchcache_events_out_total {}\n\
-         # TYPE watchcache_event_encodings_total counter\nwatchcache_event_encodings_total {}\n\
-         # TYPE watchcache_slow_watcher_evictions_total counter\nwatchcache_slow_watcher_evictions_total {}\n\
-         # TYPE watchcache_watchers gauge\nwatchcache_watchers {}\n",
-        m.events_in.load(Ordering::Relaxed),
-        m.events_out.load(Ordering::Relaxed),
-        m.encodings.load(Ordering::Relaxed),
-        m.evictions.load(Ordering::Relaxed),
-        m.watchers.load(Ordering::Relaxed),
-    )
+    use std::fmt::Write;
+    let mut out = String::new();
+    let mut reg = registry().lock().unwrap();
+    reg.retain(|(_, w)| w.strong_count() > 0);
+    let families: [(&str, &str, fn(&Metrics) -> u64); 7] = [
+        ("watchcache_events_in_total", "counter", |m| m.events_in.load(Ordering::Relaxed)),
+        ("watchcache_events_out_total", "counter", |m| m.events_out.load(Ordering::Relaxed)),
+        ("watchcache_event_encodings_total", "counter", |m| m.encodings.load(Ordering::Relaxed)),
+        ("watchcache_slow_watcher_evictions_total", "counter", |m| m.evictions.load(Ordering::Relaxed)),
+        ("watchcache_watchers", "gauge", |m| m.watchers.load(Ordering::Relaxed)),
+        ("watchcache_ring_events", "gauge", |m| m.ring_events.load(Ordering::Relaxed)),
+        ("watchcache_ring_object_bytes", "gauge", |m| m.ring_bytes.load(Ordering::Relaxed)),
+    ];
+    for (name, ty, get) in families {
+        let _ = writeln!(out, "# TYPE {name} {ty}");
+        for (res, w) in reg.iter() {
+            if let Some(m) = w.upgrade() {
+                let _ = writeln!(out, "{name}{{resource=\"{res}\"}} {}", get(&m));
+            }
+        }
+    }
+    let _ = writeln!(out, "# TYPE watchcache_event_delivery_seconds histogram");
+    for (res, w) in reg.iter() {
+        if let Some(m) = w.upgrade() {
+            for (i, b) in DELIVERY_BUCKETS_S.iter().enumerate() {
+                let _ = writeln!(out, "watchcache_event_delivery_seconds_bucket{{resource=\"{res}\",le=\"{b}\"}} {}", m.delivery_buckets[i].load(Ordering::Relaxed));
+            }
+            let n = m.delivery_count.load(Ordering::Relaxed);
+            let _ = writeln!(out, "watchcache_event_delivery_seconds_bucket{{resource=\"{res}\",le=\"+Inf\"}} {n}");
+            let _ = writeln!(out, "watchcache_event_delivery_seconds_sum{{resource=\"{res}\"}} {}", m.delivery_sum_us.load(Ordering::Relaxed) as f64 / 1e6);
+            let _ = writeln!(out, "watchcache_event_delivery_seconds_count{{resource=\"{res}\"}} {n}");
+        }
+    }
+    out
 }
 
 /// Which events a watcher wants: the indexed parts (namespace, node name) and a predicate
@@ -210,6 +263,8 @@ struct State {
     by_namespace: HashMap<String, Vec<u64>>,
     unindexed: Vec<u64>,
     stopped: Option<String>,
+    /// Bytes of the objects the ring's events hold (shared with current objects when live).
+    ring_bytes: u64,
 }
 
 impl State {
@@ -221,9 +276,10 @@ impl State {
         }
     }
 
-    fn unindex(&mut self, id: u64) {
+    fn unindex(&mut self, id: u64, m: &Metrics) {
         let Some(slot) = self.watchers.remove(&id) else { return };
         metrics().watchers.fetch_sub(1, Ordering::Relaxed);
+        m.watchers.fetch_sub(1, Ordering::Relaxed);
         let drop_id = |v: &mut Vec<u64>| v.retain(|x| *x != id);
         match (&slot.filter.node_name, &slot.filter.namespace) {
             (Some(n), _) => {
@@ -266,6 +322,7 @@ impl State {
 
 struct Shared {
     cfg: Config,
+    metrics: Arc<Metrics>,
     state: RwLock<State>,
     revision_tx: tokio::sync::watch::Sender<u64>,
     store: Store,
@@ -298,9 +355,13 @@ impl Cache {
             by_namespace: HashMap::new(),
             unindexed: Vec::new(),
             stopped: None,
+            ring_bytes: 0,
         };
         let (revision_tx, _) = tokio::sync::watch::channel(listed.revision);
-        let shared = Arc::new(Shared { cfg, state: RwLock::new(state), revision_tx, store: store.clone() });
+        let metrics = Arc::new(Metrics::default());
+        let name = String::from_utf8_lossy(&prefix).trim_matches('/').to_string();
+        registry().lock().unwrap().push((name, Arc::downgrade(&metrics)));
+        let shared = Arc::new(Shared { cfg, metrics, state: RwLock::new(state), revision_tx, store: store.clone() });
         let watcher = store.watch(WatchRequest { range: KeyRange::Prefix(prefix), start_revision: Some(listed.revision + 1), prev_kv: true });
         let weak = Arc::downgrade(&shared);
         tokio::spawn(ingest(weak, watcher, decode));
@@ -363,7 +424,9 @@ impl Cache {
         s.index(id, &filter);
         s.watchers.insert(id, Slot { filter: filter.clone(), tx, evicted: evicted.clone() });
         metrics().watchers.fetch_add(1, Ordering::Relaxed);
+        self.shared.metrics.watchers.fetch_add(1, Ordering::Relaxed);
         Ok(CacheWatcher {
+            metrics: self.shared.metrics.clone(),
             cache: Arc::downgrade(&self.shared),
             id,
             backlog,
@@ -387,6 +450,7 @@ impl Cache {
 
 /// A watch on the cache. Dropping it unregisters it.
 pub struct CacheWatcher {
+    metrics: Arc<Metrics>,
     cache: std::sync::Weak<Shared>,
     id: u64,
     backlog: VecDeque<Arc<Event>>,
@@ -407,6 +471,8 @@ impl CacheWatcher {
             Some(e) => {
                 self.last = e.revision;
                 metrics().events_out.fetch_add(1, Ordering::Relaxed);
+                self.metrics.events_out.fetch_add(1, Ordering::Relaxed);
+                self.metrics.observe_delivery(e.at.elapsed());
                 Some(Ok(e))
             }
             None => {
@@ -430,7 +496,7 @@ impl Drop for CacheWatcher {
     fn drop(&mut self) {
         if let Some(shared) = self.cache.upgrade() {
             if let Ok(mut s) = shared.state.write() {
-                s.unindex(self.id);
+                s.unindex(self.id, &shared.metrics);
             }
         }
     }
@@ -458,6 +524,7 @@ async fn ingest(weak: std::sync::Weak<Shared>, mut watcher: storage::Watcher, de
         let mut s = shared.state.write().unwrap();
         for e in events {
             metrics().events_in.fetch_add(1, Ordering::Relaxed);
+            shared.metrics.events_in.fetch_add(1, Ordering::Relaxed);
             let key = e.kv.key.clone();
             let prev = s.objects.get(&key).cloned();
             let (kind, object) = match e.kind {
@@ -476,7 +543,8 @@ async fn ingest(weak: std::sync::Weak<Shared>, mut watcher: storage::Watcher, de
                     (EventType::Deleted, o)
                 }
             };
-            let ev = Arc::new(Event { revision: e.kv.mod_revision, kind, object, prev, at: now, line: OnceLock::new() });
+            let ev = Arc::new(Event { revision: e.kv.mod_revision, kind, object, prev, at: now, line: OnceLock::new(), metrics: shared.metrics.clone() });
+            s.ring_bytes += ev.object.json.len() as u64;
             s.ring.push_back(ev.clone());
             s.candidates(&ev, &mut candidates);
             let mut evict = Vec::new();
@@ -490,20 +558,24 @@ async fn ingest(weak: std::sync::Weak<Shared>, mut watcher: storage::Watcher, de
                     Err(mpsc::error::TrySendError::Full(_)) => {
                         slot.evicted.store(ev.revision, Ordering::SeqCst);
                         metrics().evictions.fetch_add(1, Ordering::Relaxed);
+                        shared.metrics.evictions.fetch_add(1, Ordering::Relaxed);
                         evict.push(*id);
                     }
                     Err(mpsc::error::TrySendError::Closed(_)) => evict.push(*id),
                 }
             }
             for id in evict {
-                s.unindex(id);
+                s.unindex(id, &shared.metrics);
             }
         }
         // Trim the ring by count and age; the horizon follows what was dropped.
         while s.ring.len() > shared.cfg.ring_events_max || s.ring.front().is_some_and(|e| now.duration_since(e.at) > shared.cfg.ring_age_max) {
             let e = s.ring.pop_front().unwrap();
+            s.ring_bytes -= e.object.json.len() as u64;
             s.horizon = e.revision;
         }
+        shared.metrics.ring_events.store(s.ring.len() as u64, Ordering::Relaxed);
+        shared.metrics.ring_bytes.store(s.ring_bytes, Ordering::Relaxed);
         let rev = watcher.delivered_through().max(s.revision);
         s.revision = rev;
         if s.ring.is_empty() {
