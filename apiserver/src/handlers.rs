@@ -580,7 +580,9 @@ impl Req<'_> {
             }
             fs2.is_empty() || serde_json::from_slice::<Value>(&o.json).is_ok_and(|v| fs2.matches(&v))
         });
-        let filter = watchcache::Filter { namespace: self.namespace.clone().filter(|_| self.info.namespaced), node_name: node, predicate };
+        // Watchers with the same selectors share one evaluation per event.
+        let key: Arc<str> = Arc::from(format!("{}|{}", q(self.query, "labelSelector").unwrap_or(""), q(self.query, "fieldSelector").unwrap_or("")));
+        let filter = watchcache::Filter::new(self.namespace.clone().filter(|_| self.info.namespaced), node, Some(key), predicate);
         let mut initial = Vec::new();
         let after = match rv {
             Some(r) if r != 0 && !send_initial => r,
@@ -1532,8 +1534,9 @@ impl CacheWatchStream {
                 (_, false, false) => continue,
             };
             if self.as_table {
-                let v: Value = serde_json::from_slice(&ev.object.json).unwrap_or(Value::Null);
-                return Some(event_line(ty, &v, self.kind, true));
+                let table = || event_line(ty, &serde_json::from_slice(&ev.object.json).unwrap_or(Value::Null), self.kind, true);
+                // The Table form is shared too when the watcher sees the event as it happened.
+                return Some(if ty == ev.kind.as_str() { ev.table_line(table) } else { table() });
             }
             // The shared encoding when this watcher sees the event as it happened.
             return Some(if ty == ev.kind.as_str() { ev.json_line() } else { watchcache::encode_line(ty, &ev.object.json) });

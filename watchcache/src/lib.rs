@@ -79,6 +79,7 @@ pub struct Event {
     pub prev: Option<Arc<Object>>,
     at: Instant,
     line: OnceLock<Bytes>,
+    table_line: OnceLock<Bytes>,
     metrics: Arc<Metrics>,
 }
 
@@ -90,6 +91,19 @@ impl Event {
                 crate::metrics().encodings.fetch_add(1, Ordering::Relaxed);
                 self.metrics.encodings.fetch_add(1, Ordering::Relaxed);
                 encode_line(self.kind.as_str(), &self.object.json)
+            })
+            .clone()
+    }
+}
+
+impl Event {
+    /// The event in a second encoding (kubectl's Table rows), made by `encode` once for every
+    /// watcher that asks for it.
+    pub fn table_line(&self, encode: impl FnOnce() -> Bytes) -> Bytes {
+        self.table_line
+            .get_or_init(|| {
+                self.metrics.encodings.fetch_add(1, Ordering::Relaxed);
+                encode()
             })
             .clone()
     }
@@ -214,11 +228,40 @@ pub struct Filter {
     pub namespace: Option<String>,
     pub node_name: Option<String>,
     pub predicate: Arc<dyn Fn(&Object) -> bool + Send + Sync>,
+    /// Identifies the predicate (e.g. the selector's text): watchers with the same key share
+    /// one evaluation per event. `None`: evaluated per watcher.
+    pub key: Option<Arc<str>>,
 }
 
 impl Filter {
     pub fn everything() -> Filter {
-        Filter { namespace: None, node_name: None, predicate: Arc::new(|_| true) }
+        Filter { namespace: None, node_name: None, predicate: Arc::new(|_| true), key: Some(Arc::from("")) }
+    }
+
+    /// A filter on indexed fields and a predicate identified by `key`.
+    pub fn new(namespace: Option<String>, node_name: Option<String>, key: Option<Arc<str>>, predicate: Arc<dyn Fn(&Object) -> bool + Send + Sync>) -> Filter {
+        Filter { namespace, node_name, predicate, key }
+    }
+
+    fn indexed_match(&self, o: &Object) -> bool {
+        self.namespace.as_ref().is_none_or(|ns| o.meta.namespace.as_ref() == Some(ns))
+            && self.node_name.as_ref().is_none_or(|n| o.meta.node_name.as_ref() == Some(n))
+    }
+
+    /// `wants`, with predicate results shared between watchers of the same key for one event.
+    fn wants_memo(&self, e: &Event, memo: &mut HashMap<Arc<str>, (bool, bool)>) -> bool {
+        let idx_new = self.indexed_match(&e.object);
+        let idx_old = e.prev.as_ref().is_some_and(|p| self.indexed_match(p));
+        if !idx_new && !idx_old {
+            return false;
+        }
+        let (pn, po) = match &self.key {
+            Some(k) => *memo.entry(k.clone()).or_insert_with(|| {
+                ((self.predicate)(&e.object), e.prev.as_ref().is_some_and(|p| (self.predicate)(p)))
+            }),
+            None => ((self.predicate)(&e.object), e.prev.as_ref().is_some_and(|p| (self.predicate)(p))),
+        };
+        (idx_new && pn) || (idx_old && po)
     }
 
     pub fn matches(&self, o: &Object) -> bool {
@@ -505,6 +548,7 @@ impl Drop for CacheWatcher {
 /// The one store watch of a cache: apply each event, keep it in the ring, fan it out.
 async fn ingest(weak: std::sync::Weak<Shared>, mut watcher: storage::Watcher, decode: Decode) {
     let mut candidates = Vec::new();
+    let mut memo: HashMap<Arc<str>, (bool, bool)> = HashMap::new();
     loop {
         let batch = watcher.next_or_progress().await;
         let Some(shared) = weak.upgrade() else { return };
@@ -543,14 +587,15 @@ async fn ingest(weak: std::sync::Weak<Shared>, mut watcher: storage::Watcher, de
                     (EventType::Deleted, o)
                 }
             };
-            let ev = Arc::new(Event { revision: e.kv.mod_revision, kind, object, prev, at: now, line: OnceLock::new(), metrics: shared.metrics.clone() });
+            let ev = Arc::new(Event { revision: e.kv.mod_revision, kind, object, prev, at: now, line: OnceLock::new(), table_line: OnceLock::new(), metrics: shared.metrics.clone() });
             s.ring_bytes += ev.object.json.len() as u64;
             s.ring.push_back(ev.clone());
             s.candidates(&ev, &mut candidates);
             let mut evict = Vec::new();
+            memo.clear();
             for id in &candidates {
                 let Some(slot) = s.watchers.get(id) else { continue };
-                if !slot.filter.wants(&ev) {
+                if !slot.filter.wants_memo(&ev, &mut memo) {
                     continue;
                 }
                 match slot.tx.try_send(ev.clone()) {

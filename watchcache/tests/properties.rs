@@ -61,9 +61,9 @@ async fn every_watcher_sees_exactly_its_events_in_order_and_list_plus_watch_is_t
     let mut watchers = vec![
         ("all", Filter::everything(), cache.watch(Some(list_rev), Filter::everything()).unwrap()),
     ];
-    let ns1 = Filter { namespace: Some("ns1".into()), node_name: None, predicate: Arc::new(|_| true) };
+    let ns1 = Filter::new(Some("ns1".into()), None, None, Arc::new(|_| true));
     watchers.push(("ns1", ns1.clone(), cache.watch(Some(list_rev), ns1).unwrap()));
-    let n2 = Filter { namespace: None, node_name: Some("n2".into()), predicate: Arc::new(|_| true) };
+    let n2 = Filter::new(None, Some("n2".into()), None, Arc::new(|_| true));
     watchers.push(("n2", n2.clone(), cache.watch(Some(list_rev), n2).unwrap()));
     // Random writes.
     let mut last = 0;
@@ -164,4 +164,28 @@ async fn a_slow_watcher_is_closed_with_where_to_resume_and_others_are_unaffected
     let mut again = cache.watch(Some(resume - 1), Filter::everything()).unwrap();
     let first = within("resumed watcher", again.next()).await.unwrap().unwrap();
     assert_eq!(first.revision, resume);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_selector_shared_by_many_watchers_is_evaluated_once_per_event() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = store(dir.path());
+    let cache = Cache::start(s.clone(), Bytes::from_static(b"/o/"), decode(), Config::default()).await.unwrap();
+    let calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let key: Arc<str> = Arc::from("app=web");
+    let mut ws = Vec::new();
+    for _ in 0..40 {
+        let c = calls.clone();
+        let f = Filter::new(None, None, Some(key.clone()), Arc::new(move |_| {
+            c.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            true
+        }));
+        ws.push(cache.watch(None, f).unwrap());
+    }
+    s.put("/o/ns/a", "n1;1").await.unwrap();
+    for w in ws.iter_mut() {
+        within("event", w.next()).await.unwrap().unwrap();
+    }
+    // A create has no previous object: one evaluation for 40 watchers.
+    assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 1);
 }

@@ -142,7 +142,7 @@ fn main() -> Result<()> {
             }));
         };
         for n in 0..a.nodes {
-            start_watch(Filter { namespace: None, node_name: Some(format!("n{n}")), predicate: Arc::new(|_| true) });
+            start_watch(Filter::new(None, Some(format!("n{n}")), Some(Arc::from("")), Arc::new(|_| true)));
         }
         for _ in 0..a.all_watchers {
             start_watch(Filter::everything());
