@@ -189,3 +189,54 @@ async fn a_selector_shared_by_many_watchers_is_evaluated_once_per_event() {
     // A create has no previous object: one evaluation for 40 watchers.
     assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watchers_with_random_predicates_that_disconnect_and_resume_see_no_gap() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = store(dir.path());
+    let seed: u64 = std::env::var("CAPSTAN_CACHE_SEED").ok().and_then(|x| x.parse().ok()).unwrap_or(11);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let cache = Cache::start(s.clone(), Bytes::from_static(b"/o/"), decode(), Config::default()).await.unwrap();
+    let start = cache.revision();
+    // Predicates on the written value's last digit (a stand-in for label selectors).
+    let pred = |d: u32| -> Arc<dyn Fn(&Object) -> bool + Send + Sync> {
+        Arc::new(move |o: &Object| std::str::from_utf8(&o.json).ok().and_then(|j| j.split(';').nth(1)).and_then(|v| v.chars().next()).and_then(|c| c.to_digit(10)).is_some_and(|x| x % 3 == d))
+    };
+    let mut expected_writes = Vec::new();
+    for i in 0..300 {
+        let key = format!("/o/ns{}/k{}", rng.random_range(0..2), rng.random_range(0..15));
+        let rev = s.put(key.clone(), format!("n{};{}", rng.random_range(0..3), rng.random_range(0..1000))).await.unwrap().revision;
+        expected_writes.push((rev, key, i));
+    }
+    within("cache catching up", cache.wait_consistent(WATCHDOG)).await.unwrap();
+    let history = {
+        let mut h = s.watch(storage::WatchRequest { range: KeyRange::Prefix(Bytes::from_static(b"/o/")), start_revision: Some(start + 1), prev_kv: true });
+        let mut all = Vec::new();
+        let last = expected_writes.last().unwrap().0;
+        while all.last().is_none_or(|e: &storage::Event| e.kv.mod_revision < last) {
+            all.extend(within("store history", h.next()).await.unwrap().unwrap());
+        }
+        all
+    };
+    for d in 0..3u32 {
+        let filter = Filter::new(None, None, Some(Arc::from(format!("d{d}"))), pred(d));
+        let want: Vec<u64> = history
+            .iter()
+            .filter(|e| decode()(&e.kv).is_some_and(|o| filter.matches(&o)) || e.prev_kv.as_ref().and_then(|p| decode()(p)).is_some_and(|p| filter.matches(&p)))
+            .map(|e| e.kv.mod_revision)
+            .collect();
+        // Read in pieces, dropping the watcher and resuming from the last revision seen.
+        let mut got = Vec::new();
+        let mut from = start;
+        while got.len() < want.len() {
+            let mut w = cache.watch(Some(from), filter.clone()).unwrap();
+            let take = rng.random_range(1..20).min(want.len() - got.len());
+            for _ in 0..take {
+                let e = within("resumed watcher", w.next()).await.unwrap().unwrap();
+                got.push(e.revision);
+            }
+            from = w.last_revision();
+        }
+        assert_eq!(got, want, "predicate {d} (seed {seed})");
+    }
+}
