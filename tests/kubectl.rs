@@ -435,3 +435,18 @@ fn metrics_expose_request_and_watch_cache_figures() {
         assert!(text.contains(needle), "missing {needle}");
     }
 }
+
+#[test]
+fn a_list_at_an_exact_past_resource_version_shows_that_state() {
+    let c = Cluster::start();
+    let cm = r#"{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"x"},"data":{"v":"old"}}"#;
+    c.ok(&["create", "-f", path_str(&c.write("cm.json", cm))]);
+    let rv = c.ok(&["get", "cm", "x", "-o", "jsonpath={.metadata.resourceVersion}"]);
+    c.ok(&["patch", "cm", "x", "--type", "merge", "-p", r#"{"data":{"v":"new"}}"#]);
+    let out = c.ok(&["get", "--raw", &format!("/api/v1/namespaces/default/configmaps?resourceVersion={rv}&resourceVersionMatch=Exact")]);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["metadata"]["resourceVersion"], rv.as_str());
+    assert_eq!(v["items"][0]["data"]["v"], "old");
+    let now: serde_json::Value = serde_json::from_str(&c.ok(&["get", "--raw", "/api/v1/namespaces/default/configmaps"])).unwrap();
+    assert_eq!(now["items"][0]["data"]["v"], "new");
+}

@@ -391,9 +391,11 @@ impl Req<'_> {
     }
 
     async fn list(&self) -> ApiResult {
-        if q(self.query, "continue").is_none() {
+        let exact = q(self.query, "resourceVersionMatch") == Some("Exact");
+        if q(self.query, "continue").is_none() && !exact {
             return self.list_cached().await;
         }
+        // Later pages, and lists at an exact past revision, read the store's history.
         self.list_store().await
     }
 
@@ -482,6 +484,15 @@ impl Req<'_> {
             None => (prefix.clone().into_bytes(), 0),
         };
         let mut rev = rev;
+        if rev == 0 && q(self.query, "resourceVersionMatch") == Some("Exact") {
+            rev = match q(self.query, "resourceVersion") {
+                Some(r) => r.parse().map_err(|_| ApiError::bad_request(format!("invalid resourceVersion {r:?}")))?,
+                None => return Err(ApiError::bad_request("resourceVersionMatch=Exact needs a resourceVersion")),
+            };
+            if rev == 0 {
+                return Err(ApiError::bad_request("resourceVersionMatch=Exact is not allowed with resourceVersion 0"));
+            }
+        }
         if let Some(rv) = q(self.query, "resourceVersion") {
             let n: u64 = rv.parse().map_err(|_| ApiError::bad_request(format!("invalid resourceVersion {rv:?}")))?;
             if n > self.st.store.revision() && q(self.query, "continue").is_none() {
