@@ -450,3 +450,29 @@ fn a_list_at_an_exact_past_resource_version_shows_that_state() {
     let now: serde_json::Value = serde_json::from_str(&c.ok(&["get", "--raw", "/api/v1/namespaces/default/configmaps"])).unwrap();
     assert_eq!(now["items"][0]["data"]["v"], "new");
 }
+
+#[test]
+fn pages_of_a_list_come_from_one_snapshot_while_writes_go_on() {
+    let c = Cluster::start();
+    for i in 0..5 {
+        let cm = format!(r#"{{"apiVersion":"v1","kind":"ConfigMap","metadata":{{"name":"c{i}"}}}}"#);
+        c.ok(&["create", "-f", path_str(&c.write(&format!("c{i}.json"), &cm))]);
+    }
+    let mut names = Vec::new();
+    let mut url = "/api/v1/namespaces/default/configmaps?limit=2".to_string();
+    let mut rvs = Vec::new();
+    loop {
+        let page: serde_json::Value = serde_json::from_str(&c.ok(&["get", "--raw", &url])).unwrap();
+        rvs.push(page["metadata"]["resourceVersion"].as_str().unwrap().to_string());
+        names.extend(page["items"].as_array().unwrap().iter().map(|i| i["metadata"]["name"].as_str().unwrap().to_string()));
+        // A write between pages is not part of this list.
+        let extra = format!(r#"{{"apiVersion":"v1","kind":"ConfigMap","metadata":{{"name":"z{}"}}}}"#, names.len());
+        c.ok(&["create", "-f", path_str(&c.write("extra.json", &extra))]);
+        match page["metadata"]["continue"].as_str() {
+            Some(tok) => url = format!("/api/v1/namespaces/default/configmaps?limit=2&continue={tok}"),
+            None => break,
+        }
+    }
+    assert_eq!(names, vec!["c0", "c1", "c2", "c3", "c4"]);
+    assert!(rvs.windows(2).all(|w| w[0] == w[1]), "every page is at one revision: {rvs:?}");
+}

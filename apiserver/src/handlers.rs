@@ -392,17 +392,28 @@ impl Req<'_> {
 
     async fn list(&self) -> ApiResult {
         let exact = q(self.query, "resourceVersionMatch") == Some("Exact");
-        if q(self.query, "continue").is_none() && !exact {
-            return self.list_cached().await;
+        if exact {
+            // A list at an exact past revision reads the store's history.
+            return self.list_store().await;
         }
-        // Later pages, and lists at an exact past revision, read the store's history.
-        self.list_store().await
+        if let Some(tok) = q(self.query, "continue") {
+            // A later page: from the snapshot the first page was cut from, if the cache still
+            // keeps it, else from the store at its revision.
+            let (start, rev) = decode_continue(tok, &self.info.prefix(self.namespace.as_deref()))?;
+            let cache = self.st.caches.get(&self.st.store, self.info).await?;
+            return match cache.kept_snapshot(rev) {
+                Some(snap) => self.list_cached(Some((rev, snap, Bytes::from(start)))).await,
+                None => self.list_store().await,
+            };
+        }
+        self.list_cached(None).await
     }
 
     /// A list from the cache's snapshot: items are copied from the cached bytes (parsed only
-    /// to filter by selector or render a Table). A limit cuts the list and the continue token
-    /// carries the snapshot's revision; the next pages are read from the store at it.
-    async fn list_cached(&self) -> ApiResult {
+    /// to filter by selector or render a Table). A limit cuts the list; the snapshot is kept a
+    /// while so the continue token's pages come from it (`page`: a later page's snapshot and
+    /// first key).
+    async fn list_cached(&self, page: Option<(u64, imbl::OrdMap<Bytes, Arc<watchcache::Object>>, Bytes)>) -> ApiResult {
         let (ls, fs) = self.selectors()?;
         let limit: usize = match q(self.query, "limit") {
             Some(l) => l.parse().map_err(|_| ApiError::bad_request(format!("invalid limit {l:?}")))?,
@@ -414,10 +425,18 @@ impl Req<'_> {
                 return Err(ApiError::from(storage::StoreError::FutureRevision { requested: n, current: self.st.store.revision() }));
             }
         }
-        let (cache, _) = self.cache().await?;
-        let (rev, snap) = cache.snapshot();
+        let cache = match &page {
+            Some(_) => self.st.caches.get(&self.st.store, self.info).await?,
+            None => self.cache().await?.0,
+        };
         let prefix = self.info.prefix(self.namespace.as_deref());
-        let start = Bytes::from(prefix.clone());
+        let (rev, snap, start) = match page {
+            Some(p) => p,
+            None => {
+                let (r, s) = cache.snapshot();
+                (r, s, Bytes::from(prefix.clone()))
+            }
+        };
         let as_table = table::wants_table(self.accept);
         if limit == 0 && !as_table {
             // Streamed: the snapshot is shared, the response goes out in chunks, so the memory
@@ -460,6 +479,9 @@ impl Req<'_> {
                 items.put_slice(&o.json);
             }
             n += 1;
+        }
+        if next.is_some() {
+            cache.keep_snapshot(rev, snap.clone());
         }
         let cont = next.map(|k| encode_continue(rev, &k));
         if as_table {

@@ -363,9 +363,15 @@ impl State {
     }
 }
 
+/// Snapshots kept for paginated lists: at most this many, none older than `SNAPSHOT_AGE_MAX`.
+pub const SNAPSHOTS_KEPT_MAX: usize = 8;
+pub const SNAPSHOT_AGE_MAX: Duration = Duration::from_secs(60);
+
 struct Shared {
     cfg: Config,
     metrics: Arc<Metrics>,
+    /// Snapshots that paginated lists are paging over, newest last.
+    kept: std::sync::Mutex<VecDeque<(u64, Instant, imbl::OrdMap<Bytes, Arc<Object>>)>>,
     state: RwLock<State>,
     revision_tx: tokio::sync::watch::Sender<u64>,
     store: Store,
@@ -404,7 +410,7 @@ impl Cache {
         let metrics = Arc::new(Metrics::default());
         let name = String::from_utf8_lossy(&prefix).trim_matches('/').to_string();
         registry().lock().unwrap().push((name, Arc::downgrade(&metrics)));
-        let shared = Arc::new(Shared { cfg, metrics, state: RwLock::new(state), revision_tx, store: store.clone() });
+        let shared = Arc::new(Shared { cfg, metrics, kept: Default::default(), state: RwLock::new(state), revision_tx, store: store.clone() });
         let watcher = store.watch(WatchRequest { range: KeyRange::Prefix(prefix), start_revision: Some(listed.revision + 1), prev_kv: true });
         let weak = Arc::downgrade(&shared);
         tokio::spawn(ingest(weak, watcher, decode));
@@ -478,6 +484,24 @@ impl Cache {
             last: after,
             queue_max: self.shared.cfg.watcher_queue_events_max,
         })
+    }
+
+    /// Keeps a snapshot (of revision `rev`) for the later pages of a list. Bounded by count
+    /// and age; a snapshot shares the map's unchanged nodes, so it costs what changed since.
+    pub fn keep_snapshot(&self, rev: u64, snap: imbl::OrdMap<Bytes, Arc<Object>>) {
+        let mut k = self.shared.kept.lock().unwrap();
+        let now = Instant::now();
+        k.retain(|(r, at, _)| *r != rev && now.duration_since(*at) < SNAPSHOT_AGE_MAX);
+        k.push_back((rev, now, snap));
+        while k.len() > SNAPSHOTS_KEPT_MAX {
+            k.pop_front();
+        }
+    }
+
+    /// The kept snapshot of revision `rev`, if still kept.
+    pub fn kept_snapshot(&self, rev: u64) -> Option<imbl::OrdMap<Bytes, Arc<Object>>> {
+        let k = self.shared.kept.lock().unwrap();
+        k.iter().find(|(r, at, _)| *r == rev && at.elapsed() < SNAPSHOT_AGE_MAX).map(|(_, _, s)| s.clone())
     }
 
     pub fn watcher_count(&self) -> usize {
