@@ -412,9 +412,25 @@ fn sigterm_with_an_open_watch_stops_the_server_and_ends_the_watch() {
     assert_eq!(lines.next().expect("the watch is open").unwrap(), "configmap/w");
     // stop() fails the test if the server is not gone within the wait: an open watch must not
     // hold the graceful shutdown.
-    let _dir = c.stop();
+    let dir = c.stop();
     let status = watch.wait().unwrap();
     assert!(status.code().is_some(), "kubectl -w ended when the server stopped");
+    // After a restart, kubectl get -w run again sees the state and the changes that follow.
+    let c = Cluster::start_in(dir);
+    let mut watch = Command::new(KUBECTL)
+        .args(["get", "configmaps", "-w", "-o", "jsonpath={.metadata.name}={.data.v}{\"\\n\"}"])
+        .env("KUBECONFIG", &c.kubeconfig)
+        .env("HOME", c.dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(watch.stdout.take().unwrap()).lines();
+    assert_eq!(lines.next().expect("the state after the restart").unwrap(), "w=");
+    c.ok(&["patch", "cm", "w", "--type", "merge", "-p", r#"{"data":{"v":"after"}}"#]);
+    assert_eq!(lines.next().expect("a change after the restart").unwrap(), "w=after");
+    let _ = watch.kill();
+    let _ = watch.wait();
 }
 
 #[test]
