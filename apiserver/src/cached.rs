@@ -23,14 +23,14 @@ pub struct Caches {
 fn meta_of(v: &Value) -> Meta {
     let m = &v["metadata"];
     Meta {
-        namespace: m.get("namespace").and_then(|x| x.as_str()).map(String::from),
-        name: m.get("name").and_then(|x| x.as_str()).unwrap_or("").to_string(),
+        namespace: m.get("namespace").and_then(|x| x.as_str()).map(watchcache::intern),
+        name: m.get("name").and_then(|x| x.as_str()).unwrap_or("").into(),
         labels: m
             .get("labels")
             .and_then(|l| l.as_object())
-            .map(|l| l.iter().filter_map(|(k, v)| v.as_str().map(|s| (k.clone(), s.to_string()))).collect())
+            .map(|l| l.iter().filter_map(|(k, v)| v.as_str().map(|s| (k.as_str().into(), s.into()))).collect())
             .unwrap_or_default(),
-        node_name: v["spec"].get("nodeName").and_then(|x| x.as_str()).filter(|s| !s.is_empty()).map(String::from),
+        node_name: v["spec"].get("nodeName").and_then(|x| x.as_str()).filter(|s| !s.is_empty()).map(watchcache::intern),
     }
 }
 

@@ -602,12 +602,12 @@ impl Req<'_> {
         let predicate: Arc<dyn Fn(&watchcache::Object) -> bool + Send + Sync> = Arc::new(move |o: &watchcache::Object| {
             if simple {
                 return fs2.0.iter().all(|(f, _, v)| match f.as_str() {
-                    "metadata.name" => o.meta.name == *v,
+                    "metadata.name" => &*o.meta.name == v.as_str(),
                     "metadata.namespace" => o.meta.namespace.as_deref() == Some(v.as_str()),
                     _ => o.meta.node_name.as_deref() == Some(v.as_str()),
                 });
             }
-            let labels: serde_json::Map<String, Value> = o.meta.labels.iter().map(|(k, v)| (k.clone(), json!(v))).collect();
+            let labels: serde_json::Map<String, Value> = o.meta.labels.iter().map(|(k, v)| (k.to_string(), json!(&**v))).collect();
             if !ls2.matches(Some(&labels)) {
                 return false;
             }

@@ -20,7 +20,7 @@
 //! **Where to start reading.** [`Cache::start`] (list, then one store watch), `ingest`
 //! (apply, ring, fan-out), [`Cache::watch`] (catch-up from the ring, then live).
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, RwLock};
 use std::time::{Duration, Instant};
@@ -29,13 +29,32 @@ use bytes::{BufMut, Bytes, BytesMut};
 use storage::{EventKind, KeyRange, KeyValue, RangeRequest, Store, WatchRequest};
 use tokio::sync::mpsc;
 
-/// Fields of an object the filters and indexes use.
+/// Fields of an object the filters and indexes use, kept small: namespace and node names
+/// are interned (shared by every object that has them), the rest sized exactly.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Meta {
-    pub namespace: Option<String>,
-    pub name: String,
-    pub labels: BTreeMap<String, String>,
-    pub node_name: Option<String>,
+    pub namespace: Option<Arc<str>>,
+    pub name: Box<str>,
+    pub labels: Box<[(Box<str>, Box<str>)]>,
+    pub node_name: Option<Arc<str>>,
+}
+
+/// One shared copy of a string that many objects carry (namespace and node names). Entries
+/// no object holds any more are dropped when the table has doubled since the last sweep.
+pub fn intern(s: &str) -> Arc<str> {
+    use std::collections::HashSet;
+    static T: OnceLock<std::sync::Mutex<(HashSet<Arc<str>>, usize)>> = OnceLock::new();
+    let mut t = T.get_or_init(|| std::sync::Mutex::new((HashSet::new(), 1024))).lock().unwrap();
+    if let Some(x) = t.0.get(s) {
+        return x.clone();
+    }
+    if t.0.len() >= t.1 {
+        t.0.retain(|x| Arc::strong_count(x) > 1);
+        t.1 = (t.0.len() * 2).max(1024);
+    }
+    let a: Arc<str> = Arc::from(s);
+    t.0.insert(a.clone());
+    a
 }
 
 /// One object at one revision.
@@ -244,8 +263,8 @@ impl Filter {
     }
 
     fn indexed_match(&self, o: &Object) -> bool {
-        self.namespace.as_ref().is_none_or(|ns| o.meta.namespace.as_ref() == Some(ns))
-            && self.node_name.as_ref().is_none_or(|n| o.meta.node_name.as_ref() == Some(n))
+        self.namespace.as_deref().is_none_or(|ns| o.meta.namespace.as_deref() == Some(ns))
+            && self.node_name.as_deref().is_none_or(|n| o.meta.node_name.as_deref() == Some(n))
     }
 
     /// `wants`, with predicate results shared between watchers of the same key for one event.
@@ -265,9 +284,7 @@ impl Filter {
     }
 
     pub fn matches(&self, o: &Object) -> bool {
-        self.namespace.as_ref().is_none_or(|ns| o.meta.namespace.as_ref() == Some(ns))
-            && self.node_name.as_ref().is_none_or(|n| o.meta.node_name.as_ref() == Some(n))
-            && (self.predicate)(o)
+        self.indexed_match(o) && (self.predicate)(o)
     }
 
     fn wants(&self, e: &Event) -> bool {
@@ -351,10 +368,10 @@ impl State {
         out.clear();
         out.extend_from_slice(&self.unindexed);
         for o in std::iter::once(&e.object).chain(e.prev.iter()) {
-            if let Some(n) = &o.meta.node_name {
+            if let Some(n) = o.meta.node_name.as_deref() {
                 out.extend(self.by_node.get(n).into_iter().flatten());
             }
-            if let Some(ns) = &o.meta.namespace {
+            if let Some(ns) = o.meta.namespace.as_deref() {
                 out.extend(self.by_namespace.get(ns).into_iter().flatten());
             }
         }

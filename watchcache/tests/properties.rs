@@ -30,7 +30,7 @@ fn decode() -> Decode {
             key: kv.key.clone(),
             revision: kv.mod_revision,
             json: Bytes::from(format!("{{\"v\":\"{v}\",\"rv\":{}}}", kv.mod_revision)),
-            meta: Meta { namespace: Some(ns), name, labels: Default::default(), node_name: node },
+            meta: Meta { namespace: Some(watchcache::intern(&ns)), name: name.into(), labels: Default::default(), node_name: node.as_deref().map(watchcache::intern) },
         })
     })
 }

@@ -69,17 +69,19 @@ fn decode() -> Decode {
         let mut it = v.split(';');
         let node = it.next()?.to_string();
         let sent = it.next()?.to_string();
-        let json = Bytes::from(format!(
+        let mut json = format!(
             "{{\"kind\":\"Pod\",\"metadata\":{{\"name\":\"{}\",\"resourceVersion\":\"{}\"}},\"spec\":{{\"nodeName\":\"{node}\"}},\"sent\":{sent},\"pad\":\"{}\"}}",
             String::from_utf8_lossy(&kv.key),
             kv.mod_revision,
             it.next().unwrap_or("")
-        ));
+        );
+        json.shrink_to_fit(); // an exact allocation, as the API server's decoding makes
+        let json = Bytes::from(json);
         Some(Object {
             key: kv.key.clone(),
             revision: kv.mod_revision,
             json,
-            meta: Meta { namespace: Some("default".into()), name: String::new(), labels: Default::default(), node_name: Some(node) },
+            meta: Meta { namespace: Some(watchcache::intern("default")), name: "".into(), labels: Default::default(), node_name: Some(watchcache::intern(&node)) },
         })
     })
 }
