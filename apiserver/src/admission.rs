@@ -51,11 +51,11 @@ fn validate_meta(info: &ResourceInfo, obj: &Value, name: &str, causes: &mut Vec<
     if let Some(labels) = obj["metadata"].get("labels").and_then(|l| l.as_object()) {
         for (k, v) in labels {
             if !is_label_key(k) {
-                causes.push((format!("metadata.labels"), format!("Invalid value: {k:?}: not a valid label key")));
+                causes.push(("metadata.labels".to_string(), format!("Invalid value: {k:?}: not a valid label key")));
             }
             match v.as_str() {
                 Some(s) if is_label_value(s) => {}
-                _ => causes.push((format!("metadata.labels"), format!("Invalid value: {v}: not a valid label value"))),
+                _ => causes.push(("metadata.labels".to_string(), format!("Invalid value: {v}: not a valid label value"))),
             }
         }
     }

@@ -87,8 +87,8 @@ fn parse_target(reg: &Registry, path: &str) -> Option<Target> {
     }
     // `namespaces/{ns}/{resource}...` when {resource} is a namespaced resource of this
     // group-version; otherwise `namespaces` is the resource itself.
-    if rest[0] == "namespaces" && rest.len() >= 3 {
-        if let Some(info) = reg.find(group, version, rest[2]).filter(|i| i.namespaced) {
+    if rest[0] == "namespaces" && rest.len() >= 3
+        && let Some(info) = reg.find(group, version, rest[2]).filter(|i| i.namespaced) {
             return Some(Target::Resource {
                 info,
                 namespace: Some(rest[1].to_string()),
@@ -96,7 +96,6 @@ fn parse_target(reg: &Registry, path: &str) -> Option<Target> {
                 sub: rest.get(4).map(|s| s.to_string()),
             });
         }
-    }
     let info = reg.find(group, version, rest[0])?;
     if rest.len() > 3 {
         return None;
@@ -118,11 +117,10 @@ pub async fn dispatch(
     body: Body,
 ) -> Response {
     let started = Instant::now();
-    if !st.crds_loaded.load(std::sync::atomic::Ordering::SeqCst) {
-        if let Err(e) = refresh_crds(&st).await {
+    if !st.crds_loaded.load(std::sync::atomic::Ordering::SeqCst)
+        && let Err(e) = refresh_crds(&st).await {
             return e.into_response();
         }
-    }
     let path = uri.path().to_string();
     let query: HashMap<String, String> = Query::try_from_uri(&uri).map(|q: Query<HashMap<String, String>>| q.0).unwrap_or_default();
     let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
@@ -154,11 +152,10 @@ pub async fn dispatch(
                     let req = Req { st: &st, info: &info, namespace, name, sub, query: &query, accept: &accept, ctype: &ctype, body, warnings: Default::default(),
                         user_agent: headers.get(header::USER_AGENT).and_then(|v| v.to_str().ok()).unwrap_or("").to_string() };
                     let mut r = req.run(&method).await;
-                    if is_crd && method != Method::GET && r.as_ref().is_ok_and(|x| x.status().is_success()) {
-                        if let Err(e) = refresh_crds(&st).await {
+                    if is_crd && method != Method::GET && r.as_ref().is_ok_and(|x| x.status().is_success())
+                        && let Err(e) = refresh_crds(&st).await {
                             tracing::warn!(error = %e.message, "refreshing custom resources after a CRD change failed");
                         }
-                    }
                     if let Ok(resp) = r.as_mut() {
                         for w in req.warnings.lock().unwrap().iter() {
                             if let Ok(v) = HeaderValue::from_str(&format!("299 - {w:?}")) {
@@ -1014,11 +1011,10 @@ impl Req<'_> {
         let incoming = self.parse_body()?;
         let key = self.key();
         let cur = self.read(&key).await?.ok_or_else(|| self.not_found())?;
-        if let Some(rv) = meta_str(&incoming, "resourceVersion") {
-            if rv != cur.mod_revision.to_string() {
+        if let Some(rv) = meta_str(&incoming, "resourceVersion")
+            && rv != cur.mod_revision.to_string() {
                 return Err(ApiError::conflict(self.info.group, self.info.resource, self.name()));
             }
-        }
         let next = self.next_object(&cur.obj, incoming)?;
         self.finish_write(&key, &cur, next).await?.ok_or_else(|| ApiError::conflict(self.info.group, self.info.resource, self.name()))
     }
@@ -1040,11 +1036,10 @@ impl Req<'_> {
             patch::apply_typed(ty, &mut doc, &self.body, Some(schemas), def).map_err(|e| {
                 if e.starts_with("invalid") { ApiError::bad_request(e) } else { ApiError::invalid(self.info.group, self.info.kind, self.name(), vec![("patch".into(), e)]) }
             })?;
-            if let Some(rv) = meta_str(&doc, "resourceVersion") {
-                if rv != cur.mod_revision.to_string() {
+            if let Some(rv) = meta_str(&doc, "resourceVersion")
+                && rv != cur.mod_revision.to_string() {
                     return Err(ApiError::conflict(self.info.group, self.info.resource, self.name()));
                 }
-            }
             let next = self.next_object(&cur.obj, doc)?;
             if let Some(r) = self.finish_write(&key, &cur, next).await? {
                 return Ok(r);
@@ -1215,11 +1210,10 @@ impl Req<'_> {
         for _ in 0..CAS_RETRIES_MAX {
             let cur = self.read(&key).await?.ok_or_else(|| self.not_found())?;
             let scale = change(&self.scale_of(&cur.obj, cur.mod_revision))?;
-            if let Some(rv) = scale["metadata"].get("resourceVersion").and_then(|r| r.as_str()) {
-                if rv != cur.mod_revision.to_string() {
+            if let Some(rv) = scale["metadata"].get("resourceVersion").and_then(|r| r.as_str())
+                && rv != cur.mod_revision.to_string() {
                     return Err(ApiError::conflict(self.info.group, self.info.resource, self.name()));
                 }
-            }
             let replicas = scale["spec"].get("replicas").and_then(|r| r.as_i64()).ok_or_else(|| {
                 ApiError::invalid("autoscaling", "Scale", self.name(), vec![("spec.replicas".into(), "Required value".into())])
             })?;
@@ -1598,7 +1592,7 @@ fn hex(b: &[u8]) -> String {
 }
 
 fn unhex(s: &str) -> Option<Vec<u8>> {
-    if s.len() % 2 != 0 {
+    if !s.len().is_multiple_of(2) {
         return None;
     }
     (0..s.len()).step_by(2).map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok()).collect()

@@ -217,11 +217,10 @@ async fn openapi_gv(State(st): State<Arc<AppState>>, axum::extract::Path(gv): ax
     // Each document is built once (schemas of every kind of the group-version) and kept.
     static CACHE: std::sync::OnceLock<std::sync::Mutex<std::collections::HashMap<String, Option<bytes::Bytes>>>> = std::sync::OnceLock::new();
     let cache = CACHE.get_or_init(Default::default);
-    if !st.crds_loaded.load(Ordering::SeqCst) {
-        if let Err(e) = handlers::refresh_crds(&st).await {
+    if !st.crds_loaded.load(Ordering::SeqCst)
+        && let Err(e) = handlers::refresh_crds(&st).await {
             return e.into_response();
         }
-    }
     let cacheable = !st.reg.is_custom_group(g);
     let doc = {
         let cached = if cacheable { cache.lock().unwrap().get(&gv).cloned() } else { None };

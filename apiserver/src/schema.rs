@@ -23,11 +23,10 @@ const COMPONENTS: &str = "#/components/schemas/";
 fn rewrite_refs(v: &mut Value) {
     match v {
         Value::Object(m) => {
-            if let Some(Value::String(r)) = m.get_mut("$ref") {
-                if let Some(name) = r.strip_prefix(DEFS) {
+            if let Some(Value::String(r)) = m.get_mut("$ref")
+                && let Some(name) = r.strip_prefix(DEFS) {
                     *r = format!("{COMPONENTS}{name}");
                 }
-            }
             for (_, x) in m.iter_mut() {
                 rewrite_refs(x);
             }
@@ -40,11 +39,10 @@ fn rewrite_refs(v: &mut Value) {
 fn refs_of(v: &Value, out: &mut Vec<String>) {
     match v {
         Value::Object(m) => {
-            if let Some(Value::String(r)) = m.get("$ref") {
-                if let Some(name) = r.strip_prefix(COMPONENTS) {
+            if let Some(Value::String(r)) = m.get("$ref")
+                && let Some(name) = r.strip_prefix(COMPONENTS) {
                     out.push(name.to_string());
                 }
-            }
             m.values().for_each(|x| refs_of(x, out));
         }
         Value::Array(a) => a.iter().for_each(|x| refs_of(x, out)),
@@ -279,21 +277,18 @@ pub fn validate_basic(schema: &Value, v: &Value, path: &str, causes: &mut Vec<(S
             return;
         }
     }
-    if let Some(e) = schema.get("enum").and_then(|e| e.as_array()) {
-        if !e.contains(v) {
+    if let Some(e) = schema.get("enum").and_then(|e| e.as_array())
+        && !e.contains(v) {
             causes.push((field(path), format!("Unsupported value: {v}: supported values: {}", e.iter().map(|x| x.to_string()).collect::<Vec<_>>().join(", "))));
         }
-    }
-    if let (Some(min), Some(x)) = (schema.get("minimum").and_then(|m| m.as_f64()), v.as_f64()) {
-        if x < min {
+    if let (Some(min), Some(x)) = (schema.get("minimum").and_then(|m| m.as_f64()), v.as_f64())
+        && x < min {
             causes.push((field(path), format!("Invalid value: {x}: {path} in body should be greater than or equal to {min}")));
         }
-    }
-    if let (Some(max), Some(x)) = (schema.get("maximum").and_then(|m| m.as_f64()), v.as_f64()) {
-        if x > max {
+    if let (Some(max), Some(x)) = (schema.get("maximum").and_then(|m| m.as_f64()), v.as_f64())
+        && x > max {
             causes.push((field(path), format!("Invalid value: {x}: {path} in body should be less than or equal to {max}")));
         }
-    }
     let join = |k: &str| if path.is_empty() { k.to_string() } else { format!("{path}.{k}") };
     if let Value::Object(m) = v {
         for r in schema.get("required").and_then(|r| r.as_array()).into_iter().flatten().filter_map(|r| r.as_str()) {

@@ -446,11 +446,10 @@ pub fn apply(
     }
     crate::patch::strategic_merge_typed(&mut obj, &patch, schemas, def).map_err(|e| vec![Conflict { manager: String::new(), path: e }])?;
     for m in managed.iter_mut() {
-        if m.manager != manager || m.operation != "Apply" {
-            if force {
+        if (m.manager != manager || m.operation != "Apply")
+            && force {
                 m.fields.retain(|p| !new_set.contains(p) || get(current, p) == get(applied, p));
             }
-        }
     }
     entry(&mut managed, manager, "Apply", api_version, now).fields = new_set;
     for m in managed.iter_mut() {

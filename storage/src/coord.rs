@@ -165,38 +165,16 @@ pub fn merge_ranges(parts: Vec<(Vec<KeyValue>, usize)>, limit: usize) -> (Vec<Ke
     while kvs.len() < want {
         let mut best: Option<usize> = None;
         for (i, h) in heads.iter().enumerate() {
-            if let Some(kv) = h {
-                if best.is_none_or(|b| kv.key < heads[b].as_ref().expect("best is a head").key) {
+            if let Some(kv) = h
+                && best.is_none_or(|b| kv.key < heads[b].as_ref().expect("best is a head").key) {
                     best = Some(i);
                 }
-            }
         }
         let Some(b) = best else { break };
         kvs.push(heads[b].take().expect("best is a head"));
         heads[b] = iters[b].next();
     }
     (kvs, count)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn kv(k: &str) -> KeyValue {
-        KeyValue { key: Bytes::copy_from_slice(k.as_bytes()), value: Bytes::new(), create_revision: 1, mod_revision: 1, version: 1, lease: 0 }
-    }
-
-    #[test]
-    fn merging_shard_ranges_keeps_key_order_limit_and_total_count() {
-        let parts = vec![(vec![kv("a"), kv("d"), kv("e")], 3), (vec![kv("b"), kv("c")], 7), (vec![], 0)];
-        let (kvs, count) = merge_ranges(parts.clone(), 0);
-        let keys: Vec<_> = kvs.iter().map(|k| k.key.clone()).collect();
-        assert_eq!(keys, vec!["a", "b", "c", "d", "e"]);
-        assert_eq!(count, 10);
-        let (kvs, _) = merge_ranges(parts, 2);
-        assert_eq!(kvs.len(), 2);
-        assert_eq!(kvs[1].key, "b");
-    }
 }
 
 impl Coordinator {
@@ -537,27 +515,45 @@ impl Coordinator {
             while self.history.len() > 1 && now.duration_since(self.history[1].0) >= age {
                 self.history.pop_front();
             }
-            if let Some((t, r)) = self.history.front() {
-                if now.duration_since(*t) >= age {
+            if let Some((t, r)) = self.history.front()
+                && now.duration_since(*t) >= age {
                     target = *r;
                 }
-            }
         } else {
             self.history.clear();
         }
         if let Some(keep) = cfg.compact_retention_revisions {
             target = target.max(rev.saturating_sub(keep));
         }
-        if target > self.shared.compact_revision.load(SeqCst) {
-            if let Err(e) = self.compact(target) {
+        if target > self.shared.compact_revision.load(SeqCst)
+            && let Err(e) = self.compact(target) {
                 tracing::warn!(error = %e, "automatic compaction failed");
             }
-        }
         let wal: u64 = self.shared.wal_bytes.iter().map(|b| b.load(SeqCst)).sum();
-        if wal >= cfg.snapshot_wal_bytes && self.shared.failed.get().is_none() {
-            if let Err(e) = self.snapshot() {
+        if wal >= cfg.snapshot_wal_bytes && self.shared.failed.get().is_none()
+            && let Err(e) = self.snapshot() {
                 tracing::warn!(error = %e, "automatic snapshot failed; the log keeps growing until one succeeds");
             }
-        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kv(k: &str) -> KeyValue {
+        KeyValue { key: Bytes::copy_from_slice(k.as_bytes()), value: Bytes::new(), create_revision: 1, mod_revision: 1, version: 1, lease: 0 }
+    }
+
+    #[test]
+    fn merging_shard_ranges_keeps_key_order_limit_and_total_count() {
+        let parts = vec![(vec![kv("a"), kv("d"), kv("e")], 3), (vec![kv("b"), kv("c")], 7), (vec![], 0)];
+        let (kvs, count) = merge_ranges(parts.clone(), 0);
+        let keys: Vec<_> = kvs.iter().map(|k| k.key.clone()).collect();
+        assert_eq!(keys, vec!["a", "b", "c", "d", "e"]);
+        assert_eq!(count, 10);
+        let (kvs, _) = merge_ranges(parts, 2);
+        assert_eq!(kvs.len(), 2);
+        assert_eq!(kvs[1].key, "b");
     }
 }

@@ -91,14 +91,13 @@ impl Mvcc {
         let mut kvs = Vec::new();
         let mut count = 0;
         self.for_each_in(range, |k, h| {
-            if let Some(e) = at_revision(h, rev) {
-                if e.value.is_some() {
+            if let Some(e) = at_revision(h, rev)
+                && e.value.is_some() {
                     count += 1;
                     if !count_only && (limit == 0 || kvs.len() < limit) {
                         kvs.extend(e.to_kv(k, keys_only));
                     }
                 }
-            }
         });
         LocalRange { kvs, count }
     }

@@ -196,16 +196,14 @@ impl ShardCore {
                 }
                 next = rx.try_recv().ok();
             }
-            if !staged.is_empty() {
-                if self.commit(&mut frame, &mut staged, &mut events, batch_first_rev) {
+            if !staged.is_empty()
+                && self.commit(&mut frame, &mut staged, &mut events, batch_first_rev) {
                     self.applied = last_rev;
                 }
-            }
-            if let Some(msg) = after {
-                if !self.handle_control(msg, &rx) {
+            if let Some(msg) = after
+                && !self.handle_control(msg, &rx) {
                     return;
                 }
-            }
         }
     }
 

@@ -520,10 +520,7 @@ impl Watcher {
                 continue;
             }
             tokio::select! {
-                item = self.rx.recv() => match item {
-                    Some(item) => self.accept(item),
-                    None => {}
-                },
+                item = self.rx.recv() => if let Some(item) = item { self.accept(item) },
                 r = self.visible.changed() => {
                     if r.is_err() {
                         self.ended = Some(WatchError::Shutdown);
@@ -646,15 +643,14 @@ fn read_shard_log(dir: &Path, shard: u32, from: Position, cfg: &Config) -> Resul
             });
         }
         let scan = wal::scan_segment(&data);
-        if let Some((tpath, at)) = &torn {
-            if !scan.frames.is_empty() {
+        if let Some((tpath, at)) = &torn
+            && !scan.frames.is_empty() {
                 return Err(OpenError::Corrupt {
                     path: tpath.clone(),
                     offset: *at,
                     reason: format!("invalid frame, but a later segment {} holds valid frames", path.display()),
                 });
             }
-        }
         match scan.tail {
             Tail::Clean => {}
             Tail::Torn { at, garbage_end: g } => {

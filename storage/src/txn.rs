@@ -140,11 +140,10 @@ pub fn eval<K: KeySpace + ?Sized>(
     let succeeded = req.compare.iter().all(|c| compare_holds(ks.get(&c.key).as_ref(), c));
     let ops = if succeeded { &req.success } else { &req.failure };
     for op in ops {
-        if let TxnOp::Put(p) = op {
-            if p.lease != 0 && !ks.lease_exists(p.lease) {
+        if let TxnOp::Put(p) = op
+            && p.lease != 0 && !ks.lease_exists(p.lease) {
                 return Err(StoreError::LeaseNotFound(p.lease));
             }
-        }
     }
     let mut out = Outcome { succeeded, ..Default::default() };
     let mut rev: Option<Revision> = None;

@@ -328,15 +328,14 @@ fn classify_after(data: &Bytes, at: usize, from: usize) -> Tail {
     while let Some(nz) = next_nonzero(data, off) {
         nonzero = true;
         let cand = nz & !7;
-        if cand + FRAME_HEADER_BYTES <= data.len() {
-            if let Ok(Some(_)) = frame_at(data, cand) {
+        if cand + FRAME_HEADER_BYTES <= data.len()
+            && let Ok(Some(_)) = frame_at(data, cand) {
                 return Tail::Corrupt {
                     at: at as u64,
                     valid_at: cand as u64,
                     reason: "invalid bytes before a valid frame".into(),
                 };
             }
-        }
         off = cand + 8;
     }
     if nonzero {
@@ -420,11 +419,10 @@ pub fn list_segments(dir: &Path) -> Result<Vec<(u64, PathBuf)>, OpenError> {
             let _ = std::fs::remove_file(ent.path());
             continue;
         }
-        if let Some(hex) = name.strip_suffix(".wal") {
-            if let Ok(seq) = u64::from_str_radix(hex, 16) {
+        if let Some(hex) = name.strip_suffix(".wal")
+            && let Ok(seq) = u64::from_str_radix(hex, 16) {
                 out.push((seq, ent.path()));
             }
-        }
     }
     out.sort();
     Ok(out)
@@ -438,7 +436,7 @@ pub fn fsync_dir(dir: &Path) -> std::io::Result<()> {
 /// overwrite allocated blocks and `fdatasync` has no metadata to commit (about 10x cheaper per
 /// sync on this disk than appending). Written under a temporary name, renamed when complete.
 pub fn prepare_segment(dir: &Path, shard: u32, seq: u64, bytes: u64) -> std::io::Result<File> {
-    crate::failpoint!("wal::prepare", |e| Err(e));
+    crate::failpoint!("wal::prepare", Err);
     let path = segment_path(dir, seq);
     let tmp = path.with_extension("wal.tmp");
     let mut f = OpenOptions::new().create(true).truncate(true).write(true).read(true).open(&tmp)?;

@@ -578,11 +578,10 @@ impl CacheWatcher {
 
 impl Drop for CacheWatcher {
     fn drop(&mut self) {
-        if let Some(shared) = self.cache.upgrade() {
-            if let Ok(mut s) = shared.state.write() {
+        if let Some(shared) = self.cache.upgrade()
+            && let Ok(mut s) = shared.state.write() {
                 s.unindex(self.id, &shared.metrics);
             }
-        }
     }
 }
 
