@@ -428,9 +428,9 @@ impl Cache {
         let name = String::from_utf8_lossy(&prefix).trim_matches('/').to_string();
         registry().lock().unwrap().push((name, Arc::downgrade(&metrics)));
         let shared = Arc::new(Shared { cfg, metrics, kept: Default::default(), state: RwLock::new(state), revision_tx, store: store.clone() });
-        let watcher = store.watch(WatchRequest { range: KeyRange::Prefix(prefix), start_revision: Some(listed.revision + 1), prev_kv: true });
+        let watcher = store.watch(WatchRequest { range: KeyRange::Prefix(prefix.clone()), start_revision: Some(listed.revision + 1), prev_kv: true });
         let weak = Arc::downgrade(&shared);
-        tokio::spawn(ingest(weak, watcher, decode));
+        tokio::spawn(ingest(weak, watcher, decode, prefix));
         Ok(Cache { shared })
     }
 
@@ -586,7 +586,7 @@ impl Drop for CacheWatcher {
 }
 
 /// The one store watch of a cache: apply each event, keep it in the ring, fan it out.
-async fn ingest(weak: std::sync::Weak<Shared>, mut watcher: storage::Watcher, decode: Decode) {
+async fn ingest(weak: std::sync::Weak<Shared>, mut watcher: storage::Watcher, decode: Decode, prefix: Bytes) {
     let mut candidates = Vec::new();
     let mut memo: HashMap<Arc<str>, (bool, bool)> = HashMap::new();
     loop {
@@ -594,6 +594,13 @@ async fn ingest(weak: std::sync::Weak<Shared>, mut watcher: storage::Watcher, de
         let Some(shared) = weak.upgrade() else { return };
         let events = match batch {
             Some(Ok(events)) => events,
+            Some(Err(storage::WatchError::SlowWatcher { resume_revision, .. })) => {
+                // The cache fell behind the store (a CPU-starved ingestion): watch again from
+                // where it stopped; the store's history has the rest, nothing is lost.
+                tracing::warn!(resume_revision, "watch cache fell behind its store watch; resuming");
+                watcher = shared.store.watch(WatchRequest { range: KeyRange::Prefix(prefix.clone()), start_revision: Some(resume_revision), prev_kv: true });
+                continue;
+            }
             Some(Err(e)) => {
                 shared.state.write().unwrap().stopped = Some(e.to_string());
                 tracing::warn!(error = %e, "watch cache's store watch ended");

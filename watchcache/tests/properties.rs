@@ -240,3 +240,36 @@ async fn watchers_with_random_predicates_that_disconnect_and_resume_see_no_gap()
         assert_eq!(got, want, "predicate {d} (seed {seed})");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cache_that_falls_behind_its_store_watch_resumes_without_losing_events() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = StoreConfig::new(dir.path());
+    cfg.shards = 1;
+    cfg.fsync = false;
+    cfg.pin_threads = false;
+    cfg.segment_bytes = 8 << 20;
+    cfg.batch_bytes_max = 1 << 20;
+    cfg.request_bytes_max = 1 << 20;
+    cfg.watch_queue_events_max = 4; // the cache's own store watch overflows at once
+    let s = Store::open(cfg).unwrap();
+    let cache = Cache::start(s.clone(), Bytes::from_static(b"/o/"), decode(), Config::default()).await.unwrap();
+    let mut w = cache.watch(None, Filter::everything()).unwrap();
+    // One txn of 50 puts: 50 events at one revision, far more than the store watch's queue.
+    let req = storage::TxnRequest {
+        compare: vec![],
+        success: (0..50)
+            .map(|i| storage::TxnOp::Put(storage::PutRequest { key: Bytes::from(format!("/o/ns/k{i:02}")), value: Bytes::from(format!("n1;{i}")), lease: 0, prev_kv: false }))
+            .collect(),
+        failure: vec![],
+    };
+    s.txn(req).await.unwrap();
+    within("cache catching up after resuming", cache.wait_consistent(WATCHDOG)).await.unwrap();
+    let (_, snap) = cache.snapshot();
+    assert_eq!(snap.len(), 50, "every object of the overflowing txn is in the cache");
+    let mut n = 0;
+    while n < 50 {
+        within("the cache's watcher", w.next()).await.unwrap().unwrap();
+        n += 1;
+    }
+}
