@@ -18,12 +18,16 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run a whole cluster in this process (today: store + API server) and write a kubeconfig.
+    /// Run a whole cluster in this process (today: store + API server + hollow nodes) and
+    /// write a kubeconfig.
     Up {
         #[arg(long, default_value = "./capstan-data")]
         data_dir: PathBuf,
         #[arg(long, default_value = "127.0.0.1:6443")]
         listen: String,
+        /// Hollow nodes (no processes: pods bound to them go Running) to run in this process.
+        #[arg(long, default_value_t = 0)]
+        hollow_nodes: usize,
         #[command(flatten)]
         opts: ServeOpts,
     },
@@ -110,8 +114,8 @@ fn main() -> Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     match cli.command {
         Command::Kv { data_dir, shards, unsafe_no_fsync, op } => rt.block_on(kv(data_dir, shards, unsafe_no_fsync, op)),
-        Command::Up { data_dir, listen, opts } => rt.block_on(serve(data_dir, listen, opts, true)),
-        Command::Apiserver { data_dir, listen, opts } => rt.block_on(serve(data_dir, listen, opts, false)),
+        Command::Up { data_dir, listen, hollow_nodes, opts } => rt.block_on(serve(data_dir, listen, opts, true, hollow_nodes)),
+        Command::Apiserver { data_dir, listen, opts } => rt.block_on(serve(data_dir, listen, opts, false, 0)),
     }
 }
 
@@ -139,7 +143,7 @@ users:
 
 /// Runs the store and the API server until SIGINT or SIGTERM, then stops cleanly (the store
 /// syncs and its threads end when the last handle drops).
-async fn serve(data_dir: PathBuf, listen: String, opts: ServeOpts, up: bool) -> Result<()> {
+async fn serve(data_dir: PathBuf, listen: String, opts: ServeOpts, up: bool, hollow_nodes: usize) -> Result<()> {
     std::fs::create_dir_all(&data_dir).with_context(|| format!("creating {}", data_dir.display()))?;
     let store_dir = data_dir.join("store");
     let mut cfg = Config::new(&store_dir);
@@ -163,13 +167,25 @@ async fn serve(data_dir: PathBuf, listen: String, opts: ServeOpts, up: bool) -> 
     println!("stop with Ctrl-C");
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let app = apiserver::router_with_shutdown(store.clone(), stop_rx);
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
-            shutdown_signal().await;
-            // Open watches end with a bookmark instead of holding the shutdown open.
-            let _ = stop_tx.send(true);
-        })
-        .await?;
+    let server_task = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                shutdown_signal().await;
+                // Open watches end with a bookmark instead of holding the shutdown open.
+                let _ = stop_tx.send(true);
+            })
+            .await
+    });
+    let hollow = if hollow_nodes > 0 {
+        let cfg = kubelet::HollowConfig { count: hollow_nodes, ..Default::default() };
+        let h = kubelet::HollowNodes::start(&server, cfg).await.context("starting hollow nodes")?;
+        println!("  hollow nodes: {hollow_nodes} (hollow-0 .. hollow-{})", hollow_nodes - 1);
+        Some(h)
+    } else {
+        None
+    };
+    server_task.await??;
+    drop(hollow);
     eprintln!("capstan: shutting down");
     drop(store);
     Ok(())

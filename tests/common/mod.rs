@@ -65,8 +65,15 @@ impl Cluster {
     }
 
     pub fn start_in(dir: tempfile::TempDir) -> Cluster {
+        Cluster::start_with(dir, &[])
+    }
+
+    /// `capstan up` with extra arguments (e.g. `--hollow-nodes 3`).
+    pub fn start_with(dir: tempfile::TempDir, extra: &[&str]) -> Cluster {
         let mut child = Command::new(env!("CARGO_BIN_EXE_capstan"))
-            .args(["up", "--listen", "127.0.0.1:0", "--log-level", "warn", "--data-dir"])
+            .args(["up", "--listen", "127.0.0.1:0", "--log-level", "warn"])
+            .args(extra)
+            .arg("--data-dir")
             .arg(dir.path())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())

@@ -1,0 +1,107 @@
+//! A small JSON client of the API server over HTTP/1.1 keep-alive connections (one pool per
+//! process), with Kubernetes `Status` errors surfaced as `ClientError::Status`.
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use serde_json::Value;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("{code} {reason}: {message}")]
+    Status { code: u16, reason: String, message: String },
+    #[error("transport: {0}")]
+    Transport(String),
+    #[error("response is not JSON: {0}")]
+    Decode(String),
+}
+
+#[derive(Clone)]
+pub struct Client {
+    base: String,
+    http: hyper_util::client::legacy::Client<HttpConnector, Full<Bytes>>,
+}
+
+/// A stream of watch events (one JSON object per line).
+pub struct WatchStream {
+    body: hyper::body::Incoming,
+    buf: Vec<u8>,
+}
+
+impl WatchStream {
+    pub async fn next(&mut self) -> Option<Value> {
+        loop {
+            if let Some(nl) = self.buf.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = self.buf.drain(..=nl).collect();
+                match serde_json::from_slice(&line) {
+                    Ok(v) => return Some(v),
+                    Err(_) => continue,
+                }
+            }
+            let frame = self.body.frame().await?.ok()?;
+            if let Ok(d) = frame.into_data() {
+                self.buf.extend_from_slice(&d);
+            }
+        }
+    }
+}
+
+impl Client {
+    pub fn new(base: &str) -> Client {
+        Client { base: base.trim_end_matches('/').to_string(), http: hyper_util::client::legacy::Client::builder(TokioExecutor::new()).build_http() }
+    }
+
+    async fn send(&self, method: &str, path: &str, ctype: &str, body: Option<&Value>) -> Result<hyper::Response<hyper::body::Incoming>, ClientError> {
+        let mut req = hyper::Request::builder().method(method).uri(format!("{}{path}", self.base)).header("Accept", "application/json").header("User-Agent", "capstan-kubelet/0.1");
+        let bytes = match body {
+            Some(b) => {
+                req = req.header("Content-Type", ctype);
+                Bytes::from(serde_json::to_vec(b).map_err(|e| ClientError::Decode(e.to_string()))?)
+            }
+            None => Bytes::new(),
+        };
+        let req = req.body(Full::new(bytes)).map_err(|e| ClientError::Transport(e.to_string()))?;
+        self.http.request(req).await.map_err(|e| ClientError::Transport(e.to_string()))
+    }
+
+    async fn call(&self, method: &str, path: &str, ctype: &str, body: Option<&Value>) -> Result<Value, ClientError> {
+        let resp = self.send(method, path, ctype, body).await?;
+        let code = resp.status().as_u16();
+        let bytes = resp.into_body().collect().await.map_err(|e| ClientError::Transport(e.to_string()))?.to_bytes();
+        let v: Value = serde_json::from_slice(&bytes).map_err(|e| ClientError::Decode(e.to_string()))?;
+        if code >= 300 {
+            return Err(ClientError::Status {
+                code,
+                reason: v["reason"].as_str().unwrap_or("").to_string(),
+                message: v["message"].as_str().unwrap_or("").to_string(),
+            });
+        }
+        Ok(v)
+    }
+
+    pub async fn get(&self, path: &str) -> Result<Value, ClientError> {
+        self.call("GET", path, "", None).await
+    }
+    pub async fn post(&self, path: &str, body: &Value) -> Result<Value, ClientError> {
+        self.call("POST", path, "application/json", Some(body)).await
+    }
+    pub async fn put(&self, path: &str, body: &Value) -> Result<Value, ClientError> {
+        self.call("PUT", path, "application/json", Some(body)).await
+    }
+    pub async fn merge_patch(&self, path: &str, body: &Value) -> Result<Value, ClientError> {
+        self.call("PATCH", path, "application/merge-patch+json", Some(body)).await
+    }
+    pub async fn delete(&self, path: &str, options: &Value) -> Result<Value, ClientError> {
+        self.call("DELETE", path, "application/json", Some(options)).await
+    }
+
+    /// Opens a watch (`path` includes `watch=true`).
+    pub async fn watch(&self, path: &str) -> Result<WatchStream, ClientError> {
+        let resp = self.send("GET", path, "", None).await?;
+        if resp.status().as_u16() >= 300 {
+            return Err(ClientError::Status { code: resp.status().as_u16(), reason: String::new(), message: "watch refused".into() });
+        }
+        Ok(WatchStream { body: resp.into_body(), buf: Vec::new() })
+    }
+}
