@@ -475,6 +475,11 @@ impl Watcher {
                     }
                 }
             }
+            if !caught_up && self.shared.registered.load(SeqCst) == self.targets.len() {
+                // The last shard finished its catch-up during this pass: its wake-up message
+                // may have been drained above, so look again now rather than sleep on it.
+                continue;
+            }
             let overflow = self.shared.overflow.load(SeqCst);
             let limit = if !caught_up {
                 0
