@@ -520,16 +520,6 @@ impl Cache {
         let k = self.shared.kept.lock().unwrap();
         k.iter().find(|(r, at, _)| *r == rev && at.elapsed() < SNAPSHOT_AGE_MAX).map(|(_, _, s)| s.clone())
     }
-
-    pub fn watcher_count(&self) -> usize {
-        self.shared.state.read().unwrap().watchers.len()
-    }
-
-    /// Events in the ring and the bytes of their objects (shared with the current objects).
-    pub fn ring_stats(&self) -> (usize, usize) {
-        let s = self.shared.state.read().unwrap();
-        (s.ring.len(), s.ring.iter().map(|e| e.object.json.len()).sum())
-    }
 }
 
 /// A watch on the cache. Dropping it unregisters it.
@@ -685,7 +675,3 @@ async fn ingest(weak: std::sync::Weak<Shared>, mut watcher: storage::Watcher, de
     }
 }
 
-/// Shared lock-free helper for tests and callers that hold objects: their JSON length.
-pub fn object_bytes(o: &Object) -> usize {
-    o.json.len() + o.key.len()
-}
