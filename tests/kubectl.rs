@@ -2,8 +2,7 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use common::*;
 
@@ -139,15 +138,7 @@ fn get_watch_sees_an_update_arrive() {
     let c = Cluster::start();
     let cm = r#"{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"w"},"data":{"k":"1"}}"#;
     c.ok(&["create", "-f", path_str(&c.write("cm.json", cm))]);
-    let mut watch = Command::new(KUBECTL)
-        .args(["get", "configmaps", "-w", "-o", "jsonpath={.metadata.name}={.data.k}{\"\\n\"}"])
-        .env("KUBECONFIG", &c.kubeconfig)
-        .env("HOME", c.dir.path())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(watch.stdout.take().unwrap()).lines();
+    let (mut watch, mut lines) = c.kubectl_spawn(&["get", "configmaps", "-w", "-o", "jsonpath={.metadata.name}={.data.k}{\"\\n\"}"]);
     assert_eq!(lines.next().expect("kubectl -w printed the current object").unwrap(), "w=1");
     c.ok(&["patch", "configmap", "w", "--type", "merge", "-p", r#"{"data":{"k":"2"}}"#]);
     assert_eq!(lines.next().expect("kubectl -w printed the update").unwrap(), "w=2");
@@ -400,15 +391,7 @@ fn sigterm_with_an_open_watch_stops_the_server_and_ends_the_watch() {
     let c = Cluster::start();
     let cm = r#"{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"w"}}"#;
     c.ok(&["create", "-f", path_str(&c.write("cm.json", cm))]);
-    let mut watch = Command::new(KUBECTL)
-        .args(["get", "configmaps", "-w", "-o", "name"])
-        .env("KUBECONFIG", &c.kubeconfig)
-        .env("HOME", c.dir.path())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(watch.stdout.take().unwrap()).lines();
+    let (mut watch, mut lines) = c.kubectl_spawn(&["get", "configmaps", "-w", "-o", "name"]);
     assert_eq!(lines.next().expect("the watch is open").unwrap(), "configmap/w");
     // stop() fails the test if the server is not gone within the wait: an open watch must not
     // hold the graceful shutdown.
@@ -417,15 +400,7 @@ fn sigterm_with_an_open_watch_stops_the_server_and_ends_the_watch() {
     assert!(status.code().is_some(), "kubectl -w ended when the server stopped");
     // After a restart, kubectl get -w run again sees the state and the changes that follow.
     let c = Cluster::start_in(dir);
-    let mut watch = Command::new(KUBECTL)
-        .args(["get", "configmaps", "-w", "-o", "jsonpath={.metadata.name}={.data.v}{\"\\n\"}"])
-        .env("KUBECONFIG", &c.kubeconfig)
-        .env("HOME", c.dir.path())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(watch.stdout.take().unwrap()).lines();
+    let (mut watch, mut lines) = c.kubectl_spawn(&["get", "configmaps", "-w", "-o", "jsonpath={.metadata.name}={.data.v}{\"\\n\"}"]);
     assert_eq!(lines.next().expect("the state after the restart").unwrap(), "w=");
     c.ok(&["patch", "cm", "w", "--type", "merge", "-p", r#"{"data":{"v":"after"}}"#]);
     assert_eq!(lines.next().expect("a change after the restart").unwrap(), "w=after");

@@ -647,7 +647,8 @@ impl Req<'_> {
         match cache.watch(Some(after), filter.clone()) {
             Ok(w) => {
                 let deadline = tokio::time::Instant::now() + timeout;
-                let state = CacheWatchStream { w, cache, filter, initial: initial.into(), deadline, bookmarks, kind, api_version, as_table, after, done: false, shutdown: self.st.shutdown.clone(), shutdown_open: true };
+                let shell = WatchShell::new(self.st, initial, deadline, bookmarks, kind, api_version);
+                let state = CacheWatchStream { shell, w, cache, filter, as_table, after };
                 let stream = futures_util::stream::unfold(state, |mut s| async move {
                     let next = s.next().await?;
                     Some((Ok::<_, std::convert::Infallible>(next), s))
@@ -705,7 +706,8 @@ impl Req<'_> {
         }
         let watcher = self.st.store.watch(WatchRequest { range: KeyRange::Prefix(Bytes::from(prefix)), start_revision: Some(start), prev_kv: true });
         let deadline = tokio::time::Instant::now() + timeout;
-        let state = WatchStream { watcher, initial: initial.into(), deadline, bookmarks, kind, api_version, filter: Box::new(filter), as_table, last_rev: start - 1, done: false, shutdown: self.st.shutdown.clone(), shutdown_open: true };
+        let shell = WatchShell::new(self.st, initial, deadline, bookmarks, kind, api_version);
+        let state = WatchStream { shell, watcher, filter: Box::new(filter), as_table, last_rev: start - 1 };
         let stream = futures_util::stream::unfold(state, |mut s| async move {
             let next = s.next().await?;
             Some((Ok::<_, std::convert::Infallible>(next), s))
@@ -1356,47 +1358,85 @@ fn event_line(ty: &str, obj: &Value, kind: &str, as_table: bool) -> Bytes {
     Bytes::from(v)
 }
 
-struct WatchStream {
-    watcher: storage::Watcher,
+/// What the two watch streams (store-fed and cache-fed) have in common: the initial events,
+/// the deadline, periodic bookmarks and the server's shutdown.
+struct WatchShell {
     initial: std::collections::VecDeque<Bytes>,
     deadline: tokio::time::Instant,
     bookmarks: bool,
     kind: &'static str,
     api_version: String,
-    filter: Box<dyn Fn(&Value) -> bool + Send + Sync>,
-    as_table: bool,
-    last_rev: u64,
     done: bool,
     shutdown: tokio::sync::watch::Receiver<bool>,
     shutdown_open: bool,
 }
 
+/// What a watch stream's wait ended with.
+enum Wait<T> {
+    /// The source produced this.
+    Got(T),
+    /// Time for a bookmark (periodic, or the last one at shutdown).
+    Bookmark,
+    /// The deadline passed: the stream ends.
+    End,
+    /// Nothing to do yet (the shutdown channel changed without a shutdown): wait again.
+    Again,
+}
+
+impl WatchShell {
+    fn new(st: &AppState, initial: Vec<Bytes>, deadline: tokio::time::Instant, bookmarks: bool, kind: &'static str, api_version: String) -> WatchShell {
+        WatchShell { initial: initial.into(), deadline, bookmarks, kind, api_version, done: false, shutdown: st.shutdown.clone(), shutdown_open: true }
+    }
+
+    /// Waits for `source`, the deadline, the next bookmark or the server's shutdown (after
+    /// which the stream sends a last bookmark and ends).
+    async fn wait<F: std::future::Future>(&mut self, source: F) -> Wait<F::Output> {
+        if *self.shutdown.borrow() {
+            self.done = true;
+            return Wait::Bookmark;
+        }
+        tokio::select! {
+            r = tokio::time::timeout_at(watch_wait_until(self.deadline, self.bookmarks), source) => match r {
+                Ok(x) => Wait::Got(x),
+                Err(_) if tokio::time::Instant::now() >= self.deadline => Wait::End,
+                Err(_) => Wait::Bookmark,
+            },
+            r = self.shutdown.changed(), if self.shutdown_open => {
+                // A closed channel (the sender gone without a shutdown) means none will come.
+                self.shutdown_open = r.is_ok();
+                Wait::Again
+            }
+        }
+    }
+
+    fn bookmark(&self, rev: u64) -> Bytes {
+        bookmark_line(self.kind, &self.api_version, rev)
+    }
+}
+
+struct WatchStream {
+    shell: WatchShell,
+    watcher: storage::Watcher,
+    filter: Box<dyn Fn(&Value) -> bool + Send + Sync>,
+    as_table: bool,
+    last_rev: u64,
+}
+
 impl WatchStream {
     async fn next(&mut self) -> Option<Bytes> {
-        if let Some(b) = self.initial.pop_front() {
+        if let Some(b) = self.shell.initial.pop_front() {
             return Some(b);
         }
         loop {
-            if self.done {
+            if self.shell.done {
                 return None;
             }
-            if *self.shutdown.borrow() {
-                self.done = true;
-                return Some(bookmark_line(self.kind, &self.api_version, self.last_rev));
-            }
-            let next = tokio::select! {
-                r = tokio::time::timeout_at(watch_wait_until(self.deadline, self.bookmarks), self.watcher.next()) => r,
-                r = self.shutdown.changed(), if self.shutdown_open => {
-                    self.shutdown_open = r.is_ok();
-                    continue;
-                }
-            };
-            let batch = match next {
-                Err(_) if tokio::time::Instant::now() >= self.deadline => return None,
-                Err(_) => return Some(bookmark_line(self.kind, &self.api_version, self.last_rev)),
-                Ok(None) => return None,
-                Ok(Some(Err(e))) => {
-                    self.done = true;
+            let batch = match self.shell.wait(self.watcher.next()).await {
+                Wait::Again => continue,
+                Wait::End | Wait::Got(None) => return None,
+                Wait::Bookmark => return Some(self.shell.bookmark(self.last_rev)),
+                Wait::Got(Some(Err(e))) => {
+                    self.shell.done = true;
                     let status = match e {
                         storage::WatchError::Compacted { .. } => ApiError::gone(format!("too old resource version: {e}")),
                         other => ApiError::internal(other.to_string()),
@@ -1405,7 +1445,7 @@ impl WatchStream {
                     v.push(b'\n');
                     return Some(Bytes::from(v));
                 }
-                Ok(Some(Ok(events))) => events,
+                Wait::Got(Some(Ok(events))) => events,
             };
             let mut out = BytesMut::new();
             for e in batch {
@@ -1434,7 +1474,7 @@ impl WatchStream {
                     }
                     _ => continue,
                 };
-                out.put_slice(&event_line(ty, &obj, self.kind, self.as_table));
+                out.put_slice(&event_line(ty, &obj, self.shell.kind, self.as_table));
             }
             if !out.is_empty() {
                 return Some(out.freeze());
@@ -1503,50 +1543,31 @@ impl ListStream {
 }
 
 struct CacheWatchStream {
+    shell: WatchShell,
     w: watchcache::CacheWatcher,
     cache: watchcache::Cache,
     filter: watchcache::Filter,
-    initial: std::collections::VecDeque<Bytes>,
-    deadline: tokio::time::Instant,
-    bookmarks: bool,
-    kind: &'static str,
-    api_version: String,
     as_table: bool,
     /// Events at or below this were covered by the initial state or the client's version.
     after: u64,
-    done: bool,
-    shutdown: tokio::sync::watch::Receiver<bool>,
-    shutdown_open: bool,
 }
 
 impl CacheWatchStream {
     async fn next(&mut self) -> Option<Bytes> {
-        if let Some(b) = self.initial.pop_front() {
+        if let Some(b) = self.shell.initial.pop_front() {
             return Some(b);
         }
         loop {
-            if self.done {
+            if self.shell.done {
                 return None;
             }
-            if *self.shutdown.borrow() {
-                self.done = true;
-                return Some(bookmark_line(self.kind, &self.api_version, self.cache.revision().max(self.w.last_revision())));
-            }
-            let next = tokio::select! {
-                r = tokio::time::timeout_at(watch_wait_until(self.deadline, self.bookmarks), self.w.next()) => r,
-                r = self.shutdown.changed(), if self.shutdown_open => {
-                    // A closed channel (the sender gone without a shutdown) means none will come.
-                    self.shutdown_open = r.is_ok();
-                    continue;
-                }
-            };
-            let ev = match next {
-                Err(_) if tokio::time::Instant::now() >= self.deadline => return None,
-                Err(_) => return Some(bookmark_line(self.kind, &self.api_version, self.cache.revision().max(self.w.last_revision()))),
+            let ev = match self.shell.wait(self.w.next()).await {
+                Wait::Again => continue,
+                Wait::Bookmark => return Some(self.shell.bookmark(self.cache.revision().max(self.w.last_revision()))),
                 // A slow watcher's stream ends; the client watches again from its last
                 // resourceVersion, which the ring still holds.
-                Ok(None) | Ok(Some(Err(_))) => return None,
-                Ok(Some(Ok(e))) => e,
+                Wait::End | Wait::Got(None) | Wait::Got(Some(Err(_))) => return None,
+                Wait::Got(Some(Ok(e))) => e,
             };
             if ev.revision <= self.after {
                 continue;
@@ -1561,7 +1582,7 @@ impl CacheWatchStream {
                 (_, false, false) => continue,
             };
             if self.as_table {
-                let table = || event_line(ty, &serde_json::from_slice(&ev.object.json).unwrap_or(Value::Null), self.kind, true);
+                let table = || event_line(ty, &serde_json::from_slice(&ev.object.json).unwrap_or(Value::Null), self.shell.kind, true);
                 // The Table form is shared too when the watcher sees the event as it happened.
                 return Some(if ty == ev.kind.as_str() { ev.table_line(table) } else { table() });
             }

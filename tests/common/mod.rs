@@ -107,6 +107,20 @@ impl Cluster {
             .unwrap_or_else(|e| panic!("run {bin}: {e}"))
     }
 
+    /// Starts a long-running kubectl (e.g. `get -w`) and returns it with its stdout lines.
+    pub fn kubectl_spawn(&self, args: &[&str]) -> (std::process::Child, std::io::Lines<BufReader<std::process::ChildStdout>>) {
+        let mut child = Command::new(KUBECTL)
+            .args(args)
+            .env("KUBECONFIG", &self.kubeconfig)
+            .env("HOME", self.dir.path())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start kubectl");
+        let lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        (child, lines)
+    }
+
     /// Runs kubectl and returns stdout, failing the test with stderr if it failed.
     pub fn ok(&self, args: &[&str]) -> String {
         self.ok_with(KUBECTL, args)

@@ -36,6 +36,11 @@ fn decode() -> Decode {
 }
 
 fn store(dir: &std::path::Path) -> Store {
+    store_with(dir, |_| {})
+}
+
+/// A small, fast test store (2 shards, fsync off), adjusted by `tune`.
+fn store_with(dir: &std::path::Path, tune: impl FnOnce(&mut StoreConfig)) -> Store {
     let mut cfg = StoreConfig::new(dir);
     cfg.shards = 2;
     cfg.fsync = false;
@@ -43,6 +48,7 @@ fn store(dir: &std::path::Path) -> Store {
     cfg.segment_bytes = 8 << 20;
     cfg.batch_bytes_max = 1 << 20;
     cfg.request_bytes_max = 1 << 20;
+    tune(&mut cfg);
     Store::open(cfg).unwrap()
 }
 
@@ -244,15 +250,10 @@ async fn watchers_with_random_predicates_that_disconnect_and_resume_see_no_gap()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cache_that_falls_behind_its_store_watch_resumes_without_losing_events() {
     let dir = tempfile::tempdir().unwrap();
-    let mut cfg = StoreConfig::new(dir.path());
-    cfg.shards = 1;
-    cfg.fsync = false;
-    cfg.pin_threads = false;
-    cfg.segment_bytes = 8 << 20;
-    cfg.batch_bytes_max = 1 << 20;
-    cfg.request_bytes_max = 1 << 20;
-    cfg.watch_queue_events_max = 4; // the cache's own store watch overflows at once
-    let s = Store::open(cfg).unwrap();
+    let s = store_with(dir.path(), |cfg| {
+        cfg.shards = 1;
+        cfg.watch_queue_events_max = 4; // the cache's own store watch overflows at once
+    });
     let cache = Cache::start(s.clone(), Bytes::from_static(b"/o/"), decode(), Config::default()).await.unwrap();
     let mut w = cache.watch(None, Filter::everything()).unwrap();
     // One txn of 50 puts: 50 events at one revision, far more than the store watch's queue.
