@@ -1,0 +1,7 @@
+//! Helpers shared by capstan's API clients (kubelet, scheduler, controllers): the parts of the
+//! Kubernetes API that are logic rather than types. The types themselves come from
+//! `k8s-openapi`; this crate holds what they leave as strings.
+
+pub mod quantity;
+
+pub use quantity::{Quantity, QuantityError};
