@@ -1,66 +1,151 @@
-//! capstan's node agent. Today: hollow nodes (like kubemark or kwok) — many nodes in one
-//! process, sharing one HTTP connection pool and one pod watch — that register, keep their
-//! leases renewed and move the pods bound to them from Pending to Running. The process
-//! runtime (real pods as local processes) is still to come (issue #5).
+//! capstan's node agent. One [`Kubelet`] hosts one or many nodes over one API connection
+//! pool and one pod watch, and hands their pods to a [`Runtime`]:
+//! - [`process::ProcessRuntime`] runs a real node's pods as local processes (logs, restarts,
+//!   probes, graceful termination);
+//! - [`hollow::HollowRuntime`] runs thousands of hollow nodes (like kubemark or kwok): no
+//!   processes, pods go Running (and Succeeded, if they declare a run time) after delays.
 //!
 //! **Invariants.** A kubelet talks only to the API server (never the store). One pod watch
-//! serves every hollow node of the process (`fieldSelector=spec.nodeName!=`), dispatched by
-//! node name. Lease renewals are spread over the renew interval.
+//! serves every node of the process, dispatched by node name; it resumes from the last
+//! revision it saw and lists again only when the server says that revision is gone (410).
+//! Leases are renewed every `lease_renew`, spread over the period; node status is written
+//! at registration and then every `status_every` (Kubernetes' nodeStatusReportFrequency).
 //!
-//! **Where to start reading.** [`HollowNodes::start`], then `pod_loop` and `lease_loop`.
+//! **Where to start reading.** [`Kubelet::start`], then `pod_loop`, then a runtime.
 
+pub mod cgroup;
 pub mod client;
+pub mod events;
+pub mod hollow;
+pub mod logs;
+pub mod pod;
+pub mod probe;
+pub mod process;
+pub mod server;
+pub mod stats;
 
 use std::collections::HashSet;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde_json::{Value, json};
+use serde_json::{Map, Value, json};
 
 use client::{Client, ClientError};
 
-/// How hollow nodes look and behave.
-#[derive(Clone, Debug)]
-pub struct HollowConfig {
-    /// Nodes are named `<prefix><i>`.
-    pub name_prefix: String,
-    pub count: usize,
-    pub cpu: String,
-    pub memory: String,
-    pub pods: String,
-    /// Zones the nodes are spread over (topology labels).
-    pub zones: usize,
-    /// Lease renewal period (Kubernetes' default is 10 s).
-    pub lease_renew: Duration,
-    /// Delay from a pod's binding to its Running status.
-    pub start_delay: Duration,
+pub use hollow::{HollowConfig, HollowNodes};
+
+pub type BoxFuture<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'a>>;
+
+/// What runs the pods of a kubelet's nodes.
+pub trait Runtime: Send + Sync + 'static {
+    /// A pod bound to one of the nodes was added or changed (the latest object). The watch
+    /// waits for the returned future: a runtime pushes back by not finishing it.
+    fn pod_changed(&self, pod: Value) -> BoxFuture<'_>;
+    /// A pod bound to one of the nodes is gone from the API.
+    fn pod_removed(&self, ns: &str, name: &str, uid: &str);
+    /// After a (re)list: every pod bound to the nodes now; others are gone.
+    fn resync(&self, _pods: &[Value]) {}
+    /// Usage of the nodes and pods, for `/stats/capstan`.
+    fn stats(&self) -> Value;
+    /// Where container logs live, if the runtime has any.
+    fn log_root(&self) -> Option<PathBuf> {
+        None
+    }
+    /// The log file being written now at `path`, for `follow`.
+    fn live_log(&self, _path: &Path) -> Option<Arc<logs::LogSink>> {
+        None
+    }
+    /// Stops every pod (node shutdown).
+    fn shutdown(&self) -> BoxFuture<'_>;
 }
 
-impl Default for HollowConfig {
-    fn default() -> Self {
-        HollowConfig {
-            name_prefix: "hollow-".into(),
-            count: 0,
-            cpu: "32".into(),
-            memory: "256Gi".into(),
-            pods: "110".into(),
-            zones: 3,
-            lease_renew: Duration::from_secs(10),
-            start_delay: Duration::ZERO,
+/// One node as registered.
+#[derive(Clone, Debug)]
+pub struct NodeSpec {
+    pub name: String,
+    pub labels: Map<String, Value>,
+    /// `capacity` (and `allocatable`): cpu, memory, pods, ephemeral-storage.
+    pub capacity: Map<String, Value>,
+    pub taints: Vec<Value>,
+    pub internal_ip: String,
+    pub node_info: Value,
+}
+
+impl NodeSpec {
+    fn status(&self, port: u16) -> Value {
+        let t = now();
+        let cond = |ty: &str, st: &str, reason: &str, msg: &str| {
+            json!({"type": ty, "status": st, "reason": reason, "message": msg, "lastHeartbeatTime": t, "lastTransitionTime": t})
+        };
+        json!({
+            "capacity": self.capacity, "allocatable": self.capacity,
+            "conditions": [
+                cond("MemoryPressure", "False", "KubeletHasSufficientMemory", "kubelet has sufficient memory available"),
+                cond("DiskPressure", "False", "KubeletHasNoDiskPressure", "kubelet has no disk pressure"),
+                cond("PIDPressure", "False", "KubeletHasSufficientPID", "kubelet has sufficient PID available"),
+                cond("Ready", "True", "KubeletReady", "kubelet is posting ready status"),
+            ],
+            "addresses": [{"type": "InternalIP", "address": self.internal_ip}, {"type": "Hostname", "address": self.name}],
+            "daemonEndpoints": {"kubeletEndpoint": {"Port": port}},
+            "nodeInfo": self.node_info,
+        })
+    }
+
+    fn object(&self, port: u16) -> Value {
+        let mut spec = json!({});
+        if !self.taints.is_empty() {
+            spec["taints"] = json!(self.taints);
+        }
+        json!({
+            "apiVersion": "v1", "kind": "Node",
+            "metadata": {"name": self.name, "labels": self.labels},
+            "spec": spec,
+            "status": self.status(port),
+        })
+    }
+
+    /// The node this machine is: its cores, memory and disk.
+    pub fn local(name: &str, data_dir: &Path) -> NodeSpec {
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let (mem, _) = stats::meminfo();
+        let disk = stats::fs_bytes(data_dir);
+        let mut labels = Map::new();
+        for (k, v) in [("kubernetes.io/hostname", name), ("kubernetes.io/os", "linux"), ("kubernetes.io/arch", std::env::consts::ARCH)] {
+            labels.insert(k.into(), json!(v));
+        }
+        let mut capacity = Map::new();
+        capacity.insert("cpu".into(), json!(cpus.to_string()));
+        capacity.insert("memory".into(), json!(format!("{}Ki", mem / 1024)));
+        capacity.insert("pods".into(), json!("110"));
+        capacity.insert("ephemeral-storage".into(), json!(format!("{}Ki", disk / 1024)));
+        let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim().to_string();
+        NodeSpec {
+            name: name.to_string(),
+            labels,
+            capacity,
+            taints: Vec::new(),
+            internal_ip: "127.0.0.1".into(),
+            node_info: json!({
+                "kubeletVersion": "v1.33.0-capstan", "operatingSystem": "linux", "architecture": std::env::consts::ARCH,
+                "containerRuntimeVersion": "capstan-process://0.1", "osImage": "capstan process runtime (no images)",
+                "kernelVersion": kernel, "kubeProxyVersion": "", "machineID": "", "systemUUID": "", "bootID": "",
+            }),
         }
     }
 }
 
-/// A running set of hollow nodes. Dropping it stops their loops.
-pub struct HollowNodes {
-    tasks: Vec<tokio::task::JoinHandle<()>>,
+#[derive(Clone, Debug)]
+pub struct KubeletConfig {
+    pub lease_renew: Duration,
+    pub status_every: Duration,
+    /// Where the kubelet endpoint listens (port 0: any free port).
+    pub listen: std::net::SocketAddr,
 }
 
-impl Drop for HollowNodes {
-    fn drop(&mut self) {
-        for t in &self.tasks {
-            t.abort();
-        }
+impl Default for KubeletConfig {
+    fn default() -> Self {
+        KubeletConfig { lease_renew: Duration::from_secs(10), status_every: Duration::from_secs(300), listen: ([127, 0, 0, 1], 0).into() }
     }
 }
 
@@ -69,70 +154,75 @@ fn now() -> String {
     jiff::Timestamp::from_second(t.as_second()).unwrap_or(t).to_string()
 }
 
-fn node_object(cfg: &HollowConfig, i: usize) -> Value {
-    let name = format!("{}{i}", cfg.name_prefix);
-    let resources = json!({"cpu": cfg.cpu, "memory": cfg.memory, "pods": cfg.pods, "ephemeral-storage": "100Gi"});
-    let t = now();
-    json!({
-        "apiVersion": "v1", "kind": "Node",
-        "metadata": {"name": name, "labels": {
-            "kubernetes.io/hostname": name, "kubernetes.io/os": "linux", "kubernetes.io/arch": "amd64",
-            "topology.kubernetes.io/zone": format!("zone-{}", i % cfg.zones.max(1)),
-            "capstan.io/hollow": "true",
-        }},
-        "spec": {},
-        "status": {
-            "capacity": resources, "allocatable": resources,
-            "conditions": [
-                {"type": "Ready", "status": "True", "reason": "KubeletReady", "message": "hollow kubelet is posting ready status", "lastHeartbeatTime": t, "lastTransitionTime": t},
-                {"type": "MemoryPressure", "status": "False", "reason": "KubeletHasSufficientMemory", "lastHeartbeatTime": t, "lastTransitionTime": t},
-                {"type": "DiskPressure", "status": "False", "reason": "KubeletHasNoDiskPressure", "lastHeartbeatTime": t, "lastTransitionTime": t},
-                {"type": "PIDPressure", "status": "False", "reason": "KubeletHasSufficientPID", "lastHeartbeatTime": t, "lastTransitionTime": t},
-            ],
-            "addresses": [{"type": "InternalIP", "address": format!("10.{}.{}.{}", 64 + (i >> 16) % 64, (i >> 8) & 255, i & 255)}, {"type": "Hostname", "address": name}],
-            "nodeInfo": {"kubeletVersion": "v1.33.0-capstan-hollow", "operatingSystem": "linux", "architecture": "amd64", "containerRuntimeVersion": "hollow://0", "osImage": "hollow", "kernelVersion": "", "kubeProxyVersion": "", "machineID": "", "systemUUID": "", "bootID": ""},
-        },
-    })
-}
-
-fn lease_object(node: &str, renew: Duration) -> Value {
-    json!({
-        "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
-        "metadata": {"name": node, "namespace": "kube-node-lease"},
-        "spec": {"holderIdentity": node, "leaseDurationSeconds": (renew.as_secs() * 4).max(4), "renewTime": now_micro()},
-    })
-}
-
 fn now_micro() -> String {
-    // MicroTime: RFC 3339 with microseconds.
-    let t = jiff::Timestamp::now();
-    format!("{}", t.strftime("%Y-%m-%dT%H:%M:%S%.6fZ"))
+    jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%S%.6fZ").to_string()
 }
 
-/// Creates `obj` at `collection`, or leaves it if it exists (a restart of `capstan up`).
-async fn ensure(c: &Client, collection: &str, obj: &Value) -> Result<(), ClientError> {
-    match c.post(collection, obj).await {
-        Ok(_) => Ok(()),
-        Err(ClientError::Status { code: 409, .. }) => Ok(()),
-        Err(e) => Err(e),
+const LEASES: &str = "/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases";
+
+/// A running kubelet. `shutdown` stops its pods; dropping it stops its loops.
+pub struct Kubelet {
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    runtime: Arc<dyn Runtime>,
+    pub port: u16,
+}
+
+impl Drop for Kubelet {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
     }
 }
 
-impl HollowNodes {
-    /// Registers `cfg.count` nodes with the API server at `base` and starts their loops.
-    pub async fn start(base: &str, cfg: HollowConfig) -> Result<HollowNodes, ClientError> {
+impl Kubelet {
+    /// Registers `nodes` with the API server at `base` (updating them if they exist, as after
+    /// a restart), starts the endpoint, the lease and status loops and the pod watch.
+    pub async fn start(base: &str, cfg: KubeletConfig, nodes: Vec<NodeSpec>, runtime: Arc<dyn Runtime>) -> Result<Kubelet, ClientError> {
         let c = Client::new(base);
-        let names: Vec<String> = (0..cfg.count).map(|i| format!("{}{i}", cfg.name_prefix)).collect();
-        for i in 0..cfg.count {
-            ensure(&c, "/api/v1/nodes", &node_object(&cfg, i)).await?;
-            ensure(&c, "/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases", &lease_object(&names[i], cfg.lease_renew)).await?;
+        let listener = tokio::net::TcpListener::bind(cfg.listen).await.map_err(|e| ClientError::Transport(format!("kubelet endpoint: {e}")))?;
+        let port = listener.local_addr().map_err(|e| ClientError::Transport(e.to_string()))?.port();
+        let app = server::router(runtime.clone());
+        let mut tasks = vec![tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        })];
+        for n in &nodes {
+            register(&c, n, port, cfg.lease_renew).await?;
         }
-        let names: Arc<HashSet<String>> = Arc::new(names.into_iter().collect());
-        let tasks = vec![
-            tokio::spawn(lease_loop(c.clone(), names.clone(), cfg.lease_renew)),
-            tokio::spawn(pod_loop(c.clone(), names, cfg.start_delay)),
-        ];
-        Ok(HollowNodes { tasks })
+        let names: Arc<HashSet<String>> = Arc::new(nodes.iter().map(|n| n.name.clone()).collect());
+        let selector = if nodes.len() == 1 { format!("spec.nodeName%3D{}", nodes[0].name) } else { "spec.nodeName%21%3D".to_string() };
+        let nodes = Arc::new(nodes);
+        tasks.push(tokio::spawn(lease_loop(c.clone(), names.clone(), cfg.lease_renew)));
+        tasks.push(tokio::spawn(status_loop(c.clone(), nodes, port, cfg.status_every)));
+        tasks.push(tokio::spawn(pod_loop(c.clone(), names, selector, runtime.clone())));
+        Ok(Kubelet { tasks, runtime, port })
+    }
+
+    /// Stops every pod, then the loops.
+    pub async fn shutdown(self) {
+        self.runtime.shutdown().await;
+    }
+}
+
+async fn register(c: &Client, n: &NodeSpec, port: u16, renew: Duration) -> Result<(), ClientError> {
+    match c.post("/api/v1/nodes", &n.object(port)).await {
+        Ok(_) => {}
+        Err(ClientError::Status { code: 409, .. }) => {
+            // Known already (a restart): refresh what this start knows.
+            let path = format!("/api/v1/nodes/{}", n.name);
+            c.merge_patch(&path, &json!({"metadata": {"labels": n.labels}})).await?;
+            c.merge_patch(&format!("{path}/status"), &json!({"status": n.status(port)})).await?;
+        }
+        Err(e) => return Err(e),
+    }
+    let lease = json!({
+        "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+        "metadata": {"name": n.name, "namespace": "kube-node-lease"},
+        "spec": {"holderIdentity": n.name, "leaseDurationSeconds": (renew.as_secs() * 4).max(4), "renewTime": now_micro()},
+    });
+    match c.post(LEASES, &lease).await {
+        Ok(_) | Err(ClientError::Status { code: 409, .. }) => Ok(()),
+        Err(e) => Err(e),
     }
 }
 
@@ -140,92 +230,92 @@ impl HollowNodes {
 async fn lease_loop(c: Client, names: Arc<HashSet<String>>, renew: Duration) {
     let names: Vec<String> = names.iter().cloned().collect();
     let step = renew / (names.len().max(1) as u32);
+    let mut tick = tokio::time::interval(step.max(Duration::from_micros(100)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         for n in &names {
-            tokio::time::sleep(step).await;
-            let path = format!("/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases/{n}");
+            tick.tick().await;
+            let path = format!("{LEASES}/{n}");
             let patch = json!({"spec": {"renewTime": now_micro(), "holderIdentity": n}});
             if let Err(e) = c.merge_patch(&path, &patch).await {
-                tracing::warn!(node = n, error = %e, "renewing a hollow node's lease failed");
+                tracing::warn!(node = n, error = %e, "renewing a node lease failed");
             }
         }
     }
 }
 
-/// One watch of every bound pod; pods of our nodes that are Pending become Running, pods
-/// being deleted are removed.
-async fn pod_loop(c: Client, names: Arc<HashSet<String>>, start_delay: Duration) {
+/// Refreshes node status (the conditions' heartbeat) every `every`, spread over it.
+async fn status_loop(c: Client, nodes: Arc<Vec<NodeSpec>>, port: u16, every: Duration) {
+    let step = every / (nodes.len().max(1) as u32);
     loop {
-        let rv = match c.get("/api/v1/pods?fieldSelector=spec.nodeName%21%3D").await {
-            Ok(list) => {
-                for p in list["items"].as_array().into_iter().flatten() {
-                    handle_pod(&c, &names, p, start_delay).await;
+        for n in nodes.iter() {
+            tokio::time::sleep(step).await;
+            let path = format!("/api/v1/nodes/{}/status", n.name);
+            if let Err(e) = c.merge_patch(&path, &json!({"status": n.status(port)})).await {
+                tracing::warn!(node = n.name, error = %e, "updating node status failed");
+            }
+        }
+    }
+}
+
+/// One watch of the pods bound to the nodes, resumed from the last revision seen; a new
+/// list only when the server no longer has that revision.
+async fn pod_loop(c: Client, names: Arc<HashSet<String>>, selector: String, rt: Arc<dyn Runtime>) {
+    let mine = |p: &Value| p["spec"]["nodeName"].as_str().is_some_and(|n| names.contains(n));
+    let mut rv: Option<String> = None;
+    loop {
+        let from = match rv.clone() {
+            Some(r) => r,
+            None => match c.get(&format!("/api/v1/pods?fieldSelector={selector}")).await {
+                Ok(list) => {
+                    let items: Vec<Value> = list["items"].as_array().into_iter().flatten().filter(|p| mine(p)).cloned().collect();
+                    rt.resync(&items);
+                    for p in items {
+                        rt.pod_changed(p).await;
+                    }
+                    list["metadata"]["resourceVersion"].as_str().unwrap_or("0").to_string()
                 }
-                list["metadata"]["resourceVersion"].as_str().unwrap_or("0").to_string()
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "listing pods for hollow nodes failed; retrying");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                continue;
-            }
+                Err(e) => {
+                    tracing::warn!(error = %e, "listing pods for the kubelet failed; retrying");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+            },
         };
-        let url = format!("/api/v1/pods?fieldSelector=spec.nodeName%21%3D&watch=true&allowWatchBookmarks=true&resourceVersion={rv}");
+        let url = format!("/api/v1/pods?fieldSelector={selector}&watch=true&allowWatchBookmarks=true&resourceVersion={from}");
         let mut stream = match c.watch(&url).await {
             Ok(s) => s,
             Err(e) => {
-                tracing::warn!(error = %e, "watching pods for hollow nodes failed; retrying");
+                tracing::warn!(error = %e, "watching pods for the kubelet failed; listing again");
+                rv = None;
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 continue;
             }
         };
-        // When the watch ends (its timeout, a restart), list again: simple and correct.
+        rv = Some(from);
         while let Some(ev) = stream.next().await {
-            let ty = ev["type"].as_str().unwrap_or("");
-            if ty == "ADDED" || ty == "MODIFIED" {
-                handle_pod(&c, &names, &ev["object"], start_delay).await;
+            let obj = &ev["object"];
+            match ev["type"].as_str().unwrap_or("") {
+                "ERROR" => {
+                    // 410 Gone (or anything else the server ends a watch with): list again.
+                    rv = None;
+                    break;
+                }
+                ty => {
+                    if let Some(r) = obj["metadata"]["resourceVersion"].as_str() {
+                        rv = Some(r.to_string());
+                    }
+                    if !mine(obj) {
+                        continue;
+                    }
+                    let s = |k: &str| obj["metadata"][k].as_str().unwrap_or("");
+                    match ty {
+                        "ADDED" | "MODIFIED" => rt.pod_changed(obj.clone()).await,
+                        "DELETED" => rt.pod_removed(s("namespace"), s("name"), s("uid")),
+                        _ => {}
+                    }
+                }
             }
         }
-    }
-}
-
-async fn handle_pod(c: &Client, names: &HashSet<String>, pod: &Value, start_delay: Duration) {
-    let Some(node) = pod["spec"]["nodeName"].as_str() else { return };
-    if !names.contains(node) {
-        return;
-    }
-    let (Some(ns), Some(name)) = (pod["metadata"]["namespace"].as_str(), pod["metadata"]["name"].as_str()) else { return };
-    let path = format!("/api/v1/namespaces/{ns}/pods/{name}");
-    if pod["metadata"].get("deletionTimestamp").is_some() {
-        // No containers to stop: the pod is gone at once.
-        let _ = c.delete(&path, &json!({"gracePeriodSeconds": 0})).await;
-        return;
-    }
-    if pod["status"]["phase"].as_str().unwrap_or("Pending") != "Pending" {
-        return;
-    }
-    if !start_delay.is_zero() {
-        tokio::time::sleep(start_delay).await;
-    }
-    let t = now();
-    let containers: Vec<Value> = pod["spec"]["containers"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|ct| {
-            json!({"name": ct["name"], "image": ct["image"], "imageID": "", "ready": true, "started": true, "restartCount": 0,
-                "state": {"running": {"startedAt": t}}, "containerID": format!("hollow://{}", ct["name"].as_str().unwrap_or(""))})
-        })
-        .collect();
-    let cond = |ty: &str| json!({"type": ty, "status": "True", "lastTransitionTime": t, "lastProbeTime": null});
-    let mut status = json!({
-        "phase": "Running", "hostIP": "10.64.0.1", "podIP": format!("10.244.{}.{}", name.len() % 250, name.bytes().map(|b| b as usize).sum::<usize>() % 250 + 2),
-        "startTime": t, "containerStatuses": containers, "qosClass": pod["status"]["qosClass"],
-        "conditions": [cond("PodReadyToStartContainers"), cond("Initialized"), cond("Ready"), cond("ContainersReady"), cond("PodScheduled")],
-    });
-    status["podIPs"] = json!([{"ip": status["podIP"]}]);
-    let mut updated = pod.clone();
-    updated["status"] = status;
-    if let Err(e) = c.put(&format!("{path}/status"), &updated).await {
-        tracing::debug!(pod = name, error = %e, "setting a hollow pod Running failed (it changed; the watch brings it back)");
     }
 }

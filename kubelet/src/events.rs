@@ -1,0 +1,99 @@
+//! The kubelet's event recorder: `Started`, `Killing`, `BackOff`, `Unhealthy`... as
+//! `v1.Event` objects about pods. Repeats of one event (same pod, container, reason and
+//! message) within the recorder's memory update the existing object's `count` and
+//! `lastTimestamp` instead of creating another, as Kubernetes' recorder does.
+//!
+//! **Bounds.** Callers never wait: events go through a queue of `QUEUE` entries and are
+//! dropped (counted, logged once per hundred) when it is full; the repeat memory holds
+//! `REMEMBERED` events and starts over when full.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use serde_json::{Value, json};
+
+use crate::client::Client;
+
+const QUEUE: usize = 1024;
+const REMEMBERED: usize = 4096;
+
+struct Event {
+    ns: String,
+    name: String,
+    uid: String,
+    field_path: Option<String>,
+    warning: bool,
+    reason: &'static str,
+    message: String,
+}
+
+#[derive(Clone)]
+pub struct Recorder {
+    tx: tokio::sync::mpsc::Sender<Event>,
+    dropped: Arc<AtomicU64>,
+}
+
+impl Recorder {
+    pub fn start(client: Client, host: String) -> Recorder {
+        let (tx, rx) = tokio::sync::mpsc::channel(QUEUE);
+        tokio::spawn(run(client, host, rx));
+        Recorder { tx, dropped: Default::default() }
+    }
+
+    /// Records an event about `pod` (and one of its containers, if `container` is given).
+    pub fn pod(&self, pod: &Value, container: Option<&str>, warning: bool, reason: &'static str, message: String) {
+        let s = |k: &str| pod["metadata"][k].as_str().unwrap_or("").to_string();
+        let ev = Event { ns: s("namespace"), name: s("name"), uid: s("uid"), field_path: container.map(|c| format!("spec.containers{{{c}}}")), warning, reason, message };
+        if self.tx.try_send(ev).is_err() {
+            let n = self.dropped.fetch_add(1, Ordering::Relaxed);
+            if n % 100 == 0 {
+                tracing::warn!(dropped = n + 1, "the event queue is full; events are being dropped");
+            }
+        }
+    }
+}
+
+fn now_rfc3339() -> String {
+    let t = jiff::Timestamp::now();
+    jiff::Timestamp::from_second(t.as_second()).unwrap_or(t).to_string()
+}
+
+async fn run(client: Client, host: String, mut rx: tokio::sync::mpsc::Receiver<Event>) {
+    let mut seen: HashMap<(String, String, Option<String>, &'static str, String), (String, u64)> = HashMap::new();
+    while let Some(e) = rx.recv().await {
+        let t = now_rfc3339();
+        let key = (e.ns.clone(), e.uid.clone(), e.field_path.clone(), e.reason, e.message.clone());
+        if let Some((name, count)) = seen.get_mut(&key) {
+            *count += 1;
+            let path = format!("/api/v1/namespaces/{}/events/{name}", e.ns);
+            if client.merge_patch(&path, &json!({"count": *count, "lastTimestamp": t})).await.is_ok() {
+                continue;
+            }
+            seen.remove(&key);
+        }
+        if seen.len() >= REMEMBERED {
+            seen.clear();
+        }
+        let name = format!("{}.{:x}", e.name, jiff::Timestamp::now().as_nanosecond());
+        let mut involved = json!({"kind": "Pod", "namespace": e.ns, "name": e.name, "uid": e.uid, "apiVersion": "v1"});
+        if let Some(f) = &e.field_path {
+            involved["fieldPath"] = json!(f);
+        }
+        let obj = json!({
+            "apiVersion": "v1", "kind": "Event",
+            "metadata": {"name": name, "namespace": e.ns},
+            "involvedObject": involved,
+            "reason": e.reason, "message": e.message, "type": if e.warning { "Warning" } else { "Normal" },
+            "source": {"component": "kubelet", "host": host},
+            "firstTimestamp": t, "lastTimestamp": t, "count": 1,
+            "reportingComponent": "kubelet", "reportingInstance": host,
+        });
+        match client.post(&format!("/api/v1/namespaces/{}/events", e.ns), &obj).await {
+            Ok(_) => {
+                seen.insert(key, (name, 1));
+            }
+            Err(err) => tracing::debug!(reason = e.reason, error = %err, "recording an event failed"),
+        }
+    }
+}

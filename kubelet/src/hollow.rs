@@ -1,0 +1,389 @@
+//! Hollow nodes (like kubemark or kwok): many nodes in one process, no processes for their
+//! pods. A pod bound to a hollow node goes Running after `start_delay`, and Succeeded after
+//! the run time it declares in the annotation `hollow.capstan.io/run-seconds` (Job-like load);
+//! a pod being deleted is removed at once (there is nothing to stop). Usage reported for
+//! `kubectl top` is synthetic: half of each container's requests.
+//!
+//! **Bounds.** Status writes go through a queue of `ACTIONS` entries served by `WRITERS`
+//! tasks; when it is full, the pod watch waits (and the API server's watch buffer, then its
+//! slow-watcher cut-off, push back further). Delayed transitions wait in one timer heap, at
+//! most one entry per pod. Per pod the runtime keeps ~100 bytes (measured in
+//! bench/RESULTS.md).
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::{Map, Value, json};
+
+use crate::client::{Client, ClientError};
+use crate::{Kubelet, KubeletConfig, NodeSpec, Runtime};
+
+pub const RUN_SECONDS_ANNOTATION: &str = "hollow.capstan.io/run-seconds";
+const ACTIONS: usize = 1024;
+const WRITERS: usize = 16;
+
+/// How hollow nodes look and behave.
+#[derive(Clone, Debug)]
+pub struct HollowConfig {
+    /// Nodes are named `<prefix><i>`.
+    pub name_prefix: String,
+    pub count: usize,
+    pub cpu: String,
+    pub memory: String,
+    pub pods: String,
+    /// Zones the nodes are spread over (topology labels).
+    pub zones: usize,
+    /// Lease renewal period (Kubernetes' default is 10 s).
+    pub lease_renew: Duration,
+    /// Delay from a pod's binding to its Running status.
+    pub start_delay: Duration,
+}
+
+impl Default for HollowConfig {
+    fn default() -> Self {
+        HollowConfig {
+            name_prefix: "hollow-".into(),
+            count: 0,
+            cpu: "32".into(),
+            memory: "256Gi".into(),
+            pods: "110".into(),
+            zones: 3,
+            lease_renew: Duration::from_secs(10),
+            start_delay: Duration::ZERO,
+        }
+    }
+}
+
+impl HollowConfig {
+    pub fn node(&self, i: usize) -> NodeSpec {
+        let name = format!("{}{i}", self.name_prefix);
+        let mut labels = Map::new();
+        for (k, v) in [
+            ("kubernetes.io/hostname", name.clone()),
+            ("kubernetes.io/os", "linux".into()),
+            ("kubernetes.io/arch", "amd64".into()),
+            ("topology.kubernetes.io/zone", format!("zone-{}", i % self.zones.max(1))),
+            ("capstan.io/hollow", "true".into()),
+        ] {
+            labels.insert(k.into(), json!(v));
+        }
+        let mut capacity = Map::new();
+        for (k, v) in [("cpu", &self.cpu), ("memory", &self.memory), ("pods", &self.pods)] {
+            capacity.insert(k.into(), json!(v));
+        }
+        capacity.insert("ephemeral-storage".into(), json!("100Gi"));
+        NodeSpec {
+            name,
+            labels,
+            capacity,
+            taints: Vec::new(),
+            // The kubelet endpoint (logs, stats) is this process, on loopback.
+            internal_ip: "127.0.0.1".into(),
+            node_info: json!({"kubeletVersion": "v1.33.0-capstan-hollow", "operatingSystem": "linux", "architecture": "amd64", "containerRuntimeVersion": "hollow://0", "osImage": "hollow", "kernelVersion": "", "kubeProxyVersion": "", "machineID": "", "systemUUID": "", "bootID": ""}),
+        }
+    }
+}
+
+enum Action {
+    Status { path: String, status: Value },
+    Delete { path: String, uid: String },
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Stage {
+    Starting,
+    Running,
+    Completing,
+    Done,
+}
+
+struct PodEntry {
+    ns: Box<str>,
+    name: Box<str>,
+    containers: Box<[Box<str>]>,
+    node: Arc<str>,
+    stage: Stage,
+    cpu_milli: u32,
+    mem_bytes: u64,
+}
+
+struct Timer {
+    at: Instant,
+    uid: Box<str>,
+    action_path: Box<str>,
+    status: Value,
+}
+
+impl PartialEq for Timer {
+    fn eq(&self, o: &Self) -> bool {
+        self.at == o.at
+    }
+}
+impl Eq for Timer {}
+impl PartialOrd for Timer {
+    fn partial_cmp(&self, o: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(o))
+    }
+}
+impl Ord for Timer {
+    fn cmp(&self, o: &Self) -> std::cmp::Ordering {
+        self.at.cmp(&o.at)
+    }
+}
+
+pub struct HollowRuntime {
+    start_delay: Duration,
+    nodes: Vec<Arc<str>>,
+    pods: Mutex<HashMap<Box<str>, PodEntry>>,
+    timers: Mutex<BinaryHeap<Reverse<Timer>>>,
+    timer_wake: Arc<tokio::sync::Notify>,
+    actions: tokio::sync::mpsc::Sender<Action>,
+}
+
+fn now() -> String {
+    let t = jiff::Timestamp::now();
+    jiff::Timestamp::from_second(t.as_second()).unwrap_or(t).to_string()
+}
+
+fn pod_ip(name: &str) -> String {
+    let h = name.bytes().fold(0u32, |a, b| a.wrapping_mul(31).wrapping_add(b as u32));
+    format!("10.{}.{}.{}", 64 + (h >> 16) % 64, (h >> 8) & 255, (h & 253) + 2)
+}
+
+fn running_status(pod: &Value, t: &str) -> Value {
+    let containers: Vec<Value> = pod["spec"]["containers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|ct| {
+            json!({"name": ct["name"], "image": ct["image"], "imageID": "", "ready": true, "started": true, "restartCount": 0,
+                "state": {"running": {"startedAt": t}}, "lastState": {}, "containerID": format!("hollow://{}", ct["name"].as_str().unwrap_or(""))})
+        })
+        .collect();
+    let cond = |ty: &str| json!({"type": ty, "status": "True", "lastTransitionTime": t, "lastProbeTime": null});
+    let ip = pod_ip(pod["metadata"]["name"].as_str().unwrap_or(""));
+    json!({
+        "phase": "Running", "hostIP": "127.0.0.1", "hostIPs": [{"ip": "127.0.0.1"}], "podIP": ip, "podIPs": [{"ip": ip}],
+        "startTime": t, "containerStatuses": containers,
+        "conditions": [cond("PodReadyToStartContainers"), cond("Initialized"), cond("Ready"), cond("ContainersReady"), cond("PodScheduled")],
+    })
+}
+
+fn succeeded_status(pod: &Value, t: &str) -> Value {
+    let started = pod["status"]["startTime"].as_str().unwrap_or(t).to_string();
+    let containers: Vec<Value> = pod["spec"]["containers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|ct| {
+            json!({"name": ct["name"], "image": ct["image"], "imageID": "", "ready": false, "started": false, "restartCount": 0,
+                "state": {"terminated": {"exitCode": 0, "reason": "Completed", "startedAt": started, "finishedAt": t}}, "lastState": {},
+                "containerID": format!("hollow://{}", ct["name"].as_str().unwrap_or(""))})
+        })
+        .collect();
+    let cond = |ty: &str, ok: bool| {
+        let mut c = json!({"type": ty, "status": if ok { "True" } else { "False" }, "lastTransitionTime": t, "lastProbeTime": null});
+        if !ok {
+            c["reason"] = json!("PodCompleted");
+        }
+        c
+    };
+    json!({
+        "phase": "Succeeded", "containerStatuses": containers,
+        "conditions": [cond("PodReadyToStartContainers", false), cond("Initialized", true), cond("Ready", false), cond("ContainersReady", false), cond("PodScheduled", true)],
+    })
+}
+
+impl HollowRuntime {
+    pub fn new(client: Client, nodes: &[NodeSpec], start_delay: Duration) -> Arc<HollowRuntime> {
+        let (tx, rx) = tokio::sync::mpsc::channel(ACTIONS);
+        let rt = Arc::new(HollowRuntime {
+            start_delay,
+            nodes: nodes.iter().map(|n| Arc::from(n.name.as_str())).collect(),
+            pods: Default::default(),
+            timers: Default::default(),
+            timer_wake: Default::default(),
+            actions: tx,
+        });
+        let rx = Arc::new(tokio::sync::Mutex::new(rx));
+        for _ in 0..WRITERS {
+            tokio::spawn(writer(client.clone(), rx.clone()));
+        }
+        tokio::spawn(timer_loop(Arc::downgrade(&rt)));
+        rt
+    }
+
+    fn schedule(&self, at: Instant, uid: &str, path: String, status: Value) {
+        self.timers.lock().unwrap().push(Reverse(Timer { at, uid: uid.into(), action_path: path.into(), status }));
+        self.timer_wake.notify_one();
+    }
+
+    /// Pods this runtime tracks (tests and measurements).
+    pub fn pod_count(&self) -> usize {
+        self.pods.lock().unwrap().len()
+    }
+
+    async fn on_pod(&self, pod: Value) {
+        let s = |k: &str| pod["metadata"][k].as_str().unwrap_or("");
+        let (ns, name, uid) = (s("namespace"), s("name"), s("uid"));
+        let path = format!("/api/v1/namespaces/{ns}/pods/{name}");
+        if pod["metadata"].get("deletionTimestamp").is_some() {
+            self.pods.lock().unwrap().remove(uid);
+            let _ = self.actions.send(Action::Delete { path, uid: uid.to_string() }).await;
+            return;
+        }
+        let phase = pod["status"]["phase"].as_str().unwrap_or("Pending");
+        let run_for = pod["metadata"]["annotations"][RUN_SECONDS_ANNOTATION].as_str().and_then(|s| s.parse::<f64>().ok()).filter(|s| s.is_finite() && *s >= 0.0);
+        let (cpu, mem) = crate::pod::pod_requests(&pod);
+        let stage = {
+            let mut pods = self.pods.lock().unwrap();
+            let node = pod["spec"]["nodeName"].as_str().unwrap_or("");
+            let e = pods.entry(uid.into()).or_insert_with(|| PodEntry {
+                ns: ns.into(),
+                name: name.into(),
+                containers: pod["spec"]["containers"].as_array().into_iter().flatten().map(|c| Box::from(c["name"].as_str().unwrap_or(""))).collect(),
+                node: self.nodes.iter().find(|n| &***n == node).cloned().unwrap_or_else(|| Arc::from(node)),
+                stage: Stage::Starting,
+                cpu_milli: cpu.clamp(0, u32::MAX as i64) as u32,
+                mem_bytes: mem.max(0) as u64,
+            });
+            let before = e.stage;
+            match (phase, before) {
+                ("Pending", Stage::Starting) => e.stage = Stage::Running,
+                ("Running", Stage::Starting | Stage::Running) if run_for.is_some() => e.stage = Stage::Completing,
+                ("Succeeded" | "Failed", _) => e.stage = Stage::Done,
+                _ => return,
+            }
+            (before, e.stage)
+        };
+        match stage {
+            (Stage::Starting, Stage::Running) => {
+                let status = running_status(&pod, &now());
+                if self.start_delay.is_zero() {
+                    let _ = self.actions.send(Action::Status { path, status }).await;
+                } else {
+                    self.schedule(Instant::now() + self.start_delay, uid, path, status);
+                }
+            }
+            (_, Stage::Completing) => {
+                let status = succeeded_status(&pod, &now());
+                let secs = run_for.unwrap_or(0.0).min(1e9);
+                self.schedule(Instant::now() + Duration::from_secs_f64(secs), uid, path, status);
+            }
+            _ => {}
+        }
+    }
+}
+
+async fn writer(c: Client, rx: Arc<tokio::sync::Mutex<tokio::sync::mpsc::Receiver<Action>>>) {
+    loop {
+        let Some(a) = rx.lock().await.recv().await else { return };
+        match a {
+            Action::Status { path, status } => {
+                match c.merge_patch(&format!("{path}/status"), &json!({"status": status})).await {
+                    Ok(_) | Err(ClientError::Status { code: 404, .. }) => {}
+                    Err(e) => tracing::debug!(pod = path, error = %e, "writing a hollow pod's status failed"),
+                }
+            }
+            Action::Delete { path, uid } => {
+                let _ = c.delete(&path, &json!({"gracePeriodSeconds": 0, "preconditions": {"uid": uid}})).await;
+            }
+        }
+    }
+}
+
+async fn timer_loop(rt: std::sync::Weak<HollowRuntime>) {
+    loop {
+        let Some(r) = rt.upgrade() else { return };
+        let next = r.timers.lock().unwrap().peek().map(|t| t.0.at);
+        let due: Vec<Timer> = {
+            let mut h = r.timers.lock().unwrap();
+            let now = Instant::now();
+            let mut v = Vec::new();
+            while h.peek().is_some_and(|t| t.0.at <= now) {
+                v.push(h.pop().unwrap().0);
+            }
+            v
+        };
+        if due.is_empty() {
+            let notify = r.timer_wake.clone();
+            drop(r);
+            let wake = notify.notified();
+            let at = next.unwrap_or_else(|| Instant::now() + Duration::from_secs(1));
+            tokio::select! { _ = tokio::time::sleep_until(at.into()) => {}, _ = wake => {} }
+            continue;
+        }
+        for t in due {
+            if !r.pods.lock().unwrap().contains_key(&t.uid) {
+                continue; // deleted meanwhile
+            }
+            let _ = r.actions.send(Action::Status { path: t.action_path.into(), status: t.status }).await;
+        }
+    }
+}
+
+impl Runtime for HollowRuntime {
+    fn pod_changed(&self, pod: Value) -> crate::BoxFuture<'_> {
+        Box::pin(self.on_pod(pod))
+    }
+
+    fn pod_removed(&self, _ns: &str, _name: &str, uid: &str) {
+        self.pods.lock().unwrap().remove(uid);
+    }
+
+    fn resync(&self, pods: &[Value]) {
+        let present: std::collections::HashSet<&str> = pods.iter().filter_map(|p| p["metadata"]["uid"].as_str()).collect();
+        self.pods.lock().unwrap().retain(|u, _| present.contains(&**u));
+    }
+
+    fn stats(&self) -> Value {
+        let ts = now();
+        let pods = self.pods.lock().unwrap();
+        let mut per_node: HashMap<Arc<str>, (u64, u64)> = HashMap::new();
+        let mut pod_docs = Vec::new();
+        for e in pods.values().filter(|e| e.stage == Stage::Running || e.stage == Stage::Completing) {
+            // Synthetic: half the requests, or 5m and 8 MiB for a pod without any.
+            let cpu = if e.cpu_milli > 0 { e.cpu_milli as u64 * 500_000 } else { 5_000_000 };
+            let mem = if e.mem_bytes > 0 { e.mem_bytes / 2 } else { 8 << 20 };
+            let n = per_node.entry(e.node.clone()).or_default();
+            n.0 += cpu;
+            n.1 += mem;
+            let k = e.containers.len().max(1) as u64;
+            let cs: Vec<Value> = e.containers.iter().map(|c| json!({"name": c, "cpuNanoCores": cpu / k, "memoryBytes": mem / k})).collect();
+            pod_docs.push(json!({"namespace": e.ns, "name": e.name, "timestamp": ts, "window": "10s", "containers": cs}));
+        }
+        drop(pods);
+        let nodes: Vec<Value> = self
+            .nodes
+            .iter()
+            .map(|n| {
+                let (cpu, mem) = per_node.get(n).copied().unwrap_or((0, 0));
+                json!({"name": &**n, "timestamp": ts, "window": "10s", "cpuNanoCores": cpu + 1_000_000, "memoryBytes": mem + (64 << 20)})
+            })
+            .collect();
+        json!({"nodes": nodes, "pods": pod_docs})
+    }
+
+    fn shutdown(&self) -> crate::BoxFuture<'_> {
+        Box::pin(async {})
+    }
+}
+
+/// A running set of hollow nodes. Dropping it stops their loops.
+pub struct HollowNodes {
+    pub kubelet: Kubelet,
+    pub runtime: Arc<HollowRuntime>,
+}
+
+impl HollowNodes {
+    /// Registers `cfg.count` nodes with the API server at `base` and starts their loops.
+    pub async fn start(base: &str, cfg: HollowConfig) -> Result<HollowNodes, ClientError> {
+        let nodes: Vec<NodeSpec> = (0..cfg.count).map(|i| cfg.node(i)).collect();
+        let runtime = HollowRuntime::new(Client::new(base), &nodes, cfg.start_delay);
+        let kcfg = KubeletConfig { lease_renew: cfg.lease_renew, ..Default::default() };
+        let kubelet = Kubelet::start(base, kcfg, nodes, runtime.clone()).await?;
+        Ok(HollowNodes { kubelet, runtime })
+    }
+}

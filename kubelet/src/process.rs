@@ -1,0 +1,940 @@
+//! The process runtime: each container of a pod is a child process (its own process group)
+//! running the container's `command` + `args` with its environment, its output in per-start
+//! log files. One worker task per pod owns the pod's containers and is the only writer of
+//! its status: it starts init containers in order, then the others; restarts them by the
+//! pod's `restartPolicy` with CrashLoopBackOff's backoff; runs their probes; terminates them
+//! gracefully on deletion (SIGTERM to the group, SIGKILL after the grace period); and then
+//! removes the pod object.
+//!
+//! **Invariants.** A worker reacts to three inputs only: the latest pod object (a watch
+//! channel, so a burst of updates is one wake-up), its own containers' events (exits, probe
+//! results: a bounded channel, tagged with a start generation so a late message about an
+//! earlier start is ignored), and the runtime's stop signal. Status is written only when it
+//! changed. A container with neither `command` nor `args` runs the stand-in (a shell that
+//! prints one line and stays up until signalled), since there are no images to run.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use tokio::sync::{mpsc, watch};
+
+use crate::cgroup::Cgroups;
+use crate::client::{Client, ClientError};
+use crate::events::Recorder;
+use crate::logs::{self, LogSink};
+use crate::pod::{self, Allocatable, Backoff, CState, ContainerView, PodView, RestartPolicy};
+use crate::probe::{self, Kind, Probe, ProbeCounter};
+use crate::stats;
+
+/// The stand-in for containers without a command: prints what it stands for, then waits for
+/// a signal (SIGTERM ends it with status 0, as nginx's graceful stop does).
+pub const STAND_IN: &str = "echo \"capstan stand-in for image $CAPSTAN_IMAGE: the image is recorded, not pulled; staying up until stopped\"; trap 'exit 0' TERM INT; while :; do sleep 3600 & wait $!; done";
+
+#[derive(Clone, Debug)]
+pub struct ProcessConfig {
+    pub node_name: String,
+    /// Where pod directories and container logs live.
+    pub root: PathBuf,
+    pub backoff: Backoff,
+    /// How often usage is sampled (for `kubectl top` and memory limits).
+    pub sample_every: Duration,
+    /// The longest a node shutdown waits for a pod's containers to stop.
+    pub shutdown_grace_max: Duration,
+    pub allocatable: Allocatable,
+    /// The pods' IP (the node's: pods share its network).
+    pub host_ip: String,
+    /// Base environment for every container (`KUBERNETES_SERVICE_HOST`...).
+    pub base_env: Vec<(String, String)>,
+}
+
+/// What the sampler needs of one running container.
+struct Running {
+    ns: String,
+    pod: String,
+    pgid: i32,
+    cgroup: Option<PathBuf>,
+    memory_limit: Option<u64>,
+    oom: Arc<AtomicBool>,
+    started: Instant,
+}
+
+#[derive(Default)]
+struct Usage {
+    /// Per (uid, container): (cumulative cpu ns, at).
+    prev: HashMap<(String, String), (u64, Instant)>,
+    node_prev: Option<(u64, Instant)>,
+    doc: Value,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Stop {
+    Run,
+    Shutdown,
+    Removed,
+}
+
+struct Handle {
+    pod_tx: watch::Sender<Arc<Value>>,
+    stop_tx: watch::Sender<Stop>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+pub struct Shared {
+    cfg: ProcessConfig,
+    client: Client,
+    events: Recorder,
+    cgroups: Option<Cgroups>,
+    running: Mutex<HashMap<(String, String), Running>>,
+    live_logs: Mutex<HashMap<PathBuf, Arc<LogSink>>>,
+    admitted: Mutex<HashMap<String, (i64, i64)>>,
+    usage: Mutex<Usage>,
+}
+
+pub struct ProcessRuntime {
+    shared: Arc<Shared>,
+    workers: Mutex<HashMap<String, Handle>>,
+    sampler: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for ProcessRuntime {
+    fn drop(&mut self) {
+        self.sampler.abort();
+    }
+}
+
+impl ProcessRuntime {
+    pub fn new(cfg: ProcessConfig, client: Client) -> ProcessRuntime {
+        let cgroups = match Cgroups::detect() {
+            Ok(c) => {
+                tracing::info!("container limits: enforced through cgroup v2");
+                Some(c)
+            }
+            Err(why) => {
+                tracing::info!(reason = %why, "container limits: cgroup v2 unavailable; memory limits are enforced by sampling (OOMKilled), CPU limits are not enforced");
+                None
+            }
+        };
+        let events = Recorder::start(client.clone(), cfg.node_name.clone());
+        let shared = Arc::new(Shared {
+            cfg,
+            client,
+            events,
+            cgroups,
+            running: Default::default(),
+            live_logs: Default::default(),
+            admitted: Default::default(),
+            usage: Default::default(),
+        });
+        let sampler = tokio::spawn(sample_loop(shared.clone()));
+        ProcessRuntime { shared, workers: Default::default(), sampler }
+    }
+
+    /// Whether any container of any pod is still running (tests, shutdown).
+    pub fn running_containers(&self) -> usize {
+        self.shared.running.lock().unwrap().len()
+    }
+}
+
+impl ProcessRuntime {
+    fn on_pod(&self, pod: Value) {
+        let Some(uid) = pod["metadata"]["uid"].as_str().map(String::from) else { return };
+        let mut w = self.workers.lock().unwrap();
+        if let Some(h) = w.get(&uid)
+            && !h.task.is_finished()
+        {
+            h.pod_tx.send_replace(Arc::new(pod));
+            return;
+        }
+        let pod = Arc::new(pod);
+        let (pod_tx, pod_rx) = watch::channel(pod.clone());
+        let (stop_tx, stop_rx) = watch::channel(Stop::Run);
+        let task = tokio::spawn(Worker::new(self.shared.clone(), pod).run(pod_rx, stop_rx));
+        w.insert(uid, Handle { pod_tx, stop_tx, task });
+    }
+}
+
+impl crate::Runtime for ProcessRuntime {
+    fn pod_changed(&self, pod: Value) -> crate::BoxFuture<'_> {
+        self.on_pod(pod);
+        Box::pin(std::future::ready(()))
+    }
+
+    fn pod_removed(&self, _ns: &str, _name: &str, uid: &str) {
+        if let Some(h) = self.workers.lock().unwrap().remove(uid) {
+            let _ = h.stop_tx.send(Stop::Removed);
+        }
+    }
+
+
+    fn resync(&self, pods: &[Value]) {
+        let present: std::collections::HashSet<&str> = pods.iter().filter_map(|p| p["metadata"]["uid"].as_str()).collect();
+        let gone: Vec<String> = self.workers.lock().unwrap().keys().filter(|u| !present.contains(u.as_str())).cloned().collect();
+        for uid in gone {
+            self.pod_removed("", "", &uid);
+        }
+    }
+
+    fn stats(&self) -> Value {
+        self.shared.usage.lock().unwrap().doc.clone()
+    }
+
+    fn log_root(&self) -> Option<PathBuf> {
+        Some(self.shared.cfg.root.clone())
+    }
+
+    fn live_log(&self, path: &Path) -> Option<Arc<LogSink>> {
+        self.shared.live_logs.lock().unwrap().get(path).cloned()
+    }
+
+    fn shutdown(&self) -> crate::BoxFuture<'_> {
+        Box::pin(async move {
+            let handles: Vec<Handle> = self.workers.lock().unwrap().drain().map(|(_, h)| h).collect();
+            for h in &handles {
+                let _ = h.stop_tx.send(Stop::Shutdown);
+            }
+            for h in handles {
+                let _ = h.task.await;
+            }
+        })
+    }
+}
+
+enum Ev {
+    Exited { idx: usize, start_gen: u64, code: i32, signal: Option<i32> },
+    Probe { idx: usize, start_gen: u64, kind: Kind, result: Result<(), String> },
+}
+
+struct Ctr {
+    spec: Value,
+    name: String,
+    init: bool,
+    restart_count: u32,
+    ever_started: bool,
+    start_gen: u64,
+    state: CState,
+    last: Option<CState>,
+    done: bool,
+    ready: bool,
+    started: bool,
+    pgid: Option<i32>,
+    exited: Option<watch::Receiver<bool>>,
+    probes: Vec<tokio::task::JoinHandle<()>>,
+    counters: HashMap<Kind, ProbeCounter>,
+    next_start: Option<Instant>,
+    backoff: Option<Duration>,
+    started_instant: Option<Instant>,
+    started_at: String,
+    env: Vec<(String, String)>,
+    cgroup: Option<PathBuf>,
+    oom: Arc<AtomicBool>,
+    killed_by_probe: bool,
+    container_id: String,
+}
+
+impl Ctr {
+    fn view(&self) -> ContainerView {
+        ContainerView {
+            name: self.name.clone(),
+            image: self.spec["image"].as_str().unwrap_or("").to_string(),
+            state: self.state.clone(),
+            last_state: self.last.clone(),
+            ready: self.ready,
+            started: self.started,
+            restart_count: self.restart_count,
+            container_id: self.container_id.clone(),
+            done: self.done,
+        }
+    }
+}
+
+struct Worker {
+    sh: Arc<Shared>,
+    pod: Arc<Value>,
+    uid: String,
+    ns: String,
+    name: String,
+    ctrs: Vec<Ctr>,
+    ev_tx: mpsc::Sender<Ev>,
+    ev_rx: mpsc::Receiver<Ev>,
+    transitions: HashMap<&'static str, (bool, String)>,
+    last_status: Value,
+    retry_publish: Option<Instant>,
+    failed: Option<(String, String)>,
+    terminal: bool,
+    start_time: String,
+    dir: PathBuf,
+}
+
+fn now() -> String {
+    let t = jiff::Timestamp::now();
+    jiff::Timestamp::from_second(t.as_second()).unwrap_or(t).to_string()
+}
+
+fn killpg(pgid: i32, sig: i32) {
+    // SAFETY: signalling a process group we created; ESRCH (already gone) is fine.
+    unsafe {
+        libc::killpg(pgid, sig);
+    }
+}
+
+/// SIGTERM to the group, then SIGKILL after `grace` if the container has not exited.
+async fn terminate(pgid: i32, grace: Duration, mut exited: watch::Receiver<bool>) {
+    killpg(pgid, libc::SIGTERM);
+    let waited = tokio::time::timeout(grace, exited.wait_for(|e| *e)).await.map(|_| ()).is_ok();
+    if !waited {
+        killpg(pgid, libc::SIGKILL);
+        let _ = exited.wait_for(|e| *e).await;
+    }
+}
+
+impl Worker {
+    fn new(sh: Arc<Shared>, pod: Arc<Value>) -> Worker {
+        let s = |k: &str| pod["metadata"][k].as_str().unwrap_or("").to_string();
+        let (uid, ns, name) = (s("uid"), s("namespace"), s("name"));
+        let prev = |list: &str, n: &str| -> Option<Value> {
+            pod["status"][list].as_array()?.iter().find(|c| c["name"] == n).cloned()
+        };
+        let mut ctrs = Vec::new();
+        for (list, status_list, init) in [("initContainers", "initContainerStatuses", true), ("containers", "containerStatuses", false)] {
+            for spec in pod["spec"][list].as_array().into_iter().flatten() {
+                let name = spec["name"].as_str().unwrap_or("").to_string();
+                // A restart of the kubelet resumes the count (the new start is a restart).
+                let p = prev(status_list, &name);
+                let restart_count = p.as_ref().and_then(|p| p["restartCount"].as_u64()).unwrap_or(0) as u32;
+                let ever = p.as_ref().is_some_and(|p| p["state"].get("running").is_some() || p["state"].get("terminated").is_some() || p["lastState"].as_object().is_some_and(|m| !m.is_empty()));
+                ctrs.push(Ctr {
+                    spec: spec.clone(),
+                    name,
+                    init,
+                    restart_count,
+                    ever_started: ever,
+                    start_gen: 0,
+                    state: CState::Waiting { reason: if init { "PodInitializing" } else { "ContainerCreating" }.into(), message: String::new() },
+                    last: None,
+                    done: false,
+                    ready: false,
+                    started: false,
+                    pgid: None,
+                    exited: None,
+                    probes: Vec::new(),
+                    counters: HashMap::new(),
+                    next_start: None,
+                    backoff: None,
+                    started_instant: None,
+                    started_at: String::new(),
+                    env: Vec::new(),
+                    cgroup: None,
+                    oom: Default::default(),
+                    killed_by_probe: false,
+                    container_id: String::new(),
+                });
+            }
+        }
+        let phase = pod["status"]["phase"].as_str().unwrap_or("Pending");
+        let (ev_tx, ev_rx) = mpsc::channel(64);
+        let dir = sh.cfg.root.join(format!("{ns}_{name}_{uid}"));
+        Worker {
+            start_time: pod["status"]["startTime"].as_str().map(String::from).unwrap_or_else(now),
+            terminal: phase == "Succeeded" || phase == "Failed",
+            sh,
+            pod,
+            uid,
+            ns,
+            name,
+            ctrs,
+            ev_tx,
+            ev_rx,
+            transitions: HashMap::new(),
+            last_status: Value::Null,
+            retry_publish: None,
+            failed: None,
+            dir,
+        }
+    }
+
+    fn path(&self) -> String {
+        format!("/api/v1/namespaces/{}/pods/{}", self.ns, self.name)
+    }
+
+    async fn run(mut self, mut pod_rx: watch::Receiver<Arc<Value>>, mut stop_rx: watch::Receiver<Stop>) {
+        if !self.terminal {
+            self.admit();
+        }
+        loop {
+            let stop = *stop_rx.borrow();
+            if stop != Stop::Run {
+                let cap = if stop == Stop::Shutdown { self.sh.cfg.shutdown_grace_max } else { Duration::from_secs(30) };
+                self.terminate_all(self.grace().min(cap), stop == Stop::Removed).await;
+                self.release();
+                if stop == Stop::Removed {
+                    let _ = std::fs::remove_dir_all(&self.dir);
+                }
+                return;
+            }
+            if self.pod["metadata"].get("deletionTimestamp").is_some() {
+                self.terminate_all(self.grace(), true).await;
+                self.release();
+                self.publish().await;
+                let opts = json!({"gracePeriodSeconds": 0, "preconditions": {"uid": self.uid}});
+                match self.sh.client.delete(&self.path(), &opts).await {
+                    Ok(_) | Err(ClientError::Status { code: 404 | 409, .. }) => {}
+                    Err(e) => tracing::warn!(pod = self.name, error = %e, "removing a terminated pod failed"),
+                }
+                let _ = std::fs::remove_dir_all(&self.dir);
+                return;
+            }
+            if !self.terminal {
+                self.step().await;
+                self.publish().await;
+                if matches!(pod::phase(&self.view()), "Succeeded" | "Failed") {
+                    self.terminal = true;
+                    self.release();
+                }
+            }
+            let deadline = self.ctrs.iter().filter_map(|c| c.next_start).chain(self.retry_publish).min();
+            tokio::select! {
+                r = pod_rx.changed() => {
+                    if r.is_err() {
+                        // The runtime dropped us: treat as removed.
+                        self.terminate_all(Duration::from_secs(2), true).await;
+                        self.release();
+                        return;
+                    }
+                    self.pod = pod_rx.borrow_and_update().clone();
+                }
+                Some(ev) = self.ev_rx.recv() => self.handle(ev),
+                _ = async { tokio::time::sleep_until(deadline.unwrap().into()).await }, if deadline.is_some() => {}
+                _ = stop_rx.changed() => {}
+            }
+        }
+    }
+
+    fn grace(&self) -> Duration {
+        let g = self.pod["metadata"]["deletionGracePeriodSeconds"]
+            .as_u64()
+            .or_else(|| self.pod["spec"]["terminationGracePeriodSeconds"].as_u64())
+            .unwrap_or(30);
+        Duration::from_secs(g.min(3600))
+    }
+
+    /// Node admission: the pod fails at once if the node cannot hold it.
+    fn admit(&mut self) {
+        let mut admitted = self.sh.admitted.lock().unwrap();
+        let used = admitted.values().fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1));
+        match pod::admit(&self.pod, self.sh.cfg.allocatable, used, admitted.len() as i64) {
+            Ok(()) => {
+                admitted.insert(self.uid.clone(), pod::pod_requests(&self.pod));
+            }
+            Err((reason, message)) => {
+                drop(admitted);
+                self.sh.events.pod(&self.pod, None, true, "OutOfResources", message.clone());
+                self.failed = Some((reason, message));
+            }
+        }
+    }
+
+    fn release(&self) {
+        self.sh.admitted.lock().unwrap().remove(&self.uid);
+    }
+
+    fn view(&self) -> PodView {
+        PodView {
+            init: self.ctrs.iter().filter(|c| c.init).map(Ctr::view).collect(),
+            main: self.ctrs.iter().filter(|c| !c.init).map(Ctr::view).collect(),
+            failed: self.failed.clone(),
+            host_ip: self.sh.cfg.host_ip.clone(),
+            pod_ip: self.sh.cfg.host_ip.clone(),
+            start_time: self.start_time.clone(),
+        }
+    }
+
+    /// Starts whatever is due: the next init container, or (once they all succeeded) every
+    /// container that is neither running nor finished nor backing off.
+    async fn step(&mut self) {
+        if self.failed.is_some() {
+            return;
+        }
+        let now_i = Instant::now();
+        let due = |c: &Ctr| c.pgid.is_none() && !c.done && c.next_start.is_none_or(|t| t <= now_i);
+        let inits: Vec<usize> = (0..self.ctrs.len()).filter(|i| self.ctrs[*i].init).collect();
+        for i in inits {
+            let c = &self.ctrs[i];
+            if c.done && matches!(c.state, CState::Terminated { exit_code: 0, .. }) {
+                continue;
+            }
+            if c.done {
+                return; // failed for good: the pod is Failed
+            }
+            if due(c) {
+                self.start(i).await;
+            }
+            return;
+        }
+        for i in 0..self.ctrs.len() {
+            if !self.ctrs[i].init && due(&self.ctrs[i]) {
+                self.start(i).await;
+            }
+        }
+    }
+
+    async fn fetch_env(&self, container: &Value) -> Result<pod::EnvData, String> {
+        let (cms, secrets) = pod::env_sources(container);
+        let mut d = pod::EnvData::default();
+        for (kind, names) in [("configmaps", cms), ("secrets", secrets)] {
+            for n in names {
+                let got = match self.sh.client.get(&format!("/api/v1/namespaces/{}/{kind}/{n}", self.ns)).await {
+                    Ok(obj) => {
+                        let mut m = std::collections::BTreeMap::new();
+                        for (k, v) in obj["data"].as_object().into_iter().flatten() {
+                            let s = v.as_str().unwrap_or("");
+                            let val = if kind == "secrets" {
+                                use base64::Engine;
+                                let bytes = base64::engine::general_purpose::STANDARD.decode(s).map_err(|e| format!("secret {n} key {k}: {e}"))?;
+                                String::from_utf8_lossy(&bytes).into_owned()
+                            } else {
+                                s.to_string()
+                            };
+                            m.insert(k.clone(), val);
+                        }
+                        for (k, v) in obj["binaryData"].as_object().into_iter().flatten().filter(|_| kind == "configmaps") {
+                            use base64::Engine;
+                            let bytes = base64::engine::general_purpose::STANDARD.decode(v.as_str().unwrap_or("")).unwrap_or_default();
+                            m.insert(k.clone(), String::from_utf8_lossy(&bytes).into_owned());
+                        }
+                        Some(m)
+                    }
+                    Err(ClientError::Status { code: 404, .. }) => None,
+                    Err(e) => return Err(format!("reading {kind} {n}: {e}")),
+                };
+                if kind == "configmaps" {
+                    d.config_maps.insert(n, got);
+                } else {
+                    d.secrets.insert(n, got);
+                }
+            }
+        }
+        Ok(d)
+    }
+
+    async fn start(&mut self, i: usize) {
+        let spec = self.ctrs[i].spec.clone();
+        let name = self.ctrs[i].name.clone();
+        let env = match self.fetch_env(&spec).await {
+            Ok(d) => pod::resolve_env(&self.pod, &spec, &d),
+            Err(e) => Err(e),
+        };
+        let env = match env {
+            Ok(e) => e,
+            Err(msg) => {
+                let c = &mut self.ctrs[i];
+                c.state = CState::Waiting { reason: "CreateContainerConfigError".into(), message: msg.clone() };
+                c.next_start = Some(Instant::now() + self.sh.cfg.backoff.base.min(Duration::from_secs(10)));
+                self.sh.events.pod(&self.pod, Some(&name), true, "Failed", format!("Error: {msg}"));
+                return;
+            }
+        };
+        let strs = |v: &Value| -> Vec<String> { v.as_array().into_iter().flatten().filter_map(|s| s.as_str().map(|s| pod::expand(s, &env))).collect() };
+        let mut argv = strs(&spec["command"]);
+        argv.extend(strs(&spec["args"]));
+        let image = spec["image"].as_str().unwrap_or("").to_string();
+        let mut full_env: Vec<(String, String)> = self.sh.cfg.base_env.clone();
+        full_env.push(("HOSTNAME".into(), self.name.clone()));
+        if argv.is_empty() {
+            argv = vec!["/bin/sh".into(), "-c".into(), STAND_IN.into()];
+            full_env.push(("CAPSTAN_IMAGE".into(), image.clone()));
+        }
+        full_env.extend(env.iter().cloned());
+        let cwd = match spec["workingDir"].as_str().filter(|s| !s.is_empty()) {
+            Some(w) => PathBuf::from(w),
+            None => self.dir.join("rootfs"),
+        };
+        let _ = std::fs::create_dir_all(&cwd);
+        let c = &mut self.ctrs[i];
+        if c.ever_started {
+            c.restart_count += 1;
+        }
+        c.ever_started = true;
+        c.start_gen += 1;
+        c.next_start = None;
+        c.killed_by_probe = false;
+        c.oom = Default::default();
+        let start_gen = c.start_gen;
+        let log_dir = logs::container_dir(&self.sh.cfg.root, &self.ns, &self.name, &self.uid, &name);
+        // Keep this start's log and the previous one (`kubectl logs --previous`).
+        for (n, p) in logs::starts(&log_dir) {
+            if n + 1 < c.restart_count {
+                let _ = std::fs::remove_file(p);
+            }
+        }
+        let sink = match LogSink::create(log_dir.join(format!("{}.log", c.restart_count))) {
+            Ok(s) => s,
+            Err(e) => {
+                self.start_failed(i, format!("creating the log file: {e}"));
+                return;
+            }
+        };
+        let cgroup = self.sh.cgroups.as_ref().and_then(|cg| cg.create(&format!("{}-{name}", self.uid), &spec).ok());
+        let mut cmd = tokio::process::Command::new(&argv[0]);
+        cmd.args(&argv[1..])
+            .env_clear()
+            .envs(full_env.iter().map(|(k, v)| (k, v)))
+            .current_dir(&cwd)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .process_group(0);
+        let mut child = match cmd.spawn() {
+            Ok(ch) => ch,
+            Err(e) => {
+                let msg = format!("failed to start container {name:?}: exec: {:?}: {e}", argv[0]);
+                sink.record("stderr", true, msg.as_bytes());
+                sink.finish();
+                self.start_failed(i, msg);
+                return;
+            }
+        };
+        let pid = child.id().unwrap_or(0);
+        let pgid = pid as i32;
+        if let Some(dir) = &cgroup {
+            let _ = Cgroups::add(dir, pid);
+        }
+        let (out, err) = (child.stdout.take(), child.stderr.take());
+        let pumps = {
+            let (s1, s2) = (sink.clone(), sink.clone());
+            let a = out.map(|o| tokio::spawn(logs::pump(o, "stdout", s1)));
+            let b = err.map(|e| tokio::spawn(logs::pump(e, "stderr", s2)));
+            (a, b)
+        };
+        self.sh.live_logs.lock().unwrap().insert(sink.path().to_path_buf(), sink.clone());
+        let (exited_tx, exited_rx) = watch::channel(false);
+        let tx = self.ev_tx.clone();
+        let sh = self.sh.clone();
+        let sink_path = sink.path().to_path_buf();
+        tokio::spawn(async move {
+            let status = child.wait().await;
+            // Whatever the main process left behind in its group goes with it.
+            killpg(pgid, libc::SIGKILL);
+            let _ = exited_tx.send(true);
+            use std::os::unix::process::ExitStatusExt;
+            let (code, signal) = match status {
+                Ok(s) => match (s.code(), s.signal()) {
+                    (Some(c), _) => (c, None),
+                    (None, Some(sig)) => (128 + sig, Some(sig)),
+                    _ => (-1, None),
+                },
+                Err(_) => (-1, None),
+            };
+            let _ = tx.send(Ev::Exited { idx: i, start_gen, code, signal }).await;
+            if let Some(a) = pumps.0 {
+                let _ = a.await;
+            }
+            if let Some(b) = pumps.1 {
+                let _ = b.await;
+            }
+            sink.finish();
+            sh.live_logs.lock().unwrap().remove(&sink_path);
+        });
+        let memory_limit = crate::cgroup::limits(&spec).1.map(|q| q.units_ceil() as u64);
+        let c = &mut self.ctrs[i];
+        c.pgid = Some(pgid);
+        c.exited = Some(exited_rx);
+        c.cgroup = cgroup.clone();
+        c.container_id = format!("process://{}/{pid}", self.sh.cfg.node_name);
+        c.started_instant = Some(Instant::now());
+        c.started_at = now();
+        c.state = CState::Running { started_at: c.started_at.clone() };
+        c.env = full_env;
+        c.counters.clear();
+        let has_startup = Probe::of(Kind::Startup, &spec).is_some();
+        c.started = !has_startup;
+        c.ready = !has_startup && Probe::of(Kind::Readiness, &spec).is_none() && !c.init;
+        self.sh.running.lock().unwrap().insert(
+            (self.uid.clone(), name.clone()),
+            Running { ns: self.ns.clone(), pod: self.name.clone(), pgid, cgroup, memory_limit, oom: c.oom.clone(), started: Instant::now() },
+        );
+        if has_startup {
+            self.spawn_probe(i, Kind::Startup);
+        } else {
+            self.spawn_probe(i, Kind::Liveness);
+            self.spawn_probe(i, Kind::Readiness);
+        }
+        self.sh.events.pod(&self.pod, Some(&name), false, "Pulled", format!("Container image {image:?} recorded (the process runtime does not pull images)"));
+        self.sh.events.pod(&self.pod, Some(&name), false, "Created", format!("Created container: {name}"));
+        self.sh.events.pod(&self.pod, Some(&name), false, "Started", format!("Started container {name}"));
+    }
+
+    /// A start that never produced a process: handled as an exit with code 128, as a
+    /// runtime's `StartError` is.
+    fn start_failed(&mut self, i: usize, message: String) {
+        let name = self.ctrs[i].name.clone();
+        self.sh.events.pod(&self.pod, Some(&name), true, "Failed", format!("Error: {message}"));
+        let t = now();
+        self.ctrs[i].started_instant = Some(Instant::now());
+        self.exited(i, 128, None, Some(("StartError", message, t)));
+    }
+
+    fn spawn_probe(&mut self, i: usize, kind: Kind) {
+        let c = &mut self.ctrs[i];
+        if c.init {
+            return;
+        }
+        let Some(p) = Probe::of(kind, &c.spec) else { return };
+        c.counters.insert(kind, ProbeCounter::new(kind == Kind::Liveness));
+        let tx = self.ev_tx.clone();
+        let start_gen = c.start_gen;
+        let env = c.env.clone();
+        let host = self.sh.cfg.host_ip.clone();
+        let cwd = self.dir.join("rootfs");
+        c.probes.push(tokio::spawn(async move {
+            tokio::time::sleep(p.initial_delay).await;
+            let mut tick = tokio::time::interval(p.period);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let result = probe::run(&p, &host, &env, &cwd).await;
+                if tx.send(Ev::Probe { idx: i, start_gen, kind, result }).await.is_err() {
+                    return;
+                }
+            }
+        }));
+    }
+
+    fn handle(&mut self, ev: Ev) {
+        match ev {
+            Ev::Exited { idx, start_gen, code, signal } => {
+                if self.ctrs.get(idx).is_some_and(|c| c.start_gen == start_gen) {
+                    self.exited(idx, code, signal, None);
+                }
+            }
+            Ev::Probe { idx, start_gen, kind, result } => {
+                let Some(c) = self.ctrs.get_mut(idx) else { return };
+                if c.start_gen != start_gen || c.pgid.is_none() {
+                    return;
+                }
+                let name = c.name.clone();
+                if let Err(msg) = &result {
+                    self.sh.events.pod(&self.pod, Some(&name), true, "Unhealthy", format!("{} probe failed: {msg}", kind.name()));
+                }
+                let Some(p) = Probe::of(kind, &c.spec) else { return };
+                let Some(counter) = c.counters.get_mut(&kind) else { return };
+                let Some(healthy) = counter.observe(result.is_ok(), &p) else { return };
+                match (kind, healthy) {
+                    (Kind::Readiness, r) => c.ready = r,
+                    (Kind::Startup, true) => {
+                        c.started = true;
+                        for t in c.probes.drain(..) {
+                            t.abort();
+                        }
+                        c.ready = Probe::of(Kind::Readiness, &c.spec).is_none();
+                        self.spawn_probe(idx, Kind::Liveness);
+                        self.spawn_probe(idx, Kind::Readiness);
+                    }
+                    (Kind::Startup | Kind::Liveness, false) => {
+                        c.killed_by_probe = true;
+                        let msg = format!("Container {name} failed {} probe, will be restarted", kind.name().to_ascii_lowercase());
+                        self.sh.events.pod(&self.pod, Some(&name), false, "Killing", msg);
+                        let grace = p_grace(&self.pod, &c.spec, kind);
+                        if let (Some(pgid), Some(ex)) = (c.pgid, c.exited.clone()) {
+                            tokio::spawn(terminate(pgid, grace, ex));
+                        }
+                    }
+                    (Kind::Liveness, true) => {}
+                }
+            }
+        }
+    }
+
+    /// A container ended (or never started): record it and decide whether it runs again.
+    fn exited(&mut self, i: usize, code: i32, signal: Option<i32>, start_error: Option<(&str, String, String)>) {
+        let policy = RestartPolicy::of(&self.pod);
+        let backoff_cfg = self.sh.cfg.backoff;
+        let pod_desc = format!("{}_{}({})", self.name, self.ns, self.uid);
+        let c = &mut self.ctrs[i];
+        for t in c.probes.drain(..) {
+            t.abort();
+        }
+        if let Some(dir) = c.cgroup.take() {
+            if Cgroups::oom_killed(&dir) {
+                c.oom.store(true, Ordering::Relaxed);
+            }
+            Cgroups::remove(&dir);
+        }
+        self.sh.running.lock().unwrap().remove(&(self.uid.clone(), c.name.clone()));
+        c.pgid = None;
+        c.ready = false;
+        c.started = false;
+        let finished = now();
+        let (reason, message, started_at) = match start_error {
+            Some((r, m, t)) => (r.to_string(), m, t),
+            None if c.oom.load(Ordering::Relaxed) => ("OOMKilled".into(), String::new(), c.started_at.clone()),
+            None if code == 0 => ("Completed".into(), String::new(), c.started_at.clone()),
+            None => ("Error".into(), String::new(), c.started_at.clone()),
+        };
+        let code = if reason == "OOMKilled" { 137 } else { code };
+        let term = CState::Terminated { exit_code: code, signal, reason, message, started_at, finished_at: finished };
+        let ran = c.started_instant.map_or(Duration::ZERO, |t| t.elapsed());
+        let restart = if c.init { code != 0 && policy != RestartPolicy::Never } else { policy.restarts(code) || (c.killed_by_probe && policy != RestartPolicy::Never) };
+        if !restart {
+            c.state = term;
+            c.done = true;
+            return;
+        }
+        let delay = backoff_cfg.next(c.backoff, ran);
+        c.backoff = Some(delay);
+        c.last = Some(term.clone());
+        c.next_start = Some(Instant::now() + delay);
+        if delay.is_zero() {
+            c.state = term;
+        } else {
+            let name = c.name.clone();
+            c.state = CState::Waiting {
+                reason: "CrashLoopBackOff".into(),
+                message: format!("back-off {}s restarting failed container={name} pod={pod_desc}", delay.as_secs()),
+            };
+            self.sh.events.pod(&self.pod, Some(&name), true, "BackOff", format!("Back-off restarting failed container {name} in pod {pod_desc}"));
+        }
+    }
+
+    /// Stops every running container (concurrently), waiting for each to exit.
+    async fn terminate_all(&mut self, grace: Duration, announce: bool) {
+        let mut stops = Vec::new();
+        for c in &mut self.ctrs {
+            for t in c.probes.drain(..) {
+                t.abort();
+            }
+            if let (Some(pgid), Some(ex)) = (c.pgid, c.exited.clone()) {
+                if announce {
+                    self.sh.events.pod(&self.pod, Some(&c.name), false, "Killing", format!("Stopping container {}", c.name));
+                }
+                stops.push(terminate(pgid, grace, ex));
+            }
+        }
+        futures_util::future::join_all(stops).await;
+        // Collect the exits so the final status shows them; nothing restarts now.
+        let pending = self.ctrs.iter().filter(|c| c.pgid.is_some()).count();
+        for _ in 0..pending {
+            match tokio::time::timeout(Duration::from_secs(5), self.ev_rx.recv()).await {
+                Ok(Some(Ev::Exited { idx, start_gen, code, signal })) if self.ctrs[idx].start_gen == start_gen => {
+                    let c = &mut self.ctrs[idx];
+                    for t in c.probes.drain(..) {
+                        t.abort();
+                    }
+                    if let Some(dir) = c.cgroup.take() {
+                        Cgroups::remove(&dir);
+                    }
+                    self.sh.running.lock().unwrap().remove(&(self.uid.clone(), c.name.clone()));
+                    c.pgid = None;
+                    c.ready = false;
+                    c.state = CState::Terminated {
+                        exit_code: code,
+                        signal,
+                        reason: if code == 0 { "Completed" } else { "Error" }.into(),
+                        message: String::new(),
+                        started_at: c.started_at.clone(),
+                        finished_at: now(),
+                    };
+                    c.done = true;
+                }
+                Ok(Some(_)) => {}
+                _ => break,
+            }
+        }
+        for c in &mut self.ctrs {
+            c.done = true;
+            c.next_start = None;
+        }
+    }
+
+    /// Writes the status if it changed (a merge patch of `status`; lists are replaced whole,
+    /// and fields that no longer apply are sent as null).
+    async fn publish(&mut self) {
+        let mut s = pod::status(&self.view(), &mut self.transitions, &now());
+        if s == self.last_status && self.retry_publish.is_none() {
+            return;
+        }
+        for k in ["reason", "message", "initContainerStatuses"] {
+            if s.get(k).is_none() {
+                s[k] = Value::Null;
+            }
+        }
+        match self.sh.client.merge_patch(&format!("{}/status", self.path()), &json!({"status": s})).await {
+            Ok(_) => {
+                self.last_status = pod::status(&self.view(), &mut self.transitions, &now());
+                self.retry_publish = None;
+            }
+            Err(ClientError::Status { code: 404, .. }) => self.retry_publish = None,
+            Err(e) => {
+                tracing::debug!(pod = self.name, error = %e, "writing pod status failed; retrying");
+                self.retry_publish = Some(Instant::now() + Duration::from_secs(1));
+            }
+        }
+    }
+}
+
+/// A probe's own `terminationGracePeriodSeconds` wins over the pod's.
+fn p_grace(pod: &Value, spec: &Value, kind: Kind) -> Duration {
+    let g = spec[kind.field()]["terminationGracePeriodSeconds"]
+        .as_u64()
+        .or_else(|| pod["spec"]["terminationGracePeriodSeconds"].as_u64())
+        .unwrap_or(30);
+    Duration::from_secs(g.min(3600))
+}
+
+/// Samples usage every `sample_every`: builds the stats document and kills containers over
+/// their memory limit when the kernel does not (no cgroup v2).
+async fn sample_loop(sh: Arc<Shared>) {
+    let mut tick = tokio::time::interval(sh.cfg.sample_every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let sh2 = sh.clone();
+        let _ = tokio::task::spawn_blocking(move || sample_once(&sh2)).await;
+    }
+}
+
+fn sample_once(sh: &Shared) {
+    let entries: Vec<((String, String), i32, Option<PathBuf>, Option<u64>, Arc<AtomicBool>, String, String, Instant)> = sh
+        .running
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(k, r)| (k.clone(), r.pgid, r.cgroup.clone(), r.memory_limit, r.oom.clone(), r.ns.clone(), r.pod.clone(), r.started))
+        .collect();
+    let pgids: Vec<i32> = entries.iter().map(|e| e.1).collect();
+    let proc_usage = stats::groups_usage(&pgids);
+    let now_i = Instant::now();
+    let ts = now();
+    let mut usage = sh.usage.lock().unwrap();
+    let mut pods: HashMap<(String, String), Vec<Value>> = HashMap::new();
+    let mut prev = HashMap::new();
+    for (j, (key, pgid, cg, limit, oom, ns, pod, started)) in entries.into_iter().enumerate() {
+        let (cpu, mem) = cg.as_deref().and_then(Cgroups::usage).unwrap_or(proc_usage[j]);
+        if sh.cgroups.is_none()
+            && let Some(l) = limit
+            && mem > l
+        {
+            oom.store(true, Ordering::Relaxed);
+            killpg(pgid, libc::SIGKILL);
+        }
+        let (p_cpu, p_t) = usage.prev.get(&key).copied().unwrap_or((0, started));
+        let dt = now_i.duration_since(p_t).as_nanos().max(1) as u64;
+        let nano_cores = (cpu.saturating_sub(p_cpu) as u128 * 1_000_000_000 / dt as u128) as u64;
+        prev.insert(key.clone(), (cpu, now_i));
+        pods.entry((ns, pod)).or_default().push(json!({"name": key.1, "cpuNanoCores": nano_cores, "memoryBytes": mem}));
+    }
+    usage.prev = prev;
+    let (m_cpu, m_mem, _) = stats::machine_usage();
+    let node_cores = match usage.node_prev {
+        Some((c, t)) => (m_cpu.saturating_sub(c) as u128 * 1_000_000_000 / now_i.duration_since(t).as_nanos().max(1)) as u64,
+        None => 0,
+    };
+    usage.node_prev = Some((m_cpu, now_i));
+    usage.doc = json!({
+        "nodes": [{"name": sh.cfg.node_name, "timestamp": ts, "window": format!("{}s", sh.cfg.sample_every.as_secs().max(1)), "cpuNanoCores": node_cores, "memoryBytes": m_mem}],
+        "pods": pods.into_iter().map(|((ns, name), cs)| json!({"namespace": ns, "name": name, "timestamp": ts, "window": format!("{}s", sh.cfg.sample_every.as_secs().max(1)), "containers": cs})).collect::<Vec<_>>(),
+    });
+}
