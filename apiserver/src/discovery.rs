@@ -55,6 +55,10 @@ pub fn aggregated(reg: &Registry, legacy: bool, version: &str) -> Value {
             })
         })
         .collect();
+    let mut items = items;
+    if !legacy {
+        items.push(crate::node_proxy::aggregated_group());
+    }
     json!({
         "kind": "APIGroupDiscoveryList",
         "apiVersion": format!("apidiscovery.k8s.io/{version}"),
@@ -73,8 +77,9 @@ fn api_group(g: &str, versions: &[&str]) -> Value {
 }
 
 pub fn api_group_list(reg: &Registry) -> Value {
-    let groups: Vec<Value> =
+    let mut groups: Vec<Value> =
         reg.groups().into_iter().filter(|(g, _)| !g.is_empty()).map(|(g, vs)| api_group(g, &vs)).collect();
+    groups.push(crate::node_proxy::legacy_group());
     json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": groups})
 }
 

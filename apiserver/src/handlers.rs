@@ -125,6 +125,14 @@ pub async fn dispatch(
     let query: HashMap<String, String> = Query::try_from_uri(&uri).map(|q: Query<HashMap<String, String>>| q.0).unwrap_or_default();
     let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
     let ctype = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+    if let Some(rest) = path.strip_prefix("/apis/metrics.k8s.io").filter(|r| r.is_empty() || r.starts_with('/')) {
+        let r = if method == Method::GET {
+            crate::node_proxy::metrics_api(&st.store, rest, &query).await
+        } else {
+            Err(ApiError::method_not_allowed(format!("{method} is not supported by metrics.k8s.io")))
+        };
+        return r.unwrap_or_else(|e| e.into_response());
+    }
     let target = parse_target(&st.reg, &path);
     let (verb, resource) = describe(&method, &query, &target);
     let result = match target {
@@ -309,9 +317,9 @@ impl Req<'_> {
             (Method::PATCH, true, Some("scale")) => self.patch_scale().await,
             (Method::DELETE, true, None) => self.delete().await,
             (Method::DELETE, false, None) => self.delete_collection().await,
-            (Method::GET, true, Some("log")) => Err(ApiError::bad_request(
-                "container logs are served by the kubelet, which capstan does not have yet",
-            )),
+            (Method::GET, true, Some("log")) => {
+                crate::node_proxy::pod_log(&self.st.store, self.key(), self.namespace.as_deref().unwrap_or(""), self.name(), self.query).await
+            }
             (_, _, Some(sub)) if !self.info.subresources.iter().any(|s| s.name == sub) => {
                 Err(ApiError::path_not_found(&format!("{}/{sub}", self.info.resource)))
             }

@@ -17,6 +17,7 @@ pub mod cached;
 pub mod discovery;
 pub mod handlers;
 pub mod metrics;
+pub mod node_proxy;
 pub mod object;
 pub mod openapi_v2;
 pub mod patch;

@@ -126,7 +126,22 @@ fn pod_cells(o: &Value) -> Vec<Value> {
     if let Some(r) = s(o, &["status", "reason"]).and_then(|x| x.as_str()) {
         status = r.to_string();
     }
-    for c in &statuses {
+    let init = s(o, &["status", "initContainerStatuses"]).and_then(|x| x.as_array()).cloned().unwrap_or_default();
+    let init_total = s(o, &["spec", "initContainers"]).and_then(|x| x.as_array()).map_or(0, |a| a.len());
+    let init_done = init.iter().filter(|c| s(c, &["state", "terminated", "exitCode"]).and_then(|x| x.as_i64()) == Some(0)).count();
+    let mut initializing = false;
+    if init_total > 0 && init_done < init_total {
+        initializing = true;
+        status = format!("Init:{init_done}/{init_total}");
+        for c in &init {
+            if let Some(r) = s(c, &["state", "waiting", "reason"]).and_then(|x| x.as_str()).filter(|r| *r != "PodInitializing") {
+                status = format!("Init:{r}");
+            } else if let Some(code) = s(c, &["state", "terminated", "exitCode"]).and_then(|x| x.as_i64()).filter(|c| *c != 0) {
+                status = format!("Init:ExitCode:{code}");
+            }
+        }
+    }
+    for c in statuses.iter().filter(|_| !initializing) {
         if let Some(r) = s(c, &["state", "waiting", "reason"]).and_then(|x| x.as_str()) {
             status = r.to_string();
         } else if let Some(r) = s(c, &["state", "terminated", "reason"]).and_then(|x| x.as_str()) {
