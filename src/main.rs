@@ -1,6 +1,7 @@
-//! `capstan`: the one binary. `up` runs the cluster in one process (today: the store and the
-//! API server), `apiserver` runs the API server on an embedded store, `kv` drives the store
-//! directly. Later issues add the scheduler, controllers and kubelets.
+//! `capstan`: the one binary. `up` runs the cluster in one process (the store, the API
+//! server, a real node running pods as local processes, and any number of hollow nodes),
+//! `apiserver` runs the API server on an embedded store, `kv` drives the store directly.
+//! Later issues add the scheduler and controllers.
 
 use std::path::PathBuf;
 
@@ -18,8 +19,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run a whole cluster in this process (today: store + API server + hollow nodes) and
-    /// write a kubeconfig.
+    /// Run a whole cluster in this process (store, API server, a local node, hollow nodes)
+    /// and write a kubeconfig.
     Up {
         #[arg(long, default_value = "./capstan-data")]
         data_dir: PathBuf,
@@ -28,6 +29,11 @@ enum Command {
         /// Hollow nodes (no processes: pods bound to them go Running) to run in this process.
         #[arg(long, default_value_t = 0)]
         hollow_nodes: usize,
+        /// How often hollow nodes renew their leases (Kubernetes: 10 s).
+        #[arg(long, default_value_t = 10)]
+        hollow_lease_renew_seconds: u64,
+        #[command(flatten)]
+        node: NodeOpts,
         #[command(flatten)]
         opts: ServeOpts,
     },
@@ -67,6 +73,23 @@ struct ServeOpts {
     /// Log level of the request log and everything else (error, warn, info, debug).
     #[arg(long, default_value = "info")]
     log_level: String,
+}
+
+/// The real node `capstan up` runs (pods as local processes).
+#[derive(clap::Args, Clone)]
+struct NodeOpts {
+    /// Name of the local node (default: this machine's hostname).
+    #[arg(long)]
+    node_name: Option<String>,
+    /// Run no local node (only hollow nodes, if any).
+    #[arg(long)]
+    no_local_node: bool,
+    /// First CrashLoopBackOff delay in seconds (Kubernetes: 10; doubles up to 300).
+    #[arg(long, default_value_t = 10)]
+    crash_backoff_seconds: u64,
+    /// How often container CPU and memory are sampled (kubectl top, memory limits).
+    #[arg(long, default_value_t = 5)]
+    usage_sample_seconds: u64,
 }
 
 #[derive(Subcommand)]
@@ -114,8 +137,10 @@ fn main() -> Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     match cli.command {
         Command::Kv { data_dir, shards, unsafe_no_fsync, op } => rt.block_on(kv(data_dir, shards, unsafe_no_fsync, op)),
-        Command::Up { data_dir, listen, hollow_nodes, opts } => rt.block_on(serve(data_dir, listen, opts, true, hollow_nodes)),
-        Command::Apiserver { data_dir, listen, opts } => rt.block_on(serve(data_dir, listen, opts, false, 0)),
+        Command::Up { data_dir, listen, hollow_nodes, hollow_lease_renew_seconds, node, opts } => {
+            rt.block_on(serve(data_dir, listen, opts, Some((node, hollow_nodes, hollow_lease_renew_seconds))))
+        }
+        Command::Apiserver { data_dir, listen, opts } => rt.block_on(serve(data_dir, listen, opts, None)),
     }
 }
 
@@ -141,9 +166,11 @@ users:
     )
 }
 
-/// Runs the store and the API server until SIGINT or SIGTERM, then stops cleanly (the store
-/// syncs and its threads end when the last handle drops).
-async fn serve(data_dir: PathBuf, listen: String, opts: ServeOpts, up: bool, hollow_nodes: usize) -> Result<()> {
+/// Runs the store and the API server (and, for `up`, the nodes) until SIGINT or SIGTERM,
+/// then stops cleanly: pods first (their containers get SIGTERM and their grace period, up
+/// to 10 s), then open watches (a last bookmark each), then the store (synced, threads
+/// joined when its last handle drops).
+async fn serve(data_dir: PathBuf, listen: String, opts: ServeOpts, up: Option<(NodeOpts, usize, u64)>) -> Result<()> {
     std::fs::create_dir_all(&data_dir).with_context(|| format!("creating {}", data_dir.display()))?;
     let store_dir = data_dir.join("store");
     let mut cfg = Config::new(&store_dir);
@@ -159,36 +186,89 @@ async fn serve(data_dir: PathBuf, listen: String, opts: ServeOpts, up: bool, hol
     std::fs::write(&tmp, kubeconfig(&server))?;
     std::fs::rename(&tmp, &kc)?;
     let kc_abs = std::fs::canonicalize(&kc).unwrap_or(kc);
-    println!("capstan {} is serving the Kubernetes API at {server}", if up { "cluster" } else { "API server" });
-    println!("  data:       {}", std::fs::canonicalize(&data_dir).unwrap_or(data_dir.clone()).display());
-    println!("  kubeconfig: {}", kc_abs.display());
-    println!("try:  export KUBECONFIG={}", kc_abs.display());
-    println!("      kubectl get namespaces");
-    println!("stop with Ctrl-C");
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let app = apiserver::router_with_shutdown(store.clone(), stop_rx);
-    let server_task = tokio::spawn(async move {
+    let app = apiserver::router_with_shutdown(store.clone(), stop_rx.clone());
+    let mut stop_serving = stop_rx.clone();
+    let mut server_task = tokio::spawn(async move {
         axum::serve(listener, app)
             .with_graceful_shutdown(async move {
-                shutdown_signal().await;
-                // Open watches end with a bookmark instead of holding the shutdown open.
-                let _ = stop_tx.send(true);
+                let _ = stop_serving.wait_for(|s| *s).await;
             })
             .await
     });
-    let hollow = if hollow_nodes > 0 {
-        let cfg = kubelet::HollowConfig { count: hollow_nodes, ..Default::default() };
-        let h = kubelet::HollowNodes::start(&server, cfg).await.context("starting hollow nodes")?;
-        println!("  hollow nodes: {hollow_nodes} (hollow-0 .. hollow-{})", hollow_nodes - 1);
-        Some(h)
-    } else {
-        None
+    println!("capstan {} is serving the Kubernetes API at {server}", if up.is_some() { "cluster" } else { "API server" });
+    println!("  data:       {}", std::fs::canonicalize(&data_dir).unwrap_or(data_dir.clone()).display());
+    println!("  kubeconfig: {}", kc_abs.display());
+    let mut local = None;
+    let mut hollow = None;
+    if let Some((node, hollow_nodes, lease_secs)) = up {
+        if !node.no_local_node {
+            let (k, name) = start_local_node(&server, &data_dir, addr.port(), &node).await?;
+            println!("  node:       {name} (pods run as local processes; logs in {})", data_dir.join("pods").display());
+            local = Some(k);
+        }
+        if hollow_nodes > 0 {
+            let cfg = kubelet::HollowConfig { count: hollow_nodes, lease_renew: std::time::Duration::from_secs(lease_secs.max(1)), ..Default::default() };
+            let h = kubelet::HollowNodes::start(&server, cfg).await.context("starting hollow nodes")?;
+            println!("  hollow nodes: {hollow_nodes} (hollow-0 .. hollow-{})", hollow_nodes - 1);
+            hollow = Some(h);
+        }
+    }
+    println!("try:  export KUBECONFIG={}", kc_abs.display());
+    println!("      kubectl get nodes");
+    println!("stop with Ctrl-C");
+    let early = tokio::select! {
+        _ = shutdown_signal() => None,
+        r = &mut server_task => Some(r),
     };
-    server_task.await??;
+    if let Some(r) = early {
+        r??;
+        return Ok(());
+    }
+    eprintln!("capstan: shutting down (stopping pods)");
+    if let Some(k) = local {
+        k.shutdown().await;
+    }
     drop(hollow);
-    eprintln!("capstan: shutting down");
+    let _ = stop_tx.send(true);
+    server_task.await??;
+    eprintln!("capstan: stopped");
     drop(store);
     Ok(())
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_ascii_lowercase()).ok().filter(|s| !s.is_empty()).unwrap_or_else(|| "capstan-node".into())
+}
+
+async fn start_local_node(server: &str, data_dir: &std::path::Path, api_port: u16, o: &NodeOpts) -> Result<(kubelet::Kubelet, String)> {
+    let name = o.node_name.clone().unwrap_or_else(hostname);
+    let root = data_dir.join("pods");
+    std::fs::create_dir_all(&root)?;
+    let spec = kubelet::NodeSpec::local(&name, data_dir);
+    let q = |k: &str| spec.capacity.get(k).and_then(|v| v.as_str()).and_then(|s| api::Quantity::parse(s).ok()).unwrap_or_default();
+    let mut base_env = vec![
+        ("KUBERNETES_SERVICE_HOST".to_string(), "127.0.0.1".to_string()),
+        ("KUBERNETES_SERVICE_PORT".to_string(), api_port.to_string()),
+    ];
+    for k in ["PATH", "HOME", "LANG"] {
+        if let Ok(v) = std::env::var(k) {
+            base_env.push((k.to_string(), v));
+        }
+    }
+    let cfg = kubelet::process::ProcessConfig {
+        node_name: name.clone(),
+        root,
+        backoff: kubelet::pod::Backoff { base: std::time::Duration::from_secs(o.crash_backoff_seconds.max(1)), ..Default::default() },
+        sample_every: std::time::Duration::from_secs(o.usage_sample_seconds.max(1)),
+        shutdown_grace_max: std::time::Duration::from_secs(10),
+        allocatable: kubelet::pod::Allocatable { cpu_milli: q("cpu").milli, memory: q("memory").units_ceil(), pods: q("pods").units_ceil() },
+        host_ip: "127.0.0.1".into(),
+        base_env,
+    };
+    let rt = std::sync::Arc::new(kubelet::process::ProcessRuntime::new(cfg, kubelet::client::Client::new(server)));
+    let k = kubelet::Kubelet::start(server, kubelet::KubeletConfig::default(), vec![spec], rt).await.context("starting the local node")?;
+    Ok((k, name))
 }
 
 async fn shutdown_signal() {

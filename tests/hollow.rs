@@ -6,7 +6,7 @@ use common::*;
 
 #[test]
 fn hollow_nodes_register_stay_ready_and_run_and_remove_their_pods() {
-    let c = Cluster::start_with(tempfile::tempdir().unwrap(), &["--hollow-nodes", "3"]);
+    let c = Cluster::start_with(tempfile::tempdir().unwrap(), &["--hollow-nodes", "3", "--no-local-node"]);
     c.ok(&["wait", "--for=condition=Ready", "node/hollow-0", "node/hollow-1", "node/hollow-2", "--timeout=60s"]);
     let zones = c.ok(&["get", "nodes", "-o", "jsonpath={.items[*].metadata.labels.topology\\.kubernetes\\.io/zone}"]);
     assert_eq!(zones, "zone-0 zone-1 zone-2");
@@ -17,4 +17,48 @@ fn hollow_nodes_register_stay_ready_and_run_and_remove_their_pods() {
     // A bound pod is deleted gracefully; the hollow kubelet finishes it, kubectl waits for that.
     assert!(c.ok(&["delete", "pod", "p1", "--timeout=60s"]).contains("deleted"));
     assert!(c.fails(&["get", "pod", "p1"]).contains("NotFound"));
+}
+
+#[test]
+fn a_thousand_hollow_nodes_register_renew_their_leases_and_run_pods() {
+    let c = Cluster::start_with(tempfile::tempdir().unwrap(), &["--hollow-nodes", "1000", "--no-local-node", "--hollow-lease-renew-seconds", "2"]);
+    wait_until("1000 hollow nodes registered and Ready", || {
+        let ready = c.ok(&["get", "nodes", "-o", "jsonpath={range .items[*]}{.status.conditions[?(@.type==\"Ready\")].status}{\"\\n\"}{end}"]);
+        ready.lines().count() == 1000 && ready.lines().all(|l| l == "True")
+    });
+    let start = c.ok(&["get", "lease", "-n", "kube-node-lease", "hollow-999", "-o", "jsonpath={.spec.renewTime}"]);
+    // Every lease is renewed (the node lifecycle controller would otherwise mark it unreachable).
+    wait_until("every hollow node's lease to be renewed", || {
+        let times = c.ok(&["get", "leases", "-n", "kube-node-lease", "-o", "jsonpath={range .items[*]}{.spec.renewTime}{\"\\n\"}{end}"]);
+        times.lines().count() == 1000 && times.lines().all(|t| t > start.as_str())
+    });
+    let mut manifest = String::new();
+    for i in 0..20 {
+        manifest.push_str(&format!(
+            "---\napiVersion: v1\nkind: Pod\nmetadata: {{name: p{i}}}\nspec:\n  nodeName: hollow-{}\n  containers: [{{name: c, image: nginx}}]\n",
+            i * 50
+        ));
+    }
+    let m = c.write("pods.yaml", &manifest);
+    c.ok(&["apply", "-f", path_str(&m)]);
+    c.ok(&["wait", "--for=condition=Ready", "pods", "--all", "--timeout=60s"]);
+    let phases = c.ok(&["get", "pods", "-o", "jsonpath={.items[*].status.phase}"]);
+    assert_eq!(phases.split(' ').filter(|p| *p == "Running").count(), 20);
+}
+
+#[test]
+fn hollow_pods_with_a_run_time_succeed_and_report_usage() {
+    let c = Cluster::start_with(tempfile::tempdir().unwrap(), &["--hollow-nodes", "2", "--no-local-node"]);
+    let m = c.write(
+        "job.yaml",
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: short\n  annotations: {hollow.capstan.io/run-seconds: \"1\"}\nspec:\n  nodeName: hollow-0\n  restartPolicy: Never\n  containers: [{name: c, image: busybox, resources: {requests: {cpu: 200m, memory: 64Mi}}}]\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: long}\nspec:\n  nodeName: hollow-1\n  containers: [{name: c, image: nginx, resources: {requests: {cpu: 100m, memory: 32Mi}}}]\n",
+    );
+    c.ok(&["apply", "-f", path_str(&m)]);
+    c.ok(&["wait", "--for=jsonpath={.status.phase}=Succeeded", "pod/short", "--timeout=60s"]);
+    c.ok(&["wait", "--for=condition=Ready", "pod/long", "--timeout=60s"]);
+    // Synthetic usage: half the requests.
+    let top = c.ok(&["top", "pod", "long", "--no-headers"]);
+    assert!(top.contains("50m") && top.contains("16Mi"), "{top}");
+    let nodes = c.ok(&["top", "node", "--no-headers"]);
+    assert_eq!(nodes.lines().count(), 2, "{nodes}");
 }

@@ -185,10 +185,27 @@ unsafe extern "C" {
 
 impl Drop for Cluster {
     fn drop(&mut self) {
+        // SIGTERM first, so that the local node stops its pods' processes; SIGKILL if it
+        // does not stop.
         if let Some(mut c) = self.child.take() {
+            // SAFETY: sending a signal to our own child process.
+            unsafe { libc_kill(c.id() as i32, 15) };
+            let deadline = Instant::now() + WAIT;
+            while c.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
             let _ = c.kill();
             let _ = c.wait();
         }
+    }
+}
+
+/// Polls `check` until it holds, failing the test with `what` after `WAIT`.
+pub fn wait_until(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + WAIT;
+    while !check() {
+        assert!(Instant::now() < deadline, "timed out after {WAIT:?} waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
     }
 }
 

@@ -1,0 +1,257 @@
+//! The local node of `capstan up`: pods as local processes, checked with real kubectl.
+
+mod common;
+
+use common::*;
+
+const NODE: &str = "node-a";
+
+fn cluster() -> Cluster {
+    Cluster::start_with(tempfile::tempdir().unwrap(), &["--node-name", NODE, "--crash-backoff-seconds", "1", "--usage-sample-seconds", "1"])
+}
+
+fn jsonpath(c: &Cluster, pod: &str, path: &str) -> String {
+    c.ok(&["get", "pod", pod, "-o", &format!("jsonpath={path}")])
+}
+
+/// The pid in a container's `containerID` (`process://<node>/<pid>`).
+fn pid_of(c: &Cluster, pod: &str) -> i32 {
+    let id = jsonpath(c, pod, "{.status.containerStatuses[0].containerID}");
+    id.rsplit('/').next().and_then(|p| p.parse().ok()).unwrap_or_else(|| panic!("no pid in containerID {id:?}"))
+}
+
+/// Alive and not a zombie.
+fn process_alive(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| s.rsplit(')').next().is_some_and(|r| !r.trim_start().starts_with('Z')))
+}
+
+#[test]
+fn a_pod_runs_prints_with_its_environment_and_succeeds() {
+    let c = cluster();
+    c.ok(&["wait", "--for=condition=Ready", &format!("node/{NODE}"), "--timeout=60s"]);
+    c.ok(&["create", "configmap", "cfg", "--from-literal=greeting=hello"]);
+    c.ok(&["create", "secret", "generic", "sec", "--from-literal=password=hunter2"]);
+    let m = c.write(
+        "job.yaml",
+        &format!(
+            r#"apiVersion: v1
+kind: Pod
+metadata: {{name: printer, labels: {{app: demo}}}}
+spec:
+  nodeName: {NODE}
+  restartPolicy: Never
+  initContainers:
+  - name: prepare
+    image: busybox
+    command: ["sh", "-c", "echo prepared > shared.txt"]
+  containers:
+  - name: main
+    image: busybox
+    command: ["sh", "-c"]
+    args: ["echo $(GREETING) from $POD $APP; echo secret=$PASSWORD; cat shared.txt; echo to-stderr >&2"]
+    env:
+    - name: GREETING
+      valueFrom: {{configMapKeyRef: {{name: cfg, key: greeting}}}}
+    - name: PASSWORD
+      valueFrom: {{secretKeyRef: {{name: sec, key: password}}}}
+    - name: POD
+      valueFrom: {{fieldRef: {{fieldPath: metadata.name}}}}
+    - name: APP
+      valueFrom: {{fieldRef: {{fieldPath: "metadata.labels['app']"}}}}
+"#
+        ),
+    );
+    c.ok(&["apply", "-f", path_str(&m)]);
+    c.ok(&["wait", "--for=jsonpath={.status.phase}=Succeeded", "pod/printer", "--timeout=60s"]);
+    assert_eq!(c.ok(&["logs", "printer"]), "hello from printer demo\nsecret=hunter2\nprepared\nto-stderr\n");
+    assert_eq!(c.ok(&["logs", "printer", "-c", "main", "--tail=1"]), "to-stderr\n");
+    let ts = c.ok(&["logs", "printer", "--timestamps", "--tail=1"]);
+    assert!(ts.starts_with("20") && ts.trim_end().ends_with(" to-stderr"), "{ts}");
+    assert_eq!(jsonpath(&c, "printer", "{.status.initContainerStatuses[0].state.terminated.reason}"), "Completed");
+    assert_eq!(jsonpath(&c, "printer", "{.status.containerStatuses[0].state.terminated.exitCode}"), "0");
+    let table = c.ok(&["get", "pod", "printer"]);
+    assert!(table.contains("Completed"), "{table}");
+    // Without its ConfigMap a container cannot start, and says why.
+    c.ok(&["run", "noconfig", "--image=busybox", "--restart=Never", &format!(r#"--overrides={{"spec":{{"nodeName":"{NODE}","containers":[{{"name":"noconfig","image":"busybox","envFrom":[{{"configMapRef":{{"name":"absent"}}}}]}}]}}}}"#)]);
+    wait_until("noconfig waiting with CreateContainerConfigError", || {
+        jsonpath(&c, "noconfig", "{.status.containerStatuses[0].state.waiting.reason}") == "CreateContainerConfigError"
+    });
+    // A wrong container name is the API's BadRequest.
+    assert!(c.fails(&["logs", "printer", "-c", "nope"]).contains("container nope is not valid for pod printer"));
+}
+
+#[test]
+fn crashes_back_off_and_probes_restart_and_gate_readiness() {
+    let c = cluster();
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let m = c.write(
+        "pods.yaml",
+        &format!(
+            r#"apiVersion: v1
+kind: Pod
+metadata: {{name: crasher}}
+spec:
+  nodeName: {NODE}
+  containers:
+  - name: c
+    image: busybox
+    command: ["sh", "-c", "echo attempt; exit 3"]
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: unhealthy}}
+spec:
+  nodeName: {NODE}
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: c
+    image: busybox
+    command: ["sh", "-c", "touch alive; while :; do sleep 1; done"]
+    livenessProbe:
+      exec: {{command: ["sh", "-c", "test -e alive && rm alive"]}}
+      periodSeconds: 1
+      failureThreshold: 1
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: gated}}
+spec:
+  nodeName: {NODE}
+  containers:
+  - name: c
+    image: busybox
+    command: ["sh", "-c", "while :; do sleep 1; done"]
+    readinessProbe:
+      tcpSocket: {{port: {port}}}
+      periodSeconds: 1
+"#
+        ),
+    );
+    c.ok(&["apply", "-f", path_str(&m)]);
+    wait_until("crasher in CrashLoopBackOff with restartCount >= 2", || {
+        let s = jsonpath(&c, "crasher", "{.status.containerStatuses[0].state.waiting.reason} {.status.containerStatuses[0].restartCount}");
+        s.split_once(' ').is_some_and(|(r, n)| r == "CrashLoopBackOff" && n.parse::<u32>().unwrap_or(0) >= 2)
+    });
+    assert_eq!(jsonpath(&c, "crasher", "{.status.containerStatuses[0].lastState.terminated.exitCode}"), "3");
+    assert_eq!(c.ok(&["logs", "crasher", "--previous"]), "attempt\n");
+    assert!(c.ok(&["get", "pod", "crasher"]).contains("CrashLoopBackOff"));
+    wait_until("the liveness probe to restart a container", || jsonpath(&c, "unhealthy", "{.status.containerStatuses[0].restartCount}").parse::<u32>().unwrap_or(0) >= 1);
+    wait_until("Killing and Unhealthy events for the liveness failure", || {
+        let ev = c.ok(&["get", "events", "--field-selector", "involvedObject.name=unhealthy", "-o", "jsonpath={.items[*].reason}"]);
+        ev.contains("Killing") && ev.contains("Unhealthy")
+    });
+    // The readiness probe fails while nothing listens: Running, not Ready.
+    wait_until("gated Running with a failed readiness probe", || {
+        let ev = c.ok(&["get", "events", "--field-selector", "involvedObject.name=gated,reason=Unhealthy", "-o", "name"]);
+        jsonpath(&c, "gated", "{.status.phase}") == "Running" && !ev.trim().is_empty()
+    });
+    assert_eq!(jsonpath(&c, "gated", "{.status.conditions[?(@.type==\"Ready\")].status}"), "False");
+    let _listener = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
+    c.ok(&["wait", "--for=condition=Ready", "pod/gated", "--timeout=60s"]);
+}
+
+#[test]
+fn delete_stops_the_process_within_its_grace_period_and_logs_follow() {
+    let c = cluster();
+    let m = c.write(
+        "pods.yaml",
+        &format!(
+            r#"apiVersion: v1
+kind: Pod
+metadata: {{name: stubborn}}
+spec:
+  nodeName: {NODE}
+  terminationGracePeriodSeconds: 2
+  containers:
+  - name: c
+    image: busybox
+    command: ["sh", "-c", "trap '' TERM; i=0; while :; do i=$((i+1)); echo line $i; sleep 0.2; done"]
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: web}}
+spec:
+  nodeName: {NODE}
+  containers:
+  - name: nginx
+    image: nginx
+"#
+        ),
+    );
+    c.ok(&["apply", "-f", path_str(&m)]);
+    c.ok(&["wait", "--for=condition=Ready", "pod/stubborn", "pod/web", "--timeout=60s"]);
+    // kubectl logs -f follows a running container.
+    let (mut child, mut lines) = c.kubectl_spawn(&["logs", "-f", "stubborn"]);
+    let got: Vec<String> = (0..3).map(|_| lines.next().expect("a followed line").unwrap()).collect();
+    let _ = child.kill();
+    let _ = child.wait();
+    let n: Vec<u32> = got.iter().map(|l| l.trim_start_matches("line ").parse().unwrap()).collect();
+    assert!(n[0] < n[1] && n[1] < n[2], "{got:?}");
+    // The stand-in for a plain image says what it is.
+    assert!(c.ok(&["logs", "web"]).contains("capstan stand-in for image nginx"));
+    // kubectl top shows numbers.
+    wait_until("kubectl top pod web", || c.kubectl_with(KUBECTL, &["top", "pod", "web", "--no-headers"]).status.success());
+    let top = c.ok(&["top", "pod", "web", "--no-headers"]);
+    assert!(top.contains("Mi"), "{top}");
+    let top = c.ok(&["top", "node", "--no-headers"]);
+    assert!(top.starts_with(NODE) && top.contains('%'), "{top}");
+    // A container that ignores SIGTERM is killed once its 2 s grace period is over.
+    let pid = pid_of(&c, "stubborn");
+    assert!(process_alive(pid));
+    c.ok(&["delete", "pod", "stubborn", "--timeout=60s"]);
+    wait_until("the stubborn container's process to be gone", || !process_alive(pid));
+    assert!(c.fails(&["get", "pod", "stubborn"]).contains("NotFound"));
+    let ev = c.ok(&["get", "events", "--field-selector", "involvedObject.name=stubborn", "-o", "jsonpath={.items[*].reason}"]);
+    assert!(ev.contains("Killing"), "{ev}");
+}
+
+#[test]
+fn memory_limits_are_enforced_and_a_restart_resumes_pods() {
+    let c = cluster();
+    let m = c.write(
+        "pods.yaml",
+        &format!(
+            r#"apiVersion: v1
+kind: Pod
+metadata: {{name: hog}}
+spec:
+  nodeName: {NODE}
+  restartPolicy: Never
+  containers:
+  - name: c
+    image: python
+    command: ["python3", "-c", "import time; x = bytearray(300 << 20); x[::4096] = b'1' * len(x[::4096]); time.sleep(120)"]
+    resources: {{limits: {{memory: 64Mi}}}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: web}}
+spec:
+  nodeName: {NODE}
+  containers:
+  - name: nginx
+    image: nginx
+"#
+        ),
+    );
+    c.ok(&["apply", "-f", path_str(&m)]);
+    c.ok(&["wait", "--for=jsonpath={.status.phase}=Failed", "pod/hog", "--timeout=60s"]);
+    assert_eq!(jsonpath(&c, "hog", "{.status.containerStatuses[0].state.terminated.reason} {.status.containerStatuses[0].state.terminated.exitCode}"), "OOMKilled 137");
+    c.ok(&["wait", "--for=condition=Ready", "pod/web", "--timeout=60s"]);
+    let before = pid_of(&c, "web");
+    // Stopping the cluster stops its pods.
+    let dir = c.stop();
+    wait_until("web's process to stop with the cluster", || !process_alive(before));
+    // Starting it again on the same data runs them again (a restart, as after a reboot).
+    let c = Cluster::start_with(dir, &["--node-name", NODE]);
+    wait_until("web running again after the restart", || {
+        jsonpath(&c, "web", "{.status.containerStatuses[0].restartCount} {.status.containerStatuses[0].ready}") == "1 true"
+    });
+    let after = pid_of(&c, "web");
+    assert_ne!(before, after);
+    assert!(process_alive(after));
+    assert_eq!(jsonpath(&c, "hog", "{.status.phase}"), "Failed", "a finished pod stays finished");
+    assert!(c.ok(&["get", "nodes", "--no-headers"]).starts_with(NODE));
+}
