@@ -92,6 +92,22 @@ impl Client {
     pub async fn merge_patch(&self, path: &str, body: &Value) -> Result<Value, ClientError> {
         self.call("PATCH", path, "application/merge-patch+json", Some(body)).await
     }
+    /// A merge patch whose response body is not needed (heartbeats): only its status is read.
+    pub async fn merge_patch_quiet(&self, path: &str, body: &Value) -> Result<(), ClientError> {
+        let resp = self.send("PATCH", path, "application/merge-patch+json", Some(body)).await?;
+        let code = resp.status().as_u16();
+        let bytes = resp.into_body().collect().await.map_err(|e| ClientError::Transport(e.to_string()))?.to_bytes();
+        if code >= 300 {
+            let v: Value = serde_json::from_slice(&bytes).unwrap_or_default();
+            return Err(ClientError::Status {
+                code,
+                reason: v["reason"].as_str().unwrap_or("").to_string(),
+                message: v["message"].as_str().unwrap_or("").to_string(),
+            });
+        }
+        Ok(())
+    }
+
     pub async fn delete(&self, path: &str, options: &Value) -> Result<Value, ClientError> {
         self.call("DELETE", path, "application/json", Some(options)).await
     }
