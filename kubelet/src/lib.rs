@@ -14,8 +14,6 @@
 //! **Where to start reading.** [`Kubelet::start`], then `pod_loop`, then a runtime.
 
 pub mod cgroup;
-pub mod client;
-pub mod events;
 pub mod hollow;
 pub mod logs;
 pub mod pod;
@@ -31,6 +29,8 @@ use std::time::Duration;
 
 use serde_json::{Map, Value, json};
 
+pub use ::client;
+pub use ::client::events;
 use client::{Client, ClientError};
 
 pub use hollow::{HollowConfig, HollowNodes};

@@ -118,7 +118,7 @@ impl ProcessRuntime {
                 None
             }
         };
-        let events = Recorder::start(client.clone(), cfg.node_name.clone());
+        let events = Recorder::start(client.clone(), "kubelet", cfg.node_name.clone());
         let shared = Arc::new(Shared {
             cfg,
             client,

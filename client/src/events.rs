@@ -1,5 +1,5 @@
-//! The kubelet's event recorder: `Started`, `Killing`, `BackOff`, `Unhealthy`... as
-//! `v1.Event` objects about pods. Repeats of one event (same pod, container, reason and
+//! An event recorder (the kubelet's `Started`, `Killing`, `BackOff`...; the scheduler's
+//! `Scheduled`, `FailedScheduling`) writing `v1.Event` objects about pods. Repeats of one event (same pod, container, reason and
 //! message) within the recorder's memory update the existing object's `count` and
 //! `lastTimestamp` instead of creating another, as Kubernetes' recorder does.
 //!
@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde_json::{Value, json};
 
-use crate::client::Client;
+use crate::Client;
 
 const QUEUE: usize = 1024;
 const REMEMBERED: usize = 4096;
@@ -35,9 +35,11 @@ pub struct Recorder {
 }
 
 impl Recorder {
-    pub fn start(client: Client, host: String) -> Recorder {
+    /// `component` is the event's source (`kubelet`, `default-scheduler`); `host` its node,
+    /// if any.
+    pub fn start(client: Client, component: &'static str, host: String) -> Recorder {
         let (tx, rx) = tokio::sync::mpsc::channel(QUEUE);
-        tokio::spawn(run(client, host, rx));
+        tokio::spawn(run(client, component, host, rx));
         Recorder { tx, dropped: Default::default() }
     }
 
@@ -59,7 +61,7 @@ fn now_rfc3339() -> String {
     jiff::Timestamp::from_second(t.as_second()).unwrap_or(t).to_string()
 }
 
-async fn run(client: Client, host: String, mut rx: tokio::sync::mpsc::Receiver<Event>) {
+async fn run(client: Client, component: &'static str, host: String, mut rx: tokio::sync::mpsc::Receiver<Event>) {
     let mut seen: HashMap<(String, String, Option<String>, &'static str, String), (String, u64)> = HashMap::new();
     while let Some(e) = rx.recv().await {
         let t = now_rfc3339();
@@ -85,9 +87,9 @@ async fn run(client: Client, host: String, mut rx: tokio::sync::mpsc::Receiver<E
             "metadata": {"name": name, "namespace": e.ns},
             "involvedObject": involved,
             "reason": e.reason, "message": e.message, "type": if e.warning { "Warning" } else { "Normal" },
-            "source": {"component": "kubelet", "host": host},
+            "source": {"component": component, "host": host},
             "firstTimestamp": t, "lastTimestamp": t, "count": 1,
-            "reportingComponent": "kubelet", "reportingInstance": host,
+            "reportingComponent": component, "reportingInstance": host,
         });
         match client.post(&format!("/api/v1/namespaces/{}/events", e.ns), &obj).await {
             Ok(_) => {

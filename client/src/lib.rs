@@ -1,5 +1,8 @@
-//! A small JSON client of the API server over HTTP/1.1 keep-alive connections (one pool per
+//! capstan's client of the API server (used by the kubelet and the scheduler; controllers
+//! will share it): a small JSON client over HTTP/1.1 keep-alive connections (one pool per
 //! process), with Kubernetes `Status` errors surfaced as `ClientError::Status`.
+
+pub mod events;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -20,6 +23,7 @@ pub enum ClientError {
 #[derive(Clone)]
 pub struct Client {
     base: String,
+    agent: &'static str,
     http: hyper_util::client::legacy::Client<HttpConnector, Full<Bytes>>,
 }
 
@@ -49,11 +53,16 @@ impl WatchStream {
 
 impl Client {
     pub fn new(base: &str) -> Client {
-        Client { base: base.trim_end_matches('/').to_string(), http: hyper_util::client::legacy::Client::builder(TokioExecutor::new()).build_http() }
+ Client::with_agent(base, "capstan/0.1")
+    }
+
+    /// A client whose requests say who sends them (`User-Agent`).
+    pub fn with_agent(base: &str, agent: &'static str) -> Client {
+        Client { base: base.trim_end_matches('/').to_string(), agent, http: hyper_util::client::legacy::Client::builder(TokioExecutor::new()).build_http() }
     }
 
     async fn send(&self, method: &str, path: &str, ctype: &str, body: Option<&Value>) -> Result<hyper::Response<hyper::body::Incoming>, ClientError> {
-        let mut req = hyper::Request::builder().method(method).uri(format!("{}{path}", self.base)).header("Accept", "application/json").header("User-Agent", "capstan-kubelet/0.1");
+        let mut req = hyper::Request::builder().method(method).uri(format!("{}{path}", self.base)).header("Accept", "application/json").header("User-Agent", self.agent);
         let bytes = match body {
             Some(b) => {
                 req = req.header("Content-Type", ctype);
