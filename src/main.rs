@@ -43,6 +43,17 @@ enum Command {
         #[command(flatten)]
         opts: ServeOpts,
     },
+    /// Run the scheduler against an API server.
+    Scheduler {
+        /// The API server.
+        #[arg(long, default_value = "http://127.0.0.1:6443")]
+        server: String,
+        /// Where /metrics and /debug/scheduler/pods/<ns>/<name> are served.
+        #[arg(long, default_value = "127.0.0.1:10259")]
+        listen: String,
+        #[arg(long, default_value = "info")]
+        log_level: String,
+    },
     /// Run the API server on an embedded store.
     Apiserver {
         #[arg(long, default_value = "./capstan-data")]
@@ -90,6 +101,12 @@ struct NodeOpts {
     /// Run no local node (only hollow nodes, if any).
     #[arg(long)]
     no_local_node: bool,
+    /// Run no scheduler (pods then run only if they name their node).
+    #[arg(long)]
+    no_scheduler: bool,
+    /// Where the scheduler serves /metrics and /debug/scheduler/pods/<ns>/<name> (port 0: any).
+    #[arg(long, default_value = "127.0.0.1:0")]
+    scheduler_listen: String,
     /// First CrashLoopBackOff delay in seconds (Kubernetes: 10; doubles up to 300).
     #[arg(long, default_value_t = 10)]
     crash_backoff_seconds: u64,
@@ -135,6 +152,7 @@ fn main() -> Result<()> {
     let level = match &cli.command {
         Command::Up { opts, .. } | Command::Apiserver { opts, .. } => opts.log_level.clone(),
         Command::Kv { .. } => "warn".into(),
+        Command::Scheduler { log_level, .. } => log_level.clone(),
     };
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| level.into()))
@@ -147,6 +165,7 @@ fn main() -> Result<()> {
             rt.block_on(serve(data_dir, listen, opts, Some((node, hollow_nodes, hollow_lease_renew_seconds))))
         }
         Command::Apiserver { data_dir, listen, opts } => rt.block_on(serve(data_dir, listen, opts, None)),
+        Command::Scheduler { server, listen, .. } => rt.block_on(run_scheduler(server, listen)),
     }
 }
 
@@ -207,7 +226,13 @@ async fn serve(data_dir: PathBuf, listen: String, opts: ServeOpts, up: Option<(N
     println!("  kubeconfig: {}", kc_abs.display());
     let mut local = None;
     let mut hollow = None;
+    let mut sched = None;
     if let Some((node, hollow_nodes, lease_secs)) = up {
+        if !node.no_scheduler {
+            let (s, a) = start_scheduler(&server, &node.scheduler_listen).await?;
+            println!("  scheduler:  http://{a}/metrics, http://{a}/debug/scheduler/pods/<namespace>/<name>");
+            sched = Some(s);
+        }
         if !node.no_local_node {
             let (k, name) = start_local_node(&server, &data_dir, addr.port(), &node).await?;
             println!("  node:       {name} (pods run as local processes; logs in {})", data_dir.join("pods").display());
@@ -232,6 +257,7 @@ async fn serve(data_dir: PathBuf, listen: String, opts: ServeOpts, up: Option<(N
         return Ok(());
     }
     eprintln!("capstan: shutting down (stopping pods)");
+    drop(sched);
     if let Some(k) = local {
         k.shutdown().await;
     }
@@ -240,6 +266,25 @@ async fn serve(data_dir: PathBuf, listen: String, opts: ServeOpts, up: Option<(N
     server_task.await??;
     eprintln!("capstan: stopped");
     drop(store);
+    Ok(())
+}
+
+async fn start_scheduler(server: &str, listen: &str) -> Result<(scheduler::Scheduler, std::net::SocketAddr)> {
+    let s = scheduler::Scheduler::start(server, scheduler::framework::Profile::default());
+    let l = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("scheduler: listening on {listen}"))?;
+    let addr = l.local_addr()?;
+    let app = s.router();
+    tokio::spawn(async move {
+        let _ = axum::serve(l, app).await;
+    });
+    Ok((s, addr))
+}
+
+async fn run_scheduler(server: String, listen: String) -> Result<()> {
+    let (s, addr) = start_scheduler(&server, &listen).await?;
+    println!("capstan scheduler for {server}: metrics at http://{addr}/metrics; stop with Ctrl-C");
+    shutdown_signal().await;
+    drop(s);
     Ok(())
 }
 

@@ -20,6 +20,7 @@ pub struct Cluster {
     pub dir: tempfile::TempDir,
     pub kubeconfig: PathBuf,
     pub addr: String,
+    printed: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 /// A raw HTTP/1.1 request to the server (no client library needed): (status, body).
@@ -83,8 +84,14 @@ impl Cluster {
         let mut lines = BufReader::new(stdout).lines();
         let first = lines.next().expect("capstan up printed its address").unwrap();
         let addr = first.rsplit("http://").next().expect("address in the first line").trim().to_string();
-        // Keep draining stdout so the child never blocks on a full pipe.
-        std::thread::spawn(move || for _ in lines {});
+        // Keep draining stdout so the child never blocks on a full pipe; keep what it said.
+        let printed = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let keep = printed.clone();
+        std::thread::spawn(move || {
+            for l in lines.map_while(Result::ok) {
+                keep.lock().unwrap().push(l);
+            }
+        });
         let kubeconfig = dir.path().join("kubeconfig");
         let deadline = Instant::now() + WAIT;
         loop {
@@ -94,7 +101,17 @@ impl Cluster {
             assert!(Instant::now() < deadline, "capstan up at {addr} never became ready");
             std::thread::sleep(Duration::from_millis(20));
         }
-        Cluster { child: Some(child), dir, kubeconfig, addr }
+        Cluster { child: Some(child), dir, kubeconfig, addr, printed }
+    }
+
+    /// The first line `capstan up` printed that contains `needle` (waiting for it).
+    pub fn printed(&self, needle: &str) -> String {
+        let mut found = None;
+        wait_until(&format!("capstan up to print {needle:?}"), || {
+            found = self.printed.lock().unwrap().iter().find(|l| l.contains(needle)).cloned();
+            found.is_some()
+        });
+        found.unwrap()
     }
 
     pub fn kubectl_with(&self, bin: &str, args: &[&str]) -> Output {

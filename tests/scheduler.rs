@@ -1,0 +1,107 @@
+//! The scheduler inside `capstan up`, with hollow nodes, through real kubectl.
+
+mod common;
+
+use std::collections::HashMap;
+
+use common::*;
+
+fn pods_json(c: &Cluster) -> serde_json::Value {
+    serde_json::from_str(&c.ok(&["get", "pods", "-o", "json"])).unwrap()
+}
+
+/// The checker run after every end-to-end scheduling test: no node over its allocatable
+/// cpu or pod count, every required anti-affinity on hostname held.
+fn check_invariants(c: &Cluster) {
+    let nodes: serde_json::Value = serde_json::from_str(&c.ok(&["get", "nodes", "-o", "json"])).unwrap();
+    let pods = pods_json(c);
+    let mut used: HashMap<String, (i64, i64)> = HashMap::new();
+    for p in pods["items"].as_array().unwrap() {
+        let Some(n) = p["spec"]["nodeName"].as_str() else { continue };
+        let cpu: i64 = p["spec"]["containers"].as_array().unwrap().iter().map(|c| api::Quantity::parse(c["resources"]["requests"]["cpu"].as_str().unwrap_or("0")).unwrap().milli).sum();
+        let e = used.entry(n.to_string()).or_default();
+        e.0 += cpu;
+        e.1 += 1;
+    }
+    for n in nodes["items"].as_array().unwrap() {
+        let name = n["metadata"]["name"].as_str().unwrap();
+        let a = &n["status"]["allocatable"];
+        let (cpu, count) = used.get(name).copied().unwrap_or_default();
+        assert!(cpu <= api::Quantity::parse(a["cpu"].as_str().unwrap()).unwrap().milli, "{name} over its cpu");
+        assert!(count <= a["pods"].as_str().unwrap().parse::<i64>().unwrap(), "{name} over its pod count");
+    }
+    let mut spread_nodes: Vec<&str> = pods["items"].as_array().unwrap().iter().filter(|p| p["metadata"]["labels"]["app"] == "spread").filter_map(|p| p["spec"]["nodeName"].as_str()).collect();
+    let n = spread_nodes.len();
+    spread_nodes.sort();
+    spread_nodes.dedup();
+    assert_eq!(spread_nodes.len(), n, "anti-affinity on hostname: one spread pod per node");
+}
+
+#[test]
+fn pending_pods_are_scheduled_explained_and_profiled() {
+    let c = Cluster::start_with(tempfile::tempdir().unwrap(), &["--hollow-nodes", "4", "--no-local-node"]);
+    wait_until("4 hollow nodes", || c.ok(&["get", "nodes", "-o", "name"]).lines().count() == 4);
+    let mut m = String::new();
+    for i in 0..12 {
+        m.push_str(&format!("---\napiVersion: v1\nkind: Pod\nmetadata: {{name: plain-{i}}}\nspec:\n  containers: [{{name: c, image: nginx, resources: {{requests: {{cpu: \"4\"}}}}}}]\n"));
+    }
+    for i in 0..5 {
+        m.push_str(&format!(
+            "---\napiVersion: v1\nkind: Pod\nmetadata: {{name: spread-{i}, labels: {{app: spread}}}}\nspec:\n  affinity:\n    podAntiAffinity:\n      requiredDuringSchedulingIgnoredDuringExecution:\n      - labelSelector: {{matchLabels: {{app: spread}}}}\n        topologyKey: kubernetes.io/hostname\n  containers: [{{name: c, image: nginx}}]\n"
+        ));
+    }
+    m.push_str("---\napiVersion: v1\nkind: Pod\nmetadata: {name: huge}\nspec:\n  containers: [{name: c, image: nginx, resources: {requests: {cpu: \"100\"}}}]\n");
+    let f = c.write("pods.yaml", &m);
+    c.ok(&["apply", "-f", path_str(&f)]);
+    // 12 x 4 cpu on 4 x 32 cpu: all fit; 4 of the 5 spread pods fit (one per node).
+    wait_until("the plain pods and four spread pods Running", || {
+        let pods = pods_json(&c);
+        let running = |prefix: &str| pods["items"].as_array().unwrap().iter().filter(|p| p["metadata"]["name"].as_str().unwrap().starts_with(prefix) && p["status"]["phase"] == "Running").count();
+        running("plain-") == 12 && running("spread-") == 4
+    });
+    wait_until("FailedScheduling for the huge pod", || {
+        c.ok(&["get", "events", "--field-selector", "involvedObject.name=huge,reason=FailedScheduling", "-o", "jsonpath={.items[*].message}"]).contains("0/4 nodes are available: 4 Insufficient cpu.")
+    });
+    assert_eq!(
+        c.ok(&["get", "pod", "huge", "-o", "jsonpath={.status.conditions[?(@.type==\"PodScheduled\")].reason}"]),
+        "Unschedulable"
+    );
+    wait_until("the fifth spread pod explained", || {
+        let pods = pods_json(&c);
+        let pending: Vec<&str> = pods["items"].as_array().unwrap().iter().filter(|p| p["metadata"]["labels"]["app"] == "spread" && p["spec"]["nodeName"].is_null()).map(|p| p["metadata"]["name"].as_str().unwrap()).collect();
+        pending.len() == 1
+            && c.ok(&["get", "events", "--field-selector", &format!("involvedObject.name={},reason=FailedScheduling", pending[0]), "-o", "jsonpath={.items[*].message}"])
+                .contains("4 node(s) didn't satisfy existing pods anti-affinity rules")
+    });
+    let ev = c.ok(&["get", "events", "--field-selector", "involvedObject.name=plain-0,reason=Scheduled", "-o", "jsonpath={.items[*].message}"]);
+    assert!(ev.starts_with("Successfully assigned default/plain-0 to hollow-"), "{ev}");
+    check_invariants(&c);
+    // Deleting a plain pod frees room: nothing else was waiting for cpu but huge, which still
+    // does not fit; the pending spread pod stays pending (its anti-affinity still holds).
+    c.ok(&["delete", "pod", "plain-0"]);
+    check_invariants(&c);
+    // Every attempt is visible with its timeline.
+    let line = c.printed("scheduler:");
+    let sched = line.split("http://").nth(1).unwrap().split('/').next().unwrap().to_string();
+    let (code, body) = http(&sched, "GET", "/debug/scheduler/pods/default/huge", &[], b"");
+    assert_eq!(code, 200);
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    let a = &v["attempts"][0];
+    assert_eq!(a["result"], "Unschedulable");
+    assert_eq!(a["reasons"][0][0], "Insufficient cpu");
+    assert!(a["filter_us"].as_array().unwrap().iter().any(|p| p[0] == "NodeResourcesFit"));
+    let (code, metrics) = http(&sched, "GET", "/metrics", &[], b"");
+    assert_eq!(code, 200);
+    let metrics = String::from_utf8(metrics).unwrap();
+    assert!(metrics.contains("scheduler_plugin_execution_duration_seconds_bucket{plugin=\"NodeResourcesFit\",extension_point=\"Filter\",le=\"0.000001\"}"));
+    assert!(metrics.contains("scheduler_scheduling_attempt_duration_seconds_count{result=\"scheduled\",profile=\"default-scheduler\"} "));
+}
+
+#[test]
+fn a_deployment_free_pod_lands_on_the_local_node_and_runs() {
+    let c = Cluster::start_with(tempfile::tempdir().unwrap(), &["--node-name", "local"]);
+    c.ok(&["run", "hello", "--image=busybox", "--restart=Never", "--", "sh", "-c", "echo scheduled and ran"]);
+    c.ok(&["wait", "--for=jsonpath={.status.phase}=Succeeded", "pod/hello", "--timeout=60s"]);
+    assert_eq!(c.ok(&["get", "pod", "hello", "-o", "jsonpath={.spec.nodeName}"]), "local");
+    assert_eq!(c.ok(&["logs", "hello"]), "scheduled and ran\n");
+}
