@@ -213,6 +213,9 @@ fn pre_filter(p: &PodInfo, nodes: &[NodeInfo]) -> PreState {
     st.anti = vec![HashSet::new(); p.anti_affinity.len()];
     let mut any_affinity_match = false;
     for n in nodes {
+        if !has_inter && n.anti_affinity_pods == 0 {
+            continue; // nothing on this node can matter to this pod
+        }
         for q in &n.pods {
             if q.terminal {
                 continue;

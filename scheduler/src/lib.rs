@@ -2,7 +2,7 @@
 //! its own cache of nodes with the pods assigned (or assumed) on them, takes pending pods
 //! whose `schedulerName` is its own from a priority queue, decides with
 //! [`framework::schedule`] (a pure function over the cache), assumes the pod on the chosen
-//! node at once and binds it through `pods/binding` concurrently (at most `BINDS_IN_FLIGHT`)
+//! node at once and binds it through `pods/binding` concurrently (at most `BINDS_IN_FLIGHT`, 256)
 //! while the next pod is scheduled. A failed binding forgets the assumption and requeues.
 //!
 //! **Where to start reading.** `run_loop` (the scheduling thread), then `framework.rs`.
@@ -28,7 +28,7 @@ use framework::{Outcome, Profile, Timings};
 use queue::Queue;
 use types::{NodeInfo, PodInfo};
 
-pub const BINDS_IN_FLIGHT: usize = 64;
+pub const BINDS_IN_FLIGHT: usize = 256;
 const UPDATES: usize = 16 * 1024;
 
 enum Update {
