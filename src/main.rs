@@ -51,6 +51,9 @@ enum Command {
         /// Where /metrics and /debug/scheduler/pods/<ns>/<name> are served.
         #[arg(long, default_value = "127.0.0.1:10259")]
         listen: String,
+        /// A KubeSchedulerConfiguration file (profiles, plugins, weights).
+        #[arg(long)]
+        config: Option<PathBuf>,
         #[arg(long, default_value = "info")]
         log_level: String,
     },
@@ -107,6 +110,9 @@ struct NodeOpts {
     /// Where the scheduler serves /metrics and /debug/scheduler/pods/<ns>/<name> (port 0: any).
     #[arg(long, default_value = "127.0.0.1:0")]
     scheduler_listen: String,
+    /// A KubeSchedulerConfiguration file for the scheduler.
+    #[arg(long)]
+    scheduler_config: Option<PathBuf>,
     /// First CrashLoopBackOff delay in seconds (Kubernetes: 10; doubles up to 300).
     #[arg(long, default_value_t = 10)]
     crash_backoff_seconds: u64,
@@ -165,7 +171,7 @@ fn main() -> Result<()> {
             rt.block_on(serve(data_dir, listen, opts, Some((node, hollow_nodes, hollow_lease_renew_seconds))))
         }
         Command::Apiserver { data_dir, listen, opts } => rt.block_on(serve(data_dir, listen, opts, None)),
-        Command::Scheduler { server, listen, .. } => rt.block_on(run_scheduler(server, listen)),
+        Command::Scheduler { server, listen, config, .. } => rt.block_on(run_scheduler(server, listen, config)),
     }
 }
 
@@ -229,7 +235,7 @@ async fn serve(data_dir: PathBuf, listen: String, opts: ServeOpts, up: Option<(N
     let mut sched = None;
     if let Some((node, hollow_nodes, lease_secs)) = up {
         if !node.no_scheduler {
-            let (s, a) = start_scheduler(&server, &node.scheduler_listen).await?;
+            let (s, a) = start_scheduler(&server, &node.scheduler_listen, node.scheduler_config.as_deref()).await?;
             println!("  scheduler:  http://{a}/metrics, http://{a}/debug/scheduler/pods/<namespace>/<name>");
             sched = Some(s);
         }
@@ -269,8 +275,15 @@ async fn serve(data_dir: PathBuf, listen: String, opts: ServeOpts, up: Option<(N
     Ok(())
 }
 
-async fn start_scheduler(server: &str, listen: &str) -> Result<(scheduler::Scheduler, std::net::SocketAddr)> {
-    let s = scheduler::Scheduler::start(server, scheduler::framework::Profile::default());
+async fn start_scheduler(server: &str, listen: &str, config: Option<&std::path::Path>) -> Result<(scheduler::Scheduler, std::net::SocketAddr)> {
+    let profiles = match config {
+        Some(p) => {
+            let text = std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
+            scheduler::config::parse(&text).map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?
+        }
+        None => vec![scheduler::framework::Profile::default()],
+    };
+    let s = scheduler::Scheduler::start(server, profiles);
     let l = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("scheduler: listening on {listen}"))?;
     let addr = l.local_addr()?;
     let app = s.router();
@@ -280,8 +293,8 @@ async fn start_scheduler(server: &str, listen: &str) -> Result<(scheduler::Sched
     Ok((s, addr))
 }
 
-async fn run_scheduler(server: String, listen: String) -> Result<()> {
-    let (s, addr) = start_scheduler(&server, &listen).await?;
+async fn run_scheduler(server: String, listen: String, config: Option<PathBuf>) -> Result<()> {
+    let (s, addr) = start_scheduler(&server, &listen, config.as_deref()).await?;
     println!("capstan scheduler for {server}: metrics at http://{addr}/metrics; stop with Ctrl-C");
     shutdown_signal().await;
     drop(s);

@@ -105,3 +105,62 @@ fn a_deployment_free_pod_lands_on_the_local_node_and_runs() {
     assert_eq!(c.ok(&["get", "pod", "hello", "-o", "jsonpath={.spec.nodeName}"]), "local");
     assert_eq!(c.ok(&["logs", "hello"]), "scheduled and ran\n");
 }
+
+#[test]
+fn priority_classes_and_preemption() {
+    let c = Cluster::start_with(tempfile::tempdir().unwrap(), &["--hollow-nodes", "2", "--no-local-node"]);
+    wait_until("2 hollow nodes", || c.ok(&["get", "nodes", "-o", "name"]).lines().count() == 2);
+    let f = c.write(
+        "pc.yaml",
+        "apiVersion: scheduling.k8s.io/v1\nkind: PriorityClass\nmetadata: {name: low}\nvalue: 10\n---\napiVersion: scheduling.k8s.io/v1\nkind: PriorityClass\nmetadata: {name: high}\nvalue: 1000\n",
+    );
+    c.ok(&["apply", "-f", path_str(&f)]);
+    let pod = |name: &str, class: &str, cpu: &str| {
+        format!("---\napiVersion: v1\nkind: Pod\nmetadata: {{name: {name}}}\nspec:\n  priorityClassName: {class}\n  containers: [{{name: c, image: nginx, resources: {{requests: {{cpu: \"{cpu}\"}}}}}}]\n")
+    };
+    let f = c.write("low.yaml", &(pod("low-a", "low", "30") + &pod("low-b", "low", "30")));
+    c.ok(&["apply", "-f", path_str(&f)]);
+    c.ok(&["wait", "--for=condition=Ready", "pod/low-a", "pod/low-b", "--timeout=60s"]);
+    assert_eq!(c.ok(&["get", "pod", "low-a", "-o", "jsonpath={.spec.priority}"]), "10");
+    let f = c.write("high.yaml", &pod("high", "high", "10"));
+    c.ok(&["apply", "-f", path_str(&f)]);
+    c.ok(&["wait", "--for=condition=Ready", "pod/high", "--timeout=60s"]);
+    let left = c.ok(&["get", "pods", "-o", "name"]);
+    assert_eq!(left.lines().filter(|l| l.starts_with("pod/low-")).count(), 1, "one victim: {left}");
+    let ev = c.ok(&["get", "events", "--field-selector", "reason=Preempted", "-o", "jsonpath={.items[*].message}"]);
+    assert!(ev.starts_with("Preempted by pod "), "{ev}");
+    check_invariants(&c);
+    // The Priority admission plugin refuses an unknown class.
+    let f = c.write("bad.yaml", &pod("bad", "nope", "1"));
+    assert!(c.fails(&["apply", "-f", path_str(&f)]).contains("no PriorityClass with name nope was found"));
+}
+
+#[test]
+fn a_scheduler_configuration_file_adds_profiles() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("sched.yaml");
+    std::fs::write(
+        &cfg,
+        "apiVersion: kubescheduler.config.k8s.io/v1\nkind: KubeSchedulerConfiguration\nprofiles:\n- schedulerName: default-scheduler\n- schedulerName: bin-packer\n  plugins:\n    score:\n      disabled: [{name: BalancedAllocation}]\n  pluginConfig:\n  - name: NodeResourcesFit\n    args: {scoringStrategy: {type: MostAllocated}}\n",
+    )
+    .unwrap();
+    let cfg = cfg.to_str().unwrap().to_string();
+    let c = Cluster::start_with(dir, &["--hollow-nodes", "3", "--no-local-node", "--scheduler-config", &cfg]);
+    wait_until("3 hollow nodes", || c.ok(&["get", "nodes", "-o", "name"]).lines().count() == 3);
+    // Bin-packing puts consecutive pods on one node; the default spreads them.
+    let mut m = String::new();
+    for i in 0..3 {
+        m.push_str(&format!("---\napiVersion: v1\nkind: Pod\nmetadata: {{name: packed-{i}}}\nspec:\n  schedulerName: bin-packer\n  containers: [{{name: c, image: nginx, resources: {{requests: {{cpu: \"8\"}}}}}}]\n"));
+    }
+    for i in 0..3 {
+        // One at a time, so each decision sees the previous one.
+        let one = m.split("---\n").nth(i + 1).unwrap();
+        let f1 = c.write(&format!("p{i}.yaml"), one);
+        c.ok(&["apply", "-f", path_str(&f1)]);
+        c.ok(&["wait", "--for=condition=Ready", &format!("pod/packed-{i}"), "--timeout=60s"]);
+    }
+    let nodes = c.ok(&["get", "pods", "-o", "jsonpath={.items[*].spec.nodeName}"]);
+    let mut v: Vec<&str> = nodes.split(' ').collect();
+    v.dedup();
+    assert_eq!(v.len(), 1, "bin-packed onto one node: {nodes}");
+}

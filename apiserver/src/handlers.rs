@@ -827,6 +827,44 @@ impl Req<'_> {
         self.create_object(obj).await
     }
 
+    /// The Priority admission plugin: `spec.priorityClassName` (or the class marked
+    /// `globalDefault`) becomes `spec.priority` and `spec.preemptionPolicy`.
+    async fn resolve_priority(&self, name: &str, obj: &mut Value) -> Result<(), ApiError> {
+        let forbidden = |msg: String| ApiError::forbidden(format!("pods \"{name}\" is forbidden: {msg}"));
+        let class = obj["spec"]["priorityClassName"].as_str().unwrap_or("").to_string();
+        let found: Option<(i64, String)> = match class.as_str() {
+            "system-node-critical" => Some((2_000_001_000, "PreemptLowerPriority".into())),
+            "system-cluster-critical" => Some((2_000_000_000, "PreemptLowerPriority".into())),
+            "" => {
+                let r = self.st.store.range(RangeRequest::prefix("/registry/scheduling.k8s.io/priorityclasses/")).await?;
+                r.kvs.iter().find_map(|kv| {
+                    let v = Stored::parse(&kv.value).ok()?.value_at(kv.mod_revision).ok()?;
+                    (v["globalDefault"].as_bool() == Some(true)).then(|| (v["value"].as_i64().unwrap_or(0), v["preemptionPolicy"].as_str().unwrap_or("PreemptLowerPriority").to_string()))
+                })
+            }
+            c => match self.st.store.get(format!("/registry/scheduling.k8s.io/priorityclasses/{c}")).await? {
+                Some(kv) => {
+                    let v = Stored::parse(&kv.value).map_err(ApiError::internal)?.value_at(kv.mod_revision).map_err(ApiError::internal)?;
+                    Some((v["value"].as_i64().unwrap_or(0), v["preemptionPolicy"].as_str().unwrap_or("PreemptLowerPriority").to_string()))
+                }
+                None => return Err(forbidden(format!("no PriorityClass with name {c} was found"))),
+            },
+        };
+        let (value, policy) = found.unwrap_or((0, "PreemptLowerPriority".into()));
+        if let Some(given) = obj["spec"]["priority"].as_i64()
+            && given != value
+        {
+            return Err(forbidden(format!(
+                "the integer value of priority ({given}) must not be provided in pod spec; priority admission controller computed {value} from the given PriorityClass name"
+            )));
+        }
+        obj["spec"]["priority"] = json!(value);
+        if obj["spec"].get("preemptionPolicy").is_none() {
+            obj["spec"]["preemptionPolicy"] = json!(policy);
+        }
+        Ok(())
+    }
+
     /// Everything a create does after the body is read: names, identity, defaults,
     /// validation, and one txn that fails if the key exists.
     async fn create_object(&self, mut obj: Value) -> ApiResult {
@@ -860,6 +898,9 @@ impl Req<'_> {
             }
         }
         self.st.admission.admit(self.info, None, &mut obj)?;
+        if self.info.kind == "Pod" && self.info.group.is_empty() {
+            self.resolve_priority(&name, &mut obj).await?;
+        }
         if self.info.kind == "Service" && self.info.group.is_empty() && !self.dry_run() {
             let spec = &obj["spec"];
             let wants_ip = spec.get("type").and_then(|t| t.as_str()) != Some("ExternalName")

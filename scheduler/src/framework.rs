@@ -406,6 +406,54 @@ fn normalize(scores: &mut [i64], reverse: bool) {
 
 const CHUNK: usize = 256;
 
+/// DefaultPreemption (PostFilter): a node where evicting pods of lower priority lets `p`
+/// fit, and the fewest, least important victims there. Nodes that failed for reasons no
+/// eviction can fix (unschedulable, name, taints, node affinity) are not candidates. On a
+/// candidate every lower-priority pod is removed, the pod must then pass every filter, and
+/// victims are reprieved from the most important down while it still does. Among candidates:
+/// the lowest highest-victim priority, then the smallest priority sum, then the fewest
+/// victims (kube-scheduler's order, without PodDisruptionBudgets).
+pub fn preempt(profile: &Profile, p: &PodInfo, nodes: &[NodeInfo]) -> Option<(usize, Vec<std::sync::Arc<PodInfo>>)> {
+    if p.never_preempts {
+        return None;
+    }
+    let unresolvable = [Plugin::NodeUnschedulable, Plugin::NodeName, Plugin::TaintToleration, Plugin::NodeAffinity];
+    let st = pre_filter(p, nodes);
+    let passes = |n: &NodeInfo| profile.filters.iter().all(|&f| filter(f, p, n, &st).is_ok());
+    let mut best: Option<(usize, Vec<std::sync::Arc<PodInfo>>, (i64, i64, usize))> = None;
+    for (i, n) in nodes.iter().enumerate() {
+        if unresolvable.iter().any(|&f| profile.filters.contains(&f) && filter(f, p, n, &st).is_err()) {
+            continue;
+        }
+        let mut lower: Vec<std::sync::Arc<PodInfo>> = n.pods.iter().filter(|q| q.priority < p.priority && !q.deleting).cloned().collect();
+        if lower.is_empty() {
+            continue;
+        }
+        let mut sim = n.clone();
+        for q in &lower {
+            sim.remove_pod(&q.uid);
+        }
+        if !passes(&sim) {
+            continue;
+        }
+        // Reprieve the most important first.
+        lower.sort_by_key(|q| std::cmp::Reverse(q.priority));
+        let mut victims = Vec::new();
+        for q in lower {
+            sim.add_pod(q.clone());
+            if !passes(&sim) {
+                sim.remove_pod(&q.uid);
+                victims.push(q);
+            }
+        }
+        let key = (victims.iter().map(|v| i64::from(v.priority)).max().unwrap_or(i64::MIN), victims.iter().map(|v| i64::from(v.priority)).sum(), victims.len());
+        if best.as_ref().is_none_or(|b| key < b.2) {
+            best = Some((i, victims, key));
+        }
+    }
+    best.map(|(i, v, _)| (i, v))
+}
+
 /// Schedules one pod over `nodes`, starting the search at `start` (rotated by the caller so
 /// that early stops do not always favour the same nodes).
 pub fn schedule(profile: &Profile, p: &PodInfo, nodes: &[NodeInfo], start: usize, t: &mut Timings) -> Outcome {
@@ -608,6 +656,27 @@ mod tests {
         assert_eq!(run(&pod("p", cpu("500m")), &nodes).unwrap(), "b");
         let most = Profile { strategy: Strategy::MostAllocated, ..Default::default() };
         assert_eq!(run_with(&most, &pod("p", cpu("500m")), &nodes).unwrap(), "a");
+    }
+
+    #[test]
+    fn preemption_evicts_the_fewest_least_important_pods() {
+        let at = |name: &str, c: &str, prio: i32| pod(name, json!({"spec": {"priority": prio, "containers": [{"name": "c", "image": "i", "resources": {"requests": {"cpu": c}}}]}}));
+        let a = with_pod(with_pod(node("a", "4", "z1", json!({})), at("a-low", "2", 10)), at("a-mid", "2", 50));
+        let b = with_pod(with_pod(node("b", "4", "z1", json!({})), at("b-low1", "2", 1)), at("b-low2", "2", 1));
+        let c = with_pod(node("c", "4", "z1", json!({"spec": {"unschedulable": true}})), at("c-low", "4", 0));
+        let nodes = vec![a, b, c];
+        let high = at("high", "2", 100);
+        assert!(run(&high, &nodes).is_err(), "no room without preemption");
+        let (n, victims) = preempt(&Profile::default(), &high, &nodes).unwrap();
+        // One victim of priority 1 on b beats one of priority 10 on a; c is unschedulable.
+        assert_eq!(nodes[n].name, "b");
+        assert_eq!(victims.len(), 1);
+        assert_eq!(victims[0].priority, 1);
+        let low = at("low", "2", 0);
+        assert!(preempt(&Profile::default(), &low, &nodes).is_none(), "nothing has lower priority");
+        let mut never = high.clone();
+        never.never_preempts = true;
+        assert!(preempt(&Profile::default(), &never, &nodes).is_none());
     }
 
     #[test]

@@ -11,6 +11,7 @@
 //! bindings are tokio tasks that talk to it through bounded channels. Nothing in a cycle
 //! locks, allocates per node, or waits on the network.
 
+pub mod config;
 pub mod framework;
 pub mod metrics;
 pub mod queue;
@@ -177,7 +178,7 @@ fn now_rfc3339() -> String {
 
 impl Scheduler {
     /// Starts watching and scheduling against the API server at `base`.
-    pub fn start(base: &str, profile: Profile) -> Scheduler {
+    pub fn start(base: &str, profiles: Vec<Profile>) -> Scheduler {
         let c = Client::with_agent(base, "capstan-scheduler/0.1");
         let (tx, rx) = crossbeam::channel::bounded(UPDATES);
         let observed = Arc::new(Mutex::new(Observed { metrics: metrics::Metrics::new(), attempts: HashMap::new(), order: Default::default() }));
@@ -188,7 +189,7 @@ impl Scheduler {
         let (o, s) = (observed.clone(), stop.clone());
         std::thread::Builder::new()
             .name("scheduler".into())
-            .spawn(move || run_loop(profile, rx, tx, c, events, o, s, rt))
+            .spawn(move || run_loop(profiles, rx, tx, c, events, o, s, rt))
             .expect("spawn the scheduling thread");
         Scheduler { observed, tasks, stop }
     }
@@ -297,7 +298,7 @@ async fn push(tx: &crossbeam::channel::Sender<Update>, mut u: Update) -> bool {
 
 #[allow(clippy::too_many_arguments)]
 fn run_loop(
-    profile: Profile,
+    profiles: Vec<Profile>,
     rx: crossbeam::channel::Receiver<Update>,
     tx: crossbeam::channel::Sender<Update>,
     c: Client,
@@ -337,7 +338,7 @@ fn run_loop(
                             let node = p.node_name.clone();
                             cache.place(p, &node, false);
                         }
-                    } else if p.scheduler_name == profile.scheduler_name && !p.deleting && !p.terminal {
+                    } else if profiles.iter().any(|x| x.scheduler_name == p.scheduler_name) && !p.deleting && !p.terminal {
                         if !q.get(&p.uid).is_some_and(|e| e.at == queue::Where::InFlight) {
                             q.add(p, now);
                         }
@@ -404,7 +405,11 @@ fn run_loop(
         if !cache.nodes.is_empty() {
             start = (start + 1) % cache.nodes.len();
         }
-        let outcome = framework::schedule(&profile, &pod, &cache.nodes, start, &mut t);
+        let Some(profile) = profiles.iter().find(|x| x.scheduler_name == pod.scheduler_name) else {
+            q.remove(&pod.uid);
+            continue;
+        };
+        let outcome = framework::schedule(profile, &pod, &cache.nodes, start, &mut t);
         let key = pod.key();
         let mut attempt = Attempt {
             at: now_rfc3339(),
@@ -448,6 +453,21 @@ fn run_loop(
                     o.record(&key, attempt);
                 }
                 q.unschedulable(&pod.uid, now);
+                // PostFilter: preemption, unless victims of an earlier preemption by this pod
+                // are still terminating on its nominated node.
+                let waiting_for_victims = cache.node(&pod.nominated_node).is_some_and(|n| n.pods.iter().any(|v| v.deleting && v.priority < pod.priority));
+                if pod.priority > 0 && !waiting_for_victims {
+                    let tp = Instant::now();
+                    if let Some((ni, victims)) = framework::preempt(profile, &pod, &cache.nodes) {
+                        let node_name = cache.nodes[ni].name.clone();
+                        let mut o = observed.lock().unwrap();
+                        if let Some(a) = o.attempts.get_mut(&key).and_then(|l| l.last_mut()) {
+                            a.result = format!("Unschedulable; preempting {} pod(s) on {node_name} ({} us)", victims.len(), tp.elapsed().as_micros());
+                        }
+                        drop(o);
+                        rt.spawn(preempt_victims(c.clone(), events.clone(), pod.clone(), node_name, victims));
+                    }
+                }
                 let (c, ev) = (c.clone(), events.clone());
                 rt.spawn(report_unschedulable(c, ev, pod, msg));
             }
@@ -475,6 +495,20 @@ async fn bind(c: Client, tx: crossbeam::channel::Sender<Update>, events: Recorde
         Err(e) => Err(e.to_string()),
     };
     push(&tx, Update::Bound { uid: p.uid.clone(), result }).await;
+}
+
+async fn preempt_victims(c: Client, events: Recorder, p: Arc<PodInfo>, node: String, victims: Vec<Arc<PodInfo>>) {
+    let path = format!("/api/v1/namespaces/{}/pods/{}/status", p.namespace, p.name);
+    if let Err(e) = c.merge_patch_quiet(&path, &json!({"status": {"nominatedNodeName": node}})).await {
+        tracing::debug!(pod = p.name, error = %e, "setting nominatedNodeName failed");
+    }
+    for v in victims {
+        events.pod(&pod_ref(&v), None, false, "Preempted", format!("Preempted by pod {} on node {node}", p.uid));
+        let vpath = format!("/api/v1/namespaces/{}/pods/{}", v.namespace, v.name);
+        if let Err(e) = c.delete(&vpath, &json!({"preconditions": {"uid": v.uid}})).await {
+            tracing::debug!(pod = v.name, error = %e, "deleting a preemption victim failed");
+        }
+    }
 }
 
 async fn report_unschedulable(c: Client, events: Recorder, p: Arc<PodInfo>, msg: String) {

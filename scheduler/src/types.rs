@@ -243,6 +243,8 @@ pub struct PodInfo {
     pub owner: String,
     pub terminal: bool,
     pub deleting: bool,
+    /// `preemptionPolicy: Never`.
+    pub never_preempts: bool,
 }
 
 impl PodInfo {
@@ -353,6 +355,7 @@ impl PodInfo {
             owner: m.owner_references.iter().flatten().find(|o| o.controller == Some(true)).map(|o| o.uid.clone()).unwrap_or_default(),
             terminal: phase == "Succeeded" || phase == "Failed",
             deleting: m.deletion_timestamp.is_some(),
+            never_preempts: spec.preemption_policy.as_deref() == Some("Never"),
         }
     }
 }
