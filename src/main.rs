@@ -57,6 +57,20 @@ enum Command {
         #[arg(long, default_value = "info")]
         log_level: String,
     },
+    /// Run the controllers against an API server, with leader election so that several
+    /// can run and one acts.
+    Controllers {
+        #[arg(long, default_value = "http://127.0.0.1:6443")]
+        server: String,
+        /// Where /metrics is served.
+        #[arg(long, default_value = "127.0.0.1:10257")]
+        listen: String,
+        /// This candidate's identity in the leader election (default: hostname + pid).
+        #[arg(long)]
+        identity: Option<String>,
+        #[arg(long, default_value = "info")]
+        log_level: String,
+    },
     /// Run the API server on an embedded store.
     Apiserver {
         #[arg(long, default_value = "./capstan-data")]
@@ -113,6 +127,12 @@ struct NodeOpts {
     /// A KubeSchedulerConfiguration file for the scheduler.
     #[arg(long)]
     scheduler_config: Option<PathBuf>,
+    /// Run no controllers (Deployments and ReplicaSets then create no pods).
+    #[arg(long)]
+    no_controllers: bool,
+    /// A node whose lease is older than this is marked unreachable (Kubernetes: 40).
+    #[arg(long, default_value_t = 40)]
+    node_monitor_grace_seconds: u64,
     /// First CrashLoopBackOff delay in seconds (Kubernetes: 10; doubles up to 300).
     #[arg(long, default_value_t = 10)]
     crash_backoff_seconds: u64,
@@ -158,7 +178,7 @@ fn main() -> Result<()> {
     let level = match &cli.command {
         Command::Up { opts, .. } | Command::Apiserver { opts, .. } => opts.log_level.clone(),
         Command::Kv { .. } => "warn".into(),
-        Command::Scheduler { log_level, .. } => log_level.clone(),
+        Command::Scheduler { log_level, .. } | Command::Controllers { log_level, .. } => log_level.clone(),
     };
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| level.into()))
@@ -172,6 +192,7 @@ fn main() -> Result<()> {
         }
         Command::Apiserver { data_dir, listen, opts } => rt.block_on(serve(data_dir, listen, opts, None)),
         Command::Scheduler { server, listen, config, .. } => rt.block_on(run_scheduler(server, listen, config)),
+        Command::Controllers { server, listen, identity, .. } => rt.block_on(run_controllers(server, listen, identity)),
     }
 }
 
@@ -233,11 +254,17 @@ async fn serve(data_dir: PathBuf, listen: String, opts: ServeOpts, up: Option<(N
     let mut local = None;
     let mut hollow = None;
     let mut sched = None;
+    let mut ctrl = None;
     if let Some((node, hollow_nodes, lease_secs)) = up {
-        if !node.no_scheduler {
-            let (s, a) = start_scheduler(&server, &node.scheduler_listen, node.scheduler_config.as_deref()).await?;
-            println!("  scheduler:  http://{a}/metrics, http://{a}/debug/scheduler/pods/<namespace>/<name>");
-            sched = Some(s);
+        if !node.no_controllers {
+            let settings = controllers::run::Settings { node_monitor_grace: std::time::Duration::from_secs(node.node_monitor_grace_seconds.max(1)), ..Default::default() };
+            ctrl = Some(std::sync::Arc::new(controllers::Controllers::start(&server, settings).await));
+        }
+        if !node.no_scheduler || ctrl.is_some() {
+            let s = if node.no_scheduler { None } else { Some(std::sync::Arc::new(new_scheduler(&server, node.scheduler_config.as_deref())?)) };
+            let a = serve_components(&node.scheduler_listen, s.clone(), ctrl.clone()).await?;
+            println!("  scheduler:  http://{a}/metrics, http://{a}/debug/scheduler/pods/<namespace>/<name> (controllers' metrics at the same /metrics)");
+            sched = s;
         }
         if !node.no_local_node {
             let (k, name) = start_local_node(&server, &data_dir, addr.port(), &node).await?;
@@ -264,6 +291,7 @@ async fn serve(data_dir: PathBuf, listen: String, opts: ServeOpts, up: Option<(N
     }
     eprintln!("capstan: shutting down (stopping pods)");
     drop(sched);
+    drop(ctrl);
     if let Some(k) = local {
         k.shutdown().await;
     }
@@ -275,7 +303,7 @@ async fn serve(data_dir: PathBuf, listen: String, opts: ServeOpts, up: Option<(N
     Ok(())
 }
 
-async fn start_scheduler(server: &str, listen: &str, config: Option<&std::path::Path>) -> Result<(scheduler::Scheduler, std::net::SocketAddr)> {
+fn new_scheduler(server: &str, config: Option<&std::path::Path>) -> Result<scheduler::Scheduler> {
     let profiles = match config {
         Some(p) => {
             let text = std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
@@ -283,7 +311,37 @@ async fn start_scheduler(server: &str, listen: &str, config: Option<&std::path::
         }
         None => vec![scheduler::framework::Profile::default()],
     };
-    let s = scheduler::Scheduler::start(server, profiles);
+    Ok(scheduler::Scheduler::start(server, profiles))
+}
+
+/// One listener for the in-process components: `/metrics` (scheduler and controllers) and
+/// the scheduler's `/debug/scheduler/pods/<ns>/<name>`.
+async fn serve_components(listen: &str, s: Option<std::sync::Arc<scheduler::Scheduler>>, c: Option<std::sync::Arc<controllers::Controllers>>) -> Result<std::net::SocketAddr> {
+    let l = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("components: listening on {listen}"))?;
+    let addr = l.local_addr()?;
+    let (s2, c2) = (s.clone(), c.clone());
+    let mut app = axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move || {
+            let (s, c) = (s2.clone(), c2.clone());
+            async move {
+                let mut t = s.map(|s| s.metrics_text()).unwrap_or_default();
+                t.push_str(&c.map(|c| c.metrics_text()).unwrap_or_default());
+                ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], t)
+            }
+        }),
+    );
+    if let Some(s) = &s {
+        app = app.merge(s.debug_router());
+    }
+    tokio::spawn(async move {
+        let _ = axum::serve(l, app).await;
+    });
+    Ok(addr)
+}
+
+async fn start_scheduler(server: &str, listen: &str, config: Option<&std::path::Path>) -> Result<(scheduler::Scheduler, std::net::SocketAddr)> {
+    let s = new_scheduler(server, config)?;
     let l = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("scheduler: listening on {listen}"))?;
     let addr = l.local_addr()?;
     let app = s.router();
@@ -291,6 +349,31 @@ async fn start_scheduler(server: &str, listen: &str, config: Option<&std::path::
         let _ = axum::serve(l, app).await;
     });
     Ok((s, addr))
+}
+
+async fn run_controllers(server: String, listen: String, identity: Option<String>) -> Result<()> {
+    let me = identity.unwrap_or_else(|| format!("{}_{}", hostname(), std::process::id()));
+    let l = tokio::net::TcpListener::bind(&listen).await.with_context(|| format!("controllers: listening on {listen}"))?;
+    let addr = l.local_addr()?;
+    println!("capstan controllers for {server} as {me}: metrics at http://{addr}/metrics; waiting to lead; stop with Ctrl-C");
+    let c = kubelet::client::Client::with_agent(&server, "capstan-controllers/0.1");
+    tokio::select! {
+        _ = controllers::leader::lead(c, "kube-system", "capstan-controller-manager", &me) => {}
+        _ = shutdown_signal() => return Ok(()),
+    }
+    println!("leading: controllers running");
+    let ctrl = std::sync::Arc::new(controllers::Controllers::start(&server, Default::default()).await);
+    let c2 = ctrl.clone();
+    let app = axum::Router::new().route("/metrics", axum::routing::get(move || {
+        let c = c2.clone();
+        async move { c.metrics_text() }
+    }));
+    tokio::spawn(async move {
+        let _ = axum::serve(l, app).await;
+    });
+    shutdown_signal().await;
+    drop(ctrl);
+    Ok(())
 }
 
 async fn run_scheduler(server: String, listen: String, config: Option<PathBuf>) -> Result<()> {

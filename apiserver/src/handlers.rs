@@ -1169,6 +1169,33 @@ impl Req<'_> {
             if self.info.kind == "Namespace" {
                 return self.delete_namespace(&cur).await;
             }
+            // propagationPolicy (or the older orphanDependents): Orphan and Foreground leave
+            // the object with a finalizer that the garbage collector removes once it has
+            // orphaned or deleted the dependents; Background (the default) deletes now.
+            let policy = opts.get("propagationPolicy").and_then(|p| p.as_str()).map(String::from).or_else(|| q(self.query, "propagationPolicy").map(String::from)).or_else(|| {
+                match opts.get("orphanDependents").and_then(|o| o.as_bool()) {
+                    Some(true) => Some("Orphan".into()),
+                    _ => None,
+                }
+            });
+            let gc_finalizer = match policy.as_deref() {
+                None | Some("Background") => None,
+                Some("Orphan") => Some("orphan"),
+                Some("Foreground") => Some("foregroundDeletion"),
+                Some(other) => return Err(ApiError::bad_request(format!("propagationPolicy must be Orphan, Background or Foreground, not {other:?}"))),
+            };
+            let mut cur = cur;
+            if let Some(f) = gc_finalizer
+                && cur.obj["metadata"].get("deletionTimestamp").is_none()
+            {
+                let m = meta_mut(&mut cur.obj);
+                let list = m.entry("finalizers").or_insert(json!([]));
+                if let Some(a) = list.as_array_mut()
+                    && !a.iter().any(|x| x == f)
+                {
+                    a.push(json!(f));
+                }
+            }
             let finalizers = cur.obj["metadata"].get("finalizers").and_then(|f| f.as_array()).is_some_and(|a| !a.is_empty());
             let grace = opts.get("gracePeriodSeconds").and_then(|g| g.as_i64()).or_else(|| q(self.query, "gracePeriodSeconds").and_then(|g| g.parse().ok()));
             let graceful_pod = self.info.kind == "Pod"

@@ -290,8 +290,30 @@ fn typed(api_version: &str, kind: &str, fields: Value) -> Value {
     v
 }
 
+/// Go's protobuf encoding writes every non-pointer string, even empty, and Go's JSON
+/// encoding then omits it (`omitempty`): a JSON client never sees `"schedulerName": ""`.
+/// Empty strings are dropped here to match (a pointer string set to "" is the rare loss).
+fn drop_empty_strings(v: &mut Value) {
+    match v {
+        Value::Object(m) => {
+            m.retain(|_, x| x.as_str() != Some(""));
+            for x in m.values_mut() {
+                drop_empty_strings(x);
+            }
+        }
+        Value::Array(a) => a.iter_mut().for_each(drop_empty_strings),
+        _ => {}
+    }
+}
+
 /// Decodes a Kubernetes protobuf request body into the JSON object it stands for.
 pub fn to_json(body: &[u8]) -> Result<Value, PbError> {
+    let mut v = to_json_raw(body)?;
+    drop_empty_strings(&mut v);
+    Ok(v)
+}
+
+fn to_json_raw(body: &[u8]) -> Result<Value, PbError> {
     let rest = body.strip_prefix(MAGIC).ok_or_else(|| PbError::Malformed("protobuf body without the k8s\\0 prefix".into()))?;
     let unknown = k8s_pb::apimachinery::pkg::runtime::Unknown::decode(rest)
         .map_err(|e| PbError::Malformed(format!("protobuf envelope does not decode: {e}")))?;

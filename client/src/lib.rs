@@ -3,6 +3,8 @@
 //! process), with Kubernetes `Status` errors surfaced as `ClientError::Status`.
 
 pub mod events;
+pub mod informer;
+pub mod workqueue;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};

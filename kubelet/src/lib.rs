@@ -196,7 +196,8 @@ impl Kubelet {
         let selector = if nodes.len() == 1 { format!("spec.nodeName%3D{}", nodes[0].name) } else { "spec.nodeName%21%3D".to_string() };
         let nodes = Arc::new(nodes);
         tasks.push(tokio::spawn(lease_loop(c.clone(), names.clone(), cfg.lease_renew)));
-        tasks.push(tokio::spawn(status_loop(c.clone(), nodes, port, cfg.status_every, since)));
+        tasks.push(tokio::spawn(status_loop(c.clone(), nodes.clone(), port, cfg.status_every, since.clone())));
+        tasks.push(tokio::spawn(node_watch(c.clone(), nodes, port, since)));
         tasks.push(tokio::spawn(pod_loop(c.clone(), names, selector, runtime.clone())));
         Ok(Kubelet { tasks, runtime, port })
     }
@@ -288,6 +289,36 @@ async fn status_loop(c: Client, nodes: Arc<Vec<NodeSpec>>, port: u16, every: Dur
         }
     })
     .await
+}
+
+/// Watches the nodes; one of ours that someone else marked not Ready (the node lifecycle
+/// controller, after a lapse of the lease) gets its status posted again at once, as the
+/// kubelet's status sync does, instead of at the next 5-minute refresh.
+async fn node_watch(c: Client, nodes: Arc<Vec<NodeSpec>>, port: u16, since: String) {
+    let by_name: std::collections::HashMap<&str, &NodeSpec> = nodes.iter().map(|n| (n.name.as_str(), n)).collect();
+    loop {
+        let Ok(list) = c.get("/api/v1/nodes").await else {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            continue;
+        };
+        let rv = list["metadata"]["resourceVersion"].as_str().unwrap_or("0").to_string();
+        let mut stream = match c.watch(&format!("/api/v1/nodes?watch=true&resourceVersion={rv}")).await {
+            Ok(s) => s,
+            Err(_) => {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        while let Some(ev) = stream.next().await {
+            let n = &ev["object"];
+            let Some(spec) = n["metadata"]["name"].as_str().and_then(|x| by_name.get(x)) else { continue };
+            let ready = n["status"]["conditions"].as_array().and_then(|a| a.iter().find(|c| c["type"] == "Ready")).map(|c| c["status"] == "True");
+            if ev["type"] == "MODIFIED" && ready == Some(false) || ready.is_none() && ev["type"] == "MODIFIED" {
+                let path = format!("/api/v1/nodes/{}/status", spec.name);
+                let _ = c.merge_patch_quiet(&path, &json!({"status": spec.status(port, &since)})).await;
+            }
+        }
+    }
 }
 
 /// One watch of the pods bound to the nodes, resumed from the last revision seen; a new

@@ -194,19 +194,32 @@ impl Scheduler {
         Scheduler { observed, tasks, stop }
     }
 
+    /// The Prometheus text of the scheduler's metrics.
+    pub fn metrics_text(&self) -> String {
+        self.observed.lock().unwrap().metrics.render()
+    }
+
     /// The HTTP routes: `/metrics` and `/debug/scheduler/pods/{namespace}/{name}`.
     pub fn router(&self) -> axum::Router {
-        use axum::extract::{Path, State};
         use axum::response::IntoResponse;
         let o = self.observed.clone();
-        axum::Router::new()
-            .route(
-                "/metrics",
-                axum::routing::get(|State(o): State<Arc<Mutex<Observed>>>| async move {
+        self.debug_router().route(
+            "/metrics",
+            axum::routing::get(move || {
+                let o = o.clone();
+                async move {
                     let body = o.lock().unwrap().metrics.render();
                     ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
-                }),
-            )
+                }
+            }),
+        )
+    }
+
+    /// `/debug/scheduler/pods/{namespace}/{name}`: the last attempts of one pod.
+    pub fn debug_router(&self) -> axum::Router {
+        use axum::extract::{Path, State};
+        use axum::response::IntoResponse;
+        axum::Router::new()
             .route(
                 "/debug/scheduler/pods/{ns}/{name}",
                 axum::routing::get(|State(o): State<Arc<Mutex<Observed>>>, Path((ns, name)): Path<(String, String)>| async move {
@@ -216,7 +229,7 @@ impl Scheduler {
                     }
                 }),
             )
-            .with_state(o)
+            .with_state(self.observed.clone())
     }
 }
 

@@ -338,7 +338,7 @@ impl PodInfo {
             uid: m.uid.clone().unwrap_or_default(),
             labels: m.labels.clone().unwrap_or_default(),
             priority: spec.priority.unwrap_or(0),
-            scheduler_name: spec.scheduler_name.clone().unwrap_or_else(|| "default-scheduler".into()),
+            scheduler_name: spec.scheduler_name.clone().filter(|s| !s.is_empty()).unwrap_or_else(|| "default-scheduler".into()),
             node_name: spec.node_name.clone().unwrap_or_default(),
             nominated_node: status.nominated_node_name.clone().unwrap_or_default(),
             requests: req,

@@ -1,0 +1,261 @@
+//! Informers: a list+watch of one resource into a local cache, resumed from the last
+//! revision after a disconnect and listed again only when the server answers 410 (or ends
+//! the watch with an error). Handlers see every change; controllers turn changes into keys
+//! for their work queues. An index by controller owner uid keeps "the pods of this
+//! ReplicaSet" a lookup rather than a scan. `Informers` shares one informer per resource
+//! among the controllers of a process.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::Client;
+
+pub enum Change<'a> {
+    Added(&'a Arc<Value>),
+    Modified { old: &'a Arc<Value>, new: &'a Arc<Value> },
+    Deleted(&'a Arc<Value>),
+}
+
+type Handler = Box<dyn Fn(&Change) + Send + Sync>;
+
+/// `namespace/name` (or `name` for cluster-scoped objects).
+pub fn key_of(v: &Value) -> String {
+    let name = v["metadata"]["name"].as_str().unwrap_or("");
+    match v["metadata"]["namespace"].as_str() {
+        Some(ns) if !ns.is_empty() => format!("{ns}/{name}"),
+        _ => name.to_string(),
+    }
+}
+
+/// The uids of an object's owners (all of them; `controller_of` for the controller).
+pub fn owners(v: &Value) -> impl Iterator<Item = &str> {
+    v["metadata"]["ownerReferences"].as_array().into_iter().flatten().filter_map(|o| o["uid"].as_str())
+}
+
+pub fn controller_of(v: &Value) -> Option<&Value> {
+    v["metadata"]["ownerReferences"].as_array()?.iter().find(|o| o["controller"].as_bool() == Some(true))
+}
+
+#[derive(Default)]
+struct Cache {
+    objects: HashMap<String, Arc<Value>>,
+    by_owner: HashMap<String, HashSet<String>>,
+    by_uid: HashMap<String, String>,
+}
+
+impl Cache {
+    fn insert(&mut self, key: String, v: Arc<Value>) -> Option<Arc<Value>> {
+        let old = self.remove(&key);
+        for o in owners(&v) {
+            self.by_owner.entry(o.to_string()).or_default().insert(key.clone());
+        }
+        if let Some(u) = v["metadata"]["uid"].as_str() {
+            self.by_uid.insert(u.to_string(), key.clone());
+        }
+        self.objects.insert(key, v);
+        old
+    }
+
+    fn remove(&mut self, key: &str) -> Option<Arc<Value>> {
+        let old = self.objects.remove(key)?;
+        for o in owners(&old) {
+            if let Some(s) = self.by_owner.get_mut(o) {
+                s.remove(key);
+                if s.is_empty() {
+                    self.by_owner.remove(o);
+                }
+            }
+        }
+        if let Some(u) = old["metadata"]["uid"].as_str() {
+            self.by_uid.remove(u);
+        }
+        Some(old)
+    }
+}
+
+pub struct Informer {
+    path: String,
+    cache: RwLock<Cache>,
+    handlers: Mutex<Vec<Handler>>,
+    synced: tokio::sync::watch::Sender<bool>,
+}
+
+impl Informer {
+    fn new(path: &str) -> Arc<Informer> {
+        Arc::new(Informer { path: path.to_string(), cache: Default::default(), handlers: Default::default(), synced: tokio::sync::watch::channel(false).0 })
+    }
+
+    /// Adds a handler; it sees every change from now on (register before `start`).
+    pub fn on_change(&self, f: impl Fn(&Change) + Send + Sync + 'static) {
+        self.handlers.lock().unwrap().push(Box::new(f));
+    }
+
+    pub fn get(&self, key: &str) -> Option<Arc<Value>> {
+        self.cache.read().unwrap().objects.get(key).cloned()
+    }
+
+    pub fn get_by_uid(&self, uid: &str) -> Option<Arc<Value>> {
+        let c = self.cache.read().unwrap();
+        c.by_uid.get(uid).and_then(|k| c.objects.get(k)).cloned()
+    }
+
+    pub fn list(&self) -> Vec<Arc<Value>> {
+        self.cache.read().unwrap().objects.values().cloned().collect()
+    }
+
+    pub fn len(&self) -> usize {
+        self.cache.read().unwrap().objects.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Objects whose ownerReferences name `uid`.
+    pub fn owned_by(&self, uid: &str) -> Vec<Arc<Value>> {
+        let c = self.cache.read().unwrap();
+        c.by_owner.get(uid).into_iter().flatten().filter_map(|k| c.objects.get(k).cloned()).collect()
+    }
+
+    pub fn has_synced(&self) -> bool {
+        *self.synced.borrow()
+    }
+
+    pub async fn wait_synced(&self) {
+        let mut rx = self.synced.subscribe();
+        let _ = rx.wait_for(|s| *s).await;
+    }
+
+    fn notify(&self, c: &Change) {
+        for h in self.handlers.lock().unwrap().iter() {
+            h(c);
+        }
+    }
+
+    fn apply(&self, ty: &str, v: Value) {
+        let key = key_of(&v);
+        let v = Arc::new(v);
+        match ty {
+            "ADDED" | "MODIFIED" => {
+                let old = self.cache.write().unwrap().insert(key, v.clone());
+                match old {
+                    Some(o) => self.notify(&Change::Modified { old: &o, new: &v }),
+                    None => self.notify(&Change::Added(&v)),
+                }
+            }
+            "DELETED" => {
+                let old = self.cache.write().unwrap().remove(&key);
+                self.notify(&Change::Deleted(old.as_ref().unwrap_or(&v)));
+            }
+            _ => {}
+        }
+    }
+
+    /// Replaces the cache with a fresh list, reporting the differences as changes.
+    fn replace(&self, items: Vec<Value>) {
+        let fresh: HashMap<String, Value> = items.into_iter().map(|v| (key_of(&v), v)).collect();
+        let gone: Vec<String> = self.cache.read().unwrap().objects.keys().filter(|k| !fresh.contains_key(*k)).cloned().collect();
+        for k in gone {
+            if let Some(old) = self.cache.write().unwrap().remove(&k) {
+                self.notify(&Change::Deleted(&old));
+            }
+        }
+        for (_, v) in fresh {
+            let unchanged = self.get(&key_of(&v)).is_some_and(|o| o["metadata"]["resourceVersion"] == v["metadata"]["resourceVersion"]);
+            if !unchanged {
+                self.apply("ADDED", v);
+            }
+        }
+    }
+
+    async fn run(self: Arc<Self>, c: Client) {
+        let mut rv: Option<String> = None;
+        loop {
+            let from = match rv.clone() {
+                Some(r) => r,
+                None => match c.get(&self.path).await {
+                    Ok(mut list) => {
+                        let items = list["items"].as_array_mut().map(std::mem::take).unwrap_or_default();
+                        self.replace(items);
+                        self.synced.send_replace(true);
+                        list["metadata"]["resourceVersion"].as_str().unwrap_or("0").to_string()
+                    }
+                    Err(e) => {
+                        tracing::warn!(path = self.path, error = %e, "informer list failed; retrying");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        continue;
+                    }
+                },
+            };
+            let sep = if self.path.contains('?') { '&' } else { '?' };
+            let url = format!("{}{sep}watch=true&allowWatchBookmarks=true&resourceVersion={from}", self.path);
+            let mut stream = match c.watch(&url).await {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::debug!(path = self.path, error = %e, "informer watch failed; listing again");
+                    rv = None;
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+            };
+            rv = Some(from);
+            while let Some(mut ev) = stream.next().await {
+                let ty = ev["type"].as_str().unwrap_or("").to_string();
+                if ty == "ERROR" {
+                    rv = None;
+                    break;
+                }
+                if let Some(r) = ev["object"]["metadata"]["resourceVersion"].as_str() {
+                    rv = Some(r.to_string());
+                }
+                if ty != "BOOKMARK" {
+                    self.apply(&ty, ev["object"].take());
+                }
+            }
+        }
+    }
+}
+
+/// One informer per resource path, shared by the controllers of a process.
+pub struct Informers {
+    client: Client,
+    map: Mutex<HashMap<String, Arc<Informer>>>,
+    tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+}
+
+impl Drop for Informers {
+    fn drop(&mut self) {
+        for t in self.tasks.lock().unwrap().iter() {
+            t.abort();
+        }
+    }
+}
+
+impl Informers {
+    pub fn new(client: Client) -> Informers {
+        Informers { client, map: Default::default(), tasks: Default::default() }
+    }
+
+    /// The informer for a collection path (`/api/v1/pods`), created on first use.
+    pub fn get(&self, path: &str) -> Arc<Informer> {
+        self.map.lock().unwrap().entry(path.to_string()).or_insert_with(|| Informer::new(path)).clone()
+    }
+
+    /// Starts every informer asked for so far.
+    pub fn start(&self) {
+        let mut tasks = self.tasks.lock().unwrap();
+        for inf in self.map.lock().unwrap().values() {
+            tasks.push(tokio::spawn(inf.clone().run(self.client.clone())));
+        }
+    }
+
+    pub async fn wait_synced(&self) {
+        let all: Vec<Arc<Informer>> = self.map.lock().unwrap().values().cloned().collect();
+        for i in all {
+            i.wait_synced().await;
+        }
+    }
+}

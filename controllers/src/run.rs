@@ -1,0 +1,850 @@
+//! The controllers' runtime: shared informers, one work queue and a few workers per
+//! controller, and the reconcile functions that act through the API.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use client::events::Recorder;
+use client::informer::{Change, Informer, Informers, controller_of, key_of};
+use client::workqueue::WorkQueue;
+use client::{Client, ClientError};
+use serde_json::{Value, json};
+
+use crate::deployment::{self as dep, HASH_LABEL, REVISION, Rs};
+use crate::podutil::{self, is_active, selector_matches};
+use crate::replicaset::{self as rsc, Expectations};
+
+type Res = Result<Option<Duration>, String>;
+
+/// Settings a cluster operator may change.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// A node whose lease is older than this is unreachable (Kubernetes: 40 s).
+    pub node_monitor_grace: Duration,
+    /// How long pods without their own toleration stay on an unreachable node (300 s, the
+    /// DefaultTolerationSeconds admission plugin's value).
+    pub default_toleration: Duration,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings { node_monitor_grace: Duration::from_secs(40), default_toleration: Duration::from_secs(300) }
+    }
+}
+
+struct Ctx {
+    c: Client,
+    pods: Arc<Informer>,
+    rs: Arc<Informer>,
+    deploy: Arc<Informer>,
+    nodes: Arc<Informer>,
+    leases: Arc<Informer>,
+    namespaces: Arc<Informer>,
+    sas: Arc<Informer>,
+    services: Arc<Informer>,
+    endpoints: Arc<Informer>,
+    slices: Arc<Informer>,
+    exp: Expectations,
+    events: Recorder,
+    settings: Settings,
+    work: Mutex<BTreeMap<&'static str, hdrhistogram::Histogram<u64>>>,
+}
+
+pub struct Controllers {
+    _informers: Arc<Informers>,
+    queues: Vec<Arc<WorkQueue>>,
+    ctx: Arc<Ctx>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for Controllers {
+    fn drop(&mut self) {
+        for q in &self.queues {
+            q.shutdown();
+        }
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+fn now_rfc3339() -> String {
+    let t = jiff::Timestamp::now();
+    jiff::Timestamp::from_second(t.as_second()).unwrap_or(t).to_string()
+}
+
+fn now_unix() -> i64 {
+    jiff::Timestamp::now().as_second()
+}
+
+fn split(key: &str) -> (&str, &str) {
+    key.split_once('/').unwrap_or(("", key))
+}
+
+fn err(e: ClientError) -> String {
+    e.to_string()
+}
+
+/// The key of an object's controller owner of `kind`, in the object's namespace.
+fn owner_key(v: &Value, kind: &str) -> Option<String> {
+    let o = controller_of(v)?;
+    if o["kind"] != kind {
+        return None;
+    }
+    Some(format!("{}/{}", v["metadata"]["namespace"].as_str().unwrap_or(""), o["name"].as_str()?))
+}
+
+fn spawn_workers<F, Fut>(ctx: &Arc<Ctx>, q: &Arc<WorkQueue>, workers: usize, tasks: &mut Vec<tokio::task::JoinHandle<()>>, f: F)
+where
+    F: Fn(Arc<Ctx>, String) -> Fut + Send + Sync + Clone + 'static,
+    Fut: Future<Output = Res> + Send,
+{
+    for _ in 0..workers {
+        let (ctx, q, f) = (ctx.clone(), q.clone(), f.clone());
+        tasks.push(tokio::spawn(async move {
+            while let Some(key) = q.get().await {
+                let t = Instant::now();
+                let r = f(ctx.clone(), key.clone()).await;
+                let _ = ctx.work.lock().unwrap().entry(q.name()).or_insert_with(|| hdrhistogram::Histogram::new_with_bounds(1, 3_600_000_000, 3).unwrap()).record(t.elapsed().as_micros().max(1) as u64);
+                match r {
+                    Ok(again) => {
+                        q.forget(&key);
+                        if let Some(d) = again {
+                            q.add_after(key.clone(), d);
+                        }
+                    }
+                    Err(e) => {
+                        tracing::debug!(controller = q.name(), key, error = e, "reconcile failed; retrying with backoff");
+                        q.add_rate_limited(key.clone());
+                    }
+                }
+                q.done(&key);
+            }
+        }));
+    }
+}
+
+impl Controllers {
+    /// Starts every controller against the API server at `base`.
+    pub async fn start(base: &str, settings: Settings) -> Controllers {
+        let c = Client::with_agent(base, "capstan-controllers/0.1");
+        let inf = Arc::new(Informers::new(c.clone()));
+        let ctx = Arc::new(Ctx {
+            c: c.clone(),
+            pods: inf.get("/api/v1/pods"),
+            rs: inf.get("/apis/apps/v1/replicasets"),
+            deploy: inf.get("/apis/apps/v1/deployments"),
+            nodes: inf.get("/api/v1/nodes"),
+            leases: inf.get("/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases"),
+            namespaces: inf.get("/api/v1/namespaces"),
+            sas: inf.get("/api/v1/serviceaccounts"),
+            services: inf.get("/api/v1/services"),
+            endpoints: inf.get("/api/v1/endpoints"),
+            slices: inf.get("/apis/discovery.k8s.io/v1/endpointslices"),
+            exp: Expectations::default(),
+            events: Recorder::start(c.clone(), "controller-manager", String::new()),
+            settings,
+            work: Default::default(),
+        });
+        let rsq = WorkQueue::new("replicaset");
+        let dq = WorkQueue::new("deployment");
+        let gcq = WorkQueue::new("garbagecollector");
+        let saq = WorkQueue::new("serviceaccount");
+        let epq = WorkQueue::new("endpoints");
+        // ReplicaSet: its own changes and its pods'.
+        {
+            let q = rsq.clone();
+            ctx.rs.on_change(move |ch| {
+                let v = match ch {
+                    Change::Added(v) | Change::Deleted(v) => v,
+                    Change::Modified { new, .. } => new,
+                };
+                q.add(key_of(v));
+            });
+            let (q, x) = (rsq.clone(), Arc::downgrade(&ctx));
+            ctx.pods.on_change(move |ch| {
+                let Some(ctx) = x.upgrade() else { return };
+                match ch {
+                    Change::Added(p) => {
+                        if let Some(k) = owner_key(p, "ReplicaSet") {
+                            ctx.exp.observed_add(&k);
+                            q.add(k);
+                        }
+                    }
+                    Change::Modified { old, new } => {
+                        if let Some(k) = owner_key(new, "ReplicaSet") {
+                            if old["metadata"].get("deletionTimestamp").is_none() && new["metadata"].get("deletionTimestamp").is_some() {
+                                ctx.exp.observed_delete(&k, new["metadata"]["name"].as_str().unwrap_or(""));
+                            }
+                            q.add(k);
+                        }
+                    }
+                    Change::Deleted(p) => {
+                        if let Some(k) = owner_key(p, "ReplicaSet") {
+                            ctx.exp.observed_delete(&k, p["metadata"]["name"].as_str().unwrap_or(""));
+                            q.add(k);
+                        }
+                    }
+                }
+            });
+        }
+        // Deployment: its own changes and its ReplicaSets'.
+        {
+            let q = dq.clone();
+            ctx.deploy.on_change(move |ch| {
+                let v = match ch {
+                    Change::Added(v) | Change::Deleted(v) => v,
+                    Change::Modified { new, .. } => new,
+                };
+                q.add(key_of(v));
+            });
+            let q = dq.clone();
+            ctx.rs.on_change(move |ch| {
+                let v = match ch {
+                    Change::Added(v) | Change::Deleted(v) => v,
+                    Change::Modified { new, .. } => new,
+                };
+                if let Some(k) = owner_key(v, "Deployment") {
+                    q.add(k);
+                }
+            });
+        }
+        // Garbage collection: dependents whose owners may be gone, owners being deleted
+        // with a propagation finalizer.
+        for (kind, inf_) in [("Pod", ctx.pods.clone()), ("ReplicaSet", ctx.rs.clone()), ("Deployment", ctx.deploy.clone())] {
+            let q = gcq.clone();
+            let x = Arc::downgrade(&ctx);
+            inf_.on_change(move |ch| {
+                let Some(ctx) = x.upgrade() else { return };
+                match ch {
+                    Change::Added(v) | Change::Modified { new: v, .. } => {
+                        if v["metadata"]["ownerReferences"].as_array().is_some_and(|a| !a.is_empty()) {
+                            q.add(format!("dep|{kind}|{}", key_of(v)));
+                        }
+                        let fin = v["metadata"]["finalizers"].as_array().is_some_and(|a| a.iter().any(|f| f == "orphan" || f == "foregroundDeletion"));
+                        if fin && v["metadata"].get("deletionTimestamp").is_some() {
+                            q.add(format!("own|{kind}|{}", key_of(v)));
+                        }
+                        // A dependent going away may finish an owner's foreground deletion.
+                        if v["metadata"].get("deletionTimestamp").is_some() {
+                            for o in client::informer::owners(v) {
+                                for (ok, oinf) in [("ReplicaSet", &ctx.rs), ("Deployment", &ctx.deploy)] {
+                                    if let Some(owner) = oinf.get_by_uid(o) {
+                                        q.add(format!("own|{ok}|{}", key_of(&owner)));
+                                    }
+                                }
+                            }
+                        }
+                    }
+                    Change::Deleted(v) => {
+                        let uid = v["metadata"]["uid"].as_str().unwrap_or("");
+                        for (dk, dinf) in [("Pod", &ctx.pods), ("ReplicaSet", &ctx.rs)] {
+                            for d in dinf.owned_by(uid) {
+                                q.add(format!("dep|{dk}|{}", key_of(&d)));
+                            }
+                        }
+                        for o in client::informer::owners(v) {
+                            for (ok, oinf) in [("ReplicaSet", &ctx.rs), ("Deployment", &ctx.deploy)] {
+                                if let Some(owner) = oinf.get_by_uid(o) {
+                                    q.add(format!("own|{ok}|{}", key_of(&owner)));
+                                }
+                            }
+                        }
+                    }
+                }
+            });
+        }
+        // ServiceAccount: a `default` in every namespace.
+        {
+            let q = saq.clone();
+            ctx.namespaces.on_change(move |ch| {
+                if let Change::Added(v) | Change::Modified { new: v, .. } = ch {
+                    q.add(key_of(v));
+                }
+            });
+            let q = saq.clone();
+            ctx.sas.on_change(move |ch| {
+                if let Change::Deleted(v) = ch {
+                    q.add(v["metadata"]["namespace"].as_str().unwrap_or("").to_string());
+                }
+            });
+        }
+        // Endpoints: services and the pods they select.
+        {
+            let q = epq.clone();
+            ctx.services.on_change(move |ch| {
+                let v = match ch {
+                    Change::Added(v) | Change::Deleted(v) => v,
+                    Change::Modified { new, .. } => new,
+                };
+                q.add(key_of(v));
+            });
+            let (q, x) = (epq.clone(), Arc::downgrade(&ctx));
+            ctx.pods.on_change(move |ch| {
+                let Some(ctx) = x.upgrade() else { return };
+                let v = match ch {
+                    Change::Added(v) | Change::Deleted(v) => v,
+                    Change::Modified { new, .. } => new,
+                };
+                let ns = v["metadata"]["namespace"].as_str().unwrap_or("");
+                for s in ctx.services.list() {
+                    if s["metadata"]["namespace"] == ns && selector_matches(&json!({"matchLabels": s["spec"]["selector"]}), &v["metadata"]["labels"]) && s["spec"]["selector"].is_object() {
+                        q.add(key_of(&s));
+                    }
+                }
+            });
+        }
+        inf.start();
+        let mut tasks = Vec::new();
+        spawn_workers(&ctx, &rsq, 4, &mut tasks, |ctx, key| async move { sync_replicaset(&ctx, &key).await });
+        spawn_workers(&ctx, &dq, 4, &mut tasks, |ctx, key| async move { sync_deployment(&ctx, &key).await });
+        spawn_workers(&ctx, &gcq, 2, &mut tasks, |ctx, key| async move { sync_gc(&ctx, &key).await });
+        spawn_workers(&ctx, &saq, 1, &mut tasks, |ctx, key| async move { sync_serviceaccount(&ctx, &key).await });
+        spawn_workers(&ctx, &epq, 2, &mut tasks, |ctx, key| async move { sync_endpoints(&ctx, &key).await });
+        let x = ctx.clone();
+        tasks.push(tokio::spawn(async move { node_lifecycle(x).await }));
+        Controllers { _informers: inf, queues: vec![rsq, dq, gcq, saq, epq], ctx, tasks }
+    }
+
+    /// Queue depth, adds, retries and work duration per controller, for `/metrics`.
+    pub fn metrics_text(&self) -> String {
+        let mut out = String::from("# HELP workqueue_depth Keys waiting, per controller.\n# TYPE workqueue_depth gauge\n");
+        let stats: Vec<(&str, (usize, u64, u64))> = self.queues.iter().map(|q| (q.name(), q.stats())).collect();
+        for (n, (d, _, _)) in &stats {
+            out.push_str(&format!("workqueue_depth{{name=\"{n}\"}} {d}\n"));
+        }
+        out.push_str("# HELP workqueue_adds_total Keys added, per controller.\n# TYPE workqueue_adds_total counter\n");
+        for (n, (_, a, _)) in &stats {
+            out.push_str(&format!("workqueue_adds_total{{name=\"{n}\"}} {a}\n"));
+        }
+        out.push_str("# HELP workqueue_retries_total Keys retried after a failed reconcile, per controller.\n# TYPE workqueue_retries_total counter\n");
+        for (n, (_, _, r)) in &stats {
+            out.push_str(&format!("workqueue_retries_total{{name=\"{n}\"}} {r}\n"));
+        }
+        out.push_str("# HELP workqueue_work_duration_seconds Reconcile time per key (quantiles from an hdrhistogram).\n# TYPE workqueue_work_duration_seconds summary\n");
+        for (n, h) in self.ctx.work.lock().unwrap().iter() {
+            for q in [0.5, 0.9, 0.99] {
+                out.push_str(&format!("workqueue_work_duration_seconds{{name=\"{n}\",quantile=\"{q}\"}} {}\n", h.value_at_quantile(q) as f64 / 1e6));
+            }
+            out.push_str(&format!("workqueue_work_duration_seconds_count{{name=\"{n}\"}} {}\n", h.len()));
+        }
+        out
+    }
+}
+
+// ---------------------------------------------------------------- ReplicaSet
+
+async fn sync_replicaset(ctx: &Ctx, key: &str) -> Res {
+    let Some(rs) = ctx.rs.get(key) else {
+        ctx.exp.forget(key);
+        return Ok(None);
+    };
+    if rs["metadata"].get("deletionTimestamp").is_some() {
+        return Ok(None);
+    }
+    let uid = rs["metadata"]["uid"].as_str().unwrap_or("");
+    let pods: Vec<Arc<Value>> = ctx.pods.owned_by(uid).into_iter().filter(|p| controller_of(p).is_some_and(|o| o["uid"] == uid)).collect();
+    let active: Vec<Arc<Value>> = pods.iter().filter(|p| is_active(p)).cloned().collect();
+    let (ns, _) = split(key);
+    if ctx.exp.satisfied(key) {
+        let d = rsc::decide(rs["spec"]["replicas"].as_i64().unwrap_or(1), &active);
+        if d.create > 0 {
+            ctx.exp.expect(key, d.create as i64, &[]);
+            let pod = rsc::pod_from_template(&rs);
+            let path = format!("/api/v1/namespaces/{ns}/pods");
+            let mut created = 0;
+            for b in rsc::batches(d.create) {
+                let results = futures_util::future::join_all((0..b).map(|_| ctx.c.post(&path, &pod))).await;
+                let failed = results.iter().filter(|r| r.is_err()).count();
+                created += b - failed;
+                if failed > 0 {
+                    // Not coming: stop expecting them, and retry with backoff.
+                    for _ in 0..(d.create - created) {
+                        ctx.exp.observed_add(key);
+                    }
+                    let e = results.into_iter().find_map(|r| r.err()).map(err).unwrap_or_default();
+                    ctx.events.pod(&rs, None, true, "FailedCreate", format!("Error creating: {e}"));
+                    return Err(e);
+                }
+            }
+            ctx.events.pod(&rs, None, false, "SuccessfulCreate", format!("Created {created} pod(s)"));
+        }
+        if !d.delete.is_empty() {
+            ctx.exp.expect(key, 0, &d.delete);
+            for name in &d.delete {
+                match ctx.c.delete(&format!("/api/v1/namespaces/{ns}/pods/{name}"), &json!({})).await {
+                    Ok(_) => {}
+                    Err(ClientError::Status { code: 404, .. }) => ctx.exp.observed_delete(key, name),
+                    Err(e) => return Err(err(e)),
+                }
+            }
+            ctx.events.pod(&rs, None, false, "SuccessfulDelete", format!("Deleted pod(s): {}", d.delete.join(", ")));
+        }
+    }
+    let status = rsc::status(&rs, &pods, now_unix());
+    let cur = &rs["status"];
+    let changed = ["replicas", "fullyLabeledReplicas", "readyReplicas", "availableReplicas", "observedGeneration"].iter().any(|f| cur[*f].as_i64().unwrap_or(0) != status[*f].as_i64().unwrap_or(0));
+    if changed {
+        let path = format!("/apis/apps/v1/namespaces/{ns}/replicasets/{}/status", rs["metadata"]["name"].as_str().unwrap_or(""));
+        match ctx.c.merge_patch_quiet(&path, &json!({"status": status})).await {
+            Ok(()) | Err(ClientError::Status { code: 404, .. }) => {}
+            Err(e) => return Err(err(e)),
+        }
+    }
+    // Ready pods waiting out minReadySeconds become available later.
+    let min_ready = rs["spec"]["minReadySeconds"].as_u64().unwrap_or(0);
+    let waiting = status["readyReplicas"].as_i64() != status["availableReplicas"].as_i64();
+    Ok((min_ready > 0 && waiting).then(|| Duration::from_secs(min_ready.min(3600))))
+}
+
+// ---------------------------------------------------------------- Deployment
+
+fn rs_view(r: &Value) -> Rs {
+    Rs {
+        name: r["metadata"]["name"].as_str().unwrap_or("").to_string(),
+        spec: r["spec"]["replicas"].as_i64().unwrap_or(0),
+        available: r["status"]["availableReplicas"].as_i64().unwrap_or(0),
+        created: podutil::ts(&r["metadata"]["creationTimestamp"]).unwrap_or(0),
+    }
+}
+
+fn revision(r: &Value) -> i64 {
+    r["metadata"]["annotations"][REVISION].as_str().and_then(|s| s.parse().ok()).unwrap_or(0)
+}
+
+async fn scale_rs(ctx: &Ctx, ns: &str, name: &str, replicas: i64, d: &Value) -> Result<(), String> {
+    let path = format!("/apis/apps/v1/namespaces/{ns}/replicasets/{name}");
+    let patch = json!({"metadata": {"annotations": {"deployment.kubernetes.io/desired-replicas": d["spec"]["replicas"].as_i64().unwrap_or(1).to_string()}}, "spec": {"replicas": replicas}});
+    ctx.c.merge_patch_quiet(&path, &patch).await.map_err(err)?;
+    ctx.events.pod(d, None, false, "ScalingReplicaSet", format!("Scaled replica set {name} to {replicas}"));
+    Ok(())
+}
+
+async fn sync_deployment(ctx: &Ctx, key: &str) -> Res {
+    let Some(d) = ctx.deploy.get(key) else { return Ok(None) };
+    if d["metadata"].get("deletionTimestamp").is_some() {
+        return Ok(None);
+    }
+    let (ns, name) = split(key);
+    let uid = d["metadata"]["uid"].as_str().unwrap_or("");
+    let rss: Vec<Arc<Value>> = ctx.rs.owned_by(uid).into_iter().filter(|r| controller_of(r).is_some_and(|o| o["uid"] == uid) && r["metadata"].get("deletionTimestamp").is_none()).collect();
+    let template = &d["spec"]["template"];
+    let hash = dep::template_hash(template);
+    // The new set is the one whose template, without the hash label, is the deployment's
+    // (so a rollback to an old template reuses its set, as Kubernetes' EqualIgnoreHash).
+    let same_template = |r: &Value| {
+        let mut t = r["spec"]["template"].clone();
+        if let Some(l) = t["metadata"]["labels"].as_object_mut() {
+            l.remove(HASH_LABEL);
+        }
+        let mut want = template.clone();
+        if let Some(l) = want["metadata"]["labels"].as_object_mut() {
+            l.remove(HASH_LABEL);
+        }
+        dep::normalize(&t) == dep::normalize(&want)
+    };
+    let new = rss.iter().find(|r| same_template(r)).or_else(|| rss.iter().find(|r| r["metadata"]["labels"][HASH_LABEL] == hash.as_str())).cloned();
+    let new_uid = new.as_ref().map(|n| n["metadata"]["uid"].clone());
+    let olds: Vec<Arc<Value>> = rss.iter().filter(|r| Some(&r["metadata"]["uid"]) != new_uid.as_ref()).cloned().collect();
+    let max_old_rev = olds.iter().map(|r| revision(r)).max().unwrap_or(0);
+    let replicas = d["spec"]["replicas"].as_i64().unwrap_or(1);
+    let paused = d["spec"]["paused"].as_bool() == Some(true);
+    let recreate = d["spec"]["strategy"]["type"] == "Recreate";
+    let (surge, unavailable) = dep::surge_unavailable(&d);
+    let Some(new) = new else {
+        if paused {
+            return Ok(None);
+        }
+        let old_views: Vec<Rs> = olds.iter().map(|r| rs_view(r)).collect();
+        let old_total: i64 = old_views.iter().map(|r| r.spec).sum::<i64>() + olds.iter().map(|r| r["status"]["replicas"].as_i64().unwrap_or(0)).sum::<i64>();
+        let start = if old_total == 0 {
+            replicas
+        } else if recreate {
+            0
+        } else {
+            let probe = Rs { name: String::new(), spec: 0, available: 0, created: 0 };
+            dep::new_rs_replicas(replicas, surge, &old_views, &probe)
+        };
+        let mut labels = template["metadata"]["labels"].clone();
+        labels[HASH_LABEL] = json!(hash);
+        let mut tmpl = template.clone();
+        tmpl["metadata"]["labels"] = labels.clone();
+        let mut selector = d["spec"]["selector"].clone();
+        selector["matchLabels"][HASH_LABEL] = json!(hash);
+        let rs = json!({
+            "apiVersion": "apps/v1", "kind": "ReplicaSet",
+            "metadata": {"name": format!("{name}-{hash}"), "namespace": ns, "labels": labels,
+                "annotations": {REVISION: (max_old_rev + 1).to_string(), "deployment.kubernetes.io/desired-replicas": replicas.to_string(),
+                    "deployment.kubernetes.io/max-replicas": (replicas + surge).to_string()},
+                "ownerReferences": [{"apiVersion": "apps/v1", "kind": "Deployment", "name": name, "uid": uid, "controller": true, "blockOwnerDeletion": true}]},
+            "spec": {"replicas": start, "minReadySeconds": d["spec"]["minReadySeconds"].as_i64().unwrap_or(0), "selector": selector, "template": tmpl},
+        });
+        match ctx.c.post(&format!("/apis/apps/v1/namespaces/{ns}/replicasets"), &rs).await {
+            Ok(_) => {
+                ctx.events.pod(&d, None, false, "ScalingReplicaSet", format!("Scaled up replica set {name}-{hash} to {start}"));
+                return Ok(None);
+            }
+            Err(e) => return Err(err(e)),
+        }
+    };
+    let new_name = new["metadata"]["name"].as_str().unwrap_or("").to_string();
+    // The new set carries the highest revision (a rollback makes an old one new again).
+    let rev = revision(&new);
+    let want_rev = if rev > max_old_rev { rev } else { max_old_rev + 1 };
+    if rev != want_rev {
+        let p = json!({"metadata": {"annotations": {REVISION: want_rev.to_string()}}});
+        ctx.c.merge_patch_quiet(&format!("/apis/apps/v1/namespaces/{ns}/replicasets/{new_name}"), &p).await.map_err(err)?;
+    }
+    if d["metadata"]["annotations"][REVISION] != want_rev.to_string().as_str() {
+        let mut ann = json!({REVISION: want_rev.to_string()});
+        if let Some(cause) = d["metadata"]["annotations"]["kubernetes.io/change-cause"].as_str() {
+            ann["kubernetes.io/change-cause"] = json!(cause);
+        }
+        ctx.c.merge_patch_quiet(&format!("/apis/apps/v1/namespaces/{ns}/deployments/{name}"), &json!({"metadata": {"annotations": ann}})).await.map_err(err)?;
+    }
+    if !paused {
+        let new_v = rs_view(&new);
+        let old_v: Vec<Rs> = olds.iter().map(|r| rs_view(r)).collect();
+        let old_pods: i64 = olds.iter().map(|r| r["status"]["replicas"].as_i64().unwrap_or(0)).sum();
+        if recreate {
+            for o in old_v.iter().filter(|o| o.spec > 0) {
+                scale_rs(ctx, ns, &o.name, 0, &d).await?;
+            }
+            if old_pods == 0 && new_v.spec != replicas {
+                scale_rs(ctx, ns, &new_name, replicas, &d).await?;
+            }
+        } else if old_v.iter().all(|o| o.spec == 0) {
+            if new_v.spec != replicas {
+                scale_rs(ctx, ns, &new_name, replicas, &d).await?;
+            }
+        } else {
+            let all: Vec<Rs> = old_v.iter().cloned().chain([new_v.clone()]).collect();
+            let target = dep::new_rs_replicas(replicas, surge, &all, &new_v);
+            if target != new_v.spec {
+                scale_rs(ctx, ns, &new_name, target, &d).await?;
+            }
+            for (oname, n) in dep::scale_down_old(replicas, unavailable, &new_v, &old_v) {
+                if old_v.iter().any(|o| o.name == oname && o.spec != n) {
+                    scale_rs(ctx, ns, &oname, n, &d).await?;
+                }
+            }
+        }
+        // revisionHistoryLimit: old sets scaled to nothing beyond the limit go.
+        let limit = d["spec"]["revisionHistoryLimit"].as_i64().unwrap_or(10).max(0) as usize;
+        let mut idle: Vec<&Arc<Value>> = olds.iter().filter(|r| r["spec"]["replicas"].as_i64() == Some(0) && r["status"]["replicas"].as_i64().unwrap_or(0) == 0).collect();
+        if idle.len() > limit {
+            idle.sort_by_key(|r| revision(r));
+            for r in &idle[..idle.len() - limit] {
+                let n = r["metadata"]["name"].as_str().unwrap_or("");
+                let _ = ctx.c.delete(&format!("/apis/apps/v1/namespaces/{ns}/replicasets/{n}"), &json!({"propagationPolicy": "Background"})).await;
+            }
+        }
+    }
+    // Status, with the progress deadline.
+    let all: Vec<&Value> = rss.iter().map(|r| &**r).collect();
+    let deadline = Duration::from_secs(d["spec"]["progressDeadlineSeconds"].as_u64().unwrap_or(600));
+    let progressing = d["status"]["conditions"].as_array().and_then(|a| a.iter().find(|c| c["type"] == "Progressing")).cloned();
+    let since = progressing.as_ref().and_then(|c| podutil::ts(&c["lastUpdateTime"])).unwrap_or(now_unix());
+    let passed = now_unix() - since > deadline.as_secs() as i64;
+    let status = dep::status(&d, Some(&new), &all, &d["status"], &now_rfc3339(), passed);
+    let same = |a: &Value, b: &Value| {
+        let strip = |v: &Value| {
+            let mut v = v.clone();
+            for c in v["conditions"].as_array_mut().into_iter().flatten() {
+                c.as_object_mut().map(|m| m.remove("lastUpdateTime"));
+            }
+            v
+        };
+        strip(a) == strip(b)
+    };
+    if !same(&status, &d["status"]) {
+        match ctx.c.merge_patch_quiet(&format!("/apis/apps/v1/namespaces/{ns}/deployments/{name}/status"), &json!({"status": status})).await {
+            Ok(()) | Err(ClientError::Status { code: 404, .. }) => {}
+            Err(e) => return Err(err(e)),
+        }
+    }
+    let complete = status["conditions"][1]["reason"] == "NewReplicaSetAvailable";
+    Ok((!complete && !paused).then(|| Duration::from_secs(5)))
+}
+
+// ---------------------------------------------------------------- garbage collection
+
+fn informer_for<'a>(ctx: &'a Ctx, kind: &str) -> Option<&'a Arc<Informer>> {
+    match kind {
+        "Pod" => Some(&ctx.pods),
+        "ReplicaSet" => Some(&ctx.rs),
+        "Deployment" => Some(&ctx.deploy),
+        _ => None,
+    }
+}
+
+fn api_path(kind: &str, ns: &str, name: &str) -> String {
+    match kind {
+        "Pod" => format!("/api/v1/namespaces/{ns}/pods/{name}"),
+        "ReplicaSet" => format!("/apis/apps/v1/namespaces/{ns}/replicasets/{name}"),
+        _ => format!("/apis/apps/v1/namespaces/{ns}/deployments/{name}"),
+    }
+}
+
+async fn sync_gc(ctx: &Ctx, key: &str) -> Res {
+    let mut parts = key.splitn(3, '|');
+    let (what, kind, okey) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+    let Some(inf) = informer_for(ctx, kind) else { return Ok(None) };
+    let Some(obj) = inf.get(okey) else { return Ok(None) };
+    let (ns, name) = split(okey);
+    // Owners of kinds this collector does not watch are assumed to exist.
+    for i in [&ctx.pods, &ctx.rs, &ctx.deploy] {
+        if !i.has_synced() {
+            return Ok(Some(Duration::from_secs(1)));
+        }
+    }
+    if what == "dep" {
+        let refs = obj["metadata"]["ownerReferences"].as_array().cloned().unwrap_or_default();
+        if refs.is_empty() || obj["metadata"].get("deletionTimestamp").is_some() {
+            return Ok(None);
+        }
+        let absent = refs.iter().all(|r| {
+            let uid = r["uid"].as_str().unwrap_or("");
+            match informer_for(ctx, r["kind"].as_str().unwrap_or("")) {
+                Some(oi) => oi.get_by_uid(uid).is_none(),
+                None => false,
+            }
+        });
+        // A Foreground-deleted owner takes its blocking dependents first.
+        let foreground_owner = refs.iter().any(|r| {
+            informer_for(ctx, r["kind"].as_str().unwrap_or(""))
+                .and_then(|oi| oi.get_by_uid(r["uid"].as_str().unwrap_or("")))
+                .is_some_and(|o| o["metadata"].get("deletionTimestamp").is_some() && o["metadata"]["finalizers"].as_array().is_some_and(|f| f.iter().any(|x| x == "foregroundDeletion")))
+        });
+        if absent || foreground_owner {
+            let policy = if foreground_owner { "Foreground" } else { "Background" };
+            let opts = json!({"propagationPolicy": policy, "preconditions": {"uid": obj["metadata"]["uid"]}});
+            match ctx.c.delete(&api_path(kind, ns, name), &opts).await {
+                Ok(_) | Err(ClientError::Status { code: 404 | 409, .. }) => {}
+                Err(e) => return Err(err(e)),
+            }
+        }
+        return Ok(None);
+    }
+    // An owner being deleted with a propagation finalizer.
+    let uid = obj["metadata"]["uid"].as_str().unwrap_or("").to_string();
+    let finalizers: Vec<String> = obj["metadata"]["finalizers"].as_array().into_iter().flatten().filter_map(|f| f.as_str().map(String::from)).collect();
+    let deps: Vec<(&str, Arc<Value>)> = [("Pod", &ctx.pods), ("ReplicaSet", &ctx.rs)].iter().flat_map(|(k, i)| i.owned_by(&uid).into_iter().map(move |d| (*k, d))).collect();
+    let mut remaining = finalizers.clone();
+    if finalizers.iter().any(|f| f == "orphan") {
+        for (k, dv) in &deps {
+            let refs: Vec<Value> = dv["metadata"]["ownerReferences"].as_array().into_iter().flatten().filter(|r| r["uid"] != uid.as_str()).cloned().collect();
+            let (dns, dn) = (dv["metadata"]["namespace"].as_str().unwrap_or(""), dv["metadata"]["name"].as_str().unwrap_or(""));
+            let refs = if refs.is_empty() { Value::Null } else { json!(refs) };
+            match ctx.c.merge_patch_quiet(&api_path(k, dns, dn), &json!({"metadata": {"ownerReferences": refs}})).await {
+                Ok(()) | Err(ClientError::Status { code: 404, .. }) => {}
+                Err(e) => return Err(err(e)),
+            }
+        }
+        remaining.retain(|f| f != "orphan");
+    }
+    if finalizers.iter().any(|f| f == "foregroundDeletion") {
+        let live: Vec<&(&str, Arc<Value>)> = deps.iter().collect();
+        if !live.is_empty() {
+            for (k, dv) in live.iter().filter(|(_, d)| d["metadata"].get("deletionTimestamp").is_none()) {
+                let (dns, dn) = (dv["metadata"]["namespace"].as_str().unwrap_or(""), dv["metadata"]["name"].as_str().unwrap_or(""));
+                match ctx.c.delete(&api_path(k, dns, dn), &json!({"propagationPolicy": "Foreground"})).await {
+                    Ok(_) | Err(ClientError::Status { code: 404, .. }) => {}
+                    Err(e) => return Err(err(e)),
+                }
+            }
+            return Ok(Some(Duration::from_secs(1)));
+        }
+        remaining.retain(|f| f != "foregroundDeletion");
+    }
+    if remaining != finalizers {
+        match ctx.c.merge_patch_quiet(&api_path(kind, ns, name), &json!({"metadata": {"finalizers": remaining}})).await {
+            Ok(()) | Err(ClientError::Status { code: 404, .. }) => {}
+            Err(e) => return Err(err(e)),
+        }
+    }
+    Ok(None)
+}
+
+// ---------------------------------------------------------------- ServiceAccount
+
+async fn sync_serviceaccount(ctx: &Ctx, ns: &str) -> Res {
+    let Some(n) = ctx.namespaces.get(ns) else { return Ok(None) };
+    if n["metadata"].get("deletionTimestamp").is_some() || ctx.sas.get(&format!("{ns}/default")).is_some() {
+        return Ok(None);
+    }
+    let sa = json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "default", "namespace": ns}});
+    match ctx.c.post(&format!("/api/v1/namespaces/{ns}/serviceaccounts"), &sa).await {
+        Ok(_) | Err(ClientError::Status { code: 409 | 404, .. }) => Ok(None),
+        Err(e) => Err(err(e)),
+    }
+}
+
+// ---------------------------------------------------------------- Endpoints
+
+fn target_port(port: &Value, pod: &Value) -> Option<i64> {
+    let tp = if port["targetPort"].is_null() { &port["port"] } else { &port["targetPort"] };
+    if let Some(n) = tp.as_i64() {
+        return Some(n);
+    }
+    let name = tp.as_str()?;
+    if let Ok(n) = name.parse() {
+        return Some(n);
+    }
+    pod["spec"]["containers"].as_array()?.iter().flat_map(|c| c["ports"].as_array().into_iter().flatten()).find(|p| p["name"] == name)?["containerPort"].as_i64()
+}
+
+async fn sync_endpoints(ctx: &Ctx, key: &str) -> Res {
+    let (ns, name) = split(key);
+    let Some(svc) = ctx.services.get(key) else { return Ok(None) };
+    let Some(sel) = svc["spec"]["selector"].as_object().filter(|m| !m.is_empty()) else { return Ok(None) };
+    let selector = json!({"matchLabels": sel});
+    let mut pods: Vec<Arc<Value>> = ctx
+        .pods
+        .list()
+        .into_iter()
+        .filter(|p| p["metadata"]["namespace"] == ns && selector_matches(&selector, &p["metadata"]["labels"]) && p["status"]["podIP"].as_str().is_some_and(|i| !i.is_empty()))
+        .collect();
+    pods.sort_by(|a, b| a["metadata"]["name"].as_str().cmp(&b["metadata"]["name"].as_str()));
+    let ports: Vec<&Value> = svc["spec"]["ports"].as_array().map(|a| a.iter().collect()).unwrap_or_default();
+    let addr = |p: &Value| json!({"ip": p["status"]["podIP"], "nodeName": p["spec"]["nodeName"], "targetRef": {"kind": "Pod", "namespace": ns, "name": p["metadata"]["name"], "uid": p["metadata"]["uid"]}});
+    let first = pods.first().cloned();
+    let eports: Vec<Value> = ports
+        .iter()
+        .map(|sp| json!({"name": sp["name"].as_str().unwrap_or(""), "port": first.as_ref().and_then(|p| target_port(sp, p)).unwrap_or(0), "protocol": sp["protocol"].as_str().unwrap_or("TCP")}))
+        .collect();
+    let ready: Vec<Value> = pods.iter().filter(|p| podutil::is_ready(p) && is_active(p)).map(|p| addr(p)).collect();
+    let not_ready: Vec<Value> = pods.iter().filter(|p| !(podutil::is_ready(p) && is_active(p))).map(|p| addr(p)).collect();
+    let mut subset = json!({"ports": eports});
+    if !ready.is_empty() {
+        subset["addresses"] = json!(ready);
+    }
+    if !not_ready.is_empty() {
+        subset["notReadyAddresses"] = json!(not_ready);
+    }
+    let subsets = if pods.is_empty() { json!([]) } else { json!([subset]) };
+    let ep = json!({"apiVersion": "v1", "kind": "Endpoints", "metadata": {"name": name, "namespace": ns, "labels": svc["metadata"]["labels"]}, "subsets": subsets});
+    let cur = ctx.endpoints.get(key);
+    let cur_subsets = cur.as_ref().map(|e| if e["subsets"].is_null() { json!([]) } else { e["subsets"].clone() });
+    if cur_subsets.as_ref() != Some(&subsets) {
+        let r = match cur {
+            None => ctx.c.post(&format!("/api/v1/namespaces/{ns}/endpoints"), &ep).await.map(|_| ()),
+            Some(_) => ctx.c.merge_patch_quiet(&format!("/api/v1/namespaces/{ns}/endpoints/{name}"), &json!({"subsets": subsets})).await,
+        };
+        r.map_err(err)?;
+    }
+    // One EndpointSlice per service, named after it.
+    let slice_eps: Vec<Value> = pods
+        .iter()
+        .map(|p| {
+            let ready = podutil::is_ready(p) && is_active(p);
+            json!({"addresses": [p["status"]["podIP"]], "conditions": {"ready": ready, "serving": podutil::is_ready(p), "terminating": p["metadata"].get("deletionTimestamp").is_some()},
+                "nodeName": p["spec"]["nodeName"], "targetRef": {"kind": "Pod", "namespace": ns, "name": p["metadata"]["name"], "uid": p["metadata"]["uid"]}})
+        })
+        .collect();
+    let slice_ports: Vec<Value> = eports.iter().map(|p| json!({"name": p["name"], "port": p["port"], "protocol": p["protocol"]})).collect();
+    let sname = format!("{name}-capstan");
+    let skey = format!("{ns}/{sname}");
+    let cur = ctx.slices.get(&skey);
+    if cur.as_ref().map(|s| (&s["endpoints"], &s["ports"])) != Some((&json!(slice_eps), &json!(slice_ports))) {
+        let slice = json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+            "metadata": {"name": sname, "namespace": ns, "labels": {"kubernetes.io/service-name": name, "endpointslice.kubernetes.io/managed-by": "endpointslice-controller.k8s.io"},
+                "ownerReferences": [{"apiVersion": "v1", "kind": "Service", "name": name, "uid": svc["metadata"]["uid"], "controller": true, "blockOwnerDeletion": true}]},
+            "addressType": "IPv4", "endpoints": slice_eps, "ports": slice_ports});
+        let r = match cur {
+            None => ctx.c.post(&format!("/apis/discovery.k8s.io/v1/namespaces/{ns}/endpointslices"), &slice).await.map(|_| ()),
+            Some(_) => ctx.c.merge_patch_quiet(&format!("/apis/discovery.k8s.io/v1/namespaces/{ns}/endpointslices/{sname}"), &json!({"endpoints": slice_eps, "ports": slice_ports})).await,
+        };
+        r.map_err(err)?;
+    }
+    Ok(None)
+}
+
+// ---------------------------------------------------------------- node lifecycle
+
+const UNREACHABLE: &str = "node.kubernetes.io/unreachable";
+
+fn micro_ts(v: &Value) -> Option<f64> {
+    v.as_str()?.parse::<jiff::Timestamp>().ok().map(|t| t.as_nanosecond() as f64 / 1e9)
+}
+
+/// Every 5 s: nodes whose lease is older than the grace period become `Ready=Unknown` and
+/// get the unreachable taints; their pods are evicted once their toleration runs out; nodes
+/// whose lease is fresh again lose the taints (the kubelet reports Ready again).
+async fn node_lifecycle(ctx: Arc<Ctx>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(5).min(ctx.settings.node_monitor_grace / 4).max(Duration::from_millis(200)));
+    // A node that never had a lease or a heartbeat counts from when it was first seen.
+    let mut first_seen: std::collections::HashMap<String, f64> = std::collections::HashMap::new();
+    loop {
+        tick.tick().await;
+        if !ctx.nodes.has_synced() || !ctx.leases.has_synced() {
+            continue;
+        }
+        let now = jiff::Timestamp::now().as_nanosecond() as f64 / 1e9;
+        for n in ctx.nodes.list() {
+            let name = n["metadata"]["name"].as_str().unwrap_or("").to_string();
+            let renewed = ctx.leases.get(&format!("kube-node-lease/{name}")).and_then(|l| micro_ts(&l["spec"]["renewTime"]));
+            let ready = n["status"]["conditions"].as_array().and_then(|a| a.iter().find(|c| c["type"] == "Ready")).cloned().unwrap_or(Value::Null);
+            let seen = *first_seen.entry(name.clone()).or_insert(now);
+            let heartbeat = renewed.or_else(|| micro_ts(&ready["lastHeartbeatTime"])).unwrap_or(seen);
+            let stale = now - heartbeat > ctx.settings.node_monitor_grace.as_secs_f64();
+            let taints: Vec<Value> = n["spec"]["taints"].as_array().cloned().unwrap_or_default();
+            let tainted = taints.iter().any(|t| t["key"] == UNREACHABLE);
+            if stale {
+                if ready["status"] != "Unknown" {
+                    let t = now_rfc3339();
+                    let conds: Vec<Value> = n["status"]["conditions"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .map(|c| {
+                            let mut c = c.clone();
+                            c["status"] = json!("Unknown");
+                            c["reason"] = json!("NodeStatusUnknown");
+                            c["message"] = json!("Kubelet stopped posting node status.");
+                            c["lastTransitionTime"] = json!(t);
+                            c
+                        })
+                        .collect();
+                    let _ = ctx.c.merge_patch_quiet(&format!("/api/v1/nodes/{name}/status"), &json!({"status": {"conditions": conds}})).await;
+                }
+                if !tainted {
+                    let mut t = taints.clone();
+                    let added = now_rfc3339();
+                    t.push(json!({"key": UNREACHABLE, "effect": "NoSchedule", "timeAdded": added}));
+                    t.push(json!({"key": UNREACHABLE, "effect": "NoExecute", "timeAdded": added}));
+                    let _ = ctx.c.merge_patch_quiet(&format!("/api/v1/nodes/{name}"), &json!({"spec": {"taints": t}})).await;
+                }
+            } else if tainted {
+                let t: Vec<Value> = taints.into_iter().filter(|t| t["key"] != UNREACHABLE).collect();
+                let _ = ctx.c.merge_patch_quiet(&format!("/api/v1/nodes/{name}"), &json!({"spec": {"taints": if t.is_empty() { Value::Null } else { json!(t) }}})).await;
+            }
+            // Eviction of pods on a node with the NoExecute taint, after their toleration.
+            let Some(added) = n["spec"]["taints"].as_array().and_then(|a| a.iter().find(|t| t["key"] == UNREACHABLE && t["effect"] == "NoExecute")).and_then(|t| micro_ts(&t["timeAdded"])) else {
+                continue;
+            };
+            for p in ctx.pods.list().into_iter().filter(|p| p["spec"]["nodeName"] == name.as_str() && p["metadata"].get("deletionTimestamp").is_none()) {
+                let tol = p["spec"]["tolerations"].as_array().and_then(|a| {
+                    a.iter()
+                        .find(|t| (t["key"] == UNREACHABLE || (t["key"].is_null() && t["operator"] == "Exists")) && (t["effect"].is_null() || t["effect"] == "NoExecute"))
+                        .cloned()
+                });
+                let secs = match &tol {
+                    Some(t) => match t["tolerationSeconds"].as_i64() {
+                        Some(s) => s.max(0) as f64,
+                        None => continue, // tolerates forever
+                    },
+                    None => ctx.settings.default_toleration.as_secs_f64(),
+                };
+                if now >= added + secs {
+                    let (ns, pn) = (p["metadata"]["namespace"].as_str().unwrap_or(""), p["metadata"]["name"].as_str().unwrap_or(""));
+                    ctx.events.pod(&p, None, false, "TaintManagerEviction", format!("Marking for deletion Pod {ns}/{pn}"));
+                    let _ = ctx.c.delete(&format!("/api/v1/namespaces/{ns}/pods/{pn}"), &json!({})).await;
+                }
+            }
+        }
+    }
+}
+

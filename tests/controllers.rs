@@ -1,0 +1,141 @@
+//! The controllers inside `capstan up` (and as `capstan controllers`), through real kubectl:
+//! the scenario every user knows, garbage collection, node lifecycle, leader election.
+
+mod common;
+
+use std::process::{Command, Stdio};
+
+use common::*;
+
+fn count(c: &Cluster, args: &[&str]) -> usize {
+    c.ok(args).lines().filter(|l| !l.trim().is_empty()).count()
+}
+
+#[test]
+fn a_deployment_rolls_out_heals_rolls_back_scales_and_goes() {
+    let c = Cluster::start_with(tempfile::tempdir().unwrap(), &["--hollow-nodes", "3", "--no-local-node"]);
+    c.ok(&["create", "deployment", "web", "--image=nginx", "--replicas=3"]);
+    assert!(c.ok(&["rollout", "status", "deploy/web", "--timeout=60s"]).contains("successfully rolled out"));
+    assert_eq!(count(&c, &["get", "pods", "-l", "app=web", "--field-selector=status.phase=Running", "-o", "name"]), 3);
+    // Delete a pod: it comes back. Delete the ReplicaSet: it comes back.
+    let pod = c.ok(&["get", "pods", "-l", "app=web", "-o", "name"]).lines().next().unwrap().to_string();
+    c.ok(&["delete", &pod]);
+    wait_until("3 web pods again after deleting one", || {
+        let pods = c.ok(&["get", "pods", "-l", "app=web", "-o", "name"]);
+        pods.lines().count() == 3 && !pods.contains(&pod)
+    });
+    let rs = c.ok(&["get", "rs", "-l", "app=web", "-o", "name"]).trim().to_string();
+    c.ok(&["delete", &rs]);
+    wait_until("the ReplicaSet recreated with 3 ready pods", || c.ok(&["get", "rs", "-l", "app=web", "-o", "jsonpath={.items[*].status.readyReplicas}"]) == "3");
+    // A rolling update, its history, and a rollback that reuses the first ReplicaSet.
+    c.ok(&["set", "image", "deploy/web", "nginx=nginx:1.27"]);
+    assert!(c.ok(&["rollout", "status", "deploy/web", "--timeout=60s"]).contains("successfully rolled out"));
+    wait_until("only new pods after the rollout", || {
+        c.ok(&["get", "pods", "-l", "app=web", "-o", "jsonpath={.items[*].spec.containers[0].image}"]).split(' ').all(|i| i == "nginx:1.27")
+    });
+    let history = c.ok(&["rollout", "history", "deploy/web"]);
+    assert!(history.contains("1 ") && history.contains("2 "), "{history}");
+    c.ok(&["rollout", "undo", "deploy/web"]);
+    assert!(c.ok(&["rollout", "status", "deploy/web", "--timeout=60s"]).contains("successfully rolled out"));
+    assert_eq!(count(&c, &["get", "rs", "-l", "app=web", "-o", "name"]), 2, "the rollback reused the first ReplicaSet");
+    assert_eq!(c.ok(&["get", "deploy", "web", "-o", "jsonpath={.spec.template.spec.containers[0].image}"]), "nginx");
+    // Scale.
+    c.ok(&["scale", "deploy/web", "--replicas=5"]);
+    wait_until("5 available", || c.ok(&["get", "deploy", "web", "-o", "jsonpath={.status.availableReplicas}"]) == "5");
+    // Pause: a template change waits for resume.
+    c.ok(&["rollout", "pause", "deploy/web"]);
+    c.ok(&["set", "image", "deploy/web", "nginx=nginx:2"]);
+    assert_eq!(count(&c, &["get", "rs", "-l", "app=web", "-o", "name"]), 2);
+    c.ok(&["rollout", "resume", "deploy/web"]);
+    assert!(c.ok(&["rollout", "status", "deploy/web", "--timeout=60s"]).contains("successfully rolled out"));
+    // Deleting the Deployment takes its ReplicaSets and pods (background propagation).
+    c.ok(&["delete", "deploy", "web"]);
+    wait_until("no ReplicaSets or pods left", || count(&c, &["get", "rs,pods", "-o", "name"]) == 0);
+}
+
+#[test]
+fn orphan_and_foreground_deletion() {
+    let c = Cluster::start_with(tempfile::tempdir().unwrap(), &["--hollow-nodes", "2", "--no-local-node"]);
+    c.ok(&["create", "deployment", "kept", "--image=nginx", "--replicas=2"]);
+    c.ok(&["rollout", "status", "deploy/kept", "--timeout=60s"]);
+    c.ok(&["delete", "deploy", "kept", "--cascade=orphan"]);
+    wait_until("the deployment gone and its ReplicaSet orphaned", || {
+        c.kubectl_with(KUBECTL, &["get", "deploy", "kept"]).status.success() == false
+            && c.ok(&["get", "rs", "-l", "app=kept", "-o", "jsonpath={.items[*].metadata.ownerReferences}"]).trim().is_empty()
+    });
+    assert_eq!(count(&c, &["get", "pods", "-l", "app=kept", "-o", "name"]), 2, "orphaned pods stay");
+    // Foreground: the pods go first, then the ReplicaSet.
+    let rs = c.ok(&["get", "rs", "-l", "app=kept", "-o", "name"]).trim().to_string();
+    c.ok(&["delete", &rs, "--cascade=foreground", "--timeout=60s"]);
+    wait_until("the ReplicaSet and its pods gone", || count(&c, &["get", "rs,pods", "-o", "name"]) == 0);
+}
+
+#[test]
+fn services_get_endpoints_and_namespaces_a_default_service_account() {
+    let c = Cluster::start_with(tempfile::tempdir().unwrap(), &["--hollow-nodes", "2", "--no-local-node"]);
+    c.ok(&["create", "namespace", "team"]);
+    wait_until("the default ServiceAccount in team", || c.kubectl_with(KUBECTL, &["get", "sa", "default", "-n", "team"]).status.success());
+    c.ok(&["create", "deployment", "api", "--image=nginx", "--replicas=2", "--port=8080"]);
+    c.ok(&["expose", "deployment", "api", "--port=80", "--target-port=8080"]);
+    c.ok(&["rollout", "status", "deploy/api", "--timeout=60s"]);
+    wait_until("2 ready addresses in the Endpoints and the EndpointSlice", || {
+        let ips = c.ok(&["get", "endpoints", "api", "-o", "jsonpath={.subsets[0].addresses[*].ip}"]);
+        let slice = c.ok(&["get", "endpointslices", "-l", "kubernetes.io/service-name=api", "-o", "jsonpath={.items[0].endpoints[*].conditions.ready}"]);
+        ips.split_whitespace().count() == 2 && slice == "true true"
+    });
+    assert_eq!(c.ok(&["get", "endpoints", "api", "-o", "jsonpath={.subsets[0].ports[0].port}"]), "8080");
+}
+
+#[test]
+fn an_unreachable_node_is_tainted_its_pods_evicted_and_it_recovers() {
+    let c = Cluster::start_with(tempfile::tempdir().unwrap(), &["--no-local-node", "--node-monitor-grace-seconds", "2"]);
+    // A node object with no kubelet behind it: its lease is never renewed.
+    let f = c.write(
+        "node.yaml",
+        "apiVersion: v1\nkind: Node\nmetadata: {name: ghost}\nstatus:\n  allocatable: {cpu: '4', memory: 8Gi, pods: '10'}\n  capacity: {cpu: '4', memory: 8Gi, pods: '10'}\n  conditions: [{type: Ready, status: 'True', reason: KubeletReady}]\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: stranded}\nspec:\n  nodeName: ghost\n  tolerations: [{key: node.kubernetes.io/unreachable, operator: Exists, effect: NoExecute, tolerationSeconds: 1}]\n  containers: [{name: c, image: nginx}]\n",
+    );
+    c.ok(&["apply", "-f", path_str(&f)]);
+    wait_until("ghost Ready=Unknown with the unreachable taint", || {
+        c.ok(&["get", "node", "ghost", "-o", "jsonpath={.status.conditions[?(@.type==\"Ready\")].status} {.spec.taints[*].key}"]).starts_with("Unknown node.kubernetes.io/unreachable")
+    });
+    wait_until("the stranded pod evicted after its 1 s toleration", || {
+        c.kubectl_with(KUBECTL, &["get", "pod", "stranded", "-o", "jsonpath={.metadata.deletionTimestamp}"]).stdout.len() > 2
+            || !c.kubectl_with(KUBECTL, &["get", "pod", "stranded"]).status.success()
+    });
+    // The lease comes back: the taint goes.
+    let renew = {
+        let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() + 30;
+        let out = Command::new("date").args(["-u", "-d", &format!("@{t}"), "+%Y-%m-%dT%H:%M:%S.000000Z"]).output().unwrap();
+        String::from_utf8(out.stdout).unwrap().trim().to_string()
+    };
+    let f = c.write("lease.yaml", &format!("apiVersion: coordination.k8s.io/v1\nkind: Lease\nmetadata: {{name: ghost, namespace: kube-node-lease}}\nspec: {{holderIdentity: ghost, leaseDurationSeconds: 40, renewTime: \"{renew}\"}}\n"));
+    c.ok(&["apply", "-f", path_str(&f)]);
+    wait_until("the unreachable taint removed", || c.ok(&["get", "node", "ghost", "-o", "jsonpath={.spec.taints}"]).trim().is_empty());
+}
+
+#[test]
+fn two_controller_processes_elect_one_leader_and_fail_over() {
+    let c = Cluster::start_with(tempfile::tempdir().unwrap(), &["--no-controllers", "--hollow-nodes", "1", "--no-local-node"]);
+    let server = format!("http://{}", c.addr);
+    let start = |id: &str| {
+        Command::new(env!("CARGO_BIN_EXE_capstan"))
+            .args(["controllers", "--server", &server, "--listen", "127.0.0.1:0", "--identity", id, "--log-level", "warn"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let mut a = start("a");
+    wait_until("a to lead", || c.ok(&["get", "lease", "-n", "kube-system", "capstan-controller-manager", "-o", "jsonpath={.spec.holderIdentity}"]) == "a");
+    let mut b = start("b");
+    c.ok(&["create", "deployment", "led", "--image=nginx", "--replicas=1"]);
+    c.ok(&["rollout", "status", "deploy/led", "--timeout=60s"]);
+    assert_eq!(c.ok(&["get", "lease", "-n", "kube-system", "capstan-controller-manager", "-o", "jsonpath={.spec.holderIdentity}"]), "a", "b waits");
+    let _ = a.kill();
+    let _ = a.wait();
+    wait_until("b to take over after the lease expires", || c.ok(&["get", "lease", "-n", "kube-system", "capstan-controller-manager", "-o", "jsonpath={.spec.holderIdentity}"]) == "b");
+    c.ok(&["scale", "deploy/led", "--replicas=2"]);
+    wait_until("b's controllers to scale the deployment", || c.ok(&["get", "deploy", "led", "-o", "jsonpath={.status.availableReplicas}"]) == "2");
+    let _ = b.kill();
+    let _ = b.wait();
+}
