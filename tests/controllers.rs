@@ -139,3 +139,66 @@ fn two_controller_processes_elect_one_leader_and_fail_over() {
     let _ = b.kill();
     let _ = b.wait();
 }
+
+#[test]
+fn jobs_daemonsets_and_statefulsets() {
+    let c = Cluster::start_with(tempfile::tempdir().unwrap(), &["--hollow-nodes", "3", "--no-local-node"]);
+    let f = c.write(
+        "w.yaml",
+        r#"apiVersion: batch/v1
+kind: Job
+metadata: {name: pi}
+spec:
+  completions: 3
+  parallelism: 2
+  ttlSecondsAfterFinished: 1
+  template:
+    metadata:
+      annotations: {hollow.capstan.io/run-seconds: "0.2"}
+    spec:
+      restartPolicy: Never
+      containers: [{name: c, image: busybox}]
+---
+apiVersion: apps/v1
+kind: DaemonSet
+metadata: {name: agent}
+spec:
+  selector: {matchLabels: {app: agent}}
+  template:
+    metadata: {labels: {app: agent}}
+    spec:
+      containers: [{name: c, image: busybox}]
+---
+apiVersion: apps/v1
+kind: StatefulSet
+metadata: {name: db}
+spec:
+  serviceName: db
+  replicas: 3
+  selector: {matchLabels: {app: db}}
+  template:
+    metadata: {labels: {app: db}}
+    spec:
+      containers: [{name: c, image: busybox}]
+"#,
+    );
+    c.ok(&["apply", "-f", path_str(&f)]);
+    c.ok(&["wait", "--for=condition=complete", "job/pi", "--timeout=60s"]);
+    // ttlSecondsAfterFinished: the finished Job and its pods go.
+    wait_until("the finished job removed after its ttl", || !c.kubectl_with(KUBECTL, &["get", "job", "pi"]).status.success());
+    wait_until("the job's pods removed", || count(&c, &["get", "pods", "-l", "job-name=pi", "-o", "name"]) == 0);
+    assert!(c.ok(&["rollout", "status", "ds/agent", "--timeout=60s"]).contains("successfully rolled out"));
+    let nodes = c.ok(&["get", "pods", "-l", "app=agent", "-o", "jsonpath={.items[*].spec.nodeName}"]);
+    let mut n: Vec<&str> = nodes.split(' ').collect();
+    n.sort();
+    assert_eq!(n, ["hollow-0", "hollow-1", "hollow-2"], "one daemon pod per node");
+    assert!(c.ok(&["rollout", "status", "sts/db", "--timeout=60s"]).contains("roll"));
+    assert_eq!(c.ok(&["get", "pods", "-l", "app=db", "-o", "jsonpath={.items[*].metadata.name}"]), "db-0 db-1 db-2");
+    // Scaling down removes the highest ordinals.
+    c.ok(&["scale", "sts/db", "--replicas=1"]);
+    wait_until("db scaled down to db-0", || c.ok(&["get", "pods", "-l", "app=db", "-o", "jsonpath={.items[*].metadata.name}"]) == "db-0");
+    // A new node gets a daemon pod.
+    let f = c.write("node.yaml", "apiVersion: v1\nkind: Node\nmetadata: {name: extra}\nstatus:\n  allocatable: {cpu: '4', memory: 8Gi, pods: '10'}\n");
+    c.ok(&["apply", "-f", path_str(&f)]);
+    wait_until("a daemon pod for the new node", || c.ok(&["get", "pods", "-l", "app=agent", "-o", "jsonpath={.items[*].spec.nodeName}"]).contains("extra"));
+}

@@ -240,6 +240,13 @@ pub fn default(info: &ResourceInfo, obj: &mut Value) {
                     set_default(spec, "progressDeadlineSeconds", json!(600));
                     set_default(spec, "strategy", json!({"type": "RollingUpdate", "rollingUpdate": {"maxSurge": "25%", "maxUnavailable": "25%"}}));
                 }
+                if info.kind == "DaemonSet" {
+                    set_default(spec, "updateStrategy", json!({"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 1, "maxSurge": 0}}));
+                }
+                if info.kind == "StatefulSet" {
+                    set_default(spec, "updateStrategy", json!({"type": "RollingUpdate", "rollingUpdate": {"partition": 0}}));
+                    set_default(spec, "podManagementPolicy", json!("OrderedReady"));
+                }
                 if let Some(ps) = spec.get_mut("template").and_then(|t| t.get_mut("spec")) {
                     default_pod_spec(ps);
                 }

@@ -15,5 +15,6 @@ pub mod leader;
 pub mod podutil;
 pub mod replicaset;
 pub mod run;
+pub mod workloads;
 
 pub use run::Controllers;

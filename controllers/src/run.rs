@@ -46,6 +46,9 @@ struct Ctx {
     services: Arc<Informer>,
     endpoints: Arc<Informer>,
     slices: Arc<Informer>,
+    jobs: Arc<Informer>,
+    daemonsets: Arc<Informer>,
+    statefulsets: Arc<Informer>,
     exp: Expectations,
     events: Recorder,
     settings: Settings,
@@ -143,6 +146,9 @@ impl Controllers {
             services: inf.get("/api/v1/services"),
             endpoints: inf.get("/api/v1/endpoints"),
             slices: inf.get("/apis/discovery.k8s.io/v1/endpointslices"),
+            jobs: inf.get("/apis/batch/v1/jobs"),
+            daemonsets: inf.get("/apis/apps/v1/daemonsets"),
+            statefulsets: inf.get("/apis/apps/v1/statefulsets"),
             exp: Expectations::default(),
             events: Recorder::start(c.clone(), "controller-manager", String::new()),
             settings,
@@ -153,6 +159,39 @@ impl Controllers {
         let gcq = WorkQueue::new("garbagecollector");
         let saq = WorkQueue::new("serviceaccount");
         let epq = WorkQueue::new("endpoints");
+        let jobq = WorkQueue::new("job");
+        let dsq = WorkQueue::new("daemonset");
+        let stsq = WorkQueue::new("statefulset");
+        for (inf_, q, kind) in [(ctx.jobs.clone(), jobq.clone(), "Job"), (ctx.daemonsets.clone(), dsq.clone(), "DaemonSet"), (ctx.statefulsets.clone(), stsq.clone(), "StatefulSet")] {
+            let q1 = q.clone();
+            inf_.on_change(move |ch| {
+                let v = match ch {
+                    Change::Added(v) | Change::Deleted(v) => v,
+                    Change::Modified { new, .. } => new,
+                };
+                q1.add(key_of(v));
+            });
+            ctx.pods.on_change(move |ch| {
+                let v = match ch {
+                    Change::Added(v) | Change::Deleted(v) => v,
+                    Change::Modified { new, .. } => new,
+                };
+                if let Some(k) = owner_key(v, kind) {
+                    q.add(k);
+                }
+            });
+        }
+        {
+            let (q, x) = (dsq.clone(), Arc::downgrade(&ctx));
+            ctx.nodes.on_change(move |ch| {
+                let Some(ctx) = x.upgrade() else { return };
+                if matches!(ch, Change::Added(_) | Change::Deleted(_) | Change::Modified { .. }) {
+                    for d in ctx.daemonsets.list() {
+                        q.add(key_of(&d));
+                    }
+                }
+            });
+        }
         // ReplicaSet: its own changes and its pods'.
         {
             let q = rsq.clone();
@@ -213,7 +252,14 @@ impl Controllers {
         }
         // Garbage collection: dependents whose owners may be gone, owners being deleted
         // with a propagation finalizer.
-        for (kind, inf_) in [("Pod", ctx.pods.clone()), ("ReplicaSet", ctx.rs.clone()), ("Deployment", ctx.deploy.clone())] {
+        for (kind, inf_) in [
+            ("Pod", ctx.pods.clone()),
+            ("ReplicaSet", ctx.rs.clone()),
+            ("Deployment", ctx.deploy.clone()),
+            ("Job", ctx.jobs.clone()),
+            ("DaemonSet", ctx.daemonsets.clone()),
+            ("StatefulSet", ctx.statefulsets.clone()),
+        ] {
             let q = gcq.clone();
             let x = Arc::downgrade(&ctx);
             inf_.on_change(move |ch| {
@@ -230,7 +276,7 @@ impl Controllers {
                         // A dependent going away may finish an owner's foreground deletion.
                         if v["metadata"].get("deletionTimestamp").is_some() {
                             for o in client::informer::owners(v) {
-                                for (ok, oinf) in [("ReplicaSet", &ctx.rs), ("Deployment", &ctx.deploy)] {
+                                for (ok, oinf) in ctx.owner_informers() {
                                     if let Some(owner) = oinf.get_by_uid(o) {
                                         q.add(format!("own|{ok}|{}", key_of(&owner)));
                                     }
@@ -240,13 +286,13 @@ impl Controllers {
                     }
                     Change::Deleted(v) => {
                         let uid = v["metadata"]["uid"].as_str().unwrap_or("");
-                        for (dk, dinf) in [("Pod", &ctx.pods), ("ReplicaSet", &ctx.rs)] {
+                        for (dk, dinf) in ctx.dependent_informers() {
                             for d in dinf.owned_by(uid) {
                                 q.add(format!("dep|{dk}|{}", key_of(&d)));
                             }
                         }
                         for o in client::informer::owners(v) {
-                            for (ok, oinf) in [("ReplicaSet", &ctx.rs), ("Deployment", &ctx.deploy)] {
+                            for (ok, oinf) in ctx.owner_informers() {
                                 if let Some(owner) = oinf.get_by_uid(o) {
                                     q.add(format!("own|{ok}|{}", key_of(&owner)));
                                 }
@@ -303,9 +349,12 @@ impl Controllers {
         spawn_workers(&ctx, &gcq, 2, &mut tasks, |ctx, key| async move { sync_gc(&ctx, &key).await });
         spawn_workers(&ctx, &saq, 1, &mut tasks, |ctx, key| async move { sync_serviceaccount(&ctx, &key).await });
         spawn_workers(&ctx, &epq, 2, &mut tasks, |ctx, key| async move { sync_endpoints(&ctx, &key).await });
+        spawn_workers(&ctx, &jobq, 2, &mut tasks, |ctx, key| async move { sync_job(&ctx, &key).await });
+        spawn_workers(&ctx, &dsq, 2, &mut tasks, |ctx, key| async move { sync_daemonset(&ctx, &key).await });
+        spawn_workers(&ctx, &stsq, 2, &mut tasks, |ctx, key| async move { sync_statefulset(&ctx, &key).await });
         let x = ctx.clone();
         tasks.push(tokio::spawn(async move { node_lifecycle(x).await }));
-        Controllers { _informers: inf, queues: vec![rsq, dq, gcq, saq, epq], ctx, tasks }
+        Controllers { _informers: inf, queues: vec![rsq, dq, gcq, saq, epq, jobq, dsq, stsq], ctx, tasks }
     }
 
     /// Queue depth, adds, retries and work duration per controller, for `/metrics`.
@@ -571,11 +620,24 @@ async fn sync_deployment(ctx: &Ctx, key: &str) -> Res {
 
 // ---------------------------------------------------------------- garbage collection
 
+impl Ctx {
+    fn owner_informers(&self) -> [(&'static str, &Arc<Informer>); 5] {
+        [("ReplicaSet", &self.rs), ("Deployment", &self.deploy), ("Job", &self.jobs), ("DaemonSet", &self.daemonsets), ("StatefulSet", &self.statefulsets)]
+    }
+
+    fn dependent_informers(&self) -> [(&'static str, &Arc<Informer>); 3] {
+        [("Pod", &self.pods), ("ReplicaSet", &self.rs), ("Job", &self.jobs)]
+    }
+}
+
 fn informer_for<'a>(ctx: &'a Ctx, kind: &str) -> Option<&'a Arc<Informer>> {
     match kind {
         "Pod" => Some(&ctx.pods),
         "ReplicaSet" => Some(&ctx.rs),
         "Deployment" => Some(&ctx.deploy),
+        "Job" => Some(&ctx.jobs),
+        "DaemonSet" => Some(&ctx.daemonsets),
+        "StatefulSet" => Some(&ctx.statefulsets),
         _ => None,
     }
 }
@@ -583,7 +645,10 @@ fn informer_for<'a>(ctx: &'a Ctx, kind: &str) -> Option<&'a Arc<Informer>> {
 fn api_path(kind: &str, ns: &str, name: &str) -> String {
     match kind {
         "Pod" => format!("/api/v1/namespaces/{ns}/pods/{name}"),
+        "Job" => format!("/apis/batch/v1/namespaces/{ns}/jobs/{name}"),
         "ReplicaSet" => format!("/apis/apps/v1/namespaces/{ns}/replicasets/{name}"),
+        "DaemonSet" => format!("/apis/apps/v1/namespaces/{ns}/daemonsets/{name}"),
+        "StatefulSet" => format!("/apis/apps/v1/namespaces/{ns}/statefulsets/{name}"),
         _ => format!("/apis/apps/v1/namespaces/{ns}/deployments/{name}"),
     }
 }
@@ -595,7 +660,7 @@ async fn sync_gc(ctx: &Ctx, key: &str) -> Res {
     let Some(obj) = inf.get(okey) else { return Ok(None) };
     let (ns, name) = split(okey);
     // Owners of kinds this collector does not watch are assumed to exist.
-    for i in [&ctx.pods, &ctx.rs, &ctx.deploy] {
+    for i in [&ctx.pods, &ctx.rs, &ctx.deploy, &ctx.jobs, &ctx.daemonsets, &ctx.statefulsets] {
         if !i.has_synced() {
             return Ok(Some(Duration::from_secs(1)));
         }
@@ -631,7 +696,7 @@ async fn sync_gc(ctx: &Ctx, key: &str) -> Res {
     // An owner being deleted with a propagation finalizer.
     let uid = obj["metadata"]["uid"].as_str().unwrap_or("").to_string();
     let finalizers: Vec<String> = obj["metadata"]["finalizers"].as_array().into_iter().flatten().filter_map(|f| f.as_str().map(String::from)).collect();
-    let deps: Vec<(&str, Arc<Value>)> = [("Pod", &ctx.pods), ("ReplicaSet", &ctx.rs)].iter().flat_map(|(k, i)| i.owned_by(&uid).into_iter().map(move |d| (*k, d))).collect();
+    let deps: Vec<(&str, Arc<Value>)> = ctx.dependent_informers().iter().flat_map(|(k, i)| i.owned_by(&uid).into_iter().map(move |d| (*k, d))).collect();
     let mut remaining = finalizers.clone();
     if finalizers.iter().any(|f| f == "orphan") {
         for (k, dv) in &deps {
@@ -848,3 +913,231 @@ async fn node_lifecycle(ctx: Arc<Ctx>) {
     }
 }
 
+
+// ---------------------------------------------------------------- Job, DaemonSet, StatefulSet
+
+use crate::workloads::{self, JobStep, SetStep};
+
+fn owned_pods(ctx: &Ctx, uid: &str) -> Vec<Arc<Value>> {
+    ctx.pods.owned_by(uid).into_iter().filter(|p| controller_of(p).is_some_and(|o| o["uid"] == uid)).collect()
+}
+
+fn pod_for(owner: &Value, api_version: &str, kind: &str, name: Option<String>) -> Value {
+    let t = &owner["spec"]["template"];
+    let mut meta = if t["metadata"].is_object() { t["metadata"].clone() } else { json!({}) };
+    let oname = owner["metadata"]["name"].as_str().unwrap_or("");
+    match name {
+        Some(n) => meta["name"] = json!(n),
+        None => meta["generateName"] = json!(format!("{oname}-")),
+    }
+    meta["namespace"] = owner["metadata"]["namespace"].clone();
+    meta["ownerReferences"] = json!([{"apiVersion": api_version, "kind": kind, "name": oname, "uid": owner["metadata"]["uid"], "controller": true, "blockOwnerDeletion": true}]);
+    if let Some(m) = meta.as_object_mut() {
+        m.remove("creationTimestamp");
+    }
+    json!({"apiVersion": "v1", "kind": "Pod", "metadata": meta, "spec": t["spec"]})
+}
+
+async fn create_pods(ctx: &Ctx, ns: &str, pods: Vec<Value>) -> Result<(), String> {
+    let path = format!("/api/v1/namespaces/{ns}/pods");
+    for r in futures_util::future::join_all(pods.iter().map(|p| ctx.c.post(&path, p))).await {
+        match r {
+            Ok(_) | Err(ClientError::Status { code: 409, .. }) => {}
+            Err(e) => return Err(err(e)),
+        }
+    }
+    Ok(())
+}
+
+async fn patch_status(ctx: &Ctx, path: String, cur: &Value, status: Value) -> Result<(), String> {
+    let changed = status.as_object().into_iter().flatten().any(|(k, v)| cur[k] != *v);
+    if !changed {
+        return Ok(());
+    }
+    match ctx.c.merge_patch_quiet(&path, &json!({"status": status})).await {
+        Ok(()) | Err(ClientError::Status { code: 404, .. }) => Ok(()),
+        Err(e) => Err(err(e)),
+    }
+}
+
+async fn sync_job(ctx: &Ctx, key: &str) -> Res {
+    let Some(job) = ctx.jobs.get(key) else { return Ok(None) };
+    let (ns, name) = split(key);
+    let path = format!("/apis/batch/v1/namespaces/{ns}/jobs/{name}");
+    let finished_at = job["status"]["conditions"].as_array().into_iter().flatten().find(|c| (c["type"] == "Complete" || c["type"] == "Failed") && c["status"] == "True").and_then(|c| podutil::ts(&c["lastTransitionTime"]));
+    if let Some(done) = finished_at {
+        // ttlSecondsAfterFinished: the Job (and through GC its pods) goes when it expires.
+        if let Some(ttl) = job["spec"]["ttlSecondsAfterFinished"].as_i64() {
+            let left = done + ttl - now_unix();
+            if left <= 0 {
+                let _ = ctx.c.delete(&path, &json!({"propagationPolicy": "Background"})).await;
+                return Ok(None);
+            }
+            return Ok(Some(Duration::from_secs(left as u64)));
+        }
+        return Ok(None);
+    }
+    if job["metadata"].get("deletionTimestamp").is_some() || job["spec"]["suspend"].as_bool() == Some(true) {
+        return Ok(None);
+    }
+    let pods = owned_pods(ctx, job["metadata"]["uid"].as_str().unwrap_or(""));
+    let start = podutil::ts(&job["status"]["startTime"]).unwrap_or(now_unix());
+    let step = workloads::job_step(&job, &pods, now_unix() - start);
+    let (active, succeeded, failed) = workloads::job_counts(&pods);
+    let mut status = json!({
+        "active": active, "succeeded": succeeded, "failed": failed,
+        "ready": pods.iter().filter(|p| is_active(p) && podutil::is_ready(p)).count(),
+        "startTime": job["status"]["startTime"].as_str().map(String::from).unwrap_or_else(now_rfc3339),
+    });
+    match step {
+        JobStep::Create(n) => {
+            let mut pod = pod_for(&job, "batch/v1", "Job", None);
+            pod["metadata"]["labels"]["batch.kubernetes.io/job-name"] = json!(name);
+            pod["metadata"]["labels"]["job-name"] = json!(name);
+            create_pods(ctx, ns, vec![pod; n]).await?;
+            status["active"] = json!(active + n as i64);
+        }
+        JobStep::Finish { complete, reason, message } => {
+            for p in pods.iter().filter(|p| is_active(p)) {
+                let _ = ctx.c.delete(&format!("/api/v1/namespaces/{ns}/pods/{}", p["metadata"]["name"].as_str().unwrap_or("")), &json!({})).await;
+            }
+            let t = now_rfc3339();
+            let ty = if complete { "Complete" } else { "Failed" };
+            let mut conds = vec![json!({"type": if complete { "SuccessCriteriaMet" } else { "FailureTarget" }, "status": "True", "reason": reason, "message": message, "lastProbeTime": t, "lastTransitionTime": t})];
+            conds.push(json!({"type": ty, "status": "True", "reason": reason, "message": message, "lastProbeTime": t, "lastTransitionTime": t}));
+            status["conditions"] = json!(conds);
+            status["active"] = json!(0);
+            if complete {
+                status["completionTime"] = json!(t);
+            }
+            ctx.events.pod(&job, None, !complete, if complete { "Completed" } else { reason }, format!("Job {}", if complete { "completed" } else { "failed" }));
+            patch_status(ctx, format!("{path}/status"), &job["status"], status).await?;
+            return Ok(job["spec"]["ttlSecondsAfterFinished"].as_i64().map(|t| Duration::from_secs(t.max(0) as u64)));
+        }
+        JobStep::Wait => {}
+    }
+    patch_status(ctx, format!("{path}/status"), &job["status"], status).await?;
+    Ok(job["spec"]["activeDeadlineSeconds"].as_i64().map(|d| Duration::from_secs((start + d - now_unix()).max(1) as u64)))
+}
+
+async fn sync_daemonset(ctx: &Ctx, key: &str) -> Res {
+    let Some(ds) = ctx.daemonsets.get(key) else { return Ok(None) };
+    if ds["metadata"].get("deletionTimestamp").is_some() {
+        return Ok(None);
+    }
+    let (ns, name) = split(key);
+    let hash = dep::template_hash(&ds["spec"]["template"]);
+    let pods: Vec<Arc<Value>> = owned_pods(ctx, ds["metadata"]["uid"].as_str().unwrap_or("")).into_iter().filter(|p| is_active(p)).collect();
+    let node_of = |p: &Value| -> String {
+        p["spec"]["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"][0]["matchFields"][0]["values"][0]
+            .as_str()
+            .or(p["spec"]["nodeName"].as_str())
+            .unwrap_or("")
+            .to_string()
+    };
+    let nodes = ctx.nodes.list();
+    let eligible: Vec<String> = nodes.iter().filter(|n| workloads::daemon_fits(&ds["spec"]["template"], n)).filter_map(|n| n["metadata"]["name"].as_str().map(String::from)).collect();
+    let mut create = Vec::new();
+    for n in &eligible {
+        if !pods.iter().any(|p| node_of(p) == *n) {
+            let mut pod = pod_for(&ds, "apps/v1", "DaemonSet", None);
+            pod["metadata"]["labels"]["controller-revision-hash"] = json!(hash);
+            pod["spec"]["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"] = json!({"nodeSelectorTerms": [{"matchFields": [{"key": "metadata.name", "operator": "In", "values": [n]}]}]});
+            let mut tol = pod["spec"]["tolerations"].as_array().cloned().unwrap_or_default();
+            for k in ["node.kubernetes.io/not-ready", "node.kubernetes.io/unreachable"] {
+                tol.push(json!({"key": k, "operator": "Exists", "effect": "NoExecute"}));
+            }
+            tol.push(json!({"key": "node.kubernetes.io/unschedulable", "operator": "Exists", "effect": "NoSchedule"}));
+            pod["spec"]["tolerations"] = json!(tol);
+            create.push(pod);
+        }
+    }
+    create_pods(ctx, ns, create).await?;
+    // Pods on nodes that no longer fit, and (RollingUpdate, one at a time) old-template pods.
+    let mut delete: Vec<&Arc<Value>> = pods.iter().filter(|p| !eligible.contains(&node_of(p))).collect();
+    let rolling = ds["spec"]["updateStrategy"]["type"].as_str().unwrap_or("RollingUpdate") == "RollingUpdate";
+    let outdated: Vec<&Arc<Value>> = pods.iter().filter(|p| p["metadata"]["labels"]["controller-revision-hash"] != hash.as_str()).collect();
+    let unavailable = pods.iter().filter(|p| !podutil::is_ready(p)).count();
+    if rolling && unavailable == 0
+        && let Some(p) = outdated.first()
+    {
+        delete.push(p);
+    }
+    for p in delete {
+        let _ = ctx.c.delete(&format!("/api/v1/namespaces/{ns}/pods/{}", p["metadata"]["name"].as_str().unwrap_or("")), &json!({})).await;
+    }
+    let on_eligible: Vec<&Arc<Value>> = pods.iter().filter(|p| eligible.contains(&node_of(p))).collect();
+    let status = json!({
+        "desiredNumberScheduled": eligible.len(),
+        "currentNumberScheduled": on_eligible.len(),
+        "numberMisscheduled": pods.len() - on_eligible.len(),
+        "numberReady": on_eligible.iter().filter(|p| podutil::is_ready(p)).count(),
+        "numberAvailable": on_eligible.iter().filter(|p| podutil::is_ready(p)).count(),
+        "numberUnavailable": eligible.len().saturating_sub(on_eligible.iter().filter(|p| podutil::is_ready(p)).count()),
+        "updatedNumberScheduled": on_eligible.iter().filter(|p| p["metadata"]["labels"]["controller-revision-hash"] == hash.as_str()).count(),
+        "observedGeneration": ds["metadata"]["generation"],
+    });
+    patch_status(ctx, format!("/apis/apps/v1/namespaces/{ns}/daemonsets/{name}/status"), &ds["status"], status).await?;
+    Ok(None)
+}
+
+async fn sync_statefulset(ctx: &Ctx, key: &str) -> Res {
+    let Some(sts) = ctx.statefulsets.get(key) else { return Ok(None) };
+    if sts["metadata"].get("deletionTimestamp").is_some() {
+        return Ok(None);
+    }
+    let (ns, name) = split(key);
+    let hash = dep::template_hash(&sts["spec"]["template"]);
+    let rev = format!("{name}-{hash}");
+    let all = owned_pods(ctx, sts["metadata"]["uid"].as_str().unwrap_or(""));
+    let pods: Vec<Arc<Value>> = all.iter().filter(|p| p["metadata"].get("deletionTimestamp").is_none()).cloned().collect();
+    let terminating = all.len() != pods.len();
+    let replicas = sts["spec"]["replicas"].as_i64().unwrap_or(1);
+    let parallel = sts["spec"]["podManagementPolicy"] == "Parallel";
+    if !terminating || parallel {
+        match workloads::set_step(name, replicas, parallel, &pods) {
+            SetStep::Create(ords) => {
+                let mk = |o: i64| {
+                    let pname = format!("{name}-{o}");
+                    let mut p = pod_for(&sts, "apps/v1", "StatefulSet", Some(pname.clone()));
+                    p["metadata"]["labels"]["statefulset.kubernetes.io/pod-name"] = json!(pname);
+                    p["metadata"]["labels"]["apps.kubernetes.io/pod-index"] = json!(o.to_string());
+                    p["metadata"]["labels"]["controller-revision-hash"] = json!(rev);
+                    p["spec"]["hostname"] = json!(pname);
+                    if let Some(svc) = sts["spec"]["serviceName"].as_str() {
+                        p["spec"]["subdomain"] = json!(svc);
+                    }
+                    p
+                };
+                create_pods(ctx, ns, ords.into_iter().map(mk).collect()).await?;
+            }
+            SetStep::Delete(names) => {
+                for n in names {
+                    let _ = ctx.c.delete(&format!("/api/v1/namespaces/{ns}/pods/{n}"), &json!({})).await;
+                }
+            }
+            SetStep::Wait => {
+                // RollingUpdate: the highest-ordinal pod of the old revision goes once all are
+                // ready; it comes back with the new template.
+                let rolling = sts["spec"]["updateStrategy"]["type"].as_str().unwrap_or("RollingUpdate") == "RollingUpdate";
+                let all_ready = pods.len() as i64 == replicas && pods.iter().all(|p| podutil::is_ready(p));
+                if rolling && all_ready
+                    && let Some(p) = pods.iter().filter(|p| p["metadata"]["labels"]["controller-revision-hash"] != rev.as_str()).max_by_key(|p| workloads::ordinal(name, p["metadata"]["name"].as_str().unwrap_or("")))
+                {
+                    let _ = ctx.c.delete(&format!("/api/v1/namespaces/{ns}/pods/{}", p["metadata"]["name"].as_str().unwrap_or("")), &json!({})).await;
+                }
+            }
+        }
+    }
+    let updated = pods.iter().filter(|p| p["metadata"]["labels"]["controller-revision-hash"] == rev.as_str()).count();
+    let ready = pods.iter().filter(|p| podutil::is_ready(p)).count();
+    let current_rev = if updated == pods.len() { rev.clone() } else { sts["status"]["currentRevision"].as_str().map(String::from).unwrap_or_else(|| rev.clone()) };
+    let status = json!({
+        "replicas": pods.len(), "readyReplicas": ready, "availableReplicas": ready,
+        "currentReplicas": if current_rev == rev { updated } else { pods.len() - updated },
+        "updatedReplicas": updated, "currentRevision": current_rev, "updateRevision": rev,
+        "observedGeneration": sts["metadata"]["generation"],
+    });
+    patch_status(ctx, format!("/apis/apps/v1/namespaces/{ns}/statefulsets/{name}/status"), &sts["status"], status).await?;
+    Ok(None)
+}
