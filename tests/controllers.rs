@@ -202,3 +202,22 @@ spec:
     c.ok(&["apply", "-f", path_str(&f)]);
     wait_until("a daemon pod for the new node", || c.ok(&["get", "pods", "-l", "app=agent", "-o", "jsonpath={.items[*].spec.nodeName}"]).contains("extra"));
 }
+
+#[test]
+fn a_deleted_namespace_is_terminating_until_it_is_empty() {
+    let c = Cluster::start_with(tempfile::tempdir().unwrap(), &["--hollow-nodes", "2", "--no-local-node"]);
+    c.ok(&["create", "namespace", "doomed"]);
+    c.ok(&["create", "deployment", "d", "--image=nginx", "--replicas=2", "-n", "doomed"]);
+    c.ok(&["rollout", "status", "deploy/d", "-n", "doomed", "--timeout=60s"]);
+    c.ok(&["create", "configmap", "cm", "-n", "doomed", "--from-literal=a=b"]);
+    c.ok(&["delete", "namespace", "doomed", "--wait=false"]);
+    // Terminating: nothing new may go in (or it is already gone).
+    let out = c.kubectl_with(KUBECTL, &["create", "configmap", "late", "-n", "doomed"]);
+    assert!(!out.status.success());
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(e.contains("because it is being terminated") || e.contains("not found"), "{e}");
+    wait_until("the namespace and everything in it gone", || {
+        !c.kubectl_with(KUBECTL, &["get", "namespace", "doomed"]).status.success()
+    });
+    assert_eq!(count(&c, &["get", "pods,rs,deploy,cm", "-n", "doomed", "-o", "name"]), 0);
+}

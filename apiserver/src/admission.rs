@@ -270,7 +270,14 @@ pub fn default(info: &ResourceInfo, obj: &mut Value) {
             }
         }
         "Namespace" => {
-            obj["status"] = json!({"phase": "Active"});
+            // The namespace controller's finalizer, as Kubernetes' registry sets it; a phase
+            // only when none is there (a Terminating namespace stays Terminating).
+            if obj["status"]["phase"].is_null() {
+                obj["status"] = json!({"phase": "Active"});
+            }
+            if obj["spec"]["finalizers"].is_null() {
+                obj["spec"]["finalizers"] = json!(["kubernetes"]);
+            }
         }
         "CustomResourceDefinition" => {
             // Names are accepted and the CRD established at once: this server serves its

@@ -313,6 +313,7 @@ impl Req<'_> {
             (Method::POST, true, Some("eviction")) => self.evict().await,
             (Method::PUT, true, None | Some("status")) => self.update().await,
             (Method::PUT, true, Some("scale")) => self.update_scale().await,
+            (Method::PUT, true, Some("finalize")) if self.info.kind == "Namespace" => self.finalize_namespace().await,
             (Method::PATCH, true, None | Some("status")) => self.patch().await,
             (Method::PATCH, true, Some("scale")) => self.patch_scale().await,
             (Method::DELETE, true, None) => self.delete().await,
@@ -803,7 +804,18 @@ impl Req<'_> {
         let Some(ns) = &self.namespace else { return Ok(()) };
         let key = format!("/registry/core/namespaces/{ns}");
         match self.st.store.get(key).await? {
-            Some(_) => Ok(()),
+            Some(kv) => {
+                // Nothing new goes into a namespace being deleted.
+                let v = Stored::parse(&kv.value).map_err(ApiError::internal)?.value_at(kv.mod_revision).map_err(ApiError::internal)?;
+                if v["metadata"].get("deletionTimestamp").is_some() && self.info.kind != "Event" {
+                    return Err(ApiError::forbidden(format!(
+                        "{} \"{}\" is forbidden: unable to create new content in namespace {ns} because it is being terminated",
+                        self.info.resource,
+                        self.name.as_deref().unwrap_or("")
+                    )));
+                }
+                Ok(())
+            }
             None => Err(ApiError::not_found("", "namespaces", ns)),
         }
     }
@@ -1044,7 +1056,8 @@ impl Req<'_> {
     /// Completes a write: an object being deleted whose last finalizer went away is removed.
     async fn finish_write(&self, key: &str, cur: &Current, next: Value) -> Result<Option<Response>, ApiError> {
         let deleting = next["metadata"].get("deletionTimestamp").is_some();
-        let no_finalizers = next["metadata"].get("finalizers").and_then(|f| f.as_array()).is_none_or(|a| a.is_empty());
+        let no_finalizers = next["metadata"].get("finalizers").and_then(|f| f.as_array()).is_none_or(|a| a.is_empty())
+            && (self.info.kind != "Namespace" || next["spec"]["finalizers"].as_array().is_none_or(|a| a.is_empty()));
         if deleting && no_finalizers {
             if self.cas_delete(key, cur.mod_revision).await? {
                 let s = Stored::parse(&encode_stored(&next)).map_err(ApiError::internal)?;
@@ -1233,18 +1246,55 @@ impl Req<'_> {
         Err(ApiError::conflict(self.info.group, self.info.resource, self.name()))
     }
 
-    /// Until the namespace controller exists, deleting a namespace deletes its contents
-    /// here, then the namespace.
+    /// Deleting a namespace marks it Terminating; the namespace controller deletes what is in
+    /// it and then finalizes it (`PUT .../finalize` with no `spec.finalizers`), which removes
+    /// it. Creating anything in it meanwhile is Forbidden.
     async fn delete_namespace(&self, cur: &Current) -> ApiResult {
-        let ns = self.name().to_string();
-        if !self.dry_run() {
-            for r in self.st.reg.all().iter().filter(|r| r.namespaced) {
-                self.st.store.delete(DeleteRequest { range: KeyRange::Prefix(Bytes::from(r.prefix(Some(&ns)))), prev_kv: false }).await?;
-            }
-            self.cas_delete(&self.key(), cur.mod_revision).await?;
+        if cur.obj["metadata"].get("deletionTimestamp").is_some() || self.dry_run() {
+            let s = Stored::parse(&encode_stored(&cur.obj)).map_err(ApiError::internal)?;
+            return Ok(self.respond_object(StatusCode::OK, &s, cur.mod_revision));
         }
-        let s = Stored::parse(&encode_stored(&cur.obj)).map_err(ApiError::internal)?;
-        Ok(self.respond_object(StatusCode::OK, &s, cur.mod_revision))
+        let mut next = cur.obj.clone();
+        meta_mut(&mut next).insert("deletionTimestamp".into(), json!(object::now_rfc3339()));
+        meta_mut(&mut next).insert("deletionGracePeriodSeconds".into(), json!(0));
+        meta_mut(&mut next).remove("resourceVersion");
+        next["status"]["phase"] = json!("Terminating");
+        let spec_finalizers = next["spec"]["finalizers"].as_array().is_some_and(|a| !a.is_empty());
+        let meta_finalizers = next["metadata"]["finalizers"].as_array().is_some_and(|a| !a.is_empty());
+        if !spec_finalizers && !meta_finalizers {
+            self.cas_delete(&self.key(), cur.mod_revision).await?;
+            let s = Stored::parse(&encode_stored(&next)).map_err(ApiError::internal)?;
+            return Ok(self.respond_object(StatusCode::OK, &s, cur.mod_revision));
+        }
+        match self.cas_put(&self.key(), cur.mod_revision, &next).await? {
+            Some((s, rev)) => Ok(self.respond_object(StatusCode::OK, &s, rev)),
+            None => Err(ApiError::conflict(self.info.group, self.info.resource, self.name())),
+        }
+    }
+
+    /// `PUT /api/v1/namespaces/{name}/finalize`: sets `spec.finalizers`; a Terminating
+    /// namespace with none left (and no metadata finalizers) is removed.
+    async fn finalize_namespace(&self) -> ApiResult {
+        let body: Value = parse_body(self.ctype, &self.body)?;
+        let key = self.key();
+        for _ in 0..CAS_RETRIES_MAX {
+            let cur = self.read(&key).await?.ok_or_else(|| self.not_found())?;
+            let mut next = cur.obj.clone();
+            next["spec"]["finalizers"] = body["spec"]["finalizers"].clone();
+            meta_mut(&mut next).remove("resourceVersion");
+            let empty = next["spec"]["finalizers"].as_array().is_none_or(|a| a.is_empty()) && next["metadata"]["finalizers"].as_array().is_none_or(|a| a.is_empty());
+            if empty && next["metadata"].get("deletionTimestamp").is_some() {
+                if self.cas_delete(&key, cur.mod_revision).await? {
+                    let s = Stored::parse(&encode_stored(&next)).map_err(ApiError::internal)?;
+                    return Ok(self.respond_object(StatusCode::OK, &s, cur.mod_revision));
+                }
+                continue;
+            }
+            if let Some((s, rev)) = self.cas_put(&key, cur.mod_revision, &next).await? {
+                return Ok(self.respond_object(StatusCode::OK, &s, rev));
+            }
+        }
+        Err(ApiError::conflict(self.info.group, self.info.resource, self.name()))
     }
 
     async fn delete_collection(&self) -> ApiResult {

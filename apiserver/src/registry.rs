@@ -204,7 +204,7 @@ pub fn builtin() -> Vec<ResourceInfo> {
         Subresource { name: "log", response: ("", "v1", "Pod"), verbs: &["get"] },
     ];
     vec![
-        info::<core::Namespace>(&["ns"], &[status_of!(core::Namespace)], true),
+        info::<core::Namespace>(&["ns"], &[status_of!(core::Namespace), Subresource { name: "finalize", response: ("", "v1", "Namespace"), verbs: &["update"] }], true),
         info::<core::Pod>(&["po"], POD_SUBS, true),
         info::<core::Node>(&["no"], &[status_of!(core::Node)], true),
         info::<core::Service>(&["svc"], &[status_of!(core::Service)], true),

@@ -162,6 +162,17 @@ impl Controllers {
         let jobq = WorkQueue::new("job");
         let dsq = WorkQueue::new("daemonset");
         let stsq = WorkQueue::new("statefulset");
+        let nsq = WorkQueue::new("namespace");
+        {
+            let q = nsq.clone();
+            ctx.namespaces.on_change(move |ch| {
+                if let Change::Added(v) | Change::Modified { new: v, .. } = ch
+                    && v["metadata"].get("deletionTimestamp").is_some()
+                {
+                    q.add(key_of(v));
+                }
+            });
+        }
         for (inf_, q, kind) in [(ctx.jobs.clone(), jobq.clone(), "Job"), (ctx.daemonsets.clone(), dsq.clone(), "DaemonSet"), (ctx.statefulsets.clone(), stsq.clone(), "StatefulSet")] {
             let q1 = q.clone();
             inf_.on_change(move |ch| {
@@ -349,12 +360,13 @@ impl Controllers {
         spawn_workers(&ctx, &gcq, 2, &mut tasks, |ctx, key| async move { sync_gc(&ctx, &key).await });
         spawn_workers(&ctx, &saq, 1, &mut tasks, |ctx, key| async move { sync_serviceaccount(&ctx, &key).await });
         spawn_workers(&ctx, &epq, 2, &mut tasks, |ctx, key| async move { sync_endpoints(&ctx, &key).await });
+        spawn_workers(&ctx, &nsq, 2, &mut tasks, |ctx, key| async move { sync_namespace(&ctx, &key).await });
         spawn_workers(&ctx, &jobq, 2, &mut tasks, |ctx, key| async move { sync_job(&ctx, &key).await });
         spawn_workers(&ctx, &dsq, 2, &mut tasks, |ctx, key| async move { sync_daemonset(&ctx, &key).await });
         spawn_workers(&ctx, &stsq, 2, &mut tasks, |ctx, key| async move { sync_statefulset(&ctx, &key).await });
         let x = ctx.clone();
         tasks.push(tokio::spawn(async move { node_lifecycle(x).await }));
-        Controllers { _informers: inf, queues: vec![rsq, dq, gcq, saq, epq, jobq, dsq, stsq], ctx, tasks }
+        Controllers { _informers: inf, queues: vec![rsq, dq, gcq, saq, epq, jobq, dsq, stsq, nsq], ctx, tasks }
     }
 
     /// Queue depth, adds, retries and work duration per controller, for `/metrics`.
@@ -1140,4 +1152,57 @@ async fn sync_statefulset(ctx: &Ctx, key: &str) -> Res {
     });
     patch_status(ctx, format!("/apis/apps/v1/namespaces/{ns}/statefulsets/{name}/status"), &sts["status"], status).await?;
     Ok(None)
+}
+
+// ---------------------------------------------------------------- Namespace
+
+/// Collection paths (without the namespace part filled in) of every namespaced resource the
+/// server serves that can be deleted as a collection, from discovery.
+async fn namespaced_collections(c: &Client) -> Result<Vec<(String, String)>, String> {
+    let mut gvs = vec!["/api/v1".to_string()];
+    let groups = c.get("/apis").await.map_err(err)?;
+    for g in groups["groups"].as_array().into_iter().flatten() {
+        if let Some(gv) = g["preferredVersion"]["groupVersion"].as_str() {
+            gvs.push(format!("/apis/{gv}"));
+        }
+    }
+    let mut out = Vec::new();
+    for gv in gvs {
+        let Ok(list) = c.get(&gv).await else { continue };
+        for r in list["resources"].as_array().into_iter().flatten() {
+            let name = r["name"].as_str().unwrap_or("");
+            let deletable = r["verbs"].as_array().is_some_and(|v| v.iter().any(|x| x == "deletecollection"));
+            if r["namespaced"].as_bool() == Some(true) && !name.contains('/') && deletable {
+                out.push((gv.clone(), name.to_string()));
+            }
+        }
+    }
+    Ok(out)
+}
+
+async fn sync_namespace(ctx: &Ctx, ns: &str) -> Res {
+    let Some(n) = ctx.namespaces.get(ns) else { return Ok(None) };
+    if n["metadata"].get("deletionTimestamp").is_none() {
+        return Ok(None);
+    }
+    let collections = namespaced_collections(&ctx.c).await?;
+    let mut remaining = 0;
+    for (gv, res) in &collections {
+        let path = format!("{gv}/namespaces/{ns}/{res}");
+        match ctx.c.delete(&path, &json!({"propagationPolicy": "Background"})).await {
+            Ok(_) | Err(ClientError::Status { code: 404 | 405, .. }) => {}
+            Err(e) => return Err(err(e)),
+        }
+        if let Ok(left) = ctx.c.get(&format!("{path}?limit=1")).await {
+            remaining += left["items"].as_array().map_or(0, |a| a.len());
+        }
+    }
+    if remaining > 0 {
+        return Ok(Some(Duration::from_secs(1)));
+    }
+    let body = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}, "spec": {"finalizers": []}});
+    match ctx.c.put(&format!("/api/v1/namespaces/{ns}/finalize"), &body).await {
+        Ok(_) | Err(ClientError::Status { code: 404, .. }) => Ok(None),
+        Err(e) => Err(err(e)),
+    }
 }
