@@ -221,3 +221,25 @@ fn a_deleted_namespace_is_terminating_until_it_is_empty() {
     });
     assert_eq!(count(&c, &["get", "pods,rs,deploy,cm", "-n", "doomed", "-o", "name"]), 0);
 }
+
+#[test]
+fn drain_respects_pod_disruption_budgets() {
+    let c = Cluster::start_with(tempfile::tempdir().unwrap(), &["--hollow-nodes", "2", "--no-local-node"]);
+    c.ok(&["create", "deployment", "app", "--image=nginx", "--replicas=2"]);
+    c.ok(&["rollout", "status", "deploy/app", "--timeout=60s"]);
+    c.ok(&["create", "poddisruptionbudget", "app", "--selector=app=app", "--min-available=2"]);
+    wait_until("the budget computed", || c.ok(&["get", "pdb", "app", "-o", "jsonpath={.status.currentHealthy}/{.status.disruptionsAllowed}"]) == "2/0");
+    let node = c.ok(&["get", "pods", "-l", "app=app", "-o", "jsonpath={.items[0].spec.nodeName}"]);
+    let out = c.kubectl_with(KUBECTL, &["drain", &node, "--ignore-daemonsets", "--timeout=3s"]);
+    assert!(!out.status.success());
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(e.contains("disruption budget"), "{e}");
+    // With room for one disruption, the drain goes through and the pods move.
+    c.ok(&["patch", "pdb", "app", "--type=merge", "-p", r#"{"spec":{"minAvailable":1}}"#]);
+    wait_until("one disruption allowed", || c.ok(&["get", "pdb", "app", "-o", "jsonpath={.status.disruptionsAllowed}"]) == "1");
+    c.ok(&["drain", &node, "--ignore-daemonsets", "--timeout=60s"]);
+    wait_until("both pods on the other node and available", || {
+        let nodes = c.ok(&["get", "pods", "-l", "app=app", "--field-selector=status.phase=Running", "-o", "jsonpath={.items[*].spec.nodeName}"]);
+        nodes.split_whitespace().count() == 2 && !nodes.contains(&node)
+    });
+}

@@ -1408,11 +1408,68 @@ impl Req<'_> {
 
     /// `pods/eviction`: deletes the pod (PodDisruptionBudgets are honoured with the
     /// controllers issue).
+    /// The eviction subresource: a graceful delete that a PodDisruptionBudget may refuse
+    /// (429, as Kubernetes answers, so `kubectl drain` retries). An allowed eviction spends one
+    /// of the budget's `disruptionsAllowed` (compare-and-swap on the budget) and is recorded in
+    /// its `disruptedPods` until the disruption controller sees the pod go.
     async fn evict(&self) -> ApiResult {
-        let _ = self.parse_body()?;
+        let body = self.parse_body()?;
         let key = self.key();
         let cur = self.read(&key).await?.ok_or_else(|| self.not_found())?;
-        self.cas_delete(&key, cur.mod_revision).await?;
+        let pod = &cur.obj;
+        let phase = pod["status"]["phase"].as_str().unwrap_or("");
+        let ns = self.namespace.as_deref().unwrap_or("");
+        if phase != "Succeeded" && phase != "Failed" && pod["metadata"].get("deletionTimestamp").is_none() {
+            let prefix = format!("/registry/policy/poddisruptionbudgets/{ns}/");
+            let r = self.st.store.range(RangeRequest::prefix(prefix)).await?;
+            let mut matching = Vec::new();
+            for kv in &r.kvs {
+                let v = Stored::parse(&kv.value).map_err(ApiError::internal)?.value_at(kv.mod_revision).map_err(ApiError::internal)?;
+                if crate::selector::label_selector_matches(&v["spec"]["selector"], &pod["metadata"]["labels"]) {
+                    matching.push((kv.key.clone(), kv.mod_revision, v));
+                }
+            }
+            if matching.len() > 1 {
+                return Err(ApiError::internal("This pod has more than one PodDisruptionBudget, which the eviction subresource does not support."));
+            }
+            if let Some((pkey, rev, mut pdb)) = matching.pop() {
+                let allowed = pdb["status"]["disruptionsAllowed"].as_i64().unwrap_or(0);
+                let stale = pdb["status"]["observedGeneration"].as_i64().unwrap_or(0) < pdb["metadata"]["generation"].as_i64().unwrap_or(0);
+                if allowed <= 0 || stale {
+                    let pname = pdb["metadata"]["name"].as_str().unwrap_or("");
+                    let msg = format!(
+                        "The disruption budget {pname} needs {} healthy pods and has {} currently",
+                        pdb["status"]["desiredHealthy"].as_i64().unwrap_or(0),
+                        pdb["status"]["currentHealthy"].as_i64().unwrap_or(0)
+                    );
+                    return Err(ApiError::too_many_requests("Cannot evict pod as it would violate the pod's disruption budget.", "DisruptionBudget", &msg));
+                }
+                pdb["status"]["disruptionsAllowed"] = json!(allowed - 1);
+                pdb["status"]["disruptedPods"][self.name()] = json!(object::now_rfc3339());
+                meta_mut(&mut pdb).remove("resourceVersion");
+                let k = String::from_utf8_lossy(&pkey).to_string();
+                if self.cas_put(&k, rev, &pdb).await?.is_none() {
+                    return Err(ApiError::conflict("policy", "poddisruptionbudgets", pdb["metadata"]["name"].as_str().unwrap_or("")));
+                }
+            }
+        }
+        // A graceful delete, with the eviction's deleteOptions.
+        let grace = body["deleteOptions"]["gracePeriodSeconds"].as_i64().or_else(|| pod["spec"]["terminationGracePeriodSeconds"].as_i64()).unwrap_or(30);
+        let bound = pod["spec"]["nodeName"].as_str().is_some_and(|n| !n.is_empty());
+        if bound && grace > 0 {
+            if pod["metadata"].get("deletionTimestamp").is_none() {
+                let mut next = pod.clone();
+                let m = meta_mut(&mut next);
+                m.insert("deletionTimestamp".into(), json!(object::now_rfc3339()));
+                m.insert("deletionGracePeriodSeconds".into(), json!(grace));
+                m.remove("resourceVersion");
+                if self.cas_put(&key, cur.mod_revision, &next).await?.is_none() {
+                    return Err(ApiError::conflict("", "pods", self.name()));
+                }
+            }
+        } else {
+            self.cas_delete(&key, cur.mod_revision).await?;
+        }
         Ok(json_value(StatusCode::CREATED, &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201})))
     }
 }

@@ -353,6 +353,19 @@ fn to_json_raw(body: &[u8]) -> Result<Value, PbError> {
             let m: meta::DeleteOptions = decode(&raw, &kind)?;
             m.obj()
         }
+        ("policy/v1", "PodDisruptionBudget") => {
+            let m: policy::PodDisruptionBudget = decode(&raw, &kind)?;
+            let mut spec = json!({});
+            if let Some(sp) = &m.spec {
+                insert(&mut spec, "minAvailable", int_or_string(&sp.min_available));
+                insert(&mut spec, "maxUnavailable", int_or_string(&sp.max_unavailable));
+                insert(&mut spec, "selector", J::j(&sp.selector));
+                insert(&mut spec, "unhealthyPodEvictionPolicy", J::j(&sp.unhealthy_pod_eviction_policy));
+            }
+            let mut v = obj! { "metadata" => m.metadata };
+            insert(&mut v, "spec", Some(spec));
+            v
+        }
         ("apps/v1", "Deployment") => {
             let m: apps::Deployment = decode(&raw, &kind)?;
             obj! { "metadata" => m.metadata, "spec" => m.spec }

@@ -26,6 +26,13 @@ impl ApiError {
         self
     }
 
+    /// 429 with one cause (an eviction a disruption budget refuses).
+    pub fn too_many_requests(message: &str, cause_reason: &str, cause: &str) -> ApiError {
+        let mut e = ApiError::new(429, "TooManyRequests", message);
+        e.details = Some(json!({"causes": [{"reason": cause_reason, "message": cause}]}));
+        e
+    }
+
     pub fn forbidden(message: impl Into<String>) -> ApiError {
         ApiError::new(403, "Forbidden", message)
     }

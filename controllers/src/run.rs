@@ -49,6 +49,7 @@ struct Ctx {
     jobs: Arc<Informer>,
     daemonsets: Arc<Informer>,
     statefulsets: Arc<Informer>,
+    pdbs: Arc<Informer>,
     exp: Expectations,
     events: Recorder,
     settings: Settings,
@@ -149,6 +150,7 @@ impl Controllers {
             jobs: inf.get("/apis/batch/v1/jobs"),
             daemonsets: inf.get("/apis/apps/v1/daemonsets"),
             statefulsets: inf.get("/apis/apps/v1/statefulsets"),
+            pdbs: inf.get("/apis/policy/v1/poddisruptionbudgets"),
             exp: Expectations::default(),
             events: Recorder::start(c.clone(), "controller-manager", String::new()),
             settings,
@@ -163,6 +165,28 @@ impl Controllers {
         let dsq = WorkQueue::new("daemonset");
         let stsq = WorkQueue::new("statefulset");
         let nsq = WorkQueue::new("namespace");
+        let pdbq = WorkQueue::new("disruption");
+        {
+            let q = pdbq.clone();
+            ctx.pdbs.on_change(move |ch| {
+                if let Change::Added(v) | Change::Modified { new: v, .. } = ch {
+                    q.add(key_of(v));
+                }
+            });
+            let (q, x) = (pdbq.clone(), Arc::downgrade(&ctx));
+            ctx.pods.on_change(move |ch| {
+                let Some(ctx) = x.upgrade() else { return };
+                let v = match ch {
+                    Change::Added(v) | Change::Deleted(v) => v,
+                    Change::Modified { new, .. } => new,
+                };
+                for b in ctx.pdbs.list() {
+                    if b["metadata"]["namespace"] == v["metadata"]["namespace"] && selector_matches(&b["spec"]["selector"], &v["metadata"]["labels"]) {
+                        q.add(key_of(&b));
+                    }
+                }
+            });
+        }
         {
             let q = nsq.clone();
             ctx.namespaces.on_change(move |ch| {
@@ -360,13 +384,14 @@ impl Controllers {
         spawn_workers(&ctx, &gcq, 2, &mut tasks, |ctx, key| async move { sync_gc(&ctx, &key).await });
         spawn_workers(&ctx, &saq, 1, &mut tasks, |ctx, key| async move { sync_serviceaccount(&ctx, &key).await });
         spawn_workers(&ctx, &epq, 2, &mut tasks, |ctx, key| async move { sync_endpoints(&ctx, &key).await });
+        spawn_workers(&ctx, &pdbq, 2, &mut tasks, |ctx, key| async move { sync_disruption(&ctx, &key).await });
         spawn_workers(&ctx, &nsq, 2, &mut tasks, |ctx, key| async move { sync_namespace(&ctx, &key).await });
         spawn_workers(&ctx, &jobq, 2, &mut tasks, |ctx, key| async move { sync_job(&ctx, &key).await });
         spawn_workers(&ctx, &dsq, 2, &mut tasks, |ctx, key| async move { sync_daemonset(&ctx, &key).await });
         spawn_workers(&ctx, &stsq, 2, &mut tasks, |ctx, key| async move { sync_statefulset(&ctx, &key).await });
         let x = ctx.clone();
         tasks.push(tokio::spawn(async move { node_lifecycle(x).await }));
-        Controllers { _informers: inf, queues: vec![rsq, dq, gcq, saq, epq, jobq, dsq, stsq, nsq], ctx, tasks }
+        Controllers { _informers: inf, queues: vec![rsq, dq, gcq, saq, epq, jobq, dsq, stsq, nsq, pdbq], ctx, tasks }
     }
 
     /// Queue depth, adds, retries and work duration per controller, for `/metrics`.
@@ -1204,5 +1229,107 @@ async fn sync_namespace(ctx: &Ctx, ns: &str) -> Res {
     match ctx.c.put(&format!("/api/v1/namespaces/{ns}/finalize"), &body).await {
         Ok(_) | Err(ClientError::Status { code: 404, .. }) => Ok(None),
         Err(e) => Err(err(e)),
+    }
+}
+
+// ---------------------------------------------------------------- PodDisruptionBudget
+
+/// (expected pods, desired healthy) of a budget, as the disruption controller computes them.
+pub fn budget(spec: &Value, matching: usize, controllers_scale: Option<i64>) -> (i64, i64) {
+    let pct = |v: &Value, total: i64| -> Option<i64> {
+        let s = v.as_str()?.strip_suffix('%')?;
+        let p: i64 = s.parse().ok()?;
+        Some((total * p + 99) / 100)
+    };
+    let counted = matching as i64;
+    if !spec["maxUnavailable"].is_null() {
+        let expected = controllers_scale.unwrap_or(counted);
+        let max_un = spec["maxUnavailable"].as_i64().or_else(|| pct(&spec["maxUnavailable"], expected)).unwrap_or(0);
+        return (expected, (expected - max_un).max(0));
+    }
+    match &spec["minAvailable"] {
+        Value::Number(n) => (counted, n.as_i64().unwrap_or(0)),
+        v @ Value::String(_) => {
+            let expected = controllers_scale.unwrap_or(counted);
+            (expected, pct(v, expected).unwrap_or(0))
+        }
+        _ => (counted, counted),
+    }
+}
+
+async fn sync_disruption(ctx: &Ctx, key: &str) -> Res {
+    let Some(pdb) = ctx.pdbs.get(key) else { return Ok(None) };
+    let (ns, name) = split(key);
+    let pods: Vec<Arc<Value>> = ctx
+        .pods
+        .list()
+        .into_iter()
+        .filter(|p| p["metadata"]["namespace"] == ns && is_active(p) && selector_matches(&pdb["spec"]["selector"], &p["metadata"]["labels"]))
+        .collect();
+    // The scale of the controllers behind the pods (for percentages and maxUnavailable).
+    let mut owners: BTreeMap<String, i64> = BTreeMap::new();
+    let mut all_owned = true;
+    for p in &pods {
+        match controller_of(p) {
+            Some(o) if o["kind"] == "ReplicaSet" => {
+                if let Some(r) = ctx.rs.get_by_uid(o["uid"].as_str().unwrap_or("")) {
+                    owners.insert(r["metadata"]["uid"].as_str().unwrap_or("").to_string(), r["spec"]["replicas"].as_i64().unwrap_or(0));
+                }
+            }
+            Some(o) if o["kind"] == "StatefulSet" => {
+                if let Some(r) = ctx.statefulsets.get_by_uid(o["uid"].as_str().unwrap_or("")) {
+                    owners.insert(r["metadata"]["uid"].as_str().unwrap_or("").to_string(), r["spec"]["replicas"].as_i64().unwrap_or(0));
+                }
+            }
+            _ => all_owned = false,
+        }
+    }
+    let scale = (all_owned && !owners.is_empty()).then(|| owners.values().sum());
+    let (expected, desired) = budget(&pdb["spec"], pods.len(), scale);
+    let healthy = pods.iter().filter(|p| podutil::is_ready(p)).count() as i64;
+    // Evictions the API server granted whose pods are still here count as already spent.
+    let now = now_unix();
+    let mut disrupted = serde_json::Map::new();
+    for (pod, at) in pdb["status"]["disruptedPods"].as_object().into_iter().flatten() {
+        let live = pods.iter().any(|p| p["metadata"]["name"] == pod.as_str());
+        let fresh = podutil::ts(at).is_some_and(|t| now - t < 120);
+        disrupted.insert(pod.clone(), if live && fresh { at.clone() } else { Value::Null });
+    }
+    let pending = disrupted.values().filter(|v| !v.is_null()).count() as i64;
+    let allowed = (healthy - desired - pending).max(0);
+    let t = now_rfc3339();
+    let ok = allowed > 0;
+    let prev = pdb["status"]["conditions"].as_array().and_then(|a| a.iter().find(|c| c["type"] == "DisruptionAllowed")).cloned().unwrap_or(Value::Null);
+    let transition = if prev["status"] == if ok { "True" } else { "False" } { prev["lastTransitionTime"].clone() } else { json!(t) };
+    let status = json!({
+        "observedGeneration": pdb["metadata"]["generation"],
+        "expectedPods": expected, "currentHealthy": healthy, "desiredHealthy": desired, "disruptionsAllowed": allowed,
+        "disruptedPods": disrupted,
+        "conditions": [{"type": "DisruptionAllowed", "status": if ok { "True" } else { "False" }, "reason": if ok { "SufficientPods" } else { "InsufficientPods" },
+            "message": "", "observedGeneration": pdb["metadata"]["generation"], "lastTransitionTime": transition}],
+    });
+    let cur = &pdb["status"];
+    let same = ["observedGeneration", "expectedPods", "currentHealthy", "desiredHealthy", "disruptionsAllowed"].iter().all(|f| cur[*f] == status[*f])
+        && disrupted.values().all(|v| !v.is_null())
+        && cur["conditions"][0]["status"] == status["conditions"][0]["status"];
+    if !same {
+        match ctx.c.merge_patch_quiet(&format!("/apis/policy/v1/namespaces/{ns}/poddisruptionbudgets/{name}/status"), &json!({"status": status})).await {
+            Ok(()) | Err(ClientError::Status { code: 404, .. }) => {}
+            Err(e) => return Err(err(e)),
+        }
+    }
+    Ok((pending > 0).then(|| Duration::from_secs(10)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn budgets() {
+        assert_eq!(budget(&json!({"minAvailable": 2}), 3, None), (3, 2));
+        assert_eq!(budget(&json!({"minAvailable": "50%"}), 3, Some(4)), (4, 2));
+        assert_eq!(budget(&json!({"maxUnavailable": 1}), 3, Some(3)), (3, 2));
+        assert_eq!(budget(&json!({"maxUnavailable": "25%"}), 4, None), (4, 3));
     }
 }
