@@ -133,6 +133,9 @@ struct NodeOpts {
     /// A node whose lease is older than this is marked unreachable (Kubernetes: 40).
     #[arg(long, default_value_t = 40)]
     node_monitor_grace_seconds: u64,
+    /// How often HorizontalPodAutoscalers are evaluated (Kubernetes: 15).
+    #[arg(long, default_value_t = 15)]
+    hpa_sync_seconds: u64,
     /// First CrashLoopBackOff delay in seconds (Kubernetes: 10; doubles up to 300).
     #[arg(long, default_value_t = 10)]
     crash_backoff_seconds: u64,
@@ -257,7 +260,11 @@ async fn serve(data_dir: PathBuf, listen: String, opts: ServeOpts, up: Option<(N
     let mut ctrl = None;
     if let Some((node, hollow_nodes, lease_secs)) = up {
         if !node.no_controllers {
-            let settings = controllers::run::Settings { node_monitor_grace: std::time::Duration::from_secs(node.node_monitor_grace_seconds.max(1)), ..Default::default() };
+            let settings = controllers::run::Settings {
+                node_monitor_grace: std::time::Duration::from_secs(node.node_monitor_grace_seconds.max(1)),
+                hpa_sync: std::time::Duration::from_secs(node.hpa_sync_seconds.max(1)),
+                ..Default::default()
+            };
             ctrl = Some(std::sync::Arc::new(controllers::Controllers::start(&server, settings).await));
         }
         if !node.no_scheduler || ctrl.is_some() {

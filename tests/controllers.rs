@@ -243,3 +243,38 @@ fn drain_respects_pod_disruption_budgets() {
         nodes.split_whitespace().count() == 2 && !nodes.contains(&node)
     });
 }
+
+#[test]
+fn a_horizontal_pod_autoscaler_follows_cpu_utilization() {
+    let c = Cluster::start_with(tempfile::tempdir().unwrap(), &["--hollow-nodes", "2", "--no-local-node", "--hpa-sync-seconds", "1"]);
+    let f = c.write(
+        "d.yaml",
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: web}\nspec:\n  replicas: 2\n  selector: {matchLabels: {app: web}}\n  template:\n    metadata: {labels: {app: web}}\n    spec:\n      containers: [{name: c, image: nginx, resources: {requests: {cpu: 200m}}}]\n---\napiVersion: autoscaling/v2\nkind: HorizontalPodAutoscaler\nmetadata: {name: web}\nspec:\n  scaleTargetRef: {apiVersion: apps/v1, kind: Deployment, name: web}\n  minReplicas: 1\n  maxReplicas: 5\n  metrics: [{type: Resource, resource: {name: cpu, target: {type: Utilization, averageUtilization: 20}}}]\n  behavior: {scaleDown: {stabilizationWindowSeconds: 0}}\n",
+    );
+    c.ok(&["apply", "-f", path_str(&f)]);
+    // Hollow pods use half their requests: 50% against a 20% target grows to the maximum.
+    wait_until("scaled up to 5", || c.ok(&["get", "hpa", "web", "-o", "jsonpath={.status.desiredReplicas}"]) == "5");
+    wait_until("5 replicas available", || c.ok(&["get", "deploy", "web", "-o", "jsonpath={.status.availableReplicas}"]) == "5");
+    assert_eq!(c.ok(&["get", "hpa", "web", "-o", "jsonpath={.status.currentMetrics[0].resource.current.averageUtilization}"]), "50");
+    // A higher target brings it down: 50% against 100% halves the replicas, down to 3.
+    c.ok(&["patch", "hpa", "web", "--type=merge", "-p", r#"{"spec":{"metrics":[{"type":"Resource","resource":{"name":"cpu","target":{"type":"Utilization","averageUtilization":100}}}]}}"#]);
+    wait_until("scaled down", || c.ok(&["get", "deploy", "web", "-o", "jsonpath={.spec.replicas}"]).parse::<i64>().unwrap_or(9) < 5);
+}
+
+#[test]
+fn a_cron_job_creates_jobs_on_schedule() {
+    let c = Cluster::start_with(tempfile::tempdir().unwrap(), &["--hollow-nodes", "1", "--no-local-node"]);
+    c.ok(&["create", "cronjob", "tick", "--image=busybox", "--schedule=* * * * *"]);
+    // The next minute boundary is at most a minute away.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(100);
+    loop {
+        if count(&c, &["get", "jobs", "-o", "name"]) >= 1 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "timed out waiting for the cron job's first job");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let owner = c.ok(&["get", "jobs", "-o", "jsonpath={.items[0].metadata.ownerReferences[0].kind}/{.items[0].metadata.ownerReferences[0].name}"]);
+    assert_eq!(owner, "CronJob/tick");
+    wait_until("lastScheduleTime recorded", || !c.ok(&["get", "cronjob", "tick", "-o", "jsonpath={.status.lastScheduleTime}"]).is_empty());
+}

@@ -10,6 +10,7 @@
 //! `Ready=Unknown`, the unreachable taint, eviction after the toleration), ServiceAccount
 //! (`default` in every namespace), Endpoints and EndpointSlices.
 
+pub mod autoscale;
 pub mod deployment;
 pub mod leader;
 pub mod podutil;

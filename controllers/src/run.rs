@@ -26,11 +26,13 @@ pub struct Settings {
     /// How long pods without their own toleration stay on an unreachable node (300 s, the
     /// DefaultTolerationSeconds admission plugin's value).
     pub default_toleration: Duration,
+    /// How often each HorizontalPodAutoscaler is evaluated (Kubernetes: 15 s).
+    pub hpa_sync: Duration,
 }
 
 impl Default for Settings {
     fn default() -> Self {
-        Settings { node_monitor_grace: Duration::from_secs(40), default_toleration: Duration::from_secs(300) }
+        Settings { node_monitor_grace: Duration::from_secs(40), default_toleration: Duration::from_secs(300), hpa_sync: Duration::from_secs(15) }
     }
 }
 
@@ -50,6 +52,9 @@ struct Ctx {
     daemonsets: Arc<Informer>,
     statefulsets: Arc<Informer>,
     pdbs: Arc<Informer>,
+    hpas: Arc<Informer>,
+    cronjobs: Arc<Informer>,
+    hpa_history: Mutex<std::collections::HashMap<String, std::collections::VecDeque<(i64, i64)>>>,
     exp: Expectations,
     events: Recorder,
     settings: Settings,
@@ -151,6 +156,9 @@ impl Controllers {
             daemonsets: inf.get("/apis/apps/v1/daemonsets"),
             statefulsets: inf.get("/apis/apps/v1/statefulsets"),
             pdbs: inf.get("/apis/policy/v1/poddisruptionbudgets"),
+            hpas: inf.get("/apis/autoscaling/v2/horizontalpodautoscalers"),
+            cronjobs: inf.get("/apis/batch/v1/cronjobs"),
+            hpa_history: Default::default(),
             exp: Expectations::default(),
             events: Recorder::start(c.clone(), "controller-manager", String::new()),
             settings,
@@ -166,6 +174,27 @@ impl Controllers {
         let stsq = WorkQueue::new("statefulset");
         let nsq = WorkQueue::new("namespace");
         let pdbq = WorkQueue::new("disruption");
+        let hpaq = WorkQueue::new("horizontalpodautoscaler");
+        let cjq = WorkQueue::new("cronjob");
+        for (inf_, q) in [(ctx.hpas.clone(), hpaq.clone()), (ctx.cronjobs.clone(), cjq.clone())] {
+            inf_.on_change(move |ch| {
+                if let Change::Added(v) | Change::Modified { new: v, .. } = ch {
+                    q.add(key_of(v));
+                }
+            });
+        }
+        {
+            let q = cjq.clone();
+            ctx.jobs.on_change(move |ch| {
+                let v = match ch {
+                    Change::Added(v) | Change::Deleted(v) => v,
+                    Change::Modified { new, .. } => new,
+                };
+                if let Some(k) = owner_key(v, "CronJob") {
+                    q.add(k);
+                }
+            });
+        }
         {
             let q = pdbq.clone();
             ctx.pdbs.on_change(move |ch| {
@@ -294,6 +323,7 @@ impl Controllers {
             ("Job", ctx.jobs.clone()),
             ("DaemonSet", ctx.daemonsets.clone()),
             ("StatefulSet", ctx.statefulsets.clone()),
+            ("CronJob", ctx.cronjobs.clone()),
         ] {
             let q = gcq.clone();
             let x = Arc::downgrade(&ctx);
@@ -384,6 +414,8 @@ impl Controllers {
         spawn_workers(&ctx, &gcq, 2, &mut tasks, |ctx, key| async move { sync_gc(&ctx, &key).await });
         spawn_workers(&ctx, &saq, 1, &mut tasks, |ctx, key| async move { sync_serviceaccount(&ctx, &key).await });
         spawn_workers(&ctx, &epq, 2, &mut tasks, |ctx, key| async move { sync_endpoints(&ctx, &key).await });
+        spawn_workers(&ctx, &hpaq, 2, &mut tasks, |ctx, key| async move { sync_hpa(&ctx, &key).await });
+        spawn_workers(&ctx, &cjq, 1, &mut tasks, |ctx, key| async move { sync_cronjob(&ctx, &key).await });
         spawn_workers(&ctx, &pdbq, 2, &mut tasks, |ctx, key| async move { sync_disruption(&ctx, &key).await });
         spawn_workers(&ctx, &nsq, 2, &mut tasks, |ctx, key| async move { sync_namespace(&ctx, &key).await });
         spawn_workers(&ctx, &jobq, 2, &mut tasks, |ctx, key| async move { sync_job(&ctx, &key).await });
@@ -391,7 +423,7 @@ impl Controllers {
         spawn_workers(&ctx, &stsq, 2, &mut tasks, |ctx, key| async move { sync_statefulset(&ctx, &key).await });
         let x = ctx.clone();
         tasks.push(tokio::spawn(async move { node_lifecycle(x).await }));
-        Controllers { _informers: inf, queues: vec![rsq, dq, gcq, saq, epq, jobq, dsq, stsq, nsq, pdbq], ctx, tasks }
+        Controllers { _informers: inf, queues: vec![rsq, dq, gcq, saq, epq, jobq, dsq, stsq, nsq, pdbq, hpaq, cjq], ctx, tasks }
     }
 
     /// Queue depth, adds, retries and work duration per controller, for `/metrics`.
@@ -658,8 +690,8 @@ async fn sync_deployment(ctx: &Ctx, key: &str) -> Res {
 // ---------------------------------------------------------------- garbage collection
 
 impl Ctx {
-    fn owner_informers(&self) -> [(&'static str, &Arc<Informer>); 5] {
-        [("ReplicaSet", &self.rs), ("Deployment", &self.deploy), ("Job", &self.jobs), ("DaemonSet", &self.daemonsets), ("StatefulSet", &self.statefulsets)]
+    fn owner_informers(&self) -> [(&'static str, &Arc<Informer>); 6] {
+        [("ReplicaSet", &self.rs), ("Deployment", &self.deploy), ("Job", &self.jobs), ("DaemonSet", &self.daemonsets), ("StatefulSet", &self.statefulsets), ("CronJob", &self.cronjobs)]
     }
 
     fn dependent_informers(&self) -> [(&'static str, &Arc<Informer>); 3] {
@@ -675,6 +707,7 @@ fn informer_for<'a>(ctx: &'a Ctx, kind: &str) -> Option<&'a Arc<Informer>> {
         "Job" => Some(&ctx.jobs),
         "DaemonSet" => Some(&ctx.daemonsets),
         "StatefulSet" => Some(&ctx.statefulsets),
+        "CronJob" => Some(&ctx.cronjobs),
         _ => None,
     }
 }
@@ -686,6 +719,7 @@ fn api_path(kind: &str, ns: &str, name: &str) -> String {
         "ReplicaSet" => format!("/apis/apps/v1/namespaces/{ns}/replicasets/{name}"),
         "DaemonSet" => format!("/apis/apps/v1/namespaces/{ns}/daemonsets/{name}"),
         "StatefulSet" => format!("/apis/apps/v1/namespaces/{ns}/statefulsets/{name}"),
+        "CronJob" => format!("/apis/batch/v1/namespaces/{ns}/cronjobs/{name}"),
         _ => format!("/apis/apps/v1/namespaces/{ns}/deployments/{name}"),
     }
 }
@@ -697,7 +731,7 @@ async fn sync_gc(ctx: &Ctx, key: &str) -> Res {
     let Some(obj) = inf.get(okey) else { return Ok(None) };
     let (ns, name) = split(okey);
     // Owners of kinds this collector does not watch are assumed to exist.
-    for i in [&ctx.pods, &ctx.rs, &ctx.deploy, &ctx.jobs, &ctx.daemonsets, &ctx.statefulsets] {
+    for i in [&ctx.pods, &ctx.rs, &ctx.deploy, &ctx.jobs, &ctx.daemonsets, &ctx.statefulsets, &ctx.cronjobs] {
         if !i.has_synced() {
             return Ok(Some(Duration::from_secs(1)));
         }
@@ -1332,4 +1366,205 @@ mod tests {
         assert_eq!(budget(&json!({"maxUnavailable": 1}), 3, Some(3)), (3, 2));
         assert_eq!(budget(&json!({"maxUnavailable": "25%"}), 4, None), (4, 3));
     }
+}
+
+// ---------------------------------------------------------------- HorizontalPodAutoscaler
+
+use crate::autoscale::{self, Cron};
+
+fn quantity_milli(s: &str) -> i64 {
+    api::Quantity::parse(s).map(|q| q.milli).unwrap_or(0)
+}
+
+async fn sync_hpa(ctx: &Ctx, key: &str) -> Res {
+    let Some(hpa) = ctx.hpas.get(key) else {
+        ctx.hpa_history.lock().unwrap().remove(key);
+        return Ok(None);
+    };
+    let again = Some(ctx.settings.hpa_sync);
+    let (ns, name) = split(key);
+    let r = &hpa["spec"]["scaleTargetRef"];
+    let (kind, tname) = (r["kind"].as_str().unwrap_or(""), r["name"].as_str().unwrap_or(""));
+    let target = match kind {
+        "Deployment" => format!("/apis/apps/v1/namespaces/{ns}/deployments/{tname}"),
+        "ReplicaSet" => format!("/apis/apps/v1/namespaces/{ns}/replicasets/{tname}"),
+        "StatefulSet" => format!("/apis/apps/v1/namespaces/{ns}/statefulsets/{tname}"),
+        _ => return Ok(None),
+    };
+    let scale = match ctx.c.get(&format!("{target}/scale")).await {
+        Ok(s) => s,
+        Err(ClientError::Status { code: 404, .. }) => return Ok(again),
+        Err(e) => return Err(err(e)),
+    };
+    let current = scale["spec"]["replicas"].as_i64().unwrap_or(0);
+    let min = hpa["spec"]["minReplicas"].as_i64().unwrap_or(1);
+    let max = hpa["spec"]["maxReplicas"].as_i64().unwrap_or(1);
+    if current == 0 {
+        return Ok(again); // scaled to zero by hand: autoscaling is off
+    }
+    let sel = scale["status"]["selector"].as_str().unwrap_or("").to_string();
+    let mut match_labels = serde_json::Map::new();
+    for kv in sel.split(',').filter(|s| !s.is_empty()) {
+        if let Some((k, v)) = kv.split_once('=') {
+            match_labels.insert(k.to_string(), json!(v));
+        }
+    }
+    let selector = json!({"matchLabels": match_labels});
+    let pods: Vec<Arc<Value>> = ctx.pods.list().into_iter().filter(|p| p["metadata"]["namespace"] == ns && is_active(p) && selector_matches(&selector, &p["metadata"]["labels"])).collect();
+    let ready = pods.iter().filter(|p| podutil::is_ready(p)).count() as i64;
+    let enc = sel.replace('=', "%3D").replace(',', "%2C");
+    let metrics = ctx.c.get(&format!("/apis/metrics.k8s.io/v1beta1/namespaces/{ns}/pods?labelSelector={enc}")).await.map_err(err)?;
+    let usage_of = |pod: &str, res: &str| -> Option<i64> {
+        let m = metrics["items"].as_array()?.iter().find(|m| m["metadata"]["name"] == pod)?;
+        Some(m["containers"].as_array()?.iter().map(|c| quantity_milli(c["usage"][res].as_str().unwrap_or("0"))).sum())
+    };
+    let mut desired = min;
+    let mut current_metrics = Vec::new();
+    let mut reason = String::new();
+    for m in hpa["spec"]["metrics"].as_array().into_iter().flatten() {
+        if m["type"] != "Resource" {
+            continue;
+        }
+        let res = m["resource"]["name"].as_str().unwrap_or("cpu");
+        let (mut used, mut requested, mut n) = (0i64, 0i64, 0i64);
+        for p in &pods {
+            let Some(u) = usage_of(p["metadata"]["name"].as_str().unwrap_or(""), res) else { continue };
+            used += u;
+            requested += p["spec"]["containers"].as_array().into_iter().flatten().map(|c| quantity_milli(c["resources"]["requests"][res].as_str().unwrap_or("0"))).sum::<i64>();
+            n += 1;
+        }
+        if n == 0 {
+            continue;
+        }
+        let t = &m["resource"]["target"];
+        let (ratio, current_m) = match t["type"].as_str().unwrap_or("Utilization") {
+            "AverageValue" => {
+                let target = quantity_milli(t["averageValue"].as_str().unwrap_or("0")).max(1);
+                let avg = used / n;
+                (avg as f64 / target as f64, json!({"averageValue": api::Quantity::from_milli(avg).cpu_string()}))
+            }
+            _ => {
+                if requested == 0 {
+                    continue; // utilization needs requests
+                }
+                let util = used * 100 / requested;
+                let target = t["averageUtilization"].as_i64().unwrap_or(80).max(1);
+                (util as f64 / target as f64, json!({"averageUtilization": util, "averageValue": api::Quantity::from_milli(used / n).cpu_string()}))
+            }
+        };
+        let d = autoscale::desired_replicas(ready.max(1), current, ratio, min, max);
+        if d > desired || reason.is_empty() {
+            reason = format!("{res} resource utilization (percentage of request) {} target", if ratio > 1.0 { "above" } else { "below" });
+        }
+        desired = desired.max(d);
+        current_metrics.push(json!({"type": "Resource", "resource": {"name": res, "current": current_m}}));
+    }
+    let window = hpa["spec"]["behavior"]["scaleDown"]["stabilizationWindowSeconds"].as_i64().unwrap_or(300);
+    let now = now_unix();
+    let decided = {
+        let mut h = ctx.hpa_history.lock().unwrap();
+        autoscale::stabilize(h.entry(key.to_string()).or_default(), now, window, desired, current)
+    };
+    let mut last_scale = hpa["status"]["lastScaleTime"].clone();
+    if decided != current && !current_metrics.is_empty() {
+        ctx.c.merge_patch_quiet(&format!("{target}/scale"), &json!({"spec": {"replicas": decided}})).await.map_err(err)?;
+        ctx.events.pod(&hpa, None, false, "SuccessfulRescale", format!("New size: {decided}; reason: {reason}"));
+        last_scale = json!(now_rfc3339());
+    }
+    let t = now_rfc3339();
+    let cond = |ty: &str, ok: bool, reason: &str, msg: &str| json!({"type": ty, "status": if ok { "True" } else { "False" }, "reason": reason, "message": msg, "lastTransitionTime": t});
+    let status = json!({
+        "currentReplicas": current, "desiredReplicas": decided, "currentMetrics": current_metrics, "lastScaleTime": last_scale,
+        "observedGeneration": hpa["metadata"]["generation"],
+        "conditions": [
+            cond("AbleToScale", true, "SucceededRescale", "the HPA controller was able to update the target scale"),
+            cond("ScalingActive", !pods.is_empty(), if pods.is_empty() { "FailedGetResourceMetric" } else { "ValidMetricFound" }, "the HPA was able to successfully calculate a replica count"),
+            cond("ScalingLimited", desired >= max || desired <= min, if desired >= max { "TooManyReplicas" } else { "DesiredWithinRange" }, "the desired count is within the acceptable range"),
+        ],
+    });
+    let cur = &hpa["status"];
+    if ["currentReplicas", "desiredReplicas", "currentMetrics", "lastScaleTime"].iter().any(|f| cur[*f] != status[*f]) {
+        match ctx.c.merge_patch_quiet(&format!("/apis/autoscaling/v2/namespaces/{ns}/horizontalpodautoscalers/{name}/status"), &json!({"status": status})).await {
+            Ok(()) | Err(ClientError::Status { code: 404, .. }) => {}
+            Err(e) => return Err(err(e)),
+        }
+    }
+    Ok(again)
+}
+
+// ---------------------------------------------------------------- CronJob
+
+fn job_finished(j: &Value) -> Option<bool> {
+    j["status"]["conditions"].as_array()?.iter().find(|c| (c["type"] == "Complete" || c["type"] == "Failed") && c["status"] == "True").map(|c| c["type"] == "Complete")
+}
+
+async fn sync_cronjob(ctx: &Ctx, key: &str) -> Res {
+    let Some(cj) = ctx.cronjobs.get(key) else { return Ok(None) };
+    if cj["metadata"].get("deletionTimestamp").is_some() {
+        return Ok(None);
+    }
+    let (ns, name) = split(key);
+    let now = now_unix();
+    let next_minute = Some(Duration::from_secs((60 - now.rem_euclid(60)).max(1) as u64));
+    let cron = match Cron::parse(cj["spec"]["schedule"].as_str().unwrap_or("")) {
+        Ok(c) => c,
+        Err(e) => {
+            ctx.events.pod(&cj, None, true, "UnparseableSchedule", format!("unparseable schedule: {e}"));
+            return Ok(None);
+        }
+    };
+    let uid = cj["metadata"]["uid"].as_str().unwrap_or("");
+    let mut jobs: Vec<Arc<Value>> = ctx.jobs.owned_by(uid).into_iter().filter(|j| j["metadata"].get("deletionTimestamp").is_none()).collect();
+    jobs.sort_by_key(|j| podutil::ts(&j["metadata"]["creationTimestamp"]).unwrap_or(0));
+    let active: Vec<&Arc<Value>> = jobs.iter().filter(|j| job_finished(j).is_none()).collect();
+    let mut status = json!({
+        "active": active.iter().map(|j| json!({"kind": "Job", "apiVersion": "batch/v1", "namespace": ns, "name": j["metadata"]["name"], "uid": j["metadata"]["uid"]})).collect::<Vec<_>>(),
+        "lastScheduleTime": cj["status"]["lastScheduleTime"],
+    });
+    if let Some(t) = jobs.iter().filter(|j| job_finished(j) == Some(true)).filter_map(|j| j["status"]["completionTime"].as_str()).max() {
+        status["lastSuccessfulTime"] = json!(t);
+    }
+    let last = podutil::ts(&cj["status"]["lastScheduleTime"]).or_else(|| podutil::ts(&cj["metadata"]["creationTimestamp"])).unwrap_or(now);
+    if cj["spec"]["suspend"].as_bool() != Some(true)
+        && let Some(t) = cron.last_between(last, now)
+    {
+        let late = cj["spec"]["startingDeadlineSeconds"].as_i64().is_some_and(|d| now - t > d);
+        let policy = cj["spec"]["concurrencyPolicy"].as_str().unwrap_or("Allow");
+        if !late && !(policy == "Forbid" && !active.is_empty()) {
+            if policy == "Replace" {
+                for j in &active {
+                    let _ = ctx.c.delete(&format!("/apis/batch/v1/namespaces/{ns}/jobs/{}", j["metadata"]["name"].as_str().unwrap_or("")), &json!({"propagationPolicy": "Background"})).await;
+                }
+            }
+            let jt = &cj["spec"]["jobTemplate"];
+            let mut meta = if jt["metadata"].is_object() { jt["metadata"].clone() } else { json!({}) };
+            let jname = format!("{name}-{}", t / 60);
+            meta["name"] = json!(jname);
+            meta["namespace"] = json!(ns);
+            meta["annotations"]["batch.kubernetes.io/cronjob-scheduled-timestamp"] = json!(jiff::Timestamp::from_second(t).map(|x| x.to_string()).unwrap_or_default());
+            meta["ownerReferences"] = json!([{"apiVersion": "batch/v1", "kind": "CronJob", "name": name, "uid": uid, "controller": true, "blockOwnerDeletion": true}]);
+            let job = json!({"apiVersion": "batch/v1", "kind": "Job", "metadata": meta, "spec": jt["spec"]});
+            match ctx.c.post(&format!("/apis/batch/v1/namespaces/{ns}/jobs"), &job).await {
+                Ok(_) => ctx.events.pod(&cj, None, false, "SuccessfulCreate", format!("Created job {jname}")),
+                Err(ClientError::Status { code: 409, .. }) => {}
+                Err(e) => return Err(err(e)),
+            }
+        }
+        status["lastScheduleTime"] = json!(jiff::Timestamp::from_second(t).map(|x| x.to_string()).unwrap_or_default());
+    }
+    // History limits.
+    for (ok, limit) in [(true, cj["spec"]["successfulJobsHistoryLimit"].as_i64().unwrap_or(3)), (false, cj["spec"]["failedJobsHistoryLimit"].as_i64().unwrap_or(1))] {
+        let done: Vec<&Arc<Value>> = jobs.iter().filter(|j| job_finished(j) == Some(ok)).collect();
+        let extra = done.len().saturating_sub(limit.max(0) as usize);
+        for j in &done[..extra] {
+            let _ = ctx.c.delete(&format!("/apis/batch/v1/namespaces/{ns}/jobs/{}", j["metadata"]["name"].as_str().unwrap_or("")), &json!({"propagationPolicy": "Background"})).await;
+        }
+    }
+    if cj["status"]["lastScheduleTime"] != status["lastScheduleTime"] || cj["status"]["active"] != status["active"] || cj["status"]["lastSuccessfulTime"] != status["lastSuccessfulTime"] {
+        match ctx.c.merge_patch_quiet(&format!("/apis/batch/v1/namespaces/{ns}/cronjobs/{name}/status"), &json!({"status": status})).await {
+            Ok(()) | Err(ClientError::Status { code: 404, .. }) => {}
+            Err(e) => return Err(err(e)),
+        }
+    }
+    Ok(next_minute)
 }
