@@ -278,3 +278,21 @@ fn a_cron_job_creates_jobs_on_schedule() {
     assert_eq!(owner, "CronJob/tick");
     wait_until("lastScheduleTime recorded", || !c.ok(&["get", "cronjob", "tick", "-o", "jsonpath={.status.lastScheduleTime}"]).is_empty());
 }
+
+#[test]
+fn resource_quotas_are_counted_and_enforced() {
+    let c = Cluster::start_with(tempfile::tempdir().unwrap(), &["--hollow-nodes", "1", "--no-local-node"]);
+    c.ok(&["create", "quota", "small", "--hard=pods=2,requests.cpu=1,count/configmaps=2"]);
+    wait_until("the quota's status", || c.ok(&["get", "quota", "small", "-o", "jsonpath={.status.hard.pods}"]) == "2");
+    let pod = |name: &str, cpu: &str| format!("apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}}}\nspec:\n  containers: [{{name: c, image: nginx, resources: {{requests: {{cpu: {cpu}}}}}}}]\n");
+    c.ok(&["apply", "-f", path_str(&c.write("a.yaml", &pod("a", "400m")))]);
+    c.ok(&["apply", "-f", path_str(&c.write("b.yaml", &pod("b", "400m")))]);
+    let e = c.fails(&["apply", "-f", path_str(&c.write("c.yaml", &pod("c", "100m")))]);
+    assert!(e.contains("exceeded quota: small") && e.contains("pods=2"), "{e}");
+    c.ok(&["delete", "pod", "b", "--wait=false", "--grace-period=0", "--force"]);
+    let e = c.fails(&["apply", "-f", path_str(&c.write("d.yaml", &pod("d", "700m")))]);
+    assert!(e.contains("requests.cpu"), "{e}");
+    let no_req = "apiVersion: v1\nkind: Pod\nmetadata: {name: e}\nspec:\n  containers: [{name: c, image: nginx}]\n";
+    assert!(c.fails(&["apply", "-f", path_str(&c.write("e.yaml", no_req))]).contains("must specify requests.cpu"));
+    wait_until("used recomputed after the deletion", || c.ok(&["get", "quota", "small", "-o", "jsonpath={.status.used.pods}"]) == "1");
+}

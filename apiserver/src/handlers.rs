@@ -839,6 +839,42 @@ impl Req<'_> {
         self.create_object(obj).await
     }
 
+    /// ResourceQuota admission (`quota.rs`): reserve this create's usage on every quota of
+    /// the namespace, or refuse it.
+    async fn charge_quotas(&self, name: &str, obj: &Value) -> Result<(), ApiError> {
+        let Some(ns) = self.namespace.as_deref() else { return Ok(()) };
+        let prefix = format!("/registry/core/resourcequotas/{ns}/");
+        let delta = crate::quota::usage(self.info.group, self.info.resource, obj);
+        for _ in 0..CAS_RETRIES_MAX {
+            let r = self.st.store.range(RangeRequest::prefix(prefix.clone())).await?;
+            if r.kvs.is_empty() {
+                return Ok(());
+            }
+            let mut charged = Vec::new();
+            for kv in &r.kvs {
+                let q = Stored::parse(&kv.value).map_err(ApiError::internal)?.value_at(kv.mod_revision).map_err(ApiError::internal)?;
+                match crate::quota::charge(&q, &delta, obj) {
+                    Ok(mut next) => {
+                        meta_mut(&mut next).remove("resourceVersion");
+                        charged.push((String::from_utf8_lossy(&kv.key).to_string(), kv.mod_revision, next));
+                    }
+                    Err(msg) => return Err(ApiError::forbidden(format!("{} \"{name}\" is forbidden: {msg}", self.info.resource))),
+                }
+            }
+            let mut all = true;
+            for (k, rev, next) in &charged {
+                if self.cas_put(k, *rev, next).await?.is_none() {
+                    all = false;
+                    break;
+                }
+            }
+            if all {
+                return Ok(());
+            }
+        }
+        Err(ApiError::conflict("", "resourcequotas", ns))
+    }
+
     /// The Priority admission plugin: `spec.priorityClassName` (or the class marked
     /// `globalDefault`) becomes `spec.priority` and `spec.preemptionPolicy`.
     async fn resolve_priority(&self, name: &str, obj: &mut Value) -> Result<(), ApiError> {
@@ -912,6 +948,9 @@ impl Req<'_> {
         self.st.admission.admit(self.info, None, &mut obj)?;
         if self.info.kind == "Pod" && self.info.group.is_empty() {
             self.resolve_priority(&name, &mut obj).await?;
+        }
+        if self.info.namespaced && !self.dry_run() {
+            self.charge_quotas(&name, &obj).await?;
         }
         if self.info.kind == "Service" && self.info.group.is_empty() && !self.dry_run() {
             let spec = &obj["spec"];

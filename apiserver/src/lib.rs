@@ -23,6 +23,7 @@ pub mod openapi_v2;
 pub mod patch;
 pub mod patch_meta;
 pub mod protobuf;
+pub mod quota;
 pub mod registry;
 pub mod schema;
 pub mod selector;

@@ -353,6 +353,17 @@ fn to_json_raw(body: &[u8]) -> Result<Value, PbError> {
             let m: meta::DeleteOptions = decode(&raw, &kind)?;
             m.obj()
         }
+        ("v1", "ResourceQuota") => {
+            let m: core::ResourceQuota = decode(&raw, &kind)?;
+            let mut spec = json!({});
+            if let Some(sp) = &m.spec {
+                insert(&mut spec, "hard", quantities(&sp.hard));
+                insert(&mut spec, "scopes", J::j(&sp.scopes));
+            }
+            let mut v = obj! { "metadata" => m.metadata };
+            insert(&mut v, "spec", Some(spec));
+            v
+        }
         ("policy/v1", "PodDisruptionBudget") => {
             let m: policy::PodDisruptionBudget = decode(&raw, &kind)?;
             let mut spec = json!({});

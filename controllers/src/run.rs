@@ -54,6 +54,7 @@ struct Ctx {
     pdbs: Arc<Informer>,
     hpas: Arc<Informer>,
     cronjobs: Arc<Informer>,
+    quotas: Arc<Informer>,
     hpa_history: Mutex<std::collections::HashMap<String, std::collections::VecDeque<(i64, i64)>>>,
     exp: Expectations,
     events: Recorder,
@@ -158,6 +159,7 @@ impl Controllers {
             pdbs: inf.get("/apis/policy/v1/poddisruptionbudgets"),
             hpas: inf.get("/apis/autoscaling/v2/horizontalpodautoscalers"),
             cronjobs: inf.get("/apis/batch/v1/cronjobs"),
+            quotas: inf.get("/api/v1/resourcequotas"),
             hpa_history: Default::default(),
             exp: Expectations::default(),
             events: Recorder::start(c.clone(), "controller-manager", String::new()),
@@ -176,6 +178,33 @@ impl Controllers {
         let pdbq = WorkQueue::new("disruption");
         let hpaq = WorkQueue::new("horizontalpodautoscaler");
         let cjq = WorkQueue::new("cronjob");
+        let rqq = WorkQueue::new("resourcequota");
+        {
+            let q = rqq.clone();
+            ctx.quotas.on_change(move |ch| {
+                if let Change::Added(v) | Change::Modified { new: v, .. } = ch {
+                    q.add(key_of(v));
+                }
+            });
+            let (q, x) = (rqq.clone(), Arc::downgrade(&ctx));
+            ctx.pods.on_change(move |ch| {
+                let Some(ctx) = x.upgrade() else { return };
+                let v = match ch {
+                    Change::Added(v) | Change::Deleted(v) => v,
+                    Change::Modified { old, new } => {
+                        if old["status"]["phase"] == new["status"]["phase"] {
+                            return;
+                        }
+                        new
+                    }
+                };
+                for r in ctx.quotas.list() {
+                    if r["metadata"]["namespace"] == v["metadata"]["namespace"] {
+                        q.add(key_of(&r));
+                    }
+                }
+            });
+        }
         for (inf_, q) in [(ctx.hpas.clone(), hpaq.clone()), (ctx.cronjobs.clone(), cjq.clone())] {
             inf_.on_change(move |ch| {
                 if let Change::Added(v) | Change::Modified { new: v, .. } = ch {
@@ -414,6 +443,7 @@ impl Controllers {
         spawn_workers(&ctx, &gcq, 2, &mut tasks, |ctx, key| async move { sync_gc(&ctx, &key).await });
         spawn_workers(&ctx, &saq, 1, &mut tasks, |ctx, key| async move { sync_serviceaccount(&ctx, &key).await });
         spawn_workers(&ctx, &epq, 2, &mut tasks, |ctx, key| async move { sync_endpoints(&ctx, &key).await });
+        spawn_workers(&ctx, &rqq, 1, &mut tasks, |ctx, key| async move { sync_quota(&ctx, &key).await });
         spawn_workers(&ctx, &hpaq, 2, &mut tasks, |ctx, key| async move { sync_hpa(&ctx, &key).await });
         spawn_workers(&ctx, &cjq, 1, &mut tasks, |ctx, key| async move { sync_cronjob(&ctx, &key).await });
         spawn_workers(&ctx, &pdbq, 2, &mut tasks, |ctx, key| async move { sync_disruption(&ctx, &key).await });
@@ -423,7 +453,7 @@ impl Controllers {
         spawn_workers(&ctx, &stsq, 2, &mut tasks, |ctx, key| async move { sync_statefulset(&ctx, &key).await });
         let x = ctx.clone();
         tasks.push(tokio::spawn(async move { node_lifecycle(x).await }));
-        Controllers { _informers: inf, queues: vec![rsq, dq, gcq, saq, epq, jobq, dsq, stsq, nsq, pdbq, hpaq, cjq], ctx, tasks }
+        Controllers { _informers: inf, queues: vec![rsq, dq, gcq, saq, epq, jobq, dsq, stsq, nsq, pdbq, hpaq, cjq, rqq], ctx, tasks }
     }
 
     /// Queue depth, adds, retries and work duration per controller, for `/metrics`.
@@ -1567,4 +1597,61 @@ async fn sync_cronjob(ctx: &Ctx, key: &str) -> Res {
         }
     }
     Ok(next_minute)
+}
+
+// ---------------------------------------------------------------- ResourceQuota
+
+/// Recomputes a quota's `status.used` from what exists (the API server's admission reserves
+/// usage ahead; this corrects it, e.g. for creates that failed after their reservation).
+async fn sync_quota(ctx: &Ctx, key: &str) -> Res {
+    let Some(rq) = ctx.quotas.get(key) else { return Ok(None) };
+    let (ns, name) = split(key);
+    let hard = rq["spec"]["hard"].as_object().cloned().unwrap_or_default();
+    let pods: Vec<Arc<Value>> = ctx.pods.list().into_iter().filter(|p| p["metadata"]["namespace"] == ns && {
+        let ph = p["status"]["phase"].as_str().unwrap_or("");
+        ph != "Succeeded" && ph != "Failed"
+    }).collect();
+    let sum = |section: &str, res: &str| -> i64 {
+        pods.iter()
+            .flat_map(|p| p["spec"]["containers"].as_array().cloned().unwrap_or_default())
+            .map(|c| c["resources"][section][res].as_str().and_then(|s| api::Quantity::parse(s).ok()).map_or(0, |q| q.milli))
+            .sum()
+    };
+    let mut used = serde_json::Map::new();
+    for k in hard.keys() {
+        let count_path = |res: &str, group: &str| -> Option<String> {
+            match group {
+                "" => Some(format!("/api/v1/namespaces/{ns}/{res}")),
+                "apps" | "batch" | "policy" | "autoscaling" => Some(format!("/apis/{group}/{}/namespaces/{ns}/{res}", if group == "autoscaling" { "v2" } else { "v1" })),
+                _ => None,
+            }
+        };
+        let m: i64 = match k.as_str() {
+            "pods" | "count/pods" => pods.len() as i64 * 1000,
+            "cpu" | "requests.cpu" => sum("requests", "cpu"),
+            "memory" | "requests.memory" => sum("requests", "memory"),
+            "ephemeral-storage" | "requests.ephemeral-storage" => sum("requests", "ephemeral-storage"),
+            "limits.cpu" => sum("limits", "cpu"),
+            "limits.memory" => sum("limits", "memory"),
+            other => {
+                let res = other.strip_prefix("count/").unwrap_or(other);
+                let (res, group) = res.split_once('.').unwrap_or((res, ""));
+                let Some(path) = count_path(res, group) else { continue };
+                match ctx.c.get(&path).await {
+                    Ok(l) => l["items"].as_array().map_or(0, |a| a.len()) as i64 * 1000,
+                    Err(_) => continue,
+                }
+            }
+        };
+        let q = api::Quantity::from_milli(m);
+        used.insert(k.clone(), json!(if k.contains("memory") || k.contains("storage") { q.memory_string() } else { q.cpu_string() }));
+    }
+    let status = json!({"hard": hard, "used": used});
+    if rq["status"] != status {
+        match ctx.c.merge_patch_quiet(&format!("/api/v1/namespaces/{ns}/resourcequotas/{name}/status"), &json!({"status": status})).await {
+            Ok(()) | Err(ClientError::Status { code: 404 | 409, .. }) => {}
+            Err(e) => return Err(err(e)),
+        }
+    }
+    Ok(Some(Duration::from_secs(30)))
 }
