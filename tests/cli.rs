@@ -1,5 +1,7 @@
 //! The real `capstan` binary's store commands, end to end.
 
+mod common;
+
 use std::process::Command;
 
 fn capstan(dir: &std::path::Path, args: &[&str]) -> (bool, String, String) {
@@ -37,4 +39,27 @@ fn kv_commands_write_read_and_persist_across_processes() {
     assert!(out.contains("live keys             2"), "{out}");
     let (_, out, _) = capstan(d, &["del", "--prefix", "/registry/"]);
     assert_eq!(out.trim(), "deleted 2 at revision 4");
+}
+
+/// `loadgen --server` against a separately started `capstan up` (the loadgen binary is built
+/// beside capstan's by `cargo test --workspace`).
+#[test]
+fn loadgen_drives_a_separately_started_cluster() {
+    let loadgen = std::path::Path::new(env!("CARGO_BIN_EXE_capstan")).with_file_name("loadgen");
+    if !loadgen.exists() {
+        panic!("{} is missing: run the suite with cargo test --workspace", loadgen.display());
+    }
+    let c = common::Cluster::start_with(tempfile::tempdir().unwrap(), &["--no-local-node"]);
+    let json = c.dir.path().join("r.json");
+    let out = std::process::Command::new(&loadgen)
+        .args(["run", concat!(env!("CARGO_MANIFEST_DIR"), "/loadgen/workloads/scheduler-basic.yaml"), "--nodes", "5", "--pods-per-node", "10", "--server", &format!("http://{}", c.addr)])
+        .arg("--report-json")
+        .arg(&json)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    assert_eq!(r["pods"]["running"], 50);
+    assert!(r["target"].as_str().unwrap().starts_with("http://127.0.0.1:"));
+    assert_eq!(c.ok(&["get", "pods", "-n", "sched", "--no-headers"]).lines().count(), 50);
 }

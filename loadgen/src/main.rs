@@ -1,0 +1,480 @@
+//! `loadgen`: runs a declarative workload against an embedded capstan control plane (the
+//! default) or any Kubernetes API server (`--server`, `--kubeconfig`), and reports what it
+//! measured: per-call API latency, pod startup from server timestamps and as watched, every
+//! pod accounted for, the control plane's CPU and peak RSS when embedded, and verdicts
+//! against Kubernetes' SLOs and the workload's targets. `loadgen compare A.json B.json` puts
+//! two reports side by side.
+
+mod measure;
+mod report;
+mod workload;
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, anyhow, bail};
+use clap::{Parser, Subcommand};
+use client::{Client, ClientError};
+use serde_json::{Value, json};
+
+use measure::{ApiStats, Pods};
+use report::{PhaseLine, Report};
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+#[derive(Parser)]
+#[command(name = "loadgen", version, about = "Load generator and measurement for Kubernetes control planes")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run a workload file.
+    Run {
+        workload: PathBuf,
+        #[arg(long, default_value_t = 100)]
+        nodes: u64,
+        #[arg(long, default_value_t = 30)]
+        pods_per_node: u64,
+        /// Drive this API server instead of an embedded control plane.
+        #[arg(long, conflicts_with = "kubeconfig")]
+        server: Option<String>,
+        /// Drive the server of this kubeconfig's current context.
+        #[arg(long)]
+        kubeconfig: Option<PathBuf>,
+        #[arg(long)]
+        report_json: Option<PathBuf>,
+        #[arg(long)]
+        report_html: Option<PathBuf>,
+    },
+    /// Print two JSON reports side by side, with ratios.
+    Compare { a: PathBuf, b: PathBuf },
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into())).with_writer(std::io::stderr).init();
+    match cli.cmd {
+        Cmd::Compare { a, b } => {
+            let read = |p: &PathBuf| -> Result<Report> { serde_json::from_slice(&std::fs::read(p).with_context(|| format!("reading {}", p.display()))?).with_context(|| format!("{} is not a loadgen JSON report", p.display())) };
+            print!("{}", report::compare(&read(&a)?, &read(&b)?));
+            Ok(())
+        }
+        Cmd::Run { workload, nodes, pods_per_node, server, kubeconfig, report_json, report_html } => {
+            let text = std::fs::read_to_string(&workload).with_context(|| format!("reading {}", workload.display()))?;
+            let w = workload::parse(&text).map_err(|e| anyhow!("{}: {e}", workload.display()))?;
+            let vars = workload::Vars { nodes, pods_per_node };
+            let server = match (server, kubeconfig) {
+                (Some(s), _) => Some(s),
+                (None, Some(k)) => Some(server_of(&k)?),
+                _ => None,
+            };
+            let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+            let r = rt.block_on(run(w, vars, server))?;
+            print!("{}", report::table(&r));
+            if let Some(p) = report_json {
+                std::fs::write(&p, serde_json::to_vec_pretty(&r)?).with_context(|| format!("writing {}", p.display()))?;
+            }
+            if let Some(p) = report_html {
+                std::fs::write(&p, report::html(&r)).with_context(|| format!("writing {}", p.display()))?;
+            }
+            rt.shutdown_timeout(Duration::from_secs(2));
+            Ok(())
+        }
+    }
+}
+
+/// The server of a kubeconfig's current context (plain HTTP only).
+fn server_of(path: &PathBuf) -> Result<String> {
+    let v: Value = serde_norway::from_str(&std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?).context("the kubeconfig is not YAML")?;
+    let ctx = v["current-context"].as_str().ok_or_else(|| anyhow!("the kubeconfig has no current-context"))?;
+    let cluster = v["contexts"].as_array().and_then(|a| a.iter().find(|c| c["name"] == ctx)).and_then(|c| c["context"]["cluster"].as_str()).ok_or_else(|| anyhow!("context {ctx} not found"))?;
+    let server = v["clusters"].as_array().and_then(|a| a.iter().find(|c| c["name"] == cluster)).and_then(|c| c["cluster"]["server"].as_str()).ok_or_else(|| anyhow!("cluster {cluster} not found"))?;
+    if server.starts_with("https://") {
+        bail!("{server}: loadgen speaks plain HTTP only (no TLS client yet)");
+    }
+    Ok(server.to_string())
+}
+
+/// The control plane started in this process on a temporary data directory.
+struct Embedded {
+    _dir: tempfile::TempDir,
+    _sched: scheduler::Scheduler,
+    _ctrl: controllers::Controllers,
+    _server: tokio::task::JoinHandle<()>,
+}
+
+async fn embedded() -> Result<(String, Embedded)> {
+    let dir = tempfile::tempdir()?;
+    let cfg = storage::Config::new(dir.path().join("store"));
+    let store = tokio::task::block_in_place(|| storage::Store::open(cfg))?;
+    apiserver::bootstrap(&store).await?;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let base = format!("http://{}", listener.local_addr()?);
+    let app = apiserver::router(store);
+    let server = tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    let c = Client::new(&base);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while c.get("/api/v1/namespaces/default").await.is_err() {
+        if Instant::now() > deadline {
+            bail!("the embedded API server never became ready");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let sched = scheduler::Scheduler::start(&base, vec![scheduler::framework::Profile::default()]);
+    let ctrl = controllers::Controllers::start(&base, Default::default()).await;
+    Ok((base.clone(), Embedded { _dir: dir, _sched: sched, _ctrl: ctrl, _server: server }))
+}
+
+/// A timed API call.
+async fn call<T>(stats: &ApiStats, verb: &str, resource: &str, f: impl std::future::Future<Output = Result<T, ClientError>>) -> Result<T, ClientError> {
+    let t = Instant::now();
+    let r = f.await;
+    let ok = r.is_ok() || matches!(r, Err(ClientError::Status { code: 409, .. }));
+    stats.record(verb, resource, t.elapsed(), ok);
+    r
+}
+
+/// Runs `f(i)` for i in 0..count at `qps` (0: as fast as allowed), at most `conc` at once.
+async fn paced<F, Fut>(count: u64, qps: f64, conc: usize, progress: &Progress, f: F) -> (f64, u64)
+where
+    F: Fn(u64) -> Fut,
+    Fut: std::future::Future<Output = bool> + Send + 'static,
+{
+    let sem = Arc::new(tokio::sync::Semaphore::new(conc));
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    let failures = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    for i in 0..count {
+        if qps > 0.0 {
+            tokio::time::sleep_until((start + Duration::from_secs_f64(i as f64 / qps)).into()).await;
+        }
+        let permit = sem.clone().acquire_owned().await.expect("semaphore");
+        let fut = f(i);
+        let fl = failures.clone();
+        let p = progress.clone();
+        tasks.push(tokio::spawn(async move {
+            if !fut.await {
+                fl.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            p.inc();
+            drop(permit);
+        }));
+    }
+    futures_util::future::join_all(tasks).await;
+    (start.elapsed().as_secs_f64(), failures.load(std::sync::atomic::Ordering::Relaxed))
+}
+
+/// Progress: a bar on a terminal, plain lines otherwise.
+#[derive(Clone)]
+struct Progress {
+    bar: Option<indicatif::ProgressBar>,
+    done: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Progress {
+    fn new(phase: &str, total: u64) -> Progress {
+        let bar = std::io::stderr().is_terminal().then(|| {
+            let b = indicatif::ProgressBar::new(total);
+            b.set_style(indicatif::ProgressStyle::with_template("{msg:>20} [{bar:40}] {pos}/{len} {per_sec} eta {eta}").unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()));
+            b.set_message(phase.to_string());
+            b
+        });
+        if bar.is_none() {
+            eprintln!("loadgen: {phase}: 0/{total}");
+        }
+        Progress { bar, done: Default::default() }
+    }
+    fn inc(&self) {
+        self.done.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if let Some(b) = &self.bar {
+            b.inc(1);
+        }
+    }
+    fn set(&self, n: u64) {
+        self.done.store(n, std::sync::atomic::Ordering::Relaxed);
+        if let Some(b) = &self.bar {
+            b.set_position(n);
+        }
+    }
+    fn finish(&self, phase: &str, total: u64) {
+        match &self.bar {
+            Some(b) => b.finish(),
+            None => eprintln!("loadgen: {phase}: {}/{total}", self.done.load(std::sync::atomic::Ordering::Relaxed)),
+        }
+    }
+}
+
+fn pod_template(app: &str) -> Value {
+    json!({"metadata": {"labels": {"app": app, "loadgen": "true"}},
+        "spec": {"containers": [{"name": "c", "image": "registry.k8s.io/pause:3.9", "resources": {"requests": {"cpu": "10m", "memory": "16Mi"}}}]}})
+}
+
+async fn run(w: workload::Workload, vars: workload::Vars, server: Option<String>) -> Result<Report> {
+    let started = Instant::now();
+    let embedded_mode = server.is_none();
+    let (base, _embedded) = match server {
+        Some(s) => (s, None),
+        None => {
+            let (b, e) = embedded().await?;
+            (b, Some(e))
+        }
+    };
+    let c = Client::with_agent(&base, "capstan-loadgen/0.1");
+    let stats = Arc::new(ApiStats::default());
+    let pods = Arc::new(Pods::new());
+    // One watch of every pod, for startup latency and accounting.
+    let watcher = {
+        let (c, pods) = (c.clone(), pods.clone());
+        tokio::spawn(async move {
+            let mut rv = String::new();
+            loop {
+                if rv.is_empty() {
+                    match c.get("/api/v1/pods").await {
+                        Ok(l) => {
+                            for p in l["items"].as_array().into_iter().flatten() {
+                                pods.observe(p);
+                            }
+                            rv = l["metadata"]["resourceVersion"].as_str().unwrap_or("0").to_string();
+                        }
+                        Err(_) => {
+                            tokio::time::sleep(Duration::from_millis(500)).await;
+                            continue;
+                        }
+                    }
+                }
+                let Ok(mut s) = c.watch(&format!("/api/v1/pods?watch=true&allowWatchBookmarks=true&resourceVersion={rv}")).await else {
+                    rv.clear();
+                    continue;
+                };
+                while let Some(ev) = s.next().await {
+                    if ev["type"] == "ERROR" {
+                        rv.clear();
+                        break;
+                    }
+                    if let Some(r) = ev["object"]["metadata"]["resourceVersion"].as_str() {
+                        rv = r.to_string();
+                    }
+                    if ev["type"] == "ADDED" || ev["type"] == "MODIFIED" {
+                        pods.observe(&ev["object"]);
+                    }
+                }
+            }
+        })
+    };
+    let mut hollow = None;
+    let mut lines = Vec::new();
+    let mut expected_pods = 0u64;
+    let mut first_create: Option<f64> = None;
+    let mut extra_tasks: Vec<tokio::task::JoinHandle<()>> = Vec::new();
+    for ph in &w.phases {
+        let a = &ph.args;
+        let t0 = Instant::now();
+        let count = |k: &str| vars.count(&a[k]).map_err(|e| anyhow!("{}: {k}: {e}", ph.kind));
+        let qps = a["qps"].as_f64().unwrap_or(0.0);
+        let ns = a["namespace"].as_str().unwrap_or("default").to_string();
+        let mut line = PhaseLine { phase: ph.kind.clone(), seconds: 0.0, items: 0, configured_qps: (qps > 0.0).then_some(qps), achieved_qps: None, note: String::new() };
+        match ph.kind.as_str() {
+            "createNodes" => {
+                let n = count("count")?;
+                let cfg = kubelet::HollowConfig { count: n as usize, name_prefix: "loadgen-node-".into(), ..Default::default() };
+                hollow = Some(kubelet::HollowNodes::start(&base, cfg).await.map_err(|e| anyhow!("starting hollow nodes: {e}"))?);
+                line.items = n;
+                line.note = "hollow nodes in this process".into();
+            }
+            "createNamespace" => {
+                let name = a["name"].as_str().unwrap_or("loadgen");
+                let body = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}});
+                let _ = call(&stats, "create", "namespaces", c.post("/api/v1/namespaces", &body)).await;
+                line.items = 1;
+            }
+            "createDeployments" => {
+                let n = count("count")?;
+                let replicas = count("replicas")?;
+                expected_pods += n * replicas;
+                first_create.get_or_insert(pods.elapsed());
+                let p = Progress::new(&ph.kind, n);
+                let (secs, failed) = paced(n, qps, 64, &p, |i| {
+                    let (c, stats, ns) = (c.clone(), stats.clone(), ns.clone());
+                    async move {
+                        let name = format!("d-{i}");
+                        let d = json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": name, "namespace": ns},
+                            "spec": {"replicas": replicas, "selector": {"matchLabels": {"app": name}}, "template": pod_template(&name)}});
+                        call(&stats, "create", "deployments", c.post(&format!("/apis/apps/v1/namespaces/{ns}/deployments"), &d)).await.is_ok()
+                    }
+                })
+                .await;
+                p.finish(&ph.kind, n);
+                line.items = n;
+                line.achieved_qps = Some(n as f64 / secs.max(1e-9));
+                if failed > 0 {
+                    line.note = format!("{failed} creates failed");
+                }
+            }
+            "createPods" => {
+                let n = count("count")?;
+                expected_pods += n;
+                first_create.get_or_insert(pods.elapsed());
+                let p = Progress::new(&ph.kind, n);
+                let (secs, failed) = paced(n, qps, 256, &p, |i| {
+                    let (c, stats, ns, pods) = (c.clone(), stats.clone(), ns.clone(), pods.clone());
+                    async move {
+                        let name = format!("p-{i}");
+                        let mut pod = pod_template("bare");
+                        pod["apiVersion"] = json!("v1");
+                        pod["kind"] = json!("Pod");
+                        pod["metadata"]["name"] = json!(name);
+                        pod["metadata"]["namespace"] = json!(ns);
+                        pods.sent(&format!("{ns}/{name}"));
+                        call(&stats, "create", "pods", c.post(&format!("/api/v1/namespaces/{ns}/pods"), &pod)).await.is_ok()
+                    }
+                })
+                .await;
+                p.finish(&ph.kind, n);
+                line.items = n;
+                line.achieved_qps = Some(n as f64 / secs.max(1e-9));
+                if failed > 0 {
+                    line.note = format!("{failed} creates failed");
+                }
+            }
+            "waitPodsRunning" => {
+                let want = count("expected")?;
+                let timeout = Duration::from_secs(a["timeoutSeconds"].as_u64().unwrap_or(600));
+                let p = Progress::new(&ph.kind, want);
+                let deadline = Instant::now() + timeout;
+                loop {
+                    let n = pods.running(&ns) as u64;
+                    p.set(n);
+                    if n >= want {
+                        break;
+                    }
+                    if Instant::now() > deadline {
+                        line.note = format!("timed out after {}s with {n} of {want} running", timeout.as_secs());
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                p.finish(&ph.kind, want);
+                line.items = pods.running(&ns) as u64;
+            }
+            "scaleDeployments" => {
+                let factor = a["factor"].as_f64().unwrap_or(1.0).max(0.0);
+                let list = call(&stats, "list", "deployments", c.get(&format!("/apis/apps/v1/namespaces/{ns}/deployments"))).await.map_err(|e| anyhow!("listing deployments: {e}"))?;
+                let items: Vec<(String, i64)> = list["items"].as_array().into_iter().flatten().map(|d| (d["metadata"]["name"].as_str().unwrap_or("").to_string(), d["spec"]["replicas"].as_i64().unwrap_or(1))).collect();
+                let n = items.len() as u64;
+                let items = Arc::new(items);
+                let p = Progress::new(&ph.kind, n);
+                let (secs, _) = paced(n, qps, 64, &p, |i| {
+                    let (c, stats, ns, items) = (c.clone(), stats.clone(), ns.clone(), items.clone());
+                    async move {
+                        let (name, r) = &items[i as usize];
+                        let want = ((*r as f64) * factor).ceil() as i64;
+                        call(&stats, "patch", "deployments/scale", c.merge_patch(&format!("/apis/apps/v1/namespaces/{ns}/deployments/{name}/scale"), &json!({"spec": {"replicas": want}}))).await.is_ok()
+                    }
+                })
+                .await;
+                p.finish(&ph.kind, n);
+                line.items = n;
+                line.achieved_qps = Some(n as f64 / secs.max(1e-9));
+            }
+            "deleteDeployments" => {
+                let list = call(&stats, "list", "deployments", c.get(&format!("/apis/apps/v1/namespaces/{ns}/deployments"))).await.map_err(|e| anyhow!("listing deployments: {e}"))?;
+                let names: Arc<Vec<String>> = Arc::new(list["items"].as_array().into_iter().flatten().filter_map(|d| d["metadata"]["name"].as_str().map(String::from)).collect());
+                let n = names.len() as u64;
+                let p = Progress::new(&ph.kind, n);
+                let (secs, _) = paced(n, qps, 64, &p, |i| {
+                    let (c, stats, ns, names) = (c.clone(), stats.clone(), ns.clone(), names.clone());
+                    async move {
+                        let path = format!("/apis/apps/v1/namespaces/{ns}/deployments/{}", names[i as usize]);
+                        call(&stats, "delete", "deployments", c.delete(&path, &json!({"propagationPolicy": "Background"}))).await.is_ok()
+                    }
+                })
+                .await;
+                p.finish(&ph.kind, n);
+                line.items = n;
+                line.achieved_qps = Some(n as f64 / secs.max(1e-9));
+            }
+            "churnPods" => {
+                let n = count("count")?;
+                let p = Progress::new(&ph.kind, n);
+                let (secs, _) = paced(n, qps, 128, &p, |i| {
+                    let (c, stats, ns) = (c.clone(), stats.clone(), ns.clone());
+                    async move {
+                        let path = format!("/api/v1/namespaces/{ns}/pods/p-{i}");
+                        let a = call(&stats, "patch", "pods", c.merge_patch(&path, &json!({"metadata": {"labels": {"churned": "true"}}}))).await.is_ok();
+                        let b = call(&stats, "delete", "pods", c.delete(&path, &json!({"gracePeriodSeconds": 0}))).await.is_ok();
+                        a && b
+                    }
+                })
+                .await;
+                p.finish(&ph.kind, n);
+                line.items = n;
+                line.achieved_qps = Some(n as f64 / secs.max(1e-9));
+            }
+            "listStorm" => {
+                let n = a["lists"].as_u64().unwrap_or(10);
+                let conc = a["concurrency"].as_u64().unwrap_or(4).max(1) as usize;
+                let p = Progress::new(&ph.kind, n);
+                let (secs, _) = paced(n, 0.0, conc, &p, |_| {
+                    let (c, stats, ns) = (c.clone(), stats.clone(), ns.clone());
+                    async move { call(&stats, "list", "pods", c.get(&format!("/api/v1/namespaces/{ns}/pods"))).await.is_ok() }
+                })
+                .await;
+                p.finish(&ph.kind, n);
+                line.items = n;
+                line.achieved_qps = Some(n as f64 / secs.max(1e-9));
+            }
+            "watchStorm" => {
+                let n = a["watchers"].as_u64().unwrap_or(10);
+                for _ in 0..n {
+                    let (c, ns) = (c.clone(), ns.clone());
+                    extra_tasks.push(tokio::spawn(async move {
+                        if let Ok(mut s) = c.watch(&format!("/api/v1/namespaces/{ns}/pods?watch=true")).await {
+                            while s.next().await.is_some() {}
+                        }
+                    }));
+                }
+                line.items = n;
+                line.note = "watchers stay open for the rest of the run".into();
+            }
+            other => bail!("phase {other} is not implemented"),
+        }
+        line.seconds = t0.elapsed().as_secs_f64();
+        lines.push(line);
+    }
+    for t in extra_tasks {
+        t.abort();
+    }
+    let pod_report = pods.report(expected_pods);
+    watcher.abort();
+    drop(hollow);
+    let rate = match (first_create, pod_report.running_over_time.last()) {
+        (Some(a), Some((t, n))) if *t > a => Some(*n as f64 / (t - a)),
+        _ => None,
+    };
+    let api = stats.summary();
+    let verdicts = report::verdicts(&api, &pod_report, rate, &w.targets, embedded_mode);
+    let (cpu, rss) = measure::process_usage();
+    Ok(Report {
+        workload: w.name,
+        target: if embedded_mode { "embedded capstan".into() } else { base },
+        nodes: vars.nodes,
+        pods_per_node: vars.pods_per_node,
+        seconds: started.elapsed().as_secs_f64(),
+        phases: lines,
+        api,
+        pods: pod_report,
+        pods_per_second_created_to_running: rate,
+        process_cpu_seconds: cpu,
+        process_peak_rss_bytes: rss,
+        process_note: if embedded_mode { "loadgen and the whole control plane in this process".into() } else { "loadgen (and its hollow nodes) only".into() },
+        verdicts,
+    })
+}

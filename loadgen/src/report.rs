@@ -1,0 +1,210 @@
+//! The report: verdicts against Kubernetes' SLOs and the workload's targets, printed as a
+//! table, written as JSON, and as a self-contained HTML page whose plots are SVG drawn here
+//! (no scripts, no network needed to view it); and `compare` of two JSON reports.
+
+use std::fmt::Write;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::measure::{ApiLine, PodReport};
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PhaseLine {
+    pub phase: String,
+    pub seconds: f64,
+    pub items: u64,
+    pub configured_qps: Option<f64>,
+    pub achieved_qps: Option<f64>,
+    pub note: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Verdict {
+    pub name: String,
+    pub measured: Option<f64>,
+    pub limit: f64,
+    pub pass: bool,
+    pub source: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Report {
+    pub workload: String,
+    pub target: String,
+    pub nodes: u64,
+    pub pods_per_node: u64,
+    pub seconds: f64,
+    pub phases: Vec<PhaseLine>,
+    pub api: Vec<ApiLine>,
+    pub pods: PodReport,
+    pub pods_per_second_created_to_running: Option<f64>,
+    pub process_cpu_seconds: f64,
+    pub process_peak_rss_bytes: u64,
+    pub process_note: String,
+    pub verdicts: Vec<Verdict>,
+}
+
+const MUTATING: &[&str] = &["create", "update", "patch", "delete", "deletecollection"];
+
+/// Verdicts: the Kubernetes SLOs (mutating calls p99 <= 1 s; reads p99 <= 1 s for one object,
+/// <= 30 s for lists; pod startup p99 <= 5 s) and the workload's own targets.
+pub fn verdicts(api: &[ApiLine], pods: &PodReport, rate: Option<f64>, targets: &Value, embedded: bool) -> Vec<Verdict> {
+    let mut v = Vec::new();
+    let worst = |pred: &dyn Fn(&ApiLine) -> bool| api.iter().filter(|l| pred(l)).map(|l| l.p99_ms / 1000.0).fold(None, |a: Option<f64>, x| Some(a.map_or(x, |a| a.max(x))));
+    let mutating = worst(&|l| MUTATING.contains(&l.verb.as_str()));
+    let get = worst(&|l| l.verb == "get");
+    let list = worst(&|l| l.verb == "list");
+    // In embedded mode the client and the server share one clock: the watched startup is
+    // exact to the millisecond; otherwise the server's timestamps are the authority.
+    let (startup, src) = if embedded && pods.startup_client_p99_s.is_some() {
+        (pods.startup_client_p99_s, "client-observed (create sent, or first watched, to Running watched; one clock)")
+    } else {
+        (pods.startup_server_p99_s, "server timestamps (creationTimestamp to Ready; 1 s resolution)")
+    };
+    let mut push = |name: &str, measured: Option<f64>, limit: f64, source: &str, higher_is_better: bool| {
+        let pass = measured.is_some_and(|m| if higher_is_better { m >= limit } else { m <= limit });
+        v.push(Verdict { name: name.into(), measured, limit, pass, source: source.into() });
+    };
+    push("SLO: mutating API calls p99 (s)", mutating, 1.0, "client-side hdrhistogram", false);
+    if get.is_some() {
+        push("SLO: single-object reads p99 (s)", get, 1.0, "client-side hdrhistogram", false);
+    }
+    if list.is_some() {
+        push("SLO: list reads p99 (s)", list, 30.0, "client-side hdrhistogram", false);
+    }
+    if startup.is_some() {
+        push("SLO: pod startup p99 (s)", startup, 5.0, src, false);
+    }
+    if let Some(t) = targets["podStartupP99Seconds"].as_f64() {
+        push("target: pod startup p99 (s)", startup, t, src, false);
+    }
+    if let Some(t) = targets["mutatingP99Seconds"].as_f64() {
+        push("target: mutating API calls p99 (s)", mutating, t, "client-side hdrhistogram", false);
+    }
+    if let Some(t) = targets["podsPerSecond"].as_f64() {
+        push("target: pods/s created to running", rate, t, "first create to last Running watched", true);
+    }
+    v.push(Verdict {
+        name: "every pod accounted for".into(),
+        measured: Some((pods.running + pods.failed + pods.not_running + pods.missing) as f64),
+        limit: pods.expected as f64,
+        pass: pods.running + pods.failed + pods.not_running + pods.missing == pods.expected.max(pods.seen),
+        source: format!("{} running, {} failed, {} not running at the deadline, {} never seen", pods.running, pods.failed, pods.not_running, pods.missing),
+    });
+    v
+}
+
+fn f(x: Option<f64>) -> String {
+    x.map_or("-".into(), |v| format!("{v:.3}"))
+}
+
+pub fn table(r: &Report) -> String {
+    let mut s = String::new();
+    let _ = writeln!(s, "workload {} against {} ({} nodes, {} pods/node): {:.1} s", r.workload, r.target, r.nodes, r.pods_per_node, r.seconds);
+    let _ = writeln!(s, "\nphase                 seconds     items   qps set  qps achieved  note");
+    for p in &r.phases {
+        let _ = writeln!(s, "{:<20} {:>8.2} {:>9} {:>9} {:>13}  {}", p.phase, p.seconds, p.items, f(p.configured_qps), f(p.achieved_qps), p.note);
+    }
+    let _ = writeln!(s, "\nAPI calls (client-side)   count  errors   p50 ms   p90 ms   p99 ms   max ms");
+    for a in &r.api {
+        let _ = writeln!(s, "{:<24} {:>6} {:>7} {:>8.2} {:>8.2} {:>8.2} {:>8.2}", format!("{} {}", a.verb, a.resource), a.count, a.errors, a.p50_ms, a.p90_ms, a.p99_ms, a.max_ms);
+    }
+    let p = &r.pods;
+    let _ = writeln!(s, "\npods: expected {}, running {}, failed {}, not running {}, never seen {}", p.expected, p.running, p.failed, p.not_running, p.missing);
+    let _ = writeln!(s, "pod startup p50/p99: server {} / {} s (1 s resolution); client-observed {} / {} s", f(p.startup_server_p50_s), f(p.startup_server_p99_s), f(p.startup_client_p50_s), f(p.startup_client_p99_s));
+    let _ = writeln!(s, "scheduling: {} pods/s; created-to-running throughput {} pods/s", f(p.scheduling_pods_per_s), f(r.pods_per_second_created_to_running));
+    let _ = writeln!(s, "process: {:.1} CPU s, peak RSS {} MiB ({})", r.process_cpu_seconds, r.process_peak_rss_bytes >> 20, r.process_note);
+    let _ = writeln!(s, "\nverdicts");
+    for v in &r.verdicts {
+        let _ = writeln!(s, "  [{}] {}: {} (limit {}) — {}", if v.pass { "PASS" } else { "FAIL" }, v.name, f(v.measured), v.limit, v.source);
+    }
+    s
+}
+
+fn esc(s: &str) -> String {
+    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
+}
+
+/// A line chart of pods Running over time.
+fn svg_line(points: &[(f64, u64)], w: f64, h: f64) -> String {
+    let maxx = points.iter().map(|p| p.0).fold(1e-9, f64::max);
+    let maxy = points.iter().map(|p| p.1).max().unwrap_or(1).max(1) as f64;
+    let path: Vec<String> = points.iter().map(|(x, y)| format!("{:.1},{:.1}", 40.0 + x / maxx * (w - 50.0), h - 20.0 - *y as f64 / maxy * (h - 30.0))).collect();
+    format!(
+        r##"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}"><rect width="100%" height="100%" fill="#fff"/><line x1="40" y1="{b}" x2="{w}" y2="{b}" stroke="#999"/><line x1="40" y1="10" x2="40" y2="{b}" stroke="#999"/><polyline fill="none" stroke="#1f6feb" stroke-width="2" points="{}"/><text x="42" y="20" font-size="11">{maxy:.0} pods</text><text x="{tx}" y="{ty}" font-size="11">{maxx:.1} s</text></svg>"##,
+        path.join(" "),
+        b = h - 20.0,
+        tx = w - 60.0,
+        ty = h - 5.0
+    )
+}
+
+/// A bar chart of a latency distribution (bucket upper bounds in ms).
+fn svg_bars(buckets: &[(f64, u64)], w: f64, h: f64) -> String {
+    let used: Vec<&(f64, u64)> = buckets.iter().collect();
+    let maxc = used.iter().map(|b| b.1).max().unwrap_or(1).max(1) as f64;
+    let bw = (w - 50.0) / used.len().max(1) as f64;
+    let mut s = format!(r##"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}"><rect width="100%" height="100%" fill="#fff"/>"##);
+    for (i, (ub, c)) in used.iter().enumerate() {
+        let bh = *c as f64 / maxc * (h - 40.0);
+        let _ = write!(s, r##"<rect x="{:.1}" y="{:.1}" width="{:.1}" height="{bh:.1}" fill="#2da44e"><title>&lt;= {ub} ms: {c}</title></rect>"##, 40.0 + i as f64 * bw, h - 25.0 - bh, (bw - 1.0).max(1.0));
+        if i % 3 == 0 {
+            let _ = write!(s, r##"<text x="{:.1}" y="{:.1}" font-size="9">{ub}</text>"##, 40.0 + i as f64 * bw, h - 12.0);
+        }
+    }
+    s.push_str("</svg>");
+    s
+}
+
+pub fn html(r: &Report) -> String {
+    let mut s = String::from("<!doctype html><html><head><meta charset=\"utf-8\"><title>loadgen report</title><style>body{font-family:sans-serif;max-width:1000px;margin:2em auto}table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}td:first-child{text-align:left}.pass{color:#1a7f37}.fail{color:#cf222e}</style></head><body>");
+    let _ = write!(s, "<h1>{} — {}</h1><p>{} nodes, {} pods per node, {:.1} s. Process: {:.1} CPU s, peak RSS {} MiB ({}).</p>", esc(&r.workload), esc(&r.target), r.nodes, r.pods_per_node, r.seconds, r.process_cpu_seconds, r.process_peak_rss_bytes >> 20, esc(&r.process_note));
+    s.push_str("<h2>Verdicts</h2><table><tr><th>check</th><th>measured</th><th>limit</th><th>result</th><th>source</th></tr>");
+    for v in &r.verdicts {
+        let _ = write!(s, "<tr><td>{}</td><td>{}</td><td>{}</td><td class=\"{}\">{}</td><td>{}</td></tr>", esc(&v.name), f(v.measured), v.limit, if v.pass { "pass" } else { "fail" }, if v.pass { "PASS" } else { "FAIL" }, esc(&v.source));
+    }
+    s.push_str("</table><h2>Pods Running over time</h2>");
+    s.push_str(&svg_line(&r.pods.running_over_time, 900.0, 260.0));
+    s.push_str("<h2>API call latency (client-side)</h2><table><tr><th>call</th><th>count</th><th>errors</th><th>p50 ms</th><th>p90 ms</th><th>p99 ms</th><th>max ms</th></tr>");
+    for a in &r.api {
+        let _ = write!(s, "<tr><td>{} {}</td><td>{}</td><td>{}</td><td>{:.2}</td><td>{:.2}</td><td>{:.2}</td><td>{:.2}</td></tr>", esc(&a.verb), esc(&a.resource), a.count, a.errors, a.p50_ms, a.p90_ms, a.p99_ms, a.max_ms);
+    }
+    s.push_str("</table>");
+    for a in &r.api {
+        let _ = write!(s, "<h3>{} {} (ms)</h3>", esc(&a.verb), esc(&a.resource));
+        s.push_str(&svg_bars(&a.buckets, 900.0, 160.0));
+    }
+    s.push_str("<h2>Phases</h2><table><tr><th>phase</th><th>seconds</th><th>items</th><th>qps set</th><th>qps achieved</th><th>note</th></tr>");
+    for p in &r.phases {
+        let _ = write!(s, "<tr><td>{}</td><td>{:.2}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>", esc(&p.phase), p.seconds, p.items, f(p.configured_qps), f(p.achieved_qps), esc(&p.note));
+    }
+    s.push_str("</table></body></html>\n");
+    s
+}
+
+/// Two reports side by side, with B/A ratios.
+pub fn compare(a: &Report, b: &Report) -> String {
+    let mut s = String::new();
+    let ratio = |x: Option<f64>, y: Option<f64>| match (x, y) {
+        (Some(x), Some(y)) if x > 0.0 => format!("{:.2}x", y / x),
+        _ => "-".into(),
+    };
+    let _ = writeln!(s, "{:<44} {:>12} {:>12} {:>8}", "", a.workload.clone() + " (A)", b.workload.clone() + " (B)", "B/A");
+    let mut row = |name: &str, x: Option<f64>, y: Option<f64>| {
+        let _ = writeln!(s, "{name:<44} {:>12} {:>12} {:>8}", f(x), f(y), ratio(x, y));
+    };
+    row("seconds", Some(a.seconds), Some(b.seconds));
+    row("pods running", Some(a.pods.running as f64), Some(b.pods.running as f64));
+    row("pod startup p99, client-observed (s)", a.pods.startup_client_p99_s, b.pods.startup_client_p99_s);
+    row("pod startup p99, server (s)", a.pods.startup_server_p99_s, b.pods.startup_server_p99_s);
+    row("pods/s created to running", a.pods_per_second_created_to_running, b.pods_per_second_created_to_running);
+    row("scheduling pods/s", a.pods.scheduling_pods_per_s, b.pods.scheduling_pods_per_s);
+    row("process CPU s", Some(a.process_cpu_seconds), Some(b.process_cpu_seconds));
+    row("process peak RSS MiB", Some((a.process_peak_rss_bytes >> 20) as f64), Some((b.process_peak_rss_bytes >> 20) as f64));
+    for x in &a.api {
+        let y = b.api.iter().find(|y| y.verb == x.verb && y.resource == x.resource);
+        row(&format!("{} {} p99 ms", x.verb, x.resource), Some(x.p99_ms), y.map(|y| y.p99_ms));
+    }
+    s
+}
