@@ -49,7 +49,7 @@ impl Recorder {
         let ev = Event { ns: s("namespace"), name: s("name"), uid: s("uid"), field_path: container.map(|c| format!("spec.containers{{{c}}}")), warning, reason, message };
         if self.tx.try_send(ev).is_err() {
             let n = self.dropped.fetch_add(1, Ordering::Relaxed);
-            if n % 100 == 0 {
+            if n.is_power_of_two() {
                 tracing::warn!(dropped = n + 1, "the event queue is full; events are being dropped");
             }
         }

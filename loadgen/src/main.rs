@@ -111,7 +111,8 @@ struct Embedded {
 
 async fn embedded() -> Result<(String, Embedded)> {
     let dir = tempfile::tempdir()?;
-    let cfg = storage::Config::new(dir.path().join("store"));
+    let mut cfg = storage::Config::new(dir.path().join("store"));
+    cfg.compact_retention_age = Some(Duration::from_secs(300));
     let store = tokio::task::block_in_place(|| storage::Store::open(cfg))?;
     apiserver::bootstrap(&store).await?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
@@ -177,6 +178,8 @@ where
 struct Progress {
     bar: Option<indicatif::ProgressBar>,
     done: Arc<std::sync::atomic::AtomicU64>,
+    phase: String,
+    total: u64,
 }
 
 impl Progress {
@@ -190,7 +193,7 @@ impl Progress {
         if bar.is_none() {
             eprintln!("loadgen: {phase}: 0/{total}");
         }
-        Progress { bar, done: Default::default() }
+        Progress { bar, done: Default::default(), phase: phase.to_string(), total }
     }
     fn inc(&self) {
         self.done.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -199,9 +202,16 @@ impl Progress {
         }
     }
     fn set(&self, n: u64) {
-        self.done.store(n, std::sync::atomic::Ordering::Relaxed);
-        if let Some(b) = &self.bar {
-            b.set_position(n);
+        let before = self.done.swap(n, std::sync::atomic::Ordering::Relaxed);
+        match &self.bar {
+            Some(b) => b.set_position(n),
+            // Plain lines when not a terminal: one per tenth of the way.
+            None => {
+                let total = self.total.max(1);
+                if before * 10 / total != n * 10 / total {
+                    eprintln!("loadgen: {}: {n}/{total}", self.phase);
+                }
+            }
         }
     }
     fn finish(&self, phase: &str, total: u64) {
