@@ -296,3 +296,34 @@ fn resource_quotas_are_counted_and_enforced() {
     assert!(c.fails(&["apply", "-f", path_str(&c.write("e.yaml", no_req))]).contains("must specify requests.cpu"));
     wait_until("used recomputed after the deletion", || c.ok(&["get", "quota", "small", "-o", "jsonpath={.status.used.pods}"]) == "1");
 }
+
+#[test]
+fn a_job_runs_to_completion_on_the_process_runtime() {
+    let c = Cluster::start_with(tempfile::tempdir().unwrap(), &["--node-name", "local"]);
+    c.ok(&["create", "job", "hello", "--image=busybox", "--", "sh", "-c", "echo done by a job"]);
+    c.ok(&["wait", "--for=condition=complete", "job/hello", "--timeout=60s"]);
+    assert_eq!(c.ok(&["logs", "job/hello"]), "done by a job\n");
+}
+
+#[test]
+fn pods_of_a_stopped_node_are_evicted_and_recreated_elsewhere() {
+    let c = Cluster::start_with(tempfile::tempdir().unwrap(), &["--hollow-nodes", "2", "--no-local-node", "--node-monitor-grace-seconds", "5"]);
+    wait_until("2 hollow nodes", || c.ok(&["get", "nodes", "-o", "name"]).lines().count() == 2);
+    // A node with no kubelet (as if stopped), and room for one pod per node.
+    c.ok(&["cordon", "hollow-1"]);
+    let f = c.write("ghost.yaml", "apiVersion: v1\nkind: Node\nmetadata: {name: ghost}\nstatus:\n  allocatable: {cpu: '4', memory: 8Gi, pods: '10'}\n  capacity: {cpu: '4', memory: 8Gi, pods: '10'}\n  conditions: [{type: Ready, status: 'True', reason: KubeletReady}]\n");
+    c.ok(&["apply", "-f", path_str(&f)]);
+    let d = c.write(
+        "d.yaml",
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: web}\nspec:\n  replicas: 2\n  selector: {matchLabels: {app: web}}\n  template:\n    metadata: {labels: {app: web}}\n    spec:\n      tolerations: [{key: node.kubernetes.io/unreachable, operator: Exists, effect: NoExecute, tolerationSeconds: 1}]\n      affinity:\n        podAntiAffinity:\n          requiredDuringSchedulingIgnoredDuringExecution: [{labelSelector: {matchLabels: {app: web}}, topologyKey: kubernetes.io/hostname}]\n      containers: [{name: c, image: nginx}]\n",
+    );
+    c.ok(&["apply", "-f", path_str(&d)]);
+    wait_until("one web pod on the ghost node", || c.ok(&["get", "pods", "-l", "app=web", "-o", "jsonpath={.items[*].spec.nodeName}"]).contains("ghost"));
+    c.ok(&["uncordon", "hollow-1"]);
+    // The ghost never renews a lease: unreachable, its pod evicted, a replacement runs on hollow-1.
+    wait_until("a replacement Running on hollow-1", || {
+        c.ok(&["get", "pods", "-l", "app=web", "--field-selector=status.phase=Running", "-o", "jsonpath={.items[*].spec.nodeName}"]).contains("hollow-1")
+    });
+    let ev = c.ok(&["get", "events", "--field-selector", "reason=TaintManagerEviction", "-o", "jsonpath={.items[*].message}"]);
+    assert!(ev.contains("Marking for deletion Pod default/web-"), "{ev}");
+}

@@ -472,7 +472,21 @@ async fn run(w: workload::Workload, vars: workload::Vars, server: Option<String>
     let api = stats.summary();
     let verdicts = report::verdicts(&api, &pod_report, rate, &w.targets, embedded_mode);
     let (cpu, rss) = measure::process_usage();
+    let slo_pass = verdicts.iter().filter(|v| v.name.starts_with("SLO:") || v.name == "every pod accounted for").all(|v| v.pass);
+    let (p50, p99) = if embedded_mode && pod_report.startup_client_p99_s.is_some() {
+        (pod_report.startup_client_p50_s, pod_report.startup_client_p99_s)
+    } else {
+        (pod_report.startup_server_p50_s, pod_report.startup_server_p99_s)
+    };
     Ok(Report {
+        pods_total: pod_report.expected,
+        pods_running: pod_report.running,
+        pod_startup_p50_ms: p50.map(|s| s * 1000.0),
+        pod_startup_p99_ms: p99.map(|s| s * 1000.0),
+        api_mutating_p99_ms: report::mutating_p99_ms(&api),
+        pods_per_sec: rate,
+        control_plane_peak_rss_bytes: embedded_mode.then_some(rss),
+        slo_pass,
         workload: w.name,
         target: if embedded_mode { "embedded capstan".into() } else { base },
         nodes: vars.nodes,

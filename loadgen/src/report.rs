@@ -30,6 +30,16 @@ pub struct Verdict {
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Report {
+    // The summary other tools rely on (issue #8's interface).
+    pub pods_total: u64,
+    pub pods_running: u64,
+    pub pod_startup_p50_ms: Option<f64>,
+    pub pod_startup_p99_ms: Option<f64>,
+    pub api_mutating_p99_ms: Option<f64>,
+    pub pods_per_sec: Option<f64>,
+    /// The whole process's peak RSS when the control plane is embedded; null with --server.
+    pub control_plane_peak_rss_bytes: Option<u64>,
+    pub slo_pass: bool,
     pub workload: String,
     pub target: String,
     pub nodes: u64,
@@ -49,6 +59,11 @@ const MUTATING: &[&str] = &["create", "update", "patch", "delete", "deletecollec
 
 /// Verdicts: the Kubernetes SLOs (mutating calls p99 <= 1 s; reads p99 <= 1 s for one object,
 /// <= 30 s for lists; pod startup p99 <= 5 s) and the workload's own targets.
+/// The mutating calls' worst p99 in ms.
+pub fn mutating_p99_ms(api: &[ApiLine]) -> Option<f64> {
+    api.iter().filter(|l| MUTATING.contains(&l.verb.as_str())).map(|l| l.p99_ms).fold(None, |a: Option<f64>, x| Some(a.map_or(x, |a| a.max(x))))
+}
+
 pub fn verdicts(api: &[ApiLine], pods: &PodReport, rate: Option<f64>, targets: &Value, embedded: bool) -> Vec<Verdict> {
     let mut v = Vec::new();
     let worst = |pred: &dyn Fn(&ApiLine) -> bool| api.iter().filter(|l| pred(l)).map(|l| l.p99_ms / 1000.0).fold(None, |a: Option<f64>, x| Some(a.map_or(x, |a| a.max(x))));

@@ -19,6 +19,13 @@ fn a_tiny_density_run_accounts_for_every_pod() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "loadgen failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
     let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    // The summary other tools read.
+    assert_eq!(r["pods_total"], 200);
+    assert_eq!(r["pods_running"], 200);
+    assert!(r["pod_startup_p50_ms"].as_f64().unwrap() <= r["pod_startup_p99_ms"].as_f64().unwrap());
+    assert!(r["api_mutating_p99_ms"].as_f64().is_some() && r["pods_per_sec"].as_f64().is_some());
+    assert!(r["control_plane_peak_rss_bytes"].as_u64().unwrap() > 0);
+    assert!(r["slo_pass"].is_boolean());
     let p = &r["pods"];
     assert_eq!(p["expected"], 200);
     assert_eq!(p["running"], 200, "{stdout}");

@@ -57,6 +57,7 @@ impl Cache {
                 n.pods = std::mem::take(&mut old.pods);
                 n.requested = old.requested.clone();
                 n.used_ports = std::mem::take(&mut old.used_ports);
+                n.anti_affinity_pods = old.anti_affinity_pods;
                 *old = n;
             }
             None => {
@@ -530,5 +531,33 @@ async fn report_unschedulable(c: Client, events: Recorder, p: Arc<PodInfo>, msg:
     let path = format!("/api/v1/namespaces/{}/pods/{}/status", p.namespace, p.name);
     if let Err(e) = c.merge_patch_quiet(&path, &patch).await {
         tracing::debug!(pod = p.name, error = %e, "writing PodScheduled=False failed");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_node_update_keeps_its_pods_and_their_counts() {
+        let mut c = Cache::default();
+        let n = |taint: bool| {
+            let mut v = json!({"metadata": {"name": "n"}, "status": {"allocatable": {"cpu": "4", "memory": "8Gi", "pods": "10"}}});
+            if taint {
+                v["spec"] = json!({"taints": [{"key": "k", "effect": "NoSchedule"}]});
+            }
+            NodeInfo::from_json(&v).unwrap()
+        };
+        c.upsert_node(n(false));
+        let p = PodInfo::from_json(&json!({"metadata": {"name": "p", "namespace": "d", "uid": "u"}, "spec": {"containers": [{"name": "c", "resources": {"requests": {"cpu": "1"}}}],
+            "affinity": {"podAntiAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [{"labelSelector": {"matchLabels": {"a": "b"}}, "topologyKey": "x"}]}}}}))
+        .unwrap();
+        assert!(c.place(Arc::new(p), "n", true));
+        c.upsert_node(n(true));
+        let node = c.node("n").unwrap();
+        assert_eq!((node.pods.len(), node.requested.cpu, node.anti_affinity_pods, node.taints.len()), (1, 1000, 1, 1));
+        c.unplace("u");
+        let node = c.node("n").unwrap();
+        assert_eq!((node.pods.len(), node.requested.cpu, node.anti_affinity_pods), (0, 0, 0));
     }
 }

@@ -402,7 +402,7 @@ impl NodeInfo {
         let Some(i) = self.pods.iter().position(|p| p.uid == uid) else { return false };
         let p = self.pods.swap_remove(i);
         self.requested.sub(&p.requests);
-        self.anti_affinity_pods -= u32::from(!p.anti_affinity.is_empty());
+        self.anti_affinity_pods = self.anti_affinity_pods.saturating_sub(u32::from(!p.anti_affinity.is_empty()));
         for hp in &p.host_ports {
             if let Some(j) = self.used_ports.iter().position(|u| u == hp) {
                 self.used_ports.swap_remove(j);
