@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # A Deployment of N replicas on M hollow nodes, everything in one `capstan up`: time from
-# `kubectl create deployment` to all N available, and the process's CPU time and peak RSS.
+# `kubectl create deployment` to all N available, the process's CPU time and peak RSS, then a
+# rolling update of it (`kubectl set image` to `rollout status` done).
 # Usage: bench/deployment-run.sh [REPLICAS=10000] [NODES=100]
 set -euo pipefail
 N=${1:-10000}; M=${2:-100}
@@ -20,4 +21,9 @@ T1=$(date +%s.%N)
 C1=$(awk '{print $14+$15}' /proc/$UP/stat)
 python3 -c "print('deployment of $N replicas on $M hollow nodes available in %.1f s (%.0f pods/s); process CPU %.1f s' % ($T1-$T0, $N/($T1-$T0), ($C1-$C0)/100))"
 grep -E "VmHWM|VmRSS" /proc/$UP/status
+T2=$(date +%s.%N)
+kubectl set image deploy/big nginx=nginx:2 >/dev/null
+kubectl rollout status deploy/big --timeout=900s >/dev/null
+T3=$(date +%s.%N)
+python3 -c "print('rolling update of the $N replicas (25%% surge / 25%% unavailable) completed in %.1f s' % ($T3-$T2))"
 curl -s "$(grep -o 'scheduler:  http://[0-9.:]*' "$D/out.log" | sed 's/scheduler:  //')/metrics" | grep -E '^workqueue_(adds_total|retries_total|work_duration_seconds\{name="(replicaset|deployment)")'
