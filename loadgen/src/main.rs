@@ -354,6 +354,80 @@ async fn run(w: workload::Workload, vars: workload::Vars, server: Option<String>
                     line.note = format!("{failed} creates failed");
                 }
             }
+            "createReplicaSets" | "createJobs" => {
+                let n = count("count")?;
+                let replicas = count("replicas")?;
+                expected_pods += n * replicas;
+                first_create.get_or_insert(pods.elapsed());
+                let jobs = ph.kind == "createJobs";
+                let run_seconds = a["runSeconds"].as_f64().unwrap_or(1.0);
+                let p = Progress::new(&ph.kind, n);
+                let (secs, failed) = paced(n, qps, 64, &p, |i| {
+                    let (c, stats, ns) = (c.clone(), stats.clone(), ns.clone());
+                    async move {
+                        if jobs {
+                            let name = format!("j-{i}");
+                            let mut t = pod_template(&name);
+                            t["spec"]["restartPolicy"] = json!("Never");
+                            // Hollow pods finish after this; real ones run their command.
+                            t["metadata"]["annotations"] = json!({"hollow.capstan.io/run-seconds": run_seconds.to_string()});
+                            let j = json!({"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": name, "namespace": ns},
+                                "spec": {"completions": replicas, "parallelism": replicas, "template": t}});
+                            call(&stats, "create", "jobs", c.post(&format!("/apis/batch/v1/namespaces/{ns}/jobs"), &j)).await.is_ok()
+                        } else {
+                            let name = format!("rs-{i}");
+                            let r = json!({"apiVersion": "apps/v1", "kind": "ReplicaSet", "metadata": {"name": name, "namespace": ns},
+                                "spec": {"replicas": replicas, "selector": {"matchLabels": {"app": name}}, "template": pod_template(&name)}});
+                            call(&stats, "create", "replicasets", c.post(&format!("/apis/apps/v1/namespaces/{ns}/replicasets"), &r)).await.is_ok()
+                        }
+                    }
+                })
+                .await;
+                p.finish(&ph.kind, n);
+                line.items = n;
+                line.achieved_qps = Some(n as f64 / secs.max(1e-9));
+                if failed > 0 {
+                    line.note = format!("{failed} creates failed");
+                }
+            }
+            "rollingUpdate" => {
+                // A new template for every Deployment, then wait until each reports all
+                // replicas updated and available (what `kubectl rollout status` waits for).
+                let list = call(&stats, "list", "deployments", c.get(&format!("/apis/apps/v1/namespaces/{ns}/deployments"))).await.map_err(|e| anyhow!("listing deployments: {e}"))?;
+                let names: Arc<Vec<String>> = Arc::new(list["items"].as_array().into_iter().flatten().filter_map(|d| d["metadata"]["name"].as_str().map(String::from)).collect());
+                let n = names.len() as u64;
+                let p = Progress::new(&ph.kind, n);
+                let stamp = jiff::Timestamp::now().as_second().to_string();
+                let (_, _) = paced(n, qps, 64, &p, |i| {
+                    let (c, stats, ns, names, stamp) = (c.clone(), stats.clone(), ns.clone(), names.clone(), stamp.clone());
+                    async move {
+                        let path = format!("/apis/apps/v1/namespaces/{ns}/deployments/{}", names[i as usize]);
+                        let patch = json!({"spec": {"template": {"metadata": {"annotations": {"loadgen/rollout": stamp}}}}});
+                        call(&stats, "patch", "deployments", c.merge_patch(&path, &patch)).await.is_ok()
+                    }
+                })
+                .await;
+                p.finish(&ph.kind, n);
+                let timeout = Duration::from_secs(a["timeoutSeconds"].as_u64().unwrap_or(600));
+                let deadline = Instant::now() + timeout;
+                loop {
+                    let l = call(&stats, "list", "deployments", c.get(&format!("/apis/apps/v1/namespaces/{ns}/deployments"))).await.map_err(|e| anyhow!("listing deployments: {e}"))?;
+                    let done = l["items"].as_array().into_iter().flatten().filter(|d| {
+                        let want = d["spec"]["replicas"].as_i64().unwrap_or(1);
+                        d["status"]["updatedReplicas"].as_i64() == Some(want) && d["status"]["availableReplicas"].as_i64() == Some(want) && d["status"]["replicas"].as_i64() == Some(want)
+                            && d["status"]["observedGeneration"] == d["metadata"]["generation"]
+                    }).count() as u64;
+                    if done >= n {
+                        break;
+                    }
+                    if Instant::now() > deadline {
+                        line.note = format!("timed out with {done} of {n} rolled out");
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                line.items = n;
+            }
             "waitPodsRunning" => {
                 let want = count("expected")?;
                 let timeout = Duration::from_secs(a["timeoutSeconds"].as_u64().unwrap_or(600));
@@ -415,10 +489,16 @@ async fn run(w: workload::Workload, vars: workload::Vars, server: Option<String>
                 let n = count("count")?;
                 let p = Progress::new(&ph.kind, n);
                 let (secs, _) = paced(n, qps, 128, &p, |i| {
-                    let (c, stats, ns) = (c.clone(), stats.clone(), ns.clone());
+                    let (c, stats, ns, pods) = (c.clone(), stats.clone(), ns.clone(), pods.clone());
                     async move {
                         let path = format!("/api/v1/namespaces/{ns}/pods/p-{i}");
-                        let a = call(&stats, "patch", "pods", c.merge_patch(&path, &json!({"metadata": {"labels": {"churned": "true"}}}))).await.is_ok();
+                        pods.mark_sent(&format!("{ns}/p-{i}"));
+                        let a = call(&stats, "patch", "pods", c.merge_patch(&path, &json!({"metadata": {"labels": {"loadgen-mark": "1"}}}))).await.is_ok();
+                        // The delete follows the update's watch event (or 5 s), so both are seen.
+                        let t = Instant::now();
+                        while pods.marked(&format!("{ns}/p-{i}")) && t.elapsed() < Duration::from_secs(5) {
+                            tokio::time::sleep(Duration::from_millis(2)).await;
+                        }
                         let b = call(&stats, "delete", "pods", c.delete(&path, &json!({"gracePeriodSeconds": 0}))).await.is_ok();
                         a && b
                     }

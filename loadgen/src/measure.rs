@@ -106,6 +106,9 @@ pub struct Pods {
     start: Instant,
     start_unix: i64,
     m: Mutex<HashMap<String, PodRec>>,
+    /// Writes whose watch event is awaited (watch latency): key -> time sent.
+    marks: Mutex<HashMap<String, f64>>,
+    watch_latency: Mutex<Histogram<u64>>,
 }
 
 fn ts(v: &Value) -> Option<i64> {
@@ -114,7 +117,7 @@ fn ts(v: &Value) -> Option<i64> {
 
 impl Pods {
     pub fn new() -> Pods {
-        Pods { start: Instant::now(), start_unix: jiff::Timestamp::now().as_second(), m: Default::default() }
+        Pods { start: Instant::now(), start_unix: jiff::Timestamp::now().as_second(), m: Default::default(), marks: Default::default(), watch_latency: Mutex::new(hist()) }
     }
 
     pub fn elapsed(&self) -> f64 {
@@ -127,10 +130,36 @@ impl Pods {
         self.m.lock().unwrap().entry(key.to_string()).or_default().sent = Some(t);
     }
 
+    /// A write marking `key` (label `loadgen-mark`) is being sent; its watch event times the
+    /// watch path.
+    pub fn mark_sent(&self, key: &str) {
+        let t = self.elapsed();
+        self.marks.lock().unwrap().insert(key.to_string(), t);
+    }
+
+    /// Whether a mark's watch event is still awaited.
+    pub fn marked(&self, key: &str) -> bool {
+        self.marks.lock().unwrap().contains_key(key)
+    }
+
+    /// (count, p50 ms, p99 ms) of write-to-watch-event latency.
+    pub fn watch_latency(&self) -> (u64, Option<f64>, Option<f64>) {
+        let h = self.watch_latency.lock().unwrap();
+        if h.is_empty() {
+            return (0, None, None);
+        }
+        (h.len(), Some(h.value_at_quantile(0.5) as f64 / 1000.0), Some(h.value_at_quantile(0.99) as f64 / 1000.0))
+    }
+
     /// A watch event about a pod.
     pub fn observe(&self, pod: &Value) {
         let key = format!("{}/{}", pod["metadata"]["namespace"].as_str().unwrap_or(""), pod["metadata"]["name"].as_str().unwrap_or(""));
         let now = self.elapsed();
+        if pod["metadata"]["labels"]["loadgen-mark"].is_string()
+            && let Some(sent) = self.marks.lock().unwrap().remove(&key)
+        {
+            let _ = self.watch_latency.lock().unwrap().record((((now - sent) * 1e6) as u64).max(1));
+        }
         let cond = |ty: &str| pod["status"]["conditions"].as_array().and_then(|a| a.iter().find(|c| c["type"] == ty && c["status"] == "True")).and_then(|c| ts(&c["lastTransitionTime"]));
         let mut m = self.m.lock().unwrap();
         let r = m.entry(key).or_default();
@@ -194,6 +223,7 @@ impl Pods {
             _ => None,
         };
         let seen_total = m.len() as u64;
+        let (watch_n, watch_p50, watch_p99) = self.watch_latency();
         PodReport {
             expected,
             seen: seen_total,
@@ -211,6 +241,9 @@ impl Pods {
             scheduling_pods_per_s: sched_rate,
             running_over_time: downsample(&over_time, 200),
             start_unix: self.start_unix,
+            watch_event_count: watch_n,
+            watch_event_p50_ms: watch_p50,
+            watch_event_p99_ms: watch_p99,
         }
     }
 }
@@ -250,6 +283,10 @@ pub struct PodReport {
     pub scheduling_pods_per_s: Option<f64>,
     pub running_over_time: Vec<(f64, u64)>,
     pub start_unix: i64,
+    /// Write sent to its watch event received (churnPods' label patches), ms.
+    pub watch_event_count: u64,
+    pub watch_event_p50_ms: Option<f64>,
+    pub watch_event_p99_ms: Option<f64>,
 }
 
 /// This process's CPU seconds and peak RSS (the control plane too, when embedded).

@@ -128,7 +128,10 @@ pub fn table(r: &Report) -> String {
     let p = &r.pods;
     let _ = writeln!(s, "\npods: expected {}, running {}, failed {}, not running {}, never seen {}", p.expected, p.running, p.failed, p.not_running, p.missing);
     let _ = writeln!(s, "pod startup p50/p99: server {} / {} s (1 s resolution); client-observed {} / {} s", f(p.startup_server_p50_s), f(p.startup_server_p99_s), f(p.startup_client_p50_s), f(p.startup_client_p99_s));
-    let _ = writeln!(s, "scheduling: {} pods/s; created-to-running throughput {} pods/s", f(p.scheduling_pods_per_s), f(r.pods_per_second_created_to_running));
+    let _ = writeln!(s, "scheduling: {} pods/s (p99 created to scheduled {} s); created-to-running throughput {} pods/s", f(p.scheduling_pods_per_s), f(p.schedule_server_p99_s), f(r.pods_per_second_created_to_running));
+    if p.watch_event_count > 0 {
+        let _ = writeln!(s, "watch events: {} writes timed to their watch event, p50 {} ms, p99 {} ms", p.watch_event_count, f(p.watch_event_p50_ms), f(p.watch_event_p99_ms));
+    }
     let _ = writeln!(s, "process: {:.1} CPU s, peak RSS {} MiB ({})", r.process_cpu_seconds, r.process_peak_rss_bytes >> 20, r.process_note);
     let _ = writeln!(s, "\nverdicts");
     for v in &r.verdicts {

@@ -56,3 +56,26 @@ fn bad_workloads_are_refused_with_a_reason() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown phase \"explode\""));
 }
+
+#[test]
+fn replicasets_jobs_rollouts_and_churn_with_watch_latency() {
+    let dir = tempfile::tempdir().unwrap();
+    for (w, check) in [("jobs-and-rollout", "rollingUpdate"), ("churn", "churnPods")] {
+        let json = dir.path().join(format!("{w}.json"));
+        let out = Command::new(env!("CARGO_BIN_EXE_loadgen"))
+            .args(["run", &format!("{}/workloads/{w}.yaml", env!("CARGO_MANIFEST_DIR")), "--nodes", "5", "--pods-per-node", "4"])
+            .arg("--report-json")
+            .arg(&json)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{w}: {}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+        let phase = r["phases"].as_array().unwrap().iter().find(|p| p["phase"] == check).unwrap();
+        assert_eq!(phase["note"], "", "{w}: {phase}");
+        assert_eq!(r["pods"]["not_running"], 0, "{w}");
+        if w == "churn" {
+            assert_eq!(r["pods"]["watch_event_count"], 20, "every churned pod's update was seen on the watch");
+            assert!(r["pods"]["watch_event_p99_ms"].as_f64().unwrap() >= r["pods"]["watch_event_p50_ms"].as_f64().unwrap());
+        }
+    }
+}
