@@ -307,7 +307,9 @@ fn a_job_runs_to_completion_on_the_process_runtime() {
 
 #[test]
 fn pods_of_a_stopped_node_are_evicted_and_recreated_elsewhere() {
-    let c = Cluster::start_with(tempfile::tempdir().unwrap(), &["--hollow-nodes", "2", "--no-local-node", "--node-monitor-grace-seconds", "5"]);
+    // The grace must exceed the lease renewal (Kubernetes: 40 s against 10 s), or live nodes
+    // would be declared unreachable too.
+    let c = Cluster::start_with(tempfile::tempdir().unwrap(), &["--hollow-nodes", "2", "--no-local-node", "--node-monitor-grace-seconds", "5", "--hollow-lease-renew-seconds", "1"]);
     wait_until("2 hollow nodes", || c.ok(&["get", "nodes", "-o", "name"]).lines().count() == 2);
     // A node with no kubelet (as if stopped), and room for one pod per node.
     c.ok(&["cordon", "hollow-1"]);
