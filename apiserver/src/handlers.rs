@@ -1464,7 +1464,7 @@ impl Req<'_> {
             let mut matching = Vec::new();
             for kv in &r.kvs {
                 let v = Stored::parse(&kv.value).map_err(ApiError::internal)?.value_at(kv.mod_revision).map_err(ApiError::internal)?;
-                if crate::selector::label_selector_matches(&v["spec"]["selector"], &pod["metadata"]["labels"]) {
+                if api::meta::selector_matches(&v["spec"]["selector"], &pod["metadata"]["labels"]) {
                     matching.push((kv.key.clone(), kv.mod_revision, v));
                 }
             }

@@ -231,27 +231,3 @@ mod tests {
     }
 }
 
-/// Whether a structured label selector (`matchLabels` + `matchExpressions`, as in a
-/// PodDisruptionBudget) matches `labels`. A missing selector matches nothing.
-pub fn label_selector_matches(sel: &Value, labels: &Value) -> bool {
-    if !sel.is_object() {
-        return false;
-    }
-    let get = |k: &str| labels.get(k).and_then(|v| v.as_str());
-    for (k, v) in sel["matchLabels"].as_object().into_iter().flatten() {
-        if get(k) != v.as_str() {
-            return false;
-        }
-    }
-    sel["matchExpressions"].as_array().into_iter().flatten().all(|e| {
-        let k = e["key"].as_str().unwrap_or("");
-        let vals: Vec<&str> = e["values"].as_array().into_iter().flatten().filter_map(|v| v.as_str()).collect();
-        match e["operator"].as_str().unwrap_or("") {
-            "In" => get(k).is_some_and(|x| vals.contains(&x)),
-            "NotIn" => get(k).is_none_or(|x| !vals.contains(&x)),
-            "Exists" => get(k).is_some(),
-            "DoesNotExist" => get(k).is_none(),
-            _ => false,
-        }
-    })
-}

@@ -14,6 +14,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use serde_json::{Value, json};
 
 use crate::Client;
+use api::meta::now_rfc3339;
 
 const QUEUE: usize = 1024;
 const REMEMBERED: usize = 4096;
@@ -54,11 +55,6 @@ impl Recorder {
             }
         }
     }
-}
-
-fn now_rfc3339() -> String {
-    let t = jiff::Timestamp::now();
-    jiff::Timestamp::from_second(t.as_second()).unwrap_or(t).to_string()
 }
 
 async fn run(client: Client, component: &'static str, host: String, mut rx: tokio::sync::mpsc::Receiver<Event>) {

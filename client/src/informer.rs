@@ -19,6 +19,16 @@ pub enum Change<'a> {
     Deleted(&'a Arc<Value>),
 }
 
+impl Change<'_> {
+    /// The object as it is now (or was, when deleted).
+    pub fn object(&self) -> &Arc<Value> {
+        match self {
+            Change::Added(v) | Change::Deleted(v) => v,
+            Change::Modified { new, .. } => new,
+        }
+    }
+}
+
 type Handler = Box<dyn Fn(&Change) + Send + Sync>;
 
 /// `namespace/name` (or `name` for cluster-scoped objects).

@@ -7,13 +7,10 @@ use std::time::Duration;
 
 use client::{Client, ClientError};
 use serde_json::{Value, json};
+use api::meta::now_micro;
 
 pub const DURATION: Duration = Duration::from_secs(15);
 pub const RENEW: Duration = Duration::from_secs(2);
-
-fn now_micro() -> String {
-    jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%S%.6fZ").to_string()
-}
 
 fn expired(l: &Value) -> bool {
     let Some(t) = l["spec"]["renewTime"].as_str().and_then(|s| s.parse::<jiff::Timestamp>().ok()) else { return true };

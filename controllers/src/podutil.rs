@@ -55,33 +55,7 @@ pub fn rank_for_deletion(pods: &mut [Arc<Value>]) {
     });
 }
 
-/// Whether a label selector (`matchLabels` + `matchExpressions`) matches `labels`.
-pub fn selector_matches(sel: &Value, labels: &Value) -> bool {
-    if sel.is_null() {
-        return false;
-    }
-    let get = |k: &str| labels.get(k).and_then(|v| v.as_str());
-    for (k, v) in sel["matchLabels"].as_object().into_iter().flatten() {
-        if get(k) != v.as_str() {
-            return false;
-        }
-    }
-    for e in sel["matchExpressions"].as_array().into_iter().flatten() {
-        let k = e["key"].as_str().unwrap_or("");
-        let vals: Vec<&str> = e["values"].as_array().into_iter().flatten().filter_map(|v| v.as_str()).collect();
-        let ok = match e["operator"].as_str().unwrap_or("") {
-            "In" => get(k).is_some_and(|x| vals.contains(&x)),
-            "NotIn" => get(k).is_none_or(|x| !vals.contains(&x)),
-            "Exists" => get(k).is_some(),
-            "DoesNotExist" => get(k).is_none(),
-            _ => false,
-        };
-        if !ok {
-            return false;
-        }
-    }
-    true
-}
+pub use api::meta::selector_matches;
 
 #[cfg(test)]
 mod tests {
@@ -104,15 +78,6 @@ mod tests {
         rank_for_deletion(&mut pods);
         let names: Vec<&str> = pods.iter().map(|p| p["metadata"]["name"].as_str().unwrap()).collect();
         assert_eq!(names, ["unassigned", "pending", "unready", "new-ready", "old-ready"]);
-    }
-
-    #[test]
-    fn selectors() {
-        let l = json!({"app": "web", "tier": "fe"});
-        assert!(selector_matches(&json!({"matchLabels": {"app": "web"}}), &l));
-        assert!(!selector_matches(&json!({"matchLabels": {"app": "db"}}), &l));
-        assert!(selector_matches(&json!({"matchExpressions": [{"key": "tier", "operator": "In", "values": ["fe", "be"]}, {"key": "x", "operator": "DoesNotExist"}]}), &l));
-        assert!(!selector_matches(&Value::Null, &l));
     }
 
     #[test]

@@ -80,11 +80,6 @@ impl Drop for Controllers {
     }
 }
 
-fn now_rfc3339() -> String {
-    let t = jiff::Timestamp::now();
-    jiff::Timestamp::from_second(t.as_second()).unwrap_or(t).to_string()
-}
-
 fn now_unix() -> i64 {
     jiff::Timestamp::now().as_second()
 }
@@ -215,10 +210,7 @@ impl Controllers {
         {
             let q = cjq.clone();
             ctx.jobs.on_change(move |ch| {
-                let v = match ch {
-                    Change::Added(v) | Change::Deleted(v) => v,
-                    Change::Modified { new, .. } => new,
-                };
+                let v = ch.object();
                 if let Some(k) = owner_key(v, "CronJob") {
                     q.add(k);
                 }
@@ -234,10 +226,7 @@ impl Controllers {
             let (q, x) = (pdbq.clone(), Arc::downgrade(&ctx));
             ctx.pods.on_change(move |ch| {
                 let Some(ctx) = x.upgrade() else { return };
-                let v = match ch {
-                    Change::Added(v) | Change::Deleted(v) => v,
-                    Change::Modified { new, .. } => new,
-                };
+                let v = ch.object();
                 for b in ctx.pdbs.list() {
                     if b["metadata"]["namespace"] == v["metadata"]["namespace"] && selector_matches(&b["spec"]["selector"], &v["metadata"]["labels"]) {
                         q.add(key_of(&b));
@@ -258,17 +247,11 @@ impl Controllers {
         for (inf_, q, kind) in [(ctx.jobs.clone(), jobq.clone(), "Job"), (ctx.daemonsets.clone(), dsq.clone(), "DaemonSet"), (ctx.statefulsets.clone(), stsq.clone(), "StatefulSet")] {
             let q1 = q.clone();
             inf_.on_change(move |ch| {
-                let v = match ch {
-                    Change::Added(v) | Change::Deleted(v) => v,
-                    Change::Modified { new, .. } => new,
-                };
+                let v = ch.object();
                 q1.add(key_of(v));
             });
             ctx.pods.on_change(move |ch| {
-                let v = match ch {
-                    Change::Added(v) | Change::Deleted(v) => v,
-                    Change::Modified { new, .. } => new,
-                };
+                let v = ch.object();
                 if let Some(k) = owner_key(v, kind) {
                     q.add(k);
                 }
@@ -289,10 +272,7 @@ impl Controllers {
         {
             let q = rsq.clone();
             ctx.rs.on_change(move |ch| {
-                let v = match ch {
-                    Change::Added(v) | Change::Deleted(v) => v,
-                    Change::Modified { new, .. } => new,
-                };
+                let v = ch.object();
                 q.add(key_of(v));
             });
             let (q, x) = (rsq.clone(), Arc::downgrade(&ctx));
@@ -326,18 +306,12 @@ impl Controllers {
         {
             let q = dq.clone();
             ctx.deploy.on_change(move |ch| {
-                let v = match ch {
-                    Change::Added(v) | Change::Deleted(v) => v,
-                    Change::Modified { new, .. } => new,
-                };
+                let v = ch.object();
                 q.add(key_of(v));
             });
             let q = dq.clone();
             ctx.rs.on_change(move |ch| {
-                let v = match ch {
-                    Change::Added(v) | Change::Deleted(v) => v,
-                    Change::Modified { new, .. } => new,
-                };
+                let v = ch.object();
                 if let Some(k) = owner_key(v, "Deployment") {
                     q.add(k);
                 }
@@ -415,19 +389,13 @@ impl Controllers {
         {
             let q = epq.clone();
             ctx.services.on_change(move |ch| {
-                let v = match ch {
-                    Change::Added(v) | Change::Deleted(v) => v,
-                    Change::Modified { new, .. } => new,
-                };
+                let v = ch.object();
                 q.add(key_of(v));
             });
             let (q, x) = (epq.clone(), Arc::downgrade(&ctx));
             ctx.pods.on_change(move |ch| {
                 let Some(ctx) = x.upgrade() else { return };
-                let v = match ch {
-                    Change::Added(v) | Change::Deleted(v) => v,
-                    Change::Modified { new, .. } => new,
-                };
+                let v = ch.object();
                 let ns = v["metadata"]["namespace"].as_str().unwrap_or("");
                 for s in ctx.services.list() {
                     if s["metadata"]["namespace"] == ns && selector_matches(&json!({"matchLabels": s["spec"]["selector"]}), &v["metadata"]["labels"]) && s["spec"]["selector"].is_object() {
@@ -1401,6 +1369,7 @@ mod tests {
 // ---------------------------------------------------------------- HorizontalPodAutoscaler
 
 use crate::autoscale::{self, Cron};
+use api::meta::now_rfc3339;
 
 fn quantity_milli(s: &str) -> i64 {
     api::Quantity::parse(s).map(|q| q.milli).unwrap_or(0)

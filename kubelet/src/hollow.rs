@@ -19,6 +19,7 @@ use serde_json::{Map, Value, json};
 
 use crate::client::{Client, ClientError};
 use crate::{Kubelet, KubeletConfig, NodeSpec, Runtime};
+use api::meta::now_rfc3339 as now;
 
 pub const RUN_SECONDS_ANNOTATION: &str = "hollow.capstan.io/run-seconds";
 const ACTIONS: usize = 1024;
@@ -140,11 +141,6 @@ pub struct HollowRuntime {
     timers: Mutex<BinaryHeap<Reverse<Timer>>>,
     timer_wake: Arc<tokio::sync::Notify>,
     actions: tokio::sync::mpsc::Sender<Action>,
-}
-
-fn now() -> String {
-    let t = jiff::Timestamp::now();
-    jiff::Timestamp::from_second(t.as_second()).unwrap_or(t).to_string()
 }
 
 fn pod_ip(name: &str) -> String {

@@ -32,6 +32,7 @@ use serde_json::{Map, Value, json};
 pub use ::client;
 pub use ::client::events;
 use client::{Client, ClientError};
+use api::meta::{now_micro, now_rfc3339 as now};
 
 pub use hollow::{HollowConfig, HollowNodes};
 
@@ -149,15 +150,6 @@ impl Default for KubeletConfig {
     fn default() -> Self {
         KubeletConfig { lease_renew: Duration::from_secs(10), status_every: Duration::from_secs(300), listen: ([127, 0, 0, 1], 0).into() }
     }
-}
-
-fn now() -> String {
-    let t = jiff::Timestamp::now();
-    jiff::Timestamp::from_second(t.as_second()).unwrap_or(t).to_string()
-}
-
-fn now_micro() -> String {
-    jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%S%.6fZ").to_string()
 }
 
 const LEASES: &str = "/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases";
@@ -313,7 +305,7 @@ async fn node_watch(c: Client, nodes: Arc<Vec<NodeSpec>>, port: u16, since: Stri
             let n = &ev["object"];
             let Some(spec) = n["metadata"]["name"].as_str().and_then(|x| by_name.get(x)) else { continue };
             let ready = n["status"]["conditions"].as_array().and_then(|a| a.iter().find(|c| c["type"] == "Ready")).map(|c| c["status"] == "True");
-            if ev["type"] == "MODIFIED" && ready == Some(false) || ready.is_none() && ev["type"] == "MODIFIED" {
+            if ev["type"] == "MODIFIED" && ready != Some(true) {
                 let path = format!("/api/v1/nodes/{}/status", spec.name);
                 let _ = c.merge_patch_quiet(&path, &json!({"status": spec.status(port, &since)})).await;
             }

@@ -29,6 +29,7 @@ use crate::logs::{self, LogSink};
 use crate::pod::{self, Allocatable, Backoff, CState, ContainerView, PodView, RestartPolicy};
 use crate::probe::{self, Kind, Probe, ProbeCounter};
 use crate::stats;
+use api::meta::now_rfc3339 as now;
 
 /// The stand-in for containers without a command: prints what it stands for, then waits for
 /// a signal (SIGTERM ends it with status 0, as nginx's graceful stop does).
@@ -267,11 +268,6 @@ struct Worker {
     terminal: bool,
     start_time: String,
     dir: PathBuf,
-}
-
-fn now() -> String {
-    let t = jiff::Timestamp::now();
-    jiff::Timestamp::from_second(t.as_second()).unwrap_or(t).to_string()
 }
 
 fn killpg(pgid: i32, sig: i32) {
@@ -852,18 +848,19 @@ impl Worker {
     /// Writes the status if it changed (a merge patch of `status`; lists are replaced whole,
     /// and fields that no longer apply are sent as null).
     async fn publish(&mut self) {
-        let mut s = pod::status(&self.view(), &mut self.transitions, &now());
-        if s == self.last_status && self.retry_publish.is_none() {
+        let status = pod::status(&self.view(), &mut self.transitions, &now());
+        if status == self.last_status && self.retry_publish.is_none() {
             return;
         }
+        let mut patch = status.clone();
         for k in ["reason", "message", "initContainerStatuses"] {
-            if s.get(k).is_none() {
-                s[k] = Value::Null;
+            if patch.get(k).is_none() {
+                patch[k] = Value::Null;
             }
         }
-        match self.sh.client.merge_patch(&format!("{}/status", self.path()), &json!({"status": s})).await {
-            Ok(_) => {
-                self.last_status = pod::status(&self.view(), &mut self.transitions, &now());
+        match self.sh.client.merge_patch_quiet(&format!("{}/status", self.path()), &json!({"status": patch})).await {
+            Ok(()) => {
+                self.last_status = status;
                 self.retry_publish = None;
             }
             Err(ClientError::Status { code: 404, .. }) => self.retry_publish = None,

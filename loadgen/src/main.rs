@@ -322,11 +322,7 @@ async fn run(w: workload::Workload, vars: workload::Vars, server: Option<String>
                 })
                 .await;
                 p.finish(&ph.kind, n);
-                line.items = n;
-                line.achieved_qps = Some(n as f64 / secs.max(1e-9));
-                if failed > 0 {
-                    line.note = format!("{failed} creates failed");
-                }
+                line.paced(n, secs, failed);
             }
             "createPods" => {
                 let n = count("count")?;
@@ -348,11 +344,7 @@ async fn run(w: workload::Workload, vars: workload::Vars, server: Option<String>
                 })
                 .await;
                 p.finish(&ph.kind, n);
-                line.items = n;
-                line.achieved_qps = Some(n as f64 / secs.max(1e-9));
-                if failed > 0 {
-                    line.note = format!("{failed} creates failed");
-                }
+                line.paced(n, secs, failed);
             }
             "createReplicaSets" | "createJobs" => {
                 let n = count("count")?;
@@ -384,11 +376,7 @@ async fn run(w: workload::Workload, vars: workload::Vars, server: Option<String>
                 })
                 .await;
                 p.finish(&ph.kind, n);
-                line.items = n;
-                line.achieved_qps = Some(n as f64 / secs.max(1e-9));
-                if failed > 0 {
-                    line.note = format!("{failed} creates failed");
-                }
+                line.paced(n, secs, failed);
             }
             "rollingUpdate" => {
                 // A new template for every Deployment, then wait until each reports all
@@ -455,7 +443,7 @@ async fn run(w: workload::Workload, vars: workload::Vars, server: Option<String>
                 let n = items.len() as u64;
                 let items = Arc::new(items);
                 let p = Progress::new(&ph.kind, n);
-                let (secs, _) = paced(n, qps, 64, &p, |i| {
+                let (secs, failed) = paced(n, qps, 64, &p, |i| {
                     let (c, stats, ns, items) = (c.clone(), stats.clone(), ns.clone(), items.clone());
                     async move {
                         let (name, r) = &items[i as usize];
@@ -465,15 +453,14 @@ async fn run(w: workload::Workload, vars: workload::Vars, server: Option<String>
                 })
                 .await;
                 p.finish(&ph.kind, n);
-                line.items = n;
-                line.achieved_qps = Some(n as f64 / secs.max(1e-9));
+                line.paced(n, secs, failed);
             }
             "deleteDeployments" => {
                 let list = call(&stats, "list", "deployments", c.get(&format!("/apis/apps/v1/namespaces/{ns}/deployments"))).await.map_err(|e| anyhow!("listing deployments: {e}"))?;
                 let names: Arc<Vec<String>> = Arc::new(list["items"].as_array().into_iter().flatten().filter_map(|d| d["metadata"]["name"].as_str().map(String::from)).collect());
                 let n = names.len() as u64;
                 let p = Progress::new(&ph.kind, n);
-                let (secs, _) = paced(n, qps, 64, &p, |i| {
+                let (secs, failed) = paced(n, qps, 64, &p, |i| {
                     let (c, stats, ns, names) = (c.clone(), stats.clone(), ns.clone(), names.clone());
                     async move {
                         let path = format!("/apis/apps/v1/namespaces/{ns}/deployments/{}", names[i as usize]);
@@ -482,13 +469,12 @@ async fn run(w: workload::Workload, vars: workload::Vars, server: Option<String>
                 })
                 .await;
                 p.finish(&ph.kind, n);
-                line.items = n;
-                line.achieved_qps = Some(n as f64 / secs.max(1e-9));
+                line.paced(n, secs, failed);
             }
             "churnPods" => {
                 let n = count("count")?;
                 let p = Progress::new(&ph.kind, n);
-                let (secs, _) = paced(n, qps, 128, &p, |i| {
+                let (secs, failed) = paced(n, qps, 128, &p, |i| {
                     let (c, stats, ns, pods) = (c.clone(), stats.clone(), ns.clone(), pods.clone());
                     async move {
                         let path = format!("/api/v1/namespaces/{ns}/pods/p-{i}");
@@ -505,21 +491,19 @@ async fn run(w: workload::Workload, vars: workload::Vars, server: Option<String>
                 })
                 .await;
                 p.finish(&ph.kind, n);
-                line.items = n;
-                line.achieved_qps = Some(n as f64 / secs.max(1e-9));
+                line.paced(n, secs, failed);
             }
             "listStorm" => {
                 let n = a["lists"].as_u64().unwrap_or(10);
                 let conc = a["concurrency"].as_u64().unwrap_or(4).max(1) as usize;
                 let p = Progress::new(&ph.kind, n);
-                let (secs, _) = paced(n, 0.0, conc, &p, |_| {
+                let (secs, failed) = paced(n, 0.0, conc, &p, |_| {
                     let (c, stats, ns) = (c.clone(), stats.clone(), ns.clone());
                     async move { call(&stats, "list", "pods", c.get(&format!("/api/v1/namespaces/{ns}/pods"))).await.is_ok() }
                 })
                 .await;
                 p.finish(&ph.kind, n);
-                line.items = n;
-                line.achieved_qps = Some(n as f64 / secs.max(1e-9));
+                line.paced(n, secs, failed);
             }
             "watchStorm" => {
                 let n = a["watchers"].as_u64().unwrap_or(10);

@@ -19,6 +19,17 @@ pub struct PhaseLine {
     pub note: String,
 }
 
+impl PhaseLine {
+    /// Records a paced phase: its items, the rate achieved, and failures if any.
+    pub fn paced(&mut self, items: u64, secs: f64, failed: u64) {
+        self.items = items;
+        self.achieved_qps = Some(items as f64 / secs.max(1e-9));
+        if failed > 0 {
+            self.note = format!("{failed} of {items} calls failed");
+        }
+    }
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Verdict {
     pub name: String,

@@ -28,6 +28,7 @@ use serde_json::{Value, json};
 use framework::{Outcome, Profile, Timings};
 use queue::Queue;
 use types::{NodeInfo, PodInfo};
+use api::meta::now_rfc3339;
 
 pub const BINDS_IN_FLIGHT: usize = 256;
 const UPDATES: usize = 16 * 1024;
@@ -170,11 +171,6 @@ impl Drop for Scheduler {
             t.abort();
         }
     }
-}
-
-fn now_rfc3339() -> String {
-    let t = jiff::Timestamp::now();
-    jiff::Timestamp::from_second(t.as_second()).unwrap_or(t).to_string()
 }
 
 impl Scheduler {
