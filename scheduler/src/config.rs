@@ -1,6 +1,6 @@
 //! `KubeSchedulerConfiguration` (kubescheduler.config.k8s.io/v1): profiles with their
 //! scheduler names, enabled and disabled filter and score plugins with weights,
-//! NodeResourcesFit's scoring strategy, and `percentageOfNodesToScore`. Unknown plugins,
+//! NodeResourcesFit's scoring strategy, `percentageOfNodesToScore` and `parallelism`. Unknown plugins,
 //! kinds and strategies are errors naming what was wrong, not silently ignored.
 
 use serde_json::Value;
@@ -20,6 +20,10 @@ pub fn parse(text: &str) -> Result<Vec<Profile>, String> {
         None | Some(Value::Null) => 0,
         Some(p) => p.as_u64().filter(|p| *p <= 100).ok_or("percentageOfNodesToScore must be 0..100")? as u32,
     };
+    let parallelism = match v.get("parallelism") {
+        None | Some(Value::Null) => None,
+        Some(p) => Some(p.as_u64().filter(|p| (1..=1024).contains(p)).ok_or("parallelism must be 1..1024")? as usize),
+    };
     let profiles = match v["profiles"].as_array() {
         Some(p) if !p.is_empty() => p.clone(),
         _ => vec![serde_json::json!({})],
@@ -27,6 +31,9 @@ pub fn parse(text: &str) -> Result<Vec<Profile>, String> {
     let mut out = Vec::new();
     for p in profiles {
         let mut prof = Profile { percentage_of_nodes_to_score: pct, ..Default::default() };
+        if let Some(n) = parallelism {
+            prof.parallelism = n;
+        }
         if let Some(n) = p["schedulerName"].as_str() {
             prof.scheduler_name = n.to_string();
         }
@@ -91,6 +98,7 @@ mod tests {
             "apiVersion: kubescheduler.config.k8s.io/v1
 kind: KubeSchedulerConfiguration
 percentageOfNodesToScore: 30
+parallelism: 4
 profiles:
 - schedulerName: default-scheduler
 - schedulerName: bin-packer
@@ -108,6 +116,7 @@ profiles:
         .unwrap();
         assert_eq!(ps.len(), 2);
         assert_eq!(ps[0].percentage_of_nodes_to_score, 30);
+        assert_eq!((ps[0].parallelism, ps[1].parallelism), (4, 4));
         assert_eq!(ps[1].scheduler_name, "bin-packer");
         assert!(!ps[1].filters.contains(&Plugin::NodePorts));
         assert_eq!(ps[1].scores, vec![(Plugin::NodeResourcesFit, 5)]);
@@ -120,6 +129,7 @@ profiles:
         assert!(parse(&format!("{base}profiles: [{{plugins: {{score: {{enabled: [{{name: Nope}}]}}}}}}]")).unwrap_err().contains("unknown plugin \"Nope\""));
         assert!(parse("kind: Other").unwrap_err().contains("KubeSchedulerConfiguration"));
         assert!(parse(&format!("{base}percentageOfNodesToScore: 300")).is_err());
+        assert!(parse(&format!("{base}parallelism: 0")).unwrap_err().contains("parallelism"));
         assert!(parse(&format!("{base}profiles: [{{schedulerName: a}}, {{schedulerName: a}}]")).unwrap_err().contains("two profiles"));
         assert!(parse(": : :").is_err());
     }

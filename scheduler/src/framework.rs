@@ -1,17 +1,38 @@
-//! One scheduling cycle as a pure decision over a snapshot of nodes: PreFilter (per-pod
-//! state: topology counts for spreading and inter-pod affinity), Filter (plugin by plugin over
-//! chunks of nodes, stopping once enough feasible nodes are found, as kube-scheduler's
-//! `percentageOfNodesToScore`), Score and NormalizeScore, then the choice. No sockets, no
-//! clocks but the timings it reports, which it measures per plugin and extension point.
+//! One scheduling cycle as a pure decision over the cache: PreFilter (per-pod state read off
+//! the cache's indexes: topology counts for spreading, the domains holding pods that inter-pod
+//! terms match), Filter (chunks of candidate nodes, plugin by plugin, stopping once enough
+//! feasible nodes are found, as kube-scheduler's `percentageOfNodesToScore`), Score and
+//! NormalizeScore, then the choice. No sockets, no clocks but the timings it reports, which
+//! it measures per plugin and extension point.
+//!
+//! Beyond kube-scheduler:
+//! - **Static filters once per class.** NodeUnschedulable, NodeName, TaintToleration and
+//!   NodeAffinity read only the pod's spec and the nodes' specs, so their result is the same
+//!   for every pod with the same tolerations, node selector, required node affinity and node
+//!   name (the pods of one template, among others). It is kept per class in [`Scratch`] and
+//!   reused until the cache's node generation changes: a class whose nodes all pass skips
+//!   those filters; one that passes a few nodes visits only those.
+//! - **Free-resource search.** When a class's last scan visited many nodes to find few (a
+//!   nearly full cluster), the candidates come from the cache's free-resource order instead:
+//!   only nodes with enough free cpu, memory or pod slots are visited.
+//! - **Parallel filter and score** on a persistent worker pool (rayon's, on crossbeam's
+//!   deques) when a cycle has enough nodes to visit to pay for the hand-off; buffers live in
+//!   [`Scratch`] and are reused, so a cycle allocates nothing per node.
 //!
 //! Plugins and their semantics follow kube-scheduler: NodeUnschedulable, NodeName,
 //! TaintToleration, NodeAffinity, NodePorts, NodeResourcesFit (LeastAllocated or
 //! MostAllocated), BalancedAllocation, InterPodAffinity, PodTopologySpread.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
+use std::hash::{Hash, Hasher};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::types::{NodeInfo, PodInfo, Taint};
+use rayon::prelude::*;
+
+use crate::cache::{Cache, Values};
+use crate::types::{Labels, NodeInfo, NodeTerm, PodInfo, SpreadConstraint, Taint, Toleration};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Plugin {
@@ -64,7 +85,14 @@ impl Plugin {
     fn scores(self) -> bool {
         !matches!(self, Plugin::NodeUnschedulable | Plugin::NodeName | Plugin::NodePorts)
     }
+
+    /// Reads only the pod's and the node's specs, never what is placed on the node.
+    fn is_static(self) -> bool {
+        matches!(self, Plugin::NodeUnschedulable | Plugin::NodeName | Plugin::TaintToleration | Plugin::NodeAffinity)
+    }
 }
+
+const PLUGINS: usize = Plugin::ALL.len();
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Strategy {
@@ -81,6 +109,9 @@ pub struct Profile {
     pub strategy: Strategy,
     /// 0 = adaptive (kube-scheduler's default).
     pub percentage_of_nodes_to_score: u32,
+    /// Filter-and-score workers (KubeSchedulerConfiguration's `parallelism`; the first
+    /// profile's value sizes the one pool). Default: the machine's cores.
+    pub parallelism: usize,
 }
 
 impl Default for Profile {
@@ -98,6 +129,7 @@ impl Default for Profile {
             ],
             strategy: Strategy::LeastAllocated,
             percentage_of_nodes_to_score: 0,
+            parallelism: std::thread::available_parallelism().map_or(1, |n| n.get()),
         }
     }
 }
@@ -118,30 +150,99 @@ impl Profile {
     }
 }
 
-/// Per-pod state computed once before filtering.
-#[derive(Default)]
-struct PreState {
-    /// For each hard spread constraint: counts per domain, and the minimum.
-    spread_hard: Vec<(HashMap<String, i64>, i64)>,
-    spread_soft: Vec<HashMap<String, i64>>,
-    /// Required affinity: per term, the topology values holding a matching pod; `true` when
-    /// no pod matches anywhere and the pod matches its own terms (it may go anywhere).
-    affinity: Vec<HashSet<String>>,
-    affinity_free: bool,
-    anti: Vec<HashSet<String>>,
-    /// Existing pods' required anti-affinity that the incoming pod matches: (key, value).
-    existing_anti: HashSet<(String, String)>,
-    /// Preferred inter-pod terms: per (topology key, value), the summed weight.
-    preferred: HashMap<(String, String), i64>,
+
+/// Domain counts of one spread constraint.
+enum Counts<'a> {
+    /// One group's counts (or none), borrowed from the cache.
+    Borrowed(Option<&'a Values>),
+    /// Several groups' counts summed.
+    Owned(HashMap<&'a str, i64>),
 }
 
-/// Timings of one attempt, per extension point and plugin.
+impl Counts<'_> {
+    fn get(&self, v: &str) -> i64 {
+        match self {
+            Counts::Borrowed(m) => m.and_then(|m| m.get(v)).map_or(0, |c| i64::from(*c)),
+            Counts::Owned(m) => m.get(v).copied().unwrap_or(0),
+        }
+    }
+
+    /// Domains holding at least one matching pod.
+    fn len(&self) -> usize {
+        match self {
+            Counts::Borrowed(m) => m.map_or(0, |m| m.len()),
+            Counts::Owned(m) => m.len(),
+        }
+    }
+
+    fn min(&self) -> i64 {
+        match self {
+            Counts::Borrowed(m) => m.and_then(|m| m.values().min()).map_or(0, |c| i64::from(*c)),
+            Counts::Owned(m) => m.values().copied().min().unwrap_or(0),
+        }
+    }
+}
+
+struct Spread<'a> {
+    counts: Counts<'a>,
+    /// The smallest count over the eligible domains.
+    min: i64,
+}
+
+/// Per-pod state computed once before filtering, mostly borrowed from the cache's indexes.
+#[derive(Default)]
+struct PreState<'a> {
+    spread_hard: Vec<Spread<'a>>,
+    spread_soft: Vec<Spread<'a>>,
+    /// Required affinity: per term, the domain counts of the groups it matches.
+    affinity: Vec<Vec<&'a Values>>,
+    /// No pod matches the required affinity anywhere and the pod matches its own terms (the
+    /// first pod of a group may go anywhere).
+    affinity_free: bool,
+    anti: Vec<Vec<&'a Values>>,
+    /// Placed pods' required anti-affinity terms that the incoming pod matches: (topology
+    /// key, the values holding such pods).
+    existing_anti: Vec<(&'a str, &'a Values)>,
+    /// Preferred inter-pod terms: per topology key and value, the summed weight.
+    preferred: HashMap<&'a str, HashMap<&'a str, i64>>,
+}
+
+/// Where a cycle's candidate nodes came from.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Candidates {
+    /// Every node, rotated.
+    #[default]
+    All,
+    /// The nodes that passed the static filters for this class of pods.
+    StaticClass(usize),
+    /// The nodes with enough free cpu, memory or pod slots.
+    FreeIndex(usize),
+}
+
+impl std::fmt::Display for Candidates {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Candidates::All => write!(f, "all nodes"),
+            Candidates::StaticClass(n) => write!(f, "{n} nodes passing the static filters (class cache)"),
+            Candidates::FreeIndex(n) => write!(f, "{n} nodes with room (free-resource index)"),
+        }
+    }
+}
+
+/// Timings of one attempt, per extension point and plugin. With a parallel cycle, a
+/// plugin's time is summed over the workers (CPU time, not wall time).
 #[derive(Clone, Debug, Default)]
 pub struct Timings {
     pub pre_filter: Duration,
     pub filter: Vec<(Plugin, Duration)>,
     pub score: Vec<(Plugin, Duration)>,
+    /// The full pass over every node that words the reasons once no node was found.
+    pub diagnose: Duration,
     pub total: Duration,
+    pub candidates: Candidates,
+    /// The static filters' result was reused from an earlier pod of the same class.
+    pub static_reused: bool,
+    pub parallel: bool,
 }
 
 impl Timings {
@@ -158,6 +259,54 @@ pub enum Outcome {
     Scheduled { node: usize, feasible: usize, evaluated: usize },
     /// Reasons with the number of nodes each ruled out.
     Unschedulable { reasons: BTreeMap<String, usize>, total: usize },
+}
+
+/// Why a filter rejected a node; worded only when a message is needed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reason {
+    Unschedulable,
+    NodeName,
+    /// Index into the node's taints.
+    Taint(usize),
+    NodeAffinity,
+    Ports,
+    TooManyPods,
+    Cpu,
+    Memory,
+    Ephemeral,
+    /// Index into the pod's extended resource requests.
+    Scalar(usize),
+    ExistingAntiAffinity,
+    Affinity,
+    AntiAffinity,
+    SpreadLabel,
+    Spread,
+}
+
+impl Reason {
+    /// kube-scheduler's wording.
+    pub fn message(self, p: &PodInfo, n: &NodeInfo) -> String {
+        match self {
+            Reason::Unschedulable => "node(s) were unschedulable".into(),
+            Reason::NodeName => "node(s) didn't match the requested node name".into(),
+            Reason::Taint(i) => {
+                let t = &n.taints[i];
+                if t.value.is_empty() { format!("node(s) had untolerated taint {{{}: }}", t.key) } else { format!("node(s) had untolerated taint {{{}: {}}}", t.key, t.value) }
+            }
+            Reason::NodeAffinity => "node(s) didn't match Pod's node affinity/selector".into(),
+            Reason::Ports => "node(s) didn't have free ports for the requested pod ports".into(),
+            Reason::TooManyPods => "Too many pods".into(),
+            Reason::Cpu => "Insufficient cpu".into(),
+            Reason::Memory => "Insufficient memory".into(),
+            Reason::Ephemeral => "Insufficient ephemeral-storage".into(),
+            Reason::Scalar(i) => format!("Insufficient {}", p.requests.scalar[i].0),
+            Reason::ExistingAntiAffinity => "node(s) didn't satisfy existing pods anti-affinity rules".into(),
+            Reason::Affinity => "node(s) didn't match pod affinity rules".into(),
+            Reason::AntiAffinity => "node(s) didn't match pod anti-affinity rules".into(),
+            Reason::SpreadLabel => "node(s) didn't match pod topology spread constraints (missing required label)".into(),
+            Reason::Spread => "node(s) didn't match pod topology spread constraints".into(),
+        }
+    }
 }
 
 /// kube-scheduler's message: "0/5 nodes are available: 3 Insufficient cpu, 2 node(s) had
@@ -185,158 +334,181 @@ fn node_affinity_ok(p: &PodInfo, n: &NodeInfo) -> bool {
     }
 }
 
-fn untolerated<'a>(p: &PodInfo, taints: &'a [Taint], effects: &[&str]) -> Option<&'a Taint> {
-    taints.iter().find(|t| effects.contains(&t.effect.as_str()) && !p.tolerations.iter().any(|tol| tol.tolerates(t)))
+fn untolerated(p: &PodInfo, taints: &[Taint], effects: &[&str]) -> Option<usize> {
+    taints.iter().position(|t| effects.contains(&t.effect.as_str()) && !p.tolerations.iter().any(|tol| tol.tolerates(t)))
 }
 
-fn pre_filter(p: &PodInfo, nodes: &[NodeInfo]) -> PreState {
-    let mut st = PreState::default();
-    let has_inter = !p.affinity.is_empty() || !p.anti_affinity.is_empty() || !p.preferred_affinity.is_empty() || !p.preferred_anti_affinity.is_empty();
-    for c in &p.spread {
-        let mut counts: HashMap<String, i64> = HashMap::new();
-        for n in nodes.iter().filter(|n| node_affinity_ok(p, n)) {
+/// The domain counts of one spread constraint over the nodes the pod may go to
+/// (nodeAffinityPolicy Honor, nodeTaintsPolicy Ignore: kube-scheduler's defaults).
+fn spread_counts<'a>(p: &PodInfo, c: &SpreadConstraint, cache: &'a Cache) -> Spread<'a> {
+    let restricted = !p.node_selector.is_empty() || p.required_node_terms.is_some();
+    if restricted {
+        // Only some nodes are eligible: count their pods one node at a time.
+        let mut counts: HashMap<&'a str, i64> = HashMap::new();
+        for n in cache.nodes().iter().filter(|n| node_affinity_ok(p, n)) {
             let Some(v) = topology_value(n, &c.topology_key) else { continue };
             let k = n.pods.iter().filter(|q| q.namespace == p.namespace && !q.terminal && c.selector.matches(&q.labels)).count() as i64;
-            *counts.entry(v.clone()).or_default() += k;
+            *counts.entry(v.as_str()).or_default() += k;
         }
-        if c.hard {
-            let mut min = counts.values().copied().min().unwrap_or(0);
-            if c.min_domains.is_some_and(|m| (counts.len() as i64) < m) {
-                min = 0;
-            }
-            st.spread_hard.push((counts, min));
-        } else {
-            st.spread_soft.push(counts);
+        let domains = counts.len();
+        let mut min = counts.values().copied().min().unwrap_or(0);
+        if c.min_domains.is_some_and(|m| (domains as i64) < m) {
+            min = 0;
         }
+        return Spread { counts: Counts::Owned(counts), min };
     }
-    st.affinity = vec![HashSet::new(); p.affinity.len()];
-    st.anti = vec![HashSet::new(); p.anti_affinity.len()];
+    let mut maps: Vec<&'a Values> = Vec::new();
+    cache.for_each_group(std::slice::from_ref(&p.namespace), &c.selector, |g| {
+        if let Some(m) = g.domains.get(&c.topology_key) {
+            maps.push(m);
+        }
+    });
+    let counts = if maps.len() <= 1 {
+        Counts::Borrowed(maps.first().copied())
+    } else {
+        let mut sum: HashMap<&'a str, i64> = HashMap::new();
+        for m in maps {
+            for (v, k) in m {
+                *sum.entry(v.as_str()).or_default() += i64::from(*k);
+            }
+        }
+        Counts::Owned(sum)
+    };
+    let domains = cache.topology(&c.topology_key).map_or(0, |t| t.len());
+    // A domain without a matching pod makes the minimum 0.
+    let mut min = if counts.len() < domains { 0 } else { counts.min() };
+    if c.min_domains.is_some_and(|m| (domains as i64) < m) {
+        min = 0;
+    }
+    Spread { counts, min }
+}
+
+fn pre_filter<'a>(p: &'a PodInfo, cache: &'a Cache) -> PreState<'a> {
+    let mut st = PreState::default();
+    for c in &p.spread {
+        let s = spread_counts(p, c, cache);
+        if c.hard { st.spread_hard.push(s) } else { st.spread_soft.push(s) }
+    }
     let mut any_affinity_match = false;
-    for n in nodes {
-        if !has_inter && n.anti_affinity_pods == 0 {
-            continue; // nothing on this node can matter to this pod
+    for t in &p.affinity {
+        let mut maps = Vec::new();
+        cache.for_each_group(&t.namespaces, &t.selector, |g| {
+            if let Some(m) = g.domains.get(&t.topology_key) {
+                maps.push(m);
+            }
+        });
+        any_affinity_match |= !maps.is_empty();
+        st.affinity.push(maps);
+    }
+    for t in &p.anti_affinity {
+        let mut maps = Vec::new();
+        cache.for_each_group(&t.namespaces, &t.selector, |g| {
+            if let Some(m) = g.domains.get(&t.topology_key) {
+                maps.push(m);
+            }
+        });
+        st.anti.push(maps);
+    }
+    for (w, t, sign) in p.preferred_affinity.iter().map(|(w, t)| (w, t, 1)).chain(p.preferred_anti_affinity.iter().map(|(w, t)| (w, t, -1))) {
+        let mut add: Vec<&'a Values> = Vec::new();
+        cache.for_each_group(&t.namespaces, &t.selector, |g| {
+            if let Some(m) = g.domains.get(&t.topology_key) {
+                add.push(m);
+            }
+        });
+        if add.is_empty() {
+            continue;
         }
-        for q in &n.pods {
-            if q.terminal {
-                continue;
-            }
-            if has_inter {
-                for (i, t) in p.affinity.iter().enumerate() {
-                    if t.matches_pod(q)
-                        && let Some(v) = topology_value(n, &t.topology_key)
-                    {
-                        st.affinity[i].insert(v.clone());
-                        any_affinity_match = true;
-                    }
-                }
-                for (i, t) in p.anti_affinity.iter().enumerate() {
-                    if t.matches_pod(q)
-                        && let Some(v) = topology_value(n, &t.topology_key)
-                    {
-                        st.anti[i].insert(v.clone());
-                    }
-                }
-                for (w, t, sign) in p.preferred_affinity.iter().map(|(w, t)| (w, t, 1)).chain(p.preferred_anti_affinity.iter().map(|(w, t)| (w, t, -1))) {
-                    if t.matches_pod(q)
-                        && let Some(v) = topology_value(n, &t.topology_key)
-                    {
-                        *st.preferred.entry((t.topology_key.clone(), v.clone())).or_default() += i64::from(*w) * sign;
-                    }
-                }
-            }
-            // Symmetry: an existing pod's required anti-affinity that matches this pod.
-            for t in &q.anti_affinity {
-                if t.matches_pod(p)
-                    && let Some(v) = topology_value(n, &t.topology_key)
-                {
-                    st.existing_anti.insert((t.topology_key.clone(), v.clone()));
-                }
+        let per_value = st.preferred.entry(t.topology_key.as_str()).or_default();
+        for m in add {
+            for (v, k) in m {
+                *per_value.entry(v.as_str()).or_default() += i64::from(*w) * sign * i64::from(*k);
             }
         }
     }
-    // A pod whose affinity matches no existing pod may still land if it matches itself (the
-    // first pod of a group).
+    // Symmetry: placed pods' required anti-affinity that this pod matches.
+    cache.for_each_anti_term(p, |t| {
+        if !t.domains.is_empty() {
+            st.existing_anti.push((t.term.topology_key.as_str(), &t.domains));
+        }
+    });
     st.affinity_free = !any_affinity_match && !p.affinity.is_empty() && p.affinity.iter().all(|t| t.matches_pod(p));
     st
 }
 
-/// Filter: `Err(reason)` as kube-scheduler words it.
-fn filter(plugin: Plugin, p: &PodInfo, n: &NodeInfo, st: &PreState) -> Result<(), String> {
+const UNSCHEDULABLE_TAINT: &str = "node.kubernetes.io/unschedulable";
+
+fn filter(plugin: Plugin, p: &PodInfo, n: &NodeInfo, st: &PreState) -> Result<(), Reason> {
     match plugin {
         Plugin::NodeUnschedulable => {
-            let tolerated = p.tolerations.iter().any(|t| {
-                t.tolerates(&Taint { key: "node.kubernetes.io/unschedulable".into(), value: String::new(), effect: "NoSchedule".into() })
-            });
-            if n.unschedulable && !tolerated { Err("node(s) were unschedulable".into()) } else { Ok(()) }
+            let tolerated = p.tolerations.iter().any(|t| (t.key.is_empty() && t.exists || t.key == UNSCHEDULABLE_TAINT && (t.exists || t.value.is_empty())) && (t.effect.is_empty() || t.effect == "NoSchedule"));
+            if n.unschedulable && !tolerated { Err(Reason::Unschedulable) } else { Ok(()) }
         }
         Plugin::NodeName => {
-            if p.node_name.is_empty() || p.node_name == n.name { Ok(()) } else { Err("node(s) didn't match the requested node name".into()) }
+            if p.node_name.is_empty() || p.node_name == n.name { Ok(()) } else { Err(Reason::NodeName) }
         }
         Plugin::TaintToleration => match untolerated(p, &n.taints, &["NoSchedule", "NoExecute"]) {
-            Some(t) if t.value.is_empty() => Err(format!("node(s) had untolerated taint {{{}: }}", t.key)),
-            Some(t) => Err(format!("node(s) had untolerated taint {{{}: {}}}", t.key, t.value)),
+            Some(i) => Err(Reason::Taint(i)),
             None => Ok(()),
         },
         Plugin::NodeAffinity => {
-            if node_affinity_ok(p, n) { Ok(()) } else { Err("node(s) didn't match Pod's node affinity/selector".into()) }
+            if node_affinity_ok(p, n) { Ok(()) } else { Err(Reason::NodeAffinity) }
         }
         Plugin::NodePorts => {
             let conflict = p.host_ports.iter().any(|(proto, ip, port)| {
                 n.used_ports.iter().any(|(p2, ip2, port2)| p2 == proto && port2 == port && (ip == ip2 || ip == "0.0.0.0" || ip2 == "0.0.0.0"))
             });
-            if conflict { Err("node(s) didn't have free ports for the requested pod ports".into()) } else { Ok(()) }
+            if conflict { Err(Reason::Ports) } else { Ok(()) }
         }
         Plugin::NodeResourcesFit => {
             let (a, r, q) = (&n.allocatable, &n.requested, &p.requests);
             if r.pods + 1 > a.pods {
-                return Err("Too many pods".into());
+                return Err(Reason::TooManyPods);
             }
             if q.cpu > 0 && r.cpu + q.cpu > a.cpu {
-                return Err("Insufficient cpu".into());
+                return Err(Reason::Cpu);
             }
             if q.memory > 0 && r.memory + q.memory > a.memory {
-                return Err("Insufficient memory".into());
+                return Err(Reason::Memory);
             }
             if q.ephemeral > 0 && r.ephemeral + q.ephemeral > a.ephemeral {
-                return Err("Insufficient ephemeral-storage".into());
+                return Err(Reason::Ephemeral);
             }
-            for (name, v) in &q.scalar {
+            for (i, (name, v)) in q.scalar.iter().enumerate() {
                 if *v > 0 && r.scalar(name) + v > a.scalar(name) {
-                    return Err(format!("Insufficient {name}"));
+                    return Err(Reason::Scalar(i));
                 }
             }
             Ok(())
         }
         Plugin::InterPodAffinity => {
-            for (k, v) in &st.existing_anti {
-                if n.labels.get(k) == Some(v) {
-                    return Err("node(s) didn't satisfy existing pods anti-affinity rules".into());
+            for (k, values) in &st.existing_anti {
+                if n.labels.get(*k).is_some_and(|v| values.contains_key(v)) {
+                    return Err(Reason::ExistingAntiAffinity);
                 }
             }
             if !st.affinity_free {
-                for (i, t) in p.affinity.iter().enumerate() {
-                    if !topology_value(n, &t.topology_key).is_some_and(|v| st.affinity[i].contains(v)) {
-                        return Err("node(s) didn't match pod affinity rules".into());
+                for (t, maps) in p.affinity.iter().zip(&st.affinity) {
+                    if !topology_value(n, &t.topology_key).is_some_and(|v| maps.iter().any(|m| m.contains_key(v))) {
+                        return Err(Reason::Affinity);
                     }
                 }
             }
-            for (i, t) in p.anti_affinity.iter().enumerate() {
-                if topology_value(n, &t.topology_key).is_some_and(|v| st.anti[i].contains(v)) {
-                    return Err("node(s) didn't match pod anti-affinity rules".into());
+            for (t, maps) in p.anti_affinity.iter().zip(&st.anti) {
+                if topology_value(n, &t.topology_key).is_some_and(|v| maps.iter().any(|m| m.contains_key(v))) {
+                    return Err(Reason::AntiAffinity);
                 }
             }
             Ok(())
         }
         Plugin::PodTopologySpread => {
-            let hard: Vec<_> = p.spread.iter().filter(|c| c.hard).collect();
-            for (c, (counts, min)) in hard.iter().zip(&st.spread_hard) {
+            for (c, s) in p.spread.iter().filter(|c| c.hard).zip(&st.spread_hard) {
                 let Some(v) = topology_value(n, &c.topology_key) else {
-                    return Err("node(s) didn't match pod topology spread constraints (missing required label)".into());
+                    return Err(Reason::SpreadLabel);
                 };
                 let self_match = i64::from(c.selector.matches(&p.labels));
-                let skew = counts.get(v).copied().unwrap_or(0) + self_match - min;
-                if skew > c.max_skew {
-                    return Err("node(s) didn't match pod topology spread constraints".into());
+                if s.counts.get(v) + self_match - s.min > c.max_skew {
+                    return Err(Reason::Spread);
                 }
             }
             Ok(())
@@ -373,16 +545,14 @@ fn score(plugin: Plugin, strategy: Strategy, p: &PodInfo, n: &NodeInfo, st: &Pre
         }
         Plugin::TaintToleration => n.taints.iter().filter(|t| t.effect == "PreferNoSchedule" && !p.tolerations.iter().any(|tol| tol.tolerates(t))).count() as i64,
         Plugin::NodeAffinity => p.preferred_node_terms.iter().filter(|(_, t)| t.matches(n)).map(|(w, _)| i64::from(*w)).sum(),
-        Plugin::InterPodAffinity => {
-            if st.preferred.is_empty() {
-                return 0;
-            }
-            st.preferred.iter().filter(|((k, v), _)| n.labels.get(k) == Some(v)).map(|(_, w)| *w).sum()
-        }
-        Plugin::PodTopologySpread => {
-            let soft: Vec<_> = p.spread.iter().filter(|c| !c.hard).collect();
-            soft.iter().zip(&st.spread_soft).map(|(c, counts)| topology_value(n, &c.topology_key).and_then(|v| counts.get(v)).copied().unwrap_or(0)).sum()
-        }
+        Plugin::InterPodAffinity => st.preferred.iter().filter_map(|(k, per_value)| n.labels.get(*k).and_then(|v| per_value.get(v.as_str()))).sum(),
+        Plugin::PodTopologySpread => p
+            .spread
+            .iter()
+            .filter(|c| !c.hard)
+            .zip(&st.spread_soft)
+            .map(|(c, s)| topology_value(n, &c.topology_key).map_or(0, |v| s.counts.get(v)))
+            .sum(),
         _ => 0,
     }
 }
@@ -405,6 +575,123 @@ fn normalize(scores: &mut [i64], reverse: bool) {
 }
 
 const CHUNK: usize = 256;
+/// How many classes of pods [`Scratch`] remembers before it forgets them all.
+const MAX_CLASSES: usize = 4096;
+/// Below this many nodes to visit, a cycle stays on the calling thread: on two cores a
+/// hand-off to the pool costs more than it saves (bench/RESULTS.md, "Scheduler").
+pub const PARALLEL_MIN_NODES: usize = 2048;
+
+/// A class of pods alike for the static filters, with their result.
+struct Class {
+    tolerations: Vec<Toleration>,
+    node_selector: Labels,
+    required: Option<Vec<NodeTerm>>,
+    node_name: String,
+    generation: u64,
+    /// The nodes passing the static filters; `None` when every node does.
+    passing: Option<Vec<u32>>,
+    /// The last scan visited many nodes to find few: look in the free-resource index first.
+    sparse: bool,
+}
+
+impl Class {
+    fn hash(p: &PodInfo) -> u64 {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        (&p.tolerations, &p.node_selector, &p.required_node_terms, &p.node_name).hash(&mut h);
+        h.finish()
+    }
+
+    fn same(&self, p: &PodInfo) -> bool {
+        self.tolerations == p.tolerations && self.node_selector == p.node_selector && self.required == p.required_node_terms && self.node_name == p.node_name
+    }
+}
+
+#[derive(Default)]
+struct Chunk {
+    nodes: Vec<u32>,
+    took: [Duration; PLUGINS],
+}
+
+/// What a scheduler keeps between cycles: the worker pool, reusable buffers, and the static
+/// filters' results per class of pods. One per profile.
+pub struct Scratch {
+    pool: Option<Arc<rayon::ThreadPool>>,
+    /// Nodes to visit from which a cycle goes parallel.
+    pub parallel_min_nodes: usize,
+    chunks: Vec<Mutex<Chunk>>,
+    one: Chunk,
+    feasible: Vec<u32>,
+    room: Vec<u32>,
+    raw: Vec<i64>,
+    totals: Vec<i64>,
+    classes: HashMap<u64, Class>,
+}
+
+/// A persistent pool of `parallelism` filter-and-score workers; `None` for 1 (or 0).
+pub fn worker_pool(parallelism: usize) -> Option<Arc<rayon::ThreadPool>> {
+    if parallelism <= 1 {
+        return None;
+    }
+    rayon::ThreadPoolBuilder::new().num_threads(parallelism).thread_name(|i| format!("sched-worker-{i}")).build().ok().map(Arc::new)
+}
+
+impl Scratch {
+    pub fn new(pool: Option<Arc<rayon::ThreadPool>>) -> Scratch {
+        Scratch {
+            pool,
+            parallel_min_nodes: PARALLEL_MIN_NODES,
+            chunks: Vec::new(),
+            one: Chunk::default(),
+            feasible: Vec::new(),
+            room: Vec::new(),
+            raw: Vec::new(),
+            totals: Vec::new(),
+            classes: HashMap::new(),
+        }
+    }
+
+    pub fn sequential() -> Scratch {
+        Scratch::new(None)
+    }
+}
+
+/// Candidate positions: every node rotated, or a list of node indexes rotated.
+#[derive(Clone, Copy)]
+enum Source<'s> {
+    All(usize),
+    List(&'s [u32]),
+}
+
+impl Source<'_> {
+    fn len(&self) -> usize {
+        match self {
+            Source::All(n) => *n,
+            Source::List(l) => l.len(),
+        }
+    }
+
+    fn at(&self, k: usize, start: usize) -> u32 {
+        match self {
+            Source::All(n) => ((k + start) % n) as u32,
+            Source::List(l) => l[(k + start) % l.len()],
+        }
+    }
+}
+
+/// Filters one chunk of candidate positions: `out.nodes` keeps those passing every plugin.
+#[allow(clippy::too_many_arguments)]
+fn filter_chunk(filters: &[Plugin], p: &PodInfo, nodes: &[NodeInfo], st: &PreState, src: Source, start: usize, range: std::ops::Range<usize>, out: &mut Chunk) {
+    out.nodes.clear();
+    out.nodes.extend(range.map(|k| src.at(k, start)));
+    for &plugin in filters {
+        let tp = Instant::now();
+        out.nodes.retain(|&i| filter(plugin, p, &nodes[i as usize], st).is_ok());
+        out.took[plugin as usize] += tp.elapsed();
+        if out.nodes.is_empty() {
+            break;
+        }
+    }
+}
 
 /// DefaultPreemption (PostFilter): a node where evicting pods of lower priority lets `p`
 /// fit, and the fewest, least important victims there. Nodes that failed for reasons no
@@ -413,19 +700,19 @@ const CHUNK: usize = 256;
 /// victims are reprieved from the most important down while it still does. Among candidates:
 /// the lowest highest-victim priority, then the smallest priority sum, then the fewest
 /// victims (kube-scheduler's order, without PodDisruptionBudgets).
-pub fn preempt(profile: &Profile, p: &PodInfo, nodes: &[NodeInfo]) -> Option<(usize, Vec<std::sync::Arc<PodInfo>>)> {
+pub fn preempt(profile: &Profile, p: &PodInfo, cache: &Cache) -> Option<(usize, Vec<Arc<PodInfo>>)> {
     if p.never_preempts {
         return None;
     }
-    let unresolvable = [Plugin::NodeUnschedulable, Plugin::NodeName, Plugin::TaintToleration, Plugin::NodeAffinity];
-    let st = pre_filter(p, nodes);
+    let nodes = cache.nodes();
+    let st = pre_filter(p, cache);
     let passes = |n: &NodeInfo| profile.filters.iter().all(|&f| filter(f, p, n, &st).is_ok());
-    let mut best: Option<(usize, Vec<std::sync::Arc<PodInfo>>, (i64, i64, usize))> = None;
+    let mut best: Option<(usize, Vec<Arc<PodInfo>>, (i64, i64, usize))> = None;
     for (i, n) in nodes.iter().enumerate() {
-        if unresolvable.iter().any(|&f| profile.filters.contains(&f) && filter(f, p, n, &st).is_err()) {
+        if profile.filters.iter().any(|&f| f.is_static() && filter(f, p, n, &st).is_err()) {
             continue;
         }
-        let mut lower: Vec<std::sync::Arc<PodInfo>> = n.pods.iter().filter(|q| q.priority < p.priority && !q.deleting).cloned().collect();
+        let mut lower: Vec<Arc<PodInfo>> = n.pods.iter().filter(|q| q.priority < p.priority && !q.deleting).cloned().collect();
         if lower.is_empty() {
             continue;
         }
@@ -454,71 +741,211 @@ pub fn preempt(profile: &Profile, p: &PodInfo, nodes: &[NodeInfo]) -> Option<(us
     best.map(|(i, v, _)| (i, v))
 }
 
-/// Schedules one pod over `nodes`, starting the search at `start` (rotated by the caller so
-/// that early stops do not always favour the same nodes).
-pub fn schedule(profile: &Profile, p: &PodInfo, nodes: &[NodeInfo], start: usize, t: &mut Timings) -> Outcome {
+/// Schedules one pod over the cache's nodes, starting the search at `start` (rotated by the
+/// caller so that early stops do not always favour the same nodes).
+pub fn schedule(profile: &Profile, p: &PodInfo, cache: &Cache, start: usize, scratch: &mut Scratch, t: &mut Timings) -> Outcome {
     let t0 = Instant::now();
-    let st = pre_filter(p, nodes);
+    let st = pre_filter(p, cache);
     t.pre_filter += t0.elapsed();
+    let nodes = cache.nodes();
     let total = nodes.len();
-    let want = profile.nodes_to_find(total);
-    let mut feasible: Vec<usize> = Vec::with_capacity(want.min(total));
-    let mut reasons: BTreeMap<String, usize> = BTreeMap::new();
-    let mut evaluated = 0;
-    let mut candidates: Vec<usize> = Vec::with_capacity(CHUNK);
-    while evaluated < total && feasible.len() < want {
-        candidates.clear();
-        let end = (evaluated + CHUNK).min(total);
-        candidates.extend((evaluated..end).map(|i| (i + start) % total));
-        evaluated = end;
-        for &plugin in &profile.filters {
-            let tp = Instant::now();
-            candidates.retain(|&i| match filter(plugin, p, &nodes[i], &st) {
-                Ok(()) => true,
-                Err(r) => {
-                    *reasons.entry(r).or_default() += 1;
-                    false
-                }
-            });
-            Timings::add(&mut t.filter, plugin, tp.elapsed());
-            if candidates.is_empty() {
-                break;
+    let want = profile.nodes_to_find(total).max(1);
+
+    // The static filters' result for this pod's class, computed once per node generation.
+    let hash = Class::hash(p);
+    let generation = cache.generation();
+    let mut class = match scratch.classes.remove(&hash) {
+        Some(c) if c.same(p) && c.generation == generation => {
+            t.static_reused = true;
+            c
+        }
+        other => {
+            let mut passing: Vec<u32> = (0..total as u32).collect();
+            for &f in profile.filters.iter().filter(|f| f.is_static()) {
+                let tp = Instant::now();
+                passing.retain(|&i| filter(f, p, &nodes[i as usize], &st).is_ok());
+                Timings::add(&mut t.filter, f, tp.elapsed());
+            }
+            Class {
+                tolerations: p.tolerations.clone(),
+                node_selector: p.node_selector.clone(),
+                required: p.required_node_terms.clone(),
+                node_name: p.node_name.clone(),
+                generation,
+                passing: if passing.len() == total { None } else { Some(passing) },
+                sparse: other.is_some_and(|c| c.same(p) && c.sparse),
             }
         }
-        feasible.extend_from_slice(&candidates);
+    };
+    let static_list = class.passing.take();
+    let mut src = match &static_list {
+        None => Source::All(total),
+        Some(l) => Source::List(l),
+    };
+    t.candidates = match &static_list {
+        None => Candidates::All,
+        Some(l) => Candidates::StaticClass(l.len()),
+    };
+    // Which filters run per node: the static ones only if the candidates have not passed them.
+    let mut filters = [Plugin::NodeName; PLUGINS];
+    let mut nf = 0;
+    let mut room = std::mem::take(&mut scratch.room);
+    let from_room = class.sparse && src.len() > 0 && cache.nodes_with_room(p, src.len() / 4, &mut room);
+    if class.sparse && !from_room {
+        class.sparse = false;
     }
-    feasible.truncate(want.max(1));
+    if from_room {
+        src = Source::List(&room);
+        t.candidates = Candidates::FreeIndex(room.len());
+    }
+    for &f in &profile.filters {
+        if !f.is_static() || (from_room && static_list.is_some()) {
+            filters[nf] = f;
+            nf += 1;
+        }
+    }
+    let filters = &filters[..nf];
+
+    let len = src.len();
+    let expected = if class.sparse { len } else { len.min(want) };
+    let pool = scratch.pool.clone().filter(|_| expected >= scratch.parallel_min_nodes);
+    t.parallel = pool.is_some();
+    let mut feasible = std::mem::take(&mut scratch.feasible);
+    feasible.clear();
+    let mut took = [Duration::ZERO; PLUGINS];
+    let evaluated = match &pool {
+        None => {
+            let mut pos = 0;
+            let one = &mut scratch.one;
+            one.took = [Duration::ZERO; PLUGINS];
+            while pos < len && feasible.len() < want {
+                let end = (pos + CHUNK).min(len);
+                filter_chunk(filters, p, nodes, &st, src, start, pos..end, one);
+                feasible.extend_from_slice(&one.nodes);
+                pos = end;
+            }
+            took = one.took;
+            pos
+        }
+        Some(pool) => {
+            let nchunks = len.div_ceil(CHUNK);
+            while scratch.chunks.len() < nchunks {
+                scratch.chunks.push(Mutex::new(Chunk::default()));
+            }
+            let (next, found) = (AtomicUsize::new(0), AtomicUsize::new(0));
+            let chunks = &scratch.chunks;
+            let st = &st;
+            pool.broadcast(|_| {
+                loop {
+                    if found.load(Ordering::Relaxed) >= want {
+                        break;
+                    }
+                    let c = next.fetch_add(1, Ordering::Relaxed);
+                    if c >= nchunks {
+                        break;
+                    }
+                    let mut ch = chunks[c].lock().unwrap_or_else(|e| e.into_inner());
+                    ch.took = [Duration::ZERO; PLUGINS];
+                    filter_chunk(filters, p, nodes, st, src, start, c * CHUNK..((c + 1) * CHUNK).min(len), &mut ch);
+                    found.fetch_add(ch.nodes.len(), Ordering::Relaxed);
+                }
+            });
+            let done = next.load(Ordering::Relaxed).min(nchunks);
+            for ch in &mut scratch.chunks[..done] {
+                let ch = ch.get_mut().unwrap_or_else(|e| e.into_inner());
+                if feasible.len() < want {
+                    feasible.extend_from_slice(&ch.nodes);
+                }
+                for (a, b) in took.iter_mut().zip(ch.took) {
+                    *a += b;
+                }
+            }
+            (done * CHUNK).min(len)
+        }
+    };
+    for (f, d) in Plugin::ALL.into_iter().zip(took) {
+        if filters.contains(&f) {
+            Timings::add(&mut t.filter, f, d);
+        }
+    }
+    feasible.truncate(want);
+    // Next time, look among nodes with room first if this scan visited many to find few.
+    if !from_room && evaluated >= 4 * feasible.len().max(1) && evaluated > want {
+        class.sparse = true;
+    }
+    class.passing = static_list;
+    scratch.room = room;
+    if scratch.classes.len() >= MAX_CLASSES {
+        scratch.classes.clear();
+    }
+    scratch.classes.insert(hash, class);
+
+    let mut reasons: BTreeMap<String, usize> = BTreeMap::new();
     if feasible.is_empty() {
-        t.total = t0.elapsed();
-        return Outcome::Unschedulable { reasons, total };
+        // Every node once with every filter, for kube-scheduler's message (it counts all).
+        let td = Instant::now();
+        for (i, n) in nodes.iter().enumerate() {
+            match profile.filters.iter().find_map(|&f| filter(f, p, n, &st).err()) {
+                Some(r) => *reasons.entry(r.message(p, n)).or_default() += 1,
+                None => feasible.push(i as u32),
+            }
+        }
+        t.diagnose = td.elapsed();
+        debug_assert!(feasible.is_empty(), "the candidates missed a feasible node");
+        feasible.truncate(want);
+        if feasible.is_empty() {
+            scratch.feasible = feasible;
+            t.total = t0.elapsed();
+            return Outcome::Unschedulable { reasons, total };
+        }
     }
     if feasible.len() == 1 {
+        let node = feasible[0] as usize;
+        scratch.feasible = feasible;
         t.total = t0.elapsed();
-        return Outcome::Scheduled { node: feasible[0], feasible: 1, evaluated };
+        return Outcome::Scheduled { node, feasible: 1, evaluated };
     }
-    let mut totals = vec![0i64; feasible.len()];
-    let mut raw = vec![0i64; feasible.len()];
+    let n = feasible.len();
+    let (mut totals, mut raw) = (std::mem::take(&mut scratch.totals), std::mem::take(&mut scratch.raw));
+    totals.clear();
+    totals.resize(n, 0);
+    raw.clear();
+    raw.resize(n, 0);
+    let score_pool = scratch.pool.clone().filter(|_| n >= scratch.parallel_min_nodes);
     for &(plugin, weight) in &profile.scores {
         if !plugin.scores() || weight == 0 {
             continue;
         }
         let tp = Instant::now();
-        for (k, &i) in feasible.iter().enumerate() {
-            raw[k] = score(plugin, profile.strategy, p, &nodes[i], &st);
+        match &score_pool {
+            Some(pool) => pool.install(|| {
+                raw.par_chunks_mut(CHUNK).zip(feasible.par_chunks(CHUNK)).for_each(|(r, f)| {
+                    for (x, &i) in r.iter_mut().zip(f) {
+                        *x = score(plugin, profile.strategy, p, &nodes[i as usize], &st);
+                    }
+                })
+            }),
+            None => {
+                for (x, &i) in raw.iter_mut().zip(&feasible) {
+                    *x = score(plugin, profile.strategy, p, &nodes[i as usize], &st);
+                }
+            }
         }
         match plugin {
             Plugin::TaintToleration | Plugin::PodTopologySpread => normalize(&mut raw, true),
             Plugin::NodeAffinity | Plugin::InterPodAffinity => normalize(&mut raw, false),
             _ => {}
         }
-        for (k, s) in raw.iter().enumerate() {
-            totals[k] += s * weight;
+        for (total, s) in totals.iter_mut().zip(&raw) {
+            *total += s * weight;
         }
         Timings::add(&mut t.score, plugin, tp.elapsed());
     }
-    let best = (0..feasible.len()).max_by_key(|&k| (totals[k], std::cmp::Reverse(k))).unwrap_or(0);
+    let best = (0..n).max_by_key(|&k| (totals[k], std::cmp::Reverse(k))).unwrap_or(0);
+    let node = feasible[best] as usize;
+    (scratch.totals, scratch.raw, scratch.feasible) = (totals, raw, feasible);
     t.total = t0.elapsed();
-    Outcome::Scheduled { node: feasible[best], feasible: feasible.len(), evaluated }
+    Outcome::Scheduled { node, feasible: n, evaluated }
 }
 
 #[cfg(test)]
@@ -556,8 +983,9 @@ mod tests {
     }
 
     fn run_with(profile: &Profile, p: &PodInfo, nodes: &[NodeInfo]) -> Result<String, String> {
-        match schedule(profile, p, nodes, 0, &mut Timings::default()) {
-            Outcome::Scheduled { node, .. } => Ok(nodes[node].name.clone()),
+        let cache = Cache::from_nodes(nodes.to_vec());
+        match schedule(profile, p, &cache, 0, &mut Scratch::sequential(), &mut Timings::default()) {
+            Outcome::Scheduled { node, .. } => Ok(cache.nodes()[node].name.clone()),
             Outcome::Unschedulable { reasons, total } => Err(unschedulable_message(&reasons, total)),
         }
     }
@@ -667,16 +1095,116 @@ mod tests {
         let nodes = vec![a, b, c];
         let high = at("high", "2", 100);
         assert!(run(&high, &nodes).is_err(), "no room without preemption");
-        let (n, victims) = preempt(&Profile::default(), &high, &nodes).unwrap();
+        let cache = Cache::from_nodes(nodes.clone());
+        let (n, victims) = preempt(&Profile::default(), &high, &cache).unwrap();
         // One victim of priority 1 on b beats one of priority 10 on a; c is unschedulable.
         assert_eq!(nodes[n].name, "b");
         assert_eq!(victims.len(), 1);
         assert_eq!(victims[0].priority, 1);
         let low = at("low", "2", 0);
-        assert!(preempt(&Profile::default(), &low, &nodes).is_none(), "nothing has lower priority");
+        assert!(preempt(&Profile::default(), &low, &cache).is_none(), "nothing has lower priority");
         let mut never = high.clone();
         never.never_preempts = true;
-        assert!(preempt(&Profile::default(), &never, &nodes).is_none());
+        assert!(preempt(&Profile::default(), &never, &cache).is_none());
+    }
+
+    fn many(n: usize) -> Vec<NodeInfo> {
+        (0..n)
+            .map(|i| {
+                let extra = if i % 50 == 0 { json!({"metadata": {"labels": {"pool": "special"}}}) } else { json!({}) };
+                let extra = if i % 7 == 3 { merge_into(extra, json!({"spec": {"taints": [{"key": "k", "value": "v", "effect": "NoSchedule"}]}})) } else { extra };
+                node(&format!("n{i}"), if i % 3 == 0 { "2" } else { "4" }, &format!("z{}", i % 5), extra)
+            })
+            .collect()
+    }
+
+    fn merge_into(mut a: Value, b: Value) -> Value {
+        merge(&mut a, b);
+        a
+    }
+
+    /// The pods of a mixed stream: plain, with a node selector, with anti-affinity, spread.
+    fn stream(i: usize) -> PodInfo {
+        let base = json!({"metadata": {"labels": {"app": format!("a{}", i % 4)}}, "spec": {"containers": [{"name": "c", "image": "i", "resources": {"requests": {"cpu": "500m"}}}]}});
+        let extra = match i % 4 {
+            0 => json!({}),
+            1 => json!({"spec": {"nodeSelector": {"pool": "special"}}}),
+            2 => json!({"spec": {"affinity": {"podAntiAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [{"labelSelector": {"matchLabels": {"app": "a2"}}, "topologyKey": "kubernetes.io/hostname"}]}}}}),
+            _ => json!({"spec": {"topologySpreadConstraints": [{"maxSkew": 1, "topologyKey": "zone", "whenUnsatisfiable": "DoNotSchedule", "labelSelector": {"matchLabels": {"app": "a3"}}}]}}),
+        };
+        pod(&format!("p{i}"), merge_into(base, extra))
+    }
+
+    fn place_all(scratch: &mut Scratch, n: usize) -> (Vec<Option<String>>, Vec<Timings>) {
+        let mut cache = Cache::from_nodes(many(600));
+        let (mut out, mut ts) = (Vec::new(), Vec::new());
+        for i in 0..n {
+            let p = Arc::new(stream(i));
+            let mut t = Timings::default();
+            match schedule(&Profile::default(), &p, &cache, i * 13, scratch, &mut t) {
+                Outcome::Scheduled { node, .. } => {
+                    let name = cache.nodes()[node].name.clone();
+                    assert!(cache.place(p, &name, true));
+                    out.push(Some(name));
+                }
+                Outcome::Unschedulable { .. } => out.push(None),
+            }
+            ts.push(t);
+        }
+        cache.check_indexes().unwrap();
+        (out, ts)
+    }
+
+    #[test]
+    fn the_worker_pool_decides_exactly_as_one_thread() {
+        let (seq, _) = place_all(&mut Scratch::sequential(), 400);
+        let mut par = Scratch::new(worker_pool(2));
+        par.parallel_min_nodes = 1;
+        let (got, ts) = place_all(&mut par, 400);
+        assert!(ts.iter().all(|t| t.parallel));
+        assert_eq!(seq, got);
+        assert!(seq.iter().filter(|x| x.is_none()).count() > 0, "the stream includes pods that do not fit");
+    }
+
+    #[test]
+    fn static_results_are_reused_per_class_and_narrow_the_candidates() {
+        let (placed, ts) = place_all(&mut Scratch::sequential(), 40);
+        // Pods with the node selector look only at the 10 untainted special nodes.
+        for (i, t) in ts.iter().enumerate().filter(|(i, _)| i % 4 == 1) {
+            assert_eq!(t.candidates, Candidates::StaticClass(10), "pod {i}");
+            assert_eq!(t.static_reused, i > 1, "pod {i}");
+            let n: usize = placed[i].as_ref().unwrap()[1..].parse().unwrap();
+            assert!(n % 50 == 0 && n % 7 != 3, "pod {i} on n{n}");
+        }
+        // Tainted nodes exist, so the other classes' candidates are the untainted nodes.
+        assert!(matches!(ts[4].candidates, Candidates::StaticClass(n) if n < 600 && n > 500));
+        let mut c = Cache::from_nodes(many(600));
+        let before = c.generation();
+        c.upsert_node(node("n1", "4", "z1", json!({"spec": {"unschedulable": true}})));
+        assert!(c.generation() > before, "cordoning is a static change");
+    }
+
+    #[test]
+    fn a_nearly_full_cluster_is_searched_by_free_resources() {
+        let mut nodes: Vec<NodeInfo> = (0..400).map(|i| node(&format!("n{i}"), "1", "z", json!({}))).collect();
+        for (i, n) in nodes.iter_mut().enumerate() {
+            if i % 40 != 0 {
+                n.add_pod(Arc::new(pod(&format!("f{i}"), cpu("1"))));
+            }
+        }
+        let mut cache = Cache::from_nodes(nodes);
+        let mut s = Scratch::sequential();
+        let mut seen = Vec::new();
+        for i in 0..20 {
+            let p = Arc::new(pod(&format!("p{i}"), cpu("100m")));
+            let mut t = Timings::default();
+            let Outcome::Scheduled { node, evaluated, .. } = schedule(&Profile::default(), &p, &cache, i, &mut s, &mut t) else { panic!("pod {i} fits") };
+            seen.push((t.candidates, evaluated));
+            let name = cache.nodes()[node].name.clone();
+            cache.place(p, &name, true);
+        }
+        assert_eq!(seen[0], (Candidates::All, 400), "the first scan visits every node");
+        assert!(seen[1..].iter().all(|(c, e)| *c == Candidates::FreeIndex(10) && *e == 10), "{seen:?}");
     }
 
     #[test]

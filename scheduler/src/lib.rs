@@ -11,6 +11,7 @@
 //! bindings are tokio tasks that talk to it through bounded channels. Nothing in a cycle
 //! locks, allocates per node, or waits on the network.
 
+pub mod cache;
 pub mod config;
 pub mod framework;
 pub mod metrics;
@@ -25,7 +26,8 @@ use client::events::Recorder;
 use client::{Client, ClientError};
 use serde_json::{Value, json};
 
-use framework::{Outcome, Profile, Timings};
+use cache::Cache;
+use framework::{Outcome, Profile, Scratch, Timings};
 use queue::Queue;
 use types::{NodeInfo, PodInfo};
 use api::meta::now_rfc3339;
@@ -38,75 +40,6 @@ enum Update {
     Pod(Value),
     PodDeleted(String),
     Bound { uid: String, result: Result<(), String> },
-}
-
-/// The scheduler's cache: nodes (in a vector, so a cycle walks memory in order) with their
-/// pods, and where every assigned pod is.
-#[derive(Default)]
-pub struct Cache {
-    pub nodes: Vec<NodeInfo>,
-    index: HashMap<String, usize>,
-    /// uid -> (node name, assumed and not yet confirmed by the watch).
-    placed: HashMap<String, (String, bool)>,
-}
-
-impl Cache {
-    fn upsert_node(&mut self, mut n: NodeInfo) {
-        match self.index.get(&n.name) {
-            Some(&i) => {
-                let old = &mut self.nodes[i];
-                n.pods = std::mem::take(&mut old.pods);
-                n.requested = old.requested.clone();
-                n.used_ports = std::mem::take(&mut old.used_ports);
-                n.anti_affinity_pods = old.anti_affinity_pods;
-                *old = n;
-            }
-            None => {
-                self.index.insert(n.name.clone(), self.nodes.len());
-                self.nodes.push(n);
-            }
-        }
-    }
-
-    fn remove_node(&mut self, name: &str) {
-        if let Some(i) = self.index.remove(name) {
-            let n = self.nodes.swap_remove(i);
-            if i < self.nodes.len() {
-                let moved = self.nodes[i].name.clone();
-                self.index.insert(moved, i);
-            }
-            for p in n.pods {
-                self.placed.remove(&p.uid);
-            }
-        }
-    }
-
-    /// Places a pod on a node (assumed = by this scheduler, ahead of the API).
-    pub fn place(&mut self, p: Arc<PodInfo>, node: &str, assumed: bool) -> bool {
-        if let Some((n, a)) = self.placed.get_mut(&p.uid) {
-            if n == node {
-                *a = *a && assumed;
-                return true;
-            }
-        }
-        self.unplace(&p.uid);
-        let Some(&i) = self.index.get(node) else { return false };
-        self.placed.insert(p.uid.clone(), (node.to_string(), assumed));
-        self.nodes[i].add_pod(p);
-        true
-    }
-
-    pub fn unplace(&mut self, uid: &str) {
-        if let Some((node, _)) = self.placed.remove(uid)
-            && let Some(&i) = self.index.get(&node)
-        {
-            self.nodes[i].remove_pod(uid);
-        }
-    }
-
-    pub fn node(&self, name: &str) -> Option<&NodeInfo> {
-        self.index.get(name).map(|&i| &self.nodes[i])
-    }
 }
 
 /// One attempt, as `/debug/scheduler/pods/<ns>/<name>` shows it.
@@ -124,6 +57,14 @@ pub struct Attempt {
     pub result: String,
     pub reasons: Vec<(String, usize)>,
     pub bind_us: Option<u64>,
+    /// Where the candidate nodes came from (all nodes, the class cache, the free index).
+    pub candidates: String,
+    /// The static filters' results were reused from an earlier pod alike.
+    pub static_reused: bool,
+    /// Filtered on the worker pool.
+    pub parallel: bool,
+    /// The full pass that words the reasons when no node was found.
+    pub diagnose_us: u64,
 }
 
 /// What users and performance engineers can see.
@@ -181,12 +122,39 @@ impl Scheduler {
         let observed = Arc::new(Mutex::new(Observed { metrics: metrics::Metrics::new(), attempts: HashMap::new(), order: Default::default() }));
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let events = Recorder::start(c.clone(), "default-scheduler", String::new());
-        let tasks = vec![tokio::spawn(watch(c.clone(), "/api/v1/nodes", tx.clone())), tokio::spawn(watch(c.clone(), "/api/v1/pods", tx.clone()))];
+        // Bumped after the scheduling thread restarts: the watches list again to refill its
+        // cache.
+        let (resync, resync_rx) = tokio::sync::watch::channel(0u64);
+        let tasks = vec![
+            tokio::spawn(watch(c.clone(), "/api/v1/nodes", tx.clone(), resync_rx.clone())),
+            tokio::spawn(watch(c.clone(), "/api/v1/pods", tx.clone(), resync_rx)),
+        ];
         let rt = tokio::runtime::Handle::current();
         let (o, s) = (observed.clone(), stop.clone());
         std::thread::Builder::new()
             .name("scheduler".into())
-            .spawn(move || run_loop(profiles, rx, tx, c, events, o, s, rt))
+            .spawn(move || {
+                let pool = framework::worker_pool(profiles.first().map_or(1, |p| p.parallelism));
+                let poisoned: std::cell::RefCell<HashMap<String, String>> = Default::default();
+                let current: std::cell::RefCell<Option<String>> = Default::default();
+                let ctx = Loop { profiles: &profiles, rx: &rx, tx: &tx, c: &c, events: &events, observed: &o, stop: &s, rt: &rt, poisoned: &poisoned, current: &current };
+                supervise(
+                    || run_loop(&ctx, &pool),
+                    |msg| {
+                        tracing::error!(panic = msg, "the scheduling thread panicked; restarting it with a fresh cache");
+                        o.lock().unwrap_or_else(|e| e.into_inner()).metrics.restarts += 1;
+                        // The pod being scheduled when it panicked is not tried again.
+                        if let Some(uid) = current.borrow_mut().take() {
+                            let mut p = poisoned.borrow_mut();
+                            if p.len() >= 10_000 {
+                                p.clear();
+                            }
+                            p.insert(uid, msg.to_string());
+                        }
+                        resync.send_modify(|v| *v += 1);
+                    },
+                )
+            })
             .expect("spawn the scheduling thread");
         Scheduler { observed, tasks, stop }
     }
@@ -232,7 +200,21 @@ impl Scheduler {
 
 /// List + watch of one resource into the update channel, resumed from the last revision;
 /// listed again on a 410 or any error.
-async fn watch(c: Client, path: &'static str, tx: crossbeam::channel::Sender<Update>) {
+/// Runs `body` again after each panic (whose message goes to `restarted`) until it returns:
+/// the scheduling thread's supervisor.
+pub fn supervise(mut body: impl FnMut(), mut restarted: impl FnMut(&str)) {
+    loop {
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(&mut body)) {
+            Ok(()) => return,
+            Err(e) => {
+                let msg = e.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| e.downcast_ref::<String>().cloned()).unwrap_or_else(|| "a panic without a message".into());
+                restarted(&msg);
+            }
+        }
+    }
+}
+
+async fn watch(c: Client, path: &'static str, tx: crossbeam::channel::Sender<Update>, mut resync: tokio::sync::watch::Receiver<u64>) {
     let is_node = path.ends_with("nodes");
     let send = |v: Value, deleted: bool| {
         let name = v["metadata"]["name"].as_str().unwrap_or("").to_string();
@@ -273,7 +255,20 @@ async fn watch(c: Client, path: &'static str, tx: crossbeam::channel::Sender<Upd
             }
         };
         rv = Some(from);
-        while let Some(ev) = stream.next().await {
+        loop {
+            let ev = tokio::select! {
+                ev = stream.next() => match ev {
+                    Some(ev) => ev,
+                    None => break,
+                },
+                changed = resync.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                    rv = None;
+                    break;
+                }
+            };
             let ty = ev["type"].as_str().unwrap_or("");
             if ty == "ERROR" {
                 rv = None;
@@ -306,17 +301,26 @@ async fn push(tx: &crossbeam::channel::Sender<Update>, mut u: Update) -> bool {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-fn run_loop(
-    profiles: Vec<Profile>,
-    rx: crossbeam::channel::Receiver<Update>,
-    tx: crossbeam::channel::Sender<Update>,
-    c: Client,
-    events: Recorder,
-    observed: Arc<Mutex<Observed>>,
-    stop: Arc<std::sync::atomic::AtomicBool>,
-    rt: tokio::runtime::Handle,
-) {
+/// What the scheduling thread keeps across restarts.
+struct Loop<'a> {
+    profiles: &'a [Profile],
+    rx: &'a crossbeam::channel::Receiver<Update>,
+    tx: &'a crossbeam::channel::Sender<Update>,
+    c: &'a Client,
+    events: &'a Recorder,
+    observed: &'a Arc<Mutex<Observed>>,
+    stop: &'a Arc<std::sync::atomic::AtomicBool>,
+    rt: &'a tokio::runtime::Handle,
+    /// Pods whose scheduling panicked, with the panic's message.
+    poisoned: &'a std::cell::RefCell<HashMap<String, String>>,
+    /// The pod being scheduled.
+    current: &'a std::cell::RefCell<Option<String>>,
+}
+
+fn run_loop(ctx: &Loop, pool: &Option<Arc<rayon::ThreadPool>>) {
+    let Loop { profiles, rx, tx, c, events, stop, rt, .. } = *ctx;
+    let observed = ctx.observed;
+    let mut scratch: Vec<Scratch> = profiles.iter().map(|_| Scratch::new(pool.clone())).collect();
     let mut cache = Cache::default();
     let mut q = Queue::default();
     let mut in_flight = 0usize;
@@ -362,8 +366,10 @@ fn run_loop(
                     q.move_all_unschedulable(now);
                 }
                 Update::Bound { uid, result } => {
+                    // A binding started before a restart is not this loop's to count.
+                    let Some(started) = bind_started.remove(&uid) else { return };
                     *in_flight -= 1;
-                    let started = bind_started.remove(&uid);
+                    let started = Some(started);
                     match result {
                         Ok(()) => {
                             if let Some(e) = q.remove(&uid) {
@@ -412,14 +418,22 @@ fn run_loop(
         let pod = entry.pod.clone();
         let queue_wait = now.duration_since(entry.queued_at);
         let mut t = Timings::default();
-        if !cache.nodes.is_empty() {
-            start = (start + 1) % cache.nodes.len();
+        if !cache.nodes().is_empty() {
+            start = (start + 1) % cache.nodes().len();
         }
-        let Some(profile) = profiles.iter().find(|x| x.scheduler_name == pod.scheduler_name) else {
+        let Some(pi) = profiles.iter().position(|x| x.scheduler_name == pod.scheduler_name) else {
             q.remove(&pod.uid);
             continue;
         };
-        let outcome = framework::schedule(profile, &pod, &cache.nodes, start, &mut t);
+        let profile = &profiles[pi];
+        if let Some(msg) = ctx.poisoned.borrow().get(&pod.uid) {
+            q.unschedulable(&pod.uid, now);
+            let msg = format!("the scheduler panicked while scheduling this pod and will not try it again until restarted: {msg}");
+            rt.spawn(report_unschedulable(c.clone(), events.clone(), pod, msg));
+            continue;
+        }
+        *ctx.current.borrow_mut() = Some(pod.uid.clone());
+        let outcome = framework::schedule(profile, &pod, &cache, start, &mut scratch[pi], &mut t);
         let key = pod.key();
         let mut attempt = Attempt {
             at: now_rfc3339(),
@@ -428,16 +442,20 @@ fn run_loop(
             filter_us: t.filter.iter().map(|(p, d)| (p.name().to_string(), d.as_micros() as u64)).collect(),
             score_us: t.score.iter().map(|(p, d)| (p.name().to_string(), d.as_micros() as u64)).collect(),
             total_us: t.total.as_micros() as u64,
-            nodes: cache.nodes.len(),
+            nodes: cache.nodes().len(),
             evaluated: 0,
             feasible: 0,
             result: String::new(),
             reasons: Vec::new(),
             bind_us: None,
+            candidates: t.candidates.to_string(),
+            static_reused: t.static_reused,
+            parallel: t.parallel,
+            diagnose_us: t.diagnose.as_micros() as u64,
         };
         match outcome {
             Outcome::Scheduled { node, feasible, evaluated } => {
-                let node_name = cache.nodes[node].name.clone();
+                let node_name = cache.nodes()[node].name.clone();
                 attempt.evaluated = evaluated;
                 attempt.feasible = feasible;
                 attempt.result = format!("Scheduled to {node_name}");
@@ -468,8 +486,8 @@ fn run_loop(
                 let waiting_for_victims = cache.node(&pod.nominated_node).is_some_and(|n| n.pods.iter().any(|v| v.deleting && v.priority < pod.priority));
                 if pod.priority > 0 && !waiting_for_victims {
                     let tp = Instant::now();
-                    if let Some((ni, victims)) = framework::preempt(profile, &pod, &cache.nodes) {
-                        let node_name = cache.nodes[ni].name.clone();
+                    if let Some((ni, victims)) = framework::preempt(profile, &pod, &cache) {
+                        let node_name = cache.nodes()[ni].name.clone();
                         let mut o = observed.lock().unwrap();
                         if let Some(a) = o.attempts.get_mut(&key).and_then(|l| l.last_mut()) {
                             a.result = format!("Unschedulable; preempting {} pod(s) on {node_name} ({} us)", victims.len(), tp.elapsed().as_micros());
@@ -482,6 +500,7 @@ fn run_loop(
                 rt.spawn(report_unschedulable(c, ev, pod, msg));
             }
         }
+        *ctx.current.borrow_mut() = None;
     }
 }
 
@@ -527,33 +546,5 @@ async fn report_unschedulable(c: Client, events: Recorder, p: Arc<PodInfo>, msg:
     let path = format!("/api/v1/namespaces/{}/pods/{}/status", p.namespace, p.name);
     if let Err(e) = c.merge_patch_quiet(&path, &patch).await {
         tracing::debug!(pod = p.name, error = %e, "writing PodScheduled=False failed");
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_node_update_keeps_its_pods_and_their_counts() {
-        let mut c = Cache::default();
-        let n = |taint: bool| {
-            let mut v = json!({"metadata": {"name": "n"}, "status": {"allocatable": {"cpu": "4", "memory": "8Gi", "pods": "10"}}});
-            if taint {
-                v["spec"] = json!({"taints": [{"key": "k", "effect": "NoSchedule"}]});
-            }
-            NodeInfo::from_json(&v).unwrap()
-        };
-        c.upsert_node(n(false));
-        let p = PodInfo::from_json(&json!({"metadata": {"name": "p", "namespace": "d", "uid": "u"}, "spec": {"containers": [{"name": "c", "resources": {"requests": {"cpu": "1"}}}],
-            "affinity": {"podAntiAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [{"labelSelector": {"matchLabels": {"a": "b"}}, "topologyKey": "x"}]}}}}))
-        .unwrap();
-        assert!(c.place(Arc::new(p), "n", true));
-        c.upsert_node(n(true));
-        let node = c.node("n").unwrap();
-        assert_eq!((node.pods.len(), node.requested.cpu, node.anti_affinity_pods, node.taints.len()), (1, 1000, 1, 1));
-        c.unplace("u");
-        let node = c.node("n").unwrap();
-        assert_eq!((node.pods.len(), node.requested.cpu, node.anti_affinity_pods), (0, 0, 0));
     }
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use hdrhistogram::Histogram;
 
-use crate::framework::Timings;
+use crate::framework::{Candidates, Timings};
 
 fn hist() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 3_600_000_000_000, 3).expect("valid histogram bounds")
@@ -22,6 +22,13 @@ pub struct Metrics {
     bind: Histogram<u64>,
     e2e: Histogram<u64>,
     pending: [usize; 4],
+    /// Restarts of the scheduling thread after a panic.
+    pub restarts: u64,
+    /// Attempts by where their candidate nodes came from, and how many reused their class's
+    /// static filter results.
+    candidates: [u64; 3],
+    static_reused: u64,
+    parallel: u64,
 }
 
 /// 1, 2, 5 per decade from 1 µs to 10 s, in nanoseconds.
@@ -64,7 +71,7 @@ impl Default for Metrics {
 
 impl Metrics {
     pub fn new() -> Metrics {
-        Metrics { attempts: BTreeMap::new(), extension: BTreeMap::new(), plugin: BTreeMap::new(), queue_wait: hist(), bind: hist(), e2e: hist(), pending: [0; 4] }
+        Metrics { attempts: BTreeMap::new(), extension: BTreeMap::new(), plugin: BTreeMap::new(), queue_wait: hist(), bind: hist(), e2e: hist(), pending: [0; 4], restarts: 0, candidates: [0; 3], static_reused: 0, parallel: 0 }
     }
 
     pub fn attempt(&mut self, result: &'static str, d: Duration) {
@@ -73,6 +80,16 @@ impl Metrics {
 
     pub fn cycle(&mut self, t: &Timings, result: &'static str, queue_wait: Duration) {
         self.attempt(result, t.total);
+        self.candidates[match t.candidates {
+            Candidates::All => 0,
+            Candidates::StaticClass(_) => 1,
+            Candidates::FreeIndex(_) => 2,
+        }] += 1;
+        self.static_reused += u64::from(t.static_reused);
+        self.parallel += u64::from(t.parallel);
+        if !t.diagnose.is_zero() {
+            let _ = self.extension.entry("Diagnose").or_insert_with(hist).record(ns(t.diagnose));
+        }
         let _ = self.queue_wait.record(ns(queue_wait));
         let _ = self.extension.entry("PreFilter").or_insert_with(hist).record(ns(t.pre_filter));
         let f: Duration = t.filter.iter().map(|(_, d)| *d).sum();
@@ -130,6 +147,13 @@ impl Metrics {
         for (i, q) in ["active", "backoff", "unschedulable", "inflight"].iter().enumerate() {
             let _ = writeln!(out, "scheduler_pending_pods{{queue=\"{q}\"}} {}", self.pending[i]);
         }
+        out.push_str("# HELP capstan_scheduler_candidates_total Attempts by where their candidate nodes came from.\n# TYPE capstan_scheduler_candidates_total counter\n");
+        for (i, s) in ["all", "static_class", "free_index"].iter().enumerate() {
+            let _ = writeln!(out, "capstan_scheduler_candidates_total{{source=\"{s}\"}} {}", self.candidates[i]);
+        }
+        let _ = writeln!(out, "# HELP capstan_scheduler_static_filter_reuse_total Attempts that reused their class's static filter results.\n# TYPE capstan_scheduler_static_filter_reuse_total counter\ncapstan_scheduler_static_filter_reuse_total {}", self.static_reused);
+        let _ = writeln!(out, "# HELP capstan_scheduler_parallel_cycles_total Attempts filtered on the worker pool.\n# TYPE capstan_scheduler_parallel_cycles_total counter\ncapstan_scheduler_parallel_cycles_total {}", self.parallel);
+        let _ = writeln!(out, "# HELP capstan_scheduler_restarts_total Restarts of the scheduling thread after a panic.\n# TYPE capstan_scheduler_restarts_total counter\ncapstan_scheduler_restarts_total {}", self.restarts);
         out
     }
 }

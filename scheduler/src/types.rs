@@ -69,7 +69,7 @@ impl Resources {
     }
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum Op {
     In(Vec<String>),
     NotIn(Vec<String>),
@@ -79,7 +79,7 @@ pub enum Op {
     Lt(i64),
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Requirement {
     pub key: String,
     pub op: Op,
@@ -87,7 +87,11 @@ pub struct Requirement {
 
 impl Requirement {
     pub fn matches(&self, labels: &Labels) -> bool {
-        let v = labels.get(&self.key);
+        self.matches_value(labels.get(&self.key))
+    }
+
+    /// Whether a label (or field) value, `None` when absent, satisfies the requirement.
+    pub fn matches_value(&self, v: Option<&String>) -> bool {
         match &self.op {
             Op::In(vals) => v.is_some_and(|v| vals.contains(v)),
             Op::NotIn(vals) => v.is_none_or(|v| !vals.contains(v)),
@@ -115,7 +119,7 @@ impl Requirement {
 }
 
 /// A label selector (`matchLabels` + `matchExpressions`); `None` in a term means "nothing".
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
 pub struct Selector(pub Vec<Requirement>);
 
 impl Selector {
@@ -136,7 +140,7 @@ impl Selector {
 }
 
 /// One `nodeSelectorTerms` entry: label requirements and `metadata.name` field requirements.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
 pub struct NodeTerm {
     pub labels: Vec<Requirement>,
     pub names: Vec<Requirement>,
@@ -147,8 +151,7 @@ impl NodeTerm {
         if self.labels.is_empty() && self.names.is_empty() {
             return false; // an empty term matches nothing
         }
-        let name: Labels = [("metadata.name".to_string(), node.name.clone())].into();
-        self.labels.iter().all(|r| r.matches(&node.labels)) && self.names.iter().all(|r| r.matches(&name))
+        self.labels.iter().all(|r| r.matches(&node.labels)) && self.names.iter().all(|r| r.matches_value(Some(&node.name)))
     }
 
     fn from_k8s(t: &core::NodeSelectorTerm) -> NodeTerm {
@@ -166,7 +169,7 @@ impl NodeTerm {
     }
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Toleration {
     pub key: String,
     pub exists: bool,
@@ -174,7 +177,7 @@ pub struct Toleration {
     pub effect: String,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Taint {
     pub key: String,
     pub value: String,
@@ -193,7 +196,7 @@ impl Toleration {
     }
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct AffinityTerm {
     pub selector: Selector,
     /// Namespaces the term looks at (the pod's own when the API gave none).
@@ -398,8 +401,8 @@ impl NodeInfo {
         self.pods.push(p);
     }
 
-    pub fn remove_pod(&mut self, uid: &str) -> bool {
-        let Some(i) = self.pods.iter().position(|p| p.uid == uid) else { return false };
+    pub fn remove_pod(&mut self, uid: &str) -> Option<Arc<PodInfo>> {
+        let i = self.pods.iter().position(|p| p.uid == uid)?;
         let p = self.pods.swap_remove(i);
         self.requested.sub(&p.requests);
         self.anti_affinity_pods = self.anti_affinity_pods.saturating_sub(u32::from(!p.anti_affinity.is_empty()));
@@ -408,6 +411,6 @@ impl NodeInfo {
                 self.used_ports.swap_remove(j);
             }
         }
-        true
+        Some(p)
     }
 }

@@ -12,7 +12,8 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 use clap::Parser;
 use hdrhistogram::Histogram;
-use scheduler::framework::{self, Outcome, Profile, Timings};
+use scheduler::cache::Cache;
+use scheduler::framework::{self, Candidates, Outcome, Profile, Scratch, Timings};
 use scheduler::types::{NodeInfo, PodInfo};
 use serde_json::{Value, json};
 
@@ -28,6 +29,12 @@ struct Args {
     pods: usize,
     #[arg(long)]
     json: bool,
+    /// Filter-and-score workers (1 = the calling thread only); default: the machine's cores.
+    #[arg(long)]
+    parallelism: Option<usize>,
+    /// Nodes to visit from which a cycle goes to the worker pool.
+    #[arg(long, default_value_t = framework::PARALLEL_MIN_NODES)]
+    parallel_min_nodes: usize,
 }
 
 fn load(w: &str) -> Result<Value> {
@@ -42,8 +49,12 @@ fn load(w: &str) -> Result<Value> {
 
 fn node(i: usize, t: &Value) -> NodeInfo {
     let zones = t["zones"].as_u64().unwrap_or(1).max(1) as usize;
-    let v = json!({"metadata": {"name": format!("node-{i}"), "labels": {"kubernetes.io/hostname": format!("node-{i}"), "topology.kubernetes.io/zone": format!("zone-{}", i % zones)}},
+    let mut v = json!({"metadata": {"name": format!("node-{i}"), "labels": {"kubernetes.io/hostname": format!("node-{i}"), "topology.kubernetes.io/zone": format!("zone-{}", i % zones)}},
         "status": {"allocatable": {"cpu": t["cpu"], "memory": t["memory"], "pods": t["pods"].to_string()}}});
+    // `labelEvery: N`: every Nth node is in pool "special" (the rest in "general").
+    if let Some(every) = t["labelEvery"].as_u64() {
+        v["metadata"]["labels"]["pool"] = json!(if i as u64 % every.max(1) == 0 { "special" } else { "general" });
+    }
     NodeInfo::from_json(&v).expect("node template")
 }
 
@@ -55,6 +66,9 @@ fn pod(i: usize, t: &Value, prefix: &str) -> PodInfo {
         v["metadata"]["labels"]["group"] = json!(g);
         v["spec"]["affinity"] = json!({"podAntiAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [{"labelSelector": {"matchLabels": {"group": g}}, "topologyKey": "kubernetes.io/hostname"}]}});
     }
+    if t["nodeSelector"].is_object() {
+        v["spec"]["nodeSelector"] = t["nodeSelector"].clone();
+    }
     if t["spreadOverZones"].as_bool() == Some(true) {
         v["spec"]["topologySpreadConstraints"] = json!([{"maxSkew": 1, "topologyKey": "topology.kubernetes.io/zone", "whenUnsatisfiable": "DoNotSchedule", "labelSelector": {"matchLabels": {"app": "perf"}}}]);
     }
@@ -65,48 +79,72 @@ fn main() -> Result<()> {
     let a = Args::parse();
     let w = load(&a.workload)?;
     let name = w["name"].as_str().unwrap_or(&a.workload).to_string();
-    let mut nodes: Vec<NodeInfo> = (0..a.nodes).map(|i| node(i, &w["node"])).collect();
-    // Pre-placed low-priority pods (the preemption workload).
+    let mut cache = Cache::default();
+    for i in 0..a.nodes {
+        cache.upsert_node(node(i, &w["node"]));
+    }
+    // Pre-placed pods (the preemption and nearly-full workloads); `skipEvery: N` leaves every
+    // Nth node empty.
     if w["fill"].is_object() {
         let per = w["fill"]["perNode"].as_u64().unwrap_or(0) as usize;
-        for (i, n) in nodes.iter_mut().enumerate() {
+        let skip = w["fill"]["skipEvery"].as_u64().unwrap_or(0) as usize;
+        for i in 0..a.nodes {
+            if skip > 0 && i % skip == 0 {
+                continue;
+            }
             for k in 0..per {
-                n.add_pod(Arc::new(pod(i * per + k, &w["fill"], "fill")));
+                cache.place(Arc::new(pod(i * per + k, &w["fill"], "fill")), &format!("node-{i}"), false);
             }
         }
     }
-    let profile = Profile::default();
+    let mut profile = Profile::default();
+    if let Some(n) = a.parallelism {
+        profile.parallelism = n;
+    }
+    let mut scratch = Scratch::new(framework::worker_pool(profile.parallelism));
+    scratch.parallel_min_nodes = a.parallel_min_nodes;
+    let mut sources = [0u64; 3];
+    let (mut reused, mut parallel) = (0u64, 0u64);
     let churn = w["churnEvery"].as_u64().unwrap_or(0) as usize;
     let pods: Vec<PodInfo> = (0..a.pods).map(|i| pod(i, &w["pod"], "p")).collect();
     let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3)?;
     let (mut scheduled, mut unschedulable, mut preempted) = (0u64, 0u64, 0u64);
-    let mut placed: Vec<(usize, String)> = Vec::new();
+    let mut placed: Vec<String> = Vec::new();
     let start = Instant::now();
     for (i, p) in pods.into_iter().enumerate() {
         let t0 = Instant::now();
         let mut t = Timings::default();
-        let mut outcome = framework::schedule(&profile, &p, &nodes, i % nodes.len().max(1), &mut t);
+        let start_at = i % cache.nodes().len().max(1);
+        let mut outcome = framework::schedule(&profile, &p, &cache, start_at, &mut scratch, &mut t);
         if matches!(outcome, Outcome::Unschedulable { .. }) && p.priority > 0
-            && let Some((ni, victims)) = framework::preempt(&profile, &p, &nodes)
+            && let Some((_, victims)) = framework::preempt(&profile, &p, &cache)
         {
             for v in &victims {
-                nodes[ni].remove_pod(&v.uid);
+                cache.unplace(&v.uid);
             }
             preempted += victims.len() as u64;
-            outcome = framework::schedule(&profile, &p, &nodes, i % nodes.len().max(1), &mut t);
+            outcome = framework::schedule(&profile, &p, &cache, start_at, &mut scratch, &mut t);
         }
         let _ = hist.record(t0.elapsed().as_nanos().max(1) as u64);
+        sources[match t.candidates {
+            Candidates::All => 0,
+            Candidates::StaticClass(_) => 1,
+            Candidates::FreeIndex(_) => 2,
+        }] += 1;
+        reused += u64::from(t.static_reused);
+        parallel += u64::from(t.parallel);
         match outcome {
             Outcome::Scheduled { node, .. } => {
                 scheduled += 1;
-                placed.push((node, p.uid.clone()));
-                nodes[node].add_pod(Arc::new(p));
+                placed.push(p.uid.clone());
+                let name = cache.nodes()[node].name.clone();
+                cache.place(Arc::new(p), &name, true);
             }
             Outcome::Unschedulable { .. } => unschedulable += 1,
         }
         if churn > 0 && i % churn == churn - 1 && !placed.is_empty() {
-            let (n, uid) = placed.swap_remove((i * 7919) % placed.len());
-            nodes[n].remove_pod(&uid);
+            let uid = placed.swap_remove((i * 7919) % placed.len());
+            cache.unplace(&uid);
         }
     }
     let secs = start.elapsed().as_secs_f64();
@@ -117,13 +155,21 @@ fn main() -> Result<()> {
         "attempt_p99_us": hist.value_at_quantile(0.99) as f64 / 1000.0,
         "attempt_p999_us": hist.value_at_quantile(0.999) as f64 / 1000.0,
         "scheduled": scheduled, "unschedulable": unschedulable, "preempted": preempted,
+        "candidates_all": sources[0], "candidates_static_class": sources[1], "candidates_free_index": sources[2],
+        "static_reused": reused, "parallel_cycles": parallel, "parallelism": profile.parallelism,
     });
+    // Nothing placed over its node's allocatable.
+    for n in cache.nodes() {
+        if n.requested.cpu > n.allocatable.cpu || n.requested.memory > n.allocatable.memory || n.requested.pods > n.allocatable.pods {
+            bail!("{} is over its allocatable: {:?} > {:?}", n.name, n.requested, n.allocatable);
+        }
+    }
     if a.json {
         println!("{out}");
     } else {
         println!(
-            "{name}: {} nodes, {} pods in {secs:.2} s: {:.0} pods/s; attempt p50 {:.1} us, p99 {:.1} us, p999 {:.1} us; scheduled {scheduled}, unschedulable {unschedulable}, victims {preempted}",
-            a.nodes, a.pods, out["pods_per_sec"].as_f64().unwrap_or(0.0), out["attempt_p50_us"].as_f64().unwrap_or(0.0), out["attempt_p99_us"].as_f64().unwrap_or(0.0), out["attempt_p999_us"].as_f64().unwrap_or(0.0)
+            "{name}: {} nodes, {} pods in {secs:.2} s: {:.0} pods/s; attempt p50 {:.1} us, p99 {:.1} us, p999 {:.1} us; scheduled {scheduled}, unschedulable {unschedulable}, victims {preempted}; candidates all/class/free-index {}/{}/{}, static results reused {reused}, parallel {parallel}",
+            a.nodes, a.pods, out["pods_per_sec"].as_f64().unwrap_or(0.0), out["attempt_p50_us"].as_f64().unwrap_or(0.0), out["attempt_p99_us"].as_f64().unwrap_or(0.0), out["attempt_p999_us"].as_f64().unwrap_or(0.0), sources[0], sources[1], sources[2]
         );
     }
     Ok(())
