@@ -95,6 +95,15 @@ fn pending_pods_are_scheduled_explained_and_profiled() {
     let metrics = String::from_utf8(metrics).unwrap();
     assert!(metrics.contains("scheduler_plugin_execution_duration_seconds_bucket{plugin=\"NodeResourcesFit\",extension_point=\"Filter\",le=\"0.000001\"}"));
     assert!(metrics.contains("scheduler_scheduling_attempt_duration_seconds_count{result=\"scheduled\",profile=\"default-scheduler\"} "));
+    assert!(metrics.contains("capstan_scheduler_restarts_total 0"));
+    assert!(a["candidates"].as_str().is_some_and(|s| !s.is_empty()), "{a}");
+    // A CPU profile of the process, folded for flame graphs; bad parameters are named.
+    let (code, body) = http(&sched, "GET", "/debug/pprof/profile?seconds=1", &[], b"");
+    assert_eq!(code, 200, "{}", String::from_utf8_lossy(&body));
+    let folded = String::from_utf8(body).unwrap();
+    assert!(folded.lines().all(|l| l.rsplit_once(' ').is_some_and(|(_, n)| n.parse::<u64>().is_ok())), "{folded}");
+    let (code, body) = http(&sched, "GET", "/debug/pprof/profile?seconds=600", &[], b"");
+    assert_eq!((code, String::from_utf8_lossy(&body).trim()), (400, "seconds must be 1..=60, not 600"));
 }
 
 #[test]

@@ -13,6 +13,7 @@
 
 pub mod cache;
 pub mod config;
+pub mod cpuprof;
 pub mod framework;
 pub mod metrics;
 pub mod queue;
@@ -180,7 +181,8 @@ impl Scheduler {
         )
     }
 
-    /// `/debug/scheduler/pods/{namespace}/{name}`: the last attempts of one pod.
+    /// `/debug/scheduler/pods/{namespace}/{name}`: the last attempts of one pod;
+    /// `/debug/pprof/profile?seconds=N&format=folded|svg`: a CPU profile of the process.
     pub fn debug_router(&self) -> axum::Router {
         use axum::extract::{Path, State};
         use axum::response::IntoResponse;
@@ -195,6 +197,28 @@ impl Scheduler {
                 }),
             )
             .with_state(self.observed.clone())
+            .route(
+                "/debug/pprof/profile",
+                axum::routing::get(|axum::extract::Query(q): axum::extract::Query<HashMap<String, String>>| async move {
+                    use axum::http::StatusCode;
+                    let seconds = match q.get("seconds").map(|s| s.parse::<u64>()) {
+                        None => Ok(10),
+                        Some(Ok(n)) => Ok(n),
+                        Some(Err(_)) => Err(cpuprof::ProfileError::Invalid("seconds must be a whole number".into())),
+                    };
+                    let result = match (seconds, cpuprof::Format::parse(q.get("format").map(String::as_str))) {
+                        (Ok(s), Ok(f)) => cpuprof::profile(s, f).await.map(|body| (f, body)),
+                        (Err(e), _) | (_, Err(e)) => Err(e),
+                    };
+                    match result {
+                        Ok((cpuprof::Format::Svg, body)) => ([(axum::http::header::CONTENT_TYPE, "image/svg+xml")], body).into_response(),
+                        Ok((cpuprof::Format::Folded, body)) => ([(axum::http::header::CONTENT_TYPE, "text/plain; charset=utf-8")], body).into_response(),
+                        Err(cpuprof::ProfileError::Invalid(m)) => (StatusCode::BAD_REQUEST, format!("{m}\n")).into_response(),
+                        Err(cpuprof::ProfileError::Busy) => (StatusCode::CONFLICT, "a profile is already being taken; try again when it ends\n").into_response(),
+                        Err(cpuprof::ProfileError::Failed(m)) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{m}\n")).into_response(),
+                    }
+                }),
+            )
     }
 }
 
@@ -546,5 +570,27 @@ async fn report_unschedulable(c: Client, events: Recorder, p: Arc<PodInfo>, msg:
     let path = format!("/api/v1/namespaces/{}/pods/{}/status", p.namespace, p.name);
     if let Err(e) = c.merge_patch_quiet(&path, &patch).await {
         tracing::debug!(pod = p.name, error = %e, "writing PodScheduled=False failed");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_supervisor_restarts_after_each_panic_until_the_body_returns() {
+        let mut runs = 0;
+        let mut panics = Vec::new();
+        supervise(
+            || {
+                runs += 1;
+                if runs < 3 {
+                    panic!("boom {runs}");
+                }
+            },
+            |msg| panics.push(msg.to_string()),
+        );
+        assert_eq!(runs, 3);
+        assert_eq!(panics, ["boom 1", "boom 2"]);
     }
 }
