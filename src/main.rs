@@ -273,7 +273,7 @@ async fn serve(data_dir: PathBuf, listen: String, opts: ServeOpts, up: Option<(N
         if !node.no_scheduler || ctrl.is_some() {
             let s = if node.no_scheduler { None } else { Some(std::sync::Arc::new(new_scheduler(&server, node.scheduler_config.as_deref())?)) };
             let a = serve_components(&node.scheduler_listen, s.clone(), ctrl.clone()).await?;
-            println!("  scheduler:  http://{a}/metrics, http://{a}/debug/scheduler/pods/<namespace>/<name> (controllers' metrics at the same /metrics)");
+            println!("  scheduler:  http://{a}/metrics, http://{a}/debug/scheduler/pods/<namespace>/<name>, http://{a}/debug/pprof/profile?seconds=10 (controllers' metrics at the same /metrics)");
             sched = s;
         }
         if !node.no_local_node {
@@ -324,8 +324,9 @@ fn new_scheduler(server: &str, config: Option<&std::path::Path>) -> Result<sched
     Ok(scheduler::Scheduler::start(server, profiles))
 }
 
-/// One listener for the in-process components: `/metrics` (scheduler and controllers) and
-/// the scheduler's `/debug/scheduler/pods/<ns>/<name>`.
+/// One listener for the in-process components: `/metrics` (scheduler and controllers), the
+/// scheduler's `/debug/scheduler/pods/<ns>/<name>`, and `/debug/pprof/profile` (CPU
+/// profiles of the whole process).
 async fn serve_components(listen: &str, s: Option<std::sync::Arc<scheduler::Scheduler>>, c: Option<std::sync::Arc<controllers::Controllers>>) -> Result<std::net::SocketAddr> {
     let l = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("components: listening on {listen}"))?;
     let addr = l.local_addr()?;
@@ -341,8 +342,9 @@ async fn serve_components(listen: &str, s: Option<std::sync::Arc<scheduler::Sche
             }
         }),
     );
-    if let Some(s) = &s {
-        app = app.merge(s.debug_router());
+    match &s {
+        Some(s) => app = app.merge(s.debug_router()),
+        None => app = app.merge(scheduler::cpuprof::router()),
     }
     tokio::spawn(async move {
         let _ = axum::serve(l, app).await;

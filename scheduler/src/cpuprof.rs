@@ -52,6 +52,33 @@ impl Drop for Release {
     }
 }
 
+/// `GET /debug/pprof/profile?seconds=N&format=folded|svg` (10 s and folded by default).
+pub fn router() -> axum::Router {
+    use axum::http::{StatusCode, header};
+    use axum::response::IntoResponse;
+    axum::Router::new().route(
+        "/debug/pprof/profile",
+        axum::routing::get(|axum::extract::Query(q): axum::extract::Query<std::collections::HashMap<String, String>>| async move {
+            let seconds = match q.get("seconds").map(|s| s.parse::<u64>()) {
+                None => Ok(10),
+                Some(Ok(n)) => Ok(n),
+                Some(Err(_)) => Err(ProfileError::Invalid("seconds must be a whole number".into())),
+            };
+            let result = match (seconds, Format::parse(q.get("format").map(String::as_str))) {
+                (Ok(s), Ok(f)) => profile(s, f).await.map(|body| (f, body)),
+                (Err(e), _) | (_, Err(e)) => Err(e),
+            };
+            match result {
+                Ok((Format::Svg, body)) => ([(header::CONTENT_TYPE, "image/svg+xml")], body).into_response(),
+                Ok((Format::Folded, body)) => ([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], body).into_response(),
+                Err(ProfileError::Invalid(m)) => (StatusCode::BAD_REQUEST, format!("{m}\n")).into_response(),
+                Err(ProfileError::Busy) => (StatusCode::CONFLICT, "a profile is already being taken; try again when it ends\n").into_response(),
+                Err(ProfileError::Failed(m)) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{m}\n")).into_response(),
+            }
+        }),
+    )
+}
+
 /// Samples the process for `seconds` and renders the profile.
 pub async fn profile(seconds: u64, format: Format) -> Result<Vec<u8>, ProfileError> {
     if !(1..=MAX_SECONDS).contains(&seconds) {

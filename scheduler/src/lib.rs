@@ -197,28 +197,7 @@ impl Scheduler {
                 }),
             )
             .with_state(self.observed.clone())
-            .route(
-                "/debug/pprof/profile",
-                axum::routing::get(|axum::extract::Query(q): axum::extract::Query<HashMap<String, String>>| async move {
-                    use axum::http::StatusCode;
-                    let seconds = match q.get("seconds").map(|s| s.parse::<u64>()) {
-                        None => Ok(10),
-                        Some(Ok(n)) => Ok(n),
-                        Some(Err(_)) => Err(cpuprof::ProfileError::Invalid("seconds must be a whole number".into())),
-                    };
-                    let result = match (seconds, cpuprof::Format::parse(q.get("format").map(String::as_str))) {
-                        (Ok(s), Ok(f)) => cpuprof::profile(s, f).await.map(|body| (f, body)),
-                        (Err(e), _) | (_, Err(e)) => Err(e),
-                    };
-                    match result {
-                        Ok((cpuprof::Format::Svg, body)) => ([(axum::http::header::CONTENT_TYPE, "image/svg+xml")], body).into_response(),
-                        Ok((cpuprof::Format::Folded, body)) => ([(axum::http::header::CONTENT_TYPE, "text/plain; charset=utf-8")], body).into_response(),
-                        Err(cpuprof::ProfileError::Invalid(m)) => (StatusCode::BAD_REQUEST, format!("{m}\n")).into_response(),
-                        Err(cpuprof::ProfileError::Busy) => (StatusCode::CONFLICT, "a profile is already being taken; try again when it ends\n").into_response(),
-                        Err(cpuprof::ProfileError::Failed(m)) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{m}\n")).into_response(),
-                    }
-                }),
-            )
+            .merge(cpuprof::router())
     }
 }
 
@@ -350,6 +329,7 @@ fn run_loop(ctx: &Loop, pool: &Option<Arc<rayon::ThreadPool>>) {
     let mut in_flight = 0usize;
     let mut bind_started: HashMap<String, (Instant, String)> = HashMap::new();
     let mut start = 0usize;
+    let mut depths_at: Option<Instant> = None;
     while !stop.load(std::sync::atomic::Ordering::SeqCst) {
         // Apply what arrived; wait only when there is nothing to schedule.
         let mut apply = |u: Update, cache: &mut Cache, q: &mut Queue, in_flight: &mut usize| {
@@ -427,15 +407,19 @@ fn run_loop(ctx: &Loop, pool: &Option<Arc<rayon::ThreadPool>>) {
         }
         let now = Instant::now();
         let next_due = q.flush(now);
-        if in_flight >= BINDS_IN_FLIGHT || q.depths()[0] == 0 {
+        if in_flight >= BINDS_IN_FLIGHT || !q.maybe_active() {
             let wait = next_due.map_or(Duration::from_millis(200), |t| t.saturating_duration_since(now)).min(Duration::from_millis(200));
             match rx.recv_timeout(wait) {
                 Ok(u) => apply(u, &mut cache, &mut q, &mut in_flight),
                 Err(crossbeam::channel::RecvTimeoutError::Timeout) => {}
                 Err(crossbeam::channel::RecvTimeoutError::Disconnected) => return,
             }
-            let d = q.depths();
-            observed.lock().unwrap().metrics.pending(d);
+            // The pending gauges walk the queue: refreshed at most every 200 ms.
+            if depths_at.is_none_or(|t: Instant| t.elapsed() >= Duration::from_millis(200)) {
+                depths_at = Some(Instant::now());
+                let d = q.depths();
+                observed.lock().unwrap().metrics.pending(d);
+            }
             continue;
         }
         let Some(entry) = q.pop(now) else { continue };

@@ -43,7 +43,12 @@ pub struct Queue {
     active: BinaryHeap<(i32, Reverse<u64>, String)>,
     backoff: BinaryHeap<Reverse<(Instant, u64, String)>>,
     seq: u64,
+    /// The last look for pods unschedulable longer than `UNSCHEDULABLE_MAX` (a walk over
+    /// every entry, so at most once per `STALE_SCAN_EVERY`, not once per pop).
+    stale_scanned: Option<Instant>,
 }
+
+const STALE_SCAN_EVERY: Duration = Duration::from_secs(1);
 
 impl Queue {
     pub fn len(&self) -> usize {
@@ -54,7 +59,13 @@ impl Queue {
         self.entries.is_empty()
     }
 
-    /// (active, backoff, unschedulable, in flight) counts.
+    /// Whether a pod may be waiting in the active queue (O(1); the heap may hold stale
+    /// entries, which `pop` skips).
+    pub fn maybe_active(&self) -> bool {
+        !self.active.is_empty()
+    }
+
+    /// (active, backoff, unschedulable, in flight) counts: a walk over every entry.
     pub fn depths(&self) -> [usize; 4] {
         let mut d = [0; 4];
         for e in self.entries.values() {
@@ -112,6 +123,10 @@ impl Queue {
                 self.push_active(&uid, now);
             }
         }
+        if self.stale_scanned.is_some_and(|t| now.saturating_duration_since(t) < STALE_SCAN_EVERY) {
+            return None;
+        }
+        self.stale_scanned = Some(now);
         let stale: Vec<String> = self.entries.iter().filter(|(_, e)| e.at == Where::Unschedulable && now.duration_since(e.unschedulable_since) >= UNSCHEDULABLE_MAX).map(|(u, _)| u.clone()).collect();
         for u in stale {
             self.push_active(&u, now);
