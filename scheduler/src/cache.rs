@@ -239,6 +239,11 @@ struct Placed {
     node: String,
     assumed: bool,
     group: usize,
+    pod: Arc<PodInfo>,
+}
+
+fn prefers_no_schedule(n: &NodeInfo) -> bool {
+    n.taints.iter().any(|t| t.effect == "PreferNoSchedule")
 }
 
 #[derive(Default)]
@@ -251,6 +256,8 @@ pub struct Cache {
     topology: Domains,
     free: FreeIndex,
     generation: u64,
+    /// Nodes with a PreferNoSchedule taint (none: TaintToleration scores every node alike).
+    prefer_no_schedule: usize,
 }
 
 impl Cache {
@@ -340,6 +347,7 @@ impl Cache {
                     }
                 }
                 self.free.remove(i, &self.nodes[i]);
+                self.prefer_no_schedule = self.prefer_no_schedule + usize::from(prefers_no_schedule(&n)) - usize::from(prefers_no_schedule(&self.nodes[i]));
                 let old = &mut self.nodes[i];
                 n.pods = std::mem::take(&mut old.pods);
                 n.requested = old.requested.clone();
@@ -354,6 +362,7 @@ impl Cache {
                 self.index.insert(n.name.clone(), i);
                 self.topology_bump(&n.labels, 1);
                 self.free.insert(i, &n);
+                self.prefer_no_schedule += usize::from(prefers_no_schedule(&n));
                 self.nodes.push(n);
             }
         }
@@ -368,6 +377,7 @@ impl Cache {
         self.generation += 1;
         self.index.remove(name);
         self.free.remove(i, &self.nodes[i]);
+        self.prefer_no_schedule -= usize::from(prefers_no_schedule(&self.nodes[i]));
         let labels = self.nodes[i].labels.clone();
         self.topology_bump(&labels, -1);
         let last = self.nodes.len() - 1;
@@ -393,7 +403,7 @@ impl Cache {
         self.unplace(&p.uid);
         let Some(&i) = self.index.get(node) else { return false };
         let group = self.groups.acquire(&p);
-        self.placed.insert(p.uid.clone(), Placed { node: node.to_string(), assumed, group });
+        self.placed.insert(p.uid.clone(), Placed { node: node.to_string(), assumed, group, pod: p.clone() });
         self.index_pod(i, &p, group, 1);
         self.free.remove(i, &self.nodes[i]);
         self.nodes[i].add_pod(p);
@@ -478,6 +488,28 @@ impl Cache {
         true
     }
 
+    /// Whether any node has a PreferNoSchedule taint.
+    pub fn any_prefer_no_schedule(&self) -> bool {
+        self.prefer_no_schedule > 0
+    }
+
+    /// A watched update of a placed pod that changes nothing the scheduler reads (same node,
+    /// labels and deletion state: a kubelet's status update) confirms the placement without
+    /// the pod being parsed again. False when the update needs the full path.
+    pub fn confirm_unchanged(&mut self, uid: &str, node: &str, labels: &serde_json::Value, deleting: bool) -> bool {
+        let Some(x) = self.placed.get_mut(uid) else { return false };
+        let same_labels = match labels {
+            serde_json::Value::Null => x.pod.labels.is_empty(),
+            serde_json::Value::Object(m) => m.len() == x.pod.labels.len() && m.iter().all(|(k, v)| v.as_str().is_some_and(|v| x.pod.labels.get(k).is_some_and(|w| w == v))),
+            _ => false,
+        };
+        if x.node != node || x.pod.deleting != deleting || !same_labels {
+            return false;
+        }
+        x.assumed = false;
+        true
+    }
+
     pub fn is_assumed(&self, uid: &str) -> bool {
         self.placed.get(uid).is_some_and(|x| x.assumed)
     }
@@ -553,10 +585,26 @@ mod tests {
         assert!(c.generation() > g0, "a taint change is a static change");
         let node = c.node("n").unwrap();
         assert_eq!((node.pods.len(), node.requested.cpu, node.anti_affinity_pods, node.taints.len()), (1, 1000, 1, 1));
+        assert!(c.is_assumed("u"));
+        assert!(!c.confirm_unchanged("u", "n", &json!({"app": "b"}), false), "labels changed");
+        assert!(!c.confirm_unchanged("u", "other", &json!({"app": "a"}), false), "another node");
+        assert!(!c.confirm_unchanged("u", "n", &json!({"app": "a"}), true), "being deleted");
+        assert!(c.confirm_unchanged("u", "n", &json!({"app": "a"}), false));
+        assert!(!c.is_assumed("u"), "the watch confirmed the assumption");
         c.unplace("u");
         let node = c.node("n").unwrap();
         assert_eq!((node.pods.len(), node.requested.cpu, node.anti_affinity_pods), (0, 0, 0));
         c.check_indexes().unwrap();
+        assert!(!c.any_prefer_no_schedule());
+        let mut v = json!({"metadata": {"name": "m"}, "spec": {"taints": [{"key": "k", "effect": "PreferNoSchedule"}]}, "status": {"allocatable": {"cpu": "1", "pods": "1"}}});
+        c.upsert_node(NodeInfo::from_json(&v).unwrap());
+        assert!(c.any_prefer_no_schedule());
+        v["spec"] = json!({});
+        c.upsert_node(NodeInfo::from_json(&v).unwrap());
+        assert!(!c.any_prefer_no_schedule());
+        c.upsert_node(NodeInfo::from_json(&json!({"metadata": {"name": "m2"}, "spec": {"taints": [{"key": "k", "effect": "PreferNoSchedule"}]}})).unwrap());
+        c.remove_node("m2");
+        assert!(!c.any_prefer_no_schedule());
     }
 
     /// Model-based: random placements, removals, relabels and node removals, with every

@@ -916,6 +916,18 @@ pub fn schedule(profile: &Profile, p: &PodInfo, cache: &Cache, start: usize, scr
         if !plugin.scores() || weight == 0 {
             continue;
         }
+        // A plugin that scores every node alike adds a constant: the choice is the same
+        // without it, so it is not run.
+        let constant = match plugin {
+            Plugin::TaintToleration => !cache.any_prefer_no_schedule(),
+            Plugin::NodeAffinity => p.preferred_node_terms.is_empty(),
+            Plugin::InterPodAffinity => st.preferred.is_empty(),
+            Plugin::PodTopologySpread => !p.spread.iter().any(|c| !c.hard),
+            _ => false,
+        };
+        if constant {
+            continue;
+        }
         let tp = Instant::now();
         match &score_pool {
             Some(pool) => pool.install(|| {

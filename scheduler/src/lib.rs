@@ -345,6 +345,17 @@ fn run_loop(ctx: &Loop, pool: &Option<Arc<rayon::ThreadPool>>) {
                 }
                 Update::Node(None, name) => cache.remove_node(&name),
                 Update::Pod(v) => {
+                    let m = &v["metadata"];
+                    if let (Some(uid), Some(node)) = (m["uid"].as_str(), v["spec"]["nodeName"].as_str().filter(|n| !n.is_empty()))
+                        && !matches!(v["status"]["phase"].as_str(), Some("Succeeded" | "Failed"))
+                        && cache.confirm_unchanged(uid, node, &m["labels"], !m["deletionTimestamp"].is_null())
+                    {
+                        // A placed pod's status update: nothing to parse.
+                        if q.get(uid).is_some_and(|e| e.at != queue::Where::InFlight) {
+                            q.remove(uid);
+                        }
+                        return;
+                    }
                     let Ok(p) = PodInfo::from_json(&v) else { return };
                     let p = Arc::new(p);
                     if !p.node_name.is_empty() {

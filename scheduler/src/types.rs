@@ -252,7 +252,8 @@ pub struct PodInfo {
 
 impl PodInfo {
     pub fn from_json(v: &serde_json::Value) -> Result<PodInfo, String> {
-        let pod: core::Pod = serde_json::from_value(v.clone()).map_err(|e| format!("not a Pod: {e}"))?;
+        use serde::Deserialize;
+        let pod = core::Pod::deserialize(v).map_err(|e| format!("not a Pod: {e}"))?;
         Ok(PodInfo::from_k8s(&pod))
     }
 
@@ -381,7 +382,8 @@ pub struct NodeInfo {
 
 impl NodeInfo {
     pub fn from_json(v: &serde_json::Value) -> Result<NodeInfo, String> {
-        let n: core::Node = serde_json::from_value(v.clone()).map_err(|e| format!("not a Node: {e}"))?;
+        use serde::Deserialize;
+        let n = core::Node::deserialize(v).map_err(|e| format!("not a Node: {e}"))?;
         let spec = n.spec.unwrap_or_default();
         let status = n.status.unwrap_or_default();
         Ok(NodeInfo {
