@@ -659,10 +659,9 @@ async fn ingest(weak: std::sync::Weak<Shared>, mut watcher: storage::Watcher, de
         shared.metrics.ring_events.store(s.ring.len() as u64, Ordering::Relaxed);
         shared.metrics.ring_bytes.store(s.ring_bytes, Ordering::Relaxed);
         let rev = watcher.delivered_through().max(s.revision);
+        // The horizon moves only when events leave the ring: an empty ring because nothing
+        // happened in this prefix still serves watches from any revision since the horizon.
         s.revision = rev;
-        if s.ring.is_empty() {
-            s.horizon = rev;
-        }
         drop(s);
         shared.revision_tx.send_if_modified(|r| {
             if rev > *r {

@@ -274,3 +274,23 @@ async fn a_cache_that_falls_behind_its_store_watch_resumes_without_losing_events
         n += 1;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quiet_prefix_serves_watches_from_before_writes_elsewhere() {
+    // A client lists at R, other resources are written meanwhile (the store's revision moves,
+    // this prefix gets nothing), then it watches from R: the cache serves that watch — nothing
+    // of its prefix happened after R — instead of refusing it as too old.
+    let dir = tempfile::tempdir().unwrap();
+    let s = store(dir.path());
+    let listed = s.put("/o/ns/a", "n1;0").await.unwrap().revision;
+    let cache = Cache::start(s.clone(), Bytes::from_static(b"/o/"), decode(), Config::default()).await.unwrap();
+    for i in 0..5 {
+        s.put(format!("/other/{i}"), "x").await.unwrap();
+    }
+    within("cache catching up", cache.wait_consistent(WATCHDOG)).await.unwrap();
+    assert!(cache.revision() > listed, "the cache saw the store move on");
+    let mut w = cache.watch(Some(listed), Filter::everything()).expect("a watch from before writes to other prefixes");
+    let rev = s.put("/o/ns/b", "n1;1").await.unwrap().revision;
+    let e = within("the next event of the prefix", w.next()).await.unwrap().unwrap();
+    assert_eq!((e.kind, e.object.revision), (EventType::Added, rev));
+}
