@@ -268,7 +268,6 @@ impl Cache {
             let pods = std::mem::take(&mut n.pods);
             n.requested = Default::default();
             n.used_ports.clear();
-            n.anti_affinity_pods = 0;
             let name = n.name.clone();
             c.upsert_node(n);
             for p in pods {
@@ -290,11 +289,6 @@ impl Cache {
     /// flag change.
     pub fn generation(&self) -> u64 {
         self.generation
-    }
-
-    /// How many pods are placed (assumed or confirmed).
-    pub fn placed(&self) -> usize {
-        self.placed.len()
     }
 
     fn index_pod(&mut self, node: usize, p: &PodInfo, group: usize, delta: i32) {
@@ -352,7 +346,6 @@ impl Cache {
                 n.pods = std::mem::take(&mut old.pods);
                 n.requested = old.requested.clone();
                 n.used_ports = std::mem::take(&mut old.used_ports);
-                n.anti_affinity_pods = old.anti_affinity_pods;
                 *old = n;
                 self.free.insert(i, &self.nodes[i]);
             }
@@ -584,7 +577,7 @@ mod tests {
         c.upsert_node(n(true));
         assert!(c.generation() > g0, "a taint change is a static change");
         let node = c.node("n").unwrap();
-        assert_eq!((node.pods.len(), node.requested.cpu, node.anti_affinity_pods, node.taints.len()), (1, 1000, 1, 1));
+        assert_eq!((node.pods.len(), node.requested.cpu, node.taints.len()), (1, 1000, 1));
         assert!(c.is_assumed("u"));
         assert!(!c.confirm_unchanged("u", "n", &json!({"app": "b"}), false), "labels changed");
         assert!(!c.confirm_unchanged("u", "other", &json!({"app": "a"}), false), "another node");
@@ -593,7 +586,7 @@ mod tests {
         assert!(!c.is_assumed("u"), "the watch confirmed the assumption");
         c.unplace("u");
         let node = c.node("n").unwrap();
-        assert_eq!((node.pods.len(), node.requested.cpu, node.anti_affinity_pods), (0, 0, 0));
+        assert_eq!((node.pods.len(), node.requested.cpu), (0, 0));
         c.check_indexes().unwrap();
         assert!(!c.any_prefer_no_schedule());
         let mut v = json!({"metadata": {"name": "m"}, "spec": {"taints": [{"key": "k", "effect": "PreferNoSchedule"}]}, "status": {"allocatable": {"cpu": "1", "pods": "1"}}});

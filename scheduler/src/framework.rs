@@ -219,6 +219,19 @@ pub enum Candidates {
     FreeIndex(usize),
 }
 
+impl Candidates {
+    /// Metric labels, in the order of [`Candidates::index`].
+    pub const LABELS: [&'static str; 3] = ["all", "static_class", "free_index"];
+
+    pub fn index(self) -> usize {
+        match self {
+            Candidates::All => 0,
+            Candidates::StaticClass(_) => 1,
+            Candidates::FreeIndex(_) => 2,
+        }
+    }
+}
+
 impl std::fmt::Display for Candidates {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {

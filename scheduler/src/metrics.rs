@@ -80,11 +80,7 @@ impl Metrics {
 
     pub fn cycle(&mut self, t: &Timings, result: &'static str, queue_wait: Duration) {
         self.attempt(result, t.total);
-        self.candidates[match t.candidates {
-            Candidates::All => 0,
-            Candidates::StaticClass(_) => 1,
-            Candidates::FreeIndex(_) => 2,
-        }] += 1;
+        self.candidates[t.candidates.index()] += 1;
         self.static_reused += u64::from(t.static_reused);
         self.parallel += u64::from(t.parallel);
         if !t.diagnose.is_zero() {
@@ -148,7 +144,7 @@ impl Metrics {
             let _ = writeln!(out, "scheduler_pending_pods{{queue=\"{q}\"}} {}", self.pending[i]);
         }
         out.push_str("# HELP capstan_scheduler_candidates_total Attempts by where their candidate nodes came from.\n# TYPE capstan_scheduler_candidates_total counter\n");
-        for (i, s) in ["all", "static_class", "free_index"].iter().enumerate() {
+        for (i, s) in Candidates::LABELS.iter().enumerate() {
             let _ = writeln!(out, "capstan_scheduler_candidates_total{{source=\"{s}\"}} {}", self.candidates[i]);
         }
         let _ = writeln!(out, "# HELP capstan_scheduler_static_filter_reuse_total Attempts that reused their class's static filter results.\n# TYPE capstan_scheduler_static_filter_reuse_total counter\ncapstan_scheduler_static_filter_reuse_total {}", self.static_reused);

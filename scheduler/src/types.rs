@@ -375,9 +375,6 @@ pub struct NodeInfo {
     pub requested: Resources,
     pub pods: Vec<Arc<PodInfo>>,
     pub used_ports: Vec<(String, String, i32)>,
-    /// How many of `pods` have required anti-affinity terms (a PreFilter for a pod without
-    /// inter-pod terms skips nodes where this is 0).
-    pub anti_affinity_pods: u32,
 }
 
 impl NodeInfo {
@@ -399,7 +396,6 @@ impl NodeInfo {
     pub fn add_pod(&mut self, p: Arc<PodInfo>) {
         self.requested.add(&p.requests);
         self.used_ports.extend(p.host_ports.iter().cloned());
-        self.anti_affinity_pods += u32::from(!p.anti_affinity.is_empty());
         self.pods.push(p);
     }
 
@@ -407,7 +403,6 @@ impl NodeInfo {
         let i = self.pods.iter().position(|p| p.uid == uid)?;
         let p = self.pods.swap_remove(i);
         self.requested.sub(&p.requests);
-        self.anti_affinity_pods = self.anti_affinity_pods.saturating_sub(u32::from(!p.anti_affinity.is_empty()));
         for hp in &p.host_ports {
             if let Some(j) = self.used_ports.iter().position(|u| u == hp) {
                 self.used_ports.swap_remove(j);

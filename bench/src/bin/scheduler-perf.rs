@@ -13,7 +13,7 @@ use anyhow::{Context, Result, bail};
 use clap::Parser;
 use hdrhistogram::Histogram;
 use scheduler::cache::Cache;
-use scheduler::framework::{self, Candidates, Outcome, Profile, Scratch, Timings};
+use scheduler::framework::{self, Outcome, Profile, Scratch, Timings};
 use scheduler::types::{NodeInfo, PodInfo};
 use serde_json::{Value, json};
 
@@ -126,11 +126,7 @@ fn main() -> Result<()> {
             outcome = framework::schedule(&profile, &p, &cache, start_at, &mut scratch, &mut t);
         }
         let _ = hist.record(t0.elapsed().as_nanos().max(1) as u64);
-        sources[match t.candidates {
-            Candidates::All => 0,
-            Candidates::StaticClass(_) => 1,
-            Candidates::FreeIndex(_) => 2,
-        }] += 1;
+        sources[t.candidates.index()] += 1;
         reused += u64::from(t.static_reused);
         parallel += u64::from(t.parallel);
         match outcome {
