@@ -104,6 +104,10 @@ fn pending_pods_are_scheduled_explained_and_profiled() {
     assert!(folded.lines().all(|l| l.rsplit_once(' ').is_some_and(|(_, n)| n.parse::<u64>().is_ok())), "{folded}");
     let (code, body) = http(&sched, "GET", "/debug/pprof/profile?seconds=600", &[], b"");
     assert_eq!((code, String::from_utf8_lossy(&body).trim()), (400, "seconds must be 1..=60, not 600"));
+    let (code, body) = http(&sched, "GET", "/debug/pprof/profile?seconds=ten", &[], b"");
+    assert_eq!((code, String::from_utf8_lossy(&body).trim()), (400, "seconds must be a whole number"));
+    let (code, _) = http(&sched, "GET", "/debug/pprof/profile?seconds=1&format=pdf", &[], b"");
+    assert_eq!(code, 400);
 }
 
 #[test]

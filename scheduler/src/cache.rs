@@ -386,9 +386,14 @@ impl Cache {
 
     /// Places a pod on a node (assumed = by this scheduler, ahead of the API). False when the
     /// node is unknown.
+    /// Placing a pod again on its node with other labels, anti-affinity or deletion state
+    /// replaces what the cache and its indexes know of it.
     pub fn place(&mut self, p: Arc<PodInfo>, node: &str, assumed: bool) -> bool {
         if let Some(x) = self.placed.get_mut(&p.uid)
             && x.node == node
+            && x.pod.labels == p.labels
+            && x.pod.anti_affinity == p.anti_affinity
+            && x.pod.deleting == p.deleting
         {
             x.assumed = x.assumed && assumed;
             return true;
@@ -637,6 +642,22 @@ mod tests {
                 panic!("after step {step}: {e}");
             }
         }
+    }
+
+    #[test]
+    fn a_placed_pod_relabelled_or_being_deleted_is_replaced_on_its_node() {
+        let mut c = Cache::default();
+        c.upsert_node(node("a", "z1"));
+        c.place(pod("1", "web", true), "a", false);
+        let mut changed = (*pod("1", "db", false)).clone();
+        changed.deleting = true;
+        assert!(c.place(Arc::new(changed), "a", false));
+        let n = c.node("a").unwrap();
+        assert_eq!(n.pods.len(), 1);
+        assert!(n.pods[0].deleting, "preemption waits on victims it sees deleting");
+        assert_eq!(n.pods[0].labels["app"], "db");
+        c.check_indexes().unwrap();
+        c.for_each_anti_term(&pod("x", "web", false), |_| panic!("the anti-affinity term left with the update"));
     }
 
     #[test]
