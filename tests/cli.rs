@@ -52,7 +52,7 @@ fn loadgen_drives_a_separately_started_cluster() {
     let c = common::Cluster::start_with(tempfile::tempdir().unwrap(), &["--no-local-node"]);
     let json = c.dir.path().join("r.json");
     let out = std::process::Command::new(&loadgen)
-        .args(["run", concat!(env!("CARGO_MANIFEST_DIR"), "/loadgen/workloads/scheduler-basic.yaml"), "--nodes", "5", "--pods-per-node", "10", "--server", &format!("http://{}", c.addr)])
+        .args(["run", common::path_str(&common::source_dir().join("loadgen/workloads/scheduler-basic.yaml")), "--nodes", "5", "--pods-per-node", "10", "--server", &format!("http://{}", c.addr)])
         .arg("--report-json")
         .arg(&json)
         .output()

@@ -20,7 +20,7 @@ fn official_python_client_creates_lists_watches_and_gets_409_on_stale_update() {
     }
 
     let c = Cluster::start();
-    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/client_e2e.py");
+    let script = source_dir().join("tests/python/client_e2e.py");
     let started = Instant::now();
     let out = Command::new("python3")
         .arg(&script)

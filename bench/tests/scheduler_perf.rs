@@ -38,3 +38,11 @@ fn the_indexes_and_the_pool_are_used_where_they_should_be() {
     let v = run(&["--workload", "anti-affinity", "--nodes", "400", "--pods", "200", "--parallelism", "2", "--parallel-min-nodes", "1"]);
     assert_eq!((v["scheduled"].as_u64(), v["parallel_cycles"].as_u64()), (Some(200), Some(200)), "{v}");
 }
+
+#[test]
+fn an_unknown_workload_is_refused_with_the_shipped_names() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_scheduler-perf")).args(["--workload", "nope", "--nodes", "3", "--pods", "3"]).output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no workload \"nope\"") && err.contains("nearly-full"), "{err}");
+}

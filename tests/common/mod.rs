@@ -226,6 +226,13 @@ pub fn wait_until(what: &str, mut check: impl FnMut() -> bool) {
     }
 }
 
+/// The checkout the tests run in, asked at run time: cargo sets `CARGO_MANIFEST_DIR` for the
+/// test process, while the compile-time value is wherever the (possibly shared, reused) build
+/// was made.
+pub fn source_dir() -> PathBuf {
+    std::env::var_os("CARGO_MANIFEST_DIR").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")))
+}
+
 pub fn path_str(p: &Path) -> &str {
     p.to_str().unwrap()
 }

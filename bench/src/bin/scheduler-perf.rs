@@ -19,7 +19,8 @@ use serde_json::{Value, json};
 
 #[derive(Parser)]
 struct Args {
-    /// A workload name (basic, anti-affinity, topology-spread, preemption, mixed-churn) or a
+    /// A workload name (basic, anti-affinity, topology-spread, preemption, mixed-churn,
+    /// node-selector, nearly-full) or a
     /// YAML file.
     #[arg(long, default_value = "basic")]
     workload: String,
@@ -37,12 +38,27 @@ struct Args {
     parallel_min_nodes: usize,
 }
 
+/// The shipped workloads, compiled in: a binary never depends on where its sources were checked
+/// out (a build directory shared between checkouts would otherwise read another tree's files).
+const SHIPPED: &[(&str, &str)] = &[
+    ("basic", include_str!("../../scheduler-workloads/basic.yaml")),
+    ("anti-affinity", include_str!("../../scheduler-workloads/anti-affinity.yaml")),
+    ("topology-spread", include_str!("../../scheduler-workloads/topology-spread.yaml")),
+    ("preemption", include_str!("../../scheduler-workloads/preemption.yaml")),
+    ("mixed-churn", include_str!("../../scheduler-workloads/mixed-churn.yaml")),
+    ("node-selector", include_str!("../../scheduler-workloads/node-selector.yaml")),
+    ("nearly-full", include_str!("../../scheduler-workloads/nearly-full.yaml")),
+];
+
 fn load(w: &str) -> Result<Value> {
-    let path = if w.ends_with(".yaml") { std::path::PathBuf::from(w) } else { std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scheduler-workloads").join(format!("{w}.yaml")) };
-    let text = std::fs::read_to_string(&path).with_context(|| format!("reading workload {}", path.display()))?;
-    let v: Value = serde_norway::from_str(&text).with_context(|| format!("{} is not YAML", path.display()))?;
+    let (name, text) = match SHIPPED.iter().find(|(n, _)| *n == w) {
+        Some((n, t)) => (n.to_string(), t.to_string()),
+        None if w.ends_with(".yaml") || w.contains('/') => (w.to_string(), std::fs::read_to_string(w).with_context(|| format!("reading workload {w}"))?),
+        None => bail!("no workload {w:?}: give a file, or one of {}", SHIPPED.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", ")),
+    };
+    let v: Value = serde_norway::from_str(&text).with_context(|| format!("{name} is not YAML"))?;
     if !v["node"].is_object() || !v["pod"].is_object() {
-        bail!("{}: a workload needs node: and pod: templates", path.display());
+        bail!("{name}: a workload needs node: and pod: templates");
     }
     Ok(v)
 }
