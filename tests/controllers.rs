@@ -151,7 +151,7 @@ metadata: {name: pi}
 spec:
   completions: 3
   parallelism: 2
-  ttlSecondsAfterFinished: 1
+  ttlSecondsAfterFinished: 10
   template:
     metadata:
       annotations: {hollow.capstan.io/run-seconds: "0.2"}
@@ -309,23 +309,34 @@ fn a_job_runs_to_completion_on_the_process_runtime() {
 fn pods_of_a_stopped_node_are_evicted_and_recreated_elsewhere() {
     // The grace must exceed the lease renewal (Kubernetes: 40 s against 10 s), or live nodes
     // would be declared unreachable too.
-    let c = Cluster::start_with(tempfile::tempdir().unwrap(), &["--hollow-nodes", "2", "--no-local-node", "--node-monitor-grace-seconds", "5", "--hollow-lease-renew-seconds", "1"]);
+    let c = Cluster::start_with(tempfile::tempdir().unwrap(), &["--hollow-nodes", "2", "--no-local-node", "--node-monitor-grace-seconds", "10", "--hollow-lease-renew-seconds", "1"]);
     wait_until("2 hollow nodes", || c.ok(&["get", "nodes", "-o", "name"]).lines().count() == 2);
-    // A node with no kubelet (as if stopped), and room for one pod per node.
     c.ok(&["cordon", "hollow-1"]);
-    let f = c.write("ghost.yaml", "apiVersion: v1\nkind: Node\nmetadata: {name: ghost}\nstatus:\n  allocatable: {cpu: '4', memory: 8Gi, pods: '10'}\n  capacity: {cpu: '4', memory: 8Gi, pods: '10'}\n  conditions: [{type: Ready, status: 'True', reason: KubeletReady}]\n");
-    c.ok(&["apply", "-f", path_str(&f)]);
     let d = c.write(
         "d.yaml",
         "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: web}\nspec:\n  replicas: 2\n  selector: {matchLabels: {app: web}}\n  template:\n    metadata: {labels: {app: web}}\n    spec:\n      tolerations: [{key: node.kubernetes.io/unreachable, operator: Exists, effect: NoExecute, tolerationSeconds: 1}]\n      affinity:\n        podAntiAffinity:\n          requiredDuringSchedulingIgnoredDuringExecution: [{labelSelector: {matchLabels: {app: web}}, topologyKey: kubernetes.io/hostname}]\n      containers: [{name: c, image: nginx}]\n",
     );
     c.ok(&["apply", "-f", path_str(&d)]);
+    // A node with no kubelet (as if stopped) whose lease was renewed 10 s ahead, so that it
+    // stays schedulable until the pending replica lands on it, however slow this machine is.
+    let renew = {
+        let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() + 10;
+        let out = Command::new("date").args(["-u", "-d", &format!("@{t}"), "+%Y-%m-%dT%H:%M:%S.000000Z"]).output().unwrap();
+        String::from_utf8(out.stdout).unwrap().trim().to_string()
+    };
+    let f = c.write(
+        "ghost.yaml",
+        &format!("apiVersion: v1\nkind: Node\nmetadata: {{name: ghost}}\nstatus:\n  allocatable: {{cpu: '4', memory: 8Gi, pods: '10'}}\n  capacity: {{cpu: '4', memory: 8Gi, pods: '10'}}\n  conditions: [{{type: Ready, status: 'True', reason: KubeletReady}}]\n---\napiVersion: coordination.k8s.io/v1\nkind: Lease\nmetadata: {{name: ghost, namespace: kube-node-lease}}\nspec: {{holderIdentity: ghost, leaseDurationSeconds: 40, renewTime: \"{renew}\"}}\n"),
+    );
+    c.ok(&["apply", "-f", path_str(&f)]);
     wait_until("one web pod on the ghost node", || c.ok(&["get", "pods", "-l", "app=web", "-o", "jsonpath={.items[*].spec.nodeName}"]).contains("ghost"));
     c.ok(&["uncordon", "hollow-1"]);
     // The ghost never renews a lease: unreachable, its pod evicted, a replacement runs on hollow-1.
     wait_until("a replacement Running on hollow-1", || {
         c.ok(&["get", "pods", "-l", "app=web", "--field-selector=status.phase=Running", "-o", "jsonpath={.items[*].spec.nodeName}"]).contains("hollow-1")
     });
-    let ev = c.ok(&["get", "events", "--field-selector", "reason=TaintManagerEviction", "-o", "jsonpath={.items[*].message}"]);
-    assert!(ev.contains("Marking for deletion Pod default/web-"), "{ev}");
+    // Events are written by an asynchronous recorder: wait for it.
+    wait_until("a TaintManagerEviction event for a web pod", || {
+        c.ok(&["get", "events", "--field-selector", "reason=TaintManagerEviction", "-o", "jsonpath={.items[*].message}"]).contains("Marking for deletion Pod default/web-")
+    });
 }

@@ -139,9 +139,9 @@ fn get_watch_sees_an_update_arrive() {
     let cm = r#"{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"w"},"data":{"k":"1"}}"#;
     c.ok(&["create", "-f", path_str(&c.write("cm.json", cm))]);
     let (mut watch, mut lines) = c.kubectl_spawn(&["get", "configmaps", "-w", "-o", "jsonpath={.metadata.name}={.data.k}{\"\\n\"}"]);
-    assert_eq!(lines.next().expect("kubectl -w printed the current object").unwrap(), "w=1");
+    assert_eq!(lines.next("kubectl -w printed the current object"), "w=1");
     c.ok(&["patch", "configmap", "w", "--type", "merge", "-p", r#"{"data":{"k":"2"}}"#]);
-    assert_eq!(lines.next().expect("kubectl -w printed the update").unwrap(), "w=2");
+    assert_eq!(lines.next("kubectl -w printed the update"), "w=2");
     let _ = watch.kill();
     let _ = watch.wait();
 }
@@ -376,7 +376,7 @@ fn a_watch_resumes_from_its_resource_version_across_a_server_restart() {
     c.ok(&["patch", "cm", "a", "--type", "merge", "-p", r#"{"data":{"v":"2"}}"#]);
     // What a client that held `rv` before the restart sees when it watches again: every change
     // since, in order, from the store's history (the new cache's ring starts after the restart).
-    let out = c.ok(&["get", "--raw", &format!("/api/v1/namespaces/default/configmaps?watch=true&resourceVersion={rv}&timeoutSeconds=1")]);
+    let out = c.ok(&["get", "--raw", &format!("/api/v1/namespaces/default/configmaps?watch=true&resourceVersion={rv}&timeoutSeconds=5")]);
     let events: Vec<serde_json::Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     let seen: Vec<(String, String)> = events
         .iter()
@@ -395,7 +395,7 @@ fn sigterm_with_an_open_watch_stops_the_server_and_ends_the_watch() {
     let cm = r#"{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"w"}}"#;
     c.ok(&["create", "-f", path_str(&c.write("cm.json", cm))]);
     let (mut watch, mut lines) = c.kubectl_spawn(&["get", "configmaps", "-w", "-o", "name"]);
-    assert_eq!(lines.next().expect("the watch is open").unwrap(), "configmap/w");
+    assert_eq!(lines.next("the watch is open"), "configmap/w");
     // stop() fails the test if the server is not gone within the wait: an open watch must not
     // hold the graceful shutdown.
     let dir = c.stop();
@@ -404,9 +404,9 @@ fn sigterm_with_an_open_watch_stops_the_server_and_ends_the_watch() {
     // After a restart, kubectl get -w run again sees the state and the changes that follow.
     let c = Cluster::start_in(dir);
     let (mut watch, mut lines) = c.kubectl_spawn(&["get", "configmaps", "-w", "-o", "jsonpath={.metadata.name}={.data.v}{\"\\n\"}"]);
-    assert_eq!(lines.next().expect("the state after the restart").unwrap(), "w=");
+    assert_eq!(lines.next("the state after the restart"), "w=");
     c.ok(&["patch", "cm", "w", "--type", "merge", "-p", r#"{"data":{"v":"after"}}"#]);
-    assert_eq!(lines.next().expect("a change after the restart").unwrap(), "w=after");
+    assert_eq!(lines.next("a change after the restart"), "w=after");
     let _ = watch.kill();
     let _ = watch.wait();
 }

@@ -89,9 +89,8 @@ spec:
 #[test]
 fn crashes_back_off_and_probes_restart_and_gate_readiness() {
     let c = cluster();
-    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = closed.local_addr().unwrap().port();
-    drop(closed);
+    // gated's readiness is a file the test creates (not a port, which another process could take).
+    let flag = c.dir.path().join("gated-ready");
     let m = c.write(
         "pods.yaml",
         &format!(
@@ -130,9 +129,10 @@ spec:
     image: busybox
     command: ["sh", "-c", "while :; do sleep 1; done"]
     readinessProbe:
-      tcpSocket: {{port: {port}}}
+      exec: {{command: ["test", "-e", "{flag}"]}}
       periodSeconds: 1
-"#
+"#,
+            flag = flag.display()
         ),
     );
     c.ok(&["apply", "-f", path_str(&m)]);
@@ -142,19 +142,20 @@ spec:
     });
     assert_eq!(jsonpath(&c, "crasher", "{.status.containerStatuses[0].lastState.terminated.exitCode}"), "3");
     assert_eq!(c.ok(&["logs", "crasher", "--previous"]), "attempt\n");
-    assert!(c.ok(&["get", "pod", "crasher"]).contains("CrashLoopBackOff"));
+    // The table shows the back-off while the container waits (it alternates with restarts).
+    wait_until("kubectl get pod to show CrashLoopBackOff", || c.ok(&["get", "pod", "crasher"]).contains("CrashLoopBackOff"));
     wait_until("the liveness probe to restart a container", || jsonpath(&c, "unhealthy", "{.status.containerStatuses[0].restartCount}").parse::<u32>().unwrap_or(0) >= 1);
     wait_until("Killing and Unhealthy events for the liveness failure", || {
         let ev = c.ok(&["get", "events", "--field-selector", "involvedObject.name=unhealthy", "-o", "jsonpath={.items[*].reason}"]);
         ev.contains("Killing") && ev.contains("Unhealthy")
     });
-    // The readiness probe fails while nothing listens: Running, not Ready.
+    // The readiness probe fails while the file is absent: Running, not Ready.
     wait_until("gated Running with a failed readiness probe", || {
         let ev = c.ok(&["get", "events", "--field-selector", "involvedObject.name=gated,reason=Unhealthy", "-o", "name"]);
         jsonpath(&c, "gated", "{.status.phase}") == "Running" && !ev.trim().is_empty()
     });
     assert_eq!(jsonpath(&c, "gated", "{.status.conditions[?(@.type==\"Ready\")].status}"), "False");
-    let _listener = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
+    std::fs::write(&flag, "").unwrap();
     c.ok(&["wait", "--for=condition=Ready", "pod/gated", "--timeout=60s"]);
 }
 
@@ -190,7 +191,7 @@ spec:
     c.ok(&["wait", "--for=condition=Ready", "pod/stubborn", "pod/web", "--timeout=60s"]);
     // kubectl logs -f follows a running container.
     let (mut child, mut lines) = c.kubectl_spawn(&["logs", "-f", "stubborn"]);
-    let got: Vec<String> = (0..3).map(|_| lines.next().expect("a followed line").unwrap()).collect();
+    let got: Vec<String> = (0..3).map(|_| lines.next("a followed line")).collect();
     let _ = child.kill();
     let _ = child.wait();
     let n: Vec<u32> = got.iter().map(|l| l.trim_start_matches("line ").parse().unwrap()).collect();
@@ -209,8 +210,10 @@ spec:
     c.ok(&["delete", "pod", "stubborn", "--timeout=60s"]);
     wait_until("the stubborn container's process to be gone", || !process_alive(pid));
     assert!(c.fails(&["get", "pod", "stubborn"]).contains("NotFound"));
-    let ev = c.ok(&["get", "events", "--field-selector", "involvedObject.name=stubborn", "-o", "jsonpath={.items[*].reason}"]);
-    assert!(ev.contains("Killing"), "{ev}");
+    // Events are written by an asynchronous recorder: wait for it.
+    wait_until("a Killing event for stubborn", || {
+        c.ok(&["get", "events", "--field-selector", "involvedObject.name=stubborn", "-o", "jsonpath={.items[*].reason}"]).contains("Killing")
+    });
 }
 
 #[test]

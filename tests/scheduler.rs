@@ -62,10 +62,10 @@ fn pending_pods_are_scheduled_explained_and_profiled() {
     wait_until("FailedScheduling for the huge pod", || {
         c.ok(&["get", "events", "--field-selector", "involvedObject.name=huge,reason=FailedScheduling", "-o", "jsonpath={.items[*].message}"]).contains("0/4 nodes are available: 4 Insufficient cpu.")
     });
-    assert_eq!(
-        c.ok(&["get", "pod", "huge", "-o", "jsonpath={.status.conditions[?(@.type==\"PodScheduled\")].reason}"]),
-        "Unschedulable"
-    );
+    // The event and the condition are written concurrently: wait for the condition too.
+    wait_until("huge's PodScheduled condition Unschedulable", || {
+        c.ok(&["get", "pod", "huge", "-o", "jsonpath={.status.conditions[?(@.type==\"PodScheduled\")].reason}"]) == "Unschedulable"
+    });
     wait_until("the fifth spread pod explained", || {
         let pods = pods_json(&c);
         let pending: Vec<&str> = pods["items"].as_array().unwrap().iter().filter(|p| p["metadata"]["labels"]["app"] == "spread" && p["spec"]["nodeName"].is_null()).map(|p| p["metadata"]["name"].as_str().unwrap()).collect();
@@ -73,8 +73,10 @@ fn pending_pods_are_scheduled_explained_and_profiled() {
             && c.ok(&["get", "events", "--field-selector", &format!("involvedObject.name={},reason=FailedScheduling", pending[0]), "-o", "jsonpath={.items[*].message}"])
                 .contains("4 node(s) didn't satisfy existing pods anti-affinity rules")
     });
-    let ev = c.ok(&["get", "events", "--field-selector", "involvedObject.name=plain-0,reason=Scheduled", "-o", "jsonpath={.items[*].message}"]);
-    assert!(ev.starts_with("Successfully assigned default/plain-0 to hollow-"), "{ev}");
+    // Events are written by an asynchronous recorder: wait for it.
+    wait_until("a Scheduled event for plain-0", || {
+        c.ok(&["get", "events", "--field-selector", "involvedObject.name=plain-0,reason=Scheduled", "-o", "jsonpath={.items[*].message}"]).starts_with("Successfully assigned default/plain-0 to hollow-")
+    });
     check_invariants(&c);
     // Deleting a plain pod frees room: nothing else was waiting for cpu but huge, which still
     // does not fit; the pending spread pod stays pending (its anti-affinity still holds).
@@ -140,8 +142,7 @@ fn priority_classes_and_preemption() {
     c.ok(&["wait", "--for=condition=Ready", "pod/high", "--timeout=60s"]);
     let left = c.ok(&["get", "pods", "-o", "name"]);
     assert_eq!(left.lines().filter(|l| l.starts_with("pod/low-")).count(), 1, "one victim: {left}");
-    let ev = c.ok(&["get", "events", "--field-selector", "reason=Preempted", "-o", "jsonpath={.items[*].message}"]);
-    assert!(ev.starts_with("Preempted by pod "), "{ev}");
+    wait_until("a Preempted event", || c.ok(&["get", "events", "--field-selector", "reason=Preempted", "-o", "jsonpath={.items[*].message}"]).starts_with("Preempted by pod "));
     check_invariants(&c);
     // The Priority admission plugin refuses an unknown class.
     let f = c.write("bad.yaml", &pod("bad", "nope", "1"));

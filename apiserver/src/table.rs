@@ -92,8 +92,13 @@ pub fn columns(kind: &str) -> Vec<Value> {
 
 /// Kubernetes' short human duration ("5s", "3m12s", "2d").
 pub fn age(created: Option<&str>) -> String {
+    age_at(created, jiff::Timestamp::now().as_second())
+}
+
+/// `age` as of `now` (seconds since the epoch).
+fn age_at(created: Option<&str>, now: i64) -> String {
     let Some(ts) = created.and_then(|c| c.parse::<jiff::Timestamp>().ok()) else { return "<unknown>".into() };
-    let secs = (jiff::Timestamp::now().as_second() - ts.as_second()).max(0);
+    let secs = (now - ts.as_second()).max(0);
     match secs {
         s if s < 120 => format!("{s}s"),
         s if s < 600 => format!("{}m{}s", s / 60, s % 60),
@@ -330,10 +335,8 @@ mod tests {
 
     #[test]
     fn ages_are_humanized_as_kubectl_prints_them() {
-        let t = |secs: i64| {
-            let ts = jiff::Timestamp::from_second(jiff::Timestamp::now().as_second() - secs).unwrap().to_string();
-            age(Some(&ts))
-        };
+        let now = 1_800_000_000;
+        let t = |secs: i64| age_at(Some(&jiff::Timestamp::from_second(now - secs).unwrap().to_string()), now);
         assert_eq!(t(5), "5s");
         assert_eq!(t(200), "3m20s");
         assert_eq!(t(3 * 86400 + 3600), "3d1h");

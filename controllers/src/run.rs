@@ -56,6 +56,10 @@ struct Ctx {
     cronjobs: Arc<Informer>,
     quotas: Arc<Informer>,
     hpa_history: Mutex<std::collections::HashMap<String, std::collections::VecDeque<(i64, i64)>>>,
+    /// Quotas whose recomputed `used` came out lower than their status, with that proposal and
+    /// when it was first made: written only when a recount at least a second later agrees
+    /// (see `sync_quota`).
+    quota_lowering: Mutex<std::collections::HashMap<String, (Value, Instant)>>,
     exp: Expectations,
     events: Recorder,
     settings: Settings,
@@ -156,6 +160,7 @@ impl Controllers {
             cronjobs: inf.get("/apis/batch/v1/cronjobs"),
             quotas: inf.get("/api/v1/resourcequotas"),
             hpa_history: Default::default(),
+            quota_lowering: Default::default(),
             exp: Expectations::default(),
             events: Recorder::start(c.clone(), "controller-manager", String::new()),
             settings,
@@ -184,8 +189,11 @@ impl Controllers {
             let (q, x) = (rqq.clone(), Arc::downgrade(&ctx));
             ctx.pods.on_change(move |ch| {
                 let Some(ctx) = x.upgrade() else { return };
+                // A create was charged by admission already: only releases need a recount
+                // (as Kubernetes' quota controller replenishes on deletes and terminal phases).
                 let v = match ch {
-                    Change::Added(v) | Change::Deleted(v) => v,
+                    Change::Added(_) => return,
+                    Change::Deleted(v) => v,
                     Change::Modified { old, new } => {
                         if old["status"]["phase"] == new["status"]["phase"] {
                             return;
@@ -1572,8 +1580,20 @@ async fn sync_cronjob(ctx: &Ctx, key: &str) -> Res {
 
 /// Recomputes a quota's `status.used` from what exists (the API server's admission reserves
 /// usage ahead; this corrects it, e.g. for creates that failed after their reservation).
+///
+/// Admission charges the quota before it writes the object, so the informers can lag a
+/// reservation that is about to become an object: a recount then comes out low, and writing it
+/// would let admission over-commit. A recount that lowers any figure is therefore written only
+/// when a recount at least a second later agrees (a reservation lives for the milliseconds of
+/// one create; one that outlives that was a create that failed), and every write is conditional on the quota's
+/// resourceVersion (a charge made meanwhile makes it fail with 409, and the charge's own event
+/// brings a new sync).
 async fn sync_quota(ctx: &Ctx, key: &str) -> Res {
-    let Some(rq) = ctx.quotas.get(key) else { return Ok(None) };
+    const QUOTA_CONFIRM: Duration = Duration::from_secs(1);
+    let Some(rq) = ctx.quotas.get(key) else {
+        ctx.quota_lowering.lock().unwrap().remove(key);
+        return Ok(None);
+    };
     let (ns, name) = split(key);
     let hard = rq["spec"]["hard"].as_object().cloned().unwrap_or_default();
     let pods: Vec<Arc<Value>> = ctx.pods.list().into_iter().filter(|p| p["metadata"]["namespace"] == ns && {
@@ -1615,9 +1635,27 @@ async fn sync_quota(ctx: &Ctx, key: &str) -> Res {
         let q = api::Quantity::from_milli(m);
         used.insert(k.clone(), json!(if k.contains("memory") || k.contains("storage") { q.memory_string() } else { q.cpu_string() }));
     }
+    let lowers = used.iter().any(|(k, v)| {
+        let now = |x: &Value| x.as_str().and_then(|s| api::Quantity::parse(s).ok()).map(|q| q.milli);
+        matches!((now(v), now(&rq["status"]["used"][k])), (Some(new), Some(old)) if new < old)
+    });
     let status = json!({"hard": hard, "used": used});
+    if lowers {
+        let mut pending = ctx.quota_lowering.lock().unwrap();
+        match pending.get(key) {
+            Some((s, since)) if *s == status && since.elapsed() >= QUOTA_CONFIRM => {}
+            Some((s, since)) if *s == status => return Ok(Some(QUOTA_CONFIRM.saturating_sub(since.elapsed()))),
+            _ => {
+                pending.insert(key.to_string(), (status, Instant::now()));
+                return Ok(Some(QUOTA_CONFIRM));
+            }
+        }
+    }
+    ctx.quota_lowering.lock().unwrap().remove(key);
     if rq["status"] != status {
-        match ctx.c.merge_patch_quiet(&format!("/api/v1/namespaces/{ns}/resourcequotas/{name}/status"), &json!({"status": status})).await {
+        let rv = rq["metadata"]["resourceVersion"].clone();
+        let body = json!({"metadata": {"resourceVersion": rv}, "status": status});
+        match ctx.c.merge_patch_quiet(&format!("/api/v1/namespaces/{ns}/resourcequotas/{name}/status"), &body).await {
             Ok(()) | Err(ClientError::Status { code: 404 | 409, .. }) => {}
             Err(e) => return Err(err(e)),
         }

@@ -34,6 +34,8 @@ use api::meta::now_rfc3339 as now;
 /// The stand-in for containers without a command: prints what it stands for, then waits for
 /// a signal (SIGTERM ends it with status 0, as nginx's graceful stop does).
 pub const STAND_IN: &str = "echo \"capstan stand-in for image $CAPSTAN_IMAGE: the image is recorded, not pulled; staying up until stopped\"; trap 'exit 0' TERM INT; while :; do sleep 3600 & wait $!; done";
+/// How long an exited container's output may take to reach its log before its status says so.
+const LOG_DRAIN: Duration = Duration::from_secs(2);
 
 #[derive(Clone, Debug)]
 pub struct ProcessConfig {
@@ -583,6 +585,28 @@ impl Worker {
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
             .process_group(0);
+        // Join the container's cgroup in the child, before exec: memory the program touches
+        // from its first instruction is charged (and limited) there, which moving it in after
+        // spawn cannot promise.
+        if let Some(dir) = &cgroup
+            && let Ok(procs) = std::ffi::CString::new(dir.join("cgroup.procs").into_os_string().into_encoded_bytes())
+        {
+            // SAFETY: between fork and exec only async-signal-safe calls are made (open, write,
+            // close on memory prepared before the fork); nothing allocates or takes a lock.
+            unsafe {
+                cmd.pre_exec(move || {
+                    let fd = libc::open(procs.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+                    if fd < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    // "0" is the writing process itself.
+                    let n = libc::write(fd, b"0".as_ptr().cast(), 1);
+                    let e = std::io::Error::last_os_error();
+                    libc::close(fd);
+                    if n != 1 { Err(e) } else { Ok(()) }
+                });
+            }
+        }
         let mut child = match cmd.spawn() {
             Ok(ch) => ch,
             Err(e) => {
@@ -595,9 +619,6 @@ impl Worker {
         };
         let pid = child.id().unwrap_or(0);
         let pgid = pid as i32;
-        if let Some(dir) = &cgroup {
-            let _ = Cgroups::add(dir, pid);
-        }
         let (out, err) = (child.stdout.take(), child.stderr.take());
         let pumps = {
             let (s1, s2) = (sink.clone(), sink.clone());
@@ -624,12 +645,22 @@ impl Worker {
                 },
                 Err(_) => (-1, None),
             };
+            // The status says "terminated" only once what the container wrote is in its log
+            // (kubectl logs right after a Job completes must show the last lines). Bounded: a
+            // process that escaped the group may hold the pipes open; its output still goes to
+            // the log, after the status.
+            let mut drained = std::pin::pin!(async move {
+                if let Some(a) = pumps.0 {
+                    let _ = a.await;
+                }
+                if let Some(b) = pumps.1 {
+                    let _ = b.await;
+                }
+            });
+            let in_time = tokio::time::timeout(LOG_DRAIN, &mut drained).await.is_ok();
             let _ = tx.send(Ev::Exited { idx: i, start_gen, code, signal }).await;
-            if let Some(a) = pumps.0 {
-                let _ = a.await;
-            }
-            if let Some(b) = pumps.1 {
-                let _ = b.await;
+            if !in_time {
+                drained.await;
             }
             sink.finish();
             sh.live_logs.lock().unwrap().remove(&sink_path);

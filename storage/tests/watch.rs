@@ -139,11 +139,15 @@ async fn slow_watcher_is_cut_off_without_blocking_writes_and_resumes_without_a_g
     let mut slow = watch_prefix(&store, "/q/", None); // never read while writing
     let mut fast = watch_prefix(&store, "/q/", None);
     let writes = 1000;
+    // The fast watcher reports how far it has read, and the writer stays within half its queue
+    // of that: "fast" must not depend on how the two threads happen to be scheduled.
+    let (read_tx, mut read_rx) = tokio::sync::watch::channel(0usize);
     let writer = {
         let store = store.clone();
         tokio::spawn(async move {
             let mut last = 0;
             for i in 0..writes {
+                within("the fast watcher to keep up", read_rx.wait_for(|&n| n + 32 > i)).await.unwrap();
                 last = store.put(format!("/q/{}", i % 10), format!("{i}")).await.unwrap().revision;
             }
             last
@@ -156,6 +160,7 @@ async fn slow_watcher_is_cut_off_without_blocking_writes_and_resumes_without_a_g
         while events.len() < writes {
             let batch = within("fast watcher events", fast.next()).await.unwrap().unwrap();
             events.extend(batch);
+            let _ = read_tx.send(events.len());
         }
         events
     });

@@ -125,7 +125,7 @@ impl Cluster {
     }
 
     /// Starts a long-running kubectl (e.g. `get -w`) and returns it with its stdout lines.
-    pub fn kubectl_spawn(&self, args: &[&str]) -> (std::process::Child, std::io::Lines<BufReader<std::process::ChildStdout>>) {
+    pub fn kubectl_spawn(&self, args: &[&str]) -> (std::process::Child, Lines) {
         let mut child = Command::new(KUBECTL)
             .args(args)
             .env("KUBECONFIG", &self.kubeconfig)
@@ -134,8 +134,16 @@ impl Cluster {
             .stderr(Stdio::null())
             .spawn()
             .expect("start kubectl");
-        let lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        (child, lines)
+        let out = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines() {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        (child, Lines(rx))
     }
 
     /// Runs kubectl and returns stdout, failing the test with stderr if it failed.
@@ -217,11 +225,32 @@ impl Drop for Cluster {
     }
 }
 
+/// The stdout lines of a spawned kubectl, read on a thread so that a line that never comes fails
+/// the test after `WAIT` instead of hanging it.
+pub struct Lines(std::sync::mpsc::Receiver<std::io::Result<String>>);
+
+impl Lines {
+    /// The next line, failing the test with `what` if none comes within `WAIT`.
+    pub fn next(&mut self, what: &str) -> String {
+        match self.0.recv_timeout(WAIT) {
+            Ok(Ok(l)) => l,
+            Ok(Err(e)) => panic!("reading kubectl's output while waiting for {what}: {e}"),
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => panic!("timed out after {WAIT:?} waiting for {what}"),
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => panic!("kubectl's output ended while waiting for {what}"),
+        }
+    }
+}
+
 /// Polls `check` until it holds, failing the test with `what` after `WAIT`.
-pub fn wait_until(what: &str, mut check: impl FnMut() -> bool) {
-    let deadline = Instant::now() + WAIT;
+pub fn wait_until(what: &str, check: impl FnMut() -> bool) {
+    wait_until_within(WAIT, what, check)
+}
+
+/// `wait_until` with its own deadline, for work that scales with the test's size.
+pub fn wait_until_within(limit: Duration, what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
     while !check() {
-        assert!(Instant::now() < deadline, "timed out after {WAIT:?} waiting for {what}");
+        assert!(Instant::now() < deadline, "timed out after {limit:?} waiting for {what}");
         std::thread::sleep(Duration::from_millis(100));
     }
 }
