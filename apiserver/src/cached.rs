@@ -2,6 +2,7 @@
 //! built-in resource when the server starts (it is ready once they are warm) and on first use
 //! for custom resources. Lists, gets and watches are served from them; writes go to the store.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -34,12 +35,53 @@ fn meta_of(v: &Value) -> Meta {
     }
 }
 
+/// Only the fields `Meta` needs, borrowed from the JSON where it has no escapes: the rest of
+/// the object is scanned, not built (a pod's spec, status and managedFields are most of it).
+#[derive(serde::Deserialize)]
+struct Partial<'a> {
+    #[serde(borrow, default)]
+    metadata: PartialMeta<'a>,
+    #[serde(borrow, default)]
+    spec: Option<PartialSpec<'a>>,
+}
+
+#[derive(serde::Deserialize, Default)]
+struct PartialMeta<'a> {
+    #[serde(borrow, default)]
+    namespace: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    name: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    labels: Option<std::collections::BTreeMap<Cow<'a, str>, Cow<'a, str>>>,
+}
+
+#[derive(serde::Deserialize)]
+struct PartialSpec<'a> {
+    #[serde(borrow, default, rename = "nodeName")]
+    node_name: Option<Cow<'a, str>>,
+}
+
+/// `meta_of` without building the object; `None` if the object does not have the expected
+/// shape (e.g. a non-string label value), for which `meta_of` is the answer.
+fn meta_fast(json: &[u8]) -> Option<Meta> {
+    let p: Partial = serde_json::from_slice(json).ok()?;
+    Some(Meta {
+        namespace: p.metadata.namespace.as_deref().map(watchcache::intern),
+        name: p.metadata.name.as_deref().unwrap_or("").into(),
+        labels: p.metadata.labels.unwrap_or_default().into_iter().map(|(k, v)| (Box::from(&*k), Box::from(&*v))).collect(),
+        node_name: p.spec.and_then(|s| s.node_name).filter(|s| !s.is_empty()).as_deref().map(watchcache::intern),
+    })
+}
+
 fn decoder() -> Decode {
     Arc::new(|kv: &KeyValue| {
         let stored = Stored::parse(&kv.value).ok()?;
         let json = stored.at(kv.mod_revision);
-        let v: Value = serde_json::from_slice(&json).ok()?;
-        Some(Object { key: kv.key.clone(), revision: kv.mod_revision, json, meta: meta_of(&v) })
+        let meta = match meta_fast(&json) {
+            Some(m) => m,
+            None => meta_of(&serde_json::from_slice::<Value>(&json).ok()?),
+        };
+        Some(Object { key: kv.key.clone(), revision: kv.mod_revision, json, meta })
     })
 }
 
@@ -59,5 +101,29 @@ impl Caches {
     /// Drops the cache of a resource whose definition went away (a deleted CRD).
     pub async fn forget(&self, info: &ResourceInfo) {
         self.map.lock().await.remove(&info.prefix(None));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_fast_meta_reads_what_the_full_parse_reads() {
+        let docs = [
+            r#"{"apiVersion":"v1","kind":"Pod","metadata":{"name":"p","namespace":"ns","labels":{"app":"web","tier":"a\"b"},"managedFields":[{"manager":"m"}]},"spec":{"nodeName":"n1","containers":[]},"status":{}}"#,
+            r#"{"kind":"Pod","metadata":{"name":"p","namespace":"ns"},"spec":{"nodeName":""}}"#,
+            r#"{"kind":"Namespace","metadata":{"name":"ns"}}"#,
+            r#"{"kind":"Widget","metadata":{"name":"w","namespace":"ns"},"spec":{"nodeName":"x"}}"#,
+        ];
+        for d in docs {
+            let full = meta_of(&serde_json::from_str(d).unwrap());
+            let fast = meta_fast(d.as_bytes()).unwrap();
+            assert_eq!((&fast.namespace, &fast.name, &fast.labels, &fast.node_name), (&full.namespace, &full.name, &full.labels, &full.node_name), "{d}");
+        }
+        // Shapes the typed read refuses fall back to the full parse.
+        for d in [r#"{"metadata":{"name":"p","labels":{"n":1}}}"#, r#"{"metadata":{"name":"p"},"spec":"text"}"#] {
+            assert!(meta_fast(d.as_bytes()).is_none(), "{d}");
+        }
     }
 }

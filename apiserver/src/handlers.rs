@@ -604,13 +604,18 @@ impl Req<'_> {
         let api_version = self.info.api_version();
         let (ls2, fs2) = (ls.clone(), fs.clone());
         let node = fs.exact("spec.nodeName").map(String::from);
-        let simple = ls.is_empty() && fs.0.iter().all(|(f, eq, _)| *eq && matches!(f.as_str(), "spec.nodeName" | "metadata.namespace" | "metadata.name"));
+        // Selectors on the fields the cache keeps in `Meta` (the kubelet's `spec.nodeName=X`,
+        // hollow nodes' `spec.nodeName!=`) are answered without decoding the object.
+        let simple = ls.is_empty() && fs.0.iter().all(|(f, _, _)| matches!(f.as_str(), "spec.nodeName" | "metadata.namespace" | "metadata.name"));
         let predicate: Arc<dyn Fn(&watchcache::Object) -> bool + Send + Sync> = Arc::new(move |o: &watchcache::Object| {
             if simple {
-                return fs2.0.iter().all(|(f, _, v)| match f.as_str() {
-                    "metadata.name" => &*o.meta.name == v.as_str(),
-                    "metadata.namespace" => o.meta.namespace.as_deref() == Some(v.as_str()),
-                    _ => o.meta.node_name.as_deref() == Some(v.as_str()),
+                return fs2.0.iter().all(|(f, eq, v)| {
+                    let have = match f.as_str() {
+                        "metadata.name" => &*o.meta.name,
+                        "metadata.namespace" => o.meta.namespace.as_deref().unwrap_or(""),
+                        _ => o.meta.node_name.as_deref().unwrap_or(""),
+                    };
+                    (have == v.as_str()) == *eq
                 });
             }
             let labels: serde_json::Map<String, Value> = o.meta.labels.iter().map(|(k, v)| (k.to_string(), json!(&**v))).collect();

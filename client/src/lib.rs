@@ -2,6 +2,7 @@
 //! will share it): a small JSON client over HTTP/1.1 keep-alive connections (one pool per
 //! process), with Kubernetes `Status` errors surfaced as `ClientError::Status`.
 
+pub mod decode;
 pub mod events;
 pub mod informer;
 pub mod workqueue;
@@ -29,21 +30,35 @@ pub struct Client {
     http: hyper_util::client::legacy::Client<HttpConnector, Full<Bytes>>,
 }
 
-/// A stream of watch events (one JSON object per line).
+/// A stream of watch events (one JSON object per line), decoded without managedFields
+/// (`decode`).
 pub struct WatchStream {
     body: hyper::body::Incoming,
     buf: Vec<u8>,
+    /// Where the next line starts in `buf`, and how far it has been searched for a newline:
+    /// each byte is scanned once, and consumed lines are dropped a chunk at a time.
+    start: usize,
+    searched: usize,
 }
 
 impl WatchStream {
     pub async fn next(&mut self) -> Option<Value> {
         loop {
-            if let Some(nl) = self.buf.iter().position(|b| *b == b'\n') {
-                let line: Vec<u8> = self.buf.drain(..=nl).collect();
-                match serde_json::from_slice(&line) {
+            if let Some(at) = self.buf[self.searched..].iter().position(|b| *b == b'\n') {
+                let end = self.searched + at;
+                let line = &self.buf[self.start..end];
+                self.start = end + 1;
+                self.searched = self.start;
+                match decode::decode(line) {
                     Ok(v) => return Some(v),
                     Err(_) => continue,
                 }
+            }
+            self.searched = self.buf.len();
+            if self.start > 0 {
+                self.buf.drain(..self.start);
+                self.searched -= self.start;
+                self.start = 0;
             }
             let frame = self.body.frame().await?.ok()?;
             if let Ok(d) = frame.into_data() {
@@ -80,7 +95,7 @@ impl Client {
         let resp = self.send(method, path, ctype, body).await?;
         let code = resp.status().as_u16();
         let bytes = resp.into_body().collect().await.map_err(|e| ClientError::Transport(e.to_string()))?.to_bytes();
-        let v: Value = serde_json::from_slice(&bytes).map_err(|e| ClientError::Decode(e.to_string()))?;
+        let v: Value = decode::decode(&bytes).map_err(|e| ClientError::Decode(e.to_string()))?;
         if code >= 300 {
             return Err(ClientError::Status {
                 code,
@@ -129,6 +144,6 @@ impl Client {
         if resp.status().as_u16() >= 300 {
             return Err(ClientError::Status { code: resp.status().as_u16(), reason: String::new(), message: "watch refused".into() });
         }
-        Ok(WatchStream { body: resp.into_body(), buf: Vec::new() })
+        Ok(WatchStream { body: resp.into_body(), buf: Vec::new(), start: 0, searched: 0 })
     }
 }

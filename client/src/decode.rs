@@ -1,0 +1,136 @@
+//! Decoding what the API server sends, without `metadata.managedFields`.
+//!
+//! No component reads managedFields (they serve server-side apply, which the API server does),
+//! yet they are about half of a pod's JSON once a controller, the scheduler and a kubelet have
+//! written it. Every informer, the scheduler and the kubelets decode every watch event, so the
+//! field is skipped while parsing (scanned, never allocated) — client-go users get the same by
+//! an informer transform that strips it. Updates stay correct: the API server keeps an
+//! object's managedFields when a write leaves them out, as Kubernetes does.
+
+use std::fmt;
+
+use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde_json::{Map, Value};
+
+/// A response body, a list, or a watch event, with every object's managedFields left out.
+pub fn decode(bytes: &[u8]) -> serde_json::Result<Value> {
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    match Shape::Object.deserialize(&mut de).and_then(|v| de.end().map(|()| v)) {
+        Ok(v) => Ok(v),
+        // Not an object at the top (never the case for the API server): plain JSON.
+        Err(_) => serde_json::from_slice(bytes),
+    }
+}
+
+/// Where in the document the parser is: which keys get special treatment.
+#[derive(Clone, Copy)]
+enum Shape {
+    /// An object, a list or a watch event: `metadata`, `items` and `object` are looked into.
+    Object,
+    /// An object's metadata: `managedFields` is skipped.
+    Metadata,
+    /// A list's items: each is an `Object`.
+    Items,
+}
+
+impl<'de> DeserializeSeed<'de> for Shape {
+    type Value = Value;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Shape {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut a: A) -> Result<Value, A::Error> {
+        let mut m = Map::new();
+        while let Some(k) = a.next_key::<String>()? {
+            let v = match (self, k.as_str()) {
+                (Shape::Object, "metadata") => a.next_value_seed(Shape::Metadata)?,
+                (Shape::Object, "object") => a.next_value_seed(Shape::Object)?,
+                (Shape::Object, "items") => a.next_value_seed(Shape::Items)?,
+                (Shape::Metadata, "managedFields") => {
+                    a.next_value::<IgnoredAny>()?;
+                    continue;
+                }
+                _ => a.next_value::<Value>()?,
+            };
+            m.insert(k, v);
+        }
+        Ok(Value::Object(m))
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut a: A) -> Result<Value, A::Error> {
+        let item = match self {
+            Shape::Items => Shape::Object,
+            // An array where an object was expected is kept as it is.
+            Shape::Object | Shape::Metadata => return serde::Deserialize::deserialize(serde::de::value::SeqAccessDeserializer::new(a)),
+        };
+        let mut v = Vec::with_capacity(a.size_hint().unwrap_or(0));
+        while let Some(x) = a.next_element_seed(item)? {
+            v.push(x);
+        }
+        Ok(Value::Array(v))
+    }
+
+    // Anything else where an object was expected (null items, a string...) is kept as it is.
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+    fn visit_bool<E>(self, b: bool) -> Result<Value, E> {
+        Ok(Value::Bool(b))
+    }
+    fn visit_i64<E>(self, n: i64) -> Result<Value, E> {
+        Ok(n.into())
+    }
+    fn visit_u64<E>(self, n: u64) -> Result<Value, E> {
+        Ok(n.into())
+    }
+    fn visit_f64<E>(self, n: f64) -> Result<Value, E> {
+        Ok(serde_json::Number::from_f64(n).map_or(Value::Null, Value::Number))
+    }
+    fn visit_str<E>(self, s: &str) -> Result<Value, E> {
+        Ok(Value::String(s.to_owned()))
+    }
+    fn visit_string<E>(self, s: String) -> Result<Value, E> {
+        Ok(Value::String(s))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    const MF: &str = r#"[{"manager":"m","operation":"Update","fieldsV1":{"f:spec":{"f:x":{}}}}]"#;
+
+    #[test]
+    fn managed_fields_are_left_out_of_objects_lists_and_events() {
+        let obj = format!(r#"{{"kind":"Pod","metadata":{{"name":"a","managedFields":{MF},"labels":{{"k":"v"}}}},"spec":{{"managedFields":1}}}}"#);
+        let v = decode(obj.as_bytes()).unwrap();
+        assert_eq!(v, json!({"kind": "Pod", "metadata": {"name": "a", "labels": {"k": "v"}}, "spec": {"managedFields": 1}}));
+        let list = format!(r#"{{"kind":"PodList","metadata":{{"resourceVersion":"5"}},"items":[{obj},{obj}]}}"#);
+        let v = decode(list.as_bytes()).unwrap();
+        assert_eq!(v["items"].as_array().unwrap().len(), 2);
+        assert!(v["items"].as_array().unwrap().iter().all(|i| i["metadata"].get("managedFields").is_none() && i["metadata"]["name"] == "a"));
+        let ev = format!(r#"{{"type":"MODIFIED","object":{obj}}}"#);
+        let v = decode(ev.as_bytes()).unwrap();
+        assert_eq!(v["type"], "MODIFIED");
+        assert_eq!(v["object"]["metadata"], json!({"name": "a", "labels": {"k": "v"}}));
+    }
+
+    #[test]
+    fn everything_else_decodes_as_plain_json() {
+        for doc in [r#"{"items":null,"metadata":null,"object":"x"}"#, r#"{"items":[1,"a",null,[2]]}"#, r#"[1,2]"#, r#""s""#, "3", r#"{"a":1.5,"b":-2,"c":true}"#] {
+            assert_eq!(decode(doc.as_bytes()).unwrap(), serde_json::from_str::<Value>(doc).unwrap(), "{doc}");
+        }
+        assert!(decode(b"{\"a\":").is_err());
+        assert!(decode(b"{} trailing").is_err());
+    }
+}
