@@ -94,12 +94,12 @@ pub struct Expectations {
 const EXPECTATIONS_TTL: Duration = Duration::from_secs(300);
 
 impl Expectations {
+    /// Records what one sync is about to do, replacing what was recorded before (as
+    /// Kubernetes' `SetExpectations`): a sync acts only when the previous expectations were
+    /// met, and an observation beyond them (a pod whose create reported an error yet happened)
+    /// must not carry over as credit that lets a later sync act before its pods are seen.
     pub fn expect(&self, key: &str, adds: i64, dels: &[String]) {
-        let mut m = self.m.lock().unwrap();
-        let e = m.entry(key.to_string()).or_insert((0, HashSet::new(), Instant::now()));
-        e.0 += adds;
-        e.1.extend(dels.iter().cloned());
-        e.2 = Instant::now();
+        self.m.lock().unwrap().insert(key.to_string(), (adds, dels.iter().cloned().collect(), Instant::now()));
     }
 
     pub fn observed_add(&self, key: &str) {
@@ -133,6 +133,24 @@ mod tests {
     fn pod(name: &str, ready: bool) -> Arc<Value> {
         Arc::new(json!({"metadata": {"name": name, "creationTimestamp": "2026-11-22T00:00:00Z"}, "spec": {"nodeName": "n"},
             "status": {"phase": "Running", "conditions": [{"type": "Ready", "status": if ready { "True" } else { "False" }, "lastTransitionTime": "2026-11-22T00:00:00Z"}]}}))
+    }
+
+    #[test]
+    fn expectations_are_set_not_accumulated() {
+        let e = Expectations::default();
+        e.expect("ns/rs", 1, &[]);
+        e.observed_add("ns/rs");
+        e.observed_add("ns/rs"); // one more than expected
+        assert!(e.satisfied("ns/rs"));
+        e.expect("ns/rs", 2, &[]);
+        e.observed_add("ns/rs");
+        assert!(!e.satisfied("ns/rs"), "the surplus observation is no credit for the next creates");
+        e.observed_add("ns/rs");
+        assert!(e.satisfied("ns/rs"));
+        e.expect("ns/rs", 0, &["p".to_string()]);
+        assert!(!e.satisfied("ns/rs"));
+        e.observed_delete("ns/rs", "p");
+        assert!(e.satisfied("ns/rs"));
     }
 
     #[test]

@@ -474,8 +474,10 @@ async fn sync_replicaset(ctx: &Ctx, key: &str) -> Res {
     let (ns, _) = split(key);
     if ctx.exp.satisfied(key) {
         let d = rsc::decide(rs["spec"]["replicas"].as_i64().unwrap_or(1), &active);
+        if d.create > 0 || !d.delete.is_empty() {
+            ctx.exp.expect(key, d.create as i64, &d.delete);
+        }
         if d.create > 0 {
-            ctx.exp.expect(key, d.create as i64, &[]);
             let pod = rsc::pod_from_template(&rs);
             let path = format!("/api/v1/namespaces/{ns}/pods");
             let mut created = 0;
@@ -496,7 +498,6 @@ async fn sync_replicaset(ctx: &Ctx, key: &str) -> Res {
             ctx.events.pod(&rs, None, false, "SuccessfulCreate", format!("Created {created} pod(s)"));
         }
         if !d.delete.is_empty() {
-            ctx.exp.expect(key, 0, &d.delete);
             for name in &d.delete {
                 match ctx.c.delete(&format!("/api/v1/namespaces/{ns}/pods/{name}"), &json!({})).await {
                     Ok(_) => {}

@@ -30,7 +30,7 @@ fn a_tiny_density_run_accounts_for_every_pod() {
     assert_eq!(p["expected"], 200);
     assert_eq!(p["running"], 200, "{stdout}");
     let sum: u64 = ["running", "failed", "not_running", "missing"].iter().map(|k| p[k].as_u64().unwrap()).sum();
-    assert_eq!(sum, 200);
+    assert_eq!(sum, 200, "{p}\n{stdout}");
     for a in r["api"].as_array().unwrap() {
         let q: Vec<f64> = ["p50_ms", "p90_ms", "p99_ms", "max_ms"].iter().map(|k| a[k].as_f64().unwrap()).collect();
         assert!(q.windows(2).all(|w| w[0] <= w[1]), "percentiles ordered: {a}");
