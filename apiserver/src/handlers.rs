@@ -55,6 +55,16 @@ const CACHE_WAIT: Duration = Duration::from_secs(10);
 
 type ApiResult = Result<Response, ApiError>;
 
+/// Names tried for one create with `generateName` before it answers AlreadyExists (Kubernetes
+/// tries 8).
+const GENERATE_NAME_ATTEMPTS: u32 = 8;
+
+/// Whether a create whose name was taken on `attempt` (from 1) tries another name: only a
+/// generated name, and at most `GENERATE_NAME_ATTEMPTS` in all.
+fn retry_generated_name(generated: bool, attempt: u32) -> bool {
+    generated && attempt < GENERATE_NAME_ATTEMPTS
+}
+
 fn json_response(code: StatusCode, body: Bytes) -> Response {
     let mut r = (code, body).into_response();
     r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
@@ -921,7 +931,8 @@ impl Req<'_> {
     /// Everything a create does after the body is read: names, identity, defaults,
     /// validation, and one txn that fails if the key exists.
     async fn create_object(&self, mut obj: Value) -> ApiResult {
-        let name = {
+        let generated = meta_str(&obj, "name").is_none_or(|n| n.is_empty());
+        let mut name = {
             let m = meta_mut(&mut obj);
             match (m.get("name").and_then(|v| v.as_str()), m.get("generateName").and_then(|v| v.as_str())) {
                 (Some(n), _) if !n.is_empty() => n.to_string(),
@@ -970,27 +981,38 @@ impl Req<'_> {
         if obj["metadata"].get("managedFields").is_none() {
             crate::ssa::record_update(None, &mut obj, &self.manager(), &self.info.api_version(), &object::now_rfc3339(), false);
         }
-        let stored = encode_stored(&obj);
-        let key = self.info.key(self.namespace.as_deref(), &name);
+        let mut stored = encode_stored(&obj);
         if self.dry_run() {
             let s = Stored::parse(&stored).map_err(ApiError::internal)?;
             return Ok(self.respond_object(StatusCode::CREATED, &s, 0));
         }
-        let key_b = Bytes::from(key);
-        let resp = self
-            .st
-            .store
-            .txn(TxnRequest {
-                compare: vec![Compare { key: key_b.clone(), op: CompareOp::Equal, target: CompareTarget::CreateRevision(0) }],
-                success: vec![TxnOp::Put(PutRequest { key: key_b, value: stored.clone(), lease: 0, prev_kv: false })],
-                failure: vec![],
-            })
-            .await?;
-        if !resp.succeeded {
-            return Err(ApiError::already_exists(self.info.group, self.info.resource, &name));
+        // A generated name that is taken is generated again, as Kubernetes does (its
+        // RetryGenerateName): 5 characters of 27 collide often among 100,000s of pods.
+        let mut attempt = 1;
+        loop {
+            let key_b = Bytes::from(self.info.key(self.namespace.as_deref(), &name));
+            let resp = self
+                .st
+                .store
+                .txn(TxnRequest {
+                    compare: vec![Compare { key: key_b.clone(), op: CompareOp::Equal, target: CompareTarget::CreateRevision(0) }],
+                    success: vec![TxnOp::Put(PutRequest { key: key_b, value: stored.clone(), lease: 0, prev_kv: false })],
+                    failure: vec![],
+                })
+                .await?;
+            if resp.succeeded {
+                let s = Stored::parse(&stored).map_err(ApiError::internal)?;
+                return Ok(self.respond_object(StatusCode::CREATED, &s, resp.revision));
+            }
+            if !retry_generated_name(generated, attempt) {
+                return Err(ApiError::already_exists(self.info.group, self.info.resource, &name));
+            }
+            attempt += 1;
+            let prefix = meta_str(&obj, "generateName").unwrap_or("").to_string();
+            name = format!("{prefix}{}", object::name_suffix());
+            meta_mut(&mut obj).insert("name".into(), json!(name));
+            stored = encode_stored(&obj);
         }
-        let s = Stored::parse(&stored).map_err(ApiError::internal)?;
-        Ok(self.respond_object(StatusCode::CREATED, &s, resp.revision))
     }
 
     /// Writes `new` over `cur` with compare-and-swap; `Ok(None)` if the key changed since.
@@ -1865,6 +1887,13 @@ fn decode_continue(tok: &str, prefix: &str) -> Result<(Vec<u8>, u64), ApiError> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_taken_generated_name_is_retried_eight_times_in_all_and_a_given_one_never() {
+        let tries = |generated| (1..).take_while(|&a| retry_generated_name(generated, a)).count() + 1;
+        assert_eq!(tries(true), 8);
+        assert_eq!(tries(false), 1);
+    }
 
     #[test]
     fn paths_resolve_to_resources_namespaces_and_subresources() {
