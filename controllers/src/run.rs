@@ -1586,9 +1586,9 @@ async fn sync_cronjob(ctx: &Ctx, key: &str) -> Res {
 /// reservation that is about to become an object: a recount then comes out low, and writing it
 /// would let admission over-commit. A recount that lowers any figure is therefore written only
 /// when a recount at least a second later agrees (a reservation lives for the milliseconds of
-/// one create; one that outlives that was a create that failed), and every write is conditional on the quota's
-/// resourceVersion (a charge made meanwhile makes it fail with 409, and the charge's own event
-/// brings a new sync).
+/// one create; one that outlives that was a create that failed), and every write is
+/// conditional on the quota's resourceVersion (a charge made meanwhile makes it fail with 409,
+/// and the charge's own event brings a new sync).
 async fn sync_quota(ctx: &Ctx, key: &str) -> Res {
     const QUOTA_CONFIRM: Duration = Duration::from_secs(1);
     let Some(rq) = ctx.quotas.get(key) else {
@@ -1637,8 +1637,8 @@ async fn sync_quota(ctx: &Ctx, key: &str) -> Res {
         used.insert(k.clone(), json!(if k.contains("memory") || k.contains("storage") { q.memory_string() } else { q.cpu_string() }));
     }
     let lowers = used.iter().any(|(k, v)| {
-        let now = |x: &Value| x.as_str().and_then(|s| api::Quantity::parse(s).ok()).map(|q| q.milli);
-        matches!((now(v), now(&rq["status"]["used"][k])), (Some(new), Some(old)) if new < old)
+        let milli = |x: &Value| x.as_str().and_then(|s| api::Quantity::parse(s).ok()).map(|q| q.milli);
+        matches!((milli(v), milli(&rq["status"]["used"][k])), (Some(new), Some(old)) if new < old)
     });
     let status = json!({"hard": hard, "used": used});
     if lowers {

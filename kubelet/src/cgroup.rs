@@ -78,8 +78,26 @@ impl Cgroups {
         Ok(dir)
     }
 
-    pub fn add(dir: &Path, pid: u32) -> std::io::Result<()> {
-        std::fs::write(dir.join("cgroup.procs"), pid.to_string())
+    /// Makes the child `cmd` starts join the cgroup `dir` before it execs: memory the program
+    /// touches from its first instruction is charged (and limited) there, which moving it in
+    /// after spawn cannot promise. If joining fails, the spawn fails with that error.
+    pub fn join_before_exec(dir: &Path, cmd: &mut tokio::process::Command) {
+        let Ok(procs) = std::ffi::CString::new(dir.join("cgroup.procs").into_os_string().into_encoded_bytes()) else { return };
+        // SAFETY: between fork and exec only async-signal-safe calls are made (open, write,
+        // close on memory prepared before the fork); nothing allocates or takes a lock.
+        unsafe {
+            cmd.pre_exec(move || {
+                let fd = libc::open(procs.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+                if fd < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                // "0" is the writing process itself.
+                let n = libc::write(fd, b"0".as_ptr().cast(), 1);
+                let e = std::io::Error::last_os_error();
+                libc::close(fd);
+                if n != 1 { Err(e) } else { Ok(()) }
+            });
+        }
     }
 
     /// (cpu ns, memory bytes) of a container cgroup.

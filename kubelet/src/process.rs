@@ -585,27 +585,8 @@ impl Worker {
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
             .process_group(0);
-        // Join the container's cgroup in the child, before exec: memory the program touches
-        // from its first instruction is charged (and limited) there, which moving it in after
-        // spawn cannot promise.
-        if let Some(dir) = &cgroup
-            && let Ok(procs) = std::ffi::CString::new(dir.join("cgroup.procs").into_os_string().into_encoded_bytes())
-        {
-            // SAFETY: between fork and exec only async-signal-safe calls are made (open, write,
-            // close on memory prepared before the fork); nothing allocates or takes a lock.
-            unsafe {
-                cmd.pre_exec(move || {
-                    let fd = libc::open(procs.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
-                    if fd < 0 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                    // "0" is the writing process itself.
-                    let n = libc::write(fd, b"0".as_ptr().cast(), 1);
-                    let e = std::io::Error::last_os_error();
-                    libc::close(fd);
-                    if n != 1 { Err(e) } else { Ok(()) }
-                });
-            }
+        if let Some(dir) = &cgroup {
+            Cgroups::join_before_exec(dir, &mut cmd);
         }
         let mut child = match cmd.spawn() {
             Ok(ch) => ch,

@@ -20,8 +20,7 @@ use serde_json::{Value, json};
 #[derive(Parser)]
 struct Args {
     /// A workload name (basic, anti-affinity, topology-spread, preemption, mixed-churn,
-    /// node-selector, nearly-full) or a
-    /// YAML file.
+    /// node-selector, nearly-full) or a YAML file.
     #[arg(long, default_value = "basic")]
     workload: String,
     #[arg(long, default_value_t = 5000)]
