@@ -384,7 +384,7 @@ impl Req<'_> {
         let rev = if q(self.query, "resourceVersion") == Some("0") {
             cache.revision()
         } else {
-            cache.wait_consistent(CACHE_WAIT).await.map_err(|e| ApiError::unavailable(e.to_string()))?
+            cache.wait_consistent(CACHE_WAIT).await.map_err(consistency_error)?
         };
         Ok((cache, rev))
     }
@@ -642,7 +642,7 @@ impl Req<'_> {
             Some(r) if r != 0 && !send_initial => r,
             _ => {
                 let (rev, snap) = if rv.is_none() && send_initial {
-                    let r = cache.wait_consistent(CACHE_WAIT).await.map_err(|e| ApiError::unavailable(e.to_string()))?;
+                    let r = cache.wait_consistent(CACHE_WAIT).await.map_err(consistency_error)?;
                     let (_, s) = cache.snapshot();
                     (r, s)
                 } else {
@@ -1933,5 +1933,14 @@ mod tests {
         assert!(decode_continue(&tok, "/registry/core/secrets/").is_err());
         assert!(decode_continue("garbage", "/").is_err());
         assert_eq!(prefix_end(b"/a/"), b"/a0".to_vec());
+    }
+}
+
+/// A consistent read that could not be made: 503, with a retry hint when a replica has no
+/// quorum (it must not answer from a state that may be stale as if it were fresh).
+fn consistency_error(e: watchcache::WatchError) -> ApiError {
+    match e {
+        watchcache::WatchError::Unavailable(m) => ApiError::unavailable_retry(m, 1),
+        e => ApiError::unavailable(e.to_string()),
     }
 }

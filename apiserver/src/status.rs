@@ -105,6 +105,19 @@ impl ApiError {
         ApiError::new(503, "ServiceUnavailable", message)
     }
 
+    /// 503 that tells the client when to retry (`details.retryAfterSeconds` and the
+    /// `Retry-After` header, as Kubernetes sends them): a replica without a quorum.
+    pub fn unavailable_retry(message: impl Into<String>, seconds: u32) -> ApiError {
+        let mut e = ApiError::new(503, "ServiceUnavailable", message);
+        e.details = Some(json!({"retryAfterSeconds": seconds}));
+        e
+    }
+
+    /// Seconds the client should wait before retrying, when the error says so.
+    pub fn retry_after(&self) -> Option<u64> {
+        self.details.as_ref()?.get("retryAfterSeconds")?.as_u64()
+    }
+
     pub fn to_json(&self) -> serde_json::Value {
         let mut v = json!({
             "kind": "Status",
@@ -131,6 +144,7 @@ impl From<storage::StoreError> for ApiError {
             E::FutureRevision { .. } => ApiError::new(504, "Timeout", format!("Too large resource version: {e}")),
             E::Invalid(m) => ApiError::bad_request(m.clone()),
             E::NoSpace | E::Io(_) | E::Failed(_) | E::Shutdown => ApiError::unavailable(e.to_string()),
+            E::Unavailable(_) => ApiError::unavailable_retry(e.to_string(), 1),
             E::LeaseNotFound(_) | E::LeaseExists(_) => ApiError::internal(e.to_string()),
         }
     }
@@ -141,6 +155,11 @@ impl IntoResponse for ApiError {
         let body = serde_json::to_vec(&self.to_json()).unwrap_or_default();
         let mut r = (StatusCode::from_u16(self.code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), body).into_response();
         r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        if let Some(s) = self.retry_after()
+            && let Ok(v) = HeaderValue::from_str(&s.to_string())
+        {
+            r.headers_mut().insert(header::RETRY_AFTER, v);
+        }
         r
     }
 }

@@ -13,7 +13,9 @@ use bytes::Bytes;
 use crossbeam::channel::{Receiver, RecvTimeoutError, Sender, bounded};
 use tokio::sync::oneshot;
 
+use crate::command::Command;
 use crate::error::StoreError;
+use crate::replicated::SnapshotInfo;
 use crate::shard::{Ctrl, ShardCore, ShardMsg};
 use crate::shared::{NONE, Shared};
 use crate::snapshot;
@@ -32,6 +34,15 @@ pub enum CoordMsg {
     Compact { revision: Revision, reply: Reply<()> },
     Snapshot { reply: Reply<Revision> },
     Shutdown { done: Sender<()> },
+    // Replicated mode.
+    /// The shard applied a lease grant (`Some(ttl)`) or revocation (`None`).
+    LeaseApplied { id: LeaseId, ttl: Option<i64> },
+    /// This replica became leader (decides expiry and compaction) or stopped being one.
+    Lead { lead: bool, extend: Duration },
+    SnapshotReplica { reply: Reply<SnapshotInfo> },
+    CurrentSnapshot { reply: Reply<Option<SnapshotInfo>> },
+    ReceiveDir { reply: Reply<(u64, PathBuf)> },
+    Install { id: u64, dir: PathBuf, reply: Reply<SnapshotInfo> },
 }
 
 pub struct Coordinator {
@@ -42,6 +53,13 @@ pub struct Coordinator {
     pub snapshot_revision: Revision,
     /// (when, revision) samples for compaction by age, one per tick, bounded by the retention.
     pub history: std::collections::VecDeque<(Instant, Revision)>,
+    /// Replicated mode: whether this replica is the leader, which alone expires leases and
+    /// compacts (by proposing those through the log). A store that is its own log always leads.
+    pub lead: bool,
+    /// Replicated mode: where proposals of expiry and compaction are spawned.
+    pub runtime: Option<tokio::runtime::Handle>,
+    /// Replicated mode: the compaction last proposed (not proposed again while in flight).
+    pub proposed_compact: Revision,
 }
 
 /// All shards, frozen; unfrozen on drop.
@@ -153,6 +171,10 @@ impl KeySpace for AllShards<'_> {
     }
 }
 
+fn info_of(id: u64, dir: PathBuf, m: &snapshot::Manifest) -> SnapshotInfo {
+    SnapshotInfo { id, dir, revision: m.revision, meta: m.meta.clone(), files: snapshot::file_names(m) }
+}
+
 /// Merges per-shard sorted range results (each already cut to `limit`), keeping `limit`
 /// (0 = all) and summing counts. A k-way merge: the parts are sorted, so nothing is re-sorted.
 pub fn merge_ranges(parts: Vec<(Vec<KeyValue>, usize)>, limit: usize) -> (Vec<KeyValue>, usize) {
@@ -239,6 +261,42 @@ impl Coordinator {
             }
             CoordMsg::Snapshot { reply } => {
                 let _ = reply.send(self.snapshot().map_err(|e| StoreError::Io(format!("snapshot: {e}"))));
+            }
+            CoordMsg::LeaseApplied { id, ttl } => match ttl {
+                Some(ttl) => {
+                    self.leases.insert(id, (ttl, Instant::now() + Duration::from_secs(ttl as u64)));
+                }
+                None => {
+                    self.leases.remove(&id);
+                }
+            },
+            CoordMsg::Lead { lead, extend } => {
+                if lead && !self.lead {
+                    let now = Instant::now();
+                    for (ttl, deadline) in self.leases.values_mut() {
+                        *deadline = now + Duration::from_secs(*ttl as u64) + extend;
+                    }
+                }
+                self.lead = lead;
+                self.proposed_compact = 0;
+            }
+            CoordMsg::SnapshotReplica { reply } => {
+                let _ = reply.send(self.snapshot_replica().map_err(|e| StoreError::Io(format!("snapshot: {e}"))));
+            }
+            CoordMsg::CurrentSnapshot { reply } => {
+                let r = snapshot::current(&self.data_dir)
+                    .map(|c| c.map(|(id, dir, m)| info_of(id, dir, &m)))
+                    .map_err(|e| StoreError::Io(e.to_string()));
+                let _ = reply.send(r);
+            }
+            CoordMsg::ReceiveDir { reply } => {
+                let id = self.snapshot_id + 1;
+                self.snapshot_id = id;
+                let r = snapshot::begin(&self.data_dir, id).map(|d| (id, d)).map_err(|e| StoreError::Io(format!("snapshot: {e}")));
+                let _ = reply.send(r);
+            }
+            CoordMsg::Install { id, dir, reply } => {
+                let _ = reply.send(self.install(id, &dir));
             }
             CoordMsg::Shutdown { .. } => unreachable!(),
         }
@@ -429,8 +487,22 @@ impl Coordinator {
     }
 
     fn expire_leases(&mut self) {
+        if !self.lead {
+            return;
+        }
         let now = Instant::now();
         let expired: Vec<LeaseId> = self.leases.iter().filter(|(_, (_, d))| *d <= now).map(|(id, _)| *id).collect();
+        if self.shared.replication.is_some() {
+            // The revocation goes through the log; the lease leaves this table when it is
+            // applied. Until then (or if the proposal fails) it is looked at again in a second.
+            for id in expired {
+                self.propose(Command::LeaseRevoke { id });
+                if let Some((_, d)) = self.leases.get_mut(&id) {
+                    *d = now + Duration::from_secs(1);
+                }
+            }
+            return;
+        }
         for id in expired {
             match self.lease_revoke(id) {
                 Ok(_) => tracing::debug!(lease = id, "lease expired and was revoked"),
@@ -488,6 +560,7 @@ impl Coordinator {
             compact_revision: self.shared.compact_revision.load(SeqCst),
             positions: positions.clone(),
             chunks,
+            meta: Bytes::new(),
         };
         snapshot::commit(&self.data_dir, &dir, id, &manifest)?;
         self.snapshot_revision = revision;
@@ -502,6 +575,92 @@ impl Coordinator {
             }
         }
         Ok(revision)
+    }
+
+    /// Replicated mode: proposes a command the store itself decided (an expiry, a compaction).
+    fn propose(&self, cmd: Command) {
+        let (Some(rt), Some(repl)) = (&self.runtime, &self.shared.replication) else { return };
+        let fut = repl.propose(cmd.clone());
+        rt.spawn(async move {
+            match fut.await {
+                Ok(a) => {
+                    if let Some(e) = a.error() {
+                        tracing::debug!(command = ?cmd, error = %e, "a proposal of the store's own was refused");
+                    }
+                }
+                Err(e) => tracing::warn!(command = ?cmd, error = %e, "a proposal of the store's own failed; retrying later"),
+            }
+        });
+    }
+
+    /// Replicated mode: snapshots the applied state with the raft position it covers. The log
+    /// is the raft layer's: nothing is truncated here.
+    fn snapshot_replica(&mut self) -> std::io::Result<SnapshotInfo> {
+        let f = Frozen::new(&self.shared);
+        let revision = self.shared.counter.load(SeqCst);
+        let id = self.snapshot_id + 1;
+        self.snapshot_id = id;
+        let dir = snapshot::begin(&self.data_dir, id)?;
+        let shards = self.shared.shards as u32;
+        let d2 = dir.clone();
+        let parts = f.run_all(move |c| snapshot::write_shard(&d2, c.id, shards, revision, &c.mvcc).map(|n| (n, c.raft_meta.clone())));
+        drop(f);
+        let mut chunks = Vec::new();
+        let mut meta = Bytes::new();
+        for p in parts {
+            let (n, m) = p?;
+            chunks.push(n);
+            meta = m;
+        }
+        let manifest = snapshot::Manifest {
+            shards,
+            revision,
+            compact_revision: self.shared.compact_revision.load(SeqCst),
+            positions: vec![crate::wal::Position { seq: 0, offset: 0 }; shards as usize],
+            chunks,
+            meta,
+        };
+        snapshot::commit(&self.data_dir, &dir, id, &manifest)?;
+        self.snapshot_revision = revision;
+        self.shared.snapshot_revision.store(revision, SeqCst);
+        Ok(info_of(id, snapshot::snap_root(&self.data_dir).join(format!("{id:016x}")), &manifest))
+    }
+
+    /// Replicated mode: installs a snapshot received into `dir` (see `StateMachine::install`).
+    fn install(&mut self, id: u64, dir: &std::path::Path) -> Result<SnapshotInfo, StoreError> {
+        let bad = |why: String| StoreError::Invalid(format!("received snapshot in {}: {why}", dir.display()));
+        let text = std::fs::read_to_string(dir.join("MANIFEST")).map_err(|e| bad(format!("reading MANIFEST: {e}")))?;
+        let manifest = snapshot::Manifest::decode(&text).map_err(bad)?;
+        if manifest.shards as usize != self.shared.shards {
+            return Err(bad(format!("it has {} shards, this store {}", manifest.shards, self.shared.shards)));
+        }
+        let visible = self.shared.visible.load(SeqCst);
+        if manifest.revision < visible {
+            return Err(bad(format!("its revision {} is older than this store's {visible}", manifest.revision)));
+        }
+        let mut mvccs = Vec::new();
+        for s in 0..manifest.shards {
+            mvccs.push(snapshot::load_shard(dir, s, &manifest).map_err(|e| bad(e.to_string()))?);
+        }
+        snapshot::commit(&self.data_dir, dir, id, &manifest).map_err(|e| StoreError::Io(format!("installing a snapshot: {e}")))?;
+        let leases: HashMap<LeaseId, i64> = mvccs.first().map(|m| m.leases.clone()).unwrap_or_default();
+        let f = Frozen::new(&self.shared);
+        let (revision, meta) = (manifest.revision, manifest.meta.clone());
+        for (s, m) in mvccs.into_iter().enumerate() {
+            let meta = meta.clone();
+            f.run(s, move |c| c.install(m, meta, revision));
+        }
+        self.shared.counter.fetch_max(revision, SeqCst);
+        self.shared.compact_revision.store(manifest.compact_revision, SeqCst);
+        *self.shared.raft_meta.lock().unwrap() = meta;
+        self.shared.advance();
+        drop(f);
+        let now = Instant::now();
+        self.leases = leases.into_iter().map(|(id, ttl)| (id, (ttl, now + Duration::from_secs(ttl as u64)))).collect();
+        self.snapshot_revision = revision;
+        self.shared.snapshot_revision.store(revision, SeqCst);
+        tracing::info!(revision, "installed a snapshot received from the leader");
+        Ok(info_of(id, snapshot::snap_root(&self.data_dir).join(format!("{id:016x}")), &manifest))
     }
 
     /// Automatic compaction and snapshots, checked on the coordinator's tick.
@@ -524,6 +683,14 @@ impl Coordinator {
         }
         if let Some(keep) = cfg.compact_retention_revisions {
             target = target.max(rev.saturating_sub(keep));
+        }
+        if self.shared.replication.is_some() {
+            // The leader proposes compactions; a proposal in flight is not repeated.
+            if self.lead && target > self.shared.compact_revision.load(SeqCst) && target > self.proposed_compact {
+                self.proposed_compact = target;
+                self.propose(Command::Compact { revision: target });
+            }
+            return;
         }
         if target > self.shared.compact_revision.load(SeqCst)
             && let Err(e) = self.compact(target) {

@@ -27,6 +27,10 @@ pub enum StoreError {
     Failed(String),
     #[error("the store is shutting down")]
     Shutdown,
+    /// A replicated store cannot reach a quorum (no leader, a partitioned minority, or the
+    /// leader did not answer in time): nothing is known to have been written; retry.
+    #[error("the store is unavailable: {0}")]
+    Unavailable(String),
 }
 
 /// Why `Store::open` refused to start. A corrupt log is never silently truncated.

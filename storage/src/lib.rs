@@ -16,10 +16,12 @@
 //! decision), `coord.rs` (work that spans shards), `mvcc.rs` (the index). `DESIGN.md` beside
 //! this crate has the on-disk layout and the crash analysis.
 
+pub mod command;
 mod coord;
 pub mod error;
 pub mod failpoint;
 mod mvcc;
+pub mod replicated;
 mod shard;
 mod shared;
 mod snapshot;
@@ -31,7 +33,9 @@ mod txn;
 mod types;
 pub mod wal;
 
+pub use command::{Applied, Command};
 pub use error::{OpenError, StoreError, WatchError};
+pub use replicated::{ApplyBatch, Replication, SnapshotInfo, StateMachine};
 pub use store::{Config, Store, Watcher};
 pub use types::*;
 

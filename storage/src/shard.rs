@@ -11,11 +11,14 @@ use bytes::Bytes;
 use crossbeam::channel::{Receiver, RecvTimeoutError, Sender};
 use tokio::sync::{OwnedSemaphorePermit, mpsc, oneshot};
 
+use crate::command::{Applied, Command};
+use crate::coord::CoordMsg;
 use crate::error::{StoreError, WatchError};
 use crate::mvcc::Mvcc;
 use crate::shared::{NONE, Shared};
 use crate::txn;
 use crate::types::*;
+use crate::replicated::ApplyBatch;
 use crate::wal::{FrameBuilder, Log, Record, WalError};
 
 /// What a watcher's channel carries: an event with its order within its revision, or the end.
@@ -52,6 +55,8 @@ pub enum ShardMsg {
     Unwatch { id: u64 },
     /// Stop taking requests and run the coordinator's closures until it unfreezes this shard.
     Freeze { ctrl: Receiver<Ctrl>, frozen: Sender<()> },
+    /// Replicated mode: committed raft entries to apply, in log order.
+    Apply { batches: Vec<ApplyBatch>, reply: oneshot::Sender<Vec<Vec<Applied>>> },
     /// The visible revision advanced past a deferred reply of this shard.
     Tick,
     Stats { reply: Sender<ShardStats> },
@@ -112,11 +117,13 @@ pub struct ShardCore {
     deferred: VecDeque<Deferred>,
     /// The newest revision applied to this shard's index (durable once its batch committed).
     applied: Revision,
+    /// Replicated mode: the raft position of the last applied entry (a snapshot records it).
+    pub raft_meta: Bytes,
 }
 
 impl ShardCore {
     pub fn new(id: u32, mvcc: Mvcc, wal: Box<dyn Log>, shared: Arc<Shared>) -> Self {
-        ShardCore { id, mvcc, wal, shared, watchers: Vec::new(), deferred: VecDeque::new(), applied: 0 }
+        ShardCore { id, mvcc, wal, shared, watchers: Vec::new(), deferred: VecDeque::new(), applied: 0, raft_meta: Bytes::new() }
     }
 
     pub fn run(mut self, rx: Receiver<ShardMsg>) {
@@ -205,6 +212,97 @@ impl ShardCore {
                     return;
                 }
         }
+    }
+
+    /// Replicated mode: evaluates committed commands in log order, handing out revisions as it
+    /// goes (so every replica gives the same write the same revision), then publishes their
+    /// events and makes them visible. Nothing is logged here: the raft log is the record.
+    fn apply(&mut self, batches: Vec<ApplyBatch>) -> Vec<Vec<Applied>> {
+        let me = self.id as usize;
+        let mut events: Vec<(Revision, u32, Event)> = Vec::new();
+        let mut out = Vec::with_capacity(batches.len());
+        let mut first: Option<Revision> = None;
+        let shared = self.shared.clone();
+        for batch in batches {
+            let mut results = Vec::with_capacity(batch.commands.len());
+            for cmd in batch.commands {
+                let mut alloc = || {
+                    if first.is_none() {
+                        shared.pending[me].store(shared.counter.load(SeqCst) + 1, SeqCst);
+                    }
+                    let r = shared.counter.fetch_add(1, SeqCst) + 1;
+                    first.get_or_insert(r);
+                    r
+                };
+                let current = self.shared.counter.load(SeqCst);
+                let compacted = self.mvcc.compact_revision();
+                results.push(match cmd {
+                    Command::Txn(mut req) => Applied::Txn(
+                        txn::validate(&req, self.shared.cfg.request_bytes_max)
+                            .map(|()| own_puts(&mut req))
+                            .and_then(|()| txn::eval(&mut self.mvcc, &req, &mut alloc, current, compacted))
+                            .map(|o| {
+                                let revision = match o.revision {
+                                    Some(rev) => {
+                                        for (i, e) in o.events.into_iter().enumerate() {
+                                            events.push((rev, i as u32, e));
+                                        }
+                                        rev
+                                    }
+                                    None => current,
+                                };
+                                TxnResponse { revision, succeeded: o.succeeded, responses: o.responses }
+                            }),
+                    ),
+                    Command::LeaseGrant { id, ttl_seconds } => Applied::LeaseGrant(if ttl_seconds <= 0 {
+                        Err(StoreError::Invalid(format!("lease TTL must be positive, got {ttl_seconds}")))
+                    } else if id <= 0 {
+                        Err(StoreError::Invalid("lease IDs are positive".into()))
+                    } else if self.mvcc.leases.contains_key(&id) {
+                        Err(StoreError::LeaseExists(id))
+                    } else {
+                        self.mvcc.leases.insert(id, ttl_seconds);
+                        let _ = self.shared.coord.send(CoordMsg::LeaseApplied { id, ttl: Some(ttl_seconds) });
+                        Ok(LeaseGrant { id, ttl_seconds })
+                    }),
+                    Command::LeaseRevoke { id } => Applied::LeaseRevoke(if !self.mvcc.leases.contains_key(&id) {
+                        Err(StoreError::LeaseNotFound(id))
+                    } else {
+                        let mut keys = self.mvcc.keys_of_lease(id);
+                        keys.sort();
+                        let rev = if keys.is_empty() { current } else { alloc() };
+                        for (i, k) in keys.iter().enumerate() {
+                            if let Some(prev) = self.mvcc.delete(k, rev) {
+                                let kv = KeyValue { key: k.clone(), value: Bytes::new(), create_revision: 0, mod_revision: rev, version: 0, lease: 0 };
+                                events.push((rev, i as u32, Event { kind: EventKind::Delete, kv, prev_kv: Some(prev) }));
+                            }
+                        }
+                        self.mvcc.leases.remove(&id);
+                        let _ = self.shared.coord.send(CoordMsg::LeaseApplied { id, ttl: None });
+                        Ok(rev)
+                    }),
+                    Command::Compact { revision } => Applied::Compact(if revision > current {
+                        Err(StoreError::FutureRevision { requested: revision, current })
+                    } else if revision <= compacted {
+                        Err(StoreError::Compacted { requested: revision, compact_revision: compacted })
+                    } else {
+                        self.mvcc.compact(revision);
+                        self.shared.compact_revision.store(revision, SeqCst);
+                        Ok(())
+                    }),
+                });
+            }
+            self.raft_meta = batch.meta;
+            out.push(results);
+        }
+        for (rev, sub, e) in events.drain(..) {
+            self.publish(rev, sub, e);
+        }
+        self.applied = self.shared.counter.load(SeqCst);
+        *self.shared.raft_meta.lock().unwrap() = self.raft_meta.clone();
+        self.shared.pending[me].store(NONE, SeqCst);
+        self.shared.advance();
+        out
     }
 
     fn read(&self, req: &RangeRequest, rev: Revision) -> Result<RangeResponse, StoreError> {
@@ -341,6 +439,9 @@ impl ShardCore {
                 }
                 self.flush_deferred();
             }
+            ShardMsg::Apply { batches, reply } => {
+                let _ = reply.send(self.apply(batches));
+            }
             ShardMsg::Tick => {
                 self.shared.tick_queued[self.id as usize].store(false, SeqCst);
                 self.flush_deferred();
@@ -362,6 +463,54 @@ impl ShardCore {
             ShardMsg::Txn { .. } | ShardMsg::Read { .. } => unreachable!("handled in the batch loop"),
         }
         true
+    }
+
+    /// Replicated mode: replaces this shard's state with an installed snapshot at `revision`.
+    /// Every watcher has been sent everything up to the old visible revision; it is caught up
+    /// from the snapshot's history on the rest (revisions are the same on every replica, so
+    /// the history continues exactly where it left off), or ended with `Compacted` when the
+    /// snapshot no longer holds where it is.
+    pub fn install(&mut self, mvcc: Mvcc, meta: Bytes, revision: Revision) {
+        let from = self.shared.visible.load(SeqCst) + 1;
+        self.mvcc = mvcc;
+        self.raft_meta = meta;
+        self.applied = revision;
+        let compacted = self.mvcc.compact_revision();
+        let mut i = 0;
+        while i < self.watchers.len() {
+            let w = &self.watchers[i];
+            if from < compacted {
+                let _ = w.tx.try_send(WatchItem::End(WatchError::Compacted { requested: from, compact_revision: compacted }));
+                self.watchers.swap_remove(i);
+                continue;
+            }
+            let history = self.mvcc.events_since(&w.range, from, w.prev_kv);
+            let mut last: Option<Revision> = None;
+            let mut sub = 0;
+            let mut keep = true;
+            for e in history {
+                let rev = e.kv.mod_revision;
+                sub = if last == Some(rev) { sub + 1 } else { 0 };
+                last = Some(rev);
+                match w.tx.try_send(WatchItem::Event { sub, event: e }) {
+                    Ok(()) => {}
+                    Err(mpsc::error::TrySendError::Full(_)) => {
+                        w.shared.overflow.fetch_min(rev, SeqCst);
+                        keep = false;
+                        break;
+                    }
+                    Err(mpsc::error::TrySendError::Closed(_)) => {
+                        keep = false;
+                        break;
+                    }
+                }
+            }
+            if keep {
+                i += 1;
+            } else {
+                self.watchers.swap_remove(i);
+            }
+        }
     }
 
     /// Catches a new watcher up on this shard's history since its start, then keeps it.
@@ -403,5 +552,17 @@ impl ShardCore {
         }
         done(&reg);
         self.watchers.push(Watcher { id: reg.id, range: reg.range, prev_kv: reg.prev_kv, tx: reg.tx, shared: reg.shared });
+    }
+}
+
+/// Gives the keys and values a txn may put their own buffers: decoded from a raft entry they
+/// are slices of the whole entry, which the index would otherwise keep alive for as long as
+/// any one of them lives.
+fn own_puts(req: &mut TxnRequest) {
+    for op in req.success.iter_mut().chain(req.failure.iter_mut()) {
+        if let TxnOp::Put(p) = op {
+            p.key = Bytes::copy_from_slice(&p.key);
+            p.value = Bytes::copy_from_slice(&p.value);
+        }
     }
 }

@@ -12,13 +12,17 @@
 //! its revision, so an acknowledged write is seen by every later read (linearizable).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use bytes::Bytes;
 
 use crossbeam::channel::Sender;
 use crossbeam::utils::CachePadded;
 use tokio::sync::Semaphore;
 
 use crate::Config;
+use crate::coord::CoordMsg;
+use crate::replicated::Replication;
 use crate::shard::ShardMsg;
 use crate::types::Revision;
 
@@ -46,10 +50,22 @@ pub struct Shared {
     pub wal_bytes: Box<[AtomicU64]>,
     pub next_watch_id: AtomicU64,
     pub snapshot_revision: AtomicU64,
+    pub coord: Sender<CoordMsg>,
+    /// Replicated mode: where writes go (`None`: this store is its own log).
+    pub replication: Option<Arc<dyn Replication>>,
+    /// Replicated mode: the raft position of the last applied entry (opaque to the store).
+    pub raft_meta: Mutex<Bytes>,
 }
 
 impl Shared {
-    pub fn new(cfg: Config, revision: Revision, compact: Revision, inbox: Vec<Sender<ShardMsg>>) -> Shared {
+    pub fn new(
+        cfg: Config,
+        revision: Revision,
+        compact: Revision,
+        inbox: Vec<Sender<ShardMsg>>,
+        coord: Sender<CoordMsg>,
+        replication: Option<Arc<dyn Replication>>,
+    ) -> Shared {
         let n = inbox.len();
         let pad = |v: u64, k: usize| (0..k).map(|_| CachePadded::new(AtomicU64::new(v))).collect();
         let (visible_tx, _) = tokio::sync::watch::channel(revision);
@@ -68,6 +84,9 @@ impl Shared {
             wal_bytes: (0..n).map(|_| AtomicU64::new(0)).collect(),
             next_watch_id: AtomicU64::new(1),
             snapshot_revision: AtomicU64::new(0),
+            coord,
+            replication,
+            raft_meta: Mutex::new(Bytes::new()),
             cfg,
         }
     }

@@ -33,10 +33,12 @@ pub struct Manifest {
     pub positions: Vec<Position>,
     /// Per shard: number of chunk files.
     pub chunks: Vec<u32>,
+    /// Replicated mode: the raft position the snapshot covers (opaque; empty otherwise).
+    pub meta: Bytes,
 }
 
 impl Manifest {
-    fn encode(&self) -> String {
+    pub fn encode(&self) -> String {
         let mut s = format!(
             "capstan-snapshot 1\nshards {}\nrevision {}\ncompact {}\n",
             self.shards, self.revision, self.compact_revision
@@ -44,12 +46,19 @@ impl Manifest {
         for (i, (p, c)) in self.positions.iter().zip(&self.chunks).enumerate() {
             s += &format!("shard {i} {} {} {c}\n", p.seq, p.offset);
         }
+        if !self.meta.is_empty() {
+            s += "meta ";
+            for b in self.meta.iter() {
+                s += &format!("{b:02x}");
+            }
+            s += "\n";
+        }
         let crc = crc32c::crc32c(s.as_bytes());
         s += &format!("crc {crc}\n");
         s
     }
 
-    fn decode(text: &str) -> Result<Manifest, String> {
+    pub fn decode(text: &str) -> Result<Manifest, String> {
         let (body, crc_line) = text
             .trim_end_matches('\n')
             .rsplit_once('\n')
@@ -62,7 +71,7 @@ impl Manifest {
         if crc32c::crc32c(body.as_bytes()) != crc {
             return Err("manifest checksum mismatch".into());
         }
-        let mut m = Manifest { shards: 0, revision: 0, compact_revision: 0, positions: vec![], chunks: vec![] };
+        let mut m = Manifest { shards: 0, revision: 0, compact_revision: 0, positions: vec![], chunks: vec![], meta: Bytes::new() };
         for line in body.lines() {
             let f: Vec<&str> = line.split(' ').collect();
             let num = |i: usize| -> Result<u64, String> {
@@ -76,6 +85,14 @@ impl Manifest {
                 "shard" => {
                     m.positions.push(Position { seq: num(2)?, offset: num(3)? });
                     m.chunks.push(num(4)? as u32);
+                }
+                "meta" => {
+                    let hex = f.get(1).copied().unwrap_or("");
+                    if hex.len() % 2 != 0 {
+                        return Err(format!("bad manifest line {line:?}"));
+                    }
+                    let bytes: Result<Vec<u8>, _> = (0..hex.len()).step_by(2).map(|i| u8::from_str_radix(&hex[i..i + 2], 16)).collect();
+                    m.meta = Bytes::from(bytes.map_err(|_| format!("bad manifest line {line:?}"))?);
                 }
                 _ => return Err(format!("unknown manifest line {line:?}")),
             }
@@ -91,8 +108,25 @@ pub fn snap_root(data_dir: &Path) -> PathBuf {
     data_dir.join("snap")
 }
 
+fn chunk_name(shard: u32, chunk: u32) -> String {
+    format!("shard-{shard}-{chunk:04}.fb")
+}
+
 fn chunk_path(dir: &Path, shard: u32, chunk: u32) -> PathBuf {
-    dir.join(format!("shard-{shard}-{chunk:04}.fb"))
+    dir.join(chunk_name(shard, chunk))
+}
+
+/// The files of a snapshot, chunks first and the manifest last (the order a receiver can check
+/// them in: the manifest names the chunks).
+pub fn file_names(m: &Manifest) -> Vec<String> {
+    let mut out = Vec::new();
+    for (s, n) in m.chunks.iter().enumerate() {
+        for c in 0..*n {
+            out.push(chunk_name(s as u32, c));
+        }
+    }
+    out.push("MANIFEST".into());
+    out
 }
 
 /// Writes one shard's chunks into `dir` (a snapshot being built). Returns the chunk count.

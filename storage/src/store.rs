@@ -12,7 +12,9 @@ use bytes::Bytes;
 use crossbeam::channel::{Sender, bounded, unbounded};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::command::{Applied, Command};
 use crate::coord::{CoordMsg, Coordinator, merge_ranges};
+use crate::replicated::{NoLog, Replication, StateMachine};
 use crate::error::{OpenError, StoreError, WatchError};
 use crate::mvcc::Mvcc;
 use crate::shard::{ShardCore, ShardMsg, WatchItem, WatchRegistration, WatchShared};
@@ -100,6 +102,23 @@ pub struct Store {
 impl Store {
     /// Opens (recovering) or creates the store in `cfg.data_dir` and starts its threads.
     pub fn open(cfg: Config) -> Result<Store, OpenError> {
+        Store::open_with(cfg, None)
+    }
+
+    /// Opens a replicated store (one shard, no log of its own: see `replicated.rs`) from its
+    /// latest snapshot. Writes go to `replication`; committed entries come back through the
+    /// returned [`StateMachine`]. Must be called from within a tokio runtime (the store spawns
+    /// its own proposals of lease expiry and compaction on it).
+    pub fn open_replica(cfg: Config, replication: Arc<dyn Replication>) -> Result<(Store, StateMachine), OpenError> {
+        if cfg.shards != 1 {
+            return Err(OpenError::Config(format!("a replicated store has one shard (apply is serial in log order), got {}", cfg.shards)));
+        }
+        let store = Store::open_with(cfg, Some(replication))?;
+        let sm = StateMachine { shared: store.inner.shared.clone(), coord: store.inner.coord.clone() };
+        Ok((store, sm))
+    }
+
+    fn open_with(cfg: Config, replication: Option<Arc<dyn Replication>>) -> Result<Store, OpenError> {
         if cfg.shards == 0 || cfg.shards > 256 {
             return Err(OpenError::Config(format!("shards must be 1..=256, got {}", cfg.shards)));
         }
@@ -114,7 +133,7 @@ impl Store {
         let dir = &cfg.data_dir;
         std::fs::create_dir_all(dir).map_err(|e| OpenError::io(dir, e))?;
         let lock = lock_dir(dir)?;
-        let recovered = recover(&cfg)?;
+        let recovered = if replication.is_some() { recover_replica(&cfg)? } else { recover(&cfg)? };
         let n = cfg.shards;
         let mut inbox = Vec::with_capacity(n);
         let mut rxs = Vec::with_capacity(n);
@@ -123,13 +142,18 @@ impl Store {
             inbox.push(tx);
             rxs.push(rx);
         }
-        let shared = Arc::new(Shared::new(cfg.clone(), recovered.revision, recovered.compact, inbox));
+        let (coord_tx, coord_rx) = unbounded();
+        let runtime = if replication.is_some() { tokio::runtime::Handle::try_current().ok() } else { None };
+        let replicated = replication.is_some();
+        let shared = Arc::new(Shared::new(cfg.clone(), recovered.revision, recovered.compact, inbox, coord_tx.clone(), replication));
         shared.snapshot_revision.store(recovered.snapshot_revision, SeqCst);
+        *shared.raft_meta.lock().unwrap() = recovered.raft_meta.clone();
         let cores = core_affinity::get_core_ids().unwrap_or_default();
         let mut threads = Vec::new();
         for ((s, (mvcc, writer)), rx) in recovered.shards.into_iter().enumerate().zip(rxs) {
             let mut core = ShardCore::new(s as u32, mvcc, writer, shared.clone());
             core.note_applied(recovered.revision);
+            core.raft_meta = recovered.raft_meta.clone();
             let pin = if cfg.pin_threads && !cores.is_empty() { Some(cores[s % cores.len()]) } else { None };
             threads.push(
                 std::thread::Builder::new()
@@ -143,7 +167,6 @@ impl Store {
                     .map_err(|e| OpenError::io(dir, e))?,
             );
         }
-        let (coord_tx, coord_rx) = unbounded();
         let now = std::time::Instant::now();
         let coordinator = Coordinator {
             shared: shared.clone(),
@@ -156,6 +179,10 @@ impl Store {
             snapshot_id: recovered.snapshot_id,
             snapshot_revision: recovered.snapshot_revision,
             history: VecDeque::new(),
+            // A replica decides nothing until the raft layer says it leads.
+            lead: !replicated,
+            runtime,
+            proposed_compact: 0,
         };
         threads.push(
             std::thread::Builder::new()
@@ -214,7 +241,21 @@ impl Store {
     }
 
     /// Reads a key, a prefix or a range at one revision, from every shard that may hold it.
+    /// Linearizable: on a replica, a read at the newest revision (or at one this replica has
+    /// not applied yet) first waits for a read index.
     pub async fn range(&self, req: RangeRequest) -> Result<RangeResponse, StoreError> {
+        if let Some(repl) = &self.shared().replication {
+            let visible = self.revision();
+            if req.revision.is_none_or(|r| r == 0 || r > visible) {
+                repl.read_barrier().await?;
+            }
+        }
+        self.range_serializable(req).await
+    }
+
+    /// A read of what this replica has applied, without asking the leader (etcd's
+    /// serializable read; Kubernetes' `resourceVersion=0`). The same as `range` unreplicated.
+    pub async fn range_serializable(&self, req: RangeRequest) -> Result<RangeResponse, StoreError> {
         let sh = self.shared();
         let visible = sh.visible.load(SeqCst);
         let rev = match req.revision {
@@ -255,6 +296,12 @@ impl Store {
     pub async fn txn(&self, req: TxnRequest) -> Result<TxnResponse, StoreError> {
         let sh = self.shared();
         crate::txn::validate(&req, sh.cfg.request_bytes_max)?;
+        if let Some(repl) = &sh.replication {
+            return match repl.propose(Command::Txn(req)).await? {
+                Applied::Txn(r) => r,
+                other => Err(StoreError::Io(format!("a txn was answered as {other:?}"))),
+            };
+        }
         if let Some(why) = sh.failed.get() {
             return Err(StoreError::Failed(why.clone()));
         }
@@ -307,32 +354,86 @@ impl Store {
 
     /// Grants a lease (`id` 0 picks one). Keys put with it are deleted when it expires.
     pub async fn lease_grant(&self, id: LeaseId, ttl_seconds: i64) -> Result<LeaseGrant, StoreError> {
+        if let Some(repl) = &self.shared().replication {
+            // The id enters the log, so it is chosen here, once, not by each replica.
+            let id = if id == 0 { (rand_u64() >> 1).max(1) as LeaseId } else { id };
+            return match repl.propose(Command::LeaseGrant { id, ttl_seconds }).await? {
+                Applied::LeaseGrant(r) => r,
+                other => Err(StoreError::Io(format!("a lease grant was answered as {other:?}"))),
+            };
+        }
         self.coord(|reply| CoordMsg::LeaseGrant { id, ttl: ttl_seconds, reply }).await
     }
 
-    /// Renews a lease's TTL; returns it.
+    /// Renews a lease's TTL; returns it. (On a replica: on the leader, where deadlines live.)
     pub async fn lease_keep_alive(&self, id: LeaseId) -> Result<i64, StoreError> {
+        match &self.shared().replication {
+            Some(repl) => repl.lease_keep_alive(id).await,
+            None => self.local_lease_keep_alive(id).await,
+        }
+    }
+
+    /// `(granted TTL, remaining seconds)` of a lease. (On a replica: as the leader knows it.)
+    pub async fn lease_time_to_live(&self, id: LeaseId) -> Result<(i64, i64), StoreError> {
+        match &self.shared().replication {
+            Some(repl) => repl.lease_time_to_live(id).await,
+            None => self.local_lease_time_to_live(id).await,
+        }
+    }
+
+    /// Renews a lease's deadline in this process's table (the replication layer calls it on
+    /// the leader).
+    pub async fn local_lease_keep_alive(&self, id: LeaseId) -> Result<i64, StoreError> {
         self.coord(|reply| CoordMsg::LeaseKeepAlive { id, reply }).await
     }
 
-    /// `(granted TTL, remaining seconds)` of a lease.
-    pub async fn lease_time_to_live(&self, id: LeaseId) -> Result<(i64, i64), StoreError> {
+    /// A lease's TTL and remaining time in this process's table.
+    pub async fn local_lease_time_to_live(&self, id: LeaseId) -> Result<(i64, i64), StoreError> {
         self.coord(|reply| CoordMsg::LeaseTimeToLive { id, reply }).await
     }
 
     /// Revokes a lease, deleting its keys at one revision.
     pub async fn lease_revoke(&self, id: LeaseId) -> Result<Revision, StoreError> {
+        if let Some(repl) = &self.shared().replication {
+            return match repl.propose(Command::LeaseRevoke { id }).await? {
+                Applied::LeaseRevoke(r) => r,
+                other => Err(StoreError::Io(format!("a lease revocation was answered as {other:?}"))),
+            };
+        }
         self.coord(|reply| CoordMsg::LeaseRevoke { id, reply }).await
     }
 
     /// Drops history before `revision`.
     pub async fn compact(&self, revision: Revision) -> Result<(), StoreError> {
+        if let Some(repl) = &self.shared().replication {
+            return match repl.propose(Command::Compact { revision }).await? {
+                Applied::Compact(r) => r,
+                other => Err(StoreError::Io(format!("a compaction was answered as {other:?}"))),
+            };
+        }
         self.coord(|reply| CoordMsg::Compact { revision, reply }).await
     }
 
     /// Writes a snapshot now; returns its revision.
     pub async fn snapshot(&self) -> Result<Revision, StoreError> {
+        if let Some(repl) = &self.shared().replication {
+            return repl.snapshot().await;
+        }
         self.coord(|reply| CoordMsg::Snapshot { reply }).await
+    }
+
+    /// Whether writes go through a replication layer.
+    pub fn is_replicated(&self) -> bool {
+        self.shared().replication.is_some()
+    }
+
+    /// The revision a consistent read must see: on a replica, after a read index (everything
+    /// committed before the call is applied here); otherwise the newest visible revision.
+    pub async fn consistent_revision(&self) -> Result<Revision, StoreError> {
+        if let Some(repl) = &self.shared().replication {
+            repl.read_barrier().await?;
+        }
+        Ok(self.revision())
     }
 
     pub async fn stats(&self) -> Stats {
@@ -578,6 +679,15 @@ struct Recovered {
     snapshot_id: u64,
     snapshot_revision: Revision,
     replayed: usize,
+    raft_meta: Bytes,
+}
+
+/// A random number for lease ids (no `rand` dependency in the store for one call).
+fn rand_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos()));
+    h.finish()
 }
 
 fn lock_dir(dir: &Path) -> Result<std::fs::File, OpenError> {
@@ -789,5 +899,39 @@ fn recover(cfg: &Config) -> Result<Recovered, OpenError> {
         snapshot_id: snap.as_ref().map_or(0, |(id, _, _)| *id),
         snapshot_revision: snap.as_ref().map_or(0, |(_, _, m)| m.revision),
         replayed,
+        raft_meta: Bytes::new(),
+    })
+}
+
+/// A replicated store starts from its latest snapshot alone: the raft layer replays its log
+/// after it (the snapshot's `meta` says from where).
+fn recover_replica(cfg: &Config) -> Result<Recovered, OpenError> {
+    let dir = &cfg.data_dir;
+    if dir.join("wal").exists() {
+        return Err(OpenError::Config(format!(
+            "{} holds a single-replica store's log (wal/): a replica's store has no log of its own",
+            dir.display()
+        )));
+    }
+    let snap = snapshot::current(dir)?;
+    let (mvcc, revision, compact, meta) = match &snap {
+        Some((_, sdir, m)) => {
+            if m.shards != 1 {
+                return Err(OpenError::ShardCountMismatch { path: dir.clone(), found: m.shards, configured: 1 });
+            }
+            (snapshot::load_shard(sdir, 0, m)?, m.revision, m.compact_revision, m.meta.clone())
+        }
+        None => (Mvcc::default(), 0, 0, Bytes::new()),
+    };
+    let leases = mvcc.leases.iter().map(|(a, b)| (*a, *b)).collect();
+    Ok(Recovered {
+        shards: vec![(mvcc, Box::new(NoLog) as Box<dyn wal::Log>)],
+        revision,
+        compact,
+        leases,
+        snapshot_id: snap.as_ref().map_or(0, |(id, _, _)| *id),
+        snapshot_revision: snap.as_ref().map_or(0, |(_, _, m)| m.revision),
+        replayed: 0,
+        raft_meta: meta,
     })
 }

@@ -301,6 +301,9 @@ pub enum WatchError {
     Slow { resume: u64, queue_max: usize },
     #[error("the cache stopped: {0}")]
     Stopped(String),
+    /// A consistent read could not get a read index (a replica without a quorum).
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 struct Slot {
@@ -442,7 +445,13 @@ impl Cache {
     /// Waits until the cache has caught up with the store's current revision (a consistent
     /// read without reading the store, as KEP-2340 does). Returns the revision reached.
     pub async fn wait_consistent(&self, timeout: Duration) -> Result<u64, WatchError> {
-        let target = self.shared.store.revision();
+        // On a replica this is a read index: the revision every write acknowledged anywhere
+        // before this call has reached here.
+        let target = match tokio::time::timeout(timeout, self.shared.store.consistent_revision()).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => return Err(WatchError::Unavailable(e.to_string())),
+            Err(_) => return Err(WatchError::Unavailable(format!("no read index within {timeout:?}"))),
+        };
         let mut rx = self.shared.revision_tx.subscribe();
         let wait = async {
             loop {
