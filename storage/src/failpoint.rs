@@ -41,6 +41,12 @@ mod imp {
         table().lock().unwrap().remove(name);
     }
 
+    /// Whether `name` has an action (other than `off`): code that must be shaped differently
+    /// for a failpoint to sit where it says asks this.
+    pub fn armed(name: &str) -> bool {
+        table().lock().unwrap().get(name).is_some_and(|a| a != "off")
+    }
+
     /// Evaluates failpoint `name`: aborts, or returns the error to inject.
     pub fn eval(name: &str) -> Option<std::io::Error> {
         let mut t = table().lock().unwrap();
@@ -68,13 +74,17 @@ mod imp {
 }
 
 #[cfg(debug_assertions)]
-pub use imp::{clear, eval, set};
+pub use imp::{armed, clear, eval, set};
 
 /// Release builds: failpoints do not exist.
 #[cfg(not(debug_assertions))]
 pub fn set(_name: &str, _action: &str) {}
 #[cfg(not(debug_assertions))]
 pub fn clear(_name: &str) {}
+#[cfg(not(debug_assertions))]
+pub fn armed(_name: &str) -> bool {
+    false
+}
 
 /// `failpoint!("name")` may abort the process; `failpoint!("name", |e| ...)` also lets the
 /// caller return an injected I/O error.

@@ -18,6 +18,7 @@
 
 pub mod command;
 mod coord;
+pub mod disk;
 pub mod error;
 pub mod failpoint;
 mod mvcc;

@@ -21,7 +21,7 @@ use crate::shard::{ShardCore, ShardMsg, WatchItem, WatchRegistration, WatchShare
 use crate::shared::{NONE, Shared};
 use crate::snapshot;
 use crate::types::*;
-use crate::wal::{self, Change, Position, Record, SEGMENT_HEADER_BYTES, Tail, WalWriter};
+use crate::wal::{self, Change, Position, Record, SEGMENT_HEADER_BYTES, WalWriter};
 
 /// How a store is opened. Every limit has its unit last.
 #[derive(Clone, Debug)]
@@ -49,6 +49,8 @@ pub struct Config {
     pub compact_retention_age: Option<Duration>,
     /// Pin shard threads to cores.
     pub pin_threads: bool,
+    /// How log frames reach the disk (tests put a disk that loses unsynced writes here).
+    pub log_io: wal::LogIo,
 }
 
 impl Config {
@@ -67,6 +69,7 @@ impl Config {
             compact_retention_revisions: None,
             compact_retention_age: None,
             pin_threads: true,
+            log_io: wal::LogIo::Uring,
         }
     }
 }
@@ -718,89 +721,17 @@ struct ShardLog {
 }
 
 fn read_shard_log(dir: &Path, shard: u32, from: Position, cfg: &Config) -> Result<ShardLog, OpenError> {
-    std::fs::create_dir_all(dir).map_err(|e| OpenError::io(dir, e))?;
-    let mut segs = wal::list_segments(dir)?;
-    // Segments before the snapshot's position are covered by it (removal may have been cut
-    // short by a crash).
-    for (seq, path) in segs.iter().filter(|(seq, _)| *seq < from.seq) {
-        tracing::info!(seq, "removing a log segment covered by the snapshot");
-        let _ = std::fs::remove_file(path);
-    }
-    segs.retain(|(seq, _)| *seq >= from.seq);
-    if segs.is_empty() {
-        let seq = from.seq.max(1);
-        let file = wal::prepare_segment(dir, shard, seq, cfg.segment_bytes).map_err(|e| OpenError::io(dir, e))?;
-        return Ok(ShardLog { records: vec![], file, end: Position { seq, offset: SEGMENT_HEADER_BYTES } });
-    }
+    let log = wal::recover_log(dir, shard, from, cfg.segment_bytes)?;
     let mut records = Vec::new();
-    let mut torn: Option<(PathBuf, u64)> = None;
-    let mut to_zero: Option<(PathBuf, u64, u64)> = None;
-    let mut last: Option<(PathBuf, u64, u64, u64)> = None; // path, seq, end, garbage_end
-    for (i, (seq, path)) in segs.iter().enumerate() {
-        if *seq != from.seq.max(segs[0].0) + i as u64 {
-            return Err(OpenError::Corrupt {
-                path: path.clone(),
-                offset: 0,
-                reason: format!("log segment {} is missing before this one", from.seq.max(segs[0].0) + i as u64),
-            });
-        }
-        let file = std::fs::File::open(path).map_err(|e| OpenError::io(path, e))?;
-        // SAFETY: segments are only written by this process's writer, which is not running yet.
-        let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| OpenError::io(path, e))?;
-        let data = Bytes::from_owner(map);
-        let (hshard, hseq) = wal::parse_header(&data)
-            .map_err(|reason| OpenError::Corrupt { path: path.clone(), offset: 0, reason })?;
-        if hshard != shard || hseq != *seq {
-            return Err(OpenError::Corrupt {
-                path: path.clone(),
-                offset: 0,
-                reason: format!("segment header says shard {hshard} seq {hseq}"),
-            });
-        }
-        let scan = wal::scan_segment(&data);
-        if let Some((tpath, at)) = &torn
-            && !scan.frames.is_empty() {
-                return Err(OpenError::Corrupt {
-                    path: tpath.clone(),
-                    offset: *at,
-                    reason: format!("invalid frame, but a later segment {} holds valid frames", path.display()),
-                });
-            }
-        match scan.tail {
-            Tail::Clean => {}
-            Tail::Torn { at, garbage_end: g } => {
-                tracing::warn!(path = %path.display(), offset = at, "cutting off a torn log tail (an unacknowledged write cut by a crash)");
-                torn = Some((path.clone(), at));
-                to_zero = Some((path.clone(), at, g));
-            }
-            Tail::Corrupt { at, valid_at, reason } => {
-                return Err(OpenError::Corrupt {
-                    path: path.clone(),
-                    offset: at,
-                    reason: format!("{reason}; a valid frame follows at offset {valid_at}"),
-                });
-            }
-        }
-        for (off, payload) in scan.frames {
-            if (Position { seq: *seq, offset: off }) < from {
-                continue;
-            }
-            let recs = wal::frame_records(&payload).map_err(|reason| OpenError::Corrupt {
-                path: path.clone(),
-                offset: off,
-                reason,
-            })?;
-            records.extend(recs);
-        }
-        last = Some((path.clone(), *seq, scan.end, 0u64));
+    for (pos, payload) in log.frames {
+        let recs = wal::frame_records(&payload).map_err(|reason| OpenError::Corrupt {
+            path: wal::segment_path(dir, pos.seq),
+            offset: pos.offset,
+            reason,
+        })?;
+        records.extend(recs);
     }
-    let (path, seq, end, _) = last.expect("at least one segment");
-    if let Some((tpath, from, to)) = to_zero {
-        let f = std::fs::OpenOptions::new().write(true).open(&tpath).map_err(|e| OpenError::io(&tpath, e))?;
-        wal::zero_range(&f, from, to).map_err(|e| OpenError::io(&tpath, e))?;
-    }
-    let file = std::fs::OpenOptions::new().read(true).write(true).open(&path).map_err(|e| OpenError::io(&path, e))?;
-    Ok(ShardLog { records, file, end: Position { seq, offset: end } })
+    Ok(ShardLog { records, file: log.file, end: log.end })
 }
 
 fn recover(cfg: &Config) -> Result<Recovered, OpenError> {
@@ -887,7 +818,7 @@ fn recover(cfg: &Config) -> Result<Recovered, OpenError> {
                 let _ = std::fs::remove_file(path);
             }
         }
-        let writer = WalWriter::open(sdir.clone(), s as u32, log.file, log.end, cfg.segment_bytes, cfg.fsync)
+        let writer = WalWriter::open(sdir.clone(), s as u32, log.file, log.end, cfg.segment_bytes, cfg.fsync, cfg.log_io.clone())
             .map_err(|e| OpenError::io(&sdir, e))?;
         shards.push((mvcc, Box::new(writer) as Box<dyn wal::Log>));
     }

@@ -18,6 +18,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use crossbeam::channel::{Receiver, RecvTimeoutError, bounded};
 
+pub use crate::disk::LogIo;
 use crate::error::OpenError;
 use crate::types::{LeaseId, Revision};
 
@@ -196,12 +197,17 @@ impl FrameBuilder {
         FrameBuilder { buf, records: 0 }
     }
     pub fn push(&mut self, record: &Record) {
+        self.push_with(|buf| record.encode(buf));
+    }
+    /// Appends one item written by `f`; returns its offset in the frame (after its length).
+    pub fn push_with(&mut self, f: impl FnOnce(&mut Vec<u8>)) -> usize {
         let at = self.buf.len();
         self.buf.extend_from_slice(&[0u8; 4]);
-        record.encode(&mut self.buf);
+        f(&mut self.buf);
         let len = (self.buf.len() - at - 4) as u32;
         self.buf[at..at + 4].copy_from_slice(&len.to_le_bytes());
         self.records += 1;
+        at + 4
     }
     pub fn is_empty(&self) -> bool {
         self.records == 0
@@ -227,8 +233,9 @@ impl FrameBuilder {
     }
 }
 
-/// Splits a valid frame payload into its records.
-pub fn frame_records(payload: &Bytes) -> Result<Vec<Record>, String> {
+/// Splits a valid frame payload into its items (each `[length u32][bytes]`), with each item's
+/// offset in the payload. The store's items are `Record`s; other logs (raft's) put their own.
+pub fn frame_items(payload: &Bytes) -> Result<Vec<(usize, Bytes)>, String> {
     let mut out = Vec::new();
     let mut pos = 0;
     while pos < payload.len() {
@@ -240,11 +247,19 @@ pub fn frame_records(payload: &Bytes) -> Result<Vec<Record>, String> {
         if payload.len() - pos < n {
             return Err("frame payload ends inside a record".into());
         }
-        out.push(Record::decode(&payload.slice(pos..pos + n))?);
+        out.push((pos, payload.slice(pos..pos + n)));
         pos += n;
     }
     Ok(out)
 }
+
+/// Splits a valid frame payload into its records.
+pub fn frame_records(payload: &Bytes) -> Result<Vec<Record>, String> {
+    frame_items(payload)?.into_iter().map(|(_, item)| Record::decode(&item)).collect()
+}
+
+/// Where a frame's payload starts, relative to the frame.
+pub const FRAME_PAYLOAD_OFFSET: u64 = FRAME_HEADER_BYTES as u64;
 
 // ---------------------------------------------------------------------------------------------
 // Recovery decision (pure)
@@ -288,7 +303,7 @@ fn frame_at(data: &Bytes, off: usize) -> Result<Option<(Bytes, usize)>, String> 
     if crc32c::crc32c(&payload) != crc {
         return Err("frame checksum mismatch".into());
     }
-    frame_records(&payload)?;
+    frame_items(&payload)?;
     Ok(Some((payload, (FRAME_HEADER_BYTES + len).next_multiple_of(8))))
 }
 
@@ -432,6 +447,102 @@ pub fn fsync_dir(dir: &Path) -> std::io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
+/// A log's valid frames after a position, and where writing continues.
+pub struct RecoveredLog {
+    /// `(position of the frame, payload)` of every valid frame at or after `from`, in order.
+    pub frames: Vec<(Position, Bytes)>,
+    /// The segment writing continues in, open for writing.
+    pub file: File,
+    pub end: Position,
+}
+
+/// Reads a log directory at open: segments in sequence (a missing one is corruption), each
+/// scanned by `scan_segment`; a torn tail is zeroed (an unacknowledged write cut by a crash),
+/// corruption refuses to start naming the file and offset. Segments before `from` (covered by
+/// a snapshot) are removed. Creates the first segment of an empty log.
+pub fn recover_log(dir: &Path, shard: u32, from: Position, segment_bytes: u64) -> Result<RecoveredLog, OpenError> {
+    std::fs::create_dir_all(dir).map_err(|e| OpenError::io(dir, e))?;
+    let mut segs = list_segments(dir)?;
+    // Segments before the snapshot's position are covered by it (removal may have been cut
+    // short by a crash).
+    for (seq, path) in segs.iter().filter(|(seq, _)| *seq < from.seq) {
+        tracing::info!(seq, "removing a log segment covered by the snapshot");
+        let _ = std::fs::remove_file(path);
+    }
+    segs.retain(|(seq, _)| *seq >= from.seq);
+    if segs.is_empty() {
+        let seq = from.seq.max(1);
+        let file = prepare_segment(dir, shard, seq, segment_bytes).map_err(|e| OpenError::io(dir, e))?;
+        return Ok(RecoveredLog { frames: vec![], file, end: Position { seq, offset: SEGMENT_HEADER_BYTES } });
+    }
+    let mut frames = Vec::new();
+    let mut torn: Option<(PathBuf, u64)> = None;
+    let mut to_zero: Option<(PathBuf, u64, u64)> = None;
+    let mut last: Option<(PathBuf, u64, u64)> = None; // path, seq, end
+    for (i, (seq, path)) in segs.iter().enumerate() {
+        if *seq != from.seq.max(segs[0].0) + i as u64 {
+            return Err(OpenError::Corrupt {
+                path: path.clone(),
+                offset: 0,
+                reason: format!("log segment {} is missing before this one", from.seq.max(segs[0].0) + i as u64),
+            });
+        }
+        let file = File::open(path).map_err(|e| OpenError::io(path, e))?;
+        // SAFETY: segments are only written by this process's writer, which is not running yet.
+        let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| OpenError::io(path, e))?;
+        let data = Bytes::from_owner(map);
+        let (hshard, hseq) =
+            parse_header(&data).map_err(|reason| OpenError::Corrupt { path: path.clone(), offset: 0, reason })?;
+        if hshard != shard || hseq != *seq {
+            return Err(OpenError::Corrupt {
+                path: path.clone(),
+                offset: 0,
+                reason: format!("segment header says shard {hshard} seq {hseq}"),
+            });
+        }
+        let scan = scan_segment(&data);
+        if let Some((tpath, at)) = &torn
+            && !scan.frames.is_empty()
+        {
+            return Err(OpenError::Corrupt {
+                path: tpath.clone(),
+                offset: *at,
+                reason: format!("invalid frame, but a later segment {} holds valid frames", path.display()),
+            });
+        }
+        match scan.tail {
+            Tail::Clean => {}
+            Tail::Torn { at, garbage_end: g } => {
+                tracing::warn!(path = %path.display(), offset = at, "cutting off a torn log tail (an unacknowledged write cut by a crash)");
+                torn = Some((path.clone(), at));
+                to_zero = Some((path.clone(), at, g));
+            }
+            Tail::Corrupt { at, valid_at, reason } => {
+                return Err(OpenError::Corrupt {
+                    path: path.clone(),
+                    offset: at,
+                    reason: format!("{reason}; a valid frame follows at offset {valid_at}"),
+                });
+            }
+        }
+        for (off, payload) in scan.frames {
+            let pos = Position { seq: *seq, offset: off };
+            if pos < from {
+                continue;
+            }
+            frames.push((pos, payload));
+        }
+        last = Some((path.clone(), *seq, scan.end));
+    }
+    let (path, seq, end) = last.expect("at least one segment");
+    if let Some((tpath, from, to)) = to_zero {
+        let f = OpenOptions::new().write(true).open(&tpath).map_err(|e| OpenError::io(&tpath, e))?;
+        zero_range(&f, from, to).map_err(|e| OpenError::io(&tpath, e))?;
+    }
+    let file = OpenOptions::new().read(true).write(true).open(&path).map_err(|e| OpenError::io(&path, e))?;
+    Ok(RecoveredLog { frames, file, end: Position { seq, offset: end } })
+}
+
 /// Creates a segment whose every block is written (zeros) and synced, so that later frames
 /// overwrite allocated blocks and `fdatasync` has no metadata to commit (about 10x cheaper per
 /// sync on this disk than appending). Written under a temporary name, renamed when complete.
@@ -567,6 +678,7 @@ pub struct WalWriter {
     pos: Position,
     segment_bytes: u64,
     fsync: bool,
+    io: LogIo,
     preparer: Preparer,
     bytes_since_snapshot: u64,
 }
@@ -580,14 +692,21 @@ impl WalWriter {
         pos: Position,
         segment_bytes: u64,
         fsync: bool,
+        io: LogIo,
     ) -> std::io::Result<WalWriter> {
         let ring = io_uring::IoUring::new(8)?;
         let preparer = Preparer::start(dir.clone(), shard, pos.seq + 1, segment_bytes);
-        Ok(WalWriter { dir, ring, file, pos, segment_bytes, fsync, preparer, bytes_since_snapshot: 0 })
+        Ok(WalWriter { dir, ring, file, pos, segment_bytes, fsync, io, preparer, bytes_since_snapshot: 0 })
     }
 
     /// Writes one sealed frame and makes it durable (one linked write + fdatasync).
     pub fn append(&mut self, frame: &[u8]) -> Result<(), WalError> {
+        self.append_at(frame).map(|_| ())
+    }
+
+    /// As `append`; returns where the frame was written (a rollover may move it to the start
+    /// of the next segment), so a log can find its records again.
+    pub fn append_at(&mut self, frame: &[u8]) -> Result<Position, WalError> {
         debug_assert_eq!(frame.len() % 8, 0);
         if frame.len() as u64 > self.segment_bytes - SEGMENT_HEADER_BYTES {
             return Err(WalError::Write(std::io::Error::other("frame larger than a segment")));
@@ -596,13 +715,19 @@ impl WalWriter {
             self.rollover()?;
         }
         crate::failpoint!("wal::write", |e| Err(write_error(e)));
+        let at = self.pos;
         self.write_and_sync(frame)?;
         self.pos.offset += frame.len() as u64;
         if self.pos.offset > self.segment_bytes / 2 {
             self.preparer.ask();
         }
         self.bytes_since_snapshot += frame.len() as u64;
-        Ok(())
+        Ok(at)
+    }
+
+    /// The segment being written.
+    pub fn segment(&self) -> u64 {
+        self.pos.seq
     }
 
     fn rollover(&mut self) -> Result<(), WalError> {
@@ -626,13 +751,36 @@ impl WalWriter {
     }
 
     fn write_and_sync(&mut self, frame: &[u8]) -> Result<(), WalError> {
+        if let LogIo::PowerLoss(disk) = &self.io {
+            disk.write(&self.file, self.pos.offset, frame).map_err(write_error)?;
+            crate::failpoint!("wal::after_write_before_sync");
+            crate::failpoint!("wal::sync", |e| Err(WalError::Sync(e)));
+            if self.fsync {
+                disk.sync(&self.file).map_err(WalError::Sync)?;
+            }
+            return Ok(());
+        }
+        // `wal::after_write_before_sync` names the point between the write and its sync; the
+        // linked submission has no such point, so when that failpoint is armed (debug builds,
+        // tests) the write and the sync are submitted one after the other.
+        if self.fsync && crate::failpoint::armed("wal::after_write_before_sync") {
+            self.uring_write(frame, false)?;
+            crate::failpoint!("wal::after_write_before_sync");
+            crate::failpoint!("wal::sync", |e| Err(WalError::Sync(e)));
+            return self.file.sync_data().map_err(WalError::Sync);
+        }
+        self.uring_write(frame, self.fsync)
+    }
+
+    /// One io_uring submission: the write, linked to an fdatasync when `sync`.
+    fn uring_write(&mut self, frame: &[u8], sync: bool) -> Result<(), WalError> {
         use io_uring::{opcode, squeue, types};
         let fd = types::Fd(self.file.as_raw_fd());
         let write = opcode::Write::new(fd, frame.as_ptr(), frame.len() as u32)
             .offset(self.pos.offset)
             .build()
             .user_data(1);
-        let n = if self.fsync {
+        let n = if sync {
             let write = write.flags(squeue::Flags::IO_LINK);
             let sync = opcode::Fsync::new(fd)
                 .flags(types::FsyncFlags::DATASYNC)
@@ -672,13 +820,14 @@ impl WalWriter {
             self.file
                 .write_all_at(&frame[w as usize..], self.pos.offset + w as u64)
                 .map_err(write_error)?;
-            if self.fsync {
+            if sync {
                 self.file.sync_data().map_err(WalError::Sync)?;
             }
             return Ok(());
         }
-        crate::failpoint!("wal::after_write_before_sync");
-        crate::failpoint!("wal::sync", |e| Err(WalError::Sync(e)));
+        if sync {
+            crate::failpoint!("wal::sync", |e| Err(WalError::Sync(e)));
+        }
         if let Some(s) = sync_res {
             if s == -libc::ECANCELED {
                 // The linked sync was cancelled because the write came up short; handled above.

@@ -32,15 +32,55 @@ fn spawn(dir: &std::path::Path, failpoints: &str, snapshot_every: u64) -> Child 
         .arg(snapshot_every.to_string())
         .env("CAPSTAN_FAILPOINTS", failpoints)
         .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
+        .stderr(Stdio::piped())
         .spawn()
         .expect("spawn crash child")
 }
 
-/// Runs one life of the child: reads acknowledgements until `kill_after` of them (then
-/// SIGKILL) or until the child dies by itself (a failpoint abort).
-fn life(dir: &std::path::Path, failpoints: &str, snapshot_every: u64, kill_after: usize, acks: &mut Acks) -> u64 {
+/// How a life is meant to end.
+#[derive(Clone, Copy, Debug)]
+enum End<'a> {
+    /// We SIGKILL it after this many acknowledgements.
+    KillAfter(usize),
+    /// It aborts at this failpoint by itself.
+    Failpoint(&'a str),
+}
+
+/// Every life is watched: one that does not end as meant within this fails with what it
+/// waited for (a failpoint that never fires, a child that hangs).
+const ROUND_WATCHDOG: std::time::Duration = std::time::Duration::from_secs(120);
+
+/// Runs one life of the child and checks that it ended as meant: killed by us after its
+/// acknowledgements, or aborted at exactly its failpoint. A child that panics, exits by
+/// itself or hangs fails the round instead of passing with fewer acknowledgements.
+fn life(dir: &std::path::Path, failpoints: &str, snapshot_every: u64, end: End, acks: &mut Acks) -> u64 {
+    use std::os::unix::process::ExitStatusExt;
     let mut child = spawn(dir, failpoints, snapshot_every);
+    let pid = child.id();
+    let stderr = child.stderr.take().unwrap();
+    let err_lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let err_reader = {
+        let err_lines = err_lines.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                eprintln!("  child: {line}");
+                err_lines.lock().unwrap().push(line);
+            }
+        })
+    };
+    // The watchdog: if the life has not ended in time, kill it and say what was awaited.
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+    let fired = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let watchdog = {
+        let fired = fired.clone();
+        std::thread::spawn(move || {
+            if done_rx.recv_timeout(ROUND_WATCHDOG) == Err(std::sync::mpsc::RecvTimeoutError::Timeout) {
+                fired.store(true, std::sync::atomic::Ordering::SeqCst);
+                // SAFETY: kill(2) on the pid of a child we have not reaped yet.
+                unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+            }
+        })
+    };
     let stdout = child.stdout.take().unwrap();
     let mut lines = BufReader::new(stdout).lines();
     let ready = lines.next().expect("child printed READY").expect("read READY");
@@ -48,6 +88,7 @@ fn life(dir: &std::path::Path, failpoints: &str, snapshot_every: u64, kill_after
     assert!(start >= acks.max_revision, "revision went backwards across a restart: {start} < {}", acks.max_revision);
     let mut seen = 0;
     let mut life_max = 0;
+    let mut killed_by_us = false;
     for line in lines {
         let Ok(line) = line else { break };
         let f: Vec<&str> = line.split(' ').collect();
@@ -67,13 +108,39 @@ fn life(dir: &std::path::Path, failpoints: &str, snapshot_every: u64, kill_after
             other => panic!("child said {other:?}: {line}"),
         }
         seen += 1;
-        if seen >= kill_after {
+        if let End::KillAfter(n) = end
+            && seen >= n
+        {
+            let _ = child.kill(); // SIGKILL
+            killed_by_us = true;
             break;
         }
     }
-    let _ = child.kill(); // SIGKILL
-    let _ = child.wait();
+    let status = child.wait().expect("wait for the crash child");
+    let _ = done_tx.send(());
+    watchdog.join().unwrap();
+    err_reader.join().unwrap();
     acks.max_revision = acks.max_revision.max(life_max);
+    let stderr = err_lines.lock().unwrap().join("\n");
+    assert!(
+        !fired.load(std::sync::atomic::Ordering::SeqCst),
+        "watchdog: the life meant to end by {end:?} did not end within {ROUND_WATCHDOG:?} ({seen} acknowledgements); stderr:\n{stderr}"
+    );
+    match end {
+        End::KillAfter(n) => {
+            assert!(
+                killed_by_us && status.signal() == Some(libc::SIGKILL),
+                "the child ended by itself ({status}) after {seen} of the {n} acknowledgements we waited for; stderr:\n{stderr}"
+            );
+        }
+        End::Failpoint(name) => {
+            assert_eq!(status.signal(), Some(libc::SIGABRT), "the child meant to abort at failpoint {name} ended with {status}; stderr:\n{stderr}");
+            assert!(
+                stderr.contains(&format!("failpoint {name}: abort")),
+                "the child aborted, but not at failpoint {name}; stderr:\n{stderr}"
+            );
+        }
+    }
     seen as u64
 }
 
@@ -122,7 +189,7 @@ async fn acknowledged_writes_survive_sigkill_at_random_moments() {
         let kill_after = rng.random_range(1..3000);
         // Every third life also takes snapshots, so crashes land around them too.
         let snap = if round % 3 == 2 { 500 } else { 0 };
-        let n = tokio::task::block_in_place(|| life(dir.path(), "", snap, kill_after, &mut acks));
+        let n = tokio::task::block_in_place(|| life(dir.path(), "", snap, End::KillAfter(kill_after), &mut acks));
         eprintln!("round {round}: killed after {n} acknowledgements");
         verify(dir.path(), &acks).await;
     }
@@ -140,13 +207,14 @@ async fn a_crash_at_each_failpoint_loses_no_acknowledged_write() {
     let dir = tempfile::tempdir().unwrap();
     let mut acks = Acks { puts: BTreeMap::new(), max_revision: 0 };
     for fp in points {
+        let name = fp.split('=').next().unwrap();
         // Enough writes between snapshots for segments to roll over and be removed.
-        let n = tokio::task::block_in_place(|| life(dir.path(), fp, 3000, usize::MAX, &mut acks));
+        let n = tokio::task::block_in_place(|| life(dir.path(), fp, 3000, End::Failpoint(name), &mut acks));
         eprintln!("failpoint {fp}: child died after {n} acknowledgements");
         verify(dir.path(), &acks).await;
     }
     // And a clean life after all of them.
-    let n = tokio::task::block_in_place(|| life(dir.path(), "", 0, 200, &mut acks));
+    let n = tokio::task::block_in_place(|| life(dir.path(), "", 0, End::KillAfter(200), &mut acks));
     assert_eq!(n, 200);
     verify(dir.path(), &acks).await;
 }
