@@ -42,7 +42,7 @@ pub enum CoordMsg {
     SnapshotReplica { reply: Reply<SnapshotInfo> },
     CurrentSnapshot { reply: Reply<Option<SnapshotInfo>> },
     ReceiveDir { reply: Reply<(u64, PathBuf)> },
-    Install { id: u64, dir: PathBuf, reply: Reply<SnapshotInfo> },
+    Install { id: u64, dir: PathBuf, expected_meta: Option<Bytes>, reply: Reply<SnapshotInfo> },
 }
 
 pub struct Coordinator {
@@ -295,8 +295,8 @@ impl Coordinator {
                 let r = snapshot::begin(&self.data_dir, id).map(|d| (id, d)).map_err(|e| StoreError::Io(format!("snapshot: {e}")));
                 let _ = reply.send(r);
             }
-            CoordMsg::Install { id, dir, reply } => {
-                let _ = reply.send(self.install(id, &dir));
+            CoordMsg::Install { id, dir, expected_meta, reply } => {
+                let _ = reply.send(self.install(id, &dir, expected_meta));
             }
             CoordMsg::Shutdown { .. } => unreachable!(),
         }
@@ -627,12 +627,17 @@ impl Coordinator {
     }
 
     /// Replicated mode: installs a snapshot received into `dir` (see `StateMachine::install`).
-    fn install(&mut self, id: u64, dir: &std::path::Path) -> Result<SnapshotInfo, StoreError> {
+    fn install(&mut self, id: u64, dir: &std::path::Path, expected_meta: Option<Bytes>) -> Result<SnapshotInfo, StoreError> {
         let bad = |why: String| StoreError::Invalid(format!("received snapshot in {}: {why}", dir.display()));
         let text = std::fs::read_to_string(dir.join("MANIFEST")).map_err(|e| bad(format!("reading MANIFEST: {e}")))?;
         let manifest = snapshot::Manifest::decode(&text).map_err(bad)?;
         if manifest.shards as usize != self.shared.shards {
             return Err(bad(format!("it has {} shards, this store {}", manifest.shards, self.shared.shards)));
+        }
+        if let Some(want) = expected_meta
+            && want != manifest.meta
+        {
+            return Err(bad("its manifest covers another raft position than the one it was sent for".into()));
         }
         let visible = self.shared.visible.load(SeqCst);
         if manifest.revision < visible {

@@ -106,6 +106,11 @@ impl StateMachine {
         self.shared.raft_meta.lock().unwrap().clone()
     }
 
+    /// Where this store keeps snapshots (a received one must be in a `receive_dir` under it).
+    pub fn snapshot_root(&self) -> PathBuf {
+        self.shared.cfg.data_dir.join("snap")
+    }
+
     /// The store's revision: everything applied so far.
     pub fn revision(&self) -> Revision {
         self.shared.visible.load(std::sync::atomic::Ordering::SeqCst)
@@ -132,11 +137,12 @@ impl StateMachine {
         self.coord(|reply| CoordMsg::ReceiveDir { reply }).await
     }
 
-    /// Checks the received snapshot in `dir` (checksums, layout), makes it the one in force,
-    /// and replaces the store's state with it. Open watches are caught up from the snapshot's
-    /// history (or ended with `Compacted` if it no longer holds where they are).
-    pub async fn install(&self, id: u64, dir: PathBuf) -> Result<SnapshotInfo, StoreError> {
-        self.coord(|reply| CoordMsg::Install { id, dir, reply }).await
+    /// Checks the received snapshot in `dir` (checksums, layout, and that it covers
+    /// `expected_meta` when given), makes it the one in force, and replaces the store's state
+    /// with it. Open watches are caught up from the snapshot's history (or ended with
+    /// `Compacted` if it no longer holds where they are).
+    pub async fn install(&self, id: u64, dir: PathBuf, expected_meta: Option<Bytes>) -> Result<SnapshotInfo, StoreError> {
+        self.coord(|reply| CoordMsg::Install { id, dir, expected_meta, reply }).await
     }
 
     /// Whether this replica decides lease expiry and automatic compaction (the leader does).

@@ -161,7 +161,7 @@ async fn a_replica_installs_a_snapshot_and_its_watch_continues_without_a_gap() {
     for f in &snap.files {
         std::fs::copy(snap.dir.join(f), dir.join(f)).unwrap();
     }
-    let installed = sm[1].install(id, dir).await.unwrap();
+    let installed = sm[1].install(id, dir, Some(snap.meta.clone())).await.unwrap();
     assert_eq!(installed.revision, snap.revision);
     assert_eq!(sm[1].applied_meta(), snap.meta);
     assert_eq!(everything(&stores[1]).await, everything(&stores[0]).await);

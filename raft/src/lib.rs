@@ -1,0 +1,5 @@
+//! capstan's replication: one openraft group for the whole store.
+pub mod types;
+pub mod codec;
+pub mod log_store;
+pub mod state_machine;
