@@ -3,3 +3,7 @@ pub mod types;
 pub mod codec;
 pub mod log_store;
 pub mod state_machine;
+pub mod faults;
+pub mod network;
+pub mod cluster;
+pub mod replica;

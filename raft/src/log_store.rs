@@ -233,6 +233,25 @@ pub struct Opened {
     pub cut_at_corruption: Option<String>,
 }
 
+/// One writer per log directory: an `flock` on `LOCK`, held by the writer thread. A log that
+/// is closing (its writer finishing) is waited for, briefly.
+fn lock(dir: &Path) -> io::Result<File> {
+    use std::os::fd::AsRawFd;
+    let path = dir.join("LOCK");
+    let f = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path)?;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        // SAFETY: flock on a file descriptor we own.
+        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+            return Ok(f);
+        }
+        if std::time::Instant::now() >= deadline {
+            return Err(io::Error::other(format!("{} is in use by another process (its LOCK is held)", dir.display())));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
 fn io_err(e: impl std::fmt::Display) -> io::Error {
     io::Error::other(e.to_string())
 }
@@ -315,6 +334,7 @@ impl LogStore {
     pub fn open(cfg: LogConfig) -> io::Result<(LogStore, Opened)> {
         let log_dir = cfg.dir.join("log");
         std::fs::create_dir_all(&log_dir)?;
+        let lock = lock(&cfg.dir)?;
         let mut opened = Opened::default();
         let start = Position { seq: 0, offset: 0 };
         let recovered = loop {
@@ -408,7 +428,11 @@ impl LogStore {
         let s2 = shared.clone();
         std::thread::Builder::new()
             .name("raft-log".into())
-            .spawn(move || Writer { shared: s2, wal: writer, seg_max, log_dir }.run(rx))?;
+            .spawn(move || {
+                Writer { shared: s2, wal: writer, seg_max, log_dir }.run(rx);
+                // The directory is free once the writer is done with it.
+                drop(lock);
+            })?;
         Ok((LogStore { shared, tx }, opened))
     }
 
@@ -594,6 +618,13 @@ impl Writer {
             wal::fsync_dir(&self.log_dir)?;
         }
         Ok(())
+    }
+}
+
+impl LogReader {
+    /// Bytes of entries in the log since the last purge.
+    pub fn live_bytes(&self) -> u64 {
+        self.shared.index.lock().unwrap().live_bytes
     }
 }
 

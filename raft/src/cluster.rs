@@ -1,0 +1,161 @@
+//! Who a replica is: member ids, the cluster id, the `--initial-cluster` flag, and the
+//! `CLUSTER` file that binds a data directory to one member of one cluster.
+//!
+//! Ids are derived, not assigned, so that replicas started from the same flags agree without
+//! talking: a member's id is a hash of its name; a cluster's id is a hash of its token and its
+//! initial members (as etcd derives its cluster id). A member added later learns the cluster
+//! id from the first peer that contacts it.
+
+use std::path::Path;
+
+use crate::types::NodeId;
+
+fn fnv1a(parts: &[&[u8]]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for p in parts {
+        for b in *p {
+            h ^= *b as u64;
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        h ^= 0xff;
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h.max(1)
+}
+
+/// A member's id: a hash of its name (names are unique in a cluster).
+pub fn member_id(name: &str) -> NodeId {
+    fnv1a(&[b"member", name.as_bytes()])
+}
+
+/// A cluster's id: a hash of its token and initial members (in name order).
+pub fn cluster_id(token: &str, initial: &[(String, String)]) -> u64 {
+    let mut members: Vec<String> = initial.iter().map(|(n, u)| format!("{n}={u}")).collect();
+    members.sort();
+    let joined = members.join(",");
+    fnv1a(&[b"cluster", token.as_bytes(), joined.as_bytes()])
+}
+
+/// Parses `a=http://h:p,b=http://h:p` (etcd's `--initial-cluster`).
+pub fn parse_initial_cluster(s: &str) -> Result<Vec<(String, String)>, String> {
+    let mut out: Vec<(String, String)> = Vec::new();
+    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (name, url) = part.split_once('=').ok_or_else(|| format!("--initial-cluster entry {part:?} is not NAME=URL"))?;
+        let (name, url) = (name.trim(), url.trim());
+        if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.') {
+            return Err(format!("--initial-cluster member name {name:?} must be letters, digits, '-', '_' or '.'"));
+        }
+        if !(url.starts_with("http://") || url.starts_with("https://")) || url.len() < 10 {
+            return Err(format!("--initial-cluster URL {url:?} of {name} is not http(s)://HOST:PORT"));
+        }
+        if out.iter().any(|(n, _)| n == name) {
+            return Err(format!("--initial-cluster names {name} twice"));
+        }
+        if out.iter().any(|(_, u)| u == url) {
+            return Err(format!("--initial-cluster gives {url} to two members"));
+        }
+        out.push((name.to_string(), url.to_string()));
+    }
+    if out.is_empty() {
+        return Err("--initial-cluster is empty".into());
+    }
+    Ok(out)
+}
+
+/// What `CLUSTER` in a replica's data directory says.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Identity {
+    pub cluster: u64,
+    pub name: String,
+}
+
+impl Identity {
+    pub fn id(&self) -> NodeId {
+        member_id(&self.name)
+    }
+
+    fn encode(&self) -> String {
+        let body = format!("capstan-cluster 1\ncluster {:016x}\nname {}\n", self.cluster, self.name);
+        format!("{body}crc {}\n", crc32c::crc32c(body.as_bytes()))
+    }
+
+    fn decode(text: &str) -> Result<Identity, String> {
+        let (body, crc) = text.trim_end().rsplit_once('\n').ok_or("no checksum line")?;
+        let body = format!("{body}\n");
+        let crc: u32 = crc.strip_prefix("crc ").and_then(|c| c.parse().ok()).ok_or("malformed checksum line")?;
+        if crc32c::crc32c(body.as_bytes()) != crc {
+            return Err("checksum mismatch".into());
+        }
+        let mut cluster = None;
+        let mut name = None;
+        for line in body.lines() {
+            match line.split_once(' ') {
+                Some(("capstan-cluster", "1")) => {}
+                Some(("cluster", v)) => cluster = u64::from_str_radix(v, 16).ok(),
+                Some(("name", v)) => name = Some(v.to_string()),
+                _ => return Err(format!("unknown line {line:?}")),
+            }
+        }
+        Ok(Identity { cluster: cluster.ok_or("no cluster line")?, name: name.ok_or("no name line")? })
+    }
+
+    pub fn read(dir: &Path) -> Result<Option<Identity>, String> {
+        let path = dir.join("CLUSTER");
+        match std::fs::read_to_string(&path) {
+            Ok(t) => Identity::decode(&t).map(Some).map_err(|e| format!("{}: {e}", path.display())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(format!("{}: {e}", path.display())),
+        }
+    }
+
+    pub fn write(&self, dir: &Path) -> std::io::Result<()> {
+        use std::io::Write;
+        let tmp = dir.join("CLUSTER.tmp");
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(self.encode().as_bytes())?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, dir.join("CLUSTER"))?;
+        storage::wal::fsync_dir(dir)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_stable_and_the_cluster_id_ignores_member_order() {
+        let a = parse_initial_cluster("a=http://127.0.0.1:1,b=http://127.0.0.1:2").unwrap();
+        let b = parse_initial_cluster("b=http://127.0.0.1:2, a=http://127.0.0.1:1").unwrap();
+        assert_eq!(cluster_id("t", &a), cluster_id("t", &b));
+        assert_ne!(cluster_id("t", &a), cluster_id("u", &a));
+        assert_ne!(member_id("a"), member_id("b"));
+    }
+
+    #[test]
+    fn bad_initial_clusters_are_refused_with_the_reason() {
+        for (s, why) in [
+            ("", "empty"),
+            ("a", "NAME=URL"),
+            ("a=ftp://x", "http"),
+            ("a=http://h:1,a=http://h:2", "twice"),
+            ("a=http://h:1,b=http://h:1", "two members"),
+            ("a b=http://h:1", "letters"),
+        ] {
+            let e = parse_initial_cluster(s).unwrap_err();
+            assert!(e.contains(why), "{s:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn identity_round_trips_and_a_damaged_file_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let id = Identity { cluster: 0xabc, name: "m1".into() };
+        id.write(dir.path()).unwrap();
+        assert_eq!(Identity::read(dir.path()).unwrap(), Some(id));
+        let p = dir.path().join("CLUSTER");
+        let t = std::fs::read_to_string(&p).unwrap().replace("m1", "m2");
+        std::fs::write(&p, t).unwrap();
+        assert!(Identity::read(dir.path()).unwrap_err().contains("checksum"));
+    }
+}
