@@ -124,14 +124,17 @@ pub fn read_stored_membership(r: &mut Reader) -> DecodeResult<StoredMembership> 
     Ok(StoredMembership::new(id, read_membership(r)?))
 }
 
-/// An entry's bytes (without its checksum).
-pub fn entry_body(out: &mut BytesMut, e: &Entry) {
+/// An entry's head: its log id and payload type (and the payload's length when it has one).
+/// The payload follows it.
+const HEAD_BYTES: usize = 24 + 1 + 4;
+
+fn entry_head(out: &mut BytesMut, e: &Entry) {
     log_id(out, &e.log_id);
     match &e.payload {
         EntryPayload::Blank => out.put_u8(0),
         EntryPayload::Normal(b) => {
             out.put_u8(1);
-            put_bytes(out, &b.0);
+            out.put_u32_le(b.bytes.len() as u32);
         }
         EntryPayload::Membership(m) => {
             out.put_u8(2);
@@ -140,46 +143,72 @@ pub fn entry_body(out: &mut BytesMut, e: &Entry) {
     }
 }
 
-pub fn read_entry_body(r: &mut Reader) -> DecodeResult<Entry> {
-    let log_id = read_log_id(r)?;
-    let payload = match r.u8()? {
-        0 => EntryPayload::Blank,
-        1 => EntryPayload::Normal(Batch(r.bytes()?)),
-        2 => EntryPayload::Membership(read_membership(r)?),
-        t => return Err(format!("unknown entry payload type {t}")),
+/// `[crc32c u32][length u32][head][payload]`: how an entry travels and is stored, as parts —
+/// the header (everything before the payload) and the payload, which is not copied. The
+/// checksum covers head and payload; the payload's own is the batch's, computed once.
+pub fn entry_parts(e: &Entry) -> (Bytes, Option<Bytes>) {
+    let mut head = BytesMut::with_capacity(8 + HEAD_BYTES);
+    head.put_u32_le(0);
+    head.put_u32_le(0);
+    entry_head(&mut head, e);
+    let head_crc = crc32c::crc32c(&head[8..]);
+    let (crc, payload) = match &e.payload {
+        EntryPayload::Normal(b) => (crc32c::crc32c_combine(head_crc, b.crc, b.bytes.len()), Some(b.bytes.clone())),
+        _ => (head_crc, None),
     };
-    Ok(Entry { log_id, payload })
+    let len = (head.len() - 8 + payload.as_ref().map_or(0, |p| p.len())) as u32;
+    head[0..4].copy_from_slice(&crc.to_le_bytes());
+    head[4..8].copy_from_slice(&len.to_le_bytes());
+    (head.freeze(), payload)
 }
 
-/// `[crc32c u32][length u32][entry bytes]`: how an entry travels and is stored.
+/// Writes a checksummed entry into `out` (a copy of its payload).
 pub fn entry(out: &mut BytesMut, e: &Entry) {
-    let at = out.len();
-    out.put_u32_le(0);
-    out.put_u32_le(0);
-    entry_body(out, e);
-    let len = (out.len() - at - 8) as u32;
-    let crc = crc32c::crc32c(&out[at + 8..]);
-    out[at..at + 4].copy_from_slice(&crc.to_le_bytes());
-    out[at + 4..at + 8].copy_from_slice(&len.to_le_bytes());
+    let (head, payload) = entry_parts(e);
+    out.put_slice(&head);
+    if let Some(p) = payload {
+        out.put_slice(&p);
+    }
 }
 
-/// Reads a checksummed entry; a checksum mismatch is an error naming the entry's position.
+/// Bytes `entry` writes.
+pub fn entry_len(e: &Entry) -> usize {
+    8 + HEAD_BYTES + match &e.payload {
+        EntryPayload::Normal(b) => b.bytes.len(),
+        EntryPayload::Membership(_) => 256,
+        EntryPayload::Blank => 0,
+    }
+}
+
+/// Reads a checksummed entry; a checksum mismatch is an error (the entry is corrupt).
 pub fn read_entry(r: &mut Reader) -> DecodeResult<Entry> {
     let crc = r.u32()?;
     let body = r.bytes()?;
-    if crc32c::crc32c(&body) != crc {
+    let mut br = Reader::new(&body);
+    let log_id = read_log_id(&mut br)?;
+    let (payload, got) = match br.u8()? {
+        0 => (EntryPayload::Blank, crc32c::crc32c(&body)),
+        1 => {
+            let p = br.bytes()?;
+            let head_len = body.len() - p.len();
+            let pcrc = crc32c::crc32c(&p);
+            let got = crc32c::crc32c_combine(crc32c::crc32c(&body[..head_len]), pcrc, p.len());
+            (EntryPayload::Normal(Batch { bytes: p, crc: pcrc }), got)
+        }
+        2 => (EntryPayload::Membership(read_membership(&mut br)?), crc32c::crc32c(&body)),
+        t => return Err(format!("unknown entry payload type {t}")),
+    };
+    if got != crc {
         return Err("entry checksum mismatch (the entry is corrupt)".into());
     }
-    let mut br = Reader::new(&body);
-    let e = read_entry_body(&mut br)?;
     if !br.at_end() {
         return Err("trailing bytes in an entry".into());
     }
-    Ok(e)
+    Ok(Entry { log_id, payload })
 }
 
 pub fn encode_entry(e: &Entry) -> Bytes {
-    let mut out = BytesMut::with_capacity(64 + payload_len(e));
+    let mut out = BytesMut::with_capacity(entry_len(e));
     entry(&mut out, e);
     out.freeze()
 }
@@ -195,7 +224,7 @@ pub fn decode_entry(buf: &Bytes) -> DecodeResult<Entry> {
 
 pub fn payload_len(e: &Entry) -> usize {
     match &e.payload {
-        EntryPayload::Normal(b) => b.0.len(),
+        EntryPayload::Normal(b) => b.bytes.len(),
         _ => 64,
     }
 }
@@ -205,13 +234,31 @@ pub fn payload_len(e: &Entry) -> usize {
 // ---------------------------------------------------------------------------------------------
 
 pub fn append_request(out: &mut BytesMut, req: &AppendEntriesRequest<TypeConfig>) {
-    vote(out, &req.vote);
-    opt_log_id(out, &req.prev_log_id);
-    out.put_u32_le(req.entries.len() as u32);
-    for e in &req.entries {
-        entry(out, e);
+    for p in append_request_parts(req) {
+        out.put_slice(&p);
     }
-    opt_log_id(out, &req.leader_commit);
+}
+
+/// An AppendEntries as parts to send one after the other: small headers between the entries'
+/// payloads, which are not copied (the same bytes go to every follower).
+pub fn append_request_parts(req: &AppendEntriesRequest<TypeConfig>) -> Vec<Bytes> {
+    let mut parts = Vec::with_capacity(2 + req.entries.len() * 2);
+    let mut head = BytesMut::with_capacity(64);
+    vote(&mut head, &req.vote);
+    opt_log_id(&mut head, &req.prev_log_id);
+    head.put_u32_le(req.entries.len() as u32);
+    parts.push(head.freeze());
+    for e in &req.entries {
+        let (h, p) = entry_parts(e);
+        parts.push(h);
+        if let Some(p) = p {
+            parts.push(p);
+        }
+    }
+    let mut tail = BytesMut::with_capacity(32);
+    opt_log_id(&mut tail, &req.leader_commit);
+    parts.push(tail.freeze());
+    parts
 }
 
 pub fn read_append_request(r: &mut Reader) -> DecodeResult<AppendEntriesRequest<TypeConfig>> {
@@ -416,7 +463,7 @@ mod tests {
     fn entries_and_messages_round_trip() {
         let entries = vec![
             Entry { log_id: lid(1, 1, 1), payload: EntryPayload::Blank },
-            Entry { log_id: lid(1, 1, 2), payload: EntryPayload::Normal(Batch(Bytes::from_static(b"cmds"))) },
+            Entry { log_id: lid(1, 1, 2), payload: EntryPayload::Normal(Batch::new(Bytes::from_static(b"cmds"))) },
             Entry { log_id: lid(2, 3, 3), payload: EntryPayload::Membership(members()) },
         ];
         for e in &entries {
@@ -440,7 +487,7 @@ mod tests {
 
     #[test]
     fn a_flipped_bit_in_an_entry_is_refused() {
-        let e = Entry { log_id: lid(1, 1, 2), payload: EntryPayload::Normal(Batch(Bytes::from_static(b"some commands"))) };
+        let e = Entry { log_id: lid(1, 1, 2), payload: EntryPayload::Normal(Batch::new(Bytes::from_static(b"some commands"))) };
         let good = encode_entry(&e);
         for i in 0..good.len() {
             let mut bad = good.to_vec();

@@ -75,7 +75,7 @@ impl LogConfig {
             segment_bytes: 64 << 20,
             fsync: true,
             io: LogIo::Uring,
-            cache_bytes_max: 64 << 20,
+            cache_bytes_max: 32 << 20,
             on_corruption: Corruption::Truncate,
         }
     }
@@ -481,11 +481,18 @@ impl Writer {
                 match op {
                     WriteOp::Append { entries, done } => {
                         for e in &entries {
-                            scratch.clear();
-                            scratch.put_u8(ITEM_ENTRY);
-                            codec::entry(&mut scratch, e);
-                            let at = p.frame.push_with(|b| b.extend_from_slice(&scratch));
-                            p.placed.push((e.log_id, at, scratch.len() as u32));
+                            let (head, payload) = codec::entry_parts(e);
+                            let mut len = 0;
+                            let at = p.frame.push_with(|b| {
+                                let start = b.len();
+                                b.push(ITEM_ENTRY);
+                                b.extend_from_slice(&head);
+                                if let Some(pl) = &payload {
+                                    b.extend_from_slice(pl);
+                                }
+                                len = b.len() - start;
+                            });
+                            p.placed.push((e.log_id, at, len as u32));
                             if p.frame.len() >= FRAME_BYTES_MAX {
                                 self.flush(&mut p);
                             }

@@ -78,6 +78,20 @@ impl FrameSender {
         Ok(())
     }
 
+    /// Sends one frame given as parts (sent one after the other, not copied together).
+    pub async fn send_parts(&self, parts: Vec<Bytes>) -> Result<(), ()> {
+        let len: usize = parts.iter().map(|p| p.len()).sum();
+        let mut l = BytesMut::with_capacity(4);
+        l.put_u32_le(len as u32);
+        self.tx.send(Ok(Frame::data(l.freeze()))).await.map_err(|_| ())?;
+        for p in parts {
+            if !p.is_empty() {
+                self.tx.send(Ok(Frame::data(p))).await.map_err(|_| ())?;
+            }
+        }
+        Ok(())
+    }
+
     /// Ends the body with an error (the other side sees the stream reset).
     pub async fn fail(&self, why: String) {
         let _ = self.tx.send(Err(io::Error::other(why))).await;
@@ -384,7 +398,12 @@ impl RaftNetworkV2<TypeConfig> for PeerNetwork {
     type SnapshotData = SnapshotFiles;
 
     async fn append_entries(&mut self, rpc: AppendEntriesRequest<TypeConfig>, option: RPCOption) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
-        let body = codec::encode_with(|o| codec::append_request(o, &rpc));
+        let parts = codec::append_request_parts(&rpc);
+        let mut b = BytesMut::with_capacity(parts.iter().map(|p| p.len()).sum());
+        for p in parts {
+            b.put_slice(&p);
+        }
+        let body = b.freeze();
         let b = self.client.unary("/raft/append1", body, option.hard_ttl()).await.map_err(rpc_err)?;
         codec::decode_all(&b, codec::read_append_response).map_err(|e| decode_err("append answer", e))
     }
@@ -411,8 +430,7 @@ impl RaftNetworkV2<TypeConfig> for PeerNetwork {
                         tx.fail("partitioned (fault injection)".into()).await;
                         return;
                     }
-                    let frame = codec::encode_with(|o| codec::append_request(o, &req));
-                    if tx.send(frame).await.is_err() {
+                    if tx.send_parts(codec::append_request_parts(&req)).await.is_err() {
                         return;
                     }
                 }

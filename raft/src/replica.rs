@@ -169,6 +169,10 @@ struct Inner {
     removed: AtomicBool,
     identity_written: AtomicBool,
     forwarded: AtomicU64,
+    /// Entries proposed, commands in them, and microseconds from proposal to answer (summed).
+    entries: AtomicU64,
+    commands: AtomicU64,
+    write_us: AtomicU64,
     /// Turns true when the replica stops: the peer server closes every connection.
     stop: tokio::sync::watch::Sender<bool>,
 }
@@ -238,6 +242,9 @@ impl Replica {
             removed: AtomicBool::new(false),
             identity_written: AtomicBool::new(cluster_id != 0),
             forwarded: AtomicU64::new(0),
+            entries: AtomicU64::new(0),
+            commands: AtomicU64::new(0),
+            write_us: AtomicU64::new(0),
             stop: tokio::sync::watch::channel(false).0,
         });
         let _ = inner.log.set(log.reader());
@@ -253,6 +260,7 @@ impl Replica {
             election_timeout_min: cfg.election_timeout.0.as_millis() as u64,
             election_timeout_max: cfg.election_timeout.1.as_millis() as u64,
             enable_pre_vote: Some(true),
+            broadcast_submitted_on_append: Some(true),
             snapshot_policy: openraft::SnapshotPolicy::Never,
             max_in_snapshot_log_to_keep: 256,
             max_payload_entries: 32,
@@ -652,6 +660,18 @@ impl Inner {
             "revision": self.store.get().map(|s| s.revision()),
             "removed": self.removed.load(Ordering::SeqCst),
             "members": members,
+            "proposed": {
+                "entries": self.entries.load(Ordering::Relaxed),
+                "commands": self.commands.load(Ordering::Relaxed),
+                "meanEntryMicros": self.write_us.load(Ordering::Relaxed) / self.entries.load(Ordering::Relaxed).max(1),
+                "forwardedCommands": self.forwarded.load(Ordering::Relaxed),
+            },
+            "apply": self.sm.get().map(|sm| serde_json::json!({
+                "calls": sm.stats.calls.load(Ordering::Relaxed),
+                "entries": sm.stats.entries.load(Ordering::Relaxed),
+                "decodeMicros": sm.stats.decode_us.load(Ordering::Relaxed),
+                "storeMicros": sm.stats.store_us.load(Ordering::Relaxed),
+            })),
         })
     }
 }
@@ -713,20 +733,27 @@ async fn next_batch(rx: &mut mpsc::Receiver<Proposal>, max_cmds: usize, max_byte
 async fn proposer(inner: Weak<Inner>, mut rx: mpsc::Receiver<Proposal>) {
     let Some((max_cmds, max_bytes, in_flight)) = inner.upgrade().map(|i| (i.cfg.batch_commands_max, i.cfg.batch_bytes_max, i.cfg.entries_in_flight)) else { return };
     let slots = Arc::new(tokio::sync::Semaphore::new(in_flight));
-    let mut bb = BatchBuilder::new();
     while let Some(first) = rx.recv().await {
         let Ok(permit) = slots.clone().acquire_owned().await else { return };
         let batch = next_batch(&mut rx, max_cmds, max_bytes, first).await;
+        let mut bb = BatchBuilder::with_capacity(16 + batch.iter().map(|p| p.cmd.encoded_len_hint()).sum::<usize>());
         let Some(i) = inner.upgrade() else { return };
         let raft = i.raft().clone();
+        i.entries.fetch_add(1, Ordering::Relaxed);
+        i.commands.fetch_add(batch.len() as u64, Ordering::Relaxed);
+        let stats = Arc::downgrade(&i);
         drop(i);
         for p in &batch {
             bb.push(&p.cmd);
         }
         let payload = bb.take();
         tokio::spawn(async move {
-            let r = raft.client_write(Batch(payload)).await;
+            let t = Instant::now();
+            let r = raft.client_write(Batch::new(payload)).await;
             drop(permit);
+            if let Some(i) = stats.upgrade() {
+                i.write_us.fetch_add(t.elapsed().as_micros() as u64, Ordering::Relaxed);
+            }
             let answer_all = |batch: Vec<Proposal>, e: StoreError| {
                 for p in batch {
                     let _ = p.reply.send(Err(e.clone()));

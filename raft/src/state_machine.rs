@@ -38,9 +38,20 @@ impl SnapshotFiles {
     }
 }
 
+/// What applying cost so far (for the status page and benchmarks).
+#[derive(Default, Debug)]
+pub struct ApplyStats {
+    pub calls: std::sync::atomic::AtomicU64,
+    pub entries: std::sync::atomic::AtomicU64,
+    /// Microseconds collecting and decoding entries, and waiting for the store to apply them.
+    pub decode_us: std::sync::atomic::AtomicU64,
+    pub store_us: std::sync::atomic::AtomicU64,
+}
+
 #[derive(Clone)]
 pub struct StateMachineStore {
     sm: storage::StateMachine,
+    pub stats: Arc<ApplyStats>,
     /// The last applied position, kept decoded (every entry's meta is built from it).
     applied: Arc<Mutex<(Option<LogId>, StoredMembership)>>,
 }
@@ -57,7 +68,7 @@ fn snapshot_of(info: &SnapshotInfo) -> io::Result<Snapshot> {
 impl StateMachineStore {
     pub fn new(sm: storage::StateMachine) -> io::Result<StateMachineStore> {
         let applied = codec::read_applied_meta(&sm.applied_meta()).map_err(|e| io_err(format!("the store's raft position: {e}")))?;
-        Ok(StateMachineStore { sm, applied: Arc::new(Mutex::new(applied)) })
+        Ok(StateMachineStore { sm, stats: Default::default(), applied: Arc::new(Mutex::new(applied)) })
     }
 
     pub fn store(&self) -> &storage::StateMachine {
@@ -92,6 +103,8 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
     where
         Strm: Stream<Item = Result<EntryResponder<TypeConfig>, io::Error>> + Unpin + OptionalSend,
     {
+        use std::sync::atomic::Ordering::Relaxed;
+        let t0 = std::time::Instant::now();
         let (mut last, mut membership) = self.applied.lock().unwrap().clone();
         let mut batches = Vec::new();
         let mut responders = Vec::new();
@@ -99,7 +112,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             let (entry, responder) = item?;
             last = Some(entry.log_id);
             let commands = match entry.payload {
-                EntryPayload::Normal(b) => storage::command::decode_batch(&b.0)
+                EntryPayload::Normal(b) => storage::command::decode_batch(&b.bytes)
                     .map_err(|e| io_err(format!("committed entry {} does not decode: {e}", entry.log_id)))?,
                 EntryPayload::Membership(m) => {
                     membership = StoredMembership::new(Some(entry.log_id), m);
@@ -113,7 +126,12 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         if batches.is_empty() {
             return Ok(());
         }
+        let t1 = std::time::Instant::now();
+        self.stats.calls.fetch_add(1, Relaxed);
+        self.stats.entries.fetch_add(batches.len() as u64, Relaxed);
         let results = self.sm.apply(batches).await.map_err(io_err)?;
+        self.stats.decode_us.fetch_add((t1 - t0).as_micros() as u64, Relaxed);
+        self.stats.store_us.fetch_add(t1.elapsed().as_micros() as u64, Relaxed);
         *self.applied.lock().unwrap() = (last, membership);
         for (answers, responder) in results.into_iter().zip(responders) {
             if let Some(r) = responder {

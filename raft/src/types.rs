@@ -6,18 +6,30 @@ use bytes::Bytes;
 
 /// A raft entry's application payload: a batch of store commands, encoded once by the proposer
 /// (`storage::command`), carried as bytes through the log and the network, decoded when applied.
+/// Its crc32c is computed once, where the bytes are made (or first checked, on a follower), so
+/// every later encoding of the entry checksums only its small header.
 #[derive(Clone, PartialEq, Eq, Default)]
-pub struct Batch(pub Bytes);
+pub struct Batch {
+    pub bytes: Bytes,
+    pub crc: u32,
+}
+
+impl Batch {
+    pub fn new(bytes: Bytes) -> Batch {
+        let crc = crc32c::crc32c(&bytes);
+        Batch { bytes, crc }
+    }
+}
 
 impl fmt::Debug for Batch {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Batch({} bytes)", self.0.len())
+        write!(f, "Batch({} bytes)", self.bytes.len())
     }
 }
 
 impl fmt::Display for Batch {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "batch of {} bytes", self.0.len())
+        write!(f, "batch of {} bytes", self.bytes.len())
     }
 }
 

@@ -16,7 +16,7 @@ fn lid(term: u64, index: u64) -> raft::types::LogId {
 }
 
 fn entry(term: u64, index: u64) -> Entry {
-    Entry { log_id: lid(term, index), payload: EntryPayload::Normal(Batch(Bytes::from(format!("payload {term}/{index} {}", "x".repeat(300))))) }
+    Entry { log_id: lid(term, index), payload: EntryPayload::Normal(Batch::new(Bytes::from(format!("payload {term}/{index} {}", "x".repeat(300))))) }
 }
 
 fn config(dir: &std::path::Path) -> LogConfig {

@@ -204,7 +204,11 @@ impl Default for BatchBuilder {
 
 impl BatchBuilder {
     pub fn new() -> Self {
-        let mut buf = BytesMut::with_capacity(64 << 10);
+        Self::with_capacity(64 << 10)
+    }
+    /// A builder whose buffer holds `bytes` without growing (`Command::encoded_len_hint`).
+    pub fn with_capacity(bytes: usize) -> Self {
+        let mut buf = BytesMut::with_capacity(bytes.max(8));
         buf.put_u8(FORMAT);
         buf.put_u32_le(0);
         BatchBuilder { buf, count: 0 }

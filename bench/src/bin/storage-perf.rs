@@ -29,6 +29,10 @@
 //! - cas on one key: every successful CAS needs its own batch (the others in that batch fail
 //!   the compare), so successes/s ~= 1 / t_sync regardless of clients.
 
+/// The allocator `capstan` runs with, so these figures are of the same code path.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::fmt::Write as _;
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -108,6 +112,55 @@ struct Args {
     /// Key space for get/range (preloaded) and recovery (written before the restart).
     #[arg(long, default_value_t = 10_000)]
     keys: u64,
+    /// Run the store as a raft group of this many replicas in this process, talking over
+    /// loopback TCP (HTTP/2), and drive the leader. 0: the single-replica store (no raft).
+    #[arg(long, default_value_t = 0)]
+    replicas: usize,
+    /// Replicated: raft entries a leader keeps uncommitted (the proposer's pipeline depth).
+    #[arg(long, default_value_t = 8)]
+    entries_in_flight: usize,
+}
+
+/// CPU seconds of each thread of this process, summed by thread name (from /proc).
+fn thread_cpu() -> Value {
+    let tick = 100.0; // USER_HZ
+    let mut by: std::collections::BTreeMap<String, f64> = Default::default();
+    if let Ok(rd) = std::fs::read_dir("/proc/self/task") {
+        for t in rd.flatten() {
+            let Ok(stat) = std::fs::read_to_string(t.path().join("stat")) else { continue };
+            let (Some(a), Some(b)) = (stat.find('('), stat.rfind(')')) else { continue };
+            let name = stat[a + 1..b].to_string();
+            let f: Vec<&str> = stat[b + 2..].split(' ').collect();
+            let cpu = f.get(11).and_then(|u| u.parse::<f64>().ok()).unwrap_or(0.0) + f.get(12).and_then(|s| s.parse::<f64>().ok()).unwrap_or(0.0);
+            *by.entry(name).or_default() += cpu / tick;
+        }
+    }
+    json!(by)
+}
+
+/// A raft group of `n` replicas in this process, each in its own directory under `dir`.
+async fn start_replicas(n: usize, dir: &Path, fsync: bool, in_flight: usize) -> Result<Vec<raft::replica::Replica>> {
+    let mut listeners = Vec::new();
+    let mut initial = Vec::new();
+    for i in 0..n {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        initial.push((format!("r{i}"), format!("http://{}", l.local_addr()?)));
+        listeners.push(l);
+    }
+    let mut out = Vec::new();
+    for (i, l) in listeners.into_iter().enumerate() {
+        let mut cfg = raft::replica::ReplicaConfig::new(&format!("r{i}"), dir.join(format!("r{i}")), initial.clone());
+        cfg.peer_url = initial[i].1.clone();
+        cfg.fsync = fsync;
+        cfg.entries_in_flight = in_flight;
+        out.push(raft::replica::Replica::start_on(cfg, l).await.map_err(|e| anyhow!("starting replica r{i}: {e}"))?);
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !out.iter().any(|r| r.is_leader()) {
+        ensure!(Instant::now() < deadline, "no leader within 30 s");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    Ok(out)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -553,7 +606,36 @@ fn main() -> Result<()> {
     cfg.fsync = !args.unsafe_no_fsync;
 
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("tokio runtime")?;
-    let report = if args.workload == Workload::Recovery {
+    let report = if args.replicas > 0 {
+        ensure!(args.workload != Workload::Recovery, "--workload recovery is of the single-replica store");
+        rt.block_on(async {
+            let replicas = start_replicas(args.replicas, &dir, cfg.fsync, args.entries_in_flight).await?;
+            let leader = replicas.iter().find(|r| r.is_leader()).expect("a leader");
+            let store = leader.store.clone();
+            let mut r = match args.workload {
+                Workload::Put => workload_put(&store, &args).await,
+                Workload::Get => workload_get(&store, &args).await,
+                Workload::Range => workload_range(&store, &args).await,
+                Workload::Cas => workload_cas(&store, &args).await,
+                Workload::Recovery => unreachable!(),
+            }?;
+            r.extra.push(("replicas", json!(args.replicas)));
+            r.extra.push(("thread_cpu_s", thread_cpu()));
+            if std::env::var_os("STORAGE_PERF_RAFT_STATS").is_some() {
+                for rep in &replicas {
+                    if let Ok(st) = rep.raft().runtime_stats().await {
+                        eprintln!("== {} (leader: {})\n{}", rep.name(), rep.is_leader(), st.display());
+                    }
+                }
+            }
+            r.extra.push(("leader_status", leader.status()));
+            drop(store);
+            for rep in replicas {
+                rep.shutdown().await;
+            }
+            anyhow::Ok(r)
+        })?
+    } else if args.workload == Workload::Recovery {
         workload_recovery(&rt, &cfg, &args)?
     } else {
         let store = Store::open(cfg.clone()).with_context(|| format!("opening {}", dir.display()))?;
