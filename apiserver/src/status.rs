@@ -144,7 +144,7 @@ impl From<storage::StoreError> for ApiError {
             E::FutureRevision { .. } => ApiError::new(504, "Timeout", format!("Too large resource version: {e}")),
             E::Invalid(m) => ApiError::bad_request(m.clone()),
             E::NoSpace | E::Io(_) | E::Failed(_) | E::Shutdown => ApiError::unavailable(e.to_string()),
-            E::Unavailable(_) => ApiError::unavailable_retry(e.to_string(), 1),
+            E::Unavailable(_) | E::NoQuorum(_) => ApiError::unavailable_retry(e.to_string(), 1),
             E::LeaseNotFound(_) | E::LeaseExists(_) => ApiError::internal(e.to_string()),
         }
     }

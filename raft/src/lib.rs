@@ -7,3 +7,4 @@ pub mod faults;
 pub mod network;
 pub mod cluster;
 pub mod replica;
+pub mod lincheck;

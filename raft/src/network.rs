@@ -186,6 +186,10 @@ impl Wire {
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum PeerError {
+    /// The request never left (no connection, dropped by fault injection): it had no effect.
+    #[error("peer unreachable, nothing sent: {0}")]
+    NotSent(String),
+    /// The request may have reached the peer; its answer did not come back.
     #[error("peer unreachable: {0}")]
     Unreachable(String),
     #[error("peer refused: {0}")]
@@ -220,8 +224,8 @@ impl PeerClient {
         }
         let io = tokio::time::timeout(Duration::from_secs(3), self.connector.connect(self.authority.clone()))
             .await
-            .map_err(|_| PeerError::Unreachable(format!("connecting to {} timed out", self.authority)))?
-            .map_err(|e| PeerError::Unreachable(format!("connecting to {}: {e}", self.authority)))?;
+            .map_err(|_| PeerError::NotSent(format!("connecting to {} timed out", self.authority)))?
+            .map_err(|e| PeerError::NotSent(format!("connecting to {}: {e}", self.authority)))?;
         let (send, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
             .initial_stream_window_size(8 << 20)
@@ -231,7 +235,7 @@ impl PeerClient {
             .keep_alive_timeout(Duration::from_secs(3))
             .handshake(TokioIo::new(io))
             .await
-            .map_err(|e| PeerError::Unreachable(format!("HTTP/2 handshake with {}: {e}", self.authority)))?;
+            .map_err(|e| PeerError::NotSent(format!("HTTP/2 handshake with {}: {e}", self.authority)))?;
         let authority = self.authority.clone();
         tokio::spawn(async move {
             if let Err(e) = connection.await {
@@ -253,8 +257,8 @@ impl PeerClient {
     async fn fate(&self) -> Result<bool, PeerError> {
         let Some(f) = &self.faults else { return Ok(false) };
         match f.decide(self.wire.me, self.to) {
-            Fate::Partitioned => Err(PeerError::Unreachable(format!("partitioned from {} (fault injection)", self.to))),
-            Fate::Drop => Err(PeerError::Unreachable("message dropped (fault injection)".into())),
+            Fate::Partitioned => Err(PeerError::NotSent(format!("partitioned from {} (fault injection)", self.to))),
+            Fate::Drop => Err(PeerError::NotSent("message dropped (fault injection)".into())),
             Fate::Deliver { delay, lose_answer } => {
                 if let Some(d) = delay {
                     tokio::time::sleep(d).await;
@@ -269,7 +273,7 @@ impl PeerClient {
         let lose_answer = self.fate().await?;
         let call = async {
             let mut s = self.sender().await?;
-            s.ready().await.map_err(|e| PeerError::Unreachable(e.to_string()))?;
+            s.ready().await.map_err(|e| PeerError::NotSent(e.to_string()))?;
             let resp = s.send_request(self.request(path, full(body))).await.map_err(|e| PeerError::Unreachable(e.to_string()))?;
             let status = resp.status();
             let bytes = resp.into_body().collect().await.map_err(|e| PeerError::Unreachable(e.to_string()))?.to_bytes();

@@ -486,10 +486,10 @@ impl Inner {
         let deadline = Instant::now() + self.cfg.write_timeout;
         loop {
             if self.removed.load(Ordering::SeqCst) {
-                return Err(StoreError::Unavailable(format!("member {} was removed from the cluster", self.name)));
+                return Err(StoreError::NoQuorum(format!("member {} was removed from the cluster", self.name)));
             }
             let Some(leader) = self.wait_leader(deadline).await else {
-                return Err(StoreError::Unavailable(format!("no leader within {:?} (no quorum)", self.cfg.write_timeout)));
+                return Err(StoreError::NoQuorum(format!("no leader within {:?}", self.cfg.write_timeout)));
             };
             let (tx, rx) = oneshot::channel();
             let queue = if leader == self.id { &self.proposals } else { &self.forwards };
@@ -503,7 +503,7 @@ impl Inner {
                     tokio::time::sleep(Duration::from_millis(10)).await;
                     continue;
                 }
-                Ok(Ok(Err(e))) if is_not_leader(&e) => return Err(StoreError::Unavailable("leadership is changing; retry".into())),
+                Ok(Ok(Err(e))) if is_not_leader(&e) => return Err(StoreError::NoQuorum("leadership is changing".into())),
                 Ok(Ok(r)) => return r,
                 Ok(Err(_)) => return Err(StoreError::Shutdown),
                 Err(_) => {
@@ -518,7 +518,7 @@ impl Inner {
 
     async fn read_barrier(self: Arc<Self>) -> Result<(), StoreError> {
         if self.removed.load(Ordering::SeqCst) {
-            return Err(StoreError::Unavailable(format!("member {} was removed from the cluster", self.name)));
+            return Err(StoreError::NoQuorum(format!("member {} was removed from the cluster", self.name)));
         }
         let (tx, rx) = oneshot::channel();
         let start = {
@@ -552,7 +552,7 @@ impl Inner {
     async fn barrier_round(self: Arc<Self>) -> Result<(), StoreError> {
         let timeout = self.cfg.read_timeout;
         let deadline = Instant::now() + timeout;
-        let unavailable = |why: String| StoreError::Unavailable(format!("no read index: {why}"));
+        let unavailable = |why: String| StoreError::NoQuorum(format!("no read index: {why}"));
         loop {
             let Some(leader) = self.wait_leader(deadline).await else {
                 return Err(unavailable(format!("no leader within {timeout:?} (no quorum)")));
@@ -592,7 +592,7 @@ impl Inner {
         let deadline = Instant::now() + self.cfg.write_timeout;
         loop {
             let Some(leader) = self.wait_leader(deadline).await else {
-                return Err(StoreError::Unavailable("no leader (no quorum)".into()));
+                return Err(StoreError::NoQuorum("no leader".into()));
             };
             if leader == self.id {
                 let store = self.store();
@@ -601,7 +601,7 @@ impl Inner {
                     _ => store.local_lease_time_to_live(id).await,
                 };
             }
-            let Some(c) = self.client_of(leader) else { return Err(StoreError::Unavailable("leader unknown".into())) };
+            let Some(c) = self.client_of(leader) else { return Err(StoreError::NoQuorum("leader unknown".into())) };
             let mut b = BytesMut::new();
             b.put_u8(op);
             b.put_i64_le(id);
@@ -776,7 +776,9 @@ async fn proposer(inner: Weak<Inner>, mut rx: mpsc::Receiver<Proposal>) {
                     batch,
                     StoreError::Unavailable("the leader changed before the write was committed; it may or may not have been applied".into()),
                 ),
-                Err(e) => answer_all(batch, StoreError::Unavailable(format!("raft: {e}"))),
+                // Raft stopped under a pending write: the entry may already be on a follower and
+                // commit under the next leader. Not knowing is not "not applied".
+                Err(e) => answer_all(batch, StoreError::Unavailable(format!("raft: {e}; the write may or may not have been applied"))),
             }
         });
     }
@@ -830,6 +832,7 @@ async fn forwarder(inner: Weak<Inner>, mut rx: mpsc::Receiver<Proposal>) {
                     Err(e) => fail(batch, StoreError::Io(format!("the leader's answer: {e}"))),
                 },
                 Err(PeerError::Remote(m)) if m == NOT_LEADER => fail(batch, not_leader()),
+                Err(e @ PeerError::NotSent(_)) => fail(batch, StoreError::NoQuorum(format!("forwarding to the leader: {e}"))),
                 Err(e) => fail(batch, StoreError::Unavailable(format!("forwarding to the leader: {e}; the write may or may not have been applied"))),
             }
         });

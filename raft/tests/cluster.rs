@@ -7,6 +7,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
+use openraft::async_runtime::watch::WatchReceiver;
 use storage::*;
 
 async fn all(s: &Store) -> Vec<KeyValue> {
@@ -68,5 +69,145 @@ async fn a_new_leader_takes_over_when_the_leader_dies_and_nothing_acknowledged_i
         }
     })
     .await;
+    c.stop_all().await;
+}
+
+/// A replica cut off from the others answers promptly that it cannot serve — writes and reads
+/// both — and never from its own, possibly stale, state; once healed it serves again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partitioned_minority_refuses_promptly_and_never_answers_stale() {
+    let mut c = Cluster::start(3, seed(), |cfg| {
+        cfg.write_timeout = Duration::from_secs(2);
+        cfg.read_timeout = Duration::from_secs(1);
+    })
+    .await;
+    let l = c.leader().await;
+    let f = (l + 1) % 3;
+    let ids = c.ids();
+    within("a write", c.replica(f).store.put("/p", "before")).await.unwrap();
+    c.faults.isolate(ids[f], &ids);
+    // The majority goes on and changes the key.
+    within("a write on the majority", c.replica(l).store.put("/p", "after")).await.unwrap();
+    // The minority: a write is refused, within the write timeout (the watchdog fails a hang).
+    let t = std::time::Instant::now();
+    let e = within("a minority write to be refused", c.replica(f).store.put("/p", "minority")).await.unwrap_err();
+    assert!(matches!(e, StoreError::NoQuorum(_) | StoreError::Unavailable(_)), "{e:?}");
+    assert!(t.elapsed() < Duration::from_secs(10), "the refusal took {:?}", t.elapsed());
+    // A read is refused rather than answered from the stale "before".
+    let e = within("a minority read to be refused", c.replica(f).store.get("/p")).await.unwrap_err();
+    assert!(matches!(e, StoreError::NoQuorum(_)), "{e:?}");
+    // A stale read is still possible when asked for explicitly (Kubernetes' resourceVersion=0).
+    let stale = c.replica(f).store.range_serializable(RangeRequest::key("/p")).await.unwrap();
+    assert_eq!(stale.kvs[0].value, "before");
+    c.faults.heal();
+    within("the minority to see the majority's write", async {
+        loop {
+            if let Ok(Some(kv)) = c.replica(f).store.get("/p").await
+                && kv.value == "after"
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    // The old leader, isolated, cannot commit either: its writes come back as not done.
+    let l = c.leader().await;
+    c.faults.isolate(ids[l], &ids);
+    let e = within("an isolated leader's write to fail", c.replica(l).store.put("/p", "lost")).await.unwrap_err();
+    assert!(matches!(e, StoreError::NoQuorum(_) | StoreError::Unavailable(_)), "{e:?}");
+    c.faults.heal();
+    let l2 = c.leader().await;
+    let kv = within("a read after healing", c.replica(l2).store.get("/p")).await.unwrap().unwrap();
+    assert_ne!(kv.value, "minority");
+    c.stop_all().await;
+}
+
+/// Leases survive a leader change: only the leader expires them, and a new leader restarts
+/// every lease at its TTL plus the election timeout before expiring any. Keep-alives work
+/// through any replica; without them the lease expires on the new leader and its keys go.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leases_survive_a_leader_change_and_expire_on_the_new_leader() {
+    let mut c = Cluster::start(3, seed(), fast).await;
+    let l = c.leader().await;
+    let f = (l + 1) % 3;
+    let lease = within("a lease grant through a follower", c.replica(f).store.lease_grant(0, 3)).await.unwrap();
+    within("a put with the lease", c.replica(f).store.put_with(PutRequest { key: "/leased".into(), value: "v".into(), lease: lease.id, prev_kv: false }))
+        .await
+        .unwrap();
+    // Kept alive through a follower (forwarded to the leader, where deadlines live).
+    assert_eq!(within("a keep-alive", c.replica(f).store.lease_keep_alive(lease.id)).await.unwrap(), 3);
+    c.kill(l).await;
+    let rest: Vec<usize> = (0..3).filter(|i| *i != l).collect();
+    let l2 = c.leader_among(&rest).await;
+    // Right after the change the key is there, and the new leader knows the lease afresh.
+    assert!(within("a read", c.replica(l2).store.get("/leased")).await.unwrap().is_some());
+    let (ttl, remaining) = within("time to live", c.replica(rest[0]).store.lease_time_to_live(lease.id)).await.unwrap();
+    assert_eq!(ttl, 3);
+    assert!(remaining >= 2, "a new leader must restart the lease's time, remaining {remaining}");
+    // No more keep-alives: the new leader expires it, on every replica.
+    within("the lease to expire on the new leader", async {
+        while c.replica(l2).store.get("/leased").await.ok().flatten().is_some() {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    let other = rest.iter().copied().find(|i| *i != l2).unwrap();
+    assert!(within("a read", c.replica(other).store.get("/leased")).await.unwrap().is_none());
+    let e = within("a revoked lease", c.replica(other).store.lease_time_to_live(lease.id)).await.unwrap_err();
+    assert_eq!(e, StoreError::LeaseNotFound(lease.id));
+    c.stop_all().await;
+}
+
+/// A follower that missed more than the log keeps catches up from the leader's snapshot,
+/// streamed in chunks, and ends with the same data.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_far_behind_catches_up_from_a_snapshot() {
+    let mut c = Cluster::start(3, seed(), |cfg| cfg.snapshot_log_bytes = 256 << 10).await;
+    let l = c.leader().await;
+    let f = (l + 1) % 3;
+    c.kill(f).await;
+    let value = "x".repeat(1000);
+    for i in 0..3000 {
+        within("a write", c.replica(l).store.put(format!("/s/{i:05}"), value.clone())).await.unwrap();
+    }
+    // The leader snapshots and trims its log (the follower's missing entries are gone).
+    within("the leader to purge its log", async {
+        while c.replica(l).raft().metrics().borrow_watched().purged.is_none() {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    c.restart(f).await;
+    let want = c.replica(l).store.range(RangeRequest::prefix("/s/")).await.unwrap();
+    within("the follower to catch up", async {
+        loop {
+            let got = c.replica(f).store.range_serializable(RangeRequest::prefix("/s/")).await.unwrap();
+            if got.kvs == want.kvs {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    let st = c.replica(f).status();
+    assert!(st["snapshot"].as_u64().is_some(), "the follower caught up without a snapshot: {st}");
+    c.stop_all().await;
+}
+
+/// A graceful stop of the leader hands leadership over: with elections by timeout turned
+/// off everywhere, a new leader can only come from the transfer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_that_stops_hands_over_leadership() {
+    let mut c = Cluster::start(3, seed(), fast).await;
+    let l = c.leader().await;
+    for i in 0..3 {
+        c.replica(i).raft().runtime_config().elect(false);
+    }
+    within("a write", c.replica(l).store.put("/t", "1")).await.unwrap();
+    c.stop(l).await;
+    let rest: Vec<usize> = (0..3).filter(|i| *i != l).collect();
+    let l2 = c.leader_among(&rest).await;
+    within("a write on the new leader", c.replica(l2).store.put("/t", "2")).await.unwrap();
     c.stop_all().await;
 }

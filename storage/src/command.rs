@@ -488,6 +488,10 @@ pub fn encode_error(out: &mut BytesMut, e: &StoreError) {
             out.put_u8(11);
             bytes(out, s.as_bytes());
         }
+        StoreError::NoQuorum(s) => {
+            out.put_u8(12);
+            bytes(out, s.as_bytes());
+        }
     }
 }
 
@@ -504,6 +508,7 @@ pub fn decode_error(r: &mut Reader) -> Result<StoreError, String> {
         9 => StoreError::Failed(r.string()?),
         10 => StoreError::Shutdown,
         11 => StoreError::Unavailable(r.string()?),
+        12 => StoreError::NoQuorum(r.string()?),
         t => return Err(format!("unknown store error {t}")),
     })
 }
@@ -708,6 +713,7 @@ mod tests {
             StoreError::Failed("f".into()),
             StoreError::Shutdown,
             StoreError::Unavailable("u".into()),
+            StoreError::NoQuorum("q".into()),
         ] {
             all.push(Applied::Txn(Err(e)));
         }

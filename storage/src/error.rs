@@ -27,10 +27,14 @@ pub enum StoreError {
     Failed(String),
     #[error("the store is shutting down")]
     Shutdown,
-    /// A replicated store cannot reach a quorum (no leader, a partitioned minority, or the
-    /// leader did not answer in time): nothing is known to have been written; retry.
+    /// A replicated store lost track of a write (the leader changed after taking it, or did
+    /// not answer in time): it may or may not have been applied; retry.
     #[error("the store is unavailable: {0}")]
     Unavailable(String),
+    /// A replicated store could not take the request (no leader, a partitioned minority, a
+    /// removed member): it was not applied; retry.
+    #[error("the store has no quorum: {0}; nothing was applied")]
+    NoQuorum(String),
 }
 
 /// Why `Store::open` refused to start. A corrupt log is never silently truncated.

@@ -99,7 +99,23 @@ impl Cluster {
         };
         std_l.set_nonblocking(true).unwrap();
         let l = tokio::net::TcpListener::from_std(std_l).unwrap();
-        let r = Replica::start_on(cfg, l).await.unwrap_or_else(|e| panic!("starting {}: {e}", n.name));
+        // A store a killed replica's last in-flight request still holds is released when
+        // that request ends: wait for its lock, briefly.
+        let mut l = Some(l);
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        let r = loop {
+            let lis = match l.take() {
+                Some(x) => x,
+                None => tokio::net::TcpListener::bind(("127.0.0.1", n.port)).await.unwrap(),
+            };
+            match Replica::start_on(cfg.clone(), lis).await {
+                Ok(r) => break r,
+                Err(e) if e.to_string().contains("LOCK") && std::time::Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(e) => panic!("starting {}: {e}", n.name),
+            }
+        };
         n.replica = Some(r);
     }
 
