@@ -126,7 +126,15 @@ pub async fn bootstrap(store: &Store) -> Result<(), storage::StoreError> {
             "spec": {"finalizers": ["kubernetes"]},
             "status": {"phase": "Active"},
         });
-        store.put(key, object::encode_stored(&obj)).await?;
+        // Created only if still absent: every replica of a cluster bootstraps, one wins.
+        let key = bytes::Bytes::from(key);
+        store
+            .txn(storage::TxnRequest {
+                compare: vec![storage::Compare { key: key.clone(), op: storage::CompareOp::Equal, target: storage::CompareTarget::CreateRevision(0) }],
+                success: vec![storage::TxnOp::Put(storage::PutRequest { key, value: object::encode_stored(&obj).into(), lease: 0, prev_kv: false })],
+                failure: vec![],
+            })
+            .await?;
     }
     Ok(())
 }

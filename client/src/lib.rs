@@ -1,6 +1,11 @@
-//! capstan's client of the API server (used by the kubelet and the scheduler; controllers
-//! will share it): a small JSON client over HTTP/1.1 keep-alive connections (one pool per
+//! capstan's client of the API server (used by the kubelet, the scheduler and the
+//! controllers): a small JSON client over HTTP/1.1 keep-alive connections (one pool per
 //! process), with Kubernetes `Status` errors surfaced as `ClientError::Status`.
+//!
+//! Given several API servers (`http://a,http://b`: the replicas of one cluster), it follows
+//! whichever answers: a request that cannot connect is sent to the next one (it was not
+//! sent, so this is safe for any verb), and after a 503 (a replica without a quorum) or a
+//! broken connection the next request goes to the next one.
 
 pub mod decode;
 pub mod events;
@@ -25,7 +30,8 @@ pub enum ClientError {
 
 #[derive(Clone)]
 pub struct Client {
-    base: String,
+    bases: std::sync::Arc<[String]>,
+    current: std::sync::Arc<std::sync::atomic::AtomicUsize>,
     agent: &'static str,
     http: hyper_util::client::legacy::Client<HttpConnector, Full<Bytes>>,
 }
@@ -73,22 +79,66 @@ impl Client {
  Client::with_agent(base, "capstan/0.1")
     }
 
-    /// A client whose requests say who sends them (`User-Agent`).
+    /// A client whose requests say who sends them (`User-Agent`). `base` may list several
+    /// API servers of one cluster, comma-separated.
     pub fn with_agent(base: &str, agent: &'static str) -> Client {
-        Client { base: base.trim_end_matches('/').to_string(), agent, http: hyper_util::client::legacy::Client::builder(TokioExecutor::new()).build_http() }
+        let bases: Vec<String> = base.split(',').map(|b| b.trim().trim_end_matches('/').to_string()).filter(|b| !b.is_empty()).collect();
+        Client {
+            bases: bases.into(),
+            current: Default::default(),
+            agent,
+            http: hyper_util::client::legacy::Client::builder(TokioExecutor::new()).build_http(),
+        }
+    }
+
+    /// The API server requests go to now.
+    pub fn base(&self) -> &str {
+        &self.bases[self.current.load(std::sync::atomic::Ordering::Relaxed) % self.bases.len()]
+    }
+
+    fn next_server(&self, from: usize) {
+        if self.bases.len() > 1 {
+            let to = (from + 1) % self.bases.len();
+            let _ = self.current.compare_exchange(from, to, std::sync::atomic::Ordering::Relaxed, std::sync::atomic::Ordering::Relaxed);
+        }
     }
 
     async fn send(&self, method: &str, path: &str, ctype: &str, body: Option<&Value>) -> Result<hyper::Response<hyper::body::Incoming>, ClientError> {
-        let mut req = hyper::Request::builder().method(method).uri(format!("{}{path}", self.base)).header("Accept", "application/json").header("User-Agent", self.agent);
         let bytes = match body {
-            Some(b) => {
-                req = req.header("Content-Type", ctype);
-                Bytes::from(serde_json::to_vec(b).map_err(|e| ClientError::Decode(e.to_string()))?)
-            }
+            Some(b) => Bytes::from(serde_json::to_vec(b).map_err(|e| ClientError::Decode(e.to_string()))?),
             None => Bytes::new(),
         };
-        let req = req.body(Full::new(bytes)).map_err(|e| ClientError::Transport(e.to_string()))?;
-        self.http.request(req).await.map_err(|e| ClientError::Transport(e.to_string()))
+        let n = self.bases.len();
+        let mut attempt = 0;
+        loop {
+            let i = self.current.load(std::sync::atomic::Ordering::Relaxed) % n;
+            let mut req = hyper::Request::builder()
+                .method(method)
+                .uri(format!("{}{path}", self.bases[i]))
+                .header("Accept", "application/json")
+                .header("User-Agent", self.agent);
+            if body.is_some() {
+                req = req.header("Content-Type", ctype);
+            }
+            let req = req.body(Full::new(bytes.clone())).map_err(|e| ClientError::Transport(e.to_string()))?;
+            match self.http.request(req).await {
+                Ok(resp) => {
+                    if resp.status().as_u16() == 503 {
+                        self.next_server(i);
+                    }
+                    return Ok(resp);
+                }
+                // Not sent: another server may take it.
+                Err(e) if e.is_connect() && attempt + 1 < n => {
+                    self.next_server(i);
+                    attempt += 1;
+                }
+                Err(e) => {
+                    self.next_server(i);
+                    return Err(ClientError::Transport(e.to_string()));
+                }
+            }
+        }
     }
 
     async fn call(&self, method: &str, path: &str, ctype: &str, body: Option<&Value>) -> Result<Value, ClientError> {

@@ -54,9 +54,27 @@ pub async fn try_acquire(c: &Client, ns: &str, name: &str, me: &str) -> Result<b
     }
 }
 
-/// Waits until `me` leads, then keeps renewing in the background; exits the process when
-/// leadership is lost.
-pub async fn lead(c: Client, ns: &str, name: &str, me: &str) {
+/// Leadership held: renewed in the background until it cannot be for `DURATION`.
+pub struct Leading {
+    lost: tokio::sync::watch::Receiver<bool>,
+    renew: tokio::task::JoinHandle<()>,
+}
+
+impl Leading {
+    /// Resolves when leadership is lost (the lease could not be renewed for `DURATION`).
+    pub async fn lost(&mut self) {
+        let _ = self.lost.wait_for(|l| *l).await;
+    }
+}
+
+impl Drop for Leading {
+    fn drop(&mut self) {
+        self.renew.abort();
+    }
+}
+
+/// Waits until `me` holds the lease `ns/name`, then keeps renewing it in the background.
+pub async fn campaign(c: Client, ns: &str, name: &str, me: &str) -> Leading {
     loop {
         match try_acquire(&c, ns, name, me).await {
             Ok(true) => break,
@@ -65,9 +83,10 @@ pub async fn lead(c: Client, ns: &str, name: &str, me: &str) {
         }
         tokio::time::sleep(RENEW).await;
     }
-    tracing::info!(identity = me, lease = name, "leader election: acquired; running the controllers");
+    tracing::info!(identity = me, lease = name, "leader election: acquired");
+    let (tx, lost) = tokio::sync::watch::channel(false);
     let (ns, name, me) = (ns.to_string(), name.to_string(), me.to_string());
-    tokio::spawn(async move {
+    let renew = tokio::spawn(async move {
         let mut last_ok = std::time::Instant::now();
         loop {
             tokio::time::sleep(RENEW).await;
@@ -75,10 +94,24 @@ pub async fn lead(c: Client, ns: &str, name: &str, me: &str) {
                 Ok(true) => last_ok = std::time::Instant::now(),
                 _ if last_ok.elapsed() < DURATION => {}
                 _ => {
-                    eprintln!("leader election lost: the lease {ns}/{name} could not be renewed for {}s; exiting", DURATION.as_secs());
-                    std::process::exit(1);
+                    tracing::warn!(lease = %name, "leader election: the lease could not be renewed for {}s; leadership lost", DURATION.as_secs());
+                    let _ = tx.send(true);
+                    return;
                 }
             }
         }
+    });
+    Leading { lost, renew }
+}
+
+/// Waits until `me` leads, then keeps renewing in the background; exits the process when
+/// leadership is lost (as kube-controller-manager does).
+pub async fn lead(c: Client, ns: &str, name: &str, me: &str) {
+    let mut leading = campaign(c, ns, name, me).await;
+    let (ns, name) = (ns.to_string(), name.to_string());
+    tokio::spawn(async move {
+        leading.lost().await;
+        eprintln!("leader election lost: the lease {ns}/{name} could not be renewed for {}s; exiting", DURATION.as_secs());
+        std::process::exit(1);
     });
 }

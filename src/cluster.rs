@@ -1,0 +1,183 @@
+//! `capstan up --replicas N`: a replicated cluster on this machine. Each replica is its own
+//! `capstan server` process (so that one can be killed as a machine would die), on loopback,
+//! with its directory `D/replica-I/` and its log `D/replica-I/capstan.log`. The local node and
+//! any hollow nodes run in this process, as clients of every replica: they follow whichever
+//! answers. The ports chosen the first time are kept in `D/cluster.json` and reused, since
+//! the members know each other by URL.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use serde_json::json;
+
+use crate::common::{kubeconfig_multi, shutdown_signal, write_kubeconfig};
+use crate::single::start_local_node;
+use crate::{NodeOpts, ServeOpts};
+
+struct Spec {
+    name: String,
+    api: String,
+    peer: String,
+}
+
+fn free_port(host: &str) -> Result<u16> {
+    Ok(std::net::TcpListener::bind((host, 0))?.local_addr()?.port())
+}
+
+/// The replicas' names and addresses: as recorded, or chosen now (API ports from `--listen`
+/// upward, or free ports for port 0; peer ports free).
+fn specs(dir: &Path, n: usize, listen: &str) -> Result<Vec<Spec>> {
+    let path = dir.join("cluster.json");
+    if let Ok(text) = std::fs::read_to_string(&path) {
+        let v: serde_json::Value = serde_json::from_str(&text).with_context(|| format!("reading {}", path.display()))?;
+        let rs = v["replicas"].as_array().cloned().unwrap_or_default();
+        if rs.len() != n {
+            bail!("{} holds a cluster of {} replicas, not {n}", dir.display(), rs.len());
+        }
+        return Ok(rs
+            .iter()
+            .map(|r| Spec { name: r["name"].as_str().unwrap_or("").into(), api: r["api"].as_str().unwrap_or("").into(), peer: r["peer"].as_str().unwrap_or("").into() })
+            .collect());
+    }
+    let (host, port) = listen.rsplit_once(':').context("--listen is HOST:PORT")?;
+    let port: u16 = port.parse().context("--listen port")?;
+    let mut out = Vec::new();
+    for i in 0..n {
+        let api_port = if port == 0 { free_port(host)? } else { port + i as u16 };
+        out.push(Spec { name: format!("r{i}"), api: format!("{host}:{api_port}"), peer: format!("{host}:{}", free_port(host)?) });
+    }
+    let v = json!({"replicas": out.iter().map(|s| json!({"name": s.name, "api": s.api, "peer": s.peer})).collect::<Vec<_>>()});
+    std::fs::write(&path, serde_json::to_vec_pretty(&v)?)?;
+    Ok(out)
+}
+
+/// Starts replica `s` and waits for the line that gives its API URL; the rest of its output
+/// goes to its log file.
+fn spawn(exe: &Path, dir: &Path, s: &Spec, initial: &str, opts: &ServeOpts, node: &NodeOpts) -> Result<(Child, String)> {
+    let rdir = dir.join(format!("replica-{}", &s.name[1..]));
+    std::fs::create_dir_all(&rdir)?;
+    let log_path = rdir.join("capstan.log");
+    let log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path)?;
+    let mut cmd = Command::new(exe);
+    cmd.arg("server")
+        .args(["--name", &s.name])
+        .arg("--data-dir")
+        .arg(&rdir)
+        .args(["--listen", &s.api, "--peer-listen", &s.peer, "--initial-cluster", initial, "--log-level", &opts.log_level]);
+    if opts.unsafe_no_fsync {
+        cmd.arg("--unsafe-no-fsync");
+    }
+    if node.no_scheduler {
+        cmd.arg("--no-scheduler");
+    }
+    if node.no_controllers {
+        cmd.arg("--no-controllers");
+    }
+    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::from(log.try_clone()?)).stdin(Stdio::null()).spawn().context("starting a replica")?;
+    let out = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut log = log;
+        let mut sent = false;
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            if !sent && let Some(url) = line.split("serving the Kubernetes API at ").nth(1) {
+                let _ = tx.send(url.trim().to_string());
+                sent = true;
+            }
+            let _ = std::io::Write::write_all(&mut log, format!("{line}\n").as_bytes());
+        }
+    });
+    match rx.recv_timeout(Duration::from_secs(60)) {
+        Ok(url) => Ok((child, url)),
+        Err(_) => {
+            let _ = child.kill();
+            bail!("replica {} did not start within 60 s; see {}", s.name, log_path.display())
+        }
+    }
+}
+
+pub async fn up(n: usize, data_dir: PathBuf, listen: String, opts: ServeOpts, node: NodeOpts, hollow_nodes: usize, lease_secs: u64) -> Result<()> {
+    if n == 0 || n > 9 {
+        bail!("--replicas must be 1 to 9, got {n}");
+    }
+    if opts.shards.is_some_and(|s| s != 1) {
+        bail!("a replica's store has one shard (apply is serial in raft's log order)");
+    }
+    std::fs::create_dir_all(&data_dir).with_context(|| format!("creating {}", data_dir.display()))?;
+    crate::datadir::prepare(&data_dir, crate::datadir::Kind::Cluster)?;
+    let specs = specs(&data_dir, n, &listen)?;
+    let initial: Vec<String> = specs.iter().map(|s| format!("{}=http://{}", s.name, s.peer)).collect();
+    let initial = initial.join(",");
+    let exe = std::env::current_exe()?;
+    let mut children = Vec::new();
+    let mut apis = Vec::new();
+    for s in &specs {
+        let (child, url) = spawn(&exe, &data_dir, s, &initial, &opts, &node)?;
+        apis.push((s.name.clone(), url));
+        children.push(child);
+    }
+    let kc = write_kubeconfig(&data_dir, &kubeconfig_multi(&apis))?;
+    let all_apis = apis.iter().map(|(_, u)| u.clone()).collect::<Vec<_>>().join(",");
+    println!("capstan cluster of {n} replicas is serving the Kubernetes API at:");
+    for ((s, (_, url)), c) in specs.iter().zip(&apis).zip(&children) {
+        println!("  {}: {url}  (peer http://{}, pid {}, log {})", s.name, s.peer, c.id(), data_dir.join(format!("replica-{}", &s.name[1..])).join("capstan.log").display());
+    }
+    println!("  data:       {}", std::fs::canonicalize(&data_dir).unwrap_or(data_dir.clone()).display());
+    println!("  kubeconfig: {} (one context per replica; {} is current)", kc.display(), specs[0].name);
+    println!("  members:    capstan member list --endpoints {}", specs.iter().map(|s| format!("http://{}", s.peer)).collect::<Vec<_>>().join(","));
+    // Wait until the cluster answers (a leader, the namespaces) before starting nodes.
+    let client = kubelet::client::Client::new(&all_apis);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while client.get("/api/v1/namespaces/kube-node-lease").await.is_err() {
+        if Instant::now() > deadline {
+            bail!("the replicas did not form a cluster within 60 s; see their logs");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut local = None;
+    let mut hollow = None;
+    if !node.no_local_node {
+        let port: u16 = apis[0].1.rsplit(':').next().and_then(|p| p.parse().ok()).unwrap_or(6443);
+        let (k, name) = start_local_node(&all_apis, &data_dir, port, &node).await?;
+        println!("  node:       {name} (pods run as local processes; logs in {}; follows every replica)", data_dir.join("pods").display());
+        local = Some(k);
+    }
+    if hollow_nodes > 0 {
+        let cfg = kubelet::HollowConfig { count: hollow_nodes, lease_renew: Duration::from_secs(lease_secs.max(1)), ..Default::default() };
+        hollow = Some(kubelet::HollowNodes::start(&all_apis, cfg).await.context("starting hollow nodes")?);
+        println!("  hollow nodes: {hollow_nodes} (hollow-0 .. hollow-{})", hollow_nodes - 1);
+    }
+    println!("try:  export KUBECONFIG={}", kc.display());
+    println!("      kubectl get nodes; kubectl --context r1 get nodes");
+    println!("stop with Ctrl-C");
+    shutdown_signal().await;
+    eprintln!("capstan: shutting down (stopping pods, then the replicas)");
+    if let Some(k) = local {
+        k.shutdown().await;
+    }
+    drop(hollow);
+    for c in &children {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+    }
+    for (mut c, s) in children.into_iter().zip(&specs) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            match c.try_wait() {
+                Ok(Some(_)) => break,
+                Ok(None) if Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(50)).await,
+                _ => {
+                    eprintln!("capstan: replica {} did not stop within 20 s; killing it", s.name);
+                    let _ = c.kill();
+                    let _ = c.wait();
+                    break;
+                }
+            }
+        }
+    }
+    eprintln!("capstan: stopped");
+    Ok(())
+}

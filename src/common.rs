@@ -1,0 +1,78 @@
+//! Small things every subcommand uses: the kubeconfig it writes, the host's name, the
+//! shutdown signal, and the store's shard count.
+
+use std::path::Path;
+
+use anyhow::{Context, Result};
+
+pub fn kubeconfig(server: &str) -> String {
+    format!(
+        "apiVersion: v1
+kind: Config
+clusters:
+- name: capstan
+  cluster:
+    server: {server}
+contexts:
+- name: capstan
+  context:
+    cluster: capstan
+    user: capstan
+    namespace: default
+current-context: capstan
+users:
+- name: capstan
+  user: {{}}
+"
+    )
+}
+
+
+/// A kubeconfig with one context per API server (the replicas of one cluster), the first
+/// current.
+pub fn kubeconfig_multi(servers: &[(String, String)]) -> String {
+    let mut s = String::from("apiVersion: v1\nkind: Config\nclusters:\n");
+    for (name, url) in servers {
+        s += &format!("- name: capstan-{name}\n  cluster:\n    server: {url}\n");
+    }
+    s += "contexts:\n";
+    for (name, _) in servers {
+        s += &format!("- name: {name}\n  context:\n    cluster: capstan-{name}\n    user: capstan\n    namespace: default\n");
+    }
+    s += &format!("current-context: {}\nusers:\n- name: capstan\n  user: {{}}\n", servers.first().map_or("", |(n, _)| n.as_str()));
+    s
+}
+
+/// Writes `D/kubeconfig` whole (temporary file, rename), returning its absolute path.
+pub fn write_kubeconfig(data_dir: &Path, text: &str) -> Result<std::path::PathBuf> {
+    let kc = data_dir.join("kubeconfig");
+    let tmp = data_dir.join("kubeconfig.tmp");
+    std::fs::write(&tmp, text).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, &kc)?;
+    Ok(std::fs::canonicalize(&kc).unwrap_or(kc))
+}
+
+pub fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_ascii_lowercase()).ok().filter(|s| !s.is_empty()).unwrap_or_else(|| "capstan-node".into())
+}
+
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+pub fn shard_count(data_dir: &std::path::Path, flag: Option<usize>) -> usize {
+    if let Some(n) = flag {
+        return n;
+    }
+    // An existing store keeps its shard count; a new one gets one shard per core.
+    match std::fs::read_dir(data_dir.join("wal")) {
+        Ok(rd) => rd.flatten().filter(|e| e.file_name().to_string_lossy().starts_with("shard-")).count().max(1),
+        Err(_) => std::thread::available_parallelism().map_or(1, |n| n.get()),
+    }
+}
+

@@ -1,0 +1,205 @@
+//! `capstan server`: one replica of a replicated cluster, in etcd's style of flags. Its store
+//! is a raft member (`raft::replica`); its API server serves the whole Kubernetes API from its
+//! own watch cache (writes go to the leader through raft, reads wait for a read index); and
+//! it runs the scheduler and the controllers while it holds their leases (one replica at a
+//! time runs each, as kube-scheduler and kube-controller-manager elect a leader).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use raft::replica::{InitialState, Replica, ReplicaConfig};
+
+use crate::common::{kubeconfig, shutdown_signal, write_kubeconfig};
+use crate::components::new_scheduler;
+
+#[derive(clap::Args, Clone)]
+pub struct ServerArgs {
+    /// This member's name (unique in the cluster; its id is derived from it).
+    #[arg(long)]
+    pub name: String,
+    #[arg(long, default_value = "./capstan-data")]
+    pub data_dir: PathBuf,
+    /// Where the Kubernetes API is served.
+    #[arg(long, default_value = "127.0.0.1:6443")]
+    pub listen: String,
+    /// Where the other replicas reach this one.
+    #[arg(long, default_value = "127.0.0.1:2380")]
+    pub peer_listen: String,
+    /// The peer URL the others use for this member (default: http:// + --peer-listen).
+    #[arg(long)]
+    pub advertise_peer_url: Option<String>,
+    /// Every initial member: NAME=http://HOST:PORT,... (this member among them).
+    #[arg(long)]
+    pub initial_cluster: String,
+    /// `new`: the initial members start a cluster together; `existing`: this member joins a
+    /// cluster that has added it (`capstan member add`).
+    #[arg(long, default_value = "new", value_parser = ["new", "existing"])]
+    pub initial_cluster_state: String,
+    /// Distinguishes clusters started from the same member list.
+    #[arg(long, default_value = "capstan")]
+    pub initial_cluster_token: String,
+    /// Acknowledge writes before they are durable. Loses data on a crash.
+    #[arg(long)]
+    pub unsafe_no_fsync: bool,
+    /// Run no scheduler in this replica.
+    #[arg(long)]
+    pub no_scheduler: bool,
+    /// Run no controllers in this replica.
+    #[arg(long)]
+    pub no_controllers: bool,
+    /// Raft: heartbeat interval and election timeout range, in milliseconds.
+    #[arg(long, default_value_t = 100)]
+    pub heartbeat_ms: u64,
+    #[arg(long, default_value_t = 400)]
+    pub election_timeout_min_ms: u64,
+    #[arg(long, default_value_t = 800)]
+    pub election_timeout_max_ms: u64,
+    #[arg(long, default_value = "info")]
+    pub log_level: String,
+}
+
+/// Creates the system namespaces once a quorum exists (every replica tries; the first wins).
+async fn bootstrap(store: &storage::Store) -> Result<()> {
+    let mut waited = Duration::ZERO;
+    loop {
+        match apiserver::bootstrap(store).await {
+            Ok(()) => return Ok(()),
+            Err(storage::StoreError::NoQuorum(_) | storage::StoreError::Unavailable(_)) => {
+                if waited.as_secs() % 10 == 0 && !waited.is_zero() {
+                    eprintln!("capstan: waiting for a quorum of the cluster's members ({}s)", waited.as_secs());
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                waited += Duration::from_millis(200);
+            }
+            Err(e) => return Err(e).context("creating the system namespaces"),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Part {
+    Scheduler,
+    Controllers,
+}
+
+/// Runs the scheduler (or the controllers) in this replica whenever it holds their lease.
+fn elected(api: String, part: Part, identity: String) -> tokio::task::JoinHandle<()> {
+    let lease = match part {
+        Part::Scheduler => "capstan-scheduler",
+        Part::Controllers => "capstan-controller-manager",
+    };
+    tokio::spawn(async move {
+        loop {
+            let c = kubelet::client::Client::with_agent(&api, "capstan-server-election/0.1");
+            let mut leading = controllers::leader::campaign(c, "kube-system", lease, &identity).await;
+            let running: Box<dyn std::any::Any + Send> = match part {
+                Part::Controllers => Box::new(controllers::Controllers::start(&api, Default::default()).await),
+                Part::Scheduler => match new_scheduler(&api, None) {
+                    Ok(s) => Box::new(s),
+                    Err(e) => {
+                        tracing::error!(error = %e, "starting the scheduler failed");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        continue;
+                    }
+                },
+            };
+            println!("capstan: this replica now runs the {part:?} (it holds the {lease} lease)");
+            leading.lost().await;
+            drop(running);
+            println!("capstan: this replica lost the {lease} lease and stopped the {part:?}");
+        }
+    })
+}
+
+pub async fn run(a: ServerArgs) -> Result<()> {
+    crate::datadir::prepare(&a.data_dir, crate::datadir::Kind::Replica)?;
+    let initial = raft::cluster::parse_initial_cluster(&a.initial_cluster).map_err(anyhow::Error::msg)?;
+    let state = if a.initial_cluster_state == "existing" { InitialState::Existing } else { InitialState::New };
+    if a.election_timeout_min_ms >= a.election_timeout_max_ms || a.heartbeat_ms >= a.election_timeout_min_ms {
+        bail!("need --heartbeat-ms < --election-timeout-min-ms < --election-timeout-max-ms");
+    }
+    let api_listener = tokio::net::TcpListener::bind(&a.listen).await.with_context(|| format!("listening on {}", a.listen))?;
+    let api_addr = api_listener.local_addr()?;
+    let api_url = format!("http://{api_addr}");
+    let peer_listener = tokio::net::TcpListener::bind(&a.peer_listen).await.with_context(|| format!("listening for peers on {}", a.peer_listen))?;
+    let peer_addr = peer_listener.local_addr()?;
+    let mut cfg = ReplicaConfig::new(&a.name, &a.data_dir, initial);
+    cfg.peer_url = a.advertise_peer_url.clone().unwrap_or_else(|| format!("http://{peer_addr}"));
+    cfg.api_url = api_url.clone();
+    cfg.initial_state = state;
+    cfg.cluster_token = a.initial_cluster_token.clone();
+    cfg.fsync = !a.unsafe_no_fsync;
+    cfg.heartbeat = Duration::from_millis(a.heartbeat_ms);
+    cfg.election_timeout = (Duration::from_millis(a.election_timeout_min_ms), Duration::from_millis(a.election_timeout_max_ms));
+    // History older than 5 minutes is compacted (the leader proposes it), as the Kubernetes API
+    // server asks of etcd (--etcd-compaction-interval=5m).
+    cfg.store.compact_retention_age = Some(Duration::from_secs(300));
+    if a.unsafe_no_fsync {
+        tracing::warn!("!!! --unsafe-no-fsync: this replica acknowledges writes BEFORE they are durable !!!");
+    }
+    let replica = Replica::start_on(cfg, peer_listener).await.with_context(|| format!("starting replica {}", a.name))?;
+    let store = replica.store.clone();
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let app = apiserver::router_with_shutdown(store.clone(), stop_rx.clone());
+    let mut stop_serving = stop_rx.clone();
+    let mut server_task = tokio::spawn(async move {
+        axum::serve(api_listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = stop_serving.wait_for(|s| *s).await;
+            })
+            .await
+    });
+    let kc = write_kubeconfig(&a.data_dir, &kubeconfig(&api_url))?;
+    println!("capstan replica {} is serving the Kubernetes API at {api_url}", a.name);
+    println!("  peer:       {}  (cluster {:016x}, member {:016x})", replica.status()["members"].as_array().and_then(|m| m.iter().find(|x| x["name"] == a.name.as_str())).and_then(|m| m["peerURL"].as_str()).unwrap_or(&format!("http://{peer_addr}")), replica.cluster_id(), replica.id());
+    println!("  status:     http://{peer_addr}/raft/status");
+    println!("  data:       {}", std::fs::canonicalize(&a.data_dir).unwrap_or(a.data_dir.clone()).display());
+    println!("  kubeconfig: {}", kc.display());
+    println!("stop with Ctrl-C (a leader hands leadership over first)");
+    let bootstrapped = tokio::select! {
+        r = bootstrap(&store) => r,
+        _ = shutdown_signal() => Ok(()),
+    };
+    bootstrapped?;
+    let identity = format!("{}_{}", a.name, std::process::id());
+    let mut elections = Vec::new();
+    if !a.no_controllers {
+        elections.push(elected(api_url.clone(), Part::Controllers, identity.clone()));
+    }
+    if !a.no_scheduler {
+        elections.push(elected(api_url.clone(), Part::Scheduler, identity));
+    }
+    let mut removed_check = tokio::time::interval(Duration::from_millis(500));
+    let early = loop {
+        tokio::select! {
+            _ = shutdown_signal() => break None,
+            r = &mut server_task => break Some(r),
+            _ = removed_check.tick() => {
+                if replica.removed() {
+                    eprintln!("capstan: member {} was removed from the cluster; it stops serving", a.name);
+                    break None;
+                }
+            }
+        }
+    };
+    for e in &elections {
+        e.abort();
+    }
+    drop(elections);
+    if let Some(r) = early {
+        r??;
+        return Ok(());
+    }
+    eprintln!("capstan: shutting down replica {}", a.name);
+    let _ = stop_tx.send(true);
+    let _ = tokio::time::timeout(Duration::from_secs(10), server_task).await;
+    let was_removed = replica.removed();
+    drop(store);
+    replica.shutdown().await;
+    eprintln!("capstan: stopped");
+    if was_removed {
+        bail!("this member was removed from the cluster");
+    }
+    Ok(())
+}

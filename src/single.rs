@@ -1,0 +1,135 @@
+//! `capstan up` and `capstan apiserver` on one store: the store, the API server and (for `up`)
+//! the scheduler, the controllers, a real node and hollow nodes, in this process.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use storage::{Config, Store};
+
+use crate::common::{hostname, kubeconfig, shard_count, shutdown_signal};
+use crate::components::{new_scheduler, serve_components};
+use crate::{NodeOpts, ServeOpts};
+
+/// Runs the store and the API server (and, for `up`, the nodes) until SIGINT or SIGTERM,
+/// then stops cleanly: pods first (their containers get SIGTERM and their grace period, up
+/// to 10 s), then open watches (a last bookmark each), then the store (synced, threads
+/// joined when its last handle drops).
+pub async fn serve(data_dir: PathBuf, listen: String, opts: ServeOpts, up: Option<(NodeOpts, usize, u64)>) -> Result<()> {
+    std::fs::create_dir_all(&data_dir).with_context(|| format!("creating {}", data_dir.display()))?;
+    crate::datadir::prepare(&data_dir, crate::datadir::Kind::Single)?;
+    let store_dir = data_dir.join("store");
+    let mut cfg = Config::new(&store_dir);
+    cfg.shards = shard_count(&store_dir, opts.shards);
+    cfg.fsync = !opts.unsafe_no_fsync;
+    // History older than 5 minutes is compacted, as the Kubernetes API server asks of etcd
+    // (--etcd-compaction-interval=5m); without it every lease renewal is kept forever.
+    cfg.compact_retention_age = Some(std::time::Duration::from_secs(300));
+    let store = tokio::task::block_in_place(|| Store::open(cfg)).with_context(|| format!("opening the store in {}", store_dir.display()))?;
+    apiserver::bootstrap(&store).await.context("creating the system namespaces")?;
+    let listener = tokio::net::TcpListener::bind(&listen).await.with_context(|| format!("listening on {listen}"))?;
+    let addr = listener.local_addr()?;
+    let server = format!("http://{addr}");
+    let kc = data_dir.join("kubeconfig");
+    let tmp = data_dir.join("kubeconfig.tmp");
+    std::fs::write(&tmp, kubeconfig(&server))?;
+    std::fs::rename(&tmp, &kc)?;
+    let kc_abs = std::fs::canonicalize(&kc).unwrap_or(kc);
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let app = apiserver::router_with_shutdown(store.clone(), stop_rx.clone());
+    let mut stop_serving = stop_rx.clone();
+    let mut server_task = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = stop_serving.wait_for(|s| *s).await;
+            })
+            .await
+    });
+    println!("capstan {} is serving the Kubernetes API at {server}", if up.is_some() { "cluster" } else { "API server" });
+    println!("  data:       {}", std::fs::canonicalize(&data_dir).unwrap_or(data_dir.clone()).display());
+    println!("  kubeconfig: {}", kc_abs.display());
+    let mut local = None;
+    let mut hollow = None;
+    let mut sched = None;
+    let mut ctrl = None;
+    if let Some((node, hollow_nodes, lease_secs)) = up {
+        if !node.no_controllers {
+            let settings = controllers::run::Settings {
+                node_monitor_grace: std::time::Duration::from_secs(node.node_monitor_grace_seconds.max(1)),
+                hpa_sync: std::time::Duration::from_secs(node.hpa_sync_seconds.max(1)),
+                ..Default::default()
+            };
+            ctrl = Some(std::sync::Arc::new(controllers::Controllers::start(&server, settings).await));
+        }
+        if !node.no_scheduler || ctrl.is_some() {
+            let s = if node.no_scheduler { None } else { Some(std::sync::Arc::new(new_scheduler(&server, node.scheduler_config.as_deref())?)) };
+            let a = serve_components(&node.scheduler_listen, s.clone(), ctrl.clone()).await?;
+            println!("  scheduler:  http://{a}/metrics, http://{a}/debug/scheduler/pods/<namespace>/<name>, http://{a}/debug/pprof/profile?seconds=10 (controllers' metrics at the same /metrics)");
+            sched = s;
+        }
+        if !node.no_local_node {
+            let (k, name) = start_local_node(&server, &data_dir, addr.port(), &node).await?;
+            println!("  node:       {name} (pods run as local processes; logs in {})", data_dir.join("pods").display());
+            local = Some(k);
+        }
+        if hollow_nodes > 0 {
+            let cfg = kubelet::HollowConfig { count: hollow_nodes, lease_renew: std::time::Duration::from_secs(lease_secs.max(1)), ..Default::default() };
+            let h = kubelet::HollowNodes::start(&server, cfg).await.context("starting hollow nodes")?;
+            println!("  hollow nodes: {hollow_nodes} (hollow-0 .. hollow-{})", hollow_nodes - 1);
+            hollow = Some(h);
+        }
+    }
+    println!("try:  export KUBECONFIG={}", kc_abs.display());
+    println!("      kubectl get nodes");
+    println!("stop with Ctrl-C");
+    let early = tokio::select! {
+        _ = shutdown_signal() => None,
+        r = &mut server_task => Some(r),
+    };
+    if let Some(r) = early {
+        r??;
+        return Ok(());
+    }
+    eprintln!("capstan: shutting down (stopping pods)");
+    drop(sched);
+    drop(ctrl);
+    if let Some(k) = local {
+        k.shutdown().await;
+    }
+    drop(hollow);
+    let _ = stop_tx.send(true);
+    server_task.await??;
+    eprintln!("capstan: stopped");
+    drop(store);
+    Ok(())
+}
+
+pub async fn start_local_node(server: &str, data_dir: &std::path::Path, api_port: u16, o: &NodeOpts) -> Result<(kubelet::Kubelet, String)> {
+    let name = o.node_name.clone().unwrap_or_else(hostname);
+    let root = data_dir.join("pods");
+    std::fs::create_dir_all(&root)?;
+    let spec = kubelet::NodeSpec::local(&name, data_dir);
+    let q = |k: &str| spec.capacity.get(k).and_then(|v| v.as_str()).and_then(|s| api::Quantity::parse(s).ok()).unwrap_or_default();
+    let mut base_env = vec![
+        ("KUBERNETES_SERVICE_HOST".to_string(), "127.0.0.1".to_string()),
+        ("KUBERNETES_SERVICE_PORT".to_string(), api_port.to_string()),
+    ];
+    for k in ["PATH", "HOME", "LANG"] {
+        if let Ok(v) = std::env::var(k) {
+            base_env.push((k.to_string(), v));
+        }
+    }
+    let cfg = kubelet::process::ProcessConfig {
+        node_name: name.clone(),
+        root,
+        backoff: kubelet::pod::Backoff { base: std::time::Duration::from_secs(o.crash_backoff_seconds.max(1)), ..Default::default() },
+        sample_every: std::time::Duration::from_secs(o.usage_sample_seconds.max(1)),
+        shutdown_grace_max: std::time::Duration::from_secs(10),
+        allocatable: kubelet::pod::Allocatable { cpu_milli: q("cpu").milli, memory: q("memory").units_ceil(), pods: q("pods").units_ceil() },
+        host_ip: "127.0.0.1".into(),
+        base_env,
+    };
+    let rt = std::sync::Arc::new(kubelet::process::ProcessRuntime::new(cfg, kubelet::client::Client::new(server)));
+    let k = kubelet::Kubelet::start(server, kubelet::KubeletConfig::default(), vec![spec], rt).await.context("starting the local node")?;
+    Ok((k, name))
+}
+
