@@ -78,9 +78,12 @@ fn build(store: Store, shutdown: tokio::sync::watch::Receiver<bool>, keep: Optio
     let warming = state.clone();
     tokio::spawn(async move {
         for info in warming.reg.resources.clone() {
-            if let Err(e) = warming.caches.get(&warming.store, &info).await {
-                tracing::error!(resource = info.resource, error = %e.message, "starting a watch cache failed");
-                return;
+            // A replica may start before the cluster has a quorum: wait for one, saying so.
+            let mut delay = std::time::Duration::from_millis(100);
+            while let Err(e) = warming.caches.get(&warming.store, &info).await {
+                tracing::warn!(resource = info.resource, error = %e.message, "starting a watch cache failed; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(std::time::Duration::from_secs(2));
             }
         }
         warming.warm.store(true, Ordering::SeqCst);

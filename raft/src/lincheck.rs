@@ -45,16 +45,27 @@ pub struct Op {
     pub ret: Option<u64>,
 }
 
-/// Why a history is not linearizable: the key, and its operations in call order.
+/// Why a history is not linearizable: the key, and its operations in call order. `undecided`
+/// when the search ran out of its budget (a failure too: the history was not shown
+/// linearizable).
 #[derive(Debug)]
 pub struct Violation {
     pub key: String,
     pub ops: Vec<Op>,
+    pub undecided: bool,
 }
+
+/// States a search may visit per key before it gives up (undecided): a violation makes the
+/// search exhaustive, which is exponential in the operations that overlap.
+pub const SEARCH_BUDGET: usize = 2_000_000;
 
 impl std::fmt::Display for Violation {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        writeln!(f, "history of key {:?} is not linearizable ({} operations):", self.key, self.ops.len())?;
+        if self.undecided {
+            writeln!(f, "history of key {:?} could not be shown linearizable within {SEARCH_BUDGET} search states ({} operations):", self.key, self.ops.len())?;
+        } else {
+            writeln!(f, "history of key {:?} is not linearizable ({} operations):", self.key, self.ops.len())?;
+        }
         for o in &self.ops {
             let ret = o.ret.map_or("?".to_string(), |r| r.to_string());
             writeln!(f, "  client {:>3} [{:>10} .. {:>10}] {:?} -> {:?}", o.client, o.call, ret, o.input, o.output)?;
@@ -84,10 +95,11 @@ pub fn check(history: &[Op]) -> Result<(), Violation> {
         by_key.entry(&o.key).or_default().push(o.clone());
     }
     for (key, ops) in by_key {
-        if !check_key(&ops) {
+        let verdict = check_key(&ops);
+        if verdict != Some(true) {
             let mut ops = ops;
             ops.sort_by_key(|o| o.call);
-            return Err(Violation { key: key.to_string(), ops });
+            return Err(Violation { key: key.to_string(), ops, undecided: verdict.is_none() });
         }
     }
     Ok(())
@@ -95,11 +107,12 @@ pub fn check(history: &[Op]) -> Result<(), Violation> {
 
 const NIL: usize = usize::MAX;
 
-/// One key's history (Lowe's algorithm over a doubly linked list of call and return events).
-fn check_key(ops: &[Op]) -> bool {
+/// One key's history (Lowe's algorithm over a doubly linked list of call and return events):
+/// `Some(linearizable?)`, or `None` when the budget ran out.
+fn check_key(ops: &[Op]) -> Option<bool> {
     let n = ops.len();
     if n == 0 {
-        return true;
+        return Some(true);
     }
     // Events in time order; at equal times calls come first (the more permissive reading).
     let mut evs: Vec<(u64, u8, usize, bool)> = Vec::with_capacity(2 * n);
@@ -150,7 +163,7 @@ fn check_key(ops: &[Op]) -> bool {
         if dead_end {
             // The earliest open operation's return was reached (or the list ran out): nothing
             // else may be linearized before it. Undo the last choice.
-            let Some((op, old)) = stack.pop() else { return false };
+            let Some((op, old)) = stack.pop() else { return Some(false) };
             state = old;
             linearized[op / 64] &= !(1 << (op % 64));
             relink(&mut next, &mut prev, ret_slot[op]);
@@ -162,6 +175,9 @@ fn check_key(ops: &[Op]) -> bool {
         let o = &ops[op];
         if let Some(new_state) = step(&state, &o.input, &o.output) {
             linearized[op / 64] |= 1 << (op % 64);
+            if seen.len() >= SEARCH_BUDGET {
+                return None;
+            }
             if seen.insert((linearized.clone(), new_state.clone())) {
                 stack.push((op, std::mem::replace(&mut state, new_state)));
                 unlink(&mut next, &mut prev, call_slot[op]);
@@ -173,7 +189,7 @@ fn check_key(ops: &[Op]) -> bool {
         }
         cur = next[cur];
     }
-    true
+    Some(true)
 }
 
 #[cfg(test)]

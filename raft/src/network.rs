@@ -176,7 +176,13 @@ pub fn authority(url: &str) -> String {
 pub struct Wire {
     pub cluster: Arc<AtomicU64>,
     pub me: NodeId,
+    /// The highest index of a committed membership, reported by a peer, that does not contain
+    /// this member (0: none): a membership newer than this member's own that left it out.
+    pub left_out_at: Arc<AtomicU64>,
 }
+
+/// The answer to a vote from a member a peer's committed membership leaves out.
+pub const NOT_A_MEMBER: &str = "not-a-member";
 
 impl Wire {
     pub fn cluster(&self) -> u64 {
@@ -284,6 +290,11 @@ impl PeerClient {
             // The peer process is stopping: connect again next time.
             *self.conn.lock().await = None;
         }
+        if status == StatusCode::GONE
+            && let Some(at) = std::str::from_utf8(&bytes).ok().and_then(|t| t.strip_prefix(NOT_A_MEMBER)).and_then(|t| t.trim().parse::<u64>().ok())
+        {
+            self.wire.left_out_at.fetch_max(at, Ordering::SeqCst);
+        }
         if lose_answer {
             return Err(PeerError::Unreachable("answer dropped (fault injection)".into()));
         }
@@ -322,7 +333,7 @@ fn answer(status: StatusCode, bytes: Bytes) -> Result<Bytes, PeerError> {
             Some(1) => Err(PeerError::Remote(String::from_utf8_lossy(&bytes[1..]).into_owned())),
             _ => Err(PeerError::Remote("malformed answer".into())),
         },
-        StatusCode::PRECONDITION_FAILED => Err(PeerError::Refused(text())),
+        StatusCode::PRECONDITION_FAILED | StatusCode::GONE => Err(PeerError::Refused(text())),
         s => Err(PeerError::Remote(format!("status {s}: {}", text()))),
     }
 }

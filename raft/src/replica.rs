@@ -212,7 +212,7 @@ impl Replica {
             cfg.peer_url = format!("http://{peer_addr}");
         }
         let cluster_id = check_identity(&cfg)?;
-        let wire = Wire { cluster: Arc::new(AtomicU64::new(cluster_id)), me: id };
+        let wire = Wire { cluster: Arc::new(AtomicU64::new(cluster_id)), me: id, left_out_at: Arc::new(AtomicU64::new(0)) };
         let net = PeerNetworkFactory::new(wire.clone(), cfg.connector.clone(), cfg.faults.clone());
         let raft_dir = cfg.data_dir.join("raft");
         let mut lc = LogConfig::new(&raft_dir);
@@ -566,7 +566,14 @@ impl Inner {
                     Ok(Err(e)) => return Err(unavailable(e.to_string())),
                 }
             } else {
-                let Some(c) = self.client_of(leader) else { return Err(unavailable(format!("leader {leader} is not in the membership"))) };
+                let Some(c) = self.client_of(leader) else {
+                    // A member that just joined learns the leader's address with the log.
+                    if Instant::now() >= deadline {
+                        return Err(unavailable(format!("leader {leader:016x} is not in this member's membership yet")));
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    continue;
+                };
                 let left = deadline.saturating_duration_since(Instant::now());
                 match c.unary("/raft/read-index", Bytes::new(), left).await {
                     Ok(b) => codec::decode_all(&b, |r| r.u64()).map_err(unavailable)?,
@@ -601,7 +608,13 @@ impl Inner {
                     _ => store.local_lease_time_to_live(id).await,
                 };
             }
-            let Some(c) = self.client_of(leader) else { return Err(StoreError::NoQuorum("leader unknown".into())) };
+            let Some(c) = self.client_of(leader) else {
+                if Instant::now() >= deadline {
+                    return Err(StoreError::NoQuorum("the leader's address is not known yet".into()));
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                continue;
+            };
             let mut b = BytesMut::new();
             b.put_u8(op);
             b.put_i64_le(id);
@@ -897,14 +910,19 @@ async fn monitor(inner: Weak<Inner>) {
             was_leader = leader;
         }
         let member = membership.membership().get_node(&i.id).is_some();
+        let own_index = membership.log_id().map_or(0, |l| l.index);
+        let left_out_at = i.wire.left_out_at.load(Ordering::SeqCst);
         if member {
             was_member = true;
-        } else if was_member && membership.log_id().is_some() && !i.removed.swap(true, Ordering::SeqCst) {
+        }
+        let removed = (was_member && !member && membership.log_id().is_some()) || (left_out_at > own_index && was_member);
+        if removed && !i.removed.swap(true, Ordering::SeqCst) {
             tracing::error!(member = %i.name, "this member was removed from the cluster: it serves nothing more");
         }
         drop(i);
-        if m.changed().await.is_err() {
-            return;
+        // Woken by raft's metrics, or every half second to look at what peers said.
+        if let Ok(Err(_)) = tokio::time::timeout(Duration::from_millis(500), m.changed()).await {
+            return; // raft stopped
         }
     }
 }
@@ -1022,6 +1040,16 @@ async fn handle(i: Arc<Inner>, req: Request<Incoming>) -> Response<Body> {
                 Ok(r) => r,
                 Err(e) => return bad(format!("vote: {e}")),
             };
+            // A candidate our committed membership leaves out was removed (or never added):
+            // say so, with the membership's index, so that it stops if that is newer than its own.
+            if let Some(from) = from {
+                let committed = raft.metrics().borrow_watched().committed_membership_config.clone();
+                if committed.membership().get_node(&from).is_none()
+                    && let Some(at) = committed.log_id()
+                {
+                    return network::status_body(StatusCode::GONE, format!("{} {}", network::NOT_A_MEMBER, at.index));
+                }
+            }
             let r = if path == "/raft/vote" { raft.vote(rpc).await } else { raft.pre_vote(rpc).await };
             match r {
                 Ok(r) => network::ok_body(codec::encode_with(|o| codec::vote_response(o, &r))),
