@@ -180,6 +180,10 @@ pub async fn run(a: ServerArgs) -> Result<()> {
                     eprintln!("capstan: member {} was removed from the cluster; it stops serving", a.name);
                     break None;
                 }
+                if let Some(why) = replica.failed() {
+                    eprintln!("capstan: replica {}'s raft stopped ({why}); exiting so that a restart checks the log and catches up", a.name);
+                    break None;
+                }
             }
         }
     };
@@ -195,11 +199,15 @@ pub async fn run(a: ServerArgs) -> Result<()> {
     let _ = stop_tx.send(true);
     let _ = tokio::time::timeout(Duration::from_secs(10), server_task).await;
     let was_removed = replica.removed();
+    let failed = replica.failed();
     drop(store);
     replica.shutdown().await;
     eprintln!("capstan: stopped");
     if was_removed {
         bail!("this member was removed from the cluster");
+    }
+    if let Some(why) = failed {
+        bail!("raft stopped: {why}");
     }
     Ok(())
 }

@@ -426,10 +426,12 @@ impl LogStore {
         });
         let (tx, rx) = crossbeam::channel::unbounded();
         let s2 = shared.clone();
+        let segment_bytes = cfg.segment_bytes;
         std::thread::Builder::new()
             .name("raft-log".into())
             .spawn(move || {
-                Writer { shared: s2, wal: writer, seg_max, log_dir }.run(rx);
+                let frame_max = FRAME_BYTES_MAX.min((segment_bytes - wal::SEGMENT_HEADER_BYTES) as usize / 2);
+                Writer { shared: s2, wal: writer, seg_max, log_dir, frame_max }.run(rx);
                 // The directory is free once the writer is done with it.
                 drop(lock);
             })?;
@@ -461,6 +463,8 @@ struct Writer {
     /// Per segment, the highest entry index written to it (what a purge may remove).
     seg_max: BTreeMap<u64, u64>,
     log_dir: PathBuf,
+    /// A frame is written before it would grow past this (at most half a segment).
+    frame_max: usize,
 }
 
 struct Pending {
@@ -482,6 +486,10 @@ impl Writer {
                     WriteOp::Append { entries, done } => {
                         for e in &entries {
                             let (head, payload) = codec::entry_parts(e);
+                            let item = 5 + head.len() + payload.as_ref().map_or(0, |p| p.len());
+                            if !p.frame.is_empty() && p.frame.len() + item > self.frame_max {
+                                self.flush(&mut p);
+                            }
                             let mut len = 0;
                             let at = p.frame.push_with(|b| {
                                 let start = b.len();
@@ -493,9 +501,6 @@ impl Writer {
                                 len = b.len() - start;
                             });
                             p.placed.push((e.log_id, at, len as u32));
-                            if p.frame.len() >= FRAME_BYTES_MAX {
-                                self.flush(&mut p);
-                            }
                         }
                         p.done.push(done);
                     }
@@ -522,7 +527,7 @@ impl Writer {
                         let _ = done.send(self.failed().and_then(|()| self.purge(upto)));
                     }
                 }
-                if p.frame.len() >= FRAME_BYTES_MAX {
+                if p.frame.len() >= self.frame_max {
                     break;
                 }
                 next = rx.try_recv().ok();

@@ -167,6 +167,10 @@ struct Inner {
     barrier: Mutex<BarrierState>,
     /// Set once this member learns it was removed from the cluster: it serves nothing more.
     removed: AtomicBool,
+    /// Set when raft stopped on its own (a storage error: a failed sync, a corrupt entry read
+    /// back): this replica is no longer a member in any useful sense; its process should
+    /// exit and be restarted, which checks the log (cutting a corruption) and catches up.
+    failed: OnceLock<String>,
     identity_written: AtomicBool,
     forwarded: AtomicU64,
     /// Entries proposed, commands in them, and microseconds from proposal to answer (summed).
@@ -240,6 +244,7 @@ impl Replica {
             forwards: ftx,
             barrier: Mutex::new(BarrierState::default()),
             removed: AtomicBool::new(false),
+            failed: OnceLock::new(),
             identity_written: AtomicBool::new(cluster_id != 0),
             forwarded: AtomicU64::new(0),
             entries: AtomicU64::new(0),
@@ -261,6 +266,10 @@ impl Replica {
             election_timeout_max: cfg.election_timeout.1.as_millis() as u64,
             enable_pre_vote: Some(true),
             broadcast_submitted_on_append: Some(true),
+            // A follower whose damaged log was cut at the damage comes back with less than it
+            // had acknowledged: the leader resets its progress instead of stopping (raft/DESIGN.md,
+            // "Corruption", has what this gives up).
+            allow_log_reversion: Some(cfg.on_corruption == Corruption::Truncate),
             snapshot_policy: openraft::SnapshotPolicy::Never,
             max_in_snapshot_log_to_keep: 256,
             max_payload_entries: 32,
@@ -318,6 +327,11 @@ impl Replica {
 
     pub fn removed(&self) -> bool {
         self.inner.removed.load(Ordering::SeqCst)
+    }
+
+    /// Why raft stopped by itself, if it did (see `Inner::failed`).
+    pub fn failed(&self) -> Option<String> {
+        self.inner.failed.get().cloned()
     }
 
     /// Proposals this replica forwarded to a leader.
@@ -488,6 +502,9 @@ impl Inner {
             if self.removed.load(Ordering::SeqCst) {
                 return Err(StoreError::NoQuorum(format!("member {} was removed from the cluster", self.name)));
             }
+            if let Some(why) = self.failed.get() {
+                return Err(StoreError::NoQuorum(format!("this replica's raft stopped: {why}")));
+            }
             let Some(leader) = self.wait_leader(deadline).await else {
                 return Err(StoreError::NoQuorum(format!("no leader within {:?}", self.cfg.write_timeout)));
             };
@@ -519,6 +536,9 @@ impl Inner {
     async fn read_barrier(self: Arc<Self>) -> Result<(), StoreError> {
         if self.removed.load(Ordering::SeqCst) {
             return Err(StoreError::NoQuorum(format!("member {} was removed from the cluster", self.name)));
+        }
+        if let Some(why) = self.failed.get() {
+            return Err(StoreError::NoQuorum(format!("this replica's raft stopped: {why}")));
         }
         let (tx, rx) = oneshot::channel();
         let start = {
@@ -672,6 +692,7 @@ impl Inner {
             "snapshot": m.snapshot.map(|l| l.index),
             "revision": self.store.get().map(|s| s.revision()),
             "removed": self.removed.load(Ordering::SeqCst),
+            "failed": self.failed.get(),
             "members": members,
             "proposed": {
                 "entries": self.entries.load(Ordering::Relaxed),
@@ -896,11 +917,23 @@ async fn monitor(inner: Weak<Inner>) {
     let mut was_leader = false;
     let mut was_member = false;
     loop {
-        let (state, membership) = {
+        let (state, membership, running) = {
             let mm = m.borrow_watched();
-            (mm.state, mm.committed_membership_config.clone())
+            (mm.state, mm.committed_membership_config.clone(), mm.running_state.clone())
         };
         let Some(i) = inner.upgrade() else { return };
+        if let Err(fatal) = running
+            && !*i.stop.borrow()
+        {
+            let why = fatal.to_string();
+            if i.failed.set(why.clone()).is_ok() {
+                tracing::error!(member = %i.name, error = %why, "raft stopped on an error: this replica no longer serves; restart it to recover");
+                if let Some(sm) = i.sm.get() {
+                    sm.store().set_leader(false, Duration::ZERO);
+                }
+            }
+            return;
+        }
         let leader = state == ServerState::Leader;
         if leader != was_leader {
             if let Some(sm) = i.sm.get() {

@@ -100,3 +100,18 @@ async fn a_corrupt_log_is_cut_at_the_damage_or_refused() {
     let (mut log, _) = LogStore::open(config(dir.path())).unwrap();
     assert_eq!(all(&mut log).await.last().unwrap(), &entry(2, 4));
 }
+
+/// Appends larger than a segment's worth (a follower catching up takes AppendEntries of many
+/// big entries) are written as several frames, none larger than a segment holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn appends_larger_than_a_segment_are_split_into_frames_that_fit() {
+    let dir = tempfile::tempdir().unwrap();
+    let big = |i: u64| Entry { log_id: lid(1, i), payload: EntryPayload::Normal(Batch::new(Bytes::from(vec![b'a' + (i % 26) as u8; 300_000]))) };
+    {
+        let (mut log, _) = LogStore::open(config(dir.path())).unwrap();
+        append(&mut log, (1..=20).map(big).collect()).await;
+    }
+    let (mut log, opened) = LogStore::open(config(dir.path())).unwrap();
+    assert_eq!(opened.entries, 20);
+    assert_eq!(all(&mut log).await, (1..=20).map(big).collect::<Vec<_>>());
+}
