@@ -69,6 +69,10 @@ enum Workload {
     Cas,
     /// Load `--keys` keys, snapshot, close, and time reopening until a get succeeds.
     Recovery,
+    /// With `--replicas 3`: a follower is down while `--keys` keys are written and the leader
+    /// snapshots and trims its log; time from the follower's restart until it has caught up
+    /// (from the leader's snapshot).
+    Catchup,
 }
 
 impl Workload {
@@ -79,6 +83,7 @@ impl Workload {
             Workload::Range => "range",
             Workload::Cas => "cas",
             Workload::Recovery => "recovery",
+            Workload::Catchup => "catchup",
         }
     }
 }
@@ -139,7 +144,19 @@ fn thread_cpu() -> Value {
 }
 
 /// A raft group of `n` replicas in this process, each in its own directory under `dir`.
+fn replica_config(i: usize, dir: &Path, initial: &[(String, String)], fsync: bool, in_flight: usize) -> raft::replica::ReplicaConfig {
+    let mut cfg = raft::replica::ReplicaConfig::new(&format!("r{i}"), dir.join(format!("r{i}")), initial.to_vec());
+    cfg.peer_url = initial[i].1.clone();
+    cfg.fsync = fsync;
+    cfg.entries_in_flight = in_flight;
+    cfg
+}
+
 async fn start_replicas(n: usize, dir: &Path, fsync: bool, in_flight: usize) -> Result<Vec<raft::replica::Replica>> {
+    start_replicas_with(n, dir, fsync, in_flight, |_| {}).await
+}
+
+async fn start_replicas_with(n: usize, dir: &Path, fsync: bool, in_flight: usize, tune: impl Fn(&mut raft::replica::ReplicaConfig)) -> Result<Vec<raft::replica::Replica>> {
     let mut listeners = Vec::new();
     let mut initial = Vec::new();
     for i in 0..n {
@@ -149,10 +166,8 @@ async fn start_replicas(n: usize, dir: &Path, fsync: bool, in_flight: usize) -> 
     }
     let mut out = Vec::new();
     for (i, l) in listeners.into_iter().enumerate() {
-        let mut cfg = raft::replica::ReplicaConfig::new(&format!("r{i}"), dir.join(format!("r{i}")), initial.clone());
-        cfg.peer_url = initial[i].1.clone();
-        cfg.fsync = fsync;
-        cfg.entries_in_flight = in_flight;
+        let mut cfg = replica_config(i, dir, &initial, fsync, in_flight);
+        tune(&mut cfg);
         out.push(raft::replica::Replica::start_on(cfg, l).await.map_err(|e| anyhow!("starting replica r{i}: {e}"))?);
     }
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -539,6 +554,89 @@ fn workload_recovery(rt: &Runtime, cfg: &Config, args: &Args) -> Result<Report> 
     })
 }
 
+/// A follower misses `--keys` keys (and the log that held them); the time from its restart to
+/// having applied everything the leader had is the catch-up time.
+async fn workload_catchup(args: &Args, dir: &Path, fsync: bool) -> Result<Report> {
+    use openraft::async_runtime::watch::WatchReceiver;
+    ensure!(args.replicas >= 3, "--workload catchup needs --replicas 3 (or more)");
+    let tune = |c: &mut raft::replica::ReplicaConfig| c.snapshot_log_bytes = 64 << 20;
+    let mut replicas = start_replicas_with(args.replicas, dir, fsync, args.entries_in_flight, tune).await?;
+    let li = replicas.iter().position(|r| r.is_leader()).expect("a leader");
+    let fi = (li + 1) % replicas.len();
+    let initial: Vec<(String, String)> = replicas
+        .iter()
+        .enumerate()
+        .map(|(i, r)| (format!("r{i}"), format!("http://{}", r.peer_addr)))
+        .collect();
+    let follower_addr = replicas[fi].peer_addr;
+    let follower = replicas.remove(fi);
+    follower.kill().await;
+    let li = if fi < li { li - 1 } else { li };
+    let leader = &replicas[li];
+    let keys = Keys::new("/k/", 0, args.keys);
+    let value = value_of(args.value_bytes);
+    let loaders = args.clients.max(LOAD_CLIENTS_MIN).min(keys.count);
+    let t = Instant::now();
+    let load = put_all(&leader.store, loaders, &keys, &value).await.context("loading keys")?;
+    let load_s = t.elapsed().as_secs_f64();
+    // The leader's log no longer holds the follower's next entries: a snapshot is the way back.
+    leader.store.snapshot().await.context("the leader's snapshot")?;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while leader.raft().metrics().borrow_watched().purged.is_none() {
+        ensure!(Instant::now() < deadline, "the leader did not trim its log within 120 s");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let target = leader.raft().metrics().borrow_watched().last_log_index.unwrap_or(0);
+    let want_rev = leader.store.revision();
+    if !args.json {
+        eprintln!("loaded {} keys of {} B in {load_s:.1} s; the leader trimmed its log; restarting the follower", keys.count, value.len());
+    }
+    let l = tokio::net::TcpListener::bind(follower_addr).await.context("rebinding the follower's peer port")?;
+    let t = Instant::now();
+    let f = raft::replica::Replica::start_on({
+        let mut c = replica_config(fi, dir, &initial, fsync, args.entries_in_flight);
+        tune(&mut c);
+        c
+    }, l)
+    .await
+    .map_err(|e| anyhow!("restarting the follower: {e}"))?;
+    loop {
+        let applied = f.raft().metrics().borrow_watched().last_applied.map_or(0, |l| l.index);
+        if applied >= target && f.store.revision() >= want_rev {
+            break;
+        }
+        ensure!(t.elapsed() < Duration::from_secs(600), "the follower did not catch up within 600 s");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let catchup = t.elapsed();
+    let st = f.status();
+    ensure!(st["snapshot"].as_u64().is_some(), "the follower caught up without installing a snapshot: {st}");
+    let got = f.store.get(keys.key(keys.count - 1)).await?.context("the last key on the caught-up follower")?;
+    ensure!(got.value == value, "the caught-up follower has another value");
+    let stats = f.store.stats().await;
+    f.shutdown().await;
+    for r in replicas {
+        r.shutdown().await;
+    }
+    let mut hist = new_hist();
+    hist.saturating_record(micros(catchup));
+    let extra = vec![
+        ("keys", json!(args.keys)),
+        ("catchup_ms", json!(catchup.as_secs_f64() * 1e3)),
+        ("load_s", json!(load_s)),
+        ("load_ops_per_sec", json!(keys.count as f64 / load.elapsed.as_secs_f64())),
+        ("follower_revision", json!(stats.revision)),
+        ("leader_revision", json!(want_rev)),
+    ];
+    Ok(Report {
+        run: RunOut { elapsed: catchup, hist, attempts: 1, attempt_hist: None },
+        done: args.keys,
+        ops_per_sec: Some(args.keys as f64 / catchup.as_secs_f64()),
+        stats: Some(stats),
+        extra,
+    })
+}
+
 // ---------------------------------------------------------------------------------------------
 // Output
 // ---------------------------------------------------------------------------------------------
@@ -606,7 +704,9 @@ fn main() -> Result<()> {
     cfg.fsync = !args.unsafe_no_fsync;
 
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("tokio runtime")?;
-    let report = if args.replicas > 0 {
+    let report = if args.workload == Workload::Catchup {
+        rt.block_on(workload_catchup(&args, &dir, cfg.fsync))?
+    } else if args.replicas > 0 {
         ensure!(args.workload != Workload::Recovery, "--workload recovery is of the single-replica store");
         rt.block_on(async {
             let replicas = start_replicas(args.replicas, &dir, cfg.fsync, args.entries_in_flight).await?;
@@ -617,7 +717,7 @@ fn main() -> Result<()> {
                 Workload::Get => workload_get(&store, &args).await,
                 Workload::Range => workload_range(&store, &args).await,
                 Workload::Cas => workload_cas(&store, &args).await,
-                Workload::Recovery => unreachable!(),
+                Workload::Recovery | Workload::Catchup => unreachable!(),
             }?;
             r.extra.push(("replicas", json!(args.replicas)));
             r.extra.push(("thread_cpu_s", thread_cpu()));
@@ -645,7 +745,7 @@ fn main() -> Result<()> {
                 Workload::Get => workload_get(&store, &args).await,
                 Workload::Range => workload_range(&store, &args).await,
                 Workload::Cas => workload_cas(&store, &args).await,
-                Workload::Recovery => unreachable!(),
+                Workload::Recovery | Workload::Catchup => unreachable!(),
             }
         })?;
         drop(store);
@@ -701,6 +801,7 @@ fn print_table(out: &[(String, Value)], workload: Workload) {
     };
     let title = match workload {
         Workload::Recovery => "recovery (p50/p99/p999 = the one recovery time; ops_per_sec = keys / recovery s)",
+        Workload::Catchup => "catchup (p50 = the one catch-up time of a follower from the leader's snapshot)",
         Workload::Cas => "cas (ops = successful CASes; latency per success, retries included)",
         Workload::Put => "put (distinct keys)",
         Workload::Get => "get (random preloaded keys)",
