@@ -324,7 +324,32 @@ impl Servers {
             signal(c.id(), libc::SIGTERM);
             let deadline = Instant::now() + WAIT;
             while c.try_wait().ok().flatten().is_none() {
-                assert!(Instant::now() < deadline, "{} did not stop within {WAIT:?} of SIGTERM", self.nodes[i].name);
+                if Instant::now() >= deadline {
+                    // Never leave it behind: what it was doing, then SIGKILL, then fail.
+                    let pid = c.id();
+                    let threads: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/task"))
+                        .map(|d| {
+                            d.flatten()
+                                .map(|t| {
+                                    let comm = std::fs::read_to_string(t.path().join("comm")).unwrap_or_default();
+                                    let stat = std::fs::read_to_string(t.path().join("stat")).unwrap_or_default();
+                                    let ticks: u64 = stat.rsplit(')').next().unwrap_or("").split_whitespace().skip(11).take(2).filter_map(|x| x.parse::<u64>().ok()).sum();
+                                    format!("{} ({ticks} CPU ticks)", comm.trim())
+                                })
+                                .collect()
+                        })
+                        .unwrap_or_default();
+                    let _ = c.kill();
+                    let _ = c.wait();
+                    let log = std::fs::read_to_string(self._root.path().join(format!("{}.log", self.nodes[i].name))).unwrap_or_default();
+                    let tail: Vec<&str> = log.lines().rev().take(40).collect::<Vec<_>>().into_iter().rev().collect();
+                    panic!(
+                        "{} did not stop within {WAIT:?} of SIGTERM (killed); threads: {}\nlast lines of its log:\n{}",
+                        self.nodes[i].name,
+                        threads.join(", "),
+                        tail.join("\n")
+                    );
+                }
                 std::thread::sleep(Duration::from_millis(20));
             }
         }
@@ -365,7 +390,10 @@ fn client(c: usize, apis: Vec<String>, history: Arc<Mutex<Vec<Op>>>, t0: Instant
     let now = || t0.elapsed().as_nanos() as u64;
     while !stop.load(std::sync::atomic::Ordering::SeqCst) {
         n += 1;
-        let api = &apis[rng.random_range(0..apis.len())];
+        let replica = rng.random_range(0..apis.len());
+        let api = &apis[replica];
+        // The history names the replica that answered: client 21 is client 1 talking to s2.
+        let who = 10 * replica + c;
         let k = rng.random_range(0..KEYS);
         let key = format!("lin-{k}");
         let value = format!("c{c}-{n}");
@@ -389,14 +417,14 @@ fn client(c: usize, apis: Vec<String>, history: Arc<Mutex<Vec<Op>>>, t0: Instant
                     _ => (Input::Put(value), Output::Unknown),
                 };
                 let ret = (output != Output::Unknown).then(now);
-                history.lock().unwrap().push(Op { client: c, key, input, output, call, ret });
+                history.lock().unwrap().push(Op { client: who, key, input, output, call, ret });
             }
             1 => {
                 let call = now();
                 match http_timed(api, "GET", &cm_path(k), b"", t) {
                     Some((200, b)) => {
                         let (v, _) = cm_value(&b).expect("a ConfigMap");
-                        history.lock().unwrap().push(Op { client: c, key, input: Input::Get, output: Output::Value(Some(v)), call, ret: Some(now()) });
+                        history.lock().unwrap().push(Op { client: who, key, input: Input::Get, output: Output::Value(Some(v)), call, ret: Some(now()) });
                     }
                     _ => std::thread::sleep(Duration::from_millis(20)),
                 }
@@ -417,7 +445,7 @@ fn client(c: usize, apis: Vec<String>, history: Arc<Mutex<Vec<Op>>>, t0: Instant
                     _ => Output::Unknown,
                 };
                 let ret = (output != Output::Unknown).then(now);
-                history.lock().unwrap().push(Op { client: c, key, input: Input::Cas { expect: Some(expect), new: value }, output, call, ret });
+                history.lock().unwrap().push(Op { client: who, key, input: Input::Cas { expect: Some(expect), new: value }, output, call, ret });
             }
         }
     }
@@ -483,6 +511,61 @@ fn the_kubernetes_api_stays_linearizable_across_killed_paused_and_restarted_lead
             });
             let (v, _) = cm_value(&got.unwrap().1).unwrap();
             history.lock().unwrap().push(Op { client: 100 + i, key: format!("lin-{k}"), input: Input::Get, output: Output::Value(Some(v)), call, ret: Some(t0.elapsed().as_nanos() as u64) });
+        }
+    }
+    // With the writers stopped, every replica holds each key at the same revision: the state
+    // machine is deterministic (revisions are assigned at apply, in log order). A replica that
+    // numbered differently would judge a resourceVersion precondition differently.
+    for k in 0..KEYS {
+        let seen: Vec<(String, String)> = apis
+            .iter()
+            .map(|api| {
+                let mut got = None;
+                wait_until("a final read", || {
+                    got = http_timed(api, "GET", &cm_path(k), b"", Duration::from_secs(5))
+                        .filter(|(c, _)| *c == 200);
+                    got.is_some()
+                });
+                cm_value(&got.unwrap().1).unwrap()
+            })
+            .collect();
+        if !seen.iter().all(|s| *s == seen[0]) {
+            let status: Vec<String> = s
+                .nodes
+                .iter()
+                .map(|n| {
+                    // The peer port speaks HTTP/2 only.
+                    let out = std::process::Command::new("curl")
+                        .args([
+                            "-s",
+                            "-m",
+                            "5",
+                            "--http2-prior-knowledge",
+                            &format!("http://{}/raft/status", n.peer),
+                        ])
+                        .output();
+                    out.ok()
+                        .filter(|o| o.status.success())
+                        .map_or("no answer".into(), |o| {
+                            let v: serde_json::Value =
+                                serde_json::from_slice(&o.stdout).unwrap_or_default();
+                            format!(
+                                "{}: {} term {} leader {} applied {} revision {} snapshot {}",
+                                v["name"],
+                                v["state"],
+                                v["term"],
+                                v["leader"],
+                                v["applied"],
+                                v["revision"],
+                                v["snapshot"]
+                            )
+                        })
+                })
+                .collect();
+            panic!(
+                "replicas disagree on lin-{k} (value, resourceVersion): {seen:?}\n{}",
+                status.join("\n")
+            );
         }
     }
     let h = history.lock().unwrap().clone();

@@ -179,6 +179,12 @@ struct Inner {
     write_us: AtomicU64,
     /// Turns true when the replica stops: the peer server closes every connection.
     stop: tokio::sync::watch::Sender<bool>,
+    /// When a leader's AppendEntries (stream or heartbeat) last arrived, in ms since `epoch`.
+    last_append_ms: AtomicU64,
+    /// A leader's replication stream broke (its connection reset: the process died, most
+    /// likely): `fast_failover` starts an election as soon as leases allow.
+    stream_broke: Arc<tokio::sync::Notify>,
+    epoch: Instant,
 }
 
 #[derive(Default)]
@@ -251,6 +257,9 @@ impl Replica {
             commands: AtomicU64::new(0),
             write_us: AtomicU64::new(0),
             stop: tokio::sync::watch::channel(false).0,
+            last_append_ms: AtomicU64::new(0),
+            stream_broke: Arc::new(tokio::sync::Notify::new()),
+            epoch: Instant::now(),
         });
         let _ = inner.log.set(log.reader());
         let mut scfg = cfg.store.clone();
@@ -270,6 +279,13 @@ impl Replica {
             // had acknowledged: the leader resets its progress instead of stopping (raft/DESIGN.md,
             // "Corruption", has what this gives up).
             allow_log_reversion: Some(cfg.on_corruption == Corruption::Truncate),
+            // openraft 0.10 lets a leader that restarts quickly resume its old term without an
+            // election. That is not raft, and not safe here: the leader sends entries to its
+            // followers while its own write of them is still queued, so a killed leader comes
+            // back without its log's tail and would write different entries under the same
+            // log ids its followers already hold (replicas then apply different commands at
+            // the same index). A restarted leader stands for election in a new term instead.
+            enable_leader_restore: Some(false),
             snapshot_policy: openraft::SnapshotPolicy::Never,
             max_in_snapshot_log_to_keep: 256,
             max_payload_entries: 32,
@@ -297,6 +313,7 @@ impl Replica {
         tasks.push(tokio::spawn(forwarder(Arc::downgrade(&inner), frx)));
         tasks.push(tokio::spawn(monitor(Arc::downgrade(&inner))));
         tasks.push(tokio::spawn(snapshot_trigger(Arc::downgrade(&inner))));
+        tasks.push(tokio::spawn(fast_failover(Arc::downgrade(&inner))));
         tracing::info!(member = %cfg.name, id, peer = %peer_addr, cluster = format!("{:016x}", inner.wire.cluster()), "replica started");
         Ok(Replica { inner, store, peer_addr, tasks })
     }
@@ -960,6 +977,37 @@ async fn monitor(inner: Weak<Inner>) {
     }
 }
 
+/// When a leader's replication stream breaks (its connection reset: its process died, most
+/// likely) and nothing more comes from a leader, starts a (pre-)vote as soon as every member's
+/// leader lease has expired (`election_timeout_max` after the last heartbeat any of them can
+/// have had), instead of waiting for a randomized timeout that the others' leases would refuse
+/// anyway, a whole timeout each time. A pre-vote while the leader is alive is refused and
+/// changes nothing.
+async fn fast_failover(inner: Weak<Inner>) {
+    let Some((notify, wait)) = inner.upgrade().map(|i| {
+        (
+            i.stream_broke.clone(),
+            i.cfg.election_timeout.1 + Duration::from_millis(30),
+        )
+    }) else {
+        return;
+    };
+    loop {
+        notify.notified().await;
+        let Some(i) = inner.upgrade() else { return };
+        let broke_at = i.epoch.elapsed().as_millis() as u64;
+        drop(i);
+        tokio::time::sleep(wait).await;
+        let Some(i) = inner.upgrade() else { return };
+        let heard_since = i.last_append_ms.load(Ordering::SeqCst) > broke_at;
+        let leading = i.leader() == Some(i.id);
+        if !heard_since && !leading && i.failed.get().is_none() {
+            tracing::info!(member = %i.name, "the leader's connection broke and it has been silent since: starting an election");
+            let _ = i.raft().trigger().elect(true).await;
+        }
+    }
+}
+
 /// Snapshots once the log holds `snapshot_log_bytes` (openraft then trims the log).
 async fn snapshot_trigger(inner: Weak<Inner>) {
     loop {
@@ -1049,9 +1097,11 @@ async fn handle(i: Arc<Inner>, req: Request<Incoming>) -> Response<Body> {
     let raft = i.raft().clone();
     let bad = |e: String| network::status_body(StatusCode::BAD_REQUEST, e);
     match path.as_str() {
-        "/raft/append" => append_stream(raft, req),
+        "/raft/append" => append_stream(i.clone(), raft, req),
         "/raft/snapshot" => receive_snapshot(i, req),
         "/raft/append1" => {
+            i.last_append_ms
+                .store(i.epoch.elapsed().as_millis() as u64, Ordering::SeqCst);
             let b = match body_bytes(req, network::FRAME_BYTES_MAX).await {
                 Ok(b) => b,
                 Err(r) => return r,
@@ -1243,12 +1293,24 @@ async fn members(i: Arc<Inner>, req: Request<Incoming>) -> Response<Body> {
 }
 
 /// The follower's side of `stream_append`: AppendEntries in, their results out, pipelined.
-fn append_stream(raft: Raft, req: Request<Incoming>) -> Response<Body> {
+fn append_stream(i: Arc<Inner>, raft: Raft, req: Request<Incoming>) -> Response<Body> {
     let frames = FrameReader::new(req.into_body());
-    let input = futures_util::stream::unfold(frames, |mut f| async move {
-        match f.next().await {
+    let watch = Arc::downgrade(&i);
+    drop(i);
+    let input = futures_util::stream::unfold((frames, watch), |(mut f, watch)| async move {
+        let got = f.next().await;
+        if let Some(i) = watch.upgrade() {
+            match &got {
+                Some(Ok(_)) => i
+                    .last_append_ms
+                    .store(i.epoch.elapsed().as_millis() as u64, Ordering::SeqCst),
+                Some(Err(_)) => i.stream_broke.notify_one(),
+                None => {}
+            }
+        }
+        match got {
             Some(Ok(b)) => match codec::decode_all(&b, codec::read_append_request) {
-                Ok(r) => Some((r, f)),
+                Ok(r) => Some((r, (f, watch))),
                 Err(e) => {
                     // A corrupt entry (checksum) or a malformed request is refused: the stream
                     // ends, and the leader sends again from its own log.

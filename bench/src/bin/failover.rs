@@ -62,9 +62,15 @@ fn reserve_port() -> u16 {
     }
 }
 
-/// One HTTP/1.1 request with a deadline: (status, body), or `None` without an answer.
+/// No connection could be made: the request was not sent (no effect).
+const NOT_SENT: u16 = 0;
+
+/// One HTTP/1.1 request with a deadline: (status, body), `(NOT_SENT, _)` if it could not even
+/// connect, or `None` without an answer (its effect is unknown).
 fn http(addr: &str, method: &str, path: &str, body: &[u8], timeout: Duration) -> Option<(u16, Vec<u8>)> {
-    let mut s = std::net::TcpStream::connect_timeout(&addr.parse().ok()?, Duration::from_millis(500)).ok()?;
+    let Ok(mut s) = std::net::TcpStream::connect_timeout(&addr.parse().ok()?, Duration::from_millis(500)) else {
+        return Some((NOT_SENT, Vec::new()));
+    };
     s.set_read_timeout(Some(timeout)).ok()?;
     s.set_nodelay(true).ok()?;
     let req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n", body.len());
@@ -110,7 +116,8 @@ fn value_of(body: &[u8]) -> Option<(String, String)> {
 }
 
 fn not_applied(code: u16, body: &[u8]) -> bool {
-    code == 503 && String::from_utf8_lossy(body).contains("nothing was applied")
+    code == NOT_SENT
+        || (code == 503 && String::from_utf8_lossy(body).contains("nothing was applied"))
 }
 
 struct Server {
@@ -291,20 +298,26 @@ fn main() -> Result<()> {
         let killed = Instant::now();
         child.kill()?;
         // The first write acknowledged after the kill, through the survivors.
+        // (Probes write a ConfigMap of their own, created by the first acknowledged probe.)
         let mut n = 0;
+        let probe_key = format!("probe-{round}");
         let took = loop {
             let api = &survivors[n % 2];
             n += 1;
-            let body = cm(0, &format!("probe-{round}-{n}"), None);
+            let v = format!("p{n}");
+            let body = serde_json::to_vec(&json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": probe_key}, "data": {"v": v}})).unwrap();
             let call = t0.elapsed().as_nanos() as u64;
-            match http(api, "PUT", &path(0), &body, Duration::from_secs(2)) {
-                Some((200, _)) => {
+            let create = Input::Cas { expect: None, new: v };
+            match http(api, "POST", "/api/v1/namespaces/default/configmaps", &body, Duration::from_secs(2)) {
+                Some((201, _)) => {
                     let took = killed.elapsed();
-                    history.lock().unwrap().push(Op { client: 500, key: "fo-0".into(), input: Input::Put(format!("probe-{round}-{n}")), output: Output::Ok, call, ret: Some(t0.elapsed().as_nanos() as u64) });
+                    history.lock().unwrap().push(Op { client: 500, key: probe_key.clone(), input: create, output: Output::Swapped(true), call, ret: Some(t0.elapsed().as_nanos() as u64) });
                     break took;
                 }
+                // An earlier probe whose answer was lost did create it: that one counts.
+                Some((409, _)) => break killed.elapsed(),
                 Some((code, b)) if not_applied(code, &b) => {}
-                _ => history.lock().unwrap().push(Op { client: 500, key: "fo-0".into(), input: Input::Put(format!("probe-{round}-{n}")), output: Output::Unknown, call, ret: None }),
+                _ => history.lock().unwrap().push(Op { client: 500, key: probe_key.clone(), input: create, output: Output::Unknown, call, ret: None }),
             }
             if killed.elapsed() > Duration::from_secs(60) {
                 bail!("round {round}: no write acknowledged within 60 s of the leader's death");
