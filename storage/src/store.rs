@@ -618,6 +618,11 @@ impl Watcher {
                 return Some(Ok(out));
             }
             if self.ended.is_some() {
+                // The watch is over and what is still held is above the visible revision (the
+                // rest went out above): it was never delivered, and a new watch from
+                // `resume_revision` gets it. Waiting for it to become visible could wait for
+                // ever (the shards that would advance it have stopped) and looping on it spins.
+                self.held.clear();
                 continue;
             }
             if progress && self.delivered > self.reported {
@@ -865,4 +870,79 @@ fn recover_replica(cfg: &Config) -> Result<Recovered, OpenError> {
         replayed: 0,
         raft_meta: meta,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(rev: Revision) -> Event {
+        let kv = KeyValue {
+            key: Bytes::from_static(b"k"),
+            value: Bytes::from_static(b"v"),
+            create_revision: rev,
+            mod_revision: rev,
+            version: 1,
+            lease: 0,
+        };
+        Event {
+            kind: EventKind::Put,
+            kv,
+            prev_kv: None,
+        }
+    }
+
+    /// A watch whose shards went away while it held an event above the visible revision
+    /// returns its end, and does not spin on the event that can never be released.
+    #[test]
+    fn a_watch_that_ends_with_events_still_invisible_returns_its_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(Config::new(dir.path())).unwrap();
+        let (tx, rx) = mpsc::channel(16);
+        let (_visible_tx, visible) = tokio::sync::watch::channel(3);
+        let shared = Arc::new(WatchShared {
+            overflow: AtomicU64::new(NONE),
+            registered: std::sync::atomic::AtomicUsize::new(1),
+        });
+        let mut w = Watcher {
+            inner: store.inner.clone(),
+            id: u64::MAX,
+            targets: vec![0],
+            rx,
+            visible,
+            shared,
+            held: BTreeMap::new(),
+            arrival: 0,
+            next_revision: 4,
+            delivered: 3,
+            reported: 3,
+            ended: None,
+        };
+        // The shard queued an event above the visible revision, then went away without an
+        // `End` (its queue was full when it stopped, or its thread ended).
+        tx.try_send(WatchItem::Event {
+            sub: 0,
+            event: event(5),
+        })
+        .unwrap();
+        drop(tx);
+        // On a thread of its own: a spinning `next` never yields, so no timer could stop it.
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            let r = rt.block_on(w.next());
+            let _ = done_tx.send((r.map(|r| r.map(|e| e.len())), w.resume_revision()));
+        });
+        let (r, resume) = done_rx
+            .recv_timeout(Duration::from_secs(20))
+            .expect("the ended watch did not return its end within 20 s (it spins on an event above the visible revision)");
+        assert_eq!(r, Some(Err(WatchError::Shutdown)));
+        assert_eq!(
+            resume, 4,
+            "a new watch resumes before the event that was not delivered"
+        );
+    }
 }
