@@ -10,6 +10,10 @@
 //! The model is a register per key holding a value or nothing: `Put` writes, `Delete` empties,
 //! `Get` reads, `Cas` writes only if the register holds the expected value (or is empty, when
 //! expecting nothing). Values must be unique per write for a failed check to be meaningful.
+//!
+//! Unanswered writes are what makes the search explode (each may sit anywhere after its call),
+//! so a key is first checked without the unanswered operations no other operation observed;
+//! only if that fails is its whole history searched (`pruned`).
 
 use std::collections::{BTreeMap, HashSet};
 
