@@ -51,9 +51,9 @@ pub struct ServerArgs {
     /// Raft: heartbeat interval and election timeout range, in milliseconds.
     #[arg(long, default_value_t = 100)]
     pub heartbeat_ms: u64,
-    #[arg(long, default_value_t = 400)]
+    #[arg(long, default_value_t = 300)]
     pub election_timeout_min_ms: u64,
-    #[arg(long, default_value_t = 800)]
+    #[arg(long, default_value_t = 600)]
     pub election_timeout_max_ms: u64,
     #[arg(long, default_value = "info")]
     pub log_level: String,

@@ -103,7 +103,7 @@ impl ReplicaConfig {
             log_io: storage::disk::LogIo::Uring,
             fsync: true,
             heartbeat: Duration::from_millis(100),
-            election_timeout: (Duration::from_millis(400), Duration::from_millis(800)),
+            election_timeout: (Duration::from_millis(300), Duration::from_millis(600)),
             write_timeout: Duration::from_secs(5),
             read_timeout: Duration::from_secs(3),
             batch_commands_max: 4096,

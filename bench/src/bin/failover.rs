@@ -39,9 +39,9 @@ struct Args {
     /// Raft timing passed to the servers (milliseconds).
     #[arg(long, default_value_t = 100)]
     heartbeat_ms: u64,
-    #[arg(long, default_value_t = 400)]
+    #[arg(long, default_value_t = 300)]
     election_timeout_min_ms: u64,
-    #[arg(long, default_value_t = 800)]
+    #[arg(long, default_value_t = 600)]
     election_timeout_max_ms: u64,
     #[arg(long)]
     json: bool,
