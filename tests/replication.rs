@@ -614,6 +614,15 @@ fn a_member_is_added_promoted_and_removed_and_a_removed_member_stops_serving() {
         let o = Command::new(CAPSTAN).args(["member", "list", "--endpoints", &s.endpoints()]).output().unwrap();
         String::from_utf8_lossy(&o.stdout).lines().any(|l| l.contains(" s3 ") && l.contains("voter"))
     });
+    // Every member, the added one included, says in the membership where its API is.
+    wait_until("every member listing its API URL", || {
+        let o = Command::new(CAPSTAN).args(["member", "list", "--endpoints", &s.endpoints()]).output().unwrap();
+        let text = String::from_utf8_lossy(&o.stdout).to_string();
+        let rows: Vec<&str> = text.lines().skip(1).filter(|l| !l.trim().is_empty()).collect();
+        rows.len() == 4 && rows.iter().all(|l| l.split_whitespace().filter(|t| t.starts_with("http://")).count() == 2)
+    });
+    let o = Command::new(CAPSTAN).args(["member", "list", "--endpoints", &s.endpoints()]).output().unwrap();
+    assert!(String::from_utf8_lossy(&o.stdout).contains(&format!("http://{api3}")), "s3's API URL is listed");
     // Remove a member that is not the leader: it stops serving (and exits).
     let l = s.leader();
     let victim = (0..3).find(|i| *i != l).unwrap();

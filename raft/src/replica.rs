@@ -28,7 +28,7 @@ use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use openraft::async_runtime::watch::WatchReceiver;
-use openraft::error::{ClientWriteError, LinearizableReadError, RaftError};
+use openraft::error::{ChangeMembershipError, ClientWriteError, LinearizableReadError, RaftError};
 use openraft::{ChangeMembers, ReadPolicy, ServerState};
 use storage::command::{BatchBuilder, decode_error, encode_error};
 use storage::replicated::BoxFuture;
@@ -314,6 +314,7 @@ impl Replica {
         tasks.push(tokio::spawn(monitor(Arc::downgrade(&inner))));
         tasks.push(tokio::spawn(snapshot_trigger(Arc::downgrade(&inner))));
         tasks.push(tokio::spawn(fast_failover(Arc::downgrade(&inner))));
+        tasks.push(tokio::spawn(announce_api_url(Arc::downgrade(&inner))));
         tracing::info!(member = %cfg.name, id, peer = %peer_addr, cluster = format!("{:016x}", inner.wire.cluster()), "replica started");
         Ok(Replica { inner, store, peer_addr, tasks })
     }
@@ -1008,6 +1009,44 @@ async fn fast_failover(inner: Weak<Inner>) {
     }
 }
 
+/// Makes the membership record where this member serves the Kubernetes API: the member that
+/// initializes a cluster knows only its own, and one added by `member add` none. Asks the
+/// leader (a membership change) whenever the committed membership says otherwise.
+async fn announce_api_url(inner: Weak<Inner>) {
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let Some(i) = inner.upgrade() else { return };
+        if i.cfg.api_url.is_empty() || i.failed.get().is_some() || i.removed.load(Ordering::SeqCst) {
+            continue;
+        }
+        let recorded = i.raft().metrics().borrow_watched().membership_config.membership().get_node(&i.id).map(|m| m.api_url.clone());
+        if recorded.is_none_or(|u| u == i.cfg.api_url) {
+            continue;
+        }
+        let Some(leader) = i.leader() else { continue };
+        let body = serde_json::json!({"op": "api-url", "name": i.name, "apiURL": i.cfg.api_url}).to_string();
+        let r = if leader == i.id {
+            match i.member(i.id) {
+                Some(m) => i
+                    .raft()
+                    .change_membership(ChangeMembers::SetNodes(BTreeMap::from([(i.id, Member { api_url: i.cfg.api_url.clone(), ..m })])), false)
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| e.to_string()),
+                None => Ok(()),
+            }
+        } else {
+            match i.client_of(leader) {
+                Some(c) => c.unary("/raft/members", Bytes::from(body), Duration::from_secs(5)).await.map(|_| ()).map_err(|e| e.to_string()),
+                None => Ok(()),
+            }
+        };
+        if let Err(e) = r {
+            tracing::debug!(error = %e, "recording this member's API URL in the membership failed; retrying");
+        }
+    }
+}
+
 /// Snapshots once the log holds `snapshot_log_bytes` (openraft then trims the log).
 async fn snapshot_trigger(inner: Weak<Inner>) {
     loop {
@@ -1226,7 +1265,8 @@ fn json_response(status: StatusCode, v: serde_json::Value) -> Response<Body> {
 }
 
 /// `GET /raft/members` lists; `POST` with `{"op": "add"|"promote"|"remove", "name", "peerURL"}`
-/// changes the membership (on the leader; elsewhere the answer names the leader).
+/// changes the membership, and `{"op": "api-url", "name", "apiURL"}` records where a member
+/// serves the Kubernetes API (on the leader; elsewhere the answer names the leader).
 async fn members(i: Arc<Inner>, req: Request<Incoming>) -> Response<Body> {
     if req.method() == hyper::Method::GET {
         return json_response(StatusCode::OK, i.status());
@@ -1254,37 +1294,64 @@ async fn members(i: Arc<Inner>, req: Request<Incoming>) -> Response<Body> {
     let id = cluster::member_id(&name);
     let raft = i.raft();
     let known = i.member(id);
-    let r = match op {
-        "add" => {
-            let url = v["peerURL"].as_str().unwrap_or("").to_string();
-            if !(url.starts_with("http://") || url.starts_with("https://")) {
-                return json_response(StatusCode::BAD_REQUEST, serde_json::json!({"error": format!("peerURL {url:?} is not http(s)://HOST:PORT")}));
+    // Each change waits for the one before it to commit (a member recording its API URL may
+    // have one in flight): retried for a while on "in progress".
+    let in_progress_until = Instant::now() + Duration::from_secs(10);
+    let r = loop {
+        let r = match op {
+            "add" => {
+                let url = v["peerURL"].as_str().unwrap_or("").to_string();
+                if !(url.starts_with("http://") || url.starts_with("https://")) {
+                    return json_response(StatusCode::BAD_REQUEST, serde_json::json!({"error": format!("peerURL {url:?} is not http(s)://HOST:PORT")}));
+                }
+                if known.is_some() {
+                    return json_response(StatusCode::CONFLICT, serde_json::json!({"error": format!("member {name} already exists")}));
+                }
+                raft.add_learner(id, Member { name: name.clone(), peer_url: url, api_url: String::new() }, false).await.map(|_| ())
             }
-            if known.is_some() {
-                return json_response(StatusCode::CONFLICT, serde_json::json!({"error": format!("member {name} already exists")}));
+            "promote" | "remove" if known.is_none() => {
+                return json_response(StatusCode::NOT_FOUND, serde_json::json!({"error": format!("no member named {name}")}));
             }
-            raft.add_learner(id, Member { name: name.clone(), peer_url: url, api_url: String::new() }, false).await.map(|_| ())
+            "promote" => raft.change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false).await.map(|_| ()),
+            "remove" => {
+                let voters: BTreeSet<NodeId> = raft.metrics().borrow_watched().membership_config.membership().voter_ids().collect();
+                if voters.contains(&id) && voters.len() == 1 {
+                    return json_response(StatusCode::CONFLICT, serde_json::json!({"error": "the last voter cannot be removed"}));
+                }
+                let r = if voters.contains(&id) {
+                    raft.change_membership(ChangeMembers::RemoveVoters(BTreeSet::from([id])), false).await.map(|_| ())
+                } else {
+                    Ok(())
+                };
+                match r {
+                    Ok(()) => raft.change_membership(ChangeMembers::RemoveNodes(BTreeSet::from([id])), false).await.map(|_| ()),
+                    e => e,
+                }
+            }
+            // A member records where it serves the Kubernetes API (only that field changes; its
+            // peer URL, which raft routes by, stays as it is).
+            "api-url" => match known.clone() {
+                None => return json_response(StatusCode::NOT_FOUND, serde_json::json!({"error": format!("no member named {name}")})),
+                Some(m) => {
+                    let url = v["apiURL"].as_str().unwrap_or("").to_string();
+                    if !(url.starts_with("http://") || url.starts_with("https://")) {
+                        return json_response(StatusCode::BAD_REQUEST, serde_json::json!({"error": format!("apiURL {url:?} is not http(s)://HOST:PORT")}));
+                    }
+                    if m.api_url == url {
+                        Ok(())
+                    } else {
+                        raft.change_membership(ChangeMembers::SetNodes(BTreeMap::from([(id, Member { api_url: url, ..m })])), false).await.map(|_| ())
+                    }
+                }
+            },
+            other => return json_response(StatusCode::BAD_REQUEST, serde_json::json!({"error": format!("unknown op {other:?} (add, promote, remove, api-url)")})),
+        };
+        match &r {
+            Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(ChangeMembershipError::InProgress(_)))) if Instant::now() < in_progress_until => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            _ => break r,
         }
-        "promote" | "remove" if known.is_none() => {
-            return json_response(StatusCode::NOT_FOUND, serde_json::json!({"error": format!("no member named {name}")}));
-        }
-        "promote" => raft.change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false).await.map(|_| ()),
-        "remove" => {
-            let voters: BTreeSet<NodeId> = raft.metrics().borrow_watched().membership_config.membership().voter_ids().collect();
-            if voters.contains(&id) && voters.len() == 1 {
-                return json_response(StatusCode::CONFLICT, serde_json::json!({"error": "the last voter cannot be removed"}));
-            }
-            let r = if voters.contains(&id) {
-                raft.change_membership(ChangeMembers::RemoveVoters(BTreeSet::from([id])), false).await.map(|_| ())
-            } else {
-                Ok(())
-            };
-            match r {
-                Ok(()) => raft.change_membership(ChangeMembers::RemoveNodes(BTreeSet::from([id])), false).await.map(|_| ()),
-                e => e,
-            }
-        }
-        other => return json_response(StatusCode::BAD_REQUEST, serde_json::json!({"error": format!("unknown op {other:?} (add, promote, remove)")})),
     };
     match r {
         Ok(()) => json_response(StatusCode::OK, serde_json::json!({"ok": true, "member": name, "id": format!("{id:016x}"), "status": i.status()})),
