@@ -52,6 +52,25 @@ pub fn write_kubeconfig(data_dir: &Path, text: &str) -> Result<std::path::PathBu
     Ok(std::fs::canonicalize(&kc).unwrap_or(kc))
 }
 
+/// The Kubernetes API on `listener`, until `true` is sent on the returned channel (then it
+/// finishes what it is serving and the task ends).
+pub fn serve_api(
+    listener: tokio::net::TcpListener,
+    store: storage::Store,
+) -> (tokio::sync::watch::Sender<bool>, tokio::task::JoinHandle<std::io::Result<()>>) {
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let app = apiserver::router_with_shutdown(store, stop_rx.clone());
+    let mut stop_serving = stop_rx;
+    let task = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = stop_serving.wait_for(|s| *s).await;
+            })
+            .await
+    });
+    (stop_tx, task)
+}
+
 pub fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_ascii_lowercase()).ok().filter(|s| !s.is_empty()).unwrap_or_else(|| "capstan-node".into())
 }

@@ -10,7 +10,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use raft::replica::{InitialState, Replica, ReplicaConfig};
 
-use crate::common::{kubeconfig, shutdown_signal, write_kubeconfig};
+use crate::common::{kubeconfig, serve_api, shutdown_signal, write_kubeconfig};
 use crate::components::new_scheduler;
 
 #[derive(clap::Args, Clone)]
@@ -140,16 +140,7 @@ pub async fn run(a: ServerArgs) -> Result<()> {
     }
     let replica = Replica::start_on(cfg, peer_listener).await.with_context(|| format!("starting replica {}", a.name))?;
     let store = replica.store.clone();
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let app = apiserver::router_with_shutdown(store.clone(), stop_rx.clone());
-    let mut stop_serving = stop_rx.clone();
-    let mut server_task = tokio::spawn(async move {
-        axum::serve(api_listener, app)
-            .with_graceful_shutdown(async move {
-                let _ = stop_serving.wait_for(|s| *s).await;
-            })
-            .await
-    });
+    let (stop_tx, mut server_task) = serve_api(api_listener, store.clone());
     let kc = write_kubeconfig(&a.data_dir, &kubeconfig(&api_url))?;
     println!("capstan replica {} is serving the Kubernetes API at {api_url}", a.name);
     println!("  peer:       {}  (cluster {:016x}, member {:016x})", replica.status()["members"].as_array().and_then(|m| m.iter().find(|x| x["name"] == a.name.as_str())).and_then(|m| m["peerURL"].as_str()).unwrap_or(&format!("http://{peer_addr}")), replica.cluster_id(), replica.id());

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use storage::{Config, Store};
 
-use crate::common::{hostname, kubeconfig, shard_count, shutdown_signal};
+use crate::common::{hostname, kubeconfig, serve_api, shard_count, shutdown_signal, write_kubeconfig};
 use crate::components::{new_scheduler, serve_components};
 use crate::{NodeOpts, ServeOpts};
 
@@ -29,21 +29,8 @@ pub async fn serve(data_dir: PathBuf, listen: String, opts: ServeOpts, up: Optio
     let listener = tokio::net::TcpListener::bind(&listen).await.with_context(|| format!("listening on {listen}"))?;
     let addr = listener.local_addr()?;
     let server = format!("http://{addr}");
-    let kc = data_dir.join("kubeconfig");
-    let tmp = data_dir.join("kubeconfig.tmp");
-    std::fs::write(&tmp, kubeconfig(&server))?;
-    std::fs::rename(&tmp, &kc)?;
-    let kc_abs = std::fs::canonicalize(&kc).unwrap_or(kc);
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let app = apiserver::router_with_shutdown(store.clone(), stop_rx.clone());
-    let mut stop_serving = stop_rx.clone();
-    let mut server_task = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                let _ = stop_serving.wait_for(|s| *s).await;
-            })
-            .await
-    });
+    let kc_abs = write_kubeconfig(&data_dir, &kubeconfig(&server))?;
+    let (stop_tx, mut server_task) = serve_api(listener, store.clone());
     println!("capstan {} is serving the Kubernetes API at {server}", if up.is_some() { "cluster" } else { "API server" });
     println!("  data:       {}", std::fs::canonicalize(&data_dir).unwrap_or(data_dir.clone()).display());
     println!("  kubeconfig: {}", kc_abs.display());
