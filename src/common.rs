@@ -5,6 +5,11 @@ use std::path::Path;
 
 use anyhow::{Context, Result};
 
+/// The store's history is compacted at five minutes, as kube-apiserver compacts etcd, and
+/// whenever it holds more than this many bytes of overwritten and deleted values: on a big
+/// cluster five minutes of pod updates is gigabytes (etcd's whole default quota is 2 GiB).
+pub const HISTORY_BYTES_MAX: u64 = 512 << 20;
+
 pub fn kubeconfig(server: &str) -> String {
     format!(
         "apiVersion: v1

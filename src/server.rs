@@ -135,6 +135,7 @@ pub async fn run(a: ServerArgs) -> Result<()> {
     // History older than 5 minutes is compacted (the leader proposes it), as the Kubernetes API
     // server asks of etcd (--etcd-compaction-interval=5m).
     cfg.store.compact_retention_age = Some(Duration::from_secs(300));
+    cfg.store.compact_history_bytes_max = Some(crate::common::HISTORY_BYTES_MAX);
     if a.unsafe_no_fsync {
         tracing::warn!("!!! --unsafe-no-fsync: this replica acknowledges writes BEFORE they are durable !!!");
     }

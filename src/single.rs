@@ -24,6 +24,7 @@ pub async fn serve(data_dir: PathBuf, listen: String, opts: ServeOpts, up: Optio
     // History older than 5 minutes is compacted, as the Kubernetes API server asks of etcd
     // (--etcd-compaction-interval=5m); without it every lease renewal is kept forever.
     cfg.compact_retention_age = Some(std::time::Duration::from_secs(300));
+    cfg.compact_history_bytes_max = Some(crate::common::HISTORY_BYTES_MAX);
     let store = tokio::task::block_in_place(|| Store::open(cfg)).with_context(|| format!("opening the store in {}", store_dir.display()))?;
     apiserver::bootstrap(&store).await.context("creating the system namespaces")?;
     let listener = tokio::net::TcpListener::bind(&listen).await.with_context(|| format!("listening on {listen}"))?;

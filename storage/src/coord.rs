@@ -171,6 +171,19 @@ impl KeySpace for AllShards<'_> {
     }
 }
 
+/// Compaction by bytes: with `history` bytes of history over the revisions (compacted,
+/// current], the revision to compact to so that about half of `max` is left (half, so that
+/// it does not run again at the next tick), taking bytes as spread evenly over revisions; 0
+/// while the history is within `max`.
+pub fn history_bytes_target(compacted: Revision, current: Revision, history: u64, max: u64) -> Revision {
+    if history <= max || current <= compacted {
+        return 0;
+    }
+    let span = current - compacted;
+    let keep = (span as u128 * (max / 2) as u128 / history as u128) as u64;
+    current - keep.min(span)
+}
+
 fn info_of(id: u64, dir: PathBuf, m: &snapshot::Manifest) -> SnapshotInfo {
     SnapshotInfo { id, dir, revision: m.revision, meta: m.meta.clone(), files: snapshot::file_names(m) }
 }
@@ -530,7 +543,11 @@ impl Coordinator {
         let record = Record { revision: self.shared.counter.load(SeqCst), compact: revision, ..Default::default() };
         self.log(&f, record, vec![])?;
         self.shared.compact_revision.store(revision, SeqCst);
-        f.run_all(move |c| c.mvcc.compact(revision));
+        let shared = self.shared.clone();
+        f.run_all(move |c| {
+            c.mvcc.compact(revision);
+            shared.history_bytes[c.id as usize].store(c.mvcc.history_value_bytes(), SeqCst);
+        });
         Ok(())
     }
 
@@ -689,6 +706,10 @@ impl Coordinator {
         if let Some(keep) = cfg.compact_retention_revisions {
             target = target.max(rev.saturating_sub(keep));
         }
+        if let Some(max) = cfg.compact_history_bytes_max {
+            let history: u64 = self.shared.history_bytes.iter().map(|b| b.load(SeqCst)).sum();
+            target = target.max(history_bytes_target(self.shared.compact_revision.load(SeqCst), rev, history, max));
+        }
         if self.shared.replication.is_some() {
             // The leader proposes compactions; a proposal in flight is not repeated.
             if self.lead && target > self.shared.compact_revision.load(SeqCst) && target > self.proposed_compact {
@@ -712,6 +733,16 @@ impl Coordinator {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn compaction_by_bytes_keeps_about_half_the_bound() {
+        assert_eq!(history_bytes_target(100, 1100, 1 << 20, 1 << 20), 0, "within the bound");
+        // Twice the bound over 1,000 revisions: keep a quarter of them (half the bound).
+        assert_eq!(history_bytes_target(100, 1100, 2 << 20, 1 << 20), 850);
+        assert_eq!(history_bytes_target(100, 100, 2 << 20, 1 << 20), 0, "nothing to compact");
+        // A bound of 0 compacts everything.
+        assert_eq!(history_bytes_target(100, 1100, 1, 0), 1100);
+    }
 
     fn kv(k: &str) -> KeyValue {
         KeyValue { key: Bytes::copy_from_slice(k.as_bytes()), value: Bytes::new(), create_revision: 1, mod_revision: 1, version: 1, lease: 0 }

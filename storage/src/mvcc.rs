@@ -54,6 +54,9 @@ pub struct Mvcc {
     retained_revisions: u64,
     key_bytes: u64,
     value_bytes: u64,
+    /// Bytes of the values of every retained revision, live or not (so `all_value_bytes -
+    /// value_bytes` is what the history costs, and what compaction by bytes bounds).
+    all_value_bytes: u64,
 }
 
 /// Result of a local range read.
@@ -178,6 +181,7 @@ impl Mvcc {
         history.push(Entry { mod_revision: rev, create_revision, version, lease, value: Some(value.clone()) });
         self.retained_revisions += 1;
         self.value_bytes += value.len() as u64;
+        self.all_value_bytes += value.len() as u64;
         match &prev {
             Some(p) => {
                 self.value_bytes -= p.value.len() as u64;
@@ -245,8 +249,9 @@ impl Mvcc {
             let Some(h) = self.keys.get_mut(key.as_ref()) else { continue };
             let before = h.last().cloned();
             while h.last().is_some_and(|e| e.mod_revision >= from) {
-                h.pop();
+                let e = h.pop().expect("checked");
                 self.retained_revisions -= 1;
+                self.all_value_bytes -= e.value.as_ref().map_or(0, |v| v.len() as u64);
             }
             let after = h.last().cloned();
             if h.is_empty() {
@@ -286,7 +291,7 @@ impl Mvcc {
             let newest_le = idx - 1;
             let drop = if h[newest_le].value.is_none() { newest_le + 1 } else { newest_le };
             if drop > 0 {
-                h.drain(..drop);
+                self.all_value_bytes -= h.drain(..drop).map(|e| e.value.map_or(0, |v| v.len() as u64)).sum::<u64>();
                 self.retained_revisions -= drop as u64;
             }
             if h.is_empty() {
@@ -336,6 +341,7 @@ impl Mvcc {
         for (k, h) in &keys {
             m.key_bytes += k.len() as u64;
             m.retained_revisions += h.len() as u64;
+            m.all_value_bytes += h.iter().map(|e| e.value.as_ref().map_or(0, |v| v.len() as u64)).sum::<u64>();
             if let Some(Entry { value: Some(v), lease, .. }) = h.last() {
                 m.live_keys += 1;
                 m.value_bytes += v.len() as u64;
@@ -349,6 +355,11 @@ impl Mvcc {
         m
     }
 
+    /// Bytes of the values kept only as history (overwritten or deleted, not yet compacted).
+    pub fn history_value_bytes(&self) -> u64 {
+        self.all_value_bytes - self.value_bytes
+    }
+
     pub fn stats(&self) -> MvccStats {
         MvccStats {
             live_keys: self.live_keys,
@@ -356,6 +367,7 @@ impl Mvcc {
             retained_revisions: self.retained_revisions,
             key_bytes: self.key_bytes,
             value_bytes: self.value_bytes,
+            history_value_bytes: self.all_value_bytes - self.value_bytes,
             index_overhead_bytes: self.keys.len() as u64 * KEY_OVERHEAD_BYTES
                 + self.retained_revisions * ENTRY_BYTES,
         }
@@ -369,6 +381,9 @@ pub struct MvccStats {
     pub retained_revisions: u64,
     pub key_bytes: u64,
     pub value_bytes: u64,
+    /// Values of the revisions that are no longer live (overwritten or deleted), kept until
+    /// compaction.
+    pub history_value_bytes: u64,
     pub index_overhead_bytes: u64,
 }
 

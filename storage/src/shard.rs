@@ -287,6 +287,7 @@ impl ShardCore {
                         Err(StoreError::Compacted { requested: revision, compact_revision: compacted })
                     } else {
                         self.mvcc.compact(revision);
+                        self.shared.history_bytes[self.id as usize].store(self.mvcc.history_value_bytes(), SeqCst);
                         self.shared.compact_revision.store(revision, SeqCst);
                         Ok(())
                     }),
@@ -326,6 +327,7 @@ impl ShardCore {
         let result = if frame.is_empty() { Ok(()) } else { self.wal.append(frame.finish()) };
         frame.clear();
         self.shared.wal_bytes[me].store(self.wal.bytes_since_snapshot(), SeqCst);
+        self.shared.history_bytes[me].store(self.mvcc.history_value_bytes(), SeqCst);
         match result {
             Ok(()) => {
                 crate::failpoint!("shard::after_sync_before_apply");

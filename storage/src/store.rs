@@ -47,6 +47,9 @@ pub struct Config {
     pub compact_retention_revisions: Option<u64>,
     /// Automatic compaction: keep history this old.
     pub compact_retention_age: Option<Duration>,
+    /// Automatic compaction: keep at most about this many bytes of history (values of
+    /// overwritten and deleted revisions), whatever their age.
+    pub compact_history_bytes_max: Option<u64>,
     /// Pin shard threads to cores.
     pub pin_threads: bool,
     /// How log frames reach the disk (tests put a disk that loses unsynced writes here).
@@ -68,6 +71,7 @@ impl Config {
             snapshot_wal_bytes: 512 << 20,
             compact_retention_revisions: None,
             compact_retention_age: None,
+            compact_history_bytes_max: None,
             pin_threads: true,
             log_io: wal::LogIo::Uring,
         }
@@ -463,6 +467,7 @@ impl Store {
                 st.retained_revisions += s.mvcc.retained_revisions;
                 st.key_bytes += s.mvcc.key_bytes;
                 st.value_bytes += s.mvcc.value_bytes;
+                st.history_value_bytes += s.mvcc.history_value_bytes;
                 st.index_overhead_bytes += s.mvcc.index_overhead_bytes;
                 st.watchers += s.watchers;
                 st.leases = s.leases;

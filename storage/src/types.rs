@@ -231,6 +231,8 @@ pub struct Stats {
     pub key_bytes: u64,
     /// Bytes of values held (shared with snapshot mappings where loaded from one).
     pub value_bytes: u64,
+    /// Bytes of values kept only as history: overwritten or deleted, not yet compacted.
+    pub history_value_bytes: u64,
     /// Estimated bytes of index structure (tree nodes and per-revision records), excluding
     /// keys and values.
     pub index_overhead_bytes: u64,

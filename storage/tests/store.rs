@@ -248,3 +248,28 @@ async fn automatic_compaction_by_age_drops_old_history() {
     .await;
     assert!(matches!(store.range(RangeRequest::key("k").at(first)).await, Err(StoreError::Compacted { .. })));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn automatic_compaction_by_bytes_bounds_the_history() {
+    // 200 overwrites of 1 KiB on two shards: 200 KiB of history against a bound of 64 KiB.
+    // No bound on age or revisions: only the bytes make it compact.
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path(), 2);
+    cfg.compact_history_bytes_max = Some(64 << 10);
+    let store = Store::open(cfg).unwrap();
+    let value = "v".repeat(1024);
+    let first = store.put("a", value.clone()).await.unwrap().revision;
+    for i in 0..200 {
+        store.put(if i % 2 == 0 { "a" } else { "b" }, value.clone()).await.unwrap();
+    }
+    within("automatic compaction by bytes", async {
+        while store.stats().await.history_value_bytes > 64 << 10 {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    assert!(store.compact_revision() > first);
+    assert!(matches!(store.range(RangeRequest::key("a").at(first)).await, Err(StoreError::Compacted { .. })));
+    // The live values are whole.
+    assert_eq!(store.get("a").await.unwrap().unwrap().value.len(), 1024);
+}
