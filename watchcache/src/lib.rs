@@ -144,6 +144,10 @@ pub fn encode_line(ty: &str, object_json: &[u8]) -> Bytes {
 pub struct Config {
     /// Events kept for watchers that resume from a past revision.
     pub ring_events_max: usize,
+    /// ... holding at most this many bytes: each event's object and its encoded watch line,
+    /// which is made once for all watchers and kept with the event (a copy of the object
+    /// plus a few bytes), so every event counts twice its object's size.
+    pub ring_bytes_max: u64,
     /// ... and no older than this.
     pub ring_age_max: Duration,
     /// Events queued per watcher before it is closed as too slow.
@@ -152,8 +156,12 @@ pub struct Config {
 
 impl Default for Config {
     fn default() -> Config {
-        // A watcher disconnected for 5 minutes at 5,000 writes/s resumes without a relist.
-        Config { ring_events_max: 1_500_000, ring_age_max: Duration::from_secs(5 * 60 + 30), watcher_queue_events_max: 10_000 }
+        // Kubernetes' watch cache holds at most 100 Ki events per resource (its upper bound
+        // capacity) and about 75 s of history; this one holds the same number of events, as
+        // long as they fit in 512 MiB (a pod is 2-4 KB), for up to 5.5 minutes. A watch from
+        // an older revision is refused here (`TooOld`); the API server then serves it from the
+        // store's history, and a client whose revision is compacted there gets 410 Gone.
+        Config { ring_events_max: 100 * 1024, ring_bytes_max: 512 << 20, ring_age_max: Duration::from_secs(5 * 60 + 30), watcher_queue_events_max: 10_000 }
     }
 }
 
@@ -659,8 +667,12 @@ async fn ingest(weak: std::sync::Weak<Shared>, mut watcher: storage::Watcher, de
                 s.unindex(id, &shared.metrics);
             }
         }
-        // Trim the ring by count and age; the horizon follows what was dropped.
-        while s.ring.len() > shared.cfg.ring_events_max || s.ring.front().is_some_and(|e| now.duration_since(e.at) > shared.cfg.ring_age_max) {
+        // Trim the ring by count, bytes (object and line: twice the object) and age; the
+        // horizon follows what was dropped.
+        while s.ring.len() > shared.cfg.ring_events_max
+            || s.ring_bytes.saturating_mul(2) > shared.cfg.ring_bytes_max
+            || s.ring.front().is_some_and(|e| now.duration_since(e.at) > shared.cfg.ring_age_max)
+        {
             let e = s.ring.pop_front().unwrap();
             s.ring_bytes -= e.object.json.len() as u64;
             s.horizon = e.revision;

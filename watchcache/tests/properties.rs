@@ -294,3 +294,29 @@ async fn a_quiet_prefix_serves_watches_from_before_writes_elsewhere() {
     let e = within("the next event of the prefix", w.next()).await.unwrap().unwrap();
     assert_eq!((e.kind, e.object.revision), (EventType::Added, rev));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ring_is_bounded_by_bytes_and_older_watches_are_too_old() {
+    // Each object is ~1 KiB; a ring of 16 KiB (objects counted twice, for their lines) keeps
+    // about 8 of them: a watch from the start is refused (410 for the client), one from the
+    // last few revisions is served.
+    let dir = tempfile::tempdir().unwrap();
+    let s = store(dir.path());
+    let first = s.put("/o/ns/a", "n1;0").await.unwrap().revision;
+    let cfg = Config { ring_bytes_max: 16 << 10, ..Config::default() };
+    let cache = Cache::start(s.clone(), Bytes::from_static(b"/o/"), decode(), cfg).await.unwrap();
+    let pad = "x".repeat(1000);
+    let mut last = first;
+    for i in 0..64 {
+        last = s.put(format!("/o/ns/k{i}"), format!("n1;{pad}")).await.unwrap().revision;
+    }
+    within("cache catching up", cache.wait_consistent(WATCHDOG)).await.unwrap();
+    match cache.watch(Some(first), Filter::everything()) {
+        Err(watchcache::WatchError::TooOld { oldest, .. }) => assert!(oldest > first + 48, "the ring kept too much: oldest {oldest}"),
+        Ok(_) => panic!("a watch from revision {first} was served from a ring bounded to 16 KiB"),
+        Err(e) => panic!("{e}"),
+    }
+    let mut w = cache.watch(Some(last - 3), Filter::everything()).expect("a watch from the last revisions");
+    let e = within("a recent event", w.next()).await.unwrap().unwrap();
+    assert_eq!(e.object.revision, last - 2);
+}
