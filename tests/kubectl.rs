@@ -182,6 +182,27 @@ fn errors_are_kubernetes_statuses() {
     assert_eq!(code, 404);
 }
 
+/// A create that fails after its quota charge and its Service IP were computed (here: the
+/// name is taken) takes neither: they are written in the create's own txn. No controllers
+/// run, so nothing recomputes `used` afterwards to hide a leak.
+#[test]
+fn a_failed_create_charges_no_quota_and_takes_no_service_ip() {
+    let c = Cluster::start_with(tempfile::tempdir().unwrap(), &["--no-controllers", "--no-scheduler", "--no-local-node"]);
+    c.ok(&["create", "quota", "q", "--hard=pods=5,services=5"]);
+    let p = c.write("p.json", &pod("p", "", ""));
+    c.ok(&["create", "-f", path_str(&p)]);
+    assert_eq!(c.ok(&["get", "quota", "q", "-o", "jsonpath={.status.used.pods}"]), "1");
+    assert!(c.fails(&["create", "-f", path_str(&p)]).contains("AlreadyExists"));
+    assert_eq!(c.ok(&["get", "quota", "q", "-o", "jsonpath={.status.used.pods}"]), "1", "the failed create charged the quota");
+    c.ok(&["create", "service", "clusterip", "a", "--tcp=80"]);
+    let ip_a: std::net::Ipv4Addr = c.ok(&["get", "svc", "a", "-o", "jsonpath={.spec.clusterIP}"]).parse().unwrap();
+    assert!(c.fails(&["create", "service", "clusterip", "a", "--tcp=80"]).contains("already exists"));
+    c.ok(&["create", "service", "clusterip", "b", "--tcp=80"]);
+    let ip_b: std::net::Ipv4Addr = c.ok(&["get", "svc", "b", "-o", "jsonpath={.spec.clusterIP}"]).parse().unwrap();
+    assert_eq!(u32::from(ip_b), u32::from(ip_a) + 1, "the failed create took {ip_a}'s successor");
+    assert_eq!(c.ok(&["get", "quota", "q", "-o", "jsonpath={.status.used.services}"]), "2");
+}
+
 #[test]
 fn older_and_newer_kubectl_work_too() {
     let c = Cluster::start();

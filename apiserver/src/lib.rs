@@ -9,13 +9,15 @@
 //!   read or a list item is served from the stored bytes without decoding or encoding.
 //! - Every error is a Kubernetes `Status`.
 //!
-//! **Where to start reading.** `handlers.rs` (routing and verbs), then `object.rs`,
+//! **Where to start reading.** `handlers.rs` (routing, the request, the write protocol) and
+//! `handlers/` (reads, watches, admission reads, single resources' rules), then `object.rs`,
 //! `discovery.rs`, `registry.rs` (the resources served, from the k8s-openapi types).
 
 pub mod admission;
 pub mod cached;
 pub mod discovery;
 pub mod handlers;
+pub mod lite;
 pub mod metrics;
 pub mod node_proxy;
 pub mod object;
@@ -25,6 +27,7 @@ pub mod patch_meta;
 pub mod protobuf;
 pub mod quota;
 pub mod registry;
+pub mod reserve;
 pub mod schema;
 pub mod selector;
 pub mod ssa;

@@ -1,8 +1,8 @@
-//! ResourceQuota admission: a create in a namespace with quotas reserves its usage on each
-//! quota first (compare-and-swap on the quota's `status.used`, so concurrent creates cannot
-//! overshoot), and is Forbidden if any hard limit would be exceeded, with Kubernetes'
-//! message. The resource-quota controller recomputes `used` from what exists, which also
-//! returns reservations of creates that failed afterwards.
+//! ResourceQuota admission: a create in a namespace with quotas charges its usage on each
+//! quota's `status.used` in the create's own txn (`reserve.rs`), so concurrent creates cannot
+//! overshoot and a create that fails charges nothing; it is Forbidden if any hard limit would
+//! be exceeded, with Kubernetes' message. The resource-quota controller recomputes `used`
+//! from what exists.
 
 use serde_json::{Map, Value, json};
 

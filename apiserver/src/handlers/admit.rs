@@ -1,0 +1,120 @@
+//! What a create reads before it is written, as Kubernetes' admission plugins do:
+//! NamespaceLifecycle and Priority from the watch caches (the store for what a cache has not
+//! seen yet), ResourceQuota charges and Service cluster IPs as reservations made in the
+//! create's own txn (`reserve.rs`).
+
+use super::*;
+
+impl Req<'_> {
+    /// The objects of a built-in resource as the API server's watch cache has them: what
+    /// admission reads instead of the store, as Kubernetes' admission plugins read their
+    /// informers. None if that cache cannot start.
+    pub(super) async fn cached(&self, group: &str, version: &str, resource: &str) -> Option<imbl::OrdMap<Bytes, Arc<watchcache::Object>>> {
+        let info = self.st.reg.find(group, version, resource)?;
+        let cache = self.st.caches.get(&self.st.store, &info).await.ok()?;
+        Some(cache.snapshot().1)
+    }
+
+    /// NamespaceLifecycle: the namespace exists and is not being deleted. Read from the cache
+    /// of namespaces; one the cache has not seen yet (just created) is looked up in the store.
+    pub(super) async fn namespace_exists(&self) -> Result<(), ApiError> {
+        let Some(ns) = &self.namespace else { return Ok(()) };
+        let key = format!("/registry/core/namespaces/{ns}");
+        let cached = self.cached("", "v1", "namespaces").await.and_then(|m| m.get(key.as_bytes()).map(|o| o.json.clone()));
+        let json = match cached {
+            Some(json) => json,
+            None => match self.st.store.get(key).await? {
+                Some(kv) => Stored::parse(&kv.value).map_err(ApiError::internal)?.at(kv.mod_revision),
+                None => return Err(ApiError::not_found("", "namespaces", ns)),
+            },
+        };
+        // Nothing new goes into a namespace being deleted.
+        if crate::lite::is_terminating(&json) && self.info.kind != "Event" {
+            return Err(ApiError::forbidden(format!(
+                "{} \"{}\" is forbidden: unable to create new content in namespace {ns} because it is being terminated",
+                self.info.resource,
+                self.name.as_deref().unwrap_or("")
+            )));
+        }
+        Ok(())
+    }
+
+    /// ResourceQuota admission (`quota.rs`): this create's charge on every quota of the
+    /// namespace, made in the create's own txn (`reserve.rs`), or Forbidden.
+    pub(super) async fn quota_reservations(&self, name: &str, obj: &Value) -> Result<Vec<Reservation>, ApiError> {
+        let Some(ns) = self.namespace.as_deref() else { return Ok(vec![]) };
+        let r = self.st.store.range(RangeRequest::prefix(format!("/registry/core/resourcequotas/{ns}/"))).await?;
+        if r.kvs.is_empty() {
+            return Ok(vec![]);
+        }
+        let delta = crate::quota::usage(self.info.group, self.info.resource, obj);
+        reserve::quota_charges(&r.kvs, &delta, obj).map_err(|msg| ApiError::forbidden(format!("{} \"{name}\" is forbidden: {msg}", self.info.resource)))
+    }
+
+    /// A Service without a cluster IP gets the next one (`reserve.rs`); the counter's write
+    /// goes in the create's txn.
+    pub(super) async fn cluster_ip_reservation(&self, obj: &mut Value) -> Result<Option<Reservation>, ApiError> {
+        let spec = &obj["spec"];
+        let wants_ip = self.info.kind == "Service"
+            && self.info.group.is_empty()
+            && spec.get("type").and_then(|t| t.as_str()) != Some("ExternalName")
+            && spec.get("clusterIP").and_then(|c| c.as_str()).is_none_or(|c| c.is_empty());
+        if !wants_ip {
+            return Ok(None);
+        }
+        let counter = self.st.store.get(reserve::SERVICE_IP_COUNTER).await?;
+        let (ip, r) = reserve::next_cluster_ip(counter.as_ref()).map_err(ApiError::internal)?;
+        obj["spec"]["clusterIP"] = json!(ip.to_string());
+        obj["spec"]["clusterIPs"] = json!([ip.to_string()]);
+        Ok(Some(r))
+    }
+
+    /// The Priority admission plugin: `spec.priorityClassName` (or the class marked
+    /// `globalDefault`) becomes `spec.priority` and `spec.preemptionPolicy`.
+    pub(super) async fn resolve_priority(&self, name: &str, obj: &mut Value) -> Result<(), ApiError> {
+        let forbidden = |msg: String| ApiError::forbidden(format!("pods \"{name}\" is forbidden: {msg}"));
+        let class = obj["spec"]["priorityClassName"].as_str().unwrap_or("").to_string();
+        // From the cache of PriorityClasses; a class the cache has not seen yet (just
+        // created) is looked up in the store.
+        const PREFIX: &str = "/registry/scheduling.k8s.io/priorityclasses/";
+        let classes = self.cached("scheduling.k8s.io", "v1", "priorityclasses").await;
+        let found: Option<(i64, String)> = match class.as_str() {
+            "system-node-critical" => Some((2_000_001_000, "PreemptLowerPriority".into())),
+            "system-cluster-critical" => Some((2_000_000_000, "PreemptLowerPriority".into())),
+            "" => match &classes {
+                Some(m) => m.values().filter_map(|o| crate::lite::PriorityClass::parse(&o.json)).find(|p| p.global_default).map(|p| p.value_and_policy()),
+                None => {
+                    let r = self.st.store.range(RangeRequest::prefix(PREFIX)).await?;
+                    r.kvs.iter().filter_map(|kv| crate::lite::PriorityClass::parse(&Stored::parse(&kv.value).ok()?.at(kv.mod_revision))).find(|p| p.global_default).map(|p| p.value_and_policy())
+                }
+            },
+            c => {
+                let key = format!("{PREFIX}{c}");
+                let json = match classes.as_ref().and_then(|m| m.get(key.as_bytes()).map(|o| o.json.clone())) {
+                    Some(json) => Some(json),
+                    None => match self.st.store.get(key).await? {
+                        Some(kv) => Some(Stored::parse(&kv.value).map_err(ApiError::internal)?.at(kv.mod_revision)),
+                        None => None,
+                    },
+                };
+                match json.as_deref().and_then(crate::lite::PriorityClass::parse) {
+                    Some(p) => Some(p.value_and_policy()),
+                    None => return Err(forbidden(format!("no PriorityClass with name {c} was found"))),
+                }
+            }
+        };
+        let (value, policy) = found.unwrap_or((0, "PreemptLowerPriority".into()));
+        if let Some(given) = obj["spec"]["priority"].as_i64()
+            && given != value
+        {
+            return Err(forbidden(format!(
+                "the integer value of priority ({given}) must not be provided in pod spec; priority admission controller computed {value} from the given PriorityClass name"
+            )));
+        }
+        obj["spec"]["priority"] = json!(value);
+        if obj["spec"].get("preemptionPolicy").is_none() {
+            obj["spec"]["preemptionPolicy"] = json!(policy);
+        }
+        Ok(())
+    }
+}
