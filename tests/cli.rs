@@ -62,4 +62,33 @@ fn loadgen_drives_a_separately_started_cluster() {
     assert_eq!(r["pods"]["running"], 50);
     assert!(r["target"].as_str().unwrap().starts_with("http://127.0.0.1:"));
     assert_eq!(c.ok(&["get", "pods", "-n", "sched", "--no-headers"]).lines().count(), 50);
+    // The control plane's own CPU and memory, from capstan's /metrics.
+    assert!(r["control_plane_cpu_seconds"].as_f64().is_some_and(|s| s >= 0.0), "{}", r["control_plane_cpu_seconds"]);
+    assert!(r["cpu_ms_per_pod"].as_f64().is_some(), "{}", r["cpu_ms_per_pod"]);
+    assert!(r["control_plane_peak_rss_bytes"].as_u64().is_some_and(|b| b > 1 << 20), "{}", r["control_plane_peak_rss_bytes"]);
+}
+
+/// With no scheduler nothing runs: the wait for Running times out, the accounting verdict
+/// fails, and loadgen exits 2 (a run that did not do what it measured is not a result).
+#[test]
+fn loadgen_fails_a_run_whose_pods_never_run() {
+    let loadgen = std::path::Path::new(env!("CARGO_BIN_EXE_capstan")).with_file_name("loadgen");
+    let c = common::Cluster::start_with(tempfile::tempdir().unwrap(), &["--no-local-node", "--no-scheduler"]);
+    let workload = c.write(
+        "stuck.yaml",
+        "name: stuck\nphases:\n  - createNamespace: {name: stuck}\n  - createPods: {namespace: stuck, count: 3}\n  - waitPodsRunning: {namespace: stuck, expected: 3, timeoutSeconds: 2}\n",
+    );
+    let json = c.dir.path().join("r.json");
+    let out = std::process::Command::new(&loadgen)
+        .args(["run", common::path_str(&workload), "--server", &format!("http://{}", c.addr)])
+        .arg("--report-json")
+        .arg(&json)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let verdict = r["verdicts"].as_array().unwrap().iter().find(|v| v["name"] == "every pod accounted for").unwrap();
+    assert_eq!(verdict["pass"], false, "{verdict}");
+    assert_eq!((r["pods"]["not_running"].as_u64(), r["waits_timed_out"].as_u64()), (Some(3), Some(1)));
+    assert_eq!(r["slo_pass"], false);
 }

@@ -12,55 +12,60 @@ pub const LATENCY_BUCKETS_S: &[f64] = &[
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
 ];
 
-#[derive(Default)]
+/// One (verb, resource): its latency histogram and its requests by HTTP code.
 struct Series {
-    buckets: Vec<u64>,
+    buckets: [u64; LATENCY_BUCKETS_S.len()],
     count: u64,
     sum_s: f64,
+    codes: Vec<(u16, u64)>,
 }
 
 #[derive(Default)]
 pub struct Metrics {
-    /// (verb, resource) -> latency series; (verb, resource, code) -> count.
-    latency: Mutex<HashMap<(String, String), Series>>,
-    requests: Mutex<HashMap<(String, String, u16), u64>>,
+    /// verb -> resource -> series: looked up with the request's borrowed names, so a request
+    /// allocates nothing here once its (verb, resource) has been seen.
+    series: Mutex<HashMap<String, HashMap<String, Series>>>,
     pub inflight: AtomicI64,
 }
 
 impl Metrics {
     pub fn observe(&self, verb: &str, resource: &str, code: u16, took: Duration) {
         let s = took.as_secs_f64();
-        {
-            let mut l = self.latency.lock().unwrap();
-            let e = l.entry((verb.to_string(), resource.to_string())).or_insert_with(|| Series {
-                buckets: vec![0; LATENCY_BUCKETS_S.len()],
-                ..Default::default()
-            });
-            for (i, b) in LATENCY_BUCKETS_S.iter().enumerate() {
-                if s <= *b {
-                    e.buckets[i] += 1;
-                }
-            }
-            e.count += 1;
-            e.sum_s += s;
+        let mut all = self.series.lock().unwrap();
+        if !all.get(verb).is_some_and(|m| m.contains_key(resource)) {
+            let e = Series { buckets: [0; LATENCY_BUCKETS_S.len()], count: 0, sum_s: 0.0, codes: Vec::new() };
+            all.entry(verb.to_string()).or_default().insert(resource.to_string(), e);
         }
-        *self.requests.lock().unwrap().entry((verb.to_string(), resource.to_string(), code)).or_default() += 1;
+        let e = all.get_mut(verb).and_then(|m| m.get_mut(resource)).expect("inserted above");
+        for (i, b) in LATENCY_BUCKETS_S.iter().enumerate() {
+            if s <= *b {
+                e.buckets[i] += 1;
+            }
+        }
+        e.count += 1;
+        e.sum_s += s;
+        match e.codes.iter_mut().find(|(c, _)| *c == code) {
+            Some((_, n)) => *n += 1,
+            None => e.codes.push((code, 1)),
+        }
     }
 
     pub fn render(&self) -> String {
         let mut out = String::new();
+        let all = self.series.lock().unwrap();
+        let mut keys: Vec<(&String, &String)> = all.iter().flat_map(|(v, m)| m.keys().map(move |r| (v, r))).collect();
+        keys.sort();
         out += "# HELP apiserver_request_total Requests by verb, resource and HTTP code.\n# TYPE apiserver_request_total counter\n";
-        let mut reqs: Vec<_> = self.requests.lock().unwrap().iter().map(|(k, v)| (k.clone(), *v)).collect();
-        reqs.sort();
-        for ((verb, res, code), n) in reqs {
-            let _ = writeln!(out, "apiserver_request_total{{verb=\"{verb}\",resource=\"{res}\",code=\"{code}\"}} {n}");
+        for (verb, res) in &keys {
+            let mut codes = all[*verb][*res].codes.clone();
+            codes.sort();
+            for (code, n) in codes {
+                let _ = writeln!(out, "apiserver_request_total{{verb=\"{verb}\",resource=\"{res}\",code=\"{code}\"}} {n}");
+            }
         }
         out += "# HELP apiserver_request_duration_seconds Request latency by verb and resource.\n# TYPE apiserver_request_duration_seconds histogram\n";
-        let l = self.latency.lock().unwrap();
-        let mut keys: Vec<_> = l.keys().cloned().collect();
-        keys.sort();
         for k in keys {
-            let s = &l[&k];
+            let s = &all[k.0][k.1];
             for (i, b) in LATENCY_BUCKETS_S.iter().enumerate() {
                 let _ = writeln!(out, "apiserver_request_duration_seconds_bucket{{verb=\"{}\",resource=\"{}\",le=\"{b}\"}} {}", k.0, k.1, s.buckets[i]);
             }
@@ -69,6 +74,68 @@ impl Metrics {
             let _ = writeln!(out, "apiserver_request_duration_seconds_count{{verb=\"{}\",resource=\"{}\"}} {}", k.0, k.1, s.count);
         }
         let _ = writeln!(out, "# HELP apiserver_current_inflight_requests Requests being served.\n# TYPE apiserver_current_inflight_requests gauge\napiserver_current_inflight_requests {}", self.inflight.load(Ordering::Relaxed));
+        render_process(&mut out);
         out
+    }
+}
+
+/// Prometheus' standard process collector (the names client_golang's has), read from /proc,
+/// plus the peak RSS (`VmHWM`), which it lacks and loadgen's `--server` reports need.
+fn render_process(out: &mut String) {
+    let Some(p) = process_usage() else { return };
+    let _ = writeln!(out, "# HELP process_cpu_seconds_total Total user and system CPU time spent in seconds.\n# TYPE process_cpu_seconds_total counter\nprocess_cpu_seconds_total {}", p.cpu_seconds);
+    let _ = writeln!(out, "# HELP process_resident_memory_bytes Resident memory size in bytes.\n# TYPE process_resident_memory_bytes gauge\nprocess_resident_memory_bytes {}", p.rss_bytes);
+    let _ = writeln!(out, "# HELP capstan_process_peak_resident_memory_bytes Peak resident memory size in bytes (VmHWM).\n# TYPE capstan_process_peak_resident_memory_bytes gauge\ncapstan_process_peak_resident_memory_bytes {}", p.peak_rss_bytes);
+}
+
+/// This process's CPU time and memory, from /proc.
+pub struct ProcessUsage {
+    pub cpu_seconds: f64,
+    pub rss_bytes: u64,
+    pub peak_rss_bytes: u64,
+}
+
+pub fn process_usage() -> Option<ProcessUsage> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // The fields after the command name, which may itself hold spaces and parentheses.
+    let f: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks: u64 = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kb = |key: &str| status.lines().find_map(|l| l.strip_prefix(key)).and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok()).map(|k| k * 1024);
+    // USER_HZ is 100 on every Linux this runs on (sysconf(_SC_CLK_TCK)).
+    Some(ProcessUsage { cpu_seconds: ticks as f64 / 100.0, rss_bytes: kb("VmRSS:")?, peak_rss_bytes: kb("VmHWM:")? })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_are_counted_by_code_and_timed() {
+        let m = Metrics::default();
+        m.observe("create", "pods", 201, Duration::from_millis(3));
+        m.observe("create", "pods", 409, Duration::from_millis(30));
+        m.observe("get", "pods", 200, Duration::from_micros(50));
+        let text = m.render();
+        for line in [
+            r#"apiserver_request_total{verb="create",resource="pods",code="201"} 1"#,
+            r#"apiserver_request_total{verb="create",resource="pods",code="409"} 1"#,
+            r#"apiserver_request_total{verb="get",resource="pods",code="200"} 1"#,
+            r#"apiserver_request_duration_seconds_bucket{verb="create",resource="pods",le="0.005"} 1"#,
+            r#"apiserver_request_duration_seconds_bucket{verb="create",resource="pods",le="0.05"} 2"#,
+            r#"apiserver_request_duration_seconds_count{verb="get",resource="pods"} 1"#,
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} missing from\n{text}");
+        }
+    }
+
+    #[test]
+    fn the_process_collector_is_rendered() {
+        let text = Metrics::default().render();
+        let value = |name: &str| text.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')).and_then(|v| v.parse::<f64>().ok());
+        assert!(value("process_cpu_seconds_total").is_some(), "{text}");
+        let rss = value("process_resident_memory_bytes").expect("rss");
+        let peak = value("capstan_process_peak_resident_memory_bytes").expect("peak rss");
+        assert!(rss > 0.0 && peak >= rss, "rss {rss} peak {peak}");
     }
 }

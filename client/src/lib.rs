@@ -49,15 +49,26 @@ pub struct WatchStream {
 
 impl WatchStream {
     pub async fn next(&mut self) -> Option<Value> {
+        self.next_with(|line| decode::decode(line).ok()).await
+    }
+
+    /// The next event decoded as `T`: a typed struct that names only the fields its reader
+    /// needs, so the rest of each line is scanned, not built. Lines that are not a `T` are
+    /// skipped.
+    pub async fn next_as<T: serde::de::DeserializeOwned>(&mut self) -> Option<T> {
+        self.next_with(|line| serde_json::from_slice(line).ok()).await
+    }
+
+    async fn next_with<T>(&mut self, decode: impl Fn(&[u8]) -> Option<T>) -> Option<T> {
         loop {
             if let Some(at) = self.buf[self.searched..].iter().position(|b| *b == b'\n') {
                 let end = self.searched + at;
                 let line = &self.buf[self.start..end];
                 self.start = end + 1;
                 self.searched = self.start;
-                match decode::decode(line) {
-                    Ok(v) => return Some(v),
-                    Err(_) => continue,
+                match decode(line) {
+                    Some(v) => return Some(v),
+                    None => continue,
                 }
             }
             self.searched = self.buf.len();
@@ -186,6 +197,17 @@ impl Client {
 
     pub async fn delete(&self, path: &str, options: &Value) -> Result<Value, ClientError> {
         self.call("DELETE", path, "application/json", Some(options)).await
+    }
+
+    /// A GET whose answer is text, not an object (`/metrics`).
+    pub async fn get_text(&self, path: &str) -> Result<String, ClientError> {
+        let resp = self.send("GET", path, "", None).await?;
+        let code = resp.status().as_u16();
+        let bytes = resp.into_body().collect().await.map_err(|e| ClientError::Transport(e.to_string()))?.to_bytes();
+        if code >= 300 {
+            return Err(ClientError::Status { code, reason: String::new(), message: String::from_utf8_lossy(&bytes).into_owned() });
+        }
+        String::from_utf8(bytes.to_vec()).map_err(|e| ClientError::Decode(e.to_string()))
     }
 
     /// Opens a watch (`path` includes `watch=true`).

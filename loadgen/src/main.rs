@@ -1,8 +1,11 @@
 //! `loadgen`: runs a declarative workload against an embedded capstan control plane (the
 //! default) or any Kubernetes API server (`--server`, `--kubeconfig`), and reports what it
-//! measured: per-call API latency, pod startup from server timestamps and as watched, every
-//! pod accounted for, the control plane's CPU and peak RSS when embedded, and verdicts
-//! against Kubernetes' SLOs and the workload's targets. `loadgen compare A.json B.json` puts
+//! measured: per-call API latency (its own, and every component's from the server's
+//! histogram), pod startup from server timestamps and as watched, every pod of the run
+//! accounted for (a run that misses one fails, and exits 2 if a wait for Running timed out),
+//! the control plane's CPU per pod and peak RSS (the whole process when embedded; the
+//! server's `/metrics` with `--server`), and verdicts against Kubernetes' SLOs and the
+//! workload's targets. `loadgen compare A.json B.json` puts
 //! two reports side by side.
 
 mod measure;
@@ -17,6 +20,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, anyhow, bail};
 use clap::{Parser, Subcommand};
 use client::{Client, ClientError};
+use serde::Deserialize;
 use serde_json::{Value, json};
 
 use measure::{ApiStats, Pods};
@@ -84,6 +88,10 @@ fn main() -> Result<()> {
                 std::fs::write(&p, report::html(&r)).with_context(|| format!("writing {}", p.display()))?;
             }
             rt.shutdown_timeout(Duration::from_secs(2));
+            if r.waits_timed_out > 0 {
+                eprintln!("loadgen: {} waitPodsRunning phase(s) timed out before every expected pod ran", r.waits_timed_out);
+                std::process::exit(2);
+            }
             Ok(())
         }
     }
@@ -113,6 +121,8 @@ async fn embedded() -> Result<(String, Embedded)> {
     let dir = tempfile::tempdir()?;
     let mut cfg = storage::Config::new(dir.path().join("store"));
     cfg.compact_retention_age = Some(Duration::from_secs(300));
+    // As `capstan up`: five minutes of history, at most 512 MiB of it.
+    cfg.compact_history_bytes_max = Some(512 << 20);
     let store = tokio::task::block_in_place(|| storage::Store::open(cfg))?;
     apiserver::bootstrap(&store).await?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
@@ -132,6 +142,16 @@ async fn embedded() -> Result<(String, Embedded)> {
     let sched = scheduler::Scheduler::start(&base, vec![scheduler::framework::Profile::default()]);
     let ctrl = controllers::Controllers::start(&base, Default::default()).await;
     Ok((base.clone(), Embedded { _dir: dir, _sched: sched, _ctrl: ctrl, _server: server }))
+}
+
+/// The server's (CPU seconds, peak RSS bytes) from its `/metrics`: Prometheus' process
+/// collector, and capstan's peak RSS (else the current RSS). None when it publishes neither.
+async fn server_usage(c: &Client) -> Option<(f64, u64)> {
+    let text = c.get_text("/metrics").await.ok()?;
+    let value = |name: &str| text.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse::<f64>().ok());
+    let cpu = value("process_cpu_seconds_total")?;
+    let rss = value("capstan_process_peak_resident_memory_bytes").or_else(|| value("process_resident_memory_bytes"))?;
+    Some((cpu, rss as u64))
 }
 
 /// A timed API call.
@@ -250,7 +270,9 @@ async fn run(w: workload::Workload, vars: workload::Vars, server: Option<String>
                     match c.get("/api/v1/pods").await {
                         Ok(l) => {
                             for p in l["items"].as_array().into_iter().flatten() {
-                                pods.observe(p);
+                                if let Ok(p) = measure::PodLite::deserialize(p) {
+                                    pods.observe(&p);
+                                }
                             }
                             rv = l["metadata"]["resourceVersion"].as_str().unwrap_or("0").to_string();
                         }
@@ -264,16 +286,18 @@ async fn run(w: workload::Workload, vars: workload::Vars, server: Option<String>
                     rv.clear();
                     continue;
                 };
-                while let Some(ev) = s.next().await {
-                    if ev["type"] == "ERROR" {
+                while let Some(ev) = s.next_as::<measure::PodEvent>().await {
+                    if ev.type_ == "ERROR" {
                         rv.clear();
                         break;
                     }
-                    if let Some(r) = ev["object"]["metadata"]["resourceVersion"].as_str() {
-                        rv = r.to_string();
+                    if let Some(r) = &ev.object.metadata.resource_version {
+                        rv.clone_from(r);
                     }
-                    if ev["type"] == "ADDED" || ev["type"] == "MODIFIED" {
-                        pods.observe(&ev["object"]);
+                    match ev.type_.as_str() {
+                        "ADDED" | "MODIFIED" => pods.observe(&ev.object),
+                        "DELETED" => pods.deleted(&ev.object),
+                        _ => {}
                     }
                 }
             }
@@ -284,6 +308,12 @@ async fn run(w: workload::Workload, vars: workload::Vars, server: Option<String>
     let mut expected_pods = 0u64;
     let mut first_create: Option<f64> = None;
     let mut extra_tasks: Vec<tokio::task::JoinHandle<()>> = Vec::new();
+    let mut waits_timed_out = 0u64;
+    // The server's own CPU and memory, when it publishes them (capstan, kube-apiserver).
+    let server_usage_at_start = if embedded_mode { None } else { server_usage(&c).await };
+    // The server's latency histogram of mutating calls: every component's writes, not only
+    // this run's (none when the server does not publish one).
+    let mutating_at_start = c.get_text("/metrics").await.ok().map(|t| measure::mutating_buckets(&t));
     for ph in &w.phases {
         let a = &ph.args;
         let t0 = Instant::now();
@@ -291,6 +321,9 @@ async fn run(w: workload::Workload, vars: workload::Vars, server: Option<String>
         let qps = a["qps"].as_f64().unwrap_or(0.0);
         let ns = a["namespace"].as_str().unwrap_or("default").to_string();
         let mut line = PhaseLine { phase: ph.kind.clone(), seconds: 0.0, items: 0, configured_qps: (qps > 0.0).then_some(qps), achieved_qps: None, note: String::new() };
+        if matches!(ph.kind.as_str(), "createDeployments" | "createPods" | "createReplicaSets" | "createJobs" | "waitPodsRunning") {
+            pods.own(&ns);
+        }
         match ph.kind.as_str() {
             "createNodes" => {
                 let n = count("count")?;
@@ -429,6 +462,7 @@ async fn run(w: workload::Workload, vars: workload::Vars, server: Option<String>
                     }
                     if Instant::now() > deadline {
                         line.note = format!("timed out after {}s with {n} of {want} running", timeout.as_secs());
+                        waits_timed_out += 1;
                         break;
                     }
                     tokio::time::sleep(Duration::from_millis(100)).await;
@@ -534,8 +568,20 @@ async fn run(w: workload::Workload, vars: workload::Vars, server: Option<String>
         _ => None,
     };
     let api = stats.summary();
-    let verdicts = report::verdicts(&api, &pod_report, rate, &w.targets, embedded_mode);
+    let server_mutating = match (mutating_at_start, c.get_text("/metrics").await.ok()) {
+        (Some(before), Some(text)) => measure::quantile_bound(&before, &measure::mutating_buckets(&text), 0.99),
+        _ => None,
+    };
+    let verdicts = report::verdicts(&api, &pod_report, rate, &w.targets, embedded_mode, waits_timed_out, server_mutating);
     let (cpu, rss) = measure::process_usage();
+    let (cp_cpu, cp_rss) = if embedded_mode {
+        (Some(cpu), Some(rss))
+    } else {
+        match (server_usage_at_start, server_usage(&c).await) {
+            (Some((c0, _)), Some((c1, peak))) => (Some(c1 - c0), Some(peak)),
+            _ => (None, None),
+        }
+    };
     let slo_pass = verdicts.iter().filter(|v| v.name.starts_with("SLO:") || v.name == "every pod accounted for").all(|v| v.pass);
     let (p50, p99) = if embedded_mode && pod_report.startup_client_p99_s.is_some() {
         (pod_report.startup_client_p50_s, pod_report.startup_client_p99_s)
@@ -549,7 +595,12 @@ async fn run(w: workload::Workload, vars: workload::Vars, server: Option<String>
         pod_startup_p99_ms: p99.map(|s| s * 1000.0),
         api_mutating_p99_ms: report::mutating_p99_ms(&api),
         pods_per_sec: rate,
-        control_plane_peak_rss_bytes: embedded_mode.then_some(rss),
+        control_plane_peak_rss_bytes: cp_rss,
+        control_plane_cpu_seconds: cp_cpu,
+        cpu_ms_per_pod: cp_cpu.filter(|_| pod_report.expected > 0).map(|c| c * 1000.0 / pod_report.expected as f64),
+        waits_timed_out,
+        server_mutating_p99_bound_s: server_mutating.map(|b| b.0),
+        server_mutating_calls: server_mutating.map(|b| b.1),
         slo_pass,
         workload: w.name,
         target: if embedded_mode { "embedded capstan".into() } else { base },

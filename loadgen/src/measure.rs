@@ -1,18 +1,18 @@
 //! What a run measures. API calls: one hdrhistogram per (verb, resource), client-side, no
 //! per-request records. Pods: one small record per pod (times as seconds since the run
-//! started), so every pod is accounted for: Running, failed, or not running when the phase
-//! timed out. Startup latency is measured twice: from the server's timestamps
+//! started), so every pod is accounted for: Running, failed, not running when the phase
+//! timed out, or never seen. Only the run's own pods count: those in the namespaces its phases
+//! create pods in. Startup latency is measured twice: from the server's timestamps
 //! (`creationTimestamp` to the `Ready` condition's transition: second resolution, as
 //! Kubernetes writes them, and immune to client clock skew) and as the client saw it (create
 //! sent to Running watched: millisecond resolution, one clock).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 use serde::Serialize;
-use serde_json::Value;
 
 fn hist() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("histogram bounds")
@@ -99,6 +99,7 @@ struct PodRec {
     ready: Option<i64>,
     running_seen: Option<f64>,
     failed: bool,
+    deleted: bool,
 }
 
 /// Pods of the run, by namespace/name.
@@ -106,22 +107,109 @@ pub struct Pods {
     start: Instant,
     start_unix: i64,
     m: Mutex<HashMap<String, PodRec>>,
+    /// Pods seen Running, by namespace (what waitPodsRunning polls).
+    running_in: Mutex<HashMap<String, usize>>,
+    /// The namespaces the run creates pods in; pods elsewhere are not the run's.
+    namespaces: Mutex<HashSet<String>>,
     /// Writes whose watch event is awaited (watch latency): key -> time sent.
     marks: Mutex<HashMap<String, f64>>,
     watch_latency: Mutex<Histogram<u64>>,
 }
 
-fn ts(v: &Value) -> Option<i64> {
-    v.as_str()?.parse::<jiff::Timestamp>().ok().map(|t| t.as_second())
+fn ts(v: &Option<String>) -> Option<i64> {
+    v.as_deref()?.parse::<jiff::Timestamp>().ok().map(|t| t.as_second())
+}
+
+/// The fields of a pod the accounting reads, decoded from each watch event without building
+/// the rest (spec, managedFields): the watch is of every pod of the run, so its cost counts
+/// in the run's CPU.
+#[derive(Debug, Default, serde::Deserialize)]
+pub struct PodLite {
+    #[serde(default)]
+    pub metadata: MetaLite,
+    /// A pod's status; an ERROR event's object is a `Status`, whose `status` is a string.
+    #[serde(default, deserialize_with = "pod_status")]
+    pub status: StatusLite,
+}
+
+fn pod_status<'de, D: serde::Deserializer<'de>>(d: D) -> Result<StatusLite, D::Error> {
+    struct V;
+    impl<'de> serde::de::Visitor<'de> for V {
+        type Value = StatusLite;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a pod status or a Status's status string")
+        }
+        fn visit_str<E: serde::de::Error>(self, _: &str) -> Result<StatusLite, E> {
+            Ok(StatusLite::default())
+        }
+        fn visit_unit<E: serde::de::Error>(self) -> Result<StatusLite, E> {
+            Ok(StatusLite::default())
+        }
+        fn visit_map<A: serde::de::MapAccess<'de>>(self, m: A) -> Result<StatusLite, A::Error> {
+            serde::Deserialize::deserialize(serde::de::value::MapAccessDeserializer::new(m))
+        }
+    }
+    d.deserialize_any(V)
+}
+
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MetaLite {
+    #[serde(default)]
+    pub namespace: String,
+    #[serde(default)]
+    pub name: String,
+    pub creation_timestamp: Option<String>,
+    pub resource_version: Option<String>,
+    #[serde(default)]
+    pub labels: HashMap<String, String>,
+}
+
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StatusLite {
+    #[serde(default)]
+    pub phase: String,
+    pub start_time: Option<String>,
+    #[serde(default)]
+    pub conditions: Vec<ConditionLite>,
+}
+
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ConditionLite {
+    #[serde(rename = "type", default)]
+    pub type_: String,
+    #[serde(default)]
+    pub status: String,
+    pub last_transition_time: Option<String>,
+}
+
+/// A watch event of a pod.
+#[derive(Debug, serde::Deserialize)]
+pub struct PodEvent {
+    #[serde(rename = "type")]
+    pub type_: String,
+    #[serde(default)]
+    pub object: PodLite,
 }
 
 impl Pods {
     pub fn new() -> Pods {
-        Pods { start: Instant::now(), start_unix: jiff::Timestamp::now().as_second(), m: Default::default(), marks: Default::default(), watch_latency: Mutex::new(hist()) }
+        Pods { start: Instant::now(), start_unix: jiff::Timestamp::now().as_second(), m: Default::default(), running_in: Default::default(), namespaces: Default::default(), marks: Default::default(), watch_latency: Mutex::new(hist()) }
     }
 
     pub fn elapsed(&self) -> f64 {
         self.start.elapsed().as_secs_f64()
+    }
+
+    /// The run creates pods in `ns`: from now on its pods are accounted for.
+    pub fn own(&self, ns: &str) {
+        self.namespaces.lock().unwrap().insert(ns.to_string());
+    }
+
+    fn is_own(&self, key: &str) -> bool {
+        key.split_once('/').is_some_and(|(ns, _)| self.namespaces.lock().unwrap().contains(ns))
     }
 
     /// A pod create request is being sent (bare pods only; controller-made pods have none).
@@ -152,34 +240,51 @@ impl Pods {
     }
 
     /// A watch event about a pod.
-    pub fn observe(&self, pod: &Value) {
-        let key = format!("{}/{}", pod["metadata"]["namespace"].as_str().unwrap_or(""), pod["metadata"]["name"].as_str().unwrap_or(""));
+    pub fn observe(&self, pod: &PodLite) {
+        let (meta, status) = (&pod.metadata, &pod.status);
+        let key = format!("{}/{}", meta.namespace, meta.name);
+        if !self.is_own(&key) {
+            return;
+        }
         let now = self.elapsed();
-        if pod["metadata"]["labels"]["loadgen-mark"].is_string()
+        if meta.labels.contains_key("loadgen-mark")
             && let Some(sent) = self.marks.lock().unwrap().remove(&key)
         {
             let _ = self.watch_latency.lock().unwrap().record((((now - sent) * 1e6) as u64).max(1));
         }
-        let cond = |ty: &str| pod["status"]["conditions"].as_array().and_then(|a| a.iter().find(|c| c["type"] == ty && c["status"] == "True")).and_then(|c| ts(&c["lastTransitionTime"]));
+        let cond = |ty: &str| status.conditions.iter().find(|c| c.type_ == ty && c.status == "True").and_then(|c| ts(&c.last_transition_time));
         let mut m = self.m.lock().unwrap();
         let r = m.entry(key).or_default();
-        r.created = r.created.or(ts(&pod["metadata"]["creationTimestamp"]));
+        r.created = r.created.or(ts(&meta.creation_timestamp));
         r.added_seen = r.added_seen.or(Some(now));
         r.scheduled = r.scheduled.or(cond("PodScheduled"));
-        let running = pod["status"]["phase"] == "Running" || pod["status"]["phase"] == "Succeeded";
-        if running {
-            r.ready = r.ready.or(cond("Ready")).or(ts(&pod["status"]["startTime"]));
-            r.running_seen = r.running_seen.or(Some(now));
+        if status.phase == "Running" || status.phase == "Succeeded" {
+            r.ready = r.ready.or(cond("Ready")).or(ts(&status.start_time));
+            if r.running_seen.is_none() {
+                r.running_seen = Some(now);
+                *self.running_in.lock().unwrap().entry(meta.namespace.clone()).or_default() += 1;
+            }
         }
-        if pod["status"]["phase"] == "Failed" {
+        if status.phase == "Failed" {
             r.failed = true;
+        }
+    }
+
+    /// A watch event deleting a pod: if it never ran, it is not counted as "not running".
+    pub fn deleted(&self, pod: &PodLite) {
+        let key = format!("{}/{}", pod.metadata.namespace, pod.metadata.name);
+        if self.is_own(&key) {
+            let now = self.elapsed();
+            let mut m = self.m.lock().unwrap();
+            let r = m.entry(key).or_default();
+            r.added_seen = r.added_seen.or(Some(now));
+            r.deleted = true;
         }
     }
 
     /// Pods seen Running (or Succeeded) so far in `ns`.
     pub fn running(&self, ns: &str) -> usize {
-        let prefix = format!("{ns}/");
-        self.m.lock().unwrap().iter().filter(|(k, r)| k.starts_with(&prefix) && r.running_seen.is_some()).count()
+        self.running_in.lock().unwrap().get(ns).copied().unwrap_or(0)
     }
 
     pub fn report(&self, expected: u64) -> PodReport {
@@ -187,10 +292,16 @@ impl Pods {
         let mut server = hist();
         let mut client = hist();
         let mut sched = hist();
-        let (mut running, mut failed, mut pending) = (0u64, 0u64, 0u64);
+        let (mut running, mut failed, mut pending, mut deleted, mut seen_total, mut sent_unseen) = (0u64, 0u64, 0u64, 0u64, 0u64, 0u64);
         let mut over_time: Vec<f64> = Vec::new();
         let mut sched_times: Vec<i64> = Vec::new();
         for r in m.values() {
+            // A create this run sent whose pod no watch event ever showed.
+            if r.added_seen.is_none() {
+                sent_unseen += 1;
+                continue;
+            }
+            seen_total += 1;
             if let Some(s) = r.scheduled {
                 sched_times.push(s);
             }
@@ -210,6 +321,8 @@ impl Pods {
                 }
             } else if r.failed {
                 failed += 1;
+            } else if r.deleted {
+                deleted += 1;
             } else {
                 pending += 1;
             }
@@ -222,7 +335,6 @@ impl Pods {
             (Some(a), Some(b)) if b > a => Some(sched_times.len() as f64 / (b - a) as f64),
             _ => None,
         };
-        let seen_total = m.len() as u64;
         let (watch_n, watch_p50, watch_p99) = self.watch_latency();
         PodReport {
             expected,
@@ -230,7 +342,8 @@ impl Pods {
             running,
             failed,
             not_running: pending,
-            missing: expected.saturating_sub(seen_total),
+            deleted_before_running: deleted,
+            missing: expected.saturating_sub(seen_total).max(sent_unseen),
             startup_server_p50_s: q(&server, 0.5),
             startup_server_p99_s: q(&server, 0.99),
             startup_server_resolution_s: 1.0,
@@ -272,6 +385,10 @@ pub struct PodReport {
     pub running: u64,
     pub failed: u64,
     pub not_running: u64,
+    /// Pods deleted (by their controller or the run) before they were seen Running.
+    #[serde(default)]
+    pub deleted_before_running: u64,
+    /// Pods expected but never seen (fewer seen than expected, or creates sent and never seen).
     pub missing: u64,
     pub startup_server_p50_s: Option<f64>,
     pub startup_server_p99_s: Option<f64>,
@@ -287,6 +404,48 @@ pub struct PodReport {
     pub watch_event_count: u64,
     pub watch_event_p50_ms: Option<f64>,
     pub watch_event_p99_ms: Option<f64>,
+}
+
+/// The server's request latency histogram for mutating calls (every client's, every
+/// component's), summed over resources: (upper bound in seconds, cumulative count), from
+/// Prometheus text (`apiserver_request_duration_seconds_bucket`).
+pub fn mutating_buckets(metrics: &str) -> Vec<(f64, u64)> {
+    const MUTATING: &[&str] = &["create", "update", "patch", "delete", "deletecollection"];
+    let mut by_le: BTreeMap<u64, (f64, u64)> = BTreeMap::new();
+    for line in metrics.lines() {
+        let Some(rest) = line.strip_prefix("apiserver_request_duration_seconds_bucket{") else { continue };
+        let Some((labels, value)) = rest.split_once("} ") else { continue };
+        let label = |k: &str| labels.split(',').find_map(|kv| kv.strip_prefix(k)?.strip_prefix("=\"")?.strip_suffix('"'));
+        if !label("verb").is_some_and(|v| MUTATING.contains(&v)) {
+            continue;
+        }
+        let le = match label("le") {
+            Some("+Inf") => f64::INFINITY,
+            Some(x) => match x.parse::<f64>() {
+                Ok(x) => x,
+                Err(_) => continue,
+            },
+            None => continue,
+        };
+        let Ok(n) = value.trim().parse::<f64>() else { continue };
+        // Keyed by the bound's bits: the bounds are the same for every series.
+        by_le.entry(le.to_bits()).or_insert((le, 0)).1 += n as u64;
+    }
+    let mut v: Vec<(f64, u64)> = by_le.into_values().collect();
+    v.sort_by(|a, b| a.0.total_cmp(&b.0));
+    v
+}
+
+/// The smallest bucket bound under which `q` of the calls between two scrapes fell: an upper
+/// bound of the quantile (the histogram's resolution). None without calls.
+pub fn quantile_bound(before: &[(f64, u64)], after: &[(f64, u64)], q: f64) -> Option<(f64, u64)> {
+    let at = |v: &[(f64, u64)], le: f64| v.iter().find(|(b, _)| *b == le).map_or(0, |x| x.1);
+    let delta: Vec<(f64, u64)> = after.iter().map(|(le, n)| (*le, n.saturating_sub(at(before, *le)))).collect();
+    let total = delta.iter().find(|(le, _)| le.is_infinite())?.1;
+    if total == 0 {
+        return None;
+    }
+    delta.iter().find(|(_, n)| *n as f64 >= q * total as f64).map(|(le, _)| (*le, total))
 }
 
 /// This process's CPU seconds and peak RSS (the control plane too, when embedded).
@@ -308,20 +467,69 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    fn lite(v: serde_json::Value) -> PodLite {
+        serde_json::from_value(v).expect("a pod")
+    }
+
     #[test]
     fn every_pod_is_accounted_for() {
         let p = Pods::new();
+        p.own("ns");
         p.sent("ns/a");
-        p.observe(&json!({"metadata": {"namespace": "ns", "name": "a", "creationTimestamp": "2026-11-22T00:00:00Z"},
-            "status": {"phase": "Running", "conditions": [{"type": "PodScheduled", "status": "True", "lastTransitionTime": "2026-11-22T00:00:00Z"}, {"type": "Ready", "status": "True", "lastTransitionTime": "2026-11-22T00:00:01Z"}]}}));
-        p.observe(&json!({"metadata": {"namespace": "ns", "name": "b"}, "status": {"phase": "Failed"}}));
-        p.observe(&json!({"metadata": {"namespace": "ns", "name": "c"}, "status": {"phase": "Pending"}}));
+        p.observe(&lite(json!({"metadata": {"namespace": "ns", "name": "a", "creationTimestamp": "2026-11-22T00:00:00Z"},
+            "status": {"phase": "Running", "conditions": [{"type": "PodScheduled", "status": "True", "lastTransitionTime": "2026-11-22T00:00:00Z"}, {"type": "Ready", "status": "True", "lastTransitionTime": "2026-11-22T00:00:01Z"}]}})));
+        p.observe(&lite(json!({"metadata": {"namespace": "ns", "name": "b"}, "status": {"phase": "Failed"}})));
+        p.observe(&lite(json!({"metadata": {"namespace": "ns", "name": "c"}, "status": {"phase": "Pending"}})));
         let r = p.report(4);
         assert_eq!((r.running, r.failed, r.not_running, r.missing), (1, 1, 1, 1));
         assert_eq!(r.running + r.failed + r.not_running + r.missing, r.expected);
         let s = r.startup_server_p99_s.unwrap();
         assert!((1.0..1.001).contains(&s), "{s}");
         assert_eq!(p.running("ns"), 1);
+    }
+
+    #[test]
+    fn an_error_event_decodes() {
+        let e: PodEvent = serde_json::from_str(r#"{"type":"ERROR","object":{"kind":"Status","status":"Failure","code":410}}"#).expect("an ERROR event");
+        assert_eq!(e.type_, "ERROR");
+    }
+
+    #[test]
+    fn a_create_never_seen_is_missing_and_other_namespaces_do_not_count() {
+        let p = Pods::new();
+        p.own("ns");
+        let running = |name: &str, ns: &str| lite(json!({"metadata": {"namespace": ns, "name": name}, "status": {"phase": "Running"}}));
+        p.sent("ns/a");
+        p.sent("ns/b");
+        p.observe(&running("a", "ns"));
+        // Not the run's pods: they must not stand in for b.
+        p.observe(&running("x", "kube-system"));
+        p.observe(&running("y", "other"));
+        let r = p.report(2);
+        assert_eq!((r.seen, r.running, r.missing), (1, 1, 1));
+        // A pod deleted before it ran is neither running nor pending.
+        p.observe(&lite(json!({"metadata": {"namespace": "ns", "name": "b"}, "status": {"phase": "Pending"}})));
+        p.deleted(&lite(json!({"metadata": {"namespace": "ns", "name": "b"}})));
+        let r = p.report(2);
+        assert_eq!((r.seen, r.running, r.not_running, r.deleted_before_running, r.missing), (2, 1, 0, 1, 0));
+    }
+
+    #[test]
+    fn the_server_histogram_gives_a_bound_on_the_p99_of_mutating_calls() {
+        // Cumulative counts at le 0.05, 0.1, 1, +Inf; reads never count.
+        let scrape = |c: [u64; 4]| {
+            let mut t = String::new();
+            for (le, n) in ["0.05", "0.1", "1", "+Inf"].iter().zip(c) {
+                t += &format!("apiserver_request_duration_seconds_bucket{{verb=\"create\",resource=\"pods\",le=\"{le}\"}} {n}\n");
+            }
+            t + "apiserver_request_duration_seconds_bucket{verb=\"get\",resource=\"pods\",le=\"+Inf\"} 1000000\n"
+        };
+        let before = mutating_buckets(&scrape([100, 100, 100, 100]));
+        // Since: 500 within 50 ms, 990 within 100 ms, 1,000 in all: the p99 is within 0.1 s.
+        assert_eq!(quantile_bound(&before, &mutating_buckets(&scrape([600, 1090, 1100, 1100])), 0.99), Some((0.1, 1000)));
+        // 980 within 100 ms: it is not.
+        assert_eq!(quantile_bound(&before, &mutating_buckets(&scrape([600, 1080, 1100, 1100])), 0.99), Some((1.0, 1000)));
+        assert_eq!(quantile_bound(&before, &before, 0.99), None);
     }
 
     #[test]

@@ -48,8 +48,25 @@ pub struct Report {
     pub pod_startup_p99_ms: Option<f64>,
     pub api_mutating_p99_ms: Option<f64>,
     pub pods_per_sec: Option<f64>,
-    /// The whole process's peak RSS when the control plane is embedded; null with --server.
+    /// The control plane's peak RSS: the whole process's when embedded; with --server, the
+    /// server's own from its `/metrics` (null when it does not publish one).
     pub control_plane_peak_rss_bytes: Option<u64>,
+    /// The control plane's CPU seconds over the run: the whole process's when embedded
+    /// (loadgen and hollow nodes included); with --server, the server's `/metrics`.
+    #[serde(default)]
+    pub control_plane_cpu_seconds: Option<f64>,
+    /// `control_plane_cpu_seconds` over the pods the run expected, in ms.
+    #[serde(default)]
+    pub cpu_ms_per_pod: Option<f64>,
+    /// waitPodsRunning phases that gave up before every expected pod ran.
+    #[serde(default)]
+    pub waits_timed_out: u64,
+    /// Mutating calls of every client of the server during the run (its own histogram): the
+    /// bucket bound at or above their p99, and how many there were.
+    #[serde(default)]
+    pub server_mutating_p99_bound_s: Option<f64>,
+    #[serde(default)]
+    pub server_mutating_calls: Option<u64>,
     pub slo_pass: bool,
     pub workload: String,
     pub target: String,
@@ -75,7 +92,7 @@ pub fn mutating_p99_ms(api: &[ApiLine]) -> Option<f64> {
     api.iter().filter(|l| MUTATING.contains(&l.verb.as_str())).map(|l| l.p99_ms).fold(None, |a: Option<f64>, x| Some(a.map_or(x, |a| a.max(x))))
 }
 
-pub fn verdicts(api: &[ApiLine], pods: &PodReport, rate: Option<f64>, targets: &Value, embedded: bool) -> Vec<Verdict> {
+pub fn verdicts(api: &[ApiLine], pods: &PodReport, rate: Option<f64>, targets: &Value, embedded: bool, waits_timed_out: u64, server_mutating: Option<(f64, u64)>) -> Vec<Verdict> {
     let mut v = Vec::new();
     let worst = |pred: &dyn Fn(&ApiLine) -> bool| api.iter().filter(|l| pred(l)).map(|l| l.p99_ms / 1000.0).fold(None, |a: Option<f64>, x| Some(a.map_or(x, |a| a.max(x))));
     let mutating = worst(&|l| MUTATING.contains(&l.verb.as_str()));
@@ -107,16 +124,25 @@ pub fn verdicts(api: &[ApiLine], pods: &PodReport, rate: Option<f64>, targets: &
     }
     if let Some(t) = targets["mutatingP99Seconds"].as_f64() {
         push("target: mutating API calls p99 (s)", mutating, t, "client-side hdrhistogram", false);
+        if let Some((bound, calls)) = server_mutating {
+            let source = format!("server histogram, {calls} writes of every component; the bucket bound at or above the p99");
+            push("target: mutating API calls p99, every component (s)", Some(bound), t, &source, false);
+        }
     }
     if let Some(t) = targets["podsPerSecond"].as_f64() {
         push("target: pods/s created to running", rate, t, "first create to last Running watched", true);
     }
+    // The run's own pods, every one Running: none failed, none still pending, none expected
+    // and never seen, and no wait for Running that gave up.
     v.push(Verdict {
         name: "every pod accounted for".into(),
-        measured: Some((pods.running + pods.failed + pods.not_running + pods.missing) as f64),
+        measured: Some(pods.running as f64),
         limit: pods.expected as f64,
-        pass: pods.running + pods.failed + pods.not_running + pods.missing == pods.expected.max(pods.seen),
-        source: format!("{} running, {} failed, {} not running at the deadline, {} never seen", pods.running, pods.failed, pods.not_running, pods.missing),
+        pass: pods.running >= pods.expected && pods.failed == 0 && pods.not_running == 0 && pods.missing == 0 && waits_timed_out == 0,
+        source: format!(
+            "{} running, {} failed, {} not running at the end, {} never seen, {} deleted before running; {} waits for Running timed out",
+            pods.running, pods.failed, pods.not_running, pods.missing, pods.deleted_before_running, waits_timed_out
+        ),
     });
     v
 }
@@ -144,6 +170,13 @@ pub fn table(r: &Report) -> String {
         let _ = writeln!(s, "watch events: {} writes timed to their watch event, p50 {} ms, p99 {} ms", p.watch_event_count, f(p.watch_event_p50_ms), f(p.watch_event_p99_ms));
     }
     let _ = writeln!(s, "process: {:.1} CPU s, peak RSS {} MiB ({})", r.process_cpu_seconds, r.process_peak_rss_bytes >> 20, r.process_note);
+    let _ = writeln!(
+        s,
+        "control plane: {} CPU s, {} ms CPU per pod, peak RSS {} MiB",
+        f(r.control_plane_cpu_seconds),
+        f(r.cpu_ms_per_pod),
+        r.control_plane_peak_rss_bytes.map_or("-".into(), |b| (b >> 20).to_string())
+    );
     let _ = writeln!(s, "\nverdicts");
     for v in &r.verdicts {
         let _ = writeln!(s, "  [{}] {}: {} (limit {}) — {}", if v.pass { "PASS" } else { "FAIL" }, v.name, f(v.measured), v.limit, v.source);
@@ -231,9 +264,47 @@ pub fn compare(a: &Report, b: &Report) -> String {
     row("scheduling pods/s", a.pods.scheduling_pods_per_s, b.pods.scheduling_pods_per_s);
     row("process CPU s", Some(a.process_cpu_seconds), Some(b.process_cpu_seconds));
     row("process peak RSS MiB", Some((a.process_peak_rss_bytes >> 20) as f64), Some((b.process_peak_rss_bytes >> 20) as f64));
+    row("control plane CPU ms per pod", a.cpu_ms_per_pod, b.cpu_ms_per_pod);
+    row("control plane peak RSS MiB", a.control_plane_peak_rss_bytes.map(|x| (x >> 20) as f64), b.control_plane_peak_rss_bytes.map(|x| (x >> 20) as f64));
     for x in &a.api {
         let y = b.api.iter().find(|y| y.verb == x.verb && y.resource == x.resource);
         row(&format!("{} {} p99 ms", x.verb, x.resource), Some(x.p99_ms), y.map(|y| y.p99_ms));
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::measure::{PodLite, Pods};
+    use serde_json::json;
+
+    fn lite(v: serde_json::Value) -> PodLite {
+        serde_json::from_value(v).expect("a pod")
+    }
+
+    fn accounted(pods: &PodReport, waits_timed_out: u64) -> bool {
+        let v = verdicts(&[], pods, None, &json!({}), true, waits_timed_out, None);
+        v.iter().find(|v| v.name == "every pod accounted for").expect("the verdict is always given").pass
+    }
+
+    #[test]
+    fn the_accounting_verdict_fails_on_a_missing_or_stuck_pod_or_a_timed_out_wait() {
+        let p = Pods::new();
+        p.own("ns");
+        for name in ["a", "b"] {
+            p.observe(&lite(json!({"metadata": {"namespace": "ns", "name": name}, "status": {"phase": "Running"}})));
+        }
+        assert!(accounted(&p.report(2), 0));
+        // A wait that gave up fails the run even if the pods ran later.
+        assert!(!accounted(&p.report(2), 1));
+        // Three expected, two seen: one never seen.
+        assert!(!accounted(&p.report(3), 0));
+        // A pod of another namespace does not make up for it.
+        p.observe(&lite(json!({"metadata": {"namespace": "elsewhere", "name": "c"}, "status": {"phase": "Running"}})));
+        assert!(!accounted(&p.report(3), 0));
+        // A pod of the run still Pending at the end.
+        p.observe(&lite(json!({"metadata": {"namespace": "ns", "name": "c"}, "status": {"phase": "Pending"}})));
+        assert!(!accounted(&p.report(3), 0));
+    }
 }
