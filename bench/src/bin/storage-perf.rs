@@ -2,7 +2,7 @@
 //!
 //!   cargo run --release -p bench --bin storage-perf -- --clients N --ops N --value-bytes N \
 //!       [--shards N] [--json] [--workload put|get|range|cas|recovery] [--data-dir DIR] \
-//!       [--unsafe-no-fsync] [--keys N]
+//!       [--unsafe-no-fsync] [--keys N] [--recover-from snapshot|log]
 //!
 //! Each client is a tokio task that awaits one request at a time (a closed loop), so the
 //! offered load is exactly `--clients` requests in flight. Latencies are recorded per task in
@@ -67,7 +67,8 @@ enum Workload {
     Range,
     /// Compare-and-swap on one shared key; ops counts successes.
     Cas,
-    /// Load `--keys` keys, snapshot, close, and time reopening until a get succeeds.
+    /// Load `--keys` keys, close, and time reopening until a get succeeds: from a snapshot
+    /// taken just before the close, or (`--recover-from log`) by replaying the whole log.
     Recovery,
     /// With `--replicas 3`: a follower is down while `--keys` keys are written and the leader
     /// snapshots and trims its log; time from the follower's restart until it has caught up
@@ -124,6 +125,17 @@ struct Args {
     /// Replicated: raft entries a leader keeps uncommitted (the proposer's pipeline depth).
     #[arg(long, default_value_t = 8)]
     entries_in_flight: usize,
+    /// Recovery: what the reopen reads. `snapshot`: one taken just before the close, so only
+    /// the snapshot loads; `log`: no snapshot at all (automatic ones off), so every record is
+    /// replayed from the log.
+    #[arg(long, value_enum, default_value_t = RecoverFrom::Snapshot)]
+    recover_from: RecoverFrom,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum RecoverFrom {
+    Snapshot,
+    Log,
 }
 
 /// CPU seconds of each thread of this process, summed by thread name (from /proc).
@@ -486,23 +498,33 @@ fn workload_recovery(rt: &Runtime, cfg: &Config, args: &Args) -> Result<Report> 
     let known = keys.key(keys.count - 1);
     let loaders = args.clients.max(LOAD_CLIENTS_MIN).min(keys.count);
 
+    let from_log = args.recover_from == RecoverFrom::Log;
+    let mut cfg = cfg.clone();
+    if from_log {
+        cfg.snapshot_wal_bytes = u64::MAX;
+    }
+    let cfg = &cfg;
     let store = Store::open(cfg.clone()).with_context(|| format!("opening {}", cfg.data_dir.display()))?;
     let shards = store.shards();
     let (load, snapshot_revision, before) = rt.block_on(async {
         let load = put_all(&store, loaders, &keys, &value).await.context("loading keys")?;
         let t = Instant::now();
-        let rev = store.snapshot().await.context("snapshot")?;
+        let rev = if from_log { None } else { Some(store.snapshot().await.context("snapshot")?) };
         if !args.json {
             eprintln!(
-                "loaded {} keys of {} B with {loaders} loaders in {:.2} s; snapshot at revision {rev} took {:.2} s",
+                "loaded {} keys of {} B with {loaders} loaders in {:.2} s; {}",
                 keys.count,
                 value.len(),
                 load.elapsed.as_secs_f64(),
-                t.elapsed().as_secs_f64()
+                match rev {
+                    Some(rev) => format!("snapshot at revision {rev} took {:.2} s", t.elapsed().as_secs_f64()),
+                    None => "no snapshot: the reopen replays the log".into(),
+                }
             );
         }
         anyhow::Ok((load, rev, store.stats().await))
     })?;
+    let wal_bytes_to_replay = before.wal_bytes_since_snapshot;
     let t = Instant::now();
     drop(store); // joins the shard and coordinator threads
     let close = t.elapsed();
@@ -537,7 +559,9 @@ fn workload_recovery(rt: &Runtime, cfg: &Config, args: &Args) -> Result<Report> 
         ("recovery_ms", json!(secs * 1e3)),
         ("open_ms", json!(open.as_secs_f64() * 1e3)),
         ("close_ms", json!(close.as_secs_f64() * 1e3)),
+        ("recovered_from", json!(if from_log { "log" } else { "snapshot" })),
         ("snapshot_revision", json!(snapshot_revision)),
+        ("wal_bytes_to_replay", json!(wal_bytes_to_replay)),
         ("live_keys_before", json!(before.live_keys)),
         ("load_clients", json!(loaders)),
         ("load_ops_per_sec", json!(keys.count as f64 / load.elapsed.as_secs_f64())),

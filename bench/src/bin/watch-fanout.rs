@@ -9,6 +9,13 @@
 //! encoding (or, with `--per-watcher-encoding`, encodes it itself, as a cache without shared
 //! encoding would) and records send-to-delivery latency in an hdrhistogram.
 //!
+//! Objects look like the density run's pods: Deployment-made names, the namespace, three
+//! labels (app, pod-template-hash, loadgen), a container with requests, and a Running status,
+//! so the cache's memory per pod is what a real pod costs it. The run checks itself: every
+//! update must reach its node's watcher and every all-pods watcher (`deliveries_expected`),
+//! and no watcher may be evicted for falling behind; `complete` is false (and the process exits
+//! 1) otherwise.
+//!
 //! Estimate: 5,000 updates/s reach 100 all-pod watchers and one node watcher each: ~505,000
 //! deliveries/s, each a bounded-channel send, a task wake and a receive (~1-2 µs): most of one
 //! of the two cores; the node index keeps the 10,000 node watchers out of each event's path.
@@ -62,26 +69,53 @@ fn rss_bytes() -> u64 {
         .map_or(0, |pages| pages * 4096)
 }
 
-/// Values are `<node>;<sent nanos>;<padding>`; the object's JSON carries them.
+/// The name of pod `i`: the 100 replicas of Deployment `d-{i / 100}`, as its ReplicaSet names
+/// them (`<deployment>-<template hash>-<5 random characters>`).
+fn pod_name(i: usize) -> (String, String, String) {
+    const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
+    let app = format!("d-{}", i / 100);
+    let hash = format!("{:x}", 0x5d8f7c6b9u64 + (i / 100) as u64);
+    let mut suffix = String::new();
+    let mut x = i.wrapping_mul(2_654_435_761);
+    for _ in 0..5 {
+        suffix.push(ALPHABET[x % ALPHABET.len()] as char);
+        x /= ALPHABET.len();
+    }
+    (format!("{app}-{hash}-{suffix}"), app, hash)
+}
+
+/// Values are `<pod index>;<node>;<sent nanos>`; decoding builds the pod's JSON around them
+/// (the API server's decoding makes one exact allocation per object, as here).
 fn decode() -> Decode {
     Arc::new(|kv: &KeyValue| {
         let v = std::str::from_utf8(&kv.value).ok()?;
         let mut it = v.split(';');
+        let i: usize = it.next()?.parse().ok()?;
         let node = it.next()?.to_string();
-        let sent = it.next()?.to_string();
-        let mut json = format!(
-            "{{\"kind\":\"Pod\",\"metadata\":{{\"name\":\"{}\",\"resourceVersion\":\"{}\"}},\"spec\":{{\"nodeName\":\"{node}\"}},\"sent\":{sent},\"pad\":\"{}\"}}",
-            String::from_utf8_lossy(&kv.key),
-            kv.mod_revision,
-            it.next().unwrap_or("")
-        );
-        json.shrink_to_fit(); // an exact allocation, as the API server's decoding makes
-        let json = Bytes::from(json);
+        let sent: u64 = it.next()?.parse().ok()?;
+        let (name, app, hash) = pod_name(i);
+        let pod = json!({
+            "kind": "Pod", "apiVersion": "v1",
+            "metadata": {"name": name, "generateName": format!("{app}-{hash}-"), "namespace": "density", "uid": format!("7c1e2a4b-0d3f-4e5a-9b6c-{i:012}"),
+                "resourceVersion": kv.mod_revision.to_string(), "creationTimestamp": "2026-12-03T22:50:00Z",
+                "labels": {"app": app, "pod-template-hash": hash, "loadgen": "true"},
+                "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": format!("{app}-{hash}"), "uid": "0b7d9c3e-5f2a-4c1b-8e6d-3a9f0c2b1d4e", "controller": true, "blockOwnerDeletion": true}]},
+            "spec": {"nodeName": node, "containers": [{"name": "c", "image": "registry.k8s.io/pause:3.9", "resources": {"requests": {"cpu": "10m", "memory": "16Mi"}},
+                "terminationMessagePath": "/dev/termination-log", "terminationMessagePolicy": "File", "imagePullPolicy": "IfNotPresent"}],
+                "restartPolicy": "Always", "terminationGracePeriodSeconds": 30, "dnsPolicy": "ClusterFirst", "schedulerName": "default-scheduler", "priority": 0,
+                "enableServiceLinks": true, "preemptionPolicy": "PreemptLowerPriority", "securityContext": {}},
+            "status": {"phase": "Running", "podIP": "10.64.3.17", "hostIP": "10.0.0.1", "startTime": "2026-12-03T22:50:01Z", "qosClass": "Burstable",
+                "conditions": [{"type": "PodScheduled", "status": "True", "lastTransitionTime": "2026-12-03T22:50:00Z"}, {"type": "Ready", "status": "True", "lastTransitionTime": "2026-12-03T22:50:01Z"}],
+                "containerStatuses": [{"name": "c", "ready": true, "restartCount": 0, "image": "registry.k8s.io/pause:3.9", "imageID": "", "started": true, "state": {"running": {"startedAt": "2026-12-03T22:50:01Z"}}}]},
+            "sent": sent,
+        });
+        let json = Bytes::from(serde_json::to_vec(&pod).ok()?);
+        let labels = [("app", app.as_str()), ("pod-template-hash", hash.as_str()), ("loadgen", "true")].into_iter().map(|(k, v)| (k.into(), v.into())).collect();
         Some(Object {
             key: kv.key.clone(),
             revision: kv.mod_revision,
             json,
-            meta: Meta { namespace: Some(watchcache::intern("default")), name: "".into(), labels: Default::default(), node_name: Some(watchcache::intern(&node)) },
+            meta: Meta { namespace: Some(watchcache::intern("density")), name: name.into(), labels, node_name: Some(watchcache::intern(&node)) },
         })
     })
 }
@@ -89,7 +123,7 @@ fn decode() -> Decode {
 fn sent_of(json: &[u8]) -> Option<u64> {
     let s = std::str::from_utf8(json).ok()?;
     let i = s.find("\"sent\":")? + 7;
-    let end = s[i..].find(',')? + i;
+    let end = s[i..].find([',', '}'])? + i;
     s[i..end].parse().ok()
 }
 
@@ -101,17 +135,16 @@ fn main() -> Result<()> {
     cfg.fsync = false; // the cache's fan-out is what is measured, not the disk
     let store = storage::Store::open(cfg)?;
     let epoch = Instant::now();
-    let pad = "x".repeat(600);
     let out = rt.block_on(async {
         // Pods first (untimed), then the cache: the RSS it adds is the cache's.
         let mut tasks = Vec::new();
         for w in 0..64 {
-            let (store, pad) = (store.clone(), pad.clone());
+            let store = store.clone();
             let (pods, nodes) = (a.pods, a.nodes);
             tasks.push(tokio::spawn(async move {
                 let mut i = w;
                 while i < pods {
-                    store.put(format!("/registry/core/pods/default/p{i}"), format!("n{};0;{pad}", i % nodes)).await.unwrap();
+                    store.put(format!("/registry/core/pods/density/{}", pod_name(i).0), format!("{i};n{};0", i % nodes)).await.unwrap();
                     i += 64;
                 }
             }));
@@ -132,7 +165,16 @@ fn main() -> Result<()> {
             receivers.push(tokio::spawn(async move {
                 let mut h = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap();
                 let mut bytes = 0usize;
-                while let Ok(Some(Ok(e))) = tokio::time::timeout(deadline, w.next()).await {
+                let mut evicted = false;
+                loop {
+                    let e = match tokio::time::timeout(deadline, w.next()).await {
+                        Ok(Some(Ok(e))) => e,
+                        Ok(Some(Err(_))) => {
+                            evicted = true;
+                            break;
+                        }
+                        _ => break,
+                    };
                     let line = if per_watcher { watchcache::encode_line(e.kind.as_str(), &e.object.json) } else { e.json_line() };
                     bytes += line.len();
                     if let Some(sent) = sent_of(&e.object.json) {
@@ -140,7 +182,7 @@ fn main() -> Result<()> {
                         h.record(now.saturating_sub(sent / 1000).max(1)).ok();
                     }
                 }
-                (h, bytes)
+                (h, bytes, evicted)
             }));
         };
         for n in 0..a.nodes {
@@ -150,6 +192,7 @@ fn main() -> Result<()> {
             start_watch(Filter::everything());
         }
         let enc0 = watchcache::metrics().encodings.load(std::sync::atomic::Ordering::SeqCst);
+        let evictions0 = watchcache::metrics().evictions.load(std::sync::atomic::Ordering::SeqCst);
         let in0 = watchcache::metrics().events_in.load(std::sync::atomic::Ordering::SeqCst);
         // Updates at the target rate, in 10 ms ticks.
         let total = a.rate * a.seconds as usize;
@@ -165,11 +208,11 @@ fn main() -> Result<()> {
             for _ in 0..per_tick.min(total - sent) {
                 let i = next_pod % a.pods;
                 next_pod += 7919; // spread over pods (and so nodes)
-                let (store, pad) = (store.clone(), pad.clone());
+                let store = store.clone();
                 let node = i % a.nodes;
                 batch.push(tokio::spawn(async move {
                     let ts = epoch.elapsed().as_nanos() as u64;
-                    store.put(format!("/registry/core/pods/default/p{i}"), format!("n{node};{ts};{pad}")).await.unwrap();
+                    store.put(format!("/registry/core/pods/density/{}", pod_name(i).0), format!("{i};n{node};{ts}")).await.unwrap();
                 }));
                 sent += 1;
             }
@@ -184,16 +227,22 @@ fn main() -> Result<()> {
         drop(cache); // ends the watches once their queues drain
         let mut h = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap();
         let mut bytes = 0usize;
+        let mut evicted_watchers = 0u64;
         for r in receivers {
-            let (rh, b) = r.await?;
+            let (rh, b, evicted) = r.await?;
             h.add(rh).ok();
             bytes += b;
+            evicted_watchers += evicted as u64;
         }
+        let evictions = watchcache::metrics().evictions.load(std::sync::atomic::Ordering::SeqCst) - evictions0;
+        // Each update reaches its node's watcher and every all-pods watcher.
+        let expected = (total * (1 + a.all_watchers)) as u64;
         let cpu = cpu_seconds() - cpu0;
         Ok::<_, anyhow::Error>(json!({
             "nodes": a.nodes, "all_watchers": a.all_watchers, "pods": a.pods, "rate_target": a.rate, "rate_achieved": achieved,
             "per_watcher_encoding": per_watcher, "cpu_seconds_update_phase": cpu,
-            "deliveries": h.len(), "bytes_delivered": bytes,
+            "deliveries": h.len(), "deliveries_expected": expected, "evicted_watchers": evicted_watchers, "evictions_counted_by_cache": evictions,
+            "complete": h.len() == expected && evicted_watchers == 0 && evictions == 0, "bytes_delivered": bytes,
             "latency_p50_us": h.value_at_quantile(0.5), "latency_p99_us": h.value_at_quantile(0.99), "latency_p999_us": h.value_at_quantile(0.999), "latency_max_us": h.max(),
             "events": events, "encodings": enc, "encodings_per_event": if events > 0 { enc as f64 / events as f64 } else { 0.0 },
             "cached_pods": a.pods, "cached_json_bytes": json_bytes,
@@ -205,6 +254,10 @@ fn main() -> Result<()> {
         println!("{out}");
     } else {
         println!("{}", serde_json::to_string_pretty(&out)?);
+    }
+    if out["complete"] != true {
+        eprintln!("watch-fanout: {} of {} deliveries, {} watchers evicted: the fan-out lost events", out["deliveries"], out["deliveries_expected"], out["evicted_watchers"]);
+        std::process::exit(1);
     }
     Ok(())
 }
