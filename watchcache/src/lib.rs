@@ -156,12 +156,14 @@ pub struct Config {
 
 impl Default for Config {
     fn default() -> Config {
-        // Kubernetes' watch cache holds at most 100 Ki events per resource (its upper bound
-        // capacity) and about 75 s of history; this one holds the same number of events, as
-        // long as they fit in 512 MiB (a pod is 2-4 KB), for up to 5.5 minutes. A watch from
-        // an older revision is refused here (`TooOld`); the API server then serves it from the
-        // store's history, and a client whose revision is compacted there gets 410 Gone.
-        Config { ring_events_max: 100 * 1024, ring_bytes_max: 512 << 20, ring_age_max: Duration::from_secs(5 * 60 + 30), watcher_queue_events_max: 10_000 }
+        // A watcher disconnected for 5 minutes at 5,000 writes/s resumes without a relist,
+        // within 4 GiB (objects and lines). A watch from an older revision is refused here
+        // (`TooOld`); the API server then serves it from the store's history, and a client
+        // whose revision is compacted there gets 410 Gone. Kubernetes keeps far less (at most
+        // 100 Ki events, about 75 s), but bounding this ring to 100 Ki events and 512 MiB cost
+        // the density run a third of its throughput and 2 GB more peak RSS (measured; the
+        // mechanism, probably watches falling back to the store, is not yet found).
+        Config { ring_events_max: 1_500_000, ring_bytes_max: 4 << 30, ring_age_max: Duration::from_secs(5 * 60 + 30), watcher_queue_events_max: 10_000 }
     }
 }
 
