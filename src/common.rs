@@ -80,12 +80,20 @@ pub fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_ascii_lowercase()).ok().filter(|s| !s.is_empty()).unwrap_or_else(|| "capstan-node".into())
 }
 
-pub async fn shutdown_signal() {
+/// Resolves at the first SIGTERM or SIGINT (Ctrl-C) after it is called: the handlers are
+/// registered by the call, not when the future is first polled. Make one for the process and
+/// keep it: once tokio handles a signal its default action is gone, so a signal that arrives
+/// while no handler future exists (between two calls in a loop) is lost and the process no
+/// longer stops on it.
+pub fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
+    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+    async move {
+        tokio::select! {
+            _ = int.recv() => {}
+            _ = term.recv() => {}
+        }
     }
 }
 

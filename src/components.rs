@@ -59,6 +59,9 @@ async fn start_scheduler(server: &str, listen: &str, config: Option<&std::path::
 }
 
 pub async fn run_controllers(server: String, listen: String, identity: Option<String>) -> Result<()> {
+    // One handler for the whole run (see `shutdown_signal`).
+    let shutdown = shutdown_signal();
+    tokio::pin!(shutdown);
     let me = identity.unwrap_or_else(|| format!("{}_{}", hostname(), std::process::id()));
     let l = tokio::net::TcpListener::bind(&listen).await.with_context(|| format!("controllers: listening on {listen}"))?;
     let addr = l.local_addr()?;
@@ -66,7 +69,7 @@ pub async fn run_controllers(server: String, listen: String, identity: Option<St
     let c = kubelet::client::Client::with_agent(&server, "capstan-controllers/0.1");
     tokio::select! {
         _ = controllers::leader::lead(c, "kube-system", "capstan-controller-manager", &me) => {}
-        _ = shutdown_signal() => return Ok(()),
+        _ = &mut shutdown => return Ok(()),
     }
     println!("leading: controllers running");
     let ctrl = std::sync::Arc::new(controllers::Controllers::start(&server, Default::default()).await);
@@ -78,7 +81,7 @@ pub async fn run_controllers(server: String, listen: String, identity: Option<St
     tokio::spawn(async move {
         let _ = axum::serve(l, app).await;
     });
-    shutdown_signal().await;
+    shutdown.await;
     drop(ctrl);
     Ok(())
 }

@@ -139,6 +139,9 @@ pub async fn run(a: ServerArgs) -> Result<()> {
     if a.unsafe_no_fsync {
         tracing::warn!("!!! --unsafe-no-fsync: this replica acknowledges writes BEFORE they are durable !!!");
     }
+    // One handler for the whole run (see `shutdown_signal`).
+    let shutdown = shutdown_signal();
+    tokio::pin!(shutdown);
     let replica = Replica::start_on(cfg, peer_listener).await.with_context(|| format!("starting replica {}", a.name))?;
     let store = replica.store.clone();
     let (stop_tx, mut server_task) = serve_api(api_listener, store.clone());
@@ -149,9 +152,13 @@ pub async fn run(a: ServerArgs) -> Result<()> {
     println!("  data:       {}", std::fs::canonicalize(&a.data_dir).unwrap_or(a.data_dir.clone()).display());
     println!("  kubeconfig: {}", kc.display());
     println!("stop with Ctrl-C (a leader hands leadership over first)");
+    let mut stopping = false;
     let bootstrapped = tokio::select! {
         r = bootstrap(&store) => r,
-        _ = shutdown_signal() => Ok(()),
+        _ = &mut shutdown => {
+            stopping = true;
+            Ok(())
+        }
     };
     bootstrapped?;
     let identity = format!("{}_{}", a.name, std::process::id());
@@ -164,8 +171,11 @@ pub async fn run(a: ServerArgs) -> Result<()> {
     }
     let mut removed_check = tokio::time::interval(Duration::from_millis(500));
     let early = loop {
+        if stopping {
+            break None;
+        }
         tokio::select! {
-            _ = shutdown_signal() => break None,
+            _ = &mut shutdown => break None,
             r = &mut server_task => break Some(r),
             _ = removed_check.tick() => {
                 if replica.removed() {

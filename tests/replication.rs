@@ -646,3 +646,28 @@ fn a_member_is_added_promoted_and_removed_and_a_removed_member_stops_serving() {
     let survivor = s.nodes[l].api.clone();
     wait_until("a write after the removal", || http_timed(&survivor, "POST", "/api/v1/namespaces/default/configmaps", &body, Duration::from_secs(5)).is_some_and(|(c, _)| c == 201));
 }
+
+/// SIGTERM while a replica waits for a quorum to create the system namespaces (its peers are
+/// not running) stops it. It used to be taken as the end of that wait only: the replica went
+/// on to serve and waited for a second signal, which is how a restarted leader once "did not
+/// stop within 60 s of SIGTERM" in the test above.
+#[test]
+fn a_replica_waiting_for_a_quorum_stops_on_sigterm() {
+    let root = tempfile::tempdir().unwrap();
+    let nodes: Vec<Server> = (0..3)
+        .map(|i| Server {
+            name: format!("s{i}"),
+            api: format!("127.0.0.1:{}", reserve_port()),
+            peer: format!("127.0.0.1:{}", reserve_port()),
+            dir: root.path().join(format!("s{i}")),
+            child: None,
+        })
+        .collect();
+    let initial = nodes.iter().map(|s| format!("{}=http://{}", s.name, s.peer)).collect::<Vec<_>>().join(",");
+    let log = root.path().join("s0.log");
+    let mut s = Servers { _root: root, nodes, initial };
+    s.launch(0);
+    wait_until("s0 to serve and wait for a quorum", || std::fs::read_to_string(&log).is_ok_and(|l| l.contains("is serving the Kubernetes API")));
+    // terminate() fails the test if the process is still there after WAIT.
+    s.terminate(0);
+}
