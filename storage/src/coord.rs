@@ -60,7 +60,14 @@ pub struct Coordinator {
     pub runtime: Option<tokio::runtime::Handle>,
     /// Replicated mode: the compaction last proposed (not proposed again while in flight).
     pub proposed_compact: Revision,
+    /// When compaction by bytes last ran: it runs at most every `BYTES_COMPACTION_INTERVAL`.
+    pub bytes_compacted_at: Option<Instant>,
 }
+
+/// Compaction by bytes keeps, for every key written since its target, the version live at
+/// the target; when most keys are being rewritten what is left can still exceed the bound,
+/// and without a pause it would compact (pausing every shard) at every tick.
+const BYTES_COMPACTION_INTERVAL: Duration = Duration::from_secs(10);
 
 /// All shards, frozen; unfrozen on drop.
 struct Frozen {
@@ -706,9 +713,15 @@ impl Coordinator {
         if let Some(keep) = cfg.compact_retention_revisions {
             target = target.max(rev.saturating_sub(keep));
         }
-        if let Some(max) = cfg.compact_history_bytes_max {
+        if let Some(max) = cfg.compact_history_bytes_max
+            && self.bytes_compacted_at.is_none_or(|t| now.duration_since(t) >= BYTES_COMPACTION_INTERVAL)
+        {
             let history: u64 = self.shared.history_bytes.iter().map(|b| b.load(SeqCst)).sum();
-            target = target.max(history_bytes_target(self.shared.compact_revision.load(SeqCst), rev, history, max));
+            let by_bytes = history_bytes_target(self.shared.compact_revision.load(SeqCst), rev, history, max);
+            if by_bytes > target {
+                target = by_bytes;
+                self.bytes_compacted_at = Some(now);
+            }
         }
         if self.shared.replication.is_some() {
             // The leader proposes compactions; a proposal in flight is not repeated.

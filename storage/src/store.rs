@@ -190,6 +190,7 @@ impl Store {
             lead: !replicated,
             runtime,
             proposed_compact: 0,
+            bytes_compacted_at: None,
         };
         threads.push(
             std::thread::Builder::new()
