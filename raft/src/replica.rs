@@ -866,7 +866,9 @@ async fn forwarder(inner: Weak<Inner>, mut rx: mpsc::Receiver<Proposal>) {
             p.cmd.encode(&mut body);
         }
         let body = body.freeze();
+        let weak = inner.clone();
         tokio::spawn(async move {
+            let deadline = Instant::now() + timeout;
             let r = client.unary("/raft/propose", body, timeout).await;
             drop(permit);
             let fail = |batch: Vec<Proposal>, e: StoreError| {
@@ -876,7 +878,17 @@ async fn forwarder(inner: Weak<Inner>, mut rx: mpsc::Receiver<Proposal>) {
             };
             match r {
                 Ok(b) => match decode_answers(&b, batch.len()) {
-                    Ok(answers) => {
+                    Ok((applied, answers)) => {
+                        // Answered once applied here too, so that this replica's own reads
+                        // (serializable ones, its watch cache) see the write, as etcd's do.
+                        let raft = weak.upgrade().map(|i| i.raft().clone());
+                        if let Some(raft) = raft {
+                            let left = deadline.saturating_duration_since(Instant::now());
+                            if let Err(e) = raft.wait(Some(left)).applied_index_at_least(Some(applied), "a forwarded write").await {
+                                fail(batch, StoreError::Unavailable(format!("the write was committed at log index {applied} but this replica did not apply it in time: {e}")));
+                                return;
+                            }
+                        }
                         for (p, a) in batch.into_iter().zip(answers) {
                             let _ = p.reply.send(a);
                         }
@@ -891,8 +903,11 @@ async fn forwarder(inner: Weak<Inner>, mut rx: mpsc::Receiver<Proposal>) {
     }
 }
 
-fn encode_answers(answers: &[Result<Applied, StoreError>]) -> Bytes {
+/// The leader's answer to forwarded commands: the log index it had applied when all were
+/// answered, then each command's answer.
+fn encode_answers(applied: u64, answers: &[Result<Applied, StoreError>]) -> Bytes {
     let mut b = BytesMut::new();
+    b.put_u64_le(applied);
     b.put_u32_le(answers.len() as u32);
     for a in answers {
         match a {
@@ -909,8 +924,9 @@ fn encode_answers(answers: &[Result<Applied, StoreError>]) -> Bytes {
     b.freeze()
 }
 
-fn decode_answers(b: &Bytes, want: usize) -> Result<Vec<Result<Applied, StoreError>>, String> {
+fn decode_answers(b: &Bytes, want: usize) -> Result<(u64, Vec<Result<Applied, StoreError>>), String> {
     codec::decode_all(b, |r| {
+        let applied = r.u64()?;
         let n = r.count(2)?;
         if n != want {
             return Err(format!("{n} answers for {want} commands"));
@@ -921,7 +937,8 @@ fn decode_answers(b: &Bytes, want: usize) -> Result<Vec<Result<Applied, StoreErr
                 1 => Ok(Err(decode_error(r)?)),
                 t => Err(format!("unknown answer tag {t}")),
             })
-            .collect()
+            .collect::<Result<Vec<_>, _>>()
+            .map(|answers| (applied, answers))
     })
 }
 
@@ -1218,7 +1235,10 @@ async fn handle(i: Arc<Inner>, req: Request<Incoming>) -> Response<Body> {
             for rx in rxs {
                 answers.push(rx.await.unwrap_or(Err(StoreError::Shutdown)));
             }
-            network::ok_body(encode_answers(&answers))
+            // Every answered command is applied here by now: the forwarding replica waits until
+            // it has applied as far, so that its own reads see the write (as etcd's do).
+            let applied = i.sm.get().and_then(|sm| sm.last_applied()).map_or(0, |l| l.index);
+            network::ok_body(encode_answers(applied, &answers))
         }
         "/raft/read-index" => match raft.get_read_linearizer(ReadPolicy::ReadIndex).await {
             Ok(l) => network::ok_body(codec::encode_with(|o| o.put_u64_le(l.read_log_id().index()))),

@@ -72,6 +72,23 @@ async fn a_new_leader_takes_over_when_the_leader_dies_and_nothing_acknowledged_i
     c.stop_all().await;
 }
 
+/// A write acknowledged through a follower is applied on that follower when it is answered:
+/// its own serializable reads (and so its API server's watch cache) see it at once, as a
+/// member's do in etcd.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_sees_its_own_acknowledged_writes() {
+    let mut c = Cluster::start(3, seed(), fast).await;
+    let f = (c.leader().await + 1) % 3;
+    for i in 0..100 {
+        let key = format!("/own/{i}");
+        let r = within("a write through a follower", c.replica(f).store.put(key.clone(), "v")).await.unwrap();
+        let kvs = c.replica(f).store.range_serializable(RangeRequest::key(key.clone())).await.unwrap().kvs;
+        assert_eq!(kvs.len(), 1, "{key}, acknowledged at revision {}, is not on the follower that acknowledged it", r.revision);
+        assert_eq!(kvs[0].mod_revision, r.revision);
+    }
+    c.stop_all().await;
+}
+
 /// A replica cut off from the others answers promptly that it cannot serve — writes and reads
 /// both — and never from its own, possibly stale, state; once healed it serves again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
