@@ -97,29 +97,22 @@ pub struct Event {
     /// The object before the change, if it existed.
     pub prev: Option<Arc<Object>>,
     at: Instant,
-    /// `{"type":"...","object":...}\n`: `object.json` is a slice of it (one allocation).
-    line: Bytes,
+    line: OnceLock<Bytes>,
     table_line: OnceLock<Bytes>,
     metrics: Arc<Metrics>,
 }
 
 impl Event {
-    /// `{"type":"...","object":...}\n`, encoded once, when the event entered the cache, for
-    /// every watcher.
+    /// `{"type":"...","object":...}\n`, encoded once for every watcher.
     pub fn json_line(&self) -> Bytes {
-        self.line.clone()
+        self.line
+            .get_or_init(|| {
+                crate::metrics().encodings.fetch_add(1, Ordering::Relaxed);
+                self.metrics.encodings.fetch_add(1, Ordering::Relaxed);
+                encode_line(self.kind.as_str(), &self.object.json)
+            })
+            .clone()
     }
-}
-
-/// Encodes `o`'s event line of type `kind` and makes `o.json` a slice of it, so that the
-/// ring keeps one copy of each event's object rather than the object and its line.
-fn with_line(kind: EventType, mut o: Object, metrics: &Metrics) -> (Object, Bytes) {
-    let line = encode_line(kind.as_str(), &o.json);
-    let start = LINE_HEAD.len() + kind.as_str().len() + LINE_OBJECT.len();
-    o.json = line.slice(start..start + o.json.len());
-    crate::metrics().encodings.fetch_add(1, Ordering::Relaxed);
-    metrics.encodings.fetch_add(1, Ordering::Relaxed);
-    (o, line)
 }
 
 impl Event {
@@ -136,14 +129,11 @@ impl Event {
 }
 
 /// A WatchEvent line around already-encoded object JSON.
-const LINE_HEAD: &[u8] = b"{\"type\":\"";
-const LINE_OBJECT: &[u8] = b"\",\"object\":";
-
 pub fn encode_line(ty: &str, object_json: &[u8]) -> Bytes {
     let mut b = BytesMut::with_capacity(object_json.len() + 32);
-    b.put_slice(LINE_HEAD);
+    b.put_slice(b"{\"type\":\"");
     b.put_slice(ty.as_bytes());
-    b.put_slice(LINE_OBJECT);
+    b.put_slice(b"\",\"object\":");
     b.put_slice(object_json);
     b.put_slice(b"}\n");
     b.freeze()
@@ -154,8 +144,9 @@ pub fn encode_line(ty: &str, object_json: &[u8]) -> Bytes {
 pub struct Config {
     /// Events kept for watchers that resume from a past revision.
     pub ring_events_max: usize,
-    /// ... holding at most this many bytes: each event's encoded watch line, made once for
-    /// all watchers, of which the event's object is a slice.
+    /// ... holding at most this many bytes: each event's object and its encoded watch line,
+    /// which is made once for all watchers and kept with the event (a copy of the object
+    /// plus a few bytes), so every event counts twice its object's size.
     pub ring_bytes_max: u64,
     /// ... and no older than this.
     pub ring_age_max: Duration,
@@ -166,7 +157,7 @@ pub struct Config {
 impl Default for Config {
     fn default() -> Config {
         // A watcher disconnected for 5 minutes at 5,000 writes/s resumes without a relist,
-        // within 4 GiB. A watch from an older revision is refused here
+        // within 4 GiB (objects and lines). A watch from an older revision is refused here
         // (`TooOld`); the API server then serves it from the store's history, and a client
         // whose revision is compacted there gets 410 Gone. Kubernetes keeps far less (at most
         // 100 Ki events, about 75 s), but bounding this ring to 100 Ki events and 512 MiB cost
@@ -543,11 +534,6 @@ impl Cache {
         }
     }
 
-    /// This cache's own counters (`metrics()` sums every cache's).
-    pub fn cache_metrics(&self) -> &Metrics {
-        &self.shared.metrics
-    }
-
     /// The kept snapshot of revision `rev`, if still kept.
     pub fn kept_snapshot(&self, rev: u64) -> Option<imbl::OrdMap<Bytes, Arc<Object>>> {
         let k = self.shared.kept.lock().unwrap();
@@ -641,31 +627,24 @@ async fn ingest(weak: std::sync::Weak<Shared>, mut watcher: storage::Watcher, de
             shared.metrics.events_in.fetch_add(1, Ordering::Relaxed);
             let key = e.kv.key.clone();
             let prev = s.objects.get(&key).cloned();
-            let (kind, object, line) = match e.kind {
+            let (kind, object) = match e.kind {
                 EventKind::Put => {
                     let Some(o) = decode(&e.kv) else { continue };
-                    let kind = if prev.is_some() { EventType::Modified } else { EventType::Added };
-                    let (o, line) = with_line(kind, o, &shared.metrics);
                     let o = Arc::new(o);
                     s.objects.insert(key, o.clone());
-                    (kind, o, line)
+                    (if prev.is_some() { EventType::Modified } else { EventType::Added }, o)
                 }
                 EventKind::Delete => {
                     let Some(p) = s.objects.remove(&key) else { continue };
                     // The last state, at the delete's revision.
                     let mut kv = e.prev_kv.clone().unwrap_or_else(|| e.kv.clone());
                     kv.mod_revision = e.kv.mod_revision;
-                    match decode(&kv) {
-                        Some(o) => {
-                            let (o, line) = with_line(EventType::Deleted, o, &shared.metrics);
-                            (EventType::Deleted, Arc::new(o), line)
-                        }
-                        None => (EventType::Deleted, p.clone(), encode_line(EventType::Deleted.as_str(), &p.json)),
-                    }
+                    let o = decode(&kv).map(Arc::new).unwrap_or(p);
+                    (EventType::Deleted, o)
                 }
             };
-            let ev = Arc::new(Event { revision: e.kv.mod_revision, kind, object, prev, at: now, line, table_line: OnceLock::new(), metrics: shared.metrics.clone() });
-            s.ring_bytes += ev.line.len() as u64;
+            let ev = Arc::new(Event { revision: e.kv.mod_revision, kind, object, prev, at: now, line: OnceLock::new(), table_line: OnceLock::new(), metrics: shared.metrics.clone() });
+            s.ring_bytes += ev.object.json.len() as u64;
             s.ring.push_back(ev.clone());
             s.candidates(&ev, &mut candidates);
             let mut evict = Vec::new();
@@ -690,14 +669,14 @@ async fn ingest(weak: std::sync::Weak<Shared>, mut watcher: storage::Watcher, de
                 s.unindex(id, &shared.metrics);
             }
         }
-        // Trim the ring by count, bytes (each event's line, which holds its object) and age;
-        // the horizon follows what was dropped.
+        // Trim the ring by count, bytes (object and line: twice the object) and age; the
+        // horizon follows what was dropped.
         while s.ring.len() > shared.cfg.ring_events_max
-            || s.ring_bytes > shared.cfg.ring_bytes_max
+            || s.ring_bytes.saturating_mul(2) > shared.cfg.ring_bytes_max
             || s.ring.front().is_some_and(|e| now.duration_since(e.at) > shared.cfg.ring_age_max)
         {
             let e = s.ring.pop_front().unwrap();
-            s.ring_bytes -= e.line.len() as u64;
+            s.ring_bytes -= e.object.json.len() as u64;
             s.horizon = e.revision;
         }
         shared.metrics.ring_events.store(s.ring.len() as u64, Ordering::Relaxed);
