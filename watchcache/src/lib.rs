@@ -97,21 +97,54 @@ pub struct Event {
     /// The object before the change, if it existed.
     pub prev: Option<Arc<Object>>,
     at: Instant,
-    line: OnceLock<Bytes>,
+    line: std::sync::Mutex<Line>,
     table_line: OnceLock<Bytes>,
     metrics: Arc<Metrics>,
 }
 
+/// An event's shared watch line: made by the first watcher that asks, kept while the event is
+/// among the ring's newest `Config::ring_lines_max`, then dropped (the object stays).
+#[derive(Debug)]
+enum Line {
+    Unmade,
+    Made(Bytes),
+    Dropped,
+}
+
+impl Drop for Event {
+    fn drop(&mut self) {
+        self.drop_line();
+    }
+}
+
 impl Event {
-    /// `{"type":"...","object":...}\n`, encoded once for every watcher.
+    /// `{"type":"...","object":...}\n`, encoded once for every watcher while the event is
+    /// recent; for a watcher that far behind, encoded for it alone (and counted again).
     pub fn json_line(&self) -> Bytes {
-        self.line
-            .get_or_init(|| {
-                crate::metrics().encodings.fetch_add(1, Ordering::Relaxed);
-                self.metrics.encodings.fetch_add(1, Ordering::Relaxed);
-                encode_line(self.kind.as_str(), &self.object.json)
-            })
-            .clone()
+        let mut l = self.line.lock().unwrap();
+        if let Line::Made(b) = &*l {
+            return b.clone();
+        }
+        crate::metrics().encodings.fetch_add(1, Ordering::Relaxed);
+        self.metrics.encodings.fetch_add(1, Ordering::Relaxed);
+        let b = encode_line(self.kind.as_str(), &self.object.json);
+        if matches!(*l, Line::Unmade) {
+            for m in [crate::metrics(), &*self.metrics] {
+                m.line_bytes.fetch_add(b.len() as u64, Ordering::Relaxed);
+            }
+            *l = Line::Made(b.clone());
+        }
+        b
+    }
+
+    /// Frees the shared line (a copy of the object): the event has left the recent window.
+    fn drop_line(&self) {
+        let mut l = self.line.lock().unwrap_or_else(|e| e.into_inner());
+        if let Line::Made(b) = std::mem::replace(&mut *l, Line::Dropped) {
+            for m in [crate::metrics(), &*self.metrics] {
+                m.line_bytes.fetch_sub(b.len() as u64, Ordering::Relaxed);
+            }
+        }
     }
 }
 
@@ -144,10 +177,13 @@ pub fn encode_line(ty: &str, object_json: &[u8]) -> Bytes {
 pub struct Config {
     /// Events kept for watchers that resume from a past revision.
     pub ring_events_max: usize,
-    /// ... holding at most this many bytes: each event's object and its encoded watch line,
-    /// which is made once for all watchers and kept with the event (a copy of the object
-    /// plus a few bytes), so every event counts twice its object's size.
+    /// ... holding at most this many bytes of objects.
     pub ring_bytes_max: u64,
+    /// The newest events that keep their encoded watch line (made once for all watchers, a
+    /// copy of the object plus a few bytes); older ones drop it, and a watcher that far behind
+    /// encodes its own. As many as a watcher may have queued before it is closed as slow, so
+    /// a watcher that keeps up always gets the shared line.
+    pub ring_lines_max: usize,
     /// ... and no older than this.
     pub ring_age_max: Duration,
     /// Events queued per watcher before it is closed as too slow.
@@ -157,13 +193,19 @@ pub struct Config {
 impl Default for Config {
     fn default() -> Config {
         // A watcher disconnected for 5 minutes at 5,000 writes/s resumes without a relist,
-        // within 4 GiB (objects and lines). A watch from an older revision is refused here
+        // within 4 GiB of objects (and lines for the newest 10,000 events). A watch from an older revision is refused here
         // (`TooOld`); the API server then serves it from the store's history, and a client
         // whose revision is compacted there gets 410 Gone. Kubernetes keeps far less (at most
         // 100 Ki events, about 75 s), but bounding this ring to 100 Ki events and 512 MiB cost
         // the density run a third of its throughput and 2 GB more peak RSS (measured; the
         // mechanism, probably watches falling back to the store, is not yet found).
-        Config { ring_events_max: 1_500_000, ring_bytes_max: 4 << 30, ring_age_max: Duration::from_secs(5 * 60 + 30), watcher_queue_events_max: 10_000 }
+        Config {
+            ring_events_max: 1_500_000,
+            ring_bytes_max: 4 << 30,
+            ring_lines_max: 10_000,
+            ring_age_max: Duration::from_secs(5 * 60 + 30),
+            watcher_queue_events_max: 10_000,
+        }
     }
 }
 
@@ -177,6 +219,8 @@ pub struct Metrics {
     pub watchers: AtomicU64,
     pub ring_events: AtomicU64,
     pub ring_bytes: AtomicU64,
+    /// Bytes of shared watch lines kept (at most `ring_lines_max` events' worth).
+    pub line_bytes: AtomicU64,
     /// Event-to-delivery latency (ingested by the cache -> handed to a watcher), by bucket.
     pub delivery_buckets: [AtomicU64; DELIVERY_BUCKETS_S.len()],
     pub delivery_count: AtomicU64,
@@ -217,7 +261,7 @@ pub fn render_metrics() -> String {
     let mut out = String::new();
     let mut reg = registry().lock().unwrap();
     reg.retain(|(_, w)| w.strong_count() > 0);
-    let families: [(&str, &str, fn(&Metrics) -> u64); 7] = [
+    let families: [(&str, &str, fn(&Metrics) -> u64); 8] = [
         ("watchcache_events_in_total", "counter", |m| m.events_in.load(Ordering::Relaxed)),
         ("watchcache_events_out_total", "counter", |m| m.events_out.load(Ordering::Relaxed)),
         ("watchcache_event_encodings_total", "counter", |m| m.encodings.load(Ordering::Relaxed)),
@@ -225,6 +269,7 @@ pub fn render_metrics() -> String {
         ("watchcache_watchers", "gauge", |m| m.watchers.load(Ordering::Relaxed)),
         ("watchcache_ring_events", "gauge", |m| m.ring_events.load(Ordering::Relaxed)),
         ("watchcache_ring_object_bytes", "gauge", |m| m.ring_bytes.load(Ordering::Relaxed)),
+        ("watchcache_ring_line_bytes", "gauge", |m| m.line_bytes.load(Ordering::Relaxed)),
     ];
     for (name, ty, get) in families {
         let _ = writeln!(out, "# TYPE {name} {ty}");
@@ -534,6 +579,11 @@ impl Cache {
         }
     }
 
+    /// This cache's own counters (`metrics()` sums every cache's).
+    pub fn cache_metrics(&self) -> &Metrics {
+        &self.shared.metrics
+    }
+
     /// The kept snapshot of revision `rev`, if still kept.
     pub fn kept_snapshot(&self, rev: u64) -> Option<imbl::OrdMap<Bytes, Arc<Object>>> {
         let k = self.shared.kept.lock().unwrap();
@@ -643,9 +693,13 @@ async fn ingest(weak: std::sync::Weak<Shared>, mut watcher: storage::Watcher, de
                     (EventType::Deleted, o)
                 }
             };
-            let ev = Arc::new(Event { revision: e.kv.mod_revision, kind, object, prev, at: now, line: OnceLock::new(), table_line: OnceLock::new(), metrics: shared.metrics.clone() });
+            let ev = Arc::new(Event { revision: e.kv.mod_revision, kind, object, prev, at: now, line: std::sync::Mutex::new(Line::Unmade), table_line: OnceLock::new(), metrics: shared.metrics.clone() });
             s.ring_bytes += ev.object.json.len() as u64;
             s.ring.push_back(ev.clone());
+            // The event that just left the newest `ring_lines_max` gives up its line.
+            if let Some(old) = s.ring.len().checked_sub(shared.cfg.ring_lines_max + 1).and_then(|i| s.ring.get(i)) {
+                old.drop_line();
+            }
             s.candidates(&ev, &mut candidates);
             let mut evict = Vec::new();
             memo.clear();
@@ -669,10 +723,10 @@ async fn ingest(weak: std::sync::Weak<Shared>, mut watcher: storage::Watcher, de
                 s.unindex(id, &shared.metrics);
             }
         }
-        // Trim the ring by count, bytes (object and line: twice the object) and age; the
-        // horizon follows what was dropped.
+        // Trim the ring by count, bytes of objects and age; the horizon follows what was
+        // dropped.
         while s.ring.len() > shared.cfg.ring_events_max
-            || s.ring_bytes.saturating_mul(2) > shared.cfg.ring_bytes_max
+            || s.ring_bytes > shared.cfg.ring_bytes_max
             || s.ring.front().is_some_and(|e| now.duration_since(e.at) > shared.cfg.ring_age_max)
         {
             let e = s.ring.pop_front().unwrap();

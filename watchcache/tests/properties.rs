@@ -129,7 +129,8 @@ async fn each_event_is_encoded_once_whatever_the_number_of_watchers() {
     let s = store(dir.path());
     let cache = Cache::start(s.clone(), Bytes::from_static(b"/o/"), decode(), Config::default()).await.unwrap();
     let mut ws: Vec<_> = (0..50).map(|_| cache.watch(None, Filter::everything()).unwrap()).collect();
-    let before = watchcache::metrics().encodings.load(std::sync::atomic::Ordering::SeqCst);
+    // This cache's own counter: other tests' caches in this process encode too.
+    let before = cache.cache_metrics().encodings.load(std::sync::atomic::Ordering::SeqCst);
     s.put("/o/ns/a", "n1;1").await.unwrap();
     let mut lines = Vec::new();
     for w in ws.iter_mut() {
@@ -137,7 +138,7 @@ async fn each_event_is_encoded_once_whatever_the_number_of_watchers() {
         assert_eq!(e.kind, EventType::Added);
         lines.push(e.json_line());
     }
-    let after = watchcache::metrics().encodings.load(std::sync::atomic::Ordering::SeqCst);
+    let after = cache.cache_metrics().encodings.load(std::sync::atomic::Ordering::SeqCst);
     assert_eq!(after - before, 1, "one encoding for 50 watchers");
     assert!(lines.windows(2).all(|w| w[0].as_ptr() == w[1].as_ptr()), "every watcher got the same buffer");
 }
@@ -297,13 +298,12 @@ async fn a_quiet_prefix_serves_watches_from_before_writes_elsewhere() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_ring_is_bounded_by_bytes_and_older_watches_are_too_old() {
-    // Each object is ~1 KiB; a ring of 16 KiB (objects counted twice, for their lines) keeps
-    // about 8 of them: a watch from the start is refused (410 for the client), one from the
+    // Each object is ~1 KiB; a ring of 8 KiB of objects keeps about 8 of them: a watch from the start is refused (410 for the client), one from the
     // last few revisions is served.
     let dir = tempfile::tempdir().unwrap();
     let s = store(dir.path());
     let first = s.put("/o/ns/a", "n1;0").await.unwrap().revision;
-    let cfg = Config { ring_bytes_max: 16 << 10, ..Config::default() };
+    let cfg = Config { ring_bytes_max: 8 << 10, ..Config::default() };
     let cache = Cache::start(s.clone(), Bytes::from_static(b"/o/"), decode(), cfg).await.unwrap();
     let pad = "x".repeat(1000);
     let mut last = first;
@@ -313,10 +313,43 @@ async fn the_ring_is_bounded_by_bytes_and_older_watches_are_too_old() {
     within("cache catching up", cache.wait_consistent(WATCHDOG)).await.unwrap();
     match cache.watch(Some(first), Filter::everything()) {
         Err(watchcache::WatchError::TooOld { oldest, .. }) => assert!(oldest > first + 48, "the ring kept too much: oldest {oldest}"),
-        Ok(_) => panic!("a watch from revision {first} was served from a ring bounded to 16 KiB"),
+        Ok(_) => panic!("a watch from revision {first} was served from a ring bounded to 8 KiB"),
         Err(e) => panic!("{e}"),
     }
     let mut w = cache.watch(Some(last - 3), Filter::everything()).expect("a watch from the last revisions");
     let e = within("a recent event", w.next()).await.unwrap().unwrap();
     assert_eq!(e.object.revision, last - 2);
+}
+
+/// Only the newest `ring_lines_max` events keep their shared line (a copy of the object); a
+/// watcher replaying older events still gets each one's exact line, encoded for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_newest_events_keep_their_watch_lines() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = store(dir.path());
+    let first = s.put("/o/ns/a", "n1;0").await.unwrap().revision;
+    let cfg = Config { ring_lines_max: 4, ..Config::default() };
+    let cache = Cache::start(s.clone(), Bytes::from_static(b"/o/"), decode(), cfg).await.unwrap();
+    let mut live = cache.watch(None, Filter::everything()).unwrap();
+    let pad = "x".repeat(1000);
+    let mut last = first;
+    for i in 0..40 {
+        last = s.put(format!("/o/ns/k{i}"), format!("n1;{pad}")).await.unwrap().revision;
+        // A watcher that keeps up makes each line as its event arrives.
+        let e = within("a live event", live.next()).await.unwrap().unwrap();
+        assert_eq!(e.json_line(), watchcache::encode_line("ADDED", &e.object.json));
+    }
+    within("cache catching up", cache.wait_consistent(WATCHDOG)).await.unwrap();
+    let kept = cache.cache_metrics().line_bytes.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(kept > 0 && kept < 5 * 1100, "{kept} bytes of lines kept for a window of 4 events of ~1 KiB");
+    // A watcher from the start gets every event, old ones encoded for it alone.
+    let mut w = cache.watch(Some(first), Filter::everything()).unwrap();
+    for rev in first + 1..=last {
+        let e = within("a replayed event", w.next()).await.unwrap().unwrap();
+        assert_eq!(e.object.revision, rev);
+        let line = e.json_line();
+        assert_eq!(line, watchcache::encode_line("ADDED", &e.object.json));
+    }
+    let after = cache.cache_metrics().line_bytes.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(after < 5 * 1100, "replaying old events kept their lines: {after} bytes");
 }
