@@ -3,9 +3,7 @@
 //! the watch with an error). Handlers see every change; controllers turn changes into keys
 //! for their work queues. An index by controller owner uid keeps "the pods of this
 //! ReplicaSet" a lookup rather than a scan. `Informers` shares one informer per resource
-//! among the controllers of a process. What is cached is the object after a transform
-//! (client-go's `SetTransform`); by default `strip_managed_fields`, as in client-go's
-//! `TransformStripManagedFields`.
+//! among the controllers of a process.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, RwLock};
@@ -51,19 +49,6 @@ pub fn controller_of(v: &Value) -> Option<&Value> {
     v["metadata"]["ownerReferences"].as_array()?.iter().find(|o| o["controller"].as_bool() == Some(true))
 }
 
-/// Rewrites an object before it is cached and handed to handlers.
-pub type Transform = fn(&mut Value);
-
-/// Drops `metadata.managedFields`, which no controller reads: they are half of a running pod's
-/// JSON and more than half of it as a `Value` tree (a density pod: 3.8 KB of JSON, 30.9 KB as
-/// a `Value`, 14.3 KB without them). Writes built from a cached object lose nothing: the API
-/// server keeps the stored managedFields when an update carries none.
-pub fn strip_managed_fields(v: &mut Value) {
-    if let Some(m) = v.get_mut("metadata").and_then(Value::as_object_mut) {
-        m.remove("managedFields");
-    }
-}
-
 #[derive(Default)]
 struct Cache {
     objects: HashMap<String, Arc<Value>>,
@@ -103,21 +88,14 @@ impl Cache {
 
 pub struct Informer {
     path: String,
-    transform: Transform,
     cache: RwLock<Cache>,
     handlers: Mutex<Vec<Handler>>,
     synced: tokio::sync::watch::Sender<bool>,
 }
 
 impl Informer {
-    fn new(path: &str, transform: Transform) -> Arc<Informer> {
-        Arc::new(Informer {
-            path: path.to_string(),
-            transform,
-            cache: Default::default(),
-            handlers: Default::default(),
-            synced: tokio::sync::watch::channel(false).0,
-        })
+    fn new(path: &str) -> Arc<Informer> {
+        Arc::new(Informer { path: path.to_string(), cache: Default::default(), handlers: Default::default(), synced: tokio::sync::watch::channel(false).0 })
     }
 
     /// Adds a handler; it sees every change from now on (register before `start`).
@@ -167,8 +145,7 @@ impl Informer {
         }
     }
 
-    fn apply(&self, ty: &str, mut v: Value) {
-        (self.transform)(&mut v);
+    fn apply(&self, ty: &str, v: Value) {
         let key = key_of(&v);
         let v = Arc::new(v);
         match ty {
@@ -189,13 +166,7 @@ impl Informer {
 
     /// Replaces the cache with a fresh list, reporting the differences as changes.
     fn replace(&self, items: Vec<Value>) {
-        let fresh: HashMap<String, Value> = items
-            .into_iter()
-            .map(|mut v| {
-                (self.transform)(&mut v);
-                (key_of(&v), v)
-            })
-            .collect();
+        let fresh: HashMap<String, Value> = items.into_iter().map(|v| (key_of(&v), v)).collect();
         let gone: Vec<String> = self.cache.read().unwrap().objects.keys().filter(|k| !fresh.contains_key(*k)).cloned().collect();
         for k in gone {
             if let Some(old) = self.cache.write().unwrap().remove(&k) {
@@ -205,7 +176,7 @@ impl Informer {
         for (_, v) in fresh {
             let unchanged = self.get(&key_of(&v)).is_some_and(|o| o["metadata"]["resourceVersion"] == v["metadata"]["resourceVersion"]);
             if !unchanged {
-                self.apply("ADDED", v); // transformed again: a transform must be idempotent
+                self.apply("ADDED", v);
             }
         }
     }
@@ -261,7 +232,6 @@ impl Informer {
 /// One informer per resource path, shared by the controllers of a process.
 pub struct Informers {
     client: Client,
-    transform: Transform,
     map: Mutex<HashMap<String, Arc<Informer>>>,
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
@@ -275,19 +245,13 @@ impl Drop for Informers {
 }
 
 impl Informers {
-    /// Informers whose caches drop managedFields (`strip_managed_fields`).
     pub fn new(client: Client) -> Informers {
-        Informers::with_transform(client, strip_managed_fields)
-    }
-
-    /// Informers that cache every object as `transform` leaves it.
-    pub fn with_transform(client: Client, transform: Transform) -> Informers {
-        Informers { client, transform, map: Default::default(), tasks: Default::default() }
+        Informers { client, map: Default::default(), tasks: Default::default() }
     }
 
     /// The informer for a collection path (`/api/v1/pods`), created on first use.
     pub fn get(&self, path: &str) -> Arc<Informer> {
-        self.map.lock().unwrap().entry(path.to_string()).or_insert_with(|| Informer::new(path, self.transform)).clone()
+        self.map.lock().unwrap().entry(path.to_string()).or_insert_with(|| Informer::new(path)).clone()
     }
 
     /// Starts every informer asked for so far.
@@ -303,46 +267,5 @@ impl Informers {
         for i in all {
             i.wait_synced().await;
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use serde_json::json;
-
-    fn pod(name: &str, rv: &str) -> Value {
-        json!({"metadata": {"name": name, "namespace": "ns", "uid": format!("u-{name}"), "resourceVersion": rv,
-            "labels": {"app": "a"}, "ownerReferences": [{"uid": "rs", "controller": true}],
-            "managedFields": [{"manager": "m", "fieldsV1": {"f:metadata": {"f:labels": {"f:app": {}}}}}]},
-            "status": {"phase": "Running"}})
-    }
-
-    #[test]
-    fn cached_objects_and_handlers_have_no_managed_fields_and_keep_the_rest() {
-        let inf = Informer::new("/api/v1/pods", strip_managed_fields);
-        let seen = Arc::new(Mutex::new(Vec::new()));
-        let s = seen.clone();
-        inf.on_change(move |c| s.lock().unwrap().push(c.object().as_ref().clone()));
-        inf.replace(vec![pod("a", "1")]);
-        inf.apply("MODIFIED", pod("b", "2"));
-        for key in ["ns/a", "ns/b"] {
-            let v = inf.get(key).unwrap();
-            assert!(v["metadata"].get("managedFields").is_none(), "{key}: {v}");
-            assert_eq!(v["metadata"]["labels"]["app"], "a");
-            assert_eq!(v["status"]["phase"], "Running");
-        }
-        assert_eq!(inf.owned_by("rs").len(), 2);
-        assert_eq!(inf.get_by_uid("u-b").unwrap()["metadata"]["name"], "b");
-        let seen = seen.lock().unwrap();
-        assert_eq!(seen.len(), 2);
-        assert!(seen.iter().all(|v| v["metadata"].get("managedFields").is_none()));
-    }
-
-    #[test]
-    fn a_transform_that_keeps_everything_keeps_managed_fields() {
-        let inf = Informer::new("/api/v1/pods", |_| {});
-        inf.apply("ADDED", pod("a", "1"));
-        assert_eq!(inf.get("ns/a").unwrap()["metadata"]["managedFields"][0]["manager"], "m");
     }
 }
