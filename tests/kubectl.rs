@@ -404,10 +404,16 @@ fn a_watch_resumes_from_its_resource_version_across_a_server_restart() {
         .map(|e| (e["type"].as_str().unwrap().to_string(), e["object"]["metadata"]["name"].as_str().unwrap().to_string()))
         .collect();
     assert_eq!(seen, vec![("ADDED".to_string(), "b".to_string()), ("MODIFIED".to_string(), "a".to_string())], "{out}");
+    let from_store = || {
+        let m = c.ok(&["get", "--raw", "/metrics"]);
+        m.lines().find_map(|l| l.strip_prefix("apiserver_watches_from_store_total ")).map(|n| n.trim().to_string())
+    };
+    assert_eq!(from_store().as_deref(), Some("1"), "the resumed watch is counted as served from the store");
     // And a watch from the newest version is served by the cache.
     let now = c.ok(&["get", "cm", "a", "-o", "jsonpath={.metadata.resourceVersion}"]);
     let out = c.ok(&["get", "--raw", &format!("/api/v1/namespaces/default/configmaps?watch=true&resourceVersion={now}&timeoutSeconds=1")]);
     assert!(out.trim().is_empty(), "nothing after the newest version: {out}");
+    assert_eq!(from_store().as_deref(), Some("1"), "a watch from the newest version is the cache's");
 }
 
 #[test]

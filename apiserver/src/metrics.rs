@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::fmt::Write;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
 
 /// Upper bounds in seconds.
@@ -26,6 +26,9 @@ pub struct Metrics {
     /// allocates nothing here once its (verb, resource) has been seen.
     series: Mutex<HashMap<String, HashMap<String, Series>>>,
     pub inflight: AtomicI64,
+    /// Watches from a revision older than the watch cache's ring, served from the store's
+    /// history (each event decoded and encoded for that watcher alone).
+    pub watches_from_store: AtomicU64,
 }
 
 impl Metrics {
@@ -74,6 +77,11 @@ impl Metrics {
             let _ = writeln!(out, "apiserver_request_duration_seconds_count{{verb=\"{}\",resource=\"{}\"}} {}", k.0, k.1, s.count);
         }
         let _ = writeln!(out, "# HELP apiserver_current_inflight_requests Requests being served.\n# TYPE apiserver_current_inflight_requests gauge\napiserver_current_inflight_requests {}", self.inflight.load(Ordering::Relaxed));
+        let _ = writeln!(
+            out,
+            "# HELP apiserver_watches_from_store_total Watches older than the watch cache's ring, served from the store's history.\n# TYPE apiserver_watches_from_store_total counter\napiserver_watches_from_store_total {}",
+            self.watches_from_store.load(Ordering::Relaxed)
+        );
         render_process(&mut out);
         out
     }

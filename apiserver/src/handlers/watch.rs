@@ -100,6 +100,7 @@ impl Req<'_> {
 
     /// A watch served straight from the store's history.
     pub(super) async fn watch_store(&self) -> ApiResult {
+        self.st.metrics.watches_from_store.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let (ls, fs) = self.selectors()?;
         let prefix = self.info.prefix(self.namespace.as_deref());
         let send_initial = is_true(q(self.query, "sendInitialEvents"));
