@@ -179,13 +179,13 @@ pub struct Config {
     pub ring_events_max: usize,
     /// ... holding at most this many bytes of objects.
     pub ring_bytes_max: u64,
+    /// ... and no older than this.
+    pub ring_age_max: Duration,
     /// The newest events that keep their encoded watch line (made once for all watchers, a
     /// copy of the object plus a few bytes); older ones drop it, and a watcher that far behind
     /// encodes its own. As many as a watcher may have queued before it is closed as slow, so
     /// a watcher that keeps up always gets the shared line.
     pub ring_lines_max: usize,
-    /// ... and no older than this.
-    pub ring_age_max: Duration,
     /// Events queued per watcher before it is closed as too slow.
     pub watcher_queue_events_max: usize,
 }
@@ -193,12 +193,15 @@ pub struct Config {
 impl Default for Config {
     fn default() -> Config {
         // A watcher disconnected for 5 minutes at 5,000 writes/s resumes without a relist,
-        // within 4 GiB of objects (and lines for the newest 10,000 events). A watch from an older revision is refused here
-        // (`TooOld`); the API server then serves it from the store's history, and a client
-        // whose revision is compacted there gets 410 Gone. Kubernetes keeps far less (at most
-        // 100 Ki events, about 75 s), but bounding this ring to 100 Ki events and 512 MiB cost
-        // the density run a third of its throughput and 2 GB more peak RSS (measured; the
-        // mechanism, probably watches falling back to the store, is not yet found).
+        // within 4 GiB of objects (and lines for the newest 10,000 events). A watch from an
+        // older revision is refused here (`TooOld`); the API server then serves it from the
+        // store's history, and a client whose revision is compacted there gets 410 Gone.
+        // Kubernetes keeps far less (at most 100 Ki events, about 75 s), but bounding this ring
+        // to 100 Ki events and 512 MiB cost the density run a third of its throughput
+        // (measured): a watcher of all pods closed as slow resumed from a revision that ring
+        // no longer held, and the API server served the rest of that watch from the store,
+        // decoding every event for it alone (`apiserver_watches_from_store_total`;
+        // bench/RESULTS.md).
         Config {
             ring_events_max: 1_500_000,
             ring_bytes_max: 4 << 30,
