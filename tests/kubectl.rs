@@ -404,16 +404,34 @@ fn a_watch_resumes_from_its_resource_version_across_a_server_restart() {
         .map(|e| (e["type"].as_str().unwrap().to_string(), e["object"]["metadata"]["name"].as_str().unwrap().to_string()))
         .collect();
     assert_eq!(seen, vec![("ADDED".to_string(), "b".to_string()), ("MODIFIED".to_string(), "a".to_string())], "{out}");
-    let from_store = || {
+    let counter = |name: &str| {
         let m = c.ok(&["get", "--raw", "/metrics"]);
-        m.lines().find_map(|l| l.strip_prefix("apiserver_watches_from_store_total ")).map(|n| n.trim().to_string())
+        m.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')).map(|n| n.trim().to_string())
     };
+    let from_store = || counter("apiserver_watches_from_store_total");
     assert_eq!(from_store().as_deref(), Some("1"), "the resumed watch is counted as served from the store");
+    // Once it had sent what the store held beyond the new cache's ring, it moved to the cache.
+    assert_eq!(counter("apiserver_watches_handed_to_cache_total").as_deref(), Some("1"), "the resumed watch moved to the cache");
+    // A resumed watch that stays open gets the store's history, then, from the cache, what
+    // happens next: nothing lost or repeated at the hand-over.
+    let url = format!("/api/v1/namespaces/default/configmaps?watch=true&resourceVersion={rv}");
+    let (mut watch, mut lines) = c.kubectl_spawn(&["get", "--raw", &url]);
+    let ev = |l: String| {
+        let e: serde_json::Value = serde_json::from_str(&l).unwrap();
+        (e["type"].as_str().unwrap().to_string(), e["object"]["metadata"]["name"].as_str().unwrap().to_string(), e["object"]["data"]["v"].as_str().unwrap_or("").to_string())
+    };
+    assert_eq!(ev(lines.next("b from the store")), ("ADDED".into(), "b".into(), "1".into()));
+    assert_eq!(ev(lines.next("a's patch from the store")), ("MODIFIED".into(), "a".into(), "2".into()));
+    c.ok(&["patch", "cm", "a", "--type", "merge", "-p", r#"{"data":{"v":"3"}}"#]);
+    assert_eq!(ev(lines.next("a's next patch, live")), ("MODIFIED".into(), "a".into(), "3".into()));
+    let _ = watch.kill();
+    let _ = watch.wait();
+    assert_eq!(counter("apiserver_watches_handed_to_cache_total").as_deref(), Some("2"), "the second resumed watch moved to the cache too");
     // And a watch from the newest version is served by the cache.
     let now = c.ok(&["get", "cm", "a", "-o", "jsonpath={.metadata.resourceVersion}"]);
     let out = c.ok(&["get", "--raw", &format!("/api/v1/namespaces/default/configmaps?watch=true&resourceVersion={now}&timeoutSeconds=1")]);
     assert!(out.trim().is_empty(), "nothing after the newest version: {out}");
-    assert_eq!(from_store().as_deref(), Some("1"), "a watch from the newest version is the cache's");
+    assert_eq!(from_store().as_deref(), Some("2"), "a watch from the newest version is the cache's");
 }
 
 #[test]

@@ -29,6 +29,9 @@ pub struct Metrics {
     /// Watches from a revision older than the watch cache's ring, served from the store's
     /// history (each event decoded and encoded for that watcher alone).
     pub watches_from_store: AtomicU64,
+    /// ... of which moved to the cache once its ring reached back to them.
+    /// (Shared with the streams that count it.)
+    pub watches_handed_to_cache: std::sync::Arc<AtomicU64>,
 }
 
 impl Metrics {
@@ -81,6 +84,11 @@ impl Metrics {
             out,
             "# HELP apiserver_watches_from_store_total Watches older than the watch cache's ring, served from the store's history.\n# TYPE apiserver_watches_from_store_total counter\napiserver_watches_from_store_total {}",
             self.watches_from_store.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP apiserver_watches_handed_to_cache_total Watches served from the store's history that moved to the watch cache once its ring reached back to them.\n# TYPE apiserver_watches_handed_to_cache_total counter\napiserver_watches_handed_to_cache_total {}",
+            self.watches_handed_to_cache.load(Ordering::Relaxed)
         );
         render_process(&mut out);
         out

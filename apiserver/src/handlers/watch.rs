@@ -93,13 +93,15 @@ impl Req<'_> {
                 });
                 Ok(stream_response(stream))
             }
-            Err(watchcache::WatchError::TooOld { .. }) => self.watch_store().await,
+            Err(watchcache::WatchError::TooOld { .. }) => self.watch_store(Some((cache, filter))).await,
             Err(e) => Err(ApiError::unavailable(e.to_string())),
         }
     }
 
-    /// A watch served straight from the store's history.
-    pub(super) async fn watch_store(&self) -> ApiResult {
+    /// A watch served straight from the store's history. With `handover`, it moves to the
+    /// cache as soon as the cache's ring reaches back to the last revision it sent, so a watch
+    /// resumed from past the ring pays the store's per-watcher decoding only for the gap.
+    pub(super) async fn watch_store(&self, handover: Option<(watchcache::Cache, watchcache::Filter)>) -> ApiResult {
         self.st.metrics.watches_from_store.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let (ls, fs) = self.selectors()?;
         let prefix = self.info.prefix(self.namespace.as_deref());
@@ -146,13 +148,54 @@ impl Req<'_> {
         let watcher = self.st.store.watch(WatchRequest { range: KeyRange::Prefix(Bytes::from(prefix)), start_revision: Some(start), prev_kv: true });
         let deadline = tokio::time::Instant::now() + timeout;
         let shell = WatchShell::new(self.st, initial, deadline, bookmarks, kind, api_version);
-        let state = WatchStream { shell, watcher, filter: Box::new(filter), as_table, last_rev: start - 1 };
-        let stream = futures_util::stream::unfold(state, |mut s| async move {
-            let next = s.next().await?;
-            Some((Ok::<_, std::convert::Infallible>(next), s))
+        let state = Resumed::Store(WatchStream { shell, watcher, filter: Box::new(filter), as_table, last_rev: start - 1, handover });
+        let handed = self.st.metrics.watches_handed_to_cache.clone();
+        let stream = futures_util::stream::unfold((state, handed), |(mut s, handed)| async move {
+            let next = s.next(&handed).await?;
+            Some((Ok::<_, std::convert::Infallible>(next), (s, handed)))
         });
         Ok(stream_response(stream))
     }
+}
+
+/// A store-served watch, until it is handed to the cache.
+enum Resumed {
+    Store(WatchStream),
+    Cache(CacheWatchStream),
+    /// Only while switching.
+    Switching,
+}
+
+impl Resumed {
+    async fn next(&mut self, handed: &std::sync::atomic::AtomicU64) -> Option<Bytes> {
+        loop {
+            match self {
+                Resumed::Cache(c) => return c.next().await,
+                Resumed::Switching => return None,
+                Resumed::Store(s) => match s.step().await {
+                    Step::Line(b) => return Some(b),
+                    Step::End => return None,
+                    Step::Switch(pending, w, cache, filter) => {
+                        let Resumed::Store(s) = std::mem::replace(self, Resumed::Switching) else { unreachable!("matched above") };
+                        handed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let after = s.last_rev;
+                        *self = Resumed::Cache(CacheWatchStream { shell: s.shell, w, cache, filter, as_table: s.as_table, after });
+                        if !pending.is_empty() {
+                            return Some(pending);
+                        }
+                    }
+                },
+            }
+        }
+    }
+}
+
+/// What the store-fed stream produced.
+enum Step {
+    Line(Bytes),
+    End,
+    /// The cache serves from the last revision sent: these lines first, then the cache.
+    Switch(Bytes, watchcache::CacheWatcher, watchcache::Cache, watchcache::Filter),
 }
 
 /// What a watch stream waits for next: its deadline, or (with bookmarks) the next bookmark.
@@ -247,21 +290,23 @@ pub(super) struct WatchStream {
     filter: Box<dyn Fn(&Value) -> bool + Send + Sync>,
     as_table: bool,
     last_rev: u64,
+    /// The cache to move to once its ring reaches back to `last_rev`.
+    handover: Option<(watchcache::Cache, watchcache::Filter)>,
 }
 
 impl WatchStream {
-    async fn next(&mut self) -> Option<Bytes> {
+    async fn step(&mut self) -> Step {
         if let Some(b) = self.shell.initial.pop_front() {
-            return Some(b);
+            return Step::Line(b);
         }
         loop {
             if self.shell.done {
-                return None;
+                return Step::End;
             }
             let batch = match self.shell.wait(self.watcher.next()).await {
                 Wait::Again => continue,
-                Wait::End | Wait::Got(None) => return None,
-                Wait::Bookmark => return Some(self.shell.bookmark(self.last_rev)),
+                Wait::End | Wait::Got(None) => return Step::End,
+                Wait::Bookmark => return Step::Line(self.shell.bookmark(self.last_rev)),
                 Wait::Got(Some(Err(e))) => {
                     self.shell.done = true;
                     let status = match e {
@@ -270,7 +315,7 @@ impl WatchStream {
                     };
                     let mut v = serde_json::to_vec(&json!({"type": "ERROR", "object": status.to_json()})).unwrap_or_default();
                     v.push(b'\n');
-                    return Some(Bytes::from(v));
+                    return Step::Line(Bytes::from(v));
                 }
                 Wait::Got(Some(Ok(events))) => events,
             };
@@ -303,8 +348,14 @@ impl WatchStream {
                 };
                 out.put_slice(&event_line(ty, &obj, self.shell.kind, self.as_table));
             }
+            if let Some((cache, filter)) = &self.handover
+                && let Ok(w) = cache.watch(Some(self.last_rev), filter.clone())
+            {
+                let (cache, filter) = self.handover.take().expect("checked above");
+                return Step::Switch(out.freeze(), w, cache, filter);
+            }
             if !out.is_empty() {
-                return Some(out.freeze());
+                return Step::Line(out.freeze());
             }
         }
     }
