@@ -200,8 +200,10 @@ impl Default for Config {
         // to 100 Ki events and 512 MiB cost the density run a third of its throughput
         // (measured): a watcher of all pods closed as slow resumed from a revision that ring
         // no longer held, and the API server served the rest of that watch from the store,
-        // decoding every event for it alone (`apiserver_watches_from_store_total`;
-        // bench/RESULTS.md).
+        // decoding every event for it alone (`apiserver_watches_from_store_total`). Such a
+        // watch now moves to the cache once the ring reaches back to it, and the small ring
+        // ran as fast as this one; it is kept until the run's memory beyond the ring is
+        // understood (bench/RESULTS.md).
         Config {
             ring_events_max: 1_500_000,
             ring_bytes_max: 4 << 30,
