@@ -567,8 +567,9 @@ impl Coordinator {
         let dir = snapshot::begin(&self.data_dir, id)?;
         let shards = self.shared.shards as u32;
         let d2 = dir.clone();
+        let chunk_bytes = self.shared.cfg.snapshot_chunk_bytes;
         let parts = f.run_all(move |c| {
-            let chunks = snapshot::write_shard(&d2, c.id, shards, revision, &c.mvcc);
+            let chunks = snapshot::write_shard(&d2, c.id, shards, revision, &c.mvcc, chunk_bytes);
             chunks.map(|n| (n, c.wal.position()))
         });
         let mut positions = Vec::new();
@@ -627,7 +628,8 @@ impl Coordinator {
         let dir = snapshot::begin(&self.data_dir, id)?;
         let shards = self.shared.shards as u32;
         let d2 = dir.clone();
-        let parts = f.run_all(move |c| snapshot::write_shard(&d2, c.id, shards, revision, &c.mvcc).map(|n| (n, c.raft_meta.clone())));
+        let chunk_bytes = self.shared.cfg.snapshot_chunk_bytes;
+        let parts = f.run_all(move |c| snapshot::write_shard(&d2, c.id, shards, revision, &c.mvcc, chunk_bytes).map(|n| (n, c.raft_meta.clone())));
         drop(f);
         let mut chunks = Vec::new();
         let mut meta = Bytes::new();

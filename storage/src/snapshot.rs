@@ -19,8 +19,11 @@ use crate::types::Revision;
 use crate::wal::{Position, fsync_dir};
 
 const CHUNK_MAGIC: &[u8; 4] = b"CSNP";
-/// A chunk is sealed once its builder holds this many bytes (bounds the builder's memory).
-pub const SNAPSHOT_CHUNK_BYTES_MAX: usize = 64 << 20;
+/// A chunk is sealed once its builder holds this many bytes (bounds the builder's memory,
+/// which doubles as it grows: with 64 MiB chunks two shards' builders held 256 MB at the
+/// peak of a 50,000-pod density run; bench/RESULTS.md). The default of
+/// `Config::snapshot_chunk_bytes`.
+pub const SNAPSHOT_CHUNK_BYTES: usize = 16 << 20;
 
 /// What `MANIFEST` says.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -130,9 +133,9 @@ pub fn file_names(m: &Manifest) -> Vec<String> {
 }
 
 /// Writes one shard's chunks into `dir` (a snapshot being built). Returns the chunk count.
-pub fn write_shard(dir: &Path, shard: u32, shards: u32, revision: Revision, mvcc: &Mvcc) -> std::io::Result<u32> {
+pub fn write_shard(dir: &Path, shard: u32, shards: u32, revision: Revision, mvcc: &Mvcc, chunk_bytes: usize) -> std::io::Result<u32> {
     let mut chunk = 0u32;
-    let mut b = flatbuffers::FlatBufferBuilder::with_capacity(1 << 20);
+    let mut b = flatbuffers::FlatBufferBuilder::with_capacity((1 << 20).min(chunk_bytes));
     let mut entries = Vec::new();
     let mut first = true;
     let mut result = Ok(());
@@ -192,7 +195,7 @@ pub fn write_shard(dir: &Path, shard: u32, shards: u32, revision: Revision, mvcc
             },
         );
         entries.push(off);
-        if b.unfinished_data().len() >= SNAPSHOT_CHUNK_BYTES_MAX {
+        if b.unfinished_data().len() >= chunk_bytes {
             result = seal(&mut b, &mut entries, first);
             first = false;
         }

@@ -43,6 +43,9 @@ pub struct Config {
     pub watch_queue_events_max: usize,
     /// Snapshot once the logs since the last one hold this many bytes.
     pub snapshot_wal_bytes: u64,
+    /// A snapshot's chunk file is sealed at this many bytes; a shard's flatbuffers builder
+    /// grows to at most twice this (it doubles) while the snapshot is written.
+    pub snapshot_chunk_bytes: usize,
     /// Automatic compaction: keep this many revisions of history.
     pub compact_retention_revisions: Option<u64>,
     /// Automatic compaction: keep history this old.
@@ -69,6 +72,7 @@ impl Config {
             shard_queue_requests_max: 8192,
             watch_queue_events_max: 10_000,
             snapshot_wal_bytes: 512 << 20,
+            snapshot_chunk_bytes: crate::snapshot::SNAPSHOT_CHUNK_BYTES,
             compact_retention_revisions: None,
             compact_retention_age: None,
             compact_history_bytes_max: None,

@@ -135,6 +135,43 @@ async fn data_survives_reopen_with_and_without_a_snapshot() {
     assert_eq!(next, last + 1);
 }
 
+/// A snapshot larger than a chunk is written as several chunk files per shard (each bounding
+/// the builder's memory) and read back whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_of_many_chunks_reads_back_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = || {
+        let mut c = config(dir.path(), 2);
+        c.snapshot_chunk_bytes = 16 << 10;
+        c
+    };
+    let value = |i: usize| format!("{i:0>200}");
+    let last;
+    {
+        let store = Store::open(cfg()).unwrap();
+        for i in 0..600 {
+            store.put(format!("k{i}"), value(i)).await.unwrap();
+        }
+        store.snapshot().await.unwrap();
+        last = store.revision();
+    }
+    let mut chunk_files = 0;
+    for snap in std::fs::read_dir(dir.path().join("snap")).unwrap() {
+        let snap = snap.unwrap().path();
+        if snap.is_dir() {
+            chunk_files += std::fs::read_dir(&snap).unwrap().filter(|f| f.as_ref().unwrap().file_name().to_string_lossy().ends_with(".fb")).count();
+        }
+    }
+    assert!(chunk_files >= 6, "{chunk_files} chunk files for ~130 KB in chunks of 16 KiB over 2 shards");
+    let store = Store::open(cfg()).unwrap();
+    assert_eq!(store.revision(), last);
+    let r = store.range(RangeRequest::prefix("k")).await.unwrap();
+    assert_eq!(r.count, 600);
+    for i in [0, 1, 299, 599] {
+        assert_eq!(store.get(format!("k{i}")).await.unwrap().unwrap().value, value(i).into_bytes());
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn opening_with_another_shard_count_is_refused() {
     let dir = tempfile::tempdir().unwrap();
