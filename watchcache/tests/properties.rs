@@ -298,8 +298,8 @@ async fn a_quiet_prefix_serves_watches_from_before_writes_elsewhere() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_ring_is_bounded_by_bytes_and_older_watches_are_too_old() {
-    // Each object is ~1 KiB; a ring of 8 KiB of objects keeps about 8 of them: a watch from the start is refused (410 for the client), one from the
-    // last few revisions is served.
+    // Each object is ~1 KiB; a ring of 8 KiB of objects keeps about 8 of them: a watch from
+    // the start is refused (410 for the client), one from the last few revisions is served.
     let dir = tempfile::tempdir().unwrap();
     let s = store(dir.path());
     let first = s.put("/o/ns/a", "n1;0").await.unwrap().revision;
