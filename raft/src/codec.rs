@@ -153,7 +153,7 @@ pub fn entry_parts(e: &Entry) -> (Bytes, Option<Bytes>) {
     entry_head(&mut head, e);
     let head_crc = crc32c::crc32c(&head[8..]);
     let (crc, payload) = match &e.payload {
-        EntryPayload::Normal(b) => (crc32c::crc32c_combine(head_crc, b.crc, b.bytes.len()), Some(b.bytes.clone())),
+        EntryPayload::Normal(b) => (crate::crc::combine(head_crc, b.crc, b.bytes.len()), Some(b.bytes.clone())),
         _ => (head_crc, None),
     };
     let len = (head.len() - 8 + payload.as_ref().map_or(0, |p| p.len())) as u32;
@@ -192,7 +192,7 @@ pub fn read_entry(r: &mut Reader) -> DecodeResult<Entry> {
             let p = br.bytes()?;
             let head_len = body.len() - p.len();
             let pcrc = crc32c::crc32c(&p);
-            let got = crc32c::crc32c_combine(crc32c::crc32c(&body[..head_len]), pcrc, p.len());
+            let got = crate::crc::combine(crc32c::crc32c(&body[..head_len]), pcrc, p.len());
             (EntryPayload::Normal(Batch { bytes: p, crc: pcrc }), got)
         }
         2 => (EntryPayload::Membership(read_membership(&mut br)?), crc32c::crc32c(&body)),
