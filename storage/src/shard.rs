@@ -119,11 +119,14 @@ pub struct ShardCore {
     applied: Revision,
     /// Replicated mode: the raft position of the last applied entry (a snapshot records it).
     pub raft_meta: Bytes,
+    /// Replicated mode: `apply`'s events, kept between calls so the buffer is not grown anew
+    /// (from empty, by doubling) for every applied batch.
+    apply_events: Vec<(Revision, u32, Event)>,
 }
 
 impl ShardCore {
     pub fn new(id: u32, mvcc: Mvcc, wal: Box<dyn Log>, shared: Arc<Shared>) -> Self {
-        ShardCore { id, mvcc, wal, shared, watchers: Vec::new(), deferred: VecDeque::new(), applied: 0, raft_meta: Bytes::new() }
+        ShardCore { id, mvcc, wal, shared, watchers: Vec::new(), deferred: VecDeque::new(), applied: 0, raft_meta: Bytes::new(), apply_events: Vec::new() }
     }
 
     pub fn run(mut self, rx: Receiver<ShardMsg>) {
@@ -219,7 +222,7 @@ impl ShardCore {
     /// events and makes them visible. Nothing is logged here: the raft log is the record.
     fn apply(&mut self, batches: Vec<ApplyBatch>) -> Vec<Vec<Applied>> {
         let me = self.id as usize;
-        let mut events: Vec<(Revision, u32, Event)> = Vec::new();
+        let mut events = std::mem::take(&mut self.apply_events);
         let mut out = Vec::with_capacity(batches.len());
         let mut first: Option<Revision> = None;
         let shared = self.shared.clone();
@@ -299,6 +302,9 @@ impl ShardCore {
         for (rev, sub, e) in events.drain(..) {
             self.publish(rev, sub, e);
         }
+        // A revocation of a lease with many keys can grow it far: keep a normal batch's worth.
+        events.shrink_to(1 << 12);
+        self.apply_events = events;
         self.applied = self.shared.counter.load(SeqCst);
         *self.shared.raft_meta.lock().unwrap() = self.raft_meta.clone();
         self.shared.pending[me].store(NONE, SeqCst);
