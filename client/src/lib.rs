@@ -10,11 +10,14 @@
 pub mod decode;
 pub mod events;
 pub mod informer;
+pub mod kubeconfig;
+pub mod tls;
 pub mod workqueue;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_rustls::HttpsConnector;
 use hyper_util::rt::TokioExecutor;
 use serde_json::Value;
 
@@ -33,7 +36,7 @@ pub struct Client {
     bases: std::sync::Arc<[String]>,
     current: std::sync::Arc<std::sync::atomic::AtomicUsize>,
     agent: &'static str,
-    http: hyper_util::client::legacy::Client<HttpConnector, Full<Bytes>>,
+    http: hyper_util::client::legacy::Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
 }
 
 /// A stream of watch events (one JSON object per line), decoded without managedFields
@@ -98,7 +101,7 @@ impl Client {
             bases: bases.into(),
             current: Default::default(),
             agent,
-            http: hyper_util::client::legacy::Client::builder(TokioExecutor::new()).build_http(),
+            http: hyper_util::client::legacy::Client::builder(TokioExecutor::new()).build(tls::connector()),
         }
     }
 
