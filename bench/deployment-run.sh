@@ -7,7 +7,7 @@ set -euo pipefail
 N=${1:-10000}; M=${2:-100}
 BIN=${BIN:-target/release/capstan}
 D=$(mktemp -d)
-"$BIN" up --no-local-node --hollow-nodes "$M" --data-dir "$D" --listen 127.0.0.1:0 --log-level warn > "$D/out.log" 2>&1 &
+"$BIN" up --insecure-http --no-local-node --hollow-nodes "$M" --data-dir "$D" --listen 127.0.0.1:0 --log-level warn > "$D/out.log" 2>&1 &
 UP=$!
 trap 'kill $UP 2>/dev/null; wait 2>/dev/null; rm -rf "$D"' EXIT
 until grep -q "hollow nodes:" "$D/out.log"; do sleep 0.2; done

@@ -9,7 +9,7 @@ set -euo pipefail
 N=${1:-5000}; W=${2:-30}; S=${3:-10}
 BIN=${BIN:-target/release/capstan}
 D=$(mktemp -d)
-"$BIN" up --no-local-node --hollow-nodes "$N" --data-dir "$D" --listen 127.0.0.1:0 --log-level warn > "$D/out.log" 2>&1 &
+"$BIN" up --insecure-http --no-local-node --hollow-nodes "$N" --data-dir "$D" --listen 127.0.0.1:0 --log-level warn > "$D/out.log" 2>&1 &
 UP=$!
 trap 'kill $UP 2>/dev/null; wait 2>/dev/null; rm -rf "$D"' EXIT
 for _ in $(seq 600); do grep -q "hollow nodes:" "$D/out.log" && break; sleep 0.2; done

@@ -8,7 +8,7 @@ set -euo pipefail
 NODES=${1:-5000}; PODS=${2:-10000}
 BIN=${BIN:-target/release/capstan}
 D=$(mktemp -d)
-"$BIN" up --no-local-node --no-scheduler --hollow-nodes "$NODES" --data-dir "$D" --listen 127.0.0.1:0 --log-level warn > "$D/out.log" 2>&1 &
+"$BIN" up --insecure-http --no-local-node --no-scheduler --hollow-nodes "$NODES" --data-dir "$D" --listen 127.0.0.1:0 --log-level warn > "$D/out.log" 2>&1 &
 UP=$!
 trap 'kill $UP ${SCHED:-} 2>/dev/null; wait 2>/dev/null; rm -rf "$D"' EXIT
 until grep -q "hollow nodes:" "$D/out.log"; do sleep 0.5; done

@@ -70,6 +70,20 @@ fn spawn(exe: &Path, dir: &Path, s: &Spec, initial: &str, opts: &ServeOpts, node
     if opts.unsafe_no_fsync {
         cmd.arg("--unsafe-no-fsync");
     }
+    if opts.tls.insecure_http {
+        cmd.arg("--insecure-http");
+    } else {
+        // One cluster, one CA: every replica's serving certificate is signed by it, so the
+        // kubeconfig works against any of them.
+        let (ca, key) = match (&opts.tls.ca_cert_file, &opts.tls.ca_key_file) {
+            (Some(c), Some(k)) => (c.clone(), k.clone()),
+            _ => crate::pki::Pki::files(dir),
+        };
+        cmd.arg("--ca-cert-file").arg(ca).arg("--ca-key-file").arg(key);
+        if let Some(c) = &opts.tls.client_ca_file {
+            cmd.arg("--client-ca-file").arg(c);
+        }
+    }
     if node.no_scheduler {
         cmd.arg("--no-scheduler");
     }
@@ -109,6 +123,17 @@ pub async fn up(n: usize, data_dir: PathBuf, listen: String, opts: ServeOpts, no
     std::fs::create_dir_all(&data_dir).with_context(|| format!("creating {}", data_dir.display()))?;
     crate::datadir::prepare(&data_dir, crate::datadir::Kind::Cluster)?;
     let specs = specs(&data_dir, n, &listen)?;
+    // The cluster CA (made here on the first start) and this process's credentials, before
+    // the replicas start with it.
+    let admin = if opts.tls.insecure_http {
+        None
+    } else {
+        let pki = crate::pki::Pki::load_or_create(&data_dir, &opts.tls)?;
+        let own = pki.client("system:capstan-components", "system:masters")?;
+        client::tls::set_default(&pki.credentials(&own)).map_err(anyhow::Error::msg)?;
+        let a = pki.client("kubernetes-admin", "system:masters")?;
+        Some(crate::common::KubeUser { ca_pem: pki.ca_pem.clone(), cert_pem: a.cert_pem, key_pem: a.key_pem })
+    };
     let initial: Vec<String> = specs.iter().map(|s| format!("{}=http://{}", s.name, s.peer)).collect();
     let initial = initial.join(",");
     let exe = std::env::current_exe()?;
@@ -119,7 +144,7 @@ pub async fn up(n: usize, data_dir: PathBuf, listen: String, opts: ServeOpts, no
         apis.push((s.name.clone(), url));
         children.push(child);
     }
-    let kc = write_kubeconfig(&data_dir, &kubeconfig_multi(&apis))?;
+    let kc = write_kubeconfig(&data_dir, &kubeconfig_multi(&apis, admin.as_ref()))?;
     let all_apis = apis.iter().map(|(_, u)| u.clone()).collect::<Vec<_>>().join(",");
     println!("capstan cluster of {n} replicas is serving the Kubernetes API at:");
     for ((s, (_, url)), c) in specs.iter().zip(&apis).zip(&children) {

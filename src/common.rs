@@ -10,41 +10,54 @@ use anyhow::{Context, Result};
 /// cluster five minutes of pod updates is gigabytes (etcd's whole default quota is 2 GiB).
 pub const HISTORY_BYTES_MAX: u64 = 512 << 20;
 
-pub fn kubeconfig(server: &str) -> String {
-    format!(
-        "apiVersion: v1
-kind: Config
-clusters:
-- name: capstan
-  cluster:
-    server: {server}
-contexts:
-- name: capstan
-  context:
-    cluster: capstan
-    user: capstan
-    namespace: default
-current-context: capstan
-users:
-- name: capstan
-  user: {{}}
-"
-    )
+/// The kubeconfig's user: the admin's client certificate and the CA, or nothing (a server
+/// on `--insecure-http`).
+pub struct KubeUser {
+    pub ca_pem: String,
+    pub cert_pem: String,
+    pub key_pem: String,
 }
 
+fn b64(s: &str) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(s)
+}
+
+fn cluster_entry(url: &str, user: Option<&KubeUser>) -> String {
+    match user {
+        Some(u) => format!("    server: {url}\n    certificate-authority-data: {}\n", b64(&u.ca_pem)),
+        None => format!("    server: {url}\n"),
+    }
+}
+
+fn user_entry(user: Option<&KubeUser>) -> String {
+    match user {
+        Some(u) => format!("  user:\n    client-certificate-data: {}\n    client-key-data: {}\n", b64(&u.cert_pem), b64(&u.key_pem)),
+        None => "  user: {}\n".into(),
+    }
+}
+
+pub fn kubeconfig(server: &str, user: Option<&KubeUser>) -> String {
+    kubeconfig_multi_named(&[("capstan".to_string(), server.to_string())], user, true)
+}
 
 /// A kubeconfig with one context per API server (the replicas of one cluster), the first
 /// current.
-pub fn kubeconfig_multi(servers: &[(String, String)]) -> String {
+pub fn kubeconfig_multi(servers: &[(String, String)], user: Option<&KubeUser>) -> String {
+    kubeconfig_multi_named(servers, user, false)
+}
+
+fn kubeconfig_multi_named(servers: &[(String, String)], user: Option<&KubeUser>, single: bool) -> String {
     let mut s = String::from("apiVersion: v1\nkind: Config\nclusters:\n");
+    let cluster = |name: &str| if single { name.to_string() } else { format!("capstan-{name}") };
     for (name, url) in servers {
-        s += &format!("- name: capstan-{name}\n  cluster:\n    server: {url}\n");
+        s += &format!("- name: {}\n  cluster:\n{}", cluster(name), cluster_entry(url, user));
     }
     s += "contexts:\n";
     for (name, _) in servers {
-        s += &format!("- name: {name}\n  context:\n    cluster: capstan-{name}\n    user: capstan\n    namespace: default\n");
+        s += &format!("- name: {name}\n  context:\n    cluster: {}\n    user: capstan\n    namespace: default\n", cluster(name));
     }
-    s += &format!("current-context: {}\nusers:\n- name: capstan\n  user: {{}}\n", servers.first().map_or("", |(n, _)| n.as_str()));
+    s += &format!("current-context: {}\nusers:\n- name: capstan\n{}", servers.first().map_or("", |(n, _)| n.as_str()), user_entry(user));
     s
 }
 
@@ -52,28 +65,62 @@ pub fn kubeconfig_multi(servers: &[(String, String)]) -> String {
 pub fn write_kubeconfig(data_dir: &Path, text: &str) -> Result<std::path::PathBuf> {
     let kc = data_dir.join("kubeconfig");
     let tmp = data_dir.join("kubeconfig.tmp");
-    std::fs::write(&tmp, text).with_context(|| format!("writing {}", tmp.display()))?;
+    // It holds the admin's private key: readable by its owner only.
+    {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp).with_context(|| format!("writing {}", tmp.display()))?;
+        f.write_all(text.as_bytes()).with_context(|| format!("writing {}", tmp.display()))?;
+    }
     std::fs::rename(&tmp, &kc)?;
     Ok(std::fs::canonicalize(&kc).unwrap_or(kc))
 }
 
-/// The Kubernetes API on `listener`, until `true` is sent on the returned channel (then it
-/// finishes what it is serving and the task ends).
+/// The Kubernetes API on `listener` (over TLS when `tls` is given, with clients identified by
+/// their certificates; plain HTTP and no authentication when not), until `true` is sent on
+/// the returned channel (then it finishes what it is serving and the task ends).
 pub fn serve_api(
     listener: tokio::net::TcpListener,
     store: storage::Store,
+    tls: Option<apiserver::serve::Tls>,
 ) -> (tokio::sync::watch::Sender<bool>, tokio::task::JoinHandle<std::io::Result<()>>) {
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let app = apiserver::router_with_shutdown(store, stop_rx.clone());
+    let mode = if tls.is_some() { apiserver::authn::Mode::Tls } else { apiserver::authn::Mode::Insecure };
+    let app = apiserver::router_with_shutdown(store, stop_rx.clone(), mode);
     let mut stop_serving = stop_rx;
+    let stopped = async move {
+        let _ = stop_serving.wait_for(|s| *s).await;
+    };
     let task = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                let _ = stop_serving.wait_for(|s| *s).await;
-            })
-            .await
+        match tls {
+            Some(tls) => apiserver::serve::serve_tls(listener, app, tls, stopped).await,
+            None => axum::serve(listener, app).with_graceful_shutdown(stopped).await,
+        }
     });
     (stop_tx, task)
+}
+
+/// The API's security, decided at start: with TLS (the default), the cluster's PKI, the
+/// listener's TLS, the kubeconfig's admin user, and the credentials this process's own
+/// components use (set as the client's default); with `--insecure-http`, none of it.
+pub struct Security {
+    pub scheme: &'static str,
+    pub tls: Option<apiserver::serve::Tls>,
+    pub admin: Option<KubeUser>,
+}
+
+pub fn security(data_dir: &Path, opts: &crate::TlsOpts, addr: &std::net::SocketAddr) -> Result<Security> {
+    if opts.insecure_http {
+        tracing::warn!("!!! --insecure-http: the API is served over plain HTTP WITHOUT authentication; anyone who can reach {addr} is cluster-admin. For benchmarks on loopback only !!!");
+        eprintln!("capstan: WARNING: --insecure-http: plain HTTP, no authentication (anyone who can reach {addr} is cluster-admin)");
+        return Ok(Security { scheme: "http", tls: None, admin: None });
+    }
+    let pki = crate::pki::Pki::load_or_create(data_dir, opts)?;
+    let tls = pki.listener(&crate::pki::hosts_for(addr))?;
+    let admin = pki.client("kubernetes-admin", "system:masters")?;
+    let own = pki.client("system:capstan-components", "system:masters")?;
+    client::tls::set_default(&pki.credentials(&own)).map_err(anyhow::Error::msg)?;
+    Ok(Security { scheme: "https", tls: Some(tls), admin: Some(KubeUser { ca_pem: pki.ca_pem.clone(), cert_pem: admin.cert_pem, key_pem: admin.key_pem }) })
 }
 
 pub fn hostname() -> String {

@@ -12,6 +12,7 @@ mod components;
 mod datadir;
 mod kv;
 mod member;
+mod pki;
 mod server;
 mod single;
 
@@ -65,9 +66,12 @@ enum Command {
     Member(member::MemberArgs),
     /// Run the scheduler against an API server.
     Scheduler {
-        /// The API server.
-        #[arg(long, default_value = "http://127.0.0.1:6443")]
-        server: String,
+        /// The API server (default: the kubeconfig's, else http://127.0.0.1:6443).
+        #[arg(long)]
+        server: Option<String>,
+        /// The kubeconfig whose current context gives the server and the credentials.
+        #[arg(long)]
+        kubeconfig: Option<PathBuf>,
         /// Where /metrics and /debug/scheduler/pods/<ns>/<name> are served.
         #[arg(long, default_value = "127.0.0.1:10259")]
         listen: String,
@@ -80,8 +84,12 @@ enum Command {
     /// Run the controllers against an API server, with leader election so that several
     /// can run and one acts.
     Controllers {
-        #[arg(long, default_value = "http://127.0.0.1:6443")]
-        server: String,
+        /// The API server (default: the kubeconfig's, else http://127.0.0.1:6443).
+        #[arg(long)]
+        server: Option<String>,
+        /// The kubeconfig whose current context gives the server and the credentials.
+        #[arg(long)]
+        kubeconfig: Option<PathBuf>,
         /// Where /metrics is served.
         #[arg(long, default_value = "127.0.0.1:10257")]
         listen: String,
@@ -127,6 +135,35 @@ pub struct ServeOpts {
     /// Log level of the request log and everything else (error, warn, info, debug).
     #[arg(long, default_value = "info")]
     log_level: String,
+    #[command(flatten)]
+    tls: TlsOpts,
+}
+
+/// TLS and client certificates of the API. By default the API is served over TLS with a
+/// certificate from the cluster CA (made in the data dir on first start), and the kubeconfig
+/// carries the CA and an admin client certificate.
+#[derive(clap::Args, Clone, Default)]
+pub struct TlsOpts {
+    /// Serve plain HTTP with no authentication: every request is cluster-admin. For
+    /// benchmarks on loopback only.
+    #[arg(long)]
+    pub insecure_http: bool,
+    /// Use this CA (PEM) instead of making one in the data dir; needs --ca-key-file.
+    #[arg(long)]
+    pub ca_cert_file: Option<PathBuf>,
+    /// The key (PEM) of --ca-cert-file.
+    #[arg(long)]
+    pub ca_key_file: Option<PathBuf>,
+    /// Trust client certificates of this CA bundle (PEM) instead of the cluster CA.
+    #[arg(long)]
+    pub client_ca_file: Option<PathBuf>,
+    /// Serve this certificate (PEM, chain) instead of one issued by the CA; needs
+    /// --tls-private-key-file.
+    #[arg(long)]
+    pub tls_cert_file: Option<PathBuf>,
+    /// The key (PEM) of --tls-cert-file.
+    #[arg(long)]
+    pub tls_private_key_file: Option<PathBuf>,
 }
 
 /// The real node `capstan up` runs (pods as local processes).
@@ -222,8 +259,24 @@ fn main() -> Result<()> {
         Command::Apiserver { data_dir, listen, opts } => rt.block_on(single::serve(data_dir, listen, opts, None)),
         Command::Server(a) => rt.block_on(server::run(a)),
         Command::Member(a) => rt.block_on(member::run(a)),
-        Command::Scheduler { server, listen, config, .. } => rt.block_on(components::run_scheduler(server, listen, config)),
-        Command::Controllers { server, listen, identity, .. } => rt.block_on(components::run_controllers(server, listen, identity)),
+        Command::Scheduler { server, kubeconfig, listen, config, .. } => {
+            let server = api_server(server, kubeconfig)?;
+            rt.block_on(components::run_scheduler(server, listen, config))
+        }
+        Command::Controllers { server, kubeconfig, listen, identity, .. } => {
+            let server = api_server(server, kubeconfig)?;
+            rt.block_on(components::run_controllers(server, listen, identity))
+        }
     }
+}
+
+/// The API server a component talks to, and (from a kubeconfig) the credentials it presents,
+/// set as this process's default.
+fn api_server(server: Option<String>, kubeconfig: Option<PathBuf>) -> Result<String> {
+    let kc = kubeconfig.as_ref().map(|k| client::kubeconfig::load(k, None).map_err(anyhow::Error::msg)).transpose()?;
+    if let Some(creds) = kc.as_ref().and_then(|k| k.credentials.as_ref()) {
+        client::tls::set_default(creds).map_err(anyhow::Error::msg)?;
+    }
+    Ok(server.or(kc.map(|k| k.server)).unwrap_or_else(|| "http://127.0.0.1:6443".into()))
 }
 

@@ -18,6 +18,8 @@ pub struct ServerArgs {
     /// This member's name (unique in the cluster; its id is derived from it).
     #[arg(long)]
     pub name: String,
+    #[command(flatten)]
+    pub tls: crate::TlsOpts,
     #[arg(long, default_value = "./capstan-data")]
     pub data_dir: PathBuf,
     /// Where the Kubernetes API is served.
@@ -121,7 +123,8 @@ pub async fn run(a: ServerArgs) -> Result<()> {
     }
     let api_listener = tokio::net::TcpListener::bind(&a.listen).await.with_context(|| format!("listening on {}", a.listen))?;
     let api_addr = api_listener.local_addr()?;
-    let api_url = format!("http://{api_addr}");
+    let sec = crate::common::security(&a.data_dir, &a.tls, &api_addr)?;
+    let api_url = format!("{}://{api_addr}", sec.scheme);
     let peer_listener = tokio::net::TcpListener::bind(&a.peer_listen).await.with_context(|| format!("listening for peers on {}", a.peer_listen))?;
     let peer_addr = peer_listener.local_addr()?;
     let mut cfg = ReplicaConfig::new(&a.name, &a.data_dir, initial);
@@ -144,8 +147,8 @@ pub async fn run(a: ServerArgs) -> Result<()> {
     tokio::pin!(shutdown);
     let replica = Replica::start_on(cfg, peer_listener).await.with_context(|| format!("starting replica {}", a.name))?;
     let store = replica.store.clone();
-    let (stop_tx, mut server_task) = serve_api(api_listener, store.clone());
-    let kc = write_kubeconfig(&a.data_dir, &kubeconfig(&api_url))?;
+    let (stop_tx, mut server_task) = serve_api(api_listener, store.clone(), sec.tls);
+    let kc = write_kubeconfig(&a.data_dir, &kubeconfig(&api_url, sec.admin.as_ref()))?;
     println!("capstan replica {} is serving the Kubernetes API at {api_url}", a.name);
     println!("  peer:       {}  (cluster {:016x}, member {:016x})", replica.status()["members"].as_array().and_then(|m| m.iter().find(|x| x["name"] == a.name.as_str())).and_then(|m| m["peerURL"].as_str()).unwrap_or(&format!("http://{peer_addr}")), replica.cluster_id(), replica.id());
     println!("  status:     http://{peer_addr}/raft/status");

@@ -29,9 +29,10 @@ pub async fn serve(data_dir: PathBuf, listen: String, opts: ServeOpts, up: Optio
     apiserver::bootstrap(&store).await.context("creating the system namespaces")?;
     let listener = tokio::net::TcpListener::bind(&listen).await.with_context(|| format!("listening on {listen}"))?;
     let addr = listener.local_addr()?;
-    let server = format!("http://{addr}");
-    let kc_abs = write_kubeconfig(&data_dir, &kubeconfig(&server))?;
-    let (stop_tx, mut server_task) = serve_api(listener, store.clone());
+    let sec = crate::common::security(&data_dir, &opts.tls, &addr)?;
+    let server = format!("{}://{addr}", sec.scheme);
+    let kc_abs = write_kubeconfig(&data_dir, &kubeconfig(&server, sec.admin.as_ref()))?;
+    let (stop_tx, mut server_task) = serve_api(listener, store.clone(), sec.tls);
     println!("capstan {} is serving the Kubernetes API at {server}", if up.is_some() { "cluster" } else { "API server" });
     println!("  data:       {}", std::fs::canonicalize(&data_dir).unwrap_or(data_dir.clone()).display());
     println!("  kubeconfig: {}", kc_abs.display());

@@ -52,7 +52,7 @@ fn loadgen_drives_a_separately_started_cluster() {
     let c = common::Cluster::start_with(tempfile::tempdir().unwrap(), &["--no-local-node"]);
     let json = c.dir.path().join("r.json");
     let out = std::process::Command::new(&loadgen)
-        .args(["run", common::path_str(&common::source_dir().join("loadgen/workloads/scheduler-basic.yaml")), "--nodes", "5", "--pods-per-node", "10", "--server", &format!("http://{}", c.addr)])
+        .args(["run", common::path_str(&common::source_dir().join("loadgen/workloads/scheduler-basic.yaml")), "--nodes", "5", "--pods-per-node", "10", "--kubeconfig", common::path_str(&c.kubeconfig)])
         .arg("--report-json")
         .arg(&json)
         .output()
@@ -60,7 +60,8 @@ fn loadgen_drives_a_separately_started_cluster() {
     assert!(out.status.success(), "{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
     assert_eq!(r["pods"]["running"], 50);
-    assert!(r["target"].as_str().unwrap().starts_with("http://127.0.0.1:"));
+    // Over TLS, with the kubeconfig's CA and admin certificate.
+    assert!(r["target"].as_str().unwrap().starts_with("https://127.0.0.1:"), "{}", r["target"]);
     assert_eq!(c.ok(&["get", "pods", "-n", "sched", "--no-headers"]).lines().count(), 50);
     // The control plane's own CPU and memory, from capstan's /metrics.
     assert!(r["control_plane_cpu_seconds"].as_f64().is_some_and(|s| s >= 0.0), "{}", r["control_plane_cpu_seconds"]);
@@ -80,7 +81,7 @@ fn loadgen_fails_a_run_whose_pods_never_run() {
     );
     let json = c.dir.path().join("r.json");
     let out = std::process::Command::new(&loadgen)
-        .args(["run", common::path_str(&workload), "--server", &format!("http://{}", c.addr)])
+        .args(["run", common::path_str(&workload), "--kubeconfig", common::path_str(&c.kubeconfig)])
         .arg("--report-json")
         .arg(&json)
         .output()

@@ -116,10 +116,9 @@ fn an_unreachable_node_is_tainted_its_pods_evicted_and_it_recovers() {
 #[test]
 fn two_controller_processes_elect_one_leader_and_fail_over() {
     let c = Cluster::start_with(tempfile::tempdir().unwrap(), &["--no-controllers", "--hollow-nodes", "1", "--no-local-node"]);
-    let server = format!("http://{}", c.addr);
     let start = |id: &str| {
         Command::new(env!("CARGO_BIN_EXE_capstan"))
-            .args(["controllers", "--server", &server, "--listen", "127.0.0.1:0", "--identity", id, "--log-level", "warn"])
+            .args(["controllers", "--kubeconfig", path_str(&c.kubeconfig), "--listen", "127.0.0.1:0", "--identity", id, "--log-level", "warn"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()

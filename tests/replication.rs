@@ -112,7 +112,7 @@ impl Up {
         while !(replicas.len() == 3 && !endpoints.is_empty()) {
             let line = rx.recv_timeout(deadline.saturating_duration_since(Instant::now())).expect("capstan up --replicas 3 printed its replicas");
             let t = line.trim();
-            if let Some((name, rest)) = t.split_once(": http://")
+            if let Some((name, rest)) = t.split_once(": https://")
                 && name.starts_with('r')
                 && let Some(pid) = rest.split("pid ").nth(1).and_then(|p| p.split(',').next()).and_then(|p| p.parse().ok())
             {
@@ -283,7 +283,8 @@ impl Servers {
         let s = &mut self.nodes[i];
         let log = std::fs::OpenOptions::new().create(true).append(true).open(self._root.path().join(format!("{}.log", s.name))).unwrap();
         let child = Command::new(CAPSTAN)
-            .args(["server", "--name", &s.name, "--listen", &s.api, "--peer-listen", &s.peer, "--initial-cluster", &self.initial, "--no-scheduler", "--no-controllers", "--data-dir"])
+            // Plain HTTP: these tests speak raw HTTP/1.1 to the API and are about raft, not TLS.
+            .args(["server", "--name", &s.name, "--listen", &s.api, "--peer-listen", &s.peer, "--initial-cluster", &self.initial, "--no-scheduler", "--no-controllers", "--insecure-http", "--data-dir"])
             .arg(&s.dir)
             .stdout(Stdio::from(log.try_clone().unwrap()))
             .stderr(Stdio::from(log))
@@ -597,7 +598,7 @@ fn a_member_is_added_promoted_and_removed_and_a_removed_member_stops_serving() {
     let initial = format!("{},s3=http://{peer3}", s.initial);
     let log = std::fs::File::create(s._root.path().join("s3.log")).unwrap();
     let child = Command::new(CAPSTAN)
-        .args(["server", "--name", "s3", "--listen", &api3, "--peer-listen", &peer3, "--initial-cluster", &initial, "--initial-cluster-state", "existing", "--no-scheduler", "--no-controllers", "--data-dir"])
+        .args(["server", "--name", "s3", "--listen", &api3, "--peer-listen", &peer3, "--initial-cluster", &initial, "--initial-cluster-state", "existing", "--no-scheduler", "--no-controllers", "--insecure-http", "--data-dir"])
         .arg(s._root.path().join("s3"))
         .stdout(Stdio::from(log.try_clone().unwrap()))
         .stderr(Stdio::from(log))

@@ -14,6 +14,7 @@
 //! `discovery.rs`, `registry.rs` (the resources served, from the k8s-openapi types).
 
 pub mod admission;
+pub mod authn;
 pub mod cached;
 pub mod discovery;
 pub mod handlers;
@@ -30,6 +31,7 @@ pub mod registry;
 pub mod reserve;
 pub mod schema;
 pub mod selector;
+pub mod serve;
 pub mod ssa;
 pub mod status;
 pub mod table;
@@ -53,19 +55,21 @@ use status::ApiError;
 /// Namespaces that exist in every cluster.
 pub const SYSTEM_NAMESPACES: &[&str] = &["default", "kube-system", "kube-public", "kube-node-lease"];
 
-/// Builds the HTTP service over `store`.
+/// Builds the HTTP service over `store`, with no authentication (`authn::Mode::Insecure`:
+/// for in-process benchmarks and tests of the API's semantics).
 pub fn router(store: Store) -> Router {
     let (tx, rx) = tokio::sync::watch::channel(false);
-    build(store, rx, Some(tx))
+    build(store, rx, Some(tx), authn::Mode::Insecure)
 }
 
-/// As `router`; when `shutdown` turns true, every open watch sends a last bookmark (so its
-/// client resumes from a recent revision) and ends, letting a graceful shutdown finish.
-pub fn router_with_shutdown(store: Store, shutdown: tokio::sync::watch::Receiver<bool>) -> Router {
-    build(store, shutdown, None)
+/// As `router`, authenticating as `mode` says; when `shutdown` turns true, every open watch
+/// sends a last bookmark (so its client resumes from a recent revision) and ends, letting a
+/// graceful shutdown finish.
+pub fn router_with_shutdown(store: Store, shutdown: tokio::sync::watch::Receiver<bool>, mode: authn::Mode) -> Router {
+    build(store, shutdown, None, mode)
 }
 
-fn build(store: Store, shutdown: tokio::sync::watch::Receiver<bool>, keep: Option<tokio::sync::watch::Sender<bool>>) -> Router {
+fn build(store: Store, shutdown: tokio::sync::watch::Receiver<bool>, keep: Option<tokio::sync::watch::Sender<bool>>, mode: authn::Mode) -> Router {
     let state = Arc::new(AppState {
         shutdown,
         _shutdown_sender: keep,
@@ -104,7 +108,10 @@ fn build(store: Store, shutdown: tokio::sync::watch::Receiver<bool>, keep: Optio
         .route("/openapi/v2", get(openapi_v2))
         .route("/openapi/v3", get(openapi_index))
         .route("/openapi/v3/{*gv}", get(openapi_gv))
+        .route("/apis/authentication.k8s.io/v1/selfsubjectreviews", axum::routing::post(authn::self_subject_review))
+        .route("/apis/authentication.k8s.io/v1beta1/selfsubjectreviews", axum::routing::post(authn::self_subject_review))
         .fallback(not_found)
+        .layer(axum::middleware::from_fn_with_state(mode, authn::authenticate))
         .layer(axum::middleware::from_fn_with_state(state.clone(), inflight))
         .layer(DefaultBodyLimit::disable())
         .with_state(state)
@@ -197,7 +204,15 @@ async fn ready(State(st): State<Arc<AppState>>) -> Response {
 }
 
 async fn metrics(State(st): State<Arc<AppState>>) -> Response {
-    let mut r = (StatusCode::OK, st.metrics.render() + &watchcache::render_metrics()).into_response();
+    let authn = format!(
+        "# TYPE apiserver_tls_handshake_errors_total counter\napiserver_tls_handshake_errors_total {}\n\
+         # TYPE apiserver_unauthorized_requests_total counter\napiserver_unauthorized_requests_total{{cause=\"anonymous\"}} {}\n\
+         apiserver_unauthorized_requests_total{{cause=\"rejected_credentials\"}} {}\n",
+        serve::HANDSHAKE_ERRORS.load(Ordering::Relaxed),
+        authn::COUNTERS.anonymous.load(Ordering::Relaxed),
+        authn::COUNTERS.rejected.load(Ordering::Relaxed),
+    );
+    let mut r = (StatusCode::OK, st.metrics.render() + &authn + &watchcache::render_metrics()).into_response();
     r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4"));
     r
 }

@@ -33,6 +33,11 @@ impl ApiError {
         e
     }
 
+    /// 401, as Kubernetes words it for every authentication failure.
+    pub fn unauthorized() -> ApiError {
+        ApiError::new(401, "Unauthorized", "Unauthorized")
+    }
+
     pub fn forbidden(message: impl Into<String>) -> ApiError {
         ApiError::new(403, "Forbidden", message)
     }

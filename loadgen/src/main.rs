@@ -73,9 +73,15 @@ fn main() -> Result<()> {
             let text = std::fs::read_to_string(&workload).with_context(|| format!("reading {}", workload.display()))?;
             let w = workload::parse(&text).map_err(|e| anyhow!("{}: {e}", workload.display()))?;
             let vars = workload::Vars { nodes, pods_per_node };
-            let server = match (server, kubeconfig) {
+            // A kubeconfig gives the server (unless --server names one) and the credentials
+            // for it: the CA and the client certificate every request of this process presents.
+            let from_kc = kubeconfig.as_ref().map(|k| client::kubeconfig::load(k, None).map_err(|e| anyhow!(e))).transpose()?;
+            if let Some(creds) = from_kc.as_ref().and_then(|k| k.credentials.as_ref()) {
+                client::tls::set_default(creds).map_err(|e| anyhow!(e))?;
+            }
+            let server = match (server, from_kc) {
                 (Some(s), _) => Some(s),
-                (None, Some(k)) => Some(server_of(&k)?),
+                (None, Some(k)) => Some(k.server),
                 _ => None,
             };
             let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
@@ -95,18 +101,6 @@ fn main() -> Result<()> {
             Ok(())
         }
     }
-}
-
-/// The server of a kubeconfig's current context (plain HTTP only).
-fn server_of(path: &PathBuf) -> Result<String> {
-    let v: Value = serde_norway::from_str(&std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?).context("the kubeconfig is not YAML")?;
-    let ctx = v["current-context"].as_str().ok_or_else(|| anyhow!("the kubeconfig has no current-context"))?;
-    let cluster = v["contexts"].as_array().and_then(|a| a.iter().find(|c| c["name"] == ctx)).and_then(|c| c["context"]["cluster"].as_str()).ok_or_else(|| anyhow!("context {ctx} not found"))?;
-    let server = v["clusters"].as_array().and_then(|a| a.iter().find(|c| c["name"] == cluster)).and_then(|c| c["cluster"]["server"].as_str()).ok_or_else(|| anyhow!("cluster {cluster} not found"))?;
-    if server.starts_with("https://") {
-        bail!("{server}: loadgen speaks plain HTTP only (no TLS client yet)");
-    }
-    Ok(server.to_string())
 }
 
 /// The control plane started in this process on a temporary data directory.

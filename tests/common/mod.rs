@@ -23,10 +23,67 @@ pub struct Cluster {
     printed: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
 }
 
+/// The TLS client configuration (the kubeconfig's CA and admin certificate) of each server
+/// address a test started; `http` speaks TLS to those.
+static TLS: std::sync::Mutex<Vec<(String, std::sync::Arc<rustls::ClientConfig>)>> = std::sync::Mutex::new(Vec::new());
+
+/// Makes `http` speak TLS to `addr`, with the credentials of `kubeconfig`.
+pub fn use_tls(addr: &str, kubeconfig: &Path) {
+    let kc = client::kubeconfig::load(kubeconfig, None).expect("read the kubeconfig");
+    let creds = kc.credentials.expect("the kubeconfig has TLS credentials");
+    let cfg = std::sync::Arc::new(client::tls::client_config(&creds).expect("TLS client configuration"));
+    TLS.lock().unwrap().push((addr.to_string(), cfg));
+}
+
+pub trait Stream: Read + Write {}
+impl<T: Read + Write> Stream for T {}
+
+/// A connection to `addr`: TLS if a test registered it (`use_tls`), else plain TCP.
+pub fn connect(addr: &str) -> Box<dyn Stream> {
+    let cfg = TLS.lock().unwrap().iter().rev().find(|(a, _)| a == addr).map(|(_, c)| c.clone());
+    connect_with(addr, cfg)
+}
+
+fn connect_with(addr: &str, cfg: Option<std::sync::Arc<rustls::ClientConfig>>) -> Box<dyn Stream> {
+    let s = std::net::TcpStream::connect(addr).expect("connect to capstan");
+    s.set_read_timeout(Some(WAIT)).unwrap();
+    match cfg {
+        Some(cfg) => {
+            let host = addr.rsplit_once(':').unwrap().0.to_string();
+            let name = rustls::pki_types::ServerName::try_from(host).expect("server name");
+            Box::new(rustls::StreamOwned::new(rustls::ClientConnection::new(cfg, name).expect("TLS client"), s))
+        }
+        None => Box::new(s),
+    }
+}
+
+/// Reads until the server closes (a TLS server that closes without close_notify is a normal
+/// end here: every request says `Connection: close`).
+fn read_all(s: &mut dyn Stream) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut buf = [0u8; 16384];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => break,
+            Err(e) => panic!("reading from capstan: {e}"),
+        }
+    }
+    out
+}
+
 /// A raw HTTP/1.1 request to the server (no client library needed): (status, body).
 pub fn http(addr: &str, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> (u16, Vec<u8>) {
-    let mut s = std::net::TcpStream::connect(addr).expect("connect to capstan");
-    s.set_read_timeout(Some(WAIT)).unwrap();
+    request(connect(addr), addr, method, path, headers, body)
+}
+
+/// A GET over TLS with the given client configuration (a test's own credentials).
+pub fn https_get(addr: &str, cfg: std::sync::Arc<rustls::ClientConfig>, path: &str) -> (u16, Vec<u8>) {
+    request(connect_with(addr, Some(cfg)), addr, "GET", path, &[], b"")
+}
+
+fn request(mut s: Box<dyn Stream>, addr: &str, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> (u16, Vec<u8>) {
     let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
     for (k, v) in headers {
         req += &format!("{k}: {v}\r\n");
@@ -34,8 +91,8 @@ pub fn http(addr: &str, method: &str, path: &str, headers: &[(&str, &str)], body
     req += "\r\n";
     s.write_all(req.as_bytes()).unwrap();
     s.write_all(body).unwrap();
-    let mut resp = Vec::new();
-    s.read_to_end(&mut resp).unwrap();
+    s.flush().unwrap();
+    let resp = read_all(&mut *s);
     let head_end = resp.windows(4).position(|w| w == b"\r\n\r\n").expect("HTTP response head");
     let head = String::from_utf8_lossy(&resp[..head_end]).to_string();
     let code: u16 = head.split(' ').nth(1).unwrap().parse().unwrap();
@@ -83,7 +140,8 @@ impl Cluster {
         let stdout = child.stdout.take().unwrap();
         let mut lines = BufReader::new(stdout).lines();
         let first = lines.next().expect("capstan up printed its address").unwrap();
-        let addr = first.rsplit("http://").next().expect("address in the first line").trim().to_string();
+        let tls = first.contains("https://");
+        let addr = first.rsplit("://").next().expect("address in the first line").trim().to_string();
         // Keep draining stdout so the child never blocks on a full pipe; keep what it said.
         let printed = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let keep = printed.clone();
@@ -94,8 +152,13 @@ impl Cluster {
         });
         let kubeconfig = dir.path().join("kubeconfig");
         let deadline = Instant::now() + WAIT;
+        let mut registered = !tls;
         loop {
-            if kubeconfig.exists() && std::net::TcpStream::connect(&addr).is_ok() && http(&addr, "GET", "/readyz", &[], b"").0 == 200 {
+            if !registered && kubeconfig.exists() {
+                use_tls(&addr, &kubeconfig);
+                registered = true;
+            }
+            if registered && std::net::TcpStream::connect(&addr).is_ok() && http(&addr, "GET", "/readyz", &[], b"").0 == 200 {
                 break;
             }
             assert!(Instant::now() < deadline, "capstan up at {addr} never became ready");

@@ -141,7 +141,7 @@ impl Cluster {
         let s = &mut self.nodes[i];
         let log = std::fs::OpenOptions::new().create(true).append(true).open(self.root.path().join(format!("{}.log", s.name)))?;
         let child = Command::new(&self.exe)
-            .args(["server", "--name", &s.name, "--listen", &s.api, "--peer-listen", &s.peer, "--initial-cluster", &self.initial, "--no-scheduler", "--no-controllers"])
+            .args(["server", "--name", &s.name, "--listen", &s.api, "--peer-listen", &s.peer, "--initial-cluster", &self.initial, "--no-scheduler", "--no-controllers", "--insecure-http"])
             .args(["--heartbeat-ms", &self.timing[0], "--election-timeout-min-ms", &self.timing[1], "--election-timeout-max-ms", &self.timing[2], "--data-dir"])
             .arg(&s.dir)
             .stdout(Stdio::from(log.try_clone()?))

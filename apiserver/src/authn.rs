@@ -1,0 +1,236 @@
+//! Authentication: who a request comes from.
+//!
+//! The identity of a connection is decided once, when its TLS handshake ends, from the client
+//! certificate it presented (`ClientCa::identify`): CN is the user, each O a group, as in
+//! Kubernetes. The handshake itself accepts any certificate (proving the client holds its
+//! key); the chain is checked against the cluster CA afterwards, so that a certificate of
+//! another CA, or an expired one, gets Kubernetes' 401 `Status` instead of a TLS alert.
+//! The server loop (`serve.rs`) puts the connection's `Identity` into every request's
+//! extensions; the `authenticate` middleware turns it into a `UserInfo` or a 401.
+//!
+//! Without TLS (`--insecure-http`, for benchmarks) there is no identity to check: every request
+//! is `system:unsecured` in `system:masters`, as on kube-apiserver's old insecure port.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use axum::extract::{Request, State};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use rustls::pki_types::{CertificateDer, UnixTime};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::server::WebPkiClientVerifier;
+use rustls::{DigitallySignedStruct, DistinguishedName, RootCertStore, SignatureScheme};
+
+use crate::status::ApiError;
+
+/// The group every authenticated user is in.
+pub const AUTHENTICATED: &str = "system:authenticated";
+
+/// Who sent a request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UserInfo {
+    pub name: String,
+    pub groups: Vec<String>,
+}
+
+impl UserInfo {
+    /// The user of a request on the insecure port.
+    pub fn unsecured() -> UserInfo {
+        UserInfo { name: "system:unsecured".into(), groups: vec!["system:masters".into(), AUTHENTICATED.into()] }
+    }
+
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({ "username": self.name, "groups": self.groups })
+    }
+}
+
+/// What a connection's handshake established.
+#[derive(Clone, Debug)]
+pub enum Identity {
+    /// No client certificate.
+    Anonymous,
+    User(Arc<UserInfo>),
+    /// A certificate that did not verify; the reason is logged, the client gets 401.
+    Rejected(Arc<str>),
+}
+
+/// The cluster CA, as the judge of client certificates.
+#[derive(Debug)]
+pub struct ClientCa {
+    webpki: Arc<dyn ClientCertVerifier>,
+}
+
+impl ClientCa {
+    pub fn new(roots: RootCertStore) -> Result<ClientCa, String> {
+        let webpki = WebPkiClientVerifier::builder(Arc::new(roots)).allow_unauthenticated().build().map_err(|e| format!("client CA: {e}"))?;
+        Ok(ClientCa { webpki })
+    }
+
+    /// The verifier for the TLS handshake: asks for a certificate, accepts any (after checking
+    /// the client's signature with its key), leaves the chain to `identify`.
+    pub fn handshake_verifier(self: &Arc<Self>) -> Arc<dyn ClientCertVerifier> {
+        Arc::new(Lenient(self.clone()))
+    }
+
+    /// The identity of a connection that presented `certs` (leaf first), or none.
+    pub fn identify(&self, certs: Option<&[CertificateDer<'_>]>) -> Identity {
+        let Some((leaf, intermediates)) = certs.and_then(|c| c.split_first()) else {
+            return Identity::Anonymous;
+        };
+        if let Err(e) = self.webpki.verify_client_cert(leaf, intermediates, UnixTime::now()) {
+            return Identity::Rejected(format!("client certificate: {e}").into());
+        }
+        match user_of_certificate(leaf) {
+            Ok(u) => Identity::User(Arc::new(u)),
+            Err(e) => Identity::Rejected(e.into()),
+        }
+    }
+}
+
+/// CN is the user name, each O a group; every authenticated user is also in
+/// `system:authenticated`.
+pub fn user_of_certificate(der: &[u8]) -> Result<UserInfo, String> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).map_err(|e| format!("client certificate: {e}"))?;
+    let subject = cert.subject();
+    let name = subject.iter_common_name().next().and_then(|cn| cn.as_str().ok()).unwrap_or("").to_string();
+    if name.is_empty() {
+        return Err("client certificate has no common name".into());
+    }
+    let mut groups: Vec<String> = subject.iter_organization().filter_map(|o| o.as_str().ok().map(str::to_string)).collect();
+    if !groups.iter().any(|g| g == AUTHENTICATED) {
+        groups.push(AUTHENTICATED.into());
+    }
+    Ok(UserInfo { name, groups })
+}
+
+#[derive(Debug)]
+struct Lenient(Arc<ClientCa>);
+
+impl ClientCertVerifier for Lenient {
+    fn offer_client_auth(&self) -> bool {
+        true
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        false
+    }
+
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        self.0.webpki.root_hint_subjects()
+    }
+
+    fn verify_client_cert(&self, _: &CertificateDer<'_>, _: &[CertificateDer<'_>], _: UnixTime) -> Result<ClientCertVerified, rustls::Error> {
+        Ok(ClientCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(&self, message: &[u8], cert: &CertificateDer<'_>, dss: &DigitallySignedStruct) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.0.webpki.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(&self, message: &[u8], cert: &CertificateDer<'_>, dss: &DigitallySignedStruct) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.0.webpki.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.webpki.supported_verify_schemes()
+    }
+}
+
+/// How the API server learns who is asking.
+#[derive(Clone, Debug)]
+pub enum Mode {
+    /// TLS: from the connection's `Identity`.
+    Tls,
+    /// `--insecure-http`: everyone is `system:unsecured`.
+    Insecure,
+}
+
+/// Paths anyone may read without credentials, as Kubernetes' `system:public-info-viewer`
+/// role allows unauthenticated users by default.
+fn public(path: &str) -> bool {
+    matches!(path, "/healthz" | "/livez" | "/readyz" | "/version") || path.starts_with("/healthz/") || path.starts_with("/livez/") || path.starts_with("/readyz/")
+}
+
+/// Requests refused for want of credentials, by cause (`/metrics`).
+#[derive(Debug, Default)]
+pub struct Counters {
+    pub anonymous: AtomicU64,
+    pub rejected: AtomicU64,
+}
+
+pub static COUNTERS: Counters = Counters { anonymous: AtomicU64::new(0), rejected: AtomicU64::new(0) };
+
+/// The middleware: puts the request's `UserInfo` into its extensions, or answers 401.
+pub async fn authenticate(State(mode): State<Mode>, mut req: Request, next: Next) -> Response {
+    let user = match mode {
+        Mode::Insecure => Some(Arc::new(UserInfo::unsecured())),
+        Mode::Tls => match req.extensions().get::<Identity>() {
+            Some(Identity::User(u)) => Some(u.clone()),
+            Some(Identity::Rejected(why)) => {
+                COUNTERS.rejected.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(reason = %why, path = req.uri().path(), "unauthorized");
+                return ApiError::unauthorized().into_response();
+            }
+            Some(Identity::Anonymous) | None => None,
+        },
+    };
+    match user {
+        Some(u) => {
+            req.extensions_mut().insert(u);
+        }
+        None if public(req.uri().path()) => {}
+        None => {
+            COUNTERS.anonymous.fetch_add(1, Ordering::Relaxed);
+            return ApiError::unauthorized().into_response();
+        }
+    }
+    next.run(req).await
+}
+
+/// `POST /apis/authentication.k8s.io/{v1,v1beta1}/selfsubjectreviews`: who the caller is
+/// (`kubectl auth whoami`).
+pub async fn self_subject_review(req: Request) -> Response {
+    let Some(user) = req.extensions().get::<Arc<UserInfo>>().cloned() else {
+        return ApiError::unauthorized().into_response();
+    };
+    let version = if req.uri().path().contains("/v1beta1/") { "authentication.k8s.io/v1beta1" } else { "authentication.k8s.io/v1" };
+    let body = serde_json::json!({
+        "kind": "SelfSubjectReview",
+        "apiVersion": version,
+        "metadata": { "creationTimestamp": null },
+        "status": { "userInfo": user.to_json() },
+    });
+    (axum::http::StatusCode::CREATED, axum::Json(body)).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cert(cn: &str, orgs: &[&str]) -> Vec<u8> {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.distinguished_name = rcgen::DistinguishedName::new();
+        if !cn.is_empty() {
+            p.distinguished_name.push(rcgen::DnType::CommonName, cn);
+        }
+        for o in orgs {
+            p.distinguished_name.push(rcgen::DnType::OrganizationName, *o);
+        }
+        p.self_signed(&key).unwrap().der().to_vec()
+    }
+
+    #[test]
+    fn the_user_is_the_common_name_and_the_groups_the_organizations() {
+        let u = user_of_certificate(&cert("kubernetes-admin", &["system:masters"])).unwrap();
+        assert_eq!(u, UserInfo { name: "kubernetes-admin".into(), groups: vec!["system:masters".into(), AUTHENTICATED.into()] });
+        // (rcgen writes one value per attribute type, so a fixture has at most one O.)
+        let u = user_of_certificate(&cert("system:node:n1", &["system:nodes"])).unwrap();
+        assert_eq!(u.groups, vec!["system:nodes".to_string(), AUTHENTICATED.into()]);
+        let u = user_of_certificate(&cert("bob", &[])).unwrap();
+        assert_eq!(u.groups, vec![AUTHENTICATED.to_string()], "no O: only system:authenticated");
+        assert!(user_of_certificate(&cert("", &["g"])).is_err(), "a certificate without a CN names nobody");
+        assert!(user_of_certificate(b"not a certificate").is_err());
+    }
+}

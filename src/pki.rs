@@ -1,0 +1,175 @@
+//! The cluster's certificates. A CA is made on the first start (`D/pki/ca.crt`, `ca.key`) and
+//! reused after, or given (`--ca-cert-file`, `--ca-key-file`: how the replicas of one cluster
+//! share one CA). From it, at every start: the API server's serving certificate (SANs for
+//! every address it answers on), the admin's client certificate for the kubeconfig
+//! (`CN=kubernetes-admin, O=system:masters`), and one for the components this process runs.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{Context, Result, bail};
+use rcgen::{BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+use crate::TlsOpts;
+
+/// How long the certificates issued at a start last (they are issued again at every start).
+const LEAF_DAYS: i64 = 365;
+const CA_DAYS: i64 = 3650;
+
+pub struct Pki {
+    pub ca_pem: String,
+    issuer: Issuer<'static, KeyPair>,
+    /// `--client-ca-file`: trusted for client certificates instead of the cluster CA.
+    client_ca_pem: Option<String>,
+    /// `--tls-cert-file` and `--tls-private-key-file`: served instead of an issued certificate.
+    serving: Option<(String, String)>,
+}
+
+/// A certificate and its key, as PEM.
+pub struct Issued {
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+fn read(path: &Path) -> Result<String> {
+    std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))
+}
+
+fn write_private(path: &Path, text: &str) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp).with_context(|| format!("writing {}", tmp.display()))?;
+    f.write_all(text.as_bytes())?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
+    Ok(())
+}
+
+fn days(n: i64) -> time::Duration {
+    time::Duration::days(n)
+}
+
+impl Pki {
+    /// The CA of `opts`, or the one in `data_dir/pki`, made there if there is none.
+    pub fn load_or_create(data_dir: &Path, opts: &TlsOpts) -> Result<Pki> {
+        let (ca_pem, key_pem) = match (&opts.ca_cert_file, &opts.ca_key_file) {
+            (Some(c), Some(k)) => (read(c)?, read(k)?),
+            (None, None) => {
+                let dir = data_dir.join("pki");
+                let (c, k) = (dir.join("ca.crt"), dir.join("ca.key"));
+                if c.exists() && k.exists() {
+                    (read(&c)?, read(&k)?)
+                } else {
+                    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+                    let (cert, key) = new_ca()?;
+                    write_private(&k, &key)?;
+                    write_private(&c, &cert)?;
+                    eprintln!("capstan: made a cluster CA in {}", dir.display());
+                    (cert, key)
+                }
+            }
+            _ => bail!("--ca-cert-file and --ca-key-file go together"),
+        };
+        let key = KeyPair::from_pem(&key_pem).context("the CA's key")?;
+        let issuer = Issuer::from_ca_cert_pem(&ca_pem, key).context("the CA's certificate")?;
+        let client_ca_pem = opts.client_ca_file.as_deref().map(read).transpose()?;
+        let serving = match (&opts.tls_cert_file, &opts.tls_private_key_file) {
+            (Some(c), Some(k)) => Some((read(c)?, read(k)?)),
+            (None, None) => None,
+            _ => bail!("--tls-cert-file and --tls-private-key-file go together"),
+        };
+        Ok(Pki { ca_pem, issuer, client_ca_pem, serving })
+    }
+
+    /// A client certificate for `user` in `group`, signed by the CA. (One group: rcgen writes
+    /// one value per attribute type.)
+    pub fn client(&self, user: &str, group: &str) -> Result<Issued> {
+        let mut p = CertificateParams::new(Vec::<String>::new())?;
+        p.distinguished_name.push(DnType::CommonName, user);
+        p.distinguished_name.push(DnType::OrganizationName, group);
+        p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        self.issue(p)
+    }
+
+    /// The serving certificate: `hosts` (names and IP addresses) as its SANs.
+    fn serving(&self, hosts: &[String]) -> Result<Issued> {
+        if let Some((c, k)) = &self.serving {
+            return Ok(Issued { cert_pem: c.clone(), key_pem: k.clone() });
+        }
+        let mut p = CertificateParams::new(Vec::<String>::new())?;
+        p.distinguished_name.push(DnType::CommonName, "capstan-apiserver");
+        for h in hosts {
+            let san = match h.parse::<std::net::IpAddr>() {
+                Ok(ip) => SanType::IpAddress(ip),
+                Err(_) => SanType::DnsName(h.clone().try_into()?),
+            };
+            if !p.subject_alt_names.contains(&san) {
+                p.subject_alt_names.push(san);
+            }
+        }
+        p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        self.issue(p)
+    }
+
+    fn issue(&self, mut p: CertificateParams) -> Result<Issued> {
+        let now = time::OffsetDateTime::now_utc();
+        p.not_before = now - time::Duration::minutes(5);
+        p.not_after = now + days(LEAF_DAYS);
+        p.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
+        let key = KeyPair::generate()?;
+        let cert = p.signed_by(&key, &self.issuer)?;
+        Ok(Issued { cert_pem: cert.pem(), key_pem: key.serialize_pem() })
+    }
+
+    /// What the API's TLS listener needs, its certificate naming `hosts`.
+    pub fn listener(&self, hosts: &[String]) -> Result<apiserver::serve::Tls> {
+        let issued = self.serving(hosts)?;
+        let chain = CertificateDer::pem_slice_iter(issued.cert_pem.as_bytes()).collect::<Result<Vec<_>, _>>().context("the serving certificate")?;
+        let key = PrivateKeyDer::from_pem_slice(issued.key_pem.as_bytes()).context("the serving key")?;
+        let mut roots = rustls::RootCertStore::empty();
+        let client_ca = self.client_ca_pem.as_deref().unwrap_or(&self.ca_pem);
+        for c in CertificateDer::pem_slice_iter(client_ca.as_bytes()) {
+            roots.add(c.context("the client CA")?).context("the client CA")?;
+        }
+        let ca = Arc::new(apiserver::authn::ClientCa::new(roots).map_err(anyhow::Error::msg)?);
+        let mut config = rustls::ServerConfig::builder().with_client_cert_verifier(ca.handshake_verifier()).with_single_cert(chain, key).context("the serving certificate and key")?;
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        Ok(apiserver::serve::Tls { config: Arc::new(config), client_ca: ca })
+    }
+
+    /// Client credentials as the `client` crate takes them.
+    pub fn credentials(&self, issued: &Issued) -> client::tls::Credentials {
+        client::tls::Credentials { ca_pem: self.ca_pem.clone(), cert_pem: Some(issued.cert_pem.clone()), key_pem: Some(issued.key_pem.clone()) }
+    }
+
+    /// Where the CA's files are when it was made here (for `up --replicas` to hand on).
+    pub fn files(data_dir: &Path) -> (PathBuf, PathBuf) {
+        (data_dir.join("pki").join("ca.crt"), data_dir.join("pki").join("ca.key"))
+    }
+}
+
+fn new_ca() -> Result<(String, String)> {
+    let mut p = CertificateParams::new(Vec::<String>::new())?;
+    p.distinguished_name.push(DnType::CommonName, "capstan-ca");
+    p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+    let now = time::OffsetDateTime::now_utc();
+    p.not_before = now - time::Duration::minutes(5);
+    p.not_after = now + days(CA_DAYS);
+    let key = KeyPair::generate()?;
+    let cert = p.self_signed(&key)?;
+    Ok((cert.pem(), key.serialize_pem()))
+}
+
+/// The names and addresses a listener on `addr` answers to: the address itself, and for a
+/// wildcard or loopback one, localhost, 127.0.0.1 and this host's name.
+pub fn hosts_for(addr: &std::net::SocketAddr) -> Vec<String> {
+    let mut v = vec![addr.ip().to_string()];
+    if addr.ip().is_unspecified() || addr.ip().is_loopback() {
+        v.extend(["127.0.0.1".to_string(), "localhost".to_string(), crate::common::hostname()]);
+    }
+    v
+}

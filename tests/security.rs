@@ -1,0 +1,150 @@
+//! TLS and authentication end to end: `capstan up` serves the API over TLS with a certificate
+//! of the cluster CA it made, the kubeconfig carries the CA and an admin client certificate,
+//! and a request without valid credentials gets Kubernetes' 401 `Status`.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::sync::Arc;
+
+use common::*;
+
+/// A client configuration trusting the cluster's CA and presenting `cert` (if any).
+fn tls_config(ca_pem: &str, cert: Option<(String, String)>) -> Arc<rustls::ClientConfig> {
+    let (cert_pem, key_pem) = match cert {
+        Some((c, k)) => (Some(c), Some(k)),
+        None => (None, None),
+    };
+    Arc::new(client::tls::client_config(&client::tls::Credentials { ca_pem: ca_pem.to_string(), cert_pem, key_pem }).unwrap())
+}
+
+/// A client certificate for `user` signed by the CA in `pki`, valid from `not_before` to
+/// `not_after` (days from now).
+fn client_cert(pki: &std::path::Path, user: &str, group: &str, not_before: i64, not_after: i64) -> (String, String) {
+    let ca_key = rcgen::KeyPair::from_pem(&std::fs::read_to_string(pki.join("ca.key")).unwrap()).unwrap();
+    let issuer = rcgen::Issuer::from_ca_cert_pem(&std::fs::read_to_string(pki.join("ca.crt")).unwrap(), ca_key).unwrap();
+    client_cert_from(&issuer, user, group, not_before, not_after)
+}
+
+fn client_cert_from(issuer: &rcgen::Issuer<'_, rcgen::KeyPair>, user: &str, group: &str, not_before: i64, not_after: i64) -> (String, String) {
+    let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    p.distinguished_name.push(rcgen::DnType::CommonName, user);
+    p.distinguished_name.push(rcgen::DnType::OrganizationName, group);
+    p.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+    let now = time::OffsetDateTime::now_utc();
+    p.not_before = now + time::Duration::days(not_before);
+    p.not_after = now + time::Duration::days(not_after);
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = p.signed_by(&key, issuer).unwrap();
+    (cert.pem(), key.serialize_pem())
+}
+
+fn status(body: &[u8]) -> serde_json::Value {
+    serde_json::from_slice(body).unwrap_or_else(|_| panic!("not JSON: {}", String::from_utf8_lossy(body)))
+}
+
+#[test]
+fn the_admin_kubeconfig_works_over_tls_and_names_its_user() {
+    let c = Cluster::start();
+    assert!(std::fs::read_to_string(&c.kubeconfig).unwrap().contains("server: https://"), "the kubeconfig points at https");
+    c.ok(&["get", "namespaces"]);
+    let who: serde_json::Value = serde_json::from_str(&c.ok(&["auth", "whoami", "-o", "json"])).unwrap();
+    assert_eq!(who["status"]["userInfo"]["username"], "kubernetes-admin", "{who}");
+    assert_eq!(who["status"]["userInfo"]["groups"], serde_json::json!(["system:masters", "system:authenticated"]), "{who}");
+    // kubectl 1.27 asks authentication.k8s.io/v1beta1 (v1 arrived in 1.28).
+    let old = c.ok_with(&kubectl_version(27), &["auth", "whoami"]);
+    assert!(old.contains("kubernetes-admin"), "{old}");
+    // The kubeconfig holds the admin's private key: its owner alone reads it.
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(std::fs::metadata(&c.kubeconfig).unwrap().permissions().mode() & 0o777, 0o600);
+}
+
+#[test]
+fn requests_without_valid_credentials_get_401_and_public_paths_stay_open() {
+    let c = Cluster::start_with(tempfile::tempdir().unwrap(), &["--no-local-node"]);
+    let pki = c.dir.path().join("pki");
+    let ca = std::fs::read_to_string(pki.join("ca.crt")).unwrap();
+
+    // No client certificate: anonymous.
+    let anon = tls_config(&ca, None);
+    let (code, body) = https_get(&c.addr, anon.clone(), "/api/v1/namespaces");
+    assert_eq!(code, 401, "{}", String::from_utf8_lossy(&body));
+    let s = status(&body);
+    assert_eq!((s["kind"].as_str(), s["reason"].as_str(), s["code"].as_u64()), (Some("Status"), Some("Unauthorized"), Some(401)), "{s}");
+    for public in ["/healthz", "/livez", "/readyz", "/version"] {
+        assert_eq!(https_get(&c.addr, anon.clone(), public).0, 200, "{public} is public");
+    }
+    assert_eq!(https_get(&c.addr, anon.clone(), "/apis").0, 401, "discovery is for authenticated users");
+    assert_eq!(https_get(&c.addr, anon, "/metrics").0, 401);
+
+    // A certificate of the cluster CA: its CN and O are who the request is from.
+    let alice = tls_config(&ca, Some(client_cert(&pki, "alice", "devs", -1, 1)));
+    let (code, body) = https_get(&c.addr, alice.clone(), "/api/v1/namespaces");
+    assert_eq!(code, 200, "{}", String::from_utf8_lossy(&body));
+
+    // Expired, or not yet valid: 401.
+    for (from, to) in [(-3, -1), (1, 3)] {
+        let cfg = tls_config(&ca, Some(client_cert(&pki, "alice", "devs", from, to)));
+        let (code, body) = https_get(&c.addr, cfg, "/api/v1/namespaces");
+        assert_eq!(code, 401, "valid {from}..{to} days from now: {}", String::from_utf8_lossy(&body));
+    }
+
+    // Signed by another CA: 401, not a TLS alert.
+    let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    p.distinguished_name.push(rcgen::DnType::CommonName, "capstan-ca");
+    let other_key = rcgen::KeyPair::generate().unwrap();
+    let other = rcgen::Issuer::new(p, other_key);
+    let mallory = tls_config(&ca, Some(client_cert_from(&other, "kubernetes-admin", "system:masters", -1, 1)));
+    let (code, body) = https_get(&c.addr, mallory, "/api/v1/namespaces");
+    assert_eq!(code, 401, "{}", String::from_utf8_lossy(&body));
+    assert_eq!(status(&body)["reason"], "Unauthorized");
+
+    let (_, metrics) = http(&c.addr, "GET", "/metrics", &[], b"");
+    let metrics = String::from_utf8_lossy(&metrics);
+    let count = |cause: &str| -> u64 {
+        let prefix = format!("apiserver_unauthorized_requests_total{{cause=\"{cause}\"}} ");
+        metrics.lines().find_map(|l| l.strip_prefix(prefix.as_str())).and_then(|v| v.trim().parse().ok()).unwrap_or(0)
+    };
+    assert!(count("anonymous") >= 3 && count("rejected_credentials") >= 3, "{metrics}");
+}
+
+#[test]
+fn plain_http_to_the_tls_port_is_told_so_and_the_server_keeps_serving() {
+    let c = Cluster::start_with(tempfile::tempdir().unwrap(), &["--no-local-node"]);
+    let mut s = std::net::TcpStream::connect(&c.addr).unwrap();
+    s.set_read_timeout(Some(WAIT)).unwrap();
+    s.write_all(b"GET /api HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).unwrap();
+    assert!(resp.starts_with("HTTP/1.0 400") && resp.contains("Client sent an HTTP request to an HTTPS server"), "{resp}");
+    // kubectl pointed at http:// fails as it does against kube-apiserver (the same 400).
+    let wrong = c.fails(&["--server", &format!("http://{}", c.addr), "get", "namespaces"]);
+    assert!(wrong.contains("the server rejected our request"), "{wrong}");
+    c.ok(&["get", "namespaces"]);
+    let (_, metrics) = http(&c.addr, "GET", "/metrics", &[], b"");
+    let line = String::from_utf8_lossy(&metrics).lines().find(|l| l.starts_with("apiserver_tls_handshake_errors_total ")).map(str::to_string);
+    assert!(line.as_deref().and_then(|l| l.split(' ').nth(1)).and_then(|v| v.parse::<u64>().ok()).is_some_and(|n| n >= 2), "{line:?}");
+}
+
+#[test]
+fn a_restarted_cluster_keeps_its_ca_so_an_old_kubeconfig_still_works() {
+    let c = Cluster::start_with(tempfile::tempdir().unwrap(), &["--no-local-node"]);
+    let saved = c.dir.path().join("kubeconfig.saved");
+    std::fs::copy(&c.kubeconfig, &saved).unwrap();
+    let dir = c.stop();
+    let c = Cluster::start_with(dir, &["--no-local-node"]);
+    let kc = client::kubeconfig::load(&saved, None).unwrap();
+    let cfg = Arc::new(client::tls::client_config(&kc.credentials.unwrap()).unwrap());
+    let (code, body) = https_get(&c.addr, cfg, "/api/v1/namespaces/default");
+    assert_eq!(code, 200, "the first run's admin certificate, against the restarted server: {}", String::from_utf8_lossy(&body));
+}
+
+#[test]
+fn insecure_http_serves_plain_http_as_an_unauthenticated_admin() {
+    let c = Cluster::start_with(tempfile::tempdir().unwrap(), &["--no-local-node", "--insecure-http"]);
+    assert!(std::fs::read_to_string(&c.kubeconfig).unwrap().contains("server: http://"));
+    assert!(!c.dir.path().join("pki").exists(), "no CA is made for a plain-HTTP server");
+    let who: serde_json::Value = serde_json::from_str(&c.ok(&["auth", "whoami", "-o", "json"])).unwrap();
+    assert_eq!(who["status"]["userInfo"]["username"], "system:unsecured", "{who}");
+}
