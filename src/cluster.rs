@@ -83,6 +83,9 @@ fn spawn(exe: &Path, dir: &Path, s: &Spec, initial: &str, opts: &ServeOpts, node
         if let Some(c) = &opts.tls.client_ca_file {
             cmd.arg("--client-ca-file").arg(c);
         }
+        if let Some(t) = &opts.tls.token_auth_file {
+            cmd.arg("--token-auth-file").arg(t);
+        }
     }
     if node.no_scheduler {
         cmd.arg("--no-scheduler");

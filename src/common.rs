@@ -85,7 +85,10 @@ pub fn serve_api(
     tls: Option<apiserver::serve::Tls>,
 ) -> (tokio::sync::watch::Sender<bool>, tokio::task::JoinHandle<std::io::Result<()>>) {
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let mode = if tls.is_some() { apiserver::authn::Mode::Tls } else { apiserver::authn::Mode::Insecure };
+    let mode = match &tls {
+        Some(t) => apiserver::authn::Mode::Tls { tokens: t.tokens.clone() },
+        None => apiserver::authn::Mode::Insecure,
+    };
     let app = apiserver::router_with_shutdown(store, stop_rx.clone(), mode);
     let mut stop_serving = stop_rx;
     let stopped = async move {
@@ -110,13 +113,22 @@ pub struct Security {
 }
 
 pub fn security(data_dir: &Path, opts: &crate::TlsOpts, addr: &std::net::SocketAddr) -> Result<Security> {
+    if opts.insecure_http && opts.token_auth_file.is_some() {
+        anyhow::bail!("--token-auth-file needs TLS: with --insecure-http nothing is authenticated");
+    }
     if opts.insecure_http {
         tracing::warn!("!!! --insecure-http: the API is served over plain HTTP WITHOUT authentication; anyone who can reach {addr} is cluster-admin. For benchmarks on loopback only !!!");
         eprintln!("capstan: WARNING: --insecure-http: plain HTTP, no authentication (anyone who can reach {addr} is cluster-admin)");
         return Ok(Security { scheme: "http", tls: None, admin: None });
     }
     let pki = crate::pki::Pki::load_or_create(data_dir, opts)?;
-    let tls = pki.listener(&crate::pki::hosts_for(addr))?;
+    let mut tls = pki.listener(&crate::pki::hosts_for(addr))?;
+    if let Some(f) = &opts.token_auth_file {
+        let text = std::fs::read_to_string(f).with_context(|| format!("reading the token file {}", f.display()))?;
+        let tokens = apiserver::authn::StaticTokens::parse(&text).map_err(|e| anyhow::anyhow!("the token file {}: {e}", f.display()))?;
+        tracing::info!(file = %f.display(), tokens = tokens.len(), "bearer tokens from a static token file");
+        tls.tokens = std::sync::Arc::new(tokens);
+    }
     let admin = pki.client("kubernetes-admin", "system:masters")?;
     let own = pki.client("system:capstan-components", "system:masters")?;
     client::tls::set_default(&pki.credentials(&own)).map_err(anyhow::Error::msg)?;

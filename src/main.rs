@@ -164,6 +164,10 @@ pub struct TlsOpts {
     /// The key (PEM) of --tls-cert-file.
     #[arg(long)]
     pub tls_private_key_file: Option<PathBuf>,
+    /// Bearer tokens, as Kubernetes' static token file: CSV lines of
+    /// `token,user,uid[,"group1,group2"]`.
+    #[arg(long)]
+    pub token_auth_file: Option<PathBuf>,
 }
 
 /// The real node `capstan up` runs (pods as local processes).

@@ -137,7 +137,7 @@ impl Pki {
         let ca = Arc::new(apiserver::authn::ClientCa::new(roots).map_err(anyhow::Error::msg)?);
         let mut config = rustls::ServerConfig::builder().with_client_cert_verifier(ca.handshake_verifier()).with_single_cert(chain, key).context("the serving certificate and key")?;
         config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-        Ok(apiserver::serve::Tls { config: Arc::new(config), client_ca: ca })
+        Ok(apiserver::serve::Tls { config: Arc::new(config), client_ca: ca, tokens: apiserver::authn::StaticTokens::none() })
     }
 
     /// Client credentials as the `client` crate takes them.

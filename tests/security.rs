@@ -148,3 +148,43 @@ fn insecure_http_serves_plain_http_as_an_unauthenticated_admin() {
     let who: serde_json::Value = serde_json::from_str(&c.ok(&["auth", "whoami", "-o", "json"])).unwrap();
     assert_eq!(who["status"]["userInfo"]["username"], "system:unsecured", "{who}");
 }
+
+#[test]
+fn bearer_tokens_from_a_static_token_file_authenticate_and_a_bad_file_refuses_to_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = dir.path().join("tokens.csv");
+    std::fs::write(&tokens, "# token,user,uid,groups\nsecret-alice,alice,1001,\"devs,ops\"\n").unwrap();
+    let c = Cluster::start_with(dir, &["--no-local-node", "--token-auth-file", path_str(&tokens)]);
+    let ca = c.dir.path().join("pki").join("ca.crt");
+    let server = format!("https://{}", c.addr);
+    // A kubeconfig-less kubectl with the CA and a token only.
+    let with_token = |token: &str| {
+        std::process::Command::new(KUBECTL)
+            .env("KUBECONFIG", "/dev/null")
+            .args(["--server", &server, "--certificate-authority", path_str(&ca), "--token", token, "auth", "whoami", "-o", "json"])
+            .output()
+            .unwrap()
+    };
+    let out = with_token("secret-alice");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let who: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(who["status"]["userInfo"]["username"], "alice", "{who}");
+    assert_eq!(who["status"]["userInfo"]["groups"], serde_json::json!(["devs", "ops", "system:authenticated"]), "{who}");
+    let out = with_token("secret-mallory");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("Unauthorized"), "{}", String::from_utf8_lossy(&out.stderr));
+    drop(c);
+
+    // A malformed token file: capstan refuses to start, naming the file, the line and the field.
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.csv");
+    std::fs::write(&bad, "ok,alice,1\n,bob,2\n").unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_capstan"))
+        .args(["up", "--listen", "127.0.0.1:0", "--no-local-node", "--token-auth-file", path_str(&bad), "--data-dir"])
+        .arg(dir.path().join("data"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "started with a malformed token file: {err}");
+    assert!(err.contains(path_str(&bad)) && err.contains("line 2: field 1 (token) is empty"), "{err}");
+}

@@ -140,10 +140,122 @@ impl ClientCertVerifier for Lenient {
 /// How the API server learns who is asking.
 #[derive(Clone, Debug)]
 pub enum Mode {
-    /// TLS: from the connection's `Identity`.
-    Tls,
+    /// TLS: from the connection's client certificate, else from a bearer token.
+    Tls { tokens: Arc<StaticTokens> },
     /// `--insecure-http`: everyone is `system:unsecured`.
     Insecure,
+}
+
+/// Kubernetes' static token file (`--token-auth-file`): CSV lines of
+/// `token,user,uid[,"group1,group2,..."]`; blank lines and `#` comments are skipped.
+#[derive(Debug, Default)]
+pub struct StaticTokens {
+    users: std::collections::HashMap<String, Arc<UserInfo>>,
+}
+
+impl StaticTokens {
+    pub fn none() -> Arc<StaticTokens> {
+        Arc::new(StaticTokens::default())
+    }
+
+    /// Parses the file's text; an error names the line and the field.
+    pub fn parse(text: &str) -> Result<StaticTokens, String> {
+        let mut users = std::collections::HashMap::new();
+        for (i, line) in text.lines().enumerate() {
+            let n = i + 1;
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let fields = split_csv(line).map_err(|e| format!("line {n}: {e}"))?;
+            if fields.len() < 3 {
+                return Err(format!("line {n}: need token,user,uid[,groups]; found {} field(s)", fields.len()));
+            }
+            if fields.len() > 4 {
+                return Err(format!("line {n}: more than 4 fields (quote the groups: \"g1,g2\")"));
+            }
+            let (token, user) = (fields[0].as_str(), fields[1].as_str());
+            if token.is_empty() {
+                return Err(format!("line {n}: field 1 (token) is empty"));
+            }
+            if user.is_empty() {
+                return Err(format!("line {n}: field 2 (user) is empty"));
+            }
+            let mut groups: Vec<String> = fields.get(3).map(|g| g.split(',').map(str::trim).filter(|g| !g.is_empty()).map(str::to_string).collect()).unwrap_or_default();
+            if !groups.iter().any(|g| g == AUTHENTICATED) {
+                groups.push(AUTHENTICATED.into());
+            }
+            if users.insert(token.to_string(), Arc::new(UserInfo { name: user.to_string(), groups })).is_some() {
+                return Err(format!("line {n}: field 1 (token) repeats an earlier line's token"));
+            }
+        }
+        Ok(StaticTokens { users })
+    }
+
+    pub fn len(&self) -> usize {
+        self.users.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.users.is_empty()
+    }
+
+    fn user(&self, token: &str) -> Option<Arc<UserInfo>> {
+        self.users.get(token).cloned()
+    }
+}
+
+/// One CSV line: fields separated by commas, a field in double quotes may hold commas (and
+/// `""` for a quote).
+fn split_csv(line: &str) -> Result<Vec<String>, String> {
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    let mut chars = line.chars().peekable();
+    let mut quoted = false;
+    let mut was_quoted = false;
+    while let Some(c) = chars.next() {
+        match (c, quoted) {
+            ('"', false) if cur.is_empty() && !was_quoted => {
+                quoted = true;
+                was_quoted = true;
+            }
+            ('"', true) if chars.peek() == Some(&'"') => {
+                chars.next();
+                cur.push('"');
+            }
+            ('"', true) => quoted = false,
+            (',', false) => {
+                out.push(std::mem::take(&mut cur));
+                was_quoted = false;
+            }
+            ('"', false) => return Err(format!("field {}: a quote inside an unquoted field", out.len() + 1)),
+            (c, _) => {
+                if was_quoted && !quoted {
+                    return Err(format!("field {}: text after the closing quote", out.len() + 1));
+                }
+                cur.push(c);
+            }
+        }
+    }
+    if quoted {
+        return Err(format!("field {}: unterminated quote", out.len() + 1));
+    }
+    out.push(cur);
+    Ok(out)
+}
+
+/// The token of an `Authorization: Bearer` header; `Err` for a header that is there but
+/// malformed.
+fn bearer(req: &Request) -> Result<Option<&str>, ()> {
+    let Some(h) = req.headers().get(axum::http::header::AUTHORIZATION) else { return Ok(None) };
+    let h = h.to_str().map_err(|_| ())?;
+    let (scheme, token) = h.split_once(' ').ok_or(())?;
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        // Another scheme (Basic): not ours to judge; the request stays anonymous.
+        return Ok(None);
+    }
+    let token = token.trim();
+    if token.is_empty() { Err(()) } else { Ok(Some(token)) }
 }
 
 /// Paths anyone may read without credentials, as Kubernetes' `system:public-info-viewer`
@@ -165,14 +277,29 @@ pub static COUNTERS: Counters = Counters { anonymous: AtomicU64::new(0), rejecte
 pub async fn authenticate(State(mode): State<Mode>, mut req: Request, next: Next) -> Response {
     let user = match mode {
         Mode::Insecure => Some(Arc::new(UserInfo::unsecured())),
-        Mode::Tls => match req.extensions().get::<Identity>() {
+        // Kubernetes' order: the client certificate, then a bearer token; a credential
+        // that is presented and fails is a 401 even where anonymous requests are allowed.
+        Mode::Tls { tokens } => match req.extensions().get::<Identity>() {
             Some(Identity::User(u)) => Some(u.clone()),
             Some(Identity::Rejected(why)) => {
                 COUNTERS.rejected.fetch_add(1, Ordering::Relaxed);
                 tracing::debug!(reason = %why, path = req.uri().path(), "unauthorized");
                 return ApiError::unauthorized().into_response();
             }
-            Some(Identity::Anonymous) | None => None,
+            Some(Identity::Anonymous) | None => match bearer(&req) {
+                Ok(None) => None,
+                Ok(Some(token)) => match tokens.user(token) {
+                    Some(u) => Some(u),
+                    None => {
+                        COUNTERS.rejected.fetch_add(1, Ordering::Relaxed);
+                        return ApiError::unauthorized().into_response();
+                    }
+                },
+                Err(()) => {
+                    COUNTERS.rejected.fetch_add(1, Ordering::Relaxed);
+                    return ApiError::unauthorized().into_response();
+                }
+            },
         },
     };
     match user {
@@ -219,6 +346,28 @@ mod tests {
             p.distinguished_name.push(rcgen::DnType::OrganizationName, *o);
         }
         p.self_signed(&key).unwrap().der().to_vec()
+    }
+
+    #[test]
+    fn a_static_token_file_is_read_as_kubernetes_reads_it() {
+        let t = StaticTokens::parse("# comment\n\nabc,alice,1\ndef,bob,2,\"devs,ops\"\n\"g,h\",carol,3,admins\n").unwrap();
+        assert_eq!(t.len(), 3);
+        assert_eq!(*t.user("abc").unwrap(), UserInfo { name: "alice".into(), groups: vec![AUTHENTICATED.into()] });
+        assert_eq!(t.user("def").unwrap().groups, vec!["devs".to_string(), "ops".into(), AUTHENTICATED.into()]);
+        assert_eq!(t.user("g,h").unwrap().name, "carol");
+        assert!(t.user("nope").is_none());
+        for (text, want) in [
+            ("abc,alice\n", "line 1: need token,user,uid"),
+            ("ok,a,1\n,bob,2\n", "line 2: field 1 (token) is empty"),
+            ("abc,,1\n", "line 1: field 2 (user) is empty"),
+            ("abc,alice,1,\"g1,g2\n", "line 1: field 4: unterminated quote"),
+            ("abc,alice,1,g1,g2\n", "line 1: more than 4 fields"),
+            ("abc,alice,1\nabc,bob,2\n", "line 2: field 1 (token) repeats"),
+            ("a\"b,alice,1\n", "line 1: field 1: a quote inside"),
+        ] {
+            let e = StaticTokens::parse(text).unwrap_err();
+            assert!(e.starts_with(want), "{text:?}: {e}");
+        }
     }
 
     #[test]

@@ -27,6 +27,8 @@ pub static HANDSHAKE_ERRORS: AtomicU64 = AtomicU64::new(0);
 pub struct Tls {
     pub config: Arc<rustls::ServerConfig>,
     pub client_ca: Arc<ClientCa>,
+    /// Bearer tokens accepted (`--token-auth-file`).
+    pub tokens: Arc<crate::authn::StaticTokens>,
 }
 
 /// Serves `app` on `listener` over TLS until `shutdown` resolves; then stops accepting, lets
