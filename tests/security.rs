@@ -78,9 +78,12 @@ fn requests_without_valid_credentials_get_401_and_public_paths_stay_open() {
     assert_eq!(https_get(&c.addr, anon, "/metrics").0, 401);
 
     // A certificate of the cluster CA: its CN and O are who the request is from.
+    // (Authenticated, then authorized by RBAC: discovery yes, namespaces not without a binding.)
     let alice = tls_config(&ca, Some(client_cert(&pki, "alice", "devs", -1, 1)));
-    let (code, body) = https_get(&c.addr, alice.clone(), "/api/v1/namespaces");
+    let (code, body) = https_get(&c.addr, alice.clone(), "/api");
     assert_eq!(code, 200, "{}", String::from_utf8_lossy(&body));
+    let (code, body) = https_get(&c.addr, alice.clone(), "/api/v1/namespaces");
+    assert_eq!((code, status(&body)["reason"].as_str()), (403, Some("Forbidden")), "{}", String::from_utf8_lossy(&body));
 
     // Expired, or not yet valid: 401.
     for (from, to) in [(-3, -1), (1, 3)] {
@@ -187,4 +190,104 @@ fn bearer_tokens_from_a_static_token_file_authenticate_and_a_bad_file_refuses_to
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "started with a malformed token file: {err}");
     assert!(err.contains(path_str(&bad)) && err.contains("line 2: field 1 (token) is empty"), "{err}");
+}
+
+/// kubectl as a user of a client certificate the test signs with the cluster CA.
+struct As {
+    server: String,
+    files: [std::path::PathBuf; 3],
+}
+
+impl As {
+    fn new(c: &Cluster, user: &str, group: &str) -> As {
+        let pki = c.dir.path().join("pki");
+        let (cert, key) = client_cert(&pki, user, group, -1, 1);
+        let (cf, kf) = (c.dir.path().join(format!("{user}.crt")), c.dir.path().join(format!("{user}.key")));
+        std::fs::write(&cf, cert).unwrap();
+        std::fs::write(&kf, key).unwrap();
+        As { server: format!("https://{}", c.addr), files: [pki.join("ca.crt"), cf, kf] }
+    }
+
+    fn run(&self, args: &[&str]) -> std::process::Output {
+        std::process::Command::new(KUBECTL)
+            .env("KUBECONFIG", "/dev/null")
+            .args(["--server", &self.server, "--certificate-authority", path_str(&self.files[0]), "--client-certificate", path_str(&self.files[1]), "--client-key", path_str(&self.files[2])])
+            .args(args)
+            .output()
+            .unwrap()
+    }
+}
+
+#[test]
+fn rbac_grants_what_a_binding_says_and_can_i_agrees_with_what_happens() {
+    let c = Cluster::start_with(tempfile::tempdir().unwrap(), &["--no-local-node"]);
+    let viewer = As::new(&c, "viewer", "devs");
+    // Authenticated but bound to nothing: discovery and whoami only.
+    let out = viewer.run(&["get", "pods", "-n", "default"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("pods is forbidden: User \"viewer\" cannot list resource \"pods\" in API group \"\" in the namespace \"default\""), "{err}");
+    assert!(viewer.run(&["auth", "whoami"]).status.success());
+
+    c.ok(&["create", "rolebinding", "viewers", "--clusterrole=view", "--group=devs", "-n", "default"]);
+    wait_until("the binding to take effect", || viewer.run(&["get", "pods", "-n", "default"]).status.success());
+    c.ok(&["create", "configmap", "cm", "-n", "default", "--from-literal=a=b"]);
+    c.ok(&["create", "secret", "generic", "s", "-n", "default", "--from-literal=a=b"]);
+    c.ok(&["create", "deployment", "d", "--image=x", "-n", "default"]);
+    // For each action, `kubectl auth can-i` says what actually happens.
+    let actions: Vec<(Vec<&str>, Vec<&str>, bool)> = vec![
+        (vec!["get", "configmaps", "-n", "default"], vec!["get", "configmap", "cm", "-n", "default"], true),
+        (vec!["list", "deployments.apps", "-n", "default"], vec!["get", "deployments", "-n", "default"], true),
+        (vec!["create", "configmaps", "-n", "default"], vec!["create", "configmap", "new", "-n", "default"], false),
+        (vec!["delete", "deployments.apps", "-n", "default"], vec!["delete", "deployment", "d", "-n", "default"], false),
+        (vec!["get", "secrets", "-n", "default"], vec!["get", "secret", "s", "-n", "default"], false),
+        (vec!["list", "pods", "-n", "kube-system"], vec!["get", "pods", "-n", "kube-system"], false),
+        (vec!["list", "nodes"], vec!["get", "nodes"], false),
+    ];
+    for (can_i, action, want) in actions {
+        let mut a = vec!["auth", "can-i"];
+        a.extend(&can_i);
+        let answer = viewer.run(&a);
+        let said = String::from_utf8_lossy(&answer.stdout).trim().to_string();
+        assert_eq!(said, if want { "yes" } else { "no" }, "can-i {can_i:?}: {said} {}", String::from_utf8_lossy(&answer.stderr));
+        let done = viewer.run(&action);
+        assert_eq!(done.status.success(), want, "{action:?}: {}", String::from_utf8_lossy(&done.stderr));
+        if !want {
+            assert!(String::from_utf8_lossy(&done.stderr).contains("is forbidden: User \"viewer\""), "{action:?}: {}", String::from_utf8_lossy(&done.stderr));
+        }
+    }
+    // The admin (system:masters) may do anything, before RBAC is asked.
+    assert_eq!(c.ok(&["auth", "can-i", "delete", "nodes"]).trim(), "yes");
+    // The default roles are there, as in Kubernetes.
+    let roles = c.ok(&["get", "clusterroles", "-o", "name"]);
+    for r in ["cluster-admin", "admin", "edit", "view", "system:discovery", "system:basic-user"] {
+        assert!(roles.contains(&format!("clusterrole.rbac.authorization.k8s.io/{r}")), "{r} missing:\n{roles}");
+    }
+}
+
+#[test]
+fn impersonation_runs_a_request_as_another_user_when_rbac_allows_it() {
+    let c = Cluster::start_with(tempfile::tempdir().unwrap(), &["--no-local-node"]);
+    // The admin may impersonate anyone (system:masters).
+    let who: serde_json::Value = serde_json::from_str(&c.ok(&["--as", "bob", "--as-group", "devs", "auth", "whoami", "-o", "json"])).unwrap();
+    assert_eq!(who["status"]["userInfo"]["username"], "bob", "{who}");
+    assert_eq!(who["status"]["userInfo"]["groups"], serde_json::json!(["devs", "system:authenticated"]), "{who}");
+    // As bob, the request is bob's: refused until a binding grants it.
+    let err = c.fails(&["--as", "bob", "get", "pods", "-n", "default"]);
+    assert!(err.contains("User \"bob\" cannot list resource \"pods\""), "{err}");
+    c.ok(&["create", "rolebinding", "devs-view", "--clusterrole=view", "--group=devs", "-n", "default"]);
+    wait_until("the binding to take effect for the impersonated group", || {
+        std::process::Command::new(KUBECTL).env("KUBECONFIG", &c.kubeconfig).args(["--as", "bob", "--as-group", "devs", "get", "pods", "-n", "default"]).output().unwrap().status.success()
+    });
+    // A user without the impersonate verb cannot.
+    let alice = As::new(&c, "alice", "people");
+    let out = alice.run(&["--as", "kubernetes-admin", "get", "pods"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("users \"kubernetes-admin\" is forbidden: User \"alice\" cannot impersonate resource \"users\" in API group \"\" at the cluster scope"), "{err}");
+    // Granted impersonation of one user only.
+    let role = c.write("imp.yaml", "apiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRole\nmetadata: {name: impersonate-bob}\nrules:\n- {apiGroups: [\"\"], resources: [users], verbs: [impersonate], resourceNames: [bob]}\n---\napiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRoleBinding\nmetadata: {name: alice-as-bob}\nroleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: impersonate-bob}\nsubjects: [{kind: User, name: alice, apiGroup: rbac.authorization.k8s.io}]\n");
+    c.ok(&["apply", "-f", path_str(&role)]);
+    wait_until("alice to be allowed to impersonate bob", || alice.run(&["--as", "bob", "auth", "whoami"]).status.success());
+    assert!(!alice.run(&["--as", "carol", "auth", "whoami"]).status.success(), "resourceNames limit whom alice may be");
+    assert!(!alice.run(&["--as", "bob", "--as-group", "system:masters", "auth", "whoami"]).status.success(), "a group needs its own grant");
 }

@@ -54,6 +54,8 @@ pub struct AppState {
     pub _shutdown_sender: Option<tokio::sync::watch::Sender<bool>>,
     /// Set once the built-in resources' watch caches are started.
     pub warm: std::sync::atomic::AtomicBool,
+    /// The RBAC index, kept current by `rbac::follow`.
+    pub rbac: crate::rbac::Authorizer,
 }
 
 /// How long a consistent read waits for its cache to reach the store's revision.
@@ -863,7 +865,7 @@ fn parse_yaml(body: &[u8]) -> Result<Value, ApiError> {
 }
 
 /// A request body as JSON: JSON or YAML as is, Kubernetes protobuf decoded (`protobuf.rs`).
-fn parse_body(ctype: &str, body: &Bytes) -> Result<Value, ApiError> {
+pub(crate) fn parse_body(ctype: &str, body: &Bytes) -> Result<Value, ApiError> {
     let base = ctype.split(';').next().unwrap_or("").trim();
     let v: Value = match base {
         "" | "application/json" | "*/*" => serde_json::from_slice(body)

@@ -27,6 +27,7 @@ pub mod patch;
 pub mod patch_meta;
 pub mod protobuf;
 pub mod quota;
+pub mod rbac;
 pub mod registry;
 pub mod reserve;
 pub mod schema;
@@ -80,7 +81,9 @@ fn build(store: Store, shutdown: tokio::sync::watch::Receiver<bool>, keep: Optio
         crds_loaded: Default::default(),
         caches: Default::default(),
         warm: Default::default(),
+        rbac: Default::default(),
     });
+    tokio::spawn(rbac::follow(state.clone()));
     // Warm a cache for every built-in resource; /readyz answers 200 once they are.
     let warming = state.clone();
     tokio::spawn(async move {
@@ -110,7 +113,9 @@ fn build(store: Store, shutdown: tokio::sync::watch::Receiver<bool>, keep: Optio
         .route("/openapi/v3/{*gv}", get(openapi_gv))
         .route("/apis/authentication.k8s.io/v1/selfsubjectreviews", axum::routing::post(authn::self_subject_review))
         .route("/apis/authentication.k8s.io/v1beta1/selfsubjectreviews", axum::routing::post(authn::self_subject_review))
+        .route("/apis/authorization.k8s.io/v1/selfsubjectaccessreviews", axum::routing::post(rbac::self_subject_access_review))
         .fallback(not_found)
+        .layer(axum::middleware::from_fn_with_state(state.clone(), rbac::authorize))
         .layer(axum::middleware::from_fn_with_state(mode, authn::authenticate))
         .layer(axum::middleware::from_fn_with_state(state.clone(), inflight))
         .layer(DefaultBodyLimit::disable())
@@ -127,6 +132,15 @@ async fn inflight(State(st): State<Arc<AppState>>, req: axum::extract::Request, 
 /// Creates the namespaces every cluster has, if missing.
 pub async fn bootstrap(store: &Store) -> Result<(), storage::StoreError> {
     let reg = Registry::new();
+    // Kubernetes' default RBAC roles and bindings, each created when missing.
+    for (resource, mut obj) in rbac::defaults() {
+        let info = reg.find("rbac.authorization.k8s.io", "v1", resource).expect("RBAC is served");
+        let name = obj["metadata"]["name"].as_str().unwrap_or("").to_string();
+        obj["metadata"]["uid"] = json!(object::new_uid());
+        obj["metadata"]["creationTimestamp"] = json!(object::now_rfc3339());
+        obj["metadata"]["annotations"] = json!({"rbac.authorization.kubernetes.io/autoupdate": "true"});
+        create_if_absent(store, info.key(None, &name), &obj).await?;
+    }
     let ns = reg.find("", "v1", "namespaces").expect("namespaces are served");
     for name in SYSTEM_NAMESPACES {
         let key = ns.key(None, name);
@@ -139,16 +153,25 @@ pub async fn bootstrap(store: &Store) -> Result<(), storage::StoreError> {
             "spec": {"finalizers": ["kubernetes"]},
             "status": {"phase": "Active"},
         });
-        // Created only if still absent: every replica of a cluster bootstraps, one wins.
-        let key = bytes::Bytes::from(key);
-        store
-            .txn(storage::TxnRequest {
-                compare: vec![storage::Compare { key: key.clone(), op: storage::CompareOp::Equal, target: storage::CompareTarget::CreateRevision(0) }],
-                success: vec![storage::TxnOp::Put(storage::PutRequest { key, value: object::encode_stored(&obj).into(), lease: 0, prev_kv: false })],
-                failure: vec![],
-            })
-            .await?;
+        create_if_absent(store, key, &obj).await?;
     }
+    Ok(())
+}
+
+/// Stores `obj` at `key` unless something is there: every replica of a cluster bootstraps,
+/// one wins.
+async fn create_if_absent(store: &Store, key: String, obj: &serde_json::Value) -> Result<(), storage::StoreError> {
+    let key = bytes::Bytes::from(key);
+    if store.get(key.clone()).await?.is_some() {
+        return Ok(());
+    }
+    store
+        .txn(storage::TxnRequest {
+            compare: vec![storage::Compare { key: key.clone(), op: storage::CompareOp::Equal, target: storage::CompareTarget::CreateRevision(0) }],
+            success: vec![storage::TxnOp::Put(storage::PutRequest { key, value: object::encode_stored(obj).into(), lease: 0, prev_kv: false })],
+            failure: vec![],
+        })
+        .await?;
     Ok(())
 }
 

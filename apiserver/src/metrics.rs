@@ -32,6 +32,8 @@ pub struct Metrics {
     /// ... of which moved to the cache once its ring reached back to them.
     /// (Shared with the streams that count it.)
     pub watches_handed_to_cache: std::sync::Arc<AtomicU64>,
+    /// Requests RBAC refused (403).
+    pub forbidden: AtomicU64,
 }
 
 impl Metrics {
@@ -89,6 +91,11 @@ impl Metrics {
             out,
             "# HELP apiserver_watches_handed_to_cache_total Watches served from the store's history that moved to the watch cache once its ring reached back to them.\n# TYPE apiserver_watches_handed_to_cache_total counter\napiserver_watches_handed_to_cache_total {}",
             self.watches_handed_to_cache.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP apiserver_forbidden_requests_total Requests the authorizer (RBAC) refused.\n# TYPE apiserver_forbidden_requests_total counter\napiserver_forbidden_requests_total {}",
+            self.forbidden.load(Ordering::Relaxed)
         );
         render_process(&mut out);
         out

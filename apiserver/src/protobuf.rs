@@ -398,6 +398,28 @@ fn to_json_raw(body: &[u8]) -> Result<Value, PbError> {
             obj! { "metadata" => m.metadata, "value" => m.value, "globalDefault" => m.global_default,
                 "description" => m.description, "preemptionPolicy" => m.preemption_policy }
         }
+        ("authorization.k8s.io/v1", "SelfSubjectAccessReview") => {
+            let m: k8s_pb::api::authorization::v1::SelfSubjectAccessReview = decode(&raw, &kind)?;
+            let mut spec = json!({});
+            if let Some(sp) = &m.spec {
+                if let Some(r) = &sp.resource_attributes {
+                    let mut ra = json!({});
+                    for (k, v) in [("namespace", &r.namespace), ("verb", &r.verb), ("group", &r.group), ("version", &r.version), ("resource", &r.resource), ("subresource", &r.subresource), ("name", &r.name)] {
+                        insert(&mut ra, k, v.j());
+                    }
+                    insert(&mut spec, "resourceAttributes", Some(ra));
+                }
+                if let Some(n) = &sp.non_resource_attributes {
+                    let mut na = json!({});
+                    insert(&mut na, "path", n.path.j());
+                    insert(&mut na, "verb", n.verb.j());
+                    insert(&mut spec, "nonResourceAttributes", Some(na));
+                }
+            }
+            let mut v = obj! { "metadata" => m.metadata };
+            insert(&mut v, "spec", Some(spec));
+            v
+        }
         ("rbac.authorization.k8s.io/v1", "Role") => {
             let m: rbac::Role = decode(&raw, &kind)?;
             obj! { "metadata" => m.metadata, "rules" => m.rules }
