@@ -40,3 +40,40 @@ fn official_python_client_creates_lists_watches_and_gets_409_on_stale_update() {
     );
     assert!(stdout.lines().any(|l| l == "6 passed, 0 failed"), "unexpected summary:\nstdout:\n{stdout}\nstderr:\n{stderr}");
 }
+
+/// Over TLS with a bearer token (the static token file) instead of the kubeconfig's client
+/// certificate: the Python client's `Configuration` as an operator writes it.
+#[test]
+fn official_python_client_authenticates_with_a_bearer_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = dir.path().join("tokens.csv");
+    std::fs::write(&tokens, "py-token-123,py-admin,42,system:masters\nlimited-token,nobody,43\n").unwrap();
+    let c = Cluster::start_with(dir, &["--no-local-node", "--token-auth-file", path_str(&tokens)]);
+    let ca = c.dir.path().join("pki").join("ca.crt");
+    let script = r#"
+import sys, kubernetes.client as k
+from kubernetes.client.rest import ApiException
+def api(token):
+    cfg = k.Configuration()
+    cfg.host = sys.argv[1]
+    cfg.ssl_ca_cert = sys.argv[2]
+    cfg.api_key = {"authorization": "Bearer " + token}
+    return k.CoreV1Api(k.ApiClient(cfg))
+names = sorted(n.metadata.name for n in api("py-token-123").list_namespace().items)
+assert "kube-system" in names, names
+for token, code in [("limited-token", 403), ("wrong-token", 401)]:
+    try:
+        api(token).list_namespace()
+        raise SystemExit("%s: listed namespaces" % token)
+    except ApiException as e:
+        assert e.status == code, (token, e.status, e.body)
+print("token ok")
+"#;
+    let out = Command::new("python3")
+        .args(["-c", script, &format!("https://{}", c.addr), path_str(&ca)])
+        .env("PYTHONDONTWRITEBYTECODE", "1")
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success() && stdout.contains("token ok"), "stdout:\n{stdout}\nstderr:\n{stderr}");
+}
