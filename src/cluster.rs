@@ -86,6 +86,11 @@ fn spawn(exe: &Path, dir: &Path, s: &Spec, initial: &str, opts: &ServeOpts, node
         if let Some(t) = &opts.tls.token_auth_file {
             cmd.arg("--token-auth-file").arg(t);
         }
+        // Each replica audits what it serves, into its own directory.
+        if let (Some(p), Some(l)) = (&opts.tls.audit_policy_file, &opts.tls.audit_log_path) {
+            cmd.arg("--audit-policy-file").arg(p).arg("--audit-log-path").arg(rdir.join(l.file_name().unwrap_or(std::ffi::OsStr::new("audit.log"))));
+            cmd.arg("--audit-log-maxsize").arg(opts.tls.audit_log_maxsize.to_string()).arg("--audit-log-maxbackup").arg(opts.tls.audit_log_maxbackup.to_string());
+        }
     }
     if node.no_scheduler {
         cmd.arg("--no-scheduler");

@@ -83,13 +83,14 @@ pub fn serve_api(
     listener: tokio::net::TcpListener,
     store: storage::Store,
     tls: Option<apiserver::serve::Tls>,
+    audit: Option<std::sync::Arc<apiserver::audit::Auditor>>,
 ) -> (tokio::sync::watch::Sender<bool>, tokio::task::JoinHandle<std::io::Result<()>>) {
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mode = match &tls {
         Some(t) => apiserver::authn::Mode::Tls { tokens: t.tokens.clone() },
         None => apiserver::authn::Mode::Insecure,
     };
-    let app = apiserver::router_with_shutdown(store, stop_rx.clone(), mode);
+    let app = apiserver::router_with_shutdown(store, stop_rx.clone(), mode, audit);
     let mut stop_serving = stop_rx;
     let stopped = async move {
         let _ = stop_serving.wait_for(|s| *s).await;
@@ -110,6 +111,21 @@ pub struct Security {
     pub scheme: &'static str,
     pub tls: Option<apiserver::serve::Tls>,
     pub admin: Option<KubeUser>,
+    pub audit: Option<std::sync::Arc<apiserver::audit::Auditor>>,
+}
+
+/// The auditor `--audit-policy-file` and `--audit-log-path` ask for (both or neither).
+fn auditor(opts: &crate::TlsOpts) -> Result<Option<std::sync::Arc<apiserver::audit::Auditor>>> {
+    let (policy, path) = match (&opts.audit_policy_file, &opts.audit_log_path) {
+        (None, None) => return Ok(None),
+        (Some(p), Some(l)) => (p, l),
+        _ => anyhow::bail!("--audit-policy-file and --audit-log-path go together"),
+    };
+    let text = std::fs::read_to_string(policy).with_context(|| format!("reading the audit policy {}", policy.display()))?;
+    let parsed = apiserver::audit::Policy::parse(&text).map_err(|e| anyhow::anyhow!("the audit policy {}: {e}", policy.display()))?;
+    let cfg = apiserver::audit::LogConfig { path: path.clone(), max_bytes: opts.audit_log_maxsize.max(1) << 20, max_backups: opts.audit_log_maxbackup };
+    let a = apiserver::audit::Auditor::start(parsed, cfg).with_context(|| format!("opening the audit log {}", path.display()))?;
+    Ok(Some(a))
 }
 
 pub fn security(data_dir: &Path, opts: &crate::TlsOpts, addr: &std::net::SocketAddr) -> Result<Security> {
@@ -119,7 +135,7 @@ pub fn security(data_dir: &Path, opts: &crate::TlsOpts, addr: &std::net::SocketA
     if opts.insecure_http {
         tracing::warn!("!!! --insecure-http: the API is served over plain HTTP WITHOUT authentication; anyone who can reach {addr} is cluster-admin. For benchmarks on loopback only !!!");
         eprintln!("capstan: WARNING: --insecure-http: plain HTTP, no authentication (anyone who can reach {addr} is cluster-admin)");
-        return Ok(Security { scheme: "http", tls: None, admin: None });
+        return Ok(Security { scheme: "http", tls: None, admin: None, audit: auditor(opts)? });
     }
     let pki = crate::pki::Pki::load_or_create(data_dir, opts)?;
     let mut tls = pki.listener(&crate::pki::hosts_for(addr))?;
@@ -132,7 +148,7 @@ pub fn security(data_dir: &Path, opts: &crate::TlsOpts, addr: &std::net::SocketA
     let admin = pki.client("kubernetes-admin", "system:masters")?;
     let own = pki.client("system:capstan-components", "system:masters")?;
     client::tls::set_default(&pki.credentials(&own)).map_err(anyhow::Error::msg)?;
-    Ok(Security { scheme: "https", tls: Some(tls), admin: Some(KubeUser { ca_pem: pki.ca_pem.clone(), cert_pem: admin.cert_pem, key_pem: admin.key_pem }) })
+    Ok(Security { scheme: "https", tls: Some(tls), audit: auditor(opts)?, admin: Some(KubeUser { ca_pem: pki.ca_pem.clone(), cert_pem: admin.cert_pem, key_pem: admin.key_pem }) })
 }
 
 pub fn hostname() -> String {

@@ -291,3 +291,82 @@ fn impersonation_runs_a_request_as_another_user_when_rbac_allows_it() {
     assert!(!alice.run(&["--as", "carol", "auth", "whoami"]).status.success(), "resourceNames limit whom alice may be");
     assert!(!alice.run(&["--as", "bob", "--as-group", "system:masters", "auth", "whoami"]).status.success(), "a group needs its own grant");
 }
+
+#[test]
+fn the_audit_log_records_each_request_at_the_level_the_policy_gives() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("policy.yaml");
+    std::fs::write(
+        &policy,
+        "apiVersion: audit.k8s.io/v1\nkind: Policy\nomitStages: [RequestReceived]\nrules:\n\
+         - level: None\n  nonResourceURLs: [\"/healthz*\", /readyz, /livez, /version]\n\
+         - level: Metadata\n  resources: [{group: \"\", resources: [secrets]}]\n\
+         - level: RequestResponse\n  resources: [{group: \"\", resources: [configmaps]}]\n\
+         - level: Request\n",
+    )
+    .unwrap();
+    let log = dir.path().join("audit").join("audit.log");
+    let c = Cluster::start_with(dir, &["--no-local-node", "--audit-policy-file", path_str(&policy), "--audit-log-path", path_str(&log)]);
+    c.ok(&["create", "secret", "generic", "s1", "--from-literal=password=topsecret-value"]);
+    c.ok(&["create", "configmap", "cm1", "--from-literal=k=visible-value"]);
+    c.ok(&["get", "pods"]);
+    c.ok(&["delete", "configmap", "cm1"]);
+    let viewer = As::new(&c, "viewer", "devs");
+    assert!(!viewer.run(&["get", "secrets"]).status.success());
+
+    let events = || -> Vec<serde_json::Value> {
+        std::fs::read_to_string(&log).unwrap_or_default().lines().map(|l| serde_json::from_str(l).expect("each line is a JSON event")).collect()
+    };
+    let find = |evs: &[serde_json::Value], user: &str, verb: &str, resource: &str, code: u64| -> Option<serde_json::Value> {
+        evs.iter()
+            .find(|e| e["user"]["username"] == user && e["verb"] == verb && e["objectRef"]["resource"] == resource && e["responseStatus"]["code"] == code && e["stage"] == "ResponseComplete")
+            .cloned()
+    };
+    let admin = "kubernetes-admin";
+    wait_until("the session's requests in the audit log", || {
+        let evs = events();
+        find(&evs, admin, "create", "secrets", 201).is_some()
+            && find(&evs, admin, "create", "configmaps", 201).is_some()
+            && find(&evs, admin, "list", "pods", 200).is_some()
+            && find(&evs, admin, "delete", "configmaps", 200).is_some()
+            && find(&evs, "viewer", "list", "secrets", 403).is_some()
+    });
+    let evs = events();
+    for e in &evs {
+        assert_eq!((e["kind"].as_str(), e["apiVersion"].as_str()), (Some("Event"), Some("audit.k8s.io/v1")), "{e}");
+        assert_ne!(e["stage"], "RequestReceived", "omitted by the policy: {e}");
+        assert!(!e["requestURI"].as_str().unwrap().starts_with("/healthz"), "level None: {e}");
+    }
+    let secret = find(&evs, admin, "create", "secrets", 201).unwrap();
+    assert_eq!(secret["level"], "Metadata", "{secret}");
+    assert!(secret.get("requestObject").is_none() && secret.get("responseObject").is_none(), "{secret}");
+    let text = std::fs::read_to_string(&log).unwrap();
+    use base64::Engine;
+    assert!(!text.contains("topsecret-value") && !text.contains(&base64::engine::general_purpose::STANDARD.encode("topsecret-value")), "a secret's value reached the audit log");
+    let cm = find(&evs, admin, "create", "configmaps", 201).unwrap();
+    assert_eq!(cm["level"], "RequestResponse");
+    assert_eq!(cm["requestObject"]["data"]["k"], "visible-value", "{cm}");
+    assert_eq!(cm["responseObject"]["metadata"]["name"], "cm1", "{cm}");
+    assert_eq!(cm["objectRef"]["namespace"], "default");
+    let pods = find(&evs, admin, "list", "pods", 200).unwrap();
+    assert_eq!(pods["level"], "Request");
+    assert_eq!(pods["user"]["groups"], serde_json::json!(["system:masters", "system:authenticated"]));
+    assert_eq!(pods["sourceIPs"], serde_json::json!(["127.0.0.1"]), "{pods}");
+    let refused = find(&evs, "viewer", "list", "secrets", 403).unwrap();
+    assert_eq!(refused["annotations"]["authorization.k8s.io/decision"], "forbid", "{refused}");
+    drop(c);
+
+    // A malformed policy: capstan refuses to start, naming the file and the field.
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.yaml");
+    std::fs::write(&bad, "apiVersion: audit.k8s.io/v1\nkind: Policy\nrules:\n- level: Loud\n").unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_capstan"))
+        .args(["up", "--listen", "127.0.0.1:0", "--no-local-node", "--audit-policy-file", path_str(&bad), "--audit-log-path"])
+        .arg(dir.path().join("a.log"))
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains(path_str(&bad)) && err.contains("rules[0].level") && err.contains("line 4"), "{err}");
+}

@@ -14,6 +14,7 @@
 //! `discovery.rs`, `registry.rs` (the resources served, from the k8s-openapi types).
 
 pub mod admission;
+pub mod audit;
 pub mod authn;
 pub mod cached;
 pub mod discovery;
@@ -60,17 +61,17 @@ pub const SYSTEM_NAMESPACES: &[&str] = &["default", "kube-system", "kube-public"
 /// for in-process benchmarks and tests of the API's semantics).
 pub fn router(store: Store) -> Router {
     let (tx, rx) = tokio::sync::watch::channel(false);
-    build(store, rx, Some(tx), authn::Mode::Insecure)
+    build(store, rx, Some(tx), authn::Mode::Insecure, None)
 }
 
 /// As `router`, authenticating as `mode` says; when `shutdown` turns true, every open watch
 /// sends a last bookmark (so its client resumes from a recent revision) and ends, letting a
 /// graceful shutdown finish.
-pub fn router_with_shutdown(store: Store, shutdown: tokio::sync::watch::Receiver<bool>, mode: authn::Mode) -> Router {
-    build(store, shutdown, None, mode)
+pub fn router_with_shutdown(store: Store, shutdown: tokio::sync::watch::Receiver<bool>, mode: authn::Mode, audit: Option<Arc<audit::Auditor>>) -> Router {
+    build(store, shutdown, None, mode, audit)
 }
 
-fn build(store: Store, shutdown: tokio::sync::watch::Receiver<bool>, keep: Option<tokio::sync::watch::Sender<bool>>, mode: authn::Mode) -> Router {
+fn build(store: Store, shutdown: tokio::sync::watch::Receiver<bool>, keep: Option<tokio::sync::watch::Sender<bool>>, mode: authn::Mode, auditor: Option<Arc<audit::Auditor>>) -> Router {
     let state = Arc::new(AppState {
         shutdown,
         _shutdown_sender: keep,
@@ -116,6 +117,7 @@ fn build(store: Store, shutdown: tokio::sync::watch::Receiver<bool>, keep: Optio
         .route("/apis/authorization.k8s.io/v1/selfsubjectaccessreviews", axum::routing::post(rbac::self_subject_access_review))
         .fallback(not_found)
         .layer(axum::middleware::from_fn_with_state(state.clone(), rbac::authorize))
+        .layer(axum::middleware::from_fn_with_state(auditor, audit::audit))
         .layer(axum::middleware::from_fn_with_state(mode, authn::authenticate))
         .layer(axum::middleware::from_fn_with_state(state.clone(), inflight))
         .layer(DefaultBodyLimit::disable())
@@ -230,10 +232,14 @@ async fn metrics(State(st): State<Arc<AppState>>) -> Response {
     let authn = format!(
         "# TYPE apiserver_tls_handshake_errors_total counter\napiserver_tls_handshake_errors_total {}\n\
          # TYPE apiserver_unauthorized_requests_total counter\napiserver_unauthorized_requests_total{{cause=\"anonymous\"}} {}\n\
-         apiserver_unauthorized_requests_total{{cause=\"rejected_credentials\"}} {}\n",
+         apiserver_unauthorized_requests_total{{cause=\"rejected_credentials\"}} {}\n\
+         # TYPE apiserver_audit_event_total counter\napiserver_audit_event_total {}\n\
+         # TYPE apiserver_audit_error_total counter\napiserver_audit_error_total{{plugin=\"log\"}} {}\n",
         serve::HANDSHAKE_ERRORS.load(Ordering::Relaxed),
         authn::COUNTERS.anonymous.load(Ordering::Relaxed),
         authn::COUNTERS.rejected.load(Ordering::Relaxed),
+        audit::WRITTEN.load(Ordering::Relaxed),
+        audit::DROPPED.load(Ordering::Relaxed),
     );
     let mut r = (StatusCode::OK, st.metrics.render() + &authn + &watchcache::render_metrics()).into_response();
     r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4"));

@@ -89,6 +89,7 @@ pub async fn serve_tls(listener: TcpListener, app: Router, tls: Tls, shutdown: i
             }
             let svc = hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
                 req.extensions_mut().insert(identity.clone());
+                req.extensions_mut().insert(axum::extract::ConnectInfo(peer));
                 let mut app = app.clone();
                 async move { app.call(req).await }
             });

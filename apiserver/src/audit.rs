@@ -1,0 +1,456 @@
+//! Auditing, in Kubernetes' formats: a policy (`audit.k8s.io/v1` Policy: the first rule that
+//! matches a request gives its level — None, Metadata, Request, RequestResponse — and the
+//! stages to leave out) and a log backend writing `audit.k8s.io/v1` Events as JSON lines,
+//! rotated by size and count.
+//!
+//! The request path only builds an event and offers it to a bounded queue; one writer thread
+//! encodes and writes. When the queue is full the event is dropped, counted
+//! (`apiserver_audit_events_dropped_total`) and logged, never silently and never by blocking
+//! a request.
+//!
+//! Stages: `RequestReceived` before the request is handled, then `ResponseComplete` when its
+//! answer is ready, or `ResponseStarted` for a watch or a stream (whose end is not awaited
+//! here). Requests refused by authentication (401) are not audited: they have no user yet.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use axum::extract::{Request, State};
+use axum::middleware::Next;
+use axum::response::Response;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::authn::UserInfo;
+use crate::rbac::{Attributes, Target};
+
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Level {
+    None,
+    Metadata,
+    Request,
+    RequestResponse,
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+pub enum Stage {
+    RequestReceived,
+    ResponseStarted,
+    ResponseComplete,
+    Panic,
+}
+
+impl Stage {
+    fn as_str(self) -> &'static str {
+        match self {
+            Stage::RequestReceived => "RequestReceived",
+            Stage::ResponseStarted => "ResponseStarted",
+            Stage::ResponseComplete => "ResponseComplete",
+            Stage::Panic => "Panic",
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GroupResources {
+    #[serde(default)]
+    group: String,
+    #[serde(default)]
+    resources: Vec<String>,
+    #[serde(default, rename = "resourceNames")]
+    resource_names: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Rule {
+    level: Level,
+    #[serde(default)]
+    users: Vec<String>,
+    #[serde(default, rename = "userGroups")]
+    user_groups: Vec<String>,
+    #[serde(default)]
+    verbs: Vec<String>,
+    #[serde(default)]
+    resources: Vec<GroupResources>,
+    #[serde(default)]
+    namespaces: Vec<String>,
+    #[serde(default, rename = "nonResourceURLs")]
+    non_resource_urls: Vec<String>,
+    #[serde(default, rename = "omitStages")]
+    omit_stages: Vec<Stage>,
+    #[serde(default, rename = "omitManagedFields")]
+    _omit_managed_fields: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PolicyDoc {
+    #[serde(rename = "apiVersion")]
+    api_version: String,
+    kind: String,
+    #[serde(default)]
+    metadata: Option<Value>,
+    #[serde(default)]
+    rules: Vec<Rule>,
+    #[serde(default, rename = "omitStages")]
+    omit_stages: Vec<Stage>,
+    #[serde(default, rename = "omitManagedFields")]
+    _omit_managed_fields: Option<bool>,
+}
+
+/// A parsed audit policy.
+#[derive(Debug)]
+pub struct Policy {
+    rules: Vec<Rule>,
+    omit_stages: Vec<Stage>,
+}
+
+impl Policy {
+    /// Parses a Policy document; the error names the field and, for YAML errors, the line.
+    pub fn parse(text: &str) -> Result<Policy, String> {
+        let de = serde_norway::Deserializer::from_str(text);
+        let doc: PolicyDoc = serde_path_to_error::deserialize(de).map_err(|e| {
+            // serde_norway's message names the field and the line ("rules[0].level: unknown
+            // variant ... at line 4 column 10"); the path is added where it does not.
+            let path = e.path().to_string();
+            let msg = e.into_inner().to_string();
+            if path == "." || msg.starts_with(&path) { msg } else { format!("{path}: {msg}") }
+        })?;
+        if doc.kind != "Policy" || !matches!(doc.api_version.as_str(), "audit.k8s.io/v1" | "audit.k8s.io/v1beta1") {
+            return Err(format!("kind/apiVersion: want audit.k8s.io/v1 Policy, got {} {}", doc.api_version, doc.kind));
+        }
+        let _ = doc.metadata;
+        Ok(Policy { rules: doc.rules, omit_stages: doc.omit_stages })
+    }
+
+    /// The level and the stages to leave out for a request (no rule matching: None).
+    pub fn decide(&self, user: &UserInfo, a: &Attributes) -> (Level, Vec<Stage>) {
+        for r in &self.rules {
+            if !r.users.is_empty() && !r.users.iter().any(|u| *u == user.name) {
+                continue;
+            }
+            if !r.user_groups.is_empty() && !r.user_groups.iter().any(|g| user.groups.contains(g)) {
+                continue;
+            }
+            if !r.verbs.is_empty() && !r.verbs.iter().any(|v| *v == a.verb) {
+                continue;
+            }
+            let ok = match &a.target {
+                Target::Resource { group, resource, subresource, namespace, name } => {
+                    if !r.non_resource_urls.is_empty() && r.resources.is_empty() {
+                        false
+                    } else {
+                        let ns_ok = r.namespaces.is_empty() || r.namespaces.iter().any(|n| n == namespace);
+                        let full = if subresource.is_empty() { resource.clone() } else { format!("{resource}/{subresource}") };
+                        let res_ok = r.resources.is_empty()
+                            || r.resources.iter().any(|gr| {
+                                gr.group == *group
+                                    && (gr.resources.is_empty() || gr.resources.iter().any(|x| x == "*" || *x == full || *x == *resource && subresource.is_empty() || *x == format!("*/{subresource}") || *x == format!("{resource}/*")))
+                                    && (gr.resource_names.is_empty() || gr.resource_names.iter().any(|n| n == name))
+                            });
+                        ns_ok && res_ok
+                    }
+                }
+                Target::NonResource { path } => {
+                    r.resources.is_empty()
+                        && r.namespaces.is_empty()
+                        && (r.non_resource_urls.is_empty() || r.non_resource_urls.iter().any(|u| u == path || (u.ends_with('*') && path.starts_with(&u[..u.len() - 1]))))
+                }
+            };
+            if ok {
+                let mut omit = self.omit_stages.clone();
+                omit.extend(r.omit_stages.iter().copied());
+                return (r.level, omit);
+            }
+        }
+        (Level::None, Vec::new())
+    }
+}
+
+/// Where audit events go, and how much of them are kept.
+pub struct LogConfig {
+    pub path: PathBuf,
+    /// Rotate when the file passes this many bytes (`--audit-log-maxsize` is in megabytes).
+    pub max_bytes: u64,
+    /// Rotated files kept (`--audit-log-maxbackup`; 0 keeps them all).
+    pub max_backups: usize,
+}
+
+/// Events waiting for the writer at most; past it they are dropped and counted.
+pub const QUEUE_EVENTS: usize = 10_000;
+
+pub static DROPPED: AtomicU64 = AtomicU64::new(0);
+pub static WRITTEN: AtomicU64 = AtomicU64::new(0);
+
+/// The auditor the API server holds.
+pub struct Auditor {
+    policy: Policy,
+    tx: crossbeam::channel::Sender<Value>,
+}
+
+impl Auditor {
+    /// Opens the log (appending) and starts its writer thread.
+    pub fn start(policy: Policy, cfg: LogConfig) -> std::io::Result<Arc<Auditor>> {
+        if let Some(dir) = cfg.path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)?;
+        }
+        let file = std::fs::OpenOptions::new().create(true).append(true).open(&cfg.path)?;
+        let (tx, rx) = crossbeam::channel::bounded::<Value>(QUEUE_EVENTS);
+        std::thread::Builder::new().name("audit-log".into()).spawn(move || writer(rx, file, cfg))?;
+        Ok(Arc::new(Auditor { policy, tx }))
+    }
+
+    fn offer(&self, ev: Value) {
+        if self.tx.try_send(ev).is_err() {
+            let n = DROPPED.fetch_add(1, Ordering::Relaxed) + 1;
+            if n.is_power_of_two() {
+                tracing::warn!(dropped_so_far = n, "audit: the log writer is behind; events dropped");
+            }
+        }
+    }
+}
+
+fn writer(rx: crossbeam::channel::Receiver<Value>, file: std::fs::File, cfg: LogConfig) {
+    let mut size = file.metadata().map(|m| m.len()).unwrap_or(0);
+    let mut out = std::io::BufWriter::new(file);
+    let mut line = Vec::with_capacity(1024);
+    while let Ok(ev) = rx.recv() {
+        let mut next = Some(ev);
+        while let Some(ev) = next.take() {
+            line.clear();
+            if serde_json::to_writer(&mut line, &ev).is_ok() {
+                line.push(b'\n');
+                if size > 0 && size + line.len() as u64 > cfg.max_bytes {
+                    let _ = out.flush();
+                    match rotate(&cfg) {
+                        Ok(f) => {
+                            out = std::io::BufWriter::new(f);
+                            size = 0;
+                        }
+                        Err(e) => tracing::warn!(error = %e, path = %cfg.path.display(), "audit: rotating the log failed; writing on"),
+                    }
+                }
+                if let Err(e) = out.write_all(&line) {
+                    DROPPED.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(error = %e, "audit: writing an event failed");
+                } else {
+                    size += line.len() as u64;
+                    WRITTEN.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            next = rx.try_recv().ok();
+        }
+        let _ = out.flush();
+    }
+}
+
+/// Renames the log to `NAME-<time>.EXT` beside it, removes the oldest backups past
+/// `max_backups`, and opens a new log.
+fn rotate(cfg: &LogConfig) -> std::io::Result<std::fs::File> {
+    let dir = cfg.path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let stem = cfg.path.file_stem().and_then(|s| s.to_str()).unwrap_or("audit").to_string();
+    let ext = cfg.path.extension().and_then(|s| s.to_str()).map(|e| format!(".{e}")).unwrap_or_default();
+    let stamp = jiff::Timestamp::now().strftime("%Y-%m-%dT%H-%M-%S%.3f").to_string();
+    let mut backup = dir.join(format!("{stem}-{stamp}{ext}"));
+    let mut n = 1;
+    while backup.exists() {
+        backup = dir.join(format!("{stem}-{stamp}-{n}{ext}"));
+        n += 1;
+    }
+    std::fs::rename(&cfg.path, &backup)?;
+    if cfg.max_backups > 0 {
+        let prefix = format!("{stem}-");
+        let mut backups: Vec<PathBuf> = std::fs::read_dir(dir)?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p != &cfg.path && p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with(&prefix) && n.ends_with(&ext)))
+            .collect();
+        backups.sort();
+        while backups.len() > cfg.max_backups {
+            let _ = std::fs::remove_file(backups.remove(0));
+        }
+    }
+    std::fs::OpenOptions::new().create(true).append(true).open(&cfg.path)
+}
+
+/// The largest request or response body an event carries; a bigger one is left out (and
+/// the event says so in an annotation).
+const BODY_BYTES_MAX: usize = 1 << 20;
+
+fn now_micro() -> String {
+    jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%S%.6fZ").to_string()
+}
+
+fn object_ref(a: &Attributes, api_version: &str) -> Option<Value> {
+    match &a.target {
+        Target::Resource { group, resource, subresource, namespace, name } => {
+            let mut r = json!({ "resource": resource, "apiVersion": api_version });
+            for (k, v) in [("namespace", namespace), ("name", name), ("apiGroup", group), ("subresource", subresource)] {
+                if !v.is_empty() {
+                    r[k] = json!(v);
+                }
+            }
+            Some(r)
+        }
+        Target::NonResource { .. } => None,
+    }
+}
+
+/// The middleware: audits each authenticated request as the policy says.
+pub async fn audit(State(auditor): State<Option<Arc<Auditor>>>, req: Request, next: Next) -> Response {
+    let Some(auditor) = auditor else { return next.run(req).await };
+    let Some(user) = req.extensions().get::<Arc<UserInfo>>().cloned() else { return next.run(req).await };
+    let path = req.uri().path().to_string();
+    let query = req.uri().query().unwrap_or("").to_string();
+    let a = crate::rbac::attributes(req.method().as_str(), &path, &query);
+    let (level, omit) = auditor.policy.decide(&user, &a);
+    if level == Level::None {
+        return next.run(req).await;
+    }
+    let api_version = path.split('/').filter(|p| !p.is_empty()).nth(if path.starts_with("/apis/") { 2 } else { 1 }).unwrap_or("").to_string();
+    let received = now_micro();
+    let mut ev = json!({
+        "kind": "Event",
+        "apiVersion": "audit.k8s.io/v1",
+        "level": format!("{level:?}"),
+        "auditID": crate::object::new_uid(),
+        "requestURI": if query.is_empty() { path.clone() } else { format!("{path}?{query}") },
+        "verb": a.verb,
+        "user": user.to_json(),
+        "sourceIPs": req.extensions().get::<axum::extract::ConnectInfo<std::net::SocketAddr>>().map(|c| json!([c.0.ip().to_string()])).unwrap_or(json!([])),
+        "userAgent": req.headers().get(axum::http::header::USER_AGENT).and_then(|v| v.to_str().ok()).unwrap_or(""),
+        "requestReceivedTimestamp": received,
+    });
+    if let Some(r) = object_ref(&a, &api_version) {
+        ev["objectRef"] = r;
+    }
+    if req.headers().contains_key("impersonate-user") {
+        ev["impersonatedUser"] = json!({"username": req.headers().get("impersonate-user").and_then(|v| v.to_str().ok()).unwrap_or("")});
+    }
+    // The request body, at Request level and above (a body past the bound is left out).
+    let req = if level >= Level::Request && matches!(a.verb.as_str(), "create" | "update" | "patch" | "delete" | "deletecollection") {
+        let (parts, body) = req.into_parts();
+        match axum::body::to_bytes(body, BODY_BYTES_MAX).await {
+            Ok(bytes) => {
+                // JSON, YAML or kubectl's protobuf, as the handler will read it.
+                let ctype = parts.headers.get(axum::http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+                if let Ok(v) = crate::handlers::parse_body(ctype, &bytes) {
+                    ev["requestObject"] = v;
+                }
+                Request::from_parts(parts, axum::body::Body::from(bytes))
+            }
+            Err(_) => {
+                // Too large to audit; the request itself goes on with no body and fails as
+                // a too-large request would.
+                ev["annotations"] = json!({"audit.capstan.dev/request-body": "omitted: larger than 1 MiB"});
+                Request::from_parts(parts, axum::body::Body::empty())
+            }
+        }
+    } else {
+        req
+    };
+    if !omit.contains(&Stage::RequestReceived) {
+        let mut e = ev.clone();
+        e["stage"] = json!(Stage::RequestReceived.as_str());
+        e["stageTimestamp"] = json!(received);
+        auditor.offer(e);
+    }
+    let streaming = matches!(a.verb.as_str(), "watch") || query.contains("follow=true");
+    let resp = next.run(req).await;
+    let stage = if streaming { Stage::ResponseStarted } else { Stage::ResponseComplete };
+    if omit.contains(&stage) {
+        return resp;
+    }
+    let code = resp.status().as_u16();
+    ev["stage"] = json!(stage.as_str());
+    ev["stageTimestamp"] = json!(now_micro());
+    ev["responseStatus"] = json!({"metadata": {}, "code": code});
+    ev["annotations"].as_object_mut().map(|_| ()).unwrap_or_else(|| ev["annotations"] = json!({}));
+    ev["annotations"]["authorization.k8s.io/decision"] = json!(if code == 403 { "forbid" } else { "allow" });
+    if level == Level::RequestResponse && !streaming {
+        let (parts, body) = resp.into_parts();
+        let bytes = axum::body::to_bytes(body, BODY_BYTES_MAX * 16).await.unwrap_or_default();
+        if let Ok(v) = serde_json::from_slice::<Value>(&bytes) {
+            ev["responseObject"] = v;
+        }
+        auditor.offer(ev);
+        return Response::from_parts(parts, axum::body::Body::from(bytes));
+    }
+    auditor.offer(ev);
+    resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_first_matching_rule_decides_the_level() {
+        let p = Policy::parse(
+            "apiVersion: audit.k8s.io/v1\nkind: Policy\nomitStages: [RequestReceived]\nrules:\n\
+             - level: None\n  users: [system:kube-proxy]\n\
+             - level: Metadata\n  resources: [{group: \"\", resources: [secrets, configmaps]}]\n\
+             - level: None\n  nonResourceURLs: [/healthz*, /version]\n\
+             - level: RequestResponse\n  verbs: [create]\n  namespaces: [prod]\n\
+             - level: Request\n",
+        )
+        .unwrap();
+        let u = UserInfo { name: "alice".into(), groups: vec![] };
+        let at = |m: &str, path: &str| crate::rbac::attributes(m, path, "");
+        assert_eq!(p.decide(&u, &at("POST", "/api/v1/namespaces/prod/secrets")).0, Level::Metadata, "secrets at Metadata, before the create rule");
+        assert_eq!(p.decide(&u, &at("POST", "/api/v1/namespaces/prod/pods")).0, Level::RequestResponse);
+        assert_eq!(p.decide(&u, &at("POST", "/api/v1/namespaces/dev/pods")).0, Level::Request);
+        assert_eq!(p.decide(&u, &at("GET", "/healthz/ready")).0, Level::None);
+        assert_eq!(p.decide(&u, &at("GET", "/metrics")).0, Level::Request);
+        let proxy = UserInfo { name: "system:kube-proxy".into(), groups: vec![] };
+        assert_eq!(p.decide(&proxy, &at("GET", "/api/v1/namespaces/dev/pods")).0, Level::None);
+        assert_eq!(p.decide(&u, &at("GET", "/api/v1/pods")).1, vec![Stage::RequestReceived]);
+    }
+
+    #[test]
+    fn a_malformed_policy_is_refused_naming_the_field_and_line() {
+        for (text, want) in [
+            ("apiVersion: audit.k8s.io/v1\nkind: Policy\nrules:\n- level: Loud\n", "rules[0].level: unknown variant `Loud`"),
+            ("apiVersion: audit.k8s.io/v1\nkind: Policy\nrules:\n- level: None\n  verb: [get]\n", "rules[0]: unknown field `verb`"),
+            ("apiVersion: audit.k8s.io/v1\nkind: Policy\nomitStages: [Sometimes]\n", "omitStages[0]: unknown variant `Sometimes`"),
+            ("apiVersion: v1\nkind: ConfigMap\n", "kind/apiVersion"),
+            ("apiVersion: audit.k8s.io/v1\nkind: Policy\nrules: [\n", "line"),
+        ] {
+            let e = Policy::parse(text).unwrap_err();
+            assert!(e.contains(want), "{text:?}: {e}");
+            if text.contains("Loud") {
+                assert!(e.contains("at line 4"), "the line is named: {e}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_full_queue_drops_and_counts_instead_of_blocking() {
+        let (tx, rx) = crossbeam::channel::bounded(1);
+        let a = Auditor { policy: Policy::parse("apiVersion: audit.k8s.io/v1\nkind: Policy\n").unwrap(), tx };
+        let before = DROPPED.load(Ordering::Relaxed);
+        a.offer(json!({"n": 1}));
+        a.offer(json!({"n": 2}));
+        a.offer(json!({"n": 3}));
+        assert_eq!(DROPPED.load(Ordering::Relaxed) - before, 2);
+        assert_eq!(rx.try_recv().unwrap()["n"], 1, "the queued event is kept");
+    }
+
+    #[test]
+    fn the_log_rotates_by_size_and_keeps_the_newest_backups() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.log");
+        let cfg = LogConfig { path: path.clone(), max_bytes: 300, max_backups: 2 };
+        std::fs::write(&path, "x".repeat(290)).unwrap();
+        for _ in 0..4 {
+            let _f = rotate(&cfg).unwrap();
+            std::fs::write(&path, "y").unwrap();
+        }
+        let backups: Vec<_> = std::fs::read_dir(dir.path()).unwrap().filter_map(|e| e.ok()).map(|e| e.file_name().into_string().unwrap()).filter(|n| n != "audit.log").collect();
+        assert_eq!(backups.len(), 2, "{backups:?}");
+        assert!(backups.iter().all(|b| b.starts_with("audit-") && b.ends_with(".log")), "{backups:?}");
+    }
+}
