@@ -256,6 +256,14 @@ fn rbac_grants_what_a_binding_says_and_can_i_agrees_with_what_happens() {
             assert!(String::from_utf8_lossy(&done.stderr).contains("is forbidden: User \"viewer\""), "{action:?}: {}", String::from_utf8_lossy(&done.stderr));
         }
     }
+    // `can-i --list` lists the rules of the binding in that namespace, and none of another.
+    let listed = String::from_utf8_lossy(&viewer.run(&["auth", "can-i", "--list", "-n", "default"]).stdout).to_string();
+    let row = |res: &str| listed.lines().find(|l| l.split_whitespace().next() == Some(res)).map(str::to_string);
+    assert!(row("deployments.apps").is_some_and(|r| r.contains("[get list watch]")), "{listed}");
+    assert!(row("selfsubjectaccessreviews.authorization.k8s.io").is_some_and(|r| r.contains("[create]")), "{listed}");
+    assert!(row("secrets").is_none(), "{listed}");
+    let elsewhere = String::from_utf8_lossy(&viewer.run(&["auth", "can-i", "--list", "-n", "kube-system"]).stdout).to_string();
+    assert!(!elsewhere.contains("deployments.apps"), "{elsewhere}");
     // The admin (system:masters) may do anything, before RBAC is asked.
     assert_eq!(c.ok(&["auth", "can-i", "delete", "nodes"]).trim(), "yes");
     // The default roles are there, as in Kubernetes.

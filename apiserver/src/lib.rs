@@ -115,6 +115,7 @@ fn build(store: Store, shutdown: tokio::sync::watch::Receiver<bool>, keep: Optio
         .route("/apis/authentication.k8s.io/v1/selfsubjectreviews", axum::routing::post(authn::self_subject_review))
         .route("/apis/authentication.k8s.io/v1beta1/selfsubjectreviews", axum::routing::post(authn::self_subject_review))
         .route("/apis/authorization.k8s.io/v1/selfsubjectaccessreviews", axum::routing::post(rbac::self_subject_access_review))
+        .route("/apis/authorization.k8s.io/v1/selfsubjectrulesreviews", axum::routing::post(rbac::self_subject_rules_review))
         .fallback(not_found)
         .layer(axum::middleware::from_fn_with_state(state.clone(), rbac::authorize))
         .layer(axum::middleware::from_fn_with_state(auditor, audit::audit))

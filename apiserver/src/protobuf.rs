@@ -420,6 +420,14 @@ fn to_json_raw(body: &[u8]) -> Result<Value, PbError> {
             insert(&mut v, "spec", Some(spec));
             v
         }
+        ("authorization.k8s.io/v1", "SelfSubjectRulesReview") => {
+            let m: k8s_pb::api::authorization::v1::SelfSubjectRulesReview = decode(&raw, &kind)?;
+            let mut spec = json!({});
+            insert(&mut spec, "namespace", m.spec.as_ref().and_then(|s| s.namespace.j()));
+            let mut v = obj! { "metadata" => m.metadata };
+            insert(&mut v, "spec", Some(spec));
+            v
+        }
         ("rbac.authorization.k8s.io/v1", "Role") => {
             let m: rbac::Role = decode(&raw, &kind)?;
             obj! { "metadata" => m.metadata, "rules" => m.rules }

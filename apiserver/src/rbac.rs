@@ -266,6 +266,66 @@ impl Index {
     }
 }
 
+impl Index {
+    /// The rules that apply to `user` in `namespace` (cluster-wide bindings and the
+    /// namespace's RoleBindings), as SelfSubjectRulesReview lists them: (resource rules,
+    /// non-resource rules).
+    pub fn rules_for(&self, user: &UserInfo, namespace: &str) -> (Vec<Value>, Vec<Value>) {
+        let (mut res, mut non) = (Vec::new(), Vec::new());
+        let keys = std::iter::once(format!("u:{}", user.name)).chain(user.groups.iter().map(|g| format!("g:{g}")));
+        for key in keys {
+            for (ns, rules) in self.by_subject.get(&key).into_iter().flatten() {
+                if ns.as_deref().is_some_and(|n| n != namespace) {
+                    continue;
+                }
+                for r in rules.iter() {
+                    if !r.urls.is_empty() {
+                        // A RoleBinding never grants non-resource URLs.
+                        if ns.is_none() {
+                            non.push(json!({"verbs": r.verbs, "nonResourceURLs": r.urls}));
+                        }
+                    } else {
+                        let mut v = json!({"verbs": r.verbs, "apiGroups": r.groups, "resources": r.resources});
+                        if !r.names.is_empty() {
+                            v["resourceNames"] = json!(r.names);
+                        }
+                        res.push(v);
+                    }
+                }
+            }
+        }
+        (res, non)
+    }
+}
+
+/// `POST /apis/authorization.k8s.io/v1/selfsubjectrulesreviews`: what may the caller do in
+/// a namespace (`kubectl auth can-i --list`).
+pub async fn self_subject_rules_review(axum::extract::State(st): axum::extract::State<Arc<crate::handlers::AppState>>, req: axum::extract::Request) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let Some(user) = req.extensions().get::<Arc<UserInfo>>().cloned() else {
+        return crate::status::ApiError::unauthorized().into_response();
+    };
+    let ctype = req.headers().get(axum::http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+    let body = match axum::body::to_bytes(req.into_body(), 1 << 20).await {
+        Ok(b) => b,
+        Err(e) => return crate::status::ApiError::bad_request(format!("reading the body: {e}")).into_response(),
+    };
+    let review = match crate::handlers::parse_body(&ctype, &body) {
+        Ok(v) => v,
+        Err(e) => return e.into_response(),
+    };
+    let namespace = review["spec"]["namespace"].as_str().unwrap_or("").to_string();
+    let (res, non) = st.rbac.index().rules_for(&user, &namespace);
+    let out = json!({
+        "kind": "SelfSubjectRulesReview",
+        "apiVersion": "authorization.k8s.io/v1",
+        "metadata": { "creationTimestamp": null },
+        "spec": { "namespace": namespace },
+        "status": { "resourceRules": res, "nonResourceRules": non, "incomplete": false },
+    });
+    (axum::http::StatusCode::CREATED, axum::Json(out)).into_response()
+}
+
 /// The decision for `user` (masters first, then RBAC).
 pub fn authorized(index: &Index, user: &UserInfo, a: &Attributes) -> bool {
     user.groups.iter().any(|g| g == MASTERS) || index.allows(user, a)
