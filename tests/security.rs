@@ -39,6 +39,19 @@ fn client_cert_from(issuer: &rcgen::Issuer<'_, rcgen::KeyPair>, user: &str, grou
     (cert.pem(), key.serialize_pem())
 }
 
+/// `capstan up` with `extra` in a data dir under `dir`: (whether it ran and exited 0, what it
+/// wrote on stderr). For starts that must be refused.
+fn start_fails(dir: &tempfile::TempDir, extra: &[&str]) -> (bool, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_capstan"))
+        .args(["up", "--listen", "127.0.0.1:0", "--no-local-node"])
+        .args(extra)
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .output()
+        .unwrap();
+    (out.status.success(), String::from_utf8_lossy(&out.stderr).to_string())
+}
+
 fn status(body: &[u8]) -> serde_json::Value {
     serde_json::from_slice(body).unwrap_or_else(|_| panic!("not JSON: {}", String::from_utf8_lossy(body)))
 }
@@ -182,13 +195,8 @@ fn bearer_tokens_from_a_static_token_file_authenticate_and_a_bad_file_refuses_to
     let dir = tempfile::tempdir().unwrap();
     let bad = dir.path().join("bad.csv");
     std::fs::write(&bad, "ok,alice,1\n,bob,2\n").unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_capstan"))
-        .args(["up", "--listen", "127.0.0.1:0", "--no-local-node", "--token-auth-file", path_str(&bad), "--data-dir"])
-        .arg(dir.path().join("data"))
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "started with a malformed token file: {err}");
+    let (ok, err) = start_fails(&dir, &["--token-auth-file", path_str(&bad)]);
+    assert!(!ok, "started with a malformed token file: {err}");
     assert!(err.contains(path_str(&bad)) && err.contains("line 2: field 1 (token) is empty"), "{err}");
 }
 
@@ -368,13 +376,7 @@ fn the_audit_log_records_each_request_at_the_level_the_policy_gives() {
     let dir = tempfile::tempdir().unwrap();
     let bad = dir.path().join("bad.yaml");
     std::fs::write(&bad, "apiVersion: audit.k8s.io/v1\nkind: Policy\nrules:\n- level: Loud\n").unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_capstan"))
-        .args(["up", "--listen", "127.0.0.1:0", "--no-local-node", "--audit-policy-file", path_str(&bad), "--audit-log-path"])
-        .arg(dir.path().join("a.log"))
-        .arg("--data-dir")
-        .arg(dir.path().join("data"))
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success() && err.contains(path_str(&bad)) && err.contains("rules[0].level") && err.contains("line 4"), "{err}");
+    let log = dir.path().join("a.log");
+    let (ok, err) = start_fails(&dir, &["--audit-policy-file", path_str(&bad), "--audit-log-path", path_str(&log)]);
+    assert!(!ok && err.contains(path_str(&bad)) && err.contains("rules[0].level") && err.contains("line 4"), "{err}");
 }

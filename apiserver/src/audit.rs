@@ -368,7 +368,9 @@ pub async fn audit(State(auditor): State<Option<Arc<Auditor>>>, req: Request, ne
     ev["stage"] = json!(stage.as_str());
     ev["stageTimestamp"] = json!(now_micro());
     ev["responseStatus"] = json!({"metadata": {}, "code": code});
-    ev["annotations"].as_object_mut().map(|_| ()).unwrap_or_else(|| ev["annotations"] = json!({}));
+    if !ev["annotations"].is_object() {
+        ev["annotations"] = json!({});
+    }
     ev["annotations"]["authorization.k8s.io/decision"] = json!(if code == 403 { "forbid" } else { "allow" });
     if level == Level::RequestResponse && !streaming {
         let (parts, body) = resp.into_parts();

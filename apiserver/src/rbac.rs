@@ -298,20 +298,20 @@ impl Index {
     }
 }
 
+/// The caller and the body of a review request (JSON, YAML or kubectl's protobuf).
+async fn read_review(req: axum::extract::Request) -> Result<(Arc<UserInfo>, Value), crate::status::ApiError> {
+    let user = req.extensions().get::<Arc<UserInfo>>().cloned().ok_or_else(crate::status::ApiError::unauthorized)?;
+    let ctype = req.headers().get(axum::http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+    let body = axum::body::to_bytes(req.into_body(), 1 << 20).await.map_err(|e| crate::status::ApiError::bad_request(format!("reading the body: {e}")))?;
+    Ok((user, crate::handlers::parse_body(&ctype, &body)?))
+}
+
 /// `POST /apis/authorization.k8s.io/v1/selfsubjectrulesreviews`: what may the caller do in
 /// a namespace (`kubectl auth can-i --list`).
 pub async fn self_subject_rules_review(axum::extract::State(st): axum::extract::State<Arc<crate::handlers::AppState>>, req: axum::extract::Request) -> axum::response::Response {
     use axum::response::IntoResponse;
-    let Some(user) = req.extensions().get::<Arc<UserInfo>>().cloned() else {
-        return crate::status::ApiError::unauthorized().into_response();
-    };
-    let ctype = req.headers().get(axum::http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
-    let body = match axum::body::to_bytes(req.into_body(), 1 << 20).await {
-        Ok(b) => b,
-        Err(e) => return crate::status::ApiError::bad_request(format!("reading the body: {e}")).into_response(),
-    };
-    let review = match crate::handlers::parse_body(&ctype, &body) {
-        Ok(v) => v,
+    let (user, review) = match read_review(req).await {
+        Ok(r) => r,
         Err(e) => return e.into_response(),
     };
     let namespace = review["spec"]["namespace"].as_str().unwrap_or("").to_string();
@@ -699,17 +699,8 @@ pub fn impersonate(ix: &Index, user: &UserInfo, headers: &axum::http::HeaderMap)
 /// (`kubectl auth can-i`).
 pub async fn self_subject_access_review(axum::extract::State(st): axum::extract::State<Arc<crate::handlers::AppState>>, req: axum::extract::Request) -> axum::response::Response {
     use axum::response::IntoResponse;
-    let Some(user) = req.extensions().get::<Arc<UserInfo>>().cloned() else {
-        return crate::status::ApiError::unauthorized().into_response();
-    };
-    let ctype = req.headers().get(axum::http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
-    let body = match axum::body::to_bytes(req.into_body(), 1 << 20).await {
-        Ok(b) => b,
-        Err(e) => return crate::status::ApiError::bad_request(format!("reading the body: {e}")).into_response(),
-    };
-    // JSON, YAML or (kubectl's typed client) protobuf.
-    let review = match crate::handlers::parse_body(&ctype, &body) {
-        Ok(v) => v,
+    let (user, review) = match read_review(req).await {
+        Ok(r) => r,
         Err(e) => return e.into_response(),
     };
     let spec = &review["spec"];
