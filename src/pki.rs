@@ -21,7 +21,9 @@ const CA_DAYS: i64 = 3650;
 pub struct Pki {
     pub ca_pem: String,
     issuer: Issuer<'static, KeyPair>,
-    /// `--client-ca-file`: trusted for client certificates instead of the cluster CA.
+    /// `--client-ca-file`: trusted for client certificates as well as the cluster CA. The
+    /// cluster CA stays trusted because it signs what this process's own components and the
+    /// admin kubeconfig present; a certificate from neither is refused (401).
     client_ca_pem: Option<String>,
     /// `--tls-cert-file` and `--tls-private-key-file`: served instead of an issued certificate.
     serving: Option<(String, String)>,
@@ -130,9 +132,17 @@ impl Pki {
         let chain = CertificateDer::pem_slice_iter(issued.cert_pem.as_bytes()).collect::<Result<Vec<_>, _>>().context("the serving certificate")?;
         let key = PrivateKeyDer::from_pem_slice(issued.key_pem.as_bytes()).context("the serving key")?;
         let mut roots = rustls::RootCertStore::empty();
-        let client_ca = self.client_ca_pem.as_deref().unwrap_or(&self.ca_pem);
-        for c in CertificateDer::pem_slice_iter(client_ca.as_bytes()) {
-            roots.add(c.context("the client CA")?).context("the client CA")?;
+        for c in CertificateDer::pem_slice_iter(self.ca_pem.as_bytes()) {
+            roots.add(c.context("the cluster CA")?).context("the cluster CA")?;
+        }
+        if let Some(bundle) = &self.client_ca_pem {
+            let before = roots.len();
+            for c in CertificateDer::pem_slice_iter(bundle.as_bytes()) {
+                roots.add(c.context("--client-ca-file")?).context("--client-ca-file")?;
+            }
+            if roots.len() == before {
+                bail!("--client-ca-file holds no certificate");
+            }
         }
         let ca = Arc::new(apiserver::authn::ClientCa::new(roots).map_err(anyhow::Error::msg)?);
         let mut config = rustls::ServerConfig::builder().with_client_cert_verifier(ca.handshake_verifier()).with_single_cert(chain, key).context("the serving certificate and key")?;

@@ -42,14 +42,35 @@ fn client_cert_from(issuer: &rcgen::Issuer<'_, rcgen::KeyPair>, user: &str, grou
 /// `capstan up` with `extra` in a data dir under `dir`: (whether it ran and exited 0, what it
 /// wrote on stderr). For starts that must be refused.
 fn start_fails(dir: &tempfile::TempDir, extra: &[&str]) -> (bool, String) {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_capstan"))
+    let mut out = std::process::Command::new(env!("CARGO_BIN_EXE_capstan"))
         .args(["up", "--listen", "127.0.0.1:0", "--no-local-node"])
         .args(extra)
         .arg("--data-dir")
         .arg(dir.path().join("data"))
-        .output()
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
         .unwrap();
-    (out.status.success(), String::from_utf8_lossy(&out.stderr).to_string())
+    // A start that does not fail would serve forever: it counts as a success after WAIT.
+    let mut stderr = out.stderr.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = std::io::Read::read_to_string(&mut stderr, &mut s);
+        s
+    });
+    let deadline = std::time::Instant::now() + WAIT;
+    let ok = loop {
+        if let Some(st) = out.try_wait().unwrap() {
+            break st.success();
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = out.kill();
+            let _ = out.wait();
+            break true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    (ok, reader.join().unwrap())
 }
 
 fn status(body: &[u8]) -> serde_json::Value {
@@ -379,4 +400,80 @@ fn the_audit_log_records_each_request_at_the_level_the_policy_gives() {
     let log = dir.path().join("a.log");
     let (ok, err) = start_fails(&dir, &["--audit-policy-file", path_str(&bad), "--audit-log-path", path_str(&log)]);
     assert!(!ok && err.contains(path_str(&bad)) && err.contains("rules[0].level") && err.contains("line 4"), "{err}");
+}
+
+/// A CA made by the test: (certificate PEM, key PEM, issuer).
+fn own_ca(cn: &str) -> (String, String, rcgen::Issuer<'static, rcgen::KeyPair>) {
+    let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    p.distinguished_name.push(rcgen::DnType::CommonName, cn);
+    p.key_usages = vec![rcgen::KeyUsagePurpose::KeyCertSign, rcgen::KeyUsagePurpose::DigitalSignature];
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = p.self_signed(&key).unwrap();
+    let (cert_pem, key_pem) = (cert.pem(), key.serialize_pem());
+    (cert_pem, key_pem, rcgen::Issuer::new(p, key))
+}
+
+#[test]
+fn a_given_ca_serving_certificate_and_client_ca_are_used() {
+    let dir = tempfile::tempdir().unwrap();
+    let files = dir.path().join("given");
+    std::fs::create_dir(&files).unwrap();
+    let write = |name: &str, text: &str| {
+        let p = files.join(name);
+        std::fs::write(&p, text).unwrap();
+        p
+    };
+    let (ca_pem, ca_key, ca) = own_ca("given-ca");
+    // A serving certificate with a name only it carries.
+    let mut p = rcgen::CertificateParams::new(vec!["byo.example".to_string(), "127.0.0.1".to_string()]).unwrap();
+    p.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
+    let key = rcgen::KeyPair::generate().unwrap();
+    let serving = p.signed_by(&key, &ca).unwrap();
+    // Client certificates are trusted from a CA of their own.
+    let (client_ca_pem, _, client_ca) = own_ca("client-ca");
+    let args = [
+        ("--ca-cert-file", write("ca.crt", &ca_pem)),
+        ("--ca-key-file", write("ca.key", &ca_key)),
+        ("--tls-cert-file", write("serving.crt", &serving.pem())),
+        ("--tls-private-key-file", write("serving.key", &key.serialize_pem())),
+        ("--client-ca-file", write("client-ca.crt", &client_ca_pem)),
+    ];
+    let mut extra = vec!["--no-local-node"];
+    for (flag, path) in &args {
+        extra.extend([*flag, path_str(path)]);
+    }
+    let c = Cluster::start_with(dir, &extra);
+    assert!(!c.dir.path().join("pki").exists(), "no CA is made when one is given");
+    let kc = client::kubeconfig::load(&c.kubeconfig, None).unwrap();
+    assert_eq!(kc.credentials.as_ref().unwrap().ca_pem, ca_pem, "the kubeconfig carries the given CA");
+
+    // The given serving certificate is the one served: a client asking for byo.example accepts it.
+    let cfg = tls_config(&ca_pem, None);
+    let tcp = std::net::TcpStream::connect(&c.addr).unwrap();
+    tcp.set_read_timeout(Some(WAIT)).unwrap();
+    let conn = rustls::ClientConnection::new(cfg, rustls::pki_types::ServerName::try_from("byo.example").unwrap()).unwrap();
+    let mut tls = rustls::StreamOwned::new(conn, tcp);
+    tls.write_all(b"GET /version HTTP/1.1\r\nHost: byo.example\r\nConnection: close\r\n\r\n").unwrap();
+    let mut resp = Vec::new();
+    let _ = tls.read_to_end(&mut resp);
+    assert!(String::from_utf8_lossy(&resp).starts_with("HTTP/1.1 200"), "{}", String::from_utf8_lossy(&resp));
+
+    // A certificate of the client CA authenticates, as does one of the cluster CA (which
+    // signs the components' own); one of a CA given to neither flag does not.
+    let alice = tls_config(&ca_pem, Some(client_cert_from(&client_ca, "alice", "system:masters", -1, 1)));
+    assert_eq!(https_get(&c.addr, alice, "/api/v1/namespaces").0, 200);
+    let from_cluster_ca = tls_config(&ca_pem, Some(client_cert_from(&ca, "bob", "system:masters", -1, 1)));
+    assert_eq!(https_get(&c.addr, from_cluster_ca, "/api/v1/namespaces").0, 200);
+    let (_, _, stranger) = own_ca("stranger-ca");
+    let mallory = tls_config(&ca_pem, Some(client_cert_from(&stranger, "mallory", "system:masters", -1, 1)));
+    assert_eq!(https_get(&c.addr, mallory, "/api/v1/namespaces").0, 401);
+    drop(c);
+
+    // A client CA file without a certificate in it is refused at start, naming the flag.
+    let dir = tempfile::tempdir().unwrap();
+    let empty = dir.path().join("empty.crt");
+    std::fs::write(&empty, "not a certificate\n").unwrap();
+    let (ok, err) = start_fails(&dir, &["--client-ca-file", path_str(&empty)]);
+    assert!(!ok && err.contains("--client-ca-file"), "{err}");
 }

@@ -151,20 +151,23 @@ impl Cluster {
             }
         });
         let kubeconfig = dir.path().join("kubeconfig");
+        // Made before waiting, so that a start that never becomes ready is still stopped
+        // (by Drop, as the assertion unwinds) instead of outliving the test.
+        let c = Cluster { child: Some(child), dir, kubeconfig, addr, printed };
         let deadline = Instant::now() + WAIT;
         let mut registered = !tls;
         loop {
-            if !registered && kubeconfig.exists() {
-                use_tls(&addr, &kubeconfig);
+            if !registered && c.kubeconfig.exists() {
+                use_tls(&c.addr, &c.kubeconfig);
                 registered = true;
             }
-            if registered && std::net::TcpStream::connect(&addr).is_ok() && http(&addr, "GET", "/readyz", &[], b"").0 == 200 {
+            if registered && std::net::TcpStream::connect(&c.addr).is_ok() && http(&c.addr, "GET", "/readyz", &[], b"").0 == 200 {
                 break;
             }
-            assert!(Instant::now() < deadline, "capstan up at {addr} never became ready");
+            assert!(Instant::now() < deadline, "capstan up at {} never became ready", c.addr);
             std::thread::sleep(Duration::from_millis(20));
         }
-        Cluster { child: Some(child), dir, kubeconfig, addr, printed }
+        c
     }
 
     /// The first line `capstan up` printed that contains `needle` (waiting for it).
