@@ -70,6 +70,9 @@ fn spawn(exe: &Path, dir: &Path, s: &Spec, initial: &str, opts: &ServeOpts, node
     if opts.unsafe_no_fsync {
         cmd.arg("--unsafe-no-fsync");
     }
+    // One signing key for ServiceAccount tokens, so a token works against any replica.
+    let sa_key = opts.tls.service_account_signing_key_file.clone().unwrap_or_else(|| crate::pki::sa_key_file(dir));
+    cmd.arg("--service-account-signing-key-file").arg(sa_key).arg("--service-account-issuer").arg(&opts.tls.service_account_issuer);
     if opts.tls.insecure_http {
         cmd.arg("--insecure-http");
     } else {
@@ -133,6 +136,7 @@ pub async fn up(n: usize, data_dir: PathBuf, listen: String, opts: ServeOpts, no
     let specs = specs(&data_dir, n, &listen)?;
     // The cluster CA (made here on the first start) and this process's credentials, before
     // the replicas start with it.
+    crate::pki::service_account_keys(&data_dir, &opts.tls)?;
     let admin = if opts.tls.insecure_http {
         None
     } else {

@@ -84,13 +84,14 @@ pub fn serve_api(
     store: storage::Store,
     tls: Option<apiserver::serve::Tls>,
     audit: Option<std::sync::Arc<apiserver::audit::Auditor>>,
+    sa_keys: Option<std::sync::Arc<apiserver::sa_token::Keys>>,
 ) -> (tokio::sync::watch::Sender<bool>, tokio::task::JoinHandle<std::io::Result<()>>) {
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mode = match &tls {
         Some(t) => apiserver::authn::Mode::Tls { tokens: t.tokens.clone() },
         None => apiserver::authn::Mode::Insecure,
     };
-    let app = apiserver::router_with_shutdown(store, stop_rx.clone(), mode, audit);
+    let app = apiserver::router_with_shutdown(store, stop_rx.clone(), mode, audit, sa_keys);
     let mut stop_serving = stop_rx;
     let stopped = async move {
         let _ = stop_serving.wait_for(|s| *s).await;
@@ -112,6 +113,7 @@ pub struct Security {
     pub tls: Option<apiserver::serve::Tls>,
     pub admin: Option<KubeUser>,
     pub audit: Option<std::sync::Arc<apiserver::audit::Auditor>>,
+    pub sa_keys: Option<std::sync::Arc<apiserver::sa_token::Keys>>,
 }
 
 /// The auditor `--audit-policy-file` and `--audit-log-path` ask for (both or neither).
@@ -135,7 +137,8 @@ pub fn security(data_dir: &Path, opts: &crate::TlsOpts, addr: &std::net::SocketA
     if opts.insecure_http {
         tracing::warn!("!!! --insecure-http: the API is served over plain HTTP WITHOUT authentication; anyone who can reach {addr} is cluster-admin. For benchmarks on loopback only !!!");
         eprintln!("capstan: WARNING: --insecure-http: plain HTTP, no authentication (anyone who can reach {addr} is cluster-admin)");
-        return Ok(Security { scheme: "http", tls: None, admin: None, audit: auditor(opts)? });
+        let sa_keys = Some(crate::pki::service_account_keys(data_dir, opts)?);
+        return Ok(Security { scheme: "http", tls: None, admin: None, audit: auditor(opts)?, sa_keys });
     }
     let pki = crate::pki::Pki::load_or_create(data_dir, opts)?;
     let mut tls = pki.listener(&crate::pki::hosts_for(addr))?;
@@ -148,7 +151,8 @@ pub fn security(data_dir: &Path, opts: &crate::TlsOpts, addr: &std::net::SocketA
     let admin = pki.client("kubernetes-admin", "system:masters")?;
     let own = pki.client("system:capstan-components", "system:masters")?;
     client::tls::set_default(&pki.credentials(&own)).map_err(anyhow::Error::msg)?;
-    Ok(Security { scheme: "https", tls: Some(tls), audit: auditor(opts)?, admin: Some(KubeUser { ca_pem: pki.ca_pem.clone(), cert_pem: admin.cert_pem, key_pem: admin.key_pem }) })
+    let sa_keys = Some(crate::pki::service_account_keys(data_dir, opts)?);
+    Ok(Security { scheme: "https", tls: Some(tls), audit: auditor(opts)?, sa_keys, admin: Some(KubeUser { ca_pem: pki.ca_pem.clone(), cert_pem: admin.cert_pem, key_pem: admin.key_pem }) })
 }
 
 pub fn hostname() -> String {

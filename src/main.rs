@@ -154,9 +154,16 @@ pub struct TlsOpts {
     /// The key (PEM) of --ca-cert-file.
     #[arg(long)]
     pub ca_key_file: Option<PathBuf>,
-    /// Trust client certificates of this CA bundle (PEM) instead of the cluster CA.
+    /// Also trust client certificates of this CA bundle (PEM); the cluster CA stays trusted.
     #[arg(long)]
     pub client_ca_file: Option<PathBuf>,
+    /// The key (PKCS#8 PEM, ECDSA P-256) ServiceAccount tokens are signed with, instead of
+    /// one made in the data dir (`D/pki/sa.key`).
+    #[arg(long)]
+    pub service_account_signing_key_file: Option<PathBuf>,
+    /// The `iss` of ServiceAccount tokens, and the one accepted.
+    #[arg(long, default_value = apiserver::sa_token::DEFAULT_ISSUER)]
+    pub service_account_issuer: String,
     /// Serve this certificate (PEM, chain) instead of one issued by the CA; needs
     /// --tls-private-key-file.
     #[arg(long)]

@@ -174,6 +174,30 @@ fn new_ca() -> Result<(String, String)> {
     Ok((cert.pem(), key.serialize_pem()))
 }
 
+/// The ServiceAccount signing key: `--service-account-signing-key-file`, or `D/pki/sa.key`,
+/// made on the first start and kept (tokens issued before a restart stay valid).
+pub fn service_account_keys(data_dir: &Path, opts: &TlsOpts) -> Result<Arc<apiserver::sa_token::Keys>> {
+    let (path, pem) = match &opts.service_account_signing_key_file {
+        Some(f) => (f.clone(), read(f)?),
+        None => {
+            let f = sa_key_file(data_dir);
+            if !f.exists() {
+                std::fs::create_dir_all(data_dir.join("pki")).with_context(|| format!("creating {}", data_dir.join("pki").display()))?;
+                write_private(&f, &KeyPair::generate()?.serialize_pem())?;
+            }
+            let pem = read(&f)?;
+            (f, pem)
+        }
+    };
+    let keys = apiserver::sa_token::Keys::from_pem(&pem, &opts.service_account_issuer).map_err(|e| anyhow::anyhow!("the ServiceAccount signing key {}: {e}", path.display()))?;
+    Ok(Arc::new(keys))
+}
+
+/// Where the ServiceAccount key is kept when none is given.
+pub fn sa_key_file(data_dir: &Path) -> PathBuf {
+    data_dir.join("pki").join("sa.key")
+}
+
 /// The names and addresses a listener on `addr` answers to: the address itself, and for a
 /// wildcard or loopback one, localhost, 127.0.0.1 and this host's name.
 pub fn hosts_for(addr: &std::net::SocketAddr) -> Vec<String> {

@@ -181,7 +181,7 @@ fn a_restarted_cluster_keeps_its_ca_so_an_old_kubeconfig_still_works() {
 fn insecure_http_serves_plain_http_as_an_unauthenticated_admin() {
     let c = Cluster::start_with(tempfile::tempdir().unwrap(), &["--no-local-node", "--insecure-http"]);
     assert!(std::fs::read_to_string(&c.kubeconfig).unwrap().contains("server: http://"));
-    assert!(!c.dir.path().join("pki").exists(), "no CA is made for a plain-HTTP server");
+    assert!(!c.dir.path().join("pki").join("ca.crt").exists(), "no CA is made for a plain-HTTP server");
     let who: serde_json::Value = serde_json::from_str(&c.ok(&["auth", "whoami", "-o", "json"])).unwrap();
     assert_eq!(who["status"]["userInfo"]["username"], "system:unsecured", "{who}");
 }
@@ -444,7 +444,7 @@ fn a_given_ca_serving_certificate_and_client_ca_are_used() {
         extra.extend([*flag, path_str(path)]);
     }
     let c = Cluster::start_with(dir, &extra);
-    assert!(!c.dir.path().join("pki").exists(), "no CA is made when one is given");
+    assert!(!c.dir.path().join("pki").join("ca.crt").exists(), "no CA is made when one is given");
     let kc = client::kubeconfig::load(&c.kubeconfig, None).unwrap();
     assert_eq!(kc.credentials.as_ref().unwrap().ca_pem, ca_pem, "the kubeconfig carries the given CA");
 
@@ -476,4 +476,76 @@ fn a_given_ca_serving_certificate_and_client_ca_are_used() {
     std::fs::write(&empty, "not a certificate\n").unwrap();
     let (ok, err) = start_fails(&dir, &["--client-ca-file", path_str(&empty)]);
     assert!(!ok && err.contains("--client-ca-file"), "{err}");
+}
+
+/// kubectl with the CA and a bearer token only (no client certificate, which would win).
+fn with_token(c: &Cluster, token: &str, args: &[&str]) -> std::process::Output {
+    let ca = c.dir.path().join("pki").join("ca.crt");
+    std::process::Command::new(KUBECTL)
+        .env("KUBECONFIG", "/dev/null")
+        .args(["--server", &format!("https://{}", c.addr), "--certificate-authority", path_str(&ca), "--token", token])
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn kubectl_create_token_issues_service_account_tokens_that_die_with_what_they_are_bound_to() {
+    let c = Cluster::start_with(tempfile::tempdir().unwrap(), &["--no-local-node"]);
+    c.ok(&["create", "serviceaccount", "ci", "-n", "default"]);
+    let token = c.ok(&["create", "token", "ci", "-n", "default"]).trim().to_string();
+    let who: serde_json::Value = serde_json::from_slice(&with_token(&c, &token, &["auth", "whoami", "-o", "json"]).stdout).unwrap();
+    let u = &who["status"]["userInfo"];
+    assert_eq!(u["username"], "system:serviceaccount:default:ci", "{who}");
+    assert_eq!(u["groups"], serde_json::json!(["system:serviceaccounts", "system:serviceaccounts:default", "system:authenticated"]), "{who}");
+    let uid = c.ok(&["get", "sa", "ci", "-n", "default", "-o", "jsonpath={.metadata.uid}"]);
+    assert_eq!(u["uid"], uid.as_str(), "{who}");
+
+    // RBAC applies to it as to any user: forbidden until bound.
+    let out = with_token(&c, &token, &["get", "pods", "-n", "default"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("User \"system:serviceaccount:default:ci\" cannot list resource \"pods\""), "{}", String::from_utf8_lossy(&out.stderr));
+    c.ok(&["create", "rolebinding", "ci-view", "--clusterrole=view", "--serviceaccount=default:ci", "-n", "default"]);
+    wait_until("the binding to let the token list pods", || with_token(&c, &token, &["get", "pods", "-n", "default"]).status.success());
+
+    // Its issuer publishes the key, to ServiceAccounts (system:service-account-issuer-discovery).
+    let jwks: serde_json::Value = serde_json::from_slice(&with_token(&c, &token, &["get", "--raw", "/openid/v1/jwks"]).stdout).unwrap();
+    assert_eq!(jwks["keys"][0]["alg"], "ES256", "{jwks}");
+    let conf: serde_json::Value = serde_json::from_slice(&with_token(&c, &token, &["get", "--raw", "/.well-known/openid-configuration"]).stdout).unwrap();
+    assert_eq!(conf["issuer"], "https://kubernetes.default.svc.cluster.local", "{conf}");
+
+    // A TokenReview says whom it names, and that it is not for another audience.
+    let review = |tok: &str, aud: &[&str]| -> serde_json::Value {
+        let body = serde_json::json!({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview", "spec": {"token": tok, "audiences": aud}});
+        let f = c.write("review.json", &body.to_string());
+        serde_json::from_str(&c.ok(&["create", "--raw", "/apis/authentication.k8s.io/v1/tokenreviews", "-f", path_str(&f)])).unwrap()
+    };
+    let r = review(&token, &[]);
+    assert_eq!(r["status"]["authenticated"], true, "{r}");
+    assert_eq!(r["status"]["user"]["username"], "system:serviceaccount:default:ci", "{r}");
+    assert_eq!(review(&token, &["vault"])["status"]["authenticated"], serde_json::Value::Null);
+
+    // Bad input: too short a lifetime, a missing ServiceAccount, a token for another
+    // audience, an altered token.
+    assert!(c.fails(&["create", "token", "ci", "-n", "default", "--duration", "5m"]).contains("may not specify a duration less than 10 minutes"));
+    assert!(c.fails(&["create", "token", "nobody", "-n", "default"]).contains("serviceaccounts \"nobody\" not found"));
+    let vault = c.ok(&["create", "token", "ci", "-n", "default", "--audience", "vault"]).trim().to_string();
+    assert!(String::from_utf8_lossy(&with_token(&c, &vault, &["auth", "whoami"]).stderr).contains("Unauthorized"));
+    let mut altered = token.clone().into_bytes();
+    let i = altered.len() - 5;
+    altered[i] = if altered[i] == b'A' { b'B' } else { b'A' };
+    assert!(String::from_utf8_lossy(&with_token(&c, std::str::from_utf8(&altered).unwrap(), &["auth", "whoami"]).stderr).contains("Unauthorized"));
+
+    // A token bound to a pod works while the pod exists and not after it is deleted.
+    c.ok(&["run", "p", "--image=x", "-n", "default", "--overrides", r#"{"spec":{"serviceAccountName":"ci"}}"#]);
+    let bound = c.ok(&["create", "token", "ci", "-n", "default", "--bound-object-kind", "Pod", "--bound-object-name", "p"]).trim().to_string();
+    let who: serde_json::Value = serde_json::from_slice(&with_token(&c, &bound, &["auth", "whoami", "-o", "json"]).stdout).unwrap();
+    assert_eq!(who["status"]["userInfo"]["extra"]["authentication.kubernetes.io/pod-name"], serde_json::json!(["p"]), "{who}");
+    assert!(c.fails(&["create", "token", "default", "-n", "default", "--bound-object-kind", "Pod", "--bound-object-name", "p"]).contains("different serviceaccount name"));
+    c.ok(&["delete", "pod", "p", "-n", "default", "--grace-period=0", "--force"]);
+    assert!(String::from_utf8_lossy(&with_token(&c, &bound, &["auth", "whoami"]).stderr).contains("Unauthorized"), "a token of a deleted pod");
+
+    // Deleting the ServiceAccount ends every token it had.
+    assert!(with_token(&c, &token, &["auth", "whoami"]).status.success());
+    c.ok(&["delete", "serviceaccount", "ci", "-n", "default"]);
+    assert!(String::from_utf8_lossy(&with_token(&c, &token, &["auth", "whoami"]).stderr).contains("Unauthorized"), "a token of a deleted ServiceAccount");
 }

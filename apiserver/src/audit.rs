@@ -400,14 +400,14 @@ mod tests {
              - level: Request\n",
         )
         .unwrap();
-        let u = UserInfo { name: "alice".into(), groups: vec![] };
+        let u = UserInfo::new("alice", vec![]);
         let at = |m: &str, path: &str| crate::rbac::attributes(m, path, "");
         assert_eq!(p.decide(&u, &at("POST", "/api/v1/namespaces/prod/secrets")).0, Level::Metadata, "secrets at Metadata, before the create rule");
         assert_eq!(p.decide(&u, &at("POST", "/api/v1/namespaces/prod/pods")).0, Level::RequestResponse);
         assert_eq!(p.decide(&u, &at("POST", "/api/v1/namespaces/dev/pods")).0, Level::Request);
         assert_eq!(p.decide(&u, &at("GET", "/healthz/ready")).0, Level::None);
         assert_eq!(p.decide(&u, &at("GET", "/metrics")).0, Level::Request);
-        let proxy = UserInfo { name: "system:kube-proxy".into(), groups: vec![] };
+        let proxy = UserInfo::new("system:kube-proxy", vec![]);
         assert_eq!(p.decide(&proxy, &at("GET", "/api/v1/namespaces/dev/pods")).0, Level::None);
         assert_eq!(p.decide(&u, &at("GET", "/api/v1/pods")).1, vec![Stage::RequestReceived]);
     }

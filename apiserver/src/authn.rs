@@ -22,26 +22,44 @@ use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::WebPkiClientVerifier;
 use rustls::{DigitallySignedStruct, DistinguishedName, RootCertStore, SignatureScheme};
 
+use crate::handlers::AppState;
+use crate::sa_token::{Claims, Keys};
 use crate::status::ApiError;
 
 /// The group every authenticated user is in.
 pub const AUTHENTICATED: &str = "system:authenticated";
 
 /// Who sent a request.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
 pub struct UserInfo {
     pub name: String,
     pub groups: Vec<String>,
+    /// Empty when the authenticator knows none (certificates).
+    pub uid: String,
+    /// What an authenticator adds (a ServiceAccount token's pod, its credential id).
+    pub extra: std::collections::BTreeMap<String, Vec<String>>,
 }
 
 impl UserInfo {
-    /// The user of a request on the insecure port.
-    pub fn unsecured() -> UserInfo {
-        UserInfo { name: "system:unsecured".into(), groups: vec!["system:masters".into(), AUTHENTICATED.into()] }
+    pub fn new(name: impl Into<String>, groups: Vec<String>) -> UserInfo {
+        UserInfo { name: name.into(), groups, ..Default::default() }
     }
 
+    /// The user of a request on the insecure port.
+    pub fn unsecured() -> UserInfo {
+        UserInfo::new("system:unsecured", vec!["system:masters".into(), AUTHENTICATED.into()])
+    }
+
+    /// As Kubernetes' `UserInfo` (`username`, `uid`, `groups`, `extra`; empty ones left out).
     pub fn to_json(&self) -> serde_json::Value {
-        serde_json::json!({ "username": self.name, "groups": self.groups })
+        let mut v = serde_json::json!({ "username": self.name, "groups": self.groups });
+        if !self.uid.is_empty() {
+            v["uid"] = serde_json::json!(self.uid);
+        }
+        if !self.extra.is_empty() {
+            v["extra"] = serde_json::json!(self.extra);
+        }
+        v
     }
 }
 
@@ -101,7 +119,7 @@ pub fn user_of_certificate(der: &[u8]) -> Result<UserInfo, String> {
     if !groups.iter().any(|g| g == AUTHENTICATED) {
         groups.push(AUTHENTICATED.into());
     }
-    Ok(UserInfo { name, groups })
+    Ok(UserInfo::new(name, groups))
 }
 
 #[derive(Debug)]
@@ -185,7 +203,7 @@ impl StaticTokens {
             if !groups.iter().any(|g| g == AUTHENTICATED) {
                 groups.push(AUTHENTICATED.into());
             }
-            if users.insert(token.to_string(), Arc::new(UserInfo { name: user.to_string(), groups })).is_some() {
+            if users.insert(token.to_string(), Arc::new(UserInfo { name: user.to_string(), groups, uid: fields[2].clone(), ..Default::default() })).is_some() {
                 return Err(format!("line {n}: field 1 (token) repeats an earlier line's token"));
             }
         }
@@ -273,9 +291,144 @@ pub struct Counters {
 
 pub static COUNTERS: Counters = Counters { anonymous: AtomicU64::new(0), rejected: AtomicU64::new(0) };
 
+/// The user a bearer token names: a line of the static token file, else a ServiceAccount
+/// token. `Err` says why not (logged, never told to the client).
+async fn token_user(st: &AppState, tokens: &StaticTokens, token: &str) -> Result<Arc<UserInfo>, String> {
+    token_user_for(st, tokens, token, None).await.map(|(u, _)| u)
+}
+
+/// As `token_user`, for one of `audiences` (the API server's own when `None`); also the
+/// audiences the token is good for among them.
+async fn token_user_for(st: &AppState, tokens: &StaticTokens, token: &str, audiences: Option<&[String]>) -> Result<(Arc<UserInfo>, Vec<String>), String> {
+    let Some(keys) = &st.sa_keys else {
+        return tokens.user(token).map(|u| (u, Vec::new())).ok_or_else(|| "unknown token".into());
+    };
+    let audiences = audiences.map_or_else(|| keys.api_audiences(), <[String]>::to_vec);
+    if let Some(u) = tokens.user(token) {
+        // Static tokens are good for the API server's audiences only.
+        let api = keys.api_audiences();
+        return Ok((u, audiences.into_iter().filter(|a| api.contains(a)).collect()));
+    }
+    if !Keys::looks_like_jwt(token) {
+        return Err("unknown token".into());
+    }
+    let claims = keys.verify(token, &audiences, jiff::Timestamp::now().as_second())?;
+    let good: Vec<String> = audiences.into_iter().filter(|a| claims.aud.contains(a)).collect();
+    service_account_user(st, &claims).await.map(|u| (Arc::new(u), good))
+}
+
+/// `POST /apis/authentication.k8s.io/v1/tokenreviews`: whom a bearer token authenticates, for
+/// the audiences asked (the API server's when none), as a webhook token authenticator asks.
+pub async fn token_review(State(st): State<Arc<AppState>>, req: Request) -> Response {
+    let ctype = req.headers().get(axum::http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+    let body = match axum::body::to_bytes(req.into_body(), 1 << 20).await {
+        Ok(b) => b,
+        Err(_) => return ApiError::bad_request("the body of the request could not be read (at most 1 MiB)").into_response(),
+    };
+    let review = match crate::handlers::parse_body(&ctype, &body) {
+        Ok(v) => v,
+        Err(e) => return e.into_response(),
+    };
+    let Some(token) = review["spec"]["token"].as_str().filter(|t| !t.is_empty()) else {
+        return ApiError::invalid("authentication.k8s.io", "TokenReview", "", vec![("spec.token".into(), "Required value".into())]).into_response();
+    };
+    let audiences: Option<Vec<String>> = review["spec"]["audiences"].as_array().filter(|a| !a.is_empty()).map(|a| a.iter().filter_map(|x| x.as_str().map(str::to_string)).collect());
+    let none = StaticTokens::none();
+    let tokens = match &st.authn {
+        Mode::Tls { tokens } => tokens.clone(),
+        Mode::Insecure => none,
+    };
+    let status = match token_user_for(&st, &tokens, token, audiences.as_deref()).await {
+        Ok((u, aud)) => serde_json::json!({ "authenticated": true, "user": u.to_json(), "audiences": aud }),
+        Err(why) => serde_json::json!({ "user": {}, "error": why }),
+    };
+    let mut spec = review["spec"].clone();
+    if let Some(o) = spec.as_object_mut() {
+        o.remove("token");
+    }
+    let body = serde_json::json!({
+        "kind": "TokenReview",
+        "apiVersion": "authentication.k8s.io/v1",
+        "metadata": { "creationTimestamp": null },
+        "spec": spec,
+        "status": status,
+    });
+    (axum::http::StatusCode::CREATED, axum::Json(body)).into_response()
+}
+
+/// `GET /.well-known/openid-configuration`: the ServiceAccount issuer's discovery document.
+pub async fn openid_configuration(State(st): State<Arc<AppState>>, req: Request) -> Response {
+    let Some(keys) = &st.sa_keys else { return ApiError::path_not_found(req.uri().path()).into_response() };
+    // HTTP/2 carries the host in the URI's authority, HTTP/1.1 in the Host header.
+    let host = req.uri().authority().map(|a| a.as_str()).or_else(|| req.headers().get(axum::http::header::HOST).and_then(|h| h.to_str().ok())).unwrap_or("localhost");
+    let scheme = if matches!(st.authn, Mode::Insecure) { "http" } else { "https" };
+    axum::Json(keys.discovery(&format!("{scheme}://{host}"))).into_response()
+}
+
+/// `GET /openid/v1/jwks`: the public keys ServiceAccount tokens are signed with.
+pub async fn jwks(State(st): State<Arc<AppState>>, req: Request) -> Response {
+    let Some(keys) = &st.sa_keys else { return ApiError::path_not_found(req.uri().path()).into_response() };
+    let body = serde_json::to_vec(keys.jwks()).unwrap_or_default();
+    ([(axum::http::header::CONTENT_TYPE, "application/jwk-set+json")], body).into_response()
+}
+
+/// How long a token bound to a pod outlives the pod's deletion mark, as in Kubernetes (the
+/// pod is still stopping and may need its token meanwhile).
+const BOUND_POD_GRACE_SECONDS: i64 = 60;
+
+/// The user of a verified ServiceAccount token, if what it was issued for still exists: the
+/// ServiceAccount, and the Pod, Secret or Node it is bound to, each with the UID the token
+/// names (so a deleted and re-created object does not revive it).
+pub async fn service_account_user(st: &AppState, c: &Claims) -> Result<UserInfo, String> {
+    let ns = c.k8s.namespace.as_str();
+    let live = |resource: &'static str, namespaced: bool, r: &crate::sa_token::Ref| {
+        let r = r.clone();
+        async move {
+            let ns_of = namespaced.then_some(ns);
+            let obj = st.read_object("", resource, ns_of, &r.name).await.map_err(|e| e.message)?.ok_or_else(|| format!("{resource} {:?} no longer exists", r.name))?;
+            let uid = obj["metadata"]["uid"].as_str().unwrap_or("");
+            if uid != r.uid {
+                return Err(format!("{resource} {:?} has UID {uid}, the token names {}", r.name, r.uid));
+            }
+            Ok(obj)
+        }
+    };
+    live("serviceaccounts", true, &c.k8s.serviceaccount).await?;
+    let mut extra = std::collections::BTreeMap::new();
+    extra.insert("authentication.kubernetes.io/credential-id".to_string(), vec![format!("JTI={}", c.jti)]);
+    if let Some(p) = &c.k8s.pod {
+        let pod = live("pods", true, p).await?;
+        if let Some(ts) = pod["metadata"]["deletionTimestamp"].as_str().and_then(|t| t.parse::<jiff::Timestamp>().ok())
+            && ts.as_second() + BOUND_POD_GRACE_SECONDS < jiff::Timestamp::now().as_second()
+        {
+            return Err(format!("pod {:?} is being deleted", p.name));
+        }
+        extra.insert("authentication.kubernetes.io/pod-name".to_string(), vec![p.name.clone()]);
+        extra.insert("authentication.kubernetes.io/pod-uid".to_string(), vec![p.uid.clone()]);
+    }
+    if let Some(s) = &c.k8s.secret {
+        live("secrets", true, s).await?;
+    }
+    if let Some(n) = &c.k8s.node {
+        // A node named by a pod-bound token is informational; one the token is bound to
+        // directly must exist.
+        if c.k8s.pod.is_none() {
+            live("nodes", false, n).await?;
+        }
+        extra.insert("authentication.kubernetes.io/node-name".to_string(), vec![n.name.clone()]);
+        extra.insert("authentication.kubernetes.io/node-uid".to_string(), vec![n.uid.clone()]);
+    }
+    Ok(UserInfo {
+        name: c.sub.clone(),
+        groups: vec!["system:serviceaccounts".into(), format!("system:serviceaccounts:{ns}"), AUTHENTICATED.into()],
+        uid: c.k8s.serviceaccount.uid.clone(),
+        extra,
+    })
+}
+
 /// The middleware: puts the request's `UserInfo` into its extensions, or answers 401.
-pub async fn authenticate(State(mode): State<Mode>, mut req: Request, next: Next) -> Response {
-    let user = match mode {
+pub async fn authenticate(State(st): State<Arc<AppState>>, mut req: Request, next: Next) -> Response {
+    let user = match &st.authn {
         Mode::Insecure => Some(Arc::new(UserInfo::unsecured())),
         // Kubernetes' order: the client certificate, then a bearer token; a credential
         // that is presented and fails is a 401 even where anonymous requests are allowed.
@@ -288,10 +441,11 @@ pub async fn authenticate(State(mode): State<Mode>, mut req: Request, next: Next
             }
             Some(Identity::Anonymous) | None => match bearer(&req) {
                 Ok(None) => None,
-                Ok(Some(token)) => match tokens.user(token) {
-                    Some(u) => Some(u),
-                    None => {
+                Ok(Some(token)) => match token_user(&st, tokens, token).await {
+                    Ok(u) => Some(u),
+                    Err(why) => {
                         COUNTERS.rejected.fetch_add(1, Ordering::Relaxed);
+                        tracing::debug!(reason = %why, path = req.uri().path(), "unauthorized bearer token");
                         return ApiError::unauthorized().into_response();
                     }
                 },
@@ -352,7 +506,7 @@ mod tests {
     fn a_static_token_file_is_read_as_kubernetes_reads_it() {
         let t = StaticTokens::parse("# comment\n\nabc,alice,1\ndef,bob,2,\"devs,ops\"\n\"g,h\",carol,3,admins\n").unwrap();
         assert_eq!(t.len(), 3);
-        assert_eq!(*t.user("abc").unwrap(), UserInfo { name: "alice".into(), groups: vec![AUTHENTICATED.into()] });
+        assert_eq!(*t.user("abc").unwrap(), UserInfo { name: "alice".into(), groups: vec![AUTHENTICATED.into()], uid: "1".into(), ..Default::default() });
         assert_eq!(t.user("def").unwrap().groups, vec!["devs".to_string(), "ops".into(), AUTHENTICATED.into()]);
         assert_eq!(t.user("g,h").unwrap().name, "carol");
         assert!(t.user("nope").is_none());
@@ -373,7 +527,7 @@ mod tests {
     #[test]
     fn the_user_is_the_common_name_and_the_groups_the_organizations() {
         let u = user_of_certificate(&cert("kubernetes-admin", &["system:masters"])).unwrap();
-        assert_eq!(u, UserInfo { name: "kubernetes-admin".into(), groups: vec!["system:masters".into(), AUTHENTICATED.into()] });
+        assert_eq!(u, UserInfo::new("kubernetes-admin", vec!["system:masters".into(), AUTHENTICATED.into()]));
         // (rcgen writes one value per attribute type, so a fixture has at most one O.)
         let u = user_of_certificate(&cert("system:node:n1", &["system:nodes"])).unwrap();
         assert_eq!(u.groups, vec!["system:nodes".to_string(), AUTHENTICATED.into()]);

@@ -31,6 +31,7 @@ use crate::table;
 mod admit;
 mod read;
 mod rules;
+mod token;
 mod watch;
 
 use watch::*;
@@ -56,6 +57,21 @@ pub struct AppState {
     pub warm: std::sync::atomic::AtomicBool,
     /// The RBAC index, kept current by `rbac::follow`.
     pub rbac: crate::rbac::Authorizer,
+    /// How requests are authenticated.
+    pub authn: crate::authn::Mode,
+    /// Signs and checks ServiceAccount tokens; none in in-process test servers.
+    pub sa_keys: Option<Arc<crate::sa_token::Keys>>,
+}
+
+impl AppState {
+    /// One object of a built-in resource as stored, or none.
+    pub(crate) async fn read_object(&self, group: &str, resource: &str, namespace: Option<&str>, name: &str) -> Result<Option<Value>, ApiError> {
+        let info = self.reg.find(group, "v1", resource).ok_or_else(|| ApiError::internal(format!("{resource} is not served")))?;
+        match self.store.get(info.key(namespace, name)).await? {
+            None => Ok(None),
+            Some(kv) => Ok(Some(Stored::parse(&kv.value).map_err(ApiError::internal)?.value_at(kv.mod_revision).map_err(ApiError::internal)?)),
+        }
+    }
 }
 
 /// How long a consistent read waits for its cache to reach the store's revision.
@@ -329,6 +345,7 @@ impl Req<'_> {
             (Method::POST, false, None) => self.create().await,
             (Method::POST, true, Some("binding")) => self.bind().await,
             (Method::POST, true, Some("eviction")) => self.evict().await,
+            (Method::POST, true, Some("token")) if self.info.kind == "ServiceAccount" => self.token_request().await,
             (Method::PUT, true, None | Some("status")) => self.update().await,
             (Method::PUT, true, Some("scale")) => self.update_scale().await,
             (Method::PUT, true, Some("finalize")) if self.info.kind == "Namespace" => self.finalize_namespace().await,

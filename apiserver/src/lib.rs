@@ -29,6 +29,7 @@ pub mod patch_meta;
 pub mod protobuf;
 pub mod quota;
 pub mod rbac;
+pub mod sa_token;
 pub mod registry;
 pub mod reserve;
 pub mod schema;
@@ -61,17 +62,31 @@ pub const SYSTEM_NAMESPACES: &[&str] = &["default", "kube-system", "kube-public"
 /// for in-process benchmarks and tests of the API's semantics).
 pub fn router(store: Store) -> Router {
     let (tx, rx) = tokio::sync::watch::channel(false);
-    build(store, rx, Some(tx), authn::Mode::Insecure, None)
+    build(store, rx, Some(tx), authn::Mode::Insecure, None, None)
 }
 
 /// As `router`, authenticating as `mode` says; when `shutdown` turns true, every open watch
 /// sends a last bookmark (so its client resumes from a recent revision) and ends, letting a
 /// graceful shutdown finish.
-pub fn router_with_shutdown(store: Store, shutdown: tokio::sync::watch::Receiver<bool>, mode: authn::Mode, audit: Option<Arc<audit::Auditor>>) -> Router {
-    build(store, shutdown, None, mode, audit)
+/// ServiceAccount tokens are issued and accepted when `sa_keys` is given.
+pub fn router_with_shutdown(
+    store: Store,
+    shutdown: tokio::sync::watch::Receiver<bool>,
+    mode: authn::Mode,
+    audit: Option<Arc<audit::Auditor>>,
+    sa_keys: Option<Arc<sa_token::Keys>>,
+) -> Router {
+    build(store, shutdown, None, mode, audit, sa_keys)
 }
 
-fn build(store: Store, shutdown: tokio::sync::watch::Receiver<bool>, keep: Option<tokio::sync::watch::Sender<bool>>, mode: authn::Mode, auditor: Option<Arc<audit::Auditor>>) -> Router {
+fn build(
+    store: Store,
+    shutdown: tokio::sync::watch::Receiver<bool>,
+    keep: Option<tokio::sync::watch::Sender<bool>>,
+    mode: authn::Mode,
+    auditor: Option<Arc<audit::Auditor>>,
+    sa_keys: Option<Arc<sa_token::Keys>>,
+) -> Router {
     let state = Arc::new(AppState {
         shutdown,
         _shutdown_sender: keep,
@@ -83,6 +98,8 @@ fn build(store: Store, shutdown: tokio::sync::watch::Receiver<bool>, keep: Optio
         caches: Default::default(),
         warm: Default::default(),
         rbac: Default::default(),
+        authn: mode,
+        sa_keys,
     });
     tokio::spawn(rbac::follow(state.clone()));
     // Warm a cache for every built-in resource; /readyz answers 200 once they are.
@@ -114,12 +131,15 @@ fn build(store: Store, shutdown: tokio::sync::watch::Receiver<bool>, keep: Optio
         .route("/openapi/v3/{*gv}", get(openapi_gv))
         .route("/apis/authentication.k8s.io/v1/selfsubjectreviews", axum::routing::post(authn::self_subject_review))
         .route("/apis/authentication.k8s.io/v1beta1/selfsubjectreviews", axum::routing::post(authn::self_subject_review))
+        .route("/apis/authentication.k8s.io/v1/tokenreviews", axum::routing::post(authn::token_review))
+        .route("/.well-known/openid-configuration", get(authn::openid_configuration))
+        .route("/openid/v1/jwks", get(authn::jwks))
         .route("/apis/authorization.k8s.io/v1/selfsubjectaccessreviews", axum::routing::post(rbac::self_subject_access_review))
         .route("/apis/authorization.k8s.io/v1/selfsubjectrulesreviews", axum::routing::post(rbac::self_subject_rules_review))
         .fallback(not_found)
         .layer(axum::middleware::from_fn_with_state(state.clone(), rbac::authorize))
         .layer(axum::middleware::from_fn_with_state(auditor, audit::audit))
-        .layer(axum::middleware::from_fn_with_state(mode, authn::authenticate))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), authn::authenticate))
         .layer(axum::middleware::from_fn_with_state(state.clone(), inflight))
         .layer(DefaultBodyLimit::disable())
         .with_state(state)

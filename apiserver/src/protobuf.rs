@@ -420,6 +420,35 @@ fn to_json_raw(body: &[u8]) -> Result<Value, PbError> {
             insert(&mut v, "spec", Some(spec));
             v
         }
+        ("authentication.k8s.io/v1", "TokenRequest") => {
+            let m: k8s_pb::api::authentication::v1::TokenRequest = decode(&raw, &kind)?;
+            let mut spec = json!({});
+            if let Some(sp) = &m.spec {
+                insert(&mut spec, "audiences", sp.audiences.j());
+                insert(&mut spec, "expirationSeconds", sp.expiration_seconds.j());
+                if let Some(b) = &sp.bound_object_ref {
+                    let mut r = json!({});
+                    for (k, v) in [("kind", &b.kind), ("apiVersion", &b.api_version), ("name", &b.name), ("uid", &b.u_id)] {
+                        insert(&mut r, k, v.j());
+                    }
+                    insert(&mut spec, "boundObjectRef", Some(r));
+                }
+            }
+            let mut v = obj! { "metadata" => m.metadata };
+            insert(&mut v, "spec", Some(spec));
+            v
+        }
+        ("authentication.k8s.io/v1", "TokenReview") => {
+            let m: k8s_pb::api::authentication::v1::TokenReview = decode(&raw, &kind)?;
+            let mut spec = json!({});
+            if let Some(sp) = &m.spec {
+                insert(&mut spec, "token", sp.token.j());
+                insert(&mut spec, "audiences", sp.audiences.j());
+            }
+            let mut v = obj! { "metadata" => m.metadata };
+            insert(&mut v, "spec", Some(spec));
+            v
+        }
         ("authorization.k8s.io/v1", "SelfSubjectRulesReview") => {
             let m: k8s_pb::api::authorization::v1::SelfSubjectRulesReview = decode(&raw, &kind)?;
             let mut spec = json!({});

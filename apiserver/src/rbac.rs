@@ -428,6 +428,11 @@ pub fn defaults() -> Vec<(&'static str, Value)> {
             {"apiGroups": ["authorization.k8s.io"], "resources": ["selfsubjectaccessreviews", "selfsubjectrulesreviews"], "verbs": ["create"]},
             {"apiGroups": ["authentication.k8s.io"], "resources": ["selfsubjectreviews"], "verbs": ["create"]},
         ]))),
+        ("clusterroles", cr("system:service-account-issuer-discovery", boot.clone(), json!([{"nonResourceURLs": ["/.well-known/openid-configuration", "/.well-known/openid-configuration/", "/openid/v1/jwks", "/openid/v1/jwks/"], "verbs": ["get"]}]))),
+        ("clusterroles", cr("system:auth-delegator", boot.clone(), json!([
+            {"apiGroups": ["authentication.k8s.io"], "resources": ["tokenreviews"], "verbs": ["create"]},
+            {"apiGroups": ["authorization.k8s.io"], "resources": ["subjectaccessreviews"], "verbs": ["create"]},
+        ]))),
         ("clusterroles", cr("system:aggregate-to-view", json!({"kubernetes.io/bootstrapping": "rbac-defaults", "rbac.authorization.k8s.io/aggregate-to-view": "true"}), view_rules)),
         ("clusterroles", cr("system:aggregate-to-edit", json!({"kubernetes.io/bootstrapping": "rbac-defaults", "rbac.authorization.k8s.io/aggregate-to-edit": "true"}), edit_rules)),
         ("clusterroles", cr("system:aggregate-to-admin", json!({"kubernetes.io/bootstrapping": "rbac-defaults", "rbac.authorization.k8s.io/aggregate-to-admin": "true"}), admin_rules)),
@@ -438,6 +443,7 @@ pub fn defaults() -> Vec<(&'static str, Value)> {
         ("clusterrolebindings", crb("system:discovery", "system:discovery", crate::authn::AUTHENTICATED)),
         ("clusterrolebindings", crb("system:basic-user", "system:basic-user", crate::authn::AUTHENTICATED)),
         ("clusterrolebindings", crb("system:public-info-viewer", "system:public-info-viewer", crate::authn::AUTHENTICATED)),
+        ("clusterrolebindings", crb("system:service-account-issuer-discovery", "system:service-account-issuer-discovery", "system:serviceaccounts")),
     ]
 }
 
@@ -446,7 +452,7 @@ mod tests {
     use super::*;
 
     fn user(name: &str, groups: &[&str]) -> UserInfo {
-        UserInfo { name: name.into(), groups: groups.iter().map(|g| g.to_string()).collect() }
+        UserInfo::new(name, groups.iter().map(|g| g.to_string()).collect())
     }
 
     fn can(ix: &Index, u: &UserInfo, method: &str, path: &str) -> bool {
@@ -692,7 +698,7 @@ pub fn impersonate(ix: &Index, user: &UserInfo, headers: &axum::http::HeaderMap)
     if name != "system:anonymous" && !groups.iter().any(|g| g == crate::authn::AUTHENTICATED) {
         groups.push(crate::authn::AUTHENTICATED.into());
     }
-    Ok(UserInfo { name, groups })
+    Ok(UserInfo::new(name, groups))
 }
 
 /// `POST /apis/authorization.k8s.io/v1/selfsubjectaccessreviews`: may the caller do this?

@@ -212,7 +212,7 @@ pub fn builtin() -> Vec<ResourceInfo> {
         info::<core::ConfigMap>(&["cm"], &[], false),
         info::<core::Secret>(&[], &[], false),
         info::<core::Event>(&["ev"], &[], false),
-        info::<core::ServiceAccount>(&["sa"], &[], false),
+        info::<core::ServiceAccount>(&["sa"], &[Subresource { name: "token", response: ("authentication.k8s.io", "v1", "TokenRequest"), verbs: &["create"] }], false),
         info::<core::PersistentVolume>(&["pv"], &[status_of!(core::PersistentVolume)], true),
         info::<core::PersistentVolumeClaim>(&["pvc"], &[status_of!(core::PersistentVolumeClaim)], true),
         info::<core::ResourceQuota>(&["quota"], &[status_of!(core::ResourceQuota)], true),

@@ -72,6 +72,12 @@ impl ApiError {
         .with_details(name, group, resource)
     }
 
+    /// 409 with Kubernetes' conflict message and a reason of the caller's.
+    pub fn conflict_because(group: &str, resource: &str, name: &str, why: &str) -> ApiError {
+        let what = if group.is_empty() { resource.to_string() } else { format!("{resource}.{group}") };
+        ApiError::new(409, "Conflict", format!("Operation cannot be fulfilled on {what} \"{name}\": {why}")).with_details(name, group, resource)
+    }
+
     /// 422 with one cause per invalid field.
     pub fn invalid(group: &str, kind: &str, name: &str, causes: Vec<(String, String)>) -> ApiError {
         let summary: Vec<String> = causes.iter().map(|(f, m)| format!("{f}: {m}")).collect();

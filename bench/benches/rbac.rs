@@ -22,7 +22,7 @@ fn index() -> Index {
 
 fn bench(c: &mut Criterion) {
     let ix = index();
-    let user = |name: &str, groups: &[&str]| UserInfo { name: name.into(), groups: groups.iter().map(|g| g.to_string()).collect() };
+    let user = |name: &str, groups: &[&str]| UserInfo::new(name, groups.iter().map(|g| g.to_string()).collect());
     let bound = user("user-4242", &["system:authenticated"]);
     let stranger = user("nobody", &["system:authenticated", "team-a", "team-b"]);
     let admin = user("kubernetes-admin", &["system:masters", "system:authenticated"]);
