@@ -73,6 +73,10 @@ fn spawn(exe: &Path, dir: &Path, s: &Spec, initial: &str, opts: &ServeOpts, node
     // One signing key for ServiceAccount tokens, so a token works against any replica.
     let sa_key = opts.tls.service_account_signing_key_file.clone().unwrap_or_else(|| crate::pki::sa_key_file(dir));
     cmd.arg("--service-account-signing-key-file").arg(sa_key).arg("--service-account-issuer").arg(&opts.tls.service_account_issuer);
+    // One encryption configuration: every replica applies the same log.
+    if let Some(e) = &opts.tls.encryption_provider_config {
+        cmd.arg("--encryption-provider-config").arg(e);
+    }
     if opts.tls.insecure_http {
         cmd.arg("--insecure-http");
     } else {

@@ -130,7 +130,18 @@ fn auditor(opts: &crate::TlsOpts) -> Result<Option<std::sync::Arc<apiserver::aud
     Ok(Some(a))
 }
 
+/// Installs `--encryption-provider-config` (process-wide, before the API serves).
+fn encryption(opts: &crate::TlsOpts) -> Result<()> {
+    let Some(f) = &opts.encryption_provider_config else { return Ok(()) };
+    let text = std::fs::read_to_string(f).with_context(|| format!("reading the encryption configuration {}", f.display()))?;
+    let cfg = apiserver::encryption::Config::parse(&text).map_err(|e| anyhow::anyhow!("the encryption configuration {}: {e}", f.display()))?;
+    apiserver::encryption::install(cfg).map_err(anyhow::Error::msg)?;
+    tracing::info!(file = %f.display(), "encryption at rest configured");
+    Ok(())
+}
+
 pub fn security(data_dir: &Path, opts: &crate::TlsOpts, addr: &std::net::SocketAddr) -> Result<Security> {
+    encryption(opts)?;
     if opts.insecure_http && opts.token_auth_file.is_some() {
         anyhow::bail!("--token-auth-file needs TLS: with --insecure-http nothing is authenticated");
     }

@@ -187,6 +187,10 @@ pub struct TlsOpts {
     /// Rotated audit logs kept (0: all).
     #[arg(long, default_value_t = 0)]
     pub audit_log_maxbackup: usize,
+    /// Encrypt resources at rest as this EncryptionConfiguration
+    /// (`apiserver.config.k8s.io/v1`: aesgcm, aescbc, secretbox, identity) says.
+    #[arg(long)]
+    pub encryption_provider_config: Option<PathBuf>,
 }
 
 /// The real node `capstan up` runs (pods as local processes).

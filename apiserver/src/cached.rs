@@ -75,7 +75,14 @@ fn meta_fast(json: &[u8]) -> Option<Meta> {
 
 fn decoder() -> Decode {
     Arc::new(|kv: &KeyValue| {
-        let stored = Stored::parse(&kv.value).ok()?;
+        let stored = match Stored::from_kv(kv) {
+            Ok(s) => s,
+            Err(e) => {
+                // Left out of the cache (a GET of it asks the store and answers the error).
+                tracing::error!(key = %String::from_utf8_lossy(&kv.key), error = %e, "a stored object could not be read");
+                return None;
+            }
+        };
         let json = stored.at(kv.mod_revision);
         let meta = match meta_fast(&json) {
             Some(m) => m,

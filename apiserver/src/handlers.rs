@@ -69,7 +69,7 @@ impl AppState {
         let info = self.reg.find(group, "v1", resource).ok_or_else(|| ApiError::internal(format!("{resource} is not served")))?;
         match self.store.get(info.key(namespace, name)).await? {
             None => Ok(None),
-            Some(kv) => Ok(Some(Stored::parse(&kv.value).map_err(ApiError::internal)?.value_at(kv.mod_revision).map_err(ApiError::internal)?)),
+            Some(kv) => Ok(Some(Stored::from_kv(&kv).map_err(ApiError::internal)?.value_at(kv.mod_revision).map_err(ApiError::internal)?)),
         }
     }
 }
@@ -225,7 +225,7 @@ pub async fn refresh_crds(st: &AppState) -> Result<(), ApiError> {
     let resp = st.store.range(RangeRequest::prefix("/registry/apiextensions.k8s.io/customresourcedefinitions/")).await?;
     let mut crds = Vec::new();
     for kv in &resp.kvs {
-        if let Some(v) = decode_at(&kv.value, kv.mod_revision) {
+        if let Some(v) = decode_at(kv) {
             crds.push(v);
         }
     }
@@ -387,7 +387,7 @@ impl Req<'_> {
         match self.st.store.get(key.to_string()).await? {
             None => Ok(None),
             Some(kv) => {
-                let stored = Stored::parse(&kv.value).map_err(ApiError::internal)?;
+                let stored = Stored::from_kv(&kv).map_err(ApiError::internal)?;
                 Ok(Some(Current { obj: stored.value_at(kv.mod_revision).map_err(ApiError::internal)?, mod_revision: kv.mod_revision }))
             }
         }
@@ -532,7 +532,7 @@ impl Req<'_> {
             reservations.extend(self.cluster_ip_reservation(&mut obj).await?);
             let stored = encode_stored(&obj);
             let key = Bytes::from(self.info.key(self.namespace.as_deref(), &name));
-            let resp = self.st.store.txn(reserve::create_txn(key, stored.clone(), &reservations)).await?;
+            let resp = self.st.store.txn(reserve::create_txn(key, stored.clone(), &reservations).map_err(ApiError::internal)?).await?;
             if resp.succeeded {
                 let s = Stored::parse(&stored).map_err(ApiError::internal)?;
                 return Ok(self.respond_object(StatusCode::CREATED, &s, resp.revision));
@@ -571,7 +571,7 @@ impl Req<'_> {
             .store
             .txn(TxnRequest {
                 compare: vec![Compare { key: key_b.clone(), op: CompareOp::Equal, target: CompareTarget::ModRevision(mod_revision) }],
-                success: vec![TxnOp::Put(PutRequest { key: key_b, value: stored, lease: 0, prev_kv: false })],
+                success: vec![TxnOp::Put(PutRequest { value: crate::encryption::seal(&key_b, stored).map_err(ApiError::internal)?, key: key_b, lease: 0, prev_kv: false })],
                 failure: vec![],
             })
             .await?;
@@ -860,7 +860,7 @@ impl Req<'_> {
         let resp = self.st.store.range(RangeRequest::prefix(self.info.prefix(self.namespace.as_deref()))).await?;
         let mut deleted = Vec::new();
         for kv in &resp.kvs {
-            let v = Stored::parse(&kv.value).map_err(ApiError::internal)?.value_at(kv.mod_revision).map_err(ApiError::internal)?;
+            let v = Stored::from_kv(kv).map_err(ApiError::internal)?.value_at(kv.mod_revision).map_err(ApiError::internal)?;
             let labels = v.get("metadata").and_then(|m| m.get("labels")).and_then(|l| l.as_object());
             if !ls.matches(labels) || !fs.matches(&v) {
                 continue;
@@ -900,8 +900,8 @@ pub(crate) fn parse_body(ctype: &str, body: &Bytes) -> Result<Value, ApiError> {
     Ok(v)
 }
 
-fn decode_at(value: &Bytes, rev: u64) -> Option<Value> {
-    Stored::parse(value).ok()?.value_at(rev).ok()
+fn decode_at(kv: &storage::KeyValue) -> Option<Value> {
+    Stored::from_kv(kv).ok()?.value_at(kv.mod_revision).ok()
 }
 
 #[cfg(test)]

@@ -18,6 +18,7 @@ pub mod audit;
 pub mod authn;
 pub mod cached;
 pub mod discovery;
+pub mod encryption;
 pub mod handlers;
 pub mod lite;
 pub mod metrics;
@@ -191,7 +192,12 @@ async fn create_if_absent(store: &Store, key: String, obj: &serde_json::Value) -
     store
         .txn(storage::TxnRequest {
             compare: vec![storage::Compare { key: key.clone(), op: storage::CompareOp::Equal, target: storage::CompareTarget::CreateRevision(0) }],
-            success: vec![storage::TxnOp::Put(storage::PutRequest { key, value: object::encode_stored(obj).into(), lease: 0, prev_kv: false })],
+            success: vec![storage::TxnOp::Put(storage::PutRequest {
+                value: encryption::seal(&key, object::encode_stored(obj)).map_err(storage::StoreError::Invalid)?,
+                key,
+                lease: 0,
+                prev_kv: false,
+            })],
             failure: vec![],
         })
         .await?;

@@ -36,7 +36,7 @@ fn http() -> &'static HttpClient {
 async fn read(store: &Store, key: String) -> Result<Option<Value>, ApiError> {
     match store.get(key).await? {
         None => Ok(None),
-        Some(kv) => Ok(Some(Stored::parse(&kv.value).map_err(ApiError::internal)?.value_at(kv.mod_revision).map_err(ApiError::internal)?)),
+        Some(kv) => Ok(Some(Stored::from_kv(&kv).map_err(ApiError::internal)?.value_at(kv.mod_revision).map_err(ApiError::internal)?)),
     }
 }
 
@@ -44,7 +44,7 @@ async fn list(store: &Store, prefix: String) -> Result<Vec<Value>, ApiError> {
     let r = store.range(RangeRequest::prefix(prefix)).await?;
     let mut out = Vec::with_capacity(r.kvs.len());
     for kv in &r.kvs {
-        out.push(Stored::parse(&kv.value).map_err(ApiError::internal)?.value_at(kv.mod_revision).map_err(ApiError::internal)?);
+        out.push(Stored::from_kv(kv).map_err(ApiError::internal)?.value_at(kv.mod_revision).map_err(ApiError::internal)?);
     }
     Ok(out)
 }

@@ -59,6 +59,13 @@ pub struct Stored {
 }
 
 impl Stored {
+    /// A value as read from the store: opened first when encryption at rest is configured
+    /// (`encryption`), since its key decides how.
+    pub fn from_kv(kv: &storage::KeyValue) -> Result<Stored, String> {
+        Stored::parse(&crate::encryption::open(&kv.key, &kv.value)?)
+    }
+
+    /// A plaintext value (as `encode_stored` makes it).
     pub fn parse(value: &Bytes) -> Result<Stored, String> {
         if value.len() < OFFSET_BYTES + 2 {
             return Err("stored object too short".into());

@@ -35,7 +35,7 @@ const SERVICE_IP_RANGE: u32 = 1 << 20;
 pub fn quota_charges(quotas: &[KeyValue], delta: &[(String, i64)], obj: &Value) -> Result<Vec<Reservation>, String> {
     let mut out = Vec::with_capacity(quotas.len());
     for kv in quotas {
-        let q = Stored::parse(&kv.value).and_then(|s| s.value_at(kv.mod_revision))?;
+        let q = Stored::from_kv(kv).and_then(|s| s.value_at(kv.mod_revision))?;
         let mut next = crate::quota::charge(&q, delta, obj)?;
         meta_mut(&mut next).remove("resourceVersion");
         out.push(Reservation { key: kv.key.clone(), mod_revision: kv.mod_revision, value: encode_stored(&next) });
@@ -63,18 +63,20 @@ pub fn next_cluster_ip(counter: Option<&KeyValue>) -> Result<(Ipv4Addr, Reservat
 
 /// The one txn of a create: `key` must not exist and every reservation must still hold; then
 /// all are written. On failure it reads `key`, so the caller can tell "exists" (AlreadyExists)
-/// from "a reservation moved" (compute them again).
-pub fn create_txn(key: Bytes, value: Bytes, reservations: &[Reservation]) -> TxnRequest {
+/// from "a reservation moved" (compute them again). Values are sealed for the store
+/// (`encryption`) here.
+pub fn create_txn(key: Bytes, value: Bytes, reservations: &[Reservation]) -> Result<TxnRequest, String> {
+    let value = crate::encryption::seal(&key, value)?;
     let mut compare = Vec::with_capacity(1 + reservations.len());
     let mut success = Vec::with_capacity(1 + reservations.len());
     compare.push(Compare { key: key.clone(), op: CompareOp::Equal, target: CompareTarget::CreateRevision(0) });
     success.push(TxnOp::Put(PutRequest { key: key.clone(), value, lease: 0, prev_kv: false }));
     for r in reservations {
         compare.push(Compare { key: r.key.clone(), op: CompareOp::Equal, target: CompareTarget::ModRevision(r.mod_revision) });
-        success.push(TxnOp::Put(PutRequest { key: r.key.clone(), value: r.value.clone(), lease: 0, prev_kv: false }));
+        success.push(TxnOp::Put(PutRequest { key: r.key.clone(), value: crate::encryption::seal(&r.key, r.value.clone())?, lease: 0, prev_kv: false }));
     }
     let failure = if reservations.is_empty() { vec![] } else { vec![TxnOp::Range(RangeRequest { count_only: true, ..RangeRequest::key(key) })] };
-    TxnRequest { compare, success, failure }
+    Ok(TxnRequest { compare, success, failure })
 }
 
 #[cfg(test)]
@@ -117,12 +119,12 @@ mod tests {
     #[test]
     fn the_create_txn_guards_every_reservation() {
         let r = Reservation { key: Bytes::from_static(b"/q"), mod_revision: 9, value: Bytes::from_static(b"v") };
-        let t = create_txn(Bytes::from_static(b"/o"), Bytes::from_static(b"obj"), std::slice::from_ref(&r));
+        let t = create_txn(Bytes::from_static(b"/o"), Bytes::from_static(b"obj"), std::slice::from_ref(&r)).unwrap();
         assert_eq!(t.compare.len(), 2);
         assert_eq!(t.success.len(), 2);
         assert!(matches!(t.compare[1].target, CompareTarget::ModRevision(9)));
         assert_eq!(t.failure.len(), 1);
         // Without reservations the failure branch reads nothing (a plain create).
-        assert!(create_txn(Bytes::from_static(b"/o"), Bytes::new(), &[]).failure.is_empty());
+        assert!(create_txn(Bytes::from_static(b"/o"), Bytes::new(), &[]).unwrap().failure.is_empty());
     }
 }

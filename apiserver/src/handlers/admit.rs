@@ -24,7 +24,7 @@ impl Req<'_> {
         let json = match cached {
             Some(json) => json,
             None => match self.st.store.get(key).await? {
-                Some(kv) => Stored::parse(&kv.value).map_err(ApiError::internal)?.at(kv.mod_revision),
+                Some(kv) => Stored::from_kv(&kv).map_err(ApiError::internal)?.at(kv.mod_revision),
                 None => return Err(ApiError::not_found("", "namespaces", ns)),
             },
         };
@@ -85,7 +85,7 @@ impl Req<'_> {
                 Some(m) => m.values().filter_map(|o| crate::lite::PriorityClass::parse(&o.json)).find(|p| p.global_default).map(|p| p.value_and_policy()),
                 None => {
                     let r = self.st.store.range(RangeRequest::prefix(PREFIX)).await?;
-                    r.kvs.iter().filter_map(|kv| crate::lite::PriorityClass::parse(&Stored::parse(&kv.value).ok()?.at(kv.mod_revision))).find(|p| p.global_default).map(|p| p.value_and_policy())
+                    r.kvs.iter().filter_map(|kv| crate::lite::PriorityClass::parse(&Stored::from_kv(kv).ok()?.at(kv.mod_revision))).find(|p| p.global_default).map(|p| p.value_and_policy())
                 }
             },
             c => {
@@ -93,7 +93,7 @@ impl Req<'_> {
                 let json = match classes.as_ref().and_then(|m| m.get(key.as_bytes()).map(|o| o.json.clone())) {
                     Some(json) => Some(json),
                     None => match self.st.store.get(key).await? {
-                        Some(kv) => Some(Stored::parse(&kv.value).map_err(ApiError::internal)?.at(kv.mod_revision)),
+                        Some(kv) => Some(Stored::from_kv(&kv).map_err(ApiError::internal)?.at(kv.mod_revision)),
                         None => None,
                     },
                 };

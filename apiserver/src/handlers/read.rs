@@ -11,7 +11,17 @@ impl Req<'_> {
     pub(super) async fn get(&self) -> ApiResult {
         let (cache, _) = self.cache().await?;
         let (_, snap) = cache.snapshot();
-        let o = snap.get(self.key().as_bytes()).ok_or_else(|| self.not_found())?;
+        let Some(o) = snap.get(self.key().as_bytes()) else {
+            // Not cached: absent, or stored as something the cache could not decode (a value
+            // encrypted with a key this server lacks): the store says which.
+            return match self.st.store.get(self.key()).await? {
+                None => Err(self.not_found()),
+                Some(kv) => {
+                    let stored = Stored::from_kv(&kv).map_err(|e| ApiError::internal(format!("{} {:?}: {e}", self.info.resource, self.name())))?;
+                    Ok(json_response(StatusCode::OK, stored.at(kv.mod_revision)))
+                }
+            };
+        };
         if table::wants_table(self.accept) {
             let v: Value = serde_json::from_slice(&o.json).map_err(|e| ApiError::internal(e.to_string()))?;
             return Ok(json_value(StatusCode::OK, &table::table(self.info.kind, vec![table::row(self.info.kind, &v)], &o.revision.to_string(), None)));
@@ -183,7 +193,7 @@ impl Req<'_> {
                     next = Some(kv.key.to_vec());
                     break;
                 }
-                let stored = Stored::parse(&kv.value).map_err(ApiError::internal)?;
+                let stored = Stored::from_kv(kv).map_err(ApiError::internal)?;
                 let value = if filtering || as_table { Some(stored.value_at(kv.mod_revision).map_err(ApiError::internal)?) } else { None };
                 if let Some(v) = &value {
                     let labels = v.get("metadata").and_then(|m| m.get("labels")).and_then(|l| l.as_object());

@@ -163,7 +163,7 @@ impl Req<'_> {
             let r = self.st.store.range(RangeRequest::prefix(prefix)).await?;
             let mut matching = Vec::new();
             for kv in &r.kvs {
-                let v = Stored::parse(&kv.value).map_err(ApiError::internal)?.value_at(kv.mod_revision).map_err(ApiError::internal)?;
+                let v = Stored::from_kv(kv).map_err(ApiError::internal)?.value_at(kv.mod_revision).map_err(ApiError::internal)?;
                 if api::meta::selector_matches(&v["spec"]["selector"], &pod["metadata"]["labels"]) {
                     matching.push((kv.key.clone(), kv.mod_revision, v));
                 }

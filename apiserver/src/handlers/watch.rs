@@ -127,7 +127,7 @@ impl Req<'_> {
             _ => {
                 let resp = self.st.store.range(RangeRequest::prefix(prefix.clone())).await?;
                 for kv in &resp.kvs {
-                    let v = Stored::parse(&kv.value).map_err(ApiError::internal)?.value_at(kv.mod_revision).map_err(ApiError::internal)?;
+                    let v = Stored::from_kv(kv).map_err(ApiError::internal)?.value_at(kv.mod_revision).map_err(ApiError::internal)?;
                     if filter(&v) {
                         initial.push(event_line("ADDED", &v, kind, as_table));
                     }
@@ -323,10 +323,10 @@ impl WatchStream {
             for e in batch {
                 self.last_rev = e.kv.mod_revision;
                 let new = match e.kind {
-                    EventKind::Put => decode_at(&e.kv.value, e.kv.mod_revision),
+                    EventKind::Put => decode_at(&e.kv),
                     EventKind::Delete => None,
                 };
-                let old = e.prev_kv.as_ref().and_then(|p| decode_at(&p.value, p.mod_revision));
+                let old = e.prev_kv.as_ref().and_then(|p| decode_at(p));
                 let old_match = old.as_ref().is_some_and(|o| (self.filter)(o));
                 let (ty, obj) = match (e.kind, new) {
                     (EventKind::Put, Some(n)) => {
