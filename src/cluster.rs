@@ -73,6 +73,9 @@ fn spawn(exe: &Path, dir: &Path, s: &Spec, initial: &str, opts: &ServeOpts, node
     // One signing key for ServiceAccount tokens, so a token works against any replica.
     let sa_key = opts.tls.service_account_signing_key_file.clone().unwrap_or_else(|| crate::pki::sa_key_file(dir));
     cmd.arg("--service-account-signing-key-file").arg(sa_key).arg("--service-account-issuer").arg(&opts.tls.service_account_issuer);
+    cmd.arg("--request-timeout").arg(format!("{}ms", opts.tls.request_timeout.as_millis()));
+    cmd.arg("--max-connections-per-client").arg(opts.tls.max_connections_per_client.to_string());
+    cmd.arg("--idle-connection-timeout").arg(format!("{}ms", opts.tls.idle_connection_timeout.as_millis()));
     // One encryption configuration: every replica applies the same log.
     if let Some(e) = &opts.tls.encryption_provider_config {
         cmd.arg("--encryption-provider-config").arg(e);

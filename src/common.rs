@@ -83,25 +83,16 @@ pub fn serve_api(
     listener: tokio::net::TcpListener,
     store: storage::Store,
     tls: Option<apiserver::serve::Tls>,
-    audit: Option<std::sync::Arc<apiserver::audit::Auditor>>,
-    sa_keys: Option<std::sync::Arc<apiserver::sa_token::Keys>>,
+    options: apiserver::Options,
+    limits: apiserver::serve::Limits,
 ) -> (tokio::sync::watch::Sender<bool>, tokio::task::JoinHandle<std::io::Result<()>>) {
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let mode = match &tls {
-        Some(t) => apiserver::authn::Mode::Tls { tokens: t.tokens.clone() },
-        None => apiserver::authn::Mode::Insecure,
-    };
-    let app = apiserver::router_with_shutdown(store, stop_rx.clone(), mode, audit, sa_keys);
+    let app = apiserver::router_with_shutdown(store, stop_rx.clone(), options);
     let mut stop_serving = stop_rx;
     let stopped = async move {
         let _ = stop_serving.wait_for(|s| *s).await;
     };
-    let task = tokio::spawn(async move {
-        match tls {
-            Some(tls) => apiserver::serve::serve_tls(listener, app, tls, stopped).await,
-            None => axum::serve(listener, app).with_graceful_shutdown(stopped).await,
-        }
-    });
+    let task = tokio::spawn(apiserver::serve::serve(listener, app, tls, limits, stopped));
     (stop_tx, task)
 }
 
@@ -112,8 +103,13 @@ pub struct Security {
     pub scheme: &'static str,
     pub tls: Option<apiserver::serve::Tls>,
     pub admin: Option<KubeUser>,
-    pub audit: Option<std::sync::Arc<apiserver::audit::Auditor>>,
-    pub sa_keys: Option<std::sync::Arc<apiserver::sa_token::Keys>>,
+    /// How the API serves (authentication, audit, ServiceAccount keys, request timeout).
+    pub options: apiserver::Options,
+    pub limits: apiserver::serve::Limits,
+}
+
+fn limits(opts: &crate::TlsOpts) -> apiserver::serve::Limits {
+    apiserver::serve::Limits { max_connections_per_client: opts.max_connections_per_client.max(1), idle_timeout: opts.idle_connection_timeout, ..Default::default() }
 }
 
 /// The auditor `--audit-policy-file` and `--audit-log-path` ask for (both or neither).
@@ -149,7 +145,8 @@ pub fn security(data_dir: &Path, opts: &crate::TlsOpts, addr: &std::net::SocketA
         tracing::warn!("!!! --insecure-http: the API is served over plain HTTP WITHOUT authentication; anyone who can reach {addr} is cluster-admin. For benchmarks on loopback only !!!");
         eprintln!("capstan: WARNING: --insecure-http: plain HTTP, no authentication (anyone who can reach {addr} is cluster-admin)");
         let sa_keys = Some(crate::pki::service_account_keys(data_dir, opts)?);
-        return Ok(Security { scheme: "http", tls: None, admin: None, audit: auditor(opts)?, sa_keys });
+        let options = apiserver::Options { authn: apiserver::authn::Mode::Insecure, audit: auditor(opts)?, sa_keys, request_timeout: opts.request_timeout };
+        return Ok(Security { scheme: "http", tls: None, admin: None, options, limits: limits(opts) });
     }
     let pki = crate::pki::Pki::load_or_create(data_dir, opts)?;
     let mut tls = pki.listener(&crate::pki::hosts_for(addr))?;
@@ -163,7 +160,8 @@ pub fn security(data_dir: &Path, opts: &crate::TlsOpts, addr: &std::net::SocketA
     let own = pki.client("system:capstan-components", "system:masters")?;
     client::tls::set_default(&pki.credentials(&own)).map_err(anyhow::Error::msg)?;
     let sa_keys = Some(crate::pki::service_account_keys(data_dir, opts)?);
-    Ok(Security { scheme: "https", tls: Some(tls), audit: auditor(opts)?, sa_keys, admin: Some(KubeUser { ca_pem: pki.ca_pem.clone(), cert_pem: admin.cert_pem, key_pem: admin.key_pem }) })
+    let options = apiserver::Options { authn: apiserver::authn::Mode::Tls { tokens: tls.tokens.clone() }, audit: auditor(opts)?, sa_keys, request_timeout: opts.request_timeout };
+    Ok(Security { scheme: "https", tls: Some(tls), options, limits: limits(opts), admin: Some(KubeUser { ca_pem: pki.ca_pem.clone(), cert_pem: admin.cert_pem, key_pem: admin.key_pem }) })
 }
 
 pub fn hostname() -> String {

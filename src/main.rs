@@ -187,6 +187,16 @@ pub struct TlsOpts {
     /// Rotated audit logs kept (0: all).
     #[arg(long, default_value_t = 0)]
     pub audit_log_maxbackup: usize,
+    /// What a request that is not a watch or a stream may take before it is answered 504
+    /// (a Go duration: `60s`, `2m`).
+    #[arg(long, default_value = "60s", value_parser = go_duration)]
+    pub request_timeout: std::time::Duration,
+    /// Connections one client address may hold open; more are closed at accept.
+    #[arg(long, default_value_t = 4096)]
+    pub max_connections_per_client: usize,
+    /// A connection with no request in flight for this long is closed (a Go duration).
+    #[arg(long, default_value = "90s", value_parser = go_duration)]
+    pub idle_connection_timeout: std::time::Duration,
     /// Encrypt resources at rest as this EncryptionConfiguration
     /// (`apiserver.config.k8s.io/v1`: aesgcm, aescbc, secretbox, identity) says.
     #[arg(long)]
@@ -307,3 +317,11 @@ fn api_server(server: Option<String>, kubeconfig: Option<PathBuf>) -> Result<Str
     Ok(server.or(kc.map(|k| k.server)).unwrap_or_else(|| "http://127.0.0.1:6443".into()))
 }
 
+/// A Go duration flag (`60s`, `1m30s`), as Kubernetes' flags take them.
+fn go_duration(s: &str) -> Result<std::time::Duration, String> {
+    let d = apiserver::deadline::parse_go_duration(s).map_err(|_| format!("{s:?} is not a duration (say 60s, 2m or 1h30m)"))?;
+    if d.is_zero() {
+        return Err("must be more than zero".into());
+    }
+    Ok(d)
+}

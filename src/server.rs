@@ -147,7 +147,7 @@ pub async fn run(a: ServerArgs) -> Result<()> {
     tokio::pin!(shutdown);
     let replica = Replica::start_on(cfg, peer_listener).await.with_context(|| format!("starting replica {}", a.name))?;
     let store = replica.store.clone();
-    let (stop_tx, mut server_task) = serve_api(api_listener, store.clone(), sec.tls, sec.audit, sec.sa_keys);
+    let (stop_tx, mut server_task) = serve_api(api_listener, store.clone(), sec.tls, sec.options, sec.limits);
     let kc = write_kubeconfig(&a.data_dir, &kubeconfig(&api_url, sec.admin.as_ref()))?;
     println!("capstan replica {} is serving the Kubernetes API at {api_url}", a.name);
     println!("  peer:       {}  (cluster {:016x}, member {:016x})", replica.status()["members"].as_array().and_then(|m| m.iter().find(|x| x["name"] == a.name.as_str())).and_then(|m| m["peerURL"].as_str()).unwrap_or(&format!("http://{peer_addr}")), replica.cluster_id(), replica.id());

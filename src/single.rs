@@ -32,7 +32,7 @@ pub async fn serve(data_dir: PathBuf, listen: String, opts: ServeOpts, up: Optio
     let sec = crate::common::security(&data_dir, &opts.tls, &addr)?;
     let server = format!("{}://{addr}", sec.scheme);
     let kc_abs = write_kubeconfig(&data_dir, &kubeconfig(&server, sec.admin.as_ref()))?;
-    let (stop_tx, mut server_task) = serve_api(listener, store.clone(), sec.tls, sec.audit, sec.sa_keys);
+    let (stop_tx, mut server_task) = serve_api(listener, store.clone(), sec.tls, sec.options, sec.limits);
     println!("capstan {} is serving the Kubernetes API at {server}", if up.is_some() { "cluster" } else { "API server" });
     println!("  data:       {}", std::fs::canonicalize(&data_dir).unwrap_or(data_dir.clone()).display());
     println!("  kubeconfig: {}", kc_abs.display());

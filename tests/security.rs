@@ -612,3 +612,71 @@ fn secrets_are_encrypted_at_rest_and_a_key_rotation_by_rewriting_works() {
     let (ok, err) = start_fails(&dir, &["--encryption-provider-config", path_str(&bad)]);
     assert!(!ok && err.contains(path_str(&bad)) && err.contains("resources[0].providers[0].aescbc.keys[0].secret"), "{err}");
 }
+
+/// A TLS connection to `c` as the kubeconfig's admin, reads bounded by WAIT.
+fn admin_stream(c: &Cluster) -> rustls::StreamOwned<rustls::ClientConnection, std::net::TcpStream> {
+    let kc = client::kubeconfig::load(&c.kubeconfig, None).unwrap();
+    let cfg = Arc::new(client::tls::client_config(&kc.credentials.unwrap()).unwrap());
+    let tcp = std::net::TcpStream::connect(&c.addr).unwrap();
+    tcp.set_read_timeout(Some(WAIT)).unwrap();
+    let conn = rustls::ClientConnection::new(cfg, rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap()).unwrap();
+    rustls::StreamOwned::new(conn, tcp)
+}
+
+/// Everything the server sends until it closes the connection; panics if it has not within
+/// WAIT.
+fn read_until_closed(s: &mut rustls::StreamOwned<rustls::ClientConnection, std::net::TcpStream>) -> String {
+    let mut out = Vec::new();
+    let r = s.read_to_end(&mut out);
+    let text = String::from_utf8_lossy(&out).into_owned();
+    if let Err(e) = r {
+        assert!(e.kind() != std::io::ErrorKind::WouldBlock && e.kind() != std::io::ErrorKind::TimedOut, "the server did not close the connection within {WAIT:?}: {text}");
+    }
+    text
+}
+
+#[test]
+fn requests_have_deadlines_and_connections_have_limits() {
+    let c = Cluster::start_with(tempfile::tempdir().unwrap(), &["--no-local-node", "--request-timeout", "1s", "--idle-connection-timeout", "1s"]);
+    // A body announced and never sent: 504 at the deadline, as Kubernetes answers.
+    let mut s = admin_stream(&c);
+    s.write_all(b"POST /api/v1/namespaces/default/configmaps HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"kind\":").unwrap();
+    let resp = read_until_closed(&mut s);
+    assert!(resp.starts_with("HTTP/1.1 504"), "{resp}");
+    assert!(resp.contains("\"reason\":\"Timeout\"") && resp.contains("request did not complete within requested timeout"), "{resp}");
+    // ... and the server keeps serving.
+    assert!(c.ok(&["get", "ns", "default", "-o", "name"]).contains("namespace/default"));
+    // A timeout the client asks for is honoured (when shorter); a malformed one is a 400.
+    assert!(c.fails(&["get", "--raw", "/api/v1/namespaces?timeout=ten"]).contains("invalid timeout"));
+    assert!(c.ok(&["get", "--raw", "/api/v1/namespaces?timeout=5s"]).contains("NamespaceList"));
+
+    // Watches are exempt from the deadline; timeoutSeconds ends them, a negative one at once.
+    let mut s = admin_stream(&c);
+    s.write_all(b"GET /api/v1/namespaces?watch=true&timeoutSeconds=-1 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+    let resp = read_until_closed(&mut s);
+    assert!(resp.starts_with("HTTP/1.1 200") && resp.ends_with("0\r\n\r\n"), "the watch ended: {resp}");
+    let mut s = admin_stream(&c);
+    s.write_all(b"GET /api/v1/namespaces?watch=true&timeoutSeconds=2 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+    let resp = read_until_closed(&mut s);
+    assert!(resp.starts_with("HTTP/1.1 200") && resp.contains("\"ADDED\"") && resp.ends_with("0\r\n\r\n"), "a watch ends at its timeoutSeconds: {resp}");
+    assert!(c.fails(&["get", "--raw", "/api/v1/namespaces?watch=true&timeoutSeconds=soon"]).contains("timeoutSeconds"));
+
+    // Headers past 1 MiB: 431, and the connection closes.
+    let mut s = admin_stream(&c);
+    let big = format!("GET /version HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n", "a".repeat(1100 << 10));
+    let _ = s.write_all(big.as_bytes());
+    let resp = read_until_closed(&mut s);
+    assert!(resp.is_empty() || resp.starts_with("HTTP/1.1 431"), "{resp}");
+
+    // A kept-alive connection with nothing in flight is closed after the idle timeout.
+    let mut s = admin_stream(&c);
+    s.write_all(b"GET /version HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let resp = read_until_closed(&mut s);
+    assert!(resp.starts_with("HTTP/1.1 200") && resp.contains("gitVersion"), "closed by the server once idle: {resp}");
+
+    // Each limit is counted.
+    let metrics = c.ok(&["get", "--raw", "/metrics"]);
+    let count = |name: &str| metrics.lines().find(|l| l.starts_with(name)).and_then(|l| l.rsplit(' ').next()?.parse::<u64>().ok()).unwrap_or(0);
+    assert!(count("apiserver_request_timeouts_total") >= 1, "{metrics}");
+    assert!(count("apiserver_idle_connections_closed_total") >= 1, "{metrics}");
+}

@@ -17,6 +17,7 @@ pub mod admission;
 pub mod audit;
 pub mod authn;
 pub mod cached;
+pub mod deadline;
 pub mod discovery;
 pub mod encryption;
 pub mod handlers;
@@ -63,31 +64,35 @@ pub const SYSTEM_NAMESPACES: &[&str] = &["default", "kube-system", "kube-public"
 /// for in-process benchmarks and tests of the API's semantics).
 pub fn router(store: Store) -> Router {
     let (tx, rx) = tokio::sync::watch::channel(false);
-    build(store, rx, Some(tx), authn::Mode::Insecure, None, None)
+    build(store, rx, Some(tx), Options::insecure())
+}
+
+/// How the API is served.
+pub struct Options {
+    pub authn: authn::Mode,
+    pub audit: Option<Arc<audit::Auditor>>,
+    /// ServiceAccount tokens are issued and accepted when given.
+    pub sa_keys: Option<Arc<sa_token::Keys>>,
+    /// `--request-timeout`: what a request that is not long-running may take (`deadline`).
+    pub request_timeout: std::time::Duration,
+}
+
+impl Options {
+    /// No authentication, no audit, no ServiceAccount tokens, Kubernetes' request timeout.
+    pub fn insecure() -> Options {
+        Options { authn: authn::Mode::Insecure, audit: None, sa_keys: None, request_timeout: deadline::DEFAULT_REQUEST_TIMEOUT }
+    }
 }
 
 /// As `router`, authenticating as `mode` says; when `shutdown` turns true, every open watch
 /// sends a last bookmark (so its client resumes from a recent revision) and ends, letting a
 /// graceful shutdown finish.
-/// ServiceAccount tokens are issued and accepted when `sa_keys` is given.
-pub fn router_with_shutdown(
-    store: Store,
-    shutdown: tokio::sync::watch::Receiver<bool>,
-    mode: authn::Mode,
-    audit: Option<Arc<audit::Auditor>>,
-    sa_keys: Option<Arc<sa_token::Keys>>,
-) -> Router {
-    build(store, shutdown, None, mode, audit, sa_keys)
+pub fn router_with_shutdown(store: Store, shutdown: tokio::sync::watch::Receiver<bool>, opts: Options) -> Router {
+    build(store, shutdown, None, opts)
 }
 
-fn build(
-    store: Store,
-    shutdown: tokio::sync::watch::Receiver<bool>,
-    keep: Option<tokio::sync::watch::Sender<bool>>,
-    mode: authn::Mode,
-    auditor: Option<Arc<audit::Auditor>>,
-    sa_keys: Option<Arc<sa_token::Keys>>,
-) -> Router {
+fn build(store: Store, shutdown: tokio::sync::watch::Receiver<bool>, keep: Option<tokio::sync::watch::Sender<bool>>, opts: Options) -> Router {
+    let Options { authn: mode, audit: auditor, sa_keys, request_timeout } = opts;
     let state = Arc::new(AppState {
         shutdown,
         _shutdown_sender: keep,
@@ -142,6 +147,7 @@ fn build(
         .layer(axum::middleware::from_fn_with_state(auditor, audit::audit))
         .layer(axum::middleware::from_fn_with_state(state.clone(), authn::authenticate))
         .layer(axum::middleware::from_fn_with_state(state.clone(), inflight))
+        .layer(axum::middleware::from_fn_with_state(request_timeout, deadline::deadline))
         .layer(DefaultBodyLimit::disable())
         .with_state(state)
 }
@@ -261,12 +267,21 @@ async fn metrics(State(st): State<Arc<AppState>>) -> Response {
          # TYPE apiserver_unauthorized_requests_total counter\napiserver_unauthorized_requests_total{{cause=\"anonymous\"}} {}\n\
          apiserver_unauthorized_requests_total{{cause=\"rejected_credentials\"}} {}\n\
          # TYPE apiserver_audit_event_total counter\napiserver_audit_event_total {}\n\
-         # TYPE apiserver_audit_error_total counter\napiserver_audit_error_total{{plugin=\"log\"}} {}\n",
+         # TYPE apiserver_audit_error_total counter\napiserver_audit_error_total{{plugin=\"log\"}} {}\n\
+         # HELP apiserver_request_timeouts_total Requests answered 504 because their deadline passed.\n\
+         # TYPE apiserver_request_timeouts_total counter\napiserver_request_timeouts_total {}\n\
+         # HELP apiserver_idle_connections_closed_total Connections closed after --idle-connection-timeout with nothing in flight.\n\
+         # TYPE apiserver_idle_connections_closed_total counter\napiserver_idle_connections_closed_total {}\n\
+         # HELP apiserver_connections_refused_total Connections closed at accept because their client had --max-connections-per-client open.\n\
+         # TYPE apiserver_connections_refused_total counter\napiserver_connections_refused_total{{cause=\"per_client\"}} {}\n",
         serve::HANDSHAKE_ERRORS.load(Ordering::Relaxed),
         authn::COUNTERS.anonymous.load(Ordering::Relaxed),
         authn::COUNTERS.rejected.load(Ordering::Relaxed),
         audit::WRITTEN.load(Ordering::Relaxed),
         audit::DROPPED.load(Ordering::Relaxed),
+        deadline::TIMEOUTS.load(Ordering::Relaxed),
+        serve::IDLE_CLOSED.load(Ordering::Relaxed),
+        serve::CONNECTIONS_REFUSED_PER_CLIENT.load(Ordering::Relaxed),
     );
     let mut r = (StatusCode::OK, st.metrics.render() + &authn + &watchcache::render_metrics()).into_response();
     r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4"));

@@ -78,6 +78,11 @@ impl ApiError {
         ApiError::new(409, "Conflict", format!("Operation cannot be fulfilled on {what} \"{name}\": {why}")).with_details(name, group, resource)
     }
 
+    /// 504: the request's deadline passed (Kubernetes' words).
+    pub fn timeout() -> ApiError {
+        ApiError::new(504, "Timeout", "Timeout: request did not complete within requested timeout - context deadline exceeded")
+    }
+
     /// 422 with one cause per invalid field.
     pub fn invalid(group: &str, kind: &str, name: &str, causes: Vec<(String, String)>) -> ApiError {
         let summary: Vec<String> = causes.iter().map(|(f, m)| format!("{f}: {m}")).collect();

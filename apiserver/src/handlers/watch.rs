@@ -4,8 +4,24 @@
 
 use super::*;
 
-/// A watch without `timeoutSeconds` ends after this long (clients re-watch).
+/// A watch without `timeoutSeconds` (or with 0) ends after this long times a random factor
+/// in [1, 2), as kube-apiserver's `--min-request-timeout` makes it, so that the watches of
+/// many clients do not all end (and relist) together.
 pub(super) const WATCH_TIMEOUT_DEFAULT: Duration = Duration::from_secs(1800);
+
+/// How long a watch lasts, as Kubernetes reads `timeoutSeconds`: absent or 0 is the default,
+/// a negative value ends the watch at once, anything that is not an integer is a 400.
+pub(super) fn watch_timeout(query: &HashMap<String, String>) -> Result<Duration, ApiError> {
+    match q(query, "timeoutSeconds") {
+        None => Ok(WATCH_TIMEOUT_DEFAULT.mul_f64(1.0 + rand::random::<f64>())),
+        Some(t) => match t.parse::<i64>() {
+            Ok(0) => Ok(WATCH_TIMEOUT_DEFAULT.mul_f64(1.0 + rand::random::<f64>())),
+            Ok(n) if n < 0 => Ok(Duration::ZERO),
+            Ok(n) => Ok(Duration::from_secs(n as u64)),
+            Err(_) => Err(ApiError::bad_request(format!("timeoutSeconds: invalid value {t:?}: not an integer"))),
+        },
+    }
+}
 
 pub(super) const BOOKMARK_INTERVAL: Duration = Duration::from_secs(60);
 
@@ -17,7 +33,7 @@ impl Req<'_> {
         let (ls, fs) = self.selectors()?;
         let send_initial = is_true(q(self.query, "sendInitialEvents"));
         let bookmarks = is_true(q(self.query, "allowWatchBookmarks"));
-        let timeout = q(self.query, "timeoutSeconds").and_then(|t| t.parse().ok()).map(Duration::from_secs).unwrap_or(WATCH_TIMEOUT_DEFAULT);
+        let timeout = watch_timeout(self.query)?;
         let rv: Option<u64> = match q(self.query, "resourceVersion") {
             Some(r) => Some(r.parse().map_err(|_| ApiError::bad_request(format!("invalid resourceVersion {r:?}")))?),
             None => None,
@@ -107,7 +123,7 @@ impl Req<'_> {
         let prefix = self.info.prefix(self.namespace.as_deref());
         let send_initial = is_true(q(self.query, "sendInitialEvents"));
         let bookmarks = is_true(q(self.query, "allowWatchBookmarks"));
-        let timeout = q(self.query, "timeoutSeconds").and_then(|t| t.parse().ok()).map(Duration::from_secs).unwrap_or(WATCH_TIMEOUT_DEFAULT);
+        let timeout = watch_timeout(self.query)?;
         let rv: Option<u64> = match q(self.query, "resourceVersion") {
             Some(r) => Some(r.parse().map_err(|_| ApiError::bad_request(format!("invalid resourceVersion {r:?}")))?),
             None => None,
