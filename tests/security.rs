@@ -680,3 +680,69 @@ fn requests_have_deadlines_and_connections_have_limits() {
     assert!(count("apiserver_request_timeouts_total") >= 1, "{metrics}");
     assert!(count("apiserver_idle_connections_closed_total") >= 1, "{metrics}");
 }
+
+#[test]
+fn a_kubelet_gets_what_its_node_needs_and_nothing_of_another_node() {
+    let c = Cluster::start_with(tempfile::tempdir().unwrap(), &["--no-local-node"]);
+    let n1 = As::new(&c, "system:node:n1", "system:nodes");
+    let refused = |out: std::process::Output| {
+        assert!(!out.status.success(), "allowed: {}", String::from_utf8_lossy(&out.stdout));
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    // Its own Node: it registers it and updates it; another node's it may read, not change.
+    let node = |name: &str| format!(r#"{{"apiVersion":"v1","kind":"Node","metadata":{{"name":"{name}","labels":{{"kubernetes.io/hostname":"{name}"}}}}}}"#);
+    let f1 = c.write("n1.json", &node("n1"));
+    assert!(n1.run(&["create", "-f", path_str(&f1)]).status.success());
+    let f2 = c.write("n2.json", &node("n2"));
+    assert!(refused(n1.run(&["create", "-f", path_str(&f2)])).contains("is not allowed to modify node \"n2\""));
+    c.ok(&["create", "-f", path_str(&f2)]);
+    assert!(n1.run(&["label", "node", "n1", "a=b"]).status.success());
+    assert!(n1.run(&["get", "node", "n2"]).status.success(), "nodes are readable");
+    assert!(refused(n1.run(&["label", "node", "n2", "a=b"])).contains("cannot modify node 'n2'"));
+    assert!(refused(n1.run(&["label", "node", "n1", "node-restriction.kubernetes.io/pool=x"])).contains("node-restriction.kubernetes.io/pool"));
+    // Its lease, not another's.
+    let lease = |name: &str| format!(r#"{{"apiVersion":"coordination.k8s.io/v1","kind":"Lease","metadata":{{"name":"{name}","namespace":"kube-node-lease"}},"spec":{{"holderIdentity":"{name}"}}}}"#);
+    assert!(n1.run(&["create", "-f", path_str(&c.write("l1.json", &lease("n1")))]).status.success());
+    assert!(refused(n1.run(&["create", "-f", path_str(&c.write("l2.json", &lease("n2")))])).contains("same name as the requesting node"));
+
+    // Pods: one on each node, each using a secret; n1 sees its own pod and secret only.
+    c.ok(&["create", "secret", "generic", "s1", "-n", "default", "--from-literal=a=1"]);
+    c.ok(&["create", "secret", "generic", "s2", "-n", "default", "--from-literal=a=2"]);
+    let pod = |name: &str, node: &str, secret: &str| {
+        format!(r#"{{"apiVersion":"v1","kind":"Pod","metadata":{{"name":"{name}","namespace":"default"}},"spec":{{"nodeName":"{node}","containers":[{{"name":"c","image":"x","envFrom":[{{"secretRef":{{"name":"{secret}"}}}}]}}]}}}}"#)
+    };
+    c.ok(&["create", "-f", path_str(&c.write("p1.json", &pod("p1", "n1", "s1")))]);
+    c.ok(&["create", "-f", path_str(&c.write("p2.json", &pod("p2", "n2", "s2")))]);
+    wait_until("n1 to see the secret its pod uses", || n1.run(&["get", "secret", "s1", "-n", "default"]).status.success());
+    assert!(n1.run(&["get", "pod", "p1", "-n", "default"]).status.success());
+    let err = refused(n1.run(&["get", "secret", "s2", "-n", "default"]));
+    assert!(err.contains("secrets \"s2\" is forbidden: User \"system:node:n1\" cannot get resource \"secrets\"") && err.contains("no relationship found between node 'n1' and this object"), "{err}");
+    assert!(refused(n1.run(&["get", "pod", "p2", "-n", "default"])).contains("of another node"));
+    assert!(refused(n1.run(&["get", "secrets", "-n", "default"])).contains("forbidden"));
+    // Listing pods: only its own, by field selector.
+    let mine = n1.run(&["get", "pods", "-A", "--field-selector", "spec.nodeName=n1", "-o", "name"]);
+    assert_eq!(String::from_utf8_lossy(&mine.stdout).trim(), "pod/p1", "{}", String::from_utf8_lossy(&mine.stderr));
+    assert!(refused(n1.run(&["get", "pods", "-A"])).contains("spec.nodeName field selector"));
+    assert!(refused(n1.run(&["get", "pods", "-A", "--field-selector", "spec.nodeName=n2"])).contains("forbidden"));
+    // Its pods' status it may write; another node's pod it may not delete.
+    assert!(refused(n1.run(&["delete", "pod", "p2", "-n", "default"])).contains("of another node"));
+    assert!(n1.run(&["annotate", "pod", "p1", "-n", "default", "x=y"]).status.success() == false, "a kubelet does not update pod specs");
+    let running = |name: &str| {
+        let mut p: serde_json::Value = serde_json::from_str(&c.ok(&["get", "pod", name, "-n", "default", "-o", "json"])).unwrap();
+        p["status"]["phase"] = serde_json::json!("Running");
+        c.write(&format!("{name}-status.json"), &p.to_string())
+    };
+    let (s1, s2) = (running("p1"), running("p2"));
+    let out = n1.run(&["replace", "--raw", "/api/v1/namespaces/default/pods/p1/status", "-f", path_str(&s1)]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(refused(n1.run(&["replace", "--raw", "/api/v1/namespaces/default/pods/p2/status", "-f", path_str(&s2)])).contains("of another node"));
+    // kubectl auth can-i agrees for the node, too.
+    assert_eq!(String::from_utf8_lossy(&n1.run(&["auth", "can-i", "get", "secret/s2", "-n", "default"]).stdout).trim(), "no");
+    assert_eq!(String::from_utf8_lossy(&n1.run(&["auth", "can-i", "get", "secret/s1", "-n", "default"]).stdout).trim(), "yes");
+    // It creates only mirror pods bound to itself.
+    let plain = c.write("plain.json", r#"{"apiVersion":"v1","kind":"Pod","metadata":{"name":"own","namespace":"default"},"spec":{"nodeName":"n1","containers":[{"name":"c","image":"x"}]}}"#);
+    assert!(refused(n1.run(&["create", "-f", path_str(&plain)])).contains("can only create mirror pods"));
+    let mirror = c.write("mirror.json", r#"{"apiVersion":"v1","kind":"Pod","metadata":{"name":"static-n1","namespace":"default","annotations":{"kubernetes.io/config.mirror":"abc"}},"spec":{"nodeName":"n1","containers":[{"name":"c","image":"x"}]}}"#);
+    assert!(n1.run(&["create", "-f", path_str(&mirror)]).status.success());
+    assert!(n1.run(&["delete", "pod", "p1", "-n", "default", "--wait=false"]).status.success(), "its own pod");
+}

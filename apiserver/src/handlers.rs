@@ -148,9 +148,11 @@ pub async fn dispatch(
     method: Method,
     uri: Uri,
     headers: HeaderMap,
+    user: Option<axum::Extension<Arc<crate::authn::UserInfo>>>,
     body: Body,
 ) -> Response {
     let started = Instant::now();
+    let user = user.map(|u| u.0);
     if !st.crds_loaded.load(std::sync::atomic::Ordering::SeqCst)
         && let Err(e) = refresh_crds(&st).await {
             return e.into_response();
@@ -192,7 +194,7 @@ pub async fn dispatch(
                 Ok(body) => {
                     let is_crd = info.group == "apiextensions.k8s.io" && info.resource == "customresourcedefinitions";
                     let req = Req { st: &st, info: &info, namespace, name, sub, query: &query, accept: &accept, ctype: &ctype, body, warnings: Default::default(),
-                        user_agent: headers.get(header::USER_AGENT).and_then(|v| v.to_str().ok()).unwrap_or("").to_string() };
+                        user_agent: headers.get(header::USER_AGENT).and_then(|v| v.to_str().ok()).unwrap_or("").to_string(), user: user.clone() };
                     let mut r = req.run(&method).await;
                     if is_crd && method != Method::GET && r.as_ref().is_ok_and(|x| x.status().is_success())
                         && let Err(e) = refresh_crds(&st).await {
@@ -270,6 +272,8 @@ struct Req<'a> {
     /// `Warning` headers to send (unknown fields under fieldValidation=Warn).
     warnings: std::sync::Mutex<Vec<String>>,
     user_agent: String,
+    /// Who asks (none on the public paths).
+    user: Option<Arc<crate::authn::UserInfo>>,
 }
 
 /// Go's `strconv.ParseBool` truth values, as Kubernetes parses boolean query parameters.
@@ -510,6 +514,7 @@ impl Req<'_> {
             }
         }
         self.st.admission.admit(self.info, None, &mut obj)?;
+        self.node_restriction(&obj, None)?;
         if self.info.kind == "Pod" && self.info.group.is_empty() {
             self.resolve_priority(&name, &mut obj).await?;
         }
@@ -659,7 +664,19 @@ impl Req<'_> {
             meta_mut(&mut next).insert("generation".into(), json!(g));
         }
         self.st.admission.admit(self.info, Some(cur), &mut next)?;
+        self.node_restriction(&next, Some(cur))?;
         Ok(next)
+    }
+
+    /// NodeRestriction, when a kubelet writes (`node_authz::admit`).
+    fn node_restriction(&self, obj: &Value, existing: Option<&Value>) -> Result<(), ApiError> {
+        let Some(node) = self.user.as_deref().and_then(crate::node_authz::node_of) else { return Ok(()) };
+        let resource = match (self.info.group, self.info.resource) {
+            ("", r @ ("nodes" | "pods")) => r,
+            ("coordination.k8s.io", "leases") if self.namespace.as_deref() == Some("kube-node-lease") => "leases",
+            _ => return Ok(()),
+        };
+        crate::node_authz::admit(node, resource, self.sub.as_deref().unwrap_or(""), obj, existing)
     }
 
     /// Completes a write: an object being deleted whose last finalizer went away is removed.

@@ -23,6 +23,7 @@ pub mod encryption;
 pub mod handlers;
 pub mod lite;
 pub mod metrics;
+pub mod node_authz;
 pub mod node_proxy;
 pub mod object;
 pub mod openapi_v2;

@@ -660,13 +660,28 @@ pub async fn authorize(axum::extract::State(st): axum::extract::State<Arc<crate:
             }
         }
     }
-    if let Some(user) = req.extensions().get::<Arc<UserInfo>>()
+    if let Some(user) = req.extensions().get::<Arc<UserInfo>>().cloned()
         && !user.groups.iter().any(|g| g == MASTERS)
     {
-        let a = attributes(req.method().as_str(), req.uri().path(), req.uri().query().unwrap_or(""));
+        let user = &*user;
+        let query = req.uri().query().unwrap_or("").to_string();
+        let query = query.as_str();
+        let a = attributes(req.method().as_str(), req.uri().path(), query);
+        // The Node authorizer first, for kubelets; RBAC for what it has no opinion on.
+        let reason = match crate::node_authz::node_of(user) {
+            Some(node) => match crate::node_authz::authorize(&st, node, &a, query).await {
+                crate::node_authz::Decision::Allow => return next.run(req).await,
+                crate::node_authz::Decision::NoOpinion(r) => r,
+            },
+            None => String::new(),
+        };
         if !st.rbac.index().allows(user, &a) {
             st.metrics.forbidden.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            return forbidden(user, &a).into_response();
+            let mut e = forbidden(user, &a);
+            if !reason.is_empty() {
+                e.message = format!("{}: {reason}", e.message);
+            }
+            return e.into_response();
         }
     }
     next.run(req).await
@@ -725,10 +740,15 @@ pub async fn self_subject_access_review(axum::extract::State(st): axum::extract:
     if a.verb.is_empty() {
         return crate::status::ApiError::invalid("authorization.k8s.io", "SelfSubjectAccessReview", "", vec![("spec.resourceAttributes.verb".into(), "Required value".into())]).into_response();
     }
-    let allowed = authorized(&st.rbac.index(), &user, &a);
+    // A kubelet's request is the Node authorizer's first, as in the authorize middleware.
+    let by_node = match crate::node_authz::node_of(&user) {
+        Some(node) => crate::node_authz::authorize(&st, node, &a, "").await == crate::node_authz::Decision::Allow,
+        None => false,
+    };
+    let allowed = by_node || authorized(&st.rbac.index(), &user, &a);
     let mut status = json!({ "allowed": allowed });
     if allowed {
-        status["reason"] = json!(if user.groups.iter().any(|g| g == MASTERS) { "the user is in system:masters" } else { "allowed by RBAC" });
+        status["reason"] = json!(if by_node { "allowed by the Node authorizer" } else if user.groups.iter().any(|g| g == MASTERS) { "the user is in system:masters" } else { "allowed by RBAC" });
     }
     let out = json!({
         "kind": "SelfSubjectAccessReview",

@@ -105,6 +105,18 @@ impl Req<'_> {
             }
         }
 
+        // NodeRestriction: a kubelet asks only for tokens bound to a pod on its node.
+        if let Some(node) = self.user.as_deref().and_then(crate::node_authz::node_of)
+            && pod.is_none()
+        {
+            return Err(ApiError::forbidden(format!("node \"{node}\" requested a token not bound to a pod")));
+        }
+        if let Some(node) = self.user.as_deref().and_then(crate::node_authz::node_of)
+            && let Some(p) = &pod
+            && self.st.read_object("", "pods", Some(ns), &p.name).await?.is_none_or(|o| o["spec"]["nodeName"].as_str() != Some(node))
+        {
+            return Err(ApiError::forbidden(format!("node \"{node}\" requested a token bound to a pod scheduled on a different node")));
+        }
         let now = jiff::Timestamp::now().as_second();
         let grant = Grant {
             namespace: ns,
