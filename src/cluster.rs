@@ -144,14 +144,14 @@ pub async fn up(n: usize, data_dir: PathBuf, listen: String, opts: ServeOpts, no
     // The cluster CA (made here on the first start) and this process's credentials, before
     // the replicas start with it.
     crate::pki::service_account_keys(&data_dir, &opts.tls)?;
-    let admin = if opts.tls.insecure_http {
-        None
-    } else {
-        let pki = crate::pki::Pki::load_or_create(&data_dir, &opts.tls)?;
+    let pki = if opts.tls.insecure_http { None } else { Some(crate::pki::Pki::load_or_create(&data_dir, &opts.tls)?) };
+    let admin = if let Some(pki) = &pki {
         let own = pki.client("system:capstan-components", "system:masters")?;
         client::tls::set_default(&pki.credentials(&own)).map_err(anyhow::Error::msg)?;
         let a = pki.client("kubernetes-admin", "system:masters")?;
         Some(crate::common::KubeUser { ca_pem: pki.ca_pem.clone(), cert_pem: a.cert_pem, key_pem: a.key_pem })
+    } else {
+        None
     };
     let initial: Vec<String> = specs.iter().map(|s| format!("{}=http://{}", s.name, s.peer)).collect();
     let initial = initial.join(",");
@@ -185,7 +185,7 @@ pub async fn up(n: usize, data_dir: PathBuf, listen: String, opts: ServeOpts, no
     let mut hollow = None;
     if !node.no_local_node {
         let port: u16 = apis[0].1.rsplit(':').next().and_then(|p| p.parse().ok()).unwrap_or(6443);
-        let (k, name) = start_local_node(&all_apis, &data_dir, port, &node).await?;
+        let (k, name) = start_local_node(&all_apis, &data_dir, port, &node, pki.as_ref()).await?;
         println!("  node:       {name} (pods run as local processes; logs in {}; follows every replica)", data_dir.join("pods").display());
         local = Some(k);
     }

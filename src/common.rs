@@ -106,6 +106,8 @@ pub struct Security {
     /// How the API serves (authentication, audit, ServiceAccount keys, request timeout).
     pub options: apiserver::Options,
     pub limits: apiserver::serve::Limits,
+    /// The cluster's CA, to issue components their own certificates (none over plain HTTP).
+    pub pki: Option<crate::pki::Pki>,
 }
 
 fn limits(opts: &crate::TlsOpts) -> apiserver::serve::Limits {
@@ -146,7 +148,7 @@ pub fn security(data_dir: &Path, opts: &crate::TlsOpts, addr: &std::net::SocketA
         eprintln!("capstan: WARNING: --insecure-http: plain HTTP, no authentication (anyone who can reach {addr} is cluster-admin)");
         let sa_keys = Some(crate::pki::service_account_keys(data_dir, opts)?);
         let options = apiserver::Options { authn: apiserver::authn::Mode::Insecure, audit: auditor(opts)?, sa_keys, request_timeout: opts.request_timeout };
-        return Ok(Security { scheme: "http", tls: None, admin: None, options, limits: limits(opts) });
+        return Ok(Security { scheme: "http", tls: None, admin: None, options, limits: limits(opts), pki: None });
     }
     let pki = crate::pki::Pki::load_or_create(data_dir, opts)?;
     let mut tls = pki.listener(&crate::pki::hosts_for(addr))?;
@@ -161,7 +163,7 @@ pub fn security(data_dir: &Path, opts: &crate::TlsOpts, addr: &std::net::SocketA
     client::tls::set_default(&pki.credentials(&own)).map_err(anyhow::Error::msg)?;
     let sa_keys = Some(crate::pki::service_account_keys(data_dir, opts)?);
     let options = apiserver::Options { authn: apiserver::authn::Mode::Tls { tokens: tls.tokens.clone() }, audit: auditor(opts)?, sa_keys, request_timeout: opts.request_timeout };
-    Ok(Security { scheme: "https", tls: Some(tls), options, limits: limits(opts), admin: Some(KubeUser { ca_pem: pki.ca_pem.clone(), cert_pem: admin.cert_pem, key_pem: admin.key_pem }) })
+    Ok(Security { scheme: "https", tls: Some(tls), options, limits: limits(opts), admin: Some(KubeUser { ca_pem: pki.ca_pem.clone(), cert_pem: admin.cert_pem, key_pem: admin.key_pem }), pki: Some(pki) })
 }
 
 pub fn hostname() -> String {

@@ -56,7 +56,7 @@ pub async fn serve(data_dir: PathBuf, listen: String, opts: ServeOpts, up: Optio
             sched = s;
         }
         if !node.no_local_node {
-            let (k, name) = start_local_node(&server, &data_dir, addr.port(), &node).await?;
+            let (k, name) = start_local_node(&server, &data_dir, addr.port(), &node, sec.pki.as_ref()).await?;
             println!("  node:       {name} (pods run as local processes; logs in {})", data_dir.join("pods").display());
             local = Some(k);
         }
@@ -92,8 +92,14 @@ pub async fn serve(data_dir: PathBuf, listen: String, opts: ServeOpts, up: Optio
     Ok(())
 }
 
-pub async fn start_local_node(server: &str, data_dir: &std::path::Path, api_port: u16, o: &NodeOpts) -> Result<(kubelet::Kubelet, String)> {
+/// With `pki`, the node's kubelet runs as `system:node:NAME` in `system:nodes` (a certificate
+/// issued at each start), so the Node authorizer and NodeRestriction judge it.
+pub async fn start_local_node(server: &str, data_dir: &std::path::Path, api_port: u16, o: &NodeOpts, pki: Option<&crate::pki::Pki>) -> Result<(kubelet::Kubelet, String)> {
     let name = o.node_name.clone().unwrap_or_else(hostname);
+    let credentials = match pki {
+        Some(p) => Some(p.credentials(&p.client(&format!("system:node:{name}"), apiserver::node_authz::NODES_GROUP)?)),
+        None => None,
+    };
     let root = data_dir.join("pods");
     std::fs::create_dir_all(&root)?;
     let spec = kubelet::NodeSpec::local(&name, data_dir);
@@ -117,8 +123,13 @@ pub async fn start_local_node(server: &str, data_dir: &std::path::Path, api_port
         host_ip: "127.0.0.1".into(),
         base_env,
     };
-    let rt = std::sync::Arc::new(kubelet::process::ProcessRuntime::new(cfg, kubelet::client::Client::new(server)));
-    let k = kubelet::Kubelet::start(server, kubelet::KubeletConfig::default(), vec![spec], rt).await.context("starting the local node")?;
+    let client = match &credentials {
+        Some(c) => kubelet::client::Client::with_credentials(server, "capstan-kubelet/0.1", c).map_err(anyhow::Error::msg)?,
+        None => kubelet::client::Client::new(server),
+    };
+    let rt = std::sync::Arc::new(kubelet::process::ProcessRuntime::new(cfg, client));
+    let kcfg = kubelet::KubeletConfig { credentials, ..Default::default() };
+    let k = kubelet::Kubelet::start(server, kcfg, vec![spec], rt).await.context("starting the local node")?;
     Ok((k, name))
 }
 

@@ -105,6 +105,15 @@ impl Client {
         }
     }
 
+    /// As `with_agent`, presenting `creds` instead of the process's default credentials
+    /// (a component with an identity of its own, as a kubelet's `system:node:NAME`).
+    pub fn with_credentials(base: &str, agent: &'static str, creds: &tls::Credentials) -> Result<Client, String> {
+        let cfg = tls::client_config(creds)?;
+        let mut c = Client::with_agent(base, agent);
+        c.http = hyper_util::client::legacy::Client::builder(TokioExecutor::new()).build(tls::connector_with(&cfg));
+        Ok(c)
+    }
+
     /// The API server requests go to now.
     pub fn base(&self) -> &str {
         &self.bases[self.current.load(std::sync::atomic::Ordering::Relaxed) % self.bases.len()]

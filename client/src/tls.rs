@@ -60,8 +60,13 @@ pub(crate) fn connector() -> HttpsConnector<HttpConnector> {
     let cfg = slot().read().unwrap().clone().unwrap_or_else(|| {
         Arc::new(rustls::ClientConfig::builder().with_root_certificates(rustls::RootCertStore::empty()).with_no_client_auth())
     });
+    connector_with(&cfg)
+}
+
+/// A connector presenting `cfg`'s credentials, for a client with an identity of its own.
+pub(crate) fn connector_with(cfg: &rustls::ClientConfig) -> HttpsConnector<HttpConnector> {
     let mut http = HttpConnector::new();
     http.enforce_http(false);
     http.set_nodelay(true);
-    hyper_rustls::HttpsConnectorBuilder::new().with_tls_config((*cfg).clone()).https_or_http().enable_http1().wrap_connector(http)
+    hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(cfg.clone()).https_or_http().enable_http1().wrap_connector(http)
 }

@@ -144,11 +144,14 @@ pub struct KubeletConfig {
     pub status_every: Duration,
     /// Where the kubelet endpoint listens (port 0: any free port).
     pub listen: std::net::SocketAddr,
+    /// The kubelet's own client credentials (`system:node:NAME`); the process's default
+    /// credentials when none.
+    pub credentials: Option<client::tls::Credentials>,
 }
 
 impl Default for KubeletConfig {
     fn default() -> Self {
-        KubeletConfig { lease_renew: Duration::from_secs(10), status_every: Duration::from_secs(300), listen: ([127, 0, 0, 1], 0).into() }
+        KubeletConfig { lease_renew: Duration::from_secs(10), status_every: Duration::from_secs(300), listen: ([127, 0, 0, 1], 0).into(), credentials: None }
     }
 }
 
@@ -173,7 +176,10 @@ impl Kubelet {
     /// Registers `nodes` with the API server at `base` (updating them if they exist, as after
     /// a restart), starts the endpoint, the lease and status loops and the pod watch.
     pub async fn start(base: &str, cfg: KubeletConfig, nodes: Vec<NodeSpec>, runtime: Arc<dyn Runtime>) -> Result<Kubelet, ClientError> {
-        let c = Client::new(base);
+        let c = match &cfg.credentials {
+            Some(creds) => Client::with_credentials(base, "capstan-kubelet/0.1", creds).map_err(ClientError::Transport)?,
+            None => Client::new(base),
+        };
         let listener = tokio::net::TcpListener::bind(cfg.listen).await.map_err(|e| ClientError::Transport(format!("kubelet endpoint: {e}")))?;
         let port = listener.local_addr().map_err(|e| ClientError::Transport(e.to_string()))?.port();
         let app = server::router(runtime.clone());
