@@ -746,3 +746,46 @@ fn a_kubelet_gets_what_its_node_needs_and_nothing_of_another_node() {
     assert!(n1.run(&["create", "-f", path_str(&mirror)]).status.success());
     assert!(n1.run(&["delete", "pod", "p1", "-n", "default", "--wait=false"]).status.success(), "its own pod");
 }
+
+#[test]
+fn rbac_refuses_to_grant_what_the_granter_does_not_hold_and_answers_access_reviews() {
+    let c = Cluster::start_with(tempfile::tempdir().unwrap(), &["--no-local-node"]);
+    let dev = As::new(&c, "dev", "devs");
+    c.ok(&["create", "namespace", "team"]);
+    c.ok(&["create", "rolebinding", "dev-admin", "--clusterrole=admin", "--user=dev", "-n", "team"]);
+    wait_until("dev's admin binding to take effect", || dev.run(&["get", "roles", "-n", "team"]).status.success());
+    let refused = |out: std::process::Output| {
+        assert!(!out.status.success(), "allowed: {}", String::from_utf8_lossy(&out.stdout));
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    // A role with permissions it holds: allowed; with one it does not: refused, naming it.
+    assert!(dev.run(&["create", "role", "pod-reader", "--verb=get,list", "--resource=pods", "-n", "team"]).status.success());
+    let err = refused(dev.run(&["create", "role", "quota-maker", "--verb=create", "--resource=resourcequotas", "-n", "team"]));
+    assert!(err.contains("roles.rbac.authorization.k8s.io \"quota-maker\" is forbidden: user \"dev\"") && err.contains("is attempting to grant RBAC permissions not currently held") && err.contains("Resources:[\"resourcequotas\"], Verbs:[\"create\"]"), "{err}");
+    // A binding to a role it holds: allowed; to cluster-admin: refused.
+    assert!(dev.run(&["create", "rolebinding", "viewers", "--clusterrole=view", "--user=eve", "-n", "team"]).status.success());
+    assert!(refused(dev.run(&["create", "rolebinding", "grab", "--clusterrole=cluster-admin", "--user=dev", "-n", "team"])).contains("not currently held"));
+    // ... unless it may `bind` cluster-admin.
+    c.ok(&["create", "clusterrole", "binder", "--verb=bind", "--resource=clusterroles", "--resource-name=cluster-admin"]);
+    c.ok(&["create", "rolebinding", "dev-binder", "--clusterrole=binder", "--user=dev", "-n", "team"]);
+    wait_until("the bind verb to take effect", || dev.run(&["create", "rolebinding", "grab", "--clusterrole=cluster-admin", "--user=dev", "-n", "team"]).status.success());
+
+    // SubjectAccessReview and LocalSubjectAccessReview answer for another user.
+    let review = |path: &str, body: serde_json::Value| -> serde_json::Value {
+        let f = c.write("sar.json", &body.to_string());
+        serde_json::from_str(&c.ok(&["create", "--raw", path, "-f", path_str(&f)])).unwrap()
+    };
+    let sar = |ns: &str| serde_json::json!({"apiVersion": "authorization.k8s.io/v1", "kind": "SubjectAccessReview",
+        "spec": {"user": "eve", "groups": ["system:authenticated"], "resourceAttributes": {"verb": "list", "resource": "pods", "namespace": ns}}});
+    assert_eq!(review("/apis/authorization.k8s.io/v1/subjectaccessreviews", sar("team"))["status"]["allowed"], true);
+    assert_eq!(review("/apis/authorization.k8s.io/v1/subjectaccessreviews", sar("default"))["status"]["allowed"], false);
+    let mut local = sar("team");
+    local["kind"] = serde_json::json!("LocalSubjectAccessReview");
+    let r = review("/apis/authorization.k8s.io/v1/namespaces/team/localsubjectaccessreviews", local.clone());
+    assert_eq!((r["status"]["allowed"].clone(), r["metadata"]["namespace"].clone()), (serde_json::json!(true), serde_json::json!("team")), "{r}");
+    let f = c.write("lsar.json", &local.to_string());
+    assert!(c.fails(&["create", "--raw", "/apis/authorization.k8s.io/v1/namespaces/default/localsubjectaccessreviews", "-f", path_str(&f)]).contains("must match the namespace"));
+    // Without the right to create SubjectAccessReviews (admin has it only as Local ones).
+    let f = c.write("sar2.json", &sar("team").to_string());
+    assert!(refused(dev.run(&["create", "--raw", "/apis/authorization.k8s.io/v1/subjectaccessreviews", "-f", path_str(&f)])).contains("forbidden"));
+}

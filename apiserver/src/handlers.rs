@@ -515,6 +515,7 @@ impl Req<'_> {
         }
         self.st.admission.admit(self.info, None, &mut obj)?;
         self.node_restriction(&obj, None)?;
+        self.guard_rbac(&obj).await?;
         if self.info.kind == "Pod" && self.info.group.is_empty() {
             self.resolve_priority(&name, &mut obj).await?;
         }
@@ -668,6 +669,16 @@ impl Req<'_> {
         Ok(next)
     }
 
+    /// RBAC's escalation checks on a Role, ClusterRole or binding being written
+    /// (`escalation`).
+    async fn guard_rbac(&self, obj: &Value) -> Result<(), ApiError> {
+        if self.info.group != "rbac.authorization.k8s.io" {
+            return Ok(());
+        }
+        let Some(user) = self.user.as_deref() else { return Ok(()) };
+        crate::escalation::check(self.st, user, self.info.resource, self.namespace.as_deref().unwrap_or(""), obj).await
+    }
+
     /// NodeRestriction, when a kubelet writes (`node_authz::admit`).
     fn node_restriction(&self, obj: &Value, existing: Option<&Value>) -> Result<(), ApiError> {
         let Some(node) = self.user.as_deref().and_then(crate::node_authz::node_of) else { return Ok(()) };
@@ -706,6 +717,7 @@ impl Req<'_> {
                 return Err(ApiError::conflict(self.info.group, self.info.resource, self.name()));
             }
         let next = self.next_object(&cur.obj, incoming)?;
+        self.guard_rbac(&next).await?;
         self.finish_write(&key, &cur, next).await?.ok_or_else(|| ApiError::conflict(self.info.group, self.info.resource, self.name()))
     }
 
@@ -731,6 +743,7 @@ impl Req<'_> {
                     return Err(ApiError::conflict(self.info.group, self.info.resource, self.name()));
                 }
             let next = self.next_object(&cur.obj, doc)?;
+            self.guard_rbac(&next).await?;
             if let Some(r) = self.finish_write(&key, &cur, next).await? {
                 return Ok(r);
             }
@@ -784,6 +797,7 @@ impl Req<'_> {
                 None => return self.create_object(obj).await,
                 Some(cur) => {
                     let next = self.next_object_as(&cur.obj, obj, false)?;
+                    self.guard_rbac(&next).await?;
                     if let Some(r) = self.finish_write(&key, &cur, next).await? {
                         return Ok(r);
                     }

@@ -13,6 +13,7 @@
 //! `handlers/` (reads, watches, admission reads, single resources' rules), then `object.rs`,
 //! `discovery.rs`, `registry.rs` (the resources served, from the k8s-openapi types).
 
+pub mod access_review;
 pub mod admission;
 pub mod audit;
 pub mod authn;
@@ -20,6 +21,7 @@ pub mod cached;
 pub mod deadline;
 pub mod discovery;
 pub mod encryption;
+pub mod escalation;
 pub mod handlers;
 pub mod lite;
 pub mod metrics;
@@ -141,8 +143,10 @@ fn build(store: Store, shutdown: tokio::sync::watch::Receiver<bool>, keep: Optio
         .route("/apis/authentication.k8s.io/v1/tokenreviews", axum::routing::post(authn::token_review))
         .route("/.well-known/openid-configuration", get(authn::openid_configuration))
         .route("/openid/v1/jwks", get(authn::jwks))
-        .route("/apis/authorization.k8s.io/v1/selfsubjectaccessreviews", axum::routing::post(rbac::self_subject_access_review))
-        .route("/apis/authorization.k8s.io/v1/selfsubjectrulesreviews", axum::routing::post(rbac::self_subject_rules_review))
+        .route("/apis/authorization.k8s.io/v1/selfsubjectaccessreviews", axum::routing::post(access_review::self_subject_access_review))
+        .route("/apis/authorization.k8s.io/v1/selfsubjectrulesreviews", axum::routing::post(access_review::self_subject_rules_review))
+        .route("/apis/authorization.k8s.io/v1/subjectaccessreviews", axum::routing::post(access_review::subject_access_review))
+        .route("/apis/authorization.k8s.io/v1/namespaces/{namespace}/localsubjectaccessreviews", axum::routing::post(access_review::subject_access_review))
         .fallback(not_found)
         .layer(axum::middleware::from_fn_with_state(state.clone(), rbac::authorize))
         .layer(axum::middleware::from_fn_with_state(auditor, audit::audit))

@@ -298,33 +298,6 @@ impl Index {
     }
 }
 
-/// The caller and the body of a review request (JSON, YAML or kubectl's protobuf).
-async fn read_review(req: axum::extract::Request) -> Result<(Arc<UserInfo>, Value), crate::status::ApiError> {
-    let user = req.extensions().get::<Arc<UserInfo>>().cloned().ok_or_else(crate::status::ApiError::unauthorized)?;
-    let ctype = req.headers().get(axum::http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
-    let body = axum::body::to_bytes(req.into_body(), 1 << 20).await.map_err(|e| crate::status::ApiError::bad_request(format!("reading the body: {e}")))?;
-    Ok((user, crate::handlers::parse_body(&ctype, &body)?))
-}
-
-/// `POST /apis/authorization.k8s.io/v1/selfsubjectrulesreviews`: what may the caller do in
-/// a namespace (`kubectl auth can-i --list`).
-pub async fn self_subject_rules_review(axum::extract::State(st): axum::extract::State<Arc<crate::handlers::AppState>>, req: axum::extract::Request) -> axum::response::Response {
-    use axum::response::IntoResponse;
-    let (user, review) = match read_review(req).await {
-        Ok(r) => r,
-        Err(e) => return e.into_response(),
-    };
-    let namespace = review["spec"]["namespace"].as_str().unwrap_or("").to_string();
-    let (res, non) = st.rbac.index().rules_for(&user, &namespace);
-    let out = json!({
-        "kind": "SelfSubjectRulesReview",
-        "apiVersion": "authorization.k8s.io/v1",
-        "metadata": { "creationTimestamp": null },
-        "spec": { "namespace": namespace },
-        "status": { "resourceRules": res, "nonResourceRules": non, "incomplete": false },
-    });
-    (axum::http::StatusCode::CREATED, axum::Json(out)).into_response()
-}
 
 /// The decision for `user` (masters first, then RBAC).
 pub fn authorized(index: &Index, user: &UserInfo, a: &Attributes) -> bool {
@@ -716,46 +689,3 @@ pub fn impersonate(ix: &Index, user: &UserInfo, headers: &axum::http::HeaderMap)
     Ok(UserInfo::new(name, groups))
 }
 
-/// `POST /apis/authorization.k8s.io/v1/selfsubjectaccessreviews`: may the caller do this?
-/// (`kubectl auth can-i`).
-pub async fn self_subject_access_review(axum::extract::State(st): axum::extract::State<Arc<crate::handlers::AppState>>, req: axum::extract::Request) -> axum::response::Response {
-    use axum::response::IntoResponse;
-    let (user, review) = match read_review(req).await {
-        Ok(r) => r,
-        Err(e) => return e.into_response(),
-    };
-    let spec = &review["spec"];
-    let s = |v: &Value, k: &str| v[k].as_str().unwrap_or("").to_string();
-    let a = if let Some(r) = spec.get("resourceAttributes").filter(|r| r.is_object()) {
-        Attributes {
-            verb: s(r, "verb"),
-            target: Target::Resource { group: s(r, "group"), resource: s(r, "resource"), subresource: s(r, "subresource"), namespace: s(r, "namespace"), name: s(r, "name") },
-        }
-    } else if let Some(n) = spec.get("nonResourceAttributes").filter(|r| r.is_object()) {
-        Attributes { verb: s(n, "verb"), target: Target::NonResource { path: s(n, "path") } }
-    } else {
-        let e = crate::status::ApiError::invalid("authorization.k8s.io", "SelfSubjectAccessReview", "", vec![("spec.resourceAttributes".into(), "exactly one of nonResourceAttributes or resourceAttributes must be specified".into())]);
-        return e.into_response();
-    };
-    if a.verb.is_empty() {
-        return crate::status::ApiError::invalid("authorization.k8s.io", "SelfSubjectAccessReview", "", vec![("spec.resourceAttributes.verb".into(), "Required value".into())]).into_response();
-    }
-    // A kubelet's request is the Node authorizer's first, as in the authorize middleware.
-    let by_node = match crate::node_authz::node_of(&user) {
-        Some(node) => crate::node_authz::authorize(&st, node, &a, "").await == crate::node_authz::Decision::Allow,
-        None => false,
-    };
-    let allowed = by_node || authorized(&st.rbac.index(), &user, &a);
-    let mut status = json!({ "allowed": allowed });
-    if allowed {
-        status["reason"] = json!(if by_node { "allowed by the Node authorizer" } else if user.groups.iter().any(|g| g == MASTERS) { "the user is in system:masters" } else { "allowed by RBAC" });
-    }
-    let out = json!({
-        "kind": "SelfSubjectAccessReview",
-        "apiVersion": "authorization.k8s.io/v1",
-        "metadata": { "creationTimestamp": null },
-        "spec": spec,
-        "status": status,
-    });
-    (axum::http::StatusCode::CREATED, axum::Json(out)).into_response()
-}
