@@ -21,8 +21,9 @@ use axum::extract::{Request, State};
 use axum::middleware::Next;
 use axum::response::Response;
 use serde::Deserialize;
-use serde_json::{Value, json};
+use serde_json::Value;
 
+use crate::audit_event::{Event, ObjectRef};
 use crate::authn::UserInfo;
 use crate::rbac::{Attributes, Target};
 
@@ -43,7 +44,7 @@ pub enum Stage {
 }
 
 impl Stage {
-    fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Stage::RequestReceived => "RequestReceived",
             Stage::ResponseStarted => "ResponseStarted",
@@ -189,7 +190,7 @@ pub static WRITTEN: AtomicU64 = AtomicU64::new(0);
 /// The auditor the API server holds.
 pub struct Auditor {
     policy: Policy,
-    tx: crossbeam::channel::Sender<Value>,
+    tx: crossbeam::channel::Sender<Event>,
 }
 
 impl Auditor {
@@ -199,12 +200,12 @@ impl Auditor {
             std::fs::create_dir_all(dir)?;
         }
         let file = std::fs::OpenOptions::new().create(true).append(true).open(&cfg.path)?;
-        let (tx, rx) = crossbeam::channel::bounded::<Value>(QUEUE_EVENTS);
+        let (tx, rx) = crossbeam::channel::bounded::<Event>(QUEUE_EVENTS);
         std::thread::Builder::new().name("audit-log".into()).spawn(move || writer(rx, file, cfg))?;
         Ok(Arc::new(Auditor { policy, tx }))
     }
 
-    fn offer(&self, ev: Value) {
+    fn offer(&self, ev: Event) {
         if self.tx.try_send(ev).is_err() {
             let n = DROPPED.fetch_add(1, Ordering::Relaxed) + 1;
             if n.is_power_of_two() {
@@ -214,21 +215,22 @@ impl Auditor {
     }
 }
 
-fn writer(rx: crossbeam::channel::Receiver<Value>, file: std::fs::File, cfg: LogConfig) {
+fn writer(rx: crossbeam::channel::Receiver<Event>, file: std::fs::File, cfg: LogConfig) {
     let mut size = file.metadata().map(|m| m.len()).unwrap_or(0);
-    let mut out = std::io::BufWriter::new(file);
+    let mut out = std::io::BufWriter::with_capacity(256 << 10, file);
     let mut line = Vec::with_capacity(1024);
+    let mut scratch = crate::audit_event::Scratch::default();
     while let Ok(ev) = rx.recv() {
         let mut next = Some(ev);
         while let Some(ev) = next.take() {
             line.clear();
-            if serde_json::to_writer(&mut line, &ev).is_ok() {
+            if crate::audit_event::encode(&ev, &mut scratch, &mut line).is_ok() {
                 line.push(b'\n');
                 if size > 0 && size + line.len() as u64 > cfg.max_bytes {
                     let _ = out.flush();
                     match rotate(&cfg) {
                         Ok(f) => {
-                            out = std::io::BufWriter::new(f);
+                            out = std::io::BufWriter::with_capacity(256 << 10, f);
                             size = 0;
                         }
                         Err(e) => tracing::warn!(error = %e, path = %cfg.path.display(), "audit: rotating the log failed; writing on"),
@@ -280,22 +282,13 @@ fn rotate(cfg: &LogConfig) -> std::io::Result<std::fs::File> {
 /// the event says so in an annotation).
 const BODY_BYTES_MAX: usize = 1 << 20;
 
-fn now_micro() -> String {
-    jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%S%.6fZ").to_string()
-}
-
-fn object_ref(a: &Attributes, api_version: &str) -> Option<Value> {
-    match &a.target {
+/// `objectRef` of a resource request, moved out of its attributes.
+fn object_ref(a: Attributes, api_version: &str) -> (String, Option<ObjectRef>) {
+    match a.target {
         Target::Resource { group, resource, subresource, namespace, name } => {
-            let mut r = json!({ "resource": resource, "apiVersion": api_version });
-            for (k, v) in [("namespace", namespace), ("name", name), ("apiGroup", group), ("subresource", subresource)] {
-                if !v.is_empty() {
-                    r[k] = json!(v);
-                }
-            }
-            Some(r)
+            (a.verb, Some(ObjectRef { resource, namespace, name, api_group: group, api_version: api_version.to_string(), subresource }))
         }
-        Target::NonResource { .. } => None,
+        Target::NonResource { .. } => (a.verb, None),
     }
 }
 
@@ -303,49 +296,49 @@ fn object_ref(a: &Attributes, api_version: &str) -> Option<Value> {
 pub async fn audit(State(auditor): State<Option<Arc<Auditor>>>, req: Request, next: Next) -> Response {
     let Some(auditor) = auditor else { return next.run(req).await };
     let Some(user) = req.extensions().get::<Arc<UserInfo>>().cloned() else { return next.run(req).await };
-    let path = req.uri().path().to_string();
-    let query = req.uri().query().unwrap_or("").to_string();
-    let a = crate::rbac::attributes(req.method().as_str(), &path, &query);
+    let received = jiff::Timestamp::now();
+    let path = req.uri().path();
+    let query = req.uri().query().unwrap_or("");
+    let a = crate::rbac::attributes(req.method().as_str(), path, query);
     let (level, omit) = auditor.policy.decide(&user, &a);
     if level == Level::None {
         return next.run(req).await;
     }
-    let api_version = path.split('/').filter(|p| !p.is_empty()).nth(if path.starts_with("/apis/") { 2 } else { 1 }).unwrap_or("").to_string();
-    let received = now_micro();
-    let mut ev = json!({
-        "kind": "Event",
-        "apiVersion": "audit.k8s.io/v1",
-        "level": format!("{level:?}"),
-        "auditID": crate::object::new_uid(),
-        "requestURI": if query.is_empty() { path.clone() } else { format!("{path}?{query}") },
-        "verb": a.verb,
-        "user": user.to_json(),
-        "sourceIPs": req.extensions().get::<axum::extract::ConnectInfo<std::net::SocketAddr>>().map(|c| json!([c.0.ip().to_string()])).unwrap_or(json!([])),
-        "userAgent": req.headers().get(axum::http::header::USER_AGENT).and_then(|v| v.to_str().ok()).unwrap_or(""),
-        "requestReceivedTimestamp": received,
-    });
-    if let Some(r) = object_ref(&a, &api_version) {
-        ev["objectRef"] = r;
-    }
-    if req.headers().contains_key("impersonate-user") {
-        ev["impersonatedUser"] = json!({"username": req.headers().get("impersonate-user").and_then(|v| v.to_str().ok()).unwrap_or("")});
-    }
+    let api_version = path.split('/').filter(|p| !p.is_empty()).nth(if path.starts_with("/apis/") { 2 } else { 1 }).unwrap_or("");
+    let streaming = a.verb == "watch" || query.contains("follow=true");
+    let wants_body = level >= Level::Request && matches!(a.verb.as_str(), "create" | "update" | "patch" | "delete" | "deletecollection");
+    let (verb, object_ref) = object_ref(a, api_version);
+    let mut ev = Event {
+        level,
+        stage: Stage::RequestReceived,
+        request_uri: req.uri().path_and_query().map_or_else(|| req.uri().path().to_string(), |pq| pq.as_str().to_string()),
+        verb,
+        user,
+        impersonated_user: req.headers().get("impersonate-user").map(|v| v.to_str().unwrap_or("").to_string()),
+        source_ip: req.extensions().get::<axum::extract::ConnectInfo<std::net::SocketAddr>>().map(|c| c.0.ip()),
+        user_agent: req.headers().get(axum::http::header::USER_AGENT).and_then(|v| v.to_str().ok()).unwrap_or("").to_string(),
+        object_ref,
+        received,
+        stage_time: received,
+        code: None,
+        body_omitted: false,
+        request_object: None,
+        response_object: None,
+    };
     // The request body, at Request level and above (a body past the bound is left out).
-    let req = if level >= Level::Request && matches!(a.verb.as_str(), "create" | "update" | "patch" | "delete" | "deletecollection") {
+    let req = if wants_body {
         let (parts, body) = req.into_parts();
         match axum::body::to_bytes(body, BODY_BYTES_MAX).await {
             Ok(bytes) => {
                 // JSON, YAML or kubectl's protobuf, as the handler will read it.
                 let ctype = parts.headers.get(axum::http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
-                if let Ok(v) = crate::handlers::parse_body(ctype, &bytes) {
-                    ev["requestObject"] = v;
-                }
+                ev.request_object = crate::handlers::parse_body(ctype, &bytes).ok();
                 Request::from_parts(parts, axum::body::Body::from(bytes))
             }
             Err(_) => {
                 // Too large to audit; the request itself goes on with no body and fails as
                 // a too-large request would.
-                ev["annotations"] = json!({"audit.capstan.dev/request-body": "omitted: larger than 1 MiB"});
+                ev.body_omitted = true;
                 Request::from_parts(parts, axum::body::Body::empty())
             }
         }
@@ -353,31 +346,20 @@ pub async fn audit(State(auditor): State<Option<Arc<Auditor>>>, req: Request, ne
         req
     };
     if !omit.contains(&Stage::RequestReceived) {
-        let mut e = ev.clone();
-        e["stage"] = json!(Stage::RequestReceived.as_str());
-        e["stageTimestamp"] = json!(received);
-        auditor.offer(e);
+        auditor.offer(ev.clone());
     }
-    let streaming = matches!(a.verb.as_str(), "watch") || query.contains("follow=true");
     let resp = next.run(req).await;
     let stage = if streaming { Stage::ResponseStarted } else { Stage::ResponseComplete };
     if omit.contains(&stage) {
         return resp;
     }
-    let code = resp.status().as_u16();
-    ev["stage"] = json!(stage.as_str());
-    ev["stageTimestamp"] = json!(now_micro());
-    ev["responseStatus"] = json!({"metadata": {}, "code": code});
-    if !ev["annotations"].is_object() {
-        ev["annotations"] = json!({});
-    }
-    ev["annotations"]["authorization.k8s.io/decision"] = json!(if code == 403 { "forbid" } else { "allow" });
+    ev.stage = stage;
+    ev.stage_time = jiff::Timestamp::now();
+    ev.code = Some(resp.status().as_u16());
     if level == Level::RequestResponse && !streaming {
         let (parts, body) = resp.into_parts();
         let bytes = axum::body::to_bytes(body, BODY_BYTES_MAX * 16).await.unwrap_or_default();
-        if let Ok(v) = serde_json::from_slice::<Value>(&bytes) {
-            ev["responseObject"] = v;
-        }
+        ev.response_object = serde_json::from_slice::<Value>(&bytes).ok();
         auditor.offer(ev);
         return Response::from_parts(parts, axum::body::Body::from(bytes));
     }
@@ -434,11 +416,28 @@ mod tests {
         let (tx, rx) = crossbeam::channel::bounded(1);
         let a = Auditor { policy: Policy::parse("apiVersion: audit.k8s.io/v1\nkind: Policy\n").unwrap(), tx };
         let before = DROPPED.load(Ordering::Relaxed);
-        a.offer(json!({"n": 1}));
-        a.offer(json!({"n": 2}));
-        a.offer(json!({"n": 3}));
+        let ev = |uri: &str| Event {
+            level: Level::Metadata,
+            stage: Stage::ResponseComplete,
+            request_uri: uri.into(),
+            verb: "get".into(),
+            user: Arc::new(UserInfo::new("u", vec![])),
+            impersonated_user: None,
+            source_ip: None,
+            user_agent: String::new(),
+            object_ref: None,
+            received: jiff::Timestamp::now(),
+            stage_time: jiff::Timestamp::now(),
+            code: Some(200),
+            body_omitted: false,
+            request_object: None,
+            response_object: None,
+        };
+        a.offer(ev("/1"));
+        a.offer(ev("/2"));
+        a.offer(ev("/3"));
         assert_eq!(DROPPED.load(Ordering::Relaxed) - before, 2);
-        assert_eq!(rx.try_recv().unwrap()["n"], 1, "the queued event is kept");
+        assert_eq!(rx.try_recv().unwrap().request_uri, "/1", "the queued event is kept");
     }
 
     #[test]

@@ -16,6 +16,7 @@
 pub mod access_review;
 pub mod admission;
 pub mod audit;
+pub mod audit_event;
 pub mod authn;
 pub mod cached;
 pub mod deadline;
