@@ -789,3 +789,51 @@ fn rbac_refuses_to_grant_what_the_granter_does_not_hold_and_answers_access_revie
     let f = c.write("sar2.json", &sar("team").to_string());
     assert!(refused(dev.run(&["create", "--raw", "/apis/authorization.k8s.io/v1/subjectaccessreviews", "-f", path_str(&f)])).contains("forbidden"));
 }
+
+#[test]
+fn bootstrap_tokens_authenticate_until_they_expire_and_expired_ones_are_cleaned_up() {
+    let c = Cluster::start_with(tempfile::tempdir().unwrap(), &["--no-local-node"]);
+    let token_secret = |id: &str, expiration: &str| {
+        format!(
+            "apiVersion: v1\nkind: Secret\nmetadata:\n  name: bootstrap-token-{id}\n  namespace: kube-system\ntype: bootstrap.kubernetes.io/token\nstringData:\n  token-id: {id}\n  token-secret: 0123456789abcdef\n  expiration: \"{expiration}\"\n  usage-bootstrap-authentication: \"true\"\n  auth-extra-groups: system:bootstrappers:kubeadm:default-node-token\n"
+        )
+    };
+    c.ok(&["apply", "-f", path_str(&c.write("good.yaml", &token_secret("abcdef", "2099-01-01T00:00:00Z")))]);
+    // stringData is stored as data, as in Kubernetes.
+    let stored: serde_json::Value = serde_json::from_str(&c.ok(&["get", "secret", "bootstrap-token-abcdef", "-n", "kube-system", "-o", "json"])).unwrap();
+    assert!(stored.get("stringData").is_none() && stored["data"]["token-id"] == "YWJjZGVm", "{stored}");
+    let who: serde_json::Value = serde_json::from_slice(&with_token(&c, "abcdef.0123456789abcdef", &["auth", "whoami", "-o", "json"]).stdout).unwrap();
+    assert_eq!(who["status"]["userInfo"]["username"], "system:bootstrap:abcdef", "{who}");
+    assert_eq!(who["status"]["userInfo"]["groups"], serde_json::json!(["system:bootstrappers", "system:bootstrappers:kubeadm:default-node-token", "system:authenticated"]));
+    assert!(String::from_utf8_lossy(&with_token(&c, "abcdef.0123456789abcdee", &["auth", "whoami"]).stderr).contains("Unauthorized"));
+    // Expired: refused, and the token cleaner deletes its Secret.
+    c.ok(&["apply", "-f", path_str(&c.write("old.yaml", &token_secret("zzzzzz", "2020-01-01T00:00:00Z")))]);
+    assert!(String::from_utf8_lossy(&with_token(&c, "zzzzzz.0123456789abcdef", &["auth", "whoami"]).stderr).contains("Unauthorized"));
+    wait_until("the token cleaner to delete the expired token's Secret", || {
+        c.kubectl_with(KUBECTL, &["get", "secret", "bootstrap-token-zzzzzz", "-n", "kube-system"]).status.code() == Some(1)
+    });
+    assert!(c.ok(&["get", "secrets", "-n", "kube-system", "-o", "name"]).contains("bootstrap-token-abcdef"), "the unexpired one stays");
+}
+
+#[test]
+fn pod_security_admission_enforces_and_warns_by_namespace_labels() {
+    let c = Cluster::start_with(tempfile::tempdir().unwrap(), &["--no-local-node"]);
+    c.ok(&["create", "namespace", "secure"]);
+    c.ok(&["label", "namespace", "secure", "pod-security.kubernetes.io/enforce=baseline", "pod-security.kubernetes.io/warn=restricted"]);
+    // A privileged pod is refused, every violation named.
+    let privileged = c.write("priv.yaml", "apiVersion: v1\nkind: Pod\nmetadata: {name: root, namespace: secure}\nspec:\n  hostNetwork: true\n  containers:\n  - name: c\n    image: x\n    securityContext: {privileged: true}\n");
+    let err = c.fails(&["apply", "-f", path_str(&privileged)]);
+    assert!(err.contains("pods \"root\" is forbidden: violates PodSecurity \"baseline:latest\": host namespaces (hostNetwork=true), privileged (container \"c\" must not set securityContext.privileged=true)"), "{err}");
+    // A plain pod passes baseline and is warned about restricted.
+    let out = c.kubectl_with(KUBECTL, &["run", "plain", "--image=x", "-n", "secure"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let warned = String::from_utf8_lossy(&out.stderr);
+    assert!(warned.contains("Warning: would violate PodSecurity \"restricted:latest\": allowPrivilegeEscalation != false"), "{warned}");
+    // A Deployment whose template is privileged is created, with the warning.
+    let out = c.kubectl_with(KUBECTL, &["create", "deployment", "d", "--image=x", "-n", "secure"]);
+    assert!(out.status.success() && String::from_utf8_lossy(&out.stderr).contains("would violate PodSecurity"), "{}", String::from_utf8_lossy(&out.stderr));
+    // Elsewhere nothing is checked; a bad label value is refused.
+    let anywhere = c.write("priv2.yaml", "apiVersion: v1\nkind: Pod\nmetadata: {name: root, namespace: default}\nspec:\n  hostNetwork: true\n  containers:\n  - name: c\n    image: x\n    securityContext: {privileged: true}\n");
+    c.ok(&["apply", "-f", path_str(&anywhere)]);
+    assert!(c.fails(&["label", "namespace", "default", "pod-security.kubernetes.io/enforce=strict"]).contains("must be one of privileged, baseline, restricted"));
+}

@@ -124,6 +124,9 @@ impl Admission for MetaAndSpec {
         let name = obj["metadata"].get("name").and_then(|n| n.as_str()).unwrap_or("");
         validate_meta(info, obj, name, causes);
         validate_spec(info, obj, causes);
+        if info.kind == "Namespace" && info.group.is_empty() {
+            causes.extend(crate::pod_security::label_errors(&obj["metadata"]["labels"]));
+        }
     }
 }
 
@@ -219,8 +222,27 @@ fn default_pod_spec(spec: &mut Value) {
     }
 }
 
+/// A Secret's `stringData` is write-only: merged into `data` (base64), as Kubernetes does,
+/// its values winning over `data`'s.
+fn merge_string_data(obj: &mut Value) {
+    use base64::Engine;
+    let Some(sd) = obj.as_object_mut().and_then(|m| m.remove("stringData")) else { return };
+    let Some(sd) = sd.as_object() else { return };
+    if !obj["data"].is_object() {
+        obj["data"] = json!({});
+    }
+    for (k, v) in sd {
+        let text = v.as_str().unwrap_or("");
+        obj["data"][k] = json!(base64::engine::general_purpose::STANDARD.encode(text));
+    }
+}
+
 /// Kubernetes' defaults for the built-in types.
 pub fn default(info: &ResourceInfo, obj: &mut Value) {
+    if info.kind == "Secret" && info.group.is_empty() {
+        merge_string_data(obj);
+        set_default(obj, "type", json!("Opaque"));
+    }
     match info.kind {
         "Pod" => {
             if let Some(spec) = obj.get_mut("spec") {

@@ -300,15 +300,17 @@ async fn token_user(st: &AppState, tokens: &StaticTokens, token: &str) -> Result
 /// As `token_user`, for one of `audiences` (the API server's own when `None`); also the
 /// audiences the token is good for among them.
 async fn token_user_for(st: &AppState, tokens: &StaticTokens, token: &str, audiences: Option<&[String]>) -> Result<(Arc<UserInfo>, Vec<String>), String> {
-    let Some(keys) = &st.sa_keys else {
-        return tokens.user(token).map(|u| (u, Vec::new())).ok_or_else(|| "unknown token".into());
-    };
-    let audiences = audiences.map_or_else(|| keys.api_audiences(), <[String]>::to_vec);
+    // Static and bootstrap tokens are good for the API server's audiences only.
+    let api = st.sa_keys.as_ref().map(|k| k.api_audiences()).unwrap_or_default();
+    let audiences = audiences.map_or_else(|| api.clone(), <[String]>::to_vec);
+    let for_api = || audiences.iter().filter(|a| api.contains(a)).cloned().collect::<Vec<_>>();
     if let Some(u) = tokens.user(token) {
-        // Static tokens are good for the API server's audiences only.
-        let api = keys.api_audiences();
-        return Ok((u, audiences.into_iter().filter(|a| api.contains(a)).collect()));
+        return Ok((u, for_api()));
     }
+    if let Some(u) = crate::bootstrap_token::authenticate(st, token).await? {
+        return Ok((Arc::new(u), for_api()));
+    }
+    let Some(keys) = &st.sa_keys else { return Err("unknown token".into()) };
     if !Keys::looks_like_jwt(token) {
         return Err("unknown token".into());
     }

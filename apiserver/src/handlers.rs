@@ -501,7 +501,7 @@ impl Req<'_> {
                 }
             }
         };
-        self.namespace_exists().await?;
+        let ns_json = self.namespace_exists().await?;
         {
             let m = meta_mut(&mut obj);
             m.insert("uid".into(), json!(object::new_uid()));
@@ -516,6 +516,7 @@ impl Req<'_> {
         self.st.admission.admit(self.info, None, &mut obj)?;
         self.node_restriction(&obj, None)?;
         self.guard_rbac(&obj).await?;
+        self.pod_security(&obj, ns_json.as_ref())?;
         if self.info.kind == "Pod" && self.info.group.is_empty() {
             self.resolve_priority(&name, &mut obj).await?;
         }

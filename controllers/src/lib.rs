@@ -16,6 +16,7 @@ pub mod leader;
 pub mod podutil;
 pub mod replicaset;
 pub mod run;
+pub mod token_cleaner;
 pub mod workloads;
 
 pub use run::Controllers;

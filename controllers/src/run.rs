@@ -429,6 +429,7 @@ impl Controllers {
         spawn_workers(&ctx, &stsq, 2, &mut tasks, |ctx, key| async move { sync_statefulset(&ctx, &key).await });
         let x = ctx.clone();
         tasks.push(tokio::spawn(async move { node_lifecycle(x).await }));
+        tasks.push(tokio::spawn(crate::token_cleaner::run(ctx.c.clone())));
         Controllers { _informers: inf, queues: vec![rsq, dq, gcq, saq, epq, jobq, dsq, stsq, nsq, pdbq, hpaq, cjq, rqq], ctx, tasks }
     }
 

@@ -17,8 +17,9 @@ impl Req<'_> {
 
     /// NamespaceLifecycle: the namespace exists and is not being deleted. Read from the cache
     /// of namespaces; one the cache has not seen yet (just created) is looked up in the store.
-    pub(super) async fn namespace_exists(&self) -> Result<(), ApiError> {
-        let Some(ns) = &self.namespace else { return Ok(()) };
+    /// Returns the namespace's JSON (for Pod Security Admission), none when cluster-scoped.
+    pub(super) async fn namespace_exists(&self) -> Result<Option<Bytes>, ApiError> {
+        let Some(ns) = &self.namespace else { return Ok(None) };
         let key = format!("/registry/core/namespaces/{ns}");
         let cached = self.cached("", "v1", "namespaces").await.and_then(|m| m.get(key.as_bytes()).map(|o| o.json.clone()));
         let json = match cached {
@@ -35,6 +36,39 @@ impl Req<'_> {
                 self.info.resource,
                 self.name.as_deref().unwrap_or("")
             )));
+        }
+        Ok(Some(json))
+    }
+
+    /// Pod Security Admission (`pod_security.rs`) of a create in a namespace (`ns_json`): a pod
+    /// violating the namespace's `enforce` level is refused; what violates `warn` (and, for a
+    /// workload's pod template, `enforce`) is a warning.
+    pub(super) fn pod_security(&self, obj: &Value, ns_json: Option<&Bytes>) -> Result<(), ApiError> {
+        use crate::pod_security::{Level, describe, level_of, violations};
+        let spec = match (self.info.group, self.info.kind) {
+            ("", "Pod") => &obj["spec"],
+            ("apps", "Deployment" | "ReplicaSet" | "StatefulSet" | "DaemonSet") | ("batch", "Job") | ("", "ReplicationController") => &obj["spec"]["template"]["spec"],
+            ("batch", "CronJob") => &obj["spec"]["jobTemplate"]["spec"]["template"]["spec"],
+            _ => return Ok(()),
+        };
+        // Most namespaces carry no Pod Security label: skip parsing them.
+        let Some(json) = ns_json.filter(|j| j.windows(crate::pod_security::LABEL_PREFIX.len()).any(|w| w == crate::pod_security::LABEL_PREFIX.as_bytes())) else { return Ok(()) };
+        let ns: Value = serde_json::from_slice(json).map_err(|e| ApiError::internal(e.to_string()))?;
+        let labels = &ns["metadata"]["labels"];
+        let (enforce, warn) = (level_of(labels, "enforce"), level_of(labels, "warn"));
+        let is_pod = self.info.kind == "Pod";
+        if is_pod && let Some(msg) = describe(enforce, &violations(enforce, spec)) {
+            let name = obj["metadata"]["name"].as_str().unwrap_or("");
+            return Err(ApiError::forbidden(format!("pods {name:?} is forbidden: violates {msg}")));
+        }
+        let mut levels = vec![warn];
+        if !is_pod && enforce != warn {
+            levels.push(enforce);
+        }
+        for level in levels.into_iter().filter(|l| *l != Level::Privileged) {
+            if let Some(msg) = describe(level, &violations(level, spec)) {
+                self.warnings.lock().unwrap().push(format!("would violate {msg}"));
+            }
         }
         Ok(())
     }
