@@ -260,3 +260,23 @@ where
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_client_address_holds_at_most_its_limit_of_connections() {
+        let pc = PerClient::default();
+        let (a, b): (std::net::IpAddr, std::net::IpAddr) = ("10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap());
+        assert!(pc.enter(a, 2) && pc.enter(a, 2));
+        assert!(!pc.enter(a, 2), "a third connection from the same address");
+        assert!(pc.enter(b, 2), "another address has its own count");
+        pc.leave(a);
+        assert!(pc.enter(a, 2), "a closed connection frees its place");
+        pc.leave(a);
+        pc.leave(a);
+        pc.leave(b);
+        assert!(pc.0.lock().unwrap().is_empty(), "addresses with no connection are forgotten");
+    }
+}
