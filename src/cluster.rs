@@ -74,6 +74,8 @@ fn spawn(exe: &Path, dir: &Path, s: &Spec, initial: &str, opts: &ServeOpts, node
     let sa_key = opts.tls.service_account_signing_key_file.clone().unwrap_or_else(|| crate::pki::sa_key_file(dir));
     cmd.arg("--service-account-signing-key-file").arg(sa_key).arg("--service-account-issuer").arg(&opts.tls.service_account_issuer);
     cmd.arg("--request-timeout").arg(format!("{}ms", opts.tls.request_timeout.as_millis()));
+    cmd.arg("--max-requests-inflight").arg(opts.tls.max_requests_inflight.to_string());
+    cmd.arg("--max-mutating-requests-inflight").arg(opts.tls.max_mutating_requests_inflight.to_string());
     cmd.arg("--max-connections-per-client").arg(opts.tls.max_connections_per_client.to_string());
     cmd.arg("--idle-connection-timeout").arg(format!("{}ms", opts.tls.idle_connection_timeout.as_millis()));
     // One encryption configuration: every replica applies the same log.

@@ -191,6 +191,13 @@ pub struct TlsOpts {
     /// (a Go duration: `60s`, `2m`).
     #[arg(long, default_value = "60s", value_parser = go_duration)]
     pub request_timeout: std::time::Duration,
+    /// Seats for read-only requests; with --max-mutating-requests-inflight, the seats API
+    /// Priority and Fairness shares among priority levels (Kubernetes' defaults: 400 + 200).
+    #[arg(long, default_value_t = 400)]
+    pub max_requests_inflight: usize,
+    /// Seats for mutating requests (added to --max-requests-inflight).
+    #[arg(long, default_value_t = 200)]
+    pub max_mutating_requests_inflight: usize,
     /// Connections one client address may hold open; more are closed at accept.
     #[arg(long, default_value_t = 4096)]
     pub max_connections_per_client: usize,

@@ -837,3 +837,66 @@ fn pod_security_admission_enforces_and_warns_by_namespace_labels() {
     c.ok(&["apply", "-f", path_str(&anywhere)]);
     assert!(c.fails(&["label", "namespace", "default", "pod-security.kubernetes.io/enforce=strict"]).contains("must be one of privileged, baseline, restricted"));
 }
+
+/// A TLS connection to `c` presenting `who`'s certificate, reads bounded by WAIT.
+fn stream_as(c: &Cluster, who: &As) -> rustls::StreamOwned<rustls::ClientConnection, std::net::TcpStream> {
+    let read = |p: &std::path::Path| std::fs::read_to_string(p).unwrap();
+    let creds = client::tls::Credentials { ca_pem: read(&who.files[0]), cert_pem: Some(read(&who.files[1])), key_pem: Some(read(&who.files[2])) };
+    let cfg = Arc::new(client::tls::client_config(&creds).unwrap());
+    let tcp = std::net::TcpStream::connect(&c.addr).unwrap();
+    tcp.set_read_timeout(Some(WAIT)).unwrap();
+    let conn = rustls::ClientConnection::new(cfg, rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap()).unwrap();
+    rustls::StreamOwned::new(conn, tcp)
+}
+
+#[test]
+fn priority_and_fairness_keeps_a_flooding_user_from_the_seats_of_others() {
+    // Two seats in all, so that each priority level has one.
+    let c = Cluster::start_with(tempfile::tempdir().unwrap(), &["--no-local-node", "--max-requests-inflight", "1", "--max-mutating-requests-inflight", "1"]);
+    // The default levels and schemas are there, as in Kubernetes.
+    let levels = c.ok(&["get", "prioritylevelconfigurations", "-o", "name"]);
+    for l in ["exempt", "catch-all", "global-default", "workload-low", "node-high"] {
+        assert!(levels.contains(&format!("prioritylevelconfiguration.flowcontrol.apiserver.k8s.io/{l}")), "{levels}");
+    }
+    // The flooder gets a level of its own: one seat, one queue of one.
+    let config = c.write("flood.yaml", "apiVersion: flowcontrol.apiserver.k8s.io/v1\nkind: PriorityLevelConfiguration\nmetadata: {name: tiny}\nspec:\n  type: Limited\n  limited:\n    nominalConcurrencyShares: 1\n    limitResponse: {type: Queue, queuing: {queues: 1, handSize: 1, queueLengthLimit: 1}}\n---\napiVersion: flowcontrol.apiserver.k8s.io/v1\nkind: FlowSchema\nmetadata: {name: flood}\nspec:\n  matchingPrecedence: 50\n  priorityLevelConfiguration: {name: tiny}\n  distinguisherMethod: {type: ByUser}\n  rules:\n  - subjects: [{kind: User, user: {name: flooder}}]\n    resourceRules: [{verbs: ['*'], apiGroups: ['*'], resources: ['*'], namespaces: ['*'], clusterScope: true}]\n");
+    c.ok(&["apply", "-f", path_str(&config)]);
+    let flooder = As::new(&c, "flooder", "devs");
+    let writer = As::new(&c, "writer", "devs");
+    c.ok(&["create", "rolebinding", "devs-edit", "--clusterrole=edit", "--group=devs", "-n", "default"]);
+    wait_until("the binding to let the flooder list configmaps", || flooder.run(&["get", "configmaps", "-n", "default"]).status.success());
+    let metric = |name: &str| {
+        let m = c.ok(&["get", "--raw", "/metrics"]);
+        m.lines().find(|l| l.starts_with(name)).and_then(|l| l.rsplit(' ').next()?.parse::<u64>().ok()).unwrap_or(0)
+    };
+    wait_until("the tiny level to be configured", || metric("apiserver_flowcontrol_nominal_limit_seats{priority_level=\"tiny\"}") == 1);
+
+    // The flooder holds its seat: a create whose body never finishes.
+    let mut holder = stream_as(&c, &flooder);
+    holder.write_all(b"POST /api/v1/namespaces/default/configmaps HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{").unwrap();
+    holder.flush().unwrap();
+    wait_until("the flooder's held request to take the seat", || metric("apiserver_flowcontrol_current_executing_seats{priority_level=\"tiny\"}") == 1);
+    // Its next request waits in the queue ...
+    let mut queued = stream_as(&c, &flooder);
+    queued.write_all(b"GET /api/v1/namespaces/default/configmaps HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+    queued.flush().unwrap();
+    wait_until("the flooder's second request to be queued", || metric("apiserver_flowcontrol_current_inqueue_requests{priority_level=\"tiny\"}") == 1);
+    // ... and the one after is refused, as Kubernetes refuses it.
+    let mut refused = stream_as(&c, &flooder);
+    refused.write_all(b"GET /api/v1/namespaces/default/pods HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+    let resp = read_until_closed(&mut refused);
+    assert!(resp.starts_with("HTTP/1.1 429") && resp.to_ascii_lowercase().contains("retry-after: 1") && resp.contains("\"reason\":\"TooManyRequests\""), "{resp}");
+    assert!(resp.to_ascii_lowercase().contains("x-kubernetes-pf-prioritylevel-uid"), "{resp}");
+    // Meanwhile the writer, in another level, is served.
+    let mut w = stream_as(&c, &writer);
+    let body = r#"{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"w"}}"#;
+    w.write_all(format!("POST /api/v1/namespaces/default/configmaps HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len()).as_bytes()).unwrap();
+    let resp = read_until_closed(&mut w);
+    assert!(resp.starts_with("HTTP/1.1 201"), "{resp}");
+    assert!(resp.to_ascii_lowercase().contains("x-kubernetes-pf-flowschema-uid"), "{resp}");
+    // When the held request ends, the queued one is started.
+    drop(holder);
+    let resp = read_until_closed(&mut queued);
+    assert!(resp.starts_with("HTTP/1.1 200") && resp.contains("ConfigMapList"), "{resp}");
+    assert!(metric("apiserver_flowcontrol_rejected_requests_total{priority_level=\"tiny\",reason=\"queue-full\"}") >= 1);
+}

@@ -57,6 +57,8 @@ pub struct AppState {
     pub warm: std::sync::atomic::AtomicBool,
     /// The RBAC index, kept current by `rbac::follow`.
     pub rbac: crate::rbac::Authorizer,
+    /// API Priority and Fairness: its configuration and its levels' seats and queues.
+    pub apf: crate::apf::Apf,
     /// How requests are authenticated.
     pub authn: crate::authn::Mode,
     /// Signs and checks ServiceAccount tokens; none in in-process test servers.

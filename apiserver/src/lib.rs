@@ -15,6 +15,7 @@
 
 pub mod access_review;
 pub mod admission;
+pub mod apf;
 pub mod audit;
 pub mod audit_event;
 pub mod authn;
@@ -81,12 +82,15 @@ pub struct Options {
     pub sa_keys: Option<Arc<sa_token::Keys>>,
     /// `--request-timeout`: what a request that is not long-running may take (`deadline`).
     pub request_timeout: std::time::Duration,
+    /// The seats API Priority and Fairness shares among priority levels
+    /// (`--max-requests-inflight` + `--max-mutating-requests-inflight`).
+    pub apf_seats: usize,
 }
 
 impl Options {
     /// No authentication, no audit, no ServiceAccount tokens, Kubernetes' request timeout.
     pub fn insecure() -> Options {
-        Options { authn: authn::Mode::Insecure, audit: None, sa_keys: None, request_timeout: deadline::DEFAULT_REQUEST_TIMEOUT }
+        Options { authn: authn::Mode::Insecure, audit: None, sa_keys: None, request_timeout: deadline::DEFAULT_REQUEST_TIMEOUT, apf_seats: 600 }
     }
 }
 
@@ -98,7 +102,7 @@ pub fn router_with_shutdown(store: Store, shutdown: tokio::sync::watch::Receiver
 }
 
 fn build(store: Store, shutdown: tokio::sync::watch::Receiver<bool>, keep: Option<tokio::sync::watch::Sender<bool>>, opts: Options) -> Router {
-    let Options { authn: mode, audit: auditor, sa_keys, request_timeout } = opts;
+    let Options { authn: mode, audit: auditor, sa_keys, request_timeout, apf_seats } = opts;
     let state = Arc::new(AppState {
         shutdown,
         _shutdown_sender: keep,
@@ -110,10 +114,13 @@ fn build(store: Store, shutdown: tokio::sync::watch::Receiver<bool>, keep: Optio
         caches: Default::default(),
         warm: Default::default(),
         rbac: Default::default(),
+        apf: Default::default(),
         authn: mode,
         sa_keys,
     });
     tokio::spawn(rbac::follow(state.clone()));
+    state.apf.total_seats.store(apf_seats.max(1), Ordering::Relaxed);
+    tokio::spawn(apf::follow(state.clone()));
     // Warm a cache for every built-in resource; /readyz answers 200 once they are.
     let warming = state.clone();
     tokio::spawn(async move {
@@ -152,6 +159,7 @@ fn build(store: Store, shutdown: tokio::sync::watch::Receiver<bool>, keep: Optio
         .route("/apis/authorization.k8s.io/v1/namespaces/{namespace}/localsubjectaccessreviews", axum::routing::post(access_review::subject_access_review))
         .fallback(not_found)
         .layer(axum::middleware::from_fn_with_state(state.clone(), rbac::authorize))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), apf::limit))
         .layer(axum::middleware::from_fn_with_state(auditor, audit::audit))
         .layer(axum::middleware::from_fn_with_state(state.clone(), authn::authenticate))
         .layer(axum::middleware::from_fn_with_state(state.clone(), inflight))
@@ -177,6 +185,14 @@ pub async fn bootstrap(store: &Store) -> Result<(), storage::StoreError> {
         obj["metadata"]["uid"] = json!(object::new_uid());
         obj["metadata"]["creationTimestamp"] = json!(object::now_rfc3339());
         obj["metadata"]["annotations"] = json!({"rbac.authorization.kubernetes.io/autoupdate": "true"});
+        create_if_absent(store, info.key(None, &name), &obj).await?;
+    }
+    // API Priority and Fairness: Kubernetes' default levels and schemas, when missing.
+    for (resource, mut obj) in apf::defaults() {
+        let info = reg.find("flowcontrol.apiserver.k8s.io", "v1", resource).expect("flowcontrol is served");
+        let name = obj["metadata"]["name"].as_str().unwrap_or("").to_string();
+        obj["metadata"]["uid"] = json!(object::new_uid());
+        obj["metadata"]["creationTimestamp"] = json!(object::now_rfc3339());
         create_if_absent(store, info.key(None, &name), &obj).await?;
     }
     let ns = reg.find("", "v1", "namespaces").expect("namespaces are served");
@@ -291,7 +307,7 @@ async fn metrics(State(st): State<Arc<AppState>>) -> Response {
         serve::IDLE_CLOSED.load(Ordering::Relaxed),
         serve::CONNECTIONS_REFUSED_PER_CLIENT.load(Ordering::Relaxed),
     );
-    let mut r = (StatusCode::OK, st.metrics.render() + &authn + &watchcache::render_metrics()).into_response();
+    let mut r = (StatusCode::OK, st.metrics.render() + &authn + &st.apf.render() + &watchcache::render_metrics()).into_response();
     r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4"));
     r
 }

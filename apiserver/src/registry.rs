@@ -188,7 +188,7 @@ macro_rules! status_of {
 pub fn builtin() -> Vec<ResourceInfo> {
     use k8s_openapi::api::{
         apps::v1 as apps, autoscaling::v2 as autoscaling, batch::v1 as batch, coordination::v1 as coordination,
-        core::v1 as core, discovery::v1 as discovery, policy::v1 as policy, rbac::v1 as rbac,
+        core::v1 as core, discovery::v1 as discovery, flowcontrol::v1 as flowcontrol, policy::v1 as policy, rbac::v1 as rbac,
         scheduling::v1 as scheduling,
     };
     use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1 as apiextensions;
@@ -233,6 +233,8 @@ pub fn builtin() -> Vec<ResourceInfo> {
         info::<rbac::RoleBinding>(&[], &[], false),
         info::<rbac::ClusterRole>(&[], &[], false),
         info::<rbac::ClusterRoleBinding>(&[], &[], false),
+        info::<flowcontrol::FlowSchema>(&[], &[status_of!(flowcontrol::FlowSchema)], true),
+        info::<flowcontrol::PriorityLevelConfiguration>(&[], &[status_of!(flowcontrol::PriorityLevelConfiguration)], true),
         info::<apiextensions::CustomResourceDefinition>(&["crd", "crds"], &[status_of!(apiextensions::CustomResourceDefinition)], true),
     ]
 }

@@ -1,0 +1,548 @@
+//! API Priority and Fairness, as kube-apiserver has it: every authenticated request is
+//! classified by the FlowSchemas (lowest `matchingPrecedence` first) into a priority level
+//! and a flow (the user or the namespace, as the schema's distinguisher says); each limited
+//! priority level gets a share of the server's seats (`--max-requests-inflight` plus
+//! `--max-mutating-requests-inflight`, in proportion to `nominalConcurrencyShares`), and a
+//! request waits for seats in one of its level's queues, picked by shuffle sharding among
+//! `handSize` queues for its flow (the shortest of them); queues are served in turn, so one
+//! flow cannot take the seats of the others. A full queue, or a `Reject` level out of seats,
+//! answers 429 with `Retry-After`. The `exempt` level is never limited. A LIST costs more
+//! seats when its resource holds many objects (1 per 100, up to 10).
+//!
+//! Kubernetes' default FlowSchemas and PriorityLevelConfigurations are created at start when
+//! missing (`defaults`) and followed from their watch caches (`follow`), so `kubectl apply`
+//! of a new one takes effect. Not done: borrowing between levels (`lendablePercent`,
+//! `borrowingLimitPercent`), seats held by watches during their initialization (long-running
+//! requests are not limited), and Kubernetes' virtual-time fair queuing (queues are served
+//! round-robin, which is fair between flows when requests cost alike).
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+
+use axum::extract::{Request, State};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+
+use crate::authn::UserInfo;
+use crate::handlers::AppState;
+use crate::rbac::{Attributes, Target};
+use crate::status::ApiError;
+
+const GROUP: &str = "flowcontrol.apiserver.k8s.io";
+/// The most seats one request takes.
+const MAX_SEATS: usize = 10;
+
+/// One FlowSchema, compiled.
+#[derive(Clone, Debug)]
+struct Schema {
+    name: String,
+    uid: String,
+    precedence: i64,
+    level: String,
+    by: Distinguisher,
+    /// The schema's rules, each with its subjects.
+    rules: Vec<Value>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Distinguisher {
+    None,
+    ByUser,
+    ByNamespace,
+}
+
+/// A priority level's configuration.
+#[derive(Clone, Debug)]
+struct LevelConf {
+    uid: String,
+    exempt: bool,
+    shares: usize,
+    /// None: `Reject` when out of seats.
+    queuing: Option<(usize, usize, usize)>,
+}
+
+/// A request waiting in a queue: its seats and where to send its permit.
+struct Waiter {
+    seats: usize,
+    tx: tokio::sync::oneshot::Sender<Permit>,
+}
+
+/// A level's seats and queues.
+#[derive(Default)]
+struct LevelState {
+    limit: usize,
+    executing: usize,
+    queues: Vec<VecDeque<Waiter>>,
+    next: usize,
+    dispatched: u64,
+    rejected: u64,
+}
+
+/// The seats a request holds; given back (and queued requests dispatched) when dropped.
+pub struct Permit {
+    level: Option<Arc<Mutex<LevelState>>>,
+    seats: usize,
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        if let Some(l) = self.level.take() {
+            let mut st = l.lock().unwrap();
+            st.executing -= self.seats;
+            dispatch(&l, &mut st);
+        }
+    }
+}
+
+/// Starts queued requests while their seats fit (a request larger than the limit runs when
+/// nothing else does).
+fn dispatch(level: &Arc<Mutex<LevelState>>, st: &mut LevelState) {
+    loop {
+        let n = st.queues.len();
+        let Some(i) = (0..n).map(|k| (st.next + k) % n).find(|i| !st.queues[*i].is_empty()) else { return };
+        let seats = st.queues[i].front().unwrap().seats;
+        if st.executing > 0 && st.executing + seats > st.limit {
+            return;
+        }
+        let w = st.queues[i].pop_front().unwrap();
+        st.next = (i + 1) % n;
+        st.executing += seats;
+        st.dispatched += 1;
+        if let Err(mut p) = w.tx.send(Permit { level: Some(level.clone()), seats }) {
+            // Its request gave up waiting (deadline, client gone): take the seats back here,
+            // without running Drop under the lock.
+            p.level = None;
+            st.executing -= seats;
+            st.dispatched -= 1;
+        }
+    }
+}
+
+/// The configuration and the levels' state.
+#[derive(Default)]
+pub struct Apf {
+    schemas: Mutex<Arc<Vec<Schema>>>,
+    confs: Mutex<Arc<HashMap<String, LevelConf>>>,
+    levels: Mutex<HashMap<String, Arc<Mutex<LevelState>>>>,
+    /// `--max-requests-inflight` + `--max-mutating-requests-inflight`.
+    pub total_seats: std::sync::atomic::AtomicUsize,
+}
+
+fn strings(v: &Value) -> Vec<&str> {
+    v.as_array().map(|a| a.iter().filter_map(|s| s.as_str()).collect()).unwrap_or_default()
+}
+
+fn subject_matches(s: &Value, user: &UserInfo) -> bool {
+    match s["kind"].as_str() {
+        Some("User") => matches!(s["user"]["name"].as_str(), Some("*")) || s["user"]["name"].as_str() == Some(user.name.as_str()),
+        Some("Group") => s["group"]["name"].as_str().is_some_and(|g| g == "*" || user.groups.iter().any(|x| x == g)),
+        Some("ServiceAccount") => {
+            let Some(rest) = user.name.strip_prefix("system:serviceaccount:") else { return false };
+            let Some((ns, name)) = rest.split_once(':') else { return false };
+            let (want_ns, want_name) = (s["serviceAccount"]["namespace"].as_str().unwrap_or(""), s["serviceAccount"]["name"].as_str().unwrap_or(""));
+            want_ns == ns && (want_name == "*" || want_name == name)
+        }
+        _ => false,
+    }
+}
+
+fn has(list: &[&str], want: &str) -> bool {
+    list.iter().any(|x| *x == "*" || *x == want)
+}
+
+fn rule_matches(r: &Value, a: &Attributes) -> bool {
+    let Some(rule) = r.as_object() else { return false };
+    match &a.target {
+        Target::Resource { group, resource, subresource, namespace, .. } => rule.get("resourceRules").and_then(|x| x.as_array()).into_iter().flatten().any(|rr| {
+            let res = if subresource.is_empty() { resource.clone() } else { format!("{resource}/{subresource}") };
+            let ns_ok = if namespace.is_empty() { rr["clusterScope"].as_bool() == Some(true) } else { has(&strings(&rr["namespaces"]), namespace) };
+            has(&strings(&rr["verbs"]), &a.verb) && has(&strings(&rr["apiGroups"]), group) && has(&strings(&rr["resources"]), &res) && ns_ok
+        }),
+        Target::NonResource { path } => rule.get("nonResourceRules").and_then(|x| x.as_array()).into_iter().flatten().any(|nr| {
+            has(&strings(&nr["verbs"]), &a.verb)
+                && strings(&nr["nonResourceURLs"]).iter().any(|u| *u == "*" || *u == path || u.strip_suffix('*').is_some_and(|p| path.starts_with(p)))
+        }),
+    }
+}
+
+impl Apf {
+    /// Compiles FlowSchema and PriorityLevelConfiguration objects.
+    fn set(&self, flowschemas: &[Value], levels: &[Value]) {
+        let mut schemas: Vec<Schema> = flowschemas
+            .iter()
+            .map(|f| Schema {
+                name: f["metadata"]["name"].as_str().unwrap_or("").to_string(),
+                uid: f["metadata"]["uid"].as_str().unwrap_or("").to_string(),
+                precedence: f["spec"]["matchingPrecedence"].as_i64().unwrap_or(1000),
+                level: f["spec"]["priorityLevelConfiguration"]["name"].as_str().unwrap_or("").to_string(),
+                by: match f["spec"]["distinguisherMethod"]["type"].as_str() {
+                    Some("ByUser") => Distinguisher::ByUser,
+                    Some("ByNamespace") => Distinguisher::ByNamespace,
+                    _ => Distinguisher::None,
+                },
+                rules: f["spec"]["rules"].as_array().cloned().unwrap_or_default(),
+            })
+            .collect();
+        schemas.sort_by(|a, b| a.precedence.cmp(&b.precedence).then_with(|| a.name.cmp(&b.name)));
+        let confs: HashMap<String, LevelConf> = levels
+            .iter()
+            .map(|l| {
+                let spec = &l["spec"];
+                let lim = &spec["limited"];
+                let queuing = match lim["limitResponse"]["type"].as_str() {
+                    Some("Queue") => {
+                        let q = &lim["limitResponse"]["queuing"];
+                        Some((q["queues"].as_u64().unwrap_or(64).max(1) as usize, q["handSize"].as_u64().unwrap_or(8).max(1) as usize, q["queueLengthLimit"].as_u64().unwrap_or(50) as usize))
+                    }
+                    _ => None,
+                };
+                let conf = LevelConf {
+                    uid: l["metadata"]["uid"].as_str().unwrap_or("").to_string(),
+                    exempt: spec["type"].as_str() == Some("Exempt"),
+                    shares: lim["nominalConcurrencyShares"].as_u64().unwrap_or(30) as usize,
+                    queuing,
+                };
+                (l["metadata"]["name"].as_str().unwrap_or("").to_string(), conf)
+            })
+            .collect();
+        // Each limited level's seats: its share of the server's, at least one.
+        let total = self.total_seats.load(std::sync::atomic::Ordering::Relaxed).max(1);
+        let sum: usize = confs.values().filter(|c| !c.exempt).map(|c| c.shares).sum::<usize>().max(1);
+        let mut states = self.levels.lock().unwrap();
+        for (name, c) in &confs {
+            let st = states.entry(name.clone()).or_default().clone();
+            let mut st = st.lock().unwrap();
+            st.limit = (total * c.shares).div_ceil(sum).max(1);
+            let queues = c.queuing.map_or(0, |q| q.0);
+            if st.queues.len() != queues {
+                // Waiting requests keep their place in the queues that remain.
+                let mut old: Vec<Waiter> = st.queues.drain(..).flatten().collect();
+                st.queues = (0..queues).map(|_| VecDeque::new()).collect();
+                for (i, w) in old.drain(..).enumerate() {
+                    if queues > 0 {
+                        st.queues[i % queues].push_back(w);
+                    }
+                }
+            }
+        }
+        *self.schemas.lock().unwrap() = Arc::new(schemas);
+        *self.confs.lock().unwrap() = Arc::new(confs);
+    }
+
+    /// The schema and level of a request, if any schema matches.
+    fn classify(&self, user: &UserInfo, a: &Attributes) -> Option<(Schema, LevelConf)> {
+        let schemas = self.schemas.lock().unwrap().clone();
+        let confs = self.confs.lock().unwrap().clone();
+        for s in schemas.iter() {
+            let hit = s.rules.iter().any(|r| {
+                r["subjects"].as_array().into_iter().flatten().any(|sub| subject_matches(sub, user)) && rule_matches(r, a)
+            });
+            if hit {
+                return confs.get(&s.level).map(|c| (s.clone(), c.clone()));
+            }
+        }
+        None
+    }
+
+    /// `/metrics` lines.
+    pub fn render(&self) -> String {
+        let mut out = String::from(
+            "# HELP apiserver_flowcontrol_current_executing_seats Seats in use, per priority level.\n# TYPE apiserver_flowcontrol_current_executing_seats gauge\n",
+        );
+        let states = self.levels.lock().unwrap();
+        let mut names: Vec<&String> = states.keys().collect();
+        names.sort();
+        let mut inq = String::from("# HELP apiserver_flowcontrol_current_inqueue_requests Requests waiting, per priority level.\n# TYPE apiserver_flowcontrol_current_inqueue_requests gauge\n");
+        let mut lim = String::from("# HELP apiserver_flowcontrol_nominal_limit_seats Seats of each priority level.\n# TYPE apiserver_flowcontrol_nominal_limit_seats gauge\n");
+        let mut disp = String::from("# HELP apiserver_flowcontrol_dispatched_requests_total Requests that waited in a queue and were started.\n# TYPE apiserver_flowcontrol_dispatched_requests_total counter\n");
+        let mut rej = String::from("# HELP apiserver_flowcontrol_rejected_requests_total Requests answered 429.\n# TYPE apiserver_flowcontrol_rejected_requests_total counter\n");
+        for n in names {
+            let st = states[n].lock().unwrap();
+            let queued: usize = st.queues.iter().map(|q| q.len()).sum();
+            out.push_str(&format!("apiserver_flowcontrol_current_executing_seats{{priority_level=\"{n}\"}} {}\n", st.executing));
+            inq.push_str(&format!("apiserver_flowcontrol_current_inqueue_requests{{priority_level=\"{n}\"}} {queued}\n"));
+            lim.push_str(&format!("apiserver_flowcontrol_nominal_limit_seats{{priority_level=\"{n}\"}} {}\n", st.limit));
+            disp.push_str(&format!("apiserver_flowcontrol_dispatched_requests_total{{priority_level=\"{n}\"}} {}\n", st.dispatched));
+            rej.push_str(&format!("apiserver_flowcontrol_rejected_requests_total{{priority_level=\"{n}\",reason=\"queue-full\"}} {}\n", st.rejected));
+        }
+        out + &inq + &lim + &disp + &rej
+    }
+}
+
+/// Which of `queues` queues a flow may use: `hand` of them, dealt from the flow's hash.
+fn hand(flow: &str, queues: usize, hand: usize) -> Vec<usize> {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    flow.hash(&mut h);
+    let mut x = h.finish();
+    let mut out = Vec::with_capacity(hand);
+    let mut deck: Vec<usize> = (0..queues).collect();
+    for i in 0..hand.min(queues) {
+        let left = (queues - i) as u64;
+        let j = i + (x % left) as usize;
+        x /= left;
+        if x == 0 {
+            x = h.finish().rotate_left(17 + i as u32) | 1;
+        }
+        deck.swap(i, j);
+        out.push(deck[i]);
+    }
+    out
+}
+
+fn too_many() -> ApiError {
+    let mut e = ApiError::too_many_requests("Too many requests, please try again later.", "", "");
+    e.details = Some(json!({"retryAfterSeconds": 1}));
+    e
+}
+
+/// The middleware: between authentication and authorization, as in Kubernetes.
+pub async fn limit(State(st): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+    let Some(user) = req.extensions().get::<Arc<UserInfo>>().cloned() else { return next.run(req).await };
+    let (path, query) = (req.uri().path().to_string(), req.uri().query().unwrap_or("").to_string());
+    if crate::deadline::long_running(&path, Some(&query)) {
+        return next.run(req).await;
+    }
+    let a = crate::rbac::attributes(req.method().as_str(), &path, &query);
+    let Some((schema, conf)) = st.apf.classify(&user, &a) else { return next.run(req).await };
+    let headers = [("X-Kubernetes-PF-FlowSchema-UID", schema.uid.clone()), ("X-Kubernetes-PF-PriorityLevel-UID", conf.uid.clone())];
+    let with_headers = |mut r: Response| {
+        for (k, v) in &headers {
+            if let Ok(v) = axum::http::HeaderValue::from_str(v) {
+                r.headers_mut().insert(*k, v);
+            }
+        }
+        r
+    };
+    if conf.exempt {
+        return with_headers(next.run(req).await);
+    }
+    let seats = if a.verb == "list" { list_seats(&st, &a).await } else { 1 };
+    let Some(level) = st.apf.levels.lock().unwrap().get(&schema.level).cloned() else { return next.run(req).await };
+    let flow = match (schema.by, &a.target) {
+        (Distinguisher::ByUser, _) => format!("{}/{}", schema.name, user.name),
+        (Distinguisher::ByNamespace, Target::Resource { namespace, .. }) => format!("{}/{namespace}", schema.name),
+        _ => schema.name.clone(),
+    };
+    let permit = {
+        let mut s = level.lock().unwrap();
+        let nothing_waits = s.queues.iter().all(|q| q.is_empty());
+        if nothing_waits && (s.executing == 0 || s.executing + seats <= s.limit) {
+            s.executing += seats;
+            Ok(Permit { level: Some(level.clone()), seats })
+        } else if let Some((queues, hand_size, qll)) = conf.queuing.filter(|_| !s.queues.is_empty()) {
+            let q = hand(&flow, queues.min(s.queues.len()), hand_size).into_iter().min_by_key(|i| s.queues[*i].len()).unwrap_or(0);
+            if s.queues[q].len() >= qll {
+                s.rejected += 1;
+                Err(None)
+            } else {
+                let (tx, rx) = tokio::sync::oneshot::channel();
+                s.queues[q].push_back(Waiter { seats, tx });
+                Err(Some(rx))
+            }
+        } else {
+            s.rejected += 1;
+            Err(None)
+        }
+    };
+    let _permit = match permit {
+        Ok(p) => p,
+        Err(None) => return with_headers(too_many().into_response()),
+        // Waiting counts against the request's deadline (the deadline middleware is outside).
+        Err(Some(rx)) => match rx.await {
+            Ok(p) => p,
+            Err(_) => return with_headers(too_many().into_response()),
+        },
+    };
+    with_headers(next.run(req).await)
+}
+
+/// The seats of a LIST: one per 100 objects of its resource in the cache, 1 to 10.
+async fn list_seats(st: &AppState, a: &Attributes) -> usize {
+    let Target::Resource { group, resource, .. } = &a.target else { return 1 };
+    let Some(info) = st.reg.resources.iter().find(|r| r.group == group && r.resource == resource).cloned() else { return 1 };
+    match st.caches.get(&st.store, &info).await {
+        Ok(c) => (c.snapshot().1.len().div_ceil(100)).clamp(1, MAX_SEATS),
+        Err(_) => 1,
+    }
+}
+
+/// Keeps `st.apf` compiled from the FlowSchemas and PriorityLevelConfigurations.
+pub(crate) async fn follow(st: Arc<AppState>) {
+    let mut delay = std::time::Duration::from_millis(100);
+    loop {
+        let infos: Vec<_> = ["flowschemas", "prioritylevelconfigurations"].iter().filter_map(|r| st.reg.find(GROUP, "v1", r)).collect();
+        let mut caches = Vec::new();
+        for info in &infos {
+            match st.caches.get(&st.store, info).await {
+                Ok(c) => caches.push(c),
+                Err(_) => break,
+            }
+        }
+        if caches.len() < 2 {
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(std::time::Duration::from_secs(2));
+            continue;
+        }
+        let mut objects: Vec<Vec<Value>> = Vec::new();
+        let mut watchers = Vec::new();
+        for c in &caches {
+            let (rev, snap) = c.snapshot();
+            objects.push(snap.values().filter_map(|o| serde_json::from_slice(&o.json).ok()).collect());
+            if let Ok(w) = c.watch(Some(rev), watchcache::Filter::everything()) {
+                watchers.push(w);
+            }
+        }
+        if watchers.len() < 2 {
+            continue;
+        }
+        st.apf.set(&objects[0], &objects[1]);
+        let mut shutdown = st.shutdown.clone();
+        let changed = {
+            let next = futures_util::future::select_all(watchers.iter_mut().map(|w| Box::pin(w.next())));
+            tokio::select! {
+                (ev, _, _) = next => ev.is_some(),
+                _ = shutdown.wait_for(|s| *s) => return,
+            }
+        };
+        if !changed {
+            return;
+        }
+    }
+}
+
+/// Kubernetes' default priority levels and flow schemas (mandatory and suggested), created at
+/// start when missing.
+pub fn defaults() -> Vec<(&'static str, Value)> {
+    let boot = json!({"apf.kubernetes.io/autoupdate-spec": "true"});
+    let level = |name: &str, spec: Value| ("prioritylevelconfigurations", json!({"apiVersion": format!("{GROUP}/v1"), "kind": "PriorityLevelConfiguration", "metadata": {"name": name, "annotations": boot}, "spec": spec}));
+    let queued = |shares: u64, lend: u64, queues: u64, hand: u64| {
+        json!({"type": "Limited", "limited": {"nominalConcurrencyShares": shares, "lendablePercent": lend, "limitResponse": {"type": "Queue", "queuing": {"queues": queues, "handSize": hand, "queueLengthLimit": 50}}}})
+    };
+    let all_resources = json!([{"verbs": ["*"], "apiGroups": ["*"], "resources": ["*"], "clusterScope": true, "namespaces": ["*"]}]);
+    let all_urls = json!([{"verbs": ["*"], "nonResourceURLs": ["*"]}]);
+    let group = |g: &str| json!({"kind": "Group", "group": {"name": g}});
+    let user = |u: &str| json!({"kind": "User", "user": {"name": u}});
+    let schema = |name: &str, precedence: u64, level: &str, by: Option<&str>, rules: Value| {
+        let mut spec = json!({"matchingPrecedence": precedence, "priorityLevelConfiguration": {"name": level}, "rules": rules});
+        if let Some(b) = by {
+            spec["distinguisherMethod"] = json!({"type": b});
+        }
+        ("flowschemas", json!({"apiVersion": format!("{GROUP}/v1"), "kind": "FlowSchema", "metadata": {"name": name, "annotations": boot}, "spec": spec}))
+    };
+    let everyone = json!([group("system:authenticated"), group("system:unauthenticated")]);
+    vec![
+        level("exempt", json!({"type": "Exempt", "exempt": {"nominalConcurrencyShares": 0, "lendablePercent": 0}})),
+        level("catch-all", json!({"type": "Limited", "limited": {"nominalConcurrencyShares": 5, "lendablePercent": 0, "limitResponse": {"type": "Reject"}}})),
+        level("system", queued(30, 33, 64, 6)),
+        level("node-high", queued(40, 25, 64, 6)),
+        level("leader-election", queued(10, 0, 16, 4)),
+        level("workload-high", queued(40, 50, 128, 6)),
+        level("workload-low", queued(100, 90, 128, 6)),
+        level("global-default", queued(20, 50, 128, 6)),
+        schema("exempt", 1, "exempt", None, json!([{"subjects": [group("system:masters")], "resourceRules": all_resources, "nonResourceRules": all_urls}])),
+        schema("probes", 2, "exempt", None, json!([{"subjects": everyone, "nonResourceRules": [{"verbs": ["get"], "nonResourceURLs": ["/healthz", "/readyz", "/livez"]}]}])),
+        schema("system-leader-election", 100, "leader-election", Some("ByUser"), json!([{"subjects": [user("system:kube-controller-manager"), user("system:kube-scheduler")],
+            "resourceRules": [{"verbs": ["get", "create", "update"], "apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "namespaces": ["*"]}]}])),
+        schema("system-node-high", 400, "node-high", Some("ByUser"), json!([{"subjects": [group("system:nodes")],
+            "resourceRules": [{"verbs": ["*"], "apiGroups": [""], "resources": ["nodes", "nodes/status"], "clusterScope": true},
+                              {"verbs": ["*"], "apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "namespaces": ["*"]}]}])),
+        schema("system-nodes", 500, "system", Some("ByUser"), json!([{"subjects": [group("system:nodes")], "resourceRules": all_resources, "nonResourceRules": all_urls}])),
+        schema("kube-controller-manager", 800, "workload-high", Some("ByNamespace"), json!([{"subjects": [user("system:kube-controller-manager")], "resourceRules": all_resources, "nonResourceRules": all_urls}])),
+        schema("kube-scheduler", 800, "workload-high", Some("ByNamespace"), json!([{"subjects": [user("system:kube-scheduler")], "resourceRules": all_resources, "nonResourceRules": all_urls}])),
+        schema("kube-system-service-accounts", 900, "workload-high", Some("ByNamespace"), json!([{"subjects": [{"kind": "ServiceAccount", "serviceAccount": {"namespace": "kube-system", "name": "*"}}], "resourceRules": all_resources, "nonResourceRules": all_urls}])),
+        schema("service-accounts", 9000, "workload-low", Some("ByUser"), json!([{"subjects": [group("system:serviceaccounts")], "resourceRules": all_resources, "nonResourceRules": all_urls}])),
+        schema("global-default", 9900, "global-default", Some("ByUser"), json!([{"subjects": everyone, "resourceRules": all_resources, "nonResourceRules": all_urls}])),
+        schema("catch-all", 10000, "catch-all", Some("ByUser"), json!([{"subjects": everyone, "resourceRules": all_resources, "nonResourceRules": all_urls}])),
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn apf(total: usize) -> Apf {
+        let a = Apf::default();
+        a.total_seats.store(total, std::sync::atomic::Ordering::Relaxed);
+        let mut fs = Vec::new();
+        let mut pl = Vec::new();
+        for (kind, mut v) in defaults() {
+            v["metadata"]["uid"] = json!(format!("uid-{}", v["metadata"]["name"].as_str().unwrap()));
+            if kind == "flowschemas" { fs.push(v) } else { pl.push(v) }
+        }
+        a.set(&fs, &pl);
+        a
+    }
+
+    fn attrs(method: &str, path: &str) -> Attributes {
+        crate::rbac::attributes(method, path, "")
+    }
+
+    #[test]
+    fn requests_are_classified_as_kubernetes_classifies_them() {
+        let a = apf(600);
+        let class = |u: UserInfo, m: &str, p: &str| a.classify(&u, &attrs(m, p)).map(|(s, _)| s.name).unwrap_or_default();
+        assert_eq!(class(UserInfo::new("admin", vec!["system:masters".into()]), "GET", "/api/v1/pods"), "exempt");
+        assert_eq!(class(UserInfo::new("system:node:n1", vec!["system:nodes".into()]), "PUT", "/api/v1/nodes/n1/status"), "system-node-high");
+        assert_eq!(class(UserInfo::new("system:node:n1", vec!["system:nodes".into()]), "GET", "/api/v1/pods"), "system-nodes");
+        assert_eq!(class(UserInfo::new("system:serviceaccount:dev:ci", vec!["system:serviceaccounts".into(), "system:authenticated".into()]), "GET", "/api/v1/pods"), "service-accounts");
+        assert_eq!(class(UserInfo::new("system:serviceaccount:kube-system:x", vec!["system:serviceaccounts".into()]), "GET", "/api/v1/pods"), "kube-system-service-accounts");
+        assert_eq!(class(UserInfo::new("alice", vec!["system:authenticated".into()]), "GET", "/api/v1/namespaces/d/pods"), "global-default");
+        assert_eq!(class(UserInfo::new("alice", vec!["system:authenticated".into()]), "GET", "/readyz"), "probes");
+    }
+
+    #[test]
+    fn levels_share_the_seats_by_their_shares() {
+        let a = apf(600);
+        let limit = |n: &str| a.levels.lock().unwrap()[n].lock().unwrap().limit;
+        // 245 shares in all: workload-low 100 of them.
+        assert_eq!(limit("workload-low"), (600usize * 100).div_ceil(245));
+        assert_eq!(limit("catch-all"), (600usize * 5).div_ceil(245));
+        assert!(limit("leader-election") >= 1);
+    }
+
+    #[test]
+    fn a_flow_is_dealt_distinct_queues_and_always_the_same_ones() {
+        let h = hand("global-default/alice", 128, 6);
+        assert_eq!(h.len(), 6);
+        let mut d = h.clone();
+        d.sort();
+        d.dedup();
+        assert_eq!(d.len(), 6, "{h:?}");
+        assert!(h.iter().all(|q| *q < 128));
+        assert_eq!(h, hand("global-default/alice", 128, 6));
+        assert_ne!(h, hand("global-default/bob", 128, 6));
+    }
+
+    #[tokio::test]
+    async fn a_full_level_queues_then_rejects_and_a_release_starts_the_next_in_turn() {
+        let level = Arc::new(Mutex::new(LevelState { limit: 1, queues: (0..2).map(|_| VecDeque::new()).collect(), ..Default::default() }));
+        let first = {
+            let mut s = level.lock().unwrap();
+            s.executing += 1;
+            Permit { level: Some(level.clone()), seats: 1 }
+        };
+        let (tx_a, rx_a) = tokio::sync::oneshot::channel();
+        let (tx_b, rx_b) = tokio::sync::oneshot::channel();
+        let (tx_c, mut rx_c) = tokio::sync::oneshot::channel();
+        {
+            let mut s = level.lock().unwrap();
+            s.queues[0].push_back(Waiter { seats: 1, tx: tx_a });
+            s.queues[0].push_back(Waiter { seats: 1, tx: tx_c });
+            s.queues[1].push_back(Waiter { seats: 1, tx: tx_b });
+        }
+        drop(first);
+        let a = rx_a.await.expect("the head of the first queue starts");
+        assert_eq!(level.lock().unwrap().executing, 1);
+        drop(a);
+        // The other queue's turn, not the second request of the first queue.
+        let b = rx_b.await.expect("the second queue is served next");
+        assert!(rx_c.try_recv().is_err());
+        // A waiter that gave up is skipped and its seats are not lost.
+        drop(rx_c);
+        drop(b);
+        let s = level.lock().unwrap();
+        assert_eq!((s.executing, s.queues.iter().map(|q| q.len()).sum::<usize>()), (0, 0));
+    }
+}
