@@ -350,6 +350,9 @@ fn the_audit_log_records_each_request_at_the_level_the_policy_gives() {
     c.ok(&["delete", "configmap", "cm1"]);
     let viewer = As::new(&c, "viewer", "devs");
     assert!(!viewer.run(&["get", "secrets"]).status.success());
+    // Without credentials: 401, audited with no user.
+    let ca_pem = client::kubeconfig::load(&c.kubeconfig, None).unwrap().credentials.unwrap().ca_pem;
+    assert_eq!(https_get(&c.addr, tls_config(&ca_pem, None), "/api/v1/namespaces/default/pods?anonymous=1").0, 401);
 
     let events = || -> Vec<serde_json::Value> {
         std::fs::read_to_string(&log).unwrap_or_default().lines().map(|l| serde_json::from_str(l).expect("each line is a JSON event")).collect()
@@ -367,7 +370,11 @@ fn the_audit_log_records_each_request_at_the_level_the_policy_gives() {
             && find(&evs, admin, "list", "pods", 200).is_some()
             && find(&evs, admin, "delete", "configmaps", 200).is_some()
             && find(&evs, "viewer", "list", "secrets", 403).is_some()
+            && evs.iter().any(|e| e["responseStatus"]["code"] == 401 && e["requestURI"].as_str().is_some_and(|u| u.ends_with("anonymous=1")))
     });
+    let refused = evs_401(&events());
+    assert_eq!((refused["stage"].as_str(), refused["user"].get("username").and_then(|u| u.as_str())), (Some("ResponseStarted"), Some("")), "{refused}");
+    assert!(refused["annotations"].get("authorization.k8s.io/decision").is_none(), "{refused}");
     let evs = events();
     for e in &evs {
         assert_eq!((e["kind"].as_str(), e["apiVersion"].as_str()), (Some("Event"), Some("audit.k8s.io/v1")), "{e}");
@@ -899,4 +906,9 @@ fn priority_and_fairness_keeps_a_flooding_user_from_the_seats_of_others() {
     let resp = read_until_closed(&mut queued);
     assert!(resp.starts_with("HTTP/1.1 200") && resp.contains("ConfigMapList"), "{resp}");
     assert!(metric("apiserver_flowcontrol_rejected_requests_total{priority_level=\"tiny\",reason=\"queue-full\"}") >= 1);
+}
+
+/// The audit event of the test's unauthenticated request.
+fn evs_401(evs: &[serde_json::Value]) -> serde_json::Value {
+    evs.iter().find(|e| e["responseStatus"]["code"] == 401).cloned().expect("a 401 event")
 }

@@ -10,7 +10,8 @@
 //!
 //! Stages: `RequestReceived` before the request is handled, then `ResponseComplete` when its
 //! answer is ready, or `ResponseStarted` for a watch or a stream (whose end is not awaited
-//! here). Requests refused by authentication (401) are not audited: they have no user yet.
+//! here). Requests refused by authentication (401) are audited by the authentication
+//! middleware (`Auditor::failed_authentication`): no user, `ResponseStarted`, code 401.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -203,6 +204,38 @@ impl Auditor {
         let (tx, rx) = crossbeam::channel::bounded::<Event>(QUEUE_EVENTS);
         std::thread::Builder::new().name("audit-log".into()).spawn(move || writer(rx, file, cfg))?;
         Ok(Arc::new(Auditor { policy, tx }))
+    }
+
+    /// Audits a request that authentication refused (401), as Kubernetes does: no user, the
+    /// `ResponseStarted` stage, the level the policy gives a request without a user.
+    pub fn failed_authentication(&self, req: &Request) {
+        let path = req.uri().path();
+        let a = crate::rbac::attributes(req.method().as_str(), path, req.uri().query().unwrap_or(""));
+        let nobody = Arc::new(UserInfo::default());
+        let (level, omit) = self.policy.decide(&nobody, &a);
+        if level == Level::None || omit.contains(&Stage::ResponseStarted) {
+            return;
+        }
+        let api_version = path.split('/').filter(|p| !p.is_empty()).nth(if path.starts_with("/apis/") { 2 } else { 1 }).unwrap_or("");
+        let (verb, object_ref) = object_ref(a, api_version);
+        let now = jiff::Timestamp::now();
+        self.offer(Event {
+            level: Level::Metadata.min(level),
+            stage: Stage::ResponseStarted,
+            request_uri: req.uri().path_and_query().map_or_else(|| path.to_string(), |pq| pq.as_str().to_string()),
+            verb,
+            user: nobody,
+            impersonated_user: None,
+            source_ip: req.extensions().get::<axum::extract::ConnectInfo<std::net::SocketAddr>>().map(|c| c.0.ip()),
+            user_agent: req.headers().get(axum::http::header::USER_AGENT).and_then(|v| v.to_str().ok()).unwrap_or("").to_string(),
+            object_ref,
+            received: now,
+            stage_time: now,
+            code: Some(401),
+            body_omitted: false,
+            request_object: None,
+            response_object: None,
+        });
     }
 
     fn offer(&self, ev: Event) {

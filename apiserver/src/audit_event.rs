@@ -170,7 +170,8 @@ pub fn encode(ev: &Event, scratch: &mut Scratch, out: &mut Vec<u8>) -> serde_jso
     if let Some(ip) = ev.source_ip {
         scratch.ips.push(ip.to_string());
     }
-    let decision = ev.code.map(|c| if c == 403 { "forbid" } else { "allow" });
+    // A request refused by authentication (401) never reached authorization.
+    let decision = ev.code.filter(|c| *c != 401).map(|c| if c == 403 { "forbid" } else { "allow" });
     let body = ev.body_omitted.then_some("omitted: larger than 1 MiB");
     let wire = Wire {
         kind: "Event",

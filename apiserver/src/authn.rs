@@ -428,6 +428,14 @@ pub async fn service_account_user(st: &AppState, c: &Claims) -> Result<UserInfo,
     })
 }
 
+/// A 401, audited (Kubernetes audits failed authentication too).
+fn refuse(st: &AppState, req: &Request) -> Response {
+    if let Some(a) = &st.auditor {
+        a.failed_authentication(req);
+    }
+    ApiError::unauthorized().into_response()
+}
+
 /// The middleware: puts the request's `UserInfo` into its extensions, or answers 401.
 pub async fn authenticate(State(st): State<Arc<AppState>>, mut req: Request, next: Next) -> Response {
     let user = match &st.authn {
@@ -439,7 +447,7 @@ pub async fn authenticate(State(st): State<Arc<AppState>>, mut req: Request, nex
             Some(Identity::Rejected(why)) => {
                 COUNTERS.rejected.fetch_add(1, Ordering::Relaxed);
                 tracing::debug!(reason = %why, path = req.uri().path(), "unauthorized");
-                return ApiError::unauthorized().into_response();
+                return refuse(&st, &req);
             }
             Some(Identity::Anonymous) | None => match bearer(&req) {
                 Ok(None) => None,
@@ -448,12 +456,12 @@ pub async fn authenticate(State(st): State<Arc<AppState>>, mut req: Request, nex
                     Err(why) => {
                         COUNTERS.rejected.fetch_add(1, Ordering::Relaxed);
                         tracing::debug!(reason = %why, path = req.uri().path(), "unauthorized bearer token");
-                        return ApiError::unauthorized().into_response();
+                        return refuse(&st, &req);
                     }
                 },
                 Err(()) => {
                     COUNTERS.rejected.fetch_add(1, Ordering::Relaxed);
-                    return ApiError::unauthorized().into_response();
+                    return refuse(&st, &req);
                 }
             },
         },
@@ -465,7 +473,7 @@ pub async fn authenticate(State(st): State<Arc<AppState>>, mut req: Request, nex
         None if public(req.uri().path()) => {}
         None => {
             COUNTERS.anonymous.fetch_add(1, Ordering::Relaxed);
-            return ApiError::unauthorized().into_response();
+            return refuse(&st, &req);
         }
     }
     next.run(req).await

@@ -61,6 +61,8 @@ pub struct AppState {
     pub apf: crate::apf::Apf,
     /// How requests are authenticated.
     pub authn: crate::authn::Mode,
+    /// The audit log, when one is configured (for requests refused before they are audited).
+    pub auditor: Option<Arc<crate::audit::Auditor>>,
     /// Signs and checks ServiceAccount tokens; none in in-process test servers.
     pub sa_keys: Option<Arc<crate::sa_token::Keys>>,
 }

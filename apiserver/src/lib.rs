@@ -115,6 +115,7 @@ fn build(store: Store, shutdown: tokio::sync::watch::Receiver<bool>, keep: Optio
         warm: Default::default(),
         rbac: Default::default(),
         apf: Default::default(),
+        auditor: auditor.clone(),
         authn: mode,
         sa_keys,
     });
