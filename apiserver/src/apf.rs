@@ -122,8 +122,8 @@ fn dispatch(level: &Arc<Mutex<LevelState>>, st: &mut LevelState) {
 /// The configuration and the levels' state.
 #[derive(Default)]
 pub struct Apf {
-    schemas: Mutex<Arc<Vec<Schema>>>,
-    confs: Mutex<Arc<HashMap<String, LevelConf>>>,
+    schemas: Mutex<Arc<Vec<Arc<Schema>>>>,
+    confs: Mutex<Arc<HashMap<String, Arc<LevelConf>>>>,
     levels: Mutex<HashMap<String, Arc<Mutex<LevelState>>>>,
     /// `--max-requests-inflight` + `--max-mutating-requests-inflight`.
     pub total_seats: std::sync::atomic::AtomicUsize,
@@ -169,9 +169,9 @@ fn rule_matches(r: &Value, a: &Attributes) -> bool {
 impl Apf {
     /// Compiles FlowSchema and PriorityLevelConfiguration objects.
     fn set(&self, flowschemas: &[Value], levels: &[Value]) {
-        let mut schemas: Vec<Schema> = flowschemas
+        let mut schemas: Vec<Arc<Schema>> = flowschemas
             .iter()
-            .map(|f| Schema {
+            .map(|f| Arc::new(Schema {
                 name: f["metadata"]["name"].as_str().unwrap_or("").to_string(),
                 uid: f["metadata"]["uid"].as_str().unwrap_or("").to_string(),
                 precedence: f["spec"]["matchingPrecedence"].as_i64().unwrap_or(1000),
@@ -182,10 +182,10 @@ impl Apf {
                     _ => Distinguisher::None,
                 },
                 rules: f["spec"]["rules"].as_array().cloned().unwrap_or_default(),
-            })
+            }))
             .collect();
         schemas.sort_by(|a, b| a.precedence.cmp(&b.precedence).then_with(|| a.name.cmp(&b.name)));
-        let confs: HashMap<String, LevelConf> = levels
+        let confs: HashMap<String, Arc<LevelConf>> = levels
             .iter()
             .map(|l| {
                 let spec = &l["spec"];
@@ -203,7 +203,7 @@ impl Apf {
                     shares: lim["nominalConcurrencyShares"].as_u64().unwrap_or(30) as usize,
                     queuing,
                 };
-                (l["metadata"]["name"].as_str().unwrap_or("").to_string(), conf)
+                (l["metadata"]["name"].as_str().unwrap_or("").to_string(), Arc::new(conf))
             })
             .collect();
         // Each limited level's seats: its share of the server's, at least one.
@@ -231,7 +231,7 @@ impl Apf {
     }
 
     /// The schema and level of a request, if any schema matches.
-    fn classify(&self, user: &UserInfo, a: &Attributes) -> Option<(Schema, LevelConf)> {
+    fn classify(&self, user: &UserInfo, a: &Attributes) -> Option<(Arc<Schema>, Arc<LevelConf>)> {
         let schemas = self.schemas.lock().unwrap().clone();
         let confs = self.confs.lock().unwrap().clone();
         for s in schemas.iter() {
@@ -370,46 +370,8 @@ async fn list_seats(st: &AppState, a: &Attributes) -> usize {
 
 /// Keeps `st.apf` compiled from the FlowSchemas and PriorityLevelConfigurations.
 pub(crate) async fn follow(st: Arc<AppState>) {
-    let mut delay = std::time::Duration::from_millis(100);
-    loop {
-        let infos: Vec<_> = ["flowschemas", "prioritylevelconfigurations"].iter().filter_map(|r| st.reg.find(GROUP, "v1", r)).collect();
-        let mut caches = Vec::new();
-        for info in &infos {
-            match st.caches.get(&st.store, info).await {
-                Ok(c) => caches.push(c),
-                Err(_) => break,
-            }
-        }
-        if caches.len() < 2 {
-            tokio::time::sleep(delay).await;
-            delay = (delay * 2).min(std::time::Duration::from_secs(2));
-            continue;
-        }
-        let mut objects: Vec<Vec<Value>> = Vec::new();
-        let mut watchers = Vec::new();
-        for c in &caches {
-            let (rev, snap) = c.snapshot();
-            objects.push(snap.values().filter_map(|o| serde_json::from_slice(&o.json).ok()).collect());
-            if let Ok(w) = c.watch(Some(rev), watchcache::Filter::everything()) {
-                watchers.push(w);
-            }
-        }
-        if watchers.len() < 2 {
-            continue;
-        }
-        st.apf.set(&objects[0], &objects[1]);
-        let mut shutdown = st.shutdown.clone();
-        let changed = {
-            let next = futures_util::future::select_all(watchers.iter_mut().map(|w| Box::pin(w.next())));
-            tokio::select! {
-                (ev, _, _) = next => ev.is_some(),
-                _ = shutdown.wait_for(|s| *s) => return,
-            }
-        };
-        if !changed {
-            return;
-        }
-    }
+    let target = st.clone();
+    crate::cached::follow(st, &[(GROUP, "flowschemas"), (GROUP, "prioritylevelconfigurations")], move |o| target.apf.set(&o[0], &o[1])).await
 }
 
 /// Kubernetes' default priority levels and flow schemas (mandatory and suggested), created at
@@ -482,7 +444,7 @@ mod tests {
     #[test]
     fn requests_are_classified_as_kubernetes_classifies_them() {
         let a = apf(600);
-        let class = |u: UserInfo, m: &str, p: &str| a.classify(&u, &attrs(m, p)).map(|(s, _)| s.name).unwrap_or_default();
+        let class = |u: UserInfo, m: &str, p: &str| a.classify(&u, &attrs(m, p)).map(|(s, _)| s.name.clone()).unwrap_or_default();
         assert_eq!(class(UserInfo::new("admin", vec!["system:masters".into()]), "GET", "/api/v1/pods"), "exempt");
         assert_eq!(class(UserInfo::new("system:node:n1", vec!["system:nodes".into()]), "PUT", "/api/v1/nodes/n1/status"), "system-node-high");
         assert_eq!(class(UserInfo::new("system:node:n1", vec!["system:nodes".into()]), "GET", "/api/v1/pods"), "system-nodes");

@@ -114,14 +114,7 @@ pub struct Policy {
 impl Policy {
     /// Parses a Policy document; the error names the field and, for YAML errors, the line.
     pub fn parse(text: &str) -> Result<Policy, String> {
-        let de = serde_norway::Deserializer::from_str(text);
-        let doc: PolicyDoc = serde_path_to_error::deserialize(de).map_err(|e| {
-            // serde_norway's message names the field and the line ("rules[0].level: unknown
-            // variant ... at line 4 column 10"); the path is added where it does not.
-            let path = e.path().to_string();
-            let msg = e.into_inner().to_string();
-            if path == "." || msg.starts_with(&path) { msg } else { format!("{path}: {msg}") }
-        })?;
+        let doc: PolicyDoc = crate::config_yaml::parse(text)?;
         if doc.kind != "Policy" || !matches!(doc.api_version.as_str(), "audit.k8s.io/v1" | "audit.k8s.io/v1beta1") {
             return Err(format!("kind/apiVersion: want audit.k8s.io/v1 Policy, got {} {}", doc.api_version, doc.kind));
         }

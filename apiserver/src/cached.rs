@@ -134,3 +134,63 @@ mod tests {
         }
     }
 }
+
+/// Keeps something compiled from the objects of `resources` (group, resource; version v1):
+/// calls `rebuild` with each resource's objects (in `resources`' order) once their watch
+/// caches are up, then again after every change (changes that arrive together are taken in
+/// one rebuild), until the server shuts down. How RBAC and API Priority and Fairness follow
+/// their configuration objects.
+pub(crate) async fn follow(st: Arc<crate::handlers::AppState>, resources: &[(&str, &str)], rebuild: impl Fn(&[Vec<Value>])) {
+    use futures_util::FutureExt;
+    let mut delay = std::time::Duration::from_millis(100);
+    loop {
+        let mut caches = Vec::new();
+        for (group, resource) in resources {
+            let Some(info) = st.reg.find(group, "v1", resource) else { return };
+            match st.caches.get(&st.store, &info).await {
+                Ok(c) => caches.push(c),
+                Err(e) => {
+                    tracing::warn!(resource, error = %e.message, "starting a watch cache failed; retrying");
+                    break;
+                }
+            }
+        }
+        if caches.len() < resources.len() {
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(std::time::Duration::from_secs(2));
+            continue;
+        }
+        let mut objects: Vec<Vec<Value>> = Vec::new();
+        let mut watchers = Vec::new();
+        for c in &caches {
+            let (rev, snap) = c.snapshot();
+            objects.push(snap.values().filter_map(|o| serde_json::from_slice(&o.json).ok()).collect());
+            match c.watch(Some(rev), watchcache::Filter::everything()) {
+                Ok(w) => watchers.push(w),
+                Err(_) => break,
+            }
+        }
+        if watchers.len() < resources.len() {
+            continue;
+        }
+        rebuild(&objects);
+        if *st.shutdown.borrow() {
+            return;
+        }
+        // Wait for a change to any of them; then take whatever else is already there.
+        let mut shutdown = st.shutdown.clone();
+        let changed = {
+            let next = futures_util::future::select_all(watchers.iter_mut().map(|w| Box::pin(w.next())));
+            tokio::select! {
+                (ev, _, _) = next => ev.is_some(),
+                _ = shutdown.wait_for(|s| *s) => return,
+            }
+        };
+        if !changed {
+            return;
+        }
+        for w in watchers.iter_mut() {
+            while let Some(Some(_)) = w.next().now_or_never() {}
+        }
+    }
+}

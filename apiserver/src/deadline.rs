@@ -79,32 +79,10 @@ pub fn parse_go_duration(s: &str) -> Result<Duration, String> {
 /// The `timeout` query parameter, if any.
 fn requested(query: Option<&str>) -> Result<Option<Duration>, String> {
     let Some(q) = query else { return Ok(None) };
-    for kv in q.split('&') {
-        if let Some(v) = kv.strip_prefix("timeout=") {
-            let v = percent_decode(v);
-            return parse_go_duration(&v).map(Some);
-        }
+    match form_urlencoded::parse(q.as_bytes()).find(|(k, _)| k == "timeout") {
+        Some((_, v)) => parse_go_duration(&v).map(Some),
+        None => Ok(None),
     }
-    Ok(None)
-}
-
-fn percent_decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%'
-            && i + 2 < b.len()
-            && let Some(v) = std::str::from_utf8(&b[i + 1..i + 3]).ok().and_then(|h| u8::from_str_radix(h, 16).ok())
-        {
-            out.push(v);
-            i += 3;
-            continue;
-        }
-        out.push(b[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// The middleware: runs a request that is not long-running under its deadline.

@@ -106,12 +106,7 @@ struct KeyDoc {
 impl Config {
     /// Parses the file's YAML; an error names the field (and, for YAML errors, the line).
     pub fn parse(text: &str) -> Result<Config, String> {
-        let de = serde_norway::Deserializer::from_str(text);
-        let doc: Doc = serde_path_to_error::deserialize(de).map_err(|e| {
-            let path = e.path().to_string();
-            let msg = e.into_inner().to_string();
-            if path == "." || msg.starts_with(&path) { msg } else { format!("{path}: {msg}") }
-        })?;
+        let doc: Doc = crate::config_yaml::parse(text)?;
         if doc.kind != "EncryptionConfiguration" || doc.api_version != "apiserver.config.k8s.io/v1" {
             return Err(format!("kind/apiVersion: want apiserver.config.k8s.io/v1 EncryptionConfiguration, got {} {}", doc.api_version, doc.kind));
         }

@@ -51,37 +51,12 @@ fn no(reason: impl Into<String>) -> Decision {
 }
 
 /// A field selector's required value of `field` (`a=b,c==d`), if it has one.
-fn selected<'a>(query: &'a str, field: &str) -> Option<String> {
-    for kv in query.split('&') {
-        let Some(v) = kv.strip_prefix("fieldSelector=") else { continue };
-        let v = percent_decode(v);
-        for term in v.split(',') {
-            let (k, val) = term.split_once("==").or_else(|| term.split_once('='))?;
-            if k.trim() == field && !k.ends_with('!') {
-                return Some(val.trim().to_string());
-            }
-        }
-    }
-    None
-}
-
-fn percent_decode(s: &str) -> String {
-    let mut out = Vec::with_capacity(s.len());
-    let b = s.as_bytes();
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%'
-            && i + 2 < b.len()
-            && let Some(v) = std::str::from_utf8(&b[i + 1..i + 3]).ok().and_then(|h| u8::from_str_radix(h, 16).ok())
-        {
-            out.push(v);
-            i += 3;
-            continue;
-        }
-        out.push(if b[i] == b'+' { b' ' } else { b[i] });
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
+fn selected(query: &str, field: &str) -> Option<String> {
+    let (_, v) = form_urlencoded::parse(query.as_bytes()).find(|(k, _)| k == "fieldSelector")?;
+    v.split(',').find_map(|term| {
+        let (k, val) = term.split_once("==").or_else(|| term.split_once('='))?;
+        (k.trim() == field && !k.ends_with('!')).then(|| val.trim().to_string())
+    })
 }
 
 /// The pods bound to `node` (from the pods' watch cache).

@@ -553,66 +553,18 @@ mod tests {
 }
 
 /// The four RBAC resources, in `Index::build`'s order.
-const RESOURCES: [&str; 4] = ["clusterroles", "roles", "clusterrolebindings", "rolebindings"];
+const RESOURCES: [(&str, &str); 4] = [(GROUP, "clusterroles"), (GROUP, "roles"), (GROUP, "clusterrolebindings"), (GROUP, "rolebindings")];
+const GROUP: &str = "rbac.authorization.k8s.io";
 
-/// Keeps `st.rbac` compiled from the RBAC resources' watch caches: builds the index from
-/// their snapshots, then rebuilds it after every change (changes that arrive together are
-/// taken in one rebuild).
+/// Keeps `st.rbac` compiled from the RBAC resources' watch caches.
 pub(crate) async fn follow(st: Arc<crate::handlers::AppState>) {
-    use futures_util::FutureExt;
-    let mut delay = std::time::Duration::from_millis(100);
-    loop {
-        let mut caches = Vec::new();
-        for r in RESOURCES {
-            let Some(info) = st.reg.find("rbac.authorization.k8s.io", "v1", r) else { return };
-            match st.caches.get(&st.store, &info).await {
-                Ok(c) => caches.push(c),
-                Err(e) => {
-                    tracing::warn!(resource = r, error = %e.message, "RBAC: starting a watch cache failed; retrying");
-                    break;
-                }
-            }
-        }
-        if caches.len() < RESOURCES.len() {
-            tokio::time::sleep(delay).await;
-            delay = (delay * 2).min(std::time::Duration::from_secs(2));
-            continue;
-        }
-        let mut objects: Vec<Vec<Value>> = Vec::new();
-        let mut watchers = Vec::new();
-        for c in &caches {
-            let (rev, snap) = c.snapshot();
-            objects.push(snap.values().filter_map(|o| serde_json::from_slice(&o.json).ok()).collect());
-            match c.watch(Some(rev), watchcache::Filter::everything()) {
-                Ok(w) => watchers.push(w),
-                Err(_) => break,
-            }
-        }
-        if watchers.len() < RESOURCES.len() {
-            continue;
-        }
-        let ix = Index::build(&objects[0], &objects[1], &objects[2], &objects[3]);
+    let target = st.clone();
+    crate::cached::follow(st, &RESOURCES, move |o| {
+        let ix = Index::build(&o[0], &o[1], &o[2], &o[3]);
         tracing::debug!(bindings = ix.bindings, "RBAC index rebuilt");
-        st.rbac.set(ix);
-        if *st.shutdown.borrow() {
-            return;
-        }
-        // Wait for a change to any of them; then take whatever else is already there.
-        let mut shutdown = st.shutdown.clone();
-        let changed = {
-            let next = futures_util::future::select_all(watchers.iter_mut().map(|w| Box::pin(w.next())));
-            tokio::select! {
-                (ev, _, _) = next => ev.is_some(),
-                _ = shutdown.wait_for(|s| *s) => return,
-            }
-        };
-        if !changed {
-            return;
-        }
-        for w in watchers.iter_mut() {
-            while let Some(Some(_)) = w.next().now_or_never() {}
-        }
-    }
+        target.rbac.set(ix);
+    })
+    .await
 }
 
 /// The authorization middleware: a request its user may not make gets 403 with Kubernetes'
