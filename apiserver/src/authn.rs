@@ -310,6 +310,9 @@ async fn token_user_for(st: &AppState, tokens: &StaticTokens, token: &str, audie
     if let Some(u) = crate::bootstrap_token::authenticate(st, token).await? {
         return Ok((Arc::new(u), for_api()));
     }
+    if let Some(u) = crate::node_token::authenticate(st, token).await? {
+        return Ok((Arc::new(u), for_api()));
+    }
     let Some(keys) = &st.sa_keys else { return Err("unknown token".into()) };
     if !Keys::looks_like_jwt(token) {
         return Err("unknown token".into());

@@ -23,7 +23,7 @@ pub fn parse(token: &str) -> Option<(&str, &str)> {
 }
 
 /// A field of the Secret: from `data` (base64), or `stringData` if it was stored as given.
-fn field(secret: &Value, k: &str) -> Option<String> {
+pub(crate) fn field(secret: &Value, k: &str) -> Option<String> {
     if let Some(b) = secret["data"][k].as_str() {
         return base64::engine::general_purpose::STANDARD.decode(b).ok().and_then(|v| String::from_utf8(v).ok());
     }
@@ -36,6 +36,12 @@ pub fn expired(secret: &Value, now: i64) -> bool {
     field(secret, "expiration").and_then(|e| e.parse::<jiff::Timestamp>().ok()).is_some_and(|t| t.as_second() <= now)
 }
 
+/// Whether a presented secret is the stored one, compared in constant time (it is a
+/// password).
+pub(crate) fn same_secret(stored: &str, given: &str) -> bool {
+    stored.len() == given.len() && stored.bytes().zip(given.bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
+}
+
 /// The user of bootstrap token `id.secret` as `secret_obj` describes it, at `now`.
 pub fn user_of(secret_obj: &Value, id: &str, secret: &str, now: i64) -> Result<UserInfo, String> {
     if secret_obj["type"].as_str() != Some(SECRET_TYPE) {
@@ -44,10 +50,7 @@ pub fn user_of(secret_obj: &Value, id: &str, secret: &str, now: i64) -> Result<U
     if field(secret_obj, "token-id").as_deref() != Some(id) {
         return Err(format!("secret bootstrap-token-{id} holds another token-id"));
     }
-    // Compared in constant time: the secret is a password.
-    let stored = field(secret_obj, "token-secret").unwrap_or_default();
-    let same = stored.len() == secret.len() && stored.bytes().zip(secret.bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0;
-    if !same {
+    if !same_secret(&field(secret_obj, "token-secret").unwrap_or_default(), secret) {
         return Err(format!("bootstrap token {id}: wrong secret"));
     }
     if field(secret_obj, "usage-bootstrap-authentication").as_deref() != Some("true") {

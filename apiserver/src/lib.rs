@@ -23,6 +23,7 @@ pub mod bootstrap_token;
 pub mod cached;
 pub mod config_yaml;
 pub mod deadline;
+pub mod default_roles;
 pub mod discovery;
 pub mod encryption;
 pub mod escalation;
@@ -30,6 +31,7 @@ pub mod handlers;
 pub mod lite;
 pub mod metrics;
 pub mod node_authz;
+pub mod node_token;
 pub mod node_proxy;
 pub mod object;
 pub mod openapi_v2;
@@ -181,13 +183,14 @@ async fn inflight(State(st): State<Arc<AppState>>, req: axum::extract::Request, 
 pub async fn bootstrap(store: &Store) -> Result<(), storage::StoreError> {
     let reg = Registry::new();
     // Kubernetes' default RBAC roles and bindings, each created when missing.
-    for (resource, mut obj) in rbac::defaults() {
+    for (resource, mut obj) in default_roles::defaults() {
         let info = reg.find("rbac.authorization.k8s.io", "v1", resource).expect("RBAC is served");
         let name = obj["metadata"]["name"].as_str().unwrap_or("").to_string();
+        let namespace = obj["metadata"]["namespace"].as_str().map(str::to_string);
         obj["metadata"]["uid"] = json!(object::new_uid());
         obj["metadata"]["creationTimestamp"] = json!(object::now_rfc3339());
         obj["metadata"]["annotations"] = json!({"rbac.authorization.kubernetes.io/autoupdate": "true"});
-        create_if_absent(store, info.key(None, &name), &obj).await?;
+        create_if_absent(store, info.key(namespace.as_deref(), &name), &obj).await?;
     }
     // API Priority and Fairness: Kubernetes' default levels and schemas, when missing.
     for (resource, mut obj) in apf::defaults() {
@@ -277,9 +280,14 @@ async fn version() -> Response {
 }
 
 async fn ready(State(st): State<Arc<AppState>>) -> Response {
-    // Ready when the watch caches are warm and the store answers a read.
+    // Ready when the watch caches are warm, RBAC's index is built and the store answers a read.
     if !st.warm.load(Ordering::SeqCst) {
         return ApiError::unavailable("watch caches are warming up").into_response();
+    }
+    // As Kubernetes' rbac/bootstrap-roles post-start hook: not ready until authorization
+    // knows the default roles (a component started earlier would be refused).
+    if !st.rbac.ready() {
+        return ApiError::unavailable("RBAC's roles and bindings are not compiled yet").into_response();
     }
     match st.store.get("/registry/core/namespaces/default").await {
         Ok(_) => (StatusCode::OK, "ok").into_response(),

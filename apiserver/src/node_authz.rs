@@ -31,10 +31,12 @@ use crate::status::ApiError;
 
 /// The group every kubelet's user is in.
 pub const NODES_GROUP: &str = "system:nodes";
+/// A kubelet's user is this and its node's name.
+pub const NODE_USER_PREFIX: &str = "system:node:";
 
 /// The node a user is the kubelet of, if it is one.
 pub fn node_of(user: &UserInfo) -> Option<&str> {
-    let name = user.name.strip_prefix("system:node:")?;
+    let name = user.name.strip_prefix(NODE_USER_PREFIX)?;
     (!name.is_empty() && user.groups.iter().any(|g| g == NODES_GROUP)).then_some(name)
 }
 

@@ -49,10 +49,13 @@ pub fn attributes(method: &str, path: &str, query: &str) -> Attributes {
         rest.remove(0);
     }
     let mut namespace = String::new();
-    if rest.first() == Some(&"namespaces") && rest.len() >= 3 {
+    // `namespaces/NAME/status` and `namespaces/NAME/finalize` are subresources of the
+    // namespace, not resources in it (Kubernetes' RequestInfo says the same).
+    let namespace_subresource = rest.len() == 3 && rest[0] == "namespaces" && matches!(rest[2], "status" | "finalize");
+    if rest.first() == Some(&"namespaces") && rest.len() >= 3 && !namespace_subresource {
         namespace = rest[1].to_string();
         rest.drain(..2);
-    } else if rest.first() == Some(&"namespaces") && rest.len() == 2 {
+    } else if rest.first() == Some(&"namespaces") && (rest.len() == 2 || namespace_subresource) {
         // A namespace itself: it is also its own namespace, as Kubernetes sets it.
         namespace = rest[1].to_string();
     }
@@ -350,76 +353,6 @@ impl Authorizer {
     }
 }
 
-/// Kubernetes' default roles and bindings that capstan has so far: created at start when
-/// missing (an operator's edits to existing ones are kept). view, edit and admin aggregate
-/// the `system:aggregate-to-*` roles by label, as in Kubernetes.
-pub fn defaults() -> Vec<(&'static str, Value)> {
-    let cr = |name: &str, labels: Value, rules: Value| json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole", "metadata": {"name": name, "labels": labels}, "rules": rules});
-    let agg = |name: &str, labels: Value, to: &str| {
-        json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole", "metadata": {"name": name, "labels": labels},
-               "aggregationRule": {"clusterRoleSelectors": [{"matchLabels": {format!("rbac.authorization.k8s.io/aggregate-to-{to}"): "true"}}]}, "rules": []})
-    };
-    let crb = |name: &str, role: &str, group: &str| {
-        json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding", "metadata": {"name": name, "labels": {"kubernetes.io/bootstrapping": "rbac-defaults"}},
-               "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role},
-               "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "Group", "name": group}]})
-    };
-    let boot = json!({"kubernetes.io/bootstrapping": "rbac-defaults"});
-    let read = json!(["get", "list", "watch"]);
-    let write = json!(["create", "delete", "deletecollection", "patch", "update"]);
-    let core_read = json!(["configmaps", "endpoints", "persistentvolumeclaims", "persistentvolumeclaims/status", "pods", "pods/log", "pods/status", "replicationcontrollers", "replicationcontrollers/scale", "replicationcontrollers/status", "serviceaccounts", "services", "services/status", "bindings", "events", "limitranges", "resourcequotas", "resourcequotas/status", "namespaces", "namespaces/status"]);
-    let apps = json!(["controllerrevisions", "daemonsets", "daemonsets/status", "deployments", "deployments/scale", "deployments/status", "replicasets", "replicasets/scale", "replicasets/status", "statefulsets", "statefulsets/scale", "statefulsets/status"]);
-    let view_rules = json!([
-        {"apiGroups": [""], "resources": core_read, "verbs": read},
-        {"apiGroups": ["apps"], "resources": apps, "verbs": read},
-        {"apiGroups": ["autoscaling"], "resources": ["horizontalpodautoscalers", "horizontalpodautoscalers/status"], "verbs": read},
-        {"apiGroups": ["batch"], "resources": ["cronjobs", "cronjobs/status", "jobs", "jobs/status"], "verbs": read},
-        {"apiGroups": ["policy"], "resources": ["poddisruptionbudgets", "poddisruptionbudgets/status"], "verbs": read},
-        {"apiGroups": ["networking.k8s.io"], "resources": ["ingresses", "ingresses/status", "networkpolicies"], "verbs": read},
-        {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": read},
-    ]);
-    let edit_rules = json!([
-        {"apiGroups": [""], "resources": ["pods", "pods/attach", "pods/exec", "pods/portforward", "pods/proxy", "pods/eviction", "configmaps", "endpoints", "persistentvolumeclaims", "replicationcontrollers", "replicationcontrollers/scale", "secrets", "serviceaccounts", "services", "services/proxy"], "verbs": write},
-        {"apiGroups": [""], "resources": ["secrets"], "verbs": read},
-        {"apiGroups": [""], "resources": ["serviceaccounts/token"], "verbs": ["create"]},
-        {"apiGroups": ["apps"], "resources": ["daemonsets", "deployments", "deployments/rollback", "deployments/scale", "replicasets", "replicasets/scale", "statefulsets", "statefulsets/scale"], "verbs": write},
-        {"apiGroups": ["autoscaling"], "resources": ["horizontalpodautoscalers"], "verbs": write},
-        {"apiGroups": ["batch"], "resources": ["cronjobs", "jobs"], "verbs": write},
-        {"apiGroups": ["policy"], "resources": ["poddisruptionbudgets"], "verbs": write},
-        {"apiGroups": ["networking.k8s.io"], "resources": ["ingresses", "networkpolicies"], "verbs": write},
-        {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": write},
-    ]);
-    let admin_rules = json!([
-        {"apiGroups": ["rbac.authorization.k8s.io"], "resources": ["rolebindings", "roles"], "verbs": ["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"]},
-        {"apiGroups": ["authorization.k8s.io"], "resources": ["localsubjectaccessreviews"], "verbs": ["create"]},
-    ]);
-    vec![
-        ("clusterroles", cr("cluster-admin", boot.clone(), json!([{"apiGroups": ["*"], "resources": ["*"], "verbs": ["*"]}, {"nonResourceURLs": ["*"], "verbs": ["*"]}]))),
-        ("clusterroles", cr("system:discovery", boot.clone(), json!([{"nonResourceURLs": ["/api", "/api/*", "/apis", "/apis/*", "/healthz", "/livez", "/openapi", "/openapi/*", "/readyz", "/version", "/version/"], "verbs": ["get"]}]))),
-        ("clusterroles", cr("system:public-info-viewer", boot.clone(), json!([{"nonResourceURLs": ["/healthz", "/livez", "/readyz", "/version", "/version/"], "verbs": ["get"]}]))),
-        ("clusterroles", cr("system:basic-user", boot.clone(), json!([
-            {"apiGroups": ["authorization.k8s.io"], "resources": ["selfsubjectaccessreviews", "selfsubjectrulesreviews"], "verbs": ["create"]},
-            {"apiGroups": ["authentication.k8s.io"], "resources": ["selfsubjectreviews"], "verbs": ["create"]},
-        ]))),
-        ("clusterroles", cr("system:service-account-issuer-discovery", boot.clone(), json!([{"nonResourceURLs": ["/.well-known/openid-configuration", "/.well-known/openid-configuration/", "/openid/v1/jwks", "/openid/v1/jwks/"], "verbs": ["get"]}]))),
-        ("clusterroles", cr("system:auth-delegator", boot.clone(), json!([
-            {"apiGroups": ["authentication.k8s.io"], "resources": ["tokenreviews"], "verbs": ["create"]},
-            {"apiGroups": ["authorization.k8s.io"], "resources": ["subjectaccessreviews"], "verbs": ["create"]},
-        ]))),
-        ("clusterroles", cr("system:aggregate-to-view", json!({"kubernetes.io/bootstrapping": "rbac-defaults", "rbac.authorization.k8s.io/aggregate-to-view": "true"}), view_rules)),
-        ("clusterroles", cr("system:aggregate-to-edit", json!({"kubernetes.io/bootstrapping": "rbac-defaults", "rbac.authorization.k8s.io/aggregate-to-edit": "true"}), edit_rules)),
-        ("clusterroles", cr("system:aggregate-to-admin", json!({"kubernetes.io/bootstrapping": "rbac-defaults", "rbac.authorization.k8s.io/aggregate-to-admin": "true"}), admin_rules)),
-        ("clusterroles", agg("view", json!({"kubernetes.io/bootstrapping": "rbac-defaults", "rbac.authorization.k8s.io/aggregate-to-edit": "true"}), "view")),
-        ("clusterroles", agg("edit", json!({"kubernetes.io/bootstrapping": "rbac-defaults", "rbac.authorization.k8s.io/aggregate-to-admin": "true"}), "edit")),
-        ("clusterroles", agg("admin", boot.clone(), "admin")),
-        ("clusterrolebindings", crb("cluster-admin", "cluster-admin", MASTERS)),
-        ("clusterrolebindings", crb("system:discovery", "system:discovery", crate::authn::AUTHENTICATED)),
-        ("clusterrolebindings", crb("system:basic-user", "system:basic-user", crate::authn::AUTHENTICATED)),
-        ("clusterrolebindings", crb("system:public-info-viewer", "system:public-info-viewer", crate::authn::AUTHENTICATED)),
-        ("clusterrolebindings", crb("system:service-account-issuer-discovery", "system:service-account-issuer-discovery", "system:serviceaccounts")),
-    ]
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -434,7 +367,7 @@ mod tests {
     }
 
     fn defaults_of(kind: &str) -> Vec<Value> {
-        defaults().into_iter().filter(|(k, _)| *k == kind).map(|(_, v)| v).collect()
+        crate::default_roles::defaults().into_iter().filter(|(k, _)| *k == kind).map(|(_, v)| v).collect()
     }
 
     #[test]
@@ -448,6 +381,9 @@ mod tests {
         assert_eq!(attributes("GET", "/api/v1/watch/namespaces/a/pods", ""), r("watch", "", "pods", "", "a", ""));
         assert_eq!(attributes("GET", "/api/v1/namespaces/a/pods/p/log", ""), r("get", "", "pods", "log", "a", "p"));
         assert_eq!(attributes("DELETE", "/apis/apps/v1/namespaces/a/deployments", ""), r("deletecollection", "apps", "deployments", "", "a", ""));
+        assert_eq!(attributes("PUT", "/api/v1/namespaces/a/finalize", ""), r("update", "", "namespaces", "finalize", "a", "a"));
+        assert_eq!(attributes("PATCH", "/api/v1/namespaces/a/status", ""), r("patch", "", "namespaces", "status", "a", "a"));
+        assert_eq!(attributes("GET", "/api/v1/namespaces/a/pods", ""), r("list", "", "pods", "", "a", ""));
         assert_eq!(attributes("PATCH", "/apis/apps/v1/namespaces/a/deployments/d/scale", ""), r("patch", "apps", "deployments", "scale", "a", "d"));
         assert_eq!(attributes("GET", "/api/v1/namespaces/a", ""), r("get", "", "namespaces", "", "a", "a"));
         assert_eq!(attributes("GET", "/api/v1/nodes", ""), r("list", "", "nodes", "", "", ""));

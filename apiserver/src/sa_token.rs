@@ -85,7 +85,14 @@ pub struct Keys {
     kid: String,
     issuer: String,
     jwks: Value,
+    /// Tokens whose signature, issuer and subject were checked, with their claims: a
+    /// controller presents the same token for an hour, and an ES256 check costs tens of
+    /// microseconds. At most `VERIFIED_MAX` entries (emptied when full); expiry, validity and
+    /// audiences are checked at every use.
+    verified: std::sync::Mutex<std::collections::HashMap<Box<str>, std::sync::Arc<Claims>>>,
 }
+
+const VERIFIED_MAX: usize = 8192;
 
 impl std::fmt::Debug for Keys {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -111,7 +118,7 @@ impl Keys {
         let decoding = DecodingKey::from_ec_components(&x, &y).map_err(|e| format!("the public key: {e}"))?;
         let encoding = EncodingKey::from_ec_der(der.secret_pkcs8_der());
         let jwks = json!({"keys": [{"use": "sig", "kty": "EC", "kid": kid, "crv": "P-256", "alg": "ES256", "x": x, "y": y}]});
-        Ok(Keys { encoding, decoding, kid, issuer: issuer.to_string(), jwks })
+        Ok(Keys { encoding, decoding, kid, issuer: issuer.to_string(), jwks, verified: Default::default() })
     }
 
     pub fn issuer(&self) -> &str {
@@ -164,23 +171,44 @@ impl Keys {
         if token.len() > MAX_TOKEN_BYTES {
             return Err("token too long".into());
         }
-        let mut v = Validation::new(Algorithm::ES256);
-        v.set_issuer(&[&self.issuer]);
-        v.set_audience(audiences);
-        v.set_required_spec_claims(&["exp", "iss", "aud", "sub", "nbf"]);
-        // The library reads the clock itself; validity is checked against `now` below, so that
-        // the caller's clock decides (and tests can move it).
-        v.validate_nbf = false;
-        v.validate_exp = false;
-        v.leeway = 0;
-        let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &v).map_err(|e| e.to_string())?;
-        let c = data.claims;
+        let cached = self.verified.lock().unwrap().get(token).cloned();
+        let c = match cached {
+            Some(c) => c,
+            None => {
+                let c = std::sync::Arc::new(self.check_signature(token)?);
+                let mut map = self.verified.lock().unwrap();
+                if map.len() >= VERIFIED_MAX {
+                    map.clear();
+                }
+                map.insert(token.into(), c.clone());
+                c
+            }
+        };
+        if !c.aud.iter().any(|a| audiences.contains(a)) {
+            return Err("the token is not for this audience".into());
+        }
         if now >= c.exp {
             return Err("token has expired".into());
         }
         if now < c.nbf {
             return Err("token is not valid yet".into());
         }
+        Ok((*c).clone())
+    }
+
+    /// The claims of `token` if this key signed it for this issuer and its subject names its
+    /// ServiceAccount (what does not change with time or the audience asked).
+    fn check_signature(&self, token: &str) -> Result<Claims, String> {
+        let mut v = Validation::new(Algorithm::ES256);
+        v.set_issuer(&[&self.issuer]);
+        v.set_required_spec_claims(&["exp", "iss", "aud", "sub", "nbf"]);
+        // Audiences and validity are checked by the caller against what it asks and its
+        // own clock (tests move it).
+        v.validate_aud = false;
+        v.validate_nbf = false;
+        v.validate_exp = false;
+        v.leeway = 0;
+        let c = jsonwebtoken::decode::<Claims>(token, &self.decoding, &v).map_err(|e| e.to_string())?.claims;
         if c.sub != format!("system:serviceaccount:{}:{}", c.k8s.namespace, c.k8s.serviceaccount.name) {
             return Err("the subject does not name the token's ServiceAccount".into());
         }
@@ -233,7 +261,9 @@ mod tests {
         let (k, other) = (keys(), keys());
         let (t, _) = k.issue(grant(&["vault"]), NOW).unwrap();
         let aud = k.api_audiences();
-        assert!(k.verify(&t, &aud, NOW).unwrap_err().contains("Audience"), "a token for another audience");
+        assert!(k.verify(&t, &aud, NOW).unwrap_err().contains("audience"), "a token for another audience");
+        assert!(k.verify(&t, &["vault".into()], NOW).is_ok());
+        assert!(k.verify(&t, &aud, NOW).unwrap_err().contains("audience"), "still refused once its signature is known");
         assert!(k.verify(&t, &["vault".into()], NOW).is_ok());
         assert!(other.verify(&t, &["vault".into()], NOW).is_err(), "signed by another key");
         // Swap the payload for one naming another ServiceAccount: the signature no longer fits.

@@ -4,7 +4,8 @@
 //! namespace), for an unbound user, and for a member of system:masters.
 
 use apiserver::authn::UserInfo;
-use apiserver::rbac::{Index, attributes, authorized, defaults};
+use apiserver::default_roles::defaults;
+use apiserver::rbac::{Index, attributes, authorized};
 use criterion::{Criterion, criterion_group, criterion_main};
 use serde_json::json;
 
