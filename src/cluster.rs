@@ -155,7 +155,17 @@ pub async fn up(n: usize, data_dir: PathBuf, listen: String, opts: ServeOpts, no
     } else {
         None
     };
-    let initial: Vec<String> = specs.iter().map(|s| format!("{}=http://{}", s.name, s.peer)).collect();
+    // Over TLS the replicas talk mutual TLS (`crate::peer_tls`); `capstan member` presents
+    // the member certificate written here.
+    let peer_scheme = if pki.is_some() { "https" } else { "http" };
+    let member_flags = match &pki {
+        Some(p) => {
+            let (cert, key) = crate::pki::write_pair(&data_dir.join("pki"), "member", &p.member_client()?)?;
+            format!(" --cacert {} --cert {} --key {}", data_dir.join("pki").join("ca.crt").display(), cert.display(), key.display())
+        }
+        None => String::new(),
+    };
+    let initial: Vec<String> = specs.iter().map(|s| format!("{}={peer_scheme}://{}", s.name, s.peer)).collect();
     let initial = initial.join(",");
     let exe = std::env::current_exe()?;
     let mut children = Vec::new();
@@ -169,11 +179,11 @@ pub async fn up(n: usize, data_dir: PathBuf, listen: String, opts: ServeOpts, no
     let all_apis = apis.iter().map(|(_, u)| u.clone()).collect::<Vec<_>>().join(",");
     println!("capstan cluster of {n} replicas is serving the Kubernetes API at:");
     for ((s, (_, url)), c) in specs.iter().zip(&apis).zip(&children) {
-        println!("  {}: {url}  (peer http://{}, pid {}, log {})", s.name, s.peer, c.id(), data_dir.join(format!("replica-{}", &s.name[1..])).join("capstan.log").display());
+        println!("  {}: {url}  (peer {peer_scheme}://{}, pid {}, log {})", s.name, s.peer, c.id(), data_dir.join(format!("replica-{}", &s.name[1..])).join("capstan.log").display());
     }
     println!("  data:       {}", std::fs::canonicalize(&data_dir).unwrap_or(data_dir.clone()).display());
     println!("  kubeconfig: {} (one context per replica; {} is current)", kc.display(), specs[0].name);
-    println!("  members:    capstan member list --endpoints {}", specs.iter().map(|s| format!("http://{}", s.peer)).collect::<Vec<_>>().join(","));
+    println!("  members:    capstan member list --endpoints {}{member_flags}", specs.iter().map(|s| format!("{peer_scheme}://{}", s.peer)).collect::<Vec<_>>().join(","));
     // Wait until the cluster answers (a leader, the namespaces) before starting nodes.
     let client = kubelet::client::Client::new(&all_apis);
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -192,7 +202,8 @@ pub async fn up(n: usize, data_dir: PathBuf, listen: String, opts: ServeOpts, no
         local = Some(k);
     }
     if hollow_nodes > 0 {
-        let cfg = kubelet::HollowConfig { count: hollow_nodes, lease_renew: Duration::from_secs(lease_secs.max(1)), ..Default::default() };
+        let node_tokens = pki.as_ref().map(|p| client::tls::Credentials { ca_pem: p.ca_pem.clone(), cert_pem: None, key_pem: None });
+        let cfg = kubelet::HollowConfig { count: hollow_nodes, lease_renew: Duration::from_secs(lease_secs.max(1)), node_tokens, ..Default::default() };
         hollow = Some(kubelet::HollowNodes::start(&all_apis, cfg).await.context("starting hollow nodes")?);
         println!("  hollow nodes: {hollow_nodes} (hollow-0 .. hollow-{})", hollow_nodes - 1);
     }

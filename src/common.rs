@@ -108,6 +108,9 @@ pub struct Security {
     pub limits: apiserver::serve::Limits,
     /// The cluster's CA, to issue components their own certificates (none over plain HTTP).
     pub pki: Option<crate::pki::Pki>,
+    /// The in-process components' own identities (none over plain HTTP, where nothing is
+    /// authenticated).
+    pub identities: Option<crate::pki::Identities>,
 }
 
 fn limits(opts: &crate::TlsOpts) -> apiserver::serve::Limits {
@@ -148,7 +151,7 @@ pub fn security(data_dir: &Path, opts: &crate::TlsOpts, addr: &std::net::SocketA
         eprintln!("capstan: WARNING: --insecure-http: plain HTTP, no authentication (anyone who can reach {addr} is cluster-admin)");
         let sa_keys = Some(crate::pki::service_account_keys(data_dir, opts)?);
         let options = apiserver::Options { authn: apiserver::authn::Mode::Insecure, audit: auditor(opts)?, sa_keys, request_timeout: opts.request_timeout, apf_seats: opts.max_requests_inflight + opts.max_mutating_requests_inflight };
-        return Ok(Security { scheme: "http", tls: None, admin: None, options, limits: limits(opts), pki: None });
+        return Ok(Security { scheme: "http", tls: None, admin: None, options, limits: limits(opts), pki: None, identities: None });
     }
     let pki = crate::pki::Pki::load_or_create(data_dir, opts)?;
     let mut tls = pki.listener(&crate::pki::hosts_for(addr))?;
@@ -163,7 +166,8 @@ pub fn security(data_dir: &Path, opts: &crate::TlsOpts, addr: &std::net::SocketA
     client::tls::set_default(&pki.credentials(&own)).map_err(anyhow::Error::msg)?;
     let sa_keys = Some(crate::pki::service_account_keys(data_dir, opts)?);
     let options = apiserver::Options { authn: apiserver::authn::Mode::Tls { tokens: tls.tokens.clone() }, audit: auditor(opts)?, sa_keys, request_timeout: opts.request_timeout, apf_seats: opts.max_requests_inflight + opts.max_mutating_requests_inflight };
-    Ok(Security { scheme: "https", tls: Some(tls), options, limits: limits(opts), admin: Some(KubeUser { ca_pem: pki.ca_pem.clone(), cert_pem: admin.cert_pem, key_pem: admin.key_pem }), pki: Some(pki) })
+    let identities = Some(pki.identities()?);
+    Ok(Security { scheme: "https", tls: Some(tls), options, limits: limits(opts), admin: Some(KubeUser { ca_pem: pki.ca_pem.clone(), cert_pem: admin.cert_pem, key_pem: admin.key_pem }), pki: Some(pki), identities })
 }
 
 pub fn hostname() -> String {

@@ -8,7 +8,9 @@ use anyhow::{Context, Result};
 
 use crate::common::{hostname, shutdown_signal};
 
-pub fn new_scheduler(server: &str, config: Option<&std::path::Path>) -> Result<scheduler::Scheduler> {
+/// The scheduler, as `creds` (its own certificate) when given, else with the process's
+/// default credentials.
+pub fn new_scheduler(server: &str, config: Option<&std::path::Path>, creds: Option<&client::tls::Credentials>) -> Result<scheduler::Scheduler> {
     let profiles = match config {
         Some(p) => {
             let text = std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
@@ -16,7 +18,10 @@ pub fn new_scheduler(server: &str, config: Option<&std::path::Path>) -> Result<s
         }
         None => vec![scheduler::framework::Profile::default()],
     };
-    Ok(scheduler::Scheduler::start(server, profiles))
+    Ok(match creds {
+        Some(c) => scheduler::Scheduler::start_with(client::Client::with_credentials(server, "capstan-scheduler/0.1", c).map_err(anyhow::Error::msg)?, profiles),
+        None => scheduler::Scheduler::start(server, profiles),
+    })
 }
 
 /// One listener for the in-process components: `/metrics` (scheduler and controllers), the
@@ -48,7 +53,7 @@ pub async fn serve_components(listen: &str, s: Option<std::sync::Arc<scheduler::
 }
 
 async fn start_scheduler(server: &str, listen: &str, config: Option<&std::path::Path>) -> Result<(scheduler::Scheduler, std::net::SocketAddr)> {
-    let s = new_scheduler(server, config)?;
+    let s = new_scheduler(server, config, None)?;
     let l = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("scheduler: listening on {listen}"))?;
     let addr = l.local_addr()?;
     let app = s.router();
@@ -58,7 +63,10 @@ async fn start_scheduler(server: &str, listen: &str, config: Option<&std::path::
     Ok((s, addr))
 }
 
-pub async fn run_controllers(server: String, listen: String, identity: Option<String>) -> Result<()> {
+/// `capstan controllers`: with `credentials` (the kubeconfig's certificate), as
+/// kube-controller-manager with `--use-service-account-credentials`, each controller writes as
+/// its own ServiceAccount, requested with them.
+pub async fn run_controllers(server: String, listen: String, identity: Option<String>, credentials: Option<client::tls::Credentials>) -> Result<()> {
     // One handler for the whole run (see `shutdown_signal`).
     let shutdown = shutdown_signal();
     tokio::pin!(shutdown);
@@ -68,11 +76,12 @@ pub async fn run_controllers(server: String, listen: String, identity: Option<St
     println!("capstan controllers for {server} as {me}: metrics at http://{addr}/metrics; waiting to lead; stop with Ctrl-C");
     let c = kubelet::client::Client::with_agent(&server, "capstan-controllers/0.1");
     tokio::select! {
-        _ = controllers::leader::lead(c, "kube-system", "capstan-controller-manager", &me) => {}
+        _ = controllers::leader::lead(c, "kube-system", crate::server::CONTROLLERS_LEASE, &me) => {}
         _ = &mut shutdown => return Ok(()),
     }
     println!("leading: controllers running");
-    let ctrl = std::sync::Arc::new(controllers::Controllers::start(&server, Default::default()).await);
+    let settings = controllers::run::Settings { credentials: credentials.filter(|c| c.cert_pem.is_some()), ..Default::default() };
+    let ctrl = std::sync::Arc::new(controllers::Controllers::start(&server, settings).await);
     let c2 = ctrl.clone();
     let app = axum::Router::new().route("/metrics", axum::routing::get(move || {
         let c = c2.clone();

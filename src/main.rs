@@ -12,6 +12,7 @@ mod components;
 mod datadir;
 mod kv;
 mod member;
+mod peer_tls;
 mod pki;
 mod server;
 mod single;
@@ -304,24 +305,25 @@ fn main() -> Result<()> {
         Command::Server(a) => rt.block_on(server::run(a)),
         Command::Member(a) => rt.block_on(member::run(a)),
         Command::Scheduler { server, kubeconfig, listen, config, .. } => {
-            let server = api_server(server, kubeconfig)?;
+            let (server, _) = api_server(server, kubeconfig)?;
             rt.block_on(components::run_scheduler(server, listen, config))
         }
         Command::Controllers { server, kubeconfig, listen, identity, .. } => {
-            let server = api_server(server, kubeconfig)?;
-            rt.block_on(components::run_controllers(server, listen, identity))
+            let (server, creds) = api_server(server, kubeconfig)?;
+            rt.block_on(components::run_controllers(server, listen, identity, creds))
         }
     }
 }
 
 /// The API server a component talks to, and (from a kubeconfig) the credentials it presents,
-/// set as this process's default.
-fn api_server(server: Option<String>, kubeconfig: Option<PathBuf>) -> Result<String> {
+/// set as this process's default (and returned).
+fn api_server(server: Option<String>, kubeconfig: Option<PathBuf>) -> Result<(String, Option<client::tls::Credentials>)> {
     let kc = kubeconfig.as_ref().map(|k| client::kubeconfig::load(k, None).map_err(anyhow::Error::msg)).transpose()?;
-    if let Some(creds) = kc.as_ref().and_then(|k| k.credentials.as_ref()) {
+    let creds = kc.as_ref().and_then(|k| k.credentials.clone());
+    if let Some(creds) = &creds {
         client::tls::set_default(creds).map_err(anyhow::Error::msg)?;
     }
-    Ok(server.or(kc.map(|k| k.server)).unwrap_or_else(|| "http://127.0.0.1:6443".into()))
+    Ok((server.or(kc.map(|k| k.server)).unwrap_or_else(|| "http://127.0.0.1:6443".into()), creds))
 }
 
 /// A Go duration flag (`60s`, `1m30s`), as Kubernetes' flags take them.

@@ -11,6 +11,15 @@ pub struct MemberArgs {
     /// Peer URLs of members to ask (comma-separated; the first that answers is used).
     #[arg(long, global = true, default_value = "http://127.0.0.1:2380")]
     pub endpoints: String,
+    /// For `https://` endpoints (a cluster on TLS): the cluster CA to trust...
+    #[arg(long, global = true)]
+    pub cacert: Option<std::path::PathBuf>,
+    /// ...and a certificate of the peers' group to present, with its key (`up --replicas`
+    /// writes `D/pki/member.crt` and `member.key`), as etcdctl's flags.
+    #[arg(long, global = true, requires = "key")]
+    pub cert: Option<std::path::PathBuf>,
+    #[arg(long, global = true, requires = "cert")]
+    pub key: Option<std::path::PathBuf>,
     #[command(subcommand)]
     pub op: MemberOp,
 }
@@ -32,12 +41,33 @@ pub enum MemberOp {
     Remove { name: String },
 }
 
-async fn http(method: &str, url: &str, body: Option<&Value>) -> Result<(u16, Value)> {
+/// TLS for `https://` endpoints, from the flags.
+fn tls(a: &MemberArgs) -> Result<Option<std::sync::Arc<rustls::ClientConfig>>> {
+    let read = |p: &std::path::Path| std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()));
+    let Some(ca) = &a.cacert else { return Ok(None) };
+    let pair = match (&a.cert, &a.key) {
+        (Some(c), Some(k)) => Some((read(c)?, read(k)?)),
+        _ => None,
+    };
+    Ok(Some(crate::peer_tls::client(&read(ca)?, pair.as_ref().map(|(c, k)| (c.as_str(), k.as_str())))?))
+}
+
+async fn http(tls: Option<&std::sync::Arc<rustls::ClientConfig>>, method: &str, url: &str, body: Option<&Value>) -> Result<(u16, Value)> {
     use http_body_util::BodyExt;
-    let authority = url.trim_end_matches('/').trim_start_matches("http://").split('/').next().unwrap_or("").to_string();
-    let stream = tokio::time::timeout(std::time::Duration::from_secs(5), tokio::net::TcpStream::connect(&authority))
-        .await
-        .map_err(|_| anyhow!("connecting to {authority} timed out"))??;
+    let authority = raft::network::authority(url).split('/').next().unwrap_or("").to_string();
+    let connect = async {
+        let tcp = tokio::net::TcpStream::connect(&authority).await?;
+        let io: Box<dyn raft::network::Io> = if url.starts_with("https://") {
+            let cfg = tls.ok_or_else(|| anyhow!("{url} is TLS: give --cacert (and --cert, --key)"))?;
+            let host = authority.rsplit_once(':').map_or(authority.as_str(), |(h, _)| h).trim_matches(['[', ']']).to_string();
+            let name = rustls::pki_types::ServerName::try_from(host)?;
+            Box::new(tokio_rustls::TlsConnector::from(cfg.clone()).connect(name, tcp).await.with_context(|| format!("TLS with {authority}"))?)
+        } else {
+            Box::new(tcp)
+        };
+        Ok::<_, anyhow::Error>(io)
+    };
+    let stream = tokio::time::timeout(std::time::Duration::from_secs(5), connect).await.map_err(|_| anyhow!("connecting to {authority} timed out"))??;
     let (mut send, conn) = hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), hyper_util::rt::TokioIo::new(stream)).await?;
     tokio::spawn(conn);
     let bytes = body.map(|b| serde_json::to_vec(b).unwrap_or_default()).unwrap_or_default();
@@ -73,11 +103,13 @@ pub async fn run(a: MemberArgs) -> Result<()> {
     if endpoints.is_empty() {
         bail!("--endpoints is empty");
     }
+    let tls = tls(&a)?;
+    let tls = tls.as_ref();
     let (op, name, peer_url) = match &a.op {
         MemberOp::List => {
             let mut last = None;
             for e in &endpoints {
-                match http("GET", &format!("{e}/raft/members"), None).await {
+                match http(tls, "GET", &format!("{e}/raft/members"), None).await {
                     Ok((200, v)) => {
                         print_members(&v);
                         return Ok(());
@@ -101,7 +133,7 @@ pub async fn run(a: MemberArgs) -> Result<()> {
         if tried > 8 {
             break;
         }
-        let (code, v) = match http("POST", &format!("{e}/raft/members"), Some(&body)).await {
+        let (code, v) = match http(tls, "POST", &format!("{e}/raft/members"), Some(&body)).await {
             Ok(r) => r,
             Err(err) => {
                 eprintln!("{e}: {err:#}");
@@ -123,9 +155,13 @@ pub async fn run(a: MemberArgs) -> Result<()> {
                     println!(
                         "  capstan server --name {name} --initial-cluster-state existing --initial-cluster {} --peer-listen {} --data-dir DIR --listen ADDR",
                         initial.join(","),
-                        peer_url.trim_start_matches("http://")
+                        raft::network::authority(&peer_url)
                     );
-                    println!("then, once it has caught up: capstan member promote {name} --endpoints {}", a.endpoints);
+                    let flags = match (&a.cacert, &a.cert, &a.key) {
+                        (Some(ca), Some(c), Some(k)) => format!(" --cacert {} --cert {} --key {}", ca.display(), c.display(), k.display()),
+                        _ => String::new(),
+                    };
+                    println!("then, once it has caught up: capstan member promote {name} --endpoints {}{flags}", a.endpoints);
                 }
                 return Ok(());
             }

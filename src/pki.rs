@@ -86,14 +86,32 @@ impl Pki {
         Ok(Pki { ca_pem, issuer, client_ca_pem, serving })
     }
 
-    /// A client certificate for `user` in `group`, signed by the CA. (One group: rcgen writes
-    /// one value per attribute type.)
+    /// A client certificate for `user` in `group` (none when empty), signed by the CA. (One
+    /// group: rcgen writes one value per attribute type.)
     pub fn client(&self, user: &str, group: &str) -> Result<Issued> {
         let mut p = CertificateParams::new(Vec::<String>::new())?;
         p.distinguished_name.push(DnType::CommonName, user);
-        p.distinguished_name.push(DnType::OrganizationName, group);
+        if !group.is_empty() {
+            p.distinguished_name.push(DnType::OrganizationName, group);
+        }
         p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
         self.issue(p)
+    }
+
+    /// A replica's peer certificate: `CN=system:capstan-peer:NAME` in the peers' group, for
+    /// serving and dialing (mutual TLS), `hosts` as its SANs (`crate::peer_tls`).
+    pub fn peer(&self, name: &str, hosts: &[String]) -> Result<Issued> {
+        let mut p = CertificateParams::new(Vec::<String>::new())?;
+        p.distinguished_name.push(DnType::CommonName, format!("system:capstan-peer:{name}"));
+        p.distinguished_name.push(DnType::OrganizationName, crate::peer_tls::PEERS_GROUP);
+        p.subject_alt_names = sans(hosts)?;
+        p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+        self.issue(p)
+    }
+
+    /// A client certificate in the peers' group, for `capstan member`.
+    pub fn member_client(&self) -> Result<Issued> {
+        self.client("capstan-member", crate::peer_tls::PEERS_GROUP)
     }
 
     /// The serving certificate: `hosts` (names and IP addresses) as its SANs.
@@ -103,15 +121,7 @@ impl Pki {
         }
         let mut p = CertificateParams::new(Vec::<String>::new())?;
         p.distinguished_name.push(DnType::CommonName, "capstan-apiserver");
-        for h in hosts {
-            let san = match h.parse::<std::net::IpAddr>() {
-                Ok(ip) => SanType::IpAddress(ip),
-                Err(_) => SanType::DnsName(h.clone().try_into()?),
-            };
-            if !p.subject_alt_names.contains(&san) {
-                p.subject_alt_names.push(san);
-            }
-        }
+        p.subject_alt_names = sans(hosts)?;
         p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         self.issue(p)
     }
@@ -150,6 +160,16 @@ impl Pki {
         Ok(apiserver::serve::Tls { config: Arc::new(config), client_ca: ca, tokens: apiserver::authn::StaticTokens::none() })
     }
 
+    /// The identities of the components a process runs, each issued at start: the
+    /// scheduler's and the controller manager's certificates, as Kubernetes names them.
+    pub fn identities(&self) -> Result<Identities> {
+        Ok(Identities {
+            scheduler: self.credentials(&self.client("system:kube-scheduler", "")?),
+            controller_manager: self.credentials(&self.client("system:kube-controller-manager", "")?),
+            ca_only: client::tls::Credentials { ca_pem: self.ca_pem.clone(), cert_pem: None, key_pem: None },
+        })
+    }
+
     /// Client credentials as the `client` crate takes them.
     pub fn credentials(&self, issued: &Issued) -> client::tls::Credentials {
         client::tls::Credentials { ca_pem: self.ca_pem.clone(), cert_pem: Some(issued.cert_pem.clone()), key_pem: Some(issued.key_pem.clone()) }
@@ -159,6 +179,41 @@ impl Pki {
     pub fn files(data_dir: &Path) -> (PathBuf, PathBuf) {
         (data_dir.join("pki").join("ca.crt"), data_dir.join("pki").join("ca.key"))
     }
+}
+
+/// Who the in-process components are to the API server (RBAC grants each its default role:
+/// `system:kube-scheduler`, `system:kube-controller-manager`, whose controllers then each use
+/// their own ServiceAccount); `ca_only` trusts the cluster CA and presents no certificate, for
+/// clients that authenticate with a bearer token (hollow nodes' node tokens).
+#[derive(Clone, Debug)]
+pub struct Identities {
+    pub scheduler: client::tls::Credentials,
+    pub controller_manager: client::tls::Credentials,
+    pub ca_only: client::tls::Credentials,
+}
+
+/// `hosts` (names and IP addresses) as SANs, each once.
+fn sans(hosts: &[String]) -> Result<Vec<SanType>> {
+    let mut out = Vec::new();
+    for h in hosts {
+        let san = match h.parse::<std::net::IpAddr>() {
+            Ok(ip) => SanType::IpAddress(ip),
+            Err(_) => SanType::DnsName(h.clone().try_into()?),
+        };
+        if !out.contains(&san) {
+            out.push(san);
+        }
+    }
+    Ok(out)
+}
+
+/// Writes `issued` as `dir/NAME.crt` and `dir/NAME.key` (owner-only), for a command run
+/// later (`capstan member` with `up --replicas`' member certificate).
+pub fn write_pair(dir: &Path, name: &str, issued: &Issued) -> Result<(PathBuf, PathBuf)> {
+    let (c, k) = (dir.join(format!("{name}.crt")), dir.join(format!("{name}.key")));
+    write_private(&c, &issued.cert_pem)?;
+    write_private(&k, &issued.key_pem)?;
+    Ok((c, k))
 }
 
 fn new_ca() -> Result<(String, String)> {

@@ -85,19 +85,40 @@ enum Part {
     Controllers,
 }
 
-/// Runs the scheduler (or the controllers) in this replica whenever it holds their lease.
-fn elected(api: String, part: Part, identity: String) -> tokio::task::JoinHandle<()> {
+/// The leases the scheduler and the controllers are elected by, in `kube-system` (Kubernetes'
+/// names, which its default roles let the two components hold).
+pub const SCHEDULER_LEASE: &str = "kube-scheduler";
+pub const CONTROLLERS_LEASE: &str = "kube-controller-manager";
+
+/// Runs the scheduler (or the controllers) in this replica whenever it holds their lease, as
+/// its own identity when `ids` are given.
+fn elected(api: String, part: Part, identity: String, ids: Option<crate::pki::Identities>) -> tokio::task::JoinHandle<()> {
     let lease = match part {
-        Part::Scheduler => "capstan-scheduler",
-        Part::Controllers => "capstan-controller-manager",
+        Part::Scheduler => SCHEDULER_LEASE,
+        Part::Controllers => CONTROLLERS_LEASE,
     };
     tokio::spawn(async move {
         loop {
-            let c = kubelet::client::Client::with_agent(&api, "capstan-server-election/0.1");
+            let own = ids.as_ref().map(|i| match part {
+                Part::Scheduler => &i.scheduler,
+                Part::Controllers => &i.controller_manager,
+            });
+            let c = match own.map(|creds| kubelet::client::Client::with_credentials(&api, "capstan-server-election/0.1", creds)) {
+                Some(Ok(c)) => c,
+                Some(Err(e)) => {
+                    tracing::error!(error = %e, "the component's credentials are unusable");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+                None => kubelet::client::Client::with_agent(&api, "capstan-server-election/0.1"),
+            };
             let mut leading = controllers::leader::campaign(c, "kube-system", lease, &identity).await;
             let running: Box<dyn std::any::Any + Send> = match part {
-                Part::Controllers => Box::new(controllers::Controllers::start(&api, Default::default()).await),
-                Part::Scheduler => match new_scheduler(&api, None) {
+                Part::Controllers => {
+                    let settings = controllers::run::Settings { credentials: ids.as_ref().map(|i| i.controller_manager.clone()), ..Default::default() };
+                    Box::new(controllers::Controllers::start(&api, settings).await)
+                }
+                Part::Scheduler => match new_scheduler(&api, None, ids.as_ref().map(|i| &i.scheduler)) {
                     Ok(s) => Box::new(s),
                     Err(e) => {
                         tracing::error!(error = %e, "starting the scheduler failed");
@@ -128,7 +149,19 @@ pub async fn run(a: ServerArgs) -> Result<()> {
     let peer_listener = tokio::net::TcpListener::bind(&a.peer_listen).await.with_context(|| format!("listening for peers on {}", a.peer_listen))?;
     let peer_addr = peer_listener.local_addr()?;
     let mut cfg = ReplicaConfig::new(&a.name, &a.data_dir, initial);
-    cfg.peer_url = a.advertise_peer_url.clone().unwrap_or_else(|| format!("http://{peer_addr}"));
+    let peer_scheme = if sec.pki.is_some() { "https" } else { "http" };
+    cfg.peer_url = a.advertise_peer_url.clone().unwrap_or_else(|| format!("{peer_scheme}://{peer_addr}"));
+    // Mutual TLS between replicas whenever the API is on TLS (`crate::peer_tls`).
+    if let Some(pki) = &sec.pki {
+        let mut hosts = crate::pki::hosts_for(&peer_addr);
+        if let Some(h) = a.advertise_peer_url.as_deref().map(raft::network::authority).and_then(|a| a.rsplit_once(':').map(|(h, _)| h.trim_matches(['[', ']']).to_string())) {
+            hosts.push(h);
+        }
+        let peer = pki.peer(&a.name, &hosts)?;
+        let (server, client) = crate::peer_tls::configs(&pki.ca_pem, &peer.cert_pem, &peer.key_pem)?;
+        cfg.peer_tls = Some(server);
+        cfg.connector = std::sync::Arc::new(raft::network::TlsConnector { config: client });
+    }
     cfg.api_url = api_url.clone();
     cfg.initial_state = state;
     cfg.cluster_token = a.initial_cluster_token.clone();
@@ -150,8 +183,8 @@ pub async fn run(a: ServerArgs) -> Result<()> {
     let (stop_tx, mut server_task) = serve_api(api_listener, store.clone(), sec.tls, sec.options, sec.limits);
     let kc = write_kubeconfig(&a.data_dir, &kubeconfig(&api_url, sec.admin.as_ref()))?;
     println!("capstan replica {} is serving the Kubernetes API at {api_url}", a.name);
-    println!("  peer:       {}  (cluster {:016x}, member {:016x})", replica.status()["members"].as_array().and_then(|m| m.iter().find(|x| x["name"] == a.name.as_str())).and_then(|m| m["peerURL"].as_str()).unwrap_or(&format!("http://{peer_addr}")), replica.cluster_id(), replica.id());
-    println!("  status:     http://{peer_addr}/raft/status");
+    println!("  peer:       {}  (cluster {:016x}, member {:016x})", replica.status()["members"].as_array().and_then(|m| m.iter().find(|x| x["name"] == a.name.as_str())).and_then(|m| m["peerURL"].as_str()).unwrap_or(&format!("{peer_scheme}://{peer_addr}")), replica.cluster_id(), replica.id());
+    println!("  status:     {peer_scheme}://{peer_addr}/raft/status");
     println!("  data:       {}", std::fs::canonicalize(&a.data_dir).unwrap_or(a.data_dir.clone()).display());
     println!("  kubeconfig: {}", kc.display());
     println!("stop with Ctrl-C (a leader hands leadership over first)");
@@ -167,10 +200,10 @@ pub async fn run(a: ServerArgs) -> Result<()> {
     let identity = format!("{}_{}", a.name, std::process::id());
     let mut elections = Vec::new();
     if !a.no_controllers {
-        elections.push(elected(api_url.clone(), Part::Controllers, identity.clone()));
+        elections.push(elected(api_url.clone(), Part::Controllers, identity.clone(), sec.identities.clone()));
     }
     if !a.no_scheduler {
-        elections.push(elected(api_url.clone(), Part::Scheduler, identity));
+        elections.push(elected(api_url.clone(), Part::Scheduler, identity, sec.identities.clone()));
     }
     let mut removed_check = tokio::time::interval(Duration::from_millis(500));
     let early = loop {

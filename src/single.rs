@@ -41,30 +41,34 @@ pub async fn serve(data_dir: PathBuf, listen: String, opts: ServeOpts, up: Optio
     let mut sched = None;
     let mut ctrl = None;
     if let Some((node, hollow_nodes, lease_secs)) = up {
-        if !node.no_controllers {
-            let settings = controllers::run::Settings {
-                node_monitor_grace: std::time::Duration::from_secs(node.node_monitor_grace_seconds.max(1)),
-                hpa_sync: std::time::Duration::from_secs(node.hpa_sync_seconds.max(1)),
-                ..Default::default()
-            };
-            ctrl = Some(std::sync::Arc::new(controllers::Controllers::start(&server, settings).await));
-        }
-        if !node.no_scheduler || ctrl.is_some() {
-            let s = if node.no_scheduler { None } else { Some(std::sync::Arc::new(new_scheduler(&server, node.scheduler_config.as_deref())?)) };
-            let a = serve_components(&node.scheduler_listen, s.clone(), ctrl.clone()).await?;
-            println!("  scheduler:  http://{a}/metrics, http://{a}/debug/scheduler/pods/<namespace>/<name>, http://{a}/debug/pprof/profile?seconds=10 (controllers' metrics at the same /metrics)");
-            sched = s;
-        }
+        // The nodes first: a kubelet registers without waiting for the controllers, whose
+        // start waits for their ServiceAccount tokens.
         if !node.no_local_node {
             let (k, name) = start_local_node(&server, &data_dir, addr.port(), &node, sec.pki.as_ref()).await?;
             println!("  node:       {name} (pods run as local processes; logs in {})", data_dir.join("pods").display());
             local = Some(k);
         }
         if hollow_nodes > 0 {
-            let cfg = kubelet::HollowConfig { count: hollow_nodes, lease_renew: std::time::Duration::from_secs(lease_secs.max(1)), ..Default::default() };
+            let node_tokens = sec.identities.as_ref().map(|i| i.ca_only.clone());
+            let cfg = kubelet::HollowConfig { count: hollow_nodes, lease_renew: std::time::Duration::from_secs(lease_secs.max(1)), node_tokens, ..Default::default() };
             let h = kubelet::HollowNodes::start(&server, cfg).await.context("starting hollow nodes")?;
             println!("  hollow nodes: {hollow_nodes} (hollow-0 .. hollow-{})", hollow_nodes - 1);
             hollow = Some(h);
+        }
+        if !node.no_controllers {
+            let settings = controllers::run::Settings {
+                node_monitor_grace: std::time::Duration::from_secs(node.node_monitor_grace_seconds.max(1)),
+                hpa_sync: std::time::Duration::from_secs(node.hpa_sync_seconds.max(1)),
+                credentials: sec.identities.as_ref().map(|i| i.controller_manager.clone()),
+                ..Default::default()
+            };
+            ctrl = Some(std::sync::Arc::new(controllers::Controllers::start(&server, settings).await));
+        }
+        if !node.no_scheduler || ctrl.is_some() {
+            let s = if node.no_scheduler { None } else { Some(std::sync::Arc::new(new_scheduler(&server, node.scheduler_config.as_deref(), sec.identities.as_ref().map(|i| &i.scheduler))?)) };
+            let a = serve_components(&node.scheduler_listen, s.clone(), ctrl.clone()).await?;
+            println!("  scheduler:  http://{a}/metrics, http://{a}/debug/scheduler/pods/<namespace>/<name>, http://{a}/debug/pprof/profile?seconds=10 (controllers' metrics at the same /metrics)");
+            sched = s;
         }
     }
     println!("try:  export KUBECONFIG={}", kc_abs.display());

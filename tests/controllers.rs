@@ -125,14 +125,14 @@ fn two_controller_processes_elect_one_leader_and_fail_over() {
             .unwrap()
     };
     let mut a = start("a");
-    wait_until("a to lead", || c.ok(&["get", "lease", "-n", "kube-system", "capstan-controller-manager", "-o", "jsonpath={.spec.holderIdentity}"]) == "a");
+    wait_until("a to lead", || c.ok(&["get", "lease", "-n", "kube-system", "kube-controller-manager", "-o", "jsonpath={.spec.holderIdentity}"]) == "a");
     let mut b = start("b");
     c.ok(&["create", "deployment", "led", "--image=nginx", "--replicas=1"]);
     c.ok(&["rollout", "status", "deploy/led", "--timeout=60s"]);
-    assert_eq!(c.ok(&["get", "lease", "-n", "kube-system", "capstan-controller-manager", "-o", "jsonpath={.spec.holderIdentity}"]), "a", "b waits");
+    assert_eq!(c.ok(&["get", "lease", "-n", "kube-system", "kube-controller-manager", "-o", "jsonpath={.spec.holderIdentity}"]), "a", "b waits");
     let _ = a.kill();
     let _ = a.wait();
-    wait_until("b to take over after the lease expires", || c.ok(&["get", "lease", "-n", "kube-system", "capstan-controller-manager", "-o", "jsonpath={.spec.holderIdentity}"]) == "b");
+    wait_until("b to take over after the lease expires", || c.ok(&["get", "lease", "-n", "kube-system", "kube-controller-manager", "-o", "jsonpath={.spec.holderIdentity}"]) == "b");
     c.ok(&["scale", "deploy/led", "--replicas=2"]);
     wait_until("b's controllers to scale the deployment", || c.ok(&["get", "deploy", "led", "-o", "jsonpath={.status.availableReplicas}"]) == "2");
     let _ = b.kill();

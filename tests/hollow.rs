@@ -7,6 +7,8 @@ use common::*;
 #[test]
 fn hollow_nodes_register_stay_ready_and_run_and_remove_their_pods() {
     let c = Cluster::start_with(tempfile::tempdir().unwrap(), &["--hollow-nodes", "3", "--no-local-node"]);
+    // The API answers before the nodes (each first gets its node token) have registered.
+    wait_until("3 hollow nodes registered", || c.ok(&["get", "nodes", "-o", "name"]).lines().count() == 3);
     c.ok(&["wait", "--for=condition=Ready", "node/hollow-0", "node/hollow-1", "node/hollow-2", "--timeout=60s"]);
     let zones = c.ok(&["get", "nodes", "-o", "jsonpath={.items[*].metadata.labels.topology\\.kubernetes\\.io/zone}"]);
     assert_eq!(zones, "zone-0 zone-1 zone-2");

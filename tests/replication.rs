@@ -59,9 +59,10 @@ fn http_timed(addr: &str, method: &str, path: &str, body: &[u8], timeout: Durati
     Some((code, body))
 }
 
-/// The members as `capstan member list` prints them: (name, leader?).
+/// The members as `capstan member list` prints them: (name, leader?). `endpoints` may carry
+/// the TLS flags after the URLs, as `capstan up --replicas` prints them.
 fn members(endpoints: &str) -> Vec<(String, bool)> {
-    let out = Command::new(CAPSTAN).args(["member", "list", "--endpoints", endpoints]).output().expect("capstan member list");
+    let out = Command::new(CAPSTAN).args(["member", "list", "--endpoints"]).args(endpoints.split_whitespace()).output().expect("capstan member list");
     String::from_utf8_lossy(&out.stdout)
         .lines()
         .skip(1)
@@ -169,6 +170,29 @@ impl Drop for Up {
     }
 }
 
+/// The replicas' peer ports speak mutual TLS: `capstan member` with the member certificate
+/// is answered; without a certificate, with the admin's (same CA, not a peer), or in plain
+/// HTTP/2 it is not.
+fn peers_admit_only_peers(up: &Up) {
+    let flags: Vec<&str> = up.endpoints.split_whitespace().collect();
+    assert!(flags[0].starts_with("https://") && flags.contains(&"--cert"), "peers on TLS: {}", up.endpoints);
+    let list = |args: &[&str]| Command::new(CAPSTAN).args(["member", "list", "--endpoints"]).args(args).output().unwrap();
+    let ok = list(&flags);
+    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    let ca = flags[flags.iter().position(|f| *f == "--cacert").unwrap() + 1];
+    let first = flags[0].split(',').next().unwrap();
+    let no_cert = list(&[first, "--cacert", ca]);
+    assert!(!no_cert.status.success(), "answered without a client certificate");
+    let admin = client::kubeconfig::load(&up.kubeconfig(), None).unwrap().credentials.unwrap();
+    let (crt, key) = (up.dir.path().join("admin.crt"), up.dir.path().join("admin.key"));
+    std::fs::write(&crt, admin.cert_pem.unwrap()).unwrap();
+    std::fs::write(&key, admin.key_pem.unwrap()).unwrap();
+    let as_admin = list(&[first, "--cacert", ca, "--cert", path_str(&crt), "--key", path_str(&key)]);
+    assert!(!as_admin.status.success(), "the admin's certificate is not a peer's: {}", String::from_utf8_lossy(&as_admin.stdout));
+    let plain = list(&[&first.replacen("https://", "http://", 1)]);
+    assert!(!plain.status.success(), "answered plain HTTP/2");
+}
+
 #[test]
 fn kubectl_sees_every_acknowledged_object_after_the_leaders_process_is_killed() {
     let up = Up::start();
@@ -177,6 +201,7 @@ fn kubectl_sees_every_acknowledged_object_after_the_leaders_process_is_killed() 
         String::from_utf8_lossy(&o.stdout).matches(" Ready ").count() == 3
     });
     let leader = leader_name(&up.endpoints).expect("a leader");
+    peers_admit_only_peers(&up);
     let (_, _, leader_pid) = up.replicas.iter().find(|(n, _, _)| *n == leader).unwrap().clone();
     let others: Vec<String> = up.replicas.iter().map(|(n, _, _)| n.clone()).filter(|n| *n != leader).collect();
     up.kubectl_ok(&leader, &["create", "deployment", "web", "--image=nginx", "--replicas=3"]);

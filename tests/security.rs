@@ -486,16 +486,6 @@ fn a_given_ca_serving_certificate_and_client_ca_are_used() {
 }
 
 /// kubectl with the CA and a bearer token only (no client certificate, which would win).
-fn with_token(c: &Cluster, token: &str, args: &[&str]) -> std::process::Output {
-    let ca = c.dir.path().join("pki").join("ca.crt");
-    std::process::Command::new(KUBECTL)
-        .env("KUBECONFIG", "/dev/null")
-        .args(["--server", &format!("https://{}", c.addr), "--certificate-authority", path_str(&ca), "--token", token])
-        .args(args)
-        .output()
-        .unwrap()
-}
-
 #[test]
 fn kubectl_create_token_issues_service_account_tokens_that_die_with_what_they_are_bound_to() {
     let c = Cluster::start_with(tempfile::tempdir().unwrap(), &["--no-local-node"]);

@@ -37,6 +37,37 @@ pub struct Client {
     current: std::sync::Arc<std::sync::atomic::AtomicUsize>,
     agent: &'static str,
     http: hyper_util::client::legacy::Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
+    bearer: Option<Bearer>,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client").field("bases", &self.bases).field("agent", &self.agent).field("bearer", &self.bearer.is_some()).finish_non_exhaustive()
+    }
+}
+
+/// A bearer token a client presents (`Authorization: Bearer ...`), replaceable while the
+/// client is in use (a ServiceAccount token refreshed before it expires); every clone of a
+/// client shares its `Bearer`.
+#[derive(Clone)]
+pub struct Bearer(std::sync::Arc<std::sync::RwLock<hyper::header::HeaderValue>>);
+
+impl Bearer {
+    pub fn new(token: &str) -> Result<Bearer, String> {
+        Ok(Bearer(std::sync::Arc::new(std::sync::RwLock::new(Self::header(token)?))))
+    }
+
+    fn header(token: &str) -> Result<hyper::header::HeaderValue, String> {
+        let mut h = hyper::header::HeaderValue::from_str(&format!("Bearer {token}")).map_err(|_| "a bearer token must be printable ASCII".to_string())?;
+        h.set_sensitive(true);
+        Ok(h)
+    }
+
+    /// Replaces the token for every request sent from now on.
+    pub fn set(&self, token: &str) -> Result<(), String> {
+        *self.0.write().unwrap() = Self::header(token)?;
+        Ok(())
+    }
 }
 
 /// A stream of watch events (one JSON object per line), decoded without managedFields
@@ -102,7 +133,16 @@ impl Client {
             current: Default::default(),
             agent,
             http: hyper_util::client::legacy::Client::builder(TokioExecutor::new()).build(tls::connector()),
+            bearer: None,
         }
+    }
+
+    /// This client (its connections included) presenting `bearer` with every request. A
+    /// token is ignored by the server when the connection also presents a client
+    /// certificate (certificates authenticate first): give a token client credentials with
+    /// the CA only (`with_credentials`).
+    pub fn with_bearer(&self, bearer: Bearer) -> Client {
+        Client { bearer: Some(bearer), ..self.clone() }
     }
 
     /// As `with_agent`, presenting `creds` instead of the process's default credentials
@@ -140,6 +180,9 @@ impl Client {
                 .uri(format!("{}{path}", self.bases[i]))
                 .header("Accept", "application/json")
                 .header("User-Agent", self.agent);
+            if let Some(b) = &self.bearer {
+                req = req.header(hyper::header::AUTHORIZATION, b.0.read().unwrap().clone());
+            }
             if body.is_some() {
                 req = req.header("Content-Type", ctype);
             }

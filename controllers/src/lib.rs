@@ -12,6 +12,7 @@
 
 pub mod autoscale;
 pub mod deployment;
+pub mod identity;
 pub mod leader;
 pub mod podutil;
 pub mod replicaset;

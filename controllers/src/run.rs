@@ -13,6 +13,7 @@ use client::{Client, ClientError};
 use serde_json::{Value, json};
 
 use crate::deployment::{self as dep, HASH_LABEL, REVISION, Rs};
+use crate::identity::{Clients, Ctl};
 use crate::podutil::{self, is_active, selector_matches};
 use crate::replicaset::{self as rsc, Expectations};
 
@@ -28,16 +29,22 @@ pub struct Settings {
     pub default_toleration: Duration,
     /// How often each HorizontalPodAutoscaler is evaluated (Kubernetes: 15 s).
     pub hpa_sync: Duration,
+    /// The controller manager's own client credentials (`system:kube-controller-manager`):
+    /// with them, each controller writes as its own ServiceAccount (`identity.rs`); without,
+    /// everything goes with the process's default credentials.
+    pub credentials: Option<client::tls::Credentials>,
 }
 
 impl Default for Settings {
     fn default() -> Self {
-        Settings { node_monitor_grace: Duration::from_secs(40), default_toleration: Duration::from_secs(300), hpa_sync: Duration::from_secs(15) }
+        Settings { node_monitor_grace: Duration::from_secs(40), default_toleration: Duration::from_secs(300), hpa_sync: Duration::from_secs(15), credentials: None }
     }
 }
 
 struct Ctx {
-    c: Client,
+    /// Each controller's client, for its writes (the informers and the event recorder
+    /// have the manager's).
+    clients: Clients,
     pods: Arc<Informer>,
     rs: Arc<Informer>,
     deploy: Arc<Informer>,
@@ -135,13 +142,63 @@ where
     }
 }
 
+impl Ctx {
+    /// The client `ctl` writes with.
+    fn c(&self, ctl: Ctl) -> &Client {
+        self.clients.of(ctl)
+    }
+}
+
+/// The manager's client and one per controller, as `settings.credentials` says; with
+/// credentials, waits (retrying, saying why) until every controller has its token.
+async fn clients(base: &str, settings: &Settings) -> (Client, Clients) {
+    const AGENT: &str = "capstan-controllers/0.1";
+    let Some(creds) = &settings.credentials else {
+        let c = Client::with_agent(base, AGENT);
+        let each = Clients::shared(&c);
+        return (c, each);
+    };
+    let made = Client::with_credentials(base, AGENT, creds).and_then(|m| {
+        let ca_only = client::tls::Credentials { ca_pem: creds.ca_pem.clone(), cert_pem: None, key_pem: None };
+        Ok((m, Client::with_credentials(base, AGENT, &ca_only)?))
+    });
+    let (manager, tokens) = match made {
+        Ok(x) => x,
+        Err(e) => {
+            tracing::error!(error = %e, "the controller manager's credentials are unusable; the controllers use the process's");
+            let c = Client::with_agent(base, AGENT);
+            let each = Clients::shared(&c);
+            return (c, each);
+        }
+    };
+    let mut delay = Duration::from_millis(100);
+    let started = Instant::now();
+    loop {
+        match Clients::service_accounts(&manager, &tokens).await {
+            Ok(each) => return (manager, each),
+            // A server just started may not have compiled its RBAC defaults yet: quiet for
+            // the first seconds.
+            Err(e) if started.elapsed() < Duration::from_secs(10) => {
+                tracing::debug!(error = %e, "getting the controllers' ServiceAccount tokens failed; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "getting the controllers' ServiceAccount tokens failed; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
 impl Controllers {
     /// Starts every controller against the API server at `base`.
     pub async fn start(base: &str, settings: Settings) -> Controllers {
-        let c = Client::with_agent(base, "capstan-controllers/0.1");
+        let (c, each) = clients(base, &settings).await;
         let inf = Arc::new(Informers::new(c.clone()));
         let ctx = Arc::new(Ctx {
-            c: c.clone(),
+            clients: each,
             pods: inf.get("/api/v1/pods"),
             rs: inf.get("/apis/apps/v1/replicasets"),
             deploy: inf.get("/apis/apps/v1/deployments"),
@@ -429,7 +486,7 @@ impl Controllers {
         spawn_workers(&ctx, &stsq, 2, &mut tasks, |ctx, key| async move { sync_statefulset(&ctx, &key).await });
         let x = ctx.clone();
         tasks.push(tokio::spawn(async move { node_lifecycle(x).await }));
-        tasks.push(tokio::spawn(crate::token_cleaner::run(ctx.c.clone())));
+        tasks.push(tokio::spawn(crate::token_cleaner::run(ctx.c(Ctl::TokenCleaner).clone())));
         Controllers { _informers: inf, queues: vec![rsq, dq, gcq, saq, epq, jobq, dsq, stsq, nsq, pdbq, hpaq, cjq, rqq], ctx, tasks }
     }
 
@@ -483,7 +540,7 @@ async fn sync_replicaset(ctx: &Ctx, key: &str) -> Res {
             let path = format!("/api/v1/namespaces/{ns}/pods");
             let mut created = 0;
             for b in rsc::batches(d.create) {
-                let results = futures_util::future::join_all((0..b).map(|_| ctx.c.post(&path, &pod))).await;
+                let results = futures_util::future::join_all((0..b).map(|_| ctx.c(Ctl::ReplicaSet).post(&path, &pod))).await;
                 let failed = results.iter().filter(|r| r.is_err()).count();
                 created += b - failed;
                 if failed > 0 {
@@ -500,7 +557,7 @@ async fn sync_replicaset(ctx: &Ctx, key: &str) -> Res {
         }
         if !d.delete.is_empty() {
             for name in &d.delete {
-                match ctx.c.delete(&format!("/api/v1/namespaces/{ns}/pods/{name}"), &json!({})).await {
+                match ctx.c(Ctl::ReplicaSet).delete(&format!("/api/v1/namespaces/{ns}/pods/{name}"), &json!({})).await {
                     Ok(_) => {}
                     Err(ClientError::Status { code: 404, .. }) => ctx.exp.observed_delete(key, name),
                     Err(e) => return Err(err(e)),
@@ -514,7 +571,7 @@ async fn sync_replicaset(ctx: &Ctx, key: &str) -> Res {
     let changed = ["replicas", "fullyLabeledReplicas", "readyReplicas", "availableReplicas", "observedGeneration"].iter().any(|f| cur[*f].as_i64().unwrap_or(0) != status[*f].as_i64().unwrap_or(0));
     if changed {
         let path = format!("/apis/apps/v1/namespaces/{ns}/replicasets/{}/status", rs["metadata"]["name"].as_str().unwrap_or(""));
-        match ctx.c.merge_patch_quiet(&path, &json!({"status": status})).await {
+        match ctx.c(Ctl::ReplicaSet).merge_patch_quiet(&path, &json!({"status": status})).await {
             Ok(()) | Err(ClientError::Status { code: 404, .. }) => {}
             Err(e) => return Err(err(e)),
         }
@@ -543,7 +600,7 @@ fn revision(r: &Value) -> i64 {
 async fn scale_rs(ctx: &Ctx, ns: &str, name: &str, replicas: i64, d: &Value) -> Result<(), String> {
     let path = format!("/apis/apps/v1/namespaces/{ns}/replicasets/{name}");
     let patch = json!({"metadata": {"annotations": {"deployment.kubernetes.io/desired-replicas": d["spec"]["replicas"].as_i64().unwrap_or(1).to_string()}}, "spec": {"replicas": replicas}});
-    ctx.c.merge_patch_quiet(&path, &patch).await.map_err(err)?;
+    ctx.c(Ctl::Deployment).merge_patch_quiet(&path, &patch).await.map_err(err)?;
     ctx.events.pod(d, None, false, "ScalingReplicaSet", format!("Scaled replica set {name} to {replicas}"));
     Ok(())
 }
@@ -607,7 +664,7 @@ async fn sync_deployment(ctx: &Ctx, key: &str) -> Res {
                 "ownerReferences": [{"apiVersion": "apps/v1", "kind": "Deployment", "name": name, "uid": uid, "controller": true, "blockOwnerDeletion": true}]},
             "spec": {"replicas": start, "minReadySeconds": d["spec"]["minReadySeconds"].as_i64().unwrap_or(0), "selector": selector, "template": tmpl},
         });
-        match ctx.c.post(&format!("/apis/apps/v1/namespaces/{ns}/replicasets"), &rs).await {
+        match ctx.c(Ctl::Deployment).post(&format!("/apis/apps/v1/namespaces/{ns}/replicasets"), &rs).await {
             Ok(_) => {
                 ctx.events.pod(&d, None, false, "ScalingReplicaSet", format!("Scaled up replica set {name}-{hash} to {start}"));
                 return Ok(None);
@@ -621,14 +678,14 @@ async fn sync_deployment(ctx: &Ctx, key: &str) -> Res {
     let want_rev = if rev > max_old_rev { rev } else { max_old_rev + 1 };
     if rev != want_rev {
         let p = json!({"metadata": {"annotations": {REVISION: want_rev.to_string()}}});
-        ctx.c.merge_patch_quiet(&format!("/apis/apps/v1/namespaces/{ns}/replicasets/{new_name}"), &p).await.map_err(err)?;
+        ctx.c(Ctl::Deployment).merge_patch_quiet(&format!("/apis/apps/v1/namespaces/{ns}/replicasets/{new_name}"), &p).await.map_err(err)?;
     }
     if d["metadata"]["annotations"][REVISION] != want_rev.to_string().as_str() {
         let mut ann = json!({REVISION: want_rev.to_string()});
         if let Some(cause) = d["metadata"]["annotations"]["kubernetes.io/change-cause"].as_str() {
             ann["kubernetes.io/change-cause"] = json!(cause);
         }
-        ctx.c.merge_patch_quiet(&format!("/apis/apps/v1/namespaces/{ns}/deployments/{name}"), &json!({"metadata": {"annotations": ann}})).await.map_err(err)?;
+        ctx.c(Ctl::Deployment).merge_patch_quiet(&format!("/apis/apps/v1/namespaces/{ns}/deployments/{name}"), &json!({"metadata": {"annotations": ann}})).await.map_err(err)?;
     }
     if !paused {
         let new_v = rs_view(&new);
@@ -664,7 +721,7 @@ async fn sync_deployment(ctx: &Ctx, key: &str) -> Res {
             idle.sort_by_key(|r| revision(r));
             for r in &idle[..idle.len() - limit] {
                 let n = r["metadata"]["name"].as_str().unwrap_or("");
-                let _ = ctx.c.delete(&format!("/apis/apps/v1/namespaces/{ns}/replicasets/{n}"), &json!({"propagationPolicy": "Background"})).await;
+                let _ = ctx.c(Ctl::Deployment).delete(&format!("/apis/apps/v1/namespaces/{ns}/replicasets/{n}"), &json!({"propagationPolicy": "Background"})).await;
             }
         }
     }
@@ -686,7 +743,7 @@ async fn sync_deployment(ctx: &Ctx, key: &str) -> Res {
         strip(a) == strip(b)
     };
     if !same(&status, &d["status"]) {
-        match ctx.c.merge_patch_quiet(&format!("/apis/apps/v1/namespaces/{ns}/deployments/{name}/status"), &json!({"status": status})).await {
+        match ctx.c(Ctl::Deployment).merge_patch_quiet(&format!("/apis/apps/v1/namespaces/{ns}/deployments/{name}/status"), &json!({"status": status})).await {
             Ok(()) | Err(ClientError::Status { code: 404, .. }) => {}
             Err(e) => return Err(err(e)),
         }
@@ -765,7 +822,7 @@ async fn sync_gc(ctx: &Ctx, key: &str) -> Res {
         if absent || foreground_owner {
             let policy = if foreground_owner { "Foreground" } else { "Background" };
             let opts = json!({"propagationPolicy": policy, "preconditions": {"uid": obj["metadata"]["uid"]}});
-            match ctx.c.delete(&api_path(kind, ns, name), &opts).await {
+            match ctx.c(Ctl::GarbageCollector).delete(&api_path(kind, ns, name), &opts).await {
                 Ok(_) | Err(ClientError::Status { code: 404 | 409, .. }) => {}
                 Err(e) => return Err(err(e)),
             }
@@ -782,7 +839,7 @@ async fn sync_gc(ctx: &Ctx, key: &str) -> Res {
             let refs: Vec<Value> = dv["metadata"]["ownerReferences"].as_array().into_iter().flatten().filter(|r| r["uid"] != uid.as_str()).cloned().collect();
             let (dns, dn) = (dv["metadata"]["namespace"].as_str().unwrap_or(""), dv["metadata"]["name"].as_str().unwrap_or(""));
             let refs = if refs.is_empty() { Value::Null } else { json!(refs) };
-            match ctx.c.merge_patch_quiet(&api_path(k, dns, dn), &json!({"metadata": {"ownerReferences": refs}})).await {
+            match ctx.c(Ctl::GarbageCollector).merge_patch_quiet(&api_path(k, dns, dn), &json!({"metadata": {"ownerReferences": refs}})).await {
                 Ok(()) | Err(ClientError::Status { code: 404, .. }) => {}
                 Err(e) => return Err(err(e)),
             }
@@ -794,7 +851,7 @@ async fn sync_gc(ctx: &Ctx, key: &str) -> Res {
         if !live.is_empty() {
             for (k, dv) in live.iter().filter(|(_, d)| d["metadata"].get("deletionTimestamp").is_none()) {
                 let (dns, dn) = (dv["metadata"]["namespace"].as_str().unwrap_or(""), dv["metadata"]["name"].as_str().unwrap_or(""));
-                match ctx.c.delete(&api_path(k, dns, dn), &json!({"propagationPolicy": "Foreground"})).await {
+                match ctx.c(Ctl::GarbageCollector).delete(&api_path(k, dns, dn), &json!({"propagationPolicy": "Foreground"})).await {
                     Ok(_) | Err(ClientError::Status { code: 404, .. }) => {}
                     Err(e) => return Err(err(e)),
                 }
@@ -804,7 +861,7 @@ async fn sync_gc(ctx: &Ctx, key: &str) -> Res {
         remaining.retain(|f| f != "foregroundDeletion");
     }
     if remaining != finalizers {
-        match ctx.c.merge_patch_quiet(&api_path(kind, ns, name), &json!({"metadata": {"finalizers": remaining}})).await {
+        match ctx.c(Ctl::GarbageCollector).merge_patch_quiet(&api_path(kind, ns, name), &json!({"metadata": {"finalizers": remaining}})).await {
             Ok(()) | Err(ClientError::Status { code: 404, .. }) => {}
             Err(e) => return Err(err(e)),
         }
@@ -820,7 +877,7 @@ async fn sync_serviceaccount(ctx: &Ctx, ns: &str) -> Res {
         return Ok(None);
     }
     let sa = json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "default", "namespace": ns}});
-    match ctx.c.post(&format!("/api/v1/namespaces/{ns}/serviceaccounts"), &sa).await {
+    match ctx.c(Ctl::ServiceAccount).post(&format!("/api/v1/namespaces/{ns}/serviceaccounts"), &sa).await {
         Ok(_) | Err(ClientError::Status { code: 409 | 404, .. }) => Ok(None),
         Err(e) => Err(err(e)),
     }
@@ -874,8 +931,8 @@ async fn sync_endpoints(ctx: &Ctx, key: &str) -> Res {
     let cur_subsets = cur.as_ref().map(|e| if e["subsets"].is_null() { json!([]) } else { e["subsets"].clone() });
     if cur_subsets.as_ref() != Some(&subsets) {
         let r = match cur {
-            None => ctx.c.post(&format!("/api/v1/namespaces/{ns}/endpoints"), &ep).await.map(|_| ()),
-            Some(_) => ctx.c.merge_patch_quiet(&format!("/api/v1/namespaces/{ns}/endpoints/{name}"), &json!({"subsets": subsets})).await,
+            None => ctx.c(Ctl::Endpoint).post(&format!("/api/v1/namespaces/{ns}/endpoints"), &ep).await.map(|_| ()),
+            Some(_) => ctx.c(Ctl::Endpoint).merge_patch_quiet(&format!("/api/v1/namespaces/{ns}/endpoints/{name}"), &json!({"subsets": subsets})).await,
         };
         r.map_err(err)?;
     }
@@ -898,8 +955,8 @@ async fn sync_endpoints(ctx: &Ctx, key: &str) -> Res {
                 "ownerReferences": [{"apiVersion": "v1", "kind": "Service", "name": name, "uid": svc["metadata"]["uid"], "controller": true, "blockOwnerDeletion": true}]},
             "addressType": "IPv4", "endpoints": slice_eps, "ports": slice_ports});
         let r = match cur {
-            None => ctx.c.post(&format!("/apis/discovery.k8s.io/v1/namespaces/{ns}/endpointslices"), &slice).await.map(|_| ()),
-            Some(_) => ctx.c.merge_patch_quiet(&format!("/apis/discovery.k8s.io/v1/namespaces/{ns}/endpointslices/{sname}"), &json!({"endpoints": slice_eps, "ports": slice_ports})).await,
+            None => ctx.c(Ctl::EndpointSlice).post(&format!("/apis/discovery.k8s.io/v1/namespaces/{ns}/endpointslices"), &slice).await.map(|_| ()),
+            Some(_) => ctx.c(Ctl::EndpointSlice).merge_patch_quiet(&format!("/apis/discovery.k8s.io/v1/namespaces/{ns}/endpointslices/{sname}"), &json!({"endpoints": slice_eps, "ports": slice_ports})).await,
         };
         r.map_err(err)?;
     }
@@ -952,18 +1009,18 @@ async fn node_lifecycle(ctx: Arc<Ctx>) {
                             c
                         })
                         .collect();
-                    let _ = ctx.c.merge_patch_quiet(&format!("/api/v1/nodes/{name}/status"), &json!({"status": {"conditions": conds}})).await;
+                    let _ = ctx.c(Ctl::Node).merge_patch_quiet(&format!("/api/v1/nodes/{name}/status"), &json!({"status": {"conditions": conds}})).await;
                 }
                 if !tainted {
                     let mut t = taints.clone();
                     let added = now_rfc3339();
                     t.push(json!({"key": UNREACHABLE, "effect": "NoSchedule", "timeAdded": added}));
                     t.push(json!({"key": UNREACHABLE, "effect": "NoExecute", "timeAdded": added}));
-                    let _ = ctx.c.merge_patch_quiet(&format!("/api/v1/nodes/{name}"), &json!({"spec": {"taints": t}})).await;
+                    let _ = ctx.c(Ctl::Node).merge_patch_quiet(&format!("/api/v1/nodes/{name}"), &json!({"spec": {"taints": t}})).await;
                 }
             } else if tainted {
                 let t: Vec<Value> = taints.into_iter().filter(|t| t["key"] != UNREACHABLE).collect();
-                let _ = ctx.c.merge_patch_quiet(&format!("/api/v1/nodes/{name}"), &json!({"spec": {"taints": if t.is_empty() { Value::Null } else { json!(t) }}})).await;
+                let _ = ctx.c(Ctl::Node).merge_patch_quiet(&format!("/api/v1/nodes/{name}"), &json!({"spec": {"taints": if t.is_empty() { Value::Null } else { json!(t) }}})).await;
             }
             // Eviction of pods on a node with the NoExecute taint, after their toleration.
             let Some(added) = n["spec"]["taints"].as_array().and_then(|a| a.iter().find(|t| t["key"] == UNREACHABLE && t["effect"] == "NoExecute")).and_then(|t| micro_ts(&t["timeAdded"])) else {
@@ -985,7 +1042,7 @@ async fn node_lifecycle(ctx: Arc<Ctx>) {
                 if now >= added + secs {
                     let (ns, pn) = (p["metadata"]["namespace"].as_str().unwrap_or(""), p["metadata"]["name"].as_str().unwrap_or(""));
                     ctx.events.pod(&p, None, false, "TaintManagerEviction", format!("Marking for deletion Pod {ns}/{pn}"));
-                    let _ = ctx.c.delete(&format!("/api/v1/namespaces/{ns}/pods/{pn}"), &json!({})).await;
+                    let _ = ctx.c(Ctl::Node).delete(&format!("/api/v1/namespaces/{ns}/pods/{pn}"), &json!({})).await;
                 }
             }
         }
@@ -1017,9 +1074,9 @@ fn pod_for(owner: &Value, api_version: &str, kind: &str, name: Option<String>) -
     json!({"apiVersion": "v1", "kind": "Pod", "metadata": meta, "spec": t["spec"]})
 }
 
-async fn create_pods(ctx: &Ctx, ns: &str, pods: Vec<Value>) -> Result<(), String> {
+async fn create_pods(ctx: &Ctx, ctl: Ctl, ns: &str, pods: Vec<Value>) -> Result<(), String> {
     let path = format!("/api/v1/namespaces/{ns}/pods");
-    for r in futures_util::future::join_all(pods.iter().map(|p| ctx.c.post(&path, p))).await {
+    for r in futures_util::future::join_all(pods.iter().map(|p| ctx.c(ctl).post(&path, p))).await {
         match r {
             Ok(_) | Err(ClientError::Status { code: 409, .. }) => {}
             Err(e) => return Err(err(e)),
@@ -1028,12 +1085,12 @@ async fn create_pods(ctx: &Ctx, ns: &str, pods: Vec<Value>) -> Result<(), String
     Ok(())
 }
 
-async fn patch_status(ctx: &Ctx, path: String, cur: &Value, status: Value) -> Result<(), String> {
+async fn patch_status(ctx: &Ctx, ctl: Ctl, path: String, cur: &Value, status: Value) -> Result<(), String> {
     let changed = status.as_object().into_iter().flatten().any(|(k, v)| cur[k] != *v);
     if !changed {
         return Ok(());
     }
-    match ctx.c.merge_patch_quiet(&path, &json!({"status": status})).await {
+    match ctx.c(ctl).merge_patch_quiet(&path, &json!({"status": status})).await {
         Ok(()) | Err(ClientError::Status { code: 404, .. }) => Ok(()),
         Err(e) => Err(err(e)),
     }
@@ -1049,7 +1106,7 @@ async fn sync_job(ctx: &Ctx, key: &str) -> Res {
         if let Some(ttl) = job["spec"]["ttlSecondsAfterFinished"].as_i64() {
             let left = done + ttl - now_unix();
             if left <= 0 {
-                let _ = ctx.c.delete(&path, &json!({"propagationPolicy": "Background"})).await;
+                let _ = ctx.c(Ctl::TtlAfterFinished).delete(&path, &json!({"propagationPolicy": "Background"})).await;
                 return Ok(None);
             }
             return Ok(Some(Duration::from_secs(left as u64)));
@@ -1073,12 +1130,12 @@ async fn sync_job(ctx: &Ctx, key: &str) -> Res {
             let mut pod = pod_for(&job, "batch/v1", "Job", None);
             pod["metadata"]["labels"]["batch.kubernetes.io/job-name"] = json!(name);
             pod["metadata"]["labels"]["job-name"] = json!(name);
-            create_pods(ctx, ns, vec![pod; n]).await?;
+            create_pods(ctx, Ctl::Job, ns, vec![pod; n]).await?;
             status["active"] = json!(active + n as i64);
         }
         JobStep::Finish { complete, reason, message } => {
             for p in pods.iter().filter(|p| is_active(p)) {
-                let _ = ctx.c.delete(&format!("/api/v1/namespaces/{ns}/pods/{}", p["metadata"]["name"].as_str().unwrap_or("")), &json!({})).await;
+                let _ = ctx.c(Ctl::Job).delete(&format!("/api/v1/namespaces/{ns}/pods/{}", p["metadata"]["name"].as_str().unwrap_or("")), &json!({})).await;
             }
             let t = now_rfc3339();
             let ty = if complete { "Complete" } else { "Failed" };
@@ -1090,12 +1147,12 @@ async fn sync_job(ctx: &Ctx, key: &str) -> Res {
                 status["completionTime"] = json!(t);
             }
             ctx.events.pod(&job, None, !complete, if complete { "Completed" } else { reason }, format!("Job {}", if complete { "completed" } else { "failed" }));
-            patch_status(ctx, format!("{path}/status"), &job["status"], status).await?;
+            patch_status(ctx, Ctl::Job, format!("{path}/status"), &job["status"], status).await?;
             return Ok(job["spec"]["ttlSecondsAfterFinished"].as_i64().map(|t| Duration::from_secs(t.max(0) as u64)));
         }
         JobStep::Wait => {}
     }
-    patch_status(ctx, format!("{path}/status"), &job["status"], status).await?;
+    patch_status(ctx, Ctl::Job, format!("{path}/status"), &job["status"], status).await?;
     Ok(job["spec"]["activeDeadlineSeconds"].as_i64().map(|d| Duration::from_secs((start + d - now_unix()).max(1) as u64)))
 }
 
@@ -1131,7 +1188,7 @@ async fn sync_daemonset(ctx: &Ctx, key: &str) -> Res {
             create.push(pod);
         }
     }
-    create_pods(ctx, ns, create).await?;
+    create_pods(ctx, Ctl::DaemonSet, ns, create).await?;
     // Pods on nodes that no longer fit, and (RollingUpdate, one at a time) old-template pods.
     let mut delete: Vec<&Arc<Value>> = pods.iter().filter(|p| !eligible.contains(&node_of(p))).collect();
     let rolling = ds["spec"]["updateStrategy"]["type"].as_str().unwrap_or("RollingUpdate") == "RollingUpdate";
@@ -1143,7 +1200,7 @@ async fn sync_daemonset(ctx: &Ctx, key: &str) -> Res {
         delete.push(p);
     }
     for p in delete {
-        let _ = ctx.c.delete(&format!("/api/v1/namespaces/{ns}/pods/{}", p["metadata"]["name"].as_str().unwrap_or("")), &json!({})).await;
+        let _ = ctx.c(Ctl::DaemonSet).delete(&format!("/api/v1/namespaces/{ns}/pods/{}", p["metadata"]["name"].as_str().unwrap_or("")), &json!({})).await;
     }
     let on_eligible: Vec<&Arc<Value>> = pods.iter().filter(|p| eligible.contains(&node_of(p))).collect();
     let status = json!({
@@ -1156,7 +1213,7 @@ async fn sync_daemonset(ctx: &Ctx, key: &str) -> Res {
         "updatedNumberScheduled": on_eligible.iter().filter(|p| p["metadata"]["labels"]["controller-revision-hash"] == hash.as_str()).count(),
         "observedGeneration": ds["metadata"]["generation"],
     });
-    patch_status(ctx, format!("/apis/apps/v1/namespaces/{ns}/daemonsets/{name}/status"), &ds["status"], status).await?;
+    patch_status(ctx, Ctl::DaemonSet, format!("/apis/apps/v1/namespaces/{ns}/daemonsets/{name}/status"), &ds["status"], status).await?;
     Ok(None)
 }
 
@@ -1188,11 +1245,11 @@ async fn sync_statefulset(ctx: &Ctx, key: &str) -> Res {
                     }
                     p
                 };
-                create_pods(ctx, ns, ords.into_iter().map(mk).collect()).await?;
+                create_pods(ctx, Ctl::StatefulSet, ns, ords.into_iter().map(mk).collect()).await?;
             }
             SetStep::Delete(names) => {
                 for n in names {
-                    let _ = ctx.c.delete(&format!("/api/v1/namespaces/{ns}/pods/{n}"), &json!({})).await;
+                    let _ = ctx.c(Ctl::StatefulSet).delete(&format!("/api/v1/namespaces/{ns}/pods/{n}"), &json!({})).await;
                 }
             }
             SetStep::Wait => {
@@ -1203,7 +1260,7 @@ async fn sync_statefulset(ctx: &Ctx, key: &str) -> Res {
                 if rolling && all_ready
                     && let Some(p) = pods.iter().filter(|p| p["metadata"]["labels"]["controller-revision-hash"] != rev.as_str()).max_by_key(|p| workloads::ordinal(name, p["metadata"]["name"].as_str().unwrap_or("")))
                 {
-                    let _ = ctx.c.delete(&format!("/api/v1/namespaces/{ns}/pods/{}", p["metadata"]["name"].as_str().unwrap_or("")), &json!({})).await;
+                    let _ = ctx.c(Ctl::StatefulSet).delete(&format!("/api/v1/namespaces/{ns}/pods/{}", p["metadata"]["name"].as_str().unwrap_or("")), &json!({})).await;
                 }
             }
         }
@@ -1217,7 +1274,7 @@ async fn sync_statefulset(ctx: &Ctx, key: &str) -> Res {
         "updatedReplicas": updated, "currentRevision": current_rev, "updateRevision": rev,
         "observedGeneration": sts["metadata"]["generation"],
     });
-    patch_status(ctx, format!("/apis/apps/v1/namespaces/{ns}/statefulsets/{name}/status"), &sts["status"], status).await?;
+    patch_status(ctx, Ctl::StatefulSet, format!("/apis/apps/v1/namespaces/{ns}/statefulsets/{name}/status"), &sts["status"], status).await?;
     Ok(None)
 }
 
@@ -1252,15 +1309,15 @@ async fn sync_namespace(ctx: &Ctx, ns: &str) -> Res {
     if n["metadata"].get("deletionTimestamp").is_none() {
         return Ok(None);
     }
-    let collections = namespaced_collections(&ctx.c).await?;
+    let collections = namespaced_collections(ctx.c(Ctl::Namespace)).await?;
     let mut remaining = 0;
     for (gv, res) in &collections {
         let path = format!("{gv}/namespaces/{ns}/{res}");
-        match ctx.c.delete(&path, &json!({"propagationPolicy": "Background"})).await {
+        match ctx.c(Ctl::Namespace).delete(&path, &json!({"propagationPolicy": "Background"})).await {
             Ok(_) | Err(ClientError::Status { code: 404 | 405, .. }) => {}
             Err(e) => return Err(err(e)),
         }
-        if let Ok(left) = ctx.c.get(&format!("{path}?limit=1")).await {
+        if let Ok(left) = ctx.c(Ctl::Namespace).get(&format!("{path}?limit=1")).await {
             remaining += left["items"].as_array().map_or(0, |a| a.len());
         }
     }
@@ -1268,7 +1325,7 @@ async fn sync_namespace(ctx: &Ctx, ns: &str) -> Res {
         return Ok(Some(Duration::from_secs(1)));
     }
     let body = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}, "spec": {"finalizers": []}});
-    match ctx.c.put(&format!("/api/v1/namespaces/{ns}/finalize"), &body).await {
+    match ctx.c(Ctl::Namespace).put(&format!("/api/v1/namespaces/{ns}/finalize"), &body).await {
         Ok(_) | Err(ClientError::Status { code: 404, .. }) => Ok(None),
         Err(e) => Err(err(e)),
     }
@@ -1355,7 +1412,7 @@ async fn sync_disruption(ctx: &Ctx, key: &str) -> Res {
         && disrupted.values().all(|v| !v.is_null())
         && cur["conditions"][0]["status"] == status["conditions"][0]["status"];
     if !same {
-        match ctx.c.merge_patch_quiet(&format!("/apis/policy/v1/namespaces/{ns}/poddisruptionbudgets/{name}/status"), &json!({"status": status})).await {
+        match ctx.c(Ctl::Disruption).merge_patch_quiet(&format!("/apis/policy/v1/namespaces/{ns}/poddisruptionbudgets/{name}/status"), &json!({"status": status})).await {
             Ok(()) | Err(ClientError::Status { code: 404, .. }) => {}
             Err(e) => return Err(err(e)),
         }
@@ -1400,7 +1457,7 @@ async fn sync_hpa(ctx: &Ctx, key: &str) -> Res {
         "StatefulSet" => format!("/apis/apps/v1/namespaces/{ns}/statefulsets/{tname}"),
         _ => return Ok(None),
     };
-    let scale = match ctx.c.get(&format!("{target}/scale")).await {
+    let scale = match ctx.c(Ctl::HorizontalPodAutoscaler).get(&format!("{target}/scale")).await {
         Ok(s) => s,
         Err(ClientError::Status { code: 404, .. }) => return Ok(again),
         Err(e) => return Err(err(e)),
@@ -1422,7 +1479,7 @@ async fn sync_hpa(ctx: &Ctx, key: &str) -> Res {
     let pods: Vec<Arc<Value>> = ctx.pods.list().into_iter().filter(|p| p["metadata"]["namespace"] == ns && is_active(p) && selector_matches(&selector, &p["metadata"]["labels"])).collect();
     let ready = pods.iter().filter(|p| podutil::is_ready(p)).count() as i64;
     let enc = sel.replace('=', "%3D").replace(',', "%2C");
-    let metrics = ctx.c.get(&format!("/apis/metrics.k8s.io/v1beta1/namespaces/{ns}/pods?labelSelector={enc}")).await.map_err(err)?;
+    let metrics = ctx.c(Ctl::HorizontalPodAutoscaler).get(&format!("/apis/metrics.k8s.io/v1beta1/namespaces/{ns}/pods?labelSelector={enc}")).await.map_err(err)?;
     let usage_of = |pod: &str, res: &str| -> Option<i64> {
         let m = metrics["items"].as_array()?.iter().find(|m| m["metadata"]["name"] == pod)?;
         Some(m["containers"].as_array()?.iter().map(|c| quantity_milli(c["usage"][res].as_str().unwrap_or("0"))).sum())
@@ -1476,7 +1533,7 @@ async fn sync_hpa(ctx: &Ctx, key: &str) -> Res {
     };
     let mut last_scale = hpa["status"]["lastScaleTime"].clone();
     if decided != current && !current_metrics.is_empty() {
-        ctx.c.merge_patch_quiet(&format!("{target}/scale"), &json!({"spec": {"replicas": decided}})).await.map_err(err)?;
+        ctx.c(Ctl::HorizontalPodAutoscaler).merge_patch_quiet(&format!("{target}/scale"), &json!({"spec": {"replicas": decided}})).await.map_err(err)?;
         ctx.events.pod(&hpa, None, false, "SuccessfulRescale", format!("New size: {decided}; reason: {reason}"));
         last_scale = json!(now_rfc3339());
     }
@@ -1493,7 +1550,7 @@ async fn sync_hpa(ctx: &Ctx, key: &str) -> Res {
     });
     let cur = &hpa["status"];
     if ["currentReplicas", "desiredReplicas", "currentMetrics", "lastScaleTime"].iter().any(|f| cur[*f] != status[*f]) {
-        match ctx.c.merge_patch_quiet(&format!("/apis/autoscaling/v2/namespaces/{ns}/horizontalpodautoscalers/{name}/status"), &json!({"status": status})).await {
+        match ctx.c(Ctl::HorizontalPodAutoscaler).merge_patch_quiet(&format!("/apis/autoscaling/v2/namespaces/{ns}/horizontalpodautoscalers/{name}/status"), &json!({"status": status})).await {
             Ok(()) | Err(ClientError::Status { code: 404, .. }) => {}
             Err(e) => return Err(err(e)),
         }
@@ -1542,7 +1599,7 @@ async fn sync_cronjob(ctx: &Ctx, key: &str) -> Res {
         if !late && !(policy == "Forbid" && !active.is_empty()) {
             if policy == "Replace" {
                 for j in &active {
-                    let _ = ctx.c.delete(&format!("/apis/batch/v1/namespaces/{ns}/jobs/{}", j["metadata"]["name"].as_str().unwrap_or("")), &json!({"propagationPolicy": "Background"})).await;
+                    let _ = ctx.c(Ctl::CronJob).delete(&format!("/apis/batch/v1/namespaces/{ns}/jobs/{}", j["metadata"]["name"].as_str().unwrap_or("")), &json!({"propagationPolicy": "Background"})).await;
                 }
             }
             let jt = &cj["spec"]["jobTemplate"];
@@ -1553,7 +1610,7 @@ async fn sync_cronjob(ctx: &Ctx, key: &str) -> Res {
             meta["annotations"]["batch.kubernetes.io/cronjob-scheduled-timestamp"] = json!(jiff::Timestamp::from_second(t).map(|x| x.to_string()).unwrap_or_default());
             meta["ownerReferences"] = json!([{"apiVersion": "batch/v1", "kind": "CronJob", "name": name, "uid": uid, "controller": true, "blockOwnerDeletion": true}]);
             let job = json!({"apiVersion": "batch/v1", "kind": "Job", "metadata": meta, "spec": jt["spec"]});
-            match ctx.c.post(&format!("/apis/batch/v1/namespaces/{ns}/jobs"), &job).await {
+            match ctx.c(Ctl::CronJob).post(&format!("/apis/batch/v1/namespaces/{ns}/jobs"), &job).await {
                 Ok(_) => ctx.events.pod(&cj, None, false, "SuccessfulCreate", format!("Created job {jname}")),
                 Err(ClientError::Status { code: 409, .. }) => {}
                 Err(e) => return Err(err(e)),
@@ -1566,11 +1623,11 @@ async fn sync_cronjob(ctx: &Ctx, key: &str) -> Res {
         let done: Vec<&Arc<Value>> = jobs.iter().filter(|j| job_finished(j) == Some(ok)).collect();
         let extra = done.len().saturating_sub(limit.max(0) as usize);
         for j in &done[..extra] {
-            let _ = ctx.c.delete(&format!("/apis/batch/v1/namespaces/{ns}/jobs/{}", j["metadata"]["name"].as_str().unwrap_or("")), &json!({"propagationPolicy": "Background"})).await;
+            let _ = ctx.c(Ctl::CronJob).delete(&format!("/apis/batch/v1/namespaces/{ns}/jobs/{}", j["metadata"]["name"].as_str().unwrap_or("")), &json!({"propagationPolicy": "Background"})).await;
         }
     }
     if cj["status"]["lastScheduleTime"] != status["lastScheduleTime"] || cj["status"]["active"] != status["active"] || cj["status"]["lastSuccessfulTime"] != status["lastSuccessfulTime"] {
-        match ctx.c.merge_patch_quiet(&format!("/apis/batch/v1/namespaces/{ns}/cronjobs/{name}/status"), &json!({"status": status})).await {
+        match ctx.c(Ctl::CronJob).merge_patch_quiet(&format!("/apis/batch/v1/namespaces/{ns}/cronjobs/{name}/status"), &json!({"status": status})).await {
             Ok(()) | Err(ClientError::Status { code: 404, .. }) => {}
             Err(e) => return Err(err(e)),
         }
@@ -1628,7 +1685,7 @@ async fn sync_quota(ctx: &Ctx, key: &str) -> Res {
                 let res = other.strip_prefix("count/").unwrap_or(other);
                 let (res, group) = res.split_once('.').unwrap_or((res, ""));
                 let Some(path) = count_path(res, group) else { continue };
-                match ctx.c.get(&path).await {
+                match ctx.c(Ctl::ResourceQuota).get(&path).await {
                     Ok(l) => l["items"].as_array().map_or(0, |a| a.len()) as i64 * 1000,
                     Err(_) => continue,
                 }
@@ -1657,7 +1714,7 @@ async fn sync_quota(ctx: &Ctx, key: &str) -> Res {
     if rq["status"] != status {
         let rv = rq["metadata"]["resourceVersion"].clone();
         let body = json!({"metadata": {"resourceVersion": rv}, "status": status});
-        match ctx.c.merge_patch_quiet(&format!("/api/v1/namespaces/{ns}/resourcequotas/{name}/status"), &body).await {
+        match ctx.c(Ctl::ResourceQuota).merge_patch_quiet(&format!("/api/v1/namespaces/{ns}/resourcequotas/{name}/status"), &body).await {
             Ok(()) | Err(ClientError::Status { code: 404 | 409, .. }) => {}
             Err(e) => return Err(err(e)),
         }

@@ -40,6 +40,11 @@ pub struct HollowConfig {
     pub lease_renew: Duration,
     /// Delay from a pod's binding to its Running status.
     pub start_delay: Duration,
+    /// With credentials that trust the cluster CA and present no certificate: each node
+    /// gets a node token (`issue_node_tokens`) and its writes (registration, lease, status,
+    /// its pods' status) go as `system:node:NAME` with it, so the Node authorizer and
+    /// NodeRestriction judge them; the shared pod and node watches stay the process's.
+    pub node_tokens: Option<client::tls::Credentials>,
 }
 
 impl Default for HollowConfig {
@@ -53,6 +58,7 @@ impl Default for HollowConfig {
             zones: 3,
             lease_renew: Duration::from_secs(10),
             start_delay: Duration::ZERO,
+            node_tokens: None,
         }
     }
 }
@@ -88,8 +94,8 @@ impl HollowConfig {
 }
 
 enum Action {
-    Status { path: String, status: Value },
-    Delete { path: String, uid: String },
+    Status { node: Arc<str>, path: String, status: Value },
+    Delete { node: Arc<str>, path: String, uid: String },
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -112,6 +118,7 @@ struct PodEntry {
 
 struct Timer {
     at: Instant,
+    node: Arc<str>,
     uid: Box<str>,
     action_path: Box<str>,
     status: Value,
@@ -137,6 +144,8 @@ impl Ord for Timer {
 pub struct HollowRuntime {
     start_delay: Duration,
     nodes: Vec<Arc<str>>,
+    /// The same names, to find a pod's node without a walk over thousands.
+    by_name: std::collections::HashSet<Arc<str>>,
     pods: Mutex<HashMap<Box<str>, PodEntry>>,
     timers: Mutex<BinaryHeap<Reverse<Timer>>>,
     timer_wake: Arc<tokio::sync::Notify>,
@@ -193,11 +202,12 @@ fn succeeded_status(pod: &Value, t: &str) -> Value {
 }
 
 impl HollowRuntime {
-    pub fn new(client: Client, nodes: &[NodeSpec], start_delay: Duration) -> Arc<HollowRuntime> {
+    pub fn new(clients: crate::NodeClients, nodes: &[NodeSpec], start_delay: Duration) -> Arc<HollowRuntime> {
         let (tx, rx) = tokio::sync::mpsc::channel(ACTIONS);
         let rt = Arc::new(HollowRuntime {
             start_delay,
             nodes: nodes.iter().map(|n| Arc::from(n.name.as_str())).collect(),
+            by_name: nodes.iter().map(|n| Arc::from(n.name.as_str())).collect(),
             pods: Default::default(),
             timers: Default::default(),
             timer_wake: Default::default(),
@@ -205,15 +215,20 @@ impl HollowRuntime {
         });
         let rx = Arc::new(tokio::sync::Mutex::new(rx));
         for _ in 0..WRITERS {
-            tokio::spawn(writer(client.clone(), rx.clone()));
+            tokio::spawn(writer(clients.clone(), rx.clone()));
         }
         tokio::spawn(timer_loop(Arc::downgrade(&rt)));
         rt
     }
 
-    fn schedule(&self, at: Instant, uid: &str, path: String, status: Value) {
-        self.timers.lock().unwrap().push(Reverse(Timer { at, uid: uid.into(), action_path: path.into(), status }));
+    fn schedule(&self, at: Instant, node: Arc<str>, uid: &str, path: String, status: Value) {
+        self.timers.lock().unwrap().push(Reverse(Timer { at, node, uid: uid.into(), action_path: path.into(), status }));
         self.timer_wake.notify_one();
+    }
+
+    /// One of this runtime's node names (shared, not copied per pod), or a new one.
+    fn node_named(&self, name: &str) -> Arc<str> {
+        self.by_name.get(name).cloned().unwrap_or_else(|| Arc::from(name))
     }
 
     /// Pods this runtime tracks (tests and measurements).
@@ -225,9 +240,10 @@ impl HollowRuntime {
         let s = |k: &str| pod["metadata"][k].as_str().unwrap_or("");
         let (ns, name, uid) = (s("namespace"), s("name"), s("uid"));
         let path = format!("/api/v1/namespaces/{ns}/pods/{name}");
+        let node = self.node_named(pod["spec"]["nodeName"].as_str().unwrap_or(""));
         if pod["metadata"].get("deletionTimestamp").is_some() {
             self.pods.lock().unwrap().remove(uid);
-            let _ = self.actions.send(Action::Delete { path, uid: uid.to_string() }).await;
+            let _ = self.actions.send(Action::Delete { node, path, uid: uid.to_string() }).await;
             return;
         }
         let phase = pod["status"]["phase"].as_str().unwrap_or("Pending");
@@ -235,12 +251,11 @@ impl HollowRuntime {
         let (cpu, mem) = crate::pod::pod_requests(&pod);
         let stage = {
             let mut pods = self.pods.lock().unwrap();
-            let node = pod["spec"]["nodeName"].as_str().unwrap_or("");
             let e = pods.entry(uid.into()).or_insert_with(|| PodEntry {
                 ns: ns.into(),
                 name: name.into(),
                 containers: pod["spec"]["containers"].as_array().into_iter().flatten().map(|c| Box::from(c["name"].as_str().unwrap_or(""))).collect(),
-                node: self.nodes.iter().find(|n| &***n == node).cloned().unwrap_or_else(|| Arc::from(node)),
+                node: node.clone(),
                 stage: Stage::Starting,
                 cpu_milli: cpu.clamp(0, u32::MAX as i64) as u32,
                 mem_bytes: mem.max(0) as u64,
@@ -258,33 +273,33 @@ impl HollowRuntime {
             (Stage::Starting, Stage::Running) => {
                 let status = running_status(&pod, &now());
                 if self.start_delay.is_zero() {
-                    let _ = self.actions.send(Action::Status { path, status }).await;
+                    let _ = self.actions.send(Action::Status { node, path, status }).await;
                 } else {
-                    self.schedule(Instant::now() + self.start_delay, uid, path, status);
+                    self.schedule(Instant::now() + self.start_delay, node, uid, path, status);
                 }
             }
             (_, Stage::Completing) => {
                 let status = succeeded_status(&pod, &now());
                 let secs = run_for.unwrap_or(0.0).min(1e9);
-                self.schedule(Instant::now() + Duration::from_secs_f64(secs), uid, path, status);
+                self.schedule(Instant::now() + Duration::from_secs_f64(secs), node, uid, path, status);
             }
             _ => {}
         }
     }
 }
 
-async fn writer(c: Client, rx: Arc<tokio::sync::Mutex<tokio::sync::mpsc::Receiver<Action>>>) {
+async fn writer(c: crate::NodeClients, rx: Arc<tokio::sync::Mutex<tokio::sync::mpsc::Receiver<Action>>>) {
     loop {
         let Some(a) = rx.lock().await.recv().await else { return };
         match a {
-            Action::Status { path, status } => {
-                match c.merge_patch(&format!("{path}/status"), &json!({"status": status})).await {
+            Action::Status { node, path, status } => {
+                match c.for_node(&node).merge_patch(&format!("{path}/status"), &json!({"status": status})).await {
                     Ok(_) | Err(ClientError::Status { code: 404, .. }) => {}
                     Err(e) => tracing::debug!(pod = path, error = %e, "writing a hollow pod's status failed"),
                 }
             }
-            Action::Delete { path, uid } => {
-                let _ = c.delete(&path, &json!({"gracePeriodSeconds": 0, "preconditions": {"uid": uid}})).await;
+            Action::Delete { node, path, uid } => {
+                let _ = c.for_node(&node).delete(&path, &json!({"gracePeriodSeconds": 0, "preconditions": {"uid": uid}})).await;
             }
         }
     }
@@ -315,7 +330,7 @@ async fn timer_loop(rt: std::sync::Weak<HollowRuntime>) {
             if !r.pods.lock().unwrap().contains_key(&t.uid) {
                 continue; // deleted meanwhile
             }
-            let _ = r.actions.send(Action::Status { path: t.action_path.into(), status: t.status }).await;
+            let _ = r.actions.send(Action::Status { node: t.node, path: t.action_path.into(), status: t.status }).await;
         }
     }
 }
@@ -377,9 +392,69 @@ impl HollowNodes {
     /// Registers `cfg.count` nodes with the API server at `base` and starts their loops.
     pub async fn start(base: &str, cfg: HollowConfig) -> Result<HollowNodes, ClientError> {
         let nodes: Vec<NodeSpec> = (0..cfg.count).map(|i| cfg.node(i)).collect();
-        let runtime = HollowRuntime::new(Client::new(base), &nodes, cfg.start_delay);
-        let kcfg = KubeletConfig { lease_renew: cfg.lease_renew, ..Default::default() };
+        let shared = Client::new(base);
+        let per_node = match &cfg.node_tokens {
+            None => None,
+            Some(ca_only) => {
+                let names: Vec<String> = nodes.iter().map(|n| n.name.clone()).collect();
+                let tokens = issue_node_tokens(&shared, &cfg.name_prefix, &names).await?;
+                let via = Client::with_credentials(base, "capstan-hollow-node/0.1", ca_only).map_err(ClientError::Transport)?;
+                let mut map = HashMap::with_capacity(names.len());
+                for (name, token) in names.into_iter().zip(tokens) {
+                    map.insert(name, via.with_bearer(client::Bearer::new(&token).map_err(ClientError::Transport)?));
+                }
+                Some(Arc::new(map))
+            }
+        };
+        let clients = crate::NodeClients { shared, per_node: per_node.clone() };
+        let runtime = HollowRuntime::new(clients, &nodes, cfg.start_delay);
+        let kcfg = KubeletConfig { lease_renew: cfg.lease_renew, per_node, ..Default::default() };
         let kubelet = Kubelet::start(base, kcfg, nodes, runtime.clone()).await?;
         Ok(HollowNodes { kubelet, runtime })
     }
+}
+
+/// The label on the node-token Secrets of one set of hollow nodes (its value: the names'
+/// prefix without a trailing `-`), by which a new start deletes the last one's.
+pub const NODE_TOKEN_LABEL: &str = "capstan.io/hollow-nodes";
+const NODE_TOKEN_TYPE: &str = "capstan.io/node-token";
+
+/// Creates a node token for each of `names` through `admin` (who may create Secrets in
+/// `kube-system`), after deleting those an earlier start of nodes with this prefix made, and
+/// returns them in `names`' order. A token is `ID.SECRET` (6 and 32 characters of
+/// `[a-z0-9]`), kept as the Secret `kube-system/node-token-ID` that the API server's
+/// node-token authenticator reads (`apiserver/src/node_token.rs`).
+pub async fn issue_node_tokens(admin: &Client, prefix: &str, names: &[String]) -> Result<Vec<String>, ClientError> {
+    use futures_util::StreamExt;
+    let set = prefix.trim_end_matches(['-', '.']);
+    let set = if set.is_empty() { "nodes" } else { set };
+    let secrets = "/api/v1/namespaces/kube-system/secrets";
+    match admin.delete(&format!("{secrets}?labelSelector={NODE_TOKEN_LABEL}%3D{set}"), &json!({})).await {
+        Ok(_) | Err(ClientError::Status { code: 404, .. }) => {}
+        Err(e) => return Err(e),
+    }
+    let random = |n: usize| {
+        use rand::Rng;
+        const ABC: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
+        let mut r = rand::rng();
+        (0..n).map(|_| ABC[r.random_range(0..ABC.len())] as char).collect::<String>()
+    };
+    let made: Vec<(String, String)> = names.iter().map(|n| (n.clone(), format!("{}.{}", random(6), random(32)))).collect();
+    let mut creates = futures_util::stream::iter(&made)
+        .map(|(node, token)| {
+            let (id, secret) = token.split_once('.').expect("made with a dot");
+            let body = json!({
+                "apiVersion": "v1", "kind": "Secret",
+                "metadata": {"name": format!("node-token-{id}"), "namespace": "kube-system", "labels": {NODE_TOKEN_LABEL: set}},
+                "type": NODE_TOKEN_TYPE,
+                "stringData": {"token-id": id, "token-secret": secret, "node-name": node},
+            });
+            async move { admin.post(secrets, &body).await }
+        })
+        .buffer_unordered(64);
+    while let Some(r) = creates.next().await {
+        r?;
+    }
+    drop(creates);
+    Ok(made.into_iter().map(|(_, t)| t).collect())
 }

@@ -147,11 +147,29 @@ pub struct KubeletConfig {
     /// The kubelet's own client credentials (`system:node:NAME`); the process's default
     /// credentials when none.
     pub credentials: Option<client::tls::Credentials>,
+    /// A client per node for that node's writes (hollow nodes with node tokens); the shared
+    /// client, for everything, when none.
+    pub per_node: Option<Arc<std::collections::HashMap<String, Client>>>,
+}
+
+/// The client each node's requests go through: one for all (a kubelet of one node, or nodes
+/// without identities of their own), or one per node, each presenting its node's token over
+/// a common connection pool (hollow nodes). Watches that serve every node use the shared one.
+#[derive(Clone)]
+pub struct NodeClients {
+    pub shared: Client,
+    pub per_node: Option<Arc<std::collections::HashMap<String, Client>>>,
+}
+
+impl NodeClients {
+    pub fn for_node(&self, name: &str) -> &Client {
+        self.per_node.as_ref().and_then(|m| m.get(name)).unwrap_or(&self.shared)
+    }
 }
 
 impl Default for KubeletConfig {
     fn default() -> Self {
-        KubeletConfig { lease_renew: Duration::from_secs(10), status_every: Duration::from_secs(300), listen: ([127, 0, 0, 1], 0).into(), credentials: None }
+        KubeletConfig { lease_renew: Duration::from_secs(10), status_every: Duration::from_secs(300), listen: ([127, 0, 0, 1], 0).into(), credentials: None, per_node: None }
     }
 }
 
@@ -187,15 +205,20 @@ impl Kubelet {
             let _ = axum::serve(listener, app).await;
         })];
         let since = now();
-        for n in &nodes {
-            register(&c, n, port, cfg.lease_renew, &since).await?;
+        let cs = NodeClients { shared: c.clone(), per_node: cfg.per_node.clone() };
+        {
+            use futures_util::StreamExt;
+            let mut regs = futures_util::stream::iter(&nodes).map(|n| register(cs.for_node(&n.name), n, port, cfg.lease_renew, &since)).buffer_unordered(BATCH_CONCURRENCY);
+            while let Some(r) = regs.next().await {
+                r?;
+            }
         }
         let names: Arc<HashSet<String>> = Arc::new(nodes.iter().map(|n| n.name.clone()).collect());
         let selector = if nodes.len() == 1 { format!("spec.nodeName%3D{}", nodes[0].name) } else { "spec.nodeName%21%3D".to_string() };
         let nodes = Arc::new(nodes);
-        tasks.push(tokio::spawn(lease_loop(c.clone(), names.clone(), cfg.lease_renew)));
-        tasks.push(tokio::spawn(status_loop(c.clone(), nodes.clone(), port, cfg.status_every, since.clone())));
-        tasks.push(tokio::spawn(node_watch(c.clone(), nodes, port, since)));
+        tasks.push(tokio::spawn(lease_loop(cs.clone(), names.clone(), cfg.lease_renew)));
+        tasks.push(tokio::spawn(status_loop(cs.clone(), nodes.clone(), port, cfg.status_every, since.clone())));
+        tasks.push(tokio::spawn(node_watch(cs, nodes, port, since)));
         tasks.push(tokio::spawn(pod_loop(c.clone(), names, selector, runtime.clone())));
         Ok(Kubelet { tasks, runtime, port })
     }
@@ -259,10 +282,10 @@ const BATCH_CONCURRENCY: usize = 64;
 const HEARTBEAT_TICK: Duration = Duration::from_millis(100);
 
 /// Renews every node's lease once per period.
-async fn lease_loop(c: Client, names: Arc<HashSet<String>>, renew: Duration) {
+async fn lease_loop(cs: NodeClients, names: Arc<HashSet<String>>, renew: Duration) {
     let names: Vec<String> = names.iter().cloned().collect();
     spread(&names, renew, HEARTBEAT_TICK, |n| {
-        let c = c.clone();
+        let c = cs.for_node(n).clone();
         let path = format!("{LEASES}/{n}");
         let patch = json!({"spec": {"renewTime": now_micro(), "holderIdentity": n}});
         async move {
@@ -275,9 +298,9 @@ async fn lease_loop(c: Client, names: Arc<HashSet<String>>, renew: Duration) {
 }
 
 /// Refreshes node status (the conditions' heartbeat) every `every`.
-async fn status_loop(c: Client, nodes: Arc<Vec<NodeSpec>>, port: u16, every: Duration, since: String) {
+async fn status_loop(cs: NodeClients, nodes: Arc<Vec<NodeSpec>>, port: u16, every: Duration, since: String) {
     spread(&nodes, every, Duration::from_secs(1), |n| {
-        let c = c.clone();
+        let c = cs.for_node(&n.name).clone();
         let path = format!("/api/v1/nodes/{}/status", n.name);
         let patch = json!({"status": n.status(port, &since)});
         async move {
@@ -292,7 +315,8 @@ async fn status_loop(c: Client, nodes: Arc<Vec<NodeSpec>>, port: u16, every: Dur
 /// Watches the nodes; one of ours that someone else marked not Ready (the node lifecycle
 /// controller, after a lapse of the lease) gets its status posted again at once, as the
 /// kubelet's status sync does, instead of at the next 5-minute refresh.
-async fn node_watch(c: Client, nodes: Arc<Vec<NodeSpec>>, port: u16, since: String) {
+async fn node_watch(cs: NodeClients, nodes: Arc<Vec<NodeSpec>>, port: u16, since: String) {
+    let c = &cs.shared;
     let by_name: std::collections::HashMap<&str, &NodeSpec> = nodes.iter().map(|n| (n.name.as_str(), n)).collect();
     loop {
         let Ok(list) = c.get("/api/v1/nodes").await else {
@@ -313,7 +337,7 @@ async fn node_watch(c: Client, nodes: Arc<Vec<NodeSpec>>, port: u16, since: Stri
             let ready = n["status"]["conditions"].as_array().and_then(|a| a.iter().find(|c| c["type"] == "Ready")).map(|c| c["status"] == "True");
             if ev["type"] == "MODIFIED" && ready != Some(true) {
                 let path = format!("/api/v1/nodes/{}/status", spec.name);
-                let _ = c.merge_patch_quiet(&path, &json!({"status": spec.status(port, &since)})).await;
+                let _ = cs.for_node(&spec.name).merge_patch_quiet(&path, &json!({"status": spec.status(port, &since)})).await;
             }
         }
     }

@@ -79,13 +79,16 @@ fn main() -> Result<()> {
             if let Some(creds) = from_kc.as_ref().and_then(|k| k.credentials.as_ref()) {
                 client::tls::set_default(creds).map_err(|e| anyhow!(e))?;
             }
+            // Over TLS, hollow nodes get node tokens (created with the kubeconfig's admin
+            // credentials) and present them with the CA alone.
+            let node_tokens = from_kc.as_ref().and_then(|k| k.credentials.as_ref()).map(|c| client::tls::Credentials { ca_pem: c.ca_pem.clone(), cert_pem: None, key_pem: None });
             let server = match (server, from_kc) {
                 (Some(s), _) => Some(s),
                 (None, Some(k)) => Some(k.server),
                 _ => None,
             };
             let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-            let r = rt.block_on(run(w, vars, server))?;
+            let r = rt.block_on(run(w, vars, server, node_tokens))?;
             print!("{}", report::table(&r));
             if let Some(p) = report_json {
                 std::fs::write(&p, serde_json::to_vec_pretty(&r)?).with_context(|| format!("writing {}", p.display()))?;
@@ -241,7 +244,7 @@ fn pod_template(app: &str) -> Value {
         "spec": {"containers": [{"name": "c", "image": "registry.k8s.io/pause:3.9", "resources": {"requests": {"cpu": "10m", "memory": "16Mi"}}}]}})
 }
 
-async fn run(w: workload::Workload, vars: workload::Vars, server: Option<String>) -> Result<Report> {
+async fn run(w: workload::Workload, vars: workload::Vars, server: Option<String>, node_tokens: Option<client::tls::Credentials>) -> Result<Report> {
     let started = Instant::now();
     let embedded_mode = server.is_none();
     let (base, _embedded) = match server {
@@ -321,10 +324,10 @@ async fn run(w: workload::Workload, vars: workload::Vars, server: Option<String>
         match ph.kind.as_str() {
             "createNodes" => {
                 let n = count("count")?;
-                let cfg = kubelet::HollowConfig { count: n as usize, name_prefix: "loadgen-node-".into(), ..Default::default() };
+                let cfg = kubelet::HollowConfig { count: n as usize, name_prefix: "loadgen-node-".into(), node_tokens: node_tokens.clone(), ..Default::default() };
                 hollow = Some(kubelet::HollowNodes::start(&base, cfg).await.map_err(|e| anyhow!("starting hollow nodes: {e}"))?);
                 line.items = n;
-                line.note = "hollow nodes in this process".into();
+                line.note = if node_tokens.is_some() { "hollow nodes in this process, each writing with its own node token".into() } else { "hollow nodes in this process".into() };
             }
             "createNamespace" => {
                 let name = a["name"].as_str().unwrap_or("loadgen");

@@ -9,7 +9,10 @@
 //! AppendEntries and whose response is a stream of their results, which is openraft's
 //! `stream_append` (pipelined: the leader does not wait for one batch's answer before sending
 //! the next). hyper is already in the tree. TLS wraps the connection under the same code:
-//! [`Connector`] is the seam (plain TCP here; mutual TLS arrives with the security work).
+//! [`Connector`] is the seam on the dialing side ([`TcpConnector`], or [`TlsConnector`] with a
+//! client certificate), a `rustls::ServerConfig` in `ReplicaConfig::peer_tls` on the
+//! accepting side (whose client-certificate verifier decides which peers are admitted:
+//! mutual TLS).
 //!
 //! **Bounds.** A frame is at most `FRAME_BYTES_MAX`; a replication stream holds at most
 //! `STREAM_QUEUE` requests in flight per peer (the sender waits); snapshot files stream in
@@ -160,6 +163,29 @@ impl Connector for TcpConnector {
         Box::pin(async move {
             let s = tokio::net::TcpStream::connect(&authority).await?;
             s.set_nodelay(true)?;
+            Ok(Box::new(s) as Box<dyn Io>)
+        })
+    }
+}
+
+/// TLS to peers: the server's certificate must name the host dialed and chain to the roots
+/// of `config`, which also carries this replica's client certificate.
+pub struct TlsConnector {
+    pub config: Arc<rustls::ClientConfig>,
+}
+
+impl Connector for TlsConnector {
+    fn connect(&self, authority: String) -> BoxFuture<'static, io::Result<Box<dyn Io>>> {
+        let tls = tokio_rustls::TlsConnector::from(self.config.clone());
+        Box::pin(async move {
+            let host = match authority.rsplit_once(':') {
+                Some((h, _)) => h.trim_start_matches('[').trim_end_matches(']').to_string(),
+                None => authority.clone(),
+            };
+            let name = rustls::pki_types::ServerName::try_from(host).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, format!("{authority}: {e}")))?;
+            let s = tokio::net::TcpStream::connect(&authority).await?;
+            s.set_nodelay(true)?;
+            let s = tls.connect(name, s).await?;
             Ok(Box::new(s) as Box<dyn Io>)
         })
     }

@@ -82,6 +82,9 @@ pub struct ReplicaConfig {
     pub segment_bytes: u64,
     pub on_corruption: Corruption,
     pub connector: Arc<dyn Connector>,
+    /// TLS on the peer listener (its client-certificate verifier admits peers); plain
+    /// HTTP/2 when none.
+    pub peer_tls: Option<Arc<rustls::ServerConfig>>,
     pub faults: Option<Arc<Faults>>,
 }
 
@@ -113,6 +116,7 @@ impl ReplicaConfig {
             segment_bytes: 64 << 20,
             on_corruption: Corruption::Truncate,
             connector: Arc::new(network::TcpConnector),
+            peer_tls: None,
             faults: None,
         }
     }
@@ -308,7 +312,7 @@ impl Replica {
             }
         }
         let mut tasks = Vec::new();
-        tasks.push(tokio::spawn(serve_peers(listener, Arc::downgrade(&inner), inner.stop.subscribe())));
+        tasks.push(tokio::spawn(serve_peers(listener, cfg.peer_tls.clone(), Arc::downgrade(&inner), inner.stop.subscribe())));
         tasks.push(tokio::spawn(proposer(Arc::downgrade(&inner), prx)));
         tasks.push(tokio::spawn(forwarder(Arc::downgrade(&inner), frx)));
         tasks.push(tokio::spawn(monitor(Arc::downgrade(&inner))));
@@ -1084,12 +1088,17 @@ async fn snapshot_trigger(inner: Weak<Inner>) {
 // The peer server
 // ---------------------------------------------------------------------------------------------
 
-async fn serve_peers(listener: tokio::net::TcpListener, inner: Weak<Inner>, stop: tokio::sync::watch::Receiver<bool>) {
+/// How long a peer has to finish its TLS handshake.
+const PEER_HANDSHAKE: Duration = Duration::from_secs(10);
+
+async fn serve_peers(listener: tokio::net::TcpListener, tls: Option<Arc<rustls::ServerConfig>>, inner: Weak<Inner>, stop: tokio::sync::watch::Receiver<bool>) {
+    let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
     loop {
-        let Ok((stream, _)) = listener.accept().await else { continue };
+        let Ok((stream, from)) = listener.accept().await else { continue };
         let _ = stream.set_nodelay(true);
         let inner = inner.clone();
         let mut stop = stop.clone();
+        let acceptor = acceptor.clone();
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |req: Request<Incoming>| {
                 let inner = inner.clone();
@@ -1101,12 +1110,27 @@ async fn serve_peers(listener: tokio::net::TcpListener, inner: Weak<Inner>, stop
                     Ok::<_, std::convert::Infallible>(resp)
                 }
             });
+            let io: Box<dyn network::Io> = match acceptor {
+                None => Box::new(stream),
+                // Mutual TLS: a peer without a certificate the verifier admits ends here.
+                Some(a) => match tokio::time::timeout(PEER_HANDSHAKE, a.accept(stream)).await {
+                    Ok(Ok(s)) => Box::new(s),
+                    Ok(Err(e)) => {
+                        tracing::warn!(%from, error = %e, "a peer connection failed its TLS handshake");
+                        return;
+                    }
+                    Err(_) => {
+                        tracing::warn!(%from, "a peer connection did not finish its TLS handshake in time");
+                        return;
+                    }
+                },
+            };
             let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
                 .initial_stream_window_size(8 << 20)
                 .initial_connection_window_size(32 << 20)
                 .max_frame_size(1 << 20)
                 .max_concurrent_streams(1024)
-                .serve_connection(TokioIo::new(stream), service);
+                .serve_connection(TokioIo::new(io), service);
             // A stopped replica drops its connections, so peers reconnect to whoever serves
             // this address next.
             tokio::select! {

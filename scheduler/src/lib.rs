@@ -118,9 +118,14 @@ impl Drop for Scheduler {
 }
 
 impl Scheduler {
-    /// Starts watching and scheduling against the API server at `base`.
+    /// Starts watching and scheduling against the API server at `base`, with the process's
+    /// default credentials.
     pub fn start(base: &str, profiles: Vec<Profile>) -> Scheduler {
-        let c = Client::with_agent(base, "capstan-scheduler/0.1");
+        Scheduler::start_with(Client::with_agent(base, "capstan-scheduler/0.1"), profiles)
+    }
+
+    /// As `start`, through `c` (the scheduler's own identity, `system:kube-scheduler`).
+    pub fn start_with(c: Client, profiles: Vec<Profile>) -> Scheduler {
         let (tx, rx) = crossbeam::channel::bounded(UPDATES);
         let observed = Arc::new(Mutex::new(Observed { metrics: metrics::Metrics::new(), attempts: HashMap::new(), order: Default::default() }));
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));

@@ -308,6 +308,18 @@ impl Lines {
 }
 
 /// Polls `check` until it holds, failing the test with `what` after `WAIT`.
+/// kubectl against `c` with bearer `token` and the cluster CA, and no client certificate
+/// (one would authenticate first and the token would be ignored).
+pub fn with_token(c: &Cluster, token: &str, args: &[&str]) -> std::process::Output {
+    let ca = c.dir.path().join("pki").join("ca.crt");
+    Command::new(KUBECTL)
+        .env("KUBECONFIG", "/dev/null")
+        .args(["--server", &format!("https://{}", c.addr), "--certificate-authority", path_str(&ca), "--token", token])
+        .args(args)
+        .output()
+        .unwrap()
+}
+
 pub fn wait_until(what: &str, check: impl FnMut() -> bool) {
     wait_until_within(WAIT, what, check)
 }
