@@ -41,8 +41,114 @@ struct Schema {
     precedence: i64,
     level: String,
     by: Distinguisher,
-    /// The schema's rules, each with its subjects.
-    rules: Vec<Value>,
+    /// The schema's rules, each with its subjects, compiled from the JSON once.
+    rules: Vec<Rule>,
+}
+
+/// One `PolicyRulesWithSubjects`, typed: classifying a request compares strings, it neither
+/// walks JSON nor allocates.
+#[derive(Clone, Debug, Default)]
+struct Rule {
+    subjects: Vec<Subject>,
+    resources: Vec<ResourceRule>,
+    non_resources: Vec<NonResourceRule>,
+}
+
+#[derive(Clone, Debug)]
+enum Subject {
+    User(String),
+    Group(String),
+    ServiceAccount { namespace: String, name: String },
+}
+
+#[derive(Clone, Debug)]
+struct ResourceRule {
+    verbs: Vec<String>,
+    groups: Vec<String>,
+    resources: Vec<String>,
+    namespaces: Vec<String>,
+    cluster_scope: bool,
+}
+
+#[derive(Clone, Debug)]
+struct NonResourceRule {
+    verbs: Vec<String>,
+    urls: Vec<String>,
+}
+
+fn owned(v: &Value) -> Vec<String> {
+    v.as_array().map(|a| a.iter().filter_map(|s| s.as_str().map(str::to_string)).collect()).unwrap_or_default()
+}
+
+impl Rule {
+    fn compile(r: &Value) -> Rule {
+        let subjects = r["subjects"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|s| match s["kind"].as_str() {
+                Some("User") => s["user"]["name"].as_str().map(|n| Subject::User(n.to_string())),
+                Some("Group") => s["group"]["name"].as_str().map(|n| Subject::Group(n.to_string())),
+                Some("ServiceAccount") => Some(Subject::ServiceAccount {
+                    namespace: s["serviceAccount"]["namespace"].as_str().unwrap_or("").to_string(),
+                    name: s["serviceAccount"]["name"].as_str().unwrap_or("").to_string(),
+                }),
+                _ => None,
+            })
+            .collect();
+        let resources = r["resourceRules"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|rr| ResourceRule {
+                verbs: owned(&rr["verbs"]),
+                groups: owned(&rr["apiGroups"]),
+                resources: owned(&rr["resources"]),
+                namespaces: owned(&rr["namespaces"]),
+                cluster_scope: rr["clusterScope"].as_bool() == Some(true),
+            })
+            .collect();
+        let non_resources = r["nonResourceRules"].as_array().into_iter().flatten().map(|nr| NonResourceRule { verbs: owned(&nr["verbs"]), urls: owned(&nr["nonResourceURLs"]) }).collect();
+        Rule { subjects, resources, non_resources }
+    }
+
+    fn matches(&self, user: &UserInfo, a: &Attributes) -> bool {
+        self.subjects.iter().any(|s| s.matches(user)) && self.matches_request(a)
+    }
+
+    fn matches_request(&self, a: &Attributes) -> bool {
+        match &a.target {
+            Target::Resource { group, resource, subresource, namespace, .. } => self.resources.iter().any(|rr| {
+                let ns_ok = if namespace.is_empty() { rr.cluster_scope } else { has(&rr.namespaces, namespace) };
+                // `resource/subresource` compared in place.
+                let res_ok = rr.resources.iter().any(|r| {
+                    r == "*"
+                        || if subresource.is_empty() {
+                            r == resource
+                        } else {
+                            r.len() == resource.len() + 1 + subresource.len() && r.starts_with(resource.as_str()) && r.as_bytes()[resource.len()] == b'/' && r.ends_with(subresource.as_str())
+                        }
+                });
+                ns_ok && res_ok && has(&rr.verbs, &a.verb) && has(&rr.groups, group)
+            }),
+            Target::NonResource { path } => self.non_resources.iter().any(|nr| {
+                has(&nr.verbs, &a.verb) && nr.urls.iter().any(|u| u == "*" || u == path || u.strip_suffix('*').is_some_and(|p| path.starts_with(p)))
+            }),
+        }
+    }
+}
+
+impl Subject {
+    fn matches(&self, user: &UserInfo) -> bool {
+        match self {
+            Subject::User(n) => n == "*" || *n == user.name,
+            Subject::Group(g) => g == "*" || user.groups.iter().any(|x| x == g),
+            Subject::ServiceAccount { namespace, name } => {
+                let Some((ns, n)) = user.name.strip_prefix("system:serviceaccount:").and_then(|r| r.split_once(':')) else { return false };
+                namespace == ns && (name == "*" || name == n)
+            }
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -129,41 +235,8 @@ pub struct Apf {
     pub total_seats: std::sync::atomic::AtomicUsize,
 }
 
-fn strings(v: &Value) -> Vec<&str> {
-    v.as_array().map(|a| a.iter().filter_map(|s| s.as_str()).collect()).unwrap_or_default()
-}
-
-fn subject_matches(s: &Value, user: &UserInfo) -> bool {
-    match s["kind"].as_str() {
-        Some("User") => matches!(s["user"]["name"].as_str(), Some("*")) || s["user"]["name"].as_str() == Some(user.name.as_str()),
-        Some("Group") => s["group"]["name"].as_str().is_some_and(|g| g == "*" || user.groups.iter().any(|x| x == g)),
-        Some("ServiceAccount") => {
-            let Some(rest) = user.name.strip_prefix("system:serviceaccount:") else { return false };
-            let Some((ns, name)) = rest.split_once(':') else { return false };
-            let (want_ns, want_name) = (s["serviceAccount"]["namespace"].as_str().unwrap_or(""), s["serviceAccount"]["name"].as_str().unwrap_or(""));
-            want_ns == ns && (want_name == "*" || want_name == name)
-        }
-        _ => false,
-    }
-}
-
-fn has(list: &[&str], want: &str) -> bool {
-    list.iter().any(|x| *x == "*" || *x == want)
-}
-
-fn rule_matches(r: &Value, a: &Attributes) -> bool {
-    let Some(rule) = r.as_object() else { return false };
-    match &a.target {
-        Target::Resource { group, resource, subresource, namespace, .. } => rule.get("resourceRules").and_then(|x| x.as_array()).into_iter().flatten().any(|rr| {
-            let res = if subresource.is_empty() { resource.clone() } else { format!("{resource}/{subresource}") };
-            let ns_ok = if namespace.is_empty() { rr["clusterScope"].as_bool() == Some(true) } else { has(&strings(&rr["namespaces"]), namespace) };
-            has(&strings(&rr["verbs"]), &a.verb) && has(&strings(&rr["apiGroups"]), group) && has(&strings(&rr["resources"]), &res) && ns_ok
-        }),
-        Target::NonResource { path } => rule.get("nonResourceRules").and_then(|x| x.as_array()).into_iter().flatten().any(|nr| {
-            has(&strings(&nr["verbs"]), &a.verb)
-                && strings(&nr["nonResourceURLs"]).iter().any(|u| *u == "*" || *u == path || u.strip_suffix('*').is_some_and(|p| path.starts_with(p)))
-        }),
-    }
+fn has(list: &[String], want: &str) -> bool {
+    list.iter().any(|x| x == "*" || x == want)
 }
 
 impl Apf {
@@ -181,7 +254,7 @@ impl Apf {
                     Some("ByNamespace") => Distinguisher::ByNamespace,
                     _ => Distinguisher::None,
                 },
-                rules: f["spec"]["rules"].as_array().cloned().unwrap_or_default(),
+                rules: f["spec"]["rules"].as_array().into_iter().flatten().map(Rule::compile).collect(),
             }))
             .collect();
         schemas.sort_by(|a, b| a.precedence.cmp(&b.precedence).then_with(|| a.name.cmp(&b.name)));
@@ -235,9 +308,7 @@ impl Apf {
         let schemas = self.schemas.lock().unwrap().clone();
         let confs = self.confs.lock().unwrap().clone();
         for s in schemas.iter() {
-            let hit = s.rules.iter().any(|r| {
-                r["subjects"].as_array().into_iter().flatten().any(|sub| subject_matches(sub, user)) && rule_matches(r, a)
-            });
+            let hit = s.rules.iter().any(|r| r.matches(user, a));
             if hit {
                 return confs.get(&s.level).map(|c| (s.clone(), c.clone()));
             }

@@ -390,7 +390,7 @@ pub async fn service_account_user(st: &AppState, c: &Claims) -> Result<UserInfo,
         let r = r.clone();
         async move {
             let ns_of = namespaced.then_some(ns);
-            let obj = st.read_object("", resource, ns_of, &r.name).await.map_err(|e| e.message)?.ok_or_else(|| format!("{resource} {:?} no longer exists", r.name))?;
+            let obj = st.lookup(resource, ns_of, &r.name).await.map_err(|e| e.message)?.ok_or_else(|| format!("{resource} {:?} no longer exists", r.name))?;
             let uid = obj["metadata"]["uid"].as_str().unwrap_or("");
             if uid != r.uid {
                 return Err(format!("{resource} {:?} has UID {uid}, the token names {}", r.name, r.uid));

@@ -78,7 +78,7 @@ pub fn user_of(secret_obj: &Value, id: &str, secret: &str, now: i64) -> Result<U
 pub async fn authenticate(st: &AppState, token: &str) -> Result<Option<UserInfo>, String> {
     let Some((id, secret)) = parse(token) else { return Ok(None) };
     let obj = st
-        .read_object("", "secrets", Some(NAMESPACE), &format!("bootstrap-token-{id}"))
+        .lookup("secrets", Some(NAMESPACE), &format!("bootstrap-token-{id}"))
         .await
         .map_err(|e| e.message)?
         .ok_or_else(|| format!("no bootstrap token {id}"))?;

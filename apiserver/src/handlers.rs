@@ -65,9 +65,53 @@ pub struct AppState {
     pub auditor: Option<Arc<crate::audit::Auditor>>,
     /// Signs and checks ServiceAccount tokens; none in in-process test servers.
     pub sa_keys: Option<Arc<crate::sa_token::Keys>>,
+    /// Objects the authenticators and authorizers look up at every request (token Secrets,
+    /// ServiceAccounts), parsed once per revision (`lookup`).
+    pub parsed: std::sync::Mutex<std::collections::HashMap<Bytes, (u64, Arc<Value>)>>,
 }
 
+/// At most this many objects in `AppState::parsed` (emptied when full).
+const PARSED_MAX: usize = 16_384;
+
 impl AppState {
+    /// One object of a core (`v1`) resource, from its watch cache, parsed once per revision;
+    /// from the store when the cache does not have it (yet: a token made a moment ago). What
+    /// authentication and the Node authorizer ask at every request, as Kubernetes' asks its
+    /// informers.
+    pub(crate) async fn lookup(&self, resource: &str, namespace: Option<&str>, name: &str) -> Result<Option<Arc<Value>>, ApiError> {
+        let info = self.reg.find("", "v1", resource).ok_or_else(|| ApiError::internal(format!("{resource} is not served")))?;
+        let key = Bytes::from(info.key(namespace, name));
+        if let Ok(cache) = self.caches.get(&self.store, &info).await
+            && let Some(o) = cache.snapshot().1.get(&key).cloned()
+        {
+            if let Some((rev, v)) = self.parsed.lock().unwrap().get(&key)
+                && *rev == o.revision
+            {
+                return Ok(Some(v.clone()));
+            }
+            let v: Arc<Value> = Arc::new(serde_json::from_slice(&o.json).map_err(|e| ApiError::internal(e.to_string()))?);
+            let mut p = self.parsed.lock().unwrap();
+            if p.len() >= PARSED_MAX {
+                p.clear();
+            }
+            p.insert(key, (o.revision, v.clone()));
+            return Ok(Some(v));
+        }
+        Ok(self.read_object("", resource, namespace, name).await?.map(Arc::new))
+    }
+
+    /// The node a pod is bound to (`Some(None)`: not bound), from the pods' watch cache
+    /// without parsing it; from the store when the cache does not have it.
+    pub(crate) async fn pod_node(&self, namespace: &str, name: &str) -> Result<Option<Option<Arc<str>>>, ApiError> {
+        let info = self.reg.find("", "v1", "pods").ok_or_else(|| ApiError::internal("pods are not served"))?;
+        if let Ok(cache) = self.caches.get(&self.store, &info).await
+            && let Some(o) = cache.snapshot().1.get(info.key(Some(namespace), name).as_bytes())
+        {
+            return Ok(Some(o.meta.node_name.clone()));
+        }
+        Ok(self.read_object("", "pods", Some(namespace), name).await?.map(|p| p["spec"]["nodeName"].as_str().filter(|n| !n.is_empty()).map(Arc::from)))
+    }
+
     /// One object of a built-in resource as stored, or none.
     pub(crate) async fn read_object(&self, group: &str, resource: &str, namespace: Option<&str>, name: &str) -> Result<Option<Value>, ApiError> {
         let info = self.reg.find(group, "v1", resource).ok_or_else(|| ApiError::internal(format!("{resource} is not served")))?;

@@ -121,6 +121,7 @@ fn build(store: Store, shutdown: tokio::sync::watch::Receiver<bool>, keep: Optio
         auditor: auditor.clone(),
         authn: mode,
         sa_keys,
+        parsed: Default::default(),
     });
     tokio::spawn(rbac::follow(state.clone()));
     state.apf.total_seats.store(apf_seats.max(1), Ordering::Relaxed);

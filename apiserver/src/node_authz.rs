@@ -131,8 +131,8 @@ pub async fn authorize(st: &AppState, node: &str, a: &Attributes, query: &str) -
         },
         ("", "pods", "") if verb == "create" => Decision::Allow,
         ("", "pods", "" | "status" | "eviction") if matches!((verb, subresource.as_str()), ("get" | "delete", "") | ("update" | "patch", "status") | ("create", "eviction")) => {
-            match st.read_object("", "pods", Some(namespace), name).await {
-                Ok(Some(p)) if p["spec"]["nodeName"].as_str() == Some(node) => Decision::Allow,
+            match st.pod_node(namespace, name).await {
+                Ok(Some(Some(n))) if &*n == node => Decision::Allow,
                 Ok(Some(_)) => no(reason_other()),
                 // A pod that does not exist: let the request say so (404), as Kubernetes does
                 // for a delete of one; a get of one is not the node's to see.

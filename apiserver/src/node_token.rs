@@ -62,7 +62,7 @@ pub fn user_of(secret_obj: &serde_json::Value, id: &str, secret: &str, now: i64)
 /// node-token format (another authenticator's).
 pub async fn authenticate(st: &AppState, token: &str) -> Result<Option<UserInfo>, String> {
     let Some((id, secret)) = parse(token) else { return Ok(None) };
-    let obj = st.read_object("", "secrets", Some(NAMESPACE), &secret_name(id)).await.map_err(|e| e.message)?.ok_or_else(|| format!("no node token {id}"))?;
+    let obj = st.lookup("secrets", Some(NAMESPACE), &secret_name(id)).await.map_err(|e| e.message)?.ok_or_else(|| format!("no node token {id}"))?;
     user_of(&obj, id, secret, jiff::Timestamp::now().as_second()).map(Some)
 }
 

@@ -64,7 +64,7 @@ pub(crate) fn connector() -> HttpsConnector<HttpConnector> {
 }
 
 /// A connector presenting `cfg`'s credentials, for a client with an identity of its own.
-pub(crate) fn connector_with(cfg: &rustls::ClientConfig) -> HttpsConnector<HttpConnector> {
+pub fn connector_with(cfg: &rustls::ClientConfig) -> HttpsConnector<HttpConnector> {
     let mut http = HttpConnector::new();
     http.enforce_http(false);
     http.set_nodelay(true);

@@ -1,8 +1,11 @@
 //! api-perf: the API server over HTTP, driven by N concurrent keep-alive connections.
 //!
 //!   cargo run --release -p bench --bin api-perf -- [--connections 64] [--pods 20000] \
-//!       [--list-pods 3000] [--server URL] [--shards N] [--unsafe-no-fsync] [--json]
+//!       [--list-pods 3000] [--server URL | --kubeconfig F] [--shards N] [--unsafe-no-fsync] [--json]
 //!
+//! `--kubeconfig F` drives the server of a kubeconfig over TLS with its client certificate
+//! (`capstan apiserver` with authentication, RBAC, audit and APF on); `--server http://...`
+//! a plain-HTTP one (`--insecure-http`): the two make the security-on/off comparison.
 //! By default it starts the store and the API server in this process on 127.0.0.1:0 and a
 //! temporary directory (the clients share the machine's two cores with the server). Phases:
 //! create `--pods` pods, get them, list a namespace of `--list-pods` pods, update each pod
@@ -38,8 +41,15 @@ struct Args {
     #[arg(long, default_value_t = 200)]
     lists: usize,
     /// Drive an API server that is already running (http://host:port) instead of starting one.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "kubeconfig")]
     server: Option<String>,
+    /// Drive the server of this kubeconfig, over TLS with its credentials.
+    #[arg(long)]
+    kubeconfig: Option<std::path::PathBuf>,
+    /// With `--kubeconfig`: present this bearer token (and the kubeconfig's CA only, so that
+    /// the token and not the certificate names the user).
+    #[arg(long, requires = "kubeconfig")]
+    token: Option<String>,
     #[arg(long)]
     shards: Option<usize>,
     #[arg(long)]
@@ -59,10 +69,16 @@ fn rss_bytes() -> u64 {
         .map_or(0, |p| p * 4096)
 }
 
-type HttpClient = Client<HttpConnector, Full<Bytes>>;
+type HttpClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
+
+/// `Authorization` of every request (`--token`).
+static BEARER: std::sync::OnceLock<hyper::header::HeaderValue> = std::sync::OnceLock::new();
 
 async fn call(c: &HttpClient, method: &str, url: &str, body: Option<Vec<u8>>) -> Result<(u16, Bytes)> {
     let mut req = hyper::Request::builder().method(method).uri(url).header("Accept", "application/json");
+    if let Some(b) = BEARER.get() {
+        req = req.header(hyper::header::AUTHORIZATION, b.clone());
+    }
     if body.is_some() {
         req = req.header("Content-Type", "application/json");
     }
@@ -126,8 +142,24 @@ where
 }
 
 fn main() -> Result<()> {
-    let args = Args::parse();
+    let mut args = Args::parse();
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    // Plain HTTP, or TLS with a kubeconfig's CA and client certificate.
+    let tls = match &args.kubeconfig {
+        Some(k) => {
+            let kc = client::kubeconfig::load(k, None).map_err(anyhow::Error::msg)?;
+            args.server = Some(kc.server.clone());
+            let mut creds = kc.credentials.context("the kubeconfig has no credentials")?;
+            if let Some(t) = &args.token {
+                BEARER.set(hyper::header::HeaderValue::from_str(&format!("Bearer {t}"))?).expect("set once");
+                creds.cert_pem = None;
+                creds.key_pem = None;
+            }
+            client::tls::client_config(&creds).map_err(anyhow::Error::msg)?
+        }
+        None => rustls::ClientConfig::builder().with_root_certificates(rustls::RootCertStore::empty()).with_no_client_auth(),
+    };
+    let connector = client::tls::connector_with(&tls);
     let _dir;
     let (base, _store) = match &args.server {
         Some(s) => (s.trim_end_matches('/').to_string(), None),
@@ -156,7 +188,7 @@ fn main() -> Result<()> {
     };
     if let Some(n) = args.big_list {
         let out = rt.block_on(async {
-            let client: HttpClient = Client::builder(TokioExecutor::new()).pool_max_idle_per_host(args.connections).build_http();
+            let client: HttpClient = Client::builder(TokioExecutor::new()).pool_max_idle_per_host(args.connections).build(connector.clone());
             let ns = format!("big-{}", std::process::id());
             call(&client, "POST", &format!("{base}/api/v1/namespaces"), Some(serde_json::to_vec(&json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}))?)).await?;
             let (c, b, nsc) = (client.clone(), base.clone(), ns.clone());
@@ -208,7 +240,7 @@ fn main() -> Result<()> {
         return Ok(());
     }
     let phases = rt.block_on(async {
-        let client: HttpClient = Client::builder(TokioExecutor::new()).pool_max_idle_per_host(args.connections).build_http();
+        let client: HttpClient = Client::builder(TokioExecutor::new()).pool_max_idle_per_host(args.connections).build(connector.clone());
         let run_id = std::process::id();
         let ns = format!("bench-{run_id}");
         let list_ns = format!("bench-list-{run_id}");
