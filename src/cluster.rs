@@ -197,7 +197,8 @@ pub async fn up(n: usize, data_dir: PathBuf, listen: String, opts: ServeOpts, no
     let mut hollow = None;
     if !node.no_local_node {
         let port: u16 = apis[0].1.rsplit(':').next().and_then(|p| p.parse().ok()).unwrap_or(6443);
-        let (k, name) = start_local_node(&all_apis, &data_dir, port, &node, pki.as_ref()).await?;
+        let who = pki.as_ref().map_or(crate::single::NodeCredentials::Process, crate::single::NodeCredentials::Issue);
+        let (k, name) = start_local_node(&all_apis, &data_dir, port, &node, who).await?;
         println!("  node:       {name} (pods run as local processes; logs in {}; follows every replica)", data_dir.join("pods").display());
         local = Some(k);
     }

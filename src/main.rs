@@ -10,6 +10,7 @@ mod cluster;
 mod common;
 mod components;
 mod datadir;
+mod join;
 mod kv;
 mod member;
 mod peer_tls;
@@ -65,6 +66,11 @@ enum Command {
     Server(server::ServerArgs),
     /// List or change the members of a replicated cluster.
     Member(member::MemberArgs),
+    /// Run a node of an existing cluster (`join`: get its certificate with a bootstrap token).
+    Node {
+        #[command(subcommand)]
+        op: NodeCmd,
+    },
     /// Run the scheduler against an API server.
     Scheduler {
         /// The API server (default: the kubeconfig's, else http://127.0.0.1:6443).
@@ -247,6 +253,12 @@ pub struct NodeOpts {
 }
 
 #[derive(Subcommand)]
+pub enum NodeCmd {
+    /// Join a cluster by TLS bootstrap, then run this machine as its node.
+    Join(join::JoinArgs),
+}
+
+#[derive(Subcommand)]
 pub enum KvOp {
     /// Write a key.
     Put { key: String, value: String },
@@ -284,6 +296,7 @@ fn main() -> Result<()> {
         Command::Up { opts, .. } | Command::Apiserver { opts, .. } => opts.log_level.clone(),
         Command::Server(a) => a.log_level.clone(),
         Command::Kv { .. } | Command::Member(_) => "warn".into(),
+        Command::Node { .. } => "info".into(),
         Command::Scheduler { log_level, .. } | Command::Controllers { log_level, .. } => log_level.clone(),
     };
     // openraft narrates every election and stream at info; a replica's log keeps its warnings.
@@ -304,6 +317,7 @@ fn main() -> Result<()> {
         Command::Apiserver { data_dir, listen, opts } => rt.block_on(single::serve(data_dir, listen, opts, None)),
         Command::Server(a) => rt.block_on(server::run(a)),
         Command::Member(a) => rt.block_on(member::run(a)),
+        Command::Node { op: NodeCmd::Join(a) } => rt.block_on(join::run(a)),
         Command::Scheduler { server, kubeconfig, listen, config, .. } => {
             let (server, _) = api_server(server, kubeconfig)?;
             rt.block_on(components::run_scheduler(server, listen, config))

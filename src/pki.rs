@@ -20,6 +20,8 @@ const CA_DAYS: i64 = 3650;
 
 pub struct Pki {
     pub ca_pem: String,
+    /// The CA's key, for the controllers' certificate signer (in this process only).
+    ca_key_pem: String,
     issuer: Issuer<'static, KeyPair>,
     /// `--client-ca-file`: trusted for client certificates as well as the cluster CA. The
     /// cluster CA stays trusted because it signs what this process's own components and the
@@ -83,7 +85,7 @@ impl Pki {
             (None, None) => None,
             _ => bail!("--tls-cert-file and --tls-private-key-file go together"),
         };
-        Ok(Pki { ca_pem, issuer, client_ca_pem, serving })
+        Ok(Pki { ca_pem, ca_key_pem: key_pem, issuer, client_ca_pem, serving })
     }
 
     /// A client certificate for `user` in `group` (none when empty), signed by the CA. (One
@@ -167,6 +169,7 @@ impl Pki {
             scheduler: self.credentials(&self.client("system:kube-scheduler", "")?),
             controller_manager: self.credentials(&self.client("system:kube-controller-manager", "")?),
             ca_only: client::tls::Credentials { ca_pem: self.ca_pem.clone(), cert_pem: None, key_pem: None },
+            signer: controllers::csr::Signer { ca_pem: self.ca_pem.clone(), ca_key_pem: self.ca_key_pem.clone() },
         })
     }
 
@@ -190,6 +193,8 @@ pub struct Identities {
     pub scheduler: client::tls::Credentials,
     pub controller_manager: client::tls::Credentials,
     pub ca_only: client::tls::Credentials,
+    /// The CA, for the controllers to sign approved CertificateSigningRequests with.
+    pub signer: controllers::csr::Signer,
 }
 
 /// `hosts` (names and IP addresses) as SANs, each once.

@@ -115,7 +115,11 @@ fn elected(api: String, part: Part, identity: String, ids: Option<crate::pki::Id
             let mut leading = controllers::leader::campaign(c, "kube-system", lease, &identity).await;
             let running: Box<dyn std::any::Any + Send> = match part {
                 Part::Controllers => {
-                    let settings = controllers::run::Settings { credentials: ids.as_ref().map(|i| i.controller_manager.clone()), ..Default::default() };
+                    let settings = controllers::run::Settings {
+                        credentials: ids.as_ref().map(|i| i.controller_manager.clone()),
+                        signer: ids.as_ref().map(|i| i.signer.clone()),
+                        ..Default::default()
+                    };
                     Box::new(controllers::Controllers::start(&api, settings).await)
                 }
                 Part::Scheduler => match new_scheduler(&api, None, ids.as_ref().map(|i| &i.scheduler)) {

@@ -44,7 +44,8 @@ pub async fn serve(data_dir: PathBuf, listen: String, opts: ServeOpts, up: Optio
         // The nodes first: a kubelet registers without waiting for the controllers, whose
         // start waits for their ServiceAccount tokens.
         if !node.no_local_node {
-            let (k, name) = start_local_node(&server, &data_dir, addr.port(), &node, sec.pki.as_ref()).await?;
+            let who = sec.pki.as_ref().map_or(NodeCredentials::Process, NodeCredentials::Issue);
+            let (k, name) = start_local_node(&server, &data_dir, addr.port(), &node, who).await?;
             println!("  node:       {name} (pods run as local processes; logs in {})", data_dir.join("pods").display());
             local = Some(k);
         }
@@ -60,6 +61,7 @@ pub async fn serve(data_dir: PathBuf, listen: String, opts: ServeOpts, up: Optio
                 node_monitor_grace: std::time::Duration::from_secs(node.node_monitor_grace_seconds.max(1)),
                 hpa_sync: std::time::Duration::from_secs(node.hpa_sync_seconds.max(1)),
                 credentials: sec.identities.as_ref().map(|i| i.controller_manager.clone()),
+                signer: sec.identities.as_ref().map(|i| i.signer.clone()),
                 ..Default::default()
             };
             ctrl = Some(std::sync::Arc::new(controllers::Controllers::start(&server, settings).await));
@@ -96,13 +98,24 @@ pub async fn serve(data_dir: PathBuf, listen: String, opts: ServeOpts, up: Optio
     Ok(())
 }
 
-/// With `pki`, the node's kubelet runs as `system:node:NAME` in `system:nodes` (a certificate
-/// issued at each start), so the Node authorizer and NodeRestriction judge it.
-pub async fn start_local_node(server: &str, data_dir: &std::path::Path, api_port: u16, o: &NodeOpts, pki: Option<&crate::pki::Pki>) -> Result<(kubelet::Kubelet, String)> {
+/// Who a node's kubelet is to the API server.
+pub enum NodeCredentials<'a> {
+    /// A certificate of the cluster CA issued at this start (`up`).
+    Issue(&'a crate::pki::Pki),
+    /// A certificate it holds (`node join`).
+    Given(client::tls::Credentials),
+    /// The process's default credentials (`--insecure-http`).
+    Process,
+}
+
+/// With credentials, the node's kubelet runs as `system:node:NAME` in `system:nodes`, so the
+/// Node authorizer and NodeRestriction judge it.
+pub async fn start_local_node(server: &str, data_dir: &std::path::Path, api_port: u16, o: &NodeOpts, who: NodeCredentials<'_>) -> Result<(kubelet::Kubelet, String)> {
     let name = o.node_name.clone().unwrap_or_else(hostname);
-    let credentials = match pki {
-        Some(p) => Some(p.credentials(&p.client(&format!("system:node:{name}"), apiserver::node_authz::NODES_GROUP)?)),
-        None => None,
+    let credentials = match who {
+        NodeCredentials::Issue(p) => Some(p.credentials(&p.client(&format!("system:node:{name}"), apiserver::node_authz::NODES_GROUP)?)),
+        NodeCredentials::Given(c) => Some(c),
+        NodeCredentials::Process => None,
     };
     let root = data_dir.join("pods");
     std::fs::create_dir_all(&root)?;

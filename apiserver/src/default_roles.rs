@@ -163,7 +163,22 @@ fn components() -> Vec<(&'static str, Value)> {
         crb("system:monitoring", group("system:monitoring")),
         // Kept with no subjects, as Kubernetes keeps it since the Node authorizer.
         crb("system:node", json!([])),
+        // kubeadm's TLS bootstrap (`capstan node join`): bootstrap tokens of its group may ask
+        // for a node client certificate and have it approved automatically, and nodes renew
+        // theirs. kubeadm creates these at `kubeadm init`; capstan at start.
+        ("clusterrolebindings", kubeadm("kubeadm:kubelet-bootstrap", "system:node-bootstrapper", BOOTSTRAP_NODE_GROUP)),
+        ("clusterrolebindings", kubeadm("kubeadm:node-autoapprove-bootstrap", "system:certificates.k8s.io:certificatesigningrequests:nodeclient", BOOTSTRAP_NODE_GROUP)),
+        ("clusterrolebindings", kubeadm("kubeadm:node-autoapprove-certificate-rotation", "system:certificates.k8s.io:certificatesigningrequests:selfnodeclient", "system:nodes")),
     ]
+}
+
+/// The group kubeadm gives its node bootstrap tokens (`auth-extra-groups`).
+pub const BOOTSTRAP_NODE_GROUP: &str = "system:bootstrappers:kubeadm:default-node-token";
+
+/// A binding of kubeadm's (its name and role differ, its labels are not RBAC's defaults').
+fn kubeadm(name: &str, role: &str, group_name: &str) -> Value {
+    json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding", "metadata": {"name": name},
+           "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role}, "subjects": group(group_name)})
 }
 
 /// The rules of each controller's role (Kubernetes' `system:controller:*`, `patch` added
@@ -268,6 +283,19 @@ fn controller_rules(ctl: &str) -> Vec<Value> {
             rule(&["list", "watch", "delete"], CORE, &["pods"]),
             events(),
         ],
+        "certificate-controller" => vec![
+            rule(&["get", "list", "watch", "delete"], &["certificates.k8s.io"], &["certificatesigningrequests"]),
+            rule(&["update"], &["certificates.k8s.io"], &["certificatesigningrequests/status", "certificatesigningrequests/approval"]),
+            named(&["approve"], &["certificates.k8s.io"], &["signers"], &["kubernetes.io/kube-apiserver-client-kubelet"]),
+            named(
+                &["sign"],
+                &["certificates.k8s.io"],
+                &["signers"],
+                &["kubernetes.io/legacy-unknown", "kubernetes.io/kube-apiserver-client", "kubernetes.io/kube-apiserver-client-kubelet", "kubernetes.io/kubelet-serving"],
+            ),
+            rule(&["create"], &["authorization.k8s.io"], &["subjectaccessreviews"]),
+            events(),
+        ],
         "resourcequota-controller" => vec![rule(&["list", "watch"], all, all), rule(&["update", "patch"], CORE, &["resourcequotas/status"]), events()],
         _ => Vec::new(),
     }
@@ -292,6 +320,7 @@ pub const CONTROLLERS: &[&str] = &[
     "horizontal-pod-autoscaler",
     "cronjob-controller",
     "resourcequota-controller",
+    "certificate-controller",
 ];
 
 fn controllers() -> Vec<(&'static str, Value)> {
@@ -457,6 +486,17 @@ mod tests {
         // system:node is bound to no one.
         let kubelet = UserInfo::new("system:node:n1", vec!["system:nodes".into(), AUTHENTICATED.into()]);
         assert!(!can(&ix, &kubelet, "GET", "/api/v1/namespaces/a/secrets/s"));
+        // kubeadm's TLS bootstrap: a node bootstrap token may ask and be auto-approved; a
+        // bootstrap token without the group may not.
+        let joining = UserInfo::new("system:bootstrap:abcdef", vec!["system:bootstrappers".into(), BOOTSTRAP_NODE_GROUP.into(), AUTHENTICATED.into()]);
+        let other = UserInfo::new("system:bootstrap:zzzzzz", vec!["system:bootstrappers".into(), AUTHENTICATED.into()]);
+        for (m, p) in [("POST", "/apis/certificates.k8s.io/v1/certificatesigningrequests"), ("POST", "/apis/certificates.k8s.io/v1/certificatesigningrequests/x/nodeclient")] {
+            assert!(can(&ix, &joining, m, p), "joining {m} {p}");
+            assert!(!can(&ix, &other, m, p), "other bootstrapper {m} {p}");
+        }
+        assert!(!can(&ix, &joining, "GET", "/api/v1/namespaces/a/pods"));
+        let approver = controller("certificate-controller");
+        assert!(can(&ix, &approver, "PUT", "/apis/certificates.k8s.io/v1/certificatesigningrequests/x/approval"));
         let monitor = UserInfo::new("prom", vec!["system:monitoring".into(), AUTHENTICATED.into()]);
         assert!(can(&ix, &monitor, "GET", "/metrics") && !can(&ix, &monitor, "GET", "/api/v1/pods"));
     }

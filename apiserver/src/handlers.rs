@@ -393,6 +393,9 @@ impl Req<'_> {
                 }
             }
             (Method::GET, true, None | Some("status")) => self.get().await,
+            (Method::GET, true, Some("approval")) if self.is_csr() => self.get().await,
+            (Method::PUT, true, Some("approval")) if self.is_csr() => self.update().await,
+            (Method::PATCH, true, Some("approval")) if self.is_csr() => self.patch().await,
             (Method::GET, true, Some("scale")) => self.get_scale().await,
             (Method::POST, false, None) => self.create().await,
             (Method::POST, true, Some("binding")) => self.bind().await,
@@ -421,6 +424,10 @@ impl Req<'_> {
 
     fn key(&self) -> String {
         self.info.key(self.namespace.as_deref(), self.name.as_deref().unwrap_or(""))
+    }
+
+    fn is_csr(&self) -> bool {
+        self.info.kind == "CertificateSigningRequest" && self.info.group == "certificates.k8s.io"
     }
 
     fn name(&self) -> &str {
@@ -561,6 +568,9 @@ impl Req<'_> {
                 m.insert("generation".into(), json!(1));
             }
         }
+        if self.is_csr() {
+            crate::csr::prepare_create(self.user.as_deref(), &mut obj)?;
+        }
         self.st.admission.admit(self.info, None, &mut obj)?;
         self.node_restriction(&obj, None)?;
         self.guard_rbac(&obj).await?;
@@ -667,7 +677,9 @@ impl Req<'_> {
             return Err(ApiError::bad_request(format!("the name of the object ({}) does not match the name on the URL ({})", meta_str(&incoming, "name").unwrap_or(""), self.name())));
         }
         let has_status_sub = self.info.subresources.iter().any(|s| s.name == "status");
-        let mut next = if self.sub.as_deref() == Some("status") {
+        let mut next = if self.sub.as_deref() == Some("approval") && self.is_csr() {
+            crate::csr::approval_next(cur, &incoming)
+        } else if self.sub.as_deref() == Some("status") {
             let mut n = cur.clone();
             match incoming.get("status") {
                 Some(s) => n["status"] = s.clone(),
@@ -715,6 +727,9 @@ impl Req<'_> {
         }
         self.st.admission.admit(self.info, Some(cur), &mut next)?;
         self.node_restriction(&next, Some(cur))?;
+        if self.is_csr() {
+            crate::csr::admit_update(&self.st.rbac.index(), self.user.as_deref(), self.sub.as_deref(), cur, &next)?;
+        }
         Ok(next)
     }
 

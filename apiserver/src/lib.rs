@@ -21,6 +21,7 @@ pub mod audit_event;
 pub mod authn;
 pub mod bootstrap_token;
 pub mod cached;
+pub mod csr;
 pub mod config_yaml;
 pub mod deadline;
 pub mod default_roles;

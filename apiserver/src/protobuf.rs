@@ -461,6 +461,47 @@ fn to_json_raw(body: &[u8]) -> Result<Value, PbError> {
             let m: rbac::Role = decode(&raw, &kind)?;
             obj! { "metadata" => m.metadata, "rules" => m.rules }
         }
+        ("certificates.k8s.io/v1", "CertificateSigningRequest") => {
+            // kubectl certificate approve|deny sends the whole request to `approval`.
+            let m: k8s_pb::api::certificates::v1::CertificateSigningRequest = decode(&raw, &kind)?;
+            let b64 = |b: &Option<Vec<u8>>| b.as_ref().filter(|b| !b.is_empty()).map(|b| json!(base64::engine::general_purpose::STANDARD.encode(b)));
+            let time = |t: &Option<meta::Time>| t.as_ref().and_then(|t| t.seconds).and_then(|s| jiff::Timestamp::from_second(s).ok()).map(|t| json!(t.to_string()));
+            let mut spec = json!({});
+            if let Some(sp) = &m.spec {
+                insert(&mut spec, "request", b64(&sp.request));
+                insert(&mut spec, "signerName", sp.signer_name.j());
+                insert(&mut spec, "expirationSeconds", sp.expiration_seconds.map(i64::from).j());
+                insert(&mut spec, "usages", sp.usages.j());
+                insert(&mut spec, "username", sp.username.j());
+                insert(&mut spec, "uid", sp.uid.j());
+                insert(&mut spec, "groups", sp.groups.j());
+            }
+            let mut status = json!({});
+            if let Some(st) = &m.status {
+                let conds: Vec<Value> = st
+                    .conditions
+                    .iter()
+                    .map(|c| {
+                        let mut o = json!({});
+                        insert(&mut o, "type", c.r#type.j());
+                        insert(&mut o, "status", c.status.j());
+                        insert(&mut o, "reason", c.reason.j());
+                        insert(&mut o, "message", c.message.j());
+                        insert(&mut o, "lastUpdateTime", time(&c.last_update_time));
+                        insert(&mut o, "lastTransitionTime", time(&c.last_transition_time));
+                        o
+                    })
+                    .collect();
+                if !conds.is_empty() {
+                    status["conditions"] = json!(conds);
+                }
+                insert(&mut status, "certificate", b64(&st.certificate));
+            }
+            let mut v = obj! { "metadata" => m.metadata };
+            v["spec"] = spec;
+            v["status"] = status;
+            v
+        }
         ("rbac.authorization.k8s.io/v1", "ClusterRole") => {
             let m: rbac::ClusterRole = decode(&raw, &kind)?;
             obj! { "metadata" => m.metadata, "rules" => m.rules }

@@ -187,7 +187,7 @@ macro_rules! status_of {
 /// Every built-in resource served.
 pub fn builtin() -> Vec<ResourceInfo> {
     use k8s_openapi::api::{
-        apps::v1 as apps, autoscaling::v2 as autoscaling, batch::v1 as batch, coordination::v1 as coordination,
+        apps::v1 as apps, autoscaling::v2 as autoscaling, batch::v1 as batch, certificates::v1 as certificates, coordination::v1 as coordination,
         core::v1 as core, discovery::v1 as discovery, flowcontrol::v1 as flowcontrol, policy::v1 as policy, rbac::v1 as rbac,
         scheduling::v1 as scheduling,
     };
@@ -225,6 +225,14 @@ pub fn builtin() -> Vec<ResourceInfo> {
         info::<batch::Job>(&[], &[status_of!(batch::Job)], true),
         info::<batch::CronJob>(&["cj"], &[status_of!(batch::CronJob)], true),
         info::<coordination::Lease>(&[], &[], true),
+        info::<certificates::CertificateSigningRequest>(
+            &["csr"],
+            &[
+                status_of!(certificates::CertificateSigningRequest),
+                Subresource { name: "approval", response: ("certificates.k8s.io", "v1", "CertificateSigningRequest"), verbs: GET_PATCH_UPDATE },
+            ],
+            true,
+        ),
         info::<discovery::EndpointSlice>(&[], &[], false),
         info::<policy::PodDisruptionBudget>(&["pdb"], &[status_of!(policy::PodDisruptionBudget)], true),
         info::<autoscaling::HorizontalPodAutoscaler>(&["hpa"], &[status_of!(autoscaling::HorizontalPodAutoscaler)], true),

@@ -86,6 +86,14 @@ pub fn columns(kind: &str) -> Vec<Value> {
             col("Age", "string", 0),
         ],
         "Lease" => vec![col("Name", "string", 0), col("Holder", "string", 0), col("Age", "string", 0)],
+        "CertificateSigningRequest" => vec![
+            col("Name", "string", 0),
+            col("Age", "string", 0),
+            col("SignerName", "string", 0),
+            col("Requestor", "string", 0),
+            col("RequestedDuration", "string", 0),
+            col("Condition", "string", 0),
+        ],
         _ => vec![col("Name", "string", 0), col("Age", "string", 0)],
     }
 }
@@ -276,6 +284,24 @@ pub fn cells(kind: &str, o: &Value) -> Vec<Value> {
             age_cell,
         ]),
         "Lease" => out.extend([json!(s(o, &["spec", "holderIdentity"]).and_then(|x| x.as_str()).unwrap_or("")), age_cell]),
+        "CertificateSigningRequest" => {
+            // As kubectl prints it: the decisions, then Issued once there is a certificate.
+            let mut cond: Vec<&str> = s(o, &["status", "conditions"]).and_then(|c| c.as_array()).into_iter().flatten().filter_map(|c| c.get("type").and_then(|t| t.as_str())).collect();
+            if s(o, &["status", "certificate"]).and_then(|c| c.as_str()).is_some_and(|c| !c.is_empty()) {
+                cond.push("Issued");
+            }
+            let duration = s(o, &["spec", "expirationSeconds"]).and_then(|e| e.as_i64()).map(|e| {
+                let created = jiff::Timestamp::now().as_second() - e;
+                age_at(jiff::Timestamp::from_second(created).ok().map(|t| t.to_string()).as_deref(), jiff::Timestamp::now().as_second())
+            });
+            out.extend([
+                age_cell,
+                json!(s(o, &["spec", "signerName"]).and_then(|x| x.as_str()).unwrap_or("")),
+                json!(s(o, &["spec", "username"]).and_then(|x| x.as_str()).unwrap_or("")),
+                json!(duration.unwrap_or_else(|| "<none>".into())),
+                json!(if cond.is_empty() { "Pending".to_string() } else { cond.join(",") }),
+            ]);
+        }
         "Job" => out.extend([
             json!(format!("{}/{}", n(o, &["status", "succeeded"]), s(o, &["spec", "completions"]).and_then(|c| c.as_i64()).unwrap_or(1))),
             age_cell,

@@ -33,10 +33,11 @@ pub enum Ctl {
     CronJob,
     ResourceQuota,
     TokenCleaner,
+    Certificate,
 }
 
 impl Ctl {
-    pub const ALL: [Ctl; 17] = [
+    pub const ALL: [Ctl; 18] = [
         Ctl::ReplicaSet,
         Ctl::Deployment,
         Ctl::GarbageCollector,
@@ -54,6 +55,7 @@ impl Ctl {
         Ctl::CronJob,
         Ctl::ResourceQuota,
         Ctl::TokenCleaner,
+        Ctl::Certificate,
     ];
 
     /// Its ServiceAccount in `kube-system` (Kubernetes' names; the role is
@@ -77,6 +79,7 @@ impl Ctl {
             Ctl::CronJob => "cronjob-controller",
             Ctl::ResourceQuota => "resourcequota-controller",
             Ctl::TokenCleaner => "token-cleaner",
+            Ctl::Certificate => "certificate-controller",
         }
     }
 }

@@ -33,11 +33,13 @@ pub struct Settings {
     /// with them, each controller writes as its own ServiceAccount (`identity.rs`); without,
     /// everything goes with the process's default credentials.
     pub credentials: Option<client::tls::Credentials>,
+    /// The cluster CA, for the certificate signer (`csr.rs`); requests stay unsigned without.
+    pub signer: Option<crate::csr::Signer>,
 }
 
 impl Default for Settings {
     fn default() -> Self {
-        Settings { node_monitor_grace: Duration::from_secs(40), default_toleration: Duration::from_secs(300), hpa_sync: Duration::from_secs(15), credentials: None }
+        Settings { node_monitor_grace: Duration::from_secs(40), default_toleration: Duration::from_secs(300), hpa_sync: Duration::from_secs(15), credentials: None, signer: None }
     }
 }
 
@@ -62,6 +64,7 @@ struct Ctx {
     hpas: Arc<Informer>,
     cronjobs: Arc<Informer>,
     quotas: Arc<Informer>,
+    csrs: Arc<Informer>,
     hpa_history: Mutex<std::collections::HashMap<String, std::collections::VecDeque<(i64, i64)>>>,
     /// Quotas whose recomputed `used` came out lower than their status, with that proposal and
     /// when it was first made: written only when a recount at least a second later agrees
@@ -216,6 +219,7 @@ impl Controllers {
             hpas: inf.get("/apis/autoscaling/v2/horizontalpodautoscalers"),
             cronjobs: inf.get("/apis/batch/v1/cronjobs"),
             quotas: inf.get("/api/v1/resourcequotas"),
+            csrs: inf.get("/apis/certificates.k8s.io/v1/certificatesigningrequests"),
             hpa_history: Default::default(),
             quota_lowering: Default::default(),
             exp: Expectations::default(),
@@ -236,6 +240,15 @@ impl Controllers {
         let hpaq = WorkQueue::new("horizontalpodautoscaler");
         let cjq = WorkQueue::new("cronjob");
         let rqq = WorkQueue::new("resourcequota");
+        let csrq = WorkQueue::new("certificate");
+        {
+            let q = csrq.clone();
+            ctx.csrs.on_change(move |ch| {
+                if let Change::Added(v) | Change::Modified { new: v, .. } = ch {
+                    q.add(key_of(v));
+                }
+            });
+        }
         {
             let q = rqq.clone();
             ctx.quotas.on_change(move |ch| {
@@ -477,6 +490,10 @@ impl Controllers {
         spawn_workers(&ctx, &saq, 1, &mut tasks, |ctx, key| async move { sync_serviceaccount(&ctx, &key).await });
         spawn_workers(&ctx, &epq, 2, &mut tasks, |ctx, key| async move { sync_endpoints(&ctx, &key).await });
         spawn_workers(&ctx, &rqq, 1, &mut tasks, |ctx, key| async move { sync_quota(&ctx, &key).await });
+        spawn_workers(&ctx, &csrq, 1, &mut tasks, |ctx, key| async move {
+            let Some(csr) = ctx.csrs.get(&key) else { return Ok(None) };
+            crate::csr::sync(ctx.c(Ctl::Certificate), &csr, ctx.settings.signer.as_ref()).await
+        });
         spawn_workers(&ctx, &hpaq, 2, &mut tasks, |ctx, key| async move { sync_hpa(&ctx, &key).await });
         spawn_workers(&ctx, &cjq, 1, &mut tasks, |ctx, key| async move { sync_cronjob(&ctx, &key).await });
         spawn_workers(&ctx, &pdbq, 2, &mut tasks, |ctx, key| async move { sync_disruption(&ctx, &key).await });
@@ -487,7 +504,7 @@ impl Controllers {
         let x = ctx.clone();
         tasks.push(tokio::spawn(async move { node_lifecycle(x).await }));
         tasks.push(tokio::spawn(crate::token_cleaner::run(ctx.c(Ctl::TokenCleaner).clone())));
-        Controllers { _informers: inf, queues: vec![rsq, dq, gcq, saq, epq, jobq, dsq, stsq, nsq, pdbq, hpaq, cjq, rqq], ctx, tasks }
+        Controllers { _informers: inf, queues: vec![rsq, dq, gcq, saq, epq, jobq, dsq, stsq, nsq, pdbq, hpaq, cjq, rqq, csrq], ctx, tasks }
     }
 
     /// Queue depth, adds, retries and work duration per controller, for `/metrics`.

@@ -1,0 +1,268 @@
+//! The certificate controllers, as kube-controller-manager's csrapproving and csrsigning:
+//! - approving: a pending request to the `kubernetes.io/kube-apiserver-client-kubelet` signer
+//!   that is a node client certificate request (CN `system:node:NAME`, O exactly
+//!   `system:nodes`, no subject alternative names, usages among digital signature, key
+//!   encipherment and client auth) is approved when its requester may `create`
+//!   `certificatesigningrequests/nodeclient` (or `selfnodeclient`, when the requester is that
+//!   node already, renewing): a SubjectAccessReview asks, so RBAC bindings decide who is
+//!   auto-approved (capstan binds bootstrap tokens' kubeadm group, as kubeadm does);
+//! - signing: an approved request to the kubelet-client or kube-apiserver-client signer gets a
+//!   certificate of the cluster CA (when the controllers hold it), for client auth only,
+//!   valid for its `expirationSeconds` or a year (Kubernetes' `--cluster-signing-duration`).
+//!   The certificate names exactly the subject that was checked, never more of the request.
+//!
+//! The decisions (`node_client`, `decision`) are pure and tested as tables; `sync` does the
+//! API calls.
+
+use std::time::Duration;
+
+use base64::Engine;
+use client::{Client, ClientError};
+use serde_json::{Value, json};
+
+pub const KUBELET_CLIENT_SIGNER: &str = "kubernetes.io/kube-apiserver-client-kubelet";
+pub const CLIENT_SIGNER: &str = "kubernetes.io/kube-apiserver-client";
+const NODE_PREFIX: &str = "system:node:";
+const NODES_GROUP: &str = "system:nodes";
+const ALLOWED_USAGES: &[&str] = &["digital signature", "key encipherment", "client auth"];
+/// A year, as Kubernetes' default `--cluster-signing-duration`.
+const DEFAULT_SECONDS: i64 = 365 * 24 * 3600;
+
+/// The cluster CA, to sign with.
+#[derive(Clone, Debug)]
+pub struct Signer {
+    pub ca_pem: String,
+    pub ca_key_pem: String,
+}
+
+/// What a request asks for, read from its PKCS#10 body.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Subject {
+    pub common_names: Vec<String>,
+    pub organizations: Vec<String>,
+    pub has_alt_names: bool,
+}
+
+/// The PEM of `spec.request` (base64 of PEM in the API).
+fn request_pem(csr: &Value) -> Result<String, String> {
+    let b = base64::engine::general_purpose::STANDARD.decode(csr["spec"]["request"].as_str().unwrap_or("")).map_err(|_| "spec.request is not base64")?;
+    String::from_utf8(b).map_err(|_| "spec.request is not PEM text".into())
+}
+
+/// The subject of a request's PEM.
+pub fn subject_of(pem: &str) -> Result<Subject, String> {
+    let (_, p) = x509_parser::pem::parse_x509_pem(pem.as_bytes()).map_err(|_| "not PEM")?;
+    let (_, req) = <x509_parser::certification_request::X509CertificationRequest as x509_parser::prelude::FromDer<_>>::from_der(&p.contents).map_err(|_| "not a PKCS#10 request")?;
+    let info = &req.certification_request_info;
+    let strings = |it: &mut dyn Iterator<Item = &x509_parser::x509::AttributeTypeAndValue<'_>>| it.map(|a| a.as_str().map(str::to_string).map_err(|_| "a name that is not a string")).collect::<Result<Vec<_>, _>>();
+    let common_names = strings(&mut info.subject.iter_common_name())?;
+    let organizations = strings(&mut info.subject.iter_organization())?;
+    let has_alt_names = req.requested_extensions().into_iter().flatten().any(|e| matches!(e, x509_parser::extensions::ParsedExtension::SubjectAlternativeName(_)));
+    Ok(Subject { common_names, organizations, has_alt_names })
+}
+
+/// The node a kubelet client request is for, or why it is not one.
+pub fn node_client(s: &Subject, usages: &[String]) -> Result<String, String> {
+    let [cn] = s.common_names.as_slice() else { return Err("not exactly one common name".into()) };
+    let node = cn.strip_prefix(NODE_PREFIX).filter(|n| !n.is_empty()).ok_or("the common name is not system:node:NAME")?;
+    if s.organizations != [NODES_GROUP] {
+        return Err(format!("the organizations are {:?}, not exactly [{NODES_GROUP}]", s.organizations));
+    }
+    if s.has_alt_names {
+        return Err("a client certificate names no hosts".into());
+    }
+    if usages.is_empty() || usages.iter().any(|u| !ALLOWED_USAGES.contains(&u.as_str())) || !usages.iter().any(|u| u == "client auth") {
+        return Err(format!("usages {usages:?} are not a kubelet client's"));
+    }
+    Ok(node.to_string())
+}
+
+fn has_condition(csr: &Value, ty: &str) -> bool {
+    csr["status"]["conditions"].as_array().into_iter().flatten().any(|c| c["type"] == ty)
+}
+
+/// What to do with a request now.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Decision {
+    /// Nothing (decided, issued, or not ours).
+    Nothing,
+    /// Ask whether its requester may have it approved, for this subresource
+    /// (`nodeclient` or `selfnodeclient`).
+    AskApproval(&'static str),
+    /// Sign it.
+    Sign,
+}
+
+pub fn decision(csr: &Value, can_sign: bool) -> Decision {
+    let signer = csr["spec"]["signerName"].as_str().unwrap_or("");
+    if has_condition(csr, "Denied") || has_condition(csr, "Failed") {
+        return Decision::Nothing;
+    }
+    if has_condition(csr, "Approved") {
+        let issued = csr["status"]["certificate"].as_str().is_some_and(|c| !c.is_empty());
+        return if !issued && can_sign && (signer == KUBELET_CLIENT_SIGNER || signer == CLIENT_SIGNER) { Decision::Sign } else { Decision::Nothing };
+    }
+    if signer != KUBELET_CLIENT_SIGNER {
+        return Decision::Nothing;
+    }
+    let usages: Vec<String> = csr["spec"]["usages"].as_array().into_iter().flatten().filter_map(|u| u.as_str().map(str::to_string)).collect();
+    let Ok(node) = request_pem(csr).and_then(|p| subject_of(&p)).and_then(|s| node_client(&s, &usages)) else { return Decision::Nothing };
+    let requester = csr["spec"]["username"].as_str().unwrap_or("");
+    Decision::AskApproval(if requester == format!("{NODE_PREFIX}{node}") { "selfnodeclient" } else { "nodeclient" })
+}
+
+/// Acts on one request: approves it (after a SubjectAccessReview) or signs it.
+pub async fn sync(c: &Client, csr: &Value, signer: Option<&Signer>) -> Result<Option<Duration>, String> {
+    let name = csr["metadata"]["name"].as_str().unwrap_or("");
+    let path = format!("/apis/certificates.k8s.io/v1/certificatesigningrequests/{name}");
+    let now = api::meta::now_rfc3339();
+    match decision(csr, signer.is_some()) {
+        Decision::Nothing => Ok(None),
+        Decision::AskApproval(sub) => {
+            let spec = &csr["spec"];
+            let review = json!({
+                "apiVersion": "authorization.k8s.io/v1", "kind": "SubjectAccessReview",
+                "spec": {"user": spec["username"], "uid": spec["uid"], "groups": spec["groups"], "extra": spec["extra"],
+                         "resourceAttributes": {"group": "certificates.k8s.io", "resource": "certificatesigningrequests", "verb": "create", "subresource": sub}},
+            });
+            let answer = c.post("/apis/authorization.k8s.io/v1/subjectaccessreviews", &review).await.map_err(|e| e.to_string())?;
+            if answer["status"]["allowed"] != true {
+                // Left pending for an administrator, as Kubernetes leaves it.
+                return Ok(None);
+            }
+            let mut approved = csr.clone();
+            let mut conds = csr["status"]["conditions"].as_array().cloned().unwrap_or_default();
+            conds.push(json!({"type": "Approved", "status": "True", "reason": "AutoApproved",
+                "message": "Auto approving kubelet client certificate after SubjectAccessReview.", "lastUpdateTime": now, "lastTransitionTime": now}));
+            approved["status"]["conditions"] = json!(conds);
+            match c.put(&format!("{path}/approval"), &approved).await {
+                Ok(_) | Err(ClientError::Status { code: 404 | 409, .. }) => Ok(None),
+                Err(e) => Err(e.to_string()),
+            }
+        }
+        Decision::Sign => {
+            let s = signer.expect("Sign only with a signer");
+            let cert = match sign(s, csr) {
+                Ok(pem) => pem,
+                Err(why) => {
+                    // As Kubernetes: a request that cannot be signed is marked Failed.
+                    let mut failed = csr.clone();
+                    let mut conds = csr["status"]["conditions"].as_array().cloned().unwrap_or_default();
+                    conds.push(json!({"type": "Failed", "status": "True", "reason": "SignerValidationFailure", "message": why, "lastUpdateTime": now, "lastTransitionTime": now}));
+                    failed["status"]["conditions"] = json!(conds);
+                    return c.put(&format!("{path}/status"), &failed).await.map(|_| None).map_err(|e| e.to_string());
+                }
+            };
+            let mut issued = csr.clone();
+            issued["status"]["certificate"] = json!(base64::engine::general_purpose::STANDARD.encode(cert));
+            match c.put(&format!("{path}/status"), &issued).await {
+                Ok(_) | Err(ClientError::Status { code: 404 | 409, .. }) => Ok(None),
+                Err(e) => Err(e.to_string()),
+            }
+        }
+    }
+}
+
+/// A client certificate of the CA for the request: the checked subject (for a kubelet, CN
+/// `system:node:NAME` and O `system:nodes`; for other clients, their common name and
+/// organizations) and the request's public key, nothing else of it.
+fn sign(s: &Signer, csr: &Value) -> Result<String, String> {
+    let pem = request_pem(csr)?;
+    let subject = subject_of(&pem)?;
+    let signer = csr["spec"]["signerName"].as_str().unwrap_or("");
+    let usages: Vec<String> = csr["spec"]["usages"].as_array().into_iter().flatten().filter_map(|u| u.as_str().map(str::to_string)).collect();
+    if signer == KUBELET_CLIENT_SIGNER {
+        node_client(&subject, &usages)?;
+    }
+    let [cn] = subject.common_names.as_slice() else { return Err("not exactly one common name".into()) };
+    if subject.has_alt_names {
+        return Err("a client certificate names no hosts".into());
+    }
+    let mut req = rcgen::CertificateSigningRequestParams::from_pem(&pem).map_err(|e| format!("the request: {e}"))?;
+    let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).map_err(|e| e.to_string())?;
+    p.distinguished_name = rcgen::DistinguishedName::new();
+    p.distinguished_name.push(rcgen::DnType::CommonName, cn.as_str());
+    // rcgen writes one value per attribute type: a request with several organizations is
+    // signed with none rather than with some of them.
+    if let [o] = subject.organizations.as_slice() {
+        p.distinguished_name.push(rcgen::DnType::OrganizationName, o.as_str());
+    }
+    p.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+    p.key_usages = vec![rcgen::KeyUsagePurpose::DigitalSignature, rcgen::KeyUsagePurpose::KeyEncipherment];
+    let seconds = csr["spec"]["expirationSeconds"].as_i64().unwrap_or(DEFAULT_SECONDS).clamp(600, DEFAULT_SECONDS);
+    let now = time::OffsetDateTime::now_utc();
+    p.not_before = now - time::Duration::minutes(5);
+    p.not_after = now + time::Duration::seconds(seconds);
+    req.params = p;
+    let key = rcgen::KeyPair::from_pem(&s.ca_key_pem).map_err(|e| format!("the CA key: {e}"))?;
+    let issuer = rcgen::Issuer::from_ca_cert_pem(&s.ca_pem, key).map_err(|e| format!("the CA certificate: {e}"))?;
+    Ok(req.signed_by(&issuer).map_err(|e| format!("signing: {e}"))?.pem())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(cn: &str, orgs: &[&str], san: bool) -> String {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut p = rcgen::CertificateParams::new(if san { vec!["evil.example".to_string()] } else { vec![] }).unwrap();
+        p.distinguished_name.push(rcgen::DnType::CommonName, cn);
+        for o in orgs {
+            p.distinguished_name.push(rcgen::DnType::OrganizationName, *o);
+        }
+        p.serialize_request(&key).unwrap().pem().unwrap()
+    }
+
+    fn csr(pem: &str, signer: &str, user: &str, usages: &[&str]) -> Value {
+        json!({"metadata": {"name": "c"}, "spec": {"request": base64::engine::general_purpose::STANDARD.encode(pem), "signerName": signer, "username": user, "usages": usages}})
+    }
+
+    const KUBELET: &[&str] = &["digital signature", "client auth"];
+
+    #[test]
+    fn only_node_client_requests_are_put_to_a_review() {
+        let good = request("system:node:n1", &["system:nodes"], false);
+        assert_eq!(decision(&csr(&good, KUBELET_CLIENT_SIGNER, "system:bootstrap:abcdef", KUBELET), true), Decision::AskApproval("nodeclient"));
+        assert_eq!(decision(&csr(&good, KUBELET_CLIENT_SIGNER, "system:node:n1", KUBELET), true), Decision::AskApproval("selfnodeclient"));
+        for (pem, signer, usages, why) in [
+            (request("system:node:n1", &["system:masters"], false), KUBELET_CLIENT_SIGNER, KUBELET, "another group"),
+            (request("admin", &["system:nodes"], false), KUBELET_CLIENT_SIGNER, KUBELET, "not a node"),
+            (request("system:node:n1", &["system:nodes"], true), KUBELET_CLIENT_SIGNER, KUBELET, "with hosts"),
+            (good.clone(), KUBELET_CLIENT_SIGNER, &["client auth", "server auth"][..], "serving usage"),
+            (good.clone(), CLIENT_SIGNER, KUBELET, "another signer: left to an administrator"),
+        ] {
+            assert_eq!(decision(&csr(&pem, signer, "system:bootstrap:abcdef", usages), true), Decision::Nothing, "{why}");
+        }
+        let mut approved = csr(&good, KUBELET_CLIENT_SIGNER, "u", KUBELET);
+        approved["status"] = json!({"conditions": [{"type": "Approved", "status": "True"}]});
+        assert_eq!(decision(&approved, true), Decision::Sign);
+        assert_eq!(decision(&approved, false), Decision::Nothing, "no CA, no signing");
+        approved["status"]["certificate"] = json!("Y2VydA==");
+        assert_eq!(decision(&approved, true), Decision::Nothing, "issued already");
+        let mut denied = csr(&good, KUBELET_CLIENT_SIGNER, "u", KUBELET);
+        denied["status"] = json!({"conditions": [{"type": "Denied", "status": "True"}]});
+        assert_eq!(decision(&denied, true), Decision::Nothing);
+    }
+
+    #[test]
+    fn a_signed_certificate_names_the_checked_subject_for_client_auth_only() {
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let mut cp = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        cp.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ca = cp.self_signed(&ca_key).unwrap();
+        let s = Signer { ca_pem: ca.pem(), ca_key_pem: ca_key.serialize_pem() };
+        let mut c = csr(&request("system:node:n1", &["system:nodes"], false), KUBELET_CLIENT_SIGNER, "u", KUBELET);
+        c["spec"]["expirationSeconds"] = json!(3600);
+        let pem = sign(&s, &c).unwrap();
+        let (_, p) = x509_parser::pem::parse_x509_pem(pem.as_bytes()).unwrap();
+        let cert = p.parse_x509().unwrap();
+        assert_eq!(cert.subject().iter_common_name().next().unwrap().as_str().unwrap(), "system:node:n1");
+        assert_eq!(cert.subject().iter_organization().map(|o| o.as_str().unwrap()).collect::<Vec<_>>(), vec!["system:nodes"]);
+        let eku = cert.extended_key_usage().unwrap().unwrap().value;
+        assert!(eku.client_auth && !eku.server_auth);
+        let life = cert.validity().not_after.timestamp() - cert.validity().not_before.timestamp();
+        assert_eq!(life, 3600 + 300, "expirationSeconds, from five minutes back");
+        // A request that is not a node's is not signed for the kubelet signer.
+        assert!(sign(&s, &csr(&request("admin", &["system:masters"], false), KUBELET_CLIENT_SIGNER, "u", KUBELET)).is_err());
+    }
+}

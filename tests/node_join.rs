@@ -1,0 +1,92 @@
+//! A node from another machine: `capstan node join --token` gets its client certificate
+//! through a CertificateSigningRequest that the controllers approve (kubeadm's bootstrap
+//! group is bound to auto-approval) and sign, then runs pods as `system:node:NAME`.
+
+mod common;
+
+use common::*;
+
+const CAPSTAN: &str = env!("CARGO_BIN_EXE_capstan");
+
+/// A child process stopped when the test ends, however it ends.
+struct Stopped(std::process::Child);
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
+        let _ = self.0.wait();
+    }
+}
+
+fn bootstrap_token(c: &Cluster, id: &str, secret: &str, groups: Option<&str>) {
+    let mut args = vec![
+        "create".to_string(), "secret".into(), "generic".into(), format!("bootstrap-token-{id}"), "-n".into(), "kube-system".into(),
+        "--type".into(), "bootstrap.kubernetes.io/token".into(),
+        format!("--from-literal=token-id={id}"), format!("--from-literal=token-secret={secret}"), "--from-literal=usage-bootstrap-authentication=true".into(),
+    ];
+    if let Some(g) = groups {
+        args.push(format!("--from-literal=auth-extra-groups={g}"));
+    }
+    c.ok(&args.iter().map(String::as_str).collect::<Vec<_>>());
+}
+
+fn join(c: &Cluster, dir: &std::path::Path, token: &str, name: &str) -> std::process::Command {
+    let ca = c.dir.path().join("pki").join("ca.crt");
+    let mut cmd = std::process::Command::new(CAPSTAN);
+    cmd.args(["node", "join", "--server", &format!("https://{}", c.addr), "--token", token, "--certificate-authority", path_str(&ca), "--node-name", name, "--data-dir"]).arg(dir);
+    cmd
+}
+
+#[test]
+fn a_node_joins_with_a_bootstrap_token_through_an_approved_certificate_request() {
+    let c = Cluster::start_with(tempfile::tempdir().unwrap(), &["--no-local-node"]);
+    // A token without kubeadm's node group may not even ask.
+    bootstrap_token(&c, "zzzzzz", "zzzzzzzzzzzzzzzz", None);
+    let node_dir = tempfile::tempdir().unwrap();
+    let refused = join(&c, node_dir.path(), "zzzzzz.zzzzzzzzzzzzzzzz", "stranger").output().unwrap();
+    assert!(!refused.status.success(), "joined without the bootstrap group");
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("forbidden"), "{}", String::from_utf8_lossy(&refused.stderr));
+
+    bootstrap_token(&c, "abcdef", "0123456789abcdef", Some("system:bootstrappers:kubeadm:default-node-token"));
+    let _node = Stopped(join(&c, node_dir.path(), "abcdef.0123456789abcdef", "joined").stdout(std::process::Stdio::null()).spawn().unwrap());
+    wait_until("node joined registered and Ready", || {
+        c.kubectl_with(KUBECTL, &["get", "node", "joined", "-o", "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}"]).stdout == b"True"
+    });
+    // Its request: from the bootstrap token's user, approved automatically, issued.
+    let csrs: serde_json::Value = serde_json::from_str(&c.ok(&["get", "csr", "-o", "json"])).unwrap();
+    let mine = csrs["items"].as_array().unwrap().iter().find(|r| r["spec"]["username"] == "system:bootstrap:abcdef").expect("the node's request");
+    assert_eq!(mine["spec"]["signerName"], "kubernetes.io/kube-apiserver-client-kubelet");
+    let approved = mine["status"]["conditions"].as_array().unwrap().iter().find(|c| c["type"] == "Approved").expect("approved");
+    assert_eq!(approved["reason"], "AutoApproved");
+    assert!(mine["status"]["certificate"].as_str().is_some_and(|c| !c.is_empty()), "issued");
+    assert!(c.ok(&["get", "csr", mine["metadata"]["name"].as_str().unwrap()]).contains("Approved,Issued"));
+    // The node's certificate is system:node:joined, and the node runs pods.
+    let crt = node_dir.path().join("pki").join("kubelet.crt");
+    let pem = std::fs::read_to_string(&crt).unwrap();
+    use rustls::pki_types::pem::PemObject;
+    let der = rustls::pki_types::CertificateDer::from_pem_slice(pem.as_bytes()).unwrap();
+    let user = apiserver::authn::user_of_certificate(&der).unwrap();
+    assert_eq!((user.name.as_str(), user.groups[0].as_str()), ("system:node:joined", "system:nodes"));
+    c.ok(&["run", "hello", "--image=busybox", "--restart=Never", r#"--overrides={"spec":{"nodeName":"joined"}}"#, "--command", "--", "sh", "-c", "echo hello from the joined node"]);
+    wait_until("the pod on the joined node to succeed", || c.kubectl_with(KUBECTL, &["get", "pod", "hello", "-o", "jsonpath={.status.phase}"]).stdout == b"Succeeded");
+    assert!(c.ok(&["logs", "hello"]).contains("hello from the joined node"));
+    // An administrator can deny a request; the controllers then leave it alone.
+    // An administrator approves or denies other requests with kubectl (protobuf bodies to
+    // the approval subresource); an approved client request is signed.
+    let other = tempfile::tempdir().unwrap();
+    for user in ["alice", "bob"] {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.distinguished_name.push(rcgen::DnType::CommonName, user);
+        let req = p.serialize_request(&key).unwrap().pem().unwrap();
+        use base64::Engine;
+        let manifest = other.path().join(format!("{user}.yaml"));
+        std::fs::write(&manifest, format!("apiVersion: certificates.k8s.io/v1\nkind: CertificateSigningRequest\nmetadata: {{name: {user}}}\nspec:\n  request: {}\n  signerName: kubernetes.io/kube-apiserver-client\n  usages: [client auth]\n", base64::engine::general_purpose::STANDARD.encode(req))).unwrap();
+        c.ok(&["apply", "-f", path_str(&manifest)]);
+    }
+    c.ok(&["certificate", "deny", "alice"]);
+    c.ok(&["certificate", "approve", "bob"]);
+    wait_until("bob's certificate issued", || c.ok(&["get", "csr", "bob"]).contains("Approved,Issued"));
+    assert!(c.ok(&["get", "csr", "alice"]).contains("Denied"));
+    assert!(!c.ok(&["get", "csr", "alice"]).contains("Issued"));
+}
