@@ -167,6 +167,9 @@ pub fn security(data_dir: &Path, opts: &crate::TlsOpts, addr: &std::net::SocketA
     let sa_keys = Some(crate::pki::service_account_keys(data_dir, opts)?);
     let options = apiserver::Options { authn: apiserver::authn::Mode::Tls { tokens: tls.tokens.clone() }, audit: auditor(opts)?, sa_keys, request_timeout: opts.request_timeout, apf_seats: opts.max_requests_inflight + opts.max_mutating_requests_inflight };
     let identities = Some(pki.identities()?);
+    // The API server's client certificate to kubelets (kubeadm's name and group).
+    let kubelet_client = pki.client("kube-apiserver-kubelet-client", "system:masters")?;
+    apiserver::node_proxy::use_client_certificate(&kubelet_client.cert_pem, &kubelet_client.key_pem).map_err(anyhow::Error::msg)?;
     Ok(Security { scheme: "https", tls: Some(tls), options, limits: limits(opts), admin: Some(KubeUser { ca_pem: pki.ca_pem.clone(), cert_pem: admin.cert_pem, key_pem: admin.key_pem }), pki: Some(pki), identities })
 }
 

@@ -145,7 +145,8 @@ pub async fn start_local_node(server: &str, data_dir: &std::path::Path, api_port
         None => kubelet::client::Client::new(server),
     };
     let rt = std::sync::Arc::new(kubelet::process::ProcessRuntime::new(cfg, client));
-    let kcfg = kubelet::KubeletConfig { credentials, ..Default::default() };
+    let client_ca = credentials.as_ref().map(|c| c.ca_pem.clone());
+    let kcfg = kubelet::KubeletConfig { credentials, client_ca, ..Default::default() };
     let k = kubelet::Kubelet::start(server, kcfg, vec![spec], rt).await.context("starting the local node")?;
     Ok((k, name))
 }

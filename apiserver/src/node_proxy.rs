@@ -9,6 +9,7 @@
 //! metrics (kubectl shows `<unknown>`), never the whole answer.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
@@ -26,11 +27,63 @@ use crate::status::ApiError;
 const KUBELET_TIMEOUT: Duration = Duration::from_secs(5);
 const STATS_BYTES_MAX: usize = 256 << 20;
 
-type HttpClient = hyper_util::client::legacy::Client<hyper_util::client::legacy::connect::HttpConnector, http_body_util::Empty<Bytes>>;
+type HttpClient = hyper_util::client::legacy::Client<hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>, http_body_util::Empty<Bytes>>;
+
+/// The client to kubelets: plain HTTP, or (`use_client_certificate`) HTTPS presenting the API
+/// server's kubelet client certificate, as kube-apiserver's `--kubelet-client-certificate`.
+/// Kubelets' serving certificates are not verified (their own, self-signed), as kube-apiserver
+/// does without `--kubelet-certificate-authority`.
+static KUBELETS: std::sync::OnceLock<(HttpClient, &'static str)> = std::sync::OnceLock::new();
 
 fn http() -> &'static HttpClient {
-    static C: std::sync::OnceLock<HttpClient> = std::sync::OnceLock::new();
-    C.get_or_init(|| hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http())
+    &KUBELETS.get_or_init(|| (client(rustls::ClientConfig::builder().dangerous().with_custom_certificate_verifier(Arc::new(AnyServer)).with_no_client_auth()), "http")).0
+}
+
+/// `http` or `https`.
+fn scheme() -> &'static str {
+    let _ = http();
+    KUBELETS.get().map_or("http", |k| k.1)
+}
+
+fn client(cfg: rustls::ClientConfig) -> HttpClient {
+    let mut h = hyper_util::client::legacy::connect::HttpConnector::new();
+    h.enforce_http(false);
+    let c = hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(cfg).https_or_http().enable_http1().wrap_connector(h);
+    hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build(c)
+}
+
+/// Makes this process reach kubelets over HTTPS with this client certificate (once, before
+/// the first request to a kubelet).
+pub fn use_client_certificate(cert_pem: &str, key_pem: &str) -> Result<(), String> {
+    use rustls::pki_types::pem::PemObject;
+    let chain = rustls::pki_types::CertificateDer::pem_slice_iter(cert_pem.as_bytes()).collect::<Result<Vec<_>, _>>().map_err(|e| format!("the kubelet client certificate: {e}"))?;
+    let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(|e| format!("the kubelet client key: {e}"))?;
+    let cfg = rustls::ClientConfig::builder().dangerous().with_custom_certificate_verifier(Arc::new(AnyServer)).with_client_auth_cert(chain, key).map_err(|e| format!("the kubelet client certificate: {e}"))?;
+    KUBELETS.set((client(cfg), "https")).map_err(|_| "the kubelet client is set already".to_string())
+}
+
+/// Accepts a kubelet's serving certificate without checking who signed it (see `KUBELETS`);
+/// the handshake's signature is still checked, so the connection is encrypted to whoever
+/// holds that certificate's key.
+#[derive(Debug)]
+struct AnyServer;
+
+impl rustls::client::danger::ServerCertVerifier for AnyServer {
+    fn verify_server_cert(&self, _: &rustls::pki_types::CertificateDer<'_>, _: &[rustls::pki_types::CertificateDer<'_>], _: &rustls::pki_types::ServerName<'_>, _: &[u8], _: rustls::pki_types::UnixTime) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(&self, message: &[u8], cert: &rustls::pki_types::CertificateDer<'_>, dss: &rustls::DigitallySignedStruct) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &rustls::crypto::ring::default_provider().signature_verification_algorithms)
+    }
+
+    fn verify_tls13_signature(&self, message: &[u8], cert: &rustls::pki_types::CertificateDer<'_>, dss: &rustls::DigitallySignedStruct) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &rustls::crypto::ring::default_provider().signature_verification_algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        rustls::crypto::ring::default_provider().signature_verification_algorithms.supported_schemes()
+    }
 }
 
 async fn read(store: &Store, key: String) -> Result<Option<Value>, ApiError> {
@@ -107,7 +160,7 @@ pub async fn pod_log(store: &Store, pod_key: String, ns: &str, name: &str, query
     let node_name = pod["spec"]["nodeName"].as_str().filter(|n| !n.is_empty()).ok_or_else(|| ApiError::bad_request(format!("pod {name} does not have a host assigned")))?;
     let node = read(store, format!("/registry/core/nodes/{node_name}")).await?.ok_or_else(|| ApiError::bad_request(format!("node {node_name:?} of pod {name} not found")))?;
     let ep = kubelet_endpoint(&node).ok_or_else(|| ApiError::bad_request(format!("node {node_name:?} publishes no kubelet endpoint")))?;
-    let uri = format!("http://{ep}/containerLogs/{ns}/{name}/{container}?{}", params.join("&"));
+    let uri = format!("{}://{ep}/containerLogs/{ns}/{name}/{container}?{}", scheme(), params.join("&"));
     let req = axum::http::Request::get(&uri).body(http_body_util::Empty::new()).map_err(|e| ApiError::internal(e.to_string()))?;
     let resp = tokio::time::timeout(KUBELET_TIMEOUT, http().request(req))
         .await
@@ -131,7 +184,7 @@ async fn gather(nodes: &[Value]) -> Vec<Value> {
     eps.sort();
     eps.dedup();
     let fetches = eps.into_iter().map(|ep| async move {
-        let req = axum::http::Request::get(format!("http://{ep}/stats/capstan")).body(http_body_util::Empty::new()).ok()?;
+        let req = axum::http::Request::get(format!("{}://{ep}/stats/capstan", scheme())).body(http_body_util::Empty::new()).ok()?;
         let resp = tokio::time::timeout(KUBELET_TIMEOUT, http().request(req)).await.ok()?.ok()?;
         if !resp.status().is_success() {
             return None;

@@ -408,7 +408,8 @@ impl HollowNodes {
         };
         let clients = crate::NodeClients { shared, per_node: per_node.clone() };
         let runtime = HollowRuntime::new(clients, &nodes, cfg.start_delay);
-        let kcfg = KubeletConfig { lease_renew: cfg.lease_renew, per_node, ..Default::default() };
+        let client_ca = cfg.node_tokens.as_ref().map(|c| c.ca_pem.clone());
+        let kcfg = KubeletConfig { lease_renew: cfg.lease_renew, per_node, client_ca, ..Default::default() };
         let kubelet = Kubelet::start(base, kcfg, nodes, runtime.clone()).await?;
         Ok(HollowNodes { kubelet, runtime })
     }

@@ -19,6 +19,7 @@ pub mod logs;
 pub mod pod;
 pub mod probe;
 pub mod process;
+pub mod secure;
 pub mod server;
 pub mod stats;
 
@@ -150,6 +151,9 @@ pub struct KubeletConfig {
     /// A client per node for that node's writes (hollow nodes with node tokens); the shared
     /// client, for everything, when none.
     pub per_node: Option<Arc<std::collections::HashMap<String, Client>>>,
+    /// The cluster CA: with it the endpoint serves TLS, requires client certificates of it
+    /// and authorizes each request with the API server (`secure.rs`); plain HTTP without.
+    pub client_ca: Option<String>,
 }
 
 /// The client each node's requests go through: one for all (a kubelet of one node, or nodes
@@ -169,7 +173,7 @@ impl NodeClients {
 
 impl Default for KubeletConfig {
     fn default() -> Self {
-        KubeletConfig { lease_renew: Duration::from_secs(10), status_every: Duration::from_secs(300), listen: ([127, 0, 0, 1], 0).into(), credentials: None, per_node: None }
+        KubeletConfig { lease_renew: Duration::from_secs(10), status_every: Duration::from_secs(300), listen: ([127, 0, 0, 1], 0).into(), credentials: None, per_node: None, client_ca: None }
     }
 }
 
@@ -201,9 +205,11 @@ impl Kubelet {
         let listener = tokio::net::TcpListener::bind(cfg.listen).await.map_err(|e| ClientError::Transport(format!("kubelet endpoint: {e}")))?;
         let port = listener.local_addr().map_err(|e| ClientError::Transport(e.to_string()))?.port();
         let app = server::router(runtime.clone());
-        let mut tasks = vec![tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        })];
+        let guard = match &cfg.client_ca {
+            Some(ca) => Some(Arc::new(secure::Guard::new(ca, c.clone(), if nodes.len() == 1 { nodes[0].name.clone() } else { String::new() }).map_err(ClientError::Transport)?)),
+            None => None,
+        };
+        let mut tasks = vec![tokio::spawn(secure::serve(listener, app, guard))];
         let since = now();
         let cs = NodeClients { shared: c.clone(), per_node: cfg.per_node.clone() };
         {
