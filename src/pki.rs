@@ -250,6 +250,10 @@ pub fn service_account_keys(data_dir: &Path, opts: &TlsOpts) -> Result<Arc<apise
         }
     };
     let keys = apiserver::sa_token::Keys::from_pem(&pem, &opts.service_account_issuer).map_err(|e| anyhow::anyhow!("the ServiceAccount signing key {}: {e}", path.display()))?;
+    // Legacy token Secrets carry the cluster CA (when this process has one).
+    if let Some(ca) = [opts.ca_cert_file.clone(), Some(data_dir.join("pki").join("ca.crt"))].into_iter().flatten().find(|f| f.exists()) {
+        keys.set_root_ca(&read(&ca)?);
+    }
     Ok(Arc::new(keys))
 }
 

@@ -84,3 +84,39 @@ fn every_controller_identity_has_a_default_role() {
         assert!(bound, "no default binding for the {sa} ServiceAccount");
     }
 }
+
+/// A legacy Secret-based ServiceAccount token, made only when a user asks for one: the
+/// Secret is filled (token, namespace, ca.crt, the ServiceAccount's uid) and its token
+/// authenticates as the ServiceAccount until the Secret or the ServiceAccount goes.
+#[test]
+fn a_legacy_service_account_token_secret_is_filled_and_dies_with_its_secret() {
+    let c = Cluster::start_with(tempfile::tempdir().unwrap(), &["--no-local-node", "--no-scheduler", "--no-controllers"]);
+    c.ok(&["create", "serviceaccount", "ci"]);
+    let secret = |name: &str, sa: &str| {
+        c.write(&format!("{name}.yaml"), &format!("apiVersion: v1\nkind: Secret\nmetadata:\n  name: {name}\n  annotations: {{kubernetes.io/service-account.name: {sa}}}\ntype: kubernetes.io/service-account-token\n"))
+    };
+    c.ok(&["apply", "-f", path_str(&secret("ci-token", "ci"))]);
+    use base64::Engine;
+    let field = |k: &str| {
+        let v = c.ok(&["get", "secret", "ci-token", "-o", &format!("jsonpath={{.data.{}}}", k.replace('.', "\\."))]);
+        String::from_utf8(base64::engine::general_purpose::STANDARD.decode(v.trim()).unwrap()).unwrap()
+    };
+    let token = field("token");
+    assert_eq!(field("namespace"), "default");
+    assert!(field("ca.crt").contains("BEGIN CERTIFICATE"));
+    let uid = c.ok(&["get", "serviceaccount", "ci", "-o", "jsonpath={.metadata.uid}"]);
+    assert_eq!(c.ok(&["get", "secret", "ci-token", "-o", "jsonpath={.metadata.annotations.kubernetes\\.io/service-account\\.uid}"]), uid);
+    let who = with_token(&c, &token, &["auth", "whoami", "-o", "jsonpath={.status.userInfo.username}"]);
+    assert_eq!(String::from_utf8_lossy(&who.stdout), "system:serviceaccount:default:ci", "{}", String::from_utf8_lossy(&who.stderr));
+    // One naming no ServiceAccount is refused.
+    let err = c.fails(&["apply", "-f", path_str(&secret("ghost-token", "ghost"))]);
+    assert!(err.contains("ghost"), "{err}");
+    // Deleting the Secret revokes the token.
+    c.ok(&["delete", "secret", "ci-token"]);
+    // kubectl says 401 either way, depending on whether discovery or the request met it.
+    wait_until("the deleted Secret's token refused (401)", || {
+        let o = with_token(&c, &token, &["get", "pods"]);
+        let err = String::from_utf8_lossy(&o.stderr);
+        !o.status.success() && (err.contains("Unauthorized") || err.contains("asked for the client to provide credentials"))
+    });
+}

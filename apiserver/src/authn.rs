@@ -317,7 +317,15 @@ async fn token_user_for(st: &AppState, tokens: &StaticTokens, token: &str, audie
     if !Keys::looks_like_jwt(token) {
         return Err("unknown token".into());
     }
-    let claims = keys.verify(token, &audiences, jiff::Timestamp::now().as_second())?;
+    let claims = match keys.verify(token, &audiences, jiff::Timestamp::now().as_second()) {
+        Ok(c) => c,
+        // A legacy Secret-based token (issuer kubernetes/serviceaccount, no audience): good
+        // for the API server's audiences, as Kubernetes takes them.
+        Err(bound) => match crate::legacy_token::verify(keys, token) {
+            Ok(legacy) => return crate::legacy_token::user(st, token, &legacy).await.map(|u| (Arc::new(u), for_api())),
+            Err(_) => return Err(bound),
+        },
+    };
     let good: Vec<String> = audiences.into_iter().filter(|a| claims.aud.contains(a)).collect();
     service_account_user(st, &claims).await.map(|u| (Arc::new(u), good))
 }

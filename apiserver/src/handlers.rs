@@ -571,6 +571,9 @@ impl Req<'_> {
         if self.is_csr() {
             crate::csr::prepare_create(self.user.as_deref(), &mut obj)?;
         }
+        if self.info.kind == "Secret" && self.info.group.is_empty() {
+            crate::legacy_token::fill(self.st, &mut obj).await?;
+        }
         self.st.admission.admit(self.info, None, &mut obj)?;
         self.node_restriction(&obj, None)?;
         self.guard_rbac(&obj).await?;

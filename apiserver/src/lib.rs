@@ -29,6 +29,7 @@ pub mod discovery;
 pub mod encryption;
 pub mod escalation;
 pub mod handlers;
+pub mod legacy_token;
 pub mod lite;
 pub mod metrics;
 pub mod node_authz;

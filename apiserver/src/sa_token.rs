@@ -90,6 +90,8 @@ pub struct Keys {
     /// microseconds. At most `VERIFIED_MAX` entries (emptied when full); expiry, validity and
     /// audiences are checked at every use.
     verified: std::sync::Mutex<std::collections::HashMap<Box<str>, std::sync::Arc<Claims>>>,
+    /// The cluster CA, put into legacy token Secrets as `ca.crt` (`legacy_token.rs`).
+    root_ca: std::sync::OnceLock<String>,
 }
 
 const VERIFIED_MAX: usize = 8192;
@@ -118,7 +120,29 @@ impl Keys {
         let decoding = DecodingKey::from_ec_components(&x, &y).map_err(|e| format!("the public key: {e}"))?;
         let encoding = EncodingKey::from_ec_der(der.secret_pkcs8_der());
         let jwks = json!({"keys": [{"use": "sig", "kty": "EC", "kid": kid, "crv": "P-256", "alg": "ES256", "x": x, "y": y}]});
-        Ok(Keys { encoding, decoding, kid, issuer: issuer.to_string(), jwks, verified: Default::default() })
+        Ok(Keys { encoding, decoding, kid, issuer: issuer.to_string(), jwks, verified: Default::default(), root_ca: Default::default() })
+    }
+
+    /// Sets the CA certificate legacy token Secrets carry (once).
+    pub fn set_root_ca(&self, pem: &str) {
+        let _ = self.root_ca.set(pem.to_string());
+    }
+
+    pub fn root_ca(&self) -> Option<&str> {
+        self.root_ca.get().map(String::as_str)
+    }
+
+    /// Signs legacy ServiceAccount token claims (`legacy_token.rs`).
+    pub fn sign_legacy(&self, claims: &crate::legacy_token::Claims) -> Result<String, String> {
+        jsonwebtoken::encode(&crate::legacy_token::header(&self.kid), claims, &self.encoding).map_err(|e| format!("signing: {e}"))
+    }
+
+    /// Checks a token's signature with this key under `v` and decodes its claims.
+    pub fn decode_legacy<T: serde::de::DeserializeOwned>(&self, token: &str, v: &Validation) -> Result<T, String> {
+        if token.len() > MAX_TOKEN_BYTES {
+            return Err("token too long".into());
+        }
+        jsonwebtoken::decode::<T>(token, &self.decoding, v).map(|d| d.claims).map_err(|e| e.to_string())
     }
 
     pub fn issuer(&self) -> &str {
