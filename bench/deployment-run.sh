@@ -26,4 +26,14 @@ kubectl set image deploy/big nginx=nginx:2 >/dev/null
 kubectl rollout status deploy/big --timeout=900s >/dev/null
 T3=$(date +%s.%N)
 python3 -c "print('rolling update of the $N replicas (25%% surge / 25%% unavailable) completed in %.1f s' % ($T3-$T2))"
-curl -s "$(grep -o 'scheduler:  http://[0-9.:]*' "$D/out.log" | sed 's/scheduler:  //')/metrics" | grep -E '^workqueue_(adds_total|retries_total|work_duration_seconds\{name="(replicaset|deployment)")'
+# The components port is HTTPS, authorized by the API server: present the kubeconfig's admin
+# certificate.
+python3 - "$D" <<'PY'
+import base64, sys, re
+d = sys.argv[1]
+kc = open(d + "/kubeconfig").read()
+for field, name in [("certificate-authority-data", "ca.crt"), ("client-certificate-data", "admin.crt"), ("client-key-data", "admin.key")]:
+    m = re.search(field + r": (\S+)", kc)
+    open(d + "/" + name, "wb").write(base64.b64decode(m.group(1)))
+PY
+curl -s --cacert "$D/ca.crt" --cert "$D/admin.crt" --key "$D/admin.key" "$(grep -o 'scheduler:  https\?://[0-9.:]*' "$D/out.log" | sed 's/scheduler:  //')/metrics" | grep -E '^workqueue_(adds_total|retries_total|work_duration_seconds\{name="(replicaset|deployment)")'

@@ -27,11 +27,25 @@ pub fn new_scheduler(server: &str, config: Option<&std::path::Path>, creds: Opti
 /// One listener for the in-process components: `/metrics` (scheduler and controllers), the
 /// scheduler's `/debug/scheduler/pods/<ns>/<name>`, and `/debug/pprof/profile` (CPU
 /// profiles of the whole process).
-pub async fn serve_components(listen: &str, s: Option<std::sync::Arc<scheduler::Scheduler>>, c: Option<std::sync::Arc<controllers::Controllers>>) -> Result<std::net::SocketAddr> {
+///
+/// With `pki` (a cluster on TLS) the port serves HTTPS with a certificate of the cluster CA
+/// and admits what the API server authorizes (`kubelet::secure`: client certificates of the
+/// cluster CA, `get` on the path as a non-resource URL, `/healthz` open), as
+/// kube-scheduler's secure port; plain HTTP otherwise. Returns the address and the scheme.
+pub async fn serve_components(listen: &str, s: Option<std::sync::Arc<scheduler::Scheduler>>, c: Option<std::sync::Arc<controllers::Controllers>>, tls: Option<(&crate::pki::Pki, &str)>) -> Result<(std::net::SocketAddr, &'static str)> {
     let l = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("components: listening on {listen}"))?;
     let addr = l.local_addr()?;
+    let guard = match tls {
+        Some((pki, api)) => {
+            let cert = pki.components_serving(&crate::pki::hosts_for(&addr))?;
+            let g = kubelet::secure::Guard::for_paths(&pki.ca_pem, &cert.cert_pem, &cert.key_pem, kubelet::client::Client::with_agent(api, "capstan-components-authz/0.1")).map_err(anyhow::Error::msg)?;
+            Some(std::sync::Arc::new(g))
+        }
+        None => None,
+    };
+    let scheme = if guard.is_some() { "https" } else { "http" };
     let (s2, c2) = (s.clone(), c.clone());
-    let mut app = axum::Router::new().route(
+    let mut app = axum::Router::new().route("/healthz", axum::routing::get(|| async { "ok" })).route(
         "/metrics",
         axum::routing::get(move || {
             let (s, c) = (s2.clone(), c2.clone());
@@ -46,10 +60,8 @@ pub async fn serve_components(listen: &str, s: Option<std::sync::Arc<scheduler::
         Some(s) => app = app.merge(s.debug_router()),
         None => app = app.merge(scheduler::cpuprof::router()),
     }
-    tokio::spawn(async move {
-        let _ = axum::serve(l, app).await;
-    });
-    Ok(addr)
+    tokio::spawn(kubelet::secure::serve(l, app, guard));
+    Ok((addr, scheme))
 }
 
 async fn start_scheduler(server: &str, listen: &str, config: Option<&std::path::Path>) -> Result<(scheduler::Scheduler, std::net::SocketAddr)> {

@@ -111,6 +111,16 @@ impl Pki {
         self.issue(p)
     }
 
+    /// A serving certificate for the components' metrics and profiling port (`hosts` as its
+    /// SANs), always of the cluster CA (not `--tls-cert-file`, the API's).
+    pub fn components_serving(&self, hosts: &[String]) -> Result<Issued> {
+        let mut p = CertificateParams::new(Vec::<String>::new())?;
+        p.distinguished_name.push(DnType::CommonName, "capstan-components");
+        p.subject_alt_names = sans(hosts)?;
+        p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        self.issue(p)
+    }
+
     /// A client certificate in the peers' group, for `capstan member`.
     pub fn member_client(&self) -> Result<Issued> {
         self.client("capstan-member", crate::peer_tls::PEERS_GROUP)

@@ -68,8 +68,8 @@ pub async fn serve(data_dir: PathBuf, listen: String, opts: ServeOpts, up: Optio
         }
         if !node.no_scheduler || ctrl.is_some() {
             let s = if node.no_scheduler { None } else { Some(std::sync::Arc::new(new_scheduler(&server, node.scheduler_config.as_deref(), sec.identities.as_ref().map(|i| &i.scheduler))?)) };
-            let a = serve_components(&node.scheduler_listen, s.clone(), ctrl.clone()).await?;
-            println!("  scheduler:  http://{a}/metrics, http://{a}/debug/scheduler/pods/<namespace>/<name>, http://{a}/debug/pprof/profile?seconds=10 (controllers' metrics at the same /metrics)");
+            let (a, scheme) = serve_components(&node.scheduler_listen, s.clone(), ctrl.clone(), sec.pki.as_ref().map(|p| (p, server.as_str()))).await?;
+            println!("  scheduler:  {scheme}://{a}/metrics, {scheme}://{a}/debug/scheduler/pods/<namespace>/<name>, {scheme}://{a}/debug/pprof/profile?seconds=10 (controllers' metrics at the same /metrics)");
             sched = s;
         }
     }

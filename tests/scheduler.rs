@@ -84,7 +84,18 @@ fn pending_pods_are_scheduled_explained_and_profiled() {
     check_invariants(&c);
     // Every attempt is visible with its timeline.
     let line = c.printed("scheduler:");
-    let sched = line.split("http://").nth(1).unwrap().split('/').next().unwrap().to_string();
+    // The components port is HTTPS with a certificate of the cluster CA: the admin's client
+    // certificate is authorized (system:masters); anonymous callers reach /healthz only.
+    let sched = line.split("https://").nth(1).expect("the components port on HTTPS").split('/').next().unwrap().to_string();
+    let ca = std::fs::read_to_string(c.dir.path().join("pki").join("ca.crt")).unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    use rustls::pki_types::pem::PemObject;
+    roots.add(rustls::pki_types::CertificateDer::from_pem_slice(ca.as_bytes()).unwrap()).unwrap();
+    let anonymous = std::sync::Arc::new(rustls::ClientConfig::builder().with_root_certificates(roots).with_no_client_auth());
+    assert_eq!(https_get(&sched, anonymous.clone(), "/metrics").0, 401);
+    assert_eq!(https_get(&sched, anonymous.clone(), "/debug/pprof/profile?seconds=1").0, 401);
+    assert_eq!(https_get(&sched, anonymous, "/healthz").0, 200);
+    use_tls(&sched, &c.kubeconfig);
     let (code, body) = http(&sched, "GET", "/debug/scheduler/pods/default/huge", &[], b"");
     assert_eq!(code, 200);
     let v: serde_json::Value = serde_json::from_slice(&body).unwrap();

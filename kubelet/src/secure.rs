@@ -1,9 +1,16 @@
-//! The kubelet endpoint's door, as the kubelet's `--client-ca-file` and
-//! `--authorization-mode=Webhook` keep it: TLS with a serving certificate of its own
-//! (self-signed at start, as a kubelet makes one without `--tls-cert-file`), a client
-//! certificate of the cluster CA required (CN = user, O = groups), and every request
-//! authorized by a SubjectAccessReview to the API server for `nodes/<subresource>` of this
-//! node (`stats` for `/stats/...`, `proxy` for the rest, as the kubelet maps its paths).
+//! The door of a process's own HTTP endpoints, as Kubernetes' components keep theirs with
+//! delegated authentication and authorization: TLS, client certificates of the cluster CA
+//! (CN = user, O = groups), and every request authorized by a SubjectAccessReview to the
+//! API server. Two kinds of doors:
+//! - a kubelet's endpoint (`--client-ca-file`, `--authorization-mode=Webhook`): a
+//!   self-signed serving certificate (as a kubelet makes one without `--tls-cert-file`), a
+//!   client certificate required, `nodes/<subresource>` of the node asked (`stats` for
+//!   `/stats/...`, `proxy` for the rest, as the kubelet maps its paths);
+//! - the scheduler's and controllers' metrics and profiling port (kube-scheduler's secure
+//!   port): a serving certificate given by the caller, the request's path asked as a
+//!   non-resource URL (`get /metrics`), `/healthz`, `/livez` and `/readyz` open to anyone
+//!   (`--authorization-always-allow-paths`).
+//!
 //! Answers are remembered as the kubelet's webhook cache does: allowed for 5 minutes, denied
 //! for 30 seconds, at most 4,096 entries.
 
@@ -31,14 +38,25 @@ pub struct Caller {
     pub groups: Vec<String>,
 }
 
+/// What a review asks about.
+#[derive(Clone, Debug)]
+enum Asks {
+    /// `nodes/<subresource>` of this node ("" for a process hosting many nodes: any node).
+    Node(String),
+    /// The request's path, as a non-resource URL.
+    Paths,
+}
+
+/// Paths anyone may read on a components port.
+const OPEN_PATHS: &[&str] = &["/healthz", "/livez", "/readyz"];
+
 /// What guards the endpoint.
 pub struct Guard {
     tls: Arc<rustls::ServerConfig>,
     /// Asks the API server (SubjectAccessReview).
     api: Client,
-    /// The node named in the reviews ("" for a process hosting many nodes: any node).
-    node: String,
-    decided: Mutex<HashMap<(Caller, &'static str), (Instant, bool)>>,
+    asks: Asks,
+    decided: Mutex<HashMap<(Caller, String), (Instant, bool)>>,
 }
 
 impl Guard {
@@ -56,21 +74,49 @@ impl Guard {
         let cert = p.self_signed(&key).map_err(|e| e.to_string())?;
         let der_key = rustls::pki_types::PrivateKeyDer::from_pem_slice(key.serialize_pem().as_bytes()).map_err(|e| e.to_string())?;
         let tls = rustls::ServerConfig::builder().with_client_cert_verifier(verifier).with_single_cert(vec![cert.der().clone()], der_key).map_err(|e| e.to_string())?;
-        Ok(Guard { tls: Arc::new(tls), api, node, decided: Mutex::new(HashMap::new()) })
+        Ok(Guard { tls: Arc::new(tls), api, asks: Asks::Node(node), decided: Mutex::new(HashMap::new()) })
     }
 
-    async fn allowed(&self, who: &Caller, subresource: &'static str) -> bool {
-        let key = (who.clone(), subresource);
+    /// A components port's door: serving `cert_pem` (with `key_pem`), client certificates of
+    /// `client_ca_pem` optional (anonymous callers reach the open paths only).
+    pub fn for_paths(client_ca_pem: &str, cert_pem: &str, key_pem: &str, api: Client) -> Result<Guard, String> {
+        use rustls::pki_types::pem::PemObject;
+        let mut roots = rustls::RootCertStore::empty();
+        for c in rustls::pki_types::CertificateDer::pem_slice_iter(client_ca_pem.as_bytes()) {
+            roots.add(c.map_err(|e| format!("the client CA: {e}"))?).map_err(|e| format!("the client CA: {e}"))?;
+        }
+        let verifier = rustls::server::WebPkiClientVerifier::builder(Arc::new(roots)).allow_unauthenticated().build().map_err(|e| format!("the client CA: {e}"))?;
+        let chain = rustls::pki_types::CertificateDer::pem_slice_iter(cert_pem.as_bytes()).collect::<Result<Vec<_>, _>>().map_err(|e| format!("the serving certificate: {e}"))?;
+        let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(|e| format!("the serving key: {e}"))?;
+        let tls = rustls::ServerConfig::builder().with_client_cert_verifier(verifier).with_single_cert(chain, key).map_err(|e| e.to_string())?;
+        Ok(Guard { tls: Arc::new(tls), api, asks: Asks::Paths, decided: Mutex::new(HashMap::new()) })
+    }
+
+    /// What a request for `path` is reviewed as.
+    fn subject(&self, path: &str) -> String {
+        match &self.asks {
+            Asks::Node(_) if path.starts_with("/stats") => "stats".into(),
+            Asks::Node(_) => "proxy".into(),
+            Asks::Paths => path.to_string(),
+        }
+    }
+
+    async fn allowed(&self, who: &Caller, subject: &str) -> bool {
+        let key = (who.clone(), subject.to_string());
         if let Some((at, ok)) = self.decided.lock().unwrap().get(&key)
             && at.elapsed() < if *ok { ALLOWED_TTL } else { DENIED_TTL }
         {
             return *ok;
         }
-        let review = json!({
-            "apiVersion": "authorization.k8s.io/v1", "kind": "SubjectAccessReview",
-            "spec": {"user": who.user, "groups": who.groups,
-                     "resourceAttributes": {"verb": "get", "resource": "nodes", "subresource": subresource, "name": self.node}},
-        });
+        let attributes = match &self.asks {
+            Asks::Node(node) => json!({"resourceAttributes": {"verb": "get", "resource": "nodes", "subresource": subject, "name": node}}),
+            Asks::Paths => json!({"nonResourceAttributes": {"verb": "get", "path": subject}}),
+        };
+        let mut spec = json!({"user": who.user, "groups": who.groups});
+        for (k, v) in attributes.as_object().into_iter().flatten() {
+            spec[k] = v.clone();
+        }
+        let review = json!({"apiVersion": "authorization.k8s.io/v1", "kind": "SubjectAccessReview", "spec": spec});
         let ok = match self.api.post("/apis/authorization.k8s.io/v1/subjectaccessreviews", &review).await {
             Ok(v) => v["status"]["allowed"] == true,
             Err(e) => {
@@ -95,12 +141,19 @@ fn caller_of(der: &[u8]) -> Option<Caller> {
     Some(Caller { user, groups })
 }
 
-/// The authorization middleware: 401 without a caller, 403 when the review says no.
+/// The authorization middleware: the open paths of a components port to anyone, else 401
+/// without a caller, 403 when the review says no.
 async fn authorize(State(g): State<Arc<Guard>>, req: Request, next: Next) -> Response {
+    if matches!(g.asks, Asks::Paths) && OPEN_PATHS.contains(&req.uri().path()) {
+        return next.run(req).await;
+    }
     let Some(who) = req.extensions().get::<Caller>().cloned() else { return (StatusCode::UNAUTHORIZED, "Unauthorized").into_response() };
-    let sub = if req.uri().path().starts_with("/stats") { "stats" } else { "proxy" };
-    if !g.allowed(&who, sub).await {
-        let msg = format!("Forbidden (user={}, verb=get, resource=nodes, subresource={sub})", who.user);
+    let subject = g.subject(req.uri().path());
+    if !g.allowed(&who, &subject).await {
+        let msg = match &g.asks {
+            Asks::Node(_) => format!("Forbidden (user={}, verb=get, resource=nodes, subresource={subject})", who.user),
+            Asks::Paths => format!("Forbidden (user={}, verb=get, path={subject})", who.user),
+        };
         return (StatusCode::FORBIDDEN, msg).into_response();
     }
     next.run(req).await
