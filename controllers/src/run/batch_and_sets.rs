@@ -1,0 +1,309 @@
+//! The Job, CronJob, DaemonSet and StatefulSet controllers' reconcile functions.
+
+#[allow(unused_imports)]
+use super::*;
+
+// ---------------------------------------------------------------- Job, DaemonSet, StatefulSet
+
+use crate::workloads::{self, JobStep, SetStep};
+
+pub(super) fn owned_pods(ctx: &Ctx, uid: &str) -> Vec<Arc<Value>> {
+    ctx.pods.owned_by(uid).into_iter().filter(|p| controller_of(p).is_some_and(|o| o["uid"] == uid)).collect()
+}
+
+pub(super) fn pod_for(owner: &Value, api_version: &str, kind: &str, name: Option<String>) -> Value {
+    let t = &owner["spec"]["template"];
+    let mut meta = if t["metadata"].is_object() { t["metadata"].clone() } else { json!({}) };
+    let oname = owner["metadata"]["name"].as_str().unwrap_or("");
+    match name {
+        Some(n) => meta["name"] = json!(n),
+        None => meta["generateName"] = json!(format!("{oname}-")),
+    }
+    meta["namespace"] = owner["metadata"]["namespace"].clone();
+    meta["ownerReferences"] = json!([{"apiVersion": api_version, "kind": kind, "name": oname, "uid": owner["metadata"]["uid"], "controller": true, "blockOwnerDeletion": true}]);
+    if let Some(m) = meta.as_object_mut() {
+        m.remove("creationTimestamp");
+    }
+    json!({"apiVersion": "v1", "kind": "Pod", "metadata": meta, "spec": t["spec"]})
+}
+
+pub(super) async fn create_pods(ctx: &Ctx, ctl: Ctl, ns: &str, pods: Vec<Value>) -> Result<(), String> {
+    let path = format!("/api/v1/namespaces/{ns}/pods");
+    for r in futures_util::future::join_all(pods.iter().map(|p| ctx.c(ctl).post(&path, p))).await {
+        match r {
+            Ok(_) | Err(ClientError::Status { code: 409, .. }) => {}
+            Err(e) => return Err(err(e)),
+        }
+    }
+    Ok(())
+}
+
+pub(super) async fn patch_status(ctx: &Ctx, ctl: Ctl, path: String, cur: &Value, status: Value) -> Result<(), String> {
+    let changed = status.as_object().into_iter().flatten().any(|(k, v)| cur[k] != *v);
+    if !changed {
+        return Ok(());
+    }
+    match ctx.c(ctl).merge_patch_quiet(&path, &json!({"status": status})).await {
+        Ok(()) | Err(ClientError::Status { code: 404, .. }) => Ok(()),
+        Err(e) => Err(err(e)),
+    }
+}
+
+pub(super) async fn sync_job(ctx: &Ctx, key: &str) -> Res {
+    let Some(job) = ctx.jobs.get(key) else { return Ok(None) };
+    let (ns, name) = split(key);
+    let path = format!("/apis/batch/v1/namespaces/{ns}/jobs/{name}");
+    let finished_at = job["status"]["conditions"].as_array().into_iter().flatten().find(|c| (c["type"] == "Complete" || c["type"] == "Failed") && c["status"] == "True").and_then(|c| podutil::ts(&c["lastTransitionTime"]));
+    if let Some(done) = finished_at {
+        // ttlSecondsAfterFinished: the Job (and through GC its pods) goes when it expires.
+        if let Some(ttl) = job["spec"]["ttlSecondsAfterFinished"].as_i64() {
+            let left = done + ttl - now_unix();
+            if left <= 0 {
+                let _ = ctx.c(Ctl::TtlAfterFinished).delete(&path, &json!({"propagationPolicy": "Background"})).await;
+                return Ok(None);
+            }
+            return Ok(Some(Duration::from_secs(left as u64)));
+        }
+        return Ok(None);
+    }
+    if job["metadata"].get("deletionTimestamp").is_some() || job["spec"]["suspend"].as_bool() == Some(true) {
+        return Ok(None);
+    }
+    let pods = owned_pods(ctx, job["metadata"]["uid"].as_str().unwrap_or(""));
+    let start = podutil::ts(&job["status"]["startTime"]).unwrap_or(now_unix());
+    let step = workloads::job_step(&job, &pods, now_unix() - start);
+    let (active, succeeded, failed) = workloads::job_counts(&pods);
+    let mut status = json!({
+        "active": active, "succeeded": succeeded, "failed": failed,
+        "ready": pods.iter().filter(|p| is_active(p) && podutil::is_ready(p)).count(),
+        "startTime": job["status"]["startTime"].as_str().map(String::from).unwrap_or_else(now_rfc3339),
+    });
+    match step {
+        JobStep::Create(n) => {
+            let mut pod = pod_for(&job, "batch/v1", "Job", None);
+            pod["metadata"]["labels"]["batch.kubernetes.io/job-name"] = json!(name);
+            pod["metadata"]["labels"]["job-name"] = json!(name);
+            create_pods(ctx, Ctl::Job, ns, vec![pod; n]).await?;
+            status["active"] = json!(active + n as i64);
+        }
+        JobStep::Finish { complete, reason, message } => {
+            for p in pods.iter().filter(|p| is_active(p)) {
+                let _ = ctx.c(Ctl::Job).delete(&format!("/api/v1/namespaces/{ns}/pods/{}", p["metadata"]["name"].as_str().unwrap_or("")), &json!({})).await;
+            }
+            let t = now_rfc3339();
+            let ty = if complete { "Complete" } else { "Failed" };
+            let mut conds = vec![json!({"type": if complete { "SuccessCriteriaMet" } else { "FailureTarget" }, "status": "True", "reason": reason, "message": message, "lastProbeTime": t, "lastTransitionTime": t})];
+            conds.push(json!({"type": ty, "status": "True", "reason": reason, "message": message, "lastProbeTime": t, "lastTransitionTime": t}));
+            status["conditions"] = json!(conds);
+            status["active"] = json!(0);
+            if complete {
+                status["completionTime"] = json!(t);
+            }
+            ctx.events.pod(&job, None, !complete, if complete { "Completed" } else { reason }, format!("Job {}", if complete { "completed" } else { "failed" }));
+            patch_status(ctx, Ctl::Job, format!("{path}/status"), &job["status"], status).await?;
+            return Ok(job["spec"]["ttlSecondsAfterFinished"].as_i64().map(|t| Duration::from_secs(t.max(0) as u64)));
+        }
+        JobStep::Wait => {}
+    }
+    patch_status(ctx, Ctl::Job, format!("{path}/status"), &job["status"], status).await?;
+    Ok(job["spec"]["activeDeadlineSeconds"].as_i64().map(|d| Duration::from_secs((start + d - now_unix()).max(1) as u64)))
+}
+
+pub(super) async fn sync_daemonset(ctx: &Ctx, key: &str) -> Res {
+    let Some(ds) = ctx.daemonsets.get(key) else { return Ok(None) };
+    if ds["metadata"].get("deletionTimestamp").is_some() {
+        return Ok(None);
+    }
+    let (ns, name) = split(key);
+    let hash = dep::template_hash(&ds["spec"]["template"]);
+    let pods: Vec<Arc<Value>> = owned_pods(ctx, ds["metadata"]["uid"].as_str().unwrap_or("")).into_iter().filter(|p| is_active(p)).collect();
+    let node_of = |p: &Value| -> String {
+        p["spec"]["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"][0]["matchFields"][0]["values"][0]
+            .as_str()
+            .or(p["spec"]["nodeName"].as_str())
+            .unwrap_or("")
+            .to_string()
+    };
+    let nodes = ctx.nodes.list();
+    let eligible: Vec<String> = nodes.iter().filter(|n| workloads::daemon_fits(&ds["spec"]["template"], n)).filter_map(|n| n["metadata"]["name"].as_str().map(String::from)).collect();
+    let mut create = Vec::new();
+    for n in &eligible {
+        if !pods.iter().any(|p| node_of(p) == *n) {
+            let mut pod = pod_for(&ds, "apps/v1", "DaemonSet", None);
+            pod["metadata"]["labels"]["controller-revision-hash"] = json!(hash);
+            pod["spec"]["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"] = json!({"nodeSelectorTerms": [{"matchFields": [{"key": "metadata.name", "operator": "In", "values": [n]}]}]});
+            let mut tol = pod["spec"]["tolerations"].as_array().cloned().unwrap_or_default();
+            for k in ["node.kubernetes.io/not-ready", "node.kubernetes.io/unreachable"] {
+                tol.push(json!({"key": k, "operator": "Exists", "effect": "NoExecute"}));
+            }
+            tol.push(json!({"key": "node.kubernetes.io/unschedulable", "operator": "Exists", "effect": "NoSchedule"}));
+            pod["spec"]["tolerations"] = json!(tol);
+            create.push(pod);
+        }
+    }
+    create_pods(ctx, Ctl::DaemonSet, ns, create).await?;
+    // Pods on nodes that no longer fit, and (RollingUpdate, one at a time) old-template pods.
+    let mut delete: Vec<&Arc<Value>> = pods.iter().filter(|p| !eligible.contains(&node_of(p))).collect();
+    let rolling = ds["spec"]["updateStrategy"]["type"].as_str().unwrap_or("RollingUpdate") == "RollingUpdate";
+    let outdated: Vec<&Arc<Value>> = pods.iter().filter(|p| p["metadata"]["labels"]["controller-revision-hash"] != hash.as_str()).collect();
+    let unavailable = pods.iter().filter(|p| !podutil::is_ready(p)).count();
+    if rolling && unavailable == 0
+        && let Some(p) = outdated.first()
+    {
+        delete.push(p);
+    }
+    for p in delete {
+        let _ = ctx.c(Ctl::DaemonSet).delete(&format!("/api/v1/namespaces/{ns}/pods/{}", p["metadata"]["name"].as_str().unwrap_or("")), &json!({})).await;
+    }
+    let on_eligible: Vec<&Arc<Value>> = pods.iter().filter(|p| eligible.contains(&node_of(p))).collect();
+    let status = json!({
+        "desiredNumberScheduled": eligible.len(),
+        "currentNumberScheduled": on_eligible.len(),
+        "numberMisscheduled": pods.len() - on_eligible.len(),
+        "numberReady": on_eligible.iter().filter(|p| podutil::is_ready(p)).count(),
+        "numberAvailable": on_eligible.iter().filter(|p| podutil::is_ready(p)).count(),
+        "numberUnavailable": eligible.len().saturating_sub(on_eligible.iter().filter(|p| podutil::is_ready(p)).count()),
+        "updatedNumberScheduled": on_eligible.iter().filter(|p| p["metadata"]["labels"]["controller-revision-hash"] == hash.as_str()).count(),
+        "observedGeneration": ds["metadata"]["generation"],
+    });
+    patch_status(ctx, Ctl::DaemonSet, format!("/apis/apps/v1/namespaces/{ns}/daemonsets/{name}/status"), &ds["status"], status).await?;
+    Ok(None)
+}
+
+pub(super) async fn sync_statefulset(ctx: &Ctx, key: &str) -> Res {
+    let Some(sts) = ctx.statefulsets.get(key) else { return Ok(None) };
+    if sts["metadata"].get("deletionTimestamp").is_some() {
+        return Ok(None);
+    }
+    let (ns, name) = split(key);
+    let hash = dep::template_hash(&sts["spec"]["template"]);
+    let rev = format!("{name}-{hash}");
+    let all = owned_pods(ctx, sts["metadata"]["uid"].as_str().unwrap_or(""));
+    let pods: Vec<Arc<Value>> = all.iter().filter(|p| p["metadata"].get("deletionTimestamp").is_none()).cloned().collect();
+    let terminating = all.len() != pods.len();
+    let replicas = sts["spec"]["replicas"].as_i64().unwrap_or(1);
+    let parallel = sts["spec"]["podManagementPolicy"] == "Parallel";
+    if !terminating || parallel {
+        match workloads::set_step(name, replicas, parallel, &pods) {
+            SetStep::Create(ords) => {
+                let mk = |o: i64| {
+                    let pname = format!("{name}-{o}");
+                    let mut p = pod_for(&sts, "apps/v1", "StatefulSet", Some(pname.clone()));
+                    p["metadata"]["labels"]["statefulset.kubernetes.io/pod-name"] = json!(pname);
+                    p["metadata"]["labels"]["apps.kubernetes.io/pod-index"] = json!(o.to_string());
+                    p["metadata"]["labels"]["controller-revision-hash"] = json!(rev);
+                    p["spec"]["hostname"] = json!(pname);
+                    if let Some(svc) = sts["spec"]["serviceName"].as_str() {
+                        p["spec"]["subdomain"] = json!(svc);
+                    }
+                    p
+                };
+                create_pods(ctx, Ctl::StatefulSet, ns, ords.into_iter().map(mk).collect()).await?;
+            }
+            SetStep::Delete(names) => {
+                for n in names {
+                    let _ = ctx.c(Ctl::StatefulSet).delete(&format!("/api/v1/namespaces/{ns}/pods/{n}"), &json!({})).await;
+                }
+            }
+            SetStep::Wait => {
+                // RollingUpdate: the highest-ordinal pod of the old revision goes once all are
+                // ready; it comes back with the new template.
+                let rolling = sts["spec"]["updateStrategy"]["type"].as_str().unwrap_or("RollingUpdate") == "RollingUpdate";
+                let all_ready = pods.len() as i64 == replicas && pods.iter().all(|p| podutil::is_ready(p));
+                if rolling && all_ready
+                    && let Some(p) = pods.iter().filter(|p| p["metadata"]["labels"]["controller-revision-hash"] != rev.as_str()).max_by_key(|p| workloads::ordinal(name, p["metadata"]["name"].as_str().unwrap_or("")))
+                {
+                    let _ = ctx.c(Ctl::StatefulSet).delete(&format!("/api/v1/namespaces/{ns}/pods/{}", p["metadata"]["name"].as_str().unwrap_or("")), &json!({})).await;
+                }
+            }
+        }
+    }
+    let updated = pods.iter().filter(|p| p["metadata"]["labels"]["controller-revision-hash"] == rev.as_str()).count();
+    let ready = pods.iter().filter(|p| podutil::is_ready(p)).count();
+    let current_rev = if updated == pods.len() { rev.clone() } else { sts["status"]["currentRevision"].as_str().map(String::from).unwrap_or_else(|| rev.clone()) };
+    let status = json!({
+        "replicas": pods.len(), "readyReplicas": ready, "availableReplicas": ready,
+        "currentReplicas": if current_rev == rev { updated } else { pods.len() - updated },
+        "updatedReplicas": updated, "currentRevision": current_rev, "updateRevision": rev,
+        "observedGeneration": sts["metadata"]["generation"],
+    });
+    patch_status(ctx, Ctl::StatefulSet, format!("/apis/apps/v1/namespaces/{ns}/statefulsets/{name}/status"), &sts["status"], status).await?;
+    Ok(None)
+}
+
+// ---------------------------------------------------------------- CronJob
+
+pub(super) fn job_finished(j: &Value) -> Option<bool> {
+    j["status"]["conditions"].as_array()?.iter().find(|c| (c["type"] == "Complete" || c["type"] == "Failed") && c["status"] == "True").map(|c| c["type"] == "Complete")
+}
+
+pub(super) async fn sync_cronjob(ctx: &Ctx, key: &str) -> Res {
+    let Some(cj) = ctx.cronjobs.get(key) else { return Ok(None) };
+    if cj["metadata"].get("deletionTimestamp").is_some() {
+        return Ok(None);
+    }
+    let (ns, name) = split(key);
+    let now = now_unix();
+    let next_minute = Some(Duration::from_secs((60 - now.rem_euclid(60)).max(1) as u64));
+    let cron = match Cron::parse(cj["spec"]["schedule"].as_str().unwrap_or("")) {
+        Ok(c) => c,
+        Err(e) => {
+            ctx.events.pod(&cj, None, true, "UnparseableSchedule", format!("unparseable schedule: {e}"));
+            return Ok(None);
+        }
+    };
+    let uid = cj["metadata"]["uid"].as_str().unwrap_or("");
+    let mut jobs: Vec<Arc<Value>> = ctx.jobs.owned_by(uid).into_iter().filter(|j| j["metadata"].get("deletionTimestamp").is_none()).collect();
+    jobs.sort_by_key(|j| podutil::ts(&j["metadata"]["creationTimestamp"]).unwrap_or(0));
+    let active: Vec<&Arc<Value>> = jobs.iter().filter(|j| job_finished(j).is_none()).collect();
+    let mut status = json!({
+        "active": active.iter().map(|j| json!({"kind": "Job", "apiVersion": "batch/v1", "namespace": ns, "name": j["metadata"]["name"], "uid": j["metadata"]["uid"]})).collect::<Vec<_>>(),
+        "lastScheduleTime": cj["status"]["lastScheduleTime"],
+    });
+    if let Some(t) = jobs.iter().filter(|j| job_finished(j) == Some(true)).filter_map(|j| j["status"]["completionTime"].as_str()).max() {
+        status["lastSuccessfulTime"] = json!(t);
+    }
+    let last = podutil::ts(&cj["status"]["lastScheduleTime"]).or_else(|| podutil::ts(&cj["metadata"]["creationTimestamp"])).unwrap_or(now);
+    if cj["spec"]["suspend"].as_bool() != Some(true)
+        && let Some(t) = cron.last_between(last, now)
+    {
+        let late = cj["spec"]["startingDeadlineSeconds"].as_i64().is_some_and(|d| now - t > d);
+        let policy = cj["spec"]["concurrencyPolicy"].as_str().unwrap_or("Allow");
+        if !late && !(policy == "Forbid" && !active.is_empty()) {
+            if policy == "Replace" {
+                for j in &active {
+                    let _ = ctx.c(Ctl::CronJob).delete(&format!("/apis/batch/v1/namespaces/{ns}/jobs/{}", j["metadata"]["name"].as_str().unwrap_or("")), &json!({"propagationPolicy": "Background"})).await;
+                }
+            }
+            let jt = &cj["spec"]["jobTemplate"];
+            let mut meta = if jt["metadata"].is_object() { jt["metadata"].clone() } else { json!({}) };
+            let jname = format!("{name}-{}", t / 60);
+            meta["name"] = json!(jname);
+            meta["namespace"] = json!(ns);
+            meta["annotations"]["batch.kubernetes.io/cronjob-scheduled-timestamp"] = json!(jiff::Timestamp::from_second(t).map(|x| x.to_string()).unwrap_or_default());
+            meta["ownerReferences"] = json!([{"apiVersion": "batch/v1", "kind": "CronJob", "name": name, "uid": uid, "controller": true, "blockOwnerDeletion": true}]);
+            let job = json!({"apiVersion": "batch/v1", "kind": "Job", "metadata": meta, "spec": jt["spec"]});
+            match ctx.c(Ctl::CronJob).post(&format!("/apis/batch/v1/namespaces/{ns}/jobs"), &job).await {
+                Ok(_) => ctx.events.pod(&cj, None, false, "SuccessfulCreate", format!("Created job {jname}")),
+                Err(ClientError::Status { code: 409, .. }) => {}
+                Err(e) => return Err(err(e)),
+            }
+        }
+        status["lastScheduleTime"] = json!(jiff::Timestamp::from_second(t).map(|x| x.to_string()).unwrap_or_default());
+    }
+    // History limits.
+    for (ok, limit) in [(true, cj["spec"]["successfulJobsHistoryLimit"].as_i64().unwrap_or(3)), (false, cj["spec"]["failedJobsHistoryLimit"].as_i64().unwrap_or(1))] {
+        let done: Vec<&Arc<Value>> = jobs.iter().filter(|j| job_finished(j) == Some(ok)).collect();
+        let extra = done.len().saturating_sub(limit.max(0) as usize);
+        for j in &done[..extra] {
+            let _ = ctx.c(Ctl::CronJob).delete(&format!("/apis/batch/v1/namespaces/{ns}/jobs/{}", j["metadata"]["name"].as_str().unwrap_or("")), &json!({"propagationPolicy": "Background"})).await;
+        }
+    }
+    if cj["status"]["lastScheduleTime"] != status["lastScheduleTime"] || cj["status"]["active"] != status["active"] || cj["status"]["lastSuccessfulTime"] != status["lastSuccessfulTime"] {
+        match ctx.c(Ctl::CronJob).merge_patch_quiet(&format!("/apis/batch/v1/namespaces/{ns}/cronjobs/{name}/status"), &json!({"status": status})).await {
+            Ok(()) | Err(ClientError::Status { code: 404, .. }) => {}
+            Err(e) => return Err(err(e)),
+        }
+    }
+    Ok(next_minute)
+}

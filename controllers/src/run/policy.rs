@@ -1,0 +1,229 @@
+//! The PodDisruptionBudget status and HorizontalPodAutoscaler controllers.
+
+#[allow(unused_imports)]
+use super::*;
+
+// ---------------------------------------------------------------- PodDisruptionBudget
+
+/// (expected pods, desired healthy) of a budget, as the disruption controller computes them.
+pub fn budget(spec: &Value, matching: usize, controllers_scale: Option<i64>) -> (i64, i64) {
+    let pct = |v: &Value, total: i64| -> Option<i64> {
+        let s = v.as_str()?.strip_suffix('%')?;
+        let p: i64 = s.parse().ok()?;
+        Some((total * p + 99) / 100)
+    };
+    let counted = matching as i64;
+    if !spec["maxUnavailable"].is_null() {
+        let expected = controllers_scale.unwrap_or(counted);
+        let max_un = spec["maxUnavailable"].as_i64().or_else(|| pct(&spec["maxUnavailable"], expected)).unwrap_or(0);
+        return (expected, (expected - max_un).max(0));
+    }
+    match &spec["minAvailable"] {
+        Value::Number(n) => (counted, n.as_i64().unwrap_or(0)),
+        v @ Value::String(_) => {
+            let expected = controllers_scale.unwrap_or(counted);
+            (expected, pct(v, expected).unwrap_or(0))
+        }
+        _ => (counted, counted),
+    }
+}
+
+pub(super) async fn sync_disruption(ctx: &Ctx, key: &str) -> Res {
+    let Some(pdb) = ctx.pdbs.get(key) else { return Ok(None) };
+    let (ns, name) = split(key);
+    let pods: Vec<Arc<Value>> = ctx
+        .pods
+        .list()
+        .into_iter()
+        .filter(|p| p["metadata"]["namespace"] == ns && is_active(p) && selector_matches(&pdb["spec"]["selector"], &p["metadata"]["labels"]))
+        .collect();
+    // The scale of the controllers behind the pods (for percentages and maxUnavailable).
+    let mut owners: BTreeMap<String, i64> = BTreeMap::new();
+    let mut all_owned = true;
+    for p in &pods {
+        match controller_of(p) {
+            Some(o) if o["kind"] == "ReplicaSet" => {
+                if let Some(r) = ctx.rs.get_by_uid(o["uid"].as_str().unwrap_or("")) {
+                    owners.insert(r["metadata"]["uid"].as_str().unwrap_or("").to_string(), r["spec"]["replicas"].as_i64().unwrap_or(0));
+                }
+            }
+            Some(o) if o["kind"] == "StatefulSet" => {
+                if let Some(r) = ctx.statefulsets.get_by_uid(o["uid"].as_str().unwrap_or("")) {
+                    owners.insert(r["metadata"]["uid"].as_str().unwrap_or("").to_string(), r["spec"]["replicas"].as_i64().unwrap_or(0));
+                }
+            }
+            _ => all_owned = false,
+        }
+    }
+    let scale = (all_owned && !owners.is_empty()).then(|| owners.values().sum());
+    let (expected, desired) = budget(&pdb["spec"], pods.len(), scale);
+    let healthy = pods.iter().filter(|p| podutil::is_ready(p)).count() as i64;
+    // Evictions the API server granted whose pods are still here count as already spent.
+    let now = now_unix();
+    let mut disrupted = serde_json::Map::new();
+    for (pod, at) in pdb["status"]["disruptedPods"].as_object().into_iter().flatten() {
+        let live = pods.iter().any(|p| p["metadata"]["name"] == pod.as_str());
+        let fresh = podutil::ts(at).is_some_and(|t| now - t < 120);
+        disrupted.insert(pod.clone(), if live && fresh { at.clone() } else { Value::Null });
+    }
+    let pending = disrupted.values().filter(|v| !v.is_null()).count() as i64;
+    let allowed = (healthy - desired - pending).max(0);
+    let t = now_rfc3339();
+    let ok = allowed > 0;
+    let prev = pdb["status"]["conditions"].as_array().and_then(|a| a.iter().find(|c| c["type"] == "DisruptionAllowed")).cloned().unwrap_or(Value::Null);
+    let transition = if prev["status"] == if ok { "True" } else { "False" } { prev["lastTransitionTime"].clone() } else { json!(t) };
+    let status = json!({
+        "observedGeneration": pdb["metadata"]["generation"],
+        "expectedPods": expected, "currentHealthy": healthy, "desiredHealthy": desired, "disruptionsAllowed": allowed,
+        "disruptedPods": disrupted,
+        "conditions": [{"type": "DisruptionAllowed", "status": if ok { "True" } else { "False" }, "reason": if ok { "SufficientPods" } else { "InsufficientPods" },
+            "message": "", "observedGeneration": pdb["metadata"]["generation"], "lastTransitionTime": transition}],
+    });
+    let cur = &pdb["status"];
+    let same = ["observedGeneration", "expectedPods", "currentHealthy", "desiredHealthy", "disruptionsAllowed"].iter().all(|f| cur[*f] == status[*f])
+        && disrupted.values().all(|v| !v.is_null())
+        && cur["conditions"][0]["status"] == status["conditions"][0]["status"];
+    if !same {
+        match ctx.c(Ctl::Disruption).merge_patch_quiet(&format!("/apis/policy/v1/namespaces/{ns}/poddisruptionbudgets/{name}/status"), &json!({"status": status})).await {
+            Ok(()) | Err(ClientError::Status { code: 404, .. }) => {}
+            Err(e) => return Err(err(e)),
+        }
+    }
+    Ok((pending > 0).then(|| Duration::from_secs(10)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn budgets() {
+        assert_eq!(budget(&json!({"minAvailable": 2}), 3, None), (3, 2));
+        assert_eq!(budget(&json!({"minAvailable": "50%"}), 3, Some(4)), (4, 2));
+        assert_eq!(budget(&json!({"maxUnavailable": 1}), 3, Some(3)), (3, 2));
+        assert_eq!(budget(&json!({"maxUnavailable": "25%"}), 4, None), (4, 3));
+    }
+}
+
+// ---------------------------------------------------------------- HorizontalPodAutoscaler
+
+
+pub(super) fn quantity_milli(s: &str) -> i64 {
+    api::Quantity::parse(s).map(|q| q.milli).unwrap_or(0)
+}
+
+pub(super) async fn sync_hpa(ctx: &Ctx, key: &str) -> Res {
+    let Some(hpa) = ctx.hpas.get(key) else {
+        ctx.hpa_history.lock().unwrap().remove(key);
+        return Ok(None);
+    };
+    let again = Some(ctx.settings.hpa_sync);
+    let (ns, name) = split(key);
+    let r = &hpa["spec"]["scaleTargetRef"];
+    let (kind, tname) = (r["kind"].as_str().unwrap_or(""), r["name"].as_str().unwrap_or(""));
+    let target = match kind {
+        "Deployment" => format!("/apis/apps/v1/namespaces/{ns}/deployments/{tname}"),
+        "ReplicaSet" => format!("/apis/apps/v1/namespaces/{ns}/replicasets/{tname}"),
+        "StatefulSet" => format!("/apis/apps/v1/namespaces/{ns}/statefulsets/{tname}"),
+        _ => return Ok(None),
+    };
+    let scale = match ctx.c(Ctl::HorizontalPodAutoscaler).get(&format!("{target}/scale")).await {
+        Ok(s) => s,
+        Err(ClientError::Status { code: 404, .. }) => return Ok(again),
+        Err(e) => return Err(err(e)),
+    };
+    let current = scale["spec"]["replicas"].as_i64().unwrap_or(0);
+    let min = hpa["spec"]["minReplicas"].as_i64().unwrap_or(1);
+    let max = hpa["spec"]["maxReplicas"].as_i64().unwrap_or(1);
+    if current == 0 {
+        return Ok(again); // scaled to zero by hand: autoscaling is off
+    }
+    let sel = scale["status"]["selector"].as_str().unwrap_or("").to_string();
+    let mut match_labels = serde_json::Map::new();
+    for kv in sel.split(',').filter(|s| !s.is_empty()) {
+        if let Some((k, v)) = kv.split_once('=') {
+            match_labels.insert(k.to_string(), json!(v));
+        }
+    }
+    let selector = json!({"matchLabels": match_labels});
+    let pods: Vec<Arc<Value>> = ctx.pods.list().into_iter().filter(|p| p["metadata"]["namespace"] == ns && is_active(p) && selector_matches(&selector, &p["metadata"]["labels"])).collect();
+    let ready = pods.iter().filter(|p| podutil::is_ready(p)).count() as i64;
+    let enc = sel.replace('=', "%3D").replace(',', "%2C");
+    let metrics = ctx.c(Ctl::HorizontalPodAutoscaler).get(&format!("/apis/metrics.k8s.io/v1beta1/namespaces/{ns}/pods?labelSelector={enc}")).await.map_err(err)?;
+    let usage_of = |pod: &str, res: &str| -> Option<i64> {
+        let m = metrics["items"].as_array()?.iter().find(|m| m["metadata"]["name"] == pod)?;
+        Some(m["containers"].as_array()?.iter().map(|c| quantity_milli(c["usage"][res].as_str().unwrap_or("0"))).sum())
+    };
+    let mut desired = min;
+    let mut current_metrics = Vec::new();
+    let mut reason = String::new();
+    for m in hpa["spec"]["metrics"].as_array().into_iter().flatten() {
+        if m["type"] != "Resource" {
+            continue;
+        }
+        let res = m["resource"]["name"].as_str().unwrap_or("cpu");
+        let (mut used, mut requested, mut n) = (0i64, 0i64, 0i64);
+        for p in &pods {
+            let Some(u) = usage_of(p["metadata"]["name"].as_str().unwrap_or(""), res) else { continue };
+            used += u;
+            requested += p["spec"]["containers"].as_array().into_iter().flatten().map(|c| quantity_milli(c["resources"]["requests"][res].as_str().unwrap_or("0"))).sum::<i64>();
+            n += 1;
+        }
+        if n == 0 {
+            continue;
+        }
+        let t = &m["resource"]["target"];
+        let (ratio, current_m) = match t["type"].as_str().unwrap_or("Utilization") {
+            "AverageValue" => {
+                let target = quantity_milli(t["averageValue"].as_str().unwrap_or("0")).max(1);
+                let avg = used / n;
+                (avg as f64 / target as f64, json!({"averageValue": api::Quantity::from_milli(avg).cpu_string()}))
+            }
+            _ => {
+                if requested == 0 {
+                    continue; // utilization needs requests
+                }
+                let util = used * 100 / requested;
+                let target = t["averageUtilization"].as_i64().unwrap_or(80).max(1);
+                (util as f64 / target as f64, json!({"averageUtilization": util, "averageValue": api::Quantity::from_milli(used / n).cpu_string()}))
+            }
+        };
+        let d = autoscale::desired_replicas(ready.max(1), current, ratio, min, max);
+        if d > desired || reason.is_empty() {
+            reason = format!("{res} resource utilization (percentage of request) {} target", if ratio > 1.0 { "above" } else { "below" });
+        }
+        desired = desired.max(d);
+        current_metrics.push(json!({"type": "Resource", "resource": {"name": res, "current": current_m}}));
+    }
+    let window = hpa["spec"]["behavior"]["scaleDown"]["stabilizationWindowSeconds"].as_i64().unwrap_or(300);
+    let now = now_unix();
+    let decided = {
+        let mut h = ctx.hpa_history.lock().unwrap();
+        autoscale::stabilize(h.entry(key.to_string()).or_default(), now, window, desired, current)
+    };
+    let mut last_scale = hpa["status"]["lastScaleTime"].clone();
+    if decided != current && !current_metrics.is_empty() {
+        ctx.c(Ctl::HorizontalPodAutoscaler).merge_patch_quiet(&format!("{target}/scale"), &json!({"spec": {"replicas": decided}})).await.map_err(err)?;
+        ctx.events.pod(&hpa, None, false, "SuccessfulRescale", format!("New size: {decided}; reason: {reason}"));
+        last_scale = json!(now_rfc3339());
+    }
+    let t = now_rfc3339();
+    let cond = |ty: &str, ok: bool, reason: &str, msg: &str| json!({"type": ty, "status": if ok { "True" } else { "False" }, "reason": reason, "message": msg, "lastTransitionTime": t});
+    let status = json!({
+        "currentReplicas": current, "desiredReplicas": decided, "currentMetrics": current_metrics, "lastScaleTime": last_scale,
+        "observedGeneration": hpa["metadata"]["generation"],
+        "conditions": [
+            cond("AbleToScale", true, "SucceededRescale", "the HPA controller was able to update the target scale"),
+            cond("ScalingActive", !pods.is_empty(), if pods.is_empty() { "FailedGetResourceMetric" } else { "ValidMetricFound" }, "the HPA was able to successfully calculate a replica count"),
+            cond("ScalingLimited", desired >= max || desired <= min, if desired >= max { "TooManyReplicas" } else { "DesiredWithinRange" }, "the desired count is within the acceptable range"),
+        ],
+    });
+    let cur = &hpa["status"];
+    if ["currentReplicas", "desiredReplicas", "currentMetrics", "lastScaleTime"].iter().any(|f| cur[*f] != status[*f]) {
+        match ctx.c(Ctl::HorizontalPodAutoscaler).merge_patch_quiet(&format!("/apis/autoscaling/v2/namespaces/{ns}/horizontalpodautoscalers/{name}/status"), &json!({"status": status})).await {
+            Ok(()) | Err(ClientError::Status { code: 404, .. }) => {}
+            Err(e) => return Err(err(e)),
+        }
+    }
+    Ok(again)
+}
