@@ -324,6 +324,10 @@ async fn run(w: workload::Workload, vars: workload::Vars, server: Option<String>
         match ph.kind.as_str() {
             "createNodes" => {
                 let n = count("count")?;
+                // Node tokens are capstan's: another API server (kube-apiserver) does not know
+                // them, so there the hollow nodes write with the kubeconfig's credentials.
+                let capstan = c.get("/version").await.ok().is_some_and(|v| v["gitVersion"].as_str().is_some_and(|g| g.contains("capstan")));
+                let node_tokens = node_tokens.clone().filter(|_| capstan);
                 let cfg = kubelet::HollowConfig { count: n as usize, name_prefix: "loadgen-node-".into(), node_tokens: node_tokens.clone(), ..Default::default() };
                 hollow = Some(kubelet::HollowNodes::start(&base, cfg).await.map_err(|e| anyhow!("starting hollow nodes: {e}"))?);
                 line.items = n;
