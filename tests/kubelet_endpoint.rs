@@ -13,25 +13,6 @@ use common::*;
 
 const NODE: &str = "node-k";
 
-/// Accepts the kubelet's self-signed serving certificate (the API server does the same).
-#[derive(Debug)]
-struct AnyServer;
-
-impl rustls::client::danger::ServerCertVerifier for AnyServer {
-    fn verify_server_cert(&self, _: &rustls::pki_types::CertificateDer<'_>, _: &[rustls::pki_types::CertificateDer<'_>], _: &rustls::pki_types::ServerName<'_>, _: &[u8], _: rustls::pki_types::UnixTime) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
-        Ok(rustls::client::danger::ServerCertVerified::assertion())
-    }
-    fn verify_tls12_signature(&self, m: &[u8], c: &rustls::pki_types::CertificateDer<'_>, d: &rustls::DigitallySignedStruct) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(m, c, d, &rustls::crypto::ring::default_provider().signature_verification_algorithms)
-    }
-    fn verify_tls13_signature(&self, m: &[u8], c: &rustls::pki_types::CertificateDer<'_>, d: &rustls::DigitallySignedStruct) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(m, c, d, &rustls::crypto::ring::default_provider().signature_verification_algorithms)
-    }
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        rustls::crypto::ring::default_provider().signature_verification_algorithms.supported_schemes()
-    }
-}
-
 /// A client certificate of the cluster CA in `pki` for `user` in `group`.
 fn cert(pki: &std::path::Path, user: &str, group: &str) -> (String, String) {
     let ca_key = rcgen::KeyPair::from_pem(&std::fs::read_to_string(pki.join("ca.key")).unwrap()).unwrap();
@@ -48,7 +29,8 @@ fn cert(pki: &std::path::Path, user: &str, group: &str) -> (String, String) {
 /// none.
 fn get(addr: &str, cert: Option<&(String, String)>, path: &str) -> Result<u16, String> {
     use rustls::pki_types::pem::PemObject;
-    let b = rustls::ClientConfig::builder().dangerous().with_custom_certificate_verifier(Arc::new(AnyServer));
+    // The kubelet's certificate is self-signed: accepted as the API server accepts it.
+    let b = rustls::ClientConfig::builder().dangerous().with_custom_certificate_verifier(Arc::new(apiserver::node_proxy::AnyServer));
     let cfg = match cert {
         Some((c, k)) => b.with_client_auth_cert(rustls::pki_types::CertificateDer::pem_slice_iter(c.as_bytes()).map(|c| c.unwrap()).collect(), rustls::pki_types::PrivateKeyDer::from_pem_slice(k.as_bytes()).unwrap()).unwrap(),
         None => b.with_no_client_auth(),

@@ -63,11 +63,7 @@ impl Guard {
     /// Trusting client certificates of `client_ca_pem`, serving a self-signed certificate.
     pub fn new(client_ca_pem: &str, api: Client, node: String) -> Result<Guard, String> {
         use rustls::pki_types::pem::PemObject;
-        let mut roots = rustls::RootCertStore::empty();
-        for c in rustls::pki_types::CertificateDer::pem_slice_iter(client_ca_pem.as_bytes()) {
-            roots.add(c.map_err(|e| format!("the client CA: {e}"))?).map_err(|e| format!("the client CA: {e}"))?;
-        }
-        let verifier = rustls::server::WebPkiClientVerifier::builder(Arc::new(roots)).build().map_err(|e| format!("the client CA: {e}"))?;
+        let verifier = client_verifier(client_ca_pem, false)?;
         let key = rcgen::KeyPair::generate().map_err(|e| e.to_string())?;
         let mut p = rcgen::CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()]).map_err(|e| e.to_string())?;
         p.distinguished_name.push(rcgen::DnType::CommonName, format!("{}@kubelet", if node.is_empty() { "hollow" } else { &node }));
@@ -81,11 +77,7 @@ impl Guard {
     /// `client_ca_pem` optional (anonymous callers reach the open paths only).
     pub fn for_paths(client_ca_pem: &str, cert_pem: &str, key_pem: &str, api: Client) -> Result<Guard, String> {
         use rustls::pki_types::pem::PemObject;
-        let mut roots = rustls::RootCertStore::empty();
-        for c in rustls::pki_types::CertificateDer::pem_slice_iter(client_ca_pem.as_bytes()) {
-            roots.add(c.map_err(|e| format!("the client CA: {e}"))?).map_err(|e| format!("the client CA: {e}"))?;
-        }
-        let verifier = rustls::server::WebPkiClientVerifier::builder(Arc::new(roots)).allow_unauthenticated().build().map_err(|e| format!("the client CA: {e}"))?;
+        let verifier = client_verifier(client_ca_pem, true)?;
         let chain = rustls::pki_types::CertificateDer::pem_slice_iter(cert_pem.as_bytes()).collect::<Result<Vec<_>, _>>().map_err(|e| format!("the serving certificate: {e}"))?;
         let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(|e| format!("the serving key: {e}"))?;
         let tls = rustls::ServerConfig::builder().with_client_cert_verifier(verifier).with_single_cert(chain, key).map_err(|e| e.to_string())?;
@@ -131,6 +123,18 @@ impl Guard {
         d.insert(key, (Instant::now(), ok));
         ok
     }
+}
+
+/// Verifies client certificates of `client_ca_pem`; `optional`: a caller may present none.
+fn client_verifier(client_ca_pem: &str, optional: bool) -> Result<Arc<dyn rustls::server::danger::ClientCertVerifier>, String> {
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls::pki_types::CertificateDer::pem_slice_iter(client_ca_pem.as_bytes()) {
+        roots.add(c.map_err(|e| format!("the client CA: {e}"))?).map_err(|e| format!("the client CA: {e}"))?;
+    }
+    let b = rustls::server::WebPkiClientVerifier::builder(Arc::new(roots));
+    let b = if optional { b.allow_unauthenticated() } else { b };
+    b.build().map_err(|e| format!("the client CA: {e}"))
 }
 
 /// The caller of a certificate (CN, O).
