@@ -64,15 +64,25 @@ pub async fn serve_components(listen: &str, s: Option<std::sync::Arc<scheduler::
     Ok((addr, scheme))
 }
 
-async fn start_scheduler(server: &str, listen: &str, config: Option<&std::path::Path>) -> Result<(scheduler::Scheduler, std::net::SocketAddr)> {
-    let s = new_scheduler(server, config, None)?;
-    let l = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("scheduler: listening on {listen}"))?;
+/// A standalone component's port: with `creds` (a kubeconfig with the cluster's CA), HTTPS
+/// with a self-signed certificate, client certificates of that CA, and each request
+/// authorized by the API server (`kubelet::secure`, `/healthz` open), as kube-scheduler's and
+/// kube-controller-manager's secure ports; plain HTTP against a cluster that is itself plain
+/// (`--insecure-http`). Returns the address and the scheme.
+async fn serve_standalone(listen: &str, server: &str, app: axum::Router, creds: Option<&client::tls::Credentials>, name: &str) -> Result<(std::net::SocketAddr, &'static str)> {
+    let l = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("{name}: listening on {listen}"))?;
     let addr = l.local_addr()?;
-    let app = s.router();
-    tokio::spawn(async move {
-        let _ = axum::serve(l, app).await;
-    });
-    Ok((s, addr))
+    let guard = match creds {
+        Some(c) => {
+            let api = kubelet::client::Client::with_agent(server, "capstan-components-authz/0.1");
+            Some(std::sync::Arc::new(kubelet::secure::Guard::self_signed_for_paths(&c.ca_pem, name, api).map_err(anyhow::Error::msg)?))
+        }
+        None => None,
+    };
+    let scheme = if guard.is_some() { "https" } else { "http" };
+    let app = app.route("/healthz", axum::routing::get(|| async { "ok" }));
+    tokio::spawn(kubelet::secure::serve(l, app, guard));
+    Ok((addr, scheme))
 }
 
 /// `capstan controllers`: with `credentials` (the kubeconfig's certificate), as
@@ -83,9 +93,14 @@ pub async fn run_controllers(server: String, listen: String, identity: Option<St
     let shutdown = shutdown_signal();
     tokio::pin!(shutdown);
     let me = identity.unwrap_or_else(|| format!("{}_{}", hostname(), std::process::id()));
-    let l = tokio::net::TcpListener::bind(&listen).await.with_context(|| format!("controllers: listening on {listen}"))?;
-    let addr = l.local_addr()?;
-    println!("capstan controllers for {server} as {me}: metrics at http://{addr}/metrics; waiting to lead; stop with Ctrl-C");
+    let slot: std::sync::Arc<std::sync::OnceLock<std::sync::Arc<controllers::Controllers>>> = Default::default();
+    let s2 = slot.clone();
+    let app = axum::Router::new().route("/metrics", axum::routing::get(move || {
+        let c = s2.get().cloned();
+        async move { c.map(|c| c.metrics_text()).unwrap_or_default() }
+    }));
+    let (addr, scheme) = serve_standalone(&listen, &server, app, credentials.as_ref(), "capstan-controllers").await?;
+    println!("capstan controllers for {server} as {me}: metrics at {scheme}://{addr}/metrics; waiting to lead; stop with Ctrl-C");
     let c = kubelet::client::Client::with_agent(&server, "capstan-controllers/0.1");
     tokio::select! {
         _ = controllers::leader::lead(c, "kube-system", crate::server::CONTROLLERS_LEASE, &me) => {}
@@ -94,24 +109,16 @@ pub async fn run_controllers(server: String, listen: String, identity: Option<St
     println!("leading: controllers running");
     let settings = controllers::run::Settings { credentials: credentials.filter(|c| c.cert_pem.is_some()), ..Default::default() };
     let ctrl = std::sync::Arc::new(controllers::Controllers::start(&server, settings).await);
-    let c2 = ctrl.clone();
-    let app = axum::Router::new().route("/metrics", axum::routing::get(move || {
-        let c = c2.clone();
-        async move { c.metrics_text() }
-    }));
-    tokio::spawn(async move {
-        let _ = axum::serve(l, app).await;
-    });
+    let _ = slot.set(ctrl);
     shutdown.await;
-    drop(ctrl);
     Ok(())
 }
 
-pub async fn run_scheduler(server: String, listen: String, config: Option<PathBuf>) -> Result<()> {
-    let (s, addr) = start_scheduler(&server, &listen, config.as_deref()).await?;
-    println!("capstan scheduler for {server}: metrics at http://{addr}/metrics; stop with Ctrl-C");
+pub async fn run_scheduler(server: String, listen: String, config: Option<PathBuf>, credentials: Option<client::tls::Credentials>) -> Result<()> {
+    let s = new_scheduler(&server, config.as_deref(), None)?;
+    let (addr, scheme) = serve_standalone(&listen, &server, s.router(), credentials.as_ref(), "capstan-scheduler").await?;
+    println!("capstan scheduler for {server}: metrics at {scheme}://{addr}/metrics; stop with Ctrl-C");
     shutdown_signal().await;
     drop(s);
     Ok(())
 }
-

@@ -79,7 +79,9 @@ enum Command {
         /// The kubeconfig whose current context gives the server and the credentials.
         #[arg(long)]
         kubeconfig: Option<PathBuf>,
-        /// Where /metrics and /debug/scheduler/pods/<ns>/<name> are served.
+        /// Where /metrics and /debug/scheduler/pods/<ns>/<name> are served: HTTPS (a
+        /// self-signed certificate) for callers the API server authorizes, when the kubeconfig
+        /// has a CA; /healthz open.
         #[arg(long, default_value = "127.0.0.1:10259")]
         listen: String,
         /// A KubeSchedulerConfiguration file (profiles, plugins, weights).
@@ -97,7 +99,8 @@ enum Command {
         /// The kubeconfig whose current context gives the server and the credentials.
         #[arg(long)]
         kubeconfig: Option<PathBuf>,
-        /// Where /metrics is served.
+        /// Where /metrics is served: HTTPS for callers the API server authorizes, when the
+        /// kubeconfig has a CA; /healthz open.
         #[arg(long, default_value = "127.0.0.1:10257")]
         listen: String,
         /// This candidate's identity in the leader election (default: hostname + pid).
@@ -319,8 +322,8 @@ fn main() -> Result<()> {
         Command::Member(a) => rt.block_on(member::run(a)),
         Command::Node { op: NodeCmd::Join(a) } => rt.block_on(join::run(a)),
         Command::Scheduler { server, kubeconfig, listen, config, .. } => {
-            let (server, _) = api_server(server, kubeconfig)?;
-            rt.block_on(components::run_scheduler(server, listen, config))
+            let (server, creds) = api_server(server, kubeconfig)?;
+            rt.block_on(components::run_scheduler(server, listen, config, creds))
         }
         Command::Controllers { server, kubeconfig, listen, identity, .. } => {
             let (server, creds) = api_server(server, kubeconfig)?;

@@ -119,12 +119,19 @@ fn two_controller_processes_elect_one_leader_and_fail_over() {
     let start = |id: &str| {
         Command::new(env!("CARGO_BIN_EXE_capstan"))
             .args(["controllers", "--kubeconfig", path_str(&c.kubeconfig), "--listen", "127.0.0.1:0", "--identity", id, "--log-level", "warn"])
-            .stdout(Stdio::null())
+            .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
             .unwrap()
     };
     let mut a = start("a");
+    // Its port is kube-controller-manager's secure port: HTTPS, nothing but /healthz for
+    // callers without a client certificate of the cluster CA.
+    let line = first_line(&mut a);
+    let port = line.split("metrics at https://").nth(1).unwrap_or_else(|| panic!("the port on HTTPS: {line}")).split('/').next().unwrap().to_string();
+    let anonymous = std::sync::Arc::new(rustls::ClientConfig::builder().dangerous().with_custom_certificate_verifier(std::sync::Arc::new(apiserver::node_proxy::AnyServer)).with_no_client_auth());
+    assert_eq!(https_get(&port, anonymous.clone(), "/metrics").0, 401);
+    assert_eq!(https_get(&port, anonymous, "/healthz").0, 200);
     wait_until("a to lead", || c.ok(&["get", "lease", "-n", "kube-system", "kube-controller-manager", "-o", "jsonpath={.spec.holderIdentity}"]) == "a");
     let mut b = start("b");
     c.ok(&["create", "deployment", "led", "--image=nginx", "--replicas=1"]);

@@ -189,3 +189,40 @@ fn a_scheduler_configuration_file_adds_profiles() {
     v.dedup();
     assert_eq!(v.len(), 1, "bin-packed onto one node: {nodes}");
 }
+
+/// `capstan scheduler` as its own process, with the kubeconfig's credentials: it schedules,
+/// and its port is kube-scheduler's secure port (HTTPS with a self-signed certificate, client
+/// certificates of the cluster CA, authorized by the API server; `/healthz` open).
+#[test]
+fn a_standalone_scheduler_schedules_and_guards_its_port() {
+    use std::sync::Arc;
+    let c = Cluster::start_with(tempfile::tempdir().unwrap(), &["--no-scheduler", "--hollow-nodes", "1", "--no-local-node"]);
+    let mut sched = std::process::Command::new(env!("CARGO_BIN_EXE_capstan"))
+        .args(["scheduler", "--kubeconfig", path_str(&c.kubeconfig), "--listen", "127.0.0.1:0", "--log-level", "warn"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let line = first_line(&mut sched);
+    let addr = line.split("metrics at https://").nth(1).unwrap_or_else(|| panic!("the port on HTTPS: {line}")).split('/').next().unwrap().to_string();
+    c.ok(&["run", "solo", "--image=nginx", "--restart=Never"]);
+    c.ok(&["wait", "--for=condition=PodScheduled", "pod/solo", "--timeout=60s"]);
+    assert_eq!(c.ok(&["get", "pod", "solo", "-o", "jsonpath={.spec.nodeName}"]), "hollow-0");
+    use rustls::pki_types::pem::PemObject;
+    // The certificate is self-signed: accepted as Prometheus scrapes such ports.
+    let b = || rustls::ClientConfig::builder().dangerous().with_custom_certificate_verifier(Arc::new(apiserver::node_proxy::AnyServer));
+    let anonymous = Arc::new(b().with_no_client_auth());
+    assert_eq!(https_get(&addr, anonymous.clone(), "/metrics").0, 401);
+    assert_eq!(https_get(&addr, anonymous.clone(), "/debug/scheduler/pods/default/solo").0, 401);
+    assert_eq!(https_get(&addr, anonymous, "/healthz").0, 200);
+    let creds = client::kubeconfig::load(&c.kubeconfig, None).unwrap().credentials.unwrap();
+    let chain = rustls::pki_types::CertificateDer::pem_slice_iter(creds.cert_pem.as_ref().unwrap().as_bytes()).map(|c| c.unwrap()).collect();
+    let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(creds.key_pem.as_ref().unwrap().as_bytes()).unwrap();
+    let admin = Arc::new(b().with_client_auth_cert(chain, key).unwrap());
+    let (code, body) = https_get(&addr, admin.clone(), "/metrics");
+    assert_eq!(code, 200);
+    assert!(String::from_utf8_lossy(&body).contains("scheduler_scheduling_attempt_duration_seconds_count{result=\"scheduled\""));
+    assert_eq!(https_get(&addr, admin, "/debug/scheduler/pods/default/solo").0, 200);
+    let _ = sched.kill();
+    let _ = sched.wait();
+}

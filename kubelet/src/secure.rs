@@ -50,6 +50,18 @@ enum Asks {
 /// Paths anyone may read on a components port.
 const OPEN_PATHS: &[&str] = &["/healthz", "/livez", "/readyz"];
 
+/// A self-signed serving certificate for `localhost` and 127.0.0.1, made in memory (as a
+/// kubelet or kube-scheduler makes one when given none): clients that check it pin it.
+fn self_signed(cn: &str) -> Result<(rustls::pki_types::CertificateDer<'static>, rustls::pki_types::PrivateKeyDer<'static>), String> {
+    use rustls::pki_types::pem::PemObject;
+    let key = rcgen::KeyPair::generate().map_err(|e| e.to_string())?;
+    let mut p = rcgen::CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()]).map_err(|e| e.to_string())?;
+    p.distinguished_name.push(rcgen::DnType::CommonName, cn);
+    let cert = p.self_signed(&key).map_err(|e| e.to_string())?;
+    let der_key = rustls::pki_types::PrivateKeyDer::from_pem_slice(key.serialize_pem().as_bytes()).map_err(|e| e.to_string())?;
+    Ok((cert.der().clone(), der_key))
+}
+
 /// What guards the endpoint.
 pub struct Guard {
     tls: Arc<rustls::ServerConfig>,
@@ -62,15 +74,20 @@ pub struct Guard {
 impl Guard {
     /// Trusting client certificates of `client_ca_pem`, serving a self-signed certificate.
     pub fn new(client_ca_pem: &str, api: Client, node: String) -> Result<Guard, String> {
-        use rustls::pki_types::pem::PemObject;
         let verifier = client_verifier(client_ca_pem, false)?;
-        let key = rcgen::KeyPair::generate().map_err(|e| e.to_string())?;
-        let mut p = rcgen::CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()]).map_err(|e| e.to_string())?;
-        p.distinguished_name.push(rcgen::DnType::CommonName, format!("{}@kubelet", if node.is_empty() { "hollow" } else { &node }));
-        let cert = p.self_signed(&key).map_err(|e| e.to_string())?;
-        let der_key = rustls::pki_types::PrivateKeyDer::from_pem_slice(key.serialize_pem().as_bytes()).map_err(|e| e.to_string())?;
-        let tls = rustls::ServerConfig::builder().with_client_cert_verifier(verifier).with_single_cert(vec![cert.der().clone()], der_key).map_err(|e| e.to_string())?;
+        let (cert, key) = self_signed(&format!("{}@kubelet", if node.is_empty() { "hollow" } else { &node }))?;
+        let tls = rustls::ServerConfig::builder().with_client_cert_verifier(verifier).with_single_cert(vec![cert], key).map_err(|e| e.to_string())?;
         Ok(Guard { tls: Arc::new(tls), api, asks: Asks::Node(node), decided: Mutex::new(HashMap::new()) })
+    }
+
+    /// A standalone component's port (`capstan scheduler`, `capstan controllers`), as
+    /// kube-scheduler's without `--tls-cert-file`: a self-signed serving certificate named
+    /// `name`, otherwise as `for_paths`.
+    pub fn self_signed_for_paths(client_ca_pem: &str, name: &str, api: Client) -> Result<Guard, String> {
+        let verifier = client_verifier(client_ca_pem, true)?;
+        let (cert, key) = self_signed(name)?;
+        let tls = rustls::ServerConfig::builder().with_client_cert_verifier(verifier).with_single_cert(vec![cert], key).map_err(|e| e.to_string())?;
+        Ok(Guard { tls: Arc::new(tls), api, asks: Asks::Paths, decided: Mutex::new(HashMap::new()) })
     }
 
     /// A components port's door: serving `cert_pem` (with `key_pem`), client certificates of

@@ -343,3 +343,13 @@ pub fn source_dir() -> PathBuf {
 pub fn path_str(p: &Path) -> &str {
     p.to_str().unwrap()
 }
+
+/// The first line a child printed on its piped stdout; the rest is drained by a thread, so
+/// the child's later lines never meet a closed pipe.
+pub fn first_line(child: &mut Child) -> String {
+    let mut r = BufReader::new(child.stdout.take().expect("a piped stdout"));
+    let mut line = String::new();
+    r.read_line(&mut line).expect("read the child's first line");
+    std::thread::spawn(move || std::io::copy(&mut r, &mut std::io::sink()));
+    line
+}
