@@ -9,6 +9,13 @@
 //! with them, judged by the Node authorizer like any kubelet. A later start reuses the
 //! certificate while a fifth of its life is left; past that (or with none) it asks again,
 //! which needs `--token`.
+//!
+//! While it runs, the node rotates its certificate as the kubelet does
+//! (`--rotate-certificates`): at a random point between 70% and 90% of the certificate's
+//! life it asks for a new one with a fresh key, authenticated by the current certificate
+//! (approved as `selfnodeclient`), keeps the pair in one file (`D/pki/kubelet-client-current.pem`,
+//! certificate then key, replaced by one rename so a crash leaves the old pair or the new one,
+//! never a mix) and presents it on every new connection (`client::tls::RotatingCert`).
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -48,21 +55,27 @@ pub async fn run(a: JoinArgs) -> Result<()> {
     let ca_pem = std::fs::read_to_string(&a.certificate_authority).with_context(|| format!("reading {}", a.certificate_authority.display()))?;
     let pki = a.data_dir.join("pki");
     std::fs::create_dir_all(&pki).with_context(|| format!("creating {}", pki.display()))?;
-    let (crt, key) = (pki.join("kubelet.crt"), pki.join("kubelet.key"));
-    let (cert_pem, key_pem) = match usable(&crt, &key, &name) {
+    let current = pki.join(CURRENT);
+    let wait = Duration::from_secs(a.approval_timeout_seconds);
+    let (cert_pem, key_pem) = match usable(&current, &name) {
         Some(pair) => {
-            println!("capstan: node {name} uses its certificate {}", crt.display());
+            println!("capstan: node {name} uses its certificate {}", current.display());
             pair
         }
         None => {
             let token = a.token.as_deref().ok_or_else(|| anyhow!("node {name} has no usable certificate in {}: give --token ID.SECRET (a bootstrap token)", pki.display()))?;
-            let pair = bootstrap(&a.server, &ca_pem, token, &name, Duration::from_secs(a.approval_timeout_seconds)).await?;
-            let issued = crate::pki::Issued { cert_pem: pair.0.clone(), key_pem: pair.1.clone() };
-            crate::pki::write_pair(&pki, "kubelet", &issued)?;
+            // The CA only: a client certificate would authenticate first and the token be ignored.
+            let ca_only = client::tls::Credentials { ca_pem: ca_pem.clone(), cert_pem: None, key_pem: None };
+            let c = client::Client::with_credentials(&a.server, "capstan-node-join/0.1", &ca_only)
+                .map_err(anyhow::Error::msg)?
+                .with_bearer(client::Bearer::new(token).map_err(anyhow::Error::msg)?);
+            let pair = request_certificate(&c, &name, wait).await.map_err(|e| anyhow!("asking {} for a node certificate with the bootstrap token: {e}", a.server))?;
+            crate::pki::write_private(&current, &format!("{}{}", pair.0, pair.1))?;
             pair
         }
     };
-    let credentials = client::tls::Credentials { ca_pem, cert_pem: Some(cert_pem), key_pem: Some(key_pem) };
+    let tls = client::tls::ClientTls::with_rotating_cert(&ca_pem, &cert_pem, &key_pem).map_err(|e| anyhow!("{}: {e}", current.display()))?;
+    let credentials = crate::single::Given { ca_pem, tls: tls.clone() };
     let port = a.server.trim_end_matches('/').rsplit(':').next().and_then(|p| p.parse().ok()).unwrap_or(6443);
     let opts = crate::NodeOpts {
         node_name: Some(name.clone()),
@@ -73,52 +86,111 @@ pub async fn run(a: JoinArgs) -> Result<()> {
         no_controllers: true,
         node_monitor_grace_seconds: 40,
         hpa_sync_seconds: 15,
+        cluster_signing_duration_seconds: 365 * 24 * 3600,
         crash_backoff_seconds: 10,
         usage_sample_seconds: 5,
     };
     let (k, name) = crate::single::start_local_node(&a.server, &a.data_dir, port, &opts, crate::single::NodeCredentials::Given(credentials)).await?;
     println!("capstan node {name} joined {} as system:node:{name} (pods run as local processes; logs in {}); stop with Ctrl-C", a.server, a.data_dir.join("pods").display());
+    let handle = tls.rotating().expect("a rotating certificate").clone();
+    let rotation = tokio::spawn(rotate(client::Client::with_tls(&a.server, "capstan-kubelet/0.1", &tls), handle, current, name.clone(), cert_pem, wait));
     shutdown_signal().await;
+    rotation.abort();
     eprintln!("capstan: stopping node {name} (its pods first)");
     k.shutdown().await;
     Ok(())
 }
 
-/// The certificate and key in `crt` and `key`, if they are this node's and more than a fifth
-/// of their life is left.
-fn usable(crt: &std::path::Path, key: &std::path::Path, name: &str) -> Option<(String, String)> {
-    let (c, k) = (std::fs::read_to_string(crt).ok()?, std::fs::read_to_string(key).ok()?);
+/// The file of the node's current certificate and key.
+const CURRENT: &str = "kubelet-client-current.pem";
+
+/// The certificate and key in `path` (certificate first), if they are this node's, match,
+/// and more than a fifth of their life is left.
+fn usable(path: &std::path::Path, name: &str) -> Option<(String, String)> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let at = text.find("-----BEGIN PRIVATE KEY-----").or_else(|| text.find("-----BEGIN EC PRIVATE KEY-----")).or_else(|| text.find("-----BEGIN RSA PRIVATE KEY-----"))?;
+    let (c, k) = (text[..at].to_string(), text[at..].to_string());
     let (_, p) = x509_parser::pem::parse_x509_pem(c.as_bytes()).ok()?;
-    let cert = p.parse_x509().ok()?;
     let user = apiserver::authn::user_of_certificate(&p.contents).ok()?;
     if user.name != format!("system:node:{name}") {
         return None;
     }
-    let (from, to) = (cert.validity().not_before.timestamp(), cert.validity().not_after.timestamp());
-    let now = jiff::Timestamp::now().as_second();
-    (now < to - (to - from) / 5).then_some((c, k))
+    // The key is the certificate's (a file written by hand could pair them wrongly).
+    client::tls::RotatingCert::check_pair(&c, &k).ok()?;
+    let (from, to) = validity(&c)?;
+    (jiff::Timestamp::now().as_second() < to - (to - from) / 5).then_some((c, k))
 }
 
-/// Asks for a client certificate with bootstrap `token` and waits until it is signed:
+/// A certificate's notBefore and notAfter, in Unix seconds.
+fn validity(cert_pem: &str) -> Option<(i64, i64)> {
+    let (_, p) = x509_parser::pem::parse_x509_pem(cert_pem.as_bytes()).ok()?;
+    let cert = p.parse_x509().ok()?;
+    Some((cert.validity().not_before.timestamp(), cert.validity().not_after.timestamp()))
+}
+
+/// When to rotate a certificate valid from `from` to `to`: at `jitter` (in [0, 1)) of the
+/// way from 70% to 90% of its life, as the kubelet's certificate manager picks it.
+fn rotation_deadline(from: i64, to: i64, jitter: f64) -> i64 {
+    let permille = 700 + (200.0 * jitter.clamp(0.0, 1.0)).round() as i64;
+    from + (to - from) * permille / 1000
+}
+
+/// Rotates the node's certificate forever: waits for the deadline, asks with the current
+/// certificate, keeps and presents the new pair. A failed request is retried every 10 s
+/// (the current certificate still works until it expires; then the node's requests fail
+/// with 401 until a rotation succeeds, as a kubelet's do).
+async fn rotate(c: client::Client, handle: std::sync::Arc<client::tls::RotatingCert>, path: PathBuf, name: String, mut cert_pem: String, wait: Duration) {
+    loop {
+        let Some((from, to)) = validity(&cert_pem) else {
+            tracing::error!("the node's certificate cannot be read; it will not be rotated");
+            return;
+        };
+        let jitter = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos()) as f64 / 1e9;
+        let at = rotation_deadline(from, to, jitter);
+        let now = jiff::Timestamp::now().as_second();
+        if at > now {
+            tokio::time::sleep(Duration::from_secs((at - now) as u64)).await;
+        }
+        loop {
+            match request_certificate(&c, &name, wait).await {
+                Ok((new_cert, new_key)) => {
+                    if let Err(e) = crate::pki::write_private(&path, &format!("{new_cert}{new_key}")) {
+                        tracing::warn!(error = %e, "keeping the rotated certificate failed; presenting it anyway");
+                    }
+                    if let Err(e) = handle.replace(&new_cert, &new_key) {
+                        tracing::error!(error = %e, "the rotated certificate cannot be presented");
+                        return;
+                    }
+                    let until = validity(&new_cert).and_then(|(_, t)| jiff::Timestamp::from_second(t).ok()).map(|t| t.to_string()).unwrap_or_default();
+                    println!("capstan: node {name} rotated its client certificate; the new one is valid until {until}");
+                    cert_pem = new_cert;
+                    break;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "rotating the node's certificate failed; retrying in 10 s");
+                    tokio::time::sleep(Duration::from_secs(10)).await;
+                }
+            }
+        }
+    }
+}
+
+/// Asks for a client certificate `system:node:NAME` with a fresh key, as `c` authenticates
+/// (a bootstrap token, or the node's current certificate), and waits until it is signed:
 /// (certificate PEM, key PEM).
-async fn bootstrap(server: &str, ca_pem: &str, token: &str, name: &str, wait: Duration) -> Result<(String, String)> {
+async fn request_certificate(c: &client::Client, name: &str, wait: Duration) -> Result<(String, String)> {
     let key = rcgen::KeyPair::generate()?;
     let mut p = rcgen::CertificateParams::new(Vec::<String>::new())?;
     p.distinguished_name.push(rcgen::DnType::CommonName, format!("system:node:{name}"));
     p.distinguished_name.push(rcgen::DnType::OrganizationName, "system:nodes");
     let request = p.serialize_request(&key)?.pem()?;
-    // The CA only: a client certificate would authenticate first and the token be ignored.
-    let ca_only = client::tls::Credentials { ca_pem: ca_pem.to_string(), cert_pem: None, key_pem: None };
-    let c = client::Client::with_credentials(server, "capstan-node-join/0.1", &ca_only)
-        .map_err(anyhow::Error::msg)?
-        .with_bearer(client::Bearer::new(token).map_err(anyhow::Error::msg)?);
     let body = json!({
         "apiVersion": "certificates.k8s.io/v1", "kind": "CertificateSigningRequest",
         "metadata": {"generateName": "node-csr-"},
         "spec": {"request": base64::engine::general_purpose::STANDARD.encode(&request), "signerName": SIGNER,
                  "usages": ["digital signature", "key encipherment", "client auth"]},
     });
-    let made = c.post("/apis/certificates.k8s.io/v1/certificatesigningrequests", &body).await.map_err(|e| anyhow!("asking {server} for a node certificate with the bootstrap token: {e}"))?;
+    let made = c.post("/apis/certificates.k8s.io/v1/certificatesigningrequests", &body).await.map_err(|e| anyhow!("{e}"))?;
     let csr = made["metadata"]["name"].as_str().unwrap_or("").to_string();
     println!("capstan: asked for a certificate for system:node:{name} ({csr}); waiting for it to be approved and signed (an administrator can: kubectl certificate approve {csr})");
     let path = format!("/apis/certificates.k8s.io/v1/certificatesigningrequests/{csr}");
@@ -141,5 +213,18 @@ async fn bootstrap(server: &str, ca_pem: &str, token: &str, name: &str, wait: Du
             bail!("{csr} was not approved and signed within {} s (kubectl certificate approve {csr}, then join again)", wait.as_secs());
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rotation_falls_between_70_and_90_percent_of_the_life() {
+        assert_eq!(rotation_deadline(1000, 2000, 0.0), 1700);
+        assert_eq!(rotation_deadline(1000, 2000, 0.5), 1800);
+        assert_eq!(rotation_deadline(1000, 2000, 1.0), 1900);
+        assert_eq!(rotation_deadline(1000, 2000, 7.0), 1900, "jitter past 1 is clamped");
     }
 }

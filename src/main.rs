@@ -247,6 +247,10 @@ pub struct NodeOpts {
     /// How often HorizontalPodAutoscalers are evaluated (Kubernetes: 15).
     #[arg(long, default_value_t = 15)]
     hpa_sync_seconds: u64,
+    /// The longest life of a certificate the controllers sign (Kubernetes'
+    /// `--cluster-signing-duration`: a year).
+    #[arg(long, default_value_t = 365 * 24 * 3600)]
+    cluster_signing_duration_seconds: u64,
     /// First CrashLoopBackOff delay in seconds (Kubernetes: 10; doubles up to 300).
     #[arg(long, default_value_t = 10)]
     crash_backoff_seconds: u64,

@@ -41,7 +41,7 @@ fn read(path: &Path) -> Result<String> {
     std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))
 }
 
-fn write_private(path: &Path, text: &str) -> Result<()> {
+pub fn write_private(path: &Path, text: &str) -> Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let tmp = path.with_extension("tmp");
@@ -179,7 +179,7 @@ impl Pki {
             scheduler: self.credentials(&self.client("system:kube-scheduler", "")?),
             controller_manager: self.credentials(&self.client("system:kube-controller-manager", "")?),
             ca_only: client::tls::Credentials { ca_pem: self.ca_pem.clone(), cert_pem: None, key_pem: None },
-            signer: controllers::csr::Signer { ca_pem: self.ca_pem.clone(), ca_key_pem: self.ca_key_pem.clone() },
+            signer: controllers::csr::Signer::new(self.ca_pem.clone(), self.ca_key_pem.clone()),
         })
     }
 

@@ -61,7 +61,7 @@ pub async fn serve(data_dir: PathBuf, listen: String, opts: ServeOpts, up: Optio
                 node_monitor_grace: std::time::Duration::from_secs(node.node_monitor_grace_seconds.max(1)),
                 hpa_sync: std::time::Duration::from_secs(node.hpa_sync_seconds.max(1)),
                 credentials: sec.identities.as_ref().map(|i| i.controller_manager.clone()),
-                signer: sec.identities.as_ref().map(|i| i.signer.clone()),
+                signer: sec.identities.as_ref().map(|i| controllers::csr::Signer { duration: std::time::Duration::from_secs(node.cluster_signing_duration_seconds.max(1)), ..i.signer.clone() }),
                 ..Default::default()
             };
             ctrl = Some(std::sync::Arc::new(controllers::Controllers::start(&server, settings).await));
@@ -99,11 +99,18 @@ pub async fn serve(data_dir: PathBuf, listen: String, opts: ServeOpts, up: Optio
 }
 
 /// Who a node's kubelet is to the API server.
+/// A node's own TLS: the cluster CA (for the kubelet endpoint's client certificates) and
+/// the client configuration presenting the node's certificate.
+pub struct Given {
+    pub ca_pem: String,
+    pub tls: client::tls::ClientTls,
+}
+
 pub enum NodeCredentials<'a> {
     /// A certificate of the cluster CA issued at this start (`up`).
     Issue(&'a crate::pki::Pki),
-    /// A certificate it holds (`node join`).
-    Given(client::tls::Credentials),
+    /// A certificate it holds (`node join`), possibly rotating.
+    Given(Given),
     /// The process's default credentials (`--insecure-http`).
     Process,
 }
@@ -112,9 +119,12 @@ pub enum NodeCredentials<'a> {
 /// Node authorizer and NodeRestriction judge it.
 pub async fn start_local_node(server: &str, data_dir: &std::path::Path, api_port: u16, o: &NodeOpts, who: NodeCredentials<'_>) -> Result<(kubelet::Kubelet, String)> {
     let name = o.node_name.clone().unwrap_or_else(hostname);
-    let credentials = match who {
-        NodeCredentials::Issue(p) => Some(p.credentials(&p.client(&format!("system:node:{name}"), apiserver::node_authz::NODES_GROUP)?)),
-        NodeCredentials::Given(c) => Some(c),
+    let tls = match who {
+        NodeCredentials::Issue(p) => {
+            let creds = p.credentials(&p.client(&format!("system:node:{name}"), apiserver::node_authz::NODES_GROUP)?);
+            Some(Given { ca_pem: creds.ca_pem.clone(), tls: client::tls::ClientTls::fixed(&creds).map_err(anyhow::Error::msg)? })
+        }
+        NodeCredentials::Given(g) => Some(g),
         NodeCredentials::Process => None,
     };
     let root = data_dir.join("pods");
@@ -140,13 +150,13 @@ pub async fn start_local_node(server: &str, data_dir: &std::path::Path, api_port
         host_ip: "127.0.0.1".into(),
         base_env,
     };
-    let client = match &credentials {
-        Some(c) => kubelet::client::Client::with_credentials(server, "capstan-kubelet/0.1", c).map_err(anyhow::Error::msg)?,
+    let client = match &tls {
+        Some(g) => kubelet::client::Client::with_tls(server, "capstan-kubelet/0.1", &g.tls),
         None => kubelet::client::Client::new(server),
     };
     let rt = std::sync::Arc::new(kubelet::process::ProcessRuntime::new(cfg, client));
-    let client_ca = credentials.as_ref().map(|c| c.ca_pem.clone());
-    let kcfg = kubelet::KubeletConfig { credentials, client_ca, ..Default::default() };
+    let client_ca = tls.as_ref().map(|g| g.ca_pem.clone());
+    let kcfg = kubelet::KubeletConfig { tls: tls.map(|g| g.tls), client_ca, ..Default::default() };
     let k = kubelet::Kubelet::start(server, kcfg, vec![spec], rt).await.context("starting the local node")?;
     Ok((k, name))
 }

@@ -61,7 +61,7 @@ fn a_node_joins_with_a_bootstrap_token_through_an_approved_certificate_request()
     assert!(mine["status"]["certificate"].as_str().is_some_and(|c| !c.is_empty()), "issued");
     assert!(c.ok(&["get", "csr", mine["metadata"]["name"].as_str().unwrap()]).contains("Approved,Issued"));
     // The node's certificate is system:node:joined, and the node runs pods.
-    let crt = node_dir.path().join("pki").join("kubelet.crt");
+    let crt = node_dir.path().join("pki").join("kubelet-client-current.pem");
     let pem = std::fs::read_to_string(&crt).unwrap();
     use rustls::pki_types::pem::PemObject;
     let der = rustls::pki_types::CertificateDer::from_pem_slice(pem.as_bytes()).unwrap();
@@ -89,4 +89,47 @@ fn a_node_joins_with_a_bootstrap_token_through_an_approved_certificate_request()
     wait_until("bob's certificate issued", || c.ok(&["get", "csr", "bob"]).contains("Approved,Issued"));
     assert!(c.ok(&["get", "csr", "alice"]).contains("Denied"));
     assert!(!c.ok(&["get", "csr", "alice"]).contains("Issued"));
+}
+
+/// The node's certificate: (user, notBefore, notAfter, serial).
+fn node_certificate(dir: &std::path::Path) -> Option<(String, i64, i64, String)> {
+    let pem = std::fs::read_to_string(dir.join("pki").join("kubelet-client-current.pem")).ok()?;
+    let (_, p) = x509_parser::pem::parse_x509_pem(pem.as_bytes()).ok()?;
+    let cert = p.parse_x509().ok()?;
+    let user = apiserver::authn::user_of_certificate(&p.contents).ok()?.name;
+    Some((user, cert.validity().not_before.timestamp(), cert.validity().not_after.timestamp(), cert.raw_serial_as_string()))
+}
+
+fn now() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64
+}
+
+/// As the kubelet with `--rotate-certificates`: between 70% and 90% of its certificate's life
+/// (30 s here, `--cluster-signing-duration-seconds`), the node asks for a new one with the old
+/// one, is approved as `selfnodeclient`, and goes on working after the first has expired (the
+/// API server refuses an expired certificate on every request, open connections included).
+#[test]
+fn a_joined_node_rotates_its_certificate_and_works_past_the_first_ones_expiry() {
+    let c = Cluster::start_with(tempfile::tempdir().unwrap(), &["--no-local-node", "--cluster-signing-duration-seconds", "30"]);
+    bootstrap_token(&c, "rotate", "0123456789abcdef", Some("system:bootstrappers:kubeadm:default-node-token"));
+    let node_dir = tempfile::tempdir().unwrap();
+    let _node = Stopped(join(&c, node_dir.path(), "rotate.0123456789abcdef", "turning").stdout(std::process::Stdio::null()).spawn().unwrap());
+    wait_until("node turning Ready", || {
+        c.kubectl_with(KUBECTL, &["get", "node", "turning", "-o", "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}"]).stdout == b"True"
+    });
+    let first = node_certificate(node_dir.path()).expect("the first certificate");
+    assert_eq!(first.0, "system:node:turning");
+    assert!(first.2 - first.1 <= 33, "a 30 s certificate (backdated by a tenth): {first:?}");
+    wait_until_within(std::time::Duration::from_secs(90), "the node's certificate rotated", || node_certificate(node_dir.path()).is_some_and(|n| n.3 != first.3));
+    let second = node_certificate(node_dir.path()).unwrap();
+    assert_eq!(second.0, "system:node:turning");
+    assert!(second.1 >= first.1 + (first.2 - first.1) * 6 / 10, "renewed late in the first one's life: {first:?} then {second:?}");
+    let csrs: serde_json::Value = serde_json::from_str(&c.ok(&["get", "csr", "-o", "json"])).unwrap();
+    let renewal = csrs["items"].as_array().unwrap().iter().find(|r| r["spec"]["username"] == "system:node:turning").expect("a request from the node itself");
+    assert!(renewal["status"]["conditions"].as_array().unwrap().iter().any(|c| c["type"] == "Approved" && c["reason"] == "AutoApproved"), "{renewal}");
+    // Past the first certificate's end, the node still reports and runs pods.
+    wait_until_within(std::time::Duration::from_secs(60), "the first certificate to expire", || now() > first.2 + 1);
+    c.ok(&["run", "late", "--image=busybox", "--restart=Never", r#"--overrides={"spec":{"nodeName":"turning"}}"#, "--command", "--", "sh", "-c", "echo still here"]);
+    wait_until("the pod on the rotated node to succeed", || c.kubectl_with(KUBECTL, &["get", "pod", "late", "-o", "jsonpath={.status.phase}"]).stdout == b"Succeeded");
+    assert!(c.ok(&["logs", "late"]).contains("still here"));
 }

@@ -68,7 +68,10 @@ impl UserInfo {
 pub enum Identity {
     /// No client certificate.
     Anonymous,
-    User(Arc<UserInfo>),
+    /// A verified certificate's user, and the certificate's `notAfter` (Unix seconds): a
+    /// connection outliving its certificate authenticates nothing more, as Kubernetes checks
+    /// a client certificate on every request.
+    User(Arc<UserInfo>, i64),
     /// A certificate that did not verify; the reason is logged, the client gets 401.
     Rejected(Arc<str>),
 }
@@ -99,8 +102,9 @@ impl ClientCa {
         if let Err(e) = self.webpki.verify_client_cert(leaf, intermediates, UnixTime::now()) {
             return Identity::Rejected(format!("client certificate: {e}").into());
         }
+        let not_after = x509_parser::parse_x509_certificate(leaf).map(|(_, c)| c.validity().not_after.timestamp()).unwrap_or(i64::MIN);
         match user_of_certificate(leaf) {
-            Ok(u) => Identity::User(Arc::new(u)),
+            Ok(u) => Identity::User(Arc::new(u), not_after),
             Err(e) => Identity::Rejected(e.into()),
         }
     }
@@ -447,6 +451,10 @@ fn refuse(st: &AppState, req: &Request) -> Response {
     ApiError::unauthorized().into_response()
 }
 
+fn now_unix() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
+}
+
 /// The middleware: puts the request's `UserInfo` into its extensions, or answers 401.
 pub async fn authenticate(State(st): State<Arc<AppState>>, mut req: Request, next: Next) -> Response {
     let user = match &st.authn {
@@ -454,7 +462,12 @@ pub async fn authenticate(State(st): State<Arc<AppState>>, mut req: Request, nex
         // Kubernetes' order: the client certificate, then a bearer token; a credential
         // that is presented and fails is a 401 even where anonymous requests are allowed.
         Mode::Tls { tokens } => match req.extensions().get::<Identity>() {
-            Some(Identity::User(u)) => Some(u.clone()),
+            Some(Identity::User(u, not_after)) if now_unix() <= *not_after => Some(u.clone()),
+            Some(Identity::User(u, _)) => {
+                COUNTERS.rejected.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(user = %u.name, path = req.uri().path(), "client certificate expired on an open connection");
+                return refuse(&st, &req);
+            }
             Some(Identity::Rejected(why)) => {
                 COUNTERS.rejected.fetch_add(1, Ordering::Relaxed);
                 tracing::debug!(reason = %why, path = req.uri().path(), "unauthorized");

@@ -36,8 +36,54 @@ pub struct Client {
     bases: std::sync::Arc<[String]>,
     current: std::sync::Arc<std::sync::atomic::AtomicUsize>,
     agent: &'static str,
-    http: hyper_util::client::legacy::Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
+    http: Http,
     bearer: Option<Bearer>,
+}
+
+type Hyper = hyper_util::client::legacy::Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
+
+fn hyper_with(cfg: &rustls::ClientConfig) -> Hyper {
+    hyper_util::client::legacy::Client::builder(TokioExecutor::new()).build(tls::connector_with(cfg))
+}
+
+/// The connections a client sends on.
+#[derive(Clone)]
+enum Http {
+    Fixed(Hyper),
+    /// Connections presenting a rotating certificate: when it rotates, the next request
+    /// starts a new pool (the old one closes as its last requests end), so no idle
+    /// connection goes on presenting the old certificate after it expires, as the kubelet
+    /// closes its connections when its certificate rotates.
+    Renewing(std::sync::Arc<Renewing>),
+}
+
+struct Renewing {
+    tls: tls::ClientTls,
+    rotating: std::sync::Arc<tls::RotatingCert>,
+    /// The pool, and the certificate generation it presents.
+    current: std::sync::RwLock<(u64, Hyper)>,
+}
+
+impl Http {
+    fn get(&self) -> std::borrow::Cow<'_, Hyper> {
+        match self {
+            Http::Fixed(h) => std::borrow::Cow::Borrowed(h),
+            Http::Renewing(r) => {
+                let g = r.rotating.generation();
+                {
+                    let cur = r.current.read().unwrap();
+                    if cur.0 == g {
+                        return std::borrow::Cow::Owned(cur.1.clone());
+                    }
+                }
+                let mut cur = r.current.write().unwrap();
+                if cur.0 != g {
+                    *cur = (g, hyper_with(r.tls.config()));
+                }
+                std::borrow::Cow::Owned(cur.1.clone())
+            }
+        }
+    }
 }
 
 impl std::fmt::Debug for Client {
@@ -132,7 +178,7 @@ impl Client {
             bases: bases.into(),
             current: Default::default(),
             agent,
-            http: hyper_util::client::legacy::Client::builder(TokioExecutor::new()).build(tls::connector()),
+            http: Http::Fixed(hyper_util::client::legacy::Client::builder(TokioExecutor::new()).build(tls::connector())),
             bearer: None,
         }
     }
@@ -150,8 +196,18 @@ impl Client {
     pub fn with_credentials(base: &str, agent: &'static str, creds: &tls::Credentials) -> Result<Client, String> {
         let cfg = tls::client_config(creds)?;
         let mut c = Client::with_agent(base, agent);
-        c.http = hyper_util::client::legacy::Client::builder(TokioExecutor::new()).build(tls::connector_with(&cfg));
+        c.http = Http::Fixed(hyper_with(&cfg));
         Ok(c)
+    }
+
+    /// As `with_agent`, with the TLS of `t` (a kubelet's, whose certificate may rotate).
+    pub fn with_tls(base: &str, agent: &'static str, t: &tls::ClientTls) -> Client {
+        let mut c = Client::with_agent(base, agent);
+        c.http = match t.rotating() {
+            Some(r) => Http::Renewing(std::sync::Arc::new(Renewing { tls: t.clone(), rotating: r.clone(), current: std::sync::RwLock::new((r.generation(), hyper_with(t.config()))) })),
+            None => Http::Fixed(hyper_with(t.config())),
+        };
+        c
     }
 
     /// The API server requests go to now.
@@ -187,7 +243,7 @@ impl Client {
                 req = req.header("Content-Type", ctype);
             }
             let req = req.body(Full::new(bytes.clone())).map_err(|e| ClientError::Transport(e.to_string()))?;
-            match self.http.request(req).await {
+            match self.http.get().request(req).await {
                 Ok(resp) => {
                     if resp.status().as_u16() == 503 {
                         self.next_server(i);

@@ -33,6 +33,15 @@ const DEFAULT_SECONDS: i64 = 365 * 24 * 3600;
 pub struct Signer {
     pub ca_pem: String,
     pub ca_key_pem: String,
+    /// The longest life of a certificate it signs (`--cluster-signing-duration`; a request's
+    /// `expirationSeconds` may ask for less).
+    pub duration: Duration,
+}
+
+impl Signer {
+    pub fn new(ca_pem: String, ca_key_pem: String) -> Signer {
+        Signer { ca_pem, ca_key_pem, duration: Duration::from_secs(DEFAULT_SECONDS as u64) }
+    }
 }
 
 /// What a request asks for, read from its PKCS#10 body.
@@ -189,9 +198,12 @@ fn sign(s: &Signer, csr: &Value) -> Result<String, String> {
     }
     p.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
     p.key_usages = vec![rcgen::KeyUsagePurpose::DigitalSignature, rcgen::KeyUsagePurpose::KeyEncipherment];
-    let seconds = csr["spec"]["expirationSeconds"].as_i64().unwrap_or(DEFAULT_SECONDS).clamp(600, DEFAULT_SECONDS);
+    let most = (s.duration.as_secs() as i64).max(1);
+    let seconds = csr["spec"]["expirationSeconds"].as_i64().map_or(most, |e| e.clamp(600, DEFAULT_SECONDS).min(most));
     let now = time::OffsetDateTime::now_utc();
-    p.not_before = now - time::Duration::minutes(5);
+    // Backdated for clocks behind ours: five minutes, or a tenth of a short life (a
+    // certificate of a few seconds must not be mostly in the past).
+    p.not_before = now - time::Duration::seconds((seconds / 10).min(300));
     p.not_after = now + time::Duration::seconds(seconds);
     req.params = p;
     let key = rcgen::KeyPair::from_pem(&s.ca_key_pem).map_err(|e| format!("the CA key: {e}"))?;
@@ -250,7 +262,7 @@ mod tests {
         let mut cp = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
         cp.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
         let ca = cp.self_signed(&ca_key).unwrap();
-        let s = Signer { ca_pem: ca.pem(), ca_key_pem: ca_key.serialize_pem() };
+        let mut s = Signer::new(ca.pem(), ca_key.serialize_pem());
         let mut c = csr(&request("system:node:n1", &["system:nodes"], false), KUBELET_CLIENT_SIGNER, "u", KUBELET);
         c["spec"]["expirationSeconds"] = json!(3600);
         let pem = sign(&s, &c).unwrap();
@@ -262,6 +274,12 @@ mod tests {
         assert!(eku.client_auth && !eku.server_auth);
         let life = cert.validity().not_after.timestamp() - cert.validity().not_before.timestamp();
         assert_eq!(life, 3600 + 300, "expirationSeconds, from five minutes back");
+        // The signing duration caps what a request asks; a short life is backdated by a tenth.
+        s.duration = Duration::from_secs(40);
+        let pem = sign(&s, &c).unwrap();
+        let (_, p) = x509_parser::pem::parse_x509_pem(pem.as_bytes()).unwrap();
+        let v = p.parse_x509().unwrap().validity().clone();
+        assert_eq!(v.not_after.timestamp() - v.not_before.timestamp(), 40 + 4);
         // A request that is not a node's is not signed for the kubelet signer.
         assert!(sign(&s, &csr(&request("admin", &["system:masters"], false), KUBELET_CLIENT_SIGNER, "u", KUBELET)).is_err());
     }

@@ -145,9 +145,9 @@ pub struct KubeletConfig {
     pub status_every: Duration,
     /// Where the kubelet endpoint listens (port 0: any free port).
     pub listen: std::net::SocketAddr,
-    /// The kubelet's own client credentials (`system:node:NAME`); the process's default
-    /// credentials when none.
-    pub credentials: Option<client::tls::Credentials>,
+    /// The kubelet's own client TLS (`system:node:NAME`, possibly rotating); the process's
+    /// default credentials when none.
+    pub tls: Option<client::tls::ClientTls>,
     /// A client per node for that node's writes (hollow nodes with node tokens); the shared
     /// client, for everything, when none.
     pub per_node: Option<Arc<std::collections::HashMap<String, Client>>>,
@@ -173,7 +173,7 @@ impl NodeClients {
 
 impl Default for KubeletConfig {
     fn default() -> Self {
-        KubeletConfig { lease_renew: Duration::from_secs(10), status_every: Duration::from_secs(300), listen: ([127, 0, 0, 1], 0).into(), credentials: None, per_node: None, client_ca: None }
+        KubeletConfig { lease_renew: Duration::from_secs(10), status_every: Duration::from_secs(300), listen: ([127, 0, 0, 1], 0).into(), tls: None, per_node: None, client_ca: None }
     }
 }
 
@@ -198,8 +198,8 @@ impl Kubelet {
     /// Registers `nodes` with the API server at `base` (updating them if they exist, as after
     /// a restart), starts the endpoint, the lease and status loops and the pod watch.
     pub async fn start(base: &str, cfg: KubeletConfig, nodes: Vec<NodeSpec>, runtime: Arc<dyn Runtime>) -> Result<Kubelet, ClientError> {
-        let c = match &cfg.credentials {
-            Some(creds) => Client::with_credentials(base, "capstan-kubelet/0.1", creds).map_err(ClientError::Transport)?,
+        let c = match &cfg.tls {
+            Some(tls) => Client::with_tls(base, "capstan-kubelet/0.1", tls),
             None => Client::new(base),
         };
         let listener = tokio::net::TcpListener::bind(cfg.listen).await.map_err(|e| ClientError::Transport(format!("kubelet endpoint: {e}")))?;
