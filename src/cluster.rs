@@ -56,7 +56,7 @@ fn specs(dir: &Path, n: usize, listen: &str) -> Result<Vec<Spec>> {
 
 /// Starts replica `s` and waits for the line that gives its API URL; the rest of its output
 /// goes to its log file.
-fn spawn(exe: &Path, dir: &Path, s: &Spec, initial: &str, opts: &ServeOpts, node: &NodeOpts) -> Result<(Child, String)> {
+fn spawn(exe: &Path, dir: &Path, s: &Spec, i: usize, initial: &str, opts: &ServeOpts, node: &NodeOpts) -> Result<(Child, String, Option<String>)> {
     let rdir = dir.join(format!("replica-{}", &s.name[1..]));
     std::fs::create_dir_all(&rdir)?;
     let log_path = rdir.join("capstan.log");
@@ -67,6 +67,19 @@ fn spawn(exe: &Path, dir: &Path, s: &Spec, initial: &str, opts: &ServeOpts, node
         .arg("--data-dir")
         .arg(&rdir)
         .args(["--listen", &s.api, "--peer-listen", &s.peer, "--initial-cluster", initial, "--log-level", &opts.log_level]);
+    // Each replica serves the etcd API on its own port: the given port upward, or free ports.
+    let etcd = match opts.etcd.etcd_listen.as_deref() {
+        Some("none") => "none".to_string(),
+        Some(l) => match l.rsplit_once(':').map(|(h, p)| (h, p.parse::<u16>())) {
+            Some((h, Ok(p))) if p != 0 => format!("{h}:{}", p + i as u16),
+            _ => l.to_string(),
+        },
+        None => "127.0.0.1:0".to_string(),
+    };
+    cmd.args(["--etcd-listen", &etcd]);
+    cmd.arg("--etcd-max-request-bytes").arg(opts.etcd.etcd_max_request_bytes.to_string());
+    cmd.arg("--etcd-max-txn-ops").arg(opts.etcd.etcd_max_txn_ops.to_string());
+    cmd.arg("--etcd-watch-progress-notify-interval-seconds").arg(opts.etcd.etcd_watch_progress_notify_interval_seconds.to_string());
     if opts.unsafe_no_fsync {
         cmd.arg("--unsafe-no-fsync");
     }
@@ -115,22 +128,29 @@ fn spawn(exe: &Path, dir: &Path, s: &Spec, initial: &str, opts: &ServeOpts, node
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let mut log = log;
-        let mut sent = false;
+        let (mut sent, mut etcd_sent) = (false, false);
         for line in BufReader::new(out).lines().map_while(Result::ok) {
             if !sent && let Some(url) = line.split("serving the Kubernetes API at ").nth(1) {
-                let _ = tx.send(url.trim().to_string());
+                let _ = tx.send((false, url.trim().to_string()));
                 sent = true;
+            }
+            if !etcd_sent && let Some(url) = line.split("etcd API:").nth(1) {
+                let _ = tx.send((true, url.trim().to_string()));
+                etcd_sent = true;
             }
             let _ = std::io::Write::write_all(&mut log, format!("{line}\n").as_bytes());
         }
     });
-    match rx.recv_timeout(Duration::from_secs(60)) {
-        Ok(url) => Ok((child, url)),
+    let url = match rx.recv_timeout(Duration::from_secs(60)) {
+        Ok((_, url)) => url,
         Err(_) => {
             let _ = child.kill();
             bail!("replica {} did not start within 60 s; see {}", s.name, log_path.display())
         }
-    }
+    };
+    // The etcd line follows at once when the API is served.
+    let etcd_url = if etcd == "none" { None } else { rx.recv_timeout(Duration::from_secs(10)).ok().map(|(_, u)| u) };
+    Ok((child, url, etcd_url))
 }
 
 pub async fn up(n: usize, data_dir: PathBuf, listen: String, opts: ServeOpts, node: NodeOpts, hollow_nodes: usize, lease_secs: u64) -> Result<()> {
@@ -161,6 +181,8 @@ pub async fn up(n: usize, data_dir: PathBuf, listen: String, opts: ServeOpts, no
     let member_flags = match &pki {
         Some(p) => {
             let (cert, key) = crate::pki::write_pair(&data_dir.join("pki"), "member", &p.member_client()?)?;
+            // etcdctl's certificate for the replicas' etcd endpoints (`crate::etcd`).
+            crate::pki::write_pair(&data_dir.join("pki"), "apiserver-etcd-client", &p.client("kube-apiserver-etcd-client", "system:masters")?)?;
             format!(" --cacert {} --cert {} --key {}", data_dir.join("pki").join("ca.crt").display(), cert.display(), key.display())
         }
         None => String::new(),
@@ -170,9 +192,11 @@ pub async fn up(n: usize, data_dir: PathBuf, listen: String, opts: ServeOpts, no
     let exe = std::env::current_exe()?;
     let mut children = Vec::new();
     let mut apis = Vec::new();
-    for s in &specs {
-        let (child, url) = spawn(&exe, &data_dir, s, &initial, &opts, &node)?;
+    let mut etcds = Vec::new();
+    for (i, s) in specs.iter().enumerate() {
+        let (child, url, etcd) = spawn(&exe, &data_dir, s, i, &initial, &opts, &node)?;
         apis.push((s.name.clone(), url));
+        etcds.extend(etcd);
         children.push(child);
     }
     let kc = write_kubeconfig(&data_dir, &kubeconfig_multi(&apis, admin.as_ref()))?;
@@ -184,6 +208,11 @@ pub async fn up(n: usize, data_dir: PathBuf, listen: String, opts: ServeOpts, no
     println!("  data:       {}", std::fs::canonicalize(&data_dir).unwrap_or(data_dir.clone()).display());
     println!("  kubeconfig: {} (one context per replica; {} is current)", kc.display(), specs[0].name);
     println!("  members:    capstan member list --endpoints {}{member_flags}", specs.iter().map(|s| format!("{peer_scheme}://{}", s.peer)).collect::<Vec<_>>().join(","));
+    if !etcds.is_empty() {
+        let pki_dir = std::fs::canonicalize(data_dir.join("pki")).unwrap_or(data_dir.join("pki"));
+        let creds = if pki.is_some() { format!(" --cacert {0}/ca.crt --cert {0}/apiserver-etcd-client.crt --key {0}/apiserver-etcd-client.key", pki_dir.display()) } else { String::new() };
+        println!("  etcd API:   etcdctl --endpoints {}{creds}", etcds.join(","));
+    }
     // Wait until the cluster answers (a leader, the namespaces) before starting nodes.
     let client = kubelet::client::Client::new(&all_apis);
     let deadline = Instant::now() + Duration::from_secs(60);

@@ -9,6 +9,7 @@
 mod cluster;
 mod common;
 mod components;
+mod etcd;
 mod datadir;
 mod join;
 mod kv;
@@ -147,6 +148,8 @@ pub struct ServeOpts {
     log_level: String,
     #[command(flatten)]
     tls: TlsOpts,
+    #[command(flatten)]
+    etcd: etcd::EtcdOpts,
 }
 
 /// TLS and client certificates of the API. By default the API is served over TLS with a

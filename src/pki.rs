@@ -172,6 +172,25 @@ impl Pki {
         Ok(apiserver::serve::Tls { config: Arc::new(config), client_ca: ca, tokens: apiserver::authn::StaticTokens::none() })
     }
 
+    /// The etcd endpoint's TLS: a serving certificate of the cluster CA naming `hosts`, and
+    /// a client certificate of the cluster CA required of every connection.
+    pub fn etcd_listener(&self, hosts: &[String]) -> Result<Arc<rustls::ServerConfig>> {
+        let mut p = CertificateParams::new(Vec::<String>::new())?;
+        p.distinguished_name.push(DnType::CommonName, "capstan-etcd");
+        p.subject_alt_names = sans(hosts)?;
+        p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        let issued = self.issue(p)?;
+        let chain = CertificateDer::pem_slice_iter(issued.cert_pem.as_bytes()).collect::<Result<Vec<_>, _>>().context("the etcd serving certificate")?;
+        let key = PrivateKeyDer::from_pem_slice(issued.key_pem.as_bytes()).context("the etcd serving key")?;
+        let mut roots = rustls::RootCertStore::empty();
+        for c in CertificateDer::pem_slice_iter(self.ca_pem.as_bytes()) {
+            roots.add(c.context("the cluster CA")?).context("the cluster CA")?;
+        }
+        let verifier = rustls::server::WebPkiClientVerifier::builder(Arc::new(roots)).build().context("the etcd client verifier")?;
+        let config = rustls::ServerConfig::builder().with_client_cert_verifier(verifier).with_single_cert(chain, key).context("the etcd serving certificate")?;
+        Ok(Arc::new(config))
+    }
+
     /// The identities of the components a process runs, each issued at start: the
     /// scheduler's and the controller manager's certificates, as Kubernetes names them.
     pub fn identities(&self) -> Result<Identities> {

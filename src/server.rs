@@ -20,6 +20,8 @@ pub struct ServerArgs {
     pub name: String,
     #[command(flatten)]
     pub tls: crate::TlsOpts,
+    #[command(flatten)]
+    pub etcd: crate::etcd::EtcdOpts,
     #[arg(long, default_value = "./capstan-data")]
     pub data_dir: PathBuf,
     /// Where the Kubernetes API is served.
@@ -191,6 +193,10 @@ pub async fn run(a: ServerArgs) -> Result<()> {
     println!("  status:     {peer_scheme}://{peer_addr}/raft/status");
     println!("  data:       {}", std::fs::canonicalize(&a.data_dir).unwrap_or(a.data_dir.clone()).display());
     println!("  kubeconfig: {}", kc.display());
+    let membership = |url: &str| -> std::sync::Arc<dyn etcdapi::Membership> { std::sync::Arc::new(crate::etcd::RaftMembership { raft: replica.raft().clone(), id: replica.id(), cluster: replica.cluster_id(), url: url.to_string() }) };
+    if let Some(url) = crate::etcd::start(&a.etcd, &store, &a.data_dir.join("store"), &a.data_dir, sec.pki.as_ref(), membership).await? {
+        println!("  etcd API:   {url}");
+    }
     println!("stop with Ctrl-C (a leader hands leadership over first)");
     let mut stopping = false;
     let bootstrapped = tokio::select! {

@@ -36,6 +36,17 @@ pub async fn serve(data_dir: PathBuf, listen: String, opts: ServeOpts, up: Optio
     println!("capstan {} is serving the Kubernetes API at {server}", if up.is_some() { "cluster" } else { "API server" });
     println!("  data:       {}", std::fs::canonicalize(&data_dir).unwrap_or(data_dir.clone()).display());
     println!("  kubeconfig: {}", kc_abs.display());
+    let name = up.as_ref().and_then(|(n, ..)| n.node_name.clone()).unwrap_or_else(hostname);
+    let etcd = crate::etcd::start(&opts.etcd, &store, &store_dir, &data_dir, sec.pki.as_ref(), |url| std::sync::Arc::new(etcdapi::SingleMember::new(&name, vec![url.to_string()]))).await?;
+    if let Some(url) = etcd {
+        match sec.pki.is_some() {
+            true => {
+                let pki = std::fs::canonicalize(data_dir.join("pki")).unwrap_or(data_dir.join("pki"));
+                println!("  etcd API:   {url} (etcdctl --endpoints {url} --cacert {0}/ca.crt --cert {0}/apiserver-etcd-client.crt --key {0}/apiserver-etcd-client.key)", pki.display());
+            }
+            false => println!("  etcd API:   {url}"),
+        }
+    }
     let mut local = None;
     let mut hollow = None;
     let mut sched = None;

@@ -87,6 +87,8 @@ struct Up {
     /// name -> (API address host:port, pid)
     replicas: Vec<(String, String, u32)>,
     endpoints: String,
+    /// etcdctl's flags for the replicas' etcd endpoints, as `up` printed them.
+    etcdctl: Vec<String>,
 }
 
 impl Up {
@@ -109,8 +111,9 @@ impl Up {
         });
         let mut replicas = Vec::new();
         let mut endpoints = String::new();
+        let mut etcdctl = Vec::new();
         let deadline = Instant::now() + WAIT;
-        while !(replicas.len() == 3 && !endpoints.is_empty()) {
+        while !(replicas.len() == 3 && !endpoints.is_empty() && !etcdctl.is_empty()) {
             let line = rx.recv_timeout(deadline.saturating_duration_since(Instant::now())).expect("capstan up --replicas 3 printed its replicas");
             let t = line.trim();
             if let Some((name, rest)) = t.split_once(": https://")
@@ -123,9 +126,12 @@ impl Up {
             if let Some(e) = t.strip_prefix("members:    capstan member list --endpoints ") {
                 endpoints = e.to_string();
             }
+            if let Some(e) = t.strip_prefix("etcd API:   etcdctl ") {
+                etcdctl = e.split_whitespace().map(str::to_string).collect();
+            }
         }
         std::thread::spawn(move || while rx.recv().is_ok() {});
-        Up { child, dir, replicas, endpoints }
+        Up { child, dir, replicas, endpoints, etcdctl }
     }
 
     fn kubeconfig(&self) -> PathBuf {
@@ -193,6 +199,35 @@ fn peers_admit_only_peers(up: &Up) {
     assert!(!plain.status.success(), "answered plain HTTP/2");
 }
 
+/// Each replica serves etcd's API: `member list` and `endpoint status` report raft's members
+/// and leader, and a key put through one replica is read through another.
+fn etcd_endpoints_report_the_raft_cluster(up: &Up, leader: &str) {
+    let etcdctl = |endpoints: Option<&str>, args: &[&str]| -> String {
+        let mut flags = up.etcdctl.clone();
+        if let Some(e) = endpoints {
+            flags[1] = e.to_string();
+        }
+        let o = Command::new("etcdctl").env("ETCDCTL_API", "3").args(&flags).args(args).output().expect("etcdctl (apt-get install etcd-client)");
+        assert!(o.status.success(), "etcdctl {args:?}: {}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8(o.stdout).unwrap()
+    };
+    assert_eq!(up.etcdctl[0], "--endpoints");
+    let all: Vec<String> = up.etcdctl[1].split(',').map(str::to_string).collect();
+    assert_eq!(all.len(), 3, "{:?}", up.etcdctl);
+    let members: serde_json::Value = serde_json::from_str(&etcdctl(None, &["member", "list", "-w", "json"])).unwrap();
+    let mut names: Vec<&str> = members["members"].as_array().unwrap().iter().map(|m| m["name"].as_str().unwrap()).collect();
+    names.sort();
+    assert_eq!(names, ["r0", "r1", "r2"]);
+    let leader_id = members["members"].as_array().unwrap().iter().find(|m| m["name"] == leader).unwrap()["ID"].clone();
+    let status: serde_json::Value = serde_json::from_str(&etcdctl(None, &["endpoint", "status", "-w", "json"])).unwrap();
+    assert_eq!(status.as_array().unwrap().len(), 3);
+    for s in status.as_array().unwrap() {
+        assert_eq!(s["Status"]["leader"], leader_id, "every replica names raft's leader: {s}");
+    }
+    etcdctl(Some(&all[0]), &["put", "through-etcd", "on-r0"]);
+    assert_eq!(etcdctl(Some(&all[2]), &["get", "through-etcd", "--print-value-only"]).trim(), "on-r0");
+}
+
 #[test]
 fn kubectl_sees_every_acknowledged_object_after_the_leaders_process_is_killed() {
     let up = Up::start();
@@ -202,6 +237,7 @@ fn kubectl_sees_every_acknowledged_object_after_the_leaders_process_is_killed() 
     });
     let leader = leader_name(&up.endpoints).expect("a leader");
     peers_admit_only_peers(&up);
+    etcd_endpoints_report_the_raft_cluster(&up, &leader);
     let (_, _, leader_pid) = up.replicas.iter().find(|(n, _, _)| *n == leader).unwrap().clone();
     let others: Vec<String> = up.replicas.iter().map(|(n, _, _)| n.clone()).filter(|n| *n != leader).collect();
     up.kubectl_ok(&leader, &["create", "deployment", "web", "--image=nginx", "--replicas=3"]);

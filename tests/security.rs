@@ -43,7 +43,7 @@ fn client_cert_from(issuer: &rcgen::Issuer<'_, rcgen::KeyPair>, user: &str, grou
 /// wrote on stderr). For starts that must be refused.
 fn start_fails(dir: &tempfile::TempDir, extra: &[&str]) -> (bool, String) {
     let mut out = std::process::Command::new(env!("CARGO_BIN_EXE_capstan"))
-        .args(["up", "--listen", "127.0.0.1:0", "--no-local-node"])
+        .args(["up", "--listen", "127.0.0.1:0", "--no-local-node", "--etcd-listen", "none"])
         .args(extra)
         .arg("--data-dir")
         .arg(dir.path().join("data"))

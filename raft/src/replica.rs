@@ -45,6 +45,31 @@ use crate::types::*;
 
 pub type Raft = openraft::Raft<TypeConfig, StateMachineStore>;
 
+/// The cluster as one replica sees it now: what etcd's Status and MemberList report.
+#[derive(Clone, Debug)]
+pub struct View {
+    pub term: u64,
+    pub leader: Option<NodeId>,
+    pub last_log_index: u64,
+    pub applied: u64,
+    /// Every member: its id, what it is, and whether it votes (a learner does not).
+    pub members: Vec<(NodeId, crate::types::Member, bool)>,
+}
+
+/// What `raft` knows of the cluster now.
+pub fn view(raft: &Raft) -> View {
+    let m = raft.metrics().borrow_watched().clone();
+    let membership = m.membership_config.membership();
+    let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+    View {
+        term: m.current_term,
+        leader: m.current_leader,
+        last_log_index: m.last_log_index.unwrap_or(0),
+        applied: m.last_applied.map(|l| l.index).unwrap_or(0),
+        members: membership.nodes().map(|(id, n)| (*id, n.clone(), voters.contains(id))).collect(),
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum InitialState {
     /// The members of `initial_cluster` start a new cluster together.

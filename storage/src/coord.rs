@@ -31,6 +31,7 @@ pub enum CoordMsg {
     LeaseKeepAlive { id: LeaseId, reply: Reply<i64> },
     LeaseRevoke { id: LeaseId, reply: Reply<Revision> },
     LeaseTimeToLive { id: LeaseId, reply: Reply<(i64, i64)> },
+    LeaseList { reply: Reply<Vec<LeaseId>> },
     Compact { revision: Revision, reply: Reply<()> },
     Snapshot { reply: Reply<Revision> },
     Shutdown { done: Sender<()> },
@@ -272,6 +273,11 @@ impl Coordinator {
                     None => Err(StoreError::LeaseNotFound(id)),
                 };
                 let _ = reply.send(r);
+            }
+            CoordMsg::LeaseList { reply } => {
+                let mut ids: Vec<LeaseId> = self.leases.keys().copied().collect();
+                ids.sort_unstable();
+                let _ = reply.send(Ok(ids));
             }
             CoordMsg::LeaseRevoke { id, reply } => {
                 let _ = reply.send(self.lease_revoke(id));

@@ -404,6 +404,12 @@ impl Store {
         self.coord(|reply| CoordMsg::LeaseTimeToLive { id, reply }).await
     }
 
+    /// The leases alive in this process's table (every replica applies grants and
+    /// revocations, so any replica's table is the cluster's), in id order.
+    pub async fn lease_ids(&self) -> Result<Vec<LeaseId>, StoreError> {
+        self.coord(|reply| CoordMsg::LeaseList { reply }).await
+    }
+
     /// Revokes a lease, deleting its keys at one revision.
     pub async fn lease_revoke(&self, id: LeaseId) -> Result<Revision, StoreError> {
         if let Some(repl) = &self.shared().replication {

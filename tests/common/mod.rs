@@ -128,8 +128,11 @@ impl Cluster {
 
     /// `capstan up` with extra arguments (e.g. `--hollow-nodes 3`).
     pub fn start_with(dir: tempfile::TempDir, extra: &[&str]) -> Cluster {
+        // etcd's port is one per machine: a test that wants the etcd API asks for a free one.
+        let etcd: &[&str] = if extra.contains(&"--etcd-listen") { &[] } else { &["--etcd-listen", "none"] };
         let mut child = Command::new(env!("CARGO_BIN_EXE_capstan"))
             .args(["up", "--listen", "127.0.0.1:0", "--log-level", "warn"])
+            .args(etcd)
             .args(extra)
             .arg("--data-dir")
             .arg(dir.path())

@@ -1,0 +1,448 @@
+//! The KV service: Range, Put, DeleteRange, Txn, Compact, with etcd's semantics on top of
+//! the store's (which has etcd's revisions, compares and txns already). What etcd does after
+//! reading — sorting, the min/max revision filters, `ignore_value` / `ignore_lease` — is done
+//! here; compares on a lease are evaluated here and the txn pinned to what was read.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use tonic::{Request, Response, Status};
+
+use crate::pb::{self, compare, range_request, request_op, response_op};
+use crate::{Ctx, errors, key_range, kv_out};
+
+pub struct Kv(pub Arc<Ctx>);
+
+/// What is done to a read after the store answers it.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Post {
+    limit: usize,
+    keys_only: bool,
+    count_only: bool,
+    order: i32,
+    target: i32,
+    min_mod: i64,
+    max_mod: i64,
+    min_create: i64,
+    max_create: i64,
+}
+
+impl Post {
+    fn filters(&self) -> bool {
+        self.min_mod != 0 || self.max_mod != 0 || self.min_create != 0 || self.max_create != 0
+    }
+
+    /// etcd sorts ascending by the target when an order is not given for a target other
+    /// than the key (the store's order).
+    fn order(&self) -> range_request::SortOrder {
+        let o = range_request::SortOrder::try_from(self.order).unwrap_or(range_request::SortOrder::None);
+        if o == range_request::SortOrder::None && self.target != range_request::SortTarget::Key as i32 { range_request::SortOrder::Ascend } else { o }
+    }
+
+    fn sorts(&self) -> bool {
+        match self.order() {
+            range_request::SortOrder::None => false,
+            range_request::SortOrder::Ascend => self.target != range_request::SortTarget::Key as i32,
+            range_request::SortOrder::Descend => true,
+        }
+    }
+}
+
+/// The store's read for `r`, and what to do after it.
+pub(crate) fn range_in(r: &pb::RangeRequest) -> Result<(storage::RangeRequest, Post), Status> {
+    if r.key.is_empty() {
+        return Err(errors::empty_key());
+    }
+    let post = Post {
+        limit: r.limit.max(0) as usize,
+        keys_only: r.keys_only,
+        count_only: r.count_only,
+        order: r.sort_order,
+        target: r.sort_target,
+        min_mod: r.min_mod_revision,
+        max_mod: r.max_mod_revision,
+        min_create: r.min_create_revision,
+        max_create: r.max_create_revision,
+    };
+    let whole = post.sorts() || post.filters();
+    let mut req = storage::RangeRequest::new(key_range(&r.key, &r.range_end));
+    req.revision = (r.revision > 0).then_some(r.revision as u64);
+    req.limit = if whole { 0 } else { post.limit };
+    req.count_only = r.count_only;
+    // Sorting by value needs the values.
+    req.keys_only = r.keys_only && r.sort_target != range_request::SortTarget::Value as i32;
+    Ok((req, post))
+}
+
+/// The store's answer, sorted, filtered and cut as etcd does.
+pub(crate) fn range_out(ctx: &Ctx, resp: storage::RangeResponse, post: &Post) -> pb::RangeResponse {
+    let count = resp.count as i64;
+    let mut kvs = resp.kvs;
+    if post.filters() {
+        kvs.retain(|kv| {
+            let (m, c) = (kv.mod_revision as i64, kv.create_revision as i64);
+            (post.min_mod == 0 || m >= post.min_mod)
+                && (post.max_mod == 0 || m <= post.max_mod)
+                && (post.min_create == 0 || c >= post.min_create)
+                && (post.max_create == 0 || c <= post.max_create)
+        });
+    }
+    if post.sorts() {
+        use range_request::SortTarget as T;
+        match T::try_from(post.target).unwrap_or(T::Key) {
+            T::Key => {}
+            T::Version => kvs.sort_by_key(|kv| kv.version),
+            T::Create => kvs.sort_by_key(|kv| kv.create_revision),
+            T::Mod => kvs.sort_by_key(|kv| kv.mod_revision),
+            T::Value => kvs.sort_by(|a, b| a.value.cmp(&b.value)),
+        }
+        if post.order() == range_request::SortOrder::Descend {
+            kvs.reverse();
+        }
+    }
+    let mut more = resp.more;
+    if post.limit > 0 && kvs.len() > post.limit {
+        kvs.truncate(post.limit);
+        more = true;
+    }
+    let kvs = if post.count_only {
+        Vec::new()
+    } else {
+        kvs.into_iter()
+            .map(|kv| {
+                let mut out = kv_out(kv);
+                if post.keys_only {
+                    out.value.clear();
+                }
+                out
+            })
+            .collect()
+    };
+    pb::RangeResponse { header: ctx.header(ctx.store.revision().max(resp.revision)), kvs, more, count }
+}
+
+pub(crate) async fn range(ctx: &Ctx, r: pb::RangeRequest) -> Result<pb::RangeResponse, Status> {
+    let (req, post) = range_in(&r)?;
+    let resp = if r.serializable { ctx.store.range_serializable(req).await } else { ctx.store.range(req).await };
+    Ok(range_out(ctx, resp.map_err(errors::store)?, &post))
+}
+
+fn put_in(ctx: &Ctx, p: pb::PutRequest) -> Result<storage::PutRequest, Status> {
+    if p.key.is_empty() {
+        return Err(errors::empty_key());
+    }
+    if p.key.len() + p.value.len() > ctx.limits.request_bytes {
+        return Err(errors::too_large());
+    }
+    Ok(storage::PutRequest { key: p.key.into(), value: p.value.into(), lease: p.lease, prev_kv: p.prev_kv })
+}
+
+async fn put(ctx: &Ctx, p: pb::PutRequest) -> Result<pb::PutResponse, Status> {
+    if p.ignore_value && !p.value.is_empty() {
+        return Err(errors::value_provided());
+    }
+    if p.ignore_lease && p.lease != 0 {
+        return Err(errors::lease_provided());
+    }
+    let (ignore_value, ignore_lease) = (p.ignore_value, p.ignore_lease);
+    let req = put_in(ctx, p)?;
+    if !ignore_value && !ignore_lease {
+        let r = ctx.store.put_with(req).await.map_err(|e| ctx.noted(e))?;
+        return Ok(pb::PutResponse { header: ctx.header(r.revision), prev_kv: r.prev_kv.map(kv_out) });
+    }
+    // Keep the key's value or lease: read it, then write only if it is still what was read.
+    for _ in 0..64 {
+        let Some(cur) = ctx.store.get(req.key.clone()).await.map_err(errors::store)? else {
+            return Err(errors::key_not_found());
+        };
+        let put = storage::PutRequest {
+            key: req.key.clone(),
+            value: if ignore_value { cur.value.clone() } else { req.value.clone() },
+            lease: if ignore_lease { cur.lease } else { req.lease },
+            prev_kv: req.prev_kv,
+        };
+        let txn = storage::TxnRequest {
+            compare: vec![storage::Compare { key: req.key.clone(), op: storage::CompareOp::Equal, target: storage::CompareTarget::ModRevision(cur.mod_revision) }],
+            success: vec![storage::TxnOp::Put(put)],
+            failure: vec![],
+        };
+        let r = ctx.store.txn(txn).await.map_err(|e| ctx.noted(e))?;
+        if r.succeeded {
+            let prev = match r.responses.into_iter().next() {
+                Some(storage::TxnOpResponse::Put(p)) => p.prev_kv,
+                _ => None,
+            };
+            return Ok(pb::PutResponse { header: ctx.header(r.revision), prev_kv: prev.map(kv_out) });
+        }
+    }
+    Err(Status::unavailable("etcdserver: the key changed under every attempt; retry"))
+}
+
+fn delete_in(d: pb::DeleteRangeRequest) -> Result<storage::DeleteRequest, Status> {
+    if d.key.is_empty() {
+        return Err(errors::empty_key());
+    }
+    Ok(storage::DeleteRequest { range: key_range(&d.key, &d.range_end), prev_kv: d.prev_kv })
+}
+
+fn delete_out(ctx: &Ctx, r: storage::DeleteResponse) -> pb::DeleteRangeResponse {
+    pb::DeleteRangeResponse { header: ctx.header(r.revision), deleted: r.deleted as i64, prev_kvs: r.prev_kvs.into_iter().map(kv_out).collect() }
+}
+
+/// A txn's ops in the store's terms, with the reads' post-processing.
+fn ops_in(ctx: &Ctx, ops: Vec<pb::RequestOp>) -> Result<(Vec<storage::TxnOp>, Vec<Option<Post>>), Status> {
+    let mut out = Vec::with_capacity(ops.len());
+    let mut posts = Vec::with_capacity(ops.len());
+    for op in ops {
+        match op.request {
+            Some(request_op::Request::RequestRange(r)) => {
+                let (req, post) = range_in(&r)?;
+                out.push(storage::TxnOp::Range(req));
+                posts.push(Some(post));
+            }
+            Some(request_op::Request::RequestPut(p)) => {
+                if p.ignore_value || p.ignore_lease {
+                    return Err(errors::unsupported("ignore_value or ignore_lease inside a txn"));
+                }
+                out.push(storage::TxnOp::Put(put_in(ctx, p)?));
+                posts.push(None);
+            }
+            Some(request_op::Request::RequestDeleteRange(d)) => {
+                out.push(storage::TxnOp::Delete(delete_in(d)?));
+                posts.push(None);
+            }
+            Some(request_op::Request::RequestTxn(_)) => return Err(errors::unsupported("a txn nested in a txn")),
+            None => return Err(Status::invalid_argument("etcdserver: a txn op names no request")),
+        }
+    }
+    Ok((out, posts))
+}
+
+/// A compare in the store's terms, or (for a lease) the lease it asks about.
+enum Cmp {
+    Store(storage::Compare),
+    Lease { key: Bytes, op: storage::CompareOp, lease: i64 },
+}
+
+fn compare_in(c: pb::Compare) -> Result<Cmp, Status> {
+    if c.key.is_empty() {
+        return Err(errors::empty_key());
+    }
+    if !c.range_end.is_empty() {
+        return Err(errors::unsupported("a compare over a key range"));
+    }
+    use compare::{CompareResult as R, CompareTarget as T, TargetUnion as U};
+    let op = match R::try_from(c.result).map_err(|_| Status::invalid_argument("etcdserver: unknown compare result"))? {
+        R::Equal => storage::CompareOp::Equal,
+        R::NotEqual => storage::CompareOp::NotEqual,
+        R::Greater => storage::CompareOp::Greater,
+        R::Less => storage::CompareOp::Less,
+    };
+    let num = |u: &Option<U>| -> i64 {
+        match u {
+            Some(U::Version(v) | U::CreateRevision(v) | U::ModRevision(v) | U::Lease(v)) => *v,
+            _ => 0,
+        }
+    };
+    let key: Bytes = c.key.into();
+    let target = match T::try_from(c.target).map_err(|_| Status::invalid_argument("etcdserver: unknown compare target"))? {
+        T::Version => storage::CompareTarget::Version(num(&c.target_union).max(0) as u64),
+        T::Create => storage::CompareTarget::CreateRevision(num(&c.target_union).max(0) as u64),
+        T::Mod => storage::CompareTarget::ModRevision(num(&c.target_union).max(0) as u64),
+        T::Value => storage::CompareTarget::Value(match c.target_union {
+            Some(U::Value(v)) => v.into(),
+            _ => Bytes::new(),
+        }),
+        T::Lease => return Ok(Cmp::Lease { key, op, lease: num(&c.target_union) }),
+    };
+    Ok(Cmp::Store(storage::Compare { key, op, target }))
+}
+
+fn holds(op: storage::CompareOp, have: i64, want: i64) -> bool {
+    match op {
+        storage::CompareOp::Equal => have == want,
+        storage::CompareOp::NotEqual => have != want,
+        storage::CompareOp::Greater => have > want,
+        storage::CompareOp::Less => have < want,
+    }
+}
+
+async fn txn(ctx: &Ctx, t: pb::TxnRequest) -> Result<pb::TxnResponse, Status> {
+    let max = ctx.limits.txn_ops;
+    if t.compare.len() > max || t.success.len() > max || t.failure.len() > max {
+        return Err(errors::too_many_ops());
+    }
+    let compares = t.compare.into_iter().map(compare_in).collect::<Result<Vec<_>, _>>()?;
+    let (success, success_posts) = ops_in(ctx, t.success)?;
+    let (failure, failure_posts) = ops_in(ctx, t.failure)?;
+    let leases = compares.iter().any(|c| matches!(c, Cmp::Lease { .. }));
+    let (resp, succeeded) = if !leases {
+        let compare = compares.into_iter().map(|c| if let Cmp::Store(c) = c { c } else { unreachable!() }).collect();
+        let r = ctx.store.txn(storage::TxnRequest { compare, success, failure }).await.map_err(|e| ctx.noted(e))?;
+        let ok = r.succeeded;
+        (r, ok)
+    } else {
+        pinned(ctx, compares, success, failure).await?
+    };
+    let posts = if succeeded { success_posts } else { failure_posts };
+    let responses = resp
+        .responses
+        .into_iter()
+        .zip(posts)
+        .map(|(r, post)| pb::ResponseOp {
+            response: Some(match r {
+                storage::TxnOpResponse::Range(r) => response_op::Response::ResponseRange(range_out(ctx, r, &post.unwrap_or_default())),
+                storage::TxnOpResponse::Put(p) => response_op::Response::ResponsePut(pb::PutResponse { header: ctx.header(p.revision), prev_kv: p.prev_kv.map(kv_out) }),
+                storage::TxnOpResponse::Delete(d) => response_op::Response::ResponseDeleteRange(delete_out(ctx, d)),
+            }),
+        })
+        .collect();
+    Ok(pb::TxnResponse { header: ctx.header(resp.revision), succeeded, responses })
+}
+
+/// A txn with compares the store cannot make (a key's lease): every compared key is read at
+/// one revision, the compares decided here, and the chosen branch run by the store only if
+/// none of those keys changed since (their mod revisions are its compares); else again.
+async fn pinned(ctx: &Ctx, compares: Vec<Cmp>, success: Vec<storage::TxnOp>, failure: Vec<storage::TxnOp>) -> Result<(storage::TxnResponse, bool), Status> {
+    for _ in 0..64 {
+        let at = ctx.store.consistent_revision().await.map_err(errors::store)?;
+        let mut ok = true;
+        let mut guards = Vec::with_capacity(compares.len());
+        for c in &compares {
+            let key = match c {
+                Cmp::Store(s) => &s.key,
+                Cmp::Lease { key, .. } => key,
+            };
+            let read = ctx.store.range(storage::RangeRequest::new(storage::KeyRange::Key(key.clone())).at(at)).await.map_err(errors::store)?;
+            let kv = read.kvs.into_iter().next();
+            let (m, c_rev, v, lease, value) = kv.as_ref().map_or((0, 0, 0, 0, Bytes::new()), |kv| (kv.mod_revision, kv.create_revision, kv.version, kv.lease, kv.value.clone()));
+            ok &= match c {
+                Cmp::Lease { op, lease: want, .. } => holds(*op, lease, *want),
+                Cmp::Store(s) => match &s.target {
+                    storage::CompareTarget::ModRevision(w) => holds(s.op, m as i64, *w as i64),
+                    storage::CompareTarget::CreateRevision(w) => holds(s.op, c_rev as i64, *w as i64),
+                    storage::CompareTarget::Version(w) => holds(s.op, v as i64, *w as i64),
+                    // A missing key's value compares false, as in the store.
+                    storage::CompareTarget::Value(w) => kv.is_some() && match s.op {
+                        storage::CompareOp::Equal => value == *w,
+                        storage::CompareOp::NotEqual => value != *w,
+                        storage::CompareOp::Greater => value > *w,
+                        storage::CompareOp::Less => value < *w,
+                    },
+                },
+            };
+            guards.push(storage::Compare { key: key.clone(), op: storage::CompareOp::Equal, target: storage::CompareTarget::ModRevision(m) });
+        }
+        let branch = if ok { success.clone() } else { failure.clone() };
+        let r = ctx.store.txn(storage::TxnRequest { compare: guards, success: branch, failure: vec![] }).await.map_err(|e| ctx.noted(e))?;
+        if r.succeeded {
+            return Ok((r, ok));
+        }
+    }
+    Err(Status::unavailable("etcdserver: the compared keys changed under every attempt; retry"))
+}
+
+async fn compact(ctx: &Ctx, c: pb::CompactionRequest) -> Result<pb::CompactionResponse, Status> {
+    let current = ctx.store.revision();
+    if c.revision <= 0 || c.revision as u64 > current {
+        return Err(errors::future_revision());
+    }
+    if (c.revision as u64) <= ctx.store.compact_revision() {
+        return Err(errors::compacted());
+    }
+    ctx.store.compact(c.revision as u64).await.map_err(errors::store)?;
+    Ok(pb::CompactionResponse { header: ctx.header_now() })
+}
+
+#[tonic::async_trait]
+impl pb::kv_server::Kv for Kv {
+    async fn range(&self, r: Request<pb::RangeRequest>) -> Result<Response<pb::RangeResponse>, Status> {
+        range(&self.0, r.into_inner()).await.map(Response::new)
+    }
+
+    async fn put(&self, r: Request<pb::PutRequest>) -> Result<Response<pb::PutResponse>, Status> {
+        let r = r.into_inner();
+        self.0.check_size(prost::Message::encoded_len(&r))?;
+        put(&self.0, r).await.map(Response::new)
+    }
+
+    async fn delete_range(&self, r: Request<pb::DeleteRangeRequest>) -> Result<Response<pb::DeleteRangeResponse>, Status> {
+        let req = delete_in(r.into_inner())?;
+        let resp = self.0.store.delete(req).await.map_err(|e| self.0.noted(e))?;
+        Ok(Response::new(delete_out(&self.0, resp)))
+    }
+
+    async fn txn(&self, r: Request<pb::TxnRequest>) -> Result<Response<pb::TxnResponse>, Status> {
+        let r = r.into_inner();
+        self.0.check_size(prost::Message::encoded_len(&r))?;
+        txn(&self.0, r).await.map(Response::new)
+    }
+
+    async fn compact(&self, r: Request<pb::CompactionRequest>) -> Result<Response<pb::CompactionResponse>, Status> {
+        compact(&self.0, r.into_inner()).await.map(Response::new)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kv(key: &str, value: &str, create: u64, m: u64, version: u64) -> storage::KeyValue {
+        storage::KeyValue { key: Bytes::copy_from_slice(key.as_bytes()), value: Bytes::copy_from_slice(value.as_bytes()), create_revision: create, mod_revision: m, version, lease: 0 }
+    }
+
+    fn post(r: pb::RangeRequest) -> Post {
+        range_in(&r).unwrap().1
+    }
+
+    fn sorted(p: &Post) -> Vec<String> {
+        let kvs = vec![kv("a", "3", 2, 9, 1), kv("b", "1", 3, 4, 5), kv("c", "2", 1, 7, 2)];
+        let mut kvs = kvs;
+        // What range_out does, without a store.
+        use range_request::SortTarget as T;
+        if p.sorts() {
+            match T::try_from(p.target).unwrap() {
+                T::Key => {}
+                T::Version => kvs.sort_by_key(|kv| kv.version),
+                T::Create => kvs.sort_by_key(|kv| kv.create_revision),
+                T::Mod => kvs.sort_by_key(|kv| kv.mod_revision),
+                T::Value => kvs.sort_by(|a, b| a.value.cmp(&b.value)),
+            }
+            if p.order() == range_request::SortOrder::Descend {
+                kvs.reverse();
+            }
+        }
+        kvs.iter().map(|kv| String::from_utf8(kv.key.to_vec()).unwrap()).collect()
+    }
+
+    #[test]
+    fn sorting_follows_etcd_defaults() {
+        let base = pb::RangeRequest { key: b"a".to_vec(), range_end: vec![0], ..Default::default() };
+        assert_eq!(sorted(&post(base.clone())), ["a", "b", "c"], "no order: key order");
+        let by_mod = pb::RangeRequest { sort_target: range_request::SortTarget::Mod as i32, ..base.clone() };
+        assert_eq!(sorted(&post(by_mod.clone())), ["b", "c", "a"], "a target without an order ascends");
+        let desc = pb::RangeRequest { sort_order: range_request::SortOrder::Descend as i32, ..by_mod };
+        assert_eq!(sorted(&post(desc)), ["a", "c", "b"]);
+        let by_value = pb::RangeRequest { sort_target: range_request::SortTarget::Value as i32, keys_only: true, ..base.clone() };
+        let (req, p) = range_in(&by_value).unwrap();
+        assert!(!req.keys_only, "values are read to sort by them");
+        assert_eq!(sorted(&p), ["b", "c", "a"]);
+        let key_desc = pb::RangeRequest { sort_order: range_request::SortOrder::Descend as i32, limit: 2, ..base };
+        let (req, _) = range_in(&key_desc).unwrap();
+        assert_eq!(req.limit, 0, "sorted reads are cut after sorting");
+    }
+
+    #[test]
+    fn compares_map_to_the_store_and_leases_are_kept_apart() {
+        let c = pb::Compare { key: b"k".to_vec(), target: compare::CompareTarget::Mod as i32, result: compare::CompareResult::Less as i32, target_union: Some(compare::TargetUnion::ModRevision(5)), range_end: vec![] };
+        match compare_in(c).unwrap() {
+            Cmp::Store(s) => assert_eq!((s.op, s.target), (storage::CompareOp::Less, storage::CompareTarget::ModRevision(5))),
+            Cmp::Lease { .. } => panic!("a mod revision compare is the store's"),
+        }
+        let l = pb::Compare { key: b"k".to_vec(), target: compare::CompareTarget::Lease as i32, result: compare::CompareResult::Equal as i32, target_union: Some(compare::TargetUnion::Lease(7)), range_end: vec![] };
+        assert!(matches!(compare_in(l).unwrap(), Cmp::Lease { lease: 7, .. }));
+        let ranged = pb::Compare { key: b"k".to_vec(), range_end: b"l".to_vec(), ..Default::default() };
+        assert_eq!(compare_in(ranged).err().unwrap().code(), tonic::Code::InvalidArgument);
+        assert!(holds(storage::CompareOp::Greater, 3, 2) && !holds(storage::CompareOp::Less, 3, 2));
+    }
+}

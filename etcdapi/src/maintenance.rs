@@ -1,0 +1,125 @@
+//! The Maintenance service: Status (what `etcdctl endpoint status` and kube-apiserver read),
+//! alarms, defragmentation, hashes, and leadership moves.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use futures_util::Stream;
+use tonic::{Request, Response, Status};
+
+use crate::pb::{self, alarm_request::AlarmAction};
+use crate::{Ctx, ETCD_VERSION, errors};
+
+pub struct Maintenance(pub Arc<Ctx>);
+
+pub type SnapshotStream = Pin<Box<dyn Stream<Item = Result<pb::SnapshotResponse, Status>> + Send>>;
+
+/// Bytes of the files under `dir` (the store's log and snapshots: its "database size").
+fn dir_bytes(dir: &std::path::Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
+    entries
+        .flatten()
+        .map(|e| match e.metadata() {
+            Ok(m) if m.is_dir() => dir_bytes(&e.path()),
+            Ok(m) => m.len(),
+            Err(_) => 0,
+        })
+        .sum()
+}
+
+/// A hash of every key's newest version at `revision`: key, mod revision and value, in key
+/// order (crc32c). Equal on replicas that applied the same log.
+async fn hash_at(ctx: &Ctx, revision: Option<u64>) -> Result<(u32, u64), Status> {
+    let mut req = storage::RangeRequest::new(storage::KeyRange::Range { start: bytes::Bytes::from_static(b"\0"), end: bytes::Bytes::new() });
+    req.revision = revision;
+    let r = ctx.store.range(req).await.map_err(errors::store)?;
+    let mut h = 0u32;
+    for kv in &r.kvs {
+        h = crc32c::crc32c_append(h, &kv.key);
+        h = crc32c::crc32c_append(h, &kv.mod_revision.to_be_bytes());
+        h = crc32c::crc32c_append(h, &kv.value);
+    }
+    Ok((h, r.revision))
+}
+
+#[tonic::async_trait]
+impl pb::maintenance_server::Maintenance for Maintenance {
+    async fn alarm(&self, r: Request<pb::AlarmRequest>) -> Result<Response<pb::AlarmResponse>, Status> {
+        let r = r.into_inner();
+        let me = self.0.membership.member_id();
+        let nospace = pb::AlarmType::Nospace as i32;
+        let alarms = match AlarmAction::try_from(r.action).unwrap_or(AlarmAction::Get) {
+            AlarmAction::Get => {
+                if self.0.nospace.load(Ordering::Relaxed) {
+                    vec![pb::AlarmMember { member_id: me, alarm: nospace }]
+                } else {
+                    vec![]
+                }
+            }
+            AlarmAction::Activate if r.alarm == nospace => {
+                self.0.nospace.store(true, Ordering::Relaxed);
+                vec![pb::AlarmMember { member_id: me, alarm: nospace }]
+            }
+            AlarmAction::Activate => vec![],
+            AlarmAction::Deactivate => {
+                let was = self.0.nospace.swap(false, Ordering::Relaxed);
+                if was && (r.alarm == nospace || r.alarm == pb::AlarmType::None as i32) { vec![pb::AlarmMember { member_id: me, alarm: nospace }] } else { vec![] }
+            }
+        };
+        Ok(Response::new(pb::AlarmResponse { header: self.0.header_now(), alarms }))
+    }
+
+    async fn status(&self, _r: Request<pb::StatusRequest>) -> Result<Response<pb::StatusResponse>, Status> {
+        let ctx = &self.0;
+        let rev = ctx.store.revision();
+        let (leader, index, applied) = ctx.membership.raft_status().unwrap_or((ctx.membership.member_id(), rev, rev));
+        let stats = ctx.store.stats().await;
+        let mut errors = Vec::new();
+        if ctx.nospace.load(Ordering::Relaxed) {
+            errors.push(format!("memberID:{} alarm:NOSPACE", ctx.membership.member_id()));
+        }
+        Ok(Response::new(pb::StatusResponse {
+            header: ctx.header(rev),
+            version: ETCD_VERSION.into(),
+            db_size: dir_bytes(&ctx.data_dir) as i64,
+            leader,
+            raft_index: index,
+            raft_term: ctx.membership.raft_term(),
+            raft_applied_index: applied,
+            errors,
+            db_size_in_use: (stats.key_bytes + stats.value_bytes + stats.index_overhead_bytes) as i64,
+            is_learner: false,
+            storage_version: ETCD_VERSION.into(),
+            db_size_quota: 0,
+        }))
+    }
+
+    async fn defragment(&self, _r: Request<pb::DefragmentRequest>) -> Result<Response<pb::DefragmentResponse>, Status> {
+        // capstan has no B-tree pages to compact: what frees space here is a snapshot, after
+        // which the log before it is dropped.
+        self.0.store.snapshot().await.map_err(errors::store)?;
+        Ok(Response::new(pb::DefragmentResponse { header: self.0.header_now() }))
+    }
+
+    async fn hash(&self, _r: Request<pb::HashRequest>) -> Result<Response<pb::HashResponse>, Status> {
+        let (hash, rev) = hash_at(&self.0, None).await?;
+        Ok(Response::new(pb::HashResponse { header: self.0.header(rev), hash }))
+    }
+
+    async fn hash_kv(&self, r: Request<pb::HashKvRequest>) -> Result<Response<pb::HashKvResponse>, Status> {
+        let at = r.into_inner().revision;
+        let (hash, rev) = hash_at(&self.0, (at > 0).then_some(at as u64)).await?;
+        Ok(Response::new(pb::HashKvResponse { header: self.0.header_now(), hash, compact_revision: self.0.store.compact_revision() as i64, hash_revision: rev as i64 }))
+    }
+
+    type SnapshotStream = SnapshotStream;
+
+    async fn snapshot(&self, _r: Request<pb::SnapshotRequest>) -> Result<Response<SnapshotStream>, Status> {
+        Err(Status::unimplemented("capstan: snapshots through the etcd API are not served yet"))
+    }
+
+    async fn move_leader(&self, _r: Request<pb::MoveLeaderRequest>) -> Result<Response<pb::MoveLeaderResponse>, Status> {
+        Err(Status::failed_precondition("etcdserver: this capstan is not replicated: it has no other member to lead"))
+    }
+}

@@ -1,0 +1,105 @@
+//! The endpoint: a listener, TLS with client certificates required (etcd's
+//! `--client-cert-auth`), and every call checked for `system:masters` before it reaches a
+//! service; or plain, under `--insecure-http`.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
+use tonic::service::interceptor::InterceptedService;
+use tonic::{Request, Status};
+
+use crate::pb::{cluster_server::ClusterServer, kv_server::KvServer, lease_server::LeaseServer, maintenance_server::MaintenanceServer, watch_server::WatchServer};
+use crate::{Ctx, cluster::Cluster, errors, kv::Kv, lease::Lease, maintenance::Maintenance, watch::Watch};
+
+/// How long a client has to finish its TLS handshake.
+const HANDSHAKE: Duration = Duration::from_secs(10);
+/// Connections waiting for the server to take them (past it, accepting waits).
+const PENDING: usize = 64;
+/// The group whose members may use the endpoint (kube-apiserver's own client certificate
+/// for etcd is in it; so is the admin's).
+const MASTERS: &str = "system:masters";
+/// What gRPC adds to a request's payload (etcd allows the same above its request limit).
+pub(crate) const GRPC_OVERHEAD: usize = 512 * 1024;
+
+/// A running endpoint.
+pub struct Listening {
+    pub addr: SocketAddr,
+    pub task: tokio::task::JoinHandle<()>,
+}
+
+/// Whether a connection's client certificate is in `system:masters` (read from its O).
+fn masters(req: &Request<()>) -> bool {
+    let Some(info) = req.extensions().get::<TlsConnectInfo<TcpConnectInfo>>() else { return false };
+    let Some(certs) = info.peer_certs() else { return false };
+    let Some(leaf) = certs.first() else { return false };
+    let Ok((_, cert)) = x509_parser::parse_x509_certificate(leaf.as_ref()) else { return false };
+    cert.subject().iter_organization().any(|o| o.as_str() == Ok(MASTERS))
+}
+
+/// Serves the etcd API on `listener`: over `tls` (which must require client certificates of
+/// the cluster CA) with calls limited to `system:masters`, or plain without.
+pub fn serve(listener: TcpListener, ctx: Arc<Ctx>, tls: Option<Arc<rustls::ServerConfig>>) -> std::io::Result<Listening> {
+    let addr = listener.local_addr()?;
+    let secure = tls.is_some();
+    let check = move |req: Request<()>| -> Result<Request<()>, Status> {
+        if !secure || masters(&req) { Ok(req) } else { Err(errors::permission_denied()) }
+    };
+    // Messages up to twice etcd's gRPC limit are decoded so that `check_size` answers them as
+    // etcd does; past that tonic refuses them (OutOfRange) without reading them whole.
+    let max = 2 * (ctx.limits.request_bytes + GRPC_OVERHEAD);
+    let router = tonic::transport::Server::builder()
+        .add_service(InterceptedService::new(KvServer::new(Kv(ctx.clone())).max_decoding_message_size(max), check))
+        .add_service(InterceptedService::new(WatchServer::new(Watch(ctx.clone())).max_decoding_message_size(max), check))
+        .add_service(InterceptedService::new(LeaseServer::new(Lease(ctx.clone())).max_decoding_message_size(max), check))
+        .add_service(InterceptedService::new(ClusterServer::new(Cluster(ctx.clone())).max_decoding_message_size(max), check))
+        .add_service(InterceptedService::new(MaintenanceServer::new(Maintenance(ctx.clone())).max_decoding_message_size(max), check));
+    let task = match tls {
+        Some(cfg) => {
+            let mut cfg = (*cfg).clone();
+            cfg.alpn_protocols = vec![b"h2".to_vec()];
+            let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
+            let (tx, rx) = mpsc::channel::<Result<tokio_rustls::server::TlsStream<TcpStream>, std::io::Error>>(PENDING);
+            tokio::spawn(async move {
+                loop {
+                    let Ok((tcp, peer)) = listener.accept().await else { continue };
+                    let _ = tcp.set_nodelay(true);
+                    let (acceptor, tx) = (acceptor.clone(), tx.clone());
+                    tokio::spawn(async move {
+                        match tokio::time::timeout(HANDSHAKE, acceptor.accept(tcp)).await {
+                            Ok(Ok(s)) => {
+                                let _ = tx.send(Ok(s)).await;
+                            }
+                            Ok(Err(e)) => tracing::debug!(%peer, error = %e, "etcd endpoint: TLS handshake failed"),
+                            Err(_) => tracing::debug!(%peer, "etcd endpoint: TLS handshake timed out"),
+                        }
+                    });
+                }
+            });
+            let incoming = futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|x| (x, rx)) });
+            tokio::spawn(async move {
+                if let Err(e) = router.serve_with_incoming(incoming).await {
+                    tracing::error!(error = %e, "etcd endpoint stopped");
+                }
+            })
+        }
+        None => {
+            let incoming = futures_util::stream::unfold(listener, |l| async move {
+                let r = l.accept().await.map(|(s, _)| {
+                    let _ = s.set_nodelay(true);
+                    s
+                });
+                Some((r, l))
+            });
+            tokio::spawn(async move {
+                if let Err(e) = router.serve_with_incoming(incoming).await {
+                    tracing::error!(error = %e, "etcd endpoint stopped");
+                }
+            })
+        }
+    };
+    Ok(Listening { addr, task })
+}

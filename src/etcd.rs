@@ -1,0 +1,125 @@
+//! etcd's v3 API on a capstan process's store (`etcdapi`): the flags, the listener and its
+//! certificates. With TLS (the default) the endpoint serves a certificate of the cluster CA
+//! and admits client certificates of that CA in `system:masters` only, as etcd with
+//! `--client-cert-auth` and kube-apiserver's `apiserver-etcd-client` certificate; one such
+//! certificate is written to `D/pki/apiserver-etcd-client.{crt,key}` for etcdctl.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+
+/// Where etcd's default client port is.
+const DEFAULT_LISTEN: &str = "127.0.0.1:2379";
+
+#[derive(clap::Args, Clone, Debug)]
+pub struct EtcdOpts {
+    /// Where etcd's v3 gRPC API is served on this store (`none`: not at all). Without the
+    /// flag, 127.0.0.1:2379 when it is free (when it is taken, capstan says so and goes on).
+    #[arg(long)]
+    pub etcd_listen: Option<String>,
+    /// The largest put or txn through it, in bytes (etcd's --max-request-bytes).
+    #[arg(long, default_value_t = 3 * 512 * 1024)]
+    pub etcd_max_request_bytes: usize,
+    /// The most operations in one txn (etcd's --max-txn-ops).
+    #[arg(long, default_value_t = 128)]
+    pub etcd_max_txn_ops: usize,
+    /// How often a watch with progress_notify hears the revision when nothing changes
+    /// (etcd's --experimental-watch-progress-notify-interval).
+    #[arg(long, default_value_t = 600)]
+    pub etcd_watch_progress_notify_interval_seconds: u64,
+}
+
+impl Default for EtcdOpts {
+    fn default() -> EtcdOpts {
+        EtcdOpts { etcd_listen: None, etcd_max_request_bytes: 3 * 512 * 1024, etcd_max_txn_ops: 128, etcd_watch_progress_notify_interval_seconds: 600 }
+    }
+}
+
+/// Serves the etcd API for `store` as `o` says: the endpoint's URL, or none when it is off
+/// (or the default port is taken).
+pub async fn start(o: &EtcdOpts, store: &storage::Store, store_dir: &Path, data_dir: &Path, pki: Option<&crate::pki::Pki>, membership: impl FnOnce(&str) -> Arc<dyn etcdapi::Membership>) -> Result<Option<String>> {
+    let (listen, explicit) = match o.etcd_listen.as_deref() {
+        Some("none") => return Ok(None),
+        Some(l) => (l, true),
+        None => (DEFAULT_LISTEN, false),
+    };
+    let listener = match tokio::net::TcpListener::bind(listen).await {
+        Ok(l) => l,
+        Err(e) if !explicit => {
+            eprintln!("capstan: the etcd API is not served: {listen} is not free ({e}); give --etcd-listen ADDR to serve it elsewhere");
+            return Ok(None);
+        }
+        Err(e) => return Err(e).with_context(|| format!("etcd API: listening on {listen}")),
+    };
+    let addr = listener.local_addr()?;
+    let (scheme, tls) = match pki {
+        Some(p) => {
+            let client = p.client("kube-apiserver-etcd-client", "system:masters")?;
+            let dir = data_dir.join("pki");
+            std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+            crate::pki::write_pair(&dir, "apiserver-etcd-client", &client)?;
+            ("https", Some(p.etcd_listener(&crate::pki::hosts_for(&addr))?))
+        }
+        None => ("http", None),
+    };
+    let url = format!("{scheme}://{addr}");
+    let limits = etcdapi::Limits {
+        request_bytes: o.etcd_max_request_bytes,
+        txn_ops: o.etcd_max_txn_ops,
+        progress_notify: std::time::Duration::from_secs(o.etcd_watch_progress_notify_interval_seconds.max(1)),
+        ..Default::default()
+    };
+    let ctx = etcdapi::Ctx::new(store.clone(), store_dir.to_path_buf(), membership(&url), limits);
+    etcdapi::serve(listener, ctx, tls)?;
+    Ok(Some(url))
+}
+
+/// A replica's membership, from raft: members with their peer URLs (learners as learners),
+/// the leader, the term and the indexes. Only this member's etcd URL is known (the others'
+/// are not in the raft membership); adding and removing members goes through
+/// `capstan member`, which names them.
+pub struct RaftMembership {
+    pub raft: raft::replica::Raft,
+    pub id: u64,
+    pub cluster: u64,
+    pub url: String,
+}
+
+impl etcdapi::Membership for RaftMembership {
+    fn cluster_id(&self) -> u64 {
+        self.cluster
+    }
+    fn member_id(&self) -> u64 {
+        self.id
+    }
+    fn raft_term(&self) -> u64 {
+        raft::replica::view(&self.raft).term
+    }
+    fn raft_status(&self) -> Option<(u64, u64, u64)> {
+        let v = raft::replica::view(&self.raft);
+        Some((v.leader.unwrap_or(0), v.last_log_index, v.applied))
+    }
+    fn members(&self) -> etcdapi::cluster::Fut<'_, Vec<etcdapi::Member>> {
+        let v = raft::replica::view(&self.raft);
+        let members = v
+            .members
+            .into_iter()
+            .map(|(id, m, voter)| etcdapi::Member { id, name: m.name, peer_urls: vec![m.peer_url], client_urls: if id == self.id { vec![self.url.clone()] } else { vec![] }, learner: !voter })
+            .collect();
+        Box::pin(async move { Ok(members) })
+    }
+    fn add(&self, _peer_urls: Vec<String>, _learner: bool) -> etcdapi::cluster::Fut<'_, etcdapi::Member> {
+        Box::pin(async { Err(tonic_unimplemented("adding a member through the etcd API (a capstan member has a name: capstan member add NAME=URL)")) })
+    }
+    fn remove(&self, _id: u64) -> etcdapi::cluster::Fut<'_, ()> {
+        Box::pin(async { Err(tonic_unimplemented("removing a member through the etcd API (capstan member remove NAME)")) })
+    }
+    fn promote(&self, _id: u64) -> etcdapi::cluster::Fut<'_, ()> {
+        Box::pin(async { Err(tonic_unimplemented("promoting a member through the etcd API (capstan member promote NAME)")) })
+    }
+}
+
+fn tonic_unimplemented(what: &str) -> etcdapi::Status {
+    etcdapi::Status::unimplemented(format!("capstan: {what} is not served yet"))
+}

@@ -1,0 +1,265 @@
+//! etcd's v3 API on `capstan up`'s store, driven by the real `etcdctl` (Debian's etcd-client,
+//! 3.4) and the `etcd-client` crate: the same store the Kubernetes API serves, with etcd's
+//! semantics, errors and exit codes, open only to `system:masters` certificates.
+
+mod common;
+
+use std::process::{Command, Output, Stdio};
+
+use common::*;
+
+/// A cluster with the etcd API on a free port, and etcdctl's arguments for it.
+struct Etcd {
+    c: Cluster,
+    url: String,
+    args: Vec<String>,
+}
+
+fn start(extra: &[&str]) -> Etcd {
+    let mut all = vec!["--no-local-node", "--etcd-listen", "127.0.0.1:0"];
+    all.extend_from_slice(extra);
+    let c = Cluster::start_with(tempfile::tempdir().unwrap(), &all);
+    let line = c.printed("etcd API:");
+    let url = line.split_whitespace().nth(2).expect("the etcd URL").to_string();
+    assert!(url.starts_with("https://127.0.0.1:"), "{line}");
+    let pki = c.dir.path().join("pki");
+    let p = |f: &str| pki.join(f).to_str().unwrap().to_string();
+    let args = vec![
+        format!("--endpoints={url}"),
+        format!("--cacert={}", p("ca.crt")),
+        format!("--cert={}", p("apiserver-etcd-client.crt")),
+        format!("--key={}", p("apiserver-etcd-client.key")),
+    ];
+    Etcd { c, url, args }
+}
+
+impl Etcd {
+    fn run(&self, args: &[&str], stdin: Option<&str>) -> Output {
+        let mut cmd = Command::new("etcdctl");
+        cmd.env("ETCDCTL_API", "3").args(&self.args).args(args).stdout(Stdio::piped()).stderr(Stdio::piped()).stdin(Stdio::piped());
+        let mut child = cmd.spawn().expect("etcdctl (apt-get install etcd-client)");
+        {
+            use std::io::Write;
+            let mut sin = child.stdin.take().unwrap();
+            if let Some(s) = stdin {
+                sin.write_all(s.as_bytes()).unwrap();
+            }
+        }
+        child.wait_with_output().unwrap()
+    }
+
+    /// etcdctl's output, which must succeed.
+    fn ok(&self, args: &[&str]) -> String {
+        let o = self.run(args, None);
+        assert!(o.status.success(), "etcdctl {args:?}: {}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+        String::from_utf8(o.stdout).unwrap()
+    }
+
+    /// etcdctl's error output, which must fail with `code`.
+    fn fails(&self, args: &[&str], stdin: Option<&str>) -> (i32, String) {
+        let o = self.run(args, stdin);
+        assert!(!o.status.success(), "etcdctl {args:?} succeeded: {}", String::from_utf8_lossy(&o.stdout));
+        (o.status.code().unwrap_or(-1), String::from_utf8_lossy(&o.stderr).to_string())
+    }
+
+    fn json(&self, args: &[&str]) -> serde_json::Value {
+        let mut a = args.to_vec();
+        a.extend_from_slice(&["-w", "json"]);
+        serde_json::from_str(&self.ok(&a)).unwrap()
+    }
+
+    fn revision(&self) -> i64 {
+        self.json(&["get", "x-no-such-key"])["header"]["revision"].as_i64().unwrap()
+    }
+}
+
+fn b64(s: &serde_json::Value) -> String {
+    use base64::Engine;
+    String::from_utf8(base64::engine::general_purpose::STANDARD.decode(s.as_str().unwrap_or("")).unwrap()).unwrap()
+}
+
+#[test]
+fn etcdctl_reads_and_writes_the_clusters_store_with_etcds_semantics() {
+    let e = start(&["--no-controllers", "--no-scheduler"]);
+    // The Kubernetes objects are there, under Kubernetes' keys.
+    assert!(e.ok(&["get", "/registry/", "--prefix", "--keys-only"]).contains("/registry/core/namespaces/default"));
+    // Put, get and delete with their flags.
+    assert_eq!(e.ok(&["put", "k1", "v1"]).trim(), "OK");
+    let first = e.json(&["get", "k1"]);
+    let create = first["kvs"][0]["create_revision"].as_i64().unwrap();
+    assert_eq!((b64(&first["kvs"][0]["value"]), first["kvs"][0]["version"].as_i64()), ("v1".into(), Some(1)));
+    assert_eq!(e.ok(&["put", "k1", "v2", "--prev-kv"]), "OK\nk1\nv1\n");
+    e.ok(&["put", "k2", "b"]);
+    e.ok(&["put", "k3", "a"]);
+    assert_eq!(e.ok(&["get", "k", "--prefix", "--keys-only"]).split_whitespace().collect::<Vec<_>>(), ["k1", "k2", "k3"]);
+    assert_eq!(e.ok(&["get", "k", "--prefix", "--print-value-only", "--sort-by=VALUE"]).split_whitespace().collect::<Vec<_>>(), ["a", "b", "v2"]);
+    assert_eq!(e.ok(&["get", "k", "--prefix", "--keys-only", "--order=DESCEND", "--limit=2"]).split_whitespace().collect::<Vec<_>>(), ["k3", "k2"]);
+    assert_eq!(e.ok(&["get", "k2", "--from-key", "--keys-only"]).split_whitespace().filter(|k| k.starts_with('k')).collect::<Vec<_>>(), ["k2", "k3"]);
+    assert_eq!(e.ok(&["get", "k", "--prefix", "--keys-only", "--sort-by=MODIFY", "--order=DESCEND"]).split_whitespace().collect::<Vec<_>>(), ["k3", "k2", "k1"]);
+    // An older revision reads the older value.
+    assert_eq!(e.ok(&["get", "k1", "--print-value-only", &format!("--rev={create}")]).trim(), "v1");
+    // ignore-value keeps the value and takes the new lease; on a missing key it is refused.
+    let lease = e.ok(&["lease", "grant", "600"]).split_whitespace().nth(1).unwrap().to_string();
+    e.ok(&["put", "k2", "--ignore-value", &format!("--lease={lease}")]);
+    let k2 = e.json(&["get", "k2"]);
+    assert_eq!((b64(&k2["kvs"][0]["value"]), format!("{:x}", k2["kvs"][0]["lease"].as_i64().unwrap())), ("b".into(), lease.clone()));
+    let (_, err) = e.fails(&["put", "nope", "--ignore-value"], None);
+    assert!(err.contains("etcdserver: key not found"), "{err}");
+    assert_eq!(e.ok(&["del", "k3", "--prev-kv"]), "1\nk3\na\n");
+    assert_eq!(e.ok(&["del", "k", "--prefix"]).trim(), "2");
+    // A txn in interactive mode: the compare holds, then fails.
+    e.ok(&["put", "t", "1"]);
+    let txn = "value(\"t\") = \"1\"\n\nput t 2\nget t\n\nput t failed\n\n";
+    let o = e.run(&["txn", "-i"], Some(txn));
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(String::from_utf8_lossy(&o.stdout).lines().filter(|l| !l.is_empty() && !l.starts_with("compares") && !l.starts_with("success") && !l.starts_with("failure")).collect::<Vec<_>>(), ["SUCCESS", "OK", "t", "2"]);
+    let o = e.run(&["txn", "-i"], Some(txn));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("FAILURE"));
+    assert_eq!(e.ok(&["get", "t", "--print-value-only"]).trim(), "failed");
+    // Revisions of version and mod in compares.
+    let o = e.run(&["txn"], Some("ver(\"t\") = \"3\"\nmod(\"t\") > \"1\"\n\nput t via-version\n\n\n"));
+    assert!(String::from_utf8_lossy(&o.stdout).starts_with("SUCCESS"), "{}", String::from_utf8_lossy(&o.stdout));
+    // Too many ops in one txn: etcd's message and exit code.
+    let many: String = (0..129).map(|i| format!("put m{i} x\n")).collect();
+    let (code, err) = e.fails(&["txn"], Some(&format!("\n{many}\n\n")));
+    assert!(err.contains("etcdserver: too many operations in txn request"), "{err}");
+    assert_eq!(code, 1);
+    assert!(e.ok(&["get", "m", "--prefix", "--keys-only"]).trim().is_empty(), "nothing applied");
+    // Compaction: older revisions are gone, with etcd's error.
+    let rev = e.revision();
+    assert_eq!(e.ok(&["compaction", &rev.to_string()]).trim(), format!("compacted revision {rev}"));
+    let (code, err) = e.fails(&["get", "t", &format!("--rev={}", rev - 1)], None);
+    assert!(err.contains("etcdserver: mvcc: required revision has been compacted"), "{err}");
+    assert_eq!(code, 1);
+    let (_, err) = e.fails(&["get", "t", &format!("--rev={}", rev + 1000)], None);
+    assert!(err.contains("etcdserver: mvcc: required revision is a future revision"), "{err}");
+    // A value over the request limit is refused; nothing is written.
+    let big = "x".repeat(2 * 1024 * 1024);
+    let (_, err) = e.fails(&["put", "big"], Some(&big));
+    assert!(err.contains("ResourceExhausted") || err.contains("request is too large") || err.contains("larger than max"), "{err}");
+    assert!(e.ok(&["get", "big"]).is_empty());
+    // Membership and status, as etcdctl shows them.
+    let members = e.json(&["member", "list"]);
+    assert_eq!(members["members"].as_array().unwrap().len(), 1);
+    assert_eq!(members["members"][0]["clientURLs"][0], e.url.as_str());
+    let status = e.json(&["endpoint", "status"]);
+    assert_eq!(status[0]["Status"]["version"], "3.6.0");
+    assert_eq!(status[0]["Status"]["leader"], members["members"][0]["ID"]);
+    // etcdctl 3.4 says it on stderr.
+    let health = e.run(&["endpoint", "health"], None);
+    assert!(health.status.success() && String::from_utf8_lossy(&health.stderr).contains("is healthy: successfully committed proposal"), "{health:?}");
+    e.ok(&["alarm", "list"]);
+    e.ok(&["defrag"]);
+    // A write through etcd is a write to the cluster: kubectl sees it.
+    e.c.ok(&["create", "configmap", "seen", "--from-literal=a=b"]);
+    assert!(e.ok(&["get", "/registry/core/configmaps/default/seen", "--keys-only"]).contains("seen"));
+    e.ok(&["del", "/registry/core/configmaps/default/seen"]);
+    wait_until("kubectl to see the configmap deleted through etcd", || !e.c.kubectl_with(KUBECTL, &["get", "configmap", "seen"]).status.success());
+}
+
+#[test]
+fn etcdctl_watches_and_leases() {
+    let e = start(&["--no-controllers", "--no-scheduler"]);
+    let before = e.revision();
+    // A watch on a prefix with previous values, from now.
+    let mut w = Command::new("etcdctl")
+        .env("ETCDCTL_API", "3")
+        .args(&e.args)
+        .args(["watch", "/w/", "--prefix", "--prev-kv"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    let out = w.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for l in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+            let _ = tx.send(l);
+        }
+    });
+    // The watch is registered once a put made after it shows up: keep writing a marker.
+    let mut seen = Vec::new();
+    wait_until("the watch to see a marker put", || {
+        e.ok(&["put", "/w/marker", "m"]);
+        while let Ok(l) = rx.recv_timeout(std::time::Duration::from_millis(200)) {
+            seen.push(l);
+        }
+        seen.iter().any(|l| l == "/w/marker")
+    });
+    e.ok(&["put", "/w/a", "1"]);
+    e.ok(&["put", "/w/a", "2"]);
+    e.ok(&["put", "/other", "x"]);
+    e.ok(&["del", "/w/a"]);
+    let mut lines = Vec::new();
+    wait_until("the watch to print the delete", || {
+        while let Ok(l) = rx.recv_timeout(std::time::Duration::from_millis(100)) {
+            lines.push(l);
+        }
+        lines.iter().filter(|l| *l == "DELETE").count() == 1
+    });
+    let _ = w.kill();
+    let _ = w.wait();
+    // PUT, key, value; the second with its previous value first; the delete with the last
+    // value, then the deleted key with no value.
+    let text = lines.join("\n");
+    assert!(text.starts_with("PUT\n/w/a\n1\nPUT\n/w/a\n1\n/w/a\n2\nDELETE\n/w/a\n2\n/w/a\n"), "{text}");
+    assert!(!text.contains("/other"));
+    // A watch from an old revision replays history, then goes on.
+    let o = Command::new("timeout").args(["5"]).arg("etcdctl").env("ETCDCTL_API", "3").args(&e.args).args(["watch", "/w/a", &format!("--rev={before}")]).output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&o.stdout).lines().filter(|l| *l == "PUT" || *l == "DELETE").collect::<Vec<_>>(), ["PUT", "PUT", "DELETE"]);
+    // Leases: keys attached go when the lease is revoked.
+    let grant = e.ok(&["lease", "grant", "100"]);
+    let id = grant.split_whitespace().nth(1).unwrap().to_string();
+    assert!(grant.contains("granted with TTL(100s)"), "{grant}");
+    e.ok(&["put", "leased/a", "1", &format!("--lease={id}")]);
+    e.ok(&["put", "leased/b", "2", &format!("--lease={id}")]);
+    let ttl = e.ok(&["lease", "timetolive", &id, "--keys"]);
+    assert!(ttl.contains("attached keys([leased/a leased/b])"), "{ttl}");
+    assert!(e.ok(&["lease", "list"]).contains(&id));
+    assert!(e.ok(&["lease", "keep-alive", "--once", &id]).contains(&format!("lease {id} keepalived with TTL(100)")));
+    assert!(e.ok(&["lease", "revoke", &id]).contains("revoked"));
+    assert!(e.ok(&["get", "leased/", "--prefix"]).is_empty(), "the lease's keys are gone");
+    assert!(e.ok(&["lease", "timetolive", &id]).contains("already expired"));
+    let (_, err) = e.fails(&["put", "x", "y", &format!("--lease={id}")], None);
+    assert!(err.contains("etcdserver: requested lease not found"), "{err}");
+    // A lease that is not kept alive expires, and its keys with it.
+    let short = e.ok(&["lease", "grant", "2"]).split_whitespace().nth(1).unwrap().to_string();
+    e.ok(&["put", "ephemeral", "1", &format!("--lease={short}")]);
+    wait_until("the 2 s lease to expire and take its key", || e.ok(&["get", "ephemeral"]).is_empty());
+}
+
+#[test]
+fn only_system_masters_certificates_may_use_the_endpoint() {
+    let e = start(&["--no-controllers", "--no-scheduler"]);
+    let pki = e.c.dir.path().join("pki");
+    // A certificate of the cluster CA for a user who is not in system:masters.
+    let ca_key = rcgen::KeyPair::from_pem(&std::fs::read_to_string(pki.join("ca.key")).unwrap()).unwrap();
+    let issuer = rcgen::Issuer::from_ca_cert_pem(&std::fs::read_to_string(pki.join("ca.crt")).unwrap(), ca_key).unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    p.distinguished_name.push(rcgen::DnType::CommonName, "alice");
+    p.distinguished_name.push(rcgen::DnType::OrganizationName, "developers");
+    let cert = p.signed_by(&key, &issuer).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("alice.crt"), cert.pem()).unwrap();
+    std::fs::write(dir.path().join("alice.key"), key.serialize_pem()).unwrap();
+    let as_alice = |args: &[&str]| {
+        Command::new("etcdctl")
+            .env("ETCDCTL_API", "3")
+            .arg(&e.args[0])
+            .arg(&e.args[1])
+            .arg(format!("--cert={}", dir.path().join("alice.crt").display()))
+            .arg(format!("--key={}", dir.path().join("alice.key").display()))
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let o = as_alice(&["put", "k", "v"]);
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("etcdserver: permission denied"), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(e.ok(&["get", "k"]).is_empty(), "nothing written");
+    // No certificate at all: the handshake is refused.
+    let o = Command::new("etcdctl").env("ETCDCTL_API", "3").args([&e.args[0], &e.args[1], "--dial-timeout=2s", "get", "k"]).output().unwrap();
+    assert!(!o.status.success());
+}
