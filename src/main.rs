@@ -10,6 +10,7 @@ mod cluster;
 mod common;
 mod components;
 mod etcd;
+mod snapshot;
 mod datadir;
 mod join;
 mod kv;
@@ -118,6 +119,11 @@ enum Command {
         listen: String,
         #[command(flatten)]
         opts: ServeOpts,
+    },
+    /// Back up a running capstan's store and restore it into a new data directory.
+    Snapshot {
+        #[command(subcommand)]
+        op: snapshot::SnapshotCmd,
     },
     /// Use the key-value store directly (the store capstan keeps every object in).
     Kv {
@@ -305,7 +311,7 @@ fn main() -> Result<()> {
     let level = match &cli.command {
         Command::Up { opts, .. } | Command::Apiserver { opts, .. } => opts.log_level.clone(),
         Command::Server(a) => a.log_level.clone(),
-        Command::Kv { .. } | Command::Member(_) => "warn".into(),
+        Command::Kv { .. } | Command::Member(_) | Command::Snapshot { .. } => "warn".into(),
         Command::Node { .. } => "info".into(),
         Command::Scheduler { log_level, .. } | Command::Controllers { log_level, .. } => log_level.clone(),
     };
@@ -318,6 +324,7 @@ fn main() -> Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     match cli.command {
         Command::Kv { data_dir, shards, unsafe_no_fsync, op } => rt.block_on(kv::kv(data_dir, shards, unsafe_no_fsync, op)),
+        Command::Snapshot { op } => rt.block_on(snapshot::run(op)),
         Command::Up { data_dir, listen, hollow_nodes, hollow_lease_renew_seconds, replicas: Some(n), node, opts } => {
             rt.block_on(cluster::up(n, data_dir, listen, opts, node, hollow_nodes, hollow_lease_renew_seconds))
         }

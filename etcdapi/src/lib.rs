@@ -37,6 +37,7 @@ mod watch;
 
 pub use cluster::{Member, Membership, SingleMember};
 pub use serve::{Listening, serve};
+pub use tonic;
 pub use tonic::Status;
 
 /// The version `Status` reports. kube-apiserver turns features on by the etcd version it

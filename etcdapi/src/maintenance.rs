@@ -115,8 +115,33 @@ impl pb::maintenance_server::Maintenance for Maintenance {
 
     type SnapshotStream = SnapshotStream;
 
+    /// A snapshot taken now, streamed as capstan's backup file (`storage::backup`: what
+    /// `etcdctl snapshot save` writes and `capstan snapshot restore` reads) in pieces of about
+    /// 1 MiB, read from disk on a blocking thread, four pieces ahead at most.
     async fn snapshot(&self, _r: Request<pb::SnapshotRequest>) -> Result<Response<SnapshotStream>, Status> {
-        Err(Status::unimplemented("capstan: snapshots through the etcd API are not served yet"))
+        let mut stream = self.0.store.snapshot_stream().await.map_err(errors::store)?;
+        let header = self.0.header(stream.revision());
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        tokio::task::spawn_blocking(move || {
+            let mut left = stream.len();
+            loop {
+                let piece = match stream.next_piece() {
+                    Ok(Some(p)) => p,
+                    Ok(None) => return,
+                    Err(e) => {
+                        let _ = tx.blocking_send(Err(Status::internal(format!("etcdserver: reading the snapshot: {e}"))));
+                        return;
+                    }
+                };
+                left -= piece.len() as u64;
+                let resp = pb::SnapshotResponse { header, remaining_bytes: left, blob: piece, version: ETCD_VERSION.into() };
+                if tx.blocking_send(Ok(resp)).is_err() {
+                    return;
+                }
+            }
+        });
+        let out = futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|x| (x, rx)) });
+        Ok(Response::new(Box::pin(out)))
     }
 
     async fn move_leader(&self, _r: Request<pb::MoveLeaderRequest>) -> Result<Response<pb::MoveLeaderResponse>, Status> {

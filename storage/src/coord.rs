@@ -32,6 +32,9 @@ pub enum CoordMsg {
     LeaseRevoke { id: LeaseId, reply: Reply<Revision> },
     LeaseTimeToLive { id: LeaseId, reply: Reply<(i64, i64)> },
     LeaseList { reply: Reply<Vec<LeaseId>> },
+    /// Opens the files of the snapshot in force (nothing is removed or replaced meanwhile:
+    /// snapshots are committed by this thread).
+    OpenSnapshot { reply: Reply<(Revision, Vec<(String, std::fs::File, u64)>)> },
     Compact { revision: Revision, reply: Reply<()> },
     Snapshot { reply: Reply<Revision> },
     Shutdown { done: Sender<()> },
@@ -273,6 +276,9 @@ impl Coordinator {
                     None => Err(StoreError::LeaseNotFound(id)),
                 };
                 let _ = reply.send(r);
+            }
+            CoordMsg::OpenSnapshot { reply } => {
+                let _ = reply.send(self.open_snapshot());
             }
             CoordMsg::LeaseList { reply } => {
                 let mut ids: Vec<LeaseId> = self.leases.keys().copied().collect();
@@ -562,6 +568,23 @@ impl Coordinator {
             shared.history_bytes[c.id as usize].store(c.mvcc.history_value_bytes(), SeqCst);
         });
         Ok(())
+    }
+
+    /// The snapshot in force, its files open. Read-only: unlike `snapshot::current` nothing
+    /// unfinished is cleaned up (a snapshot being received may be in `snap/`).
+    fn open_snapshot(&self) -> Result<(Revision, Vec<(String, std::fs::File, u64)>), StoreError> {
+        let io = |what: &str, e: std::io::Error| StoreError::Io(format!("{what}: {e}"));
+        let name = std::fs::read_to_string(self.data_dir.join("CURRENT")).map_err(|e| io("no snapshot in force", e))?;
+        let dir = snapshot::snap_root(&self.data_dir).join(name.trim());
+        let text = std::fs::read_to_string(dir.join("MANIFEST")).map_err(|e| io("the snapshot's MANIFEST", e))?;
+        let m = snapshot::Manifest::decode(&text).map_err(|e| StoreError::Io(format!("the snapshot's MANIFEST: {e}")))?;
+        let mut files = Vec::new();
+        for n in snapshot::file_names(&m) {
+            let f = std::fs::File::open(dir.join(&n)).map_err(|e| io(&n, e))?;
+            let len = f.metadata().map_err(|e| io(&n, e))?.len();
+            files.push((n, f, len));
+        }
+        Ok((m.revision, files))
     }
 
     /// Writes a snapshot of every shard at one revision, then drops the log it covers.

@@ -16,6 +16,7 @@
 //! decision), `coord.rs` (work that spans shards), `mvcc.rs` (the index). `DESIGN.md` beside
 //! this crate has the on-disk layout and the crash analysis.
 
+pub mod backup;
 pub mod command;
 mod coord;
 pub mod disk;

@@ -440,6 +440,15 @@ impl Store {
         self.coord(|reply| CoordMsg::Snapshot { reply }).await
     }
 
+    /// A backup: a snapshot taken now, as one file's bytes handed out in pieces
+    /// (`backup::SnapshotStream`; read with `backup::status`, restored with
+    /// `backup::restore`).
+    pub async fn snapshot_stream(&self) -> Result<crate::backup::SnapshotStream, StoreError> {
+        self.snapshot().await?;
+        let (revision, files) = self.coord(|reply| CoordMsg::OpenSnapshot { reply }).await?;
+        Ok(crate::backup::SnapshotStream::new(files, revision))
+    }
+
     /// Whether writes go through a replication layer.
     pub fn is_replicated(&self) -> bool {
         self.shared().replication.is_some()

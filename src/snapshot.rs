@@ -1,0 +1,108 @@
+//! `capstan snapshot save|restore|status`: backups of a store through etcd's API, as
+//! etcdctl's and etcdutl's commands of the same names. The file is capstan's own format
+//! (`storage::backup`), which `etcdctl snapshot save` also writes from a capstan endpoint; etcd's
+//! tools do not read it, nor capstan etcd's.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, bail};
+
+#[derive(clap::Subcommand)]
+pub enum SnapshotCmd {
+    /// Save a snapshot of a running capstan (its etcd endpoint) to FILE.
+    Save {
+        file: PathBuf,
+        /// The etcd endpoint (`capstan up` prints it).
+        #[arg(long, default_value = "https://127.0.0.1:2379")]
+        endpoint: String,
+        /// The cluster CA (`D/pki/ca.crt`).
+        #[arg(long)]
+        cacert: Option<PathBuf>,
+        /// A client certificate in system:masters (`D/pki/apiserver-etcd-client.crt`).
+        #[arg(long)]
+        cert: Option<PathBuf>,
+        #[arg(long)]
+        key: Option<PathBuf>,
+    },
+    /// Make a new data directory for `capstan up` from a snapshot: the same keys at the same
+    /// revisions (resourceVersions); older revisions are compacted away.
+    Restore {
+        file: PathBuf,
+        #[arg(long)]
+        data_dir: PathBuf,
+    },
+    /// Check a snapshot file through and say what it holds.
+    Status {
+        file: PathBuf,
+        /// As JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+pub async fn run(cmd: SnapshotCmd) -> Result<()> {
+    match cmd {
+        SnapshotCmd::Save { file, endpoint, cacert, cert, key } => save(file, endpoint, cacert, cert, key).await,
+        SnapshotCmd::Restore { file, data_dir } => {
+            let store_dir = data_dir.join("store");
+            if store_dir.exists() {
+                bail!("{} already holds a store: a restore makes a new data directory", data_dir.display());
+            }
+            std::fs::create_dir_all(&data_dir).with_context(|| format!("creating {}", data_dir.display()))?;
+            crate::datadir::prepare(&data_dir, crate::datadir::Kind::Single)?;
+            let s = tokio::task::block_in_place(|| storage::backup::restore(&file, &store_dir))?;
+            println!("restored {} into {}: revision {}, {} keys; start it with: capstan up --data-dir {}", file.display(), data_dir.display(), s.revision, s.keys, data_dir.display());
+            Ok(())
+        }
+        SnapshotCmd::Status { file, json } => {
+            let s = tokio::task::block_in_place(|| storage::backup::status(&file))?;
+            if json {
+                println!("{}", serde_json::json!({"revision": s.revision, "compactRevision": s.compact_revision, "shards": s.shards, "keys": s.keys, "indexedKeys": s.indexed_keys, "bytes": s.bytes, "checksum": format!("{:08x}", s.checksum)}));
+            } else {
+                println!("revision {}  keys {}  (with history {})  shards {}  size {}  checksum {:08x}", s.revision, s.keys, s.indexed_keys, s.shards, s.bytes, s.checksum);
+            }
+            Ok(())
+        }
+    }
+}
+
+async fn save(file: PathBuf, endpoint: String, cacert: Option<PathBuf>, cert: Option<PathBuf>, key: Option<PathBuf>) -> Result<()> {
+    use etcdapi::tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
+    let read = |p: &PathBuf| std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()));
+    let mut ch = Channel::from_shared(endpoint.clone()).with_context(|| format!("the endpoint {endpoint}"))?;
+    if endpoint.starts_with("https://") {
+        let mut tls = ClientTlsConfig::new();
+        if let Some(ca) = &cacert {
+            tls = tls.ca_certificate(Certificate::from_pem(read(ca)?));
+        }
+        match (&cert, &key) {
+            (Some(c), Some(k)) => tls = tls.identity(Identity::from_pem(read(c)?, read(k)?)),
+            (None, None) => {}
+            _ => bail!("--cert and --key go together"),
+        }
+        ch = ch.tls_config(tls)?;
+    }
+    let channel = ch.connect().await.with_context(|| format!("connecting to {endpoint}"))?;
+    let mut client = etcdapi::pb::maintenance_client::MaintenanceClient::new(channel).max_decoding_message_size(8 << 20);
+    let mut stream = client.snapshot(etcdapi::pb::SnapshotRequest {}).await.with_context(|| format!("asking {endpoint} for a snapshot"))?.into_inner();
+    let part = file.with_extension("part");
+    let mut out = std::fs::File::create(&part).with_context(|| format!("creating {}", part.display()))?;
+    let mut bytes = 0u64;
+    while let Some(piece) = stream.message().await.with_context(|| format!("receiving the snapshot from {endpoint}"))? {
+        std::io::Write::write_all(&mut out, &piece.blob).with_context(|| format!("writing {}", part.display()))?;
+        bytes += piece.blob.len() as u64;
+    }
+    out.sync_all()?;
+    drop(out);
+    // What was received is checked through before it takes the file's name.
+    let s = match tokio::task::block_in_place(|| storage::backup::status(&part)) {
+        Ok(s) => s,
+        Err(e) => {
+            let _ = std::fs::remove_file(&part);
+            bail!("the snapshot received from {endpoint} is not whole: {e}");
+        }
+    };
+    std::fs::rename(&part, &file).with_context(|| format!("renaming {} to {}", part.display(), file.display()))?;
+    println!("Snapshot saved at {} (revision {}, {} keys, {bytes} bytes)", file.display(), s.revision, s.keys);
+    Ok(())
+}
