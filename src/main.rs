@@ -10,6 +10,7 @@ mod cluster;
 mod common;
 mod components;
 mod etcd;
+mod migrate;
 mod snapshot;
 mod datadir;
 mod join;
@@ -120,6 +121,8 @@ enum Command {
         #[command(flatten)]
         opts: ServeOpts,
     },
+    /// Make a new data directory from a real etcd's keys, read at one revision.
+    Migrate(migrate::MigrateArgs),
     /// Back up a running capstan's store and restore it into a new data directory.
     Snapshot {
         #[command(subcommand)]
@@ -311,7 +314,7 @@ fn main() -> Result<()> {
     let level = match &cli.command {
         Command::Up { opts, .. } | Command::Apiserver { opts, .. } => opts.log_level.clone(),
         Command::Server(a) => a.log_level.clone(),
-        Command::Kv { .. } | Command::Member(_) | Command::Snapshot { .. } => "warn".into(),
+        Command::Kv { .. } | Command::Member(_) | Command::Snapshot { .. } | Command::Migrate(_) => "warn".into(),
         Command::Node { .. } => "info".into(),
         Command::Scheduler { log_level, .. } | Command::Controllers { log_level, .. } => log_level.clone(),
     };
@@ -325,6 +328,7 @@ fn main() -> Result<()> {
     match cli.command {
         Command::Kv { data_dir, shards, unsafe_no_fsync, op } => rt.block_on(kv::kv(data_dir, shards, unsafe_no_fsync, op)),
         Command::Snapshot { op } => rt.block_on(snapshot::run(op)),
+        Command::Migrate(a) => rt.block_on(migrate::run(a)),
         Command::Up { data_dir, listen, hollow_nodes, hollow_lease_renew_seconds, replicas: Some(n), node, opts } => {
             rt.block_on(cluster::up(n, data_dir, listen, opts, node, hollow_nodes, hollow_lease_renew_seconds))
         }

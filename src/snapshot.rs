@@ -66,23 +66,29 @@ pub async fn run(cmd: SnapshotCmd) -> Result<()> {
     }
 }
 
-async fn save(file: PathBuf, endpoint: String, cacert: Option<PathBuf>, cert: Option<PathBuf>, key: Option<PathBuf>) -> Result<()> {
+/// A gRPC channel to an etcd endpoint, over TLS with `cacert` and a client certificate for
+/// `https://`.
+pub async fn channel(endpoint: &str, cacert: Option<&PathBuf>, cert: Option<&PathBuf>, key: Option<&PathBuf>) -> Result<etcdapi::tonic::transport::Channel> {
     use etcdapi::tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
     let read = |p: &PathBuf| std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()));
-    let mut ch = Channel::from_shared(endpoint.clone()).with_context(|| format!("the endpoint {endpoint}"))?;
+    let mut ch = Channel::from_shared(endpoint.to_string()).with_context(|| format!("the endpoint {endpoint}"))?;
     if endpoint.starts_with("https://") {
         let mut tls = ClientTlsConfig::new();
-        if let Some(ca) = &cacert {
+        if let Some(ca) = cacert {
             tls = tls.ca_certificate(Certificate::from_pem(read(ca)?));
         }
-        match (&cert, &key) {
+        match (cert, key) {
             (Some(c), Some(k)) => tls = tls.identity(Identity::from_pem(read(c)?, read(k)?)),
             (None, None) => {}
             _ => bail!("--cert and --key go together"),
         }
         ch = ch.tls_config(tls)?;
     }
-    let channel = ch.connect().await.with_context(|| format!("connecting to {endpoint}"))?;
+    ch.connect().await.with_context(|| format!("connecting to {endpoint}"))
+}
+
+async fn save(file: PathBuf, endpoint: String, cacert: Option<PathBuf>, cert: Option<PathBuf>, key: Option<PathBuf>) -> Result<()> {
+    let channel = channel(&endpoint, cacert.as_ref(), cert.as_ref(), key.as_ref()).await?;
     let mut client = etcdapi::pb::maintenance_client::MaintenanceClient::new(channel).max_decoding_message_size(8 << 20);
     let mut stream = client.snapshot(etcdapi::pb::SnapshotRequest {}).await.with_context(|| format!("asking {endpoint} for a snapshot"))?.into_inner();
     let part = file.with_extension("part");

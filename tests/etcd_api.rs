@@ -323,3 +323,76 @@ impl Etcd {
         Etcd { c, url, args }
     }
 }
+
+/// A real etcd (Debian's etcd-server) on free loopback ports in `dir`, stopped on drop.
+struct RealEtcd {
+    child: std::process::Child,
+    url: String,
+}
+
+impl Drop for RealEtcd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn real_etcd(dir: &std::path::Path) -> RealEtcd {
+    let (client, peer) = (free_port(), free_port());
+    let url = format!("http://127.0.0.1:{client}");
+    let peer_url = format!("http://127.0.0.1:{peer}");
+    let child = Command::new("etcd")
+        .args(["--name", "src", "--data-dir"])
+        .arg(dir.join("etcd"))
+        .args(["--listen-client-urls", &url, "--advertise-client-urls", &url, "--listen-peer-urls", &peer_url, "--initial-advertise-peer-urls", &peer_url])
+        .args(["--initial-cluster", &format!("src={peer_url}"), "--log-level", "error"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("etcd (apt-get install etcd-server)");
+    let e = RealEtcd { child, url };
+    wait_until("the real etcd to be healthy", || Command::new("etcdctl").env("ETCDCTL_API", "3").args(["--endpoints", &e.url, "endpoint", "health"]).output().unwrap().status.success());
+    e
+}
+
+#[test]
+fn migrate_copies_a_real_etcds_keys_at_one_revision_into_a_new_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = real_etcd(dir.path());
+    let etcdctl = |args: &[&str], stdin: Option<&str>| {
+        let mut c = Command::new("etcdctl").env("ETCDCTL_API", "3").args(["--endpoints", &src.url]).args(args).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+        if let Some(s) = stdin {
+            use std::io::Write;
+            c.stdin.take().unwrap().write_all(s.as_bytes()).unwrap();
+        }
+        let o = c.wait_with_output().unwrap();
+        assert!(o.status.success(), "etcdctl {args:?}: {}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8(o.stdout).unwrap()
+    };
+    // More keys than one page of the copy, a leased key, an overwrite and a delete.
+    for batch in 0..12 {
+        let puts: String = (0..100).map(|i| format!("put src/{batch:02}/{i:03} v{batch}-{i}\n")).collect();
+        etcdctl(&["txn"], Some(&format!("\n{puts}\n\n")));
+    }
+    let lease = etcdctl(&["lease", "grant", "600"], None).split_whitespace().nth(1).unwrap().to_string();
+    etcdctl(&["put", "src/leased", "l", &format!("--lease={lease}")], None);
+    etcdctl(&["put", "src/00/000", "overwritten"], None);
+    etcdctl(&["del", "src/11/099"], None);
+    let expected = etcdctl(&["get", "", "--from-key"], None);
+    let target = tempfile::tempdir().unwrap();
+    let migrate = |to: &std::path::Path| Command::new(env!("CARGO_BIN_EXE_capstan")).args(["migrate", "--from-etcd", &src.url, "--data-dir"]).arg(to).output().unwrap();
+    let o = migrate(target.path());
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("migrated 1200 keys"), "{}", String::from_utf8_lossy(&o.stdout));
+    let o = migrate(target.path());
+    assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("already holds a store"));
+    // The new store serves the same keys and values.
+    let e = Etcd::from(Cluster::start_with(target, &["--no-local-node", "--no-controllers", "--no-scheduler", "--etcd-listen", "127.0.0.1:0"]));
+    let got = e.ok(&["get", "src/", "--prefix"]);
+    assert_eq!(got, expected, "the same keys and values, in order");
+    assert_eq!(e.json(&["get", "src/leased"])["kvs"][0]["lease"].as_i64().unwrap_or(0), 0, "leases are not carried");
+}
