@@ -71,7 +71,7 @@ fn spawn(exe: &Path, dir: &Path, s: &Spec, i: usize, initial: &str, opts: &Serve
     let etcd = match opts.etcd.etcd_listen.as_deref() {
         Some("none") => "none".to_string(),
         Some(l) => match l.rsplit_once(':').map(|(h, p)| (h, p.parse::<u16>())) {
-            Some((h, Ok(p))) if p != 0 => format!("{h}:{}", p + i as u16),
+            Some((h, Ok(p))) if p != 0 => format!("{h}:{}", p.checked_add(i as u16).with_context(|| format!("--etcd-listen {l}: no port {p} + {i} for replica {i}"))?),
             _ => l.to_string(),
         },
         None => "127.0.0.1:0".to_string(),

@@ -9,6 +9,9 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 
+/// The store's own bound on a request (`storage::Config::request_bytes_max`'s default).
+const STORE_REQUEST_MAX: usize = 3 * 512 * 1024;
+
 /// Where etcd's default client port is.
 const DEFAULT_LISTEN: &str = "127.0.0.1:2379";
 
@@ -18,7 +21,8 @@ pub struct EtcdOpts {
     /// flag, 127.0.0.1:2379 when it is free (when it is taken, capstan says so and goes on).
     #[arg(long)]
     pub etcd_listen: Option<String>,
-    /// The largest put or txn through it, in bytes (etcd's --max-request-bytes).
+    /// The largest put or txn through it, in bytes (etcd's --max-request-bytes; at most the
+    /// store's own bound, 1.5 MiB).
     #[arg(long, default_value_t = 3 * 512 * 1024)]
     pub etcd_max_request_bytes: usize,
     /// The most operations in one txn (etcd's --max-txn-ops).
@@ -36,9 +40,12 @@ impl Default for EtcdOpts {
     }
 }
 
-/// Serves the etcd API for `store` as `o` says: the endpoint's URL, or none when it is off
-/// (or the default port is taken).
-pub async fn start(o: &EtcdOpts, store: &storage::Store, store_dir: &Path, data_dir: &Path, pki: Option<&crate::pki::Pki>, membership: impl FnOnce(&str) -> Arc<dyn etcdapi::Membership>) -> Result<Option<String>> {
+/// Serves the etcd API for `store` as `o` says: the endpoint's URL and its handle (stop it
+/// before letting the store go), or none when it is off (or the default port is taken).
+pub async fn start(o: &EtcdOpts, store: &storage::Store, store_dir: &Path, data_dir: &Path, pki: Option<&crate::pki::Pki>, membership: impl FnOnce(&str) -> Arc<dyn etcdapi::Membership>) -> Result<Option<(String, etcdapi::Listening)>> {
+    if o.etcd_max_request_bytes > STORE_REQUEST_MAX {
+        anyhow::bail!("--etcd-max-request-bytes {} is over what the store takes in one request ({STORE_REQUEST_MAX})", o.etcd_max_request_bytes);
+    }
     let (listen, explicit) = match o.etcd_listen.as_deref() {
         Some("none") => return Ok(None),
         Some(l) => (l, true),
@@ -71,8 +78,8 @@ pub async fn start(o: &EtcdOpts, store: &storage::Store, store_dir: &Path, data_
         ..Default::default()
     };
     let ctx = etcdapi::Ctx::new(store.clone(), store_dir.to_path_buf(), membership(&url), limits);
-    etcdapi::serve(listener, ctx, tls)?;
-    Ok(Some(url))
+    let listening = etcdapi::serve(listener, ctx, tls)?;
+    Ok(Some((url, listening)))
 }
 
 /// A replica's membership, from raft: members with their peer URLs (learners as learners),
@@ -117,6 +124,30 @@ impl etcdapi::Membership for RaftMembership {
     }
     fn promote(&self, _id: u64) -> etcdapi::cluster::Fut<'_, ()> {
         Box::pin(async { Err(tonic_unimplemented("promoting a member through the etcd API (capstan member promote NAME)")) })
+    }
+    fn move_leader(&self, to: u64) -> etcdapi::cluster::Fut<'_, ()> {
+        Box::pin(async move {
+            let v = raft::replica::view(&self.raft);
+            if v.leader != Some(self.id) {
+                return Err(etcdapi::Status::failed_precondition("etcdserver: not leader"));
+            }
+            if to == self.id {
+                return Ok(());
+            }
+            if !v.members.iter().any(|(id, _, voter)| *id == to && *voter) {
+                return Err(etcdapi::Status::failed_precondition("etcdserver: bad leader transferee"));
+            }
+            raft::replica::transfer_leader(&self.raft, to).await.map_err(|e| etcdapi::Status::unavailable(format!("etcdserver: {e}")))?;
+            // As etcd, answer when the transferee leads (or say it did not in time).
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+            while raft::replica::view(&self.raft).leader != Some(to) {
+                if std::time::Instant::now() > deadline {
+                    return Err(etcdapi::Status::unavailable("etcdserver: request timed out, leader transfer took too long"));
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+            Ok(())
+        })
     }
 }
 

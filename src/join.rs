@@ -56,6 +56,13 @@ pub async fn run(a: JoinArgs) -> Result<()> {
     let pki = a.data_dir.join("pki");
     std::fs::create_dir_all(&pki).with_context(|| format!("creating {}", pki.display()))?;
     let current = pki.join(CURRENT);
+    // A node joined before rotation kept its pair in two files: taken over once.
+    let (old_crt, old_key) = (pki.join("kubelet.crt"), pki.join("kubelet.key"));
+    if !current.exists()
+        && let (Ok(c), Ok(k)) = (std::fs::read_to_string(&old_crt), std::fs::read_to_string(&old_key))
+    {
+        crate::pki::write_private(&current, &format!("{c}{k}"))?;
+    }
     let wait = Duration::from_secs(a.approval_timeout_seconds);
     let (cert_pem, key_pem) = match usable(&current, &name) {
         Some(pair) => {
@@ -136,9 +143,10 @@ fn rotation_deadline(from: i64, to: i64, jitter: f64) -> i64 {
 }
 
 /// Rotates the node's certificate forever: waits for the deadline, asks with the current
-/// certificate, keeps and presents the new pair. A failed request is retried every 10 s
-/// (the current certificate still works until it expires; then the node's requests fail
-/// with 401 until a rotation succeeds, as a kubelet's do).
+/// certificate, keeps and presents the new pair. A failed request is retried after 10 s,
+/// doubling up to an hour (each try is a new request object: an unapproved node must not
+/// flood the cluster with them); the current certificate works until it expires, then the
+/// node's requests fail with 401 until a rotation succeeds, as a kubelet's do.
 async fn rotate(c: client::Client, handle: std::sync::Arc<client::tls::RotatingCert>, path: PathBuf, name: String, mut cert_pem: String, wait: Duration) {
     loop {
         let Some((from, to)) = validity(&cert_pem) else {
@@ -151,6 +159,7 @@ async fn rotate(c: client::Client, handle: std::sync::Arc<client::tls::RotatingC
         if at > now {
             tokio::time::sleep(Duration::from_secs((at - now) as u64)).await;
         }
+        let mut backoff = Duration::from_secs(10);
         loop {
             match request_certificate(&c, &name, wait).await {
                 Ok((new_cert, new_key)) => {
@@ -167,8 +176,9 @@ async fn rotate(c: client::Client, handle: std::sync::Arc<client::tls::RotatingC
                     break;
                 }
                 Err(e) => {
-                    tracing::warn!(error = %e, "rotating the node's certificate failed; retrying in 10 s");
-                    tokio::time::sleep(Duration::from_secs(10)).await;
+                    tracing::warn!(error = %e, retry_in = ?backoff, "rotating the node's certificate failed");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(3600));
                 }
             }
         }

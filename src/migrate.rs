@@ -13,9 +13,11 @@ use anyhow::{Context, Result, anyhow, bail};
 
 use crate::snapshot::channel;
 
-/// Keys per read of the source, and per txn into the new store.
-const PAGE: i64 = 1000;
-const WRITE_BATCH: usize = 100;
+/// Keys per read of the source (a value is at most etcd's 1.5 MiB request limit, so a page
+/// is at most about 150 MiB), and the bytes per txn into the new store (under its 1.5 MiB
+/// request bound; a single larger key-value goes alone).
+const PAGE: i64 = 100;
+const WRITE_BYTES: usize = 1 << 20;
 
 #[derive(clap::Args)]
 pub struct MigrateArgs {
@@ -81,13 +83,18 @@ async fn copy(kv: &mut etcdapi::pb::kv_client::KvClient<etcdapi::tonic::transpor
             }
             Err(s) => return Err(anyhow!("reading the source: {s}")),
         };
-        for chunk in page.kvs.chunks(WRITE_BATCH) {
-            let success = chunk
-                .iter()
-                .map(|kv| storage::TxnOp::Put(storage::PutRequest { key: kv.key.clone().into(), value: kv.value.clone().into(), lease: 0, prev_kv: false }))
-                .collect();
-            store.txn(storage::TxnRequest { compare: vec![], success, failure: vec![] }).await.map_err(|e| anyhow!("writing the new store: {e}"))?;
-            n += chunk.len() as u64;
+        let mut batch: Vec<storage::TxnOp> = Vec::new();
+        let mut bytes = 0;
+        for (i, kv) in page.kvs.iter().enumerate() {
+            bytes += kv.key.len() + kv.value.len();
+            batch.push(storage::TxnOp::Put(storage::PutRequest { key: kv.key.clone().into(), value: kv.value.clone().into(), lease: 0, prev_kv: false }));
+            let next = page.kvs.get(i + 1).map_or(0, |k| k.key.len() + k.value.len());
+            if next == 0 || bytes + next > WRITE_BYTES {
+                let success = std::mem::take(&mut batch);
+                n += success.len() as u64;
+                store.txn(storage::TxnRequest { compare: vec![], success, failure: vec![] }).await.map_err(|e| anyhow!("writing the new store: {e}"))?;
+                bytes = 0;
+            }
         }
         match page.kvs.last() {
             Some(last) if page.more => {

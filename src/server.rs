@@ -194,7 +194,8 @@ pub async fn run(a: ServerArgs) -> Result<()> {
     println!("  data:       {}", std::fs::canonicalize(&a.data_dir).unwrap_or(a.data_dir.clone()).display());
     println!("  kubeconfig: {}", kc.display());
     let membership = |url: &str| -> std::sync::Arc<dyn etcdapi::Membership> { std::sync::Arc::new(crate::etcd::RaftMembership { raft: replica.raft().clone(), id: replica.id(), cluster: replica.cluster_id(), url: url.to_string() }) };
-    if let Some(url) = crate::etcd::start(&a.etcd, &store, &a.data_dir.join("store"), &a.data_dir, sec.pki.as_ref(), membership).await? {
+    let etcd = crate::etcd::start(&a.etcd, &store, &a.data_dir.join("store"), &a.data_dir, sec.pki.as_ref(), membership).await?;
+    if let Some((url, _)) = &etcd {
         println!("  etcd API:   {url}");
     }
     println!("stop with Ctrl-C (a leader hands leadership over first)");
@@ -248,6 +249,9 @@ pub async fn run(a: ServerArgs) -> Result<()> {
     let _ = tokio::time::timeout(Duration::from_secs(10), server_task).await;
     let was_removed = replica.removed();
     let failed = replica.failed();
+    if let Some((_, e)) = etcd {
+        e.stop();
+    }
     drop(store);
     replica.shutdown().await;
     eprintln!("capstan: stopped");

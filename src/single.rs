@@ -38,7 +38,7 @@ pub async fn serve(data_dir: PathBuf, listen: String, opts: ServeOpts, up: Optio
     println!("  kubeconfig: {}", kc_abs.display());
     let name = up.as_ref().and_then(|(n, ..)| n.node_name.clone()).unwrap_or_else(hostname);
     let etcd = crate::etcd::start(&opts.etcd, &store, &store_dir, &data_dir, sec.pki.as_ref(), |url| std::sync::Arc::new(etcdapi::SingleMember::new(&name, vec![url.to_string()]))).await?;
-    if let Some(url) = etcd {
+    if let Some((url, _)) = &etcd {
         match sec.pki.is_some() {
             true => {
                 let pki = std::fs::canonicalize(data_dir.join("pki")).unwrap_or(data_dir.join("pki"));
@@ -105,6 +105,9 @@ pub async fn serve(data_dir: PathBuf, listen: String, opts: ServeOpts, up: Optio
     let _ = stop_tx.send(true);
     server_task.await??;
     eprintln!("capstan: stopped");
+    if let Some((_, e)) = etcd {
+        e.stop();
+    }
     drop(store);
     Ok(())
 }

@@ -226,6 +226,15 @@ fn etcd_endpoints_report_the_raft_cluster(up: &Up, leader: &str) {
     }
     etcdctl(Some(&all[0]), &["put", "through-etcd", "on-r0"]);
     assert_eq!(etcdctl(Some(&all[2]), &["get", "through-etcd", "--print-value-only"]).trim(), "on-r0");
+    // move-leader hands leadership to a follower, and back (the test goes on with the first).
+    let follower = members["members"].as_array().unwrap().iter().find(|m| m["name"] != leader).unwrap();
+    let hex = |v: &serde_json::Value| format!("{:x}", v.as_u64().unwrap());
+    let moved = etcdctl(None, &["move-leader", &hex(&follower["ID"])]);
+    assert!(moved.contains("Leadership transferred"), "{moved}");
+    let status: serde_json::Value = serde_json::from_str(&etcdctl(None, &["endpoint", "status", "-w", "json"])).unwrap();
+    assert!(status.as_array().unwrap().iter().all(|s| s["Status"]["leader"] == follower["ID"]), "{status}");
+    etcdctl(None, &["move-leader", &hex(&leader_id)]);
+    wait_until("the first leader to lead again", || leader_name(&up.endpoints).as_deref() == Some(leader));
 }
 
 #[test]

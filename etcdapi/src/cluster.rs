@@ -40,6 +40,10 @@ pub trait Membership: Send + Sync + 'static {
     fn promote(&self, _id: u64) -> Fut<'_, ()> {
         Box::pin(async { Err(errors::member_not_found()) })
     }
+    /// Hands leadership to member `to`, answered once it leads (etcd's MoveLeader).
+    fn move_leader(&self, _to: u64) -> Fut<'_, ()> {
+        Box::pin(async { Err(Status::failed_precondition("etcdserver: this capstan is not replicated: it has no other member to lead")) })
+    }
 }
 
 /// A capstan that is not replicated: one member, its own leader.

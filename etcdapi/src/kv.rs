@@ -77,7 +77,27 @@ pub(crate) fn range_in(r: &pb::RangeRequest) -> Result<(storage::RangeRequest, P
 /// The store's answer, sorted, filtered and cut as etcd does.
 pub(crate) fn range_out(ctx: &Ctx, resp: storage::RangeResponse, post: &Post) -> pb::RangeResponse {
     let count = resp.count as i64;
-    let mut kvs = resp.kvs;
+    let revision = resp.revision;
+    let (kvs, more) = arrange(resp.kvs, resp.more, post);
+    let kvs = if post.count_only {
+        Vec::new()
+    } else {
+        kvs.into_iter()
+            .map(|kv| {
+                let mut out = kv_out(kv);
+                if post.keys_only {
+                    out.value.clear();
+                }
+                out
+            })
+            .collect()
+    };
+    pb::RangeResponse { header: ctx.header(ctx.store.revision().max(revision)), kvs, more, count }
+}
+
+/// The revision filters, the sort and the limit, in etcd's order: the key-values left and
+/// whether more were cut.
+fn arrange(mut kvs: Vec<storage::KeyValue>, more: bool, post: &Post) -> (Vec<storage::KeyValue>, bool) {
     if post.filters() {
         kvs.retain(|kv| {
             let (m, c) = (kv.mod_revision as i64, kv.create_revision as i64);
@@ -100,25 +120,12 @@ pub(crate) fn range_out(ctx: &Ctx, resp: storage::RangeResponse, post: &Post) ->
             kvs.reverse();
         }
     }
-    let mut more = resp.more;
+    let mut more = more;
     if post.limit > 0 && kvs.len() > post.limit {
         kvs.truncate(post.limit);
         more = true;
     }
-    let kvs = if post.count_only {
-        Vec::new()
-    } else {
-        kvs.into_iter()
-            .map(|kv| {
-                let mut out = kv_out(kv);
-                if post.keys_only {
-                    out.value.clear();
-                }
-                out
-            })
-            .collect()
-    };
-    pb::RangeResponse { header: ctx.header(ctx.store.revision().max(resp.revision)), kvs, more, count }
+    (kvs, more)
 }
 
 pub(crate) async fn range(ctx: &Ctx, r: pb::RangeRequest) -> Result<pb::RangeResponse, Status> {
@@ -343,7 +350,8 @@ async fn pinned(ctx: &Ctx, compares: Vec<Cmp>, success: Vec<storage::TxnOp>, fai
 }
 
 async fn compact(ctx: &Ctx, c: pb::CompactionRequest) -> Result<pb::CompactionResponse, Status> {
-    let current = ctx.store.revision();
+    // The cluster's revision (a follower that lags must not call a valid one future).
+    let current = ctx.store.consistent_revision().await.map_err(errors::store)?;
     if c.revision <= 0 || c.revision as u64 > current {
         return Err(errors::future_revision());
     }
@@ -395,24 +403,10 @@ mod tests {
         range_in(&r).unwrap().1
     }
 
+    /// What a read of three keys gives after `arrange`, as keys.
     fn sorted(p: &Post) -> Vec<String> {
         let kvs = vec![kv("a", "3", 2, 9, 1), kv("b", "1", 3, 4, 5), kv("c", "2", 1, 7, 2)];
-        let mut kvs = kvs;
-        // What range_out does, without a store.
-        use range_request::SortTarget as T;
-        if p.sorts() {
-            match T::try_from(p.target).unwrap() {
-                T::Key => {}
-                T::Version => kvs.sort_by_key(|kv| kv.version),
-                T::Create => kvs.sort_by_key(|kv| kv.create_revision),
-                T::Mod => kvs.sort_by_key(|kv| kv.mod_revision),
-                T::Value => kvs.sort_by(|a, b| a.value.cmp(&b.value)),
-            }
-            if p.order() == range_request::SortOrder::Descend {
-                kvs.reverse();
-            }
-        }
-        kvs.iter().map(|kv| String::from_utf8(kv.key.to_vec()).unwrap()).collect()
+        arrange(kvs, false, p).0.iter().map(|kv| String::from_utf8(kv.key.to_vec()).unwrap()).collect()
     }
 
     #[test]
@@ -427,9 +421,15 @@ mod tests {
         let (req, p) = range_in(&by_value).unwrap();
         assert!(!req.keys_only, "values are read to sort by them");
         assert_eq!(sorted(&p), ["b", "c", "a"]);
-        let key_desc = pb::RangeRequest { sort_order: range_request::SortOrder::Descend as i32, limit: 2, ..base };
-        let (req, _) = range_in(&key_desc).unwrap();
+        let key_desc = pb::RangeRequest { sort_order: range_request::SortOrder::Descend as i32, limit: 2, ..base.clone() };
+        let (req, p) = range_in(&key_desc).unwrap();
         assert_eq!(req.limit, 0, "sorted reads are cut after sorting");
+        assert_eq!(sorted(&p), ["c", "b"]);
+        let kvs = vec![kv("a", "3", 2, 9, 1), kv("b", "1", 3, 4, 5), kv("c", "2", 1, 7, 2)];
+        assert!(arrange(kvs, false, &p).1, "a cut says more");
+        // The filters: mod revisions from 5 up, created at 2 or before.
+        let filtered = pb::RangeRequest { min_mod_revision: 5, max_create_revision: 2, ..base };
+        assert_eq!(sorted(&post(filtered)), ["a", "c"]);
     }
 
     #[test]

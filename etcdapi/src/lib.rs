@@ -54,13 +54,11 @@ pub struct Limits {
     /// How often a watch created with `progress_notify` hears the revision when nothing
     /// changed (etcd's `--experimental-watch-progress-notify-interval`, 10 minutes).
     pub progress_notify: Duration,
-    /// Events a watch stream holds for a client that reads slowly before its watches wait.
-    pub stream_events: usize,
 }
 
 impl Default for Limits {
     fn default() -> Limits {
-        Limits { request_bytes: 3 * 512 * 1024, txn_ops: 128, progress_notify: Duration::from_secs(600), stream_events: 1024 }
+        Limits { request_bytes: 3 * 512 * 1024, txn_ops: 128, progress_notify: Duration::from_secs(600) }
     }
 }
 

@@ -15,6 +15,9 @@ pub struct Maintenance(pub Arc<Ctx>);
 
 pub type SnapshotStream = Pin<Box<dyn Stream<Item = Result<pb::SnapshotResponse, Status>> + Send>>;
 
+/// How long a snapshot's reader may stop taking pieces before the stream is dropped.
+const SNAPSHOT_STALL: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// Bytes of the files under `dir` (the store's log and snapshots: its "database size").
 fn dir_bytes(dir: &std::path::Path) -> u64 {
     let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
@@ -62,10 +65,10 @@ impl pb::maintenance_server::Maintenance for Maintenance {
                 vec![pb::AlarmMember { member_id: me, alarm: nospace }]
             }
             AlarmAction::Activate => vec![],
-            AlarmAction::Deactivate => {
-                let was = self.0.nospace.swap(false, Ordering::Relaxed);
-                if was && (r.alarm == nospace || r.alarm == pb::AlarmType::None as i32) { vec![pb::AlarmMember { member_id: me, alarm: nospace }] } else { vec![] }
+            AlarmAction::Deactivate if r.alarm == nospace || r.alarm == pb::AlarmType::None as i32 => {
+                if self.0.nospace.swap(false, Ordering::Relaxed) { vec![pb::AlarmMember { member_id: me, alarm: nospace }] } else { vec![] }
             }
+            AlarmAction::Deactivate => vec![],
         };
         Ok(Response::new(pb::AlarmResponse { header: self.0.header_now(), alarms }))
     }
@@ -119,24 +122,39 @@ impl pb::maintenance_server::Maintenance for Maintenance {
     /// `etcdctl snapshot save` writes and `capstan snapshot restore` reads) in pieces of about
     /// 1 MiB, read from disk on a blocking thread, four pieces ahead at most.
     async fn snapshot(&self, _r: Request<pb::SnapshotRequest>) -> Result<Response<SnapshotStream>, Status> {
-        let mut stream = self.0.store.snapshot_stream().await.map_err(errors::store)?;
+        let stream = self.0.store.snapshot_stream().await.map_err(errors::store)?;
         let header = self.0.header(stream.revision());
         let (tx, rx) = tokio::sync::mpsc::channel(4);
-        tokio::task::spawn_blocking(move || {
+        tokio::spawn(async move {
             let mut left = stream.len();
+            let mut stream = Some(stream);
             loop {
-                let piece = match stream.next_piece() {
+                // Pieces are read on a blocking thread; a client that stops reading for a
+                // minute is given up on, and the snapshot's files are let go.
+                let mut s = stream.take().expect("the stream is back after each piece");
+                let (s, piece) = match tokio::task::spawn_blocking(move || {
+                    let p = s.next_piece();
+                    (s, p)
+                })
+                .await
+                {
+                    Ok(x) => x,
+                    Err(_) => return,
+                };
+                stream = Some(s);
+                let piece = match piece {
                     Ok(Some(p)) => p,
                     Ok(None) => return,
                     Err(e) => {
-                        let _ = tx.blocking_send(Err(Status::internal(format!("etcdserver: reading the snapshot: {e}"))));
+                        let _ = tx.send(Err(Status::internal(format!("etcdserver: reading the snapshot: {e}")))).await;
                         return;
                     }
                 };
-                left -= piece.len() as u64;
+                left = left.saturating_sub(piece.len() as u64);
                 let resp = pb::SnapshotResponse { header, remaining_bytes: left, blob: piece, version: ETCD_VERSION.into() };
-                if tx.blocking_send(Ok(resp)).is_err() {
-                    return;
+                match tokio::time::timeout(SNAPSHOT_STALL, tx.send(Ok(resp))).await {
+                    Ok(Ok(())) => {}
+                    _ => return,
                 }
             }
         });
@@ -144,7 +162,8 @@ impl pb::maintenance_server::Maintenance for Maintenance {
         Ok(Response::new(Box::pin(out)))
     }
 
-    async fn move_leader(&self, _r: Request<pb::MoveLeaderRequest>) -> Result<Response<pb::MoveLeaderResponse>, Status> {
-        Err(Status::failed_precondition("etcdserver: this capstan is not replicated: it has no other member to lead"))
+    async fn move_leader(&self, r: Request<pb::MoveLeaderRequest>) -> Result<Response<pb::MoveLeaderResponse>, Status> {
+        self.0.membership.move_leader(r.into_inner().target_id).await?;
+        Ok(Response::new(pb::MoveLeaderResponse { header: self.0.header_now() }))
     }
 }

@@ -19,6 +19,8 @@ use crate::{Ctx, cluster::Cluster, errors, kv::Kv, lease::Lease, maintenance::Ma
 const HANDSHAKE: Duration = Duration::from_secs(10);
 /// Connections waiting for the server to take them (past it, accepting waits).
 const PENDING: usize = 64;
+/// TLS handshakes in progress at once.
+const HANDSHAKES: usize = 256;
 /// The group whose members may use the endpoint (kube-apiserver's own client certificate
 /// for etcd is in it; so is the admin's).
 const MASTERS: &str = "system:masters";
@@ -28,7 +30,16 @@ pub(crate) const GRPC_OVERHEAD: usize = 512 * 1024;
 /// A running endpoint.
 pub struct Listening {
     pub addr: SocketAddr,
-    pub task: tokio::task::JoinHandle<()>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Listening {
+    /// Stops accepting and serving (before the process lets its store go).
+    pub fn stop(self) {
+        for t in self.tasks {
+            t.abort();
+        }
+    }
 }
 
 /// Whether a connection's client certificate is in `system:masters` (read from its O).
@@ -37,7 +48,9 @@ fn masters(req: &Request<()>) -> bool {
     let Some(certs) = info.peer_certs() else { return false };
     let Some(leaf) = certs.first() else { return false };
     let Ok((_, cert)) = x509_parser::parse_x509_certificate(leaf.as_ref()) else { return false };
-    cert.subject().iter_organization().any(|o| o.as_str() == Ok(MASTERS))
+    // A connection outliving its certificate is let in no more.
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64);
+    now <= cert.validity().not_after.timestamp() && cert.subject().iter_organization().any(|o| o.as_str() == Ok(MASTERS))
 }
 
 /// Serves the etcd API on `listener`: over `tls` (which must require client certificates of
@@ -57,18 +70,37 @@ pub fn serve(listener: TcpListener, ctx: Arc<Ctx>, tls: Option<Arc<rustls::Serve
         .add_service(InterceptedService::new(LeaseServer::new(Lease(ctx.clone())).max_decoding_message_size(max), check))
         .add_service(InterceptedService::new(ClusterServer::new(Cluster(ctx.clone())).max_decoding_message_size(max), check))
         .add_service(InterceptedService::new(MaintenanceServer::new(Maintenance(ctx.clone())).max_decoding_message_size(max), check));
-    let task = match tls {
+    let tasks = match tls {
         Some(cfg) => {
             let mut cfg = (*cfg).clone();
             cfg.alpn_protocols = vec![b"h2".to_vec()];
             let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
             let (tx, rx) = mpsc::channel::<Result<tokio_rustls::server::TlsStream<TcpStream>, std::io::Error>>(PENDING);
-            tokio::spawn(async move {
+            let handshakes = Arc::new(tokio::sync::Semaphore::new(HANDSHAKES));
+            let accept = tokio::spawn(async move {
                 loop {
-                    let Ok((tcp, peer)) = listener.accept().await else { continue };
+                    let accepted = tokio::select! {
+                        a = listener.accept() => a,
+                        _ = tx.closed() => return,
+                    };
+                    let (tcp, peer) = match accepted {
+                        Ok(c) => c,
+                        Err(e) => {
+                            // Out of descriptors, say: wait a little rather than spin.
+                            tracing::warn!(error = %e, "etcd endpoint: accept failed");
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                            continue;
+                        }
+                    };
+                    // Handshakes in progress are bounded; past the bound a connection is closed.
+                    let Ok(permit) = handshakes.clone().try_acquire_owned() else {
+                        tracing::debug!(%peer, "etcd endpoint: too many TLS handshakes in progress; connection closed");
+                        continue;
+                    };
                     let _ = tcp.set_nodelay(true);
                     let (acceptor, tx) = (acceptor.clone(), tx.clone());
                     tokio::spawn(async move {
+                        let _permit = permit;
                         match tokio::time::timeout(HANDSHAKE, acceptor.accept(tcp)).await {
                             Ok(Ok(s)) => {
                                 let _ = tx.send(Ok(s)).await;
@@ -80,26 +112,34 @@ pub fn serve(listener: TcpListener, ctx: Arc<Ctx>, tls: Option<Arc<rustls::Serve
                 }
             });
             let incoming = futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|x| (x, rx)) });
-            tokio::spawn(async move {
+            let serving = tokio::spawn(async move {
                 if let Err(e) = router.serve_with_incoming(incoming).await {
                     tracing::error!(error = %e, "etcd endpoint stopped");
                 }
-            })
+            });
+            vec![accept, serving]
         }
         None => {
             let incoming = futures_util::stream::unfold(listener, |l| async move {
-                let r = l.accept().await.map(|(s, _)| {
-                    let _ = s.set_nodelay(true);
-                    s
-                });
-                Some((r, l))
+                loop {
+                    match l.accept().await {
+                        Ok((s, _)) => {
+                            let _ = s.set_nodelay(true);
+                            return Some((Ok::<_, std::io::Error>(s), l));
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "etcd endpoint: accept failed");
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                        }
+                    }
+                }
             });
-            tokio::spawn(async move {
+            vec![tokio::spawn(async move {
                 if let Err(e) = router.serve_with_incoming(incoming).await {
                     tracing::error!(error = %e, "etcd endpoint stopped");
                 }
-            })
+            })]
         }
     };
-    Ok(Listening { addr, task })
+    Ok(Listening { addr, tasks })
 }

@@ -18,8 +18,11 @@ use crate::{Ctx, key_range, kv_out};
 
 pub struct Watch(pub Arc<Ctx>);
 
-/// Responses a stream holds for its client before its watches wait.
+/// Responses a stream holds for its client before its watches wait (each holds at most one
+/// store batch of events).
 const STREAM_RESPONSES: usize = 256;
+/// Watches one stream may hold; more are refused (created and cancelled at once, with a reason).
+const STREAM_WATCHES: usize = 10_000;
 
 type Out = mpsc::Sender<Result<pb::WatchResponse, Status>>;
 
@@ -45,13 +48,22 @@ struct Running {
 
 async fn serve_stream(ctx: Arc<Ctx>, mut inbound: Streaming<pb::WatchRequest>, out: Out) {
     let mut watches: HashMap<i64, Running> = HashMap::new();
+    // Ids are never reused on a stream, as etcd's (clients route responses by them).
     let mut next_id: i64 = 0;
     loop {
         let msg = tokio::select! {
             m = inbound.message() => m,
             _ = out.closed() => break,
         };
-        let Ok(Some(msg)) = msg else { break };
+        let msg = match msg {
+            Ok(Some(m)) => m,
+            // The client closed its side: its watches go on until it goes (as etcd's).
+            Ok(None) => {
+                out.closed().await;
+                break;
+            }
+            Err(_) => break,
+        };
         watches.retain(|_, w| !w.task.is_finished());
         match msg.request_union {
             Some(watch_request::RequestUnion::CreateRequest(c)) => {
@@ -61,11 +73,21 @@ async fn serve_stream(ctx: Arc<Ctx>, mut inbound: Streaming<pb::WatchRequest>, o
                     while watches.contains_key(&next_id) {
                         next_id += 1;
                     }
-                    next_id
+                    next_id += 1;
+                    next_id - 1
                 };
-                let header = ctx.header_now();
-                if watches.contains_key(&id) || c.key.is_empty() {
-                    let reason = if c.key.is_empty() { "etcdserver: key is not provided" } else { "etcdserver: duplicate watch ID" };
+                // The revision the watch starts after is fixed here, before "created" is sent:
+                // a write between the answer and the watcher's registration is not lost.
+                let now = ctx.store.revision();
+                let header = ctx.header(now);
+                if watches.contains_key(&id) || c.key.is_empty() || watches.len() >= STREAM_WATCHES {
+                    let reason = if c.key.is_empty() {
+                        "etcdserver: key is not provided"
+                    } else if watches.contains_key(&id) {
+                        "etcdserver: duplicate watch ID"
+                    } else {
+                        "capstan: too many watches on this stream (10,000); open another stream"
+                    };
                     let resp = pb::WatchResponse { header, watch_id: id, created: true, canceled: true, cancel_reason: reason.into(), ..Default::default() };
                     if out.send(Ok(resp)).await.is_err() {
                         break;
@@ -75,8 +97,10 @@ async fn serve_stream(ctx: Arc<Ctx>, mut inbound: Streaming<pb::WatchRequest>, o
                 if out.send(Ok(pb::WatchResponse { header, watch_id: id, created: true, ..Default::default() })).await.is_err() {
                     break;
                 }
-                let delivered = Arc::new(AtomicU64::new(if c.start_revision > 0 { (c.start_revision as u64).saturating_sub(1) } else { ctx.store.revision() }));
-                let task = tokio::spawn(run(ctx.clone(), id, c, out.clone(), delivered.clone()));
+                let start = if c.start_revision > 0 { c.start_revision as u64 } else { now + 1 };
+                // Progress never claims a revision the store has not reached.
+                let delivered = Arc::new(AtomicU64::new((start - 1).min(now)));
+                let task = tokio::spawn(run(ctx.clone(), id, c, start, out.clone(), delivered.clone()));
                 watches.insert(id, Running { task, delivered });
             }
             Some(watch_request::RequestUnion::CancelRequest(c)) => {
@@ -90,7 +114,8 @@ async fn serve_stream(ctx: Arc<Ctx>, mut inbound: Streaming<pb::WatchRequest>, o
             }
             Some(watch_request::RequestUnion::ProgressRequest(_)) => {
                 // Every watch on the stream has queued everything at or below this revision.
-                let rev = watches.values().map(|w| w.delivered.load(Ordering::Acquire)).min().unwrap_or_else(|| ctx.store.revision());
+                let now = ctx.store.revision();
+                let rev = watches.values().map(|w| w.delivered.load(Ordering::Acquire)).min().unwrap_or(now).min(now);
                 let resp = pb::WatchResponse { header: ctx.header(rev), watch_id: -1, ..Default::default() };
                 if out.send(Ok(resp)).await.is_err() {
                     break;
@@ -106,12 +131,14 @@ async fn serve_stream(ctx: Arc<Ctx>, mut inbound: Streaming<pb::WatchRequest>, o
 
 /// One watch: store events, filtered, to the stream, until cancelled, compacted away or the
 /// stream ends.
-async fn run(ctx: Arc<Ctx>, id: i64, c: pb::WatchCreateRequest, out: Out, delivered: Arc<AtomicU64>) {
+async fn run(ctx: Arc<Ctx>, id: i64, c: pb::WatchCreateRequest, start: u64, out: Out, delivered: Arc<AtomicU64>) {
     let range = key_range(&c.key, &c.range_end);
     let no_put = c.filters.contains(&(FilterType::Noput as i32));
     let no_delete = c.filters.contains(&(FilterType::Nodelete as i32));
-    let mut start = (c.start_revision > 0).then_some(c.start_revision as u64);
+    let mut start = Some(start);
+    // Progress is told after an interval with nothing sent (each response restarts it).
     let mut tick = tokio::time::interval(ctx.limits.progress_notify);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tick.reset();
     loop {
         let mut w = ctx.store.watch(storage::WatchRequest { range: range.clone(), start_revision: start, prev_kv: c.prev_kv });
@@ -119,7 +146,8 @@ async fn run(ctx: Arc<Ctx>, id: i64, c: pb::WatchCreateRequest, out: Out, delive
             let item = tokio::select! {
                 item = w.next_or_progress() => item,
                 _ = tick.tick(), if c.progress_notify => {
-                    let resp = pb::WatchResponse { header: ctx.header(delivered.load(Ordering::Acquire)), watch_id: id, ..Default::default() };
+                    let rev = delivered.load(Ordering::Acquire).min(ctx.store.revision());
+                    let resp = pb::WatchResponse { header: ctx.header(rev), watch_id: id, ..Default::default() };
                     if out.send(Ok(resp)).await.is_err() {
                         return;
                     }
@@ -167,6 +195,7 @@ async fn run(ctx: Arc<Ctx>, id: i64, c: pb::WatchCreateRequest, out: Out, delive
                                 return;
                             }
                         }
+                        tick.reset();
                     }
                     delivered.store(through, Ordering::Release);
                 }

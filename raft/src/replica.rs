@@ -70,6 +70,12 @@ pub fn view(raft: &Raft) -> View {
     }
 }
 
+/// Asks `raft` (the leader) to hand leadership to `to`: what etcd's MoveLeader does. Returns
+/// once the request is made; the caller watches `view` for the new leader.
+pub async fn transfer_leader(raft: &Raft, to: NodeId) -> Result<(), String> {
+    raft.trigger().transfer_leader(to).await.map_err(|e| e.to_string())
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum InitialState {
     /// The members of `initial_cluster` start a new cluster together.
