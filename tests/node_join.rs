@@ -129,6 +129,11 @@ fn a_joined_node_rotates_its_certificate_and_works_past_the_first_ones_expiry() 
     assert!(renewal["status"]["conditions"].as_array().unwrap().iter().any(|c| c["type"] == "Approved" && c["reason"] == "AutoApproved"), "{renewal}");
     // Past the first certificate's end, the node still reports and runs pods.
     wait_until_within(std::time::Duration::from_secs(60), "the first certificate to expire", || now() > first.2 + 1);
+    // The cleaner deletes a request once the certificate it was issued has expired.
+    wait_until("the bootstrap request deleted after its certificate expired", || {
+        let csrs: serde_json::Value = serde_json::from_str(&c.ok(&["get", "csr", "-o", "json"])).unwrap();
+        !csrs["items"].as_array().unwrap().iter().any(|r| r["spec"]["username"] == "system:bootstrap:rotate")
+    });
     c.ok(&["run", "late", "--image=busybox", "--restart=Never", r#"--overrides={"spec":{"nodeName":"turning"}}"#, "--command", "--", "sh", "-c", "echo still here"]);
     wait_until("the pod on the rotated node to succeed", || c.kubectl_with(KUBECTL, &["get", "pod", "late", "-o", "jsonpath={.status.phase}"]).stdout == b"Succeeded");
     assert!(c.ok(&["logs", "late"]).contains("still here"));

@@ -11,8 +11,12 @@
 //!   valid for its `expirationSeconds` or a year (Kubernetes' `--cluster-signing-duration`).
 //!   The certificate names exactly the subject that was checked, never more of the request.
 //!
-//! The decisions (`node_client`, `decision`) are pure and tested as tables; `sync` does the
-//! API calls.
+//! - cleaning (kube-controller-manager's csrcleaner): a request is deleted an hour after it
+//!   was approved, denied or failed, a day after it was made if still pending, and as soon as
+//!   the certificate it was issued has expired (`cleanup`).
+//!
+//! The decisions (`node_client`, `decision`, `cleanup`) are pure and tested as tables; `sync`
+//! does the API calls.
 
 use std::time::Duration;
 
@@ -120,13 +124,60 @@ pub fn decision(csr: &Value, can_sign: bool) -> Decision {
     Decision::AskApproval(if requester == format!("{NODE_PREFIX}{node}") { "selfnodeclient" } else { "nodeclient" })
 }
 
-/// Acts on one request: approves it (after a SubjectAccessReview) or signs it.
+/// How long a decided request is kept (Kubernetes' csrcleaner: an hour).
+const DECIDED_SECONDS: i64 = 3600;
+/// How long a pending request is kept (a day).
+const PENDING_SECONDS: i64 = 24 * 3600;
+
+/// When a request is deleted: now, in so many seconds, or (no times to go by) never.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Cleanup {
+    Now,
+    In(i64),
+    Never,
+}
+
+/// What the cleaner does with `csr` at `now` (Unix seconds).
+pub fn cleanup(csr: &Value, now: i64) -> Cleanup {
+    let secs = |v: &Value| v.as_str().and_then(|t| t.parse::<jiff::Timestamp>().ok()).map(|t| t.as_second());
+    let conds = csr["status"]["conditions"].as_array().cloned().unwrap_or_default();
+    let decided = conds.iter().find(|c| matches!(c["type"].as_str(), Some("Approved" | "Denied" | "Failed")));
+    let mut due = match decided {
+        Some(c) => secs(&c["lastUpdateTime"]).or_else(|| secs(&csr["metadata"]["creationTimestamp"])).map(|t| t + DECIDED_SECONDS),
+        None => secs(&csr["metadata"]["creationTimestamp"]).map(|t| t + PENDING_SECONDS),
+    };
+    // An issued certificate that has expired goes at once.
+    if let Some(b64) = csr["status"]["certificate"].as_str().filter(|s| !s.is_empty())
+        && let Ok(pem) = base64::engine::general_purpose::STANDARD.decode(b64)
+        && let Ok((_, p)) = x509_parser::pem::parse_x509_pem(&pem)
+        && let Ok(cert) = p.parse_x509()
+    {
+        let end = cert.validity().not_after.timestamp();
+        due = Some(due.map_or(end, |d| d.min(end)));
+    }
+    match due {
+        Some(d) if d <= now => Cleanup::Now,
+        Some(d) => Cleanup::In(d - now),
+        None => Cleanup::Never,
+    }
+}
+
+/// Acts on one request: approves it (after a SubjectAccessReview) or signs it; once decided,
+/// deletes it when `cleanup` says (and is asked again then).
 pub async fn sync(c: &Client, csr: &Value, signer: Option<&Signer>) -> Result<Option<Duration>, String> {
     let name = csr["metadata"]["name"].as_str().unwrap_or("");
     let path = format!("/apis/certificates.k8s.io/v1/certificatesigningrequests/{name}");
     let now = api::meta::now_rfc3339();
     match decision(csr, signer.is_some()) {
-        Decision::Nothing => Ok(None),
+        Decision::Nothing => match cleanup(csr, jiff::Timestamp::now().as_second()) {
+            Cleanup::Now => match c.delete(&path, &json!({})).await {
+                Ok(_) | Err(ClientError::Status { code: 404, .. }) => Ok(None),
+                Err(e) => Err(e.to_string()),
+            },
+            // Asked again when due (at most an hour from now: the queue's delays are bounded).
+            Cleanup::In(s) => Ok(Some(Duration::from_secs(s.clamp(1, 3600) as u64))),
+            Cleanup::Never => Ok(None),
+        },
         Decision::AskApproval(sub) => {
             let spec = &csr["spec"];
             let review = json!({
@@ -254,6 +305,38 @@ mod tests {
         let mut denied = csr(&good, KUBELET_CLIENT_SIGNER, "u", KUBELET);
         denied["status"] = json!({"conditions": [{"type": "Denied", "status": "True"}]});
         assert_eq!(decision(&denied, true), Decision::Nothing);
+    }
+
+    #[test]
+    fn requests_are_cleaned_up_as_kubernetes_cleans_them() {
+        let t = |s: i64| jiff::Timestamp::from_second(s).unwrap().to_string();
+        let made = 1_000_000;
+        let pending = json!({"metadata": {"creationTimestamp": t(made)}, "status": {}});
+        assert_eq!(cleanup(&pending, made + 10), Cleanup::In(PENDING_SECONDS - 10));
+        assert_eq!(cleanup(&pending, made + PENDING_SECONDS), Cleanup::Now, "a day pending");
+        for kind in ["Approved", "Denied", "Failed"] {
+            let decided = json!({"metadata": {"creationTimestamp": t(made)}, "status": {"conditions": [{"type": kind, "lastUpdateTime": t(made + 100)}]}});
+            assert_eq!(cleanup(&decided, made + 100 + 59), Cleanup::In(DECIDED_SECONDS - 59), "{kind}");
+            assert_eq!(cleanup(&decided, made + 100 + DECIDED_SECONDS), Cleanup::Now, "{kind}: an hour after");
+        }
+        assert_eq!(cleanup(&json!({"metadata": {}}), made), Cleanup::Never, "no times to go by");
+        // An issued certificate that expires before the hour is up goes when it expires.
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let mut cp = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        cp.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ca = cp.self_signed(&ca_key).unwrap();
+        let mut s = Signer::new(ca.pem(), ca_key.serialize_pem());
+        s.duration = Duration::from_secs(60);
+        let c = csr(&request("system:node:n1", &["system:nodes"], false), KUBELET_CLIENT_SIGNER, "u", KUBELET);
+        let pem = sign(&s, &c).unwrap();
+        let now = jiff::Timestamp::now().as_second();
+        let issued = json!({"metadata": {"creationTimestamp": t(now)}, "status": {"conditions": [{"type": "Approved", "lastUpdateTime": t(now)}],
+            "certificate": base64::engine::general_purpose::STANDARD.encode(&pem)}});
+        match cleanup(&issued, now) {
+            Cleanup::In(s) => assert!(s <= 60, "due when the certificate expires, not in an hour: {s}"),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(cleanup(&issued, now + 61), Cleanup::Now);
     }
 
     #[test]
