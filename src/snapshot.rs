@@ -30,6 +30,17 @@ pub enum SnapshotCmd {
         file: PathBuf,
         #[arg(long)]
         data_dir: PathBuf,
+        /// Restore one member of a new replicated cluster (`capstan server --name`): every
+        /// member of --initial-cluster is restored from the same file, each into its own data
+        /// directory, then started with the same flags.
+        #[arg(long, requires = "initial_cluster")]
+        name: Option<String>,
+        /// The new cluster's members: NAME=PEER_URL,... (as `capstan server` takes them).
+        #[arg(long, requires = "name")]
+        initial_cluster: Option<String>,
+        /// As `capstan server --initial-cluster-token`.
+        #[arg(long, default_value = "capstan")]
+        initial_cluster_token: String,
     },
     /// Check a snapshot file through and say what it holds.
     Status {
@@ -43,15 +54,41 @@ pub enum SnapshotCmd {
 pub async fn run(cmd: SnapshotCmd) -> Result<()> {
     match cmd {
         SnapshotCmd::Save { file, endpoint, cacert, cert, key } => save(file, endpoint, cacert, cert, key).await,
-        SnapshotCmd::Restore { file, data_dir } => {
+        SnapshotCmd::Restore { file, data_dir, name, initial_cluster, initial_cluster_token } => {
             let store_dir = data_dir.join("store");
             if store_dir.exists() {
                 bail!("{} already holds a store: a restore makes a new data directory", data_dir.display());
             }
             std::fs::create_dir_all(&data_dir).with_context(|| format!("creating {}", data_dir.display()))?;
-            crate::datadir::prepare(&data_dir, crate::datadir::Kind::Single)?;
-            let s = tokio::task::block_in_place(|| storage::backup::restore(&file, &store_dir))?;
-            println!("restored {} into {}: revision {}, {} keys; start it with: capstan up --data-dir {}", file.display(), data_dir.display(), s.revision, s.keys, data_dir.display());
+            match (name, initial_cluster) {
+                (Some(name), Some(initial)) => {
+                    let members = raft::cluster::parse_initial_cluster(&initial).map_err(anyhow::Error::msg)?;
+                    if !members.iter().any(|(n, _)| *n == name) {
+                        bail!("--name {name} is not one of --initial-cluster's members");
+                    }
+                    crate::datadir::prepare(&data_dir, crate::datadir::Kind::Replica)?;
+                    // The summary first (the raft position names the snapshot's revision).
+                    let status = tokio::task::block_in_place(|| storage::backup::status(&file))?;
+                    let target = storage::backup::Target { shards: Some(1), meta: raft::cluster::restored_meta(&members, status.revision) };
+                    let s = tokio::task::block_in_place(|| storage::backup::restore_as(&file, &store_dir, &target))?;
+                    raft::cluster::Identity { cluster: raft::cluster::cluster_id(&initial_cluster_token, &members), name: name.clone() }
+                        .write(&data_dir)
+                        .with_context(|| format!("writing {}/CLUSTER", data_dir.display()))?;
+                    println!(
+                        "restored {} into {} as member {name}: revision {}, {} keys; start it with: capstan server --name {name} --data-dir {} --initial-cluster {initial} (and the others, each restored from the same file)",
+                        file.display(),
+                        data_dir.display(),
+                        s.revision,
+                        s.keys,
+                        data_dir.display()
+                    );
+                }
+                _ => {
+                    crate::datadir::prepare(&data_dir, crate::datadir::Kind::Single)?;
+                    let s = tokio::task::block_in_place(|| storage::backup::restore(&file, &store_dir))?;
+                    println!("restored {} into {}: revision {}, {} keys; start it with: capstan up --data-dir {}", file.display(), data_dir.display(), s.revision, s.keys, data_dir.display());
+                }
+            }
             Ok(())
         }
         SnapshotCmd::Status { file, json } => {

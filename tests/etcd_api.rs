@@ -396,3 +396,84 @@ fn migrate_copies_a_real_etcds_keys_at_one_revision_into_a_new_store() {
     assert_eq!(got, expected, "the same keys and values, in order");
     assert_eq!(e.json(&["get", "src/leased"])["kvs"][0]["lease"].as_i64().unwrap_or(0), 0, "leases are not carried");
 }
+
+/// A `capstan server` process, stopped on drop, and the etcd URL it printed.
+struct Replica {
+    child: std::process::Child,
+    etcd: String,
+}
+
+impl Drop for Replica {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn a_snapshot_restores_into_a_new_replicated_cluster_at_the_same_revisions() {
+    let e = start(&["--no-controllers", "--no-scheduler"]);
+    e.c.ok(&["create", "configmap", "kept", "--from-literal=a=b"]);
+    let rv = e.c.ok(&["get", "configmap", "kept", "-o", "jsonpath={.metadata.resourceVersion}"]);
+    e.ok(&["put", "plain-key", "plain-value"]);
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("backup.db");
+    e.ok(&["snapshot", "save", file.to_str().unwrap()]);
+    // Three members, each restored from the same file (the source had two shards: a
+    // replica's store has one), sharing the source's CA.
+    let peers: Vec<u16> = (0..3).map(|_| free_port()).collect();
+    let initial = (0..3).map(|i| format!("r{i}=https://127.0.0.1:{}", peers[i])).collect::<Vec<_>>().join(",");
+    let pki = e.c.dir.path().join("pki");
+    let mut replicas = Vec::new();
+    for i in 0..3 {
+        let d = dir.path().join(format!("r{i}"));
+        let o = Command::new(env!("CARGO_BIN_EXE_capstan"))
+            .args(["snapshot", "restore", file.to_str().unwrap(), "--data-dir", d.to_str().unwrap(), "--name", &format!("r{i}"), "--initial-cluster", &initial])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let mut child = Command::new(env!("CARGO_BIN_EXE_capstan"))
+            .args(["server", "--name", &format!("r{i}"), "--data-dir", d.to_str().unwrap(), "--listen", "127.0.0.1:0", "--peer-listen", &format!("127.0.0.1:{}", peers[i])])
+            .args(["--initial-cluster", &initial, "--etcd-listen", "127.0.0.1:0", "--no-scheduler", "--no-controllers", "--log-level", "warn"])
+            .args(["--ca-cert-file", pki.join("ca.crt").to_str().unwrap(), "--ca-key-file", pki.join("ca.key").to_str().unwrap()])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let out = child.stdout.take().unwrap();
+        let mut r = Replica { child, etcd: String::new() };
+        use std::io::BufRead;
+        let mut lines = std::io::BufReader::new(out).lines();
+        for l in lines.by_ref() {
+            let l = l.unwrap();
+            if let Some(u) = l.split("etcd API:").nth(1) {
+                r.etcd = u.trim().to_string();
+                break;
+            }
+        }
+        assert!(r.etcd.starts_with("https://"), "replica r{i} printed its etcd URL");
+        std::thread::spawn(move || lines.for_each(drop));
+        replicas.push(r);
+    }
+    let on = |i: usize, args: &[&str]| -> String {
+        let mut a = e.args.clone();
+        a[0] = format!("--endpoints={}", replicas[i].etcd);
+        let o = Command::new("etcdctl").env("ETCDCTL_API", "3").args(&a).args(args).output().unwrap();
+        String::from_utf8_lossy(&o.stdout).to_string()
+    };
+    // Each member serves the snapshot's keys once the three have elected a leader.
+    wait_until("the restored members to serve the snapshot's keys", || (0..3).all(|i| on(i, &["get", "plain-key", "--print-value-only"]).trim() == "plain-value"));
+    let members: serde_json::Value = serde_json::from_str(&on(0, &["member", "list", "-w", "json"])).unwrap();
+    assert_eq!(members["members"].as_array().unwrap().len(), 3);
+    // The Kubernetes object at the same resourceVersion, through a replica's API.
+    let kc = dir.path().join("r1").join("kubeconfig");
+    let o = Command::new(KUBECTL).args(["--kubeconfig", kc.to_str().unwrap(), "get", "configmap", "kept", "-o", "jsonpath={.metadata.resourceVersion}"]).output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&o.stdout), rv, "{}", String::from_utf8_lossy(&o.stderr));
+    // And it goes on: a write through one member is read through another, past the snapshot.
+    let before = on(2, &["get", "plain-key", "-w", "json"]);
+    on(0, &["put", "after-restore", "yes"]);
+    wait_until("the write to reach r2", || on(2, &["get", "after-restore", "--print-value-only"]).trim() == "yes");
+    let b: serde_json::Value = serde_json::from_str(&before).unwrap();
+    let a: serde_json::Value = serde_json::from_str(&on(2, &["get", "after-restore", "-w", "json"])).unwrap();
+    assert!(a["kvs"][0]["mod_revision"].as_i64() > b["header"]["revision"].as_i64(), "revisions go on from the snapshot's");
+}

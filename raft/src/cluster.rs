@@ -159,3 +159,19 @@ mod tests {
         assert!(Identity::read(dir.path()).unwrap_err().contains("checksum"));
     }
 }
+
+/// The store snapshot's raft position for a cluster restored from a backup: every initial
+/// member's store says the same thing, that the log up to `index` (term 0) is applied with
+/// `initial` as the voting membership, so each starts with an empty log that follows it and
+/// counts as initialized (none calls `initialize`; the first election is term 1). Members
+/// added later receive a snapshot, as the log before it is gone.
+pub fn restored_meta(initial: &[(String, String)], index: u64) -> bytes::Bytes {
+    use std::collections::{BTreeMap, BTreeSet};
+    let log_id = openraft::LogId::new(crate::types::LeaderId { term: 0, node_id: 0 }, index.max(1));
+    let voters: BTreeSet<crate::types::NodeId> = initial.iter().map(|(n, _)| member_id(n)).collect();
+    let nodes: BTreeMap<crate::types::NodeId, crate::types::Member> =
+        initial.iter().map(|(n, u)| (member_id(n), crate::types::Member { name: n.clone(), peer_url: u.clone(), api_url: String::new() })).collect();
+    let membership = crate::types::Membership::new(vec![voters], nodes).expect("every voter is a node");
+    let stored = crate::types::StoredMembership::new(Some(log_id), membership);
+    crate::codec::applied_meta(&Some(log_id), &stored)
+}

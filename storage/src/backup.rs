@@ -362,9 +362,48 @@ impl Keys {
     }
 }
 
+/// Rewrites the snapshot in `from` (per `m`) as `shards` shards in `to`; each shard's chunk
+/// count.
+fn reshard(from: &Path, to: &Path, m: &Manifest, shards: u32) -> Result<Vec<u32>, String> {
+    use crate::mvcc::{Entry, Mvcc};
+    let mut keys: Vec<(bytes::Bytes, Vec<Entry>)> = Vec::new();
+    let mut leases = std::collections::HashMap::new();
+    for s in 0..m.shards {
+        let mv = snapshot::load_shard(from, s, m).map_err(|e| e.to_string())?;
+        leases.extend(mv.leases.iter().map(|(k, v)| (*k, *v)));
+        mv.for_each_entry(|k, e| match keys.last_mut() {
+            Some((last, h)) if last == k => h.push(e.clone()),
+            _ => keys.push((k.clone(), vec![e.clone()])),
+        });
+    }
+    keys.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut per: Vec<Vec<(bytes::Bytes, Vec<Entry>)>> = (0..shards).map(|_| Vec::new()).collect();
+    for (k, h) in keys {
+        let s = if shards == 1 { 0 } else { (crc32c::crc32c(&k) % shards) as usize };
+        per[s].push((k, h));
+    }
+    let mut chunks = Vec::new();
+    for (s, part) in per.into_iter().enumerate() {
+        let mut mv = Mvcc::from_sorted(part);
+        mv.set_compact_revision(m.revision);
+        mv.leases = leases.clone();
+        chunks.push(snapshot::write_shard(to, s as u32, shards, m.revision, &mv, snapshot::SNAPSHOT_CHUNK_BYTES).map_err(|e| e.to_string())?);
+    }
+    Ok(chunks)
+}
+
 /// Checks a backup file through and says what it holds.
 pub fn status(path: &Path) -> Result<Summary, BackupError> {
     read(path, |_, _| Ok(())).map(|(_, s)| s)
+}
+
+/// What a restored store is to be: its shard count (the snapshot's when `None`) and, for a
+/// replica, the raft position its snapshot covers (`Manifest::meta`; empty for a store that is
+/// its own log). A replica opens through raft, not here.
+#[derive(Clone, Debug, Default)]
+pub struct Target {
+    pub shards: Option<u32>,
+    pub meta: bytes::Bytes,
 }
 
 /// Makes `store_dir` (which must not exist) a store recovered from the backup at `path`:
@@ -372,6 +411,12 @@ pub fn status(path: &Path) -> Result<Summary, BackupError> {
 /// the log starting empty. Checked, written beside `store_dir`, synced and renamed into place,
 /// then opened once as the store opens it.
 pub fn restore(path: &Path, store_dir: &Path) -> Result<Summary, BackupError> {
+    restore_as(path, store_dir, &Target::default())
+}
+
+/// `restore`, into a store of `target`'s shape: re-sharded when the count differs (every key
+/// to the shard its hash names, the leases in every shard, as the store keeps them).
+pub fn restore_as(path: &Path, store_dir: &Path, target: &Target) -> Result<Summary, BackupError> {
     if store_dir.exists() {
         return Err(BackupError::Refused(format!("{} exists: a restore makes a new store, it never writes over one", store_dir.display())));
     }
@@ -397,16 +442,30 @@ pub fn restore(path: &Path, store_dir: &Path) -> Result<Summary, BackupError> {
         })?;
         // The new store's log starts empty: every shard continues at the first segment, and
         // nothing older than the snapshot can be read or watched (410 Gone to Kubernetes).
-        m.positions = vec![Position { seq: 1, offset: SEGMENT_HEADER_BYTES }; m.shards as usize];
-        m.meta = bytes::Bytes::new();
         m.compact_revision = m.revision;
+        let mut id = id;
+        let mut snap = snap;
+        if let Some(n) = target.shards.filter(|n| *n != m.shards) {
+            // Written as a second snapshot beside the first (whose files stay mapped while
+            // their entries are read), which is then dropped.
+            let next = snapshot::snap_root(&tmp).join(format!("{:016x}", id + 1));
+            std::fs::create_dir_all(&next).map_err(io(&next))?;
+            m.chunks = reshard(&snap, &next, &m, n).map_err(|e| BackupError::Refused(format!("re-sharding the snapshot into {n} shards: {e}")))?;
+            m.shards = n;
+            std::fs::remove_dir_all(&snap).map_err(io(&snap))?;
+            snap = next;
+            id += 1;
+        }
+        m.positions = vec![Position { seq: 1, offset: SEGMENT_HEADER_BYTES }; m.shards as usize];
+        m.meta = target.meta.clone();
         let mut f = File::create(snap.join("MANIFEST")).map_err(io(&snap))?;
         f.write_all(m.encode().as_bytes()).and_then(|_| f.sync_all()).map_err(io(&snap))?;
         fsync_dir(&snap).map_err(io(&snap))?;
         fsync_dir(&snapshot::snap_root(&tmp)).map_err(io(&tmp))?;
         let mut f = File::create(tmp.join("CURRENT")).map_err(io(&tmp))?;
         f.write_all(format!("{id:016x}\n").as_bytes()).and_then(|_| f.sync_all()).map_err(io(&tmp))?;
-        for s in 0..m.shards {
+        // A store that is its own log gets its (empty) shard logs; a replica's log is raft's.
+        for s in (0..m.shards).filter(|_| target.meta.is_empty()) {
             let d = tmp.join("wal").join(format!("shard-{s}"));
             std::fs::create_dir_all(&d).map_err(io(&d))?;
         }
@@ -420,6 +479,12 @@ pub fn restore(path: &Path, store_dir: &Path) -> Result<Summary, BackupError> {
             return Err(e);
         }
     };
+    if !target.meta.is_empty() {
+        // A replica's store opens under raft (`Store::open_replica`); it was checked above.
+        std::fs::rename(&tmp, store_dir).map_err(io(store_dir))?;
+        fsync_dir(parent).map_err(io(parent))?;
+        return Ok(summary);
+    }
     // Opened once, as the store will be: what it recovers must be what the file said.
     let mut cfg = crate::Config::new(&tmp);
     cfg.shards = m.shards as usize;
