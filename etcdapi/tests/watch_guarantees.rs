@@ -178,3 +178,39 @@ async fn watches_are_ordered_unique_reliable_atomic_resumable_and_bookmarkable()
         assert_eq!(normalized(a), normalized(tail), "seed {seed}: resumed watch");
     }
 }
+
+/// Watches opened without a start revision while writes go on: each sees exactly the
+/// history's events after the revision its "created" answer names (none lost between the
+/// answer and the watcher's registration, none from before it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_from_now_misses_nothing_after_its_created_revision() {
+    let srv = server().await;
+    let mut kv = KvClient::new(channel(&srv.url).await);
+    let writer = tokio::spawn(async move { write_history(&mut kv, 7, 400).await });
+    let mut opened = Vec::new();
+    for _ in 0..12 {
+        let (tx, rx) = mpsc::channel(16);
+        let reqs = futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|x| (x, rx)) });
+        tx.send(pb::WatchRequest {
+            request_union: Some(pb::watch_request::RequestUnion::CreateRequest(pb::WatchCreateRequest { key: b"h/".to_vec(), range_end: b"h0".to_vec(), prev_kv: true, ..Default::default() })),
+        })
+        .await
+        .unwrap();
+        let mut client = WatchClient::new(channel(&srv.url).await);
+        let mut s = client.watch(reqs).await.unwrap().into_inner();
+        let created = s.message().await.unwrap().unwrap();
+        assert!(created.created);
+        opened.push((created.header.unwrap().revision, s, tx, client));
+        tokio::time::sleep(std::time::Duration::from_millis(3)).await;
+    }
+    let history = writer.await.unwrap();
+    let last = history.last().unwrap().0;
+    for (from, mut s, _tx, _client) in opened {
+        let want: Vec<Ev> = history.iter().filter(|e| e.0 > from).cloned().collect();
+        let (mut got, mut parts) = (Vec::new(), Vec::new());
+        if !want.is_empty() {
+            collect(&mut s, last, &mut got, &mut parts).await;
+        }
+        assert_eq!(normalized(got), normalized(want), "a watch created at revision {from}");
+    }
+}
