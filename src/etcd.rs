@@ -88,9 +88,29 @@ pub async fn start(o: &EtcdOpts, store: &storage::Store, store_dir: &Path, data_
 /// `capstan member`, which names them.
 pub struct RaftMembership {
     pub raft: raft::replica::Raft,
+    pub handle: raft::replica::MembershipHandle,
     pub id: u64,
     pub cluster: u64,
     pub url: String,
+}
+
+impl RaftMembership {
+    /// `op` on the member with `id`, by its name (done by the leader wherever it is asked).
+    async fn change(&self, op: &str, id: u64) -> Result<(), etcdapi::Status> {
+        let v = raft::replica::view(&self.raft);
+        let Some((_, m, _)) = v.members.iter().find(|(mid, _, _)| *mid == id) else {
+            return Err(etcdapi::Status::not_found("etcdserver: member not found"));
+        };
+        self.handle.change(op, &m.name).await.map_err(|e| {
+            if e.contains("last voter") {
+                etcdapi::Status::failed_precondition(format!("etcdserver: {e}"))
+            } else if e.contains("no leader") {
+                etcdapi::Status::unavailable("etcdserver: no leader")
+            } else {
+                etcdapi::Status::failed_precondition(format!("etcdserver: {e}"))
+            }
+        })
+    }
 }
 
 impl etcdapi::Membership for RaftMembership {
@@ -117,13 +137,13 @@ impl etcdapi::Membership for RaftMembership {
         Box::pin(async move { Ok(members) })
     }
     fn add(&self, _peer_urls: Vec<String>, _learner: bool) -> etcdapi::cluster::Fut<'_, etcdapi::Member> {
-        Box::pin(async { Err(tonic_unimplemented("adding a member through the etcd API (a capstan member has a name: capstan member add NAME=URL)")) })
+        Box::pin(async { Err(tonic_unimplemented("adding a member through the etcd API (a capstan member's id comes from its name, which etcd's MemberAdd does not carry: capstan member add NAME --peer-url URL)")) })
     }
-    fn remove(&self, _id: u64) -> etcdapi::cluster::Fut<'_, ()> {
-        Box::pin(async { Err(tonic_unimplemented("removing a member through the etcd API (capstan member remove NAME)")) })
+    fn remove(&self, id: u64) -> etcdapi::cluster::Fut<'_, ()> {
+        Box::pin(self.change("remove", id))
     }
-    fn promote(&self, _id: u64) -> etcdapi::cluster::Fut<'_, ()> {
-        Box::pin(async { Err(tonic_unimplemented("promoting a member through the etcd API (capstan member promote NAME)")) })
+    fn promote(&self, id: u64) -> etcdapi::cluster::Fut<'_, ()> {
+        Box::pin(self.change("promote", id))
     }
     fn move_leader(&self, to: u64) -> etcdapi::cluster::Fut<'_, ()> {
         Box::pin(async move {

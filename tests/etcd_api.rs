@@ -424,7 +424,7 @@ fn a_snapshot_restores_into_a_new_replicated_cluster_at_the_same_revisions() {
     let peers: Vec<u16> = (0..3).map(|_| free_port()).collect();
     let initial = (0..3).map(|i| format!("r{i}=https://127.0.0.1:{}", peers[i])).collect::<Vec<_>>().join(",");
     let pki = e.c.dir.path().join("pki");
-    let mut replicas = Vec::new();
+    let mut replicas: Vec<Replica> = Vec::new();
     for i in 0..3 {
         let d = dir.path().join(format!("r{i}"));
         let o = Command::new(env!("CARGO_BIN_EXE_capstan"))
@@ -476,4 +476,17 @@ fn a_snapshot_restores_into_a_new_replicated_cluster_at_the_same_revisions() {
     let b: serde_json::Value = serde_json::from_str(&before).unwrap();
     let a: serde_json::Value = serde_json::from_str(&on(2, &["get", "after-restore", "-w", "json"])).unwrap();
     assert!(a["kvs"][0]["mod_revision"].as_i64() > b["header"]["revision"].as_i64(), "revisions go on from the snapshot's");
+    // Membership through etcd's Cluster service, asked of whichever member (the leader does
+    // it): an unknown member is not found; r2 removed is gone from the list.
+    let id_of = |name: &str| members["members"].as_array().unwrap().iter().find(|m| m["name"] == name).map(|m| format!("{:x}", m["ID"].as_u64().unwrap())).unwrap();
+    let o = Command::new("etcdctl").env("ETCDCTL_API", "3").args(&e.args).arg(format!("--endpoints={}", replicas[0].etcd)).args(["member", "promote", "1234"]).output().unwrap();
+    assert!(String::from_utf8_lossy(&o.stderr).contains("member not found"), "{}", String::from_utf8_lossy(&o.stderr));
+    let removed = on(0, &["member", "remove", &id_of("r2")]);
+    assert!(removed.contains("removed from cluster"), "{removed}");
+    wait_until("r0 and r1 left in the membership", || {
+        let left: serde_json::Value = serde_json::from_str(&on(1, &["member", "list", "-w", "json"])).unwrap_or_default();
+        let mut names: Vec<&str> = left["members"].as_array().into_iter().flatten().filter_map(|m| m["name"].as_str()).collect();
+        names.sort();
+        names == ["r0", "r1"]
+    });
 }

@@ -300,6 +300,19 @@ impl PeerClient {
         }
     }
 
+    /// One request, and its answer's status and body as they are (a JSON admin call's).
+    pub async fn unary_raw(&self, path: &str, body: Bytes, timeout: Duration) -> Result<(StatusCode, Bytes), PeerError> {
+        let call = async {
+            let mut s = self.sender().await?;
+            s.ready().await.map_err(|e| PeerError::NotSent(e.to_string()))?;
+            let resp = s.send_request(self.request(path, full(body))).await.map_err(|e| PeerError::Unreachable(e.to_string()))?;
+            let status = resp.status();
+            let bytes = resp.into_body().collect().await.map_err(|e| PeerError::Unreachable(e.to_string()))?.to_bytes();
+            Ok::<_, PeerError>((status, bytes))
+        };
+        tokio::time::timeout(timeout, call).await.map_err(|_| PeerError::Timeout(timeout))?
+    }
+
     /// One request, one answer.
     pub async fn unary(&self, path: &str, body: Bytes, timeout: Duration) -> Result<Bytes, PeerError> {
         let lose_answer = self.fate().await?;

@@ -56,6 +56,39 @@ pub struct View {
     pub members: Vec<(NodeId, crate::types::Member, bool)>,
 }
 
+/// Membership changes from inside the process (etcd's MemberRemove and MemberPromote): done
+/// by the leader, forwarded to it from any other member.
+#[derive(Clone)]
+pub struct MembershipHandle {
+    inner: Arc<Inner>,
+}
+
+impl MembershipHandle {
+    /// `op` (`promote` or `remove`) on member `name`, as `capstan member` asks it.
+    pub async fn change(&self, op: &str, name: &str) -> Result<(), String> {
+        let i = &self.inner;
+        let body = serde_json::json!({"op": op, "name": name});
+        let (status, bytes) = match i.leader() {
+            Some(l) if l == i.id => {
+                let resp = change_members(i, &body).await;
+                let status = resp.status();
+                let bytes = http_body_util::BodyExt::collect(resp.into_body()).await.map_err(|e| e.to_string())?.to_bytes();
+                (status, bytes)
+            }
+            Some(l) => {
+                let c = i.client_of(l).ok_or("the leader is not in the membership")?;
+                c.unary_raw("/raft/members", Bytes::from(body.to_string()), Duration::from_secs(10)).await.map_err(|e| e.to_string())?
+            }
+            None => return Err("no leader".into()),
+        };
+        if status == StatusCode::OK {
+            return Ok(());
+        }
+        let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
+        Err(v["error"].as_str().map(str::to_string).unwrap_or_else(|| format!("status {status}")))
+    }
+}
+
 /// What `raft` knows of the cluster now.
 pub fn view(raft: &Raft) -> View {
     let m = raft.metrics().borrow_watched().clone();
@@ -364,6 +397,11 @@ impl Replica {
 
     pub fn raft(&self) -> &Raft {
         self.inner.raft()
+    }
+
+    /// A handle for membership changes (etcd's Cluster service).
+    pub fn membership_handle(&self) -> MembershipHandle {
+        MembershipHandle { inner: self.inner.clone() }
     }
 
     pub fn cluster_id(&self) -> u64 {
@@ -1354,6 +1392,12 @@ async fn members(i: Arc<Inner>, req: Request<Incoming>) -> Response<Body> {
         Ok(v) => v,
         Err(e) => return json_response(StatusCode::BAD_REQUEST, serde_json::json!({"error": format!("not JSON: {e}")})),
     };
+    change_members(&i, &v).await
+}
+
+/// A membership change asked of this replica (the leader does it; another answers 421
+/// naming the leader): `members`' POST, and `MembershipHandle::change`.
+async fn change_members(i: &Arc<Inner>, v: &serde_json::Value) -> Response<Body> {
     let op = v["op"].as_str().unwrap_or("");
     let name = v["name"].as_str().unwrap_or("").to_string();
     if name.is_empty() {
