@@ -27,13 +27,8 @@ pub struct MigrateArgs {
     /// The new data directory (must not hold a store).
     #[arg(long)]
     data_dir: PathBuf,
-    /// The source's CA, and a client certificate it accepts.
-    #[arg(long)]
-    cacert: Option<PathBuf>,
-    #[arg(long)]
-    cert: Option<PathBuf>,
-    #[arg(long)]
-    key: Option<PathBuf>,
+    #[command(flatten)]
+    tls: crate::snapshot::ClientTls,
 }
 
 pub async fn run(a: MigrateArgs) -> Result<()> {
@@ -41,7 +36,7 @@ pub async fn run(a: MigrateArgs) -> Result<()> {
     if store_dir.exists() {
         bail!("{} already holds a store: migrate makes a new data directory", a.data_dir.display());
     }
-    let ch = channel(&a.from_etcd, a.cacert.as_ref(), a.cert.as_ref(), a.key.as_ref()).await?;
+    let ch = channel(&a.from_etcd, &a.tls).await?;
     let mut kv = etcdapi::pb::kv_client::KvClient::new(ch).max_decoding_message_size(256 << 20);
     // The cut: the source's newest revision now.
     let head = kv.range(etcdapi::pb::RangeRequest { key: vec![0], range_end: vec![0], count_only: true, ..Default::default() }).await.with_context(|| format!("reading {}", a.from_etcd))?.into_inner();

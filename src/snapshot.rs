@@ -7,6 +7,19 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
 
+/// How a command reaches an etcd endpoint over TLS (as etcdctl's flags).
+#[derive(clap::Args, Clone, Debug, Default)]
+pub struct ClientTls {
+    /// The endpoint's CA (a capstan's `D/pki/ca.crt`).
+    #[arg(long)]
+    pub cacert: Option<PathBuf>,
+    /// A client certificate it admits (a capstan's `D/pki/apiserver-etcd-client.crt`).
+    #[arg(long)]
+    pub cert: Option<PathBuf>,
+    #[arg(long)]
+    pub key: Option<PathBuf>,
+}
+
 #[derive(clap::Subcommand)]
 pub enum SnapshotCmd {
     /// Save a snapshot of a running capstan (its etcd endpoint) to FILE.
@@ -15,14 +28,8 @@ pub enum SnapshotCmd {
         /// The etcd endpoint (`capstan up` prints it).
         #[arg(long, default_value = "https://127.0.0.1:2379")]
         endpoint: String,
-        /// The cluster CA (`D/pki/ca.crt`).
-        #[arg(long)]
-        cacert: Option<PathBuf>,
-        /// A client certificate in system:masters (`D/pki/apiserver-etcd-client.crt`).
-        #[arg(long)]
-        cert: Option<PathBuf>,
-        #[arg(long)]
-        key: Option<PathBuf>,
+        #[command(flatten)]
+        tls: ClientTls,
     },
     /// Make a new data directory for `capstan up` from a snapshot: the same keys at the same
     /// revisions (resourceVersions); older revisions are compacted away.
@@ -53,7 +60,7 @@ pub enum SnapshotCmd {
 
 pub async fn run(cmd: SnapshotCmd) -> Result<()> {
     match cmd {
-        SnapshotCmd::Save { file, endpoint, cacert, cert, key } => save(file, endpoint, cacert, cert, key).await,
+        SnapshotCmd::Save { file, endpoint, tls } => save(file, endpoint, &tls).await,
         SnapshotCmd::Restore { file, data_dir, name, initial_cluster, initial_cluster_token } => {
             let store_dir = data_dir.join("store");
             if store_dir.exists() {
@@ -103,9 +110,9 @@ pub async fn run(cmd: SnapshotCmd) -> Result<()> {
     }
 }
 
-/// A gRPC channel to an etcd endpoint, over TLS with `cacert` and a client certificate for
-/// `https://`.
-pub async fn channel(endpoint: &str, cacert: Option<&PathBuf>, cert: Option<&PathBuf>, key: Option<&PathBuf>) -> Result<etcdapi::tonic::transport::Channel> {
+/// A gRPC channel to an etcd endpoint, over TLS as `tls` says for `https://`.
+pub async fn channel(endpoint: &str, tls: &ClientTls) -> Result<etcdapi::tonic::transport::Channel> {
+    let (cacert, cert, key) = (tls.cacert.as_ref(), tls.cert.as_ref(), tls.key.as_ref());
     use etcdapi::tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
     let read = |p: &PathBuf| std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()));
     let mut ch = Channel::from_shared(endpoint.to_string()).with_context(|| format!("the endpoint {endpoint}"))?;
@@ -124,8 +131,8 @@ pub async fn channel(endpoint: &str, cacert: Option<&PathBuf>, cert: Option<&Pat
     ch.connect().await.with_context(|| format!("connecting to {endpoint}"))
 }
 
-async fn save(file: PathBuf, endpoint: String, cacert: Option<PathBuf>, cert: Option<PathBuf>, key: Option<PathBuf>) -> Result<()> {
-    let channel = channel(&endpoint, cacert.as_ref(), cert.as_ref(), key.as_ref()).await?;
+async fn save(file: PathBuf, endpoint: String, tls: &ClientTls) -> Result<()> {
+    let channel = channel(&endpoint, tls).await?;
     let mut client = etcdapi::pb::maintenance_client::MaintenanceClient::new(channel).max_decoding_message_size(8 << 20);
     let mut stream = client.snapshot(etcdapi::pb::SnapshotRequest {}).await.with_context(|| format!("asking {endpoint} for a snapshot"))?.into_inner();
     let part = file.with_extension("part");

@@ -79,7 +79,7 @@ impl pb::lease_server::Lease for Lease {
             }
             Err(e) => return Err(errors::store(e)),
         };
-        let keys = if r.keys { keys_of(&self.0, r.id).await? } else { vec![] };
+        let keys = if r.keys { self.0.store.lease_keys(r.id).await.map_err(errors::store)?.into_iter().map(|k| k.to_vec()).collect() } else { vec![] };
         Ok(Response::new(pb::LeaseTimeToLiveResponse { header: self.0.header_now(), id: r.id, ttl: left, granted_ttl: granted, keys }))
     }
 
@@ -87,13 +87,4 @@ impl pb::lease_server::Lease for Lease {
         let ids = self.0.store.lease_ids().await.map_err(errors::store)?;
         Ok(Response::new(pb::LeaseLeasesResponse { header: self.0.header_now(), leases: ids.into_iter().map(|id| pb::LeaseStatus { id }).collect() }))
     }
-}
-
-/// The keys attached to lease `id`. The store keeps no index from leases to keys, so this
-/// reads every key (keys only): fine for `etcdctl lease timetolive --keys`, not for a hot path.
-async fn keys_of(ctx: &Ctx, id: i64) -> Result<Vec<Vec<u8>>, Status> {
-    let mut req = storage::RangeRequest::new(storage::KeyRange::Range { start: bytes::Bytes::from_static(b"\0"), end: bytes::Bytes::new() });
-    req.keys_only = true;
-    let all = ctx.store.range(req).await.map_err(errors::store)?;
-    Ok(all.kvs.into_iter().filter(|kv| kv.lease == id).map(|kv| kv.key.to_vec()).collect())
 }

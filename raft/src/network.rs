@@ -316,15 +316,7 @@ impl PeerClient {
     /// One request, one answer.
     pub async fn unary(&self, path: &str, body: Bytes, timeout: Duration) -> Result<Bytes, PeerError> {
         let lose_answer = self.fate().await?;
-        let call = async {
-            let mut s = self.sender().await?;
-            s.ready().await.map_err(|e| PeerError::NotSent(e.to_string()))?;
-            let resp = s.send_request(self.request(path, full(body))).await.map_err(|e| PeerError::Unreachable(e.to_string()))?;
-            let status = resp.status();
-            let bytes = resp.into_body().collect().await.map_err(|e| PeerError::Unreachable(e.to_string()))?.to_bytes();
-            Ok::<_, PeerError>((status, bytes))
-        };
-        let (status, bytes) = tokio::time::timeout(timeout, call).await.map_err(|_| PeerError::Timeout(timeout))??;
+        let (status, bytes) = self.unary_raw(path, body, timeout).await?;
         if status == StatusCode::SERVICE_UNAVAILABLE {
             // The peer process is stopping: connect again next time.
             *self.conn.lock().await = None;

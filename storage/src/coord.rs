@@ -32,6 +32,8 @@ pub enum CoordMsg {
     LeaseRevoke { id: LeaseId, reply: Reply<Revision> },
     LeaseTimeToLive { id: LeaseId, reply: Reply<(i64, i64)> },
     LeaseList { reply: Reply<Vec<LeaseId>> },
+    /// The keys attached to a lease, from every shard's lease index, in key order.
+    LeaseKeys { id: LeaseId, reply: Reply<Vec<Bytes>> },
     /// Opens the files of the snapshot in force (nothing is removed or replaced meanwhile:
     /// snapshots are committed by this thread).
     OpenSnapshot { reply: Reply<(Revision, Vec<(String, std::fs::File, u64)>)> },
@@ -279,6 +281,17 @@ impl Coordinator {
             }
             CoordMsg::OpenSnapshot { reply } => {
                 let _ = reply.send(self.open_snapshot());
+            }
+            CoordMsg::LeaseKeys { id, reply } => {
+                let r = if self.leases.contains_key(&id) {
+                    let f = Frozen::new(&self.shared);
+                    let mut keys: Vec<Bytes> = f.run_all(move |c| c.mvcc.keys_of_lease(id)).into_iter().flatten().collect();
+                    keys.sort();
+                    Ok(keys)
+                } else {
+                    Err(StoreError::LeaseNotFound(id))
+                };
+                let _ = reply.send(r);
             }
             CoordMsg::LeaseList { reply } => {
                 let mut ids: Vec<LeaseId> = self.leases.keys().copied().collect();

@@ -410,6 +410,12 @@ impl Store {
         self.coord(|reply| CoordMsg::LeaseList { reply }).await
     }
 
+    /// The keys attached to lease `id` in this process's state, in key order (what etcd's
+    /// `LeaseTimeToLive` with keys lists).
+    pub async fn lease_keys(&self, id: LeaseId) -> Result<Vec<Bytes>, StoreError> {
+        self.coord(|reply| CoordMsg::LeaseKeys { id, reply }).await
+    }
+
     /// Revokes a lease, deleting its keys at one revision.
     pub async fn lease_revoke(&self, id: LeaseId) -> Result<Revision, StoreError> {
         if let Some(repl) = &self.shared().replication {
