@@ -139,6 +139,12 @@ fn etcdctl_reads_and_writes_the_clusters_store_with_etcds_semantics() {
     let health = e.run(&["endpoint", "health"], None);
     assert!(health.status.success() && String::from_utf8_lossy(&health.stderr).contains("is healthy: successfully committed proposal"), "{health:?}");
     e.ok(&["alarm", "list"]);
+    // HashKV hashes the keyspace: the same twice, another after a write.
+    let hash = || e.ok(&["endpoint", "hashkv"]).trim().rsplit(", ").next().unwrap().to_string();
+    let h1 = hash();
+    assert_eq!(h1, hash());
+    e.ok(&["put", "hashed", "x"]);
+    assert_ne!(h1, hash(), "a write changes the hash");
     e.ok(&["defrag"]);
     // A write through etcd is a write to the cluster: kubectl sees it.
     e.c.ok(&["create", "configmap", "seen", "--from-literal=a=b"]);
@@ -324,13 +330,14 @@ impl Etcd {
     }
 }
 
-/// A real etcd (Debian's etcd-server) on free loopback ports in `dir`, stopped on drop.
-struct RealEtcd {
+/// A process the test started (a real etcd, a `capstan server`), stopped on drop, and the
+/// etcd URL it serves.
+struct Running {
     child: std::process::Child,
     url: String,
 }
 
-impl Drop for RealEtcd {
+impl Drop for Running {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
@@ -341,7 +348,8 @@ fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
-fn real_etcd(dir: &std::path::Path) -> RealEtcd {
+/// A real etcd (Debian's etcd-server) on free loopback ports in `dir`.
+fn real_etcd(dir: &std::path::Path) -> Running {
     let (client, peer) = (free_port(), free_port());
     let url = format!("http://127.0.0.1:{client}");
     let peer_url = format!("http://127.0.0.1:{peer}");
@@ -354,7 +362,7 @@ fn real_etcd(dir: &std::path::Path) -> RealEtcd {
         .stderr(Stdio::null())
         .spawn()
         .expect("etcd (apt-get install etcd-server)");
-    let e = RealEtcd { child, url };
+    let e = Running { child, url };
     wait_until("the real etcd to be healthy", || Command::new("etcdctl").env("ETCDCTL_API", "3").args(["--endpoints", &e.url, "endpoint", "health"]).output().unwrap().status.success());
     e
 }
@@ -397,19 +405,6 @@ fn migrate_copies_a_real_etcds_keys_at_one_revision_into_a_new_store() {
     assert_eq!(e.json(&["get", "src/leased"])["kvs"][0]["lease"].as_i64().unwrap_or(0), 0, "leases are not carried");
 }
 
-/// A `capstan server` process, stopped on drop, and the etcd URL it printed.
-struct Replica {
-    child: std::process::Child,
-    etcd: String,
-}
-
-impl Drop for Replica {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 #[test]
 fn a_snapshot_restores_into_a_new_replicated_cluster_at_the_same_revisions() {
     let e = start(&["--no-controllers", "--no-scheduler"]);
@@ -424,7 +419,7 @@ fn a_snapshot_restores_into_a_new_replicated_cluster_at_the_same_revisions() {
     let peers: Vec<u16> = (0..3).map(|_| free_port()).collect();
     let initial = (0..3).map(|i| format!("r{i}=https://127.0.0.1:{}", peers[i])).collect::<Vec<_>>().join(",");
     let pki = e.c.dir.path().join("pki");
-    let mut replicas: Vec<Replica> = Vec::new();
+    let mut replicas: Vec<Running> = Vec::new();
     for i in 0..3 {
         let d = dir.path().join(format!("r{i}"));
         let o = Command::new(env!("CARGO_BIN_EXE_capstan"))
@@ -441,23 +436,23 @@ fn a_snapshot_restores_into_a_new_replicated_cluster_at_the_same_revisions() {
             .spawn()
             .unwrap();
         let out = child.stdout.take().unwrap();
-        let mut r = Replica { child, etcd: String::new() };
+        let mut r = Running { child, url: String::new() };
         use std::io::BufRead;
         let mut lines = std::io::BufReader::new(out).lines();
         for l in lines.by_ref() {
             let l = l.unwrap();
             if let Some(u) = l.split("etcd API:").nth(1) {
-                r.etcd = u.trim().to_string();
+                r.url = u.trim().to_string();
                 break;
             }
         }
-        assert!(r.etcd.starts_with("https://"), "replica r{i} printed its etcd URL");
+        assert!(r.url.starts_with("https://"), "replica r{i} printed its etcd URL");
         std::thread::spawn(move || lines.for_each(drop));
         replicas.push(r);
     }
     let on = |i: usize, args: &[&str]| -> String {
         let mut a = e.args.clone();
-        a[0] = format!("--endpoints={}", replicas[i].etcd);
+        a[0] = format!("--endpoints={}", replicas[i].url);
         let o = Command::new("etcdctl").env("ETCDCTL_API", "3").args(&a).args(args).output().unwrap();
         String::from_utf8_lossy(&o.stdout).to_string()
     };
@@ -479,7 +474,7 @@ fn a_snapshot_restores_into_a_new_replicated_cluster_at_the_same_revisions() {
     // Membership through etcd's Cluster service: an unknown member is not found; the leader,
     // removed through its own endpoint (it stops as the change commits), answers that it is
     // removed, and the two others go on without it.
-    let o = Command::new("etcdctl").env("ETCDCTL_API", "3").args(&e.args).arg(format!("--endpoints={}", replicas[0].etcd)).args(["member", "promote", "1234"]).output().unwrap();
+    let o = Command::new("etcdctl").env("ETCDCTL_API", "3").args(&e.args).arg(format!("--endpoints={}", replicas[0].url)).args(["member", "promote", "1234"]).output().unwrap();
     assert!(String::from_utf8_lossy(&o.stderr).contains("member not found"), "{}", String::from_utf8_lossy(&o.stderr));
     let status = |i: usize| -> serde_json::Value { serde_json::from_str(&on(i, &["endpoint", "status", "-w", "json"])).unwrap_or_default() };
     let leader = (0..3).find(|i| { let s = status(*i); s[0]["Status"]["leader"] == s[0]["Status"]["header"]["member_id"] }).expect("a leader");

@@ -22,13 +22,17 @@ struct Server {
 }
 
 async fn server() -> Server {
+    server_with(etcdapi::Limits::default()).await
+}
+
+async fn server_with(limits: etcdapi::Limits) -> Server {
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = storage::Config::new(dir.path());
     cfg.shards = 2;
     cfg.fsync = false;
     cfg.pin_threads = false;
     let store = storage::Store::open(cfg).unwrap();
-    let ctx = etcdapi::Ctx::new(store, dir.path().to_path_buf(), Arc::new(etcdapi::SingleMember::new("t", vec![])), etcdapi::Limits::default());
+    let ctx = etcdapi::Ctx::new(store, dir.path().to_path_buf(), Arc::new(etcdapi::SingleMember::new("t", vec![])), limits);
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
     etcdapi::serve(l, ctx, None).unwrap();
@@ -212,5 +216,44 @@ async fn a_watch_from_now_misses_nothing_after_its_created_revision() {
             collect(&mut s, last, &mut got, &mut parts).await;
         }
         assert_eq!(normalized(got), normalized(want), "a watch created at revision {from}");
+    }
+}
+
+/// A watch asking for fragments gets a batch larger than a request (here 2 KiB) in pieces no
+/// larger than that, each but the last marked, the events whole and in order; without the
+/// flag, in one response.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_batches_are_fragmented_when_asked() {
+    let srv = server_with(etcdapi::Limits { request_bytes: 2048, ..Default::default() }).await;
+    let mut kv = KvClient::new(channel(&srv.url).await);
+    let mut first = 0;
+    for i in 0..6 {
+        let r = kv.put(pb::PutRequest { key: format!("h/{i}").into(), value: vec![b'x'; 1000], ..Default::default() }).await.unwrap().into_inner();
+        if i == 0 {
+            first = r.header.unwrap().revision;
+        }
+    }
+    for fragment in [true, false] {
+        let (tx, rx) = mpsc::channel(16);
+        let reqs = futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|x| (x, rx)) });
+        let create = pb::WatchCreateRequest { key: b"h/".to_vec(), range_end: b"h0".to_vec(), start_revision: first, fragment, ..Default::default() };
+        tx.send(pb::WatchRequest { request_union: Some(pb::watch_request::RequestUnion::CreateRequest(create)) }).await.unwrap();
+        let mut client = WatchClient::new(channel(&srv.url).await);
+        let mut s = client.watch(reqs).await.unwrap().into_inner();
+        assert!(s.message().await.unwrap().unwrap().created);
+        let (mut keys, mut marks) = (Vec::new(), Vec::new());
+        while keys.len() < 6 {
+            let r = tokio::time::timeout(std::time::Duration::from_secs(30), s.message()).await.expect("the events within 30 s").unwrap().unwrap();
+            marks.push((r.fragment, r.events.iter().map(prost::Message::encoded_len).sum::<usize>()));
+            keys.extend(r.events.iter().map(|e| String::from_utf8(e.kv.as_ref().unwrap().key.clone()).unwrap()));
+        }
+        assert_eq!(keys, (0..6).map(|i| format!("h/{i}")).collect::<Vec<_>>());
+        if fragment {
+            assert!(marks.len() > 1 && marks.iter().all(|(_, bytes)| *bytes <= 2048), "in pieces of at most a request: {marks:?}");
+            assert!(marks[..marks.len() - 1].iter().all(|(f, _)| *f) && !marks.last().unwrap().0, "all but the last marked: {marks:?}");
+        } else {
+            assert_eq!(marks.len(), 1, "one response without the flag: {marks:?}");
+        }
+        drop(tx);
     }
 }
