@@ -264,3 +264,120 @@ spec:
     assert_eq!(jsonpath(&c, "hog", "{.status.phase}"), "Failed", "a finished pod stays finished");
     assert!(c.ok(&["get", "nodes", "--no-headers"]).starts_with(NODE));
 }
+
+/// Mount points under `dir` in this (the host's) mount namespace.
+fn mounts_under(dir: &std::path::Path) -> Vec<String> {
+    let dir = std::fs::canonicalize(dir).unwrap();
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    info.lines().filter_map(|l| l.split(' ').nth(4)).filter(|m| std::path::Path::new(m).starts_with(&dir)).map(String::from).collect()
+}
+
+#[test]
+fn volumes_are_mounted_follow_their_objects_and_leave_nothing_behind() {
+    let c = cluster();
+    c.ok(&["wait", "--for=condition=Ready", &format!("node/{NODE}"), "--timeout=60s"]);
+    c.ok(&["create", "configmap", "cfg", "--from-literal=greeting=hello"]);
+    c.ok(&["create", "secret", "generic", "sec", "--from-literal=password=hunter2"]);
+    let host_dir = c.dir.path().join("from-host");
+    // A mount point the host lacks, under a directory the host has: never created on the host.
+    let etc_new = format!("/etc/capstan-test-{}", std::process::id());
+    let m = c.write(
+        "pod.yaml",
+        &format!(
+            r#"apiVersion: v1
+kind: Pod
+metadata: {{name: vols, labels: {{app: demo}}}}
+spec:
+  nodeName: {NODE}
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: main
+    image: busybox
+    command: ["sh", "-c"]
+    args:
+    - |
+      cat /cfg/greeting; echo
+      cat /sec/password; echo
+      cat /info/labels; echo
+      echo written > /scratch/f && cat /scratch/f
+      grep -q " /mem tmpfs" /proc/self/mounts && echo mem-is-tmpfs
+      test -s /tok/token && echo token-present
+      echo from-pod > /host/f
+      (echo x > /cfg/nope) 2>/dev/null || echo cfg-read-only
+      cat {etc_new}/sub/greeting; echo
+      echo hostname=$(hostname)
+      while :; do echo "now=$(cat /cfg/greeting)"; sleep 0.3; done
+    volumeMounts:
+    - {{name: cfg, mountPath: /cfg}}
+    - {{name: sec, mountPath: /sec}}
+    - {{name: info, mountPath: /info}}
+    - {{name: scratch, mountPath: /scratch}}
+    - {{name: mem, mountPath: /mem}}
+    - {{name: tok, mountPath: /tok}}
+    - {{name: host, mountPath: /host}}
+    - {{name: cfg, mountPath: {etc_new}/sub/greeting, subPath: greeting}}
+  volumes:
+  - {{name: cfg, configMap: {{name: cfg}}}}
+  - {{name: sec, secret: {{secretName: sec}}}}
+  - {{name: info, downwardAPI: {{items: [{{path: labels, fieldRef: {{fieldPath: metadata.labels}}}}]}}}}
+  - {{name: scratch, emptyDir: {{}}}}
+  - {{name: mem, emptyDir: {{medium: Memory, sizeLimit: 16Mi}}}}
+  - {{name: tok, projected: {{sources: [{{serviceAccountToken: {{path: token}}}}]}}}}
+  - {{name: host, hostPath: {{path: {host}, type: DirectoryOrCreate}}}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: waits}}
+spec:
+  nodeName: {NODE}
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: main
+    image: busybox
+    command: ["sh", "-c", "while :; do sleep 1; done"]
+    volumeMounts: [{{name: c, mountPath: /c}}]
+    readinessProbe: {{exec: {{command: ["cat", "/c/k"]}}, periodSeconds: 1}}
+  volumes: [{{name: c, configMap: {{name: later}}}}]
+"#,
+            host = host_dir.display()
+        ),
+    );
+    c.ok(&["apply", "-f", path_str(&m)]);
+    c.ok(&["wait", "--for=condition=Ready", "pod/vols", "--timeout=60s"]);
+    wait_until("the pod's report of its volumes", || c.ok(&["logs", "vols"]).contains("hostname="));
+    let logs = c.ok(&["logs", "vols"]);
+    let want = "hello\nhunter2\napp=\"demo\"\nwritten\nmem-is-tmpfs\ntoken-present\ncfg-read-only\nhello\nhostname=vols\n";
+    assert!(logs.starts_with(want), "logs: {logs:?}");
+    assert_eq!(std::fs::read_to_string(host_dir.join("f")).unwrap(), "from-pod\n");
+    assert!(!std::path::Path::new(&etc_new).exists(), "{etc_new} was created on the host");
+    // The missing ConfigMap holds the other pod in ContainerCreating, with FailedMount.
+    wait_until("FailedMount for the missing ConfigMap", || {
+        c.ok(&["get", "events", "--field-selector", "involvedObject.name=waits,reason=FailedMount", "-o", "jsonpath={.items[*].message}"])
+            .contains("MountVolume.SetUp failed for volume \"c\" : configmap \"later\" not found")
+    });
+    assert_eq!(jsonpath(&c, "waits", "{.status.containerStatuses[0].state.waiting.reason}"), "ContainerCreating");
+    // It starts once the ConfigMap exists; its exec probe reads the volume inside the container.
+    c.ok(&["create", "configmap", "later", "--from-literal=k=v"]);
+    c.ok(&["wait", "--for=condition=Ready", "pod/waits", "--timeout=60s"]);
+    // An update reaches the running pod.
+    let upd = c.write("cfg.yaml", "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: cfg}\ndata: {greeting: changed}\n");
+    c.ok(&["replace", "-f", path_str(&upd)]);
+    wait_until("the running pod to read the updated ConfigMap", || c.ok(&["logs", "vols", "--tail=1"]).contains("now=changed"));
+    // The memory-backed emptyDir is a tmpfs on the host, mounted once, even across a SIGKILL
+    // of the node and its restart on the same data; deleting the pod unmounts and removes it.
+    assert_eq!(mounts_under(c.dir.path()).len(), 1, "{:?}", mounts_under(c.dir.path()));
+    // (waits writes nothing: a writer would die of SIGPIPE with the node's end of its pipe.)
+    let before = pid_of(&c, "waits");
+    let dir = c.kill();
+    assert!(process_alive(before), "the container outlives a SIGKILLed node");
+    let c = Cluster::start_with(dir, &["--node-name", NODE, "--crash-backoff-seconds", "1"]);
+    wait_until("the previous run's container to be killed by the new one", || !process_alive(before));
+    c.ok(&["wait", "--for=condition=Ready", "pod/vols", "--timeout=60s"]);
+    wait_until("vols running again after the node's restart", || jsonpath(&c, "vols", "{.status.containerStatuses[0].restartCount}") == "1");
+    assert_eq!(mounts_under(c.dir.path()).len(), 1, "{:?}", mounts_under(c.dir.path()));
+    c.ok(&["delete", "pod", "vols", "waits", "--wait=true", "--timeout=60s"]);
+    wait_until("the pods' directories to be removed", || {
+        std::fs::read_dir(c.dir.path().join("pods")).map_or(true, |d| d.flatten().all(|e| !e.file_name().to_string_lossy().contains("vols")))
+    });
+    assert!(mounts_under(c.dir.path()).is_empty(), "{:?}", mounts_under(c.dir.path()));
+}

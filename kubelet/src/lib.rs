@@ -16,12 +16,15 @@
 pub mod cgroup;
 pub mod hollow;
 pub mod logs;
+mod orphans;
 pub mod pod;
 pub mod probe;
 pub mod process;
 pub mod secure;
 pub mod server;
+pub mod sandbox;
 pub mod stats;
+pub mod volume;
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};

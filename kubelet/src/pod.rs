@@ -228,7 +228,7 @@ pub fn field_ref(pod: &Value, path: &str) -> Result<String, String> {
     })
 }
 
-fn resource_field_ref(pod: &Value, container: &Value, r: &Value) -> Result<String, String> {
+pub(crate) fn resource_field_ref(pod: &Value, container: &Value, r: &Value) -> Result<String, String> {
     let c = match r["containerName"].as_str() {
         Some(n) if !n.is_empty() => pod["spec"]["containers"]
             .as_array()

@@ -112,23 +112,28 @@ impl Probe {
 }
 
 /// Runs a probe once. `Ok(())` is success; `Err` says why not, as the `Unhealthy` event does.
-pub async fn run(p: &Probe, host: &str, env: &[(String, String)], cwd: &std::path::Path) -> Result<(), String> {
-    match tokio::time::timeout(p.timeout, run_inner(p, host, env, cwd)).await {
+/// Runs one probe. An exec probe runs in the container's namespaces when `container` (its
+/// main process) is given, in `cwd` (a path in the container).
+pub async fn run(p: &Probe, host: &str, env: &[(String, String)], cwd: &std::path::Path, container: Option<i32>) -> Result<(), String> {
+    match tokio::time::timeout(p.timeout, run_inner(p, host, env, cwd, container)).await {
         Ok(r) => r,
         Err(_) => Err(format!("probe timed out after {}s", p.timeout.as_secs())),
     }
 }
 
-async fn run_inner(p: &Probe, host: &str, env: &[(String, String)], cwd: &std::path::Path) -> Result<(), String> {
+async fn run_inner(p: &Probe, host: &str, env: &[(String, String)], cwd: &std::path::Path, container: Option<i32>) -> Result<(), String> {
     match &p.action {
         Action::Exec(cmd) => {
             let Some((prog, args)) = cmd.split_first() else { return Err("exec probe without a command".into()) };
-            let out = tokio::process::Command::new(prog)
-                .args(args)
-                .envs(env.iter().map(|(k, v)| (k, v)))
-                .current_dir(cwd)
-                .stdin(std::process::Stdio::null())
-                .kill_on_drop(true)
+            let mut c = tokio::process::Command::new(prog);
+            c.args(args).envs(env.iter().map(|(k, v)| (k, v))).stdin(std::process::Stdio::null()).kill_on_drop(true);
+            match container {
+                Some(pid) => crate::sandbox::Join::of(pid, cwd).map_err(|e| format!("entering the container: {e}"))?.install(&mut c),
+                None => {
+                    c.current_dir(cwd);
+                }
+            }
+            let out = c
                 .output()
                 .await
                 .map_err(|e| format!("exec {prog}: {e}"))?;
@@ -260,12 +265,12 @@ mod tests {
         let mk = |action| Probe { action, initial_delay: Duration::ZERO, period: Duration::ZERO, timeout: Duration::from_secs(5), success_threshold: 1, failure_threshold: 1 };
         let cwd = std::env::temp_dir();
         let http = |path: &str| mk(Action::Http { port, path: path.into(), headers: vec![], https: false });
-        assert_eq!(run(&http("/ok"), "127.0.0.1", &[], &cwd).await, Ok(()));
-        assert_eq!(run(&http("/bad"), "127.0.0.1", &[], &cwd).await, Err("HTTP probe failed with statuscode: 503".into()));
-        assert_eq!(run(&mk(Action::Tcp { port }), "127.0.0.1", &[], &cwd).await, Ok(()));
-        assert_eq!(run(&mk(Action::Exec(vec!["true".into()])), "127.0.0.1", &[], &cwd).await, Ok(()));
+        assert_eq!(run(&http("/ok"), "127.0.0.1", &[], &cwd, None).await, Ok(()));
+        assert_eq!(run(&http("/bad"), "127.0.0.1", &[], &cwd, None).await, Err("HTTP probe failed with statuscode: 503".into()));
+        assert_eq!(run(&mk(Action::Tcp { port }), "127.0.0.1", &[], &cwd, None).await, Ok(()));
+        assert_eq!(run(&mk(Action::Exec(vec!["true".into()])), "127.0.0.1", &[], &cwd, None).await, Ok(()));
         let env = vec![("CODE".to_string(), "3".to_string())];
-        let e = run(&mk(Action::Exec(vec!["sh".into(), "-c".into(), "echo nope; exit $CODE".into()])), "127.0.0.1", &env, &cwd).await.unwrap_err();
+        let e = run(&mk(Action::Exec(vec!["sh".into(), "-c".into(), "echo nope; exit $CODE".into()])), "127.0.0.1", &env, &cwd, None).await.unwrap_err();
         assert!(e.contains("exited with 3") && e.contains("nope"), "{e}");
     }
 }

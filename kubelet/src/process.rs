@@ -28,7 +28,9 @@ use crate::events::Recorder;
 use crate::logs::{self, LogSink};
 use crate::pod::{self, Allocatable, Backoff, CState, ContainerView, PodView, RestartPolicy};
 use crate::probe::{self, Kind, Probe, ProbeCounter};
+use crate::sandbox;
 use crate::stats;
+use crate::volume::Volumes;
 use api::meta::now_rfc3339 as now;
 
 /// The stand-in for containers without a command: prints what it stands for, then waits for
@@ -95,6 +97,9 @@ pub struct Shared {
     live_logs: Mutex<HashMap<PathBuf, Arc<LogSink>>>,
     admitted: Mutex<HashMap<String, (i64, i64)>>,
     usage: Mutex<Usage>,
+    /// The host's top-level entries when containers get their own mount namespaces (see
+    /// `sandbox`), or why they cannot (then they run in the host's, without volumes).
+    sandbox: Result<Vec<sandbox::Top>, String>,
 }
 
 pub struct ProcessRuntime {
@@ -122,6 +127,15 @@ impl ProcessRuntime {
             }
         };
         let events = Recorder::start(client.clone(), "kubelet", cfg.node_name.clone());
+        let reaped = crate::orphans::reap(&cfg.root);
+        if reaped > 0 {
+            tracing::warn!(containers = reaped, "killed containers left running by the node's previous run");
+        }
+        let sandbox = sandbox::available().and_then(|()| sandbox::host_top().map_err(|e| format!("reading the host's /: {e}")));
+        match &sandbox {
+            Ok(_) => tracing::info!("containers: each in its own mount namespace, with volumes"),
+            Err(why) => tracing::warn!(reason = %why, "containers: no mount namespaces here; containers share the host's filesystem and pods with volumes cannot start"),
+        }
         let shared = Arc::new(Shared {
             cfg,
             client,
@@ -131,6 +145,7 @@ impl ProcessRuntime {
             live_logs: Default::default(),
             admitted: Default::default(),
             usage: Default::default(),
+            sandbox,
         });
         let sampler = tokio::spawn(sample_loop(shared.clone()));
         ProcessRuntime { shared, workers: Default::default(), sampler }
@@ -178,6 +193,16 @@ impl crate::Runtime for ProcessRuntime {
         let gone: Vec<String> = self.workers.lock().unwrap().keys().filter(|u| !present.contains(u.as_str())).cloned().collect();
         for uid in gone {
             self.pod_removed("", "", &uid);
+        }
+        // Directories of pods that went while the node was down (`<ns>_<name>_<uid>`), with
+        // what was mounted for them, unless a worker still owns them.
+        let workers = self.workers.lock().unwrap();
+        for e in std::fs::read_dir(&self.shared.cfg.root).into_iter().flatten().flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let Some(uid) = name.rsplit('_').next() else { continue };
+            if name.matches('_').count() >= 2 && !present.contains(uid) && !workers.contains_key(uid) && e.path().is_dir() {
+                Volumes::remove_all(&e.path());
+            }
         }
     }
 
@@ -236,6 +261,10 @@ struct Ctr {
     oom: Arc<AtomicBool>,
     killed_by_probe: bool,
     container_id: String,
+    /// The working directory (a path in the container when it is sandboxed).
+    cwd: PathBuf,
+    /// Whether the container has its own namespaces (exec probes join them).
+    sandboxed: bool,
 }
 
 impl Ctr {
@@ -270,6 +299,9 @@ struct Worker {
     terminal: bool,
     start_time: String,
     dir: PathBuf,
+    volumes: Volumes,
+    /// When setting up the volumes is tried again (after a `FailedMount`).
+    volumes_retry: Option<Instant>,
 }
 
 fn killpg(pgid: i32, sig: i32) {
@@ -329,6 +361,8 @@ impl Worker {
                     oom: Default::default(),
                     killed_by_probe: false,
                     container_id: String::new(),
+                    cwd: PathBuf::new(),
+                    sandboxed: false,
                 });
             }
         }
@@ -350,6 +384,8 @@ impl Worker {
             last_status: Value::Null,
             retry_publish: None,
             failed: None,
+            volumes: Volumes::new(dir.join("volumes")),
+            volumes_retry: None,
             dir,
         }
     }
@@ -369,7 +405,7 @@ impl Worker {
                 self.terminate_all(self.grace().min(cap), stop == Stop::Removed).await;
                 self.release();
                 if stop == Stop::Removed {
-                    let _ = std::fs::remove_dir_all(&self.dir);
+                    Volumes::remove_all(&self.dir);
                 }
                 return;
             }
@@ -382,7 +418,7 @@ impl Worker {
                     Ok(_) | Err(ClientError::Status { code: 404 | 409, .. }) => {}
                     Err(e) => tracing::warn!(pod = self.name, error = %e, "removing a terminated pod failed"),
                 }
-                let _ = std::fs::remove_dir_all(&self.dir);
+                Volumes::remove_all(&self.dir);
                 return;
             }
             if !self.terminal {
@@ -393,7 +429,8 @@ impl Worker {
                     self.release();
                 }
             }
-            let deadline = self.ctrs.iter().filter_map(|c| c.next_start).chain(self.retry_publish).min();
+            let refresh = if self.terminal { None } else { self.volumes_retry.or(self.volumes.next_refresh()) };
+            let deadline = self.ctrs.iter().filter_map(|c| c.next_start).chain(self.retry_publish).chain(refresh).min();
             tokio::select! {
                 r = pod_rx.changed() => {
                     if r.is_err() {
@@ -457,6 +494,9 @@ impl Worker {
             return;
         }
         let now_i = Instant::now();
+        if !self.sync_volumes(now_i).await {
+            return;
+        }
         let due = |c: &Ctr| c.pgid.is_none() && !c.done && c.next_start.is_none_or(|t| t <= now_i);
         let inits: Vec<usize> = (0..self.ctrs.len()).filter(|i| self.ctrs[*i].init).collect();
         for i in inits {
@@ -477,6 +517,81 @@ impl Worker {
                 self.start(i).await;
             }
         }
+    }
+
+    /// Sets up the pod's volumes before its first container, and refreshes them when due.
+    /// False while they cannot be set up (the containers wait; `FailedMount` says why).
+    async fn sync_volumes(&mut self, now_i: Instant) -> bool {
+        let has_volumes = self.pod["spec"]["volumes"].as_array().is_some_and(|v| !v.is_empty());
+        if !has_volumes {
+            return true;
+        }
+        if let Err(why) = &self.sh.sandbox {
+            if self.volumes_retry.is_none_or(|t| t <= now_i) {
+                let msg = format!("MountVolume.SetUp failed: this node cannot mount volumes ({why})");
+                self.sh.events.pod(&self.pod, None, true, "FailedMount", msg);
+                self.volumes_retry = Some(now_i + Duration::from_secs(10));
+            }
+            return false;
+        }
+        let due = if self.volumes.ready() { self.volumes.next_refresh().is_some_and(|t| t <= now_i) } else { self.volumes_retry.is_none_or(|t| t <= now_i) };
+        if !due {
+            return self.volumes.ready();
+        }
+        let pod = self.pod.clone();
+        match self.volumes.sync(&pod, &self.sh.client).await {
+            Ok(()) => self.volumes_retry = None,
+            Err(e) => {
+                self.sh.events.pod(&self.pod, None, true, "FailedMount", e.to_string());
+                if !self.volumes.ready() {
+                    self.volumes_retry = Some(now_i + Duration::from_secs(2));
+                }
+            }
+        }
+        self.volumes.ready()
+    }
+
+    /// The container's own filesystem (see `sandbox`): its root, the pod's volumes at their
+    /// mount paths, its working directory.
+    fn sandbox_plan(&self, spec: &Value, env: &[(String, String)], cwd: &std::path::Path) -> Result<Option<Arc<sandbox::Plan>>, String> {
+        let Ok(top) = &self.sh.sandbox else { return Ok(None) };
+        let name = spec["name"].as_str().unwrap_or("");
+        let fs = self.dir.join(".fs").join(name);
+        let mut mounts = Vec::new();
+        for m in spec["volumeMounts"].as_array().into_iter().flatten() {
+            let vol = m["name"].as_str().unwrap_or("");
+            let (src, forced_ro) = self.volumes.source(vol).ok_or_else(|| format!("volumeMount {vol:?}: the pod has no volume of that name"))?;
+            let sub = match (m["subPath"].as_str().filter(|s| !s.is_empty()), m["subPathExpr"].as_str().filter(|s| !s.is_empty())) {
+                (Some(p), _) => Some(p.to_string()),
+                (None, Some(e)) => Some(pod::expand(e, env)),
+                _ => None,
+            };
+            let src = match sub {
+                None => src.to_path_buf(),
+                Some(sub) => sub_path(src, &sub)?,
+            };
+            let dst = m["mountPath"].as_str().unwrap_or("").to_string();
+            mounts.push(sandbox::Mount { dst, src, read_only: forced_ro || m["readOnly"] == true });
+        }
+        let host_network = self.pod["spec"]["hostNetwork"] == true;
+        let hostname = (!host_network).then(|| self.pod["spec"]["hostname"].as_str().filter(|h| !h.is_empty()).unwrap_or(&self.name).to_string());
+        let spec = sandbox::Spec {
+            root: fs.join("root"),
+            layers: fs.join("layers"),
+            top,
+            mounts,
+            keep: vec![self.dir.join("rootfs")],
+            workdir: cwd.to_path_buf(),
+            hostname,
+            read_only_root: spec["securityContext"]["readOnlyRootFilesystem"] == true,
+        };
+        let _ = std::fs::remove_dir_all(&spec.layers);
+        std::fs::create_dir_all(&spec.root).map_err(|e| format!("creating {}: {e}", spec.root.display()))?;
+        let plan = sandbox::plan(&spec)?;
+        for d in &plan.layer_dirs {
+            std::fs::create_dir_all(d).map_err(|e| format!("creating {}: {e}", d.display()))?;
+        }
+        Ok(Some(Arc::new(plan)))
     }
 
     async fn fetch_env(&self, container: &Value) -> Result<pod::EnvData, String> {
@@ -550,7 +665,20 @@ impl Worker {
             Some(w) => PathBuf::from(w),
             None => self.dir.join("rootfs"),
         };
-        let _ = std::fs::create_dir_all(&cwd);
+        let _ = std::fs::create_dir_all(self.dir.join("rootfs"));
+        let plan = match self.sandbox_plan(&spec, &full_env, &cwd) {
+            Ok(p) => p,
+            Err(msg) => {
+                let c = &mut self.ctrs[i];
+                c.state = CState::Waiting { reason: "CreateContainerError".into(), message: msg.clone() };
+                c.next_start = Some(Instant::now() + self.sh.cfg.backoff.base.min(Duration::from_secs(10)));
+                self.sh.events.pod(&self.pod, Some(&name), true, "Failed", format!("Error: {msg}"));
+                return;
+            }
+        };
+        if plan.is_none() {
+            let _ = std::fs::create_dir_all(&cwd);
+        }
         let c = &mut self.ctrs[i];
         if c.ever_started {
             c.restart_count += 1;
@@ -580,18 +708,33 @@ impl Worker {
         cmd.args(&argv[1..])
             .env_clear()
             .envs(full_env.iter().map(|(k, v)| (k, v)))
-            .current_dir(&cwd)
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
             .process_group(0);
+        if plan.is_none() {
+            cmd.current_dir(&cwd);
+        }
         if let Some(dir) = &cgroup {
             Cgroups::join_before_exec(dir, &mut cmd);
         }
-        let mut child = match cmd.spawn() {
+        let report = match plan.as_ref().map(|p| p.install(&mut cmd)).transpose() {
+            Ok(r) => r,
+            Err(e) => {
+                self.start_failed(i, format!("failed to create the container's namespaces: {e}"));
+                return;
+            }
+        };
+        let spawned = cmd.spawn();
+        drop(cmd);
+        let mut child = match spawned {
             Ok(ch) => ch,
             Err(e) => {
-                let msg = format!("failed to start container {name:?}: exec: {:?}: {e}", argv[0]);
+                let step = plan.as_ref().zip(report).and_then(|(p, r)| p.failed_step(r).map(String::from));
+                let msg = match step {
+                    Some(step) => format!("failed to create the container {name:?}: {step}: {e}"),
+                    None => format!("failed to start container {name:?}: exec: {:?}: {e}", argv[0]),
+                };
                 sink.record("stderr", true, msg.as_bytes());
                 sink.finish();
                 self.start_failed(i, msg);
@@ -600,6 +743,7 @@ impl Worker {
         };
         let pid = child.id().unwrap_or(0);
         let pgid = pid as i32;
+        crate::orphans::record(&self.dir.join(".fs").join(&name), pgid);
         let (out, err) = (child.stdout.take(), child.stderr.take());
         let pumps = {
             let (s1, s2) = (sink.clone(), sink.clone());
@@ -656,6 +800,8 @@ impl Worker {
         c.started_at = now();
         c.state = CState::Running { started_at: c.started_at.clone() };
         c.env = full_env;
+        c.cwd = cwd;
+        c.sandboxed = plan.is_some();
         c.counters.clear();
         let has_startup = Probe::of(Kind::Startup, &spec).is_some();
         c.started = !has_startup;
@@ -696,14 +842,15 @@ impl Worker {
         let start_gen = c.start_gen;
         let env = c.env.clone();
         let host = self.sh.cfg.host_ip.clone();
-        let cwd = self.dir.join("rootfs");
+        let cwd = c.cwd.clone();
+        let target = if c.sandboxed { c.pgid } else { None };
         c.probes.push(tokio::spawn(async move {
             tokio::time::sleep(p.initial_delay).await;
             let mut tick = tokio::time::interval(p.period);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tick.tick().await;
-                let result = probe::run(&p, &host, &env, &cwd).await;
+                let result = probe::run(&p, &host, &env, &cwd, target).await;
                 if tx.send(Ev::Probe { idx: i, start_gen, kind, result }).await.is_err() {
                     return;
                 }
@@ -946,4 +1093,20 @@ fn sample_once(sh: &Shared) {
         "nodes": [{"name": sh.cfg.node_name, "timestamp": ts, "window": format!("{}s", sh.cfg.sample_every.as_secs().max(1)), "cpuNanoCores": node_cores, "memoryBytes": m_mem}],
         "pods": pods.into_iter().map(|((ns, name), cs)| json!({"namespace": ns, "name": name, "timestamp": ts, "window": format!("{}s", sh.cfg.sample_every.as_secs().max(1)), "containers": cs})).collect::<Vec<_>>(),
     });
+}
+
+/// A volume mount's `subPath` inside `src`: created when missing (as a directory, as the
+/// kubelet does), refused when it (or a link in it) leads outside the volume.
+fn sub_path(src: &std::path::Path, sub: &str) -> Result<PathBuf, String> {
+    crate::volume::files::check_path(sub).map_err(|e| format!("invalid subPath {sub:?}: {e}"))?;
+    let base = std::fs::canonicalize(src).map_err(|e| format!("volume {}: {e}", src.display()))?;
+    let p = base.join(sub);
+    if std::fs::symlink_metadata(&p).is_err() {
+        std::fs::create_dir_all(&p).map_err(|e| format!("creating subPath {sub:?}: {e}"))?;
+    }
+    let real = std::fs::canonicalize(&p).map_err(|e| format!("subPath {sub:?}: {e}"))?;
+    if !real.starts_with(&base) {
+        return Err(format!("subPath {sub:?} leads outside the volume (to {})", real.display()));
+    }
+    Ok(real)
 }

@@ -252,6 +252,17 @@ impl Cluster {
         std::mem::replace(&mut self.dir, dir)
     }
 
+    /// Kills the server (SIGKILL: nothing it runs gets to clean up) and waits for it; returns
+    /// the data directory.
+    pub fn kill(mut self) -> tempfile::TempDir {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let dir = tempfile::tempdir().unwrap();
+        std::mem::replace(&mut self.dir, dir)
+    }
+
     fn terminate(&mut self) {
         if let Some(mut c) = self.child.take() {
             // SAFETY: sending a signal to our own child process.
