@@ -197,8 +197,9 @@ pub async fn dispatch(
     uri: Uri,
     headers: HeaderMap,
     user: Option<axum::Extension<Arc<crate::authn::UserInfo>>>,
-    body: Body,
+    req: axum::extract::Request,
 ) -> Response {
+    let (mut parts, body) = req.into_parts();
     let started = Instant::now();
     let user = user.map(|u| u.0);
     if !st.crds_loaded.load(std::sync::atomic::Ordering::SeqCst)
@@ -227,6 +228,14 @@ pub async fn dispatch(
         Some(Target::GroupVersion { group, version }) => discovery::api_resource_list(&st.reg, &group, &version)
             .map(|v| json_value(StatusCode::OK, &v))
             .ok_or_else(|| ApiError::path_not_found(&path)),
+        Some(Target::Resource { info, namespace, name: Some(name), sub: Some(sub) })
+            if info.group.is_empty() && info.resource == "pods" && matches!(sub.as_str(), "exec" | "attach" | "portforward") =>
+        {
+            let ns = namespace.as_deref().unwrap_or("default");
+            let key = info.key(Some(ns), &name);
+            let upgrade = parts.extensions.remove::<hyper::upgrade::OnUpgrade>();
+            crate::node_proxy::pod_stream(&st.store, key, ns, &name, &sub, &method, uri.query().unwrap_or(""), &headers, upgrade).await
+        }
         Some(Target::Resource { info, namespace, name, sub }) => {
             let body = if matches!(method, Method::POST | Method::PUT | Method::PATCH | Method::DELETE) {
                 match axum::body::to_bytes(body, REQUEST_BODY_BYTES_MAX + 1).await {

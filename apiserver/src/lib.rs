@@ -51,6 +51,7 @@ pub mod selector;
 pub mod serve;
 pub mod ssa;
 pub mod status;
+pub mod stream_proxy;
 pub mod table;
 
 use std::sync::Arc;

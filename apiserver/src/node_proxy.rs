@@ -33,10 +33,16 @@ type HttpClient = hyper_util::client::legacy::Client<hyper_rustls::HttpsConnecto
 /// server's kubelet client certificate, as kube-apiserver's `--kubelet-client-certificate`.
 /// Kubelets' serving certificates are not verified (their own, self-signed), as kube-apiserver
 /// does without `--kubelet-certificate-authority`.
-static KUBELETS: std::sync::OnceLock<(HttpClient, &'static str)> = std::sync::OnceLock::new();
+static KUBELETS: std::sync::OnceLock<(HttpClient, &'static str, Option<Arc<rustls::ClientConfig>>)> = std::sync::OnceLock::new();
 
 fn http() -> &'static HttpClient {
-    &KUBELETS.get_or_init(|| (client(rustls::ClientConfig::builder().dangerous().with_custom_certificate_verifier(Arc::new(AnyServer)).with_no_client_auth()), "http")).0
+    &KUBELETS.get_or_init(|| (client(rustls::ClientConfig::builder().dangerous().with_custom_certificate_verifier(Arc::new(AnyServer)).with_no_client_auth()), "http", None)).0
+}
+
+/// The TLS configuration for kubelets (their HTTPS endpoints), if they are reached over TLS.
+pub fn tls_config() -> Option<Arc<rustls::ClientConfig>> {
+    let _ = http();
+    KUBELETS.get().and_then(|k| k.2.clone())
 }
 
 /// `http` or `https`.
@@ -59,7 +65,7 @@ pub fn use_client_certificate(cert_pem: &str, key_pem: &str) -> Result<(), Strin
     let chain = rustls::pki_types::CertificateDer::pem_slice_iter(cert_pem.as_bytes()).collect::<Result<Vec<_>, _>>().map_err(|e| format!("the kubelet client certificate: {e}"))?;
     let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(|e| format!("the kubelet client key: {e}"))?;
     let cfg = rustls::ClientConfig::builder().dangerous().with_custom_certificate_verifier(Arc::new(AnyServer)).with_client_auth_cert(chain, key).map_err(|e| format!("the kubelet client certificate: {e}"))?;
-    KUBELETS.set((client(cfg), "https")).map_err(|_| "the kubelet client is set already".to_string())
+    KUBELETS.set((client(cfg.clone()), "https", Some(Arc::new(cfg)))).map_err(|_| "the kubelet client is set already".to_string())
 }
 
 /// Accepts a kubelet's serving certificate without checking who signed it (see `KUBELETS`);
@@ -86,7 +92,7 @@ impl rustls::client::danger::ServerCertVerifier for AnyServer {
     }
 }
 
-async fn read(store: &Store, key: String) -> Result<Option<Value>, ApiError> {
+pub(crate) async fn read(store: &Store, key: String) -> Result<Option<Value>, ApiError> {
     match store.get(key).await? {
         None => Ok(None),
         Some(kv) => Ok(Some(Stored::from_kv(&kv).map_err(ApiError::internal)?.value_at(kv.mod_revision).map_err(ApiError::internal)?)),
@@ -176,6 +182,24 @@ pub async fn pod_log(store: &Store, pod_key: String, ns: &str, name: &str, query
     *r.status_mut() = StatusCode::OK;
     r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
     Ok(r)
+}
+
+/// `pods/exec`, `pods/attach`, `pods/portforward`: checked here, carried to the pod's kubelet
+/// (`stream_proxy`).
+pub async fn pod_stream(store: &Store, pod_key: String, ns: &str, name: &str, sub: &str, method: &axum::http::Method, raw_query: &str, headers: &axum::http::HeaderMap, upgrade: Option<hyper::upgrade::OnUpgrade>) -> Result<Response, ApiError> {
+    let pod = read(store, pod_key).await?.ok_or_else(|| ApiError::not_found("", "pods", name))?;
+    let query: HashMap<String, String> = form_urlencoded::parse(raw_query.as_bytes()).into_owned().collect();
+    let commands = form_urlencoded::parse(raw_query.as_bytes()).filter(|(k, _)| k == "command").count();
+    crate::stream_proxy::check(&pod, sub, &query, commands)?;
+    let path = if sub == "portforward" {
+        format!("/portForward/{ns}/{name}")
+    } else {
+        let container = pick_container(&pod, query.get("container").map(String::as_str))?;
+        format!("/{sub}/{ns}/{name}/{container}")
+    };
+    let node_name = pod["spec"]["nodeName"].as_str().unwrap_or("");
+    let node = read(store, format!("/registry/core/nodes/{node_name}")).await?.ok_or_else(|| ApiError::bad_request(format!("node {node_name:?} of pod {name} not found")))?;
+    crate::stream_proxy::proxy(&node, method, path, raw_query, headers, upgrade).await
 }
 
 /// The stats documents of every kubelet endpoint (concurrently, each bounded in time).

@@ -202,6 +202,9 @@ pub fn builtin() -> Vec<ResourceInfo> {
         Subresource { name: "binding", response: ("", "v1", "Binding"), verbs: &["create"] },
         Subresource { name: "eviction", response: ("policy", "v1", "Eviction"), verbs: &["create"] },
         Subresource { name: "log", response: ("", "v1", "Pod"), verbs: &["get"] },
+        Subresource { name: "exec", response: ("", "v1", "PodExecOptions"), verbs: &["create", "get"] },
+        Subresource { name: "attach", response: ("", "v1", "PodAttachOptions"), verbs: &["create", "get"] },
+        Subresource { name: "portforward", response: ("", "v1", "PodPortForwardOptions"), verbs: &["create", "get"] },
     ];
     vec![
         info::<core::Namespace>(&["ns"], &[status_of!(core::Namespace), Subresource { name: "finalize", response: ("", "v1", "Namespace"), verbs: &["update"] }], true),

@@ -24,6 +24,7 @@ pub mod secure;
 pub mod server;
 pub mod sandbox;
 pub mod stats;
+pub mod stream;
 pub mod volume;
 
 use std::collections::HashSet;
@@ -63,6 +64,14 @@ pub trait Runtime: Send + Sync + 'static {
     }
     /// Stops every pod (node shutdown).
     fn shutdown(&self) -> BoxFuture<'_>;
+    /// A running container to exec in (`kubectl exec`), or why there is none.
+    fn exec_target(&self, _ns: &str, _pod: &str, _container: &str) -> Result<stream::ExecTarget, String> {
+        Err("this node runs no processes: exec is not supported".into())
+    }
+    /// A running container to attach to (`kubectl attach`), or why there is none.
+    fn attach_target(&self, _ns: &str, _pod: &str, _container: &str) -> Result<stream::AttachTarget, String> {
+        Err("this node runs no processes: attach is not supported".into())
+    }
 }
 
 /// One node as registered.

@@ -205,15 +205,22 @@ pub fn read_existing(path: &Path, o: &LogOptions, now_unix: i64) -> std::io::Res
 
 /// Reads records appended after `offset` (a follower's next step).
 pub fn read_from(path: &Path, offset: u64, timestamps: bool) -> std::io::Result<(Vec<u8>, u64)> {
-    let mut f = std::fs::File::open(path)?;
-    let len = f.metadata()?.len();
+    let mut out = Vec::new();
+    let pos = each_record_from(path, offset, |_, rec| render(rec, timestamps, &mut out))?;
+    Ok((out, pos))
+}
+
+/// Calls `f` with the stream (`stdout`, `stderr`) and each whole record appended after
+/// `offset`; returns the offset after the last.
+pub fn each_record_from(path: &Path, offset: u64, mut f: impl FnMut(&[u8], &Record)) -> std::io::Result<u64> {
+    let mut file = std::fs::File::open(path)?;
+    let len = file.metadata()?.len();
     if len < offset {
         // Rotated: start over on the new file.
-        return read_from(path, 0, timestamps);
+        return each_record_from(path, 0, f);
     }
-    f.seek(std::io::SeekFrom::Start(offset))?;
-    let mut r = std::io::BufReader::new(f);
-    let mut out = Vec::new();
+    file.seek(std::io::SeekFrom::Start(offset))?;
+    let mut r = std::io::BufReader::new(file);
     let mut pos = offset;
     let mut line = Vec::new();
     loop {
@@ -223,11 +230,13 @@ pub fn read_from(path: &Path, offset: u64, timestamps: bool) -> std::io::Result<
             break;
         }
         pos += n as u64;
-        if let Some(rec) = parse_record(&line[..n - 1]) {
-            render(&rec, timestamps, &mut out);
+        let l = &line[..n - 1];
+        if let Some(rec) = parse_record(l) {
+            let stream = l.split(|b| *b == b' ').nth(1).unwrap_or(b"stdout");
+            f(stream, &rec);
         }
     }
-    Ok((out, pos))
+    Ok(pos)
 }
 
 #[cfg(test)]

@@ -65,6 +65,13 @@ struct Running {
     memory_limit: Option<u64>,
     oom: Arc<AtomicBool>,
     started: Instant,
+    /// For exec: the container's environment and working directory (in the container).
+    env: Vec<(String, String)>,
+    cwd: PathBuf,
+    /// For attach: the container's output and (`stdin: true`) its input.
+    log: Arc<LogSink>,
+    stdin: Option<Arc<tokio::sync::Mutex<Option<tokio::process::ChildStdin>>>>,
+    stdin_once: bool,
 }
 
 #[derive(Default)]
@@ -216,6 +223,30 @@ impl crate::Runtime for ProcessRuntime {
 
     fn live_log(&self, path: &Path) -> Option<Arc<LogSink>> {
         self.shared.live_logs.lock().unwrap().get(path).cloned()
+    }
+
+    fn exec_target(&self, ns: &str, pod: &str, container: &str) -> Result<crate::stream::ExecTarget, String> {
+        let running = self.shared.running.lock().unwrap();
+        let mut pod_seen = false;
+        for ((_, name), r) in running.iter() {
+            if r.ns == ns && r.pod == pod {
+                pod_seen = true;
+                if name == container {
+                    return Ok(crate::stream::ExecTarget { pid: r.pgid, env: r.env.clone(), cwd: r.cwd.clone() });
+                }
+            }
+        }
+        let known = self.workers.lock().unwrap().values().any(|h| h.pod_tx.borrow()["metadata"]["name"] == pod && h.pod_tx.borrow()["metadata"]["namespace"] == ns);
+        Err(if pod_seen || known { format!("container not found ({container:?})") } else { format!("pod {ns}/{pod} not found on this node") })
+    }
+
+    fn attach_target(&self, ns: &str, pod: &str, container: &str) -> Result<crate::stream::AttachTarget, String> {
+        let running = self.shared.running.lock().unwrap();
+        running
+            .iter()
+            .find(|((_, name), r)| r.ns == ns && r.pod == pod && name == container)
+            .map(|(_, r)| crate::stream::AttachTarget { log: r.log.clone(), stdin: r.stdin.clone(), stdin_once: r.stdin_once })
+            .ok_or_else(|| format!("container not found ({container:?})"))
     }
 
     fn shutdown(&self) -> crate::BoxFuture<'_> {
@@ -708,7 +739,7 @@ impl Worker {
         cmd.args(&argv[1..])
             .env_clear()
             .envs(full_env.iter().map(|(k, v)| (k, v)))
-            .stdin(std::process::Stdio::null())
+            .stdin(if spec["stdin"] == true { std::process::Stdio::piped() } else { std::process::Stdio::null() })
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
             .process_group(0);
@@ -745,6 +776,7 @@ impl Worker {
         let pgid = pid as i32;
         crate::orphans::record(&self.dir.join(".fs").join(&name), pgid);
         let (out, err) = (child.stdout.take(), child.stderr.take());
+        let stdin = child.stdin.take().map(|s| Arc::new(tokio::sync::Mutex::new(Some(s))));
         let pumps = {
             let (s1, s2) = (sink.clone(), sink.clone());
             let a = out.map(|o| tokio::spawn(logs::pump(o, "stdout", s1)));
@@ -752,6 +784,7 @@ impl Worker {
             (a, b)
         };
         self.sh.live_logs.lock().unwrap().insert(sink.path().to_path_buf(), sink.clone());
+        let attach_log = sink.clone();
         let (exited_tx, exited_rx) = watch::channel(false);
         let tx = self.ev_tx.clone();
         let sh = self.sh.clone();
@@ -808,7 +841,8 @@ impl Worker {
         c.ready = !has_startup && Probe::of(Kind::Readiness, &spec).is_none() && !c.init;
         self.sh.running.lock().unwrap().insert(
             (self.uid.clone(), name.clone()),
-            Running { ns: self.ns.clone(), pod: self.name.clone(), pgid, cgroup, memory_limit, oom: c.oom.clone(), started: Instant::now() },
+            Running { ns: self.ns.clone(), pod: self.name.clone(), pgid, cgroup, memory_limit, oom: c.oom.clone(), started: Instant::now(), env: c.env.clone(), cwd: c.cwd.clone(),
+                log: attach_log, stdin, stdin_once: spec["stdinOnce"] == true },
         );
         if has_startup {
             self.spawn_probe(i, Kind::Startup);

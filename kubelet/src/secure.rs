@@ -206,7 +206,7 @@ pub async fn serve(listener: tokio::net::TcpListener, app: axum::Router, guard: 
                 None => app,
             };
             let svc = hyper_util::service::TowerToHyperService::new(app);
-            let _ = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new()).serve_connection(hyper_util::rt::TokioIo::new(tls), svc).await;
+            let _ = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new()).serve_connection_with_upgrades(hyper_util::rt::TokioIo::new(tls), svc).await;
         });
     }
 }

@@ -4,6 +4,8 @@
 //! - `GET /stats/capstan`: usage of every node and pod this process hosts, in one document
 //!   (one request per kubelet process rather than one per node: a process hosts thousands
 //!   of hollow nodes).
+//! - `GET|POST /exec/{namespace}/{pod}/{container}?command=...&stdin&stdout&stderr&tty`:
+//!   `kubectl exec` over WebSocket (`stream.rs`); `/attach/...` the same for `kubectl attach`.
 //! - `GET /healthz`.
 
 use std::collections::HashMap;
@@ -25,6 +27,8 @@ pub fn router(rt: Arc<dyn Runtime>) -> Router {
         .route("/healthz", get(|| async { "ok" }))
         .route("/stats/capstan", get(stats))
         .route("/containerLogs/{ns}/{pod}/{container}", get(container_logs))
+        .route("/exec/{ns}/{pod}/{container}", get(crate::stream::exec).post(crate::stream::exec))
+        .route("/attach/{ns}/{pod}/{container}", get(crate::stream::attach).post(crate::stream::attach))
         .with_state(rt)
 }
 

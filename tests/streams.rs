@@ -1,0 +1,154 @@
+//! `kubectl exec`, `attach` and `cp` against the real node of `capstan up`, with real kubectl
+//! (1.32 and 1.33 speak WebSocket; 1.27 speaks SPDY only).
+
+mod common;
+
+use std::io::Write;
+use std::process::{Command, Output, Stdio};
+
+use common::*;
+
+const NODE: &str = "node-s";
+
+/// kubectl `bin` with `input` on its stdin.
+fn kubectl_input(c: &Cluster, bin: &str, args: &[&str], input: &[u8]) -> Output {
+    let mut child = Command::new(bin)
+        .args(args)
+        .env("KUBECONFIG", &c.kubeconfig)
+        .env("HOME", c.dir.path())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("run {bin}: {e}"));
+    child.stdin.take().unwrap().write_all(input).unwrap();
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        if child.try_wait().unwrap().is_some() {
+            return child.wait_with_output().unwrap();
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("kubectl {} did not finish within {WAIT:?}", args.join(" "));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+#[test]
+fn exec_runs_in_the_container_with_stdin_a_terminal_and_exit_codes_and_cp_copies_both_ways() {
+    let c = Cluster::start_with(tempfile::tempdir().unwrap(), &["--node-name", NODE]);
+    let m = c.write(
+        "pod.yaml",
+        &format!(
+            r#"apiVersion: v1
+kind: Pod
+metadata: {{name: box}}
+spec:
+  nodeName: {NODE}
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: main
+    image: busybox
+    command: ["sh", "-c", "while :; do sleep 1; done"]
+    env: [{{name: GREETING, value: hello}}]
+    volumeMounts: [{{name: scratch, mountPath: /scratch}}]
+  - name: side
+    image: busybox
+    command: ["sh", "-c", "while :; do sleep 1; done"]
+  volumes: [{{name: scratch, emptyDir: {{}}}}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: done}}
+spec:
+  nodeName: {NODE}
+  restartPolicy: Never
+  containers: [{{name: c, image: busybox, command: ["true"]}}]
+"#
+        ),
+    );
+    c.ok(&["apply", "-f", path_str(&m)]);
+    c.ok(&["wait", "--for=condition=Ready", "pod/box", "--timeout=60s"]);
+    for bin in [KUBECTL.to_string(), kubectl_version(33)] {
+        // The container's view: its volume, hostname and environment.
+        let out = c.ok_with(&bin, &["exec", "box", "-c", "main", "--", "sh", "-c", "echo $GREETING from $(hostname); test -d /scratch && echo has-scratch"]);
+        assert_eq!(out, "hello from box\nhas-scratch\n", "{bin}");
+        // The exit code comes back as kubectl's own, stderr separately.
+        let out = c.kubectl_with(&bin, &["exec", "box", "-c", "main", "--", "sh", "-c", "echo out; echo err >&2; exit 3"]);
+        assert_eq!(out.status.code(), Some(3), "{bin}: {}", text(&out.stderr));
+        assert_eq!(text(&out.stdout), "out\n");
+        assert!(text(&out.stderr).contains("err\n") && text(&out.stderr).contains("command terminated with exit code 3"), "{}", text(&out.stderr));
+        // Stdin, to its end (v5's close of stdin).
+        let out = kubectl_input(&c, &bin, &["exec", "-i", "box", "-c", "main", "--", "sh", "-c", "wc -l"], b"a\nb\nc\n");
+        assert!(out.status.success(), "{bin}: {}", text(&out.stderr));
+        assert_eq!(text(&out.stdout).trim(), "3");
+    }
+    // Under a pseudo-terminal (kubectl -it needs one: `script` gives it one).
+    let script = format!("{KUBECTL} exec -it box -c main -- sh -c 'tty; read x; echo got:$x'");
+    let out = Command::new("script")
+        .args(["-qec", &script, "/dev/null"])
+        .env("KUBECONFIG", &c.kubeconfig)
+        .env("HOME", c.dir.path())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .and_then(|mut ch| {
+            ch.stdin.take().unwrap().write_all(b"typed\n")?;
+            ch.wait_with_output()
+        })
+        .expect("script (util-linux) runs kubectl under a terminal");
+    let o = text(&out.stdout);
+    assert!(o.contains("/dev/pts/") && o.contains("got:typed"), "{o:?}");
+    // kubectl cp, both ways, through tar in the container.
+    let src = c.write("src.txt", "copied content\n");
+    c.ok(&["cp", path_str(&src), "box:/scratch/in.txt", "-c", "main"]);
+    assert_eq!(c.ok(&["exec", "box", "-c", "main", "--", "cat", "/scratch/in.txt"]), "copied content\n");
+    let back = c.dir.path().join("back.txt");
+    c.ok(&["cp", "box:/scratch/in.txt", path_str(&back), "-c", "main"]);
+    assert_eq!(std::fs::read_to_string(&back).unwrap(), "copied content\n");
+    // What Kubernetes refuses, with its messages.
+    let e = c.fails(&["exec", "box", "-c", "nope", "--", "true"]);
+    assert!(e.contains("container nope is not valid for pod box"), "{e}");
+    c.ok(&["wait", "--for=jsonpath={.status.phase}=Succeeded", "pod/done", "--timeout=60s"]);
+    let e = c.fails(&["exec", "done", "--", "true"]);
+    assert!(e.contains("cannot exec into a container in a completed pod; current phase is Succeeded"), "{e}");
+    let e = c.fails(&["exec", "box", "-c", "main", "--", "no-such-program"]);
+    assert!(e.contains("executable file not found"), "{e}");
+}
+
+#[test]
+fn attach_streams_output_and_takes_stdin() {
+    let c = Cluster::start_with(tempfile::tempdir().unwrap(), &["--node-name", NODE]);
+    let m = c.write(
+        "pod.yaml",
+        &format!(
+            r#"apiVersion: v1
+kind: Pod
+metadata: {{name: echo}}
+spec:
+  nodeName: {NODE}
+  restartPolicy: Never
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: c
+    image: busybox
+    stdin: true
+    stdinOnce: true
+    command: ["sh", "-c", "while read line; do echo \"echo:$line\"; done; echo bye"]
+"#
+        ),
+    );
+    c.ok(&["apply", "-f", path_str(&m)]);
+    c.ok(&["wait", "--for=condition=Ready", "pod/echo", "--timeout=60s"]);
+    // stdinOnce: the client's end of input is the container's; its output reaches kubectl
+    // until it exits.
+    let out = kubectl_input(&c, KUBECTL, &["attach", "-i", "echo"], b"one\ntwo\n");
+    let o = text(&out.stdout);
+    assert!(o.contains("echo:one\necho:two\nbye\n"), "{o:?} {}", text(&out.stderr));
+    c.ok(&["wait", "--for=jsonpath={.status.phase}=Succeeded", "pod/echo", "--timeout=60s"]);
+}
