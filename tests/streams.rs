@@ -74,7 +74,8 @@ spec:
     );
     c.ok(&["apply", "-f", path_str(&m)]);
     c.ok(&["wait", "--for=condition=Ready", "pod/box", "--timeout=60s"]);
-    for bin in [KUBECTL.to_string(), kubectl_version(33)] {
+    // WebSocket (1.32, 1.33) and SPDY (1.27).
+    for bin in [KUBECTL.to_string(), kubectl_version(33), kubectl_version(27)] {
         // The container's view: its volume, hostname and environment.
         let out = c.ok_with(&bin, &["exec", "box", "-c", "main", "--", "sh", "-c", "echo $GREETING from $(hostname); test -d /scratch && echo has-scratch"]);
         assert_eq!(out, "hello from box\nhas-scratch\n", "{bin}");
@@ -151,4 +152,96 @@ spec:
     let o = text(&out.stdout);
     assert!(o.contains("echo:one\necho:two\nbye\n"), "{o:?} {}", text(&out.stderr));
     c.ok(&["wait", "--for=jsonpath={.status.phase}=Succeeded", "pod/echo", "--timeout=60s"]);
+}
+
+/// A free loopback port (bound and released).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// `GET /` on a local port: the status line.
+fn get_status_line(port: u16) -> String {
+    use std::io::{BufRead, BufReader};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(WAIT)).unwrap();
+    s.write_all(b"GET / HTTP/1.0\r\nHost: x\r\n\r\n").unwrap();
+    let mut line = String::new();
+    BufReader::new(s).read_line(&mut line).unwrap();
+    line.trim().to_string()
+}
+
+#[test]
+fn port_forward_reaches_the_pod_over_websocket_and_spdy() {
+    let c = Cluster::start_with(tempfile::tempdir().unwrap(), &["--node-name", NODE]);
+    let port = free_port();
+    let m = c.write(
+        "pod.yaml",
+        &format!(
+            r#"apiVersion: v1
+kind: Pod
+metadata: {{name: web}}
+spec:
+  nodeName: {NODE}
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: c
+    image: python
+    command: ["python3", "-m", "http.server", "{port}", "--bind", "127.0.0.1"]
+    readinessProbe: {{tcpSocket: {{port: {port}}}, periodSeconds: 1}}
+"#
+        ),
+    );
+    c.ok(&["apply", "-f", path_str(&m)]);
+    c.ok(&["wait", "--for=condition=Ready", "pod/web", "--timeout=60s"]);
+    // kubectl 1.33 tunnels SPDY through a WebSocket; 1.27 speaks SPDY.
+    for bin in [kubectl_version(33), kubectl_version(27)] {
+        let mut child = Command::new(&bin)
+            .args(["port-forward", "pod/web", &format!(":{port}")])
+            .env("KUBECONFIG", &c.kubeconfig)
+            .env("HOME", c.dir.path())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // "Forwarding from 127.0.0.1:LOCAL -> PORT"
+        let line = first_line(&mut child);
+        let local: u16 = line.split("127.0.0.1:").nth(1).and_then(|r| r.split(' ').next()).and_then(|p| p.parse().ok()).unwrap_or_else(|| panic!("{bin}: {line:?}"));
+        // Two connections in one session, one after the other.
+        assert_eq!(get_status_line(local), "HTTP/1.0 200 OK", "{bin}");
+        assert_eq!(get_status_line(local), "HTTP/1.0 200 OK", "{bin}");
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    // The official Python client: exec (v4 channels) and port-forward over WebSocket channels.
+    let script = source_dir().join("tests/python/streams_e2e.py");
+    let out = Command::new("python3")
+        .arg(&script)
+        .args([path_str(&c.kubeconfig), "web", &port.to_string()])
+        .env("PYTHONDONTWRITEBYTECODE", "1")
+        .output()
+        .expect("python3 with the kubernetes package (CI installs it)");
+    assert!(out.status.success() && text(&out.stdout).trim() == "ok", "{}:\n{}\n{}", script.display(), text(&out.stdout), text(&out.stderr));
+    // A port nothing listens on: the error reaches kubectl on the session's error stream.
+    let closed = free_port();
+    let mut child = Command::new(KUBECTL)
+        .args(["port-forward", "pod/web", &format!(":{closed}")])
+        .env("KUBECONFIG", &c.kubeconfig)
+        .env("HOME", c.dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let line = first_line(&mut child);
+    let local: u16 = line.split("127.0.0.1:").nth(1).and_then(|r| r.split(' ').next()).and_then(|p| p.parse().ok()).unwrap();
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", local)).unwrap();
+    let _ = s.write_all(b"GET / HTTP/1.0\r\n\r\n");
+    // kubectl ends the session on such an error (client-go's choice); bounded here.
+    let deadline = std::time::Instant::now() + WAIT;
+    while child.try_wait().unwrap().is_none() {
+        assert!(std::time::Instant::now() < deadline, "kubectl port-forward did not report the refused connection within {WAIT:?}");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().unwrap();
+    let err = text(&out.stderr);
+    assert!(err.contains(&format!("error forwarding port {closed} to pod default/web")) && err.contains("Connection refused"), "{err}");
 }

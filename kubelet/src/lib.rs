@@ -68,6 +68,10 @@ pub trait Runtime: Send + Sync + 'static {
     fn exec_target(&self, _ns: &str, _pod: &str, _container: &str) -> Result<stream::ExecTarget, String> {
         Err("this node runs no processes: exec is not supported".into())
     }
+    /// Where the pod's ports are (`kubectl port-forward`), or why they cannot be reached.
+    fn port_forward_target(&self, _ns: &str, _pod: &str) -> Result<String, String> {
+        Err("this node runs no processes: port-forward is not supported".into())
+    }
     /// A running container to attach to (`kubectl attach`), or why there is none.
     fn attach_target(&self, _ns: &str, _pod: &str, _container: &str) -> Result<stream::AttachTarget, String> {
         Err("this node runs no processes: attach is not supported".into())

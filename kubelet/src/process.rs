@@ -240,6 +240,15 @@ impl crate::Runtime for ProcessRuntime {
         Err(if pod_seen || known { format!("container not found ({container:?})") } else { format!("pod {ns}/{pod} not found on this node") })
     }
 
+    fn port_forward_target(&self, ns: &str, pod: &str) -> Result<String, String> {
+        let known = self.workers.lock().unwrap().values().any(|h| {
+            let p = h.pod_tx.borrow();
+            p["metadata"]["name"] == pod && p["metadata"]["namespace"] == ns
+        });
+        // Pods share the node's network: their ports are the node's.
+        if known { Ok(self.shared.cfg.host_ip.clone()) } else { Err(format!("pod {ns}/{pod} not found on this node")) }
+    }
+
     fn attach_target(&self, ns: &str, pod: &str, container: &str) -> Result<crate::stream::AttachTarget, String> {
         let running = self.shared.running.lock().unwrap();
         running

@@ -5,7 +5,8 @@
 //!   (one request per kubelet process rather than one per node: a process hosts thousands
 //!   of hollow nodes).
 //! - `GET|POST /exec/{namespace}/{pod}/{container}?command=...&stdin&stdout&stderr&tty`:
-//!   `kubectl exec` over WebSocket (`stream.rs`); `/attach/...` the same for `kubectl attach`.
+//!   `kubectl exec` (`stream/`); `/attach/...` for `kubectl attach`; `/portForward/{namespace}/{pod}`
+//!   for `kubectl port-forward`.
 //! - `GET /healthz`.
 
 use std::collections::HashMap;
@@ -29,6 +30,7 @@ pub fn router(rt: Arc<dyn Runtime>) -> Router {
         .route("/containerLogs/{ns}/{pod}/{container}", get(container_logs))
         .route("/exec/{ns}/{pod}/{container}", get(crate::stream::exec).post(crate::stream::exec))
         .route("/attach/{ns}/{pod}/{container}", get(crate::stream::attach).post(crate::stream::attach))
+        .route("/portForward/{ns}/{pod}", get(crate::stream::port_forward).post(crate::stream::port_forward))
         .with_state(rt)
 }
 
