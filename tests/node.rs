@@ -381,3 +381,66 @@ spec:
     });
     assert!(mounts_under(c.dir.path()).is_empty(), "{:?}", mounts_under(c.dir.path()));
 }
+
+#[test]
+fn security_context_sets_the_user_groups_and_capabilities() {
+    let c = cluster();
+    let m = c.write(
+        "pods.yaml",
+        &format!(
+            r#"apiVersion: v1
+kind: Pod
+metadata: {{name: nonroot}}
+spec:
+  nodeName: {NODE}
+  terminationGracePeriodSeconds: 1
+  securityContext: {{runAsUser: 1000, runAsGroup: 3000, fsGroup: 2000}}
+  containers:
+  - name: c
+    image: busybox
+    command: ["sh", "-c", "echo uid=$(id -u) gid=$(id -g) groups=$(id -G); touch /data/f && echo file-group=$(stat -c %g /data/f); grep CapEff /proc/self/status; while :; do sleep 1; done"]
+    volumeMounts: [{{name: data, mountPath: /data}}]
+  volumes: [{{name: data, emptyDir: {{}}}}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: nocaps}}
+spec:
+  nodeName: {NODE}
+  restartPolicy: Never
+  containers:
+  - name: c
+    image: busybox
+    command: ["sh", "-c", "grep CapEff /proc/self/status; chown 1 /tmp 2>/dev/null || echo chown-refused"]
+    securityContext: {{capabilities: {{drop: [ALL]}}}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: wantsnonroot}}
+spec:
+  nodeName: {NODE}
+  containers:
+  - name: c
+    image: busybox
+    command: ["true"]
+    securityContext: {{runAsNonRoot: true}}
+"#
+        ),
+    );
+    c.ok(&["apply", "-f", path_str(&m)]);
+    c.ok(&["wait", "--for=condition=Ready", "pod/nonroot", "--timeout=60s"]);
+    wait_until("nonroot's report", || c.ok(&["logs", "nonroot"]).contains("CapEff"));
+    let logs = c.ok(&["logs", "nonroot"]);
+    assert!(logs.contains("uid=1000 gid=3000 groups=3000 2000"), "{logs}");
+    assert!(logs.contains("file-group=2000"), "the emptyDir keeps the fsGroup: {logs}");
+    assert!(logs.contains("CapEff:\t0000000000000000"), "a user other than root has no capabilities: {logs}");
+    // kubectl exec runs as the container's user.
+    assert_eq!(c.ok(&["exec", "nonroot", "--", "id", "-u"]).trim(), "1000");
+    c.ok(&["wait", "--for=jsonpath={.status.phase}=Succeeded", "pod/nocaps", "--timeout=60s"]);
+    let logs = c.ok(&["logs", "nocaps"]);
+    assert!(logs.contains("CapEff:\t0000000000000000") && logs.contains("chown-refused"), "{logs}");
+    wait_until("runAsNonRoot without a user to be refused", || {
+        jsonpath(&c, "wantsnonroot", "{.status.containerStatuses[0].state.waiting.reason} {.status.containerStatuses[0].state.waiting.message}")
+            == "CreateContainerConfigError container has runAsNonRoot and image will run as root"
+    });
+}

@@ -18,6 +18,7 @@ pub mod hollow;
 pub mod logs;
 mod orphans;
 pub mod pod;
+pub mod privileges;
 pub mod probe;
 pub mod process;
 pub mod secure;

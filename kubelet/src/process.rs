@@ -68,6 +68,7 @@ struct Running {
     /// For exec: the container's environment and working directory (in the container).
     env: Vec<(String, String)>,
     cwd: PathBuf,
+    privileges: Option<crate::privileges::Privileges>,
     /// For attach: the container's output and (`stdin: true`) its input.
     log: Arc<LogSink>,
     stdin: Option<Arc<tokio::sync::Mutex<Option<tokio::process::ChildStdin>>>>,
@@ -232,7 +233,7 @@ impl crate::Runtime for ProcessRuntime {
             if r.ns == ns && r.pod == pod {
                 pod_seen = true;
                 if name == container {
-                    return Ok(crate::stream::ExecTarget { pid: r.pgid, env: r.env.clone(), cwd: r.cwd.clone() });
+                    return Ok(crate::stream::ExecTarget { pid: r.pgid, env: r.env.clone(), cwd: r.cwd.clone(), privileges: r.privileges.clone() });
                 }
             }
         }
@@ -305,6 +306,7 @@ struct Ctr {
     cwd: PathBuf,
     /// Whether the container has its own namespaces (exec probes join them).
     sandboxed: bool,
+    privileges: Option<crate::privileges::Privileges>,
 }
 
 impl Ctr {
@@ -403,6 +405,7 @@ impl Worker {
                     container_id: String::new(),
                     cwd: PathBuf::new(),
                     sandboxed: false,
+                    privileges: None,
                 });
             }
         }
@@ -613,6 +616,7 @@ impl Worker {
             let dst = m["mountPath"].as_str().unwrap_or("").to_string();
             mounts.push(sandbox::Mount { dst, src, read_only: forced_ro || m["readOnly"] == true });
         }
+        let privileges = crate::privileges::of(&self.pod, spec)?;
         let host_network = self.pod["spec"]["hostNetwork"] == true;
         let hostname = (!host_network).then(|| self.pod["spec"]["hostname"].as_str().filter(|h| !h.is_empty()).unwrap_or(&self.name).to_string());
         let spec = sandbox::Spec {
@@ -624,6 +628,7 @@ impl Worker {
             workdir: cwd.to_path_buf(),
             hostname,
             read_only_root: spec["securityContext"]["readOnlyRootFilesystem"] == true,
+            privileges,
         };
         let _ = std::fs::remove_dir_all(&spec.layers);
         std::fs::create_dir_all(&spec.root).map_err(|e| format!("creating {}: {e}", spec.root.display()))?;
@@ -680,6 +685,9 @@ impl Worker {
             Ok(d) => pod::resolve_env(&self.pod, &spec, &d),
             Err(e) => Err(e),
         };
+        // A securityContext the runtime cannot honour (runAsNonRoot without a user) is a
+        // configuration error, as in Kubernetes.
+        let env = env.and_then(|e| crate::privileges::of(&self.pod, &spec).map(|_| e));
         let env = match env {
             Ok(e) => e,
             Err(msg) => {
@@ -705,7 +713,12 @@ impl Worker {
             Some(w) => PathBuf::from(w),
             None => self.dir.join("rootfs"),
         };
-        let _ = std::fs::create_dir_all(self.dir.join("rootfs"));
+        let scratch = self.dir.join("rootfs");
+        if std::fs::create_dir_all(&scratch).is_ok() {
+            // Writable by whatever user the containers run as, like an emptyDir.
+            use std::os::unix::fs::PermissionsExt;
+            let _ = std::fs::set_permissions(&scratch, std::fs::Permissions::from_mode(0o777));
+        }
         let plan = match self.sandbox_plan(&spec, &full_env, &cwd) {
             Ok(p) => p,
             Err(msg) => {
@@ -844,13 +857,14 @@ impl Worker {
         c.env = full_env;
         c.cwd = cwd;
         c.sandboxed = plan.is_some();
+        c.privileges = if c.sandboxed { crate::privileges::of(&self.pod, &spec).ok() } else { None };
         c.counters.clear();
         let has_startup = Probe::of(Kind::Startup, &spec).is_some();
         c.started = !has_startup;
         c.ready = !has_startup && Probe::of(Kind::Readiness, &spec).is_none() && !c.init;
         self.sh.running.lock().unwrap().insert(
             (self.uid.clone(), name.clone()),
-            Running { ns: self.ns.clone(), pod: self.name.clone(), pgid, cgroup, memory_limit, oom: c.oom.clone(), started: Instant::now(), env: c.env.clone(), cwd: c.cwd.clone(),
+            Running { ns: self.ns.clone(), pod: self.name.clone(), pgid, cgroup, memory_limit, oom: c.oom.clone(), started: Instant::now(), env: c.env.clone(), cwd: c.cwd.clone(), privileges: c.privileges.clone(),
                 log: attach_log, stdin, stdin_once: spec["stdinOnce"] == true },
         );
         if has_startup {

@@ -80,6 +80,8 @@ pub struct Spec<'a> {
     pub workdir: PathBuf,
     pub hostname: Option<String>,
     pub read_only_root: bool,
+    /// The user, groups and capabilities it runs with (`securityContext`).
+    pub privileges: crate::privileges::Privileges,
 }
 
 enum Op {
@@ -94,6 +96,7 @@ enum Op {
     RemountReadOnly(CString),
     Hostname(CString),
     PivotRoot(CString),
+    Privileges(crate::privileges::Privileges),
     Chdir(CString),
 }
 
@@ -268,6 +271,7 @@ pub fn plan(s: &Spec) -> Result<Plan, String> {
         ops.push((Op::RemountReadOnly(c"/".into()), "making the root read-only".into()));
     }
     let work_in: PathBuf = work_create.iter().fold(work_at, |p, c| p.join(c));
+    ops.push((Op::Privileges(s.privileges.clone()), "taking the container's user, groups and capabilities".into()));
     ops.push((Op::Chdir(cstr(&work_in)?), format!("changing to the working directory {}", work_in.display())));
     Ok(Plan { ops, layer_dirs })
 }
@@ -339,6 +343,7 @@ impl Plan {
                     check(libc::umount2(c".".as_ptr(), libc::MNT_DETACH))?;
                     check(libc::chdir(c"/".as_ptr()))
                 }
+                Op::Privileges(p) => p.apply(),
                 Op::Chdir(p) => check(libc::chdir(p.as_ptr())),
             }
         }
@@ -381,6 +386,7 @@ impl Plan {
 pub struct Join {
     fds: Vec<(OwnedFd, libc::c_int)>,
     cwd: CString,
+    privileges: Option<crate::privileges::Privileges>,
 }
 
 impl Join {
@@ -397,7 +403,13 @@ impl Join {
             }
         }
         let cwd = CString::new(cwd.as_os_str().as_bytes()).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in the working directory"))?;
-        Ok(Join { fds, cwd })
+        Ok(Join { fds, cwd, privileges: None })
+    }
+
+    /// Also takes the container's user, groups and capabilities (`kubectl exec`).
+    pub fn with_privileges(mut self, p: Option<crate::privileges::Privileges>) -> Join {
+        self.privileges = p;
+        self
     }
 
     /// Makes `cmd` start inside the namespaces, in the working directory.
@@ -407,6 +419,9 @@ impl Join {
             cmd.pre_exec(move || {
                 for (fd, flag) in &self.fds {
                     check(libc::setns(fd.as_raw_fd(), *flag))?;
+                }
+                if let Some(p) = &self.privileges {
+                    p.apply()?;
                 }
                 check(libc::chdir(self.cwd.as_ptr()))
             });
@@ -458,7 +473,8 @@ mod tests {
     }
 
     fn spec<'a>(t: &Path, top: &'a [Top], mounts: Vec<Mount>) -> Spec<'a> {
-        Spec { root: t.join("root"), layers: t.join("layers"), top, mounts, keep: vec![], workdir: "/".into(), hostname: None, read_only_root: false }
+        let privileges = crate::privileges::of(&serde_json::Value::Null, &serde_json::Value::Null).unwrap();
+        Spec { root: t.join("root"), layers: t.join("layers"), top, mounts, keep: vec![], workdir: "/".into(), hostname: None, read_only_root: false, privileges }
     }
 
     fn overlay_targets(p: &Plan) -> Vec<String> {

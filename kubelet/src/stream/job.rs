@@ -59,7 +59,7 @@ enum Io {
 fn spawn(target: &ExecTarget, o: &Options) -> std::io::Result<(tokio::process::Child, Io)> {
     let mut cmd = tokio::process::Command::new(&o.command[0]);
     cmd.args(&o.command[1..]).env_clear().envs(target.env.iter().map(|(k, v)| (k, v))).kill_on_drop(true);
-    crate::sandbox::Join::of(target.pid, &target.cwd)?.install(&mut cmd);
+    crate::sandbox::Join::of(target.pid, &target.cwd)?.with_privileges(target.privileges.clone()).install(&mut cmd);
     if o.tty {
         let (mut m, mut s) = (0, 0);
         // SAFETY: openpty fills two descriptors that we then own.

@@ -40,6 +40,8 @@ pub struct ExecTarget {
     pub env: Vec<(String, String)>,
     /// The working directory, as a path in the container.
     pub cwd: PathBuf,
+    /// The container's user, groups and capabilities (None: not sandboxed).
+    pub privileges: Option<crate::privileges::Privileges>,
 }
 
 /// What an attach needs of a running container: its output (as the log records it) and,

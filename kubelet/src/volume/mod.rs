@@ -108,6 +108,8 @@ impl Volumes {
         let dir = self.dir.join(name);
         if let Some(e) = v.get("emptyDir") {
             std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+            // As Kubernetes makes them: writable by any user the containers run as; with the
+            // pod's fsGroup as group, kept by what is created in it (setgid).
             if e["medium"] == "Memory" && !is_mount_point(&dir) {
                 let size = match e["sizeLimit"].as_str() {
                     Some(q) => Some(api::Quantity::parse(q).map_err(|_| format!("invalid sizeLimit {q:?}"))?.units_ceil().max(4096) as u64),
@@ -115,6 +117,8 @@ impl Volumes {
                 };
                 mount_tmpfs(&dir, size)?;
             }
+            let fs_group = pod["spec"]["securityContext"]["fsGroup"].as_u64().and_then(|g| u32::try_from(g).ok());
+            set_owner_mode(&dir, fs_group, if fs_group.is_some() { 0o2777 } else { 0o777 })?;
             return Ok(dir);
         }
         if let Some(h) = v.get("hostPath") {
@@ -287,6 +291,14 @@ fn host_path(p: &Path, kind: &str) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+fn set_owner_mode(dir: &Path, group: Option<u32>, mode: u32) -> Result<(), String> {
+    use std::os::unix::fs::PermissionsExt;
+    if let Some(g) = group {
+        std::os::unix::fs::chown(dir, None, Some(g)).map_err(|e| format!("giving {} to group {g}: {e}", dir.display()))?;
+    }
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode)).map_err(|e| format!("setting the mode of {}: {e}", dir.display()))
 }
 
 fn cpath(p: &Path) -> Result<std::ffi::CString, String> {
