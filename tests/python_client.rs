@@ -38,7 +38,7 @@ fn official_python_client_creates_lists_watches_and_gets_409_on_stale_update() {
         out.status,
         started.elapsed()
     );
-    assert!(stdout.lines().any(|l| l == "6 passed, 0 failed"), "unexpected summary:\nstdout:\n{stdout}\nstderr:\n{stderr}");
+    assert!(stdout.lines().any(|l| l == "7 passed, 0 failed"), "unexpected summary:\nstdout:\n{stdout}\nstderr:\n{stderr}");
 }
 
 /// Over TLS with a bearer token (the static token file) instead of the kubeconfig's client

@@ -364,7 +364,7 @@ impl Req<'_> {
                 }
                 schemas.prune_with(cs, obj)
             }
-            None => schemas.prune_unknown(self.info.group, self.info.version, self.info.kind, obj),
+            None => schemas.prune_unknown(self.info.group, self.info.version, self.info.kind, obj).map_err(ApiError::bad_request)?,
         };
         if unknown.is_empty() {
             return Ok(());
@@ -952,6 +952,13 @@ impl Req<'_> {
                         self.st.caches.forget(&r).await;
                         self.st.store.delete(DeleteRequest { range: KeyRange::Prefix(Bytes::from(r.prefix(None))), prev_kv: false }).await?;
                     }
+                }
+                // Pods and Services answer with the object deleted (their stores'
+                // ReturnDeletedObject in Kubernetes), typed clients deserialize it as one;
+                // every other resource answers a Status of Success.
+                if self.info.group.is_empty() && matches!(self.info.kind, "Pod" | "Service") {
+                    let s = Stored::parse(&encode_stored(&cur.obj)).map_err(ApiError::internal)?;
+                    return Ok(self.respond_object(StatusCode::OK, &s, cur.mod_revision));
                 }
                 return Ok(json_value(StatusCode::OK, &json!({
                     "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success",

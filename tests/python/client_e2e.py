@@ -119,6 +119,24 @@ def check_missing_is_404(v1):
     expect_api_error(404, "read missing namespace", v1.read_namespace, "no-such-namespace")
 
 
+def check_delete_answers_typed_objects(v1):
+    """(f0) deleting a pod or a service answers the object (the typed client's model)."""
+    pod = client.V1Pod(metadata=meta("deleted-now"), spec=client.V1PodSpec(node_name="no-such-node",
+                       containers=[client.V1Container(name="c", image="busybox")]))
+    v1.create_namespaced_pod(NS, pod)
+    got = v1.delete_namespaced_pod("deleted-now", NS, grace_period_seconds=0)
+    assert got.kind == "Pod" and got.metadata.name == "deleted-now", f"delete pod answered {got.kind} {got.metadata}"
+    svc = client.V1Service(metadata=meta("deleted-svc"), spec=client.V1ServiceSpec(ports=[client.V1ServicePort(port=80)]))
+    v1.create_namespaced_service(NS, svc)
+    got = v1.delete_namespaced_service("deleted-svc", NS)
+    assert got.kind == "Service" and got.metadata.name == "deleted-svc", f"delete service answered {got.kind} {got.metadata}"
+    # Other resources answer a Status of Success.
+    v1.create_namespaced_config_map(NS, client.V1ConfigMap(metadata=meta("deleted-cm")))
+    got = v1.delete_namespaced_config_map("deleted-cm", NS)
+    status = got.get("status") if isinstance(got, dict) else got.status
+    assert status == "Success", f"delete configmap answered {got}"
+
+
 def check_delete_namespace(v1):
     """(f) deleting the namespace: afterwards it is gone or terminating."""
     v1.delete_namespace(NS)
@@ -139,6 +157,7 @@ CHECKS = [
     ("watch from resourceVersion sees MODIFIED", check_watch_from_resource_version),
     ("replace with stale resourceVersion is 409", check_stale_replace_conflicts),
     ("read missing object is 404", check_missing_is_404),
+    ("delete answers typed objects", check_delete_answers_typed_objects),
     ("delete namespace", check_delete_namespace),
 ]
 
