@@ -515,3 +515,19 @@ fn pages_of_a_list_come_from_one_snapshot_while_writes_go_on() {
     assert_eq!(names, vec!["c0", "c1", "c2", "c3", "c4"]);
     assert!(rvs.windows(2).all(|w| w[0] == w[1]), "every page is at one revision: {rvs:?}");
 }
+
+#[test]
+fn values_of_the_wrong_type_are_refused_and_nothing_is_stored() {
+    let c = Cluster::start_with(tempfile::tempdir().unwrap(), &["--no-local-node"]);
+    let m = c.write("cm.yaml", "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: typed}\ndata: {a: 1}\n");
+    let e = c.fails(&["create", "-f", path_str(&m)]);
+    assert!(
+        e.contains("ConfigMap in version \"v1\" cannot be handled as a ConfigMap: json: cannot unmarshal number into Go struct field ConfigMap.data of type string"),
+        "{e}"
+    );
+    let e = c.fails(&["get", "configmap", "typed"]);
+    assert!(e.contains("NotFound"), "{e}");
+    let m = c.write("d.yaml", "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: d}\nspec:\n  replicas: 1\n  selector: {matchLabels: {a: b}}\n  template:\n    metadata: {labels: {a: b}}\n    spec: {containers: {name: c, image: i}}\n");
+    let e = c.fails(&["create", "-f", path_str(&m)]);
+    assert!(e.contains("cannot unmarshal object into Go struct field Deployment.spec.template.spec.containers of type []v1.Container"), "{e}");
+}

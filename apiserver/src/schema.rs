@@ -112,20 +112,36 @@ impl Schemas {
     }
 
     /// Removes the fields of `obj` that its kind's schema does not define and returns their
-    /// paths (`spec.foo`, `spec.containers[0].bar`).
-    pub fn prune_unknown(&self, group: &str, version: &str, kind: &str, obj: &mut Value) -> Vec<String> {
+    /// paths (`spec.foo`, `spec.containers[0].bar`). A value of the wrong type (a number
+    /// where the type says string, an object where it says list) is an error, worded as
+    /// Kubernetes' decoder words it: nothing is removed then.
+    pub fn prune_unknown(&self, group: &str, version: &str, kind: &str, obj: &mut Value) -> Result<Vec<String>, String> {
         match self.name_of(group, version, kind).and_then(|n| self.components.get(n)) {
-            Some(s) => self.prune(s, obj),
-            None => Vec::new(),
+            Some(s) => {
+                let mut bad = None;
+                let out = self.prune_checked(s, obj, &mut bad);
+                match bad {
+                    Some(b) => Err(format!("{kind} in version {version:?} cannot be handled as a {kind}: {}", b.message(kind))),
+                    None => Ok(out),
+                }
+            }
+            None => Ok(Vec::new()),
         }
     }
 
     /// Finds unknown fields with a read-only walk that allocates only for what it finds, then
     /// removes them.
     fn prune(&self, schema: &Value, obj: &mut Value) -> Vec<String> {
+        self.prune_checked(schema, obj, &mut None)
+    }
+
+    fn prune_checked(&self, schema: &Value, obj: &mut Value, bad: &mut Option<BadType>) -> Vec<String> {
         let found: Vec<Vec<Owned>> = {
             let mut found: Vec<Vec<Step>> = Vec::new();
-            self.find_unknown(schema, obj, &mut Vec::new(), &mut found);
+            self.find_unknown(schema, obj, &mut Vec::new(), &mut found, bad);
+            if bad.is_some() {
+                return Vec::new();
+            }
             found.iter().map(|p| p.iter().map(Step::owned).collect()).collect()
         };
         let mut out = Vec::with_capacity(found.len());
@@ -136,9 +152,16 @@ impl Schemas {
         out
     }
 
-    fn find_unknown<'v>(&self, schema: &Value, v: &'v Value, path: &mut Vec<Step<'v>>, out: &mut Vec<Vec<Step<'v>>>) {
+    fn find_unknown<'v>(&self, schema: &Value, v: &'v Value, path: &mut Vec<Step<'v>>, out: &mut Vec<Vec<Step<'v>>>, bad: &mut Option<BadType>) {
+        let reference = schema.get("$ref").and_then(|r| r.as_str()).and_then(|r| r.strip_prefix(COMPONENTS));
         let schema = self.resolve(schema);
         if schema.get("x-kubernetes-preserve-unknown-fields").and_then(|x| x.as_bool()) == Some(true) {
+            return;
+        }
+        if bad.is_none()
+            && let Some(want) = wrong_type(schema, reference, v)
+        {
+            *bad = Some(BadType { path: path.iter().map(Step::owned).collect(), got: type_name(v), want });
             return;
         }
         match v {
@@ -149,9 +172,10 @@ impl Schemas {
                     return; // free-form (e.g. RawExtension) or not an object schema
                 }
                 for (k, x) in m {
-                    path.push(Step::Key(k));
-                    match props.and_then(|p| p.get(k)).or(additional) {
-                        Some(ps) => self.find_unknown(ps, x, path, out),
+                    let in_props = props.and_then(|p| p.get(k));
+                    path.push(if in_props.is_some() { Step::Key(k) } else { Step::MapKey(k) });
+                    match in_props.or(additional) {
+                        Some(ps) => self.find_unknown(ps, x, path, out, bad),
                         None => out.push(path.clone()),
                     }
                     path.pop();
@@ -161,7 +185,7 @@ impl Schemas {
                 if let Some(items) = schema.get("items") {
                     for (i, x) in a.iter().enumerate() {
                         path.push(Step::Index(i));
-                        self.find_unknown(items, x, path, out);
+                        self.find_unknown(items, x, path, out, bad);
                         path.pop();
                     }
                 }
@@ -200,12 +224,15 @@ impl Schemas {
 #[derive(Clone, Copy, Debug)]
 enum Step<'a> {
     Key(&'a str),
+    /// A key of a map (not a field: Go's messages leave it out).
+    MapKey(&'a str),
     Index(usize),
 }
 
 /// A step that outlives the value it was found in.
 enum Owned {
     Key(String),
+    MapKey(String),
     Index(usize),
 }
 
@@ -213,6 +240,7 @@ impl Step<'_> {
     fn owned(&self) -> Owned {
         match self {
             Step::Key(k) => Owned::Key(k.to_string()),
+            Step::MapKey(k) => Owned::MapKey(k.to_string()),
             Step::Index(i) => Owned::Index(*i),
         }
     }
@@ -222,7 +250,7 @@ fn render(path: &[Owned]) -> String {
     let mut s = String::new();
     for p in path {
         match p {
-            Owned::Key(k) => {
+            Owned::Key(k) | Owned::MapKey(k) => {
                 if !s.is_empty() {
                     s.push('.');
                 }
@@ -239,7 +267,7 @@ fn remove_at(v: &mut Value, path: &[Owned]) {
     let mut cur = v;
     for p in parent {
         let next = match p {
-            Owned::Key(k) => cur.get_mut(k.as_str()),
+            Owned::Key(k) | Owned::MapKey(k) => cur.get_mut(k.as_str()),
             Owned::Index(i) => cur.get_mut(*i),
         };
         match next {
@@ -247,9 +275,78 @@ fn remove_at(v: &mut Value, path: &[Owned]) {
             None => return,
         }
     }
-    if let (Owned::Key(k), Some(m)) = (last, cur.as_object_mut()) {
+    if let (Owned::Key(k) | Owned::MapKey(k), Some(m)) = (last, cur.as_object_mut()) {
         m.remove(k);
     }
+}
+
+/// A value whose JSON type the kind's type cannot hold.
+pub struct BadType {
+    path: Vec<Owned>,
+    got: &'static str,
+    want: String,
+}
+
+impl BadType {
+    /// As Go's JSON decoder says it: `json: cannot unmarshal number into Go struct field
+    /// ConfigMap.data of type string`.
+    fn message(&self, kind: &str) -> String {
+        let got = match self.got {
+            "integer" => "number",
+            "boolean" => "bool",
+            other => other,
+        };
+        let mut field = kind.to_string();
+        for p in &self.path {
+            if let Owned::Key(k) = p {
+                field.push('.');
+                field.push_str(k);
+            }
+        }
+        format!("json: cannot unmarshal {got} into Go struct field {field} of type {}", self.want)
+    }
+}
+
+/// Go's name of the type a schema describes (`string`, `int32`, `[]v1.Container`,
+/// `map[string]string`, `v1.PodSpec`).
+fn go_type(schema: &Value, reference: Option<&str>, resolve: &dyn Fn(&Value) -> (Option<String>, Value)) -> String {
+    if let Some(r) = reference {
+        let mut parts = r.rsplit('.');
+        let (name, version) = (parts.next().unwrap_or(r), parts.next().unwrap_or(""));
+        return if version.is_empty() { name.to_string() } else { format!("{version}.{name}") };
+    }
+    match schema.get("type").and_then(|t| t.as_str()) {
+        Some("integer") => schema.get("format").and_then(|f| f.as_str()).unwrap_or("int64").to_string(),
+        Some("number") => "float64".into(),
+        Some("boolean") => "bool".into(),
+        Some("array") => {
+            let (r, items) = resolve(schema.get("items").unwrap_or(&Value::Null));
+            format!("[]{}", go_type(&items, r.as_deref(), resolve))
+        }
+        Some("object") if schema.get("additionalProperties").is_some_and(|a| a.is_object()) => {
+            let (r, inner) = resolve(&schema["additionalProperties"]);
+            format!("map[string]{}", go_type(&inner, r.as_deref(), resolve))
+        }
+        Some(t) => t.to_string(),
+        None => "interface {}".into(),
+    }
+}
+
+/// What the schema's type is when `v` cannot be decoded into it (None when it can). Null
+/// decodes into anything; quantities and int-or-strings take numbers and strings.
+fn wrong_type(schema: &Value, reference: Option<&str>, v: &Value) -> Option<String> {
+    let t = schema.get("type").and_then(|t| t.as_str())?;
+    if v.is_null() || schema.get("x-kubernetes-int-or-string").is_some() || schema.get("format").and_then(|f| f.as_str()) == Some("int-or-string") {
+        return None;
+    }
+    let quantity = reference.is_some_and(|r| r.ends_with(".Quantity")) || schema.get("description").and_then(|d| d.as_str()).is_some_and(|d| d.starts_with("Quantity is a fixed-point"));
+    let actual = type_name(v);
+    let ok = actual == t || (t == "number" && actual == "integer") || (quantity && matches!(actual, "integer" | "number" | "string"));
+    if ok {
+        return None;
+    }
+    let name_of = |s: &Value| (s.get("$ref").and_then(|r| r.as_str()).and_then(|r| r.strip_prefix(COMPONENTS)).map(String::from), s.clone());
+    Some(go_type(schema, reference, &name_of))
 }
 
 fn type_name(v: &Value) -> &'static str {
@@ -336,10 +433,33 @@ mod tests {
             "metadata": {"name": "d", "labels": {"any": "label"}, "bogus": 1},
             "spec": {"replicas": 1, "replicaz": 2, "template": {"spec": {"containers": [{"name": "c", "image": "i", "imagee": "x"}]}}},
         });
-        let mut unknown = s.prune_unknown("apps", "v1", "Deployment", &mut obj);
+        let mut unknown = s.prune_unknown("apps", "v1", "Deployment", &mut obj).unwrap();
         unknown.sort();
         assert_eq!(unknown, vec!["metadata.bogus", "spec.replicaz", "spec.template.spec.containers[0].imagee"]);
         assert!(obj["spec"].get("replicaz").is_none());
         assert_eq!(obj["metadata"]["labels"]["any"], "label", "maps take any key");
+    }
+
+    #[test]
+    fn values_of_the_wrong_type_are_refused_as_kubernetes_words_it() {
+        let reg = Registry::new();
+        let s = Schemas::get(&reg);
+        let mut cm = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c"}, "data": {"a": 1}});
+        assert_eq!(
+            s.prune_unknown("", "v1", "ConfigMap", &mut cm).unwrap_err(),
+            "ConfigMap in version \"v1\" cannot be handled as a ConfigMap: json: cannot unmarshal number into Go struct field ConfigMap.data of type string"
+        );
+        let mut cm = json!({"kind": "ConfigMap", "metadata": {"name": "c"}, "data": {"a": ["x"]}});
+        assert!(s.prune_unknown("", "v1", "ConfigMap", &mut cm).unwrap_err().contains("cannot unmarshal array into Go struct field ConfigMap.data of type string"));
+        let mut pod = json!({"kind": "Pod", "metadata": {"name": "p"}, "spec": {"containers": {"name": "c"}}});
+        let e = s.prune_unknown("", "v1", "Pod", &mut pod).unwrap_err();
+        assert!(e.contains("cannot unmarshal object into Go struct field Pod.spec.containers of type []v1.Container"), "{e}");
+        // What Kubernetes accepts: quantities as numbers, int-or-strings, nulls.
+        let mut ok = json!({"kind": "Pod", "metadata": {"name": "p", "labels": null}, "spec": {"containers": [{"name": "c", "image": "i",
+            "resources": {"limits": {"cpu": 1, "memory": "1Gi"}}, "ports": [{"containerPort": 80}],
+            "readinessProbe": {"httpGet": {"port": "http"}}, "livenessProbe": {"httpGet": {"port": 8080}}}]}});
+        assert_eq!(s.prune_unknown("", "v1", "Pod", &mut ok).unwrap(), Vec::<String>::new());
+        let mut d = json!({"kind": "Deployment", "metadata": {"name": "d"}, "spec": {"replicas": "3"}});
+        assert!(s.prune_unknown("apps", "v1", "Deployment", &mut d).unwrap_err().contains("cannot unmarshal string into Go struct field Deployment.spec.replicas of type int32"));
     }
 }
