@@ -346,3 +346,38 @@ fn pods_of_a_stopped_node_are_evicted_and_recreated_elsewhere() {
         c.ok(&["get", "events", "--field-selector", "reason=TaintManagerEviction", "-o", "jsonpath={.items[*].message}"]).contains("Marking for deletion Pod default/web-")
     });
 }
+
+#[test]
+fn orphaned_pods_and_replicasets_are_adopted_not_duplicated() {
+    let c = Cluster::start_with(tempfile::tempdir().unwrap(), &["--no-local-node"]);
+    let d = c.write(
+        "web.yaml",
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: web}\nspec:\n  replicas: 2\n  selector: {matchLabels: {app: web}}\n  template:\n    metadata: {labels: {app: web}}\n    spec: {containers: [{name: c, image: nginx}]}\n",
+    );
+    c.ok(&["apply", "-f", path_str(&d)]);
+    let pods = || c.ok(&["get", "pods", "-l", "app=web", "-o", "jsonpath={range .items[*]}{.metadata.name}={.metadata.ownerReferences[0].kind}/{.metadata.ownerReferences[0].uid} {end}"]);
+    wait_until("two pods owned by the deployment's ReplicaSet", || pods().split_whitespace().filter(|p| p.contains("=ReplicaSet/")).count() == 2);
+    let before: Vec<String> = pods().split_whitespace().map(|p| p.split('=').next().unwrap().to_string()).collect();
+    // Orphan the ReplicaSet, then its pods.
+    c.ok(&["delete", "deployment", "web", "--cascade=orphan"]);
+    wait_until("the deployment gone and its ReplicaSet orphaned", || {
+        c.kubectl_with(KUBECTL, &["get", "deployment", "web"]).status.code() == Some(1)
+            && c.ok(&["get", "rs", "-l", "app=web", "-o", "jsonpath={.items[*].metadata.ownerReferences}"]).trim().is_empty()
+    });
+    // A new Deployment adopts the orphaned ReplicaSet instead of making another.
+    c.ok(&["apply", "-f", path_str(&d)]);
+    wait_until("the ReplicaSet adopted by the new deployment", || c.ok(&["get", "rs", "-l", "app=web", "-o", "jsonpath={.items[*].metadata.ownerReferences[0].kind}"]).trim() == "Deployment");
+    assert_eq!(c.ok(&["get", "rs", "-l", "app=web", "-o", "name"]).lines().count(), 1);
+    // Now orphan the pods, and let the Deployment make its ReplicaSet again: it adopts them.
+    let rs = c.ok(&["get", "rs", "-l", "app=web", "-o", "jsonpath={.items[0].metadata.name}"]);
+    c.ok(&["delete", "deployment", "web", "--cascade=orphan"]);
+    c.ok(&["delete", "rs", &rs, "--cascade=orphan"]);
+    wait_until("the pods orphaned", || {
+        c.kubectl_with(KUBECTL, &["get", "rs", &rs]).status.code() == Some(1) && pods().split_whitespace().all(|p| p.ends_with("=/")) && pods().split_whitespace().count() == 2
+    });
+    c.ok(&["apply", "-f", path_str(&d)]);
+    wait_until("the new ReplicaSet to own both pods", || pods().split_whitespace().filter(|p| p.contains("=ReplicaSet/")).count() == 2);
+    let after: Vec<String> = pods().split_whitespace().map(|p| p.split('=').next().unwrap().to_string()).collect();
+    assert_eq!(after, before, "the same two pods, adopted, and no new ones");
+    assert_eq!(c.ok(&["get", "rs", &rs, "-o", "jsonpath={.status.replicas}"]), "2");
+}

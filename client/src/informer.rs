@@ -54,6 +54,12 @@ struct Cache {
     objects: HashMap<String, Arc<Value>>,
     by_owner: HashMap<String, HashSet<String>>,
     by_uid: HashMap<String, String>,
+    /// Objects without a controller, by namespace (what controllers may adopt).
+    orphans: HashMap<String, HashSet<String>>,
+}
+
+fn namespace_of(v: &Value) -> &str {
+    v["metadata"]["namespace"].as_str().unwrap_or("")
 }
 
 impl Cache {
@@ -64,6 +70,9 @@ impl Cache {
         }
         if let Some(u) = v["metadata"]["uid"].as_str() {
             self.by_uid.insert(u.to_string(), key.clone());
+        }
+        if controller_of(&v).is_none() {
+            self.orphans.entry(namespace_of(&v).to_string()).or_default().insert(key.clone());
         }
         self.objects.insert(key, v);
         old
@@ -81,6 +90,14 @@ impl Cache {
         }
         if let Some(u) = old["metadata"]["uid"].as_str() {
             self.by_uid.remove(u);
+        }
+        if controller_of(&old).is_none()
+            && let Some(s) = self.orphans.get_mut(namespace_of(&old))
+        {
+            s.remove(key);
+            if s.is_empty() {
+                self.orphans.remove(namespace_of(&old));
+            }
         }
         Some(old)
     }
@@ -128,6 +145,12 @@ impl Informer {
     pub fn owned_by(&self, uid: &str) -> Vec<Arc<Value>> {
         let c = self.cache.read().unwrap();
         c.by_owner.get(uid).into_iter().flatten().filter_map(|k| c.objects.get(k).cloned()).collect()
+    }
+
+    /// Objects in namespace `ns` that no controller owns.
+    pub fn orphans_in(&self, ns: &str) -> Vec<Arc<Value>> {
+        let c = self.cache.read().unwrap();
+        c.orphans.get(ns).into_iter().flatten().filter_map(|k| c.objects.get(k).cloned()).collect()
     }
 
     pub fn has_synced(&self) -> bool {

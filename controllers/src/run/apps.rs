@@ -13,10 +13,10 @@ pub(super) async fn sync_replicaset(ctx: &Ctx, key: &str) -> Res {
     if rs["metadata"].get("deletionTimestamp").is_some() {
         return Ok(None);
     }
-    let uid = rs["metadata"]["uid"].as_str().unwrap_or("");
-    let pods: Vec<Arc<Value>> = ctx.pods.owned_by(uid).into_iter().filter(|p| controller_of(p).is_some_and(|o| o["uid"] == uid)).collect();
+    let (ns, rs_name) = split(key);
+    let rs_path = format!("/apis/apps/v1/namespaces/{ns}/replicasets/{rs_name}");
+    let pods = claimed_pods(ctx, Ctl::ReplicaSet, &rs, ("apps/v1", "ReplicaSet"), &rs_path).await?;
     let active: Vec<Arc<Value>> = pods.iter().filter(|p| is_active(p)).cloned().collect();
-    let (ns, _) = split(key);
     if ctx.exp.satisfied(key) {
         let d = rsc::decide(rs["spec"]["replicas"].as_i64().unwrap_or(1), &active);
         if d.create > 0 || !d.delete.is_empty() {
@@ -99,7 +99,12 @@ pub(super) async fn sync_deployment(ctx: &Ctx, key: &str) -> Res {
     }
     let (ns, name) = split(key);
     let uid = d["metadata"]["uid"].as_str().unwrap_or("");
-    let rss: Vec<Arc<Value>> = ctx.rs.owned_by(uid).into_iter().filter(|r| controller_of(r).is_some_and(|o| o["uid"] == uid) && r["metadata"].get("deletionTimestamp").is_none()).collect();
+    // The ReplicaSets it controls, orphans its selector matches adopted (ControllerRefManager).
+    let owned: Vec<Arc<Value>> = ctx.rs.owned_by(uid).into_iter().filter(|r| controller_of(r).is_some_and(|o| o["uid"] == uid)).collect();
+    let rs_path = |r: &Value| format!("/apis/apps/v1/namespaces/{ns}/replicasets/{}", r["metadata"]["name"].as_str().unwrap_or(""));
+    let d_path = format!("/apis/apps/v1/namespaces/{ns}/deployments/{name}");
+    let claimed = super::adopt::claim(ctx.c(Ctl::Deployment), &d, &d_path, ("apps/v1", "Deployment"), &d["spec"]["selector"], owned, ctx.rs.orphans_in(ns), rs_path).await?;
+    let rss: Vec<Arc<Value>> = claimed.into_iter().filter(|r| r["metadata"].get("deletionTimestamp").is_none()).collect();
     let template = &d["spec"]["template"];
     let hash = dep::template_hash(template);
     // The new set is the one whose template, without the hash label, is the deployment's

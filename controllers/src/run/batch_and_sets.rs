@@ -11,6 +11,16 @@ pub(super) fn owned_pods(ctx: &Ctx, uid: &str) -> Vec<Arc<Value>> {
     ctx.pods.owned_by(uid).into_iter().filter(|p| controller_of(p).is_some_and(|o| o["uid"] == uid)).collect()
 }
 
+/// The pods `owner` controls, after adopting the orphans its selector matches and releasing
+/// those it no longer does (`adopt.rs`). `kind` is (apiVersion, kind); `owner_path` its path.
+pub(super) async fn claimed_pods(ctx: &Ctx, ctl: Ctl, owner: &Value, kind: (&str, &str), owner_path: &str) -> Result<Vec<Arc<Value>>, String> {
+    let ns = owner["metadata"]["namespace"].as_str().unwrap_or("").to_string();
+    let owned = owned_pods(ctx, owner["metadata"]["uid"].as_str().unwrap_or(""));
+    let orphans = ctx.pods.orphans_in(&ns);
+    let path = |p: &Value| format!("/api/v1/namespaces/{ns}/pods/{}", p["metadata"]["name"].as_str().unwrap_or(""));
+    super::adopt::claim(ctx.c(ctl), owner, owner_path, kind, &owner["spec"]["selector"], owned, orphans, path).await
+}
+
 pub(super) fn pod_for(owner: &Value, api_version: &str, kind: &str, name: Option<String>) -> Value {
     let t = &owner["spec"]["template"];
     let mut meta = if t["metadata"].is_object() { t["metadata"].clone() } else { json!({}) };
@@ -69,7 +79,7 @@ pub(super) async fn sync_job(ctx: &Ctx, key: &str) -> Res {
     if job["metadata"].get("deletionTimestamp").is_some() || job["spec"]["suspend"].as_bool() == Some(true) {
         return Ok(None);
     }
-    let pods = owned_pods(ctx, job["metadata"]["uid"].as_str().unwrap_or(""));
+    let pods = claimed_pods(ctx, Ctl::Job, &job, ("batch/v1", "Job"), &path).await?;
     let start = podutil::ts(&job["status"]["startTime"]).unwrap_or(now_unix());
     let step = workloads::job_step(&job, &pods, now_unix() - start);
     let (active, succeeded, failed) = workloads::job_counts(&pods);
@@ -116,7 +126,8 @@ pub(super) async fn sync_daemonset(ctx: &Ctx, key: &str) -> Res {
     }
     let (ns, name) = split(key);
     let hash = dep::template_hash(&ds["spec"]["template"]);
-    let pods: Vec<Arc<Value>> = owned_pods(ctx, ds["metadata"]["uid"].as_str().unwrap_or("")).into_iter().filter(|p| is_active(p)).collect();
+    let ds_path = format!("/apis/apps/v1/namespaces/{ns}/daemonsets/{name}");
+    let pods: Vec<Arc<Value>> = claimed_pods(ctx, Ctl::DaemonSet, &ds, ("apps/v1", "DaemonSet"), &ds_path).await?.into_iter().filter(|p| is_active(p)).collect();
     let node_of = |p: &Value| -> String {
         p["spec"]["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"][0]["matchFields"][0]["values"][0]
             .as_str()
@@ -178,7 +189,7 @@ pub(super) async fn sync_statefulset(ctx: &Ctx, key: &str) -> Res {
     let (ns, name) = split(key);
     let hash = dep::template_hash(&sts["spec"]["template"]);
     let rev = format!("{name}-{hash}");
-    let all = owned_pods(ctx, sts["metadata"]["uid"].as_str().unwrap_or(""));
+    let all = claimed_pods(ctx, Ctl::StatefulSet, &sts, ("apps/v1", "StatefulSet"), &format!("/apis/apps/v1/namespaces/{ns}/statefulsets/{name}")).await?;
     let pods: Vec<Arc<Value>> = all.iter().filter(|p| p["metadata"].get("deletionTimestamp").is_none()).cloned().collect();
     let terminating = all.len() != pods.len();
     let replicas = sts["spec"]["replicas"].as_i64().unwrap_or(1);

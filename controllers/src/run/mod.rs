@@ -20,6 +20,7 @@ use crate::identity::{Clients, Ctl};
 use crate::podutil::{self, is_active, selector_matches};
 use crate::replicaset::{self as rsc, Expectations};
 
+mod adopt;
 mod apps;
 mod batch_and_sets;
 mod lifecycle;
@@ -370,6 +371,18 @@ impl Controllers {
             let (q, x) = (rsq.clone(), Arc::downgrade(&ctx));
             ctx.pods.on_change(move |ch| {
                 let Some(ctx) = x.upgrade() else { return };
+                // An orphan (or a pod whose labels changed) may be adopted by any set whose
+                // selector matches it.
+                if let Change::Added(p) | Change::Modified { new: p, .. } = ch
+                    && controller_of(p).is_none()
+                    && p["metadata"].get("deletionTimestamp").is_none()
+                {
+                    for r in ctx.rs.list() {
+                        if r["metadata"]["namespace"] == p["metadata"]["namespace"] && selector_matches(&r["spec"]["selector"], &p["metadata"]["labels"]) {
+                            q.add(key_of(&r));
+                        }
+                    }
+                }
                 match ch {
                     Change::Added(p) => {
                         if let Some(k) = owner_key(p, "ReplicaSet") {
@@ -401,11 +414,19 @@ impl Controllers {
                 let v = ch.object();
                 q.add(key_of(v));
             });
-            let q = dq.clone();
+            let (q, x) = (dq.clone(), Arc::downgrade(&ctx));
             ctx.rs.on_change(move |ch| {
                 let v = ch.object();
                 if let Some(k) = owner_key(v, "Deployment") {
                     q.add(k);
+                } else if let Some(ctx) = x.upgrade()
+                    && controller_of(v).is_none()
+                {
+                    for d in ctx.deploy.list() {
+                        if d["metadata"]["namespace"] == v["metadata"]["namespace"] && selector_matches(&d["spec"]["selector"], &v["metadata"]["labels"]) {
+                            q.add(key_of(&d));
+                        }
+                    }
                 }
             });
         }
