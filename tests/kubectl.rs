@@ -531,3 +531,31 @@ fn values_of_the_wrong_type_are_refused_and_nothing_is_stored() {
     let e = c.fails(&["create", "-f", path_str(&m)]);
     assert!(e.contains("cannot unmarshal object into Go struct field Deployment.spec.template.spec.containers of type []v1.Container"), "{e}");
 }
+
+#[test]
+fn server_side_apply_co_owns_equal_values_and_writes_nothing_for_a_no_op() {
+    let c = Cluster::start_with(tempfile::tempdir().unwrap(), &["--no-local-node"]);
+    let m = c.write("cm.yaml", "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: ssa}\ndata: {a: \"1\", b: \"2\"}\n");
+    let rv = || c.ok(&["get", "cm", "ssa", "-o", "jsonpath={.metadata.resourceVersion}"]);
+    c.ok(&["create", "-f", path_str(&m)]);
+    c.ok(&["apply", "--server-side", "-f", path_str(&m)]);
+    let first = rv();
+    // The same manifest again changes nothing: not written, same resourceVersion.
+    c.ok(&["apply", "--server-side", "-f", path_str(&m)]);
+    assert_eq!(rv(), first, "a no-op apply was written");
+    // Another manager applying equal values co-owns them, no conflict.
+    c.ok(&["apply", "--server-side", "--field-manager", "other", "-f", path_str(&m)]);
+    let owners = c.ok(&["get", "cm", "ssa", "--show-managed-fields", "-o", "jsonpath={range .metadata.managedFields[*]}{.manager}={.fieldsV1} {end}"]);
+    assert!(owners.contains("kubectl={\"f:data\":{\"f:a\":{},\"f:b\":{}}}") && owners.contains("other={\"f:data\":{\"f:a\":{},\"f:b\":{}}}"), "{owners}");
+    // A different value conflicts, unless forced.
+    let m2 = c.write("cm2.yaml", "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: ssa}\ndata: {a: \"9\", b: \"2\"}\n");
+    let e = c.fails(&["apply", "--server-side", "--field-manager", "other", "-f", path_str(&m2)]);
+    assert!(e.contains("Apply failed with") && e.contains("conflict with \"kubectl\": .data.a"), "{e}");
+    c.ok(&["apply", "--server-side", "--field-manager", "other", "--force-conflicts", "-f", path_str(&m2)]);
+    assert_eq!(c.ok(&["get", "cm", "ssa", "-o", "jsonpath={.data.a}"]), "9");
+    // A label set to the value it has is not a write either.
+    c.ok(&["label", "cm", "ssa", "x=y"]);
+    let labelled = rv();
+    c.ok(&["label", "cm", "ssa", "x=y", "--overwrite"]);
+    assert_eq!(rv(), labelled);
+}

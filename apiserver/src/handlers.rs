@@ -778,6 +778,12 @@ impl Req<'_> {
             }
             return Ok(None);
         }
+        // A write that changes nothing is not written (Kubernetes' GuaranteedUpdate): the
+        // object keeps its resourceVersion and no watcher sees an event.
+        if unchanged(&cur.obj, &next) {
+            let s = Stored::parse(&encode_stored(&cur.obj)).map_err(ApiError::internal)?;
+            return Ok(Some(self.respond_object(StatusCode::OK, &s, cur.mod_revision)));
+        }
         match self.cas_put(key, cur.mod_revision, &next).await? {
             Some((s, rev)) => Ok(Some(self.respond_object(StatusCode::OK, &s, rev))),
             None => Ok(None),
@@ -988,6 +994,23 @@ impl Req<'_> {
         Ok(json_value(StatusCode::OK, &out))
     }
 
+}
+
+/// Whether `next` is `cur` but for its resourceVersion.
+fn unchanged(cur: &Value, next: &Value) -> bool {
+    let (Some(a), Some(b)) = (cur.as_object(), next.as_object()) else { return false };
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().all(|(k, v)| match b.get(k) {
+        None => false,
+        Some(w) if k == "metadata" => {
+            let (Some(ma), Some(mb)) = (v.as_object(), w.as_object()) else { return v == w };
+            let rv = |m: &serde_json::Map<String, Value>| m.keys().filter(|k| *k != "resourceVersion").count();
+            rv(ma) == rv(mb) && ma.iter().filter(|(k, _)| *k != "resourceVersion").all(|(k, x)| mb.get(k) == Some(x))
+        }
+        Some(w) => v == w,
+    })
 }
 
 /// A YAML body (one document) as JSON.

@@ -451,7 +451,12 @@ pub fn apply(
                 m.fields.retain(|p| !new_set.contains(p) || get(current, p) == get(applied, p));
             }
     }
-    entry(&mut managed, manager, "Apply", api_version, now).fields = new_set;
+    // The entry's time moves only when its fields do: an apply that changes nothing leaves
+    // the object as it was (and so is not written).
+    let same = managed.iter().any(|m| m.manager == manager && m.operation == "Apply" && m.fields == new_set && m.api_version == api_version);
+    if !same {
+        entry(&mut managed, manager, "Apply", api_version, now).fields = new_set;
+    }
     for m in managed.iter_mut() {
         m.fields.retain(|p| get(&obj, p).is_some());
     }
