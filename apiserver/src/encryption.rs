@@ -316,6 +316,13 @@ pub fn seal(key: &[u8], plain: Bytes) -> Result<Bytes, String> {
     }
 }
 
+/// Whether values under `key` are sealed by a configured provider: their writes are never
+/// skipped as no-ops, since rewriting is how they move to a new key (Kubernetes writes a
+/// value read with a key that is not the first, its "stale" transform).
+pub fn configured_for(key: &[u8]) -> bool {
+    CONFIG.get().is_some_and(|c| c.providers_for(key).is_some())
+}
+
 /// A stored value as plaintext.
 pub fn open(key: &[u8], value: &Bytes) -> Result<Bytes, String> {
     match CONFIG.get() {

@@ -780,7 +780,7 @@ impl Req<'_> {
         }
         // A write that changes nothing is not written (Kubernetes' GuaranteedUpdate): the
         // object keeps its resourceVersion and no watcher sees an event.
-        if unchanged(&cur.obj, &next) {
+        if unchanged(&cur.obj, &next) && !crate::encryption::configured_for(key.as_bytes()) {
             let s = Stored::parse(&encode_stored(&cur.obj)).map_err(ApiError::internal)?;
             return Ok(Some(self.respond_object(StatusCode::OK, &s, cur.mod_revision)));
         }

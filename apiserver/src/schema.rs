@@ -336,6 +336,12 @@ fn go_type(schema: &Value, reference: Option<&str>, resolve: &dyn Fn(&Value) -> 
 /// decodes into anything; quantities and int-or-strings take numbers and strings.
 fn wrong_type(schema: &Value, reference: Option<&str>, v: &Value) -> Option<String> {
     let t = schema.get("type").and_then(|t| t.as_str())?;
+    // Types that decode from several JSON types (any JSON, a schema or a list of them, a
+    // schema or a bool, ...).
+    const ANY: [&str; 5] = [".JSON", ".JSONSchemaPropsOrArray", ".JSONSchemaPropsOrBool", ".JSONSchemaPropsOrStringArray", ".RawExtension"];
+    if reference.is_some_and(|r| ANY.iter().any(|a| r.ends_with(a))) {
+        return None;
+    }
     if v.is_null() || schema.get("x-kubernetes-int-or-string").is_some() || schema.get("format").and_then(|f| f.as_str()) == Some("int-or-string") {
         return None;
     }
@@ -459,6 +465,10 @@ mod tests {
             "resources": {"limits": {"cpu": 1, "memory": "1Gi"}}, "ports": [{"containerPort": 80}],
             "readinessProbe": {"httpGet": {"port": "http"}}, "livenessProbe": {"httpGet": {"port": 8080}}}]}});
         assert_eq!(s.prune_unknown("", "v1", "Pod", &mut ok).unwrap(), Vec::<String>::new());
+        let mut crd = json!({"kind": "CustomResourceDefinition", "metadata": {"name": "c"}, "spec": {"group": "g", "names": {"plural": "cs", "kind": "C"}, "scope": "Namespaced",
+            "versions": [{"name": "v1", "served": true, "storage": true, "schema": {"openAPIV3Schema": {"type": "object", "properties": {"size": {"type": "string", "enum": ["S", "M"], "default": "S"},
+                "items": {"type": "array", "items": {"type": "string"}}, "flag": {"x-kubernetes-preserve-unknown-fields": true, "additionalProperties": true}}}}}]}});
+        assert_eq!(s.prune_unknown("apiextensions.k8s.io", "v1", "CustomResourceDefinition", &mut crd), Ok(vec![]), "any-JSON fields take any JSON");
         let mut d = json!({"kind": "Deployment", "metadata": {"name": "d"}, "spec": {"replicas": "3"}});
         assert!(s.prune_unknown("apps", "v1", "Deployment", &mut d).unwrap_err().contains("cannot unmarshal string into Go struct field Deployment.spec.replicas of type int32"));
     }

@@ -26,6 +26,11 @@ pub(super) enum Claim {
 pub(super) fn decide(owner: &Value, selector: &Value, obj: &Value) -> Claim {
     let uid = &owner["metadata"]["uid"];
     let mine = controller_of(obj).is_some_and(|c| c["uid"] == *uid);
+    // No selector (a Job whose selector was never generated): what it owns is its own, and
+    // it adopts nothing.
+    if !selector.is_object() {
+        return if mine { Claim::Keep } else { Claim::Ignore };
+    }
     let matches = selector_matches(selector, &obj["metadata"]["labels"]);
     let owner_deleting = owner["metadata"].get("deletionTimestamp").is_some();
     let deleting = obj["metadata"].get("deletionTimestamp").is_some();
@@ -114,6 +119,8 @@ mod tests {
         assert_eq!(decide(&owner, &sel, &pod(json!({"app": "a"}), other, false)), Claim::Ignore, "another controller's");
         assert_eq!(decide(&owner, &sel, &pod(json!({"app": "a"}), json!(null), true)), Claim::Ignore, "a pod being deleted is not adopted");
         assert_eq!(decide(&owner, &sel, &pod(json!({"app": "b"}), json!(null), false)), Claim::Ignore);
+        assert_eq!(decide(&owner, &Value::Null, &pod(json!({"app": "b"}), json!([{"uid": "o1", "controller": true}]), false)), Claim::Keep, "no selector: owned stays owned");
+        assert_eq!(decide(&owner, &Value::Null, &pod(json!({"app": "a"}), json!(null), false)), Claim::Ignore, "no selector: nothing adopted");
         let deleting_owner = json!({"metadata": {"uid": "o1", "deletionTimestamp": "2026-01-01T00:00:00Z"}});
         assert_eq!(decide(&deleting_owner, &sel, &pod(json!({"app": "a"}), json!(null), false)), Claim::Ignore, "an owner being deleted adopts nothing");
         assert_eq!(decide(&deleting_owner, &sel, &pod(json!({"app": "b"}), mine, false)), Claim::Keep, "and releases nothing");
