@@ -141,7 +141,9 @@ fn encryption(opts: &crate::TlsOpts) -> Result<()> {
     Ok(())
 }
 
-pub fn security(data_dir: &Path, opts: &crate::TlsOpts, addr: &std::net::SocketAddr) -> Result<Security> {
+/// `extra_hosts`: more names for the serving certificate (the address pods on the local
+/// node reach the API at).
+pub fn security(data_dir: &Path, opts: &crate::TlsOpts, addr: &std::net::SocketAddr, extra_hosts: &[String]) -> Result<Security> {
     encryption(opts)?;
     if opts.insecure_http && opts.token_auth_file.is_some() {
         anyhow::bail!("--token-auth-file needs TLS: with --insecure-http nothing is authenticated");
@@ -154,7 +156,9 @@ pub fn security(data_dir: &Path, opts: &crate::TlsOpts, addr: &std::net::SocketA
         return Ok(Security { scheme: "http", tls: None, admin: None, options, limits: limits(opts), pki: None, identities: None });
     }
     let pki = crate::pki::Pki::load_or_create(data_dir, opts)?;
-    let mut tls = pki.listener(&crate::pki::hosts_for(addr))?;
+    let mut hosts = crate::pki::hosts_for(addr);
+    hosts.extend(extra_hosts.iter().cloned());
+    let mut tls = pki.listener(&hosts)?;
     if let Some(f) = &opts.token_auth_file {
         let text = std::fs::read_to_string(f).with_context(|| format!("reading the token file {}", f.display()))?;
         let tokens = apiserver::authn::StaticTokens::parse(&text).map_err(|e| anyhow::anyhow!("the token file {}: {e}", f.display()))?;

@@ -96,6 +96,9 @@ pub async fn run(a: JoinArgs) -> Result<()> {
         cluster_signing_duration_seconds: 365 * 24 * 3600,
         crash_backoff_seconds: 10,
         usage_sample_seconds: 5,
+        // A joined node's range would come from the cluster's node IPAM, which capstan does
+        // not run yet: its pods share its network.
+        cluster_cidr: "none".into(),
     };
     let (k, name) = crate::single::start_local_node(&a.server, &a.data_dir, port, &opts, crate::single::NodeCredentials::Given(credentials)).await?;
     println!("capstan node {name} joined {} as system:node:{name} (pods run as local processes; logs in {}); stop with Ctrl-C", a.server, a.data_dir.join("pods").display());

@@ -269,6 +269,11 @@ pub struct NodeOpts {
     /// How often container CPU and memory are sampled (kubectl top, memory limits).
     #[arg(long, default_value_t = 5)]
     usage_sample_seconds: u64,
+    /// The cluster's pod range (kubeadm's default): the local node's pods get network
+    /// namespaces of their own with addresses from its first /24; `none`: pods share the
+    /// node's network.
+    #[arg(long, default_value = "10.244.0.0/16")]
+    cluster_cidr: String,
 }
 
 #[derive(Subcommand)]

@@ -150,7 +150,7 @@ pub async fn run(a: ServerArgs) -> Result<()> {
     }
     let api_listener = tokio::net::TcpListener::bind(&a.listen).await.with_context(|| format!("listening on {}", a.listen))?;
     let api_addr = api_listener.local_addr()?;
-    let sec = crate::common::security(&a.data_dir, &a.tls, &api_addr)?;
+    let sec = crate::common::security(&a.data_dir, &a.tls, &api_addr, &[])?;
     let api_url = format!("{}://{api_addr}", sec.scheme);
     let peer_listener = tokio::net::TcpListener::bind(&a.peer_listen).await.with_context(|| format!("listening for peers on {}", a.peer_listen))?;
     let peer_addr = peer_listener.local_addr()?;

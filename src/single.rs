@@ -29,7 +29,10 @@ pub async fn serve(data_dir: PathBuf, listen: String, opts: ServeOpts, up: Optio
     apiserver::bootstrap(&store).await.context("creating the system namespaces")?;
     let listener = tokio::net::TcpListener::bind(&listen).await.with_context(|| format!("listening on {listen}"))?;
     let addr = listener.local_addr()?;
-    let sec = crate::common::security(&data_dir, &opts.tls, &addr)?;
+    // Pods with a network of their own reach the API at their gateway (the local node relays
+    // it): the serving certificate names that address too.
+    let gateway: Vec<String> = up.as_ref().and_then(|(n, _, _)| crate::single::node_pod_cidr(n).ok().flatten()).map(|c| c.nth(1).to_string()).into_iter().collect();
+    let sec = crate::common::security(&data_dir, &opts.tls, &addr, &gateway)?;
     let server = format!("{}://{addr}", sec.scheme);
     let kc_abs = write_kubeconfig(&data_dir, &kubeconfig(&server, sec.admin.as_ref()))?;
     let (stop_tx, mut server_task) = serve_api(listener, store.clone(), sec.tls, sec.options, sec.limits);
@@ -129,6 +132,18 @@ pub enum NodeCredentials<'a> {
     Process,
 }
 
+/// The local node's pod range: the first /24 of `--cluster-cidr` (capstan runs one real
+/// node), or None for `none`.
+pub fn node_pod_cidr(o: &NodeOpts) -> Result<Option<kubelet::network::Cidr>> {
+    match o.cluster_cidr.as_str() {
+        "none" | "" => Ok(None),
+        c => {
+            let cluster: kubelet::network::Cidr = c.parse().map_err(|e| anyhow::anyhow!("--cluster-cidr: {e}"))?;
+            Ok(Some(if cluster.bits >= 24 { cluster } else { cluster.subnet(24, 0).ok_or_else(|| anyhow::anyhow!("--cluster-cidr {cluster}: no /24 in it"))? }))
+        }
+    }
+}
+
 /// With credentials, the node's kubelet runs as `system:node:NAME` in `system:nodes`, so the
 /// Node authorizer and NodeRestriction judge it.
 pub async fn start_local_node(server: &str, data_dir: &std::path::Path, api_port: u16, o: &NodeOpts, who: NodeCredentials<'_>) -> Result<(kubelet::Kubelet, String)> {
@@ -143,7 +158,9 @@ pub async fn start_local_node(server: &str, data_dir: &std::path::Path, api_port
     };
     let root = data_dir.join("pods");
     std::fs::create_dir_all(&root)?;
-    let spec = kubelet::NodeSpec::local(&name, data_dir);
+    let mut spec = kubelet::NodeSpec::local(&name, data_dir);
+    let pod_cidr = node_pod_cidr(o)?;
+    spec.pod_cidr = pod_cidr.map(|c| c.to_string());
     let q = |k: &str| spec.capacity.get(k).and_then(|v| v.as_str()).and_then(|s| api::Quantity::parse(s).ok()).unwrap_or_default();
     let mut base_env = vec![
         ("KUBERNETES_SERVICE_HOST".to_string(), "127.0.0.1".to_string()),
@@ -163,6 +180,8 @@ pub async fn start_local_node(server: &str, data_dir: &std::path::Path, api_port
         allocatable: kubelet::pod::Allocatable { cpu_milli: q("cpu").milli, memory: q("memory").units_ceil(), pods: q("pods").units_ceil() },
         host_ip: "127.0.0.1".into(),
         base_env,
+        pod_cidr,
+        data_dir: data_dir.to_path_buf(),
     };
     let client = match &tls {
         Some(g) => kubelet::client::Client::with_tls(server, "capstan-kubelet/0.1", &g.tls),

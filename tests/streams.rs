@@ -186,7 +186,7 @@ spec:
   containers:
   - name: c
     image: python
-    command: ["python3", "-m", "http.server", "{port}", "--bind", "127.0.0.1"]
+    command: ["python3", "-m", "http.server", "{port}"]
     readinessProbe: {{tcpSocket: {{port: {port}}}, periodSeconds: 1}}
 "#
         ),

@@ -88,6 +88,7 @@ impl HollowConfig {
             taints: Vec::new(),
             // The kubelet endpoint (logs, stats) is this process, on loopback.
             internal_ip: "127.0.0.1".into(),
+            pod_cidr: None,
             node_info: json!({"kubeletVersion": "v1.33.0-capstan-hollow", "operatingSystem": "linux", "architecture": "amd64", "containerRuntimeVersion": "hollow://0", "osImage": "hollow", "kernelVersion": "", "kubeProxyVersion": "", "machineID": "", "systemUUID": "", "bootID": ""}),
         }
     }

@@ -16,6 +16,7 @@
 pub mod cgroup;
 pub mod hollow;
 pub mod logs;
+pub mod network;
 mod orphans;
 pub mod pod;
 pub mod privileges;
@@ -69,8 +70,9 @@ pub trait Runtime: Send + Sync + 'static {
     fn exec_target(&self, _ns: &str, _pod: &str, _container: &str) -> Result<stream::ExecTarget, String> {
         Err("this node runs no processes: exec is not supported".into())
     }
-    /// Where the pod's ports are (`kubectl port-forward`), or why they cannot be reached.
-    fn port_forward_target(&self, _ns: &str, _pod: &str) -> Result<String, String> {
+    /// Where the pod's ports are (`kubectl port-forward`): an address, and the pod's network
+    /// namespace when it has one (then the address is its loopback, as in Kubernetes).
+    fn port_forward_target(&self, _ns: &str, _pod: &str) -> Result<(String, Option<PathBuf>), String> {
         Err("this node runs no processes: port-forward is not supported".into())
     }
     /// A running container to attach to (`kubectl attach`), or why there is none.
@@ -89,6 +91,8 @@ pub struct NodeSpec {
     pub taints: Vec<Value>,
     pub internal_ip: String,
     pub node_info: Value,
+    /// `spec.podCIDR` (the real node's, when its pods have their own network).
+    pub pod_cidr: Option<String>,
 }
 
 impl NodeSpec {
@@ -117,6 +121,10 @@ impl NodeSpec {
         let mut spec = json!({});
         if !self.taints.is_empty() {
             spec["taints"] = json!(self.taints);
+        }
+        if let Some(c) = &self.pod_cidr {
+            spec["podCIDR"] = json!(c);
+            spec["podCIDRs"] = json!([c]);
         }
         json!({
             "apiVersion": "v1", "kind": "Node",
@@ -152,6 +160,7 @@ impl NodeSpec {
                 "containerRuntimeVersion": "capstan-process://0.1", "osImage": "capstan process runtime (no images)",
                 "kernelVersion": kernel, "kubeProxyVersion": "", "machineID": "", "systemUUID": "", "bootID": "",
             }),
+            pod_cidr: None,
         }
     }
 }
@@ -258,7 +267,11 @@ async fn register(c: &Client, n: &NodeSpec, port: u16, renew: Duration, since: &
         Err(ClientError::Status { code: 409, .. }) => {
             // Known already (a restart): refresh what this start knows.
             let path = format!("/api/v1/nodes/{}", n.name);
-            c.merge_patch(&path, &json!({"metadata": {"labels": n.labels}})).await?;
+            let mut patch = json!({"metadata": {"labels": n.labels}});
+            if let Some(c) = &n.pod_cidr {
+                patch["spec"] = json!({"podCIDR": c, "podCIDRs": [c]});
+            }
+            c.merge_patch(&path, &patch).await?;
             c.merge_patch(&format!("{path}/status"), &json!({"status": n.status(port, since)})).await?;
         }
         Err(e) => return Err(e),

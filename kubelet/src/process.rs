@@ -54,6 +54,11 @@ pub struct ProcessConfig {
     pub host_ip: String,
     /// Base environment for every container (`KUBERNETES_SERVICE_HOST`...).
     pub base_env: Vec<(String, String)>,
+    /// The node's pod range: pods get network namespaces of their own on it (`network`).
+    /// None: they share the node's network.
+    pub pod_cidr: Option<crate::network::Cidr>,
+    /// The data directory (host objects carry its identity; address leases live in it).
+    pub data_dir: PathBuf,
 }
 
 /// What the sampler needs of one running container.
@@ -108,6 +113,11 @@ pub struct Shared {
     /// The host's top-level entries when containers get their own mount namespaces (see
     /// `sandbox`), or why they cannot (then they run in the host's, without volumes).
     sandbox: Result<Vec<sandbox::Top>, String>,
+    /// The pod network, when pods get namespaces of their own.
+    network: Option<crate::network::NodeNetwork>,
+    /// The base environment of pods with their own network (the API at their gateway).
+    pod_env: Vec<(String, String)>,
+    relay: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 pub struct ProcessRuntime {
@@ -144,6 +154,41 @@ impl ProcessRuntime {
             Ok(_) => tracing::info!("containers: each in its own mount namespace, with volumes"),
             Err(why) => tracing::warn!(reason = %why, "containers: no mount namespaces here; containers share the host's filesystem and pods with volumes cannot start"),
         }
+        let network = match (cfg.pod_cidr, &sandbox) {
+            (None, _) => None,
+            (Some(_), Err(why)) => {
+                tracing::warn!(reason = %why, "pods share the node's network: no namespaces here");
+                None
+            }
+            (Some(cidr), Ok(_)) => match crate::network::NodeNetwork::setup(&cfg.node_name, &cfg.data_dir, cidr) {
+                Ok(n) => {
+                    tracing::info!(range = %cidr, "pods: each in its own network namespace, on the node's bridge");
+                    Some(n)
+                }
+                Err(why) => {
+                    tracing::warn!(reason = %why, "pods share the node's network: their own could not be set up");
+                    None
+                }
+            },
+        };
+        // Pods with their own network cannot reach the node's loopback: the API server is
+        // relayed to their gateway, and their environment says so.
+        let mut pod_env = cfg.base_env.clone();
+        let mut relay_to = None;
+        if let Some(n) = &network {
+            let get = |k: &str| cfg.base_env.iter().find(|(x, _)| x == k).map(|(_, v)| v.clone());
+            if let (Some(host), Some(port)) = (get("KUBERNETES_SERVICE_HOST"), get("KUBERNETES_SERVICE_PORT").and_then(|p| p.parse::<u16>().ok()))
+                && let Ok(ip) = host.parse::<std::net::IpAddr>()
+                && ip.is_loopback()
+            {
+                relay_to = Some(((n.gateway, port).into(), (ip, port).into()));
+                for (k, v) in pod_env.iter_mut() {
+                    if k == "KUBERNETES_SERVICE_HOST" {
+                        *v = n.gateway.to_string();
+                    }
+                }
+            }
+        }
         let shared = Arc::new(Shared {
             cfg,
             client,
@@ -154,7 +199,19 @@ impl ProcessRuntime {
             admitted: Default::default(),
             usage: Default::default(),
             sandbox,
+            pod_env,
+            relay: Mutex::new(None),
+            network,
         });
+        if let Some((listen, to)) = relay_to {
+            let sh = shared.clone();
+            tokio::spawn(async move {
+                match crate::network::relay(listen, to).await {
+                    Ok(h) => *sh.relay.lock().unwrap() = Some(h),
+                    Err(e) => tracing::warn!(error = %e, %listen, "pods cannot reach the API: relaying it to their gateway failed"),
+                }
+            });
+        }
         let sampler = tokio::spawn(sample_loop(shared.clone()));
         ProcessRuntime { shared, workers: Default::default(), sampler }
     }
@@ -203,8 +260,15 @@ impl crate::Runtime for ProcessRuntime {
             self.pod_removed("", "", &uid);
         }
         // Directories of pods that went while the node was down (`<ns>_<name>_<uid>`), with
-        // what was mounted for them, unless a worker still owns them.
+        // what was mounted for them, unless a worker still owns them; their networks too.
         let workers = self.workers.lock().unwrap();
+        if let Some(n) = &self.shared.network {
+            let live: std::collections::HashSet<String> = present.iter().map(|s| s.to_string()).chain(workers.keys().cloned()).collect();
+            let removed = n.reconcile(&live);
+            if removed > 0 {
+                tracing::info!(pods = removed, "removed the networks of pods that are gone");
+            }
+        }
         for e in std::fs::read_dir(&self.shared.cfg.root).into_iter().flatten().flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
             let Some(uid) = name.rsplit('_').next() else { continue };
@@ -241,13 +305,19 @@ impl crate::Runtime for ProcessRuntime {
         Err(if pod_seen || known { format!("container not found ({container:?})") } else { format!("pod {ns}/{pod} not found on this node") })
     }
 
-    fn port_forward_target(&self, ns: &str, pod: &str) -> Result<String, String> {
-        let known = self.workers.lock().unwrap().values().any(|h| {
+    fn port_forward_target(&self, ns: &str, pod: &str) -> Result<(String, Option<PathBuf>), String> {
+        let uid = self.workers.lock().unwrap().iter().find_map(|(uid, h)| {
             let p = h.pod_tx.borrow();
-            p["metadata"]["name"] == pod && p["metadata"]["namespace"] == ns
+            (p["metadata"]["name"] == pod && p["metadata"]["namespace"] == ns).then(|| (uid.clone(), p["spec"]["hostNetwork"] == true))
         });
-        // Pods share the node's network: their ports are the node's.
-        if known { Ok(self.shared.cfg.host_ip.clone()) } else { Err(format!("pod {ns}/{pod} not found on this node")) }
+        let Some((uid, host_network)) = uid else { return Err(format!("pod {ns}/{pod} not found on this node")) };
+        // A pod with its own network: its loopback, inside its namespace (as Kubernetes
+        // forwards); otherwise the node's ports are the pod's.
+        let netns = crate::network::netns_path(self.shared.network.as_ref(), &uid).filter(|p| p.exists() && !host_network);
+        match netns {
+            Some(p) => Ok(("127.0.0.1".into(), Some(p))),
+            None => Ok((self.shared.cfg.host_ip.clone(), None)),
+        }
     }
 
     fn attach_target(&self, ns: &str, pod: &str, container: &str) -> Result<crate::stream::AttachTarget, String> {
@@ -267,6 +337,14 @@ impl crate::Runtime for ProcessRuntime {
             }
             for h in handles {
                 let _ = h.task.await;
+            }
+            // The pods' networks and the bridge go with the node; a restart makes them again
+            // (with the same addresses: the leases stay).
+            if let Some(n) = &self.shared.network {
+                n.teardown();
+            }
+            if let Some(r) = self.shared.relay.lock().unwrap().take() {
+                r.abort();
             }
         })
     }
@@ -344,6 +422,8 @@ struct Worker {
     volumes: Volumes,
     /// When setting up the volumes is tried again (after a `FailedMount`).
     volumes_retry: Option<Instant>,
+    /// The pod's own network, once made.
+    net: Option<crate::network::PodNet>,
 }
 
 fn killpg(pgid: i32, sig: i32) {
@@ -429,6 +509,7 @@ impl Worker {
             failed: None,
             volumes: Volumes::new(dir.join("volumes")),
             volumes_retry: None,
+            net: None,
             dir,
         }
     }
@@ -449,6 +530,7 @@ impl Worker {
                 self.release();
                 if stop == Stop::Removed {
                     Volumes::remove_all(&self.dir);
+                    self.release_network();
                 }
                 return;
             }
@@ -462,6 +544,7 @@ impl Worker {
                     Err(e) => tracing::warn!(pod = self.name, error = %e, "removing a terminated pod failed"),
                 }
                 Volumes::remove_all(&self.dir);
+                self.release_network();
                 return;
             }
             if !self.terminal {
@@ -525,7 +608,7 @@ impl Worker {
             main: self.ctrs.iter().filter(|c| !c.init).map(Ctr::view).collect(),
             failed: self.failed.clone(),
             host_ip: self.sh.cfg.host_ip.clone(),
-            pod_ip: self.sh.cfg.host_ip.clone(),
+            pod_ip: self.pod_ip(),
             start_time: self.start_time.clone(),
         }
     }
@@ -537,7 +620,7 @@ impl Worker {
             return;
         }
         let now_i = Instant::now();
-        if !self.sync_volumes(now_i).await {
+        if !self.sync_volumes(now_i).await || !self.sync_network(now_i) {
             return;
         }
         let due = |c: &Ctr| c.pgid.is_none() && !c.done && c.next_start.is_none_or(|t| t <= now_i);
@@ -594,6 +677,50 @@ impl Worker {
         self.volumes.ready()
     }
 
+    /// The pod's address: its own, or the node's when it shares the node's network.
+    fn pod_ip(&self) -> String {
+        self.net.as_ref().map_or_else(|| self.sh.cfg.host_ip.clone(), |n| n.ip.to_string())
+    }
+
+    fn host_network(&self) -> bool {
+        self.pod["spec"]["hostNetwork"] == true
+    }
+
+    /// Gives the pod its network namespace before its first container (not to hostNetwork
+    /// pods). False while it cannot (the containers wait; `FailedCreatePodSandBox` says why).
+    fn sync_network(&mut self, now_i: Instant) -> bool {
+        let Some(n) = &self.sh.network else { return true };
+        if self.net.is_some() || self.host_network() {
+            return true;
+        }
+        if self.volumes_retry.is_some_and(|t| t > now_i) {
+            return false;
+        }
+        match n.attach(&self.uid) {
+            Ok(net) => {
+                // Its /etc/hosts names it at its address, as the kubelet writes it.
+                let host = self.pod["spec"]["hostname"].as_str().filter(|h| !h.is_empty()).unwrap_or(&self.name).to_string();
+                let fqdn = self.pod["spec"]["subdomain"].as_str().filter(|s| !s.is_empty()).map(|s| format!("{host}.{s}.{}.svc.cluster.local", self.ns));
+                let hosts = crate::network::hosts_file(net.ip, &host, fqdn.as_deref(), &self.pod["spec"]["hostAliases"]);
+                let _ = std::fs::create_dir_all(&self.dir);
+                let _ = std::fs::write(self.dir.join("etc-hosts"), hosts);
+                self.net = Some(net);
+                true
+            }
+            Err(e) => {
+                self.sh.events.pod(&self.pod, None, true, "FailedCreatePodSandBox", format!("Failed to create pod sandbox: {e}"));
+                self.volumes_retry = Some(now_i + Duration::from_secs(2));
+                false
+            }
+        }
+    }
+
+    fn release_network(&mut self) {
+        if let (Some(n), Some(_)) = (&self.sh.network, self.net.take()) {
+            n.detach(&self.uid);
+        }
+    }
+
     /// The container's own filesystem (see `sandbox`): its root, the pod's volumes at their
     /// mount paths, its working directory.
     fn sandbox_plan(&self, spec: &Value, env: &[(String, String)], cwd: &std::path::Path) -> Result<Option<Arc<sandbox::Plan>>, String> {
@@ -617,7 +744,13 @@ impl Worker {
             mounts.push(sandbox::Mount { dst, src, read_only: forced_ro || m["readOnly"] == true });
         }
         let privileges = crate::privileges::of(&self.pod, spec)?;
-        let host_network = self.pod["spec"]["hostNetwork"] == true;
+        let host_network = self.host_network();
+        if self.net.is_some() {
+            let hosts = self.dir.join("etc-hosts");
+            if hosts.exists() && !mounts.iter().any(|m| m.dst == "/etc/hosts") {
+                mounts.push(sandbox::Mount { dst: "/etc/hosts".into(), src: hosts, read_only: false });
+            }
+        }
         let hostname = (!host_network).then(|| self.pod["spec"]["hostname"].as_str().filter(|h| !h.is_empty()).unwrap_or(&self.name).to_string());
         let spec = sandbox::Spec {
             root: fs.join("root"),
@@ -629,6 +762,7 @@ impl Worker {
             hostname,
             read_only_root: spec["securityContext"]["readOnlyRootFilesystem"] == true,
             privileges,
+            netns: self.net.as_ref().map(|n| n.netns.clone()),
         };
         let _ = std::fs::remove_dir_all(&spec.layers);
         std::fs::create_dir_all(&spec.root).map_err(|e| format!("creating {}: {e}", spec.root.display()))?;
@@ -702,7 +836,7 @@ impl Worker {
         let mut argv = strs(&spec["command"]);
         argv.extend(strs(&spec["args"]));
         let image = spec["image"].as_str().unwrap_or("").to_string();
-        let mut full_env: Vec<(String, String)> = self.sh.cfg.base_env.clone();
+        let mut full_env: Vec<(String, String)> = if self.net.is_some() { self.sh.pod_env.clone() } else { self.sh.cfg.base_env.clone() };
         full_env.push(("HOSTNAME".into(), self.name.clone()));
         if argv.is_empty() {
             argv = vec!["/bin/sh".into(), "-c".into(), STAND_IN.into()];
@@ -898,7 +1032,7 @@ impl Worker {
         let tx = self.ev_tx.clone();
         let start_gen = c.start_gen;
         let env = c.env.clone();
-        let host = self.sh.cfg.host_ip.clone();
+        let host = self.net.as_ref().map_or_else(|| self.sh.cfg.host_ip.clone(), |n| n.ip.to_string());
         let cwd = c.cwd.clone();
         let target = if c.sandboxed { c.pgid } else { None };
         c.probes.push(tokio::spawn(async move {

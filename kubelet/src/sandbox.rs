@@ -82,9 +82,13 @@ pub struct Spec<'a> {
     pub read_only_root: bool,
     /// The user, groups and capabilities it runs with (`securityContext`).
     pub privileges: crate::privileges::Privileges,
+    /// The pod's network namespace (None: the node's network).
+    pub netns: Option<PathBuf>,
 }
 
 enum Op {
+    /// Joins the pod's network namespace (its file, opened before the fork).
+    SetNetNs(OwnedFd),
     Unshare(libc::c_int),
     Private,
     Tmpfs(CString),
@@ -162,6 +166,10 @@ fn in_root(root: &Path, p: &Path) -> PathBuf {
 pub fn plan(s: &Spec) -> Result<Plan, String> {
     let mut ops: Vec<(Op, String)> = Vec::new();
     let root = &s.root;
+    if let Some(ns) = &s.netns {
+        let f = std::fs::File::open(ns).map_err(|e| format!("opening the pod's network namespace {}: {e}", ns.display()))?;
+        ops.push((Op::SetNetNs(OwnedFd::from(f)), "joining the pod's network namespace".into()));
+    }
     let flags = libc::CLONE_NEWNS | if s.hostname.is_some() { libc::CLONE_NEWUTS } else { 0 };
     ops.push((Op::Unshare(flags), "creating the container's mount namespace".into()));
     ops.push((Op::Private, "making mounts private".into()));
@@ -308,6 +316,7 @@ impl Plan {
         // SAFETY (for the block): every pointer is a NUL-terminated string owned by the plan.
         unsafe {
             match op {
+                Op::SetNetNs(fd) => check(libc::setns(fd.as_raw_fd(), libc::CLONE_NEWNET)),
                 Op::Unshare(f) => check(libc::unshare(*f)),
                 Op::Private => check(libc::mount(null(), c"/".as_ptr(), null(), libc::MS_REC | libc::MS_PRIVATE, std::ptr::null())),
                 Op::Tmpfs(t) => check(libc::mount(c"tmpfs".as_ptr(), t.as_ptr(), c"tmpfs".as_ptr(), libc::MS_NOSUID | libc::MS_NODEV, c"mode=755,size=16m".as_ptr().cast())),
@@ -474,7 +483,7 @@ mod tests {
 
     fn spec<'a>(t: &Path, top: &'a [Top], mounts: Vec<Mount>) -> Spec<'a> {
         let privileges = crate::privileges::of(&serde_json::Value::Null, &serde_json::Value::Null).unwrap();
-        Spec { root: t.join("root"), layers: t.join("layers"), top, mounts, keep: vec![], workdir: "/".into(), hostname: None, read_only_root: false, privileges }
+        Spec { root: t.join("root"), layers: t.join("layers"), top, mounts, keep: vec![], workdir: "/".into(), hostname: None, read_only_root: false, privileges, netns: None }
     }
 
     fn overlay_targets(p: &Plan) -> Vec<String> {

@@ -130,9 +130,12 @@ impl Cluster {
     pub fn start_with(dir: tempfile::TempDir, extra: &[&str]) -> Cluster {
         // etcd's port is one per machine: a test that wants the etcd API asks for a free one.
         let etcd: &[&str] = if extra.contains(&"--etcd-listen") { &[] } else { &["--etcd-listen", "none"] };
+        // Each cluster its own pod range, so clusters on one host never share a subnet.
+        let cidr = if extra.contains(&"--cluster-cidr") { vec![] } else { vec!["--cluster-cidr".to_string(), pod_range()] };
         let mut child = Command::new(env!("CARGO_BIN_EXE_capstan"))
             .args(["up", "--listen", "127.0.0.1:0", "--log-level", "warn"])
             .args(etcd)
+            .args(&cidr)
             .args(extra)
             .arg("--data-dir")
             .arg(dir.path())
@@ -332,6 +335,14 @@ pub fn with_token(c: &Cluster, token: &str, args: &[&str]) -> std::process::Outp
         .args(args)
         .output()
         .unwrap()
+}
+
+/// A /16 pod range of its own for each cluster a test starts (the process id spreads
+/// concurrent test processes, a counter the clusters of one).
+pub fn pod_range() -> String {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("10.{}.0.0/16", 10 + (std::process::id().wrapping_mul(7).wrapping_add(n * 37)) % 240)
 }
 
 pub fn wait_until(what: &str, check: impl FnMut() -> bool) {

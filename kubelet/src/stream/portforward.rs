@@ -15,7 +15,7 @@ use super::spdy;
 
 /// Serves the streams of one port-forward session to the pod at `host` (its IP: loopback
 /// while pods share the host's network).
-pub async fn serve(mut streams: mpsc::Receiver<spdy::Stream>, host: String, pod: String) {
+pub async fn serve(mut streams: mpsc::Receiver<spdy::Stream>, host: Target, pod: String) {
     let mut errors: HashMap<String, spdy::Sender> = HashMap::new();
     while let Some(s) = streams.recv().await {
         let request = s.header("requestid").unwrap_or("").to_string();
@@ -45,8 +45,22 @@ pub async fn serve(mut streams: mpsc::Receiver<spdy::Stream>, host: String, pod:
     }
 }
 
-async fn forward(mut s: spdy::Stream, error: Option<spdy::Sender>, host: String, port: u16, pod: String) {
-    let tcp = match tokio::net::TcpStream::connect((host.as_str(), port)).await {
+/// Where a pod's ports are: an address, and its network namespace when it has one.
+pub type Target = (String, Option<std::path::PathBuf>);
+
+async fn connect(t: &Target, port: u16) -> std::io::Result<tokio::net::TcpStream> {
+    match &t.1 {
+        None => tokio::net::TcpStream::connect((t.0.as_str(), port)).await,
+        Some(ns) => {
+            let ip: std::net::IpAddr = t.0.parse().map_err(|_| std::io::Error::other("not an address"))?;
+            crate::network::connect_in(ns, (ip, port).into()).await
+        }
+    }
+}
+
+async fn forward(mut s: spdy::Stream, error: Option<spdy::Sender>, target: Target, port: u16, pod: String) {
+    let host = target.0.clone();
+    let tcp = match connect(&target, port).await {
         Ok(t) => t,
         Err(e) => {
             if let Some(err) = &error {
@@ -94,7 +108,8 @@ async fn forward(mut s: spdy::Stream, error: Option<spdy::Sender>, host: String,
 /// the Python client's `portforward` speak): the ports are in the query (`ports=80,8080`);
 /// port `i` has data channel `2i` and error channel `2i+1`, each opened by a frame holding
 /// the port number (two bytes, little-endian); one TCP connection per port for the session.
-pub async fn channels(socket: axum::extract::ws::WebSocket, host: String, pod: String, ports: Vec<u16>) {
+pub async fn channels(socket: axum::extract::ws::WebSocket, target: Target, pod: String, ports: Vec<u16>) {
+    let host = target.0.clone();
     use axum::extract::ws::Message;
     use futures_util::{SinkExt, StreamExt};
     let (mut sink, mut stream) = socket.split();
@@ -107,7 +122,7 @@ pub async fn channels(socket: axum::extract::ws::WebSocket, host: String, pod: S
                 return;
             }
         }
-        match tokio::net::TcpStream::connect((host.as_str(), port)).await {
+        match connect(&target, port).await {
             Ok(tcp) => {
                 let (mut rd, wr) = tcp.into_split();
                 writers.push(Some(wr));
