@@ -77,6 +77,7 @@ fn spawn(exe: &Path, dir: &Path, s: &Spec, i: usize, initial: &str, opts: &Serve
         None => "127.0.0.1:0".to_string(),
     };
     cmd.args(["--etcd-listen", &etcd]);
+    cmd.args(["--service-cluster-ip-range", &opts.service_cluster_ip_range]);
     cmd.arg("--etcd-max-request-bytes").arg(opts.etcd.etcd_max_request_bytes.to_string());
     cmd.arg("--etcd-max-txn-ops").arg(opts.etcd.etcd_max_txn_ops.to_string());
     cmd.arg("--etcd-watch-progress-notify-interval-seconds").arg(opts.etcd.etcd_watch_progress_notify_interval_seconds.to_string());
@@ -227,7 +228,7 @@ pub async fn up(n: usize, data_dir: PathBuf, listen: String, opts: ServeOpts, no
     if !node.no_local_node {
         let port: u16 = apis[0].1.rsplit(':').next().and_then(|p| p.parse().ok()).unwrap_or(6443);
         let who = pki.as_ref().map_or(crate::single::NodeCredentials::Process, crate::single::NodeCredentials::Issue);
-        let (k, name) = start_local_node(&all_apis, &data_dir, port, &node, who).await?;
+        let (k, name) = start_local_node(&all_apis, &data_dir, port, &node, who, opts.service_cluster_ip_range.parse().ok()).await?;
         println!("  node:       {name} (pods run as local processes; logs in {}; follows every replica)", data_dir.join("pods").display());
         local = Some(k);
     }

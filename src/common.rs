@@ -141,6 +141,13 @@ fn encryption(opts: &crate::TlsOpts) -> Result<()> {
     Ok(())
 }
 
+/// Sets the Service range from `--service-cluster-ip-range` (once, before the API serves).
+pub fn service_range(opts: &crate::ServeOpts) -> Result<kubelet::network::Cidr> {
+    let c: kubelet::network::Cidr = opts.service_cluster_ip_range.parse().map_err(|e| anyhow::anyhow!("--service-cluster-ip-range: {e}"))?;
+    apiserver::reserve::configure_service_range(c.base, c.bits).map_err(anyhow::Error::msg)?;
+    Ok(c)
+}
+
 /// `extra_hosts`: more names for the serving certificate (the address pods on the local
 /// node reach the API at).
 pub fn security(data_dir: &Path, opts: &crate::TlsOpts, addr: &std::net::SocketAddr, extra_hosts: &[String]) -> Result<Security> {

@@ -100,7 +100,7 @@ pub async fn run(a: JoinArgs) -> Result<()> {
         // not run yet: its pods share its network.
         cluster_cidr: "none".into(),
     };
-    let (k, name) = crate::single::start_local_node(&a.server, &a.data_dir, port, &opts, crate::single::NodeCredentials::Given(credentials)).await?;
+    let (k, name) = crate::single::start_local_node(&a.server, &a.data_dir, port, &opts, crate::single::NodeCredentials::Given(credentials), None).await?;
     println!("capstan node {name} joined {} as system:node:{name} (pods run as local processes; logs in {}); stop with Ctrl-C", a.server, a.data_dir.join("pods").display());
     let handle = tls.rotating().expect("a rotating certificate").clone();
     let rotation = tokio::spawn(rotate(client::Client::with_tls(&a.server, "capstan-kubelet/0.1", &tls), handle, current, name.clone(), cert_pem, wait));

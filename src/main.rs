@@ -159,6 +159,11 @@ pub struct ServeOpts {
     tls: TlsOpts,
     #[command(flatten)]
     etcd: etcd::EtcdOpts,
+    /// The range Service cluster IPs come from (Kubernetes' --service-cluster-ip-range; its
+    /// first address is the `kubernetes` Service's). The local node routes it to nothing but
+    /// its Service proxy.
+    #[arg(long, default_value = "10.96.0.0/12")]
+    service_cluster_ip_range: String,
 }
 
 /// TLS and client certificates of the API. By default the API is served over TLS with a

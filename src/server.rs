@@ -22,6 +22,9 @@ pub struct ServerArgs {
     pub tls: crate::TlsOpts,
     #[command(flatten)]
     pub etcd: crate::etcd::EtcdOpts,
+    /// The range Service cluster IPs come from (Kubernetes' --service-cluster-ip-range).
+    #[arg(long, default_value = "10.96.0.0/12")]
+    pub service_cluster_ip_range: String,
     #[arg(long, default_value = "./capstan-data")]
     pub data_dir: PathBuf,
     /// Where the Kubernetes API is served.
@@ -150,6 +153,8 @@ pub async fn run(a: ServerArgs) -> Result<()> {
     }
     let api_listener = tokio::net::TcpListener::bind(&a.listen).await.with_context(|| format!("listening on {}", a.listen))?;
     let api_addr = api_listener.local_addr()?;
+    let range: kubelet::network::Cidr = a.service_cluster_ip_range.parse().map_err(|e| anyhow::anyhow!("--service-cluster-ip-range: {e}"))?;
+    apiserver::reserve::configure_service_range(range.base, range.bits).map_err(anyhow::Error::msg)?;
     let sec = crate::common::security(&a.data_dir, &a.tls, &api_addr, &[])?;
     let api_url = format!("{}://{api_addr}", sec.scheme);
     let peer_listener = tokio::net::TcpListener::bind(&a.peer_listen).await.with_context(|| format!("listening for peers on {}", a.peer_listen))?;

@@ -26,6 +26,7 @@ pub async fn serve(data_dir: PathBuf, listen: String, opts: ServeOpts, up: Optio
     cfg.compact_retention_age = Some(std::time::Duration::from_secs(300));
     cfg.compact_history_bytes_max = Some(crate::common::HISTORY_BYTES_MAX);
     let store = tokio::task::block_in_place(|| Store::open(cfg)).with_context(|| format!("opening the store in {}", store_dir.display()))?;
+    let service_cidr = crate::common::service_range(&opts)?;
     apiserver::bootstrap(&store).await.context("creating the system namespaces")?;
     let listener = tokio::net::TcpListener::bind(&listen).await.with_context(|| format!("listening on {listen}"))?;
     let addr = listener.local_addr()?;
@@ -59,7 +60,7 @@ pub async fn serve(data_dir: PathBuf, listen: String, opts: ServeOpts, up: Optio
         // start waits for their ServiceAccount tokens.
         if !node.no_local_node {
             let who = sec.pki.as_ref().map_or(NodeCredentials::Process, NodeCredentials::Issue);
-            let (k, name) = start_local_node(&server, &data_dir, addr.port(), &node, who).await?;
+            let (k, name) = start_local_node(&server, &data_dir, addr.port(), &node, who, Some(service_cidr)).await?;
             println!("  node:       {name} (pods run as local processes; logs in {})", data_dir.join("pods").display());
             local = Some(k);
         }
@@ -146,7 +147,7 @@ pub fn node_pod_cidr(o: &NodeOpts) -> Result<Option<kubelet::network::Cidr>> {
 
 /// With credentials, the node's kubelet runs as `system:node:NAME` in `system:nodes`, so the
 /// Node authorizer and NodeRestriction judge it.
-pub async fn start_local_node(server: &str, data_dir: &std::path::Path, api_port: u16, o: &NodeOpts, who: NodeCredentials<'_>) -> Result<(kubelet::Kubelet, String)> {
+pub async fn start_local_node(server: &str, data_dir: &std::path::Path, api_port: u16, o: &NodeOpts, who: NodeCredentials<'_>, service_cidr: Option<kubelet::network::Cidr>) -> Result<(kubelet::Kubelet, String)> {
     let name = o.node_name.clone().unwrap_or_else(hostname);
     let tls = match who {
         NodeCredentials::Issue(p) => {
@@ -182,6 +183,7 @@ pub async fn start_local_node(server: &str, data_dir: &std::path::Path, api_port
         base_env,
         pod_cidr,
         data_dir: data_dir.to_path_buf(),
+        service_cidr,
     };
     let client = match &tls {
         Some(g) => kubelet::client::Client::with_tls(server, "capstan-kubelet/0.1", &g.tls),

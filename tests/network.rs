@@ -63,3 +63,76 @@ spec:
     c.ok(&["delete", "pod", "a", "b", "hostnet", "--wait=true", "--timeout=60s"]);
     wait_until("pod a's network namespace to be removed", || !namespaces().contains(&uid_a));
 }
+
+/// `GET path` on `addr` (host:port): the body, or the connection error.
+fn get(addr: &str, path: &str) -> Result<String, std::io::Error> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect_timeout(&addr.parse().unwrap(), std::time::Duration::from_secs(5))?;
+    s.set_read_timeout(Some(WAIT))?;
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes())?;
+    let mut out = String::new();
+    s.read_to_string(&mut out)?;
+    Ok(out.split("\r\n\r\n").nth(1).unwrap_or("").trim().to_string())
+}
+
+#[test]
+fn services_route_to_ready_endpoints_from_the_node_and_from_pods() {
+    let services = service_range();
+    let c = Cluster::start_with(tempfile::tempdir().unwrap(), &["--node-name", NODE, "--service-cluster-ip-range", &services]);
+    let flags = c.dir.path().to_path_buf();
+    let pod = |name: &str| {
+        format!(
+            r#"apiVersion: v1
+kind: Pod
+metadata: {{name: {name}, labels: {{app: web}}}}
+spec:
+  nodeName: {NODE}
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: c
+    image: python
+    command: ["sh", "-c", "cd $(mktemp -d) && hostname > name && exec python3 -m http.server 8080"]
+    readinessProbe: {{exec: {{command: ["test", "-e", "{flags}/ready-{name}"]}}, periodSeconds: 1}}
+"#,
+            flags = flags.display()
+        )
+    };
+    let svc = "apiVersion: v1\nkind: Service\nmetadata: {name: web}\nspec:\n  type: NodePort\n  selector: {app: web}\n  ports: [{port: 80, targetPort: 8080}]\n---\napiVersion: v1\nkind: Service\nmetadata: {name: empty}\nspec:\n  selector: {app: nothing}\n  ports: [{port: 80}]\n";
+    for n in ["web-1", "web-2"] {
+        std::fs::write(flags.join(format!("ready-{n}")), "").unwrap();
+    }
+    let m = c.write("web.yaml", &format!("{}---\n{}---\n{svc}", pod("web-1"), pod("web-2")));
+    c.ok(&["apply", "-f", path_str(&m)]);
+    c.ok(&["wait", "--for=condition=Ready", "pod/web-1", "pod/web-2", "--timeout=60s"]);
+    // Before any traffic: the Service range is routed to nothing on the node.
+    let routes = String::from_utf8_lossy(&std::process::Command::new("ip").args(["route", "show", &services]).output().unwrap().stdout).into_owned();
+    assert!(routes.contains("blackhole"), "no blackhole route for {services}: {routes:?}");
+    let ip = c.ok(&["get", "svc", "web", "-o", "jsonpath={.spec.clusterIP}"]);
+    let node_port = c.ok(&["get", "svc", "web", "-o", "jsonpath={.spec.ports[0].nodePort}"]);
+    let cluster = format!("{ip}:80");
+    // Both ready endpoints answer, from the node.
+    let mut seen = std::collections::BTreeSet::new();
+    wait_until("both endpoints to answer at the cluster IP", || {
+        if let Ok(n) = get(&cluster, "/name") {
+            seen.insert(n);
+        }
+        seen.len() == 2
+    });
+    assert_eq!(seen.into_iter().collect::<Vec<_>>(), ["web-1", "web-2"]);
+    assert!(get(&format!("127.0.0.1:{node_port}"), "/name").unwrap().starts_with("web-"), "NodePort");
+    // From a pod, by the cluster IP.
+    let fetch = format!("import urllib.request; print(urllib.request.urlopen('http://{ip}/name', timeout=10).read().decode().strip())");
+    assert!(c.ok(&["exec", "web-1", "--", "python3", "-c", &fetch]).trim().starts_with("web-"));
+    // An endpoint that turns unready gets no more connections.
+    std::fs::remove_file(flags.join("ready-web-2")).unwrap();
+    c.ok(&["wait", "--for=condition=Ready=false", "pod/web-2", "--timeout=60s"]);
+    let mut streak = 0;
+    wait_until("only web-1 to answer, 20 times in a row", || {
+        streak = if get(&cluster, "/name").ok().as_deref() == Some("web-1") { streak + 1 } else { 0 };
+        streak >= 20
+    });
+    // A Service without endpoints refuses at once, on the node.
+    let empty = c.ok(&["get", "svc", "empty", "-o", "jsonpath={.spec.clusterIP}"]);
+    let e = get(&format!("{empty}:80"), "/").unwrap_err();
+    assert!(matches!(e.kind(), std::io::ErrorKind::ConnectionRefused | std::io::ErrorKind::InvalidInput | std::io::ErrorKind::NetworkUnreachable | std::io::ErrorKind::HostUnreachable) || e.raw_os_error() == Some(22), "{e:?}");
+}

@@ -25,10 +25,27 @@ pub struct Reservation {
     pub value: Bytes,
 }
 
-/// Where the Service IP counter lives: the last host number handed out in 10.96.0.0/12.
+/// Where the Service IP counter lives: the last host number handed out in the range.
 pub const SERVICE_IP_COUNTER: &str = "/registry/ranges/serviceips";
 /// Host numbers in 10.96.0.0/12 (Kubernetes' default Service range).
 const SERVICE_IP_RANGE: u32 = 1 << 20;
+
+/// The Service range (`--service-cluster-ip-range`): base address and prefix length, set once
+/// at start; 10.96.0.0/12 (Kubernetes' default) when not.
+static RANGE: std::sync::OnceLock<(Ipv4Addr, u8)> = std::sync::OnceLock::new();
+
+/// Sets the Service range (before the API serves). A range must hold at least 8 addresses.
+pub fn configure_service_range(base: Ipv4Addr, bits: u8) -> Result<(), String> {
+    if !(8..=29).contains(&bits) {
+        return Err(format!("--service-cluster-ip-range: a /{bits} range: between /8 and /29"));
+    }
+    RANGE.set((base, bits)).map_err(|_| "the service range is set already".to_string())
+}
+
+/// The Service range in use.
+pub fn service_range() -> (Ipv4Addr, u8) {
+    *RANGE.get().unwrap_or(&(Ipv4Addr::new(10, 96, 0, 0), 12))
+}
 
 /// Charges `delta` (from `quota::usage`) on every quota in `quotas`, or the Forbidden
 /// message of the first one it would exceed.
@@ -54,10 +71,12 @@ pub fn next_cluster_ip(counter: Option<&KeyValue>) -> Result<(Ipv4Addr, Reservat
         }
         None => (2, 0),
     };
-    if next >= SERVICE_IP_RANGE - 1 {
-        return Err("the service cluster IP range 10.96.0.0/12 is exhausted".into());
+    let (base, bits) = service_range();
+    let size = if RANGE.get().is_some() { 1u32 << (32 - bits) } else { SERVICE_IP_RANGE };
+    if next >= size - 1 {
+        return Err(format!("the service cluster IP range {base}/{bits} is exhausted"));
     }
-    let ip = Ipv4Addr::from(u32::from_be_bytes([10, 96, 0, 0]) + next);
+    let ip = Ipv4Addr::from(u32::from(base) + next);
     Ok((ip, Reservation { key: Bytes::from_static(SERVICE_IP_COUNTER.as_bytes()), mod_revision: rev, value: Bytes::from(next.to_string()) }))
 }
 

@@ -21,6 +21,7 @@ mod orphans;
 pub mod pod;
 pub mod privileges;
 pub mod probe;
+pub mod proxy;
 pub mod process;
 pub mod secure;
 pub mod server;

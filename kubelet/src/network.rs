@@ -83,6 +83,9 @@ pub struct NodeNetwork {
     pub pod_cidr: Cidr,
     pub gateway: Ipv4Addr,
     leases: PathBuf,
+    /// The Service range, routed to nothing on the host (cluster IPs with endpoints are local
+    /// addresses of the bridge: `proxy.rs`).
+    pub service_cidr: Option<Cidr>,
 }
 
 /// A short, stable identity for this node's host objects.
@@ -128,7 +131,7 @@ impl NodeNetwork {
     /// Makes (or takes over) the node's bridge for `pod_cidr`. Fails, saying why, when this
     /// host cannot (no iproute2, no permission, the range already routed elsewhere): the node
     /// then runs pods in the host's network.
-    pub fn setup(node: &str, data_dir: &Path, pod_cidr: Cidr) -> Result<NodeNetwork, String> {
+    pub fn setup(node: &str, data_dir: &Path, pod_cidr: Cidr, service_cidr: Option<Cidr>) -> Result<NodeNetwork, String> {
         if pod_cidr.bits > 29 {
             return Err(format!("the pod range {pod_cidr} is too small"));
         }
@@ -150,10 +153,19 @@ impl NodeNetwork {
             batch.push_str(&format!("link add {bridge} type bridge\n"));
         }
         batch.push_str(&format!("addr replace {gateway}/{} dev {bridge}\nlink set {bridge} up\n", pod_cidr.bits));
-        ip_batch(None, &batch)?;
+        if let Some(s) = service_cidr {
+            batch.push_str(&format!("route replace blackhole {s}\n"));
+        }
+        if let Err(e) = ip_batch(None, &batch) {
+            // Nothing half-made is left behind.
+            if !exists {
+                let _ = ip_out(&["link", "del", &bridge]);
+            }
+            return Err(e);
+        }
         let leases = data_dir.join("net").join("ips");
         std::fs::create_dir_all(&leases).map_err(|e| format!("creating {}: {e}", leases.display()))?;
-        Ok(NodeNetwork { id, pod_cidr, gateway, leases })
+        Ok(NodeNetwork { id, pod_cidr, gateway, leases, service_cidr })
     }
 
     fn names(&self, uid: &str) -> (String, String, String) {
@@ -266,7 +278,26 @@ impl NodeNetwork {
             }
         }
         let _ = ip_out(&["link", "del", &format!("cb{}", self.id)]);
+        if let Some(s) = self.service_cidr {
+            let _ = ip_out(&["route", "del", "blackhole", &s.to_string()]);
+        }
     }
+
+    /// The link cluster IPs live on: the bridge (a dummy link would need a kernel module
+    /// that not every host has).
+    pub fn service_link(&self) -> String {
+        format!("cb{}", self.id)
+    }
+}
+
+/// Makes `ip` a local address of `link` (a cluster IP the proxy serves).
+pub fn add_address(link: &str, ip: Ipv4Addr) -> Result<(), String> {
+    ip_out(&["addr", "replace", &format!("{ip}/32"), "dev", link]).map(|_| ())
+}
+
+/// Removes a cluster IP from `link`.
+pub fn del_address(link: &str, ip: Ipv4Addr) {
+    let _ = ip_out(&["addr", "del", &format!("{ip}/32"), "dev", link]);
 }
 
 /// Where pod `uid`'s namespace is, when the node gives pods their own.

@@ -59,6 +59,9 @@ pub struct ProcessConfig {
     pub pod_cidr: Option<crate::network::Cidr>,
     /// The data directory (host objects carry its identity; address leases live in it).
     pub data_dir: PathBuf,
+    /// The Service range: with a pod network, cluster IPs route to ready endpoints
+    /// (`proxy.rs`) and the rest of the range to nothing.
+    pub service_cidr: Option<crate::network::Cidr>,
 }
 
 /// What the sampler needs of one running container.
@@ -118,6 +121,7 @@ pub struct Shared {
     /// The base environment of pods with their own network (the API at their gateway).
     pod_env: Vec<(String, String)>,
     relay: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    proxy: Mutex<Option<crate::proxy::ServiceProxy>>,
 }
 
 pub struct ProcessRuntime {
@@ -160,7 +164,7 @@ impl ProcessRuntime {
                 tracing::warn!(reason = %why, "pods share the node's network: no namespaces here");
                 None
             }
-            (Some(cidr), Ok(_)) => match crate::network::NodeNetwork::setup(&cfg.node_name, &cfg.data_dir, cidr) {
+            (Some(cidr), Ok(_)) => match crate::network::NodeNetwork::setup(&cfg.node_name, &cfg.data_dir, cidr, cfg.service_cidr) {
                 Ok(n) => {
                     tracing::info!(range = %cidr, "pods: each in its own network namespace, on the node's bridge");
                     Some(n)
@@ -201,8 +205,15 @@ impl ProcessRuntime {
             sandbox,
             pod_env,
             relay: Mutex::new(None),
+            proxy: Mutex::new(None),
             network,
         });
+        if let Some(n) = &shared.network
+            && let Some(s) = n.service_cidr
+        {
+            let node_ip = shared.cfg.host_ip.parse().unwrap_or(std::net::Ipv4Addr::LOCALHOST);
+            *shared.proxy.lock().unwrap() = Some(crate::proxy::ServiceProxy::start(shared.client.clone(), n.service_link(), s, node_ip));
+        }
         if let Some((listen, to)) = relay_to {
             let sh = shared.clone();
             tokio::spawn(async move {
@@ -346,6 +357,7 @@ impl crate::Runtime for ProcessRuntime {
             if let Some(r) = self.shared.relay.lock().unwrap().take() {
                 r.abort();
             }
+            self.shared.proxy.lock().unwrap().take();
         })
     }
 }

@@ -131,7 +131,10 @@ impl Cluster {
         // etcd's port is one per machine: a test that wants the etcd API asks for a free one.
         let etcd: &[&str] = if extra.contains(&"--etcd-listen") { &[] } else { &["--etcd-listen", "none"] };
         // Each cluster its own pod range, so clusters on one host never share a subnet.
-        let cidr = if extra.contains(&"--cluster-cidr") { vec![] } else { vec!["--cluster-cidr".to_string(), pod_range()] };
+        let mut cidr = if extra.contains(&"--cluster-cidr") { vec![] } else { vec!["--cluster-cidr".to_string(), pod_range()] };
+        if !extra.contains(&"--service-cluster-ip-range") {
+            cidr.extend(["--service-cluster-ip-range".to_string(), service_range()]);
+        }
         let mut child = Command::new(env!("CARGO_BIN_EXE_capstan"))
             .args(["up", "--listen", "127.0.0.1:0", "--log-level", "warn"])
             .args(etcd)
@@ -343,6 +346,14 @@ pub fn pod_range() -> String {
     static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
     let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     format!("10.{}.0.0/16", 10 + (std::process::id().wrapping_mul(7).wrapping_add(n * 37)) % 240)
+}
+
+/// A /24 Service range of its own for each cluster a test starts (out of the pod ranges).
+pub fn service_range() -> String {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let k = std::process::id().wrapping_mul(13).wrapping_add(n * 41) % 4096;
+    format!("172.{}.{}.0/24", 16 + k / 256, k % 256)
 }
 
 pub fn wait_until(what: &str, check: impl FnMut() -> bool) {

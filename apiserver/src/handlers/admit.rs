@@ -88,6 +88,7 @@ impl Req<'_> {
     /// A Service without a cluster IP gets the next one (`reserve.rs`); the counter's write
     /// goes in the create's txn.
     pub(super) async fn cluster_ip_reservation(&self, obj: &mut Value) -> Result<Option<Reservation>, ApiError> {
+        self.assign_node_ports(obj).await?;
         let spec = &obj["spec"];
         let wants_ip = self.info.kind == "Service"
             && self.info.group.is_empty()
@@ -101,6 +102,54 @@ impl Req<'_> {
         obj["spec"]["clusterIP"] = json!(ip.to_string());
         obj["spec"]["clusterIPs"] = json!([ip.to_string()]);
         Ok(Some(r))
+    }
+
+    /// A NodePort (or LoadBalancer) Service's ports without a node port get a free one from
+    /// Kubernetes' default range, 30000-32767; one asked for must be in it and free. Free means
+    /// no other Service holds it now (two creates racing for one port can both get it: there
+    /// is no allocation map in the store yet).
+    async fn assign_node_ports(&self, obj: &mut Value) -> Result<(), ApiError> {
+        const RANGE: std::ops::RangeInclusive<u64> = 30000..=32767;
+        let is_service = self.info.kind == "Service" && self.info.group.is_empty();
+        let wants = matches!(obj["spec"]["type"].as_str(), Some("NodePort" | "LoadBalancer"));
+        if !is_service || !wants {
+            return Ok(());
+        }
+        let prefix = self.info.prefix(None);
+        let all = self.st.store.range(storage::RangeRequest::prefix(prefix)).await?;
+        let mut used = std::collections::HashSet::new();
+        for kv in &all.kvs {
+            if let Ok(v) = Stored::from_kv(kv).and_then(|s| s.value_at(kv.mod_revision)) {
+                for p in v["spec"]["ports"].as_array().into_iter().flatten() {
+                    if let Some(n) = p["nodePort"].as_u64().filter(|n| *n > 0) {
+                        used.insert(n);
+                    }
+                }
+            }
+        }
+        let name = meta_str(obj, "name").unwrap_or("").to_string();
+        let Some(ports) = obj["spec"]["ports"].as_array_mut() else { return Ok(()) };
+        for (i, p) in ports.iter_mut().enumerate() {
+            match p["nodePort"].as_u64().filter(|n| *n > 0) {
+                Some(n) if !RANGE.contains(&n) => {
+                    return Err(ApiError::invalid("", "Service", &name, vec![(format!("spec.ports[{i}].nodePort"), format!("Invalid value: {n}: provided port is not in the valid range. The range of valid ports is 30000-32767"))]));
+                }
+                Some(n) if used.contains(&n) => {
+                    return Err(ApiError::invalid("", "Service", &name, vec![(format!("spec.ports[{i}].nodePort"), format!("Invalid value: {n}: provided port is already allocated"))]));
+                }
+                Some(n) => {
+                    used.insert(n);
+                }
+                None => {
+                    let start = rand::random_range(RANGE);
+                    let free = (0..=(RANGE.end() - RANGE.start())).map(|k| RANGE.start() + (start - RANGE.start() + k) % (RANGE.end() - RANGE.start() + 1)).find(|n| !used.contains(n));
+                    let n = free.ok_or_else(|| ApiError::internal("the node port range 30000-32767 is exhausted"))?;
+                    used.insert(n);
+                    p["nodePort"] = json!(n);
+                }
+            }
+        }
+        Ok(())
     }
 
     /// The Priority admission plugin: `spec.priorityClassName` (or the class marked
