@@ -244,7 +244,8 @@ fn objects_survive_a_restart_on_the_same_data_dir() {
 #[test]
 fn typed_create_commands_send_protobuf_and_work() {
     // kubectl 1.32+ sends these bodies as application/vnd.kubernetes.protobuf.
-    let c = Cluster::start();
+    let services = service_range();
+    let c = Cluster::start_with(tempfile::tempdir().unwrap(), &["--service-cluster-ip-range", &services]);
     for args in [
         &["create", "namespace", "pb"][..],
         &["create", "configmap", "c1", "-n", "pb", "--from-literal=a=b"],
@@ -262,7 +263,8 @@ fn typed_create_commands_send_protobuf_and_work() {
     assert_eq!(c.ok(&["get", "pod", "pod1", "-n", "pb", "-o", "jsonpath={.spec.containers[0].args}"]), r#"["sleep","10"]"#);
     assert_eq!(c.ok(&["get", "svc", "web", "-n", "pb", "-o", "jsonpath={.spec.selector.app} {.spec.ports[0].targetPort}"]), "web 8080");
     let ip = c.ok(&["get", "svc", "web", "-n", "pb", "-o", "jsonpath={.spec.clusterIP}"]);
-    assert!(ip.starts_with("10.96."), "a cluster IP from the service range: {ip}");
+    let net = services.rsplit_once('.').unwrap().0;
+    assert!(ip.starts_with(&format!("{net}.")), "a cluster IP from the service range {services}: {ip}");
     let all = c.ok(&["get", "all", "-n", "pb"]);
     assert!(all.contains("deployment.apps/web") && all.contains("pod/pod1") && all.contains("job.batch/j1"), "{all}");
 }

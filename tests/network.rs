@@ -10,6 +10,13 @@ fn jsonpath(c: &Cluster, pod: &str, path: &str) -> String {
     c.ok(&["get", "pod", pod, "-o", &format!("jsonpath={path}")])
 }
 
+/// Fails with the install hint when iproute2's `ip` is missing (the node would then run pods
+/// in its own network, and the checks below would fail less clearly).
+fn need_ip() {
+    let ok = std::process::Command::new("ip").arg("-V").output().is_ok_and(|o| o.status.success());
+    assert!(ok, "iproute2's `ip` is needed for pod networks: apt-get install -y iproute2 (.ci/run installs it)");
+}
+
 /// The network namespaces on this host (`ip netns list`).
 fn namespaces() -> String {
     let out = std::process::Command::new("ip").args(["netns", "list"]).output().expect("iproute2's ip (CI installs it)");
@@ -18,6 +25,7 @@ fn namespaces() -> String {
 
 #[test]
 fn pods_get_their_own_addresses_reach_each_other_and_the_api_and_leave_nothing_behind() {
+    need_ip();
     let range = pod_range();
     let c = Cluster::start_with(tempfile::tempdir().unwrap(), &["--node-name", NODE, "--cluster-cidr", &range]);
     let server = |name: &str| {
@@ -77,6 +85,7 @@ fn get(addr: &str, path: &str) -> Result<String, std::io::Error> {
 
 #[test]
 fn services_route_to_ready_endpoints_from_the_node_and_from_pods() {
+    need_ip();
     let services = service_range();
     let c = Cluster::start_with(tempfile::tempdir().unwrap(), &["--node-name", NODE, "--service-cluster-ip-range", &services]);
     let flags = c.dir.path().to_path_buf();
