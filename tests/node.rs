@@ -279,6 +279,8 @@ fn volumes_are_mounted_follow_their_objects_and_leave_nothing_behind() {
     c.ok(&["create", "configmap", "cfg", "--from-literal=greeting=hello"]);
     c.ok(&["create", "secret", "generic", "sec", "--from-literal=password=hunter2"]);
     let host_dir = c.dir.path().join("from-host");
+    // Something else in the pods' directory, which no container may see.
+    std::fs::create_dir_all(c.dir.path().join("pods").join("another-pods-secrets")).unwrap();
     // A mount point the host lacks, under a directory the host has: never created on the host.
     let etc_new = format!("/etc/capstan-test-{}", std::process::id());
     let m = c.write(
@@ -306,6 +308,7 @@ spec:
       (echo x > /cfg/nope) 2>/dev/null || echo cfg-read-only
       cat {etc_new}/sub/greeting; echo
       echo hostname=$(hostname)
+      echo pod-dirs-seen=$(ls {pods} | wc -l)
       while :; do echo "now=$(cat /cfg/greeting)"; sleep 0.3; done
     volumeMounts:
     - {{name: cfg, mountPath: /cfg}}
@@ -339,14 +342,16 @@ spec:
     readinessProbe: {{exec: {{command: ["cat", "/c/k"]}}, periodSeconds: 1}}
   volumes: [{{name: c, configMap: {{name: later}}}}]
 "#,
-            host = host_dir.display()
+            host = host_dir.display(),
+            pods = std::fs::canonicalize(c.dir.path()).unwrap().join("pods").display()
         ),
     );
     c.ok(&["apply", "-f", path_str(&m)]);
     c.ok(&["wait", "--for=condition=Ready", "pod/vols", "--timeout=60s"]);
-    wait_until("the pod's report of its volumes", || c.ok(&["logs", "vols"]).contains("hostname="));
+    wait_until("the pod's report of its volumes", || c.ok(&["logs", "vols"]).contains("pod-dirs-seen="));
     let logs = c.ok(&["logs", "vols"]);
-    let want = "hello\nhunter2\napp=\"demo\"\nwritten\nmem-is-tmpfs\ntoken-present\ncfg-read-only\nhello\nhostname=vols\n";
+    // Other pods' directories (their volumes, their tokens) are hidden: only its own shows.
+    let want = "hello\nhunter2\napp=\"demo\"\nwritten\nmem-is-tmpfs\ntoken-present\ncfg-read-only\nhello\nhostname=vols\npod-dirs-seen=1\n";
     assert!(logs.starts_with(want), "logs: {logs:?}");
     assert_eq!(std::fs::read_to_string(host_dir.join("f")).unwrap(), "from-pod\n");
     assert!(!std::path::Path::new(&etc_new).exists(), "{etc_new} was created on the host");

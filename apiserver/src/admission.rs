@@ -79,6 +79,18 @@ fn validate_spec(info: &ResourceInfo, obj: &Value, causes: &mut Vec<(String, Str
                     }
                 }
             }
+            for list in ["initContainers", "ephemeralContainers"] {
+                for (i, c) in obj["spec"][list].as_array().into_iter().flatten().enumerate() {
+                    if c.get("name").and_then(|n| n.as_str()).is_none_or(|n| !is_dns1123_label(n)) {
+                        causes.push((format!("spec.{list}[{i}].name"), "Invalid value: must be a DNS-1123 label".into()));
+                    }
+                }
+            }
+            for (i, v) in obj["spec"]["volumes"].as_array().into_iter().flatten().enumerate() {
+                if v.get("name").and_then(|n| n.as_str()).is_none_or(|n| !is_dns1123_label(n)) {
+                    causes.push((format!("spec.volumes[{i}].name"), "Invalid value: must be a DNS-1123 label".into()));
+                }
+            }
         }
         "Deployment" | "ReplicaSet" | "StatefulSet" | "DaemonSet" => {
             if obj["spec"].get("selector").is_none() {

@@ -98,10 +98,6 @@ pub fn identity(node: &str, data_dir: &Path) -> String {
     format!("{:05x}", h & 0xfffff)
 }
 
-fn uid_part(uid: &str) -> String {
-    uid.chars().filter(|c| c.is_ascii_hexdigit()).take(5).collect::<String>().to_ascii_lowercase()
-}
-
 /// Runs `ip` with a batch of commands (one per line), optionally inside a namespace.
 fn ip_batch(netns: Option<&str>, batch: &str) -> Result<(), String> {
     use std::io::Write;
@@ -154,6 +150,11 @@ impl NodeNetwork {
         }
         batch.push_str(&format!("addr replace {gateway}/{} dev {bridge}\nlink set {bridge} up\n", pod_cidr.bits));
         if let Some(s) = service_cidr {
+            // The Service range must not be a network this host reaches through a link.
+            let routes = ip_out(&["-o", "-4", "route", "show", "match", &s.nth(1).to_string()])?;
+            if let Some(r) = routes.lines().find(|r| !r.starts_with("default") && !r.starts_with("blackhole")) {
+                return Err(format!("the Service range {s} is already routed on this host ({r}); give this cluster another --service-cluster-ip-range"));
+            }
             batch.push_str(&format!("route replace blackhole {s}\n"));
         }
         if let Err(e) = ip_batch(None, &batch) {
@@ -168,9 +169,21 @@ impl NodeNetwork {
         Ok(NodeNetwork { id, pod_cidr, gateway, leases, service_cidr })
     }
 
-    fn names(&self, uid: &str) -> (String, String, String) {
-        let u = uid_part(uid);
-        (format!("cv{}{u}", self.id), format!("ce{}{u}", self.id), format!("cn{}-{uid}", self.id))
+    /// A pod's namespace name (its uid: unique).
+    fn ns_name(&self, uid: &str) -> String {
+        format!("cn{}-{uid}", self.id)
+    }
+
+    /// A pod's link names: from its address's host number, unique while it holds the lease
+    /// (a uid's prefix could be shared by two pods).
+    fn link_names(&self, ip: Ipv4Addr) -> (String, String) {
+        let n = u32::from(ip).wrapping_sub(u32::from(self.pod_cidr.base));
+        (format!("cv{}{n:03x}", self.id), format!("ce{}{n:03x}", self.id))
+    }
+
+    /// The address leased to `uid`, if any.
+    fn leased(&self, uid: &str) -> Option<Ipv4Addr> {
+        std::fs::read_dir(&self.leases).ok()?.flatten().find(|e| std::fs::read_to_string(e.path()).is_ok_and(|o| o == uid)).and_then(|e| e.file_name().to_string_lossy().parse().ok())
     }
 
     /// The address leased to `uid`, leasing the lowest free one when it has none.
@@ -214,8 +227,9 @@ impl NodeNetwork {
     /// Gives pod `uid` its namespace, link and address (again after a restart: what exists
     /// is kept).
     pub fn attach(&self, uid: &str) -> Result<PodNet, String> {
-        let (host_if, pod_if, ns) = self.names(uid);
         let ip = self.lease(uid)?;
+        let (host_if, pod_if) = self.link_names(ip);
+        let ns = self.ns_name(uid);
         let netns = PathBuf::from("/run/netns").join(&ns);
         if netns.exists() && ip_out(&["-o", "link", "show", "dev", &host_if]).is_ok() {
             return Ok(PodNet { ip, netns });
@@ -237,9 +251,10 @@ impl NodeNetwork {
 
     /// Removes pod `uid`'s namespace, link and lease.
     pub fn detach(&self, uid: &str) {
-        let (host_if, _, ns) = self.names(uid);
-        let _ = ip_out(&["link", "del", &host_if]);
-        let _ = ip_out(&["netns", "del", &ns]);
+        if let Some(ip) = self.leased(uid) {
+            let _ = ip_out(&["link", "del", &self.link_names(ip).0]);
+        }
+        let _ = ip_out(&["netns", "del", &self.ns_name(uid)]);
         self.release(uid);
     }
 
@@ -272,9 +287,10 @@ impl NodeNetwork {
         let prefix = format!("cn{}-", self.id);
         for name in ip_out(&["netns", "list"]).unwrap_or_default().lines().filter_map(|l| l.split_whitespace().next()) {
             if let Some(uid) = name.strip_prefix(&prefix) {
-                let (host_if, _, ns) = self.names(uid);
-                let _ = ip_out(&["link", "del", &host_if]);
-                let _ = ip_out(&["netns", "del", &ns]);
+                if let Some(ip) = self.leased(uid) {
+                    let _ = ip_out(&["link", "del", &self.link_names(ip).0]);
+                }
+                let _ = ip_out(&["netns", "del", &self.ns_name(uid)]);
             }
         }
         let _ = ip_out(&["link", "del", &format!("cb{}", self.id)]);
@@ -302,7 +318,7 @@ pub fn del_address(link: &str, ip: Ipv4Addr) {
 
 /// Where pod `uid`'s namespace is, when the node gives pods their own.
 pub fn netns_path(n: Option<&NodeNetwork>, uid: &str) -> Option<PathBuf> {
-    n.map(|n| PathBuf::from("/run/netns").join(n.names(uid).2))
+    n.map(|n| PathBuf::from("/run/netns").join(n.ns_name(uid)))
 }
 
 /// Connects to `addr` from inside the network namespace at `netns` (a thread of its own
@@ -391,8 +407,8 @@ mod tests {
         assert_eq!(a.len(), 5);
         assert_ne!(a, identity("node-a", Path::new("/tmp/y")));
         assert_ne!(a, identity("node-b", Path::new("/tmp/x")));
-        // Link names fit the kernel's 15 bytes.
-        assert!(format!("cv{a}{}", uid_part("0123456789abcdef")).len() <= 15);
+        // Link names fit the kernel's 15 bytes (a /20 range's host numbers included).
+        assert!(format!("cv{a}{:03x}", 4094).len() <= 15);
     }
 
     #[test]

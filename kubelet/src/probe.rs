@@ -114,21 +114,25 @@ impl Probe {
 /// Runs a probe once. `Ok(())` is success; `Err` says why not, as the `Unhealthy` event does.
 /// Runs one probe. An exec probe runs in the container's namespaces when `container` (its
 /// main process) is given, in `cwd` (a path in the container).
-pub async fn run(p: &Probe, host: &str, env: &[(String, String)], cwd: &std::path::Path, container: Option<i32>) -> Result<(), String> {
+pub async fn run(p: &Probe, host: &str, env: &[(String, String)], cwd: &std::path::Path, container: Option<(i32, Option<crate::privileges::Privileges>)>) -> Result<(), String> {
     match tokio::time::timeout(p.timeout, run_inner(p, host, env, cwd, container)).await {
         Ok(r) => r,
         Err(_) => Err(format!("probe timed out after {}s", p.timeout.as_secs())),
     }
 }
 
-async fn run_inner(p: &Probe, host: &str, env: &[(String, String)], cwd: &std::path::Path, container: Option<i32>) -> Result<(), String> {
+async fn run_inner(p: &Probe, host: &str, env: &[(String, String)], cwd: &std::path::Path, container: Option<(i32, Option<crate::privileges::Privileges>)>) -> Result<(), String> {
     match &p.action {
         Action::Exec(cmd) => {
             let Some((prog, args)) = cmd.split_first() else { return Err("exec probe without a command".into()) };
             let mut c = tokio::process::Command::new(prog);
             c.args(args).envs(env.iter().map(|(k, v)| (k, v))).stdin(std::process::Stdio::null()).kill_on_drop(true);
             match container {
-                Some(pid) => crate::sandbox::Join::of(pid, cwd).map_err(|e| format!("entering the container: {e}"))?.install(&mut c),
+                // In the container: its namespaces, user and capabilities, its environment only.
+                Some((pid, privileges)) => {
+                    c.env_clear().envs(env.iter().map(|(k, v)| (k, v)));
+                    crate::sandbox::Join::of(pid, cwd).map_err(|e| format!("entering the container: {e}"))?.with_privileges(privileges).install(&mut c)
+                }
                 None => {
                     c.current_dir(cwd);
                 }

@@ -127,6 +127,9 @@ pub struct Shared {
 pub struct ProcessRuntime {
     shared: Arc<Shared>,
     workers: Mutex<HashMap<String, Handle>>,
+    /// Workers of removed pods still stopping their containers: their directories and
+    /// networks are still in use.
+    stopping: Mutex<HashMap<String, tokio::task::AbortHandle>>,
     sampler: tokio::task::JoinHandle<()>,
 }
 
@@ -137,7 +140,11 @@ impl Drop for ProcessRuntime {
 }
 
 impl ProcessRuntime {
-    pub fn new(cfg: ProcessConfig, client: Client) -> ProcessRuntime {
+    pub fn new(mut cfg: ProcessConfig, client: Client) -> ProcessRuntime {
+        // Absolute paths: mount tables and mount namespaces speak nothing else.
+        let _ = std::fs::create_dir_all(&cfg.root);
+        cfg.root = std::fs::canonicalize(&cfg.root).unwrap_or(cfg.root);
+        cfg.data_dir = std::fs::canonicalize(&cfg.data_dir).unwrap_or(cfg.data_dir);
         let cgroups = match Cgroups::detect() {
             Ok(c) => {
                 tracing::info!("container limits: enforced through cgroup v2");
@@ -224,7 +231,7 @@ impl ProcessRuntime {
             });
         }
         let sampler = tokio::spawn(sample_loop(shared.clone()));
-        ProcessRuntime { shared, workers: Default::default(), sampler }
+        ProcessRuntime { shared, workers: Default::default(), stopping: Default::default(), sampler }
     }
 
     /// Whether any container of any pod is still running (tests, shutdown).
@@ -260,6 +267,9 @@ impl crate::Runtime for ProcessRuntime {
     fn pod_removed(&self, _ns: &str, _name: &str, uid: &str) {
         if let Some(h) = self.workers.lock().unwrap().remove(uid) {
             let _ = h.stop_tx.send(Stop::Removed);
+            let mut s = self.stopping.lock().unwrap();
+            s.retain(|_, t| !t.is_finished());
+            s.insert(uid.to_string(), h.task.abort_handle());
         }
     }
 
@@ -272,7 +282,12 @@ impl crate::Runtime for ProcessRuntime {
         }
         // Directories of pods that went while the node was down (`<ns>_<name>_<uid>`), with
         // what was mounted for them, unless a worker still owns them; their networks too.
-        let workers = self.workers.lock().unwrap();
+        let mut workers: HashMap<String, ()> = self.workers.lock().unwrap().keys().map(|k| (k.clone(), ())).collect();
+        {
+            let mut s = self.stopping.lock().unwrap();
+            s.retain(|_, t| !t.is_finished());
+            workers.extend(s.keys().map(|k| (k.clone(), ())));
+        }
         if let Some(n) = &self.shared.network {
             let live: std::collections::HashSet<String> = present.iter().map(|s| s.to_string()).chain(workers.keys().cloned()).collect();
             let removed = n.reconcile(&live);
@@ -711,7 +726,7 @@ impl Worker {
         match n.attach(&self.uid) {
             Ok(net) => {
                 // Its /etc/hosts names it at its address, as the kubelet writes it.
-                let host = self.pod["spec"]["hostname"].as_str().filter(|h| !h.is_empty()).unwrap_or(&self.name).to_string();
+                let host = hostname_of(&self.pod, &self.name);
                 let fqdn = self.pod["spec"]["subdomain"].as_str().filter(|s| !s.is_empty()).map(|s| format!("{host}.{s}.{}.svc.cluster.local", self.ns));
                 let hosts = crate::network::hosts_file(net.ip, &host, fqdn.as_deref(), &self.pod["spec"]["hostAliases"]);
                 let _ = std::fs::create_dir_all(&self.dir);
@@ -738,6 +753,10 @@ impl Worker {
     fn sandbox_plan(&self, spec: &Value, env: &[(String, String)], cwd: &std::path::Path) -> Result<Option<Arc<sandbox::Plan>>, String> {
         let Ok(top) = &self.sh.sandbox else { return Ok(None) };
         let name = spec["name"].as_str().unwrap_or("");
+        // A path element on the host: only what the API accepts as a container name.
+        if name.is_empty() || name.len() > 63 || !name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-') {
+            return Err(format!("container name {name:?} is not a DNS label"));
+        }
         let fs = self.dir.join(".fs").join(name);
         let mut mounts = Vec::new();
         for m in spec["volumeMounts"].as_array().into_iter().flatten() {
@@ -763,13 +782,14 @@ impl Worker {
                 mounts.push(sandbox::Mount { dst: "/etc/hosts".into(), src: hosts, read_only: false });
             }
         }
-        let hostname = (!host_network).then(|| self.pod["spec"]["hostname"].as_str().filter(|h| !h.is_empty()).unwrap_or(&self.name).to_string());
+        let hostname = (!host_network).then(|| hostname_of(&self.pod, &self.name));
         let spec = sandbox::Spec {
             root: fs.join("root"),
             layers: fs.join("layers"),
             top,
             mounts,
             keep: vec![self.dir.join("rootfs")],
+            hide: vec![self.sh.cfg.root.clone()],
             workdir: cwd.to_path_buf(),
             hostname,
             read_only_root: spec["securityContext"]["readOnlyRootFilesystem"] == true,
@@ -1046,14 +1066,14 @@ impl Worker {
         let env = c.env.clone();
         let host = self.net.as_ref().map_or_else(|| self.sh.cfg.host_ip.clone(), |n| n.ip.to_string());
         let cwd = c.cwd.clone();
-        let target = if c.sandboxed { c.pgid } else { None };
+        let target = if c.sandboxed { c.pgid.map(|p| (p, c.privileges.clone())) } else { None };
         c.probes.push(tokio::spawn(async move {
             tokio::time::sleep(p.initial_delay).await;
             let mut tick = tokio::time::interval(p.period);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tick.tick().await;
-                let result = probe::run(&p, &host, &env, &cwd, target).await;
+                let result = probe::run(&p, &host, &env, &cwd, target.clone()).await;
                 if tx.send(Ev::Probe { idx: i, start_gen, kind, result }).await.is_err() {
                     return;
                 }
@@ -1312,4 +1332,15 @@ fn sub_path(src: &std::path::Path, sub: &str) -> Result<PathBuf, String> {
         return Err(format!("subPath {sub:?} leads outside the volume (to {})", real.display()));
     }
     Ok(real)
+}
+
+/// The pod's hostname: `spec.hostname`, or its name cut to 63 bytes without a trailing `-` or
+/// `.`, as the kubelet does (a name may be longer than a hostname may).
+fn hostname_of(pod: &Value, name: &str) -> String {
+    let h = pod["spec"]["hostname"].as_str().filter(|h| !h.is_empty()).unwrap_or(name);
+    let mut h = h[..h.len().min(63)].to_string();
+    while h.ends_with(['-', '.']) {
+        h.pop();
+    }
+    h
 }

@@ -80,6 +80,13 @@ struct Listener {
     task: tokio::task::JoinHandle<()>,
 }
 
+impl Drop for Listener {
+    fn drop(&mut self) {
+        // Dropping a task's handle does not stop it: a stopped proxy must stop serving.
+        self.task.abort();
+    }
+}
+
 /// The running proxy.
 pub struct ServiceProxy {
     _informers: Informers,
@@ -116,14 +123,10 @@ async fn run(services: Arc<Informer>, slices: Arc<Informer>, wake: Arc<tokio::sy
     loop {
         let want = desired(&services.list(), &slices.list(), node_ip);
         // Listeners for ports with ready endpoints; none (connections refused) without.
-        listeners.retain(|addr, l| {
-            let keep = want.get(addr).is_some_and(|b| !b.addrs.is_empty());
-            if !keep {
-                l.task.abort();
-            }
-            keep
-        });
-        let ips: HashSet<Ipv4Addr> = want.iter().filter(|(a, b)| !b.addrs.is_empty() && a.ip() != std::net::IpAddr::V4(node_ip)).filter_map(|(a, _)| match a.ip() {
+        listeners.retain(|addr, _| want.get(addr).is_some_and(|b| !b.addrs.is_empty()));
+        // Every cluster IP is a local address, with endpoints or not: without a listener, a
+        // connection is refused at once by the node.
+        let ips: HashSet<Ipv4Addr> = want.keys().filter(|a| a.ip() != std::net::IpAddr::V4(node_ip)).filter_map(|a| match a.ip() {
             std::net::IpAddr::V4(v) if cidr.contains(v) => Some(v),
             _ => None,
         }).collect();

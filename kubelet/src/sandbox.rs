@@ -76,6 +76,10 @@ pub struct Spec<'a> {
     /// Host directories the container writes at their own path even with a read-only root
     /// (the pod's scratch directory).
     pub keep: Vec<PathBuf>,
+    /// Host directories the container must not see (every pod's directory: other pods'
+    /// volumes and tokens): an empty tmpfs covers them; `keep` directories inside are bound
+    /// back.
+    pub hide: Vec<PathBuf>,
     /// The container's working directory (created if missing, as runtimes do).
     pub workdir: PathBuf,
     pub hostname: Option<String>,
@@ -248,8 +252,19 @@ pub fn plan(s: &Spec) -> Result<Plan, String> {
         layer_dirs.push(up);
         layer_dirs.push(wk);
     }
+    for h in &s.hide {
+        ops.push((Op::Tmpfs(cstr(&in_root(root, h))?), format!("hiding {}", h.display())));
+    }
     for k in &s.keep {
         let dst = in_root(root, k);
+        if let Some(h) = s.hide.iter().find(|h| k.starts_with(h)) {
+            // The mount point, made again in the tmpfs that hides its parent.
+            let mut p = in_root(root, h);
+            for c in k.strip_prefix(h).unwrap_or(k).components() {
+                p.push(c);
+                ops.push((Op::Mkdir(cstr(&p)?), format!("creating {}", p.display())));
+            }
+        }
         ops.push((Op::Bind { src: cstr(k)?, dst: cstr(&dst)?, read_only: false }, format!("binding {}", k.display())));
     }
     let mkdir_p = |ops: &mut Vec<(Op, String)>, at: &Path, create: &[std::ffi::OsString], last_is_file: bool| -> Result<PathBuf, String> {
@@ -483,7 +498,7 @@ mod tests {
 
     fn spec<'a>(t: &Path, top: &'a [Top], mounts: Vec<Mount>) -> Spec<'a> {
         let privileges = crate::privileges::of(&serde_json::Value::Null, &serde_json::Value::Null).unwrap();
-        Spec { root: t.join("root"), layers: t.join("layers"), top, mounts, keep: vec![], workdir: "/".into(), hostname: None, read_only_root: false, privileges, netns: None }
+        Spec { root: t.join("root"), layers: t.join("layers"), top, mounts, keep: vec![], hide: vec![], workdir: "/".into(), hostname: None, read_only_root: false, privileges, netns: None }
     }
 
     fn overlay_targets(p: &Plan) -> Vec<String> {

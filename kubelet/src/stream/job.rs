@@ -61,15 +61,7 @@ fn spawn(target: &ExecTarget, o: &Options) -> std::io::Result<(tokio::process::C
     cmd.args(&o.command[1..]).env_clear().envs(target.env.iter().map(|(k, v)| (k, v))).kill_on_drop(true);
     crate::sandbox::Join::of(target.pid, &target.cwd)?.with_privileges(target.privileges.clone()).install(&mut cmd);
     if o.tty {
-        let (mut m, mut s) = (0, 0);
-        // SAFETY: openpty fills two descriptors that we then own.
-        if unsafe { libc::openpty(&mut m, &mut s, std::ptr::null_mut(), std::ptr::null(), std::ptr::null()) } < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        // SAFETY: just opened, owned here alone.
-        let (master, slave) = unsafe { (OwnedFd::from_raw_fd(m), OwnedFd::from_raw_fd(s)) };
-        // SAFETY: fcntl on a descriptor we own.
-        unsafe { libc::fcntl(master.as_raw_fd(), libc::F_SETFD, libc::FD_CLOEXEC) };
+        let (master, slave) = pty()?;
         cmd.stdin(std::process::Stdio::from(slave.try_clone()?)).stdout(std::process::Stdio::from(slave.try_clone()?)).stderr(std::process::Stdio::from(slave));
         // SAFETY: setsid and ioctl are async-signal-safe; fd 0 is the terminal by now.
         unsafe {
@@ -89,6 +81,33 @@ fn spawn(target: &ExecTarget, o: &Options) -> std::io::Result<(tokio::process::C
         let io = Io::Pipes { stdin: child.stdin.take(), stdout: child.stdout.take(), stderr: child.stderr.take() };
         Ok((child, io))
     }
+}
+
+/// A pseudo-terminal, both ends close-on-exec from the start (another thread forking
+/// meanwhile must not inherit someone's terminal).
+fn pty() -> std::io::Result<(OwnedFd, OwnedFd)> {
+    let last = std::io::Error::last_os_error;
+    // SAFETY: posix_openpt returns a descriptor we then own.
+    let m = unsafe { libc::posix_openpt(libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC) };
+    if m < 0 {
+        return Err(last());
+    }
+    // SAFETY: just opened, owned here alone.
+    let master = unsafe { OwnedFd::from_raw_fd(m) };
+    let mut name = [0 as libc::c_char; 128];
+    // SAFETY: grantpt, unlockpt and ptsname_r on our master, into a buffer on the stack.
+    unsafe {
+        if libc::grantpt(m) < 0 || libc::unlockpt(m) < 0 || libc::ptsname_r(m, name.as_mut_ptr(), name.len()) != 0 {
+            return Err(last());
+        }
+    }
+    // SAFETY: opening the terminal's slave by the NUL-terminated name ptsname_r wrote.
+    let s = unsafe { libc::open(name.as_ptr(), libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC) };
+    if s < 0 {
+        return Err(last());
+    }
+    // SAFETY: just opened, owned here alone.
+    Ok((master, unsafe { OwnedFd::from_raw_fd(s) }))
 }
 
 /// Copies a stream of the command to the client, one message per read.
@@ -261,8 +280,7 @@ pub async fn attach(target: AttachTarget, o: Options, out: Output, mut input: mp
                 _ => {}
             }
         }
-        // The client left.
-        std::future::pending::<()>().await
+        // The client left: so does the session.
     };
     tokio::select! {
         _ = follow => Ok(Some(0)),

@@ -199,13 +199,20 @@ fn headers(z: &mut flate2::Decompress, dict: &[u8], block: &[u8]) -> Result<Vec<
     let mut input = block;
     loop {
         out.reserve(1024);
-        let before_in = z.total_in();
+        let (before_in, before_out) = (z.total_in(), z.total_out());
         match z.decompress_vec(input, &mut out, flate2::FlushDecompress::Sync) {
+            // The session's header stream never ends: an end is a malformed block.
+            Ok(flate2::Status::StreamEnd) => return Err("header block: the zlib stream ended".into()),
             Ok(_) => {}
             Err(e) if e.needs_dictionary().is_some() => {
                 z.set_dictionary(dict).map_err(|e| format!("header dictionary: {e}"))?;
+                input = &input[(z.total_in() - before_in) as usize..];
+                continue;
             }
             Err(e) => return Err(format!("header block: {e}")),
+        }
+        if z.total_in() == before_in && z.total_out() == before_out && !input.is_empty() {
+            return Err("header block: no progress".into());
         }
         input = &input[(z.total_in() - before_in) as usize..];
         if out.len() > HEADERS_MAX {
@@ -434,6 +441,16 @@ mod tests {
             control(SYN_STREAM, 0, &[0; 12]).into_iter().enumerate().map(|(i, b)| if i == 1 { 2 } else { b }).collect(),
             // A header block that is not zlib.
             control(SYN_STREAM, 0, &[0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 1, 2, 3, 4]),
+            // A header block whose zlib stream ends, then one more byte (it used to spin).
+            {
+                let mut z = flate2::Compress::new(flate2::Compression::default(), true);
+                let mut block = Vec::with_capacity(64);
+                z.compress_vec(&0u32.to_be_bytes(), &mut block, flate2::FlushCompress::Finish).unwrap();
+                block.push(0);
+                let mut p = vec![0, 0, 0, 1, 0, 0, 0, 0, 0, 0];
+                p.extend_from_slice(&block);
+                control(SYN_STREAM, 0, &p)
+            },
         ] {
             let (ours, theirs) = tokio::io::duplex(1 << 16);
             let mut streams = serve(ours);
