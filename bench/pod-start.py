@@ -4,6 +4,7 @@ pods with a network namespace, two volumes (a ConfigMap and an emptyDir) and an 
 readiness probe. Clock: this process's monotonic clock, milliseconds.
 
 Usage: pod-start.py KUBECONFIG NODE [PODS=200] [AT_ONCE=10]
+Each batch is deleted once Ready (the node holds 110 pods).
 Prints p50 / p90 / p99 / max and the pods' addresses' range check.
 """
 
@@ -70,6 +71,9 @@ for i in range(n):
         deadline = time.monotonic() + 120
         while any(f"p{j:04d}" not in ready for j in range(i + 1 - at_once, i + 1)) and time.monotonic() < deadline:
             time.sleep(0.005)
+        # Then it goes (the node holds 110 pods, as a kubelet's default).
+        for j in range(i + 1 - at_once, i + 1):
+            v1.delete_namespaced_pod(f"p{j:04d}", ns, grace_period_seconds=0)
 
 done.wait(600)
 lat = sorted((ready[k] - created[k]) * 1000 for k in created if k in ready)

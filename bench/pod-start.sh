@@ -11,4 +11,4 @@ D=$(mktemp -d)
 UP=$!
 trap 'kill $UP 2>/dev/null; wait 2>/dev/null; rm -rf "$D"' EXIT
 until [ -f "$D/kubeconfig" ] && KUBECONFIG="$D/kubeconfig" kubectl get node podstart >/dev/null 2>&1; do sleep 0.2; done
-python3 "$(dirname "$0")/pod-start.py" "$D/kubeconfig" podstart "${1:-200}" "${2:-10}"
+python3 -u "$(dirname "$0")/pod-start.py" "$D/kubeconfig" podstart "${1:-200}" "${2:-10}"
