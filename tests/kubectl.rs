@@ -561,3 +561,23 @@ fn server_side_apply_co_owns_equal_values_and_writes_nothing_for_a_no_op() {
     c.ok(&["label", "cm", "ssa", "x=y", "--overwrite"]);
     assert_eq!(rv(), labelled);
 }
+
+#[test]
+fn node_ports_are_allocated_on_create_and_when_a_service_becomes_a_node_port() {
+    let c = Cluster::start_with(tempfile::tempdir().unwrap(), &["--no-local-node"]);
+    let port = |name: &str| c.ok(&["get", "svc", name, "-o", "jsonpath={.spec.ports[0].nodePort}"]).parse::<u32>().unwrap_or(0);
+    c.ok(&["create", "service", "nodeport", "np", "--tcp=80:8080"]);
+    let first = port("np");
+    assert!((30000..=32767).contains(&first), "{first}");
+    c.ok(&["create", "service", "clusterip", "later", "--tcp=80:8080"]);
+    c.ok(&["patch", "svc", "later", "-p", r#"{"spec":{"type":"NodePort"}}"#]);
+    let second = port("later");
+    assert!((30000..=32767).contains(&second) && second != first, "{second} (first {first})");
+    // An update that keeps its port keeps it; another's port or one out of range is refused.
+    c.ok(&["label", "svc", "later", "x=y"]);
+    assert_eq!(port("later"), second);
+    let e = c.fails(&["patch", "svc", "later", "-p", &format!(r#"{{"spec":{{"ports":[{{"port":80,"targetPort":8080,"nodePort":{first}}}]}}}}"#)]);
+    assert!(e.contains("provided port is already allocated"), "{e}");
+    let e = c.fails(&["patch", "svc", "later", "-p", r#"{"spec":{"ports":[{"port":80,"targetPort":8080,"nodePort":80}]}}"#]);
+    assert!(e.contains("provided port is not in the valid range"), "{e}");
+}

@@ -798,7 +798,8 @@ impl Req<'_> {
             && rv != cur.mod_revision.to_string() {
                 return Err(ApiError::conflict(self.info.group, self.info.resource, self.name()));
             }
-        let next = self.next_object(&cur.obj, incoming)?;
+        let mut next = self.next_object(&cur.obj, incoming)?;
+        self.assign_node_ports(&mut next).await?;
         self.guard_rbac(&next).await?;
         self.finish_write(&key, &cur, next).await?.ok_or_else(|| ApiError::conflict(self.info.group, self.info.resource, self.name()))
     }
@@ -824,7 +825,8 @@ impl Req<'_> {
                 && rv != cur.mod_revision.to_string() {
                     return Err(ApiError::conflict(self.info.group, self.info.resource, self.name()));
                 }
-            let next = self.next_object(&cur.obj, doc)?;
+            let mut next = self.next_object(&cur.obj, doc)?;
+            self.assign_node_ports(&mut next).await?;
             self.guard_rbac(&next).await?;
             if let Some(r) = self.finish_write(&key, &cur, next).await? {
                 return Ok(r);
@@ -878,7 +880,8 @@ impl Req<'_> {
             match cur {
                 None => return self.create_object(obj).await,
                 Some(cur) => {
-                    let next = self.next_object_as(&cur.obj, obj, false)?;
+                    let mut next = self.next_object_as(&cur.obj, obj, false)?;
+                    self.assign_node_ports(&mut next).await?;
                     self.guard_rbac(&next).await?;
                     if let Some(r) = self.finish_write(&key, &cur, next).await? {
                         return Ok(r);

@@ -105,10 +105,11 @@ impl Req<'_> {
     }
 
     /// A NodePort (or LoadBalancer) Service's ports without a node port get a free one from
-    /// Kubernetes' default range, 30000-32767; one asked for must be in it and free. Free means
+    /// Kubernetes' default range, 30000-32767, on create and on update (a Service made a
+    /// NodePort keeps the ports it has); one asked for must be in it and free. Free means
     /// no other Service holds it now (two creates racing for one port can both get it: there
     /// is no allocation map in the store yet).
-    async fn assign_node_ports(&self, obj: &mut Value) -> Result<(), ApiError> {
+    pub(super) async fn assign_node_ports(&self, obj: &mut Value) -> Result<(), ApiError> {
         const RANGE: std::ops::RangeInclusive<u64> = 30000..=32767;
         let is_service = self.info.kind == "Service" && self.info.group.is_empty();
         let wants = matches!(obj["spec"]["type"].as_str(), Some("NodePort" | "LoadBalancer"));
@@ -118,7 +119,9 @@ impl Req<'_> {
         let prefix = self.info.prefix(None);
         let all = self.st.store.range(storage::RangeRequest::prefix(prefix)).await?;
         let mut used = std::collections::HashSet::new();
-        for kv in &all.kvs {
+        // The Service's own ports (an update) are not another's.
+        let own = self.key();
+        for kv in all.kvs.iter().filter(|kv| kv.key.as_ref() != own.as_bytes()) {
             if let Ok(v) = Stored::from_kv(kv).and_then(|s| s.value_at(kv.mod_revision)) {
                 for p in v["spec"]["ports"].as_array().into_iter().flatten() {
                     if let Some(n) = p["nodePort"].as_u64().filter(|n| *n > 0) {
