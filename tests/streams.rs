@@ -170,6 +170,22 @@ fn get_status_line(port: u16) -> String {
     line.trim().to_string()
 }
 
+/// `bin port-forward pod/web :PORT`, and the local port it chose ("Forwarding from
+/// 127.0.0.1:LOCAL -> PORT").
+fn port_forward(c: &Cluster, bin: &str, port: u16) -> (std::process::Child, u16) {
+    let mut child = Command::new(bin)
+        .args(["port-forward", "pod/web", &format!(":{port}")])
+        .env("KUBECONFIG", &c.kubeconfig)
+        .env("HOME", c.dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let line = first_line(&mut child);
+    let local = line.split("127.0.0.1:").nth(1).and_then(|r| r.split(' ').next()).and_then(|p| p.parse().ok()).unwrap_or_else(|| panic!("{bin}: {line:?}"));
+    (child, local)
+}
+
 #[test]
 fn port_forward_reaches_the_pod_over_websocket_and_spdy() {
     let c = Cluster::start_with(tempfile::tempdir().unwrap(), &["--node-name", NODE]);
@@ -195,17 +211,7 @@ spec:
     c.ok(&["wait", "--for=condition=Ready", "pod/web", "--timeout=60s"]);
     // kubectl 1.33 tunnels SPDY through a WebSocket; 1.27 speaks SPDY.
     for bin in [kubectl_version(33), kubectl_version(27)] {
-        let mut child = Command::new(&bin)
-            .args(["port-forward", "pod/web", &format!(":{port}")])
-            .env("KUBECONFIG", &c.kubeconfig)
-            .env("HOME", c.dir.path())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        // "Forwarding from 127.0.0.1:LOCAL -> PORT"
-        let line = first_line(&mut child);
-        let local: u16 = line.split("127.0.0.1:").nth(1).and_then(|r| r.split(' ').next()).and_then(|p| p.parse().ok()).unwrap_or_else(|| panic!("{bin}: {line:?}"));
+        let (mut child, local) = port_forward(&c, &bin, port);
         // Two connections in one session, one after the other.
         assert_eq!(get_status_line(local), "HTTP/1.0 200 OK", "{bin}");
         assert_eq!(get_status_line(local), "HTTP/1.0 200 OK", "{bin}");
@@ -223,16 +229,7 @@ spec:
     assert!(out.status.success() && text(&out.stdout).trim() == "ok", "{}:\n{}\n{}", script.display(), text(&out.stdout), text(&out.stderr));
     // A port nothing listens on: the error reaches kubectl on the session's error stream.
     let closed = free_port();
-    let mut child = Command::new(KUBECTL)
-        .args(["port-forward", "pod/web", &format!(":{closed}")])
-        .env("KUBECONFIG", &c.kubeconfig)
-        .env("HOME", c.dir.path())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let line = first_line(&mut child);
-    let local: u16 = line.split("127.0.0.1:").nth(1).and_then(|r| r.split(' ').next()).and_then(|p| p.parse().ok()).unwrap();
+    let (mut child, local) = port_forward(&c, KUBECTL, closed);
     let mut s = std::net::TcpStream::connect(("127.0.0.1", local)).unwrap();
     let _ = s.write_all(b"GET / HTTP/1.0\r\n\r\n");
     // kubectl ends the session on such an error (client-go's choice); bounded here.

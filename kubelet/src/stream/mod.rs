@@ -251,38 +251,29 @@ where
     }
 }
 
+/// What exec and attach check before they switch protocols: the options (400), the upgrade,
+/// and the container (404).
+async fn open<T>(query: Option<String>, need_command: bool, req: Request, target: impl FnOnce() -> Result<T, String>) -> Result<(Upgrade, Options, T), Response> {
+    let o = options(query.as_deref().unwrap_or(""), need_command).map_err(|e| bad(StatusCode::BAD_REQUEST, e))?;
+    let up = upgrade(req).await?;
+    let t = target().map_err(|e| bad(StatusCode::NOT_FOUND, e))?;
+    Ok((up, o, t))
+}
+
 /// `GET|POST /exec/{namespace}/{pod}/{container}`.
 pub async fn exec(State(rt): State<Arc<dyn Runtime>>, UrlPath((ns, pod, container)): UrlPath<(String, String, String)>, RawQuery(query): RawQuery, req: Request) -> Response {
-    let o = match options(query.as_deref().unwrap_or(""), true) {
-        Ok(o) => o,
-        Err(e) => return bad(StatusCode::BAD_REQUEST, e),
-    };
-    let up = match upgrade(req).await {
-        Ok(u) => u,
-        Err(r) => return r,
-    };
-    let target = match rt.exec_target(&ns, &pod, &container) {
-        Ok(t) => t,
-        Err(e) => return bad(StatusCode::NOT_FOUND, e),
-    };
-    serve_channels(up, o.clone(), move |out, input| job::exec(target, o, out, input))
+    match open(query, true, req, || rt.exec_target(&ns, &pod, &container)).await {
+        Ok((up, o, target)) => serve_channels(up, o.clone(), move |out, input| job::exec(target, o, out, input)),
+        Err(r) => r,
+    }
 }
 
 /// `GET|POST /attach/{namespace}/{pod}/{container}`.
 pub async fn attach(State(rt): State<Arc<dyn Runtime>>, UrlPath((ns, pod, container)): UrlPath<(String, String, String)>, RawQuery(query): RawQuery, req: Request) -> Response {
-    let o = match options(query.as_deref().unwrap_or(""), false) {
-        Ok(o) => o,
-        Err(e) => return bad(StatusCode::BAD_REQUEST, e),
-    };
-    let up = match upgrade(req).await {
-        Ok(u) => u,
-        Err(r) => return r,
-    };
-    let target = match rt.attach_target(&ns, &pod, &container) {
-        Ok(t) => t,
-        Err(e) => return bad(StatusCode::NOT_FOUND, e),
-    };
-    serve_channels(up, o.clone(), move |out, input| job::attach(target, o, out, input))
+    match open(query, false, req, || rt.attach_target(&ns, &pod, &container)).await {
+        Ok((up, o, target)) => serve_channels(up, o.clone(), move |out, input| job::attach(target, o, out, input)),
+        Err(r) => r,
+    }
 }
 
 /// `GET|POST /portForward/{namespace}/{pod}`.
