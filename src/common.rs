@@ -148,6 +148,15 @@ pub fn service_range(opts: &crate::ServeOpts) -> Result<kubelet::network::Cidr> 
     Ok(c)
 }
 
+/// The names pods know the API server by: the `kubernetes` Service's address and DNS names
+/// (Kubernetes' serving certificate has them too).
+pub fn api_service_names() -> Vec<String> {
+    let (ip, _) = apiserver::system_services::addresses();
+    let mut v = vec![ip.to_string()];
+    v.extend(["kubernetes", "kubernetes.default", "kubernetes.default.svc", "kubernetes.default.svc.cluster.local"].map(String::from));
+    v
+}
+
 /// `extra_hosts`: more names for the serving certificate (the address pods on the local
 /// node reach the API at).
 pub fn security(data_dir: &Path, opts: &crate::TlsOpts, addr: &std::net::SocketAddr, extra_hosts: &[String]) -> Result<Security> {

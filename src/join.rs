@@ -99,6 +99,9 @@ pub async fn run(a: JoinArgs) -> Result<()> {
         // A joined node's range would come from the cluster's node IPAM, which capstan does
         // not run yet: its pods share its network.
         cluster_cidr: "none".into(),
+        cluster_domain: "cluster.local".into(),
+        // Without a pod network the node serves no cluster DNS (it lives with the proxy).
+        dns_upstream: None,
     };
     let (k, name) = crate::single::start_local_node(&a.server, &a.data_dir, port, &opts, crate::single::NodeCredentials::Given(credentials), None).await?;
     println!("capstan node {name} joined {} as system:node:{name} (pods run as local processes; logs in {}); stop with Ctrl-C", a.server, a.data_dir.join("pods").display());

@@ -279,6 +279,13 @@ pub struct NodeOpts {
     /// node's network.
     #[arg(long, default_value = "10.244.0.0/16")]
     cluster_cidr: String,
+    /// The cluster's DNS domain (kubelet's `--cluster-domain`).
+    #[arg(long, default_value = "cluster.local")]
+    cluster_domain: String,
+    /// Where the node's cluster DNS asks about names outside the cluster's domain:
+    /// comma-separated IP or IP:PORT (default: this host's /etc/resolv.conf name servers).
+    #[arg(long)]
+    dns_upstream: Option<String>,
 }
 
 #[derive(Subcommand)]

@@ -67,10 +67,14 @@ pub struct ServerArgs {
 }
 
 /// Creates the system namespaces once a quorum exists (every replica tries; the first wins).
-async fn bootstrap(store: &storage::Store) -> Result<()> {
+async fn bootstrap(store: &storage::Store, api: std::net::SocketAddr) -> Result<()> {
     let mut waited = Duration::ZERO;
     loop {
-        match apiserver::bootstrap(store).await {
+        let step = async {
+            apiserver::bootstrap(store).await?;
+            apiserver::system_services::publish_api(store, api, false).await
+        };
+        match step.await {
             Ok(()) => return Ok(()),
             Err(storage::StoreError::NoQuorum(_) | storage::StoreError::Unavailable(_)) => {
                 if waited.as_secs() % 10 == 0 && !waited.is_zero() {
@@ -155,7 +159,7 @@ pub async fn run(a: ServerArgs) -> Result<()> {
     let api_addr = api_listener.local_addr()?;
     let range: kubelet::network::Cidr = a.service_cluster_ip_range.parse().map_err(|e| anyhow::anyhow!("--service-cluster-ip-range: {e}"))?;
     apiserver::reserve::configure_service_range(range.base, range.bits).map_err(anyhow::Error::msg)?;
-    let sec = crate::common::security(&a.data_dir, &a.tls, &api_addr, &[])?;
+    let sec = crate::common::security(&a.data_dir, &a.tls, &api_addr, &crate::common::api_service_names())?;
     let api_url = format!("{}://{api_addr}", sec.scheme);
     let peer_listener = tokio::net::TcpListener::bind(&a.peer_listen).await.with_context(|| format!("listening for peers on {}", a.peer_listen))?;
     let peer_addr = peer_listener.local_addr()?;
@@ -206,7 +210,7 @@ pub async fn run(a: ServerArgs) -> Result<()> {
     println!("stop with Ctrl-C (a leader hands leadership over first)");
     let mut stopping = false;
     let bootstrapped = tokio::select! {
-        r = bootstrap(&store) => r,
+        r = bootstrap(&store, api_addr) => r,
         _ = &mut shutdown => {
             stopping = true;
             Ok(())

@@ -32,8 +32,10 @@ pub async fn serve(data_dir: PathBuf, listen: String, opts: ServeOpts, up: Optio
     let addr = listener.local_addr()?;
     // Pods with a network of their own reach the API at their gateway (the local node relays
     // it): the serving certificate names that address too.
-    let gateway: Vec<String> = up.as_ref().and_then(|(n, _, _)| crate::single::node_pod_cidr(n).ok().flatten()).map(|c| c.nth(1).to_string()).into_iter().collect();
-    let sec = crate::common::security(&data_dir, &opts.tls, &addr, &gateway)?;
+    let mut names: Vec<String> = up.as_ref().and_then(|(n, _, _)| crate::single::node_pod_cidr(n).ok().flatten()).map(|c| c.nth(1).to_string()).into_iter().collect();
+    names.extend(crate::common::api_service_names());
+    let sec = crate::common::security(&data_dir, &opts.tls, &addr, &names)?;
+    apiserver::system_services::publish_api(&store, addr, true).await.context("publishing the API server in the kubernetes Service")?;
     let server = format!("{}://{addr}", sec.scheme);
     let kc_abs = write_kubeconfig(&data_dir, &kubeconfig(&server, sec.admin.as_ref()))?;
     let (stop_tx, mut server_task) = serve_api(listener, store.clone(), sec.tls, sec.options, sec.limits);
@@ -145,6 +147,25 @@ pub fn node_pod_cidr(o: &NodeOpts) -> Result<Option<kubelet::network::Cidr>> {
     }
 }
 
+/// `--cluster-domain`: a DNS name of labels (lowercased, no trailing dot).
+fn cluster_domain(o: &NodeOpts) -> Result<String> {
+    let d = o.cluster_domain.trim_end_matches('.').to_ascii_lowercase();
+    let label_ok = |l: &str| !l.is_empty() && l.len() <= 63 && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') && !l.starts_with('-') && !l.ends_with('-');
+    if d.is_empty() || d.len() > 200 || !d.split('.').all(label_ok) {
+        anyhow::bail!("--cluster-domain {:?}: not a DNS domain (labels of letters, digits and '-', separated by dots)", o.cluster_domain);
+    }
+    Ok(d)
+}
+
+/// `--dns-upstream`: `IP` (port 53) or `IP:PORT`, comma-separated.
+fn dns_upstreams(list: &str) -> Result<Vec<std::net::SocketAddr>> {
+    list.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|s| s.parse::<std::net::SocketAddr>().or_else(|_| s.parse::<std::net::IpAddr>().map(|ip| std::net::SocketAddr::new(ip, 53))).map_err(|_| anyhow::anyhow!("--dns-upstream: {s:?} is not an IP or IP:PORT")))
+        .collect()
+}
+
 /// With credentials, the node's kubelet runs as `system:node:NAME` in `system:nodes`, so the
 /// Node authorizer and NodeRestriction judge it.
 pub async fn start_local_node(server: &str, data_dir: &std::path::Path, api_port: u16, o: &NodeOpts, who: NodeCredentials<'_>, service_cidr: Option<kubelet::network::Cidr>) -> Result<(kubelet::Kubelet, String)> {
@@ -184,6 +205,11 @@ pub async fn start_local_node(server: &str, data_dir: &std::path::Path, api_port
         pod_cidr,
         data_dir: data_dir.to_path_buf(),
         service_cidr,
+        cluster_domain: cluster_domain(o)?,
+        dns_upstream: match &o.dns_upstream {
+            Some(list) => dns_upstreams(list)?,
+            None => kubelet::dns::host_upstreams(service_cidr.map(|s| std::net::IpAddr::V4(s.nth(10))).unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED))),
+        },
     };
     let client = match &tls {
         Some(g) => kubelet::client::Client::with_tls(server, "capstan-kubelet/0.1", &g.tls),

@@ -145,3 +145,153 @@ spec:
     let e = get(&format!("{empty}:80"), "/").unwrap_err();
     assert!(matches!(e.kind(), std::io::ErrorKind::ConnectionRefused | std::io::ErrorKind::InvalidInput | std::io::ErrorKind::NetworkUnreachable | std::io::ErrorKind::HostUnreachable) || e.raw_os_error() == Some(22), "{e:?}");
 }
+
+/// Asks `server` (UDP, or TCP) one question; the answer's records as `type data` strings,
+/// or the response code when it is not NOERROR.
+fn ask(server: std::net::SocketAddr, name: &str, t: hickory_proto::rr::RecordType, tcp: bool) -> Result<Vec<String>, String> {
+    use hickory_proto::op::{Message, MessageType, OpCode, Query, ResponseCode};
+    use std::io::{Read, Write};
+    let mut m = Message::new(0x5151, MessageType::Query, OpCode::Query);
+    m.metadata.recursion_desired = true;
+    m.add_query(Query::query(hickory_proto::rr::Name::from_ascii(name).unwrap(), t));
+    let q = m.to_vec().unwrap();
+    let bytes = if tcp {
+        let mut s = std::net::TcpStream::connect_timeout(&server, std::time::Duration::from_secs(5)).map_err(|e| e.to_string())?;
+        s.set_read_timeout(Some(std::time::Duration::from_secs(5))).unwrap();
+        s.write_all(&(q.len() as u16).to_be_bytes()).and_then(|_| s.write_all(&q)).map_err(|e| e.to_string())?;
+        let mut len = [0u8; 2];
+        s.read_exact(&mut len).map_err(|e| e.to_string())?;
+        let mut buf = vec![0u8; u16::from_be_bytes(len) as usize];
+        s.read_exact(&mut buf).map_err(|e| e.to_string())?;
+        buf
+    } else {
+        let s = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
+        s.set_read_timeout(Some(std::time::Duration::from_secs(5))).unwrap();
+        s.send_to(&q, server).map_err(|e| e.to_string())?;
+        let mut buf = vec![0u8; 4096];
+        let n = s.recv(&mut buf).map_err(|e| e.to_string())?;
+        buf.truncate(n);
+        buf
+    };
+    let r = Message::from_vec(&bytes).map_err(|e| e.to_string())?;
+    assert_eq!(r.metadata.id, 0x5151);
+    if r.metadata.response_code != ResponseCode::NoError {
+        return Err(r.metadata.response_code.to_string());
+    }
+    Ok(r.answers.iter().map(|a| format!("{} {}", a.record_type(), a.data)).collect())
+}
+
+/// A resolver standing in for the host's: every A question gets 192.0.2.7.
+fn fake_upstream() -> (std::net::SocketAddr, std::thread::JoinHandle<()>, std::sync::Arc<std::sync::atomic::AtomicBool>) {
+    use hickory_proto::op::{Message, OpCode};
+    use hickory_proto::rr::{RData, Record, rdata::A};
+    let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_millis(200))).unwrap();
+    let addr = s.local_addr().unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let st = stop.clone();
+    let h = std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while !st.load(std::sync::atomic::Ordering::Relaxed) {
+            let Ok((n, from)) = s.recv_from(&mut buf) else { continue };
+            let Ok(q) = Message::from_vec(&buf[..n]) else { continue };
+            let mut r = Message::response(q.metadata.id, OpCode::Query);
+            r.add_queries(q.queries.clone());
+            for qq in &q.queries {
+                r.add_answer(Record::from_rdata(qq.name().clone(), 60, RData::A(A([192, 0, 2, 7].into()))));
+            }
+            let _ = s.send_to(&r.to_vec().unwrap(), from);
+        }
+    });
+    (addr, h, stop)
+}
+
+#[test]
+fn cluster_dns_names_services_endpoints_and_pods_and_forwards_the_rest() {
+    use hickory_proto::rr::RecordType;
+    need_ip();
+    let services = service_range();
+    let (upstream, upstream_thread, stop) = fake_upstream();
+    let c = Cluster::start_with(tempfile::tempdir().unwrap(), &["--node-name", NODE, "--service-cluster-ip-range", &services, "--dns-upstream", &upstream.to_string()]);
+    let base: std::net::Ipv4Addr = services.split('/').next().unwrap().parse().unwrap();
+    let dns_ip = std::net::Ipv4Addr::from(u32::from(base) + 10);
+    // Every cluster has them: the API at the range's first address, DNS at its tenth.
+    assert_eq!(c.ok(&["get", "svc", "kubernetes", "-o", "jsonpath={.spec.clusterIP}"]), std::net::Ipv4Addr::from(u32::from(base) + 1).to_string());
+    assert_eq!(c.ok(&["get", "svc", "-n", "kube-system", "kube-dns", "-o", "jsonpath={.spec.clusterIP}"]), dns_ip.to_string());
+    assert!(!c.ok(&["get", "endpointslice", "kubernetes", "-o", "jsonpath={.endpoints[0].addresses[0]}"]).is_empty());
+    let manifests = format!(
+        r#"apiVersion: v1
+kind: Pod
+metadata: {{name: web-1, labels: {{app: web}}}}
+spec:
+  nodeName: {NODE}
+  hostname: web-1
+  subdomain: hl
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: c
+    image: python
+    command: ["python3", "-m", "http.server", "8080"]
+    readinessProbe: {{tcpSocket: {{port: 8080}}, periodSeconds: 1}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: client}}
+spec:
+  nodeName: {NODE}
+  terminationGracePeriodSeconds: 1
+  containers: [{{name: c, image: busybox, command: [sh, -c, 'while :; do sleep 1; done']}}]
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: web}}
+spec:
+  selector: {{app: web}}
+  ports: [{{name: http, port: 80, targetPort: 8080}}]
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: hl}}
+spec:
+  clusterIP: None
+  selector: {{app: web}}
+  ports: [{{name: http, port: 8080}}]
+"#
+    );
+    let m = c.write("dns.yaml", &manifests);
+    c.ok(&["apply", "-f", path_str(&m)]);
+    c.ok(&["wait", "--for=condition=Ready", "pod/web-1", "pod/client", "--timeout=60s"]);
+    let web_ip = c.ok(&["get", "svc", "web", "-o", "jsonpath={.spec.clusterIP}"]);
+    let pod_ip = jsonpath(&c, "web-1", "{.status.podIP}");
+    // The pod is told where the cluster DNS is and which domains to search.
+    let resolv = c.ok(&["exec", "client", "--", "cat", "/etc/resolv.conf"]);
+    assert!(resolv.contains(&format!("nameserver {dns_ip}\n")) && resolv.contains("search default.svc.cluster.local svc.cluster.local cluster.local") && resolv.contains("options ndots:5"), "{resolv}");
+    // Before asking: the DNS address is the node's own (nothing leaves the machine).
+    let addrs = String::from_utf8_lossy(&std::process::Command::new("ip").args(["-o", "-4", "addr", "show"]).output().unwrap().stdout).into_owned();
+    assert!(addrs.contains(&format!(" {dns_ip}/32 ")), "{dns_ip} is not a local address: {addrs}");
+    // From the node: A and SRV, over UDP and TCP.
+    let server: std::net::SocketAddr = (dns_ip, 53).into();
+    wait_until("the DNS to know the endpoint of hl", || ask(server, "web-1.hl.default.svc.cluster.local.", RecordType::A, false).is_ok_and(|a| a == [format!("A {pod_ip}")]));
+    assert_eq!(ask(server, "web.default.svc.cluster.local.", RecordType::A, false).unwrap(), [format!("A {web_ip}")]);
+    assert_eq!(ask(server, "web.default.svc.cluster.local.", RecordType::A, true).unwrap(), [format!("A {web_ip}")], "over TCP");
+    assert_eq!(ask(server, "_http._tcp.web.default.svc.cluster.local.", RecordType::SRV, false).unwrap(), ["SRV 0 100 80 web.default.svc.cluster.local."]);
+    assert_eq!(ask(server, "_http._tcp.hl.default.svc.cluster.local.", RecordType::SRV, false).unwrap(), ["SRV 0 100 8080 web-1.hl.default.svc.cluster.local."]);
+    assert_eq!(ask(server, "hl.default.svc.cluster.local.", RecordType::A, false).unwrap(), [format!("A {pod_ip}")], "headless: the endpoints");
+    assert_eq!(ask(server, "nothing.default.svc.cluster.local.", RecordType::A, false).unwrap_err(), "Non-Existent Domain");
+    assert_eq!(ask(server, "outside.example.", RecordType::A, false).unwrap(), ["A 192.0.2.7"], "forwarded to the host's resolver");
+    // From a pod, through its resolver and search domains.
+    let lookup = |name: &str| c.ok(&["exec", "client", "--", "python3", "-c", &format!("import socket; print(socket.gethostbyname('{name}'))")]).trim().to_string();
+    assert_eq!(lookup("web"), web_ip);
+    assert_eq!(lookup("web-1.hl"), pod_ip);
+    assert_eq!(lookup(&format!("{}.default.pod.cluster.local", pod_ip.replace('.', "-"))), pod_ip);
+    assert_eq!(lookup("outside.example"), "192.0.2.7");
+    // The API by its Service name, through the proxy.
+    let api = "import ssl, urllib.request; print(urllib.request.urlopen('https://kubernetes.default.svc/version', context=ssl._create_unverified_context(), timeout=10).status)";
+    assert_eq!(c.ok(&["exec", "client", "--", "python3", "-c", api]).trim(), "200");
+    // A Service deleted is gone from DNS.
+    c.ok(&["delete", "svc", "web"]);
+    wait_until("web to leave the DNS", || ask(server, "web.default.svc.cluster.local.", RecordType::A, false).is_err_and(|e| e == "Non-Existent Domain"));
+    c.ok(&["delete", "pod", "web-1", "client", "--wait=true", "--timeout=60s"]);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    upstream_thread.join().unwrap();
+}

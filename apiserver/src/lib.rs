@@ -51,6 +51,7 @@ pub mod selector;
 pub mod serve;
 pub mod ssa;
 pub mod status;
+pub mod system_services;
 pub mod stream_proxy;
 pub mod table;
 
@@ -218,6 +219,7 @@ pub async fn bootstrap(store: &Store) -> Result<(), storage::StoreError> {
         });
         create_if_absent(store, key, &obj).await?;
     }
+    system_services::ensure_dns(store).await?;
     Ok(())
 }
 

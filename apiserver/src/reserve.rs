@@ -61,8 +61,8 @@ pub fn quota_charges(quotas: &[KeyValue], delta: &[(String, i64)], obj: &Value) 
 }
 
 /// The next Service cluster IP after the counter's value (absent: `.1` is the `kubernetes`
-/// Service's, so the first is `.2`), and the counter's write. Addresses are not reused after
-/// a Service is deleted (2^20 of them).
+/// Service's, so the first is `.2`; `.10` is `kube-dns`'s and skipped), and the counter's
+/// write. Addresses are not reused after a Service is deleted (2^20 of them).
 pub fn next_cluster_ip(counter: Option<&KeyValue>) -> Result<(Ipv4Addr, Reservation), String> {
     let (next, rev) = match counter {
         Some(kv) => {
@@ -71,6 +71,7 @@ pub fn next_cluster_ip(counter: Option<&KeyValue>) -> Result<(Ipv4Addr, Reservat
         }
         None => (2, 0),
     };
+    let next = if next == crate::system_services::DNS_HOST { next + 1 } else { next };
     let (base, bits) = service_range();
     let size = if RANGE.get().is_some() { 1u32 << (32 - bits) } else { SERVICE_IP_RANGE };
     if next >= size - 1 {
@@ -111,6 +112,8 @@ mod tests {
     fn cluster_ips_follow_the_counter_and_stop_at_the_end_of_the_range() {
         let (ip, r) = next_cluster_ip(None).unwrap();
         assert_eq!((ip, r.mod_revision, &r.value[..]), (Ipv4Addr::new(10, 96, 0, 2), 0, &b"2"[..]));
+        let (ip, _) = next_cluster_ip(Some(&kv(SERVICE_IP_COUNTER, 7, Bytes::from_static(b"9")))).unwrap();
+        assert_eq!(ip, Ipv4Addr::new(10, 96, 0, 11), "the tenth is kube-dns's");
         let (ip, r) = next_cluster_ip(Some(&kv(SERVICE_IP_COUNTER, 7, Bytes::from_static(b"300")))).unwrap();
         assert_eq!((ip, r.mod_revision, &r.value[..]), (Ipv4Addr::new(10, 96, 1, 45), 7, &b"301"[..]));
         assert!(next_cluster_ip(Some(&kv(SERVICE_IP_COUNTER, 7, Bytes::from((SERVICE_IP_RANGE - 2).to_string())))).is_err());

@@ -14,6 +14,7 @@
 //! **Where to start reading.** [`Kubelet::start`], then `pod_loop`, then a runtime.
 
 pub mod cgroup;
+pub mod dns;
 pub mod hollow;
 pub mod logs;
 pub mod network;

@@ -62,6 +62,11 @@ pub struct ProcessConfig {
     /// The Service range: with a pod network, cluster IPs route to ready endpoints
     /// (`proxy.rs`) and the rest of the range to nothing.
     pub service_cidr: Option<crate::network::Cidr>,
+    /// The cluster's DNS domain (`cluster.local`).
+    pub cluster_domain: String,
+    /// Where the node's cluster DNS forwards names outside the domain (the host's
+    /// resolvers). The DNS itself runs with the Service proxy, at the range's tenth address.
+    pub dns_upstream: Vec<std::net::SocketAddr>,
 }
 
 /// What the sampler needs of one running container.
@@ -122,6 +127,11 @@ pub struct Shared {
     pod_env: Vec<(String, String)>,
     relay: Mutex<Option<tokio::task::JoinHandle<()>>>,
     proxy: Mutex<Option<crate::proxy::ServiceProxy>>,
+    /// The cluster DNS pods are given (`ClusterFirst`), when this node serves it.
+    dns: Option<crate::dns::resolv::ClusterDnsConfig>,
+    /// The host's resolver settings (pods with `dnsPolicy: Default`, and the search
+    /// domains `ClusterFirst` appends).
+    host_resolv: crate::dns::resolv::Resolv,
 }
 
 pub struct ProcessRuntime {
@@ -200,6 +210,7 @@ impl ProcessRuntime {
                 }
             }
         }
+        let cfg_domain = cfg.cluster_domain.clone();
         let shared = Arc::new(Shared {
             cfg,
             client,
@@ -213,13 +224,16 @@ impl ProcessRuntime {
             pod_env,
             relay: Mutex::new(None),
             proxy: Mutex::new(None),
+            dns: network.as_ref().and_then(|n| n.service_cidr).map(|s| crate::dns::resolv::ClusterDnsConfig { server: s.nth(10), domain: cfg_domain.clone() }),
+            host_resolv: crate::dns::resolv::Resolv::parse(&std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default()),
             network,
         });
         if let Some(n) = &shared.network
             && let Some(s) = n.service_cidr
         {
             let node_ip = shared.cfg.host_ip.parse().unwrap_or(std::net::Ipv4Addr::LOCALHOST);
-            *shared.proxy.lock().unwrap() = Some(crate::proxy::ServiceProxy::start(shared.client.clone(), n.service_link(), s, node_ip));
+            let dns = shared.dns.as_ref().map(|d| crate::dns::Settings { listen: (d.server, 53).into(), domain: d.domain.clone(), upstream: shared.cfg.dns_upstream.clone() });
+            *shared.proxy.lock().unwrap() = Some(crate::proxy::ServiceProxy::start(shared.client.clone(), n.service_link(), s, node_ip, dns));
         }
         if let Some((listen, to)) = relay_to {
             let sh = shared.clone();
@@ -727,7 +741,7 @@ impl Worker {
             Ok(net) => {
                 // Its /etc/hosts names it at its address, as the kubelet writes it.
                 let host = hostname_of(&self.pod, &self.name);
-                let fqdn = self.pod["spec"]["subdomain"].as_str().filter(|s| !s.is_empty()).map(|s| format!("{host}.{s}.{}.svc.cluster.local", self.ns));
+                let fqdn = self.pod["spec"]["subdomain"].as_str().filter(|s| !s.is_empty()).map(|s| format!("{host}.{s}.{}.svc.{}", self.ns, self.sh.cfg.cluster_domain));
                 let hosts = crate::network::hosts_file(net.ip, &host, fqdn.as_deref(), &self.pod["spec"]["hostAliases"]);
                 let _ = std::fs::create_dir_all(&self.dir);
                 let _ = std::fs::write(self.dir.join("etc-hosts"), hosts);
@@ -781,6 +795,14 @@ impl Worker {
             if hosts.exists() && !mounts.iter().any(|m| m.dst == "/etc/hosts") {
                 mounts.push(sandbox::Mount { dst: "/etc/hosts".into(), src: hosts, read_only: false });
             }
+        }
+        // Its resolv.conf from dnsPolicy and dnsConfig (`None`: the host's, as it is).
+        if let Some(r) = crate::dns::resolv::for_pod(&self.pod, &self.sh.host_resolv, self.sh.dns.as_ref())?
+            && !mounts.iter().any(|m| m.dst == "/etc/resolv.conf")
+        {
+            let path = self.dir.join("etc-resolv.conf");
+            std::fs::write(&path, r.render()).map_err(|e| format!("writing {}: {e}", path.display()))?;
+            mounts.push(sandbox::Mount { dst: "/etc/resolv.conf".into(), src: path, read_only: false });
         }
         let hostname = (!host_network).then(|| hostname_of(&self.pod, &self.name));
         let spec = sandbox::Spec {

@@ -91,6 +91,8 @@ impl Drop for Listener {
 pub struct ServiceProxy {
     _informers: Informers,
     task: tokio::task::JoinHandle<()>,
+    /// The node's cluster DNS (`dns`), on the same informers.
+    _dns: Option<crate::dns::ClusterDns>,
 }
 
 impl Drop for ServiceProxy {
@@ -102,18 +104,31 @@ impl Drop for ServiceProxy {
 impl ServiceProxy {
     /// Watches Services and EndpointSlices and keeps the listeners and addresses in step.
     /// `link` is the node's link for cluster IPs; `node_ip` its address (node ports).
-    pub fn start(client: Client, link: String, service_cidr: crate::network::Cidr, node_ip: Ipv4Addr) -> ServiceProxy {
+    /// With `dns`, the node's cluster DNS is served too (its address is the `kube-dns`
+    /// Service's cluster IP, which this proxy makes local).
+    pub fn start(client: Client, link: String, service_cidr: crate::network::Cidr, node_ip: Ipv4Addr, dns: Option<crate::dns::Settings>) -> ServiceProxy {
         let informers = Informers::new(client);
         let services = informers.get("/api/v1/services");
         let slices = informers.get("/apis/discovery.k8s.io/v1/endpointslices");
         let wake = Arc::new(tokio::sync::Notify::new());
+        let dns_wake = Arc::new(tokio::sync::Notify::new());
         for inf in [&services, &slices] {
-            let w = wake.clone();
-            inf.on_change(move |_| w.notify_one());
+            let (w, d) = (wake.clone(), dns_wake.clone());
+            inf.on_change(move |_| {
+                w.notify_one();
+                d.notify_one();
+            });
         }
         informers.start();
+        let dns = dns.and_then(|settings| match crate::dns::ClusterDns::start(services.clone(), slices.clone(), dns_wake, settings.clone()) {
+            Ok(d) => Some(d),
+            Err(e) => {
+                tracing::warn!(listen = %settings.listen, error = %e, "cluster DNS could not listen: pods' names will not resolve");
+                None
+            }
+        });
         let task = tokio::spawn(run(services, slices, wake, link, service_cidr, node_ip));
-        ServiceProxy { _informers: informers, task }
+        ServiceProxy { _informers: informers, task, _dns: dns }
     }
 }
 

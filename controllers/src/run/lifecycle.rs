@@ -190,12 +190,22 @@ pub(super) async fn sync_endpoints(ctx: &Ctx, key: &str) -> Res {
         r.map_err(err)?;
     }
     // One EndpointSlice per service, named after it.
+    // `publishNotReadyAddresses`: every endpoint counts as ready (for DNS, as in Kubernetes).
+    let publish_all = svc["spec"]["publishNotReadyAddresses"] == true;
     let slice_eps: Vec<Value> = pods
         .iter()
         .map(|p| {
-            let ready = podutil::is_ready(p) && is_active(p);
-            json!({"addresses": [p["status"]["podIP"]], "conditions": {"ready": ready, "serving": podutil::is_ready(p), "terminating": p["metadata"].get("deletionTimestamp").is_some()},
-                "nodeName": p["spec"]["nodeName"], "targetRef": {"kind": "Pod", "namespace": ns, "name": p["metadata"]["name"], "uid": p["metadata"]["uid"]}})
+            let ready = publish_all || (podutil::is_ready(p) && is_active(p));
+            let mut e = json!({"addresses": [p["status"]["podIP"]], "conditions": {"ready": ready, "serving": podutil::is_ready(p), "terminating": p["metadata"].get("deletionTimestamp").is_some()},
+                "nodeName": p["spec"]["nodeName"], "targetRef": {"kind": "Pod", "namespace": ns, "name": p["metadata"]["name"], "uid": p["metadata"]["uid"]}});
+            // A pod whose subdomain is this Service is named by its hostname under it
+            // (`web-0.web.ns.svc.cluster.local`: StatefulSets).
+            if let Some(h) = p["spec"]["hostname"].as_str().filter(|h| !h.is_empty())
+                && p["spec"]["subdomain"] == name
+            {
+                e["hostname"] = json!(h);
+            }
+            e
         })
         .collect();
     let slice_ports: Vec<Value> = eports.iter().map(|p| json!({"name": p["name"], "port": p["port"], "protocol": p["protocol"]})).collect();
