@@ -296,6 +296,15 @@ fn controller_rules(ctl: &str) -> Vec<Value> {
             rule(&["create"], &["authorization.k8s.io"], &["subjectaccessreviews"]),
             events(),
         ],
+        "persistent-volume-binder" => vec![
+            rule(&["create", "delete", "get", "list", "update", "patch", "watch"], CORE, &["persistentvolumes"]),
+            rule(&["update", "patch"], CORE, &["persistentvolumes/status"]),
+            rule(&["get", "list", "update", "patch", "watch"], CORE, &["persistentvolumeclaims"]),
+            rule(&["update", "patch"], CORE, &["persistentvolumeclaims/status"]),
+            rule(&["get", "list", "watch"], CORE, &["pods", "nodes"]),
+            rule(READ, &["storage.k8s.io"], &["storageclasses"]),
+            events(),
+        ],
         "resourcequota-controller" => vec![rule(&["list", "watch"], all, all), rule(&["update", "patch"], CORE, &["resourcequotas/status"]), events()],
         _ => Vec::new(),
     }
@@ -321,6 +330,7 @@ pub const CONTROLLERS: &[&str] = &[
     "cronjob-controller",
     "resourcequota-controller",
     "certificate-controller",
+    "persistent-volume-binder",
 ];
 
 fn controllers() -> Vec<(&'static str, Value)> {

@@ -590,6 +590,9 @@ impl Req<'_> {
         if self.info.kind == "Pod" && self.info.group.is_empty() {
             self.resolve_priority(&name, &mut obj).await?;
         }
+        if self.info.kind == "PersistentVolumeClaim" && self.info.group.is_empty() {
+            self.default_storage_class(&mut obj).await?;
+        }
         if obj["metadata"].get("managedFields").is_none() {
             crate::ssa::record_update(None, &mut obj, &self.manager(), &self.info.api_version(), &object::now_rfc3339(), false);
         }

@@ -25,6 +25,7 @@ pub mod csr;
 pub mod config_yaml;
 pub mod deadline;
 pub mod default_roles;
+pub mod default_storage;
 pub mod discovery;
 pub mod encryption;
 pub mod escalation;
@@ -220,12 +221,13 @@ pub async fn bootstrap(store: &Store) -> Result<(), storage::StoreError> {
         create_if_absent(store, key, &obj).await?;
     }
     system_services::ensure_dns(store).await?;
+    default_storage::ensure(store).await?;
     Ok(())
 }
 
 /// Stores `obj` at `key` unless something is there: every replica of a cluster bootstraps,
 /// one wins.
-async fn create_if_absent(store: &Store, key: String, obj: &serde_json::Value) -> Result<(), storage::StoreError> {
+pub(crate) async fn create_if_absent(store: &Store, key: String, obj: &serde_json::Value) -> Result<(), storage::StoreError> {
     let key = bytes::Bytes::from(key);
     if store.get(key.clone()).await?.is_some() {
         return Ok(());

@@ -13,6 +13,8 @@
 //! - secrets, configmaps and persistentvolumeclaims: get (and a list or watch of one by
 //!   `metadata.name`) only of those a pod bound to N uses; `serviceaccounts/token` only for a
 //!   ServiceAccount a pod bound to N runs as, bound to that pod (`admit`);
+//! - persistentvolumes: get of those bound to a claim a pod bound to N uses, or whose node
+//!   affinity names N (its local volumes);
 //! - leases in `kube-node-lease`: only the one named N;
 //! - reads of services, endpoints and endpointslices; writes of events; TokenReview,
 //!   SubjectAccessReview, CertificateSigningRequests and RuntimeClass reads.
@@ -148,6 +150,7 @@ pub async fn authorize(st: &AppState, node: &str, a: &Attributes, query: &str) -
             }
             related(st, node, namespace, resource, &name).await
         }
+        ("", "persistentvolumes", "") if verb == "get" && !name.is_empty() => volume_related(st, node, name).await,
         ("", "serviceaccounts", "token") if verb == "create" => related(st, node, namespace, "serviceaccounts", name).await,
         ("", "services" | "endpoints", "") | ("discovery.k8s.io", "endpointslices", "") | ("node.k8s.io", "runtimeclasses", "") if read => Decision::Allow,
         ("", "events", "") | ("events.k8s.io", "events", "") if matches!(verb, "create" | "update" | "patch") => Decision::Allow,
@@ -159,6 +162,32 @@ pub async fn authorize(st: &AppState, node: &str, a: &Attributes, query: &str) -
         ("authentication.k8s.io", "tokenreviews", "") | ("authorization.k8s.io", "subjectaccessreviews" | "localsubjectaccessreviews", "") if verb == "create" => Decision::Allow,
         ("certificates.k8s.io", "certificatesigningrequests", "") if matches!(verb, "create" | "get" | "list" | "watch") => Decision::Allow,
         _ => no(""),
+    }
+}
+
+/// A volume is the node's to read when a claim a pod bound to it uses is bound to it, or
+/// when its node affinity names the node (its local-path volumes, whose directories the
+/// node removes once they are deleted; capstan's addition). One that does not exist: the
+/// request says so (404).
+async fn volume_related(st: &AppState, node: &str, name: &str) -> Decision {
+    let pv = match st.store.get(format!("/registry/core/persistentvolumes/{name}")).await {
+        Ok(None) => return Decision::Allow,
+        Ok(Some(kv)) => match crate::object::Stored::from_kv(&kv).and_then(|s| s.value_at(kv.mod_revision)) {
+            Ok(v) => v,
+            Err(e) => return no(e),
+        },
+        Err(e) => return no(e.to_string()),
+    };
+    let on_node = pv["spec"]["nodeAffinity"]["required"]["nodeSelectorTerms"].as_array().into_iter().flatten().any(|t| {
+        t["matchExpressions"].as_array().into_iter().flatten().any(|e| e["key"] == "kubernetes.io/hostname" && e["operator"] == "In" && e["values"].as_array().is_some_and(|v| v.iter().any(|x| x == node)))
+    });
+    if on_node {
+        return Decision::Allow;
+    }
+    let r = &pv["spec"]["claimRef"];
+    match (r["namespace"].as_str(), r["name"].as_str()) {
+        (Some(ns), Some(claim)) => related(st, node, ns, "persistentvolumeclaims", claim).await,
+        _ => no(format!("no relationship found between node '{node}' and this object")),
     }
 }
 

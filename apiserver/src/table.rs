@@ -50,6 +50,38 @@ pub fn columns(kind: &str) -> Vec<Value> {
             col("Age", "string", 0),
             col("Version", "string", 0),
         ],
+        "StorageClass" => vec![
+            col("Name", "string", 0),
+            col("Provisioner", "string", 0),
+            col("ReclaimPolicy", "string", 0),
+            col("VolumeBindingMode", "string", 0),
+            col("AllowVolumeExpansion", "string", 0),
+            col("Age", "string", 0),
+        ],
+        "PersistentVolumeClaim" => vec![
+            col("Name", "string", 0),
+            col("Status", "string", 0),
+            col("Volume", "string", 0),
+            col("Capacity", "string", 0),
+            col("Access Modes", "string", 0),
+            col("StorageClass", "string", 0),
+            col("VolumeAttributesClass", "string", 0),
+            col("Age", "string", 0),
+            col("VolumeMode", "string", 1),
+        ],
+        "PersistentVolume" => vec![
+            col("Name", "string", 0),
+            col("Capacity", "string", 0),
+            col("Access Modes", "string", 0),
+            col("Reclaim Policy", "string", 0),
+            col("Status", "string", 0),
+            col("Claim", "string", 0),
+            col("StorageClass", "string", 0),
+            col("VolumeAttributesClass", "string", 0),
+            col("Reason", "string", 0),
+            col("Age", "string", 0),
+            col("VolumeMode", "string", 1),
+        ],
         "Service" => vec![
             col("Name", "string", 0),
             col("Type", "string", 0),
@@ -177,6 +209,18 @@ fn pod_cells(o: &Value) -> Vec<Value> {
     ]
 }
 
+/// Access modes as kubectl abbreviates them (`RWO,ROX`).
+fn access_modes(v: Option<&Value>) -> String {
+    let short = |m: &str| match m {
+        "ReadWriteOnce" => "RWO",
+        "ReadOnlyMany" => "ROX",
+        "ReadWriteMany" => "RWX",
+        "ReadWriteOncePod" => "RWOP",
+        _ => "",
+    };
+    v.and_then(|x| x.as_array()).into_iter().flatten().filter_map(|m| m.as_str()).map(short).filter(|m| !m.is_empty()).collect::<Vec<_>>().join(",")
+}
+
 fn meta<'a>(o: &'a Value, f: &str) -> Option<&'a str> {
     s(o, &["metadata", f]).and_then(|x| x.as_str())
 }
@@ -300,6 +344,52 @@ pub fn cells(kind: &str, o: &Value) -> Vec<Value> {
                 json!(s(o, &["spec", "username"]).and_then(|x| x.as_str()).unwrap_or("")),
                 json!(duration.unwrap_or_else(|| "<none>".into())),
                 json!(if cond.is_empty() { "Pending".to_string() } else { cond.join(",") }),
+            ]);
+        }
+        "StorageClass" => {
+            // kubectl's marker for the default class.
+            if s(o, &["metadata", "annotations", "storageclass.kubernetes.io/is-default-class"]).and_then(|x| x.as_str()) == Some("true") {
+                out[0] = json!(format!("{} (default)", meta(o, "name").unwrap_or("")));
+            }
+            let str_or = |p: &[&str], d: &str| json!(s(o, p).and_then(|x| x.as_str()).unwrap_or(d));
+            out.extend([
+                str_or(&["provisioner"], ""),
+                str_or(&["reclaimPolicy"], "Delete"),
+                str_or(&["volumeBindingMode"], "Immediate"),
+                json!(s(o, &["allowVolumeExpansion"]).and_then(|x| x.as_bool()).unwrap_or(false)),
+                age_cell,
+            ]);
+        }
+        "PersistentVolumeClaim" => {
+            let str_or = |p: &[&str], d: &str| json!(s(o, p).and_then(|x| x.as_str()).filter(|x| !x.is_empty()).unwrap_or(d));
+            out.extend([
+                str_or(&["status", "phase"], "Pending"),
+                str_or(&["spec", "volumeName"], ""),
+                str_or(&["status", "capacity", "storage"], ""),
+                json!(access_modes(s(o, &["status", "accessModes"]))),
+                str_or(&["spec", "storageClassName"], "<unset>"),
+                str_or(&["spec", "volumeAttributesClassName"], "<unset>"),
+                age_cell,
+                str_or(&["spec", "volumeMode"], "Filesystem"),
+            ]);
+        }
+        "PersistentVolume" => {
+            let str_or = |p: &[&str], d: &str| json!(s(o, p).and_then(|x| x.as_str()).filter(|x| !x.is_empty()).unwrap_or(d));
+            let claim = match (s(o, &["spec", "claimRef", "namespace"]).and_then(|x| x.as_str()), s(o, &["spec", "claimRef", "name"]).and_then(|x| x.as_str())) {
+                (Some(ns), Some(n)) => format!("{ns}/{n}"),
+                _ => String::new(),
+            };
+            out.extend([
+                str_or(&["spec", "capacity", "storage"], ""),
+                json!(access_modes(s(o, &["spec", "accessModes"]))),
+                str_or(&["spec", "persistentVolumeReclaimPolicy"], "Retain"),
+                str_or(&["status", "phase"], "Pending"),
+                json!(claim),
+                str_or(&["spec", "storageClassName"], ""),
+                str_or(&["spec", "volumeAttributesClassName"], "<unset>"),
+                str_or(&["status", "reason"], ""),
+                age_cell,
+                str_or(&["spec", "volumeMode"], "Filesystem"),
             ]);
         }
         "Job" => out.extend([

@@ -20,6 +20,8 @@ const QUEUE: usize = 1024;
 const REMEMBERED: usize = 4096;
 
 struct Event {
+    /// (apiVersion, kind) of the object.
+    kind: (&'static str, &'static str),
     ns: String,
     name: String,
     uid: String,
@@ -47,7 +49,16 @@ impl Recorder {
     /// Records an event about `pod` (and one of its containers, if `container` is given).
     pub fn pod(&self, pod: &Value, container: Option<&str>, warning: bool, reason: &'static str, message: String) {
         let s = |k: &str| pod["metadata"][k].as_str().unwrap_or("").to_string();
-        let ev = Event { ns: s("namespace"), name: s("name"), uid: s("uid"), field_path: container.map(|c| format!("spec.containers{{{c}}}")), warning, reason, message };
+        self.send(Event { kind: ("v1", "Pod"), ns: s("namespace"), name: s("name"), uid: s("uid"), field_path: container.map(|c| format!("spec.containers{{{c}}}")), warning, reason, message });
+    }
+
+    /// Records an event about `obj`, a namespaced object of `kind`: (apiVersion, kind).
+    pub fn object(&self, kind: (&'static str, &'static str), obj: &Value, warning: bool, reason: &'static str, message: String) {
+        let s = |k: &str| obj["metadata"][k].as_str().unwrap_or("").to_string();
+        self.send(Event { kind, ns: s("namespace"), name: s("name"), uid: s("uid"), field_path: None, warning, reason, message });
+    }
+
+    fn send(&self, ev: Event) {
         if self.tx.try_send(ev).is_err() {
             let n = self.dropped.fetch_add(1, Ordering::Relaxed);
             if n.is_power_of_two() {
@@ -74,7 +85,7 @@ async fn run(client: Client, component: &'static str, host: String, mut rx: toki
             seen.clear();
         }
         let name = format!("{}.{:x}", e.name, jiff::Timestamp::now().as_nanosecond());
-        let mut involved = json!({"kind": "Pod", "namespace": e.ns, "name": e.name, "uid": e.uid, "apiVersion": "v1"});
+        let mut involved = json!({"kind": e.kind.1, "namespace": e.ns, "name": e.name, "uid": e.uid, "apiVersion": e.kind.0});
         if let Some(f) = &e.field_path {
             involved["fieldPath"] = json!(f);
         }

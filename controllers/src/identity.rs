@@ -34,10 +34,11 @@ pub enum Ctl {
     ResourceQuota,
     TokenCleaner,
     Certificate,
+    PersistentVolumeBinder,
 }
 
 impl Ctl {
-    pub const ALL: [Ctl; 18] = [
+    pub const ALL: [Ctl; 19] = [
         Ctl::ReplicaSet,
         Ctl::Deployment,
         Ctl::GarbageCollector,
@@ -56,6 +57,7 @@ impl Ctl {
         Ctl::ResourceQuota,
         Ctl::TokenCleaner,
         Ctl::Certificate,
+        Ctl::PersistentVolumeBinder,
     ];
 
     /// Its ServiceAccount in `kube-system` (Kubernetes' names; the role is
@@ -80,6 +82,7 @@ impl Ctl {
             Ctl::ResourceQuota => "resourcequota-controller",
             Ctl::TokenCleaner => "token-cleaner",
             Ctl::Certificate => "certificate-controller",
+            Ctl::PersistentVolumeBinder => "persistent-volume-binder",
         }
     }
 }

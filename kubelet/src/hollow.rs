@@ -89,6 +89,7 @@ impl HollowConfig {
             // The kubelet endpoint (logs, stats) is this process, on loopback.
             internal_ip: "127.0.0.1".into(),
             pod_cidr: None,
+            annotations: Default::default(),
             node_info: json!({"kubeletVersion": "v1.33.0-capstan-hollow", "operatingSystem": "linux", "architecture": "amd64", "containerRuntimeVersion": "hollow://0", "osImage": "hollow", "kernelVersion": "", "kubeProxyVersion": "", "machineID": "", "systemUUID": "", "bootID": ""}),
         }
     }

@@ -95,6 +95,8 @@ pub struct NodeSpec {
     pub node_info: Value,
     /// `spec.podCIDR` (the real node's, when its pods have their own network).
     pub pod_cidr: Option<String>,
+    /// Annotations the node registers with (the real node's local-path directory).
+    pub annotations: Map<String, Value>,
 }
 
 impl NodeSpec {
@@ -130,7 +132,7 @@ impl NodeSpec {
         }
         json!({
             "apiVersion": "v1", "kind": "Node",
-            "metadata": {"name": self.name, "labels": self.labels},
+            "metadata": {"name": self.name, "labels": self.labels, "annotations": self.annotations},
             "spec": spec,
             "status": self.status(port, since),
         })
@@ -163,6 +165,12 @@ impl NodeSpec {
                 "kernelVersion": kernel, "kubeProxyVersion": "", "machineID": "", "systemUUID": "", "bootID": "",
             }),
             pod_cidr: None,
+            annotations: {
+                // Where the local-path provisioner's volumes for this node live.
+                let mut a = Map::new();
+                a.insert(volume::local_path::DIR_ANNOTATION.into(), json!(volume::local_path::dir(data_dir).display().to_string()));
+                a
+            },
         }
     }
 }
@@ -269,7 +277,7 @@ async fn register(c: &Client, n: &NodeSpec, port: u16, renew: Duration, since: &
         Err(ClientError::Status { code: 409, .. }) => {
             // Known already (a restart): refresh what this start knows.
             let path = format!("/api/v1/nodes/{}", n.name);
-            let mut patch = json!({"metadata": {"labels": n.labels}});
+            let mut patch = json!({"metadata": {"labels": n.labels, "annotations": n.annotations}});
             if let Some(c) = &n.pod_cidr {
                 patch["spec"] = json!({"podCIDR": c, "podCIDRs": [c]});
             }

@@ -141,11 +141,14 @@ pub struct ProcessRuntime {
     /// networks are still in use.
     stopping: Mutex<HashMap<String, tokio::task::AbortHandle>>,
     sampler: tokio::task::JoinHandle<()>,
+    /// Removes the directories of deleted local-path volumes (`volume::local_path`).
+    collector: tokio::task::JoinHandle<()>,
 }
 
 impl Drop for ProcessRuntime {
     fn drop(&mut self) {
         self.sampler.abort();
+        self.collector.abort();
     }
 }
 
@@ -245,7 +248,8 @@ impl ProcessRuntime {
             });
         }
         let sampler = tokio::spawn(sample_loop(shared.clone()));
-        ProcessRuntime { shared, workers: Default::default(), stopping: Default::default(), sampler }
+        let collector = tokio::spawn(crate::volume::local_path::collect_loop(shared.client.clone(), crate::volume::local_path::dir(&shared.cfg.data_dir)));
+        ProcessRuntime { shared, workers: Default::default(), stopping: Default::default(), sampler, collector }
     }
 
     /// Whether any container of any pod is still running (tests, shutdown).

@@ -258,9 +258,61 @@ pub struct Cache {
     generation: u64,
     /// Nodes with a PreferNoSchedule taint (none: TaintToleration scores every node alike).
     prefer_no_schedule: usize,
+    volumes: VolumeIndex,
+}
+
+/// What VolumeBinding knows of PersistentVolumeClaims and PersistentVolumes.
+#[derive(Default, Debug)]
+pub struct VolumeIndex {
+    /// `namespace/name` -> the volume it is bound to (empty while unbound).
+    claims: HashMap<String, String>,
+    /// Volume -> the node terms of its required node affinity (empty: any node).
+    volumes: HashMap<String, Vec<crate::types::NodeTerm>>,
+}
+
+impl VolumeIndex {
+    /// A claim's constraint: None when it does not exist; else the terms its volume puts on
+    /// nodes (none while it is unbound, or bound to a volume not seen yet: the provisioner
+    /// then makes one on the pod's node).
+    pub fn claim(&self, ns: &str, name: &str) -> Option<Option<&[crate::types::NodeTerm]>> {
+        let vol = self.claims.get(&format!("{ns}/{name}"))?;
+        Some(self.volumes.get(vol).map(|t| t.as_slice()).filter(|t| !t.is_empty()))
+    }
+
+    /// A claim seen (its bound volume, empty while unbound) or gone (None).
+    pub fn set_claim(&mut self, key: String, volume: Option<String>) {
+        match volume {
+            Some(v) => {
+                self.claims.insert(key, v);
+            }
+            None => {
+                self.claims.remove(&key);
+            }
+        }
+    }
+
+    /// A volume seen (its node terms) or gone (None).
+    pub fn set_volume(&mut self, name: String, terms: Option<Vec<crate::types::NodeTerm>>) {
+        match terms {
+            Some(t) => {
+                self.volumes.insert(name, t);
+            }
+            None => {
+                self.volumes.remove(&name);
+            }
+        }
+    }
 }
 
 impl Cache {
+    pub fn volumes(&self) -> &VolumeIndex {
+        &self.volumes
+    }
+
+    pub fn volumes_mut(&mut self) -> &mut VolumeIndex {
+        &mut self.volumes
+    }
+
     /// A cache holding `nodes` and the pods already on them (tests and benchmarks).
     pub fn from_nodes(nodes: Vec<NodeInfo>) -> Cache {
         let mut c = Cache::default();

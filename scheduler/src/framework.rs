@@ -45,10 +45,11 @@ pub enum Plugin {
     BalancedAllocation,
     InterPodAffinity,
     PodTopologySpread,
+    VolumeBinding,
 }
 
 impl Plugin {
-    pub const ALL: [Plugin; 9] = [
+    pub const ALL: [Plugin; 10] = [
         Plugin::NodeUnschedulable,
         Plugin::NodeName,
         Plugin::TaintToleration,
@@ -58,6 +59,7 @@ impl Plugin {
         Plugin::BalancedAllocation,
         Plugin::InterPodAffinity,
         Plugin::PodTopologySpread,
+        Plugin::VolumeBinding,
     ];
 
     pub fn name(self) -> &'static str {
@@ -71,6 +73,7 @@ impl Plugin {
             Plugin::BalancedAllocation => "BalancedAllocation",
             Plugin::InterPodAffinity => "InterPodAffinity",
             Plugin::PodTopologySpread => "PodTopologySpread",
+            Plugin::VolumeBinding => "VolumeBinding",
         }
     }
 
@@ -83,7 +86,7 @@ impl Plugin {
     }
 
     fn scores(self) -> bool {
-        !matches!(self, Plugin::NodeUnschedulable | Plugin::NodeName | Plugin::NodePorts)
+        !matches!(self, Plugin::NodeUnschedulable | Plugin::NodeName | Plugin::NodePorts | Plugin::VolumeBinding)
     }
 
     /// Reads only the pod's and the node's specs, never what is placed on the node.
@@ -205,6 +208,10 @@ struct PreState<'a> {
     existing_anti: Vec<(&'a str, &'a Values)>,
     /// Preferred inter-pod terms: per topology key and value, the summed weight.
     preferred: HashMap<&'a str, HashMap<&'a str, i64>>,
+    /// VolumeBinding: the node terms of the volumes the pod's bound claims hold (each must
+    /// be met), or the index of a claim that does not exist.
+    volume_terms: Vec<&'a [NodeTerm]>,
+    missing_claim: Option<usize>,
 }
 
 /// Where a cycle's candidate nodes came from.
@@ -294,6 +301,9 @@ pub enum Reason {
     AntiAffinity,
     SpreadLabel,
     Spread,
+    /// Index into the pod's claims.
+    MissingClaim(usize),
+    VolumeAffinity,
 }
 
 impl Reason {
@@ -318,6 +328,8 @@ impl Reason {
             Reason::AntiAffinity => "node(s) didn't match pod anti-affinity rules".into(),
             Reason::SpreadLabel => "node(s) didn't match pod topology spread constraints (missing required label)".into(),
             Reason::Spread => "node(s) didn't match pod topology spread constraints".into(),
+            Reason::MissingClaim(i) => format!("persistentvolumeclaim \"{}\" not found", p.claims[i]),
+            Reason::VolumeAffinity => "node(s) had volume node affinity conflict".into(),
         }
     }
 }
@@ -398,6 +410,15 @@ fn spread_counts<'a>(p: &PodInfo, c: &SpreadConstraint, cache: &'a Cache) -> Spr
 
 fn pre_filter<'a>(p: &'a PodInfo, cache: &'a Cache) -> PreState<'a> {
     let mut st = PreState::default();
+    for (i, claim) in p.claims.iter().enumerate() {
+        match cache.volumes().claim(&p.namespace, claim) {
+            None => {
+                st.missing_claim = Some(i);
+                break;
+            }
+            Some(terms) => st.volume_terms.extend(terms),
+        }
+    }
     for c in &p.spread {
         let s = spread_counts(p, c, cache);
         if c.hard { st.spread_hard.push(s) } else { st.spread_soft.push(s) }
@@ -525,6 +546,12 @@ fn filter(plugin: Plugin, p: &PodInfo, n: &NodeInfo, st: &PreState) -> Result<()
                 }
             }
             Ok(())
+        }
+        Plugin::VolumeBinding => {
+            if let Some(i) = st.missing_claim {
+                return Err(Reason::MissingClaim(i));
+            }
+            if st.volume_terms.iter().all(|terms| terms.iter().any(|t| t.matches(n))) { Ok(()) } else { Err(Reason::VolumeAffinity) }
         }
         Plugin::BalancedAllocation => Ok(()),
     }
@@ -1013,6 +1040,32 @@ mod tests {
             Outcome::Scheduled { node, .. } => Ok(cache.nodes()[node].name.clone()),
             Outcome::Unschedulable { reasons, total } => Err(unschedulable_message(&reasons, total)),
         }
+    }
+
+    #[test]
+    fn volume_binding_keeps_a_pod_on_its_volume_s_node_and_waits_for_missing_claims() {
+        let nodes = vec![node("a", "4", "z1", json!({})), node("b", "4", "z1", json!({})), node("c", "4", "z1", json!({}))];
+        let mut cache = Cache::from_nodes(nodes);
+        let on_b = json!([{"matchExpressions": [{"key": "kubernetes.io/hostname", "operator": "In", "values": ["b"]}]}]);
+        let terms: Vec<k8s_openapi::api::core::v1::NodeSelectorTerm> = serde_json::from_value(on_b).unwrap();
+        cache.volumes_mut().set_volume("pv-b".into(), Some(terms.iter().map(NodeTerm::from_k8s).collect()));
+        cache.volumes_mut().set_claim("ns/data".into(), Some("pv-b".into()));
+        cache.volumes_mut().set_claim("ns/fresh".into(), Some(String::new()));
+        let with = |claim: &str| pod("p", json!({"spec": {"volumes": [{"name": "v", "persistentVolumeClaim": {"claimName": claim}}]}}));
+        let go = |p: &PodInfo, cache: &Cache| match schedule(&Profile::default(), p, cache, 0, &mut Scratch::sequential(), &mut Timings::default()) {
+            Outcome::Scheduled { node, .. } => Ok(cache.nodes()[node].name.clone()),
+            Outcome::Unschedulable { reasons, total } => Err(unschedulable_message(&reasons, total)),
+        };
+        for _ in 0..5 {
+            assert_eq!(go(&with("data"), &cache).unwrap(), "b", "the bound volume's node");
+        }
+        assert!(go(&with("fresh"), &cache).is_ok(), "an unbound claim: any node (its volume is made on the pod's)");
+        assert_eq!(go(&with("nope"), &cache).unwrap_err(), "0/3 nodes are available: 3 persistentvolumeclaim \"nope\" not found.");
+        // The volume's node gone: nowhere.
+        let off = json!([{"matchExpressions": [{"key": "kubernetes.io/hostname", "operator": "In", "values": ["gone"]}]}]);
+        let terms: Vec<k8s_openapi::api::core::v1::NodeSelectorTerm> = serde_json::from_value(off).unwrap();
+        cache.volumes_mut().set_volume("pv-b".into(), Some(terms.iter().map(NodeTerm::from_k8s).collect()));
+        assert_eq!(go(&with("data"), &cache).unwrap_err(), "0/3 nodes are available: 3 node(s) had volume node affinity conflict.");
     }
 
     fn cpu(c: &str) -> Value {

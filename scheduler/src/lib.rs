@@ -40,6 +40,10 @@ const UPDATES: usize = 16 * 1024;
 
 enum Update {
     Node(Option<Value>, String),
+    /// A claim (`namespace/name`) and the volume it is bound to; None: deleted.
+    Claim(String, Option<String>),
+    /// A volume and its required node terms; None: deleted.
+    Volume(String, Option<Vec<types::NodeTerm>>),
     Pod(Value),
     PodDeleted(String),
     Bound { uid: String, result: Result<(), String> },
@@ -135,7 +139,9 @@ impl Scheduler {
         let (resync, resync_rx) = tokio::sync::watch::channel(0u64);
         let tasks = vec![
             tokio::spawn(watch(c.clone(), "/api/v1/nodes", tx.clone(), resync_rx.clone())),
-            tokio::spawn(watch(c.clone(), "/api/v1/pods", tx.clone(), resync_rx)),
+            tokio::spawn(watch(c.clone(), "/api/v1/pods", tx.clone(), resync_rx.clone())),
+            tokio::spawn(watch(c.clone(), "/api/v1/persistentvolumeclaims", tx.clone(), resync_rx.clone())),
+            tokio::spawn(watch(c.clone(), "/api/v1/persistentvolumes", tx.clone(), resync_rx)),
         ];
         let rt = tokio::runtime::Handle::current();
         let (o, s) = (observed.clone(), stop.clone());
@@ -225,11 +231,15 @@ pub fn supervise(mut body: impl FnMut(), mut restarted: impl FnMut(&str)) {
 }
 
 async fn watch(c: Client, path: &'static str, tx: crossbeam::channel::Sender<Update>, mut resync: tokio::sync::watch::Receiver<u64>) {
-    let is_node = path.ends_with("nodes");
     let send = |v: Value, deleted: bool| {
         let name = v["metadata"]["name"].as_str().unwrap_or("").to_string();
-        if is_node {
+        if path.ends_with("/nodes") {
             Update::Node(if deleted { None } else { Some(v) }, name)
+        } else if path.ends_with("/persistentvolumeclaims") {
+            let key = format!("{}/{name}", v["metadata"]["namespace"].as_str().unwrap_or(""));
+            Update::Claim(key, (!deleted).then(|| v["spec"]["volumeName"].as_str().unwrap_or("").to_string()))
+        } else if path.ends_with("/persistentvolumes") {
+            Update::Volume(name, (!deleted).then(|| volume_terms(&v)))
         } else if deleted {
             Update::PodDeleted(v["metadata"]["uid"].as_str().unwrap_or("").to_string())
         } else {
@@ -296,6 +306,18 @@ async fn watch(c: Client, path: &'static str, tx: crossbeam::channel::Sender<Upd
     }
 }
 
+/// A PersistentVolume's required node affinity as node terms (none: any node).
+fn volume_terms(pv: &Value) -> Vec<types::NodeTerm> {
+    use serde::Deserialize;
+    let terms = &pv["spec"]["nodeAffinity"]["required"]["nodeSelectorTerms"];
+    match Vec::<k8s_openapi::api::core::v1::NodeSelectorTerm>::deserialize(terms) {
+        Ok(t) => t.iter().map(types::NodeTerm::from_k8s).collect(),
+        // Unreadable affinity: a term that matches no node (as an invalid one would).
+        Err(_) if !terms.is_null() => vec![types::NodeTerm { labels: vec![], names: vec![] }],
+        Err(_) => vec![],
+    }
+}
+
 /// Sends to the scheduling thread; when its channel is full the sending task waits (the
 /// watch stream, then the API server's watch buffer, push back). False once it is gone.
 async fn push(tx: &crossbeam::channel::Sender<Update>, mut u: Update) -> bool {
@@ -349,6 +371,14 @@ fn run_loop(ctx: &Loop, pool: &Option<Arc<rayon::ThreadPool>>) {
                     }
                 }
                 Update::Node(None, name) => cache.remove_node(&name),
+                Update::Claim(key, volume) => {
+                    cache.volumes_mut().set_claim(key, volume);
+                    q.move_all_unschedulable(now);
+                }
+                Update::Volume(name, terms) => {
+                    cache.volumes_mut().set_volume(name, terms);
+                    q.move_all_unschedulable(now);
+                }
                 Update::Pod(v) => {
                     let m = &v["metadata"];
                     if let (Some(uid), Some(node)) = (m["uid"].as_str(), v["spec"]["nodeName"].as_str().filter(|n| !n.is_empty()))

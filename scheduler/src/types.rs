@@ -154,7 +154,7 @@ impl NodeTerm {
         self.labels.iter().all(|r| r.matches(&node.labels)) && self.names.iter().all(|r| r.matches_value(Some(&node.name)))
     }
 
-    fn from_k8s(t: &core::NodeSelectorTerm) -> NodeTerm {
+    pub fn from_k8s(t: &core::NodeSelectorTerm) -> NodeTerm {
         let conv = |list: &Option<Vec<core::NodeSelectorRequirement>>, field: bool| -> Vec<Requirement> {
             list.iter()
                 .flatten()
@@ -248,6 +248,8 @@ pub struct PodInfo {
     pub deleting: bool,
     /// `preemptionPolicy: Never`.
     pub never_preempts: bool,
+    /// The PersistentVolumeClaims its volumes name (VolumeBinding).
+    pub claims: Vec<String>,
 }
 
 impl PodInfo {
@@ -360,6 +362,7 @@ impl PodInfo {
             terminal: phase == "Succeeded" || phase == "Failed",
             deleting: m.deletion_timestamp.is_some(),
             never_preempts: spec.preemption_policy.as_deref() == Some("Never"),
+            claims: spec.volumes.iter().flatten().filter_map(|v| v.persistent_volume_claim.as_ref().map(|c| c.claim_name.clone())).collect(),
         }
     }
 }

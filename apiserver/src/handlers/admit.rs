@@ -155,6 +155,28 @@ impl Req<'_> {
         Ok(())
     }
 
+    /// The DefaultStorageClass admission plugin: a claim that names no class (the field
+    /// absent; `""` asks for none) gets the class annotated
+    /// `storageclass.kubernetes.io/is-default-class: "true"` (the newest, if several).
+    pub(super) async fn default_storage_class(&self, obj: &mut Value) -> Result<(), ApiError> {
+        if !obj["spec"]["storageClassName"].is_null() || !obj["spec"].is_object() {
+            return Ok(());
+        }
+        let r = self.st.store.range(RangeRequest::prefix("/registry/storage.k8s.io/storageclasses/")).await?;
+        let mut defaults: Vec<(String, String)> = r
+            .kvs
+            .iter()
+            .filter_map(|kv| Stored::from_kv(kv).and_then(|s| s.value_at(kv.mod_revision)).ok())
+            .filter(|c| c["metadata"]["annotations"]["storageclass.kubernetes.io/is-default-class"] == "true")
+            .map(|c| (c["metadata"]["creationTimestamp"].as_str().unwrap_or("").to_string(), c["metadata"]["name"].as_str().unwrap_or("").to_string()))
+            .collect();
+        defaults.sort();
+        if let Some((_, name)) = defaults.pop() {
+            obj["spec"]["storageClassName"] = json!(name);
+        }
+        Ok(())
+    }
+
     /// The Priority admission plugin: `spec.priorityClassName` (or the class marked
     /// `globalDefault`) becomes `spec.priority` and `spec.preemptionPolicy`.
     pub(super) async fn resolve_priority(&self, name: &str, obj: &mut Value) -> Result<(), ApiError> {

@@ -181,6 +181,48 @@ pub(super) async fn sync_daemonset(ctx: &Ctx, key: &str) -> Res {
     Ok(None)
 }
 
+/// (volume, claim name) of each of the set's volumeClaimTemplates for ordinal `o`
+/// (`<template>-<set>-<o>`, Kubernetes' names).
+fn claims_of(sts: &Value, o: i64) -> Vec<(String, String)> {
+    let set = sts["metadata"]["name"].as_str().unwrap_or("");
+    sts["spec"]["volumeClaimTemplates"].as_array().into_iter().flatten().filter_map(|t| t["metadata"]["name"].as_str()).map(|t| (t.to_string(), format!("{t}-{set}-{o}"))).collect()
+}
+
+/// Creates ordinal `o`'s claims that do not exist: the template's spec, the set's selector
+/// labels, and under `whenDeleted: Delete` the set as owner (the collector takes them with it).
+async fn ensure_claims(ctx: &Ctx, sts: &Value, o: i64) -> Result<(), String> {
+    let ns = sts["metadata"]["namespace"].as_str().unwrap_or("");
+    let owned = sts["spec"]["persistentVolumeClaimRetentionPolicy"]["whenDeleted"] == "Delete";
+    for t in sts["spec"]["volumeClaimTemplates"].as_array().into_iter().flatten() {
+        let Some(tname) = t["metadata"]["name"].as_str() else { continue };
+        let claim = format!("{tname}-{}-{o}", sts["metadata"]["name"].as_str().unwrap_or(""));
+        if ctx.pvcs.get(&format!("{ns}/{claim}")).is_some() {
+            continue;
+        }
+        let mut labels = t["metadata"]["labels"].as_object().cloned().unwrap_or_default();
+        for (k, v) in sts["spec"]["selector"]["matchLabels"].as_object().into_iter().flatten() {
+            labels.insert(k.clone(), v.clone());
+        }
+        let mut pvc = json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim",
+            "metadata": {"name": claim, "namespace": ns, "labels": labels, "annotations": t["metadata"]["annotations"]},
+            "spec": t["spec"]});
+        if pvc["metadata"]["annotations"].is_null() {
+            pvc["metadata"].as_object_mut().map(|m| m.remove("annotations"));
+        }
+        if owned {
+            pvc["metadata"]["ownerReferences"] = json!([{"apiVersion": "apps/v1", "kind": "StatefulSet", "name": sts["metadata"]["name"], "uid": sts["metadata"]["uid"], "controller": true, "blockOwnerDeletion": true}]);
+        }
+        match ctx.c(Ctl::StatefulSet).post(&format!("/api/v1/namespaces/{ns}/persistentvolumeclaims"), &pvc).await {
+            Ok(_) | Err(ClientError::Status { code: 409, .. }) => {}
+            Err(e) => {
+                ctx.events.object(("apps/v1", "StatefulSet"), sts, true, "FailedCreate", format!("create Claim {claim} for Pod {}-{o} in StatefulSet {} failed error: {e}", sts["metadata"]["name"].as_str().unwrap_or(""), sts["metadata"]["name"].as_str().unwrap_or("")));
+                return Err(e.to_string());
+            }
+        }
+    }
+    Ok(())
+}
+
 pub(super) async fn sync_statefulset(ctx: &Ctx, key: &str) -> Res {
     let Some(sts) = ctx.statefulsets.get(key) else { return Ok(None) };
     if sts["metadata"].get("deletionTimestamp").is_some() {
@@ -207,13 +249,35 @@ pub(super) async fn sync_statefulset(ctx: &Ctx, key: &str) -> Res {
                     if let Some(svc) = sts["spec"]["serviceName"].as_str() {
                         p["spec"]["subdomain"] = json!(svc);
                     }
+                    // Each volumeClaimTemplate is the pod's volume of that name, on its own claim.
+                    for (vol, claim) in claims_of(&sts, o) {
+                        let v = json!({"name": vol, "persistentVolumeClaim": {"claimName": claim}});
+                        let vols = p["spec"]["volumes"].as_array_mut();
+                        match vols {
+                            Some(vs) => {
+                                vs.retain(|x| x["name"] != vol.as_str());
+                                vs.push(v);
+                            }
+                            None => p["spec"]["volumes"] = json!([v]),
+                        }
+                    }
                     p
                 };
+                for &o in &ords {
+                    ensure_claims(ctx, &sts, o).await?;
+                }
                 create_pods(ctx, Ctl::StatefulSet, ns, ords.into_iter().map(mk).collect()).await?;
             }
             SetStep::Delete(names) => {
+                let delete_claims = sts["spec"]["persistentVolumeClaimRetentionPolicy"]["whenScaled"] == "Delete";
                 for n in names {
                     let _ = ctx.c(Ctl::StatefulSet).delete(&format!("/api/v1/namespaces/{ns}/pods/{n}"), &json!({})).await;
+                    // `whenScaled: Delete`: the claims of an ordinal scaled away go with it.
+                    if delete_claims && let Some(o) = workloads::ordinal(name, &n) && o >= replicas {
+                        for (_, claim) in claims_of(&sts, o) {
+                            let _ = ctx.c(Ctl::StatefulSet).delete(&format!("/api/v1/namespaces/{ns}/persistentvolumeclaims/{claim}"), &json!({})).await;
+                        }
+                    }
                 }
             }
             SetStep::Wait => {

@@ -12,8 +12,8 @@ impl Ctx {
         [("ReplicaSet", &self.rs), ("Deployment", &self.deploy), ("Job", &self.jobs), ("DaemonSet", &self.daemonsets), ("StatefulSet", &self.statefulsets), ("CronJob", &self.cronjobs)]
     }
 
-    pub(super) fn dependent_informers(&self) -> [(&'static str, &Arc<Informer>); 3] {
-        [("Pod", &self.pods), ("ReplicaSet", &self.rs), ("Job", &self.jobs)]
+    pub(super) fn dependent_informers(&self) -> [(&'static str, &Arc<Informer>); 4] {
+        [("Pod", &self.pods), ("ReplicaSet", &self.rs), ("Job", &self.jobs), ("PersistentVolumeClaim", &self.pvcs)]
     }
 }
 
@@ -26,6 +26,7 @@ pub(super) fn informer_for<'a>(ctx: &'a Ctx, kind: &str) -> Option<&'a Arc<Infor
         "DaemonSet" => Some(&ctx.daemonsets),
         "StatefulSet" => Some(&ctx.statefulsets),
         "CronJob" => Some(&ctx.cronjobs),
+        "PersistentVolumeClaim" => Some(&ctx.pvcs),
         _ => None,
     }
 }
@@ -38,6 +39,7 @@ pub(super) fn api_path(kind: &str, ns: &str, name: &str) -> String {
         "DaemonSet" => format!("/apis/apps/v1/namespaces/{ns}/daemonsets/{name}"),
         "StatefulSet" => format!("/apis/apps/v1/namespaces/{ns}/statefulsets/{name}"),
         "CronJob" => format!("/apis/batch/v1/namespaces/{ns}/cronjobs/{name}"),
+        "PersistentVolumeClaim" => format!("/api/v1/namespaces/{ns}/persistentvolumeclaims/{name}"),
         _ => format!("/apis/apps/v1/namespaces/{ns}/deployments/{name}"),
     }
 }

@@ -25,6 +25,7 @@ mod apps;
 mod batch_and_sets;
 mod lifecycle;
 mod policy;
+mod volumes;
 
 use apps::*;
 use batch_and_sets::*;
@@ -80,6 +81,9 @@ struct Ctx {
     cronjobs: Arc<Informer>,
     quotas: Arc<Informer>,
     csrs: Arc<Informer>,
+    pvcs: Arc<Informer>,
+    pvs: Arc<Informer>,
+    classes: Arc<Informer>,
     hpa_history: Mutex<std::collections::HashMap<String, std::collections::VecDeque<(i64, i64)>>>,
     /// Quotas whose recomputed `used` came out lower than their status, with that proposal and
     /// when it was first made: written only when a recount at least a second later agrees
@@ -235,6 +239,9 @@ impl Controllers {
             cronjobs: inf.get("/apis/batch/v1/cronjobs"),
             quotas: inf.get("/api/v1/resourcequotas"),
             csrs: inf.get("/apis/certificates.k8s.io/v1/certificatesigningrequests"),
+            pvcs: inf.get("/api/v1/persistentvolumeclaims"),
+            pvs: inf.get("/api/v1/persistentvolumes"),
+            classes: inf.get("/apis/storage.k8s.io/v1/storageclasses"),
             hpa_history: Default::default(),
             quota_lowering: Default::default(),
             exp: Expectations::default(),
@@ -256,6 +263,50 @@ impl Controllers {
         let cjq = WorkQueue::new("cronjob");
         let rqq = WorkQueue::new("resourcequota");
         let csrq = WorkQueue::new("certificate");
+        let pvcq = WorkQueue::new("persistentvolumeclaim");
+        let pvq = WorkQueue::new("persistentvolume");
+        // Volumes: claims, volumes, and the pods that wait for a claim's first consumer.
+        {
+            let q = pvcq.clone();
+            ctx.pvcs.on_change(move |ch| {
+                if let Change::Added(v) | Change::Modified { new: v, .. } = ch {
+                    q.add(key_of(v));
+                }
+            });
+            let (q, cq) = (pvq.clone(), pvcq.clone());
+            ctx.pvs.on_change(move |ch| {
+                let v = ch.object();
+                q.add(key_of(v));
+                let r = &v["spec"]["claimRef"];
+                if let (Some(ns), Some(n)) = (r["namespace"].as_str(), r["name"].as_str()) {
+                    cq.add(format!("{ns}/{n}"));
+                }
+            });
+            let (q, x) = (pvq.clone(), Arc::downgrade(&ctx));
+            ctx.pvcs.on_change(move |ch| {
+                let Some(ctx) = x.upgrade() else { return };
+                // A claim deleted releases its volume.
+                if let Change::Deleted(v) = ch
+                    && let Some(vol) = v["spec"]["volumeName"].as_str()
+                    && ctx.pvs.get(vol).is_some()
+                {
+                    q.add(vol.to_string());
+                }
+            });
+            let q = pvcq.clone();
+            ctx.pods.on_change(move |ch| {
+                if let Change::Added(p) | Change::Modified { new: p, .. } = ch
+                    && p["spec"]["nodeName"].as_str().is_some_and(|n| !n.is_empty())
+                {
+                    let ns = p["metadata"]["namespace"].as_str().unwrap_or("");
+                    for v in p["spec"]["volumes"].as_array().into_iter().flatten() {
+                        if let Some(claim) = v["persistentVolumeClaim"]["claimName"].as_str() {
+                            q.add(format!("{ns}/{claim}"));
+                        }
+                    }
+                }
+            });
+        }
         {
             let q = csrq.clone();
             ctx.csrs.on_change(move |ch| {
@@ -440,6 +491,7 @@ impl Controllers {
             ("DaemonSet", ctx.daemonsets.clone()),
             ("StatefulSet", ctx.statefulsets.clone()),
             ("CronJob", ctx.cronjobs.clone()),
+            ("PersistentVolumeClaim", ctx.pvcs.clone()),
         ] {
             let q = gcq.clone();
             let x = Arc::downgrade(&ctx);
@@ -536,10 +588,12 @@ impl Controllers {
         spawn_workers(&ctx, &jobq, 2, &mut tasks, |ctx, key| async move { sync_job(&ctx, &key).await });
         spawn_workers(&ctx, &dsq, 2, &mut tasks, |ctx, key| async move { sync_daemonset(&ctx, &key).await });
         spawn_workers(&ctx, &stsq, 2, &mut tasks, |ctx, key| async move { sync_statefulset(&ctx, &key).await });
+        spawn_workers(&ctx, &pvcq, 2, &mut tasks, |ctx, key| async move { volumes::sync_claim(&ctx, &key).await });
+        spawn_workers(&ctx, &pvq, 1, &mut tasks, |ctx, key| async move { volumes::sync_volume(&ctx, &key).await });
         let x = ctx.clone();
         tasks.push(tokio::spawn(async move { node_lifecycle(x).await }));
         tasks.push(tokio::spawn(crate::token_cleaner::run(ctx.c(Ctl::TokenCleaner).clone())));
-        Controllers { _informers: inf, queues: vec![rsq, dq, gcq, saq, epq, jobq, dsq, stsq, nsq, pdbq, hpaq, cjq, rqq, csrq], ctx, tasks }
+        Controllers { _informers: inf, queues: vec![rsq, dq, gcq, saq, epq, jobq, dsq, stsq, nsq, pdbq, hpaq, cjq, rqq, csrq, pvcq, pvq], ctx, tasks }
     }
 
     /// Queue depth, adds, retries and work duration per controller, for `/metrics`.

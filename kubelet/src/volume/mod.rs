@@ -7,7 +7,8 @@
 //! | `configMap`, `secret`, `downwardAPI`, `projected` | the same directory, written by [`atomic::write`] and rewritten when the objects change (read every [`REFRESH`]) |
 //! | `projected.serviceAccountToken` | a TokenRequest bound to the pod, renewed at 80% of its life |
 //! | `hostPath` | the host path itself, after the `type` check (`DirectoryOrCreate` and `FileOrCreate` create it) |
-//! | anything else (`persistentVolumeClaim`, network filesystems, CSI) | refused: the pod waits with `FailedMount` |
+//! | `persistentVolumeClaim` | its bound volume's `hostPath` (or `local` path): the local-path provisioner's volumes are `hostPath`s under this node's `D/volumes` ([`local_path`]); a claim not yet bound keeps the pod waiting |
+//! | anything else (network filesystems, CSI) | refused: the pod waits with `FailedMount` |
 //!
 //! A volume that cannot be set up (a ConfigMap that does not exist, a key it lacks) keeps the
 //! pod's containers waiting in `ContainerCreating`, with Kubernetes' `FailedMount` event,
@@ -15,6 +16,7 @@
 
 pub mod atomic;
 pub mod files;
+pub mod local_path;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -97,7 +99,10 @@ impl Volumes {
                 return Err(err(format!("volume name {name:?} is not a DNS label")));
             }
             let path = self.setup(pod, name, v, &mut objects).await.map_err(err)?;
-            let read_only = v.get("emptyDir").is_none() && v.get("hostPath").is_none();
+            let read_only = match v.get("persistentVolumeClaim") {
+                Some(c) => c["readOnly"] == true,
+                None => v.get("emptyDir").is_none() && v.get("hostPath").is_none(),
+            };
             self.sources.insert(name.to_string(), (path, read_only));
         }
         self.ready = true;
@@ -125,6 +130,9 @@ impl Volumes {
             let p = PathBuf::from(h["path"].as_str().unwrap_or(""));
             host_path(&p, h["type"].as_str().unwrap_or(""))?;
             return Ok(p);
+        }
+        if let Some(c) = v.get("persistentVolumeClaim") {
+            return objects.claimed(c["claimName"].as_str().unwrap_or("")).await;
         }
         let files = if let Some(c) = v.get("configMap") {
             let n = c["name"].as_str().unwrap_or("");
@@ -225,6 +233,32 @@ impl Objects<'_> {
             cache.insert(name.to_string(), keys);
         }
         Ok(&cache[name])
+    }
+}
+
+impl Objects<'_> {
+    /// Where claim `claim`'s volume is on this node.
+    async fn claimed(&self, claim: &str) -> Result<PathBuf, String> {
+        let pvc = match self.client.get(&format!("/api/v1/namespaces/{}/persistentvolumeclaims/{claim}", self.ns)).await {
+            Ok(v) => v,
+            Err(ClientError::Status { code: 404, .. }) => return Err(format!("persistentvolumeclaim {claim:?} not found")),
+            Err(e) => return Err(format!("reading persistentvolumeclaim {claim:?}: {e}")),
+        };
+        let vol = pvc["spec"]["volumeName"].as_str().filter(|v| !v.is_empty() && pvc["status"]["phase"] == "Bound");
+        let Some(vol) = vol else { return Err(format!("persistentvolumeclaim {claim:?} is not bound yet")) };
+        let pv = self.client.get(&format!("/api/v1/persistentvolumes/{vol}")).await.map_err(|e| format!("reading persistentvolume {vol:?}: {e}"))?;
+        if let Some(h) = pv["spec"].get("hostPath") {
+            let p = PathBuf::from(h["path"].as_str().unwrap_or(""));
+            host_path(&p, h["type"].as_str().unwrap_or(""))?;
+            return Ok(p);
+        }
+        if let Some(l) = pv["spec"]["local"]["path"].as_str() {
+            let p = PathBuf::from(l);
+            host_path(&p, "")?;
+            return Ok(p);
+        }
+        let kind = pv["spec"].as_object().and_then(|o| o.keys().find(|k| !["capacity", "accessModes", "claimRef", "persistentVolumeReclaimPolicy", "storageClassName", "volumeMode", "nodeAffinity", "mountOptions"].contains(&k.as_str()))).map_or("(none)", |k| k.as_str());
+        Err(format!("persistentvolume {vol:?} is of type {kind:?}, which capstan's process runtime cannot mount (hostPath and local only)"))
     }
 }
 
