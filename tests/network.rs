@@ -77,7 +77,7 @@ fn get(addr: &str, path: &str) -> Result<String, std::io::Error> {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect_timeout(&addr.parse().unwrap(), std::time::Duration::from_secs(5))?;
     s.set_read_timeout(Some(WAIT))?;
-    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes())?;
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())?;
     let mut out = String::new();
     s.read_to_string(&mut out)?;
     Ok(out.split("\r\n\r\n").nth(1).unwrap_or("").trim().to_string())
@@ -294,4 +294,61 @@ spec:
     c.ok(&["delete", "pod", "web-1", "client", "--wait=true", "--timeout=60s"]);
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     upstream_thread.join().unwrap();
+}
+
+#[test]
+fn proxy_subresources_reach_pods_services_and_nodes_also_through_kubectl_proxy() {
+    need_ip();
+    let c = Cluster::start_with(tempfile::tempdir().unwrap(), &["--node-name", NODE]);
+    let manifests = format!(
+        r#"apiVersion: v1
+kind: Pod
+metadata: {{name: web-1, labels: {{app: web}}}}
+spec:
+  nodeName: {NODE}
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: c
+    image: python
+    command: ["sh", "-c", "cd $(mktemp -d) && hostname > name && exec python3 -m http.server 8080"]
+    ports: [{{name: http, containerPort: 8080}}]
+    readinessProbe: {{tcpSocket: {{port: 8080}}, periodSeconds: 1}}
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: web}}
+spec:
+  selector: {{app: web}}
+  ports: [{{name: http, port: 80, targetPort: 8080}}]
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: empty}}
+spec:
+  selector: {{app: nothing}}
+  ports: [{{port: 80}}]
+"#
+    );
+    let m = c.write("proxy.yaml", &manifests);
+    c.ok(&["apply", "-f", path_str(&m)]);
+    c.ok(&["wait", "--for=condition=Ready", "pod/web-1", "--timeout=60s"]);
+    // The pod, by port number and by its first container port.
+    assert_eq!(c.ok(&["get", "--raw", "/api/v1/namespaces/default/pods/web-1:8080/proxy/name"]).trim(), "web-1");
+    assert_eq!(c.ok(&["get", "--raw", "/api/v1/namespaces/default/pods/web-1/proxy/name"]).trim(), "web-1");
+    // The Service, by its port's name, once its endpoint is ready.
+    wait_until("the Service proxy to reach web-1", || c.kubectl_with(KUBECTL, &["get", "--raw", "/api/v1/namespaces/default/services/web:http/proxy/name"]).status.success());
+    assert_eq!(c.ok(&["get", "--raw", "/api/v1/namespaces/default/services/web:http/proxy/name"]).trim(), "web-1");
+    // The node: its kubelet endpoint.
+    assert_eq!(c.ok(&["get", "--raw", &format!("/api/v1/nodes/{NODE}/proxy/healthz")]).trim(), "ok");
+    // A Service without endpoints: Kubernetes' 503.
+    let e = c.fails(&["get", "--raw", "/api/v1/namespaces/default/services/empty/proxy/"]);
+    assert!(e.contains("no endpoints available for service \"empty\""), "{e}");
+    // Through `kubectl proxy`, as a browser would reach it.
+    let (mut child, mut lines) = c.kubectl_spawn(&["proxy", "--port=0"]);
+    let line = lines.next("kubectl proxy's address");
+    let addr = line.rsplit(' ').next().unwrap_or("").trim().to_string();
+    assert!(addr.starts_with("127.0.0.1:"), "{line}");
+    assert_eq!(get(&addr, "/api/v1/namespaces/default/services/web:http/proxy/name").unwrap(), "web-1");
+    let _ = child.kill();
+    let _ = child.wait();
 }

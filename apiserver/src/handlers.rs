@@ -218,6 +218,16 @@ pub async fn dispatch(
         };
         return r.unwrap_or_else(|e| e.into_response());
     }
+    if let Some(t) = crate::http_proxy::parse(&path) {
+        let resource = match t.kind {
+            crate::http_proxy::Kind::Pod => "pods/proxy",
+            crate::http_proxy::Kind::Service => "services/proxy",
+            crate::http_proxy::Kind::Node => "nodes/proxy",
+        };
+        let resp = crate::http_proxy::serve(&st.store, t, &method, uri.query().unwrap_or(""), &headers, body).await.unwrap_or_else(|e| e.into_response());
+        st.metrics.observe("proxy", resource, resp.status().as_u16(), started.elapsed());
+        return resp;
+    }
     let target = parse_target(&st.reg, &path);
     let (verb, resource) = describe(&method, &query, &target);
     let result = match target {

@@ -30,6 +30,7 @@ pub mod discovery;
 pub mod encryption;
 pub mod escalation;
 pub mod handlers;
+pub mod http_proxy;
 pub mod legacy_token;
 pub mod lite;
 pub mod metrics;

@@ -197,6 +197,7 @@ pub fn builtin() -> Vec<ResourceInfo> {
         response: ("autoscaling", "v1", "Scale"),
         verbs: GET_PATCH_UPDATE,
     };
+    const PROXY_VERBS: &[&str] = &["create", "delete", "get", "patch", "update"];
     const POD_SUBS: &[Subresource] = &[
         status_of!(core::Pod),
         Subresource { name: "binding", response: ("", "v1", "Binding"), verbs: &["create"] },
@@ -205,12 +206,13 @@ pub fn builtin() -> Vec<ResourceInfo> {
         Subresource { name: "exec", response: ("", "v1", "PodExecOptions"), verbs: &["create", "get"] },
         Subresource { name: "attach", response: ("", "v1", "PodAttachOptions"), verbs: &["create", "get"] },
         Subresource { name: "portforward", response: ("", "v1", "PodPortForwardOptions"), verbs: &["create", "get"] },
+        Subresource { name: "proxy", response: ("", "v1", "PodProxyOptions"), verbs: PROXY_VERBS },
     ];
     vec![
         info::<core::Namespace>(&["ns"], &[status_of!(core::Namespace), Subresource { name: "finalize", response: ("", "v1", "Namespace"), verbs: &["update"] }], true),
         info::<core::Pod>(&["po"], POD_SUBS, true),
-        info::<core::Node>(&["no"], &[status_of!(core::Node)], true),
-        info::<core::Service>(&["svc"], &[status_of!(core::Service)], true),
+        info::<core::Node>(&["no"], &[status_of!(core::Node), Subresource { name: "proxy", response: ("", "v1", "NodeProxyOptions"), verbs: PROXY_VERBS }], true),
+        info::<core::Service>(&["svc"], &[status_of!(core::Service), Subresource { name: "proxy", response: ("", "v1", "ServiceProxyOptions"), verbs: PROXY_VERBS }], true),
         info::<core::Endpoints>(&["ep"], &[], false),
         info::<core::ConfigMap>(&["cm"], &[], false),
         info::<core::Secret>(&[], &[], false),

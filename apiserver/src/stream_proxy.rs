@@ -21,7 +21,7 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Request headers the kubelet needs to agree on a protocol.
 const UPGRADE_HEADERS: &[&str] = &["connection", "upgrade", "sec-websocket-key", "sec-websocket-version", "sec-websocket-protocol", "sec-websocket-extensions", "x-stream-protocol-version"];
 
-trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+pub(crate) trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
 impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Io for T {}
 
 /// Kubernetes' checks of an exec or attach request, before anything reaches the node.
@@ -98,7 +98,7 @@ pub async fn proxy(node: &Value, method: &Method, path_on_node: String, raw_quer
 }
 
 /// A connection to a kubelet endpoint: TLS when the API server reaches kubelets over HTTPS.
-async fn connect(ep: &str) -> Result<Box<dyn Io>, String> {
+pub(crate) async fn connect(ep: &str) -> Result<Box<dyn Io>, String> {
     let tcp = tokio::net::TcpStream::connect(ep).await.map_err(|e| e.to_string())?;
     let _ = tcp.set_nodelay(true);
     match node_proxy::tls_config() {
