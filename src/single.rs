@@ -170,6 +170,15 @@ fn dns_upstreams(list: &str) -> Result<Vec<std::net::SocketAddr>> {
 /// Node authorizer and NodeRestriction judge it.
 pub async fn start_local_node(server: &str, data_dir: &std::path::Path, api_port: u16, o: &NodeOpts, who: NodeCredentials<'_>, service_cidr: Option<kubelet::network::Cidr>) -> Result<(kubelet::Kubelet, String)> {
     let name = o.node_name.clone().unwrap_or_else(hostname);
+    // The NetworkPolicy agent's own identity (it reads every pod, which a node may not).
+    let policy_client = match &who {
+        NodeCredentials::Issue(p) => {
+            let creds = p.credentials(&p.client(apiserver::default_roles::NETWORK_POLICY_AGENT, "")?);
+            Some(kubelet::client::Client::with_tls(server, "capstan-network-policy/0.1", &client::tls::ClientTls::fixed(&creds).map_err(anyhow::Error::msg)?))
+        }
+        NodeCredentials::Process => Some(kubelet::client::Client::new(server)),
+        NodeCredentials::Given(_) => None,
+    };
     let tls = match who {
         NodeCredentials::Issue(p) => {
             let creds = p.credentials(&p.client(&format!("system:node:{name}"), apiserver::node_authz::NODES_GROUP)?);
@@ -206,6 +215,7 @@ pub async fn start_local_node(server: &str, data_dir: &std::path::Path, api_port
         data_dir: data_dir.to_path_buf(),
         service_cidr,
         cluster_domain: cluster_domain(o)?,
+        policy_client,
         dns_upstream: match &o.dns_upstream {
             Some(list) => dns_upstreams(list)?,
             None => kubelet::dns::host_upstreams(service_cidr.map(|s| std::net::IpAddr::V4(s.nth(10))).unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED))),

@@ -352,3 +352,79 @@ spec:
     let _ = child.kill();
     let _ = child.wait();
 }
+
+/// Fails with the install hint when nftables' `nft` is missing.
+fn need_nft() {
+    let ok = std::process::Command::new("nft").arg("--version").output().is_ok_and(|o| o.status.success());
+    assert!(ok, "nftables' `nft` is needed for NetworkPolicy: apt-get install -y nftables (.ci/run installs it)");
+}
+
+#[test]
+fn network_policies_allow_only_what_they_name_and_go_away_with_their_deletion() {
+    need_ip();
+    need_nft();
+    let c = Cluster::start_with(tempfile::tempdir().unwrap(), &["--node-name", NODE]);
+    let pod = |ns: &str, name: &str, labels: &str, server: bool| {
+        let cmd = if server { r#"["python3", "-m", "http.server", "8080"]"# } else { r#"["sh", "-c", "while :; do sleep 1; done"]"# };
+        format!("apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: {ns}, labels: {{{labels}}}}}\nspec:\n  nodeName: {NODE}\n  terminationGracePeriodSeconds: 1\n  containers: [{{name: c, image: python, command: {cmd}, ports: [{{name: http, containerPort: 8080}}]}}]\n---\n")
+    };
+    let ns = "apiVersion: v1\nkind: Namespace\nmetadata: {name: team, labels: {team: a}}\n---\n";
+    let m = c.write(
+        "pods.yaml",
+        &format!("{ns}{}{}{}{}{}", pod("default", "db", "app: db", true), pod("default", "web", "app: web", true), pod("default", "front", "role: frontend", false), pod("default", "stranger", "x: z", false), pod("team", "t", "x: z", false)),
+    );
+    c.ok(&["apply", "-f", path_str(&m)]);
+    for (ns, p) in [("default", "db"), ("default", "web"), ("default", "front"), ("default", "stranger"), ("team", "t")] {
+        c.ok(&["wait", "-n", ns, "--for=condition=Ready", &format!("pod/{p}"), "--timeout=60s"]);
+    }
+    let ip = |p: &str| c.ok(&["get", "pod", p, "-o", "jsonpath={.status.podIP}"]);
+    let (db, web) = (ip("db"), ip("web"));
+    // Whether `from` (ns, pod) reaches `to`:8080: "200", or how it failed.
+    let reach = |ns: &str, from: &str, to: &str| {
+        let code = format!("import urllib.request\ntry:\n  print(urllib.request.urlopen('http://{to}:8080/', timeout=5).status)\nexcept Exception as e:\n  print('refused', type(e).__name__)");
+        c.ok(&["exec", "-n", ns, from, "--", "python3", "-c", &code]).trim().to_string()
+    };
+    // No policy: everyone reaches everyone.
+    assert_eq!(reach("default", "stranger", &db), "200");
+    let policy = r#"apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: db-ingress}
+spec:
+  podSelector: {matchLabels: {app: db}}
+  ingress:
+  - from:
+    - podSelector: {matchLabels: {role: frontend}}
+    - namespaceSelector: {matchLabels: {team: a}}
+    ports: [{port: http}]
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: front-egress}
+spec:
+  podSelector: {matchLabels: {role: frontend}}
+  policyTypes: [Egress]
+  egress:
+  - to: [{podSelector: {matchLabels: {app: db}}}]
+"#;
+    let m = c.write("policy.yaml", policy);
+    c.ok(&["apply", "-f", path_str(&m)]);
+    assert!(c.ok(&["get", "netpol"]).contains("db-ingress"));
+    // Before any judgement: the rules are in db's own namespace.
+    let uid = c.ok(&["get", "pod", "db", "-o", "jsonpath={.metadata.uid}"]);
+    let netns = namespaces().lines().find(|l| l.contains(&uid)).map(|l| l.split_whitespace().next().unwrap_or("").to_string()).expect("db's network namespace");
+    wait_until("db's policy table", || {
+        let out = std::process::Command::new("ip").args(["netns", "exec", &netns, "nft", "list", "table", "inet", "capstan_policy"]).output().unwrap();
+        String::from_utf8_lossy(&out.stdout).contains("chain input")
+    });
+    wait_until("the stranger to be refused by db", || reach("default", "stranger", &db).starts_with("refused"));
+    assert_eq!(reach("default", "front", &db), "200", "a frontend of db's namespace");
+    assert_eq!(reach("team", "t", &db), "200", "any pod of a namespace labelled team=a");
+    assert_eq!(reach("default", "stranger", &web), "200", "web is selected by no policy");
+    assert!(reach("default", "front", &web).starts_with("refused"), "front's egress goes to db only");
+    // The node is always allowed (the readiness of db's port, seen from the host).
+    assert!(std::net::TcpStream::connect_timeout(&format!("{db}:8080").parse().unwrap(), std::time::Duration::from_secs(5)).is_ok(), "from the node");
+    // Deleted: open again.
+    c.ok(&["delete", "netpol", "db-ingress", "front-egress"]);
+    wait_until("the stranger to reach db again", || reach("default", "stranger", &db) == "200");
+    assert_eq!(reach("default", "front", &web), "200");
+}

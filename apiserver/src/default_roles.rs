@@ -156,11 +156,15 @@ fn components() -> Vec<(&'static str, Value)> {
         ("clusterroles", cluster_role("system:certificates.k8s.io:certificatesigningrequests:nodeclient", vec![rule(&["create"], &["certificates.k8s.io"], &["certificatesigningrequests/nodeclient"])])),
         ("clusterroles", cluster_role("system:certificates.k8s.io:certificatesigningrequests:selfnodeclient", vec![rule(&["create"], &["certificates.k8s.io"], &["certificatesigningrequests/selfnodeclient"])])),
         ("clusterroles", cluster_role("system:monitoring", monitoring)),
+        // capstan's own: the real node's NetworkPolicy agent (`kubelet/src/netpol`), which reads
+        // every pod, as a CNI's node agent does under its own ServiceAccount.
+        ("clusterroles", cluster_role(NETWORK_POLICY_AGENT, vec![rule(READ, CORE, &["pods", "namespaces"]), rule(READ, &["networking.k8s.io"], &["networkpolicies"])])),
         crb("system:kube-scheduler", user("system:kube-scheduler")),
         crb("system:volume-scheduler", user("system:kube-scheduler")),
         crb("system:kube-controller-manager", user("system:kube-controller-manager")),
         crb("system:node-proxier", user("system:kube-proxy")),
         crb("system:monitoring", group("system:monitoring")),
+        crb(NETWORK_POLICY_AGENT, user(NETWORK_POLICY_AGENT)),
         // Kept with no subjects, as Kubernetes keeps it since the Node authorizer.
         crb("system:node", json!([])),
         // kubeadm's TLS bootstrap (`capstan node join`): bootstrap tokens of its group may ask
@@ -171,6 +175,9 @@ fn components() -> Vec<(&'static str, Value)> {
         ("clusterrolebindings", kubeadm("kubeadm:node-autoapprove-certificate-rotation", "system:certificates.k8s.io:certificatesigningrequests:selfnodeclient", "system:nodes")),
     ]
 }
+
+/// The user (and role) of the real node's NetworkPolicy agent.
+pub const NETWORK_POLICY_AGENT: &str = "system:capstan:network-policy-agent";
 
 /// The group kubeadm gives its node bootstrap tokens (`auth-extra-groups`).
 pub const BOOTSTRAP_NODE_GROUP: &str = "system:bootstrappers:kubeadm:default-node-token";

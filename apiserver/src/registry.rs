@@ -189,7 +189,7 @@ pub fn builtin() -> Vec<ResourceInfo> {
     use k8s_openapi::api::{
         apps::v1 as apps, autoscaling::v2 as autoscaling, batch::v1 as batch, certificates::v1 as certificates, coordination::v1 as coordination,
         core::v1 as core, discovery::v1 as discovery, flowcontrol::v1 as flowcontrol, policy::v1 as policy, rbac::v1 as rbac,
-        scheduling::v1 as scheduling, storage::v1 as storage,
+        networking::v1 as networking, scheduling::v1 as scheduling, storage::v1 as storage,
     };
     use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1 as apiextensions;
     const SCALE: Subresource = Subresource {
@@ -243,6 +243,7 @@ pub fn builtin() -> Vec<ResourceInfo> {
         info::<autoscaling::HorizontalPodAutoscaler>(&["hpa"], &[status_of!(autoscaling::HorizontalPodAutoscaler)], true),
         info::<scheduling::PriorityClass>(&["pc"], &[], false),
         info::<storage::StorageClass>(&["sc"], &[], false),
+        info::<networking::NetworkPolicy>(&["netpol"], &[], true),
         info::<rbac::Role>(&[], &[], false),
         info::<rbac::RoleBinding>(&[], &[], false),
         info::<rbac::ClusterRole>(&[], &[], false),

@@ -17,6 +17,7 @@ pub mod cgroup;
 pub mod dns;
 pub mod hollow;
 pub mod logs;
+pub mod netpol;
 pub mod network;
 mod orphans;
 pub mod pod;

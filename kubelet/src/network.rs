@@ -299,6 +299,11 @@ impl NodeNetwork {
         }
     }
 
+    /// The prefix of this node's pods' namespace names (`/run/netns/<prefix><uid>`).
+    pub fn netns_prefix(&self) -> String {
+        format!("cn{}-", self.id)
+    }
+
     /// The link cluster IPs live on: the bridge (a dummy link would need a kernel module
     /// that not every host has).
     pub fn service_link(&self) -> String {

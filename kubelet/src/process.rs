@@ -67,6 +67,9 @@ pub struct ProcessConfig {
     /// Where the node's cluster DNS forwards names outside the domain (the host's
     /// resolvers). The DNS itself runs with the Service proxy, at the range's tenth address.
     pub dns_upstream: Vec<std::net::SocketAddr>,
+    /// The NetworkPolicy agent's own client (`netpol`): with it, pods with their own network
+    /// get their policies enforced.
+    pub policy_client: Option<Client>,
 }
 
 /// What the sampler needs of one running container.
@@ -127,6 +130,7 @@ pub struct Shared {
     pod_env: Vec<(String, String)>,
     relay: Mutex<Option<tokio::task::JoinHandle<()>>>,
     proxy: Mutex<Option<crate::proxy::ServiceProxy>>,
+    policy: Mutex<Option<crate::netpol::PolicyAgent>>,
     /// The cluster DNS pods are given (`ClusterFirst`), when this node serves it.
     dns: Option<crate::dns::resolv::ClusterDnsConfig>,
     /// The host's resolver settings (pods with `dnsPolicy: Default`, and the search
@@ -227,6 +231,7 @@ impl ProcessRuntime {
             pod_env,
             relay: Mutex::new(None),
             proxy: Mutex::new(None),
+            policy: Mutex::new(None),
             dns: network.as_ref().and_then(|n| n.service_cidr).map(|s| crate::dns::resolv::ClusterDnsConfig { server: s.nth(10), domain: cfg_domain.clone() }),
             host_resolv: crate::dns::resolv::Resolv::parse(&std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default()),
             network,
@@ -237,6 +242,10 @@ impl ProcessRuntime {
             let node_ip = shared.cfg.host_ip.parse().unwrap_or(std::net::Ipv4Addr::LOCALHOST);
             let dns = shared.dns.as_ref().map(|d| crate::dns::Settings { listen: (d.server, 53).into(), domain: d.domain.clone(), upstream: shared.cfg.dns_upstream.clone() });
             *shared.proxy.lock().unwrap() = Some(crate::proxy::ServiceProxy::start(shared.client.clone(), n.service_link(), s, node_ip, dns));
+        }
+        if let (Some(n), Some(c)) = (&shared.network, &shared.cfg.policy_client) {
+            let settings = crate::netpol::Settings { node_name: shared.cfg.node_name.clone(), netns_prefix: n.netns_prefix(), node_ip: n.gateway, service_range: n.service_cidr.map(|s| s.to_string()) };
+            *shared.policy.lock().unwrap() = Some(crate::netpol::PolicyAgent::start(c.clone(), settings));
         }
         if let Some((listen, to)) = relay_to {
             let sh = shared.clone();
