@@ -428,3 +428,54 @@ spec:
     wait_until("the stranger to reach db again", || reach("default", "stranger", &db) == "200");
     assert_eq!(reach("default", "front", &web), "200");
 }
+
+#[test]
+fn udp_service_ports_relay_datagrams_both_ways() {
+    need_ip();
+    let c = Cluster::start_with(tempfile::tempdir().unwrap(), &["--node-name", NODE]);
+    let echo = "import socket\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\ns.bind(('0.0.0.0', 9999))\nwhile True:\n  d, a = s.recvfrom(2048)\n  s.sendto(socket.gethostname().encode() + b':' + d, a)\n";
+    let manifests = format!(
+        r#"apiVersion: v1
+kind: Pod
+metadata: {{name: echo, labels: {{app: echo}}}}
+spec:
+  nodeName: {NODE}
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: c
+    image: python
+    command: ["python3", "-c", {echo:?}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: client}}
+spec:
+  nodeName: {NODE}
+  terminationGracePeriodSeconds: 1
+  containers: [{{name: c, image: busybox, command: [sh, -c, 'while :; do sleep 1; done']}}]
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: echo}}
+spec:
+  selector: {{app: echo}}
+  ports: [{{name: dns, port: 53, targetPort: 9999, protocol: UDP}}]
+"#
+    );
+    let m = c.write("udp.yaml", &manifests);
+    c.ok(&["apply", "-f", path_str(&m)]);
+    c.ok(&["wait", "--for=condition=Ready", "pod/echo", "pod/client", "--timeout=60s"]);
+    let ip = c.ok(&["get", "svc", "echo", "-o", "jsonpath={.spec.clusterIP}"]);
+    let addr: std::net::SocketAddr = format!("{ip}:53").parse().unwrap();
+    // From the node, once the port is programmed.
+    let sock = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
+    sock.set_read_timeout(Some(std::time::Duration::from_millis(500))).unwrap();
+    let mut buf = [0u8; 256];
+    wait_until("the UDP Service to answer", || {
+        let _ = sock.send_to(b"ping", addr);
+        sock.recv_from(&mut buf).is_ok_and(|(n, from)| &buf[..n] == b"echo:ping" && from == addr)
+    });
+    // From a pod, the answer coming back from the cluster IP.
+    let code = format!("import socket\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\ns.settimeout(5)\ns.sendto(b'pong', ('{ip}', 53))\nd, a = s.recvfrom(256)\nprint(d.decode(), a[0])");
+    assert_eq!(c.ok(&["exec", "client", "--", "python3", "-c", &code]).trim(), format!("echo:pong {ip}"));
+}

@@ -311,14 +311,34 @@ impl NodeNetwork {
     }
 }
 
-/// Makes `ip` a local address of `link` (a cluster IP the proxy serves).
-pub fn add_address(link: &str, ip: Ipv4Addr) -> Result<(), String> {
-    ip_out(&["addr", "replace", &format!("{ip}/32"), "dev", link]).map(|_| ())
+/// Makes each of `ips` a local address of `link` (cluster IPs the proxy serves): one `ip`
+/// process for all (a thousand Services are one batch, not a thousand processes). Returns
+/// the addresses that could not be added, with why.
+pub fn add_addresses(link: &str, ips: &[Ipv4Addr]) -> Vec<(Ipv4Addr, String)> {
+    let batch: String = ips.iter().map(|ip| format!("addr replace {ip}/32 dev {link}\n")).collect();
+    if ips.is_empty() || ip_batch(None, &batch).is_ok() {
+        return vec![];
+    }
+    // The batch stops at its first failure: each alone says which.
+    ips.iter().filter_map(|ip| ip_out(&["addr", "replace", &format!("{ip}/32"), "dev", link]).err().map(|e| (*ip, e))).collect()
 }
 
-/// Removes a cluster IP from `link`.
-pub fn del_address(link: &str, ip: Ipv4Addr) {
-    let _ = ip_out(&["addr", "del", &format!("{ip}/32"), "dev", link]);
+/// Removes cluster IPs from `link` (one `ip` process; failures, addresses already gone, are
+/// ignored: `-force` goes on past them).
+pub fn del_addresses(link: &str, ips: &[Ipv4Addr]) {
+    if ips.is_empty() {
+        return;
+    }
+    let batch: String = ips.iter().map(|ip| format!("addr del {ip}/32 dev {link}\n")).collect();
+    let _ = ip_batch_force(&batch);
+}
+
+/// `ip -force -batch`: every line is tried.
+fn ip_batch_force(batch: &str) -> Result<(), String> {
+    use std::io::Write;
+    let mut child = std::process::Command::new("ip").args(["-force", "-batch", "-"]).stdin(Stdio::piped()).stdout(Stdio::null()).stderr(Stdio::null()).spawn().map_err(|e| format!("running ip (iproute2): {e}"))?;
+    child.stdin.take().expect("piped").write_all(batch.as_bytes()).map_err(|e| e.to_string())?;
+    child.wait().map_err(|e| e.to_string()).map(|_| ())
 }
 
 /// Where pod `uid`'s namespace is, when the node gives pods their own.

@@ -4,7 +4,7 @@
 //! Each cluster IP with ready endpoints is made a local address of the node (on its bridge
 //! `cb<id>`), and a listener on each of its TCP ports hands every connection to an
 //! endpoint (at random, or by client address with `sessionAffinity: ClientIP`), copying bytes
-//! both ways. Pods reach cluster IPs through their default route: the packet arrives at the
+//! both ways; each UDP port relays datagrams per client session ([`udp`]). Pods reach cluster IPs through their default route: the packet arrives at the
 //! node for a local address, so nothing is forwarded. A Service without ready endpoints has
 //! no listener: a connection is refused at once, on the node. The Service range itself is
 //! routed to nothing (a blackhole route, made with the node's network): an address not (yet)
@@ -15,7 +15,9 @@
 //! DNAT for pod-to-pod Service traffic through the bridge needs IP forwarding and
 //! br_netfilter, host-wide settings a node should not change. The cost is a copy through this
 //! process per connection (kubelet/DESIGN.md). Headless Services (`clusterIP: None`) have
-//! nothing here; `externalTrafficPolicy` is ignored (one node).
+//! nothing here; `externalTrafficPolicy` is ignored (one node); SCTP ports are not served.
+
+mod udp;
 
 use std::collections::{HashMap, HashSet};
 use std::net::{Ipv4Addr, SocketAddr};
@@ -35,25 +37,52 @@ pub struct Backends {
     pub affinity: Option<Duration>,
 }
 
-/// The listeners the proxy wants: (address, port) -> backends. Pure: table-tested.
-pub fn desired(services: &[Arc<Value>], slices: &[Arc<Value>], node_ip: Ipv4Addr) -> HashMap<SocketAddr, Backends> {
+/// A Service port's transport.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Proto {
+    Tcp,
+    Udp,
+}
+
+/// The listeners the proxy wants: (transport, address and port) -> backends. Pure:
+/// table-tested.
+pub fn desired(services: &[Arc<Value>], slices: &[Arc<Value>], node_ip: Ipv4Addr) -> HashMap<(Proto, SocketAddr), Backends> {
     let mut out = HashMap::new();
+    // Slices by (namespace, Service): one pass, not one per Service.
+    let mut by_service: HashMap<(&str, &str), Vec<&Arc<Value>>> = HashMap::new();
+    for s in slices {
+        if let (Some(ns), Some(name)) = (s["metadata"]["namespace"].as_str(), s["metadata"]["labels"]["kubernetes.io/service-name"].as_str()) {
+            by_service.entry((ns, name)).or_default().push(s);
+        }
+    }
     for svc in services {
         let spec = &svc["spec"];
         let Some(ip) = spec["clusterIP"].as_str().and_then(|s| s.parse::<Ipv4Addr>().ok()) else { continue };
         let ns = svc["metadata"]["namespace"].as_str().unwrap_or("");
         let name = svc["metadata"]["name"].as_str().unwrap_or("");
         let affinity = (spec["sessionAffinity"] == "ClientIP").then(|| Duration::from_secs(spec["sessionAffinityConfig"]["clientIP"]["timeoutSeconds"].as_u64().unwrap_or(10800)));
-        let mine: Vec<&Arc<Value>> = slices.iter().filter(|s| s["metadata"]["namespace"] == ns && s["metadata"]["labels"]["kubernetes.io/service-name"] == name).collect();
+        let mine: &[&Arc<Value>] = by_service.get(&(ns, name)).map_or(&[], |v| v.as_slice());
         for p in spec["ports"].as_array().into_iter().flatten() {
-            if p["protocol"].as_str().unwrap_or("TCP") != "TCP" {
-                continue;
-            }
+            let proto = match p["protocol"].as_str().unwrap_or("TCP") {
+                "TCP" => Proto::Tcp,
+                "UDP" => Proto::Udp,
+                _ => continue,
+            };
+            let proto_name = if proto == Proto::Tcp { "TCP" } else { "UDP" };
             let Some(port) = p["port"].as_u64().and_then(|x| u16::try_from(x).ok()) else { continue };
             let pname = p["name"].as_str().unwrap_or("");
             let mut addrs = Vec::new();
-            for s in &mine {
-                let Some(target) = s["ports"].as_array().into_iter().flatten().find(|sp| sp["name"].as_str().unwrap_or("") == pname).and_then(|sp| sp["port"].as_u64()).and_then(|x| u16::try_from(x).ok()) else { continue };
+            for s in mine {
+                let Some(target) = s["ports"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .find(|sp| sp["name"].as_str().unwrap_or("") == pname && sp["protocol"].as_str().unwrap_or("TCP") == proto_name)
+                    .and_then(|sp| sp["port"].as_u64())
+                    .and_then(|x| u16::try_from(x).ok())
+                else {
+                    continue;
+                };
                 for e in s["endpoints"].as_array().into_iter().flatten() {
                     if e["conditions"]["ready"] == false {
                         continue;
@@ -67,9 +96,9 @@ pub fn desired(services: &[Arc<Value>], slices: &[Arc<Value>], node_ip: Ipv4Addr
             addrs.dedup();
             let b = Backends { addrs, affinity };
             if let Some(np) = p["nodePort"].as_u64().and_then(|x| u16::try_from(x).ok()).filter(|n| *n > 0) {
-                out.insert(SocketAddr::from((node_ip, np)), b.clone());
+                out.insert((proto, SocketAddr::from((node_ip, np))), b.clone());
             }
-            out.insert(SocketAddr::from((ip, port)), b);
+            out.insert((proto, SocketAddr::from((ip, port))), b);
         }
     }
     out
@@ -133,35 +162,34 @@ impl ServiceProxy {
 }
 
 async fn run(services: Arc<Informer>, slices: Arc<Informer>, wake: Arc<tokio::sync::Notify>, link: String, cidr: crate::network::Cidr, node_ip: Ipv4Addr) {
-    let mut listeners: HashMap<SocketAddr, Listener> = HashMap::new();
+    let mut listeners: HashMap<(Proto, SocketAddr), Listener> = HashMap::new();
     let mut addresses: HashSet<Ipv4Addr> = HashSet::new();
     loop {
         let want = desired(&services.list(), &slices.list(), node_ip);
         // Listeners for ports with ready endpoints; none (connections refused) without.
-        listeners.retain(|addr, _| want.get(addr).is_some_and(|b| !b.addrs.is_empty()));
+        listeners.retain(|key, _| want.get(key).is_some_and(|b| !b.addrs.is_empty()));
         // Every cluster IP is a local address, with endpoints or not: without a listener, a
         // connection is refused at once by the node.
-        let ips: HashSet<Ipv4Addr> = want.keys().filter(|a| a.ip() != std::net::IpAddr::V4(node_ip)).filter_map(|a| match a.ip() {
+        let ips: HashSet<Ipv4Addr> = want.keys().map(|(_, a)| a).filter(|a| a.ip() != std::net::IpAddr::V4(node_ip)).filter_map(|a| match a.ip() {
             std::net::IpAddr::V4(v) if cidr.contains(v) => Some(v),
             _ => None,
         }).collect();
-        for ip in ips.difference(&addresses).copied().collect::<Vec<_>>() {
-            match crate::network::add_address(&link, ip) {
-                Ok(()) => {
-                    addresses.insert(ip);
-                }
-                Err(e) => tracing::warn!(%ip, error = %e, "Service proxy: programming a cluster IP failed"),
-            }
+        let new: Vec<Ipv4Addr> = ips.difference(&addresses).copied().collect();
+        let failed = crate::network::add_addresses(&link, &new);
+        for (ip, e) in &failed {
+            tracing::warn!(%ip, error = %e, "Service proxy: programming a cluster IP failed");
         }
-        for ip in addresses.difference(&ips).copied().collect::<Vec<_>>() {
-            crate::network::del_address(&link, ip);
+        addresses.extend(new.into_iter().filter(|ip| !failed.iter().any(|(f, _)| f == ip)));
+        let gone: Vec<Ipv4Addr> = addresses.difference(&ips).copied().collect();
+        crate::network::del_addresses(&link, &gone);
+        for ip in gone {
             addresses.remove(&ip);
         }
-        for (addr, b) in want {
+        for ((proto, addr), b) in want {
             if b.addrs.is_empty() {
                 continue;
             }
-            if let Some(l) = listeners.get(&addr) {
+            if let Some(l) = listeners.get(&(proto, addr)) {
                 *l.backends.write().unwrap() = b;
                 continue;
             }
@@ -171,13 +199,16 @@ async fn run(services: Arc<Informer>, slices: Arc<Informer>, wake: Arc<tokio::sy
             {
                 continue;
             }
-            match tokio::net::TcpListener::bind(addr).await {
-                Ok(l) => {
-                    let backends = Arc::new(RwLock::new(b));
-                    let task = tokio::spawn(serve(l, backends.clone()));
-                    listeners.insert(addr, Listener { backends, task });
+            let backends = Arc::new(RwLock::new(b));
+            let task = match proto {
+                Proto::Tcp => tokio::net::TcpListener::bind(addr).await.map(|l| tokio::spawn(serve(l, backends.clone()))),
+                Proto::Udp => tokio::net::UdpSocket::bind(addr).await.map(|u| tokio::spawn(udp::serve(u, backends.clone(), Arc::new(Mutex::new(HashMap::new()))))),
+            };
+            match task {
+                Ok(task) => {
+                    listeners.insert((proto, addr), Listener { backends, task });
                 }
-                Err(e) => tracing::warn!(%addr, error = %e, "Service proxy: listening failed"),
+                Err(e) => tracing::warn!(%addr, ?proto, error = %e, "Service proxy: listening failed"),
             }
         }
         wake.notified().await;
@@ -187,7 +218,7 @@ async fn run(services: Arc<Informer>, slices: Arc<Informer>, wake: Arc<tokio::sy
 }
 
 /// Picks an endpoint: the client's own under session affinity, else one at random.
-fn pick(b: &Backends, client: std::net::IpAddr, sticky: &Mutex<HashMap<std::net::IpAddr, (SocketAddr, Instant)>>) -> Option<SocketAddr> {
+pub(crate) fn pick(b: &Backends, client: std::net::IpAddr, sticky: &Mutex<HashMap<std::net::IpAddr, (SocketAddr, Instant)>>) -> Option<SocketAddr> {
     if b.addrs.is_empty() {
         return None;
     }
@@ -241,15 +272,17 @@ mod tests {
         let svc = Arc::new(json!({"metadata": {"namespace": "d", "name": "web"}, "spec": {"clusterIP": "10.96.0.9", "sessionAffinity": "ClientIP",
             "ports": [{"name": "http", "port": 80, "nodePort": 30080}, {"name": "udp", "port": 53, "protocol": "UDP"}]}}));
         let headless = Arc::new(json!({"metadata": {"namespace": "d", "name": "h"}, "spec": {"clusterIP": "None", "ports": [{"port": 80}]}}));
-        let slice = Arc::new(json!({"metadata": {"namespace": "d", "labels": {"kubernetes.io/service-name": "web"}}, "ports": [{"name": "http", "port": 8080}],
+        let slice = Arc::new(json!({"metadata": {"namespace": "d", "labels": {"kubernetes.io/service-name": "web"}}, "ports": [{"name": "http", "port": 8080}, {"name": "udp", "port": 5353, "protocol": "UDP"}],
             "endpoints": [{"addresses": ["10.244.0.5"], "conditions": {"ready": true}}, {"addresses": ["10.244.0.6"], "conditions": {"ready": false}}]}));
         let other_ns = Arc::new(json!({"metadata": {"namespace": "e", "labels": {"kubernetes.io/service-name": "web"}}, "ports": [{"name": "http", "port": 1}], "endpoints": [{"addresses": ["10.244.0.7"]}]}));
         let d = desired(&[svc, headless], &[slice, other_ns], Ipv4Addr::LOCALHOST);
         let want = vec![SocketAddr::from(([10, 244, 0, 5], 8080))];
-        assert_eq!(d[&SocketAddr::from(([10, 96, 0, 9], 80))].addrs, want, "ready endpoints of its own slices only");
-        assert_eq!(d[&SocketAddr::from(([127, 0, 0, 1], 30080))].addrs, want);
-        assert_eq!(d[&SocketAddr::from(([10, 96, 0, 9], 80))].affinity, Some(Duration::from_secs(10800)));
-        assert_eq!(d.len(), 2, "UDP and headless Services have no listeners: {d:?}");
+        let tcp = |a: [u8; 4], p: u16| (Proto::Tcp, SocketAddr::from((a, p)));
+        assert_eq!(d[&tcp([10, 96, 0, 9], 80)].addrs, want, "ready endpoints of its own slices only");
+        assert_eq!(d[&tcp([127, 0, 0, 1], 30080)].addrs, want);
+        assert_eq!(d[&tcp([10, 96, 0, 9], 80)].affinity, Some(Duration::from_secs(10800)));
+        assert_eq!(d[&(Proto::Udp, SocketAddr::from(([10, 96, 0, 9], 53)))].addrs, vec![SocketAddr::from(([10, 244, 0, 5], 5353))], "UDP, by its port of the slice");
+        assert_eq!(d.len(), 3, "headless Services have no listeners: {d:?}");
     }
 
     #[test]
