@@ -581,3 +581,45 @@ fn node_ports_are_allocated_on_create_and_when_a_service_becomes_a_node_port() {
     let e = c.fails(&["patch", "svc", "later", "-p", r#"{"spec":{"ports":[{"port":80,"targetPort":8080,"nodePort":80}]}}"#]);
     assert!(e.contains("provided port is not in the valid range"), "{e}");
 }
+
+#[test]
+fn limit_ranges_default_and_bound_pods_and_claims_and_qos_follows() {
+    let c = Cluster::start_with(tempfile::tempdir().unwrap(), &["--no-controllers", "--no-scheduler", "--no-local-node"]);
+    let lr = r#"apiVersion: v1
+kind: LimitRange
+metadata: {name: limits}
+spec:
+  limits:
+  - type: Container
+    max: {cpu: "1", memory: 1Gi}
+    defaultRequest: {cpu: 100m, memory: 64Mi}
+  - type: PersistentVolumeClaim
+    min: {storage: 1Gi}
+"#;
+    let m = c.write("lr.yaml", lr);
+    c.ok(&["apply", "-f", path_str(&m)]);
+    // Defaulted at its own write: `default` from `max`.
+    assert_eq!(c.ok(&["get", "limitrange", "limits", "-o", "jsonpath={.spec.limits[0].default.cpu}"]), "1");
+    // A pod asking for nothing gets the defaults, and says so.
+    let p = c.write("p.json", &pod("plain", "", ""));
+    c.ok(&["create", "-f", path_str(&p)]);
+    assert_eq!(c.ok(&["get", "pod", "plain", "-o", "jsonpath={.spec.containers[0].resources.limits.cpu} {.spec.containers[0].resources.requests.memory}"]), "1 64Mi");
+    assert!(c.ok(&["get", "pod", "plain", "-o", "jsonpath={.metadata.annotations.kubernetes\\.io/limit-ranger}"]).starts_with("LimitRanger plugin set: cpu, memory limit for container c"));
+    assert_eq!(c.ok(&["get", "pod", "plain", "-o", "jsonpath={.status.qosClass}"]), "Burstable");
+    // Over the maximum: refused with Kubernetes' message, nothing stored.
+    let big = r#"{"apiVersion":"v1","kind":"Pod","metadata":{"name":"big"},"spec":{"containers":[{"name":"c","image":"busybox","resources":{"limits":{"cpu":"2"}}}]}}"#;
+    let b = c.write("big.json", big);
+    let e = c.fails(&["create", "-f", path_str(&b)]);
+    assert!(e.contains("pods \"big\" is forbidden: [maximum cpu usage per Container is 1, but limit is 2, maximum cpu usage per Container is 1, but request is 2]"), "{e}");
+    assert!(c.fails(&["get", "pod", "big"]).contains("NotFound"));
+    // Guaranteed: limits on both, requests equal (defaulted from the limits).
+    let g = r#"{"apiVersion":"v1","kind":"Pod","metadata":{"name":"g"},"spec":{"containers":[{"name":"c","image":"busybox","resources":{"limits":{"cpu":"500m","memory":"128Mi"}}}]}}"#;
+    let gf = c.write("g.json", g);
+    c.ok(&["create", "-f", path_str(&gf)]);
+    assert_eq!(c.ok(&["get", "pod", "g", "-o", "jsonpath={.status.qosClass} {.spec.containers[0].resources.requests.cpu}"]), "Guaranteed 500m");
+    // A claim under the minimum.
+    let claim = "apiVersion: v1\nkind: PersistentVolumeClaim\nmetadata: {name: small}\nspec: {accessModes: [ReadWriteOnce], resources: {requests: {storage: 100Mi}}}\n";
+    let cl = c.write("claim.yaml", claim);
+    let e = c.fails(&["apply", "-f", path_str(&cl)]);
+    assert!(e.contains("persistentvolumeclaims \"small\" is forbidden: minimum storage usage per PersistentVolumeClaim is 1Gi, but request is 100Mi"), "{e}");
+}

@@ -229,9 +229,39 @@ fn default_pod_spec(spec: &mut Value) {
                 set_default(c, "terminationMessagePath", json!("/dev/termination-log"));
                 set_default(c, "terminationMessagePolicy", json!("File"));
                 set_default(c, "resources", json!({}));
+                // Requests not given default to the limits given (Kubernetes' defaulting).
+                if let Some(limits) = c["resources"]["limits"].as_object().cloned() {
+                    if !c["resources"]["requests"].is_object() {
+                        c["resources"]["requests"] = json!({});
+                    }
+                    for (k, v) in limits {
+                        if c["resources"]["requests"].get(&k).is_none() {
+                            c["resources"]["requests"][k] = v;
+                        }
+                    }
+                }
             }
         }
     }
+}
+
+/// A pod's QoS class, as Kubernetes computes it at create (after admission): Guaranteed when
+/// every container limits cpu and memory and requests as much, BestEffort when none asks for
+/// either, Burstable otherwise.
+pub fn qos_class(pod: &Value) -> &'static str {
+    let containers: Vec<&Value> = ["initContainers", "containers"].iter().flat_map(|l| pod["spec"][*l].as_array().into_iter().flatten()).collect();
+    let nonzero = |v: &Value| v.as_str().and_then(|s| api::Quantity::parse(s).ok()).is_some_and(|q| q.milli != 0);
+    let any = containers.iter().any(|c| ["requests", "limits"].iter().any(|f| ["cpu", "memory"].iter().any(|r| nonzero(&c["resources"][*f][*r]))));
+    if !any {
+        return "BestEffort";
+    }
+    let guaranteed = containers.iter().all(|c| {
+        ["cpu", "memory"].iter().all(|r| {
+            let (l, q) = (&c["resources"]["limits"][*r], &c["resources"]["requests"][*r]);
+            nonzero(l) && (q.is_null() || q.as_str().and_then(|s| api::Quantity::parse(s).ok()) == l.as_str().and_then(|s| api::Quantity::parse(s).ok()))
+        })
+    });
+    if guaranteed { "Guaranteed" } else { "Burstable" }
 }
 
 /// A Secret's `stringData` is write-only: merged into `data` (base64), as Kubernetes does,
@@ -264,6 +294,7 @@ pub fn default(info: &ResourceInfo, obj: &mut Value) {
                 obj["status"] = json!({"phase": "Pending", "qosClass": "BestEffort"});
             }
         }
+        "LimitRange" => crate::limit_range::default_object(obj),
         "Deployment" | "ReplicaSet" | "StatefulSet" | "DaemonSet" => {
             if let Some(spec) = obj.get_mut("spec") {
                 if info.kind != "DaemonSet" {

@@ -603,6 +603,9 @@ impl Req<'_> {
         if self.info.kind == "PersistentVolumeClaim" && self.info.group.is_empty() {
             self.default_storage_class(&mut obj).await?;
         }
+        if matches!(self.info.kind, "Pod" | "PersistentVolumeClaim") && self.info.group.is_empty() {
+            self.limit_ranges(&name, &mut obj).await?;
+        }
         if obj["metadata"].get("managedFields").is_none() {
             crate::ssa::record_update(None, &mut obj, &self.manager(), &self.info.api_version(), &object::now_rfc3339(), false);
         }

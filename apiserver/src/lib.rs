@@ -32,6 +32,7 @@ pub mod escalation;
 pub mod handlers;
 pub mod http_proxy;
 pub mod legacy_token;
+pub mod limit_range;
 pub mod lite;
 pub mod metrics;
 pub mod node_authz;

@@ -155,6 +155,26 @@ impl Req<'_> {
         Ok(())
     }
 
+    /// The LimitRanger admission plugin (`limit_range.rs`) on a new pod or claim, then the
+    /// pod's QoS class (computed after admission, as Kubernetes does).
+    pub(super) async fn limit_ranges(&self, name: &str, obj: &mut Value) -> Result<(), ApiError> {
+        let ranges: Vec<Value> = match self.namespace.as_deref() {
+            Some(ns) => {
+                let r = self.st.store.range(RangeRequest::prefix(format!("/registry/core/limitranges/{ns}/"))).await?;
+                r.kvs.iter().filter_map(|kv| Stored::from_kv(kv).and_then(|s| s.value_at(kv.mod_revision)).ok()).collect()
+            }
+            None => vec![],
+        };
+        let r = if self.info.kind == "Pod" { crate::limit_range::admit_pod(&ranges, obj) } else { crate::limit_range::admit_claim(&ranges, obj) };
+        if let Err(v) = r {
+            return Err(ApiError::forbidden(crate::limit_range::message(self.info.resource, name, &v)));
+        }
+        if self.info.kind == "Pod" && obj["status"].is_object() {
+            obj["status"]["qosClass"] = json!(crate::admission::qos_class(obj));
+        }
+        Ok(())
+    }
+
     /// The DefaultStorageClass admission plugin: a claim that names no class (the field
     /// absent; `""` asks for none) gets the class annotated
     /// `storageclass.kubernetes.io/is-default-class: "true"` (the newest, if several).
