@@ -381,3 +381,38 @@ fn orphaned_pods_and_replicasets_are_adopted_not_duplicated() {
     assert_eq!(after, before, "the same two pods, adopted, and no new ones");
     assert_eq!(c.ok(&["get", "rs", &rs, "-o", "jsonpath={.status.replicas}"]), "2");
 }
+
+#[test]
+fn replication_controllers_keep_their_replicas_scale_and_take_their_pods_with_them() {
+    let c = Cluster::start_with(tempfile::tempdir().unwrap(), &["--no-scheduler", "--no-local-node"]);
+    let rc = r#"apiVersion: v1
+kind: ReplicationController
+metadata: {name: old}
+spec:
+  replicas: 2
+  template:
+    metadata: {labels: {app: old}}
+    spec: {containers: [{name: c, image: busybox}]}
+"#;
+    let m = c.write("rc.yaml", rc);
+    c.ok(&["apply", "-f", path_str(&m)]);
+    // Defaulted from the template, as Kubernetes defaults it.
+    assert_eq!(c.ok(&["get", "rc", "old", "-o", "jsonpath={.spec.selector.app} {.metadata.labels.app}"]), "old old");
+    let pods = || c.ok(&["get", "pods", "-l", "app=old", "-o", "name"]).lines().count();
+    wait_until("2 pods of the controller", || pods() == 2);
+    let owner = c.ok(&["get", "pods", "-l", "app=old", "-o", "jsonpath={.items[0].metadata.ownerReferences[0].kind}"]);
+    assert_eq!(owner, "ReplicationController");
+    wait_until("status.replicas 2", || c.ok(&["get", "rc", "old", "-o", "jsonpath={.status.replicas}"]) == "2");
+    // The scale subresource, through kubectl scale.
+    c.ok(&["scale", "rc", "old", "--replicas=3"]);
+    wait_until("3 pods", || pods() == 3);
+    assert!(c.ok(&["get", "all"]).contains("replicationcontroller/old"), "in the `all` category");
+    // A template whose labels the selector does not match is refused.
+    let bad = rc.replace("name: old}", "name: bad}").replace("  replicas: 2\n", "  replicas: 1\n  selector: {app: other}\n");
+    let b = c.write("bad.yaml", &bad);
+    let e = c.fails(&["apply", "-f", path_str(&b)]);
+    assert!(e.contains("`selector` does not match template `labels`"), "{e}");
+    // Deleted: its pods go with it.
+    c.ok(&["delete", "rc", "old"]);
+    wait_until("the controller's pods to be collected", || pods() == 0);
+}

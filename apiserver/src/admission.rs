@@ -100,6 +100,17 @@ fn validate_spec(info: &ResourceInfo, obj: &Value, causes: &mut Vec<(String, Str
                 causes.push(("spec.replicas".into(), "Invalid value: must be greater than or equal to 0".into()));
             }
         }
+        "ReplicationController" => {
+            let sel = obj["spec"]["selector"].as_object().cloned().unwrap_or_default();
+            if sel.is_empty() {
+                causes.push(("spec.selector".into(), "Required value".into()));
+            } else if obj["spec"]["template"].is_object() && !sel.iter().all(|(k, v)| obj["spec"]["template"]["metadata"]["labels"][k] == *v) {
+                causes.push(("spec.template.metadata.labels".into(), format!("Invalid value: {}: `selector` does not match template `labels`", obj["spec"]["template"]["metadata"]["labels"])));
+            }
+            if obj["spec"].get("replicas").and_then(|r| r.as_i64()).is_some_and(|r| r < 0) {
+                causes.push(("spec.replicas".into(), "Invalid value: must be greater than or equal to 0".into()));
+            }
+        }
         _ => {}
     }
 }
@@ -295,6 +306,25 @@ pub fn default(info: &ResourceInfo, obj: &mut Value) {
             }
         }
         "LimitRange" => crate::limit_range::default_object(obj),
+        "ReplicationController" => {
+            // Selector and labels default to the template's labels (Kubernetes' defaulting).
+            let tl = obj["spec"]["template"]["metadata"]["labels"].clone();
+            if let Some(spec) = obj.get_mut("spec") {
+                set_default(spec, "replicas", json!(1));
+                if tl.is_object() && spec.get("selector").is_none_or(|s| s.as_object().is_none_or(|m| m.is_empty())) {
+                    spec["selector"] = tl.clone();
+                }
+                if let Some(ps) = spec.get_mut("template").and_then(|t| t.get_mut("spec")) {
+                    default_pod_spec(ps);
+                }
+            }
+            if tl.is_object() && obj["metadata"]["labels"].as_object().is_none_or(|m| m.is_empty()) {
+                obj["metadata"]["labels"] = tl;
+            }
+            if obj.get("status").is_none() {
+                obj["status"] = json!({"replicas": 0});
+            }
+        }
         "Deployment" | "ReplicaSet" | "StatefulSet" | "DaemonSet" => {
             if let Some(spec) = obj.get_mut("spec") {
                 if info.kind != "DaemonSet" {

@@ -303,6 +303,13 @@ fn controller_rules(ctl: &str) -> Vec<Value> {
             rule(&["create"], &["authorization.k8s.io"], &["subjectaccessreviews"]),
             events(),
         ],
+        "replication-controller" => vec![
+            rule(&["get", "list", "watch", "update"], CORE, &["replicationcontrollers"]),
+            rule(&["update", "patch"], CORE, &["replicationcontrollers/status"]),
+            rule(&["update"], CORE, &["replicationcontrollers/finalizers"]),
+            rule(&["list", "watch", "patch", "create", "delete"], CORE, &["pods"]),
+            events(),
+        ],
         "persistent-volume-binder" => vec![
             rule(&["create", "delete", "get", "list", "update", "patch", "watch"], CORE, &["persistentvolumes"]),
             rule(&["update", "patch"], CORE, &["persistentvolumes/status"]),
@@ -338,6 +345,7 @@ pub const CONTROLLERS: &[&str] = &[
     "resourcequota-controller",
     "certificate-controller",
     "persistent-volume-binder",
+    "replication-controller",
 ];
 
 fn controllers() -> Vec<(&'static str, Value)> {

@@ -58,7 +58,7 @@ impl ResourceInfo {
     /// Categories (`kubectl get all` lists the resources in category "all").
     pub fn categories(&self) -> &'static [&'static str] {
         match (self.group, self.resource) {
-            ("", "pods" | "services")
+            ("", "pods" | "services" | "replicationcontrollers")
             | ("apps", "deployments" | "replicasets" | "statefulsets" | "daemonsets")
             | ("batch", "jobs" | "cronjobs")
             | ("autoscaling", "horizontalpodautoscalers") => &["all"],
@@ -222,6 +222,8 @@ pub fn builtin() -> Vec<ResourceInfo> {
         info::<core::PersistentVolumeClaim>(&["pvc"], &[status_of!(core::PersistentVolumeClaim)], true),
         info::<core::ResourceQuota>(&["quota"], &[status_of!(core::ResourceQuota)], true),
         info::<core::LimitRange>(&["limits"], &[], true),
+        info::<core::ReplicationController>(&["rc"], &[status_of!(core::ReplicationController), SCALE], true),
+        info::<core::PodTemplate>(&[], &[], false),
         info::<apps::Deployment>(&["deploy"], &[status_of!(apps::Deployment), SCALE], true),
         info::<apps::ReplicaSet>(&["rs"], &[status_of!(apps::ReplicaSet), SCALE], true),
         info::<apps::StatefulSet>(&["sts"], &[status_of!(apps::StatefulSet), SCALE], true),

@@ -35,7 +35,7 @@ pub fn columns(kind: &str) -> Vec<Value> {
             col("Images", "string", 1),
             col("Selector", "string", 1),
         ],
-        "ReplicaSet" => vec![
+        "ReplicaSet" | "ReplicationController" => vec![
             col("Name", "string", 0),
             col("Desired", "string", 0),
             col("Current", "string", 0),
@@ -260,7 +260,7 @@ pub fn cells(kind: &str, o: &Value) -> Vec<Value> {
                 json!(sel),
             ]);
         }
-        "ReplicaSet" => out.extend([
+        "ReplicaSet" | "ReplicationController" => out.extend([
             json!(n(o, &["spec", "replicas"])),
             json!(n(o, &["status", "replicas"])),
             json!(n(o, &["status", "readyReplicas"])),

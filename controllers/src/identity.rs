@@ -35,10 +35,11 @@ pub enum Ctl {
     TokenCleaner,
     Certificate,
     PersistentVolumeBinder,
+    ReplicationController,
 }
 
 impl Ctl {
-    pub const ALL: [Ctl; 19] = [
+    pub const ALL: [Ctl; 20] = [
         Ctl::ReplicaSet,
         Ctl::Deployment,
         Ctl::GarbageCollector,
@@ -58,6 +59,7 @@ impl Ctl {
         Ctl::TokenCleaner,
         Ctl::Certificate,
         Ctl::PersistentVolumeBinder,
+        Ctl::ReplicationController,
     ];
 
     /// Its ServiceAccount in `kube-system` (Kubernetes' names; the role is
@@ -83,6 +85,7 @@ impl Ctl {
             Ctl::TokenCleaner => "token-cleaner",
             Ctl::Certificate => "certificate-controller",
             Ctl::PersistentVolumeBinder => "persistent-volume-binder",
+            Ctl::ReplicationController => "replication-controller",
         }
     }
 }

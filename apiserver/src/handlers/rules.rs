@@ -56,7 +56,9 @@ impl Req<'_> {
     }
 
     pub(super) fn scale_of(&self, obj: &Value, rev: u64) -> Value {
-        let selector = obj["spec"]["selector"].get("matchLabels").and_then(|m| m.as_object()).map(|m| {
+        // A LabelSelector's matchLabels, or a ReplicationController's plain map.
+        let labels = obj["spec"]["selector"].get("matchLabels").or_else(|| obj["spec"]["selector"].as_object().filter(|m| m.values().all(|v| v.is_string())).map(|_| &obj["spec"]["selector"]));
+        let selector = labels.and_then(|m| m.as_object()).map(|m| {
             m.iter().map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or(""))).collect::<Vec<_>>().join(",")
         });
         json!({

@@ -5,60 +5,130 @@ use super::*;
 
 // ---------------------------------------------------------------- ReplicaSet
 
-pub(super) async fn sync_replicaset(ctx: &Ctx, key: &str) -> Res {
-    let Some(rs) = ctx.rs.get(key) else {
-        ctx.exp.forget(key);
+/// The two controllers of replicas: ReplicaSet (apps/v1) and ReplicationController (v1,
+/// whose selector is a plain label map, defaulted to its template's labels).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Replicas {
+    Set,
+    Controller,
+}
+
+impl Replicas {
+    pub(super) fn kind(self) -> (&'static str, &'static str) {
+        match self {
+            Replicas::Set => ("apps/v1", "ReplicaSet"),
+            Replicas::Controller => ("v1", "ReplicationController"),
+        }
+    }
+
+    fn path(self, ns: &str, name: &str) -> String {
+        match self {
+            Replicas::Set => format!("/apis/apps/v1/namespaces/{ns}/replicasets/{name}"),
+            Replicas::Controller => format!("/api/v1/namespaces/{ns}/replicationcontrollers/{name}"),
+        }
+    }
+
+    fn ctl(self) -> Ctl {
+        match self {
+            Replicas::Set => Ctl::ReplicaSet,
+            Replicas::Controller => Ctl::ReplicationController,
+        }
+    }
+
+    pub(super) fn informer(self, ctx: &Ctx) -> &Arc<client::informer::Informer> {
+        match self {
+            Replicas::Set => &ctx.rs,
+            Replicas::Controller => &ctx.rcs,
+        }
+    }
+
+    /// The expectations' key (a ReplicaSet and a ReplicationController may share a name).
+    pub(super) fn exp_key(self, key: &str) -> String {
+        match self {
+            Replicas::Set => key.to_string(),
+            Replicas::Controller => format!("rc:{key}"),
+        }
+    }
+
+    /// The label selector (a ReplicationController's map as `matchLabels`).
+    pub(super) fn selector(self, obj: &Value) -> Value {
+        match self {
+            Replicas::Set => obj["spec"]["selector"].clone(),
+            Replicas::Controller => {
+                let map = if obj["spec"]["selector"].is_object() { obj["spec"]["selector"].clone() } else { obj["spec"]["template"]["metadata"]["labels"].clone() };
+                json!({"matchLabels": map})
+            }
+        }
+    }
+}
+
+pub(super) async fn sync_replicas(ctx: &Ctx, key: &str, which: Replicas) -> Res {
+    let exp_key = which.exp_key(key);
+    let Some(raw) = which.informer(ctx).get(key) else {
+        ctx.exp.forget(&exp_key);
         return Ok(None);
     };
-    if rs["metadata"].get("deletionTimestamp").is_some() {
+    if raw["metadata"].get("deletionTimestamp").is_some() {
         return Ok(None);
     }
+    // One shape for both: the selector as a LabelSelector.
+    let rs = if which == Replicas::Set {
+        raw
+    } else {
+        let mut v = (*raw).clone();
+        v["spec"]["selector"] = which.selector(&raw);
+        Arc::new(v)
+    };
     let (ns, rs_name) = split(key);
-    let rs_path = format!("/apis/apps/v1/namespaces/{ns}/replicasets/{rs_name}");
-    let pods = claimed_pods(ctx, Ctl::ReplicaSet, &rs, ("apps/v1", "ReplicaSet"), &rs_path).await?;
+    let rs_path = which.path(ns, rs_name);
+    let kind = which.kind();
+    let ctl = which.ctl();
+    let pods = claimed_pods(ctx, ctl, &rs, kind, &rs_path).await?;
     let active: Vec<Arc<Value>> = pods.iter().filter(|p| is_active(p)).cloned().collect();
-    if ctx.exp.satisfied(key) {
+    if ctx.exp.satisfied(&exp_key) {
         let d = rsc::decide(rs["spec"]["replicas"].as_i64().unwrap_or(1), &active);
         if d.create > 0 || !d.delete.is_empty() {
-            ctx.exp.expect(key, d.create as i64, &d.delete);
+            ctx.exp.expect(&exp_key, d.create as i64, &d.delete);
         }
         if d.create > 0 {
-            let pod = rsc::pod_from_template(&rs);
+            let mut pod = rsc::pod_from_template(&rs);
+            pod["metadata"]["ownerReferences"][0]["apiVersion"] = json!(kind.0);
+            pod["metadata"]["ownerReferences"][0]["kind"] = json!(kind.1);
             let path = format!("/api/v1/namespaces/{ns}/pods");
             let mut created = 0;
             for b in rsc::batches(d.create) {
-                let results = futures_util::future::join_all((0..b).map(|_| ctx.c(Ctl::ReplicaSet).post(&path, &pod))).await;
+                let results = futures_util::future::join_all((0..b).map(|_| ctx.c(ctl).post(&path, &pod))).await;
                 let failed = results.iter().filter(|r| r.is_err()).count();
                 created += b - failed;
                 if failed > 0 {
                     // Not coming: stop expecting them, and retry with backoff.
                     for _ in 0..(d.create - created) {
-                        ctx.exp.observed_add(key);
+                        ctx.exp.observed_add(&exp_key);
                     }
                     let e = results.into_iter().find_map(|r| r.err()).map(err).unwrap_or_default();
-                    ctx.events.pod(&rs, None, true, "FailedCreate", format!("Error creating: {e}"));
+                    ctx.events.object(kind, &rs, true, "FailedCreate", format!("Error creating: {e}"));
                     return Err(e);
                 }
             }
-            ctx.events.pod(&rs, None, false, "SuccessfulCreate", format!("Created {created} pod(s)"));
+            ctx.events.object(kind, &rs, false, "SuccessfulCreate", format!("Created {created} pod(s)"));
         }
         if !d.delete.is_empty() {
             for name in &d.delete {
-                match ctx.c(Ctl::ReplicaSet).delete(&format!("/api/v1/namespaces/{ns}/pods/{name}"), &json!({})).await {
+                match ctx.c(ctl).delete(&format!("/api/v1/namespaces/{ns}/pods/{name}"), &json!({})).await {
                     Ok(_) => {}
-                    Err(ClientError::Status { code: 404, .. }) => ctx.exp.observed_delete(key, name),
+                    Err(ClientError::Status { code: 404, .. }) => ctx.exp.observed_delete(&exp_key, name),
                     Err(e) => return Err(err(e)),
                 }
             }
-            ctx.events.pod(&rs, None, false, "SuccessfulDelete", format!("Deleted pod(s): {}", d.delete.join(", ")));
+            ctx.events.object(kind, &rs, false, "SuccessfulDelete", format!("Deleted pod(s): {}", d.delete.join(", ")));
         }
     }
     let status = rsc::status(&rs, &pods, now_unix());
     let cur = &rs["status"];
     let changed = ["replicas", "fullyLabeledReplicas", "readyReplicas", "availableReplicas", "observedGeneration"].iter().any(|f| cur[*f].as_i64().unwrap_or(0) != status[*f].as_i64().unwrap_or(0));
     if changed {
-        let path = format!("/apis/apps/v1/namespaces/{ns}/replicasets/{}/status", rs["metadata"]["name"].as_str().unwrap_or(""));
-        match ctx.c(Ctl::ReplicaSet).merge_patch_quiet(&path, &json!({"status": status})).await {
+        let path = format!("{rs_path}/status");
+        match ctx.c(ctl).merge_patch_quiet(&path, &json!({"status": status})).await {
             Ok(()) | Err(ClientError::Status { code: 404, .. }) => {}
             Err(e) => return Err(err(e)),
         }

@@ -8,8 +8,8 @@ use super::*;
 // ---------------------------------------------------------------- garbage collection
 
 impl Ctx {
-    pub(super) fn owner_informers(&self) -> [(&'static str, &Arc<Informer>); 6] {
-        [("ReplicaSet", &self.rs), ("Deployment", &self.deploy), ("Job", &self.jobs), ("DaemonSet", &self.daemonsets), ("StatefulSet", &self.statefulsets), ("CronJob", &self.cronjobs)]
+    pub(super) fn owner_informers(&self) -> [(&'static str, &Arc<Informer>); 7] {
+        [("ReplicaSet", &self.rs), ("ReplicationController", &self.rcs), ("Deployment", &self.deploy), ("Job", &self.jobs), ("DaemonSet", &self.daemonsets), ("StatefulSet", &self.statefulsets), ("CronJob", &self.cronjobs)]
     }
 
     pub(super) fn dependent_informers(&self) -> [(&'static str, &Arc<Informer>); 4] {
@@ -21,6 +21,7 @@ pub(super) fn informer_for<'a>(ctx: &'a Ctx, kind: &str) -> Option<&'a Arc<Infor
     match kind {
         "Pod" => Some(&ctx.pods),
         "ReplicaSet" => Some(&ctx.rs),
+        "ReplicationController" => Some(&ctx.rcs),
         "Deployment" => Some(&ctx.deploy),
         "Job" => Some(&ctx.jobs),
         "DaemonSet" => Some(&ctx.daemonsets),
@@ -36,6 +37,7 @@ pub(super) fn api_path(kind: &str, ns: &str, name: &str) -> String {
         "Pod" => format!("/api/v1/namespaces/{ns}/pods/{name}"),
         "Job" => format!("/apis/batch/v1/namespaces/{ns}/jobs/{name}"),
         "ReplicaSet" => format!("/apis/apps/v1/namespaces/{ns}/replicasets/{name}"),
+        "ReplicationController" => format!("/api/v1/namespaces/{ns}/replicationcontrollers/{name}"),
         "DaemonSet" => format!("/apis/apps/v1/namespaces/{ns}/daemonsets/{name}"),
         "StatefulSet" => format!("/apis/apps/v1/namespaces/{ns}/statefulsets/{name}"),
         "CronJob" => format!("/apis/batch/v1/namespaces/{ns}/cronjobs/{name}"),
@@ -51,7 +53,7 @@ pub(super) async fn sync_gc(ctx: &Ctx, key: &str) -> Res {
     let Some(obj) = inf.get(okey) else { return Ok(None) };
     let (ns, name) = split(okey);
     // Owners of kinds this collector does not watch are assumed to exist.
-    for i in [&ctx.pods, &ctx.rs, &ctx.deploy, &ctx.jobs, &ctx.daemonsets, &ctx.statefulsets, &ctx.cronjobs] {
+    for i in [&ctx.pods, &ctx.rs, &ctx.rcs, &ctx.deploy, &ctx.jobs, &ctx.daemonsets, &ctx.statefulsets, &ctx.cronjobs] {
         if !i.has_synced() {
             return Ok(Some(Duration::from_secs(1)));
         }

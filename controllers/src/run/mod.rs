@@ -65,6 +65,7 @@ struct Ctx {
     clients: Clients,
     pods: Arc<Informer>,
     rs: Arc<Informer>,
+    rcs: Arc<Informer>,
     deploy: Arc<Informer>,
     nodes: Arc<Informer>,
     leases: Arc<Informer>,
@@ -223,6 +224,7 @@ impl Controllers {
             clients: each,
             pods: inf.get("/api/v1/pods"),
             rs: inf.get("/apis/apps/v1/replicasets"),
+            rcs: inf.get("/api/v1/replicationcontrollers"),
             deploy: inf.get("/apis/apps/v1/deployments"),
             nodes: inf.get("/api/v1/nodes"),
             leases: inf.get("/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases"),
@@ -250,6 +252,7 @@ impl Controllers {
             work: Default::default(),
         });
         let rsq = WorkQueue::new("replicaset");
+        let rcq = WorkQueue::new("replicationcontroller");
         let dq = WorkQueue::new("deployment");
         let gcq = WorkQueue::new("garbagecollector");
         let saq = WorkQueue::new("serviceaccount");
@@ -412,14 +415,15 @@ impl Controllers {
                 }
             });
         }
-        // ReplicaSet: its own changes and its pods'.
-        {
-            let q = rsq.clone();
-            ctx.rs.on_change(move |ch| {
+        // ReplicaSets and ReplicationControllers: their own changes and their pods'.
+        for (which, inf_, q) in [(Replicas::Set, ctx.rs.clone(), rsq.clone()), (Replicas::Controller, ctx.rcs.clone(), rcq.clone())] {
+            let q1 = q.clone();
+            inf_.on_change(move |ch| {
                 let v = ch.object();
-                q.add(key_of(v));
+                q1.add(key_of(v));
             });
-            let (q, x) = (rsq.clone(), Arc::downgrade(&ctx));
+            let x = Arc::downgrade(&ctx);
+            let (_, kind) = which.kind();
             ctx.pods.on_change(move |ch| {
                 let Some(ctx) = x.upgrade() else { return };
                 // An orphan (or a pod whose labels changed) may be adopted by any set whose
@@ -428,30 +432,30 @@ impl Controllers {
                     && controller_of(p).is_none()
                     && p["metadata"].get("deletionTimestamp").is_none()
                 {
-                    for r in ctx.rs.list() {
-                        if r["metadata"]["namespace"] == p["metadata"]["namespace"] && selector_matches(&r["spec"]["selector"], &p["metadata"]["labels"]) {
+                    for r in which.informer(&ctx).list() {
+                        if r["metadata"]["namespace"] == p["metadata"]["namespace"] && selector_matches(&which.selector(&r), &p["metadata"]["labels"]) {
                             q.add(key_of(&r));
                         }
                     }
                 }
                 match ch {
                     Change::Added(p) => {
-                        if let Some(k) = owner_key(p, "ReplicaSet") {
-                            ctx.exp.observed_add(&k);
+                        if let Some(k) = owner_key(p, kind) {
+                            ctx.exp.observed_add(&which.exp_key(&k));
                             q.add(k);
                         }
                     }
                     Change::Modified { old, new } => {
-                        if let Some(k) = owner_key(new, "ReplicaSet") {
+                        if let Some(k) = owner_key(new, kind) {
                             if old["metadata"].get("deletionTimestamp").is_none() && new["metadata"].get("deletionTimestamp").is_some() {
-                                ctx.exp.observed_delete(&k, new["metadata"]["name"].as_str().unwrap_or(""));
+                                ctx.exp.observed_delete(&which.exp_key(&k), new["metadata"]["name"].as_str().unwrap_or(""));
                             }
                             q.add(k);
                         }
                     }
                     Change::Deleted(p) => {
-                        if let Some(k) = owner_key(p, "ReplicaSet") {
-                            ctx.exp.observed_delete(&k, p["metadata"]["name"].as_str().unwrap_or(""));
+                        if let Some(k) = owner_key(p, kind) {
+                            ctx.exp.observed_delete(&which.exp_key(&k), p["metadata"]["name"].as_str().unwrap_or(""));
                             q.add(k);
                         }
                     }
@@ -486,6 +490,7 @@ impl Controllers {
         for (kind, inf_) in [
             ("Pod", ctx.pods.clone()),
             ("ReplicaSet", ctx.rs.clone()),
+            ("ReplicationController", ctx.rcs.clone()),
             ("Deployment", ctx.deploy.clone()),
             ("Job", ctx.jobs.clone()),
             ("DaemonSet", ctx.daemonsets.clone()),
@@ -571,7 +576,8 @@ impl Controllers {
         }
         inf.start();
         let mut tasks = Vec::new();
-        spawn_workers(&ctx, &rsq, 4, &mut tasks, |ctx, key| async move { sync_replicaset(&ctx, &key).await });
+        spawn_workers(&ctx, &rsq, 4, &mut tasks, |ctx, key| async move { sync_replicas(&ctx, &key, Replicas::Set).await });
+        spawn_workers(&ctx, &rcq, 2, &mut tasks, |ctx, key| async move { sync_replicas(&ctx, &key, Replicas::Controller).await });
         spawn_workers(&ctx, &dq, 4, &mut tasks, |ctx, key| async move { sync_deployment(&ctx, &key).await });
         spawn_workers(&ctx, &gcq, 2, &mut tasks, |ctx, key| async move { sync_gc(&ctx, &key).await });
         spawn_workers(&ctx, &saq, 1, &mut tasks, |ctx, key| async move { sync_serviceaccount(&ctx, &key).await });
@@ -593,7 +599,7 @@ impl Controllers {
         let x = ctx.clone();
         tasks.push(tokio::spawn(async move { node_lifecycle(x).await }));
         tasks.push(tokio::spawn(crate::token_cleaner::run(ctx.c(Ctl::TokenCleaner).clone())));
-        Controllers { _informers: inf, queues: vec![rsq, dq, gcq, saq, epq, jobq, dsq, stsq, nsq, pdbq, hpaq, cjq, rqq, csrq, pvcq, pvq], ctx, tasks }
+        Controllers { _informers: inf, queues: vec![rsq, rcq, dq, gcq, saq, epq, jobq, dsq, stsq, nsq, pdbq, hpaq, cjq, rqq, csrq, pvcq, pvq], ctx, tasks }
     }
 
     /// Queue depth, adds, retries and work duration per controller, for `/metrics`.
