@@ -136,9 +136,10 @@ fn cordon_marks_a_node_unschedulable() {
 #[test]
 fn get_watch_sees_an_update_arrive() {
     let c = Cluster::start();
-    let cm = r#"{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"w"},"data":{"k":"1"}}"#;
+    // Labelled: the namespace also has the controllers' kube-root-ca.crt.
+    let cm = r#"{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"w","labels":{"t":"1"}},"data":{"k":"1"}}"#;
     c.ok(&["create", "-f", path_str(&c.write("cm.json", cm))]);
-    let (mut watch, mut lines) = c.kubectl_spawn(&["get", "configmaps", "-w", "-o", "jsonpath={.metadata.name}={.data.k}{\"\\n\"}"]);
+    let (mut watch, mut lines) = c.kubectl_spawn(&["get", "configmaps", "-l", "t=1", "-w", "-o", "jsonpath={.metadata.name}={.data.k}{\"\\n\"}"]);
     assert_eq!(lines.next("kubectl -w printed the current object"), "w=1");
     c.ok(&["patch", "configmap", "w", "--type", "merge", "-p", r#"{"data":{"k":"2"}}"#]);
     assert_eq!(lines.next("kubectl -w printed the update"), "w=2");
@@ -390,7 +391,8 @@ fn describe_pod_shows_its_events_and_get_events_has_kubectl_columns() {
 #[test]
 fn a_watch_resumes_from_its_resource_version_across_a_server_restart() {
     let c = Cluster::start();
-    let cm = |name: &str, v: &str| format!(r#"{{"apiVersion":"v1","kind":"ConfigMap","metadata":{{"name":"{name}"}},"data":{{"v":"{v}"}}}}"#);
+    // Labelled: the namespace also has the controllers' kube-root-ca.crt.
+    let cm = |name: &str, v: &str| format!(r#"{{"apiVersion":"v1","kind":"ConfigMap","metadata":{{"name":"{name}","labels":{{"t":"1"}}}},"data":{{"v":"{v}"}}}}"#);
     c.ok(&["create", "-f", path_str(&c.write("a.json", &cm("a", "1")))]);
     let rv = c.ok(&["get", "cm", "a", "-o", "jsonpath={.metadata.resourceVersion}"]);
     c.ok(&["create", "-f", path_str(&c.write("b.json", &cm("b", "1")))]);
@@ -399,7 +401,7 @@ fn a_watch_resumes_from_its_resource_version_across_a_server_restart() {
     c.ok(&["patch", "cm", "a", "--type", "merge", "-p", r#"{"data":{"v":"2"}}"#]);
     // What a client that held `rv` before the restart sees when it watches again: every change
     // since, in order, from the store's history (the new cache's ring starts after the restart).
-    let out = c.ok(&["get", "--raw", &format!("/api/v1/namespaces/default/configmaps?watch=true&resourceVersion={rv}&timeoutSeconds=5")]);
+    let out = c.ok(&["get", "--raw", &format!("/api/v1/namespaces/default/configmaps?labelSelector=t%3D1&watch=true&resourceVersion={rv}&timeoutSeconds=5")]);
     let events: Vec<serde_json::Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     let seen: Vec<(String, String)> = events
         .iter()
@@ -416,7 +418,7 @@ fn a_watch_resumes_from_its_resource_version_across_a_server_restart() {
     assert_eq!(counter("apiserver_watches_handed_to_cache_total").as_deref(), Some("1"), "the resumed watch moved to the cache");
     // A resumed watch that stays open gets the store's history, then, from the cache, what
     // happens next: nothing lost or repeated at the hand-over.
-    let url = format!("/api/v1/namespaces/default/configmaps?watch=true&resourceVersion={rv}");
+    let url = format!("/api/v1/namespaces/default/configmaps?labelSelector=t%3D1&watch=true&resourceVersion={rv}");
     let (mut watch, mut lines) = c.kubectl_spawn(&["get", "--raw", &url]);
     let ev = |l: String| {
         let e: serde_json::Value = serde_json::from_str(&l).unwrap();
@@ -431,7 +433,7 @@ fn a_watch_resumes_from_its_resource_version_across_a_server_restart() {
     assert_eq!(counter("apiserver_watches_handed_to_cache_total").as_deref(), Some("2"), "the second resumed watch moved to the cache too");
     // And a watch from the newest version is served by the cache.
     let now = c.ok(&["get", "cm", "a", "-o", "jsonpath={.metadata.resourceVersion}"]);
-    let out = c.ok(&["get", "--raw", &format!("/api/v1/namespaces/default/configmaps?watch=true&resourceVersion={now}&timeoutSeconds=1")]);
+    let out = c.ok(&["get", "--raw", &format!("/api/v1/namespaces/default/configmaps?labelSelector=t%3D1&watch=true&resourceVersion={now}&timeoutSeconds=1")]);
     assert!(out.trim().is_empty(), "nothing after the newest version: {out}");
     assert_eq!(from_store().as_deref(), Some("2"), "a watch from the newest version is the cache's");
 }
@@ -439,9 +441,9 @@ fn a_watch_resumes_from_its_resource_version_across_a_server_restart() {
 #[test]
 fn sigterm_with_an_open_watch_stops_the_server_and_ends_the_watch() {
     let c = Cluster::start();
-    let cm = r#"{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"w"}}"#;
+    let cm = r#"{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"w","labels":{"t":"1"}}}"#;
     c.ok(&["create", "-f", path_str(&c.write("cm.json", cm))]);
-    let (mut watch, mut lines) = c.kubectl_spawn(&["get", "configmaps", "-w", "-o", "name"]);
+    let (mut watch, mut lines) = c.kubectl_spawn(&["get", "configmaps", "-l", "t=1", "-w", "-o", "name"]);
     assert_eq!(lines.next("the watch is open"), "configmap/w");
     // stop() fails the test if the server is not gone within the wait: an open watch must not
     // hold the graceful shutdown.
@@ -450,7 +452,7 @@ fn sigterm_with_an_open_watch_stops_the_server_and_ends_the_watch() {
     assert!(status.code().is_some(), "kubectl -w ended when the server stopped");
     // After a restart, kubectl get -w run again sees the state and the changes that follow.
     let c = Cluster::start_in(dir);
-    let (mut watch, mut lines) = c.kubectl_spawn(&["get", "configmaps", "-w", "-o", "jsonpath={.metadata.name}={.data.v}{\"\\n\"}"]);
+    let (mut watch, mut lines) = c.kubectl_spawn(&["get", "configmaps", "-l", "t=1", "-w", "-o", "jsonpath={.metadata.name}={.data.v}{\"\\n\"}"]);
     assert_eq!(lines.next("the state after the restart"), "w=");
     c.ok(&["patch", "cm", "w", "--type", "merge", "-p", r#"{"data":{"v":"after"}}"#]);
     assert_eq!(lines.next("a change after the restart"), "w=after");
@@ -487,20 +489,23 @@ fn a_list_at_an_exact_past_resource_version_shows_that_state() {
     let out = c.ok(&["get", "--raw", &format!("/api/v1/namespaces/default/configmaps?resourceVersion={rv}&resourceVersionMatch=Exact")]);
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["metadata"]["resourceVersion"], rv.as_str());
-    assert_eq!(v["items"][0]["data"]["v"], "old");
+    // The namespace also has the controllers' kube-root-ca.crt.
+    let x = |v: &serde_json::Value| v["items"].as_array().unwrap().iter().find(|i| i["metadata"]["name"] == "x").map(|i| i["data"]["v"].clone());
+    assert_eq!(x(&v), Some("old".into()));
     let now: serde_json::Value = serde_json::from_str(&c.ok(&["get", "--raw", "/api/v1/namespaces/default/configmaps"])).unwrap();
-    assert_eq!(now["items"][0]["data"]["v"], "new");
+    assert_eq!(x(&now), Some("new".into()));
 }
 
 #[test]
 fn pages_of_a_list_come_from_one_snapshot_while_writes_go_on() {
     let c = Cluster::start();
     for i in 0..5 {
-        let cm = format!(r#"{{"apiVersion":"v1","kind":"ConfigMap","metadata":{{"name":"c{i}"}}}}"#);
+        let cm = format!(r#"{{"apiVersion":"v1","kind":"ConfigMap","metadata":{{"name":"c{i}","labels":{{"t":"1"}}}}}}"#);
         c.ok(&["create", "-f", path_str(&c.write(&format!("c{i}.json"), &cm))]);
     }
     let mut names = Vec::new();
-    let mut url = "/api/v1/namespaces/default/configmaps?limit=2".to_string();
+    // Labelled: the namespace also has the controllers' kube-root-ca.crt.
+    let mut url = "/api/v1/namespaces/default/configmaps?labelSelector=t%3D1&limit=2".to_string();
     let mut rvs = Vec::new();
     loop {
         let page: serde_json::Value = serde_json::from_str(&c.ok(&["get", "--raw", &url])).unwrap();
@@ -510,7 +515,7 @@ fn pages_of_a_list_come_from_one_snapshot_while_writes_go_on() {
         let extra = format!(r#"{{"apiVersion":"v1","kind":"ConfigMap","metadata":{{"name":"z{}"}}}}"#, names.len());
         c.ok(&["create", "-f", path_str(&c.write("extra.json", &extra))]);
         match page["metadata"]["continue"].as_str() {
-            Some(tok) => url = format!("/api/v1/namespaces/default/configmaps?limit=2&continue={tok}"),
+            Some(tok) => url = format!("/api/v1/namespaces/default/configmaps?labelSelector=t%3D1&limit=2&continue={tok}"),
             None => break,
         }
     }

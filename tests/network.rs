@@ -479,3 +479,40 @@ spec:
     let code = format!("import socket\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\ns.settimeout(5)\ns.sendto(b'pong', ('{ip}', 53))\nd, a = s.recvfrom(256)\nprint(d.decode(), a[0])");
     assert_eq!(c.ok(&["exec", "client", "--", "python3", "-c", &code]).trim(), format!("echo:pong {ip}"));
 }
+
+#[test]
+fn pods_get_their_service_account_token_and_reach_the_api_by_its_service_name() {
+    need_ip();
+    let c = Cluster::start_with(tempfile::tempdir().unwrap(), &["--node-name", NODE]);
+    let pod = |name: &str, automount: bool| {
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}}}\nspec:\n  nodeName: {NODE}\n  automountServiceAccountToken: {automount}\n  terminationGracePeriodSeconds: 1\n  containers: [{{name: c, image: busybox, command: [sh, -c, 'while :; do sleep 1; done']}}]\n---\n"
+        )
+    };
+    let m = c.write("sa.yaml", &format!("{}{}", pod("client", true), pod("none", false)));
+    c.ok(&["apply", "-f", path_str(&m)]);
+    c.ok(&["wait", "--for=condition=Ready", "pod/client", "pod/none", "--timeout=60s"]);
+    assert_eq!(c.ok(&["get", "pod", "client", "-o", "jsonpath={.spec.serviceAccountName}"]), "default");
+    assert!(c.ok(&["get", "pod", "client", "-o", "jsonpath={.spec.volumes[*].name}"]).starts_with("kube-api-access-"));
+    assert_eq!(c.ok(&["get", "pod", "none", "-o", "jsonpath={.spec.volumes}"]), "", "automountServiceAccountToken: false");
+    // In the pod: the token, the CA and the namespace, and the API by its Service name,
+    // verified against that CA, answering as the pod's ServiceAccount.
+    let code = r#"
+import json, ssl, urllib.request
+d = '/var/run/secrets/kubernetes.io/serviceaccount/'
+token = open(d + 'token').read()
+ns = open(d + 'namespace').read()
+ctx = ssl.create_default_context(cafile=d + 'ca.crt')
+body = json.dumps({'apiVersion': 'authentication.k8s.io/v1', 'kind': 'SelfSubjectReview'}).encode()
+req = urllib.request.Request('https://kubernetes.default.svc/apis/authentication.k8s.io/v1/selfsubjectreviews', data=body, method='POST',
+    headers={'Authorization': 'Bearer ' + token, 'Content-Type': 'application/json'})
+r = json.load(urllib.request.urlopen(req, context=ctx, timeout=10))
+print(ns, r['status']['userInfo']['username'])
+"#;
+    // Once the node serves the cluster's names (its DNS address is programmed with the
+    // Services it watches).
+    wait_until("kubernetes.default.svc to resolve in the pod", || {
+        c.kubectl_with(KUBECTL, &["exec", "client", "--", "python3", "-c", "import socket; socket.gethostbyname('kubernetes.default.svc')"]).status.success()
+    });
+    assert_eq!(c.ok(&["exec", "client", "--", "python3", "-c", code]).trim(), "default system:serviceaccount:default:default");
+}

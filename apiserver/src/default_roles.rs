@@ -303,6 +303,7 @@ fn controller_rules(ctl: &str) -> Vec<Value> {
             rule(&["create"], &["authorization.k8s.io"], &["subjectaccessreviews"]),
             events(),
         ],
+        "root-ca-cert-publisher" => vec![rule(&["get", "create", "update", "patch"], CORE, &["configmaps"]), events()],
         "replication-controller" => vec![
             rule(&["get", "list", "watch", "update"], CORE, &["replicationcontrollers"]),
             rule(&["update", "patch"], CORE, &["replicationcontrollers/status"]),
@@ -346,6 +347,7 @@ pub const CONTROLLERS: &[&str] = &[
     "certificate-controller",
     "persistent-volume-binder",
     "replication-controller",
+    "root-ca-cert-publisher",
 ];
 
 fn controllers() -> Vec<(&'static str, Value)> {

@@ -599,6 +599,7 @@ impl Req<'_> {
         self.pod_security(&obj, ns_json.as_ref())?;
         if self.info.kind == "Pod" && self.info.group.is_empty() {
             self.resolve_priority(&name, &mut obj).await?;
+            self.service_account(&mut obj).await?;
         }
         if self.info.kind == "PersistentVolumeClaim" && self.info.group.is_empty() {
             self.default_storage_class(&mut obj).await?;

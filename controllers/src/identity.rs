@@ -36,10 +36,11 @@ pub enum Ctl {
     Certificate,
     PersistentVolumeBinder,
     ReplicationController,
+    RootCaCertPublisher,
 }
 
 impl Ctl {
-    pub const ALL: [Ctl; 20] = [
+    pub const ALL: [Ctl; 21] = [
         Ctl::ReplicaSet,
         Ctl::Deployment,
         Ctl::GarbageCollector,
@@ -60,6 +61,7 @@ impl Ctl {
         Ctl::Certificate,
         Ctl::PersistentVolumeBinder,
         Ctl::ReplicationController,
+        Ctl::RootCaCertPublisher,
     ];
 
     /// Its ServiceAccount in `kube-system` (Kubernetes' names; the role is
@@ -86,6 +88,7 @@ impl Ctl {
             Ctl::Certificate => "certificate-controller",
             Ctl::PersistentVolumeBinder => "persistent-volume-binder",
             Ctl::ReplicationController => "replication-controller",
+            Ctl::RootCaCertPublisher => "root-ca-cert-publisher",
         }
     }
 }

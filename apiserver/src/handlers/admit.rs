@@ -175,6 +175,61 @@ impl Req<'_> {
         Ok(())
     }
 
+    /// The ServiceAccount admission plugin on a new pod: `serviceAccountName` defaults to
+    /// `default`; when the cluster issues ServiceAccount tokens and neither the pod nor its
+    /// ServiceAccount turns `automountServiceAccountToken` off, a projected volume
+    /// `kube-api-access-XXXXX` (a bound token, the cluster CA from the namespace's
+    /// `kube-root-ca.crt`, the namespace) is added and mounted read-only in every container at
+    /// `/var/run/secrets/kubernetes.io/serviceaccount`, as Kubernetes does. A ServiceAccount
+    /// not created yet does not refuse the pod (Kubernetes refuses it): the kubelet waits for
+    /// its token instead.
+    pub(super) async fn service_account(&self, obj: &mut Value) -> Result<(), ApiError> {
+        const MOUNT: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
+        let sa = obj["spec"]["serviceAccountName"].as_str().filter(|s| !s.is_empty()).or_else(|| obj["spec"]["serviceAccount"].as_str().filter(|s| !s.is_empty())).unwrap_or("default").to_string();
+        obj["spec"]["serviceAccountName"] = json!(sa);
+        obj["spec"]["serviceAccount"] = json!(sa);
+        if self.st.sa_keys.is_none() || !obj["metadata"]["annotations"]["kubernetes.io/config.mirror"].is_null() {
+            return Ok(());
+        }
+        let automount = match obj["spec"]["automountServiceAccountToken"].as_bool() {
+            Some(b) => b,
+            None => {
+                let ns = self.namespace.as_deref().unwrap_or("default");
+                match self.st.store.get(format!("/registry/core/serviceaccounts/{ns}/{sa}")).await? {
+                    Some(kv) => Stored::from_kv(&kv).and_then(|s| s.value_at(kv.mod_revision)).ok().and_then(|v| v["automountServiceAccountToken"].as_bool()).unwrap_or(true),
+                    None => true,
+                }
+            }
+        };
+        let mounted = ["containers", "initContainers"].iter().flat_map(|l| obj["spec"][*l].as_array().into_iter().flatten()).any(|c| c["volumeMounts"].as_array().into_iter().flatten().any(|m| m["mountPath"] == MOUNT));
+        if !automount || mounted {
+            return Ok(());
+        }
+        // Kubernetes' name alphabet (no vowels, no look-alikes).
+        const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
+        let suffix: String = (0..5).map(|_| ALPHABET[rand::random_range(0..ALPHABET.len())] as char).collect();
+        let name = format!("kube-api-access-{suffix}");
+        let volume = json!({"name": name, "projected": {"defaultMode": 420, "sources": [
+            {"serviceAccountToken": {"expirationSeconds": 3607, "path": "token"}},
+            {"configMap": {"name": "kube-root-ca.crt", "items": [{"key": "ca.crt", "path": "ca.crt"}]}},
+            {"downwardAPI": {"items": [{"path": "namespace", "fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.namespace"}}]}},
+        ]}});
+        match obj["spec"]["volumes"].as_array_mut() {
+            Some(v) => v.push(volume),
+            None => obj["spec"]["volumes"] = json!([volume]),
+        }
+        for list in ["initContainers", "containers"] {
+            for c in obj["spec"][list].as_array_mut().into_iter().flatten() {
+                let m = json!({"name": name, "mountPath": MOUNT, "readOnly": true});
+                match c["volumeMounts"].as_array_mut() {
+                    Some(v) => v.push(m),
+                    None => c["volumeMounts"] = json!([m]),
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// The DefaultStorageClass admission plugin: a claim that names no class (the field
     /// absent; `""` asks for none) gets the class annotated
     /// `storageclass.kubernetes.io/is-default-class: "true"` (the newest, if several).

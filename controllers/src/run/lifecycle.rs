@@ -140,6 +140,34 @@ pub(super) async fn sync_serviceaccount(ctx: &Ctx, ns: &str) -> Res {
     }
 }
 
+// ---------------------------------------------------------------- root CA publisher
+
+/// The `kube-root-ca.crt` ConfigMap in namespace `ns`: the cluster CA, which pods' projected
+/// ServiceAccount volumes carry as `ca.crt` (Kubernetes' root-ca-cert-publisher).
+pub(super) async fn sync_root_ca(ctx: &Ctx, ns: &str) -> Res {
+    let Some(ca) = ctx.settings.credentials.as_ref().map(|c| c.ca_pem.clone()) else { return Ok(None) };
+    let Some(n) = ctx.namespaces.get(ns) else { return Ok(None) };
+    if n["metadata"].get("deletionTimestamp").is_some() {
+        return Ok(None);
+    }
+    let c = ctx.c(Ctl::RootCaCertPublisher);
+    let path = format!("/api/v1/namespaces/{ns}/configmaps/kube-root-ca.crt");
+    match c.get(&path).await {
+        Ok(cm) if cm["data"]["ca.crt"].as_str() == Some(ca.as_str()) => Ok(None),
+        Ok(_) => c.merge_patch_quiet(&path, &json!({"data": {"ca.crt": ca}})).await.map(|_| None).map_err(err),
+        Err(ClientError::Status { code: 404, .. }) => {
+            let cm = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "kube-root-ca.crt", "namespace": ns, "annotations": {"kubernetes.io/description": "Contains a CA bundle that can be used to verify the kube-apiserver when using internal endpoints such as the internal service IP or kubernetes.default.svc. No other usage is guaranteed across distributions of Kubernetes clusters."}}, "data": {"ca.crt": ca}});
+            match c.post(&format!("/api/v1/namespaces/{ns}/configmaps"), &cm).await {
+                Ok(_) | Err(ClientError::Status { code: 409, .. }) => Ok(None),
+                // A namespace being deleted, or just gone.
+                Err(ClientError::Status { code: 403 | 404, .. }) => Ok(None),
+                Err(e) => Err(err(e)),
+            }
+        }
+        Err(e) => Err(err(e)),
+    }
+}
+
 // ---------------------------------------------------------------- Endpoints
 
 pub(super) fn target_port(port: &Value, pod: &Value) -> Option<i64> {

@@ -253,6 +253,15 @@ impl Controllers {
         });
         let rsq = WorkQueue::new("replicaset");
         let rcq = WorkQueue::new("replicationcontroller");
+        let caq = WorkQueue::new("root-ca-cert-publisher");
+        {
+            let q = caq.clone();
+            ctx.namespaces.on_change(move |ch| {
+                if let Change::Added(v) | Change::Modified { new: v, .. } = ch {
+                    q.add(key_of(v));
+                }
+            });
+        }
         let dq = WorkQueue::new("deployment");
         let gcq = WorkQueue::new("garbagecollector");
         let saq = WorkQueue::new("serviceaccount");
@@ -577,6 +586,7 @@ impl Controllers {
         inf.start();
         let mut tasks = Vec::new();
         spawn_workers(&ctx, &rsq, 4, &mut tasks, |ctx, key| async move { sync_replicas(&ctx, &key, Replicas::Set).await });
+        spawn_workers(&ctx, &caq, 1, &mut tasks, |ctx, key| async move { sync_root_ca(&ctx, &key).await });
         spawn_workers(&ctx, &rcq, 2, &mut tasks, |ctx, key| async move { sync_replicas(&ctx, &key, Replicas::Controller).await });
         spawn_workers(&ctx, &dq, 4, &mut tasks, |ctx, key| async move { sync_deployment(&ctx, &key).await });
         spawn_workers(&ctx, &gcq, 2, &mut tasks, |ctx, key| async move { sync_gc(&ctx, &key).await });
@@ -599,7 +609,7 @@ impl Controllers {
         let x = ctx.clone();
         tasks.push(tokio::spawn(async move { node_lifecycle(x).await }));
         tasks.push(tokio::spawn(crate::token_cleaner::run(ctx.c(Ctl::TokenCleaner).clone())));
-        Controllers { _informers: inf, queues: vec![rsq, rcq, dq, gcq, saq, epq, jobq, dsq, stsq, nsq, pdbq, hpaq, cjq, rqq, csrq, pvcq, pvq], ctx, tasks }
+        Controllers { _informers: inf, queues: vec![rsq, rcq, caq, dq, gcq, saq, epq, jobq, dsq, stsq, nsq, pdbq, hpaq, cjq, rqq, csrq, pvcq, pvq], ctx, tasks }
     }
 
     /// Queue depth, adds, retries and work duration per controller, for `/metrics`.
