@@ -585,6 +585,16 @@ fn node_ports_are_allocated_on_create_and_when_a_service_becomes_a_node_port() {
     assert!(e.contains("provided port is already allocated"), "{e}");
     let e = c.fails(&["patch", "svc", "later", "-p", r#"{"spec":{"ports":[{"port":80,"targetPort":8080,"nodePort":80}]}}"#]);
     assert!(e.contains("provided port is not in the valid range"), "{e}");
+    // A TCP and a UDP port of one number share their node port, as Kubernetes shares it.
+    let dns = r#"{"apiVersion":"v1","kind":"Service","metadata":{"name":"dns"},"spec":{"type":"NodePort","ports":[{"name":"tcp","port":53,"protocol":"TCP"},{"name":"udp","port":53,"protocol":"UDP"}]}}"#;
+    c.ok(&["create", "-f", path_str(&c.write("dns.json", dns))]);
+    let ports = c.ok(&["get", "svc", "dns", "-o", "jsonpath={.spec.ports[0].nodePort} {.spec.ports[1].nodePort}"]);
+    let (a, b) = ports.split_once(' ').unwrap();
+    assert!(a == b && a != first.to_string() && a != second.to_string(), "{ports}");
+    // The same node port twice for one protocol is a duplicate.
+    let dup = format!(r#"{{"apiVersion":"v1","kind":"Service","metadata":{{"name":"dup"}},"spec":{{"type":"NodePort","ports":[{{"name":"a","port":1,"nodePort":31999}},{{"name":"b","port":2,"nodePort":31999}}]}}}}"#);
+    let e = c.fails(&["create", "-f", path_str(&c.write("dup.json", &dup))]);
+    assert!(e.contains("Duplicate value: 31999"), "{e}");
 }
 
 #[test]

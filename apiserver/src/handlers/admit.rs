@@ -132,7 +132,18 @@ impl Req<'_> {
         }
         let name = meta_str(obj, "name").unwrap_or("").to_string();
         let Some(ports) = obj["spec"]["ports"].as_array_mut() else { return Ok(()) };
+        // This Service's own node ports: node port -> (protocol, port) of each use. One node
+        // port serves a TCP and a UDP port of the same number (DNS's 53), as Kubernetes
+        // shares it; twice for one protocol is a duplicate.
+        let mut own: std::collections::HashMap<u64, Vec<(String, u64)>> = std::collections::HashMap::new();
+        let proto = |p: &Value| p["protocol"].as_str().unwrap_or("TCP").to_string();
+        for p in ports.iter() {
+            if let Some(n) = p["nodePort"].as_u64().filter(|n| *n > 0) {
+                own.entry(n).or_default().push((proto(p), p["port"].as_u64().unwrap_or(0)));
+            }
+        }
         for (i, p) in ports.iter_mut().enumerate() {
+            let (pr, num) = (proto(p), p["port"].as_u64().unwrap_or(0));
             match p["nodePort"].as_u64().filter(|n| *n > 0) {
                 Some(n) if !RANGE.contains(&n) => {
                     return Err(ApiError::invalid("", "Service", &name, vec![(format!("spec.ports[{i}].nodePort"), format!("Invalid value: {n}: provided port is not in the valid range. The range of valid ports is 30000-32767"))]));
@@ -140,14 +151,23 @@ impl Req<'_> {
                 Some(n) if used.contains(&n) => {
                     return Err(ApiError::invalid("", "Service", &name, vec![(format!("spec.ports[{i}].nodePort"), format!("Invalid value: {n}: provided port is already allocated"))]));
                 }
-                Some(n) => {
-                    used.insert(n);
+                Some(n) if own.get(&n).is_some_and(|uses| uses.iter().filter(|(p2, _)| *p2 == pr).count() > 1) => {
+                    return Err(ApiError::invalid("", "Service", &name, vec![(format!("spec.ports[{i}].nodePort"), format!("Duplicate value: {n}"))]));
                 }
+                Some(_) => {}
                 None => {
-                    let start = rand::random_range(RANGE);
-                    let free = (0..=(RANGE.end() - RANGE.start())).map(|k| RANGE.start() + (start - RANGE.start() + k) % (RANGE.end() - RANGE.start() + 1)).find(|n| !used.contains(n));
-                    let n = free.ok_or_else(|| ApiError::internal("the node port range 30000-32767 is exhausted"))?;
-                    used.insert(n);
+                    // The node port of this Service's port of the same number and another
+                    // protocol, if it has one; else a free one.
+                    let shared = own.iter().find(|(_, uses)| uses.iter().any(|(p2, n2)| *n2 == num && *p2 != pr) && !uses.iter().any(|(p2, _)| *p2 == pr)).map(|(n, _)| *n);
+                    let n = match shared {
+                        Some(n) => n,
+                        None => {
+                            let start = rand::random_range(RANGE);
+                            let free = (0..=(RANGE.end() - RANGE.start())).map(|k| RANGE.start() + (start - RANGE.start() + k) % (RANGE.end() - RANGE.start() + 1)).find(|n| !used.contains(n) && !own.contains_key(n));
+                            free.ok_or_else(|| ApiError::internal("the node port range 30000-32767 is exhausted"))?
+                        }
+                    };
+                    own.entry(n).or_default().push((pr, num));
                     p["nodePort"] = json!(n);
                 }
             }
