@@ -15,6 +15,10 @@ use crate::{NodeOpts, ServeOpts};
 /// to 10 s), then open watches (a last bookmark each), then the store (synced, threads
 /// joined when its last handle drops).
 pub async fn serve(data_dir: PathBuf, listen: String, opts: ServeOpts, up: Option<(NodeOpts, usize, u64)>) -> Result<()> {
+    // Handlers first: a SIGTERM that arrives while the cluster is still starting is kept
+    // until it has started, and then stops it gracefully (the node tears its network down),
+    // instead of killing the process half-way with the default action.
+    let shutdown = shutdown_signal();
     std::fs::create_dir_all(&data_dir).with_context(|| format!("creating {}", data_dir.display()))?;
     crate::datadir::prepare(&data_dir, crate::datadir::Kind::Single)?;
     let store_dir = data_dir.join("store");
@@ -94,7 +98,7 @@ pub async fn serve(data_dir: PathBuf, listen: String, opts: ServeOpts, up: Optio
     println!("      kubectl get nodes");
     println!("stop with Ctrl-C");
     let early = tokio::select! {
-        _ = shutdown_signal() => None,
+        _ = shutdown => None,
         r = &mut server_task => Some(r),
     };
     if let Some(r) = early {

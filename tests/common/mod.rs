@@ -130,10 +130,21 @@ impl Cluster {
     pub fn start_with(dir: tempfile::TempDir, extra: &[&str]) -> Cluster {
         // etcd's port is one per machine: a test that wants the etcd API asks for a free one.
         let etcd: &[&str] = if extra.contains(&"--etcd-listen") { &[] } else { &["--etcd-listen", "none"] };
-        // Each cluster its own pod range, so clusters on one host never share a subnet.
-        let mut cidr = if extra.contains(&"--cluster-cidr") { vec![] } else { vec!["--cluster-cidr".to_string(), pod_range()] };
+        // Each cluster its own pod and Service ranges, so clusters on one host never share a
+        // subnet; a cluster started again on the same data keeps them (as an operator
+        // restarts with the same flags), so what its previous run left is its own to reclaim.
+        let remembered = dir.path().join(".test-ranges");
+        let (pods, services) = match std::fs::read_to_string(&remembered).ok().and_then(|s| s.split_once(' ').map(|(a, b)| (a.to_string(), b.to_string()))) {
+            Some(r) => r,
+            None => {
+                let r = (pod_range(), service_range());
+                let _ = std::fs::write(&remembered, format!("{} {}", r.0, r.1));
+                r
+            }
+        };
+        let mut cidr = if extra.contains(&"--cluster-cidr") { vec![] } else { vec!["--cluster-cidr".to_string(), pods] };
         if !extra.contains(&"--service-cluster-ip-range") {
-            cidr.extend(["--service-cluster-ip-range".to_string(), service_range()]);
+            cidr.extend(["--service-cluster-ip-range".to_string(), services]);
         }
         let mut child = Command::new(env!("CARGO_BIN_EXE_capstan"))
             .args(["up", "--listen", "127.0.0.1:0", "--log-level", "warn"])
