@@ -147,6 +147,9 @@ pub struct ProcessRuntime {
     sampler: tokio::task::JoinHandle<()>,
     /// Removes the directories of deleted local-path volumes (`volume::local_path`).
     collector: tokio::task::JoinHandle<()>,
+    /// Set when the node stops: pods that arrive afterwards get no worker (one would make
+    /// a network namespace after the node has torn its network down).
+    closing: AtomicBool,
 }
 
 impl Drop for ProcessRuntime {
@@ -258,7 +261,7 @@ impl ProcessRuntime {
         }
         let sampler = tokio::spawn(sample_loop(shared.clone()));
         let collector = tokio::spawn(crate::volume::local_path::collect_loop(shared.client.clone(), crate::volume::local_path::dir(&shared.cfg.data_dir)));
-        ProcessRuntime { shared, workers: Default::default(), stopping: Default::default(), sampler, collector }
+        ProcessRuntime { shared, workers: Default::default(), stopping: Default::default(), sampler, collector, closing: AtomicBool::new(false) }
     }
 
     /// Whether any container of any pod is still running (tests, shutdown).
@@ -271,6 +274,9 @@ impl ProcessRuntime {
     fn on_pod(&self, pod: Value) {
         let Some(uid) = pod["metadata"]["uid"].as_str().map(String::from) else { return };
         let mut w = self.workers.lock().unwrap();
+        if self.closing.load(Ordering::SeqCst) {
+            return;
+        }
         if let Some(h) = w.get(&uid)
             && !h.task.is_finished()
         {
@@ -384,7 +390,12 @@ impl crate::Runtime for ProcessRuntime {
 
     fn shutdown(&self) -> crate::BoxFuture<'_> {
         Box::pin(async move {
-            let handles: Vec<Handle> = self.workers.lock().unwrap().drain().map(|(_, h)| h).collect();
+            // Under the workers' lock: no worker starts after this drain.
+            let handles: Vec<Handle> = {
+                let mut w = self.workers.lock().unwrap();
+                self.closing.store(true, Ordering::SeqCst);
+                w.drain().map(|(_, h)| h).collect()
+            };
             for h in &handles {
                 let _ = h.stop_tx.send(Stop::Shutdown);
             }
