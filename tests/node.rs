@@ -449,3 +449,16 @@ spec:
             == "CreateContainerConfigError container has runAsNonRoot and image will run as root"
     });
 }
+
+#[test]
+fn without_tls_pods_get_no_service_account_volume_and_still_run() {
+    // `--insecure-http` issues no cluster CA to publish: a mounted token volume would wait
+    // for `kube-root-ca.crt` forever.
+    let c = Cluster::start_with(tempfile::tempdir().unwrap(), &["--node-name", NODE, "--insecure-http"]);
+    let p = "apiVersion: v1\nkind: Pod\nmetadata: {name: plain}\nspec:\n  nodeName: node-a\n  restartPolicy: Never\n  containers: [{name: c, image: busybox, command: [sh, -c, 'echo ran']}]\n";
+    let m = c.write("plain.yaml", p);
+    c.ok(&["apply", "-f", path_str(&m)]);
+    c.ok(&["wait", "--for=jsonpath={.status.phase}=Succeeded", "pod/plain", "--timeout=60s"]);
+    assert_eq!(jsonpath(&c, "plain", "{.spec.volumes}"), "");
+    assert_eq!(jsonpath(&c, "plain", "{.spec.serviceAccountName}"), "default");
+}

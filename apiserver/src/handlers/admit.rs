@@ -200,7 +200,7 @@ impl Req<'_> {
     /// ServiceAccount turns `automountServiceAccountToken` off, a projected volume
     /// `kube-api-access-XXXXX` (a bound token, the cluster CA from the namespace's
     /// `kube-root-ca.crt`, the namespace) is added and mounted read-only in every container at
-    /// `/var/run/secrets/kubernetes.io/serviceaccount`, as Kubernetes does. A ServiceAccount
+    /// `/var/run/secrets/kubernetes.io/serviceaccount`, as Kubernetes does (with TLS only). A ServiceAccount
     /// not created yet does not refuse the pod (Kubernetes refuses it): the kubelet waits for
     /// its token instead.
     pub(super) async fn service_account(&self, obj: &mut Value) -> Result<(), ApiError> {
@@ -208,7 +208,10 @@ impl Req<'_> {
         let sa = obj["spec"]["serviceAccountName"].as_str().filter(|s| !s.is_empty()).or_else(|| obj["spec"]["serviceAccount"].as_str().filter(|s| !s.is_empty())).unwrap_or("default").to_string();
         obj["spec"]["serviceAccountName"] = json!(sa);
         obj["spec"]["serviceAccount"] = json!(sa);
-        if self.st.sa_keys.is_none() || !obj["metadata"]["annotations"]["kubernetes.io/config.mirror"].is_null() {
+        // Only where tokens are issued and the cluster CA is published (TLS): under
+        // `--insecure-http` there is no kube-root-ca.crt, and the pod would wait for it.
+        let tls = matches!(self.st.authn, crate::authn::Mode::Tls { .. });
+        if self.st.sa_keys.is_none() || !tls || !obj["metadata"]["annotations"]["kubernetes.io/config.mirror"].is_null() {
             return Ok(());
         }
         let automount = match obj["spec"]["automountServiceAccountToken"].as_bool() {
