@@ -10,6 +10,11 @@ fn jsonpath(c: &Cluster, pod: &str, path: &str) -> String {
     c.ok(&["get", "pod", pod, "-o", &format!("jsonpath={path}")])
 }
 
+/// A pod of the real node that only waits (a client to exec from), as a manifest document.
+fn idle_pod(name: &str) -> String {
+    format!("apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}}}\nspec:\n  nodeName: {NODE}\n  terminationGracePeriodSeconds: 1\n  containers: [{{name: c, image: busybox, command: [sh, -c, 'while :; do sleep 1; done']}}]\n")
+}
+
 /// Fails with the install hint when iproute2's `ip` is missing (the node would then run pods
 /// in its own network, and the checks below would fail less clearly).
 fn need_ip() {
@@ -219,6 +224,7 @@ fn cluster_dns_names_services_endpoints_and_pods_and_forwards_the_rest() {
     assert_eq!(c.ok(&["get", "svc", "kubernetes", "-o", "jsonpath={.spec.clusterIP}"]), std::net::Ipv4Addr::from(u32::from(base) + 1).to_string());
     assert_eq!(c.ok(&["get", "svc", "-n", "kube-system", "kube-dns", "-o", "jsonpath={.spec.clusterIP}"]), dns_ip.to_string());
     assert!(!c.ok(&["get", "endpointslice", "kubernetes", "-o", "jsonpath={.endpoints[0].addresses[0]}"]).is_empty());
+    let client = idle_pod("client");
     let manifests = format!(
         r#"apiVersion: v1
 kind: Pod
@@ -234,14 +240,7 @@ spec:
     command: ["python3", "-m", "http.server", "8080"]
     readinessProbe: {{tcpSocket: {{port: 8080}}, periodSeconds: 1}}
 ---
-apiVersion: v1
-kind: Pod
-metadata: {{name: client}}
-spec:
-  nodeName: {NODE}
-  terminationGracePeriodSeconds: 1
-  containers: [{{name: c, image: busybox, command: [sh, -c, 'while :; do sleep 1; done']}}]
----
+{client}---
 apiVersion: v1
 kind: Service
 metadata: {{name: web}}
@@ -433,6 +432,7 @@ spec:
 fn udp_service_ports_relay_datagrams_both_ways() {
     need_ip();
     let c = Cluster::start_with(tempfile::tempdir().unwrap(), &["--node-name", NODE]);
+    let client = idle_pod("client");
     let echo = "import socket\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\ns.bind(('0.0.0.0', 9999))\nwhile True:\n  d, a = s.recvfrom(2048)\n  s.sendto(socket.gethostname().encode() + b':' + d, a)\n";
     let manifests = format!(
         r#"apiVersion: v1
@@ -446,14 +446,7 @@ spec:
     image: python
     command: ["python3", "-c", {echo:?}]
 ---
-apiVersion: v1
-kind: Pod
-metadata: {{name: client}}
-spec:
-  nodeName: {NODE}
-  terminationGracePeriodSeconds: 1
-  containers: [{{name: c, image: busybox, command: [sh, -c, 'while :; do sleep 1; done']}}]
----
+{client}---
 apiVersion: v1
 kind: Service
 metadata: {{name: echo}}

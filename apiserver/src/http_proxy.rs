@@ -124,10 +124,6 @@ pub fn service_endpoints(svc: &Value, slices: &[Value], port: &str) -> Vec<Strin
     out
 }
 
-async fn read(store: &Store, key: String) -> Result<Option<Value>, ApiError> {
-    node_proxy::read(store, key).await
-}
-
 /// Serves one proxy request.
 pub async fn serve(store: &Store, t: Target, method: &Method, raw_query: &str, headers: &HeaderMap, body: Body) -> Result<Response<Body>, ApiError> {
     if !t.scheme.is_empty() && t.scheme != "http" {
@@ -136,11 +132,11 @@ pub async fn serve(store: &Store, t: Target, method: &Method, raw_query: &str, h
     let ns = t.namespace.clone().unwrap_or_default();
     let (addr, tls) = match t.kind {
         Kind::Pod => {
-            let pod = read(store, format!("/registry/core/pods/{ns}/{}", t.name)).await?.ok_or_else(|| ApiError::not_found("", "pods", &t.name))?;
+            let pod = node_proxy::read(store, format!("/registry/core/pods/{ns}/{}", t.name)).await?.ok_or_else(|| ApiError::not_found("", "pods", &t.name))?;
             (pod_address(&pod, &t.port)?, false)
         }
         Kind::Service => {
-            let svc = read(store, format!("/registry/core/services/{ns}/{}", t.name)).await?.ok_or_else(|| ApiError::not_found("", "services", &t.name))?;
+            let svc = node_proxy::read(store, format!("/registry/core/services/{ns}/{}", t.name)).await?.ok_or_else(|| ApiError::not_found("", "services", &t.name))?;
             let r = store.range(RangeRequest::prefix(format!("/registry/discovery.k8s.io/endpointslices/{ns}/"))).await?;
             let slices: Vec<Value> = r.kvs.iter().filter_map(|kv| crate::object::Stored::from_kv(kv).and_then(|s| s.value_at(kv.mod_revision)).ok()).collect();
             let eps = service_endpoints(&svc, &slices, &t.port);
@@ -150,7 +146,7 @@ pub async fn serve(store: &Store, t: Target, method: &Method, raw_query: &str, h
             (eps[rand::random_range(0..eps.len())].clone(), false)
         }
         Kind::Node => {
-            let node = read(store, format!("/registry/core/nodes/{}", t.name)).await?.ok_or_else(|| ApiError::not_found("", "nodes", &t.name))?;
+            let node = node_proxy::read(store, format!("/registry/core/nodes/{}", t.name)).await?.ok_or_else(|| ApiError::not_found("", "nodes", &t.name))?;
             match t.port.as_str() {
                 "" => (node_proxy::kubelet_endpoint(&node).ok_or_else(|| ApiError::bad_request(format!("node {:?} publishes no kubelet endpoint", t.name)))?, true),
                 p => {
