@@ -78,6 +78,7 @@ fn spawn(exe: &Path, dir: &Path, s: &Spec, i: usize, initial: &str, opts: &Serve
     };
     cmd.args(["--etcd-listen", &etcd]);
     cmd.args(["--service-cluster-ip-range", &opts.service_cluster_ip_range]);
+    cmd.args(["--cluster-cidr", &node.cluster_cidr, "--node-cidr-mask-size", &node.node_cidr_mask_size.to_string()]);
     cmd.arg("--etcd-max-request-bytes").arg(opts.etcd.etcd_max_request_bytes.to_string());
     cmd.arg("--etcd-max-txn-ops").arg(opts.etcd.etcd_max_txn_ops.to_string());
     cmd.arg("--etcd-watch-progress-notify-interval-seconds").arg(opts.etcd.etcd_watch_progress_notify_interval_seconds.to_string());

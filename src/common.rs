@@ -225,3 +225,15 @@ pub fn shard_count(data_dir: &std::path::Path, flag: Option<usize>) -> usize {
     }
 }
 
+
+/// `--cluster-cidr` cut into node ranges of `--node-cidr-mask-size`, or None for `none`. A
+/// cluster range no wider than a node's is one node range.
+pub fn node_ranges(cluster_cidr: &str, node_mask: u8) -> Result<Option<controllers::ipam::Ranges>> {
+    match cluster_cidr {
+        "none" | "" => Ok(None),
+        c => {
+            let cluster: controllers::ipam::Net = c.parse().map_err(|e| anyhow::anyhow!("--cluster-cidr: {e}"))?;
+            Ok(Some(controllers::ipam::Ranges::new(c, node_mask.max(cluster.bits)).map_err(|e| anyhow::anyhow!("--cluster-cidr {c}: {e}"))?))
+        }
+    }
+}

@@ -88,7 +88,7 @@ async fn serve_standalone(listen: &str, server: &str, app: axum::Router, creds: 
 /// `capstan controllers`: with `credentials` (the kubeconfig's certificate), as
 /// kube-controller-manager with `--use-service-account-credentials`, each controller writes as
 /// its own ServiceAccount, requested with them.
-pub async fn run_controllers(server: String, listen: String, identity: Option<String>, credentials: Option<client::tls::Credentials>) -> Result<()> {
+pub async fn run_controllers(server: String, listen: String, identity: Option<String>, credentials: Option<client::tls::Credentials>, node_ranges: Option<controllers::ipam::Ranges>) -> Result<()> {
     // One handler for the whole run (see `shutdown_signal`).
     let shutdown = shutdown_signal();
     tokio::pin!(shutdown);
@@ -107,7 +107,7 @@ pub async fn run_controllers(server: String, listen: String, identity: Option<St
         _ = &mut shutdown => return Ok(()),
     }
     println!("leading: controllers running");
-    let settings = controllers::run::Settings { credentials: credentials.filter(|c| c.cert_pem.is_some()), ..Default::default() };
+    let settings = controllers::run::Settings { credentials: credentials.filter(|c| c.cert_pem.is_some()), node_ranges, ..Default::default() };
     let ctrl = std::sync::Arc::new(controllers::Controllers::start(&server, settings).await);
     let _ = slot.set(ctrl);
     shutdown.await;

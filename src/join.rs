@@ -46,6 +46,17 @@ pub struct JoinArgs {
     /// How long to wait for the certificate to be approved and signed.
     #[arg(long, default_value_t = 600)]
     approval_timeout_seconds: u64,
+    /// How long to wait for the cluster's node IPAM to give the node its pod range
+    /// (`spec.podCIDR`); without one by then (or with 0) its pods share its network.
+    #[arg(long, default_value_t = 60)]
+    pod_cidr_wait_seconds: u64,
+    /// The cluster's Service range, as the API server was given it: the node's proxy and
+    /// cluster DNS serve it (`none`: neither runs).
+    #[arg(long, default_value = "10.96.0.0/12")]
+    service_cluster_ip_range: String,
+    /// The cluster's DNS domain (kubelet's `--cluster-domain`).
+    #[arg(long, default_value = "cluster.local")]
+    cluster_domain: String,
 }
 
 const SIGNER: &str = "kubernetes.io/kube-apiserver-client-kubelet";
@@ -84,6 +95,15 @@ pub async fn run(a: JoinArgs) -> Result<()> {
     let tls = client::tls::ClientTls::with_rotating_cert(&ca_pem, &cert_pem, &key_pem).map_err(|e| anyhow!("{}: {e}", current.display()))?;
     let credentials = crate::single::Given { ca_pem, tls: tls.clone() };
     let port = a.server.trim_end_matches('/').rsplit(':').next().and_then(|p| p.parse().ok()).unwrap_or(6443);
+    let service_cidr: Option<kubelet::network::Cidr> = match a.service_cluster_ip_range.as_str() {
+        "none" | "" => None,
+        r => Some(r.parse().map_err(|e| anyhow!("--service-cluster-ip-range: {e}"))?),
+    };
+    let me = client::Client::with_tls(&a.server, "capstan-kubelet/0.1", &tls);
+    let pod_cidr = pod_range(&me, &name, Duration::from_secs(a.pod_cidr_wait_seconds)).await?;
+    if pod_cidr.is_none() {
+        eprintln!("capstan: node {name} has no pod range: its pods share its network (is the controller manager running with --cluster-cidr?)");
+    }
     let opts = crate::NodeOpts {
         node_name: Some(name.clone()),
         no_local_node: false,
@@ -96,14 +116,13 @@ pub async fn run(a: JoinArgs) -> Result<()> {
         cluster_signing_duration_seconds: 365 * 24 * 3600,
         crash_backoff_seconds: 10,
         usage_sample_seconds: 5,
-        // A joined node's range would come from the cluster's node IPAM, which capstan does
-        // not run yet: its pods share its network.
-        cluster_cidr: "none".into(),
-        cluster_domain: "cluster.local".into(),
-        // Without a pod network the node serves no cluster DNS (it lives with the proxy).
+        // The range the cluster's node IPAM gave, whole.
+        cluster_cidr: pod_cidr.unwrap_or_else(|| "none".into()),
+        node_cidr_mask_size: 0,
+        cluster_domain: a.cluster_domain.clone(),
         dns_upstream: None,
     };
-    let (k, name) = crate::single::start_local_node(&a.server, &a.data_dir, port, &opts, crate::single::NodeCredentials::Given(credentials), None).await?;
+    let (k, name) = crate::single::start_local_node(&a.server, &a.data_dir, port, &opts, crate::single::NodeCredentials::Given(credentials), service_cidr).await?;
     println!("capstan node {name} joined {} as system:node:{name} (pods run as local processes; logs in {}); stop with Ctrl-C", a.server, a.data_dir.join("pods").display());
     let handle = tls.rotating().expect("a rotating certificate").clone();
     let rotation = tokio::spawn(rotate(client::Client::with_tls(&a.server, "capstan-kubelet/0.1", &tls), handle, current, name.clone(), cert_pem, wait));
@@ -112,6 +131,36 @@ pub async fn run(a: JoinArgs) -> Result<()> {
     eprintln!("capstan: stopping node {name} (its pods first)");
     k.shutdown().await;
     Ok(())
+}
+
+/// The node's pod range, as the cluster's node IPAM gives it: the Node is registered bare
+/// (the kubelet fills it in when it starts) and read until its `spec.podCIDR` is set, for at
+/// most `wait` (None then, as with a zero wait).
+async fn pod_range(c: &client::Client, name: &str, wait: Duration) -> Result<Option<String>> {
+    if wait.is_zero() {
+        return Ok(None);
+    }
+    let path = format!("/api/v1/nodes/{name}");
+    let bare = json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": name, "labels": {"kubernetes.io/hostname": name}}});
+    match c.post("/api/v1/nodes", &bare).await {
+        Ok(_) | Err(client::ClientError::Status { code: 409, .. }) => {}
+        Err(e) => bail!("registering node {name}: {e}"),
+    }
+    let deadline = Instant::now() + wait;
+    loop {
+        match c.get(&path).await {
+            Ok(n) => {
+                if let Some(r) = n["spec"]["podCIDR"].as_str().filter(|r| !r.is_empty()) {
+                    return Ok(Some(r.to_string()));
+                }
+            }
+            Err(e) => tracing::debug!(error = %e, "reading the node for its pod range"),
+        }
+        if Instant::now() >= deadline {
+            return Ok(None);
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
 }
 
 /// The file of the node's current certificate and key.

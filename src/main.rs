@@ -109,6 +109,13 @@ enum Command {
         /// This candidate's identity in the leader election (default: hostname + pid).
         #[arg(long)]
         identity: Option<String>,
+        /// The cluster's pod range, of which each node gets a share (kube-controller-manager's
+        /// `--allocate-node-cidrs --cluster-cidr`; default `none`: no node gets one).
+        #[arg(long, default_value = "none")]
+        cluster_cidr: String,
+        /// The size of each node's share of `--cluster-cidr`.
+        #[arg(long, default_value_t = 24)]
+        node_cidr_mask_size: u8,
         #[arg(long, default_value = "info")]
         log_level: String,
     },
@@ -279,6 +286,10 @@ pub struct NodeOpts {
     /// node's network.
     #[arg(long, default_value = "10.244.0.0/16")]
     cluster_cidr: String,
+    /// The size of each node's share of `--cluster-cidr` (kube-controller-manager's
+    /// `--node-cidr-mask-size`): the controllers give every node that joins one.
+    #[arg(long, default_value_t = 24)]
+    node_cidr_mask_size: u8,
     /// The cluster's DNS domain (kubelet's `--cluster-domain`).
     #[arg(long, default_value = "cluster.local")]
     cluster_domain: String,
@@ -360,9 +371,10 @@ fn main() -> Result<()> {
             let (server, creds) = api_server(server, kubeconfig)?;
             rt.block_on(components::run_scheduler(server, listen, config, creds))
         }
-        Command::Controllers { server, kubeconfig, listen, identity, .. } => {
+        Command::Controllers { server, kubeconfig, listen, identity, cluster_cidr, node_cidr_mask_size, .. } => {
             let (server, creds) = api_server(server, kubeconfig)?;
-            rt.block_on(components::run_controllers(server, listen, identity, creds))
+            let ranges = common::node_ranges(&cluster_cidr, node_cidr_mask_size)?;
+            rt.block_on(components::run_controllers(server, listen, identity, creds, ranges))
         }
     }
 }

@@ -25,6 +25,13 @@ pub struct ServerArgs {
     /// The range Service cluster IPs come from (Kubernetes' --service-cluster-ip-range).
     #[arg(long, default_value = "10.96.0.0/12")]
     pub service_cluster_ip_range: String,
+    /// The cluster's pod range: the elected controllers give each node a share of it
+    /// (`none`: nodes get none, and their pods share their network).
+    #[arg(long, default_value = "10.244.0.0/16")]
+    pub cluster_cidr: String,
+    /// The size of each node's share of `--cluster-cidr`.
+    #[arg(long, default_value_t = 24)]
+    pub node_cidr_mask_size: u8,
     #[arg(long, default_value = "./capstan-data")]
     pub data_dir: PathBuf,
     /// Where the Kubernetes API is served.
@@ -101,7 +108,7 @@ pub const CONTROLLERS_LEASE: &str = "kube-controller-manager";
 
 /// Runs the scheduler (or the controllers) in this replica whenever it holds their lease, as
 /// its own identity when `ids` are given.
-fn elected(api: String, part: Part, identity: String, ids: Option<crate::pki::Identities>) -> tokio::task::JoinHandle<()> {
+fn elected(api: String, part: Part, identity: String, ids: Option<crate::pki::Identities>, ranges: Option<controllers::ipam::Ranges>) -> tokio::task::JoinHandle<()> {
     let lease = match part {
         Part::Scheduler => SCHEDULER_LEASE,
         Part::Controllers => CONTROLLERS_LEASE,
@@ -127,6 +134,7 @@ fn elected(api: String, part: Part, identity: String, ids: Option<crate::pki::Id
                     let settings = controllers::run::Settings {
                         credentials: ids.as_ref().map(|i| i.controller_manager.clone()),
                         signer: ids.as_ref().map(|i| i.signer.clone()),
+                        node_ranges: ranges,
                         ..Default::default()
                     };
                     Box::new(controllers::Controllers::start(&api, settings).await)
@@ -158,6 +166,7 @@ pub async fn run(a: ServerArgs) -> Result<()> {
     let api_listener = tokio::net::TcpListener::bind(&a.listen).await.with_context(|| format!("listening on {}", a.listen))?;
     let api_addr = api_listener.local_addr()?;
     let range: kubelet::network::Cidr = a.service_cluster_ip_range.parse().map_err(|e| anyhow::anyhow!("--service-cluster-ip-range: {e}"))?;
+    let ranges = crate::common::node_ranges(&a.cluster_cidr, a.node_cidr_mask_size)?;
     apiserver::reserve::configure_service_range(range.base, range.bits).map_err(anyhow::Error::msg)?;
     let sec = crate::common::security(&a.data_dir, &a.tls, &api_addr, &crate::common::api_service_names())?;
     let api_url = format!("{}://{api_addr}", sec.scheme);
@@ -220,10 +229,10 @@ pub async fn run(a: ServerArgs) -> Result<()> {
     let identity = format!("{}_{}", a.name, std::process::id());
     let mut elections = Vec::new();
     if !a.no_controllers {
-        elections.push(elected(api_url.clone(), Part::Controllers, identity.clone(), sec.identities.clone()));
+        elections.push(elected(api_url.clone(), Part::Controllers, identity.clone(), sec.identities.clone(), ranges));
     }
     if !a.no_scheduler {
-        elections.push(elected(api_url.clone(), Part::Scheduler, identity, sec.identities.clone()));
+        elections.push(elected(api_url.clone(), Part::Scheduler, identity, sec.identities.clone(), None));
     }
     let mut removed_check = tokio::time::interval(Duration::from_millis(500));
     let early = loop {

@@ -83,6 +83,7 @@ pub async fn serve(data_dir: PathBuf, listen: String, opts: ServeOpts, up: Optio
                 hpa_sync: std::time::Duration::from_secs(node.hpa_sync_seconds.max(1)),
                 credentials: sec.identities.as_ref().map(|i| i.controller_manager.clone()),
                 signer: sec.identities.as_ref().map(|i| controllers::csr::Signer { duration: std::time::Duration::from_secs(node.cluster_signing_duration_seconds.max(1)), ..i.signer.clone() }),
+                node_ranges: node_ranges(&node)?,
                 ..Default::default()
             };
             ctrl = Some(std::sync::Arc::new(controllers::Controllers::start(&server, settings).await));
@@ -139,16 +140,16 @@ pub enum NodeCredentials<'a> {
     Process,
 }
 
-/// The local node's pod range: the first /24 of `--cluster-cidr` (capstan runs one real
-/// node), or None for `none`.
+/// The cluster's pod range cut into node ranges (`--cluster-cidr`, `--node-cidr-mask-size`).
+pub fn node_ranges(o: &NodeOpts) -> Result<Option<controllers::ipam::Ranges>> {
+    crate::common::node_ranges(&o.cluster_cidr, o.node_cidr_mask_size)
+}
+
+/// The local node's pod range: the first node range (the controllers' node IPAM sees it
+/// taken and gives the next ones to nodes that join), or None for `none`.
 pub fn node_pod_cidr(o: &NodeOpts) -> Result<Option<kubelet::network::Cidr>> {
-    match o.cluster_cidr.as_str() {
-        "none" | "" => Ok(None),
-        c => {
-            let cluster: kubelet::network::Cidr = c.parse().map_err(|e| anyhow::anyhow!("--cluster-cidr: {e}"))?;
-            Ok(Some(if cluster.bits >= 24 { cluster } else { cluster.subnet(24, 0).ok_or_else(|| anyhow::anyhow!("--cluster-cidr {cluster}: no /24 in it"))? }))
-        }
-    }
+    let Some(r) = node_ranges(o)? else { return Ok(None) };
+    Ok(Some(r.nth(0).to_string().parse().map_err(|e| anyhow::anyhow!("--cluster-cidr: {e}"))?))
 }
 
 /// `--cluster-domain`: a DNS name of labels (lowercased, no trailing dot).

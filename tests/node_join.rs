@@ -34,7 +34,16 @@ fn join(c: &Cluster, dir: &std::path::Path, token: &str, name: &str) -> std::pro
     let ca = c.dir.path().join("pki").join("ca.crt");
     let mut cmd = std::process::Command::new(CAPSTAN);
     cmd.args(["node", "join", "--server", &format!("https://{}", c.addr), "--token", token, "--certificate-authority", path_str(&ca), "--node-name", name, "--data-dir"]).arg(dir);
+    // The node serves the cluster's own Service range (the harness gives each its own).
+    cmd.args(["--service-cluster-ip-range", &ranges(c).1]);
     cmd
+}
+
+/// The pod and Service ranges the harness gave cluster `c`.
+fn ranges(c: &Cluster) -> (String, String) {
+    let r = std::fs::read_to_string(c.dir.path().join(".test-ranges")).unwrap();
+    let (p, s) = r.split_once(' ').unwrap();
+    (p.to_string(), s.to_string())
 }
 
 #[test]
@@ -67,9 +76,15 @@ fn a_node_joins_with_a_bootstrap_token_through_an_approved_certificate_request()
     let der = rustls::pki_types::CertificateDer::from_pem_slice(pem.as_bytes()).unwrap();
     let user = apiserver::authn::user_of_certificate(&der).unwrap();
     assert_eq!((user.name.as_str(), user.groups[0].as_str()), ("system:node:joined", "system:nodes"));
+    // The cluster's node IPAM gave it the first /24 of the pod range (no other node here),
+    // and its pods live in it.
+    let first = ranges(&c).0.replace(".0.0/16", ".0.0/24");
+    assert_eq!(c.ok(&["get", "node", "joined", "-o", "jsonpath={.spec.podCIDR}"]), first);
     c.ok(&["run", "hello", "--image=busybox", "--restart=Never", r#"--overrides={"spec":{"nodeName":"joined"}}"#, "--command", "--", "sh", "-c", "echo hello from the joined node"]);
     wait_until("the pod on the joined node to succeed", || c.kubectl_with(KUBECTL, &["get", "pod", "hello", "-o", "jsonpath={.status.phase}"]).stdout == b"Succeeded");
     assert!(c.ok(&["logs", "hello"]).contains("hello from the joined node"));
+    let ip = c.ok(&["get", "pod", "hello", "-o", "jsonpath={.status.podIP}"]);
+    assert!(ip.starts_with(first.trim_end_matches("0/24")), "pod IP {ip} outside the node's range {first}");
     // An administrator can deny a request; the controllers then leave it alone.
     // An administrator approves or denies other requests with kubectl (protobuf bodies to
     // the approval subresource); an approved client request is signed.

@@ -163,6 +163,8 @@ impl Admission for Immutable {
             "Deployment" | "ReplicaSet" | "StatefulSet" | "DaemonSet" => &[("spec.selector", &["spec", "selector"])],
             "Job" => &[("spec.selector", &["spec", "selector"]), ("spec.completions", &["spec", "completions"])],
             "Service" => &[("spec.clusterIP", &["spec", "clusterIP"])],
+            // Given once, by the node IPAM or the kubelet that registers with it.
+            "Node" => &[("spec.podCIDR", &["spec", "podCIDR"]), ("spec.podCIDRs", &["spec", "podCIDRs"])],
             "PersistentVolumeClaim" => &[("spec.storageClassName", &["spec", "storageClassName"])],
             "ConfigMap" | "Secret" if old.get("immutable").and_then(|i| i.as_bool()) == Some(true) => {
                 &[("data", &["data"]), ("binaryData", &["binaryData"])]

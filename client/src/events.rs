@@ -52,7 +52,8 @@ impl Recorder {
         self.send(Event { kind: ("v1", "Pod"), ns: s("namespace"), name: s("name"), uid: s("uid"), field_path: container.map(|c| format!("spec.containers{{{c}}}")), warning, reason, message });
     }
 
-    /// Records an event about `obj`, a namespaced object of `kind`: (apiVersion, kind).
+    /// Records an event about `obj`, an object of `kind`: (apiVersion, kind); about a
+    /// cluster-scoped one, in `default`.
     pub fn object(&self, kind: (&'static str, &'static str), obj: &Value, warning: bool, reason: &'static str, message: String) {
         let s = |k: &str| obj["metadata"][k].as_str().unwrap_or("").to_string();
         self.send(Event { kind, ns: s("namespace"), name: s("name"), uid: s("uid"), field_path: None, warning, reason, message });
@@ -72,10 +73,13 @@ async fn run(client: Client, component: &'static str, host: String, mut rx: toki
     let mut seen: HashMap<(String, String, Option<String>, &'static str, String), (String, u64)> = HashMap::new();
     while let Some(e) = rx.recv().await {
         let t = now_rfc3339();
+        // Events about cluster-scoped objects (nodes, volumes) live in `default`, as
+        // Kubernetes records them.
+        let ens = if e.ns.is_empty() { "default" } else { e.ns.as_str() };
         let key = (e.ns.clone(), e.uid.clone(), e.field_path.clone(), e.reason, e.message.clone());
         if let Some((name, count)) = seen.get_mut(&key) {
             *count += 1;
-            let path = format!("/api/v1/namespaces/{}/events/{name}", e.ns);
+            let path = format!("/api/v1/namespaces/{ens}/events/{name}");
             if client.merge_patch(&path, &json!({"count": *count, "lastTimestamp": t})).await.is_ok() {
                 continue;
             }
@@ -85,20 +89,23 @@ async fn run(client: Client, component: &'static str, host: String, mut rx: toki
             seen.clear();
         }
         let name = format!("{}.{:x}", e.name, jiff::Timestamp::now().as_nanosecond());
-        let mut involved = json!({"kind": e.kind.1, "namespace": e.ns, "name": e.name, "uid": e.uid, "apiVersion": e.kind.0});
+        let mut involved = json!({"kind": e.kind.1, "name": e.name, "uid": e.uid, "apiVersion": e.kind.0});
+        if !e.ns.is_empty() {
+            involved["namespace"] = json!(e.ns);
+        }
         if let Some(f) = &e.field_path {
             involved["fieldPath"] = json!(f);
         }
         let obj = json!({
             "apiVersion": "v1", "kind": "Event",
-            "metadata": {"name": name, "namespace": e.ns},
+            "metadata": {"name": name, "namespace": ens},
             "involvedObject": involved,
             "reason": e.reason, "message": e.message, "type": if e.warning { "Warning" } else { "Normal" },
             "source": {"component": component, "host": host},
             "firstTimestamp": t, "lastTimestamp": t, "count": 1,
             "reportingComponent": component, "reportingInstance": host,
         });
-        match client.post(&format!("/api/v1/namespaces/{}/events", e.ns), &obj).await {
+        match client.post(&format!("/api/v1/namespaces/{ens}/events"), &obj).await {
             Ok(_) => {
                 seen.insert(key, (name, 1));
             }

@@ -14,6 +14,7 @@ pub mod autoscale;
 pub mod csr;
 pub mod deployment;
 pub mod identity;
+pub mod ipam;
 pub mod leader;
 pub mod podutil;
 pub mod replicaset;

@@ -23,6 +23,7 @@ use crate::replicaset::{self as rsc, Expectations};
 mod adopt;
 mod apps;
 mod batch_and_sets;
+mod ipam;
 mod lifecycle;
 mod policy;
 mod volumes;
@@ -51,11 +52,15 @@ pub struct Settings {
     pub credentials: Option<client::tls::Credentials>,
     /// The cluster CA, for the certificate signer (`csr.rs`); requests stay unsigned without.
     pub signer: Option<crate::csr::Signer>,
+    /// The cluster's pod range and each node's share of it (kube-controller-manager's
+    /// `--allocate-node-cidrs --cluster-cidr --node-cidr-mask-size`): nodes without a
+    /// `spec.podCIDR` get one. None: no allocation.
+    pub node_ranges: Option<crate::ipam::Ranges>,
 }
 
 impl Default for Settings {
     fn default() -> Self {
-        Settings { node_monitor_grace: Duration::from_secs(40), default_toleration: Duration::from_secs(300), hpa_sync: Duration::from_secs(15), credentials: None, signer: None }
+        Settings { node_monitor_grace: Duration::from_secs(40), default_toleration: Duration::from_secs(300), hpa_sync: Duration::from_secs(15), credentials: None, signer: None, node_ranges: None }
     }
 }
 
@@ -90,6 +95,8 @@ struct Ctx {
     /// when it was first made: written only when a recount at least a second later agrees
     /// (see `sync_quota`).
     quota_lowering: Mutex<std::collections::HashMap<String, (Value, Instant)>>,
+    /// Pod ranges the node IPAM controller gave and has not yet seen on their nodes.
+    ipam_given: Mutex<std::collections::HashMap<String, crate::ipam::Net>>,
     exp: Expectations,
     events: Recorder,
     settings: Settings,
@@ -246,6 +253,7 @@ impl Controllers {
             classes: inf.get("/apis/storage.k8s.io/v1/storageclasses"),
             hpa_history: Default::default(),
             quota_lowering: Default::default(),
+            ipam_given: Default::default(),
             exp: Expectations::default(),
             events: Recorder::start(c.clone(), "controller-manager", String::new()),
             settings,
@@ -277,6 +285,29 @@ impl Controllers {
         let csrq = WorkQueue::new("certificate");
         let pvcq = WorkQueue::new("persistentvolumeclaim");
         let pvq = WorkQueue::new("persistentvolume");
+        let ipamq = WorkQueue::new("node-ipam");
+        if ctx.settings.node_ranges.is_some() {
+            let (q, x) = (ipamq.clone(), Arc::downgrade(&ctx));
+            ctx.nodes.on_change(move |ch| {
+                let Some(ctx) = x.upgrade() else { return };
+                match ch {
+                    Change::Added(v) | Change::Modified { new: v, .. } => {
+                        if crate::ipam::wants_range(v) {
+                            q.add(key_of(v));
+                        }
+                    }
+                    // A range freed: the nodes still waiting for one may have it.
+                    Change::Deleted(v) => {
+                        q.add(key_of(v));
+                        for n in ctx.nodes.list() {
+                            if crate::ipam::wants_range(&n) {
+                                q.add(key_of(&n));
+                            }
+                        }
+                    }
+                }
+            });
+        }
         // Volumes: claims, volumes, and the pods that wait for a claim's first consumer.
         {
             let q = pvcq.clone();
@@ -606,10 +637,12 @@ impl Controllers {
         spawn_workers(&ctx, &stsq, 2, &mut tasks, |ctx, key| async move { sync_statefulset(&ctx, &key).await });
         spawn_workers(&ctx, &pvcq, 2, &mut tasks, |ctx, key| async move { volumes::sync_claim(&ctx, &key).await });
         spawn_workers(&ctx, &pvq, 1, &mut tasks, |ctx, key| async move { volumes::sync_volume(&ctx, &key).await });
+        // One worker: two nodes are never given one range.
+        spawn_workers(&ctx, &ipamq, 1, &mut tasks, |ctx, key| async move { ipam::sync_node_cidr(&ctx, &key).await });
         let x = ctx.clone();
         tasks.push(tokio::spawn(async move { node_lifecycle(x).await }));
         tasks.push(tokio::spawn(crate::token_cleaner::run(ctx.c(Ctl::TokenCleaner).clone())));
-        Controllers { _informers: inf, queues: vec![rsq, rcq, caq, dq, gcq, saq, epq, jobq, dsq, stsq, nsq, pdbq, hpaq, cjq, rqq, csrq, pvcq, pvq], ctx, tasks }
+        Controllers { _informers: inf, queues: vec![rsq, rcq, caq, dq, gcq, saq, epq, jobq, dsq, stsq, nsq, pdbq, hpaq, cjq, rqq, csrq, pvcq, pvq, ipamq], ctx, tasks }
     }
 
     /// Queue depth, adds, retries and work duration per controller, for `/metrics`.
