@@ -174,11 +174,11 @@ impl NodeNetwork {
         format!("cn{}-{uid}", self.id)
     }
 
-    /// A pod's link names: from its address's host number, unique while it holds the lease
-    /// (a uid's prefix could be shared by two pods).
-    fn link_names(&self, ip: Ipv4Addr) -> (String, String) {
+    /// A pod's link on the host: named from its address's host number, unique while it holds
+    /// the lease (a uid's prefix could be shared by two pods). Its peer is the pod's eth0.
+    fn host_link(&self, ip: Ipv4Addr) -> String {
         let n = u32::from(ip).wrapping_sub(u32::from(self.pod_cidr.base));
-        (format!("cv{}{n:03x}", self.id), format!("ce{}{n:03x}", self.id))
+        format!("cv{}{n:03x}", self.id)
     }
 
     /// The address leased to `uid`, if any.
@@ -228,19 +228,22 @@ impl NodeNetwork {
     /// is kept).
     pub fn attach(&self, uid: &str) -> Result<PodNet, String> {
         let ip = self.lease(uid)?;
-        let (host_if, pod_if) = self.link_names(ip);
+        let host_if = self.host_link(ip);
         let ns = self.ns_name(uid);
         let netns = PathBuf::from("/run/netns").join(&ns);
         if netns.exists() && ip_out(&["-o", "link", "show", "dev", &host_if]).is_ok() {
             return Ok(PodNet { ip, netns });
         }
         let made = (|| {
-            let _ = ip_batch(None, &format!("netns del {ns}\nlink del {host_if}\n"));
-            ip_batch(None, &format!("netns add {ns}\nlink add {host_if} type veth peer name {pod_if}\nlink set {pod_if} netns {ns}\nlink set {host_if} master cb{} up\n", self.id))?;
-            ip_batch(
-                Some(&ns),
-                &format!("link set lo up\nlink set {pod_if} name eth0\naddr add {ip}/{} dev eth0\nlink set eth0 up\nroute add default via {}\n", self.pod_cidr.bits, self.gateway),
-            )
+            // What a crash may have left half-made (one process less when nothing is).
+            if netns.exists() || Path::new("/sys/class/net").join(&host_if).exists() {
+                let _ = ip_batch(None, &format!("netns del {ns}\nlink del {host_if}\n"));
+            }
+            // The pod's end is made inside its namespace, as eth0: moving a link between
+            // namespaces waits for an RCU grace period (about 17 ms here, and it serializes
+            // pods started together).
+            ip_batch(None, &format!("netns add {ns}\nlink add {host_if} type veth peer name eth0 netns {ns}\nlink set {host_if} master cb{} up\n", self.id))?;
+            ip_batch(Some(&ns), &format!("link set lo up\naddr add {ip}/{} dev eth0\nlink set eth0 up\nroute add default via {}\n", self.pod_cidr.bits, self.gateway))
         })();
         if let Err(e) = made {
             self.detach(uid);
@@ -252,7 +255,7 @@ impl NodeNetwork {
     /// Removes pod `uid`'s namespace, link and lease.
     pub fn detach(&self, uid: &str) {
         if let Some(ip) = self.leased(uid) {
-            let _ = ip_out(&["link", "del", &self.link_names(ip).0]);
+            let _ = ip_out(&["link", "del", &self.host_link(ip)]);
         }
         let _ = ip_out(&["netns", "del", &self.ns_name(uid)]);
         self.release(uid);
@@ -288,7 +291,7 @@ impl NodeNetwork {
         for name in ip_out(&["netns", "list"]).unwrap_or_default().lines().filter_map(|l| l.split_whitespace().next()) {
             if let Some(uid) = name.strip_prefix(&prefix) {
                 if let Some(ip) = self.leased(uid) {
-                    let _ = ip_out(&["link", "del", &self.link_names(ip).0]);
+                    let _ = ip_out(&["link", "del", &self.host_link(ip)]);
                 }
                 let _ = ip_out(&["netns", "del", &self.ns_name(uid)]);
             }

@@ -685,7 +685,10 @@ impl Worker {
             return;
         }
         let now_i = Instant::now();
-        if !self.sync_volumes(now_i).await || !self.sync_network(now_i) {
+        // The network (`ip` processes) is made while the volumes' objects are read.
+        let attaching = self.start_network(now_i);
+        let volumes = self.sync_volumes(now_i).await;
+        if !self.finish_network(attaching, now_i).await || !volumes {
             return;
         }
         let due = |c: &Ctr| c.pgid.is_none() && !c.done && c.next_start.is_none_or(|t| t <= now_i);
@@ -751,17 +754,22 @@ impl Worker {
         self.pod["spec"]["hostNetwork"] == true
     }
 
-    /// Gives the pod its network namespace before its first container (not to hostNetwork
-    /// pods). False while it cannot (the containers wait; `FailedCreatePodSandBox` says why).
-    fn sync_network(&mut self, now_i: Instant) -> bool {
-        let Some(n) = &self.sh.network else { return true };
-        if self.net.is_some() || self.host_network() {
-            return true;
+    /// Starts giving the pod its network namespace before its first container (not to
+    /// hostNetwork pods), on a blocking thread; None when there is nothing to do now.
+    fn start_network(&self, now_i: Instant) -> Option<tokio::task::JoinHandle<Result<crate::network::PodNet, String>>> {
+        if self.sh.network.is_none() || self.net.is_some() || self.host_network() || self.volumes_retry.is_some_and(|t| t > now_i) {
+            return None;
         }
-        if self.volumes_retry.is_some_and(|t| t > now_i) {
-            return false;
-        }
-        match n.attach(&self.uid) {
+        let (sh, uid) = (self.sh.clone(), self.uid.clone());
+        Some(tokio::task::spawn_blocking(move || sh.network.as_ref().expect("checked").attach(&uid)))
+    }
+
+    /// Whether the pod has its network: `attaching` finished (its /etc/hosts written), or
+    /// none needed. False while it cannot be had (the containers wait;
+    /// `FailedCreatePodSandBox` says why).
+    async fn finish_network(&mut self, attaching: Option<tokio::task::JoinHandle<Result<crate::network::PodNet, String>>>, now_i: Instant) -> bool {
+        let Some(h) = attaching else { return self.sh.network.is_none() || self.net.is_some() || self.host_network() };
+        match h.await.unwrap_or_else(|e| Err(format!("making the pod's network: {e}"))) {
             Ok(net) => {
                 // Its /etc/hosts names it at its address, as the kubelet writes it.
                 let host = hostname_of(&self.pod, &self.name);

@@ -23,6 +23,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use base64::Engine;
+use futures_util::FutureExt;
 use serde_json::{Value, json};
 
 use crate::client::{Client, ClientError};
@@ -92,6 +93,11 @@ impl Volumes {
         let ns = pod["metadata"]["namespace"].as_str().unwrap_or("default");
         let mut objects = Objects { client, ns, configmaps: HashMap::new(), secrets: HashMap::new() };
         self.next_refresh = follows_objects(pod).then(|| Instant::now() + REFRESH);
+        // Every object and token the volumes need, asked for at once rather than one round
+        // trip after another; what fails here is asked again below, which reports it.
+        let tokens = self.fresh_tokens(pod, client);
+        let (_, tokens) = tokio::join!(objects.prefetch(pod), tokens);
+        self.tokens.extend(tokens);
         for v in pod["spec"]["volumes"].as_array().into_iter().flatten() {
             let name = v["name"].as_str().unwrap_or("");
             let err = |message: String| MountError { volume: name.to_string(), message };
@@ -182,6 +188,25 @@ impl Volumes {
         Ok(out)
     }
 
+    /// The tokens of the pod's projected volumes that are missing or due for renewal,
+    /// requested at once (those that fail are left out).
+    fn fresh_tokens<'a>(&self, pod: &'a Value, client: &'a Client) -> impl std::future::Future<Output = Vec<((String, String), (Vec<u8>, Instant))>> + 'a {
+        let now = Instant::now();
+        let mut wanted = Vec::new();
+        for v in pod["spec"]["volumes"].as_array().into_iter().flatten() {
+            for s in v["projected"]["sources"].as_array().into_iter().flatten() {
+                if let Some(t) = s.get("serviceAccountToken") {
+                    let key = (v["name"].as_str().unwrap_or("").to_string(), t["path"].as_str().unwrap_or("").to_string());
+                    if self.tokens.get(&key).is_none_or(|(_, renew)| now >= *renew) {
+                        wanted.push((key, t));
+                    }
+                }
+            }
+        }
+        futures_util::future::join_all(wanted.into_iter().map(move |(key, t)| async move { request_token(pod, t, client).await.ok().map(|got| (key, got)) }))
+            .map(|all| all.into_iter().flatten().collect())
+    }
+
     /// A token for the pod's ServiceAccount, bound to the pod; renewed at 80% of its life (or
     /// after a day), as the kubelet's token manager does.
     async fn token(&mut self, pod: &Value, vol: &str, path: &str, t: &Value, client: &Client) -> Result<Vec<u8>, String> {
@@ -191,17 +216,8 @@ impl Volumes {
         {
             return Ok(tok.clone());
         }
-        let ns = pod["metadata"]["namespace"].as_str().unwrap_or("default");
-        let sa = pod["spec"]["serviceAccountName"].as_str().filter(|s| !s.is_empty()).unwrap_or("default");
-        let secs = t["expirationSeconds"].as_i64().unwrap_or(3600).max(600);
-        let audiences: Vec<&str> = t["audience"].as_str().filter(|a| !a.is_empty()).into_iter().collect();
-        let body = json!({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": {
-            "audiences": audiences, "expirationSeconds": secs,
-            "boundObjectRef": {"apiVersion": "v1", "kind": "Pod", "name": pod["metadata"]["name"], "uid": pod["metadata"]["uid"]}}});
-        let got = client.post(&format!("/api/v1/namespaces/{ns}/serviceaccounts/{sa}/token"), &body).await.map_err(|e| format!("requesting a token for serviceaccount {ns}/{sa}: {e}"))?;
-        let tok = got["status"]["token"].as_str().ok_or("the TokenRequest answer has no token")?.as_bytes().to_vec();
-        let life = Duration::from_secs(secs as u64).min(Duration::from_secs(24 * 3600));
-        self.tokens.insert(key, (tok.clone(), Instant::now() + life.mul_f64(0.8)));
+        let (tok, renew) = request_token(pod, t, client).await?;
+        self.tokens.insert(key, (tok.clone(), renew));
         Ok(tok)
     }
 
@@ -210,6 +226,22 @@ impl Volumes {
         unmount_under(pod_dir);
         let _ = std::fs::remove_dir_all(pod_dir);
     }
+}
+
+/// A TokenRequest for the pod's ServiceAccount, bound to the pod, as projected source `t`
+/// asks: the token and when to renew it.
+async fn request_token(pod: &Value, t: &Value, client: &Client) -> Result<(Vec<u8>, Instant), String> {
+    let ns = pod["metadata"]["namespace"].as_str().unwrap_or("default");
+    let sa = pod["spec"]["serviceAccountName"].as_str().filter(|s| !s.is_empty()).unwrap_or("default");
+    let secs = t["expirationSeconds"].as_i64().unwrap_or(3600).max(600);
+    let audiences: Vec<&str> = t["audience"].as_str().filter(|a| !a.is_empty()).into_iter().collect();
+    let body = json!({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": {
+        "audiences": audiences, "expirationSeconds": secs,
+        "boundObjectRef": {"apiVersion": "v1", "kind": "Pod", "name": pod["metadata"]["name"], "uid": pod["metadata"]["uid"]}}});
+    let got = client.post(&format!("/api/v1/namespaces/{ns}/serviceaccounts/{sa}/token"), &body).await.map_err(|e| format!("requesting a token for serviceaccount {ns}/{sa}: {e}"))?;
+    let tok = got["status"]["token"].as_str().ok_or("the TokenRequest answer has no token")?.as_bytes().to_vec();
+    let life = Duration::from_secs(secs as u64).min(Duration::from_secs(24 * 3600));
+    Ok((tok, Instant::now() + life.mul_f64(0.8)))
 }
 
 /// The objects one sync reads, each once.
@@ -221,6 +253,41 @@ struct Objects<'a> {
 }
 
 impl Objects<'_> {
+    /// Reads every ConfigMap and Secret the pod's volumes name, at once. Those that fail
+    /// stay unread (`get` asks again and says why).
+    async fn prefetch(&mut self, pod: &Value) {
+        let mut wanted: Vec<(&str, &str)> = Vec::new();
+        for v in pod["spec"]["volumes"].as_array().into_iter().flatten() {
+            let sources = v["projected"]["sources"].as_array().into_iter().flatten().chain(std::iter::once(v));
+            for s in sources {
+                if let Some(n) = s["configMap"]["name"].as_str() {
+                    wanted.push(("configmaps", n));
+                }
+                if let Some(n) = s["secret"]["secretName"].as_str().or(s["secret"]["name"].as_str()) {
+                    wanted.push(("secrets", n));
+                }
+            }
+        }
+        wanted.sort_unstable();
+        wanted.dedup();
+        let (client, ns) = (self.client, self.ns);
+        let got = futures_util::future::join_all(wanted.into_iter().map(|(resource, name)| async move {
+            let r = match client.get(&format!("/api/v1/namespaces/{ns}/{resource}/{name}")).await {
+                Ok(obj) => decode(resource, &obj).ok().map(Some),
+                Err(ClientError::Status { code: 404, .. }) => Some(None),
+                Err(_) => None,
+            };
+            (resource, name, r)
+        }))
+        .await;
+        for (resource, name, r) in got {
+            if let Some(keys) = r {
+                let cache = if resource == "secrets" { &mut self.secrets } else { &mut self.configmaps };
+                cache.insert(name.to_string(), keys);
+            }
+        }
+    }
+
     async fn get(&mut self, resource: &str, name: &str) -> Result<&Keys, String> {
         let cache = if resource == "secrets" { &mut self.secrets } else { &mut self.configmaps };
         if !cache.contains_key(name) {
