@@ -284,6 +284,9 @@ spec:
     assert_eq!(lookup("web-1.hl"), pod_ip);
     assert_eq!(lookup(&format!("{}.default.pod.cluster.local", pod_ip.replace('.', "-"))), pod_ip);
     assert_eq!(lookup("outside.example"), "192.0.2.7");
+    // Reverse: a Service's cluster IP names the Service.
+    let reverse = c.ok(&["exec", "client", "--", "python3", "-c", &format!("import socket; print(socket.gethostbyaddr('{web_ip}')[0])")]);
+    assert_eq!(reverse.trim(), "web.default.svc.cluster.local");
     // The API by its Service name, through the proxy.
     let api = "import ssl, urllib.request; print(urllib.request.urlopen('https://kubernetes.default.svc/version', context=ssl._create_unverified_context(), timeout=10).status)";
     assert_eq!(c.ok(&["exec", "client", "--", "python3", "-c", api]).trim(), "200");

@@ -11,6 +11,9 @@
 //!   (StatefulSet pods) or its address with dashes (`10-244-0-5`).
 //! - `<a-b-c-d>.<ns>.pod.<zone>`: A `a.b.c.d` for any address (CoreDNS's `pods insecure`,
 //!   the mode kubeadm configures).
+//! - `<d>.<c>.<b>.<a>.in-addr.arpa`: PTR to the Service whose cluster IP it is, and to
+//!   `<host>.<svc>.<ns>.svc.<zone>` for each ready endpoint with that address (CoreDNS's
+//!   reverse records); other addresses are forwarded (kubeadm's CoreDNS falls through).
 //! A name in the zone that does not exist is NXDOMAIN; one that exists without the asked
 //! type is an empty answer; both carry the zone's SOA, so resolvers cache the negative.
 //! Names outside the zone are not this module's (`Answer::Elsewhere`: forwarded).
@@ -19,7 +22,7 @@ use std::collections::HashMap;
 use std::net::Ipv4Addr;
 use std::sync::Arc;
 
-use hickory_proto::rr::rdata::{A, CNAME, SOA, SRV};
+use hickory_proto::rr::rdata::{A, CNAME, PTR, SOA, SRV};
 use hickory_proto::rr::{Name, RData, Record, RecordType};
 use serde_json::Value;
 
@@ -75,6 +78,8 @@ pub struct Zone {
     services: HashMap<(String, String), Service>,
     /// Namespaces with at least one Service (their `<ns>.svc.<zone>` exists).
     namespaces: std::collections::HashSet<String>,
+    /// Reverse names: each address's names in the zone (with the trailing dot).
+    reverse: HashMap<Ipv4Addr, Vec<String>>,
     serial: u32,
 }
 
@@ -127,7 +132,20 @@ impl Zone {
             s.endpoints.dedup_by(|a, b| a.ip == b.ip && a.label == b.label);
         }
         let namespaces = map.keys().map(|(ns, _)| ns.clone()).collect();
-        Zone { domain, origin, services: map, namespaces, serial }
+        let mut reverse: HashMap<Ipv4Addr, Vec<String>> = HashMap::new();
+        for ((ns, name), s) in &map {
+            if let Some(ip) = s.ip {
+                reverse.entry(ip).or_default().push(format!("{name}.{ns}.svc.{domain}."));
+            }
+            for e in &s.endpoints {
+                reverse.entry(e.ip).or_default().push(format!("{}.{name}.{ns}.svc.{domain}.", e.label));
+            }
+        }
+        for names in reverse.values_mut() {
+            names.sort();
+            names.dedup();
+        }
+        Zone { domain, origin, services: map, namespaces, reverse, serial }
     }
 
     /// The zone's SOA record (authority section of negative answers).
@@ -141,6 +159,9 @@ impl Zone {
     pub fn answer(&self, name: &Name, qtype: RecordType) -> Answer {
         let full = name.to_lowercase().to_ascii();
         let full = full.trim_end_matches('.');
+        if let Some(rev) = full.strip_suffix(".in-addr.arpa") {
+            return self.pointer(name, rev, qtype);
+        }
         let rest = if full == self.domain {
             ""
         } else {
@@ -192,6 +213,23 @@ impl Zone {
             },
             _ => Answer::NxDomain,
         }
+    }
+
+    /// A reverse name (`rev`: its labels before `in-addr.arpa`): PTR records for an address
+    /// of the zone, else not ours.
+    fn pointer(&self, name: &Name, rev: &str, qtype: RecordType) -> Answer {
+        let octets: Vec<u8> = rev.split('.').filter_map(|l| if l.len() <= 3 && l.bytes().all(|b| b.is_ascii_digit()) { l.parse().ok() } else { None }).collect();
+        let Ok([d, c, b, a]) = <[u8; 4]>::try_from(octets.as_slice()) else { return Answer::Elsewhere };
+        if rev.split('.').count() != 4 {
+            return Answer::Elsewhere;
+        }
+        let Some(names) = self.reverse.get(&Ipv4Addr::new(a, b, c, d)) else { return Answer::Elsewhere };
+        let answers = if matches!(qtype, RecordType::PTR | RecordType::ANY) {
+            names.iter().filter_map(|n| Name::from_ascii(n).ok()).map(|n| Record::from_rdata(name.clone(), TTL, RData::PTR(PTR(n)))).collect()
+        } else {
+            vec![]
+        };
+        Answer::Found { answers, additionals: vec![] }
     }
 
     fn service(&self, name: &Name, s: &Service, svc: &str, ns: &str, qtype: RecordType) -> Answer {
@@ -314,6 +352,20 @@ mod tests {
         match a {
             Answer::Found { answers, .. } => answers.iter().map(|r| r.data.to_string()).collect(),
             other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn addresses_of_the_zone_have_reverse_names_and_others_are_forwarded() {
+        let z = zone();
+        assert_eq!(rdata(&ask(&z, "20.0.96.10.in-addr.arpa.", RecordType::PTR)), ["web.default.svc.cluster.local."]);
+        assert_eq!(rdata(&ask(&z, "7.0.244.10.IN-ADDR.ARPA", RecordType::PTR)), ["pg-0.pg.db.svc.cluster.local."]);
+        assert_eq!(rdata(&ask(&z, "8.0.244.10.in-addr.arpa.", RecordType::PTR)), ["10-244-0-8.pg.db.svc.cluster.local."]);
+        // The name exists; other types get an empty answer.
+        assert_eq!(rdata(&ask(&z, "20.0.96.10.in-addr.arpa.", RecordType::A)), Vec::<String>::new());
+        // Not ready, unknown, or not an address: not ours.
+        for other in ["9.0.244.10.in-addr.arpa.", "1.1.1.1.in-addr.arpa.", "0.96.10.in-addr.arpa.", "x.20.0.96.10.in-addr.arpa.", "300.0.96.10.in-addr.arpa."] {
+            assert_eq!(ask(&z, other, RecordType::PTR), Answer::Elsewhere, "{other}");
         }
     }
 
