@@ -259,6 +259,8 @@ pub struct Cache {
     /// Nodes with a PreferNoSchedule taint (none: TaintToleration scores every node alike).
     prefer_no_schedule: usize,
     volumes: VolumeIndex,
+    /// PodDisruptionBudgets by `namespace/name` (preemption's victim choice).
+    budgets: HashMap<String, crate::preemption::Budget>,
 }
 
 /// What VolumeBinding knows of PersistentVolumeClaims and PersistentVolumes.
@@ -305,6 +307,22 @@ impl VolumeIndex {
 }
 
 impl Cache {
+    pub fn budgets(&self) -> impl Iterator<Item = &crate::preemption::Budget> {
+        self.budgets.values()
+    }
+
+    /// A PodDisruptionBudget (`namespace/name`) as it now is; None: deleted.
+    pub fn set_budget(&mut self, key: String, b: Option<crate::preemption::Budget>) {
+        match b {
+            Some(b) => {
+                self.budgets.insert(key, b);
+            }
+            None => {
+                self.budgets.remove(&key);
+            }
+        }
+    }
+
     pub fn volumes(&self) -> &VolumeIndex {
         &self.volumes
     }

@@ -79,6 +79,16 @@ pub fn parse(text: &str) -> Result<Vec<Profile>, String> {
                     Some(o) => return Err(format!("NodeResourcesFit scoringStrategy {o:?} is not supported (LeastAllocated, MostAllocated)")),
                 }
             }
+            if pc["name"] == "DefaultPreemption" {
+                let d = crate::preemption::PreemptionArgs::default();
+                let num = |k: &str, dflt: u32| -> Result<i64, String> {
+                    match &pc["args"][k] {
+                        serde_json::Value::Null => Ok(i64::from(dflt)),
+                        v => v.as_i64().ok_or(format!("DefaultPreemption {k}: must be an integer, got {v}")),
+                    }
+                };
+                prof.preemption = crate::preemption::PreemptionArgs::new(num("minCandidateNodesPercentage", d.min_candidate_nodes_percentage)?, num("minCandidateNodesAbsolute", d.min_candidate_nodes_absolute)?)?;
+            }
         }
         if out.iter().any(|x: &Profile| x.scheduler_name == prof.scheduler_name) {
             return Err(format!("two profiles named {:?}", prof.scheduler_name));
@@ -91,6 +101,17 @@ pub fn parse(text: &str) -> Result<Vec<Profile>, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn default_preemption_arguments_are_read_and_checked() {
+        let cfg = |args: &str| parse(&format!("apiVersion: kubescheduler.config.k8s.io/v1\nkind: KubeSchedulerConfiguration\nprofiles:\n- schedulerName: default-scheduler\n  pluginConfig:\n  - name: DefaultPreemption\n    args: {args}\n"));
+        let p = cfg("{minCandidateNodesPercentage: 5, minCandidateNodesAbsolute: 20}").unwrap();
+        assert_eq!(p[0].preemption, crate::preemption::PreemptionArgs { min_candidate_nodes_percentage: 5, min_candidate_nodes_absolute: 20 });
+        assert_eq!(cfg("{minCandidateNodesAbsolute: 7}").unwrap()[0].preemption.min_candidate_nodes_percentage, 10);
+        assert!(cfg("{minCandidateNodesPercentage: 0, minCandidateNodesAbsolute: 0}").unwrap_err().contains("cannot be zero"));
+        assert!(cfg("{minCandidateNodesPercentage: 150}").unwrap_err().contains("not in valid range [0, 100]"));
+        assert!(cfg("{minCandidateNodesAbsolute: ten}").unwrap_err().contains("must be an integer"));
+    }
 
     #[test]
     fn profiles_plugins_and_strategy() {

@@ -90,7 +90,7 @@ impl Plugin {
     }
 
     /// Reads only the pod's and the node's specs, never what is placed on the node.
-    fn is_static(self) -> bool {
+    pub(crate) fn is_static(self) -> bool {
         matches!(self, Plugin::NodeUnschedulable | Plugin::NodeName | Plugin::TaintToleration | Plugin::NodeAffinity)
     }
 }
@@ -115,6 +115,8 @@ pub struct Profile {
     /// Filter-and-score workers (KubeSchedulerConfiguration's `parallelism`; the first
     /// profile's value sizes the one pool). Default: the machine's cores.
     pub parallelism: usize,
+    /// DefaultPreemption's arguments.
+    pub preemption: crate::preemption::PreemptionArgs,
 }
 
 impl Default for Profile {
@@ -133,6 +135,7 @@ impl Default for Profile {
             strategy: Strategy::LeastAllocated,
             percentage_of_nodes_to_score: 0,
             parallelism: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            preemption: Default::default(),
         }
     }
 }
@@ -194,7 +197,7 @@ struct Spread<'a> {
 
 /// Per-pod state computed once before filtering, mostly borrowed from the cache's indexes.
 #[derive(Default)]
-struct PreState<'a> {
+pub(crate) struct PreState<'a> {
     spread_hard: Vec<Spread<'a>>,
     spread_soft: Vec<Spread<'a>>,
     /// Required affinity: per term, the domain counts of the groups it matches.
@@ -408,7 +411,7 @@ fn spread_counts<'a>(p: &PodInfo, c: &SpreadConstraint, cache: &'a Cache) -> Spr
     Spread { counts, min }
 }
 
-fn pre_filter<'a>(p: &'a PodInfo, cache: &'a Cache) -> PreState<'a> {
+pub(crate) fn pre_filter<'a>(p: &'a PodInfo, cache: &'a Cache) -> PreState<'a> {
     let mut st = PreState::default();
     for (i, claim) in p.claims.iter().enumerate() {
         match cache.volumes().claim(&p.namespace, claim) {
@@ -472,7 +475,7 @@ fn pre_filter<'a>(p: &'a PodInfo, cache: &'a Cache) -> PreState<'a> {
 
 const UNSCHEDULABLE_TAINT: &str = "node.kubernetes.io/unschedulable";
 
-fn filter(plugin: Plugin, p: &PodInfo, n: &NodeInfo, st: &PreState) -> Result<(), Reason> {
+pub(crate) fn filter(plugin: Plugin, p: &PodInfo, n: &NodeInfo, st: &PreState) -> Result<(), Reason> {
     match plugin {
         Plugin::NodeUnschedulable => {
             let tolerated = p.tolerations.iter().any(|t| (t.key.is_empty() && t.exists || t.key == UNSCHEDULABLE_TAINT && (t.exists || t.value.is_empty())) && (t.effect.is_empty() || t.effect == "NoSchedule"));
@@ -733,54 +736,6 @@ fn filter_chunk(filters: &[Plugin], p: &PodInfo, nodes: &[NodeInfo], st: &PreSta
     }
 }
 
-/// DefaultPreemption (PostFilter): a node where evicting pods of lower priority lets `p`
-/// fit, and the fewest, least important victims there. Nodes that failed for reasons no
-/// eviction can fix (unschedulable, name, taints, node affinity) are not candidates. On a
-/// candidate every lower-priority pod is removed, the pod must then pass every filter, and
-/// victims are reprieved from the most important down while it still does. Among candidates:
-/// the lowest highest-victim priority, then the smallest priority sum, then the fewest
-/// victims (kube-scheduler's order, without PodDisruptionBudgets).
-pub fn preempt(profile: &Profile, p: &PodInfo, cache: &Cache) -> Option<(usize, Vec<Arc<PodInfo>>)> {
-    if p.never_preempts {
-        return None;
-    }
-    let nodes = cache.nodes();
-    let st = pre_filter(p, cache);
-    let passes = |n: &NodeInfo| profile.filters.iter().all(|&f| filter(f, p, n, &st).is_ok());
-    let mut best: Option<(usize, Vec<Arc<PodInfo>>, (i64, i64, usize))> = None;
-    for (i, n) in nodes.iter().enumerate() {
-        if profile.filters.iter().any(|&f| f.is_static() && filter(f, p, n, &st).is_err()) {
-            continue;
-        }
-        let mut lower: Vec<Arc<PodInfo>> = n.pods.iter().filter(|q| q.priority < p.priority && !q.deleting).cloned().collect();
-        if lower.is_empty() {
-            continue;
-        }
-        let mut sim = n.clone();
-        for q in &lower {
-            sim.remove_pod(&q.uid);
-        }
-        if !passes(&sim) {
-            continue;
-        }
-        // Reprieve the most important first.
-        lower.sort_by_key(|q| std::cmp::Reverse(q.priority));
-        let mut victims = Vec::new();
-        for q in lower {
-            sim.add_pod(q.clone());
-            if !passes(&sim) {
-                sim.remove_pod(&q.uid);
-                victims.push(q);
-            }
-        }
-        let key = (victims.iter().map(|v| i64::from(v.priority)).max().unwrap_or(i64::MIN), victims.iter().map(|v| i64::from(v.priority)).sum(), victims.len());
-        if best.as_ref().is_none_or(|b| key < b.2) {
-            best = Some((i, victims, key));
-        }
-    }
-    best.map(|(i, v, _)| (i, v))
-}
-
 /// Schedules one pod over the cache's nodes, starting the search at `start` (rotated by the
 /// caller so that early stops do not always favour the same nodes).
 pub fn schedule(profile: &Profile, p: &PodInfo, cache: &Cache, start: usize, scratch: &mut Scratch, t: &mut Timings) -> Outcome {
@@ -1003,6 +958,7 @@ pub fn schedule(profile: &Profile, p: &PodInfo, cache: &Cache, start: usize, scr
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::preemption::preempt;
     use serde_json::{Value, json};
     use std::sync::Arc;
 
@@ -1174,16 +1130,16 @@ mod tests {
         let high = at("high", "2", 100);
         assert!(run(&high, &nodes).is_err(), "no room without preemption");
         let cache = Cache::from_nodes(nodes.clone());
-        let (n, victims) = preempt(&Profile::default(), &high, &cache).unwrap();
+        let got = preempt(&Profile::default(), &high, &cache, 0).unwrap();
         // One victim of priority 1 on b beats one of priority 10 on a; c is unschedulable.
-        assert_eq!(nodes[n].name, "b");
-        assert_eq!(victims.len(), 1);
-        assert_eq!(victims[0].priority, 1);
+        assert_eq!(nodes[got.node].name, "b");
+        assert_eq!(got.victims.len(), 1);
+        assert_eq!(got.victims[0].priority, 1);
         let low = at("low", "2", 0);
-        assert!(preempt(&Profile::default(), &low, &cache).is_none(), "nothing has lower priority");
+        assert!(preempt(&Profile::default(), &low, &cache, 0).is_none(), "nothing has lower priority");
         let mut never = high.clone();
         never.never_preempts = true;
-        assert!(preempt(&Profile::default(), &never, &cache).is_none());
+        assert!(preempt(&Profile::default(), &never, &cache, 0).is_none());
     }
 
     fn many(n: usize) -> Vec<NodeInfo> {

@@ -16,6 +16,7 @@ pub mod config;
 pub mod cpuprof;
 pub mod framework;
 pub mod metrics;
+pub mod preemption;
 pub mod queue;
 pub mod types;
 
@@ -44,6 +45,8 @@ enum Update {
     Claim(String, Option<String>),
     /// A volume and its required node terms; None: deleted.
     Volume(String, Option<Vec<types::NodeTerm>>),
+    /// A PodDisruptionBudget (`namespace/name`); None: deleted.
+    Budget(String, Option<preemption::Budget>),
     Pod(Value),
     PodDeleted(String),
     Bound { uid: String, result: Result<(), String> },
@@ -141,7 +144,8 @@ impl Scheduler {
             tokio::spawn(watch(c.clone(), "/api/v1/nodes", tx.clone(), resync_rx.clone())),
             tokio::spawn(watch(c.clone(), "/api/v1/pods", tx.clone(), resync_rx.clone())),
             tokio::spawn(watch(c.clone(), "/api/v1/persistentvolumeclaims", tx.clone(), resync_rx.clone())),
-            tokio::spawn(watch(c.clone(), "/api/v1/persistentvolumes", tx.clone(), resync_rx)),
+            tokio::spawn(watch(c.clone(), "/api/v1/persistentvolumes", tx.clone(), resync_rx.clone())),
+            tokio::spawn(watch(c.clone(), "/apis/policy/v1/poddisruptionbudgets", tx.clone(), resync_rx)),
         ];
         let rt = tokio::runtime::Handle::current();
         let (o, s) = (observed.clone(), stop.clone());
@@ -240,6 +244,9 @@ async fn watch(c: Client, path: &'static str, tx: crossbeam::channel::Sender<Upd
             Update::Claim(key, (!deleted).then(|| v["spec"]["volumeName"].as_str().unwrap_or("").to_string()))
         } else if path.ends_with("/persistentvolumes") {
             Update::Volume(name, (!deleted).then(|| volume_terms(&v)))
+        } else if path.ends_with("/poddisruptionbudgets") {
+            let key = format!("{}/{name}", v["metadata"]["namespace"].as_str().unwrap_or(""));
+            Update::Budget(key, if deleted { None } else { preemption::Budget::from_json(&v) })
         } else if deleted {
             Update::PodDeleted(v["metadata"]["uid"].as_str().unwrap_or("").to_string())
         } else {
@@ -358,6 +365,9 @@ fn run_loop(ctx: &Loop, pool: &Option<Arc<rayon::ThreadPool>>) {
     let mut in_flight = 0usize;
     let mut bind_started: HashMap<String, (Instant, String)> = HashMap::new();
     let mut start = 0usize;
+    // Where the next preemption starts its dry runs (kube-scheduler: a random node): each
+    // moves it past the window it looked at, so successive preemptors look at other nodes.
+    let mut preempt_offset = 0usize;
     let mut depths_at: Option<Instant> = None;
     while !stop.load(std::sync::atomic::Ordering::SeqCst) {
         // Apply what arrived; wait only when there is nothing to schedule.
@@ -379,6 +389,7 @@ fn run_loop(ctx: &Loop, pool: &Option<Arc<rayon::ThreadPool>>) {
                     cache.volumes_mut().set_volume(name, terms);
                     q.move_all_unschedulable(now);
                 }
+                Update::Budget(key, b) => cache.set_budget(key, b),
                 Update::Pod(v) => {
                     let m = &v["metadata"];
                     if let (Some(uid), Some(node)) = (m["uid"].as_str(), v["spec"]["nodeName"].as_str().filter(|n| !n.is_empty()))
@@ -542,7 +553,8 @@ fn run_loop(ctx: &Loop, pool: &Option<Arc<rayon::ThreadPool>>) {
                 let waiting_for_victims = cache.node(&pod.nominated_node).is_some_and(|n| n.pods.iter().any(|v| v.deleting && v.priority < pod.priority));
                 if pod.priority > 0 && !waiting_for_victims {
                     let tp = Instant::now();
-                    if let Some((ni, victims)) = framework::preempt(profile, &pod, &cache) {
+                    if let Some(preemption::Candidate { node: ni, victims, .. }) = preemption::preempt(profile, &pod, &cache, preempt_offset) {
+                        preempt_offset = preempt_offset.wrapping_add(profile.preemption.candidates(cache.nodes().len()));
                         let node_name = cache.nodes()[ni].name.clone();
                         let mut o = observed.lock().unwrap();
                         if let Some(a) = o.attempts.get_mut(&key).and_then(|l| l.last_mut()) {

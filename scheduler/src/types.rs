@@ -250,6 +250,8 @@ pub struct PodInfo {
     pub never_preempts: bool,
     /// The PersistentVolumeClaims its volumes name (VolumeBinding).
     pub claims: Vec<String>,
+    /// `status.startTime`, Unix seconds (preemption prefers victims that started later).
+    pub start_time: Option<i64>,
 }
 
 impl PodInfo {
@@ -363,6 +365,7 @@ impl PodInfo {
             deleting: m.deletion_timestamp.is_some(),
             never_preempts: spec.preemption_policy.as_deref() == Some("Never"),
             claims: spec.volumes.iter().flatten().filter_map(|v| v.persistent_volume_claim.as_ref().map(|c| c.claim_name.clone())).collect(),
+            start_time: status.start_time.as_ref().map(|t| t.0.as_second()),
         }
     }
 }

@@ -125,6 +125,7 @@ fn main() -> Result<()> {
     let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3)?;
     let (mut scheduled, mut unschedulable, mut preempted) = (0u64, 0u64, 0u64);
     let mut placed: Vec<String> = Vec::new();
+    let mut preempt_offset = 0usize;
     let start = Instant::now();
     for (i, p) in pods.into_iter().enumerate() {
         let t0 = Instant::now();
@@ -132,8 +133,9 @@ fn main() -> Result<()> {
         let start_at = i % cache.nodes().len().max(1);
         let mut outcome = framework::schedule(&profile, &p, &cache, start_at, &mut scratch, &mut t);
         if matches!(outcome, Outcome::Unschedulable { .. }) && p.priority > 0
-            && let Some((_, victims)) = framework::preempt(&profile, &p, &cache)
+            && let Some(scheduler::preemption::Candidate { victims, .. }) = scheduler::preemption::preempt(&profile, &p, &cache, preempt_offset)
         {
+            preempt_offset = preempt_offset.wrapping_add(profile.preemption.candidates(cache.nodes().len()));
             for v in &victims {
                 cache.unplace(&v.uid);
             }
