@@ -227,17 +227,20 @@ pub enum Candidates {
     StaticClass(usize),
     /// The nodes with enough free cpu, memory or pod slots.
     FreeIndex(usize),
+    /// The nodes of the topology domains a hard spread constraint still allows.
+    SpreadDomains(usize),
 }
 
 impl Candidates {
     /// Metric labels, in the order of [`Candidates::index`].
-    pub const LABELS: [&'static str; 3] = ["all", "static_class", "free_index"];
+    pub const LABELS: [&'static str; 4] = ["all", "static_class", "free_index", "spread_domains"];
 
     pub fn index(self) -> usize {
         match self {
             Candidates::All => 0,
             Candidates::StaticClass(_) => 1,
             Candidates::FreeIndex(_) => 2,
+            Candidates::SpreadDomains(_) => 3,
         }
     }
 }
@@ -248,6 +251,7 @@ impl std::fmt::Display for Candidates {
             Candidates::All => write!(f, "all nodes"),
             Candidates::StaticClass(n) => write!(f, "{n} nodes passing the static filters (class cache)"),
             Candidates::FreeIndex(n) => write!(f, "{n} nodes with room (free-resource index)"),
+            Candidates::SpreadDomains(n) => write!(f, "{n} nodes of the topology domains spreading allows"),
         }
     }
 }
@@ -668,6 +672,29 @@ pub struct Scratch {
     raw: Vec<i64>,
     totals: Vec<i64>,
     classes: HashMap<u64, Class>,
+    /// Nodes by their value of a topology key, per key, for one node generation.
+    domains: HashMap<String, DomainNodes>,
+    allowed: Vec<u32>,
+}
+
+/// The nodes of each value of one topology key (values sorted, nodes in cache order: the
+/// same cache gives the same candidates), valid while the node generation does not move.
+#[derive(Default)]
+struct DomainNodes {
+    generation: u64,
+    values: Vec<(String, Vec<u32>)>,
+}
+
+impl DomainNodes {
+    fn build(key: &str, nodes: &[NodeInfo], generation: u64) -> DomainNodes {
+        let mut by: std::collections::BTreeMap<&str, Vec<u32>> = std::collections::BTreeMap::new();
+        for (i, n) in nodes.iter().enumerate() {
+            if let Some(v) = n.labels.get(key) {
+                by.entry(v.as_str()).or_default().push(i as u32);
+            }
+        }
+        DomainNodes { generation, values: by.into_iter().map(|(v, l)| (v.to_string(), l)).collect() }
+    }
 }
 
 /// A persistent pool of `parallelism` filter-and-score workers; `None` for 1 (or 0).
@@ -690,6 +717,8 @@ impl Scratch {
             raw: Vec::new(),
             totals: Vec::new(),
             classes: HashMap::new(),
+            domains: HashMap::new(),
+            allowed: Vec::new(),
         }
     }
 
@@ -793,6 +822,28 @@ pub fn schedule(profile: &Profile, p: &PodInfo, cache: &Cache, start: usize, scr
         src = Source::List(&room);
         t.candidates = Candidates::FreeIndex(room.len());
     }
+    // A hard spread constraint over every node allows only the domains whose count is within
+    // the skew: visit only their nodes (the filter still judges each). With maxSkew 1 over
+    // ten zones, as often as not most zones are full for the round, and a scan of all nodes
+    // would pass over most of them to find enough feasible ones.
+    let mut allowed = std::mem::take(&mut scratch.allowed);
+    if static_list.is_none() && !from_room && p.node_selector.is_empty() && p.required_node_terms.is_none()
+        && let Some((c, sp)) = p.spread.iter().filter(|c| c.hard).zip(&st.spread_hard).next()
+    {
+        let d = scratch.domains.entry(c.topology_key.clone()).or_default();
+        if d.generation != generation || d.values.is_empty() {
+            *d = DomainNodes::build(&c.topology_key, nodes, generation);
+        }
+        let self_match = i64::from(c.selector.matches(&p.labels));
+        allowed.clear();
+        for (value, list) in &d.values {
+            if sp.counts.get(value) + self_match - sp.min <= c.max_skew {
+                allowed.extend_from_slice(list);
+            }
+        }
+        src = Source::List(&allowed);
+        t.candidates = Candidates::SpreadDomains(allowed.len());
+    }
     for &f in &profile.filters {
         if !f.is_static() || (from_room && static_list.is_some()) {
             filters[nf] = f;
@@ -870,6 +921,7 @@ pub fn schedule(profile: &Profile, p: &PodInfo, cache: &Cache, start: usize, scr
     }
     class.passing = static_list;
     scratch.room = room;
+    scratch.allowed = allowed;
     if scratch.classes.len() >= MAX_CLASSES {
         scratch.classes.clear();
     }
@@ -1109,6 +1161,36 @@ mod tests {
         assert_ne!(run(&c(false), &nodes).unwrap(), "a", "soft spreading scores a down");
         let only_a = vec![nodes[0].clone()];
         assert!(run(&c(true), &only_a).is_ok(), "one domain: skew 0");
+    }
+
+    #[test]
+    fn hard_spreading_visits_only_the_nodes_of_allowed_domains() {
+        let nodes: Vec<NodeInfo> = (0..30).map(|i| node(&format!("n{i}"), "8", &format!("z{}", i % 3), json!({}))).collect();
+        let mut cache = Cache::from_nodes(nodes);
+        let mut scratch = Scratch::sequential();
+        let spread = |i: usize| {
+            pod(&format!("p{i}"), json!({"metadata": {"labels": {"app": "s"}}, "spec": {"topologySpreadConstraints": [{"maxSkew": 1, "topologyKey": "zone", "whenUnsatisfiable": "DoNotSchedule", "labelSelector": {"matchLabels": {"app": "s"}}}]}}))
+        };
+        let zone = |c: &Cache, node: usize| c.nodes()[node].labels["zone"][1..].parse::<usize>().unwrap();
+        let mut per_zone = [0usize; 3];
+        for i in 0..45 {
+            let p = spread(i);
+            let mut t = Timings::default();
+            let min = *per_zone.iter().min().unwrap();
+            let allowed = (0..3).filter(|&z| per_zone[z] + 1 - min <= 1).count();
+            let Outcome::Scheduled { node, .. } = schedule(&Profile::default(), &p, &cache, i, &mut scratch, &mut t) else { panic!("pod {i} unschedulable") };
+            assert_eq!(t.candidates, Candidates::SpreadDomains(allowed * 10), "pod {i}: the nodes of the {allowed} zone(s) at the minimum");
+            per_zone[zone(&cache, node)] += 1;
+            assert!(per_zone.iter().max().unwrap() - per_zone.iter().min().unwrap() <= 1, "pod {i}: skew {per_zone:?}");
+            let name = cache.nodes()[node].name.clone();
+            cache.place(Arc::new(p), &name, true);
+        }
+        // A node in a new zone: the index follows the new generation.
+        cache.upsert_node(node("n30", "8", "z9", json!({})));
+        let mut t = Timings::default();
+        let Outcome::Scheduled { node: n, .. } = schedule(&Profile::default(), &spread(99), &cache, 0, &mut scratch, &mut t) else { panic!("unschedulable") };
+        assert_eq!(cache.nodes()[n].labels["zone"], "z9", "the new zone has no pod: the only one allowed");
+        assert_eq!(t.candidates, Candidates::SpreadDomains(1));
     }
 
     #[test]

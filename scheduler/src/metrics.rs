@@ -26,7 +26,7 @@ pub struct Metrics {
     pub restarts: u64,
     /// Attempts by where their candidate nodes came from, and how many reused their class's
     /// static filter results.
-    candidates: [u64; 3],
+    candidates: [u64; 4],
     static_reused: u64,
     parallel: u64,
 }
@@ -71,7 +71,7 @@ impl Default for Metrics {
 
 impl Metrics {
     pub fn new() -> Metrics {
-        Metrics { attempts: BTreeMap::new(), extension: BTreeMap::new(), plugin: BTreeMap::new(), queue_wait: hist(), bind: hist(), e2e: hist(), pending: [0; 4], restarts: 0, candidates: [0; 3], static_reused: 0, parallel: 0 }
+        Metrics { attempts: BTreeMap::new(), extension: BTreeMap::new(), plugin: BTreeMap::new(), queue_wait: hist(), bind: hist(), e2e: hist(), pending: [0; 4], restarts: 0, candidates: [0; 4], static_reused: 0, parallel: 0 }
     }
 
     pub fn attempt(&mut self, result: &'static str, d: Duration) {

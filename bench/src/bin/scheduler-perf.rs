@@ -118,7 +118,7 @@ fn main() -> Result<()> {
     }
     let mut scratch = Scratch::new(framework::worker_pool(profile.parallelism));
     scratch.parallel_min_nodes = a.parallel_min_nodes;
-    let mut sources = [0u64; 3];
+    let mut sources = [0u64; 4];
     let (mut reused, mut parallel) = (0u64, 0u64);
     let churn = w["churnEvery"].as_u64().unwrap_or(0) as usize;
     let pods: Vec<PodInfo> = (0..a.pods).map(|i| pod(i, &w["pod"], "p")).collect();
@@ -168,7 +168,7 @@ fn main() -> Result<()> {
         "attempt_p99_us": hist.value_at_quantile(0.99) as f64 / 1000.0,
         "attempt_p999_us": hist.value_at_quantile(0.999) as f64 / 1000.0,
         "scheduled": scheduled, "unschedulable": unschedulable, "preempted": preempted,
-        "candidates_all": sources[0], "candidates_static_class": sources[1], "candidates_free_index": sources[2],
+        "candidates_all": sources[0], "candidates_static_class": sources[1], "candidates_free_index": sources[2], "candidates_spread_domains": sources[3],
         "static_reused": reused, "parallel_cycles": parallel, "parallelism": profile.parallelism,
     });
     // Nothing placed over its node's allocatable.
@@ -181,8 +181,8 @@ fn main() -> Result<()> {
         println!("{out}");
     } else {
         println!(
-            "{name}: {} nodes, {} pods in {secs:.2} s: {:.0} pods/s; attempt p50 {:.1} us, p99 {:.1} us, p999 {:.1} us; scheduled {scheduled}, unschedulable {unschedulable}, victims {preempted}; candidates all/class/free-index {}/{}/{}, static results reused {reused}, parallel {parallel}",
-            a.nodes, a.pods, out["pods_per_sec"].as_f64().unwrap_or(0.0), out["attempt_p50_us"].as_f64().unwrap_or(0.0), out["attempt_p99_us"].as_f64().unwrap_or(0.0), out["attempt_p999_us"].as_f64().unwrap_or(0.0), sources[0], sources[1], sources[2]
+            "{name}: {} nodes, {} pods in {secs:.2} s: {:.0} pods/s; attempt p50 {:.1} us, p99 {:.1} us, p999 {:.1} us; scheduled {scheduled}, unschedulable {unschedulable}, victims {preempted}; candidates all/class/free-index/spread-domains {}/{}/{}/{}, static results reused {reused}, parallel {parallel}",
+            a.nodes, a.pods, out["pods_per_sec"].as_f64().unwrap_or(0.0), out["attempt_p50_us"].as_f64().unwrap_or(0.0), out["attempt_p99_us"].as_f64().unwrap_or(0.0), out["attempt_p999_us"].as_f64().unwrap_or(0.0), sources[0], sources[1], sources[2], sources[3]
         );
     }
     Ok(())
