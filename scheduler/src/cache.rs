@@ -39,14 +39,23 @@ pub struct Group {
     pub domains: Domains,
 }
 
-/// A required anti-affinity term carried by placed pods.
+/// A pod-affinity term carried by placed pods: a required anti-affinity term (the `anti`
+/// index), or one that scores incoming pods it selects (the `scoring` index: preferred
+/// affinity with its weight, preferred anti-affinity with its weight negated, required
+/// affinity with kube-scheduler's hardPodAffinityWeight).
 #[derive(Debug)]
 pub struct AntiTerm {
     pub term: AffinityTerm,
+    /// What each carrier adds to a node of its domain (0 in the `anti` index).
+    pub weight: i32,
     pub pods: u32,
     /// Pods carrying the term per value of its topology key.
     pub domains: Values,
 }
+
+/// What a placed pod's required affinity term adds to the score of an incoming pod it selects
+/// (kube-scheduler's `hardPodAffinityWeight` default).
+pub const HARD_POD_AFFINITY_WEIGHT: i32 = 1;
 
 /// Ids of entries by the labels their selectors require (`key -> value -> ids`).
 type LabelIndex = HashMap<String, HashMap<String, Vec<usize>>>;
@@ -164,15 +173,16 @@ impl Groups {
 struct AntiTerms {
     list: Vec<Option<AntiTerm>>,
     free: Vec<usize>,
-    by_term: HashMap<AffinityTerm, usize>,
+    by_term: HashMap<(AffinityTerm, i32), usize>,
     by_label: LabelIndex,
     /// Terms whose selectors name no exact value: checked against every incoming pod.
     general: Vec<usize>,
 }
 
 impl AntiTerms {
-    fn bump(&mut self, t: &AffinityTerm, node: &Labels, delta: i32) {
-        let id = match self.by_term.get(t) {
+    fn bump(&mut self, t: &AffinityTerm, weight: i32, node: &Labels, delta: i32) {
+        let key = (t.clone(), weight);
+        let id = match self.by_term.get(&key) {
             Some(&id) => id,
             None if delta < 0 => return,
             None => {
@@ -180,12 +190,12 @@ impl AntiTerms {
                     self.list.push(None);
                     self.list.len() - 1
                 });
-                self.list[id] = Some(AntiTerm { term: t.clone(), pods: 0, domains: Values::new() });
+                self.list[id] = Some(AntiTerm { term: t.clone(), weight, pods: 0, domains: Values::new() });
                 match narrowing(&t.selector) {
                     Some((k, vals)) => vals.iter().for_each(|v| index_add(&mut self.by_label, k, v, id)),
                     None => self.general.push(id),
                 }
-                self.by_term.insert(t.clone(), id);
+                self.by_term.insert(key, id);
                 id
             }
         };
@@ -200,7 +210,7 @@ impl AntiTerms {
                 Some((k, vals)) => vals.iter().for_each(|v| index_remove(&mut self.by_label, k, v, id)),
                 None => self.general.retain(|x| *x != id),
             }
-            self.by_term.remove(&e.term);
+            self.by_term.remove(&(e.term, e.weight));
             self.free.push(id);
         }
     }
@@ -253,6 +263,8 @@ pub struct Cache {
     placed: HashMap<String, Placed>,
     groups: Groups,
     anti: AntiTerms,
+    /// Placed pods' terms that score the pods they select (InterPodAffinity's symmetry).
+    scoring: AntiTerms,
     topology: Domains,
     free: FreeIndex,
     generation: u64,
@@ -368,7 +380,16 @@ impl Cache {
         let labels = &self.nodes[node].labels;
         self.groups.bump(group, labels, delta);
         for t in &p.anti_affinity {
-            self.anti.bump(t, labels, delta);
+            self.anti.bump(t, 0, labels, delta);
+        }
+        for (w, t) in &p.preferred_affinity {
+            self.scoring.bump(t, *w, labels, delta);
+        }
+        for (w, t) in &p.preferred_anti_affinity {
+            self.scoring.bump(t, -*w, labels, delta);
+        }
+        for t in &p.affinity {
+            self.scoring.bump(t, HARD_POD_AFFINITY_WEIGHT, labels, delta);
         }
     }
 
@@ -513,20 +534,30 @@ impl Cache {
     }
 
     /// Calls `f` with every anti-affinity term of placed pods that `p` matches.
-    pub fn for_each_anti_term<'a>(&'a self, p: &PodInfo, mut f: impl FnMut(&'a AntiTerm)) {
+    pub fn for_each_anti_term<'a>(&'a self, p: &PodInfo, f: impl FnMut(&'a AntiTerm)) {
+        Self::matching(&self.anti, p, f)
+    }
+
+    /// Calls `f` with every placed pods' scoring term (preferred affinity and anti-affinity,
+    /// required affinity) that selects `p`.
+    pub fn for_each_scoring_term<'a>(&'a self, p: &PodInfo, f: impl FnMut(&'a AntiTerm)) {
+        Self::matching(&self.scoring, p, f)
+    }
+
+    fn matching<'a>(terms: &'a AntiTerms, p: &PodInfo, mut f: impl FnMut(&'a AntiTerm)) {
         let mut visit = |id: usize| {
-            if let Some(t) = &self.anti.list[id]
+            if let Some(t) = &terms.list[id]
                 && t.term.matches_pod(p)
             {
                 f(t);
             }
         };
         for (k, v) in &p.labels {
-            if let Some(ids) = self.anti.by_label.get(k).and_then(|m| m.get(v)) {
+            if let Some(ids) = terms.by_label.get(k).and_then(|m| m.get(v)) {
                 ids.iter().for_each(|&id| visit(id));
             }
         }
-        self.anti.general.iter().for_each(|&id| visit(id));
+        terms.general.iter().for_each(|&id| visit(id));
     }
 
     /// How many nodes carry each value of a label key.
@@ -594,13 +625,16 @@ impl Cache {
         if groups(self) != groups(&fresh) {
             return Err(format!("groups differ:\n{:?}\n{:?}", groups(self), groups(&fresh)));
         }
-        let anti = |c: &Cache| {
-            let mut v: Vec<_> = c.anti.list.iter().flatten().map(|t| format!("{:?}/{}/{:?}", t.term, t.pods, t.domains.iter().collect::<std::collections::BTreeMap<_, _>>())).collect();
+        let terms = |ts: &AntiTerms| {
+            let mut v: Vec<_> = ts.list.iter().flatten().map(|t| format!("{:?}/{}/{}/{:?}", t.term, t.weight, t.pods, t.domains.iter().collect::<std::collections::BTreeMap<_, _>>())).collect();
             v.sort();
             v
         };
-        if anti(self) != anti(&fresh) {
-            return Err(format!("anti-affinity terms differ:\n{:?}\n{:?}", anti(self), anti(&fresh)));
+        if terms(&self.anti) != terms(&fresh.anti) {
+            return Err(format!("anti-affinity terms differ:\n{:?}\n{:?}", terms(&self.anti), terms(&fresh.anti)));
+        }
+        if terms(&self.scoring) != terms(&fresh.scoring) {
+            return Err(format!("scoring terms differ:\n{:?}\n{:?}", terms(&self.scoring), terms(&fresh.scoring)));
         }
         if sorted(&self.topology) != sorted(&fresh.topology) {
             return Err("topology differs".into());
@@ -631,7 +665,11 @@ mod tests {
     fn pod(uid: &str, app: &str, anti: bool) -> Arc<PodInfo> {
         let mut v = json!({"metadata": {"name": uid, "namespace": "d", "uid": uid, "labels": {"app": app}}, "spec": {"containers": [{"name": "c", "resources": {"requests": {"cpu": "1"}}}]}});
         if anti {
-            v["spec"]["affinity"] = json!({"podAntiAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [{"labelSelector": {"matchLabels": {"app": app}}, "topologyKey": "zone"}]}});
+            v["spec"]["affinity"] = json!({
+                "podAntiAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [{"labelSelector": {"matchLabels": {"app": app}}, "topologyKey": "zone"}],
+                    "preferredDuringSchedulingIgnoredDuringExecution": [{"weight": 5, "podAffinityTerm": {"labelSelector": {"matchLabels": {"app": "a0"}}, "topologyKey": "kubernetes.io/hostname"}}]},
+                "podAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [{"weight": 3, "podAffinityTerm": {"labelSelector": {"matchLabels": {"app": app}}, "topologyKey": "zone"}}]},
+            });
         }
         Arc::new(PodInfo::from_json(&v).unwrap())
     }

@@ -467,6 +467,17 @@ pub(crate) fn pre_filter<'a>(p: &'a PodInfo, cache: &'a Cache) -> PreState<'a> {
             }
         }
     }
+    // Symmetry for scoring: placed pods' preferred (anti-)affinity and required affinity
+    // terms that select this pod add (subtract) their weight on every node of their domain.
+    cache.for_each_scoring_term(p, |t| {
+        if t.domains.is_empty() {
+            return;
+        }
+        let per_value = st.preferred.entry(t.term.topology_key.as_str()).or_default();
+        for (v, k) in &t.domains {
+            *per_value.entry(v.as_str()).or_default() += i64::from(t.weight) * i64::from(*k);
+        }
+    });
     // Symmetry: placed pods' required anti-affinity that this pod matches.
     cache.for_each_anti_term(p, |t| {
         if !t.domains.is_empty() {
@@ -1191,6 +1202,23 @@ mod tests {
         let Outcome::Scheduled { node: n, .. } = schedule(&Profile::default(), &spread(99), &cache, 0, &mut scratch, &mut t) else { panic!("unschedulable") };
         assert_eq!(cache.nodes()[n].labels["zone"], "z9", "the new zone has no pod: the only one allowed");
         assert_eq!(t.candidates, Candidates::SpreadDomains(1));
+    }
+
+    #[test]
+    fn placed_pods_terms_score_the_pods_they_select() {
+        // b is a little emptier: without the placed pod's terms it wins.
+        let holder = |aff: Value| pod("holder", json!({"metadata": {"labels": {"app": "db"}}, "spec": {"affinity": aff, "containers": [{"name": "c", "image": "i", "resources": {"requests": {"cpu": "1"}}}]}}));
+        let nodes = |aff: Value| vec![with_pod(node("a", "4", "z1", json!({})), holder(aff)), node("b", "4", "z2", json!({}))];
+        let web = pod("web", json!({"metadata": {"labels": {"app": "web"}}}));
+        let term = json!({"labelSelector": {"matchLabels": {"app": "web"}}, "topologyKey": "zone"});
+        assert_eq!(run(&web, &nodes(json!({}))).unwrap(), "b", "no terms: the emptier node");
+        assert_eq!(run(&web, &nodes(json!({"podAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [{"weight": 100, "podAffinityTerm": term}]}}))).unwrap(), "a", "preferred affinity of the placed pod");
+        assert_eq!(run(&web, &nodes(json!({"podAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [term]}}))).unwrap(), "a", "required affinity of the placed pod, at weight 1");
+        let toward_a = json!({"podAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [{"weight": 100, "podAffinityTerm": term}]}, "podAntiAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [{"weight": 100, "podAffinityTerm": term}]}});
+        assert_eq!(run(&web, &nodes(toward_a)).unwrap(), "b", "preferred anti-affinity cancels the affinity");
+        // A term selecting other pods does not count.
+        let other = json!({"labelSelector": {"matchLabels": {"app": "cache"}}, "topologyKey": "zone"});
+        assert_eq!(run(&web, &nodes(json!({"podAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [{"weight": 100, "podAffinityTerm": other}]}}))).unwrap(), "b");
     }
 
     #[test]
