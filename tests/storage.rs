@@ -118,7 +118,9 @@ spec:
     assert_ne!(first, c.ok(&["exec", "db-1", "--", "cat", "/www/first"]), "each pod has its own claim");
     // db-0 deleted comes back with the same claim and what it wrote.
     let uid = jsonpath(&c, &["pod", "db-0"], "{.metadata.uid}");
-    c.ok(&["delete", "pod", "db-0", "--wait=true"]);
+    // Not `--wait`: kubectl waits for the name to be gone, and the StatefulSet may make a new
+    // db-0 before kubectl's watch starts (then it waits forever for a deletion already seen).
+    c.ok(&["delete", "pod", "db-0", "--wait=false"]);
     wait_until("db-0 to be made again and run", || {
         let v = c.kubectl_with(KUBECTL, &["get", "pod", "db-0", "-o", "jsonpath={.metadata.uid} {.status.phase}"]);
         let v = String::from_utf8_lossy(&v.stdout).into_owned();
