@@ -15,6 +15,7 @@ mod snapshot;
 mod datadir;
 mod join;
 mod kv;
+mod simulate;
 mod member;
 mod peer_tls;
 mod pki;
@@ -75,7 +76,11 @@ enum Command {
         op: NodeCmd,
     },
     /// Run the scheduler against an API server.
+    #[command(args_conflicts_with_subcommands = true)]
     Scheduler {
+        /// `snapshot` or `simulate`; without one, the scheduler runs.
+        #[command(subcommand)]
+        op: Option<simulate::SchedulerOp>,
         /// The API server (default: the kubeconfig's, else http://127.0.0.1:6443).
         #[arg(long)]
         server: Option<String>,
@@ -367,7 +372,16 @@ fn main() -> Result<()> {
         Command::Server(a) => rt.block_on(server::run(a)),
         Command::Member(a) => rt.block_on(member::run(a)),
         Command::Node { op: NodeCmd::Join(a) } => rt.block_on(join::run(a)),
-        Command::Scheduler { server, kubeconfig, listen, config, .. } => {
+        Command::Scheduler { op: Some(simulate::SchedulerOp::Simulate(a)), .. } => simulate::simulate(a),
+        Command::Scheduler { op: Some(simulate::SchedulerOp::Snapshot { server, kubeconfig }), .. } => {
+            let (server, creds) = api_server(server, kubeconfig)?;
+            let c = match creds {
+                Some(cr) => client::Client::with_credentials(&server, "capstan-scheduler-snapshot/0.1", &cr).map_err(anyhow::Error::msg)?,
+                None => client::Client::with_agent(&server, "capstan-scheduler-snapshot/0.1"),
+            };
+            rt.block_on(simulate::snapshot(c))
+        }
+        Command::Scheduler { op: None, server, kubeconfig, listen, config, .. } => {
             let (server, creds) = api_server(server, kubeconfig)?;
             rt.block_on(components::run_scheduler(server, listen, config, creds))
         }

@@ -122,6 +122,12 @@ impl NodeSpec {
         })
     }
 
+    /// The Node object this spec registers (kubelet port 0, conditions since now): what the
+    /// scheduler simulator generates for a workload's `createNodes`.
+    pub fn api_object(&self) -> Value {
+        self.object(0, &now())
+    }
+
     fn object(&self, port: u16, since: &str) -> Value {
         let mut spec = json!({});
         if !self.taints.is_empty() {

@@ -10,7 +10,6 @@
 
 mod measure;
 mod report;
-mod workload;
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -21,8 +20,9 @@ use anyhow::{Context, Result, anyhow, bail};
 use clap::{Parser, Subcommand};
 use client::{Client, ClientError};
 use serde::Deserialize;
-use serde_json::{Value, json};
+use serde_json::json;
 
+use loadgen::workload;
 use measure::{ApiStats, Pods};
 use report::{PhaseLine, Report};
 
@@ -239,11 +239,6 @@ impl Progress {
     }
 }
 
-fn pod_template(app: &str) -> Value {
-    json!({"metadata": {"labels": {"app": app, "loadgen": "true"}},
-        "spec": {"containers": [{"name": "c", "image": "registry.k8s.io/pause:3.9", "resources": {"requests": {"cpu": "10m", "memory": "16Mi"}}}]}})
-}
-
 async fn run(w: workload::Workload, vars: workload::Vars, server: Option<String>, node_tokens: Option<client::tls::Credentials>) -> Result<Report> {
     let started = Instant::now();
     let embedded_mode = server.is_none();
@@ -313,6 +308,8 @@ async fn run(w: workload::Workload, vars: workload::Vars, server: Option<String>
     let mutating_at_start = c.get_text("/metrics").await.ok().map(|t| measure::mutating_buckets(&t));
     for ph in &w.phases {
         let a = &ph.args;
+        // The phase's arguments for the pod template, owned by each create's task.
+        let phase_args = Arc::new(ph.args.clone());
         let t0 = Instant::now();
         let count = |k: &str| vars.count(&a[k]).map_err(|e| anyhow!("{}: {k}: {e}", ph.kind));
         let qps = a["qps"].as_f64().unwrap_or(0.0);
@@ -346,11 +343,11 @@ async fn run(w: workload::Workload, vars: workload::Vars, server: Option<String>
                 first_create.get_or_insert(pods.elapsed());
                 let p = Progress::new(&ph.kind, n);
                 let (secs, failed) = paced(n, qps, 64, &p, |i| {
-                    let (c, stats, ns) = (c.clone(), stats.clone(), ns.clone());
+                    let (c, stats, ns, args) = (c.clone(), stats.clone(), ns.clone(), phase_args.clone());
                     async move {
                         let name = format!("d-{i}");
                         let d = json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": name, "namespace": ns},
-                            "spec": {"replicas": replicas, "selector": {"matchLabels": {"app": name}}, "template": pod_template(&name)}});
+                            "spec": {"replicas": replicas, "selector": {"matchLabels": {"app": name}}, "template": workload::pod_template(&name, &args)}});
                         call(&stats, "create", "deployments", c.post(&format!("/apis/apps/v1/namespaces/{ns}/deployments"), &d)).await.is_ok()
                     }
                 })
@@ -364,10 +361,10 @@ async fn run(w: workload::Workload, vars: workload::Vars, server: Option<String>
                 first_create.get_or_insert(pods.elapsed());
                 let p = Progress::new(&ph.kind, n);
                 let (secs, failed) = paced(n, qps, 256, &p, |i| {
-                    let (c, stats, ns, pods) = (c.clone(), stats.clone(), ns.clone(), pods.clone());
+                    let (c, stats, ns, pods, args) = (c.clone(), stats.clone(), ns.clone(), pods.clone(), phase_args.clone());
                     async move {
                         let name = format!("p-{i}");
-                        let mut pod = pod_template("bare");
+                        let mut pod = workload::pod_template("bare", &args);
                         pod["apiVersion"] = json!("v1");
                         pod["kind"] = json!("Pod");
                         pod["metadata"]["name"] = json!(name);
@@ -389,11 +386,11 @@ async fn run(w: workload::Workload, vars: workload::Vars, server: Option<String>
                 let run_seconds = a["runSeconds"].as_f64().unwrap_or(1.0);
                 let p = Progress::new(&ph.kind, n);
                 let (secs, failed) = paced(n, qps, 64, &p, |i| {
-                    let (c, stats, ns) = (c.clone(), stats.clone(), ns.clone());
+                    let (c, stats, ns, args) = (c.clone(), stats.clone(), ns.clone(), phase_args.clone());
                     async move {
                         if jobs {
                             let name = format!("j-{i}");
-                            let mut t = pod_template(&name);
+                            let mut t = workload::pod_template(&name, &args);
                             t["spec"]["restartPolicy"] = json!("Never");
                             // Hollow pods finish after this; real ones run their command.
                             t["metadata"]["annotations"] = json!({"hollow.capstan.io/run-seconds": run_seconds.to_string()});
@@ -403,7 +400,7 @@ async fn run(w: workload::Workload, vars: workload::Vars, server: Option<String>
                         } else {
                             let name = format!("rs-{i}");
                             let r = json!({"apiVersion": "apps/v1", "kind": "ReplicaSet", "metadata": {"name": name, "namespace": ns},
-                                "spec": {"replicas": replicas, "selector": {"matchLabels": {"app": name}}, "template": pod_template(&name)}});
+                                "spec": {"replicas": replicas, "selector": {"matchLabels": {"app": name}}, "template": workload::pod_template(&name, &args)}});
                             call(&stats, "create", "replicasets", c.post(&format!("/apis/apps/v1/namespaces/{ns}/replicasets"), &r)).await.is_ok()
                         }
                     }

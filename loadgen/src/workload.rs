@@ -67,6 +67,30 @@ pub const PHASES: &[&str] = &[
     "watchStorm",
 ];
 
+/// The pod a pod-creating phase makes (loadgen's live runs and the scheduler simulator alike):
+/// 10m CPU, 16Mi memory, labelled `app: <app>`, with the phase's `template` (a Pod's
+/// `metadata.labels` and `spec` fields, e.g. affinity, priority, larger requests) merged over it.
+pub fn pod_template(app: &str, phase: &Value) -> Value {
+    let mut t = serde_json::json!({"metadata": {"labels": {"app": app, "loadgen": "true"}},
+        "spec": {"containers": [{"name": "c", "image": "registry.k8s.io/pause:3.9", "resources": {"requests": {"cpu": "10m", "memory": "16Mi"}}}]}});
+    if let Some(over) = phase.get("template") {
+        merge(&mut t, over);
+    }
+    t
+}
+
+/// `over` merged into `base`: objects key by key, anything else replaced.
+fn merge(base: &mut Value, over: &Value) {
+    match (base, over) {
+        (Value::Object(b), Value::Object(o)) => {
+            for (k, v) in o {
+                merge(b.entry(k.clone()).or_insert(Value::Null), v);
+            }
+        }
+        (b, o) => *b = o.clone(),
+    }
+}
+
 pub fn parse(text: &str) -> Result<Workload, String> {
     let v: Value = serde_norway::from_str(text).map_err(|e| format!("not YAML: {e}"))?;
     let name = v["name"].as_str().unwrap_or("workload").to_string();
@@ -93,6 +117,15 @@ mod tests {
             let w = parse(&text).unwrap_or_else(|e| panic!("{f}: {e}"));
             assert!(!w.phases.is_empty());
         }
+    }
+
+    #[test]
+    fn a_phase_template_is_merged_over_the_pod() {
+        let p = pod_template("web", &serde_json::json!({"template": {"metadata": {"labels": {"tier": "a"}}, "spec": {"priority": 7, "containers": [{"name": "big", "resources": {"requests": {"cpu": "2"}}}]}}}));
+        assert_eq!(p["metadata"]["labels"], serde_json::json!({"app": "web", "loadgen": "true", "tier": "a"}));
+        assert_eq!(p["spec"]["priority"], 7);
+        assert_eq!(p["spec"]["containers"][0]["name"], "big", "lists are replaced whole");
+        assert_eq!(pod_template("x", &serde_json::json!({}))["spec"]["containers"][0]["resources"]["requests"]["cpu"], "10m");
     }
 
     #[test]

@@ -17,6 +17,7 @@ pub mod cpuprof;
 pub mod framework;
 pub mod metrics;
 pub mod preemption;
+pub mod simulate;
 pub mod queue;
 pub mod types;
 
