@@ -363,6 +363,11 @@ impl Cache {
         &self.nodes
     }
 
+    /// The position of node `name` in [`Cache::nodes`].
+    pub fn node_index(&self, name: &str) -> Option<usize> {
+        self.index.get(name).copied()
+    }
+
     pub fn node(&self, name: &str) -> Option<&NodeInfo> {
         self.index.get(name).map(|&i| &self.nodes[i])
     }

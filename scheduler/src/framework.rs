@@ -209,8 +209,10 @@ pub(crate) struct PreState<'a> {
     /// Placed pods' required anti-affinity terms that the incoming pod matches: (topology
     /// key, the values holding such pods).
     existing_anti: Vec<(&'a str, &'a Values)>,
-    /// Preferred inter-pod terms: per topology key and value, the summed weight.
-    preferred: HashMap<&'a str, HashMap<&'a str, i64>>,
+    /// InterPodAffinity's score terms: (topology key, weight, pods per value of the key),
+    /// read per scored node rather than merged per attempt (a hostname key has a value per
+    /// node: merging copied thousands of entries for each pod).
+    preferred: Vec<(&'a str, i64, &'a Values)>,
     /// VolumeBinding: the node terms of the volumes the pod's bound claims hold (each must
     /// be met), or the index of a claim that does not exist.
     volume_terms: Vec<&'a [NodeTerm]>,
@@ -269,6 +271,8 @@ pub struct Timings {
     pub candidates: Candidates,
     /// The static filters' result was reused from an earlier pod of the same class.
     pub static_reused: bool,
+    /// Nodes the static filters were computed for (when not reused).
+    pub static_checked: usize,
     pub parallel: bool,
 }
 
@@ -457,25 +461,15 @@ pub(crate) fn pre_filter<'a>(p: &'a PodInfo, cache: &'a Cache) -> PreState<'a> {
                 add.push(m);
             }
         });
-        if add.is_empty() {
-            continue;
-        }
-        let per_value = st.preferred.entry(t.topology_key.as_str()).or_default();
         for m in add {
-            for (v, k) in m {
-                *per_value.entry(v.as_str()).or_default() += i64::from(*w) * sign * i64::from(*k);
-            }
+            st.preferred.push((t.topology_key.as_str(), i64::from(*w) * sign, m));
         }
     }
     // Symmetry for scoring: placed pods' preferred (anti-)affinity and required affinity
     // terms that select this pod add (subtract) their weight on every node of their domain.
     cache.for_each_scoring_term(p, |t| {
-        if t.domains.is_empty() {
-            return;
-        }
-        let per_value = st.preferred.entry(t.term.topology_key.as_str()).or_default();
-        for (v, k) in &t.domains {
-            *per_value.entry(v.as_str()).or_default() += i64::from(t.weight) * i64::from(*k);
+        if !t.domains.is_empty() {
+            st.preferred.push((t.term.topology_key.as_str(), i64::from(t.weight), &t.domains));
         }
     });
     // Symmetry: placed pods' required anti-affinity that this pod matches.
@@ -603,7 +597,7 @@ fn score(plugin: Plugin, strategy: Strategy, p: &PodInfo, n: &NodeInfo, st: &Pre
         }
         Plugin::TaintToleration => n.taints.iter().filter(|t| t.effect == "PreferNoSchedule" && !p.tolerations.iter().any(|tol| tol.tolerates(t))).count() as i64,
         Plugin::NodeAffinity => p.preferred_node_terms.iter().filter(|(_, t)| t.matches(n)).map(|(w, _)| i64::from(*w)).sum(),
-        Plugin::InterPodAffinity => st.preferred.iter().filter_map(|(k, per_value)| n.labels.get(*k).and_then(|v| per_value.get(v.as_str()))).sum(),
+        Plugin::InterPodAffinity => st.preferred.iter().filter_map(|(k, w, m)| n.labels.get(*k).and_then(|v| m.get(v.as_str())).map(|c| w * i64::from(*c))).sum(),
         Plugin::PodTopologySpread => p
             .spread
             .iter()
@@ -776,6 +770,21 @@ fn filter_chunk(filters: &[Plugin], p: &PodInfo, nodes: &[NodeInfo], st: &PreSta
     }
 }
 
+/// The nodes a pod's required node affinity names, when every term requires
+/// `metadata.name In [...]` (None: it may go elsewhere too).
+fn named_nodes(p: &PodInfo) -> Option<Vec<&str>> {
+    let terms = p.required_node_terms.as_ref()?;
+    let mut out = Vec::new();
+    for t in terms {
+        let names = t.names.iter().find_map(|r| match &r.op {
+            crate::types::Op::In(v) if r.key == "metadata.name" => Some(v),
+            _ => None,
+        })?;
+        out.extend(names.iter().map(String::as_str));
+    }
+    (!terms.is_empty()).then_some(out)
+}
+
 /// Schedules one pod over the cache's nodes, starting the search at `start` (rotated by the
 /// caller so that early stops do not always favour the same nodes).
 pub fn schedule(profile: &Profile, p: &PodInfo, cache: &Cache, start: usize, scratch: &mut Scratch, t: &mut Timings) -> Outcome {
@@ -795,7 +804,18 @@ pub fn schedule(profile: &Profile, p: &PodInfo, cache: &Cache, start: usize, scr
             c
         }
         other => {
-            let mut passing: Vec<u32> = (0..total as u32).collect();
+            // A pod bound to named nodes (a DaemonSet's: matchFields metadata.name In [...])
+            // looks at those only, as kube-scheduler's NodeAffinity PreFilter narrows them.
+            let mut passing: Vec<u32> = match named_nodes(p) {
+                Some(names) => {
+                    let mut l: Vec<u32> = names.iter().filter_map(|n| cache.node_index(n)).map(|i| i as u32).collect();
+                    l.sort_unstable();
+                    l.dedup();
+                    l
+                }
+                None => (0..total as u32).collect(),
+            };
+            t.static_checked = passing.len();
             for &f in profile.filters.iter().filter(|f| f.is_static()) {
                 let tp = Instant::now();
                 passing.retain(|&i| filter(f, p, &nodes[i as usize], &st).is_ok());
@@ -1202,6 +1222,30 @@ mod tests {
         let Outcome::Scheduled { node: n, .. } = schedule(&Profile::default(), &spread(99), &cache, 0, &mut scratch, &mut t) else { panic!("unschedulable") };
         assert_eq!(cache.nodes()[n].labels["zone"], "z9", "the new zone has no pod: the only one allowed");
         assert_eq!(t.candidates, Candidates::SpreadDomains(1));
+    }
+
+    #[test]
+    fn a_pod_bound_to_named_nodes_looks_at_those_only() {
+        let nodes: Vec<NodeInfo> = (0..20).map(|i| node(&format!("n{i}"), "4", "z1", json!({}))).collect();
+        let cache = Cache::from_nodes(nodes);
+        let on = |names: Value| pod("ds", json!({"spec": {"affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [{"matchFields": [{"key": "metadata.name", "operator": "In", "values": names}]}]}}}}}));
+        let go = |p: &PodInfo| {
+            let mut t = Timings::default();
+            let o = schedule(&Profile::default(), p, &cache, 3, &mut Scratch::sequential(), &mut t);
+            (o, t.candidates)
+        };
+        let (o, c) = go(&on(json!(["n7"])));
+        assert!(matches!(o, Outcome::Scheduled { node, .. } if cache.nodes()[node].name == "n7"));
+        assert_eq!(c, Candidates::StaticClass(1));
+        let mut t = Timings::default();
+        let _ = schedule(&Profile::default(), &on(json!(["n7"])), &cache, 3, &mut Scratch::sequential(), &mut t);
+        assert_eq!(t.static_checked, 1, "the static filters looked at the named node only");
+        let (o, c) = go(&on(json!(["n2", "gone", "n5"])));
+        assert!(matches!(o, Outcome::Scheduled { node, .. } if ["n2", "n5"].contains(&cache.nodes()[node].name.as_str())));
+        assert_eq!(c, Candidates::StaticClass(2));
+        let (o, _) = go(&on(json!(["gone"])));
+        let Outcome::Unschedulable { reasons, total } = o else { panic!("scheduled on no node") };
+        assert_eq!(unschedulable_message(&reasons, total), "0/20 nodes are available: 20 node(s) didn't match Pod's node affinity/selector.");
     }
 
     #[test]

@@ -47,6 +47,18 @@ const SHIPPED: &[(&str, &str)] = &[
     ("mixed-churn", include_str!("../../scheduler-workloads/mixed-churn.yaml")),
     ("node-selector", include_str!("../../scheduler-workloads/node-selector.yaml")),
     ("nearly-full", include_str!("../../scheduler-workloads/nearly-full.yaml")),
+    // kube-scheduler's scheduler_perf workloads as they are there (shapes, init pods,
+    // templates): their CI thresholds are in each file and in bench/RESULTS.md.
+    ("kube-basic", include_str!("../../scheduler-workloads/kube-basic.yaml")),
+    ("kube-pod-anti-affinity", include_str!("../../scheduler-workloads/kube-pod-anti-affinity.yaml")),
+    ("pod-affinity", include_str!("../../scheduler-workloads/pod-affinity.yaml")),
+    ("preferred-pod-affinity", include_str!("../../scheduler-workloads/preferred-pod-affinity.yaml")),
+    ("preferred-pod-anti-affinity", include_str!("../../scheduler-workloads/preferred-pod-anti-affinity.yaml")),
+    ("node-affinity", include_str!("../../scheduler-workloads/node-affinity.yaml")),
+    ("kube-topology-spreading", include_str!("../../scheduler-workloads/kube-topology-spreading.yaml")),
+    ("preferred-topology-spreading", include_str!("../../scheduler-workloads/preferred-topology-spreading.yaml")),
+    ("daemonset", include_str!("../../scheduler-workloads/daemonset.yaml")),
+    ("preemption-basic", include_str!("../../scheduler-workloads/preemption-basic.yaml")),
 ];
 
 fn load(w: &str) -> Result<Value> {
@@ -64,7 +76,13 @@ fn load(w: &str) -> Result<Value> {
 
 fn node(i: usize, t: &Value) -> NodeInfo {
     let zones = t["zones"].as_u64().unwrap_or(1).max(1) as usize;
-    let mut v = json!({"metadata": {"name": format!("node-{i}"), "labels": {"kubernetes.io/hostname": format!("node-{i}"), "topology.kubernetes.io/zone": format!("zone-{}", i % zones)}},
+    // `zoneValues: [a, b]`: the zone label round-robin over these (scheduler_perf's
+    // labelNodePrepareStrategy); else `zone-<i % zones>`.
+    let zone = match t["zoneValues"].as_array().filter(|z| !z.is_empty()) {
+        Some(z) => z[i % z.len()].as_str().unwrap_or("").to_string(),
+        None => format!("zone-{}", i % zones),
+    };
+    let mut v = json!({"metadata": {"name": format!("node-{i}"), "labels": {"kubernetes.io/hostname": format!("node-{i}"), "topology.kubernetes.io/zone": zone}},
         "status": {"allocatable": {"cpu": t["cpu"], "memory": t["memory"], "pods": t["pods"].to_string()}}});
     // `labelEvery: N`: every Nth node is in pool "special" (the rest in "general").
     if let Some(every) = t["labelEvery"].as_u64() {
@@ -87,13 +105,48 @@ fn pod(i: usize, t: &Value, prefix: &str) -> PodInfo {
     if t["spreadOverZones"].as_bool() == Some(true) {
         v["spec"]["topologySpreadConstraints"] = json!([{"maxSkew": 1, "topologyKey": "topology.kubernetes.io/zone", "whenUnsatisfiable": "DoNotSchedule", "labelSelector": {"matchLabels": {"app": "perf"}}}]);
     }
+    // `template:` a Pod's metadata and spec merged over this one (scheduler_perf's pod
+    // templates, written as they are there).
+    if let Some(tpl) = t.get("template") {
+        merge(&mut v, tpl);
+    }
     PodInfo::from_json(&v).expect("pod template")
+}
+
+/// `pod`, and with `perNode: true` bound by required node affinity to node `i % nodes` (a
+/// DaemonSet's pods, as its controller writes them: `matchFields metadata.name`).
+fn pod_for(i: usize, t: &Value, prefix: &str, nodes: usize) -> PodInfo {
+    if t["perNode"].as_bool() != Some(true) {
+        return pod(i, t, prefix);
+    }
+    let mut t = t.clone();
+    let term = json!({"matchFields": [{"key": "metadata.name", "operator": "In", "values": [format!("node-{}", i % nodes.max(1))]}]});
+    merge(&mut t, &json!({"template": {"spec": {"affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [term]}}}}}}));
+    pod(i, &t, prefix)
+}
+
+fn merge(base: &mut Value, over: &Value) {
+    match (base, over) {
+        (Value::Object(b), Value::Object(o)) => {
+            for (k, v) in o {
+                merge(b.entry(k.clone()).or_insert(Value::Null), v);
+            }
+        }
+        (b, o) => *b = o.clone(),
+    }
+}
+
+/// A `/proc/self/status` memory line (`VmRSS:`, `VmHWM:`), in bytes.
+fn rss(field: &str) -> u64 {
+    std::fs::read_to_string("/proc/self/status").ok().and_then(|st| st.lines().find(|l| l.starts_with(field)).and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())).unwrap_or(0) * 1024
 }
 
 fn main() -> Result<()> {
     let a = Args::parse();
     let w = load(&a.workload)?;
     let name = w["name"].as_str().unwrap_or(&a.workload).to_string();
+    let rss_start = rss("VmRSS:");
+    let t_build = Instant::now();
     let mut cache = Cache::default();
     for i in 0..a.nodes {
         cache.upsert_node(node(i, &w["node"]));
@@ -112,7 +165,25 @@ fn main() -> Result<()> {
             }
         }
     }
+    let built = t_build.elapsed();
+    // What the nodes (and pre-placed pods) cost the cache.
+    let state_bytes = rss("VmRSS:").saturating_sub(rss_start);
     let mut profile = Profile::default();
+    // `init: {count: N, ...template}`: pods scheduled (not measured) before the measured ones,
+    // as scheduler_perf's init pods.
+    let mut init_scheduled = 0u64;
+    if w["init"].is_object() {
+        let mut scratch = Scratch::new(None);
+        for i in 0..w["init"]["count"].as_u64().unwrap_or(0) as usize {
+            let p = pod(i, &w["init"], "init");
+            let mut t = Timings::default();
+            if let Outcome::Scheduled { node, .. } = framework::schedule(&profile, &p, &cache, i % cache.nodes().len().max(1), &mut scratch, &mut t) {
+                let name = cache.nodes()[node].name.clone();
+                cache.place(Arc::new(p), &name, false);
+                init_scheduled += 1;
+            }
+        }
+    }
     if let Some(n) = a.parallelism {
         profile.parallelism = n;
     }
@@ -121,7 +192,7 @@ fn main() -> Result<()> {
     let mut sources = [0u64; 4];
     let (mut reused, mut parallel) = (0u64, 0u64);
     let churn = w["churnEvery"].as_u64().unwrap_or(0) as usize;
-    let pods: Vec<PodInfo> = (0..a.pods).map(|i| pod(i, &w["pod"], "p")).collect();
+    let pods: Vec<PodInfo> = (0..a.pods).map(|i| pod_for(i, &w["pod"], "p", a.nodes)).collect();
     let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3)?;
     let (mut scheduled, mut unschedulable, mut preempted) = (0u64, 0u64, 0u64);
     let mut placed: Vec<String> = Vec::new();
@@ -161,6 +232,8 @@ fn main() -> Result<()> {
         }
     }
     let secs = start.elapsed().as_secs_f64();
+    // The process's peak resident memory (cluster state, indexes, the pods placed).
+    let peak_rss = rss("VmHWM:");
     let out = json!({
         "workload": name, "nodes": a.nodes, "pods": a.pods,
         "pods_per_sec": a.pods as f64 / secs.max(1e-9),
@@ -170,6 +243,8 @@ fn main() -> Result<()> {
         "scheduled": scheduled, "unschedulable": unschedulable, "preempted": preempted,
         "candidates_all": sources[0], "candidates_static_class": sources[1], "candidates_free_index": sources[2], "candidates_spread_domains": sources[3],
         "static_reused": reused, "parallel_cycles": parallel, "parallelism": profile.parallelism,
+        "init_scheduled": init_scheduled,
+        "peak_rss_bytes": peak_rss, "state_bytes": state_bytes, "state_bytes_per_node": state_bytes / a.nodes.max(1) as u64, "build_seconds": built.as_secs_f64(),
     });
     // Nothing placed over its node's allocatable.
     for n in cache.nodes() {
@@ -181,8 +256,8 @@ fn main() -> Result<()> {
         println!("{out}");
     } else {
         println!(
-            "{name}: {} nodes, {} pods in {secs:.2} s: {:.0} pods/s; attempt p50 {:.1} us, p99 {:.1} us, p999 {:.1} us; scheduled {scheduled}, unschedulable {unschedulable}, victims {preempted}; candidates all/class/free-index/spread-domains {}/{}/{}/{}, static results reused {reused}, parallel {parallel}",
-            a.nodes, a.pods, out["pods_per_sec"].as_f64().unwrap_or(0.0), out["attempt_p50_us"].as_f64().unwrap_or(0.0), out["attempt_p99_us"].as_f64().unwrap_or(0.0), out["attempt_p999_us"].as_f64().unwrap_or(0.0), sources[0], sources[1], sources[2], sources[3]
+            "{name}: {} nodes, {} pods in {secs:.2} s: {:.0} pods/s; attempt p50 {:.1} us, p99 {:.1} us, p999 {:.1} us; scheduled {scheduled}, unschedulable {unschedulable}, victims {preempted}; candidates all/class/free-index/spread-domains {}/{}/{}/{}, static results reused {reused}, parallel {parallel}; peak RSS {} MiB, cluster state {} MiB ({:.1} KiB per node) built in {:.2} s",
+            a.nodes, a.pods, out["pods_per_sec"].as_f64().unwrap_or(0.0), out["attempt_p50_us"].as_f64().unwrap_or(0.0), out["attempt_p99_us"].as_f64().unwrap_or(0.0), out["attempt_p999_us"].as_f64().unwrap_or(0.0), sources[0], sources[1], sources[2], sources[3], peak_rss >> 20, state_bytes >> 20, state_bytes as f64 / 1024.0 / a.nodes.max(1) as f64, built.as_secs_f64()
         );
     }
     Ok(())
