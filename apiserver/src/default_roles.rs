@@ -83,6 +83,8 @@ fn components() -> Vec<(&'static str, Value)> {
         rule(&["create"], CORE, &["pods/binding", "bindings"]),
         rule(&["patch", "update"], CORE, &["pods/status"]),
         rule(READ, CORE, &["services", "replicationcontrollers"]),
+        // Pod-affinity terms' namespaceSelector.
+        rule(READ, CORE, &["namespaces"]),
         rule(READ, APPS, &["replicasets"]),
         rule(READ, &["apps"], &["statefulsets"]),
         rule(READ, &["policy"], &["poddisruptionbudgets"]),

@@ -273,6 +273,8 @@ pub struct Cache {
     volumes: VolumeIndex,
     /// PodDisruptionBudgets by `namespace/name` (preemption's victim choice).
     budgets: HashMap<String, crate::preemption::Budget>,
+    /// Namespaces' labels (pod-affinity terms' namespaceSelector).
+    namespaces: HashMap<String, Labels>,
 }
 
 /// What VolumeBinding knows of PersistentVolumeClaims and PersistentVolumes.
@@ -319,6 +321,23 @@ impl VolumeIndex {
 }
 
 impl Cache {
+    /// Namespace `name`'s labels, if known.
+    pub fn namespace_labels(&self, name: &str) -> Option<&Labels> {
+        self.namespaces.get(name)
+    }
+
+    /// A namespace as it now is (its labels); None: deleted.
+    pub fn set_namespace(&mut self, name: String, labels: Option<Labels>) {
+        match labels {
+            Some(l) => {
+                self.namespaces.insert(name, l);
+            }
+            None => {
+                self.namespaces.remove(&name);
+            }
+        }
+    }
+
     pub fn budgets(&self) -> impl Iterator<Item = &crate::preemption::Budget> {
         self.budgets.values()
     }
@@ -519,9 +538,19 @@ impl Cache {
 
     /// Calls `f` with every group of placed pods in one of `namespaces` whose labels match
     /// `sel`.
-    pub fn for_each_group<'a>(&'a self, namespaces: &[String], sel: &Selector, mut f: impl FnMut(&'a Group)) {
+    pub fn for_each_group<'a>(&'a self, namespaces: &[String], sel: &Selector, f: impl FnMut(&'a Group)) {
+        self.groups_where(|ns| namespaces.iter().any(|n| n == ns), sel, f)
+    }
+
+    /// Calls `f` with every group of placed pods that term `t` selects (its namespaces, by
+    /// name or by their labels, and its label selector).
+    pub fn for_each_term_group<'a>(&'a self, t: &AffinityTerm, f: impl FnMut(&'a Group)) {
+        self.groups_where(|ns| t.covers(ns, self.namespaces.get(ns)), &t.selector, f)
+    }
+
+    fn groups_where<'a>(&'a self, ns_ok: impl Fn(&str) -> bool, sel: &Selector, mut f: impl FnMut(&'a Group)) {
         let mut visit = |g: &'a Group| {
-            if g.pods > 0 && namespaces.contains(&g.namespace) && sel.matches(&g.labels) {
+            if g.pods > 0 && ns_ok(&g.namespace) && sel.matches(&g.labels) {
                 f(g);
             }
         };
@@ -540,19 +569,19 @@ impl Cache {
 
     /// Calls `f` with every anti-affinity term of placed pods that `p` matches.
     pub fn for_each_anti_term<'a>(&'a self, p: &PodInfo, f: impl FnMut(&'a AntiTerm)) {
-        Self::matching(&self.anti, p, f)
+        Self::matching(&self.anti, p, self.namespaces.get(&p.namespace), f)
     }
 
     /// Calls `f` with every placed pods' scoring term (preferred affinity and anti-affinity,
     /// required affinity) that selects `p`.
     pub fn for_each_scoring_term<'a>(&'a self, p: &PodInfo, f: impl FnMut(&'a AntiTerm)) {
-        Self::matching(&self.scoring, p, f)
+        Self::matching(&self.scoring, p, self.namespaces.get(&p.namespace), f)
     }
 
-    fn matching<'a>(terms: &'a AntiTerms, p: &PodInfo, mut f: impl FnMut(&'a AntiTerm)) {
+    fn matching<'a>(terms: &'a AntiTerms, p: &PodInfo, ns_labels: Option<&Labels>, mut f: impl FnMut(&'a AntiTerm)) {
         let mut visit = |id: usize| {
             if let Some(t) = &terms.list[id]
-                && t.term.matches_pod(p)
+                && t.term.matches_pod(p, ns_labels)
             {
                 f(t);
             }

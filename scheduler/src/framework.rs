@@ -157,6 +157,33 @@ impl Profile {
 }
 
 
+/// The domains holding pods a required (anti-)affinity term selects: the groups' maps as
+/// the cache has them, or, past `MERGE_ABOVE` maps (a term over many namespaces), their keys
+/// merged once per attempt so that each node costs one lookup.
+enum Present<'a> {
+    Maps(Vec<&'a Values>),
+    Merged(std::collections::HashSet<&'a str>),
+}
+
+/// How many per-group maps a term reads per node before they are merged per attempt.
+const MERGE_ABOVE: usize = 4;
+
+impl<'a> Present<'a> {
+    fn of(maps: Vec<&'a Values>) -> Present<'a> {
+        if maps.len() <= MERGE_ABOVE {
+            return Present::Maps(maps);
+        }
+        Present::Merged(maps.iter().flat_map(|m| m.keys().map(String::as_str)).collect())
+    }
+
+    fn contains(&self, v: &str) -> bool {
+        match self {
+            Present::Maps(maps) => maps.iter().any(|m| m.contains_key(v)),
+            Present::Merged(set) => set.contains(v),
+        }
+    }
+}
+
 /// Domain counts of one spread constraint.
 enum Counts<'a> {
     /// One group's counts (or none), borrowed from the cache.
@@ -201,11 +228,11 @@ pub(crate) struct PreState<'a> {
     spread_hard: Vec<Spread<'a>>,
     spread_soft: Vec<Spread<'a>>,
     /// Required affinity: per term, the domain counts of the groups it matches.
-    affinity: Vec<Vec<&'a Values>>,
+    affinity: Vec<Present<'a>>,
     /// No pod matches the required affinity anywhere and the pod matches its own terms (the
     /// first pod of a group may go anywhere).
     affinity_free: bool,
-    anti: Vec<Vec<&'a Values>>,
+    anti: Vec<Present<'a>>,
     /// Placed pods' required anti-affinity terms that the incoming pod matches: (topology
     /// key, the values holding such pods).
     existing_anti: Vec<(&'a str, &'a Values)>,
@@ -213,6 +240,8 @@ pub(crate) struct PreState<'a> {
     /// read per scored node rather than merged per attempt (a hostname key has a value per
     /// node: merging copied thousands of entries for each pod).
     preferred: Vec<(&'a str, i64, &'a Values)>,
+    /// The same, summed per key and value where a key has more than `MERGE_ABOVE` of them.
+    preferred_merged: Vec<(&'a str, HashMap<&'a str, i64>)>,
     /// VolumeBinding: the node terms of the volumes the pod's bound claims hold (each must
     /// be met), or the index of a claim that does not exist.
     volume_terms: Vec<&'a [NodeTerm]>,
@@ -437,26 +466,26 @@ pub(crate) fn pre_filter<'a>(p: &'a PodInfo, cache: &'a Cache) -> PreState<'a> {
     let mut any_affinity_match = false;
     for t in &p.affinity {
         let mut maps = Vec::new();
-        cache.for_each_group(&t.namespaces, &t.selector, |g| {
+        cache.for_each_term_group(t, |g| {
             if let Some(m) = g.domains.get(&t.topology_key) {
                 maps.push(m);
             }
         });
         any_affinity_match |= !maps.is_empty();
-        st.affinity.push(maps);
+        st.affinity.push(Present::of(maps));
     }
     for t in &p.anti_affinity {
         let mut maps = Vec::new();
-        cache.for_each_group(&t.namespaces, &t.selector, |g| {
+        cache.for_each_term_group(t, |g| {
             if let Some(m) = g.domains.get(&t.topology_key) {
                 maps.push(m);
             }
         });
-        st.anti.push(maps);
+        st.anti.push(Present::of(maps));
     }
     for (w, t, sign) in p.preferred_affinity.iter().map(|(w, t)| (w, t, 1)).chain(p.preferred_anti_affinity.iter().map(|(w, t)| (w, t, -1))) {
         let mut add: Vec<&'a Values> = Vec::new();
-        cache.for_each_group(&t.namespaces, &t.selector, |g| {
+        cache.for_each_term_group(t, |g| {
             if let Some(m) = g.domains.get(&t.topology_key) {
                 add.push(m);
             }
@@ -472,13 +501,32 @@ pub(crate) fn pre_filter<'a>(p: &'a PodInfo, cache: &'a Cache) -> PreState<'a> {
             st.preferred.push((t.term.topology_key.as_str(), i64::from(t.weight), &t.domains));
         }
     });
+    // Many maps under one key (terms over many namespaces): summed once here rather than
+    // looked up one by one for every scored node.
+    let mut per_key: HashMap<&str, usize> = HashMap::new();
+    for (k, _, _) in &st.preferred {
+        *per_key.entry(*k).or_default() += 1;
+    }
+    for (key, n) in per_key {
+        if n <= MERGE_ABOVE {
+            continue;
+        }
+        let mut sum: HashMap<&'a str, i64> = HashMap::new();
+        for (_, w, m) in st.preferred.iter().filter(|(k, _, _)| *k == key) {
+            for (v, c) in m.iter() {
+                *sum.entry(v.as_str()).or_default() += w * i64::from(*c);
+            }
+        }
+        st.preferred.retain(|(k, _, _)| *k != key);
+        st.preferred_merged.push((key, sum));
+    }
     // Symmetry: placed pods' required anti-affinity that this pod matches.
     cache.for_each_anti_term(p, |t| {
         if !t.domains.is_empty() {
             st.existing_anti.push((t.term.topology_key.as_str(), &t.domains));
         }
     });
-    st.affinity_free = !any_affinity_match && !p.affinity.is_empty() && p.affinity.iter().all(|t| t.matches_pod(p));
+    st.affinity_free = !any_affinity_match && !p.affinity.is_empty() && p.affinity.iter().all(|t| t.matches_pod(p, cache.namespace_labels(&p.namespace)));
     st
 }
 
@@ -535,13 +583,13 @@ pub(crate) fn filter(plugin: Plugin, p: &PodInfo, n: &NodeInfo, st: &PreState) -
             }
             if !st.affinity_free {
                 for (t, maps) in p.affinity.iter().zip(&st.affinity) {
-                    if !topology_value(n, &t.topology_key).is_some_and(|v| maps.iter().any(|m| m.contains_key(v))) {
+                    if !topology_value(n, &t.topology_key).is_some_and(|v| maps.contains(v)) {
                         return Err(Reason::Affinity);
                     }
                 }
             }
             for (t, maps) in p.anti_affinity.iter().zip(&st.anti) {
-                if topology_value(n, &t.topology_key).is_some_and(|v| maps.iter().any(|m| m.contains_key(v))) {
+                if topology_value(n, &t.topology_key).is_some_and(|v| maps.contains(v)) {
                     return Err(Reason::AntiAffinity);
                 }
             }
@@ -597,7 +645,10 @@ fn score(plugin: Plugin, strategy: Strategy, p: &PodInfo, n: &NodeInfo, st: &Pre
         }
         Plugin::TaintToleration => n.taints.iter().filter(|t| t.effect == "PreferNoSchedule" && !p.tolerations.iter().any(|tol| tol.tolerates(t))).count() as i64,
         Plugin::NodeAffinity => p.preferred_node_terms.iter().filter(|(_, t)| t.matches(n)).map(|(w, _)| i64::from(*w)).sum(),
-        Plugin::InterPodAffinity => st.preferred.iter().filter_map(|(k, w, m)| n.labels.get(*k).and_then(|v| m.get(v.as_str())).map(|c| w * i64::from(*c))).sum(),
+        Plugin::InterPodAffinity => {
+            st.preferred.iter().filter_map(|(k, w, m)| n.labels.get(*k).and_then(|v| m.get(v.as_str())).map(|c| w * i64::from(*c))).sum::<i64>()
+                + st.preferred_merged.iter().filter_map(|(k, m)| n.labels.get(*k).and_then(|v| m.get(v.as_str()))).sum::<i64>()
+        }
         Plugin::PodTopologySpread => p
             .spread
             .iter()
@@ -999,7 +1050,7 @@ pub fn schedule(profile: &Profile, p: &PodInfo, cache: &Cache, start: usize, scr
         let constant = match plugin {
             Plugin::TaintToleration => !cache.any_prefer_no_schedule(),
             Plugin::NodeAffinity => p.preferred_node_terms.is_empty(),
-            Plugin::InterPodAffinity => st.preferred.is_empty(),
+            Plugin::InterPodAffinity => st.preferred.is_empty() && st.preferred_merged.is_empty(),
             Plugin::PodTopologySpread => !p.spread.iter().any(|c| !c.hard),
             _ => false,
         };
@@ -1246,6 +1297,55 @@ mod tests {
         let (o, _) = go(&on(json!(["gone"])));
         let Outcome::Unschedulable { reasons, total } = o else { panic!("scheduled on no node") };
         assert_eq!(unschedulable_message(&reasons, total), "0/20 nodes are available: 20 node(s) didn't match Pod's node affinity/selector.");
+    }
+
+    #[test]
+    fn namespace_selectors_pick_namespaces_by_their_labels() {
+        // A pod labelled color=green in namespace "a" on node x.
+        let green = |name: &str, ns: &str, aff: Value| pod(name, json!({"metadata": {"namespace": ns, "labels": {"color": "green"}}, "spec": {"affinity": aff}}));
+        let anti = |sel: Value| json!({"podAntiAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [{"labelSelector": {"matchLabels": {"color": "green"}}, "topologyKey": "kubernetes.io/hostname", "namespaceSelector": sel}]}});
+        let nodes = vec![with_pod(node("x", "4", "z1", json!({})), green("placed", "a", json!({}))), node("y", "4", "z1", json!({}))];
+        let mut cache = Cache::from_nodes(nodes);
+        let labelled = |team: &str| Some([("team".to_string(), team.to_string())].into_iter().collect());
+        cache.set_namespace("a".into(), labelled("devops"));
+        cache.set_namespace("b".into(), labelled("web"));
+        let go = |p: &PodInfo, cache: &Cache| match schedule(&Profile::default(), p, cache, 0, &mut Scratch::sequential(), &mut Timings::default()) {
+            Outcome::Scheduled { node, .. } => cache.nodes()[node].name.clone(),
+            Outcome::Unschedulable { .. } => "none".into(),
+        };
+        // Selecting team=devops: the pod in "a" counts, so x is refused (every time).
+        for _ in 0..3 {
+            assert_eq!(go(&green("new", "b", anti(json!({"matchLabels": {"team": "devops"}}))), &cache), "y");
+        }
+        // {} selects every namespace.
+        assert_eq!(go(&green("new", "b", anti(json!({}))), &cache), "y");
+        // With x alone: a selector that does not cover "a" lets the pod there.
+        let mut only_x = Cache::from_nodes(vec![cache.node("x").unwrap().clone()]);
+        only_x.set_namespace("a".into(), labelled("devops"));
+        assert_eq!(go(&green("new", "b", anti(json!({"matchLabels": {"team": "web"}}))), &only_x), "x");
+        assert_eq!(go(&green("new", "b", anti(json!({"matchLabels": {"team": "devops"}}))), &only_x), "none");
+        // The namespace relabelled: the term follows.
+        only_x.set_namespace("a".into(), labelled("web"));
+        assert_eq!(go(&green("new", "b", anti(json!({"matchLabels": {"team": "devops"}}))), &only_x), "x");
+    }
+
+    #[test]
+    fn terms_over_many_namespaces_see_every_one_of_them() {
+        // Six namespaces, a green pod of each on its own node; two empty nodes.
+        let green = |name: &str, ns: &str| pod(name, json!({"metadata": {"namespace": ns, "labels": {"color": "green"}}}));
+        let mut nodes: Vec<NodeInfo> = (0..6).map(|i| with_pod(node(&format!("n{i}"), "4", "z1", json!({})), green(&format!("g{i}"), &format!("ns-{i}")))).collect();
+        nodes.push(node("n6", "4", "z1", json!({})));
+        nodes.push(node("n7", "4", "z1", json!({})));
+        let cache = Cache::from_nodes(nodes);
+        let term = json!({"labelSelector": {"matchLabels": {"color": "green"}}, "topologyKey": "kubernetes.io/hostname", "namespaceSelector": {}});
+        let required = pod("r", json!({"spec": {"affinity": {"podAntiAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [term]}}}}));
+        let preferred = pod("s", json!({"spec": {"affinity": {"podAntiAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [{"weight": 100, "podAffinityTerm": term}]}}}}));
+        for start in 0..8 {
+            for p in [&required, &preferred] {
+                let Outcome::Scheduled { node, .. } = schedule(&Profile::default(), p, &cache, start, &mut Scratch::sequential(), &mut Timings::default()) else { panic!("{} unschedulable", p.name) };
+                assert!(["n6", "n7"].contains(&cache.nodes()[node].name.as_str()), "{} from {start}: {}", p.name, cache.nodes()[node].name);
+            }
+        }
     }
 
     #[test]

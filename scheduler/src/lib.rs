@@ -48,6 +48,8 @@ enum Update {
     Volume(String, Option<Vec<types::NodeTerm>>),
     /// A PodDisruptionBudget (`namespace/name`); None: deleted.
     Budget(String, Option<preemption::Budget>),
+    /// A namespace's labels; None: deleted.
+    Namespace(String, Option<types::Labels>),
     Pod(Value),
     PodDeleted(String),
     Bound { uid: String, result: Result<(), String> },
@@ -146,7 +148,8 @@ impl Scheduler {
             tokio::spawn(watch(c.clone(), "/api/v1/pods", tx.clone(), resync_rx.clone())),
             tokio::spawn(watch(c.clone(), "/api/v1/persistentvolumeclaims", tx.clone(), resync_rx.clone())),
             tokio::spawn(watch(c.clone(), "/api/v1/persistentvolumes", tx.clone(), resync_rx.clone())),
-            tokio::spawn(watch(c.clone(), "/apis/policy/v1/poddisruptionbudgets", tx.clone(), resync_rx)),
+            tokio::spawn(watch(c.clone(), "/apis/policy/v1/poddisruptionbudgets", tx.clone(), resync_rx.clone())),
+            tokio::spawn(watch(c.clone(), "/api/v1/namespaces", tx.clone(), resync_rx)),
         ];
         let rt = tokio::runtime::Handle::current();
         let (o, s) = (observed.clone(), stop.clone());
@@ -245,6 +248,9 @@ async fn watch(c: Client, path: &'static str, tx: crossbeam::channel::Sender<Upd
             Update::Claim(key, (!deleted).then(|| v["spec"]["volumeName"].as_str().unwrap_or("").to_string()))
         } else if path.ends_with("/persistentvolumes") {
             Update::Volume(name, (!deleted).then(|| volume_terms(&v)))
+        } else if path.ends_with("/namespaces") {
+            let labels = (!deleted).then(|| serde_json::from_value::<types::Labels>(v["metadata"]["labels"].clone()).unwrap_or_default());
+            Update::Namespace(name, labels)
         } else if path.ends_with("/poddisruptionbudgets") {
             let key = format!("{}/{name}", v["metadata"]["namespace"].as_str().unwrap_or(""));
             Update::Budget(key, if deleted { None } else { preemption::Budget::from_json(&v) })
@@ -391,6 +397,10 @@ fn run_loop(ctx: &Loop, pool: &Option<Arc<rayon::ThreadPool>>) {
                     q.move_all_unschedulable(now);
                 }
                 Update::Budget(key, b) => cache.set_budget(key, b),
+                Update::Namespace(name, labels) => {
+                    cache.set_namespace(name, labels);
+                    q.move_all_unschedulable(now);
+                }
                 Update::Pod(v) => {
                     let m = &v["metadata"];
                     if let (Some(uid), Some(node)) = (m["uid"].as_str(), v["spec"]["nodeName"].as_str().filter(|n| !n.is_empty()))

@@ -199,14 +199,23 @@ impl Toleration {
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct AffinityTerm {
     pub selector: Selector,
-    /// Namespaces the term looks at (the pod's own when the API gave none).
+    /// Namespaces the term names (the pod's own when it names none and has no
+    /// namespaceSelector).
     pub namespaces: Vec<String>,
+    /// `namespaceSelector`: namespaces by their labels as well (`{}`: every namespace).
+    pub namespace_selector: Option<Selector>,
     pub topology_key: String,
 }
 
 impl AffinityTerm {
-    pub fn matches_pod(&self, p: &PodInfo) -> bool {
-        self.namespaces.iter().any(|n| *n == p.namespace) && self.selector.matches(&p.labels)
+    /// Whether the term looks at namespace `ns`, whose labels are `labels` (None: unknown).
+    pub fn covers(&self, ns: &str, labels: Option<&Labels>) -> bool {
+        self.namespaces.iter().any(|n| n == ns) || self.namespace_selector.as_ref().is_some_and(|s| s.matches(labels.unwrap_or(&Labels::new())))
+    }
+
+    /// Whether the term selects pod `p`, in a namespace labelled `ns_labels`.
+    pub fn matches_pod(&self, p: &PodInfo, ns_labels: Option<&Labels>) -> bool {
+        self.covers(&p.namespace, ns_labels) && self.selector.matches(&p.labels)
     }
 }
 
@@ -317,11 +326,14 @@ impl PodInfo {
                 Some(s) => Selector::from_k8s(s)?,
                 None => return None, // a nil selector matches no pods
             };
+            // An unparsable namespaceSelector selects no namespace (as Kubernetes rejects it).
+            let namespace_selector = t.namespace_selector.as_ref().map(|s| Selector::from_k8s(s).unwrap_or(Selector(vec![Requirement { key: String::new(), op: Op::In(vec![]) }])));
             let namespaces = match &t.namespaces {
                 Some(n) if !n.is_empty() => n.clone(),
+                _ if namespace_selector.is_some() => vec![],
                 _ => vec![ns.clone()],
             };
-            Some(AffinityTerm { selector, namespaces, topology_key: t.topology_key.clone() })
+            Some(AffinityTerm { selector, namespaces, namespace_selector, topology_key: t.topology_key.clone() })
         };
         let pa = aff.pod_affinity.unwrap_or_default();
         let paa = aff.pod_anti_affinity.unwrap_or_default();

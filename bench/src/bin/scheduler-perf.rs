@@ -59,6 +59,8 @@ const SHIPPED: &[(&str, &str)] = &[
     ("preferred-topology-spreading", include_str!("../../scheduler-workloads/preferred-topology-spreading.yaml")),
     ("daemonset", include_str!("../../scheduler-workloads/daemonset.yaml")),
     ("preemption-basic", include_str!("../../scheduler-workloads/preemption-basic.yaml")),
+    ("required-anti-affinity-ns-selector", include_str!("../../scheduler-workloads/required-anti-affinity-ns-selector.yaml")),
+    ("preferred-anti-affinity-ns-selector", include_str!("../../scheduler-workloads/preferred-anti-affinity-ns-selector.yaml")),
 ];
 
 fn load(w: &str) -> Result<Value> {
@@ -98,6 +100,10 @@ fn pod(i: usize, t: &Value, prefix: &str) -> PodInfo {
         let g = format!("g{}", i as u64 % groups.max(1));
         v["metadata"]["labels"]["group"] = json!(g);
         v["spec"]["affinity"] = json!({"podAntiAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [{"labelSelector": {"matchLabels": {"group": g}}, "topologyKey": "kubernetes.io/hostname"}]}});
+    }
+    // `namespaces: N`: pod i in namespace `<prefix>-ns-<i % N>` (scheduler_perf's pod sets).
+    if let Some(n) = t["namespaces"].as_u64() {
+        v["metadata"]["namespace"] = json!(format!("{prefix}-ns-{}", i as u64 % n.max(1)));
     }
     if t["nodeSelector"].is_object() {
         v["spec"]["nodeSelector"] = t["nodeSelector"].clone();
@@ -162,6 +168,15 @@ fn main() -> Result<()> {
             }
             for k in 0..per {
                 cache.place(Arc::new(pod(i * per + k, &w["fill"], "fill")), &format!("node-{i}"), false);
+            }
+        }
+    }
+    // Namespaces' labels (for namespaceSelector): those of the init and measured pods.
+    if let Some(labels) = w["namespaceLabels"].as_object() {
+        let labels: scheduler::types::Labels = labels.iter().map(|(k, v)| (k.clone(), v.as_str().unwrap_or("").to_string())).collect();
+        for (part, prefix) in [("init", "init"), ("pod", "p")] {
+            for k in 0..w[part]["namespaces"].as_u64().unwrap_or(0) {
+                cache.set_namespace(format!("{prefix}-ns-{k}"), Some(labels.clone()));
             }
         }
     }
