@@ -120,6 +120,11 @@ fn label_annotate_patch_scale_edit_describe_delete() {
     assert!(c.ok(&["delete", "deploy", "web"]).contains("deleted"));
     assert!(c.fails(&["get", "deploy", "web"]).contains("NotFound"));
     c.ok(&["create", "-f", path_str(&c.write("p.json", &pod("gone", r#""a":"b""#, "")))]);
+    // A pod's spec changes only where Kubernetes lets it: the image, yes; anything else, no.
+    c.ok(&["set", "image", "pod/gone", "c=busybox:2"]);
+    assert_eq!(c.ok(&["get", "pod", "gone", "-o", "jsonpath={.spec.containers[0].image}"]), "busybox:2");
+    let refused = c.fails(&["patch", "pod", "gone", "-p", r#"{"spec":{"containers":[{"name":"c","env":[{"name":"X","value":"1"}]}]}}"#]);
+    assert!(refused.contains("spec: Forbidden: pod updates may not change fields other than `spec.containers[*].image`"), "{refused}");
     assert!(c.ok(&["delete", "pod", "gone", "--wait=false"]).contains("deleted"));
 }
 

@@ -178,7 +178,64 @@ impl Admission for Immutable {
                 causes.push((field.to_string(), "Invalid value: field is immutable".into()));
             }
         }
+        if info.kind == "Pod" && info.group.is_empty() && !pod_spec_update_allowed(&old["spec"], &new["spec"]) {
+            causes.push(("spec".into(), POD_SPEC_UPDATE.into()));
+        }
     }
+}
+
+/// Kubernetes' wording for a pod update that changes what it may not.
+const POD_SPEC_UPDATE: &str = "Forbidden: pod updates may not change fields other than `spec.containers[*].image`,`spec.initContainers[*].image`,`spec.activeDeadlineSeconds`,`spec.tolerations` (only additions to existing tolerations),`spec.terminationGracePeriodSeconds` (allow it to be set to 1 if it was previously negative)";
+
+/// Whether a pod's spec may go from `old` to `new`, as Kubernetes' ValidatePodUpdate allows:
+/// container and init container images, activeDeadlineSeconds, terminationGracePeriodSeconds,
+/// tolerations added (none removed or changed), scheduling gates removed, and the node set
+/// once (by binding); nothing else.
+fn pod_spec_update_allowed(old: &Value, new: &Value) -> bool {
+    let mut a = old.clone();
+    let set = |a: &mut Value, k: &str, v: Option<&Value>| {
+        if let Some(o) = a.as_object_mut() {
+            match v {
+                Some(v) => {
+                    o.insert(k.into(), v.clone());
+                }
+                None => {
+                    o.remove(k);
+                }
+            }
+        }
+    };
+    for list in ["containers", "initContainers"] {
+        // (get_mut: indexing would insert the key.)
+        let (Some(olds), Some(news)) = (a.get_mut(list).and_then(Value::as_array_mut), new[list].as_array()) else { continue };
+        if olds.len() != news.len() {
+            return false;
+        }
+        for (o, n) in olds.iter_mut().zip(news) {
+            if let Some(o) = o.as_object_mut() {
+                match n.get("image") {
+                    Some(i) => o.insert("image".into(), i.clone()),
+                    None => o.remove("image"),
+                };
+            }
+        }
+    }
+    for k in ["activeDeadlineSeconds", "terminationGracePeriodSeconds"] {
+        set(&mut a, k, new.get(k));
+    }
+    let list = |v: &Value, k: &str| v[k].as_array().cloned().unwrap_or_default();
+    let (old_tol, new_tol) = (list(old, "tolerations"), list(new, "tolerations"));
+    if old_tol.iter().all(|t| new_tol.contains(t)) {
+        set(&mut a, "tolerations", new.get("tolerations"));
+    }
+    let (old_gates, new_gates) = (list(old, "schedulingGates"), list(new, "schedulingGates"));
+    if new_gates.iter().all(|g| old_gates.contains(g)) {
+        set(&mut a, "schedulingGates", new.get("schedulingGates"));
+    }
+    if old["nodeName"].as_str().is_none_or(str::is_empty) {
+        set(&mut a, "nodeName", new.get("nodeName"));
+    }
+    a == *new
 }
 
 /// The steps, mutating then validating.
@@ -417,6 +474,34 @@ mod tests {
         validate_create(pods, &ok, "web-1.a").unwrap();
         let ns = &reg.find("", "v1", "namespaces").unwrap();
         assert!(validate_create(ns, &json!({"metadata": {}}), "a.b").is_err(), "namespaces are labels, no dots");
+    }
+
+    #[test]
+    fn pod_updates_change_only_what_kubernetes_lets_them() {
+        let spec = json!({"containers": [{"name": "c", "image": "a:1", "env": [{"name": "X", "value": "1"}]}], "tolerations": [{"key": "k", "operator": "Exists"}], "schedulingGates": [{"name": "g"}]});
+        let with = |f: &dyn Fn(&mut Value)| {
+            let mut n = spec.clone();
+            f(&mut n);
+            n
+        };
+        let ok = |n: Value| pod_spec_update_allowed(&spec, &n);
+        assert!(ok(spec.clone()));
+        assert!(ok(with(&|n| n["containers"][0]["image"] = json!("a:2"))), "image");
+        assert!(ok(with(&|n| n["activeDeadlineSeconds"] = json!(30))));
+        assert!(ok(with(&|n| n["terminationGracePeriodSeconds"] = json!(1))));
+        assert!(ok(with(&|n| n["tolerations"].as_array_mut().unwrap().push(json!({"key": "other", "operator": "Exists"})))), "a toleration added");
+        assert!(ok(with(&|n| n["schedulingGates"] = json!([]))), "a gate removed");
+        assert!(ok(with(&|n| n["nodeName"] = json!("n1"))), "bound once");
+        assert!(!ok(with(&|n| n["containers"][0]["env"][0]["value"] = json!("2"))), "env");
+        assert!(!ok(with(&|n| n["tolerations"] = json!([]))), "a toleration removed");
+        assert!(!ok(with(&|n| n["schedulingGates"].as_array_mut().unwrap().push(json!({"name": "h"})))), "a gate added");
+        assert!(!ok(with(&|n| n["containers"].as_array_mut().unwrap().push(json!({"name": "d", "image": "b"})))), "a container added");
+        assert!(!ok(with(&|n| n["restartPolicy"] = json!("Never"))));
+        let mut bound = spec.clone();
+        bound["nodeName"] = json!("n1");
+        let mut moved = bound.clone();
+        moved["nodeName"] = json!("n2");
+        assert!(!pod_spec_update_allowed(&bound, &moved), "moved to another node");
     }
 
     #[test]
