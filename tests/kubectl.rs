@@ -387,10 +387,12 @@ fn describe_pod_shows_its_events_and_get_events_has_kubectl_columns() {
     assert!(d.contains("Events:") && d.contains("Scheduled") && d.contains("Successfully assigned default/p1 to n1"), "{d}");
     let evs = c.ok(&["get", "events"]);
     assert!(evs.starts_with("LAST SEEN") && evs.contains("pod/p1") && evs.contains("Scheduled"), "{evs}");
-    // A strategic merge patch merges container ports by containerPort.
-    c.ok(&["patch", "pod", "p1", "-p", r#"{"spec":{"containers":[{"name":"c","ports":[{"containerPort":80}]}]}}"#]);
-    c.ok(&["patch", "pod", "p1", "-p", r#"{"spec":{"containers":[{"name":"c","ports":[{"containerPort":443}]}]}}"#]);
-    assert_eq!(c.ok(&["get", "pod", "p1", "-o", "jsonpath={.spec.containers[0].ports[*].containerPort}"]), "80 443");
+    // A strategic merge patch merges container ports by containerPort (on a pod template: a
+    // pod's ports may not change once it exists).
+    c.ok(&["create", "-f", path_str(&c.write("pt.yaml", "apiVersion: v1\nkind: PodTemplate\nmetadata: {name: t}\ntemplate:\n  spec:\n    containers: [{name: c, image: busybox}]\n"))]);
+    c.ok(&["patch", "podtemplate", "t", "-p", r#"{"template":{"spec":{"containers":[{"name":"c","ports":[{"containerPort":80}]}]}}}"#]);
+    c.ok(&["patch", "podtemplate", "t", "-p", r#"{"template":{"spec":{"containers":[{"name":"c","ports":[{"containerPort":443}]}]}}}"#]);
+    assert_eq!(c.ok(&["get", "podtemplate", "t", "-o", "jsonpath={.template.spec.containers[0].ports[*].containerPort}"]), "80 443");
 }
 
 #[test]
