@@ -200,6 +200,14 @@ spec:
     assert_eq!(n, ["hollow-0", "hollow-1", "hollow-2"], "one daemon pod per node");
     assert!(c.ok(&["rollout", "status", "sts/db", "--timeout=60s"]).contains("roll"));
     assert_eq!(c.ok(&["get", "pods", "-l", "app=db", "-o", "jsonpath={.items[*].metadata.name}"]), "db-0 db-1 db-2");
+    // A partitioned update: only the ordinals at or above the partition take the new template.
+    c.ok(&["patch", "sts", "db", "-p", r#"{"spec":{"updateStrategy":{"type":"RollingUpdate","rollingUpdate":{"partition":2}}}}"#]);
+    c.ok(&["set", "image", "sts/db", "c=busybox:2"]);
+    assert!(c.ok(&["rollout", "status", "sts/db", "--timeout=60s"]).contains("partitioned roll out complete: 1 new pods have been updated"));
+    let images = || c.ok(&["get", "pods", "-l", "app=db", "-o", "jsonpath={range .items[*]}{.metadata.name}={.spec.containers[0].image} {end}"]);
+    assert_eq!(images(), "db-0=busybox db-1=busybox db-2=busybox:2 ");
+    c.ok(&["patch", "sts", "db", "-p", r#"{"spec":{"updateStrategy":{"rollingUpdate":{"partition":0}}}}"#]);
+    wait_until("every db pod on the new template", || images() == "db-0=busybox:2 db-1=busybox:2 db-2=busybox:2 ");
     // Scaling down removes the highest ordinals.
     c.ok(&["scale", "sts/db", "--replicas=1"]);
     wait_until("db scaled down to db-0", || c.ok(&["get", "pods", "-l", "app=db", "-o", "jsonpath={.items[*].metadata.name}"]) == "db-0");

@@ -282,11 +282,14 @@ pub(super) async fn sync_statefulset(ctx: &Ctx, key: &str) -> Res {
             }
             SetStep::Wait => {
                 // RollingUpdate: the highest-ordinal pod of the old revision goes once all are
-                // ready; it comes back with the new template.
+                // ready; it comes back with the new template. Ordinals below the partition
+                // keep their revision (a canary: only those at or above it are updated).
                 let rolling = sts["spec"]["updateStrategy"]["type"].as_str().unwrap_or("RollingUpdate") == "RollingUpdate";
+                let partition = sts["spec"]["updateStrategy"]["rollingUpdate"]["partition"].as_i64().unwrap_or(0).max(0);
                 let all_ready = pods.len() as i64 == replicas && pods.iter().all(|p| podutil::is_ready(p));
+                let ord = |p: &Arc<Value>| workloads::ordinal(name, p["metadata"]["name"].as_str().unwrap_or(""));
                 if rolling && all_ready
-                    && let Some(p) = pods.iter().filter(|p| p["metadata"]["labels"]["controller-revision-hash"] != rev.as_str()).max_by_key(|p| workloads::ordinal(name, p["metadata"]["name"].as_str().unwrap_or("")))
+                    && let Some(p) = pods.iter().filter(|p| p["metadata"]["labels"]["controller-revision-hash"] != rev.as_str() && ord(p).is_some_and(|o| o >= partition)).max_by_key(|p| ord(p))
                 {
                     let _ = ctx.c(Ctl::StatefulSet).delete(&format!("/api/v1/namespaces/{ns}/pods/{}", p["metadata"]["name"].as_str().unwrap_or("")), &json!({})).await;
                 }
