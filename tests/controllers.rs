@@ -278,9 +278,23 @@ fn a_horizontal_pod_autoscaler_follows_cpu_utilization() {
 #[test]
 fn a_cron_job_creates_jobs_on_schedule() {
     let c = Cluster::start_with(tempfile::tempdir().unwrap(), &["--hollow-nodes", "1", "--no-local-node"]);
-    c.ok(&["create", "cronjob", "tick", "--image=busybox", "--schedule=* * * * *"]);
-    // The next minute boundary is at most a minute away.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(100);
+    let cj = |name: &str, schedule: &str, tz: &str| {
+        format!("apiVersion: batch/v1\nkind: CronJob\nmetadata: {{name: {name}}}\nspec:\n  schedule: '{schedule}'\n  timeZone: {tz}\n  jobTemplate:\n    spec:\n      template:\n        spec:\n          restartPolicy: Never\n          containers: [{{name: c, image: busybox}}]\n")
+    };
+    // A time zone is checked against the IANA database; TZ= in the schedule is refused.
+    let e = c.fails(&["apply", "-f", path_str(&c.write("bad.yaml", &cj("bad", "* * * * *", "Mars/Olympus_Mons")))]);
+    assert!(e.contains("spec.timeZone: Invalid value: \"Mars/Olympus_Mons\": unknown time zone Mars/Olympus_Mons"), "{e}");
+    let e = c.fails(&["apply", "-f", path_str(&c.write("tz.yaml", &cj("tz", "TZ=UTC * * * * *", "UTC")))]);
+    assert!(e.contains("cannot use TZ or CRON_TZ in schedule, use timeZone field instead"), "{e}");
+    // Scheduled for the next minute as Tokyo reads the clock (nine hours from UTC): it runs
+    // only if the schedule is read in its time zone.
+    let now = jiff::Timestamp::now().as_second();
+    let next = now - now.rem_euclid(60) + if now.rem_euclid(60) > 50 { 120 } else { 60 };
+    let tokyo = jiff::Timestamp::from_second(next).unwrap().to_zoned(jiff::tz::TimeZone::get("Asia/Tokyo").unwrap());
+    let at = format!("{} {} * * *", tokyo.minute(), tokyo.hour());
+    c.ok(&["apply", "-f", path_str(&c.write("tick.yaml", &cj("tick", &at, "Asia/Tokyo")))]);
+    // That minute is at most two minutes away.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(150);
     loop {
         if count(&c, &["get", "jobs", "-o", "name"]) >= 1 {
             break;
@@ -291,6 +305,10 @@ fn a_cron_job_creates_jobs_on_schedule() {
     let owner = c.ok(&["get", "jobs", "-o", "jsonpath={.items[0].metadata.ownerReferences[0].kind}/{.items[0].metadata.ownerReferences[0].name}"]);
     assert_eq!(owner, "CronJob/tick");
     wait_until("lastScheduleTime recorded", || !c.ok(&["get", "cronjob", "tick", "-o", "jsonpath={.status.lastScheduleTime}"]).is_empty());
+    // Its events are about the CronJob.
+    wait_until("the SuccessfulCreate event on the CronJob", || {
+        c.ok(&["get", "events", "--field-selector", "involvedObject.kind=CronJob,involvedObject.name=tick,reason=SuccessfulCreate", "-o", "name"]).contains("event")
+    });
 }
 
 #[test]

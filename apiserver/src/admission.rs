@@ -92,6 +92,17 @@ fn validate_spec(info: &ResourceInfo, obj: &Value, causes: &mut Vec<(String, Str
                 }
             }
         }
+        "CronJob" => {
+            let schedule = obj["spec"]["schedule"].as_str().unwrap_or("");
+            if schedule.trim_start().starts_with("TZ=") || schedule.trim_start().starts_with("CRON_TZ=") {
+                causes.push(("spec.schedule".into(), format!("Invalid value: {schedule:?}: cannot use TZ or CRON_TZ in schedule, use timeZone field instead")));
+            }
+            if let Some(tz) = obj["spec"]["timeZone"].as_str()
+                && jiff::tz::TimeZone::get(tz).is_err()
+            {
+                causes.push(("spec.timeZone".into(), format!("Invalid value: {tz:?}: unknown time zone {tz}")));
+            }
+        }
         "Deployment" | "ReplicaSet" | "StatefulSet" | "DaemonSet" => {
             if obj["spec"].get("selector").is_none() {
                 causes.push(("spec.selector".into(), "Required value".into()));

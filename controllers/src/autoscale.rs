@@ -90,13 +90,14 @@ impl Cron {
         f[0][t.minute() as usize] && f[1][t.hour() as usize] && f[3][t.month() as usize] && day
     }
 
-    /// The latest scheduled time in (`after`, `now`] (unix seconds, UTC), if any; looks back
-    /// at most a day of minutes (Kubernetes stops counting missed schedules at 100).
-    pub fn last_between(&self, after: i64, now: i64) -> Option<i64> {
+    /// The latest scheduled time in (`after`, `now`] (unix seconds), the schedule read in
+    /// time zone `tz` (a CronJob's `timeZone`; UTC without one), if any; looks back at most a
+    /// day of minutes (Kubernetes stops counting missed schedules at 100).
+    pub fn last_between(&self, after: i64, now: i64, tz: &jiff::tz::TimeZone) -> Option<i64> {
         let mut t = now - now.rem_euclid(60);
         let floor = after.max(now - 86_400);
         while t > floor {
-            let dt = jiff::Timestamp::from_second(t).ok()?.to_zoned(jiff::tz::TimeZone::UTC).datetime();
+            let dt = jiff::Timestamp::from_second(t).ok()?.to_zoned(tz.clone()).datetime();
             if self.matches(&dt) {
                 return Some(t);
             }
@@ -132,13 +133,20 @@ mod tests {
     #[test]
     fn cron_schedules() {
         let ts = |s: &str| s.parse::<jiff::Timestamp>().unwrap().as_second();
+        let utc = jiff::tz::TimeZone::UTC;
         let every5 = Cron::parse("*/5 * * * *").unwrap();
-        assert_eq!(every5.last_between(ts("2026-11-22T10:00:00Z"), ts("2026-11-22T10:07:30Z")), Some(ts("2026-11-22T10:05:00Z")));
-        assert_eq!(every5.last_between(ts("2026-11-22T10:05:00Z"), ts("2026-11-22T10:07:30Z")), None, "already ran at 10:05");
+        assert_eq!(every5.last_between(ts("2026-11-22T10:00:00Z"), ts("2026-11-22T10:07:30Z"), &utc), Some(ts("2026-11-22T10:05:00Z")));
+        assert_eq!(every5.last_between(ts("2026-11-22T10:05:00Z"), ts("2026-11-22T10:07:30Z"), &utc), None, "already ran at 10:05");
         let weekdays = Cron::parse("30 9 * * 1-5").unwrap();
         // 2026-11-22 is a Sunday: the last run was Friday 20th at 09:30? Only a day back: none.
-        assert_eq!(weekdays.last_between(0, ts("2026-11-22T12:00:00Z")), None);
-        assert_eq!(weekdays.last_between(0, ts("2026-11-23T12:00:00Z")), Some(ts("2026-11-23T09:30:00Z")));
+        assert_eq!(weekdays.last_between(0, ts("2026-11-22T12:00:00Z"), &utc), None);
+        assert_eq!(weekdays.last_between(0, ts("2026-11-23T12:00:00Z"), &utc), Some(ts("2026-11-23T09:30:00Z")));
+        // timeZone: 09:30 in Tokyo is 00:30 UTC; in New York (EST in November), 14:30 UTC.
+        let tokyo = jiff::tz::TimeZone::get("Asia/Tokyo").unwrap();
+        assert_eq!(weekdays.last_between(0, ts("2026-11-23T12:00:00Z"), &tokyo), Some(ts("2026-11-23T00:30:00Z")));
+        let ny = jiff::tz::TimeZone::get("America/New_York").unwrap();
+        assert_eq!(weekdays.last_between(0, ts("2026-11-23T12:00:00Z"), &ny), None, "not yet 09:30 there");
+        assert_eq!(weekdays.last_between(0, ts("2026-11-23T15:00:00Z"), &ny), Some(ts("2026-11-23T14:30:00Z")));
         assert!(Cron::parse("@hourly").is_ok());
         for bad in ["* * * *", "61 * * * *", "a * * * *", "5-1 * * * *"] {
             assert!(Cron::parse(bad).is_err(), "{bad}");

@@ -326,9 +326,21 @@ pub(super) async fn sync_cronjob(ctx: &Ctx, key: &str) -> Res {
     let cron = match Cron::parse(cj["spec"]["schedule"].as_str().unwrap_or("")) {
         Ok(c) => c,
         Err(e) => {
-            ctx.events.pod(&cj, None, true, "UnparseableSchedule", format!("unparseable schedule: {e}"));
+            ctx.events.object(("batch/v1", "CronJob"), &cj, true, "UnparseableSchedule", format!("unparseable schedule: {e}"));
             return Ok(None);
         }
+    };
+    // The schedule is read in spec.timeZone (the IANA database built in, as Kubernetes
+    // builds Go's in), else in UTC (kube-controller-manager's own zone, in containers).
+    let tz = match cj["spec"]["timeZone"].as_str() {
+        None => jiff::tz::TimeZone::UTC,
+        Some(name) => match jiff::tz::TimeZone::get(name) {
+            Ok(tz) => tz,
+            Err(e) => {
+                ctx.events.object(("batch/v1", "CronJob"), &cj, true, "UnknownTimeZone", format!("invalid timeZone: {name:?}: {e}"));
+                return Ok(None);
+            }
+        },
     };
     let uid = cj["metadata"]["uid"].as_str().unwrap_or("");
     let mut jobs: Vec<Arc<Value>> = ctx.jobs.owned_by(uid).into_iter().filter(|j| j["metadata"].get("deletionTimestamp").is_none()).collect();
@@ -343,7 +355,7 @@ pub(super) async fn sync_cronjob(ctx: &Ctx, key: &str) -> Res {
     }
     let last = podutil::ts(&cj["status"]["lastScheduleTime"]).or_else(|| podutil::ts(&cj["metadata"]["creationTimestamp"])).unwrap_or(now);
     if cj["spec"]["suspend"].as_bool() != Some(true)
-        && let Some(t) = cron.last_between(last, now)
+        && let Some(t) = cron.last_between(last, now, &tz)
     {
         let late = cj["spec"]["startingDeadlineSeconds"].as_i64().is_some_and(|d| now - t > d);
         let policy = cj["spec"]["concurrencyPolicy"].as_str().unwrap_or("Allow");
@@ -362,7 +374,7 @@ pub(super) async fn sync_cronjob(ctx: &Ctx, key: &str) -> Res {
             meta["ownerReferences"] = json!([{"apiVersion": "batch/v1", "kind": "CronJob", "name": name, "uid": uid, "controller": true, "blockOwnerDeletion": true}]);
             let job = json!({"apiVersion": "batch/v1", "kind": "Job", "metadata": meta, "spec": jt["spec"]});
             match ctx.c(Ctl::CronJob).post(&format!("/apis/batch/v1/namespaces/{ns}/jobs"), &job).await {
-                Ok(_) => ctx.events.pod(&cj, None, false, "SuccessfulCreate", format!("Created job {jname}")),
+                Ok(_) => ctx.events.object(("batch/v1", "CronJob"), &cj, false, "SuccessfulCreate", format!("Created job {jname}")),
                 Err(ClientError::Status { code: 409, .. }) => {}
                 Err(e) => return Err(err(e)),
             }
