@@ -198,6 +198,12 @@ spec:
     let mut n: Vec<&str> = nodes.split(' ').collect();
     n.sort();
     assert_eq!(n, ["hollow-0", "hollow-1", "hollow-2"], "one daemon pod per node");
+    // A surge rollout: the new pod beside the old on one node at a time, the old one gone once
+    // the new is ready.
+    c.ok(&["patch", "ds", "agent", "-p", r#"{"spec":{"updateStrategy":{"type":"RollingUpdate","rollingUpdate":{"maxSurge":1,"maxUnavailable":0}}}}"#]);
+    c.ok(&["set", "image", "ds/agent", "c=busybox:2"]);
+    assert!(c.ok(&["rollout", "status", "ds/agent", "--timeout=60s"]).contains("successfully rolled out"));
+    wait_until("one new daemon pod per node", || c.ok(&["get", "pods", "-l", "app=agent", "-o", "jsonpath={.items[*].spec.containers[0].image}"]) == "busybox:2 busybox:2 busybox:2");
     assert!(c.ok(&["rollout", "status", "sts/db", "--timeout=60s"]).contains("roll"));
     assert_eq!(c.ok(&["get", "pods", "-l", "app=db", "-o", "jsonpath={.items[*].metadata.name}"]), "db-0 db-1 db-2");
     // A partitioned update: only the ordinals at or above the partition take the new template.

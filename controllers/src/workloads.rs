@@ -62,6 +62,49 @@ pub fn job_step(job: &Value, pods: &[Arc<Value>], elapsed_secs: i64) -> JobStep 
     }
 }
 
+/// One node of a DaemonSet being rolled: its pods of the old templates and of the current
+/// one, each with whether it is ready.
+pub struct DaemonNode<'a> {
+    pub node: &'a str,
+    pub old: Vec<(&'a str, bool)>,
+    pub new: Vec<(&'a str, bool)>,
+}
+
+/// A DaemonSet's RollingUpdate step, as kube-controller-manager takes it: the nodes to give a
+/// new pod beside the old one (`maxSurge`), and the old pods to delete: on a node whose new
+/// pod is ready; an old pod that is not ready (it serves nothing); and, without surge, ready
+/// old pods while fewer than `maxUnavailable` nodes are without a ready pod.
+pub fn daemon_rollout(nodes: &[DaemonNode], max_surge: i64, max_unavailable: i64) -> (Vec<String>, Vec<String>) {
+    let (mut create, mut delete) = (Vec::new(), Vec::new());
+    let mut unavailable = nodes.iter().filter(|n| !n.old.iter().chain(&n.new).any(|p| p.1)).count() as i64;
+    let mut surging = nodes.iter().filter(|n| !n.old.is_empty() && !n.new.is_empty()).count() as i64;
+    for n in nodes.iter().filter(|n| !n.old.is_empty()) {
+        if !n.new.is_empty() {
+            if n.new.iter().any(|p| p.1) {
+                delete.extend(n.old.iter().map(|p| p.0.to_string()));
+                if max_surge > 0 {
+                    surging -= 1;
+                }
+            }
+            continue;
+        }
+        if !n.old.iter().any(|p| p.1) {
+            delete.extend(n.old.iter().map(|p| p.0.to_string()));
+            continue;
+        }
+        if max_surge > 0 {
+            if surging < max_surge {
+                create.push(n.node.to_string());
+                surging += 1;
+            }
+        } else if unavailable < max_unavailable {
+            delete.extend(n.old.iter().map(|p| p.0.to_string()));
+            unavailable += 1;
+        }
+    }
+    (create, delete)
+}
+
 /// Whether a DaemonSet's pod belongs on `node`: node selector, required node affinity (by
 /// labels), and NoSchedule / NoExecute taints tolerated.
 pub fn daemon_fits(template: &Value, node: &Value) -> bool {
@@ -141,6 +184,28 @@ pub fn set_step(set: &str, replicas: i64, parallel: bool, pods: &[Arc<Value>]) -
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn daemon_sets_roll_by_surge_or_by_unavailability() {
+        let node = |n: &'static str, old: &[(&'static str, bool)], new: &[(&'static str, bool)]| DaemonNode { node: n, old: old.to_vec(), new: new.to_vec() };
+        let fresh = vec![node("a", &[("a-old", true)], &[]), node("b", &[("b-old", true)], &[]), node("c", &[("c-old", true)], &[])];
+        // maxUnavailable 1, no surge: one ready old pod goes.
+        assert_eq!(daemon_rollout(&fresh, 0, 1), (vec![], vec!["a-old".to_string()]));
+        // maxUnavailable 2: two.
+        assert_eq!(daemon_rollout(&fresh, 0, 2).1, ["a-old", "b-old"]);
+        // A node already without a ready pod counts against it.
+        let one_down = vec![node("a", &[], &[("a-new", false)]), node("b", &[("b-old", true)], &[])];
+        assert_eq!(daemon_rollout(&one_down, 0, 1), (vec![], vec![]));
+        // maxSurge 2: new pods beside the old on two nodes; nothing deleted yet.
+        assert_eq!(daemon_rollout(&fresh, 2, 0), (vec!["a".to_string(), "b".to_string()], vec![]));
+        // A surged node whose new pod is ready loses its old one, and frees a surge slot.
+        let surged = vec![node("a", &[("a-old", true)], &[("a-new", true)]), node("b", &[("b-old", true)], &[("b-new", false)]), node("c", &[("c-old", true)], &[])];
+        assert_eq!(daemon_rollout(&surged, 2, 0), (vec!["c".to_string()], vec!["a-old".to_string()]));
+        // Not ready old pods go at once, whatever the budget.
+        let broken = vec![node("a", &[("a-old", false)], &[])];
+        assert_eq!(daemon_rollout(&broken, 0, 1).1, ["a-old"]);
+        assert_eq!(daemon_rollout(&broken, 1, 0).1, ["a-old"]);
+    }
 
     fn pod(name: &str, phase: &str, ready: bool) -> Arc<Value> {
         Arc::new(json!({"metadata": {"name": name}, "status": {"phase": phase, "conditions": [{"type": "Ready", "status": if ready { "True" } else { "False" }}]}}))

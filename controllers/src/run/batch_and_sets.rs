@@ -137,9 +137,29 @@ pub(super) async fn sync_daemonset(ctx: &Ctx, key: &str) -> Res {
     };
     let nodes = ctx.nodes.list();
     let eligible: Vec<String> = nodes.iter().filter(|n| workloads::daemon_fits(&ds["spec"]["template"], n)).filter_map(|n| n["metadata"]["name"].as_str().map(String::from)).collect();
+    // RollingUpdate (kube-controller-manager's rules, `workloads::daemon_rollout`).
+    let rolling = ds["spec"]["updateStrategy"]["type"].as_str().unwrap_or("RollingUpdate") == "RollingUpdate";
+    let ru = &ds["spec"]["updateStrategy"]["rollingUpdate"];
+    let desired = eligible.len() as i64;
+    let max_surge = dep::resolve(&ru["maxSurge"], desired, true, "0");
+    let max_unavailable = dep::resolve(&ru["maxUnavailable"], desired, true, "1");
+    let current = |p: &Value| p["metadata"]["labels"]["controller-revision-hash"] == hash.as_str();
+    let (surge_on, roll_delete) = if rolling {
+        let per_node: Vec<workloads::DaemonNode> = eligible
+            .iter()
+            .map(|n| {
+                let on: Vec<&Arc<Value>> = pods.iter().filter(|p| node_of(p) == *n).collect();
+                let of = |new: bool| on.iter().filter(|p| current(p) == new).map(|p| (p["metadata"]["name"].as_str().unwrap_or(""), podutil::is_ready(p))).collect();
+                workloads::DaemonNode { node: n, old: of(false), new: of(true) }
+            })
+            .collect();
+        workloads::daemon_rollout(&per_node, max_surge, max_unavailable)
+    } else {
+        (Vec::new(), Vec::new())
+    };
     let mut create = Vec::new();
     for n in &eligible {
-        if !pods.iter().any(|p| node_of(p) == *n) {
+        if !pods.iter().any(|p| node_of(p) == *n) || surge_on.contains(n) {
             let mut pod = pod_for(&ds, "apps/v1", "DaemonSet", None);
             pod["metadata"]["labels"]["controller-revision-hash"] = json!(hash);
             pod["spec"]["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"] = json!({"nodeSelectorTerms": [{"matchFields": [{"key": "metadata.name", "operator": "In", "values": [n]}]}]});
@@ -153,28 +173,25 @@ pub(super) async fn sync_daemonset(ctx: &Ctx, key: &str) -> Res {
         }
     }
     create_pods(ctx, Ctl::DaemonSet, ns, create).await?;
-    // Pods on nodes that no longer fit, and (RollingUpdate, one at a time) old-template pods.
+    // Pods on nodes that no longer fit, and the old pods the rollout lets go.
     let mut delete: Vec<&Arc<Value>> = pods.iter().filter(|p| !eligible.contains(&node_of(p))).collect();
-    let rolling = ds["spec"]["updateStrategy"]["type"].as_str().unwrap_or("RollingUpdate") == "RollingUpdate";
-    let outdated: Vec<&Arc<Value>> = pods.iter().filter(|p| p["metadata"]["labels"]["controller-revision-hash"] != hash.as_str()).collect();
-    let unavailable = pods.iter().filter(|p| !podutil::is_ready(p)).count();
-    if rolling && unavailable == 0
-        && let Some(p) = outdated.first()
-    {
-        delete.push(p);
-    }
+    delete.extend(pods.iter().filter(|p| roll_delete.iter().any(|d| p["metadata"]["name"].as_str() == Some(d.as_str()))));
     for p in delete {
         let _ = ctx.c(Ctl::DaemonSet).delete(&format!("/api/v1/namespaces/{ns}/pods/{}", p["metadata"]["name"].as_str().unwrap_or("")), &json!({})).await;
     }
-    let on_eligible: Vec<&Arc<Value>> = pods.iter().filter(|p| eligible.contains(&node_of(p))).collect();
+    // Counted per node (a node surging holds two pods), as Kubernetes counts them.
+    let nodes_where = |f: &dyn Fn(&Value) -> bool| eligible.iter().filter(|n| pods.iter().any(|p| node_of(p) == **n && f(p))).count();
+    let scheduled = nodes_where(&|_| true);
+    let ready = nodes_where(&|p| podutil::is_ready(p));
+    let misscheduled = pods.iter().filter(|p| !eligible.contains(&node_of(p))).map(|p| node_of(p)).collect::<std::collections::HashSet<_>>().len();
     let status = json!({
         "desiredNumberScheduled": eligible.len(),
-        "currentNumberScheduled": on_eligible.len(),
-        "numberMisscheduled": pods.len() - on_eligible.len(),
-        "numberReady": on_eligible.iter().filter(|p| podutil::is_ready(p)).count(),
-        "numberAvailable": on_eligible.iter().filter(|p| podutil::is_ready(p)).count(),
-        "numberUnavailable": eligible.len().saturating_sub(on_eligible.iter().filter(|p| podutil::is_ready(p)).count()),
-        "updatedNumberScheduled": on_eligible.iter().filter(|p| p["metadata"]["labels"]["controller-revision-hash"] == hash.as_str()).count(),
+        "currentNumberScheduled": scheduled,
+        "numberMisscheduled": misscheduled,
+        "numberReady": ready,
+        "numberAvailable": ready,
+        "numberUnavailable": eligible.len().saturating_sub(ready),
+        "updatedNumberScheduled": nodes_where(&|p| current(p)),
         "observedGeneration": ds["metadata"]["generation"],
     });
     patch_status(ctx, Ctl::DaemonSet, format!("/apis/apps/v1/namespaces/{ns}/daemonsets/{name}/status"), &ds["status"], status).await?;
