@@ -61,6 +61,8 @@ const SHIPPED: &[(&str, &str)] = &[
     ("preemption-basic", include_str!("../../scheduler-workloads/preemption-basic.yaml")),
     ("required-anti-affinity-ns-selector", include_str!("../../scheduler-workloads/required-anti-affinity-ns-selector.yaml")),
     ("preferred-anti-affinity-ns-selector", include_str!("../../scheduler-workloads/preferred-anti-affinity-ns-selector.yaml")),
+    ("preemption-async", include_str!("../../scheduler-workloads/preemption-async.yaml")),
+    ("unschedulable", include_str!("../../scheduler-workloads/unschedulable.yaml")),
 ];
 
 fn load(w: &str) -> Result<Value> {
@@ -212,6 +214,9 @@ fn main() -> Result<()> {
     let (mut scheduled, mut unschedulable, mut preempted) = (0u64, 0u64, 0u64);
     let mut placed: Vec<String> = Vec::new();
     let mut preempt_offset = 0usize;
+    let interleave = w["interleave"]["every"].as_u64().unwrap_or(0) as usize;
+    // (scheduled, unschedulable) of the interleaved pods.
+    let mut interleaved = (0u64, 0u64);
     let start = Instant::now();
     for (i, p) in pods.into_iter().enumerate() {
         let t0 = Instant::now();
@@ -245,6 +250,33 @@ fn main() -> Result<()> {
             let uid = placed.swap_remove((i * 7919) % placed.len());
             cache.unplace(&uid);
         }
+        // `interleave: {every: N, ...template}`: a pod of another kind tried after every N
+        // measured ones (scheduler_perf's pods created at 5/s beside the measured ones):
+        // its attempts (and preemptions) take the cycle's time but are not measured.
+        if interleave > 0 && i % interleave == interleave - 1 {
+            let q = pod(i, &w["interleave"], "x");
+            let mut t = Timings::default();
+            let start_at = i % cache.nodes().len().max(1);
+            let mut o = framework::schedule(&profile, &q, &cache, start_at, &mut scratch, &mut t);
+            if matches!(o, Outcome::Unschedulable { .. }) && q.priority > 0
+                && let Some(scheduler::preemption::Candidate { victims, .. }) = scheduler::preemption::preempt(&profile, &q, &cache, preempt_offset)
+            {
+                preempt_offset = preempt_offset.wrapping_add(profile.preemption.candidates(cache.nodes().len()));
+                for v in &victims {
+                    cache.unplace(&v.uid);
+                }
+                preempted += victims.len() as u64;
+                o = framework::schedule(&profile, &q, &cache, start_at, &mut scratch, &mut t);
+            }
+            match o {
+                Outcome::Scheduled { node, .. } => {
+                    let name = cache.nodes()[node].name.clone();
+                    cache.place(Arc::new(q), &name, true);
+                    interleaved.0 += 1;
+                }
+                Outcome::Unschedulable { .. } => interleaved.1 += 1,
+            }
+        }
     }
     let secs = start.elapsed().as_secs_f64();
     // The process's peak resident memory (cluster state, indexes, the pods placed).
@@ -259,6 +291,7 @@ fn main() -> Result<()> {
         "candidates_all": sources[0], "candidates_static_class": sources[1], "candidates_free_index": sources[2], "candidates_spread_domains": sources[3],
         "static_reused": reused, "parallel_cycles": parallel, "parallelism": profile.parallelism,
         "init_scheduled": init_scheduled,
+        "interleaved_scheduled": interleaved.0, "interleaved_unschedulable": interleaved.1,
         "peak_rss_bytes": peak_rss, "state_bytes": state_bytes, "state_bytes_per_node": state_bytes / a.nodes.max(1) as u64, "build_seconds": built.as_secs_f64(),
     });
     // Nothing placed over its node's allocatable.
