@@ -79,8 +79,8 @@ pub fn pod_template(app: &str, phase: &Value) -> Value {
     t
 }
 
-/// `over` merged into `base`: objects key by key, anything else replaced.
-fn merge(base: &mut Value, over: &Value) {
+/// `over` merged into `base`: objects key by key, anything else replaced (lists whole).
+pub fn merge(base: &mut Value, over: &Value) {
     match (base, over) {
         (Value::Object(b), Value::Object(o)) => {
             for (k, v) in o {

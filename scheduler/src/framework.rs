@@ -300,6 +300,8 @@ pub struct Timings {
     pub candidates: Candidates,
     /// The static filters' result was reused from an earlier pod of the same class.
     pub static_reused: bool,
+    /// How long PostFilter (preemption) took, when it ran (`preemption::schedule_in_memory`).
+    pub preemption: Option<Duration>,
     /// Nodes the static filters were computed for (when not reused).
     pub static_checked: usize,
     pub parallel: bool,
@@ -912,10 +914,11 @@ pub fn schedule(profile: &Profile, p: &PodInfo, cache: &Cache, start: usize, scr
     if static_list.is_none() && !from_room && p.node_selector.is_empty() && p.required_node_terms.is_none()
         && let Some((c, sp)) = p.spread.iter().filter(|c| c.hard).zip(&st.spread_hard).next()
     {
-        let d = scratch.domains.entry(c.topology_key.clone()).or_default();
-        if d.generation != generation || d.values.is_empty() {
-            *d = DomainNodes::build(&c.topology_key, nodes, generation);
+        // Looked up by &str: the key is cloned only when its index is first built.
+        if scratch.domains.get(&c.topology_key).is_none_or(|d| d.generation != generation || d.values.is_empty()) {
+            scratch.domains.insert(c.topology_key.clone(), DomainNodes::build(&c.topology_key, nodes, generation));
         }
+        let d = &scratch.domains[&c.topology_key];
         let self_match = i64::from(c.selector.matches(&p.labels));
         allowed.clear();
         for (value, list) in &d.values {

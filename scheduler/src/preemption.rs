@@ -153,6 +153,30 @@ pub fn preempt(profile: &Profile, p: &PodInfo, cache: &Cache, offset: usize) -> 
     pick(found)
 }
 
+/// One pod tried against a cluster held in memory (the simulator's loop and
+/// `scheduler-perf`'s): the cycle from `start`; if the pod fits nowhere and has a priority,
+/// preemption, its victims taken out of `cache` at once (the live scheduler deletes them
+/// through the API and waits), and the cycle again from `retry_start`. `offset` is where
+/// preemption's search starts; it moves past each window searched. The victims, when
+/// preemption chose a node.
+#[allow(clippy::too_many_arguments)]
+pub fn schedule_in_memory(profile: &Profile, p: &PodInfo, cache: &mut Cache, scratch: &mut crate::framework::Scratch, start: usize, retry_start: usize, offset: &mut usize, t: &mut crate::framework::Timings) -> (crate::framework::Outcome, Option<Vec<Arc<PodInfo>>>) {
+    use crate::framework::{Outcome, schedule};
+    let outcome = schedule(profile, p, cache, start, scratch, t);
+    if !matches!(outcome, Outcome::Unschedulable { .. }) || p.priority <= 0 {
+        return (outcome, None);
+    }
+    let tp = std::time::Instant::now();
+    let got = preempt(profile, p, cache, *offset);
+    t.preemption = Some(tp.elapsed());
+    let Some(c) = got else { return (outcome, None) };
+    *offset = offset.wrapping_add(profile.preemption.candidates(cache.nodes().len()));
+    for v in &c.victims {
+        cache.unplace(&v.uid);
+    }
+    (schedule(profile, p, cache, retry_start, scratch, t), Some(c.victims))
+}
+
 /// Whether `n` holds `want` once `freed` is released (cpu, memory, ephemeral storage, pod
 /// count, extended resources).
 fn room_after(n: &NodeInfo, freed: &Resources, want: &Resources) -> bool {

@@ -83,25 +83,16 @@ pub fn run(input: &Input, profile: &Profile) -> Report {
         let t0 = Instant::now();
         let n = cache.nodes().len().max(1);
         let mut t = Timings::default();
-        // As the live scheduler: the search's starting node moves by one before each attempt.
+        // As the live scheduler: the search's starting node moves by one before each attempt
+        // (the retry after a preemption is another attempt).
         start = (start + 1) % n;
-        let mut outcome = framework::schedule(profile, p, &cache, start, &mut scratch, &mut t);
-        let mut victims = Vec::new();
-        if let Outcome::Unschedulable { .. } = outcome
-            && p.priority > 0
-        {
-            let tp = Instant::now();
-            let got = preemption::preempt(profile, p, &cache, offset);
-            record("preemption".into(), tp.elapsed().as_nanos());
-            if let Some(c) = got {
-                offset = offset.wrapping_add(profile.preemption.candidates(cache.nodes().len()));
-                for v in &c.victims {
-                    cache.unplace(&v.uid);
-                    victims.push(v.key());
-                }
-                start = (start + 1) % n;
-                outcome = framework::schedule(profile, p, &cache, start, &mut scratch, &mut t);
-            }
+        let (outcome, preempted) = preemption::schedule_in_memory(profile, p, &mut cache, &mut scratch, start, (start + 1) % n, &mut offset, &mut t);
+        if let Some(d) = t.preemption {
+            record("preemption".into(), d.as_nanos());
+        }
+        let victims: Vec<String> = preempted.iter().flatten().map(|v| v.key()).collect();
+        if preempted.is_some() {
+            start = (start + 1) % n;
         }
         let _ = attempts.record(t0.elapsed().as_nanos().max(1) as u64);
         record("pre_filter".into(), t.pre_filter.as_nanos());

@@ -14,6 +14,7 @@ use clap::Parser;
 use hdrhistogram::Histogram;
 use scheduler::cache::Cache;
 use scheduler::framework::{self, Outcome, Profile, Scratch, Timings};
+use scheduler::preemption::schedule_in_memory;
 use scheduler::types::{NodeInfo, PodInfo};
 use serde_json::{Value, json};
 
@@ -116,7 +117,7 @@ fn pod(i: usize, t: &Value, prefix: &str) -> PodInfo {
     // `template:` a Pod's metadata and spec merged over this one (scheduler_perf's pod
     // templates, written as they are there).
     if let Some(tpl) = t.get("template") {
-        merge(&mut v, tpl);
+        loadgen::workload::merge(&mut v, tpl);
     }
     PodInfo::from_json(&v).expect("pod template")
 }
@@ -129,20 +130,10 @@ fn pod_for(i: usize, t: &Value, prefix: &str, nodes: usize) -> PodInfo {
     }
     let mut t = t.clone();
     let term = json!({"matchFields": [{"key": "metadata.name", "operator": "In", "values": [format!("node-{}", i % nodes.max(1))]}]});
-    merge(&mut t, &json!({"template": {"spec": {"affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [term]}}}}}}));
+    loadgen::workload::merge(&mut t, &json!({"template": {"spec": {"affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [term]}}}}}}));
     pod(i, &t, prefix)
 }
 
-fn merge(base: &mut Value, over: &Value) {
-    match (base, over) {
-        (Value::Object(b), Value::Object(o)) => {
-            for (k, v) in o {
-                merge(b.entry(k.clone()).or_insert(Value::Null), v);
-            }
-        }
-        (b, o) => *b = o.clone(),
-    }
-}
 
 /// A `/proc/self/status` memory line (`VmRSS:`, `VmHWM:`), in bytes.
 fn rss(field: &str) -> u64 {
@@ -222,17 +213,8 @@ fn main() -> Result<()> {
         let t0 = Instant::now();
         let mut t = Timings::default();
         let start_at = i % cache.nodes().len().max(1);
-        let mut outcome = framework::schedule(&profile, &p, &cache, start_at, &mut scratch, &mut t);
-        if matches!(outcome, Outcome::Unschedulable { .. }) && p.priority > 0
-            && let Some(scheduler::preemption::Candidate { victims, .. }) = scheduler::preemption::preempt(&profile, &p, &cache, preempt_offset)
-        {
-            preempt_offset = preempt_offset.wrapping_add(profile.preemption.candidates(cache.nodes().len()));
-            for v in &victims {
-                cache.unplace(&v.uid);
-            }
-            preempted += victims.len() as u64;
-            outcome = framework::schedule(&profile, &p, &cache, start_at, &mut scratch, &mut t);
-        }
+        let (outcome, victims) = schedule_in_memory(&profile, &p, &mut cache, &mut scratch, start_at, start_at, &mut preempt_offset, &mut t);
+        preempted += victims.map_or(0, |v| v.len() as u64);
         let _ = hist.record(t0.elapsed().as_nanos().max(1) as u64);
         sources[t.candidates.index()] += 1;
         reused += u64::from(t.static_reused);
@@ -257,17 +239,8 @@ fn main() -> Result<()> {
             let q = pod(i, &w["interleave"], "x");
             let mut t = Timings::default();
             let start_at = i % cache.nodes().len().max(1);
-            let mut o = framework::schedule(&profile, &q, &cache, start_at, &mut scratch, &mut t);
-            if matches!(o, Outcome::Unschedulable { .. }) && q.priority > 0
-                && let Some(scheduler::preemption::Candidate { victims, .. }) = scheduler::preemption::preempt(&profile, &q, &cache, preempt_offset)
-            {
-                preempt_offset = preempt_offset.wrapping_add(profile.preemption.candidates(cache.nodes().len()));
-                for v in &victims {
-                    cache.unplace(&v.uid);
-                }
-                preempted += victims.len() as u64;
-                o = framework::schedule(&profile, &q, &cache, start_at, &mut scratch, &mut t);
-            }
+            let (o, victims) = schedule_in_memory(&profile, &q, &mut cache, &mut scratch, start_at, start_at, &mut preempt_offset, &mut t);
+            preempted += victims.map_or(0, |v| v.len() as u64);
             match o {
                 Outcome::Scheduled { node, .. } => {
                     let name = cache.nodes()[node].name.clone();

@@ -137,6 +137,13 @@ pub(super) async fn sync_daemonset(ctx: &Ctx, key: &str) -> Res {
     };
     let nodes = ctx.nodes.list();
     let eligible: Vec<String> = nodes.iter().filter(|n| workloads::daemon_fits(&ds["spec"]["template"], n)).filter_map(|n| n["metadata"]["name"].as_str().map(String::from)).collect();
+    // The set's pods by node, once (every step below reads them per node).
+    let mut by_node: std::collections::HashMap<String, Vec<&Arc<Value>>> = std::collections::HashMap::new();
+    for p in &pods {
+        by_node.entry(node_of(p)).or_default().push(p);
+    }
+    let on = |n: &str| by_node.get(n).map_or(&[][..], Vec::as_slice);
+    let eligible_set: std::collections::HashSet<&str> = eligible.iter().map(String::as_str).collect();
     // RollingUpdate (kube-controller-manager's rules, `workloads::daemon_rollout`).
     let rolling = ds["spec"]["updateStrategy"]["type"].as_str().unwrap_or("RollingUpdate") == "RollingUpdate";
     let ru = &ds["spec"]["updateStrategy"]["rollingUpdate"];
@@ -148,8 +155,7 @@ pub(super) async fn sync_daemonset(ctx: &Ctx, key: &str) -> Res {
         let per_node: Vec<workloads::DaemonNode> = eligible
             .iter()
             .map(|n| {
-                let on: Vec<&Arc<Value>> = pods.iter().filter(|p| node_of(p) == *n).collect();
-                let of = |new: bool| on.iter().filter(|p| current(p) == new).map(|p| (p["metadata"]["name"].as_str().unwrap_or(""), podutil::is_ready(p))).collect();
+                let of = |new: bool| on(n).iter().filter(|p| current(p) == new).map(|p| (p["metadata"]["name"].as_str().unwrap_or(""), podutil::is_ready(p))).collect();
                 workloads::DaemonNode { node: n, old: of(false), new: of(true) }
             })
             .collect();
@@ -159,7 +165,7 @@ pub(super) async fn sync_daemonset(ctx: &Ctx, key: &str) -> Res {
     };
     let mut create = Vec::new();
     for n in &eligible {
-        if !pods.iter().any(|p| node_of(p) == *n) || surge_on.contains(n) {
+        if on(n).is_empty() || surge_on.contains(n) {
             let mut pod = pod_for(&ds, "apps/v1", "DaemonSet", None);
             pod["metadata"]["labels"]["controller-revision-hash"] = json!(hash);
             pod["spec"]["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"] = json!({"nodeSelectorTerms": [{"matchFields": [{"key": "metadata.name", "operator": "In", "values": [n]}]}]});
@@ -174,16 +180,16 @@ pub(super) async fn sync_daemonset(ctx: &Ctx, key: &str) -> Res {
     }
     create_pods(ctx, Ctl::DaemonSet, ns, create).await?;
     // Pods on nodes that no longer fit, and the old pods the rollout lets go.
-    let mut delete: Vec<&Arc<Value>> = pods.iter().filter(|p| !eligible.contains(&node_of(p))).collect();
+    let mut delete: Vec<&Arc<Value>> = pods.iter().filter(|p| !eligible_set.contains(node_of(p).as_str())).collect();
     delete.extend(pods.iter().filter(|p| roll_delete.iter().any(|d| p["metadata"]["name"].as_str() == Some(d.as_str()))));
     for p in delete {
         let _ = ctx.c(Ctl::DaemonSet).delete(&format!("/api/v1/namespaces/{ns}/pods/{}", p["metadata"]["name"].as_str().unwrap_or("")), &json!({})).await;
     }
     // Counted per node (a node surging holds two pods), as Kubernetes counts them.
-    let nodes_where = |f: &dyn Fn(&Value) -> bool| eligible.iter().filter(|n| pods.iter().any(|p| node_of(p) == **n && f(p))).count();
+    let nodes_where = |f: &dyn Fn(&Value) -> bool| eligible.iter().filter(|n| on(n).iter().any(|p| f(p))).count();
     let scheduled = nodes_where(&|_| true);
     let ready = nodes_where(&|p| podutil::is_ready(p));
-    let misscheduled = pods.iter().filter(|p| !eligible.contains(&node_of(p))).map(|p| node_of(p)).collect::<std::collections::HashSet<_>>().len();
+    let misscheduled = by_node.keys().filter(|n| !eligible_set.contains(n.as_str())).count();
     let status = json!({
         "desiredNumberScheduled": eligible.len(),
         "currentNumberScheduled": scheduled,
