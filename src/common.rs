@@ -168,7 +168,7 @@ pub fn security(data_dir: &Path, opts: &crate::TlsOpts, addr: &std::net::SocketA
         tracing::warn!("!!! --insecure-http: the API is served over plain HTTP WITHOUT authentication; anyone who can reach {addr} is cluster-admin. For benchmarks on loopback only !!!");
         eprintln!("capstan: WARNING: --insecure-http: plain HTTP, no authentication (anyone who can reach {addr} is cluster-admin)");
         let sa_keys = Some(crate::pki::service_account_keys(data_dir, opts)?);
-        let options = apiserver::Options { authn: apiserver::authn::Mode::Insecure, audit: auditor(opts)?, sa_keys, request_timeout: opts.request_timeout, apf_seats: opts.max_requests_inflight + opts.max_mutating_requests_inflight };
+        let options = apiserver::Options { authn: apiserver::authn::Mode::Insecure, audit: auditor(opts)?, sa_keys, request_timeout: opts.request_timeout, apf_seats: opts.max_requests_inflight + opts.max_mutating_requests_inflight, ui: Default::default() };
         return Ok(Security { scheme: "http", tls: None, admin: None, options, limits: limits(opts), pki: None, identities: None });
     }
     let pki = crate::pki::Pki::load_or_create(data_dir, opts)?;
@@ -185,7 +185,7 @@ pub fn security(data_dir: &Path, opts: &crate::TlsOpts, addr: &std::net::SocketA
     let own = pki.client("system:capstan-components", "system:masters")?;
     client::tls::set_default(&pki.credentials(&own)).map_err(anyhow::Error::msg)?;
     let sa_keys = Some(crate::pki::service_account_keys(data_dir, opts)?);
-    let options = apiserver::Options { authn: apiserver::authn::Mode::Tls { tokens: tls.tokens.clone() }, audit: auditor(opts)?, sa_keys, request_timeout: opts.request_timeout, apf_seats: opts.max_requests_inflight + opts.max_mutating_requests_inflight };
+    let options = apiserver::Options { authn: apiserver::authn::Mode::Tls { tokens: tls.tokens.clone() }, audit: auditor(opts)?, sa_keys, request_timeout: opts.request_timeout, apf_seats: opts.max_requests_inflight + opts.max_mutating_requests_inflight, ui: Default::default() };
     let identities = Some(pki.identities()?);
     // The API server's client certificate to kubelets (kubeadm's name and group).
     let kubelet_client = pki.client("kube-apiserver-kubelet-client", "system:masters")?;

@@ -24,6 +24,36 @@ pub fn new_scheduler(server: &str, config: Option<&std::path::Path>, creds: Opti
     })
 }
 
+/// The scheduler as the dashboard sees it.
+struct SchedulerView(std::sync::Arc<scheduler::Scheduler>);
+
+impl apiserver::dashboard::SchedulerView for SchedulerView {
+    fn summary(&self) -> serde_json::Value {
+        self.0.summary()
+    }
+
+    fn attempts(&self, pod: &str) -> Option<serde_json::Value> {
+        self.0.attempts_json(pod)
+    }
+}
+
+/// Lends the dashboard this process's scheduler (none: it does not run here).
+pub fn show_scheduler(hooks: &apiserver::dashboard::Hooks, s: Option<std::sync::Arc<scheduler::Scheduler>>) {
+    hooks.set_scheduler(s.map(|s| std::sync::Arc::new(SchedulerView(s)) as std::sync::Arc<dyn apiserver::dashboard::SchedulerView>));
+}
+
+/// Lends the dashboard the process's CPU profiler (flame graphs as SVG).
+pub fn lend_profiler(hooks: &apiserver::dashboard::Hooks) {
+    hooks.set_profiler(std::sync::Arc::new(|seconds| {
+        Box::pin(async move {
+            scheduler::cpuprof::profile(seconds, scheduler::cpuprof::Format::Svg).await.map_err(|e| match e {
+                scheduler::cpuprof::ProfileError::Busy => "another profile is being taken; try again when it is done".to_string(),
+                scheduler::cpuprof::ProfileError::Invalid(m) | scheduler::cpuprof::ProfileError::Failed(m) => m,
+            })
+        })
+    }));
+}
+
 /// One listener for the in-process components: `/metrics` (scheduler and controllers), the
 /// scheduler's `/debug/scheduler/pods/<ns>/<name>`, and `/debug/pprof/profile` (CPU
 /// profiles of the whole process).

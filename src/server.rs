@@ -108,7 +108,7 @@ pub const CONTROLLERS_LEASE: &str = "kube-controller-manager";
 
 /// Runs the scheduler (or the controllers) in this replica whenever it holds their lease, as
 /// its own identity when `ids` are given.
-fn elected(api: String, part: Part, identity: String, ids: Option<crate::pki::Identities>, ranges: Option<controllers::ipam::Ranges>) -> tokio::task::JoinHandle<()> {
+fn elected(api: String, part: Part, identity: String, ids: Option<crate::pki::Identities>, ranges: Option<controllers::ipam::Ranges>, ui: apiserver::dashboard::Hooks) -> tokio::task::JoinHandle<()> {
     let lease = match part {
         Part::Scheduler => SCHEDULER_LEASE,
         Part::Controllers => CONTROLLERS_LEASE,
@@ -140,7 +140,11 @@ fn elected(api: String, part: Part, identity: String, ids: Option<crate::pki::Id
                     Box::new(controllers::Controllers::start(&api, settings).await)
                 }
                 Part::Scheduler => match new_scheduler(&api, None, ids.as_ref().map(|i| &i.scheduler)) {
-                    Ok(s) => Box::new(s),
+                    Ok(s) => {
+                        let s = std::sync::Arc::new(s);
+                        crate::components::show_scheduler(&ui, Some(s.clone()));
+                        Box::new(s)
+                    }
                     Err(e) => {
                         tracing::error!(error = %e, "starting the scheduler failed");
                         tokio::time::sleep(Duration::from_secs(1)).await;
@@ -150,6 +154,9 @@ fn elected(api: String, part: Part, identity: String, ids: Option<crate::pki::Id
             };
             println!("capstan: this replica now runs the {part:?} (it holds the {lease} lease)");
             leading.lost().await;
+            if matches!(part, Part::Scheduler) {
+                crate::components::show_scheduler(&ui, None);
+            }
             drop(running);
             println!("capstan: this replica lost the {lease} lease and stopped the {part:?}");
         }
@@ -204,6 +211,9 @@ pub async fn run(a: ServerArgs) -> Result<()> {
     tokio::pin!(shutdown);
     let replica = Replica::start_on(cfg, peer_listener).await.with_context(|| format!("starting replica {}", a.name))?;
     let store = replica.store.clone();
+    let ui_hooks = sec.options.ui.clone();
+    crate::components::lend_profiler(&ui_hooks);
+    ui_hooks.set_replication(std::sync::Arc::new(replica.status_source()));
     let (stop_tx, mut server_task) = serve_api(api_listener, store.clone(), sec.tls, sec.options, sec.limits);
     let kc = write_kubeconfig(&a.data_dir, &kubeconfig(&api_url, sec.admin.as_ref()))?;
     println!("capstan replica {} is serving the Kubernetes API at {api_url}", a.name);
@@ -229,10 +239,10 @@ pub async fn run(a: ServerArgs) -> Result<()> {
     let identity = format!("{}_{}", a.name, std::process::id());
     let mut elections = Vec::new();
     if !a.no_controllers {
-        elections.push(elected(api_url.clone(), Part::Controllers, identity.clone(), sec.identities.clone(), ranges));
+        elections.push(elected(api_url.clone(), Part::Controllers, identity.clone(), sec.identities.clone(), ranges, ui_hooks.clone()));
     }
     if !a.no_scheduler {
-        elections.push(elected(api_url.clone(), Part::Scheduler, identity, sec.identities.clone(), None));
+        elections.push(elected(api_url.clone(), Part::Scheduler, identity, sec.identities.clone(), None, ui_hooks.clone()));
     }
     let mut removed_check = tokio::time::interval(Duration::from_millis(500));
     let early = loop {

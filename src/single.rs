@@ -42,6 +42,8 @@ pub async fn serve(data_dir: PathBuf, listen: String, opts: ServeOpts, up: Optio
     apiserver::system_services::publish_api(&store, addr, true).await.context("publishing the API server in the kubernetes Service")?;
     let server = format!("{}://{addr}", sec.scheme);
     let kc_abs = write_kubeconfig(&data_dir, &kubeconfig(&server, sec.admin.as_ref()))?;
+    let ui_hooks = sec.options.ui.clone();
+    crate::components::lend_profiler(&ui_hooks);
     let (stop_tx, mut server_task) = serve_api(listener, store.clone(), sec.tls, sec.options, sec.limits);
     println!("capstan {} is serving the Kubernetes API at {server}", if up.is_some() { "cluster" } else { "API server" });
     println!("  data:       {}", std::fs::canonicalize(&data_dir).unwrap_or(data_dir.clone()).display());
@@ -92,6 +94,7 @@ pub async fn serve(data_dir: PathBuf, listen: String, opts: ServeOpts, up: Optio
             let s = if node.no_scheduler { None } else { Some(std::sync::Arc::new(new_scheduler(&server, node.scheduler_config.as_deref(), sec.identities.as_ref().map(|i| &i.scheduler))?)) };
             let (a, scheme) = serve_components(&node.scheduler_listen, s.clone(), ctrl.clone(), sec.pki.as_ref().map(|p| (p, server.as_str()))).await?;
             println!("  scheduler:  {scheme}://{a}/metrics, {scheme}://{a}/debug/scheduler/pods/<namespace>/<name>, {scheme}://{a}/debug/pprof/profile?seconds=10 (controllers' metrics at the same /metrics)");
+            crate::components::show_scheduler(&ui_hooks, s.clone());
             sched = s;
         }
     }

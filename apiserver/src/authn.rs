@@ -474,6 +474,20 @@ pub async fn authenticate(State(st): State<Arc<AppState>>, mut req: Request, nex
                 return refuse(&st, &req);
             }
             Some(Identity::Anonymous) | None => match bearer(&req) {
+                // The dashboard's login cookie, when no header brings a credential: a token
+                // it does not accept sends the browser back to the login page.
+                Ok(None) if crate::dashboard::is_ui(req.uri().path()) => match crate::dashboard::cookie_token(req.headers()).map(str::to_string) {
+                    None => None,
+                    Some(token) => match token_user(&st, tokens, &token).await {
+                        Ok(u) => Some(u),
+                        Err(why) => {
+                            COUNTERS.rejected.fetch_add(1, Ordering::Relaxed);
+                            tracing::debug!(reason = %why, "the dashboard's login cookie was refused");
+                            req.extensions_mut().insert(crate::dashboard::CookieRefused);
+                            None
+                        }
+                    },
+                },
                 Ok(None) => None,
                 Ok(Some(token)) => match token_user(&st, tokens, token).await {
                     Ok(u) => Some(u),
@@ -495,6 +509,8 @@ pub async fn authenticate(State(st): State<Arc<AppState>>, mut req: Request, nex
             req.extensions_mut().insert(u);
         }
         None if public(req.uri().path()) => {}
+        // The dashboard answers anonymous browsers with its login page.
+        None if crate::dashboard::is_ui(req.uri().path()) => {}
         None => {
             COUNTERS.anonymous.fetch_add(1, Ordering::Relaxed);
             return refuse(&st, &req);

@@ -38,6 +38,10 @@ pub fn long_running(path: &str, query: Option<&str>) -> bool {
         Some("apis") => segs.nth(2) == Some("watch"),
         _ => false,
     };
+    // The dashboard's live stream and its CPU profile (which takes the seconds asked for).
+    if path == "/ui/events" || path == "/ui/scheduler/flamegraph.svg" {
+        return true;
+    }
     watch_path || path.split('/').any(|s| matches!(s, "log" | "exec" | "attach" | "portforward" | "proxy"))
 }
 
@@ -120,6 +124,8 @@ mod tests {
             ("/api/v1/namespaces/d/pods/p/exec", None, true),
             ("/api/v1/namespaces/d/services/s/proxy/x", None, true),
             ("/api/v1/pods", Some("watch=false"), false),
+            ("/ui/events", Some("path=/ui/"), true),
+            ("/ui/pods", None, false),
             ("/api/v1/namespaces/watch/pods", None, false),
             ("/apis/apps/v1/deployments", None, false),
             ("/api/v1/namespaces/d/pods/p/status", None, false),

@@ -68,6 +68,8 @@ pub struct AppState {
     /// Objects the authenticators and authorizers look up at every request (token Secrets,
     /// ServiceAccounts), parsed once per revision (`lookup`).
     pub parsed: std::sync::Mutex<std::collections::HashMap<Bytes, (u64, Arc<Value>)>>,
+    /// The dashboard's digests, samples and hooks (`dashboard`).
+    pub ui: crate::dashboard::UiState,
 }
 
 /// At most this many objects in `AppState::parsed` (emptied when full).

@@ -22,6 +22,7 @@ pub mod authn;
 pub mod bootstrap_token;
 pub mod cached;
 pub mod csr;
+pub mod dashboard;
 pub mod config_yaml;
 pub mod deadline;
 pub mod default_roles;
@@ -95,12 +96,14 @@ pub struct Options {
     /// The seats API Priority and Fairness shares among priority levels
     /// (`--max-requests-inflight` + `--max-mutating-requests-inflight`).
     pub apf_seats: usize,
+    /// What the process lends the dashboard (its scheduler, a profiler); filled in later.
+    pub ui: dashboard::Hooks,
 }
 
 impl Options {
     /// No authentication, no audit, no ServiceAccount tokens, Kubernetes' request timeout.
     pub fn insecure() -> Options {
-        Options { authn: authn::Mode::Insecure, audit: None, sa_keys: None, request_timeout: deadline::DEFAULT_REQUEST_TIMEOUT, apf_seats: 600 }
+        Options { authn: authn::Mode::Insecure, audit: None, sa_keys: None, request_timeout: deadline::DEFAULT_REQUEST_TIMEOUT, apf_seats: 600, ui: Default::default() }
     }
 }
 
@@ -112,7 +115,7 @@ pub fn router_with_shutdown(store: Store, shutdown: tokio::sync::watch::Receiver
 }
 
 fn build(store: Store, shutdown: tokio::sync::watch::Receiver<bool>, keep: Option<tokio::sync::watch::Sender<bool>>, opts: Options) -> Router {
-    let Options { authn: mode, audit: auditor, sa_keys, request_timeout, apf_seats } = opts;
+    let Options { authn: mode, audit: auditor, sa_keys, request_timeout, apf_seats, ui: ui_hooks } = opts;
     let state = Arc::new(AppState {
         shutdown,
         _shutdown_sender: keep,
@@ -129,6 +132,7 @@ fn build(store: Store, shutdown: tokio::sync::watch::Receiver<bool>, keep: Optio
         authn: mode,
         sa_keys,
         parsed: Default::default(),
+        ui: dashboard::UiState::new(ui_hooks),
     });
     tokio::spawn(rbac::follow(state.clone()));
     state.apf.total_seats.store(apf_seats.max(1), Ordering::Relaxed);
@@ -158,6 +162,9 @@ fn build(store: Store, shutdown: tokio::sync::watch::Receiver<bool>, keep: Optio
         .route("/healthz", get(ready))
         .route("/metrics", get(metrics))
         .route("/openapi/v2", get(openapi_v2))
+        .route("/ui", get(dashboard::to_root))
+        .route("/ui/", any(dashboard::dispatch))
+        .route("/ui/{*rest}", any(dashboard::dispatch))
         .route("/openapi/v3", get(openapi_index))
         .route("/openapi/v3/{*gv}", get(openapi_gv))
         .route("/apis/authentication.k8s.io/v1/selfsubjectreviews", axum::routing::post(authn::self_subject_review))

@@ -58,6 +58,14 @@ impl Metrics {
         }
     }
 
+    /// Requests and their summed latency (seconds) per verb, over every resource.
+    pub fn by_verb(&self) -> Vec<(String, u64, f64)> {
+        let all = self.series.lock().unwrap();
+        let mut v: Vec<(String, u64, f64)> = all.iter().map(|(verb, m)| (verb.clone(), m.values().map(|s| s.count).sum(), m.values().map(|s| s.sum_s).sum())).collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    }
+
     pub fn render(&self) -> String {
         let mut out = String::new();
         let all = self.series.lock().unwrap();

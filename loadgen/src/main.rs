@@ -250,6 +250,8 @@ async fn run(w: workload::Workload, vars: workload::Vars, server: Option<String>
         }
     };
     let c = Client::with_agent(&base, "capstan-loadgen/0.1");
+    let over_time: Arc<std::sync::Mutex<report::OverTime>> = Default::default();
+    let sampler = tokio::spawn(measure::sample_usage(started, over_time.clone()));
     let stats = Arc::new(ApiStats::default());
     let pods = Arc::new(Pods::new());
     // One watch of every pod, for startup latency and accounting.
@@ -560,6 +562,8 @@ async fn run(w: workload::Workload, vars: workload::Vars, server: Option<String>
     }
     let pod_report = pods.report(expected_pods);
     watcher.abort();
+    sampler.abort();
+    let over_time = over_time.lock().unwrap().clone();
     drop(hollow);
     let rate = match (first_create, pod_report.running_over_time.last()) {
         (Some(a), Some((t, n))) if *t > a => Some(*n as f64 / (t - a)),
@@ -613,5 +617,6 @@ async fn run(w: workload::Workload, vars: workload::Vars, server: Option<String>
         process_peak_rss_bytes: rss,
         process_note: if embedded_mode { "loadgen and the whole control plane in this process".into() } else { "loadgen (and its hollow nodes) only".into() },
         verdicts,
+        over_time,
     })
 }

@@ -448,6 +448,47 @@ pub fn quantile_bound(before: &[(f64, u64)], after: &[(f64, u64)], q: f64) -> Op
     delta.iter().find(|(_, n)| *n as f64 >= q * total as f64).map(|(le, _)| (*le, total))
 }
 
+/// This process's resident memory now, in bytes.
+pub fn current_rss() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:").map(|v| v.trim().trim_end_matches(" kB").trim().parse::<u64>().unwrap_or(0) * 1024))
+        .unwrap_or(0)
+}
+
+/// Samples this process's CPU (cores, over each second) and RSS every second until aborted;
+/// `out` holds at most `OVER_TIME_MAX` of each (the oldest half thinned when full).
+pub async fn sample_usage(started: std::time::Instant, out: std::sync::Arc<std::sync::Mutex<crate::report::OverTime>>) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    let mut last: Option<(f64, f64)> = None;
+    loop {
+        tick.tick().await;
+        let t = started.elapsed().as_secs_f64();
+        let (cpu, _) = process_usage();
+        let mut o = out.lock().unwrap();
+        if let Some((t0, c0)) = last
+            && t > t0
+        {
+            push_bounded(&mut o.cpu_cores, (t, (cpu - c0).max(0.0) / (t - t0)));
+        }
+        push_bounded(&mut o.rss_bytes, (t, current_rss() as f64));
+        last = Some((t, cpu));
+    }
+}
+
+/// Points kept per series over a run (a long run keeps every other point of its first half).
+pub const OVER_TIME_MAX: usize = 400;
+
+fn push_bounded(v: &mut Vec<(f64, f64)>, p: (f64, f64)) {
+    if v.len() >= OVER_TIME_MAX {
+        let half = v.len() / 2;
+        let thinned: Vec<(f64, f64)> = v[..half].iter().step_by(2).copied().chain(v[half..].iter().copied()).collect();
+        *v = thinned;
+    }
+    v.push(p);
+}
+
 /// This process's CPU seconds and peak RSS (the control plane too, when embedded).
 pub fn process_usage() -> (f64, u64) {
     let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();

@@ -81,6 +81,17 @@ pub struct Report {
     pub process_peak_rss_bytes: u64,
     pub process_note: String,
     pub verdicts: Vec<Verdict>,
+    /// This process's CPU and memory sampled each second over the run.
+    #[serde(default)]
+    pub over_time: OverTime,
+}
+
+/// Resources over the run: `[seconds since the start, value]` pairs.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct OverTime {
+    /// CPU cores used between one sample and the next.
+    pub cpu_cores: Vec<(f64, f64)>,
+    pub rss_bytes: Vec<(f64, f64)>,
 }
 
 const MUTATING: &[&str] = &["create", "update", "patch", "delete", "deletecollection"];
@@ -184,65 +195,11 @@ pub fn table(r: &Report) -> String {
     s
 }
 
-fn esc(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
-}
-
-/// A line chart of pods Running over time.
-fn svg_line(points: &[(f64, u64)], w: f64, h: f64) -> String {
-    let maxx = points.iter().map(|p| p.0).fold(1e-9, f64::max);
-    let maxy = points.iter().map(|p| p.1).max().unwrap_or(1).max(1) as f64;
-    let path: Vec<String> = points.iter().map(|(x, y)| format!("{:.1},{:.1}", 40.0 + x / maxx * (w - 50.0), h - 20.0 - *y as f64 / maxy * (h - 30.0))).collect();
-    format!(
-        r##"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}"><rect width="100%" height="100%" fill="#fff"/><line x1="40" y1="{b}" x2="{w}" y2="{b}" stroke="#999"/><line x1="40" y1="10" x2="40" y2="{b}" stroke="#999"/><polyline fill="none" stroke="#1f6feb" stroke-width="2" points="{}"/><text x="42" y="20" font-size="11">{maxy:.0} pods</text><text x="{tx}" y="{ty}" font-size="11">{maxx:.1} s</text></svg>"##,
-        path.join(" "),
-        b = h - 20.0,
-        tx = w - 60.0,
-        ty = h - 5.0
-    )
-}
-
-/// A bar chart of a latency distribution (bucket upper bounds in ms).
-fn svg_bars(buckets: &[(f64, u64)], w: f64, h: f64) -> String {
-    let used: Vec<&(f64, u64)> = buckets.iter().collect();
-    let maxc = used.iter().map(|b| b.1).max().unwrap_or(1).max(1) as f64;
-    let bw = (w - 50.0) / used.len().max(1) as f64;
-    let mut s = format!(r##"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}"><rect width="100%" height="100%" fill="#fff"/>"##);
-    for (i, (ub, c)) in used.iter().enumerate() {
-        let bh = *c as f64 / maxc * (h - 40.0);
-        let _ = write!(s, r##"<rect x="{:.1}" y="{:.1}" width="{:.1}" height="{bh:.1}" fill="#2da44e"><title>&lt;= {ub} ms: {c}</title></rect>"##, 40.0 + i as f64 * bw, h - 25.0 - bh, (bw - 1.0).max(1.0));
-        if i % 3 == 0 {
-            let _ = write!(s, r##"<text x="{:.1}" y="{:.1}" font-size="9">{ub}</text>"##, 40.0 + i as f64 * bw, h - 12.0);
-        }
-    }
-    s.push_str("</svg>");
-    s
-}
-
+/// The report as a page that stands alone: the dashboard's report view (`ui::report`), the
+/// same charts the dashboard draws for an uploaded report.
 pub fn html(r: &Report) -> String {
-    let mut s = String::from("<!doctype html><html><head><meta charset=\"utf-8\"><title>loadgen report</title><style>body{font-family:sans-serif;max-width:1000px;margin:2em auto}table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}td:first-child{text-align:left}.pass{color:#1a7f37}.fail{color:#cf222e}</style></head><body>");
-    let _ = write!(s, "<h1>{} — {}</h1><p>{} nodes, {} pods per node, {:.1} s. Process: {:.1} CPU s, peak RSS {} MiB ({}).</p>", esc(&r.workload), esc(&r.target), r.nodes, r.pods_per_node, r.seconds, r.process_cpu_seconds, r.process_peak_rss_bytes >> 20, esc(&r.process_note));
-    s.push_str("<h2>Verdicts</h2><table><tr><th>check</th><th>measured</th><th>limit</th><th>result</th><th>source</th></tr>");
-    for v in &r.verdicts {
-        let _ = write!(s, "<tr><td>{}</td><td>{}</td><td>{}</td><td class=\"{}\">{}</td><td>{}</td></tr>", esc(&v.name), f(v.measured), v.limit, if v.pass { "pass" } else { "fail" }, if v.pass { "PASS" } else { "FAIL" }, esc(&v.source));
-    }
-    s.push_str("</table><h2>Pods Running over time</h2>");
-    s.push_str(&svg_line(&r.pods.running_over_time, 900.0, 260.0));
-    s.push_str("<h2>API call latency (client-side)</h2><table><tr><th>call</th><th>count</th><th>errors</th><th>p50 ms</th><th>p90 ms</th><th>p99 ms</th><th>max ms</th></tr>");
-    for a in &r.api {
-        let _ = write!(s, "<tr><td>{} {}</td><td>{}</td><td>{}</td><td>{:.2}</td><td>{:.2}</td><td>{:.2}</td><td>{:.2}</td></tr>", esc(&a.verb), esc(&a.resource), a.count, a.errors, a.p50_ms, a.p90_ms, a.p99_ms, a.max_ms);
-    }
-    s.push_str("</table>");
-    for a in &r.api {
-        let _ = write!(s, "<h3>{} {} (ms)</h3>", esc(&a.verb), esc(&a.resource));
-        s.push_str(&svg_bars(&a.buckets, 900.0, 160.0));
-    }
-    s.push_str("<h2>Phases</h2><table><tr><th>phase</th><th>seconds</th><th>items</th><th>qps set</th><th>qps achieved</th><th>note</th></tr>");
-    for p in &r.phases {
-        let _ = write!(s, "<tr><td>{}</td><td>{:.2}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>", esc(&p.phase), p.seconds, p.items, f(p.configured_qps), f(p.achieved_qps), esc(&p.note));
-    }
-    s.push_str("</table></body></html>\n");
-    s
+    let v = serde_json::to_value(r).unwrap_or(Value::Null);
+    ui::page::document(&format!("loadgen report: {} against {}", r.workload, r.target), ui::report::one(&v))
 }
 
 /// Two reports side by side, with B/A ratios.

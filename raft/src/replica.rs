@@ -435,6 +435,12 @@ impl Replica {
         self.inner.status()
     }
 
+    /// `status`, for whoever outlives a borrow of the replica (the dashboard).
+    pub fn status_source(&self) -> impl Fn() -> serde_json::Value + Send + Sync + 'static {
+        let inner = self.inner.clone();
+        move || inner.status()
+    }
+
     /// Stops: a leader first hands leadership to the most caught-up voter (so a rolling
     /// restart does not wait for an election timeout), then raft and the tasks stop.
     pub async fn shutdown(self) {
@@ -785,6 +791,8 @@ impl Inner {
             "removed": self.removed.load(Ordering::SeqCst),
             "failed": self.failed.get(),
             "members": members,
+            // On the leader: each member's last log index known replicated to it.
+            "matched": m.replication.as_ref().map(|r| r.iter().map(|(id, l)| (format!("{id:016x}"), serde_json::json!(l.as_ref().map(|l| l.index)))).collect::<serde_json::Map<String, serde_json::Value>>()),
             "proposed": {
                 "entries": self.entries.load(Ordering::Relaxed),
                 "commands": self.commands.load(Ordering::Relaxed),

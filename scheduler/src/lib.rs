@@ -59,6 +59,9 @@ enum Update {
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct Attempt {
     pub at: String,
+    /// When, for the dashboard's window of recent attempts.
+    #[serde(skip)]
+    pub at_instant: Option<Instant>,
     pub queue_wait_us: u64,
     pub pre_filter_us: u64,
     pub filter_us: Vec<(String, u64)>,
@@ -110,7 +113,42 @@ impl Observed {
     pub fn attempts(&self, key: &str) -> Option<&Vec<Attempt>> {
         self.attempts.get(key)
     }
+
+    /// The attempts of the last `window` among the `RECENT_PODS` pods tried last: the `top`
+    /// slowest, and the reasons of the failed ones with how many attempts gave each.
+    pub fn recent(&self, window: Duration, top: usize) -> (Vec<(String, Attempt)>, Vec<(String, usize)>) {
+        let now = Instant::now();
+        let mut slow: Vec<(String, Attempt)> = Vec::new();
+        let mut reasons: HashMap<String, usize> = HashMap::new();
+        for key in self.order.iter().rev().take(RECENT_PODS) {
+            for a in self.attempts.get(key).into_iter().flatten() {
+                if a.at_instant.is_none_or(|t| now.duration_since(t) > window) {
+                    continue;
+                }
+                if !a.result.starts_with("Scheduled") {
+                    for (r, _) in &a.reasons {
+                        *reasons.entry(r.clone()).or_default() += 1;
+                    }
+                    if a.reasons.is_empty() {
+                        *reasons.entry(a.result.clone()).or_default() += 1;
+                    }
+                }
+                if slow.len() < top || slow.last().is_some_and(|(_, s)| s.total_us < a.total_us) {
+                    slow.push((key.clone(), a.clone()));
+                    slow.sort_by(|x, y| y.1.total_us.cmp(&x.1.total_us));
+                    slow.truncate(top);
+                }
+            }
+        }
+        let mut reasons: Vec<(String, usize)> = reasons.into_iter().collect();
+        reasons.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+        reasons.truncate(top);
+        (slow, reasons)
+    }
 }
+
+/// How many of the pods tried last `Observed::recent` looks through.
+const RECENT_PODS: usize = 5_000;
 
 pub struct Scheduler {
     pub observed: Arc<Mutex<Observed>>,
@@ -179,6 +217,23 @@ impl Scheduler {
             })
             .expect("spawn the scheduling thread");
         Scheduler { observed, tasks, stop }
+    }
+
+    /// What the dashboard's scheduler page shows, as JSON: attempts and latency per result,
+    /// extension point and plugin (summaries of the unsampled histograms), the queues, the
+    /// slowest attempts of the last minute and the commonest reasons pods did not fit.
+    pub fn summary(&self) -> Value {
+        let o = self.observed.lock().unwrap();
+        let mut v = o.metrics.summary();
+        let (slow, reasons) = o.recent(Duration::from_secs(60), 10);
+        v["slowest"] = json!(slow.iter().map(|(pod, a)| json!({"pod": pod, "at": a.at, "total_us": a.total_us, "result": a.result, "feasible": a.feasible, "evaluated": a.evaluated})).collect::<Vec<_>>());
+        v["unschedulable_reasons"] = json!(reasons.iter().map(|(r, n)| json!({"reason": r, "attempts": n})).collect::<Vec<_>>());
+        v
+    }
+
+    /// The recorded attempts of one pod (`namespace/name`), as `/debug/scheduler/pods` has them.
+    pub fn attempts_json(&self, key: &str) -> Option<Value> {
+        self.observed.lock().unwrap().attempts(key).map(|a| json!(a))
     }
 
     /// The Prometheus text of the scheduler's metrics.
@@ -514,7 +569,8 @@ fn run_loop(ctx: &Loop, pool: &Option<Arc<rayon::ThreadPool>>) {
         let outcome = framework::schedule(profile, &pod, &cache, start, &mut scratch[pi], &mut t);
         let key = pod.key();
         let mut attempt = Attempt {
-            at: now_rfc3339(),
+            at: api::meta::now_micro(),
+            at_instant: Some(Instant::now()),
             queue_wait_us: queue_wait.as_micros() as u64,
             pre_filter_us: t.pre_filter.as_micros() as u64,
             filter_us: t.filter.iter().map(|(p, d)| (p.name().to_string(), d.as_micros() as u64)).collect(),

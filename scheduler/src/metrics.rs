@@ -63,6 +63,33 @@ fn render_hist(out: &mut String, name: &str, labels: &str, h: &Histogram<u64>) {
     let _ = writeln!(out, "{name}_count{{{labels}}} {}", h.len());
 }
 
+/// One histogram (nanoseconds) as count, p50/p90/p99/max in µs, and with `buckets` its
+/// counts per bucket of `bounds()` as `[upper bound µs, count]` pairs.
+pub fn summarize(h: &Histogram<u64>, buckets: bool) -> serde_json::Value {
+    let us = |q: f64| if h.is_empty() { 0.0 } else { h.value_at_quantile(q) as f64 / 1000.0 };
+    let mut v = serde_json::json!({
+        "count": h.len(),
+        "p50_us": us(0.5),
+        "p90_us": us(0.9),
+        "p99_us": us(0.99),
+        "max_us": if h.is_empty() { 0.0 } else { h.max() as f64 / 1000.0 },
+    });
+    if buckets {
+        let mut below = 0;
+        let list: Vec<serde_json::Value> = bounds()
+            .into_iter()
+            .map(|le| {
+                let upto = h.count_between(0, le);
+                let n = upto - below;
+                below = upto;
+                serde_json::json!([le as f64 / 1000.0, n])
+            })
+            .collect();
+        v["buckets"] = serde_json::Value::Array(list);
+    }
+    v
+}
+
 impl Default for Metrics {
     fn default() -> Self {
         Metrics::new()
@@ -115,6 +142,36 @@ impl Metrics {
         self.pending = d;
     }
 
+    /// Every histogram summarized (count and quantiles in µs, with bucket counts for the
+    /// extension points), and the queues: the dashboard's view.
+    pub fn summary(&self) -> serde_json::Value {
+        use serde_json::json;
+        let attempts: serde_json::Map<String, serde_json::Value> = self.attempts.iter().map(|(r, h)| (r.to_string(), summarize(h, false))).collect();
+        let total: u64 = self.attempts.values().map(|h| h.len()).sum();
+        let ext: Vec<serde_json::Value> = self.extension.iter().map(|(e, h)| {
+            let mut v = summarize(h, true);
+            v["name"] = json!(e);
+            v
+        }).collect();
+        let plugins: Vec<serde_json::Value> = self.plugin.iter().map(|((p, e), h)| {
+            let mut v = summarize(h, false);
+            v["plugin"] = json!(p);
+            v["extension_point"] = json!(e);
+            v
+        }).collect();
+        json!({
+            "attempts_total": total,
+            "attempts": attempts,
+            "extension_points": ext,
+            "plugins": plugins,
+            "queue_wait": summarize(&self.queue_wait, false),
+            "e2e": summarize(&self.e2e, false),
+            "bind": summarize(&self.bind, false),
+            "pending": {"active": self.pending[0], "backoff": self.pending[1], "unschedulable": self.pending[2], "inflight": self.pending[3]},
+            "restarts": self.restarts,
+        })
+    }
+
     /// (count, p50, p99) of attempts in microseconds, for benchmarks.
     pub fn attempt_summary(&self, result: &str) -> Option<(u64, u64, u64)> {
         let h = self.attempts.get(result)?;
@@ -157,6 +214,29 @@ impl Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_summary_gives_quantiles_in_microseconds_and_bucket_counts() {
+        let mut h = hist();
+        for us in 1..=100u64 {
+            h.record(us * 1000).unwrap();
+        }
+        let s = summarize(&h, true);
+        assert_eq!(s["count"], 100);
+        // Three significant digits: each within 0.1% of the value recorded.
+        for (q, want) in [("p50_us", 50.0), ("p90_us", 90.0), ("p99_us", 99.0), ("max_us", 100.0)] {
+            let got = s[q].as_f64().unwrap();
+            assert!((got - want).abs() <= want * 0.001, "{q}: {got}");
+        }
+        let b = s["buckets"].as_array().unwrap();
+        // (0, 1 µs]: 1; (1, 2]: 1; (2, 5]: 3; (5, 10]: 5; (10, 20]: 10; (20, 50]: 30; (50, 100]: 50.
+        let counts: Vec<u64> = b.iter().take(7).map(|x| x[1].as_u64().unwrap()).collect();
+        assert_eq!(counts, vec![1, 1, 3, 5, 10, 30, 50]);
+        assert_eq!(b.iter().map(|x| x[1].as_u64().unwrap()).sum::<u64>(), 100);
+        let empty = summarize(&hist(), false);
+        assert_eq!((empty["count"].as_u64(), empty["p99_us"].as_f64()), (Some(0), Some(0.0)));
+        assert!(empty.get("buckets").is_none());
+    }
 
     #[test]
     fn buckets_span_a_microsecond_to_ten_seconds() {

@@ -22,6 +22,7 @@ mod coord;
 pub mod disk;
 pub mod error;
 pub mod failpoint;
+pub mod io_stats;
 mod mvcc;
 pub mod replicated;
 mod shard;

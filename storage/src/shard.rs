@@ -330,7 +330,16 @@ impl ShardCore {
         first_rev: Option<Revision>,
     ) -> bool {
         let me = self.id as usize;
-        let result = if frame.is_empty() { Ok(()) } else { self.wal.append(frame.finish()) };
+        let result = if frame.is_empty() {
+            Ok(())
+        } else {
+            let bytes = frame.finish();
+            let len = bytes.len();
+            let started = std::time::Instant::now();
+            let r = self.wal.append(bytes);
+            self.shared.io[me].record(len, started.elapsed());
+            r
+        };
         frame.clear();
         self.shared.wal_bytes[me].store(self.wal.bytes_since_snapshot(), SeqCst);
         self.shared.history_bytes[me].store(self.mvcc.history_value_bytes(), SeqCst);

@@ -48,6 +48,8 @@ pub struct Shared {
     /// Set once when a log sync fails: the store then refuses writes.
     pub failed: OnceLock<String>,
     pub wal_bytes: Box<[AtomicU64]>,
+    /// Each shard's log commits: count, bytes, append latency.
+    pub io: Box<[crate::io_stats::ShardIo]>,
     /// Each shard's `Mvcc::history_value_bytes`, published after every batch and compaction
     /// (what compaction by bytes reads).
     pub history_bytes: Box<[AtomicU64]>,
@@ -85,6 +87,7 @@ impl Shared {
             permits: (0..n).map(|_| Arc::new(Semaphore::new(cfg.shard_queue_requests_max))).collect(),
             failed: OnceLock::new(),
             wal_bytes: (0..n).map(|_| AtomicU64::new(0)).collect(),
+            io: (0..n).map(|_| Default::default()).collect(),
             history_bytes: (0..n).map(|_| AtomicU64::new(0)).collect(),
             next_watch_id: AtomicU64::new(1),
             snapshot_revision: AtomicU64::new(0),

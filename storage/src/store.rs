@@ -469,6 +469,12 @@ impl Store {
         Ok(self.revision())
     }
 
+    /// Each shard's log commits (count, bytes, append latency), read without asking the
+    /// shards.
+    pub fn shard_io(&self) -> Vec<crate::io_stats::ShardIoStats> {
+        self.shared().io.iter().map(|s| s.stats()).collect()
+    }
+
     pub async fn stats(&self) -> Stats {
         let sh = self.shared();
         let mut st = Stats {
