@@ -77,7 +77,7 @@ fn every_page_loads_clean_shows_the_cluster_follows_it_live_and_escapes_what_obj
     let shots = screenshots();
     let mut b = cdp::Browser::launch(&[]);
     let pages: [(&str, &str, &str); 10] = [
-        ("cluster", "/ui/", "document.querySelector('#live').textContent.includes('Ready') && document.querySelectorAll('svg.chart').length >= 3"),
+        ("cluster", "/ui/", "document.querySelector('#live').textContent.includes('Ready') && !document.querySelector('#live').textContent.includes('Counting') && document.querySelector('#live').textContent.includes('Running') && document.querySelectorAll('svg.chart').length >= 3"),
         ("nodes", "/ui/nodes", &format!("document.body.textContent.includes('{hollow}')")),
         ("node", &format!("/ui/nodes/{hollow}"), "document.body.textContent.includes('Conditions')"),
         ("pods", "/ui/pods", "document.body.textContent.includes('shouty') && document.body.textContent.includes('web-')"),

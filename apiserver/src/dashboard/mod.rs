@@ -15,6 +15,7 @@
 //! cookie sent only to `/ui`, and checked at every request as an `Authorization` header is.
 
 pub mod digest;
+pub mod model;
 pub mod pages;
 pub mod sampler;
 
@@ -95,12 +96,13 @@ impl Hooks {
 pub struct UiState {
     pub hooks: Hooks,
     pub ring: sampler::Ring,
-    pub pods: digest::Digests<digest::Pod>,
+    /// The pods, counted as they change (`model`).
+    pub model: model::PodModel,
     pub nodes: digest::Digests<digest::Node>,
     /// Live regions rendered, by page address: (stamp, markup), shared by every open copy.
     memo: Mutex<HashMap<String, (u64, Arc<String>)>>,
-    /// Aggregates of the cluster page, by (pods, nodes) revision.
-    pub(crate) cluster: Mutex<Option<((u64, u64), Arc<pages::ClusterCounts>)>>,
+    /// The nodes' counts of the cluster page, by the nodes' revision.
+    pub(crate) cluster: Mutex<Option<(u64, Arc<pages::NodeCounts>)>>,
     sampling: std::sync::Once,
 }
 
@@ -109,7 +111,7 @@ impl UiState {
         UiState {
             hooks,
             ring: Default::default(),
-            pods: digest::Digests::new(digest::pod),
+            model: Default::default(),
             nodes: digest::Digests::new(digest::node),
             memo: Default::default(),
             cluster: Default::default(),
@@ -262,6 +264,7 @@ async fn route(st: &Arc<AppState>, method: Method, path: &str, query: HashMap<St
         return if req.extensions().get::<CookieRefused>().is_some() { redirect("/ui/login?refused=1") } else { redirect("/ui/login") };
     };
     st.ui.sampling.call_once(|| sampler::run(Arc::downgrade(st)));
+    st.ui.model.start(Arc::downgrade(st));
     let viewer = Viewer { user, st: st.clone() };
     let shown_user = Some(viewer.name().to_string());
     let r = match (path, &method) {
@@ -339,7 +342,8 @@ fn events(st: Arc<AppState>, viewer: Viewer, query: &HashMap<String, String>) ->
         Ok(v) => v,
         Err(e) => return error_page(&e, Some(viewer.name())),
     };
-    let state = (st, viewer, view, target, 0u64, true);
+    // (stamp, hash of the markup) last sent: a render equal to the last one is not sent.
+    let state = (st, viewer, view, target, (0u64, 0u64), true);
     let stream = futures_util::stream::unfold(state, |(st, viewer, view, target, mut last, first)| async move {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -350,14 +354,24 @@ fn events(st: Arc<AppState>, viewer: Viewer, query: &HashMap<String, String>) ->
         loop {
             tick.tick().await;
             let stamp = pages::stamp(&st, &view).await;
-            if stamp == last {
+            if stamp == last.0 {
                 continue;
             }
-            last = stamp;
             let markup = match render_shared(&st, &viewer, &view, &target, stamp).await {
                 Ok(m) => m,
                 Err(e) => Arc::new(ui::html! { p.error { (e.message) } }.into_string()),
             };
+            let hash = {
+                use std::hash::{Hash, Hasher};
+                let mut h = std::collections::hash_map::DefaultHasher::new();
+                markup.hash(&mut h);
+                h.finish()
+            };
+            if hash == last.1 {
+                last.0 = stamp;
+                continue;
+            }
+            last = (stamp, hash);
             let ev: Result<Event, std::convert::Infallible> = Ok(Event::default().event("update").data(markup.as_str()));
             return Some((ev, (st, viewer, view, target, last, false)));
         }

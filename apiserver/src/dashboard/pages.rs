@@ -318,56 +318,46 @@ pub async fn region(st: &Arc<AppState>, v: &Viewer, view: &View) -> Result<Marku
     }
 }
 
-/// What the cluster page counts over every pod and node.
+/// What the cluster page counts over the nodes.
 #[derive(Debug, Default)]
-pub struct ClusterCounts {
-    pub phases: [u64; 5],
-    pub nodes_ready: u64,
-    pub nodes_not_ready: u64,
-    pub nodes_cordoned: u64,
-    pub nodes_hollow: u64,
+pub struct NodeCounts {
+    pub ready: u64,
+    pub not_ready: u64,
+    pub cordoned: u64,
+    pub hollow: u64,
     /// Allocatable over all nodes (milli-CPU, bytes, pods).
     pub allocatable: (i64, i64, i64),
-    /// Requested by pods bound and not finished (milli-CPU, bytes, pods).
-    pub requested: (i64, i64, i64),
 }
 
-/// The counts at the caches' current revisions (walked again only when they changed).
-pub async fn cluster_counts(st: &AppState) -> Result<Arc<ClusterCounts>, UiError> {
-    let (pods, nodes) = (cache(st, "", "pods").await?, cache(st, "", "nodes").await?);
-    let (prev, psnap) = pods.snapshot();
-    let (nrev, nsnap) = nodes.snapshot();
-    if let Some((k, c)) = &*st.ui.cluster.lock().unwrap()
-        && *k == (prev, nrev)
+/// The node counts at the nodes' current revision (walked again only when it changed: a few
+/// thousand digests looked up).
+pub async fn node_counts(st: &AppState) -> Result<Arc<NodeCounts>, UiError> {
+    let (rev, snap) = cache(st, "", "nodes").await?.snapshot();
+    if let Some((r, c)) = &*st.ui.cluster.lock().unwrap()
+        && *r == rev
     {
         return Ok(c.clone());
     }
-    let mut c = ClusterCounts::default();
+    let mut c = NodeCounts::default();
     st.ui.nodes.with(true, |get| {
-        for o in nsnap.values() {
+        for o in snap.values() {
             let n = get(o);
-            if n.ready { c.nodes_ready += 1 } else { c.nodes_not_ready += 1 }
-            c.nodes_cordoned += u64::from(n.unschedulable);
-            c.nodes_hollow += u64::from(n.hollow);
+            if n.ready { c.ready += 1 } else { c.not_ready += 1 }
+            c.cordoned += u64::from(n.unschedulable);
+            c.hollow += u64::from(n.hollow);
             c.allocatable.0 += n.cpu_milli;
             c.allocatable.1 += n.memory;
             c.allocatable.2 += n.pods;
         }
     });
-    st.ui.pods.with(true, |get| {
-        for o in psnap.values() {
-            let p = get(o);
-            c.phases[p.phase as usize] += 1;
-            if o.meta.node_name.is_some() && matches!(p.phase, Phase::Pending | Phase::Running | Phase::Unknown) {
-                c.requested.0 += p.cpu_milli;
-                c.requested.1 += p.memory;
-                c.requested.2 += 1;
-            }
-        }
-    });
     let c = Arc::new(c);
-    *st.ui.cluster.lock().unwrap() = Some(((prev, nrev), c.clone()));
+    *st.ui.cluster.lock().unwrap() = Some((rev, c.clone()));
     Ok(c)
+}
+
+/// A pod's digest: the model's, else parsed now.
+fn pod_digest(st: &AppState, o: &watchcache::Object) -> Arc<digest::Pod> {
+    st.ui.model.with(|m| m.digest(&o.key)).flatten().unwrap_or_else(|| Arc::new(digest::pod(&o.json)))
 }
 
 fn cpu(m: i64) -> String {
@@ -440,7 +430,9 @@ fn card(label: &str, value: String, class: &str) -> Markup {
 
 async fn cluster(st: &Arc<AppState>, v: &Viewer) -> Result<Markup, UiError> {
     let (see_pods, see_nodes) = (v.may("list", "", "pods", None), v.may("list", "", "nodes", None));
-    let c = if see_pods || see_nodes { Some(cluster_counts(st).await?) } else { None };
+    let nodes = if see_nodes { Some(node_counts(st).await?) } else { None };
+    // (phases, requested): none until the model is built (a second or so at 150,000 pods).
+    let pods = st.ui.model.with(|m| (m.phases, m.requested));
     let samples = st.ui.ring.snapshot();
     let verbs: Vec<String> = samples.last().map(|s| s.verbs.iter().map(|x| x.0.clone()).filter(|v| v != "ui" && v != "watch").collect()).unwrap_or_default();
     let rates: Vec<Vec<(f64, f64)>> = verbs.iter().map(|verb| sampler::rate(&samples, |s| s.verbs.iter().find(|x| &x.0 == verb).map(|x| x.1 as f64))).collect();
@@ -451,31 +443,35 @@ async fn cluster(st: &Arc<AppState>, v: &Viewer) -> Result<Markup, UiError> {
     let warnings = if v.may("list", "", "events", None) { Some(warnings(st, v, 20).await?) } else { None };
     let stats = st.store.stats().await;
     Ok(html! {
-        @if let Some(c) = &c {
-            h2 { "Nodes" }
-            @if see_nodes {
+        h2 { "Nodes" }
+        @match &nodes {
+            None => (denied("nodes")),
+            Some(n) => {
                 div.cards {
-                    (card("Ready", c.nodes_ready.to_string(), "Ready"))
-                    (card("NotReady", c.nodes_not_ready.to_string(), "NotReady"))
-                    (card("cordoned", c.nodes_cordoned.to_string(), ""))
-                    (card("hollow", c.nodes_hollow.to_string(), "muted"))
+                    (card("Ready", n.ready.to_string(), "Ready"))
+                    (card("NotReady", n.not_ready.to_string(), "NotReady"))
+                    (card("cordoned", n.cordoned.to_string(), ""))
+                    (card("hollow", n.hollow.to_string(), "muted"))
                 }
+                @let req = if see_pods { pods.map(|p| p.1) } else { None };
+                @let show = |x: Option<i64>, f: &dyn Fn(i64) -> String| x.map_or("-".to_string(), f);
                 table {
                     tr { th {} th { "allocatable" } th { "requested" } th { "share" } }
-                    tr { th { "CPU (cores)" } td.n { (cpu(c.allocatable.0)) } td.n { (cpu(c.requested.0)) } td.n { (pct(c.requested.0, c.allocatable.0)) } }
-                    tr { th { "memory" } td.n { (ui::bytes(c.allocatable.1 as f64)) } td.n { (ui::bytes(c.requested.1 as f64)) } td.n { (pct(c.requested.1, c.allocatable.1)) } }
-                    tr { th { "pods" } td.n { (c.allocatable.2) } td.n { (c.requested.2) } td.n { (pct(c.requested.2, c.allocatable.2)) } }
+                    tr { th { "CPU (cores)" } td.n { (cpu(n.allocatable.0)) } td.n { (show(req.map(|r| r.0), &cpu)) } td.n { (show(req.map(|r| r.0), &|x| pct(x, n.allocatable.0))) } }
+                    tr { th { "memory" } td.n { (ui::bytes(n.allocatable.1 as f64)) } td.n { (show(req.map(|r| r.1), &|x| ui::bytes(x as f64))) } td.n { (show(req.map(|r| r.1), &|x| pct(x, n.allocatable.1))) } }
+                    tr { th { "pods" } td.n { (n.allocatable.2) } td.n { (show(req.map(|r| r.2), &|x| x.to_string())) } td.n { (show(req.map(|r| r.2), &|x| pct(x, n.allocatable.2))) } }
                 }
-            } @else { (denied("nodes")) }
-            h2 { "Pods" }
-            @if see_pods {
-                div.cards {
-                    @for p in Phase::ALL {
-                        a href={"/ui/pods?phase=" (p.as_str())} { (card(p.as_str(), c.phases[p as usize].to_string(), p.as_str())) }
-                    }
+            }
+        }
+        h2 { "Pods" }
+        @if !see_pods { (denied("pods")) }
+        @else if let Some((phases, _)) = pods {
+            div.cards {
+                @for p in Phase::ALL {
+                    a href={"/ui/pods?phase=" (p.as_str())} { (card(p.as_str(), phases[p as usize].to_string(), p.as_str())) }
                 }
-            } @else { (denied("pods")) }
-        } @else { (denied("pods or nodes")) }
+            }
+        } @else { p.muted { "Counting the pods…" } }
         h2 { "API server" }
         div.charts {
             (svg::line_chart(&LineChart { title: "Requests by verb", x_unit: "s", y_unit: "per second", series: &rate_series, width: 560, height: 220 }))
@@ -499,17 +495,6 @@ async fn cluster(st: &Arc<AppState>, v: &Viewer) -> Result<Markup, UiError> {
     })
 }
 
-/// Pods of the node names given, counted (one walk).
-fn pods_per_node(snap: &imbl::OrdMap<Bytes, Arc<watchcache::Object>>) -> HashMap<Arc<str>, u64> {
-    let mut m: HashMap<Arc<str>, u64> = HashMap::new();
-    for o in snap.values() {
-        if let Some(n) = &o.meta.node_name {
-            *m.entry(n.clone()).or_default() += 1;
-        }
-    }
-    m
-}
-
 fn labels_match(sel: &LabelSelector, o: &watchcache::Object) -> bool {
     sel.matches_with(|k| o.meta.labels.iter().find(|(lk, _)| &**lk == k).map(|(_, v)| &**v))
 }
@@ -518,7 +503,7 @@ async fn nodes(st: &Arc<AppState>, v: &Viewer, f: &NodeFilter) -> Result<Markup,
     v.must("list", "", "nodes", None)?;
     let sel = LabelSelector::parse(&f.selector).map_err(UiError::bad_request)?;
     let snap = cache(st, "", "nodes").await?.snapshot().1;
-    let per_node = if v.may("list", "", "pods", None) { Some(pods_per_node(&cache(st, "", "pods").await?.snapshot().1)) } else { None };
+    let see_pods = v.may("list", "", "pods", None);
     let mut total = 0usize;
     let mut rows = Vec::new();
     let mut next = None;
@@ -547,7 +532,7 @@ async fn nodes(st: &Arc<AppState>, v: &Viewer, f: &NodeFilter) -> Result<Markup,
                 tr {
                     td { a href={"/ui/nodes/" (o.meta.name)} { (o.meta.name) } @if n.hollow { " " span.muted { "(hollow)" } } }
                     td class=(if n.ready { "Ready" } else { "NotReady" }) { (if n.ready { "Ready" } else { "NotReady" }) @if n.unschedulable { ", SchedulingDisabled" } }
-                    td.n { (per_node.as_ref().map_or("-".to_string(), |m| format!("{} / {}", m.get(&*o.meta.name).copied().unwrap_or(0), n.pods))) }
+                    td.n { (if see_pods { st.ui.model.with(|m| format!("{} / {}", m.node_use(&o.meta.name).pods, n.pods)).unwrap_or_else(|| "-".into()) } else { "-".into() }) }
                     td.n { (cpu(n.cpu_milli)) }
                     td.n { (ui::bytes(n.memory as f64)) }
                     td { (n.created) }
@@ -567,7 +552,7 @@ async fn node(st: &Arc<AppState>, v: &Viewer, name: &str) -> Result<Markup, UiEr
     let n: Value = serde_json::from_slice(&o.json).map_err(|e| UiError::bad_request(e.to_string()))?;
     let pods: Vec<(Arc<watchcache::Object>, Arc<digest::Pod>)> = if v.may("list", "", "pods", None) {
         let psnap = cache(st, "", "pods").await?.snapshot().1;
-        st.ui.pods.with(false, |get| psnap.values().filter(|p| p.meta.node_name.as_deref() == Some(name)).map(|p| (p.clone(), get(p))).collect())
+        psnap.values().filter(|p| p.meta.node_name.as_deref() == Some(name)).take(LIMIT_MAX).map(|p| (p.clone(), pod_digest(st, p))).collect()
     } else {
         Vec::new()
     };
@@ -623,8 +608,10 @@ pub struct PodPage {
     pub next: Option<String>,
 }
 
-/// Walks the pods' snapshot once: the namespace narrows the walk to its keys, the label
-/// selector and node read the cache's index fields, only the phase reads the digest.
+/// One page of the filter's pods. Without a phase, the walk is over the namespace's keys
+/// (or all), reading only the cache's index fields (node, labels); with a phase, over the
+/// model's keys of that phase. Rows stop at `limit`; the total is read from the counts when
+/// nothing else filters (all pods, one phase), else counted on to the end of the walk.
 pub async fn pod_page(st: &AppState, f: &PodFilter) -> Result<PodPage, UiError> {
     let sel = LabelSelector::parse(&f.selector).map_err(|e| UiError::bad_request(format!("unable to parse requirement: {e}")))?;
     if let Some(ns) = &f.namespace {
@@ -634,41 +621,73 @@ pub async fn pod_page(st: &AppState, f: &PodFilter) -> Result<PodPage, UiError> 
         }
     }
     let snap = cache(st, "", "pods").await?.snapshot().1;
-    let prefix = match &f.namespace {
-        Some(ns) => key(st, "", "pods", Some(ns), ""),
-        None => key(st, "", "pods", None, ""),
-    };
-    let start = Bytes::from(prefix.clone());
+    let prefix = Bytes::from(key(st, "", "pods", f.namespace.as_deref(), ""));
     let after = f.after.as_ref().map(|a| Bytes::from(key(st, "", "pods", None, a)));
+    let matches = |o: &watchcache::Object| (f.node.is_empty() || o.meta.node_name.as_deref() == Some(f.node.as_str())) && (sel.is_empty() || labels_match(&sel, o));
+    let only_index = f.node.is_empty() && sel.is_empty();
     let mut page = PodPage { rows: Vec::with_capacity(f.limit), total: 0, next: None };
-    st.ui.pods.with(false, |get| {
-        for (k, o) in snap.range(start..) {
-            if !k.starts_with(prefix.as_bytes()) {
-                break;
-            }
-            if !f.node.is_empty() && o.meta.node_name.as_deref() != Some(f.node.as_str()) {
-                continue;
-            }
-            if !sel.is_empty() && !labels_match(&sel, o) {
-                continue;
-            }
-            let d = if f.phase.is_some() || (after.as_ref().is_none_or(|a| *k > *a) && page.rows.len() < f.limit) { Some(get(o)) } else { None };
-            if let (Some(p), Some(d)) = (f.phase, &d)
-                && d.phase != p
-            {
-                continue;
-            }
-            page.total += 1;
-            if after.as_ref().is_some_and(|a| *k <= *a) {
-                continue;
-            }
-            if page.rows.len() < f.limit {
-                page.rows.push((o.clone(), d.unwrap_or_else(|| get(o))));
-            } else if page.next.is_none() {
-                page.next = page.rows.last().map(|(o, _)| format!("{}/{}", o.meta.namespace.as_deref().unwrap_or(""), o.meta.name));
+    let take = |page: &mut PodPage, o: &Arc<watchcache::Object>, d: Arc<digest::Pod>| {
+        if page.rows.len() < f.limit {
+            page.rows.push((o.clone(), d));
+        } else if page.next.is_none() {
+            page.next = page.rows.last().map(|(o, _)| format!("{}/{}", o.meta.namespace.as_deref().unwrap_or(""), o.meta.name));
+        }
+    };
+    match f.phase {
+        Some(phase) if st.ui.model.with(|_| ()).is_some() => {
+            // The phase's keys from the model (in key order), narrowed to the namespace's.
+            let counted = only_index && f.namespace.is_none();
+            st.ui.model.with(|m| {
+                for k in m.phase_keys(phase, &prefix) {
+                    if !k.starts_with(&prefix) {
+                        break;
+                    }
+                    let Some(o) = snap.get(k) else { continue };
+                    if !matches(o) {
+                        continue;
+                    }
+                    page.total += 1;
+                    if after.as_ref().is_some_and(|a| k <= a) {
+                        continue;
+                    }
+                    if page.next.is_none() {
+                        take(&mut page, o, m.digest(k).unwrap_or_else(|| Arc::new(digest::pod(&o.json))));
+                    } else if counted {
+                        // Nothing else filters: the model has counted the rest.
+                        page.total = m.phases[phase as usize] as usize;
+                        break;
+                    }
+                }
+            });
+        }
+        _ => {
+            let whole = only_index && f.phase.is_none() && f.namespace.is_none();
+            for (k, o) in snap.range(prefix.clone()..) {
+                if !k.starts_with(&prefix) {
+                    break;
+                }
+                if !matches(o) {
+                    continue;
+                }
+                if let Some(p) = f.phase
+                    && pod_digest(st, o).phase != p
+                {
+                    continue;
+                }
+                page.total += 1;
+                if after.as_ref().is_some_and(|a| k <= a) {
+                    continue;
+                }
+                if page.next.is_none() {
+                    take(&mut page, o, pod_digest(st, o));
+                }
+                if whole && page.next.is_some() {
+                    page.total = snap.len();
+                    break;
+                }
             }
         }
-    });
+    }
     Ok(page)
 }
 
