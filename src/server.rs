@@ -221,6 +221,7 @@ pub async fn run(a: ServerArgs) -> Result<()> {
     println!("  status:     {peer_scheme}://{peer_addr}/raft/status");
     println!("  data:       {}", std::fs::canonicalize(&a.data_dir).unwrap_or(a.data_dir.clone()).display());
     println!("  kubeconfig: {}", kc.display());
+    println!("  dashboard:  {api_url}/ui/");
     let membership = |url: &str| -> std::sync::Arc<dyn etcdapi::Membership> { std::sync::Arc::new(crate::etcd::RaftMembership { raft: replica.raft().clone(), handle: replica.membership_handle(), id: replica.id(), cluster: replica.cluster_id(), url: url.to_string() }) };
     let etcd = crate::etcd::start(&a.etcd, &store, &a.data_dir.join("store"), &a.data_dir, sec.pki.as_ref(), membership).await?;
     if let Some((url, _)) = &etcd {

@@ -48,6 +48,7 @@ pub async fn serve(data_dir: PathBuf, listen: String, opts: ServeOpts, up: Optio
     println!("capstan {} is serving the Kubernetes API at {server}", if up.is_some() { "cluster" } else { "API server" });
     println!("  data:       {}", std::fs::canonicalize(&data_dir).unwrap_or(data_dir.clone()).display());
     println!("  kubeconfig: {}", kc_abs.display());
+    println!("  dashboard:  {server}/ui/ (no login through `kubectl proxy`: http://127.0.0.1:8001/ui/)");
     let name = up.as_ref().and_then(|(n, ..)| n.node_name.clone()).unwrap_or_else(hostname);
     let etcd = crate::etcd::start(&opts.etcd, &store, &store_dir, &data_dir, sec.pki.as_ref(), |url| std::sync::Arc::new(etcdapi::SingleMember::new(&name, vec![url.to_string()]))).await?;
     if let Some((url, _)) = &etcd {

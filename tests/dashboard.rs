@@ -130,6 +130,44 @@ fn every_page_loads_clean_shows_the_cluster_follows_it_live_and_escapes_what_obj
     let p = b.open(&format!("{base}/ui/pods?namespace=nope"));
     b.wait_for(&p, "the unknown namespace on the page", "document.querySelector('.error').textContent.includes('namespaces \"nope\" not found')");
     b.close(p);
+
+    // The profile button: a CPU profile of the process, drawn as a flame graph.
+    let p = b.open(&format!("{base}/ui/scheduler/profile?seconds=1"));
+    b.wait_for(&p, "the flame graph to load", "document.querySelector('#flamegraph').complete && document.querySelector('#flamegraph').naturalWidth > 0");
+    let errors = b.errors(&p);
+    assert!(errors.is_empty(), "the profile page logged errors: {errors:#?}");
+    b.screenshot(&p, &c.dir.path().join("dashboard-profile.png"));
+    b.close(p);
+
+    // loadgen reports: one uploaded and drawn, then two compared; a file that is not a report
+    // is answered with why.
+    let report = |rate: f64| {
+        json!({
+            "workload": "density", "target": "embedded capstan", "nodes": 100, "pods_per_node": 30, "seconds": 10.0,
+            "pods": {"expected": 3000, "running": 3000, "running_over_time": [[0.0, 0], [5.0, 1500], [10.0, 3000]]},
+            "pods_per_second_created_to_running": rate,
+            "api": [{"verb": "create", "resource": "pods", "count": 3000, "errors": 0, "p50_ms": 1.0, "p90_ms": 2.0, "p99_ms": 3.0, "max_ms": 9.0, "buckets": [[1.0, 1500], [2.0, 1200], [5.0, 300]]}],
+            "verdicts": [{"name": "SLO: pod startup p99", "measured": 1.2, "limit": 5.0, "pass": true, "source": "Kubernetes SLO"}],
+            "over_time": {"cpu_cores": [[1.0, 1.5], [2.0, 1.8]], "rss_bytes": [[1.0, 1.0e9], [2.0, 1.2e9]]}
+        })
+    };
+    let (a, bb, junk) = (c.write("a.json", &report(300.0).to_string()), c.write("b.json", &report(450.0).to_string()), c.write("junk.json", "{\"hello\": 1}"));
+    let p = b.open(&format!("{base}/ui/loadgen"));
+    b.call(Some(p.session()), "DOM.enable", json!({}));
+    b.set_file(&p, "input[name=a]", &a);
+    b.eval(&p, "document.querySelector('form').submit()");
+    b.wait_for(&p, "the uploaded report drawn", "document.body.textContent.includes('SLO: pod startup p99') && document.querySelectorAll('svg.chart').length >= 3");
+    b.set_file(&p, "input[name=a]", &a);
+    b.set_file(&p, "input[name=b]", &bb);
+    b.eval(&p, "document.querySelector('form').submit()");
+    b.wait_for(&p, "the two reports compared", "document.body.textContent.includes('A against B') && document.body.textContent.includes('1.50×')");
+    b.screenshot(&p, &c.dir.path().join("dashboard-loadgen-compare.png"));
+    b.set_file(&p, "input[name=a]", &junk);
+    b.eval(&p, "document.querySelector('form').submit()");
+    b.wait_for(&p, "the refusal of a file that is not a report", "document.querySelector('.error') !== null && document.querySelector('.error').textContent.includes('not a loadgen report')");
+    let errors = b.errors(&p);
+    assert!(errors.is_empty(), "the loadgen page logged errors: {errors:#?}");
+    b.close(p);
     let _ = kp.kill();
     let _ = kp.wait();
 }

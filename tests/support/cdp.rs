@@ -31,6 +31,12 @@ pub struct Page {
     target: String,
 }
 
+impl Page {
+    pub fn session(&self) -> &str {
+        &self.session
+    }
+}
+
 impl Drop for Browser {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -161,6 +167,14 @@ impl Browser {
                 self.events.push(v);
             }
         }
+    }
+
+    /// Chooses `file` in the page's file input that `selector` finds.
+    pub fn set_file(&mut self, page: &Page, selector: &str, file: &Path) {
+        let root = self.call(Some(&page.session), "DOM.getDocument", json!({}))["root"]["nodeId"].clone();
+        let node = self.call(Some(&page.session), "DOM.querySelector", json!({"nodeId": root, "selector": selector}))["nodeId"].clone();
+        assert_ne!(node, json!(0), "no element matches {selector}");
+        self.call(Some(&page.session), "DOM.setFileInputFiles", json!({"nodeId": node, "files": [file.to_str().unwrap()]}));
     }
 
     pub fn screenshot(&mut self, page: &Page, path: &Path) {

@@ -1239,6 +1239,24 @@ mod tests {
     }
 
     #[test]
+    fn the_replication_view_shows_how_far_each_member_is_behind_the_leader() {
+        let r = serde_json::json!({
+            "name": "a", "state": "Leader", "leader": "a", "term": 3, "lastLogIndex": 100, "committed": 100, "applied": 100, "snapshot": null,
+            "members": [{"id": "01", "name": "a", "peerURL": "https://a", "voter": true, "leader": true}, {"id": "02", "name": "b<", "peerURL": "https://b", "voter": true, "leader": false}],
+            "matched": {"01": 100, "02": 93},
+            "proposed": {"entries": 1, "commands": 2, "meanEntryMicros": 3}
+        });
+        let s = replication(&r, &[(1_767_225_600.0, 3, "a".into())]).into_string();
+        assert!(s.contains(r#"<td>b&lt;</td><td>https://b</td><td>voter</td><td class="n">93</td><td class="n">7</td>"#), "{s}");
+        assert!(s.contains(r#"<td class="n">100</td><td class="n">0</td>"#), "{s}");
+        assert!(s.contains("2026-01-01T00:00:00Z"));
+        // On a follower, no lag is known.
+        let mut f = r.clone();
+        f["matched"] = serde_json::Value::Null;
+        assert!(replication(&f, &[]).into_string().contains("this replica is not it"));
+    }
+
+    #[test]
     fn a_filtered_list_keeps_its_filters_in_its_page_links() {
         let f = PodFilter { namespace: Some("d".into()), selector: "app=web".into(), node: String::new(), phase: Some(Phase::Pending), after: None, limit: 50 };
         assert_eq!(pods_query(&f, Some("d/web-9")), "?namespace=d&labelSelector=app%3Dweb&phase=Pending&after=d%2Fweb-9&limit=50");

@@ -71,6 +71,10 @@ fn cpu_seconds() -> f64 {
     t as f64 / 100.0
 }
 
+fn rss_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/statm").ok().and_then(|s| s.split_whitespace().nth(1).and_then(|x| x.parse::<u64>().ok())).map_or(0, |p| p * 4096)
+}
+
 fn node(i: usize) -> Value {
     json!({
         "apiVersion": "v1", "kind": "Node",
@@ -267,9 +271,10 @@ async fn run(args: Args) -> Result<()> {
         })
     };
     let window = Duration::from_secs(args.live_seconds);
-    let c0 = cpu_seconds();
+    let (c0, m0) = (cpu_seconds(), rss_bytes());
     tokio::time::sleep(window).await;
     let baseline = cpu_seconds() - c0;
+    let rss_growth_baseline = rss_bytes() as i64 - m0 as i64;
     let live_paths = [
         "/ui/", "/ui/pods", "/ui/pods?namespace=ns-3", "/ui/pods?namespace=ns-9&labelSelector=app%3Dweb-9", "/ui/pods?phase=Pending",
         "/ui/nodes", "/ui/store", "/ui/workloads", "/ui/pods/ns-1/web-1-3001", "/ui/scheduler",
@@ -295,9 +300,16 @@ async fn run(args: Args) -> Result<()> {
     }
     // Let the streams open and send their first update, then measure a window.
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let (c1, r1) = (cpu_seconds(), received.load(std::sync::atomic::Ordering::Relaxed));
-    tokio::time::sleep(window).await;
+    let (c1, r1, m1) = (cpu_seconds(), received.load(std::sync::atomic::Ordering::Relaxed), rss_bytes());
+    // RSS every tenth of the window: a plateau, or growth that goes on.
+    let mut rss_series = vec![m1 >> 20];
+    for _ in 0..10 {
+        tokio::time::sleep(window / 10).await;
+        rss_series.push(rss_bytes() >> 20);
+    }
     let with_pages = cpu_seconds() - c1;
+    let rss_growth = rss_bytes() as i64 - m1 as i64;
+    eprintln!("ui-perf: RSS (MiB) over the window with the pages open: {rss_series:?}");
     let bytes = received.load(std::sync::atomic::Ordering::Relaxed) - r1;
     churning.store(false, std::sync::atomic::Ordering::Relaxed);
     let _ = writer.await;
@@ -307,10 +319,10 @@ async fn run(args: Args) -> Result<()> {
     let secs = window.as_secs_f64();
     let cost = (with_pages - baseline) / secs * 100.0;
     eprintln!(
-        "ui-perf: {} live pages with {} pod writes/s: {:.1}% of a core over {:.0} s ({:.1}% with them, {:.1}% without), {:.0} KiB/s of updates",
-        args.live_pages, args.churn, cost, secs, with_pages / secs * 100.0, baseline / secs * 100.0, bytes as f64 / secs / 1024.0
+        "ui-perf: {} live pages with {} pod writes/s: {:.1}% of a core over {:.0} s ({:.1}% with them, {:.1}% without), {:.0} KiB/s of updates, RSS {:+.1} MiB over the window ({:+.1} MiB without them: the churn's history)",
+        args.live_pages, args.churn, cost, secs, with_pages / secs * 100.0, baseline / secs * 100.0, bytes as f64 / secs / 1024.0, rss_growth as f64 / 1048576.0, rss_growth_baseline as f64 / 1048576.0
     );
-    results.insert("live_pages".into(), json!({"pages": args.live_pages, "churn_per_s": args.churn, "seconds": secs, "core_percent": cost, "with_percent": with_pages / secs * 100.0, "baseline_percent": baseline / secs * 100.0, "update_bytes_per_s": bytes as f64 / secs}));
+    results.insert("live_pages".into(), json!({"pages": args.live_pages, "churn_per_s": args.churn, "seconds": secs, "core_percent": cost, "with_percent": with_pages / secs * 100.0, "baseline_percent": baseline / secs * 100.0, "update_bytes_per_s": bytes as f64 / secs, "rss_growth_bytes": rss_growth, "rss_growth_baseline_bytes": rss_growth_baseline, "rss_mib_series": rss_series}));
     if args.json {
         println!("{}", Value::Object(results));
     }
