@@ -275,6 +275,8 @@ pub struct Cache {
     budgets: HashMap<String, crate::preemption::Budget>,
     /// Namespaces' labels (pod-affinity terms' namespaceSelector).
     namespaces: HashMap<String, Labels>,
+    /// Pending pods nominated to a node: uid -> node.
+    nominations: HashMap<String, String>,
 }
 
 /// What VolumeBinding knows of PersistentVolumeClaims and PersistentVolumes.
@@ -461,6 +463,7 @@ impl Cache {
                 n.pods = std::mem::take(&mut old.pods);
                 n.requested = old.requested.clone();
                 n.used_ports = std::mem::take(&mut old.used_ports);
+                n.nominated = std::mem::take(&mut old.nominated);
                 *old = n;
                 self.free.insert(i, &self.nodes[i]);
             }
@@ -514,6 +517,7 @@ impl Cache {
             return true;
         }
         self.unplace(&p.uid);
+        self.forget_nomination(&p.uid);
         let Some(&i) = self.index.get(node) else { return false };
         let group = self.groups.acquire(&p);
         self.placed.insert(p.uid.clone(), Placed { node: node.to_string(), assumed, group, pod: p.clone() });
@@ -522,6 +526,32 @@ impl Cache {
         self.nodes[i].add_pod(p);
         self.free.insert(i, &self.nodes[i]);
         true
+    }
+
+    /// Records that a pending pod is nominated to `node` (None, or an empty name: it is not
+    /// any more, being bound, deleted or no longer nominated). The resources it requests are
+    /// held there for it against pods of no higher priority.
+    pub fn nominate(&mut self, p: &Arc<PodInfo>, node: Option<&str>) {
+        if let Some(old) = self.nominations.remove(&p.uid)
+            && let Some(&i) = self.index.get(&old)
+        {
+            self.nodes[i].nominated.retain(|x| x.uid != p.uid);
+        }
+        if let Some(node) = node.filter(|n| !n.is_empty())
+            && let Some(&i) = self.index.get(node)
+        {
+            self.nodes[i].nominated.push(p.clone());
+            self.nominations.insert(p.uid.clone(), node.to_string());
+        }
+    }
+
+    /// Forgets a pod's nomination (by uid).
+    pub fn forget_nomination(&mut self, uid: &str) {
+        if let Some(old) = self.nominations.remove(uid)
+            && let Some(&i) = self.index.get(&old)
+        {
+            self.nodes[i].nominated.retain(|x| x.uid != uid);
+        }
     }
 
     pub fn unplace(&mut self, uid: &str) {

@@ -557,7 +557,21 @@ pub(crate) fn filter(plugin: Plugin, p: &PodInfo, n: &NodeInfo, st: &PreState) -
             if conflict { Err(Reason::Ports) } else { Ok(()) }
         }
         Plugin::NodeResourcesFit => {
-            let (a, r, q) = (&n.allocatable, &n.requested, &p.requests);
+            let (a, q) = (&n.allocatable, &p.requests);
+            // Pods nominated here at this pod's priority or above hold what they request.
+            let held;
+            let r = match n.nominated.is_empty() {
+                true => &n.requested,
+                false => match n.nominated_for(p.priority, &p.uid) {
+                    None => &n.requested,
+                    Some((mut h, count)) => {
+                        h.add(&n.requested);
+                        h.pods = n.requested.pods + count;
+                        held = h;
+                        &held
+                    }
+                },
+            };
             if r.pods + 1 > a.pods {
                 return Err(Reason::TooManyPods);
             }
@@ -1121,6 +1135,64 @@ mod tests {
             }
             (a, b) => *a = b,
         }
+    }
+
+    fn sized(name: &str, priority: i32, cpu: &str) -> PodInfo {
+        pod(name, json!({"spec": {"priority": priority, "containers": [{"name": "c", "image": "i", "resources": {"requests": {"cpu": cpu}}}]}}))
+    }
+
+    fn fits(cache: &Cache, p: &PodInfo) -> bool {
+        matches!(schedule(&Profile::default(), p, cache, 0, &mut Scratch::sequential(), &mut Timings::default()), Outcome::Scheduled { .. })
+    }
+
+    #[test]
+    fn pods_nominated_to_a_node_hold_their_requests_against_pods_of_no_higher_priority() {
+        let mut cache = Cache::from_nodes(vec![node("n1", "1", "a", json!({}))]);
+        let nominee = Arc::new(sized("nominee", 10, "800m"));
+        cache.nominate(&nominee, Some("n1"));
+        // As kube-scheduler adds nominated pods of equal or higher priority before filtering.
+        assert!(!fits(&cache, &sized("low", 5, "500m")));
+        assert!(!fits(&cache, &sized("equal", 10, "500m")));
+        assert!(fits(&cache, &sized("high", 20, "500m")));
+        assert!(fits(&cache, &sized("small", 5, "200m")));
+        // The nominee is not held back by its own nomination.
+        assert!(fits(&cache, &nominee));
+        // Bound, it holds nothing more than its own requests.
+        cache.place(nominee.clone(), "n1", false);
+        assert!(cache.node("n1").unwrap().nominated.is_empty());
+        assert!(!fits(&cache, &sized("low", 5, "500m")));
+        cache.unplace("nominee");
+        assert!(fits(&cache, &sized("low", 5, "500m")));
+        // A nomination cleared (or its pod deleted) holds nothing; one moved holds elsewhere.
+        cache.nominate(&nominee, Some("n1"));
+        cache.nominate(&nominee, Some(""));
+        assert!(fits(&cache, &sized("low", 5, "500m")));
+        cache.nominate(&nominee, Some("n1"));
+        cache.forget_nomination("nominee");
+        assert!(fits(&cache, &sized("low", 5, "500m")));
+        // A node update keeps what is nominated to it.
+        cache.nominate(&nominee, Some("n1"));
+        cache.upsert_node(node("n1", "1", "b", json!({})));
+        assert!(!fits(&cache, &sized("low", 5, "500m")));
+    }
+
+    #[test]
+    fn preemption_counts_pods_nominated_at_or_above_the_preemptors_priority() {
+        let mut cache = Cache::from_nodes(vec![node("n1", "1", "a", json!({})), node("n2", "1", "a", json!({}))]);
+        for n in ["n1", "n2"] {
+            cache.place(Arc::new(sized(&format!("victim-{n}"), 1, "1")), n, false);
+        }
+        // n1 is held for a pod of higher priority than the preemptor: evicting its victim
+        // would not make room there.
+        cache.nominate(&Arc::new(sized("nominee", 100, "1")), Some("n1"));
+        let preemptor = sized("preemptor", 50, "1");
+        let c = preempt(&Profile::default(), &preemptor, &cache, 0).expect("a candidate");
+        assert_eq!(cache.nodes()[c.node].name, "n2");
+        assert_eq!(c.victims.iter().map(|v| v.name.as_str()).collect::<Vec<_>>(), ["victim-n2"]);
+        // A nominee of lower priority than the preemptor does not hold n1 against it.
+        cache.nominate(&Arc::new(sized("nominee", 10, "1")), Some("n1"));
+        let c = preempt(&Profile::default(), &preemptor, &cache, 0).expect("a candidate");
+        assert_eq!(cache.nodes()[c.node].name, "n1");
     }
 
     fn run(p: &PodInfo, nodes: &[NodeInfo]) -> Result<String, String> {

@@ -482,13 +482,18 @@ fn run_loop(ctx: &Loop, pool: &Option<Arc<rayon::ThreadPool>>) {
                             cache.place(p, &node, false);
                         }
                     } else if profiles.iter().any(|x| x.scheduler_name == p.scheduler_name) && !p.deleting && !p.terminal {
+                        // Its nomination (set by a preemption, or cleared) holds resources.
+                        cache.nominate(&p, Some(&p.nominated_node));
                         if !q.get(&p.uid).is_some_and(|e| e.at == queue::Where::InFlight) {
                             q.add(p, now);
                         }
+                    } else {
+                        cache.forget_nomination(&p.uid);
                     }
                 }
                 Update::PodDeleted(uid) => {
                     cache.unplace(&uid);
+                    cache.forget_nomination(&uid);
                     if q.get(&uid).is_some_and(|e| e.at != queue::Where::InFlight) {
                         q.remove(&uid);
                     }
@@ -623,6 +628,8 @@ fn run_loop(ctx: &Loop, pool: &Option<Arc<rayon::ThreadPool>>) {
                     if let Some(preemption::Candidate { node: ni, victims, .. }) = preemption::preempt(profile, &pod, &cache, preempt_offset) {
                         preempt_offset = preempt_offset.wrapping_add(profile.preemption.candidates(cache.nodes().len()));
                         let node_name = cache.nodes()[ni].name.clone();
+                        // Held for it from now, before the API hears of the nomination.
+                        cache.nominate(&pod, Some(&node_name));
                         let mut o = observed.lock().unwrap();
                         if let Some(a) = o.attempts.get_mut(&key).and_then(|l| l.last_mut()) {
                             a.result = format!("Unschedulable; preempting {} pod(s) on {node_name} ({} us)", victims.len(), tp.elapsed().as_micros());

@@ -393,6 +393,9 @@ pub struct NodeInfo {
     pub requested: Resources,
     pub pods: Vec<Arc<PodInfo>>,
     pub used_ports: Vec<(String, String, i32)>,
+    /// Pods nominated to this node by a preemption and not bound yet: what they request is
+    /// held for them against pods of no higher priority (kube-scheduler's nominated pods).
+    pub nominated: Vec<Arc<PodInfo>>,
 }
 
 impl NodeInfo {
@@ -409,6 +412,18 @@ impl NodeInfo {
             allocatable: status.allocatable.as_ref().or(status.capacity.as_ref()).map(Resources::from_map).unwrap_or_default(),
             ..Default::default()
         })
+    }
+
+    /// What the pods nominated here at `priority` or above (other than `uid`) request, and
+    /// how many they are; none for most nodes.
+    pub fn nominated_for(&self, priority: i32, uid: &str) -> Option<(Resources, i64)> {
+        let mut held: Option<(Resources, i64)> = None;
+        for n in self.nominated.iter().filter(|n| n.priority >= priority && n.uid != uid) {
+            let h = held.get_or_insert_with(Default::default);
+            h.0.add(&n.requests);
+            h.1 += 1;
+        }
+        held
     }
 
     pub fn add_pod(&mut self, p: Arc<PodInfo>) {

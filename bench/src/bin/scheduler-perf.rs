@@ -64,6 +64,8 @@ const SHIPPED: &[(&str, &str)] = &[
     ("preferred-anti-affinity-ns-selector", include_str!("../../scheduler-workloads/preferred-anti-affinity-ns-selector.yaml")),
     ("preemption-async", include_str!("../../scheduler-workloads/preemption-async.yaml")),
     ("unschedulable", include_str!("../../scheduler-workloads/unschedulable.yaml")),
+    ("kube-secrets", include_str!("../../scheduler-workloads/kube-secrets.yaml")),
+    ("kube-mixed-base-pod", include_str!("../../scheduler-workloads/kube-mixed-base-pod.yaml")),
 ];
 
 fn load(w: &str) -> Result<Value> {
@@ -179,11 +181,17 @@ fn main() -> Result<()> {
     let mut profile = Profile::default();
     // `init: {count: N, ...template}`: pods scheduled (not measured) before the measured ones,
     // as scheduler_perf's init pods.
+    // A list of such groups runs them in order (MixedSchedulingBasePod's five templates).
     let mut init_scheduled = 0u64;
-    if w["init"].is_object() {
+    let init_groups: Vec<(&Value, String)> = match &w["init"] {
+        Value::Array(groups) => groups.iter().enumerate().map(|(g, v)| (v, format!("init{g}"))).collect(),
+        v if v.is_object() => vec![(v, "init".to_string())],
+        _ => Vec::new(),
+    };
+    for (group, prefix) in init_groups {
         let mut scratch = Scratch::new(None);
-        for i in 0..w["init"]["count"].as_u64().unwrap_or(0) as usize {
-            let p = pod(i, &w["init"], "init");
+        for i in 0..group["count"].as_u64().unwrap_or(0) as usize {
+            let p = pod(i, group, &prefix);
             let mut t = Timings::default();
             if let Outcome::Scheduled { node, .. } = framework::schedule(&profile, &p, &cache, i % cache.nodes().len().max(1), &mut scratch, &mut t) {
                 let name = cache.nodes()[node].name.clone();
