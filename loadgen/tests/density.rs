@@ -40,7 +40,8 @@ fn a_tiny_density_run_accounts_for_every_pod() {
     assert!(r["verdicts"].as_array().unwrap().iter().find(|v| v["name"] == "every pod accounted for").unwrap()["pass"].as_bool().unwrap());
     assert!(r["process_peak_rss_bytes"].as_u64().unwrap() > 0);
     let page = std::fs::read_to_string(&html).unwrap();
-    assert!(page.contains("<svg") && page.contains("Pods Running over time"));
+    // Drawn by the dashboard's renderer: pods Running and the process's memory over the run.
+    assert!(page.contains("<svg") && page.contains("Pods Running") && page.contains("Process RSS") && !page.contains("<script"), "{page}");
     // compare: a report against itself is 1.00x everywhere it has numbers.
     let cmp = Command::new(env!("CARGO_BIN_EXE_loadgen")).arg("compare").arg(&json).arg(&json).output().unwrap();
     assert!(cmp.status.success());
