@@ -545,6 +545,18 @@ impl Cache {
         }
     }
 
+    /// Nominates a preemptor to `node` and, as kube-scheduler does, takes the node back from
+    /// the pods of lower priority nominated to it (they may no longer fit there once the
+    /// preemptor is placed): returns them, for their `nominatedNodeName` to be cleared.
+    pub fn nominate_preemptor(&mut self, p: &Arc<PodInfo>, node: &str) -> Vec<Arc<PodInfo>> {
+        let lower: Vec<Arc<PodInfo>> = self.node(node).map(|n| n.nominated.iter().filter(|x| x.priority < p.priority && x.uid != p.uid).cloned().collect()).unwrap_or_default();
+        for x in &lower {
+            self.forget_nomination(&x.uid);
+        }
+        self.nominate(p, Some(node));
+        lower
+    }
+
     /// Forgets a pod's nomination (by uid).
     pub fn forget_nomination(&mut self, uid: &str) {
         if let Some(old) = self.nominations.remove(uid)

@@ -1174,6 +1174,14 @@ mod tests {
         cache.nominate(&nominee, Some("n1"));
         cache.upsert_node(node("n1", "1", "b", json!({})));
         assert!(!fits(&cache, &sized("low", 5, "500m")));
+        // A preemptor nominated there takes the node from nominees of lower priority only.
+        let higher = Arc::new(sized("higher", 50, "100m"));
+        cache.nominate(&higher, Some("n1"));
+        let preemptor = Arc::new(sized("preemptor", 20, "100m"));
+        let displaced = cache.nominate_preemptor(&preemptor, "n1");
+        assert_eq!(displaced.iter().map(|p| p.name.as_str()).collect::<Vec<_>>(), ["nominee"]);
+        let held: Vec<&str> = cache.node("n1").unwrap().nominated.iter().map(|p| p.name.as_str()).collect();
+        assert_eq!(held, ["higher", "preemptor"]);
     }
 
     #[test]

@@ -628,8 +628,13 @@ fn run_loop(ctx: &Loop, pool: &Option<Arc<rayon::ThreadPool>>) {
                     if let Some(preemption::Candidate { node: ni, victims, .. }) = preemption::preempt(profile, &pod, &cache, preempt_offset) {
                         preempt_offset = preempt_offset.wrapping_add(profile.preemption.candidates(cache.nodes().len()));
                         let node_name = cache.nodes()[ni].name.clone();
-                        // Held for it from now, before the API hears of the nomination.
-                        cache.nominate(&pod, Some(&node_name));
+                        // Held for it from now, before the API hears of the nomination; pods of
+                        // lower priority nominated there lose the node.
+                        let displaced = cache.nominate_preemptor(&pod, &node_name);
+                        if !displaced.is_empty() {
+                            q.move_all_unschedulable(now);
+                            rt.spawn(clear_nominations(c.clone(), displaced));
+                        }
                         let mut o = observed.lock().unwrap();
                         if let Some(a) = o.attempts.get_mut(&key).and_then(|l| l.last_mut()) {
                             a.result = format!("Unschedulable; preempting {} pod(s) on {node_name} ({} us)", victims.len(), tp.elapsed().as_micros());
@@ -678,6 +683,17 @@ async fn preempt_victims(c: Client, events: Recorder, p: Arc<PodInfo>, node: Str
         let vpath = format!("/api/v1/namespaces/{}/pods/{}", v.namespace, v.name);
         if let Err(e) = c.delete(&vpath, &json!({"preconditions": {"uid": v.uid}})).await {
             tracing::debug!(pod = v.name, error = %e, "deleting a preemption victim failed");
+        }
+    }
+}
+
+/// Clears the `nominatedNodeName` of pods that lost their node to a preemptor of higher
+/// priority.
+async fn clear_nominations(c: Client, pods: Vec<Arc<PodInfo>>) {
+    for p in pods {
+        let path = format!("/api/v1/namespaces/{}/pods/{}/status", p.namespace, p.name);
+        if let Err(e) = c.merge_patch_quiet(&path, &json!({"status": {"nominatedNodeName": null}})).await {
+            tracing::debug!(pod = p.name, error = %e, "clearing nominatedNodeName failed");
         }
     }
 }
