@@ -1,4 +1,6 @@
-//! Probes: exec, httpGet and tcpSocket, each bounded by its `timeoutSeconds`. `Probe::of`
+//! Probes: exec, httpGet (HTTP, or HTTPS without verifying the certificate, as the kubelet
+//! does), tcpSocket and grpc (the standard health service, over HTTP/2 without TLS, as the
+//! kubelet's), each bounded by its `timeoutSeconds`. `Probe::of`
 //! reads the timing fields with Kubernetes' defaults; `ProbeCounter` applies success and
 //! failure thresholds (pure, tested as a table).
 
@@ -36,6 +38,8 @@ pub enum Action {
     Exec(Vec<String>),
     Http { port: u16, path: String, headers: Vec<(String, String)>, https: bool },
     Tcp { port: u16 },
+    /// `grpc.health.v1.Health/Check` of `service` ("" for the server as a whole).
+    Grpc { port: u16, service: String },
     Unsupported(String),
 }
 
@@ -93,8 +97,12 @@ impl Probe {
                 Some(port) => Action::Tcp { port },
                 None => Action::Unsupported(format!("tcpSocket port {} is not a port of the container", t["port"])),
             }
-        } else if p.get("grpc").is_some() {
-            Action::Unsupported("grpc probes are not supported by capstan's process runtime".into())
+        } else if let Some(g) = p.get("grpc") {
+            // A number only: the API does not allow a named port here.
+            match g["port"].as_u64().and_then(|n| u16::try_from(n).ok()).filter(|n| *n > 0) {
+                Some(port) => Action::Grpc { port, service: g["service"].as_str().unwrap_or("").to_string() },
+                None => Action::Unsupported(format!("grpc port {} is not a port number", g["port"])),
+            }
         } else {
             Action::Unsupported("the probe has no handler".into())
         };
@@ -151,34 +159,174 @@ async fn run_inner(p: &Probe, host: &str, env: &[(String, String)], cwd: &std::p
             }
         }
         Action::Http { port, path, headers, https } => {
-            if *https {
-                return Err("HTTPS probes are not supported by capstan's process runtime".into());
-            }
-            let mut s = tokio::net::TcpStream::connect((host, *port)).await.map_err(|e| format!("Get \"http://{host}:{port}{path}\": {e}"))?;
-            let mut req = format!("GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUser-Agent: kube-probe/1.33\r\nAccept: */*\r\nConnection: close\r\n");
-            for (k, v) in headers {
-                req.push_str(&format!("{k}: {v}\r\n"));
-            }
-            req.push_str("\r\n");
-            s.write_all(req.as_bytes()).await.map_err(|e| e.to_string())?;
-            let mut head = [0u8; 64];
-            let mut n = 0;
-            while n < 12 {
-                let r = s.read(&mut head[n..]).await.map_err(|e| e.to_string())?;
-                if r == 0 {
-                    break;
-                }
-                n += r;
-            }
-            let line = String::from_utf8_lossy(&head[..n]);
-            let code: u16 = line.split_whitespace().nth(1).and_then(|c| c.parse().ok()).ok_or_else(|| format!("bad HTTP response from {host}:{port}"))?;
+            let scheme = if *https { "https" } else { "http" };
+            let s = tokio::net::TcpStream::connect((host, *port)).await.map_err(|e| format!("Get \"{scheme}://{host}:{port}{path}\": {e}"))?;
+            let code = if *https {
+                let name = rustls::pki_types::ServerName::try_from(host.to_string()).map_err(|e| e.to_string())?;
+                let tls = tokio_rustls::TlsConnector::from(insecure_tls()).connect(name, s).await.map_err(|e| format!("Get \"https://{host}:{port}{path}\": {e}"))?;
+                http_status(tls, host, *port, path, headers).await?
+            } else {
+                http_status(s, host, *port, path, headers).await?
+            };
             if (200..400).contains(&code) { Ok(()) } else { Err(format!("HTTP probe failed with statuscode: {code}")) }
         }
+        Action::Grpc { port, service } => grpc_check(host, *port, service).await,
         Action::Tcp { port } => {
             tokio::net::TcpStream::connect((host, *port)).await.map(|_| ()).map_err(|e| format!("dial tcp {host}:{port}: {e}"))
         }
         Action::Unsupported(why) => Err(why.clone()),
     }
+}
+
+/// One GET, answered by its status code.
+async fn http_status<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(mut s: S, host: &str, port: u16, path: &str, headers: &[(String, String)]) -> Result<u16, String> {
+    let mut req = format!("GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUser-Agent: kube-probe/1.33\r\nAccept: */*\r\nConnection: close\r\n");
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes()).await.map_err(|e| e.to_string())?;
+    let mut head = [0u8; 64];
+    let mut n = 0;
+    while n < 12 {
+        let r = s.read(&mut head[n..]).await.map_err(|e| e.to_string())?;
+        if r == 0 {
+            break;
+        }
+        n += r;
+    }
+    let line = String::from_utf8_lossy(&head[..n]);
+    line.split_whitespace().nth(1).and_then(|c| c.parse().ok()).ok_or_else(|| format!("bad HTTP response from {host}:{port}"))
+}
+
+/// TLS that accepts any server certificate: an HTTPS probe checks that the container answers,
+/// not who it is (the kubelet sets InsecureSkipVerify).
+fn insecure_tls() -> std::sync::Arc<rustls::ClientConfig> {
+    use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+    use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+    #[derive(Debug)]
+    struct AnyCert(std::sync::Arc<rustls::crypto::CryptoProvider>);
+    impl ServerCertVerifier for AnyCert {
+        fn verify_server_cert(&self, _: &CertificateDer<'_>, _: &[CertificateDer<'_>], _: &ServerName<'_>, _: &[u8], _: UnixTime) -> Result<ServerCertVerified, rustls::Error> {
+            Ok(ServerCertVerified::assertion())
+        }
+        fn verify_tls12_signature(&self, m: &[u8], c: &CertificateDer<'_>, d: &rustls::DigitallySignedStruct) -> Result<HandshakeSignatureValid, rustls::Error> {
+            rustls::crypto::verify_tls12_signature(m, c, d, &self.0.signature_verification_algorithms)
+        }
+        fn verify_tls13_signature(&self, m: &[u8], c: &CertificateDer<'_>, d: &rustls::DigitallySignedStruct) -> Result<HandshakeSignatureValid, rustls::Error> {
+            rustls::crypto::verify_tls13_signature(m, c, d, &self.0.signature_verification_algorithms)
+        }
+        fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+            self.0.signature_verification_algorithms.supported_schemes()
+        }
+    }
+    static CFG: std::sync::OnceLock<std::sync::Arc<rustls::ClientConfig>> = std::sync::OnceLock::new();
+    CFG.get_or_init(|| {
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        let cfg = rustls::ClientConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .expect("rustls' default protocol versions")
+            .dangerous()
+            .with_custom_certificate_verifier(std::sync::Arc::new(AnyCert(provider)))
+            .with_no_client_auth();
+        std::sync::Arc::new(cfg)
+    })
+    .clone()
+}
+
+/// `HealthCheckRequest{service}` as a gRPC message: the 5-byte prefix (not compressed,
+/// length), then field 1 (string) in protobuf.
+pub fn grpc_request(service: &str) -> Vec<u8> {
+    let mut pb = Vec::new();
+    if !service.is_empty() {
+        pb.push(0x0a);
+        let mut n = service.len();
+        while n >= 0x80 {
+            pb.push((n as u8) | 0x80);
+            n >>= 7;
+        }
+        pb.push(n as u8);
+        pb.extend_from_slice(service.as_bytes());
+    }
+    let mut out = vec![0u8];
+    out.extend_from_slice(&(pb.len() as u32).to_be_bytes());
+    out.extend_from_slice(&pb);
+    out
+}
+
+/// The `status` of a gRPC-framed `HealthCheckResponse` (field 1, an enum; 0 when absent).
+pub fn grpc_status(framed: &[u8]) -> Result<u64, String> {
+    if framed.len() < 5 || framed[0] != 0 {
+        return Err("not an uncompressed gRPC message".into());
+    }
+    let len = u32::from_be_bytes([framed[1], framed[2], framed[3], framed[4]]) as usize;
+    let pb = framed.get(5..5 + len).ok_or("a truncated gRPC message")?;
+    let mut i = 0;
+    let varint = |i: &mut usize| -> Result<u64, String> {
+        let mut v = 0u64;
+        for shift in (0..64).step_by(7) {
+            let b = *pb.get(*i).ok_or("a truncated varint")?;
+            *i += 1;
+            v |= u64::from(b & 0x7f) << shift;
+            if b & 0x80 == 0 {
+                return Ok(v);
+            }
+        }
+        Err("a varint too long".into())
+    };
+    let mut status = 0;
+    while i < pb.len() {
+        let key = varint(&mut i)?;
+        match (key >> 3, key & 7) {
+            (1, 0) => status = varint(&mut i)?,
+            (_, 0) => {
+                varint(&mut i)?;
+            }
+            (_, 2) => {
+                let l = varint(&mut i)? as usize;
+                i = i.checked_add(l).filter(|e| *e <= pb.len()).ok_or("a field past the end")?;
+            }
+            (_, 1) => i += 8,
+            (_, 5) => i += 4,
+            _ => return Err("an unknown wire type".into()),
+        }
+    }
+    Ok(status)
+}
+
+/// The kubelet's gRPC probe: `grpc.health.v1.Health/Check` over HTTP/2 without TLS.
+async fn grpc_check(host: &str, port: u16, service: &str) -> Result<(), String> {
+    use http_body_util::BodyExt;
+    let s = tokio::net::TcpStream::connect((host, port)).await.map_err(|e| format!("timeout: failed to connect service \"{host}:{port}\" within the probe's time: {e}"))?;
+    let (mut send, conn) = hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), hyper_util::rt::TokioIo::new(s)).await.map_err(|e| format!("failed to connect service \"{host}:{port}\": {e}"))?;
+    let driver = tokio::spawn(conn);
+    let req = hyper::Request::post(format!("http://{host}:{port}/grpc.health.v1.Health/Check"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .header("user-agent", "kube-probe/1.33")
+        .body(http_body_util::Full::new(bytes::Bytes::from(grpc_request(service))))
+        .map_err(|e| e.to_string())?;
+    let result = async {
+        let resp = send.send_request(req).await.map_err(|e| format!("health rpc failed: {e}"))?;
+        let grpc_header = resp.headers().get("grpc-status").and_then(|v| v.to_str().ok()).map(str::to_string);
+        let collected = resp.into_body().collect().await.map_err(|e| format!("health rpc failed: {e}"))?;
+        let code = collected.trailers().and_then(|t| t.get("grpc-status")).and_then(|v| v.to_str().ok()).map(str::to_string).or(grpc_header);
+        if code.as_deref().is_some_and(|c| c != "0") {
+            return Err(format!("health rpc probe failed: rpc error: code = {}", code.unwrap_or_default()));
+        }
+        match grpc_status(&collected.to_bytes())? {
+            1 => Ok(()),
+            s => Err(format!("service unhealthy (responded with \"{}\")", match s {
+                0 => "UNKNOWN",
+                2 => "NOT_SERVING",
+                3 => "SERVICE_UNKNOWN",
+                _ => "?",
+            })),
+        }
+    }
+    .await;
+    driver.abort();
+    result
 }
 
 /// Consecutive results against the thresholds: returns `Some(new state)` when the probe's
@@ -276,5 +424,94 @@ mod tests {
         let env = vec![("CODE".to_string(), "3".to_string())];
         let e = run(&mk(Action::Exec(vec!["sh".into(), "-c".into(), "echo nope; exit $CODE".into()])), "127.0.0.1", &env, &cwd, None).await.unwrap_err();
         assert!(e.contains("exited with 3") && e.contains("nope"), "{e}");
+    }
+
+    #[test]
+    fn health_messages_encode_and_decode_as_protobuf() {
+        assert_eq!(grpc_request(""), vec![0, 0, 0, 0, 0]);
+        assert_eq!(grpc_request("db"), vec![0, 0, 0, 0, 4, 0x0a, 2, b'd', b'b']);
+        let long = "x".repeat(200);
+        assert_eq!(&grpc_request(&long)[5..8], &[0x0a, 0xc8, 0x01]);
+        assert_eq!(grpc_status(&[0, 0, 0, 0, 2, 0x08, 1]), Ok(1));
+        assert_eq!(grpc_status(&[0, 0, 0, 0, 0]), Ok(0), "an empty message is UNKNOWN");
+        // Unknown fields are skipped; the status still found.
+        assert_eq!(grpc_status(&[0, 0, 0, 0, 6, 0x12, 2, b'h', b'i', 0x08, 2]), Ok(2));
+        assert!(grpc_status(&[0, 0, 0, 0, 9, 0x08]).is_err(), "truncated");
+        assert!(grpc_status(&[1, 0, 0, 0, 0]).is_err(), "compressed");
+    }
+
+    fn probe(action: Action) -> Probe {
+        Probe { action, initial_delay: Duration::ZERO, period: Duration::ZERO, timeout: Duration::from_secs(5), success_threshold: 1, failure_threshold: 1 }
+    }
+
+    #[tokio::test]
+    async fn https_probes_skip_certificate_checks_and_read_the_status() {
+        let (cert, key) = crate::secure::self_signed("probe-test").unwrap();
+        let cfg = rustls::ServerConfig::builder().with_no_client_auth().with_single_cert(vec![cert], key).unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(cfg));
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = l.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            loop {
+                let (s, _) = l.accept().await.unwrap();
+                let Ok(mut s) = acceptor.accept(s).await else { continue };
+                let mut b = [0u8; 512];
+                let n = s.read(&mut b).await.unwrap_or(0);
+                let req = String::from_utf8_lossy(&b[..n]).to_string();
+                let code = if req.starts_with("GET /ok ") && req.contains("X-Probe: yes") { "200 OK" } else { "500 Internal Server Error" };
+                let _ = s.write_all(format!("HTTP/1.1 {code}\r\nContent-Length: 0\r\n\r\n").as_bytes()).await;
+                let _ = s.shutdown().await;
+            }
+        });
+        let cwd = std::env::temp_dir();
+        let https = |path: &str| probe(Action::Http { port, path: path.into(), headers: vec![("X-Probe".into(), "yes".into())], https: true });
+        assert_eq!(run(&https("/ok"), "127.0.0.1", &[], &cwd, None).await, Ok(()));
+        assert_eq!(run(&https("/bad"), "127.0.0.1", &[], &cwd, None).await, Err("HTTP probe failed with statuscode: 500".into()));
+        // Plain HTTP to a TLS port is not an answer.
+        assert!(run(&probe(Action::Http { port, path: "/ok".into(), headers: vec![], https: false }), "127.0.0.1", &[], &cwd, None).await.is_err());
+        assert!(matches!(Probe::of(Kind::Liveness, &json!({"livenessProbe": {"httpGet": {"port": 443, "scheme": "HTTPS"}}})).unwrap().action, Action::Http { https: true, .. }));
+    }
+
+    #[tokio::test]
+    async fn grpc_probes_ask_the_health_service() {
+        use http_body_util::{BodyExt, StreamBody};
+        use hyper::body::Frame;
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = l.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            loop {
+                let (s, _) = l.accept().await.unwrap();
+                let svc = hyper::service::service_fn(|req: hyper::Request<hyper::body::Incoming>| async move {
+                    let path = req.uri().path().to_string();
+                    let body = req.into_body().collect().await.unwrap().to_bytes();
+                    // The service asked: "" serving, "db" not serving, anything else unknown to it.
+                    let (status, code) = match (path.as_str(), &body[..]) {
+                        ("/grpc.health.v1.Health/Check", [0, 0, 0, 0, 0]) => (Some(1u8), "0"),
+                        ("/grpc.health.v1.Health/Check", [0, 0, 0, 0, 4, 0x0a, 2, b'd', b'b']) => (Some(2), "0"),
+                        _ => (None, "5"),
+                    };
+                    let mut frames: Vec<Result<Frame<bytes::Bytes>, std::convert::Infallible>> = Vec::new();
+                    if let Some(st) = status {
+                        frames.push(Ok(Frame::data(bytes::Bytes::from(vec![0, 0, 0, 0, 2, 0x08, st]))));
+                    }
+                    let mut trailers = hyper::HeaderMap::new();
+                    trailers.insert("grpc-status", code.parse().unwrap());
+                    frames.push(Ok(Frame::trailers(trailers)));
+                    let resp = hyper::Response::builder().header("content-type", "application/grpc").body(StreamBody::new(futures_util::stream::iter(frames))).unwrap();
+                    Ok::<_, std::convert::Infallible>(resp)
+                });
+                tokio::spawn(hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new()).serve_connection(hyper_util::rt::TokioIo::new(s), svc));
+            }
+        });
+        let cwd = std::env::temp_dir();
+        let grpc = |service: &str| probe(Action::Grpc { port, service: service.into() });
+        assert_eq!(run(&grpc(""), "127.0.0.1", &[], &cwd, None).await, Ok(()));
+        assert_eq!(run(&grpc("db"), "127.0.0.1", &[], &cwd, None).await, Err("service unhealthy (responded with \"NOT_SERVING\")".into()));
+        let e = run(&grpc("other"), "127.0.0.1", &[], &cwd, None).await.unwrap_err();
+        assert!(e.contains("code = 5"), "{e}");
+        assert!(run(&grpc(""), "127.0.0.1", &[], &cwd, None).await.is_ok());
+        let parsed = Probe::of(Kind::Readiness, &json!({"readinessProbe": {"grpc": {"port": 9000, "service": "db"}}})).unwrap();
+        assert!(matches!(parsed.action, Action::Grpc { port: 9000, ref service } if service == "db"));
+        assert!(matches!(Probe::of(Kind::Readiness, &json!({"readinessProbe": {"grpc": {"port": "x"}}})).unwrap().action, Action::Unsupported(_)));
     }
 }

@@ -52,7 +52,7 @@ const OPEN_PATHS: &[&str] = &["/healthz", "/livez", "/readyz"];
 
 /// A self-signed serving certificate for `localhost` and 127.0.0.1, made in memory (as a
 /// kubelet or kube-scheduler makes one when given none): clients that check it pin it.
-fn self_signed(cn: &str) -> Result<(rustls::pki_types::CertificateDer<'static>, rustls::pki_types::PrivateKeyDer<'static>), String> {
+pub(crate) fn self_signed(cn: &str) -> Result<(rustls::pki_types::CertificateDer<'static>, rustls::pki_types::PrivateKeyDer<'static>), String> {
     use rustls::pki_types::pem::PemObject;
     let key = rcgen::KeyPair::generate().map_err(|e| e.to_string())?;
     let mut p = rcgen::CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()]).map_err(|e| e.to_string())?;
