@@ -462,3 +462,56 @@ fn without_tls_pods_get_no_service_account_volume_and_still_run() {
     assert_eq!(jsonpath(&c, "plain", "{.spec.volumes}"), "");
     assert_eq!(jsonpath(&c, "plain", "{.spec.serviceAccountName}"), "default");
 }
+
+#[test]
+fn lifecycle_hooks_run_after_start_and_before_stop_and_a_failed_post_start_restarts() {
+    let c = cluster();
+    let host = tempfile::tempdir().unwrap();
+    let h = host.path().display();
+    // postStart writes a file the probes would need; preStop writes another, then the grace
+    // period lets the container go.
+    let manifest = format!(
+        r#"apiVersion: v1
+kind: Pod
+metadata: {{name: hooked}}
+spec:
+  nodeName: {NODE}
+  terminationGracePeriodSeconds: 10
+  volumes: [{{name: hooks, hostPath: {{path: {h}, type: DirectoryOrCreate}}}}]
+  containers:
+  - name: c
+    image: busybox
+    command: [sh, -c, "sleep 3600"]
+    volumeMounts: [{{name: hooks, mountPath: /hooks}}]
+    readinessProbe: {{exec: {{command: [test, -f, /hooks/post]}}, periodSeconds: 1}}
+    lifecycle:
+      postStart: {{exec: {{command: [sh, -c, "echo post-start > /hooks/post"]}}}}
+      preStop: {{exec: {{command: [sh, -c, "echo pre-stop > /hooks/pre"]}}}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: broken-hook}}
+spec:
+  nodeName: {NODE}
+  containers:
+  - name: c
+    image: busybox
+    command: [sh, -c, "sleep 3600"]
+    lifecycle:
+      postStart: {{exec: {{command: [sh, -c, "exit 3"]}}}}
+"#
+    );
+    let f = c.write("hooks.yaml", &manifest);
+    c.ok(&["apply", "-f", f.to_str().unwrap()]);
+    wait_until("the hooked pod to be ready", || jsonpath(&c, "hooked", "{.status.containerStatuses[0].ready}") == "true");
+    assert_eq!(std::fs::read_to_string(host.path().join("post")).unwrap().trim(), "post-start");
+    assert!(!host.path().join("pre").exists(), "preStop ran before any stop");
+    c.ok(&["delete", "pod", "hooked", "--wait=false"]);
+    wait_until("the hooked pod to be gone", || c.kubectl_with(KUBECTL, &["get", "pod", "hooked"]).status.code() == Some(1));
+    assert_eq!(std::fs::read_to_string(host.path().join("pre")).unwrap().trim(), "pre-stop");
+    // A postStart that fails kills the container, which restarts by its policy (Always).
+    wait_until("the broken hook's container to restart", || jsonpath(&c, "broken-hook", "{.status.containerStatuses[0].restartCount}").parse::<u32>().unwrap_or(0) >= 1);
+    let events = c.ok(&["get", "events", "--field-selector", "involvedObject.name=broken-hook", "-o", "jsonpath={range .items[*]}{.reason}: {.message}{'\\n'}{end}"]);
+    assert!(events.contains("FailedPostStartHook: PostStartHook failed: command") && events.contains("exited with 3"), "{events}");
+    assert_ne!(jsonpath(&c, "broken-hook", "{.status.containerStatuses[0].ready}"), "true");
+}

@@ -40,6 +40,8 @@ pub enum Action {
     Tcp { port: u16 },
     /// `grpc.health.v1.Health/Check` of `service` ("" for the server as a whole).
     Grpc { port: u16, service: String },
+    /// A lifecycle hook's pause.
+    Sleep(Duration),
     Unsupported(String),
 }
 
@@ -69,13 +71,11 @@ fn port(v: &Value, container: &Value) -> Option<u16> {
     container["ports"].as_array()?.iter().find(|p| p["name"] == name)?["containerPort"].as_u64().and_then(|n| u16::try_from(n).ok())
 }
 
-impl Probe {
-    pub fn of(kind: Kind, container: &Value) -> Option<Probe> {
-        let p = container.get(kind.field())?;
-        if p.is_null() {
-            return None;
-        }
-        let action = if let Some(e) = p.get("exec") {
+impl Action {
+    /// A handler, as probes and lifecycle hooks have them: exec, httpGet, tcpSocket, grpc
+    /// or sleep; ports may be named after the container's.
+    pub fn of_handler(p: &Value, container: &Value) -> Action {
+        if let Some(e) = p.get("exec") {
             Action::Exec(e["command"].as_array().into_iter().flatten().filter_map(|s| s.as_str().map(String::from)).collect())
         } else if let Some(h) = p.get("httpGet") {
             match port(&h["port"], container) {
@@ -103,9 +103,22 @@ impl Probe {
                 Some(port) => Action::Grpc { port, service: g["service"].as_str().unwrap_or("").to_string() },
                 None => Action::Unsupported(format!("grpc port {} is not a port number", g["port"])),
             }
+        } else if let Some(sl) = p.get("sleep") {
+            // Lifecycle hooks' `sleep` action (seconds, bounded by the hook's time anyway).
+            Action::Sleep(Duration::from_secs(sl["seconds"].as_u64().unwrap_or(0).min(86_400)))
         } else {
             Action::Unsupported("the probe has no handler".into())
-        };
+        }
+    }
+}
+
+impl Probe {
+    pub fn of(kind: Kind, container: &Value) -> Option<Probe> {
+        let p = container.get(kind.field())?;
+        if p.is_null() {
+            return None;
+        }
+        let action = Action::of_handler(p, container);
         let success = p["successThreshold"].as_u64().filter(|n| *n > 0).unwrap_or(1).min(1000) as u32;
         Some(Probe {
             action,
@@ -123,14 +136,22 @@ impl Probe {
 /// Runs one probe. An exec probe runs in the container's namespaces when `container` (its
 /// main process) is given, in `cwd` (a path in the container).
 pub async fn run(p: &Probe, host: &str, env: &[(String, String)], cwd: &std::path::Path, container: Option<(i32, Option<crate::privileges::Privileges>)>) -> Result<(), String> {
-    match tokio::time::timeout(p.timeout, run_inner(p, host, env, cwd, container)).await {
+    match tokio::time::timeout(p.timeout, run_action(&p.action, host, env, cwd, container)).await {
         Ok(r) => r,
         Err(_) => Err(format!("probe timed out after {}s", p.timeout.as_secs())),
     }
 }
 
-async fn run_inner(p: &Probe, host: &str, env: &[(String, String)], cwd: &std::path::Path, container: Option<(i32, Option<crate::privileges::Privileges>)>) -> Result<(), String> {
-    match &p.action {
+/// Runs a lifecycle hook's handler, for at most `limit`.
+pub async fn run_hook(a: &Action, limit: Duration, host: &str, env: &[(String, String)], cwd: &std::path::Path, container: Option<(i32, Option<crate::privileges::Privileges>)>) -> Result<(), String> {
+    match tokio::time::timeout(limit, run_action(a, host, env, cwd, container)).await {
+        Ok(r) => r,
+        Err(_) => Err(format!("the hook did not finish within {}s", limit.as_secs())),
+    }
+}
+
+async fn run_action(action: &Action, host: &str, env: &[(String, String)], cwd: &std::path::Path, container: Option<(i32, Option<crate::privileges::Privileges>)>) -> Result<(), String> {
+    match action {
         Action::Exec(cmd) => {
             let Some((prog, args)) = cmd.split_first() else { return Err("exec probe without a command".into()) };
             let mut c = tokio::process::Command::new(prog);
@@ -171,6 +192,10 @@ async fn run_inner(p: &Probe, host: &str, env: &[(String, String)], cwd: &std::p
             if (200..400).contains(&code) { Ok(()) } else { Err(format!("HTTP probe failed with statuscode: {code}")) }
         }
         Action::Grpc { port, service } => grpc_check(host, *port, service).await,
+        Action::Sleep(d) => {
+            tokio::time::sleep(*d).await;
+            Ok(())
+        }
         Action::Tcp { port } => {
             tokio::net::TcpStream::connect((host, *port)).await.map(|_| ()).map_err(|e| format!("dial tcp {host}:{port}: {e}"))
         }

@@ -418,6 +418,16 @@ impl crate::Runtime for ProcessRuntime {
 enum Ev {
     Exited { idx: usize, start_gen: u64, code: i32, signal: Option<i32> },
     Probe { idx: usize, start_gen: u64, kind: Kind, result: Result<(), String> },
+    /// The container's postStart hook finished.
+    PostStart { idx: usize, start_gen: u64, result: Result<(), String> },
+}
+
+/// The longest a postStart hook may take before it counts as failed.
+const POST_START_MAX: Duration = Duration::from_secs(120);
+
+/// A lifecycle hook of a container spec (`postStart`, `preStop`), if it has one.
+fn hook(spec: &Value, which: &str) -> Option<probe::Action> {
+    spec["lifecycle"].get(which).filter(|h| h.is_object()).map(|h| probe::Action::of_handler(h, spec))
 }
 
 struct Ctr {
@@ -444,6 +454,8 @@ struct Ctr {
     cgroup: Option<PathBuf>,
     oom: Arc<AtomicBool>,
     killed_by_probe: bool,
+    /// Its postStart hook has not finished: no probe runs and it is not ready.
+    post_start: bool,
     container_id: String,
     /// The working directory (a path in the container when it is sandboxed).
     cwd: PathBuf,
@@ -547,6 +559,7 @@ impl Worker {
                     cgroup: None,
                     oom: Default::default(),
                     killed_by_probe: false,
+                    post_start: false,
                     container_id: String::new(),
                     cwd: PathBuf::new(),
                     sandboxed: false,
@@ -1087,11 +1100,21 @@ impl Worker {
             Running { ns: self.ns.clone(), pod: self.name.clone(), pgid, cgroup, memory_limit, oom: c.oom.clone(), started: Instant::now(), env: c.env.clone(), cwd: c.cwd.clone(), privileges: c.privileges.clone(),
                 log: attach_log, stdin, stdin_once: spec["stdinOnce"] == true },
         );
-        if has_startup {
-            self.spawn_probe(i, Kind::Startup);
-        } else {
-            self.spawn_probe(i, Kind::Liveness);
-            self.spawn_probe(i, Kind::Readiness);
+        // A postStart hook runs first; the probes start once it succeeded (as the kubelet
+        // starts them after the container's start, which includes the hook).
+        match hook(&spec, "postStart") {
+            Some(action) => {
+                c.post_start = true;
+                c.ready = false;
+                let (tx, env, cwd) = (self.ev_tx.clone(), c.env.clone(), c.cwd.clone());
+                let host = self.net.as_ref().map_or_else(|| self.sh.cfg.host_ip.clone(), |n| n.ip.to_string());
+                let target = if c.sandboxed { Some((pgid, c.privileges.clone())) } else { None };
+                tokio::spawn(async move {
+                    let result = probe::run_hook(&action, POST_START_MAX, &host, &env, &cwd, target).await;
+                    let _ = tx.send(Ev::PostStart { idx: i, start_gen, result }).await;
+                });
+            }
+            None => self.begin_probes(i),
         }
         self.sh.events.pod(&self.pod, Some(&name), false, "Pulled", format!("Container image {image:?} recorded (the process runtime does not pull images)"));
         self.sh.events.pod(&self.pod, Some(&name), false, "Created", format!("Created container: {name}"));
@@ -1106,6 +1129,16 @@ impl Worker {
         let t = now();
         self.ctrs[i].started_instant = Some(Instant::now());
         self.exited(i, 128, None, Some(("StartError", message, t)));
+    }
+
+    /// The probes of a started container: the startup probe, else liveness and readiness.
+    fn begin_probes(&mut self, i: usize) {
+        if Probe::of(Kind::Startup, &self.ctrs[i].spec).is_some() {
+            self.spawn_probe(i, Kind::Startup);
+        } else {
+            self.spawn_probe(i, Kind::Liveness);
+            self.spawn_probe(i, Kind::Readiness);
+        }
     }
 
     fn spawn_probe(&mut self, i: usize, kind: Kind) {
@@ -1140,6 +1173,29 @@ impl Worker {
             Ev::Exited { idx, start_gen, code, signal } => {
                 if self.ctrs.get(idx).is_some_and(|c| c.start_gen == start_gen) {
                     self.exited(idx, code, signal, None);
+                }
+            }
+            Ev::PostStart { idx, start_gen, result } => {
+                let Some(c) = self.ctrs.get_mut(idx) else { return };
+                if c.start_gen != start_gen || c.pgid.is_none() || !c.post_start {
+                    return;
+                }
+                c.post_start = false;
+                match result {
+                    Ok(()) => {
+                        c.ready = c.started && Probe::of(Kind::Readiness, &c.spec).is_none() && !c.init;
+                        self.begin_probes(idx);
+                    }
+                    Err(msg) => {
+                        // As the kubelet: the container is killed and restarts by policy.
+                        let name = c.name.clone();
+                        self.sh.events.pod(&self.pod, Some(&name), true, "FailedPostStartHook", format!("PostStartHook failed: {msg}"));
+                        self.sh.events.pod(&self.pod, Some(&name), false, "Killing", format!("FailedPostStartHook: stopping container {name}"));
+                        let grace = p_grace(&self.pod, &c.spec, Kind::Liveness);
+                        if let (Some(pgid), Some(ex)) = (c.pgid, c.exited.clone()) {
+                            tokio::spawn(terminate(pgid, grace, ex));
+                        }
+                    }
                 }
             }
             Ev::Probe { idx, start_gen, kind, result } => {
@@ -1232,8 +1288,11 @@ impl Worker {
     }
 
     /// Stops every running container (concurrently), waiting for each to exit.
+    /// A container's preStop hook (when `announce`: a deletion, not a teardown) runs first,
+    /// within the grace period; the container then gets what is left of it, at least 2 s.
     async fn terminate_all(&mut self, grace: Duration, announce: bool) {
-        let mut stops = Vec::new();
+        let mut stops: Vec<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>> = Vec::new();
+        let host = self.net.as_ref().map_or_else(|| self.sh.cfg.host_ip.clone(), |n| n.ip.to_string());
         for c in &mut self.ctrs {
             for t in c.probes.drain(..) {
                 t.abort();
@@ -1242,7 +1301,22 @@ impl Worker {
                 if announce {
                     self.sh.events.pod(&self.pod, Some(&c.name), false, "Killing", format!("Stopping container {}", c.name));
                 }
-                stops.push(terminate(pgid, grace, ex));
+                let pre_stop = if announce { hook(&c.spec, "preStop") } else { None };
+                match pre_stop {
+                    None => stops.push(Box::pin(terminate(pgid, grace, ex))),
+                    Some(action) => {
+                        let (env, cwd, host) = (c.env.clone(), c.cwd.clone(), host.clone());
+                        let target = if c.sandboxed { Some((pgid, c.privileges.clone())) } else { None };
+                        let (events, pod, name) = (self.sh.events.clone(), self.pod.clone(), c.name.clone());
+                        stops.push(Box::pin(async move {
+                            let started = Instant::now();
+                            if let Err(e) = probe::run_hook(&action, grace, &host, &env, &cwd, target).await {
+                                events.pod(&pod, Some(&name), true, "FailedPreStopHook", format!("PreStopHook failed: {e}"));
+                            }
+                            terminate(pgid, grace.saturating_sub(started.elapsed()).max(Duration::from_secs(2)), ex).await;
+                        }));
+                    }
+                }
             }
         }
         futures_util::future::join_all(stops).await;
