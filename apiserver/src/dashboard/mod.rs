@@ -271,7 +271,7 @@ async fn route(st: &Arc<AppState>, method: Method, path: &str, query: HashMap<St
         ("/ui/events", &Method::GET) => return events(st.clone(), viewer, &query),
         ("/ui/loadgen", &Method::POST) => pages::loadgen_upload(&viewer, req).await.map(|b| html(StatusCode::OK, b)),
         ("/ui/scheduler/flamegraph.svg", &Method::GET) => flamegraph(st, &viewer, &query).await,
-        (p, &Method::GET) if p.starts_with("/ui/pods/") && p.ends_with("/log") => pod_log(st, &viewer, p).await,
+        (p, &Method::GET) if log_target(p).is_some() => pod_log(st, &viewer, p).await,
         (_, &Method::GET) => match pages::View::parse(path, &query) {
             Ok(view) => pages::page(st, &viewer, &view).await.map(|b| html(StatusCode::OK, b)),
             Err(e) => Err(e),
@@ -302,10 +302,17 @@ async fn login(req: axum::extract::Request) -> Response {
     }
 }
 
+/// The pod of a log tail's address, `/ui/pods/{ns}/{name}/log` (a pod may be named `log`).
+fn log_target(path: &str) -> Option<(&str, &str)> {
+    match path.strip_prefix("/ui/pods/")?.split('/').collect::<Vec<_>>().as_slice() {
+        [ns, name, "log"] if !ns.is_empty() && !name.is_empty() => Some((ns, name)),
+        _ => None,
+    }
+}
+
 /// `/ui/pods/{ns}/{name}/log`: the last lines of the pod's first container, followed.
 async fn pod_log(st: &Arc<AppState>, v: &Viewer, path: &str) -> Result<Response, UiError> {
-    let rest = path.trim_start_matches("/ui/pods/").trim_end_matches("/log");
-    let (ns, name) = rest.split_once('/').filter(|(n, p)| !n.is_empty() && !p.is_empty() && !p.contains('/')).ok_or_else(|| UiError::not_found(format!("no such page: {path}")))?;
+    let (ns, name) = log_target(path).ok_or_else(|| UiError::not_found(format!("no such page: {path}")))?;
     v.must("get", "", "pods/log", Some(ns))?;
     let info = st.reg.find("", "v1", "pods").ok_or_else(|| UiError::not_found("pods are not served"))?;
     let q: HashMap<String, String> = [("follow".to_string(), "true".to_string()), ("tailLines".to_string(), "200".to_string())].into();
@@ -420,5 +427,9 @@ mod tests {
         h.append(header::COOKIE, HeaderValue::from_static("capstan-ui-token-x=1; capstan-ui-token="));
         assert_eq!(cookie_token(&h), None);
         assert!(is_ui("/ui") && is_ui("/ui/pods") && !is_ui("/uix") && !is_ui("/api/ui"));
+        assert_eq!(log_target("/ui/pods/d/web/log"), Some(("d", "web")));
+        assert_eq!(log_target("/ui/pods/d/log/log"), Some(("d", "log")));
+        assert_eq!(log_target("/ui/pods/d/log"), None, "a pod named log is a pod page");
+        assert_eq!(log_target("/ui/pods/d/a/b/log"), None);
     }
 }
