@@ -499,6 +499,22 @@ spec:
     command: [sh, -c, "sleep 3600"]
     lifecycle:
       postStart: {{exec: {{command: [sh, -c, "exit 3"]}}}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: unlively}}
+spec:
+  nodeName: {NODE}
+  terminationGracePeriodSeconds: 5
+  volumes: [{{name: hooks, hostPath: {{path: {h}, type: DirectoryOrCreate}}}}]
+  containers:
+  - name: c
+    image: busybox
+    command: [sh, -c, "sleep 3600"]
+    volumeMounts: [{{name: hooks, mountPath: /hooks}}]
+    livenessProbe: {{exec: {{command: [test, -f, /hooks/never]}}, periodSeconds: 1, failureThreshold: 1}}
+    lifecycle:
+      preStop: {{exec: {{command: [sh, -c, "echo liveness-kill >> /hooks/unlively"]}}}}
 "#
     );
     let f = c.write("hooks.yaml", &manifest);
@@ -514,4 +530,7 @@ spec:
     let events = c.ok(&["get", "events", "--field-selector", "involvedObject.name=broken-hook", "-o", "jsonpath={range .items[*]}{.reason}: {.message}{'\\n'}{end}"]);
     assert!(events.contains("FailedPostStartHook: PostStartHook failed: command") && events.contains("exited with 3"), "{events}");
     assert_ne!(jsonpath(&c, "broken-hook", "{.status.containerStatuses[0].ready}"), "true");
+    // A liveness kill runs the preStop hook first, as the kubelet's does.
+    wait_until("the unlively container to be killed and restarted", || jsonpath(&c, "unlively", "{.status.containerStatuses[0].restartCount}").parse::<u32>().unwrap_or(0) >= 1);
+    assert!(std::fs::read_to_string(host.path().join("unlively")).unwrap_or_default().contains("liveness-kill"));
 }

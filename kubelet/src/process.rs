@@ -425,6 +425,13 @@ enum Ev {
 /// The longest a postStart hook may take before it counts as failed.
 const POST_START_MAX: Duration = Duration::from_secs(120);
 
+/// A running container's preStop hook, ready to run, if it has one.
+fn pre_stop(sh: &Shared, pod: &Arc<Value>, host: &str, c: &Ctr) -> Option<PreStop> {
+    let action = hook(&c.spec, "preStop")?;
+    let target = if c.sandboxed { c.pgid.map(|p| (p, c.privileges.clone())) } else { None };
+    Some(PreStop { action, host: host.to_string(), env: c.env.clone(), cwd: c.cwd.clone(), target, events: sh.events.clone(), pod: pod.clone(), name: c.name.clone() })
+}
+
 /// A lifecycle hook of a container spec (`postStart`, `preStop`), if it has one.
 fn hook(spec: &Value, which: &str) -> Option<probe::Action> {
     spec["lifecycle"].get(which).filter(|h| h.is_object()).map(|h| probe::Action::of_handler(h, spec))
@@ -508,6 +515,29 @@ fn killpg(pgid: i32, sig: i32) {
     unsafe {
         libc::killpg(pgid, sig);
     }
+}
+
+/// What a container's preStop hook needs: the handler and where it runs.
+struct PreStop {
+    action: probe::Action,
+    host: String,
+    env: Vec<(String, String)>,
+    cwd: PathBuf,
+    target: Option<(i32, Option<crate::privileges::Privileges>)>,
+    events: Recorder,
+    pod: Arc<Value>,
+    name: String,
+}
+
+/// The preStop hook within `grace` (a failure is a `FailedPreStopHook` event), then
+/// `terminate` with what is left of it, at least 2 s (as the kubelet gives).
+async fn stop_with_hook(pgid: i32, grace: Duration, exited: watch::Receiver<bool>, hook: Option<PreStop>) {
+    let Some(h) = hook else { return terminate(pgid, grace, exited).await };
+    let started = Instant::now();
+    if let Err(e) = probe::run_hook(&h.action, grace, &h.host, &h.env, &h.cwd, h.target).await {
+        h.events.pod(&h.pod, Some(&h.name), true, "FailedPreStopHook", format!("PreStopHook failed: {e}"));
+    }
+    terminate(pgid, grace.saturating_sub(started.elapsed()).max(Duration::from_secs(2)), exited).await;
 }
 
 /// SIGTERM to the group, then SIGKILL after `grace` if the container has not exited.
@@ -1226,8 +1256,11 @@ impl Worker {
                         let msg = format!("Container {name} failed {} probe, will be restarted", kind.name().to_ascii_lowercase());
                         self.sh.events.pod(&self.pod, Some(&name), false, "Killing", msg);
                         let grace = p_grace(&self.pod, &c.spec, kind);
+                        let host = self.net.as_ref().map_or_else(|| self.sh.cfg.host_ip.clone(), |n| n.ip.to_string());
+                        // As the kubelet: the preStop hook runs before a liveness kill too.
+                        let hook = pre_stop(&self.sh, &self.pod, &host, c);
                         if let (Some(pgid), Some(ex)) = (c.pgid, c.exited.clone()) {
-                            tokio::spawn(terminate(pgid, grace, ex));
+                            tokio::spawn(stop_with_hook(pgid, grace, ex, hook));
                         }
                     }
                     (Kind::Liveness, true) => {}
@@ -1301,22 +1334,8 @@ impl Worker {
                 if announce {
                     self.sh.events.pod(&self.pod, Some(&c.name), false, "Killing", format!("Stopping container {}", c.name));
                 }
-                let pre_stop = if announce { hook(&c.spec, "preStop") } else { None };
-                match pre_stop {
-                    None => stops.push(Box::pin(terminate(pgid, grace, ex))),
-                    Some(action) => {
-                        let (env, cwd, host) = (c.env.clone(), c.cwd.clone(), host.clone());
-                        let target = if c.sandboxed { Some((pgid, c.privileges.clone())) } else { None };
-                        let (events, pod, name) = (self.sh.events.clone(), self.pod.clone(), c.name.clone());
-                        stops.push(Box::pin(async move {
-                            let started = Instant::now();
-                            if let Err(e) = probe::run_hook(&action, grace, &host, &env, &cwd, target).await {
-                                events.pod(&pod, Some(&name), true, "FailedPreStopHook", format!("PreStopHook failed: {e}"));
-                            }
-                            terminate(pgid, grace.saturating_sub(started.elapsed()).max(Duration::from_secs(2)), ex).await;
-                        }));
-                    }
-                }
+                let pre_stop = if announce { pre_stop(&self.sh, &self.pod, &host, c) } else { None };
+                stops.push(Box::pin(stop_with_hook(pgid, grace, ex, pre_stop)));
             }
         }
         futures_util::future::join_all(stops).await;
