@@ -39,6 +39,7 @@ impl apiserver::dashboard::SchedulerView for SchedulerView {
 
 /// Lends the dashboard this process's scheduler (none: it does not run here).
 pub fn show_scheduler(hooks: &apiserver::dashboard::Hooks, s: Option<std::sync::Arc<scheduler::Scheduler>>) {
+    hooks.set_running("scheduler", s.is_some());
     hooks.set_scheduler(s.map(|s| std::sync::Arc::new(SchedulerView(s)) as std::sync::Arc<dyn apiserver::dashboard::SchedulerView>));
 }
 

@@ -137,7 +137,9 @@ fn elected(api: String, part: Part, identity: String, ids: Option<crate::pki::Id
                         node_ranges: ranges,
                         ..Default::default()
                     };
-                    Box::new(controllers::Controllers::start(&api, settings).await)
+                    let c = controllers::Controllers::start(&api, settings).await;
+                    ui.set_running("controller-manager", true);
+                    Box::new(c)
                 }
                 Part::Scheduler => match new_scheduler(&api, None, ids.as_ref().map(|i| &i.scheduler)) {
                     Ok(s) => {
@@ -154,8 +156,9 @@ fn elected(api: String, part: Part, identity: String, ids: Option<crate::pki::Id
             };
             println!("capstan: this replica now runs the {part:?} (it holds the {lease} lease)");
             leading.lost().await;
-            if matches!(part, Part::Scheduler) {
-                crate::components::show_scheduler(&ui, None);
+            match part {
+                Part::Scheduler => crate::components::show_scheduler(&ui, None),
+                Part::Controllers => ui.set_running("controller-manager", false),
             }
             drop(running);
             println!("capstan: this replica lost the {lease} lease and stopped the {part:?}");

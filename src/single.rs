@@ -90,6 +90,7 @@ pub async fn serve(data_dir: PathBuf, listen: String, opts: ServeOpts, up: Optio
                 ..Default::default()
             };
             ctrl = Some(std::sync::Arc::new(controllers::Controllers::start(&server, settings).await));
+            ui_hooks.set_running("controller-manager", true);
         }
         if !node.no_scheduler || ctrl.is_some() {
             let s = if node.no_scheduler { None } else { Some(std::sync::Arc::new(new_scheduler(&server, node.scheduler_config.as_deref(), sec.identities.as_ref().map(|i| &i.scheduler))?)) };

@@ -645,3 +645,28 @@ spec:
     let e = c.fails(&["apply", "-f", path_str(&cl)]);
     assert!(e.contains("persistentvolumeclaims \"small\" is forbidden: minimum storage usage per PersistentVolumeClaim is 1Gi, but request is 100Mi"), "{e}");
 }
+
+#[test]
+fn componentstatuses_report_the_scheduler_the_controllers_and_the_store() {
+    let c = Cluster::start_with(tempfile::tempdir().unwrap(), &["--no-scheduler", "--no-local-node"]);
+    // The controllers start once the API server is up.
+    wait_until("the controller manager to report healthy", || c.ok(&["get", "cs", "controller-manager", "-o", "jsonpath={.conditions[0].status}"]) == "True");
+    let out = c.kubectl_with(KUBECTL, &["get", "componentstatuses"]);
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("v1 ComponentStatus is deprecated in v1.19+"), "{stderr}");
+    let row = |name: &str| stdout.lines().find(|l| l.starts_with(name)).unwrap_or_else(|| panic!("no {name} row: {stdout}")).split_whitespace().map(str::to_string).collect::<Vec<_>>();
+    assert_eq!(stdout.lines().next().unwrap().split_whitespace().collect::<Vec<_>>(), ["NAME", "STATUS", "MESSAGE", "ERROR"]);
+    assert_eq!(row("controller-manager")[1..3], ["Healthy".to_string(), "ok".to_string()]);
+    assert_eq!(row("etcd-0")[1], "Healthy");
+    // This cluster runs no scheduler, and none holds its lease.
+    assert_eq!(row("scheduler")[1], "Unhealthy", "{stdout}");
+    let one: serde_json::Value = serde_json::from_str(&c.ok(&["get", "cs", "etcd-0", "-o", "json"])).unwrap();
+    assert_eq!(one["conditions"][0]["type"], "Healthy");
+    assert_eq!(one["conditions"][0]["status"], "True");
+    assert!(c.fails(&["get", "cs", "nope"]).contains("componentstatuses \"nope\" not found"));
+    let e = c.fails(&["delete", "cs", "scheduler"]);
+    assert!(e.contains("MethodNotAllowed") || e.contains("not allow"), "{e}");
+    let api = c.ok(&["api-resources", "--api-group="]);
+    assert!(api.lines().any(|l| l.starts_with("componentstatuses") && l.contains("cs") && l.contains("ComponentStatus")), "{api}");
+}

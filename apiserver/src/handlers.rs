@@ -354,6 +354,30 @@ fn q<'a>(query: &'a HashMap<String, String>, k: &str) -> Option<&'a str> {
     query.get(k).map(|s| s.as_str()).filter(|s| !s.is_empty())
 }
 
+impl Req<'_> {
+    /// `componentstatuses`: computed at each request (`component_status.rs`), read-only.
+    async fn component_statuses(&self, method: &Method) -> ApiResult {
+        self.warnings.lock().unwrap().push(crate::component_status::DEPRECATED.to_string());
+        if *method != Method::GET || self.sub.is_some() || is_true(q(self.query, "watch")) {
+            return Err(ApiError::method_not_allowed(format!("the server does not allow this method on the requested resource ({method} componentstatuses)")));
+        }
+        let mut items = crate::component_status::all(self.st).await;
+        let as_table = table::wants_table(self.accept);
+        if let Some(name) = &self.name {
+            let one = items.drain(..).find(|o| o["metadata"]["name"] == name.as_str()).ok_or_else(|| ApiError::not_found("", "componentstatuses", name))?;
+            return Ok(json_value(StatusCode::OK, &if as_table { table::table("ComponentStatus", vec![table::row("ComponentStatus", &one)], "", None) } else { one }));
+        }
+        Ok(json_value(
+            StatusCode::OK,
+            &if as_table {
+                table::table("ComponentStatus", items.iter().map(|o| table::row("ComponentStatus", o)).collect(), "", None)
+            } else {
+                json!({"kind": "ComponentStatusList", "apiVersion": "v1", "metadata": {}, "items": items})
+            },
+        ))
+    }
+}
+
 /// One object read from the store: its value and revision.
 struct Current {
     obj: Value,
@@ -404,6 +428,9 @@ impl Req<'_> {
     async fn run(&self, method: &Method) -> ApiResult {
         if self.info.namespaced && self.name.is_some() && self.namespace.is_none() {
             return Err(ApiError::path_not_found("a namespaced object needs /namespaces/{namespace}/"));
+        }
+        if self.info.group.is_empty() && self.info.resource == "componentstatuses" {
+            return self.component_statuses(method).await;
         }
         match (method.clone(), self.name.is_some(), self.sub.as_deref()) {
             (Method::GET, false, None) => {

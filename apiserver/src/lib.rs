@@ -21,6 +21,7 @@ pub mod audit_event;
 pub mod authn;
 pub mod bootstrap_token;
 pub mod cached;
+pub mod component_status;
 pub mod csr;
 pub mod dashboard;
 pub mod config_yaml;

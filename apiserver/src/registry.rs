@@ -67,7 +67,11 @@ impl ResourceInfo {
     }
 
     pub fn verbs(&self) -> &'static [&'static str] {
-        &["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"]
+        match (self.group, self.resource) {
+            // Read-only: answered from health checks, not stored (`component_status.rs`).
+            ("", "componentstatuses") => &["get", "list"],
+            _ => &["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"],
+        }
     }
 }
 
@@ -217,6 +221,7 @@ pub fn builtin() -> Vec<ResourceInfo> {
         info::<core::ConfigMap>(&["cm"], &[], false),
         info::<core::Secret>(&[], &[], false),
         info::<core::Event>(&["ev"], &[], false),
+        info::<core::ComponentStatus>(&["cs"], &[], false),
         info::<core::ServiceAccount>(&["sa"], &[Subresource { name: "token", response: ("authentication.k8s.io", "v1", "TokenRequest"), verbs: &["create"] }], false),
         info::<core::PersistentVolume>(&["pv"], &[status_of!(core::PersistentVolume)], true),
         info::<core::PersistentVolumeClaim>(&["pvc"], &[status_of!(core::PersistentVolumeClaim)], true),

@@ -91,6 +91,7 @@ pub fn columns(kind: &str) -> Vec<Value> {
             col("Age", "string", 0),
         ],
         "ConfigMap" | "Secret" => vec![col("Name", "string", 0), col("Data", "string", 0), col("Age", "string", 0)],
+        "ComponentStatus" => vec![col("Name", "string", 0), col("Status", "string", 0), col("Message", "string", 0), col("Error", "string", 0)],
         "Job" => vec![col("Name", "string", 0), col("Completions", "string", 0), col("Age", "string", 0)],
         "Event" => vec![
             col("Last Seen", "string", 0),
@@ -241,6 +242,12 @@ pub fn cells(kind: &str, o: &Value) -> Vec<Value> {
     }
     let mut out = vec![name];
     match kind {
+        "ComponentStatus" => {
+            let c = s(o, &["conditions"]).and_then(|c| c.as_array()).and_then(|cs| cs.iter().find(|c| c.get("type").and_then(|t| t.as_str()) == Some("Healthy")));
+            let text = |f: &str| json!(c.and_then(|c| c.get(f)).and_then(|x| x.as_str()).unwrap_or(""));
+            let healthy = c.and_then(|c| c.get("status")).and_then(|x| x.as_str()) == Some("True");
+            out.extend([json!(if healthy { "Healthy" } else { "Unhealthy" }), text("message"), text("error")]);
+        }
         "Pod" => out.extend(pod_cells(o)),
         "Deployment" => {
             let containers = s(o, &["spec", "template", "spec", "containers"]).and_then(|c| c.as_array()).cloned().unwrap_or_default();

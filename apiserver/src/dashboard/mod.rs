@@ -58,6 +58,9 @@ struct HookSet {
     scheduler: Option<Arc<dyn SchedulerView>>,
     profiler: Option<Profiler>,
     replication: Option<Replication>,
+    /// Components running in this process (`scheduler`, `controller-manager`): what
+    /// ComponentStatus reports healthy without asking further.
+    running: Vec<&'static str>,
 }
 
 /// What the process around the API server lends the dashboard: its scheduler and a CPU
@@ -73,6 +76,19 @@ impl Hooks {
 
     pub fn set_profiler(&self, p: Profiler) {
         self.0.write().unwrap().profiler = Some(p);
+    }
+
+    /// Records that a component runs (or stopped running) in this process.
+    pub fn set_running(&self, component: &'static str, running: bool) {
+        let mut h = self.0.write().unwrap();
+        h.running.retain(|c| *c != component);
+        if running {
+            h.running.push(component);
+        }
+    }
+
+    pub fn is_running(&self, component: &str) -> bool {
+        self.0.read().unwrap().running.contains(&component)
     }
 
     pub fn set_replication(&self, r: Replication) {
