@@ -336,6 +336,29 @@ fn resource_quotas_are_counted_and_enforced() {
 }
 
 #[test]
+fn scoped_quotas_count_and_limit_only_the_pods_in_their_scopes() {
+    let c = Cluster::start_with(tempfile::tempdir().unwrap(), &["--hollow-nodes", "1", "--no-local-node"]);
+    c.ok(&["create", "quota", "best-effort", "--hard=pods=1", "--scopes=BestEffort"]);
+    let high = "apiVersion: v1\nkind: ResourceQuota\nmetadata: {name: high}\nspec:\n  hard: {pods: '5', requests.cpu: '1'}\n  scopeSelector: {matchExpressions: [{scopeName: PriorityClass, operator: In, values: [high]}]}\n---\napiVersion: scheduling.k8s.io/v1\nkind: PriorityClass\nmetadata: {name: high}\nvalue: 1000\n";
+    c.ok(&["apply", "-f", path_str(&c.write("high.yaml", high))]);
+    wait_until("the quotas' status", || c.ok(&["get", "quota", "high", "-o", "jsonpath={.status.hard.pods}"]) == "5");
+    let pod = |name: &str, extra: &str| format!("apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}}}\nspec:\n  {extra}containers: [{{name: c, image: nginx{}}}]\n", if extra.contains("priority") { ", resources: {requests: {cpu: 300m}}" } else { "" });
+    // Best-effort pods: one fits the BestEffort quota, a second does not.
+    c.ok(&["apply", "-f", path_str(&c.write("a.yaml", &pod("a", "")))]);
+    let e = c.fails(&["apply", "-f", path_str(&c.write("b.yaml", &pod("b", "")))]);
+    assert!(e.contains("exceeded quota: best-effort") && e.contains("pods=1"), "{e}");
+    // A pod of class high is not best-effort (it requests CPU): charged on high only, which
+    // then must see its requests.
+    c.ok(&["apply", "-f", path_str(&c.write("h.yaml", &pod("h", "priorityClassName: high\n  ")))]);
+    wait_until("high to count its pod", || c.ok(&["get", "quota", "high", "-o", "jsonpath={.status.used.pods} {.status.used.requests\\.cpu}"]) == "1 300m");
+    wait_until("best-effort to count only its pod", || c.ok(&["get", "quota", "best-effort", "-o", "jsonpath={.status.used.pods}"]) == "1");
+    // A scope Kubernetes does not have is refused with its words.
+    let bad = "apiVersion: v1\nkind: ResourceQuota\nmetadata: {name: bad}\nspec:\n  hard: {pods: '1'}\n  scopes: [Sometimes]\n";
+    let e = c.fails(&["apply", "-f", path_str(&c.write("bad.yaml", bad))]);
+    assert!(e.contains("spec.scopes[0]: Unsupported value: \"Sometimes\""), "{e}");
+}
+
+#[test]
 fn a_job_runs_to_completion_on_the_process_runtime() {
     let c = Cluster::start_with(tempfile::tempdir().unwrap(), &["--node-name", "local"]);
     c.ok(&["create", "job", "hello", "--image=busybox", "--", "sh", "-c", "echo done by a job"]);

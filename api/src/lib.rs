@@ -4,5 +4,6 @@
 
 pub mod meta;
 pub mod quantity;
+pub mod quota_scope;
 
 pub use quantity::{Quantity, QuantityError};

@@ -92,6 +92,7 @@ fn validate_spec(info: &ResourceInfo, obj: &Value, causes: &mut Vec<(String, Str
                 }
             }
         }
+        "ResourceQuota" => causes.extend(api::quota_scope::validate(obj)),
         "CronJob" => {
             let schedule = obj["spec"]["schedule"].as_str().unwrap_or("");
             if schedule.trim_start().starts_with("TZ=") || schedule.trim_start().starts_with("CRON_TZ=") {

@@ -53,6 +53,10 @@ pub fn quota_charges(quotas: &[KeyValue], delta: &[(String, i64)], obj: &Value) 
     let mut out = Vec::with_capacity(quotas.len());
     for kv in quotas {
         let q = Stored::from_kv(kv).and_then(|s| s.value_at(kv.mod_revision))?;
+        // A quota with scopes charges only the pods in them.
+        if !api::quota_scope::tracks(&q, obj["kind"] == "Pod", obj) {
+            continue;
+        }
         let mut next = crate::quota::charge(&q, delta, obj)?;
         meta_mut(&mut next).remove("resourceVersion");
         out.push(Reservation { key: kv.key.clone(), mod_revision: kv.mod_revision, value: encode_stored(&next) });

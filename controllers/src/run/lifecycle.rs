@@ -418,10 +418,11 @@ pub(super) async fn sync_quota(ctx: &Ctx, key: &str) -> Res {
     };
     let (ns, name) = split(key);
     let hard = rq["spec"]["hard"].as_object().cloned().unwrap_or_default();
+    let scoped = api::quota_scope::scoped(&rq);
     let pods: Vec<Arc<Value>> = ctx.pods.list().into_iter().filter(|p| p["metadata"]["namespace"] == ns && {
         let ph = p["status"]["phase"].as_str().unwrap_or("");
         ph != "Succeeded" && ph != "Failed"
-    }).collect();
+    } && api::quota_scope::tracks(&rq, true, p)).collect();
     let sum = |section: &str, res: &str| -> i64 {
         pods.iter()
             .flat_map(|p| p["spec"]["containers"].as_array().cloned().unwrap_or_default())
@@ -444,6 +445,8 @@ pub(super) async fn sync_quota(ctx: &Ctx, key: &str) -> Res {
             "ephemeral-storage" | "requests.ephemeral-storage" => sum("requests", "ephemeral-storage"),
             "limits.cpu" => sum("limits", "cpu"),
             "limits.memory" => sum("limits", "memory"),
+            // A quota with scopes tracks pods only.
+            _ if scoped => 0,
             other => {
                 let res = other.strip_prefix("count/").unwrap_or(other);
                 let (res, group) = res.split_once('.').unwrap_or((res, ""));
