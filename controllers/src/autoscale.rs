@@ -1,6 +1,10 @@
-//! HorizontalPodAutoscaler (autoscaling/v2) decisions and CronJob schedules, pure.
+//! HorizontalPodAutoscaler (autoscaling/v2) decisions, pure: the replica count a metric ratio
+//! asks for, then kube-controller-manager's `behavior` (stabilization windows, then the
+//! scale-up and scale-down policies' rate limits, chosen by `selectPolicy`).
 
 use std::collections::VecDeque;
+
+use serde_json::Value;
 
 /// kube-controller-manager's rule: replicas follow the ratio of the current metric to its
 /// target, within a 10% tolerance, clamped to [min, max].
@@ -9,107 +13,148 @@ pub fn desired_replicas(current_ready: i64, current_replicas: i64, ratio: f64, m
     want.clamp(min.max(1), max.max(min.max(1)))
 }
 
-/// Scale-down stabilization: the largest recommendation within the window wins, so a brief
-/// dip does not shrink the workload (scale-ups are taken at once).
-pub fn stabilize(history: &mut VecDeque<(i64, i64)>, now: i64, window: i64, recommendation: i64, current: i64) -> i64 {
-    history.push_back((now, recommendation));
-    while history.front().is_some_and(|(t, _)| now - t > window) {
-        history.pop_front();
-    }
-    if recommendation >= current {
-        return recommendation;
-    }
-    history.iter().map(|(_, r)| *r).max().unwrap_or(recommendation).min(current)
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Select {
+    /// The policy that allows the most change.
+    Max,
+    /// The policy that allows the least change.
+    Min,
+    Disabled,
 }
 
-/// A cron schedule (five fields: minute hour day-of-month month day-of-week) with `*`,
-/// lists, ranges and steps, and the `@hourly`-style shorthands.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Cron {
-    fields: [Vec<bool>; 5],
-    dom_any: bool,
-    dow_any: bool,
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Policy {
+    /// At most this many pods per period.
+    Pods { value: i64, period: i64 },
+    /// At most this percentage of the replicas at the period's start, per period.
+    Percent { value: i64, period: i64 },
 }
 
-const RANGES: [(u32, u32); 5] = [(0, 59), (0, 23), (1, 31), (1, 12), (0, 6)];
+impl Policy {
+    fn period(&self) -> i64 {
+        match self {
+            Policy::Pods { period, .. } | Policy::Percent { period, .. } => *period,
+        }
+    }
+}
 
-impl Cron {
-    pub fn parse(s: &str) -> Result<Cron, String> {
-        let s = match s.trim() {
-            "@yearly" | "@annually" => "0 0 1 1 *",
-            "@monthly" => "0 0 1 * *",
-            "@weekly" => "0 0 * * 0",
-            "@daily" | "@midnight" => "0 0 * * *",
-            "@hourly" => "0 * * * *",
-            other => other,
+/// One direction's rules (`behavior.scaleUp` or `behavior.scaleDown`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rules {
+    pub window: i64,
+    pub select: Select,
+    pub policies: Vec<Policy>,
+}
+
+impl Rules {
+    /// The rules of `behavior` in one direction, with Kubernetes' defaults: up, no window,
+    /// the larger of 100% and 4 pods per 15 s; down, a 300 s window and 100% per 15 s.
+    pub fn of(behavior: &Value, up: bool) -> Rules {
+        let b = &behavior[if up { "scaleUp" } else { "scaleDown" }];
+        let policies: Vec<Policy> = match b["policies"].as_array() {
+            Some(list) => list
+                .iter()
+                .filter_map(|p| {
+                    let (value, period) = (p["value"].as_i64()?, p["periodSeconds"].as_i64()?.clamp(1, 1800));
+                    match p["type"].as_str()? {
+                        "Pods" => Some(Policy::Pods { value, period }),
+                        "Percent" => Some(Policy::Percent { value, period }),
+                        _ => None,
+                    }
+                })
+                .collect(),
+            None if up => vec![Policy::Percent { value: 100, period: 15 }, Policy::Pods { value: 4, period: 15 }],
+            None => vec![Policy::Percent { value: 100, period: 15 }],
         };
-        let parts: Vec<&str> = s.split_whitespace().collect();
-        if parts.len() != 5 {
-            return Err(format!("expected exactly 5 fields, found {}: {s:?}", parts.len()));
-        }
-        let mut fields: [Vec<bool>; 5] = Default::default();
-        for (i, p) in parts.iter().enumerate() {
-            let (lo, hi) = RANGES[i];
-            let mut set = vec![false; hi as usize + 1];
-            for item in p.split(',') {
-                let (range, step) = match item.split_once('/') {
-                    Some((r, st)) => (r, st.parse::<u32>().map_err(|_| format!("bad step in {item:?}"))?.max(1)),
-                    None => (item, 1),
-                };
-                let (a, b) = if range == "*" {
-                    (lo, hi)
-                } else if let Some((x, y)) = range.split_once('-') {
-                    (x.parse().map_err(|_| format!("bad range {item:?}"))?, y.parse().map_err(|_| format!("bad range {item:?}"))?)
-                } else {
-                    let v: u32 = range.parse().map_err(|_| format!("bad value {item:?}"))?;
-                    (v, if item.contains('/') { hi } else { v })
-                };
-                // Sunday may be written 7.
-                let (a, b) = if i == 4 { (a % 7, if b == 7 { 6 } else { b }) } else { (a, b) };
-                if a < lo || b > hi || a > b {
-                    return Err(format!("{item:?} is out of range {lo}-{hi}"));
-                }
-                for v in (a..=b).step_by(step as usize) {
-                    set[v as usize] = true;
-                }
-                if i == 4 && range.ends_with('7') {
-                    set[0] = true;
-                }
-            }
-            fields[i] = set;
-        }
-        Ok(Cron { fields, dom_any: parts[2] == "*", dow_any: parts[4] == "*" })
+        let select = match b["selectPolicy"].as_str() {
+            Some("Min") => Select::Min,
+            Some("Disabled") => Select::Disabled,
+            _ => Select::Max,
+        };
+        let window = b["stabilizationWindowSeconds"].as_i64().unwrap_or(if up { 0 } else { 300 }).clamp(0, 3600);
+        Rules { window, select, policies }
     }
+}
 
-    fn matches(&self, t: &jiff::civil::DateTime) -> bool {
-        let f = &self.fields;
-        let dom = f[2][t.day() as usize];
-        let dow = f[4][t.weekday().to_sunday_zero_offset() as usize];
-        // Cron's rule: when both day fields are restricted, either may match.
-        let day = if self.dom_any || self.dow_any { dom && dow } else { dom || dow };
-        f[0][t.minute() as usize] && f[1][t.hour() as usize] && f[3][t.month() as usize] && day
-    }
+/// What one HPA remembers between syncs: its recommendations and its scale changes, each
+/// with the time (unix seconds); bounded by the longest window and period.
+#[derive(Debug, Default)]
+pub struct History {
+    recommendations: VecDeque<(i64, i64)>,
+    changes: VecDeque<(i64, i64)>,
+}
 
-    /// The latest scheduled time in (`after`, `now`] (unix seconds), the schedule read in
-    /// time zone `tz` (a CronJob's `timeZone`; UTC without one), if any; looks back at most a
-    /// day of minutes (Kubernetes stops counting missed schedules at 100).
-    pub fn last_between(&self, after: i64, now: i64, tz: &jiff::tz::TimeZone) -> Option<i64> {
-        let mut t = now - now.rem_euclid(60);
-        let floor = after.max(now - 86_400);
-        while t > floor {
-            let dt = jiff::Timestamp::from_second(t).ok()?.to_zoned(tz.clone()).datetime();
-            if self.matches(&dt) {
-                return Some(t);
-            }
-            t -= 60;
-        }
-        None
+/// At most this many recommendations or changes are kept per HPA (one a sync).
+const HISTORY_MAX: usize = 4096;
+
+/// The replica count to set: `desired` (from the metrics, within [min, max]) stabilized, then
+/// limited by the policies, as kube-controller-manager's `normalizeDesiredReplicasWithBehaviors`.
+pub fn decide(h: &mut History, now: i64, current: i64, desired: i64, min: i64, max: i64, up: &Rules, down: &Rules) -> i64 {
+    // Stabilization: up to the lowest recommendation of the up window, down to the highest of
+    // the down window.
+    h.recommendations.push_back((now, desired));
+    let keep = up.window.max(down.window);
+    while h.recommendations.front().is_some_and(|(t, _)| now - t > keep) || h.recommendations.len() > HISTORY_MAX {
+        h.recommendations.pop_front();
     }
+    let within = |w: i64| h.recommendations.iter().filter(move |(t, _)| now - t <= w).map(|(_, r)| *r);
+    let up_rec = within(up.window).min().unwrap_or(desired);
+    let down_rec = within(down.window).max().unwrap_or(desired);
+    let mut rec = current;
+    if rec < up_rec {
+        rec = up_rec;
+    }
+    if rec > down_rec {
+        rec = down_rec;
+    }
+    // Rate limits over the changes made within each policy's period.
+    let changed_within = |period: i64, sign: i64| -> i64 { h.changes.iter().filter(|(t, c)| now - t <= period && c.signum() == sign).map(|(_, c)| c.abs()).sum() };
+    if rec > current {
+        let limit = match up.select {
+            Select::Disabled => current,
+            select => {
+                let limits = up.policies.iter().map(|p| {
+                    let start = current - changed_within(p.period(), 1);
+                    match *p {
+                        Policy::Pods { value, .. } => start + value,
+                        Policy::Percent { value, .. } => (start as f64 * (1.0 + value as f64 / 100.0)).ceil() as i64,
+                    }
+                });
+                if select == Select::Max { limits.max() } else { limits.min() }.unwrap_or(current)
+            }
+        };
+        rec = rec.min(limit).min(max).max(current);
+    } else if rec < current {
+        let limit = match down.select {
+            Select::Disabled => current,
+            select => {
+                let limits = down.policies.iter().map(|p| {
+                    let start = current + changed_within(p.period(), -1);
+                    match *p {
+                        Policy::Pods { value, .. } => start - value,
+                        Policy::Percent { value, .. } => (start as f64 * (1.0 - value as f64 / 100.0)).ceil() as i64,
+                    }
+                });
+                // For a scale-down the policy allowing the most change has the lowest limit.
+                if select == Select::Max { limits.min() } else { limits.max() }.unwrap_or(current)
+            }
+        };
+        rec = rec.max(limit).max(min.max(1)).min(current);
+    }
+    if rec != current {
+        h.changes.push_back((now, rec - current));
+    }
+    let longest = up.policies.iter().chain(&down.policies).map(Policy::period).max().unwrap_or(0);
+    while h.changes.front().is_some_and(|(t, _)| now - t > longest) || h.changes.len() > HISTORY_MAX {
+        h.changes.pop_front();
+    }
+    rec
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     #[test]
     fn hpa_arithmetic() {
@@ -121,35 +166,59 @@ mod tests {
     }
 
     #[test]
-    fn stabilization_keeps_the_highest_recent_recommendation() {
-        let mut h = VecDeque::new();
-        assert_eq!(stabilize(&mut h, 0, 300, 6, 4), 6, "up at once");
-        assert_eq!(stabilize(&mut h, 10, 300, 2, 6), 6, "down is held");
-        assert_eq!(stabilize(&mut h, 400, 300, 2, 6), 2, "after the window");
-        let mut h = VecDeque::new();
-        assert_eq!(stabilize(&mut h, 0, 0, 2, 6), 2, "no window");
+    fn behavior_defaults_are_kubernetes() {
+        let up = Rules::of(&json!(null), true);
+        assert_eq!(up, Rules { window: 0, select: Select::Max, policies: vec![Policy::Percent { value: 100, period: 15 }, Policy::Pods { value: 4, period: 15 }] });
+        let down = Rules::of(&json!({}), false);
+        assert_eq!(down, Rules { window: 300, select: Select::Max, policies: vec![Policy::Percent { value: 100, period: 15 }] });
+        let custom = Rules::of(&json!({"scaleDown": {"stabilizationWindowSeconds": 60, "selectPolicy": "Min", "policies": [{"type": "Pods", "value": 1, "periodSeconds": 30}]}}), false);
+        assert_eq!(custom, Rules { window: 60, select: Select::Min, policies: vec![Policy::Pods { value: 1, period: 30 }] });
     }
 
     #[test]
-    fn cron_schedules() {
-        let ts = |s: &str| s.parse::<jiff::Timestamp>().unwrap().as_second();
-        let utc = jiff::tz::TimeZone::UTC;
-        let every5 = Cron::parse("*/5 * * * *").unwrap();
-        assert_eq!(every5.last_between(ts("2026-11-22T10:00:00Z"), ts("2026-11-22T10:07:30Z"), &utc), Some(ts("2026-11-22T10:05:00Z")));
-        assert_eq!(every5.last_between(ts("2026-11-22T10:05:00Z"), ts("2026-11-22T10:07:30Z"), &utc), None, "already ran at 10:05");
-        let weekdays = Cron::parse("30 9 * * 1-5").unwrap();
-        // 2026-11-22 is a Sunday: the last run was Friday 20th at 09:30? Only a day back: none.
-        assert_eq!(weekdays.last_between(0, ts("2026-11-22T12:00:00Z"), &utc), None);
-        assert_eq!(weekdays.last_between(0, ts("2026-11-23T12:00:00Z"), &utc), Some(ts("2026-11-23T09:30:00Z")));
-        // timeZone: 09:30 in Tokyo is 00:30 UTC; in New York (EST in November), 14:30 UTC.
-        let tokyo = jiff::tz::TimeZone::get("Asia/Tokyo").unwrap();
-        assert_eq!(weekdays.last_between(0, ts("2026-11-23T12:00:00Z"), &tokyo), Some(ts("2026-11-23T00:30:00Z")));
-        let ny = jiff::tz::TimeZone::get("America/New_York").unwrap();
-        assert_eq!(weekdays.last_between(0, ts("2026-11-23T12:00:00Z"), &ny), None, "not yet 09:30 there");
-        assert_eq!(weekdays.last_between(0, ts("2026-11-23T15:00:00Z"), &ny), Some(ts("2026-11-23T14:30:00Z")));
-        assert!(Cron::parse("@hourly").is_ok());
-        for bad in ["* * * *", "61 * * * *", "a * * * *", "5-1 * * * *"] {
-            assert!(Cron::parse(bad).is_err(), "{bad}");
-        }
+    fn scale_down_is_stabilized_over_its_window() {
+        let (up, down) = (Rules::of(&json!(null), true), Rules::of(&json!(null), false));
+        let mut h = History::default();
+        assert_eq!(decide(&mut h, 0, 4, 6, 1, 10, &up, &down), 6, "up at once (100% allowed)");
+        assert_eq!(decide(&mut h, 10, 6, 2, 1, 10, &up, &down), 6, "down is held by the 6 of 10 s ago");
+        assert_eq!(decide(&mut h, 320, 6, 2, 1, 10, &up, &down), 2, "after the window");
+        let no_window = Rules { window: 0, ..down.clone() };
+        assert_eq!(decide(&mut History::default(), 0, 6, 2, 1, 10, &up, &no_window), 2);
+    }
+
+    #[test]
+    fn policies_limit_the_rate_and_select_policy_picks_among_them() {
+        let up = Rules::of(&json!(null), true);
+        let down0 = Rules { window: 0, ..Rules::of(&json!(null), false) };
+        // Up: max(100%, 4 pods) per 15 s from 2 replicas: 4 (100%) vs 6 (+4): 6.
+        let mut h = History::default();
+        assert_eq!(decide(&mut h, 0, 2, 20, 1, 50, &up, &down0), 6);
+        // Within the same 15 s, the period started at 2: still at most 6.
+        assert_eq!(decide(&mut h, 5, 6, 20, 1, 50, &up, &down0), 6);
+        // A new period: from 6, max(12, 10): 12.
+        assert_eq!(decide(&mut h, 21, 6, 20, 1, 50, &up, &down0), 12);
+        // selectPolicy Min: the smaller of the two, 4 then.
+        let up_min = Rules { select: Select::Min, ..up.clone() };
+        assert_eq!(decide(&mut History::default(), 0, 2, 20, 1, 50, &up_min, &down0), 4);
+        // Disabled: no scale-up at all.
+        let up_off = Rules { select: Select::Disabled, ..up.clone() };
+        assert_eq!(decide(&mut History::default(), 0, 2, 20, 1, 50, &up_off, &down0), 2);
+        // Down by at most 1 pod a minute.
+        let slow = Rules { window: 0, select: Select::Max, policies: vec![Policy::Pods { value: 1, period: 60 }] };
+        let mut h = History::default();
+        assert_eq!(decide(&mut h, 0, 10, 2, 1, 50, &up, &slow), 9);
+        assert_eq!(decide(&mut h, 30, 9, 2, 1, 50, &up, &slow), 9, "one pod already removed this minute");
+        assert_eq!(decide(&mut h, 61, 9, 2, 1, 50, &up, &slow), 8);
+        // Down by 50% per period, never below min.
+        let half = Rules { window: 0, select: Select::Max, policies: vec![Policy::Percent { value: 50, period: 15 }] };
+        assert_eq!(decide(&mut History::default(), 0, 10, 1, 1, 50, &up, &half), 5);
+        assert_eq!(decide(&mut History::default(), 0, 10, 1, 7, 50, &up, &half), 7);
+        // Two scale-down policies: Max takes the one allowing the most change (50%: to 5),
+        // Min the least (1 pod: to 9).
+        let two = Rules { window: 0, select: Select::Max, policies: vec![Policy::Pods { value: 1, period: 60 }, Policy::Percent { value: 50, period: 15 }] };
+        assert_eq!(decide(&mut History::default(), 0, 10, 1, 1, 50, &up, &two), 5);
+        assert_eq!(decide(&mut History::default(), 0, 10, 1, 1, 50, &up, &Rules { select: Select::Min, ..two.clone() }), 9);
+        // Up is capped by max.
+        assert_eq!(decide(&mut History::default(), 0, 10, 40, 1, 12, &up, &down0), 12);
     }
 }

@@ -11,6 +11,7 @@
 //! (`default` in every namespace), Endpoints and EndpointSlices.
 
 pub mod autoscale;
+pub mod cron;
 pub mod csr;
 pub mod deployment;
 pub mod identity;

@@ -14,7 +14,8 @@ use client::workqueue::WorkQueue;
 use client::{Client, ClientError};
 use serde_json::{Value, json};
 
-use crate::autoscale::{self, Cron};
+use crate::autoscale;
+use crate::cron::Cron;
 use crate::deployment::{self as dep, HASH_LABEL, REVISION, Rs};
 use crate::identity::{Clients, Ctl};
 use crate::podutil::{self, is_active, selector_matches};
@@ -90,7 +91,7 @@ struct Ctx {
     pvcs: Arc<Informer>,
     pvs: Arc<Informer>,
     classes: Arc<Informer>,
-    hpa_history: Mutex<std::collections::HashMap<String, std::collections::VecDeque<(i64, i64)>>>,
+    hpa_history: Mutex<std::collections::HashMap<String, autoscale::History>>,
     /// Quotas whose recomputed `used` came out lower than their status, with that proposal and
     /// when it was first made: written only when a recount at least a second later agrees
     /// (see `sync_quota`).

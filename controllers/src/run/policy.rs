@@ -195,11 +195,12 @@ pub(super) async fn sync_hpa(ctx: &Ctx, key: &str) -> Res {
         desired = desired.max(d);
         current_metrics.push(json!({"type": "Resource", "resource": {"name": res, "current": current_m}}));
     }
-    let window = hpa["spec"]["behavior"]["scaleDown"]["stabilizationWindowSeconds"].as_i64().unwrap_or(300);
+    let behavior = &hpa["spec"]["behavior"];
+    let (up, down) = (autoscale::Rules::of(behavior, true), autoscale::Rules::of(behavior, false));
     let now = now_unix();
     let decided = {
         let mut h = ctx.hpa_history.lock().unwrap();
-        autoscale::stabilize(h.entry(key.to_string()).or_default(), now, window, desired, current)
+        autoscale::decide(h.entry(key.to_string()).or_default(), now, current, desired, min, max, &up, &down)
     };
     let mut last_scale = hpa["status"]["lastScaleTime"].clone();
     if decided != current && !current_metrics.is_empty() {
