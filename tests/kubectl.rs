@@ -670,3 +670,30 @@ fn componentstatuses_report_the_scheduler_the_controllers_and_the_store() {
     let api = c.ok(&["api-resources", "--api-group="]);
     assert!(api.lines().any(|l| l.starts_with("componentstatuses") && l.contains("cs") && l.contains("ComponentStatus")), "{api}");
 }
+
+#[test]
+fn concurrent_creates_asking_for_one_node_port_admit_exactly_one() {
+    let c = Cluster::start_with(tempfile::tempdir().unwrap(), &["--no-controllers", "--no-scheduler", "--no-local-node"]);
+    // Many rounds of racing creates, each round for its own port: without a reservation in
+    // the create's txn, two creates that read the Services before either wrote both succeed.
+    for round in 0..10u16 {
+        let port = 30100 + round;
+        let handles: Vec<_> = (0..12)
+            .map(|i| {
+                let addr = c.addr.clone();
+                std::thread::spawn(move || {
+                    let body = format!(r#"{{"apiVersion":"v1","kind":"Service","metadata":{{"name":"np-{port}-{i}"}},"spec":{{"type":"NodePort","ports":[{{"port":80,"nodePort":{port}}}]}}}}"#);
+                    http(&addr, "POST", "/api/v1/namespaces/default/services", &[("Content-Type", "application/json")], body.as_bytes())
+                })
+            })
+            .collect();
+        let results: Vec<(u16, Vec<u8>)> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+        let created = results.iter().filter(|(code, _)| *code == 201).count();
+        assert_eq!(created, 1, "round {round}: {:?}", results.iter().map(|(c, b)| (c, String::from_utf8_lossy(b).chars().take(160).collect::<String>())).collect::<Vec<_>>());
+        assert!(results.iter().filter(|(code, _)| *code != 201).all(|(code, b)| *code == 422 && String::from_utf8_lossy(b).contains("provided port is already allocated")));
+    }
+    // A port freed by a deletion can be taken again (its reservation key is overwritten).
+    let holder = c.ok(&["get", "svc", "-o", "jsonpath={range .items[?(@.spec.ports[0].nodePort==30100)]}{.metadata.name}{end}"]);
+    c.ok(&["delete", "svc", holder.trim()]);
+    c.ok(&["create", "service", "nodeport", "again", "--tcp=80", "--node-port=30100"]);
+}

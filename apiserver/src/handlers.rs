@@ -652,7 +652,7 @@ impl Req<'_> {
         let mut reservation_attempts = 0;
         loop {
             let mut reservations = if self.info.namespaced { self.quota_reservations(&name, &obj).await? } else { vec![] };
-            reservations.extend(self.cluster_ip_reservation(&mut obj).await?);
+            reservations.extend(self.service_reservations(&mut obj).await?);
             let stored = encode_stored(&obj);
             let key = Bytes::from(self.info.key(self.namespace.as_deref(), &name));
             let resp = self.st.store.txn(reserve::create_txn(key, stored.clone(), &reservations).map_err(ApiError::internal)?).await?;

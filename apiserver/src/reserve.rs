@@ -25,6 +25,10 @@ pub struct Reservation {
     pub value: Bytes,
 }
 
+/// Node ports taken: one key per port (`/registry/ranges/nodeports/30080`), holding the key
+/// of the Service that took it; written in each create's txn, guarded by its revision.
+pub const NODE_PORTS: &str = "/registry/ranges/nodeports/";
+
 /// Where the Service IP counter lives: the last host number handed out in the range.
 pub const SERVICE_IP_COUNTER: &str = "/registry/ranges/serviceips";
 /// Host numbers in 10.96.0.0/12 (Kubernetes' default Service range).

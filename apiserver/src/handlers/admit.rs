@@ -86,9 +86,14 @@ impl Req<'_> {
     }
 
     /// A Service without a cluster IP gets the next one (`reserve.rs`); the counter's write
-    /// goes in the create's txn.
-    pub(super) async fn cluster_ip_reservation(&self, obj: &mut Value) -> Result<Option<Reservation>, ApiError> {
-        self.assign_node_ports(obj).await?;
+    /// goes in the create's txn, and so do the node ports it takes.
+    pub(super) async fn service_reservations(&self, obj: &mut Value) -> Result<Vec<Reservation>, ApiError> {
+        let mut out = self.assign_node_ports(obj).await?;
+        out.extend(self.cluster_ip_reservation(obj).await?);
+        Ok(out)
+    }
+
+    async fn cluster_ip_reservation(&self, obj: &mut Value) -> Result<Option<Reservation>, ApiError> {
         let spec = &obj["spec"];
         let wants_ip = self.info.kind == "Service"
             && self.info.group.is_empty()
@@ -107,15 +112,21 @@ impl Req<'_> {
     /// A NodePort (or LoadBalancer) Service's ports without a node port get a free one from
     /// Kubernetes' default range, 30000-32767, on create and on update (a Service made a
     /// NodePort keeps the ports it has); one asked for must be in it and free. Free means
-    /// no other Service holds it now (two creates racing for one port can both get it: there
-    /// is no allocation map in the store yet).
-    pub(super) async fn assign_node_ports(&self, obj: &mut Value) -> Result<(), ApiError> {
+    /// no other Service holds it now. Each port taken is also returned as a reservation of
+    /// its key under `reserve::NODE_PORTS`, guarded by that key's revision as read: two
+    /// creates racing for one port write the same key, and the one whose txn comes second
+    /// fails its compare and is admitted again, seeing the first's Service. (Updates write
+    /// without them: a Service turned NodePort by an update can still race a create.)
+    pub(super) async fn assign_node_ports(&self, obj: &mut Value) -> Result<Vec<Reservation>, ApiError> {
         const RANGE: std::ops::RangeInclusive<u64> = 30000..=32767;
         let is_service = self.info.kind == "Service" && self.info.group.is_empty();
         let wants = matches!(obj["spec"]["type"].as_str(), Some("NodePort" | "LoadBalancer"));
         if !is_service || !wants {
-            return Ok(());
+            return Ok(vec![]);
         }
+        // What the reservation keys hold now (a key left by a deleted Service is overwritten).
+        let held = self.st.store.range(storage::RangeRequest::prefix(reserve::NODE_PORTS)).await?;
+        let held: std::collections::HashMap<Bytes, u64> = held.kvs.iter().map(|kv| (kv.key.clone(), kv.mod_revision)).collect();
         let prefix = self.info.prefix(None);
         let all = self.st.store.range(storage::RangeRequest::prefix(prefix)).await?;
         let mut used = std::collections::HashSet::new();
@@ -131,7 +142,8 @@ impl Req<'_> {
             }
         }
         let name = meta_str(obj, "name").unwrap_or("").to_string();
-        let Some(ports) = obj["spec"]["ports"].as_array_mut() else { return Ok(()) };
+        let owner = Bytes::from(own.clone());
+        let Some(ports) = obj["spec"]["ports"].as_array_mut() else { return Ok(vec![]) };
         // This Service's own node ports: node port -> (protocol, port) of each use. One node
         // port serves a TCP and a UDP port of the same number (DNS's 53), as Kubernetes
         // shares it; twice for one protocol is a duplicate.
@@ -172,7 +184,15 @@ impl Req<'_> {
                 }
             }
         }
-        Ok(())
+        let mut taken: Vec<u64> = own.keys().copied().collect();
+        taken.sort_unstable();
+        Ok(taken
+            .into_iter()
+            .map(|n| {
+                let key = Bytes::from(format!("{}{n}", reserve::NODE_PORTS));
+                Reservation { mod_revision: held.get(&key).copied().unwrap_or(0), key, value: owner.clone() }
+            })
+            .collect())
     }
 
     /// The LimitRanger admission plugin (`limit_range.rs`) on a new pod or claim, then the
