@@ -534,3 +534,22 @@ spec:
     wait_until("the unlively container to be killed and restarted", || jsonpath(&c, "unlively", "{.status.containerStatuses[0].restartCount}").parse::<u32>().unwrap_or(0) >= 1);
     assert!(std::fs::read_to_string(host.path().join("unlively")).unwrap_or_default().contains("liveness-kill"));
 }
+
+#[test]
+fn the_kernels_tunables_are_read_only_in_containers_that_are_not_privileged() {
+    let c = cluster();
+    // Written to the container's own UTS namespace if the mount were writable: harmless.
+    let probe = r#"awk '$2=="/proc/sys"{print "sys:" $4}' /proc/self/mounts | head -1; (echo capstan-test > /proc/sys/kernel/hostname) 2>/dev/null && echo wrote || echo refused"#;
+    let manifest = format!(
+        "apiVersion: v1\nkind: Pod\nmetadata: {{name: plain}}\nspec:\n  nodeName: {NODE}\n  restartPolicy: Never\n  containers: [{{name: c, image: busybox, command: [sh, -c, {probe:?}]}}]\n---\napiVersion: v1\nkind: Pod\nmetadata: {{name: privileged}}\nspec:\n  nodeName: {NODE}\n  restartPolicy: Never\n  containers: [{{name: c, image: busybox, command: [sh, -c, \"awk '$2==\\\"/proc/sys\\\"{{print \\\"sys:\\\" $4}}' /proc/self/mounts | head -1; echo done\"], securityContext: {{privileged: true}}}}]\n"
+    );
+    let f = c.write("proc.yaml", &manifest);
+    c.ok(&["apply", "-f", f.to_str().unwrap()]);
+    for p in ["plain", "privileged"] {
+        wait_until(&format!("{p} to finish"), || jsonpath(&c, p, "{.status.phase}") == "Succeeded");
+    }
+    let plain = c.ok(&["logs", "plain"]);
+    assert!(plain.contains("sys:ro,") && plain.contains("refused"), "{plain}");
+    let privileged = c.ok(&["logs", "privileged"]);
+    assert!(!privileged.contains("sys:ro") && privileged.contains("done"), "{privileged}");
+}

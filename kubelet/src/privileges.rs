@@ -38,6 +38,8 @@ pub struct Privileges {
     /// The capabilities kept, as a bit set.
     pub caps: u64,
     pub no_new_privs: bool,
+    /// `securityContext.privileged`: also keeps the kernel's tunables in /proc writable.
+    pub privileged: bool,
 }
 
 const ALL_CAPS: u64 = (1 << CAPS.len()) - 1;
@@ -77,7 +79,7 @@ pub fn of(pod: &Value, container: &Value) -> Result<Privileges, String> {
         caps &= !cap_number(name)?.map_or(ALL_CAPS, |n| 1 << n);
     }
     let no_new_privs = csc["allowPrivilegeEscalation"] == false && !privileged;
-    Ok(Privileges { user, caps, no_new_privs })
+    Ok(Privileges { user, caps, no_new_privs, privileged })
 }
 
 #[repr(C)]

@@ -90,6 +90,9 @@ pub struct Spec<'a> {
     pub netns: Option<PathBuf>,
 }
 
+/// Under /proc, what a container that is not privileged cannot write (runc's defaults).
+const READ_ONLY_PROC: [&str; 5] = ["bus", "fs", "irq", "sys", "sysrq-trigger"];
+
 enum Op {
     /// Joins the pod's network namespace (its file, opened before the fork).
     SetNetNs(OwnedFd),
@@ -193,6 +196,18 @@ pub fn plan(s: &Spec) -> Result<Plan, String> {
                 ops.push((Op::Bind { src: cstr(&host)?, dst: cstr(&dst)?, read_only: s.read_only_root }, format!("binding the host's {}", host.display())));
             }
             Top::Symlink(_, target) => ops.push((Op::Symlink(cstr(target)?, cstr(&dst)?), format!("linking {}", dst.display()))),
+        }
+    }
+
+    // The kernel's tunables in the host's /proc are read-only for a container that is not
+    // privileged (runc's default `readonlyPaths`): a root process in it must not change the
+    // node's sysctls.
+    if !s.privileges.privileged && s.top.iter().any(|t| top_name(t) == "proc") {
+        for p in READ_ONLY_PROC {
+            let host = Path::new("/proc").join(p);
+            if host.exists() {
+                ops.push((Op::Bind { src: cstr(&host)?, dst: cstr(&root.join("proc").join(p))?, read_only: true }, format!("making {} read-only", host.display())));
+            }
         }
     }
 
