@@ -3,7 +3,7 @@
 //! update a second per page), and loadgen reports uploaded and drawn.
 //!
 //! **Where things are.** This file is the door: routes, who may see what, login, the live
-//! stream. `pages.rs` gathers each page's data from the watch caches and renders it with the
+//! stream. `pages/` gathers each page's data from the watch caches (one file per section) and renders it with the
 //! `ui` crate (shell, charts, timeline, reports: pure, no I/O); `digest.rs` keeps the few
 //! fields a list shows of each pod and node, parsed once per revision; `sampler.rs` keeps
 //! ten minutes of counters for the charts.
