@@ -29,8 +29,19 @@ fn local_node(c: &Cluster) -> String {
     c.ok(&["get", "nodes", "-l", "!capstan.io/hollow", "-o", "jsonpath={.items[0].metadata.name}"]).trim().to_string()
 }
 
-fn proxy(c: &Cluster) -> (std::process::Child, String) {
+/// `kubectl proxy`, stopped when dropped (also when the test fails).
+struct Proxy(std::process::Child);
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn proxy(c: &Cluster) -> (Proxy, String) {
     let (child, mut lines) = c.kubectl_spawn(&["proxy", "--port=0"]);
+    let child = Proxy(child);
     let line = lines.next("kubectl proxy's address");
     let addr = line.rsplit(' ').next().unwrap_or("").trim().to_string();
     assert!(addr.starts_with("127.0.0.1:"), "{line}");
@@ -72,7 +83,7 @@ fn every_page_loads_clean_shows_the_cluster_follows_it_live_and_escapes_what_obj
     wait_until("shouty to run", || c.ok(&["get", "pod", "shouty", "-o", "jsonpath={.status.phase}"]) == "Running");
     let hollow = c.ok(&["get", "nodes", "-l", "capstan.io/hollow", "-o", "jsonpath={.items[0].metadata.name}"]).trim().to_string();
 
-    let (mut kp, addr) = proxy(&c);
+    let (_proxy, addr) = proxy(&c);
     let base = format!("http://{addr}");
     let shots = screenshots();
     let mut b = cdp::Browser::launch(&[]);
@@ -168,8 +179,6 @@ fn every_page_loads_clean_shows_the_cluster_follows_it_live_and_escapes_what_obj
     let errors = b.errors(&p);
     assert!(errors.is_empty(), "the loadgen page logged errors: {errors:#?}");
     b.close(p);
-    let _ = kp.kill();
-    let _ = kp.wait();
 }
 
 #[test]
