@@ -5,10 +5,9 @@
 //! anyone opens; a page never adds samples, so an open page costs no memory.
 
 use std::collections::VecDeque;
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Mutex, Weak};
 use std::time::Duration;
 
-use serde_json::Value;
 
 use crate::handlers::AppState;
 
@@ -149,11 +148,6 @@ pub fn run(st: Weak<AppState>) {
             st.ui.ring.push(s);
         }
     });
-}
-
-/// The scheduler's summary, for whoever has it.
-pub fn scheduler_summary(st: &Arc<AppState>) -> Option<Value> {
-    st.ui.hooks.scheduler().map(|s| s.summary())
 }
 
 #[cfg(test)]

@@ -270,10 +270,7 @@ async fn head(st: &Arc<AppState>, v: &Viewer, view: &View) -> Result<Markup, UiE
             html! {
                 h1 { (t) }
                 form.filters method="get" action="/ui/pods" {
-                    label { "namespace" select name="namespace" {
-                        option value="" { "(all)" }
-                        @for n in &namespaces { option value=(n) selected[f.namespace.as_deref() == Some(n.as_str())] { (n) } }
-                    } }
+                    (namespace_select(&namespaces, f.namespace.as_deref()))
                     label { "label selector" input type="text" name="labelSelector" value=(f.selector) placeholder="app=web,tier!=db"; }
                     label { "node" input type="text" name="node" value=(f.node); }
                     label { "phase" select name="phase" {
@@ -296,10 +293,7 @@ async fn head(st: &Arc<AppState>, v: &Viewer, view: &View) -> Result<Markup, UiE
             html! {
                 h1 { (t) }
                 form.filters method="get" action="/ui/workloads" {
-                    label { "namespace" select name="namespace" {
-                        option value="" { "(all)" }
-                        @for n in &namespaces { option value=(n) selected[ns.as_deref() == Some(n.as_str())] { (n) } }
-                    } }
+                    (namespace_select(&namespaces, ns.as_deref()))
                     button type="submit" { "Show" }
                 }
             }
@@ -309,6 +303,16 @@ async fn head(st: &Arc<AppState>, v: &Viewer, view: &View) -> Result<Markup, UiE
         },
         _ => html! { h1 { (t) } },
     })
+}
+
+/// The filters' namespace choice: all, or one the viewer may list.
+fn namespace_select(namespaces: &[String], selected: Option<&str>) -> Markup {
+    html! {
+        label { "namespace" select name="namespace" {
+            option value="" { "(all)" }
+            @for n in namespaces { option value=(n) selected[selected == Some(n.as_str())] { (n) } }
+        } }
+    }
 }
 
 async fn namespace_names(st: &AppState, v: &Viewer) -> Vec<String> {

@@ -11,14 +11,12 @@ pub(super) async fn store(st: &Arc<AppState>, v: &Viewer) -> Result<Markup, UiEr
     let per_shard: Vec<Vec<(f64, f64)>> = (0..io.len()).map(|i| sampler::rate(&samples, |s| s.shard_commits.get(i).map(|c| *c as f64))).collect();
     let names: Vec<String> = (0..io.len()).map(|i| format!("shard {i}")).collect();
     let series: Vec<Series> = names.iter().zip(&per_shard).map(|(n, p)| Series { name: n, points: p }).collect();
-    let window = |i: usize, f: &dyn Fn(&sampler::Sample) -> Option<u64>| -> f64 {
+    // Per second over the last ten seconds of samples.
+    let window = |f: &dyn Fn(&sampler::Sample) -> Option<u64>| -> f64 {
         let w: Vec<&sampler::Sample> = samples.iter().rev().take(11).collect();
         match (w.first(), w.last()) {
             (Some(b), Some(a)) if b.t > a.t => (f(b).unwrap_or(0).saturating_sub(f(a).unwrap_or(0))) as f64 / (b.t - a.t),
-            _ => {
-                let _ = i;
-                0.0
-            }
+            _ => 0.0,
         }
     };
     let writes = sampler::rate(&samples, |s| Some(s.revision as f64));
@@ -47,9 +45,9 @@ pub(super) async fn store(st: &Arc<AppState>, v: &Viewer) -> Result<Markup, UiEr
                 tr {
                     td { (i) }
                     td.n { (s.commits) }
-                    td.n { (format!("{:.1}", window(i, &|x| x.shard_commits.get(i).copied()))) }
+                    td.n { (format!("{:.1}", window(&|x| x.shard_commits.get(i).copied()))) }
                     td.n { (ui::bytes(s.bytes as f64)) }
-                    td.n { (ui::bytes(window(i, &|x| x.shard_bytes.get(i).copied()))) }
+                    td.n { (ui::bytes(window(&|x| x.shard_bytes.get(i).copied()))) }
                     td.n { (s.sync_quantile_us(0.5).map_or("-".into(), |u| format!("≤ {}", ui::micros(u as f64)))) }
                     td.n { (s.sync_quantile_us(0.99).map_or("-".into(), |u| format!("≤ {}", ui::micros(u as f64)))) }
                 }
