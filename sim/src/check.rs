@@ -1,0 +1,211 @@
+//! The invariants, checked as the run goes (and once more at its end), each with a name and a
+//! message that says what broke:
+//!
+//! - `replicas-diverge`: two replicas applied different changes under one revision (every
+//!   replica must apply the same log in the same order);
+//! - `leader-id-reused`: a replica led a term again after a restart without an election
+//!   (openraft's leader ids are (term, node): several replicas may lead one term in turn,
+//!   ordered by id, so "one leader per term" is "one process per leader id" here;
+//!   sim/DESIGN.md);
+//! - `pod-rebound`: a pod bound to a node was written bound to another;
+//! - `watch-gap`, `watch-order`, `watch-mismatch`: a watcher missed a revision, got one twice
+//!   or out of order, or got changes other than what was applied;
+//! - `acked-write-lost`: a write acknowledged to its client is not in the converged store;
+//! - `linearizability`: the clients' recorded history has no linearization (`raft::lincheck`);
+//! - `lease-two-holders`: two controller managers held the Lease at once (their clocks
+//!   within `lease::SKEW_BOUND` of each other);
+//! - `watch-stalled`: once the cluster converged, a watcher did not catch up;
+//! - `liveness`: once faults stopped, the cluster did not converge in the allotted time.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+
+use bytes::Bytes;
+use raft::lincheck;
+use storage::Revision;
+
+use crate::state_machine::Change;
+use crate::world::World;
+
+#[derive(Clone, Debug)]
+pub struct Violation {
+    pub name: &'static str,
+    pub message: String,
+    pub at_us: u64,
+}
+
+impl std::fmt::Display for Violation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "[{}] at {:.3} s simulated: {}", self.name, self.at_us as f64 / 1e6, self.message)
+    }
+}
+
+/// An acknowledged write: the key, the revision it was answered with, the value it wrote (none:
+/// a delete).
+#[derive(Clone, Debug)]
+pub struct Acked {
+    pub key: Bytes,
+    pub revision: Revision,
+    pub value: Option<Bytes>,
+}
+
+pub const POD_PREFIX: &str = "pod/";
+pub const UNBOUND: &str = "unbound";
+
+#[derive(Default)]
+pub struct Checks {
+    violation: Mutex<Option<Violation>>,
+    /// Each revision's changes, as the first replica to apply it applied them.
+    pub truth: Mutex<BTreeMap<Revision, (u64, Vec<Change>)>>,
+    /// Each leader id (term, node) and the process incarnation that held it.
+    leaders: Mutex<BTreeMap<(u64, u64), u64>>,
+    /// Which node each pod is bound to.
+    bound: Mutex<BTreeMap<Bytes, Bytes>>,
+    pub history: Mutex<Vec<lincheck::Op>>,
+    /// Each delete's marker key, by (client, call time).
+    pub delete_markers: Mutex<BTreeMap<(usize, u64), Bytes>>,
+    /// The next revision each watcher waits for.
+    pub watch_next: Mutex<BTreeMap<usize, Revision>>,
+    /// Who holds the controller manager's Lease, in its own view, and since when (µs).
+    holders: Mutex<BTreeMap<u64, u64>>,
+    /// Leaderships of the Lease so far.
+    pub lease_terms: std::sync::atomic::AtomicU64,
+    pub acked: Mutex<Vec<Acked>>,
+}
+
+fn show(c: &[Change]) -> String {
+    c.iter()
+        .map(|(k, v)| match v {
+            Some(v) => format!("put {}={}", String::from_utf8_lossy(k), String::from_utf8_lossy(v)),
+            None => format!("delete {}", String::from_utf8_lossy(k)),
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+impl Checks {
+    pub fn violate(&self, v: Violation) {
+        let mut slot = self.violation.lock().unwrap();
+        if slot.is_none() {
+            *slot = Some(v);
+        }
+    }
+
+    pub fn failed(&self) -> bool {
+        self.violation.lock().unwrap().is_some()
+    }
+
+    pub fn violation(&self) -> Option<Violation> {
+        self.violation.lock().unwrap().clone()
+    }
+
+    /// Replica `node` applied `changes` under `rev`.
+    pub fn applied(&self, world: &World, node: u64, rev: Revision, mut changes: Vec<Change>) {
+        // One revision's changes in key order (as the index's history gives them to watchers).
+        changes.sort();
+        let mut truth = self.truth.lock().unwrap();
+        if let Some((first, known)) = truth.get(&rev) {
+            if *known != changes {
+                let msg = format!("revision {rev}: n{first} applied [{}], n{node} applied [{}]", show(known), show(&changes));
+                drop(truth);
+                world.violate("replicas-diverge", msg);
+            }
+            return;
+        }
+        for (k, v) in &changes {
+            if !k.starts_with(POD_PREFIX.as_bytes()) {
+                continue;
+            }
+            let mut bound = self.bound.lock().unwrap();
+            match (bound.get(k), v) {
+                (Some(was), Some(now)) if was != now => {
+                    let msg = format!(
+                        "{} was bound to {} and is written bound to {} at revision {rev}",
+                        String::from_utf8_lossy(k),
+                        String::from_utf8_lossy(was),
+                        String::from_utf8_lossy(now)
+                    );
+                    drop(bound);
+                    world.violate("pod-rebound", msg);
+                    break;
+                }
+                (None, Some(now)) if now.as_ref() != UNBOUND.as_bytes() => {
+                    bound.insert(k.clone(), now.clone());
+                }
+                _ => {}
+            }
+        }
+        truth.insert(rev, (node, changes));
+    }
+
+    /// `node`, in its process incarnation `incarnation`, leads in `term`.
+    pub fn leader(&self, world: &World, term: u64, node: u64, incarnation: u64) {
+        let mut l = self.leaders.lock().unwrap();
+        match l.get(&(term, node)) {
+            Some(other) if *other != incarnation => {
+                let msg = format!("n{node} led term {term} in its incarnation {other} and again, without an election, after restarting (incarnation {incarnation})");
+                drop(l);
+                world.violate("leader-id-reused", msg);
+            }
+            Some(_) => {}
+            None => {
+                l.insert((term, node), incarnation);
+                drop(l);
+                world.log("raft", format!("n{node} leads term {term}"));
+            }
+        }
+    }
+
+    pub fn terms(&self) -> usize {
+        self.leaders.lock().unwrap().len()
+    }
+
+    /// The changes of revisions in `from..to`, as applied.
+    pub fn truth_between(&self, from: Revision, to: Revision) -> Vec<(Revision, Vec<Change>)> {
+        if from >= to {
+            return Vec::new();
+        }
+        self.truth.lock().unwrap().range(from..to).map(|(r, (_, c))| (*r, c.clone())).collect()
+    }
+
+    /// Replica `me`'s controller manager now believes it holds the Lease.
+    pub fn lease_acquired(&self, world: &World, me: u64) {
+        let now = world.now_us();
+        let mut h = self.holders.lock().unwrap();
+        if let Some((other, since)) = h.iter().find(|(id, _)| **id != me).map(|(a, b)| (*a, *b)) {
+            drop(h);
+            world.violate(
+                "lease-two-holders",
+                format!("cm-{me} acquired the controller manager's Lease while cm-{other} held it (since {:.3} s); clocks differ by at most {:?}", since as f64 / 1e6, crate::lease::SKEW_BOUND),
+            );
+            return;
+        }
+        h.insert(me, now);
+        self.lease_terms.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        drop(h);
+        world.log("lease", format!("cm-{me} holds the Lease"));
+    }
+
+    /// Whose controller manager holds the Lease now (the lowest, if the check has failed).
+    pub fn lease_holder(&self) -> Option<u64> {
+        self.holders.lock().unwrap().keys().next().copied()
+    }
+
+    pub fn lease_released(&self, world: &World, me: u64, why: &str) {
+        self.holders.lock().unwrap().remove(&me);
+        world.log("lease", format!("cm-{me} stopped leading: {why}"));
+    }
+
+    /// The newest revision applied anywhere.
+    pub fn last_revision(&self) -> Revision {
+        self.truth.lock().unwrap().keys().next_back().copied().unwrap_or(0)
+    }
+
+    pub fn truth_at(&self, rev: Revision) -> Option<Vec<Change>> {
+        self.truth.lock().unwrap().get(&rev).map(|(_, c)| c.clone())
+    }
+
+    pub fn show(c: &[Change]) -> String {
+        show(c)
+    }
+}

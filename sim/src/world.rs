@@ -1,0 +1,144 @@
+//! What every part of one seed's run shares: the seeded generator, the trace, the network's
+//! state, the replicas' handles and disks, what the clients recorded, and the first violation.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+use crate::check::{Checks, Violation};
+use crate::disk::Disk;
+use crate::rt::Raft;
+use crate::state_machine::Sm;
+use crate::trace::Trace;
+use crate::{Bug, Params};
+
+/// The network's fault rates in force.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct NetRates {
+    /// Probability a message is lost before it arrives.
+    pub drop: f64,
+    /// Probability an answer is lost after the message was handled.
+    pub drop_answer: f64,
+    /// Probability a message is delivered twice.
+    pub duplicate: f64,
+    /// Probability a message is held back, by up to `delay_max_ms` (messages then overtake
+    /// each other).
+    pub delay: f64,
+    pub delay_max_ms: u64,
+}
+
+/// One replica as the world sees it: its disk outlives its process.
+pub struct Replica {
+    pub disk: Arc<Disk>,
+    /// The running process (none while crashed).
+    pub up: Option<(Raft, Sm)>,
+    /// Incremented at every start: tasks of an old incarnation stop.
+    pub incarnation: u64,
+    /// A start is under way (two must never run on one disk).
+    pub starting: bool,
+}
+
+pub struct World {
+    pub seed: u64,
+    pub params: Params,
+    pub t0: tokio::time::Instant,
+    pub rng: Mutex<StdRng>,
+    pub trace: Trace,
+    pub net: Mutex<NetState>,
+    pub replicas: Mutex<BTreeMap<u64, Replica>>,
+    pub checks: Checks,
+    /// The run's verdict is in: long-running tasks (watchers) stop.
+    pub done: std::sync::atomic::AtomicBool,
+    /// Each replica's wall clock minus true time, µs (within `lease::SKEW_BOUND` of each other).
+    pub skew_us: Mutex<BTreeMap<u64, i64>>,
+    /// Replicas the nemesis keeps alive for an aimed fault.
+    pub protected: Mutex<BTreeSet<u64>>,
+}
+
+#[derive(Default)]
+pub struct NetState {
+    pub rates: NetRates,
+    /// Pairs (a, b), a < b, that cannot talk.
+    pub cut: BTreeSet<(u64, u64)>,
+}
+
+impl World {
+    pub fn new(seed: u64, params: Params) -> Arc<World> {
+        Arc::new(World {
+            seed,
+            params,
+            t0: tokio::time::Instant::now(),
+            rng: Mutex::new(StdRng::seed_from_u64(seed)),
+            trace: Trace::default(),
+            net: Mutex::new(NetState::default()),
+            replicas: Mutex::new(BTreeMap::new()),
+            checks: Checks::default(),
+            done: Default::default(),
+            skew_us: Mutex::new(BTreeMap::new()),
+            protected: Mutex::new(BTreeSet::new()),
+        })
+    }
+
+    pub fn now_us(&self) -> u64 {
+        crate::rt::now_us(self.t0)
+    }
+
+    pub fn log(&self, component: &'static str, text: String) {
+        self.trace.log(self.now_us(), component, text);
+    }
+
+    /// Whether `bug` is planted in this run (never, in a build without `sim-bugs`).
+    pub fn bug(&self, bug: Bug) -> bool {
+        cfg!(feature = "sim-bugs") && self.params.bug == Some(bug)
+    }
+
+    pub fn chance(&self, p: f64) -> bool {
+        p > 0.0 && self.rng.lock().unwrap().random_bool(p.min(1.0))
+    }
+
+    pub fn range(&self, lo: u64, hi: u64) -> u64 {
+        if hi <= lo { lo } else { self.rng.lock().unwrap().random_range(lo..hi) }
+    }
+
+    pub fn pick<T: Clone>(&self, items: &[T]) -> Option<T> {
+        if items.is_empty() { None } else { Some(items[self.range(0, items.len() as u64) as usize].clone()) }
+    }
+
+    /// Records a broken invariant (the first one stops the seed).
+    pub fn violate(&self, name: &'static str, message: String) {
+        self.log("check", format!("VIOLATION {name}: {message}"));
+        self.checks.violate(Violation { name, message, at_us: self.now_us() });
+    }
+
+    pub fn failed(&self) -> bool {
+        self.checks.failed()
+    }
+
+    pub fn ids(&self) -> Vec<u64> {
+        self.replicas.lock().unwrap().keys().copied().collect()
+    }
+
+    /// The running replicas' handles.
+    pub fn up(&self) -> Vec<(u64, Raft, Sm)> {
+        self.replicas.lock().unwrap().iter().filter_map(|(id, r)| r.up.as_ref().map(|(raft, sm)| (*id, raft.clone(), sm.clone()))).collect()
+    }
+
+    pub fn handle(&self, id: u64) -> Option<(Raft, Sm)> {
+        self.replicas.lock().unwrap().get(&id).and_then(|r| r.up.clone())
+    }
+
+    pub fn clock_skew_us(&self, id: u64) -> i64 {
+        self.skew_us.lock().unwrap().get(&id).copied().unwrap_or(0)
+    }
+
+    /// Replica `id`'s process incarnation, if it runs.
+    pub fn incarnation_if_up(&self, id: u64) -> Option<u64> {
+        self.replicas.lock().unwrap().get(&id).and_then(|r| r.up.as_ref().map(|_| r.incarnation))
+    }
+
+    pub fn connected(&self, a: u64, b: u64) -> bool {
+        !self.net.lock().unwrap().cut.contains(&(a.min(b), a.max(b)))
+    }
+}
