@@ -7,7 +7,9 @@
 //!   (openraft's leader ids are (term, node): several replicas may lead one term in turn,
 //!   ordered by id, so "one leader per term" is "one process per leader id" here;
 //!   sim/DESIGN.md);
-//! - `pod-rebound`: a pod bound to a node was written bound to another;
+//! - `pod-rebound`: a pod bound to a node was written bound to another, or unbound;
+//! - `replicaset-not-converged`: once faults stopped, a ReplicaSet did not get as many active,
+//!   bound, Running pods as it asks for within `kube::CONVERGE`;
 //! - `watch-gap`, `watch-order`, `watch-mismatch`: a watcher missed a revision, got one twice
 //!   or out of order, or got changes other than what was applied;
 //! - `acked-write-lost`: a write acknowledged to its client is not in the converged store;
@@ -49,8 +51,6 @@ pub struct Acked {
     pub value: Option<Bytes>,
 }
 
-pub const POD_PREFIX: &str = "pod/";
-pub const UNBOUND: &str = "unbound";
 
 #[derive(Default)]
 pub struct Checks {
@@ -113,24 +113,29 @@ impl Checks {
             return;
         }
         for (k, v) in &changes {
-            if !k.starts_with(POD_PREFIX.as_bytes()) {
+            if !k.starts_with(crate::kube::PODS.as_bytes()) {
                 continue;
             }
             let mut bound = self.bound.lock().unwrap();
-            match (bound.get(k), v) {
-                (Some(was), Some(now)) if was != now => {
+            let Some(v) = v else {
+                bound.remove(k);
+                continue;
+            };
+            let node = serde_json::from_slice::<serde_json::Value>(v).ok().and_then(|p| p["spec"]["nodeName"].as_str().map(|n| Bytes::from(n.to_string())));
+            match (bound.get(k), node) {
+                (Some(was), now) if now.as_ref() != Some(was) => {
                     let msg = format!(
-                        "{} was bound to {} and is written bound to {} at revision {rev}",
+                        "{} was bound to {} and is written {} at revision {rev}",
                         String::from_utf8_lossy(k),
                         String::from_utf8_lossy(was),
-                        String::from_utf8_lossy(now)
+                        now.map_or("unbound".to_string(), |n| format!("bound to {}", String::from_utf8_lossy(&n)))
                     );
                     drop(bound);
                     world.violate("pod-rebound", msg);
                     break;
                 }
-                (None, Some(now)) if now.as_ref() != UNBOUND.as_bytes() => {
-                    bound.insert(k.clone(), now.clone());
+                (None, Some(now)) => {
+                    bound.insert(k.clone(), now);
                 }
                 _ => {}
             }

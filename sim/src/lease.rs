@@ -126,10 +126,18 @@ pub async fn candidate(world: Arc<World>, me: u64) {
             _ = process_ends(&world, me, incarnation) => continue,
         };
         world.checks.lease_acquired(&world, me);
+        // What the holder runs: the controllers (here, the ReplicaSet controller).
+        let controllers = async {
+            loop {
+                crate::kube::sync_replicasets(&world, me).await;
+                tokio::time::sleep(Duration::from_millis(world.range(200, 800))).await;
+            }
+        };
         let why = tokio::select! {
             biased;
             _ = leading.lost() => "lost the lease (not renewed within the deadline)",
             _ = process_ends(&world, me, incarnation) => "its process died",
+            _ = controllers => unreachable!("the controllers run until stopped"),
         };
         drop(leading);
         world.checks.lease_released(&world, me, why);

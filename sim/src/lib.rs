@@ -5,14 +5,15 @@
 //! The pieces: `rt` (the seeded runtime and openraft's types), `disk` (a disk that loses
 //! unsynced writes), `log_store` and `state_machine` (openraft's storage over it and over the
 //! store's real MVCC and transaction code), `net` (the faulty network), `cluster` (starting,
-//! crashing and restarting replicas), `workload` (clients, schedulers binding pods, watchers), `lease` (leader
-//! election with capstan's code and skewed clocks),
+//! crashing and restarting replicas), `workload` (clients and watchers), `kube` (ReplicaSets, schedulers, hollow
+//! kubelets), `lease` (leader election with capstan's code and skewed clocks),
 //! `check` (the invariants), `nemesis` (the faults) and `run` (one seed, start to verdict).
 
 pub mod check;
 pub mod cluster;
 pub mod lease;
 pub mod disk;
+pub mod kube;
 pub mod log_store;
 pub mod nemesis;
 pub mod net;

@@ -26,7 +26,7 @@ struct Args {
 }
 
 const USAGE: &str = "usage: sim [--seeds N] [--from S] [--replay S] [--minutes M | --seconds S] [--settle S] [--replicas 3|5] \
-[--clients N] [--threads T] [--bug NAME] [--trace COMPONENT,...] [--trace-lines N] [--build ID] [--digest D] [--real-timeout SECS]";
+[--clients N] [--nodes N] [--threads T] [--bug NAME] [--trace COMPONENT,...] [--trace-lines N] [--build ID] [--digest D] [--real-timeout SECS]";
 
 fn parse() -> Result<Args, String> {
     let mut a = Args {
@@ -65,6 +65,10 @@ fn parse() -> Result<Args, String> {
                 n => return Err(format!("--replicas is 3 or 5, got {n}")),
             },
             "--clients" => a.params.clients = num("--clients")?.clamp(1, 64) as usize,
+            "--nodes" => match num("--nodes")? {
+                n @ 1..=1000 => a.params.nodes = Some(n),
+                n => return Err(format!("--nodes is 1 to 1000, got {n}")),
+            },
             "--threads" => a.threads = num("--threads")?.clamp(1, 64) as usize,
             "--bug" => a.params.bug = Some(Bug::parse(&v)?),
             "--trace" => a.trace = v.split(',').filter(|s| !s.is_empty()).map(String::from).collect(),
@@ -97,6 +101,9 @@ fn replay_command(a: &Args, r: &SeedReport, build: &str) -> String {
     }
     if a.params.clients != Params::default().clients {
         c += &format!(" --clients {}", a.params.clients);
+    }
+    if let Some(n) = a.params.nodes {
+        c += &format!(" --nodes {n}");
     }
     if let Some(b) = a.params.bug {
         c += &format!(" --bug {}", b.name());

@@ -25,12 +25,14 @@ pub struct Params {
     /// Simulated seconds the cluster has to converge once faults stop.
     pub settle_secs: f64,
     pub clients: usize,
+    /// Hollow nodes (none: the seed picks 10 to 50).
+    pub nodes: Option<u64>,
     pub bug: Option<Bug>,
 }
 
 impl Default for Params {
     fn default() -> Self {
-        Params { replicas: None, fault_secs: 20.0, settle_secs: 30.0, clients: 4, bug: None }
+        Params { replicas: None, fault_secs: 20.0, settle_secs: 30.0, clients: 4, nodes: None, bug: None }
     }
 }
 
@@ -52,7 +54,7 @@ pub fn run_seed(seed: u64, params: &Params) -> SeedReport {
     let rt = tokio::runtime::Builder::new_current_thread().enable_time().start_paused(true).build().expect("a current-thread runtime");
     let params = params.clone();
     let world = rt.block_on(async move { World::new(seed, params) });
-    let budget = Duration::from_secs_f64(world.params.fault_secs + world.params.settle_secs + 30.0);
+    let budget = Duration::from_secs_f64(world.params.fault_secs + world.params.settle_secs + crate::kube::CONVERGE.as_secs_f64() + 40.0);
     let w = world.clone();
     let simulated_us = rt.block_on(SimRt::scope(seed, async move {
         if tokio::time::timeout(budget, drive(w.clone())).await.is_err() {
@@ -110,9 +112,14 @@ async fn drive(world: Arc<World>) {
         world.violate("liveness", "no leader within 10 s of a fresh start without faults".into());
         return;
     }
-    if !workload::create_pods(&world).await {
-        world.violate("liveness", "the pods could not be created without faults".into());
+    if !crate::kube::create_replicasets(&world).await {
+        world.violate("liveness", "the ReplicaSets could not be created without faults".into());
         return;
+    }
+    let nodes = world.params.nodes.unwrap_or_else(|| world.range(10, 51));
+    world.log("run", format!("{nodes} hollow nodes"));
+    for i in 0..nodes {
+        spawn(crate::kube::kubelet(world.clone(), format!("node-{i}")));
     }
     let now = tokio::time::Instant::now();
     let faults_end = now + Duration::from_secs_f64(world.params.fault_secs);
@@ -122,22 +129,26 @@ async fn drive(world: Arc<World>) {
         tasks.push(spawn(workload::kv_client(world.clone(), c, faults_end)));
     }
     for s in 0..2 {
-        tasks.push(spawn(workload::scheduler(world.clone(), s, faults_end)));
+        tasks.push(spawn(crate::kube::scheduler(world.clone(), s)));
     }
+    tasks.push(spawn(crate::kube::driver(world.clone(), faults_end)));
     for id in 1..=n {
         spawn(crate::lease::candidate(world.clone(), id));
     }
     let watchers: Vec<_> = (0..2).map(|w| spawn(workload::watcher(world.clone(), w, watch_end))).collect();
     nemesis::run(world.clone(), faults_end).await;
-    for t in tasks {
-        let _ = t.await;
-    }
     if world.failed() {
         return;
     }
     nemesis::heal(&world).await;
     let settle = Duration::from_secs_f64(world.params.settle_secs);
     if !converge(&world, settle).await {
+        return;
+    }
+    if let Err(why) = crate::kube::converged(&world).await {
+        if !world.failed() {
+            world.violate("replicaset-not-converged", format!("{:?} after the store converged: {why}", crate::kube::CONVERGE));
+        }
         return;
     }
     // Every watcher catches up with the last revision.
@@ -154,13 +165,19 @@ async fn drive(world: Arc<World>) {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    // Everything stops writing; what was in flight lands; then the replicas are compared at
+    // one point (seed 2746 compared them while a write was still being applied).
     world.done.store(true, std::sync::atomic::Ordering::SeqCst);
     for w in watchers {
         let _ = w.await;
     }
-    if !world.failed() {
-        final_checks(&world);
+    for t in tasks {
+        let _ = t.await;
     }
+    if world.failed() || !converge(&world, settle).await {
+        return;
+    }
+    final_checks(&world);
 }
 
 /// Once faults stop: a leader, a write through it, every replica applied as far as it.
@@ -198,15 +215,16 @@ async fn converge(world: &Arc<World>, within: Duration) -> bool {
 }
 
 fn final_checks(world: &World) {
-    let up = world.up();
-    // Every replica holds the same history.
+    let mut up = world.up();
+    // The replica furthest ahead first: every other one's history is a prefix of its history.
+    up.sort_by_key(|(id, _, sm)| (std::cmp::Reverse(sm.state.lock().unwrap().revision), *id));
     let histories: Vec<(u64, Vec<(u64, crate::state_machine::Change)>)> = up
         .iter()
         .map(|(id, _, sm)| (*id, sm.state.lock().unwrap().events_since(1).iter().map(|e| (e.kv.mod_revision, change_of(e))).collect()))
         .collect();
+    let (id0, h0) = &histories[0];
     for (id, h) in &histories[1..] {
-        let (id0, h0) = &histories[0];
-        if h != h0 {
+        if h.len() > h0.len() || h[..] != h0[..h.len()] {
             let at = h.iter().zip(h0).position(|(a, b)| a != b).unwrap_or(h.len().min(h0.len()));
             world.violate("replicas-diverge", format!("n{id0} and n{id} hold different histories from event {at} ({} and {} events)", h0.len(), h.len()));
             return;

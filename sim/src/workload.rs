@@ -1,6 +1,5 @@
 //! What runs against the cluster: key-value clients whose history the linearizability checker
-//! reads, schedulers that bind pods with a compare-and-swap (as capstan's binding does), and
-//! watchers that follow every change from revision 1, switching replica when theirs goes away
+//! reads, and watchers that follow every change from revision 1, switching replica when theirs goes away
 //! or at random, resuming from the last revision they were given.
 
 use std::sync::Arc;
@@ -14,7 +13,7 @@ use raft::lincheck::{Input, Op, Output};
 use storage::{Applied, Command, Compare, CompareOp, CompareTarget, DeleteRequest, KeyRange, KeyValue, PutRequest, Revision, TxnOp, TxnRequest};
 
 use crate::Bug;
-use crate::check::{Acked, Checks, POD_PREFIX, UNBOUND};
+use crate::check::{Acked, Checks};
 use crate::rt::{Cmd, Raft};
 use crate::state_machine::{Change, Sm, change_of};
 use crate::world::World;
@@ -93,6 +92,17 @@ pub async fn read(world: &World, key: &Bytes) -> Option<Option<KeyValue>> {
 
 /// As [`read`], from a component that reaches the cluster through replica `home`.
 pub async fn read_from(world: &World, home: Option<u64>, key: &Bytes) -> Option<Option<KeyValue>> {
+    linearizable(world, home, |st| st.get(key)).await
+}
+
+/// The live keys under `prefix`, read linearizably (none: no read index in time).
+pub async fn list_from(world: &World, home: Option<u64>, prefix: &str) -> Option<Vec<KeyValue>> {
+    let range = KeyRange::Prefix(Bytes::from(prefix.to_string()));
+    linearizable(world, home, |st| st.mvcc.range_at(&range, st.revision, 0, false, false).kvs).await
+}
+
+/// `f` over the leader's state once a read index confirms it is current.
+async fn linearizable<T>(world: &World, home: Option<u64>, f: impl Fn(&crate::state_machine::State) -> T) -> Option<T> {
     let deadline = tokio::time::Instant::now() + TRY_FOR;
     let mut hint = None;
     while tokio::time::Instant::now() < deadline {
@@ -101,7 +111,7 @@ pub async fn read_from(world: &World, home: Option<u64>, key: &Bytes) -> Option<
             continue;
         };
         match tokio::time::timeout(WRITE_TIMEOUT, raft.ensure_linearizable(ReadPolicy::ReadIndex)).await {
-            Ok(Ok(_)) => return Some(sm.state.lock().unwrap().get(key)),
+            Ok(Ok(_)) => return Some(f(&sm.state.lock().unwrap())),
             Ok(Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(f)))) => {
                 // Every retry waits: simulated time only moves while every task waits.
                 hint = f.leader_id.filter(|l| *l != id);
@@ -216,52 +226,6 @@ pub async fn kv_client(world: Arc<World>, client: usize, until: tokio::time::Ins
         world.checks.history.lock().unwrap().push(Op { client, key: key_s, input, output, call, ret });
         tokio::time::sleep(Duration::from_millis(world.range(1, 30))).await;
     }
-}
-
-pub const PODS: u64 = 12;
-const NODES: u64 = 6;
-
-pub fn pod_key(i: u64) -> Bytes {
-    Bytes::from(format!("{POD_PREFIX}p{i}"))
-}
-
-/// A scheduler: reads a pod and, if it is unbound, binds it to a node with a write that
-/// compares the pod's revision, so that of two schedulers (say, an old leader that has not yet
-/// noticed it lost its lease, and the new one) only one can bind it.
-pub async fn scheduler(world: Arc<World>, me: usize, until: tokio::time::Instant) {
-    while tokio::time::Instant::now() < until && !world.failed() {
-        let key = pod_key(world.range(0, PODS));
-        if let Some(Some(kv)) = read(&world, &key).await
-            && kv.value.as_ref() == UNBOUND.as_bytes()
-        {
-            // Two schedulers race: both decided on the same snapshot of the pod.
-            tokio::time::sleep(Duration::from_millis(world.range(0, 20))).await;
-            let node = format!("node-{}", world.range(0, NODES));
-            let compare = if world.bug(Bug::BindWithoutCas) {
-                vec![]
-            } else {
-                vec![Compare { key: key.clone(), op: CompareOp::Equal, target: CompareTarget::ModRevision(kv.mod_revision) }]
-            };
-            let cmd = Command::Txn(TxnRequest { compare, success: vec![put(&key, &node)], failure: vec![] });
-            if let Written::Applied(a) = write(&world, cmd).await
-                && let Some((true, rev)) = txn_revision(&a)
-            {
-                world.log("sched", format!("s{me}: bound {} to {node} at revision {rev}", String::from_utf8_lossy(&key)));
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(world.range(5, 60))).await;
-    }
-}
-
-/// Creates the pods, unbound.
-pub async fn create_pods(world: &World) -> bool {
-    for i in 0..PODS {
-        let cmd = Command::Txn(TxnRequest { compare: vec![], success: vec![put(&pod_key(i), UNBOUND)], failure: vec![] });
-        if !matches!(write(world, cmd).await, Written::Applied(_)) {
-            return false;
-        }
-    }
-    true
 }
 
 /// The events a replica serves a watch from `from` with (its index's history, as the store's

@@ -8,7 +8,7 @@ use sim::{Bug, Params, run_seed};
 
 /// Seeds of the suite: a 5-second fault phase (each a few seconds of CPU in a debug build).
 fn small() -> Params {
-    Params { fault_secs: 5.0, settle_secs: 30.0, ..Params::default() }
+    Params { fault_secs: 5.0, settle_secs: 30.0, nodes: Some(10), ..Params::default() }
 }
 
 fn run_in_parallel(seeds: std::ops::Range<u64>, p: &Params) -> Vec<sim::SeedReport> {

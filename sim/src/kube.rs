@@ -1,0 +1,220 @@
+//! A Kubernetes workload over the simulated store, objects as Kubernetes JSON under `rs/`,
+//! `pods/` and `nodes/`:
+//!
+//! - ReplicaSets reconciled with capstan's own decisions (`controllers::replicaset::decide`,
+//!   which ranks pods for deletion as Kubernetes does, and `pod_from_template`), by whichever
+//!   controller manager holds the Lease (`lease.rs`), through its own replica;
+//! - two schedulers binding pending pods to registered nodes with a compare-and-swap on the
+//!   pod's revision, as capstan's binding does (two, as an old and a new leader may briefly be);
+//! - hollow kubelets: each registers its node, renews its node lease every 10 s and marks the
+//!   pods bound to it Running and Ready;
+//! - a driver that scales the ReplicaSets and deletes pods (as evictions would) while faults run.
+//!
+//! Checked: a pod bound to a node is never bound to another (`pod-rebound`, in `check.rs`), and
+//! once faults stop every ReplicaSet has as many active pods as it asks for, each bound and
+//! Running, within `CONVERGE` (`replicaset-not-converged`).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use controllers::replicaset::{decide, pod_from_template};
+use serde_json::{Value, json};
+use storage::{Command, Compare, CompareOp, CompareTarget, DeleteRequest, KeyRange, KeyValue, PutRequest, TxnOp, TxnRequest};
+
+use crate::Bug;
+use crate::workload::{Written, list_from, write, write_from};
+use crate::world::World;
+
+pub const RS: &str = "rs/";
+pub const PODS: &str = "pods/";
+pub const NODES: &str = "nodes/";
+const REPLICASETS: u64 = 3;
+/// How long ReplicaSets have to converge once the store has.
+pub const CONVERGE: Duration = Duration::from_secs(60);
+
+fn put(key: &str, v: &Value, compare: Vec<Compare>) -> Command {
+    let mut v = v.clone();
+    if let Some(m) = v["metadata"].as_object_mut() {
+        m.remove("resourceVersion");
+    }
+    let value = Bytes::from(serde_json::to_vec(&v).expect("an object encodes"));
+    Command::Txn(TxnRequest { compare, success: vec![TxnOp::Put(PutRequest { key: Bytes::from(key.to_string()), value, lease: 0, prev_kv: false })], failure: vec![] })
+}
+
+fn absent(key: &str) -> Vec<Compare> {
+    vec![Compare { key: Bytes::from(key.to_string()), op: CompareOp::Equal, target: CompareTarget::Version(0) }]
+}
+
+fn unchanged(key: &str, rev: u64) -> Vec<Compare> {
+    vec![Compare { key: Bytes::from(key.to_string()), op: CompareOp::Equal, target: CompareTarget::ModRevision(rev) }]
+}
+
+/// An object read from the store, with its revision as its resourceVersion.
+fn object(kv: &KeyValue) -> Option<(String, u64, Value)> {
+    let v: Value = serde_json::from_slice(&kv.value).ok()?;
+    Some((String::from_utf8_lossy(&kv.key).to_string(), kv.mod_revision, v))
+}
+
+fn ok(w: &Written) -> bool {
+    matches!(w, Written::Applied(storage::Applied::Txn(Ok(r))) if r.succeeded)
+}
+
+/// Creates the ReplicaSets (with the store healthy, before faults).
+pub async fn create_replicasets(world: &World) -> bool {
+    for i in 0..REPLICASETS {
+        let name = format!("web-{i}");
+        let rs = json!({
+            "apiVersion": "apps/v1", "kind": "ReplicaSet",
+            "metadata": {"name": name, "namespace": "default", "uid": format!("uid-{name}"), "generation": 1},
+            "spec": {"replicas": world.range(1, 8), "selector": {"matchLabels": {"app": name}},
+                "template": {"metadata": {"labels": {"app": name}}, "spec": {"containers": [{"name": "c", "image": "pause"}]}}},
+        });
+        let key = format!("{RS}{name}");
+        if !ok(&write(world, put(&key, &rs, absent(&key))).await) {
+            return false;
+        }
+    }
+    true
+}
+
+fn parse_all(kvs: &[KeyValue]) -> Vec<(String, u64, Value)> {
+    kvs.iter().filter_map(object).collect()
+}
+
+/// One pass of the ReplicaSet controller, run by the controller manager of replica `home`.
+pub async fn sync_replicasets(world: &World, home: u64) {
+    let Some(rss) = list_from(world, Some(home), RS).await else { return };
+    for (_, _, rs) in parse_all(&rss) {
+        let name = rs["metadata"]["name"].as_str().unwrap_or("").to_string();
+        let Some(pods) = list_from(world, Some(home), &format!("{PODS}{name}-")).await else { return };
+        let active: Vec<Arc<Value>> = parse_all(&pods).into_iter().map(|(_, _, p)| Arc::new(p)).filter(|p| controllers::podutil::is_active(p)).collect();
+        let d = decide(rs["spec"]["replicas"].as_i64().unwrap_or(0), &active);
+        for _ in 0..d.create {
+            let mut pod = pod_from_template(&rs);
+            let pod_name = format!("{name}-{:010x}", world.range(0, 1 << 40));
+            pod["metadata"]["name"] = json!(pod_name);
+            if let Some(m) = pod["metadata"].as_object_mut() {
+                m.remove("generateName");
+            }
+            let key = format!("{PODS}{pod_name}");
+            if ok(&write_from(world, Some(home), put(&key, &pod, absent(&key))).await) {
+                world.log("kube", format!("cm-{home}: created pod {pod_name}"));
+            }
+        }
+        for pod_name in d.delete {
+            let cmd = Command::Txn(TxnRequest {
+                compare: vec![],
+                success: vec![TxnOp::Delete(DeleteRequest { range: KeyRange::Key(Bytes::from(format!("{PODS}{pod_name}"))), prev_kv: false })],
+                failure: vec![],
+            });
+            if ok(&write_from(world, Some(home), cmd).await) {
+                world.log("kube", format!("cm-{home}: deleted pod {pod_name}"));
+            }
+        }
+    }
+}
+
+/// A scheduler: binds a pending pod to a registered node, comparing the pod's revision.
+pub async fn scheduler(world: Arc<World>, me: usize) {
+    while !world.done.load(std::sync::atomic::Ordering::SeqCst) && !world.failed() {
+        tokio::time::sleep(Duration::from_millis(world.range(20, 200))).await;
+        let (Some(pods), Some(nodes)) = (list_from(&world, None, PODS).await, list_from(&world, None, NODES).await) else { continue };
+        let pending: Vec<(String, u64, Value)> = parse_all(&pods).into_iter().filter(|(_, _, p)| p["spec"]["nodeName"].is_null() && controllers::podutil::is_active(p)).collect();
+        let nodes: Vec<String> = parse_all(&nodes).into_iter().filter_map(|(_, _, n)| n["metadata"]["name"].as_str().map(String::from)).collect();
+        let (Some((key, rev, mut pod)), Some(node)) = (world.pick(&pending), world.pick(&nodes)) else { continue };
+        // Two schedulers may have picked the same pod from the same snapshot.
+        tokio::time::sleep(Duration::from_millis(world.range(0, 20))).await;
+        pod["spec"]["nodeName"] = json!(node);
+        let compare = if world.bug(Bug::BindWithoutCas) { vec![] } else { unchanged(&key, rev) };
+        if ok(&write(&world, put(&key, &pod, compare)).await) {
+            world.log("sched", format!("s{me}: bound {} to {node}", &key[PODS.len()..]));
+        }
+    }
+}
+
+/// A hollow kubelet: registers node `name`, renews its lease every 10 s, runs its pods.
+pub async fn kubelet(world: Arc<World>, name: String) {
+    let key = format!("{NODES}{name}");
+    let bound = format!("\"nodeName\":\"{name}\"");
+    let mut renewed = None::<tokio::time::Instant>;
+    while !world.done.load(std::sync::atomic::Ordering::SeqCst) && !world.failed() {
+        tokio::time::sleep(Duration::from_millis(world.range(1_000, 3_000))).await;
+        if renewed.is_none_or(|r| r.elapsed() >= Duration::from_secs(10)) {
+            let node = json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": name}, "status": {"renewed": world.now_us()}});
+            if ok(&write(&world, put(&key, &node, vec![])).await) {
+                renewed = Some(tokio::time::Instant::now());
+            }
+        }
+        let Some(pods) = list_from(&world, None, PODS).await else { continue };
+        // Only this node's pods are parsed (the rest are skipped on their bytes).
+        for kv in pods.iter().filter(|kv| memchr_find(&kv.value, bound.as_bytes())) {
+            let Some((pkey, rev, mut pod)) = object(kv) else { continue };
+            if pod["status"]["phase"] == "Running" || !controllers::podutil::is_active(&pod) {
+                continue;
+            }
+            pod["status"] = json!({"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]});
+            if ok(&write(&world, put(&pkey, &pod, unchanged(&pkey, rev))).await) {
+                world.log("kube", format!("{name}: runs {}", &pkey[PODS.len()..]));
+            }
+        }
+    }
+}
+
+fn memchr_find(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
+}
+
+/// While faults run: scales ReplicaSets and deletes pods now and then.
+pub async fn driver(world: Arc<World>, until: tokio::time::Instant) {
+    while tokio::time::Instant::now() < until && !world.failed() {
+        tokio::time::sleep(Duration::from_millis(world.range(500, 4_000))).await;
+        if world.chance(0.6) {
+            let Some(rss) = list_from(&world, None, RS).await else { continue };
+            let Some((key, rev, mut rs)) = world.pick(&parse_all(&rss)) else { continue };
+            let n = world.range(0, 10);
+            rs["spec"]["replicas"] = json!(n);
+            if ok(&write(&world, put(&key, &rs, unchanged(&key, rev))).await) {
+                world.log("kube", format!("driver: scaled {} to {n}", &key[RS.len()..]));
+            }
+        } else {
+            let Some(pods) = list_from(&world, None, PODS).await else { continue };
+            let Some((key, rev, _)) = world.pick(&parse_all(&pods)) else { continue };
+            let cmd = Command::Txn(TxnRequest {
+                compare: unchanged(&key, rev),
+                success: vec![TxnOp::Delete(DeleteRequest { range: KeyRange::Key(Bytes::from(key.clone())), prev_kv: false })],
+                failure: vec![],
+            });
+            if ok(&write(&world, cmd).await) {
+                world.log("kube", format!("driver: deleted pod {}", &key[PODS.len()..]));
+            }
+        }
+    }
+}
+
+/// Once faults stopped: every ReplicaSet's pods, active, bound and Running, as many as it asks.
+pub async fn converged(world: &World) -> Result<(), String> {
+    let deadline = tokio::time::Instant::now() + CONVERGE;
+    let mut last = String::new();
+    while tokio::time::Instant::now() < deadline && !world.failed() {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let (Some(rss), Some(pods)) = (list_from(world, None, RS).await, list_from(world, None, PODS).await) else { continue };
+        let pods = parse_all(&pods);
+        let mut off = Vec::new();
+        for (_, _, rs) in parse_all(&rss) {
+            let name = rs["metadata"]["name"].as_str().unwrap_or("");
+            let want = rs["spec"]["replicas"].as_i64().unwrap_or(0) as usize;
+            let mine: Vec<&Value> = pods.iter().map(|(_, _, p)| p).filter(|p| p["metadata"]["ownerReferences"][0]["name"] == name && controllers::podutil::is_active(p)).collect();
+            let running = mine.iter().filter(|p| p["status"]["phase"] == "Running" && p["spec"]["nodeName"].is_string()).count();
+            if mine.len() != want || running != want {
+                off.push(format!("{name} wants {want}, has {} active ({running} bound and Running)", mine.len()));
+            }
+        }
+        if off.is_empty() {
+            world.log("kube", "every ReplicaSet converged".into());
+            return Ok(());
+        }
+        last = off.join("; ");
+    }
+    Err(last)
+}
