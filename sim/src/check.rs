@@ -8,8 +8,8 @@
 //!   ordered by id, so "one leader per term" is "one process per leader id" here;
 //!   sim/DESIGN.md);
 //! - `pod-rebound`: a pod bound to a node was written bound to another, or unbound;
-//! - `replicaset-not-converged`: once faults stopped, a ReplicaSet did not get as many active,
-//!   bound, Running pods as it asks for within `kube::CONVERGE`;
+//! - `workloads-not-converged`: once faults stopped, a ReplicaSet did not get as many active,
+//!   bound, Running pods as it asks for, or a Job did not finish, within `kube::CONVERGE`;
 //! - `watch-gap`, `watch-order`, `watch-mismatch`: a watcher missed a revision, got one twice
 //!   or out of order, or got changes other than what was applied;
 //! - `acked-write-lost`: a write acknowledged to its client is not in the converged store;

@@ -8,17 +8,21 @@
 //!   pod's revision, as capstan's binding does (two, as an old and a new leader may briefly be);
 //! - hollow kubelets: each registers its node, renews its node lease every 10 s and marks the
 //!   pods bound to it Running and Ready;
-//! - a driver that scales the ReplicaSets and deletes pods (as evictions would) while faults run.
+//! - Jobs run by capstan's Job decisions (`controllers::workloads::job_step`), their pods
+//!   ending Succeeded (or, one in seven, Failed) on the kubelet's next visit;
+//! - a driver that scales the ReplicaSets, deletes pods (as evictions would) and adds Jobs while
+//!   faults run.
 //!
 //! Checked: a pod bound to a node is never bound to another (`pod-rebound`, in `check.rs`), and
 //! once faults stop every ReplicaSet has as many active pods as it asks for, each bound and
-//! Running, within `CONVERGE` (`replicaset-not-converged`).
+//! Running, and every Job has finished, within `CONVERGE` (`workloads-not-converged`).
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use controllers::replicaset::{decide, pod_from_template};
+use controllers::workloads::{JobStep, job_step};
 use serde_json::{Value, json};
 use storage::{Command, Compare, CompareOp, CompareTarget, DeleteRequest, KeyRange, KeyValue, PutRequest, TxnOp, TxnRequest};
 
@@ -29,7 +33,11 @@ use crate::world::World;
 pub const RS: &str = "rs/";
 pub const PODS: &str = "pods/";
 pub const NODES: &str = "nodes/";
+pub const JOBS: &str = "jobs/";
 const REPLICASETS: u64 = 3;
+/// Jobs created at the start; the driver adds some while faults run, up to `JOBS_MAX`.
+const JOBS_AT_START: u64 = 2;
+const JOBS_MAX: usize = 6;
 /// How long ReplicaSets have to converge once the store has.
 pub const CONVERGE: Duration = Duration::from_secs(60);
 
@@ -76,6 +84,82 @@ pub async fn create_replicasets(world: &World) -> bool {
         }
     }
     true
+}
+
+fn job(name: &str, world: &World) -> Value {
+    json!({
+        "apiVersion": "batch/v1", "kind": "Job",
+        "metadata": {"name": name, "namespace": "default", "uid": format!("uid-{name}")},
+        "spec": {"completions": world.range(1, 6), "parallelism": world.range(1, 4), "backoffLimit": 6,
+            "template": {"metadata": {"labels": {"job-name": name}}, "spec": {"restartPolicy": "Never", "containers": [{"name": "c", "image": "busybox"}]}}},
+    })
+}
+
+/// Creates the first Jobs (with the store healthy, before faults).
+pub async fn create_jobs(world: &World) -> bool {
+    for i in 0..JOBS_AT_START {
+        let name = format!("batch-{i}");
+        let key = format!("{JOBS}{name}");
+        if !ok(&write(world, put(&key, &job(&name, world), absent(&key))).await) {
+            return false;
+        }
+    }
+    true
+}
+
+/// Whether a Job has finished (a `Complete` or `Failed` condition).
+pub fn finished(job: &Value) -> Option<&str> {
+    job["status"]["conditions"].as_array()?.iter().find(|c| c["status"] == "True" && (c["type"] == "Complete" || c["type"] == "Failed"))?["type"].as_str()
+}
+
+/// One pass of the Job controller (capstan's `job_step` decisions), run by the controller
+/// manager of replica `home`.
+pub async fn sync_jobs(world: &World, home: u64) {
+    let Some(jobs) = list_from(world, Some(home), JOBS).await else { return };
+    for (key, rev, mut job) in parse_all(&jobs) {
+        if finished(&job).is_some() {
+            continue;
+        }
+        let name = job["metadata"]["name"].as_str().unwrap_or("").to_string();
+        let Some(pods) = list_from(world, Some(home), &format!("{PODS}{name}-")).await else { return };
+        let pods: Vec<(String, u64, Value)> = parse_all(&pods);
+        let arcs: Vec<Arc<Value>> = pods.iter().map(|(_, _, p)| Arc::new(p.clone())).collect();
+        match job_step(&job, &arcs, 0) {
+            JobStep::Wait => {}
+            JobStep::Create(n) => {
+                for _ in 0..n {
+                    let pod_name = format!("{name}-{:010x}", world.range(0, 1 << 40));
+                    let t = &job["spec"]["template"];
+                    let pod = json!({"apiVersion": "v1", "kind": "Pod",
+                        "metadata": {"name": pod_name, "namespace": "default", "labels": t["metadata"]["labels"],
+                            "ownerReferences": [{"apiVersion": "batch/v1", "kind": "Job", "name": name, "uid": job["metadata"]["uid"], "controller": true}]},
+                        "spec": t["spec"]});
+                    let pkey = format!("{PODS}{pod_name}");
+                    if ok(&write_from(world, Some(home), put(&pkey, &pod, absent(&pkey))).await) {
+                        world.log("kube", format!("cm-{home}: created pod {pod_name}"));
+                    }
+                }
+            }
+            JobStep::Finish { complete, reason, message } => {
+                let kind = if complete { "Complete" } else { "Failed" };
+                job["status"]["conditions"] = json!([{"type": kind, "status": "True", "reason": reason, "message": message}]);
+                if !ok(&write_from(world, Some(home), put(&key, &job, unchanged(&key, rev))).await) {
+                    continue;
+                }
+                world.log("kube", format!("cm-{home}: job {name} {kind} ({reason})"));
+                for (pkey, prev, p) in &pods {
+                    if controllers::podutil::is_active(p) {
+                        let cmd = Command::Txn(TxnRequest {
+                            compare: unchanged(pkey, *prev),
+                            success: vec![TxnOp::Delete(DeleteRequest { range: KeyRange::Key(Bytes::from(pkey.clone())), prev_kv: false })],
+                            failure: vec![],
+                        });
+                        let _ = write_from(world, Some(home), cmd).await;
+                    }
+                }
+            }
+        }
+    }
 }
 
 fn parse_all(kvs: &[KeyValue]) -> Vec<(String, u64, Value)> {
@@ -150,12 +234,22 @@ pub async fn kubelet(world: Arc<World>, name: String) {
         // Only this node's pods are parsed (the rest are skipped on their bytes).
         for kv in pods.iter().filter(|kv| memchr_find(&kv.value, bound.as_bytes())) {
             let Some((pkey, rev, mut pod)) = object(kv) else { continue };
-            if pod["status"]["phase"] == "Running" || !controllers::podutil::is_active(&pod) {
+            if !controllers::podutil::is_active(&pod) {
                 continue;
             }
-            pod["status"] = json!({"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]});
+            let what = if pod["status"]["phase"] != "Running" {
+                pod["status"] = json!({"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]});
+                "runs"
+            } else if pod["metadata"]["labels"]["job-name"].is_string() {
+                // A Job's pod ends on a later visit: most succeed.
+                let ok = world.chance(0.85);
+                pod["status"] = json!({"phase": if ok { "Succeeded" } else { "Failed" }});
+                if ok { "completed" } else { "failed" }
+            } else {
+                continue;
+            };
             if ok(&write(&world, put(&pkey, &pod, unchanged(&pkey, rev))).await) {
-                world.log("kube", format!("{name}: runs {}", &pkey[PODS.len()..]));
+                world.log("kube", format!("{name}: {what} {}", &pkey[PODS.len()..]));
             }
         }
     }
@@ -169,7 +263,17 @@ fn memchr_find(hay: &[u8], needle: &[u8]) -> bool {
 pub async fn driver(world: Arc<World>, until: tokio::time::Instant) {
     while tokio::time::Instant::now() < until && !world.failed() {
         tokio::time::sleep(Duration::from_millis(world.range(500, 4_000))).await;
-        if world.chance(0.6) {
+        if world.chance(0.1) {
+            let Some(jobs) = list_from(&world, None, JOBS).await else { continue };
+            if jobs.len() >= JOBS_MAX {
+                continue;
+            }
+            let name = format!("batch-{}", jobs.len());
+            let key = format!("{JOBS}{name}");
+            if ok(&write(&world, put(&key, &job(&name, &world), absent(&key))).await) {
+                world.log("kube", format!("driver: created job {name}"));
+            }
+        } else if world.chance(0.6) {
             let Some(rss) = list_from(&world, None, RS).await else { continue };
             let Some((key, rev, mut rs)) = world.pick(&parse_all(&rss)) else { continue };
             let n = world.range(0, 10);
@@ -192,15 +296,23 @@ pub async fn driver(world: Arc<World>, until: tokio::time::Instant) {
     }
 }
 
-/// Once faults stopped: every ReplicaSet's pods, active, bound and Running, as many as it asks.
+/// Once faults stopped: every ReplicaSet's pods, active, bound and Running, as many as it
+/// asks; every Job Complete or Failed.
 pub async fn converged(world: &World) -> Result<(), String> {
     let deadline = tokio::time::Instant::now() + CONVERGE;
     let mut last = String::new();
     while tokio::time::Instant::now() < deadline && !world.failed() {
         tokio::time::sleep(Duration::from_millis(500)).await;
-        let (Some(rss), Some(pods)) = (list_from(world, None, RS).await, list_from(world, None, PODS).await) else { continue };
+        let (Some(rss), Some(pods), Some(jobs)) = (list_from(world, None, RS).await, list_from(world, None, PODS).await, list_from(world, None, JOBS).await) else { continue };
         let pods = parse_all(&pods);
         let mut off = Vec::new();
+        for (_, _, job) in parse_all(&jobs) {
+            if finished(&job).is_none() {
+                let name = job["metadata"]["name"].as_str().unwrap_or("");
+                let mine = pods.iter().filter(|(_, _, p)| p["metadata"]["ownerReferences"][0]["name"] == name).count();
+                off.push(format!("job {name} has not finished ({mine} pods)"));
+            }
+        }
         for (_, _, rs) in parse_all(&rss) {
             let name = rs["metadata"]["name"].as_str().unwrap_or("");
             let want = rs["spec"]["replicas"].as_i64().unwrap_or(0) as usize;

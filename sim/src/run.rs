@@ -112,8 +112,8 @@ async fn drive(world: Arc<World>) {
         world.violate("liveness", "no leader within 10 s of a fresh start without faults".into());
         return;
     }
-    if !crate::kube::create_replicasets(&world).await {
-        world.violate("liveness", "the ReplicaSets could not be created without faults".into());
+    if !crate::kube::create_replicasets(&world).await || !crate::kube::create_jobs(&world).await {
+        world.violate("liveness", "the ReplicaSets and Jobs could not be created without faults".into());
         return;
     }
     let nodes = world.params.nodes.unwrap_or_else(|| world.range(10, 51));
@@ -123,7 +123,6 @@ async fn drive(world: Arc<World>) {
     }
     let now = tokio::time::Instant::now();
     let faults_end = now + Duration::from_secs_f64(world.params.fault_secs);
-    let watch_end = faults_end + Duration::from_secs_f64(world.params.settle_secs);
     let mut tasks = Vec::new();
     for c in 0..world.params.clients {
         tasks.push(spawn(workload::kv_client(world.clone(), c, faults_end)));
@@ -135,7 +134,7 @@ async fn drive(world: Arc<World>) {
     for id in 1..=n {
         spawn(crate::lease::candidate(world.clone(), id));
     }
-    let watchers: Vec<_> = (0..2).map(|w| spawn(workload::watcher(world.clone(), w, watch_end))).collect();
+    let watchers: Vec<_> = (0..2).map(|w| spawn(workload::watcher(world.clone(), w))).collect();
     nemesis::run(world.clone(), faults_end).await;
     if world.failed() {
         return;
@@ -147,7 +146,7 @@ async fn drive(world: Arc<World>) {
     }
     if let Err(why) = crate::kube::converged(&world).await {
         if !world.failed() {
-            world.violate("replicaset-not-converged", format!("{:?} after the store converged: {why}", crate::kube::CONVERGE));
+            world.violate("workloads-not-converged", format!("{:?} after the store converged: {why}", crate::kube::CONVERGE));
         }
         return;
     }

@@ -241,12 +241,12 @@ fn serve_watch(world: &World, sm: &Sm, from: Revision) -> Vec<(Revision, Change)
 
 /// A watcher of every key from revision 1: checks each revision it is given against what was
 /// applied (nothing missed, nothing twice, nothing out of order, nothing different).
-pub async fn watcher(world: Arc<World>, me: usize, until: tokio::time::Instant) {
+pub async fn watcher(world: Arc<World>, me: usize) {
     let mut next: Revision = 1;
     let mut on: Option<u64> = None;
     let mut delivered = 0u64;
     world.checks.watch_next.lock().unwrap().insert(me, next);
-    while tokio::time::Instant::now() < until && !world.failed() && !world.done.load(std::sync::atomic::Ordering::SeqCst) {
+    while !world.failed() && !world.done.load(std::sync::atomic::Ordering::SeqCst) {
         tokio::time::sleep(Duration::from_millis(world.range(10, 100))).await;
         if on.is_none() || world.chance(0.05) {
             let pick = world.pick(&world.up()).map(|(id, _, _)| id);
