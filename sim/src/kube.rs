@@ -8,20 +8,24 @@
 //!   pod's revision, as capstan's binding does (two, as an old and a new leader may briefly be);
 //! - hollow kubelets: each registers its node, renews its node lease every 10 s and marks the
 //!   pods bound to it Running and Ready;
+//! - Deployments rolled out by capstan's rolling-update arithmetic
+//!   (`controllers::deployment`), through ReplicaSets the ReplicaSet controller then fills;
 //! - Jobs run by capstan's Job decisions (`controllers::workloads::job_step`), their pods
 //!   ending Succeeded (or, one in seven, Failed) on the kubelet's next visit;
-//! - a driver that scales the ReplicaSets, deletes pods (as evictions would) and adds Jobs while
-//!   faults run.
+//! - a driver that scales the ReplicaSets and Deployments, rolls Deployments out to new
+//!   images, deletes pods (as evictions would) and adds Jobs while faults run.
 //!
 //! Checked: a pod bound to a node is never bound to another (`pod-rebound`, in `check.rs`), and
 //! once faults stop every ReplicaSet has as many active pods as it asks for, each bound and
-//! Running, and every Job has finished, within `CONVERGE` (`workloads-not-converged`).
+//! Running, every Deployment has rolled out (its newest ReplicaSet at its replicas, the older
+//! ones at 0), and every Job has finished, within `CONVERGE` (`workloads-not-converged`).
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use controllers::replicaset::{decide, pod_from_template};
+use controllers::deployment::{HASH_LABEL, Rs, new_rs_replicas, scale_down_old, surge_unavailable, template_hash};
 use controllers::workloads::{JobStep, job_step};
 use serde_json::{Value, json};
 use storage::{Command, Compare, CompareOp, CompareTarget, DeleteRequest, KeyRange, KeyValue, PutRequest, TxnOp, TxnRequest};
@@ -34,6 +38,8 @@ pub const RS: &str = "rs/";
 pub const PODS: &str = "pods/";
 pub const NODES: &str = "nodes/";
 pub const JOBS: &str = "jobs/";
+pub const DEPLOYMENTS: &str = "deployments/";
+const DEPLOYMENT_COUNT: u64 = 2;
 const REPLICASETS: u64 = 3;
 /// Jobs created at the start; the driver adds some while faults run, up to `JOBS_MAX`.
 const JOBS_AT_START: u64 = 2;
@@ -84,6 +90,87 @@ pub async fn create_replicasets(world: &World) -> bool {
         }
     }
     true
+}
+
+/// Creates the Deployments (with the store healthy, before faults).
+pub async fn create_deployments(world: &World) -> bool {
+    for i in 0..DEPLOYMENT_COUNT {
+        let name = format!("app-{i}");
+        let d = json!({
+            "apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": name, "namespace": "default", "uid": format!("uid-{name}")},
+            "spec": {"replicas": world.range(1, 6), "selector": {"matchLabels": {"app": name}},
+                "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": "25%", "maxUnavailable": "25%"}},
+                "template": {"metadata": {"labels": {"app": name}}, "spec": {"containers": [{"name": "c", "image": "app:1"}]}}},
+        });
+        let key = format!("{DEPLOYMENTS}{name}");
+        if !ok(&write(world, put(&key, &d, absent(&key))).await) {
+            return false;
+        }
+    }
+    true
+}
+
+/// A ReplicaSet's pods that are Running and Ready.
+fn available(pods: &[(String, u64, Value)], rs: &str) -> i64 {
+    pods.iter()
+        .filter(|(_, _, p)| p["metadata"]["ownerReferences"][0]["name"] == rs && controllers::podutil::is_active(p) && controllers::podutil::is_ready(p))
+        .count() as i64
+}
+
+/// One pass of the Deployment controller (capstan's rolling-update arithmetic:
+/// `new_rs_replicas`, `scale_down_old`, `surge_unavailable`, `template_hash`), run by the
+/// controller manager of replica `home`. Availability is counted from the pods (the
+/// simulated ReplicaSet controller writes no status).
+pub async fn sync_deployments(world: &World, home: u64) {
+    let Some(ds) = list_from(world, Some(home), DEPLOYMENTS).await else { return };
+    for (_, _, d) in parse_all(&ds) {
+        let name = d["metadata"]["name"].as_str().unwrap_or("").to_string();
+        let (Some(rss), Some(pods)) = (list_from(world, Some(home), &format!("{RS}{name}-")).await, list_from(world, Some(home), &format!("{PODS}{name}-")).await) else { return };
+        let pods = parse_all(&pods);
+        let replicas = d["spec"]["replicas"].as_i64().unwrap_or(1);
+        let hash = template_hash(&d["spec"]["template"]);
+        let new_name = format!("{name}-{hash}");
+        let mut sets: Vec<(String, u64, Value, Rs)> = rss
+            .iter()
+            .filter_map(|kv| {
+                let (key, rev, rs) = object(kv)?;
+                let n = rs["metadata"]["name"].as_str()?.to_string();
+                let r = Rs { spec: rs["spec"]["replicas"].as_i64().unwrap_or(0), available: available(&pods, &n), created: kv.create_revision as i64, name: n };
+                Some((key, rev, rs, r))
+            })
+            .collect();
+        if !sets.iter().any(|(_, _, _, r)| r.name == new_name) {
+            let mut template = d["spec"]["template"].clone();
+            template["metadata"]["labels"][HASH_LABEL] = json!(hash);
+            let rs = json!({"apiVersion": "apps/v1", "kind": "ReplicaSet",
+                "metadata": {"name": new_name, "namespace": "default", "uid": format!("uid-{new_name}"),
+                    "ownerReferences": [{"apiVersion": "apps/v1", "kind": "Deployment", "name": name, "uid": d["metadata"]["uid"], "controller": true}]},
+                "spec": {"replicas": 0, "selector": {"matchLabels": template["metadata"]["labels"]}, "template": template}});
+            let key = format!("{RS}{new_name}");
+            if ok(&write_from(world, Some(home), put(&key, &rs, absent(&key))).await) {
+                world.log("kube", format!("cm-{home}: created ReplicaSet {new_name}"));
+            }
+            continue;
+        }
+        let (surge, unavailable) = surge_unavailable(&d);
+        let all: Vec<Rs> = sets.iter().map(|s| s.3.clone()).collect();
+        let new = all.iter().find(|r| r.name == new_name).cloned().expect("the new set is there");
+        let old: Vec<Rs> = all.iter().filter(|r| r.name != new_name).cloned().collect();
+        let mut want: Vec<(String, i64)> = vec![(new_name.clone(), if old.iter().all(|r| r.spec == 0) { replicas } else { new_rs_replicas(replicas, surge, &all, &new) })];
+        want.extend(scale_down_old(replicas, unavailable, &new, &old));
+        for (n, spec) in want {
+            let Some((key, rev, rs, r)) = sets.iter_mut().find(|s| s.3.name == n) else { continue };
+            if r.spec == spec {
+                continue;
+            }
+            let mut rs = rs.clone();
+            rs["spec"]["replicas"] = json!(spec);
+            if ok(&write_from(world, Some(home), put(key, &rs, unchanged(key, *rev))).await) {
+                world.log("kube", format!("cm-{home}: scaled ReplicaSet {n} to {spec}"));
+            }
+        }
+    }
 }
 
 fn job(name: &str, world: &World) -> Value {
@@ -273,8 +360,24 @@ pub async fn driver(world: Arc<World>, until: tokio::time::Instant) {
             if ok(&write(&world, put(&key, &job(&name, &world), absent(&key))).await) {
                 world.log("kube", format!("driver: created job {name}"));
             }
-        } else if world.chance(0.6) {
-            let Some(rss) = list_from(&world, None, RS).await else { continue };
+        } else if world.chance(0.4) {
+            // A Deployment scaled or rolled out (a new image).
+            let Some(ds) = list_from(&world, None, DEPLOYMENTS).await else { continue };
+            let Some((key, rev, mut d)) = world.pick(&parse_all(&ds)) else { continue };
+            let what = if world.chance(0.5) {
+                let n = world.range(0, 8);
+                d["spec"]["replicas"] = json!(n);
+                format!("scaled to {n}")
+            } else {
+                let image = format!("app:{}", world.range(2, 1000));
+                d["spec"]["template"]["spec"]["containers"][0]["image"] = json!(image);
+                format!("rolled out {image}")
+            };
+            if ok(&write(&world, put(&key, &d, unchanged(&key, rev))).await) {
+                world.log("kube", format!("driver: {} {what}", &key[DEPLOYMENTS.len()..]));
+            }
+        } else if world.chance(0.5) {
+            let Some(rss) = list_from(&world, None, &format!("{RS}web-")).await else { continue };
             let Some((key, rev, mut rs)) = world.pick(&parse_all(&rss)) else { continue };
             let n = world.range(0, 10);
             rs["spec"]["replicas"] = json!(n);
@@ -306,6 +409,22 @@ pub async fn converged(world: &World) -> Result<(), String> {
         let (Some(rss), Some(pods), Some(jobs)) = (list_from(world, None, RS).await, list_from(world, None, PODS).await, list_from(world, None, JOBS).await) else { continue };
         let pods = parse_all(&pods);
         let mut off = Vec::new();
+        let Some(ds) = list_from(world, None, DEPLOYMENTS).await else { continue };
+        let rs_all = parse_all(&rss);
+        for (_, _, d) in parse_all(&ds) {
+            let name = d["metadata"]["name"].as_str().unwrap_or("");
+            let new_name = format!("{name}-{}", template_hash(&d["spec"]["template"]));
+            let want = d["spec"]["replicas"].as_i64().unwrap_or(1);
+            let specs: Vec<(String, i64)> = rs_all
+                .iter()
+                .filter(|(_, _, r)| r["metadata"]["ownerReferences"][0]["name"] == name)
+                .map(|(_, _, r)| (r["metadata"]["name"].as_str().unwrap_or("").to_string(), r["spec"]["replicas"].as_i64().unwrap_or(0)))
+                .collect();
+            let rolled = specs.iter().all(|(n, s)| if *n == new_name { *s == want } else { *s == 0 }) && specs.iter().any(|(n, _)| *n == new_name);
+            if !rolled {
+                off.push(format!("deployment {name} wants {want} in {new_name}, its ReplicaSets are {specs:?}"));
+            }
+        }
         for (_, _, job) in parse_all(&jobs) {
             if finished(&job).is_none() {
                 let name = job["metadata"]["name"].as_str().unwrap_or("");

@@ -126,9 +126,10 @@ pub async fn candidate(world: Arc<World>, me: u64) {
             _ = process_ends(&world, me, incarnation) => continue,
         };
         world.checks.lease_acquired(&world, me);
-        // What the holder runs: the controllers (here, the ReplicaSet and Job controllers).
+        // What the holder runs: the controllers (Deployment, ReplicaSet and Job).
         let controllers = async {
             loop {
+                crate::kube::sync_deployments(&world, me).await;
                 crate::kube::sync_replicasets(&world, me).await;
                 crate::kube::sync_jobs(&world, me).await;
                 tokio::time::sleep(Duration::from_millis(world.range(200, 800))).await;

@@ -112,8 +112,8 @@ async fn drive(world: Arc<World>) {
         world.violate("liveness", "no leader within 10 s of a fresh start without faults".into());
         return;
     }
-    if !crate::kube::create_replicasets(&world).await || !crate::kube::create_jobs(&world).await {
-        world.violate("liveness", "the ReplicaSets and Jobs could not be created without faults".into());
+    if !crate::kube::create_replicasets(&world).await || !crate::kube::create_jobs(&world).await || !crate::kube::create_deployments(&world).await {
+        world.violate("liveness", "the workloads could not be created without faults".into());
         return;
     }
     let nodes = world.params.nodes.unwrap_or_else(|| world.range(10, 51));
