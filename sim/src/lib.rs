@@ -5,9 +5,10 @@
 //! The pieces: `rt` (the seeded runtime and openraft's types), `disk` (a disk that loses
 //! unsynced writes), `log_store` and `state_machine` (openraft's storage over it and over the
 //! store's real MVCC and transaction code), `net` (the faulty network), `cluster` (starting,
-//! crashing and restarting replicas), `workload` (clients and watchers), `kube` (ReplicaSets, schedulers, hollow
-//! kubelets), `lease` (leader election with capstan's code and skewed clocks),
-//! `check` (the invariants), `nemesis` (the faults) and `run` (one seed, start to verdict).
+//! crashing and restarting replicas), `workload` (key-value clients and watchers), `kube`
+//! (Deployments, ReplicaSets, Jobs, schedulers, hollow kubelets), `lease` (leader election with
+//! capstan's code and skewed clocks), `check` (the invariants), `nemesis` (the faults) and
+//! `run` (one seed, start to verdict).
 
 pub mod check;
 pub mod cluster;
