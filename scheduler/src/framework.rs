@@ -551,8 +551,13 @@ pub(crate) fn filter(plugin: Plugin, p: &PodInfo, n: &NodeInfo, st: &PreState) -
             if node_affinity_ok(p, n) { Ok(()) } else { Err(Reason::NodeAffinity) }
         }
         Plugin::NodePorts => {
-            let conflict = p.host_ports.iter().any(|(proto, ip, port)| {
-                n.used_ports.iter().any(|(p2, ip2, port2)| p2 == proto && port2 == port && (ip == ip2 || ip == "0.0.0.0" || ip2 == "0.0.0.0"))
+            let clash = |(proto, ip, port): &(String, String, i32), (p2, ip2, port2): &(String, String, i32)| {
+                p2 == proto && port2 == port && (ip == ip2 || ip == "0.0.0.0" || ip2 == "0.0.0.0")
+            };
+            // Pods nominated here at this pod's priority or above hold their ports too.
+            let conflict = p.host_ports.iter().any(|hp| {
+                n.used_ports.iter().any(|u| clash(hp, u))
+                    || n.nominated.iter().filter(|x| x.priority >= p.priority && x.uid != p.uid).any(|x| x.host_ports.iter().any(|u| clash(hp, u)))
             });
             if conflict { Err(Reason::Ports) } else { Ok(()) }
         }
@@ -1182,6 +1187,23 @@ mod tests {
         assert_eq!(displaced.iter().map(|p| p.name.as_str()).collect::<Vec<_>>(), ["nominee"]);
         let held: Vec<&str> = cache.node("n1").unwrap().nominated.iter().map(|p| p.name.as_str()).collect();
         assert_eq!(held, ["higher", "preemptor"]);
+    }
+
+    #[test]
+    fn pods_nominated_to_a_node_hold_their_host_ports_against_pods_of_no_higher_priority() {
+        let with_port = |name: &str, priority: i32, port: i32| {
+            pod(name, json!({"spec": {"priority": priority, "containers": [{"name": "c", "image": "i", "ports": [{"containerPort": 80, "hostPort": port}]}]}}))
+        };
+        let mut cache = Cache::from_nodes(vec![node("n1", "4", "a", json!({}))]);
+        let nominee = Arc::new(with_port("nominee", 10, 8080));
+        cache.nominate(&nominee, Some("n1"));
+        assert!(!fits(&cache, &with_port("low", 5, 8080)), "the nominee's port is held");
+        assert!(!fits(&cache, &with_port("equal", 10, 8080)));
+        assert!(fits(&cache, &with_port("high", 20, 8080)), "a higher priority is not held back");
+        assert!(fits(&cache, &with_port("other-port", 5, 9090)));
+        assert!(fits(&cache, &nominee), "not held back by its own nomination");
+        cache.forget_nomination("nominee");
+        assert!(fits(&cache, &with_port("low", 5, 8080)));
     }
 
     #[test]
