@@ -170,11 +170,6 @@ impl Leading {
     pub async fn lost(&mut self) {
         let _ = self.lost.wait_for(|l| *l).await;
     }
-
-    /// Whether leadership has been lost.
-    pub fn is_lost(&self) -> bool {
-        *self.lost.borrow()
-    }
 }
 
 impl Drop for Leading {

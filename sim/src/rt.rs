@@ -99,12 +99,6 @@ impl fmt::Display for Cmd {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Reply(pub Option<storage::Applied>);
 
-impl Default for Reply {
-    fn default() -> Self {
-        Reply(None)
-    }
-}
-
 openraft::declare_raft_types!(
     /// The simulation's raft: capstan's node ids and store commands on the seeded runtime.
     pub Cfg:
