@@ -47,7 +47,9 @@ const JOBS_MAX: usize = 6;
 /// How long ReplicaSets have to converge once the store has.
 pub const CONVERGE: Duration = Duration::from_secs(60);
 
-fn put(key: &str, v: &Value, compare: Vec<Compare>) -> Command {
+/// A write of object `v` under `key` if `compare` holds (its resourceVersion is the key's
+/// revision, not stored).
+pub(crate) fn put(key: &str, v: &Value, compare: Vec<Compare>) -> Command {
     let mut v = v.clone();
     if let Some(m) = v["metadata"].as_object_mut() {
         m.remove("resourceVersion");
@@ -56,11 +58,16 @@ fn put(key: &str, v: &Value, compare: Vec<Compare>) -> Command {
     Command::Txn(TxnRequest { compare, success: vec![TxnOp::Put(PutRequest { key: Bytes::from(key.to_string()), value, lease: 0, prev_kv: false })], failure: vec![] })
 }
 
-fn absent(key: &str) -> Vec<Compare> {
+/// A delete of `key` if `compare` holds.
+fn delete(key: &str, compare: Vec<Compare>) -> Command {
+    Command::Txn(TxnRequest { compare, success: vec![TxnOp::Delete(DeleteRequest { range: KeyRange::Key(Bytes::from(key.to_string())), prev_kv: false })], failure: vec![] })
+}
+
+pub(crate) fn absent(key: &str) -> Vec<Compare> {
     vec![Compare { key: Bytes::from(key.to_string()), op: CompareOp::Equal, target: CompareTarget::Version(0) }]
 }
 
-fn unchanged(key: &str, rev: u64) -> Vec<Compare> {
+pub(crate) fn unchanged(key: &str, rev: u64) -> Vec<Compare> {
     vec![Compare { key: Bytes::from(key.to_string()), op: CompareOp::Equal, target: CompareTarget::ModRevision(rev) }]
 }
 
@@ -236,12 +243,7 @@ pub async fn sync_jobs(world: &World, home: u64) {
                 world.log("kube", format!("cm-{home}: job {name} {kind} ({reason})"));
                 for (pkey, prev, p) in &pods {
                     if controllers::podutil::is_active(p) {
-                        let cmd = Command::Txn(TxnRequest {
-                            compare: unchanged(pkey, *prev),
-                            success: vec![TxnOp::Delete(DeleteRequest { range: KeyRange::Key(Bytes::from(pkey.clone())), prev_kv: false })],
-                            failure: vec![],
-                        });
-                        let _ = write_from(world, Some(home), cmd).await;
+                        let _ = write_from(world, Some(home), delete(pkey, unchanged(pkey, *prev))).await;
                     }
                 }
             }
@@ -274,12 +276,7 @@ pub async fn sync_replicasets(world: &World, home: u64) {
             }
         }
         for pod_name in d.delete {
-            let cmd = Command::Txn(TxnRequest {
-                compare: vec![],
-                success: vec![TxnOp::Delete(DeleteRequest { range: KeyRange::Key(Bytes::from(format!("{PODS}{pod_name}"))), prev_kv: false })],
-                failure: vec![],
-            });
-            if ok(&write_from(world, Some(home), cmd).await) {
+            if ok(&write_from(world, Some(home), delete(&format!("{PODS}{pod_name}"), vec![])).await) {
                 world.log("kube", format!("cm-{home}: deleted pod {pod_name}"));
             }
         }
@@ -387,12 +384,7 @@ pub async fn driver(world: Arc<World>, until: tokio::time::Instant) {
         } else {
             let Some(pods) = list_from(&world, None, PODS).await else { continue };
             let Some((key, rev, _)) = world.pick(&parse_all(&pods)) else { continue };
-            let cmd = Command::Txn(TxnRequest {
-                compare: unchanged(&key, rev),
-                success: vec![TxnOp::Delete(DeleteRequest { range: KeyRange::Key(Bytes::from(key.clone())), prev_kv: false })],
-                failure: vec![],
-            });
-            if ok(&write(&world, cmd).await) {
+            if ok(&write(&world, delete(&key, unchanged(&key, rev))).await) {
                 world.log("kube", format!("driver: deleted pod {}", &key[PODS.len()..]));
             }
         }

@@ -12,9 +12,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use controllers::leader::{self, BoxFuture, LeaseApi, Timing, WallClock};
 use serde_json::Value;
-use storage::{Command, Compare, CompareOp, CompareTarget, PutRequest, TxnOp, TxnRequest};
+use storage::Compare;
 
-use crate::Bug;
+use crate::{Bug, kube};
 use crate::rt::spawn;
 use crate::workload::{Written, read_from, write_from};
 use crate::world::World;
@@ -41,16 +41,8 @@ fn answer(w: Written) -> Result<bool, String> {
 }
 
 impl SimLease {
-    fn put(&self, compare: Compare, mut lease: Value) -> BoxFuture<'_, Result<bool, String>> {
-        if let Some(m) = lease["metadata"].as_object_mut() {
-            m.remove("resourceVersion");
-        }
-        let value = Bytes::from(serde_json::to_vec(&lease).expect("a lease encodes"));
-        let cmd = Command::Txn(TxnRequest {
-            compare: vec![compare],
-            success: vec![TxnOp::Put(PutRequest { key: Bytes::from(KEY), value, lease: 0, prev_kv: false })],
-            failure: vec![],
-        });
+    fn put(&self, compare: Vec<Compare>, lease: Value) -> BoxFuture<'_, Result<bool, String>> {
+        let cmd = kube::put(KEY, &lease, compare);
         Box::pin(async move { answer(write_from(&self.world, Some(self.home), cmd).await) })
     }
 }
@@ -71,14 +63,14 @@ impl LeaseApi for SimLease {
     }
 
     fn create(&self, lease: Value) -> BoxFuture<'_, Result<bool, String>> {
-        self.put(Compare { key: Bytes::from(KEY), op: CompareOp::Equal, target: CompareTarget::Version(0) }, lease)
+        self.put(kube::absent(KEY), lease)
     }
 
     fn update(&self, lease: Value) -> BoxFuture<'_, Result<bool, String>> {
         let Some(rv) = lease["metadata"]["resourceVersion"].as_str().and_then(|s| s.parse().ok()) else {
             return Box::pin(async { Err("an update without a resourceVersion".to_string()) });
         };
-        self.put(Compare { key: Bytes::from(KEY), op: CompareOp::Equal, target: CompareTarget::ModRevision(rv) }, lease)
+        self.put(kube::unchanged(KEY, rv), lease)
     }
 }
 

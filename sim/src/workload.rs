@@ -54,6 +54,14 @@ fn target(world: &World, home: Option<u64>, hint: Option<u64>) -> Option<(u64, R
     world.handle(leader).map(|(raft, sm)| (leader, raft, sm))
 }
 
+/// Replica `id` sent the request to `leader`: the replica to try next, after a wait (every
+/// retry waits: simulated time only moves while every task waits, sim/FOUND.md, seed 0).
+async fn redirected(id: u64, leader: Option<u64>) -> Option<u64> {
+    let hint = leader.filter(|l| *l != id);
+    tokio::time::sleep(Duration::from_millis(if hint.is_some() { 1 } else { 50 })).await;
+    hint
+}
+
 /// Proposes `cmd` through the leader, following redirects until `TRY_FOR` has passed.
 pub async fn write(world: &World, cmd: Command) -> Written {
     write_from(world, None, cmd).await
@@ -73,11 +81,7 @@ pub async fn write_from(world: &World, home: Option<u64>, cmd: Command) -> Writt
                 Some(a) => return Written::Applied(a),
                 None => return Written::Unknown("an answer without a result".into()),
             },
-            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
-                // Every retry waits: simulated time only moves while every task waits.
-                hint = f.leader_id.filter(|l| *l != id);
-                tokio::time::sleep(Duration::from_millis(if hint.is_some() { 1 } else { 50 })).await;
-            }
+            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => hint = redirected(id, f.leader_id).await,
             Ok(Err(e)) => return Written::Unknown(format!("n{id}: {e}")),
             Err(_) => return Written::Unknown(format!("n{id}: no answer in {WRITE_TIMEOUT:?}")),
         }
@@ -112,11 +116,7 @@ async fn linearizable<T>(world: &World, home: Option<u64>, f: impl Fn(&crate::st
         };
         match tokio::time::timeout(WRITE_TIMEOUT, raft.ensure_linearizable(ReadPolicy::ReadIndex)).await {
             Ok(Ok(_)) => return Some(f(&sm.state.lock().unwrap())),
-            Ok(Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(f)))) => {
-                // Every retry waits: simulated time only moves while every task waits.
-                hint = f.leader_id.filter(|l| *l != id);
-                tokio::time::sleep(Duration::from_millis(if hint.is_some() { 1 } else { 50 })).await;
-            }
+            Ok(Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(f)))) => hint = redirected(id, f.leader_id).await,
             _ => return None,
         }
     }
