@@ -214,12 +214,47 @@ impl Counts<'_> {
             Counts::Owned(m) => m.values().copied().min().unwrap_or(0),
         }
     }
+
+    fn contains(&self, v: &str) -> bool {
+        match self {
+            Counts::Borrowed(m) => m.is_some_and(|m| m.contains_key(v)),
+            Counts::Owned(m) => m.contains_key(v),
+        }
+    }
+
+    /// The smallest count among the listed domains other than `v`.
+    fn min_except(&self, v: &str) -> Option<i64> {
+        match self {
+            Counts::Borrowed(m) => m.and_then(|m| m.iter().filter(|(d, _)| d.as_str() != v).map(|(_, c)| i64::from(*c)).min()),
+            Counts::Owned(m) => m.iter().filter(|(d, _)| **d != v).map(|(_, c)| *c).min(),
+        }
+    }
 }
 
 struct Spread<'a> {
     counts: Counts<'a>,
     /// The smallest count over the eligible domains.
     min: i64,
+    /// How many eligible domains there are (those without a listed count hold none).
+    domains: usize,
+    /// minDomains is not reached: the minimum is 0 whatever the counts.
+    below_min_domains: bool,
+}
+
+impl Spread<'_> {
+    /// The minimum once `extra` more matching pods are counted in domain `v` (pods nominated
+    /// to a node of it): it moves only when `v` alone held it.
+    fn min_with(&self, v: &str, extra: i64) -> i64 {
+        let here = self.counts.get(v);
+        if extra == 0 || self.below_min_domains || here > self.min {
+            return self.min;
+        }
+        let unlisted_others = self.domains.saturating_sub(self.counts.len()).saturating_sub(usize::from(!self.counts.contains(v)));
+        if unlisted_others > 0 {
+            return self.min;
+        }
+        self.counts.min_except(v).map_or(here + extra, |m| m.min(here + extra))
+    }
 }
 
 /// Per-pod state computed once before filtering, mostly borrowed from the cache's indexes.
@@ -246,6 +281,8 @@ pub(crate) struct PreState<'a> {
     /// be met), or the index of a claim that does not exist.
     volume_terms: Vec<&'a [NodeTerm]>,
     missing_claim: Option<usize>,
+    /// For the namespaces' labels when pods nominated to a node are weighed.
+    cache: Option<&'a Cache>,
 }
 
 /// Where a cycle's candidate nodes came from.
@@ -419,10 +456,11 @@ fn spread_counts<'a>(p: &PodInfo, c: &SpreadConstraint, cache: &'a Cache) -> Spr
         }
         let domains = counts.len();
         let mut min = counts.values().copied().min().unwrap_or(0);
-        if c.min_domains.is_some_and(|m| (domains as i64) < m) {
+        let below_min_domains = c.min_domains.is_some_and(|m| (domains as i64) < m);
+        if below_min_domains {
             min = 0;
         }
-        return Spread { counts: Counts::Owned(counts), min };
+        return Spread { counts: Counts::Owned(counts), min, domains, below_min_domains };
     }
     let mut maps: Vec<&'a Values> = Vec::new();
     cache.for_each_group(std::slice::from_ref(&p.namespace), &c.selector, |g| {
@@ -444,14 +482,15 @@ fn spread_counts<'a>(p: &PodInfo, c: &SpreadConstraint, cache: &'a Cache) -> Spr
     let domains = cache.topology(&c.topology_key).map_or(0, |t| t.len());
     // A domain without a matching pod makes the minimum 0.
     let mut min = if counts.len() < domains { 0 } else { counts.min() };
-    if c.min_domains.is_some_and(|m| (domains as i64) < m) {
+    let below_min_domains = c.min_domains.is_some_and(|m| (domains as i64) < m);
+    if below_min_domains {
         min = 0;
     }
-    Spread { counts, min }
+    Spread { counts, min, domains, below_min_domains }
 }
 
 pub(crate) fn pre_filter<'a>(p: &'a PodInfo, cache: &'a Cache) -> PreState<'a> {
-    let mut st = PreState::default();
+    let mut st = PreState { cache: Some(cache), ..Default::default() };
     for (i, claim) in p.claims.iter().enumerate() {
         match cache.volumes().claim(&p.namespace, claim) {
             None => {
@@ -534,6 +573,29 @@ pub(crate) fn pre_filter<'a>(p: &'a PodInfo, cache: &'a Cache) -> PreState<'a> {
 
 const UNSCHEDULABLE_TAINT: &str = "node.kubernetes.io/unschedulable";
 
+/// The pods nominated to `n` at `p`'s priority or above, other than `p`. kube-scheduler adds
+/// them to the node before filtering, then filters once more without them; a pod must pass
+/// both. Nominees only add to what a node holds, so every filter but required affinity is
+/// stricter with them (they count here) and required affinity is stricter without them (a
+/// nominee may never land, so it satisfies no affinity term: it does not count there).
+fn nominees<'n>(p: &'n PodInfo, n: &'n NodeInfo) -> impl Iterator<Item = &'n PodInfo> {
+    n.nominated.iter().filter(move |x| x.priority >= p.priority && x.uid != p.uid).map(|x| &**x)
+}
+
+/// How many of the pods nominated to `n` (see [`nominees`]) count for spread constraint `c`:
+/// as kube-scheduler's PodTopologySpread adds a pod, those of `p`'s namespace that `c`
+/// selects, on a node carrying every hard constraint's key and eligible by `p`'s node affinity.
+fn nominated_spread(p: &PodInfo, n: &NodeInfo, c: &SpreadConstraint) -> i64 {
+    if n.nominated.is_empty() {
+        return 0;
+    }
+    let matching = nominees(p, n).filter(|x| x.namespace == p.namespace && !x.terminal && c.selector.matches(&x.labels)).count() as i64;
+    if matching == 0 || !p.spread.iter().filter(|c| c.hard).all(|c| n.labels.contains_key(&c.topology_key)) || !node_affinity_ok(p, n) {
+        return 0;
+    }
+    matching
+}
+
 pub(crate) fn filter(plugin: Plugin, p: &PodInfo, n: &NodeInfo, st: &PreState) -> Result<(), Reason> {
     match plugin {
         Plugin::NodeUnschedulable => {
@@ -555,10 +617,7 @@ pub(crate) fn filter(plugin: Plugin, p: &PodInfo, n: &NodeInfo, st: &PreState) -
                 p2 == proto && port2 == port && (ip == ip2 || ip == "0.0.0.0" || ip2 == "0.0.0.0")
             };
             // Pods nominated here at this pod's priority or above hold their ports too.
-            let conflict = p.host_ports.iter().any(|hp| {
-                n.used_ports.iter().any(|u| clash(hp, u))
-                    || n.nominated.iter().filter(|x| x.priority >= p.priority && x.uid != p.uid).any(|x| x.host_ports.iter().any(|u| clash(hp, u)))
-            });
+            let conflict = p.host_ports.iter().any(|hp| n.used_ports.iter().any(|u| clash(hp, u)) || nominees(p, n).any(|x| x.host_ports.iter().any(|u| clash(hp, u))));
             if conflict { Err(Reason::Ports) } else { Ok(()) }
         }
         Plugin::NodeResourcesFit => {
@@ -614,6 +673,19 @@ pub(crate) fn filter(plugin: Plugin, p: &PodInfo, n: &NodeInfo, st: &PreState) -
                     return Err(Reason::AntiAffinity);
                 }
             }
+            // Pods nominated here count as placed here for anti-affinity, both ways.
+            if !n.nominated.is_empty() {
+                let ns = |name: &str| st.cache.and_then(|c| c.namespace_labels(name));
+                let here = |t: &crate::types::AffinityTerm| n.labels.contains_key(&t.topology_key);
+                for x in nominees(p, n) {
+                    if x.anti_affinity.iter().any(|t| here(t) && t.matches_pod(p, ns(&p.namespace))) {
+                        return Err(Reason::ExistingAntiAffinity);
+                    }
+                    if p.anti_affinity.iter().any(|t| here(t) && t.matches_pod(x, ns(&x.namespace))) {
+                        return Err(Reason::AntiAffinity);
+                    }
+                }
+            }
             Ok(())
         }
         Plugin::PodTopologySpread => {
@@ -622,7 +694,9 @@ pub(crate) fn filter(plugin: Plugin, p: &PodInfo, n: &NodeInfo, st: &PreState) -
                     return Err(Reason::SpreadLabel);
                 };
                 let self_match = i64::from(c.selector.matches(&p.labels));
-                if s.counts.get(v) + self_match - s.min > c.max_skew {
+                // Pods nominated here count in this node's domain (and may raise the minimum).
+                let extra = nominated_spread(p, n, c);
+                if s.counts.get(v) + extra + self_match - s.min_with(v, extra) > c.max_skew {
                     return Err(Reason::Spread);
                 }
             }
@@ -1204,6 +1278,92 @@ mod tests {
         assert!(fits(&cache, &nominee), "not held back by its own nomination");
         cache.forget_nomination("nominee");
         assert!(fits(&cache, &with_port("low", 5, 8080)));
+    }
+
+    /// Whether `plugin` passes `p` on node `name` of `cache`.
+    fn passes(cache: &Cache, p: &PodInfo, name: &str, plugin: Plugin) -> bool {
+        let st = pre_filter(p, cache);
+        filter(plugin, p, cache.node(name).unwrap(), &st).is_ok()
+    }
+
+    #[test]
+    fn pods_nominated_to_a_node_count_there_for_anti_affinity_both_ways() {
+        let labelled = |name: &str, priority: i32, app: &str, extra: Value| {
+            let mut v = json!({"metadata": {"labels": {"app": app}}, "spec": {"priority": priority}});
+            merge(&mut v, extra);
+            pod(name, v)
+        };
+        let anti = |app: &str, key: &str| json!({"spec": {"affinity": {"podAntiAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [
+            {"labelSelector": {"matchLabels": {"app": app}}, "topologyKey": key}]}}}});
+        let mut cache = Cache::from_nodes(vec![node("n1", "4", "a", json!({})), node("n2", "4", "a", json!({}))]);
+        // The incoming pod's anti-affinity against a nominee (hostname: n1 only).
+        cache.nominate(&Arc::new(labelled("web-nominee", 10, "web", json!({}))), Some("n1"));
+        let avoid_web = |priority| labelled("p", priority, "other", anti("web", "kubernetes.io/hostname"));
+        assert!(!passes(&cache, &avoid_web(5), "n1", Plugin::InterPodAffinity), "the nominee counts as on n1");
+        assert!(!passes(&cache, &avoid_web(10), "n1", Plugin::InterPodAffinity), "and at equal priority");
+        assert!(passes(&cache, &avoid_web(20), "n1", Plugin::InterPodAffinity), "not against a higher priority");
+        assert!(passes(&cache, &avoid_web(5), "n2", Plugin::InterPodAffinity), "only on its own node");
+        // A key the node lacks puts it in no domain.
+        assert!(passes(&cache, &labelled("p", 5, "other", anti("web", "rack")), "n1", Plugin::InterPodAffinity));
+        // A nominee's anti-affinity against the incoming pod.
+        cache.nominate(&Arc::new(labelled("db-hater", 10, "x", anti("db", "kubernetes.io/hostname"))), Some("n2"));
+        assert!(!passes(&cache, &labelled("db", 5, "db", json!({})), "n2", Plugin::InterPodAffinity));
+        assert!(passes(&cache, &labelled("db", 5, "db", json!({})), "n1", Plugin::InterPodAffinity));
+        assert!(passes(&cache, &labelled("db", 50, "db", json!({})), "n2", Plugin::InterPodAffinity));
+        // Required affinity is not satisfied by a nominee (it may never land).
+        let near_web = labelled("p", 5, "other", json!({"spec": {"affinity": {"podAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [
+            {"labelSelector": {"matchLabels": {"app": "web"}}, "topologyKey": "kubernetes.io/hostname"}]}}}}));
+        assert!(!passes(&cache, &near_web, "n1", Plugin::InterPodAffinity));
+        // Placed, the nominee is an ordinary pod.
+        let web = Arc::new(labelled("web-nominee", 10, "web", json!({})));
+        cache.place(web, "n1", false);
+        assert!(passes(&cache, &near_web, "n1", Plugin::InterPodAffinity));
+        assert!(!passes(&cache, &avoid_web(20), "n1", Plugin::InterPodAffinity));
+    }
+
+    #[test]
+    fn pods_nominated_to_a_node_count_in_its_spread_domain() {
+        let web = |name: &str, priority: i32| {
+            pod(name, json!({"metadata": {"labels": {"app": "web"}}, "spec": {"priority": priority,
+                "topologySpreadConstraints": [{"maxSkew": 1, "topologyKey": "zone", "whenUnsatisfiable": "DoNotSchedule", "labelSelector": {"matchLabels": {"app": "web"}}}]}}))
+        };
+        let mut cache = Cache::from_nodes(vec![node("n1", "4", "a", json!({})), node("n2", "4", "b", json!({}))]);
+        // Zone a holds a nominee, zone b nothing: on n1 the pod would make a 2 against 0.
+        cache.nominate(&Arc::new(web("nominee-1", 10)), Some("n1"));
+        assert!(!passes(&cache, &web("p", 5), "n1", Plugin::PodTopologySpread));
+        assert!(passes(&cache, &web("p", 5), "n2", Plugin::PodTopologySpread));
+        assert!(passes(&cache, &web("p", 20), "n1", Plugin::PodTopologySpread), "a higher priority ignores it");
+        // With one pod placed in zone b, a second nominee in zone a raises the minimum it
+        // alone held: a = 2, b = 1, so n1 makes 3 against 1.
+        cache.place(Arc::new(web("placed-b", 0)), "n2", false);
+        assert!(passes(&cache, &web("p", 5), "n1", Plugin::PodTopologySpread), "a = 1, b = 1: 2 against 1");
+        cache.nominate(&Arc::new(web("nominee-2", 10)), Some("n1"));
+        assert!(!passes(&cache, &web("p", 5), "n1", Plugin::PodTopologySpread));
+        // Pods of another namespace or another app do not count.
+        let mut other_ns = web("nominee-3", 10);
+        other_ns.namespace = "elsewhere".into();
+        let mut cache = Cache::from_nodes(vec![node("n1", "4", "a", json!({})), node("n2", "4", "b", json!({}))]);
+        cache.nominate(&Arc::new(other_ns), Some("n1"));
+        cache.nominate(&Arc::new(pod("db", json!({"metadata": {"labels": {"app": "db"}}, "spec": {"priority": 10}}))), Some("n1"));
+        assert!(passes(&cache, &web("p", 5), "n1", Plugin::PodTopologySpread));
+    }
+
+    #[test]
+    fn the_spread_minimum_moves_only_when_its_domain_held_it_alone() {
+        let map: Values = [("a".to_string(), 1u32), ("b".to_string(), 1), ("c".to_string(), 3)].into_iter().collect();
+        let s = |domains, below| Spread { counts: Counts::Borrowed(Some(&map)), min: if domains > 3 { 0 } else { 1 }, domains, below_min_domains: below };
+        assert_eq!(s(3, false).min_with("a", 1), 1, "b still holds 1");
+        assert_eq!(s(3, false).min_with("c", 5), 1, "c was above the minimum");
+        assert_eq!(s(4, false).min_with("a", 1), 0, "an empty fourth domain holds 0");
+        assert_eq!(s(3, true).min_with("a", 1), 1, "below minDomains the minimum stays");
+        let one: Values = [("a".to_string(), 1u32), ("c".to_string(), 3)].into_iter().collect();
+        let s = Spread { counts: Counts::Borrowed(Some(&one)), min: 1, domains: 2, below_min_domains: false };
+        assert_eq!(s.min_with("a", 1), 2);
+        assert_eq!(s.min_with("a", 5), 3, "up to the next domain's count");
+        assert_eq!(s.min_with("a", 0), 1);
+        let s = Spread { counts: Counts::Borrowed(Some(&one)), min: 0, domains: 3, below_min_domains: false };
+        assert_eq!(s.min_with("b", 1), 1, "b, unlisted, alone held 0");
+        assert_eq!(s.min_with("a", 1), 0, "b still holds 0");
     }
 
     #[test]
