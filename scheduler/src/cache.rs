@@ -557,6 +557,11 @@ impl Cache {
         lower
     }
 
+    /// The node a pending pod is nominated to, if any.
+    pub fn nomination(&self, uid: &str) -> Option<&str> {
+        self.nominations.get(uid).map(String::as_str)
+    }
+
     /// Forgets a pod's nomination (by uid).
     pub fn forget_nomination(&mut self, uid: &str) {
         if let Some(old) = self.nominations.remove(uid)

@@ -941,6 +941,23 @@ pub fn schedule(profile: &Profile, p: &PodInfo, cache: &Cache, start: usize, scr
     let total = nodes.len();
     let want = profile.nodes_to_find(total).max(1);
 
+    // A pod nominated to a node (it preempted there) goes there if it now fits, before any
+    // other node is looked at: kube-scheduler's evaluateNominatedNode. The cache's nomination
+    // is the current one (set from `status.nominatedNodeName`, taken back at once when a
+    // preemptor displaces it).
+    if let Some(i) = cache.nomination(&p.uid).and_then(|name| cache.node_index(name)) {
+        let fits = profile.filters.iter().all(|&f| {
+            let tf = Instant::now();
+            let ok = filter(f, p, &nodes[i], &st).is_ok();
+            Timings::add(&mut t.filter, f, tf.elapsed());
+            ok
+        });
+        if fits {
+            t.total = t0.elapsed();
+            return Outcome::Scheduled { node: i, feasible: 1, evaluated: 1 };
+        }
+    }
+
     // The static filters' result for this pod's class, computed once per node generation.
     let hash = Class::hash(p);
     let generation = cache.generation();
@@ -1364,6 +1381,28 @@ mod tests {
         let s = Spread { counts: Counts::Borrowed(Some(&one)), min: 0, domains: 3, below_min_domains: false };
         assert_eq!(s.min_with("b", 1), 1, "b, unlisted, alone held 0");
         assert_eq!(s.min_with("a", 1), 0, "b still holds 0");
+    }
+
+    #[test]
+    fn a_nominated_pod_goes_to_its_node_when_it_fits_there() {
+        let mut cache = Cache::from_nodes(vec![node("n1", "4", "a", json!({})), node("n2", "4", "a", json!({}))]);
+        cache.place(Arc::new(sized("busy", 0, "2")), "n2", false);
+        let p = Arc::new(sized("p", 10, "1"));
+        let chosen = |cache: &Cache, p: &PodInfo| match schedule(&Profile::default(), p, cache, 0, &mut Scratch::sequential(), &mut Timings::default()) {
+            Outcome::Scheduled { node, .. } => cache.nodes()[node].name.clone(),
+            o => panic!("{o:?}"),
+        };
+        assert_eq!(chosen(&cache, &p), "n1", "the emptier node scores best");
+        // Nominated to n2 (kube-scheduler's evaluateNominatedNode).
+        cache.nominate(&p, Some("n2"));
+        assert_eq!(chosen(&cache, &p), "n2");
+        // Where it no longer fits, the others are searched as usual.
+        cache.place(Arc::new(sized("filler", 0, "2")), "n2", false);
+        assert_eq!(chosen(&cache, &p), "n1");
+        // A nomination taken back holds nothing.
+        cache.unplace("filler");
+        cache.forget_nomination("p");
+        assert_eq!(chosen(&cache, &p), "n1");
     }
 
     #[test]

@@ -4,9 +4,10 @@
 //! message, per-plugin latency, and the cluster's utilisation and spread afterwards.
 //!
 //! Deterministic: the cluster's nodes keep the order they were given in, pods are tried in
-//! the order given, each once (and once more at once after a preemption, where the live
-//! scheduler waits for the victims to go), and the cycle's choices depend only on that (no
-//! clock, no randomness, no threads: the cycle runs sequentially). A live scheduler that
+//! the order given, a preemptor again after one other attempt (the live scheduler goes on
+//! while the victims' deletions travel; meanwhile its nomination holds the node), and the
+//! cycle's choices depend only on that (no clock, no randomness, no threads: the cycle runs
+//! sequentially). A live scheduler that
 //! listed the same nodes in the same order and tried the same pods one at a time places
 //! them alike.
 //! Bad input is the caller's to refuse; this module takes parsed nodes and pods.
@@ -60,7 +61,17 @@ fn hist() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 600_000_000_000, 3).expect("static bounds")
 }
 
-/// Schedules `input.pods` in order against `input`'s cluster with `profile`.
+/// How many other attempts run between a preemption and its preemptor's next attempt: the
+/// live scheduler goes on with the queue while the victims' deletions travel through the API
+/// and come back as events.
+pub const RETRY_AFTER: usize = 1;
+/// Attempts per pod at most (each failed one may preempt).
+pub const MAX_ATTEMPTS: u32 = 3;
+
+/// Schedules `input.pods` in order against `input`'s cluster with `profile`. A pod that fits
+/// only by preempting is nominated to the node chosen (holding it against pods of no higher
+/// priority, as the live scheduler does), its victims are removed, and it is tried again
+/// after `RETRY_AFTER` other attempts, when it goes to its nominated node if it fits there.
 pub fn run(input: &Input, profile: &Profile) -> Report {
     let mut cache = Cache::from_nodes(input.nodes.iter().cloned().map(|mut n| {
         n.pods.clear();
@@ -77,22 +88,53 @@ pub fn run(input: &Input, profile: &Profile) -> Report {
     let mut record = |name: String, ns: u128| {
         let _ = plugins.entry(name).or_insert_with(hist).record(ns.max(1) as u64);
     };
-    let mut placements = Vec::with_capacity(input.pods.len());
-    let (mut start, mut offset) = (0usize, 0usize);
-    for p in &input.pods {
+    let mut placements: Vec<Placement> = input.pods.iter().map(|p| Placement { pod: p.key(), node: None, message: String::new(), victims: Vec::new() }).collect();
+    let pods: Vec<Arc<PodInfo>> = input.pods.iter().cloned().map(Arc::new).collect();
+    let mut tries = vec![0u32; pods.len()];
+    // Preemptors waiting for their victims to go: (the attempt from which they are due, pod).
+    let mut waiting: std::collections::VecDeque<(usize, usize)> = Default::default();
+    let (mut start, mut offset, mut done, mut next) = (0usize, 0usize, 0usize, 0usize);
+    loop {
+        let i = match waiting.front() {
+            Some(&(due, i)) if due <= done || next == pods.len() => {
+                waiting.pop_front();
+                i
+            }
+            _ if next < pods.len() => {
+                next += 1;
+                next - 1
+            }
+            _ => break,
+        };
+        let p = &pods[i];
+        tries[i] += 1;
+        done += 1;
         let t0 = Instant::now();
         let n = cache.nodes().len().max(1);
         let mut t = Timings::default();
-        // As the live scheduler: the search's starting node moves by one before each attempt
-        // (the retry after a preemption is another attempt).
+        // As the live scheduler: the search's starting node moves by one before each attempt.
         start = (start + 1) % n;
-        let (outcome, preempted) = preemption::schedule_in_memory(profile, p, &mut cache, &mut scratch, start, (start + 1) % n, &mut offset, &mut t);
+        let outcome = framework::schedule(profile, p, &cache, start, &mut scratch, &mut t);
+        let mut preempting = false;
+        if matches!(outcome, Outcome::Unschedulable { .. }) && p.priority > 0 && tries[i] < MAX_ATTEMPTS {
+            let tp = Instant::now();
+            let got = preemption::preempt(profile, p, &cache, offset);
+            t.preemption = Some(tp.elapsed());
+            if let Some(c) = got {
+                offset = offset.wrapping_add(profile.preemption.candidates(cache.nodes().len()));
+                let node = cache.nodes()[c.node].name.clone();
+                // Pods of lower priority nominated there lose the node: they go anywhere.
+                cache.nominate_preemptor(p, &node);
+                for v in &c.victims {
+                    cache.unplace(&v.uid);
+                    placements[i].victims.push(v.key());
+                }
+                waiting.push_back((done + RETRY_AFTER, i));
+                preempting = true;
+            }
+        }
         if let Some(d) = t.preemption {
             record("preemption".into(), d.as_nanos());
-        }
-        let victims: Vec<String> = preempted.iter().flatten().map(|v| v.key()).collect();
-        if preempted.is_some() {
-            start = (start + 1) % n;
         }
         let _ = attempts.record(t0.elapsed().as_nanos().max(1) as u64);
         record("pre_filter".into(), t.pre_filter.as_nanos());
@@ -102,15 +144,22 @@ pub fn run(input: &Input, profile: &Profile) -> Report {
         for (pl, d) in &t.score {
             record(format!("score/{}", pl.name()), d.as_nanos());
         }
-        let placement = match outcome {
+        if preempting {
+            continue;
+        }
+        match outcome {
             Outcome::Scheduled { node, .. } => {
                 let name = cache.nodes()[node].name.clone();
-                cache.place(Arc::new(p.clone()), &name, false);
-                Placement { pod: p.key(), node: Some(name), message: String::new(), victims }
+                cache.place(p.clone(), &name, false);
+                cache.forget_nomination(&p.uid);
+                placements[i].node = Some(name);
+                placements[i].message.clear();
             }
-            Outcome::Unschedulable { reasons, total } => Placement { pod: p.key(), node: None, message: framework::unschedulable_message(&reasons, total), victims },
-        };
-        placements.push(placement);
+            Outcome::Unschedulable { reasons, total } => {
+                cache.forget_nomination(&p.uid);
+                placements[i].message = framework::unschedulable_message(&reasons, total);
+            }
+        }
     }
     Report { profile: profile.scheduler_name.clone(), placements, attempts, plugins, nodes: cache.nodes().to_vec() }
 }
@@ -258,6 +307,35 @@ mod tests {
         assert!(j["plugins"]["filter/NodeResourcesFit"]["count"].as_u64().unwrap() >= 60);
         // Nothing over its allocatable.
         assert!(a.nodes.iter().all(|n| n.requested.cpu <= n.allocatable.cpu));
+    }
+
+    #[test]
+    fn a_preemptor_holds_its_node_while_its_victims_go_and_then_lands_there() {
+        let nodes = vec![node(0, 2), node(1, 2)];
+        let bound = vec![(Arc::new(pod(100, 2, 0)), "n0".to_string()), (Arc::new(pod(101, 2, 5)), "n1".to_string())];
+        // p0 preempts p100 on n0 (p101 is of higher priority); p1, next, finds n0's room
+        // held for p0; p0's retry lands on n0.
+        let pods = vec![pod(0, 2, 10), pod(1, 1, 0), pod(2, 1, 0)];
+        let r = run(&Input { nodes, bound, pods }, &Profile::default());
+        let at = |name: &str| r.placements.iter().find(|p| p.pod == format!("sim/{name}")).unwrap();
+        assert_eq!(at("p0").node.as_deref(), Some("n0"));
+        assert_eq!(at("p0").victims, ["sim/p100"]);
+        assert_eq!(at("p1").node, None, "n0 was held for the preemptor: {:?}", r.to_json()["placements"]);
+        assert!(at("p1").message.starts_with("0/2 nodes are available"), "{}", at("p1").message);
+        assert_eq!(at("p2").node, None);
+        // Placements keep the input's order.
+        assert_eq!(r.placements.iter().map(|p| p.pod.as_str()).collect::<Vec<_>>(), ["sim/p0", "sim/p1", "sim/p2"]);
+
+        // A pod of higher priority arriving meanwhile is not held back: it takes n0, and the
+        // preemptor, no longer fitting there, preempts again on n1.
+        let nodes = vec![node(0, 2), node(1, 2)];
+        let bound = vec![(Arc::new(pod(100, 2, 0)), "n0".to_string()), (Arc::new(pod(101, 2, 5)), "n1".to_string())];
+        let r = run(&Input { nodes, bound, pods: vec![pod(0, 2, 10), pod(1, 1, 20)] }, &Profile::default());
+        let at = |name: &str| r.placements.iter().find(|p| p.pod == format!("sim/{name}")).unwrap();
+        assert_eq!(at("p1").node.as_deref(), Some("n0"), "{:?}", r.to_json()["placements"]);
+        assert!(at("p1").victims.is_empty());
+        assert_eq!(at("p0").node.as_deref(), Some("n1"));
+        assert_eq!(at("p0").victims, ["sim/p100", "sim/p101"]);
     }
 
     #[test]
