@@ -277,6 +277,14 @@ pub struct Cache {
     namespaces: HashMap<String, Labels>,
     /// Pending pods nominated to a node: uid -> node.
     nominations: HashMap<String, String>,
+    /// Per node (by position): the stamp of the last change to it or to what it holds (pods,
+    /// nominations, allocatable, labels). Stamps are never reused, so a (position, stamp)
+    /// pair names one state of one node.
+    versions: Vec<u64>,
+    stamp: u64,
+    /// Bumped when what filters read beside nodes and pods changes: namespaces' labels,
+    /// claims and volumes.
+    meta: u64,
 }
 
 /// What VolumeBinding knows of PersistentVolumeClaims and PersistentVolumes.
@@ -297,8 +305,9 @@ impl VolumeIndex {
         Some(self.volumes.get(vol).map(|t| t.as_slice()).filter(|t| !t.is_empty()))
     }
 
-    /// A claim seen (its bound volume, empty while unbound) or gone (None).
-    pub fn set_claim(&mut self, key: String, volume: Option<String>) {
+    /// A claim seen (its bound volume, empty while unbound) or gone (None); see
+    /// [`Cache::set_claim`].
+    fn set_claim(&mut self, key: String, volume: Option<String>) {
         match volume {
             Some(v) => {
                 self.claims.insert(key, v);
@@ -309,8 +318,8 @@ impl VolumeIndex {
         }
     }
 
-    /// A volume seen (its node terms) or gone (None).
-    pub fn set_volume(&mut self, name: String, terms: Option<Vec<crate::types::NodeTerm>>) {
+    /// A volume seen (its node terms) or gone (None); see [`Cache::set_volume`].
+    fn set_volume(&mut self, name: String, terms: Option<Vec<crate::types::NodeTerm>>) {
         match terms {
             Some(t) => {
                 self.volumes.insert(name, t);
@@ -328,8 +337,36 @@ impl Cache {
         self.namespaces.get(name)
     }
 
+    /// A claim seen (its bound volume, empty while unbound) or gone (None).
+    pub fn set_claim(&mut self, key: String, volume: Option<String>) {
+        self.meta += 1;
+        self.volumes.set_claim(key, volume);
+    }
+
+    /// A volume seen (its node terms) or gone (None).
+    pub fn set_volume(&mut self, name: String, terms: Option<Vec<crate::types::NodeTerm>>) {
+        self.meta += 1;
+        self.volumes.set_volume(name, terms);
+    }
+
+    /// Bumped by every change to namespaces, claims or volumes.
+    pub fn meta(&self) -> u64 {
+        self.meta
+    }
+
+    /// Each node's last-change stamp, by position (see the field).
+    pub fn versions(&self) -> &[u64] {
+        &self.versions
+    }
+
+    fn touch(&mut self, i: usize) {
+        self.stamp += 1;
+        self.versions[i] = self.stamp;
+    }
+
     /// A namespace as it now is (its labels); None: deleted.
     pub fn set_namespace(&mut self, name: String, labels: Option<Labels>) {
+        self.meta += 1;
         match labels {
             Some(l) => {
                 self.namespaces.insert(name, l);
@@ -358,10 +395,6 @@ impl Cache {
 
     pub fn volumes(&self) -> &VolumeIndex {
         &self.volumes
-    }
-
-    pub fn volumes_mut(&mut self) -> &mut VolumeIndex {
-        &mut self.volumes
     }
 
     /// A cache holding `nodes` and the pods already on them (tests and benchmarks).
@@ -457,6 +490,7 @@ impl Cache {
                         }
                     }
                 }
+                self.touch(i);
                 self.free.remove(i, &self.nodes[i]);
                 self.prefer_no_schedule = self.prefer_no_schedule + usize::from(prefers_no_schedule(&n)) - usize::from(prefers_no_schedule(&self.nodes[i]));
                 let old = &mut self.nodes[i];
@@ -475,6 +509,8 @@ impl Cache {
                 self.free.insert(i, &n);
                 self.prefer_no_schedule += usize::from(prefers_no_schedule(&n));
                 self.nodes.push(n);
+                self.stamp += 1;
+                self.versions.push(self.stamp);
             }
         }
     }
@@ -496,6 +532,7 @@ impl Cache {
             self.free.remove(last, &self.nodes[last]);
         }
         self.nodes.swap_remove(i);
+        self.versions.swap_remove(i);
         if i < self.nodes.len() {
             self.index.insert(self.nodes[i].name.clone(), i);
             self.free.insert(i, &self.nodes[i]);
@@ -522,6 +559,7 @@ impl Cache {
         let group = self.groups.acquire(&p);
         self.placed.insert(p.uid.clone(), Placed { node: node.to_string(), assumed, group, pod: p.clone() });
         self.index_pod(i, &p, group, 1);
+        self.touch(i);
         self.free.remove(i, &self.nodes[i]);
         self.nodes[i].add_pod(p);
         self.free.insert(i, &self.nodes[i]);
@@ -536,11 +574,13 @@ impl Cache {
             && let Some(&i) = self.index.get(&old)
         {
             self.nodes[i].nominated.retain(|x| x.uid != p.uid);
+            self.touch(i);
         }
         if let Some(node) = node.filter(|n| !n.is_empty())
             && let Some(&i) = self.index.get(node)
         {
             self.nodes[i].nominated.push(p.clone());
+            self.touch(i);
             self.nominations.insert(p.uid.clone(), node.to_string());
         }
     }
@@ -559,7 +599,15 @@ impl Cache {
 
     /// The node a pending pod is nominated to, if any.
     pub fn nomination(&self, uid: &str) -> Option<&str> {
+        if self.nominations.is_empty() {
+            return None;
+        }
         self.nominations.get(uid).map(String::as_str)
+    }
+
+    /// Whether any pending pod is nominated to a node.
+    pub fn any_nomination(&self) -> bool {
+        !self.nominations.is_empty()
     }
 
     /// Forgets a pod's nomination (by uid).
@@ -568,12 +616,14 @@ impl Cache {
             && let Some(&i) = self.index.get(&old)
         {
             self.nodes[i].nominated.retain(|x| x.uid != uid);
+            self.touch(i);
         }
     }
 
     pub fn unplace(&mut self, uid: &str) {
         let Some(x) = self.placed.remove(uid) else { return };
         if let Some(&i) = self.index.get(&x.node) {
+            self.touch(i);
             self.free.remove(i, &self.nodes[i]);
             if let Some(p) = self.nodes[i].remove_pod(uid) {
                 self.index_pod(i, &p, x.group, -1);

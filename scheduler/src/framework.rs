@@ -12,6 +12,13 @@
 //!   name (the pods of one template, among others). It is kept per class in [`Scratch`] and
 //!   reused until the cache's node generation changes: a class whose nodes all pass skips
 //!   those filters; one that passes a few nodes visits only those.
+//! - **Dynamic verdicts once per class and node state.** The other filters read what a node
+//!   holds; for a pod whose verdict on a node depends on that node alone (no required
+//!   affinity, no hard spreading, anti-affinity only over keys that name one node each, as
+//!   hostname does), the verdict is kept per class of alike pods and node, and reused while
+//!   the node has not changed since (the cache stamps every change to a node). Consecutive
+//!   pods of one template scan nearly the same nodes, of which one changed: the one the last
+//!   pod went to.
 //! - **Free-resource search.** When a class's last scan visited many nodes to find few (a
 //!   nearly full cluster), the candidates come from the cache's free-resource order instead:
 //!   only nodes with enough free cpu, memory or pod slots are visited.
@@ -25,7 +32,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::hash::{Hash, Hasher};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -242,10 +249,9 @@ struct Spread<'a> {
 }
 
 impl Spread<'_> {
-    /// The minimum once `extra` more matching pods are counted in domain `v` (pods nominated
-    /// to a node of it): it moves only when `v` alone held it.
-    fn min_with(&self, v: &str, extra: i64) -> i64 {
-        let here = self.counts.get(v);
+    /// The minimum once `extra` more matching pods are counted in domain `v`, which holds
+    /// `here` (pods nominated to a node of it): it moves only when `v` alone held it.
+    fn min_with(&self, v: &str, here: i64, extra: i64) -> i64 {
         if extra == 0 || self.below_min_domains || here > self.min {
             return self.min;
         }
@@ -283,6 +289,9 @@ pub(crate) struct PreState<'a> {
     missing_claim: Option<usize>,
     /// For the namespaces' labels when pods nominated to a node are weighed.
     cache: Option<&'a Cache>,
+    /// Some pod is nominated to some node (most of the time none is: the per-node checks
+    /// are skipped).
+    nominees: bool,
 }
 
 /// Where a cycle's candidate nodes came from.
@@ -341,6 +350,8 @@ pub struct Timings {
     pub preemption: Option<Duration>,
     /// Nodes the static filters were computed for (when not reused).
     pub static_checked: usize,
+    /// Nodes whose dynamic verdict was kept from an earlier pod of the class.
+    pub verdicts_kept: usize,
     pub parallel: bool,
 }
 
@@ -490,7 +501,7 @@ fn spread_counts<'a>(p: &PodInfo, c: &SpreadConstraint, cache: &'a Cache) -> Spr
 }
 
 pub(crate) fn pre_filter<'a>(p: &'a PodInfo, cache: &'a Cache) -> PreState<'a> {
-    let mut st = PreState { cache: Some(cache), ..Default::default() };
+    let mut st = PreState { cache: Some(cache), nominees: cache.any_nomination(), ..Default::default() };
     for (i, claim) in p.claims.iter().enumerate() {
         match cache.volumes().claim(&p.namespace, claim) {
             None => {
@@ -674,7 +685,7 @@ pub(crate) fn filter(plugin: Plugin, p: &PodInfo, n: &NodeInfo, st: &PreState) -
                 }
             }
             // Pods nominated here count as placed here for anti-affinity, both ways.
-            if !n.nominated.is_empty() {
+            if st.nominees && !n.nominated.is_empty() {
                 let ns = |name: &str| st.cache.and_then(|c| c.namespace_labels(name));
                 let here = |t: &crate::types::AffinityTerm| n.labels.contains_key(&t.topology_key);
                 for x in nominees(p, n) {
@@ -695,8 +706,9 @@ pub(crate) fn filter(plugin: Plugin, p: &PodInfo, n: &NodeInfo, st: &PreState) -
                 };
                 let self_match = i64::from(c.selector.matches(&p.labels));
                 // Pods nominated here count in this node's domain (and may raise the minimum).
-                let extra = nominated_spread(p, n, c);
-                if s.counts.get(v) + extra + self_match - s.min_with(v, extra) > c.max_skew {
+                let (here, extra) = (s.counts.get(v), if st.nominees { nominated_spread(p, n, c) } else { 0 });
+                let min = if extra == 0 { s.min } else { s.min_with(v, here, extra) };
+                if here + extra + self_match - min > c.max_skew {
                     return Err(Reason::Spread);
                 }
             }
@@ -807,7 +819,71 @@ impl Class {
 #[derive(Default)]
 struct Chunk {
     nodes: Vec<u32>,
+    /// Nodes whose dynamic verdict was not known, then those of them that passed.
+    misses: Vec<u32>,
+    /// Nodes whose dynamic verdict was known.
+    kept: usize,
     took: [Duration; PLUGINS],
+}
+
+/// How many classes' dynamic verdicts [`Scratch`] keeps before it forgets them all (each is
+/// 8 bytes per node).
+const MAX_MEMOS: usize = 16;
+/// How many attempts back a class must have been seen to get a memo.
+const RECENT: usize = 16;
+
+/// The dynamic filters' verdicts for one class of pods alike in everything those filters
+/// read of a pod (`Memo::same`), per node position: `stamp << 1 | passed`, 0 when unknown.
+/// A verdict holds while the node's stamp is the one it was written with.
+struct Memo {
+    like: PodInfo,
+    meta: u64,
+    verdicts: Vec<AtomicU64>,
+}
+
+impl Memo {
+    fn hash(p: &PodInfo) -> u64 {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        (&p.tolerations, &p.node_selector, &p.required_node_terms, &p.node_name).hash(&mut h);
+        (&p.requests, &p.host_ports, p.priority, &p.labels, &p.namespace, &p.anti_affinity, &p.claims).hash(&mut h);
+        h.finish()
+    }
+
+    fn same(&self, p: &PodInfo) -> bool {
+        let l = &self.like;
+        l.tolerations == p.tolerations && l.node_selector == p.node_selector && l.required_node_terms == p.required_node_terms && l.node_name == p.node_name
+            && l.requests == p.requests && l.host_ports == p.host_ports && l.priority == p.priority && l.labels == p.labels
+            && l.namespace == p.namespace && l.anti_affinity == p.anti_affinity && l.claims == p.claims
+    }
+}
+
+/// A class's verdicts with the cache's node stamps, for one attempt.
+#[derive(Clone, Copy)]
+struct Verdicts<'m> {
+    memo: &'m [AtomicU64],
+    versions: &'m [u64],
+}
+
+impl Verdicts<'_> {
+    fn get(&self, i: u32) -> Option<bool> {
+        let e = self.memo[i as usize].load(Ordering::Relaxed);
+        (e != 0 && e >> 1 == self.versions[i as usize]).then_some(e & 1 == 1)
+    }
+
+    fn set(&self, i: u32, passed: bool) {
+        self.memo[i as usize].store(self.versions[i as usize] << 1 | u64::from(passed), Ordering::Relaxed);
+    }
+}
+
+/// Whether `p`'s dynamic verdict on a node depends on that node's own state alone: no
+/// required affinity (whether any pod matches anywhere decides), no hard spreading (the
+/// minimum over every domain does), and anti-affinity (its own terms and placed pods' terms
+/// selecting it) only over keys whose every value names one node.
+fn node_local(p: &PodInfo, st: &PreState, unique: &mut impl FnMut(&str) -> bool) -> bool {
+    p.affinity.is_empty()
+        && !p.spread.iter().any(|c| c.hard)
+        && p.anti_affinity.iter().all(|t| unique(&t.topology_key))
+        && st.existing_anti.iter().all(|(k, _)| unique(k))
 }
 
 /// What a scheduler keeps between cycles: the worker pool, reusable buffers, and the static
@@ -826,6 +902,16 @@ pub struct Scratch {
     /// Nodes by their value of a topology key, per key, for one node generation.
     domains: HashMap<String, DomainNodes>,
     allowed: Vec<u32>,
+    /// Dynamic verdicts per class (see [`Memo`]); off when false (to measure without them).
+    pub memo: bool,
+    memos: HashMap<u64, Memo>,
+    /// The classes of the last attempts with node-local verdicts: a class gets a memo when
+    /// it comes again among them (one seen once, such as each of a thousand groups in turn,
+    /// would cost a memo per attempt and never reuse it).
+    recent: [u64; RECENT],
+    recent_at: usize,
+    /// Per node generation: whether each topology key asked about has one node per value.
+    unique_keys: (u64, HashMap<String, bool>),
 }
 
 /// The nodes of each value of one topology key (values sorted, nodes in cache order: the
@@ -870,6 +956,11 @@ impl Scratch {
             classes: HashMap::new(),
             domains: HashMap::new(),
             allowed: Vec::new(),
+            memo: true,
+            memos: HashMap::new(),
+            recent: [0; RECENT],
+            recent_at: 0,
+            unique_keys: (u64::MAX, HashMap::new()),
         }
     }
 
@@ -902,18 +993,54 @@ impl Source<'_> {
 }
 
 /// Filters one chunk of candidate positions: `out.nodes` keeps those passing every plugin.
+/// With `memo`, the dynamic filters run only on nodes whose verdict is not known, and their
+/// verdicts are kept. Pods nominated to a node count for every pod of a class but the
+/// nominee itself, which is fine: the nominee tries its node first with every filter run
+/// afresh (evaluateNominatedNode) and goes there if it passes; if not, the verdict of its
+/// class there, with the nominee counted, is a failure too.
 #[allow(clippy::too_many_arguments)]
-fn filter_chunk(filters: &[Plugin], p: &PodInfo, nodes: &[NodeInfo], st: &PreState, src: Source, start: usize, range: std::ops::Range<usize>, out: &mut Chunk) {
+fn filter_chunk(filters: &[Plugin], p: &PodInfo, nodes: &[NodeInfo], st: &PreState, src: Source, start: usize, range: std::ops::Range<usize>, out: &mut Chunk, memo: Option<Verdicts>) {
     out.nodes.clear();
     out.nodes.extend(range.map(|k| src.at(k, start)));
-    for &plugin in filters {
+    let Some(memo) = memo else {
+        for &plugin in filters {
+            let tp = Instant::now();
+            out.nodes.retain(|&i| filter(plugin, p, &nodes[i as usize], st).is_ok());
+            out.took[plugin as usize] += tp.elapsed();
+            if out.nodes.is_empty() {
+                break;
+            }
+        }
+        return;
+    };
+    for &plugin in filters.iter().filter(|f| f.is_static()) {
         let tp = Instant::now();
         out.nodes.retain(|&i| filter(plugin, p, &nodes[i as usize], st).is_ok());
         out.took[plugin as usize] += tp.elapsed();
-        if out.nodes.is_empty() {
+    }
+    out.misses.clear();
+    out.misses.extend(out.nodes.iter().copied().filter(|&i| memo.get(i).is_none()));
+    out.kept += out.nodes.len() - out.misses.len();
+    for &plugin in filters.iter().filter(|f| !f.is_static()) {
+        if out.misses.is_empty() {
             break;
         }
+        let tp = Instant::now();
+        out.misses.retain(|&i| filter(plugin, p, &nodes[i as usize], st).is_ok());
+        out.took[plugin as usize] += tp.elapsed();
     }
+    // The survivors are in candidate order: a subsequence of the nodes.
+    let mut next = 0;
+    let survivors = &out.misses;
+    out.nodes.retain(|&i| match memo.get(i) {
+        Some(passed) => passed,
+        None => {
+            let passed = survivors.get(next) == Some(&i);
+            next += usize::from(passed);
+            memo.set(i, passed);
+            passed
+        }
+    });
 }
 
 /// The nodes a pod's required node affinity names, when every term requires
@@ -1047,6 +1174,39 @@ pub fn schedule(profile: &Profile, p: &PodInfo, cache: &Cache, start: usize, scr
     }
     let filters = &filters[..nf];
 
+    // This class's dynamic verdicts, when they depend on each node alone.
+    let mut memo = None;
+    if scratch.memo {
+        if scratch.unique_keys.0 != generation {
+            scratch.unique_keys = (generation, HashMap::new());
+        }
+        let keys = &mut scratch.unique_keys.1;
+        let mut unique = |k: &str| match keys.get(k) {
+            Some(&u) => u,
+            None => {
+                let u = cache.topology(k).is_none_or(|vals| vals.values().all(|&c| c == 1));
+                keys.insert(k.to_string(), u);
+                u
+            }
+        };
+        if node_local(p, &st, &mut unique) {
+            let key = Memo::hash(p);
+            let recurs = scratch.recent.contains(&key);
+            scratch.recent[scratch.recent_at] = key;
+            scratch.recent_at = (scratch.recent_at + 1) % RECENT;
+            let kept = match scratch.memos.remove(&key) {
+                Some(m) if m.same(p) && m.meta == cache.meta() => Some(m),
+                _ if recurs => Some(Memo { like: p.clone(), meta: cache.meta(), verdicts: Vec::new() }),
+                _ => None,
+            };
+            if let Some(mut m) = kept {
+                m.verdicts.resize_with(total, || AtomicU64::new(0));
+                memo = Some((key, m));
+            }
+        }
+    }
+    let verdicts = memo.as_ref().map(|(_, m)| Verdicts { memo: &m.verdicts, versions: cache.versions() });
+
     let len = src.len();
     let expected = if class.sparse { len } else { len.min(want) };
     let pool = scratch.pool.clone().filter(|_| expected >= scratch.parallel_min_nodes);
@@ -1059,13 +1219,15 @@ pub fn schedule(profile: &Profile, p: &PodInfo, cache: &Cache, start: usize, scr
             let mut pos = 0;
             let one = &mut scratch.one;
             one.took = [Duration::ZERO; PLUGINS];
+            one.kept = 0;
             while pos < len && feasible.len() < want {
                 let end = (pos + CHUNK).min(len);
-                filter_chunk(filters, p, nodes, &st, src, start, pos..end, one);
+                filter_chunk(filters, p, nodes, &st, src, start, pos..end, one, verdicts);
                 feasible.extend_from_slice(&one.nodes);
                 pos = end;
             }
             took = one.took;
+            t.verdicts_kept += one.kept;
             pos
         }
         Some(pool) => {
@@ -1087,7 +1249,8 @@ pub fn schedule(profile: &Profile, p: &PodInfo, cache: &Cache, start: usize, scr
                     }
                     let mut ch = chunks[c].lock().unwrap_or_else(|e| e.into_inner());
                     ch.took = [Duration::ZERO; PLUGINS];
-                    filter_chunk(filters, p, nodes, st, src, start, c * CHUNK..((c + 1) * CHUNK).min(len), &mut ch);
+                    ch.kept = 0;
+                    filter_chunk(filters, p, nodes, st, src, start, c * CHUNK..((c + 1) * CHUNK).min(len), &mut ch, verdicts);
                     found.fetch_add(ch.nodes.len(), Ordering::Relaxed);
                 }
             });
@@ -1100,6 +1263,7 @@ pub fn schedule(profile: &Profile, p: &PodInfo, cache: &Cache, start: usize, scr
                 for (a, b) in took.iter_mut().zip(ch.took) {
                     *a += b;
                 }
+                t.verdicts_kept += ch.kept;
             }
             (done * CHUNK).min(len)
         }
@@ -1121,6 +1285,12 @@ pub fn schedule(profile: &Profile, p: &PodInfo, cache: &Cache, start: usize, scr
         scratch.classes.clear();
     }
     scratch.classes.insert(hash, class);
+    if let Some((key, m)) = memo {
+        if scratch.memos.len() >= MAX_MEMOS {
+            scratch.memos.clear();
+        }
+        scratch.memos.insert(key, m);
+    }
 
     let mut reasons: BTreeMap<String, usize> = BTreeMap::new();
     if feasible.is_empty() {
@@ -1367,20 +1537,21 @@ mod tests {
 
     #[test]
     fn the_spread_minimum_moves_only_when_its_domain_held_it_alone() {
+        let min_at = |s: &Spread, v: &str, extra: i64| s.min_with(v, s.counts.get(v), extra);
         let map: Values = [("a".to_string(), 1u32), ("b".to_string(), 1), ("c".to_string(), 3)].into_iter().collect();
         let s = |domains, below| Spread { counts: Counts::Borrowed(Some(&map)), min: if domains > 3 { 0 } else { 1 }, domains, below_min_domains: below };
-        assert_eq!(s(3, false).min_with("a", 1), 1, "b still holds 1");
-        assert_eq!(s(3, false).min_with("c", 5), 1, "c was above the minimum");
-        assert_eq!(s(4, false).min_with("a", 1), 0, "an empty fourth domain holds 0");
-        assert_eq!(s(3, true).min_with("a", 1), 1, "below minDomains the minimum stays");
+        assert_eq!(min_at(&s(3, false), "a", 1), 1, "b still holds 1");
+        assert_eq!(min_at(&s(3, false), "c", 5), 1, "c was above the minimum");
+        assert_eq!(min_at(&s(4, false), "a", 1), 0, "an empty fourth domain holds 0");
+        assert_eq!(min_at(&s(3, true), "a", 1), 1, "below minDomains the minimum stays");
         let one: Values = [("a".to_string(), 1u32), ("c".to_string(), 3)].into_iter().collect();
         let s = Spread { counts: Counts::Borrowed(Some(&one)), min: 1, domains: 2, below_min_domains: false };
-        assert_eq!(s.min_with("a", 1), 2);
-        assert_eq!(s.min_with("a", 5), 3, "up to the next domain's count");
-        assert_eq!(s.min_with("a", 0), 1);
+        assert_eq!(min_at(&s, "a", 1), 2);
+        assert_eq!(min_at(&s, "a", 5), 3, "up to the next domain's count");
+        assert_eq!(min_at(&s, "a", 0), 1);
         let s = Spread { counts: Counts::Borrowed(Some(&one)), min: 0, domains: 3, below_min_domains: false };
-        assert_eq!(s.min_with("b", 1), 1, "b, unlisted, alone held 0");
-        assert_eq!(s.min_with("a", 1), 0, "b still holds 0");
+        assert_eq!(min_at(&s, "b", 1), 1, "b, unlisted, alone held 0");
+        assert_eq!(min_at(&s, "a", 1), 0, "b still holds 0");
     }
 
     #[test]
@@ -1442,9 +1613,9 @@ mod tests {
         let mut cache = Cache::from_nodes(nodes);
         let on_b = json!([{"matchExpressions": [{"key": "kubernetes.io/hostname", "operator": "In", "values": ["b"]}]}]);
         let terms: Vec<k8s_openapi::api::core::v1::NodeSelectorTerm> = serde_json::from_value(on_b).unwrap();
-        cache.volumes_mut().set_volume("pv-b".into(), Some(terms.iter().map(NodeTerm::from_k8s).collect()));
-        cache.volumes_mut().set_claim("ns/data".into(), Some("pv-b".into()));
-        cache.volumes_mut().set_claim("ns/fresh".into(), Some(String::new()));
+        cache.set_volume("pv-b".into(), Some(terms.iter().map(NodeTerm::from_k8s).collect()));
+        cache.set_claim("ns/data".into(), Some("pv-b".into()));
+        cache.set_claim("ns/fresh".into(), Some(String::new()));
         let with = |claim: &str| pod("p", json!({"spec": {"volumes": [{"name": "v", "persistentVolumeClaim": {"claimName": claim}}]}}));
         let go = |p: &PodInfo, cache: &Cache| match schedule(&Profile::default(), p, cache, 0, &mut Scratch::sequential(), &mut Timings::default()) {
             Outcome::Scheduled { node, .. } => Ok(cache.nodes()[node].name.clone()),
@@ -1458,7 +1629,7 @@ mod tests {
         // The volume's node gone: nowhere.
         let off = json!([{"matchExpressions": [{"key": "kubernetes.io/hostname", "operator": "In", "values": ["gone"]}]}]);
         let terms: Vec<k8s_openapi::api::core::v1::NodeSelectorTerm> = serde_json::from_value(off).unwrap();
-        cache.volumes_mut().set_volume("pv-b".into(), Some(terms.iter().map(NodeTerm::from_k8s).collect()));
+        cache.set_volume("pv-b".into(), Some(terms.iter().map(NodeTerm::from_k8s).collect()));
         assert_eq!(go(&with("data"), &cache).unwrap_err(), "0/3 nodes are available: 3 node(s) had volume node affinity conflict.");
     }
 
@@ -1745,6 +1916,96 @@ mod tests {
         }
         cache.check_indexes().unwrap();
         (out, ts)
+    }
+
+    #[test]
+    fn kept_verdicts_decide_exactly_as_filters_run_afresh() {
+        // A random stream of attempts and changes (placements, removals, nominations, node
+        // updates, namespace relabels) over one cache, decided by schedulers with and without
+        // kept verdicts (one of them parallel): every decision must be the same.
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        let mut rnd = |n: u64| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed % n
+        };
+        let zone = |i: usize| ["a", "b", "c", "d", "e", "f", "g", "h"][i % 8];
+        let mut cache = Cache::from_nodes((0..40).map(|i| node(&format!("n{i}"), ["2", "3", "4"][i % 3], zone(i), json!({}))).collect());
+        let template = |k: u64, i: usize| -> PodInfo {
+            let cpu = ["500m", "1", "250m"][k as usize % 3];
+            let base = json!({"metadata": {"labels": {"app": format!("t{k}")}}, "spec": {"priority": (k % 3) as i32,
+                "containers": [{"name": "c", "image": "i", "resources": {"requests": {"cpu": cpu}}}]}});
+            let extra = match k {
+                0 => json!({}),
+                1 => json!({"spec": {"affinity": {"podAntiAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [
+                    {"labelSelector": {"matchLabels": {"app": "t1"}}, "topologyKey": "kubernetes.io/hostname"}]}}}}),
+                2 => json!({"spec": {"containers": [{"name": "c", "image": "i", "ports": [{"containerPort": 80, "hostPort": 8080}],
+                    "resources": {"requests": {"cpu": "250m"}}}]}}),
+                // Anti-affinity over zones, its own and placed pods' (a node's verdict
+                // depends on its zone's other nodes: never kept).
+                3 => json!({"spec": {"affinity": {"podAntiAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [
+                    {"labelSelector": {"matchLabels": {"app": "t5"}}, "topologyKey": "zone"}]}}}}),
+                5 => json!({"spec": {"affinity": {"podAntiAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [
+                    {"labelSelector": {"matchLabels": {"app": "t2"}}, "topologyKey": "zone"}]}}}}),
+                6 => json!({"spec": {"volumes": [{"name": "v", "persistentVolumeClaim": {"claimName": "data"}}]}}),
+                _ => json!({"spec": {"affinity": {"podAntiAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [
+                    {"labelSelector": {"matchLabels": {"app": "t0"}}, "topologyKey": "kubernetes.io/hostname",
+                     "namespaceSelector": {"matchLabels": {"team": "x"}}}]}}}}),
+            };
+            let mut v = base;
+            merge(&mut v, extra);
+            pod(&format!("t{k}-{i}"), v)
+        };
+        let (mut fresh, mut kept) = (Scratch::sequential(), Scratch::sequential());
+        fresh.memo = false;
+        let mut par = Scratch::new(worker_pool(2));
+        par.parallel_min_nodes = 1;
+        let (mut placed, mut hits): (Vec<String>, usize) = (Vec::new(), 0);
+        for i in 0..3000 {
+            match rnd(20) {
+                0 if !placed.is_empty() => {
+                    let uid = placed.swap_remove(rnd(placed.len() as u64) as usize);
+                    cache.unplace(&uid);
+                }
+                1 => {
+                    let nominee = Arc::new(template(rnd(7), 100_000 + i));
+                    cache.nominate(&nominee, Some(&format!("n{}", rnd(40))));
+                }
+                2 => {
+                    let n = rnd(40) as usize;
+                    cache.upsert_node(node(&format!("n{n}"), ["1", "2", "3", "4"][rnd(4) as usize], zone(n), json!({})));
+                }
+                3 => cache.set_namespace("ns".into(), Some([("team".to_string(), ["x", "y"][rnd(2) as usize].to_string())].into())),
+                // The claim moves between volumes of two zones.
+                4 => {
+                    let on = json!([{"matchExpressions": [{"key": "zone", "operator": "In", "values": [zone(rnd(8) as usize)]}]}]);
+                    let terms: Vec<k8s_openapi::api::core::v1::NodeSelectorTerm> = serde_json::from_value(on).unwrap();
+                    let pv = format!("pv-{}", rnd(2));
+                    cache.set_volume(pv.clone(), Some(terms.iter().map(NodeTerm::from_k8s).collect()));
+                    cache.set_claim("ns/data".into(), Some(pv));
+                }
+                _ => {
+                    let p = template(rnd(7), i);
+                    let start = rnd(40) as usize;
+                    let mut t = Timings::default();
+                    let a = schedule(&Profile::default(), &p, &cache, start, &mut fresh, &mut Timings::default());
+                    let b = schedule(&Profile::default(), &p, &cache, start, &mut kept, &mut t);
+                    let c = schedule(&Profile::default(), &p, &cache, start, &mut par, &mut Timings::default());
+                    let key = |o: &Outcome| format!("{o:?}");
+                    assert_eq!(key(&a), key(&b), "attempt {i} of {}", p.name);
+                    assert_eq!(key(&a), key(&c), "attempt {i} of {} (parallel)", p.name);
+                    hits += t.verdicts_kept;
+                    if let Outcome::Scheduled { node, .. } = a {
+                        let name = cache.nodes()[node].name.clone();
+                        cache.place(Arc::new(p.clone()), &name, false);
+                        placed.push(p.uid.clone());
+                    }
+                }
+            }
+        }
+        assert!(!kept.memos.is_empty(), "some classes kept verdicts");
+        assert!(hits > 10_000, "verdicts kept: {hits}");
     }
 
     #[test]

@@ -444,11 +444,11 @@ fn run_loop(ctx: &Loop, pool: &Option<Arc<rayon::ThreadPool>>) {
                 }
                 Update::Node(None, name) => cache.remove_node(&name),
                 Update::Claim(key, volume) => {
-                    cache.volumes_mut().set_claim(key, volume);
+                    cache.set_claim(key, volume);
                     q.move_all_unschedulable(now);
                 }
                 Update::Volume(name, terms) => {
-                    cache.volumes_mut().set_volume(name, terms);
+                    cache.set_volume(name, terms);
                     q.move_all_unschedulable(now);
                 }
                 Update::Budget(key, b) => cache.set_budget(key, b),

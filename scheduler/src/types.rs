@@ -13,7 +13,7 @@ pub type Labels = BTreeMap<String, String>;
 
 /// Requested or allocatable resources: cpu in millicores, memory and ephemeral storage in
 /// bytes, pods as a count, extended resources by name.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
 pub struct Resources {
     pub cpu: i64,
     pub memory: i64,

@@ -36,6 +36,10 @@ struct Args {
     /// Nodes to visit from which a cycle goes to the worker pool.
     #[arg(long, default_value_t = framework::PARALLEL_MIN_NODES)]
     parallel_min_nodes: usize,
+    /// Run every dynamic filter on every node visited, keeping no verdicts between pods of
+    /// a class (to measure what keeping them saves).
+    #[arg(long)]
+    no_kept_verdicts: bool,
 }
 
 /// The shipped workloads, compiled in: a binary never depends on where its sources were checked
@@ -205,6 +209,8 @@ fn main() -> Result<()> {
     }
     let mut scratch = Scratch::new(framework::worker_pool(profile.parallelism));
     scratch.parallel_min_nodes = a.parallel_min_nodes;
+    scratch.memo = !a.no_kept_verdicts;
+    let mut kept = 0u64;
     let mut sources = [0u64; 4];
     let (mut reused, mut parallel) = (0u64, 0u64);
     let churn = w["churnEvery"].as_u64().unwrap_or(0) as usize;
@@ -226,6 +232,7 @@ fn main() -> Result<()> {
         let _ = hist.record(t0.elapsed().as_nanos().max(1) as u64);
         sources[t.candidates.index()] += 1;
         reused += u64::from(t.static_reused);
+        kept += t.verdicts_kept as u64;
         parallel += u64::from(t.parallel);
         match outcome {
             Outcome::Scheduled { node, .. } => {
@@ -270,7 +277,7 @@ fn main() -> Result<()> {
         "attempt_p999_us": hist.value_at_quantile(0.999) as f64 / 1000.0,
         "scheduled": scheduled, "unschedulable": unschedulable, "preempted": preempted,
         "candidates_all": sources[0], "candidates_static_class": sources[1], "candidates_free_index": sources[2], "candidates_spread_domains": sources[3],
-        "static_reused": reused, "parallel_cycles": parallel, "parallelism": profile.parallelism,
+        "static_reused": reused, "verdicts_kept": kept, "parallel_cycles": parallel, "parallelism": profile.parallelism,
         "init_scheduled": init_scheduled,
         "interleaved_scheduled": interleaved.0, "interleaved_unschedulable": interleaved.1,
         "peak_rss_bytes": peak_rss, "state_bytes": state_bytes, "state_bytes_per_node": state_bytes / a.nodes.max(1) as u64, "build_seconds": built.as_secs_f64(),
@@ -285,7 +292,7 @@ fn main() -> Result<()> {
         println!("{out}");
     } else {
         println!(
-            "{name}: {} nodes, {} pods in {secs:.2} s: {:.0} pods/s; attempt p50 {:.1} us, p99 {:.1} us, p999 {:.1} us; scheduled {scheduled}, unschedulable {unschedulable}, victims {preempted}; candidates all/class/free-index/spread-domains {}/{}/{}/{}, static results reused {reused}, parallel {parallel}; peak RSS {} MiB, cluster state {} MiB ({:.1} KiB per node) built in {:.2} s",
+            "{name}: {} nodes, {} pods in {secs:.2} s: {:.0} pods/s; attempt p50 {:.1} us, p99 {:.1} us, p999 {:.1} us; scheduled {scheduled}, unschedulable {unschedulable}, victims {preempted}; candidates all/class/free-index/spread-domains {}/{}/{}/{}, static results reused {reused}, node verdicts kept {kept}, parallel {parallel}; peak RSS {} MiB, cluster state {} MiB ({:.1} KiB per node) built in {:.2} s",
             a.nodes, a.pods, out["pods_per_sec"].as_f64().unwrap_or(0.0), out["attempt_p50_us"].as_f64().unwrap_or(0.0), out["attempt_p99_us"].as_f64().unwrap_or(0.0), out["attempt_p999_us"].as_f64().unwrap_or(0.0), sources[0], sources[1], sources[2], sources[3], peak_rss >> 20, state_bytes >> 20, state_bytes as f64 / 1024.0 / a.nodes.max(1) as f64, built.as_secs_f64()
         );
     }
