@@ -25,10 +25,13 @@ use std::sync::Arc;
 
 use crate::types::{AffinityTerm, Labels, NodeInfo, Op, PodInfo, Selector};
 
+/// The hasher of the maps a cycle reads per node (topology values are looked up for every
+/// node visited): foldhash, several times SipHash's speed on short strings.
+pub type Fast = foldhash::fast::RandomState;
 /// Counts per topology value.
-pub type Values = HashMap<String, u32>;
+pub type Values = HashMap<String, u32, Fast>;
 /// Counts per topology key, then value.
-pub type Domains = HashMap<String, Values>;
+pub type Domains = HashMap<String, Values, Fast>;
 
 /// Placed pods of one namespace with one label set.
 #[derive(Debug, Default)]
@@ -124,7 +127,7 @@ impl Groups {
         if let Some(&g) = self.by_key.get(&(p.namespace.clone(), p.labels.clone())) {
             return g;
         }
-        let g = Group { namespace: p.namespace.clone(), labels: p.labels.clone(), pods: 0, domains: Domains::new() };
+        let g = Group { namespace: p.namespace.clone(), labels: p.labels.clone(), pods: 0, domains: Domains::default() };
         let id = match self.free.pop() {
             Some(id) => {
                 self.list[id] = g;
@@ -190,7 +193,7 @@ impl AntiTerms {
                     self.list.push(None);
                     self.list.len() - 1
                 });
-                self.list[id] = Some(AntiTerm { term: t.clone(), weight, pods: 0, domains: Values::new() });
+                self.list[id] = Some(AntiTerm { term: t.clone(), weight, pods: 0, domains: Values::default() });
                 match narrowing(&t.selector) {
                     Some((k, vals)) => vals.iter().for_each(|v| index_add(&mut self.by_label, k, v, id)),
                     None => self.general.push(id),

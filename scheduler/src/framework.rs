@@ -38,7 +38,7 @@ use std::time::{Duration, Instant};
 
 use rayon::prelude::*;
 
-use crate::cache::{Cache, Values};
+use crate::cache::{Cache, Fast, Values};
 use crate::types::{Labels, NodeInfo, NodeTerm, PodInfo, SpreadConstraint, Taint, Toleration};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -169,7 +169,7 @@ impl Profile {
 /// merged once per attempt so that each node costs one lookup.
 enum Present<'a> {
     Maps(Vec<&'a Values>),
-    Merged(std::collections::HashSet<&'a str>),
+    Merged(std::collections::HashSet<&'a str, Fast>),
 }
 
 /// How many per-group maps a term reads per node before they are merged per attempt.
@@ -196,7 +196,7 @@ enum Counts<'a> {
     /// One group's counts (or none), borrowed from the cache.
     Borrowed(Option<&'a Values>),
     /// Several groups' counts summed.
-    Owned(HashMap<&'a str, i64>),
+    Owned(HashMap<&'a str, i64, Fast>),
 }
 
 impl Counts<'_> {
@@ -282,7 +282,7 @@ pub(crate) struct PreState<'a> {
     /// node: merging copied thousands of entries for each pod).
     preferred: Vec<(&'a str, i64, &'a Values)>,
     /// The same, summed per key and value where a key has more than `MERGE_ABOVE` of them.
-    preferred_merged: Vec<(&'a str, HashMap<&'a str, i64>)>,
+    preferred_merged: Vec<(&'a str, HashMap<&'a str, i64, Fast>)>,
     /// VolumeBinding: the node terms of the volumes the pod's bound claims hold (each must
     /// be met), or the index of a claim that does not exist.
     volume_terms: Vec<&'a [NodeTerm]>,
@@ -459,7 +459,7 @@ fn spread_counts<'a>(p: &PodInfo, c: &SpreadConstraint, cache: &'a Cache) -> Spr
     let restricted = !p.node_selector.is_empty() || p.required_node_terms.is_some();
     if restricted {
         // Only some nodes are eligible: count their pods one node at a time.
-        let mut counts: HashMap<&'a str, i64> = HashMap::new();
+        let mut counts: HashMap<&'a str, i64, Fast> = HashMap::default();
         for n in cache.nodes().iter().filter(|n| node_affinity_ok(p, n)) {
             let Some(v) = topology_value(n, &c.topology_key) else { continue };
             let k = n.pods.iter().filter(|q| q.namespace == p.namespace && !q.terminal && c.selector.matches(&q.labels)).count() as i64;
@@ -482,7 +482,7 @@ fn spread_counts<'a>(p: &PodInfo, c: &SpreadConstraint, cache: &'a Cache) -> Spr
     let counts = if maps.len() <= 1 {
         Counts::Borrowed(maps.first().copied())
     } else {
-        let mut sum: HashMap<&'a str, i64> = HashMap::new();
+        let mut sum: HashMap<&'a str, i64, Fast> = HashMap::default();
         for m in maps {
             for (v, k) in m {
                 *sum.entry(v.as_str()).or_default() += i64::from(*k);
@@ -563,7 +563,7 @@ pub(crate) fn pre_filter<'a>(p: &'a PodInfo, cache: &'a Cache) -> PreState<'a> {
         if n <= MERGE_ABOVE {
             continue;
         }
-        let mut sum: HashMap<&'a str, i64> = HashMap::new();
+        let mut sum: HashMap<&'a str, i64, Fast> = HashMap::default();
         for (_, w, m) in st.preferred.iter().filter(|(k, _, _)| *k == key) {
             for (v, c) in m.iter() {
                 *sum.entry(v.as_str()).or_default() += w * i64::from(*c);
@@ -806,7 +806,7 @@ struct Class {
 
 impl Class {
     fn hash(p: &PodInfo) -> u64 {
-        let mut h = std::collections::hash_map::DefaultHasher::new();
+        let mut h = std::hash::BuildHasher::build_hasher(&foldhash::fast::FixedState::with_seed(0));
         (&p.tolerations, &p.node_selector, &p.required_node_terms, &p.node_name).hash(&mut h);
         h.finish()
     }
@@ -831,6 +831,8 @@ struct Chunk {
 const MAX_MEMOS: usize = 16;
 /// How many attempts back a class must have been seen to get a memo.
 const RECENT: usize = 16;
+/// Up to this many candidates are filtered afresh (hashing the pod would cost more).
+pub const MEMO_MIN_CANDIDATES: usize = 64;
 
 /// The dynamic filters' verdicts for one class of pods alike in everything those filters
 /// read of a pod (`Memo::same`), per node position: `stamp << 1 | passed`, 0 when unknown.
@@ -843,7 +845,7 @@ struct Memo {
 
 impl Memo {
     fn hash(p: &PodInfo) -> u64 {
-        let mut h = std::collections::hash_map::DefaultHasher::new();
+        let mut h = std::hash::BuildHasher::build_hasher(&foldhash::fast::FixedState::with_seed(0));
         (&p.tolerations, &p.node_selector, &p.required_node_terms, &p.node_name).hash(&mut h);
         (&p.requests, &p.host_ports, p.priority, &p.labels, &p.namespace, &p.anti_affinity, &p.claims).hash(&mut h);
         h.finish()
@@ -904,6 +906,8 @@ pub struct Scratch {
     allowed: Vec<u32>,
     /// Dynamic verdicts per class (see [`Memo`]); off when false (to measure without them).
     pub memo: bool,
+    /// Candidates above which a class's verdicts are kept.
+    pub memo_min_candidates: usize,
     memos: HashMap<u64, Memo>,
     /// The classes of the last attempts with node-local verdicts: a class gets a memo when
     /// it comes again among them (one seen once, such as each of a thousand groups in turn,
@@ -957,6 +961,7 @@ impl Scratch {
             domains: HashMap::new(),
             allowed: Vec::new(),
             memo: true,
+            memo_min_candidates: MEMO_MIN_CANDIDATES,
             memos: HashMap::new(),
             recent: [0; RECENT],
             recent_at: 0,
@@ -1174,9 +1179,10 @@ pub fn schedule(profile: &Profile, p: &PodInfo, cache: &Cache, start: usize, scr
     }
     let filters = &filters[..nf];
 
-    // This class's dynamic verdicts, when they depend on each node alone.
+    // This class's dynamic verdicts, when they depend on each node alone (and there are
+    // enough candidates for a memo to pay: a DaemonSet's pod has one).
     let mut memo = None;
-    if scratch.memo {
+    if scratch.memo && src.len() > scratch.memo_min_candidates {
         if scratch.unique_keys.0 != generation {
             scratch.unique_keys = (generation, HashMap::new());
         }
@@ -1959,8 +1965,10 @@ mod tests {
         };
         let (mut fresh, mut kept) = (Scratch::sequential(), Scratch::sequential());
         fresh.memo = false;
+        kept.memo_min_candidates = 0;
         let mut par = Scratch::new(worker_pool(2));
         par.parallel_min_nodes = 1;
+        par.memo_min_candidates = 0;
         let (mut placed, mut hits): (Vec<String>, usize) = (Vec::new(), 0);
         for i in 0..3000 {
             match rnd(20) {
