@@ -396,7 +396,7 @@ fn describe_pod_shows_its_events_and_get_events_has_kubectl_columns() {
 }
 
 #[test]
-fn a_watch_resumes_from_its_resource_version_across_a_server_restart() {
+fn a_watch_from_before_a_restart_is_gone_unless_it_asks_for_the_store_s_history() {
     let c = Cluster::start();
     // Labelled: the namespace also has the controllers' kube-root-ca.crt.
     let cm = |name: &str, v: &str| format!(r#"{{"apiVersion":"v1","kind":"ConfigMap","metadata":{{"name":"{name}","labels":{{"t":"1"}}}},"data":{{"v":"{v}"}}}}"#);
@@ -406,9 +406,14 @@ fn a_watch_resumes_from_its_resource_version_across_a_server_restart() {
     let dir = c.stop();
     let c = Cluster::start_in(dir);
     c.ok(&["patch", "cm", "a", "--type", "merge", "-p", r#"{"data":{"v":"2"}}"#]);
-    // What a client that held `rv` before the restart sees when it watches again: every change
-    // since, in order, from the store's history (the new cache's ring starts after the restart).
+    // A client that held `rv` before the restart and watches again from it is told 410 Gone,
+    // as Kubernetes tells it (the new cache's ring starts after the restart): it lists again.
     let out = c.ok(&["get", "--raw", &format!("/api/v1/namespaces/default/configmaps?labelSelector=t%3D1&watch=true&resourceVersion={rv}&timeoutSeconds=5")]);
+    let gone: serde_json::Value = serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{e}: {out}"));
+    assert_eq!((gone["type"].as_str(), gone["object"]["code"].as_i64(), gone["object"]["reason"].as_str()), (Some("ERROR"), Some(410), Some("Expired")), "{out}");
+    assert!(gone["object"]["message"].as_str().unwrap().starts_with(&format!("too old resource version: {rv} (")), "{out}");
+    // Asking for the store's history (`history=true`), it gets every change since, in order.
+    let out = c.ok(&["get", "--raw", &format!("/api/v1/namespaces/default/configmaps?labelSelector=t%3D1&watch=true&resourceVersion={rv}&timeoutSeconds=5&history=true")]);
     let events: Vec<serde_json::Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     let seen: Vec<(String, String)> = events
         .iter()
@@ -425,7 +430,7 @@ fn a_watch_resumes_from_its_resource_version_across_a_server_restart() {
     assert_eq!(counter("apiserver_watches_handed_to_cache_total").as_deref(), Some("1"), "the resumed watch moved to the cache");
     // A resumed watch that stays open gets the store's history, then, from the cache, what
     // happens next: nothing lost or repeated at the hand-over.
-    let url = format!("/api/v1/namespaces/default/configmaps?labelSelector=t%3D1&watch=true&resourceVersion={rv}");
+    let url = format!("/api/v1/namespaces/default/configmaps?labelSelector=t%3D1&watch=true&resourceVersion={rv}&history=true");
     let (mut watch, mut lines) = c.kubectl_spawn(&["get", "--raw", &url]);
     let ev = |l: String| {
         let e: serde_json::Value = serde_json::from_str(&l).unwrap();

@@ -194,8 +194,8 @@ impl Default for Config {
     fn default() -> Config {
         // A watcher disconnected for 5 minutes at 5,000 writes/s resumes without a relist,
         // within 4 GiB of objects (and lines for the newest 10,000 events). A watch from an
-        // older revision is refused here (`TooOld`); the API server then serves it from the
-        // store's history, and a client whose revision is compacted there gets 410 Gone.
+        // older revision is refused here (`TooOld`); the API server answers it 410 Gone, or,
+        // asked with `history=true`, serves it from the store's history (410 once compacted).
         // Kubernetes keeps far less (at most 100 Ki events, about 75 s), but bounding this ring
         // to 100 Ki events and 512 MiB cost the density run a third of its throughput
         // (measured): a watcher of all pods closed as slow resumed from a revision that ring

@@ -1,6 +1,7 @@
 //! WATCH: from the watch cache's ring and live events (each line encoded once for every
-//! watcher), or from the store's history for a revision older than the ring; bookmarks,
-//! timeouts, and Table rows for kubectl's `get -w`.
+//! watcher); from a revision older than the ring, 410 Gone as Kubernetes answers, or, asked
+//! for with `history=true`, the store's history; bookmarks, timeouts, and Table rows for
+//! kubectl's `get -w`.
 
 use super::*;
 
@@ -25,10 +26,19 @@ pub(super) fn watch_timeout(query: &HashMap<String, String>) -> Result<Duration,
 
 pub(super) const BOOKMARK_INTERVAL: Duration = Duration::from_secs(60);
 
+/// A watch that ends at once with one ERROR event of 410 Gone, as kube-apiserver ends a watch
+/// from a revision it no longer holds (the client lists again).
+fn gone(message: String) -> ApiResult {
+    let status = ApiError::gone(message).to_json();
+    let line = Bytes::from(format!("{}\n", json!({"type": "ERROR", "object": status})));
+    Ok(stream_response(futures_util::stream::iter(vec![Ok::<_, std::convert::Infallible>(line)])))
+}
+
 impl Req<'_> {
-    /// A watch served by the cache; from a revision older than the cache's ring, by the store
-    /// (its history reaches back to the last compaction), so a client resuming after a
-    /// restart does not have to relist.
+    /// A watch served by the cache. From a revision older than the cache's ring (events trimmed
+    /// from it, or made before this server started), 410 Gone, as Kubernetes answers; with
+    /// `history=true` (capstan's own parameter) the store serves it instead, back to the last
+    /// compaction, so a client resuming after a restart need not relist.
     pub(super) async fn watch(&self) -> ApiResult {
         let (ls, fs) = self.selectors()?;
         let send_initial = is_true(q(self.query, "sendInitialEvents"));
@@ -109,7 +119,8 @@ impl Req<'_> {
                 });
                 Ok(stream_response(stream))
             }
-            Err(watchcache::WatchError::TooOld { .. }) => self.watch_store(Some((cache, filter))).await,
+            Err(watchcache::WatchError::TooOld { .. }) if is_true(q(self.query, "history")) => self.watch_store(Some((cache, filter))).await,
+            Err(watchcache::WatchError::TooOld { requested, oldest }) => gone(format!("too old resource version: {requested} ({oldest})")),
             Err(e) => Err(ApiError::unavailable(e.to_string())),
         }
     }
@@ -157,9 +168,7 @@ impl Req<'_> {
         };
         let compacted = self.st.store.compact_revision();
         if start <= compacted {
-            let status = ApiError::gone(format!("too old resource version: {} ({})", start - 1, compacted)).to_json();
-            let line = Bytes::from(format!("{}\n", json!({"type": "ERROR", "object": status})));
-            return Ok(stream_response(futures_util::stream::iter(vec![Ok::<_, std::convert::Infallible>(line)])));
+            return gone(format!("too old resource version: {} ({})", start - 1, compacted));
         }
         let watcher = self.st.store.watch(WatchRequest { range: KeyRange::Prefix(Bytes::from(prefix)), start_revision: Some(start), prev_kv: true });
         let deadline = tokio::time::Instant::now() + timeout;
