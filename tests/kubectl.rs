@@ -677,7 +677,34 @@ fn componentstatuses_report_the_scheduler_the_controllers_and_the_store() {
 }
 
 #[test]
-fn concurrent_creates_asking_for_one_node_port_admit_exactly_one() {
+fn unconditional_updates_that_race_all_succeed_and_conditional_ones_conflict() {
+    let c = Cluster::start_with(tempfile::tempdir().unwrap(), &["--no-controllers", "--no-scheduler", "--no-local-node"]);
+    c.ok(&["create", "configmap", "race"]);
+    let put = |rv: Option<&str>, i: usize| {
+        let rv = rv.map(|r| format!(r#","resourceVersion":"{r}""#)).unwrap_or_default();
+        format!(r#"{{"apiVersion":"v1","kind":"ConfigMap","metadata":{{"name":"race"{rv}}},"data":{{"writer":"{i}"}}}}"#)
+    };
+    // Without a resourceVersion a PUT is unconditional: Kubernetes applies it again over
+    // whatever another writer left (GuaranteedUpdate), so none of them is refused.
+    for round in 0..5 {
+        let handles: Vec<_> = (0..12)
+            .map(|i| {
+                let (addr, body) = (c.addr.clone(), put(None, i));
+                std::thread::spawn(move || http(&addr, "PUT", "/api/v1/namespaces/default/configmaps/race", &[("Content-Type", "application/json")], body.as_bytes()))
+            })
+            .collect();
+        let codes: Vec<u16> = handles.into_iter().map(|h| h.join().unwrap().0).collect();
+        assert!(codes.iter().all(|c| *c == 200), "round {round}: {codes:?}");
+    }
+    // With a stale one it is a 409.
+    let rv = c.ok(&["get", "cm", "race", "-o", "jsonpath={.metadata.resourceVersion}"]);
+    c.ok(&["label", "cm", "race", "moved=yes"]);
+    let (code, body) = http(&c.addr, "PUT", "/api/v1/namespaces/default/configmaps/race", &[("Content-Type", "application/json")], put(Some(&rv), 99).as_bytes());
+    assert_eq!(code, 409, "{}", String::from_utf8_lossy(&body));
+}
+
+#[test]
+fn concurrent_creates_or_updates_asking_for_one_node_port_admit_exactly_one() {
     let c = Cluster::start_with(tempfile::tempdir().unwrap(), &["--no-controllers", "--no-scheduler", "--no-local-node"]);
     // Many rounds of racing creates, each round for its own port: without a reservation in
     // the create's txn, two creates that read the Services before either wrote both succeed.
@@ -701,4 +728,27 @@ fn concurrent_creates_asking_for_one_node_port_admit_exactly_one() {
     let holder = c.ok(&["get", "svc", "-o", "jsonpath={range .items[?(@.spec.ports[0].nodePort==30100)]}{.metadata.name}{end}"]);
     c.ok(&["delete", "svc", holder.trim()]);
     c.ok(&["create", "service", "nodeport", "again", "--tcp=80", "--node-port=30100"]);
+    // Updates that turn ClusterIP Services into NodePorts asking for one port race the same
+    // way: exactly one takes it, the others are told it is allocated.
+    for round in 0..5u16 {
+        let port = 30200 + round;
+        for i in 0..8 {
+            c.ok(&["create", "service", "clusterip", &format!("up-{port}-{i}"), "--tcp=80"]);
+        }
+        let handles: Vec<_> = (0..8)
+            .map(|i| {
+                let addr = c.addr.clone();
+                std::thread::spawn(move || {
+                    let body = format!(r#"{{"spec":{{"type":"NodePort","ports":[{{"port":80,"nodePort":{port}}}]}}}}"#);
+                    http(&addr, "PATCH", &format!("/api/v1/namespaces/default/services/up-{port}-{i}"), &[("Content-Type", "application/merge-patch+json")], body.as_bytes())
+                })
+            })
+            .collect();
+        let results: Vec<(u16, Vec<u8>)> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+        let updated = results.iter().filter(|(code, _)| *code == 200).count();
+        assert_eq!(updated, 1, "round {round}: {:?}", results.iter().map(|(c, b)| (c, String::from_utf8_lossy(b).chars().take(160).collect::<String>())).collect::<Vec<_>>());
+        assert!(results.iter().filter(|(code, _)| *code != 200).all(|(code, b)| *code == 422 && String::from_utf8_lossy(b).contains("provided port is already allocated")));
+        let holders = c.ok(&["get", "svc", "-o", &format!("jsonpath={{range .items[?(@.spec.ports[0].nodePort=={port})]}}{{.metadata.name}} {{end}}")]);
+        assert_eq!(holders.split_whitespace().count(), 1, "round {round}: {holders}");
+    }
 }

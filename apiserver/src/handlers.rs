@@ -683,21 +683,25 @@ impl Req<'_> {
 
     /// Writes `new` over `cur` with compare-and-swap; `Ok(None)` if the key changed since.
     async fn cas_put(&self, key: &str, mod_revision: u64, new: &Value) -> Result<Option<(Stored, u64)>, ApiError> {
+        self.cas_put_reserving(key, mod_revision, new, &[]).await
+    }
+
+    /// [`Self::cas_put`] that also writes `reservations` (node ports an update takes), each
+    /// guarded by its key's revision as read: all or nothing.
+    async fn cas_put_reserving(&self, key: &str, mod_revision: u64, new: &Value, reservations: &[Reservation]) -> Result<Option<(Stored, u64)>, ApiError> {
         let stored = encode_stored(new);
         let s = Stored::parse(&stored).map_err(ApiError::internal)?;
         if self.dry_run() {
             return Ok(Some((s, mod_revision)));
         }
         let key_b = Bytes::copy_from_slice(key.as_bytes());
-        let resp = self
-            .st
-            .store
-            .txn(TxnRequest {
-                compare: vec![Compare { key: key_b.clone(), op: CompareOp::Equal, target: CompareTarget::ModRevision(mod_revision) }],
-                success: vec![TxnOp::Put(PutRequest { value: crate::encryption::seal(&key_b, stored).map_err(ApiError::internal)?, key: key_b, lease: 0, prev_kv: false })],
-                failure: vec![],
-            })
-            .await?;
+        let mut compare = vec![Compare { key: key_b.clone(), op: CompareOp::Equal, target: CompareTarget::ModRevision(mod_revision) }];
+        let mut success = vec![TxnOp::Put(PutRequest { value: crate::encryption::seal(&key_b, stored).map_err(ApiError::internal)?, key: key_b, lease: 0, prev_kv: false })];
+        for r in reservations {
+            compare.push(Compare { key: r.key.clone(), op: CompareOp::Equal, target: CompareTarget::ModRevision(r.mod_revision) });
+            success.push(TxnOp::Put(PutRequest { key: r.key.clone(), value: crate::encryption::seal(&r.key, r.value.clone()).map_err(ApiError::internal)?, lease: 0, prev_kv: false }));
+        }
+        let resp = self.st.store.txn(TxnRequest { compare, success, failure: vec![] }).await?;
         Ok(resp.succeeded.then_some((s, resp.revision)))
     }
 
@@ -813,7 +817,9 @@ impl Req<'_> {
     }
 
     /// Completes a write: an object being deleted whose last finalizer went away is removed.
-    async fn finish_write(&self, key: &str, cur: &Current, next: Value) -> Result<Option<Response>, ApiError> {
+    /// Writes `next` over `cur` (compare-and-swap), with the node ports it newly takes
+    /// (`reservations`); None when `cur` or a reservation key moved meanwhile.
+    async fn finish_write(&self, key: &str, cur: &Current, next: Value, reservations: &[Reservation]) -> Result<Option<Response>, ApiError> {
         let deleting = next["metadata"].get("deletionTimestamp").is_some();
         let no_finalizers = next["metadata"].get("finalizers").and_then(|f| f.as_array()).is_none_or(|a| a.is_empty())
             && (self.info.kind != "Namespace" || next["spec"]["finalizers"].as_array().is_none_or(|a| a.is_empty()));
@@ -830,24 +836,43 @@ impl Req<'_> {
             let s = Stored::parse(&encode_stored(&cur.obj)).map_err(ApiError::internal)?;
             return Ok(Some(self.respond_object(StatusCode::OK, &s, cur.mod_revision)));
         }
-        match self.cas_put(key, cur.mod_revision, &next).await? {
+        match self.cas_put_reserving(key, cur.mod_revision, &next, reservations).await? {
             Some((s, rev)) => Ok(Some(self.respond_object(StatusCode::OK, &s, rev))),
             None => Ok(None),
         }
     }
 
+    /// The node ports `next` takes that `cur` did not hold (an update's reservations: the
+    /// ports a Service already had are its own).
+    async fn node_ports_taken(&self, cur: &Value, next: &mut Value) -> Result<Vec<Reservation>, ApiError> {
+        let had: std::collections::HashSet<u64> = cur["spec"]["ports"].as_array().into_iter().flatten().filter_map(|p| p["nodePort"].as_u64()).collect();
+        let mut taken = self.assign_node_ports(next).await?;
+        let prefix = reserve::NODE_PORTS.as_bytes();
+        taken.retain(|r| std::str::from_utf8(&r.key[prefix.len()..]).ok().and_then(|n| n.parse::<u64>().ok()).is_none_or(|n| !had.contains(&n)));
+        Ok(taken)
+    }
+
+    /// PUT. Without a resourceVersion in the body it is unconditional and, as Kubernetes'
+    /// GuaranteedUpdate, applied again over a newer object when another write came first; with
+    /// one, a newer object is a 409. A node port another Service's update or create took
+    /// meanwhile is seen on the next pass (422 if it was asked for, another one if not).
     async fn update(&self) -> ApiResult {
         let incoming = self.parse_body()?;
         let key = self.key();
-        let cur = self.read(&key).await?.ok_or_else(|| self.not_found())?;
-        if let Some(rv) = meta_str(&incoming, "resourceVersion")
-            && rv != cur.mod_revision.to_string() {
-                return Err(ApiError::conflict(self.info.group, self.info.resource, self.name()));
+        for _ in 0..CAS_RETRIES_MAX {
+            let cur = self.read(&key).await?.ok_or_else(|| self.not_found())?;
+            if let Some(rv) = meta_str(&incoming, "resourceVersion")
+                && rv != cur.mod_revision.to_string() {
+                    return Err(ApiError::conflict(self.info.group, self.info.resource, self.name()));
+                }
+            let mut next = self.next_object(&cur.obj, incoming.clone())?;
+            let taken = self.node_ports_taken(&cur.obj, &mut next).await?;
+            self.guard_rbac(&next).await?;
+            if let Some(r) = self.finish_write(&key, &cur, next, &taken).await? {
+                return Ok(r);
             }
-        let mut next = self.next_object(&cur.obj, incoming)?;
-        self.assign_node_ports(&mut next).await?;
-        self.guard_rbac(&next).await?;
-        self.finish_write(&key, &cur, next).await?.ok_or_else(|| ApiError::conflict(self.info.group, self.info.resource, self.name()))
+        }
+        Err(ApiError::conflict(self.info.group, self.info.resource, self.name()))
     }
 
     async fn patch(&self) -> ApiResult {
@@ -872,9 +897,9 @@ impl Req<'_> {
                     return Err(ApiError::conflict(self.info.group, self.info.resource, self.name()));
                 }
             let mut next = self.next_object(&cur.obj, doc)?;
-            self.assign_node_ports(&mut next).await?;
+            let taken = self.node_ports_taken(&cur.obj, &mut next).await?;
             self.guard_rbac(&next).await?;
-            if let Some(r) = self.finish_write(&key, &cur, next).await? {
+            if let Some(r) = self.finish_write(&key, &cur, next, &taken).await? {
                 return Ok(r);
             }
         }
@@ -927,9 +952,9 @@ impl Req<'_> {
                 None => return self.create_object(obj).await,
                 Some(cur) => {
                     let mut next = self.next_object_as(&cur.obj, obj, false)?;
-                    self.assign_node_ports(&mut next).await?;
+                    let taken = self.node_ports_taken(&cur.obj, &mut next).await?;
                     self.guard_rbac(&next).await?;
-                    if let Some(r) = self.finish_write(&key, &cur, next).await? {
+                    if let Some(r) = self.finish_write(&key, &cur, next, &taken).await? {
                         return Ok(r);
                     }
                 }

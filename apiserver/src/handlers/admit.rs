@@ -115,8 +115,8 @@ impl Req<'_> {
     /// no other Service holds it now. Each port taken is also returned as a reservation of
     /// its key under `reserve::NODE_PORTS`, guarded by that key's revision as read: two
     /// creates racing for one port write the same key, and the one whose txn comes second
-    /// fails its compare and is admitted again, seeing the first's Service. (Updates write
-    /// without them: a Service turned NodePort by an update can still race a create.)
+    /// fails its compare and is admitted again, seeing the first's Service. An update
+    /// reserves the ports it newly takes the same way (`Req::node_ports_taken`).
     pub(super) async fn assign_node_ports(&self, obj: &mut Value) -> Result<Vec<Reservation>, ApiError> {
         const RANGE: std::ops::RangeInclusive<u64> = 30000..=32767;
         let is_service = self.info.kind == "Service" && self.info.group.is_empty();
