@@ -261,9 +261,16 @@ fn typed_create_commands_send_protobuf_and_work() {
         &["expose", "deployment", "web", "-n", "pb", "--port=80", "--target-port=8080"],
         &["create", "job", "j1", "-n", "pb", "--image=busybox"],
         &["create", "serviceaccount", "sa1", "-n", "pb"],
+        // An autoscaling/v2 HorizontalPodAutoscaler (with a 415 kubectl would fall back to
+        // autoscaling/v1, which is not served).
+        &["autoscale", "deployment", "web", "-n", "pb", "--min=2", "--max=5", "--cpu-percent=80"],
     ] {
         c.ok(args);
     }
+    assert_eq!(
+        c.ok(&["get", "hpa", "web", "-n", "pb", "-o", "jsonpath={.spec.scaleTargetRef.kind}/{.spec.scaleTargetRef.name} {.spec.minReplicas}-{.spec.maxReplicas} {.spec.metrics[0].resource.name}={.spec.metrics[0].resource.target.averageUtilization}"]),
+        "Deployment/web 2-5 cpu=80"
+    );
     assert_eq!(c.ok(&["get", "secret", "s1", "-n", "pb", "-o", "jsonpath={.data.p}"]), "cQ==");
     assert_eq!(c.ok(&["get", "deploy", "web", "-n", "pb", "-o", "jsonpath={.spec.replicas} {.spec.template.spec.containers[0].image}"]), "2 nginx:1.25");
     assert_eq!(c.ok(&["get", "pod", "pod1", "-n", "pb", "-o", "jsonpath={.spec.containers[0].args}"]), r#"["sleep","10"]"#);

@@ -278,6 +278,91 @@ impl Obj for rbac::Subject {
     }
 }
 
+/// A quantity as JSON (its string form), or None when unset.
+fn quantity(q: &Option<k8s_pb::apimachinery::pkg::api::resource::Quantity>) -> Option<Value> {
+    q.as_ref().map(|q| json!(q.string.clone().unwrap_or_default()))
+}
+
+mod hpa {
+    //! autoscaling/v2 HorizontalPodAutoscaler's spec (`kubectl autoscale` sends it).
+    use super::*;
+    use k8s_pb::api::autoscaling::v2 as a;
+
+    impl Obj for a::CrossVersionObjectReference {
+        fn obj(&self) -> Value {
+            obj! { "apiVersion" => self.api_version, "kind" => self.kind, "name" => self.name }
+        }
+    }
+    impl Obj for a::MetricTarget {
+        fn obj(&self) -> Value {
+            let mut v = obj! { "type" => self.r#type, "averageUtilization" => self.average_utilization };
+            insert(&mut v, "value", quantity(&self.value));
+            insert(&mut v, "averageValue", quantity(&self.average_value));
+            v
+        }
+    }
+    impl Obj for a::MetricIdentifier {
+        fn obj(&self) -> Value {
+            obj! { "name" => self.name, "selector" => self.selector }
+        }
+    }
+    impl Obj for a::ResourceMetricSource {
+        fn obj(&self) -> Value {
+            obj! { "name" => self.name, "target" => self.target }
+        }
+    }
+    impl Obj for a::ContainerResourceMetricSource {
+        fn obj(&self) -> Value {
+            obj! { "name" => self.name, "container" => self.container, "target" => self.target }
+        }
+    }
+    impl Obj for a::PodsMetricSource {
+        fn obj(&self) -> Value {
+            obj! { "metric" => self.metric, "target" => self.target }
+        }
+    }
+    impl Obj for a::ObjectMetricSource {
+        fn obj(&self) -> Value {
+            obj! { "describedObject" => self.described_object, "metric" => self.metric, "target" => self.target }
+        }
+    }
+    impl Obj for a::ExternalMetricSource {
+        fn obj(&self) -> Value {
+            obj! { "metric" => self.metric, "target" => self.target }
+        }
+    }
+    impl Obj for a::MetricSpec {
+        fn obj(&self) -> Value {
+            obj! { "type" => self.r#type, "resource" => self.resource, "containerResource" => self.container_resource,
+                "pods" => self.pods, "object" => self.object, "external" => self.external }
+        }
+    }
+    impl Obj for a::HpaScalingPolicy {
+        fn obj(&self) -> Value {
+            obj! { "type" => self.r#type, "value" => self.value, "periodSeconds" => self.period_seconds }
+        }
+    }
+    impl Obj for a::HpaScalingRules {
+        fn obj(&self) -> Value {
+            let mut v = obj! { "stabilizationWindowSeconds" => self.stabilization_window_seconds, "selectPolicy" => self.select_policy,
+                "policies" => self.policies };
+            insert(&mut v, "tolerance", quantity(&self.tolerance));
+            v
+        }
+    }
+    impl Obj for a::HorizontalPodAutoscalerBehavior {
+        fn obj(&self) -> Value {
+            obj! { "scaleUp" => self.scale_up, "scaleDown" => self.scale_down }
+        }
+    }
+    impl Obj for a::HorizontalPodAutoscalerSpec {
+        fn obj(&self) -> Value {
+            obj! { "scaleTargetRef" => self.scale_target_ref, "minReplicas" => self.min_replicas, "maxReplicas" => self.max_replicas,
+                "metrics" => self.metrics, "behavior" => self.behavior }
+        }
+    }
+}
+
 fn decode<T: Message + Default>(raw: &[u8], kind: &str) -> Result<T, PbError> {
     T::decode(raw).map_err(|e| PbError::Malformed(format!("the protobuf {kind} in the request body does not decode: {e}")))
 }
@@ -376,6 +461,10 @@ fn to_json_raw(body: &[u8]) -> Result<Value, PbError> {
             let mut v = obj! { "metadata" => m.metadata };
             insert(&mut v, "spec", Some(spec));
             v
+        }
+        ("autoscaling/v2", "HorizontalPodAutoscaler") => {
+            let m: k8s_pb::api::autoscaling::v2::HorizontalPodAutoscaler = decode(&raw, &kind)?;
+            obj! { "metadata" => m.metadata, "spec" => m.spec }
         }
         ("apps/v1", "Deployment") => {
             let m: apps::Deployment = decode(&raw, &kind)?;
@@ -537,6 +626,56 @@ mod tests {
         let mut b = MAGIC.to_vec();
         b.extend(u.encode_to_vec());
         b
+    }
+
+    #[test]
+    fn a_protobuf_horizontal_pod_autoscaler_keeps_its_metrics_and_behavior() {
+        use k8s_pb::api::autoscaling::v2 as a;
+        let q = |s: &str| Some(k8s_pb::apimachinery::pkg::api::resource::Quantity { string: Some(s.into()) });
+        let h = a::HorizontalPodAutoscaler {
+            metadata: Some(meta::ObjectMeta { name: Some("web".into()), ..Default::default() }),
+            spec: Some(a::HorizontalPodAutoscalerSpec {
+                scale_target_ref: Some(a::CrossVersionObjectReference { kind: Some("Deployment".into()), name: Some("web".into()), api_version: Some("apps/v1".into()) }),
+                min_replicas: Some(2),
+                max_replicas: Some(5),
+                metrics: vec![
+                    a::MetricSpec {
+                        r#type: Some("Resource".into()),
+                        resource: Some(a::ResourceMetricSource { name: Some("cpu".into()), target: Some(a::MetricTarget { r#type: Some("Utilization".into()), average_utilization: Some(80), ..Default::default() }) }),
+                        ..Default::default()
+                    },
+                    a::MetricSpec {
+                        r#type: Some("Pods".into()),
+                        pods: Some(a::PodsMetricSource {
+                            metric: Some(a::MetricIdentifier { name: Some("rps".into()), selector: None }),
+                            target: Some(a::MetricTarget { r#type: Some("AverageValue".into()), average_value: q("10"), ..Default::default() }),
+                        }),
+                        ..Default::default()
+                    },
+                ],
+                behavior: Some(a::HorizontalPodAutoscalerBehavior {
+                    scale_down: Some(a::HpaScalingRules {
+                        stabilization_window_seconds: Some(30),
+                        policies: vec![a::HpaScalingPolicy { r#type: Some("Percent".into()), value: Some(50), period_seconds: Some(60) }],
+                        ..Default::default()
+                    }),
+                    scale_up: None,
+                }),
+            }),
+            status: None,
+        };
+        let v = to_json(&envelope("autoscaling/v2", "HorizontalPodAutoscaler", h.encode_to_vec())).unwrap();
+        assert_eq!(
+            v,
+            json!({"apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler", "metadata": {"name": "web"}, "spec": {
+                "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "web"}, "minReplicas": 2, "maxReplicas": 5,
+                "metrics": [
+                    {"type": "Resource", "resource": {"name": "cpu", "target": {"type": "Utilization", "averageUtilization": 80}}},
+                    {"type": "Pods", "pods": {"metric": {"name": "rps"}, "target": {"type": "AverageValue", "averageValue": "10"}}},
+                ],
+                "behavior": {"scaleDown": {"stabilizationWindowSeconds": 30, "policies": [{"type": "Percent", "value": 50, "periodSeconds": 60}]}},
+            }})
+        );
     }
 
     #[test]
