@@ -154,6 +154,60 @@ spec:
     c.ok(&["wait", "--for=jsonpath={.status.phase}=Succeeded", "pod/echo", "--timeout=60s"]);
 }
 
+#[test]
+fn kubectl_debug_adds_ephemeral_containers_that_run_once_in_the_pod() {
+    let c = Cluster::start_with(tempfile::tempdir().unwrap(), &["--node-name", NODE]);
+    let m = c.write(
+        "pod.yaml",
+        &format!(
+            r#"apiVersion: v1
+kind: Pod
+metadata: {{name: target}}
+spec:
+  nodeName: {NODE}
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: main
+    image: busybox
+    command: ["sh", "-c", "while :; do sleep 1; done"]
+"#
+        ),
+    );
+    c.ok(&["apply", "-f", path_str(&m)]);
+    c.ok(&["wait", "--for=condition=Ready", "pod/target", "--timeout=60s"]);
+    // One that stays up, reached by exec; one that exits and is not restarted.
+    c.ok(&["debug", "target", "--image=busybox", "-c", "dbg", "--", "sh", "-c", "echo from-the-debugger; while :; do sleep 1; done"]);
+    c.ok(&["debug", "target", "--image=busybox", "-c", "once", "--", "sh", "-c", "echo ran-once; exit 3"]);
+    let state = |name: &str, path: &str| c.ok(&["get", "pod", "target", "-o", &format!("jsonpath={{.status.ephemeralContainerStatuses[?(@.name==\"{name}\")].{path}}}")]);
+    wait_until("the debug container running", || !state("dbg", "state.running.startedAt").is_empty());
+    wait_until("the one-shot container terminated", || state("once", "state.terminated.exitCode") == "3");
+    wait_until("the debugger's output in its log", || c.ok(&["logs", "target", "-c", "dbg"]).contains("from-the-debugger"));
+    assert!(c.ok(&["logs", "target", "-c", "once"]).contains("ran-once"));
+    // It runs in the pod: exec reaches it, and it sees the pod's hostname.
+    assert_eq!(c.ok(&["exec", "target", "-c", "dbg", "--", "hostname"]).trim(), "target");
+    // Ephemeral containers are neither restarted nor part of the pod's phase or readiness.
+    assert_eq!(state("once", "restartCount"), "0");
+    assert_eq!(c.ok(&["get", "pod", "target", "-o", "jsonpath={.status.phase} {.status.conditions[?(@.type==\"Ready\")].status}"]), "Running True");
+    // Names are unique in the pod; existing ones may not change; none on create.
+    let e = c.fails(&["debug", "target", "--image=busybox", "-c", "main", "--", "true"]);
+    assert!(e.contains("spec.ephemeralContainers[2].name: Duplicate value: \"main\""), "{e}");
+    let patch = |ops: &str| {
+        let (code, body) = http(&c.addr, "PATCH", "/api/v1/namespaces/default/pods/target/ephemeralcontainers", &[("Content-Type", "application/json-patch+json")], ops.as_bytes());
+        (code, text(&body))
+    };
+    let (code, e) = patch(r#"[{"op":"replace","path":"/spec/ephemeralContainers/0/image","value":"other"}]"#);
+    assert!(code == 422 && e.contains(r#"existing ephemeral containers \"dbg\" may not be changed"#), "{code} {e}");
+    let (code, e) = patch(r#"[{"op":"add","path":"/spec/ephemeralContainers/-","value":{"name":"p","image":"busybox","ports":[{"containerPort":80}]}}]"#);
+    assert!(code == 422 && e.contains("spec.ephemeralContainers[2].ports: Forbidden: cannot be set for an Ephemeral Container"), "{code} {e}");
+    // The main resource keeps them whatever a write to it says.
+    let (code, e) = http(&c.addr, "PATCH", "/api/v1/namespaces/default/pods/target", &[("Content-Type", "application/json-patch+json")], br#"[{"op":"remove","path":"/spec/ephemeralContainers"}]"#);
+    assert_eq!(code, 200, "{}", text(&e));
+    assert_eq!(c.ok(&["get", "pod", "target", "-o", "jsonpath={.spec.ephemeralContainers[*].name}"]), "dbg once");
+    let created = c.write("eph.yaml", "apiVersion: v1\nkind: Pod\nmetadata: {name: early}\nspec:\n  containers: [{name: c, image: busybox}]\n  ephemeralContainers: [{name: e, image: busybox}]\n");
+    let e = c.fails(&["create", "-f", path_str(&created)]);
+    assert!(e.contains("spec.ephemeralContainers: Forbidden: cannot be set on create"), "{e}");
+}
+
 /// A free loopback port (bound and released).
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()

@@ -155,10 +155,13 @@ impl Admission for Defaults {
 
 struct MetaAndSpec;
 impl Admission for MetaAndSpec {
-    fn validate(&self, info: &ResourceInfo, _old: Option<&Value>, obj: &Value, causes: &mut Vec<(String, String)>) {
+    fn validate(&self, info: &ResourceInfo, old: Option<&Value>, obj: &Value, causes: &mut Vec<(String, String)>) {
         let name = obj["metadata"].get("name").and_then(|n| n.as_str()).unwrap_or("");
         validate_meta(info, obj, name, causes);
         validate_spec(info, obj, causes);
+        if info.kind == "Pod" && info.group.is_empty() && old.is_none() && obj["spec"]["ephemeralContainers"].as_array().is_some_and(|a| !a.is_empty()) {
+            causes.push(("spec.ephemeralContainers".into(), "Forbidden: cannot be set on create".into()));
+        }
         if info.kind == "Namespace" && info.group.is_empty() {
             causes.extend(crate::pod_security::label_errors(&obj["metadata"]["labels"]));
         }
@@ -232,7 +235,9 @@ fn pod_spec_update_allowed(old: &Value, new: &Value) -> bool {
             }
         }
     }
-    for k in ["activeDeadlineSeconds", "terminationGracePeriodSeconds"] {
+    // Ephemeral containers change only through their subresource, which checks them
+    // (`ephemeral_update`); the main resource keeps them as they were.
+    for k in ["activeDeadlineSeconds", "terminationGracePeriodSeconds", "ephemeralContainers"] {
         set(&mut a, k, new.get(k));
     }
     let list = |v: &Value, k: &str| v[k].as_array().cloned().unwrap_or_default();
@@ -325,6 +330,73 @@ fn default_pod_spec(spec: &mut Value) {
             }
         }
     }
+    default_ephemeral(spec);
+}
+
+/// An ephemeral container's defaults (no resources: it may have none).
+fn default_ephemeral(spec: &mut Value) {
+    for c in spec.get_mut("ephemeralContainers").and_then(|c| c.as_array_mut()).into_iter().flatten() {
+        let image = c.get("image").and_then(|i| i.as_str()).unwrap_or("").to_string();
+        let tag_latest = !image.contains(':') || image.ends_with(":latest");
+        set_default(c, "imagePullPolicy", json!(if tag_latest && !image.contains('@') { "Always" } else { "IfNotPresent" }));
+        set_default(c, "terminationMessagePath", json!("/dev/termination-log"));
+        set_default(c, "terminationMessagePolicy", json!("File"));
+    }
+}
+
+/// What the `ephemeralcontainers` subresource may do to `pod`: add ephemeral containers
+/// (defaulted here), never change or remove one, each with a name unique in the pod, an
+/// image, a `targetContainerName` naming one of the pod's containers, and none of what an
+/// ephemeral container may not have (Kubernetes' ValidatePodEphemeralContainersUpdate and
+/// validateEphemeralContainers, with their wording).
+pub fn ephemeral_update(pod: &Value, new: Option<&Value>) -> Result<(), Vec<(String, String)>> {
+    let mut tmp = json!({"ephemeralContainers": new.cloned().unwrap_or(json!([]))});
+    default_ephemeral(&mut tmp);
+    let new = tmp["ephemeralContainers"].as_array().cloned().unwrap_or_default();
+    let old = pod["spec"]["ephemeralContainers"].as_array().cloned().unwrap_or_default();
+    let mut causes = Vec::new();
+    for o in &old {
+        let name = o["name"].as_str().unwrap_or("");
+        match new.iter().find(|n| n["name"] == o["name"]) {
+            None => causes.push(("spec.ephemeralContainers".into(), format!("Forbidden: existing ephemeral containers {name:?} may not be removed"))),
+            Some(n) if n != o => causes.push(("spec.ephemeralContainers".into(), format!("Forbidden: existing ephemeral containers {name:?} may not be changed"))),
+            Some(_) => {}
+        }
+    }
+    let names = |k: &str| -> Vec<String> { pod["spec"][k].as_array().into_iter().flatten().filter_map(|c| c["name"].as_str().map(String::from)).collect() };
+    let (main, init) = (names("containers"), names("initContainers"));
+    let mut seen: Vec<&str> = Vec::new();
+    for (i, c) in new.iter().enumerate() {
+        let at = |f: &str| format!("spec.ephemeralContainers[{i}].{f}");
+        let name = c["name"].as_str().unwrap_or("");
+        if name.is_empty() {
+            causes.push((at("name"), "Required value".into()));
+        } else if main.iter().chain(&init).any(|n| n == name) || seen.contains(&name) {
+            causes.push((at("name"), format!("Duplicate value: {name:?}")));
+        }
+        seen.push(name);
+        if c["image"].as_str().is_none_or(str::is_empty) {
+            causes.push((at("image"), "Required value".into()));
+        }
+        if let Some(t) = c["targetContainerName"].as_str().filter(|t| !t.is_empty())
+            && !main.iter().chain(&init).any(|n| n == t)
+        {
+            causes.push((at("targetContainerName"), format!("Not found: {t:?}")));
+        }
+        for f in ["ports", "livenessProbe", "readinessProbe", "startupProbe", "lifecycle", "resources", "restartPolicy", "resizePolicy"] {
+            let set = match c.get(f) {
+                None | Some(Value::Null) => false,
+                // `resources: {}` (or with empty maps) is no resources.
+                Some(Value::Object(m)) => !m.values().all(|v| f == "resources" && v.as_object().is_some_and(|x| x.is_empty())),
+                Some(Value::Array(a)) => !a.is_empty(),
+                Some(_) => true,
+            };
+            if set {
+                causes.push((at(f), "Forbidden: cannot be set for an Ephemeral Container".into()));
+            }
+        }
+    }
+    if causes.is_empty() { Ok(()) } else { Err(causes) }
 }
 
 /// A pod's QoS class, as Kubernetes computes it at create (after admission): Guaranteed when

@@ -441,6 +441,9 @@ impl Req<'_> {
                 }
             }
             (Method::GET, true, None | Some("status")) => self.get().await,
+            (Method::GET, true, Some("ephemeralcontainers")) if self.is_pod() => self.get().await,
+            (Method::PUT, true, Some("ephemeralcontainers")) if self.is_pod() => self.update().await,
+            (Method::PATCH, true, Some("ephemeralcontainers")) if self.is_pod() => self.patch().await,
             (Method::GET, true, Some("approval")) if self.is_csr() => self.get().await,
             (Method::PUT, true, Some("approval")) if self.is_csr() => self.update().await,
             (Method::PATCH, true, Some("approval")) if self.is_csr() => self.patch().await,
@@ -472,6 +475,10 @@ impl Req<'_> {
 
     fn key(&self) -> String {
         self.info.key(self.namespace.as_deref(), self.name.as_deref().unwrap_or(""))
+    }
+
+    fn is_pod(&self) -> bool {
+        self.info.kind == "Pod" && self.info.group.is_empty()
     }
 
     fn is_csr(&self) -> bool {
@@ -741,6 +748,21 @@ impl Req<'_> {
         let has_status_sub = self.info.subresources.iter().any(|s| s.name == "status");
         let mut next = if self.sub.as_deref() == Some("approval") && self.is_csr() {
             crate::csr::approval_next(cur, &incoming)
+        } else if self.sub.as_deref() == Some("ephemeralcontainers") && self.is_pod() {
+            // Only the ephemeral containers change, and only by additions
+            // (ValidatePodEphemeralContainersUpdate).
+            let mut n = cur.clone();
+            let new = incoming["spec"].get("ephemeralContainers").cloned();
+            crate::admission::ephemeral_update(cur, new.as_ref()).map_err(|causes| ApiError::invalid("", "Pod", self.name(), causes))?;
+            match new {
+                Some(e) => n["spec"]["ephemeralContainers"] = e,
+                None => {
+                    if let Some(spec) = n["spec"].as_object_mut() {
+                        spec.remove("ephemeralContainers");
+                    }
+                }
+            }
+            n
         } else if self.sub.as_deref() == Some("status") {
             let mut n = cur.clone();
             match incoming.get("status") {
@@ -756,6 +778,16 @@ impl Req<'_> {
                     Some(s) => incoming["status"] = s.clone(),
                     None => {
                         incoming.as_object_mut().unwrap().remove("status");
+                    }
+                }
+            }
+            // A pod's ephemeral containers change only through their subresource: the main
+            // resource keeps them as they are (Kubernetes' PrepareForUpdate).
+            if self.is_pod() && incoming["spec"].is_object() {
+                match cur["spec"].get("ephemeralContainers") {
+                    Some(e) => incoming["spec"]["ephemeralContainers"] = e.clone(),
+                    None => {
+                        incoming["spec"].as_object_mut().unwrap().remove("ephemeralContainers");
                     }
                 }
             }

@@ -205,6 +205,7 @@ pub fn builtin() -> Vec<ResourceInfo> {
     const POD_SUBS: &[Subresource] = &[
         status_of!(core::Pod),
         Subresource { name: "binding", response: ("", "v1", "Binding"), verbs: &["create"] },
+        Subresource { name: "ephemeralcontainers", response: ("", "v1", "Pod"), verbs: GET_PATCH_UPDATE },
         Subresource { name: "eviction", response: ("policy", "v1", "Eviction"), verbs: &["create"] },
         Subresource { name: "log", response: ("", "v1", "Pod"), verbs: &["get"] },
         Subresource { name: "exec", response: ("", "v1", "PodExecOptions"), verbs: &["create", "get"] },

@@ -386,6 +386,8 @@ impl ContainerView {
 pub struct PodView {
     pub init: Vec<ContainerView>,
     pub main: Vec<ContainerView>,
+    /// Ephemeral containers (`kubectl debug`): reported, never part of phase or readiness.
+    pub ephemeral: Vec<ContainerView>,
     /// Set when admission or an init failure (restartPolicy Never) failed the pod.
     pub failed: Option<(String, String)>,
     pub host_ip: String,
@@ -466,6 +468,9 @@ pub fn status(v: &PodView, transitions: &mut HashMap<&'static str, (bool, String
         "startTime": v.start_time,
         "containerStatuses": v.main.iter().map(|c| c.to_json()).collect::<Vec<_>>(),
     });
+    if !v.ephemeral.is_empty() {
+        s["ephemeralContainerStatuses"] = json!(v.ephemeral.iter().map(|c| c.to_json()).collect::<Vec<_>>());
+    }
     if !v.init.is_empty() {
         s["initContainerStatuses"] = json!(v.init.iter().map(|c| c.to_json()).collect::<Vec<_>>());
     }
@@ -607,7 +612,7 @@ mod tests {
 
     #[test]
     fn phase_table() {
-        let v = |init: Vec<ContainerView>, main: Vec<ContainerView>| PodView { init, main, failed: None, host_ip: "h".into(), pod_ip: "p".into(), start_time: "t".into() };
+        let v = |init: Vec<ContainerView>, main: Vec<ContainerView>| PodView { init, main, ephemeral: vec![], failed: None, host_ip: "h".into(), pod_ip: "p".into(), start_time: "t".into() };
         let running = CState::Running { started_at: "t".into() };
         let cases = [
             (v(vec![], vec![c("a", waiting("ContainerCreating"), false)]), "Pending"),
@@ -629,7 +634,7 @@ mod tests {
         let mut a = c("a", CState::Running { started_at: "t".into() }, false);
         a.ready = true;
         let b = c("b", CState::Running { started_at: "t".into() }, false);
-        let v = PodView { init: vec![], main: vec![a, b], failed: None, host_ip: "h".into(), pod_ip: "p".into(), start_time: "t".into() };
+        let v = PodView { init: vec![], main: vec![a, b], ephemeral: vec![], failed: None, host_ip: "h".into(), pod_ip: "p".into(), start_time: "t".into() };
         let mut tr = HashMap::new();
         let s = status(&v, &mut tr, "t0");
         let ready = s["conditions"].as_array().unwrap().iter().find(|c| c["type"] == "Ready").unwrap();

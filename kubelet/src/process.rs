@@ -441,6 +441,9 @@ struct Ctr {
     spec: Value,
     name: String,
     init: bool,
+    /// An ephemeral container (`kubectl debug`): added to a running pod, run once, never
+    /// restarted, outside the pod's phase and readiness.
+    ephemeral: bool,
     restart_count: u32,
     ever_started: bool,
     start_gen: u64,
@@ -472,6 +475,45 @@ struct Ctr {
 }
 
 impl Ctr {
+    /// A container of the pod's spec; `prev` is its status as last reported (a restart of the
+    /// kubelet resumes the restart count, and the new start is a restart).
+    fn new(spec: &Value, init: bool, ephemeral: bool, prev: Option<&Value>) -> Ctr {
+        let restart_count = prev.and_then(|p| p["restartCount"].as_u64()).unwrap_or(0) as u32;
+        let ever = prev.is_some_and(|p| p["state"].get("running").is_some() || p["state"].get("terminated").is_some() || p["lastState"].as_object().is_some_and(|m| !m.is_empty()));
+        Ctr {
+            spec: spec.clone(),
+            name: spec["name"].as_str().unwrap_or("").to_string(),
+            init,
+            ephemeral,
+            restart_count,
+            ever_started: ever,
+            start_gen: 0,
+            state: CState::Waiting { reason: if init { "PodInitializing" } else { "ContainerCreating" }.into(), message: String::new() },
+            last: None,
+            // An ephemeral container that already ran (before a kubelet restart) is not run again.
+            done: ephemeral && ever,
+            ready: false,
+            started: false,
+            pgid: None,
+            exited: None,
+            probes: Vec::new(),
+            counters: HashMap::new(),
+            next_start: None,
+            backoff: None,
+            started_instant: None,
+            started_at: String::new(),
+            env: Vec::new(),
+            cgroup: None,
+            oom: Default::default(),
+            killed_by_probe: false,
+            post_start: false,
+            container_id: String::new(),
+            cwd: PathBuf::new(),
+            sandboxed: false,
+            privileges: None,
+        }
+    }
+
     fn view(&self) -> ContainerView {
         ContainerView {
             name: self.name.clone(),
@@ -554,47 +596,11 @@ impl Worker {
     fn new(sh: Arc<Shared>, pod: Arc<Value>) -> Worker {
         let s = |k: &str| pod["metadata"][k].as_str().unwrap_or("").to_string();
         let (uid, ns, name) = (s("uid"), s("namespace"), s("name"));
-        let prev = |list: &str, n: &str| -> Option<Value> {
-            pod["status"][list].as_array()?.iter().find(|c| c["name"] == n).cloned()
-        };
         let mut ctrs = Vec::new();
-        for (list, status_list, init) in [("initContainers", "initContainerStatuses", true), ("containers", "containerStatuses", false)] {
+        for (list, status_list, init, ephemeral) in [("initContainers", "initContainerStatuses", true, false), ("containers", "containerStatuses", false, false), ("ephemeralContainers", "ephemeralContainerStatuses", false, true)] {
             for spec in pod["spec"][list].as_array().into_iter().flatten() {
-                let name = spec["name"].as_str().unwrap_or("").to_string();
-                // A restart of the kubelet resumes the count (the new start is a restart).
-                let p = prev(status_list, &name);
-                let restart_count = p.as_ref().and_then(|p| p["restartCount"].as_u64()).unwrap_or(0) as u32;
-                let ever = p.as_ref().is_some_and(|p| p["state"].get("running").is_some() || p["state"].get("terminated").is_some() || p["lastState"].as_object().is_some_and(|m| !m.is_empty()));
-                ctrs.push(Ctr {
-                    spec: spec.clone(),
-                    name,
-                    init,
-                    restart_count,
-                    ever_started: ever,
-                    start_gen: 0,
-                    state: CState::Waiting { reason: if init { "PodInitializing" } else { "ContainerCreating" }.into(), message: String::new() },
-                    last: None,
-                    done: false,
-                    ready: false,
-                    started: false,
-                    pgid: None,
-                    exited: None,
-                    probes: Vec::new(),
-                    counters: HashMap::new(),
-                    next_start: None,
-                    backoff: None,
-                    started_instant: None,
-                    started_at: String::new(),
-                    env: Vec::new(),
-                    cgroup: None,
-                    oom: Default::default(),
-                    killed_by_probe: false,
-                    post_start: false,
-                    container_id: String::new(),
-                    cwd: PathBuf::new(),
-                    sandboxed: false,
-                    privileges: None,
-                });
+                let name = spec["name"].as_str().unwrap_or("");
+                ctrs.push(Ctr::new(spec, init, ephemeral, pod["status"][status_list].as_array().and_then(|l| l.iter().find(|c| c["name"] == name))));
             }
         }
         let phase = pod["status"]["phase"].as_str().unwrap_or("Pending");
@@ -674,10 +680,23 @@ impl Worker {
                         return;
                     }
                     self.pod = pod_rx.borrow_and_update().clone();
+                    self.add_ephemeral();
                 }
                 Some(ev) = self.ev_rx.recv() => self.handle(ev),
                 _ = async { tokio::time::sleep_until(deadline.unwrap().into()).await }, if deadline.is_some() => {}
                 _ = stop_rx.changed() => {}
+            }
+        }
+    }
+
+    /// Ephemeral containers added to the pod's spec since (`kubectl debug`): they start on
+    /// the next step. The API server lets them be added only, never changed or removed.
+    fn add_ephemeral(&mut self) {
+        let pod = self.pod.clone();
+        for spec in pod["spec"]["ephemeralContainers"].as_array().into_iter().flatten() {
+            let name = spec["name"].as_str().unwrap_or("");
+            if !self.ctrs.iter().any(|c| c.name == name) {
+                self.ctrs.push(Ctr::new(spec, false, true, None));
             }
         }
     }
@@ -713,7 +732,8 @@ impl Worker {
     fn view(&self) -> PodView {
         PodView {
             init: self.ctrs.iter().filter(|c| c.init).map(Ctr::view).collect(),
-            main: self.ctrs.iter().filter(|c| !c.init).map(Ctr::view).collect(),
+            main: self.ctrs.iter().filter(|c| !c.init && !c.ephemeral).map(Ctr::view).collect(),
+            ephemeral: self.ctrs.iter().filter(|c| c.ephemeral).map(Ctr::view).collect(),
             failed: self.failed.clone(),
             host_ip: self.sh.cfg.host_ip.clone(),
             pod_ip: self.pod_ip(),
@@ -1124,7 +1144,7 @@ impl Worker {
         c.counters.clear();
         let has_startup = Probe::of(Kind::Startup, &spec).is_some();
         c.started = !has_startup;
-        c.ready = !has_startup && Probe::of(Kind::Readiness, &spec).is_none() && !c.init;
+        c.ready = !has_startup && Probe::of(Kind::Readiness, &spec).is_none() && !c.init && !c.ephemeral;
         self.sh.running.lock().unwrap().insert(
             (self.uid.clone(), name.clone()),
             Running { ns: self.ns.clone(), pod: self.name.clone(), pgid, cgroup, memory_limit, oom: c.oom.clone(), started: Instant::now(), env: c.env.clone(), cwd: c.cwd.clone(), privileges: c.privileges.clone(),
@@ -1298,7 +1318,13 @@ impl Worker {
         let code = if reason == "OOMKilled" { 137 } else { code };
         let term = CState::Terminated { exit_code: code, signal, reason, message, started_at, finished_at: finished };
         let ran = c.started_instant.map_or(Duration::ZERO, |t| t.elapsed());
-        let restart = if c.init { code != 0 && policy != RestartPolicy::Never } else { policy.restarts(code) || (c.killed_by_probe && policy != RestartPolicy::Never) };
+        let restart = if c.ephemeral {
+            false
+        } else if c.init {
+            code != 0 && policy != RestartPolicy::Never
+        } else {
+            policy.restarts(code) || (c.killed_by_probe && policy != RestartPolicy::Never)
+        };
         if !restart {
             c.state = term;
             c.done = true;
