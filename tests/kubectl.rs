@@ -205,8 +205,51 @@ fn a_failed_create_charges_no_quota_and_takes_no_service_ip() {
     assert!(c.fails(&["create", "service", "clusterip", "a", "--tcp=80"]).contains("already exists"));
     c.ok(&["create", "service", "clusterip", "b", "--tcp=80"]);
     let ip_b: std::net::Ipv4Addr = c.ok(&["get", "svc", "b", "-o", "jsonpath={.spec.clusterIP}"]).parse().unwrap();
-    assert_eq!(u32::from(ip_b), u32::from(ip_a) + 1, "the failed create took {ip_a}'s successor");
+    assert_ne!(ip_a, ip_b);
+    // One IPAddress per Service cluster IP: none for the failed create.
+    let mut holders: Vec<String> = c.ok(&["get", "ipaddresses", "-o", "jsonpath={.items[*].spec.parentRef.name}"]).split_whitespace().map(String::from).collect();
+    holders.sort();
+    assert_eq!(holders, ["a", "b", "kube-dns", "kubernetes"]);
     assert_eq!(c.ok(&["get", "quota", "q", "-o", "jsonpath={.status.used.services}"]), "2");
+}
+
+/// Cluster IPs are IPAddress objects, as in Kubernetes 1.33: free addresses of the range
+/// (the ServiceCIDR `kubernetes`), each held by one Service, released when it is deleted and
+/// kept across a restart.
+#[test]
+fn service_ips_are_unique_released_on_delete_and_survive_a_restart() {
+    let range = service_range().replace("/24", "/28");
+    let flags = ["--no-controllers", "--no-scheduler", "--no-local-node", "--service-cluster-ip-range", range.as_str()];
+    let c = Cluster::start_with(tempfile::tempdir().unwrap(), &flags);
+    assert_eq!(c.ok(&["get", "servicecidrs", "kubernetes", "-o", "jsonpath={.spec.cidrs[0]}"]), range);
+    // 14 hosts: the first is the kubernetes Service's, the tenth kube-dns's; 12 are left.
+    for i in 0..12 {
+        c.ok(&["create", "service", "clusterip", &format!("s{i}"), "--tcp=80"]);
+    }
+    let e = c.fails(&["create", "service", "clusterip", "s12", "--tcp=80"]);
+    assert!(e.contains("failed to allocate a serviceIP: range is full"), "{e}");
+    let ip = |name: &str| c.ok(&["get", "svc", name, "-o", "jsonpath={.spec.clusterIP}"]);
+    let freed = ip("s3");
+    assert_eq!(c.ok(&["get", "ipaddress", &freed, "-o", "jsonpath={.spec.parentRef.namespace}/{.spec.parentRef.name}"]), "default/s3");
+    c.ok(&["delete", "svc", "s3"]);
+    assert!(c.fails(&["get", "ipaddress", &freed]).contains("NotFound"));
+    c.ok(&["create", "service", "clusterip", "s12", "--tcp=80"]);
+    assert_eq!(ip("s12"), freed, "the only free address is the one s3 released");
+    // One asked for must be free and in the range.
+    let taken = ip("s0");
+    let svc = |name: &str, ip: &str| c.write(&format!("{name}.json"), &format!(r#"{{"apiVersion":"v1","kind":"Service","metadata":{{"name":"{name}"}},"spec":{{"clusterIP":"{ip}","ports":[{{"port":80}}]}}}}"#));
+    let e = c.fails(&["create", "-f", path_str(&svc("dup", &taken))]);
+    assert!(e.contains(&format!("failed to allocate IP {taken}: provided IP is already allocated")), "{e}");
+    let e = c.fails(&["create", "-f", path_str(&svc("far", "192.0.2.7"))]);
+    assert!(e.contains("provided IP (192.0.2.7) is not in the valid range"), "{e}");
+    // Headless Services take no address.
+    c.ok(&["create", "-f", path_str(&svc("headless", "None"))]);
+    // After a restart the addresses are still held.
+    let dir = c.stop();
+    let c = Cluster::start_with(dir, &flags);
+    let e = c.fails(&["create", "service", "clusterip", "s13", "--tcp=80"]);
+    assert!(e.contains("range is full"), "{e}");
+    assert_eq!(c.ok(&["get", "ipaddresses", "-o", "name"]).lines().count(), 14);
 }
 
 #[test]

@@ -722,11 +722,26 @@ impl Req<'_> {
             .store
             .txn(TxnRequest {
                 compare: vec![Compare { key: key_b.clone(), op: CompareOp::Equal, target: CompareTarget::ModRevision(mod_revision) }],
-                success: vec![TxnOp::Delete(DeleteRequest { range: KeyRange::Key(key_b), prev_kv: false })],
+                success: vec![TxnOp::Delete(DeleteRequest { range: KeyRange::Key(key_b), prev_kv: self.is_service() })],
                 failure: vec![],
             })
             .await?;
+        // A Service gone releases its cluster IPs (their IPAddress objects). A crash between
+        // the two leaves an IPAddress without its Service, which the start's repair removes.
+        if resp.succeeded && self.is_service()
+            && let Some(storage::TxnOpResponse::Delete(d)) = resp.responses.first()
+        {
+            for kv in &d.prev_kvs {
+                if let Ok(svc) = Stored::from_kv(kv).and_then(|s| s.value_at(kv.mod_revision)) {
+                    crate::system_services::release_cluster_ips(&self.st.store, &svc).await?;
+                }
+            }
+        }
         Ok(resp.succeeded)
+    }
+
+    fn is_service(&self) -> bool {
+        self.info.kind == "Service" && self.info.group.is_empty()
     }
 
     /// Merges what a write may change into `cur`: the main resource never changes status

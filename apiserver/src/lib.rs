@@ -231,6 +231,7 @@ pub async fn bootstrap(store: &Store) -> Result<(), storage::StoreError> {
         create_if_absent(store, key, &obj).await?;
     }
     system_services::ensure_dns(store).await?;
+    system_services::repair_ip_addresses(store).await?;
     default_storage::ensure(store).await?;
     Ok(())
 }

@@ -252,6 +252,9 @@ pub fn builtin() -> Vec<ResourceInfo> {
         info::<scheduling::PriorityClass>(&["pc"], &[], false),
         info::<storage::StorageClass>(&["sc"], &[], false),
         info::<networking::NetworkPolicy>(&["netpol"], &[], true),
+        // Service cluster IPs as objects (`reserve.rs`, `system_services::repair_ip_addresses`).
+        info::<networking::IPAddress>(&["ip"], &[], true),
+        info::<networking::ServiceCIDR>(&[], &[status_of!(networking::ServiceCIDR)], true),
         info::<rbac::Role>(&[], &[], false),
         info::<rbac::RoleBinding>(&[], &[], false),
         info::<rbac::ClusterRole>(&[], &[], false),

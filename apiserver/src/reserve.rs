@@ -1,9 +1,12 @@
 //! What a create takes besides its own key: a charge on every ResourceQuota of its namespace
-//! and, for a Service, a cluster IP. Both are reservations made in the create's own txn: the
-//! txn puts the object only if its key is free AND every quota and the IP counter are at the
-//! revision the reservation was computed from, and puts them all together. So a create that
-//! fails (AlreadyExists, or a conflict on a quota) leaves nothing charged and no address
-//! taken, and two creates racing for the last unit of a quota cannot both win.
+//! and, for a Service, a cluster IP (an `IPAddress` object named by the address, as
+//! Kubernetes 1.33 allocates them) and node ports. All are reservations made in the create's
+//! own txn: the txn puts the object only if its key is free AND every quota, address and port
+//! key is at the revision the reservation was computed from (absent, for an address), and
+//! puts them all together. So a create that fails (AlreadyExists, or a conflict on a quota)
+//! leaves nothing charged and no address taken, two creates racing for the last unit of a
+//! quota or for one address cannot both win, and an address a deleted Service released is
+//! free again.
 //!
 //! The functions here are pure: the handler reads the quotas and the counter, these compute
 //! the writes, and [`create_txn`] joins them into one request.
@@ -29,8 +32,8 @@ pub struct Reservation {
 /// of the Service that took it; written in each create's txn, guarded by its revision.
 pub const NODE_PORTS: &str = "/registry/ranges/nodeports/";
 
-/// Where the Service IP counter lives: the last host number handed out in the range.
-pub const SERVICE_IP_COUNTER: &str = "/registry/ranges/serviceips";
+/// `networking.k8s.io/v1` IPAddress objects: one per Service cluster IP, named by it.
+pub const IP_ADDRESSES: &str = "/registry/networking.k8s.io/ipaddresses/";
 /// Host numbers in 10.96.0.0/12 (Kubernetes' default Service range).
 const SERVICE_IP_RANGE: u32 = 1 << 20;
 
@@ -68,25 +71,49 @@ pub fn quota_charges(quotas: &[KeyValue], delta: &[(String, i64)], obj: &Value) 
     Ok(out)
 }
 
-/// The next Service cluster IP after the counter's value (absent: `.1` is the `kubernetes`
-/// Service's, so the first is `.2`; `.10` is `kube-dns`'s and skipped), and the counter's
-/// write. Addresses are not reused after a Service is deleted (2^20 of them).
-pub fn next_cluster_ip(counter: Option<&KeyValue>) -> Result<(Ipv4Addr, Reservation), String> {
-    let (next, rev) = match counter {
-        Some(kv) => {
-            let last = std::str::from_utf8(&kv.value).ok().and_then(|s| s.parse::<u32>().ok()).ok_or_else(|| "the service IP counter is corrupt".to_string())?;
-            (last + 1, kv.mod_revision)
-        }
-        None => (2, 0),
-    };
-    let next = if next == crate::system_services::DNS_HOST { next + 1 } else { next };
-    let (base, bits) = service_range();
-    let size = if RANGE.get().is_some() { 1u32 << (32 - bits) } else { SERVICE_IP_RANGE };
-    if next >= size - 1 {
-        return Err(format!("the service cluster IP range {base}/{bits} is exhausted"));
-    }
-    let ip = Ipv4Addr::from(u32::from(base) + next);
-    Ok((ip, Reservation { key: Bytes::from_static(SERVICE_IP_COUNTER.as_bytes()), mod_revision: rev, value: Bytes::from(next.to_string()) }))
+/// The store key of the IPAddress object of `ip`.
+pub fn ip_address_key(ip: Ipv4Addr) -> String {
+    format!("{IP_ADDRESSES}{ip}")
+}
+
+/// The IPAddress object that holds `ip` for Service `ns/name`.
+pub fn ip_address_object(ip: Ipv4Addr, ns: &str, name: &str) -> Value {
+    serde_json::json!({"apiVersion": "networking.k8s.io/v1", "kind": "IPAddress",
+        "metadata": {"name": ip.to_string(), "uid": crate::object::new_uid(), "creationTimestamp": crate::object::now_rfc3339(),
+            "labels": {"ipaddress.kubernetes.io/ip-family": "IPv4", "ipaddress.kubernetes.io/managed-by": "ipallocator.k8s.io"}},
+        "spec": {"parentRef": {"group": "", "resource": "services", "namespace": ns, "name": name}}})
+}
+
+/// The reservation of `ip` for Service `ns/name`: its IPAddress object, written only if the
+/// address is free.
+pub fn ip_reservation(ip: Ipv4Addr, ns: &str, name: &str) -> Reservation {
+    Reservation { key: Bytes::from(ip_address_key(ip)), mod_revision: 0, value: encode_stored(&ip_address_object(ip, ns, name)) }
+}
+
+/// The range's size in addresses.
+fn range_size() -> u32 {
+    let (_, bits) = service_range();
+    if RANGE.get().is_some() { 1u32 << (32 - bits) } else { SERVICE_IP_RANGE }
+}
+
+/// Whether `ip` is an address of the Service range a Service may hold (not the range's
+/// network or broadcast address).
+pub fn in_range(ip: Ipv4Addr) -> bool {
+    let (base, _) = service_range();
+    let host = u32::from(ip).wrapping_sub(u32::from(base));
+    u32::from(ip) >= u32::from(base) && host >= 1 && host < range_size() - 1
+}
+
+/// A free address for a new Service: from host number `start`, the first whose IPAddress is
+/// not in `taken`, never the `kubernetes` Service's (the first) or `kube-dns`'s (the tenth).
+pub fn pick_cluster_ip(taken: &std::collections::HashSet<Ipv4Addr>, start: u32) -> Option<Ipv4Addr> {
+    let (base, _) = service_range();
+    let hosts = range_size().saturating_sub(2);
+    (0..hosts)
+        .map(|k| 1 + (start % hosts.max(1) + k) % hosts.max(1))
+        .filter(|h| *h != 1 && *h != crate::system_services::DNS_HOST)
+        .map(|h| Ipv4Addr::from(u32::from(base) + h))
+        .find(|ip| !taken.contains(ip))
 }
 
 /// The one txn of a create: `key` must not exist and every reservation must still hold; then
@@ -117,15 +144,23 @@ mod tests {
     }
 
     #[test]
-    fn cluster_ips_follow_the_counter_and_stop_at_the_end_of_the_range() {
-        let (ip, r) = next_cluster_ip(None).unwrap();
-        assert_eq!((ip, r.mod_revision, &r.value[..]), (Ipv4Addr::new(10, 96, 0, 2), 0, &b"2"[..]));
-        let (ip, _) = next_cluster_ip(Some(&kv(SERVICE_IP_COUNTER, 7, Bytes::from_static(b"9")))).unwrap();
-        assert_eq!(ip, Ipv4Addr::new(10, 96, 0, 11), "the tenth is kube-dns's");
-        let (ip, r) = next_cluster_ip(Some(&kv(SERVICE_IP_COUNTER, 7, Bytes::from_static(b"300")))).unwrap();
-        assert_eq!((ip, r.mod_revision, &r.value[..]), (Ipv4Addr::new(10, 96, 1, 45), 7, &b"301"[..]));
-        assert!(next_cluster_ip(Some(&kv(SERVICE_IP_COUNTER, 7, Bytes::from((SERVICE_IP_RANGE - 2).to_string())))).is_err());
-        assert!(next_cluster_ip(Some(&kv(SERVICE_IP_COUNTER, 7, Bytes::from_static(b"x")))).is_err());
+    fn cluster_ips_are_free_addresses_of_the_range_but_the_two_system_ones() {
+        use std::collections::HashSet;
+        // The default range, 10.96.0.0/12: from the start asked for, the first free one.
+        let mut taken = HashSet::new();
+        assert_eq!(pick_cluster_ip(&taken, 0), Some(Ipv4Addr::new(10, 96, 0, 2)), "host 1 is the kubernetes Service's");
+        assert_eq!(pick_cluster_ip(&taken, 8), Some(Ipv4Addr::new(10, 96, 0, 9)));
+        assert_eq!(pick_cluster_ip(&taken, 9), Some(Ipv4Addr::new(10, 96, 0, 11)), "the tenth is kube-dns's");
+        taken.insert(Ipv4Addr::new(10, 96, 0, 11));
+        assert_eq!(pick_cluster_ip(&taken, 9), Some(Ipv4Addr::new(10, 96, 0, 12)));
+        // The last host number wraps around to the first.
+        assert_eq!(pick_cluster_ip(&taken, (1 << 20) - 3), Some(Ipv4Addr::new(10, 111, 255, 254)));
+        assert!(in_range(Ipv4Addr::new(10, 96, 0, 1)) && in_range(Ipv4Addr::new(10, 111, 255, 254)));
+        assert!(!in_range(Ipv4Addr::new(10, 96, 0, 0)) && !in_range(Ipv4Addr::new(10, 111, 255, 255)) && !in_range(Ipv4Addr::new(10, 112, 0, 1)) && !in_range(Ipv4Addr::new(10, 95, 255, 1)));
+        let r = ip_reservation(Ipv4Addr::new(10, 96, 0, 7), "ns", "web");
+        assert_eq!((&r.key[..], r.mod_revision), (&b"/registry/networking.k8s.io/ipaddresses/10.96.0.7"[..], 0));
+        let v = Stored::parse(&r.value).and_then(|s| s.value_at(1)).unwrap();
+        assert_eq!(v["spec"]["parentRef"], json!({"group": "", "resource": "services", "namespace": "ns", "name": "web"}));
     }
 
     #[test]

@@ -59,6 +59,79 @@ async fn write_if(store: &Store, key: &str, rev: u64, obj: &Value) -> Result<boo
     Ok(r.succeeded)
 }
 
+/// Deletes the IPAddress objects that hold `svc`'s cluster IPs for it.
+pub async fn release_cluster_ips(store: &Store, svc: &Value) -> Result<(), StoreError> {
+    let (ns, name) = (svc["metadata"]["namespace"].as_str().unwrap_or(""), svc["metadata"]["name"].as_str().unwrap_or(""));
+    for ip in svc["spec"]["clusterIPs"].as_array().into_iter().flatten().filter_map(|i| i.as_str()?.parse::<Ipv4Addr>().ok()) {
+        let key = crate::reserve::ip_address_key(ip);
+        let Some((obj, rev)) = read(store, &key).await? else { continue };
+        let parent = &obj["spec"]["parentRef"];
+        if parent["resource"] == "services" && parent["namespace"] == ns && parent["name"] == name {
+            delete_if(store, &key, rev).await?;
+        }
+    }
+    Ok(())
+}
+
+/// Deletes `key` if its mod revision is still `rev`.
+async fn delete_if(store: &Store, key: &str, rev: u64) -> Result<bool, StoreError> {
+    let key = bytes::Bytes::copy_from_slice(key.as_bytes());
+    let r = store
+        .txn(TxnRequest {
+            compare: vec![Compare { key: key.clone(), op: CompareOp::Equal, target: CompareTarget::ModRevision(rev) }],
+            success: vec![TxnOp::Delete(storage::DeleteRequest { range: storage::KeyRange::Key(key), prev_kv: false })],
+            failure: vec![],
+        })
+        .await?;
+    Ok(r.succeeded)
+}
+
+/// The allocator's state made whole at start (Kubernetes' repair loop, once): the default
+/// ServiceCIDR `kubernetes` for the Service range; an IPAddress for every Service cluster IP
+/// in the range that has none (Services made before addresses were objects, or created by a
+/// bootstrap); and none for an address whose Service is gone.
+pub async fn repair_ip_addresses(store: &Store) -> Result<(), StoreError> {
+    let (base, bits) = crate::reserve::service_range();
+    const CIDR: &str = "/registry/networking.k8s.io/servicecidrs/kubernetes";
+    if store.get(CIDR).await?.is_none() {
+        let cidr = json!({"apiVersion": "networking.k8s.io/v1", "kind": "ServiceCIDR",
+            "metadata": {"name": "kubernetes", "uid": new_uid(), "creationTimestamp": now_rfc3339()},
+            "spec": {"cidrs": [format!("{base}/{bits}")]},
+            "status": {"conditions": [{"type": "Ready", "status": "True", "reason": "", "message": "Kubernetes Service CIDR is ready", "lastTransitionTime": now_rfc3339()}]}});
+        write_if(store, CIDR, 0, &cidr).await?;
+    }
+    let services = store.range(RangeRequest::prefix("/registry/core/services/")).await?;
+    let mut wanted = std::collections::HashMap::new();
+    for kv in &services.kvs {
+        let Ok(svc) = Stored::from_kv(kv).and_then(|s| s.value_at(kv.mod_revision)) else { continue };
+        let (ns, name) = (svc["metadata"]["namespace"].as_str().unwrap_or("").to_string(), svc["metadata"]["name"].as_str().unwrap_or("").to_string());
+        for ip in svc["spec"]["clusterIPs"].as_array().into_iter().flatten().filter_map(|i| i.as_str()?.parse::<Ipv4Addr>().ok()) {
+            wanted.insert(ip, (ns.clone(), name.clone()));
+        }
+    }
+    // Both read at one revision: a Service created between two reads would leave its new
+    // IPAddress looking orphaned.
+    let held = store.range(RangeRequest { revision: Some(services.revision), ..RangeRequest::prefix(crate::reserve::IP_ADDRESSES) }).await?;
+    for kv in &held.kvs {
+        let ip = std::str::from_utf8(&kv.key[crate::reserve::IP_ADDRESSES.len()..]).ok().and_then(|s| s.parse::<Ipv4Addr>().ok());
+        let Ok(obj) = Stored::from_kv(kv).and_then(|s| s.value_at(kv.mod_revision)) else { continue };
+        let parent = (obj["spec"]["parentRef"]["namespace"].as_str().unwrap_or("").to_string(), obj["spec"]["parentRef"]["name"].as_str().unwrap_or("").to_string());
+        match ip.and_then(|ip| wanted.remove(&ip)) {
+            Some(p) if p == parent => {}
+            _ => {
+                tracing::info!(address = %String::from_utf8_lossy(&kv.key[crate::reserve::IP_ADDRESSES.len()..]), "an IPAddress without its Service: released");
+                delete_if(store, std::str::from_utf8(&kv.key).unwrap_or(""), kv.mod_revision).await?;
+            }
+        }
+    }
+    for (ip, (ns, name)) in wanted {
+        if crate::reserve::in_range(ip) {
+            write_if(store, &crate::reserve::ip_address_key(ip), 0, &crate::reserve::ip_address_object(ip, &ns, &name)).await?;
+        }
+    }
+    Ok(())
+}
+
 /// Creates `kube-system/kube-dns` when absent, unless another Service holds its address
 /// (a data directory from before it existed): then pods' DNS is unreachable, and this says so.
 pub async fn ensure_dns(store: &Store) -> Result<(), StoreError> {
@@ -81,7 +154,9 @@ pub async fn ensure_dns(store: &Store) -> Result<(), StoreError> {
         {"name": "metrics", "port": 9153, "protocol": "TCP", "targetPort": 9153},
     ]);
     let labels = json!({"k8s-app": "kube-dns", "kubernetes.io/cluster-service": "true", "kubernetes.io/name": "CoreDNS"});
-    write_if(store, KUBE_DNS, 0, &service("kube-system", "kube-dns", dns, ports, labels)).await?;
+    if write_if(store, KUBE_DNS, 0, &service("kube-system", "kube-dns", dns, ports, labels)).await? && crate::reserve::in_range(dns) {
+        write_if(store, &crate::reserve::ip_address_key(dns), 0, &crate::reserve::ip_address_object(dns, "kube-system", "kube-dns")).await?;
+    }
     Ok(())
 }
 
@@ -102,7 +177,11 @@ pub async fn publish_api(store: &Store, api: SocketAddr, replace: bool) -> Resul
         let ok = match read(store, KUBERNETES).await? {
             None => {
                 let labels = json!({"component": "apiserver", "provider": "kubernetes"});
-                write_if(store, KUBERNETES, 0, &service("default", "kubernetes", kubernetes, want_ports, labels)).await?
+                let made = write_if(store, KUBERNETES, 0, &service("default", "kubernetes", kubernetes, want_ports, labels)).await?;
+                if made {
+                    write_if(store, &crate::reserve::ip_address_key(kubernetes), 0, &crate::reserve::ip_address_object(kubernetes, "default", "kubernetes")).await?;
+                }
+                made
             }
             Some((mut s, rev)) if replace && s["spec"]["ports"] != want_ports => {
                 s["spec"]["ports"] = want_ports;

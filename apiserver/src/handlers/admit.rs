@@ -85,8 +85,9 @@ impl Req<'_> {
         reserve::quota_charges(&r.kvs, &delta, obj).map_err(|msg| ApiError::forbidden(format!("{} \"{name}\" is forbidden: {msg}", self.info.resource)))
     }
 
-    /// A Service without a cluster IP gets the next one (`reserve.rs`); the counter's write
-    /// goes in the create's txn, and so do the node ports it takes.
+    /// A Service's cluster IP (`reserve.rs`): one asked for must be in the range and free; a
+    /// Service without one gets a free one from a random place in the range. Its IPAddress
+    /// object goes in the create's txn, and so do the node ports it takes.
     pub(super) async fn service_reservations(&self, obj: &mut Value) -> Result<Vec<Reservation>, ApiError> {
         let mut out = self.assign_node_ports(obj).await?;
         out.extend(self.cluster_ip_reservation(obj).await?);
@@ -95,18 +96,36 @@ impl Req<'_> {
 
     async fn cluster_ip_reservation(&self, obj: &mut Value) -> Result<Option<Reservation>, ApiError> {
         let spec = &obj["spec"];
-        let wants_ip = self.info.kind == "Service"
-            && self.info.group.is_empty()
-            && spec.get("type").and_then(|t| t.as_str()) != Some("ExternalName")
-            && spec.get("clusterIP").and_then(|c| c.as_str()).is_none_or(|c| c.is_empty());
-        if !wants_ip {
+        if self.info.kind != "Service" || !self.info.group.is_empty() || spec.get("type").and_then(|t| t.as_str()) == Some("ExternalName") {
             return Ok(None);
         }
-        let counter = self.st.store.get(reserve::SERVICE_IP_COUNTER).await?;
-        let (ip, r) = reserve::next_cluster_ip(counter.as_ref()).map_err(ApiError::internal)?;
+        let asked = spec.get("clusterIP").and_then(|c| c.as_str()).filter(|c| !c.is_empty()).map(String::from);
+        if asked.as_deref() == Some("None") {
+            return Ok(None); // headless
+        }
+        let name = meta_str(obj, "name").unwrap_or("").to_string();
+        let ns = self.namespace.clone().unwrap_or_default();
+        let held = self.st.store.range(storage::RangeRequest { keys_only: true, ..storage::RangeRequest::prefix(reserve::IP_ADDRESSES) }).await?;
+        let taken: std::collections::HashSet<std::net::Ipv4Addr> =
+            held.kvs.iter().filter_map(|kv| std::str::from_utf8(&kv.key[reserve::IP_ADDRESSES.len()..]).ok()?.parse().ok()).collect();
+        let invalid = |ip: &str, why: String| ApiError::invalid("", "Service", &name, vec![("spec.clusterIPs".into(), format!("Invalid value: []string{{\"{ip}\"}}: {why}"))]);
+        let ip = match asked {
+            Some(a) => {
+                let ip: std::net::Ipv4Addr = a.parse().map_err(|_| invalid(&a, "must be a valid IP address".into()))?;
+                if !reserve::in_range(ip) {
+                    let (base, bits) = reserve::service_range();
+                    return Err(invalid(&a, format!("failed to allocate IP {ip}: provided IP ({ip}) is not in the valid range. The range of valid IPs is {base}/{bits}")));
+                }
+                if taken.contains(&ip) {
+                    return Err(invalid(&a, format!("failed to allocate IP {ip}: provided IP is already allocated")));
+                }
+                ip
+            }
+            None => reserve::pick_cluster_ip(&taken, rand::random()).ok_or_else(|| ApiError::internal("failed to allocate a serviceIP: range is full"))?,
+        };
         obj["spec"]["clusterIP"] = json!(ip.to_string());
         obj["spec"]["clusterIPs"] = json!([ip.to_string()]);
-        Ok(Some(r))
+        Ok(Some(reserve::ip_reservation(ip, &ns, &name)))
     }
 
     /// A NodePort (or LoadBalancer) Service's ports without a node port get a free one from
