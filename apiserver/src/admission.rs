@@ -489,8 +489,20 @@ pub fn default(info: &ResourceInfo, obj: &mut Value) {
                     default_pod_spec(ps);
                 }
             }
+            // The counters Kubernetes always writes (Go ints without omitempty): typed clients
+            // require them in a status.
+            let counters: &[&str] = match info.kind {
+                "ReplicaSet" | "StatefulSet" => &["replicas"],
+                "DaemonSet" => &["currentNumberScheduled", "numberMisscheduled", "desiredNumberScheduled", "numberReady"],
+                _ => &[],
+            };
             if obj.get("status").is_none() {
                 obj["status"] = json!({});
+            }
+            for k in counters {
+                if obj["status"].is_object() && obj["status"].get(*k).is_none() {
+                    obj["status"][*k] = json!(0);
+                }
             }
         }
         "Service" => {

@@ -1080,10 +1080,11 @@ impl Req<'_> {
                         self.st.store.delete(DeleteRequest { range: KeyRange::Prefix(Bytes::from(r.prefix(None))), prev_kv: false }).await?;
                     }
                 }
-                // Pods and Services answer with the object deleted (their stores'
-                // ReturnDeletedObject in Kubernetes), typed clients deserialize it as one;
-                // every other resource answers a Status of Success.
-                if self.info.group.is_empty() && matches!(self.info.kind, "Pod" | "Service") {
+                // The resources whose stores set ReturnDeletedObject in Kubernetes answer
+                // with the object deleted, and typed clients deserialize it as one (the
+                // Python client's delete_* return types say which); every other resource
+                // answers a Status of Success.
+                if returns_deleted_object(self.info) {
                     let s = Stored::parse(&encode_stored(&cur.obj)).map_err(ApiError::internal)?;
                     return Ok(self.respond_object(StatusCode::OK, &s, cur.mod_revision));
                 }
@@ -1160,6 +1161,16 @@ pub(crate) fn parse_body(ctype: &str, body: &Bytes) -> Result<Value, ApiError> {
 
 fn decode_at(kv: &storage::KeyValue) -> Option<Value> {
     Stored::from_kv(kv).ok()?.value_at(kv.mod_revision).ok()
+}
+
+/// Whether a DELETE of this resource answers the deleted object rather than a Status
+/// (ReturnDeletedObject in Kubernetes' stores): pods, services, service accounts, pod
+/// templates, resource quotas, persistent volumes and their claims, storage classes.
+fn returns_deleted_object(info: &crate::registry::ResourceInfo) -> bool {
+    matches!(
+        (info.group, info.kind),
+        ("", "Pod" | "Service" | "ServiceAccount" | "PodTemplate" | "ResourceQuota" | "PersistentVolume" | "PersistentVolumeClaim") | ("storage.k8s.io", "StorageClass")
+    )
 }
 
 #[cfg(test)]

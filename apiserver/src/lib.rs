@@ -155,6 +155,10 @@ fn build(store: Store, shutdown: tokio::sync::watch::Receiver<bool>, keep: Optio
     Router::new()
         .route("/api", get(api_root))
         .route("/apis", get(apis_root))
+        // With a trailing slash too, as kube-apiserver answers them (the Python client's
+        // `ApisApi.get_api_versions` asks for `/apis/`).
+        .route("/api/", get(api_root))
+        .route("/apis/", get(apis_root))
         .route("/api/{*rest}", any(handlers::dispatch))
         .route("/apis/{*rest}", any(handlers::dispatch))
         .route("/version", get(version))

@@ -46,7 +46,8 @@ fn apply_defaults(ranges: &[Value], pod: &mut Value) -> Vec<String> {
     let mut notes = Vec::new();
     for item in items(ranges, "Container").cloned().collect::<Vec<_>>() {
         for list in ["initContainers", "containers"] {
-            for c in pod["spec"][list].as_array_mut().into_iter().flatten() {
+            // (get_mut: indexing would write `null` for a list the pod does not have.)
+            for c in pod["spec"].get_mut(list).and_then(Value::as_array_mut).into_iter().flatten() {
                 let name = c["name"].as_str().unwrap_or("").to_string();
                 if !c["resources"].is_object() {
                     c["resources"] = json!({});

@@ -162,7 +162,7 @@ impl Req<'_> {
         }
         let name = meta_str(obj, "name").unwrap_or("").to_string();
         let owner = Bytes::from(own.clone());
-        let Some(ports) = obj["spec"]["ports"].as_array_mut() else { return Ok(vec![]) };
+        let Some(ports) = obj["spec"].get_mut("ports").and_then(Value::as_array_mut) else { return Ok(vec![]) };
         // This Service's own node ports: node port -> (protocol, port) of each use. One node
         // port serves a TCP and a UDP port of the same number (DNS's 53), as Kubernetes
         // shares it; twice for one protocol is a duplicate.
@@ -281,7 +281,8 @@ impl Req<'_> {
             None => obj["spec"]["volumes"] = json!([volume]),
         }
         for list in ["initContainers", "containers"] {
-            for c in obj["spec"][list].as_array_mut().into_iter().flatten() {
+            // (get_mut: indexing would write `null` for a list the pod does not have.)
+            for c in obj["spec"].get_mut(list).and_then(Value::as_array_mut).into_iter().flatten() {
                 let m = json!({"name": name, "mountPath": MOUNT, "readOnly": true});
                 match c["volumeMounts"].as_array_mut() {
                     Some(v) => v.push(m),

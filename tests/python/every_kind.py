@@ -1,0 +1,191 @@
+#!/usr/bin/env python3
+"""Every kind capstan serves, through the official Python client's typed API.
+
+Usage: every_kind.py KUBECONFIG
+
+For each served kind (from discovery; a served kind without a sample here is a failure, so a
+new kind must get one): create, read, list, replace (the object read back, relabelled),
+patch (a label), delete, each answer deserialized into the client's model class (the typed
+methods do it; with client-side validation on, a required field missing from an answer
+raises). Prints one line per kind, then `N passed, M failed`; exits non-zero if any failed.
+"""
+
+import base64
+import re
+import sys
+import traceback
+
+from kubernetes import client, config
+from kubernetes.client.rest import ApiException
+
+NS = "every-kind"
+POD_SPEC = {"containers": [{"name": "c", "image": "busybox"}]}
+TEMPLATE = {"metadata": {"labels": {"app": "ek"}}, "spec": POD_SPEC}
+SELECTOR = {"matchLabels": {"app": "ek"}}
+
+# Kinds that are not stored objects a client creates (answered from elsewhere).
+NOT_CRUD = {("", "ComponentStatus")}
+# Groups the typed client has no API class for (metrics are read through the node's kubelet).
+UNTYPED = {"metrics.k8s.io"}
+
+
+def csr_request():
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    csr = x509.CertificateSigningRequestBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "every-kind")])).sign(key, hashes.SHA256())
+    return base64.b64encode(csr.public_bytes(serialization.Encoding.PEM)).decode()
+
+
+# (group, kind) -> the object's fields besides apiVersion, kind and metadata.name.
+SAMPLES = {
+    ("", "Namespace"): {},
+    ("", "Pod"): {"spec": POD_SPEC},
+    ("", "Node"): {},
+    ("", "Service"): {"spec": {"ports": [{"port": 80}]}},
+    ("", "Endpoints"): {"subsets": [{"addresses": [{"ip": "10.1.2.3"}], "ports": [{"port": 80}]}]},
+    ("", "ConfigMap"): {"data": {"k": "v"}},
+    ("", "Secret"): {"stringData": {"k": "v"}},
+    ("", "Event"): {"involvedObject": {"kind": "Pod", "name": "x", "namespace": NS}, "reason": "Tested", "message": "m", "type": "Normal"},
+    ("", "ServiceAccount"): {},
+    ("", "PersistentVolume"): {"spec": {"capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteOnce"], "hostPath": {"path": "/tmp/every-kind"}, "storageClassName": "none"}},
+    ("", "PersistentVolumeClaim"): {"spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}, "storageClassName": "none"}},
+    ("", "ResourceQuota"): {"spec": {"hard": {"configmaps": "100"}}},
+    ("", "LimitRange"): {"spec": {"limits": [{"type": "Container", "default": {"cpu": "100m"}}]}},
+    ("", "ReplicationController"): {"spec": {"replicas": 0, "selector": {"app": "ek"}, "template": TEMPLATE}},
+    ("", "PodTemplate"): {"template": TEMPLATE},
+    ("apps", "Deployment"): {"spec": {"replicas": 0, "selector": SELECTOR, "template": TEMPLATE}},
+    ("apps", "ReplicaSet"): {"spec": {"replicas": 0, "selector": SELECTOR, "template": TEMPLATE}},
+    ("apps", "StatefulSet"): {"spec": {"replicas": 0, "serviceName": "ek", "selector": SELECTOR, "template": TEMPLATE}},
+    ("apps", "DaemonSet"): {"spec": {"selector": SELECTOR, "template": {"metadata": TEMPLATE["metadata"], "spec": dict(POD_SPEC, nodeSelector={"none": "none"})}}},
+    ("apps", "ControllerRevision"): {"revision": 1, "data": {"spec": {}}},
+    ("batch", "Job"): {"spec": {"suspend": True, "template": {"spec": dict(POD_SPEC, restartPolicy="Never")}}},
+    ("batch", "CronJob"): {"spec": {"schedule": "0 0 1 1 *", "suspend": True, "jobTemplate": {"spec": {"template": {"spec": dict(POD_SPEC, restartPolicy="Never")}}}}},
+    ("coordination.k8s.io", "Lease"): {"spec": {"holderIdentity": "every-kind", "leaseDurationSeconds": 10}},
+    ("certificates.k8s.io", "CertificateSigningRequest"): {"spec": {"request": None, "signerName": "example.com/every-kind", "usages": ["client auth"]}},
+    ("discovery.k8s.io", "EndpointSlice"): {"addressType": "IPv4", "endpoints": [{"addresses": ["10.1.2.3"]}], "ports": [{"port": 80}]},
+    ("policy", "PodDisruptionBudget"): {"spec": {"minAvailable": 1, "selector": SELECTOR}},
+    ("autoscaling", "HorizontalPodAutoscaler"): {"spec": {"scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "ek"}, "minReplicas": 1, "maxReplicas": 2}},
+    ("scheduling.k8s.io", "PriorityClass"): {"value": 1000},
+    ("storage.k8s.io", "StorageClass"): {"provisioner": "example.com/every-kind"},
+    ("networking.k8s.io", "NetworkPolicy"): {"spec": {"podSelector": {}}},
+    ("networking.k8s.io", "IPAddress"): {"spec": {"parentRef": {"group": "", "resource": "services", "namespace": NS, "name": "nothing"}}},
+    ("networking.k8s.io", "ServiceCIDR"): {"spec": {"cidrs": ["10.250.0.0/24"]}},
+    ("rbac.authorization.k8s.io", "Role"): {"rules": [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get"]}]},
+    ("rbac.authorization.k8s.io", "RoleBinding"): {"roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "ek"}, "subjects": [{"kind": "User", "name": "ek", "apiGroup": "rbac.authorization.k8s.io"}]},
+    ("rbac.authorization.k8s.io", "ClusterRole"): {"rules": [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get"]}]},
+    ("rbac.authorization.k8s.io", "ClusterRoleBinding"): {"roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "view"}, "subjects": [{"kind": "User", "name": "ek", "apiGroup": "rbac.authorization.k8s.io"}]},
+    ("flowcontrol.apiserver.k8s.io", "FlowSchema"): {"spec": {"priorityLevelConfiguration": {"name": "global-default"}, "matchingPrecedence": 9000, "rules": [{"subjects": [{"kind": "User", "user": {"name": "ek"}}], "resourceRules": [{"verbs": ["get"], "apiGroups": [""], "resources": ["pods"], "namespaces": ["*"]}]}]}},
+    ("flowcontrol.apiserver.k8s.io", "PriorityLevelConfiguration"): {"spec": {"type": "Limited", "limited": {"nominalConcurrencyShares": 5, "limitResponse": {"type": "Reject"}}}},
+    ("apiextensions.k8s.io", "CustomResourceDefinition"): {"spec": {"group": "every.example.com", "names": {"plural": "kinds", "singular": "kind", "kind": "Kind"}, "scope": "Namespaced",
+        "versions": [{"name": "v1", "served": True, "storage": True, "schema": {"openAPIV3Schema": {"type": "object"}}}]}},
+}
+
+NAMES = {("networking.k8s.io", "IPAddress"): "192.0.2.77", ("apiextensions.k8s.io", "CustomResourceDefinition"): "kinds.every.example.com"}
+
+
+def snake(kind):
+    s = re.sub(r"([A-Z]+)([A-Z][a-z])", r"\1_\2", kind)
+    return re.sub(r"([a-z0-9])([A-Z])", r"\1_\2", s).lower()
+
+
+def api_class(group, version):
+    if group == "":
+        return client.CoreV1Api()
+    words = group.removesuffix(".k8s.io").split(".")
+    return getattr(client, "".join(w.capitalize() for w in words) + version.capitalize() + "Api")()
+
+
+def served():
+    """(group, version, kind, namespaced) of every served resource (no subresources)."""
+    out = []
+    core = client.CoreV1Api().get_api_resources()
+    out += [("", "v1", r.kind, r.namespaced) for r in core.resources if "/" not in r.name]
+    for g in client.ApisApi().get_api_versions().groups:
+        if g.name in UNTYPED:
+            continue
+        v = g.preferred_version
+        resp = api_class(g.name, v.version).get_api_resources()
+        out += [(g.name, v.version, r.kind, r.namespaced) for r in resp.resources if "/" not in r.name]
+    return out
+
+
+def gone_or_terminating(read):
+    try:
+        obj = read()
+    except ApiException as e:
+        assert e.status == 404, f"read after delete: HTTP {e.status}"
+        return
+    assert obj.metadata.deletion_timestamp is not None, "still there after delete, without a deletionTimestamp"
+
+
+def check(group, version, kind, namespaced):
+    api = api_class(group, version)
+    s = snake(kind)
+    name = NAMES.get((group, kind), "ek")
+    body = {"apiVersion": f"{group}/{version}" if group else version, "kind": kind, "metadata": {"name": name, "labels": {"step": "created"}}}
+    body.update(SAMPLES[(group, kind)])
+    if kind == "CertificateSigningRequest":
+        body["spec"]["request"] = csr_request()
+    args = (NS,) if namespaced else ()
+    op = (lambda verb: getattr(api, f"{verb}_namespaced_{s}")) if namespaced else (lambda verb: getattr(api, f"{verb}_{s}"))
+    created = op("create")(*args, body)
+    assert created.metadata.name == name and created.metadata.uid, f"create answered {created.metadata}"
+    got = op("read")(name, *args)
+    assert got.metadata.uid == created.metadata.uid, "read answered another object"
+    listed = op("list")(*args)
+    assert any(i.metadata.name == name for i in listed.items), f"list lacks {name}"
+    # A controller may write the object (its status) between the read and the replace: a
+    # 409 then, and the client reads again, as clients do.
+    for _ in range(5):
+        got.metadata.labels = {"step": "replaced"}
+        try:
+            replaced = op("replace")(name, *args, got)
+            break
+        except ApiException as e:
+            if e.status != 409:
+                raise
+            got = op("read")(name, *args)
+    assert replaced.metadata.labels == {"step": "replaced"}, f"replace answered labels {replaced.metadata.labels}"
+    patched = op("patch")(name, *args, {"metadata": {"labels": {"step": "patched"}}})
+    assert patched.metadata.labels.get("step") == "patched", f"patch answered labels {patched.metadata.labels}"
+    op("delete")(name, *args)
+    gone_or_terminating(lambda: op("read")(name, *args))
+
+
+def main():
+    if len(sys.argv) != 2:
+        print(f"usage: {sys.argv[0]} KUBECONFIG", file=sys.stderr)
+        return 2
+    config.load_kube_config(config_file=sys.argv[1])
+    client.CoreV1Api().create_namespace({"metadata": {"name": NS}})
+    passed = failed = 0
+    kinds = served()
+    for group, version, kind, namespaced in kinds:
+        if (group, kind) in NOT_CRUD:
+            continue
+        title = f"{group or 'core'}/{version} {kind}"
+        try:
+            if (group, kind) not in SAMPLES:
+                raise AssertionError("served, but this test has no sample of it: add one")
+            check(group, version, kind, namespaced)
+        except Exception as e:  # any error is a failure of that kind
+            failed += 1
+            detail = e.body if isinstance(e, ApiException) else e
+            print(f"FAIL {title}: {type(e).__name__}: {detail}", flush=True)
+            if not isinstance(e, (AssertionError, ApiException)):
+                # The step that failed, without the client's own frames.
+                tb = [f for f in traceback.extract_tb(e.__traceback__) if f.filename == __file__]
+                print("     at " + " <- ".join(f"line {f.lineno}: {f.line}" for f in reversed(tb)), flush=True)
+        else:
+            passed += 1
+            print(f"ok   {title}", flush=True)
+    print(f"{passed} passed, {failed} failed", flush=True)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
