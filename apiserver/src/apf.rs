@@ -11,10 +11,19 @@
 //!
 //! Kubernetes' default FlowSchemas and PriorityLevelConfigurations are created at start when
 //! missing (`defaults`) and followed from their watch caches (`follow`), so `kubectl apply`
-//! of a new one takes effect. Not done: borrowing between levels (`lendablePercent`,
-//! `borrowingLimitPercent`), seats held by watches during their initialization (long-running
-//! requests are not limited), and Kubernetes' virtual-time fair queuing (queues are served
-//! round-robin, which is fair between flows when requests cost alike).
+//! of a new one takes effect.
+//!
+//! **Borrowing** (`lendablePercent`, `borrowingLimitPercent`): every second (`rebalance`)
+//! each limited level's seats are set from its demand since the last time (the most seats it
+//! had executing and waiting): a level that needed more than its nominal seats borrows, up to
+//! its borrowing limit and max-min fairly with the other borrowers, from what the levels that
+//! needed less can spare (their nominal seats less their demand, at most their lendable
+//! part), and those give up only what is borrowed (`allot`). The sum stays the server's
+//! seats. As in Kubernetes, the limits follow demand a period late.
+//!
+//! Not done: seats held by watches during their initialization (long-running requests are
+//! not limited), and Kubernetes' virtual-time fair queuing (queues are served round-robin,
+//! which is fair between flows when requests cost alike).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -164,6 +173,9 @@ struct LevelConf {
     uid: String,
     exempt: bool,
     shares: usize,
+    /// Percent of its nominal seats it may lend; percent it may borrow (None: no limit).
+    lendable_percent: usize,
+    borrowing_limit_percent: Option<usize>,
     /// None: `Reject` when out of seats.
     queuing: Option<(usize, usize, usize)>,
 }
@@ -177,7 +189,12 @@ struct Waiter {
 /// A level's seats and queues.
 #[derive(Default)]
 struct LevelState {
+    /// Seats it may use now (its nominal ones, moved by borrowing).
     limit: usize,
+    /// Its share of the server's seats.
+    nominal: usize,
+    /// The most seats executing and waiting since the last rebalance.
+    peak: usize,
     executing: usize,
     queues: Vec<VecDeque<Waiter>>,
     next: usize,
@@ -274,6 +291,8 @@ impl Apf {
                     uid: l["metadata"]["uid"].as_str().unwrap_or("").to_string(),
                     exempt: spec["type"].as_str() == Some("Exempt"),
                     shares: lim["nominalConcurrencyShares"].as_u64().unwrap_or(30) as usize,
+                    lendable_percent: lim["lendablePercent"].as_u64().unwrap_or(0).min(100) as usize,
+                    borrowing_limit_percent: lim["borrowingLimitPercent"].as_u64().map(|p| p as usize),
                     queuing,
                 };
                 (l["metadata"]["name"].as_str().unwrap_or("").to_string(), Arc::new(conf))
@@ -286,7 +305,8 @@ impl Apf {
         for (name, c) in &confs {
             let st = states.entry(name.clone()).or_default().clone();
             let mut st = st.lock().unwrap();
-            st.limit = (total * c.shares).div_ceil(sum).max(1);
+            st.nominal = (total * c.shares).div_ceil(sum).max(1);
+            st.limit = st.nominal;
             let queues = c.queuing.map_or(0, |q| q.0);
             if st.queues.len() != queues {
                 // Waiting requests keep their place in the queues that remain.
@@ -301,6 +321,33 @@ impl Apf {
         }
         *self.schemas.lock().unwrap() = Arc::new(schemas);
         *self.confs.lock().unwrap() = Arc::new(confs);
+    }
+
+    /// Moves seats from the levels that did not need theirs to those that needed more
+    /// (borrowing, see the module's notes), and starts what now fits. Called every second.
+    pub fn rebalance(&self) {
+        let confs = self.confs.lock().unwrap().clone();
+        let states: Vec<(Arc<LevelConf>, Arc<Mutex<LevelState>>)> = {
+            let levels = self.levels.lock().unwrap();
+            let mut v: Vec<_> = confs.iter().filter(|(_, c)| !c.exempt).filter_map(|(n, c)| levels.get(n).map(|l| (n.clone(), c.clone(), l.clone()))).collect();
+            v.sort_by(|a, b| a.0.cmp(&b.0));
+            v.into_iter().map(|(_, c, l)| (c, l)).collect()
+        };
+        let demands: Vec<Demand> = states
+            .iter()
+            .map(|(c, l)| {
+                let st = l.lock().unwrap();
+                let lendable = st.nominal * c.lendable_percent / 100;
+                Demand { nominal: st.nominal, lendable, borrowable: c.borrowing_limit_percent.map(|p| st.nominal * p / 100), demand: st.peak }
+            })
+            .collect();
+        for ((_, l), limit) in states.iter().zip(allot(&demands)) {
+            let mut st = l.lock().unwrap();
+            st.limit = limit;
+            // The next period's demand starts from what is in use and waiting now.
+            st.peak = st.executing + st.queues.iter().flatten().map(|w| w.seats).sum::<usize>();
+            dispatch(l, &mut st);
+        }
     }
 
     /// The schema and level of a request, if any schema matches.
@@ -326,6 +373,7 @@ impl Apf {
         names.sort();
         let mut inq = String::from("# HELP apiserver_flowcontrol_current_inqueue_requests Requests waiting, per priority level.\n# TYPE apiserver_flowcontrol_current_inqueue_requests gauge\n");
         let mut lim = String::from("# HELP apiserver_flowcontrol_nominal_limit_seats Seats of each priority level.\n# TYPE apiserver_flowcontrol_nominal_limit_seats gauge\n");
+        let mut cur = String::from("# HELP apiserver_flowcontrol_current_limit_seats Seats each priority level may use now, after borrowing and lending.\n# TYPE apiserver_flowcontrol_current_limit_seats gauge\n");
         let mut disp = String::from("# HELP apiserver_flowcontrol_dispatched_requests_total Requests that waited in a queue and were started.\n# TYPE apiserver_flowcontrol_dispatched_requests_total counter\n");
         let mut rej = String::from("# HELP apiserver_flowcontrol_rejected_requests_total Requests answered 429.\n# TYPE apiserver_flowcontrol_rejected_requests_total counter\n");
         for n in names {
@@ -333,12 +381,65 @@ impl Apf {
             let queued: usize = st.queues.iter().map(|q| q.len()).sum();
             out.push_str(&format!("apiserver_flowcontrol_current_executing_seats{{priority_level=\"{n}\"}} {}\n", st.executing));
             inq.push_str(&format!("apiserver_flowcontrol_current_inqueue_requests{{priority_level=\"{n}\"}} {queued}\n"));
-            lim.push_str(&format!("apiserver_flowcontrol_nominal_limit_seats{{priority_level=\"{n}\"}} {}\n", st.limit));
+            lim.push_str(&format!("apiserver_flowcontrol_nominal_limit_seats{{priority_level=\"{n}\"}} {}\n", st.nominal));
+            cur.push_str(&format!("apiserver_flowcontrol_current_limit_seats{{priority_level=\"{n}\"}} {}\n", st.limit));
             disp.push_str(&format!("apiserver_flowcontrol_dispatched_requests_total{{priority_level=\"{n}\"}} {}\n", st.dispatched));
             rej.push_str(&format!("apiserver_flowcontrol_rejected_requests_total{{priority_level=\"{n}\",reason=\"queue-full\"}} {}\n", st.rejected));
         }
-        out + &inq + &lim + &disp + &rej
+        out + &inq + &lim + &cur + &disp + &rej
     }
+}
+
+/// One level's seats and what it asked for.
+#[derive(Clone, Copy, Debug)]
+struct Demand {
+    nominal: usize,
+    /// Seats of its nominal ones it may lend.
+    lendable: usize,
+    /// Seats it may borrow beyond its nominal ones (None: any).
+    borrowable: Option<usize>,
+    /// The most seats it had executing and waiting.
+    demand: usize,
+}
+
+/// Each level's seats. A level that needed less than its nominal seats can spare the rest,
+/// down to its nominal less its lendable; a level that needed more borrows from the spares,
+/// max-min fairly among the borrowers, each up to its borrowing limit; the lenders give up
+/// only what was borrowed, in proportion to what each could spare. So with no borrower every
+/// level keeps its nominal seats, and the sum never exceeds theirs.
+fn allot(levels: &[Demand]) -> Vec<usize> {
+    let spare: Vec<usize> = levels.iter().map(|d| d.nominal - d.demand.clamp(d.nominal - d.lendable, d.nominal)).collect();
+    let pool: usize = spare.iter().sum();
+    // How much more than its nominal seats each level wants, within its borrowing limit.
+    let mut want: Vec<usize> = levels.iter().map(|d| d.demand.saturating_sub(d.nominal).min(d.borrowable.unwrap_or(usize::MAX))).collect();
+    let mut given = vec![0usize; levels.len()];
+    let mut left = pool;
+    // Water-filling: equal increments to every level still wanting.
+    loop {
+        let hungry: Vec<usize> = (0..levels.len()).filter(|i| want[*i] > 0).collect();
+        if hungry.is_empty() || left == 0 {
+            break;
+        }
+        let each = (left / hungry.len()).max(1);
+        for i in hungry {
+            let give = each.min(want[i]).min(left);
+            given[i] += give;
+            want[i] -= give;
+            left -= give;
+            if left == 0 {
+                break;
+            }
+        }
+    }
+    let borrowed = pool - left;
+    let mut taken: Vec<usize> = spare.iter().map(|s| if pool == 0 { 0 } else { s * borrowed / pool }).collect();
+    let mut short = borrowed - taken.iter().sum::<usize>();
+    for (t, s) in taken.iter_mut().zip(&spare) {
+        let more = (s - *t).min(short);
+        *t += more;
+        short -= more;
+    }
+    levels.iter().enumerate().map(|(i, d)| d.nominal - taken[i] + given[i]).collect()
 }
 
 /// Which of `queues` queues a flow may use: `hand` of them, dealt from the flow's hash.
@@ -399,6 +500,8 @@ pub async fn limit(State(st): State<Arc<AppState>>, req: Request, next: Next) ->
     let permit = {
         let mut s = level.lock().unwrap();
         let nothing_waits = s.queues.iter().all(|q| q.is_empty());
+        let waiting: usize = s.queues.iter().flatten().map(|w| w.seats).sum();
+        s.peak = s.peak.max(s.executing + waiting + seats);
         if nothing_waits && (s.executing == 0 || s.executing + seats <= s.limit) {
             s.executing += seats;
             Ok(Permit { level: Some(level.clone()), seats })
@@ -436,6 +539,16 @@ async fn list_seats(st: &AppState, a: &Attributes) -> usize {
     match st.caches.get(&st.store, &info).await {
         Ok(c) => (c.snapshot().1.len().div_ceil(100)).clamp(1, MAX_SEATS),
         Err(_) => 1,
+    }
+}
+
+/// Rebalances the levels' seats every second (borrowing).
+pub(crate) async fn rebalance_loop(st: Arc<AppState>) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        st.apf.rebalance();
     }
 }
 
@@ -533,6 +646,78 @@ mod tests {
         assert_eq!(limit("workload-low"), (600usize * 100).div_ceil(245));
         assert_eq!(limit("catch-all"), (600usize * 5).div_ceil(245));
         assert!(limit("leader-election") >= 1);
+    }
+
+    #[test]
+    fn seats_are_lent_by_levels_that_need_fewer_to_those_that_need_more() {
+        let d = |nominal, lendable, borrowable, demand| Demand { nominal, lendable, borrowable, demand };
+        // A busy level borrows what an idle one may lend (half of its 10).
+        assert_eq!(allot(&[d(10, 0, None, 20), d(10, 5, None, 0)]), [15, 5]);
+        // Nobody borrows: every level keeps its nominal seats, busy or not.
+        assert_eq!(allot(&[d(10, 5, None, 3), d(10, 5, None, 0)]), [10, 10]);
+        // Nothing lendable, nothing borrowed.
+        assert_eq!(allot(&[d(10, 0, None, 20), d(10, 0, None, 0)]), [10, 10]);
+        // A borrowing limit of 2 seats; the lender gives up only those.
+        assert_eq!(allot(&[d(10, 0, Some(2), 20), d(10, 5, None, 0)]), [12, 8]);
+        // A lender that needs 7 of its 10 spares 3.
+        assert_eq!(allot(&[d(10, 0, None, 20), d(10, 5, None, 7)]), [13, 7]);
+        // Two borrowers share max-min fairly: one wants 2 more, the other takes the rest.
+        assert_eq!(allot(&[d(10, 0, None, 20), d(10, 8, None, 0), d(10, 0, None, 12)]), [16, 2, 12]);
+        // Lenders give in proportion to what they can spare.
+        assert_eq!(allot(&[d(10, 0, None, 14), d(10, 6, None, 0), d(10, 2, None, 0)]), [14, 7, 9]);
+        // Whatever the demands: within each level's bounds, and the sum unchanged or less.
+        let mut seed = 0x9e37_79b9u64;
+        let mut rnd = |n: u64| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            (seed % n) as usize
+        };
+        for _ in 0..2000 {
+            let levels: Vec<Demand> = (0..1 + rnd(6))
+                .map(|_| {
+                    let nominal = 1 + rnd(50);
+                    d(nominal, nominal * rnd(101) / 100, if rnd(2) == 0 { None } else { Some(nominal * rnd(201) / 100) }, rnd(120))
+                })
+                .collect();
+            let got = allot(&levels);
+            assert!(got.iter().sum::<usize>() <= levels.iter().map(|l| l.nominal).sum::<usize>(), "{levels:?} -> {got:?}");
+            for (l, g) in levels.iter().zip(&got) {
+                assert!(*g >= l.nominal - l.lendable && *g <= l.nominal.saturating_add(l.borrowable.unwrap_or(usize::MAX)), "{l:?} -> {g}");
+                assert!(*g >= l.nominal || *g >= l.demand, "a lender gave up seats it needed: {l:?} -> {g}");
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_saturated_level_borrows_and_starts_its_queued_requests() {
+        let a = apf(600);
+        let level = |n: &str| a.levels.lock().unwrap()[n].clone();
+        let (busy, idle) = (level("global-default"), level("workload-low"));
+        let nominal = busy.lock().unwrap().nominal;
+        // global-default: every seat taken and one request waiting.
+        let held = {
+            let mut s = busy.lock().unwrap();
+            s.executing = nominal;
+            s.peak = nominal + 1;
+            Permit { level: Some(busy.clone()), seats: nominal }
+        };
+        let (tx, mut rx) = tokio::sync::oneshot::channel();
+        busy.lock().unwrap().queues[0].push_back(Waiter { seats: 1, tx });
+        a.rebalance();
+        let limit = busy.lock().unwrap().limit;
+        assert_eq!(limit, nominal + 1, "it borrowed the one seat it lacked");
+        let seats = |f: fn(&LevelState) -> usize| a.levels.lock().unwrap().values().map(|l| f(&l.lock().unwrap())).sum::<usize>();
+        assert_eq!(seats(|s| s.limit), seats(|s| s.nominal), "one idle level lent it: the server's seats are unchanged");
+        let idle_nominal = idle.lock().unwrap().nominal;
+        let p = rx.try_recv().expect("the waiting request started on the borrowed seat");
+        drop(p);
+        drop(held);
+        // Idle again: the next rebalance gives every level its nominal seats back.
+        a.rebalance();
+        a.rebalance();
+        assert_eq!(busy.lock().unwrap().limit, nominal);
+        assert_eq!(idle.lock().unwrap().limit, idle_nominal);
     }
 
     #[test]

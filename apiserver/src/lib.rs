@@ -138,6 +138,7 @@ fn build(store: Store, shutdown: tokio::sync::watch::Receiver<bool>, keep: Optio
     tokio::spawn(rbac::follow(state.clone()));
     state.apf.total_seats.store(apf_seats.max(1), Ordering::Relaxed);
     tokio::spawn(apf::follow(state.clone()));
+    tokio::spawn(apf::rebalance_loop(state.clone()));
     // Warm a cache for every built-in resource; /readyz answers 200 once they are.
     let warming = state.clone();
     tokio::spawn(async move {
