@@ -432,7 +432,7 @@ fn allot(levels: &[Demand]) -> Vec<usize> {
         }
     }
     let borrowed = pool - left;
-    let mut taken: Vec<usize> = spare.iter().map(|s| if pool == 0 { 0 } else { s * borrowed / pool }).collect();
+    let mut taken: Vec<usize> = spare.iter().map(|s| (s * borrowed).checked_div(pool).unwrap_or(0)).collect();
     let mut short = borrowed - taken.iter().sum::<usize>();
     for (t, s) in taken.iter_mut().zip(&spare) {
         let more = (s - *t).min(short);
