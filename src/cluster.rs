@@ -56,6 +56,14 @@ fn specs(dir: &Path, n: usize, listen: &str) -> Result<Vec<Spec>> {
 
 /// Starts replica `s` and waits for the line that gives its API URL; the rest of its output
 /// goes to its log file.
+/// The names each replica's serving certificate gets beyond its own address: the `--tls-san`s
+/// given, and the local node's pod gateway (its pods reach the API there, the node relaying
+/// it to a replica), as `capstan up`'s certificate names it.
+fn replica_sans(opts: &ServeOpts, node: &NodeOpts) -> Result<Vec<String>> {
+    let gateway = if node.no_local_node { None } else { crate::single::node_pod_cidr(node)?.map(|c| c.nth(1).to_string()) };
+    Ok(opts.tls.tls_san.iter().cloned().chain(gateway).collect())
+}
+
 fn spawn(exe: &Path, dir: &Path, s: &Spec, i: usize, initial: &str, opts: &ServeOpts, node: &NodeOpts) -> Result<(Child, String, Option<String>)> {
     let rdir = dir.join(format!("replica-{}", &s.name[1..]));
     std::fs::create_dir_all(&rdir)?;
@@ -78,6 +86,9 @@ fn spawn(exe: &Path, dir: &Path, s: &Spec, i: usize, initial: &str, opts: &Serve
     };
     cmd.args(["--etcd-listen", &etcd]);
     cmd.args(["--service-cluster-ip-range", &opts.service_cluster_ip_range]);
+    for san in replica_sans(opts, node)? {
+        cmd.args(["--tls-san", &san]);
+    }
     cmd.args(["--cluster-cidr", &node.cluster_cidr, "--node-cidr-mask-size", &node.node_cidr_mask_size.to_string()]);
     cmd.arg("--etcd-max-request-bytes").arg(opts.etcd.etcd_max_request_bytes.to_string());
     cmd.arg("--etcd-max-txn-ops").arg(opts.etcd.etcd_max_txn_ops.to_string());
@@ -269,4 +280,29 @@ pub async fn up(n: usize, data_dir: PathBuf, listen: String, opts: ServeOpts, no
     }
     eprintln!("capstan: stopped");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Up {
+        #[command(flatten)]
+        node: NodeOpts,
+        #[command(flatten)]
+        opts: ServeOpts,
+    }
+
+    #[test]
+    fn replicas_certificates_name_the_local_nodes_pod_gateway() {
+        let sans = |args: &[&str]| {
+            let u = Up::parse_from(std::iter::once("up").chain(args.iter().copied()));
+            replica_sans(&u.opts, &u.node).unwrap()
+        };
+        assert_eq!(sans(&[]), ["10.244.0.1"]);
+        assert_eq!(sans(&["--tls-san", "api.example.test", "--cluster-cidr", "10.50.0.0/16"]), ["api.example.test", "10.50.0.1"]);
+        assert!(sans(&["--no-local-node"]).is_empty());
+    }
 }

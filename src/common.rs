@@ -171,9 +171,16 @@ pub fn security(data_dir: &Path, opts: &crate::TlsOpts, addr: &std::net::SocketA
         let options = apiserver::Options { authn: apiserver::authn::Mode::Insecure, audit: auditor(opts)?, sa_keys, request_timeout: opts.request_timeout, apf_seats: opts.max_requests_inflight + opts.max_mutating_requests_inflight, ui: Default::default() };
         return Ok(Security { scheme: "http", tls: None, admin: None, options, limits: limits(opts), pki: None, identities: None });
     }
+    for san in &opts.tls_san {
+        let dns = !san.is_empty() && san.len() <= 253 && san.split('.').all(|l| !l.is_empty() && l.len() <= 63 && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'*'));
+        if san.parse::<std::net::IpAddr>().is_err() && !dns {
+            anyhow::bail!("--tls-san {san:?}: not an IP address or a DNS name");
+        }
+    }
     let pki = crate::pki::Pki::load_or_create(data_dir, opts)?;
     let mut hosts = crate::pki::hosts_for(addr);
     hosts.extend(extra_hosts.iter().cloned());
+    hosts.extend(opts.tls_san.iter().cloned());
     let mut tls = pki.listener(&hosts)?;
     if let Some(f) = &opts.token_auth_file {
         let text = std::fs::read_to_string(f).with_context(|| format!("reading the token file {}", f.display()))?;

@@ -187,6 +187,11 @@ pub struct TlsOpts {
     /// benchmarks on loopback only.
     #[arg(long)]
     pub insecure_http: bool,
+    /// Another address or DNS name the serving certificate names (repeatable), besides the
+    /// listen address and the `kubernetes` Service's names (kubeadm's
+    /// --apiserver-cert-extra-sans).
+    #[arg(long = "tls-san", value_name = "NAME")]
+    pub tls_san: Vec<String>,
     /// Use this CA (PEM) instead of making one in the data dir; needs --ca-key-file.
     #[arg(long)]
     pub ca_cert_file: Option<PathBuf>,

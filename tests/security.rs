@@ -164,6 +164,31 @@ fn plain_http_to_the_tls_port_is_told_so_and_the_server_keeps_serving() {
     assert!(line.as_deref().and_then(|l| l.split(' ').nth(1)).and_then(|v| v.parse::<u64>().ok()).is_some_and(|n| n >= 2), "{line:?}");
 }
 
+/// A TLS handshake with the server at `addr`, verifying its certificate for `name`.
+fn handshake_as(addr: &str, ca_pem: &str, name: &str) -> Result<(), String> {
+    let cfg = tls_config(ca_pem, None);
+    let sock = std::net::TcpStream::connect(addr).map_err(|e| e.to_string())?;
+    let conn = rustls::ClientConnection::new(cfg, rustls::pki_types::ServerName::try_from(name.to_string()).map_err(|e| e.to_string())?).map_err(|e| e.to_string())?;
+    let mut tls = rustls::StreamOwned::new(conn, sock);
+    tls.write_all(b"GET /livez HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").map_err(|e| e.to_string())?;
+    let mut buf = [0u8; 64];
+    tls.read(&mut buf).map(|_| ()).map_err(|e| e.to_string())
+}
+
+#[test]
+fn tls_san_adds_names_to_the_serving_certificate_and_a_bad_one_refuses_to_start() {
+    let c = Cluster::start_with(tempfile::tempdir().unwrap(), &["--no-local-node", "--tls-san", "api.example.test", "--tls-san", "10.9.8.7"]);
+    let ca = std::fs::read_to_string(c.dir.path().join("pki").join("ca.crt")).unwrap();
+    handshake_as(&c.addr, &ca, "api.example.test").expect("the certificate names api.example.test");
+    handshake_as(&c.addr, &ca, "10.9.8.7").expect("the certificate names 10.9.8.7");
+    let e = handshake_as(&c.addr, &ca, "other.example.test").expect_err("a name it was not given");
+    assert!(e.contains("NotValidForName") || e.contains("not valid for"), "{e}");
+    drop(c);
+    let dir = tempfile::tempdir().unwrap();
+    let (ok, err) = start_fails(&dir, &["--tls-san", "not a name"]);
+    assert!(!ok && err.contains("--tls-san \"not a name\": not an IP address or a DNS name"), "{err}");
+}
+
 #[test]
 fn a_restarted_cluster_keeps_its_ca_so_an_old_kubeconfig_still_works() {
     let c = Cluster::start_with(tempfile::tempdir().unwrap(), &["--no-local-node"]);

@@ -29,15 +29,20 @@ NOT_CRUD = {("", "ComponentStatus")}
 UNTYPED = {"metrics.k8s.io"}
 
 
-def csr_request():
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
+# A certificate signing request (an EC key's, CN=every-kind), made once with `cryptography`
+# and kept here so the test needs nothing beyond the `kubernetes` package.
+CSR_PEM = """-----BEGIN CERTIFICATE REQUEST-----
+MIHPMHcCAQAwFTETMBEGA1UEAwwKZXZlcnkta2luZDBZMBMGByqGSM49AgEGCCqG
+SM49AwEHA0IABODJ0BfxA+bFkkh4DEEkIJBTLPY4GwSV0XRnoMYYdle9EZqNYIHS
+4KPgkjADxerQB8TA0d+QZrtqJGLuwEFtNYqgADAKBggqhkjOPQQDAgNIADBFAiAo
+5x112xLyowCGNg/o22F463pSGepYxXP5H/P91+/iFgIhAOgK6sIhn6OtbK9gkVj/
+hj+TG++Pvx8Wz9JdQPicXmd2
+-----END CERTIFICATE REQUEST-----
+"""
 
-    key = ec.generate_private_key(ec.SECP256R1())
-    csr = x509.CertificateSigningRequestBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "every-kind")])).sign(key, hashes.SHA256())
-    return base64.b64encode(csr.public_bytes(serialization.Encoding.PEM)).decode()
+
+def csr_request():
+    return base64.b64encode(CSR_PEM.encode()).decode()
 
 
 # (group, kind) -> the object's fields besides apiVersion, kind and metadata.name.
