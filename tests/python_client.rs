@@ -62,6 +62,25 @@ fn official_python_client_round_trips_every_served_kind() {
     assert!(summary.ends_with(" passed, 0 failed") && passed >= 39, "unexpected summary {summary:?}:\n{stdout}");
 }
 
+/// The same samples through kubectl (`every_kind.py --kubectl`): apply, `get -o wide`,
+/// `describe` (typed printers that panic on a nil pointer a default should have filled),
+/// `get -o yaml`, delete.
+#[test]
+fn kubectl_applies_gets_and_describes_every_sample_kind() {
+    let c = Cluster::start_with(tempfile::tempdir().unwrap(), &["--no-local-node"]);
+    let out = Command::new("python3")
+        .arg(source_dir().join("tests/python/every_kind.py"))
+        .arg(&c.kubeconfig)
+        .arg("--kubectl")
+        .env("PYTHONDONTWRITEBYTECODE", "1")
+        .env("HOME", c.dir.path())
+        .output()
+        .expect("run python3");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "every_kind.py --kubectl failed ({}):\n{stdout}\n{}", out.status, String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.lines().last().is_some_and(|l| l.ends_with(" passed, 0 failed")), "{stdout}");
+}
+
 /// Over TLS with a bearer token (the static token file) instead of the kubeconfig's client
 /// certificate: the Python client's `Configuration` as an operator writes it.
 #[test]

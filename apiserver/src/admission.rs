@@ -440,6 +440,14 @@ pub fn default(info: &ResourceInfo, obj: &mut Value) {
         set_default(obj, "type", json!("Opaque"));
     }
     match info.kind {
+        // Pointer fields Kubernetes always defaults, which kubectl describe dereferences.
+        "PriorityClass" => set_default(obj, "preemptionPolicy", json!("PreemptLowerPriority")),
+        "EndpointSlice" => {
+            for p in obj.get_mut("ports").and_then(Value::as_array_mut).into_iter().flatten() {
+                set_default(p, "name", json!(""));
+                set_default(p, "protocol", json!("TCP"));
+            }
+        }
         "Pod" => {
             if let Some(spec) = obj.get_mut("spec") {
                 default_pod_spec(spec);

@@ -1,7 +1,10 @@
 #!/usr/bin/env python3
 """Every kind capstan serves, through the official Python client's typed API.
 
-Usage: every_kind.py KUBECONFIG
+Usage: every_kind.py KUBECONFIG [--kubectl]
+
+With --kubectl, the same samples go through kubectl instead (apply, get -o wide, describe,
+get -o yaml, delete).
 
 For each served kind (from discovery; a served kind without a sample here is a failure, so a
 new kind must get one): create, read, list, replace (the object read back, relabelled),
@@ -161,9 +164,47 @@ def check(group, version, kind, namespaced):
     gone_or_terminating(lambda: op("read")(name, *args))
 
 
+def kubectl_pass(kubeconfig):
+    """Each sample through kubectl: apply, get -o wide, describe, get -o yaml, delete (kubectl
+    prints tables and describes with typed code that panics on a nil pointer a defaulted
+    field should have filled)."""
+    import json
+    import subprocess
+
+    k = ["kubectl", "--kubeconfig", kubeconfig]
+    subprocess.run(k + ["create", "namespace", NS], capture_output=True)
+    passed = failed = 0
+    for (group, kind), body in SAMPLES.items():
+        obj = {"apiVersion": f"{group}/v2" if group == "autoscaling" else (f"{group}/v1" if group else "v1"), "kind": kind,
+               "metadata": {"name": "ek2" if kind == "Namespace" else NAMES.get((group, kind), "ek")}}
+        obj.update(json.loads(json.dumps(body)))
+        if kind == "CertificateSigningRequest":
+            obj["spec"]["request"] = csr_request()
+        errors = []
+        p = subprocess.run(k + ["apply", "-n", NS, "-f", "-"], input=json.dumps(obj), capture_output=True, text=True)
+        if p.returncode:
+            errors.append(f"apply: {p.stderr.strip()}")
+        else:
+            ref = p.stdout.split()[0]
+            for args in (["get", ref, "-o", "wide"], ["describe", ref], ["get", ref, "-o", "yaml"], ["delete", ref, "--wait=false"]):
+                q = subprocess.run(k + args + ["-n", NS], capture_output=True, text=True)
+                if q.returncode or "panic" in q.stderr:
+                    errors.append(f"{args[0]}: {(q.stderr or q.stdout).strip()[:300]}")
+        if errors:
+            failed += 1
+            print(f"FAIL kubectl {kind}: " + "; ".join(errors), flush=True)
+        else:
+            passed += 1
+            print(f"ok   kubectl {kind}", flush=True)
+    print(f"{passed} passed, {failed} failed", flush=True)
+    return 1 if failed else 0
+
+
 def main():
+    if len(sys.argv) == 3 and sys.argv[2] == "--kubectl":
+        return kubectl_pass(sys.argv[1])
     if len(sys.argv) != 2:
-        print(f"usage: {sys.argv[0]} KUBECONFIG", file=sys.stderr)
+        print(f"usage: {sys.argv[0]} KUBECONFIG [--kubectl]", file=sys.stderr)
         return 2
     config.load_kube_config(config_file=sys.argv[1])
     client.CoreV1Api().create_namespace({"metadata": {"name": NS}})
