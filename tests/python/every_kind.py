@@ -8,9 +8,10 @@ get -o yaml, delete).
 
 For each served kind (from discovery; a served kind without a sample here is a failure, so a
 new kind must get one): create, read, list, replace (the object read back, relabelled),
-patch (a label), delete, each answer deserialized into the client's model class (the typed
-methods do it; with client-side validation on, a required field missing from an answer
-raises). Prints one line per kind, then `N passed, M failed`; exits non-zero if any failed.
+patch (a label), delete, then a watch from before the create (ADDED first, through DELETED
+where the delete is not deferred), each answer deserialized into the client's model class
+(the typed methods do it; the client's pydantic models refuse a missing required field or a
+wrong type). Prints one line per kind, then `N passed, M failed`; exits non-zero if any failed.
 """
 
 import base64
@@ -18,7 +19,7 @@ import re
 import sys
 import traceback
 
-from kubernetes import client, config
+from kubernetes import client, config, watch
 from kubernetes.client.rest import ApiException
 
 NS = "every-kind"
@@ -140,6 +141,7 @@ def check(group, version, kind, namespaced):
         body["spec"]["request"] = csr_request()
     args = (NS,) if namespaced else ()
     op = (lambda verb: getattr(api, f"{verb}_namespaced_{s}")) if namespaced else (lambda verb: getattr(api, f"{verb}_{s}"))
+    since = op("list")(*args).metadata.resource_version
     created = op("create")(*args, body)
     assert created.metadata.name == name and created.metadata.uid, f"create answered {created.metadata}"
     got = op("read")(name, *args)
@@ -162,6 +164,15 @@ def check(group, version, kind, namespaced):
     assert patched.metadata.labels.get("step") == "patched", f"patch answered labels {patched.metadata.labels}"
     op("delete")(name, *args)
     gone_or_terminating(lambda: op("read")(name, *args))
+    # A watch from before the create replays what happened, each object typed.
+    seen = []
+    w = watch.Watch()
+    for ev in w.stream(op("list"), *args, resource_version=since, timeout_seconds=1):
+        if ev["object"].metadata.name == name:
+            seen.append(ev["type"])
+        if "DELETED" in seen:
+            w.stop()
+    assert seen[:1] == ["ADDED"] and len(seen) >= 3, f"watch from {since} saw {seen}"
 
 
 def kubectl_pass(kubeconfig):
