@@ -332,6 +332,10 @@ fn explain_reads_the_served_schemas() {
     assert!(out.contains("FIELD: containers <[]Container>") && out.contains("List of containers belonging to the pod"), "{out}");
     let out = c.ok(&["explain", "deployment.spec.replicas"]);
     assert!(out.contains("GROUP:      apps") && out.contains("<integer>"), "{out}");
+    // /openapi/v2 as JSON too: Swagger 2.0 with every kind's definition.
+    let v2: serde_json::Value = serde_json::from_str(&c.ok(&["get", "--raw", "/openapi/v2"])).unwrap();
+    assert_eq!(v2["swagger"], "2.0");
+    assert_eq!(v2["definitions"]["io.k8s.api.apps.v1.Deployment"]["x-kubernetes-group-version-kind"][0]["kind"], "Deployment");
 }
 
 #[test]

@@ -349,11 +349,12 @@ async fn metrics(State(st): State<Arc<AppState>>) -> Response {
 /// Protobuf only (kubectl before 1.28 asks for it); a JSON client gets 404, since newer
 /// kubectl reads a JSON v2 document as a broken one.
 async fn openapi_v2(State(st): State<Arc<AppState>>, headers: HeaderMap) -> Response {
-    if !accept(&headers).contains("protobuf") {
-        return ApiError::path_not_found("/openapi/v2 (served as protobuf only; use /openapi/v3)").into_response();
-    }
     if !st.crds_loaded.load(Ordering::SeqCst) {
         let _ = handlers::refresh_crds(&st).await;
+    }
+    if !accept(&headers).contains("protobuf") {
+        let doc = openapi_v2::document_json(&st.reg);
+        return with_content_type(&doc, "application/json");
     }
     let mut r = (StatusCode::OK, openapi_v2::document(&st.reg)).into_response();
     r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/com.github.proto-openapi.spec.v2.v1.0+protobuf"));

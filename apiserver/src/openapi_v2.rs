@@ -1,8 +1,11 @@
 //! `/openapi/v2` as protobuf (gnostic's `openapi.v2.Document`), for kubectl before 1.28: its
 //! `apply` and `create -f` look there for whether the server validates fields. The document
 //! holds, for every kind, a PATCH operation with its group-version-kind and a `fieldValidation`
-//! query parameter, so kubectl leaves validation to the server. It carries no definitions:
-//! kubectl 1.27's `explain` reads them from here and is not served (newer kubectl uses v3).
+//! query parameter, so kubectl leaves validation to the server. It carries no definitions.
+//!
+//! As JSON (`document_json`), it is the Swagger 2.0 form of the v3 documents: every
+//! group-version's schemas as `definitions` (references rewritten to `#/definitions/`), and
+//! the same PATCH and PUT operations, for tools that read the whole schema from v2.
 //!
 //! Encoded by hand with the field numbers of gnostic's `OpenAPIv2.proto` (a few nested
 //! messages of strings), rather than generating code for the whole schema.
@@ -111,4 +114,87 @@ mod tests {
         assert!(doc.starts_with(&[0x0a, 3, b'2', b'.', b'0']));
         assert!(doc.windows(15).any(|w| w == b"fieldValidation"));
     }
+
+    #[test]
+    fn the_json_document_is_swagger_2_with_every_reference_defined() {
+        let doc = document_json(&Registry::new());
+        assert_eq!(doc["swagger"], "2.0");
+        let defs = doc["definitions"].as_object().unwrap();
+        let pod = &defs["io.k8s.api.core.v1.Pod"];
+        assert_eq!(pod["x-kubernetes-group-version-kind"][0]["kind"], "Pod");
+        assert!(defs.contains_key("io.k8s.api.apps.v1.Deployment") && defs.contains_key("io.k8s.api.networking.v1.IPAddress"));
+        let op = &doc["paths"]["/api/v1/namespaces/{namespace}/pods/{name}"]["patch"];
+        assert_eq!(op["responses"]["200"]["schema"]["$ref"], "#/definitions/io.k8s.api.core.v1.Pod");
+        assert_eq!(op["parameters"][0]["type"], "string");
+        // No v3 reference is left, and every reference names a definition.
+        fn refs<'a>(v: &'a serde_json::Value, out: &mut Vec<&'a str>) {
+            match v {
+                serde_json::Value::Object(m) => {
+                    if let Some(r) = m.get("$ref").and_then(|r| r.as_str()) {
+                        out.push(r);
+                    }
+                    m.values().for_each(|x| refs(x, out));
+                }
+                serde_json::Value::Array(a) => a.iter().for_each(|x| refs(x, out)),
+                _ => {}
+            }
+        }
+        let mut all = Vec::new();
+        refs(&doc, &mut all);
+        assert!(all.len() > 100);
+        for r in all {
+            let name = r.strip_prefix("#/definitions/").unwrap_or_else(|| panic!("a reference outside the definitions: {r}"));
+            assert!(defs.contains_key(name), "{r} is not defined");
+        }
+    }
+}
+
+/// Rewrites OpenAPI v3 schema references to Swagger 2.0's (`#/components/schemas/X` to
+/// `#/definitions/X`).
+fn v2_refs(v: &mut serde_json::Value) {
+    match v {
+        serde_json::Value::Object(m) => {
+            if let Some(serde_json::Value::String(r)) = m.get_mut("$ref")
+                && let Some(name) = r.strip_prefix("#/components/schemas/")
+            {
+                *r = format!("#/definitions/{name}");
+            }
+            m.values_mut().for_each(v2_refs);
+        }
+        serde_json::Value::Array(a) => a.iter_mut().for_each(v2_refs),
+        _ => {}
+    }
+}
+
+/// `/openapi/v2` as JSON: Swagger 2.0 with every group-version's definitions and operations.
+pub fn document_json(reg: &Registry) -> serde_json::Value {
+    use serde_json::{Map, Value, json};
+    let (mut definitions, mut paths) = (Map::new(), Map::new());
+    for (g, vs) in reg.groups() {
+        for v in vs {
+            let Some(mut doc) = crate::discovery::openapi_gv(reg, g, v) else { continue };
+            v2_refs(&mut doc);
+            if let Some(Value::Object(s)) = doc["components"].get_mut("schemas").map(Value::take) {
+                definitions.extend(s);
+            }
+            for (path, item) in doc["paths"].as_object().into_iter().flatten() {
+                let mut item = item.clone();
+                for op in item.as_object_mut().into_iter().flat_map(|m| m.values_mut()) {
+                    // v2 parameters carry their type themselves; responses their schema.
+                    for p in op["parameters"].as_array_mut().into_iter().flatten() {
+                        if let Some(t) = p.as_object_mut().and_then(|m| m.remove("schema")) {
+                            p["type"] = t["type"].clone();
+                            p["uniqueItems"] = t["uniqueItems"].clone();
+                        }
+                    }
+                    let schema = op["responses"]["200"]["content"]["application/json"]["schema"].take();
+                    op["responses"] = json!({"200": {"description": "OK", "schema": schema}});
+                    op["consumes"] = json!(["application/json", "application/merge-patch+json", "application/strategic-merge-patch+json", "application/apply-patch+yaml"]);
+                    op["produces"] = json!(["application/json", "application/yaml"]);
+                }
+                paths.insert(path.clone(), item);
+            }
+        }
+    }
+    json!({"swagger": "2.0", "info": {"title": "Kubernetes", "version": "v1.33.0"}, "paths": paths, "definitions": definitions})
 }
