@@ -258,6 +258,17 @@ pub async fn dispatch(
             } else {
                 Ok(Bytes::new())
             };
+            // autoscaling/v1 HorizontalPodAutoscalers are the v2 resource seen through a
+            // conversion (`hpa_v1`): the request goes to v2, the answer comes back as v1.
+            let v1_hpa = info.group == "autoscaling" && info.version == "v1" && info.resource == "horizontalpodautoscalers";
+            let v2_info = if v1_hpa { st.reg.resources.iter().find(|r| r.group == "autoscaling" && r.version == "v2" && r.resource == info.resource).cloned() } else { None };
+            let mut method = method.clone();
+            let mut ctype = ctype.clone();
+            let body = match (body, &v2_info) {
+                (Ok(b), Some(_)) => crate::hpa_v1::request_to_v2(&st, &info, namespace.as_deref(), name.as_deref(), &mut method, &mut ctype, b).await,
+                (b, _) => b,
+            };
+            let info = v2_info.unwrap_or(info);
             match body {
                 Err(e) => Err(e),
                 Ok(body) => {
@@ -265,6 +276,12 @@ pub async fn dispatch(
                     let req = Req { st: &st, info: &info, namespace, name, sub, query: &query, accept: &accept, ctype: &ctype, body, warnings: Default::default(),
                         user_agent: headers.get(header::USER_AGENT).and_then(|v| v.to_str().ok()).unwrap_or("").to_string(), user: user.clone() };
                     let mut r = req.run(&method).await;
+                    if v1_hpa {
+                        r = match r {
+                            Ok(resp) => Ok(crate::hpa_v1::response_to_v1(resp, is_true(q(&query, "watch"))).await),
+                            Err(e) => Err(e),
+                        };
+                    }
                     if is_crd && method != Method::GET && r.as_ref().is_ok_and(|x| x.status().is_success())
                         && let Err(e) = refresh_crds(&st).await {
                             tracing::warn!(error = %e.message, "refreshing custom resources after a CRD change failed");

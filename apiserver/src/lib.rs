@@ -32,6 +32,7 @@ pub mod discovery;
 pub mod encryption;
 pub mod escalation;
 pub mod handlers;
+pub mod hpa_v1;
 pub mod http_proxy;
 pub mod legacy_token;
 pub mod limit_range;

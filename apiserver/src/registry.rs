@@ -249,6 +249,9 @@ pub fn builtin() -> Vec<ResourceInfo> {
         info::<discovery::EndpointSlice>(&[], &[], false),
         info::<policy::PodDisruptionBudget>(&["pdb"], &[status_of!(policy::PodDisruptionBudget)], true),
         info::<autoscaling::HorizontalPodAutoscaler>(&["hpa"], &[status_of!(autoscaling::HorizontalPodAutoscaler)], true),
+        // The same objects as autoscaling/v1 (`hpa_v1`: converted on the way in and out);
+        // after v2, which stays the preferred version.
+        info::<k8s_openapi::api::autoscaling::v1::HorizontalPodAutoscaler>(&["hpa"], &[status_of!(k8s_openapi::api::autoscaling::v1::HorizontalPodAutoscaler)], true),
         info::<scheduling::PriorityClass>(&["pc"], &[], false),
         info::<storage::StorageClass>(&["sc"], &[], false),
         info::<networking::NetworkPolicy>(&["netpol"], &[], true),

@@ -93,6 +93,10 @@ SAMPLES = {
         "versions": [{"name": "v1", "served": True, "storage": True, "schema": {"openAPIV3Schema": {"type": "object"}}}]}},
 }
 
+# Versions served besides the preferred one discovery names, checked too.
+OTHER_VERSIONS = [("autoscaling", "v1", "HorizontalPodAutoscaler", True)]
+SAMPLES_BY_VERSION = {("autoscaling", "v1", "HorizontalPodAutoscaler"): {"spec": {"scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "ek"}, "minReplicas": 1, "maxReplicas": 2, "targetCPUUtilizationPercentage": 50}}}
+
 NAMES = {("networking.k8s.io", "IPAddress"): "192.0.2.77", ("apiextensions.k8s.io", "CustomResourceDefinition"): "kinds.every.example.com"}
 
 
@@ -136,7 +140,7 @@ def check(group, version, kind, namespaced):
     s = snake(kind)
     name = NAMES.get((group, kind), "ek")
     body = {"apiVersion": f"{group}/{version}" if group else version, "kind": kind, "metadata": {"name": name, "labels": {"step": "created"}}}
-    body.update(SAMPLES[(group, kind)])
+    body.update(SAMPLES_BY_VERSION.get((group, version, kind)) or SAMPLES[(group, kind)])
     if kind == "CertificateSigningRequest":
         body["spec"]["request"] = csr_request()
     args = (NS,) if namespaced else ()
@@ -220,7 +224,7 @@ def main():
     config.load_kube_config(config_file=sys.argv[1])
     client.CoreV1Api().create_namespace({"metadata": {"name": NS}})
     passed = failed = 0
-    kinds = served()
+    kinds = served() + OTHER_VERSIONS
     for group, version, kind, namespaced in kinds:
         if (group, kind) in NOT_CRUD:
             continue
@@ -240,6 +244,28 @@ def main():
         else:
             passed += 1
             print(f"ok   {title}", flush=True)
+    # One object through both versions: a v1 write keeps what only v2 says.
+    try:
+        v2, v1 = client.AutoscalingV2Api(), client.AutoscalingV1Api()
+        v2.create_namespaced_horizontal_pod_autoscaler(NS, {"apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler", "metadata": {"name": "both"},
+            "spec": {"scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "ek"}, "minReplicas": 1, "maxReplicas": 4, "metrics": [
+                {"type": "Pods", "pods": {"metric": {"name": "rps"}, "target": {"type": "AverageValue", "averageValue": "10"}}},
+                {"type": "Resource", "resource": {"name": "cpu", "target": {"type": "Utilization", "averageUtilization": 60}}}]}})
+        old = v1.read_namespaced_horizontal_pod_autoscaler("both", NS)
+        assert old.spec.target_cpu_utilization_percentage == 60, f"v1 sees target {old.spec.target_cpu_utilization_percentage}"
+        old.spec.target_cpu_utilization_percentage = 70
+        v1.replace_namespaced_horizontal_pod_autoscaler("both", NS, old)
+        v1.patch_namespaced_horizontal_pod_autoscaler("both", NS, {"spec": {"maxReplicas": 6}})
+        now = v2.read_namespaced_horizontal_pod_autoscaler("both", NS)
+        kinds_seen = sorted(m.type for m in now.spec.metrics)
+        cpu = [m.resource.target.average_utilization for m in now.spec.metrics if m.type == "Resource"]
+        assert kinds_seen == ["Pods", "Resource"] and cpu == [70] and now.spec.max_replicas == 6, f"after v1 writes: {now.spec}"
+    except Exception as e:
+        failed += 1
+        print(f"FAIL autoscaling v1 over v2: {type(e).__name__}: {e}", flush=True)
+    else:
+        passed += 1
+        print("ok   autoscaling v1 over v2", flush=True)
     print(f"{passed} passed, {failed} failed", flush=True)
     return 1 if failed else 0
 
