@@ -314,6 +314,8 @@ fn typed_create_commands_send_protobuf_and_work() {
         c.ok(&["get", "hpa", "web", "-n", "pb", "-o", "jsonpath={.spec.scaleTargetRef.kind}/{.spec.scaleTargetRef.name} {.spec.minReplicas}-{.spec.maxReplicas} {.spec.metrics[0].resource.name}={.spec.metrics[0].resource.target.averageUtilization}"]),
         "Deployment/web 2-5 cpu=80"
     );
+    let table = c.ok(&["get", "hpa", "web", "-n", "pb"]);
+    assert!(table.starts_with("NAME") && table.contains("REFERENCE") && table.contains("Deployment/web") && table.contains("cpu: <unknown>/80%"), "{table}");
     assert_eq!(c.ok(&["get", "secret", "s1", "-n", "pb", "-o", "jsonpath={.data.p}"]), "cQ==");
     assert_eq!(c.ok(&["get", "deploy", "web", "-n", "pb", "-o", "jsonpath={.spec.replicas} {.spec.template.spec.containers[0].image}"]), "2 nginx:1.25");
     assert_eq!(c.ok(&["get", "pod", "pod1", "-n", "pb", "-o", "jsonpath={.spec.containers[0].args}"]), r#"["sleep","10"]"#);

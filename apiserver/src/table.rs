@@ -14,6 +14,15 @@ fn col(name: &str, ty: &str, priority: u8) -> Value {
 
 pub fn columns(kind: &str) -> Vec<Value> {
     match kind {
+        "HorizontalPodAutoscaler" => vec![
+            col("Name", "string", 0),
+            col("Reference", "string", 0),
+            col("Targets", "string", 0),
+            col("MinPods", "string", 0),
+            col("MaxPods", "string", 0),
+            col("Replicas", "string", 0),
+            col("Age", "string", 0),
+        ],
         "Pod" => vec![
             col("Name", "string", 0),
             col("Ready", "string", 0),
@@ -226,6 +235,40 @@ fn meta<'a>(o: &'a Value, f: &str) -> Option<&'a str> {
     s(o, &["metadata", f]).and_then(|x| x.as_str())
 }
 
+/// kubectl's TARGETS of a HorizontalPodAutoscaler: `cpu: 50%/80%` per metric (`<unknown>`
+/// before the controller measured it), the first two and `+ N more...`.
+fn hpa_targets(o: &Value) -> String {
+    let metrics = s(o, &["spec", "metrics"]).and_then(|m| m.as_array()).cloned().unwrap_or_default();
+    let current = s(o, &["status", "currentMetrics"]).and_then(|m| m.as_array()).cloned().unwrap_or_default();
+    if metrics.is_empty() {
+        return "<none>".into();
+    }
+    let quantity = |t: &Value| -> Option<String> {
+        if let Some(u) = t.get("averageUtilization").and_then(|x| x.as_i64()) {
+            return Some(format!("{u}%"));
+        }
+        t.get("averageValue").or_else(|| t.get("value")).and_then(|x| x.as_str()).map(String::from)
+    };
+    let parts: Vec<String> = metrics
+        .iter()
+        .map(|m| {
+            let ty = m["type"].as_str().unwrap_or("");
+            let src = match ty {
+                "Resource" => "resource",
+                "ContainerResource" => "containerResource",
+                "Pods" => "pods",
+                "Object" => "object",
+                _ => "external",
+            };
+            let name = m[src]["name"].as_str().or_else(|| m[src]["metric"]["name"].as_str()).unwrap_or("");
+            let target = quantity(&m[src]["target"]).unwrap_or_else(|| "<unknown>".into());
+            let cur = current.iter().find(|c| c["type"] == ty && (c[src]["name"].as_str().or_else(|| c[src]["metric"]["name"].as_str()) == Some(name))).and_then(|c| quantity(&c[src]["current"]));
+            format!("{name}: {}/{target}", cur.unwrap_or_else(|| "<unknown>".into()))
+        })
+        .collect();
+    if parts.len() > 2 { format!("{} + {} more...", parts[..2].join(", "), parts.len() - 2) } else { parts.join(", ") }
+}
+
 /// One row's cells (after the name) for an object of `kind`.
 pub fn cells(kind: &str, o: &Value) -> Vec<Value> {
     let name = json!(meta(o, "name").unwrap_or(""));
@@ -242,6 +285,11 @@ pub fn cells(kind: &str, o: &Value) -> Vec<Value> {
     }
     let mut out = vec![name];
     match kind {
+        "HorizontalPodAutoscaler" => {
+            let reference = format!("{}/{}", s(o, &["spec", "scaleTargetRef", "kind"]).and_then(|x| x.as_str()).unwrap_or(""), s(o, &["spec", "scaleTargetRef", "name"]).and_then(|x| x.as_str()).unwrap_or(""));
+            let min = s(o, &["spec", "minReplicas"]).and_then(|x| x.as_i64()).unwrap_or(1);
+            out.extend([json!(reference), json!(hpa_targets(o)), json!(min.to_string()), json!(n(o, &["spec", "maxReplicas"]).to_string()), json!(n(o, &["status", "currentReplicas"]).to_string()), age_cell]);
+        }
         "ComponentStatus" => {
             let c = s(o, &["conditions"]).and_then(|c| c.as_array()).and_then(|cs| cs.iter().find(|c| c.get("type").and_then(|t| t.as_str()) == Some("Healthy")));
             let text = |f: &str| json!(c.and_then(|c| c.get(f)).and_then(|x| x.as_str()).unwrap_or(""));
@@ -451,9 +499,21 @@ mod tests {
     #[test]
     fn every_kind_has_as_many_cells_as_columns() {
         let o = json!({"metadata": {"name": "x"}});
-        for k in ["Pod", "Deployment", "ReplicaSet", "Namespace", "Node", "Service", "ConfigMap", "Secret", "Job", "Lease", "Event", "StatefulSet", "DaemonSet", "CronJob", "PriorityClass"] {
+        for k in ["Pod", "Deployment", "ReplicaSet", "Namespace", "Node", "Service", "ConfigMap", "Secret", "Job", "Lease", "Event", "StatefulSet", "DaemonSet", "CronJob", "PriorityClass", "HorizontalPodAutoscaler"] {
             assert_eq!(cells(k, &o).len(), columns(k).len(), "{k}");
         }
+    }
+
+    #[test]
+    fn horizontal_pod_autoscalers_show_kubectls_columns() {
+        let hpa = json!({"metadata": {"name": "web"}, "spec": {"scaleTargetRef": {"kind": "Deployment", "name": "web"}, "maxReplicas": 5, "metrics": [
+                {"type": "Resource", "resource": {"name": "cpu", "target": {"type": "Utilization", "averageUtilization": 80}}},
+                {"type": "Pods", "pods": {"metric": {"name": "rps"}, "target": {"type": "AverageValue", "averageValue": "10"}}},
+                {"type": "Resource", "resource": {"name": "memory", "target": {"type": "AverageValue", "averageValue": "1Gi"}}}]},
+            "status": {"currentReplicas": 2, "currentMetrics": [{"type": "Resource", "resource": {"name": "cpu", "current": {"averageUtilization": 50}}}]}});
+        let c = cells("HorizontalPodAutoscaler", &hpa);
+        assert_eq!(&c[..6], [json!("web"), json!("Deployment/web"), json!("cpu: 50%/80%, rps: <unknown>/10 + 1 more..."), json!("1"), json!("5"), json!("2")]);
+        assert_eq!(cells("HorizontalPodAutoscaler", &json!({"spec": {}}))[2], json!("<none>"));
     }
 
     #[test]
