@@ -136,8 +136,52 @@ pub fn columns(kind: &str) -> Vec<Value> {
             col("RequestedDuration", "string", 0),
             col("Condition", "string", 0),
         ],
+        "PodDisruptionBudget" => vec![col("Name", "string", 0), col("Min Available", "string", 0), col("Max Unavailable", "string", 0), col("Allowed Disruptions", "integer", 0), col("Age", "string", 0)],
+        "Endpoints" => vec![col("Name", "string", 0), col("Endpoints", "string", 0), col("Age", "string", 0)],
+        "EndpointSlice" => vec![col("Name", "string", 0), col("AddressType", "string", 0), col("Ports", "string", 0), col("Endpoints", "string", 0), col("Age", "string", 0)],
+        "NetworkPolicy" => vec![col("Name", "string", 0), col("Pod-Selector", "string", 0), col("Age", "string", 0)],
+        "PriorityClass" => vec![col("Name", "string", 0), col("Value", "integer", 0), col("Global-Default", "boolean", 0), col("Age", "string", 0), col("PreemptionPolicy", "string", 0)],
+        "ServiceAccount" => vec![col("Name", "string", 0), col("Secrets", "string", 0), col("Age", "string", 0)],
+        "RoleBinding" | "ClusterRoleBinding" => vec![
+            col("Name", "string", 0),
+            col("Role", "string", 0),
+            col("Age", "string", 0),
+            col("Users", "string", 1),
+            col("Groups", "string", 1),
+            col("ServiceAccounts", "string", 1),
+        ],
+        "ServiceCIDR" => vec![col("Name", "string", 0), col("CIDRs", "string", 0), col("Age", "string", 0)],
+        "IPAddress" => vec![col("Name", "string", 0), col("ParentRef", "string", 0)],
         _ => vec![col("Name", "string", 0), col("Age", "string", 0)],
     }
+}
+
+/// The first three of `items` joined with commas, and `+ N more...` (kubectl's lists of
+/// endpoints); `<none>` for none.
+fn first_three(items: &[String]) -> String {
+    match items.len() {
+        0 => "<none>".into(),
+        1..=3 => items.join(","),
+        n => format!("{} + {} more...", items[..3].join(","), n - 3),
+    }
+}
+
+/// A label selector as kubectl prints it (`app=web,tier in (a,b)`); `<none>` when empty.
+fn selector_text(sel: Option<&Value>) -> String {
+    let Some(sel) = sel else { return "<none>".into() };
+    let mut parts: Vec<String> = sel["matchLabels"].as_object().into_iter().flatten().map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or(""))).collect();
+    for e in sel["matchExpressions"].as_array().into_iter().flatten() {
+        let key = e["key"].as_str().unwrap_or("");
+        let vals: Vec<&str> = e["values"].as_array().into_iter().flatten().filter_map(|v| v.as_str()).collect();
+        parts.push(match e["operator"].as_str().unwrap_or("") {
+            "In" => format!("{key} in ({})", vals.join(",")),
+            "NotIn" => format!("{key} notin ({})", vals.join(",")),
+            "Exists" => key.to_string(),
+            "DoesNotExist" => format!("!{key}"),
+            op => format!("{key} {op}"),
+        });
+    }
+    if parts.is_empty() { "<none>".into() } else { parts.join(",") }
 }
 
 /// Kubernetes' short human duration ("5s", "3m12s", "2d").
@@ -383,6 +427,61 @@ pub fn cells(kind: &str, o: &Value) -> Vec<Value> {
             age_cell,
         ]),
         "Lease" => out.extend([json!(s(o, &["spec", "holderIdentity"]).and_then(|x| x.as_str()).unwrap_or("")), age_cell]),
+        "PodDisruptionBudget" => {
+            let or_na = |k: &str| s(o, &["spec", k]).map_or_else(|| json!("N/A"), |v| if v.is_string() { v.clone() } else { json!(v.to_string()) });
+            out.extend([or_na("minAvailable"), or_na("maxUnavailable"), json!(n(o, &["status", "disruptionsAllowed"])), age_cell]);
+        }
+        "Endpoints" => {
+            let mut eps = Vec::new();
+            for ss in s(o, &["subsets"]).and_then(|x| x.as_array()).into_iter().flatten() {
+                let ports: Vec<i64> = ss["ports"].as_array().into_iter().flatten().filter_map(|p| p["port"].as_i64()).collect();
+                for a in ss["addresses"].as_array().into_iter().flatten() {
+                    let ip = a["ip"].as_str().unwrap_or("");
+                    if ports.is_empty() {
+                        eps.push(ip.to_string());
+                    }
+                    eps.extend(ports.iter().map(|p| format!("{ip}:{p}")));
+                }
+            }
+            out.extend([json!(first_three(&eps)), age_cell]);
+        }
+        "EndpointSlice" => {
+            let ports: Vec<String> = s(o, &["ports"]).and_then(|x| x.as_array()).into_iter().flatten().map(|p| p["port"].as_i64().map_or("<unset>".to_string(), |n| n.to_string())).collect();
+            let addrs: Vec<String> = s(o, &["endpoints"]).and_then(|x| x.as_array()).into_iter().flatten().flat_map(|e| e["addresses"].as_array().into_iter().flatten().filter_map(|a| a.as_str().map(String::from))).collect();
+            let ports = if ports.is_empty() { "<unset>".to_string() } else { ports.join(",") };
+            out.extend([json!(s(o, &["addressType"]).and_then(|x| x.as_str()).unwrap_or("")), json!(ports), json!(first_three(&addrs)), age_cell]);
+        }
+        "NetworkPolicy" => out.extend([json!(selector_text(s(o, &["spec", "podSelector"]))), age_cell]),
+        "PriorityClass" => out.extend([
+            json!(n(o, &["value"])),
+            json!(s(o, &["globalDefault"]).and_then(|x| x.as_bool()).unwrap_or(false)),
+            age_cell,
+            json!(s(o, &["preemptionPolicy"]).and_then(|x| x.as_str()).unwrap_or("PreemptLowerPriority")),
+        ]),
+        "ServiceAccount" => out.extend([json!(s(o, &["secrets"]).and_then(|x| x.as_array()).map_or(0, |a| a.len()).to_string()), age_cell]),
+        "RoleBinding" | "ClusterRoleBinding" => {
+            let role = format!("{}/{}", s(o, &["roleRef", "kind"]).and_then(|x| x.as_str()).unwrap_or(""), s(o, &["roleRef", "name"]).and_then(|x| x.as_str()).unwrap_or(""));
+            let subjects = s(o, &["subjects"]).and_then(|x| x.as_array()).cloned().unwrap_or_default();
+            let of = |kind: &str| -> String {
+                subjects
+                    .iter()
+                    .filter(|x| x["kind"] == kind)
+                    .map(|x| if kind == "ServiceAccount" { format!("{}/{}", x["namespace"].as_str().unwrap_or(""), x["name"].as_str().unwrap_or("")) } else { x["name"].as_str().unwrap_or("").to_string() })
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            out.extend([json!(role), age_cell, json!(of("User")), json!(of("Group")), json!(of("ServiceAccount"))]);
+        }
+        "ServiceCIDR" => {
+            let cidrs: Vec<&str> = s(o, &["spec", "cidrs"]).and_then(|x| x.as_array()).into_iter().flatten().filter_map(|c| c.as_str()).collect();
+            out.extend([json!(cidrs.join(",")), age_cell]);
+        }
+        "IPAddress" => {
+            let p = s(o, &["spec", "parentRef"]).cloned().unwrap_or(Value::Null);
+            let group = p["group"].as_str().filter(|g| !g.is_empty()).map(|g| format!(".{g}")).unwrap_or_default();
+            let ns = p["namespace"].as_str().filter(|n| !n.is_empty()).map(|n| format!("{n}/")).unwrap_or_default();
+            out.push(json!(format!("{}{group}/{ns}{}", p["resource"].as_str().unwrap_or(""), p["name"].as_str().unwrap_or(""))));
+        }
         "CertificateSigningRequest" => {
             // As kubectl prints it: the decisions, then Issued once there is a certificate.
             let mut cond: Vec<&str> = s(o, &["status", "conditions"]).and_then(|c| c.as_array()).into_iter().flatten().filter_map(|c| c.get("type").and_then(|t| t.as_str())).collect();
@@ -499,9 +598,33 @@ mod tests {
     #[test]
     fn every_kind_has_as_many_cells_as_columns() {
         let o = json!({"metadata": {"name": "x"}});
-        for k in ["Pod", "Deployment", "ReplicaSet", "Namespace", "Node", "Service", "ConfigMap", "Secret", "Job", "Lease", "Event", "StatefulSet", "DaemonSet", "CronJob", "PriorityClass", "HorizontalPodAutoscaler"] {
+        for k in [
+            "Pod", "Deployment", "ReplicaSet", "Namespace", "Node", "Service", "ConfigMap", "Secret", "Job", "Lease", "Event", "StatefulSet", "DaemonSet", "CronJob", "PriorityClass",
+            "HorizontalPodAutoscaler", "PodDisruptionBudget", "Endpoints", "EndpointSlice", "NetworkPolicy", "ServiceAccount", "RoleBinding", "ClusterRoleBinding", "ServiceCIDR", "IPAddress",
+        ] {
             assert_eq!(cells(k, &o).len(), columns(k).len(), "{k}");
         }
+    }
+
+    #[test]
+    fn common_kinds_show_kubectls_columns() {
+        let row = |k: &str, o: Value| cells(k, &o).into_iter().map(|c| c.as_str().map(String::from).unwrap_or_else(|| c.to_string())).collect::<Vec<_>>();
+        let pdb = row("PodDisruptionBudget", json!({"metadata": {"name": "p"}, "spec": {"minAvailable": 2}, "status": {"disruptionsAllowed": 1}}));
+        assert_eq!(&pdb[..4], ["p", "2", "N/A", "1"]);
+        let ep = row("Endpoints", json!({"metadata": {"name": "e"}, "subsets": [{"addresses": [{"ip": "10.0.0.1"}, {"ip": "10.0.0.2"}], "ports": [{"port": 80}, {"port": 443}]}]}));
+        assert_eq!(ep[1], "10.0.0.1:80,10.0.0.1:443,10.0.0.2:80 + 1 more...");
+        assert_eq!(row("Endpoints", json!({"metadata": {"name": "e"}}))[1], "<none>");
+        let es = row("EndpointSlice", json!({"metadata": {"name": "s"}, "addressType": "IPv4", "ports": [{"port": 80}], "endpoints": [{"addresses": ["10.0.0.1"]}]}));
+        assert_eq!(&es[1..4], ["IPv4", "80", "10.0.0.1"]);
+        let np = row("NetworkPolicy", json!({"metadata": {"name": "n"}, "spec": {"podSelector": {"matchLabels": {"app": "web"}, "matchExpressions": [{"key": "tier", "operator": "In", "values": ["a", "b"]}]}}}));
+        assert_eq!(np[1], "app=web,tier in (a,b)");
+        assert_eq!(row("NetworkPolicy", json!({"metadata": {"name": "n"}, "spec": {"podSelector": {}}}))[1], "<none>");
+        let rb = row("RoleBinding", json!({"metadata": {"name": "b"}, "roleRef": {"kind": "ClusterRole", "name": "view"}, "subjects": [{"kind": "User", "name": "jane"}, {"kind": "ServiceAccount", "name": "ci", "namespace": "dev"}]}));
+        assert_eq!((rb[1].as_str(), rb[3].as_str(), rb[5].as_str()), ("ClusterRole/view", "jane", "dev/ci"));
+        let ip = row("IPAddress", json!({"metadata": {"name": "10.96.0.5"}, "spec": {"parentRef": {"group": "", "resource": "services", "namespace": "default", "name": "web"}}}));
+        assert_eq!(ip[1], "services/default/web");
+        let pc = row("PriorityClass", json!({"metadata": {"name": "high"}, "value": 1000, "globalDefault": true}));
+        assert_eq!((pc[1].as_str(), pc[2].as_str(), pc[4].as_str()), ("1000", "true", "PreemptLowerPriority"));
     }
 
     #[test]
