@@ -152,6 +152,10 @@ pub fn columns(kind: &str) -> Vec<Value> {
         ],
         "ServiceCIDR" => vec![col("Name", "string", 0), col("CIDRs", "string", 0), col("Age", "string", 0)],
         "IPAddress" => vec![col("Name", "string", 0), col("ParentRef", "string", 0)],
+        "Role" | "ClusterRole" | "CustomResourceDefinition" | "LimitRange" => vec![col("Name", "string", 0), col("Created At", "date", 0)],
+        "ResourceQuota" => vec![col("Name", "string", 0), col("Age", "string", 0), col("Request", "string", 0), col("Limit", "string", 0)],
+        "ControllerRevision" => vec![col("Name", "string", 0), col("Controller", "string", 0), col("Revision", "integer", 0), col("Age", "string", 0)],
+        "PodTemplate" => vec![col("Name", "string", 0), col("Containers", "string", 0), col("Images", "string", 0), col("Pod Labels", "string", 0)],
         _ => vec![col("Name", "string", 0), col("Age", "string", 0)],
     }
 }
@@ -476,6 +480,33 @@ pub fn cells(kind: &str, o: &Value) -> Vec<Value> {
             let cidrs: Vec<&str> = s(o, &["spec", "cidrs"]).and_then(|x| x.as_array()).into_iter().flatten().filter_map(|c| c.as_str()).collect();
             out.extend([json!(cidrs.join(",")), age_cell]);
         }
+        "Role" | "ClusterRole" | "CustomResourceDefinition" | "LimitRange" => out.push(json!(meta(o, "creationTimestamp").unwrap_or(""))),
+        "ResourceQuota" => {
+            // "pods: 1/10, services: 0/5": the used of each hard limit, requests and limits apart.
+            let (mut request, mut limit) = (Vec::new(), Vec::new());
+            let mut hard: Vec<(&String, &Value)> = s(o, &["status", "hard"]).or_else(|| s(o, &["spec", "hard"])).and_then(|h| h.as_object()).into_iter().flatten().collect();
+            hard.sort_by(|a, b| a.0.cmp(b.0));
+            for (k, v) in hard {
+                let used = s(o, &["status", "used", k]).and_then(|x| x.as_str()).unwrap_or("0");
+                let text = format!("{k}: {used}/{}", v.as_str().unwrap_or(""));
+                if k.starts_with("limits.") { limit.push(text) } else { request.push(text) }
+            }
+            out.extend([age_cell, json!(request.join(", ")), json!(limit.join(", "))]);
+        }
+        "ControllerRevision" => {
+            let owner = s(o, &["metadata", "ownerReferences"]).and_then(|x| x.as_array()).and_then(|a| a.iter().find(|r| r["controller"] == true)).map(|r| {
+                let group = r["apiVersion"].as_str().and_then(|v| v.split_once('/')).map(|(g, _)| format!(".{g}")).unwrap_or_default();
+                format!("{}{group}/{}", r["kind"].as_str().unwrap_or("").to_ascii_lowercase(), r["name"].as_str().unwrap_or(""))
+            });
+            out.extend([json!(owner.unwrap_or_else(|| "<none>".into())), json!(n(o, &["revision"])), age_cell]);
+        }
+        "PodTemplate" => {
+            let containers = s(o, &["template", "spec", "containers"]).and_then(|c| c.as_array()).cloned().unwrap_or_default();
+            let names: Vec<&str> = containers.iter().filter_map(|c| c["name"].as_str()).collect();
+            let images: Vec<&str> = containers.iter().filter_map(|c| c["image"].as_str()).collect();
+            let labels = s(o, &["template", "metadata", "labels"]).and_then(|l| l.as_object()).map(|m| m.iter().map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or(""))).collect::<Vec<_>>().join(",")).filter(|l| !l.is_empty());
+            out.extend([json!(names.join(",")), json!(images.join(",")), json!(labels.unwrap_or_else(|| "<none>".into()))]);
+        }
         "IPAddress" => {
             let p = s(o, &["spec", "parentRef"]).cloned().unwrap_or(Value::Null);
             let group = p["group"].as_str().filter(|g| !g.is_empty()).map(|g| format!(".{g}")).unwrap_or_default();
@@ -601,6 +632,7 @@ mod tests {
         for k in [
             "Pod", "Deployment", "ReplicaSet", "Namespace", "Node", "Service", "ConfigMap", "Secret", "Job", "Lease", "Event", "StatefulSet", "DaemonSet", "CronJob", "PriorityClass",
             "HorizontalPodAutoscaler", "PodDisruptionBudget", "Endpoints", "EndpointSlice", "NetworkPolicy", "ServiceAccount", "RoleBinding", "ClusterRoleBinding", "ServiceCIDR", "IPAddress",
+            "Role", "ClusterRole", "CustomResourceDefinition", "LimitRange", "ResourceQuota", "ControllerRevision", "PodTemplate",
         ] {
             assert_eq!(cells(k, &o).len(), columns(k).len(), "{k}");
         }
@@ -623,6 +655,13 @@ mod tests {
         assert_eq!((rb[1].as_str(), rb[3].as_str(), rb[5].as_str()), ("ClusterRole/view", "jane", "dev/ci"));
         let ip = row("IPAddress", json!({"metadata": {"name": "10.96.0.5"}, "spec": {"parentRef": {"group": "", "resource": "services", "namespace": "default", "name": "web"}}}));
         assert_eq!(ip[1], "services/default/web");
+        let q = row("ResourceQuota", json!({"metadata": {"name": "q"}, "status": {"hard": {"pods": "10", "limits.cpu": "2", "configmaps": "5"}, "used": {"pods": "1", "limits.cpu": "500m"}}}));
+        assert_eq!((q[2].as_str(), q[3].as_str()), ("configmaps: 0/5, pods: 1/10", "limits.cpu: 500m/2"));
+        let cr = row("ControllerRevision", json!({"metadata": {"name": "web-1", "ownerReferences": [{"apiVersion": "apps/v1", "kind": "StatefulSet", "name": "web", "controller": true}]}, "revision": 3}));
+        assert_eq!((cr[1].as_str(), cr[2].as_str()), ("statefulset.apps/web", "3"));
+        let pt = row("PodTemplate", json!({"metadata": {"name": "t"}, "template": {"metadata": {"labels": {"a": "b"}}, "spec": {"containers": [{"name": "c", "image": "busybox"}]}}}));
+        assert_eq!(&pt[1..4], ["c", "busybox", "a=b"]);
+        assert_eq!(row("Role", json!({"metadata": {"name": "r", "creationTimestamp": "2026-12-05T14:00:00Z"}}))[1], "2026-12-05T14:00:00Z");
         let pc = row("PriorityClass", json!({"metadata": {"name": "high"}, "value": 1000, "globalDefault": true}));
         assert_eq!((pc[1].as_str(), pc[2].as_str(), pc[4].as_str()), ("1000", "true", "PreemptLowerPriority"));
     }
