@@ -156,6 +156,23 @@ pub fn columns(kind: &str) -> Vec<Value> {
         "ResourceQuota" => vec![col("Name", "string", 0), col("Age", "string", 0), col("Request", "string", 0), col("Limit", "string", 0)],
         "ControllerRevision" => vec![col("Name", "string", 0), col("Controller", "string", 0), col("Revision", "integer", 0), col("Age", "string", 0)],
         "PodTemplate" => vec![col("Name", "string", 0), col("Containers", "string", 0), col("Images", "string", 0), col("Pod Labels", "string", 0)],
+        "FlowSchema" => vec![
+            col("Name", "string", 0),
+            col("PriorityLevel", "string", 0),
+            col("MatchingPrecedence", "string", 0),
+            col("DistinguisherMethod", "string", 0),
+            col("Age", "string", 0),
+            col("MissingPL", "string", 0),
+        ],
+        "PriorityLevelConfiguration" => vec![
+            col("Name", "string", 0),
+            col("Type", "string", 0),
+            col("NominalConcurrencyShares", "string", 0),
+            col("Queues", "string", 0),
+            col("HandSize", "string", 0),
+            col("QueueLengthLimit", "string", 0),
+            col("Age", "string", 0),
+        ],
         _ => vec![col("Name", "string", 0), col("Age", "string", 0)],
     }
 }
@@ -507,6 +524,23 @@ pub fn cells(kind: &str, o: &Value) -> Vec<Value> {
             let labels = s(o, &["template", "metadata", "labels"]).and_then(|l| l.as_object()).map(|m| m.iter().map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or(""))).collect::<Vec<_>>().join(",")).filter(|l| !l.is_empty());
             out.extend([json!(names.join(",")), json!(images.join(",")), json!(labels.unwrap_or_else(|| "<none>".into()))]);
         }
+        "FlowSchema" => {
+            let text = |p: &[&str]| json!(s(o, p).map(|v| v.as_str().map(String::from).unwrap_or_else(|| v.to_string())).unwrap_or_else(|| "<none>".into()));
+            let dangling = s(o, &["status", "conditions"]).and_then(|c| c.as_array()).into_iter().flatten().find(|c| c["type"] == "Dangling").map_or("?", |c| if c["status"] == "True" { "True" } else { "False" });
+            out.extend([text(&["spec", "priorityLevelConfiguration", "name"]), text(&["spec", "matchingPrecedence"]), text(&["spec", "distinguisherMethod", "type"]), age_cell, json!(dangling)]);
+        }
+        "PriorityLevelConfiguration" => {
+            let limited = s(o, &["spec", "limited"]);
+            let num = |p: &[&str]| json!(limited.and_then(|l| p.iter().try_fold(l, |v, k| v.get(*k))).and_then(|x| x.as_i64()).map_or("<none>".to_string(), |n| n.to_string()));
+            out.extend([
+                json!(s(o, &["spec", "type"]).and_then(|x| x.as_str()).unwrap_or("")),
+                if limited.is_some() { num(&["nominalConcurrencyShares"]) } else { json!("<none>") },
+                num(&["limitResponse", "queuing", "queues"]),
+                num(&["limitResponse", "queuing", "handSize"]),
+                num(&["limitResponse", "queuing", "queueLengthLimit"]),
+                age_cell,
+            ]);
+        }
         "IPAddress" => {
             let p = s(o, &["spec", "parentRef"]).cloned().unwrap_or(Value::Null);
             let group = p["group"].as_str().filter(|g| !g.is_empty()).map(|g| format!(".{g}")).unwrap_or_default();
@@ -632,7 +666,7 @@ mod tests {
         for k in [
             "Pod", "Deployment", "ReplicaSet", "Namespace", "Node", "Service", "ConfigMap", "Secret", "Job", "Lease", "Event", "StatefulSet", "DaemonSet", "CronJob", "PriorityClass",
             "HorizontalPodAutoscaler", "PodDisruptionBudget", "Endpoints", "EndpointSlice", "NetworkPolicy", "ServiceAccount", "RoleBinding", "ClusterRoleBinding", "ServiceCIDR", "IPAddress",
-            "Role", "ClusterRole", "CustomResourceDefinition", "LimitRange", "ResourceQuota", "ControllerRevision", "PodTemplate",
+            "Role", "ClusterRole", "CustomResourceDefinition", "LimitRange", "ResourceQuota", "ControllerRevision", "PodTemplate", "FlowSchema", "PriorityLevelConfiguration",
         ] {
             assert_eq!(cells(k, &o).len(), columns(k).len(), "{k}");
         }
@@ -662,6 +696,12 @@ mod tests {
         let pt = row("PodTemplate", json!({"metadata": {"name": "t"}, "template": {"metadata": {"labels": {"a": "b"}}, "spec": {"containers": [{"name": "c", "image": "busybox"}]}}}));
         assert_eq!(&pt[1..4], ["c", "busybox", "a=b"]);
         assert_eq!(row("Role", json!({"metadata": {"name": "r", "creationTimestamp": "2026-12-05T14:00:00Z"}}))[1], "2026-12-05T14:00:00Z");
+        let fs = row("FlowSchema", json!({"metadata": {"name": "f"}, "spec": {"priorityLevelConfiguration": {"name": "workload-low"}, "matchingPrecedence": 9000, "distinguisherMethod": {"type": "ByUser"}},
+            "status": {"conditions": [{"type": "Dangling", "status": "False"}]}}));
+        assert_eq!((fs[1].as_str(), fs[2].as_str(), fs[3].as_str(), fs[5].as_str()), ("workload-low", "9000", "ByUser", "False"));
+        let pl = row("PriorityLevelConfiguration", json!({"metadata": {"name": "l"}, "spec": {"type": "Limited", "limited": {"nominalConcurrencyShares": 100, "limitResponse": {"type": "Queue", "queuing": {"queues": 128, "handSize": 6, "queueLengthLimit": 50}}}}}));
+        assert_eq!(&pl[1..6], ["Limited", "100", "128", "6", "50"]);
+        assert_eq!(&row("PriorityLevelConfiguration", json!({"metadata": {"name": "e"}, "spec": {"type": "Exempt"}}))[1..3], ["Exempt", "<none>"]);
         let pc = row("PriorityClass", json!({"metadata": {"name": "high"}, "value": 1000, "globalDefault": true}));
         assert_eq!((pc[1].as_str(), pc[2].as_str(), pc[4].as_str()), ("1000", "true", "PreemptLowerPriority"));
     }
