@@ -20,43 +20,36 @@ fn official_python_client_creates_lists_watches_and_gets_409_on_stale_update() {
     }
 
     let c = Cluster::start();
-    let script = source_dir().join("tests/python/client_e2e.py");
+    let stdout = run_script(&c, "client_e2e.py", &[]);
+    assert!(stdout.lines().any(|l| l == "7 passed, 0 failed"), "unexpected summary:\n{stdout}");
+}
+
+/// Runs `tests/python/SCRIPT KUBECONFIG ARGS...` against `c` and returns what it printed;
+/// fails, with its output, unless it exits 0.
+fn run_script(c: &Cluster, script: &str, args: &[&str]) -> String {
+    let script = source_dir().join("tests/python").join(script);
     let started = Instant::now();
     let out = Command::new("python3")
         .arg(&script)
         .arg(&c.kubeconfig)
+        .args(args)
         .env("PYTHONDONTWRITEBYTECODE", "1")
+        .env("HOME", c.dir.path())
         .output()
         .unwrap_or_else(|e| panic!("run python3 {}: {e}", script.display()));
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "{} against {} failed ({}) after {:?}:\nstdout:\n{stdout}\nstderr:\n{stderr}",
-        script.display(),
-        c.addr,
-        out.status,
-        started.elapsed()
-    );
-    assert!(stdout.lines().any(|l| l == "7 passed, 0 failed"), "unexpected summary:\nstdout:\n{stdout}\nstderr:\n{stderr}");
+    assert!(out.status.success(), "{} {args:?} against {} failed ({}) after {:?}:\nstdout:\n{stdout}\nstderr:\n{stderr}", script.display(), c.addr, out.status, started.elapsed());
+    stdout
 }
 
 /// Every served kind through the Python client's typed API (`tests/python/every_kind.py`):
-/// create, read, list, replace, patch and delete, each answer deserialized into the client's
-/// (pydantic) model, which refuses a missing required field or a wrong type.
+/// create, read, list, replace, patch, delete and a watch, each answer deserialized into the
+/// client's (pydantic) model, which refuses a missing required field or a wrong type.
 #[test]
 fn official_python_client_round_trips_every_served_kind() {
     let c = Cluster::start_with(tempfile::tempdir().unwrap(), &["--no-local-node"]);
-    let script = source_dir().join("tests/python/every_kind.py");
-    let out = Command::new("python3")
-        .arg(&script)
-        .arg(&c.kubeconfig)
-        .env("PYTHONDONTWRITEBYTECODE", "1")
-        .output()
-        .unwrap_or_else(|e| panic!("run python3 {}: {e}", script.display()));
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{} failed ({}):\nstdout:\n{stdout}\nstderr:\n{stderr}", script.display(), out.status);
+    let stdout = run_script(&c, "every_kind.py", &[]);
     let summary = stdout.lines().last().unwrap_or("");
     let passed: usize = summary.split_whitespace().next().and_then(|n| n.parse().ok()).unwrap_or(0);
     assert!(summary.ends_with(" passed, 0 failed") && passed >= 39, "unexpected summary {summary:?}:\n{stdout}");
@@ -68,16 +61,7 @@ fn official_python_client_round_trips_every_served_kind() {
 #[test]
 fn kubectl_applies_gets_and_describes_every_sample_kind() {
     let c = Cluster::start_with(tempfile::tempdir().unwrap(), &["--no-local-node"]);
-    let out = Command::new("python3")
-        .arg(source_dir().join("tests/python/every_kind.py"))
-        .arg(&c.kubeconfig)
-        .arg("--kubectl")
-        .env("PYTHONDONTWRITEBYTECODE", "1")
-        .env("HOME", c.dir.path())
-        .output()
-        .expect("run python3");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "every_kind.py --kubectl failed ({}):\n{stdout}\n{}", out.status, String::from_utf8_lossy(&out.stderr));
+    let stdout = run_script(&c, "every_kind.py", &["--kubectl"]);
     assert!(stdout.lines().last().is_some_and(|l| l.ends_with(" passed, 0 failed")), "{stdout}");
 }
 
