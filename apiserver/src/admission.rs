@@ -18,7 +18,7 @@ fn is_dns1123_label(s: &str) -> bool {
         && !s.ends_with('-')
 }
 
-fn is_dns1123_subdomain(s: &str) -> bool {
+pub(crate) fn is_dns1123_subdomain(s: &str) -> bool {
     !s.is_empty() && s.len() <= 253 && s.split('.').all(is_dns1123_label)
 }
 
@@ -93,6 +93,7 @@ fn validate_spec(info: &ResourceInfo, obj: &Value, causes: &mut Vec<(String, Str
             }
         }
         "ResourceQuota" => causes.extend(api::quota_scope::validate(obj)),
+        "MutatingWebhookConfiguration" | "ValidatingWebhookConfiguration" if info.group == crate::webhook::GROUP => crate::webhook::validate_configuration(obj, causes),
         "CronJob" => {
             let schedule = obj["spec"]["schedule"].as_str().unwrap_or("");
             if schedule.trim_start().starts_with("TZ=") || schedule.trim_start().starts_with("CRON_TZ=") {
@@ -457,6 +458,9 @@ pub fn default(info: &ResourceInfo, obj: &mut Value) {
             }
         }
         "LimitRange" => crate::limit_range::default_object(obj),
+        "MutatingWebhookConfiguration" | "ValidatingWebhookConfiguration" if info.group == crate::webhook::GROUP => {
+            crate::webhook::default_configuration(obj, info.kind.starts_with("Mutating"))
+        }
         "ReplicationController" => {
             // Selector and labels default to the template's labels (Kubernetes' defaulting).
             let tl = obj["spec"]["template"]["metadata"]["labels"].clone();

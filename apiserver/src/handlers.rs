@@ -27,12 +27,14 @@ use crate::reserve::{self, Reservation};
 use crate::selector::{FieldSelector, LabelSelector};
 use crate::status::ApiError;
 use crate::table;
+use crate::webhook::rules::Operation;
 
 mod admit;
 mod read;
 mod rules;
 mod token;
 mod watch;
+mod webhooks;
 
 use watch::*;
 
@@ -70,6 +72,8 @@ pub struct AppState {
     pub parsed: std::sync::Mutex<std::collections::HashMap<Bytes, (u64, Arc<Value>)>>,
     /// The dashboard's digests, samples and hooks (`dashboard`).
     pub ui: crate::dashboard::UiState,
+    /// The admission webhooks, kept current by `webhook::follow`.
+    pub webhooks: crate::webhook::Webhooks,
 }
 
 /// At most this many objects in `AppState::parsed` (emptied when full).
@@ -660,6 +664,13 @@ impl Req<'_> {
         if matches!(self.info.kind, "Pod" | "PersistentVolumeClaim") && self.info.group.is_empty() {
             self.limit_ranges(&name, &mut obj).await?;
         }
+        // Admission webhooks after the built-in mutations, as Kubernetes orders them; what a
+        // mutating webhook changed is validated again.
+        if self.mutate_by_webhooks(Operation::Create, &mut obj, None).await? {
+            self.st.admission.admit(self.info, None, &mut obj)?;
+            self.pod_security(&obj, ns_json.as_ref())?;
+        }
+        self.validate_by_webhooks(Operation::Create, Some(&obj), None).await?;
         if obj["metadata"].get("managedFields").is_none() {
             crate::ssa::record_update(None, &mut obj, &self.manager(), &self.info.api_version(), &object::now_rfc3339(), false);
         }
@@ -930,6 +941,7 @@ impl Req<'_> {
                     return Err(ApiError::conflict(self.info.group, self.info.resource, self.name()));
                 }
             let mut next = self.next_object(&cur.obj, incoming.clone())?;
+            self.webhooks_on_update(&cur.obj, &mut next).await?;
             let taken = self.node_ports_taken(&cur.obj, &mut next).await?;
             self.guard_rbac(&next).await?;
             if let Some(r) = self.finish_write(&key, &cur, next, &taken).await? {
@@ -961,6 +973,7 @@ impl Req<'_> {
                     return Err(ApiError::conflict(self.info.group, self.info.resource, self.name()));
                 }
             let mut next = self.next_object(&cur.obj, doc)?;
+            self.webhooks_on_update(&cur.obj, &mut next).await?;
             let taken = self.node_ports_taken(&cur.obj, &mut next).await?;
             self.guard_rbac(&next).await?;
             if let Some(r) = self.finish_write(&key, &cur, next, &taken).await? {
@@ -1016,6 +1029,7 @@ impl Req<'_> {
                 None => return self.create_object(obj).await,
                 Some(cur) => {
                     let mut next = self.next_object_as(&cur.obj, obj, false)?;
+                    self.webhooks_on_update(&cur.obj, &mut next).await?;
                     let taken = self.node_ports_taken(&cur.obj, &mut next).await?;
                     self.guard_rbac(&next).await?;
                     if let Some(r) = self.finish_write(&key, &cur, next, &taken).await? {
@@ -1039,6 +1053,7 @@ impl Req<'_> {
                     return Err(ApiError::conflict(self.info.group, self.info.resource, self.name()));
                 }
             }
+            self.validate_by_webhooks(Operation::Delete, None, Some(&cur.obj)).await?;
             if self.info.kind == "Namespace" {
                 return self.delete_namespace(&cur).await;
             }
@@ -1125,6 +1140,7 @@ impl Req<'_> {
                 continue;
             }
             let key = String::from_utf8_lossy(&kv.key).to_string();
+            self.validate_by_webhooks(Operation::Delete, None, Some(&v)).await?;
             if self.cas_delete(&key, kv.mod_revision).await? {
                 deleted.push(v);
             }

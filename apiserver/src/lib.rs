@@ -60,6 +60,7 @@ pub mod status;
 pub mod system_services;
 pub mod stream_proxy;
 pub mod table;
+pub mod webhook;
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -135,8 +136,10 @@ fn build(store: Store, shutdown: tokio::sync::watch::Receiver<bool>, keep: Optio
         sa_keys,
         parsed: Default::default(),
         ui: dashboard::UiState::new(ui_hooks),
+        webhooks: Default::default(),
     });
     tokio::spawn(rbac::follow(state.clone()));
+    tokio::spawn(webhook::follow(state.clone()));
     state.apf.total_seats.store(apf_seats.max(1), Ordering::Relaxed);
     tokio::spawn(apf::follow(state.clone()));
     tokio::spawn(apf::rebalance_loop(state.clone()));

@@ -34,6 +34,9 @@ pub struct Metrics {
     pub watches_handed_to_cache: std::sync::Arc<AtomicU64>,
     /// Requests RBAC refused (403).
     pub forbidden: AtomicU64,
+    /// Admission webhook calls that failed (could not connect, timed out, answered nonsense),
+    /// whatever their failurePolicy made of it.
+    pub webhook_failures: AtomicU64,
 }
 
 impl Metrics {
@@ -104,6 +107,11 @@ impl Metrics {
             out,
             "# HELP apiserver_forbidden_requests_total Requests the authorizer (RBAC) refused.\n# TYPE apiserver_forbidden_requests_total counter\napiserver_forbidden_requests_total {}",
             self.forbidden.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP apiserver_admission_webhook_failures_total Admission webhook calls that failed (connection, timeout, malformed answer), whatever their failurePolicy.\n# TYPE apiserver_admission_webhook_failures_total counter\napiserver_admission_webhook_failures_total {}",
+            self.webhook_failures.load(Ordering::Relaxed)
         );
         render_process(&mut out);
         out

@@ -191,7 +191,7 @@ macro_rules! status_of {
 /// Every built-in resource served.
 pub fn builtin() -> Vec<ResourceInfo> {
     use k8s_openapi::api::{
-        apps::v1 as apps, autoscaling::v2 as autoscaling, batch::v1 as batch, certificates::v1 as certificates, coordination::v1 as coordination,
+        admissionregistration::v1 as admissionregistration, apps::v1 as apps, autoscaling::v2 as autoscaling, batch::v1 as batch, certificates::v1 as certificates, coordination::v1 as coordination,
         core::v1 as core, discovery::v1 as discovery, flowcontrol::v1 as flowcontrol, policy::v1 as policy, rbac::v1 as rbac,
         networking::v1 as networking, scheduling::v1 as scheduling, storage::v1 as storage,
     };
@@ -258,6 +258,8 @@ pub fn builtin() -> Vec<ResourceInfo> {
         // Service cluster IPs as objects (`reserve.rs`, `system_services::repair_ip_addresses`).
         info::<networking::IPAddress>(&["ip"], &[], true),
         info::<networking::ServiceCIDR>(&[], &[status_of!(networking::ServiceCIDR)], true),
+        info::<admissionregistration::MutatingWebhookConfiguration>(&[], &[], false),
+        info::<admissionregistration::ValidatingWebhookConfiguration>(&[], &[], false),
         info::<rbac::Role>(&[], &[], false),
         info::<rbac::RoleBinding>(&[], &[], false),
         info::<rbac::ClusterRole>(&[], &[], false),

@@ -152,6 +152,7 @@ pub fn columns(kind: &str) -> Vec<Value> {
         ],
         "ServiceCIDR" => vec![col("Name", "string", 0), col("CIDRs", "string", 0), col("Age", "string", 0)],
         "IPAddress" => vec![col("Name", "string", 0), col("ParentRef", "string", 0)],
+        "MutatingWebhookConfiguration" | "ValidatingWebhookConfiguration" => vec![col("Name", "string", 0), col("Webhooks", "integer", 0), col("Age", "string", 0)],
         "Role" | "ClusterRole" | "CustomResourceDefinition" | "LimitRange" => vec![col("Name", "string", 0), col("Created At", "date", 0)],
         "ResourceQuota" => vec![col("Name", "string", 0), col("Age", "string", 0), col("Request", "string", 0), col("Limit", "string", 0)],
         "ControllerRevision" => vec![col("Name", "string", 0), col("Controller", "string", 0), col("Revision", "integer", 0), col("Age", "string", 0)],
@@ -541,6 +542,9 @@ pub fn cells(kind: &str, o: &Value) -> Vec<Value> {
                 age_cell,
             ]);
         }
+        "MutatingWebhookConfiguration" | "ValidatingWebhookConfiguration" => {
+            out.extend([json!(s(o, &["webhooks"]).and_then(|w| w.as_array()).map_or(0, |a| a.len())), age_cell]);
+        }
         "IPAddress" => {
             let p = s(o, &["spec", "parentRef"]).cloned().unwrap_or(Value::Null);
             let group = p["group"].as_str().filter(|g| !g.is_empty()).map(|g| format!(".{g}")).unwrap_or_default();
@@ -667,6 +671,7 @@ mod tests {
             "Pod", "Deployment", "ReplicaSet", "Namespace", "Node", "Service", "ConfigMap", "Secret", "Job", "Lease", "Event", "StatefulSet", "DaemonSet", "CronJob", "PriorityClass",
             "HorizontalPodAutoscaler", "PodDisruptionBudget", "Endpoints", "EndpointSlice", "NetworkPolicy", "ServiceAccount", "RoleBinding", "ClusterRoleBinding", "ServiceCIDR", "IPAddress",
             "Role", "ClusterRole", "CustomResourceDefinition", "LimitRange", "ResourceQuota", "ControllerRevision", "PodTemplate", "FlowSchema", "PriorityLevelConfiguration",
+            "MutatingWebhookConfiguration", "ValidatingWebhookConfiguration",
         ] {
             assert_eq!(cells(k, &o).len(), columns(k).len(), "{k}");
         }

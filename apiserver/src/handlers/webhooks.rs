@@ -1,0 +1,204 @@
+//! Admission webhooks on the write path (`crate::webhook`): which of them a request goes to
+//! (rules, then the namespace's labels, then the object's), where a Service-referenced one
+//! is (a ready endpoint of its EndpointSlices), and what their answers do: mutating ones
+//! patch the object in turn, validating ones deny together.
+
+use super::*;
+use crate::webhook::call::{self, Target};
+use crate::webhook::review;
+use crate::webhook::rules::{Attributes, Operation};
+use crate::webhook::{Endpoint, Hook};
+
+impl Req<'_> {
+    fn attributes(&self, operation: Operation) -> Attributes<'_> {
+        Attributes {
+            operation,
+            group: self.info.group,
+            version: self.info.version,
+            resource: self.info.resource,
+            subresource: self.sub.as_deref().unwrap_or(""),
+            namespaced: self.info.namespaced,
+        }
+    }
+
+    /// The webhooks of `hooks` whose rules and namespace selector this request matches (the
+    /// object selector is the caller's: a mutating webhook is matched against the object as
+    /// the webhooks before it left it). The namespace's labels are read only if a webhook
+    /// asks.
+    async fn webhooks_for(&self, hooks: &[Arc<Hook>], op: Operation, obj: Option<&Value>, old: Option<&Value>) -> Result<Vec<Arc<Hook>>, ApiError> {
+        if hooks.is_empty() || crate::webhook::rules::exempt(self.info.group, self.info.resource) {
+            return Ok(vec![]);
+        }
+        let a = self.attributes(op);
+        let is_namespace = self.info.kind == "Namespace" && self.info.group.is_empty();
+        let mut labels: Option<Option<Value>> = None;
+        let mut out = Vec::new();
+        for h in hooks.iter().filter(|h| h.matches(&a)) {
+            // A cluster-scoped object (but a Namespace) is never exempted by a namespace selector.
+            if h.has_namespace_selector() && (self.namespace.is_some() || is_namespace) {
+                if labels.is_none() {
+                    labels = Some(if is_namespace {
+                        obj.or(old).and_then(|o| o["metadata"].get("labels").cloned())
+                    } else {
+                        let ns = self.namespace.as_deref().unwrap_or("");
+                        self.st.lookup("namespaces", None, ns).await?.and_then(|n| n["metadata"].get("labels").cloned())
+                    });
+                }
+                if !h.selects_namespace(labels.as_ref().and_then(|l| l.as_ref())) {
+                    continue;
+                }
+            }
+            out.push(h.clone());
+        }
+        Ok(out)
+    }
+
+    /// An update's webhooks: mutating ones over `next` (with the generation and the built-in
+    /// validation done again if they changed it), then validating ones.
+    pub(super) async fn webhooks_on_update(&self, cur: &Value, next: &mut Value) -> Result<(), ApiError> {
+        if self.st.webhooks.current().is_empty() {
+            return Ok(());
+        }
+        if self.mutate_by_webhooks(Operation::Update, next, Some(cur)).await? {
+            if self.info.has_spec && cur.get("spec") != next.get("spec") {
+                let g = cur["metadata"].get("generation").and_then(|g| g.as_i64()).unwrap_or(0) + 1;
+                meta_mut(next).insert("generation".into(), json!(g));
+            }
+            self.st.admission.admit(self.info, Some(cur), next)?;
+        }
+        self.validate_by_webhooks(Operation::Update, Some(next), Some(cur)).await
+    }
+
+    /// Runs the mutating webhooks over `obj` (a create's or update's new object), then the
+    /// built-in validation again if they changed it. Returns whether they did.
+    pub(super) async fn mutate_by_webhooks(&self, op: Operation, obj: &mut Value, old: Option<&Value>) -> Result<bool, ApiError> {
+        let set = self.st.webhooks.current();
+        let hooks = self.webhooks_for(&set.mutating, op, Some(obj), old).await?;
+        if hooks.is_empty() {
+            return Ok(false);
+        }
+        let (name, namespace) = (meta_str(obj, "name").map(String::from), meta_str(obj, "namespace").map(String::from));
+        let mut last_change = None;
+        for (i, h) in hooks.iter().enumerate() {
+            if h.selects_object(Some(obj), old) && self.mutate_once(h, op, obj, old).await? {
+                last_change = Some(i);
+            }
+        }
+        // reinvocationPolicy IfNeeded: called once more when a webhook after it changed the
+        // object (Kubernetes' single reinvocation pass; changes made now call no one again).
+        if let Some(last) = last_change {
+            for h in hooks[..last].iter().filter(|h| h.reinvoke) {
+                if h.selects_object(Some(obj), old) {
+                    self.mutate_once(h, op, obj, old).await?;
+                }
+            }
+        }
+        if meta_str(obj, "name").map(String::from) != name || meta_str(obj, "namespace").map(String::from) != namespace {
+            return Err(ApiError::internal("Internal error occurred: an admission webhook changed the object's name or namespace"));
+        }
+        Ok(last_change.is_some())
+    }
+
+    /// One mutating webhook's call: its patch applied to `obj`; true if that changed it.
+    async fn mutate_once(&self, h: &Hook, op: Operation, obj: &mut Value, old: Option<&Value>) -> Result<bool, ApiError> {
+        let Some(v) = self.call_webhook(h, op, Some(obj), old).await? else { return Ok(false) };
+        if !v.allowed {
+            return Err(review::denied(&h.name, &v.status));
+        }
+        self.warnings.lock().unwrap().extend(v.warnings);
+        let Some(p) = v.patch.filter(|p| !p.0.is_empty()) else { return Ok(false) };
+        let mut next = obj.clone();
+        json_patch::patch(&mut next, &p).map_err(|e| review::call_failed(&h.name, &format!("JSON Patch: {e}")))?;
+        let changed = next != *obj;
+        *obj = next;
+        Ok(changed)
+    }
+
+    /// Runs the validating webhooks, together; the first denial (in their order) is the
+    /// answer. A DELETE goes to the mutating webhooks that match it too, whose denial denies
+    /// (there is no object for a patch).
+    pub(super) async fn validate_by_webhooks(&self, op: Operation, obj: Option<&Value>, old: Option<&Value>) -> Result<(), ApiError> {
+        let set = self.st.webhooks.current();
+        if set.is_empty() {
+            return Ok(());
+        }
+        let mut hooks = if op == Operation::Delete { self.webhooks_for(&set.mutating, op, obj, old).await? } else { vec![] };
+        hooks.extend(self.webhooks_for(&set.validating, op, obj, old).await?);
+        hooks.retain(|h| h.selects_object(obj, old));
+        let answers = futures_util::future::join_all(hooks.iter().map(|h| self.call_webhook(h, op, obj, old))).await;
+        for (h, answer) in hooks.iter().zip(answers) {
+            if let Some(v) = answer? {
+                if !v.allowed {
+                    return Err(review::denied(&h.name, &v.status));
+                }
+                self.warnings.lock().unwrap().extend(v.warnings);
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends one webhook its review. `Ok(None)`: the call failed and the webhook's
+    /// failurePolicy is Ignore.
+    async fn call_webhook(&self, h: &Hook, op: Operation, obj: Option<&Value>, old: Option<&Value>) -> Result<Option<review::Verdict>, ApiError> {
+        if self.dry_run() && !h.dry_run_safe {
+            return Err(ApiError::bad_request(format!("admission webhook {:?} does not support dry run", h.name)));
+        }
+        let uid = object::new_uid();
+        let name = self.name.as_deref().or_else(|| obj.or(old).and_then(|o| meta_str(o, "name"))).unwrap_or("");
+        let req = review::Request { uid: &uid, attrs: self.attributes(op), kind: self.info.kind, name, namespace: self.namespace.as_deref(), user: self.user.as_deref(), dry_run: self.dry_run() };
+        let body = review::encode(&req, obj, old);
+        let answer = match self.post_review(h, body).await {
+            Ok(bytes) => review::decode(&bytes, &uid),
+            Err(e) => Err(e),
+        };
+        match answer {
+            Ok(v) => Ok(Some(v)),
+            Err(why) => {
+                self.st.metrics.webhook_failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                self.st.webhooks.log_failure(h, &why);
+                if h.fail_closed { Err(review::call_failed(&h.name, &why)) } else { Ok(None) }
+            }
+        }
+    }
+
+    async fn post_review(&self, h: &Hook, body: Vec<u8>) -> Result<Bytes, String> {
+        let tls = h.tls.clone()?;
+        // Kubernetes tells the webhook its timeout in the query.
+        let query = format!("?timeout={}s", h.timeout.as_secs());
+        match h.endpoint.as_ref().map_err(|e| e.clone())? {
+            Endpoint::Url { url, host, port, path } => {
+                let path = format!("{path}{query}");
+                let url = format!("{url}{query}");
+                call::post(tls, &Target { host, port: *port, server_name: host, path: &path, url: &url }, body, h.timeout).await
+            }
+            Endpoint::Service { namespace, name, port, path } => {
+                let server_name = format!("{name}.{namespace}.svc");
+                let url = format!("https://{server_name}:{port}{path}{query}");
+                let (ip, target_port) = self.service_endpoint(namespace, name, *port).await.map_err(|e| format!("failed to call webhook: Post {url:?}: {e}"))?;
+                let path = format!("{path}{query}");
+                call::post(tls, &Target { host: &ip, port: target_port, server_name: &server_name, path: &path, url: &url }, body, h.timeout).await
+            }
+        }
+    }
+
+    /// A ready endpoint (address, port) of the Service's `port`, from its EndpointSlices.
+    async fn service_endpoint(&self, namespace: &str, name: &str, port: u16) -> Result<(String, u16), String> {
+        let svc = self.st.lookup("services", Some(namespace), name).await.map_err(|e| e.message)?.ok_or_else(|| format!("service \"{namespace}/{name}\" not found"))?;
+        let sp = svc["spec"]["ports"].as_array().into_iter().flatten().find(|p| p["port"].as_u64() == Some(port as u64)).ok_or_else(|| format!("service \"{namespace}/{name}\" has no port {port}"))?;
+        let port_name = sp["name"].as_str().unwrap_or("");
+        let slices = self.cached("discovery.k8s.io", "v1", "endpointslices").await.ok_or("the EndpointSlice cache is not available")?;
+        let prefix = format!("/registry/discovery.k8s.io/endpointslices/{namespace}/");
+        for (_, o) in slices.range(Bytes::from(prefix.clone())..).take_while(|(k, _)| k.starts_with(prefix.as_bytes())) {
+            if !o.meta.labels.iter().any(|(k, v)| &**k == "kubernetes.io/service-name" && &**v == name) {
+                continue;
+            }
+            let Ok(slice) = serde_json::from_slice::<Value>(&o.json) else { continue };
+            let Some(p) = slice["ports"].as_array().into_iter().flatten().find(|p| p["name"].as_str().unwrap_or("") == port_name).and_then(|p| p["port"].as_u64()) else { continue };
+            let ready = slice["endpoints"].as_array().into_iter().flatten().find(|e| e["conditions"]["ready"].as_bool() != Some(false));
+            if let Some(addr) = ready.and_then(|e| e["addresses"][0].as_str()) {
+                return Ok((addr.to_string(), p as u16));
+            }
+        }
+        Err(format!("no endpoints available for service \"{name}\""))
+    }
+}

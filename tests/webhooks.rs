@@ -1,0 +1,183 @@
+//! Admission webhooks end to end: the real `capstan up`, kubectl, and an HTTPS webhook
+//! server (`tests/python/webhook_server.py`) whose certificate is signed by a CA the
+//! configurations carry in their `caBundle`.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+
+use base64::Engine;
+use common::*;
+
+/// The webhook server: killed when the test ends.
+struct Server {
+    child: Child,
+    port: u16,
+    ca_b64: String,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A CA, and a serving certificate of it for 127.0.0.1 and the Service name
+/// `hooks.webhook-test.svc`, written to `dir`; then the server started on them.
+fn start_server(dir: &std::path::Path) -> Server {
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params.distinguished_name.push(rcgen::DnType::CommonName, "webhook test CA");
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = rcgen::Issuer::new(ca_params, ca_key);
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut p = rcgen::CertificateParams::new(vec!["hooks.webhook-test.svc".to_string()]).unwrap();
+    p.subject_alt_names.push(rcgen::SanType::IpAddress("127.0.0.1".parse().unwrap()));
+    let cert = p.signed_by(&key, &issuer).unwrap();
+    let (cert_path, key_path) = (dir.join("hook.crt"), dir.join("hook.key"));
+    std::fs::write(&cert_path, cert.pem()).unwrap();
+    std::fs::write(&key_path, key.serialize_pem()).unwrap();
+    let mut child = Command::new("python3")
+        .arg(source_dir().join("tests/python/webhook_server.py"))
+        .args([&cert_path, &key_path])
+        .env("PYTHONDONTWRITEBYTECODE", "1")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start python3 tests/python/webhook_server.py");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).expect("the webhook server printed its port");
+    let port = line.trim().parse().unwrap_or_else(|_| panic!("the webhook server printed {line:?}, not a port"));
+    Server { child, port, ca_b64: base64::engine::general_purpose::STANDARD.encode(ca.pem()) }
+}
+
+/// A webhook entry: `client` is its clientConfig without the CA; `extra` more fields.
+fn hook(name: &str, client: serde_json::Value, ca: &str, rules: serde_json::Value, extra: serde_json::Value) -> serde_json::Value {
+    let mut w = serde_json::json!({"name": name, "sideEffects": "None", "admissionReviewVersions": ["v1"], "clientConfig": client, "rules": rules});
+    w["clientConfig"]["caBundle"] = ca.into();
+    for (k, v) in extra.as_object().unwrap() {
+        w[k] = v.clone();
+    }
+    w
+}
+
+fn rules(ops: &[&str], group: &str, resource: &str) -> serde_json::Value {
+    serde_json::json!([{"operations": ops, "apiGroups": [group], "apiVersions": ["v1"], "resources": [resource]}])
+}
+
+fn apply(c: &Cluster, name: &str, doc: serde_json::Value) {
+    let f = c.write(name, &doc.to_string());
+    c.ok(&["apply", "-f", f.to_str().unwrap()]);
+}
+
+fn config(kind: &str, name: &str, hooks: Vec<serde_json::Value>) -> serde_json::Value {
+    serde_json::json!({"apiVersion": "admissionregistration.k8s.io/v1", "kind": kind, "metadata": {"name": name}, "webhooks": hooks})
+}
+
+#[test]
+fn admission_webhooks_mutate_deny_and_fail_by_their_policy() {
+    let c = Cluster::start_with(tempfile::tempdir().unwrap(), &["--no-local-node"]);
+    let s = start_server(c.dir.path());
+    let url = |path: &str| serde_json::json!({"url": format!("https://127.0.0.1:{}{path}", s.port)});
+
+    // Mutating: "a-hooks" (sorted first) holds /mutate-a, reinvoked if needed, and /mutate;
+    // "b-hooks" holds /mutate-b. Only pods labelled hook=yes.
+    let only_hooked = serde_json::json!({"objectSelector": {"matchLabels": {"hook": "yes"}}});
+    let mut a = only_hooked.clone();
+    a["reinvocationPolicy"] = "IfNeeded".into();
+    apply(&c, "a.json", config("MutatingWebhookConfiguration", "a-hooks", vec![
+        hook("mutate-a.capstan.test", url("/mutate-a"), &s.ca_b64, rules(&["CREATE"], "", "pods"), a),
+        hook("mutate.capstan.test", url("/mutate"), &s.ca_b64, rules(&["CREATE"], "", "pods"), only_hooked.clone()),
+    ]));
+    apply(&c, "b.json", config("MutatingWebhookConfiguration", "b-hooks", vec![hook("mutate-b.capstan.test", url("/mutate-b"), &s.ca_b64, rules(&["CREATE"], "", "pods"), only_hooked)]));
+    let pod = |name: &str, labels: &str| {
+        c.write(&format!("{name}.yaml"), &format!("apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\n  labels: {labels}\nspec:\n  containers: [{{name: c, image: busybox}}]\n"))
+    };
+    let probe = pod("probe", "{hook: \"yes\"}");
+    wait_until("the mutating webhooks to take effect", || {
+        c.ok(&["create", "--dry-run=server", "-o", "json", "-f", probe.to_str().unwrap()]).contains("\"b\": \"yes\"")
+    });
+    let hooked = pod("hooked", "{hook: \"yes\"}");
+    let out = c.kubectl_with(KUBECTL, &["create", "-f", hooked.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("Warning: mutated by the test webhook"), "the webhook's warning reaches kubectl: {}", String::from_utf8_lossy(&out.stderr));
+    let labels: serde_json::Value = serde_json::from_str(&c.ok(&["get", "pod", "hooked", "-o", "jsonpath={.metadata.labels}"])).unwrap();
+    assert_eq!(labels, serde_json::json!({"hook": "yes", "mutated": "yes", "a": "yes", "b": "yes", "a-saw-b": "yes"}), "every mutating webhook in order, /mutate-a again after /mutate-b");
+    let ann: serde_json::Value = serde_json::from_str(&c.ok(&["get", "pod", "hooked", "-o", "jsonpath={.metadata.annotations}"])).unwrap();
+    assert_eq!((&ann["webhook-user"], &ann["webhook-operation"], &ann["webhook-timeout"]), (&"kubernetes-admin".into(), &"CREATE".into(), &"10s".into()));
+    let plain = pod("plain", "{other: \"x\"}");
+    c.ok(&["create", "-f", plain.to_str().unwrap()]);
+    assert_eq!(c.ok(&["get", "pod", "plain", "-o", "jsonpath={.metadata.labels}"]), r#"{"other":"x"}"#, "the object selector leaves other pods alone");
+
+    // Validating, through a Service: a selector-less Service and its EndpointSlice lead to
+    // the server; the certificate is checked for hooks.webhook-test.svc.
+    c.ok(&["create", "namespace", "webhook-test"]);
+    c.ok(&["create", "namespace", "guarded"]);
+    c.ok(&["label", "namespace", "guarded", "guard=on"]);
+    c.ok(&["create", "namespace", "open"]);
+    apply(&c, "svc.json", serde_json::json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "hooks", "namespace": "webhook-test"}, "spec": {"ports": [{"name": "https", "port": 443, "targetPort": s.port}]}}));
+    apply(&c, "slice.json", serde_json::json!({
+        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice", "addressType": "IPv4",
+        "metadata": {"name": "hooks-1", "namespace": "webhook-test", "labels": {"kubernetes.io/service-name": "hooks"}},
+        "ports": [{"name": "https", "port": s.port, "protocol": "TCP"}],
+        "endpoints": [{"addresses": ["127.0.0.1"], "conditions": {"ready": true}}],
+    }));
+    apply(&c, "v.json", config("ValidatingWebhookConfiguration", "guard", vec![hook(
+        "deny.capstan.test",
+        serde_json::json!({"service": {"namespace": "webhook-test", "name": "hooks", "path": "/validate"}}),
+        &s.ca_b64,
+        rules(&["CREATE", "UPDATE", "DELETE"], "", "configmaps"),
+        serde_json::json!({"namespaceSelector": {"matchLabels": {"guard": "on"}}}),
+    )]));
+    let denied = "admission webhook \"deny.capstan.test\" denied the request: the key \"forbidden\" is not allowed";
+    wait_until("the validating webhook to take effect", || {
+        let out = c.kubectl_with(KUBECTL, &["create", "configmap", "probe", "-n", "guarded", "--from-literal=forbidden=1", "--dry-run=server"]);
+        String::from_utf8_lossy(&out.stderr).contains(denied)
+    });
+    assert!(c.fails(&["create", "configmap", "bad", "-n", "guarded", "--from-literal=forbidden=1"]).contains(denied));
+    c.ok(&["create", "configmap", "bad", "-n", "open", "--from-literal=forbidden=1"]);
+    c.ok(&["create", "configmap", "good", "-n", "guarded", "--from-literal=fine=1"]);
+    let e = c.fails(&["patch", "configmap", "good", "-n", "guarded", "-p", r#"{"data":{"forbidden":"1"}}"#]);
+    assert!(e.contains(denied), "an update is validated too: {e}");
+    c.ok(&["label", "configmap", "good", "-n", "guarded", "protected=yes"]);
+    let e = c.fails(&["delete", "configmap", "good", "-n", "guarded"]);
+    assert!(e.contains("admission webhook \"deny.capstan.test\" denied the request: this object is protected"), "{e}");
+    c.ok(&["label", "configmap", "good", "-n", "guarded", "protected-"]);
+    c.ok(&["delete", "configmap", "good", "-n", "guarded"]);
+
+    // Failures, by failurePolicy: a webhook nobody listens for, one that never answers in
+    // its timeout, one that answers garbage.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let down = serde_json::json!({"url": format!("https://127.0.0.1:{closed}/x")});
+    apply(&c, "ignore.json", config("ValidatingWebhookConfiguration", "failing", vec![
+        hook("down.capstan.test", down.clone(), &s.ca_b64, rules(&["CREATE"], "", "secrets"), serde_json::json!({"failurePolicy": "Ignore"})),
+    ]));
+    let secret = |name: &str| c.kubectl_with(KUBECTL, &["create", "secret", "generic", name, "--from-literal=k=v"]);
+    c.ok(&["create", "secret", "generic", "ignored", "--from-literal=k=v"]);
+    apply(&c, "fail.json", config("ValidatingWebhookConfiguration", "failing", vec![
+        hook("down.capstan.test", down, &s.ca_b64, rules(&["CREATE"], "", "secrets"), serde_json::json!({"failurePolicy": "Fail"})),
+        hook("slow.capstan.test", url("/slow"), &s.ca_b64, rules(&["CREATE"], "", "serviceaccounts"), serde_json::json!({"timeoutSeconds": 1})),
+        hook("garbage.capstan.test", url("/garbage"), &s.ca_b64, rules(&["CREATE"], "", "configmaps"), serde_json::json!({"namespaceSelector": {"matchLabels": {"garbage": "on"}}})),
+    ]));
+    let refused = format!("Internal error occurred: failed calling webhook \"down.capstan.test\": failed to call webhook: Post \"https://127.0.0.1:{closed}/x?timeout=10s\": dial tcp 127.0.0.1:{closed}");
+    wait_until("failurePolicy Fail to take effect", || String::from_utf8_lossy(&secret("probe").stderr).contains(&refused));
+    let e = c.fails(&["create", "serviceaccount", "slow"]);
+    assert!(e.contains("failed calling webhook \"slow.capstan.test\"") && e.contains("context deadline exceeded"), "a webhook past its timeout: {e}");
+    c.ok(&["label", "namespace", "open", "garbage=on"]);
+    let e = c.fails(&["create", "configmap", "g", "-n", "open"]);
+    assert!(e.contains("failed calling webhook \"garbage.capstan.test\": failed to decode the webhook response"), "{e}");
+    let (_, metrics) = http(&c.addr, "GET", "/metrics", &[], b"");
+    let failures = String::from_utf8_lossy(&metrics).lines().find_map(|l| l.strip_prefix("apiserver_admission_webhook_failures_total ").map(|n| n.parse::<u64>().unwrap())).expect("the failures counter");
+    assert!(failures >= 4, "the ignored, refused, slow and garbage calls are counted: {failures}");
+
+    // The configurations themselves are never sent to webhooks: a broken one can be removed.
+    c.ok(&["delete", "validatingwebhookconfiguration", "failing"]);
+    wait_until("the failing webhooks to be gone", || secret("after").status.success());
+    let listed = c.ok(&["get", "mutatingwebhookconfigurations"]);
+    assert!(listed.lines().any(|l| l.starts_with("a-hooks") && l.split_whitespace().nth(1) == Some("2")), "kubectl's WEBHOOKS column: {listed}");
+    let e = c.fails(&["apply", "-f", c.write("bad.json", &config("ValidatingWebhookConfiguration", "bad", vec![serde_json::json!({"name": "x", "clientConfig": {"url": "http://h/x"}})]).to_string()).to_str().unwrap()]);
+    assert!(e.contains("webhooks[0].name") && e.contains("webhooks[0].sideEffects") && e.contains("'https' is the only allowed URL scheme"), "an invalid configuration is refused: {e}");
+}
