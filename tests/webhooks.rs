@@ -181,3 +181,62 @@ fn admission_webhooks_mutate_deny_and_fail_by_their_policy() {
     let e = c.fails(&["apply", "-f", c.write("bad.json", &config("ValidatingWebhookConfiguration", "bad", vec![serde_json::json!({"name": "x", "clientConfig": {"url": "http://h/x"}})]).to_string()).to_str().unwrap()]);
     assert!(e.contains("webhooks[0].name") && e.contains("webhooks[0].sideEffects") && e.contains("'https' is the only allowed URL scheme"), "an invalid configuration is refused: {e}");
 }
+
+#[test]
+fn validating_admission_policies_deny_warn_and_take_parameters() {
+    let c = Cluster::start_with(tempfile::tempdir().unwrap(), &["--no-local-node", "--no-scheduler"]);
+    c.ok(&["create", "namespace", "limited"]);
+    c.ok(&["label", "namespace", "limited", "replica-limit=on"]);
+    c.ok(&["create", "configmap", "replica-limit", "-n", "limited", "--from-literal=max=3"]);
+    let policy = |name: &str, spec: serde_json::Value| serde_json::json!({"apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingAdmissionPolicy", "metadata": {"name": name}, "spec": spec});
+    let binding = |name: &str, spec: serde_json::Value| serde_json::json!({"apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingAdmissionPolicyBinding", "metadata": {"name": name}, "spec": spec});
+    let deployments = serde_json::json!({"resourceRules": [{"apiGroups": ["apps"], "apiVersions": ["v1"], "operations": ["CREATE", "UPDATE"], "resources": ["deployments"]}]});
+    apply(&c, "p1.json", policy("max-replicas.capstan.test", serde_json::json!({"matchConstraints": deployments, "validations": [{"expression": "object.spec.replicas <= 5"}]})));
+    apply(&c, "b1.json", binding("max-replicas", serde_json::json!({"policyName": "max-replicas.capstan.test", "validationActions": ["Deny"]})));
+    let denied = "ValidatingAdmissionPolicy 'max-replicas.capstan.test' with binding 'max-replicas' denied request: failed expression: object.spec.replicas <= 5";
+    wait_until("the policy to take effect", || {
+        let out = c.kubectl_with(KUBECTL, &["create", "deployment", "probe", "--image=busybox", "--replicas=7", "--dry-run=server"]);
+        String::from_utf8_lossy(&out.stderr).contains(denied)
+    });
+    let e = c.fails(&["create", "deployment", "big", "--image=busybox", "--replicas=7"]);
+    assert!(e.contains(&format!("deployments.apps \"big\" is invalid: : {denied}")), "Kubernetes' 422: {e}");
+    c.ok(&["create", "deployment", "small", "--image=busybox", "--replicas=2"]);
+    let e = c.fails(&["patch", "deployment", "small", "-p", r#"{"spec":{"replicas":9}}"#]);
+    assert!(e.contains(denied), "an update is validated too: {e}");
+
+    // Parameters from a ConfigMap in the request's namespace, a message expression, and a
+    // namespace selector on the binding; Warn instead of Deny.
+    apply(&c, "p2.json", policy("param-limit.capstan.test", serde_json::json!({
+        "matchConstraints": deployments,
+        "paramKind": {"apiVersion": "v1", "kind": "ConfigMap"},
+        "variables": [{"name": "max", "expression": "int(params.data.max)"}],
+        "validations": [{"expression": "object.spec.replicas <= variables.max", "messageExpression": "'at most ' + string(variables.max) + ' replicas here, not ' + string(object.spec.replicas)", "reason": "Forbidden"}],
+    })));
+    apply(&c, "b2.json", binding("param-limit", serde_json::json!({
+        "policyName": "param-limit.capstan.test", "validationActions": ["Deny"],
+        "paramRef": {"name": "replica-limit", "parameterNotFoundAction": "Deny"},
+        "matchResources": {"namespaceSelector": {"matchLabels": {"replica-limit": "on"}}},
+    })));
+    let limited = "ValidatingAdmissionPolicy 'param-limit.capstan.test' with binding 'param-limit' denied request: at most 3 replicas here, not 4";
+    wait_until("the parameterised policy to take effect", || {
+        let out = c.kubectl_with(KUBECTL, &["create", "deployment", "probe", "-n", "limited", "--image=busybox", "--replicas=4", "--dry-run=server"]);
+        String::from_utf8_lossy(&out.stderr).contains(limited)
+    });
+    assert!(c.fails(&["create", "deployment", "four", "-n", "limited", "--image=busybox", "--replicas=4"]).contains(limited));
+    c.ok(&["create", "deployment", "four", "--image=busybox", "--replicas=4"]);
+    c.ok(&["create", "deployment", "three", "-n", "limited", "--image=busybox", "--replicas=3"]);
+    c.ok(&["delete", "configmap", "replica-limit", "-n", "limited"]);
+    let missing = "ValidatingAdmissionPolicy 'param-limit.capstan.test' with binding 'param-limit' denied request: failed to configure binding: no params found for policy binding with `Deny` parameterNotFoundAction";
+    wait_until("the missing parameters to deny", || String::from_utf8_lossy(&c.kubectl_with(KUBECTL, &["create", "deployment", "one", "-n", "limited", "--image=busybox", "--replicas=1"]).stderr).contains(missing));
+
+    apply(&c, "b1.json", binding("max-replicas", serde_json::json!({"policyName": "max-replicas.capstan.test", "validationActions": ["Warn"]})));
+    let warned = "Warning: Validation failed for ValidatingAdmissionPolicy 'max-replicas.capstan.test' with binding 'max-replicas': failed expression: object.spec.replicas <= 5";
+    wait_until("the binding to warn instead", || {
+        let out = c.kubectl_with(KUBECTL, &["create", "deployment", "warned", "--image=busybox", "--replicas=6"]);
+        out.status.success() && String::from_utf8_lossy(&out.stderr).contains(warned)
+    });
+    let listed = c.ok(&["get", "validatingadmissionpolicies"]);
+    assert!(listed.lines().any(|l| l.starts_with("param-limit.capstan.test") && l.contains("v1/ConfigMap")), "kubectl's columns: {listed}");
+    let e = c.fails(&["apply", "-f", c.write("bad.json", &policy("bad.capstan.test", serde_json::json!({"matchConstraints": deployments, "validations": [{"expression": "object.spec.replicas <="}]})).to_string()).to_str().unwrap()]);
+    assert!(e.contains("spec.validations[0].expression") && e.contains("compilation failed"), "an expression that does not compile is refused: {e}");
+}

@@ -94,6 +94,8 @@ fn validate_spec(info: &ResourceInfo, obj: &Value, causes: &mut Vec<(String, Str
         }
         "ResourceQuota" => causes.extend(api::quota_scope::validate(obj)),
         "MutatingWebhookConfiguration" | "ValidatingWebhookConfiguration" if info.group == crate::webhook::GROUP => crate::webhook::validate_configuration(obj, causes),
+        "ValidatingAdmissionPolicy" if info.group == crate::webhook::GROUP => crate::admission_policy::validate_policy(obj, causes),
+        "ValidatingAdmissionPolicyBinding" if info.group == crate::webhook::GROUP => crate::admission_policy::validate_binding(obj, causes),
         "CronJob" => {
             let schedule = obj["spec"]["schedule"].as_str().unwrap_or("");
             if schedule.trim_start().starts_with("TZ=") || schedule.trim_start().starts_with("CRON_TZ=") {
@@ -460,6 +462,16 @@ pub fn default(info: &ResourceInfo, obj: &mut Value) {
         "LimitRange" => crate::limit_range::default_object(obj),
         "MutatingWebhookConfiguration" | "ValidatingWebhookConfiguration" if info.group == crate::webhook::GROUP => {
             crate::webhook::default_configuration(obj, info.kind.starts_with("Mutating"))
+        }
+        "ValidatingAdmissionPolicy" if info.group == crate::webhook::GROUP => {
+            if let Some(spec) = obj.get_mut("spec").and_then(Value::as_object_mut) {
+                spec.entry("failurePolicy").or_insert(json!("Fail"));
+                if let Some(m) = spec.get_mut("matchConstraints").and_then(Value::as_object_mut) {
+                    m.entry("matchPolicy").or_insert(json!("Equivalent"));
+                    m.entry("namespaceSelector").or_insert(json!({}));
+                    m.entry("objectSelector").or_insert(json!({}));
+                }
+            }
         }
         "ReplicationController" => {
             // Selector and labels default to the template's labels (Kubernetes' defaulting).

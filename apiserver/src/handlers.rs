@@ -74,6 +74,8 @@ pub struct AppState {
     pub ui: crate::dashboard::UiState,
     /// The admission webhooks, kept current by `webhook::follow`.
     pub webhooks: crate::webhook::Webhooks,
+    /// The ValidatingAdmissionPolicy bindings, kept current by `admission_policy::follow`.
+    pub policies: crate::admission_policy::Policies,
 }
 
 /// At most this many objects in `AppState::parsed` (emptied when full).
@@ -670,7 +672,7 @@ impl Req<'_> {
             self.st.admission.admit(self.info, None, &mut obj)?;
             self.pod_security(&obj, ns_json.as_ref())?;
         }
-        self.validate_by_webhooks(Operation::Create, Some(&obj), None).await?;
+        self.dynamic_validation(Operation::Create, Some(&obj), None).await?;
         if obj["metadata"].get("managedFields").is_none() {
             crate::ssa::record_update(None, &mut obj, &self.manager(), &self.info.api_version(), &object::now_rfc3339(), false);
         }
@@ -1053,7 +1055,7 @@ impl Req<'_> {
                     return Err(ApiError::conflict(self.info.group, self.info.resource, self.name()));
                 }
             }
-            self.validate_by_webhooks(Operation::Delete, None, Some(&cur.obj)).await?;
+            self.dynamic_validation(Operation::Delete, None, Some(&cur.obj)).await?;
             if self.info.kind == "Namespace" {
                 return self.delete_namespace(&cur).await;
             }
@@ -1140,7 +1142,7 @@ impl Req<'_> {
                 continue;
             }
             let key = String::from_utf8_lossy(&kv.key).to_string();
-            self.validate_by_webhooks(Operation::Delete, None, Some(&v)).await?;
+            self.dynamic_validation(Operation::Delete, None, Some(&v)).await?;
             if self.cas_delete(&key, kv.mod_revision).await? {
                 deleted.push(v);
             }

@@ -15,6 +15,7 @@
 
 pub mod access_review;
 pub mod admission;
+pub mod admission_policy;
 pub mod apf;
 pub mod audit;
 pub mod audit_event;
@@ -137,9 +138,11 @@ fn build(store: Store, shutdown: tokio::sync::watch::Receiver<bool>, keep: Optio
         parsed: Default::default(),
         ui: dashboard::UiState::new(ui_hooks),
         webhooks: Default::default(),
+        policies: Default::default(),
     });
     tokio::spawn(rbac::follow(state.clone()));
     tokio::spawn(webhook::follow(state.clone()));
+    tokio::spawn(admission_policy::follow(state.clone()));
     state.apf.total_seats.store(apf_seats.max(1), Ordering::Relaxed);
     tokio::spawn(apf::follow(state.clone()));
     tokio::spawn(apf::rebalance_loop(state.clone()));

@@ -260,6 +260,8 @@ pub fn builtin() -> Vec<ResourceInfo> {
         info::<networking::ServiceCIDR>(&[], &[status_of!(networking::ServiceCIDR)], true),
         info::<admissionregistration::MutatingWebhookConfiguration>(&[], &[], false),
         info::<admissionregistration::ValidatingWebhookConfiguration>(&[], &[], false),
+        info::<admissionregistration::ValidatingAdmissionPolicy>(&[], &[status_of!(admissionregistration::ValidatingAdmissionPolicy)], true),
+        info::<admissionregistration::ValidatingAdmissionPolicyBinding>(&[], &[], true),
         info::<rbac::Role>(&[], &[], false),
         info::<rbac::RoleBinding>(&[], &[], false),
         info::<rbac::ClusterRole>(&[], &[], false),

@@ -86,7 +86,9 @@ impl ApiError {
     /// 422 with one cause per invalid field.
     pub fn invalid(group: &str, kind: &str, name: &str, causes: Vec<(String, String)>) -> ApiError {
         let summary: Vec<String> = causes.iter().map(|(f, m)| format!("{f}: {m}")).collect();
-        let mut e = ApiError::new(422, "Invalid", format!("{kind} \"{name}\" is invalid: {}", summary.join(", ")))
+        // Kubernetes' qualified kind: `Deployment.apps`, `Pod`.
+        let what = if group.is_empty() { kind.to_string() } else { format!("{kind}.{group}") };
+        let mut e = ApiError::new(422, "Invalid", format!("{what} \"{name}\" is invalid: {}", summary.join(", ")))
             .with_details(name, group, kind);
         if let Some(d) = e.details.as_mut() {
             d["causes"] = json!(causes

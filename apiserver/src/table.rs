@@ -153,6 +153,8 @@ pub fn columns(kind: &str) -> Vec<Value> {
         "ServiceCIDR" => vec![col("Name", "string", 0), col("CIDRs", "string", 0), col("Age", "string", 0)],
         "IPAddress" => vec![col("Name", "string", 0), col("ParentRef", "string", 0)],
         "MutatingWebhookConfiguration" | "ValidatingWebhookConfiguration" => vec![col("Name", "string", 0), col("Webhooks", "integer", 0), col("Age", "string", 0)],
+        "ValidatingAdmissionPolicy" => vec![col("Name", "string", 0), col("Validations", "integer", 0), col("ParamKind", "string", 0), col("Age", "string", 0)],
+        "ValidatingAdmissionPolicyBinding" => vec![col("Name", "string", 0), col("PolicyName", "string", 0), col("ParamRef", "string", 0), col("Age", "string", 0)],
         "Role" | "ClusterRole" | "CustomResourceDefinition" | "LimitRange" => vec![col("Name", "string", 0), col("Created At", "date", 0)],
         "ResourceQuota" => vec![col("Name", "string", 0), col("Age", "string", 0), col("Request", "string", 0), col("Limit", "string", 0)],
         "ControllerRevision" => vec![col("Name", "string", 0), col("Controller", "string", 0), col("Revision", "integer", 0), col("Age", "string", 0)],
@@ -545,6 +547,18 @@ pub fn cells(kind: &str, o: &Value) -> Vec<Value> {
         "MutatingWebhookConfiguration" | "ValidatingWebhookConfiguration" => {
             out.extend([json!(s(o, &["webhooks"]).and_then(|w| w.as_array()).map_or(0, |a| a.len())), age_cell]);
         }
+        "ValidatingAdmissionPolicy" => {
+            let pk = s(o, &["spec", "paramKind"]).map(|k| format!("{}/{}", k["apiVersion"].as_str().unwrap_or(""), k["kind"].as_str().unwrap_or(""))).unwrap_or_else(|| "<unset>".into());
+            out.extend([json!(s(o, &["spec", "validations"]).and_then(|w| w.as_array()).map_or(0, |a| a.len())), json!(pk), age_cell]);
+        }
+        "ValidatingAdmissionPolicyBinding" => {
+            let pr = s(o, &["spec", "paramRef"]).map(|r| match (r["namespace"].as_str().filter(|n| !n.is_empty()), r["name"].as_str().filter(|n| !n.is_empty())) {
+                (Some(ns), Some(n)) => format!("{ns}/{n}"),
+                (None, Some(n)) => n.to_string(),
+                _ => "*".to_string(),
+            });
+            out.extend([json!(s(o, &["spec", "policyName"]).and_then(|p| p.as_str()).unwrap_or("")), json!(pr.unwrap_or_else(|| "<unset>".into())), age_cell]);
+        }
         "IPAddress" => {
             let p = s(o, &["spec", "parentRef"]).cloned().unwrap_or(Value::Null);
             let group = p["group"].as_str().filter(|g| !g.is_empty()).map(|g| format!(".{g}")).unwrap_or_default();
@@ -671,7 +685,7 @@ mod tests {
             "Pod", "Deployment", "ReplicaSet", "Namespace", "Node", "Service", "ConfigMap", "Secret", "Job", "Lease", "Event", "StatefulSet", "DaemonSet", "CronJob", "PriorityClass",
             "HorizontalPodAutoscaler", "PodDisruptionBudget", "Endpoints", "EndpointSlice", "NetworkPolicy", "ServiceAccount", "RoleBinding", "ClusterRoleBinding", "ServiceCIDR", "IPAddress",
             "Role", "ClusterRole", "CustomResourceDefinition", "LimitRange", "ResourceQuota", "ControllerRevision", "PodTemplate", "FlowSchema", "PriorityLevelConfiguration",
-            "MutatingWebhookConfiguration", "ValidatingWebhookConfiguration",
+            "MutatingWebhookConfiguration", "ValidatingWebhookConfiguration", "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding",
         ] {
             assert_eq!(cells(k, &o).len(), columns(k).len(), "{k}");
         }

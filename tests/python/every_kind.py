@@ -85,6 +85,8 @@ SAMPLES = {
     ("networking.k8s.io", "ServiceCIDR"): {"spec": {"cidrs": ["10.250.0.0/24"]}},
     # Webhooks on a group nothing serves, failing open: they never touch the other kinds' writes.
     ("admissionregistration.k8s.io", "MutatingWebhookConfiguration"): {"webhooks": [{"name": "m.every.example.com", "clientConfig": {"url": "https://127.0.0.1:1/m"}, "sideEffects": "None", "admissionReviewVersions": ["v1"], "failurePolicy": "Ignore", "rules": [{"operations": ["CREATE"], "apiGroups": ["nothing.example.com"], "apiVersions": ["v1"], "resources": ["things"]}]}]},
+    ("admissionregistration.k8s.io", "ValidatingAdmissionPolicy"): {"spec": {"matchConstraints": {"resourceRules": [{"operations": ["CREATE"], "apiGroups": ["nothing.example.com"], "apiVersions": ["v1"], "resources": ["things"]}]}, "validations": [{"expression": "object.metadata.name != ''"}]}},
+    ("admissionregistration.k8s.io", "ValidatingAdmissionPolicyBinding"): {"spec": {"policyName": "ek", "validationActions": ["Warn"]}},
     ("admissionregistration.k8s.io", "ValidatingWebhookConfiguration"): {"webhooks": [{"name": "v.every.example.com", "clientConfig": {"url": "https://127.0.0.1:1/v"}, "sideEffects": "None", "admissionReviewVersions": ["v1"], "failurePolicy": "Ignore", "rules": [{"operations": ["CREATE"], "apiGroups": ["nothing.example.com"], "apiVersions": ["v1"], "resources": ["things"]}]}]},
     ("rbac.authorization.k8s.io", "Role"): {"rules": [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get"]}]},
     ("rbac.authorization.k8s.io", "RoleBinding"): {"roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "ek"}, "subjects": [{"kind": "User", "name": "ek", "apiGroup": "rbac.authorization.k8s.io"}]},

@@ -1,9 +1,12 @@
-//! Admission webhooks on the write path (`crate::webhook`): which of them a request goes to
-//! (rules, then the namespace's labels, then the object's), where a Service-referenced one
-//! is (a ready endpoint of its EndpointSlices), and what their answers do: mutating ones
-//! patch the object in turn, validating ones deny together.
+//! Dynamic admission on the write path: webhooks (`crate::webhook`) and
+//! ValidatingAdmissionPolicies (`crate::admission_policy`). For webhooks: which of them a
+//! request goes to (rules, then the namespace's labels, then the object's), where a
+//! Service-referenced one is (a ready endpoint of its EndpointSlices), and what their
+//! answers do: mutating ones patch the object in turn, validating ones deny together. For
+//! policies: the bindings that match, their parameter objects, and their actions.
 
 use super::*;
+use crate::admission_policy::{self as policy, Binding, ParamRef};
 use crate::webhook::call::{self, Target};
 use crate::webhook::review;
 use crate::webhook::rules::{Attributes, Operation};
@@ -56,9 +59,6 @@ impl Req<'_> {
     /// An update's webhooks: mutating ones over `next` (with the generation and the built-in
     /// validation done again if they changed it), then validating ones.
     pub(super) async fn webhooks_on_update(&self, cur: &Value, next: &mut Value) -> Result<(), ApiError> {
-        if self.st.webhooks.current().is_empty() {
-            return Ok(());
-        }
         if self.mutate_by_webhooks(Operation::Update, next, Some(cur)).await? {
             if self.info.has_spec && cur.get("spec") != next.get("spec") {
                 let g = cur["metadata"].get("generation").and_then(|g| g.as_i64()).unwrap_or(0) + 1;
@@ -66,7 +66,7 @@ impl Req<'_> {
             }
             self.st.admission.admit(self.info, Some(cur), next)?;
         }
-        self.validate_by_webhooks(Operation::Update, Some(next), Some(cur)).await
+        self.dynamic_validation(Operation::Update, Some(next), Some(cur)).await
     }
 
     /// Runs the mutating webhooks over `obj` (a create's or update's new object), then the
@@ -114,10 +114,11 @@ impl Req<'_> {
         Ok(changed)
     }
 
-    /// Runs the validating webhooks, together; the first denial (in their order) is the
-    /// answer. A DELETE goes to the mutating webhooks that match it too, whose denial denies
-    /// (there is no object for a patch).
-    pub(super) async fn validate_by_webhooks(&self, op: Operation, obj: Option<&Value>, old: Option<&Value>) -> Result<(), ApiError> {
+    /// The validating admission policies, then the validating webhooks, together; the
+    /// first denial (in their order) is the answer. A DELETE goes to the mutating webhooks
+    /// that match it too, whose denial denies (there is no object for a patch).
+    pub(super) async fn dynamic_validation(&self, op: Operation, obj: Option<&Value>, old: Option<&Value>) -> Result<(), ApiError> {
+        self.validate_by_policies(op, obj, old).await?;
         let set = self.st.webhooks.current();
         if set.is_empty() {
             return Ok(());
@@ -201,4 +202,111 @@ impl Req<'_> {
         }
         Err(format!("no endpoints available for service \"{name}\""))
     }
+
+    /// The ValidatingAdmissionPolicy bindings that match this request, each evaluated over
+    /// its parameter objects: a Deny binding's violation is the answer, a Warn binding's a
+    /// warning; an expression that fails is judged by its policy's failurePolicy.
+    async fn validate_by_policies(&self, op: Operation, obj: Option<&Value>, old: Option<&Value>) -> Result<(), ApiError> {
+        let bindings = self.st.policies.current();
+        if bindings.is_empty() || crate::webhook::rules::exempt(self.info.group, self.info.resource) {
+            return Ok(());
+        }
+        let name = self.name.as_deref().or_else(|| obj.or(old).and_then(|o| meta_str(o, "name"))).unwrap_or("");
+        let r = policy::Request { attrs: self.attributes(op), kind: self.info.kind, name, namespace: self.namespace.as_deref(), user: self.user.as_deref(), dry_run: self.dry_run(), object: obj, old };
+        let is_namespace = self.info.kind == "Namespace" && self.info.group.is_empty();
+        let ns_obj = match self.namespace.as_deref() {
+            Some(ns) => self.st.lookup("namespaces", None, ns).await?,
+            None => None,
+        };
+        let labels = if is_namespace {
+            Some(obj.or(old).and_then(|o| o["metadata"].get("labels")))
+        } else if self.namespace.is_some() {
+            Some(ns_obj.as_ref().and_then(|n| n["metadata"].get("labels")))
+        } else {
+            None
+        };
+        for b in bindings.iter().filter(|b| b.matches(&r, labels)) {
+            let params: Vec<Option<Value>> = match (&b.policy.param_kind, &b.param_ref) {
+                (None, _) => vec![None],
+                (Some(kind), Some(pr)) => {
+                    let found = self.policy_params(kind, pr).await;
+                    match found {
+                        Ok(found) if found.is_empty() && pr.deny_if_missing => {
+                            return Err(policy_denial(self.info, name, b, "failed to configure binding: no params found for policy binding with `Deny` parameterNotFoundAction", "Invalid", 422));
+                        }
+                        Ok(found) => found.into_iter().map(Some).collect(),
+                        Err(e) => {
+                            self.policy_failed(b, name, &e)?;
+                            continue;
+                        }
+                    }
+                }
+                (Some(_), None) => {
+                    self.policy_failed(b, name, "failed to configure binding: paramKind is set but the binding has no paramRef")?;
+                    continue;
+                }
+            };
+            for p in &params {
+                match policy::evaluate(b, &r, p.as_ref(), ns_obj.as_deref()) {
+                    Ok(None) => {}
+                    Ok(Some(violations)) => {
+                        for v in violations {
+                            if b.deny {
+                                return Err(policy_denial(self.info, name, b, &v.message, v.reason, v.code));
+                            }
+                            if b.warn {
+                                self.warnings.lock().unwrap().push(format!("Validation failed for ValidatingAdmissionPolicy '{}' with binding '{}': {}", b.policy.name, b.name, v.message));
+                            }
+                        }
+                    }
+                    Err(e) => self.policy_failed(b, name, &e)?,
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// A policy that could not be evaluated: denied under failurePolicy Fail, skipped (and
+    /// logged) under Ignore.
+    fn policy_failed(&self, b: &Binding, name: &str, why: &str) -> Result<(), ApiError> {
+        if b.policy.fail_closed && b.deny {
+            return Err(policy_denial(self.info, name, b, why, "Invalid", 422));
+        }
+        if b.policy.fail_closed && b.warn {
+            self.warnings.lock().unwrap().push(format!("Validation failed for ValidatingAdmissionPolicy '{}' with binding '{}': {why}", b.policy.name, b.name));
+        }
+        tracing::debug!(policy = b.policy.name, binding = b.name, error = why, "a validating admission policy could not be evaluated");
+        Ok(())
+    }
+
+    /// A binding's parameter objects: the one named, or those its selector picks, in its
+    /// namespace (the request's, for a namespaced kind when the binding names none).
+    async fn policy_params(&self, (api_version, kind): &(String, String), pr: &ParamRef) -> Result<Vec<Value>, String> {
+        let (group, version) = api_version.split_once('/').unwrap_or(("", api_version.as_str()));
+        let info = self.st.reg.in_group_version(group, version).into_iter().find(|r| r.kind == kind).ok_or_else(|| format!("failed to configure binding: paramKind {api_version}, Kind={kind} is not served"))?;
+        let ns = info.namespaced.then(|| pr.namespace.as_deref().or(self.namespace.as_deref()).unwrap_or(""));
+        let objects = self.cached(info.group, info.version, info.resource).await.ok_or("failed to configure binding: the parameters' cache is not available")?;
+        let parse = |o: &watchcache::Object| serde_json::from_slice::<Value>(&o.json).ok();
+        if let Some(n) = &pr.name {
+            return Ok(objects.get(info.key(ns, n).as_bytes()).and_then(|o| parse(o)).into_iter().collect());
+        }
+        let sel = pr.selector.clone().unwrap_or_else(|| json!({}));
+        let prefix = info.prefix(ns);
+        Ok(objects
+            .range(Bytes::from(prefix.clone())..)
+            .take_while(|(k, _)| k.starts_with(prefix.as_bytes()))
+            .filter_map(|(_, o)| parse(o))
+            .filter(|o| api::meta::selector_matches(&sel, &o["metadata"]["labels"]))
+            .collect())
+    }
+}
+
+/// A Deny binding's answer: Kubernetes' message, as 422 Invalid (with the resource and name)
+/// or with the validation's own reason.
+fn policy_denial(info: &crate::registry::ResourceInfo, name: &str, b: &Binding, message: &str, reason: &'static str, code: u16) -> ApiError {
+    let message = format!("ValidatingAdmissionPolicy '{}' with binding '{}' denied request: {message}", b.policy.name, b.name);
+    if reason == "Invalid" {
+        return ApiError::invalid(info.group, info.resource, name, vec![(String::new(), message)]);
+    }
+    ApiError { code, reason, message, details: None }
 }
