@@ -197,6 +197,10 @@ pub fn security(data_dir: &Path, opts: &crate::TlsOpts, addr: &std::net::SocketA
     // The API server's client certificate to kubelets (kubeadm's name and group).
     let kubelet_client = pki.client("kube-apiserver-kubelet-client", "system:masters")?;
     apiserver::node_proxy::use_client_certificate(&kubelet_client.cert_pem, &kubelet_client.key_pem).map_err(anyhow::Error::msg)?;
+    // The client certificate to aggregated API servers (kubeadm's front-proxy-client), of the
+    // cluster CA, which `extension-apiserver-authentication` tells them to trust for it.
+    let front_proxy = pki.client(apiserver::aggregator::FRONT_PROXY_CN, "")?;
+    apiserver::aggregator::use_front_proxy(&pki.ca_pem, &front_proxy.cert_pem, &front_proxy.key_pem).map_err(anyhow::Error::msg)?;
     Ok(Security { scheme: "https", tls: Some(tls), options, limits: limits(opts), admin: Some(KubeUser { ca_pem: pki.ca_pem.clone(), cert_pem: admin.cert_pem, key_pem: admin.key_pem }), pki: Some(pki), identities })
 }
 

@@ -1,6 +1,7 @@
-//! Admission webhooks end to end: the real `capstan up`, kubectl, and an HTTPS webhook
-//! server (`tests/python/webhook_server.py`) whose certificate is signed by a CA the
-//! configurations carry in their `caBundle`.
+//! Extending the API from outside, end to end with the real `capstan up` and kubectl:
+//! admission webhooks (`tests/python/webhook_server.py`), ValidatingAdmissionPolicies, and
+//! aggregated APIs (`tests/python/aggregated_server.py`), the servers' certificates signed by
+//! a CA the configurations carry in their `caBundle`.
 
 mod common;
 
@@ -10,7 +11,7 @@ use std::process::{Child, Command, Stdio};
 use base64::Engine;
 use common::*;
 
-/// The webhook server: killed when the test ends.
+/// A test server: killed when the test ends.
 struct Server {
     child: Child,
     port: u16,
@@ -27,6 +28,12 @@ impl Drop for Server {
 /// A CA, and a serving certificate of it for 127.0.0.1 and the Service name
 /// `hooks.webhook-test.svc`, written to `dir`; then the server started on them.
 fn start_server(dir: &std::path::Path) -> Server {
+    start_python(dir, "webhook_server.py", "hooks.webhook-test.svc", &[])
+}
+
+/// `tests/python/SCRIPT CERT KEY ARGS...` with a certificate for `san` and 127.0.0.1 of a CA
+/// made here; it prints its port.
+fn start_python(dir: &std::path::Path, script: &str, san: &str, args: &[&std::path::Path]) -> Server {
     let ca_key = rcgen::KeyPair::generate().unwrap();
     let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
     ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
@@ -34,23 +41,24 @@ fn start_server(dir: &std::path::Path) -> Server {
     let ca = ca_params.self_signed(&ca_key).unwrap();
     let issuer = rcgen::Issuer::new(ca_params, ca_key);
     let key = rcgen::KeyPair::generate().unwrap();
-    let mut p = rcgen::CertificateParams::new(vec!["hooks.webhook-test.svc".to_string()]).unwrap();
+    let mut p = rcgen::CertificateParams::new(vec![san.to_string()]).unwrap();
     p.subject_alt_names.push(rcgen::SanType::IpAddress("127.0.0.1".parse().unwrap()));
     let cert = p.signed_by(&key, &issuer).unwrap();
-    let (cert_path, key_path) = (dir.join("hook.crt"), dir.join("hook.key"));
+    let (cert_path, key_path) = (dir.join(format!("{script}.crt")), dir.join(format!("{script}.key")));
     std::fs::write(&cert_path, cert.pem()).unwrap();
     std::fs::write(&key_path, key.serialize_pem()).unwrap();
     let mut child = Command::new("python3")
-        .arg(source_dir().join("tests/python/webhook_server.py"))
+        .arg(source_dir().join("tests/python").join(script))
         .args([&cert_path, &key_path])
+        .args(args)
         .env("PYTHONDONTWRITEBYTECODE", "1")
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
-        .expect("start python3 tests/python/webhook_server.py");
+        .unwrap_or_else(|e| panic!("start python3 tests/python/{script}: {e}"));
     let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).expect("the webhook server printed its port");
-    let port = line.trim().parse().unwrap_or_else(|_| panic!("the webhook server printed {line:?}, not a port"));
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).expect("the server printed its port");
+    let port = line.trim().parse().unwrap_or_else(|_| panic!("{script} printed {line:?}, not a port"));
     Server { child, port, ca_b64: base64::engine::general_purpose::STANDARD.encode(ca.pem()) }
 }
 
@@ -239,4 +247,66 @@ fn validating_admission_policies_deny_warn_and_take_parameters() {
     assert!(listed.lines().any(|l| l.starts_with("param-limit.capstan.test") && l.contains("v1/ConfigMap")), "kubectl's columns: {listed}");
     let e = c.fails(&["apply", "-f", c.write("bad.json", &policy("bad.capstan.test", serde_json::json!({"matchConstraints": deployments, "validations": [{"expression": "object.spec.replicas <="}]})).to_string()).to_str().unwrap()]);
     assert!(e.contains("spec.validations[0].expression") && e.contains("compilation failed"), "an expression that does not compile is refused: {e}");
+}
+
+#[test]
+fn an_aggregated_api_is_proxied_discovered_and_checked_for_availability() {
+    let c = Cluster::start_with(tempfile::tempdir().unwrap(), &["--no-local-node", "--no-scheduler"]);
+    // What aggregated servers are told to trust for the front-proxy headers.
+    let mut ca = String::new();
+    wait_until("kube-system/extension-apiserver-authentication to be published", || {
+        let out = c.kubectl_with(KUBECTL, &["get", "configmap", "-n", "kube-system", "extension-apiserver-authentication", "-o", "jsonpath={.data.requestheader-client-ca-file}"]);
+        ca = String::from_utf8_lossy(&out.stdout).into_owned();
+        out.status.success() && ca.contains("BEGIN CERTIFICATE")
+    });
+    assert_eq!(c.ok(&["get", "configmap", "-n", "kube-system", "extension-apiserver-authentication", "-o", "jsonpath={.data.requestheader-allowed-names}"]), r#"["front-proxy-client"]"#);
+    let client_ca = c.write("front-proxy-ca.crt", &ca);
+    let s = start_python(c.dir.path(), "aggregated_server.py", "backend.wardle.svc", &[&client_ca]);
+
+    // Every group-version served here has its Local APIService.
+    let listed = c.ok(&["get", "apiservices"]);
+    for name in ["v1.apps", "v1beta1.metrics.k8s.io", "v1.admissionregistration.k8s.io"] {
+        assert!(listed.lines().any(|l| l.starts_with(name) && l.contains("Local") && l.contains("True")), "{name} is Local and available: {listed}");
+    }
+
+    c.ok(&["create", "namespace", "wardle"]);
+    apply(&c, "svc.json", serde_json::json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "backend", "namespace": "wardle"}, "spec": {"ports": [{"name": "https", "port": 443, "targetPort": s.port}]}}));
+    let slice = serde_json::json!({
+        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice", "addressType": "IPv4",
+        "metadata": {"name": "backend-1", "namespace": "wardle", "labels": {"kubernetes.io/service-name": "backend"}},
+        "ports": [{"name": "https", "port": s.port, "protocol": "TCP"}],
+        "endpoints": [{"addresses": ["127.0.0.1"], "conditions": {"ready": true}}],
+    });
+    apply(&c, "slice.json", slice.clone());
+    apply(&c, "apiservice.json", serde_json::json!({
+        "apiVersion": "apiregistration.k8s.io/v1", "kind": "APIService", "metadata": {"name": "v1alpha1.wardle.example.com"},
+        "spec": {"group": "wardle.example.com", "version": "v1alpha1", "groupPriorityMinimum": 1000, "versionPriority": 15,
+                 "service": {"namespace": "wardle", "name": "backend", "port": 443}, "caBundle": s.ca_b64},
+    }));
+    let available = || c.ok(&["get", "apiservice", "v1alpha1.wardle.example.com", "-o", "jsonpath={.status.conditions[?(@.type==\"Available\")].status} {.status.conditions[?(@.type==\"Available\")].reason}"]);
+    wait_until("the APIService to become Available", || available() == "True Passed");
+    wait_until("kubectl's discovery to list flunders", || c.ok(&["api-resources", "--api-group", "wardle.example.com"]).contains("flunders"));
+    let got: serde_json::Value = serde_json::from_str(&c.ok(&["get", "flunders", "-n", "wardle", "-o", "json"])).unwrap();
+    let ann = &got["items"][0]["metadata"]["annotations"];
+    assert_eq!(ann["seen-user"], "kubernetes-admin", "the user, in X-Remote-User: {got}");
+    assert!(ann["seen-groups"].as_str().unwrap().split(',').any(|g| g == "system:masters"), "{got}");
+    assert_eq!((&ann["client-cn"], &ann["had-authorization"]), (&"front-proxy-client".into(), &"no".into()), "the front-proxy certificate, no credentials passed on");
+    assert!(c.ok(&["get", "flunder", "from-backend", "-n", "wardle"]).contains("from-backend"));
+    assert!(c.fails(&["get", "flunder", "nothing", "-n", "wardle"]).contains("flunders.wardle.example.com \"nothing\" not found"), "the backend's own errors come through");
+    let group: serde_json::Value = serde_json::from_str(&c.ok(&["get", "--raw", "/apis/wardle.example.com"])).unwrap();
+    assert_eq!((&group["kind"], &group["preferredVersion"]["version"]), (&"APIGroup".into(), &"v1alpha1".into()));
+
+    // Without endpoints, and then without a server: unavailable, and requests answer 503.
+    c.ok(&["delete", "endpointslice", "backend-1", "-n", "wardle"]);
+    wait_until("the APIService to lose its endpoints", || available().starts_with("False MissingEndpoints"));
+    let e = c.fails(&["get", "flunders", "-n", "wardle"]);
+    assert!(e.contains("the server is currently unable to handle the request") || e.contains("service unavailable"), "{e}");
+    apply(&c, "slice.json", slice);
+    wait_until("the APIService to be Available again", || available() == "True Passed");
+    drop(s);
+    wait_until("the APIService to fail its discovery check", || available() == "False FailedDiscoveryCheck");
+    let listed = c.ok(&["get", "apiservices", "v1alpha1.wardle.example.com"]);
+    assert!(listed.contains("wardle/backend") && listed.contains("False (FailedDiscoveryCheck)"), "{listed}");
+    let e = c.fails(&["get", "--raw", "/apis/wardle.example.com/v1alpha1/namespaces/wardle/flunders"]);
+    assert!(e.contains("ServiceUnavailable") && e.contains("error trying to reach service"), "a server that is gone: {e}");
 }

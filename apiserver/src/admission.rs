@@ -96,6 +96,7 @@ fn validate_spec(info: &ResourceInfo, obj: &Value, causes: &mut Vec<(String, Str
         "MutatingWebhookConfiguration" | "ValidatingWebhookConfiguration" if info.group == crate::webhook::GROUP => crate::webhook::validate_configuration(obj, causes),
         "ValidatingAdmissionPolicy" if info.group == crate::webhook::GROUP => crate::admission_policy::validate_policy(obj, causes),
         "ValidatingAdmissionPolicyBinding" if info.group == crate::webhook::GROUP => crate::admission_policy::validate_binding(obj, causes),
+        "APIService" if info.group == crate::aggregator::GROUP => crate::aggregator::validate(obj, causes),
         "CronJob" => {
             let schedule = obj["spec"]["schedule"].as_str().unwrap_or("");
             if schedule.trim_start().starts_with("TZ=") || schedule.trim_start().starts_with("CRON_TZ=") {

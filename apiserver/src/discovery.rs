@@ -4,6 +4,7 @@
 
 use serde_json::{Value, json};
 
+use crate::aggregator::Aggregator;
 use crate::registry::{Registry, ResourceInfo};
 
 pub const AGGREGATED_V2: &str = "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList";
@@ -38,8 +39,8 @@ fn resource_entry(r: &ResourceInfo) -> Value {
 }
 
 /// `APIGroupDiscoveryList` for the core group (`legacy = true`, served at `/api`) or the
-/// named groups (`/apis`).
-pub fn aggregated(reg: &Registry, legacy: bool, version: &str) -> Value {
+/// named groups (`/apis`, with the aggregated APIs' groups after the built-in ones).
+pub fn aggregated(reg: &Registry, agg: &Aggregator, legacy: bool, version: &str) -> Value {
     let items: Vec<Value> = reg
         .groups()
         .into_iter()
@@ -57,7 +58,10 @@ pub fn aggregated(reg: &Registry, legacy: bool, version: &str) -> Value {
         .collect();
     let mut items = items;
     if !legacy {
-        items.push(crate::node_proxy::aggregated_group());
+        if !agg.serves_group("metrics.k8s.io") {
+            items.push(crate::node_proxy::aggregated_group());
+        }
+        items.extend(agg.aggregated_items(reg));
     }
     json!({
         "kind": "APIGroupDiscoveryList",
@@ -76,10 +80,13 @@ fn api_group(g: &str, versions: &[&str]) -> Value {
     json!({"name": g, "versions": vs, "preferredVersion": vs[0]})
 }
 
-pub fn api_group_list(reg: &Registry) -> Value {
+pub fn api_group_list(reg: &Registry, agg: &Aggregator) -> Value {
     let mut groups: Vec<Value> =
         reg.groups().into_iter().filter(|(g, _)| !g.is_empty()).map(|(g, vs)| api_group(g, &vs)).collect();
-    groups.push(crate::node_proxy::legacy_group());
+    if !agg.serves_group("metrics.k8s.io") {
+        groups.push(crate::node_proxy::legacy_group());
+    }
+    groups.extend(agg.legacy_groups(reg));
     json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": groups})
 }
 

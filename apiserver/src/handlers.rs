@@ -76,6 +76,8 @@ pub struct AppState {
     pub webhooks: crate::webhook::Webhooks,
     /// The ValidatingAdmissionPolicy bindings, kept current by `admission_policy::follow`.
     pub policies: crate::admission_policy::Policies,
+    /// The aggregated APIs (remote APIServices), kept current by `aggregator::follow`.
+    pub aggregator: crate::aggregator::Aggregator,
 }
 
 /// At most this many objects in `AppState::parsed` (emptied when full).
@@ -106,6 +108,31 @@ impl AppState {
             return Ok(Some(v));
         }
         Ok(self.read_object("", resource, namespace, name).await?.map(Arc::new))
+    }
+
+    /// A ready endpoint (address, port) of the Service's `port`, from its EndpointSlices: how
+    /// the API server reaches admission webhooks and aggregated APIs given as Services.
+    /// Errors are (reason, message), the reasons an APIService's `Available` condition gives.
+    pub(crate) async fn service_endpoint(&self, namespace: &str, name: &str, port: u16) -> Result<(String, u16), (&'static str, String)> {
+        let missing = |m: String| ("MissingEndpoints", m);
+        let svc = self.lookup("services", Some(namespace), name).await.map_err(|e| missing(e.message))?.ok_or_else(|| ("ServiceNotFound", format!("service/{name} in \"{namespace}\" is not present")))?;
+        let sp = svc["spec"]["ports"].as_array().into_iter().flatten().find(|p| p["port"].as_u64() == Some(port as u64)).ok_or_else(|| ("ServicePortError", format!("service/{name} in \"{namespace}\" is not listening on port {port}")))?;
+        let port_name = sp["name"].as_str().unwrap_or("");
+        let info = self.reg.find("discovery.k8s.io", "v1", "endpointslices").ok_or_else(|| missing("EndpointSlices are not served".into()))?;
+        let slices = self.caches.get(&self.store, &info).await.map_err(|e| missing(format!("the EndpointSlice cache: {}", e.message)))?.snapshot().1;
+        let prefix = format!("/registry/discovery.k8s.io/endpointslices/{namespace}/");
+        for (_, o) in slices.range(Bytes::from(prefix.clone())..).take_while(|(k, _)| k.starts_with(prefix.as_bytes())) {
+            if !o.meta.labels.iter().any(|(k, v)| &**k == "kubernetes.io/service-name" && &**v == name) {
+                continue;
+            }
+            let Ok(slice) = serde_json::from_slice::<Value>(&o.json) else { continue };
+            let Some(p) = slice["ports"].as_array().into_iter().flatten().find(|p| p["name"].as_str().unwrap_or("") == port_name).and_then(|p| p["port"].as_u64()) else { continue };
+            let ready = slice["endpoints"].as_array().into_iter().flatten().find(|e| e["conditions"]["ready"].as_bool() != Some(false));
+            if let Some(addr) = ready.and_then(|e| e["addresses"][0].as_str()) {
+                return Ok((addr.to_string(), p as u16));
+            }
+        }
+        Err(missing(format!("endpoints for service/{name} in \"{namespace}\" have no addresses with port name {port_name:?}")))
     }
 
     /// The node a pod is bound to (`Some(None)`: not bound), from the pods' watch cache
@@ -218,6 +245,20 @@ pub async fn dispatch(
     let query: HashMap<String, String> = Query::try_from_uri(&uri).map(|q: Query<HashMap<String, String>>| q.0).unwrap_or_default();
     let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
     let ctype = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+    // An aggregated API: its group-version belongs to another server.
+    if let Some((g, v)) = crate::aggregator::proxy::target(&path)
+        && let Some(remote) = st.aggregator.remote(g, v)
+    {
+        let resp = crate::aggregator::proxy::forward(&st, &remote, user.as_deref(), &method, &uri, &headers, body).await;
+        st.metrics.observe("proxy", "apiservices", resp.status().as_u16(), started.elapsed());
+        return resp;
+    }
+    if let Some(g) = path.strip_prefix("/apis/").map(|g| g.trim_end_matches('/')).filter(|g| !g.is_empty() && !g.contains('/'))
+        && st.aggregator.serves_group(g)
+        && let Some(doc) = st.aggregator.group_of(&st.reg, g)
+    {
+        return json_value(StatusCode::OK, &doc);
+    }
     if let Some(rest) = path.strip_prefix("/apis/metrics.k8s.io").filter(|r| r.is_empty() || r.starts_with('/')) {
         let r = if method == Method::GET {
             crate::node_proxy::metrics_api(&st.store, rest, &query).await

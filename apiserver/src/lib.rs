@@ -16,6 +16,7 @@
 pub mod access_review;
 pub mod admission;
 pub mod admission_policy;
+pub mod aggregator;
 pub mod apf;
 pub mod audit;
 pub mod audit_event;
@@ -139,10 +140,13 @@ fn build(store: Store, shutdown: tokio::sync::watch::Receiver<bool>, keep: Optio
         ui: dashboard::UiState::new(ui_hooks),
         webhooks: Default::default(),
         policies: Default::default(),
+        aggregator: Default::default(),
     });
     tokio::spawn(rbac::follow(state.clone()));
     tokio::spawn(webhook::follow(state.clone()));
     tokio::spawn(admission_policy::follow(state.clone()));
+    tokio::spawn(aggregator::follow(state.clone()));
+    tokio::spawn(aggregator::available::run(state.clone()));
     state.apf.total_seats.store(apf_seats.max(1), Ordering::Relaxed);
     tokio::spawn(apf::follow(state.clone()));
     tokio::spawn(apf::rebalance_loop(state.clone()));
@@ -242,6 +246,12 @@ pub async fn bootstrap(store: &Store) -> Result<(), storage::StoreError> {
         });
         create_if_absent(store, key, &obj).await?;
     }
+    // The Local APIServices of the group-versions served here (Kubernetes' autoregistration).
+    let apiservices = reg.find(aggregator::GROUP, "v1", "apiservices").expect("apiservices are served");
+    for obj in aggregator::local_api_services(&reg) {
+        let name = obj["metadata"]["name"].as_str().unwrap_or("").to_string();
+        create_if_absent(store, apiservices.key(None, &name), &obj).await?;
+    }
     system_services::ensure_dns(store).await?;
     system_services::repair_ip_addresses(store).await?;
     default_storage::ensure(store).await?;
@@ -286,7 +296,7 @@ async fn api_root(State(st): State<Arc<AppState>>, headers: HeaderMap) -> Respon
     }
     match discovery::aggregated_version(accept(&headers)) {
         Some(v) => with_content_type(
-            &discovery::aggregated(&st.reg, true, v),
+            &discovery::aggregated(&st.reg, &st.aggregator, true, v),
             if v == "v2" { discovery::AGGREGATED_V2 } else { discovery::AGGREGATED_V2BETA1 },
         ),
         None => with_content_type(&discovery::api_versions(), "application/json"),
@@ -299,10 +309,10 @@ async fn apis_root(State(st): State<Arc<AppState>>, headers: HeaderMap) -> Respo
     }
     match discovery::aggregated_version(accept(&headers)) {
         Some(v) => with_content_type(
-            &discovery::aggregated(&st.reg, false, v),
+            &discovery::aggregated(&st.reg, &st.aggregator, false, v),
             if v == "v2" { discovery::AGGREGATED_V2 } else { discovery::AGGREGATED_V2BETA1 },
         ),
-        None => with_content_type(&discovery::api_group_list(&st.reg), "application/json"),
+        None => with_content_type(&discovery::api_group_list(&st.reg, &st.aggregator), "application/json"),
     }
 }
 

@@ -262,6 +262,7 @@ pub fn builtin() -> Vec<ResourceInfo> {
         info::<admissionregistration::ValidatingWebhookConfiguration>(&[], &[], false),
         info::<admissionregistration::ValidatingAdmissionPolicy>(&[], &[status_of!(admissionregistration::ValidatingAdmissionPolicy)], true),
         info::<admissionregistration::ValidatingAdmissionPolicyBinding>(&[], &[], true),
+        info::<k8s_openapi::kube_aggregator::pkg::apis::apiregistration::v1::APIService>(&[], &[status_of!(k8s_openapi::kube_aggregator::pkg::apis::apiregistration::v1::APIService)], true),
         info::<rbac::Role>(&[], &[], false),
         info::<rbac::RoleBinding>(&[], &[], false),
         info::<rbac::ClusterRole>(&[], &[], false),

@@ -49,7 +49,7 @@ async fn read(store: &Store, key: &str) -> Result<Option<(Value, u64)>, StoreErr
 }
 
 /// Writes `obj` at `key` if its mod revision is still `rev` (0: absent). False: it moved.
-async fn write_if(store: &Store, key: &str, rev: u64, obj: &Value) -> Result<bool, StoreError> {
+pub(crate) async fn write_if(store: &Store, key: &str, rev: u64, obj: &Value) -> Result<bool, StoreError> {
     let key = bytes::Bytes::copy_from_slice(key.as_bytes());
     let value = crate::encryption::seal(&key, encode_stored(obj)).map_err(StoreError::Invalid)?;
     let target = if rev == 0 { CompareTarget::CreateRevision(0) } else { CompareTarget::ModRevision(rev) };

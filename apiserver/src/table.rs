@@ -153,6 +153,7 @@ pub fn columns(kind: &str) -> Vec<Value> {
         "ServiceCIDR" => vec![col("Name", "string", 0), col("CIDRs", "string", 0), col("Age", "string", 0)],
         "IPAddress" => vec![col("Name", "string", 0), col("ParentRef", "string", 0)],
         "MutatingWebhookConfiguration" | "ValidatingWebhookConfiguration" => vec![col("Name", "string", 0), col("Webhooks", "integer", 0), col("Age", "string", 0)],
+        "APIService" => vec![col("Name", "string", 0), col("Service", "string", 0), col("Available", "string", 0), col("Age", "string", 0)],
         "ValidatingAdmissionPolicy" => vec![col("Name", "string", 0), col("Validations", "integer", 0), col("ParamKind", "string", 0), col("Age", "string", 0)],
         "ValidatingAdmissionPolicyBinding" => vec![col("Name", "string", 0), col("PolicyName", "string", 0), col("ParamRef", "string", 0), col("Age", "string", 0)],
         "Role" | "ClusterRole" | "CustomResourceDefinition" | "LimitRange" => vec![col("Name", "string", 0), col("Created At", "date", 0)],
@@ -547,6 +548,10 @@ pub fn cells(kind: &str, o: &Value) -> Vec<Value> {
         "MutatingWebhookConfiguration" | "ValidatingWebhookConfiguration" => {
             out.extend([json!(s(o, &["webhooks"]).and_then(|w| w.as_array()).map_or(0, |a| a.len())), age_cell]);
         }
+        "APIService" => {
+            let (service, available) = crate::aggregator::columns(o);
+            out.extend([json!(service), json!(available), age_cell]);
+        }
         "ValidatingAdmissionPolicy" => {
             let pk = s(o, &["spec", "paramKind"]).map(|k| format!("{}/{}", k["apiVersion"].as_str().unwrap_or(""), k["kind"].as_str().unwrap_or(""))).unwrap_or_else(|| "<unset>".into());
             out.extend([json!(s(o, &["spec", "validations"]).and_then(|w| w.as_array()).map_or(0, |a| a.len())), json!(pk), age_cell]);
@@ -685,7 +690,7 @@ mod tests {
             "Pod", "Deployment", "ReplicaSet", "Namespace", "Node", "Service", "ConfigMap", "Secret", "Job", "Lease", "Event", "StatefulSet", "DaemonSet", "CronJob", "PriorityClass",
             "HorizontalPodAutoscaler", "PodDisruptionBudget", "Endpoints", "EndpointSlice", "NetworkPolicy", "ServiceAccount", "RoleBinding", "ClusterRoleBinding", "ServiceCIDR", "IPAddress",
             "Role", "ClusterRole", "CustomResourceDefinition", "LimitRange", "ResourceQuota", "ControllerRevision", "PodTemplate", "FlowSchema", "PriorityLevelConfiguration",
-            "MutatingWebhookConfiguration", "ValidatingWebhookConfiguration", "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding",
+            "MutatingWebhookConfiguration", "ValidatingWebhookConfiguration", "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding", "APIService",
         ] {
             assert_eq!(cells(k, &o).len(), columns(k).len(), "{k}");
         }

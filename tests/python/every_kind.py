@@ -85,6 +85,8 @@ SAMPLES = {
     ("networking.k8s.io", "ServiceCIDR"): {"spec": {"cidrs": ["10.250.0.0/24"]}},
     # Webhooks on a group nothing serves, failing open: they never touch the other kinds' writes.
     ("admissionregistration.k8s.io", "MutatingWebhookConfiguration"): {"webhooks": [{"name": "m.every.example.com", "clientConfig": {"url": "https://127.0.0.1:1/m"}, "sideEffects": "None", "admissionReviewVersions": ["v1"], "failurePolicy": "Ignore", "rules": [{"operations": ["CREATE"], "apiGroups": ["nothing.example.com"], "apiVersions": ["v1"], "resources": ["things"]}]}]},
+    # A remote group-version whose Service does not exist: unavailable, and nothing asks it.
+    ("apiregistration.k8s.io", "APIService"): {"spec": {"group": "nothing.example.com", "version": "v1", "groupPriorityMinimum": 1000, "versionPriority": 15, "insecureSkipTLSVerify": True, "service": {"namespace": NS, "name": "nothing", "port": 443}}},
     ("admissionregistration.k8s.io", "ValidatingAdmissionPolicy"): {"spec": {"matchConstraints": {"resourceRules": [{"operations": ["CREATE"], "apiGroups": ["nothing.example.com"], "apiVersions": ["v1"], "resources": ["things"]}]}, "validations": [{"expression": "object.metadata.name != ''"}]}},
     ("admissionregistration.k8s.io", "ValidatingAdmissionPolicyBinding"): {"spec": {"policyName": "ek", "validationActions": ["Warn"]}},
     ("admissionregistration.k8s.io", "ValidatingWebhookConfiguration"): {"webhooks": [{"name": "v.every.example.com", "clientConfig": {"url": "https://127.0.0.1:1/v"}, "sideEffects": "None", "admissionReviewVersions": ["v1"], "failurePolicy": "Ignore", "rules": [{"operations": ["CREATE"], "apiGroups": ["nothing.example.com"], "apiVersions": ["v1"], "resources": ["things"]}]}]},
@@ -102,7 +104,7 @@ SAMPLES = {
 OTHER_VERSIONS = [("autoscaling", "v1", "HorizontalPodAutoscaler", True)]
 SAMPLES_BY_VERSION = {("autoscaling", "v1", "HorizontalPodAutoscaler"): {"spec": {"scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "ek"}, "minReplicas": 1, "maxReplicas": 2, "targetCPUUtilizationPercentage": 50}}}
 
-NAMES = {("networking.k8s.io", "IPAddress"): "192.0.2.77", ("apiextensions.k8s.io", "CustomResourceDefinition"): "kinds.every.example.com"}
+NAMES = {("networking.k8s.io", "IPAddress"): "192.0.2.77", ("apiregistration.k8s.io", "APIService"): "v1.nothing.example.com", ("apiextensions.k8s.io", "CustomResourceDefinition"): "kinds.every.example.com"}
 
 
 def snake(kind):

@@ -175,32 +175,11 @@ impl Req<'_> {
             Endpoint::Service { namespace, name, port, path } => {
                 let server_name = format!("{name}.{namespace}.svc");
                 let url = format!("https://{server_name}:{port}{path}{query}");
-                let (ip, target_port) = self.service_endpoint(namespace, name, *port).await.map_err(|e| format!("failed to call webhook: Post {url:?}: {e}"))?;
+                let (ip, target_port) = self.st.service_endpoint(namespace, name, *port).await.map_err(|(_, e)| format!("failed to call webhook: Post {url:?}: {e}"))?;
                 let path = format!("{path}{query}");
                 call::post(tls, &Target { host: &ip, port: target_port, server_name: &server_name, path: &path, url: &url }, body, h.timeout).await
             }
         }
-    }
-
-    /// A ready endpoint (address, port) of the Service's `port`, from its EndpointSlices.
-    async fn service_endpoint(&self, namespace: &str, name: &str, port: u16) -> Result<(String, u16), String> {
-        let svc = self.st.lookup("services", Some(namespace), name).await.map_err(|e| e.message)?.ok_or_else(|| format!("service \"{namespace}/{name}\" not found"))?;
-        let sp = svc["spec"]["ports"].as_array().into_iter().flatten().find(|p| p["port"].as_u64() == Some(port as u64)).ok_or_else(|| format!("service \"{namespace}/{name}\" has no port {port}"))?;
-        let port_name = sp["name"].as_str().unwrap_or("");
-        let slices = self.cached("discovery.k8s.io", "v1", "endpointslices").await.ok_or("the EndpointSlice cache is not available")?;
-        let prefix = format!("/registry/discovery.k8s.io/endpointslices/{namespace}/");
-        for (_, o) in slices.range(Bytes::from(prefix.clone())..).take_while(|(k, _)| k.starts_with(prefix.as_bytes())) {
-            if !o.meta.labels.iter().any(|(k, v)| &**k == "kubernetes.io/service-name" && &**v == name) {
-                continue;
-            }
-            let Ok(slice) = serde_json::from_slice::<Value>(&o.json) else { continue };
-            let Some(p) = slice["ports"].as_array().into_iter().flatten().find(|p| p["name"].as_str().unwrap_or("") == port_name).and_then(|p| p["port"].as_u64()) else { continue };
-            let ready = slice["endpoints"].as_array().into_iter().flatten().find(|e| e["conditions"]["ready"].as_bool() != Some(false));
-            if let Some(addr) = ready.and_then(|e| e["addresses"][0].as_str()) {
-                return Ok((addr.to_string(), p as u16));
-            }
-        }
-        Err(format!("no endpoints available for service \"{name}\""))
     }
 
     /// The ValidatingAdmissionPolicy bindings that match this request, each evaluated over
