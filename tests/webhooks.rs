@@ -310,3 +310,58 @@ fn an_aggregated_api_is_proxied_discovered_and_checked_for_availability() {
     let e = c.fails(&["get", "--raw", "/apis/wardle.example.com/v1alpha1/namespaces/wardle/flunders"]);
     assert!(e.contains("ServiceUnavailable") && e.contains("error trying to reach service"), "a server that is gone: {e}");
 }
+
+#[test]
+fn horizontal_pod_autoscalers_follow_custom_and_external_metrics_of_an_aggregated_server() {
+    let c = Cluster::start_with(tempfile::tempdir().unwrap(), &["--hollow-nodes", "2", "--no-local-node", "--hpa-sync-seconds", "1"]);
+    let mut ca = String::new();
+    wait_until("kube-system/extension-apiserver-authentication to be published", || {
+        let out = c.kubectl_with(KUBECTL, &["get", "configmap", "-n", "kube-system", "extension-apiserver-authentication", "-o", "jsonpath={.data.requestheader-client-ca-file}"]);
+        ca = String::from_utf8_lossy(&out.stdout).into_owned();
+        out.status.success() && ca.contains("BEGIN CERTIFICATE")
+    });
+    let client_ca = c.write("front-proxy-ca.crt", &ca);
+    let s = start_python(c.dir.path(), "aggregated_server.py", "metrics.monitoring.svc", &[&client_ca]);
+    c.ok(&["create", "namespace", "monitoring"]);
+    apply(&c, "svc.json", serde_json::json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "metrics", "namespace": "monitoring"}, "spec": {"ports": [{"name": "https", "port": 443, "targetPort": s.port}]}}));
+    apply(&c, "slice.json", serde_json::json!({
+        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice", "addressType": "IPv4",
+        "metadata": {"name": "metrics-1", "namespace": "monitoring", "labels": {"kubernetes.io/service-name": "metrics"}},
+        "ports": [{"name": "https", "port": s.port, "protocol": "TCP"}],
+        "endpoints": [{"addresses": ["127.0.0.1"], "conditions": {"ready": true}}],
+    }));
+    for (group, version) in [("custom.metrics.k8s.io", "v1beta2"), ("external.metrics.k8s.io", "v1beta1")] {
+        apply(&c, &format!("{group}.json"), serde_json::json!({
+            "apiVersion": "apiregistration.k8s.io/v1", "kind": "APIService", "metadata": {"name": format!("{version}.{group}")},
+            "spec": {"group": group, "version": version, "groupPriorityMinimum": 100, "versionPriority": 200,
+                     "service": {"namespace": "monitoring", "name": "metrics", "port": 443}, "caBundle": s.ca_b64},
+        }));
+        let name = format!("{version}.{group}");
+        wait_until(&format!("{name} to become Available"), || c.ok(&["get", "apiservice", &name, "-o", "jsonpath={.status.conditions[0].status}"]) == "True");
+    }
+    let deployment = |name: &str| format!("apiVersion: apps/v1\nkind: Deployment\nmetadata: {{name: {name}}}\nspec:\n  replicas: 1\n  selector: {{matchLabels: {{app: {name}}}}}\n  template:\n    metadata: {{labels: {{app: {name}}}}}\n    spec:\n      containers: [{{name: c, image: nginx}}]\n");
+    let hpa = |name: &str, max: u32, metric: &str| format!("apiVersion: autoscaling/v2\nkind: HorizontalPodAutoscaler\nmetadata: {{name: {name}}}\nspec:\n  scaleTargetRef: {{apiVersion: apps/v1, kind: Deployment, name: {name}}}\n  minReplicas: 1\n  maxReplicas: {max}\n  metrics: [{metric}]\n");
+    // External, AverageValue: a queue of 100 at 30 per replica needs 4.
+    let f = c.write("queue.yaml", &format!("{}---\n{}", deployment("queue"), hpa("queue", 10, "{type: External, external: {metric: {name: queue_depth, selector: {matchLabels: {queue: jobs}}}, target: {type: AverageValue, averageValue: '30'}}}")));
+    // Object, AverageValue: 60 hits at 20 per replica needs 3.
+    let g = c.write("front.yaml", &format!("{}---\n{}", deployment("front"), hpa("front", 10, "{type: Object, object: {describedObject: {apiVersion: v1, kind: Service, name: frontend}, metric: {name: hits}, target: {type: AverageValue, averageValue: '20'}}}")));
+    // Pods: 10 per pod against 5 doubles the replicas at each sync, up to the maximum of 3.
+    let h = c.write("pods.yaml", &format!("{}---\n{}", deployment("api"), hpa("api", 3, "{type: Pods, pods: {metric: {name: requests_per_second}, target: {type: AverageValue, averageValue: '5'}}}")));
+    for file in [&f, &g, &h] {
+        c.ok(&["apply", "-f", path_str(file)]);
+    }
+    let replicas = |name: &str| c.ok(&["get", "deploy", name, "-o", "jsonpath={.spec.replicas}"]);
+    wait_until("the external metric to scale queue to 4", || replicas("queue") == "4");
+    wait_until("the object metric to scale front to 3", || replicas("front") == "3");
+    wait_until("the pods metric to scale api to its maximum of 3", || replicas("api") == "3");
+    let current = c.ok(&["get", "hpa", "queue", "-o", "jsonpath={.status.currentMetrics[0].external.current.averageValue}"]);
+    assert_eq!(current, "25", "100 over 4 replicas");
+    let listed = c.ok(&["get", "hpa", "front"]);
+    assert!(listed.contains("hits: 20/20"), "kubectl's TARGETS: {listed}");
+    // A metric the server does not have: the HPA says so and keeps its replicas.
+    c.ok(&["patch", "hpa", "queue", "--type=merge", "-p", r#"{"spec":{"metrics":[{"type":"External","external":{"metric":{"name":"queue_depth","selector":{"matchLabels":{"queue":"other"}}},"target":{"type":"AverageValue","averageValue":"30"}}}]}}"#]);
+    wait_until("the HPA to report the missing metric", || {
+        c.ok(&["get", "hpa", "queue", "-o", "jsonpath={.status.conditions[?(@.type==\"ScalingActive\")].reason}"]) == "FailedGetExternalMetric"
+    });
+    assert_eq!(replicas("queue"), "4");
+}

@@ -1,6 +1,7 @@
 //! HorizontalPodAutoscaler (autoscaling/v2) decisions, pure: the replica count a metric ratio
-//! asks for, then kube-controller-manager's `behavior` (stabilization windows, then the
-//! scale-up and scale-down policies' rate limits, chosen by `selectPolicy`).
+//! (or an AverageValue over a total) asks for, then kube-controller-manager's `behavior`
+//! (stabilization windows, then the scale-up and scale-down policies' rate limits, chosen by
+//! `selectPolicy`); and the query text of the custom and external metrics APIs.
 
 use std::collections::VecDeque;
 
@@ -11,6 +12,51 @@ use serde_json::Value;
 pub fn desired_replicas(current_ready: i64, current_replicas: i64, ratio: f64, min: i64, max: i64) -> i64 {
     let want = if (ratio - 1.0).abs() <= 0.1 || !ratio.is_finite() { current_replicas } else { (ratio * current_ready as f64).ceil() as i64 };
     want.clamp(min.max(1), max.max(min.max(1)))
+}
+
+/// kube-controller-manager's rule for an AverageValue target over a total (an Object or
+/// External metric): as many replicas as the total needs at the target each, unless the
+/// total per current replica is within the 10% tolerance of it.
+pub fn average_value_replicas(total_milli: i64, target_milli: i64, current_replicas: i64, min: i64, max: i64) -> i64 {
+    let target = target_milli.max(1);
+    let ratio = total_milli as f64 / (target as f64 * current_replicas.max(1) as f64);
+    let want = if (ratio - 1.0).abs() <= 0.1 { current_replicas } else { (total_milli as f64 / target as f64).ceil() as i64 };
+    want.clamp(min.max(1), max.max(min.max(1)))
+}
+
+/// A structured label selector as the `labelSelector` query text (`a=b,c in (d,e),!f`).
+pub fn selector_text(sel: &Value) -> String {
+    let mut parts: Vec<String> = sel["matchLabels"].as_object().into_iter().flatten().map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or(""))).collect();
+    for e in sel["matchExpressions"].as_array().into_iter().flatten() {
+        let k = e["key"].as_str().unwrap_or("");
+        let vals: Vec<&str> = e["values"].as_array().into_iter().flatten().filter_map(|v| v.as_str()).collect();
+        match e["operator"].as_str().unwrap_or("") {
+            "In" => parts.push(format!("{k} in ({})", vals.join(","))),
+            "NotIn" => parts.push(format!("{k} notin ({})", vals.join(","))),
+            "Exists" => parts.push(k.to_string()),
+            "DoesNotExist" => parts.push(format!("!{k}")),
+            _ => {}
+        }
+    }
+    parts.join(",")
+}
+
+/// Percent-encodes a query value.
+pub fn query_escape(s: &str) -> String {
+    s.bytes().map(|b| if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) { (b as char).to_string() } else { format!("%{b:02X}") }).collect()
+}
+
+/// The plural resource name of a kind, for a custom metrics path (`Ingress` -> `ingresses`);
+/// Kubernetes asks its REST mapper, these are English's regular plurals.
+pub fn plural_of(kind: &str) -> String {
+    let k = kind.to_ascii_lowercase();
+    if k.ends_with('s') || k.ends_with("x") || k.ends_with("ch") || k.ends_with("sh") {
+        format!("{k}es")
+    } else if let Some(stem) = k.strip_suffix('y').filter(|s| !s.ends_with(['a', 'e', 'i', 'o', 'u'])) {
+        format!("{stem}ies")
+    } else {
+        format!("{k}s")
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -163,6 +209,25 @@ mod tests {
         assert_eq!(desired_replicas(4, 4, 0.5, 1, 10), 2);
         assert_eq!(desired_replicas(4, 4, 10.0, 1, 5), 5, "clamped to max");
         assert_eq!(desired_replicas(4, 4, 0.01, 2, 5), 2, "clamped to min");
+    }
+
+    #[test]
+    fn average_value_targets_divide_the_total() {
+        // 100 at 30 each: 4 replicas, from 1 and again from 4 (25 each is not within 10%).
+        assert_eq!(average_value_replicas(100_000, 30_000, 1, 1, 10), 4);
+        assert_eq!(average_value_replicas(100_000, 30_000, 4, 1, 10), 4);
+        // 95 over 3 replicas is 31.7 each: within 10% of 30, stays at 3 (ceil would say 4).
+        assert_eq!(average_value_replicas(95_000, 30_000, 3, 1, 10), 3);
+        assert_eq!(average_value_replicas(1_000_000, 30_000, 1, 1, 10), 10, "clamped to max");
+        assert_eq!(average_value_replicas(0, 30_000, 5, 2, 10), 2, "clamped to min");
+    }
+
+    #[test]
+    fn selectors_become_query_text() {
+        let sel = json!({"matchLabels": {"queue": "worker"}, "matchExpressions": [{"key": "tier", "operator": "In", "values": ["a", "b"]}, {"key": "x", "operator": "DoesNotExist"}]});
+        assert_eq!(selector_text(&sel), "queue=worker,tier in (a,b),!x");
+        assert_eq!(query_escape("a=b,c in (d)"), "a%3Db%2Cc%20in%20%28d%29");
+        assert_eq!((plural_of("Ingress").as_str(), plural_of("Service").as_str(), plural_of("Policy").as_str(), plural_of("Gateway").as_str()), ("ingresses", "services", "policies", "gateways"));
     }
 
     #[test]

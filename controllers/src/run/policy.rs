@@ -112,6 +112,79 @@ pub(super) fn quantity_milli(s: &str) -> i64 {
     api::Quantity::parse(s).map(|q| q.milli).unwrap_or(0)
 }
 
+/// A Pods, Object or External metric of an HPA, read from the custom and external metrics
+/// APIs (served by an aggregated API server): the replicas it asks for, its current value for
+/// the status, and the reason it gives, as kube-controller-manager's replica calculator.
+/// `pod_selector`: the scale target's selector text.
+#[allow(clippy::too_many_arguments)]
+async fn custom_metric(ctx: &Ctx, ns: &str, m: &Value, pod_selector: &str, ready: i64, current: i64, min: i64, max: i64) -> Result<(i64, Value, String), String> {
+    use autoscale::{average_value_replicas, desired_replicas, plural_of, query_escape, selector_text};
+    let c = ctx.c(Ctl::HorizontalPodAutoscaler);
+    let q = |v: &Value| quantity_milli(v.as_str().unwrap_or("0"));
+    let show = |milli: i64| api::Quantity::from_milli(milli).cpu_string();
+    let side = |ratio: f64| if ratio > 1.0 { "above" } else { "below" };
+    let ty = m["type"].as_str().unwrap_or("");
+    let src = &m[match ty {
+        "Pods" => "pods",
+        "Object" => "object",
+        _ => "external",
+    }];
+    let name = src["metric"]["name"].as_str().unwrap_or("");
+    let metric_sel = selector_text(&src["metric"]["selector"]);
+    let metric_query = if metric_sel.is_empty() { String::new() } else { format!("metricLabelSelector={}", query_escape(&metric_sel)) };
+    let target = &src["target"];
+    let get = |path: String| async move { c.get(&path).await.map_err(|e| format!("unable to get metric {name}: {e}")) };
+    let values = |list: &Value| -> Vec<i64> { list["items"].as_array().into_iter().flatten().map(|i| q(&i["value"])).collect() };
+    match ty {
+        "Pods" => {
+            let mut path = format!("/apis/custom.metrics.k8s.io/v1beta2/namespaces/{ns}/pods/*/{name}?labelSelector={}", query_escape(pod_selector));
+            if !metric_query.is_empty() {
+                path = format!("{path}&{metric_query}");
+            }
+            let v = values(&get(path).await?);
+            if v.is_empty() {
+                return Err(format!("unable to get metric {name}: no metrics returned from custom metrics API"));
+            }
+            let avg = v.iter().sum::<i64>() / v.len() as i64;
+            let ratio = avg as f64 / q(&target["averageValue"]).max(1) as f64;
+            let d = desired_replicas(ready.max(1), current, ratio, min, max);
+            Ok((d, json!({"type": "Pods", "pods": {"metric": src["metric"], "current": {"averageValue": show(avg)}}}), format!("pods metric {name} {} target", side(ratio))))
+        }
+        "Object" => {
+            let o = &src["describedObject"];
+            let mut path = format!("/apis/custom.metrics.k8s.io/v1beta2/namespaces/{ns}/{}/{}/{name}", plural_of(o["kind"].as_str().unwrap_or("")), o["name"].as_str().unwrap_or(""));
+            if !metric_query.is_empty() {
+                path = format!("{path}?{metric_query}");
+            }
+            let &total = values(&get(path).await?).first().ok_or_else(|| format!("unable to get metric {name}: no metric returned for {}/{}", o["kind"].as_str().unwrap_or(""), o["name"].as_str().unwrap_or("")))?;
+            if target["type"] == "AverageValue" {
+                let d = average_value_replicas(total, q(&target["averageValue"]), current, min, max);
+                let cur = json!({"type": "Object", "object": {"describedObject": o, "metric": src["metric"], "current": {"averageValue": show(total / current.max(1))}}});
+                return Ok((d, cur, format!("{name} (target average value) {} target", side(total as f64 / (q(&target["averageValue"]).max(1) * current.max(1)) as f64))));
+            }
+            let ratio = total as f64 / q(&target["value"]).max(1) as f64;
+            let cur = json!({"type": "Object", "object": {"describedObject": o, "metric": src["metric"], "current": {"value": show(total)}}});
+            Ok((desired_replicas(ready.max(1), current, ratio, min, max), cur, format!("{name} {} target", side(ratio))))
+        }
+        _ => {
+            let path = format!("/apis/external.metrics.k8s.io/v1beta1/namespaces/{ns}/{name}?labelSelector={}", query_escape(&metric_sel));
+            let v = values(&get(path).await?);
+            if v.is_empty() {
+                return Err(format!("unable to get external metric {ns}/{name}: no metrics returned from external metrics API"));
+            }
+            let total: i64 = v.iter().sum();
+            if target["type"] == "AverageValue" {
+                let d = average_value_replicas(total, q(&target["averageValue"]), current, min, max);
+                let cur = json!({"type": "External", "external": {"metric": src["metric"], "current": {"averageValue": show(total / current.max(1))}}});
+                return Ok((d, cur, format!("external metric {name} {} target", side(total as f64 / (q(&target["averageValue"]).max(1) * current.max(1)) as f64))));
+            }
+            let ratio = total as f64 / q(&target["value"]).max(1) as f64;
+            let cur = json!({"type": "External", "external": {"metric": src["metric"], "current": {"value": show(total)}}});
+            Ok((desired_replicas(ready.max(1), current, ratio, min, max), cur, format!("external metric {name} {} target", side(ratio))))
+        }
+    }
+}
+
 pub(super) async fn sync_hpa(ctx: &Ctx, key: &str) -> Res {
     let Some(hpa) = ctx.hpas.get(key) else {
         ctx.hpa_history.lock().unwrap().remove(key);
@@ -149,7 +222,9 @@ pub(super) async fn sync_hpa(ctx: &Ctx, key: &str) -> Res {
     let pods: Vec<Arc<Value>> = ctx.pods.list().into_iter().filter(|p| p["metadata"]["namespace"] == ns && is_active(p) && selector_matches(&selector, &p["metadata"]["labels"])).collect();
     let ready = pods.iter().filter(|p| podutil::is_ready(p)).count() as i64;
     let enc = sel.replace('=', "%3D").replace(',', "%2C");
-    let metrics = ctx.c(Ctl::HorizontalPodAutoscaler).get(&format!("/apis/metrics.k8s.io/v1beta1/namespaces/{ns}/pods?labelSelector={enc}")).await.map_err(err)?;
+    // The resource metrics API is asked only for Resource metrics.
+    let has_resource = hpa["spec"]["metrics"].as_array().into_iter().flatten().any(|m| m["type"] == "Resource");
+    let metrics = if has_resource { ctx.c(Ctl::HorizontalPodAutoscaler).get(&format!("/apis/metrics.k8s.io/v1beta1/namespaces/{ns}/pods?labelSelector={enc}")).await.map_err(err)? } else { json!({}) };
     let usage_of = |pod: &str, res: &str| -> Option<i64> {
         let m = metrics["items"].as_array()?.iter().find(|m| m["metadata"]["name"] == pod)?;
         Some(m["containers"].as_array()?.iter().map(|c| quantity_milli(c["usage"][res].as_str().unwrap_or("0"))).sum())
@@ -157,7 +232,21 @@ pub(super) async fn sync_hpa(ctx: &Ctx, key: &str) -> Res {
     let mut desired = min;
     let mut current_metrics = Vec::new();
     let mut reason = String::new();
+    let mut failed: Option<(String, String)> = None;
     for m in hpa["spec"]["metrics"].as_array().into_iter().flatten() {
+        if matches!(m["type"].as_str(), Some("Pods" | "Object" | "External")) {
+            match custom_metric(ctx, ns, m, &sel, ready, current, min, max).await {
+                Ok((d, cur, why)) => {
+                    if d > desired || reason.is_empty() {
+                        reason = why;
+                    }
+                    desired = desired.max(d);
+                    current_metrics.push(cur);
+                }
+                Err(e) => failed = Some((format!("FailedGet{}Metric", m["type"].as_str().unwrap_or("")), e)),
+            }
+            continue;
+        }
         if m["type"] != "Resource" {
             continue;
         }
@@ -215,12 +304,16 @@ pub(super) async fn sync_hpa(ctx: &Ctx, key: &str) -> Res {
         "observedGeneration": hpa["metadata"]["generation"],
         "conditions": [
             cond("AbleToScale", true, "SucceededRescale", "the HPA controller was able to update the target scale"),
-            cond("ScalingActive", !pods.is_empty(), if pods.is_empty() { "FailedGetResourceMetric" } else { "ValidMetricFound" }, "the HPA was able to successfully calculate a replica count"),
+            match &failed {
+                Some((reason, msg)) => cond("ScalingActive", false, reason, msg),
+                None => cond("ScalingActive", !pods.is_empty(), if pods.is_empty() { "FailedGetResourceMetric" } else { "ValidMetricFound" }, "the HPA was able to successfully calculate a replica count"),
+            },
             cond("ScalingLimited", desired >= max || desired <= min, if desired >= max { "TooManyReplicas" } else { "DesiredWithinRange" }, "the desired count is within the acceptable range"),
         ],
     });
     let cur = &hpa["status"];
-    if ["currentReplicas", "desiredReplicas", "currentMetrics", "lastScaleTime"].iter().any(|f| cur[*f] != status[*f]) {
+    let active = |s: &Value| s["conditions"].as_array().into_iter().flatten().find(|c| c["type"] == "ScalingActive").map(|c| (c["status"].clone(), c["reason"].clone()));
+    if ["currentReplicas", "desiredReplicas", "currentMetrics", "lastScaleTime"].iter().any(|f| cur[*f] != status[*f]) || active(cur) != active(&status) {
         match ctx.c(Ctl::HorizontalPodAutoscaler).merge_patch_quiet(&format!("/apis/autoscaling/v2/namespaces/{ns}/horizontalpodautoscalers/{name}/status"), &json!({"status": status})).await {
             Ok(()) | Err(ClientError::Status { code: 404, .. }) => {}
             Err(e) => return Err(err(e)),
