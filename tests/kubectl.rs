@@ -808,3 +808,16 @@ fn concurrent_creates_or_updates_asking_for_one_node_port_admit_exactly_one() {
         assert_eq!(holders.split_whitespace().count(), 1, "round {round}: {holders}");
     }
 }
+
+#[test]
+fn a_runtime_class_gives_its_pods_overhead_and_scheduling_or_refuses_them() {
+    let c = Cluster::start_with(tempfile::tempdir().unwrap(), &["--no-local-node", "--no-scheduler"]);
+    let pod = |name: &str, class: &str| c.write(&format!("{name}.yaml"), &format!("apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}}}\nspec:\n  runtimeClassName: {class}\n  containers: [{{name: c, image: busybox}}]\n"));
+    let e = c.fails(&["create", "-f", path_str(&pod("early", "sandboxed"))]);
+    assert!(e.contains("pods \"early\" is forbidden: pod rejected: RuntimeClass \"sandboxed\" not found"), "{e}");
+    let rc = c.write("rc.yaml", "apiVersion: node.k8s.io/v1\nkind: RuntimeClass\nmetadata: {name: sandboxed}\nhandler: runsc\noverhead: {podFixed: {cpu: 250m, memory: 64Mi}}\nscheduling:\n  nodeSelector: {sandbox: 'true'}\n  tolerations: [{key: sandbox, operator: Exists, effect: NoSchedule}]\n");
+    c.ok(&["apply", "-f", path_str(&rc)]);
+    assert!(c.ok(&["get", "runtimeclass"]).lines().any(|l| l.starts_with("sandboxed") && l.contains("runsc")), "kubectl's HANDLER column");
+    c.ok(&["create", "-f", path_str(&pod("p", "sandboxed"))]);
+    assert_eq!(c.ok(&["get", "pod", "p", "-o", "jsonpath={.spec.overhead.cpu} {.spec.overhead.memory} {.spec.nodeSelector.sandbox} {.spec.tolerations[0].key}"]), "250m 64Mi true sandbox");
+}

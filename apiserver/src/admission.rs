@@ -446,6 +446,16 @@ pub fn default(info: &ResourceInfo, obj: &mut Value) {
     match info.kind {
         // Pointer fields Kubernetes always defaults, which kubectl describe dereferences.
         "PriorityClass" => set_default(obj, "preemptionPolicy", json!("PreemptLowerPriority")),
+        // Kubernetes' CSIDriver defaults (pointer fields kubectl describe dereferences).
+        "CSIDriver" => {
+            if let Some(spec) = obj.get_mut("spec") {
+                for (k, v) in [("attachRequired", json!(true)), ("podInfoOnMount", json!(false)), ("storageCapacity", json!(false)), ("requiresRepublish", json!(false)), ("seLinuxMount", json!(false)),
+                    ("fsGroupPolicy", json!("ReadWriteOnceWithFSType")), ("volumeLifecycleModes", json!(["Persistent"]))]
+                {
+                    set_default(spec, k, v);
+                }
+            }
+        }
         "EndpointSlice" => {
             for p in obj.get_mut("ports").and_then(Value::as_array_mut).into_iter().flatten() {
                 set_default(p, "name", json!(""));

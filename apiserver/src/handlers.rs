@@ -699,6 +699,7 @@ impl Req<'_> {
         self.pod_security(&obj, ns_json.as_ref())?;
         if self.info.kind == "Pod" && self.info.group.is_empty() {
             self.resolve_priority(&name, &mut obj).await?;
+            self.runtime_class(&name, &mut obj).await?;
             self.service_account(&mut obj).await?;
         }
         if self.info.kind == "PersistentVolumeClaim" && self.info.group.is_empty() {
@@ -1241,11 +1242,13 @@ fn decode_at(kv: &storage::KeyValue) -> Option<Value> {
 
 /// Whether a DELETE of this resource answers the deleted object rather than a Status
 /// (ReturnDeletedObject in Kubernetes' stores): pods, services, service accounts, pod
-/// templates, resource quotas, persistent volumes and their claims, storage classes.
+/// templates, resource quotas, persistent volumes and their claims, storage classes, CSI
+/// drivers and nodes, volume attachments.
 fn returns_deleted_object(info: &crate::registry::ResourceInfo) -> bool {
     matches!(
         (info.group, info.kind),
-        ("", "Pod" | "Service" | "ServiceAccount" | "PodTemplate" | "ResourceQuota" | "PersistentVolume" | "PersistentVolumeClaim") | ("storage.k8s.io", "StorageClass")
+        ("", "Pod" | "Service" | "ServiceAccount" | "PodTemplate" | "ResourceQuota" | "PersistentVolume" | "PersistentVolumeClaim")
+            | ("storage.k8s.io", "StorageClass" | "CSIDriver" | "CSINode" | "VolumeAttachment")
     )
 }
 

@@ -54,6 +54,7 @@ pub mod rbac;
 pub mod sa_token;
 pub mod registry;
 pub mod reserve;
+pub mod runtime_class;
 pub mod schema;
 pub mod selector;
 pub mod serve;

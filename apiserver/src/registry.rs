@@ -191,7 +191,7 @@ macro_rules! status_of {
 /// Every built-in resource served.
 pub fn builtin() -> Vec<ResourceInfo> {
     use k8s_openapi::api::{
-        admissionregistration::v1 as admissionregistration, apps::v1 as apps, autoscaling::v2 as autoscaling, batch::v1 as batch, certificates::v1 as certificates, coordination::v1 as coordination,
+        admissionregistration::v1 as admissionregistration, apps::v1 as apps, node::v1 as node, autoscaling::v2 as autoscaling, batch::v1 as batch, certificates::v1 as certificates, coordination::v1 as coordination,
         core::v1 as core, discovery::v1 as discovery, flowcontrol::v1 as flowcontrol, policy::v1 as policy, rbac::v1 as rbac,
         networking::v1 as networking, scheduling::v1 as scheduling, storage::v1 as storage,
     };
@@ -254,6 +254,11 @@ pub fn builtin() -> Vec<ResourceInfo> {
         info::<k8s_openapi::api::autoscaling::v1::HorizontalPodAutoscaler>(&["hpa"], &[status_of!(k8s_openapi::api::autoscaling::v1::HorizontalPodAutoscaler)], true),
         info::<scheduling::PriorityClass>(&["pc"], &[], false),
         info::<storage::StorageClass>(&["sc"], &[], false),
+        info::<storage::CSIDriver>(&[], &[], true),
+        info::<storage::CSINode>(&[], &[], true),
+        info::<storage::CSIStorageCapacity>(&[], &[], false),
+        info::<storage::VolumeAttachment>(&[], &[status_of!(storage::VolumeAttachment)], true),
+        info::<node::RuntimeClass>(&[], &[], false),
         info::<networking::NetworkPolicy>(&["netpol"], &[], true),
         // Service cluster IPs as objects (`reserve.rs`, `system_services::repair_ip_addresses`).
         info::<networking::IPAddress>(&["ip"], &[], true),

@@ -153,6 +153,20 @@ pub fn columns(kind: &str) -> Vec<Value> {
         "ServiceCIDR" => vec![col("Name", "string", 0), col("CIDRs", "string", 0), col("Age", "string", 0)],
         "IPAddress" => vec![col("Name", "string", 0), col("ParentRef", "string", 0)],
         "MutatingWebhookConfiguration" | "ValidatingWebhookConfiguration" => vec![col("Name", "string", 0), col("Webhooks", "integer", 0), col("Age", "string", 0)],
+        "RuntimeClass" => vec![col("Name", "string", 0), col("Handler", "string", 0), col("Age", "string", 0)],
+        "CSIDriver" => vec![
+            col("Name", "string", 0),
+            col("AttachRequired", "boolean", 0),
+            col("PodInfoOnMount", "boolean", 0),
+            col("StorageCapacity", "boolean", 0),
+            col("TokenRequests", "string", 0),
+            col("RequiresRepublish", "boolean", 0),
+            col("Modes", "string", 0),
+            col("Age", "string", 0),
+        ],
+        "CSINode" => vec![col("Name", "string", 0), col("Drivers", "integer", 0), col("Age", "string", 0)],
+        "VolumeAttachment" => vec![col("Name", "string", 0), col("Attacher", "string", 0), col("PV", "string", 0), col("Node", "string", 0), col("Attached", "boolean", 0), col("Age", "string", 0)],
+        "CSIStorageCapacity" => vec![col("Name", "string", 0), col("StorageClassName", "string", 0), col("Capacity", "string", 0)],
         "APIService" => vec![col("Name", "string", 0), col("Service", "string", 0), col("Available", "string", 0), col("Age", "string", 0)],
         "ValidatingAdmissionPolicy" => vec![col("Name", "string", 0), col("Validations", "integer", 0), col("ParamKind", "string", 0), col("Age", "string", 0)],
         "ValidatingAdmissionPolicyBinding" => vec![col("Name", "string", 0), col("PolicyName", "string", 0), col("ParamRef", "string", 0), col("Age", "string", 0)],
@@ -548,6 +562,30 @@ pub fn cells(kind: &str, o: &Value) -> Vec<Value> {
         "MutatingWebhookConfiguration" | "ValidatingWebhookConfiguration" => {
             out.extend([json!(s(o, &["webhooks"]).and_then(|w| w.as_array()).map_or(0, |a| a.len())), age_cell]);
         }
+        "RuntimeClass" => out.extend([json!(s(o, &["handler"]).and_then(|h| h.as_str()).unwrap_or("")), age_cell]),
+        "CSIDriver" => {
+            let b = |k: &str| json!(s(o, &["spec", k]).and_then(|x| x.as_bool()).unwrap_or(false));
+            let tokens: Vec<&str> = s(o, &["spec", "tokenRequests"]).and_then(|t| t.as_array()).into_iter().flatten().filter_map(|t| t["audience"].as_str()).collect();
+            let modes: Vec<&str> = s(o, &["spec", "volumeLifecycleModes"]).and_then(|t| t.as_array()).into_iter().flatten().filter_map(|m| m.as_str()).collect();
+            out.extend([
+                json!(s(o, &["spec", "attachRequired"]).and_then(|x| x.as_bool()).unwrap_or(true)),
+                b("podInfoOnMount"),
+                b("storageCapacity"),
+                json!(if tokens.is_empty() { "<unset>".to_string() } else { tokens.join(",") }),
+                b("requiresRepublish"),
+                json!(modes.join(",")),
+                age_cell,
+            ]);
+        }
+        "CSINode" => out.extend([json!(s(o, &["spec", "drivers"]).and_then(|d| d.as_array()).map_or(0, |a| a.len())), age_cell]),
+        "VolumeAttachment" => {
+            let text = |p: &[&str]| json!(s(o, p).and_then(|x| x.as_str()).unwrap_or(""));
+            out.extend([text(&["spec", "attacher"]), text(&["spec", "source", "persistentVolumeName"]), text(&["spec", "nodeName"]), json!(s(o, &["status", "attached"]).and_then(|x| x.as_bool()).unwrap_or(false)), age_cell]);
+        }
+        "CSIStorageCapacity" => {
+            let text = |p: &[&str]| json!(s(o, p).and_then(|x| x.as_str()).unwrap_or(""));
+            out.extend([text(&["storageClassName"]), text(&["capacity"])]);
+        }
         "APIService" => {
             let (service, available) = crate::aggregator::columns(o);
             out.extend([json!(service), json!(available), age_cell]);
@@ -691,6 +729,7 @@ mod tests {
             "HorizontalPodAutoscaler", "PodDisruptionBudget", "Endpoints", "EndpointSlice", "NetworkPolicy", "ServiceAccount", "RoleBinding", "ClusterRoleBinding", "ServiceCIDR", "IPAddress",
             "Role", "ClusterRole", "CustomResourceDefinition", "LimitRange", "ResourceQuota", "ControllerRevision", "PodTemplate", "FlowSchema", "PriorityLevelConfiguration",
             "MutatingWebhookConfiguration", "ValidatingWebhookConfiguration", "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding", "APIService",
+            "RuntimeClass", "CSIDriver", "CSINode", "VolumeAttachment", "CSIStorageCapacity",
         ] {
             assert_eq!(cells(k, &o).len(), columns(k).len(), "{k}");
         }

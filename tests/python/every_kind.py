@@ -85,6 +85,11 @@ SAMPLES = {
     ("networking.k8s.io", "ServiceCIDR"): {"spec": {"cidrs": ["10.250.0.0/24"]}},
     # Webhooks on a group nothing serves, failing open: they never touch the other kinds' writes.
     ("admissionregistration.k8s.io", "MutatingWebhookConfiguration"): {"webhooks": [{"name": "m.every.example.com", "clientConfig": {"url": "https://127.0.0.1:1/m"}, "sideEffects": "None", "admissionReviewVersions": ["v1"], "failurePolicy": "Ignore", "rules": [{"operations": ["CREATE"], "apiGroups": ["nothing.example.com"], "apiVersions": ["v1"], "resources": ["things"]}]}]},
+    ("node.k8s.io", "RuntimeClass"): {"handler": "runc", "overhead": {"podFixed": {"cpu": "10m"}}},
+    ("storage.k8s.io", "CSIDriver"): {"spec": {"attachRequired": False, "podInfoOnMount": True}},
+    ("storage.k8s.io", "CSINode"): {"spec": {"drivers": [{"name": "csi.every.example.com", "nodeID": "n1", "topologyKeys": []}]}},
+    ("storage.k8s.io", "CSIStorageCapacity"): {"storageClassName": "standard", "capacity": "1Gi"},
+    ("storage.k8s.io", "VolumeAttachment"): {"spec": {"attacher": "csi.every.example.com", "nodeName": "n1", "source": {"persistentVolumeName": "pv1"}}},
     # A remote group-version whose Service does not exist: unavailable, and nothing asks it.
     ("apiregistration.k8s.io", "APIService"): {"spec": {"group": "nothing.example.com", "version": "v1", "groupPriorityMinimum": 1000, "versionPriority": 15, "insecureSkipTLSVerify": True, "service": {"namespace": NS, "name": "nothing", "port": 443}}},
     ("admissionregistration.k8s.io", "ValidatingAdmissionPolicy"): {"spec": {"matchConstraints": {"resourceRules": [{"operations": ["CREATE"], "apiGroups": ["nothing.example.com"], "apiVersions": ["v1"], "resources": ["things"]}]}, "validations": [{"expression": "object.metadata.name != ''"}]}},

@@ -317,6 +317,19 @@ impl Req<'_> {
 
     /// The Priority admission plugin: `spec.priorityClassName` (or the class marked
     /// `globalDefault`) becomes `spec.priority` and `spec.preemptionPolicy`.
+    /// The RuntimeClass plugin (`runtime_class.rs`): the class from its cache (the store for
+    /// one the cache has not seen yet).
+    pub(super) async fn runtime_class(&self, name: &str, obj: &mut Value) -> Result<(), ApiError> {
+        let Some(class) = obj["spec"]["runtimeClassName"].as_str().filter(|c| !c.is_empty()).map(String::from) else { return Ok(()) };
+        let key = format!("/registry/node.k8s.io/runtimeclasses/{class}");
+        let cached = self.cached("node.k8s.io", "v1", "runtimeclasses").await.and_then(|m| m.get(key.as_bytes()).and_then(|o| serde_json::from_slice::<Value>(&o.json).ok()));
+        let rc = match cached {
+            Some(rc) => Some(rc),
+            None => self.st.read_object("node.k8s.io", "runtimeclasses", None, &class).await?,
+        };
+        crate::runtime_class::admit(obj, &class, rc.as_ref()).map_err(|m| ApiError::forbidden(format!("pods \"{name}\" is forbidden: {m}")))
+    }
+
     pub(super) async fn resolve_priority(&self, name: &str, obj: &mut Value) -> Result<(), ApiError> {
         let forbidden = |msg: String| ApiError::forbidden(format!("pods \"{name}\" is forbidden: {msg}"));
         let class = obj["spec"]["priorityClassName"].as_str().unwrap_or("").to_string();
