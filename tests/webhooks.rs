@@ -365,3 +365,54 @@ fn horizontal_pod_autoscalers_follow_custom_and_external_metrics_of_an_aggregate
     });
     assert_eq!(replicas("queue"), "4");
 }
+
+#[test]
+fn custom_resources_of_several_versions_are_stored_once_and_served_converted() {
+    let c = Cluster::start_with(tempfile::tempdir().unwrap(), &["--no-local-node", "--no-scheduler"]);
+    let s = start_server(c.dir.path());
+    let crd = |plural: &str, kind: &str, old: &str, conversion: serde_json::Value| serde_json::json!({
+        "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition", "metadata": {"name": format!("{plural}.example.com")},
+        "spec": {"group": "example.com", "scope": "Namespaced", "names": {"kind": kind, "plural": plural, "singular": kind.to_lowercase()}, "conversion": conversion,
+            "versions": [
+                {"name": "v1", "served": true, "storage": true, "schema": {"openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}}},
+                {"name": old, "served": true, "storage": false, "schema": {"openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}}},
+            ]},
+    });
+    let raw = |path: &str| -> serde_json::Value { serde_json::from_str(&c.ok(&["get", "--raw", path])).unwrap() };
+
+    // None: only apiVersion changes.
+    apply(&c, "widgets.json", crd("widgets", "Widget", "v1beta1", serde_json::json!({"strategy": "None"})));
+    wait_until("widgets to be served", || c.kubectl_with(KUBECTL, &["get", "widgets.v1beta1.example.com"]).status.success());
+    apply(&c, "w.json", serde_json::json!({"apiVersion": "example.com/v1beta1", "kind": "Widget", "metadata": {"name": "w1", "namespace": "default"}, "spec": {"size": "S"}}));
+    let base = "/apis/example.com/{v}/namespaces/default/widgets";
+    let at = |v: &str, rest: &str| format!("{}{rest}", base.replace("{v}", v));
+    assert_eq!(raw(&at("v1", "/w1"))["apiVersion"], "example.com/v1");
+    assert_eq!(raw(&at("v1beta1", "/w1"))["apiVersion"], "example.com/v1beta1");
+    let list = raw(&at("v1beta1", ""));
+    assert_eq!((&list["apiVersion"], &list["items"][0]["apiVersion"]), (&"example.com/v1beta1".into(), &"example.com/v1beta1".into()));
+    c.ok(&["patch", "widgets.v1.example.com", "w1", "--type=merge", "-p", r#"{"spec":{"size":"M"}}"#]);
+    assert_eq!(raw(&at("v1beta1", "/w1"))["spec"]["size"], "M", "a patch at the other version");
+    let (code, body) = http(&c.addr, "GET", &at("v1beta1", "?watch=true&resourceVersion=0&timeoutSeconds=1"), &[], b"");
+    assert_eq!(code, 200);
+    let events: Vec<serde_json::Value> = String::from_utf8_lossy(&body).lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+    assert!(!events.is_empty() && events.iter().all(|e| e["object"]["apiVersion"] == "example.com/v1beta1"), "watch events at the version asked: {events:?}");
+
+    // Webhook: v1alpha1's color is v1's colour.
+    let conversion = serde_json::json!({"strategy": "Webhook", "webhook": {"conversionReviewVersions": ["v1"], "clientConfig": {"url": format!("https://127.0.0.1:{}/convert", s.port), "caBundle": s.ca_b64}}});
+    apply(&c, "gadgets.json", crd("gadgets", "Gadget", "v1alpha1", conversion));
+    wait_until("gadgets to be served", || c.kubectl_with(KUBECTL, &["get", "gadgets.v1alpha1.example.com"]).status.success());
+    apply(&c, "g.json", serde_json::json!({"apiVersion": "example.com/v1alpha1", "kind": "Gadget", "metadata": {"name": "g1", "namespace": "default", "labels": {"a": "b"}}, "spec": {"color": "red"}}));
+    let g = |v: &str| raw(&format!("/apis/example.com/{v}/namespaces/default/gadgets/g1"));
+    assert_eq!((&g("v1")["apiVersion"], &g("v1")["spec"]), (&"example.com/v1".into(), &serde_json::json!({"colour": "red"})), "stored and read at v1 through the webhook");
+    assert_eq!(g("v1alpha1")["spec"], serde_json::json!({"color": "red"}));
+    assert_eq!(g("v1alpha1")["metadata"]["labels"]["a"], "b");
+    c.ok(&["patch", "gadgets.v1alpha1.example.com", "g1", "--type=merge", "-p", r#"{"spec":{"color":"blue"}}"#]);
+    assert_eq!(g("v1")["spec"], serde_json::json!({"colour": "blue"}));
+    let listed = c.ok(&["get", "gadgets.v1alpha1.example.com", "-o", "jsonpath={.items[0].spec.color}"]);
+    assert_eq!(listed, "blue");
+    drop(s);
+    // Stored at v1: read at v1 without the webhook; at v1alpha1 it is needed.
+    assert_eq!(c.ok(&["get", "gadgets.v1.example.com", "g1", "-o", "jsonpath={.spec.colour}"]), "blue");
+    let e = c.fails(&["get", "gadgets.v1alpha1.example.com", "g1", "-o", "json"]);
+    assert!(e.contains("conversion webhook for gadgets.example.com failed"), "{e}");
+}

@@ -135,6 +135,30 @@ impl AppState {
         Err(missing(format!("endpoints for service/{name} in \"{namespace}\" have no addresses with port name {port_name:?}")))
     }
 
+    /// POSTs `body` to a webhook (admission or CRD conversion) at its URL or Service, within
+    /// its timeout; the answer's body, or why not.
+    pub(crate) async fn post_to_webhook(&self, h: &crate::webhook::Hook, body: Vec<u8>) -> Result<Bytes, String> {
+        use crate::webhook::Endpoint;
+        use crate::webhook::call::{self, Target};
+        let tls = h.tls.clone()?;
+        // Kubernetes tells the webhook its timeout in the query.
+        let query = format!("?timeout={}s", h.timeout.as_secs());
+        match h.endpoint.as_ref().map_err(|e| e.clone())? {
+            Endpoint::Url { url, host, port, path } => {
+                let path = format!("{path}{query}");
+                let url = format!("{url}{query}");
+                call::post(tls, &Target { host, port: *port, server_name: host, path: &path, url: &url }, body, h.timeout).await
+            }
+            Endpoint::Service { namespace, name, port, path } => {
+                let server_name = format!("{name}.{namespace}.svc");
+                let url = format!("https://{server_name}:{port}{path}{query}");
+                let (ip, target_port) = self.service_endpoint(namespace, name, *port).await.map_err(|(_, e)| format!("failed to call webhook: Post {url:?}: {e}"))?;
+                let path = format!("{path}{query}");
+                call::post(tls, &Target { host: &ip, port: target_port, server_name: &server_name, path: &path, url: &url }, body, h.timeout).await
+            }
+        }
+    }
+
     /// The node a pod is bound to (`Some(None)`: not bound), from the pods' watch cache
     /// without parsing it; from the store when the cache does not have it.
     pub(crate) async fn pod_node(&self, namespace: &str, name: &str) -> Result<Option<Option<Arc<str>>>, ApiError> {
@@ -323,6 +347,13 @@ pub async fn dispatch(
                     let req = Req { st: &st, info: &info, namespace, name, sub, query: &query, accept: &accept, ctype: &ctype, body, warnings: Default::default(),
                         user_agent: headers.get(header::USER_AGENT).and_then(|v| v.to_str().ok()).unwrap_or("").to_string(), user: user.clone() };
                     let mut r = req.run(&method).await;
+                    // Objects of a CRD of several versions, at the version asked for.
+                    if let Some(c) = info.conversion.clone() {
+                        r = match r {
+                            Ok(resp) => Ok(crate::crd_conversion::respond(st.clone(), c, info.api_version(), info.kind, resp, is_true(q(&query, "watch"))).await),
+                            Err(e) => Err(e),
+                        };
+                    }
                     if v1_hpa {
                         r = match r {
                             Ok(resp) => Ok(crate::hpa_v1::response_to_v1(resp, is_true(q(&query, "watch"))).await),
@@ -566,7 +597,12 @@ impl Req<'_> {
             None => Ok(None),
             Some(kv) => {
                 let stored = Stored::from_kv(&kv).map_err(ApiError::internal)?;
-                Ok(Some(Current { obj: stored.value_at(kv.mod_revision).map_err(ApiError::internal)?, mod_revision: kv.mod_revision }))
+                let mut obj = stored.value_at(kv.mod_revision).map_err(ApiError::internal)?;
+                // A custom resource of several versions is written at the request's version.
+                if let Some(c) = &self.info.conversion {
+                    crate::crd_conversion::convert(self.st, c, vec![&mut obj], &self.info.api_version()).await?;
+                }
+                Ok(Some(Current { obj, mod_revision: kv.mod_revision }))
             }
         }
     }
@@ -732,7 +768,7 @@ impl Req<'_> {
         loop {
             let mut reservations = if self.info.namespaced { self.quota_reservations(&name, &obj).await? } else { vec![] };
             reservations.extend(self.service_reservations(&mut obj).await?);
-            let stored = encode_stored(&obj);
+            let stored = encode_stored(&*self.for_storage(&obj).await?);
             let key = Bytes::from(self.info.key(self.namespace.as_deref(), &name));
             let resp = self.st.store.txn(reserve::create_txn(key, stored.clone(), &reservations).map_err(ApiError::internal)?).await?;
             if resp.succeeded {
@@ -768,7 +804,7 @@ impl Req<'_> {
     /// [`Self::cas_put`] that also writes `reservations` (node ports an update takes), each
     /// guarded by its key's revision as read: all or nothing.
     async fn cas_put_reserving(&self, key: &str, mod_revision: u64, new: &Value, reservations: &[Reservation]) -> Result<Option<(Stored, u64)>, ApiError> {
-        let stored = encode_stored(new);
+        let stored = encode_stored(&*self.for_storage(new).await?);
         let s = Stored::parse(&stored).map_err(ApiError::internal)?;
         if self.dry_run() {
             return Ok(Some((s, mod_revision)));
@@ -782,6 +818,15 @@ impl Req<'_> {
         }
         let resp = self.st.store.txn(TxnRequest { compare, success, failure: vec![] }).await?;
         Ok(resp.succeeded.then_some((s, resp.revision)))
+    }
+
+    /// `obj` at the storage version of its CRD, when that is not the request's
+    /// (`crd_conversion`).
+    async fn for_storage<'o>(&self, obj: &'o Value) -> Result<std::borrow::Cow<'o, Value>, ApiError> {
+        let Some(c) = &self.info.conversion else { return Ok(std::borrow::Cow::Borrowed(obj)) };
+        let mut o = obj.clone();
+        crate::crd_conversion::convert(self.st, c, vec![&mut o], &c.storage).await?;
+        Ok(std::borrow::Cow::Owned(o))
     }
 
     async fn cas_delete(&self, key: &str, mod_revision: u64) -> Result<bool, ApiError> {

@@ -24,6 +24,7 @@ pub mod authn;
 pub mod bootstrap_token;
 pub mod cached;
 pub mod component_status;
+pub mod crd_conversion;
 pub mod csr;
 pub mod dashboard;
 pub mod config_yaml;

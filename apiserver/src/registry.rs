@@ -22,6 +22,9 @@ pub struct ResourceInfo {
     pub schema: fn() -> serde_json::Value,
     /// For custom resources: the CRD version's `openAPIV3Schema`.
     pub custom_schema: Option<std::sync::Arc<serde_json::Value>>,
+    /// For custom resources of CRDs with several versions: their storage version and how
+    /// objects change version (`crd_conversion`).
+    pub conversion: Option<std::sync::Arc<crate::crd_conversion::Conversion>>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -107,6 +110,7 @@ where
         has_spec,
         schema: schema_of::<T>,
         custom_schema: None,
+        conversion: None,
     }
 }
 
@@ -146,6 +150,7 @@ pub fn from_crd(crd: &serde_json::Value) -> Vec<ResourceInfo> {
     };
     let list_kind = spec["names"]["listKind"].as_str().map(String::from).unwrap_or_else(|| format!("{kind}List"));
     let namespaced = spec["scope"].as_str() != Some("Cluster");
+    let conversion = crate::crd_conversion::of_crd(crd);
     let mut out = Vec::new();
     for v in spec["versions"].as_array().into_iter().flatten() {
         if v["served"].as_bool() == Some(false) {
@@ -171,6 +176,7 @@ pub fn from_crd(crd: &serde_json::Value) -> Vec<ResourceInfo> {
             has_spec: true,
             schema: no_schema,
             custom_schema: v["schema"].get("openAPIV3Schema").cloned().map(std::sync::Arc::new),
+            conversion: conversion.clone(),
         });
     }
     out

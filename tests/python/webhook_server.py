@@ -12,6 +12,8 @@ What it does depends on the path it is called at:
              object labelled protected=yes
   /slow      answers after 5 seconds
   /garbage   answers 200 with a body that is not JSON
+  /convert   a CRD conversion webhook (ConversionReview): v1alpha1's spec.color is v1's
+             spec.colour
 """
 import base64
 import json
@@ -36,6 +38,8 @@ class Hook(BaseHTTPRequestHandler):
         url = urllib.parse.urlparse(self.path)
         review = json.loads(self.rfile.read(int(self.headers.get("Content-Length", "0"))))
         req = review["request"]
+        if url.path == "/convert":
+            return self.convert(req)
         obj = req.get("object") or {}
         old = req.get("oldObject") or {}
         resp = {"uid": req["uid"], "allowed": True}
@@ -67,6 +71,20 @@ class Hook(BaseHTTPRequestHandler):
             self.answer(b"not an AdmissionReview")
             return
         self.answer(json.dumps({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "response": resp}).encode())
+
+    def convert(self, req):
+        to = req["desiredAPIVersion"]
+        out = []
+        for o in req["objects"]:
+            spec = dict(o.get("spec") or {})
+            if to.endswith("/v1") and "color" in spec:
+                spec["colour"] = spec.pop("color")
+            elif to.endswith("/v1alpha1") and "colour" in spec:
+                spec["color"] = spec.pop("colour")
+            out.append(dict(o, apiVersion=to, spec=spec))
+        body = {"apiVersion": "apiextensions.k8s.io/v1", "kind": "ConversionReview",
+                "response": {"uid": req["uid"], "convertedObjects": out, "result": {"status": "Success"}}}
+        self.answer(json.dumps(body).encode())
 
     def answer(self, body):
         try:

@@ -7,10 +7,9 @@
 
 use super::*;
 use crate::admission_policy::{self as policy, Binding, ParamRef};
-use crate::webhook::call::{self, Target};
 use crate::webhook::review;
 use crate::webhook::rules::{Attributes, Operation};
-use crate::webhook::{Endpoint, Hook};
+use crate::webhook::Hook;
 
 impl Req<'_> {
     fn attributes(&self, operation: Operation) -> Attributes<'_> {
@@ -148,7 +147,7 @@ impl Req<'_> {
         let name = self.name.as_deref().or_else(|| obj.or(old).and_then(|o| meta_str(o, "name"))).unwrap_or("");
         let req = review::Request { uid: &uid, attrs: self.attributes(op), kind: self.info.kind, name, namespace: self.namespace.as_deref(), user: self.user.as_deref(), dry_run: self.dry_run() };
         let body = review::encode(&req, obj, old);
-        let answer = match self.post_review(h, body).await {
+        let answer = match self.st.post_to_webhook(h, body).await {
             Ok(bytes) => review::decode(&bytes, &uid),
             Err(e) => Err(e),
         };
@@ -158,26 +157,6 @@ impl Req<'_> {
                 self.st.metrics.webhook_failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 self.st.webhooks.log_failure(h, &why);
                 if h.fail_closed { Err(review::call_failed(&h.name, &why)) } else { Ok(None) }
-            }
-        }
-    }
-
-    async fn post_review(&self, h: &Hook, body: Vec<u8>) -> Result<Bytes, String> {
-        let tls = h.tls.clone()?;
-        // Kubernetes tells the webhook its timeout in the query.
-        let query = format!("?timeout={}s", h.timeout.as_secs());
-        match h.endpoint.as_ref().map_err(|e| e.clone())? {
-            Endpoint::Url { url, host, port, path } => {
-                let path = format!("{path}{query}");
-                let url = format!("{url}{query}");
-                call::post(tls, &Target { host, port: *port, server_name: host, path: &path, url: &url }, body, h.timeout).await
-            }
-            Endpoint::Service { namespace, name, port, path } => {
-                let server_name = format!("{name}.{namespace}.svc");
-                let url = format!("https://{server_name}:{port}{path}{query}");
-                let (ip, target_port) = self.st.service_endpoint(namespace, name, *port).await.map_err(|(_, e)| format!("failed to call webhook: Post {url:?}: {e}"))?;
-                let path = format!("{path}{query}");
-                call::post(tls, &Target { host: &ip, port: target_port, server_name: &server_name, path: &path, url: &url }, body, h.timeout).await
             }
         }
     }

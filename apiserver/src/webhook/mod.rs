@@ -57,7 +57,7 @@ pub struct Hook {
 }
 
 impl Hook {
-    fn compile(w: &Value, mutating: bool) -> Hook {
+    pub(crate) fn compile(w: &Value, mutating: bool) -> Hook {
         let cc = &w["clientConfig"];
         let tls = match cc["caBundle"].as_str().filter(|b| !b.is_empty()) {
             Some(b) => {
