@@ -155,6 +155,62 @@ spec:
 }
 
 #[test]
+fn a_tty_container_has_a_terminal_that_kubectl_attach_it_drives() {
+    let c = Cluster::start_with(tempfile::tempdir().unwrap(), &["--node-name", NODE]);
+    let m = c.write(
+        "pod.yaml",
+        &format!(
+            r#"apiVersion: v1
+kind: Pod
+metadata: {{name: term}}
+spec:
+  nodeName: {NODE}
+  restartPolicy: Never
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: c
+    image: busybox
+    stdin: true
+    tty: true
+    command: ["sh", "-c", "tty; test -t 0 && echo stdin-is-a-terminal; printf 'name? '; read x; echo got:$x; stty size"]
+"#
+        ),
+    );
+    c.ok(&["apply", "-f", path_str(&m)]);
+    // The container's own view: a terminal on its standard streams, in its log.
+    wait_until("the container to say it has a terminal", || {
+        let l = c.kubectl_with(KUBECTL, &["logs", "term"]);
+        let t = text(&l.stdout);
+        t.contains("/dev/pts/") && t.contains("stdin-is-a-terminal")
+    });
+    // kubectl attach -it under a terminal (`script` gives it one, 33 rows): the prompt without
+    // a newline, the line typed, and the size kubectl sent.
+    let mut ch = Command::new("script")
+        .args(["-qec", &format!("stty rows 33 cols 101; {KUBECTL} attach -it term"), "/dev/null"])
+        .env("KUBECONFIG", &c.kubeconfig)
+        .env("HOME", c.dir.path())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("script (util-linux) runs kubectl under a terminal");
+    ch.stdin.take().unwrap().write_all(b"typed\n").unwrap();
+    // The session ends when the container does; a session that does not fails the test.
+    let pid = ch.id();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(ch.wait_with_output());
+    });
+    let out = rx.recv_timeout(WAIT).unwrap_or_else(|_| {
+        let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+        panic!("kubectl attach -it did not end within {WAIT:?} of the container's end")
+    });
+    let out = out.unwrap();
+    let o = text(&out.stdout);
+    assert!(o.contains("got:typed") && o.contains("33 101"), "{o:?}");
+    c.ok(&["wait", "--for=jsonpath={.status.phase}=Succeeded", "pod/term", "--timeout=60s"]);
+}
+
+#[test]
 fn kubectl_debug_adds_ephemeral_containers_that_run_once_in_the_pod() {
     let c = Cluster::start_with(tempfile::tempdir().unwrap(), &["--node-name", NODE]);
     let m = c.write(

@@ -80,7 +80,21 @@ impl LogSink {
 }
 
 /// Copies one output stream of a child into the sink, line by line, bounded.
-pub async fn pump<R: tokio::io::AsyncRead + Unpin>(mut r: R, stream: &'static str, sink: Arc<LogSink>) {
+pub async fn pump<R: tokio::io::AsyncRead + Unpin>(r: R, stream: &'static str, sink: Arc<LogSink>) {
+    pump_with(r, stream, sink, |_| {}).await
+}
+
+/// [`pump`] of a container's terminal (its master, which fails with EIO once no process
+/// holds the terminal), also passing each chunk on as it comes, for attach.
+pub async fn pump_tty<R: tokio::io::AsyncRead + Unpin>(r: R, sink: Arc<LogSink>, raw: tokio::sync::broadcast::Sender<bytes::Bytes>) {
+    pump_with(r, "stdout", sink, move |chunk| {
+        // Nobody attached: nothing to send to.
+        let _ = raw.send(bytes::Bytes::copy_from_slice(chunk));
+    })
+    .await
+}
+
+async fn pump_with<R: tokio::io::AsyncRead + Unpin>(mut r: R, stream: &'static str, sink: Arc<LogSink>, mut chunk: impl FnMut(&[u8])) {
     let mut buf = vec![0u8; LINE_BYTES_MAX];
     let mut filled = 0;
     loop {
@@ -88,6 +102,7 @@ pub async fn pump<R: tokio::io::AsyncRead + Unpin>(mut r: R, stream: &'static st
             Ok(0) | Err(_) => break,
             Ok(n) => n,
         };
+        chunk(&buf[filled..filled + n]);
         filled += n;
         let mut start = 0;
         while let Some(nl) = buf[start..filled].iter().position(|b| *b == b'\n') {

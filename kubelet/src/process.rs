@@ -38,6 +38,8 @@ use api::meta::now_rfc3339 as now;
 pub const STAND_IN: &str = "echo \"capstan stand-in for image $CAPSTAN_IMAGE: the image is recorded, not pulled; staying up until stopped\"; trap 'exit 0' TERM INT; while :; do sleep 3600 & wait $!; done";
 /// How long an exited container's output may take to reach its log before its status says so.
 const LOG_DRAIN: Duration = Duration::from_secs(2);
+/// Terminal output chunks an attached client may fall behind by before it misses some.
+const TTY_CHUNKS: usize = 256;
 
 #[derive(Clone, Debug)]
 pub struct ProcessConfig {
@@ -87,8 +89,10 @@ struct Running {
     privileges: Option<crate::privileges::Privileges>,
     /// For attach: the container's output and (`stdin: true`) its input.
     log: Arc<LogSink>,
-    stdin: Option<Arc<tokio::sync::Mutex<Option<tokio::process::ChildStdin>>>>,
+    stdin: Option<crate::stream::ContainerStdin>,
     stdin_once: bool,
+    /// `tty: true`: the container's terminal.
+    tty: Option<crate::stream::Tty>,
 }
 
 #[derive(Default)]
@@ -384,7 +388,7 @@ impl crate::Runtime for ProcessRuntime {
         running
             .iter()
             .find(|((_, name), r)| r.ns == ns && r.pod == pod && name == container)
-            .map(|(_, r)| crate::stream::AttachTarget { log: r.log.clone(), stdin: r.stdin.clone(), stdin_once: r.stdin_once })
+            .map(|(_, r)| crate::stream::AttachTarget { log: r.log.clone(), stdin: r.stdin.clone(), stdin_once: r.stdin_once, tty: r.tty.clone() })
             .ok_or_else(|| format!("container not found ({container:?})"))
     }
 
@@ -1039,15 +1043,44 @@ impl Worker {
                 return;
             }
         };
+        // `tty: true`: the container's standard streams are a terminal of its own, its
+        // process the leader of a new session (so of its own group, as with pipes).
+        let pty = if spec["tty"] == true {
+            match crate::stream::job::pty().and_then(|(m, s)| Ok((m, [s.try_clone()?, s.try_clone()?, s]))) {
+                Ok(p) => Some(p),
+                Err(e) => {
+                    self.start_failed(i, format!("allocating the container's terminal: {e}"));
+                    return;
+                }
+            }
+        } else {
+            None
+        };
         let cgroup = self.sh.cgroups.as_ref().and_then(|cg| cg.create(&format!("{}-{name}", self.uid), &spec).ok());
         let mut cmd = tokio::process::Command::new(&argv[0]);
-        cmd.args(&argv[1..])
-            .env_clear()
-            .envs(full_env.iter().map(|(k, v)| (k, v)))
-            .stdin(if spec["stdin"] == true { std::process::Stdio::piped() } else { std::process::Stdio::null() })
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .process_group(0);
+        cmd.args(&argv[1..]).env_clear().envs(full_env.iter().map(|(k, v)| (k, v)));
+        let master = match pty {
+            Some((master, [a, b, c])) => {
+                cmd.stdin(std::process::Stdio::from(a)).stdout(std::process::Stdio::from(b)).stderr(std::process::Stdio::from(c));
+                // SAFETY: setsid and ioctl are async-signal-safe; fd 0 is the terminal by now.
+                unsafe {
+                    cmd.pre_exec(|| {
+                        if libc::setsid() < 0 || libc::ioctl(0, libc::TIOCSCTTY, 0) < 0 {
+                            return Err(std::io::Error::last_os_error());
+                        }
+                        Ok(())
+                    });
+                }
+                Some(master)
+            }
+            None => {
+                cmd.stdin(if spec["stdin"] == true { std::process::Stdio::piped() } else { std::process::Stdio::null() })
+                    .stdout(std::process::Stdio::piped())
+                    .stderr(std::process::Stdio::piped())
+                    .process_group(0);
+                None
+            }
+        };
         if plan.is_none() {
             cmd.current_dir(&cwd);
         }
@@ -1081,10 +1114,22 @@ impl Worker {
         let pgid = pid as i32;
         crate::orphans::record(&self.dir.join(".fs").join(&name), pgid);
         let (out, err) = (child.stdout.take(), child.stderr.take());
-        let stdin = child.stdin.take().map(|s| Arc::new(tokio::sync::Mutex::new(Some(s))));
+        let boxed = |w: Box<dyn tokio::io::AsyncWrite + Unpin + Send>| Arc::new(tokio::sync::Mutex::new(Some(w)));
+        // A terminal's master is read (output) and written (input) through descriptors of
+        // its own; its end (EIO) is the container's.
+        let as_file = |m: &std::os::fd::OwnedFd| m.try_clone().map(|f| tokio::fs::File::from_std(std::fs::File::from(f)));
+        let tty = master.map(|m| crate::stream::Tty { output: tokio::sync::broadcast::channel(TTY_CHUNKS).0, master: Arc::new(m) });
+        let stdin = match &tty {
+            Some(t) if spec["stdin"] == true => as_file(&t.master).ok().map(|f| boxed(Box::new(f))),
+            Some(_) => None,
+            None => child.stdin.take().map(|s| boxed(Box::new(s))),
+        };
         let pumps = {
             let (s1, s2) = (sink.clone(), sink.clone());
-            let a = out.map(|o| tokio::spawn(logs::pump(o, "stdout", s1)));
+            let a = match &tty {
+                Some(t) => as_file(&t.master).ok().map(|f| tokio::spawn(logs::pump_tty(f, s1, t.output.clone()))),
+                None => out.map(|o| tokio::spawn(logs::pump(o, "stdout", s1))),
+            };
             let b = err.map(|e| tokio::spawn(logs::pump(e, "stderr", s2)));
             (a, b)
         };
@@ -1148,7 +1193,7 @@ impl Worker {
         self.sh.running.lock().unwrap().insert(
             (self.uid.clone(), name.clone()),
             Running { ns: self.ns.clone(), pod: self.name.clone(), pgid, cgroup, memory_limit, oom: c.oom.clone(), started: Instant::now(), env: c.env.clone(), cwd: c.cwd.clone(), privileges: c.privileges.clone(),
-                log: attach_log, stdin, stdin_once: spec["stdinOnce"] == true },
+                log: attach_log, stdin, stdin_once: spec["stdinOnce"] == true, tty },
         );
         // A postStart hook runs first; the probes start once it succeeded (as the kubelet
         // starts them after the container's start, which includes the hook).

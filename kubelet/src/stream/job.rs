@@ -85,7 +85,7 @@ fn spawn(target: &ExecTarget, o: &Options) -> std::io::Result<(tokio::process::C
 
 /// A pseudo-terminal, both ends close-on-exec from the start (another thread forking
 /// meanwhile must not inherit someone's terminal).
-fn pty() -> std::io::Result<(OwnedFd, OwnedFd)> {
+pub(crate) fn pty() -> std::io::Result<(OwnedFd, OwnedFd)> {
     let last = std::io::Error::last_os_error;
     // SAFETY: posix_openpt returns a descriptor we then own.
     let m = unsafe { libc::posix_openpt(libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC) };
@@ -226,7 +226,45 @@ pub async fn exec(target: ExecTarget, o: Options, out: Output, mut input: mpsc::
 pub async fn attach(target: AttachTarget, o: Options, out: Output, mut input: mpsc::Receiver<In>) -> Outcome {
     let log = target.log.clone();
     let (want_out, want_err) = (o.stdout, o.stderr);
+    let tty_out = target.tty.as_ref().map(|t| t.output.subscribe());
     let follow = async move {
+        // A terminal's output as it comes (what the log holds was written before), until the
+        // log is finished: the container has exited and its output is all read.
+        if let Some(mut rx) = tty_out {
+            use tokio::sync::broadcast::error::{RecvError, TryRecvError};
+            let mut progress = log.subscribe();
+            loop {
+                if progress.borrow_and_update().1 {
+                    loop {
+                        match rx.try_recv() {
+                            Ok(b) => {
+                                if want_out && out.send((STDOUT, b)).await.is_err() {
+                                    return;
+                                }
+                            }
+                            Err(TryRecvError::Lagged(_)) => {}
+                            Err(_) => return,
+                        }
+                    }
+                }
+                tokio::select! {
+                    r = rx.recv() => match r {
+                        Ok(b) => {
+                            if want_out && out.send((STDOUT, b)).await.is_err() {
+                                return;
+                            }
+                        }
+                        Err(RecvError::Lagged(_)) => {}
+                        Err(RecvError::Closed) => return,
+                    },
+                    changed = progress.changed() => {
+                        if changed.is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+        }
         let path = log.path().to_path_buf();
         let mut progress = log.subscribe();
         let mut off = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
@@ -261,14 +299,19 @@ pub async fn attach(target: AttachTarget, o: Options, out: Output, mut input: mp
         }
     };
     let stdin = target.stdin.clone().filter(|_| o.stdin);
+    let master = target.tty.as_ref().map(|t| t.master.clone());
     let feed = async {
         while let Some(ev) = input.recv().await {
+            if let (In::Resize(data), Some(m)) = (&ev, &master) {
+                resize(m.as_raw_fd(), data);
+                continue;
+            }
             let Some(s) = &stdin else { continue };
             match ev {
                 In::Stdin(b) => {
                     let mut g = s.lock().await;
                     if let Some(w) = g.as_mut()
-                        && w.write_all(&b).await.is_err()
+                        && (w.write_all(&b).await.is_err() || w.flush().await.is_err())
                     {
                         g.take();
                     }

@@ -44,13 +44,26 @@ pub struct ExecTarget {
     pub privileges: Option<crate::privileges::Privileges>,
 }
 
+/// A container's standard input, for attach (a pipe, or its terminal).
+pub type ContainerStdin = Arc<tokio::sync::Mutex<Option<Box<dyn tokio::io::AsyncWrite + Unpin + Send>>>>;
+
 /// What an attach needs of a running container: its output (as the log records it) and,
 /// for a container with `stdin: true`, its standard input.
 pub struct AttachTarget {
     pub log: Arc<crate::logs::LogSink>,
-    pub stdin: Option<Arc<tokio::sync::Mutex<Option<tokio::process::ChildStdin>>>>,
+    pub stdin: Option<ContainerStdin>,
     /// `stdinOnce`: the container's stdin closes when the first attached client closes it.
     pub stdin_once: bool,
+    /// A `tty: true` container's terminal: its output as it comes (prompts without a newline
+    /// included), and its master for resizes.
+    pub tty: Option<Tty>,
+}
+
+/// A container's terminal.
+#[derive(Clone)]
+pub struct Tty {
+    pub output: tokio::sync::broadcast::Sender<bytes::Bytes>,
+    pub master: Arc<std::os::fd::OwnedFd>,
 }
 
 /// WebSocket subprotocols of exec and attach, in order of preference.
