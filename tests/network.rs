@@ -371,9 +371,19 @@ fn network_policies_allow_only_what_they_name_and_go_away_with_their_deletion() 
         format!("apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: {ns}, labels: {{{labels}}}}}\nspec:\n  nodeName: {NODE}\n  terminationGracePeriodSeconds: 1\n  containers: [{{name: c, image: python, command: {cmd}, ports: [{{name: http, containerPort: 8080}}]}}]\n---\n")
     };
     let ns = "apiVersion: v1\nkind: Namespace\nmetadata: {name: team, labels: {team: a}}\n---\n";
+    let svc = |name: &str| format!("apiVersion: v1\nkind: Service\nmetadata: {{name: {name}-svc}}\nspec:\n  selector: {{app: {name}}}\n  ports: [{{port: 80, targetPort: http}}]\n---\n");
     let m = c.write(
         "pods.yaml",
-        &format!("{ns}{}{}{}{}{}", pod("default", "db", "app: db", true), pod("default", "web", "app: web", true), pod("default", "front", "role: frontend", false), pod("default", "stranger", "x: z", false), pod("team", "t", "x: z", false)),
+        &format!(
+            "{ns}{}{}{}{}{}{}{}",
+            pod("default", "db", "app: db", true),
+            pod("default", "web", "app: web", true),
+            pod("default", "front", "role: frontend", false),
+            pod("default", "stranger", "x: z", false),
+            pod("team", "t", "x: z", false),
+            svc("db"),
+            svc("web")
+        ),
     );
     c.ok(&["apply", "-f", path_str(&m)]);
     for (ns, p) in [("default", "db"), ("default", "web"), ("default", "front"), ("default", "stranger"), ("team", "t")] {
@@ -381,13 +391,19 @@ fn network_policies_allow_only_what_they_name_and_go_away_with_their_deletion() 
     }
     let ip = |p: &str| c.ok(&["get", "pod", p, "-o", "jsonpath={.status.podIP}"]);
     let (db, web) = (ip("db"), ip("web"));
-    // Whether `from` (ns, pod) reaches `to`:8080: "200", or how it failed.
+    let cluster_ip = |s: &str| c.ok(&["get", "svc", s, "-o", "jsonpath={.spec.clusterIP}"]);
+    let (db_svc, web_svc) = (format!("{}:80", cluster_ip("db-svc")), format!("{}:80", cluster_ip("web-svc")));
+    // Whether `from` (ns, pod) reaches `to` (an address, port 8080 when none): "200", or how
+    // it failed.
     let reach = |ns: &str, from: &str, to: &str| {
-        let code = format!("import urllib.request\ntry:\n  print(urllib.request.urlopen('http://{to}:8080/', timeout=5).status)\nexcept Exception as e:\n  print('refused', type(e).__name__)");
+        let to = if to.contains(':') { to.to_string() } else { format!("{to}:8080") };
+        let code = format!("import urllib.request\ntry:\n  print(urllib.request.urlopen('http://{to}/', timeout=5).status)\nexcept Exception as e:\n  print('refused', type(e).__name__)");
         c.ok(&["exec", "-n", ns, from, "--", "python3", "-c", &code]).trim().to_string()
     };
-    // No policy: everyone reaches everyone.
+    // No policy: everyone reaches everyone, directly and through Services.
     assert_eq!(reach("default", "stranger", &db), "200");
+    wait_until("the db Service to have its endpoint", || reach("default", "stranger", &db_svc) == "200");
+    wait_until("the web Service to have its endpoint", || reach("default", "front", &web_svc) == "200");
     let policy = r#"apiVersion: networking.k8s.io/v1
 kind: NetworkPolicy
 metadata: {name: db-ingress}
@@ -423,12 +439,19 @@ spec:
     assert_eq!(reach("team", "t", &db), "200", "any pod of a namespace labelled team=a");
     assert_eq!(reach("default", "stranger", &web), "200", "web is selected by no policy");
     assert!(reach("default", "front", &web).starts_with("refused"), "front's egress goes to db only");
+    // Through Services, the same: the node's proxy judges each connection as if it were
+    // made to the endpoint.
+    wait_until("the stranger to be refused by db's Service", || reach("default", "stranger", &db_svc).starts_with("refused"));
+    assert_eq!(reach("default", "front", &db_svc), "200", "a frontend, through db's Service");
+    assert_eq!(reach("default", "stranger", &web_svc), "200", "web's Service: web is selected by no policy");
+    assert!(reach("default", "front", &web_svc).starts_with("refused"), "front's egress goes to db only, Services too");
     // The node is always allowed (the readiness of db's port, seen from the host).
     assert!(std::net::TcpStream::connect_timeout(&format!("{db}:8080").parse().unwrap(), std::time::Duration::from_secs(5)).is_ok(), "from the node");
     // Deleted: open again.
     c.ok(&["delete", "netpol", "db-ingress", "front-egress"]);
     wait_until("the stranger to reach db again", || reach("default", "stranger", &db) == "200");
     assert_eq!(reach("default", "front", &web), "200");
+    wait_until("the stranger to reach db's Service again", || reach("default", "stranger", &db_svc) == "200");
 }
 
 #[test]

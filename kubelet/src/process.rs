@@ -243,16 +243,18 @@ impl ProcessRuntime {
             host_resolv: crate::dns::resolv::Resolv::parse(&std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default()),
             network,
         });
+        // The NetworkPolicy agent's view, which the Service proxy judges connections by.
+        let policy_view = crate::netpol::View::default();
         if let Some(n) = &shared.network
             && let Some(s) = n.service_cidr
         {
             let node_ip = shared.cfg.host_ip.parse().unwrap_or(std::net::Ipv4Addr::LOCALHOST);
             let dns = shared.dns.as_ref().map(|d| crate::dns::Settings { listen: (d.server, 53).into(), domain: d.domain.clone(), upstream: shared.cfg.dns_upstream.clone() });
-            *shared.proxy.lock().unwrap() = Some(crate::proxy::ServiceProxy::start(shared.client.clone(), n.service_link(), s, node_ip, dns));
+            *shared.proxy.lock().unwrap() = Some(crate::proxy::ServiceProxy::start(shared.client.clone(), n.service_link(), s, node_ip, dns, policy_view.clone()));
         }
         if let (Some(n), Some(c)) = (&shared.network, &shared.cfg.policy_client) {
             let settings = crate::netpol::Settings { node_name: shared.cfg.node_name.clone(), netns_prefix: n.netns_prefix(), node_ip: n.gateway, service_range: n.service_cidr.map(|s| s.to_string()) };
-            *shared.policy.lock().unwrap() = Some(crate::netpol::PolicyAgent::start(c.clone(), settings));
+            *shared.policy.lock().unwrap() = Some(crate::netpol::PolicyAgent::start(c.clone(), settings, policy_view));
         }
         if let Some((listen, to)) = relay_to {
             let sh = shared.clone();

@@ -34,6 +34,31 @@ pub struct Settings {
     pub service_range: Option<String>,
 }
 
+/// What the agent last programmed from, for the node's Service proxy to judge Service
+/// connections by the same policies (`rules::permits`): its connections to endpoints come
+/// from the node, which the pods' own rules always let through. Empty (everything allowed)
+/// where the agent does not enforce policies.
+#[derive(Clone, Default)]
+pub struct View(Arc<std::sync::RwLock<Option<Arc<Snapshot>>>>);
+
+pub struct Snapshot {
+    policies: Vec<Arc<Value>>,
+    pods: Vec<Arc<Value>>,
+    namespaces: HashMap<String, Value>,
+    node: std::net::Ipv4Addr,
+    service_range: Option<String>,
+}
+
+impl View {
+    /// Whether `src` may connect to `dst`'s `port` (`proto`: tcp, udp).
+    pub fn permits(&self, src: std::net::IpAddr, dst: std::net::IpAddr, proto: &str, port: u16) -> bool {
+        let Some(s) = self.0.read().unwrap().clone() else { return true };
+        let (std::net::IpAddr::V4(src), std::net::IpAddr::V4(dst)) = (src, dst) else { return true };
+        let w = rules::World { policies: &s.policies, pods: &s.pods, namespaces: &s.namespaces, node: s.node, service_range: s.service_range.clone() };
+        rules::permits(&w, src, dst, proto, port)
+    }
+}
+
 /// The running agent; dropping it stops it (the pods keep their last rules).
 pub struct PolicyAgent {
     _informers: Informers,
@@ -56,7 +81,7 @@ pub fn nft_available() -> Result<(), String> {
 }
 
 impl PolicyAgent {
-    pub fn start(client: Client, settings: Settings) -> PolicyAgent {
+    pub fn start(client: Client, settings: Settings, view: View) -> PolicyAgent {
         let informers = Informers::new(client);
         let policies = informers.get("/apis/networking.k8s.io/v1/networkpolicies");
         let pods = informers.get("/api/v1/pods");
@@ -67,12 +92,12 @@ impl PolicyAgent {
             inf.on_change(move |_| w.notify_one());
         }
         informers.start();
-        let task = tokio::spawn(run(policies, pods, namespaces, wake, settings));
+        let task = tokio::spawn(run(policies, pods, namespaces, wake, settings, view));
         PolicyAgent { _informers: informers, task }
     }
 }
 
-async fn run(policies: Arc<Informer>, pods: Arc<Informer>, namespaces: Arc<Informer>, wake: Arc<tokio::sync::Notify>, s: Settings) {
+async fn run(policies: Arc<Informer>, pods: Arc<Informer>, namespaces: Arc<Informer>, wake: Arc<tokio::sync::Notify>, s: Settings, view: View) {
     if let Err(why) = nft_available() {
         tracing::warn!(reason = %why, "NetworkPolicies are NOT enforced on this node");
         return;
@@ -88,6 +113,7 @@ async fn run(policies: Arc<Informer>, pods: Arc<Informer>, namespaces: Arc<Infor
         let all_pods = pods.list();
         let pols = policies.list();
         let ns: HashMap<String, Value> = namespaces.list().iter().filter_map(|n| Some((n["metadata"]["name"].as_str()?.to_string(), n["metadata"]["labels"].clone()))).collect();
+        *view.0.write().unwrap() = Some(Arc::new(Snapshot { policies: pols.clone(), pods: all_pods.clone(), namespaces: ns.clone(), node: s.node_ip, service_range: s.service_range.clone() }));
         let world = rules::World { policies: &pols, pods: &all_pods, namespaces: &ns, node: s.node_ip, service_range: s.service_range.clone() };
         let mut live = std::collections::HashSet::new();
         for p in all_pods.iter().filter(|p| p["spec"]["nodeName"] == s.node_name.as_str() && p["spec"]["hostNetwork"] != true) {

@@ -79,7 +79,39 @@ fn types(p: &Value) -> (bool, bool) {
 #[derive(Debug, PartialEq)]
 struct Allow {
     peers: Option<Peers>,
-    ports: Vec<String>,
+    ports: Vec<PortMatch>,
+}
+
+/// A rule's port: every port of a protocol, one, a range (`endPort`), or the numbers a named
+/// port has.
+#[derive(Debug, PartialEq)]
+enum PortMatch {
+    Any(String),
+    One(String, u64),
+    Range(String, u64, u64),
+    Named(String, BTreeSet<u64>),
+}
+
+impl PortMatch {
+    /// As an nftables match.
+    fn nft(&self) -> String {
+        match self {
+            PortMatch::Any(p) => format!("meta l4proto {p}"),
+            PortMatch::One(p, n) => format!("{p} dport {n}"),
+            PortMatch::Range(p, a, b) => format!("{p} dport {a}-{b}"),
+            PortMatch::Named(p, set) => format!("{p} dport {{ {} }}", set.iter().map(|n| n.to_string()).collect::<Vec<_>>().join(", ")),
+        }
+    }
+
+    fn holds(&self, proto: &str, port: u16) -> bool {
+        let port = port as u64;
+        match self {
+            PortMatch::Any(p) => p == proto,
+            PortMatch::One(p, n) => p == proto && *n == port,
+            PortMatch::Range(p, a, b) => p == proto && (*a..=*b).contains(&port),
+            PortMatch::Named(p, set) => p == proto && set.contains(&port),
+        }
+    }
 }
 
 /// A rule's peers: pod addresses, and IP blocks each with its exceptions.
@@ -97,6 +129,18 @@ impl Peers {
     fn contains(&self, ip: Ipv4Addr) -> bool {
         self.pods.contains(&ip.to_string())
     }
+
+    /// Whether `ip` is among the peers: one of the pods, or in a block but not its exceptions.
+    fn admits(&self, ip: Ipv4Addr) -> bool {
+        self.contains(ip) || self.blocks.iter().any(|(cidr, except)| in_cidr(ip, cidr) && !except.iter().any(|e| in_cidr(ip, e)))
+    }
+}
+
+fn in_cidr(ip: Ipv4Addr, cidr: &str) -> bool {
+    let (net, bits) = cidr.split_once('/').unwrap_or((cidr, "32"));
+    let (Ok(net), Ok(bits)) = (net.parse::<Ipv4Addr>(), bits.parse::<u32>()) else { return false };
+    let mask = if bits == 0 { 0 } else { u32::MAX << (32 - bits.min(32)) };
+    u32::from(ip) & mask == u32::from(net) & mask
 }
 
 fn pod_ip(p: &Value) -> Option<Ipv4Addr> {
@@ -139,10 +183,10 @@ fn valid_cidr(c: &str) -> bool {
     ip.parse::<Ipv4Addr>().is_ok() && bits.parse::<u8>().is_ok_and(|b| b <= 32)
 }
 
-/// nft port matches for `ports` of a rule; named ports resolve against `named` (container
+/// The port matches of a rule's `ports`; named ports resolve against `named` (container
 /// ports of the pods they apply to). None: the rule names only ports that do not exist
 /// (it allows nothing).
-fn port_matches(ports: &Value, named: &dyn Fn(&str, &str) -> Vec<u64>) -> Option<Vec<String>> {
+fn port_matches(ports: &Value, named: &dyn Fn(&str, &str) -> Vec<u64>) -> Option<Vec<PortMatch>> {
     let Some(list) = ports.as_array().filter(|l| !l.is_empty()) else { return Some(vec![]) };
     let mut out = Vec::new();
     for p in list {
@@ -151,22 +195,22 @@ fn port_matches(ports: &Value, named: &dyn Fn(&str, &str) -> Vec<u64>) -> Option
             continue;
         }
         match &p["port"] {
-            Value::Null => out.push(format!("meta l4proto {proto}")),
+            Value::Null => out.push(PortMatch::Any(proto)),
             Value::Number(n) => {
                 let Some(n) = n.as_u64().filter(|n| (1..=65535).contains(n)) else { continue };
                 match p["endPort"].as_u64().filter(|e| *e >= n && *e <= 65535) {
-                    Some(e) => out.push(format!("{proto} dport {n}-{e}")),
-                    None => out.push(format!("{proto} dport {n}")),
+                    Some(e) => out.push(PortMatch::Range(proto, n, e)),
+                    None => out.push(PortMatch::One(proto, n)),
                 }
             }
             Value::String(name) => {
                 if let Ok(n) = name.parse::<u64>() {
-                    out.push(format!("{proto} dport {n}"));
+                    out.push(PortMatch::One(proto, n));
                     continue;
                 }
                 let ns: BTreeSet<u64> = named(name, &proto).into_iter().collect();
                 if !ns.is_empty() {
-                    out.push(format!("{proto} dport {{ {} }}", ns.iter().map(|n| n.to_string()).collect::<Vec<_>>().join(", ")));
+                    out.push(PortMatch::Named(proto, ns));
                 }
             }
             _ => {}
@@ -229,6 +273,21 @@ fn allows(pod: &Value, dir: Dir, w: &World) -> Option<Vec<Allow>> {
     isolated.then_some(out)
 }
 
+/// Whether a connection from `src` to `dst` on `port` (`proto`: tcp, udp) is allowed when it
+/// comes from a pod: by the destination pod's ingress policies and the source pod's egress
+/// policies, as the pods' own rules would judge it. What the node's Service proxy asks
+/// before it connects a pod to an endpoint: its connection comes from the node, which the
+/// pods' rules always let through. A source that is not a pod (the node, a host-network pod)
+/// is always allowed, as node traffic is.
+pub fn permits(w: &World, src: Ipv4Addr, dst: Ipv4Addr, proto: &str, port: u16) -> bool {
+    let pod_at = |ip: Ipv4Addr| w.pods.iter().find(|p| pod_ip(p) == Some(ip) && p["spec"]["hostNetwork"] != true);
+    let Some(from) = pod_at(src) else { return true };
+    let ok = |rules: Option<Vec<Allow>>, peer: Ipv4Addr| {
+        rules.is_none_or(|rules| rules.iter().any(|a| a.peers.as_ref().is_none_or(|s| s.admits(peer)) && (a.ports.is_empty() || a.ports.iter().any(|m| m.holds(proto, port)))))
+    };
+    ok(allows(from, Dir::Egress, w), dst) && pod_at(dst).is_none_or(|to| ok(allows(to, Dir::Ingress, w), src))
+}
+
 /// The nftables script that makes `pod`'s namespace enforce the policies (an empty table
 /// when none isolates it). Loaded with `nft -f`: it replaces the table in one transaction.
 pub fn render(pod: &Value, w: &World) -> String {
@@ -249,7 +308,7 @@ pub fn render(pod: &Value, w: &World) -> String {
             s.push_str(&format!("    ip daddr {r} accept\n"));
         }
         for a in &allow {
-            let ports: Vec<String> = if a.ports.is_empty() { vec![String::new()] } else { a.ports.clone() };
+            let ports: Vec<String> = if a.ports.is_empty() { vec![String::new()] } else { a.ports.iter().map(PortMatch::nft).collect() };
             match &a.peers {
                 None => {
                     for p in &ports {
@@ -349,5 +408,30 @@ mod tests {
         assert!(!db.contains("nope") && !db.contains("{  }"), "{db}");
         assert!(selects(&json!({"matchExpressions": [{"key": "a", "operator": "NotIn", "values": ["x"]}]}), &json!({})));
         assert!(!selects(&json!({"matchExpressions": [{"key": "a", "operator": "Exists"}]}), &json!({})));
+    }
+
+    #[test]
+    fn the_service_proxy_asks_what_the_pods_rules_would_say() {
+        let (pods, ns) = fixture();
+        let ip = |s: &str| s.parse::<Ipv4Addr>().unwrap();
+        let policies = vec![
+            // db takes frontends on its named port (8080).
+            Arc::new(json!({"metadata": {"namespace": "default", "name": "db"}, "spec": {"podSelector": {"matchLabels": {"app": "db"}},
+                "ingress": [{"from": [{"podSelector": {"matchLabels": {"role": "frontend"}}}], "ports": [{"port": "http"}]}]}})),
+            // team's pods may reach only 10.1.0.0/24 but 10.1.0.4, on TCP 8000-9000.
+            Arc::new(json!({"metadata": {"namespace": "team", "name": "out"}, "spec": {"podSelector": {}, "policyTypes": ["Egress"],
+                "egress": [{"to": [{"ipBlock": {"cidr": "10.1.0.0/24", "except": ["10.1.0.4/32"]}}], "ports": [{"port": 8000, "endPort": 9000}]}]}})),
+        ];
+        let w = world(&policies, &pods, &ns);
+        assert!(permits(&w, ip("10.1.0.3"), ip("10.1.0.2"), "tcp", 8080), "a frontend to db's named port");
+        assert!(!permits(&w, ip("10.1.0.3"), ip("10.1.0.2"), "tcp", 5432), "another port of db");
+        assert!(!permits(&w, ip("10.1.0.3"), ip("10.1.0.2"), "udp", 8080), "another protocol");
+        assert!(!permits(&w, ip("10.1.0.4"), ip("10.1.0.2"), "tcp", 8080), "not a frontend");
+        assert!(permits(&w, ip("10.1.0.4"), ip("10.1.0.3"), "tcp", 1), "an unselected pod is open");
+        assert!(permits(&w, ip("10.1.0.1"), ip("10.1.0.2"), "tcp", 5432), "the node is not a pod: always allowed");
+        assert!(permits(&w, ip("10.1.0.5"), ip("10.1.0.3"), "tcp", 8500), "team's egress: in the block and the range");
+        assert!(!permits(&w, ip("10.1.0.5"), ip("10.1.0.3"), "tcp", 80), "team's egress: outside the range");
+        assert!(!permits(&w, ip("10.1.0.5"), ip("10.1.0.4"), "tcp", 8500), "team's egress: the block's exception (an open pod)");
+        assert!(!permits(&w, ip("10.1.0.5"), ip("192.168.0.1"), "tcp", 8500), "team's egress: outside the block");
     }
 }

@@ -135,7 +135,8 @@ impl ServiceProxy {
     /// `link` is the node's link for cluster IPs; `node_ip` its address (node ports).
     /// With `dns`, the node's cluster DNS is served too (its address is the `kube-dns`
     /// Service's cluster IP, which this proxy makes local).
-    pub fn start(client: Client, link: String, service_cidr: crate::network::Cidr, node_ip: Ipv4Addr, dns: Option<crate::dns::Settings>) -> ServiceProxy {
+    /// `policy`: the NetworkPolicy agent's view, which judges each connection to an endpoint.
+    pub fn start(client: Client, link: String, service_cidr: crate::network::Cidr, node_ip: Ipv4Addr, dns: Option<crate::dns::Settings>, policy: crate::netpol::View) -> ServiceProxy {
         let informers = Informers::new(client);
         let services = informers.get("/api/v1/services");
         let slices = informers.get("/apis/discovery.k8s.io/v1/endpointslices");
@@ -156,12 +157,12 @@ impl ServiceProxy {
                 None
             }
         });
-        let task = tokio::spawn(run(services, slices, wake, link, service_cidr, node_ip));
+        let task = tokio::spawn(run(services, slices, wake, link, service_cidr, node_ip, policy));
         ServiceProxy { _informers: informers, task, _dns: dns }
     }
 }
 
-async fn run(services: Arc<Informer>, slices: Arc<Informer>, wake: Arc<tokio::sync::Notify>, link: String, cidr: crate::network::Cidr, node_ip: Ipv4Addr) {
+async fn run(services: Arc<Informer>, slices: Arc<Informer>, wake: Arc<tokio::sync::Notify>, link: String, cidr: crate::network::Cidr, node_ip: Ipv4Addr, policy: crate::netpol::View) {
     let mut listeners: HashMap<(Proto, SocketAddr), Listener> = HashMap::new();
     let mut addresses: HashSet<Ipv4Addr> = HashSet::new();
     loop {
@@ -201,8 +202,8 @@ async fn run(services: Arc<Informer>, slices: Arc<Informer>, wake: Arc<tokio::sy
             }
             let backends = Arc::new(RwLock::new(b));
             let task = match proto {
-                Proto::Tcp => tokio::net::TcpListener::bind(addr).await.map(|l| tokio::spawn(serve(l, backends.clone()))),
-                Proto::Udp => tokio::net::UdpSocket::bind(addr).await.map(|u| tokio::spawn(udp::serve(u, backends.clone(), Arc::new(Mutex::new(HashMap::new()))))),
+                Proto::Tcp => tokio::net::TcpListener::bind(addr).await.map(|l| tokio::spawn(serve(l, backends.clone(), policy.clone()))),
+                Proto::Udp => tokio::net::UdpSocket::bind(addr).await.map(|u| tokio::spawn(udp::serve(u, backends.clone(), Arc::new(Mutex::new(HashMap::new())), policy.clone()))),
             };
             match task {
                 Ok(task) => {
@@ -242,17 +243,23 @@ pub(crate) fn pick(b: &Backends, client: std::net::IpAddr, sticky: &Mutex<HashMa
     Some(b.addrs[rand::random_range(0..b.addrs.len())])
 }
 
-async fn serve(l: tokio::net::TcpListener, backends: Arc<RwLock<Backends>>) {
+async fn serve(l: tokio::net::TcpListener, backends: Arc<RwLock<Backends>>, policy: crate::netpol::View) {
     let sticky = Arc::new(Mutex::new(HashMap::new()));
     let slots = Arc::new(tokio::sync::Semaphore::new(4096));
     loop {
         let Ok(permit) = slots.clone().acquire_owned().await else { return };
         let Ok((mut conn, peer)) = l.accept().await else { continue };
-        let (backends, sticky) = (backends.clone(), sticky.clone());
+        let (backends, sticky, policy) = (backends.clone(), sticky.clone(), policy.clone());
         tokio::spawn(async move {
             let _permit = permit;
             for _ in 0..2 {
                 let Some(to) = pick(&backends.read().unwrap().clone(), peer.ip(), &sticky) else { return };
+                // The NetworkPolicies of the client pod and of the endpoint's pod, as if the
+                // client had connected to the endpoint: a denied connection is reset.
+                if !policy.permits(peer.ip(), to.ip(), "tcp", to.port()) {
+                    let _ = conn.set_zero_linger();
+                    return;
+                }
                 if let Ok(Ok(mut up)) = tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect(to)).await {
                     let _ = tokio::io::copy_bidirectional(&mut conn, &mut up).await;
                     return;

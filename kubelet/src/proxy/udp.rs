@@ -32,7 +32,7 @@ impl Drop for Session {
 }
 
 /// Serves `sock` (bound to the cluster IP and port) until aborted.
-pub async fn serve(sock: UdpSocket, backends: Arc<RwLock<Backends>>, sticky: Arc<Mutex<HashMap<std::net::IpAddr, (SocketAddr, Instant)>>>) {
+pub async fn serve(sock: UdpSocket, backends: Arc<RwLock<Backends>>, sticky: Arc<Mutex<HashMap<std::net::IpAddr, (SocketAddr, Instant)>>>, policy: crate::netpol::View) {
     let sock = Arc::new(sock);
     let mut sessions: HashMap<SocketAddr, Session> = HashMap::new();
     let mut buf = vec![0u8; DATAGRAM_MAX];
@@ -55,6 +55,10 @@ pub async fn serve(sock: UdpSocket, backends: Arc<RwLock<Backends>>, sticky: Arc
                 continue;
             }
             let Some(backend) = super::pick(&backends.read().unwrap(), client.ip(), &sticky) else { continue };
+            // NetworkPolicy, as for TCP: a client the policies deny gets no session.
+            if !policy.permits(client.ip(), backend.ip(), "udp", backend.port()) {
+                continue;
+            }
             let local: SocketAddr = if backend.is_ipv4() { ([0, 0, 0, 0], 0).into() } else { (std::net::Ipv6Addr::UNSPECIFIED, 0).into() };
             let Ok(up) = UdpSocket::bind(local).await else { continue };
             if up.connect(backend).await.is_err() {
