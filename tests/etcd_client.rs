@@ -65,6 +65,25 @@ fn reads_compares_on_leases_and_etcds_errors() {
         let off_lease = Txn::new().when([Compare::lease("held", CompareOp::Equal, lease + 1), Compare::version("held", CompareOp::Equal, 1)]).and_then([TxnOp::put("held-ok", "yes2", None)]).or_else([TxnOp::put("held-ok", "no", None)]);
         assert!(!e.txn(off_lease).await.unwrap().succeeded());
         assert_eq!(e.get("held-ok", None).await.unwrap().kvs()[0].value_str().unwrap(), "no");
+        // Compares over a range, and a txn in a txn (its compares decided before any op).
+        let all_first = Txn::new().when([Compare::version("r/", CompareOp::Equal, 1).with_prefix()]).and_then([TxnOp::put("ranged", "every r/ key at version 1", None)]);
+        assert!(e.txn(all_first).await.unwrap().succeeded());
+        let not_all_three = Txn::new().when([Compare::value("r/", CompareOp::Equal, "3").with_range("r0")]);
+        assert!(!e.txn(not_all_three).await.unwrap().succeeded(), "r/b and r/c are not 3");
+        let inner = Txn::new().when([Compare::version("r/a", CompareOp::Equal, 2)]).and_then([TxnOp::put("inner", "then", None)]).or_else([TxnOp::put("inner", "else", None), TxnOp::get("r/a", None)]);
+        let outer = Txn::new().and_then([TxnOp::put("r/a", "4", None), TxnOp::txn(inner)]);
+        let r = e.txn(outer).await.unwrap();
+        match &r.op_responses()[1] {
+            etcd_client::TxnOpResponse::Txn(t) => {
+                assert!(!t.succeeded(), "r/a was at version 1 when the compares were decided");
+                match &t.op_responses()[1] {
+                    etcd_client::TxnOpResponse::Get(g) => assert_eq!(g.kvs()[0].value_str().unwrap(), "4", "the nested read sees the outer put"),
+                    other => panic!("a get's answer, not {other:?}"),
+                }
+            }
+            other => panic!("a nested txn's answer, not {other:?}"),
+        }
+        assert_eq!(e.get("inner", None).await.unwrap().kvs()[0].value_str().unwrap(), "else");
         // etcd's errors: codes and messages.
         let ops: Vec<TxnOp> = (0..129).map(|i| TxnOp::put(format!("m{i}"), "x", None)).collect();
         use tonic::Code;

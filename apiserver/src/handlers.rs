@@ -810,10 +810,10 @@ impl Req<'_> {
             return Ok(Some((s, mod_revision)));
         }
         let key_b = Bytes::copy_from_slice(key.as_bytes());
-        let mut compare = vec![Compare { key: key_b.clone(), op: CompareOp::Equal, target: CompareTarget::ModRevision(mod_revision) }];
+        let mut compare = vec![Compare { key: key_b.clone(), op: CompareOp::Equal, target: CompareTarget::ModRevision(mod_revision), range_end: None }];
         let mut success = vec![TxnOp::Put(PutRequest { value: crate::encryption::seal(&key_b, stored).map_err(ApiError::internal)?, key: key_b, lease: 0, prev_kv: false })];
         for r in reservations {
-            compare.push(Compare { key: r.key.clone(), op: CompareOp::Equal, target: CompareTarget::ModRevision(r.mod_revision) });
+            compare.push(Compare { key: r.key.clone(), op: CompareOp::Equal, target: CompareTarget::ModRevision(r.mod_revision), range_end: None });
             success.push(TxnOp::Put(PutRequest { key: r.key.clone(), value: crate::encryption::seal(&r.key, r.value.clone()).map_err(ApiError::internal)?, lease: 0, prev_kv: false }));
         }
         let resp = self.st.store.txn(TxnRequest { compare, success, failure: vec![] }).await?;
@@ -838,7 +838,7 @@ impl Req<'_> {
             .st
             .store
             .txn(TxnRequest {
-                compare: vec![Compare { key: key_b.clone(), op: CompareOp::Equal, target: CompareTarget::ModRevision(mod_revision) }],
+                compare: vec![Compare { key: key_b.clone(), op: CompareOp::Equal, target: CompareTarget::ModRevision(mod_revision), range_end: None }],
                 success: vec![TxnOp::Delete(DeleteRequest { range: KeyRange::Key(key_b), prev_kv: self.is_service() })],
                 failure: vec![],
             })

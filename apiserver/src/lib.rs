@@ -269,7 +269,7 @@ pub(crate) async fn create_if_absent(store: &Store, key: String, obj: &serde_jso
     }
     store
         .txn(storage::TxnRequest {
-            compare: vec![storage::Compare { key: key.clone(), op: storage::CompareOp::Equal, target: storage::CompareTarget::CreateRevision(0) }],
+            compare: vec![storage::Compare { key: key.clone(), op: storage::CompareOp::Equal, target: storage::CompareTarget::CreateRevision(0), range_end: None }],
             success: vec![storage::TxnOp::Put(storage::PutRequest {
                 value: encryption::seal(&key, object::encode_stored(obj)).map_err(storage::StoreError::Invalid)?,
                 key,

@@ -124,10 +124,10 @@ pub fn create_txn(key: Bytes, value: Bytes, reservations: &[Reservation]) -> Res
     let value = crate::encryption::seal(&key, value)?;
     let mut compare = Vec::with_capacity(1 + reservations.len());
     let mut success = Vec::with_capacity(1 + reservations.len());
-    compare.push(Compare { key: key.clone(), op: CompareOp::Equal, target: CompareTarget::CreateRevision(0) });
+    compare.push(Compare { key: key.clone(), op: CompareOp::Equal, target: CompareTarget::CreateRevision(0), range_end: None });
     success.push(TxnOp::Put(PutRequest { key: key.clone(), value, lease: 0, prev_kv: false }));
     for r in reservations {
-        compare.push(Compare { key: r.key.clone(), op: CompareOp::Equal, target: CompareTarget::ModRevision(r.mod_revision) });
+        compare.push(Compare { key: r.key.clone(), op: CompareOp::Equal, target: CompareTarget::ModRevision(r.mod_revision), range_end: None });
         success.push(TxnOp::Put(PutRequest { key: r.key.clone(), value: crate::encryption::seal(&r.key, r.value.clone())?, lease: 0, prev_kv: false }));
     }
     let failure = if reservations.is_empty() { vec![] } else { vec![TxnOp::Range(RangeRequest { count_only: true, ..RangeRequest::key(key) })] };

@@ -54,7 +54,7 @@ pub(crate) async fn write_if(store: &Store, key: &str, rev: u64, obj: &Value) ->
     let value = crate::encryption::seal(&key, encode_stored(obj)).map_err(StoreError::Invalid)?;
     let target = if rev == 0 { CompareTarget::CreateRevision(0) } else { CompareTarget::ModRevision(rev) };
     let r = store
-        .txn(TxnRequest { compare: vec![Compare { key: key.clone(), op: CompareOp::Equal, target }], success: vec![TxnOp::Put(PutRequest { key, value, lease: 0, prev_kv: false })], failure: vec![] })
+        .txn(TxnRequest { compare: vec![Compare { key: key.clone(), op: CompareOp::Equal, target, range_end: None }], success: vec![TxnOp::Put(PutRequest { key, value, lease: 0, prev_kv: false })], failure: vec![] })
         .await?;
     Ok(r.succeeded)
 }
@@ -78,7 +78,7 @@ async fn delete_if(store: &Store, key: &str, rev: u64) -> Result<bool, StoreErro
     let key = bytes::Bytes::copy_from_slice(key.as_bytes());
     let r = store
         .txn(TxnRequest {
-            compare: vec![Compare { key: key.clone(), op: CompareOp::Equal, target: CompareTarget::ModRevision(rev) }],
+            compare: vec![Compare { key: key.clone(), op: CompareOp::Equal, target: CompareTarget::ModRevision(rev), range_end: None }],
             success: vec![TxnOp::Delete(storage::DeleteRequest { range: storage::KeyRange::Key(key), prev_kv: false })],
             failure: vec![],
         })

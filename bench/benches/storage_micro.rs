@@ -128,7 +128,7 @@ fn mvcc(c: &mut Criterion) {
 /// A CAS txn: compare the key's mod revision, put on success, read it back on failure.
 fn cas_request(key: &Bytes, expect: u64) -> TxnRequest {
     TxnRequest {
-        compare: vec![Compare { key: key.clone(), op: CompareOp::Equal, target: CompareTarget::ModRevision(expect) }],
+        compare: vec![Compare { key: key.clone(), op: CompareOp::Equal, target: CompareTarget::ModRevision(expect), range_end: None }],
         success: vec![TxnOp::Put(PutRequest { key: key.clone(), value: value(), lease: 0, prev_kv: false })],
         failure: vec![TxnOp::Range(RangeRequest::key(key.clone()))],
     }

@@ -169,7 +169,7 @@ async fn put(ctx: &Ctx, p: pb::PutRequest) -> Result<pb::PutResponse, Status> {
             prev_kv: req.prev_kv,
         };
         let txn = storage::TxnRequest {
-            compare: vec![storage::Compare { key: req.key.clone(), op: storage::CompareOp::Equal, target: storage::CompareTarget::ModRevision(cur.mod_revision) }],
+            compare: vec![storage::Compare { key: req.key.clone(), op: storage::CompareOp::Equal, target: storage::CompareTarget::ModRevision(cur.mod_revision), range_end: None }],
             success: vec![storage::TxnOp::Put(put)],
             failure: vec![],
         };
@@ -196,8 +196,18 @@ fn delete_out(ctx: &Ctx, r: storage::DeleteResponse) -> pb::DeleteRangeResponse 
     pb::DeleteRangeResponse { header: ctx.header(r.revision), deleted: r.deleted as i64, prev_kvs: r.prev_kvs.into_iter().map(kv_out).collect() }
 }
 
+/// What an op's answer needs besides the store's: a read's post-processing, a nested txn's
+/// for each of its branches.
+#[derive(Default)]
+enum OpPost {
+    #[default]
+    None,
+    Range(Post),
+    Txn { success: Vec<OpPost>, failure: Vec<OpPost> },
+}
+
 /// A txn's ops in the store's terms, with the reads' post-processing.
-fn ops_in(ctx: &Ctx, ops: Vec<pb::RequestOp>) -> Result<(Vec<storage::TxnOp>, Vec<Option<Post>>), Status> {
+fn ops_in(ctx: &Ctx, ops: Vec<pb::RequestOp>) -> Result<(Vec<storage::TxnOp>, Vec<OpPost>), Status> {
     let mut out = Vec::with_capacity(ops.len());
     let mut posts = Vec::with_capacity(ops.len());
     for op in ops {
@@ -205,24 +215,75 @@ fn ops_in(ctx: &Ctx, ops: Vec<pb::RequestOp>) -> Result<(Vec<storage::TxnOp>, Ve
             Some(request_op::Request::RequestRange(r)) => {
                 let (req, post) = range_in(&r)?;
                 out.push(storage::TxnOp::Range(req));
-                posts.push(Some(post));
+                posts.push(OpPost::Range(post));
             }
             Some(request_op::Request::RequestPut(p)) => {
                 if p.ignore_value || p.ignore_lease {
                     return Err(errors::unsupported("ignore_value or ignore_lease inside a txn"));
                 }
                 out.push(storage::TxnOp::Put(put_in(ctx, p)?));
-                posts.push(None);
+                posts.push(OpPost::None);
             }
             Some(request_op::Request::RequestDeleteRange(d)) => {
                 out.push(storage::TxnOp::Delete(delete_in(d)?));
-                posts.push(None);
+                posts.push(OpPost::None);
             }
-            Some(request_op::Request::RequestTxn(_)) => return Err(errors::unsupported("a txn nested in a txn")),
+            Some(request_op::Request::RequestTxn(t)) => {
+                let max = ctx.limits.txn_ops;
+                if t.compare.len() > max || t.success.len() > max || t.failure.len() > max {
+                    return Err(errors::too_many_ops());
+                }
+                let compare = t
+                    .compare
+                    .into_iter()
+                    .map(|c| match compare_in(c)? {
+                        Cmp::Store(c) => Ok(c),
+                        Cmp::Lease { .. } => Err(errors::unsupported("a lease compare in a nested txn")),
+                    })
+                    .collect::<Result<Vec<_>, _>>()?;
+                let (success, success_posts) = ops_in(ctx, t.success)?;
+                let (failure, failure_posts) = ops_in(ctx, t.failure)?;
+                out.push(storage::TxnOp::Txn(Box::new(storage::TxnRequest { compare, success, failure })));
+                posts.push(OpPost::Txn { success: success_posts, failure: failure_posts });
+            }
             None => return Err(Status::invalid_argument("etcdserver: a txn op names no request")),
         }
     }
     Ok((out, posts))
+}
+
+/// The store's answers to a txn's ops as etcd's, with their post-processing.
+fn responses_out(ctx: &Ctx, responses: Vec<storage::TxnOpResponse>, posts: Vec<OpPost>) -> Vec<pb::ResponseOp> {
+    let mut posts = posts.into_iter();
+    responses
+        .into_iter()
+        .map(|r| {
+            let post = posts.next().unwrap_or_default();
+            pb::ResponseOp {
+                response: Some(match r {
+                    storage::TxnOpResponse::Range(r) => {
+                        let p = if let OpPost::Range(p) = post { p } else { Post::default() };
+                        response_op::Response::ResponseRange(range_out(ctx, r, &p))
+                    }
+                    storage::TxnOpResponse::Put(p) => response_op::Response::ResponsePut(pb::PutResponse { header: ctx.header(p.revision), prev_kv: p.prev_kv.map(kv_out) }),
+                    storage::TxnOpResponse::Delete(d) => response_op::Response::ResponseDeleteRange(delete_out(ctx, d)),
+                    storage::TxnOpResponse::Txn(t) => {
+                        let branch = match post {
+                            OpPost::Txn { success, failure } => {
+                                if t.succeeded {
+                                    success
+                                } else {
+                                    failure
+                                }
+                            }
+                            _ => Vec::new(),
+                        };
+                        response_op::Response::ResponseTxn(pb::TxnResponse { header: ctx.header(t.revision), succeeded: t.succeeded, responses: responses_out(ctx, t.responses, branch) })
+                    }
+                }),
+            }
+        })
+        .collect()
 }
 
 /// A compare in the store's terms, or (for a lease) the lease it asks about.
@@ -235,9 +296,12 @@ fn compare_in(c: pb::Compare) -> Result<Cmp, Status> {
     if c.key.is_empty() {
         return Err(errors::empty_key());
     }
-    if !c.range_end.is_empty() {
-        return Err(errors::unsupported("a compare over a key range"));
-    }
+    // A range: every key of [key, range_end) must hold (`\0`: every key from `key` on).
+    let range_end = match c.range_end.as_slice() {
+        [] => None,
+        [0] => Some(Bytes::new()),
+        end => Some(Bytes::copy_from_slice(end)),
+    };
     use compare::{CompareResult as R, CompareTarget as T, TargetUnion as U};
     let op = match R::try_from(c.result).map_err(|_| Status::invalid_argument("etcdserver: unknown compare result"))? {
         R::Equal => storage::CompareOp::Equal,
@@ -260,9 +324,10 @@ fn compare_in(c: pb::Compare) -> Result<Cmp, Status> {
             Some(U::Value(v)) => v.into(),
             _ => Bytes::new(),
         }),
+        T::Lease if range_end.is_some() => return Err(errors::unsupported("a lease compare over a key range")),
         T::Lease => return Ok(Cmp::Lease { key, op, lease: num(&c.target_union) }),
     };
-    Ok(Cmp::Store(storage::Compare { key, op, target }))
+    Ok(Cmp::Store(storage::Compare { key, op, target, range_end }))
 }
 
 fn holds(op: storage::CompareOp, have: i64, want: i64) -> bool {
@@ -292,18 +357,7 @@ async fn txn(ctx: &Ctx, t: pb::TxnRequest) -> Result<pb::TxnResponse, Status> {
         pinned(ctx, compares, success, failure).await?
     };
     let posts = if succeeded { success_posts } else { failure_posts };
-    let responses = resp
-        .responses
-        .into_iter()
-        .zip(posts)
-        .map(|(r, post)| pb::ResponseOp {
-            response: Some(match r {
-                storage::TxnOpResponse::Range(r) => response_op::Response::ResponseRange(range_out(ctx, r, &post.unwrap_or_default())),
-                storage::TxnOpResponse::Put(p) => response_op::Response::ResponsePut(pb::PutResponse { header: ctx.header(p.revision), prev_kv: p.prev_kv.map(kv_out) }),
-                storage::TxnOpResponse::Delete(d) => response_op::Response::ResponseDeleteRange(delete_out(ctx, d)),
-            }),
-        })
-        .collect();
+    let responses = responses_out(ctx, resp.responses, posts);
     Ok(pb::TxnResponse { header: ctx.header(resp.revision), succeeded, responses })
 }
 
@@ -311,6 +365,9 @@ async fn txn(ctx: &Ctx, t: pb::TxnRequest) -> Result<pb::TxnResponse, Status> {
 /// one revision, the compares decided here, and the chosen branch run by the store only if
 /// none of those keys changed since (their mod revisions are its compares); else again.
 async fn pinned(ctx: &Ctx, compares: Vec<Cmp>, success: Vec<storage::TxnOp>, failure: Vec<storage::TxnOp>) -> Result<(storage::TxnResponse, bool), Status> {
+    if compares.iter().any(|c| matches!(c, Cmp::Store(s) if s.range_end.is_some())) {
+        return Err(errors::unsupported("a compare over a key range beside a lease compare"));
+    }
     for _ in 0..64 {
         let at = ctx.store.consistent_revision().await.map_err(errors::store)?;
         let mut ok = true;
@@ -338,7 +395,7 @@ async fn pinned(ctx: &Ctx, compares: Vec<Cmp>, success: Vec<storage::TxnOp>, fai
                     },
                 },
             };
-            guards.push(storage::Compare { key: key.clone(), op: storage::CompareOp::Equal, target: storage::CompareTarget::ModRevision(m) });
+            guards.push(storage::Compare { key: key.clone(), op: storage::CompareOp::Equal, target: storage::CompareTarget::ModRevision(m), range_end: None });
         }
         let branch = if ok { success.clone() } else { failure.clone() };
         let r = ctx.store.txn(storage::TxnRequest { compare: guards, success: branch, failure: vec![] }).await.map_err(|e| ctx.noted(e))?;
@@ -442,7 +499,11 @@ mod tests {
         let l = pb::Compare { key: b"k".to_vec(), target: compare::CompareTarget::Lease as i32, result: compare::CompareResult::Equal as i32, target_union: Some(compare::TargetUnion::Lease(7)), range_end: vec![] };
         assert!(matches!(compare_in(l).unwrap(), Cmp::Lease { lease: 7, .. }));
         let ranged = pb::Compare { key: b"k".to_vec(), range_end: b"l".to_vec(), ..Default::default() };
-        assert_eq!(compare_in(ranged).err().unwrap().code(), tonic::Code::InvalidArgument);
+        assert!(matches!(compare_in(ranged).unwrap(), Cmp::Store(storage::Compare { range_end: Some(ref e), .. }) if e.as_ref() == b"l"));
+        let from = pb::Compare { key: b"k".to_vec(), range_end: vec![0], ..Default::default() };
+        assert!(matches!(compare_in(from).unwrap(), Cmp::Store(storage::Compare { range_end: Some(ref e), .. }) if e.is_empty()), "\\0: to the end");
+        let lease_range = pb::Compare { key: b"k".to_vec(), range_end: b"l".to_vec(), target: compare::CompareTarget::Lease as i32, ..Default::default() };
+        assert_eq!(compare_in(lease_range).err().unwrap().code(), tonic::Code::InvalidArgument);
         assert!(holds(storage::CompareOp::Greater, 3, 2) && !holds(storage::CompareOp::Less, 3, 2));
     }
 }

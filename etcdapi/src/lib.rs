@@ -13,7 +13,7 @@
 //! `proto/etcd.proto`, etcd's field numbers written out for the calls served here.
 //!
 //! **Differences from etcd** (DESIGN.md has the reasons): no Auth service (every Auth call
-//! answers `Unimplemented`); no nested txns and no compares over a key range
+//! answers `Unimplemented`); lease compares only at a txn's top level and over one key
 //! (`InvalidArgument`); `Hash` and `HashKV` hash the keyspace at a revision, not etcd's bbolt
 //! pages, so they compare capstan replicas with each other, never with an etcd.
 

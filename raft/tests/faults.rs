@@ -74,8 +74,8 @@ async fn client(c: usize, seed: u64, stores: Stores, history: Arc<Mutex<Vec<Op>>
                     Err(_) => continue,
                 };
                 let compare = match &expect {
-                    Some(v) => Compare { key: Bytes::from(key.clone()), op: CompareOp::Equal, target: CompareTarget::Value(Bytes::from(v.clone())) },
-                    None => Compare { key: Bytes::from(key.clone()), op: CompareOp::Equal, target: CompareTarget::CreateRevision(0) },
+                    Some(v) => Compare { key: Bytes::from(key.clone()), op: CompareOp::Equal, target: CompareTarget::Value(Bytes::from(v.clone())), range_end: None },
+                    None => Compare { key: Bytes::from(key.clone()), op: CompareOp::Equal, target: CompareTarget::CreateRevision(0), range_end: None },
                 };
                 let req = TxnRequest {
                     compare: vec![compare],

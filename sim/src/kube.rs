@@ -64,11 +64,11 @@ fn delete(key: &str, compare: Vec<Compare>) -> Command {
 }
 
 pub(crate) fn absent(key: &str) -> Vec<Compare> {
-    vec![Compare { key: Bytes::from(key.to_string()), op: CompareOp::Equal, target: CompareTarget::Version(0) }]
+    vec![Compare { key: Bytes::from(key.to_string()), op: CompareOp::Equal, target: CompareTarget::Version(0), range_end: None }]
 }
 
 pub(crate) fn unchanged(key: &str, rev: u64) -> Vec<Compare> {
-    vec![Compare { key: Bytes::from(key.to_string()), op: CompareOp::Equal, target: CompareTarget::ModRevision(rev) }]
+    vec![Compare { key: Bytes::from(key.to_string()), op: CompareOp::Equal, target: CompareTarget::ModRevision(rev), range_end: None }]
 }
 
 /// An object read from the store, with its revision as its resourceVersion.

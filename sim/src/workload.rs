@@ -169,8 +169,8 @@ pub async fn kv_client(world: Arc<World>, client: usize, until: tokio::time::Ins
         } else if roll < 90 {
             let expect = last_seen.clone();
             let compare = match &expect {
-                Some(v) => Compare { key: key.clone(), op: CompareOp::Equal, target: CompareTarget::Value(Bytes::from(v.clone())) },
-                None => Compare { key: key.clone(), op: CompareOp::Equal, target: CompareTarget::Version(0) },
+                Some(v) => Compare { key: key.clone(), op: CompareOp::Equal, target: CompareTarget::Value(Bytes::from(v.clone())), range_end: None },
+                None => Compare { key: key.clone(), op: CompareOp::Equal, target: CompareTarget::Version(0), range_end: None },
             };
             let cmd = Command::Txn(TxnRequest { compare: vec![compare], success: vec![put(&key, &value)], failure: vec![] });
             (Input::Cas { expect, new: value.clone() }, write(&world, cmd).await)

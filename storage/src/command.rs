@@ -101,9 +101,17 @@ fn ops(out: &mut BytesMut, ops: &[TxnOp]) {
                 range(out, &d.range);
                 out.put_u8(d.prev_kv as u8);
             }
+            TxnOp::Txn(t) => {
+                out.put_u8(3);
+                txn(out, t);
+            }
         }
     }
 }
+
+/// How deep txns may nest in a log entry or a result (a hostile entry must not overflow the
+/// reader's stack); etcd's clients nest one or two deep.
+pub const NESTING_MAX: usize = 16;
 
 fn txn(out: &mut BytesMut, t: &TxnRequest) {
     out.put_u32_le(t.compare.len() as u32);
@@ -115,23 +123,29 @@ fn txn(out: &mut BytesMut, t: &TxnRequest) {
             CompareOp::Less => 2,
             CompareOp::Greater => 3,
         });
+        // A compare over a range sets the target's bit 3, then gives its end after the target
+        // (single-key compares encode as before this existed).
+        let ranged = if c.range_end.is_some() { 8 } else { 0 };
         match &c.target {
             CompareTarget::ModRevision(r) => {
-                out.put_u8(0);
+                out.put_u8(ranged);
                 out.put_u64_le(*r);
             }
             CompareTarget::CreateRevision(r) => {
-                out.put_u8(1);
+                out.put_u8(1 | ranged);
                 out.put_u64_le(*r);
             }
             CompareTarget::Version(v) => {
-                out.put_u8(2);
+                out.put_u8(2 | ranged);
                 out.put_u64_le(*v);
             }
             CompareTarget::Value(v) => {
-                out.put_u8(3);
+                out.put_u8(3 | ranged);
                 bytes(out, v);
             }
+        }
+        if let Some(end) = &c.range_end {
+            bytes(out, end);
         }
     }
     ops(out, &t.success);
@@ -144,13 +158,17 @@ impl Command {
     pub fn encoded_len_hint(&self) -> usize {
         match self {
             Command::Txn(t) => {
-                let op_len = |op: &TxnOp| match op {
-                    TxnOp::Put(p) => 18 + p.key.len() + p.value.len(),
-                    TxnOp::Delete(d) => 10 + d.range.start().len() * 2,
-                    TxnOp::Range(r) => 30 + r.range.start().len() * 2,
-                };
-                16 + t.compare.iter().map(|c| 18 + c.key.len()).sum::<usize>()
-                    + t.success.iter().chain(&t.failure).map(op_len).sum::<usize>()
+                fn txn_len(t: &TxnRequest) -> usize {
+                    let op_len = |op: &TxnOp| match op {
+                        TxnOp::Put(p) => 18 + p.key.len() + p.value.len(),
+                        TxnOp::Delete(d) => 10 + d.range.start().len() * 2,
+                        TxnOp::Range(r) => 30 + r.range.start().len() * 2,
+                        TxnOp::Txn(t) => 1 + txn_len(t),
+                    };
+                    16 + t.compare.iter().map(|c| 22 + c.key.len() + c.range_end.as_ref().map_or(0, |e| e.len())).sum::<usize>()
+                        + t.success.iter().chain(&t.failure).map(op_len).sum::<usize>()
+                }
+                txn_len(t)
             }
             _ => 17,
         }
@@ -326,7 +344,7 @@ fn read_range_request(r: &mut Reader) -> Result<RangeRequest, String> {
     Ok(RangeRequest { range, revision, limit, count_only: flags & 1 != 0, keys_only: flags & 2 != 0 })
 }
 
-fn read_ops(r: &mut Reader) -> Result<Vec<TxnOp>, String> {
+fn read_ops(r: &mut Reader, depth: usize) -> Result<Vec<TxnOp>, String> {
     let n = r.count(6)?;
     let mut out = Vec::with_capacity(n);
     for _ in 0..n {
@@ -334,6 +352,7 @@ fn read_ops(r: &mut Reader) -> Result<Vec<TxnOp>, String> {
             0 => TxnOp::Range(read_range_request(r)?),
             1 => TxnOp::Put(PutRequest { key: r.bytes()?, value: r.bytes()?, lease: r.i64()?, prev_kv: r.bool()? }),
             2 => TxnOp::Delete(DeleteRequest { range: read_range(r)?, prev_kv: r.bool()? }),
+            3 => TxnOp::Txn(Box::new(read_txn_at(r, depth + 1)?)),
             t => return Err(format!("unknown txn op {t}")),
         });
     }
@@ -341,6 +360,13 @@ fn read_ops(r: &mut Reader) -> Result<Vec<TxnOp>, String> {
 }
 
 fn read_txn(r: &mut Reader) -> Result<TxnRequest, String> {
+    read_txn_at(r, 0)
+}
+
+fn read_txn_at(r: &mut Reader, depth: usize) -> Result<TxnRequest, String> {
+    if depth > NESTING_MAX {
+        return Err(format!("txns nested deeper than {NESTING_MAX}"));
+    }
     let n = r.count(14)?;
     let mut compare = Vec::with_capacity(n);
     for _ in 0..n {
@@ -352,16 +378,18 @@ fn read_txn(r: &mut Reader) -> Result<TxnRequest, String> {
             3 => CompareOp::Greater,
             o => return Err(format!("unknown compare op {o}")),
         };
-        let target = match r.u8()? {
+        let tag = r.u8()?;
+        let target = match tag & !8 {
             0 => CompareTarget::ModRevision(r.u64()?),
             1 => CompareTarget::CreateRevision(r.u64()?),
             2 => CompareTarget::Version(r.u64()?),
             3 => CompareTarget::Value(r.bytes()?),
-            t => return Err(format!("unknown compare target {t}")),
+            _ => return Err(format!("unknown compare target {tag}")),
         };
-        compare.push(Compare { key, op, target });
+        let range_end = if tag & 8 != 0 { Some(r.bytes()?) } else { None };
+        compare.push(Compare { key, op, target, range_end });
     }
-    Ok(TxnRequest { compare, success: read_ops(r)?, failure: read_ops(r)? })
+    Ok(TxnRequest { compare, success: read_ops(r, depth)?, failure: read_ops(r, depth)? })
 }
 
 impl Command {
@@ -537,11 +565,22 @@ fn txn_response(out: &mut BytesMut, t: &TxnResponse) {
                 out.put_u64_le(d.deleted as u64);
                 kvs(out, &d.prev_kvs);
             }
+            TxnOpResponse::Txn(t) => {
+                out.put_u8(3);
+                txn_response(out, t);
+            }
         }
     }
 }
 
 fn read_txn_response(r: &mut Reader) -> Result<TxnResponse, String> {
+    read_txn_response_at(r, 0)
+}
+
+fn read_txn_response_at(r: &mut Reader, depth: usize) -> Result<TxnResponse, String> {
+    if depth > NESTING_MAX {
+        return Err(format!("txn responses nested deeper than {NESTING_MAX}"));
+    }
     let revision = r.u64()?;
     let succeeded = r.bool()?;
     let n = r.count(9)?;
@@ -551,6 +590,7 @@ fn read_txn_response(r: &mut Reader) -> Result<TxnResponse, String> {
             0 => TxnOpResponse::Range(RangeResponse { revision: r.u64()?, kvs: read_kvs(r)?, more: r.bool()?, count: r.u64()? as usize }),
             1 => TxnOpResponse::Put(PutResponse { revision: r.u64()?, prev_kv: read_opt_kv(r)? }),
             2 => TxnOpResponse::Delete(DeleteResponse { revision: r.u64()?, deleted: r.u64()? as usize, prev_kvs: read_kvs(r)? }),
+            3 => TxnOpResponse::Txn(read_txn_response_at(r, depth + 1)?),
             t => return Err(format!("unknown txn op response {t}")),
         });
     }
@@ -626,12 +666,19 @@ mod tests {
         vec![
             Command::Txn(TxnRequest {
                 compare: vec![
-                    Compare { key: b("k"), op: CompareOp::Equal, target: CompareTarget::ModRevision(7) },
-                    Compare { key: b("v"), op: CompareOp::Greater, target: CompareTarget::Value(b("x")) },
+                    Compare { key: b("k"), op: CompareOp::Equal, target: CompareTarget::ModRevision(7), range_end: None },
+                    Compare { key: b("v"), op: CompareOp::Greater, target: CompareTarget::Value(b("x")), range_end: None },
+                    Compare { key: b("a"), op: CompareOp::Less, target: CompareTarget::Version(3), range_end: Some(b("b")) },
+                    Compare { key: b("a"), op: CompareOp::Equal, target: CompareTarget::Value(b("y")), range_end: Some(Bytes::new()) },
                 ],
                 success: vec![
                     TxnOp::Put(PutRequest { key: b("k"), value: b("val"), lease: 3, prev_kv: true }),
                     TxnOp::Delete(DeleteRequest { range: KeyRange::Prefix(b("p/")), prev_kv: false }),
+                    TxnOp::Txn(Box::new(TxnRequest {
+                        compare: vec![Compare::key(b("n"), CompareOp::Equal, CompareTarget::CreateRevision(0))],
+                        success: vec![TxnOp::Put(PutRequest { key: b("n"), value: b("1"), lease: 0, prev_kv: false })],
+                        failure: vec![TxnOp::Txn(Box::default())],
+                    })),
                 ],
                 failure: vec![TxnOp::Range(RangeRequest {
                     range: KeyRange::Range { start: b("a"), end: b("") },
@@ -676,6 +723,19 @@ mod tests {
     }
 
     #[test]
+    fn txns_nested_too_deep_are_refused_not_recursed_into() {
+        let mut t = TxnRequest::default();
+        for _ in 0..NESTING_MAX {
+            t = TxnRequest { success: vec![TxnOp::Txn(Box::new(t))], ..Default::default() };
+        }
+        let ok = encode_batch(&[Command::Txn(t.clone())]);
+        assert_eq!(decode_batch(&ok).unwrap(), vec![Command::Txn(t.clone())], "as deep as allowed");
+        let deeper = TxnRequest { success: vec![TxnOp::Txn(Box::new(t))], ..Default::default() };
+        let e = decode_batch(&encode_batch(&[Command::Txn(deeper)])).unwrap_err();
+        assert!(e.contains("nested deeper"), "{e}");
+    }
+
+    #[test]
     fn a_huge_count_is_refused_before_allocating() {
         let mut buf = BytesMut::new();
         buf.put_u8(FORMAT);
@@ -694,7 +754,8 @@ mod tests {
                 responses: vec![
                     TxnOpResponse::Range(RangeResponse { revision: 5, kvs: vec![kv.clone()], more: true, count: 9 }),
                     TxnOpResponse::Put(PutResponse { revision: 5, prev_kv: Some(kv.clone()) }),
-                    TxnOpResponse::Delete(DeleteResponse { revision: 5, deleted: 1, prev_kvs: vec![kv] }),
+                    TxnOpResponse::Delete(DeleteResponse { revision: 5, deleted: 1, prev_kvs: vec![kv.clone()] }),
+                    TxnOpResponse::Txn(TxnResponse { revision: 5, succeeded: true, responses: vec![TxnOpResponse::Delete(DeleteResponse { revision: 5, deleted: 1, prev_kvs: vec![kv] })] }),
                 ],
             })),
             Applied::LeaseGrant(Ok(LeaseGrant { id: 1, ttl_seconds: 2 })),

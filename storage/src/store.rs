@@ -340,7 +340,8 @@ impl Store {
             *home.get_or_insert(s) == s
         };
         for c in &req.compare {
-            if !visit(&c.key) {
+            // A compare over a range reads every shard.
+            if c.range_end.is_some() || !visit(&c.key) {
                 return None;
             }
         }
@@ -349,6 +350,8 @@ impl Store {
                 TxnOp::Put(p) => Some(&p.key),
                 TxnOp::Delete(d) => d.range.single_key(),
                 TxnOp::Range(r) => r.range.single_key(),
+                // A nested txn is run by the coordinator (over every shard, frozen).
+                TxnOp::Txn(_) => None,
             };
             match single {
                 Some(k) if visit(k) => {}

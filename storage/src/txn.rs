@@ -56,48 +56,87 @@ pub struct Outcome {
     pub events: Vec<Event>,
 }
 
-/// Checks what can be checked without the data: sizes, empty keys, and etcd's rule that
-/// within one list of operations a put's key may not be put again nor fall in a delete's
-/// range (deletes may overlap each other). Both branches are checked, whichever is taken.
+/// Checks what can be checked without the data: sizes, empty keys, nesting, and etcd's rule
+/// that within one list of operations a put's key may not be put again nor fall in a
+/// delete's range (deletes may overlap each other), counting what nested txns put and
+/// delete, whose two branches may put the same key (only one of them runs). Every branch is
+/// checked, whichever is taken.
 pub fn validate(req: &TxnRequest, request_bytes_max: usize) -> Result<(), StoreError> {
     let mut bytes = 0usize;
-    for c in &req.compare {
-        if c.key.is_empty() {
-            return Err(StoreError::Invalid("compare on an empty key".into()));
-        }
-        bytes += c.key.len() + if let CompareTarget::Value(v) = &c.target { v.len() } else { 8 };
-    }
+    compares(req, &mut bytes)?;
     for ops in [&req.success, &req.failure] {
-        let mut puts: Vec<&Bytes> = Vec::new();
-        let mut deletes: Vec<&KeyRange> = Vec::new();
-        for op in ops.iter() {
-            match op {
-                TxnOp::Put(p) => {
-                    if p.key.is_empty() {
-                        return Err(StoreError::Invalid("put of an empty key".into()));
-                    }
-                    bytes += p.key.len() + p.value.len();
-                    puts.push(&p.key);
-                }
-                TxnOp::Delete(d) => {
-                    bytes += d.range.start().len();
-                    if d.range.start().is_empty() && matches!(d.range, KeyRange::Key(_)) {
-                        return Err(StoreError::Invalid("delete of an empty key".into()));
-                    }
-                    deletes.push(&d.range);
-                }
-                TxnOp::Range(r) => bytes += r.range.start().len(),
-            }
-        }
-        puts.sort();
-        if puts.windows(2).any(|w| w[0] == w[1]) || puts.iter().any(|k| deletes.iter().any(|d| d.contains(k))) {
-            return Err(StoreError::Invalid("duplicate key given in txn request".into()));
-        }
+        intervals(ops, &mut bytes, 0)?;
     }
     if bytes > request_bytes_max {
         return Err(StoreError::TooLarge { bytes, max: request_bytes_max });
     }
     Ok(())
+}
+
+fn compares(req: &TxnRequest, bytes: &mut usize) -> Result<(), StoreError> {
+    for c in &req.compare {
+        if c.key.is_empty() {
+            return Err(StoreError::Invalid("compare on an empty key".into()));
+        }
+        *bytes += c.key.len() + c.range_end.as_ref().map_or(0, |e| e.len()) + if let CompareTarget::Value(v) = &c.target { v.len() } else { 8 };
+    }
+    Ok(())
+}
+
+/// The keys `ops` put and the ranges they delete, nested txns' included (etcd's
+/// `checkIntervals`); a key put twice, or put where something deletes, is refused.
+fn intervals<'a>(ops: &'a [TxnOp], bytes: &mut usize, depth: usize) -> Result<(std::collections::BTreeSet<&'a Bytes>, Vec<&'a KeyRange>), StoreError> {
+    let dup = || StoreError::Invalid("duplicate key given in txn request".into());
+    let mut dels: Vec<&KeyRange> = Vec::new();
+    for op in ops {
+        match op {
+            TxnOp::Delete(d) => {
+                *bytes += d.range.start().len();
+                if d.range.start().is_empty() && matches!(d.range, KeyRange::Key(_)) {
+                    return Err(StoreError::Invalid("delete of an empty key".into()));
+                }
+                dels.push(&d.range);
+            }
+            TxnOp::Range(r) => *bytes += r.range.start().len(),
+            TxnOp::Put(_) | TxnOp::Txn(_) => {}
+        }
+    }
+    let mut puts = std::collections::BTreeSet::new();
+    for op in ops {
+        let TxnOp::Txn(t) = op else { continue };
+        if depth >= crate::command::NESTING_MAX {
+            return Err(StoreError::Invalid(format!("txns nested deeper than {}", crate::command::NESTING_MAX)));
+        }
+        compares(t, bytes)?;
+        let (then_puts, then_dels) = intervals(&t.success, bytes, depth + 1)?;
+        let (else_puts, else_dels) = intervals(&t.failure, bytes, depth + 1)?;
+        for k in &then_puts {
+            if puts.contains(k) || dels.iter().any(|d| d.contains(k)) {
+                return Err(dup());
+            }
+            puts.insert(*k);
+        }
+        for k in &else_puts {
+            if (puts.contains(k) && !then_puts.contains(k)) || dels.iter().any(|d| d.contains(k)) {
+                return Err(dup());
+            }
+            puts.insert(*k);
+        }
+        dels.extend(then_dels);
+        dels.extend(else_dels);
+    }
+    for op in ops {
+        let TxnOp::Put(p) = op else { continue };
+        if p.key.is_empty() {
+            return Err(StoreError::Invalid("put of an empty key".into()));
+        }
+        *bytes += p.key.len() + p.value.len();
+        if puts.contains(&p.key) || dels.iter().any(|d| d.contains(&p.key)) {
+            return Err(dup());
+        }
+        puts.insert(&p.key);
+    }
+    Ok((puts, dels))
 }
 
 fn compare_holds(kv: Option<&KeyValue>, c: &Compare) -> bool {
@@ -117,6 +156,70 @@ fn compare_holds(kv: Option<&KeyValue>, c: &Compare) -> bool {
     }
 }
 
+/// Whether `c` holds now: over one key, or over every key of its range (an empty range holds
+/// as a missing key does, so a value compare fails; etcd's `applyCompare`).
+fn compare_holds_in<K: KeySpace + ?Sized>(ks: &mut K, c: &Compare) -> bool {
+    match &c.range_end {
+        None => compare_holds(ks.get(&c.key).as_ref(), c),
+        Some(end) => {
+            let range = KeyRange::Range { start: c.key.clone(), end: end.clone() };
+            let (kvs, _) = ks.range(&range, Revision::MAX, 0, false, false);
+            if kvs.is_empty() { compare_holds(None, c) } else { kvs.iter().all(|kv| compare_holds(Some(kv), c)) }
+        }
+    }
+}
+
+/// The branch every txn of the tree takes, decided before any op runs (etcd's
+/// `compareToPath`): `nested` has one entry per nested txn of the chosen branch, in order.
+struct Path {
+    succeeded: bool,
+    nested: Vec<Path>,
+}
+
+fn decide<K: KeySpace + ?Sized>(ks: &mut K, req: &TxnRequest) -> Path {
+    let succeeded = req.compare.iter().all(|c| compare_holds_in(ks, c));
+    let ops = if succeeded { &req.success } else { &req.failure };
+    let nested = ops.iter().filter_map(|op| if let TxnOp::Txn(t) = op { Some(decide(ks, t)) } else { None }).collect();
+    Path { succeeded, nested }
+}
+
+/// Refuses a read of a future or compacted revision anywhere in the tree, whichever branch
+/// runs (without allocating: this is every write's path).
+fn check_revisions(req: &TxnRequest, current: Revision, compacted: Revision) -> Result<(), StoreError> {
+    for op in req.success.iter().chain(&req.failure) {
+        match op {
+            TxnOp::Range(RangeRequest { revision: Some(r), .. }) => {
+                if *r > current {
+                    return Err(StoreError::FutureRevision { requested: *r, current });
+                }
+                if *r != 0 && *r < compacted {
+                    return Err(StoreError::Compacted { requested: *r, compact_revision: compacted });
+                }
+            }
+            TxnOp::Txn(t) => check_revisions(t, current, compacted)?,
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// Refuses a put with a lease that does not exist among the ops that run along `path`.
+fn check_leases<K: KeySpace + ?Sized>(ks: &mut K, req: &TxnRequest, path: &Path) -> Result<(), StoreError> {
+    let mut nested = path.nested.iter();
+    for op in if path.succeeded { &req.success } else { &req.failure } {
+        match op {
+            TxnOp::Put(p) if p.lease != 0 && !ks.lease_exists(p.lease) => return Err(StoreError::LeaseNotFound(p.lease)),
+            TxnOp::Txn(t) => {
+                if let Some(p) = nested.next() {
+                    check_leases(ks, t, p)?;
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
 /// Evaluates `req` against `ks`. `alloc` hands out the txn's revision, called at most once and
 /// only if the txn changes something; `current` is the revision reported by read-only txns
 /// and the newest a range inside the txn may ask for; `compacted` the oldest.
@@ -127,26 +230,25 @@ pub fn eval<K: KeySpace + ?Sized>(
     current: Revision,
     compacted: Revision,
 ) -> Result<Outcome, StoreError> {
-    for op in req.success.iter().chain(&req.failure) {
-        if let TxnOp::Range(RangeRequest { revision: Some(r), .. }) = op {
-            if *r > current {
-                return Err(StoreError::FutureRevision { requested: *r, current });
-            }
-            if *r != 0 && *r < compacted {
-                return Err(StoreError::Compacted { requested: *r, compact_revision: compacted });
-            }
-        }
-    }
-    let succeeded = req.compare.iter().all(|c| compare_holds(ks.get(&c.key).as_ref(), c));
-    let ops = if succeeded { &req.success } else { &req.failure };
-    for op in ops {
-        if let TxnOp::Put(p) = op
-            && p.lease != 0 && !ks.lease_exists(p.lease) {
-                return Err(StoreError::LeaseNotFound(p.lease));
-            }
-    }
-    let mut out = Outcome { succeeded, ..Default::default() };
+    check_revisions(req, current, compacted)?;
+    let path = decide(ks, req);
+    check_leases(ks, req, &path)?;
+    let mut out = Outcome { succeeded: path.succeeded, ..Default::default() };
     let mut rev: Option<Revision> = None;
+    let ops = if path.succeeded { &req.success } else { &req.failure };
+    let mut responses = run(ks, ops, &path, &mut out, &mut rev, alloc, current);
+    let header = rev.unwrap_or(current);
+    stamp(&mut responses, header);
+    out.responses = responses;
+    out.revision = rev;
+    Ok(out)
+}
+
+/// Runs `ops` (and the chosen branches of their nested txns, along `path`), recording changes
+/// and events in `out`.
+fn run<K: KeySpace + ?Sized>(ks: &mut K, ops: &[TxnOp], path: &Path, out: &mut Outcome, rev: &mut Option<Revision>, alloc: &mut dyn FnMut() -> Revision, current: Revision) -> Vec<TxnOpResponse> {
+    let mut nested = path.nested.iter();
+    let mut responses = Vec::with_capacity(ops.len());
     for op in ops {
         let resp = match op {
             TxnOp::Range(r) => {
@@ -195,17 +297,29 @@ pub fn eval<K: KeySpace + ?Sized>(
                     prev_kvs: if d.prev_kv { prevs } else { Vec::new() },
                 })
             }
+            TxnOp::Txn(t) => {
+                let p = nested.next().expect("a path entry for every nested txn of the chosen branch");
+                let branch = if p.succeeded { &t.success } else { &t.failure };
+                let responses = run(ks, branch, p, out, rev, alloc, current);
+                TxnOpResponse::Txn(TxnResponse { revision: 0, succeeded: p.succeeded, responses })
+            }
         };
-        out.responses.push(resp);
+        responses.push(resp);
     }
-    let header = rev.unwrap_or(current);
-    for r in &mut out.responses {
+    responses
+}
+
+/// Sets the header revision of reads, deletes and nested txns (known once the txn is done).
+fn stamp(responses: &mut [TxnOpResponse], header: Revision) {
+    for r in responses {
         match r {
             TxnOpResponse::Range(x) => x.revision = header,
             TxnOpResponse::Delete(x) => x.revision = header,
+            TxnOpResponse::Txn(t) => {
+                t.revision = header;
+                stamp(&mut t.responses, header);
+            }
             TxnOpResponse::Put(_) => {}
         }
     }
-    out.revision = rev;
-    Ok(out)
 }

@@ -150,12 +150,21 @@ pub enum CompareOp {
 }
 
 /// `key`'s target `op` value. A missing key has revisions and version 0 and compares of its
-/// value are false (as in etcd).
+/// value are false (as in etcd). With `range_end`, every key of `[key, range_end)` (an empty
+/// end: to the end of the keyspace) must hold; an empty range holds as a missing key does.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Compare {
     pub key: Bytes,
     pub op: CompareOp,
     pub target: CompareTarget,
+    pub range_end: Option<Bytes>,
+}
+
+impl Compare {
+    /// A compare of one key.
+    pub fn key(key: impl Into<Bytes>, op: CompareOp, target: CompareTarget) -> Compare {
+        Compare { key: key.into(), op, target, range_end: None }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -163,6 +172,9 @@ pub enum TxnOp {
     Range(RangeRequest),
     Put(PutRequest),
     Delete(DeleteRequest),
+    /// A txn within the txn (etcd's nested txns): its compares are decided with the outer
+    /// ones, before any op runs.
+    Txn(Box<TxnRequest>),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Default)]
@@ -177,6 +189,7 @@ pub enum TxnOpResponse {
     Range(RangeResponse),
     Put(PutResponse),
     Delete(DeleteResponse),
+    Txn(TxnResponse),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -232,6 +232,7 @@ impl Model {
                         prev_kvs: if d.prev_kv { prevs } else { Vec::new() },
                     })
                 }
+                TxnOp::Txn(_) => unreachable!("the model generates no nested txns (tests/store.rs covers them)"),
             });
         }
         if wrote {
@@ -243,7 +244,7 @@ impl Model {
             match r {
                 TxnOpResponse::Range(x) => x.revision = header,
                 TxnOpResponse::Delete(x) => x.revision = header,
-                TxnOpResponse::Put(_) => {}
+                TxnOpResponse::Put(_) | TxnOpResponse::Txn(_) => {}
             }
         }
         Ok(TxnResponse { revision: header, succeeded, responses })
@@ -387,7 +388,7 @@ fn random_compare(rng: &mut StdRng, m: &Model) -> Compare {
             _ => random_value(rng),
         }),
     };
-    Compare { key, op, target }
+    Compare { key, op, target, range_end: None }
 }
 
 /// Whether `op` may not join `kept` in one op list (etcd's rule, see `Model::validate`): no key

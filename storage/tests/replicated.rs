@@ -84,7 +84,7 @@ fn open_replicas(log: &Arc<ToyLog>, dirs: &[tempfile::TempDir]) -> Vec<Store> {
 
 fn cas(key: &str, rev: u64, value: String) -> TxnRequest {
     TxnRequest {
-        compare: vec![Compare { key: b(key), op: CompareOp::Equal, target: CompareTarget::ModRevision(rev) }],
+        compare: vec![Compare { key: b(key), op: CompareOp::Equal, target: CompareTarget::ModRevision(rev), range_end: None }],
         success: vec![TxnOp::Put(PutRequest { key: b(key), value: Bytes::from(value), lease: 0, prev_kv: true })],
         failure: vec![TxnOp::Range(RangeRequest::key(b(key)))],
     }

@@ -39,7 +39,7 @@ async fn compare_and_swap_on_mod_revision_succeeds_once() {
     let store = open(dir.path(), 2);
     let rev = store.put("k", "0").await.unwrap().revision;
     let cas = |expect: u64, v: &str| TxnRequest {
-        compare: vec![Compare { key: b("k"), op: CompareOp::Equal, target: CompareTarget::ModRevision(expect) }],
+        compare: vec![Compare { key: b("k"), op: CompareOp::Equal, target: CompareTarget::ModRevision(expect), range_end: None }],
         success: vec![put_op("k", v)],
         failure: vec![TxnOp::Range(RangeRequest::key("k"))],
     };
@@ -77,6 +77,59 @@ async fn a_txn_over_keys_of_both_shards_is_atomic_at_one_revision() {
     let none = store.delete(DeleteRequest { range: KeyRange::Prefix(b("/t/")), prev_kv: false }).await.unwrap();
     assert_eq!(none.deleted, 0);
     assert_eq!(store.revision(), d.revision, "a delete that finds nothing takes no revision");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nested_txns_and_range_compares_as_etcd_decides_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), 2);
+    for k in ["/r/a", "/r/b", "/r/c"] {
+        store.put(k, "x").await.unwrap();
+    }
+    let ranged = |end: &str, target: CompareTarget| Compare { key: b("/r/"), op: CompareOp::Equal, target, range_end: Some(b(end)) };
+    let nested = |compare: Vec<Compare>, then: &str, other: &str| TxnOp::Txn(Box::new(TxnRequest { compare, success: vec![put_op(then, "1")], failure: vec![put_op(other, "1")] }));
+    // Every key of /r/ is "x": the outer txn succeeds; the nested one's compare (a key of the
+    // range with version 2) fails, even though the outer branch writes /r/a first: compares
+    // are decided before any op runs.
+    let t = TxnRequest {
+        compare: vec![ranged("/r0", CompareTarget::Value(b("x")))],
+        success: vec![put_op("/r/a", "y"), nested(vec![Compare::key(b("/r/a"), CompareOp::Equal, CompareTarget::Version(2))], "/then", "/else"), TxnOp::Range(RangeRequest::key("/r/a"))],
+        failure: vec![],
+    };
+    let r = store.txn(t).await.unwrap();
+    assert!(r.succeeded);
+    match &r.responses[1] {
+        TxnOpResponse::Txn(n) => {
+            assert!(!n.succeeded, "decided on /r/a's version before the outer put");
+            assert_eq!((n.revision, n.responses.len()), (r.revision, 1));
+        }
+        other => panic!("a nested txn's answer, not {other:?}"),
+    }
+    assert!(store.get("/else").await.unwrap().is_some() && store.get("/then").await.unwrap().is_none());
+    assert_eq!(store.revision(), 4, "the txn's writes share one revision");
+    // Now /r/a is "y": a value compare over the range fails; over an empty range it fails
+    // too (a missing key has no value), while a version compare over it holds (version 0).
+    let check = |c: Compare| TxnRequest { compare: vec![c], success: vec![], failure: vec![] };
+    assert!(!store.txn(check(ranged("/r0", CompareTarget::Value(b("x"))))).await.unwrap().succeeded);
+    let b_and_c = Compare { key: b("/r/b"), op: CompareOp::Equal, target: CompareTarget::Value(b("x")), range_end: Some(b("/r0")) };
+    assert!(store.txn(check(b_and_c)).await.unwrap().succeeded, "[/r/b, /r0): b and c are still x");
+    let empty = Compare { key: b("/s/"), op: CompareOp::Equal, target: CompareTarget::Value(b("x")), range_end: Some(b("/s0")) };
+    assert!(!store.txn(check(empty)).await.unwrap().succeeded);
+    let empty_version = Compare { key: b("/s/"), op: CompareOp::Equal, target: CompareTarget::Version(0), range_end: Some(b("/s0")) };
+    assert!(store.txn(check(empty_version)).await.unwrap().succeeded);
+    let to_end = Compare { key: b("/r/b"), op: CompareOp::Greater, target: CompareTarget::CreateRevision(0), range_end: Some(Bytes::new()) };
+    assert!(store.txn(check(to_end)).await.unwrap().succeeded, "every key from /r/b on exists");
+    // etcd's duplicate rule: a nested txn's two branches may put the same key, the outer
+    // branch and a nested branch may not.
+    let both = TxnRequest { compare: vec![], success: vec![nested(vec![], "/d", "/d")], failure: vec![] };
+    assert!(store.txn(both).await.is_ok());
+    let clash = TxnRequest { compare: vec![], success: vec![put_op("/d", "2"), nested(vec![], "/d", "/e")], failure: vec![] };
+    assert!(matches!(store.txn(clash).await, Err(StoreError::Invalid(m)) if m.contains("duplicate key")));
+    // The log carries them: everything is there after a reopen.
+    drop(store);
+    let store = open(dir.path(), 2);
+    assert_eq!(store.get("/r/a").await.unwrap().unwrap().value, b("y"));
+    assert_eq!(store.get("/d").await.unwrap().unwrap().value, b("1"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -446,7 +446,7 @@ async fn workload_cas(store: &Store, args: &Args) -> Result<Report> {
             // `Store::txn` takes the request by value, so each attempt sends a clone of this
             // template with the compare's revision updated.
             let mut req = TxnRequest {
-                compare: vec![Compare { key: key.clone(), op: CompareOp::Equal, target: CompareTarget::ModRevision(rev) }],
+                compare: vec![Compare { key: key.clone(), op: CompareOp::Equal, target: CompareTarget::ModRevision(rev), range_end: None }],
                 success: vec![TxnOp::Put(PutRequest { key: key.clone(), value, lease: 0, prev_kv: false })],
                 failure: vec![TxnOp::Range(RangeRequest::key(key.clone()))],
             };
