@@ -179,8 +179,16 @@ struct Path {
 fn decide<K: KeySpace + ?Sized>(ks: &mut K, req: &TxnRequest) -> Path {
     let succeeded = req.compare.iter().all(|c| compare_holds_in(ks, c));
     let ops = if succeeded { &req.success } else { &req.failure };
-    let nested = ops.iter().filter_map(|op| if let TxnOp::Txn(t) = op { Some(decide(ks, t)) } else { None }).collect();
+    let nested = if ops.iter().any(|op| matches!(op, TxnOp::Txn(_))) { decide_nested(ks, ops) } else { Vec::new() };
     Path { succeeded, nested }
+}
+
+/// The paths of the nested txns among `ops` (apart, so that a txn without any stays a
+/// straight line).
+#[cold]
+#[inline(never)]
+fn decide_nested<K: KeySpace + ?Sized>(ks: &mut K, ops: &[TxnOp]) -> Vec<Path> {
+    ops.iter().filter_map(|op| if let TxnOp::Txn(t) = op { Some(decide(ks, t)) } else { None }).collect()
 }
 
 /// Refuses a read of a future or compacted revision anywhere in the tree, whichever branch
@@ -246,6 +254,7 @@ pub fn eval<K: KeySpace + ?Sized>(
 
 /// Runs `ops` (and the chosen branches of their nested txns, along `path`), recording changes
 /// and events in `out`.
+#[inline]
 fn run<K: KeySpace + ?Sized>(ks: &mut K, ops: &[TxnOp], path: &Path, out: &mut Outcome, rev: &mut Option<Revision>, alloc: &mut dyn FnMut() -> Revision, current: Revision) -> Vec<TxnOpResponse> {
     let mut nested = path.nested.iter();
     let mut responses = Vec::with_capacity(ops.len());
@@ -297,16 +306,20 @@ fn run<K: KeySpace + ?Sized>(ks: &mut K, ops: &[TxnOp], path: &Path, out: &mut O
                     prev_kvs: if d.prev_kv { prevs } else { Vec::new() },
                 })
             }
-            TxnOp::Txn(t) => {
-                let p = nested.next().expect("a path entry for every nested txn of the chosen branch");
-                let branch = if p.succeeded { &t.success } else { &t.failure };
-                let responses = run(ks, branch, p, out, rev, alloc, current);
-                TxnOpResponse::Txn(TxnResponse { revision: 0, succeeded: p.succeeded, responses })
-            }
+            TxnOp::Txn(t) => run_nested(ks, t, nested.next().expect("a path entry for every nested txn of the chosen branch"), out, rev, alloc, current),
         };
         responses.push(resp);
     }
     responses
+}
+
+/// Runs a nested txn's chosen branch (apart from `run`: see `decide_nested`).
+#[cold]
+#[inline(never)]
+fn run_nested<K: KeySpace + ?Sized>(ks: &mut K, t: &TxnRequest, p: &Path, out: &mut Outcome, rev: &mut Option<Revision>, alloc: &mut dyn FnMut() -> Revision, current: Revision) -> TxnOpResponse {
+    let branch = if p.succeeded { &t.success } else { &t.failure };
+    let responses = run(ks, branch, p, out, rev, alloc, current);
+    TxnOpResponse::Txn(TxnResponse { revision: 0, succeeded: p.succeeded, responses })
 }
 
 /// Sets the header revision of reads, deletes and nested txns (known once the txn is done).
