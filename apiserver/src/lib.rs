@@ -52,6 +52,7 @@ pub mod pod_security;
 pub mod protobuf;
 pub mod quota;
 pub mod rbac;
+pub mod reach;
 pub mod sa_token;
 pub mod registry;
 pub mod reserve;
