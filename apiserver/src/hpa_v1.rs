@@ -3,14 +3,99 @@
 //! and handled by the v2 resource, and its answer (object, list, watch events) converted back.
 //!
 //! v1 has one metric, `targetCPUUtilizationPercentage`: v2's CPU Resource Utilization metric.
-//! A v1 write keeps what only v2 can say (other metrics, `behavior`) from the object it
-//! replaces, where Kubernetes round-trips them through annotations; a v1 patch is applied to
-//! the v1 form of the current object and written back as a v2 update at its revision.
+//! What only v2 can say travels in Kubernetes' annotations on the v1 object
+//! (`autoscaling.alpha.kubernetes.io/metrics`, `current-metrics`, `conditions`, `behavior`,
+//! the metrics in v1's MetricSpec form); a v1 write takes them back from its annotations, or,
+//! without them, keeps them from the object it replaces. A v1 patch is applied to the v1 form
+//! of the current object and written back as a v2 update at its revision.
 
 use axum::response::IntoResponse;
 use serde_json::{Value, json};
 
 const CPU: &str = "cpu";
+const METRICS: &str = "autoscaling.alpha.kubernetes.io/metrics";
+const CURRENT_METRICS: &str = "autoscaling.alpha.kubernetes.io/current-metrics";
+const CONDITIONS: &str = "autoscaling.alpha.kubernetes.io/conditions";
+const BEHAVIOR: &str = "autoscaling.alpha.kubernetes.io/behavior";
+
+/// `o` with `k: v` when `v` is set.
+fn with(mut o: serde_json::Map<String, Value>, k: &str, v: &Value) -> serde_json::Map<String, Value> {
+    if !v.is_null() {
+        o.insert(k.into(), v.clone());
+    }
+    o
+}
+
+/// The v2 field of a metric type, as v1's annotations name it too.
+fn field_of(ty: &str) -> &'static str {
+    match ty {
+        "Object" => "object",
+        "Pods" => "pods",
+        "Resource" => "resource",
+        "ContainerResource" => "containerResource",
+        _ => "external",
+    }
+}
+
+/// A v2 metric (spec, or status when `current`) in v1's annotation form (Kubernetes'
+/// `autoscalingv1.MetricSpec` / `MetricStatus`).
+fn metric_to_v1(m: &Value, current: bool) -> Value {
+    let ty = m["type"].as_str().unwrap_or("");
+    let f = field_of(ty);
+    let x = &m[f];
+    let v = &x[if current { "current" } else { "target" }];
+    let (val, avg, util) = if current { ("currentValue", "currentAverageValue", "currentAverageUtilization") } else { ("targetValue", "targetAverageValue", "targetAverageUtilization") };
+    let e = serde_json::Map::new();
+    let o = match ty {
+        "Object" => with(with(with(with(with(e, "target", &x["describedObject"]), "metricName", &x["metric"]["name"]), "selector", &x["metric"]["selector"]), val, &v["value"]), "averageValue", &v["averageValue"]),
+        "Pods" => with(with(with(e, "metricName", &x["metric"]["name"]), "selector", &x["metric"]["selector"]), avg, &v["averageValue"]),
+        "Resource" | "ContainerResource" => with(with(with(with(e, "name", &x["name"]), "container", &x["container"]), util, &v["averageUtilization"]), avg, &v["averageValue"]),
+        _ => with(with(with(with(e, "metricName", &x["metric"]["name"]), "metricSelector", &x["metric"]["selector"]), val, &v["value"]), avg, &v["averageValue"]),
+    };
+    json!({"type": ty, f: o})
+}
+
+/// A metric of v1's annotation form back in v2's.
+fn metric_from_v1(m: &Value, current: bool) -> Value {
+    let ty = m["type"].as_str().unwrap_or("");
+    let f = field_of(ty);
+    let x = &m[f];
+    let (val, avg, util) = if current { ("currentValue", "currentAverageValue", "currentAverageUtilization") } else { ("targetValue", "targetAverageValue", "targetAverageUtilization") };
+    let metric = |sel: &str| Value::Object(with(with(serde_json::Map::new(), "name", &x["metricName"]), "selector", &x[sel]));
+    let target = |kind: &str, fields: &[(&str, &Value)]| {
+        let mut t = serde_json::Map::new();
+        if !current {
+            t.insert("type".into(), json!(kind));
+        }
+        Value::Object(fields.iter().fold(t, |t, (k, v)| with(t, k, v)))
+    };
+    let key = if current { "current" } else { "target" };
+    let body = match ty {
+        "Object" => {
+            let kind = if x[val].is_null() { "AverageValue" } else { "Value" };
+            json!({"describedObject": x["target"], "metric": metric("selector"), key: target(kind, &[("value", &x[val]), ("averageValue", &x["averageValue"])])})
+        }
+        "Pods" => json!({"metric": metric("selector"), key: target("AverageValue", &[("averageValue", &x[avg])])}),
+        "Resource" | "ContainerResource" => {
+            let kind = if x[util].is_null() { "AverageValue" } else { "Utilization" };
+            let mut r = json!({"name": x["name"], key: target(kind, &[("averageUtilization", &x[util]), ("averageValue", &x[avg])])});
+            if !x["container"].is_null() {
+                r["container"] = x["container"].clone();
+            }
+            r
+        }
+        _ => {
+            let kind = if x[val].is_null() { "AverageValue" } else { "Value" };
+            json!({"metric": metric("metricSelector"), key: target(kind, &[("value", &x[val]), ("averageValue", &x[avg])])})
+        }
+    };
+    json!({"type": ty, f: body})
+}
+
+/// A v1 annotation's JSON, when there and valid.
+fn annotation(v1: &Value, key: &str) -> Option<Value> {
+    v1["metadata"]["annotations"][key].as_str().and_then(|s| serde_json::from_str(s).ok())
+}
 
 fn is_cpu_utilization(m: &Value) -> bool {
     m["type"] == "Resource" && m["resource"]["name"] == CPU && m["resource"]["target"]["type"] == "Utilization"
@@ -30,6 +115,30 @@ pub fn to_v1(v2: &Value) -> Value {
         s.insert("targetCPUUtilizationPercentage".into(), p.clone());
     }
     v1["spec"] = Value::Object(s);
+    // What only v2 says, in Kubernetes' annotations.
+    let mut notes: Vec<(&str, String)> = Vec::new();
+    let others: Vec<Value> = spec["metrics"].as_array().into_iter().flatten().filter(|m| !is_cpu_utilization(m)).map(|m| metric_to_v1(m, false)).collect();
+    if !others.is_empty() {
+        notes.push((METRICS, Value::Array(others).to_string()));
+    }
+    if let Some(b) = spec.get("behavior").filter(|b| !b.is_null()) {
+        notes.push((BEHAVIOR, b.to_string()));
+    }
+    let current: Vec<Value> = v2["status"]["currentMetrics"].as_array().into_iter().flatten().filter(|m| !(m["type"] == "Resource" && m["resource"]["name"] == CPU)).map(|m| metric_to_v1(m, true)).collect();
+    if !current.is_empty() {
+        notes.push((CURRENT_METRICS, Value::Array(current).to_string()));
+    }
+    if let Some(c) = v2["status"].get("conditions").filter(|c| c.as_array().is_some_and(|a| !a.is_empty())) {
+        notes.push((CONDITIONS, c.to_string()));
+    }
+    if !notes.is_empty() {
+        if !v1["metadata"]["annotations"].is_object() {
+            v1["metadata"]["annotations"] = json!({});
+        }
+        for (k, text) in notes {
+            v1["metadata"]["annotations"][k] = json!(text);
+        }
+    }
     if let Some(st) = v2.get("status").filter(|s| s.is_object()) {
         let mut o = serde_json::Map::new();
         for k in ["observedGeneration", "lastScaleTime", "currentReplicas", "desiredReplicas"] {
@@ -53,6 +162,16 @@ pub fn to_v1(v2: &Value) -> Value {
 /// says nothing more.
 pub fn to_v2(v1: &Value, cur: Option<&Value>) -> Value {
     let mut v2 = json!({"apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler", "metadata": v1["metadata"].clone()});
+    // The annotations carry what only v2 says; they are not stored.
+    let (notes_metrics, notes_behavior, notes_current, notes_conditions) = (annotation(v1, METRICS), annotation(v1, BEHAVIOR), annotation(v1, CURRENT_METRICS), annotation(v1, CONDITIONS));
+    if let Some(a) = v2["metadata"].get_mut("annotations").and_then(Value::as_object_mut) {
+        for k in [METRICS, BEHAVIOR, CURRENT_METRICS, CONDITIONS] {
+            a.remove(k);
+        }
+        if a.is_empty() {
+            v2["metadata"].as_object_mut().map(|m| m.remove("annotations"));
+        }
+    }
     let spec = &v1["spec"];
     let mut s = serde_json::Map::new();
     for k in ["scaleTargetRef", "minReplicas", "maxReplicas"] {
@@ -60,15 +179,18 @@ pub fn to_v2(v1: &Value, cur: Option<&Value>) -> Value {
             s.insert(k.into(), x.clone());
         }
     }
-    let mut metrics: Vec<Value> = cur.and_then(|c| c["spec"]["metrics"].as_array()).into_iter().flatten().filter(|m| !is_cpu_utilization(m)).cloned().collect();
+    let mut metrics: Vec<Value> = match notes_metrics.as_ref().and_then(|m| m.as_array()) {
+        Some(list) => list.iter().map(|m| metric_from_v1(m, false)).collect(),
+        None => cur.and_then(|c| c["spec"]["metrics"].as_array()).into_iter().flatten().filter(|m| !is_cpu_utilization(m)).cloned().collect(),
+    };
     if let Some(p) = spec.get("targetCPUUtilizationPercentage").filter(|p| !p.is_null()) {
         metrics.insert(0, json!({"type": "Resource", "resource": {"name": CPU, "target": {"type": "Utilization", "averageUtilization": p}}}));
     }
     if !metrics.is_empty() {
         s.insert("metrics".into(), Value::Array(metrics));
     }
-    if let Some(b) = cur.and_then(|c| c["spec"].get("behavior")) {
-        s.insert("behavior".into(), b.clone());
+    if let Some(b) = notes_behavior.or_else(|| cur.and_then(|c| c["spec"].get("behavior")).cloned()) {
+        s.insert("behavior".into(), b);
     }
     v2["spec"] = Value::Object(s);
     if let Some(st) = v1.get("status").filter(|s| s.is_object()) {
@@ -78,6 +200,12 @@ pub fn to_v2(v1: &Value, cur: Option<&Value>) -> Value {
                 Some(x) => o.insert(k.into(), x.clone()),
                 None => o.remove(k),
             };
+        }
+        if let Some(list) = notes_current.as_ref().and_then(|m| m.as_array()) {
+            o.insert("currentMetrics".into(), Value::Array(list.iter().map(|m| metric_from_v1(m, true)).collect()));
+        }
+        if let Some(c) = notes_conditions {
+            o.insert("conditions".into(), c);
         }
         if let Some(p) = st.get("currentCPUUtilizationPercentage") {
             let mut others: Vec<Value> = o.get("currentMetrics").and_then(|m| m.as_array()).into_iter().flatten().filter(|m| !(m["type"] == "Resource" && m["resource"]["name"] == CPU)).cloned().collect();
@@ -247,5 +375,37 @@ mod tests {
         let mut status = json!({"kind": "Status", "code": 404});
         answer_to_v1(&mut status);
         assert_eq!(status["code"], 404);
+    }
+
+    #[test]
+    fn what_only_v2_says_travels_in_kubernetes_annotations() {
+        let mut full = v2();
+        full["spec"]["metrics"].as_array_mut().unwrap().extend([
+            json!({"type": "Object", "object": {"describedObject": {"apiVersion": "v1", "kind": "Service", "name": "front"}, "metric": {"name": "hits"}, "target": {"type": "Value", "value": "2k"}}}),
+            json!({"type": "External", "external": {"metric": {"name": "queue", "selector": {"matchLabels": {"q": "jobs"}}}, "target": {"type": "AverageValue", "averageValue": "30"}}}),
+            json!({"type": "Resource", "resource": {"name": "memory", "target": {"type": "AverageValue", "averageValue": "100Mi"}}}),
+        ]);
+        full["status"]["currentMetrics"].as_array_mut().unwrap().push(json!({"type": "Pods", "pods": {"metric": {"name": "rps"}, "current": {"averageValue": "12"}}}));
+        let v1 = to_v1(&full);
+        let notes = &v1["metadata"]["annotations"];
+        let metrics: Value = serde_json::from_str(notes[METRICS].as_str().unwrap()).unwrap();
+        assert_eq!(metrics[0], json!({"type": "Pods", "pods": {"metricName": "rps", "targetAverageValue": "10"}}), "v1's MetricSpec form");
+        assert_eq!(metrics[1], json!({"type": "Object", "object": {"target": {"apiVersion": "v1", "kind": "Service", "name": "front"}, "metricName": "hits", "targetValue": "2k"}}));
+        assert_eq!(metrics[2], json!({"type": "External", "external": {"metricName": "queue", "metricSelector": {"matchLabels": {"q": "jobs"}}, "targetAverageValue": "30"}}));
+        assert_eq!(metrics[3], json!({"type": "Resource", "resource": {"name": "memory", "targetAverageValue": "100Mi"}}));
+        let current: Value = serde_json::from_str(notes[CURRENT_METRICS].as_str().unwrap()).unwrap();
+        assert_eq!(current, json!([{"type": "Pods", "pods": {"metricName": "rps", "currentAverageValue": "12"}}]));
+        assert!(notes[BEHAVIOR].is_string() && notes[CONDITIONS].is_string());
+        // Back to v2 from the annotations alone (no current object): everything returns, and
+        // the annotations are not stored.
+        let back = to_v2(&v1, None);
+        let mut want: Vec<Value> = full["spec"]["metrics"].as_array().unwrap().clone();
+        let cpu = want.remove(1);
+        want.insert(0, cpu);
+        assert_eq!(back["spec"]["metrics"], Value::Array(want));
+        assert_eq!(back["spec"]["behavior"], full["spec"]["behavior"]);
+        assert_eq!(back["status"]["conditions"], full["status"]["conditions"]);
+        assert_eq!(back["status"]["currentMetrics"][1], full["status"]["currentMetrics"][1]);
+        assert!(back["metadata"].get("annotations").is_none(), "{}", back["metadata"]);
     }
 }

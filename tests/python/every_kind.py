@@ -14,6 +14,7 @@ where the delete is not deferred), each answer deserialized into the client's mo
 wrong type). Prints one line per kind, then `N passed, M failed`; exits non-zero if any failed.
 """
 
+import json
 import base64
 import re
 import sys
@@ -265,6 +266,8 @@ def main():
                 {"type": "Resource", "resource": {"name": "cpu", "target": {"type": "Utilization", "averageUtilization": 60}}}]}})
         old = v1.read_namespaced_horizontal_pod_autoscaler("both", NS)
         assert old.spec.target_cpu_utilization_percentage == 60, f"v1 sees target {old.spec.target_cpu_utilization_percentage}"
+        others = json.loads((old.metadata.annotations or {}).get("autoscaling.alpha.kubernetes.io/metrics", "[]"))
+        assert others == [{"type": "Pods", "pods": {"metricName": "rps", "targetAverageValue": "10"}}], f"v1's annotation of the other metrics: {others}"
         old.spec.target_cpu_utilization_percentage = 70
         v1.replace_namespaced_horizontal_pod_autoscaler("both", NS, old)
         v1.patch_namespaced_horizontal_pod_autoscaler("both", NS, {"spec": {"maxReplicas": 6}})
