@@ -81,6 +81,32 @@ fn apply(c: &Cluster, name: &str, doc: serde_json::Value) {
     c.ok(&["apply", "-f", f.to_str().unwrap()]);
 }
 
+/// The CA aggregated servers are told to trust for the front-proxy headers, once published
+/// in `kube-system/extension-apiserver-authentication`, written to a file.
+fn front_proxy_ca(c: &Cluster) -> std::path::PathBuf {
+    let mut ca = String::new();
+    wait_until("kube-system/extension-apiserver-authentication to be published", || {
+        let out = c.kubectl_with(KUBECTL, &["get", "configmap", "-n", "kube-system", "extension-apiserver-authentication", "-o", "jsonpath={.data.requestheader-client-ca-file}"]);
+        ca = String::from_utf8_lossy(&out.stdout).into_owned();
+        out.status.success() && ca.contains("BEGIN CERTIFICATE")
+    });
+    c.write("front-proxy-ca.crt", &ca)
+}
+
+/// A selector-less Service `ns/name` (port 443, named https) whose one EndpointSlice leads
+/// to a test server on 127.0.0.1:`port`; returns the slice, for a test to put back.
+fn serve_at_service(c: &Cluster, ns: &str, name: &str, port: u16) -> serde_json::Value {
+    apply(c, "svc.json", serde_json::json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": name, "namespace": ns}, "spec": {"ports": [{"name": "https", "port": 443, "targetPort": port}]}}));
+    let slice = serde_json::json!({
+        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice", "addressType": "IPv4",
+        "metadata": {"name": format!("{name}-1"), "namespace": ns, "labels": {"kubernetes.io/service-name": name}},
+        "ports": [{"name": "https", "port": port, "protocol": "TCP"}],
+        "endpoints": [{"addresses": ["127.0.0.1"], "conditions": {"ready": true}}],
+    });
+    apply(c, "slice.json", slice.clone());
+    slice
+}
+
 fn config(kind: &str, name: &str, hooks: Vec<serde_json::Value>) -> serde_json::Value {
     serde_json::json!({"apiVersion": "admissionregistration.k8s.io/v1", "kind": kind, "metadata": {"name": name}, "webhooks": hooks})
 }
@@ -126,13 +152,7 @@ fn admission_webhooks_mutate_deny_and_fail_by_their_policy() {
     c.ok(&["create", "namespace", "guarded"]);
     c.ok(&["label", "namespace", "guarded", "guard=on"]);
     c.ok(&["create", "namespace", "open"]);
-    apply(&c, "svc.json", serde_json::json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "hooks", "namespace": "webhook-test"}, "spec": {"ports": [{"name": "https", "port": 443, "targetPort": s.port}]}}));
-    apply(&c, "slice.json", serde_json::json!({
-        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice", "addressType": "IPv4",
-        "metadata": {"name": "hooks-1", "namespace": "webhook-test", "labels": {"kubernetes.io/service-name": "hooks"}},
-        "ports": [{"name": "https", "port": s.port, "protocol": "TCP"}],
-        "endpoints": [{"addresses": ["127.0.0.1"], "conditions": {"ready": true}}],
-    }));
+    serve_at_service(&c, "webhook-test", "hooks", s.port);
     apply(&c, "v.json", config("ValidatingWebhookConfiguration", "guard", vec![hook(
         "deny.capstan.test",
         serde_json::json!({"service": {"namespace": "webhook-test", "name": "hooks", "path": "/validate"}}),
@@ -252,15 +272,8 @@ fn validating_admission_policies_deny_warn_and_take_parameters() {
 #[test]
 fn an_aggregated_api_is_proxied_discovered_and_checked_for_availability() {
     let c = Cluster::start_with(tempfile::tempdir().unwrap(), &["--no-local-node", "--no-scheduler"]);
-    // What aggregated servers are told to trust for the front-proxy headers.
-    let mut ca = String::new();
-    wait_until("kube-system/extension-apiserver-authentication to be published", || {
-        let out = c.kubectl_with(KUBECTL, &["get", "configmap", "-n", "kube-system", "extension-apiserver-authentication", "-o", "jsonpath={.data.requestheader-client-ca-file}"]);
-        ca = String::from_utf8_lossy(&out.stdout).into_owned();
-        out.status.success() && ca.contains("BEGIN CERTIFICATE")
-    });
+    let client_ca = front_proxy_ca(&c);
     assert_eq!(c.ok(&["get", "configmap", "-n", "kube-system", "extension-apiserver-authentication", "-o", "jsonpath={.data.requestheader-allowed-names}"]), r#"["front-proxy-client"]"#);
-    let client_ca = c.write("front-proxy-ca.crt", &ca);
     let s = start_python(c.dir.path(), "aggregated_server.py", "backend.wardle.svc", &[&client_ca]);
 
     // Every group-version served here has its Local APIService.
@@ -270,14 +283,7 @@ fn an_aggregated_api_is_proxied_discovered_and_checked_for_availability() {
     }
 
     c.ok(&["create", "namespace", "wardle"]);
-    apply(&c, "svc.json", serde_json::json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "backend", "namespace": "wardle"}, "spec": {"ports": [{"name": "https", "port": 443, "targetPort": s.port}]}}));
-    let slice = serde_json::json!({
-        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice", "addressType": "IPv4",
-        "metadata": {"name": "backend-1", "namespace": "wardle", "labels": {"kubernetes.io/service-name": "backend"}},
-        "ports": [{"name": "https", "port": s.port, "protocol": "TCP"}],
-        "endpoints": [{"addresses": ["127.0.0.1"], "conditions": {"ready": true}}],
-    });
-    apply(&c, "slice.json", slice.clone());
+    let slice = serve_at_service(&c, "wardle", "backend", s.port);
     apply(&c, "apiservice.json", serde_json::json!({
         "apiVersion": "apiregistration.k8s.io/v1", "kind": "APIService", "metadata": {"name": "v1alpha1.wardle.example.com"},
         "spec": {"group": "wardle.example.com", "version": "v1alpha1", "groupPriorityMinimum": 1000, "versionPriority": 15,
@@ -314,22 +320,10 @@ fn an_aggregated_api_is_proxied_discovered_and_checked_for_availability() {
 #[test]
 fn horizontal_pod_autoscalers_follow_custom_and_external_metrics_of_an_aggregated_server() {
     let c = Cluster::start_with(tempfile::tempdir().unwrap(), &["--hollow-nodes", "2", "--no-local-node", "--hpa-sync-seconds", "1"]);
-    let mut ca = String::new();
-    wait_until("kube-system/extension-apiserver-authentication to be published", || {
-        let out = c.kubectl_with(KUBECTL, &["get", "configmap", "-n", "kube-system", "extension-apiserver-authentication", "-o", "jsonpath={.data.requestheader-client-ca-file}"]);
-        ca = String::from_utf8_lossy(&out.stdout).into_owned();
-        out.status.success() && ca.contains("BEGIN CERTIFICATE")
-    });
-    let client_ca = c.write("front-proxy-ca.crt", &ca);
+    let client_ca = front_proxy_ca(&c);
     let s = start_python(c.dir.path(), "aggregated_server.py", "metrics.monitoring.svc", &[&client_ca]);
     c.ok(&["create", "namespace", "monitoring"]);
-    apply(&c, "svc.json", serde_json::json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "metrics", "namespace": "monitoring"}, "spec": {"ports": [{"name": "https", "port": 443, "targetPort": s.port}]}}));
-    apply(&c, "slice.json", serde_json::json!({
-        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice", "addressType": "IPv4",
-        "metadata": {"name": "metrics-1", "namespace": "monitoring", "labels": {"kubernetes.io/service-name": "metrics"}},
-        "ports": [{"name": "https", "port": s.port, "protocol": "TCP"}],
-        "endpoints": [{"addresses": ["127.0.0.1"], "conditions": {"ready": true}}],
-    }));
+    serve_at_service(&c, "monitoring", "metrics", s.port);
     for (group, version) in [("custom.metrics.k8s.io", "v1beta2"), ("external.metrics.k8s.io", "v1beta1")] {
         apply(&c, &format!("{group}.json"), serde_json::json!({
             "apiVersion": "apiregistration.k8s.io/v1", "kind": "APIService", "metadata": {"name": format!("{version}.{group}")},
