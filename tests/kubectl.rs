@@ -188,6 +188,125 @@ fn errors_are_kubernetes_statuses() {
     assert_eq!(code, 404);
 }
 
+/// Any built-in kind may come as protobuf, as client-go sends it: inline Go structs (a
+/// volume's source, a probe's handler), quantities, int-or-strings and nested schemas arrive
+/// as the JSON a JSON client would have sent. A custom resource's protobuf is 415, as in
+/// Kubernetes (custom resources are JSON only).
+#[test]
+fn protobuf_bodies_of_any_built_in_kind() {
+    use k8s_pb::api::{core::v1 as core, networking::v1 as net, storage::v1 as storage};
+    use k8s_pb::apiextensions_apiserver::pkg::apis::apiextensions::v1 as x;
+    use k8s_pb::apimachinery::pkg::{apis::meta::v1 as meta, util::intstr::IntOrString};
+    use prost::Message;
+    fn post(c: &Cluster, path: &str, api_version: &str, kind: &str, m: &impl Message) -> (u16, String) {
+        let u = k8s_pb::apimachinery::pkg::runtime::Unknown {
+            type_meta: Some(k8s_pb::apimachinery::pkg::runtime::TypeMeta { api_version: Some(api_version.into()), kind: Some(kind.into()) }),
+            raw: Some(m.encode_to_vec()),
+            content_encoding: Some(String::new()),
+            content_type: Some(String::new()),
+        };
+        let mut body = b"k8s\0".to_vec();
+        body.extend(u.encode_to_vec());
+        let (code, out) = http(&c.addr, "POST", path, &[("Content-Type", "application/vnd.kubernetes.protobuf")], &body);
+        (code, String::from_utf8_lossy(&out).into_owned())
+    }
+    let named = |n: &str| Some(meta::ObjectMeta { name: Some(n.into()), ..Default::default() });
+    let port = |p: &str| Some(IntOrString { r#type: Some(1), int_val: Some(0), str_val: Some(p.into()) });
+    let c = Cluster::start();
+
+    let pod = core::Pod {
+        metadata: named("pb-pod"),
+        spec: Some(core::PodSpec {
+            containers: vec![core::Container {
+                name: Some("c".into()),
+                image: Some("busybox".into()),
+                resources: Some(core::ResourceRequirements {
+                    limits: [("cpu".to_string(), k8s_pb::apimachinery::pkg::api::resource::Quantity { string: Some("250m".into()) })].into(),
+                    ..Default::default()
+                }),
+                liveness_probe: Some(core::Probe {
+                    handler: Some(core::ProbeHandler { http_get: Some(core::HttpGetAction { port: port("http"), ..Default::default() }), ..Default::default() }),
+                    ..Default::default()
+                }),
+                // Go writes every non-pointer string; an empty one is not a value.
+                termination_message_path: Some(String::new()),
+                ..Default::default()
+            }],
+            volumes: vec![core::Volume {
+                name: Some("cfg".into()),
+                volume_source: Some(core::VolumeSource {
+                    config_map: Some(core::ConfigMapVolumeSource { local_object_reference: Some(core::LocalObjectReference { name: Some("cm".into()) }), ..Default::default() }),
+                    ..Default::default()
+                }),
+            }],
+            node_name: Some("nowhere".into()),
+            ..Default::default()
+        }),
+        status: Some(Default::default()),
+    };
+    let (code, out) = post(&c, "/api/v1/namespaces/default/pods", "v1", "Pod", &pod);
+    assert_eq!(code, 201, "{out}");
+    assert_eq!(
+        c.ok(&["get", "pod", "pb-pod", "-o", "jsonpath={.spec.volumes[0].configMap.name} {.spec.containers[0].livenessProbe.httpGet.port} {.spec.containers[0].resources.limits.cpu} {.spec.containers[0].terminationMessagePath}"]),
+        "cm http 250m /dev/termination-log",
+        "inline structs joined, the empty path defaulted"
+    );
+
+    let sc = storage::StorageClass { metadata: named("pb-fast"), provisioner: Some("example.com/x".into()), parameters: [("tier".to_string(), "1".to_string())].into(), ..Default::default() };
+    let (code, out) = post(&c, "/apis/storage.k8s.io/v1/storageclasses", "storage.k8s.io/v1", "StorageClass", &sc);
+    assert_eq!(code, 201, "{out}");
+    assert_eq!(c.ok(&["get", "storageclass", "pb-fast", "-o", "jsonpath={.provisioner} {.parameters.tier}"]), "example.com/x 1");
+
+    let np = net::NetworkPolicy {
+        metadata: named("pb-policy"),
+        spec: Some(net::NetworkPolicySpec {
+            pod_selector: Some(meta::LabelSelector { match_labels: [("app".to_string(), "db".to_string())].into(), ..Default::default() }),
+            ingress: vec![net::NetworkPolicyIngressRule { ports: vec![net::NetworkPolicyPort { protocol: Some("TCP".into()), port: port("pg"), end_port: None }], from: vec![] }],
+            policy_types: vec!["Ingress".into()],
+            ..Default::default()
+        }),
+    };
+    let (code, out) = post(&c, "/apis/networking.k8s.io/v1/namespaces/default/networkpolicies", "networking.k8s.io/v1", "NetworkPolicy", &np);
+    assert_eq!(code, 201, "{out}");
+    assert_eq!(c.ok(&["get", "networkpolicy", "pb-policy", "-o", "jsonpath={.spec.ingress[0].ports[0].port} {.spec.podSelector.matchLabels.app}"]), "pg db");
+
+    let schema = x::JsonSchemaProps {
+        r#type: Some("object".into()),
+        properties: [("spec".to_string(), x::JsonSchemaProps {
+            r#type: Some("object".into()),
+            properties: [("size".to_string(), x::JsonSchemaProps { r#type: Some("integer".into()), maximum: Some(10.0), ..Default::default() })].into(),
+            ..Default::default()
+        })]
+        .into(),
+        ..Default::default()
+    };
+    let crd = x::CustomResourceDefinition {
+        metadata: named("gizmos.pb.example.com"),
+        spec: Some(x::CustomResourceDefinitionSpec {
+            group: Some("pb.example.com".into()),
+            names: Some(x::CustomResourceDefinitionNames { plural: Some("gizmos".into()), singular: Some("gizmo".into()), kind: Some("Gizmo".into()), list_kind: Some("GizmoList".into()), ..Default::default() }),
+            scope: Some("Namespaced".into()),
+            versions: vec![x::CustomResourceDefinitionVersion {
+                name: Some("v1".into()),
+                served: Some(true),
+                storage: Some(true),
+                schema: Some(x::CustomResourceValidation { open_apiv3_schema: Some(schema) }),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }),
+        status: Some(Default::default()),
+    };
+    let (code, out) = post(&c, "/apis/apiextensions.k8s.io/v1/customresourcedefinitions", "apiextensions.k8s.io/v1", "CustomResourceDefinition", &crd);
+    assert_eq!(code, 201, "{out}");
+    assert_eq!(c.ok(&["get", "crd", "gizmos.pb.example.com", "-o", "jsonpath={.spec.versions[0].schema.openAPIV3Schema.properties.spec.properties.size}"]), r#"{"maximum":10,"type":"integer"}"#);
+    c.ok(&["wait", "--for=condition=Established", "crd/gizmos.pb.example.com", "--timeout=60s"]);
+    let gizmo = meta::Status::default();
+    let (code, out) = post(&c, "/apis/pb.example.com/v1/namespaces/default/gizmos", "pb.example.com/v1", "Gizmo", &gizmo);
+    assert_eq!(code, 415, "{out}");
+    assert!(out.contains("pb.example.com/v1/Gizmo"), "{out}");
+}
+
 /// A create that fails after its quota charge and its Service IP were computed (here: the
 /// name is taken) takes neither: they are written in the create's own txn. No controllers
 /// run, so nothing recomputes `used` afterwards to hide a leak.

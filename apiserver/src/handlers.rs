@@ -1213,7 +1213,7 @@ fn parse_yaml(body: &[u8]) -> Result<Value, ApiError> {
     serde_norway::from_slice::<Value>(body).map_err(|e| ApiError::bad_request(format!("the body of the request is not valid YAML: {e}")))
 }
 
-/// A request body as JSON: JSON or YAML as is, Kubernetes protobuf decoded (`protobuf.rs`).
+/// A request body as JSON: JSON or YAML as is, Kubernetes protobuf decoded (`protobuf/`).
 pub(crate) fn parse_body(ctype: &str, body: &Bytes) -> Result<Value, ApiError> {
     let base = ctype.split(';').next().unwrap_or("").trim();
     let v: Value = match base {
