@@ -176,6 +176,33 @@ fn admission_webhooks_mutate_deny_and_fail_by_their_policy() {
     c.ok(&["label", "configmap", "good", "-n", "guarded", "protected-"]);
     c.ok(&["delete", "configmap", "good", "-n", "guarded"]);
 
+    // matchConditions: a false one skips the webhook; one that cannot be evaluated fails the
+    // request (403) under failurePolicy Fail.
+    c.ok(&["create", "namespace", "cond"]);
+    c.ok(&["label", "namespace", "cond", "cond=on"]);
+    let on_cond = |extra: serde_json::Value| {
+        let mut e = serde_json::json!({"namespaceSelector": {"matchLabels": {"cond": "on"}}});
+        e.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        e
+    };
+    apply(&c, "cond.json", config("ValidatingWebhookConfiguration", "conditional", vec![
+        hook("cond.capstan.test", url("/validate"), &s.ca_b64, rules(&["CREATE"], "", "configmaps"),
+            on_cond(serde_json::json!({"matchConditions": [{"name": "not-exempt", "expression": "!has(object.data) || !('exempt' in object.data)"}]}))),
+        hook("team.capstan.test", url("/validate"), &s.ca_b64, rules(&["CREATE"], "", "secrets"),
+            on_cond(serde_json::json!({"matchConditions": [{"name": "team-a", "expression": "object.metadata.labels.team == 'a'"}]}))),
+    ]));
+    let cond_denied = "admission webhook \"cond.capstan.test\" denied the request: the key \"forbidden\" is not allowed";
+    wait_until("the conditional webhook to take effect", || {
+        let out = c.kubectl_with(KUBECTL, &["create", "configmap", "probe", "-n", "cond", "--from-literal=forbidden=1", "--dry-run=server"]);
+        String::from_utf8_lossy(&out.stderr).contains(cond_denied)
+    });
+    c.ok(&["create", "configmap", "exempt", "-n", "cond", "--from-literal=forbidden=1", "--from-literal=exempt=1"]);
+    let e = c.fails(&["create", "secret", "generic", "unlabelled", "-n", "cond", "--from-literal=k=v"]);
+    assert!(e.contains("secrets \"unlabelled\" is forbidden: matchCondition 'team-a': expression"), "a condition that cannot be evaluated, failing closed: {e}");
+    let labelled = serde_json::json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "team-b", "namespace": "cond", "labels": {"team": "b"}}, "stringData": {"k": "v"}});
+    c.ok(&["create", "-f", c.write("team-b.json", &labelled.to_string()).to_str().unwrap()]);
+    c.ok(&["delete", "validatingwebhookconfiguration", "conditional"]);
+
     // Failures, by failurePolicy: a webhook nobody listens for, one that never answers in
     // its timeout, one that answers garbage.
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();

@@ -172,9 +172,49 @@ impl Binding {
 
 const REASONS: &[(&str, u16)] = &[("Unauthorized", 401), ("Forbidden", 403), ("Invalid", 422), ("RequestEntityTooLarge", 413)];
 
+/// A list of `{name, expression}` (match conditions, variables), compiled.
+pub fn named(list: &Value) -> Vec<(String, Expr)> {
+    list.as_array().into_iter().flatten().map(|c| (c["name"].as_str().unwrap_or("").to_string(), Expr::compile(c["expression"].as_str().unwrap_or("")))).collect()
+}
+
+/// Kubernetes' match conditions (of a policy or a webhook) over a request's CEL context:
+/// any condition false excludes the request, even if others failed; otherwise a condition
+/// that could not be evaluated is an error (the failurePolicy decides); otherwise it matches.
+pub fn match_conditions(conditions: &[(String, Expr)], ctx: &cel::Context) -> Result<bool, String> {
+    let mut errors = Vec::new();
+    for (name, c) in conditions {
+        match c.eval_bool(ctx) {
+            Ok(true) => {}
+            Ok(false) => return Ok(false),
+            Err(e) => errors.push(format!("matchCondition '{name}': {e}")),
+        }
+    }
+    if errors.is_empty() { Ok(true) } else { Err(errors.join(", ")) }
+}
+
+/// The CEL variables every admission expression sees: `request`, `object`, `oldObject`.
+pub fn request_context(r: &Request) -> cel::Context<'static, 'static> {
+    let mut ctx = cel::Context::with_env(env().clone());
+    let a = &r.attrs;
+    let user = r.user.map(|u| serde_json::json!({"username": u.name, "uid": u.uid, "groups": u.groups, "extra": u.extra})).unwrap_or(serde_json::json!({"username": "system:anonymous"}));
+    let request = serde_json::json!({
+        "kind": {"group": a.group, "version": a.version, "kind": r.kind},
+        "resource": {"group": a.group, "version": a.version, "resource": a.resource},
+        "subResource": a.subresource,
+        "name": r.name,
+        "namespace": r.namespace.unwrap_or(""),
+        "operation": a.operation.as_str(),
+        "userInfo": user,
+        "dryRun": r.dry_run,
+    });
+    ctx.add_variable_from_value("request", to_cel(&request));
+    ctx.add_variable_from_value("object", r.object.map_or(cel::Value::Null, to_cel));
+    ctx.add_variable_from_value("oldObject", r.old.map_or(cel::Value::Null, to_cel));
+    ctx
+}
+
 fn compile_policy(p: &Value) -> Policy {
     let spec = &p["spec"];
-    let named = |list: &Value| -> Vec<(String, Expr)> { list.as_array().into_iter().flatten().map(|c| (c["name"].as_str().unwrap_or("").to_string(), Expr::compile(c["expression"].as_str().unwrap_or("")))).collect() };
     Policy {
         name: p["metadata"]["name"].as_str().unwrap_or("").to_string(),
         fail_closed: spec["failurePolicy"].as_str() != Some("Ignore"),
@@ -251,28 +291,11 @@ pub struct Violation {
 /// failurePolicy decides).
 pub fn evaluate(b: &Binding, r: &Request, params: Option<&Value>, namespace_object: Option<&Value>) -> Result<Option<Vec<Violation>>, String> {
     let p = &b.policy;
-    let mut ctx = cel::Context::with_env(env().clone());
-    let a = &r.attrs;
-    let user = r.user.map(|u| serde_json::json!({"username": u.name, "uid": u.uid, "groups": u.groups, "extra": u.extra})).unwrap_or(serde_json::json!({"username": "system:anonymous"}));
-    let request = serde_json::json!({
-        "kind": {"group": a.group, "version": a.version, "kind": r.kind},
-        "resource": {"group": a.group, "version": a.version, "resource": a.resource},
-        "subResource": a.subresource,
-        "name": r.name,
-        "namespace": r.namespace.unwrap_or(""),
-        "operation": a.operation.as_str(),
-        "userInfo": user,
-        "dryRun": r.dry_run,
-    });
-    ctx.add_variable_from_value("request", to_cel(&request));
-    ctx.add_variable_from_value("object", r.object.map_or(cel::Value::Null, to_cel));
-    ctx.add_variable_from_value("oldObject", r.old.map_or(cel::Value::Null, to_cel));
+    let mut ctx = request_context(r);
     ctx.add_variable_from_value("params", params.map_or(cel::Value::Null, to_cel));
     ctx.add_variable_from_value("namespaceObject", namespace_object.map_or(cel::Value::Null, to_cel));
-    for (name, c) in &p.match_conditions {
-        if !c.eval_bool(&ctx).map_err(|e| format!("matchCondition '{name}': {e}"))? {
-            return Ok(None);
-        }
+    if !match_conditions(&p.match_conditions, &ctx)? {
+        return Ok(None);
     }
     // Variables in order: each sees those before it.
     let mut vars: HashMap<String, cel::Value> = HashMap::new();
@@ -308,14 +331,7 @@ pub fn validate_policy(obj: &Value, causes: &mut Vec<(String, String)>) {
     if spec["matchConstraints"]["resourceRules"].as_array().is_none_or(|a| a.is_empty()) {
         causes.push(("spec.matchConstraints.resourceRules".into(), "Required value".into()));
     }
-    let check = |causes: &mut Vec<(String, String)>, field: String, src: Option<&str>| match src {
-        None | Some("") => causes.push((field, "Required value: expression is not specified".into())),
-        Some(s) => {
-            if let Err(e) = env().compile(s) {
-                causes.push((field, format!("Invalid value: {s:?}: compilation failed: {e}")));
-            }
-        }
-    };
+    let check = check_expression;
     for (list, f) in [("validations", "expression"), ("matchConditions", "expression"), ("variables", "expression")] {
         for (i, v) in spec[list].as_array().into_iter().flatten().enumerate() {
             check(causes, format!("spec.{list}[{i}].{f}"), v[f].as_str());
@@ -338,6 +354,18 @@ pub fn validate_policy(obj: &Value, causes: &mut Vec<(String, String)>) {
         && !matches!(f, "Ignore" | "Fail")
     {
         causes.push(("spec.failurePolicy".into(), format!("Unsupported value: {f:?}: supported values: \"Fail\", \"Ignore\"")));
+    }
+}
+
+/// An expression field: present and compiling, as Kubernetes validates it at write.
+pub fn check_expression(causes: &mut Vec<(String, String)>, field: String, src: Option<&str>) {
+    match src {
+        None | Some("") => causes.push((field, "Required value: expression is not specified".into())),
+        Some(s) => {
+            if let Err(e) = env().compile(s) {
+                causes.push((field, format!("Invalid value: {s:?}: compilation failed: {e}")));
+            }
+        }
     }
 }
 
@@ -418,6 +446,22 @@ mod tests {
             object: obj,
             old,
         }
+    }
+
+    #[test]
+    fn a_false_match_condition_excludes_even_beside_one_that_fails() {
+        let obj = json!({"metadata": {"name": "web", "labels": {"tier": "web"}}});
+        let r = request(Operation::Create, Some(&obj), None);
+        let ctx = request_context(&r);
+        let conds = |list: Value| named(&list);
+        let fails = json!({"name": "missing", "expression": "object.metadata.labels.team == 'x'"});
+        let holds = json!({"name": "web", "expression": "object.metadata.labels.tier == 'web'"});
+        let excludes = json!({"name": "not-web", "expression": "object.metadata.labels.tier != 'web'"});
+        assert_eq!(match_conditions(&conds(json!([holds.clone()])), &ctx), Ok(true));
+        assert_eq!(match_conditions(&conds(json!([])), &ctx), Ok(true));
+        assert_eq!(match_conditions(&conds(json!([fails.clone(), excludes])), &ctx), Ok(false), "false wins over an error, whatever the order");
+        let e = match_conditions(&conds(json!([holds, fails])), &ctx).unwrap_err();
+        assert!(e.starts_with("matchCondition 'missing': expression 'object.metadata.labels.team == 'x'' resulted in error"), "{e}");
     }
 
     fn one(p: Value, b: Value) -> Binding {

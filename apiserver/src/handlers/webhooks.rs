@@ -140,6 +140,21 @@ impl Req<'_> {
     /// Sends one webhook its review. `Ok(None)`: the call failed and the webhook's
     /// failurePolicy is Ignore.
     async fn call_webhook(&self, h: &Hook, op: Operation, obj: Option<&Value>, old: Option<&Value>) -> Result<Option<review::Verdict>, ApiError> {
+        if !h.match_conditions.is_empty() {
+            let name = self.name.as_deref().or_else(|| obj.or(old).and_then(|o| meta_str(o, "name"))).unwrap_or("");
+            let r = policy::Request { attrs: self.attributes(op), kind: self.info.kind, name, namespace: self.namespace.as_deref(), user: self.user.as_deref(), dry_run: self.dry_run(), object: obj, old };
+            // Kubernetes: a false condition skips the webhook; an evaluation error fails the
+            // request (403) under failurePolicy Fail and skips the webhook under Ignore.
+            match policy::match_conditions(&h.match_conditions, &policy::request_context(&r)) {
+                Ok(true) => {}
+                Ok(false) => return Ok(None),
+                Err(why) if h.fail_closed => {
+                    let gr = if self.info.group.is_empty() { self.info.resource.to_string() } else { format!("{}.{}", self.info.resource, self.info.group) };
+                    return Err(ApiError::forbidden(format!("{gr} {name:?} is forbidden: {why}")));
+                }
+                Err(_) => return Ok(None),
+            }
+        }
         if self.dry_run() && !h.dry_run_safe {
             return Err(ApiError::bad_request(format!("admission webhook {:?} does not support dry run", h.name)));
         }

@@ -28,6 +28,9 @@ use rules::{Attributes, Rule};
 pub const GROUP: &str = "admissionregistration.k8s.io";
 const DEFAULT_TIMEOUT_SECONDS: u64 = 10;
 const MAX_TIMEOUT_SECONDS: i64 = 30;
+/// Kubernetes' bound on a webhook's `matchConditions`.
+const MAX_MATCH_CONDITIONS: usize = 64;
+
 /// A webhook's failures are logged at most once per this window.
 const LOG_WINDOW: Duration = Duration::from_secs(60);
 
@@ -54,6 +57,8 @@ pub struct Hook {
     pub dry_run_safe: bool,
     pub endpoint: Result<Endpoint, String>,
     pub tls: Result<Arc<rustls::ClientConfig>, String>,
+    /// `matchConditions`, CEL over `request`, `object` and `oldObject`.
+    pub match_conditions: Vec<(String, crate::admission_policy::Expr)>,
 }
 
 impl Hook {
@@ -77,6 +82,7 @@ impl Hook {
             dry_run_safe: matches!(w["sideEffects"].as_str(), Some("None" | "NoneOnDryRun")),
             endpoint: endpoint(cc),
             tls,
+            match_conditions: crate::admission_policy::named(&w["matchConditions"]),
         }
     }
 
@@ -253,6 +259,20 @@ pub fn validate_configuration(obj: &Value, causes: &mut Vec<(String, String)>) {
                 causes.push((at(f), format!("Unsupported value: {v:?}: supported values: {}", allowed.iter().map(|a| format!("{a:?}")).collect::<Vec<_>>().join(", "))));
             }
         }
+        let conditions = w["matchConditions"].as_array().map_or(&[][..], |a| a.as_slice());
+        if conditions.len() > MAX_MATCH_CONDITIONS {
+            causes.push((at("matchConditions"), format!("Too many: {}: must have at most {MAX_MATCH_CONDITIONS} items", conditions.len())));
+        }
+        let mut condition_names = std::collections::HashSet::new();
+        for (j, c) in conditions.iter().enumerate() {
+            let name = c["name"].as_str().unwrap_or("");
+            if name.is_empty() {
+                causes.push((at(&format!("matchConditions[{j}].name")), "Required value".into()));
+            } else if !condition_names.insert(name) {
+                causes.push((at(&format!("matchConditions[{j}].name")), format!("Duplicate value: {name:?}")));
+            }
+            crate::admission_policy::check_expression(causes, at(&format!("matchConditions[{j}].expression")), c["expression"].as_str());
+        }
         for (j, r) in w["rules"].as_array().into_iter().flatten().enumerate() {
             for op in r["operations"].as_array().into_iter().flatten() {
                 if !matches!(op.as_str(), Some("*" | "CREATE" | "UPDATE" | "DELETE" | "CONNECT")) {
@@ -352,5 +372,24 @@ mod tests {
         let mut ok = vec![];
         validate_configuration(&json!({"webhooks": [webhook("a.b.io", json!({"service": {"namespace": "n", "name": "s"}}))]}), &mut ok);
         assert!(ok.is_empty(), "{ok:?}");
+    }
+
+    #[test]
+    fn match_conditions_are_named_once_and_must_compile() {
+        let mut w = webhook("a.b.io", json!({"url": "https://h/x"}));
+        w["matchConditions"] = json!([
+            {"name": "ok", "expression": "request.namespace != 'kube-system'"},
+            {"name": "ok", "expression": "object.metadata.name.startsWith('x'"},
+            {"expression": "true"},
+        ]);
+        let mut causes = vec![];
+        validate_configuration(&json!({"webhooks": [w.clone()]}), &mut causes);
+        let fields: Vec<&str> = causes.iter().map(|(f, _)| f.as_str()).collect();
+        assert_eq!(fields, ["webhooks[0].matchConditions[1].name", "webhooks[0].matchConditions[1].expression", "webhooks[0].matchConditions[2].name"], "{causes:?}");
+        assert!(causes[1].1.contains("compilation failed"), "{causes:?}");
+        w["matchConditions"] = json!((0..65).map(|i| json!({"name": format!("c{i}"), "expression": "true"})).collect::<Vec<_>>());
+        let mut causes = vec![];
+        validate_configuration(&json!({"webhooks": [w]}), &mut causes);
+        assert_eq!(causes, [("webhooks[0].matchConditions".to_string(), "Too many: 65: must have at most 64 items".to_string())]);
     }
 }
