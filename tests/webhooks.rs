@@ -203,6 +203,38 @@ fn admission_webhooks_mutate_deny_and_fail_by_their_policy() {
     c.ok(&["create", "-f", c.write("team-b.json", &labelled.to_string()).to_str().unwrap()]);
     c.ok(&["delete", "validatingwebhookconfiguration", "conditional"]);
 
+    // Subresources capstan writes apart from their objects reach webhooks with their own
+    // objects: a Scale (mutated here), an Eviction and a Binding (refused here).
+    c.ok(&["create", "namespace", "subs"]);
+    c.ok(&["label", "namespace", "subs", "subs=on"]);
+    let subs = serde_json::json!({"namespaceSelector": {"matchLabels": {"subs": "on"}}});
+    let sub_rule = |group: &str, resource: &str, op: &str| serde_json::json!([{"operations": [op], "apiGroups": [group], "apiVersions": ["*"], "resources": [resource]}]);
+    apply(&c, "subs-m.json", config("MutatingWebhookConfiguration", "subresources", vec![
+        hook("scale.capstan.test", url("/subresource"), &s.ca_b64, sub_rule("apps", "deployments/scale", "UPDATE"), subs.clone()),
+    ]));
+    apply(&c, "subs-v.json", config("ValidatingWebhookConfiguration", "subresources", vec![
+        hook("evict.capstan.test", url("/subresource"), &s.ca_b64, sub_rule("", "pods/eviction", "CREATE"), subs.clone()),
+        hook("bind.capstan.test", url("/subresource"), &s.ca_b64, sub_rule("", "pods/binding", "CREATE"), subs.clone()),
+    ]));
+    c.ok(&["create", "deployment", "sized", "-n", "subs", "--image=busybox", "--replicas=1"]);
+    wait_until("the Scale webhook to take effect", || {
+        c.ok(&["scale", "deployment", "sized", "-n", "subs", "--replicas=6"]);
+        c.ok(&["get", "deployment", "sized", "-n", "subs", "-o", "jsonpath={.spec.replicas}"]) == "3"
+    });
+    let pod = serde_json::json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "unbound", "namespace": "subs"}, "spec": {"schedulerName": "nobody", "containers": [{"name": "c", "image": "busybox"}]}});
+    c.ok(&["create", "-f", c.write("unbound.json", &pod.to_string()).to_str().unwrap()]);
+    let post = |path: &str, body: serde_json::Value| {
+        let (code, out) = http(&c.addr, "POST", path, &[("Content-Type", "application/json")], body.to_string().as_bytes());
+        (code, String::from_utf8_lossy(&out).into_owned())
+    };
+    let (code, out) = post("/api/v1/namespaces/subs/pods/unbound/eviction", serde_json::json!({"apiVersion": "policy/v1", "kind": "Eviction", "metadata": {"name": "unbound", "namespace": "subs"}}));
+    assert_eq!(code, 403, "{out}");
+    assert!(out.contains("evict.capstan.test") && out.contains("denied the request: policy/v1 Eviction of pods/eviction CREATE refused"), "{out}");
+    let (code, out) = post("/api/v1/namespaces/subs/pods/unbound/binding", serde_json::json!({"apiVersion": "v1", "kind": "Binding", "metadata": {"name": "unbound", "namespace": "subs"}, "target": {"kind": "Node", "name": "n1"}}));
+    assert_eq!(code, 403, "{out}");
+    assert!(out.contains("/v1 Binding of pods/binding CREATE refused"), "{out}");
+    assert_eq!(c.ok(&["get", "pod", "unbound", "-n", "subs", "-o", "jsonpath={.spec.nodeName}|{.metadata.deletionTimestamp}"]), "|", "neither bound nor evicted");
+
     // Failures, by failurePolicy: a webhook nobody listens for, one that never answers in
     // its timeout, one that answers garbage.
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();

@@ -12,6 +12,9 @@ What it does depends on the path it is called at:
              object labelled protected=yes
   /slow      answers after 5 seconds
   /garbage   answers 200 with a body that is not JSON
+  /subresource  for a subresource's write: halves a Scale's spec.replicas (rounding down), and
+             denies an Eviction or a Binding, naming the kind, resource and subresource
+             it was sent
   /convert   a CRD conversion webhook (ConversionReview): v1alpha1's spec.color is v1's
              spec.colour
 """
@@ -65,6 +68,14 @@ class Hook(BaseHTTPRequestHandler):
                     resp = {"uid": req["uid"], "allowed": False, "status": {"code": 403, "reason": "Forbidden", "message": "this object is protected"}}
             elif "forbidden" in (obj.get("data") or {}):
                 resp = {"uid": req["uid"], "allowed": False, "status": {"code": 403, "reason": "Forbidden", "message": 'the key "forbidden" is not allowed'}}
+        elif url.path == "/subresource":
+            kind = req["kind"]
+            if kind["kind"] == "Scale" and req["operation"] == "UPDATE":
+                halved = obj["spec"]["replicas"] // 2
+                resp.update(patch([{"op": "replace", "path": "/spec/replicas", "value": halved}]))
+            else:
+                said = f'{kind["group"]}/{kind["version"]} {kind["kind"]} of {req["resource"]["resource"]}/{req["subResource"]} {req["operation"]}'
+                resp = {"uid": req["uid"], "allowed": False, "status": {"code": 403, "reason": "Forbidden", "message": said + " refused"}}
         elif url.path == "/slow":
             time.sleep(5)
         elif url.path == "/garbage":

@@ -78,7 +78,9 @@ impl Req<'_> {
         let key = self.key();
         for _ in 0..CAS_RETRIES_MAX {
             let cur = self.read(&key).await?.ok_or_else(|| self.not_found())?;
-            let scale = change(&self.scale_of(&cur.obj, cur.mod_revision))?;
+            let old_scale = self.scale_of(&cur.obj, cur.mod_revision);
+            let mut scale = change(&old_scale)?;
+            self.admit_subresource(Operation::Update, &mut scale, Some(&old_scale)).await?;
             if let Some(rv) = scale["metadata"].get("resourceVersion").and_then(|r| r.as_str())
                 && rv != cur.mod_revision.to_string() {
                     return Err(ApiError::conflict(self.info.group, self.info.resource, self.name()));
@@ -122,7 +124,8 @@ impl Req<'_> {
 
     /// `pods/binding`: sets `spec.nodeName` once.
     pub(super) async fn bind(&self) -> ApiResult {
-        let b = self.parse_body()?;
+        let mut b = self.parse_body()?;
+        self.admit_subresource(Operation::Create, &mut b, None).await?;
         let node = b["target"].get("name").and_then(|n| n.as_str()).filter(|n| !n.is_empty()).ok_or_else(|| {
             ApiError::invalid("", "Binding", self.name(), vec![("target.name".into(), "Required value".into())])
         })?;
@@ -154,7 +157,8 @@ impl Req<'_> {
     /// of the budget's `disruptionsAllowed` (compare-and-swap on the budget) and is recorded in
     /// its `disruptedPods` until the disruption controller sees the pod go.
     pub(super) async fn evict(&self) -> ApiResult {
-        let body = self.parse_body()?;
+        let mut body = self.parse_body()?;
+        self.admit_subresource(Operation::Create, &mut body, None).await?;
         let key = self.key();
         let cur = self.read(&key).await?.ok_or_else(|| self.not_found())?;
         let pod = &cur.obj;

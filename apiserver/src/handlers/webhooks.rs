@@ -12,6 +12,25 @@ use crate::webhook::rules::{Attributes, Operation};
 use crate::webhook::Hook;
 
 impl Req<'_> {
+    /// The group, version and kind of what admission sees: the resource's object, or the
+    /// subresource's own (a Scale, an Eviction, a Binding).
+    fn admission_kind(&self) -> (&str, &str, &str) {
+        match self.sub.as_deref() {
+            Some("scale") => ("autoscaling", "v1", "Scale"),
+            Some("eviction") => ("policy", "v1", "Eviction"),
+            Some("binding") => ("", "v1", "Binding"),
+            _ => (self.info.group, self.info.version, self.info.kind),
+        }
+    }
+
+    /// Admission of a subresource's write that capstan handles apart from the object's
+    /// (`scale`, `binding`, `eviction`): mutating webhooks over the subresource's object,
+    /// then validating policies and webhooks, as Kubernetes admits them.
+    pub(super) async fn admit_subresource(&self, op: Operation, obj: &mut Value, old: Option<&Value>) -> Result<(), ApiError> {
+        self.mutate_by_webhooks(op, obj, old).await?;
+        self.dynamic_validation(op, Some(obj), old).await
+    }
+
     fn attributes(&self, operation: Operation) -> Attributes<'_> {
         Attributes {
             operation,
@@ -142,7 +161,7 @@ impl Req<'_> {
     async fn call_webhook(&self, h: &Hook, op: Operation, obj: Option<&Value>, old: Option<&Value>) -> Result<Option<review::Verdict>, ApiError> {
         if !h.match_conditions.is_empty() {
             let name = self.name.as_deref().or_else(|| obj.or(old).and_then(|o| meta_str(o, "name"))).unwrap_or("");
-            let r = policy::Request { attrs: self.attributes(op), kind: self.info.kind, name, namespace: self.namespace.as_deref(), user: self.user.as_deref(), dry_run: self.dry_run(), object: obj, old };
+            let r = policy::Request { attrs: self.attributes(op), kind: self.admission_kind().2, name, namespace: self.namespace.as_deref(), user: self.user.as_deref(), dry_run: self.dry_run(), object: obj, old };
             // Kubernetes: a false condition skips the webhook; an evaluation error fails the
             // request (403) under failurePolicy Fail and skips the webhook under Ignore.
             match policy::match_conditions(&h.match_conditions, &policy::request_context(&r)) {
@@ -160,7 +179,7 @@ impl Req<'_> {
         }
         let uid = object::new_uid();
         let name = self.name.as_deref().or_else(|| obj.or(old).and_then(|o| meta_str(o, "name"))).unwrap_or("");
-        let req = review::Request { uid: &uid, attrs: self.attributes(op), kind: self.info.kind, name, namespace: self.namespace.as_deref(), user: self.user.as_deref(), dry_run: self.dry_run() };
+        let req = review::Request { uid: &uid, attrs: self.attributes(op), kind: self.admission_kind(), name, namespace: self.namespace.as_deref(), user: self.user.as_deref(), dry_run: self.dry_run() };
         let body = review::encode(&req, obj, old);
         let answer = match self.st.post_to_webhook(h, body).await {
             Ok(bytes) => review::decode(&bytes, &uid),
@@ -185,7 +204,7 @@ impl Req<'_> {
             return Ok(());
         }
         let name = self.name.as_deref().or_else(|| obj.or(old).and_then(|o| meta_str(o, "name"))).unwrap_or("");
-        let r = policy::Request { attrs: self.attributes(op), kind: self.info.kind, name, namespace: self.namespace.as_deref(), user: self.user.as_deref(), dry_run: self.dry_run(), object: obj, old };
+        let r = policy::Request { attrs: self.attributes(op), kind: self.admission_kind().2, name, namespace: self.namespace.as_deref(), user: self.user.as_deref(), dry_run: self.dry_run(), object: obj, old };
         let is_namespace = self.info.kind == "Namespace" && self.info.group.is_empty();
         let ns_obj = match self.namespace.as_deref() {
             Some(ns) => self.st.lookup("namespaces", None, ns).await?,

@@ -14,7 +14,9 @@ use crate::status::ApiError;
 pub struct Request<'a> {
     pub uid: &'a str,
     pub attrs: Attributes<'a>,
-    pub kind: &'a str,
+    /// The group, version and kind of the object sent: the resource's, or a subresource's
+    /// own (`autoscaling/v1 Scale`, `policy/v1 Eviction`, `v1 Binding`).
+    pub kind: (&'a str, &'a str, &'a str),
     pub name: &'a str,
     pub namespace: Option<&'a str>,
     pub user: Option<&'a UserInfo>,
@@ -24,7 +26,7 @@ pub struct Request<'a> {
 /// The AdmissionReview body for a webhook.
 pub fn encode(r: &Request, object: Option<&Value>, old: Option<&Value>) -> Vec<u8> {
     let a = &r.attrs;
-    let kind = json!({"group": a.group, "version": a.version, "kind": r.kind});
+    let kind = json!({"group": r.kind.0, "version": r.kind.1, "kind": r.kind.2});
     let resource = json!({"group": a.group, "version": a.version, "resource": a.resource});
     let mut req = json!({
         "uid": r.uid,
@@ -146,7 +148,7 @@ mod tests {
         let r = Request {
             uid: "u1",
             attrs: Attributes { operation: Operation::Update, group: "", version: "v1", resource: "pods", subresource: "status", namespaced: true },
-            kind: "Pod",
+            kind: ("", "v1", "Pod"),
             name: "p",
             namespace: Some("ns"),
             user: Some(&user),
