@@ -12,7 +12,7 @@ use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
 use tonic::service::interceptor::InterceptedService;
 use tonic::{Request, Status};
 
-use crate::pb::{cluster_server::ClusterServer, kv_server::KvServer, lease_server::LeaseServer, maintenance_server::MaintenanceServer, watch_server::WatchServer};
+use crate::pb::{auth_server::AuthServer, cluster_server::ClusterServer, kv_server::KvServer, lease_server::LeaseServer, maintenance_server::MaintenanceServer, watch_server::WatchServer};
 use crate::{Ctx, cluster::Cluster, errors, kv::Kv, lease::Lease, maintenance::Maintenance, watch::Watch};
 
 /// How long a client has to finish its TLS handshake.
@@ -69,7 +69,8 @@ pub fn serve(listener: TcpListener, ctx: Arc<Ctx>, tls: Option<Arc<rustls::Serve
         .add_service(InterceptedService::new(WatchServer::new(Watch(ctx.clone())).max_decoding_message_size(max), check))
         .add_service(InterceptedService::new(LeaseServer::new(Lease(ctx.clone())).max_decoding_message_size(max), check))
         .add_service(InterceptedService::new(ClusterServer::new(Cluster(ctx.clone())).max_decoding_message_size(max), check))
-        .add_service(InterceptedService::new(MaintenanceServer::new(Maintenance(ctx.clone())).max_decoding_message_size(max), check));
+        .add_service(InterceptedService::new(MaintenanceServer::new(Maintenance(ctx.clone())).max_decoding_message_size(max), check))
+        .add_service(InterceptedService::new(AuthServer::new(crate::auth::Auth(ctx.clone())).max_decoding_message_size(max), check));
     let tasks = match tls {
         Some(cfg) => {
             let mut cfg = (*cfg).clone();

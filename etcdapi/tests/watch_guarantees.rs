@@ -6,7 +6,8 @@
 //! progress response's revision covers everything received) — and prev_kv right throughout.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+
+mod support;
 
 use etcdapi::pb::{self, kv_client::KvClient, watch_client::WatchClient};
 use rand::{Rng, SeedableRng};
@@ -16,32 +17,7 @@ use tonic::transport::Channel;
 /// One event as a watcher sees it: (revision, key, value or None for a delete, previous value).
 type Ev = (i64, String, Option<String>, Option<String>);
 
-struct Server {
-    _dir: tempfile::TempDir,
-    url: String,
-}
-
-async fn server() -> Server {
-    server_with(etcdapi::Limits::default()).await
-}
-
-async fn server_with(limits: etcdapi::Limits) -> Server {
-    let dir = tempfile::tempdir().unwrap();
-    let mut cfg = storage::Config::new(dir.path());
-    cfg.shards = 2;
-    cfg.fsync = false;
-    cfg.pin_threads = false;
-    let store = storage::Store::open(cfg).unwrap();
-    let ctx = etcdapi::Ctx::new(store, dir.path().to_path_buf(), Arc::new(etcdapi::SingleMember::new("t", vec![])), limits);
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
-    etcdapi::serve(l, ctx, None).unwrap();
-    Server { _dir: dir, url: format!("http://{addr}") }
-}
-
-async fn channel(url: &str) -> Channel {
-    Channel::from_shared(url.to_string()).unwrap().connect().await.unwrap()
-}
+use support::{channel, server, server_with};
 
 /// The history: random puts, deletes and multi-key txns over a few keys, written one after
 /// another; returns every event it made, in order.
