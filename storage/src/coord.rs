@@ -3,7 +3,6 @@
 //! batch and then runs only the coordinator's closures), does the work at one revision, logs
 //! it as one record in shard 0's log, and unfreezes. Single-shard requests never come here.
 
-use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::SeqCst;
@@ -15,6 +14,7 @@ use tokio::sync::oneshot;
 
 use crate::command::Command;
 use crate::error::StoreError;
+use crate::lease_deadlines::Deadlines;
 use crate::replicated::SnapshotInfo;
 use crate::shard::{Ctrl, ShardCore, ShardMsg};
 use crate::shared::{NONE, Shared};
@@ -54,7 +54,8 @@ pub enum CoordMsg {
 pub struct Coordinator {
     pub shared: Arc<Shared>,
     pub data_dir: PathBuf,
-    pub leases: HashMap<LeaseId, (i64, Instant)>,
+    /// When each lease expires (`lease_deadlines.rs`).
+    pub leases: Deadlines,
     pub snapshot_id: u64,
     pub snapshot_revision: Revision,
     /// (when, revision) samples for compaction by age, one per tick, bounded by the retention.
@@ -249,7 +250,7 @@ impl Coordinator {
     }
 
     fn next_deadline(&self) -> Instant {
-        self.leases.values().map(|(_, d)| *d).min().unwrap_or(Instant::now() + Duration::from_secs(3600))
+        self.leases.next().unwrap_or(Instant::now() + Duration::from_secs(3600))
     }
 
     fn handle(&mut self, msg: CoordMsg) {
@@ -261,29 +262,16 @@ impl Coordinator {
                 let _ = reply.send(self.lease_grant(id, ttl));
             }
             CoordMsg::LeaseKeepAlive { id, reply } => {
-                let r = match self.leases.get_mut(&id) {
-                    Some((ttl, deadline)) => {
-                        *deadline = Instant::now() + Duration::from_secs(*ttl as u64);
-                        Ok(*ttl)
-                    }
-                    None => Err(StoreError::LeaseNotFound(id)),
-                };
-                let _ = reply.send(r);
+                let _ = reply.send(self.leases.keep_alive(id, Instant::now()));
             }
             CoordMsg::LeaseTimeToLive { id, reply } => {
-                let r = match self.leases.get(&id) {
-                    Some((ttl, deadline)) => {
-                        Ok((*ttl, deadline.saturating_duration_since(Instant::now()).as_secs() as i64))
-                    }
-                    None => Err(StoreError::LeaseNotFound(id)),
-                };
-                let _ = reply.send(r);
+                let _ = reply.send(self.leases.time_to_live(id, Instant::now()));
             }
             CoordMsg::OpenSnapshot { reply } => {
                 let _ = reply.send(self.open_snapshot());
             }
             CoordMsg::LeaseKeys { id, reply } => {
-                let r = if self.leases.contains_key(&id) {
+                let r = if self.leases.contains(id) {
                     let f = Frozen::new(&self.shared);
                     let mut keys: Vec<Bytes> = f.run_all(move |c| c.mvcc.keys_of_lease(id)).into_iter().flatten().collect();
                     keys.sort();
@@ -294,9 +282,7 @@ impl Coordinator {
                 let _ = reply.send(r);
             }
             CoordMsg::LeaseList { reply } => {
-                let mut ids: Vec<LeaseId> = self.leases.keys().copied().collect();
-                ids.sort_unstable();
-                let _ = reply.send(Ok(ids));
+                let _ = reply.send(Ok(self.leases.ids()));
             }
             CoordMsg::LeaseRevoke { id, reply } => {
                 let _ = reply.send(self.lease_revoke(id));
@@ -307,20 +293,10 @@ impl Coordinator {
             CoordMsg::Snapshot { reply } => {
                 let _ = reply.send(self.snapshot().map_err(|e| StoreError::Io(format!("snapshot: {e}"))));
             }
-            CoordMsg::LeaseApplied { id, ttl } => match ttl {
-                Some(ttl) => {
-                    self.leases.insert(id, (ttl, Instant::now() + Duration::from_secs(ttl as u64)));
-                }
-                None => {
-                    self.leases.remove(&id);
-                }
-            },
+            CoordMsg::LeaseApplied { id, ttl } => self.leases.applied(id, ttl, Instant::now()),
             CoordMsg::Lead { lead, extend } => {
                 if lead && !self.lead {
-                    let now = Instant::now();
-                    for (ttl, deadline) in self.leases.values_mut() {
-                        *deadline = now + Duration::from_secs(*ttl as u64) + extend;
-                    }
+                    self.leases.restart_all(extend, Instant::now());
                 }
                 self.lead = lead;
                 self.proposed_compact = 0;
@@ -456,7 +432,7 @@ impl Coordinator {
         if id < 0 {
             return Err(StoreError::Invalid("lease IDs are positive".into()));
         }
-        if self.leases.contains_key(&id) {
+        if self.leases.contains(id) {
             return Err(StoreError::LeaseExists(id));
         }
         let f = Frozen::new(&self.shared);
@@ -468,7 +444,7 @@ impl Coordinator {
         self.log(&f, record, vec![])?;
         f.run_all(move |c| c.mvcc.leases.insert(id, ttl));
         drop(f);
-        self.leases.insert(id, (ttl, Instant::now() + Duration::from_secs(ttl as u64)));
+        self.leases.applied(id, Some(ttl), Instant::now());
         Ok(LeaseGrant { id, ttl_seconds: ttl })
     }
 
@@ -479,7 +455,7 @@ impl Coordinator {
             .as_nanos() as i64)
             .abs()
             .max(1);
-        while self.leases.contains_key(&id) {
+        while self.leases.contains(id) {
             id += 1;
         }
         id
@@ -487,7 +463,7 @@ impl Coordinator {
 
     fn lease_revoke(&mut self, id: LeaseId) -> Result<Revision, StoreError> {
         self.check_failed()?;
-        if !self.leases.contains_key(&id) {
+        if !self.leases.contains(id) {
             return Err(StoreError::LeaseNotFound(id));
         }
         let f = Frozen::new(&self.shared);
@@ -524,7 +500,7 @@ impl Coordinator {
                 self.publish(&f, r, events);
             }
             f.run_all(move |c| c.mvcc.leases.remove(&id));
-            self.leases.remove(&id);
+            self.leases.applied(id, None, Instant::now());
         }
         drop(f);
         let visible = if rev.is_some() { self.release_revision() } else { self.shared.visible.load(SeqCst) };
@@ -535,16 +511,13 @@ impl Coordinator {
         if !self.lead {
             return;
         }
-        let now = Instant::now();
-        let expired: Vec<LeaseId> = self.leases.iter().filter(|(_, (_, d))| *d <= now).map(|(id, _)| *id).collect();
+        // Each expired lease is looked at again in a second unless its revocation removes it.
+        let expired = self.leases.expired(Instant::now());
         if self.shared.replication.is_some() {
             // The revocation goes through the log; the lease leaves this table when it is
-            // applied. Until then (or if the proposal fails) it is looked at again in a second.
+            // applied.
             for id in expired {
                 self.propose(Command::LeaseRevoke { id });
-                if let Some((_, d)) = self.leases.get_mut(&id) {
-                    *d = now + Duration::from_secs(1);
-                }
             }
             return;
         }
@@ -553,9 +526,6 @@ impl Coordinator {
                 Ok(_) => tracing::debug!(lease = id, "lease expired and was revoked"),
                 Err(e) => {
                     tracing::warn!(lease = id, error = %e, "revoking an expired lease failed; retrying later");
-                    if let Some((_, d)) = self.leases.get_mut(&id) {
-                        *d = now + Duration::from_secs(1);
-                    }
                 }
             }
         }
@@ -716,7 +686,7 @@ impl Coordinator {
             mvccs.push(snapshot::load_shard(dir, s, &manifest).map_err(|e| bad(e.to_string()))?);
         }
         snapshot::commit(&self.data_dir, dir, id, &manifest).map_err(|e| StoreError::Io(format!("installing a snapshot: {e}")))?;
-        let leases: HashMap<LeaseId, i64> = mvccs.first().map(|m| m.leases.clone()).unwrap_or_default();
+        let leases: Vec<(LeaseId, i64)> = mvccs.first().map(|m| m.leases.iter().map(|(a, b)| (*a, *b)).collect()).unwrap_or_default();
         let f = Frozen::new(&self.shared);
         let (revision, meta) = (manifest.revision, manifest.meta.clone());
         for (s, m) in mvccs.into_iter().enumerate() {
@@ -728,8 +698,7 @@ impl Coordinator {
         *self.shared.raft_meta.lock().unwrap() = meta;
         self.shared.advance();
         drop(f);
-        let now = Instant::now();
-        self.leases = leases.into_iter().map(|(id, ttl)| (id, (ttl, now + Duration::from_secs(ttl as u64)))).collect();
+        self.leases = Deadlines::from_ttls(leases, Instant::now());
         self.snapshot_revision = revision;
         self.shared.snapshot_revision.store(revision, SeqCst);
         tracing::info!(revision, "installed a snapshot received from the leader");

@@ -23,6 +23,7 @@ pub mod disk;
 pub mod error;
 pub mod failpoint;
 pub mod io_stats;
+pub mod lease_deadlines;
 mod mvcc;
 pub mod replicated;
 mod shard;

@@ -9,7 +9,8 @@ use std::ops::Bound;
 
 use bytes::Bytes;
 
-use crate::types::{Event, EventKind, KeyRange, KeyValue, LeaseId, Revision};
+use crate::error::StoreError;
+use crate::types::{Event, EventKind, KeyRange, KeyValue, LeaseGrant, LeaseId, Revision};
 
 /// One revision of one key.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -236,6 +237,41 @@ impl Mvcc {
     }
 
     /// Live keys of this shard attached to `lease`, sorted (for a deterministic log record).
+    /// A lease grant taken from the log: checked as the log's apply checks it, then held.
+    pub fn apply_lease_grant(&mut self, id: LeaseId, ttl_seconds: i64) -> Result<LeaseGrant, StoreError> {
+        if ttl_seconds <= 0 {
+            Err(StoreError::Invalid(format!("lease TTL must be positive, got {ttl_seconds}")))
+        } else if id <= 0 {
+            Err(StoreError::Invalid("lease IDs are positive".into()))
+        } else if self.leases.contains_key(&id) {
+            Err(StoreError::LeaseExists(id))
+        } else {
+            self.leases.insert(id, ttl_seconds);
+            Ok(LeaseGrant { id, ttl_seconds })
+        }
+    }
+
+    /// A lease revocation taken from the log: its keys deleted, in key order, at one revision
+    /// (`alloc`'s, asked only if it has keys; `current` otherwise). Returns that revision and
+    /// the delete events.
+    pub fn apply_lease_revoke(&mut self, id: LeaseId, current: Revision, alloc: impl FnOnce() -> Revision) -> Result<(Revision, Vec<Event>), StoreError> {
+        if !self.leases.contains_key(&id) {
+            return Err(StoreError::LeaseNotFound(id));
+        }
+        let mut keys = self.keys_of_lease(id);
+        keys.sort();
+        let rev = if keys.is_empty() { current } else { alloc() };
+        let mut events = Vec::new();
+        for k in &keys {
+            if let Some(prev) = self.delete(k, rev) {
+                let kv = KeyValue { key: k.clone(), value: Bytes::new(), create_revision: 0, mod_revision: rev, version: 0, lease: 0 };
+                events.push(Event { kind: EventKind::Delete, kv, prev_kv: Some(prev) });
+            }
+        }
+        self.leases.remove(&id);
+        Ok((rev, events))
+    }
+
     pub fn keys_of_lease(&self, lease: LeaseId) -> Vec<Bytes> {
         let mut keys: Vec<Bytes> =
             self.lease_keys.get(&lease).map(|s| s.iter().cloned().collect()).unwrap_or_default();

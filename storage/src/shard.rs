@@ -257,33 +257,16 @@ impl ShardCore {
                                 TxnResponse { revision, succeeded: o.succeeded, responses: o.responses }
                             }),
                     ),
-                    Command::LeaseGrant { id, ttl_seconds } => Applied::LeaseGrant(if ttl_seconds <= 0 {
-                        Err(StoreError::Invalid(format!("lease TTL must be positive, got {ttl_seconds}")))
-                    } else if id <= 0 {
-                        Err(StoreError::Invalid("lease IDs are positive".into()))
-                    } else if self.mvcc.leases.contains_key(&id) {
-                        Err(StoreError::LeaseExists(id))
-                    } else {
-                        self.mvcc.leases.insert(id, ttl_seconds);
+                    Command::LeaseGrant { id, ttl_seconds } => Applied::LeaseGrant(self.mvcc.apply_lease_grant(id, ttl_seconds).inspect(|_| {
                         let _ = self.shared.coord.send(CoordMsg::LeaseApplied { id, ttl: Some(ttl_seconds) });
-                        Ok(LeaseGrant { id, ttl_seconds })
-                    }),
-                    Command::LeaseRevoke { id } => Applied::LeaseRevoke(if !self.mvcc.leases.contains_key(&id) {
-                        Err(StoreError::LeaseNotFound(id))
-                    } else {
-                        let mut keys = self.mvcc.keys_of_lease(id);
-                        keys.sort();
-                        let rev = if keys.is_empty() { current } else { alloc() };
-                        for (i, k) in keys.iter().enumerate() {
-                            if let Some(prev) = self.mvcc.delete(k, rev) {
-                                let kv = KeyValue { key: k.clone(), value: Bytes::new(), create_revision: 0, mod_revision: rev, version: 0, lease: 0 };
-                                events.push((rev, i as u32, Event { kind: EventKind::Delete, kv, prev_kv: Some(prev) }));
-                            }
+                    })),
+                    Command::LeaseRevoke { id } => Applied::LeaseRevoke(self.mvcc.apply_lease_revoke(id, current, &mut alloc).map(|(rev, deleted)| {
+                        for (i, e) in deleted.into_iter().enumerate() {
+                            events.push((rev, i as u32, e));
                         }
-                        self.mvcc.leases.remove(&id);
                         let _ = self.shared.coord.send(CoordMsg::LeaseApplied { id, ttl: None });
-                        Ok(rev)
-                    }),
+                        rev
+                    })),
                     Command::Compact { revision } => Applied::Compact(if revision > current {
                         Err(StoreError::FutureRevision { requested: revision, current })
                     } else if revision <= compacted {

@@ -16,6 +16,7 @@ use crate::command::{Applied, Command};
 use crate::coord::{CoordMsg, Coordinator, merge_ranges};
 use crate::replicated::{NoLog, Replication, StateMachine};
 use crate::error::{OpenError, StoreError, WatchError};
+use crate::lease_deadlines::Deadlines;
 use crate::mvcc::Mvcc;
 use crate::shard::{ShardCore, ShardMsg, WatchItem, WatchRegistration, WatchShared};
 use crate::shared::{NONE, Shared};
@@ -182,11 +183,7 @@ impl Store {
         let coordinator = Coordinator {
             shared: shared.clone(),
             data_dir: dir.clone(),
-            leases: recovered
-                .leases
-                .iter()
-                .map(|(id, ttl)| (*id, (*ttl, now + Duration::from_secs(*ttl as u64))))
-                .collect(),
+            leases: Deadlines::from_ttls(recovered.leases.iter().copied(), now),
             snapshot_id: recovered.snapshot_id,
             snapshot_revision: recovered.snapshot_revision,
             history: VecDeque::new(),
