@@ -630,6 +630,11 @@ impl Inner {
         }
     }
 
+    /// Whether this replica still leads with a quorum behind it (a read index round).
+    async fn leadership_confirmed(&self) -> bool {
+        matches!(tokio::time::timeout(self.cfg.read_timeout, self.raft().get_read_linearizer(ReadPolicy::ReadIndex)).await, Ok(Ok(_)))
+    }
+
     async fn read_barrier(self: Arc<Self>) -> Result<(), StoreError> {
         if self.removed.load(Ordering::SeqCst) {
             return Err(StoreError::NoQuorum(format!("member {} was removed from the cluster", self.name)));
@@ -719,6 +724,16 @@ impl Inner {
                 return Err(StoreError::NoQuorum("no leader".into()));
             };
             if leader == self.id {
+                // A keep-alive is acknowledged only by a leader a quorum still follows: one
+                // cut off from the others (which have elected another) would otherwise
+                // promise a life the real leader does not know of (sim/FOUND.md).
+                if op == 1 && !self.leadership_confirmed().await {
+                    if Instant::now() >= deadline {
+                        return Err(StoreError::NoQuorum("leadership not confirmed by a quorum".into()));
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    continue;
+                }
                 let store = self.store();
                 return match op {
                     1 => store.local_lease_keep_alive(id).await.map(|t| (t, t)),
@@ -1352,7 +1367,7 @@ async fn handle(i: Arc<Inner>, req: Request<Incoming>) -> Response<Body> {
                 Err(r) => return r,
             };
             let Ok((op, id)) = codec::decode_all(&b, |r| Ok((r.u8()?, r.i64()?))) else { return bad("lease: malformed".into()) };
-            if i.leader() != Some(i.id) {
+            if i.leader() != Some(i.id) || (op == 1 && !i.leadership_confirmed().await) {
                 return network::err_body(NOT_LEADER);
             }
             let store = i.store();

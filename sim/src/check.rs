@@ -16,6 +16,9 @@
 //! - `linearizability`: the clients' recorded history has no linearization (`raft::lincheck`);
 //! - `lease-two-holders`: two controller managers held the Lease at once (their clocks
 //!   within `lease::SKEW_BOUND` of each other);
+//! - `store-lease-expired-early`: a store lease was expired before the time its last
+//!   acknowledged keep-alive promised; `store-lease-never-expired`: once its holders stopped,
+//!   a lease stayed (`store_lease.rs`);
 //! - `watch-stalled`: once the cluster converged, a watcher did not catch up;
 //! - `liveness`: once faults stopped, the cluster did not converge in the allotted time.
 
@@ -71,6 +74,11 @@ pub struct Checks {
     /// Leaderships of the Lease so far.
     pub lease_terms: std::sync::atomic::AtomicU64,
     pub acked: Mutex<Vec<Acked>>,
+    /// Each store lease's last acknowledged keep-alive: (when, µs; until when it promised, µs;
+    /// by which replica).
+    store_leases: Mutex<BTreeMap<storage::LeaseId, (u64, u64, u64)>>,
+    /// Leases their holders revoked.
+    given_up: Mutex<std::collections::BTreeSet<storage::LeaseId>>,
 }
 
 fn show(c: &[Change]) -> String {
@@ -202,6 +210,38 @@ impl Checks {
     }
 
     /// The newest revision applied anywhere.
+    /// Replica `by` renewed `lease` at `at_us` for `ttl` seconds and said so to its holder.
+    pub fn store_lease_kept(&self, lease: storage::LeaseId, at_us: u64, ttl: i64, by: u64) {
+        let until = at_us + ttl.max(0) as u64 * 1_000_000;
+        let mut m = self.store_leases.lock().unwrap();
+        let e = m.entry(lease).or_insert((at_us, until, by));
+        if until >= e.1 {
+            *e = (at_us, until, by);
+        }
+    }
+
+    /// `lease`'s holder revokes it: its revocation is no expiry.
+    pub fn store_lease_given_up(&self, lease: storage::LeaseId) {
+        self.given_up.lock().unwrap().insert(lease);
+    }
+
+    /// Replica `node` applied `lease`'s revocation now.
+    pub fn store_lease_revoked(&self, world: &World, lease: storage::LeaseId, node: u64) {
+        if self.given_up.lock().unwrap().contains(&lease) {
+            return;
+        }
+        let now = world.now_us();
+        let promised = self.store_leases.lock().unwrap().get(&lease).copied();
+        if let Some((at, until, by)) = promised
+            && now < until
+        {
+            world.violate(
+                "store-lease-expired-early",
+                format!("n{node} applied the expiry of lease {lease} at {:.3} s, though n{by} renewed it at {:.3} s until {:.3} s", now as f64 / 1e6, at as f64 / 1e6, until as f64 / 1e6),
+            );
+        }
+    }
+
     pub fn last_revision(&self) -> Revision {
         self.truth.lock().unwrap().keys().next_back().copied().unwrap_or(0)
     }

@@ -21,6 +21,7 @@ pub mod net;
 pub mod rt;
 pub mod run;
 pub mod state_machine;
+pub mod store_lease;
 pub mod trace;
 pub mod watch;
 pub mod workload;
@@ -45,10 +46,13 @@ pub enum Bug {
     /// Leader election's renew deadline equal to the lease's duration: no room left for
     /// clock differences (capstan's election had this until the simulation found it).
     LeaseDeadlineTooLong,
+    /// A replica that becomes leader keeps the lease deadlines it saw as a follower instead of
+    /// giving every lease its whole TTL again: keep-alives renewed them on the old leader.
+    LeaseNotExtended,
 }
 
 impl Bug {
-    pub const ALL: [Bug; 5] = [Bug::AckBeforeFsync, Bug::SkipWatchEvent, Bug::BindWithoutCas, Bug::LeaderRestore, Bug::LeaseDeadlineTooLong];
+    pub const ALL: [Bug; 6] = [Bug::AckBeforeFsync, Bug::SkipWatchEvent, Bug::BindWithoutCas, Bug::LeaderRestore, Bug::LeaseDeadlineTooLong, Bug::LeaseNotExtended];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -57,6 +61,7 @@ impl Bug {
             Bug::BindWithoutCas => "bind-without-cas",
             Bug::LeaderRestore => "leader-restore",
             Bug::LeaseDeadlineTooLong => "lease-deadline-too-long",
+            Bug::LeaseNotExtended => "lease-not-extended",
         }
     }
 

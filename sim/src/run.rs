@@ -133,6 +133,10 @@ async fn drive(world: Arc<World>) {
     tasks.push(spawn(crate::kube::driver(world.clone(), faults_end)));
     for id in 1..=n {
         spawn(crate::lease::candidate(world.clone(), id));
+        spawn(crate::store_lease::expirer(world.clone(), id));
+    }
+    for h in 0..2 {
+        tasks.push(spawn(crate::store_lease::holder(world.clone(), h, faults_end)));
     }
     let watchers: Vec<_> = (0..2).map(|w| spawn(workload::watcher(world.clone(), w))).collect();
     nemesis::run(world.clone(), faults_end).await;
@@ -163,6 +167,13 @@ async fn drive(world: Arc<World>) {
             return;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The lease holders stopped at the end of the faults: every lease goes.
+    if let Err(why) = crate::store_lease::drained(&world, Duration::from_secs(20)).await {
+        if !world.failed() {
+            world.violate("store-lease-never-expired", why);
+        }
+        return;
     }
     // Everything stops writing; what was in flight lands; then the replicas are compared at
     // one point (seed 2746 compared them while a write was still being applied).

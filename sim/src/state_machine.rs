@@ -13,7 +13,8 @@ use futures_util::{Stream, StreamExt};
 use openraft::storage::{EntryResponder, RaftSnapshotBuilder, RaftStateMachine};
 use openraft::{EntryPayload, OptionalSend};
 use storage::internals::{Entry as Version, Mvcc, eval, validate};
-use storage::{Applied, Command, Event, EventKind, KeyRange, KeyValue, Revision, StoreError, TxnResponse};
+use storage::lease_deadlines::Deadlines;
+use storage::{Applied, Command, Event, EventKind, KeyRange, KeyValue, LeaseId, Revision, StoreError, TxnResponse};
 
 use crate::disk::{Disk, Op};
 use crate::log_store::sync_delay;
@@ -26,6 +27,8 @@ const REQUEST_BYTES_MAX: usize = 1 << 20;
 #[derive(Clone, Debug)]
 pub struct SnapData {
     pub keys: Arc<Vec<(Bytes, Vec<Version>)>>,
+    /// The leases and their TTLs (their keys are in `keys`).
+    pub leases: Arc<Vec<(LeaseId, i64)>>,
     pub revision: Revision,
 }
 
@@ -36,18 +39,25 @@ pub struct State {
     pub revision: Revision,
     pub applied: Option<LogId>,
     pub membership: StoredMembership,
+    /// When each lease expires, as this replica sees it (`store_lease.rs`).
+    pub deadlines: Deadlines,
 }
 
 impl State {
     fn from_snapshot(s: Option<&(SnapshotMeta, SnapData)>) -> State {
         match s {
-            None => State { mvcc: Mvcc::default(), revision: 0, applied: None, membership: Default::default() },
-            Some((m, d)) => State {
-                mvcc: Mvcc::from_sorted(d.keys.as_ref().clone()),
-                revision: d.revision,
-                applied: m.last_log_id,
-                membership: m.last_membership.clone(),
-            },
+            None => State { mvcc: Mvcc::default(), revision: 0, applied: None, membership: Default::default(), deadlines: Deadlines::default() },
+            Some((m, d)) => {
+                let mut mvcc = Mvcc::from_sorted(d.keys.as_ref().clone());
+                mvcc.leases = d.leases.iter().copied().collect();
+                State {
+                    mvcc,
+                    revision: d.revision,
+                    applied: m.last_log_id,
+                    membership: m.last_membership.clone(),
+                    deadlines: Deadlines::from_ttls(d.leases.iter().copied(), tokio::time::Instant::now().into_std()),
+                }
+            }
         }
     }
 
@@ -57,7 +67,9 @@ impl State {
             Some((last, h)) if last == k => h.push(e.clone()),
             _ => keys.push((k.clone(), vec![e.clone()])),
         });
-        SnapData { keys: Arc::new(keys), revision: self.revision }
+        let mut leases: Vec<(LeaseId, i64)> = self.mvcc.leases.iter().map(|(a, b)| (*a, *b)).collect();
+        leases.sort_unstable();
+        SnapData { keys: Arc::new(keys), leases: Arc::new(leases), revision: self.revision }
     }
 
     /// Every event this replica holds from `from` on, in revision order.
@@ -120,7 +132,19 @@ impl Sm {
                     TxnResponse { revision, succeeded: o.succeeded, responses: o.responses }
                 }))
             }
-            other => Applied::Txn(Err(StoreError::Invalid(format!("the simulation proposes only txns, got {other:?}")))),
+            Command::LeaseGrant { id, ttl_seconds } => Applied::LeaseGrant(st.mvcc.apply_lease_grant(id, ttl_seconds).inspect(|_| {
+                st.deadlines.applied(id, Some(ttl_seconds), tokio::time::Instant::now().into_std());
+            })),
+            Command::LeaseRevoke { id } => Applied::LeaseRevoke(st.mvcc.apply_lease_revoke(id, current, || current + 1).map(|(rev, deleted)| {
+                if rev > current {
+                    st.revision = rev;
+                    applied.insert(rev, deleted.iter().map(change_of).collect());
+                }
+                st.deadlines.applied(id, None, tokio::time::Instant::now().into_std());
+                self.world.checks.store_lease_revoked(&self.world, id, self.id);
+                rev
+            })),
+            other => Applied::Txn(Err(StoreError::Invalid(format!("the simulation proposes only txns and leases, got {other:?}")))),
         }
     }
 }

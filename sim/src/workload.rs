@@ -105,6 +105,16 @@ pub async fn list_from(world: &World, home: Option<u64>, prefix: &str) -> Option
     linearizable(world, home, |st| st.mvcc.range_at(&range, st.revision, 0, false, false).kvs).await
 }
 
+/// The leases the store holds, in id order, read linearizably (none: no read index in time).
+pub async fn leases(world: &World) -> Option<Vec<storage::LeaseId>> {
+    linearizable(world, None, |st| {
+        let mut ids: Vec<storage::LeaseId> = st.mvcc.leases.keys().copied().collect();
+        ids.sort_unstable();
+        ids
+    })
+    .await
+}
+
 /// `f` over the leader's state once a read index confirms it is current.
 async fn linearizable<T>(world: &World, home: Option<u64>, f: impl Fn(&crate::state_machine::State) -> T) -> Option<T> {
     let deadline = tokio::time::Instant::now() + TRY_FOR;

@@ -95,6 +95,11 @@ fn a_renew_deadline_with_no_room_for_clock_skew_is_caught() {
 }
 
 #[test]
+fn a_store_lease_not_extended_on_a_new_leader_is_caught() {
+    caught(Bug::LeaseNotExtended, 10.0, 5, &["store-lease-expired-early"]);
+}
+
+#[test]
 fn an_append_acknowledged_before_its_fsync_is_caught() {
     // Only a power cut of a quorum loses what was acknowledged early: the nemesis cuts every
     // replica at once in about one fault of twenty.
