@@ -452,7 +452,14 @@ fn custom_resources_of_several_versions_are_stored_once_and_served_converted() {
 
     // Webhook: v1alpha1's color is v1's colour.
     let conversion = serde_json::json!({"strategy": "Webhook", "webhook": {"conversionReviewVersions": ["v1"], "clientConfig": {"url": format!("https://127.0.0.1:{}/convert", s.port), "caBundle": s.ca_b64}}});
-    apply(&c, "gadgets.json", crd("gadgets", "Gadget", "v1alpha1", conversion));
+    // Each version with its own printer columns: a Table reads the object at its version.
+    let mut gadgets = crd("gadgets", "Gadget", "v1alpha1", conversion);
+    gadgets["spec"]["versions"][0]["additionalPrinterColumns"] = serde_json::json!([
+        {"name": "Colour", "type": "string", "jsonPath": ".spec.colour"},
+        {"name": "Shade", "type": "string", "jsonPath": ".spec.colour", "priority": 1},
+    ]);
+    gadgets["spec"]["versions"][1]["additionalPrinterColumns"] = serde_json::json!([{"name": "Color", "type": "string", "jsonPath": ".spec.color"}]);
+    apply(&c, "gadgets.json", gadgets);
     wait_until("gadgets to be served", || c.kubectl_with(KUBECTL, &["get", "gadgets.v1alpha1.example.com"]).status.success());
     apply(&c, "g.json", serde_json::json!({"apiVersion": "example.com/v1alpha1", "kind": "Gadget", "metadata": {"name": "g1", "namespace": "default", "labels": {"a": "b"}}, "spec": {"color": "red"}}));
     let g = |v: &str| raw(&format!("/apis/example.com/{v}/namespaces/default/gadgets/g1"));
@@ -463,9 +470,17 @@ fn custom_resources_of_several_versions_are_stored_once_and_served_converted() {
     assert_eq!(g("v1")["spec"], serde_json::json!({"colour": "blue"}));
     let listed = c.ok(&["get", "gadgets.v1alpha1.example.com", "-o", "jsonpath={.items[0].spec.color}"]);
     assert_eq!(listed, "blue");
+    let table = |args: &[&str]| -> Vec<Vec<String>> { c.ok(args).lines().map(|l| l.split_whitespace().map(String::from).collect()).collect() };
+    assert_eq!(table(&["get", "gadgets.v1.example.com"]), [["NAME", "COLOUR"], ["g1", "blue"]], "the v1 columns over the object at v1");
+    assert_eq!(table(&["get", "gadgets.v1alpha1.example.com", "g1"]), [["NAME", "COLOR"], ["g1", "blue"]], "the v1alpha1 columns over the object converted");
+    assert_eq!(table(&["get", "gadgets.v1.example.com", "-o", "wide"]), [["NAME", "COLOUR", "SHADE"], ["g1", "blue", "blue"]], "priority 1 columns with -o wide");
+    let widgets = c.ok(&["get", "widgets.v1.example.com"]);
+    assert!(widgets.starts_with("NAME") && widgets.lines().next().unwrap().split_whitespace().collect::<Vec<_>>() == ["NAME", "AGE"], "no columns listed: Name and Age\n{widgets}");
     drop(s);
     // Stored at v1: read at v1 without the webhook; at v1alpha1 it is needed.
     assert_eq!(c.ok(&["get", "gadgets.v1.example.com", "g1", "-o", "jsonpath={.spec.colour}"]), "blue");
     let e = c.fails(&["get", "gadgets.v1alpha1.example.com", "g1", "-o", "json"]);
     assert!(e.contains("conversion webhook for gadgets.example.com failed"), "{e}");
+    let e = c.fails(&["get", "gadgets.v1alpha1.example.com"]);
+    assert!(e.contains("conversion webhook for gadgets.example.com failed"), "a Table needs the conversion too: {e}");
 }

@@ -26,6 +26,7 @@ use crate::registry::{Registry, ResourceInfo};
 use crate::reserve::{self, Reservation};
 use crate::selector::{FieldSelector, LabelSelector};
 use crate::status::ApiError;
+use crate::custom_columns;
 use crate::table;
 use crate::webhook::rules::Operation;
 
@@ -561,8 +562,8 @@ impl Req<'_> {
     fn respond_object(&self, code: StatusCode, stored: &Stored, rev: u64) -> Response {
         if table::wants_table(self.accept) {
             let obj = stored.value_at(rev).unwrap_or(Value::Null);
-            let rows = vec![table::row(self.info.kind, &obj)];
-            return json_value(code, &table::table(self.info.kind, rows, &rev.to_string(), None));
+            let rows = vec![custom_columns::row_for(self.info, &obj)];
+            return json_value(code, &custom_columns::table_for(self.info, rows, &rev.to_string(), None));
         }
         json_response(code, stored.at(rev))
     }

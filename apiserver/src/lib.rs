@@ -26,6 +26,7 @@ pub mod cached;
 pub mod component_status;
 pub mod crd_conversion;
 pub mod csr;
+pub mod custom_columns;
 pub mod dashboard;
 pub mod config_yaml;
 pub mod deadline;

@@ -25,6 +25,9 @@ pub struct ResourceInfo {
     /// For custom resources of CRDs with several versions: their storage version and how
     /// objects change version (`crd_conversion`).
     pub conversion: Option<std::sync::Arc<crate::crd_conversion::Conversion>>,
+    /// For custom resources: the version's Table columns (`custom_columns`); None for
+    /// built-in kinds, whose columns are `table`'s.
+    pub printer_columns: Option<std::sync::Arc<Vec<crate::custom_columns::PrinterColumn>>>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -111,6 +114,7 @@ where
         schema: schema_of::<T>,
         custom_schema: None,
         conversion: None,
+        printer_columns: None,
     }
 }
 
@@ -177,6 +181,7 @@ pub fn from_crd(crd: &serde_json::Value) -> Vec<ResourceInfo> {
             schema: no_schema,
             custom_schema: v["schema"].get("openAPIV3Schema").cloned().map(std::sync::Arc::new),
             conversion: conversion.clone(),
+            printer_columns: Some(std::sync::Arc::new(crate::custom_columns::of_version(v))),
         });
     }
     out

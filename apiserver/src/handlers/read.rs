@@ -8,6 +8,16 @@ use super::*;
 const LIST_CHUNK_ITEMS: usize = 500;
 
 impl Req<'_> {
+    /// A Table of `values`: a custom resource's columns read them at the version asked for
+    /// (converted first, for a CRD of several versions), a built-in kind's as they are.
+    async fn table_of(&self, mut values: Vec<Value>, rev: u64, cont: Option<&str>) -> ApiResult {
+        if let Some(c) = &self.info.conversion {
+            crate::crd_conversion::convert(self.st, c, values.iter_mut().collect(), &self.info.api_version()).await?;
+        }
+        let rows = values.iter().map(|v| custom_columns::row_for(self.info, v)).collect();
+        Ok(json_value(StatusCode::OK, &custom_columns::table_for(self.info, rows, &rev.to_string(), cont)))
+    }
+
     pub(super) async fn get(&self) -> ApiResult {
         let (cache, _) = self.cache().await?;
         let (_, snap) = cache.snapshot();
@@ -24,7 +34,7 @@ impl Req<'_> {
         };
         if table::wants_table(self.accept) {
             let v: Value = serde_json::from_slice(&o.json).map_err(|e| ApiError::internal(e.to_string()))?;
-            return Ok(json_value(StatusCode::OK, &table::table(self.info.kind, vec![table::row(self.info.kind, &v)], &o.revision.to_string(), None)));
+            return self.table_of(vec![v], o.revision, None).await;
         }
         Ok(json_response(StatusCode::OK, o.json.clone()))
     }
@@ -97,7 +107,7 @@ impl Req<'_> {
         }
         let filtering = !ls.is_empty() || !fs.is_empty();
         let mut items = BytesMut::with_capacity(4096);
-        let mut rows = Vec::new();
+        let mut table_values = Vec::new();
         let mut n = 0usize;
         let mut next: Option<Bytes> = None;
         for (k, o) in snap.range(start..) {
@@ -116,7 +126,7 @@ impl Req<'_> {
                 }
             }
             if as_table {
-                rows.push(table::row(self.info.kind, value.as_ref().unwrap()));
+                table_values.push(value.unwrap());
             } else {
                 if n > 0 {
                     items.put_u8(b',');
@@ -130,7 +140,7 @@ impl Req<'_> {
         }
         let cont = next.map(|k| encode_continue(rev, &k));
         if as_table {
-            return Ok(json_value(StatusCode::OK, &table::table(self.info.kind, rows, &rev.to_string(), cont.as_deref())));
+            return self.table_of(table_values, rev, cont.as_deref()).await;
         }
         Ok(json_response(StatusCode::OK, list_body(self.info, rev, cont.as_deref(), &items)))
     }
@@ -168,7 +178,7 @@ impl Req<'_> {
         }
         let as_table = table::wants_table(self.accept);
         let mut items = BytesMut::with_capacity(4096);
-        let mut rows = Vec::new();
+        let mut table_values = Vec::new();
         let mut n = 0usize;
         let mut next: Option<Vec<u8>> = None;
         // A metadata.name selector with a namespace is a point read.
@@ -202,7 +212,7 @@ impl Req<'_> {
                     }
                 }
                 if as_table {
-                    rows.push(table::row(self.info.kind, value.as_ref().unwrap()));
+                    table_values.push(value.unwrap());
                 } else {
                     if n > 0 {
                         items.put_u8(b',');
@@ -220,7 +230,7 @@ impl Req<'_> {
         }
         let cont = next.map(|k| encode_continue(rev, &k));
         if as_table {
-            return Ok(json_value(StatusCode::OK, &table::table(self.info.kind, rows, &rev.to_string(), cont.as_deref())));
+            return self.table_of(table_values, rev, cont.as_deref()).await;
         }
         Ok(json_response(StatusCode::OK, list_body(self.info, rev, cont.as_deref(), &items)))
     }
