@@ -11,13 +11,22 @@ Sources, both read, neither copied:
   name of each field (protobuf names differ from JSON ones: `uID` is `uid`, `ref` is `$ref`)
   and each kind's group-version-kinds.
 
-Only facts are written: message and field names, tags, types. Messages are those reachable
-from a kind (an object with ObjectMeta, or DeleteOptions) of a group-version the schemas know.
+- the Go types of `k8s.io/api` and `k8s.io/apimachinery` (checkouts given with --k8s-api and
+  --k8s-apimachinery): for each field, by its protobuf tag, whether it is a pointer and
+  `omitempty`. Go's protobuf writes a non-pointer field even when it is zero, and Go's JSON
+  leaves a zero `omitempty` field out; a pointer field set to zero (`replicas: 0`,
+  `allowPrivilegeEscalation: false`) is written by both. Such fields are marked so that
+  the decoder leaves their zero values out, as a Go client's JSON would.
+
+Only facts are written: message and field names, tags, types, the zero rule. Messages are
+those reachable from a kind (an object with ObjectMeta, or DeleteOptions) of a group-version
+the schemas know.
 
 Usage (from the repository root):
     python3 -m pip install kubernetes-validate==1.37.0
-    python3 apiserver/gen/protobuf_fields.py           # (re)writes the file
-    python3 apiserver/gen/protobuf_fields.py --check   # exits 1 if it is out of date
+    git clone https://github.com/kubernetes/api K8S_API; git clone https://github.com/kubernetes/apimachinery K8S_AM
+    python3 apiserver/gen/protobuf_fields.py --k8s-api K8S_API --k8s-apimachinery K8S_AM
+    python3 apiserver/gen/protobuf_fields.py ... --check   # exits 1 if the file is out of date
 """
 
 import argparse
@@ -149,6 +158,40 @@ def target(module, attr, ty):
     return None
 
 
+GO_STRUCT = re.compile(r"^type (\w+) struct \{")
+GO_FIELD = re.compile(r'^\s+\w+\s+(\*?)[\w.\[\]*]+\s+`(.*)`')
+
+
+def go_facts(roots):
+    """(Go package dir, struct, protobuf tag) -> (pointer, omitempty), from the Go sources."""
+    facts = {}
+    for root, prefix in roots:
+        for f in sorted(Path(root).rglob("*.go")):
+            if f.name.endswith("_test.go") or f.name.startswith("zz_generated") or f.name.endswith(".pb.go"):
+                continue
+            pkg = prefix + "/".join(f.relative_to(root).parts[:-1])
+            struct = None
+            for line in f.read_text(errors="replace").splitlines():
+                m = GO_STRUCT.match(line)
+                if m:
+                    struct = m.group(1)
+                    continue
+                if line.startswith("}"):
+                    struct = None
+                    continue
+                if struct is None:
+                    continue
+                m = GO_FIELD.match(line)
+                if not m:
+                    continue
+                tags = m.group(2)
+                pb = re.search(r'protobuf:"\w+,(\d+),', tags)
+                js = re.search(r'json:"([^"]*)"', tags)
+                if pb and js:
+                    facts[(pkg, struct, int(pb.group(1)))] = (m.group(1) == "*", "omitempty" in js.group(1).split(",")[1:])
+    return facts
+
+
 def norm(name):
     return re.sub(r"[^a-z0-9]", "", name.lower())
 
@@ -156,7 +199,12 @@ def norm(name):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--check", action="store_true")
+    ap.add_argument("--k8s-api", required=True, help="a checkout of github.com/kubernetes/api")
+    ap.add_argument("--k8s-apimachinery", required=True, help="a checkout of github.com/kubernetes/apimachinery")
     args = ap.parse_args()
+    facts = go_facts([(args.k8s_api, "api/"), (args.k8s_apimachinery, "apimachinery/")])
+    if len(facts) < 3000:
+        sys.exit(f"only {len(facts)} Go fields found under {args.k8s_api} and {args.k8s_apimachinery}")
 
     src, pb_version = crate_src()
     defs_file = definitions_path(SCHEMA_VERSION)
@@ -230,6 +278,18 @@ def main():
             out.append(norm(n))
         return out
 
+    def go_package(module):
+        """k8s-pb's module path as the Go package directory the facts are keyed by."""
+        if module[0] == "api":
+            return "api/" + "/".join(module[1:])
+        if module[0] == "apimachinery":
+            return "apimachinery/" + "/".join(module[1:])
+        return None
+
+    def go_name(key):
+        """The Go type of a message: its OpenAPI name's last part (prost renames acronyms)."""
+        return openapi_name(key).rpartition(".")[2]
+
     # A Go struct embedded inline has no definition of its own (VolumeSource, ProbeHandler):
     # its fields are named by the definition of the struct that embeds it.
     adopted = {}
@@ -290,7 +350,12 @@ def main():
                 # of the protobuf name; their decoders read them by tag anyway.
                 parts = rname.split("_")
                 json_name = parts[0] + "".join(p[:1].upper() + p[1:] for p in parts[1:])
-            fields.append((tag, json_name, t, repeated))
+            # Zero values left out: of a Go non-pointer `omitempty` field; without Go facts
+            # (messages of other repositories), of strings only.
+            go = facts.get((go_package(key[0]), go_name(key), tag))
+            scalar = t in ("T::Str", "T::Bytes", "T::I32", "T::I64", "T::Bool", "T::F64")
+            omit_zero = scalar and not repeated and (go == (False, True) if go is not None else t == "T::Str")
+            fields.append((tag, json_name, t, repeated, omit_zero))
         if special is None and len(fields) == 1 and fields[0][1] == "items" and fields[0][3] and d.get("type") in (None, "array"):
             special = "Items"
         rows.append((oname, special or "Object", fields))
@@ -316,23 +381,24 @@ def render(rows, kinds, index, pb_version, package_version):
     w("//")
     w(f"// Sources: the crate `k8s-pb` {pb_version} (field tags and types of its prost structs) and the")
     w(f"// PyPI package `{PACKAGE}` {package_version}, `{MODULE}/kubernetes-json-schema/{SCHEMA_VERSION}/_definitions.json`")
-    w("// (JSON field names, group-version-kinds). Only names, tags and types are taken.")
+    w("// (JSON field names, group-version-kinds), and the Go types of k8s.io/api and k8s.io/apimachinery")
+    w("// (which fields are non-pointer `omitempty`). Only names, tags, types and that rule are taken.")
     w("//")
     w("// Regenerate from the repository root with:")
     w(f"//     python3 -m pip install {PACKAGE}=={package_version}")
-    w(f"//     {COMMAND}")
+    w(f"//     {COMMAND} --k8s-api K8S_API --k8s-apimachinery K8S_APIMACHINERY")
     w("")
     w("use super::table::{Field, Message, Special, Ty as T};")
     w("")
-    w("const fn f(tag: u32, json: &'static str, ty: T, repeated: bool) -> Field {")
-    w("    Field { tag, json, ty, repeated }")
+    w("const fn f(tag: u32, json: &'static str, ty: T, repeated: bool, omit_zero: bool) -> Field {")
+    w("    Field { tag, json, ty, repeated, omit_zero }")
     w("}")
     w("")
     w("/// Every message reachable from a kind, each with its fields in tag order.")
     w("#[rustfmt::skip]")
     w("pub static MESSAGES: &[Message] = &[")
     for oname, special, fields in rows:
-        fl = ", ".join(f"f({t}, {rust_str(j)}, {ty}, {'true' if r else 'false'})" for t, j, ty, r in fields)
+        fl = ", ".join(f"f({t}, {rust_str(j)}, {ty}, {'true' if r else 'false'}, {'true' if z else 'false'})" for t, j, ty, r, z in fields)
         w(f"    Message {{ name: {rust_str(oname)}, special: Special::{special}, fields: &[{fl}] }},")
     w("];")
     w("")

@@ -209,10 +209,11 @@ pub fn decode(b: &[u8], m: &'static Message, depth: usize) -> Result<Value, Stri
     }
 }
 
-/// The fields of a message as a JSON object, as Go's JSON encoding writes them: a string
-/// field left empty is omitted (Go's protobuf writes every non-pointer string, and its JSON
-/// `omitempty` drops it: a JSON client never sends `"schedulerName": ""`); a zero time is
-/// omitted; an inline struct's fields join this object.
+/// The fields of a message as a JSON object, as Go's JSON encoding writes them: a zero
+/// value of a non-pointer `omitempty` field is left out (Go's protobuf writes it, Go's JSON
+/// does not: a JSON client never sends `"hostNetwork": false` or `"generation": 0`, and an
+/// object that had them would differ from its own copy made by a Go client); a zero time is
+/// left out; an inline struct's fields join this object.
 fn object(b: &[u8], m: &'static Message, depth: usize) -> Result<Map<String, Value>, String> {
     let mut out = Map::new();
     walk(b, m, depth, |f, v| {
@@ -229,13 +230,22 @@ fn object(b: &[u8], m: &'static Message, depth: usize) -> Result<Map<String, Val
             if let Value::Array(a) = out.entry(f.json).or_insert_with(|| Value::Array(Vec::new())) {
                 a.push(v);
             }
-        } else if v.is_null() || (f.ty == Ty::Str && v.as_str() == Some("")) {
+        } else if v.is_null() || (f.omit_zero && is_zero(&v)) {
             out.remove(f.json);
         } else {
             out.insert(f.json.to_string(), v);
         }
     })?;
     Ok(out)
+}
+
+fn is_zero(v: &Value) -> bool {
+    match v {
+        Value::String(s) => s.is_empty(),
+        Value::Bool(b) => !b,
+        Value::Number(n) => n.as_f64() == Some(0.0),
+        _ => false,
+    }
 }
 
 /// A `RawExtension`'s, `FieldsV1`'s or `JSON`'s bytes (tag 1): the JSON document they hold.

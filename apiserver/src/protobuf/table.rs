@@ -53,6 +53,10 @@ pub struct Field {
     pub json: &'static str,
     pub ty: Ty,
     pub repeated: bool,
+    /// A zero value is left out: a Go non-pointer `omitempty` field, which Go's protobuf
+    /// writes even when zero and Go's JSON leaves out (a pointer field set to zero, such as
+    /// `replicas: 0`, is kept).
+    pub omit_zero: bool,
 }
 
 #[derive(Debug)]

@@ -268,8 +268,13 @@ fn go_types_with_their_own_json_form() {
                     ..Default::default()
                 }),
                 ports: vec![core::ContainerPort { container_port: Some(80), host_ip: Some(String::new()), ..Default::default() }],
+                // As Go writes them: non-pointer fields even when zero.
+                stdin: Some(false),
+                security_context: Some(core::SecurityContext { allow_privilege_escalation: Some(false), ..Default::default() }),
                 ..Default::default()
             }],
+            host_network: Some(false),
+            termination_grace_period_seconds: Some(0),
             volumes: vec![core::Volume {
                 name: Some("cfg".into()),
                 volume_source: Some(core::VolumeSource {
@@ -290,6 +295,9 @@ fn go_types_with_their_own_json_form() {
     assert_eq!(c["resources"], json!({"limits": {"cpu": "250m"}}));
     assert_eq!(c["livenessProbe"], json!({"httpGet": {"port": "http"}, "periodSeconds": 5}), "the inline ProbeHandler joins the probe");
     assert_eq!(c["ports"], json!([{"containerPort": 80}]), "an empty string field is left out, as Go's JSON omits it");
+    assert!(c.get("stdin").is_none() && v["spec"].get("hostNetwork").is_none(), "zero non-pointer omitempty fields are left out: {v}");
+    assert_eq!(v["spec"]["terminationGracePeriodSeconds"], 0, "a pointer set to zero is kept");
+    assert_eq!(c["securityContext"]["allowPrivilegeEscalation"], false, "a pointer set to false is kept");
     assert_eq!(v["spec"]["volumes"], json!([{"name": "cfg", "configMap": {"name": "cm"}}]), "inline structs two deep");
     assert_eq!(v["status"], json!({}));
 
