@@ -1168,7 +1168,13 @@ async fn snapshot_trigger(inner: Weak<Inner>) {
         let Some(log) = i.log.get() else { continue };
         let limit = i.cfg.snapshot_log_bytes;
         let bytes = log.live_bytes();
-        let building = i.raft().metrics().borrow_watched().last_applied.map(|l| l.index) <= i.raft().metrics().borrow_watched().snapshot.map(|l| l.index);
+        // One borrow of the metrics: a second read of the same lock in one statement
+        // deadlocks when openraft's writer queues between the two (seen in the suite).
+        let building = {
+            let m = i.raft().metrics();
+            let m = m.borrow_watched();
+            m.last_applied.map(|l| l.index) <= m.snapshot.map(|l| l.index)
+        };
         if bytes >= limit && !building {
             tracing::info!(bytes, limit, "the raft log is over its size: taking a snapshot");
             let _ = i.raft().trigger().snapshot().await;
