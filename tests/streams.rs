@@ -172,7 +172,7 @@ spec:
     image: busybox
     stdin: true
     tty: true
-    command: ["sh", "-c", "tty; test -t 0 && echo stdin-is-a-terminal; printf 'name? '; read x; echo got:$x; stty size"]
+    command: ["sh", "-c", "tty; test -t 0 && echo stdin-is-a-terminal; printf 'name? '; read x; echo got:$x; while [ \"$(stty size)\" = '0 0' ]; do sleep 0.1; done; stty size"]
 "#
         ),
     );
@@ -184,7 +184,9 @@ spec:
         t.contains("/dev/pts/") && t.contains("stdin-is-a-terminal")
     });
     // kubectl attach -it under a terminal (`script` gives it one, 33 rows): the prompt without
-    // a newline, the line typed, and the size kubectl sent.
+    // a newline, the line typed, and the size kubectl sent. kubectl sends its size and its
+    // input from separate goroutines, so the line may arrive first: the container waits for
+    // the size before printing it.
     let mut ch = Command::new("script")
         .args(["-qec", &format!("stty rows 33 cols 101; {KUBECTL} attach -it term"), "/dev/null"])
         .env("KUBECONFIG", &c.kubeconfig)
