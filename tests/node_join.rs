@@ -104,6 +104,33 @@ fn a_node_joins_with_a_bootstrap_token_through_an_approved_certificate_request()
     wait_until("bob's certificate issued", || c.ok(&["get", "csr", "bob"]).contains("Approved,Issued"));
     assert!(c.ok(&["get", "csr", "alice"]).contains("Denied"));
     assert!(!c.ok(&["get", "csr", "alice"]).contains("Issued"));
+    // A kubelet serving certificate (kubernetes.io/kubelet-serving, never approved by the
+    // controllers): once approved, signed for server auth with the names it asked for; one
+    // that also asks for client auth is Failed.
+    for (name, usages) in [("serving", "[digital signature, key encipherment, server auth]"), ("serving-bad", "[digital signature, server auth, client auth]")] {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut p = rcgen::CertificateParams::new(vec!["joined.example".to_string()]).unwrap();
+        p.distinguished_name.push(rcgen::DnType::CommonName, "system:node:joined");
+        p.distinguished_name.push(rcgen::DnType::OrganizationName, "system:nodes");
+        p.subject_alt_names.push(rcgen::SanType::IpAddress("127.0.0.1".parse().unwrap()));
+        let req = p.serialize_request(&key).unwrap().pem().unwrap();
+        use base64::Engine;
+        let manifest = other.path().join(format!("{name}.yaml"));
+        std::fs::write(&manifest, format!("apiVersion: certificates.k8s.io/v1\nkind: CertificateSigningRequest\nmetadata: {{name: {name}}}\nspec:\n  request: {}\n  signerName: kubernetes.io/kubelet-serving\n  usages: {usages}\n", base64::engine::general_purpose::STANDARD.encode(req))).unwrap();
+        c.ok(&["apply", "-f", path_str(&manifest)]);
+        c.ok(&["certificate", "approve", name]);
+    }
+    wait_until("the serving certificate issued", || c.ok(&["get", "csr", "serving"]).contains("Approved,Issued"));
+    wait_until("the request asking for client auth failed", || c.ok(&["get", "csr", "serving-bad"]).contains("Failed"));
+    let issued: serde_json::Value = serde_json::from_str(&c.ok(&["get", "csr", "serving", "-o", "json"])).unwrap();
+    use base64::Engine;
+    let pem = base64::engine::general_purpose::STANDARD.decode(issued["status"]["certificate"].as_str().unwrap()).unwrap();
+    let (_, p) = x509_parser::pem::parse_x509_pem(&pem).unwrap();
+    let cert = p.parse_x509().unwrap();
+    let eku = cert.extended_key_usage().unwrap().unwrap().value;
+    assert!(eku.server_auth && !eku.client_auth, "{eku:?}");
+    let names = format!("{:?}", cert.subject_alternative_name().unwrap().unwrap().value.general_names);
+    assert!(names.contains("joined.example") && names.contains("127, 0, 0, 1"), "{names}");
 }
 
 /// The node's certificate: (user, notBefore, notAfter, serial).

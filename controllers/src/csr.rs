@@ -8,7 +8,11 @@
 //!   auto-approved (capstan binds bootstrap tokens' kubeadm group, as kubeadm does);
 //! - signing: an approved request to the kubelet-client or kube-apiserver-client signer gets a
 //!   certificate of the cluster CA (when the controllers hold it), for client auth only,
-//!   valid for its `expirationSeconds` or a year (Kubernetes' `--cluster-signing-duration`).
+//!   valid for its `expirationSeconds` or a year (Kubernetes' `--cluster-signing-duration`);
+//!   an approved request to the `kubernetes.io/kubelet-serving` signer (never auto-approved,
+//!   as in Kubernetes) gets a serving certificate: CN `system:node:NAME`, O exactly
+//!   `system:nodes`, at least one DNS or IP name and no other kind, usages digital signature
+//!   and server auth (key encipherment allowed); a request that breaks a rule is Failed.
 //!   The certificate names exactly the subject that was checked, never more of the request.
 //!
 //! - cleaning (kube-controller-manager's csrcleaner): a request is deleted an hour after it
@@ -26,6 +30,7 @@ use serde_json::{Value, json};
 
 pub const KUBELET_CLIENT_SIGNER: &str = "kubernetes.io/kube-apiserver-client-kubelet";
 pub const CLIENT_SIGNER: &str = "kubernetes.io/kube-apiserver-client";
+pub const SERVING_SIGNER: &str = "kubernetes.io/kubelet-serving";
 const NODE_PREFIX: &str = "system:node:";
 const NODES_GROUP: &str = "system:nodes";
 const ALLOWED_USAGES: &[&str] = &["digital signature", "key encipherment", "client auth"];
@@ -54,6 +59,11 @@ pub struct Subject {
     pub common_names: Vec<String>,
     pub organizations: Vec<String>,
     pub has_alt_names: bool,
+    /// The DNS and IP subject alternative names asked for.
+    pub dns_names: Vec<String>,
+    pub ip_addresses: Vec<std::net::IpAddr>,
+    /// Whether it asks for another kind of name too (email, URI, ...).
+    pub other_names: bool,
 }
 
 /// The PEM of `spec.request` (base64 of PEM in the API).
@@ -70,8 +80,23 @@ pub fn subject_of(pem: &str) -> Result<Subject, String> {
     let strings = |it: &mut dyn Iterator<Item = &x509_parser::x509::AttributeTypeAndValue<'_>>| it.map(|a| a.as_str().map(str::to_string).map_err(|_| "a name that is not a string")).collect::<Result<Vec<_>, _>>();
     let common_names = strings(&mut info.subject.iter_common_name())?;
     let organizations = strings(&mut info.subject.iter_organization())?;
-    let has_alt_names = req.requested_extensions().into_iter().flatten().any(|e| matches!(e, x509_parser::extensions::ParsedExtension::SubjectAlternativeName(_)));
-    Ok(Subject { common_names, organizations, has_alt_names })
+    let (mut dns_names, mut ip_addresses, mut other_names, mut has_alt_names) = (Vec::new(), Vec::new(), false, false);
+    for e in req.requested_extensions().into_iter().flatten() {
+        if let x509_parser::extensions::ParsedExtension::SubjectAlternativeName(san) = e {
+            has_alt_names = true;
+            for n in &san.general_names {
+                match n {
+                    x509_parser::extensions::GeneralName::DNSName(d) => dns_names.push(d.to_string()),
+                    x509_parser::extensions::GeneralName::IPAddress(b) => match <[u8; 4]>::try_from(*b).map(std::net::IpAddr::from).or_else(|_| <[u8; 16]>::try_from(*b).map(std::net::IpAddr::from)) {
+                        Ok(ip) => ip_addresses.push(ip),
+                        Err(_) => other_names = true,
+                    },
+                    _ => other_names = true,
+                }
+            }
+        }
+    }
+    Ok(Subject { common_names, organizations, has_alt_names, dns_names, ip_addresses, other_names })
 }
 
 /// The node a kubelet client request is for, or why it is not one.
@@ -86,6 +111,29 @@ pub fn node_client(s: &Subject, usages: &[String]) -> Result<String, String> {
     }
     if usages.is_empty() || usages.iter().any(|u| !ALLOWED_USAGES.contains(&u.as_str())) || !usages.iter().any(|u| u == "client auth") {
         return Err(format!("usages {usages:?} are not a kubelet client's"));
+    }
+    Ok(node.to_string())
+}
+
+/// The node a kubelet serving request is for, or why it is not one (Kubernetes' rules for
+/// the `kubernetes.io/kubelet-serving` signer).
+pub fn kubelet_serving(s: &Subject, usages: &[String]) -> Result<String, String> {
+    let [cn] = s.common_names.as_slice() else { return Err("not exactly one common name".into()) };
+    let node = cn.strip_prefix(NODE_PREFIX).filter(|n| !n.is_empty()).ok_or("the common name is not system:node:NAME")?;
+    if s.organizations != [NODES_GROUP] {
+        return Err(format!("the organizations are {:?}, not exactly [{NODES_GROUP}]", s.organizations));
+    }
+    if s.other_names {
+        return Err("a kubelet serving certificate names only DNS names and IP addresses (no email or URI)".into());
+    }
+    if s.dns_names.is_empty() && s.ip_addresses.is_empty() {
+        return Err("a kubelet serving certificate needs at least one DNS name or IP address".into());
+    }
+    let mut asked: Vec<&str> = usages.iter().map(String::as_str).collect();
+    asked.sort_unstable();
+    asked.dedup();
+    if asked != ["digital signature", "server auth"] && asked != ["digital signature", "key encipherment", "server auth"] {
+        return Err(format!("usages {usages:?} are not a kubelet server's (digital signature and server auth, key encipherment allowed)"));
     }
     Ok(node.to_string())
 }
@@ -113,7 +161,7 @@ pub fn decision(csr: &Value, can_sign: bool) -> Decision {
     }
     if has_condition(csr, "Approved") {
         let issued = csr["status"]["certificate"].as_str().is_some_and(|c| !c.is_empty());
-        return if !issued && can_sign && (signer == KUBELET_CLIENT_SIGNER || signer == CLIENT_SIGNER) { Decision::Sign } else { Decision::Nothing };
+        return if !issued && can_sign && [KUBELET_CLIENT_SIGNER, CLIENT_SIGNER, SERVING_SIGNER].contains(&signer) { Decision::Sign } else { Decision::Nothing };
     }
     if signer != KUBELET_CLIENT_SIGNER {
         return Decision::Nothing;
@@ -231,11 +279,15 @@ fn sign(s: &Signer, csr: &Value) -> Result<String, String> {
     let subject = subject_of(&pem)?;
     let signer = csr["spec"]["signerName"].as_str().unwrap_or("");
     let usages: Vec<String> = csr["spec"]["usages"].as_array().into_iter().flatten().filter_map(|u| u.as_str().map(str::to_string)).collect();
+    let serving = signer == SERVING_SIGNER;
     if signer == KUBELET_CLIENT_SIGNER {
         node_client(&subject, &usages)?;
     }
+    if serving {
+        kubelet_serving(&subject, &usages)?;
+    }
     let [cn] = subject.common_names.as_slice() else { return Err("not exactly one common name".into()) };
-    if subject.has_alt_names {
+    if subject.has_alt_names && !serving {
         return Err("a client certificate names no hosts".into());
     }
     let mut req = rcgen::CertificateSigningRequestParams::from_pem(&pem).map_err(|e| format!("the request: {e}"))?;
@@ -247,8 +299,20 @@ fn sign(s: &Signer, csr: &Value) -> Result<String, String> {
     if let [o] = subject.organizations.as_slice() {
         p.distinguished_name.push(rcgen::DnType::OrganizationName, o.as_str());
     }
-    p.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
-    p.key_usages = vec![rcgen::KeyUsagePurpose::DigitalSignature, rcgen::KeyUsagePurpose::KeyEncipherment];
+    if serving {
+        p.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
+        p.key_usages = vec![rcgen::KeyUsagePurpose::DigitalSignature];
+        if usages.iter().any(|u| u == "key encipherment") {
+            p.key_usages.push(rcgen::KeyUsagePurpose::KeyEncipherment);
+        }
+        for d in &subject.dns_names {
+            p.subject_alt_names.push(rcgen::SanType::DnsName(d.clone().try_into().map_err(|e| format!("DNS name {d:?}: {e}"))?));
+        }
+        p.subject_alt_names.extend(subject.ip_addresses.iter().map(|ip| rcgen::SanType::IpAddress(*ip)));
+    } else {
+        p.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+        p.key_usages = vec![rcgen::KeyUsagePurpose::DigitalSignature, rcgen::KeyUsagePurpose::KeyEncipherment];
+    }
     let most = (s.duration.as_secs() as i64).max(1);
     let seconds = csr["spec"]["expirationSeconds"].as_i64().map_or(most, |e| e.clamp(600, DEFAULT_SECONDS).min(most));
     let now = time::OffsetDateTime::now_utc();
@@ -305,6 +369,69 @@ mod tests {
         let mut denied = csr(&good, KUBELET_CLIENT_SIGNER, "u", KUBELET);
         denied["status"] = json!({"conditions": [{"type": "Denied", "status": "True"}]});
         assert_eq!(decision(&denied, true), Decision::Nothing);
+    }
+
+    /// A kubelet serving request with these names (`dns`, IPs, and an email if `email`).
+    fn serving_request(cn: &str, orgs: &[&str], dns: &[&str], ips: &[&str], email: bool) -> String {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.distinguished_name.push(rcgen::DnType::CommonName, cn);
+        for o in orgs {
+            p.distinguished_name.push(rcgen::DnType::OrganizationName, *o);
+        }
+        p.subject_alt_names = dns.iter().map(|d| rcgen::SanType::DnsName(d.to_string().try_into().unwrap())).collect();
+        p.subject_alt_names.extend(ips.iter().map(|i| rcgen::SanType::IpAddress(i.parse().unwrap())));
+        if email {
+            p.subject_alt_names.push(rcgen::SanType::Rfc822Name("a@b.example".to_string().try_into().unwrap()));
+        }
+        p.serialize_request(&key).unwrap().pem().unwrap()
+    }
+
+    #[test]
+    fn kubelet_serving_requests_are_signed_for_server_auth_with_their_names_or_failed() {
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let mut cp = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        cp.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ca = cp.self_signed(&ca_key).unwrap();
+        let s = Signer::new(ca.pem(), ca_key.serialize_pem());
+        const SERVING: &[&str] = &["digital signature", "key encipherment", "server auth"];
+        let good = serving_request("system:node:n1", &["system:nodes"], &["n1.example"], &["10.0.0.5"], false);
+        // Never approved automatically; signed once an administrator approved it.
+        let mut c = csr(&good, SERVING_SIGNER, "system:node:n1", SERVING);
+        assert_eq!(decision(&c, true), Decision::Nothing);
+        c["status"] = json!({"conditions": [{"type": "Approved", "status": "True"}]});
+        assert_eq!(decision(&c, true), Decision::Sign);
+        let pem = sign(&s, &c).unwrap();
+        let (_, p) = x509_parser::pem::parse_x509_pem(pem.as_bytes()).unwrap();
+        let cert = p.parse_x509().unwrap();
+        let eku = cert.extended_key_usage().unwrap().unwrap().value;
+        assert!(eku.server_auth && !eku.client_auth);
+        let names: Vec<String> = cert.subject_alternative_name().unwrap().unwrap().value.general_names.iter().map(|n| format!("{n:?}")).collect();
+        assert_eq!(names.len(), 2, "{names:?}");
+        assert!(names[0].contains("n1.example") && names[1].contains("10, 0, 0, 5"), "{names:?}");
+        assert_eq!(apiserver_like_user(&p.contents), "system:node:n1");
+        for (pem, usages, why) in [
+            (serving_request("system:node:n1", &["system:nodes"], &[], &[], false), SERVING, "no names"),
+            (serving_request("system:node:n1", &["system:nodes"], &["n1.example"], &[], true), SERVING, "an email name"),
+            (serving_request("system:node:n1", &["system:masters"], &["n1.example"], &[], false), SERVING, "another group"),
+            (serving_request("admin", &["system:nodes"], &["n1.example"], &[], false), SERVING, "not a node"),
+            (good.clone(), &["digital signature", "server auth", "client auth"][..], "client usage"),
+            (good.clone(), &["server auth"][..], "no digital signature"),
+        ] {
+            let mut bad = csr(&pem, SERVING_SIGNER, "system:node:n1", usages);
+            bad["status"] = json!({"conditions": [{"type": "Approved", "status": "True"}]});
+            assert!(sign(&s, &bad).is_err(), "{why}");
+        }
+        // Key encipherment is optional.
+        let mut lean = csr(&good, SERVING_SIGNER, "system:node:n1", &["digital signature", "server auth"]);
+        lean["status"] = json!({"conditions": [{"type": "Approved", "status": "True"}]});
+        assert!(sign(&s, &lean).is_ok());
+    }
+
+    /// The certificate's CN, as the API server would take it for the user.
+    fn apiserver_like_user(der: &[u8]) -> String {
+        let (_, cert) = x509_parser::parse_x509_certificate(der).unwrap();
+        cert.subject().iter_common_name().next().unwrap().as_str().unwrap().to_string()
     }
 
     #[test]
