@@ -858,6 +858,20 @@ fn pod_security_admission_enforces_and_warns_by_namespace_labels() {
     let anywhere = c.write("priv2.yaml", "apiVersion: v1\nkind: Pod\nmetadata: {name: root, namespace: default}\nspec:\n  hostNetwork: true\n  containers:\n  - name: c\n    image: x\n    securityContext: {privileged: true}\n");
     c.ok(&["apply", "-f", path_str(&anywhere)]);
     assert!(c.fails(&["label", "namespace", "default", "pod-security.kubernetes.io/enforce=strict"]).contains("must be one of privileged, baseline, restricted"));
+    // A version label pins the checks: restricted as of 1.22 does not yet forbid runAsUser 0
+    // (1.23 added that check); the latest does.
+    c.ok(&["create", "namespace", "pinned"]);
+    c.ok(&["label", "namespace", "pinned", "pod-security.kubernetes.io/enforce=restricted", "pod-security.kubernetes.io/enforce-version=v1.22"]);
+    let root = |name: &str| {
+        c.write(&format!("{name}.yaml"), &format!("apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: pinned}}\nspec:\n  securityContext: {{runAsNonRoot: true, runAsUser: 0, seccompProfile: {{type: RuntimeDefault}}}}\n  containers:\n  - name: c\n    image: x\n    securityContext: {{allowPrivilegeEscalation: false, capabilities: {{drop: [ALL]}}}}\n"))
+    };
+    c.ok(&["apply", "-f", path_str(&root("old-rules"))]);
+    c.ok(&["label", "namespace", "pinned", "--overwrite", "pod-security.kubernetes.io/enforce-version=latest"]);
+    let err = c.fails(&["apply", "-f", path_str(&root("new-rules"))]);
+    assert!(err.contains("violates PodSecurity \"restricted:latest\": runAsUser=0 (pod must not set runAsUser=0)"), "{err}");
+    c.ok(&["label", "namespace", "pinned", "--overwrite", "pod-security.kubernetes.io/enforce-version=v1.23"]);
+    let err = c.fails(&["apply", "-f", path_str(&root("new-rules"))]);
+    assert!(err.contains("violates PodSecurity \"restricted:v1.23\": runAsUser=0"), "{err}");
 }
 
 /// A TLS connection to `c` presenting `who`'s certificate, reads bounded by WAIT.

@@ -3,9 +3,11 @@
 //! `restricted`); a pod created there that violates the `enforce` level is refused (403, with
 //! every violation named), one that violates the `warn` level is created with a `Warning`
 //! header, and a workload whose pod template violates `enforce` or `warn` gets the warning
-//! (pods are enforced, templates are not). The checks are Kubernetes' Pod Security Standards
-//! ("latest"), worded as its admission words them. The `audit` label is accepted; its
-//! annotations on audit events are not written yet.
+//! (pods are enforced, templates are not). The checks are Kubernetes' Pod Security Standards,
+//! worded as its admission words them, at the version a namespace's `*-version` label pins
+//! (`v1.X`; unset, `latest` or newer than this server: the latest): a check is applied from
+//! the Kubernetes version that introduced it, and the sysctls allowed grew in 1.27 and 1.29.
+//! The `audit` label is accepted; its annotations on audit events are not written yet.
 
 use serde_json::Value;
 
@@ -38,6 +40,40 @@ impl Level {
 
 pub const LABEL_PREFIX: &str = "pod-security.kubernetes.io/";
 
+/// The Kubernetes minor version this server's checks are (a newer label means these).
+const LATEST_MINOR: u32 = 33;
+
+/// The version of the Pod Security Standards a check is made at: `v1.MINOR`, or the latest.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Version(Option<u32>);
+
+impl Version {
+    pub const LATEST: Version = Version(None);
+
+    /// From a `*-version` label's value (an invalid one, refused when the namespace is
+    /// written, counts as the latest).
+    pub fn parse(label: Option<&str>) -> Version {
+        match label.and_then(|v| v.strip_prefix("v1.")).and_then(|m| m.parse::<u32>().ok()) {
+            Some(m) if m < LATEST_MINOR => Version(Some(m)),
+            _ => Version::LATEST,
+        }
+    }
+
+    /// Whether a check Kubernetes introduced in 1.`minor` applies at this version.
+    fn since(self, minor: u32) -> bool {
+        self.0.is_none_or(|m| m >= minor)
+    }
+
+    fn as_string(self) -> String {
+        self.0.map_or("latest".into(), |m| format!("v1.{m}"))
+    }
+}
+
+/// The version a namespace's labels pin for `mode`.
+pub fn version_of(ns_labels: &Value, mode: &str) -> Version {
+    Version::parse(ns_labels[format!("{LABEL_PREFIX}{mode}-version")].as_str())
+}
+
 /// The level a namespace's labels give for `mode` (`enforce`, `warn`, `audit`): privileged
 /// when unset (Kubernetes' default).
 pub fn level_of(ns_labels: &Value, mode: &str) -> Level {
@@ -67,7 +103,19 @@ fn is_version(v: &str) -> bool {
 }
 
 const BASELINE_CAPS: &[&str] = &["AUDIT_WRITE", "CHOWN", "DAC_OVERRIDE", "FOWNER", "FSETID", "KILL", "MKNOD", "NET_BIND_SERVICE", "SETFCAP", "SETGID", "SETPCAP", "SETUID", "SYS_CHROOT"];
-const SAFE_SYSCTLS: &[&str] = &["kernel.shm_rmid_forced", "net.ipv4.ip_local_port_range", "net.ipv4.ip_unprivileged_port_start", "net.ipv4.tcp_syncookies", "net.ipv4.ping_group_range", "net.ipv4.ip_local_reserved_ports", "net.ipv4.tcp_keepalive_time", "net.ipv4.tcp_fin_timeout", "net.ipv4.tcp_keepalive_intvl", "net.ipv4.tcp_keepalive_probes"];
+/// The sysctls baseline allows, each with the minor version that allowed it.
+const SAFE_SYSCTLS: &[(&str, u32)] = &[
+    ("kernel.shm_rmid_forced", 0),
+    ("net.ipv4.ip_local_port_range", 0),
+    ("net.ipv4.ip_unprivileged_port_start", 0),
+    ("net.ipv4.tcp_syncookies", 0),
+    ("net.ipv4.ping_group_range", 0),
+    ("net.ipv4.ip_local_reserved_ports", 27),
+    ("net.ipv4.tcp_keepalive_time", 29),
+    ("net.ipv4.tcp_fin_timeout", 29),
+    ("net.ipv4.tcp_keepalive_intvl", 29),
+    ("net.ipv4.tcp_keepalive_probes", 29),
+];
 const RESTRICTED_VOLUMES: &[&str] = &["configMap", "csi", "downwardAPI", "emptyDir", "ephemeral", "persistentVolumeClaim", "projected", "secret"];
 
 fn quoted(list: &[String]) -> String {
@@ -83,8 +131,9 @@ fn containers(spec: &Value) -> Vec<&Value> {
     ["initContainers", "containers", "ephemeralContainers"].iter().flat_map(|k| spec[*k].as_array().into_iter().flatten()).collect()
 }
 
-/// The violations of `level` by a pod spec, worded as Kubernetes' admission words them.
-pub fn violations(level: Level, spec: &Value) -> Vec<String> {
+/// The violations of `level` at `version` by a pod spec, worded as Kubernetes' admission
+/// words them.
+pub fn violations(level: Level, version: Version, spec: &Value) -> Vec<String> {
     let mut out = Vec::new();
     if level == Level::Privileged {
         return out;
@@ -131,11 +180,12 @@ pub fn violations(level: Level, spec: &Value) -> Vec<String> {
     }
     let unconfined_pod = psc["seccompProfile"]["type"].as_str() == Some("Unconfined");
     let unconfined: Vec<String> = cs.iter().filter(|c| c["securityContext"]["seccompProfile"]["type"].as_str() == Some("Unconfined")).map(|c| name(c)).collect();
-    if unconfined_pod || !unconfined.is_empty() {
+    if version.since(19) && (unconfined_pod || !unconfined.is_empty()) {
         let who = if unconfined_pod { "pod".to_string() } else { format!("{} {}", plural(unconfined.len(), "container", "containers"), quoted(&unconfined)) };
         out.push(format!("seccompProfile ({who} must not set securityContext.seccompProfile.type to \"Unconfined\")"));
     }
-    let sysctls: Vec<String> = psc["sysctls"].as_array().into_iter().flatten().filter_map(|s| s["name"].as_str()).filter(|n| !SAFE_SYSCTLS.contains(n)).map(str::to_string).collect();
+    let safe = |n: &str| SAFE_SYSCTLS.iter().any(|(s, since)| *s == n && version.since(*since));
+    let sysctls: Vec<String> = psc["sysctls"].as_array().into_iter().flatten().filter_map(|s| s["name"].as_str()).filter(|n| !safe(n)).map(str::to_string).collect();
     if !sysctls.is_empty() {
         out.push(format!("forbidden sysctls ({})", sysctls.join(", ")));
     }
@@ -155,7 +205,7 @@ pub fn violations(level: Level, spec: &Value) -> Vec<String> {
         out.push(format!("restricted volume types ({})", vols.join("; ")));
     }
     let escalation: Vec<String> = cs.iter().filter(|c| c["securityContext"]["allowPrivilegeEscalation"].as_bool() != Some(false)).map(|c| name(c)).collect();
-    if !escalation.is_empty() {
+    if version.since(8) && !escalation.is_empty() {
         out.push(format!("allowPrivilegeEscalation != false ({} {} must set securityContext.allowPrivilegeEscalation=false)", plural(escalation.len(), "container", "containers"), quoted(&escalation)));
     }
     let mut unrestricted = Vec::new();
@@ -170,7 +220,7 @@ pub fn violations(level: Level, spec: &Value) -> Vec<String> {
             unrestricted.push(format!("container {:?} must not include {} in securityContext.capabilities.add", name(c), quoted(&added)));
         }
     }
-    if !unrestricted.is_empty() {
+    if version.since(22) && !unrestricted.is_empty() {
         out.push(format!("unrestricted capabilities ({})", unrestricted.join("; ")));
     }
     let pod_non_root = psc["runAsNonRoot"].as_bool() == Some(true);
@@ -182,24 +232,24 @@ pub fn violations(level: Level, spec: &Value) -> Vec<String> {
     }
     let uid0_pod = psc["runAsUser"].as_i64() == Some(0);
     let uid0: Vec<String> = cs.iter().filter(|c| c["securityContext"]["runAsUser"].as_i64() == Some(0)).map(|c| name(c)).collect();
-    if uid0_pod || !uid0.is_empty() {
+    if version.since(23) && (uid0_pod || !uid0.is_empty()) {
         let who = if uid0_pod { "pod".to_string() } else { format!("{} {}", plural(uid0.len(), "container", "containers"), quoted(&uid0)) };
         out.push(format!("runAsUser=0 ({who} must not set runAsUser=0)"));
     }
     let ok_profile = |v: &Value| matches!(v["seccompProfile"]["type"].as_str(), Some("RuntimeDefault" | "Localhost"));
     let pod_profile = ok_profile(psc);
     let no_profile: Vec<String> = cs.iter().filter(|c| if c["securityContext"]["seccompProfile"]["type"].is_string() { !ok_profile(&c["securityContext"]) } else { !pod_profile }).map(|c| name(c)).collect();
-    if !no_profile.is_empty() {
+    if version.since(19) && !no_profile.is_empty() {
         let who = if !pod_profile && no_profile.len() == cs.len() { format!("pod or {} {}", plural(no_profile.len(), "container", "containers"), quoted(&no_profile)) } else { format!("{} {}", plural(no_profile.len(), "container", "containers"), quoted(&no_profile)) };
         out.push(format!("seccompProfile ({who} must set securityContext.seccompProfile.type to \"RuntimeDefault\" or \"Localhost\")"));
     }
     out
 }
 
-/// `PodSecurity "LEVEL:latest": ...` for `found` (after "violates" or "would violate"), or
+/// `PodSecurity "LEVEL:VERSION": ...` for `found` (after "violates" or "would violate"), or
 /// `None` if there are none.
-pub fn describe(level: Level, found: &[String]) -> Option<String> {
-    (!found.is_empty()).then(|| format!("PodSecurity \"{}:latest\": {}", level.as_str(), found.join(", ")))
+pub fn describe(level: Level, version: Version, found: &[String]) -> Option<String> {
+    (!found.is_empty()).then(|| format!("PodSecurity \"{}:{}\": {}", level.as_str(), version.as_string(), found.join(", ")))
 }
 
 #[cfg(test)]
@@ -210,10 +260,10 @@ mod tests {
     #[test]
     fn a_plain_pod_is_baseline_but_not_restricted() {
         let spec = json!({"containers": [{"name": "c", "image": "x"}]});
-        assert!(violations(Level::Baseline, &spec).is_empty());
-        let r = violations(Level::Restricted, &spec);
+        assert!(violations(Level::Baseline, Version::LATEST, &spec).is_empty());
+        let r = violations(Level::Restricted, Version::LATEST, &spec);
         assert_eq!(
-            describe(Level::Restricted, &r).unwrap(),
+            describe(Level::Restricted, Version::LATEST, &r).unwrap(),
             "PodSecurity \"restricted:latest\": allowPrivilegeEscalation != false (container \"c\" must set securityContext.allowPrivilegeEscalation=false), unrestricted capabilities (container \"c\" must set securityContext.capabilities.drop=[\"ALL\"]), runAsNonRoot != true (pod or container \"c\" must set securityContext.runAsNonRoot=true), seccompProfile (pod or container \"c\" must set securityContext.seccompProfile.type to \"RuntimeDefault\" or \"Localhost\")"
         );
     }
@@ -224,7 +274,7 @@ mod tests {
             "containers": [{"name": "c", "image": "x", "securityContext": {"allowPrivilegeEscalation": false, "capabilities": {"drop": ["ALL"], "add": ["NET_BIND_SERVICE"]}}}],
             "volumes": [{"name": "v", "configMap": {"name": "cm"}}]});
         for l in [Level::Privileged, Level::Baseline, Level::Restricted] {
-            assert!(violations(l, &spec).is_empty(), "{l:?}: {:?}", violations(l, &spec));
+            assert!(violations(l, Version::LATEST, &spec).is_empty(), "{l:?}: {:?}", violations(l, Version::LATEST, &spec));
         }
     }
 
@@ -233,7 +283,7 @@ mod tests {
         let spec = json!({"hostNetwork": true, "hostPID": true,
             "containers": [{"name": "c", "securityContext": {"privileged": true, "capabilities": {"add": ["NET_ADMIN", "CHOWN"]}}, "ports": [{"containerPort": 80, "hostPort": 8080}]}],
             "volumes": [{"name": "root", "hostPath": {"path": "/"}}]});
-        let v = violations(Level::Baseline, &spec);
+        let v = violations(Level::Baseline, Version::LATEST, &spec);
         assert_eq!(v, vec![
             "host namespaces (hostNetwork=true, hostPID=true)",
             "privileged (container \"c\" must not set securityContext.privileged=true)",
@@ -242,7 +292,26 @@ mod tests {
             "hostPort (container \"c\" uses hostPort 8080)",
         ]);
         // Privileged allows all of it.
-        assert!(violations(Level::Privileged, &spec).is_empty());
+        assert!(violations(Level::Privileged, Version::LATEST, &spec).is_empty());
+    }
+
+    #[test]
+    fn a_version_label_applies_the_checks_of_that_version() {
+        // A plain pod running as root, with a sysctl 1.27 allowed.
+        let spec = json!({"securityContext": {"runAsNonRoot": true, "runAsUser": 0, "sysctls": [{"name": "net.ipv4.ip_local_reserved_ports", "value": "1"}]},
+            "containers": [{"name": "c", "image": "x"}]});
+        let names = |level, v: &str| violations(level, Version::parse(Some(v)), &spec).iter().map(|x| x.split(' ').next().unwrap().to_string()).collect::<Vec<_>>();
+        assert_eq!(names(Level::Restricted, "latest"), ["allowPrivilegeEscalation", "unrestricted", "runAsUser=0", "seccompProfile"]);
+        assert_eq!(names(Level::Restricted, "v1.23"), ["forbidden", "allowPrivilegeEscalation", "unrestricted", "runAsUser=0", "seccompProfile"], "the sysctl only from 1.27");
+        assert_eq!(names(Level::Restricted, "v1.22"), ["forbidden", "allowPrivilegeEscalation", "unrestricted", "seccompProfile"], "runAsUser=0 from 1.23");
+        assert_eq!(names(Level::Restricted, "v1.21"), ["forbidden", "allowPrivilegeEscalation", "seccompProfile"], "capabilities from 1.22");
+        assert_eq!(names(Level::Restricted, "v1.18"), ["forbidden", "allowPrivilegeEscalation"], "seccomp from 1.19");
+        assert_eq!(names(Level::Restricted, "v1.7"), ["forbidden"], "privilege escalation from 1.8");
+        assert_eq!(names(Level::Baseline, "v1.99"), Vec::<String>::new(), "newer than this server: the latest");
+        let v = Version::parse(Some("v1.22"));
+        assert_eq!(describe(Level::Restricted, v, &violations(Level::Restricted, v, &spec)).unwrap().split(':').take(2).collect::<Vec<_>>().join(":"), "PodSecurity \"restricted:v1.22\"");
+        let labels = json!({"pod-security.kubernetes.io/enforce-version": "v1.20"});
+        assert_eq!((version_of(&labels, "enforce"), version_of(&labels, "warn")), (Version(Some(20)), Version::LATEST));
     }
 
     #[test]

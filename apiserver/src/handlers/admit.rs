@@ -44,7 +44,7 @@ impl Req<'_> {
     /// violating the namespace's `enforce` level is refused; what violates `warn` (and, for a
     /// workload's pod template, `enforce`) is a warning.
     pub(super) fn pod_security(&self, obj: &Value, ns_json: Option<&Bytes>) -> Result<(), ApiError> {
-        use crate::pod_security::{Level, describe, level_of, violations};
+        use crate::pod_security::{Level, describe, level_of, version_of, violations};
         let spec = match (self.info.group, self.info.kind) {
             ("", "Pod") => &obj["spec"],
             ("apps", "Deployment" | "ReplicaSet" | "StatefulSet" | "DaemonSet") | ("batch", "Job") | ("", "ReplicationController") => &obj["spec"]["template"]["spec"],
@@ -55,9 +55,10 @@ impl Req<'_> {
         let Some(json) = ns_json.filter(|j| j.windows(crate::pod_security::LABEL_PREFIX.len()).any(|w| w == crate::pod_security::LABEL_PREFIX.as_bytes())) else { return Ok(()) };
         let ns: Value = serde_json::from_slice(json).map_err(|e| ApiError::internal(e.to_string()))?;
         let labels = &ns["metadata"]["labels"];
-        let (enforce, warn) = (level_of(labels, "enforce"), level_of(labels, "warn"));
+        let enforce = (level_of(labels, "enforce"), version_of(labels, "enforce"));
+        let warn = (level_of(labels, "warn"), version_of(labels, "warn"));
         let is_pod = self.info.kind == "Pod";
-        if is_pod && let Some(msg) = describe(enforce, &violations(enforce, spec)) {
+        if is_pod && let Some(msg) = describe(enforce.0, enforce.1, &violations(enforce.0, enforce.1, spec)) {
             let name = obj["metadata"]["name"].as_str().unwrap_or("");
             return Err(ApiError::forbidden(format!("pods {name:?} is forbidden: violates {msg}")));
         }
@@ -65,8 +66,8 @@ impl Req<'_> {
         if !is_pod && enforce != warn {
             levels.push(enforce);
         }
-        for level in levels.into_iter().filter(|l| *l != Level::Privileged) {
-            if let Some(msg) = describe(level, &violations(level, spec)) {
+        for (level, version) in levels.into_iter().filter(|(l, _)| *l != Level::Privileged) {
+            if let Some(msg) = describe(level, version, &violations(level, version, spec)) {
                 self.warnings.lock().unwrap().push(format!("would violate {msg}"));
             }
         }
