@@ -31,6 +31,11 @@ impl Req<'_> {
         self.dynamic_validation(op, Some(obj), old).await
     }
 
+    /// The name of what is admitted: the request's, or the object's (a create).
+    fn object_name<'a>(&'a self, obj: Option<&'a Value>, old: Option<&'a Value>) -> &'a str {
+        self.name.as_deref().or_else(|| obj.or(old).and_then(|o| meta_str(o, "name"))).unwrap_or("")
+    }
+
     fn attributes(&self, operation: Operation) -> Attributes<'_> {
         Attributes {
             operation,
@@ -160,7 +165,7 @@ impl Req<'_> {
     /// failurePolicy is Ignore.
     async fn call_webhook(&self, h: &Hook, op: Operation, obj: Option<&Value>, old: Option<&Value>) -> Result<Option<review::Verdict>, ApiError> {
         if !h.match_conditions.is_empty() {
-            let name = self.name.as_deref().or_else(|| obj.or(old).and_then(|o| meta_str(o, "name"))).unwrap_or("");
+            let name = self.object_name(obj, old);
             let r = policy::Request { attrs: self.attributes(op), kind: self.admission_kind().2, name, namespace: self.namespace.as_deref(), user: self.user.as_deref(), dry_run: self.dry_run(), object: obj, old };
             // Kubernetes: a false condition skips the webhook; an evaluation error fails the
             // request (403) under failurePolicy Fail and skips the webhook under Ignore.
@@ -178,7 +183,7 @@ impl Req<'_> {
             return Err(ApiError::bad_request(format!("admission webhook {:?} does not support dry run", h.name)));
         }
         let uid = object::new_uid();
-        let name = self.name.as_deref().or_else(|| obj.or(old).and_then(|o| meta_str(o, "name"))).unwrap_or("");
+        let name = self.object_name(obj, old);
         let req = review::Request { uid: &uid, attrs: self.attributes(op), kind: self.admission_kind(), name, namespace: self.namespace.as_deref(), user: self.user.as_deref(), dry_run: self.dry_run() };
         let body = review::encode(&req, obj, old);
         let answer = match self.st.post_to_webhook(h, body).await {
@@ -203,7 +208,7 @@ impl Req<'_> {
         if bindings.is_empty() || crate::webhook::rules::exempt(self.info.group, self.info.resource) {
             return Ok(());
         }
-        let name = self.name.as_deref().or_else(|| obj.or(old).and_then(|o| meta_str(o, "name"))).unwrap_or("");
+        let name = self.object_name(obj, old);
         let r = policy::Request { attrs: self.attributes(op), kind: self.admission_kind().2, name, namespace: self.namespace.as_deref(), user: self.user.as_deref(), dry_run: self.dry_run(), object: obj, old };
         let is_namespace = self.info.kind == "Namespace" && self.info.group.is_empty();
         let ns_obj = match self.namespace.as_deref() {
