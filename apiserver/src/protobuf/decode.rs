@@ -82,8 +82,22 @@ fn short(name: &str) -> &str {
     name.rsplit('.').next().unwrap_or(name)
 }
 
+/// Why a scalar could not be read.
+enum ScalarError {
+    /// The field's type cannot come with this wire type.
+    WireType,
+    /// The bytes are bad (truncated, not UTF-8, a number JSON cannot hold).
+    Bad(String),
+}
+
+impl From<String> for ScalarError {
+    fn from(e: String) -> ScalarError {
+        ScalarError::Bad(e)
+    }
+}
+
 /// One value of a scalar field (one element, for a repeated one).
-fn scalar(ty: Ty, w: &mut Wire, wire_type: u8) -> Result<Value, String> {
+fn scalar(ty: Ty, w: &mut Wire, wire_type: u8) -> Result<Value, ScalarError> {
     Ok(match (ty, wire_type) {
         (Ty::Str, LEN) => Value::String(String::from_utf8(w.len_delimited()?.to_vec()).map_err(|_| "a string that is not UTF-8".to_string())?),
         (Ty::Bytes, LEN) => Value::String(base64::engine::general_purpose::STANDARD.encode(w.len_delimited()?)),
@@ -94,7 +108,7 @@ fn scalar(ty: Ty, w: &mut Wire, wire_type: u8) -> Result<Value, String> {
             let x = f64::from_le_bytes(w.take(8)?.try_into().expect("8 bytes"));
             Value::Number(Number::from_f64(x).ok_or_else(|| format!("a number JSON cannot hold ({x})"))?)
         }
-        _ => return Err(String::new()),
+        _ => return Err(ScalarError::WireType),
     })
 }
 
@@ -129,13 +143,27 @@ fn walk(b: &[u8], m: &'static Message, depth: usize, mut each: impl FnMut(&'stat
                 let mut p = Wire { b: w.len_delimited()? };
                 let elem = if ty == Ty::F64 { FIXED64 } else { VARINT };
                 while !p.b.is_empty() {
-                    each(f, scalar(ty, &mut p, elem).map_err(|e| if e.is_empty() { wrong(m, f, wt) } else { within(m, f, e) })?);
+                    each(f, scalar(ty, &mut p, elem).map_err(|e| scalar_error(m, f, wt, e))?);
                 }
             }
-            ty => each(f, scalar(ty, &mut w, wt).map_err(|e| if e.is_empty() { wrong(m, f, wt) } else { within(m, f, e) })?),
+            ty => each(f, scalar(ty, &mut w, wt).map_err(|e| scalar_error(m, f, wt, e))?),
         }
     }
     Ok(())
+}
+
+fn scalar_error(m: &Message, f: &Field, wire_type: u8, e: ScalarError) -> String {
+    match e {
+        ScalarError::WireType => wrong(m, f, wire_type),
+        ScalarError::Bad(e) => within(m, f, e),
+    }
+}
+
+fn map_value_error(e: ScalarError) -> String {
+    match e {
+        ScalarError::WireType => "a map value of the wrong wire type".into(),
+        ScalarError::Bad(e) => e,
+    }
 }
 
 fn within(m: &Message, f: &Field, e: String) -> String {
@@ -151,8 +179,8 @@ fn entry(b: &[u8], ty: Ty, depth: usize) -> Result<(String, Value), String> {
             (1, LEN) => key = String::from_utf8(w.len_delimited()?.to_vec()).map_err(|_| "a map key that is not UTF-8".to_string())?,
             (2, LEN) => {
                 value = Some(match ty {
-                    Ty::MapStr => scalar(Ty::Str, &mut w, wt)?,
-                    Ty::MapBytes => scalar(Ty::Bytes, &mut w, wt)?,
+                    Ty::MapStr => scalar(Ty::Str, &mut w, wt).map_err(map_value_error)?,
+                    Ty::MapBytes => scalar(Ty::Bytes, &mut w, wt).map_err(map_value_error)?,
                     Ty::MapMsg(i) => decode(w.len_delimited()?, message(i), depth + 1)?,
                     _ => unreachable!("entry of a map type"),
                 })

@@ -387,6 +387,8 @@ fn malformed_messages_are_refused_with_where() {
     assert!(bad(vec![0x0a, 0x03, 0x0a, 0x01, 0xff]).contains("in ObjectMeta.name: a string that is not UTF-8"), "{}", bad(vec![0x0a, 0x03, 0x0a, 0x01, 0xff]));
     // a truncated varint
     assert!(bad(vec![0x80]).contains("varint"));
+    // metadata.name (a string) as a varint
+    assert!(bad(vec![0x0a, 0x02, 0x08, 0x01]).contains("ObjectMeta.name (field 1) has wire type 0"), "{}", bad(vec![0x0a, 0x02, 0x08, 0x01]));
     // unknown fields are skipped
     let v = to_json(&envelope("v1", "Pod", vec![0xf8, 0x07, 0x01])).unwrap();
     assert_eq!(v, json!({"apiVersion": "v1", "kind": "Pod"}));
