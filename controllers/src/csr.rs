@@ -99,13 +99,20 @@ pub fn subject_of(pem: &str) -> Result<Subject, String> {
     Ok(Subject { common_names, organizations, has_alt_names, dns_names, ip_addresses, other_names })
 }
 
-/// The node a kubelet client request is for, or why it is not one.
-pub fn node_client(s: &Subject, usages: &[String]) -> Result<String, String> {
+/// The node a kubelet's certificate request names: CN `system:node:NAME`, O exactly
+/// `system:nodes` (the subject both kubelet signers require).
+fn node_of(s: &Subject) -> Result<&str, String> {
     let [cn] = s.common_names.as_slice() else { return Err("not exactly one common name".into()) };
     let node = cn.strip_prefix(NODE_PREFIX).filter(|n| !n.is_empty()).ok_or("the common name is not system:node:NAME")?;
     if s.organizations != [NODES_GROUP] {
         return Err(format!("the organizations are {:?}, not exactly [{NODES_GROUP}]", s.organizations));
     }
+    Ok(node)
+}
+
+/// The node a kubelet client request is for, or why it is not one.
+pub fn node_client(s: &Subject, usages: &[String]) -> Result<String, String> {
+    let node = node_of(s)?;
     if s.has_alt_names {
         return Err("a client certificate names no hosts".into());
     }
@@ -118,11 +125,7 @@ pub fn node_client(s: &Subject, usages: &[String]) -> Result<String, String> {
 /// The node a kubelet serving request is for, or why it is not one (Kubernetes' rules for
 /// the `kubernetes.io/kubelet-serving` signer).
 pub fn kubelet_serving(s: &Subject, usages: &[String]) -> Result<String, String> {
-    let [cn] = s.common_names.as_slice() else { return Err("not exactly one common name".into()) };
-    let node = cn.strip_prefix(NODE_PREFIX).filter(|n| !n.is_empty()).ok_or("the common name is not system:node:NAME")?;
-    if s.organizations != [NODES_GROUP] {
-        return Err(format!("the organizations are {:?}, not exactly [{NODES_GROUP}]", s.organizations));
-    }
+    let node = node_of(s)?;
     if s.other_names {
         return Err("a kubelet serving certificate names only DNS names and IP addresses (no email or URI)".into());
     }

@@ -107,6 +107,11 @@ fn secrets_carry_base64_data_and_bad_bodies_are_refused() {
     assert!(matches!(to_json(b"nope"), Err(PbError::Malformed(_))));
     assert!(matches!(to_json(&envelope("v1", "Secret", vec![0xff, 0xff, 0xff])), Err(PbError::Malformed(_))));
     assert!(matches!(to_json(&envelope("v1", "Widget", vec![])), Err(PbError::Unsupported(_))));
+    let mut gzipped = k8s_pb::apimachinery::pkg::runtime::Unknown::decode(&envelope("v1", "Secret", vec![])[4..]).unwrap();
+    gzipped.content_encoding = Some("gzip".into());
+    let mut body = MAGIC.to_vec();
+    body.extend(gzipped.encode_to_vec());
+    assert!(matches!(to_json(&body), Err(PbError::Unsupported(m)) if m.contains("gzip")), "a content encoding is refused, not misread");
 }
 
 /// Bytes of a message with every field set (strings "v", numbers 1, booleans true, two
