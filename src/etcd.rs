@@ -84,8 +84,8 @@ pub async fn start(o: &EtcdOpts, store: &storage::Store, store_dir: &Path, data_
 
 /// A replica's membership, from raft: members with their peer URLs (learners as learners),
 /// the leader, the term and the indexes. Only this member's etcd URL is known (the others'
-/// are not in the raft membership); adding and removing members goes through
-/// `capstan member`, which names them.
+/// are not in the raft membership). Changes are made by the leader, wherever they are asked;
+/// a member added here has no name until it starts (`raft::replica::membership`).
 pub struct RaftMembership {
     pub raft: raft::replica::Raft,
     pub handle: raft::replica::MembershipHandle,
@@ -94,29 +94,42 @@ pub struct RaftMembership {
     pub url: String,
 }
 
+/// etcd's answer for why a membership change was not made.
+fn change_status(e: raft::replica::ChangeError) -> etcdapi::Status {
+    use raft::replica::ChangeError as E;
+    match e {
+        E::NotFound(_) => etcdapi::Status::not_found("etcdserver: member not found"),
+        E::Exists(m) if m.contains("peer URL") => etcdapi::Status::failed_precondition("etcdserver: Peer URLs already exists"),
+        E::Exists(m) => etcdapi::Status::failed_precondition(format!("etcdserver: {m}")),
+        E::NoLeader => etcdapi::Status::unavailable("etcdserver: no leader"),
+        E::Unhealthy(_) => etcdapi::Status::unavailable("etcdserver: unhealthy cluster"),
+        E::BadRequest(m) => etcdapi::Status::invalid_argument(format!("etcdserver: {m}")),
+        E::LastVoter(m) | E::Failed(m) => etcdapi::Status::failed_precondition(format!("etcdserver: {m}")),
+    }
+}
+
+/// The one peer URL of a MemberAdd or MemberUpdate (a capstan member has one).
+fn one_peer_url(urls: Vec<String>) -> Result<String, etcdapi::Status> {
+    match <[String; 1]>::try_from(urls) {
+        Ok([u]) => Ok(u),
+        Err(v) if v.is_empty() => Err(etcdapi::Status::invalid_argument("etcdserver: a member needs a peer URL")),
+        Err(v) => Err(etcdapi::Status::invalid_argument(format!("etcdserver: a capstan member has one peer URL, not {}", v.len()))),
+    }
+}
+
 impl RaftMembership {
-    /// `op` on the member with `id`, by its name (done by the leader wherever it is asked).
-    async fn change(&self, op: &str, id: u64) -> Result<(), etcdapi::Status> {
-        let v = raft::replica::view(&self.raft);
-        let Some((_, m, _)) = v.members.iter().find(|(mid, _, _)| *mid == id) else {
+    /// `op` on the member with `id` (done by the leader wherever it is asked).
+    async fn change(&self, op: raft::replica::ChangeOp, id: u64) -> Result<(), etcdapi::Status> {
+        if !raft::replica::view(&self.raft).members.iter().any(|(mid, _, _)| *mid == id) {
             return Err(etcdapi::Status::not_found("etcdserver: member not found"));
-        };
-        let name = m.name.clone();
-        let done = self.handle.change(op, &name).await;
+        }
+        let done = self.handle.change(&raft::replica::Change::on_id(op, id)).await;
         // A leader that removes itself stops as the change commits, before it can answer:
         // the change is what counts.
-        if done.is_err() && op == "remove" && !raft::replica::view(&self.raft).members.iter().any(|(mid, _, _)| *mid == id) {
+        if done.is_err() && op == raft::replica::ChangeOp::Remove && !raft::replica::view(&self.raft).members.iter().any(|(mid, _, _)| *mid == id) {
             return Ok(());
         }
-        done.map_err(|e| {
-            if e.contains("last voter") {
-                etcdapi::Status::failed_precondition(format!("etcdserver: {e}"))
-            } else if e.contains("no leader") {
-                etcdapi::Status::unavailable("etcdserver: no leader")
-            } else {
-                etcdapi::Status::failed_precondition(format!("etcdserver: {e}"))
-            }
-        })
+        done.map(|_| ()).map_err(change_status)
     }
 }
 
@@ -143,14 +156,33 @@ impl etcdapi::Membership for RaftMembership {
             .collect();
         Box::pin(async move { Ok(members) })
     }
-    fn add(&self, _peer_urls: Vec<String>, _learner: bool) -> etcdapi::cluster::Fut<'_, etcdapi::Member> {
-        Box::pin(async { Err(tonic_unimplemented("adding a member through the etcd API (a capstan member's id comes from its name, which etcd's MemberAdd does not carry: capstan member add NAME --peer-url URL)")) })
+    /// A member by peer URL alone, nameless until it starts (etcd's MemberAdd): a learner, or a
+    /// voter at once if the running members stay a quorum (etcd's strict reconfiguration).
+    fn add(&self, peer_urls: Vec<String>, learner: bool) -> etcdapi::cluster::Fut<'_, etcdapi::Member> {
+        Box::pin(async move {
+            let url = one_peer_url(peer_urls)?;
+            let c = raft::replica::Change { peer_url: url.clone(), voter: !learner, ..raft::replica::Change::new(raft::replica::ChangeOp::Add) };
+            let id = self.handle.change(&c).await.map_err(change_status)?;
+            Ok(etcdapi::Member { id, name: String::new(), peer_urls: vec![url], client_urls: vec![], learner })
+        })
     }
     fn remove(&self, id: u64) -> etcdapi::cluster::Fut<'_, ()> {
-        Box::pin(self.change("remove", id))
+        Box::pin(self.change(raft::replica::ChangeOp::Remove, id))
     }
     fn promote(&self, id: u64) -> etcdapi::cluster::Fut<'_, ()> {
-        Box::pin(self.change("promote", id))
+        Box::pin(self.change(raft::replica::ChangeOp::Promote, id))
+    }
+    /// A member's new peer URL (etcd's MemberUpdate): the leader replicates to it there; the
+    /// member restarts listening on it, with `--initial-cluster-state existing`.
+    fn update(&self, id: u64, peer_urls: Vec<String>) -> etcdapi::cluster::Fut<'_, ()> {
+        Box::pin(async move {
+            let url = one_peer_url(peer_urls)?;
+            if !raft::replica::view(&self.raft).members.iter().any(|(mid, _, _)| *mid == id) {
+                return Err(etcdapi::Status::not_found("etcdserver: member not found"));
+            }
+            let c = raft::replica::Change { peer_url: url, ..raft::replica::Change::on_id(raft::replica::ChangeOp::Update, id) };
+            self.handle.change(&c).await.map(|_| ()).map_err(change_status)
+        })
     }
     fn move_leader(&self, to: u64) -> etcdapi::cluster::Fut<'_, ()> {
         Box::pin(async move {
@@ -176,8 +208,4 @@ impl etcdapi::Membership for RaftMembership {
             Ok(())
         })
     }
-}
-
-fn tonic_unimplemented(what: &str) -> etcdapi::Status {
-    etcdapi::Status::unimplemented(format!("capstan: {what} is not served yet"))
 }

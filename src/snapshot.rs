@@ -78,7 +78,7 @@ pub async fn run(cmd: SnapshotCmd) -> Result<()> {
                     let status = tokio::task::block_in_place(|| storage::backup::status(&file))?;
                     let target = storage::backup::Target { shards: Some(1), meta: raft::cluster::restored_meta(&members, status.revision) };
                     let s = tokio::task::block_in_place(|| storage::backup::restore_as(&file, &store_dir, &target))?;
-                    raft::cluster::Identity { cluster: raft::cluster::cluster_id(&initial_cluster_token, &members), name: name.clone() }
+                    raft::cluster::Identity::named(raft::cluster::cluster_id(&initial_cluster_token, &members), &name)
                         .write(&data_dir)
                         .with_context(|| format!("writing {}/CLUSTER", data_dir.display()))?;
                     println!(

@@ -358,6 +358,33 @@ fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
+/// `capstan server` as member `name` of `initial` (no scheduler or controllers), with the
+/// etcd API on a free port, once it printed that port; `extra` flags are added.
+fn capstan_server(name: &str, dir: &std::path::Path, peer: &str, initial: &str, extra: &[&str]) -> Running {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_capstan"))
+        .args(["server", "--name", name, "--data-dir", dir.to_str().unwrap(), "--listen", "127.0.0.1:0", "--peer-listen", peer])
+        .args(["--initial-cluster", initial, "--etcd-listen", "127.0.0.1:0", "--no-scheduler", "--no-controllers", "--log-level", "warn"])
+        .args(extra)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let out = child.stdout.take().unwrap();
+    let mut r = Running { child, url: String::new() };
+    use std::io::BufRead;
+    let mut lines = std::io::BufReader::new(out).lines();
+    for l in lines.by_ref() {
+        let l = l.unwrap();
+        if let Some(u) = l.split("etcd API:").nth(1) {
+            r.url = u.trim().to_string();
+            break;
+        }
+    }
+    assert!(r.url.starts_with("http"), "capstan server {name} did not print its etcd URL (it exited?)");
+    std::thread::spawn(move || lines.for_each(drop));
+    r
+}
+
 /// A real etcd (Debian's etcd-server) on free loopback ports in `dir`.
 fn real_etcd(dir: &std::path::Path) -> Running {
     let (client, peer) = (free_port(), free_port());
@@ -437,27 +464,10 @@ fn a_snapshot_restores_into_a_new_replicated_cluster_at_the_same_revisions() {
             .output()
             .unwrap();
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-        let mut child = Command::new(env!("CARGO_BIN_EXE_capstan"))
-            .args(["server", "--name", &format!("r{i}"), "--data-dir", d.to_str().unwrap(), "--listen", "127.0.0.1:0", "--peer-listen", &format!("127.0.0.1:{}", peers[i])])
-            .args(["--initial-cluster", &initial, "--etcd-listen", "127.0.0.1:0", "--no-scheduler", "--no-controllers", "--log-level", "warn"])
-            .args(["--ca-cert-file", pki.join("ca.crt").to_str().unwrap(), "--ca-key-file", pki.join("ca.key").to_str().unwrap()])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let out = child.stdout.take().unwrap();
-        let mut r = Running { child, url: String::new() };
-        use std::io::BufRead;
-        let mut lines = std::io::BufReader::new(out).lines();
-        for l in lines.by_ref() {
-            let l = l.unwrap();
-            if let Some(u) = l.split("etcd API:").nth(1) {
-                r.url = u.trim().to_string();
-                break;
-            }
-        }
-        assert!(r.url.starts_with("https://"), "replica r{i} printed its etcd URL");
-        std::thread::spawn(move || lines.for_each(drop));
+        let name = format!("r{i}");
+        let peer = format!("127.0.0.1:{}", peers[i]);
+        let r = capstan_server(&name, &d, &peer, &initial, &["--ca-cert-file", pki.join("ca.crt").to_str().unwrap(), "--ca-key-file", pki.join("ca.key").to_str().unwrap()]);
+        assert!(r.url.starts_with("https://"), "replica r{i} serves etcd's API on TLS");
         replicas.push(r);
     }
     let on = |i: usize, args: &[&str]| -> String {
@@ -496,4 +506,75 @@ fn a_snapshot_restores_into_a_new_replicated_cluster_at_the_same_revisions() {
         let left: serde_json::Value = serde_json::from_str(&on(other, &["member", "list", "-w", "json"])).unwrap_or_default();
         left["members"].as_array().is_some_and(|m| m.len() == 2 && m.iter().all(|x| format!("{:x}", x["ID"].as_u64().unwrap_or(0)) != leader_id))
     });
+}
+
+/// etcd's membership calls as etcdctl makes them, on a replicated capstan: a member added by
+/// peer URL alone (MemberAdd carries no name) joins under the name etcdctl printed for it,
+/// is promoted, gets a new peer URL (MemberUpdate) and goes on there after a restart; a voter
+/// added directly, and removed; and the calls' errors, as etcd words them.
+#[test]
+fn etcdctl_adds_promotes_updates_and_removes_members() {
+    let root = tempfile::tempdir().unwrap();
+    let peers: Vec<String> = (0..3).map(|_| format!("127.0.0.1:{}", free_port())).collect();
+    let initial = (0..3).map(|i| format!("m{i}=http://{}", peers[i])).collect::<Vec<_>>().join(",");
+    // Plain HTTP (--insecure-http): this test is about membership, not TLS.
+    let mut members: Vec<Running> = (0..3).map(|i| capstan_server(&format!("m{i}"), &root.path().join(format!("m{i}")), &peers[i], &initial, &["--insecure-http"])).collect();
+    let run = |url: &str, args: &[&str]| Command::new("etcdctl").env("ETCDCTL_API", "3").arg(format!("--endpoints={url}")).args(args).output().unwrap();
+    let ok = |url: &str, args: &[&str]| -> String {
+        let o = run(url, args);
+        assert!(o.status.success(), "etcdctl {args:?}: {}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+        String::from_utf8_lossy(&o.stdout).to_string()
+    };
+    let fails = |url: &str, args: &[&str]| -> String {
+        let o = run(url, args);
+        assert!(!o.status.success(), "etcdctl {args:?} succeeded: {}", String::from_utf8_lossy(&o.stdout));
+        String::from_utf8_lossy(&o.stderr).to_string()
+    };
+    let list = |url: &str| -> Vec<serde_json::Value> {
+        let v: serde_json::Value = serde_json::from_str(&ok(url, &["member", "list", "-w", "json"])).unwrap();
+        v["members"].as_array().cloned().unwrap_or_default()
+    };
+    let url0 = members[0].url.clone();
+    wait_until("the three members to elect a leader and serve", || run(&url0, &["put", "before", "1"]).status.success());
+    // Added by peer URL alone, through a follower or the leader alike: nameless until it
+    // starts, and etcdctl prints the flags to start it with.
+    let new_peer = format!("127.0.0.1:{}", free_port());
+    let added = ok(&members[1].url, &["member", "add", "m3", &format!("--peer-urls=http://{new_peer}"), "--learner"]);
+    let id = added.split_whitespace().nth(1).unwrap().to_string();
+    let joined_initial = added.lines().find_map(|l| l.strip_prefix("ETCD_INITIAL_CLUSTER=")).unwrap().trim_matches('"').to_string();
+    assert!(joined_initial.contains(&format!("m3=http://{new_peer}")) && joined_initial.contains("m0=http://"), "{added}");
+    assert!(added.contains("ETCD_INITIAL_CLUSTER_STATE=\"existing\""), "{added}");
+    let m3 = list(&url0).into_iter().find(|m| format!("{:x}", m["ID"].as_u64().unwrap()) == id).expect("the added member is listed");
+    assert_eq!((m3.get("name"), m3["isLearner"].as_bool()), (None, Some(true)), "nameless and a learner before it starts: {m3}");
+    // Its peer URL cannot be given twice; an unknown member cannot be updated.
+    assert!(fails(&url0, &["member", "add", "again", &format!("--peer-urls=http://{new_peer}")]).contains("Peer URLs already exists"));
+    assert!(fails(&url0, &["member", "update", "1234", "--peer-urls=http://127.0.0.1:1"]).contains("member not found"));
+    // It starts with what etcdctl printed, finds itself by its peer URL, and announces its name.
+    let m3_dir = root.path().join("m3");
+    members.push(capstan_server("m3", &m3_dir, &new_peer, &joined_initial, &["--initial-cluster-state", "existing", "--insecure-http"]));
+    wait_until("m3 to be listed under its name", || list(&url0).iter().any(|m| m["name"] == "m3"));
+    let url3 = members[3].url.clone();
+    wait_until("m3 to serve what was written before it joined", || run(&url3, &["get", "before", "--print-value-only"]).stdout.starts_with(b"1"));
+    ok(&url0, &["member", "promote", &id]);
+    wait_until("m3 to be a voter", || list(&url0).iter().any(|m| m["name"] == "m3" && m["isLearner"].as_bool() != Some(true)));
+    // A new peer URL: the member restarts there (with its data) and the leader reaches it.
+    let moved_peer = format!("127.0.0.1:{}", free_port());
+    let o = ok(&url0, &["member", "update", &id, &format!("--peer-urls=http://{moved_peer}")]);
+    assert!(o.contains("updated in cluster"), "{o}");
+    assert!(list(&url0).iter().any(|m| m["name"] == "m3" && m["peerURLs"][0] == format!("http://{moved_peer}").as_str()));
+    drop(members.pop());
+    members.push(capstan_server("m3", &m3_dir, &moved_peer, &joined_initial, &["--initial-cluster-state", "existing", "--insecure-http"]));
+    ok(&url0, &["put", "after-move", "2"]);
+    let url3 = members[3].url.clone();
+    wait_until("m3, moved, to get a write made after its move", || run(&url3, &["get", "after-move", "--print-value-only"]).stdout.starts_with(b"2"));
+    // A voter added directly (four running voters stay a quorum of five), then removed.
+    let voter_peer = format!("127.0.0.1:{}", free_port());
+    let added = ok(&url0, &["member", "add", "m4", &format!("--peer-urls=http://{voter_peer}")]);
+    let voter = added.split_whitespace().nth(1).unwrap().to_string();
+    assert!(list(&url0).iter().any(|m| format!("{:x}", m["ID"].as_u64().unwrap()) == voter && m["isLearner"].as_bool() != Some(true)), "m4 is a voter at once");
+    // With a voter that never ran, another voter is refused, as etcd refuses it.
+    assert!(fails(&url0, &["member", "add", "m5", &format!("--peer-urls=http://127.0.0.1:{}", free_port())]).contains("unhealthy cluster"));
+    ok(&url0, &["member", "remove", &voter]);
+    assert_eq!(list(&url0).len(), 4);
+    ok(&url0, &["put", "after-remove", "3"]);
 }

@@ -40,6 +40,10 @@ pub trait Membership: Send + Sync + 'static {
     fn promote(&self, _id: u64) -> Fut<'_, ()> {
         Box::pin(async { Err(errors::member_not_found()) })
     }
+    /// Gives member `id` new peer URLs (etcd's MemberUpdate).
+    fn update(&self, _id: u64, _peer_urls: Vec<String>) -> Fut<'_, ()> {
+        Box::pin(async { Err(Status::failed_precondition("etcdserver: this capstan is not replicated: its one member has no peer URLs")) })
+    }
     /// Hands leadership to member `to`, answered once it leads (etcd's MoveLeader).
     fn move_leader(&self, _to: u64) -> Fut<'_, ()> {
         Box::pin(async { Err(Status::failed_precondition("etcdserver: this capstan is not replicated: it has no other member to lead")) })
@@ -111,8 +115,10 @@ impl pb::cluster_server::Cluster for Cluster {
         Ok(Response::new(pb::MemberRemoveResponse { header: self.0.header_now(), members: self.list().await? }))
     }
 
-    async fn member_update(&self, _r: Request<pb::MemberUpdateRequest>) -> Result<Response<pb::MemberUpdateResponse>, Status> {
-        Err(Status::unimplemented("capstan: a member's peer URLs are fixed when it joins (remove it and add it again)"))
+    async fn member_update(&self, r: Request<pb::MemberUpdateRequest>) -> Result<Response<pb::MemberUpdateResponse>, Status> {
+        let r = r.into_inner();
+        self.0.membership.update(r.id, r.peer_ur_ls).await?;
+        Ok(Response::new(pb::MemberUpdateResponse { header: self.0.header_now(), members: self.list().await? }))
     }
 
     async fn member_list(&self, _r: Request<pb::MemberListRequest>) -> Result<Response<pb::MemberListResponse>, Status> {

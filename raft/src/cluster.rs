@@ -28,6 +28,13 @@ pub fn member_id(name: &str) -> NodeId {
     fnv1a(&[b"member", name.as_bytes()])
 }
 
+/// The id of a member added by its peer URL alone (etcd's MemberAdd carries no name): a hash
+/// of the URL's authority. The member adopts it when it joins (it finds its peer URL in the
+/// membership) and records it in its `CLUSTER` file.
+pub fn member_id_for_peer_url(url: &str) -> NodeId {
+    fnv1a(&[b"member-url", crate::network::authority(url).as_bytes()])
+}
+
 /// A cluster's id: a hash of its token and initial members (in name order).
 pub fn cluster_id(token: &str, initial: &[(String, String)]) -> u64 {
     let mut members: Vec<String> = initial.iter().map(|(n, u)| format!("{n}={u}")).collect();
@@ -67,15 +74,23 @@ pub fn parse_initial_cluster(s: &str) -> Result<Vec<(String, String)>, String> {
 pub struct Identity {
     pub cluster: u64,
     pub name: String,
+    /// The member's id: `member_id(name)` unless it joined as a member added by peer URL.
+    /// (Files written before ids were recorded have no `id` line: theirs is `member_id(name)`.)
+    pub id: NodeId,
 }
 
 impl Identity {
+    /// A member whose id is its name's.
+    pub fn named(cluster: u64, name: &str) -> Identity {
+        Identity { cluster, name: name.to_string(), id: member_id(name) }
+    }
+
     pub fn id(&self) -> NodeId {
-        member_id(&self.name)
+        self.id
     }
 
     fn encode(&self) -> String {
-        let body = format!("capstan-cluster 1\ncluster {:016x}\nname {}\n", self.cluster, self.name);
+        let body = format!("capstan-cluster 1\ncluster {:016x}\nname {}\nid {:016x}\n", self.cluster, self.name, self.id);
         format!("{body}crc {}\n", crc32c::crc32c(body.as_bytes()))
     }
 
@@ -88,15 +103,19 @@ impl Identity {
         }
         let mut cluster = None;
         let mut name = None;
+        let mut id = None;
         for line in body.lines() {
             match line.split_once(' ') {
                 Some(("capstan-cluster", "1")) => {}
                 Some(("cluster", v)) => cluster = u64::from_str_radix(v, 16).ok(),
                 Some(("name", v)) => name = Some(v.to_string()),
+                Some(("id", v)) => id = Some(u64::from_str_radix(v, 16).ok().filter(|i| *i != 0).ok_or_else(|| format!("malformed id line {line:?}"))?),
                 _ => return Err(format!("unknown line {line:?}")),
             }
         }
-        Ok(Identity { cluster: cluster.ok_or("no cluster line")?, name: name.ok_or("no name line")? })
+        let name: String = name.ok_or("no name line")?;
+        let id = id.unwrap_or_else(|| member_id(&name));
+        Ok(Identity { cluster: cluster.ok_or("no cluster line")?, name, id })
     }
 
     pub fn read(dir: &Path) -> Result<Option<Identity>, String> {
@@ -150,9 +169,18 @@ mod tests {
     #[test]
     fn identity_round_trips_and_a_damaged_file_is_an_error() {
         let dir = tempfile::tempdir().unwrap();
-        let id = Identity { cluster: 0xabc, name: "m1".into() };
+        let id = Identity::named(0xabc, "m1");
         id.write(dir.path()).unwrap();
-        assert_eq!(Identity::read(dir.path()).unwrap(), Some(id));
+        assert_eq!(Identity::read(dir.path()).unwrap(), Some(id.clone()));
+        // A member that adopted a peer URL's id keeps it across restarts.
+        let joined = Identity { cluster: 0xabc, name: "m1".into(), id: member_id_for_peer_url("http://h:1") };
+        joined.write(dir.path()).unwrap();
+        assert_eq!(Identity::read(dir.path()).unwrap().map(|i| i.id()), Some(member_id_for_peer_url("http://h:1")));
+        // A file written before ids were recorded: the id is its name's.
+        let body = "capstan-cluster 1\ncluster 0000000000000abc\nname m1\n";
+        std::fs::write(dir.path().join("CLUSTER"), format!("{body}crc {}\n", crc32c::crc32c(body.as_bytes()))).unwrap();
+        assert_eq!(Identity::read(dir.path()).unwrap(), Some(Identity::named(0xabc, "m1")));
+        id.write(dir.path()).unwrap();
         let p = dir.path().join("CLUSTER");
         let t = std::fs::read_to_string(&p).unwrap().replace("m1", "m2");
         std::fs::write(&p, t).unwrap();

@@ -235,7 +235,8 @@ pub enum PeerError {
 /// One peer's connection: lazily (re)connected, shared by every request to it.
 pub struct PeerClient {
     pub to: NodeId,
-    authority: String,
+    /// `host:port`; changes when the member moves (`redirect`).
+    authority: std::sync::Mutex<String>,
     wire: Wire,
     connector: Arc<dyn Connector>,
     faults: Option<Arc<Faults>>,
@@ -244,7 +245,19 @@ pub struct PeerClient {
 
 impl PeerClient {
     pub fn new(to: NodeId, url: &str, wire: Wire, connector: Arc<dyn Connector>, faults: Option<Arc<Faults>>) -> PeerClient {
-        PeerClient { to, authority: authority(url), wire, connector, faults, conn: tokio::sync::Mutex::new(None) }
+        PeerClient { to, authority: std::sync::Mutex::new(authority(url)), wire, connector, faults, conn: tokio::sync::Mutex::new(None) }
+    }
+
+    fn authority(&self) -> String {
+        self.authority.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Points this client at the member's new peer URL (etcd's MemberUpdate): the next
+    /// request connects there. Requests and streams already on the old connection go on until
+    /// it ends (the member restarting on its new URL ends it).
+    pub async fn redirect(&self, url: &str) {
+        *self.authority.lock().unwrap_or_else(|p| p.into_inner()) = authority(url);
+        *self.conn.lock().await = None;
     }
 
     async fn sender(&self) -> Result<hyper::client::conn::http2::SendRequest<Body>, PeerError> {
@@ -254,10 +267,11 @@ impl PeerClient {
         {
             return Ok(s.clone());
         }
-        let io = tokio::time::timeout(Duration::from_secs(3), self.connector.connect(self.authority.clone()))
+        let authority = self.authority();
+        let io = tokio::time::timeout(Duration::from_secs(3), self.connector.connect(authority.clone()))
             .await
-            .map_err(|_| PeerError::NotSent(format!("connecting to {} timed out", self.authority)))?
-            .map_err(|e| PeerError::NotSent(format!("connecting to {}: {e}", self.authority)))?;
+            .map_err(|_| PeerError::NotSent(format!("connecting to {authority} timed out")))?
+            .map_err(|e| PeerError::NotSent(format!("connecting to {authority}: {e}")))?;
         let (send, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
             .initial_stream_window_size(8 << 20)
@@ -267,8 +281,7 @@ impl PeerClient {
             .keep_alive_timeout(Duration::from_secs(3))
             .handshake(TokioIo::new(io))
             .await
-            .map_err(|e| PeerError::NotSent(format!("HTTP/2 handshake with {}: {e}", self.authority)))?;
-        let authority = self.authority.clone();
+            .map_err(|e| PeerError::NotSent(format!("HTTP/2 handshake with {authority}: {e}")))?;
         tokio::spawn(async move {
             if let Err(e) = connection.await {
                 tracing::debug!(peer = %authority, error = %e, "peer connection ended");
@@ -279,7 +292,7 @@ impl PeerClient {
     }
 
     fn request(&self, path: &str, body: Body) -> Request<Body> {
-        Request::post(format!("http://{}{path}", self.authority))
+        Request::post(format!("http://{}{path}", self.authority()))
             .header(H_CLUSTER, format!("{:016x}", self.wire.cluster()))
             .header(H_FROM, self.wire.me.to_string())
             .body(body)
@@ -414,6 +427,18 @@ impl PeerNetworkFactory {
         m.entry((id, url.to_string()))
             .or_insert_with(|| Arc::new(PeerClient::new(id, url, self.wire.clone(), self.connector.clone(), self.faults.clone())))
             .clone()
+    }
+}
+
+impl PeerNetworkFactory {
+    /// Member `id` now listens at `url`: every client of it connects there from now on,
+    /// raft's replication streams to it included (openraft keeps a stream when only a
+    /// member's address changes).
+    pub async fn moved(&self, id: NodeId, url: &str) {
+        let clients: Vec<Arc<PeerClient>> = self.clients.lock().unwrap().iter().filter(|((to, _), _)| *to == id).map(|(_, c)| c.clone()).collect();
+        for c in clients {
+            c.redirect(url).await;
+        }
     }
 }
 

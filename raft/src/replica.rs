@@ -28,8 +28,8 @@ use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use openraft::async_runtime::watch::WatchReceiver;
-use openraft::error::{ChangeMembershipError, ClientWriteError, LinearizableReadError, RaftError};
-use openraft::{ChangeMembers, ReadPolicy, ServerState};
+use openraft::error::{ClientWriteError, LinearizableReadError, RaftError};
+use openraft::{ReadPolicy, ServerState};
 use storage::command::{BatchBuilder, decode_error, encode_error};
 use storage::replicated::BoxFuture;
 use storage::{Applied, Command, LeaseId, Replication, Revision, Store, StoreError};
@@ -56,38 +56,9 @@ pub struct View {
     pub members: Vec<(NodeId, crate::types::Member, bool)>,
 }
 
-/// Membership changes from inside the process (etcd's MemberRemove and MemberPromote): done
-/// by the leader, forwarded to it from any other member.
-#[derive(Clone)]
-pub struct MembershipHandle {
-    inner: Arc<Inner>,
-}
+mod membership;
 
-impl MembershipHandle {
-    /// `op` (`promote` or `remove`) on member `name`, as `capstan member` asks it.
-    pub async fn change(&self, op: &str, name: &str) -> Result<(), String> {
-        let i = &self.inner;
-        let body = serde_json::json!({"op": op, "name": name});
-        let (status, bytes) = match i.leader() {
-            Some(l) if l == i.id => {
-                let resp = change_members(i, &body).await;
-                let status = resp.status();
-                let bytes = http_body_util::BodyExt::collect(resp.into_body()).await.map_err(|e| e.to_string())?.to_bytes();
-                (status, bytes)
-            }
-            Some(l) => {
-                let c = i.client_of(l).ok_or("the leader is not in the membership")?;
-                c.unary_raw("/raft/members", Bytes::from(body.to_string()), Duration::from_secs(10)).await.map_err(|e| e.to_string())?
-            }
-            None => return Err("no leader".into()),
-        };
-        if status == StatusCode::OK {
-            return Ok(());
-        }
-        let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
-        Err(v["error"].as_str().map(str::to_string).unwrap_or_else(|| format!("status {status}")))
-    }
-}
+pub use membership::{Change, ChangeError, MembershipHandle, Op as ChangeOp};
 
 /// What `raft` knows of the cluster now.
 pub fn view(raft: &Raft) -> View {
@@ -282,14 +253,16 @@ impl Replica {
 
     /// As `start`, serving peers on a listener bound already.
     pub async fn start_on(cfg: ReplicaConfig, listener: tokio::net::TcpListener) -> Result<Replica, StartError> {
-        let id = cluster::member_id(&cfg.name);
         std::fs::create_dir_all(&cfg.data_dir).map_err(|e| StartError::Config(format!("creating {}: {e}", cfg.data_dir.display())))?;
         let peer_addr = listener.local_addr().map_err(|source| StartError::Listen { addr: cfg.peer_listen.clone(), source })?;
         let mut cfg = cfg;
         if cfg.peer_url.is_empty() {
             cfg.peer_url = format!("http://{peer_addr}");
         }
-        let cluster_id = check_identity(&cfg)?;
+        let (cluster_id, id) = match check_identity(&cfg)? {
+            Some(known) => known,
+            None => membership::join(&cfg).await?,
+        };
         let wire = Wire { cluster: Arc::new(AtomicU64::new(cluster_id)), me: id, left_out_at: Arc::new(AtomicU64::new(0)) };
         let net = PeerNetworkFactory::new(wire.clone(), cfg.connector.clone(), cfg.faults.clone());
         let raft_dir = cfg.data_dir.join("raft");
@@ -382,7 +355,7 @@ impl Replica {
         tasks.push(tokio::spawn(monitor(Arc::downgrade(&inner))));
         tasks.push(tokio::spawn(snapshot_trigger(Arc::downgrade(&inner))));
         tasks.push(tokio::spawn(fast_failover(Arc::downgrade(&inner))));
-        tasks.push(tokio::spawn(announce_api_url(Arc::downgrade(&inner))));
+        tasks.push(tokio::spawn(membership::announce(Arc::downgrade(&inner))));
         tracing::info!(member = %cfg.name, id, peer = %peer_addr, cluster = format!("{:016x}", inner.wire.cluster()), "replica started");
         Ok(Replica { inner, store, peer_addr, tasks })
     }
@@ -475,8 +448,9 @@ impl Replica {
 }
 
 /// Checks the data directory belongs to this member of this cluster; records it if new.
-/// Returns the cluster id (0: a joining member that has not learned it yet).
-fn check_identity(cfg: &ReplicaConfig) -> Result<u64, StartError> {
+/// Returns the cluster id and this member's id; `None` for a member joining a running cluster
+/// for the first time (`join` finds out both).
+fn check_identity(cfg: &ReplicaConfig) -> Result<Option<(u64, NodeId)>, StartError> {
     let me = cfg.initial_cluster.iter().find(|(n, _)| *n == cfg.name);
     if cfg.initial_state == InitialState::New {
         match me {
@@ -519,7 +493,7 @@ fn check_identity(cfg: &ReplicaConfig) -> Result<u64, StartError> {
                     id.cluster
                 )));
             }
-            Ok(id.cluster)
+            Ok(Some((id.cluster, id.id())))
         }
         None => {
             let has_data = cfg.data_dir.join("raft").join("log").exists() || cfg.data_dir.join("store").exists();
@@ -529,12 +503,12 @@ fn check_identity(cfg: &ReplicaConfig) -> Result<u64, StartError> {
                     cfg.data_dir.display()
                 )));
             }
-            if derived != 0 {
-                Identity { cluster: derived, name: cfg.name.clone() }
-                    .write(&cfg.data_dir)
-                    .map_err(|e| StartError::Config(format!("writing {}/CLUSTER: {e}", cfg.data_dir.display())))?;
+            if derived == 0 {
+                return Ok(None);
             }
-            Ok(derived)
+            let me = Identity::named(derived, &cfg.name);
+            me.write(&cfg.data_dir).map_err(|e| StartError::Config(format!("writing {}/CLUSTER: {e}", cfg.data_dir.display())))?;
+            Ok(Some((derived, me.id())))
         }
     }
 }
@@ -586,7 +560,7 @@ impl Inner {
     /// Learns the cluster id from a peer (a member that joined an existing cluster).
     fn adopt_cluster(&self, cluster: u64) {
         if self.wire.cluster.compare_exchange(0, cluster, Ordering::SeqCst, Ordering::SeqCst).is_ok() && !self.identity_written.swap(true, Ordering::SeqCst) {
-            match (Identity { cluster, name: self.name.clone() }).write(&self.cfg.data_dir) {
+            match (Identity { cluster, name: self.name.clone(), id: self.id }).write(&self.cfg.data_dir) {
                 Ok(()) => tracing::info!(cluster = format!("{cluster:016x}"), "joined the cluster"),
                 Err(e) => tracing::error!(error = %e, "recording the cluster id failed"),
             }
@@ -1122,44 +1096,6 @@ async fn fast_failover(inner: Weak<Inner>) {
     }
 }
 
-/// Makes the membership record where this member serves the Kubernetes API: the member that
-/// initializes a cluster knows only its own, and one added by `member add` none. Asks the
-/// leader (a membership change) whenever the committed membership says otherwise.
-async fn announce_api_url(inner: Weak<Inner>) {
-    loop {
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        let Some(i) = inner.upgrade() else { return };
-        if i.cfg.api_url.is_empty() || i.failed.get().is_some() || i.removed.load(Ordering::SeqCst) {
-            continue;
-        }
-        let recorded = i.raft().metrics().borrow_watched().membership_config.membership().get_node(&i.id).map(|m| m.api_url.clone());
-        if recorded.is_none_or(|u| u == i.cfg.api_url) {
-            continue;
-        }
-        let Some(leader) = i.leader() else { continue };
-        let body = serde_json::json!({"op": "api-url", "name": i.name, "apiURL": i.cfg.api_url}).to_string();
-        let r = if leader == i.id {
-            match i.member(i.id) {
-                Some(m) => i
-                    .raft()
-                    .change_membership(ChangeMembers::SetNodes(BTreeMap::from([(i.id, Member { api_url: i.cfg.api_url.clone(), ..m })])), false)
-                    .await
-                    .map(|_| ())
-                    .map_err(|e| e.to_string()),
-                None => Ok(()),
-            }
-        } else {
-            match i.client_of(leader) {
-                Some(c) => c.unary("/raft/members", Bytes::from(body), Duration::from_secs(5)).await.map(|_| ()).map_err(|e| e.to_string()),
-                None => Ok(()),
-            }
-        };
-        if let Err(e) = r {
-            tracing::debug!(error = %e, "recording this member's API URL in the membership failed; retrying");
-        }
-    }
-}
-
 /// Snapshots once the log holds `snapshot_log_bytes` (openraft then trims the log).
 async fn snapshot_trigger(inner: Weak<Inner>) {
     loop {
@@ -1394,7 +1330,7 @@ async fn handle(i: Arc<Inner>, req: Request<Incoming>) -> Response<Body> {
             }))
         }
         "/raft/status" => json_response(StatusCode::OK, i.status()),
-        "/raft/members" => members(i, req).await,
+        "/raft/members" => membership::members(i, req).await,
         _ => network::status_body(StatusCode::NOT_FOUND, format!("no such peer endpoint {path}")),
     }
 }
@@ -1404,107 +1340,6 @@ fn json_response(status: StatusCode, v: serde_json::Value) -> Response<Body> {
     *r.status_mut() = status;
     r.headers_mut().insert(hyper::header::CONTENT_TYPE, hyper::header::HeaderValue::from_static("application/json"));
     r
-}
-
-/// `GET /raft/members` lists; `POST` with `{"op": "add"|"promote"|"remove", "name", "peerURL"}`
-/// changes the membership, and `{"op": "api-url", "name", "apiURL"}` records where a member
-/// serves the Kubernetes API (on the leader; elsewhere the answer names the leader).
-async fn members(i: Arc<Inner>, req: Request<Incoming>) -> Response<Body> {
-    if req.method() == hyper::Method::GET {
-        return json_response(StatusCode::OK, i.status());
-    }
-    let b = match body_bytes(req, 1 << 16).await {
-        Ok(b) => b,
-        Err(r) => return r,
-    };
-    let v: serde_json::Value = match serde_json::from_slice(&b) {
-        Ok(v) => v,
-        Err(e) => return json_response(StatusCode::BAD_REQUEST, serde_json::json!({"error": format!("not JSON: {e}")})),
-    };
-    change_members(&i, &v).await
-}
-
-/// A membership change asked of this replica (the leader does it; another answers 421
-/// naming the leader): `members`' POST, and `MembershipHandle::change`.
-async fn change_members(i: &Arc<Inner>, v: &serde_json::Value) -> Response<Body> {
-    let op = v["op"].as_str().unwrap_or("");
-    let name = v["name"].as_str().unwrap_or("").to_string();
-    if name.is_empty() {
-        return json_response(StatusCode::BAD_REQUEST, serde_json::json!({"error": "a member name is required"}));
-    }
-    if i.leader() != Some(i.id) {
-        let leader = i.leader().and_then(|l| i.member(l));
-        return json_response(
-            StatusCode::MISDIRECTED_REQUEST,
-            serde_json::json!({"error": "not the leader", "leader": leader.as_ref().map(|m| m.name.clone()), "leaderPeerURL": leader.map(|m| m.peer_url)}),
-        );
-    }
-    let id = cluster::member_id(&name);
-    let raft = i.raft();
-    let known = i.member(id);
-    // Each change waits for the one before it to commit (a member recording its API URL may
-    // have one in flight): retried for a while on "in progress".
-    let in_progress_until = Instant::now() + Duration::from_secs(10);
-    let r = loop {
-        let r = match op {
-            "add" => {
-                let url = v["peerURL"].as_str().unwrap_or("").to_string();
-                if !(url.starts_with("http://") || url.starts_with("https://")) {
-                    return json_response(StatusCode::BAD_REQUEST, serde_json::json!({"error": format!("peerURL {url:?} is not http(s)://HOST:PORT")}));
-                }
-                if known.is_some() {
-                    return json_response(StatusCode::CONFLICT, serde_json::json!({"error": format!("member {name} already exists")}));
-                }
-                raft.add_learner(id, Member { name: name.clone(), peer_url: url, api_url: String::new() }, false).await.map(|_| ())
-            }
-            "promote" | "remove" if known.is_none() => {
-                return json_response(StatusCode::NOT_FOUND, serde_json::json!({"error": format!("no member named {name}")}));
-            }
-            "promote" => raft.change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false).await.map(|_| ()),
-            "remove" => {
-                let voters: BTreeSet<NodeId> = raft.metrics().borrow_watched().membership_config.membership().voter_ids().collect();
-                if voters.contains(&id) && voters.len() == 1 {
-                    return json_response(StatusCode::CONFLICT, serde_json::json!({"error": "the last voter cannot be removed"}));
-                }
-                let r = if voters.contains(&id) {
-                    raft.change_membership(ChangeMembers::RemoveVoters(BTreeSet::from([id])), false).await.map(|_| ())
-                } else {
-                    Ok(())
-                };
-                match r {
-                    Ok(()) => raft.change_membership(ChangeMembers::RemoveNodes(BTreeSet::from([id])), false).await.map(|_| ()),
-                    e => e,
-                }
-            }
-            // A member records where it serves the Kubernetes API (only that field changes; its
-            // peer URL, which raft routes by, stays as it is).
-            "api-url" => match known.clone() {
-                None => return json_response(StatusCode::NOT_FOUND, serde_json::json!({"error": format!("no member named {name}")})),
-                Some(m) => {
-                    let url = v["apiURL"].as_str().unwrap_or("").to_string();
-                    if !(url.starts_with("http://") || url.starts_with("https://")) {
-                        return json_response(StatusCode::BAD_REQUEST, serde_json::json!({"error": format!("apiURL {url:?} is not http(s)://HOST:PORT")}));
-                    }
-                    if m.api_url == url {
-                        Ok(())
-                    } else {
-                        raft.change_membership(ChangeMembers::SetNodes(BTreeMap::from([(id, Member { api_url: url, ..m })])), false).await.map(|_| ())
-                    }
-                }
-            },
-            other => return json_response(StatusCode::BAD_REQUEST, serde_json::json!({"error": format!("unknown op {other:?} (add, promote, remove, api-url)")})),
-        };
-        match &r {
-            Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(ChangeMembershipError::InProgress(_)))) if Instant::now() < in_progress_until => {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            _ => break r,
-        }
-    };
-    match r {
-        Ok(()) => json_response(StatusCode::OK, serde_json::json!({"ok": true, "member": name, "id": format!("{id:016x}"), "status": i.status()})),
-        Err(e) => json_response(StatusCode::CONFLICT, serde_json::json!({"error": e.to_string()})),
-    }
 }
 
 /// The follower's side of `stream_append`: AppendEntries in, their results out, pipelined.
