@@ -2,6 +2,7 @@
 //! Kubernetes API that are logic rather than types. The types themselves come from
 //! `k8s-openapi`; this crate holds what they leave as strings.
 
+pub mod disruption;
 pub mod meta;
 pub mod quantity;
 pub mod quota_scope;

@@ -150,8 +150,6 @@ impl Req<'_> {
         Err(ApiError::conflict(self.info.group, self.info.resource, self.name()))
     }
 
-    /// `pods/eviction`: deletes the pod (PodDisruptionBudgets are honoured with the
-    /// controllers issue).
     /// The eviction subresource: a graceful delete that a PodDisruptionBudget may refuse
     /// (429, as Kubernetes answers, so `kubectl drain` retries). An allowed eviction spends one
     /// of the budget's `disruptionsAllowed` (compare-and-swap on the budget) and is recorded in
@@ -177,20 +175,9 @@ impl Req<'_> {
             if matching.len() > 1 {
                 return Err(ApiError::internal("This pod has more than one PodDisruptionBudget, which the eviction subresource does not support."));
             }
-            if let Some((pkey, rev, mut pdb)) = matching.pop() {
-                let allowed = pdb["status"]["disruptionsAllowed"].as_i64().unwrap_or(0);
-                let stale = pdb["status"]["observedGeneration"].as_i64().unwrap_or(0) < pdb["metadata"]["generation"].as_i64().unwrap_or(0);
-                if allowed <= 0 || stale {
-                    let pname = pdb["metadata"]["name"].as_str().unwrap_or("");
-                    let msg = format!(
-                        "The disruption budget {pname} needs {} healthy pods and has {} currently",
-                        pdb["status"]["desiredHealthy"].as_i64().unwrap_or(0),
-                        pdb["status"]["currentHealthy"].as_i64().unwrap_or(0)
-                    );
-                    return Err(ApiError::too_many_requests("Cannot evict pod as it would violate the pod's disruption budget.", "DisruptionBudget", &msg));
-                }
-                pdb["status"]["disruptionsAllowed"] = json!(allowed - 1);
-                pdb["status"]["disruptedPods"][self.name()] = json!(object::now_rfc3339());
+            if let Some((pkey, rev, pdb)) = matching.pop() {
+                let mut pdb = api::disruption::grant_eviction(&pdb, self.name(), &object::now_rfc3339())
+                    .map_err(|r| ApiError::too_many_requests("Cannot evict pod as it would violate the pod's disruption budget.", "DisruptionBudget", &r.message))?;
                 meta_mut(&mut pdb).remove("resourceVersion");
                 let k = String::from_utf8_lossy(&pkey).to_string();
                 if self.cas_put(&k, rev, &pdb).await?.is_none() {

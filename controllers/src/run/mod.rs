@@ -33,7 +33,7 @@ use apps::*;
 use batch_and_sets::*;
 use lifecycle::*;
 use policy::*;
-pub use policy::budget;
+pub use policy::{budget, disruption_status};
 
 type Res = Result<Option<Duration>, String>;
 

@@ -28,6 +28,43 @@ pub fn budget(spec: &Value, matching: usize, controllers_scale: Option<i64>) -> 
     }
 }
 
+/// A budget's status from the pods it selects (active ones), the scale of their controllers
+/// (for percentages and maxUnavailable; `None` if not all are owned by a scalable controller)
+/// and the time; and how many granted evictions are still pending. Evictions the API server
+/// granted (`disruptedPods`) whose pods are still here and younger than two minutes count as
+/// spent; older or gone ones are dropped (`null`, for a merge patch to remove).
+pub fn disruption_status(pdb: &Value, pods: &[Arc<Value>], scale: Option<i64>, now: i64, now_rfc3339: &str) -> (Value, i64) {
+    let (expected, desired) = budget(&pdb["spec"], pods.len(), scale);
+    let healthy = pods.iter().filter(|p| podutil::is_ready(p)).count() as i64;
+    // Evictions the API server granted whose pods are still here count as already spent.
+    let mut disrupted = serde_json::Map::new();
+    for (pod, at) in pdb["status"]["disruptedPods"].as_object().into_iter().flatten() {
+        let live = pods.iter().any(|p| p["metadata"]["name"] == pod.as_str());
+        let fresh = podutil::ts(at).is_some_and(|t| now - t < 120);
+        disrupted.insert(pod.clone(), if live && fresh { at.clone() } else { Value::Null });
+    }
+    let pending = disrupted.values().filter(|v| !v.is_null()).count() as i64;
+    let allowed = (healthy - desired - pending).max(0);
+    let t = now_rfc3339.to_string();
+    let ok = allowed > 0;
+    let prev = pdb["status"]["conditions"].as_array().and_then(|a| a.iter().find(|c| c["type"] == "DisruptionAllowed")).cloned().unwrap_or(Value::Null);
+    let transition = if prev["status"] == if ok { "True" } else { "False" } { prev["lastTransitionTime"].clone() } else { json!(t) };
+    let status = json!({
+        "observedGeneration": pdb["metadata"]["generation"],
+        "expectedPods": expected, "currentHealthy": healthy, "desiredHealthy": desired, "disruptionsAllowed": allowed,
+        "disruptedPods": disrupted,
+        "conditions": [{"type": "DisruptionAllowed", "status": if ok { "True" } else { "False" }, "reason": if ok { "SufficientPods" } else { "InsufficientPods" },
+            "message": "", "observedGeneration": pdb["metadata"]["generation"], "lastTransitionTime": transition}],
+    });
+    (status, pending)
+}
+
+/// The merge patch that writes `status` only over the budget it was computed from: its
+/// resourceVersion is the patch's precondition (a conflict if the budget changed since).
+fn status_patch(pdb: &Value, status: Value) -> Value {
+    json!({"metadata": {"resourceVersion": pdb["metadata"]["resourceVersion"]}, "status": status})
+}
+
 pub(super) async fn sync_disruption(ctx: &Ctx, key: &str) -> Res {
     let Some(pdb) = ctx.pdbs.get(key) else { return Ok(None) };
     let (ns, name) = split(key);
@@ -56,35 +93,18 @@ pub(super) async fn sync_disruption(ctx: &Ctx, key: &str) -> Res {
         }
     }
     let scale = (all_owned && !owners.is_empty()).then(|| owners.values().sum());
-    let (expected, desired) = budget(&pdb["spec"], pods.len(), scale);
-    let healthy = pods.iter().filter(|p| podutil::is_ready(p)).count() as i64;
-    // Evictions the API server granted whose pods are still here count as already spent.
-    let now = now_unix();
-    let mut disrupted = serde_json::Map::new();
-    for (pod, at) in pdb["status"]["disruptedPods"].as_object().into_iter().flatten() {
-        let live = pods.iter().any(|p| p["metadata"]["name"] == pod.as_str());
-        let fresh = podutil::ts(at).is_some_and(|t| now - t < 120);
-        disrupted.insert(pod.clone(), if live && fresh { at.clone() } else { Value::Null });
-    }
-    let pending = disrupted.values().filter(|v| !v.is_null()).count() as i64;
-    let allowed = (healthy - desired - pending).max(0);
-    let t = now_rfc3339();
-    let ok = allowed > 0;
-    let prev = pdb["status"]["conditions"].as_array().and_then(|a| a.iter().find(|c| c["type"] == "DisruptionAllowed")).cloned().unwrap_or(Value::Null);
-    let transition = if prev["status"] == if ok { "True" } else { "False" } { prev["lastTransitionTime"].clone() } else { json!(t) };
-    let status = json!({
-        "observedGeneration": pdb["metadata"]["generation"],
-        "expectedPods": expected, "currentHealthy": healthy, "desiredHealthy": desired, "disruptionsAllowed": allowed,
-        "disruptedPods": disrupted,
-        "conditions": [{"type": "DisruptionAllowed", "status": if ok { "True" } else { "False" }, "reason": if ok { "SufficientPods" } else { "InsufficientPods" },
-            "message": "", "observedGeneration": pdb["metadata"]["generation"], "lastTransitionTime": transition}],
-    });
+    let (status, pending) = disruption_status(&pdb, &pods, scale, now_unix(), &now_rfc3339());
     let cur = &pdb["status"];
     let same = ["observedGeneration", "expectedPods", "currentHealthy", "desiredHealthy", "disruptionsAllowed"].iter().all(|f| cur[*f] == status[*f])
-        && disrupted.values().all(|v| !v.is_null())
+        && status["disruptedPods"].as_object().is_none_or(|m| m.values().all(|v| !v.is_null()))
         && cur["conditions"][0]["status"] == status["conditions"][0]["status"];
     if !same {
-        match ctx.c(Ctl::Disruption).merge_patch_quiet(&format!("/apis/policy/v1/namespaces/{ns}/poddisruptionbudgets/{name}/status"), &json!({"status": status})).await {
+        // Only over the budget this status was computed from (its resourceVersion, a
+        // precondition of the patch), as Kubernetes' controller updates it: an eviction granted
+        // meanwhile spent a disruption this status does not know of, and writing over it would
+        // let a second eviction spend it again (sim/FOUND.md). A conflict syncs again.
+        let patch = status_patch(&pdb, status);
+        match ctx.c(Ctl::Disruption).merge_patch_quiet(&format!("/apis/policy/v1/namespaces/{ns}/poddisruptionbudgets/{name}/status"), &patch).await {
             Ok(()) | Err(ClientError::Status { code: 404, .. }) => {}
             Err(e) => return Err(err(e)),
         }
@@ -95,6 +115,24 @@ pub(super) async fn sync_disruption(ctx: &Ctx, key: &str) -> Res {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_budget_status_counts_granted_evictions_and_is_written_only_over_its_source() {
+        let pod = |name: &str, ready: bool| Arc::new(json!({"metadata": {"name": name}, "status": {"phase": "Running", "conditions": [{"type": "Ready", "status": if ready { "True" } else { "False" }}]}}));
+        let pdb = json!({"metadata": {"name": "web", "generation": 2, "resourceVersion": "41"}, "spec": {"minAvailable": 2},
+            "status": {"disruptedPods": {"a": "2026-12-05T00:00:00Z", "gone": "2026-12-05T00:00:00Z", "old": "2026-12-04T00:00:00Z"}}});
+        let pods = [pod("a", true), pod("b", true), pod("c", true), pod("d", true), pod("old", true), pod("e", false)];
+        let now = "2026-12-05T00:00:30Z".parse::<jiff::Timestamp>().unwrap().as_second();
+        let (status, pending) = disruption_status(&pdb, &pods, None, now, "2026-12-05T00:00:30Z");
+        // Five healthy, two needed, one granted eviction still pending ("a"); one whose pod
+        // went and one older than two minutes are dropped.
+        assert_eq!((status["currentHealthy"].as_i64(), status["desiredHealthy"].as_i64(), pending), (Some(5), Some(2), 1));
+        assert_eq!(status["disruptionsAllowed"], 2);
+        assert_eq!(status["disruptedPods"], json!({"a": "2026-12-05T00:00:00Z", "gone": null, "old": null}));
+        assert_eq!(status["observedGeneration"], 2);
+        let patch = status_patch(&pdb, status);
+        assert_eq!(patch["metadata"]["resourceVersion"], "41", "the write is conditional on the budget it was computed from");
+    }
 
     #[test]
     fn budgets() {
