@@ -19,6 +19,9 @@
 //! - `store-lease-expired-early`: a store lease was expired before the time its last
 //!   acknowledged keep-alive promised; `store-lease-never-expired`: once its holders stopped,
 //!   a lease stayed (`store_lease.rs`);
+//! - `pdb-violated`: an eviction (granted, or its pod gone) left fewer healthy pods, those
+//!   already granted eviction not counted, than the PodDisruptionBudget's `minAvailable`
+//!   (`disruption.rs`);
 //! - `watch-stalled`: once the cluster converged, a watcher did not catch up;
 //! - `liveness`: once faults stopped, the cluster did not converge in the allotted time.
 
@@ -79,6 +82,52 @@ pub struct Checks {
     store_leases: Mutex<BTreeMap<storage::LeaseId, (u64, u64, u64)>>,
     /// Leases their holders revoked.
     given_up: Mutex<std::collections::BTreeSet<storage::LeaseId>>,
+    /// The disruption budget's pods and evictions, as applied (`disruption.rs`).
+    budget: Mutex<Budget>,
+}
+
+/// What `pdb-violated` follows, revision by revision: the guarded pods that are Ready and
+/// active, the pods the budget records as granted eviction, and its `minAvailable`.
+#[derive(Default)]
+struct Budget {
+    ready: std::collections::BTreeSet<String>,
+    granted: std::collections::BTreeSet<String>,
+    min_available: i64,
+}
+
+impl Budget {
+    /// Healthy pods not already granted eviction: what the budget guarantees stays.
+    fn kept(&self) -> i64 {
+        self.ready.iter().filter(|p| !self.granted.contains(*p)).count() as i64
+    }
+
+    /// Follows one applied change; says what broke if an eviction (a grant, or an evicted
+    /// pod going) leaves fewer than the budget allows.
+    fn apply(&mut self, key: &[u8], value: Option<&Bytes>, rev: Revision) -> Option<String> {
+        if key == crate::disruption::PDB_KEY.as_bytes() {
+            let pdb: serde_json::Value = value.and_then(|v| serde_json::from_slice(v).ok()).unwrap_or_default();
+            self.min_available = pdb["spec"]["minAvailable"].as_i64().unwrap_or(0);
+            let now: std::collections::BTreeSet<String> =
+                pdb["status"]["disruptedPods"].as_object().into_iter().flatten().filter(|(_, at)| !at.is_null()).map(|(p, _)| p.clone()).collect();
+            let new: Vec<String> = now.difference(&self.granted).cloned().collect();
+            self.granted = now;
+            return new.first().and_then(|pod| {
+                (self.kept() < self.min_available).then(|| format!("the eviction of {pod} was granted at revision {rev}, leaving {} healthy pods not being evicted ({:?} granted), and the budget needs {}", self.kept(), self.granted, self.min_available))
+            });
+        }
+        let Some(pod) = key.strip_prefix(b"pods/").filter(|_| key.starts_with(crate::disruption::POD_PREFIX.as_bytes())) else { return None };
+        let pod = String::from_utf8_lossy(pod).to_string();
+        let p: Option<serde_json::Value> = value.and_then(|v| serde_json::from_slice(v).ok());
+        let healthy = p.as_ref().is_some_and(|p| controllers::podutil::is_active(p) && controllers::podutil::is_ready(p));
+        let was = self.ready.contains(&pod);
+        if healthy {
+            self.ready.insert(pod);
+            return None;
+        }
+        self.ready.remove(&pod);
+        (was && self.granted.contains(&pod) && self.kept() < self.min_available)
+            .then(|| format!("evicted pod {pod} went at revision {rev}, leaving {} healthy pods not being evicted ({:?} granted), and the budget needs {}", self.kept(), self.granted, self.min_available))
+    }
 }
 
 fn show(c: &[Change]) -> String {
@@ -121,6 +170,10 @@ impl Checks {
             return;
         }
         for (k, v) in &changes {
+            let broken = self.budget.lock().unwrap().apply(k, v.as_ref(), rev);
+            if let Some(msg) = broken {
+                world.violate("pdb-violated", msg);
+            }
             if !k.starts_with(crate::kube::PODS.as_bytes()) {
                 continue;
             }

@@ -382,8 +382,10 @@ pub async fn driver(world: Arc<World>, until: tokio::time::Instant) {
                 world.log("kube", format!("driver: scaled {} to {n}", &key[RS.len()..]));
             }
         } else {
+            // Not the budget's pods: only evictions disrupt them (`disruption.rs`).
             let Some(pods) = list_from(&world, None, PODS).await else { continue };
-            let Some((key, rev, _)) = world.pick(&parse_all(&pods)) else { continue };
+            let unguarded: Vec<(String, u64, Value)> = parse_all(&pods).into_iter().filter(|(k, _, _)| !k.starts_with(crate::disruption::POD_PREFIX)).collect();
+            let Some((key, rev, _)) = world.pick(&unguarded) else { continue };
             if ok(&write(&world, delete(&key, unchanged(&key, rev))).await) {
                 world.log("kube", format!("driver: deleted pod {}", &key[PODS.len()..]));
             }

@@ -118,14 +118,24 @@ pub async fn candidate(world: Arc<World>, me: u64) {
             _ = process_ends(&world, me, incarnation) => continue,
         };
         world.checks.lease_acquired(&world, me);
-        // What the holder runs: the controllers (Deployment, ReplicaSet and Job).
-        let controllers = async {
+        // What the holder runs: the controllers (Deployment, ReplicaSet, Job and disruption).
+        let workloads = async {
             loop {
                 crate::kube::sync_deployments(&world, me).await;
                 crate::kube::sync_replicasets(&world, me).await;
                 crate::kube::sync_jobs(&world, me).await;
                 tokio::time::sleep(Duration::from_millis(world.range(200, 800))).await;
             }
+        };
+        // The disruption controller syncs on every change of a budget's pods: more often.
+        let budgets = async {
+            loop {
+                crate::disruption::sync(&world, me).await;
+                tokio::time::sleep(Duration::from_millis(world.range(50, 200))).await;
+            }
+        };
+        let controllers = async {
+            tokio::join!(workloads, budgets);
         };
         let why = tokio::select! {
             biased;

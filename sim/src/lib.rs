@@ -6,7 +6,8 @@
 //! unsynced writes), `log_store` and `state_machine` (openraft's storage over it and over the
 //! store's real MVCC and transaction code), `net` (the faulty network), `cluster` (starting,
 //! crashing and restarting replicas), `workload` (key-value clients and watchers), `kube`
-//! (Deployments, ReplicaSets, Jobs, schedulers, hollow kubelets), `lease` (leader election with
+//! (Deployments, ReplicaSets, Jobs, schedulers, hollow kubelets), `disruption` (a
+//! PodDisruptionBudget, its controller and drains), `lease` (leader election with
 //! capstan's code and skewed clocks), `check` (the invariants), `nemesis` (the faults) and
 //! `run` (one seed, start to verdict).
 
@@ -14,6 +15,7 @@ pub mod check;
 pub mod cluster;
 pub mod lease;
 pub mod disk;
+pub mod disruption;
 pub mod kube;
 pub mod log_store;
 pub mod nemesis;
@@ -49,10 +51,14 @@ pub enum Bug {
     /// A replica that becomes leader keeps the lease deadlines it saw as a follower instead of
     /// giving every lease its whole TTL again: keep-alives renewed them on the old leader.
     LeaseNotExtended,
+    /// The disruption controller writes a budget's status over whatever the budget is now, not
+    /// only over the one it computed from (capstan's controller did, until the simulation
+    /// found it): an eviction granted meanwhile is forgotten and its disruption spent twice.
+    PdbStatusWithoutCas,
 }
 
 impl Bug {
-    pub const ALL: [Bug; 6] = [Bug::AckBeforeFsync, Bug::SkipWatchEvent, Bug::BindWithoutCas, Bug::LeaderRestore, Bug::LeaseDeadlineTooLong, Bug::LeaseNotExtended];
+    pub const ALL: [Bug; 7] = [Bug::AckBeforeFsync, Bug::SkipWatchEvent, Bug::BindWithoutCas, Bug::LeaderRestore, Bug::LeaseDeadlineTooLong, Bug::LeaseNotExtended, Bug::PdbStatusWithoutCas];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -62,6 +68,7 @@ impl Bug {
             Bug::LeaderRestore => "leader-restore",
             Bug::LeaseDeadlineTooLong => "lease-deadline-too-long",
             Bug::LeaseNotExtended => "lease-not-extended",
+            Bug::PdbStatusWithoutCas => "pdb-status-without-cas",
         }
     }
 

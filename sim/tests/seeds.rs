@@ -100,6 +100,12 @@ fn a_store_lease_not_extended_on_a_new_leader_is_caught() {
 }
 
 #[test]
+fn a_disruption_budget_status_written_without_compare_and_swap_is_caught() {
+    // About one seed in nine catches it (the write must land between two evictions).
+    caught(Bug::PdbStatusWithoutCas, 10.0, 60, &["pdb-violated"]);
+}
+
+#[test]
 fn an_append_acknowledged_before_its_fsync_is_caught() {
     // Only a power cut of a quorum loses what was acknowledged early: the nemesis cuts every
     // replica at once in about one fault of twenty.
