@@ -227,6 +227,10 @@ fn find_self(status: &serde_json::Value, name: &str, peer_authority: &str) -> Re
         if !listed.is_empty() && listed != name {
             return Err(format!("the cluster {cluster:016x} gives the peer URL {} to member {listed}, not to {name}", field(m, "peerURL")));
         }
+        // Added by URL alone: the name it would announce must not be another member's.
+        if let Some(other) = members.iter().find(|o| field(o, "name") == name && network::authority(&field(o, "peerURL")) != peer_authority) {
+            return Err(format!("the cluster {cluster:016x} already has a member named {name}, at the peer URL {}", field(other, "peerURL")));
+        }
         return Ok(id_of(m).map(|id| (cluster, id)));
     }
     if let Some(m) = members.iter().find(|m| field(m, "name") == name) {
@@ -485,6 +489,9 @@ mod tests {
         assert!(e.contains("to member a, not to b"), "{e}");
         let e = find_self(&s, "a", "127.0.0.1:2").unwrap_err();
         assert!(e.contains("http://127.0.0.1:1") && e.contains("127.0.0.1:2"), "{e}");
+        // Added by URL, it may not take the name of another member.
+        let e = find_self(&s, "a", "127.0.0.1:7").unwrap_err();
+        assert!(e.contains("already has a member named a"), "{e}");
         // A peer that does not know its cluster tells nothing.
         assert_eq!(find_self(&serde_json::json!({"cluster": "0", "members": []}), "a", "127.0.0.1:1"), Ok(None));
     }
