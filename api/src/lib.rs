@@ -4,6 +4,7 @@
 
 pub mod disruption;
 pub mod meta;
+pub mod quota;
 pub mod quantity;
 pub mod quota_scope;
 

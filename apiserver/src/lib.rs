@@ -51,7 +51,7 @@ pub mod patch;
 pub mod patch_meta;
 pub mod pod_security;
 pub mod protobuf;
-pub mod quota;
+pub use api::quota;
 pub mod rbac;
 pub mod reach;
 pub mod sa_token;

@@ -22,6 +22,8 @@
 //! - `pdb-violated`: an eviction (granted, or its pod gone) left fewer healthy pods, those
 //!   already granted eviction not counted, than the PodDisruptionBudget's `minAvailable`
 //!   (`disruption.rs`);
+//! - `quota-exceeded`: a revision left more pods under the ResourceQuota than it allows
+//!   (`quota.rs`);
 //! - `watch-stalled`: once the cluster converged, a watcher did not catch up;
 //! - `liveness`: once faults stopped, the cluster did not converge in the allotted time.
 
@@ -84,6 +86,36 @@ pub struct Checks {
     given_up: Mutex<std::collections::BTreeSet<storage::LeaseId>>,
     /// The disruption budget's pods and evictions, as applied (`disruption.rs`).
     budget: Mutex<Budget>,
+    /// The quota's pods and its hard limit, as applied (`quota.rs`).
+    quota: Mutex<Quota>,
+}
+
+/// What `quota-exceeded` follows: the quota's pods and its hard limit on pods.
+#[derive(Default)]
+struct Quota {
+    pods: std::collections::BTreeSet<Bytes>,
+    hard: Option<usize>,
+}
+
+impl Quota {
+    /// Follows one revision's changes; says what broke if it leaves more pods than allowed.
+    fn apply(&mut self, changes: &[Change], rev: Revision) -> Option<String> {
+        let mut touched = false;
+        for (k, v) in changes {
+            if k.as_ref() == crate::quota::QUOTA_KEY.as_bytes() {
+                let q: serde_json::Value = v.as_ref().and_then(|v| serde_json::from_slice(v).ok()).unwrap_or_default();
+                self.hard = q["spec"]["hard"]["pods"].as_str().and_then(|h| h.parse().ok());
+            } else if k.starts_with(crate::quota::POD_PREFIX.as_bytes()) {
+                touched = true;
+                match v {
+                    Some(_) => self.pods.insert(k.clone()),
+                    None => self.pods.remove(k),
+                };
+            }
+        }
+        let hard = self.hard?;
+        (touched && self.pods.len() > hard).then(|| format!("revision {rev} leaves {} pods under a quota of {hard}", self.pods.len()))
+    }
 }
 
 /// What `pdb-violated` follows, revision by revision: the guarded pods that are Ready and
@@ -168,6 +200,10 @@ impl Checks {
                 world.violate("replicas-diverge", msg);
             }
             return;
+        }
+        let over = self.quota.lock().unwrap().apply(&changes, rev);
+        if let Some(msg) = over {
+            world.violate("quota-exceeded", msg);
         }
         for (k, v) in &changes {
             let broken = self.budget.lock().unwrap().apply(k, v.as_ref(), rev);

@@ -118,7 +118,7 @@ pub async fn candidate(world: Arc<World>, me: u64) {
             _ = process_ends(&world, me, incarnation) => continue,
         };
         world.checks.lease_acquired(&world, me);
-        // What the holder runs: the controllers (Deployment, ReplicaSet, Job and disruption).
+        // What the holder runs: the controllers (Deployment, ReplicaSet, Job, disruption, quota).
         let workloads = async {
             loop {
                 crate::kube::sync_deployments(&world, me).await;
@@ -127,10 +127,13 @@ pub async fn candidate(world: Arc<World>, me: u64) {
                 tokio::time::sleep(Duration::from_millis(world.range(200, 800))).await;
             }
         };
-        // The disruption controller syncs on every change of a budget's pods: more often.
+        // The disruption and resource-quota controllers sync on every change of their
+        // objects' pods: more often.
         let budgets = async {
+            let mut pending = crate::quota::Pending::default();
             loop {
                 crate::disruption::sync(&world, me).await;
+                crate::quota::sync(&world, me, &mut pending).await;
                 tokio::time::sleep(Duration::from_millis(world.range(50, 200))).await;
             }
         };

@@ -7,7 +7,8 @@
 //! store's real MVCC and transaction code), `net` (the faulty network), `cluster` (starting,
 //! crashing and restarting replicas), `workload` (key-value clients and watchers), `kube`
 //! (Deployments, ReplicaSets, Jobs, schedulers, hollow kubelets), `disruption` (a
-//! PodDisruptionBudget, its controller and drains), `lease` (leader election with
+//! PodDisruptionBudget, its controller and drains), `quota` (a ResourceQuota, its admission
+//! and controller), `lease` (leader election with
 //! capstan's code and skewed clocks), `check` (the invariants), `nemesis` (the faults) and
 //! `run` (one seed, start to verdict).
 
@@ -19,6 +20,7 @@ pub mod disruption;
 pub mod kube;
 pub mod log_store;
 pub mod nemesis;
+pub mod quota;
 pub mod net;
 pub mod rt;
 pub mod run;
@@ -55,10 +57,23 @@ pub enum Bug {
     /// only over the one it computed from (capstan's controller did, until the simulation
     /// found it): an eviction granted meanwhile is forgotten and its disruption spent twice.
     PdbStatusWithoutCas,
+    /// The resource-quota controller writes a recount that lowers a quota's usage at once,
+    /// without waiting for a later recount to agree: a recount from a pods view older than the
+    /// quota's lets admission over-commit.
+    QuotaLoweredAtOnce,
 }
 
 impl Bug {
-    pub const ALL: [Bug; 7] = [Bug::AckBeforeFsync, Bug::SkipWatchEvent, Bug::BindWithoutCas, Bug::LeaderRestore, Bug::LeaseDeadlineTooLong, Bug::LeaseNotExtended, Bug::PdbStatusWithoutCas];
+    pub const ALL: [Bug; 8] = [
+        Bug::AckBeforeFsync,
+        Bug::SkipWatchEvent,
+        Bug::BindWithoutCas,
+        Bug::LeaderRestore,
+        Bug::LeaseDeadlineTooLong,
+        Bug::LeaseNotExtended,
+        Bug::PdbStatusWithoutCas,
+        Bug::QuotaLoweredAtOnce,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -69,6 +84,7 @@ impl Bug {
             Bug::LeaseDeadlineTooLong => "lease-deadline-too-long",
             Bug::LeaseNotExtended => "lease-not-extended",
             Bug::PdbStatusWithoutCas => "pdb-status-without-cas",
+            Bug::QuotaLoweredAtOnce => "quota-lowered-at-once",
         }
     }
 

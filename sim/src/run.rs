@@ -112,7 +112,7 @@ async fn drive(world: Arc<World>) {
         world.violate("liveness", "no leader within 10 s of a fresh start without faults".into());
         return;
     }
-    if !crate::kube::create_replicasets(&world).await || !crate::kube::create_jobs(&world).await || !crate::kube::create_deployments(&world).await || !crate::disruption::create(&world).await {
+    if !crate::kube::create_replicasets(&world).await || !crate::kube::create_jobs(&world).await || !crate::kube::create_deployments(&world).await || !crate::disruption::create(&world).await || !crate::quota::create(&world).await {
         world.violate("liveness", "the workloads could not be created without faults".into());
         return;
     }
@@ -131,6 +131,10 @@ async fn drive(world: Arc<World>) {
         tasks.push(spawn(crate::kube::scheduler(world.clone(), s)));
     }
     tasks.push(spawn(crate::kube::driver(world.clone(), faults_end)));
+    for c in 0..2 {
+        tasks.push(spawn(crate::quota::creator(world.clone(), c, faults_end + Duration::from_secs(10))));
+    }
+    tasks.push(spawn(crate::quota::deleter(world.clone(), faults_end + Duration::from_secs(10))));
     for d in 0..3 {
         tasks.push(spawn(crate::disruption::drain(world.clone(), d, faults_end + Duration::from_secs(10))));
     }

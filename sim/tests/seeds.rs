@@ -106,6 +106,11 @@ fn a_disruption_budget_status_written_without_compare_and_swap_is_caught() {
 }
 
 #[test]
+fn a_quota_recount_lowered_without_confirmation_is_caught() {
+    caught(Bug::QuotaLoweredAtOnce, 10.0, 5, &["quota-exceeded"]);
+}
+
+#[test]
 fn an_append_acknowledged_before_its_fsync_is_caught() {
     // Only a power cut of a quorum loses what was acknowledged early: the nemesis cuts every
     // replica at once in about one fault of twenty.

@@ -400,6 +400,35 @@ pub(super) async fn sync_namespace(ctx: &Ctx, ns: &str) -> Res {
 
 // ---------------------------------------------------------------- ResourceQuota
 
+/// How long a recount that lowers a quota's usage waits for a later one to agree.
+pub const QUOTA_CONFIRM: Duration = Duration::from_secs(1);
+
+/// Whether a recount's `used` lowers any figure of the quota's current `status.used`.
+pub fn quota_lowers(used: &serde_json::Map<String, Value>, current: &Value) -> bool {
+    let milli = |x: &Value| x.as_str().and_then(|s| api::Quantity::parse(s).ok()).map(|q| q.milli);
+    used.iter().any(|(k, v)| matches!((milli(v), milli(&current[k])), (Some(new), Some(old)) if new < old))
+}
+
+/// What to do with a recount `status` that lowers a quota's usage.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LoweringGate {
+    /// A recount `QUOTA_CONFIRM` ago or more came out the same: write it.
+    Write,
+    /// The same recount is pending, not yet confirmed: look again after this long.
+    Wait(Duration),
+    /// A new lowering: remember it (with the time) and look again after `QUOTA_CONFIRM`.
+    Start,
+}
+
+/// `pending` is the lowering remembered for this quota and how long ago it was computed.
+pub fn lowering_gate(pending: Option<(&Value, Duration)>, status: &Value) -> LoweringGate {
+    match pending {
+        Some((s, age)) if s == status && age >= QUOTA_CONFIRM => LoweringGate::Write,
+        Some((s, age)) if s == status => LoweringGate::Wait(QUOTA_CONFIRM.saturating_sub(age)),
+        _ => LoweringGate::Start,
+    }
+}
+
 /// Recomputes a quota's `status.used` from what exists (the API server's admission reserves
 /// usage ahead; this corrects it, e.g. for creates that failed after their reservation).
 ///
@@ -411,7 +440,6 @@ pub(super) async fn sync_namespace(ctx: &Ctx, ns: &str) -> Res {
 /// conditional on the quota's resourceVersion (a charge made meanwhile makes it fail with 409,
 /// and the charge's own event brings a new sync).
 pub(super) async fn sync_quota(ctx: &Ctx, key: &str) -> Res {
-    const QUOTA_CONFIRM: Duration = Duration::from_secs(1);
     let Some(rq) = ctx.quotas.get(key) else {
         ctx.quota_lowering.lock().unwrap().remove(key);
         return Ok(None);
@@ -460,17 +488,14 @@ pub(super) async fn sync_quota(ctx: &Ctx, key: &str) -> Res {
         let q = api::Quantity::from_milli(m);
         used.insert(k.clone(), json!(if k.contains("memory") || k.contains("storage") { q.memory_string() } else { q.cpu_string() }));
     }
-    let lowers = used.iter().any(|(k, v)| {
-        let milli = |x: &Value| x.as_str().and_then(|s| api::Quantity::parse(s).ok()).map(|q| q.milli);
-        matches!((milli(v), milli(&rq["status"]["used"][k])), (Some(new), Some(old)) if new < old)
-    });
+    let lowers = quota_lowers(&used, &rq["status"]["used"]);
     let status = json!({"hard": hard, "used": used});
     if lowers {
         let mut pending = ctx.quota_lowering.lock().unwrap();
-        match pending.get(key) {
-            Some((s, since)) if *s == status && since.elapsed() >= QUOTA_CONFIRM => {}
-            Some((s, since)) if *s == status => return Ok(Some(QUOTA_CONFIRM.saturating_sub(since.elapsed()))),
-            _ => {
+        match lowering_gate(pending.get(key).map(|(s, since)| (s, since.elapsed())), &status) {
+            LoweringGate::Write => {}
+            LoweringGate::Wait(d) => return Ok(Some(d)),
+            LoweringGate::Start => {
                 pending.insert(key.to_string(), (status, Instant::now()));
                 return Ok(Some(QUOTA_CONFIRM));
             }
@@ -486,4 +511,24 @@ pub(super) async fn sync_quota(ctx: &Ctx, key: &str) -> Res {
         }
     }
     Ok(Some(Duration::from_secs(30)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_lowering_recount_is_written_only_when_a_later_one_agrees() {
+        let low = json!({"used": {"pods": "2"}});
+        let other = json!({"used": {"pods": "1"}});
+        assert_eq!(lowering_gate(None, &low), LoweringGate::Start);
+        assert_eq!(lowering_gate(Some((&low, Duration::from_millis(400))), &low), LoweringGate::Wait(Duration::from_millis(600)));
+        assert_eq!(lowering_gate(Some((&low, QUOTA_CONFIRM)), &low), LoweringGate::Write);
+        // A different recount starts over, however old the pending one.
+        assert_eq!(lowering_gate(Some((&other, Duration::from_secs(5))), &low), LoweringGate::Start);
+        let used = |n: &str| json!({"pods": n}).as_object().cloned().unwrap();
+        assert!(quota_lowers(&used("2"), &json!({"pods": "3"})));
+        assert!(!quota_lowers(&used("3"), &json!({"pods": "3"})));
+        assert!(!quota_lowers(&used("4"), &json!({"pods": "3"})));
+    }
 }

@@ -33,6 +33,7 @@ use apps::*;
 use batch_and_sets::*;
 use lifecycle::*;
 use policy::*;
+pub use lifecycle::{LoweringGate, QUOTA_CONFIRM, lowering_gate, quota_lowers};
 pub use policy::{budget, disruption_status};
 
 type Res = Result<Option<Duration>, String>;

@@ -1,5 +1,6 @@
-//! ResourceQuota admission: a create in a namespace with quotas charges its usage on each
-//! quota's `status.used` in the create's own txn (`reserve.rs`), so concurrent creates cannot
+//! ResourceQuota admission's arithmetic (shared by the API server and the deterministic
+//! simulation): a create in a namespace with quotas charges its usage on each
+//! quota's `status.used` in the create's own txn (the API server's `reserve.rs`), so concurrent creates cannot
 //! overshoot and a create that fails charges nothing; it is Forbidden if any hard limit would
 //! be exceeded, with Kubernetes' message. The resource-quota controller recomputes `used`
 //! from what exists.
@@ -20,7 +21,7 @@ pub fn usage(group: &str, resource: &str, obj: &Value) -> Vec<(String, i64)> {
                 .as_array()
                 .into_iter()
                 .flatten()
-                .map(|c| c["resources"][section][res].as_str().and_then(|s| api::Quantity::parse(s).ok()).map_or(0, |q| q.milli))
+                .map(|c| c["resources"][section][res].as_str().and_then(|s| crate::Quantity::parse(s).ok()).map_or(0, |q| q.milli))
                 .sum()
         };
         for res in ["cpu", "memory", "ephemeral-storage"] {
@@ -36,7 +37,7 @@ pub fn usage(group: &str, resource: &str, obj: &Value) -> Vec<(String, i64)> {
 /// Quota quantities are kept in milli-units internally.
 fn milli(v: &Value) -> Option<i64> {
     match v {
-        Value::String(s) => api::Quantity::parse(s).ok().map(|q| q.milli),
+        Value::String(s) => crate::Quantity::parse(s).ok().map(|q| q.milli),
         Value::Number(n) => n.as_i64().map(|x| x * 1000),
         _ => None,
     }
@@ -44,7 +45,7 @@ fn milli(v: &Value) -> Option<i64> {
 
 /// The printed form of a quota value.
 pub fn show(key: &str, m: i64) -> String {
-    let q = api::Quantity::from_milli(m);
+    let q = crate::Quantity::from_milli(m);
     if key.contains("memory") || key.contains("storage") { q.memory_string() } else { q.cpu_string() }
 }
 
