@@ -1,7 +1,7 @@
 //! The KV service: Range, Put, DeleteRange, Txn, Compact, with etcd's semantics on top of
 //! the store's (which has etcd's revisions, compares and txns already). What etcd does after
 //! reading — sorting, the min/max revision filters, `ignore_value` / `ignore_lease` — is done
-//! here; compares on a lease are evaluated here and the txn pinned to what was read.
+//! here. Every compare, a lease's included, is the store's.
 
 use std::sync::Arc;
 
@@ -233,14 +233,7 @@ fn ops_in(ctx: &Ctx, ops: Vec<pb::RequestOp>) -> Result<(Vec<storage::TxnOp>, Ve
                 if t.compare.len() > max || t.success.len() > max || t.failure.len() > max {
                     return Err(errors::too_many_ops());
                 }
-                let compare = t
-                    .compare
-                    .into_iter()
-                    .map(|c| match compare_in(c)? {
-                        Cmp::Store(c) => Ok(c),
-                        Cmp::Lease { .. } => Err(errors::unsupported("a lease compare in a nested txn")),
-                    })
-                    .collect::<Result<Vec<_>, _>>()?;
+                let compare = t.compare.into_iter().map(compare_in).collect::<Result<Vec<_>, _>>()?;
                 let (success, success_posts) = ops_in(ctx, t.success)?;
                 let (failure, failure_posts) = ops_in(ctx, t.failure)?;
                 out.push(storage::TxnOp::Txn(Box::new(storage::TxnRequest { compare, success, failure })));
@@ -286,13 +279,8 @@ fn responses_out(ctx: &Ctx, responses: Vec<storage::TxnOpResponse>, posts: Vec<O
         .collect()
 }
 
-/// A compare in the store's terms, or (for a lease) the lease it asks about.
-enum Cmp {
-    Store(storage::Compare),
-    Lease { key: Bytes, op: storage::CompareOp, lease: i64 },
-}
-
-fn compare_in(c: pb::Compare) -> Result<Cmp, Status> {
+/// A compare in the store's terms.
+fn compare_in(c: pb::Compare) -> Result<storage::Compare, Status> {
     if c.key.is_empty() {
         return Err(errors::empty_key());
     }
@@ -324,19 +312,9 @@ fn compare_in(c: pb::Compare) -> Result<Cmp, Status> {
             Some(U::Value(v)) => v.into(),
             _ => Bytes::new(),
         }),
-        T::Lease if range_end.is_some() => return Err(errors::unsupported("a lease compare over a key range")),
-        T::Lease => return Ok(Cmp::Lease { key, op, lease: num(&c.target_union) }),
+        T::Lease => storage::CompareTarget::Lease(num(&c.target_union)),
     };
-    Ok(Cmp::Store(storage::Compare { key, op, target, range_end }))
-}
-
-fn holds(op: storage::CompareOp, have: i64, want: i64) -> bool {
-    match op {
-        storage::CompareOp::Equal => have == want,
-        storage::CompareOp::NotEqual => have != want,
-        storage::CompareOp::Greater => have > want,
-        storage::CompareOp::Less => have < want,
-    }
+    Ok(storage::Compare { key, op, target, range_end })
 }
 
 async fn txn(ctx: &Ctx, t: pb::TxnRequest) -> Result<pb::TxnResponse, Status> {
@@ -344,66 +322,14 @@ async fn txn(ctx: &Ctx, t: pb::TxnRequest) -> Result<pb::TxnResponse, Status> {
     if t.compare.len() > max || t.success.len() > max || t.failure.len() > max {
         return Err(errors::too_many_ops());
     }
-    let compares = t.compare.into_iter().map(compare_in).collect::<Result<Vec<_>, _>>()?;
+    let compare = t.compare.into_iter().map(compare_in).collect::<Result<Vec<_>, _>>()?;
     let (success, success_posts) = ops_in(ctx, t.success)?;
     let (failure, failure_posts) = ops_in(ctx, t.failure)?;
-    let leases = compares.iter().any(|c| matches!(c, Cmp::Lease { .. }));
-    let (resp, succeeded) = if !leases {
-        let compare = compares.into_iter().map(|c| if let Cmp::Store(c) = c { c } else { unreachable!() }).collect();
-        let r = ctx.store.txn(storage::TxnRequest { compare, success, failure }).await.map_err(|e| ctx.noted(e))?;
-        let ok = r.succeeded;
-        (r, ok)
-    } else {
-        pinned(ctx, compares, success, failure).await?
-    };
+    let resp = ctx.store.txn(storage::TxnRequest { compare, success, failure }).await.map_err(|e| ctx.noted(e))?;
+    let succeeded = resp.succeeded;
     let posts = if succeeded { success_posts } else { failure_posts };
     let responses = responses_out(ctx, resp.responses, posts);
     Ok(pb::TxnResponse { header: ctx.header(resp.revision), succeeded, responses })
-}
-
-/// A txn with compares the store cannot make (a key's lease): every compared key is read at
-/// one revision, the compares decided here, and the chosen branch run by the store only if
-/// none of those keys changed since (their mod revisions are its compares); else again.
-async fn pinned(ctx: &Ctx, compares: Vec<Cmp>, success: Vec<storage::TxnOp>, failure: Vec<storage::TxnOp>) -> Result<(storage::TxnResponse, bool), Status> {
-    if compares.iter().any(|c| matches!(c, Cmp::Store(s) if s.range_end.is_some())) {
-        return Err(errors::unsupported("a compare over a key range beside a lease compare"));
-    }
-    for _ in 0..64 {
-        let at = ctx.store.consistent_revision().await.map_err(errors::store)?;
-        let mut ok = true;
-        let mut guards = Vec::with_capacity(compares.len());
-        for c in &compares {
-            let key = match c {
-                Cmp::Store(s) => &s.key,
-                Cmp::Lease { key, .. } => key,
-            };
-            let read = ctx.store.range(storage::RangeRequest::new(storage::KeyRange::Key(key.clone())).at(at)).await.map_err(errors::store)?;
-            let kv = read.kvs.into_iter().next();
-            let (m, c_rev, v, lease, value) = kv.as_ref().map_or((0, 0, 0, 0, Bytes::new()), |kv| (kv.mod_revision, kv.create_revision, kv.version, kv.lease, kv.value.clone()));
-            ok &= match c {
-                Cmp::Lease { op, lease: want, .. } => holds(*op, lease, *want),
-                Cmp::Store(s) => match &s.target {
-                    storage::CompareTarget::ModRevision(w) => holds(s.op, m as i64, *w as i64),
-                    storage::CompareTarget::CreateRevision(w) => holds(s.op, c_rev as i64, *w as i64),
-                    storage::CompareTarget::Version(w) => holds(s.op, v as i64, *w as i64),
-                    // A missing key's value compares false, as in the store.
-                    storage::CompareTarget::Value(w) => kv.is_some() && match s.op {
-                        storage::CompareOp::Equal => value == *w,
-                        storage::CompareOp::NotEqual => value != *w,
-                        storage::CompareOp::Greater => value > *w,
-                        storage::CompareOp::Less => value < *w,
-                    },
-                },
-            };
-            guards.push(storage::Compare { key: key.clone(), op: storage::CompareOp::Equal, target: storage::CompareTarget::ModRevision(m), range_end: None });
-        }
-        let branch = if ok { success.clone() } else { failure.clone() };
-        let r = ctx.store.txn(storage::TxnRequest { compare: guards, success: branch, failure: vec![] }).await.map_err(|e| ctx.noted(e))?;
-        if r.succeeded {
-            return Ok((r, ok));
-        }
-    }
-    Err(Status::unavailable("etcdserver: the compared keys changed under every attempt; retry"))
 }
 
 async fn compact(ctx: &Ctx, c: pb::CompactionRequest) -> Result<pb::CompactionResponse, Status> {
@@ -490,20 +416,17 @@ mod tests {
     }
 
     #[test]
-    fn compares_map_to_the_store_and_leases_are_kept_apart() {
+    fn compares_map_to_the_store() {
         let c = pb::Compare { key: b"k".to_vec(), target: compare::CompareTarget::Mod as i32, result: compare::CompareResult::Less as i32, target_union: Some(compare::TargetUnion::ModRevision(5)), range_end: vec![] };
-        match compare_in(c).unwrap() {
-            Cmp::Store(s) => assert_eq!((s.op, s.target), (storage::CompareOp::Less, storage::CompareTarget::ModRevision(5))),
-            Cmp::Lease { .. } => panic!("a mod revision compare is the store's"),
-        }
+        let s = compare_in(c).unwrap();
+        assert_eq!((s.op, s.target), (storage::CompareOp::Less, storage::CompareTarget::ModRevision(5)));
         let l = pb::Compare { key: b"k".to_vec(), target: compare::CompareTarget::Lease as i32, result: compare::CompareResult::Equal as i32, target_union: Some(compare::TargetUnion::Lease(7)), range_end: vec![] };
-        assert!(matches!(compare_in(l).unwrap(), Cmp::Lease { lease: 7, .. }));
+        assert_eq!(compare_in(l).unwrap().target, storage::CompareTarget::Lease(7));
         let ranged = pb::Compare { key: b"k".to_vec(), range_end: b"l".to_vec(), ..Default::default() };
-        assert!(matches!(compare_in(ranged).unwrap(), Cmp::Store(storage::Compare { range_end: Some(ref e), .. }) if e.as_ref() == b"l"));
+        assert!(matches!(compare_in(ranged).unwrap(), storage::Compare { range_end: Some(ref e), .. } if e.as_ref() == b"l"));
         let from = pb::Compare { key: b"k".to_vec(), range_end: vec![0], ..Default::default() };
-        assert!(matches!(compare_in(from).unwrap(), Cmp::Store(storage::Compare { range_end: Some(ref e), .. }) if e.is_empty()), "\\0: to the end");
-        let lease_range = pb::Compare { key: b"k".to_vec(), range_end: b"l".to_vec(), target: compare::CompareTarget::Lease as i32, ..Default::default() };
-        assert_eq!(compare_in(lease_range).err().unwrap().code(), tonic::Code::InvalidArgument);
-        assert!(holds(storage::CompareOp::Greater, 3, 2) && !holds(storage::CompareOp::Less, 3, 2));
+        assert!(matches!(compare_in(from).unwrap(), storage::Compare { range_end: Some(ref e), .. } if e.is_empty()), "\\0: to the end");
+        let lease_range = pb::Compare { key: b"k".to_vec(), range_end: b"l".to_vec(), target: compare::CompareTarget::Lease as i32, target_union: Some(compare::TargetUnion::Lease(9)), ..Default::default() };
+        assert!(matches!(compare_in(lease_range).unwrap(), storage::Compare { target: storage::CompareTarget::Lease(9), range_end: Some(_), .. }));
     }
 }

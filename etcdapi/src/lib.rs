@@ -14,8 +14,7 @@
 //!
 //! **Differences from etcd** (DESIGN.md has the reasons): authentication stays disabled
 //! (`auth.rs`: access is by client certificate; enabling it, authenticating and managing
-//! users and roles answer `FailedPrecondition`); lease compares only at a txn's top level and over one key
-//! (`InvalidArgument`); `Hash` and `HashKV` hash the keyspace at a revision, not etcd's bbolt
+//! users and roles answer `FailedPrecondition`); `Hash` and `HashKV` hash the keyspace at a revision, not etcd's bbolt
 //! pages, so they compare capstan replicas with each other, never with an etcd.
 
 use std::sync::Arc;

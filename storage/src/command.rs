@@ -143,6 +143,10 @@ fn txn(out: &mut BytesMut, t: &TxnRequest) {
                 out.put_u8(3 | ranged);
                 bytes(out, v);
             }
+            CompareTarget::Lease(l) => {
+                out.put_u8(4 | ranged);
+                out.put_i64_le(*l);
+            }
         }
         if let Some(end) = &c.range_end {
             bytes(out, end);
@@ -384,6 +388,7 @@ fn read_txn_at(r: &mut Reader, depth: usize) -> Result<TxnRequest, String> {
             1 => CompareTarget::CreateRevision(r.u64()?),
             2 => CompareTarget::Version(r.u64()?),
             3 => CompareTarget::Value(r.bytes()?),
+            4 => CompareTarget::Lease(r.i64()?),
             _ => return Err(format!("unknown compare target {tag}")),
         };
         let range_end = if tag & 8 != 0 { Some(r.bytes()?) } else { None };
@@ -670,6 +675,7 @@ mod tests {
                     Compare { key: b("v"), op: CompareOp::Greater, target: CompareTarget::Value(b("x")), range_end: None },
                     Compare { key: b("a"), op: CompareOp::Less, target: CompareTarget::Version(3), range_end: Some(b("b")) },
                     Compare { key: b("a"), op: CompareOp::Equal, target: CompareTarget::Value(b("y")), range_end: Some(Bytes::new()) },
+                    Compare { key: b("l"), op: CompareOp::NotEqual, target: CompareTarget::Lease(0x7fff_0000_0000_0001), range_end: Some(b("m")) },
                 ],
                 success: vec![
                     TxnOp::Put(PutRequest { key: b("k"), value: b("val"), lease: 3, prev_kv: true }),

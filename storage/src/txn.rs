@@ -147,6 +147,7 @@ fn compare_holds(kv: Option<&KeyValue>, c: &Compare) -> bool {
         (CompareTarget::ModRevision(r), kv) => kv.map_or(0, |k| k.mod_revision).cmp(r),
         (CompareTarget::CreateRevision(r), kv) => kv.map_or(0, |k| k.create_revision).cmp(r),
         (CompareTarget::Version(v), kv) => kv.map_or(0, |k| k.version).cmp(v),
+        (CompareTarget::Lease(l), kv) => kv.map_or(0, |k| k.lease).cmp(l),
     };
     match c.op {
         CompareOp::Equal => ord == Ordering::Equal,

@@ -139,6 +139,8 @@ pub enum CompareTarget {
     CreateRevision(Revision),
     Version(u64),
     Value(Bytes),
+    /// The key's lease (0: none, or no key), as etcd compares it.
+    Lease(LeaseId),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -157,6 +157,8 @@ impl Model {
             (CompareTarget::ModRevision(r), kv) => kv.as_ref().map_or(0, |k| k.mod_revision).cmp(r),
             (CompareTarget::CreateRevision(r), kv) => kv.as_ref().map_or(0, |k| k.create_revision).cmp(r),
             (CompareTarget::Version(v), kv) => kv.as_ref().map_or(0, |k| k.version).cmp(v),
+            // The model's writes carry no lease.
+            (CompareTarget::Lease(l), _) => 0.cmp(l),
         };
         match c.op {
             CompareOp::Equal => ord.is_eq(),

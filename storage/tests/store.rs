@@ -132,6 +132,38 @@ async fn nested_txns_and_range_compares_as_etcd_decides_them() {
     assert_eq!(store.get("/d").await.unwrap().unwrap().value, b("1"));
 }
 
+/// etcd's lease compare: a key's lease (0 for none, and for a key that is not there), over one
+/// key or a range, at any depth of a txn.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lease_compares_as_etcd_decides_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), 2);
+    store.lease_grant(77, 60).await.unwrap();
+    for k in ["/l/a", "/l/b"] {
+        store.txn(TxnRequest { compare: vec![], success: vec![TxnOp::Put(PutRequest { key: b(k), value: b("v"), lease: 77, prev_kv: false })], failure: vec![] }).await.unwrap();
+    }
+    store.put("/l/c", "v").await.unwrap();
+    let check = |c: Compare| TxnRequest { compare: vec![c], success: vec![], failure: vec![] };
+    let lease = |key: &str, op: CompareOp, l: i64, end: Option<&str>| Compare { key: b(key), op, target: CompareTarget::Lease(l), range_end: end.map(b) };
+    assert!(store.txn(check(lease("/l/a", CompareOp::Equal, 77, None))).await.unwrap().succeeded);
+    assert!(!store.txn(check(lease("/l/a", CompareOp::Equal, 78, None))).await.unwrap().succeeded);
+    assert!(store.txn(check(lease("/l/c", CompareOp::Equal, 0, None))).await.unwrap().succeeded, "no lease: 0");
+    assert!(store.txn(check(lease("/l/none", CompareOp::Equal, 0, None))).await.unwrap().succeeded, "no key: 0");
+    assert!(store.txn(check(lease("/l/a", CompareOp::Equal, 77, Some("/l/c")))).await.unwrap().succeeded, "a and b hold lease 77");
+    assert!(!store.txn(check(lease("/l/a", CompareOp::Equal, 77, Some("/l0")))).await.unwrap().succeeded, "c holds none");
+    assert!(store.txn(check(lease("/l/", CompareOp::Less, 78, Some("/l0")))).await.unwrap().succeeded);
+    // Nested, and through the log: the same after a reopen.
+    let nested = TxnRequest {
+        compare: vec![],
+        success: vec![TxnOp::Txn(Box::new(TxnRequest { compare: vec![lease("/l/b", CompareOp::Greater, 0, None)], success: vec![put_op("/then", "1")], failure: vec![put_op("/else", "1")] }))],
+        failure: vec![],
+    };
+    store.txn(nested).await.unwrap();
+    drop(store);
+    let store = open(dir.path(), 2);
+    assert!(store.get("/then").await.unwrap().is_some() && store.get("/else").await.unwrap().is_none());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_over_the_size_limit_is_refused_and_writes_nothing() {
     let dir = tempfile::tempdir().unwrap();
