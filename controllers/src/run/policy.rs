@@ -102,10 +102,11 @@ pub(super) async fn sync_disruption(ctx: &Ctx, key: &str) -> Res {
         // Only over the budget this status was computed from (its resourceVersion, a
         // precondition of the patch), as Kubernetes' controller updates it: an eviction granted
         // meanwhile spent a disruption this status does not know of, and writing over it would
-        // let a second eviction spend it again (sim/FOUND.md). A conflict syncs again.
+        // let a second eviction spend it again (sim/FOUND.md). A conflict is that change: its
+        // event brings the budget back to sync, so it is not an error (as for quotas).
         let patch = status_patch(&pdb, status);
         match ctx.c(Ctl::Disruption).merge_patch_quiet(&format!("/apis/policy/v1/namespaces/{ns}/poddisruptionbudgets/{name}/status"), &patch).await {
-            Ok(()) | Err(ClientError::Status { code: 404, .. }) => {}
+            Ok(()) | Err(ClientError::Status { code: 404 | 409, .. }) => {}
             Err(e) => return Err(err(e)),
         }
     }
