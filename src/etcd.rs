@@ -99,7 +99,7 @@ fn change_status(e: raft::replica::ChangeError) -> etcdapi::Status {
     use raft::replica::ChangeError as E;
     match e {
         E::NotFound(_) => etcdapi::Status::not_found("etcdserver: member not found"),
-        E::Exists(m) if m.contains("peer URL") => etcdapi::Status::failed_precondition("etcdserver: Peer URLs already exists"),
+        E::PeerUrlTaken(_) => etcdapi::Status::failed_precondition("etcdserver: Peer URLs already exists"),
         E::Exists(m) => etcdapi::Status::failed_precondition(format!("etcdserver: {m}")),
         E::NoLeader => etcdapi::Status::unavailable("etcdserver: no leader"),
         E::Unhealthy(_) => etcdapi::Status::unavailable("etcdserver: unhealthy cluster"),
@@ -207,5 +207,23 @@ impl etcdapi::Membership for RaftMembership {
             }
             Ok(())
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn membership_calls_answer_with_etcds_codes_and_words() {
+        use raft::replica::ChangeError as E;
+        let code = |s: etcdapi::Status| (s.code(), s.message().to_string());
+        assert_eq!(code(change_status(E::PeerUrlTaken("x".into()))), (tonic::Code::FailedPrecondition, "etcdserver: Peer URLs already exists".into()));
+        assert_eq!(code(change_status(E::NotFound("x".into()))), (tonic::Code::NotFound, "etcdserver: member not found".into()));
+        assert_eq!(code(change_status(E::Unhealthy("x".into()))), (tonic::Code::Unavailable, "etcdserver: unhealthy cluster".into()));
+        assert_eq!(one_peer_url(vec!["http://h:1".into()]).unwrap(), "http://h:1");
+        assert_eq!(one_peer_url(vec![]).unwrap_err().code(), tonic::Code::InvalidArgument);
+        let two = one_peer_url(vec!["http://h:1".into(), "http://h:2".into()]).unwrap_err();
+        assert!(two.code() == tonic::Code::InvalidArgument && two.message().contains("one peer URL, not 2"), "{two:?}");
     }
 }

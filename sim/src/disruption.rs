@@ -18,8 +18,8 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use crate::Bug;
-use crate::kube::{PODS, RS, absent, put, unchanged};
-use crate::workload::{Written, list_from, write, write_from};
+use crate::kube::{PODS, RS, absent, delete, object, ok, put, unchanged};
+use crate::workload::{list_from, write, write_from};
 use crate::world::World;
 
 pub const NAME: &str = "guarded";
@@ -27,20 +27,10 @@ pub const PDB_KEY: &str = "pdbs/guarded";
 /// The guarded pods' keys begin so (the ReplicaSet controller names them after `rs/guarded`).
 pub const POD_PREFIX: &str = "pods/guarded-";
 
-fn ok(w: &Written) -> bool {
-    matches!(w, Written::Applied(storage::Applied::Txn(Ok(r))) if r.succeeded)
-}
-
-/// Simulated time on the wall, as RFC 3339 and as Unix seconds.
+/// Simulated time on the wall (true time, no skew), as RFC 3339 and as Unix seconds.
 fn wall(world: &World) -> (String, i64) {
-    let epoch: jiff::Timestamp = "2026-12-05T00:00:00Z".parse().expect("a timestamp");
-    let t = epoch + jiff::SignedDuration::from_micros(world.now_us() as i64);
+    let t = crate::lease::epoch() + jiff::SignedDuration::from_micros(world.now_us() as i64);
     (t.to_string(), t.as_second())
-}
-
-fn object(kv: &storage::KeyValue) -> Option<(String, u64, Value)> {
-    let v: Value = serde_json::from_slice(&kv.value).ok()?;
-    Some((String::from_utf8_lossy(&kv.key).to_string(), kv.mod_revision, v))
 }
 
 /// The ReplicaSet and its budget: `replicas` pods, at most two of them disrupted at a time
@@ -111,12 +101,7 @@ pub async fn drain(world: Arc<World>, me: usize, until: tokio::time::Instant) {
         if !ok(&write(&world, put(&pkey, &next, unchanged(&pkey, prev))).await) {
             continue;
         }
-        let delete = storage::Command::Txn(storage::TxnRequest {
-            compare: unchanged(&key, rev),
-            success: vec![storage::TxnOp::Delete(storage::DeleteRequest { range: storage::KeyRange::Key(bytes::Bytes::from(key.clone())), prev_kv: false })],
-            failure: vec![],
-        });
-        if ok(&write(&world, delete).await) {
+        if ok(&write(&world, delete(&key, unchanged(&key, rev))).await) {
             world.log("kube", format!("drain-{me}: evicted {pod}"));
         }
     }

@@ -50,16 +50,21 @@ pub const CONVERGE: Duration = Duration::from_secs(60);
 /// A write of object `v` under `key` if `compare` holds (its resourceVersion is the key's
 /// revision, not stored).
 pub(crate) fn put(key: &str, v: &Value, compare: Vec<Compare>) -> Command {
+    Command::Txn(TxnRequest { compare, success: vec![put_op(key, v)], failure: vec![] })
+}
+
+/// The put of object `v` under `key`, for a txn (its resourceVersion is not stored).
+pub(crate) fn put_op(key: &str, v: &Value) -> TxnOp {
     let mut v = v.clone();
     if let Some(m) = v["metadata"].as_object_mut() {
         m.remove("resourceVersion");
     }
     let value = Bytes::from(serde_json::to_vec(&v).expect("an object encodes"));
-    Command::Txn(TxnRequest { compare, success: vec![TxnOp::Put(PutRequest { key: Bytes::from(key.to_string()), value, lease: 0, prev_kv: false })], failure: vec![] })
+    TxnOp::Put(PutRequest { key: Bytes::from(key.to_string()), value, lease: 0, prev_kv: false })
 }
 
 /// A delete of `key` if `compare` holds.
-fn delete(key: &str, compare: Vec<Compare>) -> Command {
+pub(crate) fn delete(key: &str, compare: Vec<Compare>) -> Command {
     Command::Txn(TxnRequest { compare, success: vec![TxnOp::Delete(DeleteRequest { range: KeyRange::Key(Bytes::from(key.to_string())), prev_kv: false })], failure: vec![] })
 }
 
@@ -72,12 +77,13 @@ pub(crate) fn unchanged(key: &str, rev: u64) -> Vec<Compare> {
 }
 
 /// An object read from the store, with its revision as its resourceVersion.
-fn object(kv: &KeyValue) -> Option<(String, u64, Value)> {
+pub(crate) fn object(kv: &KeyValue) -> Option<(String, u64, Value)> {
     let v: Value = serde_json::from_slice(&kv.value).ok()?;
     Some((String::from_utf8_lossy(&kv.key).to_string(), kv.mod_revision, v))
 }
 
-fn ok(w: &Written) -> bool {
+/// The write was applied and its compares held.
+pub(crate) fn ok(w: &Written) -> bool {
     matches!(w, Written::Applied(storage::Applied::Txn(Ok(r))) if r.succeeded)
 }
 

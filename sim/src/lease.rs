@@ -81,7 +81,7 @@ struct SkewedClock {
 }
 
 /// Simulated time 0 on the wall.
-fn epoch() -> jiff::Timestamp {
+pub(crate) fn epoch() -> jiff::Timestamp {
     "2026-12-05T00:00:00Z".parse().expect("a timestamp")
 }
 

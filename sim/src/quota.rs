@@ -14,34 +14,16 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use serde_json::{Value, json};
-use storage::{Command, Compare, CompareOp, CompareTarget, DeleteRequest, KeyRange, PutRequest, TxnOp, TxnRequest};
+use storage::{Command, TxnRequest};
 
 use crate::Bug;
-use crate::kube::{absent, put, unchanged};
-use crate::workload::{Written, list_from, write, write_from};
+use crate::kube::{absent, delete, object, ok, put, put_op, unchanged};
+use crate::workload::{list_from, write, write_from};
 use crate::world::World;
 
 pub const QUOTA_KEY: &str = "quotas/q";
 pub const POD_PREFIX: &str = "quota-pods/";
-
-fn ok(w: &Written) -> bool {
-    matches!(w, Written::Applied(storage::Applied::Txn(Ok(r))) if r.succeeded)
-}
-
-fn object(kv: &storage::KeyValue) -> Option<(String, u64, Value)> {
-    let v: Value = serde_json::from_slice(&kv.value).ok()?;
-    Some((String::from_utf8_lossy(&kv.key).to_string(), kv.mod_revision, v))
-}
-
-fn encode(v: &Value) -> Bytes {
-    let mut v = v.clone();
-    if let Some(m) = v["metadata"].as_object_mut() {
-        m.remove("resourceVersion");
-    }
-    Bytes::from(serde_json::to_vec(&v).expect("an object encodes"))
-}
 
 /// The quota: 3 to 5 pods. Made with the store healthy, before faults.
 pub async fn create(world: &World) -> bool {
@@ -62,17 +44,8 @@ pub async fn creator(world: Arc<World>, me: usize, until: tokio::time::Instant) 
         let pod = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": "default"}, "spec": {"containers": [{"name": "c", "image": "pause"}]}});
         let Ok(charged) = api::quota::charge(&quota, &api::quota::usage("", "pods", &pod), &pod) else { continue };
         let key = format!("{POD_PREFIX}{name}");
-        let cmd = Command::Txn(TxnRequest {
-            compare: vec![
-                Compare { key: Bytes::from(qkey.clone()), op: CompareOp::Equal, target: CompareTarget::ModRevision(rev), range_end: None },
-                Compare { key: Bytes::from(key.clone()), op: CompareOp::Equal, target: CompareTarget::Version(0), range_end: None },
-            ],
-            success: vec![
-                TxnOp::Put(PutRequest { key: Bytes::from(key.clone()), value: encode(&pod), lease: 0, prev_kv: false }),
-                TxnOp::Put(PutRequest { key: Bytes::from(qkey), value: encode(&charged), lease: 0, prev_kv: false }),
-            ],
-            failure: vec![],
-        });
+        let compare = [unchanged(&qkey, rev), absent(&key)].concat();
+        let cmd = Command::Txn(TxnRequest { compare, success: vec![put_op(&key, &pod), put_op(&qkey, &charged)], failure: vec![] });
         if ok(&write(&world, cmd).await) {
             world.log("kube", format!("creator-{me}: created {name} (quota used {})", charged["status"]["used"]["pods"]));
         }
@@ -85,12 +58,7 @@ pub async fn deleter(world: Arc<World>, until: tokio::time::Instant) {
         tokio::time::sleep(Duration::from_millis(world.range(300, 1_500))).await;
         let Some(pods) = list_from(&world, None, POD_PREFIX).await else { continue };
         let Some((key, rev, _)) = world.pick(&pods.iter().filter_map(object).collect::<Vec<_>>()) else { continue };
-        let cmd = Command::Txn(TxnRequest {
-            compare: unchanged(&key, rev),
-            success: vec![TxnOp::Delete(DeleteRequest { range: KeyRange::Key(Bytes::from(key.clone())), prev_kv: false })],
-            failure: vec![],
-        });
-        if ok(&write(&world, cmd).await) {
+        if ok(&write(&world, delete(&key, unchanged(&key, rev))).await) {
             world.log("kube", format!("deleter: deleted {}", &key[POD_PREFIX.len()..]));
         }
     }

@@ -76,9 +76,12 @@ pub enum ChangeError {
     BadRequest(String),
     #[error("{0}")]
     NotFound(String),
-    /// A member with that name or peer URL is there already.
+    /// A member with that name (or id) is there already.
     #[error("{0}")]
     Exists(String),
+    /// Another member has that peer URL.
+    #[error("{0}")]
+    PeerUrlTaken(String),
     #[error("{0}")]
     LastVoter(String),
     /// Adding a voter now would leave the running members short of a quorum.
@@ -96,6 +99,7 @@ impl ChangeError {
             ChangeError::BadRequest(_) => "BadRequest",
             ChangeError::NotFound(_) => "NotFound",
             ChangeError::Exists(_) => "Exists",
+            ChangeError::PeerUrlTaken(_) => "PeerUrlTaken",
             ChangeError::LastVoter(_) => "LastVoter",
             ChangeError::Unhealthy(_) => "Unhealthy",
             ChangeError::Failed(_) => "Failed",
@@ -107,7 +111,7 @@ impl ChangeError {
             ChangeError::NoLeader | ChangeError::Unhealthy(_) => StatusCode::SERVICE_UNAVAILABLE,
             ChangeError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ChangeError::NotFound(_) => StatusCode::NOT_FOUND,
-            ChangeError::Exists(_) | ChangeError::LastVoter(_) | ChangeError::Failed(_) => StatusCode::CONFLICT,
+            ChangeError::Exists(_) | ChangeError::PeerUrlTaken(_) | ChangeError::LastVoter(_) | ChangeError::Failed(_) => StatusCode::CONFLICT,
         }
     }
 
@@ -120,6 +124,7 @@ impl ChangeError {
             "BadRequest" => ChangeError::BadRequest(msg),
             "NotFound" => ChangeError::NotFound(msg),
             "Exists" => ChangeError::Exists(msg),
+            "PeerUrlTaken" => ChangeError::PeerUrlTaken(msg),
             "LastVoter" => ChangeError::LastVoter(msg),
             "Unhealthy" => ChangeError::Unhealthy(msg),
             _ => ChangeError::Failed(msg),
@@ -338,7 +343,7 @@ const HEALTH_INTERVAL: Duration = Duration::from_secs(5);
 /// answers the leader now, so that the new voter, not yet running, cannot cost the quorum.
 /// (etcd checks this before a learner is added too; capstan adds learners regardless, as a
 /// learner never counts towards a quorum.)
-fn healthy_with_one_more_voter(i: &Inner) -> Result<(), ChangeError> {
+fn ready_for_a_new_voter(i: &Inner) -> Result<(), ChangeError> {
     let m = i.raft().metrics().borrow_watched().clone();
     let voters: Vec<NodeId> = m.membership_config.membership().voter_ids().collect();
     let heard = m.heartbeat.clone().unwrap_or_default();
@@ -346,7 +351,7 @@ fn healthy_with_one_more_voter(i: &Inner) -> Result<(), ChangeError> {
     every_voter_heard(&voters, silent_for, HEALTH_INTERVAL)
 }
 
-/// `healthy_with_one_more_voter`'s rule: every voter heard from within `recent`
+/// `ready_for_a_new_voter`'s rule: every voter heard from within `recent`
 /// (`silent_for` says how long ago, `None`: never).
 fn every_voter_heard(voters: &[NodeId], silent_for: impl Fn(NodeId) -> Option<Duration>, recent: Duration) -> Result<(), ChangeError> {
     let silent: Vec<String> = voters.iter().filter(|v| !silent_for(**v).is_some_and(|d| d < recent)).map(|v| format!("{v:016x}")).collect();
@@ -370,14 +375,14 @@ async fn change(i: &Arc<Inner>, c: &Change) -> Result<(NodeId, String), ChangeEr
             valid_url("peerURL", &c.peer_url)?;
             let id = if c.name.is_empty() { cluster::member_id_for_peer_url(&c.peer_url) } else { cluster::member_id(&c.name) };
             if let Some(who) = holder_of(i, &c.peer_url, None) {
-                return Err(ChangeError::Exists(format!("peer URL {} is member {who}'s already", c.peer_url)));
+                return Err(ChangeError::PeerUrlTaken(format!("peer URL {} is member {who}'s already", c.peer_url)));
             }
             let (_, named) = if c.name.is_empty() { (id, None) } else { target(i, c)? };
             if named.is_some() || i.member(id).is_some() {
                 return Err(ChangeError::Exists(format!("member {} already exists", if c.name.is_empty() { format!("{id:016x}") } else { c.name.clone() })));
             }
             if c.voter {
-                healthy_with_one_more_voter(i)?;
+                ready_for_a_new_voter(i)?;
             }
             (id, c.name.clone())
         }
@@ -414,7 +419,7 @@ async fn change(i: &Arc<Inner>, c: &Change) -> Result<(NodeId, String), ChangeEr
             Op::Update => {
                 valid_url("peerURL", &c.peer_url)?;
                 if let Some(who) = holder_of(i, &c.peer_url, Some(id)) {
-                    return Err(ChangeError::Exists(format!("peer URL {} is member {who}'s already", c.peer_url)));
+                    return Err(ChangeError::PeerUrlTaken(format!("peer URL {} is member {who}'s already", c.peer_url)));
                 }
                 let m = i.member(id).ok_or_else(|| ChangeError::NotFound(format!("no member {id:016x}")))?;
                 if network::authority(&m.peer_url) == network::authority(&c.peer_url) {
@@ -518,7 +523,7 @@ mod tests {
         let back: Change = serde_json::from_str(&serde_json::to_string(&Change::on_id(Op::Update, 0x1f)).unwrap()).unwrap();
         assert_eq!((back.op, back.id.as_str()), (Op::Update, "000000000000001f"));
         // An error survives the trip from the leader with its kind.
-        for e in [ChangeError::NotFound("x".into()), ChangeError::Exists("y".into()), ChangeError::Unhealthy("z".into()), ChangeError::NoLeader] {
+        for e in [ChangeError::NotFound("x".into()), ChangeError::Exists("y".into()), ChangeError::PeerUrlTaken("u".into()), ChangeError::Unhealthy("z".into()), ChangeError::NoLeader] {
             let body = serde_json::to_vec(&serde_json::json!({"error": e.to_string(), "reason": e.reason()})).unwrap();
             assert_eq!(ChangeError::from_answer(e.status(), &body), e);
         }
