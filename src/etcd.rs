@@ -104,7 +104,22 @@ fn change_status(e: raft::replica::ChangeError) -> etcdapi::Status {
         E::NoLeader => etcdapi::Status::unavailable("etcdserver: no leader"),
         E::Unhealthy(_) => etcdapi::Status::unavailable("etcdserver: unhealthy cluster"),
         E::BadRequest(m) => etcdapi::Status::invalid_argument(format!("etcdserver: {m}")),
+        E::TooManyLearners(_) => etcdapi::Status::failed_precondition("etcdserver: too many learner members in cluster"),
+        E::NotLearner(_) => etcdapi::Status::failed_precondition("etcdserver: can only promote a learner member"),
+        E::LearnerNotReady(_) => etcdapi::Status::failed_precondition("etcdserver: can only promote a learner member which is in sync with leader"),
         E::LastVoter(m) | E::Failed(m) => etcdapi::Status::failed_precondition(format!("etcdserver: {m}")),
+    }
+}
+
+/// A member's client URLs in MemberList: the etcd URL it recorded in the membership; this
+/// member's own before it has (a member not yet started, or not serving etcd's API, has none).
+fn client_urls(recorded: &str, is_self: bool, own: &str) -> Vec<String> {
+    if !recorded.is_empty() {
+        vec![recorded.to_string()]
+    } else if is_self {
+        vec![own.to_string()]
+    } else {
+        vec![]
     }
 }
 
@@ -152,7 +167,7 @@ impl etcdapi::Membership for RaftMembership {
         let members = v
             .members
             .into_iter()
-            .map(|(id, m, voter)| etcdapi::Member { id, name: m.name, peer_urls: vec![m.peer_url], client_urls: if id == self.id { vec![self.url.clone()] } else { vec![] }, learner: !voter })
+            .map(|(id, m, voter)| etcdapi::Member { id, name: m.name, peer_urls: vec![m.peer_url], client_urls: client_urls(&m.client_url, id == self.id, &self.url), learner: !voter })
             .collect();
         Box::pin(async move { Ok(members) })
     }
@@ -221,6 +236,14 @@ mod tests {
         assert_eq!(code(change_status(E::PeerUrlTaken("x".into()))), (tonic::Code::FailedPrecondition, "etcdserver: Peer URLs already exists".into()));
         assert_eq!(code(change_status(E::NotFound("x".into()))), (tonic::Code::NotFound, "etcdserver: member not found".into()));
         assert_eq!(code(change_status(E::Unhealthy("x".into()))), (tonic::Code::Unavailable, "etcdserver: unhealthy cluster".into()));
+        let precondition = |m: &str| (tonic::Code::FailedPrecondition, m.to_string());
+        assert_eq!(code(change_status(E::TooManyLearners("x".into()))), precondition("etcdserver: too many learner members in cluster"));
+        assert_eq!(code(change_status(E::NotLearner("x".into()))), precondition("etcdserver: can only promote a learner member"));
+        assert_eq!(code(change_status(E::LearnerNotReady("x".into()))), precondition("etcdserver: can only promote a learner member which is in sync with leader"));
+        // Client URLs: what the member recorded; this member's own until it has.
+        assert_eq!(client_urls("https://b:2379", false, "https://a:2379"), vec!["https://b:2379".to_string()]);
+        assert_eq!(client_urls("", true, "https://a:2379"), vec!["https://a:2379".to_string()]);
+        assert!(client_urls("", false, "https://a:2379").is_empty());
         assert_eq!(one_peer_url(vec!["http://h:1".into()]).unwrap(), "http://h:1");
         assert_eq!(one_peer_url(vec![]).unwrap_err().code(), tonic::Code::InvalidArgument);
         let two = one_peer_url(vec!["http://h:1".into(), "http://h:2".into()]).unwrap_err();

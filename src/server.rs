@@ -229,6 +229,7 @@ pub async fn run(a: ServerArgs) -> Result<()> {
     let etcd = crate::etcd::start(&a.etcd, &store, &a.data_dir.join("store"), &a.data_dir, sec.pki.as_ref(), membership).await?;
     if let Some((url, _)) = &etcd {
         println!("  etcd API:   {url}");
+        replica.advertise_client_url(url);
     }
     println!("stop with Ctrl-C (a leader hands leadership over first)");
     let mut stopping = false;

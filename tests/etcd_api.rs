@@ -480,6 +480,16 @@ fn a_snapshot_restores_into_a_new_replicated_cluster_at_the_same_revisions() {
     wait_until("the restored members to serve the snapshot's keys", || (0..3).all(|i| on(i, &["get", "plain-key", "--print-value-only"]).trim() == "plain-value"));
     let members: serde_json::Value = serde_json::from_str(&on(0, &["member", "list", "-w", "json"])).unwrap();
     assert_eq!(members["members"].as_array().unwrap().len(), 3);
+    // Each member records its etcd URL in the membership (etcd's client URLs), so etcdctl's
+    // `--cluster` reaches every member through any one.
+    let mut urls: Vec<String> = replicas.iter().map(|r| r.url.clone()).collect();
+    urls.sort();
+    wait_until("endpoint status --cluster through r0 to reach the three members", || {
+        let status: serde_json::Value = serde_json::from_str(&on(0, &["endpoint", "status", "--cluster", "-w", "json"])).unwrap_or_default();
+        let mut reached: Vec<String> = status.as_array().map(|a| a.iter().filter_map(|s| s["Endpoint"].as_str().map(str::to_string)).collect()).unwrap_or_default();
+        reached.sort();
+        reached == urls
+    });
     // The Kubernetes object at the same resourceVersion, through a replica's API.
     let kc = dir.path().join("r1").join("kubeconfig");
     let o = Command::new(KUBECTL).args(["--kubeconfig", kc.to_str().unwrap(), "get", "configmap", "kept", "-o", "jsonpath={.metadata.resourceVersion}"]).output().unwrap();
@@ -546,6 +556,13 @@ fn etcdctl_adds_promotes_updates_and_removes_members() {
     assert!(added.contains("ETCD_INITIAL_CLUSTER_STATE=\"existing\""), "{added}");
     let m3 = list(&url0).into_iter().find(|m| format!("{:x}", m["ID"].as_u64().unwrap()) == id).expect("the added member is listed");
     assert_eq!((m3.get("name"), m3["isLearner"].as_bool()), (None, Some(true)), "nameless and a learner before it starts: {m3}");
+    // One learner at a time, and not promoted before it has caught up (it has not started);
+    // a voter cannot be promoted: etcd's rules and words.
+    assert!(fails(&url0, &["member", "add", "m5", &format!("--peer-urls=http://127.0.0.1:{}", free_port()), "--learner"]).contains("too many learner members in cluster"));
+    assert!(fails(&url0, &["member", "promote", &id]).contains("can only promote a learner member which is in sync with leader"));
+    let voter0 = list(&url0).into_iter().find(|m| m["name"] == "m0").map(|m| format!("{:x}", m["ID"].as_u64().unwrap())).unwrap();
+    let e = fails(&url0, &["member", "promote", &voter0]);
+    assert!(e.contains("can only promote a learner member") && !e.contains("in sync"), "{e}");
     // Its peer URL cannot be given twice; an unknown member cannot be updated.
     assert!(fails(&url0, &["member", "add", "again", &format!("--peer-urls=http://{new_peer}")]).contains("Peer URLs already exists"));
     assert!(fails(&url0, &["member", "update", "1234", "--peer-urls=http://127.0.0.1:1"]).contains("member not found"));
@@ -555,6 +572,17 @@ fn etcdctl_adds_promotes_updates_and_removes_members() {
     wait_until("m3 to be listed under its name", || list(&url0).iter().any(|m| m["name"] == "m3"));
     let url3 = members[3].url.clone();
     wait_until("m3 to serve what was written before it joined", || run(&url3, &["get", "before", "--print-value-only"]).stdout.starts_with(b"1"));
+    // Every member lists every member's etcd URL (its client URL).
+    let urls: Vec<String> = members.iter().map(|m| m.url.clone()).collect();
+    wait_until("every member's client URL to be listed by every member", || {
+        urls.iter().all(|u| {
+            let mut listed: Vec<String> = list(u).iter().flat_map(|m| m["clientURLs"].as_array().cloned().unwrap_or_default()).filter_map(|c| c.as_str().map(str::to_string)).collect();
+            listed.sort();
+            let mut want = urls.clone();
+            want.sort();
+            listed == want
+        })
+    });
     ok(&url0, &["member", "promote", &id]);
     wait_until("m3 to be a voter", || list(&url0).iter().any(|m| m["name"] == "m3" && m["isLearner"].as_bool() != Some(true)));
     // A new peer URL: the member restarts there (with its data) and the leader reaches it.

@@ -198,7 +198,7 @@ pub fn restored_meta(initial: &[(String, String)], index: u64) -> bytes::Bytes {
     let log_id = openraft::LogId::new(crate::types::LeaderId { term: 0, node_id: 0 }, index.max(1));
     let voters: BTreeSet<crate::types::NodeId> = initial.iter().map(|(n, _)| member_id(n)).collect();
     let nodes: BTreeMap<crate::types::NodeId, crate::types::Member> =
-        initial.iter().map(|(n, u)| (member_id(n), crate::types::Member { name: n.clone(), peer_url: u.clone(), api_url: String::new() })).collect();
+        initial.iter().map(|(n, u)| (member_id(n), crate::types::Member { name: n.clone(), peer_url: u.clone(), ..Default::default() })).collect();
     let membership = crate::types::Membership::new(vec![voters], nodes).expect("every voter is a node");
     let stored = crate::types::StoredMembership::new(Some(log_id), membership);
     crate::codec::applied_meta(&Some(log_id), &stored)

@@ -67,14 +67,26 @@ pub fn read_vote(r: &mut Reader) -> DecodeResult<Vote> {
     Ok(Vote { leader_id: LeaderId { term, node_id }, committed })
 }
 
+/// A member: name, peer URL, and its API URL, followed (after a NUL, which no URL contains)
+/// by its etcd client URL when it has one. The client URL came later: a member without one is
+/// encoded byte for byte as before, and logs and snapshots written before it read unchanged.
 pub fn member(out: &mut BytesMut, m: &Member) {
     put_str(out, &m.name);
     put_str(out, &m.peer_url);
-    put_str(out, &m.api_url);
+    if m.client_url.is_empty() {
+        put_str(out, &m.api_url);
+    } else {
+        put_str(out, &format!("{}\0{}", m.api_url, m.client_url));
+    }
 }
 
 pub fn read_member(r: &mut Reader) -> DecodeResult<Member> {
-    Ok(Member { name: r.string()?, peer_url: r.string()?, api_url: r.string()? })
+    let (name, peer_url, urls) = (r.string()?, r.string()?, r.string()?);
+    let (api_url, client_url) = match urls.split_once('\0') {
+        Some((api, client)) => (api.to_string(), client.to_string()),
+        None => (urls, String::new()),
+    };
+    Ok(Member { name, peer_url, api_url, client_url })
 }
 
 pub fn membership(out: &mut BytesMut, m: &Membership) {
@@ -454,7 +466,7 @@ mod tests {
 
     fn members() -> Membership {
         let nodes: BTreeMap<u64, Member> = (1..=3)
-            .map(|i| (i, Member { name: format!("m{i}"), peer_url: format!("http://127.0.0.1:{i}"), api_url: String::new() }))
+            .map(|i| (i, Member { name: format!("m{i}"), peer_url: format!("http://127.0.0.1:{i}"), ..Default::default() }))
             .collect();
         Membership::new(vec![BTreeSet::from([1, 2]), BTreeSet::from([2, 3])], nodes).unwrap()
     }
@@ -483,6 +495,23 @@ mod tests {
         let meta = applied_meta(&Some(lid(2, 3, 3)), &sm);
         assert_eq!(read_applied_meta(&meta).unwrap(), (Some(lid(2, 3, 3)), sm));
         assert_eq!(read_applied_meta(&Bytes::new()).unwrap().0, None);
+    }
+
+    #[test]
+    fn a_members_client_url_rides_after_its_api_url_and_older_members_read_unchanged() {
+        let plain = Member { name: "a".into(), peer_url: "http://p:1".into(), api_url: "https://h:6443".into(), client_url: String::new() };
+        let with_client = Member { client_url: "https://h:2379".into(), ..plain.clone() };
+        for m in [&plain, &with_client, &Member::default()] {
+            assert_eq!(&decode_all(&encode_with(|o| member(o, m)), read_member).unwrap(), m);
+        }
+        // What a binary before client URLs wrote: three strings.
+        let old = encode_with(|o| {
+            put_str(o, "a");
+            put_str(o, "http://p:1");
+            put_str(o, "https://h:6443");
+        });
+        assert_eq!(encode_with(|o| member(o, &plain)), old);
+        assert_eq!(decode_all(&old, read_member).unwrap(), plain);
     }
 
     #[test]

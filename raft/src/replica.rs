@@ -211,6 +211,9 @@ struct Inner {
     /// exit and be restarted, which checks the log (cutting a corruption) and catches up.
     failed: OnceLock<String>,
     identity_written: AtomicBool,
+    /// Where this member serves etcd's API, once it does (`Replica::advertise_client_url`):
+    /// recorded in the membership, as etcd members publish their client URLs.
+    client_url: OnceLock<String>,
     forwarded: AtomicU64,
     /// Entries proposed, commands in them, and microseconds from proposal to answer (summed).
     entries: AtomicU64,
@@ -293,6 +296,7 @@ impl Replica {
             removed: AtomicBool::new(false),
             failed: OnceLock::new(),
             identity_written: AtomicBool::new(cluster_id != 0),
+            client_url: OnceLock::new(),
             forwarded: AtomicU64::new(0),
             entries: AtomicU64::new(0),
             commands: AtomicU64::new(0),
@@ -342,7 +346,7 @@ impl Replica {
             let members: BTreeMap<NodeId, Member> = cfg
                 .initial_cluster
                 .iter()
-                .map(|(n, u)| (cluster::member_id(n), Member { name: n.clone(), peer_url: u.clone(), api_url: if *n == cfg.name { cfg.api_url.clone() } else { String::new() } }))
+                .map(|(n, u)| (cluster::member_id(n), Member { name: n.clone(), peer_url: u.clone(), api_url: if *n == cfg.name { cfg.api_url.clone() } else { String::new() }, client_url: String::new() }))
                 .collect();
             if let Err(e) = raft.initialize(members).await {
                 tracing::info!(error = %e, "initializing the cluster: another member did it first");
@@ -387,6 +391,12 @@ impl Replica {
 
     pub fn leader(&self) -> Option<NodeId> {
         self.inner.leader()
+    }
+
+    /// Records `url`, where this member serves etcd's API, in the membership (etcd's
+    /// MemberList answers it as the member's client URL). Set once; later calls are ignored.
+    pub fn advertise_client_url(&self, url: &str) {
+        let _ = self.inner.client_url.set(url.to_string());
     }
 
     pub fn removed(&self) -> bool {
@@ -760,7 +770,7 @@ impl Inner {
             .nodes()
             .map(|(id, n)| {
                 serde_json::json!({
-                    "id": format!("{id:016x}"), "name": n.name, "peerURL": n.peer_url, "apiURL": n.api_url,
+                    "id": format!("{id:016x}"), "name": n.name, "peerURL": n.peer_url, "apiURL": n.api_url, "clientURL": n.client_url,
                     "voter": voters.contains(id), "leader": m.current_leader == Some(*id),
                 })
             })

@@ -45,6 +45,8 @@ pub struct Member {
     pub peer_url: String,
     /// Where its Kubernetes API is served (empty until it says).
     pub api_url: String,
+    /// Where it serves etcd's API (etcd's client URL; empty until it says, or if it does not).
+    pub client_url: String,
 }
 
 impl fmt::Display for Member {

@@ -34,7 +34,8 @@ pub enum Op {
     Remove,
     /// A member's peer URL changes (etcd's MemberUpdate); the member restarts on it.
     Update,
-    /// A member records its name (if it was added without one) and its API URL.
+    /// A member records its name (if it was added without one), its API URL and its etcd
+    /// client URL.
     ApiUrl,
 }
 
@@ -51,6 +52,9 @@ pub struct Change {
     pub peer_url: String,
     #[serde(default, rename = "apiURL", skip_serializing_if = "String::is_empty")]
     pub api_url: String,
+    /// Where the member serves etcd's API (`api-url` records it with the API URL).
+    #[serde(default, rename = "clientURL", skip_serializing_if = "String::is_empty")]
+    pub client_url: String,
     /// `add`: a voter at once (etcd's MemberAdd without `--learner`), if the members still
     /// running would be a quorum of the voters with it.
     #[serde(default)]
@@ -59,7 +63,7 @@ pub struct Change {
 
 impl Change {
     pub fn new(op: Op) -> Change {
-        Change { op, name: String::new(), id: String::new(), peer_url: String::new(), api_url: String::new(), voter: false }
+        Change { op, name: String::new(), id: String::new(), peer_url: String::new(), api_url: String::new(), client_url: String::new(), voter: false }
     }
 
     pub fn on_id(op: Op, id: NodeId) -> Change {
@@ -87,6 +91,15 @@ pub enum ChangeError {
     /// Adding a voter now would leave the running members short of a quorum.
     #[error("{0}")]
     Unhealthy(String),
+    /// A learner is there already (etcd allows one at a time).
+    #[error("{0}")]
+    TooManyLearners(String),
+    /// Promote names a voter.
+    #[error("{0}")]
+    NotLearner(String),
+    /// Promote names a learner that has not caught up with the leader's log.
+    #[error("{0}")]
+    LearnerNotReady(String),
     /// Raft did not make it (leadership moved, a timeout, an unreachable leader).
     #[error("{0}")]
     Failed(String),
@@ -102,6 +115,9 @@ impl ChangeError {
             ChangeError::PeerUrlTaken(_) => "PeerUrlTaken",
             ChangeError::LastVoter(_) => "LastVoter",
             ChangeError::Unhealthy(_) => "Unhealthy",
+            ChangeError::TooManyLearners(_) => "TooManyLearners",
+            ChangeError::NotLearner(_) => "NotLearner",
+            ChangeError::LearnerNotReady(_) => "LearnerNotReady",
             ChangeError::Failed(_) => "Failed",
         }
     }
@@ -111,7 +127,13 @@ impl ChangeError {
             ChangeError::NoLeader | ChangeError::Unhealthy(_) => StatusCode::SERVICE_UNAVAILABLE,
             ChangeError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ChangeError::NotFound(_) => StatusCode::NOT_FOUND,
-            ChangeError::Exists(_) | ChangeError::PeerUrlTaken(_) | ChangeError::LastVoter(_) | ChangeError::Failed(_) => StatusCode::CONFLICT,
+            ChangeError::Exists(_)
+            | ChangeError::PeerUrlTaken(_)
+            | ChangeError::LastVoter(_)
+            | ChangeError::TooManyLearners(_)
+            | ChangeError::NotLearner(_)
+            | ChangeError::LearnerNotReady(_)
+            | ChangeError::Failed(_) => StatusCode::CONFLICT,
         }
     }
 
@@ -127,6 +149,9 @@ impl ChangeError {
             "PeerUrlTaken" => ChangeError::PeerUrlTaken(msg),
             "LastVoter" => ChangeError::LastVoter(msg),
             "Unhealthy" => ChangeError::Unhealthy(msg),
+            "TooManyLearners" => ChangeError::TooManyLearners(msg),
+            "NotLearner" => ChangeError::NotLearner(msg),
+            "LearnerNotReady" => ChangeError::LearnerNotReady(msg),
             _ => ChangeError::Failed(msg),
         }
     }
@@ -248,9 +273,9 @@ fn find_self(status: &serde_json::Value, name: &str, peer_authority: &str) -> Re
 }
 
 
-/// Keeps this member's name and API URL in the membership: a member added by peer URL alone
-/// has no name until it says, the member that initializes a cluster knows only its own API
-/// URL, and one added by `member add` none. Asks the leader (a membership change) whenever the
+/// Keeps this member's name, API URL and etcd client URL in the membership: a member added by
+/// peer URL alone has no name until it says, the member that initializes a cluster knows only
+/// its own API URL, and one added by `member add` none. Asks the leader (a membership change) whenever the
 /// committed membership says otherwise.
 pub(super) async fn announce(inner: Weak<Inner>) {
     loop {
@@ -261,12 +286,14 @@ pub(super) async fn announce(inner: Weak<Inner>) {
         }
         let Some(m) = i.member(i.id) else { continue };
         let api_url_differs = !i.cfg.api_url.is_empty() && m.api_url != i.cfg.api_url;
-        if !m.name.is_empty() && !api_url_differs {
+        let client_url = i.client_url.get().cloned().unwrap_or_default();
+        let client_url_differs = !client_url.is_empty() && m.client_url != client_url;
+        if !m.name.is_empty() && !api_url_differs && !client_url_differs {
             continue;
         }
-        let c = Change { name: i.name.clone(), api_url: i.cfg.api_url.clone(), ..Change::on_id(Op::ApiUrl, i.id) };
+        let c = Change { name: i.name.clone(), api_url: i.cfg.api_url.clone(), client_url, ..Change::on_id(Op::ApiUrl, i.id) };
         if let Err(e) = (MembershipHandle { inner: i.clone() }).change(&c).await {
-            tracing::debug!(error = %e, "recording this member's name and API URL in the membership failed; retrying");
+            tracing::debug!(error = %e, "recording this member's name and URLs in the membership failed; retrying");
         }
     }
 }
@@ -299,7 +326,8 @@ pub(super) async fn members(i: Arc<Inner>, req: Request<Incoming>) -> Response<B
 }
 
 fn valid_url(what: &str, url: &str) -> Result<(), ChangeError> {
-    if (url.starts_with("http://") || url.starts_with("https://")) && network::authority(url).contains(':') {
+    // No control characters: the membership's encoding separates two URLs with a NUL.
+    if (url.starts_with("http://") || url.starts_with("https://")) && network::authority(url).contains(':') && !url.chars().any(char::is_control) {
         Ok(())
     } else {
         Err(ChangeError::BadRequest(format!("{what} {url:?} is not http(s)://HOST:PORT")))
@@ -364,6 +392,17 @@ fn every_voter_heard(voters: &[NodeId], silent_for: impl Fn(NodeId) -> Option<Du
     Ok(())
 }
 
+/// Learners at once (etcd's default `--max-learners`): a learner takes the leader's bandwidth
+/// while it catches up, and one at a time keeps that bounded.
+const MAX_LEARNERS: usize = 1;
+
+/// Whether a learner that `matched` the leader's log up to that index (none: nothing yet)
+/// may become a voter: it holds nine tenths of the leader's `leader_last` entries (etcd's
+/// rule), so that as a voter it does not at once hold back the commit.
+fn learner_in_sync(matched: Option<u64>, leader_last: u64) -> bool {
+    matched.unwrap_or(0) as f64 >= leader_last as f64 * 0.9
+}
+
 /// Makes `c` (this member leads). Returns the id and name of the member changed.
 async fn change(i: &Arc<Inner>, c: &Change) -> Result<(NodeId, String), ChangeError> {
     let raft = i.raft();
@@ -383,8 +422,34 @@ async fn change(i: &Arc<Inner>, c: &Change) -> Result<(NodeId, String), ChangeEr
             }
             if c.voter {
                 ready_for_a_new_voter(i)?;
+            } else {
+                let m = raft.metrics().borrow_watched().membership_config.clone();
+                let learners = m.membership().learner_ids().count();
+                if learners >= MAX_LEARNERS {
+                    return Err(ChangeError::TooManyLearners(format!("too many learner members in cluster ({learners}; at most {MAX_LEARNERS}: promote or remove it first)")));
+                }
             }
             (id, c.name.clone())
+        }
+        Op::Promote => {
+            let (id, known) = target(i, c)?;
+            let Some(m) = known else {
+                return Err(ChangeError::NotFound(format!("no member {}", if c.id.is_empty() { &c.name } else { &c.id })));
+            };
+            let metrics = raft.metrics().borrow_watched().clone();
+            if metrics.membership_config.membership().voter_ids().any(|v| v == id) {
+                return Err(ChangeError::NotLearner(format!("member {} is a voter already: can only promote a learner member", called(id, &m))));
+            }
+            let matched = metrics.replication.as_ref().and_then(|r| r.get(&id).cloned().flatten()).map(|l| l.index);
+            let leader_last = metrics.last_log_index.unwrap_or(0);
+            if !learner_in_sync(matched, leader_last) {
+                return Err(ChangeError::LearnerNotReady(format!(
+                    "can only promote a learner member which is in sync with leader: {} holds the log up to {} of the leader's {leader_last}",
+                    called(id, &m),
+                    matched.map_or("nothing".to_string(), |i| i.to_string())
+                )));
+            }
+            (id, called(id, &m))
         }
         _ => {
             let (id, known) = target(i, c)?;
@@ -397,7 +462,7 @@ async fn change(i: &Arc<Inner>, c: &Change) -> Result<(NodeId, String), ChangeEr
     loop {
         let r = match c.op {
             Op::Add => {
-                let added = raft.add_learner(id, Member { name: c.name.clone(), peer_url: c.peer_url.clone(), api_url: String::new() }, false).await;
+                let added = raft.add_learner(id, Member { name: c.name.clone(), peer_url: c.peer_url.clone(), ..Default::default() }, false).await;
                 match added {
                     Ok(_) if c.voter => raft.change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false).await.map(|_| ()),
                     r => r.map(|_| ()),
@@ -438,6 +503,9 @@ async fn change(i: &Arc<Inner>, c: &Change) -> Result<(NodeId, String), ChangeEr
                 if !c.api_url.is_empty() {
                     valid_url("apiURL", &c.api_url)?;
                 }
+                if !c.client_url.is_empty() {
+                    valid_url("clientURL", &c.client_url)?;
+                }
                 let m = i.member(id).ok_or_else(|| ChangeError::NotFound(format!("no member {id:016x}")))?;
                 let mut now = m.clone();
                 if now.name.is_empty() && !c.name.is_empty() {
@@ -449,6 +517,9 @@ async fn change(i: &Arc<Inner>, c: &Change) -> Result<(NodeId, String), ChangeEr
                 }
                 if !c.api_url.is_empty() {
                     now.api_url = c.api_url.clone();
+                }
+                if !c.client_url.is_empty() {
+                    now.client_url = c.client_url.clone();
                 }
                 if now == m {
                     Ok(())
@@ -523,12 +594,31 @@ mod tests {
         let back: Change = serde_json::from_str(&serde_json::to_string(&Change::on_id(Op::Update, 0x1f)).unwrap()).unwrap();
         assert_eq!((back.op, back.id.as_str()), (Op::Update, "000000000000001f"));
         // An error survives the trip from the leader with its kind.
-        for e in [ChangeError::NotFound("x".into()), ChangeError::Exists("y".into()), ChangeError::PeerUrlTaken("u".into()), ChangeError::Unhealthy("z".into()), ChangeError::NoLeader] {
+        for e in [
+            ChangeError::NotFound("x".into()),
+            ChangeError::Exists("y".into()),
+            ChangeError::PeerUrlTaken("u".into()),
+            ChangeError::Unhealthy("z".into()),
+            ChangeError::NoLeader,
+            ChangeError::TooManyLearners("l".into()),
+            ChangeError::NotLearner("v".into()),
+            ChangeError::LearnerNotReady("r".into()),
+        ] {
             let body = serde_json::to_vec(&serde_json::json!({"error": e.to_string(), "reason": e.reason()})).unwrap();
             assert_eq!(ChangeError::from_answer(e.status(), &body), e);
         }
         assert!(valid_url("peerURL", "http://h").is_err());
         assert!(valid_url("peerURL", "ftp://h:1").is_err());
         assert!(valid_url("peerURL", "https://h:1").is_ok());
+        assert!(valid_url("clientURL", "https://h:1\0https://x:2").is_err());
+    }
+
+    #[test]
+    fn a_learner_is_promoted_once_it_holds_nine_tenths_of_the_leaders_log() {
+        assert!(learner_in_sync(Some(90), 100));
+        assert!(learner_in_sync(Some(100), 100));
+        assert!(learner_in_sync(None, 0));
+        assert!(!learner_in_sync(Some(89), 100));
+        assert!(!learner_in_sync(None, 100));
     }
 }
