@@ -387,7 +387,7 @@ fn reshard(from: &Path, to: &Path, m: &Manifest, shards: u32) -> Result<Vec<u32>
         let mut mv = Mvcc::from_sorted(part);
         mv.set_compact_revision(m.revision);
         mv.leases = leases.clone();
-        chunks.push(snapshot::write_shard(to, s as u32, shards, m.revision, &mv, snapshot::SNAPSHOT_CHUNK_BYTES).map_err(|e| e.to_string())?);
+        chunks.push(snapshot::write_shard(to, s as u32, shards, m.revision, &mv.snapshot_copy(), snapshot::SNAPSHOT_CHUNK_BYTES).map_err(|e| e.to_string())?);
     }
     Ok(chunks)
 }

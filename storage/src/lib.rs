@@ -25,6 +25,7 @@ pub mod failpoint;
 pub mod io_stats;
 pub mod lease_deadlines;
 mod mvcc;
+mod paced;
 pub mod replicated;
 mod shard;
 mod shared;

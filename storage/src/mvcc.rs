@@ -60,6 +60,14 @@ pub struct Mvcc {
     all_value_bytes: u64,
 }
 
+/// A shard's index as a snapshot writes it (`Mvcc::snapshot_copy`): every retained revision
+/// in key order, oldest first within a key; the leases sorted by id.
+pub struct SnapshotCopy {
+    pub entries: Vec<(Bytes, Entry)>,
+    pub leases: Vec<(LeaseId, i64)>,
+    pub compact_revision: Revision,
+}
+
 /// Result of a local range read.
 pub struct LocalRange {
     pub kvs: Vec<KeyValue>,
@@ -362,6 +370,17 @@ impl Mvcc {
     }
 
     /// Visits every retained entry, key by key, oldest first (snapshot writing).
+    /// What a snapshot of this shard writes, copied so that the shard can go on while it is
+    /// written: one record per retained revision in one vector (a reference count per key and
+    /// value, no allocation per key).
+    pub fn snapshot_copy(&self) -> SnapshotCopy {
+        let mut entries = Vec::with_capacity(self.retained_revisions as usize);
+        self.for_each_entry(|k, e| entries.push((k.clone(), e.clone())));
+        let mut leases: Vec<(LeaseId, i64)> = self.leases.iter().map(|(id, ttl)| (*id, *ttl)).collect();
+        leases.sort();
+        SnapshotCopy { entries, leases, compact_revision: self.compact_revision }
+    }
+
     pub fn for_each_entry(&self, mut f: impl FnMut(&Bytes, &Entry)) {
         for (k, h) in &self.keys {
             for e in h {

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use bytes::Bytes;
 
 use crate::error::OpenError;
-use crate::mvcc::{Entry, Mvcc};
+use crate::mvcc::{Entry, Mvcc, SnapshotCopy};
 use crate::snapshot_generated::capstan::snapshot as fb;
 use crate::types::Revision;
 use crate::wal::{Position, fsync_dir};
@@ -133,18 +133,16 @@ pub fn file_names(m: &Manifest) -> Vec<String> {
 }
 
 /// Writes one shard's chunks into `dir` (a snapshot being built). Returns the chunk count.
-pub fn write_shard(dir: &Path, shard: u32, shards: u32, revision: Revision, mvcc: &Mvcc, chunk_bytes: usize) -> std::io::Result<u32> {
+pub fn write_shard(dir: &Path, shard: u32, shards: u32, revision: Revision, mvcc: &SnapshotCopy, chunk_bytes: usize) -> std::io::Result<u32> {
     let mut chunk = 0u32;
     let mut b = flatbuffers::FlatBufferBuilder::with_capacity((1 << 20).min(chunk_bytes));
     let mut entries = Vec::new();
     let mut first = true;
-    let mut result = Ok(());
     let mut seal = |b: &mut flatbuffers::FlatBufferBuilder, entries: &mut Vec<_>, with_leases: bool| -> std::io::Result<()> {
         let ev = b.create_vector(entries);
         let leases: Vec<_> = if with_leases {
-            let mut ls: Vec<_> = mvcc.leases.iter().map(|(id, ttl)| (*id, *ttl)).collect();
-            ls.sort();
-            ls.iter()
+            mvcc.leases
+                .iter()
                 .map(|(id, ttl)| fb::Lease::create(b, &fb::LeaseArgs { id: *id, ttl_seconds: *ttl }))
                 .collect()
         } else {
@@ -157,7 +155,7 @@ pub fn write_shard(dir: &Path, shard: u32, shards: u32, revision: Revision, mvcc
                 shard,
                 shard_count: shards,
                 revision,
-                compact_revision: mvcc.compact_revision(),
+                compact_revision: mvcc.compact_revision,
                 chunk_index: chunk,
                 entries: Some(ev),
                 leases: Some(lv),
@@ -166,7 +164,8 @@ pub fn write_shard(dir: &Path, shard: u32, shards: u32, revision: Revision, mvcc
         b.finish(root, None);
         let data = b.finished_data();
         let mut f = File::create(chunk_path(dir, shard, chunk))?;
-        f.write_all(data)?;
+        // Paced, so that a 16 MiB chunk's sync does not stall the log's syncs meanwhile.
+        crate::paced::write_all(&mut f, 0, data)?;
         f.write_all(&crc32c::crc32c(data).to_le_bytes())?;
         f.write_all(CHUNK_MAGIC)?;
         f.sync_all()?;
@@ -176,10 +175,7 @@ pub fn write_shard(dir: &Path, shard: u32, shards: u32, revision: Revision, mvcc
         b.reset();
         Ok(())
     };
-    mvcc.for_each_entry(|k, e| {
-        if result.is_err() {
-            return;
-        }
+    for (k, e) in &mvcc.entries {
         let key = b.create_vector(k.as_ref());
         let value = e.value.as_ref().map(|v| b.create_vector(v.as_ref()));
         let off = fb::Entry::create(
@@ -196,11 +192,10 @@ pub fn write_shard(dir: &Path, shard: u32, shards: u32, revision: Revision, mvcc
         );
         entries.push(off);
         if b.unfinished_data().len() >= chunk_bytes {
-            result = seal(&mut b, &mut entries, first);
+            seal(&mut b, &mut entries, first)?;
             first = false;
         }
-    });
-    result?;
+    }
     if first || !entries.is_empty() {
         seal(&mut b, &mut entries, first)?;
     }

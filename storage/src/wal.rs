@@ -9,7 +9,6 @@
 //! invalid one can only be corruption of synced data, and recovery refuses to start.
 
 use std::fs::{File, OpenOptions};
-use std::io::Write;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -547,45 +546,25 @@ pub fn recover_log(dir: &Path, shard: u32, from: Position, segment_bytes: u64) -
 /// overwrite allocated blocks and `fdatasync` has no metadata to commit (about 10x cheaper per
 /// sync on this disk than appending). Written under a temporary name, renamed when complete.
 ///
-/// The zeros go to the disk a quarter MiB at a time (`sync_file_range`, waiting for each),
-/// not all at the final sync: 64 MiB of dirty pages flushed at once queue ahead of the active
-/// segment's fdatasyncs and stall them 12-20 ms on this disk; in steps, under 1.1 ms (a
-/// probe, bench/RESULTS.md). The pages stay cached, so the frames written over them later
-/// need no read of the block first, as they would after O_DIRECT writes.
+/// The zeros go to the disk a step at a time as they are written (`paced`), not all at the
+/// final sync, which stalled the active segment's fdatasyncs 12-31 ms. The pages stay cached,
+/// so the frames written over them later need no read of the block first, as they would
+/// after O_DIRECT writes.
 pub fn prepare_segment(dir: &Path, shard: u32, seq: u64, bytes: u64) -> std::io::Result<File> {
     crate::failpoint!("wal::prepare", Err);
     let path = segment_path(dir, seq);
     let tmp = path.with_extension("wal.tmp");
     let mut f = OpenOptions::new().create(true).truncate(true).write(true).read(true).open(&tmp)?;
-    let zeros = vec![0u8; PREPARE_STEP as usize];
-    f.write_all(&header_bytes(shard, seq))?;
-    let mut at = SEGMENT_HEADER_BYTES;
-    let mut flushed = 0;
+    let zeros = vec![0u8; crate::paced::STEP];
+    let mut at = crate::paced::write_all(&mut f, 0, &header_bytes(shard, seq))?;
     while at < bytes {
-        let n = (bytes - at).min(PREPARE_STEP) as usize;
-        f.write_all(&zeros[..n])?;
-        at += n as u64;
-        if at - flushed >= PREPARE_STEP || at == bytes {
-            write_out(&f, flushed, at - flushed);
-            flushed = at;
-        }
+        let n = (bytes - at).min(zeros.len() as u64) as usize;
+        at = crate::paced::write_all(&mut f, at, &zeros[..n])?;
     }
     f.sync_all()?;
     std::fs::rename(&tmp, &path)?;
     fsync_dir(dir)?;
     Ok(f)
-}
-
-/// How much of a segment being prepared is written before it is sent to the disk.
-const PREPARE_STEP: u64 = 256 << 10;
-
-/// Starts writeback of `len` bytes at `offset` of `f` and waits for it (not a durability
-/// point: that is the sync after; only pacing). Where the call is not supported, the final
-/// sync does all of it, as before.
-fn write_out(f: &File, offset: u64, len: u64) {
-    let flags = libc::SYNC_FILE_RANGE_WAIT_BEFORE | libc::SYNC_FILE_RANGE_WRITE | libc::SYNC_FILE_RANGE_WAIT_AFTER;
-    // SAFETY: a plain syscall on an open descriptor; no memory is shared with the kernel.
-    let _ = unsafe { libc::sync_file_range(f.as_raw_fd(), offset as libc::off64_t, len as libc::off64_t, flags) };
 }
 
 /// Prepares the next segment in the background, once the active one is half full, so a

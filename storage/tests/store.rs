@@ -220,6 +220,58 @@ async fn data_survives_reopen_with_and_without_a_snapshot() {
     assert_eq!(next, last + 1);
 }
 
+/// Shards go on taking writes while a snapshot is written (they stop only to copy their
+/// index): every write acknowledged meanwhile, before or after the snapshot's revision, is
+/// there after a reopen, from the snapshot or from the log after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_acknowledged_while_a_snapshot_is_written_survive_a_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = || {
+        let mut c = config(dir.path(), 2);
+        c.snapshot_chunk_bytes = 16 << 10;
+        c
+    };
+    let mut acked = std::collections::BTreeMap::new();
+    let snapshots;
+    {
+        let store = std::sync::Arc::new(Store::open(cfg()).unwrap());
+        for i in 0..400 {
+            store.put(format!("pre{i}"), format!("{i:0>300}")).await.unwrap();
+        }
+        let writers: Vec<_> = (0..4)
+            .map(|w| {
+                let store = store.clone();
+                tokio::spawn(async move {
+                    let mut mine = Vec::new();
+                    for i in 0..300 {
+                        let key = format!("w{w}/{i}");
+                        let rev = store.put(key.clone(), format!("{w}-{i}")).await.unwrap().revision;
+                        mine.push((key, rev));
+                    }
+                    mine
+                })
+            })
+            .collect();
+        let mut taken = Vec::new();
+        for _ in 0..5 {
+            taken.push(store.snapshot().await.unwrap());
+        }
+        for w in writers {
+            acked.extend(w.await.unwrap());
+        }
+        snapshots = taken;
+    }
+    let last = *acked.values().max().unwrap();
+    assert!(snapshots.windows(2).all(|w| w[0] <= w[1]), "snapshot revisions {snapshots:?} go forward");
+    let store = Store::open(cfg()).unwrap();
+    assert!(store.revision() >= last);
+    for (key, rev) in &acked {
+        let kv = store.get(key.clone()).await.unwrap().unwrap_or_else(|| panic!("{key}, acknowledged at {rev}, is gone"));
+        assert_eq!(kv.mod_revision, *rev, "{key}");
+    }
+    assert_eq!(store.range(RangeRequest::prefix("pre")).await.unwrap().count, 400);
+}
+
 /// A snapshot larger than a chunk is written as several chunk files per shard (each bounding
 /// the builder's memory) and read back whole.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
