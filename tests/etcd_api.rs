@@ -600,8 +600,10 @@ fn etcdctl_adds_promotes_updates_and_removes_members() {
     let added = ok(&url0, &["member", "add", "m4", &format!("--peer-urls=http://{voter_peer}")]);
     let voter = added.split_whitespace().nth(1).unwrap().to_string();
     assert!(list(&url0).iter().any(|m| format!("{:x}", m["ID"].as_u64().unwrap()) == voter && m["isLearner"].as_bool() != Some(true)), "m4 is a voter at once");
-    // With a voter that never ran, another voter is refused, as etcd refuses it.
+    // With a voter that never ran, another voter is refused, as etcd refuses it, and so is a
+    // learner (etcd's strict reconfiguration check covers both).
     assert!(fails(&url0, &["member", "add", "m5", &format!("--peer-urls=http://127.0.0.1:{}", free_port())]).contains("unhealthy cluster"));
+    assert!(fails(&url0, &["member", "add", "m6", &format!("--peer-urls=http://127.0.0.1:{}", free_port()), "--learner"]).contains("unhealthy cluster"));
     ok(&url0, &["member", "remove", &voter]);
     assert_eq!(list(&url0).len(), 4);
     ok(&url0, &["put", "after-remove", "3"]);

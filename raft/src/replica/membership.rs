@@ -363,15 +363,15 @@ fn holder_of(i: &Inner, url: &str, except: Option<NodeId>) -> Option<String> {
     membership.membership().nodes().find(|(id, m)| Some(**id) != except && network::authority(&m.peer_url) == want).map(|(id, m)| called(*id, m))
 }
 
-/// How recently the leader must have heard from every voter for a voter to be added (etcd's
+/// How recently the leader must have heard from every voter for a member to be added (etcd's
 /// `HealthInterval`).
 const HEALTH_INTERVAL: Duration = Duration::from_secs(5);
 
-/// etcd's strict reconfiguration check before a voter is added (`mayAddMember`): every voter
-/// answers the leader now, so that the new voter, not yet running, cannot cost the quorum.
-/// (etcd checks this before a learner is added too; capstan adds learners regardless, as a
-/// learner never counts towards a quorum.)
-fn ready_for_a_new_voter(i: &Inner) -> Result<(), ChangeError> {
+/// etcd's strict reconfiguration check before a member is added (`mayAddMember`), a voter or
+/// a learner alike: every voter answers the leader now, so that a new voter, not yet running,
+/// cannot cost the quorum, and a learner's catching up does not load a cluster already short
+/// of a member (remove a dead member before adding its replacement, as with etcd).
+fn ready_for_a_new_member(i: &Inner) -> Result<(), ChangeError> {
     let m = i.raft().metrics().borrow_watched().clone();
     let voters: Vec<NodeId> = m.membership_config.membership().voter_ids().collect();
     let heard = m.heartbeat.clone().unwrap_or_default();
@@ -379,13 +379,13 @@ fn ready_for_a_new_voter(i: &Inner) -> Result<(), ChangeError> {
     every_voter_heard(&voters, silent_for, HEALTH_INTERVAL)
 }
 
-/// `ready_for_a_new_voter`'s rule: every voter heard from within `recent`
+/// `ready_for_a_new_member`'s rule: every voter heard from within `recent`
 /// (`silent_for` says how long ago, `None`: never).
 fn every_voter_heard(voters: &[NodeId], silent_for: impl Fn(NodeId) -> Option<Duration>, recent: Duration) -> Result<(), ChangeError> {
     let silent: Vec<String> = voters.iter().filter(|v| !silent_for(**v).is_some_and(|d| d < recent)).map(|v| format!("{v:016x}")).collect();
     if !silent.is_empty() {
         return Err(ChangeError::Unhealthy(format!(
-            "unhealthy cluster: the leader has not heard from voter(s) {} in the last {recent:?}; a voter added now, before it runs, could cost the quorum",
+            "unhealthy cluster: the leader has not heard from voter(s) {} in the last {recent:?}; remove or restart them before adding a member",
             silent.join(", ")
         )));
     }
@@ -420,9 +420,8 @@ async fn change(i: &Arc<Inner>, c: &Change) -> Result<(NodeId, String), ChangeEr
             if named.is_some() || i.member(id).is_some() {
                 return Err(ChangeError::Exists(format!("member {} already exists", if c.name.is_empty() { format!("{id:016x}") } else { c.name.clone() })));
             }
-            if c.voter {
-                ready_for_a_new_voter(i)?;
-            } else {
+            ready_for_a_new_member(i)?;
+            if !c.voter {
                 let m = raft.metrics().borrow_watched().membership_config.clone();
                 let learners = m.membership().learner_ids().count();
                 if learners >= MAX_LEARNERS {
