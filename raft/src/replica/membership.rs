@@ -88,7 +88,8 @@ pub enum ChangeError {
     PeerUrlTaken(String),
     #[error("{0}")]
     LastVoter(String),
-    /// Adding a voter now would leave the running members short of a quorum.
+    /// A voter has not answered the leader lately: no member is added (etcd's strict
+    /// reconfiguration check).
     #[error("{0}")]
     Unhealthy(String),
     /// A learner is there already (etcd allows one at a time).
