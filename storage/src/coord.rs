@@ -15,10 +15,10 @@ use tokio::sync::oneshot;
 use crate::command::Command;
 use crate::error::StoreError;
 use crate::lease_deadlines::Deadlines;
+use crate::mvcc::SnapshotCopy;
 use crate::replicated::SnapshotInfo;
 use crate::shard::{Ctrl, ShardCore, ShardMsg};
 use crate::shared::{NONE, Shared};
-use crate::mvcc::SnapshotCopy;
 use crate::snapshot;
 use crate::txn::{self, KeySpace};
 use crate::types::*;
@@ -746,6 +746,19 @@ impl Coordinator {
     }
 }
 
+/// Writes every shard's copy into the snapshot being built in `dir`, one thread per shard (as
+/// when the shards wrote their own). Returns the chunk count of each.
+fn write_shards<T: Sync>(dir: &std::path::Path, shards: u32, revision: Revision, copies: &[(SnapshotCopy, T)], chunk_bytes: usize) -> std::io::Result<Vec<u32>> {
+    std::thread::scope(|scope| {
+        let writers: Vec<_> = copies
+            .iter()
+            .enumerate()
+            .map(|(s, (copy, _))| scope.spawn(move || snapshot::write_shard(dir, s as u32, shards, revision, copy, chunk_bytes)))
+            .collect();
+        writers.into_iter().map(|w| w.join().unwrap_or_else(|_| Err(std::io::Error::other("a snapshot writer panicked")))).collect()
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -777,15 +790,3 @@ mod tests {
     }
 }
 
-/// Writes every shard's copy into the snapshot being built in `dir`, one thread per shard (as
-/// when the shards wrote their own). Returns the chunk count of each.
-fn write_shards<T: Sync>(dir: &std::path::Path, shards: u32, revision: Revision, copies: &[(SnapshotCopy, T)], chunk_bytes: usize) -> std::io::Result<Vec<u32>> {
-    std::thread::scope(|scope| {
-        let writers: Vec<_> = copies
-            .iter()
-            .enumerate()
-            .map(|(s, (copy, _))| scope.spawn(move || snapshot::write_shard(dir, s as u32, shards, revision, copy, chunk_bytes)))
-            .collect();
-        writers.into_iter().map(|w| w.join().unwrap_or_else(|_| Err(std::io::Error::other("a snapshot writer panicked")))).collect()
-    })
-}

@@ -369,7 +369,6 @@ impl Mvcc {
         events
     }
 
-    /// Visits every retained entry, key by key, oldest first (snapshot writing).
     /// What a snapshot of this shard writes, copied so that the shard can go on while it is
     /// written: one record per retained revision in one vector (a reference count per key and
     /// value, no allocation per key).
@@ -381,6 +380,7 @@ impl Mvcc {
         SnapshotCopy { entries, leases, compact_revision: self.compact_revision }
     }
 
+    /// Visits every retained entry, key by key, oldest first.
     pub fn for_each_entry(&self, mut f: impl FnMut(&Bytes, &Entry)) {
         for (k, h) in &self.keys {
             for e in h {

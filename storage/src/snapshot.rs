@@ -132,8 +132,9 @@ pub fn file_names(m: &Manifest) -> Vec<String> {
     out
 }
 
-/// Writes one shard's chunks into `dir` (a snapshot being built). Returns the chunk count.
-pub fn write_shard(dir: &Path, shard: u32, shards: u32, revision: Revision, mvcc: &SnapshotCopy, chunk_bytes: usize) -> std::io::Result<u32> {
+/// Writes one shard's chunks, from its copy, into `dir` (a snapshot being built). Returns the
+/// chunk count.
+pub fn write_shard(dir: &Path, shard: u32, shards: u32, revision: Revision, copy: &SnapshotCopy, chunk_bytes: usize) -> std::io::Result<u32> {
     let mut chunk = 0u32;
     let mut b = flatbuffers::FlatBufferBuilder::with_capacity((1 << 20).min(chunk_bytes));
     let mut entries = Vec::new();
@@ -141,7 +142,7 @@ pub fn write_shard(dir: &Path, shard: u32, shards: u32, revision: Revision, mvcc
     let mut seal = |b: &mut flatbuffers::FlatBufferBuilder, entries: &mut Vec<_>, with_leases: bool| -> std::io::Result<()> {
         let ev = b.create_vector(entries);
         let leases: Vec<_> = if with_leases {
-            mvcc.leases
+            copy.leases
                 .iter()
                 .map(|(id, ttl)| fb::Lease::create(b, &fb::LeaseArgs { id: *id, ttl_seconds: *ttl }))
                 .collect()
@@ -155,7 +156,7 @@ pub fn write_shard(dir: &Path, shard: u32, shards: u32, revision: Revision, mvcc
                 shard,
                 shard_count: shards,
                 revision,
-                compact_revision: mvcc.compact_revision,
+                compact_revision: copy.compact_revision,
                 chunk_index: chunk,
                 entries: Some(ev),
                 leases: Some(lv),
@@ -175,7 +176,7 @@ pub fn write_shard(dir: &Path, shard: u32, shards: u32, revision: Revision, mvcc
         b.reset();
         Ok(())
     };
-    for (k, e) in &mvcc.entries {
+    for (k, e) in &copy.entries {
         let key = b.create_vector(k.as_ref());
         let value = e.value.as_ref().map(|v| b.create_vector(v.as_ref()));
         let off = fb::Entry::create(
