@@ -573,13 +573,26 @@ struct Preparer {
     request: crossbeam::channel::Sender<()>,
     requested: bool,
     rx: Receiver<std::io::Result<(u64, File)>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+/// A closed log waits for a segment being prepared: nothing of it is written after its store
+/// is closed (a directory removed just after would otherwise get the segment back, or fail).
+impl Drop for Preparer {
+    fn drop(&mut self) {
+        drop(std::mem::replace(&mut self.request, bounded(1).0));
+        drop(std::mem::replace(&mut self.rx, crossbeam::channel::never()));
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
 }
 
 impl Preparer {
     fn start(dir: PathBuf, shard: u32, first_seq: u64, bytes: u64) -> Preparer {
         let (request, requests) = bounded::<()>(1);
         let (tx, rx) = bounded(1);
-        std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name(format!("wal-prep-{shard}"))
             .spawn(move || {
                 let mut seq = first_seq;
@@ -606,7 +619,7 @@ impl Preparer {
                 }
             })
             .expect("spawn wal preparer");
-        Preparer { request, requested: false, rx }
+        Preparer { request, requested: false, rx, thread: Some(thread) }
     }
 
     fn ask(&mut self) {
