@@ -588,13 +588,35 @@ impl Drop for Preparer {
     }
 }
 
+/// Segment preparer threads of this process not yet finished: counted before the thread is
+/// spawned and until its last statement, so a joined preparer is never counted (its name in
+/// /proc appears late and goes late, and cannot tell a test either).
+static PREPARERS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// How many logs' segment preparers are running in this process (tests: nothing outlives a
+/// closed store).
+pub fn preparers_running() -> usize {
+    PREPARERS.load(std::sync::atomic::Ordering::SeqCst)
+}
+
+struct Counted;
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        PREPARERS.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
 impl Preparer {
     fn start(dir: PathBuf, shard: u32, first_seq: u64, bytes: u64) -> Preparer {
         let (request, requests) = bounded::<()>(1);
         let (tx, rx) = bounded(1);
+        PREPARERS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let counted = Counted;
         let thread = std::thread::Builder::new()
             .name(format!("wal-prep-{shard}"))
             .spawn(move || {
+                let _counted = counted;
                 let mut seq = first_seq;
                 for () in requests {
                     let mut backoff = Duration::from_millis(50);

@@ -1,18 +1,9 @@
 //! Closing a store leaves nothing running behind it: the log's background preparation of its
 //! next segment is waited for, so no file appears in the data directory after the store is
 //! dropped (a test or a benchmark that removes its directory then would otherwise fail to, or
-//! leave a 64 MiB segment behind). Its own test binary: it looks at every thread of the process.
+//! leave a 64 MiB segment behind). Its own test binary: it counts the process's preparers.
 
-use storage::{Config, Store};
-
-fn preparers_running() -> Vec<String> {
-    std::fs::read_dir("/proc/self/task")
-        .unwrap()
-        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
-        .map(|c| c.trim().to_string())
-        .filter(|c| c.starts_with("wal-prep"))
-        .collect()
-}
+use storage::{wal, Config, Store};
 
 #[test]
 fn a_closed_store_has_finished_preparing_its_next_segment() {
@@ -22,7 +13,7 @@ fn a_closed_store_has_finished_preparing_its_next_segment() {
     cfg.shards = 1;
     cfg.pin_threads = false;
     let store = Store::open(cfg).unwrap();
-    assert_eq!(preparers_running().len(), 1, "the open store's shard has a segment preparer");
+    assert_eq!(wal::preparers_running(), 1, "the open store's shard has a segment preparer");
     // Past half of the 64 MiB segment: the preparer starts writing the next one (~100 ms of
     // disk), and the store is dropped at once, while it writes.
     rt.block_on(async {
@@ -32,7 +23,7 @@ fn a_closed_store_has_finished_preparing_its_next_segment() {
         }
     });
     drop(store);
-    assert_eq!(preparers_running(), Vec::<String>::new(), "a segment preparer outlived its store");
+    assert_eq!(wal::preparers_running(), 0, "a segment preparer outlived its store");
     let segments: Vec<_> = std::fs::read_dir(dir.path().join("wal/shard-0")).unwrap().map(|e| e.unwrap().file_name()).collect();
     assert!(segments.iter().all(|n| !n.to_string_lossy().ends_with(".tmp")), "a half-written segment was left: {segments:?}");
     std::fs::remove_dir_all(dir.path()).expect("the closed store's directory removes whole");
