@@ -44,11 +44,50 @@ impl Format {
     }
 }
 
+/// Ends a profile (after the profiler's guard is dropped): notes the profiler's next buffer
+/// file for removal at exit and lets the next profile start.
 struct Release;
 
 impl Drop for Release {
     fn drop(&mut self) {
+        note_profiler_buffer();
         BUSY.store(false, Ordering::SeqCst);
+    }
+}
+
+/// pprof-rs keeps its samples in a named temporary file (`$TMPDIR/.tmpXXXXXX`, reopened by
+/// name to build a report) owned by a process-wide profiler that is never dropped, and opens
+/// the next profile's file as each profile ends: that file would outlive the process, one per
+/// process ever profiled. Its name is noted here and the file removed when the process exits
+/// (`atexit`: a return from `main`, as on SIGTERM; a killed process still leaves it).
+static BUFFER: std::sync::Mutex<Option<std::path::PathBuf>> = std::sync::Mutex::new(None);
+
+fn note_profiler_buffer() {
+    let tmp = std::env::temp_dir();
+    let Ok(fds) = std::fs::read_dir("/proc/self/fd") else { return };
+    let open: Vec<_> = fds
+        .flatten()
+        .filter_map(|fd| std::fs::read_link(fd.path()).ok())
+        .filter(|t| t.parent() == Some(tmp.as_path()) && t.file_name().is_some_and(|n| n.to_string_lossy().starts_with(".tmp")) && t.is_file())
+        .collect();
+    // Only when it is unambiguous: nothing else in capstan opens such a file.
+    let [path] = <[_; 1]>::try_from(open).unwrap_or_else(|_| [std::path::PathBuf::new()]);
+    let Ok(mut b) = BUFFER.lock() else { return };
+    let first = b.is_none();
+    *b = Some(path).filter(|p| !p.as_os_str().is_empty());
+    if first {
+        // SAFETY: registers a function with no arguments that only takes a lock without waiting
+        // and removes a file.
+        unsafe { libc::atexit(remove_profiler_buffer) };
+    }
+}
+
+/// Removes the profiler's buffer file; run at exit (the profiler cannot report after it).
+extern "C" fn remove_profiler_buffer() {
+    if let Ok(mut b) = BUFFER.try_lock()
+        && let Some(p) = b.take()
+    {
+        let _ = std::fs::remove_file(p);
     }
 }
 
@@ -176,5 +215,10 @@ mod tests {
         assert!(burning > 0, "no sample of the busy thread in:\n{text}");
         // Each line: stack, a space, a count.
         assert!(text.lines().all(|l| l.rsplit_once(' ').is_some_and(|(s, c)| !s.is_empty() && c.parse::<u64>().is_ok())));
+        // The profiler's buffer for the next profile is noted, and what runs at exit removes it.
+        let buffer = BUFFER.lock().unwrap().clone().expect("the profiler's next buffer file is noted");
+        assert!(buffer.is_file(), "{} is not the open buffer", buffer.display());
+        remove_profiler_buffer();
+        assert!(!buffer.exists(), "{} is left behind at exit", buffer.display());
     }
 }
