@@ -217,4 +217,8 @@ fn a_token_login_sees_what_its_roles_let_it_list_and_gets_the_page_403_for_the_r
     b.eval(&p, "document.querySelector('form').submit()");
     b.wait_for(&p, "the refusal on the login page", "document.body.textContent.includes('did not accept that token')");
     b.close(p);
+    // Closing the browser ends all of its processes before its profile is removed.
+    let profile = b.profile().to_path_buf();
+    drop(b);
+    assert!(!profile.exists(), "the browser's profile {} was left behind", profile.display());
 }

@@ -6,6 +6,7 @@
 use std::io::{BufRead, BufReader};
 use std::net::TcpStream;
 use std::path::Path;
+use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -37,11 +38,26 @@ impl Page {
     }
 }
 
+/// Closes the browser and every process of it before its profile directory is removed:
+/// killing only the main process left its helpers writing to the profile while the
+/// directory was being removed, and so left the directory behind.
 impl Drop for Browser {
     fn drop(&mut self) {
-        let _ = self.child.kill();
+        let close = json!({"id": self.next_id, "method": "Browser.close"});
+        let _ = self.ws.send(Message::text(close.to_string()));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline && matches!(self.child.try_wait(), Ok(None)) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        // Whatever is left of its process group (a browser that did not close in time).
+        // SAFETY: a signal to the process group this test started.
+        unsafe { kill(-(self.child.id() as i32), 9) };
         let _ = self.child.wait();
     }
+}
+
+unsafe extern "C" {
+    fn kill(pid: i32, sig: i32) -> i32;
 }
 
 impl Browser {
@@ -57,6 +73,7 @@ impl Browser {
             .arg("about:blank")
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
+            .process_group(0)
             .spawn()
             .expect("start chromium");
         let stderr = child.stderr.take().unwrap();
@@ -74,6 +91,11 @@ impl Browser {
             s.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
         }
         Browser { child, ws, next_id: 1, events: Vec::new(), _profile: profile }
+    }
+
+    /// The browser's profile directory (removed when the browser is dropped).
+    pub fn profile(&self) -> &Path {
+        self._profile.path()
     }
 
     fn read(&mut self) -> Option<Value> {
