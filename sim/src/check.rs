@@ -17,7 +17,7 @@
 //! - `lease-two-holders`: two controller managers held the Lease at once (their clocks
 //!   within `lease::SKEW_BOUND` of each other);
 //! - `store-lease-expired-early`: a store lease was expired before the time its last
-//!   acknowledged keep-alive promised; `store-lease-never-expired`: once its holders stopped,
+//!   acknowledged keep-alive promised (less the drift its leader's clock may have); `store-lease-never-expired`: once its holders stopped,
 //!   a lease stayed (`store_lease.rs`);
 //! - `pdb-violated`: an eviction (granted, or its pod gone) left fewer healthy pods, those
 //!   already granted eviction not counted, than the PodDisruptionBudget's `minAvailable`
@@ -301,7 +301,10 @@ impl Checks {
     /// The newest revision applied anywhere.
     /// Replica `by` renewed `lease` at `at_us` for `ttl` seconds and said so to its holder.
     pub fn store_lease_kept(&self, lease: storage::LeaseId, at_us: u64, ttl: i64, by: u64) {
-        let until = at_us + ttl.max(0) as u64 * 1_000_000;
+        // The leader counts the TTL on its monotonic clock, which may run up to the drift bound
+        // fast: in true time the TTL may end that much sooner, and no sooner.
+        let bound = crate::store_lease::DRIFT_BOUND_PPM as u64;
+        let until = at_us + ttl.max(0) as u64 * 1_000_000 * 1_000_000 / (1_000_000 + bound);
         let mut m = self.store_leases.lock().unwrap();
         let e = m.entry(lease).or_insert((at_us, until, by));
         if until >= e.1 {

@@ -53,6 +53,9 @@ pub enum Bug {
     /// A replica that becomes leader keeps the lease deadlines it saw as a follower instead of
     /// giving every lease its whole TTL again: keep-alives renewed them on the old leader.
     LeaseNotExtended,
+    /// Every replica's monotonic clock runs 5 % fast, five times the drift the store's leases
+    /// are designed for (`store_lease::DRIFT_BOUND_PPM`): a lease's TTL ends early in true time.
+    LeaseClockTooFast,
     /// The disruption controller writes a budget's status over whatever the budget is now, not
     /// only over the one it computed from (capstan's controller did, until the simulation
     /// found it): an eviction granted meanwhile is forgotten and its disruption spent twice.
@@ -64,13 +67,14 @@ pub enum Bug {
 }
 
 impl Bug {
-    pub const ALL: [Bug; 8] = [
+    pub const ALL: [Bug; 9] = [
         Bug::AckBeforeFsync,
         Bug::SkipWatchEvent,
         Bug::BindWithoutCas,
         Bug::LeaderRestore,
         Bug::LeaseDeadlineTooLong,
         Bug::LeaseNotExtended,
+        Bug::LeaseClockTooFast,
         Bug::PdbStatusWithoutCas,
         Bug::QuotaLoweredAtOnce,
     ];
@@ -83,6 +87,7 @@ impl Bug {
             Bug::LeaderRestore => "leader-restore",
             Bug::LeaseDeadlineTooLong => "lease-deadline-too-long",
             Bug::LeaseNotExtended => "lease-not-extended",
+            Bug::LeaseClockTooFast => "lease-clock-too-fast",
             Bug::PdbStatusWithoutCas => "pdb-status-without-cas",
             Bug::QuotaLoweredAtOnce => "quota-lowered-at-once",
         }

@@ -1,6 +1,7 @@
 //! The faults: partitions and their healing, processes killed and restarted, power cuts (of
 //! one replica or of all), slow disks, failed fsyncs, full disks, wall clocks that jump (within
-//! `lease::SKEW_BOUND` of each other), and a lossy network (drops, duplicates, delays that
+//! `lease::SKEW_BOUND` of each other) and monotonic clocks that change their drift (within
+//! `store_lease::DRIFT_BOUND_PPM`), and a lossy network (drops, duplicates, delays that
 //! reorder). Every choice comes from the world's generator.
 
 use std::sync::Arc;
@@ -140,6 +141,11 @@ pub async fn run(world: Arc<World>, until: tokio::time::Instant) {
                 let skew = random_skew(&world);
                 world.log("fault", format!("n{id}'s wall clock jumps to {skew} µs off true time"));
                 world.skew_us.lock().unwrap().insert(id, skew);
+                // And its monotonic clock's rate changes (it never jumps): drawn from the seed,
+                // not the generator, so every other choice of the run stays as it was.
+                let ppm = world.drift_ppm_for(id, world.now_us());
+                world.log("fault", format!("n{id}'s monotonic clock now runs {ppm} ppm off true time"));
+                world.set_drift(id, ppm);
             }
             82..100 => {
                 let id = ids[world.range(0, n) as usize];

@@ -44,7 +44,8 @@ pub struct State {
 }
 
 impl State {
-    fn from_snapshot(s: Option<&(SnapshotMeta, SnapData)>) -> State {
+    /// `now`: the replica's clock for lease deadlines (`store_lease::now`).
+    fn from_snapshot(s: Option<&(SnapshotMeta, SnapData)>, now: std::time::Instant) -> State {
         match s {
             None => State { mvcc: Mvcc::default(), revision: 0, applied: None, membership: Default::default(), deadlines: Deadlines::default() },
             Some((m, d)) => {
@@ -55,7 +56,7 @@ impl State {
                     revision: d.revision,
                     applied: m.last_log_id,
                     membership: m.last_membership.clone(),
-                    deadlines: Deadlines::from_ttls(d.leases.iter().copied(), tokio::time::Instant::now().into_std()),
+                    deadlines: Deadlines::from_ttls(d.leases.iter().copied(), now),
                 }
             }
         }
@@ -106,7 +107,8 @@ pub fn change_of(e: &Event) -> Change {
 
 impl Sm {
     pub fn open(id: u64, generation: u64, disk: Arc<Disk>, world: Arc<World>, snapshot: Option<&(SnapshotMeta, SnapData)>) -> Sm {
-        Sm { id, state: Arc::new(Mutex::new(State::from_snapshot(snapshot))), generation, disk, world, snapshots: Default::default() }
+        let now = crate::store_lease::now(&world, id);
+        Sm { id, state: Arc::new(Mutex::new(State::from_snapshot(snapshot, now))), generation, disk, world, snapshots: Default::default() }
     }
 
     fn apply_one(&self, st: &mut State, cmd: Command, applied: &mut BTreeMap<Revision, Vec<Change>>) -> Applied {
@@ -133,14 +135,14 @@ impl Sm {
                 }))
             }
             Command::LeaseGrant { id, ttl_seconds } => Applied::LeaseGrant(st.mvcc.apply_lease_grant(id, ttl_seconds).inspect(|_| {
-                st.deadlines.applied(id, Some(ttl_seconds), tokio::time::Instant::now().into_std());
+                st.deadlines.applied(id, Some(ttl_seconds), crate::store_lease::now(&self.world, self.id));
             })),
             Command::LeaseRevoke { id } => Applied::LeaseRevoke(st.mvcc.apply_lease_revoke(id, current, || current + 1).map(|(rev, deleted)| {
                 if rev > current {
                     st.revision = rev;
                     applied.insert(rev, deleted.iter().map(change_of).collect());
                 }
-                st.deadlines.applied(id, None, tokio::time::Instant::now().into_std());
+                st.deadlines.applied(id, None, crate::store_lease::now(&self.world, self.id));
                 self.world.checks.store_lease_revoked(&self.world, id, self.id);
                 rev
             })),
@@ -212,7 +214,7 @@ impl RaftStateMachine<Cfg> for Sm {
         self.disk.write(self.generation, Op::Snapshot(meta.clone(), snapshot.clone())).map_err(io_err)?;
         sync_delay(&self.world, &self.disk).await;
         self.disk.sync(self.generation)?;
-        let st = State::from_snapshot(Some(&(meta.clone(), snapshot)));
+        let st = State::from_snapshot(Some(&(meta.clone(), snapshot)), crate::store_lease::now(&self.world, self.id));
         self.world.log("sm", format!("n{}: installed snapshot at log {:?}, revision {}", self.id, meta.last_log_id.map(|l| l.index), st.revision));
         *self.state.lock().unwrap() = st;
         Ok(())

@@ -30,8 +30,14 @@ pub const EXTEND: Duration = Duration::from_millis(600);
 /// the metrics as they change; the coordinator wakes at the next deadline).
 const LOOK: Duration = Duration::from_millis(50);
 
-fn now() -> std::time::Instant {
-    tokio::time::Instant::now().into_std()
+/// How far a replica's monotonic clock may run fast or slow against true time, in millionths:
+/// 1 %, fifty times what a computer's crystal drifts, so the simulation's leases feel it.
+pub const DRIFT_BOUND_PPM: i64 = 10_000;
+
+/// Replica `me`'s clock for lease deadlines: its monotonic clock, as capstan's coordinator
+/// keeps them (`std::time::Instant`), which drifts against true time (`World::mono_now`).
+pub(crate) fn now(world: &World, me: u64) -> std::time::Instant {
+    world.mono_now(me)
 }
 
 fn done(world: &World) -> bool {
@@ -55,14 +61,14 @@ pub async fn expirer(world: Arc<World>, me: u64) {
             // Planted: the new leader keeps the deadlines it saw as a follower, which no
             // keep-alive renewed.
             if leader && !world.bug(Bug::LeaseNotExtended) {
-                sm.state.lock().unwrap().deadlines.restart_all(EXTEND, now());
+                sm.state.lock().unwrap().deadlines.restart_all(EXTEND, now(&world, me));
             }
             was_leader = leader;
         }
         if !leader {
             continue;
         }
-        let expired = sm.state.lock().unwrap().deadlines.expired(now());
+        let expired = sm.state.lock().unwrap().deadlines.expired(now(&world, me));
         for id in expired {
             world.log("lease", format!("n{me}: lease {id} expired; revoking it"));
             let raft = raft.clone();
@@ -100,7 +106,7 @@ async fn keep_alive(world: &World, lease: LeaseId) -> Option<i64> {
             tokio::time::sleep(Duration::from_millis(20)).await;
             continue;
         }
-        let renewed = sm.state.lock().unwrap().deadlines.keep_alive(lease, now());
+        let renewed = sm.state.lock().unwrap().deadlines.keep_alive(lease, now(world, at));
         return match renewed {
             Ok(ttl) => {
                 world.checks.store_lease_kept(lease, world.now_us(), ttl, at);

@@ -55,6 +55,27 @@ pub struct World {
     pub skew_us: Mutex<BTreeMap<u64, i64>>,
     /// Replicas the nemesis keeps alive for an aimed fault.
     pub protected: Mutex<BTreeSet<u64>>,
+    /// Each replica's monotonic clock, where its rate last changed (none yet: since the start,
+    /// at the rate `initial_drift_ppm` gives it).
+    pub mono: Mutex<BTreeMap<u64, MonoClock>>,
+}
+
+/// A process's monotonic clock: it never jumps, but runs `ppm` millionths fast (or slow, when
+/// negative) against true time, within `store_lease::DRIFT_BOUND_PPM`.
+#[derive(Clone, Copy, Debug)]
+pub struct MonoClock {
+    /// True time of the last change of rate, µs since the start.
+    pub since_us: u64,
+    /// The clock's reading then, µs since the start.
+    pub reading_us: u64,
+    pub ppm: i64,
+}
+
+impl MonoClock {
+    fn reading_at(&self, now_us: u64) -> u64 {
+        let elapsed = now_us.saturating_sub(self.since_us) as i128;
+        self.reading_us + (elapsed * (1_000_000 + self.ppm as i128) / 1_000_000) as u64
+    }
 }
 
 #[derive(Default)]
@@ -78,7 +99,42 @@ impl World {
             done: Default::default(),
             skew_us: Mutex::new(BTreeMap::new()),
             protected: Mutex::new(BTreeSet::new()),
+            mono: Mutex::new(BTreeMap::new()),
         })
+    }
+
+    /// Replica `id`'s monotonic clock now, as the `Instant` its code reads.
+    pub fn mono_now(&self, id: u64) -> std::time::Instant {
+        let now = self.now_us();
+        let clock = if self.bug(crate::Bug::LeaseClockTooFast) {
+            MonoClock { since_us: 0, reading_us: 0, ppm: 5 * crate::store_lease::DRIFT_BOUND_PPM }
+        } else {
+            self.mono_clock(id)
+        };
+        self.t0.into_std() + std::time::Duration::from_micros(clock.reading_at(now))
+    }
+
+    /// Replica `id`'s monotonic clock runs at `ppm` from now on (its reading continues).
+    pub fn set_drift(&self, id: u64, ppm: i64) {
+        let now = self.now_us();
+        let reading_us = self.mono_clock(id).reading_at(now);
+        self.mono.lock().unwrap().insert(id, MonoClock { since_us: now, reading_us, ppm });
+    }
+
+    fn mono_clock(&self, id: u64) -> MonoClock {
+        self.mono.lock().unwrap().get(&id).copied().unwrap_or(MonoClock { since_us: 0, reading_us: 0, ppm: self.drift_ppm_for(id, 0) })
+    }
+
+    /// A drift within the bound for replica `id`'s `n`th rate, from the seed alone (no draw
+    /// from the world's generator, so adding clocks left every other choice of a seed as it was).
+    pub fn drift_ppm_for(&self, id: u64, n: u64) -> i64 {
+        let bound = crate::store_lease::DRIFT_BOUND_PPM;
+        let mut z = self.seed ^ id.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ n.wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        // splitmix64's finaliser.
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^= z >> 31;
+        (z % (2 * bound as u64 + 1)) as i64 - bound
     }
 
     pub fn now_us(&self) -> u64 {

@@ -100,6 +100,11 @@ fn a_store_lease_not_extended_on_a_new_leader_is_caught() {
 }
 
 #[test]
+fn a_lease_clock_drifting_beyond_its_bound_is_caught() {
+    caught(Bug::LeaseClockTooFast, 10.0, 5, &["store-lease-expired-early"]);
+}
+
+#[test]
 fn a_disruption_budget_status_written_without_compare_and_swap_is_caught() {
     // About one seed in nine catches it (the write must land between two evictions).
     caught(Bug::PdbStatusWithoutCas, 10.0, 60, &["pdb-violated"]);
