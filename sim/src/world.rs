@@ -56,7 +56,7 @@ pub struct World {
     /// Replicas the nemesis keeps alive for an aimed fault.
     pub protected: Mutex<BTreeSet<u64>>,
     /// Each replica's monotonic clock, where its rate last changed (none yet: since the start,
-    /// at the rate `initial_drift_ppm` gives it).
+    /// at the rate `drift_ppm_for(id, 0)` gives it).
     pub mono: Mutex<BTreeMap<u64, MonoClock>>,
 }
 
