@@ -755,7 +755,10 @@ fn write_shards<T: Sync>(dir: &std::path::Path, shards: u32, revision: Revision,
             .enumerate()
             .map(|(s, (copy, _))| scope.spawn(move || snapshot::write_shard(dir, s as u32, shards, revision, copy, chunk_bytes)))
             .collect();
-        writers.into_iter().map(|w| w.join().unwrap_or_else(|_| Err(std::io::Error::other("a snapshot writer panicked")))).collect()
+        // Every writer joined before the first error is taken: a scope whose panicked thread
+        // was left unjoined panics itself, which took the coordinator down with it.
+        let joined: Vec<_> = writers.into_iter().map(|w| w.join().unwrap_or_else(|_| Err(std::io::Error::other("a snapshot writer panicked")))).collect();
+        joined.into_iter().collect()
     })
 }
 

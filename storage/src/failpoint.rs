@@ -6,6 +6,7 @@
 //! - `abort`: `std::process::abort()`, a crash at exactly that line; `abort@N`: the same at
 //!   the Nth time the line is reached;
 //! - `enospc` / `eio`: the failpoint returns that I/O error to its caller;
+//! - `panic`: the thread that reaches it panics (a bug in the code after it, as it were);
 //! - `off`: nothing.
 //!
 //! In release builds the macro expands to nothing, so benchmarks measure the real code. We use
@@ -68,6 +69,7 @@ mod imp {
             }
             "enospc" => Some(std::io::Error::from_raw_os_error(libc::ENOSPC)),
             "eio" => Some(std::io::Error::from_raw_os_error(libc::EIO)),
+            "panic" => panic!("failpoint {name}: panic"),
             _ => None,
         }
     }

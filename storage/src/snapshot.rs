@@ -135,6 +135,7 @@ pub fn file_names(m: &Manifest) -> Vec<String> {
 /// Writes one shard's chunks, from its copy, into `dir` (a snapshot being built). Returns the
 /// chunk count.
 pub fn write_shard(dir: &Path, shard: u32, shards: u32, revision: Revision, copy: &SnapshotCopy, chunk_bytes: usize) -> std::io::Result<u32> {
+    crate::failpoint!("snapshot::write_shard", Err);
     let mut chunk = 0u32;
     let mut b = flatbuffers::FlatBufferBuilder::with_capacity((1 << 20).min(chunk_bytes));
     let mut entries = Vec::new();

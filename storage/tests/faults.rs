@@ -52,6 +52,32 @@ async fn a_failed_fdatasync_fails_the_write_and_stops_all_writes_but_not_reads()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_whose_writer_fails_or_panics_leaves_the_store_serving_and_the_last_snapshot_in_force() {
+    let _serial = SERIAL.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), 2);
+    store.put("a", "1").await.unwrap();
+    let first = store.snapshot().await.unwrap();
+    store.put("b", "2").await.unwrap();
+    for action in ["eio", "panic"] {
+        storage::failpoint::set("snapshot::write_shard", action);
+        let r = store.snapshot().await;
+        storage::failpoint::clear("snapshot::write_shard");
+        assert!(matches!(r, Err(StoreError::Io(_))), "a snapshot whose writer met {action} answered {r:?}");
+        store.put(format!("after-{action}"), "3").await.unwrap();
+        assert_eq!(store.get("a").await.unwrap().unwrap().value, b("1"), "reads keep working after {action}");
+    }
+    drop(store);
+    let store = open(dir.path(), 2);
+    for k in ["a", "b", "after-eio", "after-panic"] {
+        assert!(store.get(k).await.unwrap().is_some(), "{k} is gone after a reopen");
+    }
+    let current = std::fs::read_to_string(dir.path().join("CURRENT")).unwrap();
+    let snaps: Vec<String> = std::fs::read_dir(dir.path().join("snap")).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    assert_eq!(snaps, vec![current.trim().to_string()], "the failed snapshots' files are gone, the first ({first}) is in force");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_segment_that_cannot_be_prepared_fails_writes_until_space_returns() {
     let _serial = SERIAL.lock().await;
     let dir = tempfile::tempdir().unwrap();
