@@ -618,7 +618,7 @@ impl Preparer {
             .spawn(move || {
                 let _counted = counted;
                 let mut seq = first_seq;
-                for () in requests {
+                while requests.recv().is_ok() {
                     let mut backoff = Duration::from_millis(50);
                     loop {
                         let r = prepare_segment(&dir, shard, seq, bytes);
@@ -635,7 +635,11 @@ impl Preparer {
                             seq += 1;
                             break;
                         }
-                        std::thread::sleep(backoff);
+                        // The pause before a retry ends at once when the log closes (its
+                        // request sender goes), so a close never waits out a backoff.
+                        if let Err(crossbeam::channel::RecvTimeoutError::Disconnected) = requests.recv_timeout(backoff) {
+                            return;
+                        }
                         backoff = (backoff * 2).min(Duration::from_secs(2));
                     }
                 }
