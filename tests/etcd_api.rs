@@ -361,7 +361,13 @@ fn free_port() -> u16 {
 /// `capstan server` as member `name` of `initial` (no scheduler or controllers), with the
 /// etcd API on a free port, once it printed that port; `extra` flags are added.
 fn capstan_server(name: &str, dir: &std::path::Path, peer: &str, initial: &str, extra: &[&str]) -> Running {
+    capstan_server_env(name, dir, peer, initial, extra, &[])
+}
+
+/// `capstan_server` with environment variables (failpoints) set for it.
+fn capstan_server_env(name: &str, dir: &std::path::Path, peer: &str, initial: &str, extra: &[&str], env: &[(&str, &str)]) -> Running {
     let mut child = Command::new(env!("CARGO_BIN_EXE_capstan"))
+        .envs(env.iter().copied())
         .args(["server", "--name", name, "--data-dir", dir.to_str().unwrap(), "--listen", "127.0.0.1:0", "--peer-listen", peer])
         .args(["--initial-cluster", initial, "--etcd-listen", "127.0.0.1:0", "--no-scheduler", "--no-controllers", "--log-level", "warn"])
         .args(extra)
@@ -383,6 +389,24 @@ fn capstan_server(name: &str, dir: &std::path::Path, peer: &str, initial: &str, 
     assert!(r.url.starts_with("http"), "capstan server {name} did not print its etcd URL (it exited?)");
     std::thread::spawn(move || lines.for_each(drop));
     r
+}
+
+/// etcd adds a voter in one step: when making the new member a voter fails after it was
+/// added as a learner (a failpoint here), it is taken out again, and the call fails saying so.
+#[test]
+fn a_voter_that_cannot_be_made_one_is_not_left_behind_as_a_learner() {
+    let root = tempfile::tempdir().unwrap();
+    let peer = format!("127.0.0.1:{}", free_port());
+    let m0 = capstan_server_env("m0", &root.path().join("m0"), &peer, &format!("m0=http://{peer}"), &["--insecure-http"], &[("CAPSTAN_FAILPOINTS", "membership::make_voter=eio")]);
+    let run = |args: &[&str]| Command::new("etcdctl").env("ETCDCTL_API", "3").arg(format!("--endpoints={}", m0.url)).args(args).output().unwrap();
+    wait_until("the single member to serve", || run(&["put", "before", "1"]).status.success());
+    let o = run(&["member", "add", "m1", &format!("--peer-urls=http://127.0.0.1:{}", free_port())]);
+    let err = String::from_utf8_lossy(&o.stderr).to_string();
+    assert!(!o.status.success() && err.contains("adding member") && err.contains("as a voter failed") && err.contains("it was not added"), "{}{err}", String::from_utf8_lossy(&o.stdout));
+    let list: serde_json::Value = serde_json::from_slice(&run(&["member", "list", "-w", "json"]).stdout).unwrap();
+    let members = list["members"].as_array().cloned().unwrap_or_default();
+    assert_eq!(members.len(), 1, "only m0 is left: {list}");
+    assert!(run(&["put", "after", "2"]).status.success(), "the member still serves writes");
 }
 
 /// A real etcd (Debian's etcd-server) on free loopback ports in `dir`.

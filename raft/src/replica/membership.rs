@@ -393,6 +393,13 @@ fn every_voter_heard(voters: &[NodeId], silent_for: impl Fn(NodeId) -> Option<Du
     Ok(())
 }
 
+/// Makes `id`, a learner just added, a voter (etcd's MemberAdd without `--learner`).
+async fn make_voter(raft: &crate::replica::Raft, id: NodeId) -> Result<(), RaftError<TypeConfig, ClientWriteError<TypeConfig>>> {
+    // A promotion that fails after its learner was added (tests arm this).
+    storage::failpoint!("membership::make_voter", |_e| Err(RaftError::Fatal(openraft::error::Fatal::Stopped)));
+    raft.change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false).await.map(|_| ())
+}
+
 /// Learners at once (etcd's default `--max-learners`): a learner takes the leader's bandwidth
 /// while it catches up, and one at a time keeps that bounded.
 const MAX_LEARNERS: usize = 1;
@@ -462,9 +469,25 @@ async fn change(i: &Arc<Inner>, c: &Change) -> Result<(NodeId, String), ChangeEr
     loop {
         let r = match c.op {
             Op::Add => {
+                // Adding a learner that is there already changes nothing, so a retry after
+                // "in progress" is safe.
                 let added = raft.add_learner(id, Member { name: c.name.clone(), peer_url: c.peer_url.clone(), ..Default::default() }, false).await;
                 match added {
-                    Ok(_) if c.voter => raft.change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false).await.map(|_| ()),
+                    Ok(_) if c.voter => match make_voter(&raft, id).await {
+                        // etcd adds a voter in one step: one that could not be made a voter is
+                        // taken out again rather than left behind as a learner nobody asked for
+                        // ("in progress" is retried below).
+                        Err(e) if !matches!(e, RaftError::APIError(ClientWriteError::ChangeMembershipError(ChangeMembershipError::InProgress(_)))) => {
+                            let who = if c.name.is_empty() { format!("{id:016x}") } else { c.name.clone() };
+                            return Err(match raft.change_membership(ChangeMembers::RemoveNodes(BTreeSet::from([id])), false).await {
+                                Ok(_) => ChangeError::Failed(format!("adding member {who} as a voter failed ({e}); it was not added")),
+                                Err(again) => ChangeError::Failed(format!(
+                                    "member {who} was added as a learner but making it a voter failed ({e}), and taking it out again failed too ({again}): promote or remove it"
+                                )),
+                            });
+                        }
+                        r => r,
+                    },
                     r => r.map(|_| ()),
                 }
             }
