@@ -25,6 +25,14 @@ trap 'kill $UP 2>/dev/null; wait 2>/dev/null; rm -rf "$D"' EXIT
 for _ in $(seq 300); do [ -s "$D/kubeconfig" ] && grep -q "server:" "$D/kubeconfig" && break; sleep 0.2; done
 API=$(awk '/server:/ {print $2; exit}' "$D/kubeconfig")
 for _ in $(seq 300); do curl -skf "$API/readyz" >/dev/null && break; sleep 0.2; done
+# The server's CPU seconds and context switches (every thread's) over the run, on stderr.
+cpu() { awk '{print $14 + $15}' "/proc/$UP/stat"; }
+switches() { cat /proc/$UP/task/*/status 2>/dev/null | awk '/ctxt_switches/ {n += $2} END {print n}'; }
+TICK=$(getconf CLK_TCK)
+CPU0=$(cpu); SW0=$(switches)
+# The audit log writer's own wakes (its thread is named audit-log), if there is one.
+audit_wakes() { for t in /proc/$UP/task/*; do [ "$(cat "$t/comm" 2>/dev/null)" = audit-log ] && awk '/^voluntary_ctxt_switches/ {print $2}' "$t/status"; done; }
+report() { echo "server: cpu_s=$(awk -v a="$CPU0" -v b="$(cpu)" -v t="$TICK" 'BEGIN {printf "%.2f", (b - a) / t}') context_switches=$(( $(switches) - SW0 )) audit_writer_wakes=$(audit_wakes)" >&2; }
 if [ "${SECURITY:-tls}" = insecure ]; then
   "$APIPERF" --server "$API" "$@"
 elif [ -n "${AS_ADMIN:-}" ]; then
@@ -35,3 +43,4 @@ else
   kubectl --kubeconfig "$D/kubeconfig" create clusterrolebinding bench --clusterrole=cluster-admin --user=bench >/dev/null
   "$APIPERF" --kubeconfig "$D/kubeconfig" --token "$TOKEN" "$@"
 fi
+report

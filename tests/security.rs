@@ -360,17 +360,21 @@ fn the_audit_log_records_each_request_at_the_level_the_policy_gives() {
     let policy = dir.path().join("policy.yaml");
     std::fs::write(
         &policy,
-        "apiVersion: audit.k8s.io/v1\nkind: Policy\nomitStages: [RequestReceived]\nrules:\n\
+        "apiVersion: audit.k8s.io/v1\nkind: Policy\nrules:\n\
          - level: None\n  nonResourceURLs: [\"/healthz*\", /readyz, /livez, /version]\n\
-         - level: Metadata\n  resources: [{group: \"\", resources: [secrets]}]\n\
+         - level: Metadata\n  resources: [{group: \"\", resources: [secrets]}]\n  omitStages: [RequestReceived]\n\
          - level: RequestResponse\n  resources: [{group: \"\", resources: [configmaps]}]\n\
-         - level: Request\n",
+         - level: Request\n  omitStages: [RequestReceived]\n",
     )
     .unwrap();
     let log = dir.path().join("audit").join("audit.log");
     let c = Cluster::start_with(dir, &["--no-local-node", "--audit-policy-file", path_str(&policy), "--audit-log-path", path_str(&log)]);
     c.ok(&["create", "secret", "generic", "s1", "--from-literal=password=topsecret-value"]);
-    c.ok(&["create", "configmap", "cm1", "--from-literal=k=visible-value"]);
+    // -v=8 prints the answer's headers: its Audit-Id names the request's events.
+    let created = std::process::Command::new(KUBECTL).env("KUBECONFIG", &c.kubeconfig).args(["create", "configmap", "cm1", "--from-literal=k=visible-value", "-v=8"]).output().unwrap();
+    assert!(created.status.success(), "{}", String::from_utf8_lossy(&created.stderr));
+    let trace = String::from_utf8_lossy(&created.stderr).to_string();
+    let audit_id = trace.lines().filter_map(|l| l.trim().strip_prefix("Audit-Id:").or_else(|| l.split("Audit-Id: ").nth(1))).map(|v| v.trim().trim_matches('"').to_string()).last().unwrap_or_else(|| panic!("no Audit-Id header in kubectl's trace: {trace}"));
     c.ok(&["get", "pods"]);
     c.ok(&["delete", "configmap", "cm1"]);
     let viewer = As::new(&c, "viewer", "devs");
@@ -403,7 +407,9 @@ fn the_audit_log_records_each_request_at_the_level_the_policy_gives() {
     let evs = events();
     for e in &evs {
         assert_eq!((e["kind"].as_str(), e["apiVersion"].as_str()), (Some("Event"), Some("audit.k8s.io/v1")), "{e}");
-        assert_ne!(e["stage"], "RequestReceived", "omitted by the policy: {e}");
+        if e["objectRef"]["resource"] != "configmaps" {
+            assert_ne!(e["stage"], "RequestReceived", "omitted by the policy: {e}");
+        }
         assert!(!e["requestURI"].as_str().unwrap().starts_with("/healthz"), "level None: {e}");
     }
     let secret = find(&evs, admin, "create", "secrets", 201).unwrap();
@@ -417,6 +423,10 @@ fn the_audit_log_records_each_request_at_the_level_the_policy_gives() {
     assert_eq!(cm["requestObject"]["data"]["k"], "visible-value", "{cm}");
     assert_eq!(cm["responseObject"]["metadata"]["name"], "cm1", "{cm}");
     assert_eq!(cm["objectRef"]["namespace"], "default");
+    // Both stages of the create carry its ID, the one its answer's Audit-Id header gave.
+    let stages: Vec<&str> = evs.iter().filter(|e| e["auditID"] == audit_id.as_str()).filter_map(|e| e["stage"].as_str()).collect();
+    assert_eq!(stages, ["RequestReceived", "ResponseComplete"], "the events of request {audit_id}");
+    assert_eq!(cm["auditID"], audit_id.as_str(), "{cm}");
     let pods = find(&evs, admin, "list", "pods", 200).unwrap();
     assert_eq!(pods["level"], "Request");
     assert_eq!(pods["user"]["groups"], serde_json::json!(["system:masters", "system:authenticated"]));

@@ -26,9 +26,47 @@ pub struct ObjectRef {
     pub subresource: String,
 }
 
+/// A request's audit ID (`auditID` in its events, the `Audit-Id` header of its answer): the
+/// one its client sent in an `Audit-ID` header, as Kubernetes keeps it, else a new UUID.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AuditId {
+    New(uuid::Uuid),
+    Given(Box<str>),
+}
+
+/// The longest `Audit-ID` a client may give; a longer (or empty) one is replaced.
+pub const GIVEN_ID_MAX: usize = 128;
+
+impl AuditId {
+    /// The ID of a request with these headers.
+    pub fn for_request(headers: &axum::http::HeaderMap) -> AuditId {
+        match headers.get("audit-id").and_then(|v| v.to_str().ok()).map(str::trim) {
+            Some(given) if !given.is_empty() && given.len() <= GIVEN_ID_MAX => AuditId::Given(given.into()),
+            _ => AuditId::New(uuid::Uuid::new_v4()),
+        }
+    }
+
+    /// The ID as its events and the `Audit-Id` header carry it.
+    pub fn write(&self, out: &mut String) {
+        out.clear();
+        match self {
+            AuditId::New(u) => out.push_str(u.hyphenated().encode_lower(&mut uuid::Uuid::encode_buffer())),
+            AuditId::Given(g) => out.push_str(g),
+        }
+    }
+
+    pub fn header_value(&self) -> axum::http::HeaderValue {
+        let mut s = String::with_capacity(36);
+        self.write(&mut s);
+        // A given ID was a header value already; a UUID is ASCII.
+        axum::http::HeaderValue::from_str(&s).unwrap_or(axum::http::HeaderValue::from_static("invalid"))
+    }
+}
+
 /// One event, before encoding.
 #[derive(Clone, Debug)]
 pub struct Event {
+    pub audit_id: AuditId,
     pub level: Level,
     pub stage: Stage,
     pub request_uri: String,
@@ -162,8 +200,7 @@ pub struct Scratch {
 
 /// Appends `ev` to `out` as one line of JSON (no newline).
 pub fn encode(ev: &Event, scratch: &mut Scratch, out: &mut Vec<u8>) -> serde_json::Result<()> {
-    scratch.id.clear();
-    scratch.id.push_str(uuid::Uuid::new_v4().hyphenated().encode_lower(&mut uuid::Uuid::encode_buffer()));
+    ev.audit_id.write(&mut scratch.id);
     micro(ev.received, &mut scratch.received);
     micro(ev.stage_time, &mut scratch.stage_time);
     scratch.ips.clear();
@@ -211,6 +248,7 @@ mod tests {
     fn an_event_encodes_as_kubernetes_writes_it() {
         let t = jiff::Timestamp::from_microsecond(1_800_000_000_123_456).unwrap();
         let ev = Event {
+            audit_id: AuditId::New(uuid::Uuid::new_v4()),
             level: Level::Metadata,
             stage: Stage::ResponseComplete,
             request_uri: "/api/v1/namespaces/d/pods?limit=5".into(),
@@ -241,5 +279,23 @@ mod tests {
         assert_eq!(v["requestReceivedTimestamp"], "2027-01-15T08:00:00.123456Z");
         assert_eq!(v["auditID"].as_str().unwrap().len(), 36);
         assert!(v.get("requestObject").is_none());
+        let AuditId::New(u) = &ev.audit_id else { unreachable!() };
+        assert_eq!(v["auditID"], u.to_string(), "the request's ID, not a new one per event");
+    }
+
+    #[test]
+    fn a_client_given_audit_id_is_kept_unless_empty_or_too_long() {
+        let with = |v: &str| {
+            let mut h = axum::http::HeaderMap::new();
+            h.insert("audit-id", axum::http::HeaderValue::from_str(v).unwrap());
+            AuditId::for_request(&h)
+        };
+        assert_eq!(with("trace-7f3a"), AuditId::Given("trace-7f3a".into()));
+        assert!(matches!(with(""), AuditId::New(_)));
+        assert!(matches!(with(&"x".repeat(GIVEN_ID_MAX + 1)), AuditId::New(_)));
+        assert!(matches!(AuditId::for_request(&axum::http::HeaderMap::new()), AuditId::New(_)));
+        let mut s = String::new();
+        with("trace-7f3a").write(&mut s);
+        assert_eq!(s, "trace-7f3a");
     }
 }

@@ -203,6 +203,7 @@ fn build(store: Store, shutdown: tokio::sync::watch::Receiver<bool>, keep: Optio
         .layer(axum::middleware::from_fn_with_state(auditor, audit::audit))
         .layer(axum::middleware::from_fn_with_state(state.clone(), authn::authenticate))
         .layer(axum::middleware::from_fn_with_state(state.clone(), inflight))
+        .layer(axum::middleware::from_fn(audit::init))
         .layer(axum::middleware::from_fn_with_state(request_timeout, deadline::deadline))
         .layer(DefaultBodyLimit::disable())
         .with_state(state)
