@@ -65,7 +65,8 @@ pub async fn start(world: &Arc<World>, id: u64) {
     let (generation, image) = disk.open();
     let log = LogStore::open(id, generation, disk.clone(), world.clone());
     let sm = Sm::open(id, generation, disk, world.clone(), image.snapshot.as_ref());
-    let raft = Raft::new(id, raft_config(world.bug(Bug::LeaderRestore)), Factory { me: id, world: world.clone() }, log, sm.clone())
+    // openraft's tasks, spawned here, run on the replica's own clock.
+    let raft = crate::rt::in_process(world, id, Raft::new(id, raft_config(world.bug(Bug::LeaderRestore)), Factory { me: id, world: world.clone() }, log, sm.clone()))
         .await
         .expect("a replica starts on any disk image");
     let incarnation = {

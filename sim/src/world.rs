@@ -114,6 +114,11 @@ impl World {
         self.t0.into_std() + std::time::Duration::from_micros(clock.reading_at(now))
     }
 
+    /// How fast replica `id`'s monotonic clock runs now, in millionths over true time.
+    pub fn mono_rate_ppm(&self, id: u64) -> i64 {
+        if self.bug(crate::Bug::LeaseClockTooFast) { 5 * crate::store_lease::DRIFT_BOUND_PPM } else { self.mono_clock(id).ppm }
+    }
+
     /// Replica `id`'s monotonic clock runs at `ppm` from now on (its reading continues).
     pub fn set_drift(&self, id: u64, ppm: i64) {
         let now = self.now_us();
