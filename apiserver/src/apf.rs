@@ -28,8 +28,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 
-use axum::extract::{Request, State};
-use axum::middleware::Next;
+use axum::extract::Request;
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
@@ -470,14 +469,14 @@ fn too_many() -> ApiError {
 }
 
 /// The middleware: between authentication and authorization, as in Kubernetes.
-pub async fn limit(State(st): State<Arc<AppState>>, req: Request, next: Next) -> Response {
-    let Some(user) = req.extensions().get::<Arc<UserInfo>>().cloned() else { return next.run(req).await };
+pub async fn limit<F: std::future::Future<Output = Response>>(st: &AppState, req: Request, next: impl FnOnce(Request) -> F) -> Response {
+    let Some(user) = req.extensions().get::<Arc<UserInfo>>().cloned() else { return next(req).await };
     let (path, query) = (req.uri().path().to_string(), req.uri().query().unwrap_or("").to_string());
     if crate::deadline::long_running(&path, Some(&query)) {
-        return next.run(req).await;
+        return next(req).await;
     }
     let a = crate::rbac::attributes(req.method().as_str(), &path, &query);
-    let Some((schema, conf)) = st.apf.classify(&user, &a) else { return next.run(req).await };
+    let Some((schema, conf)) = st.apf.classify(&user, &a) else { return next(req).await };
     let headers = [("X-Kubernetes-PF-FlowSchema-UID", schema.uid.clone()), ("X-Kubernetes-PF-PriorityLevel-UID", conf.uid.clone())];
     let with_headers = |mut r: Response| {
         for (k, v) in &headers {
@@ -488,10 +487,10 @@ pub async fn limit(State(st): State<Arc<AppState>>, req: Request, next: Next) ->
         r
     };
     if conf.exempt {
-        return with_headers(next.run(req).await);
+        return with_headers(next(req).await);
     }
     let seats = if a.verb == "list" { list_seats(&st, &a).await } else { 1 };
-    let Some(level) = st.apf.levels.lock().unwrap().get(&schema.level).cloned() else { return next.run(req).await };
+    let Some(level) = st.apf.levels.lock().unwrap().get(&schema.level).cloned() else { return next(req).await };
     let flow = match (schema.by, &a.target) {
         (Distinguisher::ByUser, _) => format!("{}/{}", schema.name, user.name),
         (Distinguisher::ByNamespace, Target::Resource { namespace, .. }) => format!("{}/{namespace}", schema.name),
@@ -529,7 +528,7 @@ pub async fn limit(State(st): State<Arc<AppState>>, req: Request, next: Next) ->
             Err(_) => return with_headers(too_many().into_response()),
         },
     };
-    with_headers(next.run(req).await)
+    with_headers(next(req).await)
 }
 
 /// The seats of a LIST: one per 100 objects of its resource in the cache, 1 to 10.

@@ -20,8 +20,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use axum::extract::{Request, State};
-use axum::middleware::Next;
+use axum::extract::Request;
 use axum::response::Response;
 use serde::Deserialize;
 use serde_json::Value;
@@ -332,26 +331,26 @@ fn object_ref(a: Attributes, api_version: &str) -> (String, Option<ObjectRef>) {
 /// The outer middleware (before authentication, so a 401 has one too): gives every request
 /// its audit ID and its answer the `Audit-Id` header, whether or not it is audited, as
 /// Kubernetes does.
-pub async fn init(mut req: Request, next: Next) -> Response {
+pub async fn init<F: std::future::Future<Output = Response>>(mut req: Request, next: impl FnOnce(Request) -> F) -> Response {
     let id = AuditId::for_request(req.headers());
     let header = id.header_value();
     req.extensions_mut().insert(id);
-    let mut resp = next.run(req).await;
+    let mut resp = next(req).await;
     resp.headers_mut().insert("audit-id", header);
     resp
 }
 
 /// The middleware: audits each authenticated request as the policy says.
-pub async fn audit(State(auditor): State<Option<Arc<Auditor>>>, req: Request, next: Next) -> Response {
-    let Some(auditor) = auditor else { return next.run(req).await };
-    let Some(user) = req.extensions().get::<Arc<UserInfo>>().cloned() else { return next.run(req).await };
+pub async fn audit<F: std::future::Future<Output = Response>>(auditor: Option<&Arc<Auditor>>, req: Request, next: impl FnOnce(Request) -> F) -> Response {
+    let Some(auditor) = auditor else { return next(req).await };
+    let Some(user) = req.extensions().get::<Arc<UserInfo>>().cloned() else { return next(req).await };
     let received = jiff::Timestamp::now();
     let path = req.uri().path();
     let query = req.uri().query().unwrap_or("");
     let a = crate::rbac::attributes(req.method().as_str(), path, query);
     let (level, omit) = auditor.policy.decide(&user, &a);
     if level == Level::None {
-        return next.run(req).await;
+        return next(req).await;
     }
     let api_version = path.split('/').filter(|p| !p.is_empty()).nth(if path.starts_with("/apis/") { 2 } else { 1 }).unwrap_or("");
     let streaming = a.verb == "watch" || query.contains("follow=true");
@@ -398,7 +397,7 @@ pub async fn audit(State(auditor): State<Option<Arc<Auditor>>>, req: Request, ne
     if !omit.contains(&Stage::RequestReceived) {
         auditor.offer(ev.clone());
     }
-    let resp = next.run(req).await;
+    let resp = next(req).await;
     let stage = if streaming { Stage::ResponseStarted } else { Stage::ResponseComplete };
     if omit.contains(&stage) {
         return resp;

@@ -15,7 +15,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use axum::extract::{Request, State};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use rustls::pki_types::{CertificateDer, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
@@ -456,7 +455,7 @@ fn now_unix() -> i64 {
 }
 
 /// The middleware: puts the request's `UserInfo` into its extensions, or answers 401.
-pub async fn authenticate(State(st): State<Arc<AppState>>, mut req: Request, next: Next) -> Response {
+pub async fn authenticate<F: std::future::Future<Output = Response>>(st: &AppState, mut req: Request, next: impl FnOnce(Request) -> F) -> Response {
     let user = match &st.authn {
         Mode::Insecure => Some(Arc::new(UserInfo::unsecured())),
         // Kubernetes' order: the client certificate, then a bearer token; a credential
@@ -516,7 +515,7 @@ pub async fn authenticate(State(st): State<Arc<AppState>>, mut req: Request, nex
             return refuse(&st, &req);
         }
     }
-    next.run(req).await
+    next(req).await
 }
 
 /// `POST /apis/authentication.k8s.io/{v1,v1beta1}/selfsubjectreviews`: who the caller is

@@ -13,8 +13,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use axum::extract::{Request, State};
-use axum::middleware::Next;
+use axum::extract::Request;
 use axum::response::{IntoResponse, Response};
 
 use crate::status::ApiError;
@@ -90,9 +89,9 @@ fn requested(query: Option<&str>) -> Result<Option<Duration>, String> {
 }
 
 /// The middleware: runs a request that is not long-running under its deadline.
-pub async fn deadline(State(limit): State<Duration>, req: Request, next: Next) -> Response {
+pub async fn deadline<F: std::future::Future<Output = Response>>(limit: Duration, req: Request, next: impl FnOnce(Request) -> F) -> Response {
     if long_running(req.uri().path(), req.uri().query()) {
-        return next.run(req).await;
+        return next(req).await;
     }
     let limit = match requested(req.uri().query()) {
         // Zero (kubectl's "no timeout") or more than the server allows: the server's limit.
@@ -100,7 +99,7 @@ pub async fn deadline(State(limit): State<Duration>, req: Request, next: Next) -
         Ok(_) => limit,
         Err(msg) => return ApiError::bad_request(msg).into_response(),
     };
-    match tokio::time::timeout(limit, next.run(req)).await {
+    match tokio::time::timeout(limit, next(req)).await {
         Ok(r) => r,
         Err(_) => {
             TIMEOUTS.fetch_add(1, Ordering::Relaxed);

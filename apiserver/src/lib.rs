@@ -49,6 +49,7 @@ pub mod object;
 pub mod openapi_v2;
 pub mod patch;
 pub mod patch_meta;
+pub mod pipeline;
 pub mod pod_security;
 pub mod protobuf;
 pub use api::quota;
@@ -137,7 +138,7 @@ fn build(store: Store, shutdown: tokio::sync::watch::Receiver<bool>, keep: Optio
         warm: Default::default(),
         rbac: Default::default(),
         apf: Default::default(),
-        auditor: auditor.clone(),
+        auditor,
         authn: mode,
         sa_keys,
         parsed: Default::default(),
@@ -198,22 +199,9 @@ fn build(store: Store, shutdown: tokio::sync::watch::Receiver<bool>, keep: Optio
         .route("/apis/authorization.k8s.io/v1/subjectaccessreviews", axum::routing::post(access_review::subject_access_review))
         .route("/apis/authorization.k8s.io/v1/namespaces/{namespace}/localsubjectaccessreviews", axum::routing::post(access_review::subject_access_review))
         .fallback(not_found)
-        .layer(axum::middleware::from_fn_with_state(state.clone(), rbac::authorize))
-        .layer(axum::middleware::from_fn_with_state(state.clone(), apf::limit))
-        .layer(axum::middleware::from_fn_with_state(auditor, audit::audit))
-        .layer(axum::middleware::from_fn_with_state(state.clone(), authn::authenticate))
-        .layer(axum::middleware::from_fn_with_state(state.clone(), inflight))
-        .layer(axum::middleware::from_fn(audit::init))
-        .layer(axum::middleware::from_fn_with_state(request_timeout, deadline::deadline))
+        .layer(axum::middleware::from_fn_with_state(Arc::new(pipeline::Checks { state: state.clone(), request_timeout }), pipeline::run))
         .layer(DefaultBodyLimit::disable())
         .with_state(state)
-}
-
-async fn inflight(State(st): State<Arc<AppState>>, req: axum::extract::Request, next: axum::middleware::Next) -> Response {
-    st.metrics.inflight.fetch_add(1, Ordering::Relaxed);
-    let r = next.run(req).await;
-    st.metrics.inflight.fetch_sub(1, Ordering::Relaxed);
-    r
 }
 
 /// Creates the namespaces every cluster has, if missing.

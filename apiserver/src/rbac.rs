@@ -505,7 +505,7 @@ pub(crate) async fn follow(st: Arc<crate::handlers::AppState>) {
 
 /// The authorization middleware: a request its user may not make gets 403 with Kubernetes'
 /// message. Requests without a user reached here only on the public paths.
-pub async fn authorize(axum::extract::State(st): axum::extract::State<Arc<crate::handlers::AppState>>, mut req: axum::extract::Request, next: axum::middleware::Next) -> axum::response::Response {
+pub async fn authorize<F: std::future::Future<Output = axum::response::Response>>(st: &crate::handlers::AppState, mut req: axum::extract::Request, next: impl FnOnce(axum::extract::Request) -> F) -> axum::response::Response {
     use axum::response::IntoResponse;
     if req.headers().contains_key("impersonate-user") || req.headers().contains_key("impersonate-group") {
         let Some(user) = req.extensions().get::<Arc<UserInfo>>().cloned() else {
@@ -533,7 +533,7 @@ pub async fn authorize(axum::extract::State(st): axum::extract::State<Arc<crate:
         // The Node authorizer first, for kubelets; RBAC for what it has no opinion on.
         let reason = match crate::node_authz::node_of(user) {
             Some(node) => match crate::node_authz::authorize(&st, node, &a, query).await {
-                crate::node_authz::Decision::Allow => return next.run(req).await,
+                crate::node_authz::Decision::Allow => return next(req).await,
                 crate::node_authz::Decision::NoOpinion(r) => r,
             },
             None => String::new(),
@@ -547,7 +547,7 @@ pub async fn authorize(axum::extract::State(st): axum::extract::State<Arc<crate:
             return e.into_response();
         }
     }
-    next.run(req).await
+    next(req).await
 }
 
 /// Impersonation (`Impersonate-User`, `Impersonate-Group`; `kubectl --as`, `--as-group`):
