@@ -409,6 +409,28 @@ fn a_voter_that_cannot_be_made_one_is_not_left_behind_as_a_learner() {
     assert!(run(&["put", "after", "2"]).status.success(), "the member still serves writes");
 }
 
+/// When taking the half-added member out fails as well, the call says a learner is left and
+/// what to do with it, and removing it then works.
+#[test]
+fn a_voter_add_that_cannot_be_undone_says_a_learner_is_left() {
+    let root = tempfile::tempdir().unwrap();
+    let peer = format!("127.0.0.1:{}", free_port());
+    let failpoints = [("CAPSTAN_FAILPOINTS", "membership::make_voter=eio;membership::take_out=eio")];
+    let m0 = capstan_server_env("m0", &root.path().join("m0"), &peer, &format!("m0=http://{peer}"), &["--insecure-http"], &failpoints);
+    let run = |args: &[&str]| Command::new("etcdctl").env("ETCDCTL_API", "3").arg(format!("--endpoints={}", m0.url)).args(args).output().unwrap();
+    wait_until("the single member to serve", || run(&["put", "before", "1"]).status.success());
+    let o = run(&["member", "add", "m1", &format!("--peer-urls=http://127.0.0.1:{}", free_port())]);
+    let err = String::from_utf8_lossy(&o.stderr).to_string();
+    assert!(!o.status.success() && err.contains("was added as a learner but making it a voter failed") && err.contains("promote or remove it"), "{err}");
+    let list: serde_json::Value = serde_json::from_slice(&run(&["member", "list", "-w", "json"]).stdout).unwrap();
+    let learner = list["members"].as_array().unwrap().iter().find(|m| m["isLearner"] == true).unwrap_or_else(|| panic!("the learner is listed: {list}")).clone();
+    let id = format!("{:x}", learner["ID"].as_u64().unwrap());
+    let o = run(&["member", "remove", &id]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let list: serde_json::Value = serde_json::from_slice(&run(&["member", "list", "-w", "json"]).stdout).unwrap();
+    assert_eq!(list["members"].as_array().unwrap().len(), 1, "{list}");
+}
+
 /// A real etcd (Debian's etcd-server) on free loopback ports in `dir`.
 fn real_etcd(dir: &std::path::Path) -> Running {
     let (client, peer) = (free_port(), free_port());

@@ -400,6 +400,13 @@ async fn make_voter(raft: &crate::replica::Raft, id: NodeId) -> Result<(), RaftE
     raft.change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false).await.map(|_| ())
 }
 
+/// Takes `id`, a learner that could not be made a voter, out of the membership again.
+async fn take_out(raft: &crate::replica::Raft, id: NodeId) -> Result<(), RaftError<TypeConfig, ClientWriteError<TypeConfig>>> {
+    // The removal failing too (tests arm this).
+    storage::failpoint!("membership::take_out", |_e| Err(RaftError::Fatal(openraft::error::Fatal::Stopped)));
+    raft.change_membership(ChangeMembers::RemoveNodes(BTreeSet::from([id])), false).await.map(|_| ())
+}
+
 /// Learners at once (etcd's default `--max-learners`): a learner takes the leader's bandwidth
 /// while it catches up, and one at a time keeps that bounded.
 const MAX_LEARNERS: usize = 1;
@@ -479,7 +486,7 @@ async fn change(i: &Arc<Inner>, c: &Change) -> Result<(NodeId, String), ChangeEr
                         // ("in progress" is retried below).
                         Err(e) if !matches!(e, RaftError::APIError(ClientWriteError::ChangeMembershipError(ChangeMembershipError::InProgress(_)))) => {
                             let who = if c.name.is_empty() { format!("{id:016x}") } else { c.name.clone() };
-                            return Err(match raft.change_membership(ChangeMembers::RemoveNodes(BTreeSet::from([id])), false).await {
+                            return Err(match take_out(&raft, id).await {
                                 Ok(_) => ChangeError::Failed(format!("adding member {who} as a voter failed ({e}); it was not added")),
                                 Err(again) => ChangeError::Failed(format!(
                                     "member {who} was added as a learner but making it a voter failed ({e}), and taking it out again failed too ({again}): promote or remove it"
