@@ -468,7 +468,7 @@ fn too_many() -> ApiError {
     e
 }
 
-/// The middleware: between authentication and authorization, as in Kubernetes.
+/// The step (`pipeline`): between authentication and authorization, as in Kubernetes.
 pub async fn limit<F: std::future::Future<Output = Response>>(st: &AppState, req: Request, next: impl FnOnce(Request) -> F) -> Response {
     let Some(user) = req.extensions().get::<Arc<UserInfo>>().cloned() else { return next(req).await };
     let (path, query) = (req.uri().path().to_string(), req.uri().query().unwrap_or("").to_string());

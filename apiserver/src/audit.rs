@@ -328,7 +328,7 @@ fn object_ref(a: Attributes, api_version: &str) -> (String, Option<ObjectRef>) {
     }
 }
 
-/// The outer middleware (before authentication, so a 401 has one too): gives every request
+/// The step before authentication (so a 401 has one too, `pipeline`): gives every request
 /// its audit ID and its answer the `Audit-Id` header, whether or not it is audited, as
 /// Kubernetes does.
 pub async fn init<F: std::future::Future<Output = Response>>(mut req: Request, next: impl FnOnce(Request) -> F) -> Response {
@@ -340,7 +340,7 @@ pub async fn init<F: std::future::Future<Output = Response>>(mut req: Request, n
     resp
 }
 
-/// The middleware: audits each authenticated request as the policy says.
+/// The step after authentication: audits each authenticated request as the policy says.
 pub async fn audit<F: std::future::Future<Output = Response>>(auditor: Option<&Arc<Auditor>>, req: Request, next: impl FnOnce(Request) -> F) -> Response {
     let Some(auditor) = auditor else { return next(req).await };
     let Some(user) = req.extensions().get::<Arc<UserInfo>>().cloned() else { return next(req).await };

@@ -454,7 +454,7 @@ fn now_unix() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
 }
 
-/// The middleware: puts the request's `UserInfo` into its extensions, or answers 401.
+/// The step (`pipeline`): puts the request's `UserInfo` into its extensions, or answers 401.
 pub async fn authenticate<F: std::future::Future<Output = Response>>(st: &AppState, mut req: Request, next: impl FnOnce(Request) -> F) -> Response {
     let user = match &st.authn {
         Mode::Insecure => Some(Arc::new(UserInfo::unsecured())),

@@ -88,7 +88,7 @@ fn requested(query: Option<&str>) -> Result<Option<Duration>, String> {
     }
 }
 
-/// The middleware: runs a request that is not long-running under its deadline.
+/// The step (`pipeline`): runs a request that is not long-running under its deadline.
 pub async fn deadline<F: std::future::Future<Output = Response>>(limit: Duration, req: Request, next: impl FnOnce(Request) -> F) -> Response {
     if long_running(req.uri().path(), req.uri().query()) {
         return next(req).await;
