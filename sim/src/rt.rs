@@ -60,7 +60,8 @@ impl SimInstant {
 /// How much true time passes while process `id`'s clock advances `d`.
 fn true_duration(world: &World, id: u64, d: Duration) -> Duration {
     let ppm = world.mono_rate_ppm(id) as i128;
-    Duration::from_nanos((d.as_nanos() as i128 * 1_000_000 / (1_000_000 + ppm)) as u64)
+    // Saturating: a sleep "for ever" stays one, not a short one wrapped around.
+    Duration::from_nanos(u64::try_from(d.as_nanos() as i128 * 1_000_000 / (1_000_000 + ppm)).unwrap_or(u64::MAX))
 }
 
 /// `d` of the current process's clock, in true time.
@@ -278,6 +279,8 @@ mod tests {
                 let outside = took(None, by_deadline).await / 1000;
                 assert!((1000..=1001).contains(&outside), "true time outside a process: {outside} ms");
             }
+            // A sleep of centuries converts without wrapping around.
+            assert!(true_duration(&world, 2, Duration::from_secs(1 << 40)) > Duration::from_secs(1 << 34));
             // The clock openraft reads is the one the process's store leases read.
             let reading = in_process(&world, 2, async { SimInstant::now() }).await;
             assert_eq!(reading.0, tokio::time::Instant::from_std(world.mono_now(2)));
