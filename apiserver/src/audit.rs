@@ -214,7 +214,7 @@ impl Auditor {
         let (verb, object_ref) = object_ref(a, api_version);
         let now = jiff::Timestamp::now();
         self.offer(Event {
-            audit_id: req.extensions().get::<AuditId>().cloned().unwrap_or_else(|| AuditId::New(uuid::Uuid::new_v4())),
+            audit_id: AuditId::of(req),
             level: Level::Metadata.min(level),
             stage: Stage::ResponseStarted,
             request_uri: req.uri().path_and_query().map_or_else(|| path.to_string(), |pq| pq.as_str().to_string()),
@@ -357,7 +357,7 @@ pub async fn audit<F: std::future::Future<Output = Response>>(auditor: Option<&A
     let wants_body = level >= Level::Request && matches!(a.verb.as_str(), "create" | "update" | "patch" | "delete" | "deletecollection");
     let (verb, object_ref) = object_ref(a, api_version);
     let mut ev = Event {
-        audit_id: req.extensions().get::<AuditId>().cloned().unwrap_or_else(|| AuditId::New(uuid::Uuid::new_v4())),
+        audit_id: AuditId::of(&req),
         level,
         stage: Stage::RequestReceived,
         request_uri: req.uri().path_and_query().map_or_else(|| req.uri().path().to_string(), |pq| pq.as_str().to_string()),

@@ -46,6 +46,11 @@ impl AuditId {
         }
     }
 
+    /// The ID `init` gave the request (a new one for a request that did not pass it).
+    pub fn of(req: &axum::extract::Request) -> AuditId {
+        req.extensions().get::<AuditId>().cloned().unwrap_or_else(|| AuditId::New(uuid::Uuid::new_v4()))
+    }
+
     /// The ID as its events and the `Audit-Id` header carry it.
     pub fn write(&self, out: &mut String) {
         out.clear();

@@ -51,13 +51,9 @@ impl Drop for Browser {
         }
         // Whatever is left of its process group (a browser that did not close in time).
         // SAFETY: a signal to the process group this test started.
-        unsafe { kill(-(self.child.id() as i32), 9) };
+        unsafe { libc::kill(-(self.child.id() as i32), libc::SIGKILL) };
         let _ = self.child.wait();
     }
-}
-
-unsafe extern "C" {
-    fn kill(pid: i32, sig: i32) -> i32;
 }
 
 impl Browser {
