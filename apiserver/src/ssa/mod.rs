@@ -13,6 +13,10 @@ use std::collections::BTreeSet;
 
 use serde_json::{Map, Value, json};
 
+mod update;
+
+pub use update::record_update;
+
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Seg {
     F(String),
@@ -253,137 +257,6 @@ fn entry<'a>(managed: &'a mut Vec<Managed>, manager: &str, operation: &str, api_
     e
 }
 
-/// The leaves of `new` whose value differs from `old`'s, found by walking both at once (no
-/// path is built for an unchanged leaf).
-fn changed_leaves(old: Option<&Value>, new: &Value, path: &mut Path, field: Option<&str>, out: &mut BTreeSet<Path>) {
-    match new {
-        Value::Object(m) if !m.is_empty() => {
-            for (k, x) in m {
-                path.push(Seg::F(k.clone()));
-                changed_leaves(old.and_then(|o| o.get(k)), x, path, Some(k), out);
-                path.pop();
-            }
-        }
-        Value::Array(a) if !a.is_empty() => {
-            let key = field.and_then(crate::patch::merge_key).filter(|key| a.iter().all(|e| e.get(*key).is_some()));
-            match key {
-                Some(key) => {
-                    for e in a {
-                        let prev = old.and_then(|o| o.as_array()).and_then(|oa| oa.iter().find(|oe| oe.get(key) == e.get(key)));
-                        path.push(Seg::K(json!({ key: e[key] }).to_string()));
-                        if prev.is_none() {
-                            out.insert(path.clone());
-                        }
-                        if let Value::Object(m) = e {
-                            for (k, x) in m {
-                                path.push(Seg::F(k.clone()));
-                                changed_leaves(prev.and_then(|p| p.get(k)), x, path, Some(k), out);
-                                path.pop();
-                            }
-                        }
-                        path.pop();
-                    }
-                }
-                None => {
-                    if old != Some(new) {
-                        out.insert(path.clone());
-                    }
-                }
-            }
-        }
-        _ => {
-            if old != Some(new) {
-                out.insert(path.clone());
-            }
-        }
-    }
-}
-
-/// `fieldsV1` of every leaf of `v` (a create's ownership), built directly without paths.
-fn fields_v1_of(v: &Value, field: Option<&str>, top: bool, with_status: bool) -> Value {
-    let mut out = Map::new();
-    match v {
-        Value::Object(m) => {
-            for (k, x) in m {
-                if top && (k == "apiVersion" || k == "kind" || (k == "status" && !with_status)) {
-                    continue;
-                }
-                let sub = if top && k == "metadata" {
-                    let mut mm = Map::new();
-                    if let Value::Object(meta) = x {
-                        for (mk, mx) in meta {
-                            if !ignored(&vec![Seg::F("metadata".into()), Seg::F(mk.clone())]) {
-                                mm.insert(format!("f:{mk}"), fields_v1_of(mx, Some(mk), false, with_status));
-                            }
-                        }
-                    }
-                    if mm.is_empty() {
-                        continue;
-                    }
-                    Value::Object(mm)
-                } else {
-                    fields_v1_of(x, Some(k), false, with_status)
-                };
-                out.insert(format!("f:{k}"), sub);
-            }
-        }
-        Value::Array(a) if !a.is_empty() => {
-            if let Some(key) = field.and_then(crate::patch::merge_key).filter(|key| a.iter().all(|e| e.get(*key).is_some())) {
-                for e in a {
-                    let mut el = match fields_v1_of(e, None, false, with_status) {
-                        Value::Object(m) => m,
-                        _ => Map::new(),
-                    };
-                    el.insert(".".into(), json!({}));
-                    out.insert(format!("k:{}", json!({ key: e[key] })), Value::Object(el));
-                }
-            }
-        }
-        _ => {}
-    }
-    Value::Object(out)
-}
-
-/// Records a non-apply write: `manager` owns every leaf whose value it changed. Existing
-/// entries are decoded only when something changed.
-pub fn record_update(old: Option<&Value>, new: &mut Value, manager: &str, api_version: &str, now: &str, with_status: bool) {
-    if old.is_none() {
-        // A create: the manager owns everything it wrote.
-        let fields = fields_v1_of(new, None, true, with_status);
-        if fields.as_object().is_some_and(|m| !m.is_empty()) {
-            let entry = json!([{"manager": manager, "operation": "Update", "apiVersion": api_version, "time": now, "fieldsType": "FieldsV1", "fieldsV1": fields}]);
-            if let Some(meta) = new.get_mut("metadata").and_then(|m| m.as_object_mut()) {
-                meta.insert("managedFields".into(), entry);
-            }
-        }
-        return;
-    }
-    let mut changed = BTreeSet::new();
-    changed_leaves(old, new, &mut Vec::new(), None, &mut changed);
-    changed.retain(|p| !ignored(p) && (with_status || p.first() != Some(&Seg::F("status".into()))));
-    if changed.is_empty() {
-        if let (Some(o), Some(meta)) = (old, new.get_mut("metadata").and_then(|m| m.as_object_mut())) {
-            match o["metadata"].get("managedFields") {
-                Some(mf) => meta.insert("managedFields".into(), mf.clone()),
-                None => meta.remove("managedFields"),
-            };
-        }
-        return;
-    }
-    let mut managed = old.map(read_managed).unwrap_or_default();
-    for m in managed.iter_mut() {
-        m.fields.retain(|p| !changed.contains(p));
-    }
-    entry(&mut managed, manager, "Update", api_version, now).fields.extend(changed);
-    // Fields that no longer exist are owned by no one (a create's fields all exist).
-    if old.is_some() {
-        for m in managed.iter_mut() {
-            m.fields.retain(|p| get(new, p).is_some());
-        }
-    }
-    write_managed(new, &managed);
-}
-
 /// A field that another manager owns with a different value.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Conflict {
@@ -499,15 +372,6 @@ mod tests {
         assert_eq!(err, vec![Conflict { manager: "kubectl-scale".into(), path: ".spec.replicas".into() }]);
         let forced = apply(&scaled, &deploy(1, "x"), "kubectl", true, "apps/v1", NOW, None, None).unwrap();
         assert_eq!(forced["spec"]["replicas"], 1);
-    }
-
-    #[test]
-    fn a_creates_field_set_built_directly_equals_the_leaf_walk() {
-        let mut d = deploy(2, "x");
-        d["metadata"]["uid"] = json!("u");
-        d["status"] = json!({"replicas": 1});
-        let direct = from_fields_v1(&fields_v1_of(&d, None, true, false));
-        assert_eq!(direct, leaves(&d, false));
     }
 
     #[test]
