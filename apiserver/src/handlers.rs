@@ -13,7 +13,7 @@ use axum::extract::{Query, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use bytes::{BufMut, Bytes, BytesMut};
-use serde_json::{Value, json};
+use serde_json::{Map, Value, json};
 use storage::{
     Compare, CompareOp, CompareTarget, DeleteRequest, EventKind, KeyRange, PutRequest, RangeRequest, Store, TxnOp,
     TxnOpResponse, TxnRequest, WatchRequest,
@@ -849,8 +849,8 @@ impl Req<'_> {
             n
         } else if self.sub.as_deref() == Some("status") {
             let mut n = cur.clone();
-            match incoming.get("status") {
-                Some(s) => n["status"] = s.clone(),
+            match incoming.as_object_mut().and_then(|m| m.remove("status")) {
+                Some(s) => n["status"] = s,
                 None => {
                     n.as_object_mut().unwrap().remove("status");
                 }
@@ -878,7 +878,8 @@ impl Req<'_> {
             incoming
         };
         {
-            let cm = cur.get("metadata").cloned().unwrap_or(json!({}));
+            let none = Value::Object(Map::new());
+            let cm = cur.get("metadata").unwrap_or(&none);
             let m = meta_mut(&mut next);
             for f in ["uid", "creationTimestamp", "deletionTimestamp", "deletionGracePeriodSeconds", "generation"] {
                 match cm.get(f) {
@@ -888,7 +889,8 @@ impl Req<'_> {
             }
             m.insert("name".into(), json!(self.name()));
             m.remove("resourceVersion");
-            if track {
+            // (A patch's object carries them already: compared, not copied again.)
+            if track && m.get("managedFields") != cm.get("managedFields") {
                 match cm.get("managedFields") {
                     Some(v) => m.insert("managedFields".into(), v.clone()),
                     None => m.remove("managedFields"),
