@@ -348,6 +348,8 @@ pub enum KvOp {
 }
 
 fn main() -> Result<()> {
+    // Freed pages kept 10 s before they go back to the OS (why: loadgen/src/allocator.rs).
+    loadgen::allocator::configure();
     let cli = Cli::parse();
     let level = match &cli.command {
         Command::Up { opts, .. } | Command::Apiserver { opts, .. } => opts.log_level.clone(),

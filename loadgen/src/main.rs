@@ -61,6 +61,7 @@ enum Cmd {
 }
 
 fn main() -> Result<()> {
+    loadgen::allocator::configure();
     let cli = Cli::parse();
     tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into())).with_writer(std::io::stderr).init();
     match cli.cmd {
