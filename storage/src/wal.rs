@@ -423,16 +423,16 @@ pub fn segment_path(dir: &Path, seq: u64) -> PathBuf {
 }
 
 /// Lists `(seq, path)` of a shard's segments, ascending; removes leftover temporary files.
+/// The log's segments, in sequence. A `.tmp` file is not one, and is left alone: while the
+/// log runs it is the next segment being prepared (a snapshot's `remove_before` lists the
+/// segments too, and once deleted the preparer's file under it, failing the rollover's
+/// writes). `recover_log` removes the ones a crash left behind.
 pub fn list_segments(dir: &Path) -> Result<Vec<(u64, PathBuf)>, OpenError> {
     let mut out = Vec::new();
     let rd = std::fs::read_dir(dir).map_err(|e| OpenError::io(dir, e))?;
     for ent in rd {
         let ent = ent.map_err(|e| OpenError::io(dir, e))?;
         let name = ent.file_name().to_string_lossy().to_string();
-        if name.ends_with(".tmp") {
-            let _ = std::fs::remove_file(ent.path());
-            continue;
-        }
         if let Some(hex) = name.strip_suffix(".wal")
             && let Ok(seq) = u64::from_str_radix(hex, 16) {
                 out.push((seq, ent.path()));
@@ -461,6 +461,13 @@ pub struct RecoveredLog {
 /// a snapshot) are removed. Creates the first segment of an empty log.
 pub fn recover_log(dir: &Path, shard: u32, from: Position, segment_bytes: u64) -> Result<RecoveredLog, OpenError> {
     std::fs::create_dir_all(dir).map_err(|e| OpenError::io(dir, e))?;
+    // A segment a crash cut short while it was being prepared (no preparer runs yet).
+    for ent in std::fs::read_dir(dir).map_err(|e| OpenError::io(dir, e))? {
+        let ent = ent.map_err(|e| OpenError::io(dir, e))?;
+        if ent.file_name().to_string_lossy().ends_with(".tmp") {
+            let _ = std::fs::remove_file(ent.path());
+        }
+    }
     let mut segs = list_segments(dir)?;
     // Segments before the snapshot's position are covered by it (removal may have been cut
     // short by a crash).
@@ -939,6 +946,27 @@ mod tests {
         }
         data.resize(size, 0);
         data
+    }
+
+    /// A snapshot truncating the log while the next segment is being prepared (its `.tmp`
+    /// file half written) removes the covered segments and nothing else; reopening after a
+    /// crash removes the half-prepared file.
+    #[test]
+    fn truncating_the_log_leaves_a_segment_being_prepared_alone() {
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path();
+        let one = prepare_segment(dir, 0, 1, 4096).unwrap();
+        drop(one);
+        drop(prepare_segment(dir, 0, 2, 4096).unwrap());
+        let preparing = segment_path(dir, 3).with_extension("wal.tmp");
+        std::fs::write(&preparing, header_bytes(0, 3)).unwrap();
+        let removed = WalWriter::remove_before(dir, Position { seq: 2, offset: SEGMENT_HEADER_BYTES }).unwrap();
+        assert_eq!(removed, 1);
+        assert!(!segment_path(dir, 1).exists() && segment_path(dir, 2).exists());
+        assert!(preparing.exists(), "the segment being prepared was deleted under its preparer");
+        let log = recover_log(dir, 0, Position { seq: 2, offset: SEGMENT_HEADER_BYTES }, 4096).unwrap();
+        assert_eq!(log.end.seq, 2);
+        assert!(!preparing.exists(), "a crash's half-prepared segment is left after reopening");
     }
 
     #[test]
