@@ -290,9 +290,17 @@ impl Client {
     pub async fn merge_patch(&self, path: &str, body: &Value) -> Result<Value, ClientError> {
         self.call("PATCH", path, "application/merge-patch+json", Some(body)).await
     }
-    /// A merge patch whose response body is not needed (heartbeats): only its status is read.
+    /// A merge patch whose response body is not needed (heartbeats, status writes): only its
+    /// status is read, the object sent back is not decoded.
     pub async fn merge_patch_quiet(&self, path: &str, body: &Value) -> Result<(), ClientError> {
-        let resp = self.send("PATCH", path, "application/merge-patch+json", Some(body)).await?;
+        self.call_quiet("PATCH", path, "application/merge-patch+json", body).await
+    }
+    /// A create whose response body is not needed (a controller's pods): as `merge_patch_quiet`.
+    pub async fn post_quiet(&self, path: &str, body: &Value) -> Result<(), ClientError> {
+        self.call_quiet("POST", path, "application/json", body).await
+    }
+    async fn call_quiet(&self, method: &str, path: &str, ctype: &str, body: &Value) -> Result<(), ClientError> {
+        let resp = self.send(method, path, ctype, Some(body)).await?;
         let code = resp.status().as_u16();
         let bytes = resp.into_body().collect().await.map_err(|e| ClientError::Transport(e.to_string()))?.to_bytes();
         if code >= 300 {

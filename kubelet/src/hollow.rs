@@ -295,8 +295,8 @@ async fn writer(c: crate::NodeClients, rx: Arc<tokio::sync::Mutex<tokio::sync::m
         let Some(a) = rx.lock().await.recv().await else { return };
         match a {
             Action::Status { node, path, status } => {
-                match c.for_node(&node).merge_patch(&format!("{path}/status"), &json!({"status": status})).await {
-                    Ok(_) | Err(ClientError::Status { code: 404, .. }) => {}
+                match c.for_node(&node).merge_patch_quiet(&format!("{path}/status"), &json!({"status": status})).await {
+                    Ok(()) | Err(ClientError::Status { code: 404, .. }) => {}
                     Err(e) => tracing::debug!(pod = path, error = %e, "writing a hollow pod's status failed"),
                 }
             }

@@ -39,9 +39,9 @@ pub(super) fn pod_for(owner: &Value, api_version: &str, kind: &str, name: Option
 
 pub(super) async fn create_pods(ctx: &Ctx, ctl: Ctl, ns: &str, pods: Vec<Value>) -> Result<(), String> {
     let path = format!("/api/v1/namespaces/{ns}/pods");
-    for r in futures_util::future::join_all(pods.iter().map(|p| ctx.c(ctl).post(&path, p))).await {
+    for r in futures_util::future::join_all(pods.iter().map(|p| ctx.c(ctl).post_quiet(&path, p))).await {
         match r {
-            Ok(_) | Err(ClientError::Status { code: 409, .. }) => {}
+            Ok(()) | Err(ClientError::Status { code: 409, .. }) => {}
             Err(e) => return Err(err(e)),
         }
     }
