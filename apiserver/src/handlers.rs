@@ -1027,7 +1027,7 @@ impl Req<'_> {
     }
 
     /// Server-side apply (`application/apply-patch+yaml`): creates or updates the object to
-    /// hold the manager's configuration, with field ownership and conflicts (`ssa.rs`).
+    /// hold the manager's configuration, with field ownership and conflicts (`ssa`).
     async fn server_side_apply(&self) -> ApiResult {
         let manager = q(self.query, "fieldManager")
             .ok_or_else(|| ApiError::bad_request("fieldManager is required for apply requests"))?

@@ -14,7 +14,7 @@ use serde_json::{Map, Value};
 
 use crate::schema::Schemas;
 
-/// The merge key of a list field when its type is unknown (ssa.rs's field sets use it too).
+/// The merge key of a list field when its type is unknown (`ssa`'s field sets use it too).
 pub(crate) fn merge_key(field: &str) -> Option<&'static str> {
     Some(match field {
         "containers" | "initContainers" | "ephemeralContainers" | "env" | "volumes" | "imagePullSecrets"
