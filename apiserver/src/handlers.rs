@@ -889,13 +889,6 @@ impl Req<'_> {
             }
             m.insert("name".into(), json!(self.name()));
             m.remove("resourceVersion");
-            // (A patch's object carries them already: compared, not copied again.)
-            if track && m.get("managedFields") != cm.get("managedFields") {
-                match cm.get("managedFields") {
-                    Some(v) => m.insert("managedFields".into(), v.clone()),
-                    None => m.remove("managedFields"),
-                };
-            }
         }
         if track {
             let status = self.sub.as_deref() == Some("status");

@@ -165,6 +165,15 @@ impl WatchStream {
     }
 }
 
+/// An answer of `code` >= 300, with its `Status` body's reason and message.
+fn status_error(code: u16, status: &Value) -> ClientError {
+    ClientError::Status {
+        code,
+        reason: status["reason"].as_str().unwrap_or("").to_string(),
+        message: status["message"].as_str().unwrap_or("").to_string(),
+    }
+}
+
 impl Client {
     pub fn new(base: &str) -> Client {
  Client::with_agent(base, "capstan/0.1")
@@ -269,11 +278,7 @@ impl Client {
         let bytes = resp.into_body().collect().await.map_err(|e| ClientError::Transport(e.to_string()))?.to_bytes();
         let v: Value = decode::decode(&bytes).map_err(|e| ClientError::Decode(e.to_string()))?;
         if code >= 300 {
-            return Err(ClientError::Status {
-                code,
-                reason: v["reason"].as_str().unwrap_or("").to_string(),
-                message: v["message"].as_str().unwrap_or("").to_string(),
-            });
+            return Err(status_error(code, &v));
         }
         Ok(v)
     }
@@ -304,12 +309,7 @@ impl Client {
         let code = resp.status().as_u16();
         let bytes = resp.into_body().collect().await.map_err(|e| ClientError::Transport(e.to_string()))?.to_bytes();
         if code >= 300 {
-            let v: Value = serde_json::from_slice(&bytes).unwrap_or_default();
-            return Err(ClientError::Status {
-                code,
-                reason: v["reason"].as_str().unwrap_or("").to_string(),
-                message: v["message"].as_str().unwrap_or("").to_string(),
-            });
+            return Err(status_error(code, &serde_json::from_slice(&bytes).unwrap_or_default()));
         }
         Ok(())
     }

@@ -4,7 +4,7 @@
 //! short-lived JSON trees; returned after a second, those pages came back as fresh ones, each
 //! zeroed by the kernel again (2 MiB at a time under transparent huge pages). In the density
 //! run that was 64,000-74,000 page faults and about 9 % of all CPU in the kernel's
-//! `clear_page_erms`; with 10 s, 19,000-29,000 faults, the same peak RSS (bench/RESULTS.md).
+//! `clear_page_erms`; with 10 s, 8,000-13,000 faults, the same peak RSS (bench/RESULTS.md).
 //! An idle process still gives its memory back, 10 s later. `MIMALLOC_PURGE_DELAY` in the
 //! environment, mimalloc's own setting, is left to win.
 

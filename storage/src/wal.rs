@@ -955,8 +955,7 @@ mod tests {
     fn truncating_the_log_leaves_a_segment_being_prepared_alone() {
         let d = tempfile::tempdir().unwrap();
         let dir = d.path();
-        let one = prepare_segment(dir, 0, 1, 4096).unwrap();
-        drop(one);
+        drop(prepare_segment(dir, 0, 1, 4096).unwrap());
         drop(prepare_segment(dir, 0, 2, 4096).unwrap());
         let preparing = segment_path(dir, 3).with_extension("wal.tmp");
         std::fs::write(&preparing, header_bytes(0, 3)).unwrap();

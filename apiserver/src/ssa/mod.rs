@@ -97,13 +97,16 @@ pub fn get<'a>(v: &'a Value, path: &[Seg]) -> Option<&'a Value> {
     for s in path {
         cur = match s {
             Seg::F(f) => cur.get(f)?,
-            Seg::K(k) => {
-                let key: Map<String, Value> = serde_json::from_str(k).ok()?;
-                cur.as_array()?.iter().find(|e| key.iter().all(|(kk, kv)| e.get(kk) == Some(kv)))?
-            }
+            Seg::K(k) => element(cur, k)?,
         };
     }
     Some(cur)
+}
+
+/// The (first) element of the list `v` whose fields match `key`, a merge key as JSON.
+fn element<'v>(v: &'v Value, key: &str) -> Option<&'v Value> {
+    let key: Map<String, Value> = serde_json::from_str(key).ok()?;
+    v.as_array()?.iter().find(|e| key.iter().all(|(k, x)| e.get(k) == Some(x)))
 }
 
 /// Removes the field (or list element) at `path`.

@@ -11,7 +11,7 @@ use std::collections::BTreeSet;
 
 use serde_json::{Map, Value, json};
 
-use super::{Path, Seg, ignored, seg_key};
+use super::{Path, Seg, element, ignored, seg_key};
 
 /// A path step borrowed from the object being walked: a map field, or a list element by its
 /// merge key (`{"name":"c"}`, made only for lists that have one).
@@ -161,12 +161,6 @@ fn own(tree: &mut Map<String, Value>, path: &[Seg]) {
     }
 }
 
-/// The element of the list `v` whose fields match `key` (a merge key as JSON).
-fn element<'v>(v: &'v Value, key: &str) -> Option<&'v Value> {
-    let key: Map<String, Value> = serde_json::from_str(key).ok()?;
-    v.as_array()?.iter().find(|e| key.iter().all(|(k, x)| e.get(k) == Some(x)))
-}
-
 /// Drops from the tree every path that does not exist in `v` (the new object at the tree's
 /// place), and every node that is left empty by it; keys that are not field steps (`v:`,
 /// `i:`, which capstan does not write) go too. A leaf that exists stays.
@@ -225,7 +219,9 @@ pub fn record_update(old: Option<&Value>, new: &mut Value, manager: &str, api_ve
     changed_leaves(Some(old), new, &mut Vec::new(), None, &mut changed);
     changed.retain(|p| !ignored(p) && (with_status || p.first() != Some(&Seg::F("status".into()))));
     let Some(meta) = new.get_mut("metadata").and_then(|m| m.as_object_mut()) else { return };
-    // The old entries: those `new` still carries (a patch's base) are moved, not copied.
+    // The entries are the old object's, whatever `new` carries (a PUT's body may carry any):
+    // moved rather than copied when they are the same (a patch's object, made from the old
+    // one, carries them).
     let before = old["metadata"].get("managedFields");
     let entries = match (meta.remove("managedFields"), before) {
         (Some(c), Some(b)) if c == *b => Some(c),
@@ -497,5 +493,12 @@ mod tests {
         let mut again = running.clone();
         record_update(Some(&running), &mut again, "kubelet", "v1", "t2", true);
         assert_eq!(again["metadata"]["managedFields"], running["metadata"]["managedFields"]);
+        // Entries a client sent (a PUT's body) are not taken: the old object's are.
+        let mut sent = running.clone();
+        sent["metadata"]["managedFields"] = json!([{"manager": "me", "operation": "Update", "fieldsV1": {"f:spec": {}}}]);
+        sent["status"]["phase"] = json!("Succeeded");
+        record_update(Some(&running), &mut sent, "kubelet", "v1", "t3", true);
+        let mf = sent["metadata"]["managedFields"].as_array().unwrap();
+        assert_eq!((mf.len(), &mf[0]), (2, &running["metadata"]["managedFields"][0]), "{mf:?}");
     }
 }
