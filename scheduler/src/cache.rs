@@ -729,13 +729,9 @@ impl Cache {
     /// A watched update of a placed pod that changes nothing the scheduler reads (same node,
     /// labels and deletion state: a kubelet's status update) confirms the placement without
     /// the pod being parsed again. False when the update needs the full path.
-    pub fn confirm_unchanged(&mut self, uid: &str, node: &str, labels: &serde_json::Value, deleting: bool) -> bool {
+    pub fn confirm_unchanged(&mut self, uid: &str, node: &str, labels: Option<&Labels>, deleting: bool) -> bool {
         let Some(x) = self.placed.get_mut(uid) else { return false };
-        let same_labels = match labels {
-            serde_json::Value::Null => x.pod.labels.is_empty(),
-            serde_json::Value::Object(m) => m.len() == x.pod.labels.len() && m.iter().all(|(k, v)| v.as_str().is_some_and(|v| x.pod.labels.get(k).is_some_and(|w| w == v))),
-            _ => false,
-        };
+        let same_labels = labels.map_or(x.pod.labels.is_empty(), |l| *l == x.pod.labels);
         if x.node != node || x.pod.deleting != deleting || !same_labels {
             return false;
         }
@@ -826,10 +822,11 @@ mod tests {
         let node = c.node("n").unwrap();
         assert_eq!((node.pods.len(), node.requested.cpu, node.taints.len()), (1, 1000, 1));
         assert!(c.is_assumed("u"));
-        assert!(!c.confirm_unchanged("u", "n", &json!({"app": "b"}), false), "labels changed");
-        assert!(!c.confirm_unchanged("u", "other", &json!({"app": "a"}), false), "another node");
-        assert!(!c.confirm_unchanged("u", "n", &json!({"app": "a"}), true), "being deleted");
-        assert!(c.confirm_unchanged("u", "n", &json!({"app": "a"}), false));
+        assert!(!c.confirm_unchanged("u", "n", Some(&Labels::from([("app".to_string(), "b".to_string())])), false), "labels changed");
+        assert!(!c.confirm_unchanged("u", "other", Some(&Labels::from([("app".to_string(), "a".to_string())])), false), "another node");
+        assert!(!c.confirm_unchanged("u", "n", Some(&Labels::from([("app".to_string(), "a".to_string())])), true), "being deleted");
+        assert!(!c.confirm_unchanged("u", "n", None, false), "labels removed");
+        assert!(c.confirm_unchanged("u", "n", Some(&Labels::from([("app".to_string(), "a".to_string())])), false));
         assert!(!c.is_assumed("u"), "the watch confirmed the assumption");
         c.unplace("u");
         let node = c.node("n").unwrap();

@@ -20,6 +20,7 @@ pub mod preemption;
 pub mod simulate;
 pub mod queue;
 pub mod types;
+mod watch;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -50,7 +51,7 @@ enum Update {
     Budget(String, Option<preemption::Budget>),
     /// A namespace's labels; None: deleted.
     Namespace(String, Option<types::Labels>),
-    Pod(Value),
+    Pod(Box<types::WirePod>),
     PodDeleted(String),
     Bound { uid: String, result: Result<(), String> },
 }
@@ -181,14 +182,7 @@ impl Scheduler {
         // Bumped after the scheduling thread restarts: the watches list again to refill its
         // cache.
         let (resync, resync_rx) = tokio::sync::watch::channel(0u64);
-        let tasks = vec![
-            tokio::spawn(watch(c.clone(), "/api/v1/nodes", tx.clone(), resync_rx.clone())),
-            tokio::spawn(watch(c.clone(), "/api/v1/pods", tx.clone(), resync_rx.clone())),
-            tokio::spawn(watch(c.clone(), "/api/v1/persistentvolumeclaims", tx.clone(), resync_rx.clone())),
-            tokio::spawn(watch(c.clone(), "/api/v1/persistentvolumes", tx.clone(), resync_rx.clone())),
-            tokio::spawn(watch(c.clone(), "/apis/policy/v1/poddisruptionbudgets", tx.clone(), resync_rx.clone())),
-            tokio::spawn(watch(c.clone(), "/api/v1/namespaces", tx.clone(), resync_rx)),
-        ];
+        let tasks = watch::start(&c, &tx, &resync_rx);
         let rt = tokio::runtime::Handle::current();
         let (o, s) = (observed.clone(), stop.clone());
         std::thread::Builder::new()
@@ -293,115 +287,6 @@ pub fn supervise(mut body: impl FnMut(), mut restarted: impl FnMut(&str)) {
     }
 }
 
-async fn watch(c: Client, path: &'static str, tx: crossbeam::channel::Sender<Update>, mut resync: tokio::sync::watch::Receiver<u64>) {
-    let send = |v: Value, deleted: bool| {
-        let name = v["metadata"]["name"].as_str().unwrap_or("").to_string();
-        if path.ends_with("/nodes") {
-            Update::Node(if deleted { None } else { Some(v) }, name)
-        } else if path.ends_with("/persistentvolumeclaims") {
-            let key = format!("{}/{name}", v["metadata"]["namespace"].as_str().unwrap_or(""));
-            Update::Claim(key, (!deleted).then(|| v["spec"]["volumeName"].as_str().unwrap_or("").to_string()))
-        } else if path.ends_with("/persistentvolumes") {
-            Update::Volume(name, (!deleted).then(|| volume_terms(&v)))
-        } else if path.ends_with("/namespaces") {
-            let labels = (!deleted).then(|| serde_json::from_value::<types::Labels>(v["metadata"]["labels"].clone()).unwrap_or_default());
-            Update::Namespace(name, labels)
-        } else if path.ends_with("/poddisruptionbudgets") {
-            let key = format!("{}/{name}", v["metadata"]["namespace"].as_str().unwrap_or(""));
-            Update::Budget(key, if deleted { None } else { preemption::Budget::from_json(&v) })
-        } else if deleted {
-            Update::PodDeleted(v["metadata"]["uid"].as_str().unwrap_or("").to_string())
-        } else {
-            Update::Pod(v)
-        }
-    };
-    let mut rv: Option<String> = None;
-    loop {
-        let from = match rv.clone() {
-            Some(r) => r,
-            None => match c.get(path).await {
-                Ok(list) => {
-                    for item in list["items"].as_array().into_iter().flatten() {
-                        if !push(&tx, send(item.clone(), false)).await {
-                            return;
-                        }
-                    }
-                    list["metadata"]["resourceVersion"].as_str().unwrap_or("0").to_string()
-                }
-                Err(e) => {
-                    tracing::warn!(path, error = %e, "scheduler list failed; retrying");
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                    continue;
-                }
-            },
-        };
-        let mut stream = match c.watch(&format!("{path}?watch=true&allowWatchBookmarks=true&resourceVersion={from}")).await {
-            Ok(s) => s,
-            Err(_) => {
-                rv = None;
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                continue;
-            }
-        };
-        rv = Some(from);
-        loop {
-            let ev = tokio::select! {
-                ev = stream.next() => match ev {
-                    Some(ev) => ev,
-                    None => break,
-                },
-                changed = resync.changed() => {
-                    if changed.is_err() {
-                        return;
-                    }
-                    rv = None;
-                    break;
-                }
-            };
-            let ty = ev["type"].as_str().unwrap_or("");
-            if ty == "ERROR" {
-                rv = None;
-                break;
-            }
-            if let Some(r) = ev["object"]["metadata"]["resourceVersion"].as_str() {
-                rv = Some(r.to_string());
-            }
-            if ty == "ADDED" || ty == "MODIFIED" || ty == "DELETED" {
-                if !push(&tx, send(ev["object"].clone(), ty == "DELETED")).await {
-                    return;
-                }
-            }
-        }
-    }
-}
-
-/// A PersistentVolume's required node affinity as node terms (none: any node).
-fn volume_terms(pv: &Value) -> Vec<types::NodeTerm> {
-    use serde::Deserialize;
-    let terms = &pv["spec"]["nodeAffinity"]["required"]["nodeSelectorTerms"];
-    match Vec::<k8s_openapi::api::core::v1::NodeSelectorTerm>::deserialize(terms) {
-        Ok(t) => t.iter().map(types::NodeTerm::from_k8s).collect(),
-        // Unreadable affinity: a term that matches no node (as an invalid one would).
-        Err(_) if !terms.is_null() => vec![types::NodeTerm { labels: vec![], names: vec![] }],
-        Err(_) => vec![],
-    }
-}
-
-/// Sends to the scheduling thread; when its channel is full the sending task waits (the
-/// watch stream, then the API server's watch buffer, push back). False once it is gone.
-async fn push(tx: &crossbeam::channel::Sender<Update>, mut u: Update) -> bool {
-    loop {
-        match tx.try_send(u) {
-            Ok(()) => return true,
-            Err(crossbeam::channel::TrySendError::Disconnected(_)) => return false,
-            Err(crossbeam::channel::TrySendError::Full(back)) => {
-                u = back;
-                tokio::time::sleep(Duration::from_millis(1)).await;
-            }
-        }
-    }
-}
-
 /// What the scheduling thread keeps across restarts.
 struct Loop<'a> {
     profiles: &'a [Profile],
@@ -457,10 +342,10 @@ fn run_loop(ctx: &Loop, pool: &Option<Arc<rayon::ThreadPool>>) {
                     q.move_all_unschedulable(now);
                 }
                 Update::Pod(v) => {
-                    let m = &v["metadata"];
-                    if let (Some(uid), Some(node)) = (m["uid"].as_str(), v["spec"]["nodeName"].as_str().filter(|n| !n.is_empty()))
-                        && !matches!(v["status"]["phase"].as_str(), Some("Succeeded" | "Failed"))
-                        && cache.confirm_unchanged(uid, node, &m["labels"], !m["deletionTimestamp"].is_null())
+                    let m = &v.metadata;
+                    if let (Some(uid), Some(node)) = (m.uid.as_deref(), v.spec.as_ref().and_then(|s| s.node_name.as_deref()).filter(|n| !n.is_empty()))
+                        && !matches!(v.status.as_ref().and_then(|s| s.phase.as_deref()), Some("Succeeded" | "Failed"))
+                        && cache.confirm_unchanged(uid, node, m.labels.as_ref(), m.deletion_timestamp.is_some())
                     {
                         // A placed pod's status update: nothing to parse.
                         if q.get(uid).is_some_and(|e| e.at != queue::Where::InFlight) {
@@ -468,8 +353,7 @@ fn run_loop(ctx: &Loop, pool: &Option<Arc<rayon::ThreadPool>>) {
                         }
                         return;
                     }
-                    let Ok(p) = PodInfo::from_json(&v) else { return };
-                    let p = Arc::new(p);
+                    let p = Arc::new(PodInfo::from_wire(*v));
                     if !p.node_name.is_empty() {
                         if q.get(&p.uid).is_some_and(|e| e.at != queue::Where::InFlight) {
                             q.remove(&p.uid);
@@ -670,7 +554,7 @@ async fn bind(c: Client, tx: crossbeam::channel::Sender<Update>, events: Recorde
         Err(ClientError::Status { message, .. }) => Err(message),
         Err(e) => Err(e.to_string()),
     };
-    push(&tx, Update::Bound { uid: p.uid.clone(), result }).await;
+    watch::push(&tx, Update::Bound { uid: p.uid.clone(), result }).await;
 }
 
 async fn preempt_victims(c: Client, events: Recorder, p: Arc<PodInfo>, node: String, victims: Vec<Arc<PodInfo>>) {

@@ -228,6 +228,68 @@ pub struct SpreadConstraint {
     pub min_domains: Option<i64>,
 }
 
+/// A pod as the scheduler decodes it from the API: the whole spec (what scheduling reads
+/// of it is spread over many fields), and of the metadata and status only the fields read
+/// here. The rest of each object, managedFields above all, is scanned over, not built: every
+/// pod event of the cluster is decoded by the scheduler's watch. `Option`s throughout, so
+/// that a JSON `null` reads as absent, as it does in `k8s-openapi`'s types.
+#[derive(Debug, Default, serde::Deserialize)]
+pub struct WirePod {
+    #[serde(default)]
+    pub metadata: WireMeta,
+    pub spec: Option<core::PodSpec>,
+    /// A pod's status; the object of an ERROR event is a `Status`, whose `status` is a
+    /// string, read as none.
+    #[serde(default, deserialize_with = "status_or_none")]
+    pub status: Option<WireStatus>,
+}
+
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WireMeta {
+    pub name: Option<String>,
+    pub namespace: Option<String>,
+    pub uid: Option<String>,
+    pub resource_version: Option<String>,
+    pub labels: Option<Labels>,
+    pub deletion_timestamp: Option<String>,
+    pub owner_references: Option<Vec<WireOwner>>,
+}
+
+#[derive(Debug, Default, serde::Deserialize)]
+pub struct WireOwner {
+    pub uid: Option<String>,
+    pub controller: Option<bool>,
+}
+
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WireStatus {
+    pub phase: Option<String>,
+    pub nominated_node_name: Option<String>,
+    pub start_time: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>,
+}
+
+fn status_or_none<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<WireStatus>, D::Error> {
+    struct V;
+    impl<'de> serde::de::Visitor<'de> for V {
+        type Value = Option<WireStatus>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a pod status, or a Status's status string")
+        }
+        fn visit_map<A: serde::de::MapAccess<'de>>(self, m: A) -> Result<Self::Value, A::Error> {
+            serde::Deserialize::deserialize(serde::de::value::MapAccessDeserializer::new(m)).map(Some)
+        }
+        fn visit_str<E: serde::de::Error>(self, _: &str) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_unit<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+    }
+    d.deserialize_any(V)
+}
+
 /// What scheduling needs of a pod.
 #[derive(Clone, Debug, Default)]
 pub struct PodInfo {
@@ -266,19 +328,20 @@ pub struct PodInfo {
 impl PodInfo {
     pub fn from_json(v: &serde_json::Value) -> Result<PodInfo, String> {
         use serde::Deserialize;
-        let pod = core::Pod::deserialize(v).map_err(|e| format!("not a Pod: {e}"))?;
-        Ok(PodInfo::from_k8s(&pod))
+        let pod = WirePod::deserialize(v).map_err(|e| format!("not a Pod: {e}"))?;
+        Ok(PodInfo::from_wire(pod))
     }
 
     pub fn key(&self) -> String {
         format!("{}/{}", self.namespace, self.name)
     }
 
-    pub fn from_k8s(pod: &core::Pod) -> PodInfo {
-        let m = &pod.metadata;
-        let ns = m.namespace.clone().unwrap_or_default();
-        let spec = pod.spec.clone().unwrap_or_default();
-        let status = pod.status.clone().unwrap_or_default();
+    /// Built from a decoded pod, which it consumes (its strings move, not copied).
+    pub fn from_wire(pod: WirePod) -> PodInfo {
+        let WirePod { metadata: m, spec, status } = pod;
+        let ns = m.namespace.unwrap_or_default();
+        let spec = spec.unwrap_or_default();
+        let status = status.unwrap_or_default();
         // Requests: the sum over containers, or the largest init container if more.
         let mut req = Resources::default();
         for c in &spec.containers {
@@ -353,10 +416,9 @@ impl PodInfo {
             .collect();
         let phase = status.phase.as_deref().unwrap_or("");
         PodInfo {
-            namespace: ns.clone(),
-            name: m.name.clone().unwrap_or_default(),
-            uid: m.uid.clone().unwrap_or_default(),
-            labels: m.labels.clone().unwrap_or_default(),
+            name: m.name.unwrap_or_default(),
+            uid: m.uid.unwrap_or_default(),
+            labels: m.labels.unwrap_or_default(),
             priority: spec.priority.unwrap_or(0),
             scheduler_name: spec.scheduler_name.clone().filter(|s| !s.is_empty()).unwrap_or_else(|| "default-scheduler".into()),
             node_name: spec.node_name.clone().unwrap_or_default(),
@@ -372,12 +434,13 @@ impl PodInfo {
             preferred_affinity: pa.preferred_during_scheduling_ignored_during_execution.iter().flatten().filter_map(|w| Some((w.weight, term(&w.pod_affinity_term)?))).collect(),
             preferred_anti_affinity: paa.preferred_during_scheduling_ignored_during_execution.iter().flatten().filter_map(|w| Some((w.weight, term(&w.pod_affinity_term)?))).collect(),
             spread,
-            owner: m.owner_references.iter().flatten().find(|o| o.controller == Some(true)).map(|o| o.uid.clone()).unwrap_or_default(),
+            owner: m.owner_references.into_iter().flatten().find(|o| o.controller == Some(true)).and_then(|o| o.uid).unwrap_or_default(),
             terminal: phase == "Succeeded" || phase == "Failed",
             deleting: m.deletion_timestamp.is_some(),
             never_preempts: spec.preemption_policy.as_deref() == Some("Never"),
             claims: spec.volumes.iter().flatten().filter_map(|v| v.persistent_volume_claim.as_ref().map(|c| c.claim_name.clone())).collect(),
             start_time: status.start_time.as_ref().map(|t| t.0.as_second()),
+            namespace: ns,
         }
     }
 }
