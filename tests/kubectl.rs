@@ -79,6 +79,10 @@ fn get_in_every_output_format_with_selectors() {
     let json: serde_json::Value = serde_json::from_str(&c.ok(&["get", "pod", "p1", "-o", "json"])).unwrap();
     assert_eq!(json["metadata"]["name"], "p1");
     assert_eq!(json["status"]["phase"], "Pending");
+    // A status sent with a new pod is not taken: a new pod is Pending (PrepareForCreate).
+    let sent = pod("p3", r#""app":"c""#, "n3").replacen(r#""spec":"#, r#""status":{"phase":"Running","podIP":"10.0.0.9"},"spec":"#, 1);
+    c.ok(&["create", "-f", path_str(&c.write("p3.json", &sent))]);
+    assert_eq!(c.ok(&["get", "pod", "p3", "-o", "jsonpath={.status.phase} {.status.qosClass} {.status.podIP}"]), "Pending BestEffort ");
     let by_label = c.ok(&["get", "pods", "-l", "app=b", "-o", "name"]);
     assert_eq!(by_label.trim(), "pod/p2");
     let by_set = c.ok(&["get", "pods", "-l", "app in (a,b)", "-o", "name"]);

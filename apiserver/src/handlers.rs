@@ -678,6 +678,11 @@ impl Req<'_> {
         if self.is_csr() {
             crate::csr::prepare_create(self.user.as_deref(), &mut obj)?;
         }
+        if self.is_pod() {
+            // A new pod's status is the API server's, whatever the client sent (Kubernetes'
+            // PrepareForCreate): Pending, its QoS class added after admission.
+            obj["status"] = json!({"phase": "Pending"});
+        }
         if self.info.kind == "Secret" && self.info.group.is_empty() {
             crate::legacy_token::fill(self.st, &mut obj).await?;
         }
