@@ -67,3 +67,41 @@ fn hollow_pods_with_a_run_time_succeed_and_report_usage() {
     let nodes = c.ok(&["top", "node", "--no-headers"]);
     assert_eq!(nodes.lines().count(), 2, "{nodes}");
 }
+
+/// A hollow pod's status write that the API server refuses is written again later, as a real
+/// kubelet's next sync would: here a ValidatingAdmissionPolicy refuses the status of pods
+/// labelled `hold` until the label is taken off.
+#[test]
+fn a_refused_status_write_of_a_hollow_pod_is_tried_again() {
+    let c = Cluster::start_with(tempfile::tempdir().unwrap(), &["--hollow-nodes", "1", "--no-local-node"]);
+    wait_until("the hollow node registered", || c.ok(&["get", "nodes", "-o", "name"]).lines().count() == 1);
+    let apply = |name: &str, doc: serde_json::Value| c.ok(&["apply", "-f", path_str(&c.write(name, &doc.to_string()))]);
+    apply("policy.json", serde_json::json!({
+        "apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingAdmissionPolicy", "metadata": {"name": "hold.capstan.test"},
+        "spec": {
+            "matchConstraints": {"resourceRules": [{"apiGroups": [""], "apiVersions": ["v1"], "operations": ["UPDATE"], "resources": ["pods/status"]}]},
+            "validations": [{"expression": "!has(object.metadata.labels) || !('hold' in object.metadata.labels)", "message": "held"}],
+        },
+    }));
+    apply("binding.json", serde_json::json!({
+        "apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingAdmissionPolicyBinding", "metadata": {"name": "hold"},
+        "spec": {"policyName": "hold.capstan.test", "validationActions": ["Deny"]},
+    }));
+    // In force once a status write of a held pod that no node runs is refused.
+    c.ok(&["run", "probe", "--image=nginx", "--labels=hold=yes", r#"--overrides={"spec":{"schedulerName":"nobody"}}"#]);
+    wait_until("the policy to refuse a held pod's status", || {
+        let out = c.kubectl_with(KUBECTL, &["patch", "pod", "probe", "--subresource=status", "--type=merge", "-p", r#"{"status":{"message":"x"}}"#]);
+        String::from_utf8_lossy(&out.stderr).contains("held")
+    });
+    let refused = || {
+        let m = c.ok(&["get", "--raw", "/metrics"]);
+        m.lines().filter(|l| l.starts_with(r#"apiserver_request_total{verb="patch",resource="pods/status",code="422"}"#)).filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok()).sum::<u64>()
+    };
+    let before = refused();
+    c.ok(&["run", "p", "--image=nginx", "--labels=hold=yes", r#"--overrides={"spec":{"nodeName":"hollow-0"}}"#]);
+    wait_until("the hollow kubelet's status write to be refused", || refused() > before);
+    assert_eq!(c.ok(&["get", "pod", "p", "-o", "jsonpath={.status.phase}"]), "Pending");
+    c.ok(&["label", "pod", "p", "hold-"]);
+    c.ok(&["wait", "--for=condition=Ready", "pod/p", "--timeout=60s"]);
+    assert_eq!(c.ok(&["get", "pod", "p", "-o", "jsonpath={.status.phase}"]), "Running");
+}

@@ -96,8 +96,39 @@ impl HollowConfig {
 }
 
 enum Action {
-    Status { node: Arc<str>, path: String, status: Value },
-    Delete { node: Arc<str>, path: String, uid: String },
+    Status(StatusWrite),
+    Delete(DeleteWrite),
+}
+
+/// A pod status to write, for the stage the pod entered. A write that fails (the API server
+/// unavailable, a webhook or policy refusing it) is tried again after a backoff, as long as
+/// the pod is still in that stage: a real kubelet writes a pod's status again on every sync,
+/// so one failed write never leaves a pod Pending for good. A deletion that fails is tried
+/// again the same way until the pod is gone (404) or is another pod (409: the uid
+/// precondition).
+struct StatusWrite {
+    node: Arc<str>,
+    uid: Box<str>,
+    path: Box<str>,
+    status: Value,
+    stage: Stage,
+    /// Failed attempts so far.
+    attempt: u32,
+}
+
+struct DeleteWrite {
+    node: Arc<str>,
+    path: String,
+    uid: String,
+    attempt: u32,
+}
+
+/// The first retry after 1 s, doubling to at most 8 s.
+const RETRY_FIRST: Duration = Duration::from_secs(1);
+const RETRY_MAX: Duration = Duration::from_secs(8);
+
+fn retry_after(attempt: u32) -> Duration {
+    RETRY_FIRST.saturating_mul(1 << attempt.min(16)).min(RETRY_MAX)
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -120,10 +151,7 @@ struct PodEntry {
 
 struct Timer {
     at: Instant,
-    node: Arc<str>,
-    uid: Box<str>,
-    action_path: Box<str>,
-    status: Value,
+    action: Action,
 }
 
 impl PartialEq for Timer {
@@ -217,15 +245,20 @@ impl HollowRuntime {
         });
         let rx = Arc::new(tokio::sync::Mutex::new(rx));
         for _ in 0..WRITERS {
-            tokio::spawn(writer(clients.clone(), rx.clone()));
+            tokio::spawn(writer(clients.clone(), rx.clone(), Arc::downgrade(&rt)));
         }
         tokio::spawn(timer_loop(Arc::downgrade(&rt)));
         rt
     }
 
-    fn schedule(&self, at: Instant, node: Arc<str>, uid: &str, path: String, status: Value) {
-        self.timers.lock().unwrap().push(Reverse(Timer { at, node, uid: uid.into(), action_path: path.into(), status }));
+    fn schedule(&self, at: Instant, action: Action) {
+        self.timers.lock().unwrap().push(Reverse(Timer { at, action }));
         self.timer_wake.notify_one();
+    }
+
+    /// Whether pod `uid` is still in `stage` (a status for it is still the one to write).
+    fn still_in(&self, uid: &str, stage: Stage) -> bool {
+        self.pods.lock().unwrap().get(uid).is_some_and(|e| e.stage == stage)
     }
 
     /// One of this runtime's node names (shared, not copied per pod), or a new one.
@@ -245,7 +278,7 @@ impl HollowRuntime {
         let node = self.node_named(pod["spec"]["nodeName"].as_str().unwrap_or(""));
         if pod["metadata"].get("deletionTimestamp").is_some() {
             self.pods.lock().unwrap().remove(uid);
-            let _ = self.actions.send(Action::Delete { node, path, uid: uid.to_string() }).await;
+            let _ = self.actions.send(Action::Delete(DeleteWrite { node, path, uid: uid.to_string(), attempt: 0 })).await;
             return;
         }
         let phase = pod["status"]["phase"].as_str().unwrap_or("Pending");
@@ -271,37 +304,57 @@ impl HollowRuntime {
             }
             (before, e.stage)
         };
+        let write = |status, stage| StatusWrite { node, uid: uid.into(), path: path.into(), status, stage, attempt: 0 };
         match stage {
             (Stage::Starting, Stage::Running) => {
-                let status = running_status(&pod, &now());
+                let w = write(running_status(&pod, &now()), Stage::Running);
                 if self.start_delay.is_zero() {
-                    let _ = self.actions.send(Action::Status { node, path, status }).await;
+                    let _ = self.actions.send(Action::Status(w)).await;
                 } else {
-                    self.schedule(Instant::now() + self.start_delay, node, uid, path, status);
+                    self.schedule(Instant::now() + self.start_delay, Action::Status(w));
                 }
             }
             (_, Stage::Completing) => {
-                let status = succeeded_status(&pod, &now());
+                let w = write(succeeded_status(&pod, &now()), Stage::Completing);
                 let secs = run_for.unwrap_or(0.0).min(1e9);
-                self.schedule(Instant::now() + Duration::from_secs_f64(secs), node, uid, path, status);
+                self.schedule(Instant::now() + Duration::from_secs_f64(secs), Action::Status(w));
             }
             _ => {}
         }
     }
 }
 
-async fn writer(c: crate::NodeClients, rx: Arc<tokio::sync::Mutex<tokio::sync::mpsc::Receiver<Action>>>) {
+async fn writer(c: crate::NodeClients, rx: Arc<tokio::sync::Mutex<tokio::sync::mpsc::Receiver<Action>>>, rt: std::sync::Weak<HollowRuntime>) {
     loop {
         let Some(a) = rx.lock().await.recv().await else { return };
         match a {
-            Action::Status { node, path, status } => {
-                match c.for_node(&node).merge_patch_quiet(&format!("{path}/status"), &json!({"status": status})).await {
+            Action::Status(mut w) => {
+                let mut body = json!({"status": std::mem::take(&mut w.status)});
+                match c.for_node(&w.node).merge_patch_quiet(&format!("{}/status", w.path), &body).await {
                     Ok(()) | Err(ClientError::Status { code: 404, .. }) => {}
-                    Err(e) => tracing::debug!(pod = path, error = %e, "writing a hollow pod's status failed"),
+                    Err(e) => {
+                        let after = retry_after(w.attempt);
+                        tracing::debug!(pod = &*w.path, error = %e, retry_in = ?after, "writing a hollow pod's status failed");
+                        let Some(r) = rt.upgrade() else { return };
+                        if r.still_in(&w.uid, w.stage) {
+                            w.status = body["status"].take();
+                            w.attempt += 1;
+                            r.schedule(Instant::now() + after, Action::Status(w));
+                        }
+                    }
                 }
             }
-            Action::Delete { node, path, uid } => {
-                let _ = c.for_node(&node).delete(&path, &json!({"gracePeriodSeconds": 0, "preconditions": {"uid": uid}})).await;
+            Action::Delete(mut d) => {
+                match c.for_node(&d.node).delete(&d.path, &json!({"gracePeriodSeconds": 0, "preconditions": {"uid": d.uid}})).await {
+                    Ok(_) | Err(ClientError::Status { code: 404 | 409, .. }) => {}
+                    Err(e) => {
+                        let after = retry_after(d.attempt);
+                        tracing::debug!(pod = d.path, error = %e, retry_in = ?after, "deleting a hollow pod failed");
+                        let Some(r) = rt.upgrade() else { return };
+                        d.attempt += 1;
+                        r.schedule(Instant::now() + after, Action::Delete(d));
+                    }
+                }
             }
         }
     }
@@ -329,10 +382,12 @@ async fn timer_loop(rt: std::sync::Weak<HollowRuntime>) {
             continue;
         }
         for t in due {
-            if !r.pods.lock().unwrap().contains_key(&t.uid) {
-                continue; // deleted meanwhile
+            if let Action::Status(w) = &t.action
+                && !r.still_in(&w.uid, w.stage)
+            {
+                continue; // deleted, or moved on, meanwhile
             }
-            let _ = r.actions.send(Action::Status { node: t.node, path: t.action_path.into(), status: t.status }).await;
+            let _ = r.actions.send(t.action).await;
         }
     }
 }
@@ -460,4 +515,16 @@ pub async fn issue_node_tokens(admin: &Client, prefix: &str, names: &[String]) -
     }
     drop(creates);
     Ok(made.into_iter().map(|(_, t)| t).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_retries_back_off_to_a_bound() {
+        let secs: Vec<u64> = (0..7).map(|a| retry_after(a).as_secs()).collect();
+        assert_eq!(secs, [1, 2, 4, 8, 8, 8, 8]);
+        assert_eq!(retry_after(u32::MAX), RETRY_MAX);
+    }
 }

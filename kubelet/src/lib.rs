@@ -431,8 +431,8 @@ async fn pod_loop(c: Client, names: Arc<HashSet<String>>, selector: String, rt: 
             }
         };
         rv = Some(from);
-        while let Some(ev) = stream.next().await {
-            let obj = &ev["object"];
+        while let Some(mut ev) = stream.next().await {
+            let obj = ev["object"].take();
             match ev["type"].as_str().unwrap_or("") {
                 "ERROR" => {
                     // 410 Gone (or anything else the server ends a watch with): list again.
@@ -443,12 +443,12 @@ async fn pod_loop(c: Client, names: Arc<HashSet<String>>, selector: String, rt: 
                     if let Some(r) = obj["metadata"]["resourceVersion"].as_str() {
                         rv = Some(r.to_string());
                     }
-                    if !mine(obj) {
+                    if !mine(&obj) {
                         continue;
                     }
                     let s = |k: &str| obj["metadata"][k].as_str().unwrap_or("");
                     match ty {
-                        "ADDED" | "MODIFIED" => rt.pod_changed(obj.clone()).await,
+                        "ADDED" | "MODIFIED" => rt.pod_changed(obj).await,
                         "DELETED" => rt.pod_removed(s("namespace"), s("name"), s("uid")),
                         _ => {}
                     }
