@@ -140,10 +140,10 @@ impl Req<'_> {
                     details: None,
                 });
             }
-            let mut next = cur.obj.clone();
+            let Current { obj: mut next, mod_revision } = cur;
             next["spec"]["nodeName"] = json!(node);
             meta_mut(&mut next).remove("resourceVersion");
-            if self.cas_put(&key, cur.mod_revision, &next).await?.is_some() {
+            if self.cas_put(&key, mod_revision, &next).await?.is_some() {
                 return Ok(json_value(StatusCode::CREATED, &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201})));
             }
         }
