@@ -45,7 +45,8 @@ pub struct Config {
     /// Snapshot once the logs since the last one hold this many bytes.
     pub snapshot_wal_bytes: u64,
     /// A snapshot's chunk file is sealed at this many bytes; a shard's flatbuffers builder
-    /// grows to at most twice this (it doubles) while the snapshot is written.
+    /// holds 1.5 times this while the snapshot is written (3 times, if the entry that
+    /// crosses the bound does not fit).
     pub snapshot_chunk_bytes: usize,
     /// Automatic compaction: keep this many revisions of history.
     pub compact_retention_revisions: Option<u64>,
