@@ -10,45 +10,70 @@ use serde_json::{Map, Value};
 
 const OFFSET_BYTES: usize = 4;
 
-fn put_field(out: &mut BytesMut, k: &str, v: &Value) {
-    out.put_slice(serde_json::to_string(k).unwrap().as_bytes());
-    out.put_slice(b":");
-    out.put_slice(&serde_json::to_vec(v).unwrap());
+fn put_field(out: &mut Vec<u8>, k: &str, v: &Value) {
+    serde_json::to_writer(&mut *out, k).expect("a string serializes");
+    out.push(b':');
+    serde_json::to_writer(&mut *out, v).expect("a JSON value serializes");
 }
 
-/// Encodes `obj` (a JSON object with `apiVersion`, `kind`, `metadata`) for the store.
+thread_local! {
+    /// Where `encode_stored` and `value_at` build an object's bytes: kept between calls, so an
+    /// encoding neither starts small and grows by doubling nor leaves its slack behind.
+    static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// A scratch buffer grown past this by one large object is not kept.
+const SCRATCH_KEPT_BYTES_MAX: usize = 1 << 20;
+
+fn with_scratch<T>(f: impl FnOnce(&mut Vec<u8>) -> T) -> T {
+    SCRATCH.with(|cell| {
+        // Taken out while in use, so that a nested call (none today) gets its own buffer.
+        let mut buf = std::mem::take(&mut *cell.borrow_mut());
+        buf.clear();
+        let out = f(&mut buf);
+        if buf.capacity() <= SCRATCH_KEPT_BYTES_MAX {
+            *cell.borrow_mut() = buf;
+        }
+        out
+    })
+}
+
+/// Encodes `obj` (a JSON object with `apiVersion`, `kind`, `metadata`) for the store, in an
+/// allocation of exactly its size: the store's history and the watch cache keep these
+/// bytes, so slack left by a growing buffer (up to half of it) would stay with them.
 pub fn encode_stored(obj: &Value) -> Bytes {
     let map = obj.as_object().expect("objects are JSON objects");
-    let mut out = BytesMut::with_capacity(512);
-    out.put_u32_le(0);
-    out.put_slice(b"{");
-    for k in ["apiVersion", "kind"] {
-        if let Some(v) = map.get(k) {
-            put_field(&mut out, k, v);
-            out.put_slice(b",");
-        }
-    }
-    out.put_slice(b"\"metadata\":{\"resourceVersion\":\"");
-    let offset = (out.len() - OFFSET_BYTES) as u32;
-    out.put_slice(b"\"");
-    if let Some(Value::Object(meta)) = map.get("metadata") {
-        for (k, v) in meta {
-            if k != "resourceVersion" {
-                out.put_slice(b",");
-                put_field(&mut out, k, v);
+    with_scratch(|out| {
+        out.extend_from_slice(&[0; OFFSET_BYTES]);
+        out.push(b'{');
+        for k in ["apiVersion", "kind"] {
+            if let Some(v) = map.get(k) {
+                put_field(out, k, v);
+                out.push(b',');
             }
         }
-    }
-    out.put_slice(b"}");
-    for (k, v) in map {
-        if k != "apiVersion" && k != "kind" && k != "metadata" {
-            out.put_slice(b",");
-            put_field(&mut out, k, v);
+        out.extend_from_slice(b"\"metadata\":{\"resourceVersion\":\"");
+        let offset = (out.len() - OFFSET_BYTES) as u32;
+        out.push(b'"');
+        if let Some(Value::Object(meta)) = map.get("metadata") {
+            for (k, v) in meta {
+                if k != "resourceVersion" {
+                    out.push(b',');
+                    put_field(out, k, v);
+                }
+            }
         }
-    }
-    out.put_slice(b"}");
-    out[0..4].copy_from_slice(&offset.to_le_bytes());
-    out.freeze()
+        out.push(b'}');
+        for (k, v) in map {
+            if k != "apiVersion" && k != "kind" && k != "metadata" {
+                out.push(b',');
+                put_field(out, k, v);
+            }
+        }
+        out.push(b'}');
+        out[0..OFFSET_BYTES].copy_from_slice(&offset.to_le_bytes());
+        Bytes::copy_from_slice(out)
+    })
 }
 
 /// A stored object, ready to be served at a revision.
@@ -79,10 +104,10 @@ impl Stored {
     }
 
     /// Appends the object at `rev` to `out`.
-    pub fn write_at(&self, rev: u64, out: &mut BytesMut) {
+    pub fn write_at(&self, rev: u64, out: &mut impl BufMut) {
         out.put_slice(&self.json[..self.offset]);
         if rev != 0 {
-            out.put_slice(rev.to_string().as_bytes());
+            out.put_slice(itoa::Buffer::new().format(rev).as_bytes());
         }
         out.put_slice(&self.json[self.offset..]);
     }
@@ -95,7 +120,10 @@ impl Stored {
 
     /// The object as a JSON value at `rev` (for the paths that must look inside it).
     pub fn value_at(&self, rev: u64) -> Result<Value, String> {
-        serde_json::from_slice(&self.at(rev)).map_err(|e| format!("stored object is not JSON: {e}"))
+        with_scratch(|buf| {
+            self.write_at(rev, buf);
+            serde_json::from_slice(buf).map_err(|e| format!("stored object is not JSON: {e}"))
+        })
     }
 }
 
@@ -154,6 +182,19 @@ mod tests {
         let v: Value = serde_json::from_slice(&s.at(5)).unwrap();
         assert_eq!(v["metadata"]["resourceVersion"], "5");
         assert_eq!(v["metadata"]["annotations"]["resourceVersion"], "");
+    }
+
+    #[test]
+    fn a_stored_object_takes_no_more_memory_than_its_bytes() {
+        // Objects of 5 KB and of 2 MB (past the scratch buffer's bound), then a small one.
+        for n in [5_000, 2 << 20, 10] {
+            let obj = json!({"kind": "ConfigMap", "apiVersion": "v1", "metadata": {"name": "c"}, "data": {"k": "x".repeat(n)}});
+            let stored = encode_stored(&obj);
+            let v: Value = serde_json::from_slice(&Stored::parse(&stored).unwrap().at(3)).unwrap();
+            assert_eq!(v["data"]["k"].as_str().map(str::len), Some(n));
+            let bytes = Vec::<u8>::from(stored);
+            assert_eq!(bytes.capacity(), bytes.len(), "an object of {n} bytes keeps slack");
+        }
     }
 
     #[test]
