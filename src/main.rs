@@ -348,7 +348,7 @@ pub enum KvOp {
 }
 
 fn main() -> Result<()> {
-    // Freed pages kept 10 s before they go back to the OS (why: loadgen/src/allocator.rs).
+    // Freed pages kept 60 s before they go back to the OS (why: loadgen/src/allocator.rs).
     loadgen::allocator::configure();
     let cli = Cli::parse();
     let level = match &cli.command {

@@ -1,18 +1,20 @@
 //! How the processes that run the control plane (`capstan`, and `loadgen`'s embedded mode)
-//! tune their allocator, mimalloc: freed pages are kept 10 s before they go back to the OS
+//! tune their allocator, mimalloc: freed pages are kept 60 s before they go back to the OS
 //! (mimalloc's default is 1 s). The API server's requests allocate and free whole pages of
 //! short-lived JSON trees; returned after a second, those pages came back as fresh ones, each
 //! zeroed by the kernel again (2 MiB at a time under transparent huge pages). In the density
-//! run that was 64,000-74,000 page faults and about 9 % of all CPU in the kernel's
-//! `clear_page_erms`; with 10 s, 8,000-13,000 faults, the same peak RSS (bench/RESULTS.md).
-//! An idle process still gives its memory back, 10 s later. `MIMALLOC_PURGE_DELAY` in the
-//! environment, mimalloc's own setting, is left to win.
+//! run that was 60,000-74,000 page faults and 9 to 29 % of all CPU in the kernel's
+//! `clear_page_erms` (the more, the slower this machine's memory that day). 10 s left
+//! 11,000-35,000 faults; 60 s leaves 7,000-11,000, about what never returning anything
+//! does, with the same peak RSS (bench/RESULTS.md). An idle process still gives its memory
+//! back, a minute later. `MIMALLOC_PURGE_DELAY` in the environment, mimalloc's own setting,
+//! is left to win.
 
 /// `mi_option_purge_delay` of mimalloc.h (its place in the option enum in mimalloc v2 and v3
 /// alike; the Rust binding names the options around it but not this one).
 const PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 
-pub const PURGE_DELAY_MS: i64 = 10_000;
+pub const PURGE_DELAY_MS: i64 = 60_000;
 
 /// Call first in `main`.
 pub fn configure() {
