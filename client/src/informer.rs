@@ -62,8 +62,20 @@ fn namespace_of(v: &Value) -> &str {
     v["metadata"]["namespace"].as_str().unwrap_or("")
 }
 
+/// Whether two versions of an object sit in the same places of the indexes (uid, owners,
+/// namespace): most updates (status, labels, spec) leave them alone.
+fn same_index_keys(a: &Value, b: &Value) -> bool {
+    let (a, b) = (&a["metadata"], &b["metadata"]);
+    a["uid"] == b["uid"] && a["ownerReferences"] == b["ownerReferences"] && a["namespace"] == b["namespace"]
+}
+
 impl Cache {
     fn insert(&mut self, key: String, v: Arc<Value>) -> Option<Arc<Value>> {
+        if let Some(cur) = self.objects.get_mut(&key)
+            && same_index_keys(cur, &v)
+        {
+            return Some(std::mem::replace(cur, v));
+        }
         let old = self.remove(&key);
         for o in owners(&v) {
             self.by_owner.entry(o.to_string()).or_default().insert(key.clone());
@@ -289,6 +301,52 @@ impl Informers {
         let all: Vec<Arc<Informer>> = self.map.lock().unwrap().values().cloned().collect();
         for i in all {
             i.wait_synced().await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    /// The indexes as sorted lists, to compare two caches.
+    fn indexes(c: &Cache) -> (Vec<(String, Vec<String>)>, Vec<(String, String)>, Vec<(String, Vec<String>)>) {
+        let sets = |m: &HashMap<String, HashSet<String>>| {
+            let mut v: Vec<(String, Vec<String>)> = m.iter().map(|(k, s)| (k.clone(), { let mut s: Vec<String> = s.iter().cloned().collect(); s.sort(); s })).collect();
+            v.sort();
+            v
+        };
+        let mut uids: Vec<(String, String)> = c.by_uid.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        uids.sort();
+        (sets(&c.by_owner), uids, sets(&c.orphans))
+    }
+
+    #[test]
+    fn indexes_kept_in_place_match_a_rebuild() {
+        let mut seed = 7u64;
+        let mut next = |n: u64| {
+            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            (seed >> 33) % n
+        };
+        let mut c = Cache::default();
+        for step in 0..3_000 {
+            let key = format!("k{}", next(6));
+            if next(5) == 0 {
+                c.remove(&key);
+            } else {
+                let owners: Vec<Value> = (0..next(3)).map(|i| json!({"uid": format!("o{}", next(3)), "controller": i == 0 && next(2) == 0})).collect();
+                let mut meta = json!({"name": key, "namespace": format!("ns{}", next(2)), "uid": format!("{key}-u{}", next(2)), "labels": {"step": step.to_string()}});
+                if !owners.is_empty() {
+                    meta["ownerReferences"] = json!(owners);
+                }
+                c.insert(key.clone(), Arc::new(json!({"metadata": meta})));
+            }
+            let mut fresh = Cache::default();
+            for (k, v) in &c.objects {
+                fresh.insert(k.clone(), v.clone());
+            }
+            assert_eq!(indexes(&c), indexes(&fresh), "step {step}");
         }
     }
 }
