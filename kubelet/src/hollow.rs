@@ -329,7 +329,8 @@ async fn writer(c: crate::NodeClients, rx: Arc<tokio::sync::Mutex<tokio::sync::m
         let Some(a) = rx.lock().await.recv().await else { return };
         match a {
             Action::Status(mut w) => {
-                let mut body = json!({"status": std::mem::take(&mut w.status)});
+                // Built by hand: `json!` would copy the status through the serializer.
+                let mut body = Value::Object(serde_json::Map::from_iter([("status".to_string(), std::mem::take(&mut w.status))]));
                 match c.for_node(&w.node).merge_patch_quiet(&format!("{}/status", w.path), &body).await {
                     Ok(()) | Err(ClientError::Status { code: 404, .. }) => {}
                     Err(e) => {

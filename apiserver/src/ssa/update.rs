@@ -198,6 +198,19 @@ fn text<'v>(e: &'v Value, field: &str, default: &'v str) -> &'v str {
     e.get(field).and_then(|x| x.as_str()).unwrap_or(default)
 }
 
+/// A manager's `Update` entry owning `fields`, which it takes (`json!` would copy the tree
+/// through the serializer: 2 % of the density run's CPU).
+fn update_entry(manager: &str, api_version: &str, now: &str, fields: Value) -> Value {
+    let mut e = Map::new();
+    e.insert("manager".into(), Value::from(manager));
+    e.insert("operation".into(), Value::from("Update"));
+    e.insert("apiVersion".into(), Value::from(api_version));
+    e.insert("time".into(), Value::from(now));
+    e.insert("fieldsType".into(), Value::from("FieldsV1"));
+    e.insert("fieldsV1".into(), fields);
+    Value::Object(e)
+}
+
 /// Records a non-apply write: `manager` owns every leaf whose value it changed (its
 /// `Update` entry, made if it has none, takes the write's time and apiVersion); the other
 /// entries lose those leaves; no entry keeps a field the new object does not have, and an
@@ -208,7 +221,7 @@ pub fn record_update(old: Option<&Value>, new: &mut Value, manager: &str, api_ve
         // A create: the manager owns everything it wrote.
         let fields = fields_v1_of(new, None, true, with_status);
         if fields.as_object().is_some_and(|m| !m.is_empty()) {
-            let entry = json!([{"manager": manager, "operation": "Update", "apiVersion": api_version, "time": now, "fieldsType": "FieldsV1", "fieldsV1": fields}]);
+            let entry = Value::Array(vec![update_entry(manager, api_version, now, fields)]);
             if let Some(meta) = new.get_mut("metadata").and_then(|m| m.as_object_mut()) {
                 meta.insert("managedFields".into(), entry);
             }
@@ -267,7 +280,7 @@ pub fn record_update(old: Option<&Value>, new: &mut Value, manager: &str, api_ve
             for p in changed.iter().filter(|p| exists(new, p)) {
                 own(&mut tree, p);
             }
-            entries.push(json!({"manager": manager, "operation": "Update", "apiVersion": api_version, "time": now, "fieldsType": "FieldsV1", "fieldsV1": tree}));
+            entries.push(update_entry(manager, api_version, now, Value::Object(tree)));
         }
     }
     entries.retain(|e| e.get("fieldsV1").and_then(|t| t.as_object()).is_some_and(|t| !t.is_empty()));
