@@ -33,6 +33,30 @@ impl<'de> serde::Deserialize<'de> for Lean {
     }
 }
 
+/// For `#[serde(deserialize_with)]` on a field that is an object in the objects a reader wants
+/// and may be something else in a watch's ERROR event, whose object is a `Status` (its
+/// `status` is a string): a map decodes as `T`, a string or `null` as none, so the event
+/// still decodes and its reader sees the ERROR.
+pub fn object_or_none<'de, D: Deserializer<'de>, T: serde::Deserialize<'de>>(d: D) -> Result<Option<T>, D::Error> {
+    struct V<T>(std::marker::PhantomData<T>);
+    impl<'de, T: serde::Deserialize<'de>> Visitor<'de> for V<T> {
+        type Value = Option<T>;
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("an object, or a Status's status string")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, m: A) -> Result<Option<T>, A::Error> {
+            T::deserialize(serde::de::value::MapAccessDeserializer::new(m)).map(Some)
+        }
+        fn visit_str<E: serde::de::Error>(self, _: &str) -> Result<Option<T>, E> {
+            Ok(None)
+        }
+        fn visit_unit<E: serde::de::Error>(self) -> Result<Option<T>, E> {
+            Ok(None)
+        }
+    }
+    d.deserialize_any(V(std::marker::PhantomData))
+}
+
 /// Where in the document the parser is: which keys get special treatment.
 #[derive(Clone, Copy)]
 enum Shape {

@@ -133,23 +133,7 @@ pub struct PodLite {
 }
 
 fn pod_status<'de, D: serde::Deserializer<'de>>(d: D) -> Result<StatusLite, D::Error> {
-    struct V;
-    impl<'de> serde::de::Visitor<'de> for V {
-        type Value = StatusLite;
-        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-            f.write_str("a pod status or a Status's status string")
-        }
-        fn visit_str<E: serde::de::Error>(self, _: &str) -> Result<StatusLite, E> {
-            Ok(StatusLite::default())
-        }
-        fn visit_unit<E: serde::de::Error>(self) -> Result<StatusLite, E> {
-            Ok(StatusLite::default())
-        }
-        fn visit_map<A: serde::de::MapAccess<'de>>(self, m: A) -> Result<StatusLite, A::Error> {
-            serde::Deserialize::deserialize(serde::de::value::MapAccessDeserializer::new(m))
-        }
-    }
-    d.deserialize_any(V)
+    client::decode::object_or_none(d).map(Option::unwrap_or_default)
 }
 
 #[derive(Debug, Default, serde::Deserialize)]

@@ -240,7 +240,7 @@ pub struct WirePod {
     pub spec: Option<core::PodSpec>,
     /// A pod's status; the object of an ERROR event is a `Status`, whose `status` is a
     /// string, read as none.
-    #[serde(default, deserialize_with = "status_or_none")]
+    #[serde(default, deserialize_with = "client::decode::object_or_none")]
     pub status: Option<WireStatus>,
 }
 
@@ -268,26 +268,6 @@ pub struct WireStatus {
     pub phase: Option<String>,
     pub nominated_node_name: Option<String>,
     pub start_time: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>,
-}
-
-fn status_or_none<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<WireStatus>, D::Error> {
-    struct V;
-    impl<'de> serde::de::Visitor<'de> for V {
-        type Value = Option<WireStatus>;
-        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-            f.write_str("a pod status, or a Status's status string")
-        }
-        fn visit_map<A: serde::de::MapAccess<'de>>(self, m: A) -> Result<Self::Value, A::Error> {
-            serde::Deserialize::deserialize(serde::de::value::MapAccessDeserializer::new(m)).map(Some)
-        }
-        fn visit_str<E: serde::de::Error>(self, _: &str) -> Result<Self::Value, E> {
-            Ok(None)
-        }
-        fn visit_unit<E: serde::de::Error>(self) -> Result<Self::Value, E> {
-            Ok(None)
-        }
-    }
-    d.deserialize_any(V)
 }
 
 /// What scheduling needs of a pod.
