@@ -3,6 +3,7 @@
 //! `k8s-openapi`; this crate holds what they leave as strings.
 
 pub mod disruption;
+pub mod json;
 pub mod meta;
 pub mod quota;
 pub mod quantity;

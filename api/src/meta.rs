@@ -1,7 +1,7 @@
 //! Object metadata logic every client needs: Kubernetes' time formats and structured label
 //! selectors (`matchLabels` + `matchExpressions`) over JSON objects.
 
-use serde_json::Value;
+use crate::json::Json;
 
 /// `metav1.Time`: RFC 3339 in whole seconds, as Kubernetes writes it.
 pub fn now_rfc3339() -> String {
@@ -16,12 +16,12 @@ pub fn now_micro() -> String {
 
 /// Whether a structured label selector matches `labels`. A missing selector (null) matches
 /// nothing, as for a PodDisruptionBudget or a workload's selector.
-pub fn selector_matches(sel: &Value, labels: &Value) -> bool {
+pub fn selector_matches<S: Json, L: Json>(sel: &S, labels: &L) -> bool {
     if !sel.is_object() {
         return false;
     }
     let get = |k: &str| labels.get(k).and_then(|v| v.as_str());
-    for (k, v) in sel["matchLabels"].as_object().into_iter().flatten() {
+    for (k, v) in sel["matchLabels"].entries().into_iter().flatten() {
         if get(k) != v.as_str() {
             return false;
         }
@@ -42,7 +42,7 @@ pub fn selector_matches(sel: &Value, labels: &Value) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
+    use serde_json::{Value, json};
 
     #[test]
     fn selectors() {

@@ -5,30 +5,32 @@
 
 use serde_json::Value;
 
+use crate::json::Json;
+
 /// The scopes Kubernetes defines.
 pub const SCOPES: [&str; 6] = ["Terminating", "NotTerminating", "BestEffort", "NotBestEffort", "PriorityClass", "CrossNamespacePodAffinity"];
 
 /// Whether a quota has any scope.
-pub fn scoped(quota: &Value) -> bool {
+pub fn scoped<J: Json>(quota: &J) -> bool {
     quota["spec"]["scopes"].as_array().is_some_and(|s| !s.is_empty()) || quota["spec"]["scopeSelector"]["matchExpressions"].as_array().is_some_and(|s| !s.is_empty())
 }
 
 /// A pod's QoS is BestEffort: no container (nor init container) requests or limits anything.
-fn best_effort(pod: &Value) -> bool {
+fn best_effort<J: Json>(pod: &J) -> bool {
     ["containers", "initContainers"].iter().all(|list| {
-        pod["spec"][list].as_array().into_iter().flatten().all(|c| {
-            let empty = |k: &str| c["resources"][k].as_object().is_none_or(|m| m.is_empty());
+        pod["spec"][*list].as_array().into_iter().flatten().all(|c| {
+            let empty = |k: &str| c["resources"][k].entries().is_none_or(|mut m| m.next().is_none());
             empty("requests") && empty("limits")
         })
     })
 }
 
 /// Whether the pod has a pod-affinity term reaching other namespaces.
-fn cross_namespace(pod: &Value) -> bool {
+fn cross_namespace<J: Json>(pod: &J) -> bool {
     let a = &pod["spec"]["affinity"];
     ["podAffinity", "podAntiAffinity"].iter().any(|k| {
-        let terms = a[k]["requiredDuringSchedulingIgnoredDuringExecution"].as_array().into_iter().flatten().chain(
-            a[k]["preferredDuringSchedulingIgnoredDuringExecution"].as_array().into_iter().flatten().map(|w| &w["podAffinityTerm"]),
+        let terms = a[*k]["requiredDuringSchedulingIgnoredDuringExecution"].as_array().into_iter().flatten().chain(
+            a[*k]["preferredDuringSchedulingIgnoredDuringExecution"].as_array().into_iter().flatten().map(|w| &w["podAffinityTerm"]),
         );
         terms.into_iter().any(|t| t["namespaces"].as_array().is_some_and(|n| !n.is_empty()) || t.get("namespaceSelector").is_some_and(|s| !s.is_null()))
     })
@@ -36,7 +38,7 @@ fn cross_namespace(pod: &Value) -> bool {
 
 /// Whether a pod is in one scope; for PriorityClass, whether its class is among `values`
 /// (under `op`: In, NotIn, Exists, DoesNotExist).
-fn in_scope(pod: &Value, scope: &str, op: &str, values: &[&str]) -> bool {
+fn in_scope<J: Json>(pod: &J, scope: &str, op: &str, values: &[&str]) -> bool {
     let terminating = pod["spec"]["activeDeadlineSeconds"].as_i64().is_some();
     let matches = match scope {
         "Terminating" => terminating,
@@ -60,7 +62,7 @@ fn in_scope(pod: &Value, scope: &str, op: &str, values: &[&str]) -> bool {
 
 /// Whether `quota` tracks `obj` (`is_pod`: it is a Pod): an unscoped quota tracks everything;
 /// a scoped one only pods in every scope it lists and every expression of its selector.
-pub fn tracks(quota: &Value, is_pod: bool, obj: &Value) -> bool {
+pub fn tracks<Q: Json, J: Json>(quota: &Q, is_pod: bool, obj: &J) -> bool {
     if !scoped(quota) {
         return true;
     }
@@ -140,7 +142,7 @@ mod tests {
         ];
         for (spec, want) in table {
             let q = quota(spec.clone());
-            let got: Vec<bool> = [&plain, &terminating, &burstable, &high, &cross].iter().map(|p| tracks(&q, true, p)).collect();
+            let got: Vec<bool> = [&plain, &terminating, &burstable, &high, &cross].iter().map(|p| tracks(&q, true, *p)).collect();
             assert_eq!(got, want, "{spec}");
         }
         // A scoped quota tracks pods only.
