@@ -11,6 +11,7 @@ pub mod decode;
 pub mod events;
 pub mod informer;
 pub mod kubeconfig;
+pub mod obj;
 pub mod tls;
 pub mod workqueue;
 
@@ -316,6 +317,18 @@ impl Client {
 
     pub async fn delete(&self, path: &str, options: &Value) -> Result<Value, ClientError> {
         self.call("DELETE", path, "application/json", Some(options)).await
+    }
+
+    /// A GET whose answer is decoded as `T` (a typed struct naming only what its reader
+    /// needs); an error answer's `Status` as `get`'s.
+    pub async fn get_as<T: serde::de::DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
+        let resp = self.send("GET", path, "", None).await?;
+        let code = resp.status().as_u16();
+        let bytes = resp.into_body().collect().await.map_err(|e| ClientError::Transport(e.to_string()))?.to_bytes();
+        if code >= 300 {
+            return Err(status_error(code, &serde_json::from_slice(&bytes).unwrap_or_default()));
+        }
+        serde_json::from_slice(&bytes).map_err(|e| ClientError::Decode(e.to_string()))
     }
 
     /// A GET whose answer is text, not an object (`/metrics`).
