@@ -14,6 +14,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use serde_json::{Value, json};
 
 use crate::Client;
+use crate::obj::Obj;
 use api::meta::now_rfc3339;
 
 const QUEUE: usize = 1024;
@@ -47,15 +48,15 @@ impl Recorder {
     }
 
     /// Records an event about `pod` (and one of its containers, if `container` is given).
-    pub fn pod(&self, pod: &Value, container: Option<&str>, warning: bool, reason: &'static str, message: String) {
-        let s = |k: &str| pod["metadata"][k].as_str().unwrap_or("").to_string();
+    pub fn pod(&self, pod: &impl Involved, container: Option<&str>, warning: bool, reason: &'static str, message: String) {
+        let s = |k: &str| pod.meta(k).to_string();
         self.send(Event { kind: ("v1", "Pod"), ns: s("namespace"), name: s("name"), uid: s("uid"), field_path: container.map(|c| format!("spec.containers{{{c}}}")), warning, reason, message });
     }
 
     /// Records an event about `obj`, an object of `kind`: (apiVersion, kind); about a
     /// cluster-scoped one, in `default`.
-    pub fn object(&self, kind: (&'static str, &'static str), obj: &Value, warning: bool, reason: &'static str, message: String) {
-        let s = |k: &str| obj["metadata"][k].as_str().unwrap_or("").to_string();
+    pub fn object(&self, kind: (&'static str, &'static str), obj: &impl Involved, warning: bool, reason: &'static str, message: String) {
+        let s = |k: &str| obj.meta(k).to_string();
         self.send(Event { kind, ns: s("namespace"), name: s("name"), uid: s("uid"), field_path: None, warning, reason, message });
     }
 
@@ -66,6 +67,30 @@ impl Recorder {
                 tracing::warn!(dropped = n + 1, "the event queue is full; events are being dropped");
             }
         }
+    }
+}
+
+/// What an event needs of the object it is about: its metadata's strings.
+pub trait Involved {
+    /// `metadata.<key>` as a string; empty when absent.
+    fn meta(&self, key: &str) -> &str;
+}
+
+impl Involved for Value {
+    fn meta(&self, key: &str) -> &str {
+        self["metadata"][key].as_str().unwrap_or("")
+    }
+}
+
+impl Involved for Obj {
+    fn meta(&self, key: &str) -> &str {
+        self["metadata"][key].as_str().unwrap_or("")
+    }
+}
+
+impl<T: Involved> Involved for Arc<T> {
+    fn meta(&self, key: &str) -> &str {
+        (**self).meta(key)
     }
 }
 

@@ -3,25 +3,27 @@
 //! the watch with an error). Handlers see every change; controllers turn changes into keys
 //! for their work queues. An index by controller owner uid keeps "the pods of this
 //! ReplicaSet" a lookup rather than a scan. `Informers` shares one informer per resource
-//! among the controllers of a process.
+//! among the controllers of a process. Objects are kept as `Obj`s (a third of a
+//! `serde_json::Obj`'s memory), decoded once from the wire without managedFields.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-use serde_json::Value;
+use serde::Deserialize;
 
 use crate::Client;
+use crate::obj::{self, Obj};
 
 pub enum Change<'a> {
-    Added(&'a Arc<Value>),
-    Modified { old: &'a Arc<Value>, new: &'a Arc<Value> },
-    Deleted(&'a Arc<Value>),
+    Added(&'a Arc<Obj>),
+    Modified { old: &'a Arc<Obj>, new: &'a Arc<Obj> },
+    Deleted(&'a Arc<Obj>),
 }
 
 impl Change<'_> {
     /// The object as it is now (or was, when deleted).
-    pub fn object(&self) -> &Arc<Value> {
+    pub fn object(&self) -> &Arc<Obj> {
         match self {
             Change::Added(v) | Change::Deleted(v) => v,
             Change::Modified { new, .. } => new,
@@ -32,7 +34,7 @@ impl Change<'_> {
 type Handler = Box<dyn Fn(&Change) + Send + Sync>;
 
 /// `namespace/name` (or `name` for cluster-scoped objects).
-pub fn key_of(v: &Value) -> String {
+pub fn key_of(v: &Obj) -> String {
     let name = v["metadata"]["name"].as_str().unwrap_or("");
     match v["metadata"]["namespace"].as_str() {
         Some(ns) if !ns.is_empty() => format!("{ns}/{name}"),
@@ -41,36 +43,36 @@ pub fn key_of(v: &Value) -> String {
 }
 
 /// The uids of an object's owners (all of them; `controller_of` for the controller).
-pub fn owners(v: &Value) -> impl Iterator<Item = &str> {
+pub fn owners(v: &Obj) -> impl Iterator<Item = &str> {
     v["metadata"]["ownerReferences"].as_array().into_iter().flatten().filter_map(|o| o["uid"].as_str())
 }
 
-pub fn controller_of(v: &Value) -> Option<&Value> {
+pub fn controller_of(v: &Obj) -> Option<&Obj> {
     v["metadata"]["ownerReferences"].as_array()?.iter().find(|o| o["controller"].as_bool() == Some(true))
 }
 
 #[derive(Default)]
 struct Cache {
-    objects: HashMap<String, Arc<Value>>,
+    objects: HashMap<String, Arc<Obj>>,
     by_owner: HashMap<String, HashSet<String>>,
     by_uid: HashMap<String, String>,
     /// Objects without a controller, by namespace (what controllers may adopt).
     orphans: HashMap<String, HashSet<String>>,
 }
 
-fn namespace_of(v: &Value) -> &str {
+fn namespace_of(v: &Obj) -> &str {
     v["metadata"]["namespace"].as_str().unwrap_or("")
 }
 
 /// Whether two versions of an object sit in the same places of the indexes (uid, owners,
 /// namespace): most updates (status, labels, spec) leave them alone.
-fn same_index_keys(a: &Value, b: &Value) -> bool {
+fn same_index_keys(a: &Obj, b: &Obj) -> bool {
     let (a, b) = (&a["metadata"], &b["metadata"]);
     a["uid"] == b["uid"] && a["ownerReferences"] == b["ownerReferences"] && a["namespace"] == b["namespace"]
 }
 
 impl Cache {
-    fn insert(&mut self, key: String, v: Arc<Value>) -> Option<Arc<Value>> {
+    fn insert(&mut self, key: String, v: Arc<Obj>) -> Option<Arc<Obj>> {
         if let Some(cur) = self.objects.get_mut(&key)
             && same_index_keys(cur, &v)
         {
@@ -90,7 +92,7 @@ impl Cache {
         old
     }
 
-    fn remove(&mut self, key: &str) -> Option<Arc<Value>> {
+    fn remove(&mut self, key: &str) -> Option<Arc<Obj>> {
         let old = self.objects.remove(key)?;
         for o in owners(&old) {
             if let Some(s) = self.by_owner.get_mut(o) {
@@ -132,16 +134,16 @@ impl Informer {
         self.handlers.lock().unwrap().push(Box::new(f));
     }
 
-    pub fn get(&self, key: &str) -> Option<Arc<Value>> {
+    pub fn get(&self, key: &str) -> Option<Arc<Obj>> {
         self.cache.read().unwrap().objects.get(key).cloned()
     }
 
-    pub fn get_by_uid(&self, uid: &str) -> Option<Arc<Value>> {
+    pub fn get_by_uid(&self, uid: &str) -> Option<Arc<Obj>> {
         let c = self.cache.read().unwrap();
         c.by_uid.get(uid).and_then(|k| c.objects.get(k)).cloned()
     }
 
-    pub fn list(&self) -> Vec<Arc<Value>> {
+    pub fn list(&self) -> Vec<Arc<Obj>> {
         self.cache.read().unwrap().objects.values().cloned().collect()
     }
 
@@ -154,13 +156,13 @@ impl Informer {
     }
 
     /// Objects whose ownerReferences name `uid`.
-    pub fn owned_by(&self, uid: &str) -> Vec<Arc<Value>> {
+    pub fn owned_by(&self, uid: &str) -> Vec<Arc<Obj>> {
         let c = self.cache.read().unwrap();
         c.by_owner.get(uid).into_iter().flatten().filter_map(|k| c.objects.get(k).cloned()).collect()
     }
 
     /// Objects in namespace `ns` that no controller owns.
-    pub fn orphans_in(&self, ns: &str) -> Vec<Arc<Value>> {
+    pub fn orphans_in(&self, ns: &str) -> Vec<Arc<Obj>> {
         let c = self.cache.read().unwrap();
         c.orphans.get(ns).into_iter().flatten().filter_map(|k| c.objects.get(k).cloned()).collect()
     }
@@ -180,7 +182,7 @@ impl Informer {
         }
     }
 
-    fn apply(&self, ty: &str, v: Value) {
+    fn apply(&self, ty: &str, v: Obj) {
         let key = key_of(&v);
         let v = Arc::new(v);
         match ty {
@@ -200,8 +202,8 @@ impl Informer {
     }
 
     /// Replaces the cache with a fresh list, reporting the differences as changes.
-    fn replace(&self, items: Vec<Value>) {
-        let fresh: HashMap<String, Value> = items.into_iter().map(|v| (key_of(&v), v)).collect();
+    fn replace(&self, items: Vec<Obj>) {
+        let fresh: HashMap<String, Obj> = items.into_iter().map(|v| (key_of(&v), v)).collect();
         let gone: Vec<String> = self.cache.read().unwrap().objects.keys().filter(|k| !fresh.contains_key(*k)).cloned().collect();
         for k in gone {
             if let Some(old) = self.cache.write().unwrap().remove(&k) {
@@ -221,12 +223,11 @@ impl Informer {
         loop {
             let from = match rv.clone() {
                 Some(r) => r,
-                None => match c.get(&self.path).await {
-                    Ok(mut list) => {
-                        let items = list["items"].as_array_mut().map(std::mem::take).unwrap_or_default();
-                        self.replace(items);
+                None => match c.get_as::<List>(&self.path).await {
+                    Ok(list) => {
+                        self.replace(list.items);
                         self.synced.send_replace(true);
-                        list["metadata"]["resourceVersion"].as_str().unwrap_or("0").to_string()
+                        list.metadata.resource_version.unwrap_or_else(|| "0".into())
                     }
                     Err(e) => {
                         tracing::warn!(path = self.path, error = %e, "informer list failed; retrying");
@@ -247,21 +248,44 @@ impl Informer {
                 }
             };
             rv = Some(from);
-            while let Some(mut ev) = stream.next().await {
-                let ty = ev["type"].as_str().unwrap_or("").to_string();
-                if ty == "ERROR" {
+            while let Some(ev) = stream.next_as::<Event>().await {
+                if ev.ty == "ERROR" {
                     rv = None;
                     break;
                 }
-                if let Some(r) = ev["object"]["metadata"]["resourceVersion"].as_str() {
+                if let Some(r) = ev.object["metadata"]["resourceVersion"].as_str() {
                     rv = Some(r.to_string());
                 }
-                if ty != "BOOKMARK" {
-                    self.apply(&ty, ev["object"].take());
+                if ev.ty != "BOOKMARK" {
+                    self.apply(&ev.ty, ev.object);
                 }
             }
         }
     }
+}
+
+/// A list as an informer reads it: its revision and its objects.
+#[derive(Deserialize)]
+struct List {
+    #[serde(default)]
+    metadata: ListMeta,
+    #[serde(default, deserialize_with = "obj::lean_items")]
+    items: Vec<Obj>,
+}
+
+#[derive(Deserialize, Default)]
+struct ListMeta {
+    #[serde(rename = "resourceVersion")]
+    resource_version: Option<String>,
+}
+
+/// A watch event; an ERROR's object is a `Status`, which an `Obj` holds as well.
+#[derive(Deserialize)]
+struct Event {
+    #[serde(rename = "type")]
+    ty: String,
+    #[serde(deserialize_with = "obj::lean")]
+    object: Obj,
 }
 
 /// One informer per resource path, shared by the controllers of a process.
@@ -335,12 +359,12 @@ mod tests {
             if next(5) == 0 {
                 c.remove(&key);
             } else {
-                let owners: Vec<Value> = (0..next(3)).map(|i| json!({"uid": format!("o{}", next(3)), "controller": i == 0 && next(2) == 0})).collect();
+                let owners: Vec<serde_json::Value> = (0..next(3)).map(|i| json!({"uid": format!("o{}", next(3)), "controller": i == 0 && next(2) == 0})).collect();
                 let mut meta = json!({"name": key, "namespace": format!("ns{}", next(2)), "uid": format!("{key}-u{}", next(2)), "labels": {"step": step.to_string()}});
                 if !owners.is_empty() {
                     meta["ownerReferences"] = json!(owners);
                 }
-                c.insert(key.clone(), Arc::new(json!({"metadata": meta})));
+                c.insert(key.clone(), Arc::new(Obj::from(json!({"metadata": meta}))));
             }
             let mut fresh = Cache::default();
             for (k, v) in &c.objects {

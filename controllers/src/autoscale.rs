@@ -5,7 +5,7 @@
 
 use std::collections::VecDeque;
 
-use serde_json::Value;
+use client::obj::Obj;
 
 /// kube-controller-manager's rule: replicas follow the ratio of the current metric to its
 /// target, within a 10% tolerance, clamped to [min, max].
@@ -25,7 +25,7 @@ pub fn average_value_replicas(total_milli: i64, target_milli: i64, current_repli
 }
 
 /// A structured label selector as the `labelSelector` query text (`a=b,c in (d,e),!f`).
-pub fn selector_text(sel: &Value) -> String {
+pub fn selector_text(sel: &Obj) -> String {
     let mut parts: Vec<String> = sel["matchLabels"].as_object().into_iter().flatten().map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or(""))).collect();
     for e in sel["matchExpressions"].as_array().into_iter().flatten() {
         let k = e["key"].as_str().unwrap_or("");
@@ -95,7 +95,7 @@ pub struct Rules {
 impl Rules {
     /// The rules of `behavior` in one direction, with Kubernetes' defaults: up, no window,
     /// the larger of 100% and 4 pods per 15 s; down, a 300 s window and 100% per 15 s.
-    pub fn of(behavior: &Value, up: bool) -> Rules {
+    pub fn of(behavior: &Obj, up: bool) -> Rules {
         let b = &behavior[if up { "scaleUp" } else { "scaleDown" }];
         let policies: Vec<Policy> = match b["policies"].as_array() {
             Some(list) => list
@@ -225,24 +225,24 @@ mod tests {
     #[test]
     fn selectors_become_query_text() {
         let sel = json!({"matchLabels": {"queue": "worker"}, "matchExpressions": [{"key": "tier", "operator": "In", "values": ["a", "b"]}, {"key": "x", "operator": "DoesNotExist"}]});
-        assert_eq!(selector_text(&sel), "queue=worker,tier in (a,b),!x");
+        assert_eq!(selector_text(&Obj::from(sel)), "queue=worker,tier in (a,b),!x");
         assert_eq!(query_escape("a=b,c in (d)"), "a%3Db%2Cc%20in%20%28d%29");
         assert_eq!((plural_of("Ingress").as_str(), plural_of("Service").as_str(), plural_of("Policy").as_str(), plural_of("Gateway").as_str()), ("ingresses", "services", "policies", "gateways"));
     }
 
     #[test]
     fn behavior_defaults_are_kubernetes() {
-        let up = Rules::of(&json!(null), true);
+        let up = Rules::of(&Obj::from(json!(null)), true);
         assert_eq!(up, Rules { window: 0, select: Select::Max, policies: vec![Policy::Percent { value: 100, period: 15 }, Policy::Pods { value: 4, period: 15 }] });
-        let down = Rules::of(&json!({}), false);
+        let down = Rules::of(&Obj::from(json!({})), false);
         assert_eq!(down, Rules { window: 300, select: Select::Max, policies: vec![Policy::Percent { value: 100, period: 15 }] });
-        let custom = Rules::of(&json!({"scaleDown": {"stabilizationWindowSeconds": 60, "selectPolicy": "Min", "policies": [{"type": "Pods", "value": 1, "periodSeconds": 30}]}}), false);
+        let custom = Rules::of(&Obj::from(json!({"scaleDown": {"stabilizationWindowSeconds": 60, "selectPolicy": "Min", "policies": [{"type": "Pods", "value": 1, "periodSeconds": 30}]}})), false);
         assert_eq!(custom, Rules { window: 60, select: Select::Min, policies: vec![Policy::Pods { value: 1, period: 30 }] });
     }
 
     #[test]
     fn scale_down_is_stabilized_over_its_window() {
-        let (up, down) = (Rules::of(&json!(null), true), Rules::of(&json!(null), false));
+        let (up, down) = (Rules::of(&Obj::from(json!(null)), true), Rules::of(&Obj::from(json!(null)), false));
         let mut h = History::default();
         assert_eq!(decide(&mut h, 0, 4, 6, 1, 10, &up, &down), 6, "up at once (100% allowed)");
         assert_eq!(decide(&mut h, 10, 6, 2, 1, 10, &up, &down), 6, "down is held by the 6 of 10 s ago");
@@ -253,8 +253,8 @@ mod tests {
 
     #[test]
     fn policies_limit_the_rate_and_select_policy_picks_among_them() {
-        let up = Rules::of(&json!(null), true);
-        let down0 = Rules { window: 0, ..Rules::of(&json!(null), false) };
+        let up = Rules::of(&Obj::from(json!(null)), true);
+        let down0 = Rules { window: 0, ..Rules::of(&Obj::from(json!(null)), false) };
         // Up: max(100%, 4 pods) per 15 s from 2 replicas: 4 (100%) vs 6 (+4): 6.
         let mut h = History::default();
         assert_eq!(decide(&mut h, 0, 2, 20, 1, 50, &up, &down0), 6);

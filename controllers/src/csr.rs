@@ -26,7 +26,9 @@ use std::time::Duration;
 
 use base64::Engine;
 use client::{Client, ClientError};
-use serde_json::{Value, json};
+use serde_json::json;
+
+use client::obj::Obj;
 
 pub const KUBELET_CLIENT_SIGNER: &str = "kubernetes.io/kube-apiserver-client-kubelet";
 pub const CLIENT_SIGNER: &str = "kubernetes.io/kube-apiserver-client";
@@ -67,7 +69,7 @@ pub struct Subject {
 }
 
 /// The PEM of `spec.request` (base64 of PEM in the API).
-fn request_pem(csr: &Value) -> Result<String, String> {
+fn request_pem(csr: &Obj) -> Result<String, String> {
     let b = base64::engine::general_purpose::STANDARD.decode(csr["spec"]["request"].as_str().unwrap_or("")).map_err(|_| "spec.request is not base64")?;
     String::from_utf8(b).map_err(|_| "spec.request is not PEM text".into())
 }
@@ -141,7 +143,7 @@ pub fn kubelet_serving(s: &Subject, usages: &[String]) -> Result<String, String>
     Ok(node.to_string())
 }
 
-fn has_condition(csr: &Value, ty: &str) -> bool {
+fn has_condition(csr: &Obj, ty: &str) -> bool {
     csr["status"]["conditions"].as_array().into_iter().flatten().any(|c| c["type"] == ty)
 }
 
@@ -157,7 +159,7 @@ pub enum Decision {
     Sign,
 }
 
-pub fn decision(csr: &Value, can_sign: bool) -> Decision {
+pub fn decision(csr: &Obj, can_sign: bool) -> Decision {
     let signer = csr["spec"]["signerName"].as_str().unwrap_or("");
     if has_condition(csr, "Denied") || has_condition(csr, "Failed") {
         return Decision::Nothing;
@@ -189,9 +191,9 @@ pub enum Cleanup {
 }
 
 /// What the cleaner does with `csr` at `now` (Unix seconds).
-pub fn cleanup(csr: &Value, now: i64) -> Cleanup {
-    let secs = |v: &Value| v.as_str().and_then(|t| t.parse::<jiff::Timestamp>().ok()).map(|t| t.as_second());
-    let conds = csr["status"]["conditions"].as_array().cloned().unwrap_or_default();
+pub fn cleanup(csr: &Obj, now: i64) -> Cleanup {
+    let secs = |v: &Obj| v.as_str().and_then(|t| t.parse::<jiff::Timestamp>().ok()).map(|t| t.as_second());
+    let conds = csr["status"]["conditions"].as_array().unwrap_or_default();
     let decided = conds.iter().find(|c| matches!(c["type"].as_str(), Some("Approved" | "Denied" | "Failed")));
     let mut due = match decided {
         Some(c) => secs(&c["lastUpdateTime"]).or_else(|| secs(&csr["metadata"]["creationTimestamp"])).map(|t| t + DECIDED_SECONDS),
@@ -215,7 +217,7 @@ pub fn cleanup(csr: &Value, now: i64) -> Cleanup {
 
 /// Acts on one request: approves it (after a SubjectAccessReview) or signs it; once decided,
 /// deletes it when `cleanup` says (and is asked again then).
-pub async fn sync(c: &Client, csr: &Value, signer: Option<&Signer>) -> Result<Option<Duration>, String> {
+pub async fn sync(c: &Client, csr: &Obj, signer: Option<&Signer>) -> Result<Option<Duration>, String> {
     let name = csr["metadata"]["name"].as_str().unwrap_or("");
     let path = format!("/apis/certificates.k8s.io/v1/certificatesigningrequests/{name}");
     let now = api::meta::now_rfc3339();
@@ -241,8 +243,8 @@ pub async fn sync(c: &Client, csr: &Value, signer: Option<&Signer>) -> Result<Op
                 // Left pending for an administrator, as Kubernetes leaves it.
                 return Ok(None);
             }
-            let mut approved = csr.clone();
-            let mut conds = csr["status"]["conditions"].as_array().cloned().unwrap_or_default();
+            let mut approved = csr.to_value();
+            let mut conds = approved["status"]["conditions"].as_array().cloned().unwrap_or_default();
             conds.push(json!({"type": "Approved", "status": "True", "reason": "AutoApproved",
                 "message": "Auto approving kubelet client certificate after SubjectAccessReview.", "lastUpdateTime": now, "lastTransitionTime": now}));
             approved["status"]["conditions"] = json!(conds);
@@ -257,14 +259,14 @@ pub async fn sync(c: &Client, csr: &Value, signer: Option<&Signer>) -> Result<Op
                 Ok(pem) => pem,
                 Err(why) => {
                     // As Kubernetes: a request that cannot be signed is marked Failed.
-                    let mut failed = csr.clone();
-                    let mut conds = csr["status"]["conditions"].as_array().cloned().unwrap_or_default();
+                    let mut failed = csr.to_value();
+                    let mut conds = failed["status"]["conditions"].as_array().cloned().unwrap_or_default();
                     conds.push(json!({"type": "Failed", "status": "True", "reason": "SignerValidationFailure", "message": why, "lastUpdateTime": now, "lastTransitionTime": now}));
                     failed["status"]["conditions"] = json!(conds);
                     return c.put(&format!("{path}/status"), &failed).await.map(|_| None).map_err(|e| e.to_string());
                 }
             };
-            let mut issued = csr.clone();
+            let mut issued = csr.to_value();
             issued["status"]["certificate"] = json!(base64::engine::general_purpose::STANDARD.encode(cert));
             match c.put(&format!("{path}/status"), &issued).await {
                 Ok(_) | Err(ClientError::Status { code: 404 | 409, .. }) => Ok(None),
@@ -277,7 +279,7 @@ pub async fn sync(c: &Client, csr: &Value, signer: Option<&Signer>) -> Result<Op
 /// A client certificate of the CA for the request: the checked subject (for a kubelet, CN
 /// `system:node:NAME` and O `system:nodes`; for other clients, their common name and
 /// organizations) and the request's public key, nothing else of it.
-fn sign(s: &Signer, csr: &Value) -> Result<String, String> {
+fn sign(s: &Signer, csr: &Obj) -> Result<String, String> {
     let pem = request_pem(csr)?;
     let subject = subject_of(&pem)?;
     let signer = csr["spec"]["signerName"].as_str().unwrap_or("");
@@ -332,6 +334,7 @@ fn sign(s: &Signer, csr: &Value) -> Result<String, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::Value;
 
     fn request(cn: &str, orgs: &[&str], san: bool) -> String {
         let key = rcgen::KeyPair::generate().unwrap();
@@ -341,6 +344,17 @@ mod tests {
             p.distinguished_name.push(rcgen::DnType::OrganizationName, *o);
         }
         p.serialize_request(&key).unwrap().pem().unwrap()
+    }
+
+    // The functions under test read an informer's `Obj`; the tests build and edit `Value`s.
+    fn decision(c: &Value, can_sign: bool) -> Decision {
+        super::decision(&Obj::from(c), can_sign)
+    }
+    fn cleanup(c: &Value, now: i64) -> Cleanup {
+        super::cleanup(&Obj::from(c), now)
+    }
+    fn sign(s: &Signer, c: &Value) -> Result<String, String> {
+        super::sign(s, &Obj::from(c))
     }
 
     fn csr(pem: &str, signer: &str, user: &str, usages: &[&str]) -> Value {

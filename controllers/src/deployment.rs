@@ -6,27 +6,29 @@
 
 use serde_json::{Value, json};
 
+use client::obj::Obj;
+
 pub const REVISION: &str = "deployment.kubernetes.io/revision";
 pub const HASH_LABEL: &str = "pod-template-hash";
 
 /// A template as Go's types compare it: unset, null, `false` and `""` are the same, so a
 /// template that went through JSON and one that went through protobuf are equal.
-pub fn normalize(v: &Value) -> Value {
+pub fn normalize(v: &Obj) -> Value {
     match v {
-        Value::Object(m) => Value::Object(
+        Obj::Object(m) => Value::Object(
             m.iter()
-                .filter(|(_, x)| !matches!(x, Value::Null | Value::Bool(false)) && x.as_str() != Some(""))
-                .map(|(k, x)| (k.clone(), normalize(x)))
+                .filter(|(_, x)| !matches!(x, Obj::Null | Obj::Bool(false)) && x.as_str() != Some(""))
+                .map(|(k, x)| (k.to_string(), normalize(x)))
                 .collect(),
         ),
-        Value::Array(a) => Value::Array(a.iter().map(normalize).collect()),
-        x => x.clone(),
+        Obj::Array(a) => Value::Array(a.iter().map(normalize).collect()),
+        x => x.to_value(),
     }
 }
 
 /// A stable short hash of a pod template (FNV-1a over its canonical JSON), spelled with
 /// Kubernetes' safe alphabet (no vowels, no easily confused characters).
-pub fn template_hash(template: &Value) -> String {
+pub fn template_hash(template: &Obj) -> String {
     let bytes = serde_json::to_vec(&normalize(template)).unwrap_or_default();
     let mut h: u32 = 0x811c9dc5;
     for b in bytes {
@@ -42,10 +44,10 @@ pub fn template_hash(template: &Value) -> String {
 }
 
 /// An int-or-percent against `total`; percentages round up for surge, down for unavailable.
-pub fn resolve(v: &Value, total: i64, round_up: bool, default: &str) -> i64 {
+pub fn resolve(v: &Obj, total: i64, round_up: bool, default: &str) -> i64 {
     let s = match v {
-        Value::Number(n) => return n.as_i64().unwrap_or(0).max(0),
-        Value::String(s) => s.clone(),
+        Obj::Number(n) => return n.as_i64().unwrap_or(0).max(0),
+        Obj::String(s) => s.to_string(),
         _ => default.to_string(),
     };
     match s.strip_suffix('%').and_then(|p| p.parse::<i64>().ok()) {
@@ -58,7 +60,7 @@ pub fn resolve(v: &Value, total: i64, round_up: bool, default: &str) -> i64 {
 }
 
 /// (maxSurge, maxUnavailable) of a RollingUpdate deployment; both 0 becomes unavailable 1.
-pub fn surge_unavailable(d: &Value) -> (i64, i64) {
+pub fn surge_unavailable(d: &Obj) -> (i64, i64) {
     let replicas = d["spec"]["replicas"].as_i64().unwrap_or(1);
     let ru = &d["spec"]["strategy"]["rollingUpdate"];
     let surge = resolve(&ru["maxSurge"], replicas, true, "25%");
@@ -126,7 +128,7 @@ pub fn scale_down_old(replicas: i64, unavailable: i64, new: &Rs, old: &[Rs]) -> 
 
 /// Deployment status from its ReplicaSets' statuses; `prev` is the current status (its
 /// conditions keep their times unless they change), `now` RFC 3339.
-pub fn status(d: &Value, new: Option<&Value>, all: &[&Value], prev: &Value, now: &str, deadline_passed: bool) -> Value {
+pub fn status(d: &Obj, new: Option<&Obj>, all: &[&Obj], prev: &Obj, now: &str, deadline_passed: bool) -> Value {
     let sum = |f: &str| all.iter().map(|r| r["status"][f].as_i64().unwrap_or(0)).sum::<i64>();
     let replicas = d["spec"]["replicas"].as_i64().unwrap_or(1);
     let (_, unavailable) = surge_unavailable(d);
@@ -137,11 +139,11 @@ pub fn status(d: &Value, new: Option<&Value>, all: &[&Value], prev: &Value, now:
     let complete = new.is_some() && updated == replicas && available >= replicas && total == replicas;
     let min_ok = d["spec"]["strategy"]["type"] == "Recreate" && available >= replicas || available >= replicas - unavailable;
     let cond = |ty: &str, ok: bool, reason: &str, message: String| {
-        let old = prev["conditions"].as_array().and_then(|a| a.iter().find(|c| c["type"] == ty)).cloned().unwrap_or(Value::Null);
+        let old = prev["conditions"].as_array().and_then(|a| a.iter().find(|c| c["type"] == ty)).cloned().unwrap_or(Obj::Null);
         let st = if ok { "True" } else { "False" };
         let same = old["status"] == st && old["reason"] == reason;
-        let transition = if old["status"] == st { old["lastTransitionTime"].clone() } else { json!(now) };
-        let update = if same && ty == "Available" { old["lastUpdateTime"].clone() } else if same && old["message"] == message.as_str() { old["lastUpdateTime"].clone() } else { json!(now) };
+        let transition = if old["status"] == st { old["lastTransitionTime"].to_value() } else { json!(now) };
+        let update = if same && ty == "Available" { old["lastUpdateTime"].to_value() } else if same && old["message"] == message.as_str() { old["lastUpdateTime"].to_value() } else { json!(now) };
         json!({"type": ty, "status": st, "reason": reason, "message": message,
             "lastUpdateTime": if update.is_null() { json!(now) } else { update },
             "lastTransitionTime": if transition.is_null() { json!(now) } else { transition }})
@@ -181,7 +183,7 @@ mod tests {
 
     #[test]
     fn surge_and_unavailable_arithmetic() {
-        let d = |surge: Value, unavail: Value, replicas: i64| json!({"spec": {"replicas": replicas, "strategy": {"rollingUpdate": {"maxSurge": surge, "maxUnavailable": unavail}}}});
+        let d = |surge: Value, unavail: Value, replicas: i64| Obj::from(json!({"spec": {"replicas": replicas, "strategy": {"rollingUpdate": {"maxSurge": surge, "maxUnavailable": unavail}}}}));
         assert_eq!(surge_unavailable(&d(Value::Null, Value::Null, 10)), (3, 2), "25% rounds up for surge, down for unavailable");
         assert_eq!(surge_unavailable(&d(json!(0), json!(0), 3)), (0, 1));
         assert_eq!(surge_unavailable(&d(json!("50%"), json!(1), 3)), (2, 1));
@@ -211,16 +213,19 @@ mod tests {
 
     #[test]
     fn templates_compare_as_go_types_do() {
-        let a = json!({"metadata": {"creationTimestamp": null, "labels": {"app": "w"}}, "spec": {"containers": [{"name": "c", "tty": false, "image": "x"}], "hostNetwork": false}});
-        let b = json!({"metadata": {"labels": {"app": "w"}}, "spec": {"containers": [{"name": "c", "image": "x", "workingDir": ""}]}});
+        let a = Obj::from(json!({"metadata": {"creationTimestamp": null, "labels": {"app": "w"}}, "spec": {"containers": [{"name": "c", "tty": false, "image": "x"}], "hostNetwork": false}}));
+        let b = Obj::from(json!({"metadata": {"labels": {"app": "w"}}, "spec": {"containers": [{"name": "c", "image": "x", "workingDir": ""}]}}));
         assert_eq!(normalize(&a), normalize(&b));
         assert_eq!(template_hash(&a), template_hash(&b));
     }
 
     #[test]
     fn hashes_are_stable_and_differ() {
-        let a = json!({"spec": {"containers": [{"name": "c", "image": "nginx:1"}]}});
-        let b = json!({"spec": {"containers": [{"name": "c", "image": "nginx:2"}]}});
+        let a = Obj::from(json!({"spec": {"containers": [{"name": "c", "image": "nginx:1"}]}}));
+        let b = Obj::from(json!({"spec": {"containers": [{"name": "c", "image": "nginx:2"}]}}));
+        // Pinned: a ReplicaSet's name carries this hash, so a new build must compute the
+        // same one for the same template, or every Deployment would roll out on upgrade.
+        assert_eq!(template_hash(&a), "j2lf8hrzk");
         assert_eq!(template_hash(&a), template_hash(&a.clone()));
         assert_ne!(template_hash(&a), template_hash(&b));
         assert!(template_hash(&a).bytes().all(|c| b"bcdfghjklmnpqrstvwxz2456789".contains(&c)));
@@ -228,14 +233,14 @@ mod tests {
 
     #[test]
     fn status_conditions() {
-        let d = json!({"metadata": {"generation": 3}, "spec": {"replicas": 2}});
-        let new = json!({"metadata": {"name": "web-x"}, "status": {"replicas": 2, "readyReplicas": 2, "availableReplicas": 2}});
-        let s = status(&d, Some(&new), &[&new], &Value::Null, "t0", false);
+        let d = Obj::from(json!({"metadata": {"generation": 3}, "spec": {"replicas": 2}}));
+        let new = Obj::from(json!({"metadata": {"name": "web-x"}, "status": {"replicas": 2, "readyReplicas": 2, "availableReplicas": 2}}));
+        let s = status(&d, Some(&new), &[&new], &Obj::Null, "t0", false);
         assert_eq!(s["observedGeneration"], 3);
         assert_eq!(s["conditions"][1]["reason"], "NewReplicaSetAvailable");
         assert_eq!(s["conditions"][0]["status"], "True");
-        let half = json!({"metadata": {"name": "web-x"}, "status": {"replicas": 1, "availableReplicas": 0}});
-        let s2 = status(&d, Some(&half), &[&half], &s, "t1", true);
+        let half = Obj::from(json!({"metadata": {"name": "web-x"}, "status": {"replicas": 1, "availableReplicas": 0}}));
+        let s2 = status(&d, Some(&half), &[&half], &Obj::from(&s), "t1", true);
         assert_eq!(s2["conditions"][1]["reason"], "ProgressDeadlineExceeded");
         assert_eq!(s2["conditions"][0]["status"], "False");
         assert_eq!(s2["conditions"][0]["lastTransitionTime"], "t1");

@@ -11,6 +11,8 @@
 use std::collections::HashSet;
 use std::net::Ipv4Addr;
 
+use client::obj::Obj;
+
 /// An IPv4 network, `a.b.c.d/n`, its host bits zero.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Net {
@@ -109,7 +111,7 @@ impl Ranges {
 pub const HOLLOW_LABEL: &str = "capstan.io/hollow";
 
 /// Whether `node` is one the allocator gives a range to: it has none, and it is not hollow.
-pub fn wants_range(node: &serde_json::Value) -> bool {
+pub fn wants_range(node: &Obj) -> bool {
     node["spec"]["podCIDR"].as_str().is_none_or(str::is_empty) && node["metadata"]["labels"][HOLLOW_LABEL] != "true"
 }
 
@@ -120,10 +122,10 @@ mod tests {
     #[test]
     fn nodes_without_a_range_want_one_unless_hollow() {
         use serde_json::json;
-        assert!(wants_range(&json!({"metadata": {"name": "a"}, "spec": {}})));
-        assert!(wants_range(&json!({"metadata": {"name": "a", "labels": {HOLLOW_LABEL: "false"}}, "spec": {"podCIDR": ""}})));
-        assert!(!wants_range(&json!({"metadata": {"name": "a"}, "spec": {"podCIDR": "10.244.1.0/24"}})));
-        assert!(!wants_range(&json!({"metadata": {"name": "a", "labels": {HOLLOW_LABEL: "true"}}, "spec": {}})));
+        assert!(wants_range(&Obj::from(json!({"metadata": {"name": "a"}, "spec": {}}))));
+        assert!(wants_range(&Obj::from(json!({"metadata": {"name": "a", "labels": {HOLLOW_LABEL: "false"}}, "spec": {"podCIDR": ""}}))));
+        assert!(!wants_range(&Obj::from(json!({"metadata": {"name": "a"}, "spec": {"podCIDR": "10.244.1.0/24"}}))));
+        assert!(!wants_range(&Obj::from(json!({"metadata": {"name": "a", "labels": {HOLLOW_LABEL: "true"}}, "spec": {}}))));
     }
 
     #[test]

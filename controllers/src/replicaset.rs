@@ -10,6 +10,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
+use client::obj::Obj;
+
 use crate::podutil::{self, is_active, is_available, is_ready};
 
 pub const BURST_REPLICAS: usize = 500;
@@ -22,7 +24,7 @@ pub struct Decision {
 }
 
 /// The pure decision: `active` are the ReplicaSet's active pods.
-pub fn decide(replicas: i64, active: &[Arc<Value>]) -> Decision {
+pub fn decide(replicas: i64, active: &[Arc<Obj>]) -> Decision {
     let diff = replicas - active.len() as i64;
     if diff > 0 {
         return Decision { create: (diff as usize).min(BURST_REPLICAS), delete: vec![] };
@@ -50,14 +52,14 @@ pub fn batches(n: usize) -> Vec<usize> {
 }
 
 /// The pod a ReplicaSet creates.
-pub fn pod_from_template(rs: &Value) -> Value {
+pub fn pod_from_template(rs: &Obj) -> Value {
     let t = &rs["spec"]["template"];
-    let mut meta = t["metadata"].clone();
+    let mut meta = t["metadata"].to_value();
     if !meta.is_object() {
         meta = json!({});
     }
     meta["generateName"] = json!(format!("{}-", rs["metadata"]["name"].as_str().unwrap_or("")));
-    meta["namespace"] = rs["metadata"]["namespace"].clone();
+    meta["namespace"] = rs["metadata"]["namespace"].to_value();
     meta["ownerReferences"] = json!([{
         "apiVersion": "apps/v1", "kind": "ReplicaSet", "name": rs["metadata"]["name"], "uid": rs["metadata"]["uid"],
         "controller": true, "blockOwnerDeletion": true,
@@ -66,14 +68,14 @@ pub fn pod_from_template(rs: &Value) -> Value {
         m.remove("name");
         m.remove("creationTimestamp");
     }
-    json!({"apiVersion": "v1", "kind": "Pod", "metadata": meta, "spec": t["spec"]})
+    json!({"apiVersion": "v1", "kind": "Pod", "metadata": meta, "spec": t["spec"].to_value()})
 }
 
 /// The status a ReplicaSet reports for its pods.
-pub fn status(rs: &Value, pods: &[Arc<Value>], now: i64) -> Value {
+pub fn status(rs: &Obj, pods: &[Arc<Obj>], now: i64) -> Value {
     let min_ready = rs["spec"]["minReadySeconds"].as_i64().unwrap_or(0);
-    let active: Vec<&Arc<Value>> = pods.iter().filter(|p| is_active(p)).collect();
-    let labels_all = |p: &Value| {
+    let active: Vec<&Arc<Obj>> = pods.iter().filter(|p| is_active(p)).collect();
+    let labels_all = |p: &Obj| {
         rs["spec"]["template"]["metadata"]["labels"].as_object().into_iter().flatten().all(|(k, v)| p["metadata"]["labels"][k] == *v)
     };
     json!({
@@ -130,9 +132,9 @@ impl Expectations {
 mod tests {
     use super::*;
 
-    fn pod(name: &str, ready: bool) -> Arc<Value> {
-        Arc::new(json!({"metadata": {"name": name, "creationTimestamp": "2026-11-22T00:00:00Z"}, "spec": {"nodeName": "n"},
-            "status": {"phase": "Running", "conditions": [{"type": "Ready", "status": if ready { "True" } else { "False" }, "lastTransitionTime": "2026-11-22T00:00:00Z"}]}}))
+    fn pod(name: &str, ready: bool) -> Arc<Obj> {
+        Arc::new(Obj::from(json!({"metadata": {"name": name, "creationTimestamp": "2026-11-22T00:00:00Z"}, "spec": {"nodeName": "n"},
+            "status": {"phase": "Running", "conditions": [{"type": "Ready", "status": if ready { "True" } else { "False" }, "lastTransitionTime": "2026-11-22T00:00:00Z"}]}})))
     }
 
     #[test]
@@ -184,13 +186,13 @@ mod tests {
 
     #[test]
     fn template_to_pod_and_status() {
-        let rs = json!({"metadata": {"name": "web-abc", "namespace": "d", "uid": "u", "generation": 2},
-            "spec": {"replicas": 2, "template": {"metadata": {"labels": {"app": "web"}}, "spec": {"containers": [{"name": "c", "image": "nginx"}]}}}});
+        let rs = Obj::from(json!({"metadata": {"name": "web-abc", "namespace": "d", "uid": "u", "generation": 2},
+            "spec": {"replicas": 2, "template": {"metadata": {"labels": {"app": "web"}}, "spec": {"containers": [{"name": "c", "image": "nginx"}]}}}}));
         let p = pod_from_template(&rs);
         assert_eq!(p["metadata"]["generateName"], "web-abc-");
         assert_eq!(p["metadata"]["ownerReferences"][0]["uid"], "u");
         assert_eq!(p["metadata"]["labels"]["app"], "web");
-        let now = podutil::ts(&json!("2026-11-22T01:00:00Z")).unwrap();
+        let now = podutil::ts(&Obj::from(json!("2026-11-22T01:00:00Z"))).unwrap();
         let s = status(&rs, &[pod("a", true), pod("b", false)], now);
         assert_eq!((s["replicas"].as_i64(), s["readyReplicas"].as_i64(), s["availableReplicas"].as_i64(), s["observedGeneration"].as_i64()), (Some(2), Some(1), Some(1), Some(2)));
     }

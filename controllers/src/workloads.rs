@@ -3,11 +3,13 @@
 
 use std::sync::Arc;
 
-use serde_json::{Value, json};
+use serde_json::json;
+
+use client::obj::Obj;
 
 use crate::podutil::{is_active, is_ready};
 
-fn phase(p: &Value) -> &str {
+fn phase(p: &Obj) -> &str {
     p["status"]["phase"].as_str().unwrap_or("Pending")
 }
 
@@ -23,7 +25,7 @@ pub enum JobStep {
 }
 
 /// (active, succeeded, failed) counts of a Job's pods.
-pub fn job_counts(pods: &[Arc<Value>]) -> (i64, i64, i64) {
+pub fn job_counts(pods: &[Arc<Obj>]) -> (i64, i64, i64) {
     let active = pods.iter().filter(|p| is_active(p)).count() as i64;
     let succeeded = pods.iter().filter(|p| phase(p) == "Succeeded").count() as i64;
     let failed = pods.iter().filter(|p| phase(p) == "Failed").count() as i64;
@@ -32,7 +34,7 @@ pub fn job_counts(pods: &[Arc<Value>]) -> (i64, i64, i64) {
 
 /// The Job's next step: completions (unset: done when one pod succeeded and none is
 /// running), parallelism, backoffLimit (default 6), activeDeadlineSeconds.
-pub fn job_step(job: &Value, pods: &[Arc<Value>], elapsed_secs: i64) -> JobStep {
+pub fn job_step(job: &Obj, pods: &[Arc<Obj>], elapsed_secs: i64) -> JobStep {
     let (active, succeeded, failed) = job_counts(pods);
     let spec = &job["spec"];
     let parallelism = spec["parallelism"].as_i64().unwrap_or(1).max(0);
@@ -107,7 +109,7 @@ pub fn daemon_rollout(nodes: &[DaemonNode], max_surge: i64, max_unavailable: i64
 
 /// Whether a DaemonSet's pod belongs on `node`: node selector, required node affinity (by
 /// labels), and NoSchedule / NoExecute taints tolerated.
-pub fn daemon_fits(template: &Value, node: &Value) -> bool {
+pub fn daemon_fits(template: &Obj, node: &Obj) -> bool {
     let labels = &node["metadata"]["labels"];
     for (k, v) in template["spec"]["nodeSelector"].as_object().into_iter().flatten() {
         if labels[k] != *v {
@@ -120,7 +122,7 @@ pub fn daemon_fits(template: &Value, node: &Value) -> bool {
     {
         return false;
     }
-    let tolerations = template["spec"]["tolerations"].as_array().cloned().unwrap_or_default();
+    let tolerations = template["spec"]["tolerations"].as_array().unwrap_or_default();
     for t in node["spec"]["taints"].as_array().into_iter().flatten() {
         let effect = t["effect"].as_str().unwrap_or("");
         if effect != "NoSchedule" && effect != "NoExecute" {
@@ -156,10 +158,10 @@ pub enum SetStep {
 /// OrderedReady: create the lowest missing ordinal once all below it are Running and Ready;
 /// delete the highest ordinal beyond `replicas` once all others are ready. Parallel: all at
 /// once. `pods` are the set's active pods.
-pub fn set_step(set: &str, replicas: i64, parallel: bool, pods: &[Arc<Value>]) -> SetStep {
-    let mut have: Vec<(i64, &Arc<Value>)> = pods.iter().filter_map(|p| Some((ordinal(set, p["metadata"]["name"].as_str()?)?, p))).collect();
+pub fn set_step(set: &str, replicas: i64, parallel: bool, pods: &[Arc<Obj>]) -> SetStep {
+    let mut have: Vec<(i64, &Arc<Obj>)> = pods.iter().filter_map(|p| Some((ordinal(set, p["metadata"]["name"].as_str()?)?, p))).collect();
     have.sort_by_key(|(o, _)| *o);
-    let extra: Vec<(i64, &Arc<Value>)> = have.iter().filter(|(o, _)| *o >= replicas).cloned().collect();
+    let extra: Vec<(i64, &Arc<Obj>)> = have.iter().filter(|(o, _)| *o >= replicas).cloned().collect();
     let missing: Vec<i64> = (0..replicas).filter(|i| !have.iter().any(|(o, _)| o == i)).collect();
     if parallel {
         if !missing.is_empty() {
@@ -207,13 +209,13 @@ mod tests {
         assert_eq!(daemon_rollout(&broken, 1, 0).1, ["a-old"]);
     }
 
-    fn pod(name: &str, phase: &str, ready: bool) -> Arc<Value> {
-        Arc::new(json!({"metadata": {"name": name}, "status": {"phase": phase, "conditions": [{"type": "Ready", "status": if ready { "True" } else { "False" }}]}}))
+    fn pod(name: &str, phase: &str, ready: bool) -> Arc<Obj> {
+        Arc::new(Obj::from(json!({"metadata": {"name": name}, "status": {"phase": phase, "conditions": [{"type": "Ready", "status": if ready { "True" } else { "False" }}]}})))
     }
 
     #[test]
     fn job_steps() {
-        let job = |c: Option<i64>, p: i64| json!({"spec": {"completions": c, "parallelism": p, "backoffLimit": 1}});
+        let job = |c: Option<i64>, p: i64| Obj::from(json!({"spec": {"completions": c, "parallelism": p, "backoffLimit": 1}}));
         assert_eq!(job_step(&job(Some(3), 2), &[], 0), JobStep::Create(2));
         assert_eq!(job_step(&job(Some(3), 2), &[pod("a", "Succeeded", false), pod("b", "Running", true)], 0), JobStep::Create(1));
         assert_eq!(job_step(&job(Some(3), 5), &[pod("a", "Succeeded", false), pod("b", "Succeeded", false)], 0), JobStep::Create(1), "never more than the completions left");
@@ -222,17 +224,17 @@ mod tests {
         // Work-queue jobs: done when one succeeded and none runs.
         assert_eq!(job_step(&job(None, 2), &[pod("a", "Succeeded", false), pod("b", "Running", true)], 0), JobStep::Wait);
         assert!(matches!(job_step(&job(None, 2), &[pod("a", "Succeeded", false)], 0), JobStep::Finish { complete: true, .. }));
-        let deadline = json!({"spec": {"activeDeadlineSeconds": 10}});
+        let deadline = Obj::from(json!({"spec": {"activeDeadlineSeconds": 10}}));
         assert!(matches!(job_step(&deadline, &[], 10), JobStep::Finish { reason: "DeadlineExceeded", .. }));
     }
 
     #[test]
     fn daemon_placement() {
-        let t = json!({"spec": {"nodeSelector": {"disk": "ssd"}, "tolerations": [{"key": "gpu", "operator": "Exists", "effect": "NoSchedule"}]}});
-        assert!(daemon_fits(&t, &json!({"metadata": {"labels": {"disk": "ssd"}}, "spec": {"taints": [{"key": "gpu", "effect": "NoSchedule"}]}})));
-        assert!(!daemon_fits(&t, &json!({"metadata": {"labels": {"disk": "hdd"}}})));
-        assert!(!daemon_fits(&t, &json!({"metadata": {"labels": {"disk": "ssd"}}, "spec": {"taints": [{"key": "other", "effect": "NoExecute"}]}})));
-        assert!(daemon_fits(&t, &json!({"metadata": {"labels": {"disk": "ssd"}}, "spec": {"taints": [{"key": "node.kubernetes.io/unreachable", "effect": "NoExecute"}]}})));
+        let t = Obj::from(json!({"spec": {"nodeSelector": {"disk": "ssd"}, "tolerations": [{"key": "gpu", "operator": "Exists", "effect": "NoSchedule"}]}}));
+        assert!(daemon_fits(&t, &Obj::from(json!({"metadata": {"labels": {"disk": "ssd"}}, "spec": {"taints": [{"key": "gpu", "effect": "NoSchedule"}]}}))));
+        assert!(!daemon_fits(&t, &Obj::from(json!({"metadata": {"labels": {"disk": "hdd"}}}))));
+        assert!(!daemon_fits(&t, &Obj::from(json!({"metadata": {"labels": {"disk": "ssd"}}, "spec": {"taints": [{"key": "other", "effect": "NoExecute"}]}}))));
+        assert!(daemon_fits(&t, &Obj::from(json!({"metadata": {"labels": {"disk": "ssd"}}, "spec": {"taints": [{"key": "node.kubernetes.io/unreachable", "effect": "NoExecute"}]}}))));
     }
 
     #[test]

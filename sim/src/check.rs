@@ -150,7 +150,10 @@ impl Budget {
         let Some(pod) = key.strip_prefix(b"pods/").filter(|_| key.starts_with(crate::disruption::POD_PREFIX.as_bytes())) else { return None };
         let pod = String::from_utf8_lossy(pod).to_string();
         let p: Option<serde_json::Value> = value.and_then(|v| serde_json::from_slice(v).ok());
-        let healthy = p.as_ref().is_some_and(|p| controllers::podutil::is_active(p) && controllers::podutil::is_ready(p));
+        let healthy = p.as_ref().is_some_and(|p| {
+            let p = client::obj::Obj::from(p);
+            controllers::podutil::is_active(&p) && controllers::podutil::is_ready(&p)
+        });
         let was = self.ready.contains(&pod);
         if healthy {
             self.ready.insert(pod);

@@ -15,6 +15,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use client::obj::Obj;
 use serde_json::{Value, json};
 
 use crate::Bug;
@@ -63,10 +64,10 @@ pub async fn sync(world: &World, home: u64) {
     tokio::time::sleep(Duration::from_millis(world.range(0, 200))).await;
     let (Some(pods), Some(rss)) = (list_from(world, Some(home), POD_PREFIX).await, list_from(world, Some(home), &format!("{RS}{NAME}")).await) else { return };
     let Some((key, rev, mut pdb)) = pdbs.iter().find_map(object) else { return };
-    let pods: Vec<Arc<Value>> = pods.iter().filter_map(object).map(|(_, _, p)| Arc::new(p)).filter(|p| controllers::podutil::is_active(p)).collect();
+    let pods: Vec<Arc<Obj>> = pods.iter().filter_map(object).map(|(_, _, p)| Arc::new(Obj::from(p))).filter(|p| controllers::podutil::is_active(p)).collect();
     let scale = rss.iter().find_map(object).and_then(|(_, _, rs)| rs["spec"]["replicas"].as_i64());
     let (now, now_s) = wall(world);
-    let (mut status, _) = controllers::run::disruption_status(&pdb, &pods, scale, now_s, &now);
+    let (mut status, _) = controllers::run::disruption_status(&Obj::from(&pdb), &pods, scale, now_s, &now);
     // What a merge patch does with the `null`s: the entries go.
     if let Some(m) = status["disruptedPods"].as_object_mut() {
         m.retain(|_, v| !v.is_null());
@@ -91,7 +92,10 @@ pub async fn drain(world: Arc<World>, me: usize, until: tokio::time::Instant) {
         let (Some(pdbs), Some(pods)) = (list_from(&world, None, PDB_KEY).await, list_from(&world, None, POD_PREFIX).await) else { continue };
         let Some((pkey, prev, pdb)) = pdbs.iter().find_map(object) else { continue };
         let running: Vec<(String, u64, Value)> =
-            pods.iter().filter_map(object).filter(|(_, _, p)| controllers::podutil::is_active(p) && controllers::podutil::is_ready(p)).collect();
+            pods.iter().filter_map(object).filter(|(_, _, p)| {
+                let p = Obj::from(p);
+                controllers::podutil::is_active(&p) && controllers::podutil::is_ready(&p)
+            }).collect();
         let Some((key, rev, _)) = world.pick(&running) else { continue };
         let pod = key[PODS.len()..].to_string();
         let (now, _) = wall(&world);

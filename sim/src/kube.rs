@@ -27,6 +27,7 @@ use bytes::Bytes;
 use controllers::replicaset::{decide, pod_from_template};
 use controllers::deployment::{HASH_LABEL, Rs, new_rs_replicas, scale_down_old, surge_unavailable, template_hash};
 use controllers::workloads::{JobStep, job_step};
+use client::obj::Obj;
 use serde_json::{Value, json};
 use storage::{Command, Compare, CompareOp, CompareTarget, DeleteRequest, KeyRange, KeyValue, PutRequest, TxnOp, TxnRequest};
 
@@ -127,7 +128,7 @@ pub async fn create_deployments(world: &World) -> bool {
 /// A ReplicaSet's pods that are Running and Ready.
 fn available(pods: &[(String, u64, Value)], rs: &str) -> i64 {
     pods.iter()
-        .filter(|(_, _, p)| p["metadata"]["ownerReferences"][0]["name"] == rs && controllers::podutil::is_active(p) && controllers::podutil::is_ready(p))
+        .filter(|(_, _, p)| p["metadata"]["ownerReferences"][0]["name"] == rs && is_active(p) && controllers::podutil::is_ready(&Obj::from(p)))
         .count() as i64
 }
 
@@ -142,7 +143,7 @@ pub async fn sync_deployments(world: &World, home: u64) {
         let (Some(rss), Some(pods)) = (list_from(world, Some(home), &format!("{RS}{name}-")).await, list_from(world, Some(home), &format!("{PODS}{name}-")).await) else { return };
         let pods = parse_all(&pods);
         let replicas = d["spec"]["replicas"].as_i64().unwrap_or(1);
-        let hash = template_hash(&d["spec"]["template"]);
+        let hash = template_hash(&Obj::from(&d["spec"]["template"]));
         let new_name = format!("{name}-{hash}");
         let mut sets: Vec<(String, u64, Value, Rs)> = rss
             .iter()
@@ -166,7 +167,7 @@ pub async fn sync_deployments(world: &World, home: u64) {
             }
             continue;
         }
-        let (surge, unavailable) = surge_unavailable(&d);
+        let (surge, unavailable) = surge_unavailable(&Obj::from(&d));
         let all: Vec<Rs> = sets.iter().map(|s| s.3.clone()).collect();
         let new = all.iter().find(|r| r.name == new_name).cloned().expect("the new set is there");
         let old: Vec<Rs> = all.iter().filter(|r| r.name != new_name).cloned().collect();
@@ -223,8 +224,8 @@ pub async fn sync_jobs(world: &World, home: u64) {
         let name = job["metadata"]["name"].as_str().unwrap_or("").to_string();
         let Some(pods) = list_from(world, Some(home), &format!("{PODS}{name}-")).await else { return };
         let pods: Vec<(String, u64, Value)> = parse_all(&pods);
-        let arcs: Vec<Arc<Value>> = pods.iter().map(|(_, _, p)| Arc::new(p.clone())).collect();
-        match job_step(&job, &arcs, 0) {
+        let arcs: Vec<Arc<Obj>> = pods.iter().map(|(_, _, p)| Arc::new(Obj::from(p))).collect();
+        match job_step(&Obj::from(&job), &arcs, 0) {
             JobStep::Wait => {}
             JobStep::Create(n) => {
                 for _ in 0..n {
@@ -248,13 +249,18 @@ pub async fn sync_jobs(world: &World, home: u64) {
                 }
                 world.log("kube", format!("cm-{home}: job {name} {kind} ({reason})"));
                 for (pkey, prev, p) in &pods {
-                    if controllers::podutil::is_active(p) {
+                    if is_active(p) {
                         let _ = write_from(world, Some(home), delete(pkey, unchanged(pkey, *prev))).await;
                     }
                 }
             }
         }
     }
+}
+
+/// The controllers' rule for an active pod, over the simulation's `Value`s.
+fn is_active(p: &Value) -> bool {
+    controllers::podutil::is_active(&Obj::from(p))
 }
 
 fn parse_all(kvs: &[KeyValue]) -> Vec<(String, u64, Value)> {
@@ -267,10 +273,10 @@ pub async fn sync_replicasets(world: &World, home: u64) {
     for (_, _, rs) in parse_all(&rss) {
         let name = rs["metadata"]["name"].as_str().unwrap_or("").to_string();
         let Some(pods) = list_from(world, Some(home), &format!("{PODS}{name}-")).await else { return };
-        let active: Vec<Arc<Value>> = parse_all(&pods).into_iter().map(|(_, _, p)| Arc::new(p)).filter(|p| controllers::podutil::is_active(p)).collect();
+        let active: Vec<Arc<Obj>> = parse_all(&pods).into_iter().map(|(_, _, p)| Arc::new(Obj::from(p))).filter(|p| controllers::podutil::is_active(p)).collect();
         let d = decide(rs["spec"]["replicas"].as_i64().unwrap_or(0), &active);
         for _ in 0..d.create {
-            let mut pod = pod_from_template(&rs);
+            let mut pod = pod_from_template(&Obj::from(&rs));
             let pod_name = format!("{name}-{:010x}", world.range(0, 1 << 40));
             pod["metadata"]["name"] = json!(pod_name);
             if let Some(m) = pod["metadata"].as_object_mut() {
@@ -294,7 +300,7 @@ pub async fn scheduler(world: Arc<World>, me: usize) {
     while !world.done.load(std::sync::atomic::Ordering::SeqCst) && !world.failed() {
         tokio::time::sleep(Duration::from_millis(world.range(20, 200))).await;
         let (Some(pods), Some(nodes)) = (list_from(&world, None, PODS).await, list_from(&world, None, NODES).await) else { continue };
-        let pending: Vec<(String, u64, Value)> = parse_all(&pods).into_iter().filter(|(_, _, p)| p["spec"]["nodeName"].is_null() && controllers::podutil::is_active(p)).collect();
+        let pending: Vec<(String, u64, Value)> = parse_all(&pods).into_iter().filter(|(_, _, p)| p["spec"]["nodeName"].is_null() && is_active(p)).collect();
         let nodes: Vec<String> = parse_all(&nodes).into_iter().filter_map(|(_, _, n)| n["metadata"]["name"].as_str().map(String::from)).collect();
         let (Some((key, rev, mut pod)), Some(node)) = (world.pick(&pending), world.pick(&nodes)) else { continue };
         // Two schedulers may have picked the same pod from the same snapshot.
@@ -324,7 +330,7 @@ pub async fn kubelet(world: Arc<World>, name: String) {
         // Only this node's pods are parsed (the rest are skipped on their bytes).
         for kv in pods.iter().filter(|kv| memchr_find(&kv.value, bound.as_bytes())) {
             let Some((pkey, rev, mut pod)) = object(kv) else { continue };
-            if !controllers::podutil::is_active(&pod) {
+            if !is_active(&pod) {
                 continue;
             }
             let what = if pod["status"]["phase"] != "Running" {
@@ -413,7 +419,7 @@ pub async fn converged(world: &World) -> Result<(), String> {
         let rs_all = parse_all(&rss);
         for (_, _, d) in parse_all(&ds) {
             let name = d["metadata"]["name"].as_str().unwrap_or("");
-            let new_name = format!("{name}-{}", template_hash(&d["spec"]["template"]));
+            let new_name = format!("{name}-{}", template_hash(&Obj::from(&d["spec"]["template"])));
             let want = d["spec"]["replicas"].as_i64().unwrap_or(1);
             let specs: Vec<(String, i64)> = rs_all
                 .iter()
@@ -435,7 +441,7 @@ pub async fn converged(world: &World) -> Result<(), String> {
         for (_, _, rs) in parse_all(&rss) {
             let name = rs["metadata"]["name"].as_str().unwrap_or("");
             let want = rs["spec"]["replicas"].as_i64().unwrap_or(0) as usize;
-            let mine: Vec<&Value> = pods.iter().map(|(_, _, p)| p).filter(|p| p["metadata"]["ownerReferences"][0]["name"] == name && controllers::podutil::is_active(p)).collect();
+            let mine: Vec<&Value> = pods.iter().map(|(_, _, p)| p).filter(|p| p["metadata"]["ownerReferences"][0]["name"] == name && is_active(p)).collect();
             let running = mine.iter().filter(|p| p["status"]["phase"] == "Running" && p["spec"]["nodeName"].is_string()).count();
             if mine.len() != want || running != want {
                 off.push(format!("{name} wants {want}, has {} active ({running} bound and Running)", mine.len()));

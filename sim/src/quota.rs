@@ -83,7 +83,7 @@ pub async fn sync(world: &World, home: u64, pending: &mut Pending) {
         pending.0 = None;
         return;
     }
-    if controllers::run::quota_lowers(&used, &quota["status"]["used"]) && !world.bug(Bug::QuotaLoweredAtOnce) {
+    if controllers::run::quota_lowers(&used, &client::obj::Obj::from(&quota["status"]["used"])) && !world.bug(Bug::QuotaLoweredAtOnce) {
         match controllers::run::lowering_gate(pending.0.as_ref().map(|(s, at)| (s, at.elapsed())), &status) {
             controllers::run::LoweringGate::Write => {}
             controllers::run::LoweringGate::Wait(_) => return,

@@ -10,7 +10,7 @@
 use super::*;
 
 /// The owner as a controller reference.
-fn reference(owner: &Value, api_version: &str, kind: &str) -> Value {
+fn reference(owner: &Obj, api_version: &str, kind: &str) -> Value {
     json!({"apiVersion": api_version, "kind": kind, "name": owner["metadata"]["name"], "uid": owner["metadata"]["uid"], "controller": true, "blockOwnerDeletion": true})
 }
 
@@ -23,7 +23,7 @@ pub(super) enum Claim {
     Ignore,
 }
 
-pub(super) fn decide(owner: &Value, selector: &Value, obj: &Value) -> Claim {
+pub(super) fn decide(owner: &Obj, selector: &Obj, obj: &Obj) -> Claim {
     let uid = &owner["metadata"]["uid"];
     let mine = controller_of(obj).is_some_and(|c| c["uid"] == *uid);
     // No selector (a Job whose selector was never generated): what it owns is its own, and
@@ -48,14 +48,14 @@ pub(super) fn decide(owner: &Value, selector: &Value, obj: &Value) -> Claim {
 /// API path (for the patches).
 pub(super) async fn claim(
     client: &Client,
-    owner: &Value,
+    owner: &Obj,
     owner_path: &str,
     (api_version, kind): (&str, &str),
-    selector: &Value,
-    owned: Vec<Arc<Value>>,
-    orphans: Vec<Arc<Value>>,
-    path: impl Fn(&Value) -> String,
-) -> Result<Vec<Arc<Value>>, String> {
+    selector: &Obj,
+    owned: Vec<Arc<Obj>>,
+    orphans: Vec<Arc<Obj>>,
+    path: impl Fn(&Obj) -> String,
+) -> Result<Vec<Arc<Obj>>, String> {
     let mut out = Vec::with_capacity(owned.len());
     let mut fresh_checked = false;
     for o in owned.into_iter().chain(orphans) {
@@ -63,7 +63,7 @@ pub(super) async fn claim(
             Claim::Keep => out.push(o),
             Claim::Ignore => {}
             Claim::Release => {
-                let refs: Vec<Value> = o["metadata"]["ownerReferences"].as_array().into_iter().flatten().filter(|r| r["uid"] != owner["metadata"]["uid"]).cloned().collect();
+                let refs: Vec<Obj> = o["metadata"]["ownerReferences"].as_array().into_iter().flatten().filter(|r| r["uid"] != owner["metadata"]["uid"]).cloned().collect();
                 let patch = json!({"metadata": {"ownerReferences": refs, "resourceVersion": o["metadata"]["resourceVersion"]}});
                 match client.merge_patch_quiet(&path(&o), &patch).await {
                     Ok(()) | Err(ClientError::Status { code: 404 | 409, .. }) => {}
@@ -79,11 +79,11 @@ pub(super) async fn claim(
                     }
                     fresh_checked = true;
                 }
-                let mut refs: Vec<Value> = o["metadata"]["ownerReferences"].as_array().cloned().unwrap_or_default();
+                let mut refs: Vec<Value> = o["metadata"]["ownerReferences"].as_array().into_iter().flatten().map(Obj::to_value).collect();
                 refs.push(reference(owner, api_version, kind));
                 let patch = json!({"metadata": {"ownerReferences": refs, "resourceVersion": o["metadata"]["resourceVersion"]}});
                 match client.merge_patch(&path(&o), &patch).await {
-                    Ok(v) => out.push(Arc::new(v)),
+                    Ok(v) => out.push(Arc::new(Obj::from(v))),
                     Err(ClientError::Status { code: 404 | 409, .. }) => {}
                     Err(e) => return Err(err(e)),
                 }
@@ -96,6 +96,11 @@ pub(super) async fn claim(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `decide` over the `Value`s the table builds.
+    fn decide(owner: &Value, selector: &Value, obj: &Value) -> Claim {
+        super::decide(&Obj::from(owner), &Obj::from(selector), &Obj::from(obj))
+    }
 
     #[test]
     fn adopt_orphans_that_match_release_what_stopped_matching() {

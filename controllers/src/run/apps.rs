@@ -51,12 +51,12 @@ impl Replicas {
     }
 
     /// The label selector (a ReplicationController's map as `matchLabels`).
-    pub(super) fn selector(self, obj: &Value) -> Value {
+    pub(super) fn selector(self, obj: &Obj) -> Obj {
         match self {
             Replicas::Set => obj["spec"]["selector"].clone(),
             Replicas::Controller => {
                 let map = if obj["spec"]["selector"].is_object() { obj["spec"]["selector"].clone() } else { obj["spec"]["template"]["metadata"]["labels"].clone() };
-                json!({"matchLabels": map})
+                Obj::from(json!({"matchLabels": map}))
             }
         }
     }
@@ -75,16 +75,16 @@ pub(super) async fn sync_replicas(ctx: &Ctx, key: &str, which: Replicas) -> Res 
     let rs = if which == Replicas::Set {
         raw
     } else {
-        let mut v = (*raw).clone();
-        v["spec"]["selector"] = which.selector(&raw);
-        Arc::new(v)
+        let mut v = raw.to_value();
+        v["spec"]["selector"] = which.selector(&raw).to_value();
+        Arc::new(Obj::from(v))
     };
     let (ns, rs_name) = split(key);
     let rs_path = which.path(ns, rs_name);
     let kind = which.kind();
     let ctl = which.ctl();
     let pods = claimed_pods(ctx, ctl, &rs, kind, &rs_path).await?;
-    let active: Vec<Arc<Value>> = pods.iter().filter(|p| is_active(p)).cloned().collect();
+    let active: Vec<Arc<Obj>> = pods.iter().filter(|p| is_active(p)).cloned().collect();
     if ctx.exp.satisfied(&exp_key) {
         let d = rsc::decide(rs["spec"]["replicas"].as_i64().unwrap_or(1), &active);
         if d.create > 0 || !d.delete.is_empty() {
@@ -141,7 +141,7 @@ pub(super) async fn sync_replicas(ctx: &Ctx, key: &str, which: Replicas) -> Res 
 
 // ---------------------------------------------------------------- Deployment
 
-pub(super) fn rs_view(r: &Value) -> Rs {
+pub(super) fn rs_view(r: &Obj) -> Rs {
     Rs {
         name: r["metadata"]["name"].as_str().unwrap_or("").to_string(),
         spec: r["spec"]["replicas"].as_i64().unwrap_or(0),
@@ -150,11 +150,11 @@ pub(super) fn rs_view(r: &Value) -> Rs {
     }
 }
 
-pub(super) fn revision(r: &Value) -> i64 {
+pub(super) fn revision(r: &Obj) -> i64 {
     r["metadata"]["annotations"][REVISION].as_str().and_then(|s| s.parse().ok()).unwrap_or(0)
 }
 
-pub(super) async fn scale_rs(ctx: &Ctx, ns: &str, name: &str, replicas: i64, d: &Value) -> Result<(), String> {
+pub(super) async fn scale_rs(ctx: &Ctx, ns: &str, name: &str, replicas: i64, d: &Obj) -> Result<(), String> {
     let path = format!("/apis/apps/v1/namespaces/{ns}/replicasets/{name}");
     let patch = json!({"metadata": {"annotations": {"deployment.kubernetes.io/desired-replicas": d["spec"]["replicas"].as_i64().unwrap_or(1).to_string()}}, "spec": {"replicas": replicas}});
     ctx.c(Ctl::Deployment).merge_patch_quiet(&path, &patch).await.map_err(err)?;
@@ -170,29 +170,27 @@ pub(super) async fn sync_deployment(ctx: &Ctx, key: &str) -> Res {
     let (ns, name) = split(key);
     let uid = d["metadata"]["uid"].as_str().unwrap_or("");
     // The ReplicaSets it controls, orphans its selector matches adopted (ControllerRefManager).
-    let owned: Vec<Arc<Value>> = ctx.rs.owned_by(uid).into_iter().filter(|r| controller_of(r).is_some_and(|o| o["uid"] == uid)).collect();
-    let rs_path = |r: &Value| format!("/apis/apps/v1/namespaces/{ns}/replicasets/{}", r["metadata"]["name"].as_str().unwrap_or(""));
+    let owned: Vec<Arc<Obj>> = ctx.rs.owned_by(uid).into_iter().filter(|r| controller_of(r).is_some_and(|o| o["uid"] == uid)).collect();
+    let rs_path = |r: &Obj| format!("/apis/apps/v1/namespaces/{ns}/replicasets/{}", r["metadata"]["name"].as_str().unwrap_or(""));
     let d_path = format!("/apis/apps/v1/namespaces/{ns}/deployments/{name}");
     let claimed = super::adopt::claim(ctx.c(Ctl::Deployment), &d, &d_path, ("apps/v1", "Deployment"), &d["spec"]["selector"], owned, ctx.rs.orphans_in(ns), rs_path).await?;
-    let rss: Vec<Arc<Value>> = claimed.into_iter().filter(|r| r["metadata"].get("deletionTimestamp").is_none()).collect();
+    let rss: Vec<Arc<Obj>> = claimed.into_iter().filter(|r| r["metadata"].get("deletionTimestamp").is_none()).collect();
     let template = &d["spec"]["template"];
     let hash = dep::template_hash(template);
     // The new set is the one whose template, without the hash label, is the deployment's
     // (so a rollback to an old template reuses its set, as Kubernetes' EqualIgnoreHash).
-    let same_template = |r: &Value| {
-        let mut t = r["spec"]["template"].clone();
+    let without_hash = |t: &Obj| {
+        let mut t = dep::normalize(t);
         if let Some(l) = t["metadata"]["labels"].as_object_mut() {
             l.remove(HASH_LABEL);
         }
-        let mut want = template.clone();
-        if let Some(l) = want["metadata"]["labels"].as_object_mut() {
-            l.remove(HASH_LABEL);
-        }
-        dep::normalize(&t) == dep::normalize(&want)
+        t
     };
+    let want = without_hash(template);
+    let same_template = |r: &Obj| without_hash(&r["spec"]["template"]) == want;
     let new = rss.iter().find(|r| same_template(r)).or_else(|| rss.iter().find(|r| r["metadata"]["labels"][HASH_LABEL] == hash.as_str())).cloned();
     let new_uid = new.as_ref().map(|n| n["metadata"]["uid"].clone());
-    let olds: Vec<Arc<Value>> = rss.iter().filter(|r| Some(&r["metadata"]["uid"]) != new_uid.as_ref()).cloned().collect();
+    let olds: Vec<Arc<Obj>> = rss.iter().filter(|r| Some(&r["metadata"]["uid"]) != new_uid.as_ref()).cloned().collect();
     let max_old_rev = olds.iter().map(|r| revision(r)).max().unwrap_or(0);
     let replicas = d["spec"]["replicas"].as_i64().unwrap_or(1);
     let paused = d["spec"]["paused"].as_bool() == Some(true);
@@ -212,11 +210,11 @@ pub(super) async fn sync_deployment(ctx: &Ctx, key: &str) -> Res {
             let probe = Rs { name: String::new(), spec: 0, available: 0, created: 0 };
             dep::new_rs_replicas(replicas, surge, &old_views, &probe)
         };
-        let mut labels = template["metadata"]["labels"].clone();
+        let mut labels = template["metadata"]["labels"].to_value();
         labels[HASH_LABEL] = json!(hash);
-        let mut tmpl = template.clone();
+        let mut tmpl = template.to_value();
         tmpl["metadata"]["labels"] = labels.clone();
-        let mut selector = d["spec"]["selector"].clone();
+        let mut selector = d["spec"]["selector"].to_value();
         selector["matchLabels"][HASH_LABEL] = json!(hash);
         let rs = json!({
             "apiVersion": "apps/v1", "kind": "ReplicaSet",
@@ -278,7 +276,7 @@ pub(super) async fn sync_deployment(ctx: &Ctx, key: &str) -> Res {
         }
         // revisionHistoryLimit: old sets scaled to nothing beyond the limit go.
         let limit = d["spec"]["revisionHistoryLimit"].as_i64().unwrap_or(10).max(0) as usize;
-        let mut idle: Vec<&Arc<Value>> = olds.iter().filter(|r| r["spec"]["replicas"].as_i64() == Some(0) && r["status"]["replicas"].as_i64().unwrap_or(0) == 0).collect();
+        let mut idle: Vec<&Arc<Obj>> = olds.iter().filter(|r| r["spec"]["replicas"].as_i64() == Some(0) && r["status"]["replicas"].as_i64().unwrap_or(0) == 0).collect();
         if idle.len() > limit {
             idle.sort_by_key(|r| revision(r));
             for r in &idle[..idle.len() - limit] {
@@ -288,23 +286,19 @@ pub(super) async fn sync_deployment(ctx: &Ctx, key: &str) -> Res {
         }
     }
     // Status, with the progress deadline.
-    let all: Vec<&Value> = rss.iter().map(|r| &**r).collect();
+    let all: Vec<&Obj> = rss.iter().map(|r| &**r).collect();
     let deadline = Duration::from_secs(d["spec"]["progressDeadlineSeconds"].as_u64().unwrap_or(600));
     let progressing = d["status"]["conditions"].as_array().and_then(|a| a.iter().find(|c| c["type"] == "Progressing")).cloned();
     let since = progressing.as_ref().and_then(|c| podutil::ts(&c["lastUpdateTime"])).unwrap_or(now_unix());
     let passed = now_unix() - since > deadline.as_secs() as i64;
     let status = dep::status(&d, Some(&new), &all, &d["status"], &now_rfc3339(), passed);
-    let same = |a: &Value, b: &Value| {
-        let strip = |v: &Value| {
-            let mut v = v.clone();
-            for c in v["conditions"].as_array_mut().into_iter().flatten() {
-                c.as_object_mut().map(|m| m.remove("lastUpdateTime"));
-            }
-            v
-        };
-        strip(a) == strip(b)
+    let strip = |mut v: Value| {
+        for c in v["conditions"].as_array_mut().into_iter().flatten() {
+            c.as_object_mut().map(|m| m.remove("lastUpdateTime"));
+        }
+        v
     };
-    if !same(&status, &d["status"]) {
+    if strip(status.clone()) != strip(d["status"].to_value()) {
         match ctx.c(Ctl::Deployment).merge_patch_quiet(&format!("/apis/apps/v1/namespaces/{ns}/deployments/{name}/status"), &json!({"status": status})).await {
             Ok(()) | Err(ClientError::Status { code: 404, .. }) => {}
             Err(e) => return Err(err(e)),

@@ -7,34 +7,34 @@ use super::*;
 
 use crate::workloads::{self, JobStep, SetStep};
 
-pub(super) fn owned_pods(ctx: &Ctx, uid: &str) -> Vec<Arc<Value>> {
+pub(super) fn owned_pods(ctx: &Ctx, uid: &str) -> Vec<Arc<Obj>> {
     ctx.pods.owned_by(uid).into_iter().filter(|p| controller_of(p).is_some_and(|o| o["uid"] == uid)).collect()
 }
 
 /// The pods `owner` controls, after adopting the orphans its selector matches and releasing
 /// those it no longer does (`adopt.rs`). `kind` is (apiVersion, kind); `owner_path` its path.
-pub(super) async fn claimed_pods(ctx: &Ctx, ctl: Ctl, owner: &Value, kind: (&str, &str), owner_path: &str) -> Result<Vec<Arc<Value>>, String> {
+pub(super) async fn claimed_pods(ctx: &Ctx, ctl: Ctl, owner: &Obj, kind: (&str, &str), owner_path: &str) -> Result<Vec<Arc<Obj>>, String> {
     let ns = owner["metadata"]["namespace"].as_str().unwrap_or("").to_string();
     let owned = owned_pods(ctx, owner["metadata"]["uid"].as_str().unwrap_or(""));
     let orphans = ctx.pods.orphans_in(&ns);
-    let path = |p: &Value| format!("/api/v1/namespaces/{ns}/pods/{}", p["metadata"]["name"].as_str().unwrap_or(""));
+    let path = |p: &Obj| format!("/api/v1/namespaces/{ns}/pods/{}", p["metadata"]["name"].as_str().unwrap_or(""));
     super::adopt::claim(ctx.c(ctl), owner, owner_path, kind, &owner["spec"]["selector"], owned, orphans, path).await
 }
 
-pub(super) fn pod_for(owner: &Value, api_version: &str, kind: &str, name: Option<String>) -> Value {
+pub(super) fn pod_for(owner: &Obj, api_version: &str, kind: &str, name: Option<String>) -> Value {
     let t = &owner["spec"]["template"];
-    let mut meta = if t["metadata"].is_object() { t["metadata"].clone() } else { json!({}) };
+    let mut meta = if t["metadata"].is_object() { t["metadata"].to_value() } else { json!({}) };
     let oname = owner["metadata"]["name"].as_str().unwrap_or("");
     match name {
         Some(n) => meta["name"] = json!(n),
         None => meta["generateName"] = json!(format!("{oname}-")),
     }
-    meta["namespace"] = owner["metadata"]["namespace"].clone();
+    meta["namespace"] = owner["metadata"]["namespace"].to_value();
     meta["ownerReferences"] = json!([{"apiVersion": api_version, "kind": kind, "name": oname, "uid": owner["metadata"]["uid"], "controller": true, "blockOwnerDeletion": true}]);
     if let Some(m) = meta.as_object_mut() {
         m.remove("creationTimestamp");
     }
-    json!({"apiVersion": "v1", "kind": "Pod", "metadata": meta, "spec": t["spec"]})
+    json!({"apiVersion": "v1", "kind": "Pod", "metadata": meta, "spec": t["spec"].to_value()})
 }
 
 pub(super) async fn create_pods(ctx: &Ctx, ctl: Ctl, ns: &str, pods: Vec<Value>) -> Result<(), String> {
@@ -48,7 +48,7 @@ pub(super) async fn create_pods(ctx: &Ctx, ctl: Ctl, ns: &str, pods: Vec<Value>)
     Ok(())
 }
 
-pub(super) async fn patch_status(ctx: &Ctx, ctl: Ctl, path: String, cur: &Value, status: Value) -> Result<(), String> {
+pub(super) async fn patch_status(ctx: &Ctx, ctl: Ctl, path: String, cur: &Obj, status: Value) -> Result<(), String> {
     let changed = status.as_object().into_iter().flatten().any(|(k, v)| cur[k] != *v);
     if !changed {
         return Ok(());
@@ -127,8 +127,8 @@ pub(super) async fn sync_daemonset(ctx: &Ctx, key: &str) -> Res {
     let (ns, name) = split(key);
     let hash = dep::template_hash(&ds["spec"]["template"]);
     let ds_path = format!("/apis/apps/v1/namespaces/{ns}/daemonsets/{name}");
-    let pods: Vec<Arc<Value>> = claimed_pods(ctx, Ctl::DaemonSet, &ds, ("apps/v1", "DaemonSet"), &ds_path).await?.into_iter().filter(|p| is_active(p)).collect();
-    let node_of = |p: &Value| -> String {
+    let pods: Vec<Arc<Obj>> = claimed_pods(ctx, Ctl::DaemonSet, &ds, ("apps/v1", "DaemonSet"), &ds_path).await?.into_iter().filter(|p| is_active(p)).collect();
+    let node_of = |p: &Obj| -> String {
         p["spec"]["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"][0]["matchFields"][0]["values"][0]
             .as_str()
             .or(p["spec"]["nodeName"].as_str())
@@ -138,7 +138,7 @@ pub(super) async fn sync_daemonset(ctx: &Ctx, key: &str) -> Res {
     let nodes = ctx.nodes.list();
     let eligible: Vec<String> = nodes.iter().filter(|n| workloads::daemon_fits(&ds["spec"]["template"], n)).filter_map(|n| n["metadata"]["name"].as_str().map(String::from)).collect();
     // The set's pods by node, once (every step below reads them per node).
-    let mut by_node: std::collections::HashMap<String, Vec<&Arc<Value>>> = std::collections::HashMap::new();
+    let mut by_node: std::collections::HashMap<String, Vec<&Arc<Obj>>> = std::collections::HashMap::new();
     for p in &pods {
         by_node.entry(node_of(p)).or_default().push(p);
     }
@@ -150,7 +150,7 @@ pub(super) async fn sync_daemonset(ctx: &Ctx, key: &str) -> Res {
     let desired = eligible.len() as i64;
     let max_surge = dep::resolve(&ru["maxSurge"], desired, true, "0");
     let max_unavailable = dep::resolve(&ru["maxUnavailable"], desired, true, "1");
-    let current = |p: &Value| p["metadata"]["labels"]["controller-revision-hash"] == hash.as_str();
+    let current = |p: &Obj| p["metadata"]["labels"]["controller-revision-hash"] == hash.as_str();
     let (surge_on, roll_delete) = if rolling {
         let per_node: Vec<workloads::DaemonNode> = eligible
             .iter()
@@ -180,13 +180,13 @@ pub(super) async fn sync_daemonset(ctx: &Ctx, key: &str) -> Res {
     }
     create_pods(ctx, Ctl::DaemonSet, ns, create).await?;
     // Pods on nodes that no longer fit, and the old pods the rollout lets go.
-    let mut delete: Vec<&Arc<Value>> = pods.iter().filter(|p| !eligible_set.contains(node_of(p).as_str())).collect();
+    let mut delete: Vec<&Arc<Obj>> = pods.iter().filter(|p| !eligible_set.contains(node_of(p).as_str())).collect();
     delete.extend(pods.iter().filter(|p| roll_delete.iter().any(|d| p["metadata"]["name"].as_str() == Some(d.as_str()))));
     for p in delete {
         let _ = ctx.c(Ctl::DaemonSet).delete(&format!("/api/v1/namespaces/{ns}/pods/{}", p["metadata"]["name"].as_str().unwrap_or("")), &json!({})).await;
     }
     // Counted per node (a node surging holds two pods), as Kubernetes counts them.
-    let nodes_where = |f: &dyn Fn(&Value) -> bool| eligible.iter().filter(|n| on(n).iter().any(|p| f(p))).count();
+    let nodes_where = |f: &dyn Fn(&Obj) -> bool| eligible.iter().filter(|n| on(n).iter().any(|p| f(p))).count();
     let scheduled = nodes_where(&|_| true);
     let ready = nodes_where(&|p| podutil::is_ready(p));
     let misscheduled = by_node.keys().filter(|n| !eligible_set.contains(n.as_str())).count();
@@ -206,14 +206,14 @@ pub(super) async fn sync_daemonset(ctx: &Ctx, key: &str) -> Res {
 
 /// (volume, claim name) of each of the set's volumeClaimTemplates for ordinal `o`
 /// (`<template>-<set>-<o>`, Kubernetes' names).
-fn claims_of(sts: &Value, o: i64) -> Vec<(String, String)> {
+fn claims_of(sts: &Obj, o: i64) -> Vec<(String, String)> {
     let set = sts["metadata"]["name"].as_str().unwrap_or("");
     sts["spec"]["volumeClaimTemplates"].as_array().into_iter().flatten().filter_map(|t| t["metadata"]["name"].as_str()).map(|t| (t.to_string(), format!("{t}-{set}-{o}"))).collect()
 }
 
 /// Creates ordinal `o`'s claims that do not exist: the template's spec, the set's selector
 /// labels, and under `whenDeleted: Delete` the set as owner (the collector takes them with it).
-async fn ensure_claims(ctx: &Ctx, sts: &Value, o: i64) -> Result<(), String> {
+async fn ensure_claims(ctx: &Ctx, sts: &Obj, o: i64) -> Result<(), String> {
     let ns = sts["metadata"]["namespace"].as_str().unwrap_or("");
     let owned = sts["spec"]["persistentVolumeClaimRetentionPolicy"]["whenDeleted"] == "Delete";
     for t in sts["spec"]["volumeClaimTemplates"].as_array().into_iter().flatten() {
@@ -222,9 +222,9 @@ async fn ensure_claims(ctx: &Ctx, sts: &Value, o: i64) -> Result<(), String> {
         if ctx.pvcs.get(&format!("{ns}/{claim}")).is_some() {
             continue;
         }
-        let mut labels = t["metadata"]["labels"].as_object().cloned().unwrap_or_default();
+        let mut labels: serde_json::Map<String, Value> = t["metadata"]["labels"].as_object().into_iter().flatten().map(|(k, v)| (k.to_string(), v.to_value())).collect();
         for (k, v) in sts["spec"]["selector"]["matchLabels"].as_object().into_iter().flatten() {
-            labels.insert(k.clone(), v.clone());
+            labels.insert(k.to_string(), v.to_value());
         }
         let mut pvc = json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim",
             "metadata": {"name": claim, "namespace": ns, "labels": labels, "annotations": t["metadata"]["annotations"]},
@@ -255,7 +255,7 @@ pub(super) async fn sync_statefulset(ctx: &Ctx, key: &str) -> Res {
     let hash = dep::template_hash(&sts["spec"]["template"]);
     let rev = format!("{name}-{hash}");
     let all = claimed_pods(ctx, Ctl::StatefulSet, &sts, ("apps/v1", "StatefulSet"), &format!("/apis/apps/v1/namespaces/{ns}/statefulsets/{name}")).await?;
-    let pods: Vec<Arc<Value>> = all.iter().filter(|p| p["metadata"].get("deletionTimestamp").is_none()).cloned().collect();
+    let pods: Vec<Arc<Obj>> = all.iter().filter(|p| p["metadata"].get("deletionTimestamp").is_none()).cloned().collect();
     let terminating = all.len() != pods.len();
     let replicas = sts["spec"]["replicas"].as_i64().unwrap_or(1);
     let parallel = sts["spec"]["podManagementPolicy"] == "Parallel";
@@ -310,7 +310,7 @@ pub(super) async fn sync_statefulset(ctx: &Ctx, key: &str) -> Res {
                 let rolling = sts["spec"]["updateStrategy"]["type"].as_str().unwrap_or("RollingUpdate") == "RollingUpdate";
                 let partition = sts["spec"]["updateStrategy"]["rollingUpdate"]["partition"].as_i64().unwrap_or(0).max(0);
                 let all_ready = pods.len() as i64 == replicas && pods.iter().all(|p| podutil::is_ready(p));
-                let ord = |p: &Arc<Value>| workloads::ordinal(name, p["metadata"]["name"].as_str().unwrap_or(""));
+                let ord = |p: &Arc<Obj>| workloads::ordinal(name, p["metadata"]["name"].as_str().unwrap_or(""));
                 if rolling && all_ready
                     && let Some(p) = pods.iter().filter(|p| p["metadata"]["labels"]["controller-revision-hash"] != rev.as_str() && ord(p).is_some_and(|o| o >= partition)).max_by_key(|p| ord(p))
                 {
@@ -334,7 +334,7 @@ pub(super) async fn sync_statefulset(ctx: &Ctx, key: &str) -> Res {
 
 // ---------------------------------------------------------------- CronJob
 
-pub(super) fn job_finished(j: &Value) -> Option<bool> {
+pub(super) fn job_finished(j: &Obj) -> Option<bool> {
     j["status"]["conditions"].as_array()?.iter().find(|c| (c["type"] == "Complete" || c["type"] == "Failed") && c["status"] == "True").map(|c| c["type"] == "Complete")
 }
 
@@ -366,9 +366,9 @@ pub(super) async fn sync_cronjob(ctx: &Ctx, key: &str) -> Res {
         },
     };
     let uid = cj["metadata"]["uid"].as_str().unwrap_or("");
-    let mut jobs: Vec<Arc<Value>> = ctx.jobs.owned_by(uid).into_iter().filter(|j| j["metadata"].get("deletionTimestamp").is_none()).collect();
+    let mut jobs: Vec<Arc<Obj>> = ctx.jobs.owned_by(uid).into_iter().filter(|j| j["metadata"].get("deletionTimestamp").is_none()).collect();
     jobs.sort_by_key(|j| podutil::ts(&j["metadata"]["creationTimestamp"]).unwrap_or(0));
-    let active: Vec<&Arc<Value>> = jobs.iter().filter(|j| job_finished(j).is_none()).collect();
+    let active: Vec<&Arc<Obj>> = jobs.iter().filter(|j| job_finished(j).is_none()).collect();
     let mut status = json!({
         "active": active.iter().map(|j| json!({"kind": "Job", "apiVersion": "batch/v1", "namespace": ns, "name": j["metadata"]["name"], "uid": j["metadata"]["uid"]})).collect::<Vec<_>>(),
         "lastScheduleTime": cj["status"]["lastScheduleTime"],
@@ -389,7 +389,7 @@ pub(super) async fn sync_cronjob(ctx: &Ctx, key: &str) -> Res {
                 }
             }
             let jt = &cj["spec"]["jobTemplate"];
-            let mut meta = if jt["metadata"].is_object() { jt["metadata"].clone() } else { json!({}) };
+            let mut meta = if jt["metadata"].is_object() { jt["metadata"].to_value() } else { json!({}) };
             let jname = format!("{name}-{}", t / 60);
             meta["name"] = json!(jname);
             meta["namespace"] = json!(ns);
@@ -406,7 +406,7 @@ pub(super) async fn sync_cronjob(ctx: &Ctx, key: &str) -> Res {
     }
     // History limits.
     for (ok, limit) in [(true, cj["spec"]["successfulJobsHistoryLimit"].as_i64().unwrap_or(3)), (false, cj["spec"]["failedJobsHistoryLimit"].as_i64().unwrap_or(1))] {
-        let done: Vec<&Arc<Value>> = jobs.iter().filter(|j| job_finished(j) == Some(ok)).collect();
+        let done: Vec<&Arc<Obj>> = jobs.iter().filter(|j| job_finished(j) == Some(ok)).collect();
         let extra = done.len().saturating_sub(limit.max(0) as usize);
         for j in &done[..extra] {
             let _ = ctx.c(Ctl::CronJob).delete(&format!("/apis/batch/v1/namespaces/{ns}/jobs/{}", j["metadata"]["name"].as_str().unwrap_or("")), &json!({"propagationPolicy": "Background"})).await;

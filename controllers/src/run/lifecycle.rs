@@ -59,7 +59,7 @@ pub(super) async fn sync_gc(ctx: &Ctx, key: &str) -> Res {
         }
     }
     if what == "dep" {
-        let refs = obj["metadata"]["ownerReferences"].as_array().cloned().unwrap_or_default();
+        let refs = obj["metadata"]["ownerReferences"].as_array().unwrap_or_default();
         if refs.is_empty() || obj["metadata"].get("deletionTimestamp").is_some() {
             return Ok(None);
         }
@@ -89,11 +89,11 @@ pub(super) async fn sync_gc(ctx: &Ctx, key: &str) -> Res {
     // An owner being deleted with a propagation finalizer.
     let uid = obj["metadata"]["uid"].as_str().unwrap_or("").to_string();
     let finalizers: Vec<String> = obj["metadata"]["finalizers"].as_array().into_iter().flatten().filter_map(|f| f.as_str().map(String::from)).collect();
-    let deps: Vec<(&str, Arc<Value>)> = ctx.dependent_informers().iter().flat_map(|(k, i)| i.owned_by(&uid).into_iter().map(move |d| (*k, d))).collect();
+    let deps: Vec<(&str, Arc<Obj>)> = ctx.dependent_informers().iter().flat_map(|(k, i)| i.owned_by(&uid).into_iter().map(move |d| (*k, d))).collect();
     let mut remaining = finalizers.clone();
     if finalizers.iter().any(|f| f == "orphan") {
         for (k, dv) in &deps {
-            let refs: Vec<Value> = dv["metadata"]["ownerReferences"].as_array().into_iter().flatten().filter(|r| r["uid"] != uid.as_str()).cloned().collect();
+            let refs: Vec<Obj> = dv["metadata"]["ownerReferences"].as_array().into_iter().flatten().filter(|r| r["uid"] != uid.as_str()).cloned().collect();
             let (dns, dn) = (dv["metadata"]["namespace"].as_str().unwrap_or(""), dv["metadata"]["name"].as_str().unwrap_or(""));
             let refs = if refs.is_empty() { Value::Null } else { json!(refs) };
             match ctx.c(Ctl::GarbageCollector).merge_patch_quiet(&api_path(k, dns, dn), &json!({"metadata": {"ownerReferences": refs}})).await {
@@ -104,7 +104,7 @@ pub(super) async fn sync_gc(ctx: &Ctx, key: &str) -> Res {
         remaining.retain(|f| f != "orphan");
     }
     if finalizers.iter().any(|f| f == "foregroundDeletion") {
-        let live: Vec<&(&str, Arc<Value>)> = deps.iter().collect();
+        let live: Vec<&(&str, Arc<Obj>)> = deps.iter().collect();
         if !live.is_empty() {
             for (k, dv) in live.iter().filter(|(_, d)| d["metadata"].get("deletionTimestamp").is_none()) {
                 let (dns, dn) = (dv["metadata"]["namespace"].as_str().unwrap_or(""), dv["metadata"]["name"].as_str().unwrap_or(""));
@@ -170,7 +170,7 @@ pub(super) async fn sync_root_ca(ctx: &Ctx, ns: &str) -> Res {
 
 // ---------------------------------------------------------------- Endpoints
 
-pub(super) fn target_port(port: &Value, pod: &Value) -> Option<i64> {
+pub(super) fn target_port(port: &Obj, pod: &Obj) -> Option<i64> {
     let tp = if port["targetPort"].is_null() { &port["port"] } else { &port["targetPort"] };
     if let Some(n) = tp.as_i64() {
         return Some(n);
@@ -187,15 +187,15 @@ pub(super) async fn sync_endpoints(ctx: &Ctx, key: &str) -> Res {
     let Some(svc) = ctx.services.get(key) else { return Ok(None) };
     let Some(sel) = svc["spec"]["selector"].as_object().filter(|m| !m.is_empty()) else { return Ok(None) };
     let selector = json!({"matchLabels": sel});
-    let mut pods: Vec<Arc<Value>> = ctx
+    let mut pods: Vec<Arc<Obj>> = ctx
         .pods
         .list()
         .into_iter()
         .filter(|p| p["metadata"]["namespace"] == ns && selector_matches(&selector, &p["metadata"]["labels"]) && p["status"]["podIP"].as_str().is_some_and(|i| !i.is_empty()))
         .collect();
     pods.sort_by(|a, b| a["metadata"]["name"].as_str().cmp(&b["metadata"]["name"].as_str()));
-    let ports: Vec<&Value> = svc["spec"]["ports"].as_array().map(|a| a.iter().collect()).unwrap_or_default();
-    let addr = |p: &Value| json!({"ip": p["status"]["podIP"], "nodeName": p["spec"]["nodeName"], "targetRef": {"kind": "Pod", "namespace": ns, "name": p["metadata"]["name"], "uid": p["metadata"]["uid"]}});
+    let ports: Vec<&Obj> = svc["spec"]["ports"].as_array().map(|a| a.iter().collect()).unwrap_or_default();
+    let addr = |p: &Obj| json!({"ip": p["status"]["podIP"], "nodeName": p["spec"]["nodeName"], "targetRef": {"kind": "Pod", "namespace": ns, "name": p["metadata"]["name"], "uid": p["metadata"]["uid"]}});
     let first = pods.first().cloned();
     let eports: Vec<Value> = ports
         .iter()
@@ -213,7 +213,7 @@ pub(super) async fn sync_endpoints(ctx: &Ctx, key: &str) -> Res {
     let subsets = if pods.is_empty() { json!([]) } else { json!([subset]) };
     let ep = json!({"apiVersion": "v1", "kind": "Endpoints", "metadata": {"name": name, "namespace": ns, "labels": svc["metadata"]["labels"]}, "subsets": subsets});
     let cur = ctx.endpoints.get(key);
-    let cur_subsets = cur.as_ref().map(|e| if e["subsets"].is_null() { json!([]) } else { e["subsets"].clone() });
+    let cur_subsets = cur.as_ref().map(|e| if e["subsets"].is_null() { json!([]) } else { e["subsets"].to_value() });
     if cur_subsets.as_ref() != Some(&subsets) {
         let r = match cur {
             None => ctx.c(Ctl::Endpoint).post(&format!("/api/v1/namespaces/{ns}/endpoints"), &ep).await.map(|_| ()),
@@ -244,7 +244,7 @@ pub(super) async fn sync_endpoints(ctx: &Ctx, key: &str) -> Res {
     let sname = format!("{name}-capstan");
     let skey = format!("{ns}/{sname}");
     let cur = ctx.slices.get(&skey);
-    if cur.as_ref().map(|s| (&s["endpoints"], &s["ports"])) != Some((&json!(slice_eps), &json!(slice_ports))) {
+    if !cur.as_ref().is_some_and(|s| s["endpoints"] == json!(slice_eps) && s["ports"] == json!(slice_ports)) {
         let slice = json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
             "metadata": {"name": sname, "namespace": ns, "labels": {"kubernetes.io/service-name": name, "endpointslice.kubernetes.io/managed-by": "endpointslice-controller.k8s.io"},
                 "ownerReferences": [{"apiVersion": "v1", "kind": "Service", "name": name, "uid": svc["metadata"]["uid"], "controller": true, "blockOwnerDeletion": true}]},
@@ -262,7 +262,7 @@ pub(super) async fn sync_endpoints(ctx: &Ctx, key: &str) -> Res {
 
 pub(super) const UNREACHABLE: &str = "node.kubernetes.io/unreachable";
 
-pub(super) fn micro_ts(v: &Value) -> Option<f64> {
+pub(super) fn micro_ts(v: &Obj) -> Option<f64> {
     v.as_str()?.parse::<jiff::Timestamp>().ok().map(|t| t.as_nanosecond() as f64 / 1e9)
 }
 
@@ -282,11 +282,11 @@ pub(super) async fn node_lifecycle(ctx: Arc<Ctx>) {
         for n in ctx.nodes.list() {
             let name = n["metadata"]["name"].as_str().unwrap_or("").to_string();
             let renewed = ctx.leases.get(&format!("kube-node-lease/{name}")).and_then(|l| micro_ts(&l["spec"]["renewTime"]));
-            let ready = n["status"]["conditions"].as_array().and_then(|a| a.iter().find(|c| c["type"] == "Ready")).cloned().unwrap_or(Value::Null);
+            let ready = n["status"]["conditions"].as_array().and_then(|a| a.iter().find(|c| c["type"] == "Ready")).cloned().unwrap_or(Obj::Null);
             let seen = *first_seen.entry(name.clone()).or_insert(now);
             let heartbeat = renewed.or_else(|| micro_ts(&ready["lastHeartbeatTime"])).unwrap_or(seen);
             let stale = now - heartbeat > ctx.settings.node_monitor_grace.as_secs_f64();
-            let taints: Vec<Value> = n["spec"]["taints"].as_array().cloned().unwrap_or_default();
+            let taints: &[Obj] = n["spec"]["taints"].as_array().unwrap_or_default();
             let tainted = taints.iter().any(|t| t["key"] == UNREACHABLE);
             if stale {
                 if ready["status"] != "Unknown" {
@@ -296,7 +296,7 @@ pub(super) async fn node_lifecycle(ctx: Arc<Ctx>) {
                         .into_iter()
                         .flatten()
                         .map(|c| {
-                            let mut c = c.clone();
+                            let mut c = c.to_value();
                             c["status"] = json!("Unknown");
                             c["reason"] = json!("NodeStatusUnknown");
                             c["message"] = json!("Kubelet stopped posting node status.");
@@ -307,14 +307,14 @@ pub(super) async fn node_lifecycle(ctx: Arc<Ctx>) {
                     let _ = ctx.c(Ctl::Node).merge_patch_quiet(&format!("/api/v1/nodes/{name}/status"), &json!({"status": {"conditions": conds}})).await;
                 }
                 if !tainted {
-                    let mut t = taints.clone();
+                    let mut t: Vec<Value> = taints.iter().map(Obj::to_value).collect();
                     let added = now_rfc3339();
                     t.push(json!({"key": UNREACHABLE, "effect": "NoSchedule", "timeAdded": added}));
                     t.push(json!({"key": UNREACHABLE, "effect": "NoExecute", "timeAdded": added}));
                     let _ = ctx.c(Ctl::Node).merge_patch_quiet(&format!("/api/v1/nodes/{name}"), &json!({"spec": {"taints": t}})).await;
                 }
             } else if tainted {
-                let t: Vec<Value> = taints.into_iter().filter(|t| t["key"] != UNREACHABLE).collect();
+                let t: Vec<&Obj> = taints.iter().filter(|t| t["key"] != UNREACHABLE).collect();
                 let _ = ctx.c(Ctl::Node).merge_patch_quiet(&format!("/api/v1/nodes/{name}"), &json!({"spec": {"taints": if t.is_empty() { Value::Null } else { json!(t) }}})).await;
             }
             // Eviction of pods on a node with the NoExecute taint, after their toleration.
@@ -404,9 +404,9 @@ pub(super) async fn sync_namespace(ctx: &Ctx, ns: &str) -> Res {
 pub const QUOTA_CONFIRM: Duration = Duration::from_secs(1);
 
 /// Whether a recount's `used` lowers any figure of the quota's current `status.used`.
-pub fn quota_lowers(used: &serde_json::Map<String, Value>, current: &Value) -> bool {
-    let milli = |x: &Value| x.as_str().and_then(|s| api::Quantity::parse(s).ok()).map(|q| q.milli);
-    used.iter().any(|(k, v)| matches!((milli(v), milli(&current[k])), (Some(new), Some(old)) if new < old))
+pub fn quota_lowers(used: &serde_json::Map<String, Value>, current: &Obj) -> bool {
+    let milli = |x: Option<&str>| x.and_then(|s| api::Quantity::parse(s).ok()).map(|q| q.milli);
+    used.iter().any(|(k, v)| matches!((milli(v.as_str()), milli(current[k].as_str())), (Some(new), Some(old)) if new < old))
 }
 
 /// What to do with a recount `status` that lowers a quota's usage.
@@ -446,14 +446,14 @@ pub(super) async fn sync_quota(ctx: &Ctx, key: &str) -> Res {
     };
     let (ns, name) = split(key);
     let hard = rq["spec"]["hard"].as_object().cloned().unwrap_or_default();
-    let scoped = api::quota_scope::scoped(&rq);
-    let pods: Vec<Arc<Value>> = ctx.pods.list().into_iter().filter(|p| p["metadata"]["namespace"] == ns && {
+    let scoped = api::quota_scope::scoped(&*rq);
+    let pods: Vec<Arc<Obj>> = ctx.pods.list().into_iter().filter(|p| p["metadata"]["namespace"] == ns && {
         let ph = p["status"]["phase"].as_str().unwrap_or("");
         ph != "Succeeded" && ph != "Failed"
-    } && api::quota_scope::tracks(&rq, true, p)).collect();
+    } && api::quota_scope::tracks(&*rq, true, &**p)).collect();
     let sum = |section: &str, res: &str| -> i64 {
         pods.iter()
-            .flat_map(|p| p["spec"]["containers"].as_array().cloned().unwrap_or_default())
+            .flat_map(|p| p["spec"]["containers"].as_array().unwrap_or_default())
             .map(|c| c["resources"][section][res].as_str().and_then(|s| api::Quantity::parse(s).ok()).map_or(0, |q| q.milli))
             .sum()
     };
@@ -466,7 +466,7 @@ pub(super) async fn sync_quota(ctx: &Ctx, key: &str) -> Res {
                 _ => None,
             }
         };
-        let m: i64 = match k.as_str() {
+        let m: i64 = match k {
             "pods" | "count/pods" => pods.len() as i64 * 1000,
             "cpu" | "requests.cpu" => sum("requests", "cpu"),
             "memory" | "requests.memory" => sum("requests", "memory"),
@@ -486,7 +486,7 @@ pub(super) async fn sync_quota(ctx: &Ctx, key: &str) -> Res {
             }
         };
         let q = api::Quantity::from_milli(m);
-        used.insert(k.clone(), json!(if k.contains("memory") || k.contains("storage") { q.memory_string() } else { q.cpu_string() }));
+        used.insert(k.to_string(), json!(if k.contains("memory") || k.contains("storage") { q.memory_string() } else { q.cpu_string() }));
     }
     let lowers = quota_lowers(&used, &rq["status"]["used"]);
     let status = json!({"hard": hard, "used": used});
@@ -527,8 +527,8 @@ mod tests {
         // A different recount starts over, however old the pending one.
         assert_eq!(lowering_gate(Some((&other, Duration::from_secs(5))), &low), LoweringGate::Start);
         let used = |n: &str| json!({"pods": n}).as_object().cloned().unwrap();
-        assert!(quota_lowers(&used("2"), &json!({"pods": "3"})));
-        assert!(!quota_lowers(&used("3"), &json!({"pods": "3"})));
-        assert!(!quota_lowers(&used("4"), &json!({"pods": "3"})));
+        assert!(quota_lowers(&used("2"), &Obj::from(json!({"pods": "3"}))));
+        assert!(!quota_lowers(&used("3"), &Obj::from(json!({"pods": "3"}))));
+        assert!(!quota_lowers(&used("4"), &Obj::from(json!({"pods": "3"}))));
     }
 }

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use api::meta::now_rfc3339;
 use client::events::Recorder;
 use client::informer::{Change, Informer, Informers, controller_of, key_of};
+use client::obj::Obj;
 use client::workqueue::WorkQueue;
 use client::{Client, ClientError};
 use serde_json::{Value, json};
@@ -136,7 +137,7 @@ fn err(e: ClientError) -> String {
 }
 
 /// The key of an object's controller owner of `kind`, in the object's namespace.
-fn owner_key(v: &Value, kind: &str) -> Option<String> {
+fn owner_key(v: &Obj, kind: &str) -> Option<String> {
     let o = controller_of(v)?;
     if o["kind"] != kind {
         return None;

@@ -6,8 +6,8 @@ use super::*;
 // ---------------------------------------------------------------- PodDisruptionBudget
 
 /// (expected pods, desired healthy) of a budget, as the disruption controller computes them.
-pub fn budget(spec: &Value, matching: usize, controllers_scale: Option<i64>) -> (i64, i64) {
-    let pct = |v: &Value, total: i64| -> Option<i64> {
+pub fn budget(spec: &Obj, matching: usize, controllers_scale: Option<i64>) -> (i64, i64) {
+    let pct = |v: &Obj, total: i64| -> Option<i64> {
         let s = v.as_str()?.strip_suffix('%')?;
         let p: i64 = s.parse().ok()?;
         Some((total * p + 99) / 100)
@@ -19,8 +19,8 @@ pub fn budget(spec: &Value, matching: usize, controllers_scale: Option<i64>) -> 
         return (expected, (expected - max_un).max(0));
     }
     match &spec["minAvailable"] {
-        Value::Number(n) => (counted, n.as_i64().unwrap_or(0)),
-        v @ Value::String(_) => {
+        Obj::Number(n) => (counted, n.as_i64().unwrap_or(0)),
+        v @ Obj::String(_) => {
             let expected = controllers_scale.unwrap_or(counted);
             (expected, pct(v, expected).unwrap_or(0))
         }
@@ -33,22 +33,22 @@ pub fn budget(spec: &Value, matching: usize, controllers_scale: Option<i64>) -> 
 /// and the time; and how many granted evictions are still pending. Evictions the API server
 /// granted (`disruptedPods`) whose pods are still here and younger than two minutes count as
 /// spent; older or gone ones are dropped (`null`, for a merge patch to remove).
-pub fn disruption_status(pdb: &Value, pods: &[Arc<Value>], scale: Option<i64>, now: i64, now_rfc3339: &str) -> (Value, i64) {
+pub fn disruption_status(pdb: &Obj, pods: &[Arc<Obj>], scale: Option<i64>, now: i64, now_rfc3339: &str) -> (Value, i64) {
     let (expected, desired) = budget(&pdb["spec"], pods.len(), scale);
     let healthy = pods.iter().filter(|p| podutil::is_ready(p)).count() as i64;
     // Evictions the API server granted whose pods are still here count as already spent.
     let mut disrupted = serde_json::Map::new();
     for (pod, at) in pdb["status"]["disruptedPods"].as_object().into_iter().flatten() {
-        let live = pods.iter().any(|p| p["metadata"]["name"] == pod.as_str());
+        let live = pods.iter().any(|p| p["metadata"]["name"] == pod);
         let fresh = podutil::ts(at).is_some_and(|t| now - t < 120);
-        disrupted.insert(pod.clone(), if live && fresh { at.clone() } else { Value::Null });
+        disrupted.insert(pod.to_string(), if live && fresh { at.to_value() } else { Value::Null });
     }
     let pending = disrupted.values().filter(|v| !v.is_null()).count() as i64;
     let allowed = (healthy - desired - pending).max(0);
     let t = now_rfc3339.to_string();
     let ok = allowed > 0;
-    let prev = pdb["status"]["conditions"].as_array().and_then(|a| a.iter().find(|c| c["type"] == "DisruptionAllowed")).cloned().unwrap_or(Value::Null);
-    let transition = if prev["status"] == if ok { "True" } else { "False" } { prev["lastTransitionTime"].clone() } else { json!(t) };
+    let prev = pdb["status"]["conditions"].as_array().and_then(|a| a.iter().find(|c| c["type"] == "DisruptionAllowed")).cloned().unwrap_or(Obj::Null);
+    let transition = if prev["status"] == if ok { "True" } else { "False" } { prev["lastTransitionTime"].to_value() } else { json!(t) };
     let status = json!({
         "observedGeneration": pdb["metadata"]["generation"],
         "expectedPods": expected, "currentHealthy": healthy, "desiredHealthy": desired, "disruptionsAllowed": allowed,
@@ -61,14 +61,14 @@ pub fn disruption_status(pdb: &Value, pods: &[Arc<Value>], scale: Option<i64>, n
 
 /// The merge patch that writes `status` only over the budget it was computed from: its
 /// resourceVersion is the patch's precondition (a conflict if the budget changed since).
-fn status_patch(pdb: &Value, status: Value) -> Value {
+fn status_patch(pdb: &Obj, status: Value) -> Value {
     json!({"metadata": {"resourceVersion": pdb["metadata"]["resourceVersion"]}, "status": status})
 }
 
 pub(super) async fn sync_disruption(ctx: &Ctx, key: &str) -> Res {
     let Some(pdb) = ctx.pdbs.get(key) else { return Ok(None) };
     let (ns, name) = split(key);
-    let pods: Vec<Arc<Value>> = ctx
+    let pods: Vec<Arc<Obj>> = ctx
         .pods
         .list()
         .into_iter()
@@ -119,9 +119,9 @@ mod tests {
 
     #[test]
     fn a_budget_status_counts_granted_evictions_and_is_written_only_over_its_source() {
-        let pod = |name: &str, ready: bool| Arc::new(json!({"metadata": {"name": name}, "status": {"phase": "Running", "conditions": [{"type": "Ready", "status": if ready { "True" } else { "False" }}]}}));
-        let pdb = json!({"metadata": {"name": "web", "generation": 2, "resourceVersion": "41"}, "spec": {"minAvailable": 2},
-            "status": {"disruptedPods": {"a": "2026-12-05T00:00:00Z", "gone": "2026-12-05T00:00:00Z", "old": "2026-12-04T00:00:00Z"}}});
+        let pod = |name: &str, ready: bool| Arc::new(Obj::from(json!({"metadata": {"name": name}, "status": {"phase": "Running", "conditions": [{"type": "Ready", "status": if ready { "True" } else { "False" }}]}})));
+        let pdb = Obj::from(json!({"metadata": {"name": "web", "generation": 2, "resourceVersion": "41"}, "spec": {"minAvailable": 2},
+            "status": {"disruptedPods": {"a": "2026-12-05T00:00:00Z", "gone": "2026-12-05T00:00:00Z", "old": "2026-12-04T00:00:00Z"}}}));
         let pods = [pod("a", true), pod("b", true), pod("c", true), pod("d", true), pod("old", true), pod("e", false)];
         let now = "2026-12-05T00:00:30Z".parse::<jiff::Timestamp>().unwrap().as_second();
         let (status, pending) = disruption_status(&pdb, &pods, None, now, "2026-12-05T00:00:30Z");
@@ -137,10 +137,10 @@ mod tests {
 
     #[test]
     fn budgets() {
-        assert_eq!(budget(&json!({"minAvailable": 2}), 3, None), (3, 2));
-        assert_eq!(budget(&json!({"minAvailable": "50%"}), 3, Some(4)), (4, 2));
-        assert_eq!(budget(&json!({"maxUnavailable": 1}), 3, Some(3)), (3, 2));
-        assert_eq!(budget(&json!({"maxUnavailable": "25%"}), 4, None), (4, 3));
+        assert_eq!(budget(&Obj::from(json!({"minAvailable": 2})), 3, None), (3, 2));
+        assert_eq!(budget(&Obj::from(json!({"minAvailable": "50%"})), 3, Some(4)), (4, 2));
+        assert_eq!(budget(&Obj::from(json!({"maxUnavailable": 1})), 3, Some(3)), (3, 2));
+        assert_eq!(budget(&Obj::from(json!({"maxUnavailable": "25%"})), 4, None), (4, 3));
     }
 }
 
@@ -156,10 +156,10 @@ pub(super) fn quantity_milli(s: &str) -> i64 {
 /// the status, and the reason it gives, as kube-controller-manager's replica calculator.
 /// `pod_selector`: the scale target's selector text.
 #[allow(clippy::too_many_arguments)]
-async fn custom_metric(ctx: &Ctx, ns: &str, m: &Value, pod_selector: &str, ready: i64, current: i64, min: i64, max: i64) -> Result<(i64, Value, String), String> {
+async fn custom_metric(ctx: &Ctx, ns: &str, m: &Obj, pod_selector: &str, ready: i64, current: i64, min: i64, max: i64) -> Result<(i64, Value, String), String> {
     use autoscale::{average_value_replicas, desired_replicas, plural_of, query_escape, selector_text};
     let c = ctx.c(Ctl::HorizontalPodAutoscaler);
-    let q = |v: &Value| quantity_milli(v.as_str().unwrap_or("0"));
+    let q = |v: Option<&str>| quantity_milli(v.unwrap_or("0"));
     let show = |milli: i64| api::Quantity::from_milli(milli).cpu_string();
     let side = |ratio: f64| if ratio > 1.0 { "above" } else { "below" };
     let ty = m["type"].as_str().unwrap_or("");
@@ -173,7 +173,7 @@ async fn custom_metric(ctx: &Ctx, ns: &str, m: &Value, pod_selector: &str, ready
     let metric_query = if metric_sel.is_empty() { String::new() } else { format!("metricLabelSelector={}", query_escape(&metric_sel)) };
     let target = &src["target"];
     let get = |path: String| async move { c.get(&path).await.map_err(|e| format!("unable to get metric {name}: {e}")) };
-    let values = |list: &Value| -> Vec<i64> { list["items"].as_array().into_iter().flatten().map(|i| q(&i["value"])).collect() };
+    let values = |list: &Value| -> Vec<i64> { list["items"].as_array().into_iter().flatten().map(|i| q(i["value"].as_str())).collect() };
     match ty {
         "Pods" => {
             let mut path = format!("/apis/custom.metrics.k8s.io/v1beta2/namespaces/{ns}/pods/*/{name}?labelSelector={}", query_escape(pod_selector));
@@ -185,7 +185,7 @@ async fn custom_metric(ctx: &Ctx, ns: &str, m: &Value, pod_selector: &str, ready
                 return Err(format!("unable to get metric {name}: no metrics returned from custom metrics API"));
             }
             let avg = v.iter().sum::<i64>() / v.len() as i64;
-            let ratio = avg as f64 / q(&target["averageValue"]).max(1) as f64;
+            let ratio = avg as f64 / q(target["averageValue"].as_str()).max(1) as f64;
             let d = desired_replicas(ready.max(1), current, ratio, min, max);
             Ok((d, json!({"type": "Pods", "pods": {"metric": src["metric"], "current": {"averageValue": show(avg)}}}), format!("pods metric {name} {} target", side(ratio))))
         }
@@ -197,11 +197,11 @@ async fn custom_metric(ctx: &Ctx, ns: &str, m: &Value, pod_selector: &str, ready
             }
             let &total = values(&get(path).await?).first().ok_or_else(|| format!("unable to get metric {name}: no metric returned for {}/{}", o["kind"].as_str().unwrap_or(""), o["name"].as_str().unwrap_or("")))?;
             if target["type"] == "AverageValue" {
-                let d = average_value_replicas(total, q(&target["averageValue"]), current, min, max);
+                let d = average_value_replicas(total, q(target["averageValue"].as_str()), current, min, max);
                 let cur = json!({"type": "Object", "object": {"describedObject": o, "metric": src["metric"], "current": {"averageValue": show(total / current.max(1))}}});
-                return Ok((d, cur, format!("{name} (target average value) {} target", side(total as f64 / (q(&target["averageValue"]).max(1) * current.max(1)) as f64))));
+                return Ok((d, cur, format!("{name} (target average value) {} target", side(total as f64 / (q(target["averageValue"].as_str()).max(1) * current.max(1)) as f64))));
             }
-            let ratio = total as f64 / q(&target["value"]).max(1) as f64;
+            let ratio = total as f64 / q(target["value"].as_str()).max(1) as f64;
             let cur = json!({"type": "Object", "object": {"describedObject": o, "metric": src["metric"], "current": {"value": show(total)}}});
             Ok((desired_replicas(ready.max(1), current, ratio, min, max), cur, format!("{name} {} target", side(ratio))))
         }
@@ -213,11 +213,11 @@ async fn custom_metric(ctx: &Ctx, ns: &str, m: &Value, pod_selector: &str, ready
             }
             let total: i64 = v.iter().sum();
             if target["type"] == "AverageValue" {
-                let d = average_value_replicas(total, q(&target["averageValue"]), current, min, max);
+                let d = average_value_replicas(total, q(target["averageValue"].as_str()), current, min, max);
                 let cur = json!({"type": "External", "external": {"metric": src["metric"], "current": {"averageValue": show(total / current.max(1))}}});
-                return Ok((d, cur, format!("external metric {name} {} target", side(total as f64 / (q(&target["averageValue"]).max(1) * current.max(1)) as f64))));
+                return Ok((d, cur, format!("external metric {name} {} target", side(total as f64 / (q(target["averageValue"].as_str()).max(1) * current.max(1)) as f64))));
             }
-            let ratio = total as f64 / q(&target["value"]).max(1) as f64;
+            let ratio = total as f64 / q(target["value"].as_str()).max(1) as f64;
             let cur = json!({"type": "External", "external": {"metric": src["metric"], "current": {"value": show(total)}}});
             Ok((desired_replicas(ready.max(1), current, ratio, min, max), cur, format!("external metric {name} {} target", side(ratio))))
         }
@@ -258,7 +258,7 @@ pub(super) async fn sync_hpa(ctx: &Ctx, key: &str) -> Res {
         }
     }
     let selector = json!({"matchLabels": match_labels});
-    let pods: Vec<Arc<Value>> = ctx.pods.list().into_iter().filter(|p| p["metadata"]["namespace"] == ns && is_active(p) && selector_matches(&selector, &p["metadata"]["labels"])).collect();
+    let pods: Vec<Arc<Obj>> = ctx.pods.list().into_iter().filter(|p| p["metadata"]["namespace"] == ns && is_active(p) && selector_matches(&selector, &p["metadata"]["labels"])).collect();
     let ready = pods.iter().filter(|p| podutil::is_ready(p)).count() as i64;
     let enc = sel.replace('=', "%3D").replace(',', "%2C");
     // The resource metrics API is asked only for Resource metrics.
@@ -330,7 +330,7 @@ pub(super) async fn sync_hpa(ctx: &Ctx, key: &str) -> Res {
         let mut h = ctx.hpa_history.lock().unwrap();
         autoscale::decide(h.entry(key.to_string()).or_default(), now, current, desired, min, max, &up, &down)
     };
-    let mut last_scale = hpa["status"]["lastScaleTime"].clone();
+    let mut last_scale = hpa["status"]["lastScaleTime"].to_value();
     if decided != current && !current_metrics.is_empty() {
         ctx.c(Ctl::HorizontalPodAutoscaler).merge_patch_quiet(&format!("{target}/scale"), &json!({"spec": {"replicas": decided}})).await.map_err(err)?;
         ctx.events.pod(&hpa, None, false, "SuccessfulRescale", format!("New size: {decided}; reason: {reason}"));
@@ -350,7 +350,7 @@ pub(super) async fn sync_hpa(ctx: &Ctx, key: &str) -> Res {
             cond("ScalingLimited", desired >= max || desired <= min, if desired >= max { "TooManyReplicas" } else { "DesiredWithinRange" }, "the desired count is within the acceptable range"),
         ],
     });
-    let cur = &hpa["status"];
+    let cur = &hpa["status"].to_value();
     let active = |s: &Value| s["conditions"].as_array().into_iter().flatten().find(|c| c["type"] == "ScalingActive").map(|c| (c["status"].clone(), c["reason"].clone()));
     if ["currentReplicas", "desiredReplicas", "currentMetrics", "lastScaleTime"].iter().any(|f| cur[*f] != status[*f]) || active(cur) != active(&status) {
         match ctx.c(Ctl::HorizontalPodAutoscaler).merge_patch_quiet(&format!("/apis/autoscaling/v2/namespaces/{ns}/horizontalpodautoscalers/{name}/status"), &json!({"status": status})).await {

@@ -17,6 +17,7 @@
 //! pre-bind), claims of a class with another provisioner wait with `ExternalProvisioning`
 //! forever, and there is no volume expansion, recycling or `dataSource`.
 
+use client::obj::Obj;
 use serde_json::{Value, json};
 
 use super::{Ctx, Res, err, split};
@@ -30,21 +31,21 @@ const CLAIM: (&str, &str) = ("v1", "PersistentVolumeClaim");
 const SELECTED_NODE: &str = "volume.kubernetes.io/selected-node";
 
 /// Bytes of a quantity (`1Gi`), 0 when absent or invalid.
-fn bytes(q: &Value) -> i128 {
+fn bytes(q: &Obj) -> i128 {
     q.as_str().and_then(|s| api::Quantity::parse(s).ok()).map_or(0, |q| q.units_ceil() as i128)
 }
 
-fn modes(v: &Value) -> Vec<&str> {
+fn modes(v: &Obj) -> Vec<&str> {
     v.as_array().into_iter().flatten().filter_map(|m| m.as_str()).collect()
 }
 
 /// The class a claim asks for (`""`: none).
-fn class_of(pvc: &Value) -> &str {
+fn class_of(pvc: &Obj) -> &str {
     pvc["spec"]["storageClassName"].as_str().unwrap_or("")
 }
 
 /// Whether volume `pv` can hold claim `pvc` (not looking at whom it is bound to).
-pub fn fits(pv: &Value, pvc: &Value) -> bool {
+pub fn fits(pv: &Obj, pvc: &Obj) -> bool {
     let want = bytes(&pvc["spec"]["resources"]["requests"]["storage"]);
     let have = bytes(&pv["spec"]["capacity"]["storage"]);
     let pv_modes = modes(&pv["spec"]["accessModes"]);
@@ -56,9 +57,9 @@ pub fn fits(pv: &Value, pvc: &Value) -> bool {
 }
 
 /// The smallest Available volume that fits `pvc` (or one already claiming it by name).
-pub fn best<'a>(pvs: &'a [std::sync::Arc<Value>], pvc: &Value) -> Option<&'a Value> {
+pub fn best<'a>(pvs: &'a [std::sync::Arc<Obj>], pvc: &Obj) -> Option<&'a Obj> {
     let (ns, name, uid) = (&pvc["metadata"]["namespace"], &pvc["metadata"]["name"], &pvc["metadata"]["uid"]);
-    let claims_it = |pv: &Value| {
+    let claims_it = |pv: &Obj| {
         let r = &pv["spec"]["claimRef"];
         r["namespace"] == *ns && r["name"] == *name && (r["uid"].is_null() || r["uid"] == *uid)
     };
@@ -72,13 +73,13 @@ pub fn best<'a>(pvs: &'a [std::sync::Arc<Value>], pvc: &Value) -> Option<&'a Val
         .min_by_key(|pv| bytes(&pv["spec"]["capacity"]["storage"]))
 }
 
-fn claim_ref(pvc: &Value) -> Value {
+fn claim_ref(pvc: &Obj) -> Value {
     json!({"kind": "PersistentVolumeClaim", "apiVersion": "v1", "namespace": pvc["metadata"]["namespace"], "name": pvc["metadata"]["name"], "uid": pvc["metadata"]["uid"]})
 }
 
 /// The node the claim's volume is to be made on: the annotated one, else the node of a pod
 /// using it that was scheduled.
-fn consumer_node(ctx: &Ctx, pvc: &Value) -> Option<String> {
+fn consumer_node(ctx: &Ctx, pvc: &Obj) -> Option<String> {
     if let Some(n) = pvc["metadata"]["annotations"][SELECTED_NODE].as_str() {
         return Some(n.to_string());
     }
@@ -157,12 +158,12 @@ pub(super) async fn sync_claim(ctx: &Ctx, key: &str) -> Res {
 }
 
 /// The volume made for `pvc` on `node`, under the node's local-path directory.
-pub fn provisioned(pvc: &Value, class: &Value, node: &str, dir: &str) -> Value {
+pub fn provisioned(pvc: &Obj, class: &Obj, node: &str, dir: &str) -> Value {
     let m = &pvc["metadata"];
     let name = format!("pvc-{}", m["uid"].as_str().unwrap_or(""));
     let path = format!("{}/{name}_{}_{}", dir.trim_end_matches('/'), m["namespace"].as_str().unwrap_or(""), m["name"].as_str().unwrap_or(""));
     let size = pvc["spec"]["resources"]["requests"]["storage"].as_str().unwrap_or("1Gi");
-    let access = if pvc["spec"]["accessModes"].is_array() { pvc["spec"]["accessModes"].clone() } else { json!(["ReadWriteOnce"]) };
+    let access = if pvc["spec"]["accessModes"].is_array() { pvc["spec"]["accessModes"].to_value() } else { json!(["ReadWriteOnce"]) };
     json!({"apiVersion": "v1", "kind": "PersistentVolume",
         "metadata": {"name": name, "annotations": {"pv.kubernetes.io/provisioned-by": LOCAL_PATH}},
         "spec": {"capacity": {"storage": size}, "accessModes": access, "volumeMode": "Filesystem",
@@ -172,7 +173,7 @@ pub fn provisioned(pvc: &Value, class: &Value, node: &str, dir: &str) -> Value {
             "nodeAffinity": {"required": {"nodeSelectorTerms": [{"matchExpressions": [{"key": "kubernetes.io/hostname", "operator": "In", "values": [node]}]}]}}}})
 }
 
-async fn pending(ctx: &Ctx, pvc: &Value) -> Res {
+async fn pending(ctx: &Ctx, pvc: &Obj) -> Res {
     if pvc["status"]["phase"] != "Pending" {
         let (ns, name) = (pvc["metadata"]["namespace"].as_str().unwrap_or(""), pvc["metadata"]["name"].as_str().unwrap_or(""));
         ctx.c(Ctl::PersistentVolumeBinder).merge_patch_quiet(&format!("/api/v1/namespaces/{ns}/persistentvolumeclaims/{name}/status"), &json!({"status": {"phase": "Pending"}})).await.map_err(err)?;
@@ -181,7 +182,7 @@ async fn pending(ctx: &Ctx, pvc: &Value) -> Res {
 }
 
 /// Binds `pvc` and `pv` both ways (each write only when missing), then both statuses.
-async fn bind(ctx: &Ctx, pvc: &Value, pv: &Value) -> Res {
+async fn bind(ctx: &Ctx, pvc: &Obj, pv: &Obj) -> Res {
     let c = ctx.c(Ctl::PersistentVolumeBinder);
     let (ns, name) = (pvc["metadata"]["namespace"].as_str().unwrap_or(""), pvc["metadata"]["name"].as_str().unwrap_or(""));
     let pv_name = pv["metadata"]["name"].as_str().unwrap_or("");
@@ -256,8 +257,19 @@ mod tests {
     use super::*;
     use std::sync::Arc;
 
-    fn pv(name: &str, size: &str, class: &str, modes: &[&str]) -> Arc<Value> {
-        Arc::new(json!({"metadata": {"name": name, "labels": {"tier": "fast"}}, "spec": {"capacity": {"storage": size}, "storageClassName": class, "accessModes": modes}}))
+    fn pv(name: &str, size: &str, class: &str, modes: &[&str]) -> Arc<Obj> {
+        Arc::new(Obj::from(json!({"metadata": {"name": name, "labels": {"tier": "fast"}}, "spec": {"capacity": {"storage": size}, "storageClassName": class, "accessModes": modes}})))
+    }
+
+    // The functions read informer `Obj`s; the tests build and edit `Value`s.
+    fn best<'a>(pvs: &'a [Arc<Obj>], pvc: &Value) -> Option<&'a Obj> {
+        super::best(pvs, &Obj::from(pvc))
+    }
+    fn provisioned(pvc: &Value, class: &Value, node: &str, dir: &str) -> Value {
+        super::provisioned(&Obj::from(pvc), &Obj::from(class), node, dir)
+    }
+    fn fits(pv: &Value, pvc: &Value) -> bool {
+        super::fits(&Obj::from(pv), &Obj::from(pvc))
     }
 
     fn pvc(size: &str, class: Option<&str>, modes: &[&str]) -> Value {
@@ -284,11 +296,11 @@ mod tests {
 
     #[test]
     fn a_volume_claimed_by_name_wins_and_a_taken_one_is_skipped() {
-        let mut taken = (*pv("taken", "1Gi", "", &["ReadWriteOnce"])).clone();
+        let mut taken = pv("taken", "1Gi", "", &["ReadWriteOnce"]).to_value();
         taken["spec"]["claimRef"] = json!({"namespace": "ns", "name": "someone-else"});
-        let mut mine = (*pv("mine", "50Gi", "", &["ReadWriteOnce"])).clone();
+        let mut mine = pv("mine", "50Gi", "", &["ReadWriteOnce"]).to_value();
         mine["spec"]["claimRef"] = json!({"namespace": "ns", "name": "data"});
-        let pvs = vec![Arc::new(taken), pv("free", "1Gi", "", &["ReadWriteOnce"]), Arc::new(mine)];
+        let pvs = vec![Arc::new(Obj::from(taken)), pv("free", "1Gi", "", &["ReadWriteOnce"]), Arc::new(Obj::from(mine))];
         assert_eq!(best(&pvs, &pvc("1Gi", None, &["ReadWriteOnce"])).unwrap()["metadata"]["name"], "mine");
     }
 

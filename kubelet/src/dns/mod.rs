@@ -326,9 +326,10 @@ mod tests {
     use serde_json::json;
 
     fn zone() -> Zone {
-        let svc = |name: &str, ip: &str| Arc::new(json!({"metadata": {"namespace": "default", "name": name}, "spec": {"clusterIP": ip, "ports": [{"name": "p", "port": 1}]}}));
+        use client::obj::Obj;
+        let svc = |name: &str, ip: &str| Arc::new(Obj::from(json!({"metadata": {"namespace": "default", "name": name}, "spec": {"clusterIP": ip, "ports": [{"name": "p", "port": 1}]}})));
         let many: Vec<Value> = (0..120).map(|i| json!({"addresses": [format!("10.244.{}.{}", i / 250, i % 250 + 1)]})).collect();
-        let slice = Arc::new(json!({"metadata": {"namespace": "default", "labels": {"kubernetes.io/service-name": "big"}}, "ports": [{"name": "p", "port": 1}], "endpoints": many}));
+        let slice = Arc::new(Obj::from(json!({"metadata": {"namespace": "default", "labels": {"kubernetes.io/service-name": "big"}}, "ports": [{"name": "p", "port": 1}], "endpoints": many})));
         Zone::build("cluster.local", &[svc("web", "10.96.0.20"), svc("big", "None")], &[slice], 3)
     }
     use serde_json::Value;

@@ -24,7 +24,7 @@ use std::sync::Arc;
 
 use hickory_proto::rr::rdata::{A, CNAME, PTR, SOA, SRV};
 use hickory_proto::rr::{Name, RData, Record, RecordType};
-use serde_json::Value;
+use client::obj::Obj;
 
 /// Seconds a client may keep an answer (CoreDNS's default for the zone).
 pub const TTL: u32 = 5;
@@ -83,7 +83,7 @@ pub struct Zone {
     serial: u32,
 }
 
-fn ports_of(v: &Value) -> Vec<Port> {
+fn ports_of(v: &Obj) -> Vec<Port> {
     v.as_array()
         .into_iter()
         .flatten()
@@ -97,7 +97,7 @@ fn ports_of(v: &Value) -> Vec<Port> {
 impl Zone {
     /// The zone of `domain` holding `services` and `slices` (API objects as the informers
     /// give them). `serial` goes into the SOA (a new one per rebuild).
-    pub fn build(domain: &str, services: &[Arc<Value>], slices: &[Arc<Value>], serial: u32) -> Zone {
+    pub fn build(domain: &str, services: &[Arc<Obj>], slices: &[Arc<Obj>], serial: u32) -> Zone {
         let domain = domain.trim_end_matches('.').to_ascii_lowercase();
         let origin = Name::from_ascii(format!("{domain}.")).unwrap_or_else(|_| Name::root());
         let mut map: HashMap<(String, String), Service> = HashMap::with_capacity(services.len());
@@ -327,19 +327,19 @@ mod tests {
 
     fn zone() -> Zone {
         let services = vec![
-            Arc::new(json!({"metadata": {"namespace": "default", "name": "web"}, "spec": {"clusterIP": "10.96.0.20", "ports": [{"name": "http", "port": 80, "protocol": "TCP"}, {"port": 9000}]}})),
-            Arc::new(json!({"metadata": {"namespace": "db", "name": "pg"}, "spec": {"clusterIP": "None", "ports": [{"name": "sql", "port": 5432}]}})),
-            Arc::new(json!({"metadata": {"namespace": "default", "name": "out"}, "spec": {"type": "ExternalName", "externalName": "Example.COM."}})),
+            Arc::new(Obj::from(json!({"metadata": {"namespace": "default", "name": "web"}, "spec": {"clusterIP": "10.96.0.20", "ports": [{"name": "http", "port": 80, "protocol": "TCP"}, {"port": 9000}]}}))),
+            Arc::new(Obj::from(json!({"metadata": {"namespace": "db", "name": "pg"}, "spec": {"clusterIP": "None", "ports": [{"name": "sql", "port": 5432}]}}))),
+            Arc::new(Obj::from(json!({"metadata": {"namespace": "default", "name": "out"}, "spec": {"type": "ExternalName", "externalName": "Example.COM."}}))),
         ];
         let slices = vec![
-            Arc::new(json!({"metadata": {"namespace": "db", "labels": {"kubernetes.io/service-name": "pg"}}, "addressType": "IPv4", "ports": [{"name": "sql", "port": 5433, "protocol": "TCP"}],
+            Arc::new(Obj::from(json!({"metadata": {"namespace": "db", "labels": {"kubernetes.io/service-name": "pg"}}, "addressType": "IPv4", "ports": [{"name": "sql", "port": 5433, "protocol": "TCP"}],
                 "endpoints": [
                     {"addresses": ["10.244.0.7"], "hostname": "pg-0", "conditions": {"ready": true}},
                     {"addresses": ["10.244.0.8"], "conditions": {}},
                     {"addresses": ["10.244.0.9"], "hostname": "pg-2", "conditions": {"ready": false}},
-                ]})),
+                ]}))),
             // Another namespace's slice for a Service of the same name is not this one's.
-            Arc::new(json!({"metadata": {"namespace": "other", "labels": {"kubernetes.io/service-name": "pg"}}, "endpoints": [{"addresses": ["1.1.1.1"]}]})),
+            Arc::new(Obj::from(json!({"metadata": {"namespace": "other", "labels": {"kubernetes.io/service-name": "pg"}}, "endpoints": [{"addresses": ["1.1.1.1"]}]}))),
         ];
         Zone::build("cluster.local", &services, &slices, 1)
     }

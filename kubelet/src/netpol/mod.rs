@@ -19,7 +19,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde_json::Value;
+use client::obj::Obj;
 
 use crate::client::Client;
 use crate::client::informer::{Informer, Informers};
@@ -42,9 +42,9 @@ pub struct Settings {
 pub struct View(Arc<std::sync::RwLock<Option<Arc<Snapshot>>>>);
 
 pub struct Snapshot {
-    policies: Vec<Arc<Value>>,
-    pods: Vec<Arc<Value>>,
-    namespaces: HashMap<String, Value>,
+    policies: Vec<Arc<Obj>>,
+    pods: Vec<Arc<Obj>>,
+    namespaces: HashMap<String, Obj>,
     node: std::net::Ipv4Addr,
     service_range: Option<String>,
 }
@@ -112,7 +112,7 @@ async fn run(policies: Arc<Informer>, pods: Arc<Informer>, namespaces: Arc<Infor
         }
         let all_pods = pods.list();
         let pols = policies.list();
-        let ns: HashMap<String, Value> = namespaces.list().iter().filter_map(|n| Some((n["metadata"]["name"].as_str()?.to_string(), n["metadata"]["labels"].clone()))).collect();
+        let ns: HashMap<String, Obj> = namespaces.list().iter().filter_map(|n| Some((n["metadata"]["name"].as_str()?.to_string(), n["metadata"]["labels"].clone()))).collect();
         *view.0.write().unwrap() = Some(Arc::new(Snapshot { policies: pols.clone(), pods: all_pods.clone(), namespaces: ns.clone(), node: s.node_ip, service_range: s.service_range.clone() }));
         let world = rules::World { policies: &pols, pods: &all_pods, namespaces: &ns, node: s.node_ip, service_range: s.service_range.clone() };
         let mut live = std::collections::HashSet::new();

@@ -19,14 +19,14 @@ use std::collections::{BTreeSet, HashMap};
 use std::net::Ipv4Addr;
 use std::sync::Arc;
 
-use serde_json::Value;
+use client::obj::Obj;
 
 /// The nftables table in each pod's namespace.
 pub const TABLE: &str = "capstan_policy";
 
 /// A label selector as the API gives it (matchLabels and matchExpressions); an empty one
 /// selects everything, an absent one (null) nothing where that is how the field reads.
-pub fn selects(sel: &Value, labels: &Value) -> bool {
+pub fn selects(sel: &Obj, labels: &Obj) -> bool {
     let get = |k: &str| labels.get(k).and_then(|v| v.as_str());
     for (k, v) in sel["matchLabels"].as_object().into_iter().flatten() {
         if get(k) != v.as_str() {
@@ -52,10 +52,10 @@ pub fn selects(sel: &Value, labels: &Value) -> bool {
 
 /// What the rules need of the cluster.
 pub struct World<'a> {
-    pub policies: &'a [Arc<Value>],
-    pub pods: &'a [Arc<Value>],
+    pub policies: &'a [Arc<Obj>],
+    pub pods: &'a [Arc<Obj>],
     /// Namespace name -> its labels.
-    pub namespaces: &'a HashMap<String, Value>,
+    pub namespaces: &'a HashMap<String, Obj>,
     /// The node's address on the pod's bridge.
     pub node: Ipv4Addr,
     /// The Service range (`a.b.c.d/n`), the node's too.
@@ -68,7 +68,7 @@ enum Dir {
     Egress,
 }
 
-fn types(p: &Value) -> (bool, bool) {
+fn types(p: &Obj) -> (bool, bool) {
     match p["spec"]["policyTypes"].as_array() {
         Some(t) => (t.iter().any(|x| x == "Ingress"), t.iter().any(|x| x == "Egress")),
         None => (true, p["spec"]["egress"].is_array()),
@@ -143,12 +143,12 @@ fn in_cidr(ip: Ipv4Addr, cidr: &str) -> bool {
     u32::from(ip) & mask == u32::from(net) & mask
 }
 
-fn pod_ip(p: &Value) -> Option<Ipv4Addr> {
+fn pod_ip(p: &Obj) -> Option<Ipv4Addr> {
     p["status"]["podIP"].as_str()?.parse().ok()
 }
 
 /// What `peers` name, seen from a policy in namespace `ns`.
-fn peer_set(peers: &[Value], ns: &str, w: &World) -> Peers {
+fn peer_set(peers: &[Obj], ns: &str, w: &World) -> Peers {
     let mut out = Peers::default();
     for peer in peers {
         if let Some(b) = peer.get("ipBlock") {
@@ -186,7 +186,7 @@ fn valid_cidr(c: &str) -> bool {
 /// The port matches of a rule's `ports`; named ports resolve against `named` (container
 /// ports of the pods they apply to). None: the rule names only ports that do not exist
 /// (it allows nothing).
-fn port_matches(ports: &Value, named: &dyn Fn(&str, &str) -> Vec<u64>) -> Option<Vec<PortMatch>> {
+fn port_matches(ports: &Obj, named: &dyn Fn(&str, &str) -> Vec<u64>) -> Option<Vec<PortMatch>> {
     let Some(list) = ports.as_array().filter(|l| !l.is_empty()) else { return Some(vec![]) };
     let mut out = Vec::new();
     for p in list {
@@ -195,15 +195,15 @@ fn port_matches(ports: &Value, named: &dyn Fn(&str, &str) -> Vec<u64>) -> Option
             continue;
         }
         match &p["port"] {
-            Value::Null => out.push(PortMatch::Any(proto)),
-            Value::Number(n) => {
+            Obj::Null => out.push(PortMatch::Any(proto)),
+            Obj::Number(n) => {
                 let Some(n) = n.as_u64().filter(|n| (1..=65535).contains(n)) else { continue };
                 match p["endPort"].as_u64().filter(|e| *e >= n && *e <= 65535) {
                     Some(e) => out.push(PortMatch::Range(proto, n, e)),
                     None => out.push(PortMatch::One(proto, n)),
                 }
             }
-            Value::String(name) => {
+            Obj::String(name) => {
                 if let Ok(n) = name.parse::<u64>() {
                     out.push(PortMatch::One(proto, n));
                     continue;
@@ -219,7 +219,7 @@ fn port_matches(ports: &Value, named: &dyn Fn(&str, &str) -> Vec<u64>) -> Option
     if out.is_empty() { None } else { Some(out) }
 }
 
-fn container_ports(p: &Value, name: &str, proto: &str) -> Vec<u64> {
+fn container_ports(p: &Obj, name: &str, proto: &str) -> Vec<u64> {
     p["spec"]["containers"]
         .as_array()
         .into_iter()
@@ -231,7 +231,7 @@ fn container_ports(p: &Value, name: &str, proto: &str) -> Vec<u64> {
 }
 
 /// The allow lines for `pod` in direction `dir`, or None when it is not isolated that way.
-fn allows(pod: &Value, dir: Dir, w: &World) -> Option<Vec<Allow>> {
+fn allows(pod: &Obj, dir: Dir, w: &World) -> Option<Vec<Allow>> {
     let ns = pod["metadata"]["namespace"].as_str().unwrap_or("");
     let mut isolated = false;
     let mut out = Vec::new();
@@ -290,7 +290,7 @@ pub fn permits(w: &World, src: Ipv4Addr, dst: Ipv4Addr, proto: &str, port: u16) 
 
 /// The nftables script that makes `pod`'s namespace enforce the policies (an empty table
 /// when none isolates it). Loaded with `nft -f`: it replaces the table in one transaction.
-pub fn render(pod: &Value, w: &World) -> String {
+pub fn render(pod: &Obj, w: &World) -> String {
     let mut s = format!("table inet {TABLE}\ndelete table inet {TABLE}\ntable inet {TABLE} {{\n");
     for dir in [Dir::Ingress, Dir::Egress] {
         let Some(allow) = allows(pod, dir, w) else { continue };
@@ -342,17 +342,17 @@ pub fn render(pod: &Value, w: &World) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
+    use serde_json::{Value, json};
 
-    fn pod(ns: &str, name: &str, labels: Value, ip: &str) -> Arc<Value> {
-        Arc::new(json!({"metadata": {"namespace": ns, "name": name, "labels": labels}, "spec": {"containers": [{"ports": [{"name": "http", "containerPort": 8080}]}]}, "status": {"podIP": ip}}))
+    fn pod(ns: &str, name: &str, labels: Value, ip: &str) -> Arc<Obj> {
+        Arc::new(Obj::from(json!({"metadata": {"namespace": ns, "name": name, "labels": labels}, "spec": {"containers": [{"ports": [{"name": "http", "containerPort": 8080}]}]}, "status": {"podIP": ip}})))
     }
 
-    fn world<'a>(policies: &'a [Arc<Value>], pods: &'a [Arc<Value>], namespaces: &'a HashMap<String, Value>) -> World<'a> {
+    fn world<'a>(policies: &'a [Arc<Obj>], pods: &'a [Arc<Obj>], namespaces: &'a HashMap<String, Obj>) -> World<'a> {
         World { policies, pods, namespaces, node: Ipv4Addr::new(10, 1, 0, 1), service_range: Some("10.96.0.0/12".into()) }
     }
 
-    fn fixture() -> (Vec<Arc<Value>>, HashMap<String, Value>) {
+    fn fixture() -> (Vec<Arc<Obj>>, HashMap<String, Obj>) {
         let pods = vec![
             pod("default", "db", json!({"app": "db"}), "10.1.0.2"),
             pod("default", "front", json!({"role": "frontend"}), "10.1.0.3"),
@@ -360,17 +360,17 @@ mod tests {
             pod("team", "t", json!({"role": "frontend"}), "10.1.0.5"),
         ];
         let mut ns = HashMap::new();
-        ns.insert("default".to_string(), json!({"kubernetes.io/metadata.name": "default"}));
-        ns.insert("team".to_string(), json!({"kubernetes.io/metadata.name": "team", "team": "a"}));
+        ns.insert("default".to_string(), Obj::from(json!({"kubernetes.io/metadata.name": "default"})));
+        ns.insert("team".to_string(), Obj::from(json!({"kubernetes.io/metadata.name": "team", "team": "a"})));
         (pods, ns)
     }
 
     #[test]
     fn unselected_pods_are_open_and_selected_ones_allow_only_their_rules() {
         let (pods, ns) = fixture();
-        let policies = vec![Arc::new(json!({"metadata": {"namespace": "default", "name": "db"}, "spec": {
+        let policies = vec![Arc::new(Obj::from(json!({"metadata": {"namespace": "default", "name": "db"}, "spec": {
             "podSelector": {"matchLabels": {"app": "db"}},
-            "ingress": [{"from": [{"podSelector": {"matchLabels": {"role": "frontend"}}}, {"namespaceSelector": {"matchLabels": {"team": "a"}}}], "ports": [{"port": "http"}]}]}}))];
+            "ingress": [{"from": [{"podSelector": {"matchLabels": {"role": "frontend"}}}, {"namespaceSelector": {"matchLabels": {"team": "a"}}}], "ports": [{"port": "http"}]}]}})))];
         let w = world(&policies, &pods, &ns);
         assert_eq!(render(&pods[1], &w), format!("table inet {TABLE}\ndelete table inet {TABLE}\ntable inet {TABLE} {{\n}}\n"), "not selected: nothing");
         let db = render(&pods[0], &w);
@@ -384,9 +384,9 @@ mod tests {
     fn egress_deny_all_still_reaches_the_node_and_services_and_ip_blocks_except() {
         let (pods, ns) = fixture();
         let policies = vec![
-            Arc::new(json!({"metadata": {"namespace": "default", "name": "deny"}, "spec": {"podSelector": {}, "policyTypes": ["Egress"]}})),
-            Arc::new(json!({"metadata": {"namespace": "default", "name": "out"}, "spec": {"podSelector": {"matchLabels": {"role": "frontend"}}, "policyTypes": ["Egress"],
-                "egress": [{"to": [{"ipBlock": {"cidr": "192.168.0.0/16", "except": ["192.168.1.0/24"]}}], "ports": [{"protocol": "UDP", "port": 53, "endPort": 60}]}]}})),
+            Arc::new(Obj::from(json!({"metadata": {"namespace": "default", "name": "deny"}, "spec": {"podSelector": {}, "policyTypes": ["Egress"]}}))),
+            Arc::new(Obj::from(json!({"metadata": {"namespace": "default", "name": "out"}, "spec": {"podSelector": {"matchLabels": {"role": "frontend"}}, "policyTypes": ["Egress"],
+                "egress": [{"to": [{"ipBlock": {"cidr": "192.168.0.0/16", "except": ["192.168.1.0/24"]}}], "ports": [{"protocol": "UDP", "port": 53, "endPort": 60}]}]}}))),
         ];
         let w = world(&policies, &pods, &ns);
         let other = render(&pods[2], &w);
@@ -400,14 +400,14 @@ mod tests {
     #[test]
     fn rules_without_peers_or_ports_allow_everything_and_unknown_named_ports_nothing() {
         let (pods, ns) = fixture();
-        let policies = vec![Arc::new(json!({"metadata": {"namespace": "default", "name": "p"}, "spec": {"podSelector": {"matchLabels": {"app": "db"}},
-            "ingress": [{}, {"ports": [{"port": "nope"}]}, {"from": [{"podSelector": {"matchLabels": {"x": "none"}}}]}]}}))];
+        let policies = vec![Arc::new(Obj::from(json!({"metadata": {"namespace": "default", "name": "p"}, "spec": {"podSelector": {"matchLabels": {"app": "db"}},
+            "ingress": [{}, {"ports": [{"port": "nope"}]}, {"from": [{"podSelector": {"matchLabels": {"x": "none"}}}]}]}})))];
         let w = world(&policies, &pods, &ns);
         let db = render(&pods[0], &w);
         assert!(db.contains("\n    accept\n"), "an empty rule allows all: {db}");
         assert!(!db.contains("nope") && !db.contains("{  }"), "{db}");
-        assert!(selects(&json!({"matchExpressions": [{"key": "a", "operator": "NotIn", "values": ["x"]}]}), &json!({})));
-        assert!(!selects(&json!({"matchExpressions": [{"key": "a", "operator": "Exists"}]}), &json!({})));
+        assert!(selects(&Obj::from(json!({"matchExpressions": [{"key": "a", "operator": "NotIn", "values": ["x"]}]})), &Obj::from(json!({}))));
+        assert!(!selects(&Obj::from(json!({"matchExpressions": [{"key": "a", "operator": "Exists"}]})), &Obj::from(json!({}))));
     }
 
     #[test]
@@ -416,11 +416,11 @@ mod tests {
         let ip = |s: &str| s.parse::<Ipv4Addr>().unwrap();
         let policies = vec![
             // db takes frontends on its named port (8080).
-            Arc::new(json!({"metadata": {"namespace": "default", "name": "db"}, "spec": {"podSelector": {"matchLabels": {"app": "db"}},
-                "ingress": [{"from": [{"podSelector": {"matchLabels": {"role": "frontend"}}}], "ports": [{"port": "http"}]}]}})),
+            Arc::new(Obj::from(json!({"metadata": {"namespace": "default", "name": "db"}, "spec": {"podSelector": {"matchLabels": {"app": "db"}},
+                "ingress": [{"from": [{"podSelector": {"matchLabels": {"role": "frontend"}}}], "ports": [{"port": "http"}]}]}}))),
             // team's pods may reach only 10.1.0.0/24 but 10.1.0.4, on TCP 8000-9000.
-            Arc::new(json!({"metadata": {"namespace": "team", "name": "out"}, "spec": {"podSelector": {}, "policyTypes": ["Egress"],
-                "egress": [{"to": [{"ipBlock": {"cidr": "10.1.0.0/24", "except": ["10.1.0.4/32"]}}], "ports": [{"port": 8000, "endPort": 9000}]}]}})),
+            Arc::new(Obj::from(json!({"metadata": {"namespace": "team", "name": "out"}, "spec": {"podSelector": {}, "policyTypes": ["Egress"],
+                "egress": [{"to": [{"ipBlock": {"cidr": "10.1.0.0/24", "except": ["10.1.0.4/32"]}}], "ports": [{"port": 8000, "endPort": 9000}]}]}}))),
         ];
         let w = world(&policies, &pods, &ns);
         assert!(permits(&w, ip("10.1.0.3"), ip("10.1.0.2"), "tcp", 8080), "a frontend to db's named port");

@@ -24,7 +24,7 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
+use client::obj::Obj;
 
 use crate::client::Client;
 use crate::client::informer::{Informer, Informers};
@@ -46,10 +46,10 @@ pub enum Proto {
 
 /// The listeners the proxy wants: (transport, address and port) -> backends. Pure:
 /// table-tested.
-pub fn desired(services: &[Arc<Value>], slices: &[Arc<Value>], node_ip: Ipv4Addr) -> HashMap<(Proto, SocketAddr), Backends> {
+pub fn desired(services: &[Arc<Obj>], slices: &[Arc<Obj>], node_ip: Ipv4Addr) -> HashMap<(Proto, SocketAddr), Backends> {
     let mut out = HashMap::new();
     // Slices by (namespace, Service): one pass, not one per Service.
-    let mut by_service: HashMap<(&str, &str), Vec<&Arc<Value>>> = HashMap::new();
+    let mut by_service: HashMap<(&str, &str), Vec<&Arc<Obj>>> = HashMap::new();
     for s in slices {
         if let (Some(ns), Some(name)) = (s["metadata"]["namespace"].as_str(), s["metadata"]["labels"]["kubernetes.io/service-name"].as_str()) {
             by_service.entry((ns, name)).or_default().push(s);
@@ -61,7 +61,7 @@ pub fn desired(services: &[Arc<Value>], slices: &[Arc<Value>], node_ip: Ipv4Addr
         let ns = svc["metadata"]["namespace"].as_str().unwrap_or("");
         let name = svc["metadata"]["name"].as_str().unwrap_or("");
         let affinity = (spec["sessionAffinity"] == "ClientIP").then(|| Duration::from_secs(spec["sessionAffinityConfig"]["clientIP"]["timeoutSeconds"].as_u64().unwrap_or(10800)));
-        let mine: &[&Arc<Value>] = by_service.get(&(ns, name)).map_or(&[], |v| v.as_slice());
+        let mine: &[&Arc<Obj>] = by_service.get(&(ns, name)).map_or(&[], |v| v.as_slice());
         for p in spec["ports"].as_array().into_iter().flatten() {
             let proto = match p["protocol"].as_str().unwrap_or("TCP") {
                 "TCP" => Proto::Tcp,
@@ -276,12 +276,12 @@ mod tests {
 
     #[test]
     fn ready_endpoints_of_each_port_by_name_and_node_ports() {
-        let svc = Arc::new(json!({"metadata": {"namespace": "d", "name": "web"}, "spec": {"clusterIP": "10.96.0.9", "sessionAffinity": "ClientIP",
-            "ports": [{"name": "http", "port": 80, "nodePort": 30080}, {"name": "udp", "port": 53, "protocol": "UDP"}]}}));
-        let headless = Arc::new(json!({"metadata": {"namespace": "d", "name": "h"}, "spec": {"clusterIP": "None", "ports": [{"port": 80}]}}));
-        let slice = Arc::new(json!({"metadata": {"namespace": "d", "labels": {"kubernetes.io/service-name": "web"}}, "ports": [{"name": "http", "port": 8080}, {"name": "udp", "port": 5353, "protocol": "UDP"}],
-            "endpoints": [{"addresses": ["10.244.0.5"], "conditions": {"ready": true}}, {"addresses": ["10.244.0.6"], "conditions": {"ready": false}}]}));
-        let other_ns = Arc::new(json!({"metadata": {"namespace": "e", "labels": {"kubernetes.io/service-name": "web"}}, "ports": [{"name": "http", "port": 1}], "endpoints": [{"addresses": ["10.244.0.7"]}]}));
+        let svc = Arc::new(Obj::from(json!({"metadata": {"namespace": "d", "name": "web"}, "spec": {"clusterIP": "10.96.0.9", "sessionAffinity": "ClientIP",
+            "ports": [{"name": "http", "port": 80, "nodePort": 30080}, {"name": "udp", "port": 53, "protocol": "UDP"}]}})));
+        let headless = Arc::new(Obj::from(json!({"metadata": {"namespace": "d", "name": "h"}, "spec": {"clusterIP": "None", "ports": [{"port": 80}]}})));
+        let slice = Arc::new(Obj::from(json!({"metadata": {"namespace": "d", "labels": {"kubernetes.io/service-name": "web"}}, "ports": [{"name": "http", "port": 8080}, {"name": "udp", "port": 5353, "protocol": "UDP"}],
+            "endpoints": [{"addresses": ["10.244.0.5"], "conditions": {"ready": true}}, {"addresses": ["10.244.0.6"], "conditions": {"ready": false}}]})));
+        let other_ns = Arc::new(Obj::from(json!({"metadata": {"namespace": "e", "labels": {"kubernetes.io/service-name": "web"}}, "ports": [{"name": "http", "port": 1}], "endpoints": [{"addresses": ["10.244.0.7"]}]})));
         let d = desired(&[svc, headless], &[slice, other_ns], Ipv4Addr::LOCALHOST);
         let want = vec![SocketAddr::from(([10, 244, 0, 5], 8080))];
         let tcp = |a: [u8; 4], p: u16| (Proto::Tcp, SocketAddr::from((a, p)));
