@@ -83,12 +83,14 @@ fn decoder() -> Decode {
                 return None;
             }
         };
-        let json = stored.at(kv.mod_revision);
-        let meta = match meta_fast(&json) {
+        // The stored JSON reads `"resourceVersion":""` where the digits go: it parses as it is.
+        let (body, at) = stored.parts();
+        let meta = match meta_fast(body) {
             Some(m) => m,
-            None => meta_of(&serde_json::from_slice::<Value>(&json).ok()?),
+            None => meta_of(&serde_json::from_slice::<Value>(body).ok()?),
         };
-        Some(Object { key: kv.key.clone(), revision: kv.mod_revision, json, meta })
+        // The store's bytes, shared: the cache keeps no second copy of each revision.
+        Some(Object::with_revision_at(kv.key.clone(), kv.mod_revision, body.clone(), at, meta))
     })
 }
 
@@ -164,7 +166,7 @@ pub(crate) async fn follow(st: Arc<crate::handlers::AppState>, resources: &[(&st
         let mut watchers = Vec::new();
         for c in &caches {
             let (rev, snap) = c.snapshot();
-            objects.push(snap.values().filter_map(|o| serde_json::from_slice(&o.json).ok()).collect());
+            objects.push(snap.values().filter_map(|o| serde_json::from_slice(&o.json()).ok()).collect());
             match c.watch(Some(rev), watchcache::Filter::everything()) {
                 Ok(w) => watchers.push(w),
                 Err(_) => break,

@@ -100,7 +100,7 @@ impl AppState {
             {
                 return Ok(Some(v.clone()));
             }
-            let v: Arc<Value> = Arc::new(serde_json::from_slice(&o.json).map_err(|e| ApiError::internal(e.to_string()))?);
+            let v: Arc<Value> = Arc::new(serde_json::from_slice(&o.json()).map_err(|e| ApiError::internal(e.to_string()))?);
             let mut p = self.parsed.lock().unwrap();
             if p.len() >= PARSED_MAX {
                 p.clear();

@@ -68,7 +68,7 @@ async fn pods_on(st: &AppState, node: &str) -> Result<Vec<Value>, String> {
     let info = st.reg.find("", "v1", "pods").ok_or("pods are not served")?;
     let cache = st.caches.get(&st.store, &info).await.map_err(|e| e.message)?;
     let (_, snap) = cache.snapshot();
-    Ok(snap.values().filter(|o| o.meta.node_name.as_deref() == Some(node)).filter_map(|o| serde_json::from_slice(&o.json).ok()).collect())
+    Ok(snap.values().filter(|o| o.meta.node_name.as_deref() == Some(node)).filter_map(|o| serde_json::from_slice(&o.json()).ok()).collect())
 }
 
 /// Whether `pod` uses the object `resource/name` (in its namespace).

@@ -103,6 +103,12 @@ impl Stored {
         Ok(Stored { json, offset })
     }
 
+    /// The JSON without the revision's digits (a slice of the stored value: its allocation
+    /// is shared, not copied), and the byte offset where they belong.
+    pub fn parts(&self) -> (&Bytes, usize) {
+        (&self.json, self.offset)
+    }
+
     /// Appends the object at `rev` to `out`.
     pub fn write_at(&self, rev: u64, out: &mut impl BufMut) {
         out.put_slice(&self.json[..self.offset]);

@@ -24,7 +24,7 @@ impl AppState {
             if !o.meta.labels.iter().any(|(k, v)| &**k == "kubernetes.io/service-name" && &**v == name) {
                 continue;
             }
-            let Ok(slice) = serde_json::from_slice::<Value>(&o.json) else { continue };
+            let Ok(slice) = serde_json::from_slice::<Value>(&o.json()) else { continue };
             let Some(p) = slice["ports"].as_array().into_iter().flatten().find(|p| p["name"].as_str().unwrap_or("") == port_name).and_then(|p| p["port"].as_u64()) else { continue };
             let ready = slice["endpoints"].as_array().into_iter().flatten().find(|e| e["conditions"]["ready"].as_bool() != Some(false));
             if let Some(addr) = ready.and_then(|e| e["addresses"][0].as_str()) {

@@ -3,8 +3,9 @@
 //!
 //! **What it holds.** The current objects of one key prefix in a persistent ordered map
 //! (`imbl::OrdMap`: a snapshot for a list is an O(1) clone, so a paginated list pages over one
-//! consistent snapshot without copying it), each as its JSON bytes (`bytes::Bytes`, with the
-//! resourceVersion in place) plus the few fields the filters and indexes need; and a ring of
+//! consistent snapshot without copying it), each as its JSON bytes (`bytes::Bytes`; the
+//! store's own, shared, with the resourceVersion's digits written in when served: `Object`)
+//! plus the few fields the filters and indexes need; and a ring of
 //! recent events bounded by count and by age.
 //!
 //! **Invariants.**
@@ -58,13 +59,63 @@ pub fn intern(s: &str) -> Arc<str> {
 }
 
 /// One object at one revision.
+///
+/// Its JSON is kept as the store keeps it where it can be: the stored bytes without the
+/// resourceVersion's digits, which belong at a known offset (`with_revision_at`). The cache
+/// then shares the store's allocation instead of holding a second copy of every revision it
+/// keeps (the current objects and the ring), and the digits are written in when the JSON is.
 #[derive(Debug)]
 pub struct Object {
     pub key: Bytes,
     pub revision: u64,
-    /// The object's JSON, resourceVersion included.
-    pub json: Bytes,
+    body: Bytes,
+    /// Where the revision's digits go in `body`; none: `body` is the whole JSON.
+    revision_at: Option<u32>,
     pub meta: Meta,
+}
+
+impl Object {
+    /// An object whose JSON is `json`, resourceVersion included.
+    pub fn new(key: Bytes, revision: u64, json: Bytes, meta: Meta) -> Object {
+        Object { key, revision, body: json, revision_at: None, meta }
+    }
+
+    /// An object whose JSON is `body` with `revision`'s digits inserted at byte `at` (at most
+    /// `body.len()`, else the digits go at the end).
+    pub fn with_revision_at(key: Bytes, revision: u64, body: Bytes, at: usize, meta: Meta) -> Object {
+        let at = at.min(body.len()).min(u32::MAX as usize) as u32;
+        Object { key, revision, body, revision_at: Some(at), meta }
+    }
+
+    /// Appends the object's JSON to `out`.
+    pub fn write_json(&self, out: &mut impl BufMut) {
+        match self.revision_at {
+            None => out.put_slice(&self.body),
+            Some(at) => {
+                let (head, tail) = self.body.split_at(at as usize);
+                out.put_slice(head);
+                out.put_slice(itoa::Buffer::new().format(self.revision).as_bytes());
+                out.put_slice(tail);
+            }
+        }
+    }
+
+    /// The object's JSON (a copy when the digits are to be written in).
+    pub fn json(&self) -> Bytes {
+        match self.revision_at {
+            None => self.body.clone(),
+            Some(_) => {
+                let mut b = BytesMut::with_capacity(self.json_len());
+                self.write_json(&mut b);
+                b.freeze()
+            }
+        }
+    }
+
+    /// The length of `json()`.
+    pub fn json_len(&self) -> usize {
+        self.body.len() + self.revision_at.map_or(0, |_| itoa::Buffer::new().format(self.revision).len())
+    }
 }
 
 /// Turns a stored key-value into an object (the API server's decoding); `None` skips it.
@@ -127,7 +178,7 @@ impl Event {
         }
         crate::metrics().encodings.fetch_add(1, Ordering::Relaxed);
         self.metrics.encodings.fetch_add(1, Ordering::Relaxed);
-        let b = encode_line(self.kind.as_str(), &self.object.json);
+        let b = encode_object_line(self.kind.as_str(), &self.object);
         if matches!(*l, Line::Unmade) {
             for m in [crate::metrics(), &*self.metrics] {
                 m.line_bytes.fetch_add(b.len() as u64, Ordering::Relaxed);
@@ -159,6 +210,17 @@ impl Event {
             })
             .clone()
     }
+}
+
+/// A WatchEvent line around an object's JSON, written straight into the line.
+pub fn encode_object_line(ty: &str, object: &Object) -> Bytes {
+    let mut b = BytesMut::with_capacity(object.json_len() + 32);
+    b.put_slice(b"{\"type\":\"");
+    b.put_slice(ty.as_bytes());
+    b.put_slice(b"\",\"object\":");
+    object.write_json(&mut b);
+    b.put_slice(b"}\n");
+    b.freeze()
 }
 
 /// A WatchEvent line around already-encoded object JSON.
@@ -699,7 +761,7 @@ async fn ingest(weak: std::sync::Weak<Shared>, mut watcher: storage::Watcher, de
                 }
             };
             let ev = Arc::new(Event { revision: e.kv.mod_revision, kind, object, prev, at: now, line: std::sync::Mutex::new(Line::Unmade), table_line: OnceLock::new(), metrics: shared.metrics.clone() });
-            s.ring_bytes += ev.object.json.len() as u64;
+            s.ring_bytes += ev.object.json_len() as u64;
             s.ring.push_back(ev.clone());
             // The event that just left the newest `ring_lines_max` gives up its line.
             if let Some(old) = s.ring.len().checked_sub(shared.cfg.ring_lines_max + 1).and_then(|i| s.ring.get(i)) {
@@ -735,7 +797,7 @@ async fn ingest(weak: std::sync::Weak<Shared>, mut watcher: storage::Watcher, de
             || s.ring.front().is_some_and(|e| now.duration_since(e.at) > shared.cfg.ring_age_max)
         {
             let e = s.ring.pop_front().unwrap();
-            s.ring_bytes -= e.object.json.len() as u64;
+            s.ring_bytes -= e.object.json_len() as u64;
             s.horizon = e.revision;
         }
         shared.metrics.ring_events.store(s.ring.len() as u64, Ordering::Relaxed);
@@ -756,3 +818,30 @@ async fn ingest(weak: std::sync::Weak<Shared>, mut watcher: storage::Watcher, de
     }
 }
 
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_objects_json_has_its_revision_written_in_where_it_belongs() {
+        let body = Bytes::from_static(br#"{"metadata":{"resourceVersion":"","name":"a"}}"#);
+        let at = body.len() - r#"","name":"a"}}"#.len();
+        let o = Object::with_revision_at(Bytes::from_static(b"k"), 12345, body.clone(), at, Meta::default());
+        let want = br#"{"metadata":{"resourceVersion":"12345","name":"a"}}"#;
+        assert_eq!(&o.json()[..], want);
+        assert_eq!(o.json_len(), want.len());
+        let mut out = BytesMut::new();
+        o.write_json(&mut out);
+        assert_eq!(&out[..], want);
+        assert_eq!(&encode_object_line("ADDED", &o)[..], &encode_line("ADDED", want)[..]);
+        // The cache keeps the store's bytes, not a copy of them.
+        assert_eq!(o.body.as_ptr(), body.as_ptr());
+        // A whole JSON is served as it is.
+        let whole = Object::new(Bytes::from_static(b"k"), 7, Bytes::from_static(b"{}"), Meta::default());
+        assert_eq!((&whole.json()[..], whole.json_len()), (&b"{}"[..], 2));
+        // An offset past the end puts the digits at the end rather than panicking.
+        let past = Object::with_revision_at(Bytes::from_static(b"k"), 7, Bytes::from_static(b"[1,"), 99, Meta::default());
+        assert_eq!(&past.json()[..], b"[1,7");
+    }
+}

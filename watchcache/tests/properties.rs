@@ -26,12 +26,11 @@ fn decode() -> Decode {
         let name = parts.next()?.to_string();
         let v = std::str::from_utf8(&kv.value).ok()?;
         let node = v.split(';').next().map(String::from);
-        Some(Object {
-            key: kv.key.clone(),
-            revision: kv.mod_revision,
-            json: Bytes::from(format!("{{\"v\":\"{v}\",\"rv\":{}}}", kv.mod_revision)),
-            meta: Meta { namespace: Some(watchcache::intern(&ns)), name: name.into(), labels: Default::default(), node_name: node.as_deref().map(watchcache::intern) },
-        })
+        // As the API server keeps objects: the revision's digits written in where they go.
+        let body = format!("{{\"v\":\"{v}\",\"rv\":}}");
+        let at = body.len() - 1;
+        let meta = Meta { namespace: Some(watchcache::intern(&ns)), name: name.into(), labels: Default::default(), node_name: node.as_deref().map(watchcache::intern) };
+        Some(Object::with_revision_at(kv.key.clone(), kv.mod_revision, Bytes::from(body), at, meta))
     })
 }
 
@@ -207,7 +206,7 @@ async fn watchers_with_random_predicates_that_disconnect_and_resume_see_no_gap()
     let start = cache.revision();
     // Predicates on the written value's last digit (a stand-in for label selectors).
     let pred = |d: u32| -> Arc<dyn Fn(&Object) -> bool + Send + Sync> {
-        Arc::new(move |o: &Object| std::str::from_utf8(&o.json).ok().and_then(|j| j.split(';').nth(1)).and_then(|v| v.chars().next()).and_then(|c| c.to_digit(10)).is_some_and(|x| x % 3 == d))
+        Arc::new(move |o: &Object| std::str::from_utf8(&o.json()).ok().and_then(|j| j.split(';').nth(1)).and_then(|v| v.chars().next()).and_then(|c| c.to_digit(10)).is_some_and(|x| x % 3 == d))
     };
     let mut expected_writes = Vec::new();
     for i in 0..300 {
@@ -337,7 +336,7 @@ async fn only_the_newest_events_keep_their_watch_lines() {
         last = s.put(format!("/o/ns/k{i}"), format!("n1;{pad}")).await.unwrap().revision;
         // A watcher that keeps up makes each line as its event arrives.
         let e = within("a live event", live.next()).await.unwrap().unwrap();
-        assert_eq!(e.json_line(), watchcache::encode_line("ADDED", &e.object.json));
+        assert_eq!(e.json_line(), watchcache::encode_line("ADDED", &e.object.json()));
     }
     within("cache catching up", cache.wait_consistent(WATCHDOG)).await.unwrap();
     let kept = cache.cache_metrics().line_bytes.load(std::sync::atomic::Ordering::SeqCst);
@@ -348,7 +347,7 @@ async fn only_the_newest_events_keep_their_watch_lines() {
         let e = within("a replayed event", w.next()).await.unwrap().unwrap();
         assert_eq!(e.object.revision, rev);
         let line = e.json_line();
-        assert_eq!(line, watchcache::encode_line("ADDED", &e.object.json));
+        assert_eq!(line, watchcache::encode_line("ADDED", &e.object.json()));
     }
     let after = cache.cache_metrics().line_bytes.load(std::sync::atomic::Ordering::SeqCst);
     assert!(after < 5 * 1100, "replaying old events kept their lines: {after} bytes");

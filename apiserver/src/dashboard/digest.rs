@@ -237,7 +237,7 @@ impl<T> Digests<T> {
                     e.2 = e.2.max(walk);
                     return e.1.clone();
                 }
-                let d = Arc::new(parse(&o.json));
+                let d = Arc::new(parse(&o.json()));
                 map.insert(o.key.clone(), (o.revision, d.clone(), walk));
                 d
             };
@@ -263,7 +263,7 @@ mod tests {
     use super::*;
 
     fn obj(key: &str, rev: u64, json: &str) -> Object {
-        Object { key: Bytes::from(key.to_string()), revision: rev, json: Bytes::from(json.to_string()), meta: Default::default() }
+        Object::new(Bytes::from(key.to_string()), rev, Bytes::from(json.to_string()), Default::default())
     }
 
     #[test]

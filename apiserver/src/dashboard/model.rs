@@ -95,7 +95,7 @@ impl State {
         if deleted {
             self.remove(&o.key);
         } else {
-            self.insert(o.key.clone(), Arc::new(digest::pod(&o.json)), o.meta.node_name.clone());
+            self.insert(o.key.clone(), Arc::new(digest::pod(&o.json())), o.meta.node_name.clone());
         }
     }
 
@@ -196,7 +196,7 @@ mod tests {
 
     fn pod(key: &str, node: Option<&str>, phase: &str, cpu: &str) -> Object {
         let json = format!(r#"{{"spec":{{"containers":[{{"resources":{{"requests":{{"cpu":"{cpu}","memory":"1Mi"}}}}}}]}},"status":{{"phase":"{phase}"}}}}"#);
-        Object { key: Bytes::from(key.to_string()), revision: 1, json: Bytes::from(json), meta: watchcache::Meta { node_name: node.map(Arc::from), ..Default::default() } }
+        Object::new(Bytes::from(key.to_string()), 1, Bytes::from(json), watchcache::Meta { node_name: node.map(Arc::from), ..Default::default() })
     }
 
     /// The counts a full walk over `live` gives.
@@ -205,7 +205,7 @@ mod tests {
         let mut req = (0, 0, 0);
         let mut per_node: HashMap<String, u64> = HashMap::new();
         for o in live.values() {
-            let d = digest::pod(&o.json);
+            let d = digest::pod(&o.json());
             phases[d.phase as usize] += 1;
             if holds(&d, &o.meta.node_name) {
                 req.0 += d.cpu_milli;

@@ -21,7 +21,7 @@ impl Req<'_> {
     pub(super) async fn namespace_exists(&self) -> Result<Option<Bytes>, ApiError> {
         let Some(ns) = &self.namespace else { return Ok(None) };
         let key = format!("/registry/core/namespaces/{ns}");
-        let cached = self.cached("", "v1", "namespaces").await.and_then(|m| m.get(key.as_bytes()).map(|o| o.json.clone()));
+        let cached = self.cached("", "v1", "namespaces").await.and_then(|m| m.get(key.as_bytes()).map(|o| o.json()));
         let json = match cached {
             Some(json) => json,
             None => match self.st.store.get(key).await? {
@@ -323,7 +323,7 @@ impl Req<'_> {
     pub(super) async fn runtime_class(&self, name: &str, obj: &mut Value) -> Result<(), ApiError> {
         let Some(class) = obj["spec"]["runtimeClassName"].as_str().filter(|c| !c.is_empty()).map(String::from) else { return Ok(()) };
         let key = format!("/registry/node.k8s.io/runtimeclasses/{class}");
-        let cached = self.cached("node.k8s.io", "v1", "runtimeclasses").await.and_then(|m| m.get(key.as_bytes()).and_then(|o| serde_json::from_slice::<Value>(&o.json).ok()));
+        let cached = self.cached("node.k8s.io", "v1", "runtimeclasses").await.and_then(|m| m.get(key.as_bytes()).and_then(|o| serde_json::from_slice::<Value>(&o.json()).ok()));
         let rc = match cached {
             Some(rc) => Some(rc),
             None => self.st.read_object("node.k8s.io", "runtimeclasses", None, &class).await?,
@@ -342,7 +342,7 @@ impl Req<'_> {
             "system-node-critical" => Some((2_000_001_000, "PreemptLowerPriority".into())),
             "system-cluster-critical" => Some((2_000_000_000, "PreemptLowerPriority".into())),
             "" => match &classes {
-                Some(m) => m.values().filter_map(|o| crate::lite::PriorityClass::parse(&o.json)).find(|p| p.global_default).map(|p| p.value_and_policy()),
+                Some(m) => m.values().filter_map(|o| crate::lite::PriorityClass::parse(&o.json())).find(|p| p.global_default).map(|p| p.value_and_policy()),
                 None => {
                     let r = self.st.store.range(RangeRequest::prefix(PREFIX)).await?;
                     r.kvs.iter().filter_map(|kv| crate::lite::PriorityClass::parse(&Stored::from_kv(kv).ok()?.at(kv.mod_revision))).find(|p| p.global_default).map(|p| p.value_and_policy())
@@ -350,7 +350,7 @@ impl Req<'_> {
             },
             c => {
                 let key = format!("{PREFIX}{c}");
-                let json = match classes.as_ref().and_then(|m| m.get(key.as_bytes()).map(|o| o.json.clone())) {
+                let json = match classes.as_ref().and_then(|m| m.get(key.as_bytes()).map(|o| o.json())) {
                     Some(json) => Some(json),
                     None => match self.st.store.get(key).await? {
                         Some(kv) => Some(Stored::from_kv(&kv).map_err(ApiError::internal)?.at(kv.mod_revision)),

@@ -33,10 +33,10 @@ impl Req<'_> {
             };
         };
         if table::wants_table(self.accept) {
-            let v: Value = serde_json::from_slice(&o.json).map_err(|e| ApiError::internal(e.to_string()))?;
+            let v: Value = serde_json::from_slice(&o.json()).map_err(|e| ApiError::internal(e.to_string()))?;
             return self.table_of(vec![v], o.revision, None).await;
         }
-        Ok(json_response(StatusCode::OK, o.json.clone()))
+        Ok(json_response(StatusCode::OK, o.json()))
     }
 
     pub(super) fn selectors(&self) -> Result<(LabelSelector, FieldSelector), ApiError> {
@@ -118,7 +118,7 @@ impl Req<'_> {
                 next = Some(k.clone());
                 break;
             }
-            let value = if filtering || as_table { Some(serde_json::from_slice::<Value>(&o.json).map_err(|e| ApiError::internal(e.to_string()))?) } else { None };
+            let value = if filtering || as_table { Some(serde_json::from_slice::<Value>(&o.json()).map_err(|e| ApiError::internal(e.to_string()))?) } else { None };
             if let Some(v) = &value {
                 let labels = v.get("metadata").and_then(|m| m.get("labels")).and_then(|l| l.as_object());
                 if !ls.matches(labels) || !fs.matches(v) {
@@ -131,7 +131,7 @@ impl Req<'_> {
                 if n > 0 {
                     items.put_u8(b',');
                 }
-                items.put_slice(&o.json);
+                o.write_json(&mut items);
             }
             n += 1;
         }
@@ -282,7 +282,7 @@ impl ListStream {
             }
             last = Some(k.clone());
             if filtering {
-                let Ok(v) = serde_json::from_slice::<Value>(&o.json) else { continue };
+                let Ok(v) = serde_json::from_slice::<Value>(&o.json()) else { continue };
                 let labels = v.get("metadata").and_then(|m| m.get("labels")).and_then(|l| l.as_object());
                 if !self.ls.matches(labels) || !self.fs.matches(&v) {
                     continue;
@@ -292,7 +292,7 @@ impl ListStream {
                 out.put_u8(b',');
             }
             self.first = false;
-            out.put_slice(&o.json);
+            o.write_json(&mut out);
             if out.len() >= LIST_STREAM_CHUNK_BYTES {
                 break;
             }

@@ -72,7 +72,7 @@ impl Req<'_> {
             if !ls2.matches(Some(&labels)) {
                 return false;
             }
-            fs2.is_empty() || serde_json::from_slice::<Value>(&o.json).is_ok_and(|v| fs2.matches(&v))
+            fs2.is_empty() || serde_json::from_slice::<Value>(&o.json()).is_ok_and(|v| fs2.matches(&v))
         });
         // Watchers with the same selectors share one evaluation per event.
         let key: Arc<str> = Arc::from(format!("{}|{}", q(self.query, "labelSelector").unwrap_or(""), q(self.query, "fieldSelector").unwrap_or("")));
@@ -95,9 +95,9 @@ impl Req<'_> {
                     }
                     if filter.matches(o) {
                         initial.push(if as_table {
-                            event_line("ADDED", &serde_json::from_slice(&o.json).unwrap_or(Value::Null), kind, true)
+                            event_line("ADDED", &serde_json::from_slice(&o.json()).unwrap_or(Value::Null), kind, true)
                         } else {
-                            watchcache::encode_line("ADDED", &o.json)
+                            watchcache::encode_object_line("ADDED", o)
                         });
                     }
                 }
@@ -426,12 +426,12 @@ impl CacheWatchStream {
                 (_, false, false) => continue,
             };
             if self.as_table {
-                let table = || event_line(ty, &serde_json::from_slice(&ev.object.json).unwrap_or(Value::Null), self.shell.kind, true);
+                let table = || event_line(ty, &serde_json::from_slice(&ev.object.json()).unwrap_or(Value::Null), self.shell.kind, true);
                 // The Table form is shared too when the watcher sees the event as it happened.
                 return Some(if ty == ev.kind.as_str() { ev.table_line(table) } else { table() });
             }
             // The shared encoding when this watcher sees the event as it happened.
-            return Some(if ty == ev.kind.as_str() { ev.json_line() } else { watchcache::encode_line(ty, &ev.object.json) });
+            return Some(if ty == ev.kind.as_str() { ev.json_line() } else { watchcache::encode_object_line(ty, &ev.object) });
         }
     }
 }

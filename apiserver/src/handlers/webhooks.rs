@@ -283,7 +283,7 @@ impl Req<'_> {
         let info = self.st.reg.in_group_version(group, version).into_iter().find(|r| r.kind == kind).ok_or_else(|| format!("failed to configure binding: paramKind {api_version}, Kind={kind} is not served"))?;
         let ns = info.namespaced.then(|| pr.namespace.as_deref().or(self.namespace.as_deref()).unwrap_or(""));
         let objects = self.cached(info.group, info.version, info.resource).await.ok_or("failed to configure binding: the parameters' cache is not available")?;
-        let parse = |o: &watchcache::Object| serde_json::from_slice::<Value>(&o.json).ok();
+        let parse = |o: &watchcache::Object| serde_json::from_slice::<Value>(&o.json()).ok();
         if let Some(n) = &pr.name {
             return Ok(objects.get(info.key(ns, n).as_bytes()).and_then(|o| parse(o)).into_iter().collect());
         }

@@ -111,12 +111,7 @@ fn decode() -> Decode {
         });
         let json = Bytes::from(serde_json::to_vec(&pod).ok()?);
         let labels = [("app", app.as_str()), ("pod-template-hash", hash.as_str()), ("loadgen", "true")].into_iter().map(|(k, v)| (k.into(), v.into())).collect();
-        Some(Object {
-            key: kv.key.clone(),
-            revision: kv.mod_revision,
-            json,
-            meta: Meta { namespace: Some(watchcache::intern("density")), name: name.into(), labels, node_name: Some(watchcache::intern(&node)) },
-        })
+        Some(Object::new(kv.key.clone(), kv.mod_revision, json, Meta { namespace: Some(watchcache::intern("density")), name: name.into(), labels, node_name: Some(watchcache::intern(&node)) }))
     })
 }
 
@@ -156,7 +151,7 @@ fn main() -> Result<()> {
         let cache = Cache::start(store.clone(), Bytes::from_static(b"/registry/core/pods/"), decode(), Config::default()).await?;
         let rss1 = rss_bytes();
         let (_, snap) = cache.snapshot();
-        let json_bytes: usize = snap.values().map(|o| o.json.len()).sum();
+        let json_bytes: usize = snap.values().map(|o| o.json_len()).sum();
         let per_watcher = a.per_watcher_encoding;
         let deadline = Duration::from_secs(a.seconds + 5);
         let mut receivers = Vec::new();
@@ -175,9 +170,9 @@ fn main() -> Result<()> {
                         }
                         _ => break,
                     };
-                    let line = if per_watcher { watchcache::encode_line(e.kind.as_str(), &e.object.json) } else { e.json_line() };
+                    let line = if per_watcher { watchcache::encode_object_line(e.kind.as_str(), &e.object) } else { e.json_line() };
                     bytes += line.len();
-                    if let Some(sent) = sent_of(&e.object.json) {
+                    if let Some(sent) = sent_of(&e.object.json()) {
                         let now = epoch.elapsed().as_micros() as u64;
                         h.record(now.saturating_sub(sent / 1000).max(1)).ok();
                     }

@@ -47,13 +47,13 @@ pub(super) async fn warnings(st: &AppState, v: &Viewer, n: usize) -> Result<Vec<
     let finder = memchr::memmem::Finder::new(br#""type":"Warning""#);
     let mut out: Vec<(String, Value)> = Vec::new();
     for o in c.snapshot().1.values() {
-        if finder.find(&o.json).is_none() {
+        if finder.find(&o.json()).is_none() {
             continue;
         }
         if !all && !o.meta.namespace.as_deref().is_some_and(|ns| v.may("list", "", "events", Some(ns))) {
             continue;
         }
-        let Ok(e) = serde_json::from_slice::<Value>(&o.json) else { continue };
+        let Ok(e) = serde_json::from_slice::<Value>(&o.json()) else { continue };
         let at = e["lastTimestamp"].as_str().or(e["eventTime"].as_str()).or(e["metadata"]["creationTimestamp"].as_str()).unwrap_or("").to_string();
         out.push((at, e));
         if out.len() > 4 * n {

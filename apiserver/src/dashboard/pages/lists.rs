@@ -52,7 +52,7 @@ pub(super) async fn node(st: &Arc<AppState>, v: &Viewer, name: &str) -> Result<M
     v.must("get", "", "nodes", None)?;
     let snap = cache(st, "", "nodes").await?.snapshot().1;
     let o = snap.get(key(st, "", "nodes", None, name).as_bytes()).cloned().ok_or_else(|| UiError::not_found(format!("nodes \"{name}\" not found")))?;
-    let n: Value = serde_json::from_slice(&o.json).map_err(|e| UiError::bad_request(e.to_string()))?;
+    let n: Value = serde_json::from_slice(&o.json()).map_err(|e| UiError::bad_request(e.to_string()))?;
     let pods: Vec<(Arc<watchcache::Object>, Arc<digest::Pod>)> = if v.may("list", "", "pods", None) {
         let psnap = cache(st, "", "pods").await?.snapshot().1;
         psnap.values().filter(|p| p.meta.node_name.as_deref() == Some(name)).take(LIMIT_MAX).map(|p| (p.clone(), pod_digest(st, p))).collect()
@@ -133,7 +133,7 @@ pub async fn pod_page(st: &AppState, f: &PodFilter) -> Result<PodPage, UiError> 
                         continue;
                     }
                     if page.next.is_none() {
-                        take(&mut page, o, m.digest(k).unwrap_or_else(|| Arc::new(digest::pod(&o.json))));
+                        take(&mut page, o, m.digest(k).unwrap_or_else(|| Arc::new(digest::pod(&o.json()))));
                     } else if counted {
                         // Nothing else filters: the model has counted the rest.
                         page.total = m.phases[phase as usize] as usize;

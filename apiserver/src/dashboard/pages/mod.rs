@@ -343,7 +343,7 @@ pub async fn region(st: &Arc<AppState>, v: &Viewer, view: &View) -> Result<Marku
 
 /// A pod's digest: the model's, else parsed now.
 fn pod_digest(st: &AppState, o: &watchcache::Object) -> Arc<digest::Pod> {
-    st.ui.model.with(|m| m.digest(&o.key)).flatten().unwrap_or_else(|| Arc::new(digest::pod(&o.json)))
+    st.ui.model.with(|m| m.digest(&o.key)).flatten().unwrap_or_else(|| Arc::new(digest::pod(&o.json())))
 }
 
 fn cpu(m: i64) -> String {

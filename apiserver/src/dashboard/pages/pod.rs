@@ -33,7 +33,7 @@ pub(super) async fn pod(st: &Arc<AppState>, v: &Viewer, ns: &str, name: &str) ->
     v.must("get", "", "pods", Some(ns))?;
     let snap = cache(st, "", "pods").await?.snapshot().1;
     let o = snap.get(key(st, "", "pods", Some(ns), name).as_bytes()).cloned().ok_or_else(|| UiError::not_found(format!("pods \"{name}\" not found")))?;
-    let p: Value = serde_json::from_slice(&o.json).map_err(|e| UiError::bad_request(e.to_string()))?;
+    let p: Value = serde_json::from_slice(&o.json()).map_err(|e| UiError::bad_request(e.to_string()))?;
     let attempts: Vec<Value> = st.ui.hooks.scheduler().and_then(|s| s.attempts(&format!("{ns}/{name}"))).and_then(|a| a.as_array().cloned()).unwrap_or_default();
     let steps = ui::timeline::assemble(&p, &attempts);
     let offsets = ui::timeline::offsets(&steps);
@@ -44,7 +44,7 @@ pub(super) async fn pod(st: &Arc<AppState>, v: &Viewer, ns: &str, name: &str) ->
             .range(Bytes::from(prefix.clone())..)
             .take_while(|(k, _)| k.starts_with(prefix.as_bytes()))
             .take(1000)
-            .filter_map(|(_, o)| serde_json::from_slice::<Value>(&o.json).ok())
+            .filter_map(|(_, o)| serde_json::from_slice::<Value>(&o.json()).ok())
             .filter(|e| e["involvedObject"]["name"] == name && e["involvedObject"]["kind"] == "Pod")
             .collect();
         list.sort_by(|a, b| b["lastTimestamp"].as_str().unwrap_or("").cmp(a["lastTimestamp"].as_str().unwrap_or("")));

@@ -30,7 +30,7 @@ pub(super) fn strip_head() -> Markup {
 pub(super) async fn scheduler_lease(st: &AppState) -> Option<String> {
     let c = cache(st, "coordination.k8s.io", "leases").await.ok()?;
     let o = c.snapshot().1.get(key(st, "coordination.k8s.io", "leases", Some("kube-system"), "kube-scheduler").as_bytes()).cloned()?;
-    let v: Value = serde_json::from_slice(&o.json).ok()?;
+    let v: Value = serde_json::from_slice(&o.json()).ok()?;
     v["spec"]["holderIdentity"].as_str().map(str::to_string)
 }
 

@@ -13,7 +13,7 @@ pub(super) async fn objects(st: &AppState, v: &Viewer, group: &str, resource: &s
         if ns.is_some_and(|n| o.meta.namespace.as_deref() != Some(n)) {
             continue;
         }
-        if let Ok(v) = serde_json::from_slice::<Value>(&o.json) {
+        if let Ok(v) = serde_json::from_slice::<Value>(&o.json()) {
             out.push(v);
         }
     }
