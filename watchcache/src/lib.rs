@@ -254,21 +254,19 @@ pub struct Config {
 
 impl Default for Config {
     fn default() -> Config {
-        // A watcher disconnected for 5 minutes at 5,000 writes/s resumes without a relist,
-        // within 4 GiB of objects (and lines for the newest 10,000 events). A watch from an
-        // older revision is refused here (`TooOld`); the API server answers it 410 Gone, or,
-        // asked with `history=true`, serves it from the store's history (410 once compacted).
-        // Kubernetes keeps far less (at most 100 Ki events, about 75 s), but bounding this ring
-        // to 100 Ki events and 512 MiB cost the density run a third of its throughput
-        // (measured): a watcher of all pods closed as slow resumed from a revision that ring
-        // no longer held, and the API server served the rest of that watch from the store,
-        // decoding every event for it alone (`apiserver_watches_from_store_total`). Such a
-        // watch now moves to the cache once the ring reaches back to it, and the small ring
-        // ran as fast as this one; it is kept until the run's memory beyond the ring is
-        // understood (bench/RESULTS.md).
+        // A watcher disconnected for up to 5.5 minutes resumes without a relist, within the
+        // newest 512 MiB of objects (about 150,000 pod events: a minute of the density run's
+        // writes, far longer at a steady cluster's) and lines for the newest 10,000 events. A
+        // watch from an older revision is refused here (`TooOld`); the API server answers it
+        // 410 Gone, or, asked with `history=true`, serves it from the store's history (410 once
+        // compacted) and moves it to the cache once the ring reaches back to it. Kubernetes
+        // keeps less (at most 100 Ki events, about 75 s). The objects are the store's own bytes
+        // (`Object`), so what the ring costs is the revisions the store no longer keeps: with
+        // 4 GiB the density run's ring kept every event of the run, 230 MB more at its peak
+        // than with 512 MiB, at the same throughput (bench/RESULTS.md).
         Config {
             ring_events_max: 1_500_000,
-            ring_bytes_max: 4 << 30,
+            ring_bytes_max: 512 << 20,
             ring_lines_max: 10_000,
             ring_age_max: Duration::from_secs(5 * 60 + 30),
             watcher_queue_events_max: 10_000,
