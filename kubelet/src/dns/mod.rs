@@ -323,16 +323,15 @@ mod tests {
     use super::*;
     use hickory_proto::op::Query;
     use hickory_proto::rr::{Name, RecordType};
-    use serde_json::json;
+    use client::obj::Obj;
+    use serde_json::{Value, json};
 
     fn zone() -> Zone {
-        use client::obj::Obj;
         let svc = |name: &str, ip: &str| Arc::new(Obj::from(json!({"metadata": {"namespace": "default", "name": name}, "spec": {"clusterIP": ip, "ports": [{"name": "p", "port": 1}]}})));
         let many: Vec<Value> = (0..120).map(|i| json!({"addresses": [format!("10.244.{}.{}", i / 250, i % 250 + 1)]})).collect();
         let slice = Arc::new(Obj::from(json!({"metadata": {"namespace": "default", "labels": {"kubernetes.io/service-name": "big"}}, "ports": [{"name": "p", "port": 1}], "endpoints": many})));
         Zone::build("cluster.local", &[svc("web", "10.96.0.20"), svc("big", "None")], &[slice], 3)
     }
-    use serde_json::Value;
 
     fn query(name: &str, t: RecordType, edns: Option<u16>) -> Vec<u8> {
         let mut m = Message::new(0x4242, MessageType::Query, OpCode::Query);
