@@ -57,15 +57,49 @@ pub fn object_or_none<'de, D: Deserializer<'de>, T: serde::Deserialize<'de>>(d: 
     d.deserialize_any(V(std::marker::PhantomData))
 }
 
-/// Where in the document the parser is: which keys get special treatment.
+/// Where in the document the parser is: which keys get special treatment. `obj::Obj`'s
+/// decoding follows the same places (`child`, `element`).
 #[derive(Clone, Copy)]
-enum Shape {
+pub(crate) enum Shape {
     /// An object, a list or a watch event: `metadata`, `items` and `object` are looked into.
     Object,
     /// An object's metadata: `managedFields` is skipped.
     Metadata,
     /// A list's items: each is an `Object`.
     Items,
+}
+
+/// What the value of a key is, in an object at some `Shape`.
+pub(crate) enum Child {
+    /// Looked into, at this place.
+    At(Shape),
+    /// Left out (scanned, never built).
+    Skipped,
+    /// Kept whole.
+    Whole,
+}
+
+impl Shape {
+    /// The rule itself: lists' items, events' objects and objects' metadata are looked into,
+    /// and metadata's managedFields left out.
+    pub(crate) fn child(self, key: &str) -> Child {
+        match (self, key) {
+            (Shape::Object, "metadata") => Child::At(Shape::Metadata),
+            (Shape::Object, "object") => Child::At(Shape::Object),
+            (Shape::Object, "items") => Child::At(Shape::Items),
+            (Shape::Metadata, "managedFields") => Child::Skipped,
+            _ => Child::Whole,
+        }
+    }
+
+    /// Where an array's elements are: a list's items are objects; any other array (where an
+    /// object was expected) is kept whole.
+    pub(crate) fn element(self) -> Option<Shape> {
+        match self {
+            Shape::Items => Some(Shape::Object),
+            Shape::Object | Shape::Metadata => None,
+        }
+    }
 }
 
 impl<'de> DeserializeSeed<'de> for Shape {
@@ -86,15 +120,13 @@ impl<'de> Visitor<'de> for Shape {
     fn visit_map<A: MapAccess<'de>>(self, mut a: A) -> Result<Value, A::Error> {
         let mut m = Map::new();
         while let Some(k) = a.next_key::<String>()? {
-            let v = match (self, k.as_str()) {
-                (Shape::Object, "metadata") => a.next_value_seed(Shape::Metadata)?,
-                (Shape::Object, "object") => a.next_value_seed(Shape::Object)?,
-                (Shape::Object, "items") => a.next_value_seed(Shape::Items)?,
-                (Shape::Metadata, "managedFields") => {
+            let v = match self.child(&k) {
+                Child::At(shape) => a.next_value_seed(shape)?,
+                Child::Skipped => {
                     a.next_value::<IgnoredAny>()?;
                     continue;
                 }
-                _ => a.next_value::<Value>()?,
+                Child::Whole => a.next_value::<Value>()?,
             };
             m.insert(k, v);
         }
@@ -102,10 +134,8 @@ impl<'de> Visitor<'de> for Shape {
     }
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut a: A) -> Result<Value, A::Error> {
-        let item = match self {
-            Shape::Items => Shape::Object,
-            // An array where an object was expected is kept as it is.
-            Shape::Object | Shape::Metadata => return serde::Deserialize::deserialize(serde::de::value::SeqAccessDeserializer::new(a)),
+        let Some(item) = self.element() else {
+            return serde::Deserialize::deserialize(serde::de::value::SeqAccessDeserializer::new(a));
         };
         let mut v = Vec::with_capacity(a.size_hint().unwrap_or(0));
         while let Some(x) = a.next_element_seed(item)? {

@@ -17,6 +17,8 @@ use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess,
 use serde::ser::{Serialize, SerializeMap, SerializeSeq, Serializer};
 use serde_json::{Number, Value};
 
+use crate::decode::{Child, Shape};
+
 /// A JSON value whose maps are sorted slices and whose short strings are inline.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub enum Obj {
@@ -106,7 +108,7 @@ impl Obj {
         let rest = pointer.strip_prefix('/')?;
         let mut at = self;
         for token in rest.split('/') {
-            let token = token.replace("~1", "/").replace("~0", "~");
+            let token: std::borrow::Cow<str> = if token.contains('~') { token.replace("~1", "/").replace("~0", "~").into() } else { token.into() };
             at = match at {
                 Obj::Object(f) => f.get(&token)?,
                 Obj::Array(a) => {
@@ -211,7 +213,7 @@ impl Obj {
     /// `decode::decode` (and with the same limits: anything else is kept whole).
     pub fn decode(bytes: &[u8]) -> serde_json::Result<Obj> {
         let mut de = serde_json::Deserializer::from_slice(bytes);
-        let v = Shape::Object.deserialize(&mut de)?;
+        let v = Place::OBJECT.deserialize(&mut de)?;
         de.end()?;
         Ok(v)
     }
@@ -420,14 +422,14 @@ impl Serialize for Fields {
 /// The whole document, managedFields included.
 impl<'de> serde::Deserialize<'de> for Obj {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Obj, D::Error> {
-        Shape::Any.deserialize(d)
+        Place::WHOLE.deserialize(d)
     }
 }
 
 /// For `#[serde(deserialize_with)]`: an object of a list or a watch event decoded as
 /// `Obj::decode` decodes one, without `metadata.managedFields`.
 pub fn lean<'de, D: Deserializer<'de>>(d: D) -> Result<Obj, D::Error> {
-    Shape::Object.deserialize(d)
+    Place::OBJECT.deserialize(d)
 }
 
 /// As `lean`, for a list's `items`.
@@ -441,7 +443,7 @@ pub fn lean_items<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Obj>, D::Error>
         fn visit_seq<A: SeqAccess<'de>>(self, mut a: A) -> Result<Vec<Obj>, A::Error> {
             // The hint is the parser's guess, bounded so that a hostile one costs nothing.
             let mut v = Vec::with_capacity(a.size_hint().unwrap_or(0).min(4096));
-            while let Some(x) = a.next_element_seed(Shape::Object)? {
+            while let Some(x) = a.next_element_seed(Place::OBJECT)? {
                 v.push(x);
             }
             Ok(v)
@@ -453,20 +455,17 @@ pub fn lean_items<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Obj>, D::Error>
     d.deserialize_any(Items)
 }
 
-/// Where in the document the parser is (as `decode`'s): which keys are looked into.
+/// Where in the document the parser is: a place `decode::Shape` names (its rule decides
+/// which keys are looked into and which left out), or none: anything, kept whole.
 #[derive(Clone, Copy)]
-enum Shape {
-    /// An object, a list or a watch event: `metadata`, `items` and `object` are looked into.
-    Object,
-    /// An object's metadata: `managedFields` is skipped.
-    Metadata,
-    /// A list's items: each is an `Object`.
-    Items,
-    /// Anything, kept whole.
-    Any,
+struct Place(Option<Shape>);
+
+impl Place {
+    const OBJECT: Place = Place(Some(Shape::Object));
+    const WHOLE: Place = Place(None);
 }
 
-impl<'de> DeserializeSeed<'de> for Shape {
+impl<'de> DeserializeSeed<'de> for Place {
     type Value = Obj;
 
     fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Obj, D::Error> {
@@ -493,7 +492,7 @@ impl<'de> serde::Deserialize<'de> for Key {
     }
 }
 
-impl<'de> Visitor<'de> for Shape {
+impl<'de> Visitor<'de> for Place {
     type Value = Obj;
 
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
@@ -503,28 +502,22 @@ impl<'de> Visitor<'de> for Shape {
     fn visit_map<A: MapAccess<'de>>(self, mut a: A) -> Result<Obj, A::Error> {
         let mut fields = Vec::with_capacity(a.size_hint().unwrap_or(0).min(64));
         while let Some(Key(k)) = a.next_key::<Key>()? {
-            let shape = match (self, k.as_str()) {
-                (Shape::Object, "metadata") => Shape::Metadata,
-                (Shape::Object, "object") => Shape::Object,
-                (Shape::Object, "items") => Shape::Items,
-                (Shape::Metadata, "managedFields") => {
+            let place = match self.0.map(|shape| shape.child(&k)) {
+                Some(Child::At(shape)) => Place(Some(shape)),
+                Some(Child::Skipped) => {
                     a.next_value::<IgnoredAny>()?;
                     continue;
                 }
-                _ => Shape::Any,
+                Some(Child::Whole) | None => Place::WHOLE,
             };
-            let v = a.next_value_seed(shape)?;
+            let v = a.next_value_seed(place)?;
             fields.push((k, v));
         }
         Ok(Obj::Object(Fields::from_pairs(fields)))
     }
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut a: A) -> Result<Obj, A::Error> {
-        let item = match self {
-            Shape::Items => Shape::Object,
-            // An array where an object was expected is kept as it is.
-            Shape::Object | Shape::Metadata | Shape::Any => Shape::Any,
-        };
+        let item = Place(self.0.and_then(Shape::element));
         let mut v = Vec::with_capacity(a.size_hint().unwrap_or(0).min(4096));
         while let Some(x) = a.next_element_seed(item)? {
             v.push(x);
