@@ -179,12 +179,22 @@ impl MembershipHandle {
                     return Err(ChangeError::from_answer(status, &bytes));
                 }
                 let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
-                v["id"].as_str().and_then(|h| u64::from_str_radix(h, 16).ok()).ok_or_else(|| ChangeError::Failed("the leader's answer names no member id".into()))
+                let id = v["id"].as_str().and_then(|h| u64::from_str_radix(h, 16).ok()).ok_or_else(|| ChangeError::Failed("the leader's answer names no member id".into()))?;
+                // As etcd, answer once this member knows the change too, so that what it lists
+                // next (etcdctl prints the membership from this answer) includes it. The change
+                // is committed either way: a member slow to hear of it answers after the wait.
+                if let Some(at) = v["membershipIndex"].as_u64() {
+                    let _ = i.raft().wait(Some(MEMBERSHIP_ECHO)).metrics(|m| m.membership_config.log_id().is_some_and(|l| l.index >= at), "the membership change to reach this member").await;
+                }
+                Ok(id)
             }
             None => Err(ChangeError::NoLeader),
         }
     }
 }
+
+/// How long a member that forwarded a membership change waits to hear of it before answering.
+const MEMBERSHIP_ECHO: Duration = Duration::from_secs(5);
 
 /// How long a member joining a running cluster looks for itself in the membership (the
 /// `member add` that names it may still be committing) before it gives up.
@@ -321,7 +331,10 @@ pub(super) async fn members(i: Arc<Inner>, req: Request<Incoming>) -> Response<B
         );
     }
     match change(&i, &c).await {
-        Ok((id, name)) => json_response(StatusCode::OK, serde_json::json!({"ok": true, "member": name, "id": format!("{id:016x}"), "status": i.status()})),
+        Ok((id, name)) => {
+            let at = i.raft().metrics().borrow_watched().membership_config.log_id().map(|l| l.index);
+            json_response(StatusCode::OK, serde_json::json!({"ok": true, "member": name, "id": format!("{id:016x}"), "membershipIndex": at, "status": i.status()}))
+        }
         Err(e) => json_response(e.status(), serde_json::json!({"error": e.to_string(), "reason": e.reason()})),
     }
 }
