@@ -354,8 +354,18 @@ impl Drop for Running {
     }
 }
 
+/// A loopback port free now and not handed out before in this process (the kernel may give
+/// a port just released to the next bind, and a test takes several before starting anything).
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+    loop {
+        let p = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        if !given.contains(&p) {
+            given.push(p);
+            return p;
+        }
+    }
 }
 
 /// `capstan server` as member `name` of `initial` (no scheduler or controllers), with the
@@ -595,7 +605,16 @@ fn etcdctl_adds_promotes_updates_and_removes_members() {
     // Added by peer URL alone, through a follower or the leader alike: nameless until it
     // starts, and etcdctl prints the flags to start it with.
     let new_peer = format!("127.0.0.1:{}", free_port());
-    let added = ok(&members[1].url, &["member", "add", "m3", &format!("--peer-urls=http://{new_peer}"), "--learner"]);
+    // etcd refuses a new member until the leader has heard from every voter lately ("unhealthy
+    // cluster"); a cluster just started may not be there yet, and an operator tries again.
+    let mut added = String::new();
+    wait_until("the leader to hear from every voter and take the new member", || {
+        let o = run(&members[1].url, &["member", "add", "m3", &format!("--peer-urls=http://{new_peer}"), "--learner"]);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(o.status.success() || err.contains("unhealthy cluster"), "etcdctl member add: {err}");
+        added = String::from_utf8_lossy(&o.stdout).to_string();
+        o.status.success()
+    });
     let id = added.split_whitespace().nth(1).unwrap().to_string();
     let joined_initial = added.lines().find_map(|l| l.strip_prefix("ETCD_INITIAL_CLUSTER=")).unwrap().trim_matches('"').to_string();
     assert!(joined_initial.contains(&format!("m3=http://{new_peer}")) && joined_initial.contains("m0=http://"), "{added}");
