@@ -37,6 +37,7 @@ pub mod encryption;
 pub mod escalation;
 pub mod handlers;
 pub mod hpa_v1;
+pub mod in_process;
 pub mod http_proxy;
 pub mod legacy_token;
 pub mod limit_range;

@@ -113,6 +113,11 @@ impl Metrics {
             "# HELP apiserver_admission_webhook_failures_total Admission webhook calls that failed (connection, timeout, malformed answer), whatever their failurePolicy.\n# TYPE apiserver_admission_webhook_failures_total counter\napiserver_admission_webhook_failures_total {}",
             self.webhook_failures.load(Ordering::Relaxed)
         );
+        let _ = writeln!(
+            out,
+            "# HELP capstan_in_process_requests_total Requests from this process's own components, served through calls instead of loopback connections.\n# TYPE capstan_in_process_requests_total counter\ncapstan_in_process_requests_total {}",
+            crate::in_process::requests()
+        );
         render_process(&mut out);
         out
     }

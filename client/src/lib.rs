@@ -11,6 +11,7 @@ pub mod decode;
 pub mod events;
 pub mod informer;
 pub mod kubeconfig;
+pub mod local;
 pub mod obj;
 pub mod tls;
 pub mod workqueue;
@@ -38,7 +39,64 @@ pub struct Client {
     current: std::sync::Arc<std::sync::atomic::AtomicUsize>,
     agent: &'static str,
     http: Http,
+    /// The API server of this process, when it offered itself for this client's base URL
+    /// (`local`): requests go to it as calls, not over `http`.
+    local: Option<Local>,
     bearer: Option<Bearer>,
+}
+
+/// A client's in-process link: fixed, or remade when its certificate rotates (as `Http`
+/// starts a new pool of connections).
+#[derive(Clone)]
+enum Local {
+    Fixed(local::Linked),
+    Renewing(std::sync::Arc<RenewingLink>),
+}
+
+struct RenewingLink {
+    server: std::sync::Arc<dyn local::Server>,
+    open: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    tls: tls::ClientTls,
+    rotating: std::sync::Arc<tls::RotatingCert>,
+    current: std::sync::RwLock<(u64, std::sync::Arc<dyn local::Link>)>,
+}
+
+impl Local {
+    /// The link of a client of `bases` presenting `cfg`'s certificate (`rotating`: one that
+    /// rotates), if this process's API server offered itself for exactly that base.
+    fn of(bases: &[String], cfg: &rustls::ClientConfig, rotating: Option<(&tls::ClientTls, &std::sync::Arc<tls::RotatingCert>)>) -> Option<Local> {
+        let [base] = bases else { return None };
+        let (server, open) = local::offered(base)?;
+        let link = server.connect(&local::presented(cfg));
+        Some(match rotating {
+            Some((t, r)) => Local::Renewing(std::sync::Arc::new(RenewingLink { server, open, tls: t.clone(), rotating: r.clone(), current: std::sync::RwLock::new((r.generation(), link)) })),
+            None => Local::Fixed(local::Linked { link, open }),
+        })
+    }
+
+    /// The link to send on now, or `None` once the server withdrew its offer.
+    fn link(&self) -> Option<std::sync::Arc<dyn local::Link>> {
+        match self {
+            Local::Fixed(l) => l.open().then(|| l.link.clone()),
+            Local::Renewing(r) => {
+                if !r.open.load(std::sync::atomic::Ordering::Acquire) {
+                    return None;
+                }
+                let g = r.rotating.generation();
+                {
+                    let cur = r.current.read().unwrap();
+                    if cur.0 == g {
+                        return Some(cur.1.clone());
+                    }
+                }
+                let mut cur = r.current.write().unwrap();
+                if cur.0 != g {
+                    *cur = (g, r.server.connect(&local::presented(r.tls.config())));
+                }
+                Some(cur.1.clone())
+            }
+        }
+    }
 }
 
 type Hyper = hyper_util::client::legacy::Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
@@ -120,7 +178,7 @@ impl Bearer {
 /// A stream of watch events (one JSON object per line), decoded without managedFields
 /// (`decode`).
 pub struct WatchStream {
-    body: hyper::body::Incoming,
+    body: local::Body,
     buf: Vec<u8>,
     /// Where the next line starts in `buf`, and how far it has been searched for a newline:
     /// each byte is scanned once, and consumed lines are dropped a chunk at a time.
@@ -184,11 +242,13 @@ impl Client {
     /// API servers of one cluster, comma-separated.
     pub fn with_agent(base: &str, agent: &'static str) -> Client {
         let bases: Vec<String> = base.split(',').map(|b| b.trim().trim_end_matches('/').to_string()).filter(|b| !b.is_empty()).collect();
+        let local = Local::of(&bases, &tls::default_config(), None);
         Client {
             bases: bases.into(),
             current: Default::default(),
             agent,
             http: Http::Fixed(hyper_util::client::legacy::Client::builder(TokioExecutor::new()).build(tls::connector())),
+            local,
             bearer: None,
         }
     }
@@ -207,6 +267,7 @@ impl Client {
         let cfg = tls::client_config(creds)?;
         let mut c = Client::with_agent(base, agent);
         c.http = Http::Fixed(hyper_with(&cfg));
+        c.local = Local::of(&c.bases, &cfg, None);
         Ok(c)
     }
 
@@ -217,6 +278,7 @@ impl Client {
             Some(r) => Http::Renewing(std::sync::Arc::new(Renewing { tls: t.clone(), rotating: r.clone(), current: std::sync::RwLock::new((r.generation(), hyper_with(t.config()))) })),
             None => Http::Fixed(hyper_with(t.config())),
         };
+        c.local = Local::of(&c.bases, t.config(), t.rotating().map(|r| (t, r)));
         c
     }
 
@@ -232,7 +294,12 @@ impl Client {
         }
     }
 
-    async fn send(&self, method: &str, path: &str, ctype: &str, body: Option<&Value>) -> Result<hyper::Response<hyper::body::Incoming>, ClientError> {
+    /// Whether requests go to this process's API server as calls (`local`).
+    pub fn in_process(&self) -> bool {
+        self.local.as_ref().is_some_and(|l| l.link().is_some())
+    }
+
+    async fn send(&self, method: &str, path: &str, ctype: &str, body: Option<&Value>) -> Result<hyper::Response<local::Body>, ClientError> {
         let bytes = match body {
             Some(b) => Bytes::from(serde_json::to_vec(b).map_err(|e| ClientError::Decode(e.to_string()))?),
             None => Bytes::new(),
@@ -252,9 +319,21 @@ impl Client {
             if body.is_some() {
                 req = req.header("Content-Type", ctype);
             }
+            if let Some(local) = &self.local {
+                // As hyper would send it: with its length.
+                if body.is_some() {
+                    req = req.header(hyper::header::CONTENT_LENGTH, bytes.len());
+                }
+                let req = req.body(Full::new(bytes.clone())).map_err(|e| ClientError::Transport(e.to_string()))?;
+                return match local.link() {
+                    Some(link) => Ok(link.call(req).await),
+                    None => Err(ClientError::Transport("connection refused: this process's API server stopped".into())),
+                };
+            }
             let req = req.body(Full::new(bytes.clone())).map_err(|e| ClientError::Transport(e.to_string()))?;
             match self.http.get().request(req).await {
                 Ok(resp) => {
+                    let resp = resp.map(|b| b.map_err(|e| Box::new(e) as local::BoxError).boxed_unsync());
                     if resp.status().as_u16() == 503 {
                         self.next_server(i);
                     }

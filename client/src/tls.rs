@@ -147,10 +147,15 @@ pub fn set_default(creds: &Credentials) -> Result<(), String> {
 /// servers (with none set, no certificate is trusted, so every handshake fails and says so),
 /// plain TCP for `http://` ones.
 pub(crate) fn connector() -> HttpsConnector<HttpConnector> {
-    let cfg = slot().read().unwrap().clone().unwrap_or_else(|| {
+    connector_with(&default_config())
+}
+
+/// The default credentials' configuration (trusting nothing and presenting nothing when none
+/// are set).
+pub(crate) fn default_config() -> Arc<rustls::ClientConfig> {
+    slot().read().unwrap().clone().unwrap_or_else(|| {
         Arc::new(rustls::ClientConfig::builder().with_root_certificates(rustls::RootCertStore::empty()).with_no_client_auth())
-    });
-    connector_with(&cfg)
+    })
 }
 
 /// A connector presenting `cfg`'s credentials, for a client with an identity of its own.
