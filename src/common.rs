@@ -78,22 +78,27 @@ pub fn write_kubeconfig(data_dir: &Path, text: &str) -> Result<std::path::PathBu
 
 /// The Kubernetes API on `listener` (over TLS when `tls` is given, with clients identified by
 /// their certificates; plain HTTP and no authentication when not), until `true` is sent on
-/// the returned channel (then it finishes what it is serving and the task ends).
+/// the returned channel (then it finishes what it is serving and the task ends). While the
+/// returned offer is held, this process's clients of `base` (the listener's URL) reach the
+/// same router through calls instead of loopback connections (`client::local`).
 pub fn serve_api(
     listener: tokio::net::TcpListener,
+    base: &str,
     store: storage::Store,
     tls: Option<apiserver::serve::Tls>,
     options: apiserver::Options,
     limits: apiserver::serve::Limits,
-) -> (tokio::sync::watch::Sender<bool>, tokio::task::JoinHandle<std::io::Result<()>>) {
+) -> (tokio::sync::watch::Sender<bool>, tokio::task::JoinHandle<std::io::Result<()>>, client::local::Offer) {
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let app = apiserver::router_with_shutdown(store, stop_rx.clone(), options);
+    let in_process = apiserver::in_process::InProcess::new(app.clone(), tls.as_ref().map(|t| t.client_ca.clone()));
+    let offer = client::local::offer(base, std::sync::Arc::new(in_process));
     let mut stop_serving = stop_rx;
     let stopped = async move {
         let _ = stop_serving.wait_for(|s| *s).await;
     };
     let task = tokio::spawn(apiserver::serve::serve(listener, app, tls, limits, stopped));
-    (stop_tx, task)
+    (stop_tx, task, offer)
 }
 
 /// The API's security, decided at start: with TLS (the default), the cluster's PKI, the

@@ -217,7 +217,7 @@ pub async fn run(a: ServerArgs) -> Result<()> {
     let ui_hooks = sec.options.ui.clone();
     crate::components::lend_profiler(&ui_hooks);
     ui_hooks.set_replication(std::sync::Arc::new(replica.status_source()));
-    let (stop_tx, mut server_task) = serve_api(api_listener, store.clone(), sec.tls, sec.options, sec.limits);
+    let (stop_tx, mut server_task, _in_process) = serve_api(api_listener, &api_url, store.clone(), sec.tls, sec.options, sec.limits);
     let kc = write_kubeconfig(&a.data_dir, &kubeconfig(&api_url, sec.admin.as_ref()))?;
     println!("capstan replica {} is serving the Kubernetes API at {api_url}", a.name);
     println!("  peer:       {}  (cluster {:016x}, member {:016x})", replica.status()["members"].as_array().and_then(|m| m.iter().find(|x| x["name"] == a.name.as_str())).and_then(|m| m["peerURL"].as_str()).unwrap_or(&format!("{peer_scheme}://{peer_addr}")), replica.cluster_id(), replica.id());

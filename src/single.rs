@@ -44,7 +44,7 @@ pub async fn serve(data_dir: PathBuf, listen: String, opts: ServeOpts, up: Optio
     let kc_abs = write_kubeconfig(&data_dir, &kubeconfig(&server, sec.admin.as_ref()))?;
     let ui_hooks = sec.options.ui.clone();
     crate::components::lend_profiler(&ui_hooks);
-    let (stop_tx, mut server_task) = serve_api(listener, store.clone(), sec.tls, sec.options, sec.limits);
+    let (stop_tx, mut server_task, _in_process) = serve_api(listener, &server, store.clone(), sec.tls, sec.options, sec.limits);
     println!("capstan {} is serving the Kubernetes API at {server}", if up.is_some() { "cluster" } else { "API server" });
     println!("  data:       {}", std::fs::canonicalize(&data_dir).unwrap_or(data_dir.clone()).display());
     println!("  kubeconfig: {}", kc_abs.display());

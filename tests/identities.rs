@@ -2,7 +2,9 @@
 //! shows the scheduler binding pods as `system:kube-scheduler`, each controller writing as
 //! its own ServiceAccount in `kube-system` (as kube-controller-manager with
 //! `--use-service-account-credentials`), and each hollow node writing as `system:node:NAME`
-//! with its own node token, confined by the Node authorizer and NodeRestriction.
+//! with its own node token, confined by the Node authorizer and NodeRestriction; the
+//! components being in the API server's process, their requests are calls into it, checked
+//! as any other.
 
 mod common;
 
@@ -43,6 +45,11 @@ fn each_component_writes_as_its_own_user_and_a_node_token_only_reaches_its_node(
             && wrote(&evs, "system:node:hollow-1", "create", "leases", "")
             && wrote(&evs, &sa("service-account-controller"), "create", "serviceaccounts", "")
     });
+    // Those writes were calls into the API server, not loopback connections (`client::local`):
+    // the audit log above shows they were authenticated and audited as over the network.
+    let metrics = c.ok(&["get", "--raw", "/metrics"]);
+    let in_process = metrics.lines().find_map(|l| l.strip_prefix("capstan_in_process_requests_total ")).and_then(|n| n.trim().parse::<u64>().ok());
+    assert!(in_process.is_some_and(|n| n > 0), "the components' requests went in-process: {in_process:?}");
     // Nothing of that went as the process's catch-all identity.
     let evs = audit_events(&log);
     for (verb, resource, sub) in [("create", "pods", ""), ("create", "pods", "binding"), ("patch", "pods", "status"), ("create", "replicasets", ""), ("create", "nodes", "")] {

@@ -113,6 +113,9 @@ struct Embedded {
     _sched: scheduler::Scheduler,
     _ctrl: controllers::Controllers,
     _server: tokio::task::JoinHandle<()>,
+    /// The components above reach the server through calls (`client::local`), as in
+    /// `capstan up`; the watch of pods and the hollow nodes too.
+    _in_process: client::local::Offer,
 }
 
 async fn embedded() -> Result<(String, Embedded)> {
@@ -126,6 +129,7 @@ async fn embedded() -> Result<(String, Embedded)> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let base = format!("http://{}", listener.local_addr()?);
     let app = apiserver::router(store);
+    let in_process = client::local::offer(&base, std::sync::Arc::new(apiserver::in_process::InProcess::new(app.clone(), None)));
     let server = tokio::spawn(async move {
         let _ = axum::serve(listener, app).await;
     });
@@ -139,7 +143,7 @@ async fn embedded() -> Result<(String, Embedded)> {
     }
     let sched = scheduler::Scheduler::start(&base, vec![scheduler::framework::Profile::default()]);
     let ctrl = controllers::Controllers::start(&base, Default::default()).await;
-    Ok((base.clone(), Embedded { _dir: dir, _sched: sched, _ctrl: ctrl, _server: server }))
+    Ok((base.clone(), Embedded { _dir: dir, _sched: sched, _ctrl: ctrl, _server: server, _in_process: in_process }))
 }
 
 /// The server's (CPU seconds, peak RSS bytes) from its `/metrics`: Prometheus' process
