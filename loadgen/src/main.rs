@@ -88,7 +88,7 @@ fn main() -> Result<()> {
                 (None, Some(k)) => Some(k.server),
                 _ => None,
             };
-            let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+            let rt = loadgen::runtime::multi_thread().enable_all().build()?;
             let r = rt.block_on(run(w, vars, server, node_tokens))?;
             print!("{}", report::table(&r));
             if let Some(p) = report_json {
@@ -281,12 +281,17 @@ async fn run(w: workload::Workload, vars: workload::Vars, server: Option<String>
                         }
                     }
                 }
-                let Ok(mut s) = c.watch(&format!("/api/v1/pods?watch=true&allowWatchBookmarks=true&resourceVersion={rv}")).await else {
-                    rv.clear();
-                    continue;
+                let mut s = match c.watch(&format!("/api/v1/pods?watch=true&allowWatchBookmarks=true&resourceVersion={rv}")).await {
+                    Ok(s) => s,
+                    Err(e) => {
+                        tracing::warn!(error = %e, resource_version = %rv, "the pod watch could not resume; listing every pod again");
+                        rv.clear();
+                        continue;
+                    }
                 };
                 while let Some(ev) = s.next_as::<measure::PodEvent>().await {
                     if ev.type_ == "ERROR" {
+                        tracing::warn!(resource_version = %rv, "the pod watch ended with an error event; listing every pod again");
                         rv.clear();
                         break;
                     }

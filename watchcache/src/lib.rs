@@ -776,6 +776,7 @@ async fn ingest(weak: std::sync::Weak<Shared>, mut watcher: storage::Watcher, de
                 match slot.tx.try_send(ev.clone()) {
                     Ok(()) => {}
                     Err(mpsc::error::TrySendError::Full(_)) => {
+                        tracing::info!(prefix = ?prefix, namespace = ?slot.filter.namespace, node = ?slot.filter.node_name, selector = ?slot.filter.key, revision = ev.revision, "a watcher fell its queue's length behind; closing it (it resumes from its last revision)");
                         slot.evicted.store(ev.revision, Ordering::SeqCst);
                         metrics().evictions.fetch_add(1, Ordering::Relaxed);
                         shared.metrics.evictions.fetch_add(1, Ordering::Relaxed);
