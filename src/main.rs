@@ -364,7 +364,8 @@ fn main() -> Result<()> {
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| level.into()))
         .with_writer(std::io::stderr)
         .init();
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    // I/O polled every few tasks (why: loadgen/src/runtime.rs).
+    let rt = loadgen::runtime::multi_thread().enable_all().build()?;
     match cli.command {
         Command::Kv { data_dir, shards, unsafe_no_fsync, op } => rt.block_on(kv::kv(data_dir, shards, unsafe_no_fsync, op)),
         Command::Snapshot { op } => rt.block_on(snapshot::run(op)),

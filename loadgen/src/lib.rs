@@ -2,4 +2,5 @@
 //! simulate`), which schedules the pods a workload would create without a cluster.
 
 pub mod allocator;
+pub mod runtime;
 pub mod workload;
