@@ -41,62 +41,8 @@ pub struct Client {
     http: Http,
     /// The API server of this process, when it offered itself for this client's base URL
     /// (`local`): requests go to it as calls, not over `http`.
-    local: Option<Local>,
+    local: Option<local::ClientLink>,
     bearer: Option<Bearer>,
-}
-
-/// A client's in-process link: fixed, or remade when its certificate rotates (as `Http`
-/// starts a new pool of connections).
-#[derive(Clone)]
-enum Local {
-    Fixed(local::Linked),
-    Renewing(std::sync::Arc<RenewingLink>),
-}
-
-struct RenewingLink {
-    server: std::sync::Arc<dyn local::Server>,
-    open: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    tls: tls::ClientTls,
-    rotating: std::sync::Arc<tls::RotatingCert>,
-    current: std::sync::RwLock<(u64, std::sync::Arc<dyn local::Link>)>,
-}
-
-impl Local {
-    /// The link of a client of `bases` presenting `cfg`'s certificate (`rotating`: one that
-    /// rotates), if this process's API server offered itself for exactly that base.
-    fn of(bases: &[String], cfg: &rustls::ClientConfig, rotating: Option<(&tls::ClientTls, &std::sync::Arc<tls::RotatingCert>)>) -> Option<Local> {
-        let [base] = bases else { return None };
-        let (server, open) = local::offered(base)?;
-        let link = server.connect(&local::presented(cfg));
-        Some(match rotating {
-            Some((t, r)) => Local::Renewing(std::sync::Arc::new(RenewingLink { server, open, tls: t.clone(), rotating: r.clone(), current: std::sync::RwLock::new((r.generation(), link)) })),
-            None => Local::Fixed(local::Linked { link, open }),
-        })
-    }
-
-    /// The link to send on now, or `None` once the server withdrew its offer.
-    fn link(&self) -> Option<std::sync::Arc<dyn local::Link>> {
-        match self {
-            Local::Fixed(l) => l.open().then(|| l.link.clone()),
-            Local::Renewing(r) => {
-                if !r.open.load(std::sync::atomic::Ordering::Acquire) {
-                    return None;
-                }
-                let g = r.rotating.generation();
-                {
-                    let cur = r.current.read().unwrap();
-                    if cur.0 == g {
-                        return Some(cur.1.clone());
-                    }
-                }
-                let mut cur = r.current.write().unwrap();
-                if cur.0 != g {
-                    *cur = (g, r.server.connect(&local::presented(r.tls.config())));
-                }
-                Some(cur.1.clone())
-            }
-        }
-    }
 }
 
 type Hyper = hyper_util::client::legacy::Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
@@ -242,7 +188,7 @@ impl Client {
     /// API servers of one cluster, comma-separated.
     pub fn with_agent(base: &str, agent: &'static str) -> Client {
         let bases: Vec<String> = base.split(',').map(|b| b.trim().trim_end_matches('/').to_string()).filter(|b| !b.is_empty()).collect();
-        let local = Local::of(&bases, &tls::default_config(), None);
+        let local = local::ClientLink::of(&bases, &tls::default_config(), None);
         Client {
             bases: bases.into(),
             current: Default::default(),
@@ -267,7 +213,7 @@ impl Client {
         let cfg = tls::client_config(creds)?;
         let mut c = Client::with_agent(base, agent);
         c.http = Http::Fixed(hyper_with(&cfg));
-        c.local = Local::of(&c.bases, &cfg, None);
+        c.local = local::ClientLink::of(&c.bases, &cfg, None);
         Ok(c)
     }
 
@@ -278,7 +224,7 @@ impl Client {
             Some(r) => Http::Renewing(std::sync::Arc::new(Renewing { tls: t.clone(), rotating: r.clone(), current: std::sync::RwLock::new((r.generation(), hyper_with(t.config()))) })),
             None => Http::Fixed(hyper_with(t.config())),
         };
-        c.local = Local::of(&c.bases, t.config(), t.rotating().map(|r| (t, r)));
+        c.local = local::ClientLink::of(&c.bases, t.config(), t.rotating().map(|r| (t, r)));
         c
     }
 

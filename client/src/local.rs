@@ -78,14 +78,14 @@ impl Drop for Offer {
 }
 
 /// The server offered for `base`, if any, with the flag that says it still is.
-pub(crate) fn offered(base: &str) -> Option<(Arc<dyn Server>, Arc<AtomicBool>)> {
+fn offered(base: &str) -> Option<(Arc<dyn Server>, Arc<AtomicBool>)> {
     let offers = OFFERS.read().unwrap_or_else(|e| e.into_inner());
     offers.iter().find(|o| o.base == base).map(|o| (o.server.clone(), o.open.clone()))
 }
 
 /// The certificate chain a client with `cfg` presents in a handshake (asked of the same
 /// resolver the handshake asks), empty when it presents none.
-pub(crate) fn presented(cfg: &rustls::ClientConfig) -> Vec<CertificateDer<'static>> {
+fn presented(cfg: &rustls::ClientConfig) -> Vec<CertificateDer<'static>> {
     if !cfg.client_auth_cert_resolver.has_certs() {
         return Vec::new();
     }
@@ -95,12 +95,66 @@ pub(crate) fn presented(cfg: &rustls::ClientConfig) -> Vec<CertificateDer<'stati
 /// A client's link, and whether the offer it came from still stands.
 #[derive(Clone)]
 pub(crate) struct Linked {
-    pub link: Arc<dyn Link>,
-    pub open: Arc<AtomicBool>,
+    link: Arc<dyn Link>,
+    open: Arc<AtomicBool>,
 }
 
 impl Linked {
-    pub fn open(&self) -> bool {
+    fn open(&self) -> bool {
         self.open.load(Ordering::Acquire)
+    }
+}
+
+/// A client's in-process link: fixed, or remade when its certificate rotates (as the client's
+/// HTTP side starts a new pool of connections).
+#[derive(Clone)]
+pub(crate) enum ClientLink {
+    Fixed(Linked),
+    Renewing(Arc<RenewingLink>),
+}
+
+pub(crate) struct RenewingLink {
+    server: Arc<dyn Server>,
+    open: Arc<AtomicBool>,
+    tls: crate::tls::ClientTls,
+    rotating: Arc<crate::tls::RotatingCert>,
+    current: RwLock<(u64, Arc<dyn Link>)>,
+}
+
+impl ClientLink {
+    /// The link of a client of `bases` presenting `cfg`'s certificate (`rotating`: one that
+    /// rotates), if this process's API server offered itself for exactly that base.
+    pub(crate) fn of(bases: &[String], cfg: &rustls::ClientConfig, rotating: Option<(&crate::tls::ClientTls, &Arc<crate::tls::RotatingCert>)>) -> Option<ClientLink> {
+        let [base] = bases else { return None };
+        let (server, open) = offered(base)?;
+        let link = server.connect(&presented(cfg));
+        Some(match rotating {
+            Some((t, r)) => ClientLink::Renewing(std::sync::Arc::new(RenewingLink { server, open, tls: t.clone(), rotating: r.clone(), current: std::sync::RwLock::new((r.generation(), link)) })),
+            None => ClientLink::Fixed(Linked { link, open }),
+        })
+    }
+
+    /// The link to send on now, or `None` once the server withdrew its offer.
+    pub(crate) fn link(&self) -> Option<Arc<dyn Link>> {
+        match self {
+            ClientLink::Fixed(l) => l.open().then(|| l.link.clone()),
+            ClientLink::Renewing(r) => {
+                if !r.open.load(Ordering::Acquire) {
+                    return None;
+                }
+                let g = r.rotating.generation();
+                {
+                    let cur = r.current.read().unwrap();
+                    if cur.0 == g {
+                        return Some(cur.1.clone());
+                    }
+                }
+                let mut cur = r.current.write().unwrap();
+                if cur.0 != g {
+                    *cur = (g, r.server.connect(&presented(r.tls.config())));
+                }
+                Some(cur.1.clone())
+            }
+        }
     }
 }
