@@ -70,11 +70,7 @@ impl client::local::Link for Link {
                 Ok(Err(never)) => match never {},
                 Err(e) => {
                     tracing::error!(error = %e, "an in-process request's handler failed");
-                    let status = serde_json::json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure", "message": "the request's handler failed", "reason": "InternalError", "code": 500});
-                    let mut r = axum::response::Response::new(axum::body::Body::from(status.to_string()));
-                    *r.status_mut() = hyper::StatusCode::INTERNAL_SERVER_ERROR;
-                    r.headers_mut().insert(hyper::header::CONTENT_TYPE, hyper::header::HeaderValue::from_static("application/json"));
-                    r
+                    axum::response::IntoResponse::into_response(crate::status::ApiError::internal("the request's handler failed"))
                 }
             };
             resp.map(pumped)

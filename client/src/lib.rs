@@ -188,12 +188,13 @@ impl Client {
     /// API servers of one cluster, comma-separated.
     pub fn with_agent(base: &str, agent: &'static str) -> Client {
         let bases: Vec<String> = base.split(',').map(|b| b.trim().trim_end_matches('/').to_string()).filter(|b| !b.is_empty()).collect();
-        let local = local::ClientLink::of(&bases, &tls::default_config(), None);
+        let cfg = tls::default_config();
+        let local = local::ClientLink::of(&bases, &cfg, None);
         Client {
             bases: bases.into(),
             current: Default::default(),
             agent,
-            http: Http::Fixed(hyper_util::client::legacy::Client::builder(TokioExecutor::new()).build(tls::connector())),
+            http: Http::Fixed(hyper_with(&cfg)),
             local,
             bearer: None,
         }

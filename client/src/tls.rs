@@ -143,15 +143,9 @@ pub fn set_default(creds: &Credentials) -> Result<(), String> {
     Ok(())
 }
 
-/// The connector a new `Client` uses: TLS with the default credentials for `https://`
-/// servers (with none set, no certificate is trusted, so every handshake fails and says so),
-/// plain TCP for `http://` ones.
-pub(crate) fn connector() -> HttpsConnector<HttpConnector> {
-    connector_with(&default_config())
-}
-
-/// The default credentials' configuration (trusting nothing and presenting nothing when none
-/// are set).
+/// The default credentials' configuration, which a new `Client` connects with: TLS with them
+/// for `https://` servers (with none set, no certificate is trusted, so every handshake fails
+/// and says so; nothing is presented), plain TCP for `http://` ones.
 pub(crate) fn default_config() -> Arc<rustls::ClientConfig> {
     slot().read().unwrap().clone().unwrap_or_else(|| {
         Arc::new(rustls::ClientConfig::builder().with_root_certificates(rustls::RootCertStore::empty()).with_no_client_auth())
