@@ -59,6 +59,9 @@ pub struct Coordinator {
     pub leases: Deadlines,
     pub snapshot_id: u64,
     pub snapshot_revision: Revision,
+    /// The size of the snapshot in force (0 before the first): the next waits for the log to
+    /// reach `snapshot_log_ratio` times it.
+    pub snapshot_bytes: u64,
     /// (when, revision) samples for compaction by age, one per tick, bounded by the retention.
     pub history: std::collections::VecDeque<(Instant, Revision)>,
     /// Replicated mode: whether this replica is the leader, which alone expires leases and
@@ -591,6 +594,7 @@ impl Coordinator {
         };
         snapshot::commit(&self.data_dir, &dir, id, &manifest)?;
         self.snapshot_revision = revision;
+        self.snapshot_bytes = snapshot::bytes_on_disk(&snapshot::snap_root(&self.data_dir).join(format!("{id:016x}")));
         self.shared.snapshot_revision.store(revision, SeqCst);
         let removed = Frozen::new(&self.shared).run_all(move |c| {
             c.wal.truncate_before(positions[c.id as usize])
@@ -650,6 +654,7 @@ impl Coordinator {
         };
         snapshot::commit(&self.data_dir, &dir, id, &manifest)?;
         self.snapshot_revision = revision;
+        self.snapshot_bytes = snapshot::bytes_on_disk(&snapshot::snap_root(&self.data_dir).join(format!("{id:016x}")));
         self.shared.snapshot_revision.store(revision, SeqCst);
         Ok(info_of(id, snapshot::snap_root(&self.data_dir).join(format!("{id:016x}")), &manifest))
     }
@@ -690,6 +695,7 @@ impl Coordinator {
         drop(f);
         self.leases = Deadlines::from_ttls(leases, Instant::now());
         self.snapshot_revision = revision;
+        self.snapshot_bytes = snapshot::bytes_on_disk(&snapshot::snap_root(&self.data_dir).join(format!("{id:016x}")));
         self.shared.snapshot_revision.store(revision, SeqCst);
         tracing::info!(revision, "installed a snapshot received from the leader");
         Ok(info_of(id, snapshot::snap_root(&self.data_dir).join(format!("{id:016x}")), &manifest))
@@ -739,11 +745,18 @@ impl Coordinator {
                 tracing::warn!(error = %e, "automatic compaction failed");
             }
         let wal: u64 = self.shared.wal_bytes.iter().map(|b| b.load(SeqCst)).sum();
-        if wal >= cfg.snapshot_wal_bytes && self.shared.failed.get().is_none()
+        if snapshot_due(wal, self.snapshot_bytes, cfg.snapshot_wal_bytes, cfg.snapshot_log_ratio) && self.shared.failed.get().is_none()
             && let Err(e) = self.snapshot() {
                 tracing::warn!(error = %e, "automatic snapshot failed; the log keeps growing until one succeeds");
             }
     }
+}
+
+/// Whether the logs since the last snapshot (`log` bytes) call for another: at `floor` bytes,
+/// and not before they are `ratio` times the last snapshot (`last` bytes), whose cost the next
+/// one will repeat.
+pub fn snapshot_due(log: u64, last: u64, floor: u64, ratio: u64) -> bool {
+    log >= floor.max(last.saturating_mul(ratio))
 }
 
 /// Writes every shard's copy into the snapshot being built in `dir`, one thread per shard (as
@@ -765,6 +778,19 @@ fn write_shards<T: Sync>(dir: &std::path::Path, shards: u32, revision: Revision,
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_snapshot_waits_for_the_floor_and_for_ratio_times_the_last() {
+        let (mib, floor) = (1u64 << 20, 512u64 << 20);
+        assert!(!snapshot_due(floor - 1, 0, floor, 2), "below the floor, without a snapshot yet");
+        assert!(snapshot_due(floor, 0, floor, 2), "at the floor, without a snapshot yet");
+        assert!(snapshot_due(floor, 100 * mib, floor, 2), "a small state: the floor decides");
+        assert!(!snapshot_due(floor, 1024 * mib, floor, 2), "a 1 GiB state: 2 GiB of log first");
+        assert!(!snapshot_due(2048 * mib - 1, 1024 * mib, floor, 2));
+        assert!(snapshot_due(2048 * mib, 1024 * mib, floor, 2));
+        assert!(snapshot_due(floor, 1024 * mib, floor, 0), "ratio 0: the floor alone");
+        assert!(!snapshot_due(floor, u64::MAX, floor, 1) && !snapshot_due(u64::MAX - 1, u64::MAX, floor, 2), "no overflow");
+    }
 
     #[test]
     fn compaction_by_bytes_keeps_about_half_the_bound() {

@@ -208,6 +208,12 @@ pub fn write_shard(dir: &Path, shard: u32, shards: u32, revision: Revision, copy
     Ok(chunk)
 }
 
+/// The bytes a snapshot's directory holds (its chunks and manifest): what writing it cost,
+/// and what the next one will cost about as much as.
+pub fn bytes_on_disk(dir: &Path) -> u64 {
+    std::fs::read_dir(dir).map_or(0, |rd| rd.flatten().filter_map(|e| e.metadata().ok()).map(|m| m.len()).sum())
+}
+
 /// Creates `snap/<id>.tmp`, for the shards to write into.
 pub fn begin(data_dir: &Path, id: u64) -> std::io::Result<PathBuf> {
     let root = snap_root(data_dir);

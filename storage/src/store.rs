@@ -42,8 +42,15 @@ pub struct Config {
     pub shard_queue_requests_max: usize,
     /// Events queued per watcher before it is closed as too slow.
     pub watch_queue_events_max: usize,
-    /// Snapshot once the logs since the last one hold this many bytes.
+    /// Snapshot once the logs since the last one hold this many bytes, and at least
+    /// `snapshot_log_ratio` times the last snapshot's size.
     pub snapshot_wal_bytes: u64,
+    /// A snapshot writes the whole state (every live value and the history kept), so its cost
+    /// grows with the state, not with the writes since the last one: with the log allowed to
+    /// reach this multiple of the last snapshot's size, snapshots write at most 1/ratio of a
+    /// byte per byte logged, whatever the state's size. The price is disk (the log, up to this
+    /// multiple of the state) and the replay at open. 0 or 1: `snapshot_wal_bytes` alone.
+    pub snapshot_log_ratio: u64,
     /// A snapshot's chunk file is sealed at this many bytes; a shard's flatbuffers builder
     /// holds 1.5 times this while the snapshot is written (3 times, if the entry that
     /// crosses the bound does not fit).
@@ -74,6 +81,7 @@ impl Config {
             shard_queue_requests_max: 8192,
             watch_queue_events_max: 10_000,
             snapshot_wal_bytes: 512 << 20,
+            snapshot_log_ratio: 2,
             snapshot_chunk_bytes: crate::snapshot::SNAPSHOT_CHUNK_BYTES,
             compact_retention_revisions: None,
             compact_retention_age: None,
@@ -187,6 +195,7 @@ impl Store {
             leases: Deadlines::from_ttls(recovered.leases.iter().copied(), now),
             snapshot_id: recovered.snapshot_id,
             snapshot_revision: recovered.snapshot_revision,
+            snapshot_bytes: recovered.snapshot_bytes,
             history: VecDeque::new(),
             // A replica decides nothing until the raft layer says it leads.
             lead: !replicated,
@@ -724,6 +733,8 @@ struct Recovered {
     leases: Vec<(LeaseId, i64)>,
     snapshot_id: u64,
     snapshot_revision: Revision,
+    /// The size of the snapshot loaded (0 without one).
+    snapshot_bytes: u64,
     replayed: usize,
     raft_meta: Bytes,
 }
@@ -872,6 +883,7 @@ fn recover(cfg: &Config) -> Result<Recovered, OpenError> {
         leases,
         snapshot_id: snap.as_ref().map_or(0, |(id, _, _)| *id),
         snapshot_revision: snap.as_ref().map_or(0, |(_, _, m)| m.revision),
+        snapshot_bytes: snap.as_ref().map_or(0, |(_, sdir, _)| snapshot::bytes_on_disk(sdir)),
         replayed,
         raft_meta: Bytes::new(),
     })
@@ -905,6 +917,7 @@ fn recover_replica(cfg: &Config) -> Result<Recovered, OpenError> {
         leases,
         snapshot_id: snap.as_ref().map_or(0, |(id, _, _)| *id),
         snapshot_revision: snap.as_ref().map_or(0, |(_, _, m)| m.revision),
+        snapshot_bytes: snap.as_ref().map_or(0, |(_, sdir, _)| snapshot::bytes_on_disk(sdir)),
         replayed: 0,
         raft_meta: meta,
     })

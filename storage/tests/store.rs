@@ -309,6 +309,63 @@ async fn a_snapshot_of_many_chunks_reads_back_whole() {
     }
 }
 
+/// The store's maintenance runs every half second; with every revision compacted at each run
+/// (`compact_retention_revisions = 0`), a compaction that reaches a revision written now
+/// shows that one run began after it. Two such show that a whole run (its compaction, then
+/// its snapshot decision) came after the write.
+async fn two_maintenance_runs(store: &Store, what: &str) {
+    for round in 0..2 {
+        let rev = store.put("/tick", format!("{round}")).await.unwrap().revision;
+        within(what, async {
+            while store.stats().await.compact_revision < rev {
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await; // polling interval
+            }
+        })
+        .await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn automatic_snapshots_wait_for_twice_the_last_snapshots_size_of_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path(), 1);
+    cfg.fsync = false;
+    cfg.snapshot_wal_bytes = 64 << 10;
+    cfg.snapshot_log_ratio = 2;
+    cfg.compact_retention_revisions = Some(0);
+    let store = Store::open(cfg).unwrap();
+    let value = |i: usize, round: usize| format!("{round}:{i:0>1000}");
+    for i in 0..512 {
+        store.put(format!("/k/{i}"), value(i, 0)).await.unwrap();
+    }
+    let first = store.snapshot().await.unwrap();
+    let name = std::fs::read_to_string(dir.path().join("CURRENT")).unwrap();
+    let snap_bytes: u64 = std::fs::read_dir(dir.path().join("snap").join(name.trim())).unwrap().map(|f| f.unwrap().metadata().unwrap().len()).sum();
+    assert!(snap_bytes > 512 << 10, "the snapshot holds the 512 KiB of values: {snap_bytes} bytes");
+    // Over the floor, under twice the snapshot: no snapshot.
+    let mut round = 1;
+    while store.stats().await.wal_bytes_since_snapshot < snap_bytes {
+        for i in 0..64 {
+            store.put(format!("/k/{i}"), value(i, round)).await.unwrap();
+        }
+        round += 1;
+    }
+    two_maintenance_runs(&store, "maintenance after a log of one snapshot's size").await;
+    let st = store.stats().await;
+    assert!(st.wal_bytes_since_snapshot >= 64 << 10, "the log is over the floor");
+    assert_eq!(st.snapshot_revision, first, "a log of {} bytes, under twice the snapshot's {snap_bytes}, took a snapshot", st.wal_bytes_since_snapshot);
+    // Past twice the snapshot: one is taken.
+    while store.stats().await.wal_bytes_since_snapshot < 2 * snap_bytes + (64 << 10) {
+        for i in 0..64 {
+            store.put(format!("/k/{i}"), value(i, round)).await.unwrap();
+        }
+        round += 1;
+    }
+    two_maintenance_runs(&store, "maintenance after a log of twice the snapshot's size").await;
+    let st = store.stats().await;
+    assert!(st.snapshot_revision > first, "no snapshot after {} bytes of log against a snapshot of {snap_bytes}", st.wal_bytes_since_snapshot);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn opening_with_another_shard_count_is_refused() {
     let dir = tempfile::tempdir().unwrap();
