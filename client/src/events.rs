@@ -105,7 +105,7 @@ async fn run(client: Client, component: &'static str, host: String, mut rx: toki
         if let Some((name, count)) = seen.get_mut(&key) {
             *count += 1;
             let path = format!("/api/v1/namespaces/{ens}/events/{name}");
-            if client.merge_patch(&path, &json!({"count": *count, "lastTimestamp": t})).await.is_ok() {
+            if client.merge_patch_quiet(&path, &json!({"count": *count, "lastTimestamp": t})).await.is_ok() {
                 continue;
             }
             seen.remove(&key);
@@ -130,7 +130,7 @@ async fn run(client: Client, component: &'static str, host: String, mut rx: toki
             "firstTimestamp": t, "lastTimestamp": t, "count": 1,
             "reportingComponent": component, "reportingInstance": host,
         });
-        match client.post(&format!("/api/v1/namespaces/{ens}/events"), &obj).await {
+        match client.post_quiet(&format!("/api/v1/namespaces/{ens}/events"), &obj).await {
             Ok(_) => {
                 seen.insert(key, (name, 1));
             }
