@@ -59,9 +59,6 @@ pub struct Coordinator {
     pub leases: Deadlines,
     pub snapshot_id: u64,
     pub snapshot_revision: Revision,
-    /// The size of the snapshot in force (0 before the first): the next waits for the log to
-    /// reach `snapshot_log_ratio` times it.
-    pub snapshot_bytes: u64,
     /// (when, revision) samples for compaction by age, one per tick, bounded by the retention.
     pub history: std::collections::VecDeque<(Instant, Revision)>,
     /// Replicated mode: whether this replica is the leader, which alone expires leases and
@@ -594,7 +591,7 @@ impl Coordinator {
         };
         snapshot::commit(&self.data_dir, &dir, id, &manifest)?;
         self.snapshot_revision = revision;
-        self.snapshot_bytes = snapshot::bytes_on_disk(&snapshot::snap_root(&self.data_dir).join(format!("{id:016x}")));
+        self.note_snapshot_size(id);
         self.shared.snapshot_revision.store(revision, SeqCst);
         let removed = Frozen::new(&self.shared).run_all(move |c| {
             c.wal.truncate_before(positions[c.id as usize])
@@ -606,6 +603,12 @@ impl Coordinator {
             }
         }
         Ok(revision)
+    }
+
+    /// Publishes the size of snapshot `id`, now in force, for the snapshot policy.
+    fn note_snapshot_size(&self, id: u64) {
+        let dir = snapshot::snap_root(&self.data_dir).join(format!("{id:016x}"));
+        self.shared.snapshot_bytes.store(snapshot::bytes_on_disk(&dir), SeqCst);
     }
 
     /// Every shard's index copied at one revision, with what `also` reads of each shard at that
@@ -654,7 +657,7 @@ impl Coordinator {
         };
         snapshot::commit(&self.data_dir, &dir, id, &manifest)?;
         self.snapshot_revision = revision;
-        self.snapshot_bytes = snapshot::bytes_on_disk(&snapshot::snap_root(&self.data_dir).join(format!("{id:016x}")));
+        self.note_snapshot_size(id);
         self.shared.snapshot_revision.store(revision, SeqCst);
         Ok(info_of(id, snapshot::snap_root(&self.data_dir).join(format!("{id:016x}")), &manifest))
     }
@@ -695,7 +698,7 @@ impl Coordinator {
         drop(f);
         self.leases = Deadlines::from_ttls(leases, Instant::now());
         self.snapshot_revision = revision;
-        self.snapshot_bytes = snapshot::bytes_on_disk(&snapshot::snap_root(&self.data_dir).join(format!("{id:016x}")));
+        self.note_snapshot_size(id);
         self.shared.snapshot_revision.store(revision, SeqCst);
         tracing::info!(revision, "installed a snapshot received from the leader");
         Ok(info_of(id, snapshot::snap_root(&self.data_dir).join(format!("{id:016x}")), &manifest))
@@ -745,7 +748,7 @@ impl Coordinator {
                 tracing::warn!(error = %e, "automatic compaction failed");
             }
         let wal: u64 = self.shared.wal_bytes.iter().map(|b| b.load(SeqCst)).sum();
-        if snapshot_due(wal, self.snapshot_bytes, cfg.snapshot_wal_bytes, cfg.snapshot_log_ratio) && self.shared.failed.get().is_none()
+        if snapshot_due(wal, self.shared.snapshot_bytes.load(SeqCst), cfg.snapshot_wal_bytes, cfg.snapshot_log_ratio) && self.shared.failed.get().is_none()
             && let Err(e) = self.snapshot() {
                 tracing::warn!(error = %e, "automatic snapshot failed; the log keeps growing until one succeeds");
             }

@@ -55,6 +55,9 @@ pub struct Shared {
     pub history_bytes: Box<[AtomicU64]>,
     pub next_watch_id: AtomicU64,
     pub snapshot_revision: AtomicU64,
+    /// The size of the snapshot in force (0 before the first): the next waits for the log to
+    /// reach `snapshot_log_ratio` times it.
+    pub snapshot_bytes: AtomicU64,
     pub coord: Sender<CoordMsg>,
     /// Replicated mode: where writes go (`None`: this store is its own log).
     pub replication: Option<Arc<dyn Replication>>,
@@ -91,6 +94,7 @@ impl Shared {
             history_bytes: (0..n).map(|_| AtomicU64::new(0)).collect(),
             next_watch_id: AtomicU64::new(1),
             snapshot_revision: AtomicU64::new(0),
+            snapshot_bytes: AtomicU64::new(0),
             coord,
             replication,
             raft_meta: Mutex::new(Bytes::new()),

@@ -168,6 +168,7 @@ impl Store {
         let replicated = replication.is_some();
         let shared = Arc::new(Shared::new(cfg.clone(), recovered.revision, recovered.compact, inbox, coord_tx.clone(), replication));
         shared.snapshot_revision.store(recovered.snapshot_revision, SeqCst);
+        shared.snapshot_bytes.store(recovered.snapshot_bytes, SeqCst);
         *shared.raft_meta.lock().unwrap() = recovered.raft_meta.clone();
         let cores = core_affinity::get_core_ids().unwrap_or_default();
         let mut threads = Vec::new();
@@ -195,7 +196,6 @@ impl Store {
             leases: Deadlines::from_ttls(recovered.leases.iter().copied(), now),
             snapshot_id: recovered.snapshot_id,
             snapshot_revision: recovered.snapshot_revision,
-            snapshot_bytes: recovered.snapshot_bytes,
             history: VecDeque::new(),
             // A replica decides nothing until the raft layer says it leads.
             lead: !replicated,
