@@ -112,8 +112,7 @@ pub struct ReplicaConfig {
     pub batch_commands_max: usize,
     pub batch_bytes_max: usize,
     pub entries_in_flight: usize,
-    /// Snapshot (and trim the log) once it holds this many bytes of entries, and at least the
-    /// store's `snapshot_log_ratio` times the last snapshot's size (`storage::snapshot_due`).
+    /// Snapshot (and trim the log) once it holds this many bytes of entries.
     pub snapshot_log_bytes: u64,
     pub segment_bytes: u64,
     pub on_corruption: Corruption,
@@ -1107,16 +1106,14 @@ async fn fast_failover(inner: Weak<Inner>) {
     }
 }
 
-/// Snapshots once the log holds `snapshot_log_bytes`, and the store's `snapshot_log_ratio`
-/// times the last snapshot's size (openraft then trims the log).
+/// Snapshots once the log holds `snapshot_log_bytes` (openraft then trims the log).
 async fn snapshot_trigger(inner: Weak<Inner>) {
     loop {
         tokio::time::sleep(Duration::from_secs(1)).await;
         let Some(i) = inner.upgrade() else { return };
-        let (Some(log), Some(sm)) = (i.log.get(), i.sm.get()) else { continue };
+        let Some(log) = i.log.get() else { continue };
         let limit = i.cfg.snapshot_log_bytes;
         let bytes = log.live_bytes();
-        let due = storage::snapshot_due(bytes, sm.store().snapshot_bytes(), limit, i.cfg.store.snapshot_log_ratio);
         // One borrow of the metrics: a second read of the same lock in one statement
         // deadlocks when openraft's writer queues between the two (seen in the suite).
         let building = {
@@ -1124,7 +1121,7 @@ async fn snapshot_trigger(inner: Weak<Inner>) {
             let m = m.borrow_watched();
             m.last_applied.map(|l| l.index) <= m.snapshot.map(|l| l.index)
         };
-        if due && !building {
+        if bytes >= limit && !building {
             tracing::info!(bytes, limit, "the raft log is over its size: taking a snapshot");
             let _ = i.raft().trigger().snapshot().await;
         }

@@ -39,7 +39,6 @@ mod types;
 pub mod wal;
 
 pub use command::{Applied, Command};
-pub use coord::snapshot_due;
 pub use error::{OpenError, StoreError, WatchError};
 pub use replicated::{ApplyBatch, Replication, SnapshotInfo, StateMachine};
 pub use store::{Config, Store, Watcher};

@@ -93,12 +93,6 @@ pub struct StateMachine {
 }
 
 impl StateMachine {
-    /// The size of the snapshot in force (0 before the first), for the raft layer's snapshot
-    /// policy (`snapshot_due`).
-    pub fn snapshot_bytes(&self) -> u64 {
-        self.shared.snapshot_bytes.load(std::sync::atomic::Ordering::SeqCst)
-    }
-
     /// Applies committed entries in order; resolves with each entry's answers once all of them
     /// are applied and visible.
     pub async fn apply(&self, batches: Vec<ApplyBatch>) -> Result<Vec<Vec<Applied>>, StoreError> {
