@@ -19,6 +19,8 @@ struct State {
     queue: VecDeque<String>,
     dirty: HashSet<String>,
     processing: HashSet<String>,
+    /// Keys waiting out a gathering window (`add_gathered`), added when it ends.
+    gathering: HashSet<String>,
     failures: HashMap<String, u32>,
     tokens: f64,
     last: Instant,
@@ -40,6 +42,7 @@ impl WorkQueue {
                 queue: VecDeque::new(),
                 dirty: HashSet::new(),
                 processing: HashSet::new(),
+                gathering: HashSet::new(),
                 failures: HashMap::new(),
                 tokens: BURST,
                 last: Instant::now(),
@@ -76,6 +79,26 @@ impl WorkQueue {
         let q = self.clone();
         tokio::spawn(async move {
             tokio::time::sleep(d).await;
+            q.add(key);
+        });
+    }
+
+    /// Adds `key` once `window` has passed, gathering every call made meanwhile into that one
+    /// add; a key already queued (and not yet taken) is left as it is, since its reconcile
+    /// has yet to read the state. For a burst of changes to many objects one key stands for
+    /// (a set's pods), one reconcile per window instead of one per change, each at most
+    /// `window` late.
+    pub fn add_gathered(self: &std::sync::Arc<Self>, key: String, window: Duration) {
+        {
+            let mut s = self.s.lock().unwrap();
+            if s.shutdown || (s.dirty.contains(&key) && !s.processing.contains(&key)) || !s.gathering.insert(key.clone()) {
+                return;
+            }
+        }
+        let q = self.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(window).await;
+            q.s.lock().unwrap().gathering.remove(&key);
             q.add(key);
         });
     }
@@ -167,6 +190,33 @@ mod tests {
         assert_eq!(q.stats().0, 0);
         q.done("a");
         assert_eq!(q.get().await.unwrap(), "a", "requeued after done");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn gathered_adds_within_a_window_make_one_add_at_its_end() {
+        let q = WorkQueue::new("t");
+        for _ in 0..50 {
+            q.add_gathered("rs".into(), Duration::from_millis(100));
+            tokio::time::advance(Duration::from_millis(1)).await;
+        }
+        assert_eq!(q.stats(), (0, 0, 0), "nothing is added before the window ends");
+        tokio::time::advance(Duration::from_millis(60)).await;
+        tokio::task::yield_now().await;
+        assert_eq!(q.stats(), (1, 1, 0), "fifty calls within the window, one add at its end");
+        assert_eq!(q.get().await.unwrap(), "rs");
+        // While it is processed, a new change opens a new window; a key still queued gathers
+        // nothing more.
+        q.add_gathered("rs".into(), Duration::from_millis(100));
+        tokio::time::advance(Duration::from_millis(101)).await;
+        tokio::task::yield_now().await;
+        q.done("rs");
+        assert_eq!(q.get().await.unwrap(), "rs", "the change made while processing is reconciled after");
+        q.done("rs");
+        q.add("rs".into());
+        q.add_gathered("rs".into(), Duration::from_millis(100));
+        tokio::time::advance(Duration::from_millis(101)).await;
+        tokio::task::yield_now().await;
+        assert_eq!(q.stats().1, 3, "a key already queued opens no window");
     }
 
     #[tokio::test(start_paused = true)]

@@ -145,6 +145,12 @@ fn owner_key(v: &Obj, kind: &str) -> Option<String> {
     Some(format!("{}/{}", v["metadata"]["namespace"].as_str().unwrap_or(""), o["name"].as_str()?))
 }
 
+/// How long a ReplicaSet's (or ReplicationController's) reconcile waits for more changes of
+/// its pods after the first (`WorkQueue::add_gathered`): at the density run's 2,000 pods a
+/// second, each set's pods change about fifteen times a second for tens of seconds, and each
+/// reconcile walks all of them. Changes of the set itself are not delayed.
+const POD_CHANGES_GATHERED: Duration = Duration::from_millis(100);
+
 fn spawn_workers<F, Fut>(ctx: &Arc<Ctx>, q: &Arc<WorkQueue>, workers: usize, tasks: &mut Vec<tokio::task::JoinHandle<()>>, f: F)
 where
     F: Fn(Arc<Ctx>, String) -> Fut + Send + Sync + Clone + 'static,
@@ -481,11 +487,14 @@ impl Controllers {
                         }
                     }
                 }
+                // The set's own reconcile is gathered over POD_CHANGES_GATHERED: its pods
+                // change in bursts (created, bound, started), each change of them a reconcile
+                // of the whole set otherwise. The expectations count every change at once.
                 match ch {
                     Change::Added(p) => {
                         if let Some(k) = owner_key(p, kind) {
                             ctx.exp.observed_add(&which.exp_key(&k));
-                            q.add(k);
+                            q.add_gathered(k, POD_CHANGES_GATHERED);
                         }
                     }
                     Change::Modified { old, new } => {
@@ -493,13 +502,13 @@ impl Controllers {
                             if old["metadata"].get("deletionTimestamp").is_none() && new["metadata"].get("deletionTimestamp").is_some() {
                                 ctx.exp.observed_delete(&which.exp_key(&k), new["metadata"]["name"].as_str().unwrap_or(""));
                             }
-                            q.add(k);
+                            q.add_gathered(k, POD_CHANGES_GATHERED);
                         }
                     }
                     Change::Deleted(p) => {
                         if let Some(k) = owner_key(p, kind) {
                             ctx.exp.observed_delete(&which.exp_key(&k), p["metadata"]["name"].as_str().unwrap_or(""));
-                            q.add(k);
+                            q.add_gathered(k, POD_CHANGES_GATHERED);
                         }
                     }
                 }
