@@ -97,7 +97,7 @@ pub(super) async fn sync_replicas(ctx: &Ctx, key: &str, which: Replicas) -> Res 
             let path = format!("/api/v1/namespaces/{ns}/pods");
             let mut created = 0;
             for b in rsc::batches(d.create) {
-                let results = futures_util::future::join_all((0..b).map(|_| ctx.c(ctl).post(&path, &pod))).await;
+                let results = futures_util::future::join_all((0..b).map(|_| ctx.c(ctl).post_quiet(&path, &pod))).await;
                 let failed = results.iter().filter(|r| r.is_err()).count();
                 created += b - failed;
                 if failed > 0 {
